@@ -1,0 +1,50 @@
+/**
+ * Typed refusals of the wire protocol. Every refusal carries a stable `code`
+ * that logs, acks and exit paths can rely on; the message is for humans.
+ */
+export const PROTOCOL_ERROR_CODES = {
+  E_TOO_LARGE: 'message exceeds the size cap',
+  E_MALFORMED: 'not a well-formed compact JWE/JWS or header',
+  E_ALG: 'algorithm not in the allow-list',
+  E_ZIP: 'compressed payloads (zip) are refused',
+  E_KID: 'key id unknown to the receiver',
+  E_DECRYPT: 'decryption failed',
+  E_SIGNATURE: 'signature missing, invalid or from a key that is not pinned',
+  E_CLAIMS: 'a required claim is missing or has the wrong type',
+  E_AUDIENCE: 'message addressed to someone else (aud, device id or topic)',
+  E_ISSUER: 'message from an unexpected issuer',
+  E_EXPIRED: 'message has expired',
+  E_NOT_YET_VALID: 'message issued in the future',
+  E_REPLAY: 'sequence number or jti already seen',
+  E_ACTION: 'unknown action',
+  E_PARAMS: 'params invalid for the action',
+  E_KEY: 'key material invalid or of the wrong type',
+} as const;
+
+export type ProtocolErrorCode = keyof typeof PROTOCOL_ERROR_CODES;
+
+export class ProtocolError extends Error {
+  override readonly name = 'ProtocolError';
+  readonly code: ProtocolErrorCode;
+
+  constructor(code: ProtocolErrorCode, message?: string, options?: { cause?: unknown }) {
+    super(message ?? PROTOCOL_ERROR_CODES[code], options);
+    this.code = code;
+  }
+}
+
+export function isProtocolError(err: unknown): err is ProtocolError {
+  return err instanceof ProtocolError;
+}
+
+/** Codes after which the sender is authenticated (an ack may be sent). */
+export const AUTHENTICATED_REFUSALS: ReadonlySet<ProtocolErrorCode> = new Set<ProtocolErrorCode>([
+  'E_CLAIMS',
+  'E_AUDIENCE',
+  'E_ISSUER',
+  'E_EXPIRED',
+  'E_NOT_YET_VALID',
+  'E_REPLAY',
+  'E_ACTION',
+  'E_PARAMS',
+]);
