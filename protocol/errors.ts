@@ -23,13 +23,29 @@ export const PROTOCOL_ERROR_CODES = {
 
 export type ProtocolErrorCode = keyof typeof PROTOCOL_ERROR_CODES;
 
+/** What is known of an authenticated message that was refused: enough to address a `rejected` ack. */
+export interface RefusedMessage {
+  jti?: string;
+  seq?: number;
+  action?: string;
+  signerKid?: string;
+}
+
 export class ProtocolError extends Error {
   override readonly name = 'ProtocolError';
   readonly code: ProtocolErrorCode;
+  /** Set only when the message was authenticated (signature verified) before it was refused. */
+  readonly refused: RefusedMessage | undefined;
 
-  constructor(code: ProtocolErrorCode, message?: string, options?: { cause?: unknown }) {
-    super(message ?? PROTOCOL_ERROR_CODES[code], options);
+  constructor(code: ProtocolErrorCode, message?: string, options?: { cause?: unknown; refused?: RefusedMessage }) {
+    super(message ?? PROTOCOL_ERROR_CODES[code], options?.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
+    this.refused = options?.refused;
+  }
+
+  /** The same refusal, marked as concerning an authenticated message. */
+  withRefused(refused: RefusedMessage): ProtocolError {
+    return new ProtocolError(this.code, this.message, { cause: this.cause, refused });
   }
 }
 
