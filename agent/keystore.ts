@@ -328,7 +328,7 @@ async function checkKeyFile(path: string, uid: number | undefined, source: KeySo
     });
   }
   if (!stats.isFile()) {
-    throw new KeyStoreError('E_KEYSTORE_TYPE', path, `${what} ${path} is ${fileType(stats)}, not a regular file; remove it and restore the key from a backup or generate keys again`, { fix: `rm ${sh(path)}` });
+    throw new KeyStoreError('E_KEYSTORE_TYPE', path, `${what} ${path} is ${fileType(stats)}, not a regular file; remove it and restore the key from a backup or generate keys again`, { fix: `rm ${stats.isDirectory() ? '-r ' : ''}${sh(path)}` });
   }
   const forbidden = source === 'credentials' ? 0o007 : 0o077;
   if ((stats.mode & forbidden) !== 0) {
