@@ -1,0 +1,29 @@
+#!/usr/bin/env node
+/** `sensor-agent`: the on-device provisioning agent and its tools. */
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { reportError } from './cli-support.js';
+import { inspectCommand } from './commands/inspect.js';
+import { keygenCommand } from './commands/keygen.js';
+import { packageVersion } from './version.js';
+
+const PROGRAM = 'sensor-agent';
+
+await yargs(hideBin(process.argv))
+  .scriptName(PROGRAM)
+  .usage('$0 <command> [options]\n\nReceives signed, encrypted provisioning commands over MQTT and applies them on this board.')
+  .command(keygenCommand)
+  .command(inspectCommand)
+  .demandCommand(1, 'Name a command (see --help).')
+  .strict()
+  .version(packageVersion())
+  .help()
+  .alias('h', 'help')
+  .wrap(Math.min(100, process.stdout.columns || 100))
+  .fail((msg: string | undefined, err: Error | undefined) => {
+    if (err) throw err; // reported once, by the catch below
+    process.stderr.write(`${PROGRAM}: E_USAGE: ${msg ?? 'bad usage'}\nRun '${PROGRAM} --help' for usage.\n`);
+    process.exit(2);
+  })
+  .parseAsync()
+  .catch((err: unknown) => reportError(PROGRAM, err));

@@ -1,0 +1,41 @@
+/** `sensor-agent inspect`: open one sealed command and print its verified claims (stateless). */
+import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
+import { DEFAULT_MAX_MESSAGE_BYTES, KeyRing, TRUSTED_CLOCK, UNTRUSTED_CLOCK, openCommand, parseJwkSet } from '../../protocol/index.js';
+import { CliError, readInput, readJsonFile } from '../cli-support.js';
+import { KeyStore } from '../keystore.js';
+
+interface InspectArgs {
+  keystore: string;
+  trust: string;
+  device: string;
+  file?: string;
+  clock: string;
+}
+
+export const inspectCommand: CommandModule<object, InspectArgs> = {
+  command: 'inspect [file]',
+  describe: 'Decrypt and verify one sealed command (file or stdin) and print its claims as JSON; no replay check, nothing applied',
+  builder: (y: Argv) =>
+    y
+      .positional('file', { type: 'string', describe: 'file holding the compact JWE (default: standard input)' })
+      .option('keystore', { type: 'string', demandOption: true, describe: 'the device key store directory' })
+      .option('trust', { type: 'string', demandOption: true, describe: "the server's public JWK set (trust.jwks)" })
+      .option('device', { type: 'string', demandOption: true, describe: 'this device id (checked against aud and device_id)' })
+      .option('clock', { choices: ['trusted', 'untrusted'], default: 'trusted', describe: 'check exp/iat against this clock, or skip the time checks' })
+      .example('$0 inspect --keystore keys --trust trust.jwks --device sensor-1 cmd.jwe', '') as unknown as Argv<InspectArgs>,
+  handler: async (args: ArgumentsCamelCase<InspectArgs>) => {
+    const store = await KeyStore.open(args.keystore);
+    const decryption = store.decryptionKeys();
+    if (decryption.length === 0) throw new CliError('E_NO_KEYS', `key store ${args.keystore} holds no encryption key; run: sensor-agent keygen --keystore ${args.keystore}`, 2);
+    const pinned = await parseJwkSet(await readJsonFile(args.trust, 'trust anchors'), 'sig');
+    if (pinned.length === 0) throw new CliError('E_NO_KEYS', `trust anchors ${args.trust} hold no signing key`, 2);
+    const input = await readInput(args.file, DEFAULT_MAX_MESSAGE_BYTES * 2);
+    const opened = await openCommand(input, {
+      deviceId: args.device,
+      decryption: await KeyRing.create(decryption),
+      verification: await KeyRing.create(pinned),
+      clock: args.clock === 'untrusted' ? UNTRUSTED_CLOCK : TRUSTED_CLOCK,
+    });
+    process.stdout.write(`${JSON.stringify({ claims: opened.claims, signer_kid: opened.signerKid, decrypt_kid: opened.decryptKid }, null, 2)}\n`);
+  },
+};

@@ -1,0 +1,31 @@
+#!/usr/bin/env node
+/** `provision-server`: seals provisioning commands for sensor boards and verifies their acks. */
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { reportError } from './cli-support.js';
+import { inspectCommand } from './commands/inspect.js';
+import { keysCommand } from './commands/keys-init.js';
+import { sealCommandModule } from './commands/seal.js';
+import { packageVersion } from './version.js';
+
+const PROGRAM = 'provision-server';
+
+await yargs(hideBin(process.argv))
+  .scriptName(PROGRAM)
+  .usage('$0 <command> [options]\n\nSeals signed, encrypted provisioning commands for sensor boards and verifies their acks.')
+  .command(keysCommand)
+  .command(sealCommandModule)
+  .command(inspectCommand)
+  .demandCommand(1, 'Name a command (see --help).')
+  .strict()
+  .version(packageVersion())
+  .help()
+  .alias('h', 'help')
+  .wrap(Math.min(100, process.stdout.columns || 100))
+  .fail((msg: string | undefined, err: Error | undefined) => {
+    if (err) throw err; // reported once, by the catch below
+    process.stderr.write(`${PROGRAM}: E_USAGE: ${msg ?? 'bad usage'}\nRun '${PROGRAM} --help' for usage.\n`);
+    process.exit(2);
+  })
+  .parseAsync()
+  .catch((err: unknown) => reportError(PROGRAM, err));

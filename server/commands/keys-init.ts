@@ -1,0 +1,31 @@
+/** `provision-server keys init`: create the server's key pairs and the trust anchors devices pin. */
+import { join } from 'node:path';
+import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
+import { DEFAULT_SERVER_ID, initServerKeys } from '../server-keys.js';
+
+interface KeysInitArgs {
+  dir: string;
+  serverId: string;
+  force: boolean;
+}
+
+const initCommand: CommandModule<object, KeysInitArgs> = {
+  command: 'init',
+  describe: 'Create the server signing and encryption keys in DIR and write DIR/trust.jwks',
+  builder: (y: Argv) =>
+    y
+      .option('dir', { type: 'string', demandOption: true, describe: 'key directory (created 0700)' })
+      .option('server-id', { type: 'string', default: DEFAULT_SERVER_ID, describe: 'the server id (iss of commands, aud of acks)' })
+      .option('force', { type: 'boolean', default: false, describe: 'replace existing keys' }) as unknown as Argv<KeysInitArgs>,
+  handler: async (args: ArgumentsCamelCase<KeysInitArgs>) => {
+    await initServerKeys(args.dir, { serverId: args.serverId, force: args.force });
+    process.stdout.write(`server keys written to ${args.dir}; devices pin ${join(args.dir, 'trust.jwks')}\n`);
+  },
+};
+
+export const keysCommand: CommandModule = {
+  command: 'keys <command>',
+  describe: "Manage the server's keys",
+  builder: (y: Argv) => y.command(initCommand).demandCommand(1, 'Name a keys command (see --help).'),
+  handler: () => undefined,
+};

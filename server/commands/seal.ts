@@ -1,0 +1,52 @@
+/** `provision-server seal`: print one sealed command (compact JWE) for a device. */
+import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
+import { ACTIONS, parseJwkSet, sealCommand, type Action } from '../../protocol/index.js';
+import { CliError, readJsonFile } from '../cli-support.js';
+import { nextSealSeq } from '../seal-counter.js';
+import { loadServerKeys } from '../server-keys.js';
+
+interface SealArgs {
+  keys: string;
+  device: string;
+  deviceJwks: string;
+  action: Action;
+  user: string;
+  params: string;
+  seq?: number;
+  ttl: number;
+}
+
+export const sealCommandModule: CommandModule<object, SealArgs> = {
+  command: 'seal',
+  describe: 'Sign and encrypt one command for a device and print it (compact JWE) on stdout',
+  builder: (y: Argv) =>
+    y
+      .option('keys', { type: 'string', demandOption: true, describe: 'server key directory (from keys init)' })
+      .option('device', { type: 'string', demandOption: true, describe: 'device id' })
+      .option('device-jwks', { type: 'string', demandOption: true, describe: "the device's public JWK set (from sensor-agent keygen)" })
+      .option('action', { choices: ACTIONS, demandOption: true, describe: 'the action' })
+      .option('user', { type: 'string', default: 'unassigned', describe: 'user id the command is for' })
+      .option('params', { type: 'string', default: '{}', describe: 'action parameters as JSON' })
+      .option('seq', { type: 'number', describe: 'sequence number (default: one above the last sealed for this device, kept in KEYS/seq/)' })
+      .option('ttl', { type: 'number', default: 300, describe: 'lifetime in seconds' })
+      .example("$0 seal --keys srv --device sensor-1 --device-jwks dev.jwks --action update --params '{\"sensor\":{\"enabled\":true}}'", '') as unknown as Argv<SealArgs>,
+  handler: async (args: ArgumentsCamelCase<SealArgs>) => {
+    let params: unknown;
+    try {
+      params = JSON.parse(args.params) as unknown;
+    } catch (err) {
+      throw new CliError('E_PARAMS', `--params is not valid JSON: ${(err as Error).message}`, 2);
+    }
+    if (args.seq !== undefined && (!Number.isSafeInteger(args.seq) || args.seq < 1)) throw new CliError('E_USAGE', '--seq must be an integer >= 1', 2);
+    const server = await loadServerKeys(args.keys);
+    const recipients = await parseJwkSet(await readJsonFile(args.deviceJwks, 'device JWK set'), 'enc');
+    const recipient = recipients[0];
+    if (!recipient) throw new CliError('E_NO_KEYS', `${args.deviceJwks} holds no encryption key: refusing to send anything unencrypted`, 2);
+    const seq = await nextSealSeq(args.keys, args.device, args.seq);
+    const { token } = await sealCommand(
+      { serverId: server.serverId, deviceId: args.device, action: args.action, userId: args.user, params, seq, ttlSeconds: args.ttl },
+      { signer: server.signing, recipient },
+    );
+    process.stdout.write(`${token}\n`);
+  },
+};
