@@ -23,12 +23,14 @@ export function toCompactText(input: string | Uint8Array, maxBytes: number): str
 /** Checks the 5-part compact JWE shape and returns its parsed protected header. */
 export function parseJweHeader(token: string): Header {
   if (!JWE_COMPACT.test(token)) throw new ProtocolError('E_MALFORMED', 'not a compact JWE (five base64url parts); plaintext is refused');
+  assertCanonicalSegments(token, 'JWE');
   return decodeHeader(token.slice(0, token.indexOf('.')), 'JWE');
 }
 
 /** Checks the 3-part compact JWS shape and returns its parsed protected header. */
 export function parseJwsHeader(token: string): Header {
   if (!JWS_COMPACT.test(token)) throw new ProtocolError('E_MALFORMED', 'encrypted payload is not a compact JWS');
+  assertCanonicalSegments(token, 'JWS');
   return decodeHeader(token.slice(0, token.indexOf('.')), 'JWS');
 }
 
@@ -36,6 +38,18 @@ export function parseJwsHeader(token: string): Header {
 export function unverifiedJwsPayload(token: string): unknown {
   const parts = token.split('.');
   return parseJson(Buffer.from(parts[1] ?? '', 'base64url').toString('utf8'), 'JWS payload');
+}
+
+/**
+ * Every segment must be canonical base64url: the unused low bits of a last
+ * character must be zero, so no two encodings of one message both open.
+ */
+function assertCanonicalSegments(token: string, kind: 'JWE' | 'JWS'): void {
+  for (const segment of token.split('.')) {
+    if (segment.length % 4 === 1 || Buffer.from(segment, 'base64url').toString('base64url') !== segment) {
+      throw new ProtocolError('E_MALFORMED', `${kind} segment is not canonical base64url`);
+    }
+  }
 }
 
 export function parseJson(text: string, what: string): unknown {

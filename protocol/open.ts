@@ -37,6 +37,7 @@ export async function decryptSealed(input: string | Uint8Array, decryption: KeyR
   if (!decryption.has(kid)) {
     throw new ProtocolError('E_KID', typeof kid === 'string' ? `JWE kid ${kid} is not one of our keys` : 'JWE header has no kid');
   }
+  checkEphemeralKey(header);
   const ours = decryption.get(kid);
   if (ours?.alg !== header.alg) throw new ProtocolError('E_ALG', `JWE alg ${String(header.alg)} does not match key ${kid} (${ours?.alg})`);
   let plaintext: Buffer;
@@ -89,6 +90,9 @@ function checkJweHeader(h: Header): void {
   if ('crit' in h) throw new ProtocolError('E_MALFORMED', 'JWE "crit" extensions are not supported');
   for (const m of KEY_BEARING) if (m in h) throw new ProtocolError('E_MALFORMED', `JWE header carries "${m}"`);
   if (h.cty !== 'JWT') throw new ProtocolError('E_MALFORMED', 'JWE cty must be "JWT" (a nested signed token)');
+}
+
+function checkEphemeralKey(h: Header): void {
   if (h.alg === EC_KEY_WRAP_ALG) {
     const epk = h.epk;
     if (!isRecord(epk) || epk.kty !== 'EC' || epk.crv !== 'P-256' || typeof epk.x !== 'string' || typeof epk.y !== 'string' || 'd' in epk) {
