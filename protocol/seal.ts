@@ -1,4 +1,5 @@
 /** Sealing: claims -> compact JWS (ES256) -> compact JWE to the recipient's key. */
+import { generateKeyPairSync } from 'node:crypto';
 import jose from 'node-jose';
 import { ProtocolError } from './errors.js';
 import { asJoseKey } from './keyring.js';
@@ -26,13 +27,16 @@ export async function sealClaims(claims: Record<string, unknown>, keys: SealKeys
     .update(JSON.stringify(claims), 'utf8')
     .final();
   const encKey = await asJoseKey(keys.recipient);
+  // A fresh ephemeral key per message for ECDH-ES, made by node:crypto (node-jose's own
+  // EC key generation is pure JavaScript and costs ~15 ms); node-jose does the JOSE work.
+  const recipient = keys.recipient.kty === 'EC' ? { key: encKey, epk: ephemeralP256() } : encKey;
   const jwe = (await jose.JWE.createEncrypt(
     {
       format: 'compact',
       contentAlg: CONTENT_ENC,
       fields: { alg: keyWrapAlgFor(keys.recipient), kid: keys.recipient.kid, cty: 'JWT' },
     },
-    encKey,
+    recipient as jose.JWK.Key,
   )
     .update(Buffer.from(String(jws), 'ascii'))
     .final()) as unknown as string;
@@ -40,4 +44,10 @@ export async function sealClaims(claims: Record<string, unknown>, keys: SealKeys
     throw new ProtocolError('E_TOO_LARGE', `sealed message of ${jwe.length} bytes exceeds the cap of ${DEFAULT_MAX_MESSAGE_BYTES}`);
   }
   return jwe;
+}
+
+/** Synchronous on purpose: a P-256 key takes ~50 us, less than a thread-pool round trip. */
+function ephemeralP256(): Record<string, unknown> {
+  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+  return { ...privateKey.export({ format: 'jwk' }) };
 }
