@@ -1,0 +1,159 @@
+/**
+ * The server's data directory:
+ *   DATA/keys/            server keys, as `keys init` makes them
+ *   DATA/registry.sqlite  the device registry
+ *   DATA/server.json      broker defaults recorded by `init` (url, ca, cert, key, topic prefix)
+ *   DATA/http.token       bearer token of the HTTP API (0600)
+ */
+import { randomBytes } from 'node:crypto';
+import { lstat, readFile } from 'node:fs/promises';
+import { isAbsolute, join, resolve } from 'node:path';
+import { DEFAULT_TOPIC_PREFIX, assertValidPrefix, isRecord } from '../protocol/index.js';
+import { CliError } from './cli-support.js';
+import { ensurePrivateDir, writeFileDurable } from './files.js';
+import { Registry } from './registry/registry.js';
+import { initServerKeys, loadServerKeys, type ServerKeys } from './server-keys.js';
+
+export const DEFAULT_DATA_DIR = '/var/lib/provision-server';
+export const DEFAULT_BROKER_URL = 'mqtts://localhost:8883';
+
+/** `--data` default: env PROVISION_SERVER_DATA, else /var/lib/provision-server. */
+export function defaultDataDir(): string {
+  return process.env.PROVISION_SERVER_DATA || DEFAULT_DATA_DIR;
+}
+
+/** How to reach the broker: URL and, for TLS, the CA to pin and an optional client certificate (file paths). */
+export interface BrokerSettings {
+  url: string;
+  ca?: string;
+  cert?: string;
+  key?: string;
+}
+
+export interface ServerConfig {
+  broker: BrokerSettings;
+  topicPrefix: string;
+}
+
+export interface DataPaths {
+  dir: string;
+  keys: string;
+  registry: string;
+  config: string;
+  httpToken: string;
+}
+
+export function dataPaths(dir: string): DataPaths {
+  const abs = resolve(dir);
+  return { dir: abs, keys: join(abs, 'keys'), registry: join(abs, 'registry.sqlite'), config: join(abs, 'server.json'), httpToken: join(abs, 'http.token') };
+}
+
+export interface InitOptions {
+  serverId?: string;
+  broker?: BrokerSettings;
+  topicPrefix?: string;
+  force?: boolean;
+}
+
+/** Creates keys, registry, recorded broker defaults and the HTTP bearer token. */
+export async function initDataDir(dir: string, options: InitOptions = {}): Promise<DataPaths> {
+  const paths = dataPaths(dir);
+  const prefix = options.topicPrefix ?? DEFAULT_TOPIC_PREFIX;
+  assertValidPrefix(prefix);
+  await ensurePrivateDir(paths.dir);
+  await initServerKeys(paths.keys, { ...(options.serverId ? { serverId: options.serverId } : {}), ...(options.force ? { force: true } : {}) });
+  Registry.open(paths.registry, { create: true }).close();
+  const broker = options.broker ?? { url: DEFAULT_BROKER_URL };
+  const recorded: Record<string, unknown> = {
+    broker: { url: broker.url, ...absolutePaths(broker) },
+    topic_prefix: prefix,
+  };
+  await writeFileDurable(paths.config, `${JSON.stringify(recorded, null, 2)}\n`, 0o644);
+  if (options.force || !(await exists(paths.httpToken))) {
+    await writeFileDurable(paths.httpToken, `${randomBytes(32).toString('base64url')}\n`, 0o600);
+  }
+  return paths;
+}
+
+function absolutePaths(b: BrokerSettings): Partial<BrokerSettings> {
+  const out: Partial<BrokerSettings> = {};
+  for (const k of ['ca', 'cert', 'key'] as const) {
+    const v = b[k];
+    if (v !== undefined) out[k] = isAbsolute(v) ? v : resolve(v);
+  }
+  return out;
+}
+
+export async function readServerConfig(dir: string): Promise<ServerConfig> {
+  const paths = dataPaths(dir);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(await readFile(paths.config, 'utf8')) as unknown;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+      throw new CliError('E_NO_DATA', `${paths.config} does not exist; run: provision-server init --data ${dir}`, 2);
+    }
+    throw new CliError('E_CONFIG', `${paths.config} is not valid JSON`, 2);
+  }
+  if (!isRecord(raw) || !isRecord(raw.broker) || typeof raw.broker.url !== 'string') throw new CliError('E_CONFIG', `${paths.config}: "broker.url" missing`, 2);
+  const broker: BrokerSettings = { url: raw.broker.url };
+  for (const k of ['ca', 'cert', 'key'] as const) {
+    const v = raw.broker[k];
+    if (typeof v === 'string') broker[k] = v;
+  }
+  const topicPrefix = typeof raw.topic_prefix === 'string' ? raw.topic_prefix : DEFAULT_TOPIC_PREFIX;
+  assertValidPrefix(topicPrefix);
+  return { broker, topicPrefix };
+}
+
+/** Overrides from the command line win over what `init` recorded. */
+export function brokerFrom(recorded: BrokerSettings, override: { broker?: string | undefined; ca?: string | undefined; cert?: string | undefined; key?: string | undefined }): BrokerSettings {
+  if (override.broker === undefined) {
+    return { ...recorded, ...(override.ca ? { ca: override.ca } : {}), ...(override.cert ? { cert: override.cert } : {}), ...(override.key ? { key: override.key } : {}) };
+  }
+  const out: BrokerSettings = { url: override.broker };
+  if (override.ca) out.ca = override.ca;
+  if (override.cert) out.cert = override.cert;
+  if (override.key) out.key = override.key;
+  return out;
+}
+
+export interface OpenedData {
+  paths: DataPaths;
+  keys: ServerKeys;
+  config: ServerConfig;
+  registry: Registry;
+}
+
+/** Loads keys and config and opens the registry. The caller closes `registry`. */
+export async function openDataDir(dir: string, options: { now?: () => number } = {}): Promise<OpenedData> {
+  const paths = dataPaths(dir);
+  if (!(await exists(paths.dir))) throw new CliError('E_NO_DATA', `data directory ${paths.dir} does not exist; run: provision-server init --data ${dir}`, 2);
+  const config = await readServerConfig(dir);
+  const keys = await loadServerKeys(paths.keys);
+  const registry = Registry.open(paths.registry, options.now ? { now: options.now } : {});
+  return { paths, keys, config, registry };
+}
+
+export async function readHttpToken(path: string): Promise<string> {
+  let st;
+  try {
+    st = await lstat(path);
+  } catch {
+    throw new CliError('E_NO_FILE', `HTTP token file ${path} does not exist`, 2);
+  }
+  if (!st.isFile()) throw new CliError('E_NO_FILE', `HTTP token file ${path} is not a regular file`, 2);
+  if ((st.mode & 0o077) !== 0) throw new CliError('E_KEY_PERMS', `HTTP token file ${path} has mode 0${(st.mode & 0o777).toString(8)}; fix with: chmod 600 ${path}`, 2);
+  const token = (await readFile(path, 'utf8')).trim();
+  if (token.length < 16) throw new CliError('E_CONFIG', `HTTP token in ${path} is shorter than 16 characters`, 2);
+  return token;
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await lstat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}

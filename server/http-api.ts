@@ -1,0 +1,161 @@
+/**
+ * The HTTP API of `serve` (node:http, JSON, bearer-token auth):
+ *   POST /devices/{id}/commands  {action, user_id?, params?} -> 202 {jti, ...}
+ *   GET  /commands/{jti}         the command and its ack status
+ *   GET  /devices                all devices
+ *   GET  /devices/{id}           one device
+ * Errors are `{"error": {"code", "message"}}` with a 4xx/5xx status.
+ */
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { isAction, isProtocolError, isRecord, isValidId } from '../protocol/index.js';
+import type { CommandSender } from './command-sender.js';
+import type { Log } from './log.js';
+import { isRegistryError } from './registry/errors.js';
+import type { Registry } from './registry/registry.js';
+import { commandView, deviceView } from './views.js';
+
+export const MAX_BODY_BYTES = 64 * 1024;
+
+export interface HttpApiContext {
+  registry: Registry;
+  sender: CommandSender;
+  /** The bearer token clients must present. */
+  token: string;
+  log: Log;
+}
+
+class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export function createHttpApi(ctx: HttpApiContext): Server {
+  const expected = createHash('sha256').update(ctx.token).digest();
+  const server = createServer((req, res) => {
+    void route(ctx, expected, req, res).catch((err: unknown) => {
+      if (err instanceof HttpError) return sendError(res, err.status, err.code, err.message);
+      if (isRegistryError(err)) {
+        const status = err.code === 'E_NO_DEVICE' || err.code === 'E_NO_COMMAND' ? 404 : err.code === 'E_NO_KEY' || err.code === 'E_DECOMMISSIONED' ? 409 : 400;
+        return sendError(res, status, err.code, err.message);
+      }
+      if (isProtocolError(err)) return sendError(res, 400, err.code, err.message);
+      const coded = err as { code?: unknown };
+      if (typeof coded?.code === 'string' && /^E_[A-Z_]+$/.test(coded.code) && err instanceof Error) return sendError(res, 400, coded.code, err.message);
+      ctx.log('error', 'http.error', { reason: err instanceof Error ? err.message : String(err) });
+      return sendError(res, 500, 'E_INTERNAL', 'internal error');
+    });
+  });
+  server.requestTimeout = 30_000;
+  server.headersTimeout = 10_000;
+  return server;
+}
+
+async function route(ctx: HttpApiContext, expected: Buffer, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  authenticate(req, expected);
+  const url = new URL(req.url ?? '/', 'http://localhost');
+  const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);
+  const method = req.method ?? 'GET';
+
+  if (parts[0] === 'devices' && parts.length === 1) {
+    allow(method, ['GET']);
+    const userId = url.searchParams.get('user_id') ?? undefined;
+    return sendJson(res, 200, { devices: ctx.registry.listDevices(userId ? { userId } : {}).map(deviceView) });
+  }
+  if (parts[0] === 'devices' && parts.length === 2) {
+    allow(method, ['GET']);
+    return sendJson(res, 200, deviceView(ctx.registry.requireDevice(deviceId(parts[1]))));
+  }
+  if (parts[0] === 'devices' && parts.length === 3 && parts[2] === 'commands') {
+    allow(method, ['POST']);
+    const id = deviceId(parts[1]);
+    const body = await readJsonBody(req);
+    if (!isRecord(body)) throw new HttpError(400, 'E_BAD_REQUEST', 'the body must be a JSON object {action, user_id, params}');
+    const unknown = Object.keys(body).filter((k) => !['action', 'user_id', 'params', 'ttl_s'].includes(k));
+    if (unknown.length) throw new HttpError(400, 'E_BAD_REQUEST', `unknown member(s): ${unknown.join(', ')}`);
+    if (!isAction(body.action)) throw new HttpError(400, 'E_ACTION', 'action must be one of request, update, rotate, delete, selftest');
+    if (body.user_id !== undefined && (typeof body.user_id !== 'string' || body.user_id.length === 0 || body.user_id.length > 128)) {
+      throw new HttpError(400, 'E_BAD_REQUEST', 'user_id must be a string of 1-128 characters');
+    }
+    if (body.params !== undefined && !isRecord(body.params)) throw new HttpError(400, 'E_PARAMS', 'params must be an object');
+    if (body.ttl_s !== undefined && (typeof body.ttl_s !== 'number' || !Number.isSafeInteger(body.ttl_s) || body.ttl_s < 1)) {
+      throw new HttpError(400, 'E_BAD_REQUEST', 'ttl_s must be a positive integer');
+    }
+    ctx.registry.requireDevice(id);
+    const { command, token } = await ctx.sender.seal({
+      deviceId: id,
+      action: body.action,
+      ...(typeof body.user_id === 'string' ? { userId: body.user_id } : {}),
+      params: body.params ?? {},
+      ...(typeof body.ttl_s === 'number' ? { ttlSeconds: body.ttl_s } : {}),
+    });
+    // Accepted once sealed and recorded; the publish completes (PUBACK) in the background.
+    ctx.sender.publish(id, command.jti, token).then(
+      () => ctx.log('info', 'command.sent', { device: id, action: command.action, seq: command.seq, jti: command.jti, via: 'http' }),
+      (err: unknown) => ctx.log('error', 'command.publish_failed', { device: id, jti: command.jti, reason: err instanceof Error ? err.message : String(err) }),
+    );
+    res.setHeader('Location', `/commands/${command.jti}`);
+    return sendJson(res, 202, { jti: command.jti, device_id: id, action: command.action, seq: command.seq, status: 'accepted' });
+  }
+  if (parts[0] === 'commands' && parts.length === 2) {
+    allow(method, ['GET']);
+    const command = ctx.registry.getCommand(parts[1] as string);
+    if (!command) throw new HttpError(404, 'E_NO_COMMAND', `no command with jti ${parts[1]}`);
+    return sendJson(res, 200, commandView(command));
+  }
+  throw new HttpError(404, 'E_NOT_FOUND', `no route for ${method} ${url.pathname}`);
+}
+
+function authenticate(req: IncomingMessage, expected: Buffer): void {
+  const header = req.headers.authorization;
+  const m = header ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
+  if (!m) throw new HttpError(401, 'E_UNAUTHORIZED', 'missing bearer token (Authorization: Bearer TOKEN)');
+  const given = createHash('sha256').update(m[1] as string).digest();
+  if (!timingSafeEqual(given, expected)) throw new HttpError(401, 'E_UNAUTHORIZED', 'wrong bearer token');
+}
+
+function allow(method: string, methods: string[]): void {
+  if (!methods.includes(method)) throw new HttpError(405, 'E_METHOD', `method ${method} not allowed here (allowed: ${methods.join(', ')})`);
+}
+
+function deviceId(value: string | undefined): string {
+  if (!isValidId(value)) throw new HttpError(400, 'E_BAD_REQUEST', 'invalid device id');
+  return value;
+}
+
+async function readJsonBody(req: IncomingMessage): Promise<unknown> {
+  const type = req.headers['content-type'] ?? '';
+  if (!/^application\/json\b/i.test(type)) throw new HttpError(415, 'E_CONTENT_TYPE', 'send the body as Content-Type: application/json');
+  const declared = Number(req.headers['content-length'] ?? '0');
+  if (declared > MAX_BODY_BYTES) throw new HttpError(413, 'E_TOO_LARGE', `body exceeds ${MAX_BODY_BYTES} bytes`);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > MAX_BODY_BYTES) throw new HttpError(413, 'E_TOO_LARGE', `body exceeds ${MAX_BODY_BYTES} bytes`);
+    chunks.push(chunk as Buffer);
+  }
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
+  } catch (err) {
+    throw new HttpError(400, 'E_BAD_JSON', `body is not valid JSON: ${(err as Error).message}`);
+  }
+}
+
+function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  const text = `${JSON.stringify(body)}\n`;
+  res.writeHead(status, { 'Content-Type': 'application/json; charset=utf-8', 'Content-Length': Buffer.byteLength(text), 'Cache-Control': 'no-store' });
+  res.end(text);
+}
+
+function sendError(res: ServerResponse, status: number, code: string, message: string): void {
+  if (res.headersSent) return void res.destroy();
+  if (status === 401) res.setHeader('WWW-Authenticate', 'Bearer');
+  if (status === 413) res.setHeader('Connection', 'close');
+  sendJson(res, status, { error: { code, message } });
+}

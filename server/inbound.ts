@@ -1,0 +1,125 @@
+/**
+ * Messages from devices: enrollments (self-signed, token checked and consumed,
+ * keys registered, then the sealed `request` sent) and acks (verified with the
+ * device's registered signing key, matched to the command, recorded once).
+ * Anything that does not verify is logged and dropped.
+ */
+import {
+  KeyRing,
+  ProtocolError,
+  isAckResultKeys,
+  isProtocolError,
+  openAck,
+  openEnrollment,
+  parseJwkSet,
+  parseTopic,
+  type PublicJwk,
+} from '../protocol/index.js';
+import type { CommandSender } from './command-sender.js';
+import type { Log } from './log.js';
+import { isRegistryError } from './registry/errors.js';
+import type { AckEffects, Registry } from './registry/registry.js';
+import type { CommandRecord } from './registry/types.js';
+import type { ServerKeys } from './server-keys.js';
+
+export interface InboundContext {
+  registry: Registry;
+  keys: ServerKeys;
+  topicPrefix: string;
+  sender: CommandSender;
+  log: Log;
+  /** Told of every ack recorded (by this process or found already recorded). */
+  onAck?: (command: CommandRecord) => void;
+}
+
+export type InboundResult =
+  | { kind: 'ack'; command: CommandRecord; duplicate: boolean }
+  | { kind: 'enrolled'; deviceId: string; request: CommandRecord; repeated: boolean }
+  | { kind: 'dropped'; code: string; reason: string }
+  | { kind: 'ignored' };
+
+/** Routes one MQTT message by its topic. Never throws: refusals are logged and returned. */
+export async function handleInbound(ctx: InboundContext, topic: string, payload: Buffer | string): Promise<InboundResult> {
+  const parsed = parseTopic(ctx.topicPrefix, topic);
+  if (!parsed || parsed.kind === 'command') return { kind: 'ignored' };
+  try {
+    return parsed.kind === 'ack' ? await handleAck(ctx, parsed.deviceId, payload) : await handleEnrollment(ctx, parsed.deviceId, payload);
+  } catch (err) {
+    const code = isProtocolError(err) || isRegistryError(err) ? err.code : 'E_INTERNAL';
+    const reason = err instanceof Error ? err.message : String(err);
+    ctx.log(code === 'E_INTERNAL' ? 'error' : 'warn', `${parsed.kind}.dropped`, { device: parsed.deviceId, code, reason });
+    if (parsed.kind === 'enroll') ctx.registry.audit('device.enroll.refused', parsed.deviceId, { code, reason });
+    return { kind: 'dropped', code, reason };
+  }
+}
+
+export async function handleEnrollment(ctx: InboundContext, topicDeviceId: string, payload: Buffer | string): Promise<InboundResult> {
+  const { registry, keys } = ctx;
+  const opened = await openEnrollment(payload, { serverId: keys.serverId, topicDeviceId, decryption: keys.decryption });
+  const { userId, repeated } = registry.enroll({
+    deviceId: opened.claims.iss,
+    token: opened.claims.token,
+    enrollmentJti: opened.claims.jti,
+    signing: opened.signing,
+    encryption: opened.encryption,
+  });
+  ctx.log('info', repeated ? 'enroll.repeated' : 'enroll.accepted', { device: opened.claims.iss, user: userId, signing_kid: opened.signing.kid });
+  const { command: request, token } = await ctx.sender.seal({ deviceId: opened.claims.iss, action: 'request', userId });
+  // Not awaited: the PUBACK of this publish arrives on the session whose inbound
+  // message we are still handling (mqtt.js handles incoming packets in order).
+  ctx.sender.publish(request.deviceId, request.jti, token).then(
+    () => ctx.log('info', 'command.sent', { device: request.deviceId, action: 'request', seq: request.seq, jti: request.jti }),
+    (err: unknown) => ctx.log('error', 'command.publish_failed', { device: request.deviceId, jti: request.jti, reason: err instanceof Error ? err.message : String(err) }),
+  );
+  return { kind: 'enrolled', deviceId: opened.claims.iss, request, repeated };
+}
+
+export async function handleAck(ctx: InboundContext, deviceId: string, payload: Buffer | string): Promise<InboundResult> {
+  const { registry, keys } = ctx;
+  const signers = registry.verificationKeys(deviceId);
+  if (signers.length === 0) return drop(ctx, deviceId, 'E_KID', 'no signing key registered for this device: its acks cannot be verified');
+  const { claims, signerKid } = await openAck(payload, {
+    serverId: keys.serverId,
+    deviceId,
+    decryption: keys.decryption,
+    verification: await KeyRing.create(signers),
+  });
+  const command = registry.getCommand(claims.ref);
+  if (!command || command.deviceId !== deviceId) return drop(ctx, deviceId, 'E_NO_COMMAND', `verified ack refers to unknown command ${claims.ref}`);
+  if (claims.seq !== 0 && claims.seq !== command.seq) {
+    return drop(ctx, deviceId, 'E_CLAIMS', `ack of ${claims.ref} carries seq ${claims.seq}, the command had ${command.seq}`);
+  }
+  const effects: AckEffects = {};
+  if (command.action === 'rotate' && claims.status === 'applied' && command.ackStatus === null) {
+    effects.rotatedKeys = await rotatedKeys(claims.result);
+  }
+  const outcome = registry.recordAck(deviceId, claims, effects);
+  if (outcome.kind === 'unknown-command') return drop(ctx, deviceId, 'E_NO_COMMAND', `ack refers to unknown command ${claims.ref}`);
+  const duplicate = outcome.kind === 'duplicate';
+  ctx.log(claims.status === 'applied' ? 'info' : 'warn', duplicate ? 'ack.duplicate' : 'ack.recorded', {
+    device: deviceId,
+    action: command.action,
+    seq: command.seq,
+    status: claims.status,
+    code: claims.code,
+    signer_kid: signerKid,
+  });
+  ctx.onAck?.(outcome.command);
+  return { kind: 'ack', command: outcome.command, duplicate };
+}
+
+async function rotatedKeys(result: Record<string, unknown> | undefined): Promise<{ signing: PublicJwk; encryption: PublicJwk }> {
+  if (!isAckResultKeys(result)) throw new ProtocolError('E_CLAIMS', 'the rotate ack carries no result.keys JWK set');
+  const keys = await parseJwkSet(result.keys);
+  const signing = keys.filter((k) => k.use === 'sig');
+  const encryption = keys.filter((k) => k.use === 'enc');
+  if (signing.length !== 1 || encryption.length !== 1) {
+    throw new ProtocolError('E_CLAIMS', 'the rotate ack must carry exactly one new signing and one new encryption key');
+  }
+  return { signing: signing[0] as PublicJwk, encryption: encryption[0] as PublicJwk };
+}
+
+function drop(ctx: InboundContext, deviceId: string, code: string, reason: string): InboundResult {
+  ctx.log('warn', 'ack.dropped', { device: deviceId, code, reason });
+  return { kind: 'dropped', code, reason };
+}

@@ -1,0 +1,32 @@
+/** Refusals of the device registry, with stable codes. */
+export const REGISTRY_ERROR_CODES = {
+  E_SCHEMA: 'the registry database has an unknown schema version',
+  E_NO_REGISTRY: 'the registry database does not exist',
+  E_NO_DEVICE: 'no such device',
+  E_DEVICE_EXISTS: 'the device is already registered',
+  E_NO_KEY: 'the device has no registered encryption key',
+  E_DECOMMISSIONED: 'the device is decommissioned',
+  E_TOKEN_INVALID: 'enrollment token unknown',
+  E_TOKEN_USED: 'enrollment token already used',
+  E_TOKEN_EXPIRED: 'enrollment token expired',
+  E_TOKEN_DEVICE: 'enrollment token bound to another device',
+  E_NO_COMMAND: 'no such command',
+  E_NO_FANOUT: 'no such fan-out',
+} as const;
+
+export type RegistryErrorCode = keyof typeof REGISTRY_ERROR_CODES;
+
+export class RegistryError extends Error {
+  override readonly name = 'RegistryError';
+  constructor(
+    readonly code: RegistryErrorCode,
+    message?: string,
+    readonly exitCode = 1,
+  ) {
+    super(message ?? REGISTRY_ERROR_CODES[code]);
+  }
+}
+
+export function isRegistryError(err: unknown): err is RegistryError {
+  return err instanceof RegistryError;
+}

@@ -1,0 +1,472 @@
+/**
+ * The device registry: SQLite (better-sqlite3, WAL) shared by `serve`, `send`
+ * and the other CLI commands, each through its own connection. Every change
+ * that must be atomic (token consumption, seq allocation, ack recording and its
+ * effects) is one IMMEDIATE transaction, so concurrent processes never interleave.
+ */
+import { randomUUID } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import Database from 'better-sqlite3';
+import type { AckClaims, PublicJwk } from '../../protocol/index.js';
+import { RegistryError } from './errors.js';
+import { migrate } from './schema.js';
+import { hashToken, newEnrollmentToken } from './tokens.js';
+import type { AuditRecord, CommandRecord, DeviceKeyRecord, DeviceOrigin, DeviceRecord, DeviceState, FanoutRecord } from './types.js';
+
+/** How long a signing key replaced by a rotate still verifies acks already in flight. */
+export const PREVIOUS_KEY_GRACE_MS = 10 * 60 * 1000;
+
+interface DeviceRow {
+  id: string;
+  user_id: string | null;
+  state: DeviceState;
+  next_seq: number;
+  origin: DeviceOrigin;
+  created_at: number;
+  updated_at: number;
+  enrolled_at: number | null;
+  confirmed_at: number | null;
+  decommissioned_at: number | null;
+}
+
+interface KeyRow {
+  device_id: string;
+  kid: string;
+  use: 'sig' | 'enc';
+  jwk: string;
+  status: 'current' | 'previous' | 'retired';
+  added_at: number;
+  retired_at: number | null;
+}
+
+interface CommandRow {
+  jti: string;
+  device_id: string;
+  action: string;
+  user_id: string;
+  params_digest: string;
+  seq: number;
+  encryption_kid: string;
+  sealed: string;
+  fanout_id: string | null;
+  bind_user: string | null;
+  created_at: number;
+  expires_at: number;
+  sent_at: number | null;
+  ack_status: CommandRecord['ackStatus'];
+  ack_code: string | null;
+  ack_detail: string | null;
+  ack_jti: string | null;
+  ack_result: string | null;
+  acked_at: number | null;
+}
+
+interface TokenRow {
+  hash: string;
+  device_id: string;
+  user_id: string;
+  created_at: number;
+  expires_at: number;
+  used_at: number | null;
+  used_by: string | null;
+}
+
+export interface NewDevice {
+  id: string;
+  userId: string | null;
+  origin: DeviceOrigin;
+  signing?: PublicJwk;
+  encryption: PublicJwk;
+  state?: DeviceState;
+}
+
+export interface NewCommand {
+  jti: string;
+  deviceId: string;
+  action: string;
+  userId: string;
+  paramsDigest: string;
+  seq: number;
+  encryptionKid: string;
+  sealed: string;
+  expiresAt: number;
+  fanoutId?: string;
+  bindUser?: string;
+}
+
+/** What recording an ack did. */
+export type AckRecordOutcome =
+  | { kind: 'recorded'; command: CommandRecord }
+  | { kind: 'duplicate'; command: CommandRecord }
+  | { kind: 'unknown-command' };
+
+export interface AckEffects {
+  /** New public keys from a `rotate` ack, already validated. */
+  rotatedKeys?: { signing: PublicJwk; encryption: PublicJwk };
+}
+
+export class Registry {
+  readonly db: Database.Database;
+  readonly path: string;
+  readonly #now: () => number;
+
+  private constructor(db: Database.Database, path: string, now: () => number) {
+    this.db = db;
+    this.path = path;
+    this.#now = now;
+  }
+
+  /** Opens (and with `create`, creates) the registry and applies pending migrations. */
+  static open(path: string, options: { create?: boolean; now?: () => number } = {}): Registry {
+    if (!options.create && path !== ':memory:' && !existsSync(path)) {
+      throw new RegistryError('E_NO_REGISTRY', `registry ${path} does not exist; run: provision-server init --data DIR`, 2);
+    }
+    const db = new Database(path);
+    try {
+      db.pragma('journal_mode = WAL');
+      db.pragma('busy_timeout = 10000');
+      db.pragma('foreign_keys = ON');
+      db.pragma('synchronous = FULL');
+      migrate(db);
+    } catch (err) {
+      db.close();
+      throw err;
+    }
+    return new Registry(db, path, options.now ?? Date.now);
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+
+  now(): number {
+    return this.#now();
+  }
+
+  // ---- audit ---------------------------------------------------------------
+
+  audit(event: string, deviceId: string | null, detail: Record<string, unknown> = {}): void {
+    this.db.prepare('INSERT INTO audit (at, event, device_id, detail) VALUES (?, ?, ?, ?)').run(this.#now(), event, deviceId, JSON.stringify(detail));
+  }
+
+  auditLog(options: { deviceId?: string; limit?: number } = {}): AuditRecord[] {
+    const rows = (
+      options.deviceId === undefined
+        ? this.db.prepare('SELECT * FROM audit ORDER BY id DESC LIMIT ?').all(options.limit ?? 100)
+        : this.db.prepare('SELECT * FROM audit WHERE device_id = ? ORDER BY id DESC LIMIT ?').all(options.deviceId, options.limit ?? 100)
+    ) as { id: number; at: number; event: string; device_id: string | null; detail: string }[];
+    return rows.reverse().map((r) => ({ id: r.id, at: r.at, event: r.event, deviceId: r.device_id, detail: JSON.parse(r.detail) as Record<string, unknown> }));
+  }
+
+  // ---- devices -------------------------------------------------------------
+
+  getDevice(id: string): DeviceRecord | undefined {
+    const row = this.db.prepare('SELECT * FROM devices WHERE id = ?').get(id) as DeviceRow | undefined;
+    return row ? this.#device(row) : undefined;
+  }
+
+  requireDevice(id: string): DeviceRecord {
+    const d = this.getDevice(id);
+    if (!d) throw new RegistryError('E_NO_DEVICE', `device ${id} is not registered`, 4);
+    return d;
+  }
+
+  listDevices(filter: { userId?: string; states?: readonly DeviceState[] } = {}): DeviceRecord[] {
+    const rows = (
+      filter.userId === undefined
+        ? this.db.prepare('SELECT * FROM devices ORDER BY id').all()
+        : this.db.prepare('SELECT * FROM devices WHERE user_id = ? ORDER BY id').all(filter.userId)
+    ) as DeviceRow[];
+    return rows.filter((r) => !filter.states || filter.states.includes(r.state)).map((r) => this.#device(r));
+  }
+
+  /** Registers a device whose keys were made elsewhere (JWKS, legacy import, keys made on the host). */
+  addDevice(input: NewDevice, options: { replace?: boolean } = {}): DeviceRecord {
+    this.db
+      .transaction(() => {
+        const existing = this.db.prepare('SELECT state FROM devices WHERE id = ?').get(input.id) as { state: DeviceState } | undefined;
+        if (existing && !options.replace) {
+          throw new RegistryError('E_DEVICE_EXISTS', `device ${input.id} is already registered (${existing.state}); remove it first or pass --replace`, 2);
+        }
+        this.#upsertDevice(input.id, input.userId, input.state ?? 'registered', input.origin);
+        this.#setCurrentKeys(input.id, input.signing, input.encryption);
+        this.audit('device.add', input.id, { origin: input.origin, user_id: input.userId, signing_kid: input.signing?.kid ?? null, encryption_kid: input.encryption.kid });
+      })
+      .immediate();
+    return this.requireDevice(input.id);
+  }
+
+  /** Deletes a device, its keys and its unused tokens (its command history and the audit log stay). */
+  removeDevice(id: string): void {
+    this.db
+      .transaction(() => {
+        this.requireDevice(id);
+        this.db.prepare('DELETE FROM devices WHERE id = ?').run(id);
+        this.db.prepare('DELETE FROM enrollment_tokens WHERE device_id = ? AND used_at IS NULL').run(id);
+        this.audit('device.remove', id);
+      })
+      .immediate();
+  }
+
+  /**
+   * Signing keys that may verify this device's acks: the current one, and one
+   * replaced (rotate) or retired (delete) less than PREVIOUS_KEY_GRACE_MS ago,
+   * so that an ack in flight, or one handled by a second process, still verifies.
+   */
+  verificationKeys(id: string): PublicJwk[] {
+    const cutoff = this.#now() - PREVIOUS_KEY_GRACE_MS;
+    const rows = this.db
+      .prepare("SELECT jwk FROM device_keys WHERE device_id = ? AND use = 'sig' AND (status = 'current' OR retired_at >= ?)")
+      .all(id, cutoff) as { jwk: string }[];
+    return rows.map((r) => JSON.parse(r.jwk) as PublicJwk);
+  }
+
+  // ---- enrollment tokens ---------------------------------------------------
+
+  /** Creates a one-time token bound to a device and a user; returns the token text, which is never stored. */
+  createToken(deviceId: string, userId: string, ttlMs: number): { token: string; expiresAt: number } {
+    const token = newEnrollmentToken();
+    const now = this.#now();
+    const expiresAt = now + ttlMs;
+    this.db.transaction(() => {
+      this.db.prepare('INSERT INTO enrollment_tokens (hash, device_id, user_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?)').run(hashToken(token), deviceId, userId, now, expiresAt);
+      this.audit('token.create', deviceId, { user_id: userId, expires_at: expiresAt });
+    }).immediate();
+    return { token, expiresAt };
+  }
+
+  /**
+   * Accepts an enrollment: checks and consumes the token (bound to `deviceId`),
+   * registers the keys as the device's current ones and marks it enrolling,
+   * all in one transaction. Returns the user the token binds.
+   */
+  enroll(input: { deviceId: string; token: string; enrollmentJti: string; signing: PublicJwk; encryption: PublicJwk }): { userId: string; repeated: boolean } {
+    return this.db
+      .transaction(() => {
+        const now = this.#now();
+        const row = this.db.prepare('SELECT * FROM enrollment_tokens WHERE hash = ?').get(hashToken(input.token)) as TokenRow | undefined;
+        if (!row) throw new RegistryError('E_TOKEN_INVALID', 'the enrollment token is unknown');
+        if (row.used_at !== null) {
+          // The same device repeating its enrollment (it missed our `request`) with the same keys: answer again, change nothing.
+          const device = this.getDevice(input.deviceId);
+          if (
+            row.device_id === input.deviceId &&
+            device?.state === 'enrolling' &&
+            device.signing?.kid === input.signing.kid &&
+            device.encryption?.kid === input.encryption.kid
+          ) {
+            this.audit('device.enroll.repeat', input.deviceId, { enrollment_jti: input.enrollmentJti });
+            return { userId: row.user_id, repeated: true };
+          }
+          throw new RegistryError('E_TOKEN_USED', `the enrollment token was already used (${new Date(row.used_at).toISOString()})`);
+        }
+        if (row.expires_at <= now) throw new RegistryError('E_TOKEN_EXPIRED', `the enrollment token expired at ${new Date(row.expires_at).toISOString()}`);
+        if (row.device_id !== input.deviceId) throw new RegistryError('E_TOKEN_DEVICE', `the enrollment token is bound to another device, not ${input.deviceId}`);
+        const consumed = this.db
+          .prepare('UPDATE enrollment_tokens SET used_at = ?, used_by = ? WHERE hash = ? AND used_at IS NULL AND expires_at > ?')
+          .run(now, input.enrollmentJti, row.hash, now);
+        if (consumed.changes !== 1) throw new RegistryError('E_TOKEN_USED', 'the enrollment token was already used');
+        this.#upsertDevice(input.deviceId, row.user_id, 'enrolling', 'enrollment');
+        this.db.prepare('UPDATE devices SET enrolled_at = ?, decommissioned_at = NULL WHERE id = ?').run(now, input.deviceId);
+        this.#setCurrentKeys(input.deviceId, input.signing, input.encryption);
+        this.audit('device.enroll', input.deviceId, { user_id: row.user_id, signing_kid: input.signing.kid, encryption_kid: input.encryption.kid, enrollment_jti: input.enrollmentJti });
+        return { userId: row.user_id, repeated: false };
+      })
+      .immediate();
+  }
+
+  // ---- commands ------------------------------------------------------------
+
+  /**
+   * Allocates the device's next `seq` (one IMMEDIATE transaction: two senders
+   * never get the same one) and returns it with the key to seal to. Refuses a
+   * device without an encryption key or a decommissioned one.
+   */
+  allocateSeq(deviceId: string): { seq: number; device: DeviceRecord } {
+    return this.db
+      .transaction(() => {
+        const device = this.requireDevice(deviceId);
+        if (device.state === 'decommissioned') {
+          throw new RegistryError('E_DECOMMISSIONED', `device ${deviceId} is decommissioned; provision it again with a new token or bundle`, 4);
+        }
+        if (!device.encryption) throw new RegistryError('E_NO_KEY', `device ${deviceId} has no registered encryption key: nothing is sent (never in plaintext)`, 4);
+        const row = this.db.prepare('UPDATE devices SET next_seq = next_seq + 1 WHERE id = ? RETURNING next_seq - 1 AS seq').get(deviceId) as { seq: number };
+        return { seq: row.seq, device };
+      })
+      .immediate();
+  }
+
+  recordCommand(c: NewCommand): void {
+    this.db.transaction(() => {
+      this.db
+        .prepare(
+          `INSERT INTO commands (jti, device_id, action, user_id, params_digest, seq, encryption_kid, sealed, fanout_id, bind_user, created_at, expires_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        )
+        .run(c.jti, c.deviceId, c.action, c.userId, c.paramsDigest, c.seq, c.encryptionKid, c.sealed, c.fanoutId ?? null, c.bindUser ?? null, this.#now(), c.expiresAt);
+      this.audit('command.create', c.deviceId, { jti: c.jti, action: c.action, seq: c.seq, user_id: c.userId, params_digest: c.paramsDigest, fanout_id: c.fanoutId ?? null });
+    }).immediate();
+  }
+
+  markSent(jti: string): void {
+    this.db.prepare('UPDATE commands SET sent_at = ? WHERE jti = ?').run(this.#now(), jti);
+  }
+
+  getCommand(jti: string): CommandRecord | undefined {
+    const row = this.db.prepare('SELECT * FROM commands WHERE jti = ?').get(jti) as CommandRow | undefined;
+    return row ? commandRecord(row) : undefined;
+  }
+
+  /** The sealed text of a command (for re-publishing an unanswered one). */
+  sealedCommand(jti: string): string | undefined {
+    return (this.db.prepare('SELECT sealed FROM commands WHERE jti = ?').get(jti) as { sealed: string } | undefined)?.sealed;
+  }
+
+  listCommands(filter: { deviceId?: string; fanoutId?: string; limit?: number } = {}): CommandRecord[] {
+    const where: string[] = [];
+    const args: (string | number)[] = [];
+    if (filter.deviceId !== undefined) (where.push('device_id = ?'), args.push(filter.deviceId));
+    if (filter.fanoutId !== undefined) (where.push('fanout_id = ?'), args.push(filter.fanoutId));
+    const sql = `SELECT * FROM commands ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at DESC, seq DESC LIMIT ?`;
+    return (this.db.prepare(sql).all(...args, filter.limit ?? 1000) as CommandRow[]).map(commandRecord);
+  }
+
+  /**
+   * Records a verified ack once (by its `ref`), with its effects on the device
+   * in the same transaction: `request` applied -> provisioned and bound to the
+   * user; `update` with a user -> rebound; `rotate` applied -> the new keys
+   * become current; `delete` applied -> decommissioned, keys retired.
+   */
+  recordAck(deviceId: string, ack: AckClaims, effects: AckEffects = {}): AckRecordOutcome {
+    return this.db
+      .transaction((): AckRecordOutcome => {
+        const row = this.db.prepare('SELECT * FROM commands WHERE jti = ? AND device_id = ?').get(ack.ref, deviceId) as CommandRow | undefined;
+        if (!row) return { kind: 'unknown-command' };
+        if (row.ack_status !== null) return { kind: 'duplicate', command: commandRecord(row) };
+        const now = this.#now();
+        this.db
+          .prepare('UPDATE commands SET ack_status = ?, ack_code = ?, ack_detail = ?, ack_jti = ?, ack_result = ?, acked_at = ? WHERE jti = ? AND ack_status IS NULL')
+          .run(ack.status, ack.code, ack.detail, ack.jti, ack.result ? JSON.stringify(ack.result) : null, now, ack.ref);
+        this.audit('command.ack', deviceId, { jti: row.jti, action: row.action, seq: row.seq, status: ack.status, code: ack.code, ack_jti: ack.jti });
+        if (ack.status === 'applied') this.#applyEffects(row, effects, now);
+        return { kind: 'recorded', command: this.getCommand(row.jti) as CommandRecord };
+      })
+      .immediate();
+  }
+
+  // ---- fan-outs --------------------------------------------------------------
+
+  createFanout(action: string, params: Record<string, unknown>, selector: FanoutRecord['selector'], devices: string[]): FanoutRecord {
+    const record: FanoutRecord = { id: randomUUID(), createdAt: this.#now(), action, params, selector, devices };
+    this.db.transaction(() => {
+      this.db
+        .prepare('INSERT INTO fanouts (id, created_at, action, params, selector, devices) VALUES (?, ?, ?, ?, ?, ?)')
+        .run(record.id, record.createdAt, action, JSON.stringify(params), JSON.stringify(selector), JSON.stringify(devices));
+      this.audit('fanout.create', null, { fanout_id: record.id, action, selector, devices: devices.length });
+    }).immediate();
+    return record;
+  }
+
+  getFanout(id: string): FanoutRecord {
+    const row = this.db.prepare('SELECT * FROM fanouts WHERE id = ?').get(id) as
+      | { id: string; created_at: number; action: string; params: string; selector: string; devices: string }
+      | undefined;
+    if (!row) throw new RegistryError('E_NO_FANOUT', `no fan-out with id ${id}`, 2);
+    return {
+      id: row.id,
+      createdAt: row.created_at,
+      action: row.action,
+      params: JSON.parse(row.params) as Record<string, unknown>,
+      selector: JSON.parse(row.selector) as FanoutRecord['selector'],
+      devices: JSON.parse(row.devices) as string[],
+    };
+  }
+
+  // ---- internals -------------------------------------------------------------
+
+  #applyEffects(row: CommandRow, effects: AckEffects, now: number): void {
+    const id = row.device_id;
+    if (row.bind_user !== null) {
+      this.db.prepare('UPDATE devices SET user_id = ?, updated_at = ? WHERE id = ?').run(row.bind_user, now, id);
+    }
+    if (row.action === 'request') {
+      this.db.prepare("UPDATE devices SET state = 'provisioned', confirmed_at = ?, updated_at = ? WHERE id = ? AND state != 'decommissioned'").run(now, now, id);
+      this.audit('device.provisioned', id, { user_id: row.bind_user ?? row.user_id });
+    } else if (row.action === 'rotate' && effects.rotatedKeys) {
+      this.#setCurrentKeys(id, effects.rotatedKeys.signing, effects.rotatedKeys.encryption);
+      this.audit('device.rotate', id, { signing_kid: effects.rotatedKeys.signing.kid, encryption_kid: effects.rotatedKeys.encryption.kid });
+    } else if (row.action === 'delete') {
+      this.db.prepare("UPDATE devices SET state = 'decommissioned', decommissioned_at = ?, updated_at = ? WHERE id = ?").run(now, now, id);
+      this.db.prepare("UPDATE device_keys SET status = 'retired', retired_at = COALESCE(retired_at, ?) WHERE device_id = ?").run(now, id);
+      this.audit('device.decommissioned', id, {});
+    }
+  }
+
+  #upsertDevice(id: string, userId: string | null, state: DeviceState, origin: DeviceOrigin): void {
+    const now = this.#now();
+    this.db
+      .prepare(
+        `INSERT INTO devices (id, user_id, state, origin, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id, state = excluded.state, origin = excluded.origin, updated_at = excluded.updated_at`,
+      )
+      .run(id, userId, state, origin, now, now);
+  }
+
+  /** Makes these keys current; the keys they replace become `previous` (signing: verifies in-flight acks for a grace period). */
+  #setCurrentKeys(id: string, signing: PublicJwk | undefined, encryption: PublicJwk): void {
+    const now = this.#now();
+    this.db.prepare("UPDATE device_keys SET status = 'retired' WHERE device_id = ? AND status = 'previous'").run(id);
+    this.db.prepare("UPDATE device_keys SET status = 'previous', retired_at = ? WHERE device_id = ? AND status = 'current'").run(now, id);
+    const insert = this.db.prepare(
+      `INSERT INTO device_keys (device_id, kid, use, jwk, status, added_at) VALUES (?, ?, ?, ?, 'current', ?)
+       ON CONFLICT (device_id, kid) DO UPDATE SET status = 'current', retired_at = NULL, jwk = excluded.jwk`,
+    );
+    if (signing) insert.run(id, signing.kid, 'sig', JSON.stringify(signing), now);
+    insert.run(id, encryption.kid, 'enc', JSON.stringify(encryption), now);
+  }
+
+  #device(row: DeviceRow): DeviceRecord {
+    const keys = (this.db.prepare('SELECT * FROM device_keys WHERE device_id = ? ORDER BY added_at, kid').all(row.id) as KeyRow[]).map(
+      (k): DeviceKeyRecord => ({ kid: k.kid, use: k.use, status: k.status, jwk: JSON.parse(k.jwk) as PublicJwk, addedAt: k.added_at, retiredAt: k.retired_at }),
+    );
+    const current = (use: 'sig' | 'enc'): PublicJwk | undefined =>
+      row.state === 'decommissioned' ? undefined : keys.find((k) => k.use === use && k.status === 'current')?.jwk;
+    return {
+      id: row.id,
+      userId: row.user_id,
+      state: row.state,
+      nextSeq: row.next_seq,
+      origin: row.origin,
+      createdAt: row.created_at,
+      updatedAt: row.updated_at,
+      enrolledAt: row.enrolled_at,
+      confirmedAt: row.confirmed_at,
+      decommissionedAt: row.decommissioned_at,
+      signing: current('sig'),
+      encryption: current('enc'),
+      keys,
+    };
+  }
+}
+
+function commandRecord(row: CommandRow): CommandRecord {
+  return {
+    jti: row.jti,
+    deviceId: row.device_id,
+    action: row.action,
+    userId: row.user_id,
+    paramsDigest: row.params_digest,
+    seq: row.seq,
+    encryptionKid: row.encryption_kid,
+    fanoutId: row.fanout_id,
+    createdAt: row.created_at,
+    expiresAt: row.expires_at,
+    sentAt: row.sent_at,
+    ackStatus: row.ack_status,
+    ackCode: row.ack_code,
+    ackDetail: row.ack_detail,
+    ackJti: row.ack_jti,
+    ackResult: row.ack_result === null ? null : (JSON.parse(row.ack_result) as Record<string, unknown>),
+    ackedAt: row.acked_at,
+  };
+}

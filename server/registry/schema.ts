@@ -1,0 +1,110 @@
+/**
+ * The registry's schema as an ordered list of migrations. `PRAGMA user_version`
+ * holds how many have been applied; each runs in its own transaction.
+ */
+import type Database from 'better-sqlite3';
+import { RegistryError } from './errors.js';
+
+export const MIGRATIONS: readonly string[] = [
+  // 1: devices, their keys, enrollment tokens, commands, fan-outs and the audit log.
+  `
+  CREATE TABLE devices (
+    id TEXT PRIMARY KEY,
+    user_id TEXT,
+    state TEXT NOT NULL CHECK (state IN ('registered', 'enrolling', 'provisioned', 'decommissioned')),
+    next_seq INTEGER NOT NULL DEFAULT 1 CHECK (next_seq >= 1),
+    origin TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    enrolled_at INTEGER,
+    confirmed_at INTEGER,
+    decommissioned_at INTEGER
+  ) STRICT;
+  CREATE INDEX devices_user ON devices (user_id);
+
+  CREATE TABLE device_keys (
+    device_id TEXT NOT NULL REFERENCES devices (id) ON DELETE CASCADE,
+    kid TEXT NOT NULL,
+    use TEXT NOT NULL CHECK (use IN ('sig', 'enc')),
+    jwk TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('current', 'previous', 'retired')),
+    added_at INTEGER NOT NULL,
+    retired_at INTEGER,
+    PRIMARY KEY (device_id, kid)
+  ) STRICT;
+
+  CREATE TABLE enrollment_tokens (
+    hash TEXT PRIMARY KEY,
+    device_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at INTEGER,
+    used_by TEXT
+  ) STRICT;
+  CREATE INDEX enrollment_tokens_device ON enrollment_tokens (device_id);
+
+  CREATE TABLE commands (
+    jti TEXT PRIMARY KEY,
+    device_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    params_digest TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    encryption_kid TEXT NOT NULL,
+    sealed TEXT NOT NULL,
+    fanout_id TEXT,
+    -- the user the device is bound to once this command is applied (request; update with user_id)
+    bind_user TEXT,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    sent_at INTEGER,
+    ack_status TEXT CHECK (ack_status IN ('applied', 'rejected', 'failed')),
+    ack_code TEXT,
+    ack_detail TEXT,
+    ack_jti TEXT,
+    ack_result TEXT,
+    acked_at INTEGER,
+    UNIQUE (device_id, seq)
+  ) STRICT;
+  CREATE INDEX commands_device ON commands (device_id, seq);
+  CREATE INDEX commands_fanout ON commands (fanout_id);
+
+  CREATE TABLE fanouts (
+    id TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    params TEXT NOT NULL,
+    selector TEXT NOT NULL,
+    devices TEXT NOT NULL
+  ) STRICT;
+
+  CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    device_id TEXT,
+    detail TEXT NOT NULL
+  ) STRICT;
+  CREATE TRIGGER audit_append_only_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+  CREATE TRIGGER audit_append_only_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+  `,
+];
+
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+/** Applies the migrations the database lacks; refuses a database newer than this program. */
+export function migrate(db: Database.Database): number {
+  const current = db.pragma('user_version', { simple: true }) as number;
+  if (current > SCHEMA_VERSION) {
+    throw new RegistryError('E_SCHEMA', `registry schema version ${current} is newer than this program's (${SCHEMA_VERSION}); upgrade provision-server`);
+  }
+  for (let v = current; v < SCHEMA_VERSION; v++) {
+    const sql = MIGRATIONS[v] as string;
+    db.transaction(() => {
+      db.exec(sql);
+      db.pragma(`user_version = ${v + 1}`);
+    }).immediate();
+  }
+  return SCHEMA_VERSION;
+}

@@ -1,0 +1,70 @@
+/** Records the registry returns. Times are milliseconds since the epoch. */
+import type { AckStatus, PublicJwk } from '../../protocol/index.js';
+
+export const DEVICE_STATES = ['registered', 'enrolling', 'provisioned', 'decommissioned'] as const;
+export type DeviceState = (typeof DEVICE_STATES)[number];
+export type DeviceOrigin = 'enrollment' | 'jwks' | 'legacy' | 'host-keys';
+
+export interface DeviceKeyRecord {
+  kid: string;
+  use: 'sig' | 'enc';
+  status: 'current' | 'previous' | 'retired';
+  jwk: PublicJwk;
+  addedAt: number;
+  retiredAt: number | null;
+}
+
+export interface DeviceRecord {
+  id: string;
+  userId: string | null;
+  state: DeviceState;
+  nextSeq: number;
+  origin: DeviceOrigin;
+  createdAt: number;
+  updatedAt: number;
+  enrolledAt: number | null;
+  confirmedAt: number | null;
+  decommissionedAt: number | null;
+  /** Current signing key (verifies acks), when registered. */
+  signing: PublicJwk | undefined;
+  /** Current encryption key (commands are sealed to it), when registered. */
+  encryption: PublicJwk | undefined;
+  keys: DeviceKeyRecord[];
+}
+
+export interface CommandRecord {
+  jti: string;
+  deviceId: string;
+  action: string;
+  userId: string;
+  paramsDigest: string;
+  seq: number;
+  encryptionKid: string;
+  fanoutId: string | null;
+  createdAt: number;
+  expiresAt: number;
+  sentAt: number | null;
+  ackStatus: AckStatus | null;
+  ackCode: string | null;
+  ackDetail: string | null;
+  ackJti: string | null;
+  ackResult: Record<string, unknown> | null;
+  ackedAt: number | null;
+}
+
+export interface AuditRecord {
+  id: number;
+  at: number;
+  event: string;
+  deviceId: string | null;
+  detail: Record<string, unknown>;
+}
+
+export interface FanoutRecord {
+  id: string;
+  createdAt: number;
+  action: string;
+  params: Record<string, unknown>;
+  selector: { all?: boolean; userId?: string };
+  devices: string[];
+}

@@ -1,0 +1,135 @@
+/**
+ * `serve`: the long-running server. One MQTT session (persistent, QoS 1; a
+ * message is PUBACKed only after it has been handled), the fleet subscriptions,
+ * enrollment and ack handling, and the optional HTTP API on loopback.
+ */
+import { createHash } from 'node:crypto';
+import { hostname } from 'node:os';
+import type { AddressInfo } from 'node:net';
+import type { Server } from 'node:http';
+import type { MqttClient } from 'mqtt';
+import { AckWaiters } from './ack-waiters.js';
+import { CommandSender, type SendRequest } from './command-sender.js';
+import { brokerFrom, openDataDir, readHttpToken, type BrokerSettings, type OpenedData } from './data-dir.js';
+import { createHttpApi } from './http-api.js';
+import { handleInbound, type InboundResult } from './inbound.js';
+import { silentLog, type Log } from './log.js';
+import { connectBroker, publishQos1 } from './mqtt-connection.js';
+import type { CommandRecord } from './registry/types.js';
+import { subscribeFleet, type SharedMode } from './subscriptions.js';
+
+export interface ServeOptions {
+  dataDir: string;
+  /** Overrides what `init` recorded. */
+  broker?: { broker?: string; ca?: string; cert?: string; key?: string };
+  /** `host:port` or {host, port}; undefined: no HTTP API. Port 0 picks a free one. */
+  http?: { host: string; port: number };
+  /** Bearer token file; default DATA/http.token. */
+  httpTokenFile?: string;
+  shared?: SharedMode;
+  clientId?: string;
+  log?: Log;
+  /** Called after each inbound message was handled (tests, demo). */
+  onInbound?: (result: InboundResult) => void;
+}
+
+export interface RunningServer {
+  data: OpenedData;
+  broker: BrokerSettings;
+  client: MqttClient;
+  sender: CommandSender;
+  shared: boolean;
+  /** Where the HTTP API listens, when enabled. */
+  http: { host: string; port: number } | undefined;
+  send(req: SendRequest): Promise<CommandRecord>;
+  waitForAck(jti: string, timeoutMs: number): Promise<CommandRecord | undefined>;
+  close(): Promise<void>;
+}
+
+export async function startProvisionServer(options: ServeOptions): Promise<RunningServer> {
+  const log = options.log ?? silentLog;
+  const data = await openDataDir(options.dataDir);
+  const { registry, keys, config } = data;
+  const broker = brokerFrom(config.broker, options.broker ?? {});
+  let client: MqttClient | undefined;
+  let httpServer: Server | undefined;
+  try {
+    client = await connectBroker(broker, { clientId: options.clientId ?? defaultClientId(data.paths.dir), clean: false });
+    const mqttClient = client;
+    const sender = new CommandSender({ registry, keys, topicPrefix: config.topicPrefix, publish: (t, p) => publishQos1(mqttClient, t, p) });
+    const waiters = new AckWaiters(registry);
+    const ctx = { registry, keys, topicPrefix: config.topicPrefix, sender, log, onAck: (c: CommandRecord) => waiters.notify(c) };
+    // PUBACK only after the message is handled: a crash mid-way means redelivery, and handling is idempotent.
+    mqttClient.handleMessage = (packet, callback) => {
+      const payload = typeof packet.payload === 'string' ? packet.payload : Buffer.from(packet.payload);
+      void handleInbound(ctx, packet.topic, payload).then((result) => {
+        options.onInbound?.(result);
+        callback();
+      });
+    };
+    const { shared } = await subscribeFleet(mqttClient, config.topicPrefix, { mode: options.shared ?? 'auto', log });
+    let httpAddress: { host: string; port: number } | undefined;
+    if (options.http) {
+      const token = await readHttpToken(options.httpTokenFile ?? data.paths.httpToken);
+      httpServer = createHttpApi({ registry, sender, token, log });
+      const srv = httpServer;
+      await new Promise<void>((resolve, reject) => {
+        srv.once('error', reject);
+        srv.listen(options.http?.port, options.http?.host, () => resolve());
+      });
+      const addr = srv.address() as AddressInfo;
+      httpAddress = { host: addr.address, port: addr.port };
+      log('info', 'http.listening', { address: `${addr.address}:${addr.port}` });
+    }
+    log('info', 'serve.ready', { server_id: keys.serverId, broker: broker.url, prefix: config.topicPrefix, shared });
+    let closed = false;
+    return {
+      data,
+      broker,
+      client: mqttClient,
+      sender,
+      shared,
+      http: httpAddress,
+      send: async (req) => {
+        const c = await sender.send(req);
+        log('info', 'command.sent', { device: c.deviceId, action: c.action, seq: c.seq, jti: c.jti });
+        return c;
+      },
+      waitForAck: (jti, timeoutMs) => waiters.wait(jti, timeoutMs),
+      close: async () => {
+        if (closed) return;
+        closed = true;
+        waiters.cancelAll();
+        if (httpServer) {
+          httpServer.closeAllConnections();
+          await new Promise<void>((resolve) => httpServer?.close(() => resolve()));
+        }
+        await mqttClient.endAsync().catch(() => undefined);
+        registry.close();
+      },
+    };
+  } catch (err) {
+    httpServer?.close();
+    await client?.endAsync(true).catch(() => undefined);
+    registry.close();
+    throw err;
+  }
+}
+
+/** `host:port` (IPv6 as `[::1]:8080`) to {host, port}. */
+export function parseHostPort(text: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text.trim());
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) throw Object.assign(new Error(`--http "${text}" must be host:port, e.g. 127.0.0.1:8080`), { code: 'E_USAGE', exitCode: 2 });
+  return { host: (m[1] ?? m[2]) as string, port };
+}
+
+/**
+ * A stable client id per host and data directory (the broker keeps the
+ * persistent session under it across restarts); pass --client-id to run two
+ * instances on one host with one data directory.
+ */
+export function defaultClientId(dataDir: string): string {
+  const tag = createHash('sha256').update(dataDir).digest('hex').slice(0, 8);
+  return `provision-server-${hostname().replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 32)}-${tag}`;
+}

@@ -1,0 +1,63 @@
+/**
+ * Fleet subscriptions of `serve`: `$share/GROUP/{prefix}/+/ack` and `.../enroll`
+ * where the broker supports MQTT shared subscriptions (mosquitto >= 1.6 does, also
+ * over MQTT 3.1.1), so that several `serve` instances split the fleet's messages
+ * and none handles an ack twice. MQTT 3.1.1 has no way to ask a broker whether it
+ * supports them, so `auto` probes: it subscribes to a shared probe topic and
+ * publishes to it; no delivery within the probe time means no support (aedes 1.x),
+ * and it falls back to plain subscriptions (only one instance should then run;
+ * recording an ack is idempotent in the registry either way).
+ */
+import { randomBytes } from 'node:crypto';
+import type { MqttClient } from 'mqtt';
+import { fleetFilter } from '../protocol/index.js';
+import type { Log } from './log.js';
+
+export type SharedMode = 'auto' | 'on' | 'off';
+export const DEFAULT_SHARE_GROUP = 'provision-server';
+
+export async function subscribeFleet(
+  client: MqttClient,
+  prefix: string,
+  options: { mode: SharedMode; group?: string; probeMs?: number; log: Log },
+): Promise<{ shared: boolean; filters: string[] }> {
+  const group = options.group ?? DEFAULT_SHARE_GROUP;
+  let shared = options.mode === 'on';
+  if (options.mode === 'auto') shared = await probeShared(client, prefix, group, options.probeMs ?? 1500);
+  const plain = [fleetFilter(prefix, 'ack'), fleetFilter(prefix, 'enroll')];
+  const filters = shared ? plain.map((f) => `$share/${group}/${f}`) : plain;
+  const granted = await client.subscribeAsync(filters, { qos: 1 });
+  const refused = granted.filter((g) => g.qos === 128);
+  if (refused.length) throw Object.assign(new Error(`the broker refused the subscription(s) ${refused.map((g) => g.topic).join(', ')}`), { code: 'E_BROKER' });
+  if (shared) options.log('info', 'subscribe.shared', { group, filters });
+  else options.log('warn', 'subscribe.plain', { filters, note: 'no shared subscriptions: run only one serve instance on this broker' });
+  return { shared, filters };
+}
+
+async function probeShared(client: MqttClient, prefix: string, group: string, probeMs: number): Promise<boolean> {
+  // `_probe-...` is not a valid device id, so no device topic can ever collide with it.
+  const topic = `${prefix}/_probe-${randomBytes(6).toString('hex')}/probe`;
+  const filter = `$share/${group}-probe/${topic}`;
+  try {
+    const granted = await client.subscribeAsync(filter, { qos: 1 });
+    if (granted.some((g) => g.qos === 128)) return false;
+  } catch {
+    return false;
+  }
+  const received = new Promise<boolean>((resolve) => {
+    const timer = setTimeout(() => finish(false), probeMs);
+    const onMessage = (t: string): void => {
+      if (t === topic) finish(true);
+    };
+    function finish(ok: boolean): void {
+      clearTimeout(timer);
+      client.off('message', onMessage);
+      resolve(ok);
+    }
+    client.on('message', onMessage);
+  });
+  await client.publishAsync(topic, 'probe', { qos: 1, retain: false });
+  const ok = await received;
+  await client.unsubscribeAsync(filter).catch(() => undefined);
+  return ok;
+}

@@ -1,0 +1,210 @@
+/**
+ * Simulated devices for the server's tests: each speaks the wire protocol as
+ * the agent does (enroll, open commands with every check, ack signed and
+ * encrypted), many devices sharing one MQTT connection so that a fan-out to
+ * hundreds of them stays cheap.
+ */
+import { createServer, type Server } from 'node:net';
+import type { AddressInfo } from 'node:net';
+import { Aedes } from 'aedes';
+import mqtt, { type MqttClient } from 'mqtt';
+import {
+  KeyRing,
+  TRUSTED_CLOCK,
+  ackTopic,
+  checkReplay,
+  enrollTopic,
+  generateEncryptionKey,
+  generateSigningKey,
+  isProtocolError,
+  openCommand,
+  parseTopic,
+  sealAck,
+  sealEnrollment,
+  toJwkSet,
+  toPublicJwk,
+  type CommandClaims,
+  type JwkSet,
+  type PrivateJwk,
+  type PublicJwk,
+} from '../../protocol/index.js';
+
+export interface EmbeddedBroker {
+  url: string;
+  port: number;
+  close(): Promise<void>;
+}
+
+/** aedes in process on a free loopback port. */
+export async function startEmbeddedBroker(): Promise<EmbeddedBroker> {
+  const broker = await Aedes.createBroker();
+  const server: Server = createServer(broker.handle);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+  const port = (server.address() as AddressInfo).port;
+  return {
+    url: `mqtt://127.0.0.1:${port}`,
+    port,
+    close: async () => {
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await new Promise<void>((resolve) => broker.close(() => resolve()));
+    },
+  };
+}
+
+export type SimBehaviour = 'apply' | 'reject' | 'fail' | 'silent';
+
+export interface SimDevice {
+  id: string;
+  signing: PrivateJwk;
+  encryption: PrivateJwk;
+  previousEncryption: PrivateJwk | undefined;
+  lastSeq: number;
+  jtis: Set<string>;
+  applied: CommandClaims[];
+  behaviour: SimBehaviour;
+  provisioned: boolean;
+  userId: string | undefined;
+  publicSet(): JwkSet;
+}
+
+export async function makeSimDevice(id: string, behaviour: SimBehaviour = 'apply'): Promise<SimDevice> {
+  const [signing, encryption] = await Promise.all([generateSigningKey(), generateEncryptionKey()]);
+  return {
+    id,
+    signing,
+    encryption,
+    previousEncryption: undefined,
+    lastSeq: 0,
+    jtis: new Set(),
+    applied: [],
+    behaviour,
+    provisioned: false,
+    userId: undefined,
+    publicSet(this: SimDevice) {
+      return toJwkSet([this.signing, this.encryption]);
+    },
+  };
+}
+
+/** Many simulated devices behind one MQTT connection. */
+export class SimFleet {
+  readonly devices = new Map<string, SimDevice>();
+  readonly #client: MqttClient;
+  readonly #prefix: string;
+  readonly #serverId: string;
+  readonly #serverTrust: { signing: PublicJwk; encryption: PublicJwk };
+  /** Every ack this fleet sent: device id -> claims. */
+  readonly acks: { deviceId: string; ref: string; status: string; code: string }[] = [];
+  readonly dropped: { deviceId: string; code: string }[] = [];
+
+  private constructor(client: MqttClient, prefix: string, serverId: string, trust: JwkSet) {
+    this.#client = client;
+    this.#prefix = prefix;
+    this.#serverId = serverId;
+    const signing = trust.keys.find((k) => k.use === 'sig');
+    const encryption = trust.keys.find((k) => k.use === 'enc');
+    if (!signing || !encryption) throw new Error('trust set needs a signing and an encryption key');
+    this.#serverTrust = { signing: toPublicJwk(signing), encryption: toPublicJwk(encryption) };
+  }
+
+  static async connect(url: string, options: { prefix?: string; serverId?: string; trust: JwkSet }): Promise<SimFleet> {
+    const client = await mqtt.connectAsync(url, { clientId: `sim-fleet-${Math.random().toString(16).slice(2)}`, clean: true, reconnectPeriod: 0 });
+    const fleet = new SimFleet(client, options.prefix ?? 'provision', options.serverId ?? 'provision-server', options.trust);
+    client.on('message', (topic, payload) => void fleet.#onCommand(topic, payload));
+    await client.subscribeAsync(`${fleet.#prefix}/+/command`, { qos: 1 });
+    return fleet;
+  }
+
+  add(device: SimDevice): SimDevice {
+    this.devices.set(device.id, device);
+    return device;
+  }
+
+  /** Publishes the device's sealed enrollment (self-signed, encrypted to the server). */
+  async enroll(device: SimDevice, token: string, overrides: { signer?: PrivateJwk; topicId?: string } = {}): Promise<void> {
+    const { token: sealed } = await sealEnrollment(
+      { deviceId: device.id, serverId: this.#serverId, token, signing: toPublicJwk(device.signing), encryption: toPublicJwk(device.encryption) },
+      { signer: overrides.signer ?? device.signing, recipient: this.#serverTrust.encryption },
+    );
+    await this.#client.publishAsync(enrollTopic(this.#prefix, overrides.topicId ?? device.id), sealed, { qos: 1 });
+  }
+
+  /** Publishes raw bytes on a device topic (for tampering tests). */
+  async publishRaw(topic: string, payload: string): Promise<void> {
+    await this.#client.publishAsync(topic, payload, { qos: 1 });
+  }
+
+  async close(): Promise<void> {
+    await this.#client.endAsync();
+  }
+
+  async #onCommand(topic: string, payload: Buffer): Promise<void> {
+    const parsed = parseTopic(this.#prefix, topic);
+    const device = parsed ? this.devices.get(parsed.deviceId) : undefined;
+    if (!parsed || parsed.kind !== 'command' || !device) return;
+    const decryption = await KeyRing.create(device.previousEncryption ? [device.encryption, device.previousEncryption] : [device.encryption]);
+    const verification = await KeyRing.create([this.#serverTrust.signing]);
+    let claims: CommandClaims;
+    try {
+      ({ claims } = await openCommand(payload, {
+        deviceId: device.id,
+        topicDeviceId: parsed.deviceId,
+        serverId: this.#serverId,
+        decryption,
+        verification,
+        clock: TRUSTED_CLOCK,
+        replay: { check: (seq, jti) => checkReplay({ lastSeq: device.lastSeq, recentJtis: device.jtis }, seq, jti) },
+      }));
+    } catch (err) {
+      const code = isProtocolError(err) ? err.code : 'E_INTERNAL';
+      if (isProtocolError(err) && err.refused?.jti) {
+        await this.#ack(device, err.refused.jti, err.refused.seq ?? 0, 'rejected', code);
+      } else {
+        this.dropped.push({ deviceId: device.id, code });
+      }
+      return;
+    }
+    if (device.behaviour === 'silent') return;
+    device.lastSeq = claims.seq;
+    device.jtis.add(claims.jti);
+    if (device.behaviour === 'reject') return this.#ack(device, claims.jti, claims.seq, 'rejected', 'E_PARAMS');
+    if (device.behaviour === 'fail') return this.#ack(device, claims.jti, claims.seq, 'failed', 'E_HOOK');
+    device.applied.push(claims);
+    const signer = device.signing;
+    let result: Record<string, unknown> | undefined;
+    if (claims.action === 'request') {
+      device.provisioned = true;
+      device.userId = claims.user_id;
+    } else if (claims.action === 'rotate') {
+      const [signing, encryption] = await Promise.all([generateSigningKey(), generateEncryptionKey()]);
+      device.previousEncryption = device.encryption;
+      device.signing = signing;
+      device.encryption = encryption;
+      result = { keys: toJwkSet([signing, encryption]) };
+    } else if (claims.action === 'delete') {
+      device.provisioned = false;
+    }
+    // The rotate ack is signed with the old signing key.
+    await this.#ack(device, claims.jti, claims.seq, 'applied', 'OK', result, signer);
+  }
+
+  async #ack(device: SimDevice, ref: string, seq: number, status: 'applied' | 'rejected' | 'failed', code: string, result?: Record<string, unknown>, signer?: PrivateJwk): Promise<void> {
+    const { token } = await sealAck(
+      { deviceId: device.id, serverId: this.#serverId, ref, seq, status, code, ...(result ? { result } : {}) },
+      { signer: signer ?? device.signing, recipient: this.#serverTrust.encryption },
+    );
+    this.acks.push({ deviceId: device.id, ref, status, code });
+    await this.#client.publishAsync(ackTopic(this.#prefix, device.id), token, { qos: 1 });
+  }
+}
+
+/** Polls until `check` holds or `timeoutMs` passes. */
+export async function eventually<T>(check: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 10_000, what = 'condition'): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await check();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
