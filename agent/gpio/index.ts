@@ -1,0 +1,32 @@
+/**
+ * The agent's GPIO: status LED, sensor-enable pin, reset button.
+ *
+ *   const io = await createBoardIo(config.gpio, log);
+ *   io.onError((err) => ...);          // never fatal to provisioning
+ *   io.onResetHeld(() => ...);         // physical presence: reset to unprovisioned
+ *   io.setStatus('enrolling');
+ *   await io.setSensorEnabled(true);   // while provisioned
+ *
+ * Backends: onoff (sysfs, optional dependency loaded lazily), fake (tests,
+ * demo: `createBoardIo({ backend: 'fake', ... })` then `io.fake`), none.
+ * A libgpiod / GPIO character-device backend is the planned next one (see backend.ts).
+ */
+export type { BoardIo, GpioBackendName, GpioConfig, GpioLog, GpioPins, GpioRole } from './types.js';
+export { GPIO_ROLES } from './types.js';
+export type { BoardStatus, LedStep } from './led-patterns.js';
+export { BOARD_STATUSES, LED_PATTERNS } from './led-patterns.js';
+export { createBoardIo, type BoardIoOptions } from './board-io.js';
+export { FakeGpioBackend, type FakeGpioOptions, type FakeWrite } from './fake-backend.js';
+export type { GpioBackend, InputLine, InputOptions, OutputLine } from './backend.js';
+export { GPIO_ERROR_CODES, GpioError, isGpioError, type GpioErrorCode } from './errors.js';
+export { DEFAULT_RESET_HOLD_S, validateGpioConfig, validateGpioPins } from './pins.js';
+export {
+  DEFAULT_SYSFS_ROOT,
+  HEADER_CHIP_LABELS,
+  findHeaderChip,
+  readGpioChips,
+  resolveSysfsGpio,
+  type GpioChipInfo,
+  type ResolvedPin,
+} from './sysfs-resolver.js';
+export { ManualTimers, realTimers, type TimerHandle, type Timers } from './timers.js';

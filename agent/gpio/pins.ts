@@ -1,0 +1,72 @@
+/**
+ * Validation of the GPIO part of a configuration, independent of hardware:
+ * pins are non-negative integers (or null) and no pin serves two roles. The
+ * range on the actual chip is checked when a pin is opened (E_GPIO_PIN_RANGE).
+ */
+import { GpioError } from './errors.js';
+import { GPIO_ROLES, type GpioConfig, type GpioPins, type GpioRole } from './types.js';
+
+export const DEFAULT_RESET_HOLD_S = 5;
+export const MAX_RESET_HOLD_S = 600;
+
+function pinProblem(role: GpioRole, value: unknown): GpioError | null {
+  if (value === null || value === undefined) return null;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > 1023) {
+    return new GpioError('E_GPIO_CONFIG', `gpio.${role} must be a BCM GPIO number (integer >= 0) or null, got ${JSON.stringify(value)}`);
+  }
+  return null;
+}
+
+/** Pins as given, with each invalid or duplicated pin set to null and its problem listed. */
+export function sanitizePins(pins: Partial<Record<GpioRole, unknown>>): { pins: GpioPins; problems: GpioError[] } {
+  const out: GpioPins = { status_led: null, sensor_enable: null, reset_button: null };
+  const problems: GpioError[] = [];
+  const owner = new Map<number, GpioRole>();
+  for (const role of GPIO_ROLES) {
+    const value = pins[role];
+    const problem = pinProblem(role, value);
+    if (problem !== null) {
+      problems.push(problem);
+      continue;
+    }
+    if (typeof value !== 'number') continue;
+    const other = owner.get(value);
+    if (other !== undefined) {
+      problems.push(new GpioError('E_GPIO_CONFIG', `gpio.${role} and gpio.${other} are both GPIO ${value}`, { pin: value }));
+      continue;
+    }
+    owner.set(value, role);
+    out[role] = value;
+  }
+  return { pins: out, problems };
+}
+
+/** Throws the first problem of a pin set (E_GPIO_CONFIG). */
+export function validateGpioPins(pins: Partial<Record<GpioRole, unknown>>): GpioPins {
+  const { pins: clean, problems } = sanitizePins(pins);
+  const first = problems[0];
+  if (first !== undefined) throw first;
+  return clean;
+}
+
+export function resetHoldProblem(value: unknown): GpioError | null {
+  if (value === undefined) return null;
+  if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0 || value > MAX_RESET_HOLD_S) {
+    return new GpioError('E_GPIO_CONFIG', `gpio.reset_hold_s must be a number of seconds in (0, ${MAX_RESET_HOLD_S}], got ${JSON.stringify(value)}`);
+  }
+  return null;
+}
+
+/** For the agent's config validation: throws the first problem of a `gpio` section (E_GPIO_CONFIG). */
+export function validateGpioConfig(config: GpioConfig): void {
+  const backends: readonly unknown[] = ['auto', 'onoff', 'fake', 'none', undefined];
+  if (!backends.includes(config.backend)) {
+    throw new GpioError('E_GPIO_CONFIG', `gpio.backend must be auto, onoff, fake or none, got ${JSON.stringify(config.backend)}`);
+  }
+  if (config.sysfs_root !== undefined && (typeof config.sysfs_root !== 'string' || config.sysfs_root === '')) {
+    throw new GpioError('E_GPIO_CONFIG', 'gpio.sysfs_root must be a non-empty path');
+  }
+  validateGpioPins(config);
+  const hold = resetHoldProblem(config.reset_hold_s);
+  if (hold !== null) throw hold;
+}
