@@ -128,7 +128,7 @@ class BoardIoImpl implements BoardIo {
     for (const role of GPIO_ROLES) if (pins[role] !== undefined) merged[role] = pins[role];
     const { pins: next, problems } = sanitizePins(merged);
     const first = problems[0];
-    if (first !== undefined) return Promise.reject(first);
+    if (first !== undefined) return Promise.reject(first.error);
     return this.enqueue(async () => {
       if (this.closed) return;
       for (const role of GPIO_ROLES) {
@@ -419,7 +419,7 @@ export async function createBoardIo(config: GpioConfig, log?: GpioLog, options: 
   }
 
   const io = new BoardIoImpl(driver, noBackend, settings, timers, logger);
-  for (const p of pinProblems) io.addProblem('config', p);
+  for (const p of pinProblems) io.addProblem(p.role, p.error);
   if (holdProblem !== null) io.addProblem('config', holdProblem);
   if (backendProblem !== null) io.addProblem('backend', backendProblem);
   else if (noBackend !== null && !noBackend.intended) {

@@ -29,4 +29,5 @@ export {
   type GpioChipInfo,
   type ResolvedPin,
 } from './sysfs-resolver.js';
+export { OnoffBackend, loadOnoff, type OnoffModule } from './onoff-backend.js';
 export { ManualTimers, realTimers, type TimerHandle, type Timers } from './timers.js';

@@ -17,22 +17,28 @@ function pinProblem(role: GpioRole, value: unknown): GpioError | null {
   return null;
 }
 
+export interface PinProblem {
+  readonly role: GpioRole;
+  readonly error: GpioError;
+}
+
 /** Pins as given, with each invalid or duplicated pin set to null and its problem listed. */
-export function sanitizePins(pins: Partial<Record<GpioRole, unknown>>): { pins: GpioPins; problems: GpioError[] } {
+export function sanitizePins(pins: Partial<Record<GpioRole, unknown>>): { pins: GpioPins; problems: PinProblem[] } {
   const out: GpioPins = { status_led: null, sensor_enable: null, reset_button: null };
-  const problems: GpioError[] = [];
+  const problems: PinProblem[] = [];
   const owner = new Map<number, GpioRole>();
   for (const role of GPIO_ROLES) {
     const value = pins[role];
     const problem = pinProblem(role, value);
     if (problem !== null) {
-      problems.push(problem);
+      problems.push({ role, error: problem });
       continue;
     }
     if (typeof value !== 'number') continue;
     const other = owner.get(value);
     if (other !== undefined) {
-      problems.push(new GpioError('E_GPIO_CONFIG', `gpio.${role} and gpio.${other} are both GPIO ${value}`, { pin: value }));
+      const error = new GpioError('E_GPIO_CONFIG', `gpio.${role} and gpio.${other} are both GPIO ${value}`, { pin: value });
+      problems.push({ role, error });
       continue;
     }
     owner.set(value, role);
@@ -45,7 +51,7 @@ export function sanitizePins(pins: Partial<Record<GpioRole, unknown>>): { pins: 
 export function validateGpioPins(pins: Partial<Record<GpioRole, unknown>>): GpioPins {
   const { pins: clean, problems } = sanitizePins(pins);
   const first = problems[0];
-  if (first !== undefined) throw first;
+  if (first !== undefined) throw first.error;
   return clean;
 }
 
