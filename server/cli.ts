@@ -3,9 +3,16 @@
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { reportError } from './cli-support.js';
+import { bundleCommand } from './commands/bundle.js';
+import { deviceCommand } from './commands/device.js';
+import { importLegacyCommand } from './commands/import-legacy.js';
+import { initCommand } from './commands/init.js';
 import { inspectCommand } from './commands/inspect.js';
 import { keysCommand } from './commands/keys-init.js';
 import { sealCommandModule } from './commands/seal.js';
+import { sendCommand } from './commands/send.js';
+import { serveCommand } from './commands/serve.js';
+import { tokenCommand } from './commands/token.js';
 import { packageVersion } from './version.js';
 
 const PROGRAM = 'provision-server';
@@ -13,6 +20,13 @@ const PROGRAM = 'provision-server';
 await yargs(hideBin(process.argv))
   .scriptName(PROGRAM)
   .usage('$0 <command> [options]\n\nSeals signed, encrypted provisioning commands for sensor boards and verifies their acks.')
+  .command(initCommand)
+  .command(tokenCommand)
+  .command(bundleCommand)
+  .command(deviceCommand)
+  .command(importLegacyCommand)
+  .command(sendCommand)
+  .command(serveCommand)
   .command(keysCommand)
   .command(sealCommandModule)
   .command(inspectCommand)

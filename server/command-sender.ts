@@ -62,7 +62,7 @@ export class CommandSender {
     if (userId === undefined) throw new CliError('E_USAGE', `device ${req.deviceId} is bound to no user yet: pass a user id`, 2);
     const { seq, device: current } = registry.allocateSeq(req.deviceId);
     const recipient = current.encryption;
-    if (!recipient) throw new CliError('E_NO_KEY', `device ${req.deviceId} has no encryption key`, 4);
+    if (!recipient) throw new CliError('E_NO_KEY', `device ${req.deviceId} has no encryption key`, 1);
     const jti = randomUUID();
     const { token, claims } = await sealCommand(
       { serverId: keys.serverId, deviceId: req.deviceId, action: req.action, userId, params, seq, jti, ...(req.ttlSeconds ? { ttlSeconds: req.ttlSeconds } : {}) },

@@ -167,7 +167,7 @@ export class Registry {
 
   requireDevice(id: string): DeviceRecord {
     const d = this.getDevice(id);
-    if (!d) throw new RegistryError('E_NO_DEVICE', `device ${id} is not registered`, 4);
+    if (!d) throw new RegistryError('E_NO_DEVICE', `device ${id} is not registered`);
     return d;
   }
 
@@ -287,9 +287,9 @@ export class Registry {
       .transaction(() => {
         const device = this.requireDevice(deviceId);
         if (device.state === 'decommissioned') {
-          throw new RegistryError('E_DECOMMISSIONED', `device ${deviceId} is decommissioned; provision it again with a new token or bundle`, 4);
+          throw new RegistryError('E_DECOMMISSIONED', `device ${deviceId} is decommissioned; provision it again with a new token or bundle`);
         }
-        if (!device.encryption) throw new RegistryError('E_NO_KEY', `device ${deviceId} has no registered encryption key: nothing is sent (never in plaintext)`, 4);
+        if (!device.encryption) throw new RegistryError('E_NO_KEY', `device ${deviceId} has no registered encryption key: nothing is sent (never in plaintext)`);
         const row = this.db.prepare('UPDATE devices SET next_seq = next_seq + 1 WHERE id = ? RETURNING next_seq - 1 AS seq').get(deviceId) as { seq: number };
         return { seq: row.seq, device };
       })

@@ -1,0 +1,119 @@
+/**
+ * `bundle`: everything a board needs at flashing, in one directory (docs/CONTRACTS.md):
+ * config.json (relative paths), trust.jwks, ca.pem, client.crt/client.key, enroll.token,
+ * and with keys made on the host, keys/ holding the key store files.
+ */
+import { copyFile, mkdir, readFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { assertValidId, generateEncryptionKey, generateSigningKey, toPublicJwk, type PrivateJwk } from '../protocol/index.js';
+import { CliError } from './cli-support.js';
+import type { BrokerSettings, OpenedData } from './data-dir.js';
+import { ensurePrivateDir, writeFileDurable } from './files.js';
+
+export interface BundleOptions {
+  deviceId: string;
+  userId: string;
+  outDir: string;
+  /** The broker as the board reaches it (default: what `init` recorded). */
+  broker?: BrokerSettings;
+  /** Token lifetime in ms (default 7 days: flashing and first boot may be days apart). */
+  tokenTtlMs?: number;
+  /** Generate the device keys here and register them (for boards that cannot generate keys). */
+  keysOnHost?: boolean;
+  /** With keysOnHost: an RSA encryption key instead of P-256. */
+  rsa?: boolean;
+  gpioBackend?: 'auto' | 'sysfs' | 'fake';
+  /** Overwrite files in an existing non-empty output directory. */
+  force?: boolean;
+}
+
+export interface BundleResult {
+  dir: string;
+  configPath: string;
+  tokenExpiresAt: number;
+  files: string[];
+}
+
+export const DEFAULT_BUNDLE_TOKEN_TTL_MS = 7 * 24 * 3600 * 1000;
+
+export async function writeBundle(data: OpenedData, options: BundleOptions): Promise<BundleResult> {
+  assertValidId(options.deviceId);
+  const dir = resolve(options.outDir);
+  const broker = options.broker ?? data.config.broker;
+  const url = new URL(broker.url);
+  if (url.protocol === 'mqtt:' && !['127.0.0.1', 'localhost', '[::1]'].includes(url.hostname)) {
+    process.stderr.write(`provision-server: warning: ${broker.url} is not TLS; the agent refuses plain MQTT except on loopback unless allow_insecure is set\n`);
+  }
+  await ensurePrivateDir(dir);
+  const files: string[] = [];
+  const write = async (name: string, text: string, mode: number): Promise<void> => {
+    await writeFileDurable(join(dir, name), text, mode);
+    files.push(name);
+  };
+
+  const brokerConfig: Record<string, unknown> = { url: broker.url };
+  if (broker.ca) {
+    await copyInto(broker.ca, join(dir, 'ca.pem'), 0o644);
+    files.push('ca.pem');
+    brokerConfig.ca = 'ca.pem';
+  }
+  if (broker.cert || broker.key) {
+    if (!broker.cert || !broker.key) throw new CliError('E_USAGE', '--client-cert and --client-key go together', 2);
+    await copyInto(broker.cert, join(dir, 'client.crt'), 0o600);
+    await copyInto(broker.key, join(dir, 'client.key'), 0o600);
+    files.push('client.crt', 'client.key');
+    brokerConfig.cert = 'client.crt';
+    brokerConfig.key = 'client.key';
+  }
+  brokerConfig.protocol_version = 4;
+  brokerConfig.allow_insecure = false;
+
+  await write('trust.jwks', `${JSON.stringify(data.keys.trust, null, 2)}\n`, 0o644);
+
+  if (options.keysOnHost) {
+    const [signing, encryption] = await Promise.all([generateSigningKey(), generateEncryptionKey(options.rsa ? { type: 'rsa' } : {})]);
+    const keysDir = join(dir, 'keys');
+    await mkdir(keysDir, { recursive: true, mode: 0o700 });
+    await writeKey(keysDir, 'signing.jwk', signing);
+    await writeKey(keysDir, 'encryption.jwk', encryption);
+    files.push('keys/signing.jwk', 'keys/encryption.jwk');
+    data.registry.addDevice(
+      { id: options.deviceId, userId: options.userId, origin: 'host-keys', signing: toPublicJwk(signing), encryption: toPublicJwk(encryption) },
+      { replace: true },
+    );
+  }
+
+  const { token, expiresAt } = data.registry.createToken(options.deviceId, options.userId, options.tokenTtlMs ?? DEFAULT_BUNDLE_TOKEN_TTL_MS);
+  await write('enroll.token', `${token}\n`, 0o600);
+
+  const config = {
+    device_id: options.deviceId,
+    server_id: data.keys.serverId,
+    topic_prefix: data.config.topicPrefix,
+    broker: brokerConfig,
+    keystore: 'keys',
+    trust: 'trust.jwks',
+    state_dir: 'state',
+    enrollment_token: 'enroll.token',
+    gpio: { backend: options.gpioBackend ?? 'auto' },
+    log_level: 'info',
+  };
+  await write('config.json', `${JSON.stringify(config, null, 2)}\n`, 0o644);
+  data.registry.audit('bundle.create', options.deviceId, { user_id: options.userId, keys_on_host: Boolean(options.keysOnHost), out: dir });
+  return { dir, configPath: join(dir, 'config.json'), tokenExpiresAt: expiresAt, files };
+}
+
+async function writeKey(dir: string, name: string, jwk: PrivateJwk): Promise<void> {
+  await writeFileDurable(join(dir, name), `${JSON.stringify(jwk)}\n`, 0o600);
+}
+
+async function copyInto(from: string, to: string, mode: number): Promise<void> {
+  try {
+    await readFile(from);
+  } catch (err) {
+    throw new CliError('E_NO_FILE', `cannot read ${from}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, 2);
+  }
+  await copyFile(from, to);
+  const data = await readFile(to);
+  await writeFileDurable(to, data, mode);
+}

@@ -1,0 +1,67 @@
+/** `provision-server bundle`: write everything a board needs at flashing into a directory. */
+import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
+import { writeBundle } from '../bundle.js';
+import { openDataDir, type BrokerSettings } from '../data-dir.js';
+import { parseDuration } from '../duration.js';
+import { withData, type DataArgs } from './common.js';
+
+interface BundleArgs extends DataArgs {
+  device: string;
+  user: string;
+  out: string;
+  broker?: string;
+  ca?: string;
+  clientCert?: string;
+  clientKey?: string;
+  keysOnHost: boolean;
+  rsa: boolean;
+  ttl: string;
+  gpio: 'auto' | 'sysfs' | 'fake';
+}
+
+export const bundleCommand: CommandModule<object, BundleArgs> = {
+  command: 'bundle',
+  describe: 'Write a flashing bundle for a device: config.json, trust.jwks, ca.pem, client cert, a fresh enrollment token (and with --keys-on-host, its keys)',
+  builder: (y: Argv) =>
+    withData(y)
+      .option('device', { type: 'string', demandOption: true, describe: 'device id' })
+      .option('user', { type: 'string', demandOption: true, describe: 'user id the device is for' })
+      .option('out', { type: 'string', demandOption: true, describe: 'output directory (created 0700)' })
+      .option('broker', { type: 'string', describe: 'broker URL as the board reaches it (default: what init recorded)' })
+      .option('ca', { type: 'string', describe: 'broker CA (PEM) the board pins (default: what init recorded)' })
+      .option('client-cert', { type: 'string', describe: "the board's client certificate (PEM)" })
+      .option('client-key', { type: 'string', describe: "the board's client key (PEM)" })
+      .option('keys-on-host', { type: 'boolean', default: false, describe: 'generate the device keys here and register them (boards that cannot generate keys)' })
+      .option('rsa', { type: 'boolean', default: false, describe: 'with --keys-on-host: an RSA-OAEP-256 encryption key' })
+      .option('ttl', { type: 'string', default: '7d', describe: 'lifetime of the enrollment token' })
+      .option('gpio', { choices: ['auto', 'sysfs', 'fake'] as const, default: 'auto' as const, describe: 'GPIO backend in config.json' })
+      .example('$0 bundle --device sensor-0001 --user alice --out ./sensor-0001 --ca ca.pem --client-cert sensor-0001.crt --client-key sensor-0001.key', '') as unknown as Argv<BundleArgs>,
+  handler: async (args: ArgumentsCamelCase<BundleArgs>) => {
+    const ttl = parseDuration(args.ttl, '--ttl');
+    const data = await openDataDir(args.data);
+    try {
+      let broker: BrokerSettings = { url: data.config.broker.url, ...(data.config.broker.ca ? { ca: data.config.broker.ca } : {}) };
+      if (args.broker) broker = { url: args.broker };
+      if (args.ca) broker.ca = args.ca;
+      if (args.clientCert) broker.cert = args.clientCert;
+      if (args.clientKey) broker.key = args.clientKey;
+      const result = await writeBundle(data, {
+        deviceId: args.device,
+        userId: args.user,
+        outDir: args.out,
+        broker,
+        tokenTtlMs: ttl,
+        keysOnHost: args.keysOnHost,
+        rsa: args.rsa,
+        gpioBackend: args.gpio,
+      });
+      process.stdout.write(
+        `bundle for ${args.device} (user ${args.user}) in ${result.dir}: ${result.files.join(', ')}\n` +
+          `enrollment token valid until ${new Date(result.tokenExpiresAt).toISOString()}\n` +
+          `run on the board: sensor-agent run --config ${result.configPath}\n`,
+      );
+    } finally {
+      data.registry.close();
+    }
+  },
+};

@@ -1,0 +1,124 @@
+/** `provision-server device list|show|add|remove`: the device registry. */
+import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
+import { assertValidId, parseJwkSet } from '../../protocol/index.js';
+import { CliError, readJsonFile } from '../cli-support.js';
+import { openDataDir } from '../data-dir.js';
+import { DEVICE_STATES, type DeviceState } from '../registry/types.js';
+import { commandView, deviceView } from '../views.js';
+import { withData, type DataArgs } from './common.js';
+
+interface ListArgs extends DataArgs {
+  user?: string;
+  state?: DeviceState;
+  json: boolean;
+}
+
+const listCommand: CommandModule<object, ListArgs> = {
+  command: 'list',
+  describe: 'List registered devices',
+  builder: (y: Argv) =>
+    withData(y)
+      .option('user', { type: 'string', describe: 'only the devices of this user' })
+      .option('state', { choices: DEVICE_STATES, describe: 'only devices in this state' })
+      .option('json', { type: 'boolean', default: false, describe: 'print JSON' }) as unknown as Argv<ListArgs>,
+  handler: async (args: ArgumentsCamelCase<ListArgs>) => {
+    const data = await openDataDir(args.data);
+    try {
+      const devices = data.registry.listDevices({ ...(args.user ? { userId: args.user } : {}), ...(args.state ? { states: [args.state] } : {}) });
+      if (args.json) return void process.stdout.write(`${JSON.stringify(devices.map(deviceView), null, 2)}\n`);
+      const rows = [['DEVICE', 'USER', 'STATE', 'NEXT SEQ', 'ENCRYPTION', 'SIGNING KID']];
+      for (const d of devices) rows.push([d.id, d.userId ?? '-', d.state, String(d.nextSeq), d.encryption?.alg ?? '-', d.signing?.kid.slice(0, 12) ?? '-']);
+      process.stdout.write(table(rows));
+    } finally {
+      data.registry.close();
+    }
+  },
+};
+
+interface ShowArgs extends DataArgs {
+  device: string;
+}
+
+const showCommand: CommandModule<object, ShowArgs> = {
+  command: 'show <device>',
+  describe: 'Show one device: keys, state, recent commands and audit events (JSON)',
+  builder: (y: Argv) => withData(y).positional('device', { type: 'string', demandOption: true }) as unknown as Argv<ShowArgs>,
+  handler: async (args: ArgumentsCamelCase<ShowArgs>) => {
+    const data = await openDataDir(args.data);
+    try {
+      const device = data.registry.requireDevice(args.device);
+      const commands = data.registry.listCommands({ deviceId: args.device, limit: 20 }).map((c) => commandView(c));
+      const audit = data.registry.auditLog({ deviceId: args.device, limit: 20 }).map((a) => ({ at: new Date(a.at).toISOString(), event: a.event, ...a.detail }));
+      process.stdout.write(`${JSON.stringify({ ...deviceView(device), recent_commands: commands, audit }, null, 2)}\n`);
+    } finally {
+      data.registry.close();
+    }
+  },
+};
+
+interface AddArgs extends DataArgs {
+  device: string;
+  user: string;
+  jwks: string;
+  replace: boolean;
+}
+
+const addCommand: CommandModule<object, AddArgs> = {
+  command: 'add',
+  describe: 'Register a device whose keys were made elsewhere (its public JWK set, e.g. from sensor-agent keygen)',
+  builder: (y: Argv) =>
+    withData(y)
+      .option('device', { type: 'string', demandOption: true, describe: 'device id' })
+      .option('user', { type: 'string', demandOption: true, describe: 'user id' })
+      .option('jwks', { type: 'string', demandOption: true, describe: "the device's public JWK set: one encryption key, and a signing key to verify its acks" })
+      .option('replace', { type: 'boolean', default: false, describe: 'replace the keys of a device already registered' }) as unknown as Argv<AddArgs>,
+  handler: async (args: ArgumentsCamelCase<AddArgs>) => {
+    assertValidId(args.device);
+    const set = await readJsonFile(args.jwks, 'device JWK set');
+    const keys = await parseJwkSet(set);
+    const enc = keys.filter((k) => k.use === 'enc');
+    const sig = keys.filter((k) => k.use === 'sig');
+    if (enc.length !== 1 || sig.length > 1) throw new CliError('E_KEY', `${args.jwks} must hold exactly one encryption key and at most one signing key`, 2);
+    const data = await openDataDir(args.data);
+    try {
+      const d = data.registry.addDevice(
+        { id: args.device, userId: args.user, origin: 'jwks', encryption: enc[0] as (typeof enc)[number], ...(sig[0] ? { signing: sig[0] } : {}) },
+        { replace: args.replace },
+      );
+      process.stdout.write(`registered ${d.id} (user ${args.user}), encryption ${d.encryption?.alg} ${d.encryption?.kid}${d.signing ? `, signing ${d.signing.kid}` : ', no signing key: its acks cannot be verified yet'}\n`);
+    } finally {
+      data.registry.close();
+    }
+  },
+};
+
+interface RemoveArgs extends DataArgs {
+  device: string;
+}
+
+const removeCommand: CommandModule<object, RemoveArgs> = {
+  command: 'remove <device>',
+  describe: 'Remove a device from the registry (keys and unused tokens; its command history and the audit log stay). Does not wipe the board: send delete for that.',
+  builder: (y: Argv) => withData(y).positional('device', { type: 'string', demandOption: true }) as unknown as Argv<RemoveArgs>,
+  handler: async (args: ArgumentsCamelCase<RemoveArgs>) => {
+    const data = await openDataDir(args.data);
+    try {
+      data.registry.removeDevice(args.device);
+      process.stdout.write(`removed ${args.device}\n`);
+    } finally {
+      data.registry.close();
+    }
+  },
+};
+
+export const deviceCommand: CommandModule = {
+  command: 'device <command>',
+  describe: 'The device registry',
+  builder: (y: Argv) => y.command(listCommand).command(showCommand).command(addCommand).command(removeCommand).demandCommand(1, 'Name a device command (see --help).'),
+  handler: () => undefined,
+};
+
+export function table(rows: string[][]): string {
+  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? [];
+  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('  ')).join('\n') + '\n';
+}

@@ -1,0 +1,33 @@
+/** `provision-server init`: create the data directory: server keys, registry, broker defaults, HTTP token. */
+import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
+import { DEFAULT_TOPIC_PREFIX } from '../../protocol/index.js';
+import { DEFAULT_BROKER_URL, initDataDir, type BrokerSettings } from '../data-dir.js';
+import { DEFAULT_SERVER_ID } from '../server-keys.js';
+import { withBroker, withData, type BrokerArgs, type DataArgs } from './common.js';
+
+interface InitArgs extends DataArgs, BrokerArgs {
+  serverId: string;
+  topicPrefix: string;
+  force: boolean;
+}
+
+export const initCommand: CommandModule<object, InitArgs> = {
+  command: 'init',
+  describe: 'Create the data directory: server keys (DATA/keys), registry (DATA/registry.sqlite), broker defaults (DATA/server.json), HTTP token (DATA/http.token)',
+  builder: (y: Argv) =>
+    withBroker(withData(y))
+      .option('server-id', { type: 'string', default: DEFAULT_SERVER_ID, describe: 'the server id (iss of commands, aud of acks)' })
+      .option('topic-prefix', { type: 'string', default: DEFAULT_TOPIC_PREFIX, describe: 'MQTT topic prefix' })
+      .option('force', { type: 'boolean', default: false, describe: 'replace existing server keys (every device must then be re-flashed)' })
+      .example('$0 init --data /var/lib/provision-server --broker mqtts://broker.example.net:8883 --ca ca.pem --cert server.crt --key server.key', '') as unknown as Argv<InitArgs>,
+  handler: async (args: ArgumentsCamelCase<InitArgs>) => {
+    const broker: BrokerSettings = { url: args.broker ?? DEFAULT_BROKER_URL };
+    if (args.ca) broker.ca = args.ca;
+    if (args.cert) broker.cert = args.cert;
+    if (args.key) broker.key = args.key;
+    const paths = await initDataDir(args.data, { serverId: args.serverId, broker, topicPrefix: args.topicPrefix, force: args.force });
+    process.stdout.write(
+      `initialised ${paths.dir}\n  keys:     ${paths.keys} (devices pin ${paths.keys}/trust.jwks)\n  registry: ${paths.registry}\n  broker:   ${broker.url}\n  HTTP API bearer token: ${paths.httpToken}\n`,
+    );
+  },
+};

@@ -1,0 +1,160 @@
+/**
+ * `provision-server send`: seal and publish a command to one device (optionally
+ * waiting for its verified ack), or fan out to every device / a user's devices.
+ *
+ * Exit statuses with --wait: 0 applied, 3 rejected, 4 failed, 5 no ack before
+ * the timeout. A fan-out exits 0 when every device applied, else 6.
+ */
+import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
+import { ACTIONS, isAction, isRecord, type Action } from '../../protocol/index.js';
+import { CliError } from '../cli-support.js';
+import { brokerFrom, openDataDir } from '../data-dir.js';
+import { parseDuration } from '../duration.js';
+import { DEFAULT_FANOUT_CONCURRENCY, formatFanoutSummary, progressBar, runFanout } from '../fanout.js';
+import { streamLog } from '../log.js';
+import { openSendClient } from '../send-client.js';
+import { commandView } from '../views.js';
+import { brokerOverride, withBroker, withData, type BrokerArgs, type DataArgs } from './common.js';
+
+export const SEND_EXIT = { applied: 0, rejected: 3, failed: 4, timeout: 5, fanoutIncomplete: 6 } as const;
+
+interface SendArgs extends DataArgs, BrokerArgs {
+  target?: string;
+  action?: string;
+  user?: string;
+  all: boolean;
+  resume?: string;
+  params?: string;
+  set?: string[];
+  wait: boolean;
+  timeout: string;
+  ttl?: string;
+  concurrency: number;
+  verbose: boolean;
+}
+
+export const sendCommand: CommandModule<object, SendArgs> = {
+  command: 'send [target] [action]',
+  describe: 'Seal and publish a command: send DEVICE ACTION, or fan out with send --all ACTION / send --user UID ACTION',
+  builder: (y: Argv) =>
+    withBroker(withData(y))
+      .positional('target', { type: 'string', describe: 'device id (or, with --all/--user, the action)' })
+      .positional('action', { type: 'string', describe: `one of ${ACTIONS.join(', ')}` })
+      .option('user', { type: 'string', describe: "user_id claim (default: the device's user); with no device: fan out to this user's devices" })
+      .option('all', { type: 'boolean', default: false, describe: 'fan out to every registered device' })
+      .option('resume', { type: 'string', describe: 'resume a fan-out by its id (skips devices that already answered)' })
+      .option('params', { type: 'string', describe: 'params as a JSON object' })
+      .option('set', { type: 'string', array: true, describe: 'one param as dotted.key=value (value parsed as JSON when it can be); repeatable' })
+      .option('wait', { type: 'boolean', default: false, describe: 'wait for the verified ack; exit 0 applied, 3 rejected, 4 failed, 5 timeout' })
+      .option('timeout', { type: 'string', default: '30s', describe: 'how long to wait for an ack (per device in a fan-out)' })
+      .option('ttl', { type: 'string', describe: 'command lifetime (default 5m)' })
+      .option('concurrency', { type: 'number', default: DEFAULT_FANOUT_CONCURRENCY, describe: 'fan-out: commands in flight at once' })
+      .option('verbose', { type: 'boolean', default: false, describe: 'log ack handling on stderr' })
+      .example('$0 send sensor-0001 update --set sensor.enabled=true --set sensor.sample_interval_s=30 --wait', '')
+      .example('$0 send --user alice rotate --timeout 1m', '')
+      .example('$0 send --resume 6f1c2a9e-...', '') as unknown as Argv<SendArgs>,
+  handler: async (args: ArgumentsCamelCase<SendArgs>) => {
+    const timeoutMs = parseDuration(args.timeout, '--timeout');
+    const ttlSeconds = args.ttl ? Math.ceil(parseDuration(args.ttl, '--ttl') / 1000) : undefined;
+    const fanout = args.all || args.resume !== undefined || (args.user !== undefined && args.action === undefined);
+    const actionText = fanout && args.action === undefined ? args.target : args.action;
+    if (args.resume === undefined && !isAction(actionText)) throw new CliError('E_USAGE', `name an action: one of ${ACTIONS.join(', ')}`, 2);
+    const params = buildParams(args.params, args.set ?? []);
+    const data = await openDataDir(args.data);
+    const log = args.verbose ? streamLog(process.stderr, 'info') : undefined;
+    try {
+      const broker = brokerFrom(data.config.broker, brokerOverride(args));
+      if (fanout) {
+        if (args.all && args.user !== undefined) throw new CliError('E_USAGE', '--all and --user select devices differently: choose one', 2);
+        const client = await openSendClient(data, broker, { acksOf: 'all', ...(log ? { log } : {}) });
+        try {
+          const tty = process.stderr.isTTY;
+          const summary = await runFanout({
+            registry: data.registry,
+            sender: client.sender,
+            waiters: client.waiters,
+            ...(args.resume !== undefined
+              ? { resumeId: args.resume }
+              : { create: { action: actionText as Action, params, selector: args.all ? { all: true } : { userId: args.user as string }, ...(ttlSeconds ? { ttlSeconds } : {}) } }),
+            concurrency: args.concurrency,
+            timeoutMs,
+            ...(tty ? { onProgress: (done: number, total: number) => process.stderr.write(`\r${progressBar(done, total)}`) } : {}),
+          });
+          if (tty) process.stderr.write('\n');
+          process.stdout.write(formatFanoutSummary(summary));
+          process.exitCode = summary.counts.applied === summary.total ? 0 : SEND_EXIT.fanoutIncomplete;
+        } finally {
+          await client.close();
+        }
+        return;
+      }
+      const deviceId = args.target;
+      if (!deviceId) throw new CliError('E_USAGE', 'name a device: send DEVICE ACTION (or --all / --user UID for a fan-out)', 2);
+      data.registry.requireDevice(deviceId);
+      const client = await openSendClient(data, broker, { acksOf: args.wait ? [deviceId] : [], ...(log ? { log } : {}) });
+      try {
+        const command = await client.sender.send({
+          deviceId,
+          action: actionText as Action,
+          ...(args.user !== undefined ? { userId: args.user } : {}),
+          params,
+          ...(ttlSeconds ? { ttlSeconds } : {}),
+        });
+        process.stderr.write(`sent ${command.action} to ${deviceId}: seq ${command.seq}, jti ${command.jti}\n`);
+        if (!args.wait) {
+          process.stdout.write(`${command.jti}\n`);
+          return;
+        }
+        const acked = await client.waiters.wait(command.jti, timeoutMs);
+        if (!acked?.ackStatus) {
+          process.stdout.write(`${JSON.stringify(commandView(data.registry.getCommand(command.jti) ?? command), null, 2)}\n`);
+          throw new CliError('E_TIMEOUT', `no ack from ${deviceId} within ${args.timeout} (the command stays valid until ${new Date(command.expiresAt).toISOString()})`, SEND_EXIT.timeout);
+        }
+        process.stdout.write(`${JSON.stringify(commandView(acked), null, 2)}\n`);
+        process.exitCode = SEND_EXIT[acked.ackStatus];
+      } finally {
+        await client.close();
+      }
+    } finally {
+      data.registry.close();
+    }
+  },
+};
+
+/** --params JSON merged with --set dotted.key=value pairs. */
+export function buildParams(json: string | undefined, sets: readonly string[]): Record<string, unknown> {
+  let params: Record<string, unknown> = {};
+  if (json !== undefined) {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(json) as unknown;
+    } catch (err) {
+      throw new CliError('E_PARAMS', `--params is not valid JSON: ${(err as Error).message}`, 2);
+    }
+    if (!isRecord(parsed)) throw new CliError('E_PARAMS', '--params must be a JSON object', 2);
+    params = parsed;
+  }
+  for (const s of sets) {
+    const eq = s.indexOf('=');
+    if (eq <= 0) throw new CliError('E_PARAMS', `--set ${s}: expected key=value`, 2);
+    const path = s.slice(0, eq).split('.');
+    const text = s.slice(eq + 1);
+    let value: unknown = text;
+    try {
+      value = JSON.parse(text) as unknown;
+    } catch {
+      /* a plain string */
+    }
+    let node = params;
+    for (const [i, key] of path.entries()) {
+      if (!key || key === '__proto__' || key === 'constructor' || key === 'prototype') throw new CliError('E_PARAMS', `--set ${s}: bad key`, 2);
+      if (i === path.length - 1) node[key] = value;
+      else {
+        const child = node[key];
+        if (!isRecord(child)) node[key] = {};
+        node = node[key] as Record<string, unknown>;
+      }
+    }
+  }
+  return params;
+}

@@ -1,0 +1,47 @@
+/** `provision-server serve`: the long-running server (enrollments, acks, HTTP API). */
+import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
+import { streamLog, type LogLevel } from '../log.js';
+import { parseHostPort, startProvisionServer } from '../service.js';
+import type { SharedMode } from '../subscriptions.js';
+import { brokerOverride, withBroker, withData, type BrokerArgs, type DataArgs } from './common.js';
+
+interface ServeArgs extends DataArgs, BrokerArgs {
+  http?: string;
+  httpTokenFile?: string;
+  shared: SharedMode;
+  clientId?: string;
+  logLevel: LogLevel;
+}
+
+export const serveCommand: CommandModule<object, ServeArgs> = {
+  command: 'serve',
+  describe: 'Run the server: handle enrollments and acks from the broker, and (with --http) the HTTP API',
+  builder: (y: Argv) =>
+    withBroker(withData(y))
+      .option('http', { type: 'string', describe: 'serve the HTTP API on host:port (e.g. 127.0.0.1:8080; loopback unless told otherwise)' })
+      .option('http-token-file', { type: 'string', describe: 'file holding the API bearer token (default DATA/http.token, must be 0600)' })
+      .option('shared', { choices: ['auto', 'on', 'off'] as const, default: 'auto' as const, describe: 'MQTT shared subscriptions ($share/provision-server/...): auto probes the broker' })
+      .option('client-id', { type: 'string', describe: 'MQTT client id (default: provision-server-HOST-<hash of the data dir>)' })
+      .option('log-level', { choices: ['debug', 'info', 'warn', 'error'] as const, default: 'info' as const }) as unknown as Argv<ServeArgs>,
+  handler: async (args: ArgumentsCamelCase<ServeArgs>) => {
+    const log = streamLog(process.stderr, args.logLevel);
+    const server = await startProvisionServer({
+      dataDir: args.data,
+      broker: brokerOverride(args),
+      ...(args.http ? { http: parseHostPort(args.http) } : {}),
+      ...(args.httpTokenFile ? { httpTokenFile: args.httpTokenFile } : {}),
+      shared: args.shared,
+      ...(args.clientId ? { clientId: args.clientId } : {}),
+      log,
+    });
+    await new Promise<void>((resolve) => {
+      const stop = (signal: string): void => {
+        log('info', 'serve.stopping', { signal });
+        resolve();
+      };
+      process.once('SIGINT', () => stop('SIGINT'));
+      process.once('SIGTERM', () => stop('SIGTERM'));
+    });
+    await server.close();
+  },
+};

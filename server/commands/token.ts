@@ -1,0 +1,41 @@
+/** `provision-server token create`: a one-time enrollment token bound to a device and a user, printed once. */
+import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
+import { assertValidId } from '../../protocol/index.js';
+import { openDataDir } from '../data-dir.js';
+import { parseDuration } from '../duration.js';
+import { withData, type DataArgs } from './common.js';
+
+interface TokenArgs extends DataArgs {
+  device: string;
+  user: string;
+  ttl: string;
+}
+
+const createCommand: CommandModule<object, TokenArgs> = {
+  command: 'create',
+  describe: 'Create a one-time enrollment token bound to DEVICE and USER and print it (it is stored only hashed)',
+  builder: (y: Argv) =>
+    withData(y)
+      .option('device', { type: 'string', demandOption: true, describe: 'device id the token is bound to' })
+      .option('user', { type: 'string', demandOption: true, describe: 'user id the device will be bound to' })
+      .option('ttl', { type: 'string', default: '24h', describe: 'lifetime (30m, 24h, 7d)' }) as unknown as Argv<TokenArgs>,
+  handler: async (args: ArgumentsCamelCase<TokenArgs>) => {
+    assertValidId(args.device);
+    const ttl = parseDuration(args.ttl, '--ttl');
+    const data = await openDataDir(args.data);
+    try {
+      const { token, expiresAt } = data.registry.createToken(args.device, args.user, ttl);
+      process.stdout.write(`${token}\n`);
+      process.stderr.write(`enrollment token for ${args.device} (user ${args.user}), valid until ${new Date(expiresAt).toISOString()}; shown only once\n`);
+    } finally {
+      data.registry.close();
+    }
+  },
+};
+
+export const tokenCommand: CommandModule = {
+  command: 'token <command>',
+  describe: 'Enrollment tokens',
+  builder: (y: Argv) => y.command(createCommand).demandCommand(1, 'Name a token command (see --help).'),
+  handler: () => undefined,
+};

@@ -1,0 +1,86 @@
+/**
+ * `import-legacy`: registers devices of the seed system from its key tree
+ * `user_keys/{user_id}/{device_id}_public.pem` (RSA public keys) as
+ * RSA-OAEP-256 devices bound to that user. Such a device has no signing key
+ * yet: commands can be sealed to it, and its acks verify once it has enrolled
+ * (token) or its signing key was added with `device add --jwks`.
+ */
+import { createPublicKey } from 'node:crypto';
+import { lstat, readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { RSA_KEY_WRAP_ALG, computeKid, isValidId, parsePublicJwk, type PublicJwk } from '../protocol/index.js';
+import { CliError } from './cli-support.js';
+import type { Registry } from './registry/registry.js';
+
+export interface LegacyImportResult {
+  imported: { deviceId: string; userId: string; kid: string; bits: number }[];
+  skipped: { path: string; reason: string }[];
+}
+
+const PEM_SUFFIX = '_public.pem';
+
+export async function importLegacy(registry: Registry, root: string, options: { dryRun?: boolean } = {}): Promise<LegacyImportResult> {
+  const base = (await isDir(join(root, 'user_keys'))) ? join(root, 'user_keys') : root;
+  if (!(await isDir(base))) throw new CliError('E_NO_FILE', `${root} is not a directory`, 2);
+  const result: LegacyImportResult = { imported: [], skipped: [] };
+  for (const userId of (await readdir(base)).sort()) {
+    const userDir = join(base, userId);
+    if (!(await isDir(userDir))) {
+      result.skipped.push({ path: userDir, reason: 'not a user directory' });
+      continue;
+    }
+    if (userId.length === 0 || userId.length > 128 || userId.startsWith('.')) {
+      result.skipped.push({ path: userDir, reason: 'not a valid user id' });
+      continue;
+    }
+    for (const name of (await readdir(userDir)).sort()) {
+      const path = join(userDir, name);
+      if (!name.endsWith(PEM_SUFFIX)) {
+        result.skipped.push({ path, reason: `not a {device_id}${PEM_SUFFIX} file` });
+        continue;
+      }
+      const deviceId = name.slice(0, -PEM_SUFFIX.length);
+      if (!isValidId(deviceId)) {
+        result.skipped.push({ path, reason: `"${deviceId}" is not a valid device id` });
+        continue;
+      }
+      if (registry.getDevice(deviceId)) {
+        result.skipped.push({ path, reason: `device ${deviceId} is already registered` });
+        continue;
+      }
+      let jwk: PublicJwk;
+      try {
+        jwk = await rsaJwkFromPem(await readFile(path, 'utf8'));
+      } catch (err) {
+        result.skipped.push({ path, reason: err instanceof Error ? err.message : String(err) });
+        continue;
+      }
+      if (!options.dryRun) registry.addDevice({ id: deviceId, userId, origin: 'legacy', encryption: jwk, state: 'registered' });
+      result.imported.push({ deviceId, userId, kid: jwk.kid, bits: Buffer.from(jwk.n ?? '', 'base64url').length * 8 });
+    }
+  }
+  return result;
+}
+
+/** A PEM RSA public key (SPKI or PKCS#1) as our RSA-OAEP-256 encryption JWK; refuses other key types and < 2048 bits. */
+export async function rsaJwkFromPem(pem: string): Promise<PublicJwk> {
+  let key;
+  try {
+    key = createPublicKey(pem);
+  } catch {
+    throw new Error('not a PEM public key');
+  }
+  if (key.asymmetricKeyType !== 'rsa') throw new Error(`a ${key.asymmetricKeyType ?? 'unknown'} key, not RSA`);
+  const raw = key.export({ format: 'jwk' });
+  const jwk = { kty: 'RSA', n: raw.n, e: raw.e, use: 'enc', alg: RSA_KEY_WRAP_ALG } as Record<string, unknown>;
+  jwk.kid = await computeKid(jwk as never);
+  return parsePublicJwk(jwk, 'enc');
+}
+
+async function isDir(path: string): Promise<boolean> {
+  try {
+    return (await lstat(path)).isDirectory();
+  } catch {
+    return false;
+  }
+}
