@@ -6,6 +6,7 @@
  * Timers: one unref'd LED pattern timer per BoardIo (none for a steady
  * level), plus a hold timer only while the reset button is down.
  */
+import { resolve } from 'node:path';
 import type { GpioBackend, InputLine, OutputLine } from './backend.js';
 import { GpioError, toGpioError } from './errors.js';
 import { FakeGpioBackend } from './fake-backend.js';
@@ -366,7 +367,7 @@ class BoardIoImpl implements BoardIo {
 }
 
 async function openOnoff(root: string, options: BoardIoOptions): Promise<OnoffBackend> {
-  if (root !== DEFAULT_SYSFS_ROOT) {
+  if (resolve(root) !== DEFAULT_SYSFS_ROOT) {
     throw new GpioError(
       'E_GPIO_CONFIG',
       `onoff always drives ${DEFAULT_SYSFS_ROOT}; gpio.sysfs_root ${root} would resolve pins against another tree`,
