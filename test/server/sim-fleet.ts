@@ -4,9 +4,6 @@
  * encrypted), many devices sharing one MQTT connection so that a fan-out to
  * hundreds of them stays cheap.
  */
-import { createServer, type Server } from 'node:net';
-import type { AddressInfo } from 'node:net';
-import { Aedes } from 'aedes';
 import mqtt, { type MqttClient } from 'mqtt';
 import {
   KeyRing,
@@ -29,27 +26,7 @@ import {
   type PublicJwk,
 } from '../../protocol/index.js';
 
-export interface EmbeddedBroker {
-  url: string;
-  port: number;
-  close(): Promise<void>;
-}
-
-/** aedes in process on a free loopback port. */
-export async function startEmbeddedBroker(): Promise<EmbeddedBroker> {
-  const broker = await Aedes.createBroker();
-  const server: Server = createServer(broker.handle);
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
-  const port = (server.address() as AddressInfo).port;
-  return {
-    url: `mqtt://127.0.0.1:${port}`,
-    port,
-    close: async () => {
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-      await new Promise<void>((resolve) => broker.close(() => resolve()));
-    },
-  };
-}
+export { startEmbeddedBroker, type EmbeddedBroker } from '../../server/embedded-broker.js';
 
 export type SimBehaviour = 'apply' | 'reject' | 'fail' | 'silent';
 
@@ -107,8 +84,8 @@ export class SimFleet {
     this.#serverTrust = { signing: toPublicJwk(signing), encryption: toPublicJwk(encryption) };
   }
 
-  static async connect(url: string, options: { prefix?: string; serverId?: string; trust: JwkSet }): Promise<SimFleet> {
-    const client = await mqtt.connectAsync(url, { clientId: `sim-fleet-${Math.random().toString(16).slice(2)}`, clean: true, reconnectPeriod: 0 });
+  static async connect(url: string, options: { prefix?: string; serverId?: string; trust: JwkSet; tls?: { ca: Buffer; cert?: Buffer; key?: Buffer } }): Promise<SimFleet> {
+    const client = await mqtt.connectAsync(url, { clientId: `sim-fleet-${Math.random().toString(16).slice(2)}`, clean: true, reconnectPeriod: 0, ...(options.tls ?? {}) });
     const fleet = new SimFleet(client, options.prefix ?? 'provision', options.serverId ?? 'provision-server', options.trust);
     client.on('message', (topic, payload) => void fleet.#onCommand(topic, payload));
     await client.subscribeAsync(`${fleet.#prefix}/+/command`, { qos: 1 });
