@@ -22,7 +22,7 @@ export interface BundleOptions {
   keysOnHost?: boolean;
   /** With keysOnHost: an RSA encryption key instead of P-256. */
   rsa?: boolean;
-  gpioBackend?: 'auto' | 'sysfs' | 'fake';
+  gpioBackend?: 'auto' | 'onoff' | 'fake' | 'none';
   /** Overwrite files in an existing non-empty output directory. */
   force?: boolean;
 }

@@ -48,7 +48,8 @@ export async function handleInbound(ctx: InboundContext, topic: string, payload:
     const code = isProtocolError(err) || isRegistryError(err) ? err.code : 'E_INTERNAL';
     const reason = err instanceof Error ? err.message : String(err);
     ctx.log(code === 'E_INTERNAL' ? 'error' : 'warn', `${parsed.kind}.dropped`, { device: parsed.deviceId, code, reason });
-    if (parsed.kind === 'enroll') ctx.registry.audit('device.enroll.refused', parsed.deviceId, { code, reason });
+    // Only authenticated enrollments whose token was refused are audited: garbage on the topic is logged, never stored.
+    if (parsed.kind === 'enroll' && isRegistryError(err)) ctx.registry.audit('device.enroll.refused', parsed.deviceId, { code, reason });
     return { kind: 'dropped', code, reason };
   }
 }

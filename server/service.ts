@@ -62,10 +62,10 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
     // PUBACK only after the message is handled: a crash mid-way means redelivery, and handling is idempotent.
     mqttClient.handleMessage = (packet, callback) => {
       const payload = typeof packet.payload === 'string' ? packet.payload : Buffer.from(packet.payload);
-      void handleInbound(ctx, packet.topic, payload).then((result) => {
-        options.onInbound?.(result);
-        callback();
-      });
+      void handleInbound(ctx, packet.topic, payload)
+        .then((result) => options.onInbound?.(result))
+        .catch(() => undefined)
+        .finally(() => callback());
     };
     const { shared } = await subscribeFleet(mqttClient, config.topicPrefix, { mode: options.shared ?? 'auto', log });
     let httpAddress: { host: string; port: number } | undefined;

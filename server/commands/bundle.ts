@@ -16,7 +16,7 @@ interface BundleArgs extends DataArgs {
   keysOnHost: boolean;
   rsa: boolean;
   ttl: string;
-  gpio: 'auto' | 'sysfs' | 'fake';
+  gpio: 'auto' | 'onoff' | 'fake' | 'none';
 }
 
 export const bundleCommand: CommandModule<object, BundleArgs> = {
@@ -34,7 +34,7 @@ export const bundleCommand: CommandModule<object, BundleArgs> = {
       .option('keys-on-host', { type: 'boolean', default: false, describe: 'generate the device keys here and register them (boards that cannot generate keys)' })
       .option('rsa', { type: 'boolean', default: false, describe: 'with --keys-on-host: an RSA-OAEP-256 encryption key' })
       .option('ttl', { type: 'string', default: '7d', describe: 'lifetime of the enrollment token' })
-      .option('gpio', { choices: ['auto', 'sysfs', 'fake'] as const, default: 'auto' as const, describe: 'GPIO backend in config.json' })
+      .option('gpio', { choices: ['auto', 'onoff', 'fake', 'none'] as const, default: 'auto' as const, describe: 'GPIO backend in config.json' })
       .example('$0 bundle --device sensor-0001 --user alice --out ./sensor-0001 --ca ca.pem --client-cert sensor-0001.crt --client-key sensor-0001.key', '') as unknown as Argv<BundleArgs>,
   handler: async (args: ArgumentsCamelCase<BundleArgs>) => {
     const ttl = parseDuration(args.ttl, '--ttl');

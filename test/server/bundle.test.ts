@@ -1,0 +1,57 @@
+import { expect } from 'chai';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadConfig } from '../../agent/config.js';
+import { KeyStore } from '../../agent/keystore.js';
+import { writeBundle } from '../../server/bundle.js';
+import { initDataDir, openDataDir, type OpenedData } from '../../server/data-dir.js';
+import { runServerCli } from './run-cli.js';
+
+describe('provision-server bundle', function () {
+  this.timeout(30_000);
+  let dir: string;
+  let data: OpenedData;
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'provision-bundle-'));
+    await initDataDir(join(dir, 'data'), { broker: { url: 'mqtt://127.0.0.1:1883' } });
+    data = await openDataDir(join(dir, 'data'));
+  });
+  after(async () => {
+    data.registry.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("writes a config the agent's own loader accepts, with the trust anchors and a one-time token bound to the device", async () => {
+    const out = join(dir, 'b1');
+    const r = await writeBundle(data, { deviceId: 'board-1', userId: 'alice', outDir: out, gpioBackend: 'fake' });
+    expect(r.files.sort()).to.deep.equal(['config.json', 'enroll.token', 'trust.jwks']);
+    expect((await stat(out)).mode & 0o777).to.equal(0o700);
+    expect((await stat(join(out, 'enroll.token'))).mode & 0o777).to.equal(0o600);
+    const config = await loadConfig(join(out, 'config.json'));
+    expect(config).to.include({ device_id: 'board-1', server_id: 'provision-server', topic_prefix: 'provision', keystore: join(out, 'keys'), trust: join(out, 'trust.jwks') });
+    expect(config.gpio.backend).to.equal('fake');
+    expect(JSON.parse(await readFile(join(out, 'trust.jwks'), 'utf8'))).to.deep.equal(data.keys.trust);
+    const token = (await readFile(join(out, 'enroll.token'), 'utf8')).trim();
+    expect(() => data.registry.enroll({ deviceId: 'board-2', token, enrollmentJti: 'x', signing: data.keys.trust.keys[0]!, encryption: data.keys.trust.keys[1]! }))
+      .to.throw()
+      .with.property('code', 'E_TOKEN_DEVICE');
+    expect(data.registry.getDevice('board-1')).to.equal(undefined);
+  });
+
+  it('--keys-on-host writes a key store the agent opens and registers the device with those keys', async () => {
+    const out = join(dir, 'b2');
+    const r = await runServerCli(['bundle', '--data', join(dir, 'data'), '--device', 'board-3', '--user', 'bob', '--out', out, '--keys-on-host', '--gpio', 'fake']);
+    expect(r.code, r.stderr).to.equal(0);
+    expect((await stat(join(out, 'keys'))).mode & 0o777).to.equal(0o700);
+    for (const f of ['signing.jwk', 'encryption.jwk']) expect((await stat(join(out, 'keys', f))).mode & 0o777).to.equal(0o600);
+    const store = await KeyStore.open(join(out, 'keys'));
+    data.registry.close();
+    data = await openDataDir(join(dir, 'data'));
+    const device = data.registry.requireDevice('board-3');
+    expect(device).to.include({ userId: 'bob', state: 'registered', origin: 'host-keys' });
+    expect(device.signing?.kid).to.equal(store.signingKey?.kid);
+    expect(device.encryption?.kid).to.equal(store.encryptionKey?.kid);
+  });
+});
