@@ -116,8 +116,9 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
   }
 }
 
-/** `host:port` (IPv6 as `[::1]:8080`) to {host, port}. */
+/** `host:port` (IPv6 as `[::1]:8080`), or a bare port on 127.0.0.1, to {host, port}. */
 export function parseHostPort(text: string): { host: string; port: number } {
+  if (/^\d{1,5}$/.test(text.trim()) && Number(text) <= 65535) return { host: '127.0.0.1', port: Number(text) };
   const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text.trim());
   const port = m ? Number(m[3]) : NaN;
   if (!m || port > 65535) throw Object.assign(new Error(`--http "${text}" must be host:port, e.g. 127.0.0.1:8080`), { code: 'E_USAGE', exitCode: 2 });
