@@ -11,7 +11,7 @@ describe('server: HTTP API', function () {
   let token: string;
 
   before(async () => {
-    f = await startFixture({ http: { host: '127.0.0.1', port: 0 } });
+    f = await startFixture({ http: { host: '127.0.0.1', port: 0 }, shared: 'auto' });
     base = `http://127.0.0.1:${f.server.http?.port}`;
     token = (await readFile(join(f.dataDir, 'http.token'), 'utf8')).trim();
     const d = f.fleet.add(await makeSimDevice('http-1'));
@@ -30,8 +30,9 @@ describe('server: HTTP API', function () {
     return { status: res.status, body: (await res.json()) as Record<string, unknown> & { error?: { code: string; message: string } } };
   };
 
-  it('listens on loopback only', () => {
+  it('listens on loopback only, and on aedes (no shared subscriptions) falls back to plain ones', () => {
     expect(f.server.http?.host).to.equal('127.0.0.1');
+    expect(f.server.shared).to.equal(false);
   });
 
   it('refuses a missing or wrong bearer token with 401', async () => {

@@ -96,6 +96,34 @@ describe('server: enrollment and the command lifecycle (simulated device, aedes)
     await eventually(() => reg.getDevice('dev-c')?.state === 'provisioned', 10_000, 'dev-c provisioned');
   });
 
+  it('answers a repeated enrollment (same keys, request missed) with a new request, and drops forged acks', async () => {
+    const reg = f.server.data.registry;
+    const { token } = reg.createToken('rep-1', 'bob', 60_000);
+    const dev = f.fleet.add(await makeSimDevice('rep-1', 'silent'));
+    await f.fleet.enroll(dev, token);
+    await eventually(() => f.inbound.find((r) => r.kind === 'enrolled' && !r.repeated), 10_000, 'first enrollment');
+    dev.behaviour = 'apply';
+    await f.fleet.enroll(dev, token);
+    const repeated = await eventually(() => f.inbound.find((r) => r.kind === 'enrolled' && r.repeated), 10_000, 'repeated enrollment');
+    expect(repeated).to.include({ deviceId: 'rep-1' });
+    await eventually(() => reg.getDevice('rep-1')?.state === 'provisioned', 10_000, 'provisioned');
+
+    // An ack for rep-1's command signed by another device's key is dropped; the command stays unanswered.
+    const cmd = await f.server.send({ deviceId: 'rep-1', action: 'selftest' });
+    dev.behaviour = 'silent';
+    const { sealAck } = await import('../../protocol/index.js');
+    const mallory = await makeSimDevice('rep-1');
+    const serverEnc = f.server.data.keys.trust.keys.find((k) => k.use === 'enc');
+    if (!serverEnc) throw new Error('no server encryption key');
+    const before = f.inbound.length;
+    const forged = await sealAck({ deviceId: 'rep-1', serverId: 'provision-server', ref: cmd.jti, seq: cmd.seq, status: 'applied', code: 'OK' }, { signer: mallory.signing, recipient: serverEnc });
+    await f.fleet.publishRaw('provision/rep-1/ack', forged.token);
+    await f.fleet.publishRaw('provision/rep-1/ack', '{"status":"applied","ref":"' + cmd.jti + '"}');
+    const results = await eventually(() => f.inbound.slice(before).filter((r) => r.kind === 'dropped').length >= 2 && f.inbound.slice(before), 10_000, 'forged acks handled');
+    expect(results.map((r) => (r.kind === 'dropped' ? r.code : r.kind))).to.include.members(['E_SIGNATURE', 'E_MALFORMED']);
+    expect(reg.getCommand(cmd.jti)?.ackStatus).to.equal(null);
+  });
+
   it('never publishes to a device without a registered key', async () => {
     const reg = f.server.data.registry;
     reg.createToken('nokey', 'alice', 60_000);
