@@ -1,4 +1,7 @@
 import { expect } from 'chai';
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -85,6 +88,52 @@ describe('full flow against mosquitto (TLS, client certificates), two serve inst
       expect(logs.match(/ enroll\.accepted /g) ?? []).to.have.length(1);
     } finally {
       await fleet.close();
+    }
+  });
+
+  it('with the real sensor-agent process: bundle -> enroll -> confirmed -> update --wait -> rotate --wait -> delete --wait, agent exits 10', async function () {
+    const agentCli = fileURLToPath(new URL('../../agent/cli.js', import.meta.url));
+    const agentModule = fileURLToPath(new URL('../../agent/agent.js', import.meta.url));
+    if (!existsSync(agentModule)) this.skip(); // the agent's run loop has not landed in this tree
+    const devCert = await broker.clientCert('sensor-0002');
+    const out = join(dir, 'bundle-real');
+    const b = await runServerCli(['bundle', '--data', data, '--device', 'sensor-0002', '--user', 'bob', '--out', out, '--client-cert', devCert.cert, '--client-key', devCert.key, '--gpio', 'fake']);
+    expect(b.code, b.stderr).to.equal(0);
+    const agent = spawn(process.execPath, [agentCli, 'run', '--config', join(out, 'config.json')], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let agentLog = '';
+    agent.stdout?.on('data', (d: Buffer) => (agentLog += d.toString()));
+    agent.stderr?.on('data', (d: Buffer) => (agentLog += d.toString()));
+    const exited = new Promise<number | null>((resolve) => agent.once('exit', (code) => resolve(code)));
+    try {
+      const reg = Registry.open(join(data, 'registry.sqlite'));
+      try {
+        await eventually(() => reg.getDevice('sensor-0002')?.state === 'provisioned', 30_000, `agent enrolled and confirmed\n${agentLog}`);
+        expect(reg.requireDevice('sensor-0002').userId).to.equal('bob');
+        const steps: [string, string[]][] = [
+          ['update', ['--set', 'sensor.sample_interval_s=20']],
+          ['rotate', []],
+          ['delete', []],
+        ];
+        for (const [action, extra] of steps) {
+          const before = reg.requireDevice('sensor-0002');
+          const r = await runServerCli(['send', 'sensor-0002', action, '--data', data, ...extra, '--wait', '--timeout', '20s']);
+          expect(r.code, `${action}: ${r.stderr}\n${agentLog}`).to.equal(0);
+          expect(JSON.parse(r.stdout)).to.include({ action, status: 'applied', code: 'OK' });
+          if (action === 'rotate') {
+            const after = await eventually(() => {
+              const d = reg.requireDevice('sensor-0002');
+              return d.encryption?.kid !== before.encryption?.kid && d;
+            }, 10_000, 'new keys registered');
+            expect(after.signing?.kid).to.not.equal(before.signing?.kid);
+          }
+        }
+        expect(await exited).to.equal(10);
+        await eventually(() => reg.requireDevice('sensor-0002').state === 'decommissioned', 10_000, 'decommissioned');
+      } finally {
+        reg.close();
+      }
+    } finally {
+      if (agent.exitCode === null) agent.kill('SIGKILL');
     }
   });
 });
