@@ -84,8 +84,10 @@ describe('deploy/broker: production mosquitto config and ACL', function () {
     return { ca: c.ca, cert: c.cert, key: c.key, clientId: identity, protocolVersion: 5, reconnectPeriod: 0, connectTimeout: 5000, ...extra };
   }
 
+  /** Devices connect to the device listener, the server identity to the backend listener. */
   async function connect(identity: string, extra: Partial<IClientOptions> = {}): Promise<Probe> {
-    const client = await mqtt.connectAsync(broker.url, options(identity, extra));
+    const url = identity === SERVER ? broker.backendUrl : broker.deviceUrl;
+    const client = await mqtt.connectAsync(url, options(identity, identity === SERVER ? { clientId: 'provision-server-test', ...extra } : extra));
     open.push(client);
     const received: Received[] = [];
     const waiters: Array<{ payload: string; resolve: (m: Received) => void }> = [];
@@ -105,15 +107,19 @@ describe('deploy/broker: production mosquitto config and ACL', function () {
     };
   }
 
-  it('refuses a TLS client without a certificate, and one whose certificate is from another CA', async () => {
+  it('refuses clients without a certificate, with one from another CA, plain MQTT, and each listener the other\'s certificates', async () => {
+    const refused = /certificate|handshake|alert|ECONNRESET|socket|closed|unknown ca/i;
     const c = creds.get(A);
-    const rogue = await rejection(mqtt.connectAsync(broker.url, { ...options(B), ...rogueB }));
-    expect(String(rogue)).to.match(/certificate|handshake|alert|ECONNRESET|socket|closed/i);
-    const noCert = await rejection(mqtt.connectAsync(broker.url, { ca: c?.ca, clientId: A, protocolVersion: 5, reconnectPeriod: 0, connectTimeout: 5000 }));
-    expect(String(noCert)).to.match(/certificate|handshake|alert|ECONNRESET|socket/i);
-    // Plain MQTT on the TLS port gets nowhere either.
-    const plain = await rejection(mqtt.connectAsync(`mqtt://127.0.0.1:${broker.port}`, { clientId: A, protocolVersion: 5, reconnectPeriod: 0, connectTimeout: 3000 }));
-    expect(plain).to.be.instanceOf(Error);
+    for (const url of [broker.deviceUrl, broker.backendUrl]) {
+      expect(String(await rejection(mqtt.connectAsync(url, { ...options(B), ...rogueB }))), `rogue CA at ${url}`).to.match(refused);
+      const noCert = await rejection(mqtt.connectAsync(url, { ca: c?.ca, clientId: A, protocolVersion: 5, reconnectPeriod: 0, connectTimeout: 5000 }));
+      expect(String(noCert), `no certificate at ${url}`).to.match(refused);
+      const plain = await rejection(mqtt.connectAsync(url.replace('mqtts:', 'mqtt:'), { clientId: A, protocolVersion: 5, reconnectPeriod: 0, connectTimeout: 3000 }));
+      expect(plain, `plain MQTT at ${url}`).to.be.instanceOf(Error);
+    }
+    // A device certificate on the backend listener (where client ids are free), and the server's on the device listener.
+    expect(String(await rejection(mqtt.connectAsync(broker.backendUrl, options(A))))).to.match(refused);
+    expect(String(await rejection(mqtt.connectAsync(broker.deviceUrl, options(SERVER))))).to.match(refused);
   });
 
   it('device A never receives device B\'s commands, whatever it subscribes to; B receives its own', async () => {
@@ -207,6 +213,22 @@ describe('deploy/broker: production mosquitto config and ACL', function () {
     await a.waitFor('for-A-again');
     expect(aClosed).to.equal(false);
     expect(broker.log()).to.match(new RegExp(`New client connected from \\S+ as ${A} `));
+  });
+
+  it('several server processes share the identity with their own client ids, none kicking another off', async () => {
+    const one = await connect(SERVER, { clientId: 'provision-server-one' });
+    let oneClosed = false;
+    one.client.on('close', () => { oneClosed = true; });
+    const two = await connect(SERVER, { clientId: 'provision-server-two' });
+    const b = await connect(B);
+    await b.client.subscribeAsync(topic(B, 'command'), { qos: 1 });
+    await one.client.publishAsync(topic(B, 'command'), 'from-one', { qos: 1 });
+    await two.client.publishAsync(topic(B, 'command'), 'from-two', { qos: 1 });
+    await b.waitFor('from-one');
+    await b.waitFor('from-two');
+    expect(oneClosed).to.equal(false);
+    expect(broker.log()).to.match(/New client connected from \S+ as provision-server-one /);
+    expect(broker.log()).to.match(/New client connected from \S+ as provision-server-two /);
   });
 
   it('the server identity reads acks and enrollments (also through $share) and writes commands, but cannot forge acks', async () => {

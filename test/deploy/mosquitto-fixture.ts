@@ -1,8 +1,8 @@
 /**
  * Runs mosquitto with the production configuration
- * (provisioning/mosquitto/sensor-broker.conf + sensor-broker.acl), changed
- * only where a test must: the listener moves from 8883 to a free loopback
- * port, file paths point into the test's directory, persistence is off and
+ * (provisioning/mosquitto/sensor-broker.conf and its two ACL files), changed
+ * only where a test must: the listeners move from 8883/8884 to free loopback
+ * ports, file paths point into the test's directory, persistence is off and
  * the log goes to stderr. Started as root, mosquitto drops to its own user
  * before reading the key and the ACL, exactly as in production, so the test
  * hands those files to that user with the modes the production comments
@@ -12,13 +12,15 @@ import { spawn, type ChildProcess, execFileSync } from 'node:child_process';
 import { once } from 'node:events';
 import { chmod, chown, copyFile, readFile, writeFile } from 'node:fs/promises';
 import { createConnection, createServer } from 'node:net';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { PROVISIONING_DIR } from './repo-paths.js';
 import { isRoot } from './tools.js';
 
 export interface RunningBroker {
-  port: number;
-  url: string;
+  /** mqtts:// URL of the device listener (production 8883). */
+  deviceUrl: string;
+  /** mqtts:// URL of the backend listener (production 8884). */
+  backendUrl: string;
   /** Everything mosquitto logged so far. */
   log(): string;
   stop(): Promise<void>;
@@ -46,50 +48,57 @@ function lookupUser(name: string): { uid: number; gid: number } | undefined {
   }
 }
 
-/** The production config with a test's port and paths (every other line unchanged). */
-export function testBrokerConfig(production: string, port: number, dir: string): string {
-  const replaced = new Set<string>();
-  const paths: Record<string, string> = {
-    cafile: join(dir, 'ca.pem'),
-    certfile: join(dir, 'broker.crt'),
-    keyfile: join(dir, 'broker.key'),
-    acl_file: join(dir, 'sensor-broker.acl'),
-  };
+/** Production listener port -> test port. */
+export type PortMap = ReadonlyMap<number, number>;
+
+/**
+ * The production config with a test's ports and paths, every other line
+ * unchanged: `listener N` becomes `listener <ports[N]> 127.0.0.1`, and each
+ * /etc/mosquitto/... path becomes `dir/<its base name>`.
+ */
+export function testBrokerConfig(production: string, ports: PortMap, dir: string): string {
+  const seen = new Set<number>();
   const lines = production.split('\n').map((line) => {
-    const [key] = line.trim().split(/\s+/);
-    if (key === 'listener') {
-      replaced.add(key);
+    const listener = /^\s*listener\s+(\d+)\s*$/.exec(line);
+    if (listener) {
+      const prod = Number(listener[1]);
+      const port = ports.get(prod);
+      if (port === undefined) throw new Error(`no test port for production listener ${prod}`);
+      seen.add(prod);
       return `listener ${port} 127.0.0.1`;
     }
-    if (key !== undefined && key in paths) {
-      replaced.add(key);
-      return `${key} ${paths[key]}`;
-    }
-    return line;
+    if (line.trim().startsWith('#')) return line;
+    return line.replace(/\/etc\/mosquitto\/\S+/g, (path) => join(dir, basename(path)));
   });
-  for (const key of ['listener', ...Object.keys(paths)]) {
-    if (!replaced.has(key)) throw new Error(`production broker config has no '${key}' line`);
+  for (const prod of ports.keys()) {
+    if (!seen.has(prod)) throw new Error(`production broker config has no 'listener ${prod}'`);
   }
   return [...lines, '# test-only:', 'persistence false', 'log_dest stderr', 'log_type all', 'connection_messages true', ''].join('\n');
 }
 
 /** Starts mosquitto on a free loopback port with certificates from `pkiDir`; resolves once it accepts connections. */
 export async function startBroker(mosquitto: string, pkiDir: string, runDir: string): Promise<RunningBroker> {
-  const port = await freeLoopbackPort();
-  await copyFile(join(PROVISIONING_DIR, 'mosquitto/sensor-broker.acl'), join(runDir, 'sensor-broker.acl'));
-  for (const f of ['ca.pem', 'broker.crt', 'broker.key']) await copyFile(join(pkiDir, f), join(runDir, f));
-  let config = testBrokerConfig(await readFile(join(PROVISIONING_DIR, 'mosquitto/sensor-broker.conf'), 'utf8'), port, runDir);
+  const devicePort = await freeLoopbackPort();
+  let backendPort = await freeLoopbackPort();
+  while (backendPort === devicePort) backendPort = await freeLoopbackPort();
+  const acls = ['sensor-devices.acl', 'sensor-backend.acl'];
+  for (const f of acls) await copyFile(join(PROVISIONING_DIR, 'mosquitto', f), join(runDir, f));
+  // pki output -> the names the production config uses
+  const installed: Array<[string, string]> = [['ca.pem', 'sensor-ca.pem'], ['backend-ca.pem', 'sensor-backend-ca.pem'], ['broker.crt', 'broker.crt'], ['broker.key', 'broker.key']];
+  for (const [from, to] of installed) await copyFile(join(pkiDir, from), join(runDir, to));
+  const ports: PortMap = new Map([[8883, devicePort], [8884, backendPort]]);
+  let config = testBrokerConfig(await readFile(join(PROVISIONING_DIR, 'mosquitto/sensor-broker.conf'), 'utf8'), ports, runDir);
   if (isRoot()) {
     const user = lookupUser('mosquitto');
     if (user === undefined) {
       config += 'user root\n'; // no mosquitto user to drop to on this machine
     } else {
       await chmod(runDir, 0o711);
-      for (const f of ['broker.key', 'sensor-broker.acl']) {
+      for (const f of ['broker.key', ...acls]) {
         await chown(join(runDir, f), user.uid, user.gid);
         await chmod(join(runDir, f), 0o600);
       }
-      for (const f of ['ca.pem', 'broker.crt']) await chmod(join(runDir, f), 0o644);
+      for (const f of ['sensor-ca.pem', 'sensor-backend-ca.pem', 'broker.crt']) await chmod(join(runDir, f), 0o644);
     }
   }
   const configPath = join(runDir, 'mosquitto.conf');
@@ -105,16 +114,16 @@ export async function startBroker(mosquitto: string, pkiDir: string, runDir: str
   const deadline = Date.now() + 10_000;
   for (;;) {
     if (exited) throw new Error(`mosquitto exited at start:\n${output}`);
-    if (await accepts(port)) break;
+    if ((await accepts(devicePort)) && (await accepts(backendPort))) break;
     if (Date.now() > deadline) {
       child.kill('SIGKILL');
-      throw new Error(`mosquitto did not listen on 127.0.0.1:${port}:\n${output}`);
+      throw new Error(`mosquitto did not listen on 127.0.0.1:${devicePort} and :${backendPort}:\n${output}`);
     }
     await new Promise((r) => setTimeout(r, 50));
   }
   return {
-    port,
-    url: `mqtts://127.0.0.1:${port}`,
+    deviceUrl: `mqtts://127.0.0.1:${devicePort}`,
+    backendUrl: `mqtts://127.0.0.1:${backendPort}`,
     log: () => output,
     async stop() {
       if (exited) return;
