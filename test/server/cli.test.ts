@@ -113,6 +113,38 @@ describe('provision-server CLI: data directory, registry, send', function () {
     }
   });
 
+  it('send --user UID ACTION fans out with a summary table, exits 6 unless all applied, and --resume finishes the job', async () => {
+    const reg = Registry.open(join(data, 'registry.sqlite'));
+    const trust = JSON.parse(await readFile(join(data, 'keys', 'trust.jwks'), 'utf8'));
+    const fleet = await SimFleet.connect(broker.url, { trust });
+    try {
+      const behaviours = ['apply', 'apply', 'reject', 'silent'] as const;
+      const devs = [];
+      for (const [i, b] of behaviours.entries()) {
+        const d = fleet.add(await makeSimDevice(`fan-cli-${i}`, b));
+        reg.addDevice({ id: d.id, userId: 'dora', origin: 'jwks', signing: toPublicJwk(d.signing), encryption: toPublicJwk(d.encryption) });
+        devs.push(d);
+      }
+      const r = await runServerCli(['send', '--user', 'dora', 'selftest', '--data', data, '--timeout', '2s']);
+      expect(r.code, r.stderr).to.equal(6);
+      expect(r.stdout).to.match(/applied\s+2\n/);
+      expect(r.stdout).to.match(/rejected\s+1\n/);
+      expect(r.stdout).to.match(/no answer\s+1\n/);
+      expect(r.stdout).to.match(/fan-cli-3\s+no answer/);
+      const id = /resume with: provision-server send --resume (\S+)/.exec(r.stdout)?.[1];
+      expect(id).to.be.a('string');
+      devs[3]!.behaviour = 'apply';
+      const again = await runServerCli(['send', '--resume', id as string, '--data', data, '--timeout', '5s']);
+      expect(again.stdout).to.match(/\(3 already answered, skipped\)/);
+      expect(again.stdout).to.match(/applied\s+3\n/);
+      expect(again.code).to.equal(6); // the rejected one stays rejected
+      expect(devs.map((d) => d.applied.length)).to.deep.equal([1, 1, 0, 1]);
+    } finally {
+      await fleet.close();
+      reg.close();
+    }
+  });
+
   it('device add --jwks, list, show and remove', async () => {
     const d = await makeSimDevice('added-1');
     const jwks = join(dir, 'added.jwks');
