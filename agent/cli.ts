@@ -5,6 +5,9 @@ import { hideBin } from 'yargs/helpers';
 import { reportError } from './cli-support.js';
 import { inspectCommand } from './commands/inspect.js';
 import { keygenCommand } from './commands/keygen.js';
+import { runCommand } from './commands/run.js';
+import { selftestCommand } from './commands/selftest.js';
+import { statusCommand } from './commands/status.js';
 import { packageVersion } from './version.js';
 
 const PROGRAM = 'sensor-agent';
@@ -14,6 +17,9 @@ await yargs(hideBin(process.argv))
   .usage('$0 <command> [options]\n\nReceives signed, encrypted provisioning commands over MQTT and applies them on this board.')
   .command(keygenCommand)
   .command(inspectCommand)
+  .command(runCommand)
+  .command(selftestCommand)
+  .command(statusCommand)
   .demandCommand(1, 'Name a command (see --help).')
   .strict()
   .version(packageVersion())

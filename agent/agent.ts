@@ -1,0 +1,309 @@
+/**
+ * The agent, programmatically: `startAgent({ configPath })` loads and checks
+ * everything, connects, and runs until `stop()` or a `delete` command.
+ * `sensor-agent run` is a thin wrapper around it; tests and the server's
+ * fleet simulation start many in one process (nothing here is global, and an
+ * idle connected agent holds no timer besides mqtt.js's keepalive).
+ *
+ * Start-up decisions:
+ * - keys and no state: waits for a `request` (keys made on the host);
+ * - no keys, enrollment token: generates keys and enrolls;
+ * - not provisioned and a token: enrolls (generating keys if absent);
+ * - no keys and no token: E_NOT_ENROLLED (exit 2), or exit 10 if decommissioned;
+ * - decommissioned and no token: finishes the wipe if a crash interrupted it, exit 10.
+ */
+import { EventEmitter } from 'node:events';
+import { applyDelete, decommission, EXIT_DECOMMISSIONED, wipeDevice } from './apply-delete.js';
+import { applyRequest } from './apply-request.js';
+import { applyRotate, resumeRotation } from './apply-rotate.js';
+import { applySelftest } from './apply-selftest.js';
+import { applyGpioSettings, applyUpdate, effectivePins, finishBrokerChange, type UpdateControl } from './apply-update.js';
+import { clockStatus, toClockPolicy } from './clock.js';
+import { loadConfig, type AgentConfig } from './config.js';
+import { Enrollment, readEnrollmentToken, type EnrollmentOptions } from './enrollment.js';
+import { createBoardIo, type BoardIo, type FakeGpioBackend } from './gpio/index.js';
+import { KeyStore } from './keystore.js';
+import { createLogger, type Logger } from './log.js';
+import { MqttSession, type BackoffOptions } from './mqtt-session.js';
+import { Pipeline, type CommandEvent, type FollowUp } from './pipeline.js';
+import { AgentRuntime } from './runtime.js';
+import { initialState, StateStore, type StateStoreOptions } from './state.js';
+import { createSystemdNotifier, type SystemdNotifier } from './systemd-notify.js';
+import { loadTrustAnchors } from './trust.js';
+
+export const EXIT_OK = 0;
+export const EXIT_FAILURE = 1;
+export const EXIT_USAGE = 2;
+export { EXIT_DECOMMISSIONED };
+
+/** A refusal to start, with the exit status `run` uses. */
+export class AgentStartError extends Error {
+  override readonly name = 'AgentStartError';
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly exitCode: number,
+  ) {
+    super(message);
+  }
+}
+
+export interface AgentEvents {
+  /** Connected and subscribed to the command topic. */
+  ready: [];
+  /** A command was processed (or refused after authentication, or re-acked as a duplicate). */
+  command: [CommandEvent];
+  /** Enrollment sent (each attempt). */
+  enrolling: [];
+  /** Became provisioned (request applied). */
+  provisioned: [userId: string];
+}
+
+export interface RunningAgent extends EventEmitter<AgentEvents> {
+  readonly deviceId: string;
+  /** Finishes the command in flight, disconnects cleanly; `exited` then resolves 0. */
+  stop(): Promise<void>;
+  /** The exit status `run` would use: 0 stopped, 10 decommissioned. */
+  readonly exited: Promise<number>;
+  /** Present when the GPIO backend is the fake one (tests, demo). */
+  readonly fakeGpio: FakeGpioBackend | undefined;
+  /** Connected and subscribed now. */
+  readonly connected: boolean;
+}
+
+export interface StartAgentOptions {
+  configPath: string;
+  log?: Logger;
+  /** Report readiness and watchdog pings to systemd when NOTIFY_SOCKET is set (the `run` command). */
+  systemdNotify?: boolean;
+  /** Reconnect backoff (default 1 s doubling to 60 s, with jitter). */
+  backoff?: BackoffOptions;
+  /** Enrollment retry backoff (default 5 s doubling to 5 min, with jitter). */
+  enrollment?: EnrollmentOptions;
+  /** Test hooks: crash simulation in state writes. */
+  faults?: StateStoreOptions;
+}
+
+export async function startAgent(options: StartAgentOptions): Promise<RunningAgent> {
+  const config = await loadConfig(options.configPath);
+  const log = options.log ?? createLogger({ level: config.log_level });
+  const agent = new Agent(config, log, options);
+  await agent.init();
+  return agent;
+}
+
+class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
+  readonly deviceId: string;
+  readonly exited: Promise<number>;
+  #resolveExit!: (status: number) => void;
+  #rt!: AgentRuntime;
+  #io!: BoardIo;
+  #pipeline!: Pipeline;
+  #enrollment: Enrollment | undefined;
+  #notifier: SystemdNotifier | undefined;
+  #follow: Promise<void> = Promise.resolve();
+  #stopPromise: Promise<void> | undefined;
+  #exitStatus = EXIT_OK;
+  #readyOnce = false;
+  #busySince = 0;
+  #resume: (() => Promise<void>) | undefined;
+
+  constructor(
+    private readonly config: AgentConfig,
+    private readonly log: Logger,
+    private readonly options: StartAgentOptions,
+  ) {
+    super();
+    this.deviceId = config.device_id;
+    this.exited = new Promise((r) => (this.#resolveExit = r));
+  }
+
+  get fakeGpio(): FakeGpioBackend | undefined {
+    return this.#io?.fake;
+  }
+
+  get connected(): boolean {
+    return this.#rt?.session?.ready === true;
+  }
+
+  async init(): Promise<void> {
+    const { config, log } = this;
+    const trust = await loadTrustAnchors(config.trust);
+    const keystore = await KeyStore.open(config.keystore, { create: true, credentialsDir: process.env.CREDENTIALS_DIRECTORY });
+    const store = await StateStore.open(config.state_dir, config.device_id, this.options.faults);
+    const token = await readEnrollmentToken(config.enrollment_token);
+    let st = store.state;
+
+    if (st.decommissioned && token === undefined) {
+      if (keystore.hasKeys() || keystore.previousEncryptionKey) await keystore.wipe();
+      throw new AgentStartError('E_DECOMMISSIONED', `device ${config.device_id} was decommissioned by a delete command; to use it again, provision it at the board (place a new enrollment token at ${config.enrollment_token})`, EXIT_DECOMMISSIONED);
+    }
+    if (!keystore.hasKeys() && token === undefined) {
+      throw new AgentStartError(
+        'E_NOT_ENROLLED',
+        `no device keys in ${config.keystore} and no enrollment token at ${config.enrollment_token}: this board is not enrolled. Create a bundle on the server (provision-server bundle --device ${config.device_id} ...) and copy its enroll.token to ${config.enrollment_token} (mode 0600), then start the agent again`,
+        EXIT_USAGE,
+      );
+    }
+    const enrolling = token !== undefined && (!st.provisioned || !keystore.hasKeys());
+    if (enrolling) {
+      let fresh = st.decommissioned || (st.provisioned && !keystore.hasKeys());
+      if (!keystore.hasKeys()) {
+        const keys = await keystore.generate({ force: true });
+        log.info('device keys generated for enrollment', { kids: keys.keys.map((k) => k.kid).join(',') });
+        fresh = true;
+      }
+      if (fresh) {
+        // New identity: commands sealed to the old keys cannot open, and the server may count seq from 1 again.
+        await store.save({ ...initialState(config.device_id), keys: { signing: keystore.signingKey?.kid ?? null, encryption: keystore.encryptionKey?.kid ?? null, previous_encryption: null } });
+      }
+    } else if (!st.provisioned) {
+      log.warn('not provisioned and no enrollment token: waiting for a request command from the server');
+    }
+    st = store.state;
+
+    const clock = await clockStatus(config.clock.policy);
+    log.info('clock', { trusted: clock.trusted, reason: clock.reason });
+    this.#io = await createBoardIo(
+      { ...config.gpio, ...effectivePins({ config } as AgentRuntime, st.settings) },
+      (level, msg) => log[level](msg, { component: 'gpio' }),
+    );
+    this.#io.onError((err) => log.warn('GPIO problem', { reason: err.message }));
+
+    const rt = new AgentRuntime(config, log, keystore, store, trust, this.#io, toClockPolicy(clock, config.clock.max_skew_s), (status, why) => {
+      log.info('exiting', { status, reason: why });
+      this.#exitStatus = status;
+      void this.stop();
+    });
+    this.#rt = rt;
+    await rt.refreshDecryption();
+    const resumedAck = await resumeRotation(rt);
+
+    const update: UpdateControl = { switchBroker: (b, ms) => this.#switchBroker(b, ms) };
+    this.#pipeline = new Pipeline(
+      rt,
+      {
+        request: (c) => applyRequest(rt, c, () => this.#onProvisioned(c.user_id)),
+        update: (c) => applyUpdate(rt, c, update),
+        rotate: (c) => applyRotate(rt, c),
+        delete: (c) => applyDelete(rt, c),
+        selftest: (c) => applySelftest(rt, c),
+      },
+      (e) => this.emit('command', e),
+    );
+    rt.session = new MqttSession({
+      clientId: config.device_id,
+      broker: await rt.effectiveBroker(),
+      topic: rt.topics.command,
+      log,
+      onMessage: (topic, payload) => this.#onMessage(topic, payload),
+      ...(this.options.backoff ? { backoff: this.options.backoff } : {}),
+    });
+    if (enrolling && token !== undefined) this.#enrollment = new Enrollment(rt, token, this.options.enrollment);
+
+    this.#io.setStatus(st.provisioned ? 'provisioned' : enrolling ? 'enrolling' : 'unprovisioned');
+    await this.#io.setSensorEnabled(st.provisioned && st.settings.sensor?.enabled !== false);
+    this.#io.onResetHeld(() => void this.#resetToUnprovisioned());
+
+    rt.session.on('subscribed', () => this.#onSubscribed());
+    if (this.options.systemdNotify) {
+      this.#notifier = createSystemdNotifier(log);
+      this.#notifier.startWatchdog(() => this.#healthy());
+    }
+    const pending = st.pending_broker;
+    if (pending) {
+      this.#resume = () => finishBrokerChange(rt, pending, null, update);
+    }
+    // The ack of a rotation completed just before a crash may never have left: send it (a duplicate is harmless).
+    if (resumedAck) rt.publishAck(resumedAck.token, { ref: resumedAck.jti, status: 'applied', resumed: 'yes' });
+    rt.session.start();
+    log.info('agent started', { device: config.device_id, provisioned: store.state.provisioned, enrolling, broker: rt.session.broker.url, gpio: this.#io.backend });
+    if (this.#resume) {
+      const resume = this.#resume;
+      this.#resume = undefined;
+      this.#follow = this.#follow.then(resume).catch((err: unknown) => log.error('broker change could not be resumed', { reason: (err as Error).message }));
+    }
+  }
+
+  #onSubscribed(): void {
+    if (!this.#readyOnce) {
+      this.#readyOnce = true;
+      this.#notifier?.ready(`connected to ${this.#rt.session.broker.url}`);
+    }
+    if (this.#enrollment) {
+      this.#enrollment.kick();
+      this.emit('enrolling');
+    }
+    this.emit('ready');
+  }
+
+  async #onMessage(topic: string, payload: Buffer): Promise<void> {
+    await this.#follow;
+    this.#busySince = Date.now();
+    let follow: FollowUp | undefined;
+    try {
+      follow = await this.#pipeline.handle(topic, payload);
+    } finally {
+      this.#busySince = 0;
+    }
+    if (follow) {
+      const run = follow;
+      // After the PUBACK (sent when this resolves).
+      this.#follow = new Promise<void>((r) => setImmediate(r))
+        .then(run)
+        .catch((err: unknown) => this.log.error('after-ack work failed', { reason: (err as Error).message }));
+    }
+  }
+
+  async #onProvisioned(userId: string): Promise<void> {
+    if (this.#enrollment) {
+      await this.#enrollment.complete();
+      this.#enrollment = undefined;
+    }
+    this.#io.setStatus('provisioned');
+    await applyGpioSettings(this.#rt, this.#rt.store.state);
+    this.log.info('provisioned', { user: userId });
+    this.emit('provisioned', userId);
+  }
+
+  async #switchBroker(stored: import('./state.js').StoredBroker | undefined, timeoutMs: number): Promise<boolean> {
+    const rt = this.#rt;
+    await rt.session.switchBroker(await rt.effectiveBroker(stored));
+    if (timeoutMs <= 0) return true;
+    return rt.session.waitReady(timeoutMs);
+  }
+
+  async #resetToUnprovisioned(): Promise<void> {
+    const rt = this.#rt;
+    this.log.warn('reset button held: resetting the board to unprovisioned');
+    await rt.store.update((d) => decommission(d));
+    await wipeDevice(rt);
+    rt.requestExit(EXIT_DECOMMISSIONED, 'reset to unprovisioned at the board');
+  }
+
+  /** Healthy: not stuck on one command for longer than a hook could take, and the last state write worked. */
+  #healthy(): boolean {
+    if (this.#busySince !== 0 && Date.now() - this.#busySince > (this.config.hook_timeout_s + 60) * 1000) return false;
+    return true;
+  }
+
+  stop(): Promise<void> {
+    this.#stopPromise ??= this.#stop();
+    return this.#stopPromise;
+  }
+
+  async #stop(): Promise<void> {
+    const rt = this.#rt;
+    rt.markStopping();
+    this.#notifier?.stopping();
+    this.#enrollment?.stop();
+    await rt.session.drain();
+    await Promise.race([this.#follow, new Promise((r) => setTimeout(r, 5000).unref())]);
+    await rt.flushAcks(3000);
+    await rt.session.stop();
+    this.#notifier?.close();
+    await this.#io.close().catch(() => undefined);
+    this.log.info('agent stopped', { status: this.#exitStatus });
+    this.#resolveExit(this.#exitStatus);
+  }
+}

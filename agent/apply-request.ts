@@ -1,0 +1,20 @@
+/** `request`: confirms the enrollment and binds the device to `user_id`; the device becomes provisioned. */
+import type { CommandClaims } from '../protocol/index.js';
+import { applied, type Outcome } from './outcome.js';
+import type { AgentRuntime } from './runtime.js';
+
+export async function applyRequest(rt: AgentRuntime, claims: CommandClaims, onProvisioned: () => Promise<void>): Promise<Outcome> {
+  const was = rt.store.state;
+  const again = was.provisioned;
+  return applied(again ? `provisioned; user ${claims.user_id}` : `enrolled and provisioned for user ${claims.user_id}`, {
+    mutate: (d) => {
+      d.provisioned = true;
+      d.decommissioned = false;
+      d.user_id = claims.user_id;
+      d.enrolled_at ??= Math.floor(Date.now() / 1000);
+      d.keys.signing = rt.keystore.signingKey?.kid ?? null;
+      d.keys.encryption = rt.keystore.encryptionKey?.kid ?? null;
+    },
+    afterAck: onProvisioned,
+  });
+}

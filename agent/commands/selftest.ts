@@ -1,0 +1,26 @@
+/** `sensor-agent selftest`: the on-device self-test; exit 0 only when every required check passes. */
+import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
+import { DEFAULT_CONFIG_PATH } from '../config.js';
+import { formatReport, runSelftest } from '../selftest.js';
+
+interface SelftestArgs {
+  config: string;
+  json: boolean;
+  timeout: number;
+}
+
+export const selftestCommand: CommandModule<object, SelftestArgs> = {
+  command: 'selftest',
+  describe: 'Check this board: config, key store, keys, trust anchors, crypto, clock, state directory, broker, GPIO, Node.js',
+  builder: (y: Argv) =>
+    y
+      .option('config', { type: 'string', default: DEFAULT_CONFIG_PATH, describe: 'config file' })
+      .option('json', { type: 'boolean', default: false, describe: 'machine-readable report on stdout' })
+      .option('timeout', { type: 'number', default: 8, describe: 'broker check timeout, seconds' })
+      .epilogue('Exit status: 0 when every required check passes, 1 otherwise.') as unknown as Argv<SelftestArgs>,
+  handler: async (args: ArgumentsCamelCase<SelftestArgs>) => {
+    const report = await runSelftest({ configPath: args.config, brokerTimeoutMs: Math.max(1, args.timeout) * 1000 });
+    process.stdout.write(args.json ? `${JSON.stringify(report, null, 2)}\n` : formatReport(report));
+    process.exitCode = report.ok ? 0 : 1;
+  },
+};

@@ -1,0 +1,36 @@
+/** What applying an action produces: the ack fields, the state change, and the side effects around the PUBACK. */
+import type { AckStatus, CommandClaims } from '../protocol/index.js';
+import type { AgentState } from './state.js';
+
+export interface Outcome {
+  status: AckStatus;
+  code: string;
+  detail: string;
+  result?: Record<string, unknown>;
+  /** The state change, saved atomically together with the command's seq and jti. */
+  mutate?: (draft: AgentState) => void;
+  /** An ack sealed in advance (rotate: by the old key; delete: before the keys are wiped). */
+  ackToken?: string;
+  /** After the state is saved, before the PUBACK (delete: wipe the keys). */
+  beforePuback?: () => Promise<void>;
+  /** After the PUBACK and the ack (GPIO, enrollment completion, exit). */
+  afterAck?: () => Promise<void>;
+  /** When set, `afterAck` publishes the ack itself (broker change: the ack goes to whichever broker stays). */
+  ackByAfter?: boolean;
+}
+
+export type ApplyFn = (claims: CommandClaims) => Promise<Outcome>;
+
+export class ActionRefused extends Error {
+  override readonly name = 'ActionRefused';
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export function applied(detail: string, extra: Partial<Outcome> = {}): Outcome {
+  return { status: 'applied', code: 'OK', detail, ...extra };
+}

@@ -1,0 +1,136 @@
+/**
+ * What the pipeline and the actions share within one agent: its config,
+ * keys, state, trust anchors, GPIO and MQTT session, and the two outputs
+ * (acks and the exit status). Nothing here is global: one per agent.
+ */
+import { readFile } from 'node:fs/promises';
+import {
+  KeyRing,
+  ackTopic,
+  commandTopic,
+  enrollTopic,
+  sealAck,
+  type AckStatus,
+  type ClockPolicy,
+  type PrivateJwk,
+} from '../protocol/index.js';
+import type { AgentConfig } from './config.js';
+import type { BoardIo } from './gpio/index.js';
+import type { KeyStore } from './keystore.js';
+import type { Logger } from './log.js';
+import type { MqttSession, SessionBroker } from './mqtt-session.js';
+import type { StateStore, StoredBroker } from './state.js';
+import type { TrustAnchors } from './trust.js';
+
+export interface AckFields {
+  ref: string;
+  seq: number;
+  status: AckStatus;
+  code: string;
+  detail?: string;
+  result?: Record<string, unknown>;
+}
+
+export class AgentRuntime {
+  decryption!: KeyRing;
+  session!: MqttSession;
+  #pendingAcks = new Set<Promise<void>>();
+  #stopping = false;
+
+  constructor(
+    readonly config: AgentConfig,
+    readonly log: Logger,
+    readonly keystore: KeyStore,
+    readonly store: StateStore,
+    readonly trust: TrustAnchors,
+    readonly io: BoardIo,
+    public clock: ClockPolicy,
+    readonly requestExit: (status: number, why: string) => void,
+  ) {}
+
+  get deviceId(): string {
+    return this.config.device_id;
+  }
+
+  get topics(): { command: string; ack: string; enroll: string } {
+    const p = this.config.topic_prefix;
+    return { command: commandTopic(p, this.deviceId), ack: ackTopic(p, this.deviceId), enroll: enrollTopic(p, this.deviceId) };
+  }
+
+  get stopping(): boolean {
+    return this.#stopping;
+  }
+
+  markStopping(): void {
+    this.#stopping = true;
+  }
+
+  /** Rebuilds the decryption ring from the key store (after enrollment, rotate, or removing the previous key). */
+  async refreshDecryption(): Promise<void> {
+    this.decryption = await KeyRing.create(this.keystore.decryptionKeys());
+  }
+
+  /** Seals an ack with `signer` (default: the current signing key) to the server's encryption key. */
+  async sealAck(fields: AckFields, signer?: PrivateJwk): Promise<string> {
+    const key = signer ?? this.keystore.signingKey;
+    if (!key) throw new Error('no signing key to seal the ack with');
+    const { token } = await sealAck(
+      { deviceId: this.deviceId, serverId: this.config.server_id, ...fields, detail: fields.detail ?? '' },
+      { signer: key, recipient: this.trust.encryption },
+    );
+    return token;
+  }
+
+  /**
+   * Publishes a sealed ack (QoS 1) in the background; while offline it waits
+   * for the session to be back (up to `waitMs`), then gives up with a log line.
+   */
+  publishAck(token: string, what: Record<string, string | number>, waitMs = 10 * 60_000): void {
+    const p = this.#publishWithWait(token, what, waitMs).finally(() => this.#pendingAcks.delete(p));
+    this.#pendingAcks.add(p);
+  }
+
+  async #publishWithWait(token: string, what: Record<string, string | number>, waitMs: number): Promise<void> {
+    const deadline = Date.now() + waitMs;
+    for (;;) {
+      if (this.session.ready) {
+        try {
+          await this.session.publish(this.topics.ack, token);
+          this.log.info('ack published', what);
+          return;
+        } catch (err) {
+          this.log.warn('ack publish failed; retrying when connected', { ...what, reason: (err as Error).message });
+        }
+      }
+      const left = deadline - Date.now();
+      if (left <= 0 || this.#stopping) {
+        this.log.error('ack not published (broker unreachable); the server will see no answer for this command', what);
+        return;
+      }
+      await this.session.waitReady(Math.min(left, 30_000));
+      if (this.#stopping && !this.session.ready) {
+        this.log.warn('stopping with an ack unpublished', what);
+        return;
+      }
+    }
+  }
+
+  /** Waits (bounded) for acks being published. */
+  async flushAcks(timeoutMs: number): Promise<void> {
+    if (this.#pendingAcks.size === 0) return;
+    await Promise.race([Promise.allSettled([...this.#pendingAcks]), new Promise((r) => setTimeout(r, timeoutMs).unref())]);
+  }
+
+  /** The broker to use: an `update`'s settings when present, else the config file's. */
+  async effectiveBroker(stored: StoredBroker | undefined = this.store.state.settings.broker): Promise<SessionBroker> {
+    const b = this.config.broker;
+    const cert = b.cert ? await readFile(b.cert) : undefined;
+    const key = b.key ? await readFile(b.key) : undefined;
+    if (stored) {
+      const ca = stored.ca ?? (b.ca ? await readFile(b.ca) : undefined);
+      return { url: stored.url, protocolVersion: stored.protocol_version ?? b.protocol_version, ...(ca ? { ca } : {}), ...(cert ? { cert } : {}), ...(key ? { key } : {}) };
+    }
+    const ca = b.ca ? await readFile(b.ca) : undefined;
+    return { url: b.url, protocolVersion: b.protocol_version, ...(ca ? { ca } : {}), ...(cert ? { cert } : {}), ...(key ? { key } : {}) };
+  }
+}

@@ -1,0 +1,54 @@
+/**
+ * systemd integration: readiness and watchdog pings through the
+ * `systemd-notify` tool (Node has no unix datagram sockets). Only active when
+ * NOTIFY_SOCKET is set; the unit needs `NotifyAccess=all` (the message comes
+ * from a child process) and `Type=notify`. The watchdog interval is half of
+ * WATCHDOG_USEC; a ping is sent only when `healthy()` says so.
+ */
+import { execFile } from 'node:child_process';
+import type { Logger } from './log.js';
+
+export interface SystemdNotifier {
+  readonly enabled: boolean;
+  ready(status?: string): void;
+  status(text: string): void;
+  stopping(): void;
+  /** Starts watchdog pings (when WATCHDOG_USEC is set); `healthy` is asked before each. */
+  startWatchdog(healthy: () => boolean): void;
+  close(): void;
+}
+
+export function createSystemdNotifier(log: Logger, env: NodeJS.ProcessEnv = process.env, tool = 'systemd-notify'): SystemdNotifier {
+  const enabled = typeof env.NOTIFY_SOCKET === 'string' && env.NOTIFY_SOCKET !== '';
+  let timer: NodeJS.Timeout | undefined;
+  let warned = false;
+  const send = (assignments: string[]): void => {
+    if (!enabled) return;
+    execFile(tool, [`--pid=${process.pid}`, ...assignments], { timeout: 5000, env }, (err) => {
+      if (err && !warned) {
+        warned = true;
+        log.warn('systemd-notify failed; readiness and watchdog pings are not reaching systemd', { reason: err.message });
+      }
+    });
+  };
+  return {
+    enabled,
+    ready: (status) => send(['READY=1', ...(status ? [`STATUS=${status}`] : [])]),
+    status: (text) => send([`STATUS=${text}`]),
+    stopping: () => send(['STOPPING=1']),
+    startWatchdog(healthy) {
+      const usec = Number(env.WATCHDOG_USEC);
+      const pid = env.WATCHDOG_PID;
+      if (!enabled || !Number.isFinite(usec) || usec <= 0 || (pid !== undefined && pid !== String(process.pid))) return;
+      const every = Math.max(500, Math.floor(usec / 2000));
+      timer = setInterval(() => {
+        if (healthy()) send(['WATCHDOG=1']);
+        else log.warn('unhealthy: watchdog ping withheld');
+      }, every);
+      timer.unref();
+    },
+    close() {
+      clearInterval(timer);
+    },
+  };
+}
