@@ -72,6 +72,7 @@ async function main(): Promise<void> {
     await runCleanup(cleanup);
   } catch (err) {
     await runCleanup(cleanup);
+    if (interrupted) return; // the signal handler reports and exits 130
     process.stderr.write(`\ndemo: FAILED: ${err instanceof Error ? err.message : String(err)}\n`);
     process.exitCode = 1;
   }
