@@ -1,0 +1,168 @@
+/**
+ * The real `sensor-agent run` as a child process, and the server's side of
+ * the wire for tests that drive it: seal and publish commands, open and
+ * collect acks. Used by the adversarial and fault suites and the benchmark.
+ */
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import mqtt, { type MqttClient } from 'mqtt';
+import {
+  KeyRing,
+  ackTopic,
+  commandTopic,
+  openAck,
+  sealCommand,
+  toPublicJwk,
+  type AckClaims,
+  type Action,
+  type PublicJwk,
+} from '../../protocol/index.js';
+import type { Party } from './keys.js';
+
+const run = promisify(execFile);
+export const AGENT_CLI = fileURLToPath(new URL('../../agent/cli.js', import.meta.url));
+
+export interface AgentProcess {
+  child: ChildProcess;
+  pid: number;
+  /** stdout + stderr so far (the agent logs there). */
+  output(): string;
+  running(): boolean;
+  /** Resolves with the exit code (or the signal name). */
+  exited: Promise<number | string>;
+  /** Resident set size now, in bytes (from /proc). */
+  rss(): Promise<number>;
+}
+
+export function spawnAgent(configPath: string, extraEnv: Record<string, string> = {}): AgentProcess {
+  const child = spawn(process.execPath, [AGENT_CLI, 'run', '--config', configPath], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, NOTIFY_SOCKET: '', ...extraEnv },
+  });
+  let out = '';
+  const keep = (b: Buffer): void => {
+    out = (out + b.toString('utf8')).slice(-200_000);
+  };
+  child.stdout?.on('data', keep);
+  child.stderr?.on('data', keep);
+  const exited = new Promise<number | string>((resolve) => child.once('exit', (code, signal) => resolve(code ?? signal ?? -1)));
+  return {
+    child,
+    pid: child.pid ?? -1,
+    output: () => out,
+    running: () => child.exitCode === null && child.signalCode === null,
+    exited,
+    rss: () => rssOf(child.pid ?? -1),
+  };
+}
+
+export async function rssOf(pid: number): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  const m = /VmRSS:\s+(\d+) kB/.exec(status);
+  if (!m) throw new Error(`no VmRSS for pid ${pid}`);
+  return Number(m[1]) * 1024;
+}
+
+/** `sensor-agent status --json` as the operator sees it. */
+export async function agentStatus(configPath: string): Promise<Record<string, unknown>> {
+  const { stdout } = await run(process.execPath, [AGENT_CLI, 'status', '--json', '--config', configPath]);
+  return JSON.parse(stdout) as Record<string, unknown>;
+}
+
+export interface ReceivedAck {
+  claims: AckClaims;
+  at: number;
+}
+
+/**
+ * The server's side for one device: seals with the server's keys, publishes
+ * at QoS 1, opens every ack on the device's ack topic (decrypted with the
+ * server's key, verified against the device's signing key).
+ */
+export class TestSender {
+  readonly acks: ReceivedAck[] = [];
+  /** Acks that did not open (must stay empty). */
+  readonly badAcks: string[] = [];
+  seq = 0;
+  #client!: MqttClient;
+  #decryption!: KeyRing;
+  #verification!: KeyRing;
+  #waiters: { match: (a: AckClaims) => boolean; resolve: (a: AckClaims) => void }[] = [];
+
+  constructor(
+    readonly server: Party,
+    readonly serverId: string,
+    readonly prefix: string,
+    readonly deviceId: string,
+    readonly device: { signing: PublicJwk; encryption: PublicJwk },
+  ) {}
+
+  async connect(url: string, clientId = `test-sender-${Math.random().toString(16).slice(2, 8)}`): Promise<void> {
+    this.#decryption = await KeyRing.create([this.server.encryption]);
+    this.#verification = await KeyRing.create([this.device.signing]);
+    this.#client = await mqtt.connectAsync(url, { clientId, clean: false, reconnectPeriod: 200, protocolVersion: 4 });
+    this.#client.on('error', () => undefined);
+    this.#client.on('message', (_t, payload) => {
+      void openAck(payload, { serverId: this.serverId, deviceId: this.deviceId, decryption: this.#decryption, verification: this.#verification }).then(
+        ({ claims }) => {
+          this.acks.push({ claims, at: Date.now() });
+          this.#waiters = this.#waiters.filter((w) => {
+            if (!w.match(claims)) return true;
+            w.resolve(claims);
+            return false;
+          });
+        },
+        () => this.badAcks.push(payload.toString('latin1').slice(0, 200)),
+      );
+    });
+    await this.#client.subscribeAsync(ackTopic(this.prefix, this.deviceId), { qos: 1 });
+  }
+
+  get client(): MqttClient {
+    return this.#client;
+  }
+
+  async seal(action: Action, params: Record<string, unknown> = {}, options: { seq?: number; jti?: string } = {}): Promise<{ token: string; jti: string; seq: number }> {
+    const seq = options.seq ?? ++this.seq;
+    const { token, claims } = await sealCommand(
+      { serverId: this.serverId, deviceId: this.deviceId, action, userId: 'tester', params, seq, ...(options.jti ? { jti: options.jti } : {}) },
+      { signer: this.server.signing, recipient: this.device.encryption },
+    );
+    return { token, jti: claims.jti, seq };
+  }
+
+  async publish(payload: string | Buffer, topicDeviceId = this.deviceId): Promise<void> {
+    await this.#client.publishAsync(commandTopic(this.prefix, topicDeviceId), payload, { qos: 1 });
+  }
+
+  /** Resolves with the first ack (already received or to come) matching, or rejects after `timeoutMs`. */
+  waitAck(match: (a: AckClaims) => boolean, timeoutMs = 15_000): Promise<AckClaims> {
+    const have = this.acks.find((a) => match(a.claims));
+    if (have) return Promise.resolve(have.claims);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#waiters = this.#waiters.filter((w) => w.resolve !== done);
+        reject(new Error(`no matching ack within ${timeoutMs} ms`));
+      }, timeoutMs);
+      const done = (a: AckClaims): void => {
+        clearTimeout(timer);
+        resolve(a);
+      };
+      this.#waiters.push({ match, resolve: done });
+    });
+  }
+
+  async send(action: Action, params: Record<string, unknown> = {}, timeoutMs = 15_000): Promise<AckClaims> {
+    const { token, jti } = await this.seal(action, params);
+    await this.publish(token);
+    return this.waitAck((a) => a.ref === jti, timeoutMs);
+  }
+
+  async close(): Promise<void> {
+    await this.#client?.endAsync(true).catch(() => undefined);
+  }
+}
+
+export { toPublicJwk };
