@@ -81,7 +81,9 @@ async function main(): Promise<void> {
 async function runCleanup(cleanup: (() => Promise<void>)[]): Promise<void> {
   while (cleanup.length) {
     const fn = cleanup.pop();
+    const t = Date.now();
     await fn?.().catch(() => undefined);
+    if (process.env.DEMO_DEBUG) process.stderr.write(`cleanup step ${cleanup.length}: ${Date.now() - t} ms\n`);
   }
 }
 
@@ -208,7 +210,9 @@ async function run(cleanup: (() => Promise<void>)[]): Promise<void> {
         }
         if (action === 'delete') {
           if (after.state !== 'decommissioned') await fail(agent, `delete was acked but the device is ${after.state}`);
-          const code = await Promise.race([agent.exited, sleep(STEP_TIMEOUT_MS).then(() => 'timeout' as const)]);
+          let timer: NodeJS.Timeout | undefined;
+          const code = await Promise.race([agent.exited, new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), STEP_TIMEOUT_MS)))]);
+          clearTimeout(timer);
           if (code !== 10) await fail(agent, `after delete the agent should exit 10 (decommissioned), got ${code}`);
           note = 'keys wiped on the board, agent exited 10; decommissioned';
         }
