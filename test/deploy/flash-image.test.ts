@@ -1,0 +1,235 @@
+/**
+ * provisioning/flash into a two-partition image (FAT boot + ext4 root) built
+ * here with Debian tools, read back independently: contents, modes, owners,
+ * the first-boot route on the boot partition, and that no secret is on FAT.
+ * As root the unprivileged route still runs unprivileged (setpriv to
+ * nobody), so "without root privileges" is what is tested.
+ */
+import { expect } from 'chai';
+import { execFile } from 'node:child_process';
+import { chown, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { parseFlashArgs } from '../../provisioning/flasher/cli.js';
+import { makeAgentTree, makeBundle, type FakeBundle } from './flash-fixtures.js';
+import {
+  catInImage,
+  DEFAULT_CMDLINE,
+  fsckRoot,
+  IMAGE_TOOLS,
+  lsInImage,
+  makeImage,
+  readFat,
+  readlinkInImage,
+  statInImage,
+  type InodeInfo,
+} from './image-fixture.js';
+import { PROVISIONING_DIR } from './repo-paths.js';
+import { isRoot, requireTools, toolEnv } from './tools.js';
+
+const execFileP = promisify(execFile);
+const FLASH = join(PROVISIONING_DIR, 'flash');
+const NOBODY = 65534;
+
+export interface Ran {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs provisioning/flash; as root with `unprivileged`, as nobody (setpriv). */
+export async function runFlash(args: string[], options: { unprivileged?: boolean } = {}): Promise<Ran> {
+  const drop = options.unprivileged && isRoot() ? ['setpriv', `--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', '--'] : [];
+  const [file, ...rest] = [...drop, FLASH, ...args];
+  try {
+    const { stdout, stderr } = await execFileP(file ?? FLASH, rest, { env: toolEnv() });
+    return { code: 0, stdout, stderr };
+  } catch (err) {
+    const e = err as { code?: unknown; stdout?: string; stderr?: string };
+    if (typeof e.code !== 'number') throw err;
+    return { code: e.code, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
+  }
+}
+
+async function chownTree(path: string, uid: number): Promise<void> {
+  await chown(path, uid, uid);
+  for (const e of await readdir(path, { withFileTypes: true })) {
+    const p = join(path, e.name);
+    if (e.isDirectory()) await chownTree(p, uid);
+    else if (!e.isSymbolicLink()) await chown(p, uid, uid);
+  }
+}
+
+function mode(info: InodeInfo | undefined): string {
+  return info === undefined ? 'missing' : `${info.type} 0${info.mode.toString(8)} ${info.uid}:${info.gid}`;
+}
+
+describe('deploy/flash: Raspberry Pi OS image without root privileges (debugfs + mtools)', function () {
+  let work: string;
+  let agentDir: string;
+  let bundle: FakeBundle;
+
+  before(async function () {
+    requireTools(this, 'REQUIRE_IMAGE_TOOLS', IMAGE_TOOLS);
+    work = await mkdtemp(join(tmpdir(), 'flash-image-'));
+    agentDir = join(work, 'agent');
+    await makeAgentTree(agentDir);
+    bundle = await makeBundle(join(work, 'bundle'), 'sensor-0001', { keys: true, hooks: true });
+  });
+
+  after(async () => {
+    if (work) await rm(work, { recursive: true, force: true });
+  });
+
+  /** Makes an image, flashes it as an unprivileged user, returns its path. */
+  async function flashed(name: string, spec: Parameters<typeof makeImage>[1], extra: string[] = []): Promise<{ image: string; ran: Ran }> {
+    const image = join(work, `${name}.img`);
+    await makeImage(image, spec);
+    if (isRoot()) await chownTree(work, NOBODY);
+    const ran = await runFlash(['--bundle', bundle.dir, '--image', image, '--agent', agentDir, '--method', 'debugfs', ...extra], { unprivileged: true });
+    return { image, ran };
+  }
+
+  it('the CLI parses its flags (and the test compiles the flasher)', () => {
+    expect(parseFlashArgs(['--bundle', 'b', '--image', 'x.img'])).to.deep.equal({ bundle: 'b', image: 'x.img' });
+    expect(parseFlashArgs(['--help'])).to.equal(undefined);
+    expect(() => parseFlashArgs(['--bundle', 'b'])).to.throw(/exactly one target/);
+    expect(() => parseFlashArgs(['--bundle', 'b', '--root', 'r', '--image', 'i'])).to.throw(/exactly one target/);
+    expect(() => parseFlashArgs(['--bundle', 'b', '--image', 'i', '--method', 'dd'])).to.throw(/--method must be one of/);
+  });
+
+  it('Bookworm image: installs agent, units, config and secrets with their modes, root-owned until first boot; hooks firstrun.sh', async () => {
+    const { image, ran } = await flashed('bookworm', { codename: 'bookworm' });
+    expect(ran.code, ran.stderr).to.equal(0);
+    expect(ran.stdout).to.match(/first boot through firstrun \(the image is bookworm\)/);
+
+    const expected: Record<string, string> = {
+      '/opt/sensor-agent': 'directory 0755 0:0',
+      '/opt/sensor-agent/package.json': 'regular 0644 0:0',
+      '/opt/sensor-agent/dist/agent/cli.js': 'regular 0644 0:0',
+      '/opt/sensor-agent/dist/protocol/index.js': 'regular 0644 0:0',
+      '/opt/sensor-agent/node_modules/mqtt/bin/mqtt.js': 'regular 0755 0:0',
+      '/opt/sensor-agent/dist/server': 'missing',
+      '/opt/sensor-agent/dist/test': 'missing',
+      '/etc/systemd/system/sensor-agent.service': 'regular 0644 0:0',
+      '/etc/systemd/system/sensor-agent-firstboot.service': 'regular 0644 0:0',
+      '/etc/sysusers.d/sensor-agent.conf': 'regular 0644 0:0',
+      '/usr/local/lib/sensor-agent/firstboot': 'regular 0755 0:0',
+      '/usr/local/bin/sensor-agent': 'regular 0755 0:0',
+      // Staged: owned by root until the first boot creates the user; modes final.
+      '/etc/sensor-agent': 'directory 0750 0:0',
+      '/etc/sensor-agent/config.json': 'regular 0640 0:0',
+      '/etc/sensor-agent/trust.jwks': 'regular 0640 0:0',
+      '/etc/sensor-agent/ca.pem': 'regular 0640 0:0',
+      '/etc/sensor-agent/client.crt': 'regular 0640 0:0',
+      '/etc/sensor-agent/client.key': 'regular 0600 0:0',
+      '/etc/sensor-agent/hooks/update': 'regular 0755 0:0',
+      '/etc/sensor-agent/firstboot.pending': 'regular 0600 0:0',
+      '/var/lib/sensor-agent': 'directory 0700 0:0',
+      '/var/lib/sensor-agent/keys': 'directory 0700 0:0',
+      '/var/lib/sensor-agent/keys/signing.jwk': 'regular 0600 0:0',
+      '/var/lib/sensor-agent/keys/encryption.jwk': 'regular 0600 0:0',
+      '/var/lib/sensor-agent/state': 'directory 0700 0:0',
+      '/var/lib/sensor-agent/enroll.token': 'regular 0600 0:0',
+      '/etc/systemd/system/multi-user.target.wants/sensor-agent.service': 'symlink 0777 0:0',
+    };
+    const stats = await statInImage(image, Object.keys(expected));
+    const actual = Object.fromEntries(Object.keys(expected).map((p) => [p, mode(stats.get(p))]));
+    expect(actual).to.deep.equal(expected);
+    expect(await readlinkInImage(image, '/etc/systemd/system/multi-user.target.wants/sensor-agent.service')).to.equal('/etc/systemd/system/sensor-agent.service');
+    expect(await readlinkInImage(image, '/opt/sensor-agent/node_modules/.bin/mqtt')).to.equal('../mqtt/bin/mqtt.js');
+
+    // Contents: the bundle's secrets byte for byte, the config pointed at the board's paths.
+    expect(await catInImage(image, '/var/lib/sensor-agent/enroll.token')).to.equal(`${bundle.token}\n`);
+    expect(await catInImage(image, '/etc/sensor-agent/client.key')).to.equal(bundle.clientKey);
+    expect(await catInImage(image, '/var/lib/sensor-agent/keys/signing.jwk')).to.equal(`${bundle.signingKey}\n`);
+    const config = JSON.parse(await catInImage(image, '/etc/sensor-agent/config.json')) as Record<string, unknown>;
+    expect(config).to.deep.include({
+      device_id: 'sensor-0001',
+      trust: 'trust.jwks',
+      keystore: '/var/lib/sensor-agent/keys',
+      state_dir: '/var/lib/sensor-agent/state',
+      enrollment_token: '/var/lib/sensor-agent/enroll.token',
+      hooks_dir: '/etc/sensor-agent/hooks',
+    });
+    expect(config.broker).to.deep.include({ url: 'mqtts://broker.example.net:8883', ca: 'ca.pem', cert: 'client.crt', key: 'client.key' });
+    expect(await catInImage(image, '/etc/systemd/system/sensor-agent.service')).to.contain('ExecStart=/usr/bin/node /opt/sensor-agent/dist/agent/cli.js run');
+
+    // Nothing in the agent's config or state directories is readable by others.
+    for (const dir of ['/etc/sensor-agent', '/var/lib/sensor-agent', '/var/lib/sensor-agent/keys']) {
+      const names = await lsInImage(image, dir);
+      const st = await statInImage(image, names.map((n) => `${dir}/${n}`));
+      for (const [p, info] of st) if (info?.type === 'regular' && !p.includes('/hooks')) expect(info.mode & 0o007, p).to.equal(0);
+    }
+
+    // Boot partition: our firstrun.sh and Imager's kernel arguments; no secret anywhere on FAT.
+    const fat = await readFat(image);
+    expect(fat.get('firstrun.sh')).to.contain('/usr/local/lib/sensor-agent/firstboot').and.to.contain('rm -f /boot/firmware/firstrun.sh');
+    expect(fat.get('cmdline.txt')).to.equal(`${DEFAULT_CMDLINE} systemd.run=/boot/firmware/firstrun.sh systemd.run_success_action=reboot systemd.unit=kernel-command-line.target\n`);
+    expect(fat.has('user-data')).to.equal(false);
+    for (const [name, content] of fat) {
+      for (const secret of [bundle.token, 'client-key-of', 'secret-d-of']) expect(content, `${name} on FAT`).to.not.contain(secret);
+    }
+    await fsckRoot(image);
+  });
+
+  it('Bookworm image customised by Raspberry Pi Imager: the hook goes into its firstrun.sh before it removes itself', async () => {
+    const imagerFirstrun = '#!/bin/bash\n\nset +e\n\nCURRENT_HOSTNAME=`cat /etc/hostname | tr -d " \\t\\n\\r"`\necho sensor >/etc/hostname\nrm -f /boot/firstrun.sh\nsed -i \'s| systemd.run.*||g\' /boot/cmdline.txt\nexit 0\n';
+    const cmdline = `${DEFAULT_CMDLINE} systemd.run=/boot/firstrun.sh systemd.run_success_action=reboot systemd.unit=kernel-command-line.target\n`;
+    const { image, ran } = await flashed('imager-bookworm', { codename: 'bookworm', boot: { 'firstrun.sh': imagerFirstrun, 'cmdline.txt': cmdline } });
+    expect(ran.code, ran.stderr).to.equal(0);
+    const fat = await readFat(image);
+    const lines = (fat.get('firstrun.sh') ?? '').split('\n');
+    const hook = lines.findIndex((l) => l.includes('/usr/local/lib/sensor-agent/firstboot'));
+    expect(hook).to.be.greaterThan(lines.indexOf('echo sensor >/etc/hostname'));
+    expect(hook).to.equal(lines.indexOf('rm -f /boot/firstrun.sh') - 1);
+    expect(fat.get('cmdline.txt')).to.equal(cmdline); // already has systemd.run=
+  });
+
+  it('Trixie image with cloud-init user-data: the hook joins its bootcmd list; meta-data untouched', async () => {
+    const userData = '#cloud-config\nhostname: sensor\nbootcmd:\n  - echo early\nusers:\n  - name: pi\n';
+    const { image, ran } = await flashed('trixie', { codename: 'trixie', boot: { 'user-data': userData, 'meta-data': 'instance-id: rpi-imager-1\n' } });
+    expect(ran.code, ran.stderr).to.equal(0);
+    expect(ran.stdout).to.match(/first boot through cloud-init/);
+    const fat = await readFat(image);
+    const lines = (fat.get('user-data') ?? '').split('\n');
+    expect(lines.slice(0, 3)).to.deep.equal(['#cloud-config', 'hostname: sensor', 'bootcmd:']);
+    expect(lines[3]).to.match(/^ {2}- 'if \[ -x \/usr\/local\/lib\/sensor-agent\/firstboot \]; then \/usr\/local\/lib\/sensor-agent\/firstboot; fi'/);
+    expect(lines.slice(4)).to.deep.equal(['  - echo early', 'users:', '  - name: pi', '']);
+    expect(fat.get('meta-data')).to.equal('instance-id: rpi-imager-1\n');
+    expect(fat.get('cmdline.txt')).to.equal(`${DEFAULT_CMDLINE}\n`);
+    expect(fat.has('firstrun.sh')).to.equal(false);
+  });
+
+  it('Trixie image without user-data: writes a #cloud-config user-data with the hook and a meta-data', async () => {
+    const { image, ran } = await flashed('trixie-plain', { codename: 'trixie' });
+    expect(ran.code, ran.stderr).to.equal(0);
+    const fat = await readFat(image);
+    expect(fat.get('user-data')).to.match(/^#cloud-config\n(#.*\n)*bootcmd:\n {2}- 'if \[ -x/);
+    expect(fat.get('meta-data')).to.equal('instance-id: sensor-agent-sensor-0001\n');
+  });
+
+  it('re-flashing replaces the previous device: its keys, state and config are gone', async () => {
+    const { image, ran } = await flashed('reflash', { codename: 'bookworm' });
+    expect(ran.code, ran.stderr).to.equal(0);
+    const other = await makeBundle(join(work, 'bundle2'), 'sensor-0002'); // no host keys, no hooks
+    if (isRoot()) await chownTree(work, NOBODY);
+    const again = await runFlash(['--bundle', other.dir, '--image', image, '--agent', agentDir, '--method', 'debugfs'], { unprivileged: true });
+    expect(again.code, again.stderr).to.equal(0);
+    expect(JSON.parse(await catInImage(image, '/etc/sensor-agent/config.json'))).to.have.property('device_id', 'sensor-0002');
+    expect(await lsInImage(image, '/var/lib/sensor-agent/keys')).to.deep.equal([]);
+    expect(await lsInImage(image, '/etc/sensor-agent')).to.not.include('hooks');
+    expect(await catInImage(image, '/var/lib/sensor-agent/enroll.token')).to.equal(`${other.token}\n`);
+    const fat = await readFat(image);
+    expect((fat.get('firstrun.sh') ?? '').match(/sensor-agent-firstboot/g)).to.have.length(1);
+    expect((fat.get('cmdline.txt') ?? '').match(/systemd\.run=/g)).to.have.length(1);
+    await fsckRoot(image);
+  });
+
+  it('warns when the image has no Node.js at /usr/bin/node', async () => {
+    const { ran } = await flashed('nonode', { codename: 'trixie', noNode: true });
+    expect(ran.code, ran.stderr).to.equal(0);
+    expect(ran.stdout).to.match(/warning: \/usr\/bin\/node is not on the target: install Node\.js >= 20\.19/);
+  });
+});
