@@ -4,9 +4,11 @@
  * over MQTT 3.1.1), so that several `serve` instances split the fleet's messages
  * and none handles an ack twice. MQTT 3.1.1 has no way to ask a broker whether it
  * supports them, so `auto` probes: it subscribes to a shared probe topic and
- * publishes to it; no delivery within the probe time means no support (aedes 1.x),
- * and it falls back to plain subscriptions (only one instance should then run;
- * recording an ack is idempotent in the registry either way).
+ * publishes to it ({prefix}/_server/shared-probe-RANDOM: a broker ACL must let the
+ * server's identity read and write {prefix}/_server/#); no delivery within the probe
+ * time means no support (aedes 1.x), and it falls back to plain subscriptions (only
+ * one instance should then run; recording an ack is idempotent in the registry
+ * either way). `--shared on` skips the probe.
  */
 import { randomBytes } from 'node:crypto';
 import type { MqttClient } from 'mqtt';
@@ -35,8 +37,9 @@ export async function subscribeFleet(
 }
 
 async function probeShared(client: MqttClient, prefix: string, group: string, probeMs: number): Promise<boolean> {
-  // `_probe-...` is not a valid device id, so no device topic can ever collide with it.
-  const topic = `${prefix}/_probe-${randomBytes(6).toString('hex')}/probe`;
+  // `_server` is not a valid device id, so no device topic can ever collide with it.
+  // With a broker ACL, the server's identity needs `topic readwrite {prefix}/_server/#`.
+  const topic = `${prefix}/_server/shared-probe-${randomBytes(6).toString('hex')}`;
   const filter = `$share/${group}-probe/${topic}`;
   try {
     const granted = await client.subscribeAsync(filter, { qos: 1 });

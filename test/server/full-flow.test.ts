@@ -20,7 +20,22 @@ describe('full flow against mosquitto (TLS, client certificates), two serve inst
 
   before(async function () {
     requireMosquittoOrSkip(this);
-    broker = await startTlsMosquitto();
+    // The production ACLs (provisioning/mosquitto): devices confined to their own topics by CN,
+    // the server's identity reading acks/enrollments and writing commands, plus the shared-subscription probe.
+    broker = await startTlsMosquitto({
+      acl: [
+        'user provision-server',
+        'topic read provision/+/ack',
+        'topic read provision/+/enroll',
+        'topic write provision/+/command',
+        'topic readwrite provision/_server/#',
+        '',
+        'pattern read provision/%u/command',
+        'pattern write provision/%u/ack',
+        'pattern write provision/%u/enroll',
+        '',
+      ].join('\n'),
+    });
     dir = await mkdtemp(join(tmpdir(), 'provision-flow-'));
     data = join(dir, 'data');
     const srv = await broker.clientCert('provision-server');
@@ -50,7 +65,9 @@ describe('full flow against mosquitto (TLS, client certificates), two serve inst
     const fleet = await SimFleet.connect(config.broker.url, {
       trust: JSON.parse(await readFile(join(out, 'trust.jwks'), 'utf8')),
       tls: { ca: await readFile(join(out, 'ca.pem')), cert: await readFile(join(out, 'client.crt')), key: await readFile(join(out, 'client.key')) },
+      wildcard: false,
     });
+    await fleet.watch('sensor-0001');
     try {
       const device = fleet.add(await makeSimDevice('sensor-0001'));
       await fleet.enroll(device, (await readFile(join(out, 'enroll.token'), 'utf8')).trim());

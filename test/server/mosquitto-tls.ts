@@ -38,7 +38,7 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-export async function startTlsMosquitto(): Promise<TlsMosquitto> {
+export async function startTlsMosquitto(options: { acl?: string } = {}): Promise<TlsMosquitto> {
   if (!MOSQUITTO_BIN) throw new Error('mosquitto is not installed');
   const dir = await mkdtemp(join(tmpdir(), 'mosquitto-tls-'));
   await openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=test-ca'], dir);
@@ -49,6 +49,7 @@ export async function startTlsMosquitto(): Promise<TlsMosquitto> {
   };
   await sign('server', 'localhost', 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n');
   const port = await freePort();
+  if (options.acl !== undefined) await writeFile(join(dir, 'acl'), options.acl);
   await writeFile(
     join(dir, 'mosquitto.conf'),
     [
@@ -64,6 +65,7 @@ export async function startTlsMosquitto(): Promise<TlsMosquitto> {
       'require_certificate true',
       'use_identity_as_username true',
       'allow_anonymous true',
+      ...(options.acl !== undefined ? [`acl_file ${join(dir, 'acl')}`] : []),
       '',
     ].join('\n'),
   );

@@ -84,12 +84,19 @@ export class SimFleet {
     this.#serverTrust = { signing: toPublicJwk(signing), encryption: toPublicJwk(encryption) };
   }
 
-  static async connect(url: string, options: { prefix?: string; serverId?: string; trust: JwkSet; tls?: { ca: Buffer; cert?: Buffer; key?: Buffer } }): Promise<SimFleet> {
+  /** `wildcard: false`: subscribe per device (`watch`), as a broker ACL that confines each device to its own topics requires. */
+  static async connect(url: string, options: { prefix?: string; serverId?: string; trust: JwkSet; tls?: { ca: Buffer; cert?: Buffer; key?: Buffer }; wildcard?: boolean }): Promise<SimFleet> {
     const client = await mqtt.connectAsync(url, { clientId: `sim-fleet-${Math.random().toString(16).slice(2)}`, clean: true, reconnectPeriod: 0, ...(options.tls ?? {}) });
     const fleet = new SimFleet(client, options.prefix ?? 'provision', options.serverId ?? 'provision-server', options.trust);
     client.on('message', (topic, payload) => void fleet.#onCommand(topic, payload));
-    await client.subscribeAsync(`${fleet.#prefix}/+/command`, { qos: 1 });
+    if (options.wildcard !== false) await client.subscribeAsync(`${fleet.#prefix}/+/command`, { qos: 1 });
     return fleet;
+  }
+
+  /** Subscribes to one device's command topic; refuses when the broker does. */
+  async watch(deviceId: string): Promise<void> {
+    const granted = await this.#client.subscribeAsync(`${this.#prefix}/${deviceId}/command`, { qos: 1 });
+    if (granted.some((g) => g.qos === 128)) throw new Error(`the broker refused the subscription to ${deviceId}'s commands`);
   }
 
   add(device: SimDevice): SimDevice {
