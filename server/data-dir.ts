@@ -6,7 +6,7 @@
  *   DATA/http.token       bearer token of the HTTP API (0600)
  */
 import { randomBytes } from 'node:crypto';
-import { lstat, readFile } from 'node:fs/promises';
+import { chmod, lstat, readFile } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
 import { DEFAULT_TOPIC_PREFIX, assertValidPrefix, isRecord } from '../protocol/index.js';
 import { CliError } from './cli-support.js';
@@ -63,6 +63,7 @@ export async function initDataDir(dir: string, options: InitOptions = {}): Promi
   await ensurePrivateDir(paths.dir);
   await initServerKeys(paths.keys, { ...(options.serverId ? { serverId: options.serverId } : {}), ...(options.force ? { force: true } : {}) });
   Registry.open(paths.registry, { create: true }).close();
+  await chmod(paths.registry, 0o600);
   const broker = options.broker ?? { url: DEFAULT_BROKER_URL };
   const recorded: Record<string, unknown> = {
     broker: { url: broker.url, ...absolutePaths(broker) },
