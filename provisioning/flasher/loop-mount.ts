@@ -29,17 +29,34 @@ export async function withLoopMountedRoot<T>(image: string, part: Partition, wor
   }
 }
 
-/** True when a loop device can be attached here (root, loop-control present). */
+/**
+ * True when the root partition can be attached and mounted here (root, loop
+ * devices, mount permitted: containers often have the first without the
+ * last). Probed read-only.
+ */
 export async function loopAvailable(image: string, part: Partition): Promise<boolean> {
   if (typeof process.getuid !== 'function' || process.getuid() !== 0) return false;
+  let losetup: string;
+  let mount: string;
+  let umount: string;
   try {
-    const losetup = requireTool('losetup', 'mount');
-    requireTool('mount', 'mount');
-    const r = await runTool(losetup, ['--find', '--show', '--read-only', '--offset', String(part.offset), '--sizelimit', String(part.size), image]);
-    if (r.code !== 0) return false;
-    await runTool(losetup, ['-d', r.stdout.trim()]);
-    return true;
+    losetup = requireTool('losetup', 'mount');
+    mount = requireTool('mount', 'mount');
+    umount = requireTool('umount', 'mount');
   } catch {
     return false;
+  }
+  const r = await runTool(losetup, ['--find', '--show', '--read-only', '--offset', String(part.offset), '--sizelimit', String(part.size), image]);
+  if (r.code !== 0) return false;
+  const device = r.stdout.trim();
+  const mountPoint = await mkdtemp(join(tmpdir(), 'flash-probe-'));
+  try {
+    const m = await runTool(mount, ['-t', 'ext4', '-o', 'ro,noload,nodev,nosuid,noexec', device, mountPoint]);
+    if (m.code !== 0) return false;
+    await runTool(umount, [mountPoint]);
+    return true;
+  } finally {
+    await runTool(losetup, ['-d', device]);
+    await rmdir(mountPoint).catch(() => undefined);
   }
 }

@@ -6,11 +6,9 @@
  * nobody), so "without root privileges" is what is tested.
  */
 import { expect } from 'chai';
-import { execFile } from 'node:child_process';
-import { chown, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { parseFlashArgs } from '../../provisioning/flasher/cli.js';
 import { makeAgentTree, makeBundle, type FakeBundle } from './flash-fixtures.js';
 import {
@@ -25,41 +23,9 @@ import {
   statInImage,
   type InodeInfo,
 } from './image-fixture.js';
-import { PROVISIONING_DIR } from './repo-paths.js';
-import { isRoot, requireTools, toolEnv } from './tools.js';
+import { chownTree, NOBODY, runFlash, type Ran } from './run-flash.js';
+import { isRoot, requireTools } from './tools.js';
 
-const execFileP = promisify(execFile);
-const FLASH = join(PROVISIONING_DIR, 'flash');
-const NOBODY = 65534;
-
-export interface Ran {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs provisioning/flash; as root with `unprivileged`, as nobody (setpriv). */
-export async function runFlash(args: string[], options: { unprivileged?: boolean } = {}): Promise<Ran> {
-  const drop = options.unprivileged && isRoot() ? ['setpriv', `--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', '--'] : [];
-  const [file, ...rest] = [...drop, FLASH, ...args];
-  try {
-    const { stdout, stderr } = await execFileP(file ?? FLASH, rest, { env: toolEnv() });
-    return { code: 0, stdout, stderr };
-  } catch (err) {
-    const e = err as { code?: unknown; stdout?: string; stderr?: string };
-    if (typeof e.code !== 'number') throw err;
-    return { code: e.code, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-  }
-}
-
-async function chownTree(path: string, uid: number): Promise<void> {
-  await chown(path, uid, uid);
-  for (const e of await readdir(path, { withFileTypes: true })) {
-    const p = join(path, e.name);
-    if (e.isDirectory()) await chownTree(p, uid);
-    else if (!e.isSymbolicLink()) await chown(p, uid, uid);
-  }
-}
 
 function mode(info: InodeInfo | undefined): string {
   return info === undefined ? 'missing' : `${info.type} 0${info.mode.toString(8)} ${info.uid}:${info.gid}`;

@@ -1,0 +1,142 @@
+/**
+ * What provisioning/flash refuses, and its pure parts: the first-boot route
+ * (firstrun.sh, cmdline.txt, cloud-init user-data), partition detection, and
+ * the native-addon CPU check.
+ */
+import { expect } from 'chai';
+import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { checkAddonsFor, elfMachine, type AgentTree } from '../../provisioning/flasher/agent-tree.js';
+import { FlashError } from '../../provisioning/flasher/errors.js';
+import {
+  detectRoute,
+  extendCmdline,
+  extendFirstrun,
+  extendUserData,
+  newFirstrun,
+  osCodename,
+} from '../../provisioning/flasher/first-boot-route.js';
+import { parseSfdiskJson } from '../../provisioning/flasher/partitions.js';
+import { makeAgentTree, makeBundle } from './flash-fixtures.js';
+import { runFlash } from './run-flash.js';
+
+function elfHeader(machine: number): Buffer {
+  const b = Buffer.alloc(64);
+  b.writeUInt32BE(0x7f454c46, 0);
+  b[4] = 2;
+  b[5] = 1; // little endian
+  b.writeUInt16LE(machine, 18);
+  return b;
+}
+
+function code(fn: () => unknown): string | undefined {
+  try {
+    fn();
+  } catch (err) {
+    return err instanceof FlashError ? err.code : `not a FlashError: ${String(err)}`;
+  }
+  return undefined;
+}
+
+describe('deploy/flash: refusals and first-boot route', () => {
+  let work: string;
+
+  before(async () => {
+    work = await mkdtemp(join(tmpdir(), 'flash-checks-'));
+  });
+
+  after(async () => {
+    if (work) await rm(work, { recursive: true, force: true });
+  });
+
+  it('refuses an agent tree without dist/agent/cli.js, saying how to build it', async () => {
+    const agent = join(work, 'no-cli');
+    await makeAgentTree(agent, { noCli: true });
+    const bundle = await makeBundle(join(work, 'b1'), 'sensor-1');
+    const ran = await runFlash(['--bundle', bundle.dir, '--image', join(work, 'none.img'), '--agent', agent]);
+    expect(ran.code).to.equal(1);
+    expect(ran.stderr).to.match(/E_AGENT: no built agent in .*: dist\/agent\/cli\.js is missing\. Build it first: npm run build && provisioning\/build-agent/);
+  });
+
+  it('refuses a development tree (devDependencies in node_modules)', async () => {
+    const agent = join(work, 'dev');
+    await makeAgentTree(agent, { devDeps: true });
+    const bundle = await makeBundle(join(work, 'b2'), 'sensor-2');
+    const ran = await runFlash(['--bundle', bundle.dir, '--image', join(work, 'none.img'), '--agent', agent]);
+    expect(ran.code).to.equal(1);
+    expect(ran.stderr).to.match(/E_AGENT: .* is a development tree: node_modules holds devDependencies \(typescript\)/);
+  });
+
+  it('refuses a bundle whose secrets other users can read, and a bad device id', async () => {
+    const agent = join(work, 'ok');
+    await makeAgentTree(agent);
+    const bundle = await makeBundle(join(work, 'b3'), 'sensor-3');
+    await chmod(join(bundle.dir, 'enroll.token'), 0o644);
+    const ran = await runFlash(['--bundle', bundle.dir, '--image', join(work, 'none.img'), '--agent', agent]);
+    expect(ran.code).to.equal(1);
+    expect(ran.stderr).to.match(/E_BUNDLE: enrollment token .*enroll\.token has mode 0644: other users of this machine can read it\. Fix: chmod 600/);
+
+    const bad = await makeBundle(join(work, 'b4'), 'sensor-4');
+    await writeFile(join(bad.dir, 'config.json'), JSON.stringify({ device_id: '../etc', trust: 'trust.jwks', broker: {} }));
+    const ran2 = await runFlash(['--bundle', bad.dir, '--image', join(work, 'none.img'), '--agent', agent]);
+    expect(ran2.stderr).to.match(/E_BUNDLE: .*device_id must match/);
+  });
+
+  it('usage errors exit 2', async () => {
+    const ran = await runFlash(['--image', 'x.img']);
+    expect(ran.code).to.equal(2);
+    expect(ran.stderr).to.match(/E_USAGE: --bundle DIR is required/);
+  });
+
+  it('native addons must match the target CPU', () => {
+    expect(elfMachine(elfHeader(0xb7))).to.equal('aarch64');
+    expect(elfMachine(elfHeader(0x28))).to.equal('arm');
+    expect(elfMachine(Buffer.from('#!/bin/sh\n'))).to.equal('not-elf');
+    const tree: AgentTree = { root: '/x', entries: [], addons: [{ rel: 'node_modules/epoll/build/Release/epoll.node', machine: 'x86-64' }], buildInfo: undefined };
+    expect(code(() => checkAddonsFor(tree, 'aarch64'))).to.equal('E_AGENT');
+    expect(code(() => checkAddonsFor(tree, 'x86-64'))).to.equal(undefined);
+    expect(code(() => checkAddonsFor(tree, undefined))).to.equal(undefined);
+  });
+
+  it('finds the FAT boot and Linux root partitions, and refuses other layouts', () => {
+    const json = JSON.stringify({ partitiontable: { sectorsize: 512, partitions: [{ start: 8192, size: 1048576, type: 'c' }, { start: 1056768, size: 4000000, type: '83' }] } });
+    expect(parseSfdiskJson(json, 'x.img')).to.deep.equal({
+      boot: { index: 1, offset: 8192 * 512, size: 1048576 * 512, type: 'c' },
+      root: { index: 2, offset: 1056768 * 512, size: 4000000 * 512, type: '83' },
+    });
+    const gpt = JSON.stringify({ partitiontable: { partitions: [{ start: 2048, size: 10, type: 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B' }, { start: 4096, size: 10, type: '0FC63DAF-8483-4772-8E79-3D69D8477DE4' }] } });
+    expect(parseSfdiskJson(gpt, 'x.img').root.offset).to.equal(4096 * 512);
+    expect(code(() => parseSfdiskJson(JSON.stringify({ partitiontable: { partitions: [{ start: 1, size: 1, type: '83' }] } }), 'x.img'))).to.equal('E_IMAGE');
+  });
+
+  it('chooses the first-boot route from the boot partition, then the release', () => {
+    expect(detectRoute(['cmdline.txt', 'user-data'], 'bookworm', false).route).to.equal('cloud-init');
+    expect(detectRoute(['cmdline.txt', 'firstrun.sh'], 'trixie', true).route).to.equal('firstrun');
+    expect(detectRoute(['cmdline.txt'], 'bookworm', false).route).to.equal('firstrun');
+    expect(detectRoute(['cmdline.txt'], 'trixie', false).route).to.equal('cloud-init');
+    expect(detectRoute(['cmdline.txt'], undefined, true).route).to.equal('cloud-init');
+    expect(detectRoute(['cmdline.txt'], undefined, false)).to.deep.equal({ route: 'firstrun', why: 'no release or cloud-init found: assuming Bookworm' });
+    expect(osCodename('ID=debian\nVERSION_CODENAME=trixie\n')).to.equal('trixie');
+    expect(osCodename('VERSION_CODENAME="bookworm"\n')).to.equal('bookworm');
+  });
+
+  it('extends firstrun.sh, cmdline.txt and user-data once, and refuses user-data it cannot edit safely', () => {
+    const ours = newFirstrun();
+    expect(extendFirstrun(ours)).to.equal(ours);
+    const noRm = '#!/bin/bash\necho hi\nexit 0\n';
+    expect(extendFirstrun(noRm).split('\n')).to.have.length(5);
+    expect(extendFirstrun(noRm).split('\n')[2]).to.contain('sensor-agent-firstboot');
+    const once = extendCmdline('a=b root=x\n');
+    expect(extendCmdline(once)).to.equal(once);
+    expect(once.trim().split('\n')).to.have.length(1);
+
+    const block0 = '#cloud-config\nbootcmd:\n- echo a\n';
+    expect(extendUserData(block0).split('\n')[2]).to.match(/^- 'if \[ -x/); // keeps the list's own indentation
+    const noKey = '#cloud-config\nhostname: x';
+    expect(extendUserData(noKey)).to.match(/^#cloud-config\nhostname: x\nbootcmd:\n {2}- 'if/);
+    expect(extendUserData(extendUserData(noKey))).to.equal(extendUserData(noKey));
+    expect(code(() => extendUserData('#!/bin/sh\necho x\n'))).to.equal('E_FIRST_BOOT');
+    expect(code(() => extendUserData('#cloud-config\nbootcmd: [echo a]\n'))).to.equal('E_FIRST_BOOT');
+  });
+});
