@@ -146,7 +146,7 @@ describe('deploy/systemd units', function () {
     expect(typo.code).to.equal(0); // systemd only warns...
     expect(typo.stderr).to.match(/Unknown key 'ProtectHomes'/); // ...which is why stderr is checked
 
-    await writeFile(join(unitDir, 'nobin-check.service'), text.replace('/usr/bin/node', '/usr/bin/nodejs-missing'));
+    await writeFile(join(unitDir, 'nobin-check.service'), text.replace('ExecStart=/usr/bin/node', 'ExecStart=/usr/bin/nodejs-missing'));
     expect((await verify('nobin-check.service')).stderr).to.match(/is not executable/);
 
     const bare = text.split('\n').filter((l) => !/^(Protect|Private|Restrict|SystemCall|CapabilityBoundingSet|NoNewPrivileges|LockPersonality|RemoveIPC|UMask|DevicePolicy|ProcSubset|KeyringMode|ReadWritePaths)/.test(l));
