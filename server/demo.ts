@@ -166,7 +166,7 @@ async function run(cleanup: (() => Promise<void>)[]): Promise<void> {
         status: 'accepted',
         code: 'TOKEN OK',
         latencyMs: (d.enrolledAt ?? Date.now()) - spawnedAt,
-        note: `keys registered, signing kid ${d.signing?.kid.slice(0, 10)}...`,
+        note: `self-signed enrollment + one-time token (latency from agent start); keys registered, sig ${d.signing?.kid.slice(0, 10)}...`,
       });
       timeline.push({
         at: request?.ackedAt ?? Date.now(),

@@ -25,7 +25,7 @@ export async function subscribeFleet(
 ): Promise<{ shared: boolean; filters: string[] }> {
   const group = options.group ?? DEFAULT_SHARE_GROUP;
   let shared = options.mode === 'on';
-  if (options.mode === 'auto') shared = await probeShared(client, prefix, group, options.probeMs ?? 1500);
+  if (options.mode === 'auto') shared = await probeShared(client, prefix, group, options.probeMs ?? 2500);
   const plain = [fleetFilter(prefix, 'ack'), fleetFilter(prefix, 'enroll')];
   const filters = shared ? plain.map((f) => `$share/${group}/${f}`) : plain;
   const granted = await client.subscribeAsync(filters, { qos: 1 });
