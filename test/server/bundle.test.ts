@@ -1,4 +1,7 @@
 import { expect } from 'chai';
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -7,6 +10,8 @@ import { KeyStore } from '../../agent/keystore.js';
 import { writeBundle } from '../../server/bundle.js';
 import { initDataDir, openDataDir, type OpenedData } from '../../server/data-dir.js';
 import { runServerCli } from './run-cli.js';
+import { startFixture } from './server-fixture.js';
+import { eventually } from './sim-fleet.js';
 
 describe('provision-server bundle', function () {
   this.timeout(30_000);
@@ -53,5 +58,31 @@ describe('provision-server bundle', function () {
     expect(device).to.include({ userId: 'bob', state: 'registered', origin: 'host-keys' });
     expect(device.signing?.kid).to.equal(store.signingKey?.kid);
     expect(device.encryption?.kid).to.equal(store.encryptionKey?.kid);
+  });
+
+  it('a --keys-on-host board running the real agent enrolls with the host-made keys and is confirmed', async function () {
+    if (!existsSync(fileURLToPath(new URL('../../agent/agent.js', import.meta.url)))) this.skip();
+    const f = await startFixture();
+    try {
+      const out = join(f.dir, 'board');
+      await writeBundle(f.server.data, { deviceId: 'hostkeys-1', userId: 'erin', outDir: out, keysOnHost: true, gpioBackend: 'fake' });
+      const registered = f.server.data.registry.requireDevice('hostkeys-1');
+      const agent = spawn(process.execPath, [fileURLToPath(new URL('../../agent/cli.js', import.meta.url)), 'run', '--config', join(out, 'config.json')], { stdio: 'ignore' });
+      try {
+        const d = await eventually(() => {
+          const x = f.server.data.registry.getDevice('hostkeys-1');
+          return x?.state === 'provisioned' && x;
+        }, 20_000, 'provisioned');
+        expect(d.userId).to.equal('erin');
+        expect(d.signing?.kid).to.equal(registered.signing?.kid);
+        expect(d.encryption?.kid).to.equal(registered.encryption?.kid);
+      } finally {
+        const exited = new Promise((resolve) => agent.once('exit', resolve));
+        if (agent.exitCode === null) agent.kill('SIGTERM');
+        await exited;
+      }
+    } finally {
+      await f.close();
+    }
   });
 });
