@@ -77,9 +77,11 @@ describe('provision-server bundle', function () {
         expect(d.signing?.kid).to.equal(registered.signing?.kid);
         expect(d.encryption?.kid).to.equal(registered.encryption?.kid);
       } finally {
-        const exited = new Promise((resolve) => agent.once('exit', resolve));
-        if (agent.exitCode === null) agent.kill('SIGTERM');
-        await exited;
+        if (agent.exitCode === null && agent.signalCode === null) {
+          const exited = new Promise((resolve) => agent.once('exit', resolve));
+          agent.kill('SIGTERM');
+          await exited;
+        }
       }
     } finally {
       await f.close();
