@@ -65,7 +65,13 @@ export async function handleEnrollment(ctx: InboundContext, topicDeviceId: strin
     encryption: opened.encryption,
   });
   ctx.log('info', repeated ? 'enroll.repeated' : 'enroll.accepted', { device: opened.claims.iss, user: userId, signing_kid: opened.signing.kid });
-  const { command: request, token } = await ctx.sender.seal({ deviceId: opened.claims.iss, action: 'request', userId });
+  // A repeated enrollment (the board missed our answer) gets the pending `request` again, unchanged, while it is valid.
+  const pending = repeated
+    ? registry.listCommands({ deviceId: opened.claims.iss, limit: 20 }).find((c) => c.action === 'request' && c.ackStatus === null && c.expiresAt > registry.now() + 5000)
+    : undefined;
+  const pendingToken = pending ? registry.sealedCommand(pending.jti) : undefined;
+  const { command: request, token } =
+    pending && pendingToken !== undefined ? { command: pending, token: pendingToken } : await ctx.sender.seal({ deviceId: opened.claims.iss, action: 'request', userId });
   // Not awaited: the PUBACK of this publish arrives on the session whose inbound
   // message we are still handling (mqtt.js handles incoming packets in order).
   ctx.sender.publish(request.deviceId, request.jti, token).then(

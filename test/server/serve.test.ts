@@ -96,7 +96,7 @@ describe('server: enrollment and the command lifecycle (simulated device, aedes)
     await eventually(() => reg.getDevice('dev-c')?.state === 'provisioned', 10_000, 'dev-c provisioned');
   });
 
-  it('answers a repeated enrollment (same keys, request missed) with a new request, and drops forged acks', async () => {
+  it('answers a repeated enrollment (same keys, request missed) with the pending request unchanged, and drops forged acks', async () => {
     const reg = f.server.data.registry;
     const { token } = reg.createToken('rep-1', 'bob', 60_000);
     const dev = f.fleet.add(await makeSimDevice('rep-1', 'silent'));
@@ -106,6 +106,9 @@ describe('server: enrollment and the command lifecycle (simulated device, aedes)
     await f.fleet.enroll(dev, token);
     const repeated = await eventually(() => f.inbound.find((r) => r.kind === 'enrolled' && r.repeated), 10_000, 'repeated enrollment');
     expect(repeated).to.include({ deviceId: 'rep-1' });
+    // The same sealed request, not a new one.
+    const requests = reg.listCommands({ deviceId: 'rep-1' }).filter((c) => c.action === 'request');
+    expect(requests).to.have.length(1);
     await eventually(() => reg.getDevice('rep-1')?.state === 'provisioned', 10_000, 'provisioned');
 
     // An ack for rep-1's command signed by another device's key is dropped; the command stays unanswered.
