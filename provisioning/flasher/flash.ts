@@ -108,7 +108,8 @@ export async function flash(options: FlashOptions): Promise<FlashReport> {
   if (!st?.isFile()) throw new FlashError('E_IMAGE', `${image} is not a regular file (flash writes image files; for a card, mount it and use --root)`);
   const layout = await readImageLayout(image);
   let method = options.method ?? 'auto';
-  if (method === 'auto') method = (await loopAvailable(image, layout.root)) ? 'loop' : 'debugfs';
+  // --first-boot only means something for the unprivileged route, so it picks that one.
+  if (method === 'auto') method = options.firstBoot === undefined && (await loopAvailable(image, layout.root)) ? 'loop' : 'debugfs';
 
   if (method === 'loop') {
     if (options.firstBoot !== undefined) throw new FlashError('E_USAGE', '--first-boot applies to --method debugfs: through loop devices the hand-over happens at flash time');
