@@ -242,5 +242,16 @@ describe('deploy/broker: production mosquitto config and ACL', function () {
     expect((await server.waitFor('ack-A')).topic).to.equal(topic(A, 'ack'));
     expect((await server.waitFor('enroll-B')).topic).to.equal(topic(B, 'enroll'));
     expect(errorCode(await rejection(server.client.publishAsync(topic(A, 'ack'), 'forged-by-server', { qos: 1 })))).to.equal(135);
+
+    // serve's shared-subscription probe: its own topic under provision/_server/, out of every device's reach.
+    await server.client.subscribeAsync('$share/provision-server/provision/_server/#', { qos: 1 });
+    await a.client.subscribeAsync('provision/_server/#', { qos: 1 });
+    expect(errorCode(await rejection(a.client.publishAsync('provision/_server/shared-probe-x', 'device-probe', { qos: 1 })))).to.equal(135);
+    await server.client.publishAsync('provision/_server/shared-probe-1', 'probe', { qos: 1 });
+    await server.waitFor('probe');
+    await a.client.subscribeAsync(topic(A, 'command'), { qos: 1 });
+    await server.client.publishAsync(topic(A, 'command'), 'after-probe', { qos: 1 });
+    await a.waitFor('after-probe');
+    expect(a.received.map((m) => m.payload)).to.not.include('probe');
   });
 });
