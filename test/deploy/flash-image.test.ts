@@ -9,6 +9,7 @@ import { expect } from 'chai';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { validateConfig } from '../../agent/config.js';
 import { parseFlashArgs } from '../../provisioning/flasher/cli.js';
 import { makeAgentTree, makeBundle, type FakeBundle } from './flash-fixtures.js';
 import {
@@ -120,6 +121,15 @@ describe('deploy/flash: Raspberry Pi OS image without root privileges (debugfs +
       hooks_dir: '/etc/sensor-agent/hooks',
     });
     expect(config.broker).to.deep.include({ url: 'mqtts://broker.example.net:8883', ca: 'ca.pem', cert: 'client.crt', key: 'client.key' });
+    // The agent's own validator accepts it, and resolves every path to the board's layout.
+    const resolved = validateConfig(config, '/etc/sensor-agent/config.json');
+    expect([resolved.trust, resolved.broker.ca, resolved.broker.key, resolved.keystore, resolved.enrollment_token]).to.deep.equal([
+      '/etc/sensor-agent/trust.jwks',
+      '/etc/sensor-agent/ca.pem',
+      '/etc/sensor-agent/client.key',
+      '/var/lib/sensor-agent/keys',
+      '/var/lib/sensor-agent/enroll.token',
+    ]);
     expect(await catInImage(image, '/etc/systemd/system/sensor-agent.service')).to.contain('ExecStart=/usr/bin/node /opt/sensor-agent/dist/agent/cli.js run');
 
     // Nothing in the agent's config or state directories is readable by others.
