@@ -1,23 +1,134 @@
 /**
  * `npm run bench [-- --quick]`: figures next to their floors, measured in one
  * run on this machine. JSON on stdout, a human summary on stderr.
+ *
+ * Sections: protocol (node-jose vs node:crypto floor), agent (RSS and start
+ * vs a bare node), server (sealed commands/s to mosquitto for a registered
+ * fleet vs the seal floor), end to end (command-to-verified-ack latency with
+ * simulated agents, each its own MQTT connection), footprint (production
+ * install). `--only=protocol,agent,...` runs a subset. No section asserts
+ * anything: the targets are reported, met or missed, with the ratio.
  */
-import { benchProtocol } from './protocol.js';
+import { cpus } from 'node:os';
+import { benchAgent, type AgentFigures } from './agent.js';
+import { benchE2e, type E2eFigures } from './e2e.js';
+import { benchFootprint, type FootprintFigures } from './footprint.js';
+import { benchProtocol, type ProtocolFigures } from './protocol.js';
+import { benchServer, type ServerFigures } from './server.js';
 
 const quick = process.argv.includes('--quick');
-
-const results: Record<string, unknown> = {
-  machine: { node: process.version, arch: process.arch, quick },
-  protocol: await benchProtocol(quick ? 200 : 2000),
+const onlyArg = process.argv.find((a) => a.startsWith('--only='));
+const only = onlyArg ? new Set(onlyArg.slice('--only='.length).split(',')) : undefined;
+const want = (s: string): boolean => only === undefined || only.has(s);
+const log = (s: string): void => {
+  process.stderr.write(`${s}\n`);
 };
 
+interface Target {
+  what: string;
+  figure: number;
+  target: string;
+  met: boolean;
+  /** How far off, as a factor of the limit (>1 is a miss). */
+  off_by: number;
+}
+
+const results: {
+  machine: Record<string, unknown>;
+  protocol?: ProtocolFigures;
+  agent?: AgentFigures;
+  server?: ServerFigures;
+  e2e?: E2eFigures[];
+  footprint?: FootprintFigures;
+  targets: Target[];
+} = {
+  machine: { node: process.version, arch: process.arch, cpus: cpus().length, cpu: cpus()[0]?.model, quick, started: new Date().toISOString() },
+  targets: [],
+};
+
+const t0 = performance.now();
+if (want('protocol') || want('server')) {
+  log('protocol: seal and open+verify, node-jose vs node:crypto ...');
+  results.protocol = await benchProtocol(quick ? 200 : 2000);
+}
+if (want('agent')) {
+  log('agent: idle RSS and start-to-subscribed vs bare node ...');
+  results.agent = await benchAgent({ runs: quick ? 1 : 3, settleMs: quick ? 1000 : 3000 });
+}
+if (want('server')) {
+  const devices = quick ? 1000 : 10_000;
+  log(`server: registering ${devices} devices, then sealing and publishing ...`);
+  results.server = await benchServer({ devices, commands: quick ? 300 : 3000, concurrency: 16, sealFloorMs: results.protocol?.seal_floor_ms ?? NaN });
+}
+if (want('e2e')) {
+  const agents = quick ? 200 : 1000;
+  results.e2e = [];
+  for (const noDelay of [false, true]) {
+    log(`e2e: ${agents} simulated agents, 100 commands/s, TCP_NODELAY ${noDelay ? 'on' : 'off (mqtt.js default)'} ...`);
+    results.e2e.push(await benchE2e({ agents, ratePerSecond: 100, durationSeconds: quick ? 3 : 30, warmup: quick ? 100 : agents, noDelay }));
+  }
+}
+if (want('footprint')) {
+  log(`footprint: npm ci --omit=dev in a scratch directory${quick ? ' (no native build)' : ' (with the native build: over a minute)'} ...`);
+  results.footprint = await benchFootprint({ ignoreScripts: quick });
+}
+results.machine.seconds = Math.round((performance.now() - t0) / 100) / 10;
+
+// ---- targets ---------------------------------------------------------------
+const target = (what: string, figure: number, limit: number, kind: 'max' | 'min', text: string): void => {
+  const met = kind === 'max' ? figure <= limit : figure >= limit;
+  results.targets.push({ what, figure, target: text, met, off_by: Math.round((kind === 'max' ? figure / limit : limit / figure) * 100) / 100 });
+};
+const p = results.protocol;
+if (p) target('open+verify vs node:crypto floor (ratio)', p.open_verify_ratio, 2.5, 'max', '<= 2.5x');
+const a = results.agent;
+if (a) {
+  target('agent idle RSS vs bare node (ratio)', a.rss_ratio, 1.5, 'max', '<= 1.5x');
+  target('agent start-to-subscribed vs bare node start (ratio)', a.start_ratio, 5, 'max', '<= 5x');
+}
+const s = results.server;
+if (s) target('server commands/s vs seal floor, one core (ratio)', s.ratio_to_seal_floor, 0.5, 'min', '>= 0.5');
+for (const e of results.e2e ?? []) target(`e2e p99 ms, ${e.agents} agents, ${e.rate_per_s}/s, TCP_NODELAY ${e.tcp_nodelay ? 'on' : 'off'}`, e.p99_ms, 25, 'max', '< 25 ms');
+
 process.stdout.write(`${JSON.stringify(results, null, 2)}\n`);
-const p = results.protocol as Awaited<ReturnType<typeof benchProtocol>>;
-process.stderr.write(
-  [
+
+// ---- summary ---------------------------------------------------------------
+const lines: string[] = ['', `bench ${quick ? '(quick) ' : ''}on ${results.machine.cpus} x ${String(results.machine.cpu)}, node ${process.version}, ${results.machine.seconds} s`];
+if (p) {
+  lines.push(
     `protocol (${p.iterations} iterations each)`,
-    `  seal        ${p.seal_ms.toFixed(3)} ms   floor ${p.seal_floor_ms.toFixed(3)} ms   ratio ${p.seal_ratio.toFixed(2)}x`,
-    `  open+verify ${p.open_verify_ms.toFixed(3)} ms   floor ${p.open_verify_floor_ms.toFixed(3)} ms   ratio ${p.open_verify_ratio.toFixed(2)}x`,
-    '',
-  ].join('\n'),
-);
+    `  seal          ${p.seal_ms.toFixed(3)} ms   floor ${p.seal_floor_ms.toFixed(3)} ms   ratio ${p.seal_ratio.toFixed(2)}x`,
+    `  open+verify   ${p.open_verify_ms.toFixed(3)} ms   floor ${p.open_verify_floor_ms.toFixed(3)} ms   ratio ${p.open_verify_ratio.toFixed(2)}x`,
+  );
+}
+if (a) {
+  lines.push(
+    `agent (median of ${a.runs})`,
+    `  idle RSS             ${a.idle_rss_mb} MB   bare node ${a.bare_node_idle_rss_mb} MB   ratio ${a.rss_ratio}x`,
+    `  start to subscribed  ${a.start_to_subscribed_ms} ms   bare node start ${a.bare_node_start_ms} ms   ratio ${a.start_ratio}x`,
+  );
+}
+if (s) {
+  lines.push(
+    `server (${s.devices} registered devices, ${s.commands} commands, ${s.concurrency} in flight)`,
+    `  sealed+published  ${s.commands_per_s}/s   seal floor ${s.seal_floor_per_s}/s   ratio ${s.ratio_to_seal_floor}`,
+    `  parts alone:      node-jose seal ${s.seal_only_per_s}/s, registry (3 synchronous transactions) ${s.registry_only_per_s}/s`,
+  );
+}
+for (const e of results.e2e ?? []) {
+  lines.push(
+    `end to end (${e.agents} agents, own MQTT connection each, ${e.rate_per_s}/s for ${e.duration_s} s, TCP_NODELAY ${e.tcp_nodelay ? 'on' : 'off'})`,
+    `  command -> verified ack   p50 ${e.p50_ms} ms   p90 ${e.p90_ms} ms   p99 ${e.p99_ms} ms   max ${e.max_ms} ms   (${e.acked}/${e.sent} acked, lost ${e.lost})`,
+  );
+}
+const f = results.footprint;
+if (f) {
+  lines.push(
+    'footprint',
+    `  production install  ${f.production_install_mb} MB (${f.packages} packages)   agent's runtime deps ${f.agent_runtime_deps_mb} MB (${f.agent_runtime_packages} packages)`,
+    `  compiled: agent+protocol ${f.dist_agent_protocol_mb} MB, server ${f.dist_server_mb} MB; not bundled   [${f.install_command}]`,
+  );
+}
+lines.push('targets');
+for (const t of results.targets) lines.push(`  ${t.met ? 'met   ' : 'MISSED'} ${t.what}: ${t.figure} (target ${t.target}${t.met ? '' : `, off by ${t.off_by}x`})`);
+log(`${lines.join('\n')}\n`);
