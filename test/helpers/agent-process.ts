@@ -86,6 +86,9 @@ export class TestSender {
   /** Acks that did not open (must stay empty). */
   readonly badAcks: string[] = [];
   seq = 0;
+  /** Second deliveries of an ack already received (same ack jti), not counted in `acks`. */
+  redeliveredAcks = 0;
+  #ackJtis = new Set<string>();
   #client!: MqttClient;
   #decryption!: KeyRing;
   #verification!: KeyRing;
@@ -107,6 +110,12 @@ export class TestSender {
     this.#client.on('message', (_t, payload) => {
       void openAck(payload, { serverId: this.serverId, deviceId: this.deviceId, decryption: this.#decryption, verification: this.#verification }).then(
         ({ claims }) => {
+          // QoS 1 is at least once: the same ack (same ack jti) can arrive twice, e.g. across a broker restart.
+          if (this.#ackJtis.has(claims.jti)) {
+            this.redeliveredAcks++;
+            return;
+          }
+          this.#ackJtis.add(claims.jti);
           this.acks.push({ claims, at: Date.now() });
           this.#waiters = this.#waiters.filter((w) => {
             if (!w.match(claims)) return true;
