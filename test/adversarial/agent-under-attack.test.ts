@@ -5,6 +5,7 @@
  * message that failed authentication (and a `rejected` ack with an expected
  * code for each authenticated one); resident memory grew by less than a few MB.
  */
+import { rm } from 'node:fs/promises';
 import { expect } from 'chai';
 import { KeyStore } from '../../agent/keystore.js';
 import { toPublicJwk, type PrivateJwk } from '../../protocol/index.js';
@@ -55,6 +56,7 @@ describe('adversarial: the hostile corpus through mosquitto to a running agent',
     }
     await sender?.close();
     await broker?.close();
+    if (files) await rm(files.dir, { recursive: true, force: true });
   });
 
   it('survives 500+ hostile messages (twice) with no state change, no unauthenticated ack, bounded memory, and still applies a valid command', async () => {

@@ -5,7 +5,7 @@
  * command must be applied exactly once, in order; the state file must always
  * parse. The counts are printed (sent, applied, duplicates refused, lost).
  */
-import { readFile } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { expect } from 'chai';
 import { KeyStore } from '../../agent/keystore.js';
@@ -72,6 +72,7 @@ async function tearDown(rig: Rig | undefined): Promise<void> {
   }
   await rig.sender.close();
   await rig.broker.close();
+  await rm(rig.files.dir, { recursive: true, force: true });
 }
 
 function report(what: string, c: StreamCounts, extra: string): void {
