@@ -80,8 +80,13 @@ export interface StartAgentOptions {
   backoff?: BackoffOptions;
   /** Enrollment retry backoff (default 5 s doubling to 5 min, with jitter). */
   enrollment?: EnrollmentOptions;
-  /** Test hooks: crash simulation in state writes. */
-  faults?: StateStoreOptions;
+  /** Test hooks: crash simulation in state writes and between persist and PUBACK. */
+  faults?: AgentFaults;
+}
+
+export interface AgentFaults extends StateStoreOptions {
+  /** Called after a command's state is saved, before its PUBACK; throwing simulates a crash there. */
+  afterPersist?: (action: string) => void | Promise<void>;
 }
 
 export async function startAgent(options: StartAgentOptions): Promise<RunningAgent> {
@@ -176,6 +181,7 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
       void this.stop();
     });
     this.#rt = rt;
+    rt.afterPersist = this.options.faults?.afterPersist;
     await rt.refreshDecryption();
     const resumedAck = await resumeRotation(rt);
 

@@ -124,6 +124,7 @@ export class Pipeline {
       log.info('previous encryption key removed: the server uses the new one');
     }
     if (outcome.status === 'applied') await outcome.beforePuback?.();
+    await rt.afterPersist?.(c.action);
     log.info('command processed', { status: outcome.status, code: outcome.code, detail: outcome.detail });
     this.onCommand({ ...rec, duplicate: false });
 

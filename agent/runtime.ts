@@ -34,6 +34,8 @@ export interface AckFields {
 export class AgentRuntime {
   decryption!: KeyRing;
   session!: MqttSession;
+  /** Test hook (crash simulation): runs after a command's state is saved, before its PUBACK. */
+  afterPersist: ((action: string) => void | Promise<void>) | undefined;
   #pendingAcks = new Set<Promise<void>>();
   #stopping = false;
 
