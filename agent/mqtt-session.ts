@@ -178,13 +178,16 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
         (err: unknown) => {
           // No PUBACK: the broker redelivers it on the next connection.
           log.error('command not acknowledged to the broker; it will be redelivered', { reason: err instanceof Error ? err.message : String(err) });
-          client.end(true);
+          this.#dropConnection(client);
         },
       );
     };
 
     client.on('connect', (connack) => {
       if (client !== this.#client) return;
+      // Commands and acks are single small packets: do not let Nagle hold them back.
+      const socket = client.stream as { setNoDelay?: (on: boolean) => unknown };
+      socket.setNoDelay?.(true);
       this.#attempt = 0;
       this.#lastError = '';
       log.info('connected to broker', { broker: b.url, session_present: connack.sessionPresent });
@@ -195,7 +198,7 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
         if (err || !g || (g.qos !== 1 && g.qos !== 0)) {
           this.#lastError = err ? err.message : `subscription to ${this.options.topic} refused (code ${String(g?.qos)})`;
           log.error('subscription refused; check the broker ACL for this device', { topic: this.options.topic, reason: this.#lastError });
-          client.end(true);
+          this.#dropConnection(client);
           return;
         }
         if (g.qos === 0) log.warn('broker granted QoS 0 only for the command topic', { topic: this.options.topic });
@@ -219,6 +222,18 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
       }
       this.#scheduleReconnect(client);
     });
+  }
+
+  /**
+   * Closes the network connection only. `client.end()` would also close the
+   * client's in-memory stores, which the reconnect reuses (mqtt.js then
+   * crashes on the next CONNACK); destroying the stream ends in `close`,
+   * which schedules the reconnect with backoff as for any other loss.
+   */
+  #dropConnection(client: MqttClient): void {
+    if (client !== this.#client) return;
+    this.#subscribed = false;
+    client.stream?.destroy();
   }
 
   #scheduleReconnect(client: MqttClient): void {

@@ -104,7 +104,7 @@ export async function openCommand(input: string | Uint8Array, opts: OpenCommandO
     throw err.withRefused({
       signerKid: v.signerKid,
       ...(typeof raw.jti === 'string' && raw.jti.length <= 64 ? { jti: raw.jti } : {}),
-      ...(Number.isSafeInteger(raw.seq) ? { seq: raw.seq as number } : {}),
+      ...(Number.isSafeInteger(raw.seq) && (raw.seq as number) >= 0 ? { seq: raw.seq as number } : {}),
       ...(typeof raw.action === 'string' && raw.action.length <= 32 ? { action: raw.action } : {}),
     });
   }

@@ -98,6 +98,8 @@ export class TestServer {
   readonly acks: ReceivedAck[] = [];
   readonly rawAcks: string[] = [];
   readonly enrollments: string[] = [];
+  /** Messages the server could not open (refused acks or enrollments), for diagnosis. */
+  readonly errors: string[] = [];
   /** Device public keys as the server knows them. */
   readonly devices = new Map<string, { signing: PublicJwk[]; encryption: PublicJwk }>();
   seq = new Map<string, number>();
@@ -119,7 +121,9 @@ export class TestServer {
       reconnectPeriod: 100,
       ...(ca ? { ca } : {}),
     });
-    this.#client.on('message', (topic, payload) => void this.#onMessage(topic, payload));
+    this.#client.on('message', (topic, payload) => {
+      this.#onMessage(topic, payload).catch((err: unknown) => this.errors.push(`${topic}: ${err instanceof Error ? err.message : String(err)}`));
+    });
     await this.#client.subscribeAsync([`${PREFIX}/+/ack`, `${PREFIX}/+/enroll`], { qos: 1 });
   }
 
@@ -178,7 +182,7 @@ export class TestServer {
     const found = this.acks.find(match);
     if (found) return Promise.resolve(found);
     return new Promise((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error('no matching ack in time')), timeoutMs);
+      const t = setTimeout(() => reject(new Error(`no matching ack in time${this.errors.length ? `; messages refused: ${this.errors.join('; ')}` : ''}`)), timeoutMs);
       this.#waiters.push({
         match,
         resolve: (a) => {

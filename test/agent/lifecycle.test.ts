@@ -50,6 +50,13 @@ function lifecycle(name: string, start: () => Promise<BrokerUnderTest | undefine
       files = await makeDevice({ deviceId, brokerUrl: broker.url, ...(broker.caFile ? { caFile: broker.caFile } : {}), server: serverParty, token: 'tok-123' });
     });
 
+    let shown = 0;
+    afterEach(function () {
+      // On failure, show what the agent logged during this test.
+      if (this.currentTest?.state === 'failed') process.stderr.write(`--- agent log ---\n${logs.lines.slice(shown).join('\n')}\n---\n`);
+      shown = logs.lines.length;
+    });
+
     after(async function () {
       await agent?.stop();
       await server?.close();
@@ -123,11 +130,13 @@ function lifecycle(name: string, start: () => Promise<BrokerUnderTest | undefine
       expect(st.keys).to.deep.equal({ signing: sig.kid, encryption: enc.kid, previous_encryption: oldEnc });
       expect(await exists(join(files.keystore, 'encryption.previous.jwk'))).to.equal(true);
 
-      // A command still sealed to the old key opens (previous key kept) and is signed by the new key.
+      // The server learns the new signing key from the ack but, until it switches, still seals to the old
+      // encryption key: that command opens (previous key kept) and its ack is signed by the new key.
+      server.devices.get(deviceId)!.signing.push(sig);
       const stillOld = await server.command(deviceId, 'selftest');
       expect(stillOld.claims.status).to.equal('applied');
-      server.register(deviceId, { signing: sig, encryption: enc });
       expect(stillOld.signerKid).to.equal(sig.kid);
+      server.register(deviceId, { signing: sig, encryption: enc });
       expect(await exists(join(files.keystore, 'encryption.previous.jwk'))).to.equal(true);
 
       const ack2 = await server.command(deviceId, 'update', { reporting: { interval_s: 120 } });
@@ -178,7 +187,10 @@ function lifecycle(name: string, start: () => Promise<BrokerUnderTest | undefine
       const attacker = await makeParty();
       const forged = await server.seal(deviceId, 'delete', {}, { signer: attacker });
       await server.publish(deviceId, forged.token);
-      const probe = await server.command(deviceId, 'selftest', {}, { seq: server.nextSeq(deviceId) + 5 });
+      // A gap in seq is fine (only strictly greater is required).
+      const probeSeq = server.nextSeq(deviceId) + 5;
+      server.seq.set(deviceId, probeSeq);
+      const probe = await server.command(deviceId, 'selftest', {}, { seq: probeSeq });
       expect(probe.claims.status).to.equal('applied');
       expect(server.acks.some((a) => a.claims.ref === forged.jti)).to.equal(false);
       expect(logs.find(/unauthenticated message dropped code=E_SIGNATURE/)).to.be.a('string');
