@@ -80,35 +80,42 @@ describe('adversarial: the hostile corpus through mosquitto to a running agent',
     const last = corpus[corpus.length - 1] as HostileCase;
     expect(last.acked).to.equal(true);
 
+    // Passes 2 and 3 leave out the two 10 MB messages: buffering them moves RSS by tens of MB at the
+    // allocator's whim, which would hide (or fake) a per-message leak.
+    const steady = corpus.filter((c) => c.payload.length < 1024 * 1024);
     const before = await agentStatus(files.configPath);
     const rss0 = await agent.rss();
     const passes: { rss: number; acks: number }[] = [];
     const problems: string[] = [];
-    for (let pass = 1; pass <= 2; pass++) {
+    for (let pass = 1; pass <= 3; pass++) {
       const from = sender.acks.length;
-      for (const c of corpus) await sender.publish(c.payload, c.topicDeviceId ?? DEVICE);
+      const cases = pass === 1 ? corpus : steady;
+      for (const c of cases) await sender.publish(c.payload, c.topicDeviceId ?? DEVICE);
       // In-order delivery and processing: the last case's ack means every case was handled.
       await sender.waitAck((a) => a.ref === last.jti && sender.acks.length - from >= 1 && sender.acks.slice(from).some((x) => x.claims.ref === last.jti), 120_000);
       await new Promise((r) => setTimeout(r, 300)); // any stray ack would have arrived
       expect(agent.running(), `agent died in pass ${pass}: ${agent.output().slice(-3000)}`).to.equal(true);
       const acks = sender.acks.slice(from).map((a) => a.claims);
-      problems.push(...checkAcks(corpus, acks, upd.jti).map((p) => `pass ${pass}: ${p}`));
+      problems.push(...checkAcks(cases, acks, upd.jti).map((p) => `pass ${pass}: ${p}`));
       passes.push({ rss: await agent.rss(), acks: acks.length });
     }
 
     const after = await agentStatus(files.configPath);
     expect(after, 'status --json after the corpus').to.deep.equal(before);
 
-    const growth1 = ((passes[0]?.rss ?? 0) - rss0) / MB;
-    const growth2 = ((passes[1]?.rss ?? 0) - (passes[0]?.rss ?? 0)) / MB;
+    const mb = (i: number): number => (passes[i]?.rss ?? 0) / MB;
+    const growth1 = mb(0) - rss0 / MB;
+    const growth2 = mb(1) - mb(0);
+    const growth3 = mb(2) - mb(1);
     process.stderr.write(
-      `      corpus: ${corpus.length} messages x 2 passes, ${passes[0]?.acks} rejected acks per pass; RSS ${(rss0 / MB).toFixed(1)} MB -> ${((passes[0]?.rss ?? 0) / MB).toFixed(1)} (pass 1, ${growth1.toFixed(1)} MB) -> ${((passes[1]?.rss ?? 0) / MB).toFixed(1)} MB (pass 2, ${growth2.toFixed(1)} MB)\n`,
+      `      corpus: ${corpus.length} messages, then ${steady.length} (without the 10 MB ones) twice; ${passes[0]?.acks} rejected acks per pass; RSS ${(rss0 / MB).toFixed(1)} MB -> ${mb(0).toFixed(1)} (pass 1, ${growth1.toFixed(1)} MB) -> ${mb(1).toFixed(1)} (pass 2, ${growth2.toFixed(1)} MB) -> ${mb(2).toFixed(1)} MB (pass 3, ${growth3.toFixed(1)} MB)\n`,
     );
     // Pass 1 is also the warm-up: V8 sizes its heap and compiles (about 25 MB on this corpus without
     // the 10 MB messages), and the two 10 MB messages are buffered whole by the MQTT client before the
-    // size cap can apply (about 22 MB more, kept by the allocator). Pass 2 sends the same 543 messages
-    // again: what it adds is what accumulates per message.
-    expect(growth2, 'RSS growth over the second pass (MB)').to.be.below(4);
+    // size cap can apply (about 22 MB more, kept by the allocator). Passes 2 and 3 send the rest
+    // again: what accumulates per message shows in both; heap resizing and allocator noise shows in
+    // one at most.
+    expect(Math.min(growth2, growth3), 'RSS growth per pass after the warm-up (MB, smaller of passes 2 and 3)').to.be.below(4);
     expect(growth1, 'RSS growth over the first (warm-up) pass (MB)').to.be.below(64);
 
     // Still alive and still applying: a valid command after all that.

@@ -130,7 +130,7 @@ describe('deploy/flash: Raspberry Pi OS image without root privileges (debugfs +
       '/var/lib/sensor-agent/keys',
       '/var/lib/sensor-agent/enroll.token',
     ]);
-    expect(await catInImage(image, '/etc/systemd/system/sensor-agent.service')).to.contain('ExecStart=/usr/bin/node /opt/sensor-agent/dist/agent/cli.js run');
+    expect(await catInImage(image, '/etc/systemd/system/sensor-agent.service')).to.contain('ExecStart=/usr/bin/node --max-semi-space-size=1 /opt/sensor-agent/dist/agent/cli.js run');
 
     // Nothing in the agent's config or state directories is readable by others.
     for (const dir of ['/etc/sensor-agent', '/var/lib/sensor-agent', '/var/lib/sensor-agent/keys']) {

@@ -17,6 +17,7 @@ import { chmod, copyFile, cp, mkdir, mkdtemp, readFile, rm, stat, writeFile } fr
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { AGENT_NODE_FLAGS } from '../helpers/agent-process.js';
 import { PROVISIONING_DIR, SYSTEMD_DIR } from './repo-paths.js';
 import { requireTools, toolEnv } from './tools.js';
 
@@ -156,7 +157,8 @@ describe('deploy/systemd units', function () {
 
   it('sensor-agent.service: the agent contract (notify, restart policy, directories, umask)', async () => {
     const unit = parseUnit(await readFile(join(SYSTEMD_DIR, 'sensor-agent.service'), 'utf8'));
-    expect(only(unit, 'Service', 'ExecStart')).to.equal('/usr/bin/node /opt/sensor-agent/dist/agent/cli.js run --config /etc/sensor-agent/config.json');
+    // The V8 flags are the ones the tests and the benchmark run the agent with.
+    expect(only(unit, 'Service', 'ExecStart')).to.equal(`/usr/bin/node ${AGENT_NODE_FLAGS.join(' ')} /opt/sensor-agent/dist/agent/cli.js run --config /etc/sensor-agent/config.json`);
     expect(only(unit, 'Service', 'Type')).to.equal('notify');
     expect(only(unit, 'Service', 'NotifyAccess')).to.equal('all');
     expect(only(unit, 'Service', 'WatchdogSec')).to.match(/^\d+s$/);
