@@ -32,6 +32,12 @@ export interface BrokerSettings {
 
 export interface ServerConfig {
   broker: BrokerSettings;
+  /**
+   * The broker as boards reach it, when it differs from the server's own
+   * connection (production: devices on 8883 with the device CA, the server on
+   * the backend listener). `bundle` defaults to it.
+   */
+  deviceBroker?: BrokerSettings;
   topicPrefix: string;
 }
 
@@ -51,6 +57,8 @@ export function dataPaths(dir: string): DataPaths {
 export interface InitOptions {
   serverId?: string;
   broker?: BrokerSettings;
+  /** URL (and CA) boards use, when not the server's own. */
+  deviceBroker?: BrokerSettings;
   topicPrefix?: string;
   force?: boolean;
 }
@@ -67,6 +75,7 @@ export async function initDataDir(dir: string, options: InitOptions = {}): Promi
   const broker = options.broker ?? { url: DEFAULT_BROKER_URL };
   const recorded: Record<string, unknown> = {
     broker: { url: broker.url, ...absolutePaths(broker) },
+    ...(options.deviceBroker ? { device_broker: { url: options.deviceBroker.url, ...absolutePaths({ url: options.deviceBroker.url, ...(options.deviceBroker.ca ? { ca: options.deviceBroker.ca } : {}) }) } } : {}),
     topic_prefix: prefix,
   };
   await writeFileDurable(paths.config, `${JSON.stringify(recorded, null, 2)}\n`, 0o644);
@@ -102,9 +111,14 @@ export async function readServerConfig(dir: string): Promise<ServerConfig> {
     const v = raw.broker[k];
     if (typeof v === 'string') broker[k] = v;
   }
+  let deviceBroker: BrokerSettings | undefined;
+  if (raw.device_broker !== undefined) {
+    if (!isRecord(raw.device_broker) || typeof raw.device_broker.url !== 'string') throw new CliError('E_CONFIG', `${paths.config}: "device_broker.url" missing`, 2);
+    deviceBroker = { url: raw.device_broker.url, ...(typeof raw.device_broker.ca === 'string' ? { ca: raw.device_broker.ca } : {}) };
+  }
   const topicPrefix = typeof raw.topic_prefix === 'string' ? raw.topic_prefix : DEFAULT_TOPIC_PREFIX;
   assertValidPrefix(topicPrefix);
-  return { broker, topicPrefix };
+  return { broker, ...(deviceBroker ? { deviceBroker } : {}), topicPrefix };
 }
 
 /** Overrides from the command line win over what `init` recorded. */

@@ -27,8 +27,8 @@ export const bundleCommand: CommandModule<object, BundleArgs> = {
       .option('device', { type: 'string', demandOption: true, describe: 'device id' })
       .option('user', { type: 'string', demandOption: true, describe: 'user id the device is for' })
       .option('out', { type: 'string', demandOption: true, describe: 'output directory (created 0700)' })
-      .option('broker', { type: 'string', describe: 'broker URL as the board reaches it (default: what init recorded)' })
-      .option('ca', { type: 'string', describe: 'broker CA (PEM) the board pins (default: what init recorded)' })
+      .option('broker', { type: 'string', describe: 'broker URL as the board reaches it (default: init --device-broker, else init --broker)' })
+      .option('ca', { type: 'string', describe: 'broker CA (PEM) the board pins (default: the CA recorded with that URL)' })
       .option('client-cert', { type: 'string', describe: "the board's client certificate (PEM)" })
       .option('client-key', { type: 'string', describe: "the board's client key (PEM)" })
       .option('keys-on-host', { type: 'boolean', default: false, describe: 'generate the device keys here and register them (boards that cannot generate keys)' })
@@ -40,7 +40,8 @@ export const bundleCommand: CommandModule<object, BundleArgs> = {
     const ttl = parseDuration(args.ttl, '--ttl');
     const data = await openDataDir(args.data);
     try {
-      let broker: BrokerSettings = { url: data.config.broker.url, ...(data.config.broker.ca ? { ca: data.config.broker.ca } : {}) };
+      const recorded = data.config.deviceBroker ?? data.config.broker;
+      let broker: BrokerSettings = { url: recorded.url, ...(recorded.ca ? { ca: recorded.ca } : {}) };
       if (args.broker) broker = { url: args.broker };
       if (args.ca) broker.ca = args.ca;
       if (args.clientCert) broker.cert = args.clientCert;

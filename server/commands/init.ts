@@ -3,9 +3,12 @@ import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { DEFAULT_TOPIC_PREFIX } from '../../protocol/index.js';
 import { DEFAULT_BROKER_URL, initDataDir, type BrokerSettings } from '../data-dir.js';
 import { DEFAULT_SERVER_ID } from '../server-keys.js';
+import { CliError } from '../cli-support.js';
 import { withBroker, withData, type BrokerArgs, type DataArgs } from './common.js';
 
 interface InitArgs extends DataArgs, BrokerArgs {
+  deviceBroker?: string;
+  deviceCa?: string;
   serverId: string;
   topicPrefix: string;
   force: boolean;
@@ -16,18 +19,22 @@ export const initCommand: CommandModule<object, InitArgs> = {
   describe: 'Create the data directory: server keys (DATA/keys), registry (DATA/registry.sqlite), broker defaults (DATA/server.json), HTTP token (DATA/http.token)',
   builder: (y: Argv) =>
     withBroker(withData(y))
+      .option('device-broker', { type: 'string', describe: "broker URL as boards reach it, when it differs from --broker (recorded; bundle's default)" })
+      .option('device-ca', { type: 'string', describe: 'CA (PEM) boards pin for --device-broker (recorded; bundle copies it)' })
       .option('server-id', { type: 'string', default: DEFAULT_SERVER_ID, describe: 'the server id (iss of commands, aud of acks)' })
       .option('topic-prefix', { type: 'string', default: DEFAULT_TOPIC_PREFIX, describe: 'MQTT topic prefix' })
       .option('force', { type: 'boolean', default: false, describe: 'replace existing server keys (every device must then be re-flashed)' })
-      .example('$0 init --data /var/lib/provision-server --broker mqtts://broker.example.net:8883 --ca ca.pem --cert server.crt --key server.key', '') as unknown as Argv<InitArgs>,
+      .example('$0 init --data /var/lib/provision-server --broker mqtts://broker.example.net:8884 --ca backend-ca.pem --cert server.crt --key server.key --device-broker mqtts://broker.example.net:8883 --device-ca device-ca.pem', 'the server on the backend listener, boards on 8883') as unknown as Argv<InitArgs>,
   handler: async (args: ArgumentsCamelCase<InitArgs>) => {
     const broker: BrokerSettings = { url: args.broker ?? DEFAULT_BROKER_URL };
     if (args.ca) broker.ca = args.ca;
     if (args.cert) broker.cert = args.cert;
     if (args.key) broker.key = args.key;
-    const paths = await initDataDir(args.data, { serverId: args.serverId, broker, topicPrefix: args.topicPrefix, force: args.force });
+    if (args.deviceCa && !args.deviceBroker) throw new CliError('E_USAGE', '--device-ca goes with --device-broker', 2);
+    const deviceBroker: BrokerSettings | undefined = args.deviceBroker ? { url: args.deviceBroker, ...(args.deviceCa ? { ca: args.deviceCa } : {}) } : undefined;
+    const paths = await initDataDir(args.data, { serverId: args.serverId, broker, ...(deviceBroker ? { deviceBroker } : {}), topicPrefix: args.topicPrefix, force: args.force });
     process.stdout.write(
-      `initialised ${paths.dir}\n  keys:     ${paths.keys} (devices pin ${paths.keys}/trust.jwks)\n  registry: ${paths.registry}\n  broker:   ${broker.url}\n  HTTP API bearer token: ${paths.httpToken}\n`,
+      `initialised ${paths.dir}\n  keys:     ${paths.keys} (devices pin ${paths.keys}/trust.jwks)\n  registry: ${paths.registry}\n  broker:   ${broker.url}\n${deviceBroker ? `  boards:   ${deviceBroker.url}\n` : ''}  HTTP API bearer token: ${paths.httpToken}\n`,
     );
   },
 };

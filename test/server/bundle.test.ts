@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadConfig } from '../../agent/config.js';
@@ -43,6 +43,24 @@ describe('provision-server bundle', function () {
       .to.throw()
       .with.property('code', 'E_TOKEN_DEVICE');
     expect(data.registry.getDevice('board-1')).to.equal(undefined);
+  });
+
+  it('defaults to the device broker and CA recorded by init --device-broker, not the server\'s own listener', async () => {
+    const d2 = join(dir, 'data-split');
+    const ca = join(dir, 'device-ca.pem');
+    await writeFile(ca, '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n');
+    const init = await runServerCli(['init', '--data', d2, '--broker', 'mqtts://broker.example.net:8884', '--device-broker', 'mqtts://broker.example.net:8883', '--device-ca', ca]);
+    expect(init.code, init.stderr).to.equal(0);
+    const bad = await runServerCli(['init', '--data', join(dir, 'data-bad'), '--device-ca', ca]);
+    expect(bad.code).to.equal(2);
+    expect(bad.stderr).to.match(/--device-ca goes with --device-broker/);
+    const out = join(dir, 'b-split');
+    const r = await runServerCli(['bundle', '--data', d2, '--device', 'board-split', '--user', 'alice', '--out', out, '--gpio', 'fake']);
+    expect(r.code, r.stderr).to.equal(0);
+    const config = JSON.parse(await readFile(join(out, 'config.json'), 'utf8')) as { broker: { url: string; ca?: string } };
+    expect(config.broker.url).to.equal('mqtts://broker.example.net:8883');
+    expect(config.broker.ca).to.equal('ca.pem');
+    expect(await readFile(join(out, 'ca.pem'), 'utf8')).to.equal(await readFile(ca, 'utf8'));
   });
 
   it('--keys-on-host writes a key store the agent opens and registers the device with those keys', async () => {
