@@ -30,6 +30,7 @@ export async function connectBroker(settings: BrokerSettings, options: ConnectOp
     reconnectPeriod: 2000,
     connectTimeout: options.connectTimeoutMs ?? 10_000,
     resubscribe: true,
+    queueQoSZero: false,
   };
   if (url.protocol === 'mqtts:') {
     if (settings.ca) opts.ca = await readPem(settings.ca, 'broker CA');
@@ -40,6 +41,8 @@ export async function connectBroker(settings: BrokerSettings, options: ConnectOp
     throw new CliError('E_USAGE', 'a client certificate needs an mqtts:// broker URL', 2);
   }
   const client = mqtt.connect(settings.url, opts);
+  // Commands and acks are single small packets: do not let Nagle hold them back (every reconnect).
+  client.on('connect', () => (client.stream as { setNoDelay?: (on: boolean) => unknown }).setNoDelay?.(true));
   const timeoutMs = options.connectTimeoutMs ?? 10_000;
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => fail(new BrokerError(`could not connect to ${settings.url} within ${timeoutMs} ms${lastError ? `: ${lastError.message}` : ''}`)), timeoutMs);
