@@ -284,7 +284,7 @@ async function gpioCheck(config: AgentConfig, rt: AgentRuntime | undefined): Pro
 /** Human form: one line per check with a mark, the reason and how to fix it. */
 export function formatReport(report: SelftestReport): string {
   const mark: Record<CheckStatus, string> = { pass: '[ OK ]', warn: '[WARN]', fail: '[FAIL]', skip: '[SKIP]' };
-  const lines = report.checks.map((c) => `${mark[c.status]} ${c.title}: ${c.reason}${c.fix && c.status !== 'pass' ? ` -- fix: ${c.fix}` : ''}${!c.required && c.status === 'fail' ? ' (optional)' : ''}`);
+  const lines = report.checks.map((c) => `${mark[c.status]} ${c.title}: ${c.reason}${c.fix && c.status !== 'pass' && !c.reason.includes(c.fix) ? ` -- fix: ${c.fix}` : ''}${!c.required && c.status === 'fail' ? ' (optional)' : ''}`);
   lines.push(report.ok ? 'self-test passed' : `self-test FAILED: ${report.checks.filter((c) => c.required && c.status === 'fail').map((c) => c.id).join(', ')}`);
   return `${lines.join('\n')}\n`;
 }
