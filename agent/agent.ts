@@ -212,6 +212,8 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
     this.#io.onResetHeld(() => void this.#resetToUnprovisioned());
 
     rt.session.on('subscribed', () => this.#onSubscribed());
+    // `systemctl status` shows the last STATUS=: keep it true across broker outages.
+    rt.session.on('offline', () => this.#notifier?.status(`disconnected from ${rt.session.broker.url}, reconnecting`));
     if (this.options.systemdNotify) {
       this.#notifier = createSystemdNotifier(log);
       this.#notifier.startWatchdog(() => this.#healthy());
@@ -235,6 +237,8 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
     if (!this.#readyOnce) {
       this.#readyOnce = true;
       this.#notifier?.ready(`connected to ${this.#rt.session.broker.url}`);
+    } else {
+      this.#notifier?.status(`connected to ${this.#rt.session.broker.url}`);
     }
     if (this.#enrollment) {
       this.#enrollment.kick();

@@ -40,7 +40,8 @@ export function createSystemdNotifier(log: Logger, env: NodeJS.ProcessEnv = proc
       const usec = Number(env.WATCHDOG_USEC);
       const pid = env.WATCHDOG_PID;
       if (!enabled || !Number.isFinite(usec) || usec <= 0 || (pid !== undefined && pid !== String(process.pid))) return;
-      const every = Math.max(500, Math.floor(usec / 2000));
+      // Half the timeout (a floor of 500 ms would miss a WatchdogSec under 1 s).
+      const every = Math.max(50, Math.floor(usec / 2000));
       timer = setInterval(() => {
         if (healthy()) send(['WATCHDOG=1']);
         else log.warn('unhealthy: watchdog ping withheld');
