@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /** `sensor-agent`: the on-device provisioning agent and its tools. */
-import yargs from 'yargs';
+import { createRequire } from 'node:module';
+import type yargsModule from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { reportError } from './cli-support.js';
 import { inspectCommand } from './commands/inspect.js';
@@ -9,6 +10,9 @@ import { runCommand } from './commands/run.js';
 import { selftestCommand } from './commands/selftest.js';
 import { statusCommand } from './commands/status.js';
 import { packageVersion } from './version.js';
+
+// yargs' CommonJS build: its ESM build's help layout (cliui without wrap-ansi) breaks lines in the middle of words.
+const yargs = createRequire(import.meta.url)('yargs') as typeof yargsModule;
 
 const PROGRAM = 'sensor-agent';
 

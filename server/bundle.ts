@@ -3,7 +3,7 @@
  * config.json (relative paths), trust.jwks, ca.pem, client.crt/client.key, enroll.token,
  * and with keys made on the host, keys/ holding the key store files.
  */
-import { copyFile, mkdir, readFile } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { assertValidId, generateEncryptionKey, generateSigningKey, toPublicJwk, type PrivateJwk } from '../protocol/index.js';
 import { CliError } from './cli-support.js';
@@ -43,6 +43,21 @@ export async function writeBundle(data: OpenedData, options: BundleOptions): Pro
   const url = new URL(broker.url);
   if (url.protocol === 'mqtt:' && !['127.0.0.1', 'localhost', '[::1]'].includes(url.hostname)) {
     process.stderr.write(`provision-server: warning: ${broker.url} is not TLS; the agent refuses plain MQTT except on loopback unless allow_insecure is set\n`);
+  }
+  if (!options.force) {
+    const present = await readdir(dir).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return [];
+      throw new CliError('E_NO_FILE', `cannot use ${dir} as the bundle directory: ${err.code ?? err.message}`, 2);
+    });
+    if (present.length > 0) throw new CliError('E_EXISTS', `${dir} is not empty (it may hold another board's bundle); choose a new --out, or pass --force to overwrite it`, 2);
+    const known = options.keysOnHost ? data.registry.getDevice(options.deviceId) : undefined;
+    if (known && known.state !== 'decommissioned') {
+      throw new CliError(
+        'E_EXISTS',
+        `device ${options.deviceId} is already registered (state ${known.state}); --keys-on-host would replace its keys and cut the board off until it is re-flashed. Pass --force to do that, or bundle without --keys-on-host`,
+        2,
+      );
+    }
   }
   await ensurePrivateDir(dir);
   const files: string[] = [];

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /** `provision-server`: seals provisioning commands for sensor boards and verifies their acks. */
-import yargs from 'yargs';
+import { createRequire } from 'node:module';
+import type yargsModule from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { reportError } from './cli-support.js';
 import { bundleCommand } from './commands/bundle.js';
@@ -14,6 +15,9 @@ import { sendCommand } from './commands/send.js';
 import { serveCommand } from './commands/serve.js';
 import { tokenCommand } from './commands/token.js';
 import { packageVersion } from './version.js';
+
+// yargs' CommonJS build: its ESM build's help layout (cliui without wrap-ansi) breaks lines in the middle of words.
+const yargs = createRequire(import.meta.url)('yargs') as typeof yargsModule;
 
 const PROGRAM = 'provision-server';
 

@@ -17,6 +17,7 @@ interface BundleArgs extends DataArgs {
   rsa: boolean;
   ttl: string;
   gpio: 'auto' | 'onoff' | 'fake' | 'none';
+  force: boolean;
 }
 
 export const bundleCommand: CommandModule<object, BundleArgs> = {
@@ -34,6 +35,7 @@ export const bundleCommand: CommandModule<object, BundleArgs> = {
       .option('keys-on-host', { type: 'boolean', default: false, describe: 'generate the device keys here and register them (boards that cannot generate keys)' })
       .option('rsa', { type: 'boolean', default: false, describe: 'with --keys-on-host: an RSA-OAEP-256 encryption key' })
       .option('ttl', { type: 'string', default: '7d', describe: 'lifetime of the enrollment token' })
+      .option('force', { type: 'boolean', default: false, describe: "overwrite a non-empty --out; with --keys-on-host, replace a registered device's keys (that board is cut off until re-flashed)" })
       .option('gpio', { choices: ['auto', 'onoff', 'fake', 'none'] as const, default: 'auto' as const, describe: 'GPIO backend in config.json' })
       .example('$0 bundle --device sensor-0001 --user alice --out ./sensor-0001 --ca ca.pem --client-cert sensor-0001.crt --client-key sensor-0001.key', '') as unknown as Argv<BundleArgs>,
   handler: async (args: ArgumentsCamelCase<BundleArgs>) => {
@@ -55,6 +57,7 @@ export const bundleCommand: CommandModule<object, BundleArgs> = {
         keysOnHost: args.keysOnHost,
         rsa: args.rsa,
         gpioBackend: args.gpio,
+        force: args.force,
       });
       process.stdout.write(
         `bundle for ${args.device} (user ${args.user}) in ${result.dir}: ${result.files.join(', ')}\n` +

@@ -19,6 +19,7 @@ export const initCommand: CommandModule<object, InitArgs> = {
   describe: 'Create the data directory: server keys (DATA/keys), registry (DATA/registry.sqlite), broker defaults (DATA/server.json), HTTP token (DATA/http.token)',
   builder: (y: Argv) =>
     withBroker(withData(y))
+      .option('broker', { type: 'string', describe: `broker URL the server connects to, recorded for serve and send (default ${DEFAULT_BROKER_URL})` })
       .option('device-broker', { type: 'string', describe: "broker URL as boards reach it, when it differs from --broker (recorded; bundle's default)" })
       .option('device-ca', { type: 'string', describe: 'CA (PEM) boards pin for --device-broker (recorded; bundle copies it)' })
       .option('server-id', { type: 'string', default: DEFAULT_SERVER_ID, describe: 'the server id (iss of commands, aud of acks)' })

@@ -45,7 +45,7 @@ export const sendCommand: CommandModule<object, SendArgs> = {
       .option('resume', { type: 'string', describe: 'resume a fan-out by its id (skips devices that already answered)' })
       .option('params', { type: 'string', describe: 'params as a JSON object' })
       .option('set', { type: 'string', array: true, describe: 'one param as dotted.key=value (value parsed as JSON when it can be); repeatable' })
-      .option('wait', { type: 'boolean', default: false, describe: 'wait for the verified ack; exit 0 applied, 3 rejected, 4 failed, 5 timeout' })
+      .option('wait', { type: 'boolean', default: false, describe: 'wait for the verified ack; exit 0 applied, 3 rejected, 4 failed, 5 timeout (a fan-out: 0 when every device applied, else 6)' })
       .option('timeout', { type: 'string', default: '30s', describe: 'how long to wait for an ack (per device in a fan-out)' })
       .option('ttl', { type: 'string', describe: 'command lifetime (default 5m)' })
       .option('concurrency', { type: 'number', default: DEFAULT_FANOUT_CONCURRENCY, describe: 'fan-out: commands in flight at once' })

@@ -78,6 +78,27 @@ describe('provision-server bundle', function () {
     expect(device.encryption?.kid).to.equal(store.encryptionKey?.kid);
   });
 
+  it('refuses a non-empty --out and re-keying a registered device unless --force; nothing changes when it refuses', async () => {
+    const cli = (out: string, ...extra: string[]) => runServerCli(['bundle', '--data', join(dir, 'data'), '--device', 'board-3', '--user', 'bob', '--out', out, '--keys-on-host', '--gpio', 'fake', ...extra]);
+    const before = data.registry.requireDevice('board-3').signing?.kid;
+    const oldKey = await readFile(join(dir, 'b2', 'keys', 'signing.jwk'), 'utf8');
+    const again = await cli(join(dir, 'b2'));
+    expect(again.code).to.equal(2);
+    expect(again.stderr).to.match(/E_EXISTS.*b2 is not empty.*--force/);
+    expect(await readFile(join(dir, 'b2', 'keys', 'signing.jwk'), 'utf8')).to.equal(oldKey);
+    const rekey = await cli(join(dir, 'b2-new'));
+    expect(rekey.code).to.equal(2);
+    expect(rekey.stderr).to.match(/board-3 is already registered .*cut the board off/);
+    data.registry.close();
+    data = await openDataDir(join(dir, 'data'));
+    expect(data.registry.requireDevice('board-3').signing?.kid).to.equal(before);
+    const forced = await cli(join(dir, 'b2'), '--force');
+    expect(forced.code, forced.stderr).to.equal(0);
+    data.registry.close();
+    data = await openDataDir(join(dir, 'data'));
+    expect(data.registry.requireDevice('board-3').signing?.kid).to.not.equal(before);
+  });
+
   it('a --keys-on-host board running the real agent enrolls with the host-made keys and is confirmed', async function () {
     if (!existsSync(fileURLToPath(new URL('../../agent/agent.js', import.meta.url)))) this.skip();
     const f = await startFixture();
