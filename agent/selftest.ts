@@ -9,6 +9,7 @@ import { access, readFile, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import mqtt from 'mqtt';
 import { KeyRing, openAck, sealAck, toPublicJwk } from '../protocol/index.js';
+import { probeTlsIdentity } from './broker-probe.js';
 import { clockStatus } from './clock.js';
 import { loadConfig, type AgentConfig } from './config.js';
 import { writeFileAtomic } from './durable-file.js';
@@ -225,6 +226,12 @@ async function brokerCheck(config: AgentConfig, state: AgentState | undefined, t
   } catch (err) {
     return { ...base, status: 'fail', reason: (err as Error).message };
   }
+  if (cert && key && url.startsWith('mqtts:')) {
+    // The certificate is the device's MQTT identity: stop at TLS (see broker-probe.ts).
+    const r = await probeTlsIdentity({ url, ...(ca !== undefined ? { ca } : {}), cert, key, timeoutMs });
+    return { ...base, status: r.ok ? 'pass' : 'fail', reason: r.reason, ...(r.fix ? { fix: r.fix } : {}) };
+  }
+  // No client certificate: a client id of its own, so a running agent keeps its session.
   const clientId = `${config.device_id}.selftest-${randomBytes(3).toString('hex')}`.slice(0, 64);
   return new Promise<Check>((resolve) => {
     const client = mqtt.connect(url, {

@@ -13,6 +13,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
+import { probeTlsIdentity } from '../../agent/broker-probe.js';
 import { startBroker, type RunningBroker } from './mosquitto-fixture.js';
 import { clientCredentials, makeTestPki, type ClientCredentials } from './pki-fixture.js';
 import { requireTools } from './tools.js';
@@ -213,6 +214,30 @@ describe('deploy/broker: production mosquitto config and ACL', function () {
     await a.waitFor('for-A-again');
     expect(aClosed).to.equal(false);
     expect(broker.log()).to.match(new RegExp(`New client connected from \\S+ as ${A} `));
+  });
+
+  it("the agent self-test's broker probe with a device certificate stops at TLS: the running device keeps its connection; refused certificates fail", async () => {
+    const a = await connect(A, { clean: false, properties: { sessionExpiryInterval: 300 } });
+    await a.client.subscribeAsync(topic(A, 'command'), { qos: 1 });
+    let aClosed = false;
+    a.client.on('close', () => {
+      aClosed = true;
+    });
+    const c = creds.get(A);
+    if (!c) throw new Error('no credentials for A');
+    const ok = await probeTlsIdentity({ url: broker.deviceUrl, ca: c.ca, cert: c.cert, key: c.key, timeoutMs: 5000 });
+    expect(ok.ok, ok.reason).to.equal(true);
+    expect(ok.reason).to.match(/client certificate accepted/);
+    const rogue = await probeTlsIdentity({ url: broker.deviceUrl, ca: c.ca, cert: rogueB.cert, key: rogueB.key, timeoutMs: 5000 });
+    expect(rogue.ok, rogue.reason).to.equal(false);
+    expect(rogue.fix).to.match(/refused the client certificate/);
+    const wrongListener = await probeTlsIdentity({ url: broker.backendUrl, ca: c.ca, cert: c.cert, key: c.key, timeoutMs: 5000 });
+    expect(wrongListener.ok, wrongListener.reason).to.equal(false);
+    // The device's own connection was never taken over: it still receives its commands.
+    const server = await connect(SERVER);
+    await server.client.publishAsync(topic(A, 'command'), 'after-probe', { qos: 1 });
+    await a.waitFor('after-probe');
+    expect(aClosed).to.equal(false);
   });
 
   it('several server processes share the identity with their own client ids, none kicking another off', async () => {
