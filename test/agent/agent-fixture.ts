@@ -3,7 +3,7 @@
  * state dir) and a minimal server acting over a real broker: it seals
  * commands with the protocol layer, opens acks and answers enrollments.
  */
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { access, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import mqtt, { type MqttClient } from 'mqtt';
@@ -231,3 +231,21 @@ export async function removeDir(dir: string): Promise<void> {
 }
 
 export { ackTopic, enrollTopic };
+
+export async function exists(path: string): Promise<boolean> {
+  try {
+    await access(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Registers an afterEach that prints what the agent logged during a failed test. */
+export function showAgentLogOnFailure(logs: { lines: string[] }): void {
+  let shown = 0;
+  afterEach(function () {
+    if (this.currentTest?.state === 'failed') process.stderr.write(`--- agent log ---\n${logs.lines.slice(shown).join('\n')}\n---\n`);
+    shown = logs.lines.length;
+  });
+}

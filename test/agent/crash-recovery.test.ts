@@ -16,7 +16,7 @@ import { bufferedLogger } from '../../agent/log.js';
 import type { PublicJwk } from '../../protocol/index.js';
 import { startAedes, type AedesBroker } from '../helpers/brokers.js';
 import { makeParty, type Party } from '../helpers/keys.js';
-import { makeDevice, readDeviceState, removeDir, TestServer, type DeviceFiles } from './agent-fixture.js';
+import { showAgentLogOnFailure, makeDevice, readDeviceState, removeDir, TestServer, type DeviceFiles } from './agent-fixture.js';
 
 const logs = bufferedLogger('debug');
 
@@ -64,10 +64,8 @@ describe('agent crash recovery (aedes, persistent session redelivery)', function
     await server.connect();
   });
 
-  let shown = 0;
+  showAgentLogOnFailure(logs);
   afterEach(async function () {
-    if (this.currentTest?.state === 'failed') process.stderr.write(`--- agent log ---\n${logs.lines.slice(shown).join('\n')}\n---\n`);
-    shown = logs.lines.length;
     for (const a of running) await a.stop();
     running.clear();
   });

@@ -13,27 +13,19 @@
  *   the board can then be enrolled again with a new token.
  */
 import { expect } from 'chai';
-import { access, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startAgent, type RunningAgent } from '../../agent/agent.js';
 import { bufferedLogger } from '../../agent/log.js';
 import type { FakeGpioBackend, FakeWrite } from '../../agent/gpio/index.js';
 import { startAedes, type AedesBroker } from '../helpers/brokers.js';
 import { makeParty, type Party } from '../helpers/keys.js';
-import { makeDevice, PREFIX, readDeviceState, removeDir, TestServer, type DeviceFiles } from './agent-fixture.js';
+import { exists, showAgentLogOnFailure, makeDevice, PREFIX, readDeviceState, removeDir, TestServer, type DeviceFiles } from './agent-fixture.js';
 
 const LED = 17;
 const SENSOR = 27;
 const BUTTON = 22;
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await access(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -70,10 +62,8 @@ describe('agent enrollment and reset button (aedes, fake GPIO)', function () {
     await server.connect();
   });
 
-  let shown = 0;
+  showAgentLogOnFailure(logs);
   afterEach(async function () {
-    if (this.currentTest?.state === 'failed') process.stderr.write(`--- agent log ---\n${logs.lines.slice(shown).join('\n')}\n---\n`);
-    shown = logs.lines.length;
     for (const a of running) await a.stop();
     running.clear();
   });
@@ -116,6 +106,7 @@ describe('agent enrollment and reset button (aedes, fake GPIO)', function () {
   }
 
   it('retries with backoff until the server answers the third enrollment, then is provisioned, removes the token and stops enrolling; LED fast blink then solid', async function () {
+    const mark = logs.lines.length;
     const deviceId = 'enroll-retry';
     const files = await device(deviceId, { token: 'tok-good' });
     // The server's own handler checks the token after decrypting (asynchronously): expecting it from the
@@ -133,7 +124,7 @@ describe('agent enrollment and reset button (aedes, fake GPIO)', function () {
     );
     expect(await provisioned).to.equal('alice');
     expect(count()).to.be.at.least(3);
-    const mine = logs.lines.slice(shown);
+    const mine = logs.lines.slice(mark);
     for (const attempt of [1, 2, 3]) expect(mine.find((l) => new RegExp(`enrollment sent.*attempt=${attempt}\\b`).test(l)), `attempt ${attempt}`).to.be.a('string');
 
     const ack = await server.waitAck((a) => a.claims.iss === deviceId);

@@ -6,23 +6,15 @@
  * (exit 10, and exit 10 again at the next start).
  */
 import { expect } from 'chai';
-import { access, chmod, readFile, writeFile } from 'node:fs/promises';
+import { chmod, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AgentStartError, startAgent, type RunningAgent } from '../../agent/agent.js';
 import { bufferedLogger } from '../../agent/log.js';
 import { sealClaims, toPublicJwk, type PublicJwk } from '../../protocol/index.js';
 import { shouldRunMosquitto, startAedes, startMosquitto } from '../helpers/brokers.js';
 import { makeParty, type Party } from '../helpers/keys.js';
-import { makeDevice, readDeviceState, removeDir, SERVER_ID, TestServer, type DeviceFiles } from './agent-fixture.js';
+import { exists, showAgentLogOnFailure, makeDevice, readDeviceState, removeDir, SERVER_ID, TestServer, type DeviceFiles } from './agent-fixture.js';
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await access(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 interface BrokerUnderTest {
   url: string;
@@ -50,12 +42,7 @@ function lifecycle(name: string, start: () => Promise<BrokerUnderTest | undefine
       files = await makeDevice({ deviceId, brokerUrl: broker.url, ...(broker.caFile ? { caFile: broker.caFile } : {}), server: serverParty, token: 'tok-123' });
     });
 
-    let shown = 0;
-    afterEach(function () {
-      // On failure, show what the agent logged during this test.
-      if (this.currentTest?.state === 'failed') process.stderr.write(`--- agent log ---\n${logs.lines.slice(shown).join('\n')}\n---\n`);
-      shown = logs.lines.length;
-    });
+    showAgentLogOnFailure(logs);
 
     after(async function () {
       await agent?.stop();

@@ -11,7 +11,7 @@ import { startAgent, type RunningAgent } from '../../agent/agent.js';
 import { bufferedLogger } from '../../agent/log.js';
 import { freePort, startAedes, type AedesBroker } from '../helpers/brokers.js';
 import { makeParty, type Party } from '../helpers/keys.js';
-import { makeDevice, readDeviceState, removeDir, TestServer, type DeviceFiles } from './agent-fixture.js';
+import { showAgentLogOnFailure, makeDevice, readDeviceState, removeDir, TestServer, type DeviceFiles } from './agent-fixture.js';
 
 interface DeviceState {
   settings: { broker?: { url: string }; reporting?: unknown };
@@ -62,11 +62,7 @@ describe('agent update: broker change with automatic rollback (aedes)', function
     expect(ack.claims.status, ack.claims.detail).to.equal('applied');
   });
 
-  let shown = 0;
-  afterEach(function () {
-    if (this.currentTest?.state === 'failed') process.stderr.write(`--- agent log ---\n${logs.lines.slice(shown).join('\n')}\n---\n`);
-    shown = logs.lines.length;
-  });
+  showAgentLogOnFailure(logs);
 
   after(async function () {
     await agent?.stop();
