@@ -10,7 +10,7 @@ import {
   commandTopic,
   enrollTopic,
   sealAck,
-  type AckStatus,
+  type AckInput,
   type ClockPolicy,
   type PrivateJwk,
 } from '../protocol/index.js';
@@ -22,14 +22,8 @@ import type { MqttSession, SessionBroker } from './mqtt-session.js';
 import type { StateStore, StoredBroker } from './state.js';
 import type { TrustAnchors } from './trust.js';
 
-export interface AckFields {
-  ref: string;
-  seq: number;
-  status: AckStatus;
-  code: string;
-  detail?: string;
-  result?: Record<string, unknown>;
-}
+/** An ack's content; the device and server ids come from the config. */
+export type AckFields = Omit<AckInput, 'deviceId' | 'serverId' | 'now'>;
 
 export class AgentRuntime {
   decryption!: KeyRing;
