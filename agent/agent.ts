@@ -31,6 +31,7 @@ import { initialState, StateStore, type StateStoreOptions } from './state.js';
 import { createSystemdNotifier, type SystemdNotifier } from './systemd-notify.js';
 import { loadTrustAnchors } from './trust.js';
 
+const CLOCK_RECHECK_MS = 30_000;
 export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;
 export const EXIT_USAGE = 2;
@@ -111,6 +112,7 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
   #exitStatus = EXIT_OK;
   #readyOnce = false;
   #busySince = 0;
+  #clockTimer: NodeJS.Timeout | undefined;
   #resume: (() => Promise<void>) | undefined;
 
   constructor(
@@ -181,6 +183,7 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
       void this.stop();
     });
     this.#rt = rt;
+    if (!clock.trusted && config.clock.policy === 'auto') this.#watchClock(rt);
     rt.afterPersist = this.options.faults?.afterPersist;
     await rt.refreshDecryption();
     const resumedAck = await resumeRotation(rt);
@@ -297,6 +300,21 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
     return true;
   }
 
+  /**
+   * A board often starts before NTP has synchronised (no RTC): with policy
+   * `auto`, look again every 30 s and start checking `exp`/`iat` once it has.
+   */
+  #watchClock(rt: AgentRuntime): void {
+    this.#clockTimer = setInterval(() => {
+      void clockStatus('auto').then((c) => {
+        if (!c.trusted || rt.clock.trusted || rt.stopping) return;
+        rt.clock = toClockPolicy(c, this.config.clock.max_skew_s);
+        clearInterval(this.#clockTimer);
+        this.log.info('clock now synchronised: exp and iat are checked from here on', { reason: c.reason });
+      });
+    }, CLOCK_RECHECK_MS).unref();
+  }
+
   stop(): Promise<void> {
     this.#stopPromise ??= this.#stop();
     return this.#stopPromise;
@@ -305,6 +323,7 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
   async #stop(): Promise<void> {
     const rt = this.#rt;
     rt.markStopping();
+    clearInterval(this.#clockTimer);
     this.#notifier?.stopping();
     this.#enrollment?.stop();
     await rt.session.drain();
