@@ -2,7 +2,7 @@
  * JWK key material: generation, validation, thumbprint key ids (RFC 7638) and
  * public projections. Keys are plain JSON objects so they serialise as they are.
  */
-import { createPrivateKey, createPublicKey, generateKeyPair, type JsonWebKey } from 'node:crypto';
+import { createECDH, createPrivateKey, createPublicKey, generateKeyPair, type JsonWebKey } from 'node:crypto';
 import { promisify } from 'node:util';
 import jose from 'node-jose';
 import { ProtocolError } from './errors.js';
@@ -58,10 +58,26 @@ export async function computeKid(jwk: PublicJwk | JsonWebKey): Promise<string> {
   return String(digest);
 }
 
+/**
+ * A fresh P-256 key pair as a JWK (`d`, `x`, `y`), made with `createECDH`.
+ *
+ * Not `generateKeyPair[Sync]` + `export({ format: 'jwk' })`: Node.js 20 can
+ * deadlock there. The export holds the key's mutex while it allocates; a GC
+ * in that window may run the weak callback that destroys the finished
+ * KeyGenJob, whose destructor takes the same mutex (seen here in a loop of
+ * 10,000 generations: the process hangs in futex_wait inside ~KeyGenJob).
+ */
+export function newP256Jwk(): { kty: 'EC'; crv: 'P-256'; x: string; y: string; d: string } {
+  const ecdh = createECDH('prime256v1');
+  const pub = ecdh.generateKeys();
+  const d = ecdh.getPrivateKey();
+  const d32 = d.length === 32 ? d : Buffer.concat([Buffer.alloc(32 - d.length), d]);
+  return { kty: 'EC', crv: 'P-256', x: pub.subarray(1, 33).toString('base64url'), y: pub.subarray(33, 65).toString('base64url'), d: d32.toString('base64url') };
+}
+
 /** A fresh P-256 ES256 signing key pair. */
 export async function generateSigningKey(): Promise<PrivateJwk> {
-  const { privateKey } = await generateKeyPairAsync('ec', { namedCurve: 'prime256v1' });
-  return finish(privateKey.export({ format: 'jwk' }), 'sig', SIGNING_ALG);
+  return finish(newP256Jwk(), 'sig', SIGNING_ALG);
 }
 
 export interface EncryptionKeyOptions {
@@ -78,11 +94,16 @@ export async function generateEncryptionKey(options: EncryptionKeyOptions = {}):
     if (!Number.isSafeInteger(bits) || bits < RSA_MIN_BITS || bits % 8 !== 0) {
       throw new ProtocolError('E_KEY', `RSA modulus must be a multiple of 8 and at least ${RSA_MIN_BITS} bits (got ${bits})`);
     }
-    const { privateKey } = await generateKeyPairAsync('rsa', { modulusLength: bits, publicExponent: 0x10001 });
-    return finish(privateKey.export({ format: 'jwk' }), 'enc', RSA_KEY_WRAP_ALG);
+    // Encoded inside the job, then re-imported: the exported KeyObject is not the job's (see newP256Jwk).
+    const { privateKey } = await generateKeyPairAsync('rsa', {
+      modulusLength: bits,
+      publicExponent: 0x10001,
+      publicKeyEncoding: { type: 'spki', format: 'pem' },
+      privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+    });
+    return finish(createPrivateKey(privateKey).export({ format: 'jwk' }), 'enc', RSA_KEY_WRAP_ALG);
   }
-  const { privateKey } = await generateKeyPairAsync('ec', { namedCurve: 'prime256v1' });
-  return finish(privateKey.export({ format: 'jwk' }), 'enc', EC_KEY_WRAP_ALG);
+  return finish(newP256Jwk(), 'enc', EC_KEY_WRAP_ALG);
 }
 
 /** The public half of a key, carrying `kid`, `use` and `alg`. */

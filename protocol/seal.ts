@@ -1,9 +1,8 @@
 /** Sealing: claims -> compact JWS (ES256) -> compact JWE to the recipient's key. */
-import { generateKeyPairSync } from 'node:crypto';
 import jose from 'node-jose';
 import { ProtocolError } from './errors.js';
 import { asJoseKey } from './keyring.js';
-import { CONTENT_ENC, SIGNING_ALG, keyWrapAlgFor, type PrivateJwk, type PublicJwk } from './keys.js';
+import { CONTENT_ENC, SIGNING_ALG, keyWrapAlgFor, newP256Jwk, type PrivateJwk, type PublicJwk } from './keys.js';
 import { DEFAULT_MAX_MESSAGE_BYTES } from './limits.js';
 
 export interface SealKeys {
@@ -48,6 +47,5 @@ export async function sealClaims(claims: Record<string, unknown>, keys: SealKeys
 
 /** Synchronous on purpose: a P-256 key takes ~50 us, less than a thread-pool round trip. */
 function ephemeralP256(): Record<string, unknown> {
-  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
-  return { ...privateKey.export({ format: 'jwk' }) };
+  return newP256Jwk();
 }

@@ -10,14 +10,13 @@ import {
   createPrivateKey,
   createPublicKey,
   diffieHellman,
-  generateKeyPairSync,
   randomBytes,
   randomUUID,
   sign,
   verify,
   type KeyObject,
 } from 'node:crypto';
-import type { PrivateJwk, PublicJwk } from '../../protocol/index.js';
+import { newP256Jwk, type PrivateJwk, type PublicJwk } from '../../protocol/index.js';
 
 const b64u = (b: Buffer | string): string => Buffer.from(b).toString('base64url');
 const WRAP_IV = Buffer.from('A6A6A6A6A6A6A6A6', 'hex');
@@ -61,12 +60,11 @@ export function floorSeal(claims: Record<string, unknown>, k: FloorKeys): string
   const jwsPayload = b64u(JSON.stringify(claims));
   const sig = sign('sha256', Buffer.from(`${jwsHeader}.${jwsPayload}`), { key: k.signer, dsaEncoding: 'ieee-p1363' });
   const jws = `${jwsHeader}.${jwsPayload}.${b64u(sig)}`;
-  const eph = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
-  const kek = concatKdf(diffieHellman({ privateKey: eph.privateKey, publicKey: k.recipient }));
+  const epk = newP256Jwk();
+  const kek = concatKdf(diffieHellman({ privateKey: createPrivateKey({ key: epk, format: 'jwk' }), publicKey: k.recipient }));
   const cek = randomBytes(32);
   const wrap = createCipheriv('id-aes256-wrap', kek, WRAP_IV);
   const encryptedKey = Buffer.concat([wrap.update(cek), wrap.final()]);
-  const epk = eph.publicKey.export({ format: 'jwk' });
   const header = b64u(JSON.stringify({ alg: 'ECDH-ES+A256KW', kid: k.recipientKid, cty: 'JWT', enc: 'A256GCM', epk: { kty: 'EC', crv: 'P-256', x: epk.x, y: epk.y } }));
   const iv = randomBytes(12);
   const gcm = createCipheriv('aes-256-gcm', cek, iv);

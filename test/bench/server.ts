@@ -5,11 +5,11 @@
  * device's key, recorded, published, marked sent), on one core (one Node.js
  * process; mosquitto runs in its own).
  */
-import { createHash, generateKeyPairSync } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { generateEncryptionKey, generateSigningKey, sealCommand, type PublicJwk } from '../../protocol/index.js';
+import { generateEncryptionKey, generateSigningKey, newP256Jwk, sealCommand, type PublicJwk } from '../../protocol/index.js';
 import { CommandSender } from '../../server/command-sender.js';
 import { connectBroker, publishQos1 } from '../../server/mqtt-connection.js';
 import { Registry } from '../../server/registry/registry.js';
@@ -37,9 +37,8 @@ function thumbprint(x: string, y: string): string {
 }
 
 function fleetKey(): PublicJwk {
-  const { publicKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
-  const j = publicKey.export({ format: 'jwk' });
-  return { kty: 'EC', crv: 'P-256', x: String(j.x), y: String(j.y), kid: thumbprint(String(j.x), String(j.y)), use: 'enc', alg: 'ECDH-ES+A256KW' };
+  const { x, y } = newP256Jwk();
+  return { kty: 'EC', crv: 'P-256', x, y, kid: thumbprint(x, y), use: 'enc', alg: 'ECDH-ES+A256KW' };
 }
 
 export async function benchServer(options: { devices: number; commands: number; concurrency: number; sealFloorMs: number }): Promise<ServerFigures> {

@@ -11,12 +11,11 @@ import {
   createPrivateKey,
   createPublicKey,
   diffieHellman,
-  generateKeyPairSync,
   randomBytes,
   sign,
   type KeyObject,
 } from 'node:crypto';
-import type { PrivateJwk, PublicJwk } from '../../protocol/index.js';
+import { newP256Jwk, type PrivateJwk, type PublicJwk } from '../../protocol/index.js';
 
 export const b64u = (b: Buffer | string): string => Buffer.from(b).toString('base64url');
 export const b64json = (v: unknown): string => b64u(JSON.stringify(v));
@@ -88,12 +87,11 @@ export interface RawJweOptions {
  * receiver's header and content checks can refuse it.
  */
 export function rawJwe(plaintext: Buffer | string, recipient: PublicJwk, options: RawJweOptions = {}): string {
-  const eph = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
-  const kek = concatKdf(diffieHellman({ privateKey: eph.privateKey, publicKey: publicKeyOf(recipient) }), 'ECDH-ES+A256KW');
+  const epk = newP256Jwk();
+  const kek = concatKdf(diffieHellman({ privateKey: createPrivateKey({ key: epk, format: 'jwk' }), publicKey: publicKeyOf(recipient) }), 'ECDH-ES+A256KW');
   const cek = randomBytes(32);
   const wrap = createCipheriv('id-aes256-wrap', kek, WRAP_IV);
   const encryptedKey = Buffer.concat([wrap.update(cek), wrap.final()]);
-  const epk = eph.publicKey.export({ format: 'jwk' });
   let headerText = options.headerText;
   if (headerText === undefined) {
     const h: Record<string, unknown> = {
@@ -119,7 +117,6 @@ export function rawJwe(plaintext: Buffer | string, recipient: PublicJwk, options
 
 /** A fresh P-256 key pair as an attacker makes it, with its public JWK. */
 export function attackerKey(): { key: KeyObject; publicJwk: Record<string, string> } {
-  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
-  const j = publicKey.export({ format: 'jwk' });
-  return { key: privateKey, publicJwk: { kty: 'EC', crv: 'P-256', x: String(j.x), y: String(j.y) } };
+  const j = newP256Jwk();
+  return { key: createPrivateKey({ key: j, format: 'jwk' }), publicJwk: { kty: 'EC', crv: 'P-256', x: j.x, y: j.y } };
 }
