@@ -72,19 +72,23 @@ export function probeTlsIdentity(o: TlsProbeOptions): Promise<TlsProbeResult> {
         o.settleMs ?? 750,
       );
     });
-    socket.once('error', (err: Error) => finish({ ok: false, reason: `${o.url}: ${err.message}`, fix: fixFor(err.message) }));
+    socket.once('error', (err: Error) => finish({ ok: false, reason: `${o.url}: ${err.message}`, fix: brokerFailureFix(err.message) }));
     socket.once('close', () =>
       finish({ ok: false, reason: `${o.url}: the broker closed the TLS connection during the handshake`, fix: 'the broker refused the client certificate: check broker.cert/broker.key and the CA the broker trusts for devices' }),
     );
   });
 }
 
-function fixFor(message: string): string {
+/** How to fix a failed broker connection, from its error message (the self-test's broker checks). */
+export function brokerFailureFix(message: string): string {
   if (/alert|certificate required|unknown ca|bad certificate|certificate expired|certificate revoked/i.test(message)) {
     return 'the broker refused the client certificate: check broker.cert/broker.key, their validity dates and the CA the broker trusts for devices';
   }
   if (/self.signed|unable to verify|altname|hostname|certificate/i.test(message)) {
     return 'the broker certificate does not verify against broker.ca: copy the right CA, check the host name';
+  }
+  if (/not authori[sz]ed|bad user/i.test(message)) {
+    return 'the broker refused the credentials: check broker.cert/broker.key and the broker ACL';
   }
   return 'check that the broker runs and is reachable';
 }

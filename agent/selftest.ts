@@ -9,7 +9,7 @@ import { access, readFile, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import mqtt from 'mqtt';
 import { KeyRing, openAck, sealAck, toPublicJwk } from '../protocol/index.js';
-import { probeTlsIdentity } from './broker-probe.js';
+import { brokerFailureFix, probeTlsIdentity } from './broker-probe.js';
 import { clockStatus } from './clock.js';
 import { loadConfig, type AgentConfig } from './config.js';
 import { writeFileAtomic } from './durable-file.js';
@@ -256,13 +256,7 @@ async function brokerCheck(config: AgentConfig, state: AgentState | undefined, t
     const timer = setTimeout(() => finish({ ...base, status: 'fail', reason: `no answer from ${url} within ${timeoutMs / 1000} s`, fix: 'check the network, the broker address and the firewall' }), timeoutMs);
     client.on('connect', () => finish({ ...base, status: 'pass', reason: `${url}: ${url.startsWith('mqtts:') ? 'TLS verified against the pinned CA, ' : ''}credentials accepted` }));
     client.on('error', (err) => {
-      const m = err.message;
-      const fix = /certificate|self.signed|unable to verify|altname/i.test(m)
-        ? 'the broker certificate does not verify against broker.ca: copy the right CA, check the host name'
-        : /not authori[sz]ed|bad user/i.test(m)
-          ? 'the broker refused the credentials: check broker.cert/broker.key and the broker ACL'
-          : 'check that the broker runs and is reachable';
-      finish({ ...base, status: 'fail', reason: `${url}: ${m}`, fix });
+      finish({ ...base, status: 'fail', reason: `${url}: ${err.message}`, fix: brokerFailureFix(err.message) });
     });
   });
 }

@@ -28,7 +28,7 @@ export async function sealClaims(claims: Record<string, unknown>, keys: SealKeys
   const encKey = await asJoseKey(keys.recipient);
   // A fresh ephemeral key per message for ECDH-ES, made by node:crypto (node-jose's own
   // EC key generation is pure JavaScript and costs ~15 ms); node-jose does the JOSE work.
-  const recipient = keys.recipient.kty === 'EC' ? { key: encKey, epk: ephemeralP256() } : encKey;
+  const recipient = keys.recipient.kty === 'EC' ? { key: encKey, epk: newP256Jwk() } : encKey;
   const jwe = (await jose.JWE.createEncrypt(
     {
       format: 'compact',
@@ -43,9 +43,4 @@ export async function sealClaims(claims: Record<string, unknown>, keys: SealKeys
     throw new ProtocolError('E_TOO_LARGE', `sealed message of ${jwe.length} bytes exceeds the cap of ${DEFAULT_MAX_MESSAGE_BYTES}`);
   }
   return jwe;
-}
-
-/** Synchronous on purpose: a P-256 key takes ~50 us, less than a thread-pool round trip. */
-function ephemeralP256(): Record<string, unknown> {
-  return newP256Jwk();
 }
