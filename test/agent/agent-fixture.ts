@@ -22,6 +22,8 @@ import {
   type PublicJwk,
 } from '../../protocol/index.js';
 import { KeyStore } from '../../agent/keystore.js';
+import type { RunningAgent } from '../../agent/agent.js';
+import { startAedes, type AedesBroker } from '../helpers/brokers.js';
 import { makeParty, type Party } from '../helpers/keys.js';
 
 export const SERVER_ID = 'provision-server';
@@ -248,4 +250,50 @@ export function showAgentLogOnFailure(logs: { lines: string[] }): void {
     if (this.currentTest?.state === 'failed') process.stderr.write(`--- agent log ---\n${logs.lines.slice(shown).join('\n')}\n---\n`);
     shown = logs.lines.length;
   });
+}
+
+/** Polls `cond` every 20 ms until it holds; fails naming `what` after `timeoutMs`. */
+export async function waitFor(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 8000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** What an in-process agent suite over aedes shares; filled by its `before` hook. */
+export interface AedesSuite {
+  broker: AedesBroker;
+  party: Party;
+  server: TestServer;
+  /** Device directories, removed after the suite. */
+  dirs: string[];
+  /** Agents stopped after each test. */
+  running: Set<RunningAgent>;
+}
+
+/**
+ * Registers the hooks of such a suite: aedes and a test server before it,
+ * the agent log on a failed test, running agents stopped after each test,
+ * everything removed after it.
+ */
+export function useAedesSuite(logs: { lines: string[] }): AedesSuite {
+  const suite = { dirs: [] as string[], running: new Set<RunningAgent>() } as AedesSuite;
+  before(async function () {
+    suite.broker = await startAedes();
+    suite.party = await makeParty();
+    suite.server = new TestServer(suite.party, suite.broker.url);
+    await suite.server.connect();
+  });
+  showAgentLogOnFailure(logs);
+  afterEach(async function () {
+    for (const a of suite.running) await a.stop();
+    suite.running.clear();
+  });
+  after(async function () {
+    await suite.server?.close();
+    await suite.broker?.stop();
+    for (const d of suite.dirs) await removeDir(d);
+  });
+  return suite;
 }

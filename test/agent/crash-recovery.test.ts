@@ -14,9 +14,7 @@ import { startAgent, type AgentFaults, type RunningAgent } from '../../agent/age
 import { KeyStore } from '../../agent/keystore.js';
 import { bufferedLogger } from '../../agent/log.js';
 import type { PublicJwk } from '../../protocol/index.js';
-import { startAedes, type AedesBroker } from '../helpers/brokers.js';
-import { makeParty, type Party } from '../helpers/keys.js';
-import { showAgentLogOnFailure, makeDevice, readDeviceState, removeDir, TestServer, type DeviceFiles } from './agent-fixture.js';
+import { makeDevice, readDeviceState, useAedesSuite, waitFor, type DeviceFiles, type ReceivedAck } from './agent-fixture.js';
 
 const logs = bufferedLogger('debug');
 
@@ -41,64 +39,62 @@ function once<T = void>(): { promise: Promise<T>; resolve: (v: T) => void } {
   return { promise, resolve };
 }
 
-async function waitFor(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 8000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
+
+/** An applied rotate ack, signed by the old key, carrying the new public keys; returns them. */
+function expectRotateAck(ack: ReceivedAck, oldSigningKid: string, signingKid: string, encryptionKid: string): { signing: PublicJwk; encryption: PublicJwk } {
+  expect(ack.signerKid).to.equal(oldSigningKid);
+  expect(ack.claims.status).to.equal('applied');
+  const keys = (ack.claims.result?.keys as { keys: PublicJwk[] }).keys;
+  const signing = keys.find((k) => k.use === 'sig');
+  const encryption = keys.find((k) => k.use === 'enc');
+  expect(signing?.kid).to.equal(signingKid);
+  expect(encryption?.kid).to.equal(encryptionKid);
+  return { signing: signing!, encryption: encryption! };
 }
 
 describe('agent crash recovery (aedes, persistent session redelivery)', function () {
-  let broker: AedesBroker;
-  let party: Party;
-  let server: TestServer;
-  const dirs: string[] = [];
-  const running = new Set<RunningAgent>();
   let n = 0;
 
-  before(async function () {
-    broker = await startAedes();
-    party = await makeParty();
-    server = new TestServer(party, broker.url);
-    await server.connect();
-  });
+  const s = useAedesSuite(logs);
 
-  showAgentLogOnFailure(logs);
-  afterEach(async function () {
-    for (const a of running) await a.stop();
-    running.clear();
-  });
-
-  after(async function () {
-    await server?.close();
-    await broker?.stop();
-    for (const d of dirs) await removeDir(d);
-  });
+  /** Starts an agent that fails once right after `action` is persisted: no PUBACK, the connection drops. */
+  async function startCrashingAfterPersist(files: DeviceFiles, action: string): Promise<{ agent: RunningAgent; crashed: Promise<string> }> {
+    const crashed = once<string>();
+    let armed = true;
+    const agent = await start(files, {
+      afterPersist: (a) => {
+        if (a !== action || !armed) return;
+        armed = false;
+        crashed.resolve(a);
+        throw new Error('simulated crash between persist and PUBACK');
+      },
+    });
+    return { agent, crashed: crashed.promise };
+  }
 
   async function start(files: DeviceFiles, faults?: AgentFaults): Promise<RunningAgent> {
     // A long first reconnect delay: after the simulated crash, the crashed agent must not reconnect
     // (and take the redelivery) before it is stopped.
     const agent = await startAgent({ configPath: files.configPath, log: logs.logger, backoff: { minMs: faults ? 60_000 : 50, maxMs: faults ? 60_000 : 500 }, ...(faults ? { faults } : {}) });
-    running.add(agent);
+    s.running.add(agent);
     if (!agent.connected) await new Promise<void>((r) => agent.once('ready', () => r()));
     return agent;
   }
 
   async function stop(agent: RunningAgent): Promise<void> {
     await agent.stop();
-    running.delete(agent);
+    s.running.delete(agent);
   }
 
   /** A device with host-made keys, provisioned by a `request`; returns it stopped. */
   async function provisionedDevice(): Promise<{ files: DeviceFiles; deviceId: string }> {
     n += 1;
     const deviceId = `crash-${n}`;
-    const files = await makeDevice({ deviceId, brokerUrl: broker.url, server: party, keys: true });
-    dirs.push(files.dir);
-    await server.registerFromKeystore(deviceId, files.keystore);
+    const files = await makeDevice({ deviceId, brokerUrl: s.broker.url, server: s.party, keys: true });
+    s.dirs.push(files.dir);
+    await s.server.registerFromKeystore(deviceId, files.keystore);
     const agent = await start(files);
-    const ack = await server.command(deviceId, 'request', {}, { userId: 'alice' });
+    const ack = await s.server.command(deviceId, 'request', {}, { userId: 'alice' });
     expect(ack.claims.status, ack.claims.detail).to.equal('applied');
     await stop(agent);
     return { files, deviceId };
@@ -107,20 +103,11 @@ describe('agent crash recovery (aedes, persistent session redelivery)', function
   it('update: crash after the state is saved, before the PUBACK: applied once, acked after the restart', async function () {
     const { files, deviceId } = await provisionedDevice();
     await installCountingHook(files, 'update');
-    const crashed = once<string>();
-    let armed = true;
-    const agent = await start(files, {
-      afterPersist: (action) => {
-        if (action !== 'update' || !armed) return;
-        armed = false;
-        crashed.resolve(action);
-        throw new Error('simulated crash between persist and PUBACK');
-      },
-    });
+    const { agent, crashed } = await startCrashingAfterPersist(files, 'update');
 
-    const cmd = await server.seal(deviceId, 'update', { user_id: 'bob', sensor: { enabled: false } });
-    await server.publish(deviceId, cmd.token);
-    await crashed.promise;
+    const cmd = await s.server.seal(deviceId, 'update', { user_id: 'bob', sensor: { enabled: false } });
+    await s.server.publish(deviceId, cmd.token);
+    await crashed;
     await waitFor('the connection to drop', () => !agent.connected);
     await stop(agent);
 
@@ -128,11 +115,11 @@ describe('agent crash recovery (aedes, persistent session redelivery)', function
     const mid = await readDeviceState(files);
     expect(mid.last_seq).to.equal(cmd.seq);
     expect(mid.user_id).to.equal('bob');
-    expect(server.acks.some((a) => a.claims.ref === cmd.jti)).to.equal(false);
+    expect(s.server.acks.some((a) => a.claims.ref === cmd.jti)).to.equal(false);
     expect(await hookRuns(files, 'update')).to.deep.equal([String(cmd.seq)]);
 
     // Restart: the broker redelivers; the agent re-acks it as a duplicate without applying it again.
-    const ackWait = server.waitAck((a) => a.claims.ref === cmd.jti);
+    const ackWait = s.server.waitAck((a) => a.claims.ref === cmd.jti);
     const again = await start(files);
     const ack = await ackWait;
     expect(ack.claims.status).to.equal('applied');
@@ -146,7 +133,7 @@ describe('agent crash recovery (aedes, persistent session redelivery)', function
     expect(again.fakeGpio?.value(27)).to.equal(false); // the settings are in effect after the restart
 
     // The restarted agent keeps working: the next command is applied normally.
-    const next = await server.command(deviceId, 'update', { sensor: { enabled: true } });
+    const next = await s.server.command(deviceId, 'update', { sensor: { enabled: true } });
     expect(next.claims.status, next.claims.detail).to.equal('applied');
     expect(next.claims.detail).to.not.match(/^duplicate/);
     expect(again.fakeGpio?.value(27)).to.equal(true);
@@ -168,8 +155,8 @@ describe('agent crash recovery (aedes, persistent session redelivery)', function
     });
 
     armed = true;
-    const cmd = await server.seal(deviceId, 'update', { user_id: 'carol', reporting: { interval_s: 42 } });
-    await server.publish(deviceId, cmd.token);
+    const cmd = await s.server.seal(deviceId, 'update', { user_id: 'carol', reporting: { interval_s: 42 } });
+    await s.server.publish(deviceId, cmd.token);
     const temp = await crashed.promise;
     await waitFor('the connection to drop', () => !agent.connected);
     await stop(agent);
@@ -180,9 +167,9 @@ describe('agent crash recovery (aedes, persistent session redelivery)', function
     expect(mid.user_id).to.equal('alice');
     expect(mid.settings).to.deep.equal({});
     expect((await readdir(files.stateDir)).sort()).to.deep.equal([temp.split('/').pop(), 'state.json'].sort());
-    expect(server.acks.some((a) => a.claims.ref === cmd.jti)).to.equal(false);
+    expect(s.server.acks.some((a) => a.claims.ref === cmd.jti)).to.equal(false);
 
-    const ackWait = server.waitAck((a) => a.claims.ref === cmd.jti);
+    const ackWait = s.server.waitAck((a) => a.claims.ref === cmd.jti);
     await start(files);
     const ack = await ackWait;
     expect(ack.claims.status, ack.claims.detail).to.equal('applied');
@@ -200,21 +187,12 @@ describe('agent crash recovery (aedes, persistent session redelivery)', function
   it('rotate: crash after the state is saved, before the PUBACK: rotated once; the stored ack (old key, new keys) is sent after the restart', async function () {
     const { files, deviceId } = await provisionedDevice();
     await installCountingHook(files, 'rotate');
-    const oldSigning = server.devices.get(deviceId)!.signing[0]!.kid;
-    const oldEnc = server.devices.get(deviceId)!.encryption.kid;
-    const crashed = once<string>();
-    let armed = true;
-    const agent = await start(files, {
-      afterPersist: (action) => {
-        if (action !== 'rotate' || !armed) return;
-        armed = false;
-        crashed.resolve(action);
-        throw new Error('simulated crash between persist and PUBACK');
-      },
-    });
-    const cmd = await server.seal(deviceId, 'rotate');
-    await server.publish(deviceId, cmd.token);
-    await crashed.promise;
+    const oldSigning = s.server.devices.get(deviceId)!.signing[0]!.kid;
+    const oldEnc = s.server.devices.get(deviceId)!.encryption.kid;
+    const { agent, crashed } = await startCrashingAfterPersist(files, 'rotate');
+    const cmd = await s.server.seal(deviceId, 'rotate');
+    await s.server.publish(deviceId, cmd.token);
+    await crashed;
     await waitFor('the connection to drop', () => !agent.connected);
     await stop(agent);
 
@@ -226,18 +204,14 @@ describe('agent crash recovery (aedes, persistent session redelivery)', function
     expect(rotated.previous_encryption).to.equal(oldEnc);
     expect(mid.keys).to.deep.equal(rotated);
     expect(mid.last_seq).to.equal(cmd.seq);
-    expect(server.acks.some((a) => a.claims.ref === cmd.jti)).to.equal(false);
+    expect(s.server.acks.some((a) => a.claims.ref === cmd.jti)).to.equal(false);
 
-    const ackWait = server.waitAck((a) => a.claims.ref === cmd.jti);
+    const ackWait = s.server.waitAck((a) => a.claims.ref === cmd.jti);
     await start(files);
     const ack = await ackWait;
     // Verified by the server with the old signing key (the only one it knows), carrying the keys of the one rotation.
-    expect(ack.signerKid).to.equal(oldSigning);
-    expect(ack.claims.status).to.equal('applied');
-    const keys = (ack.claims.result?.keys as { keys: PublicJwk[] }).keys;
-    expect(keys.find((k) => k.use === 'sig')?.kid).to.equal(rotated.signing);
-    expect(keys.find((k) => k.use === 'enc')?.kid).to.equal(rotated.encryption);
-    const raw = server.rawAcks.filter((t) => t === (mid.rotate_ack as { token: string }).token);
+    const keys = expectRotateAck(ack, oldSigning, rotated.signing, rotated.encryption);
+    const raw = s.server.rawAcks.filter((t) => t === (mid.rotate_ack as { token: string }).token);
     expect(raw.length).to.be.greaterThan(0); // the very ack sealed at rotation time
 
     const ks2 = await KeyStore.open(files.keystore);
@@ -248,16 +222,16 @@ describe('agent crash recovery (aedes, persistent session redelivery)', function
     expect(await hookRuns(files, 'rotate')).to.deep.equal([String(cmd.seq)]);
 
     // The server switches to the new keys: commands under them work.
-    server.register(deviceId, { signing: keys.find((k) => k.use === 'sig')!, encryption: keys.find((k) => k.use === 'enc')! });
-    const probe = await server.command(deviceId, 'selftest');
+    s.server.register(deviceId, keys);
+    const probe = await s.server.command(deviceId, 'selftest');
     expect(probe.claims.status).to.equal('applied');
     expect(probe.signerKid).to.equal(rotated.signing);
   });
 
   it('rotate: crash after the new keys are written, before the state records it: completed at start, same ack, not rotated again', async function () {
     const { files, deviceId } = await provisionedDevice();
-    const oldSigning = server.devices.get(deviceId)!.signing[0]!.kid;
-    const oldEnc = server.devices.get(deviceId)!.encryption.kid;
+    const oldSigning = s.server.devices.get(deviceId)!.signing[0]!.kid;
+    const oldEnc = s.server.devices.get(deviceId)!.encryption.kid;
     const crashed = once<string>();
     let writes = -1;
     const agent = await start(files, {
@@ -271,8 +245,8 @@ describe('agent crash recovery (aedes, persistent session redelivery)', function
       },
     });
     writes = 0;
-    const cmd = await server.seal(deviceId, 'rotate');
-    await server.publish(deviceId, cmd.token);
+    const cmd = await s.server.seal(deviceId, 'rotate');
+    await s.server.publish(deviceId, cmd.token);
     await crashed.promise;
     await waitFor('the connection to drop', () => !agent.connected);
     await stop(agent);
@@ -285,18 +259,14 @@ describe('agent crash recovery (aedes, persistent session redelivery)', function
     expect(ks.signingKey!.kid).to.equal(marker.new_signing_kid);
     expect(ks.encryptionKey!.kid).to.equal(marker.new_encryption_kid);
 
-    const nRaw = server.rawAcks.length;
-    const ackWait = server.waitAck((a) => a.claims.ref === cmd.jti);
+    const nRaw = s.server.rawAcks.length;
+    const ackWait = s.server.waitAck((a) => a.claims.ref === cmd.jti);
     await start(files);
     const ack = await ackWait;
-    expect(ack.signerKid).to.equal(oldSigning);
-    expect(ack.claims.status).to.equal('applied');
-    const keys = (ack.claims.result?.keys as { keys: PublicJwk[] }).keys;
-    expect(keys.find((k) => k.use === 'sig')?.kid).to.equal(marker.new_signing_kid);
-    expect(keys.find((k) => k.use === 'enc')?.kid).to.equal(marker.new_encryption_kid);
+    expectRotateAck(ack, oldSigning, marker.new_signing_kid, marker.new_encryption_kid);
     // Sent at start (resumed) and again for the redelivered command: always the marker's sealed ack.
-    await waitFor('the re-ack of the redelivered rotate', () => server.rawAcks.length - nRaw >= 2);
-    expect(server.rawAcks.slice(nRaw)).to.deep.equal([marker.ack, marker.ack]);
+    await waitFor('the re-ack of the redelivered rotate', () => s.server.rawAcks.length - nRaw >= 2);
+    expect(s.server.rawAcks.slice(nRaw)).to.deep.equal([marker.ack, marker.ack]);
 
     const st = await readDeviceState(files);
     expect(st.pending_rotation).to.equal(null);

@@ -18,9 +18,7 @@ import { join } from 'node:path';
 import { startAgent, type RunningAgent } from '../../agent/agent.js';
 import { bufferedLogger } from '../../agent/log.js';
 import type { FakeGpioBackend, FakeWrite } from '../../agent/gpio/index.js';
-import { startAedes, type AedesBroker } from '../helpers/brokers.js';
-import { makeParty, type Party } from '../helpers/keys.js';
-import { exists, showAgentLogOnFailure, makeDevice, PREFIX, readDeviceState, removeDir, TestServer, type DeviceFiles } from './agent-fixture.js';
+import { exists, makeDevice, PREFIX, readDeviceState, useAedesSuite, waitFor, type DeviceFiles } from './agent-fixture.js';
 
 const LED = 17;
 const SENSOR = 27;
@@ -29,13 +27,6 @@ const BUTTON = 22;
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-async function waitFor(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 8000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
 
 /** The LED pattern writes (the first write to the pin is its opening at low level). */
 function patternWrites(fake: FakeGpioBackend): FakeWrite[] {
@@ -49,47 +40,25 @@ function gaps(writes: FakeWrite[]): number[] {
 describe('agent enrollment and reset button (aedes, fake GPIO)', function () {
   this.timeout(20_000);
   const logs = bufferedLogger('debug');
-  let broker: AedesBroker;
-  let party: Party;
-  let server: TestServer;
-  const dirs: string[] = [];
-  const running = new Set<RunningAgent>();
 
-  before(async function () {
-    broker = await startAedes();
-    party = await makeParty();
-    server = new TestServer(party, broker.url);
-    await server.connect();
-  });
-
-  showAgentLogOnFailure(logs);
-  afterEach(async function () {
-    for (const a of running) await a.stop();
-    running.clear();
-  });
-
-  after(async function () {
-    await server?.close();
-    await broker?.stop();
-    for (const d of dirs) await removeDir(d);
-  });
+  const s = useAedesSuite(logs);
 
   async function device(deviceId: string, o: { token?: string; keys?: boolean; gpio?: Record<string, unknown> } = {}): Promise<DeviceFiles> {
     const files = await makeDevice({
       deviceId,
-      brokerUrl: broker.url,
-      server: party,
+      brokerUrl: s.broker.url,
+      server: s.party,
       ...(o.token !== undefined ? { token: o.token } : {}),
       ...(o.keys ? { keys: true } : {}),
       ...(o.gpio ? { extra: { gpio: o.gpio } } : {}),
     });
-    dirs.push(files.dir);
+    s.dirs.push(files.dir);
     return files;
   }
 
   async function start(files: DeviceFiles, retry = { retryMinMs: 300, retryMaxMs: 600 }): Promise<RunningAgent> {
     const agent = await startAgent({ configPath: files.configPath, log: logs.logger, backoff: { minMs: 50, maxMs: 500 }, enrollment: retry });
-    running.add(agent);
+    s.running.add(agent);
     return agent;
   }
 
@@ -97,7 +66,7 @@ describe('agent enrollment and reset button (aedes, fake GPIO)', function () {
   function countEnrollments(deviceId: string, on: (n: number) => void = () => undefined): () => number {
     let n = 0;
     const topic = `${PREFIX}/${deviceId}/enroll`;
-    server.client.on('message', (t) => {
+    s.server.client.on('message', (t) => {
       if (t !== topic) return;
       n += 1;
       on(n);
@@ -112,7 +81,7 @@ describe('agent enrollment and reset button (aedes, fake GPIO)', function () {
     // The server's own handler checks the token after decrypting (asynchronously): expecting it from the
     // third message on leaves the first two unanswered.
     const count = countEnrollments(deviceId, (n) => {
-      if (n === 3) server.expectEnrollment(deviceId, 'tok-good', 'alice');
+      if (n === 3) s.server.expectEnrollment(deviceId, 'tok-good', 'alice');
     });
     const agent = await start(files);
     let ledAtProvisioned: FakeWrite[] = [];
@@ -127,7 +96,7 @@ describe('agent enrollment and reset button (aedes, fake GPIO)', function () {
     const mine = logs.lines.slice(mark);
     for (const attempt of [1, 2, 3]) expect(mine.find((l) => new RegExp(`enrollment sent.*attempt=${attempt}\\b`).test(l)), `attempt ${attempt}`).to.be.a('string');
 
-    const ack = await server.waitAck((a) => a.claims.iss === deviceId);
+    const ack = await s.server.waitAck((a) => a.claims.iss === deviceId);
     expect(ack.claims.status).to.equal('applied');
     await waitFor('the token file to be removed', async () => !(await exists(files.tokenFile)));
     const st = await readDeviceState(files);
@@ -154,13 +123,13 @@ describe('agent enrollment and reset button (aedes, fake GPIO)', function () {
   it('with a token the server does not accept: stays unprovisioned, keeps retrying, keeps running', async function () {
     const deviceId = 'enroll-wrong';
     const files = await device(deviceId, { token: 'tok-wrong' });
-    server.expectEnrollment(deviceId, 'tok-right', 'bob');
+    s.server.expectEnrollment(deviceId, 'tok-right', 'bob');
     const count = countEnrollments(deviceId);
     const agent = await start(files, { retryMinMs: 100, retryMaxMs: 200 });
     let exited: number | undefined;
     void agent.exited.then((s) => (exited = s));
     await waitFor('four enrollment attempts', () => count() >= 4);
-    expect(server.acks.some((a) => a.claims.iss === deviceId)).to.equal(false);
+    expect(s.server.acks.some((a) => a.claims.iss === deviceId)).to.equal(false);
     const st = await readDeviceState(files);
     expect(st.provisioned).to.equal(false);
     expect(st.last_seq).to.equal(0);
@@ -169,7 +138,7 @@ describe('agent enrollment and reset button (aedes, fake GPIO)', function () {
     expect(exited).to.equal(undefined);
     expect(agent.fakeGpio?.value(SENSOR)).to.equal(false);
     await agent.stop();
-    running.delete(agent);
+    s.running.delete(agent);
     expect(await agent.exited).to.equal(0);
   });
 
@@ -177,7 +146,7 @@ describe('agent enrollment and reset button (aedes, fake GPIO)', function () {
     const deviceId = 'reset-board';
     const gpio = { backend: 'fake', status_led: LED, sensor_enable: SENSOR, reset_button: BUTTON, reset_hold_s: 1 };
     const files = await device(deviceId, { keys: true, gpio });
-    await server.registerFromKeystore(deviceId, files.keystore);
+    await s.server.registerFromKeystore(deviceId, files.keystore);
     const agent = await start(files);
     const fake = agent.fakeGpio!;
     if (!agent.connected) await new Promise<void>((r) => agent.once('ready', () => r()));
@@ -188,7 +157,7 @@ describe('agent enrollment and reset button (aedes, fake GPIO)', function () {
     expect(slow.map((w) => w.value)).to.deep.equal([true, false]);
     expect(gaps(slow)[0]).to.be.at.least(950);
 
-    const ack = await server.command(deviceId, 'request', {}, { userId: 'alice' });
+    const ack = await s.server.command(deviceId, 'request', {}, { userId: 'alice' });
     expect(ack.claims.status).to.equal('applied');
     await waitFor('the sensor to be enabled', () => fake.value(SENSOR) === true);
     expect(fake.value(LED)).to.equal(true);
@@ -204,7 +173,7 @@ describe('agent enrollment and reset button (aedes, fake GPIO)', function () {
     // Held: reset to unprovisioned, keys wiped, sensor off, the agent exits 10 (as after a delete).
     fake.press(BUTTON);
     expect(await agent.exited).to.equal(10);
-    running.delete(agent);
+    s.running.delete(agent);
     expect(logs.find(/reset button held/)).to.be.a('string');
     const st = await readDeviceState(files);
     expect(st.provisioned).to.equal(false);
@@ -215,7 +184,7 @@ describe('agent enrollment and reset button (aedes, fake GPIO)', function () {
 
     // Back to the start of a board's life: a new token enrolls it again.
     await writeFile(files.tokenFile, 'tok-again\n', { mode: 0o600 });
-    server.expectEnrollment(deviceId, 'tok-again', 'carol');
+    s.server.expectEnrollment(deviceId, 'tok-again', 'carol');
     const again = await start(files);
     const user = await new Promise<string>((r) => again.once('provisioned', r));
     expect(user).to.equal('carol');
