@@ -26,7 +26,7 @@
  * mutating methods are serialised.
  */
 import { constants, type Stats } from 'node:fs';
-import { chmod, lstat, mkdir, open } from 'node:fs/promises';
+import { chmod, lstat, open } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -38,7 +38,7 @@ import {
   type KeyUse,
   type PrivateJwk,
 } from '../protocol/keys.js';
-import { errnoCode, removeFileSecurely, removeStaleTemps, writeFileAtomic } from './durable-file.js';
+import { errnoCode, makeDirectories, removeFileSecurely, removeStaleTemps, writeFileAtomic } from './durable-file.js';
 import { KeyStoreError } from './keystore-errors.js';
 
 export type KeyName = 'signing' | 'encryption' | 'encryption.previous';
@@ -199,7 +199,7 @@ export class KeyStore {
     return this.serialised(async () => {
       const existing = (['signing', 'encryption'] as const).filter((n) => this.keys.has(n));
       if (existing.length > 0 && options.force !== true) {
-        throw new KeyStoreError('E_KEYSTORE_EXISTS', this.dir, `key store ${this.dir} already holds ${existing.map(keyFileName).join(' and ')}; refusing to replace them without force`);
+        throw new KeyStoreError('E_KEYSTORE_EXISTS', this.dir, `key store ${this.dir} already holds ${existing.map(keyFileName).join(' and ')}; refusing to replace them without --force`);
       }
       for (const name of KEY_NAMES) this.refuseIfCredential(name);
       const signing = await generateSigningKey();
@@ -282,7 +282,7 @@ async function checkStoreDirectory(dir: string, create: boolean, uid: number | u
       throw new KeyStoreError('E_KEYSTORE_MISSING', dir, `key store directory ${dir} does not exist`, { fix: `install -d -m 700 -o ${ownerName(uid)} ${sh(dir)}` });
     }
     try {
-      await mkdir(dir, { recursive: true, mode: 0o700 });
+      await makeDirectories(dir, 0o700);
       await chmod(dir, 0o700);
       st = await lstat(dir);
     } catch (err) {

@@ -9,10 +9,10 @@
  * command is re-acked as a duplicate, never applied twice), the key ids, and
  * the markers of multi-step actions (rotation, broker change) in progress.
  */
-import { mkdir, readFile, chmod } from 'node:fs/promises';
+import { readFile, chmod } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AckStatus, GpioSettings, ReportingSettings, SensorSettings } from '../protocol/index.js';
-import { errnoCode, removeStaleTemps, writeFileAtomic } from './durable-file.js';
+import { errnoCode, makeDirectories, removeStaleTemps, writeFileAtomic } from './durable-file.js';
 
 export const STATE_VERSION = 1;
 export const STATE_FILE = 'state.json';
@@ -162,7 +162,7 @@ export class StateStore {
   /** Creates the directory (0700) if needed, removes stale temp files, reads the state (or starts fresh). */
   static async open(dir: string, deviceId: string, options: StateStoreOptions = {}): Promise<StateStore> {
     try {
-      await mkdir(dir, { recursive: true, mode: 0o700 });
+      await makeDirectories(dir, 0o700);
     } catch (err) {
       throw new StateError(dir, `cannot create the state directory ${dir}: ${(err as Error).message}`, { cause: err });
     }

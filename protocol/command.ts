@@ -36,17 +36,27 @@ export interface CommandInput {
   now?: number;
 }
 
-/** Builds and validates the claims of a command, then seals them. */
-export async function sealCommand(input: CommandInput, keys: SealKeys): Promise<{ token: string; claims: CommandClaims }> {
+/**
+ * Checks everything of a command that does not depend on its `seq` (ids, lifetime,
+ * user id, params) and returns the validated params. Callers that allocate a `seq`
+ * run it first, so a refused command uses up nothing.
+ */
+export function checkCommandInput(input: Omit<CommandInput, 'seq' | 'jti' | 'now'>): ActionParams {
   assertValidId(input.serverId, 'server id');
   assertValidId(input.deviceId, 'device id');
-  if (!Number.isSafeInteger(input.seq) || input.seq < 1) throw new ProtocolError('E_CLAIMS', 'seq must be an integer >= 1');
   const ttl = input.ttlSeconds ?? DEFAULT_COMMAND_TTL_SECONDS;
   if (!Number.isSafeInteger(ttl) || ttl < 1 || ttl > MAX_TTL_SECONDS) throw new ProtocolError('E_CLAIMS', `ttl must be 1-${MAX_TTL_SECONDS} s`);
   if (typeof input.userId !== 'string' || input.userId.length === 0 || input.userId.length > 128) {
     throw new ProtocolError('E_CLAIMS', 'user id must be a string of 1-128 characters');
   }
-  const params = validateParams(input.action, input.params ?? {});
+  return validateParams(input.action, input.params ?? {});
+}
+
+/** Builds and validates the claims of a command, then seals them. */
+export async function sealCommand(input: CommandInput, keys: SealKeys): Promise<{ token: string; claims: CommandClaims }> {
+  if (!Number.isSafeInteger(input.seq) || input.seq < 1) throw new ProtocolError('E_CLAIMS', 'seq must be an integer >= 1');
+  const params = checkCommandInput(input);
+  const ttl = input.ttlSeconds ?? DEFAULT_COMMAND_TTL_SECONDS;
   const iat = Math.floor((input.now ?? Date.now()) / 1000);
   const claims: CommandClaims = {
     iss: input.serverId,

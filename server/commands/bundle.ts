@@ -1,5 +1,6 @@
 /** `provision-server bundle`: write everything a board needs at flashing into a directory. */
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
+import { deviceIdFlag } from '../cli-support.js';
 import { writeBundle } from '../bundle.js';
 import { openDataDir, type BrokerSettings } from '../data-dir.js';
 import { parseDuration } from '../duration.js';
@@ -25,7 +26,7 @@ export const bundleCommand: CommandModule<object, BundleArgs> = {
   describe: 'Write a flashing bundle for a device: config.json, trust.jwks, ca.pem, client cert, a fresh enrollment token (and with --keys-on-host, its keys)',
   builder: (y: Argv) =>
     withData(y)
-      .option('device', { type: 'string', demandOption: true, describe: 'device id' })
+      .option('device', { type: 'string', demandOption: true, coerce: deviceIdFlag('--device'), describe: 'device id' })
       .option('user', { type: 'string', demandOption: true, describe: 'user id the device is for' })
       .option('out', { type: 'string', demandOption: true, describe: 'output directory (created 0700)' })
       .option('broker', { type: 'string', describe: 'broker URL as the board reaches it (default: init --device-broker, else init --broker)' })
