@@ -22,7 +22,7 @@ export const inspectCommand: CommandModule<object, InspectArgs> = {
       .option('trust', { type: 'string', demandOption: true, describe: "the server's public JWK set (trust.jwks)" })
       .option('device', { type: 'string', demandOption: true, coerce: deviceIdFlag('--device'), describe: 'this device id (checked against aud and device_id)' })
       .option('clock', { choices: ['trusted', 'untrusted'], default: 'trusted', describe: 'check exp/iat against this clock, or skip the time checks' })
-      .example('$0 inspect --keystore keys --trust trust.jwks --device sensor-1 cmd.jwe', '') as unknown as Argv<InspectArgs>,
+      .example('$0 inspect --keystore keys --trust trust.jwks \\\n--device sensor-1 cmd.jwe', '') as unknown as Argv<InspectArgs>,
   handler: async (args: ArgumentsCamelCase<InspectArgs>) => {
     const store = await KeyStore.open(args.keystore);
     const decryption = store.decryptionKeys();

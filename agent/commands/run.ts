@@ -14,7 +14,7 @@ export const runCommand: CommandModule<object, RunArgs> = {
     y
       .option('config', { type: 'string', default: DEFAULT_CONFIG_PATH, describe: 'config file' })
       .epilogue('Exit status: 0 stopped by SIGTERM/SIGINT, 1 runtime failure (systemd restarts it), 2 bad usage or configuration (including key store permissions, not enrolled), 10 decommissioned. A restart cannot fix 2 or 10: the unit has RestartPreventExitStatus=2 10 and SuccessExitStatus=10.')
-      .example('$0 run --config /etc/sensor-agent/config.json', 'run as the systemd service does') as unknown as Argv<RunArgs>,
+      .example('# run as the systemd service does\n$0 run --config /etc/sensor-agent/config.json', '') as unknown as Argv<RunArgs>,
   handler: async (args: ArgumentsCamelCase<RunArgs>) => {
     // Refusals to start carry their exit status (2 for configuration and key store problems, 10 decommissioned).
     const agent: RunningAgent = await startAgent({ configPath: args.config, systemdNotify: true });

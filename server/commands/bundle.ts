@@ -38,7 +38,7 @@ export const bundleCommand: CommandModule<object, BundleArgs> = {
       .option('ttl', { type: 'string', default: '7d', describe: 'lifetime of the enrollment token' })
       .option('force', { type: 'boolean', default: false, describe: "overwrite a non-empty --out; with --keys-on-host, replace a registered device's keys (that board is cut off until re-flashed)" })
       .option('gpio', { choices: ['auto', 'onoff', 'fake', 'none'] as const, default: 'auto' as const, describe: 'GPIO backend in config.json' })
-      .example('$0 bundle --device sensor-0001 --user alice --out ./sensor-0001 --ca ca.pem --client-cert sensor-0001.crt --client-key sensor-0001.key', '') as unknown as Argv<BundleArgs>,
+      .example('$0 bundle --device sensor-0001 --user alice \\\n--out ./sensor-0001 --ca ca.pem \\\n--client-cert sensor-0001.crt --client-key sensor-0001.key', '') as unknown as Argv<BundleArgs>,
   handler: async (args: ArgumentsCamelCase<BundleArgs>) => {
     const ttl = parseDuration(args.ttl, '--ttl');
     const data = await openDataDir(args.data);

@@ -51,9 +51,9 @@ export const sendCommand: CommandModule<object, SendArgs> = {
       .option('ttl', { type: 'string', describe: 'command lifetime: 90 (seconds), 30s, 15m, 24h, 7d (default 5m, at most 7d)' })
       .option('concurrency', { type: 'number', default: DEFAULT_FANOUT_CONCURRENCY, describe: 'fan-out: commands in flight at once' })
       .option('verbose', { type: 'boolean', default: false, describe: 'log ack handling on stderr' })
-      .example('$0 send sensor-0001 update --set sensor.enabled=true --set sensor.sample_interval_s=30 --wait', '')
+      .example('$0 send sensor-0001 update --set sensor.enabled=true \\\n--set sensor.sample_interval_s=30 --wait', '')
       .example('$0 send --user alice rotate --timeout 1m', '')
-      .example('$0 send sal01 update --user 1 --wait', 're-bind sal01 to user 1 (the seed: update sal01 1)')
+      .example('# re-bind sal01 to user 1 (the seed: update sal01 1)\n$0 send sal01 update --user 1 --wait', '')
       .example('$0 send --resume 6f1c2a9e-...', '') as unknown as Argv<SendArgs>,
   handler: async (args: ArgumentsCamelCase<SendArgs>) => {
     const timeoutMs = parseDuration(args.timeout, '--timeout');

@@ -51,10 +51,16 @@ function lifecycle(name: string, start: () => Promise<BrokerUnderTest | undefine
       if (files) await removeDir(files.dir);
     });
 
-    it('enrolls with its token, becomes provisioned on the request, removes the token', async function () {
+    it('enrolls with its token, becomes provisioned on the request, removes the token before it acks', async function () {
       server.expectEnrollment(deviceId, 'tok-123', 'alice');
-      agent = await startAgent({ configPath: files.configPath, log: logs.logger, backoff: { minMs: 50, maxMs: 500 }, enrollment: { retryMinMs: 2000 } });
+      // The order is the agent's guarantee, not timing: at the PUBACK (after the state is saved) the token is already gone.
+      const tokenAtPuback: boolean[] = [];
+      const afterPersist = async (action: string): Promise<void> => {
+        if (action === 'request') tokenAtPuback.push(await exists(files.tokenFile));
+      };
+      agent = await startAgent({ configPath: files.configPath, log: logs.logger, backoff: { minMs: 50, maxMs: 500 }, enrollment: { retryMinMs: 2000 }, faults: { afterPersist } });
       const ack = await server.waitAck((a) => a.claims.iss === deviceId);
+      expect(tokenAtPuback).to.deep.equal([false]);
       expect(ack.claims.status).to.equal('applied');
       expect(ack.claims.code).to.equal('OK');
       expect(ack.claims.aud).to.equal(SERVER_ID);
