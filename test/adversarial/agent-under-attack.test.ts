@@ -14,6 +14,7 @@ import { agentStatus, spawnAgent, TestSender, type AgentProcess } from '../helpe
 import { buildHostileCorpus, type HostileCase } from '../helpers/corpus.js';
 import { makeParty, type Party } from '../helpers/keys.js';
 import { mosquittoAvailable, startMosquittoProcess, type MosquittoProcess } from '../helpers/mosquitto-process.js';
+import { NO_MOSQUITTO, skipBecause } from '../helpers/skip.js';
 
 const DEVICE = 'sensor-adv';
 const SERVER_ID = 'provision-server';
@@ -31,7 +32,7 @@ describe('adversarial: the hostile corpus through mosquitto to a running agent',
   const subscribed: string[] = [];
 
   before(async function () {
-    if (!mosquittoAvailable()) this.skip();
+    if (!mosquittoAvailable()) skipBecause(this, NO_MOSQUITTO);
     broker = await startMosquittoProcess({ persistence: false, onLog: (l) => subscribed.push(l) });
     server = await makeParty();
     files = await makeDevice({ deviceId: DEVICE, brokerUrl: broker.url, server, keys: true, extra: { log_level: 'info', clock: { policy: 'trusted' } } });

@@ -14,6 +14,7 @@ import { sealClaims, toPublicJwk, type PublicJwk } from '../../protocol/index.js
 import { shouldRunMosquitto, startAedes, startMosquitto } from '../helpers/brokers.js';
 import { makeParty, type Party } from '../helpers/keys.js';
 import { exists, showAgentLogOnFailure, makeDevice, readDeviceState, removeDir, SERVER_ID, TestServer, type DeviceFiles } from './agent-fixture.js';
+import { NO_MOSQUITTO, skipBecause } from '../helpers/skip.js';
 
 
 interface BrokerUnderTest {
@@ -34,7 +35,7 @@ function lifecycle(name: string, start: () => Promise<BrokerUnderTest | undefine
 
     before(async function () {
       const b = await start();
-      if (!b) return this.skip();
+      if (!b) skipBecause(this, NO_MOSQUITTO);
       broker = b;
       serverParty = await makeParty();
       server = new TestServer(serverParty, broker.url, broker.caFile);
