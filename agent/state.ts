@@ -93,6 +93,8 @@ export interface AgentState {
 export class StateError extends Error {
   override readonly name = 'StateError';
   readonly code = 'E_STATE';
+  /** The CLI's exit status: 2, a set-up problem (unreadable, damaged or foreign state, a state_dir that cannot be made) that a restart cannot fix. */
+  readonly exitCode = 2;
   constructor(
     readonly path: string,
     message: string,

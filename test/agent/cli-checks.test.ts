@@ -167,13 +167,13 @@ describe('sensor-agent CLI: checks before action, exit statuses', function () {
     }
   });
 
-  it('a state directory that cannot be created is refused without a spin (run exits, not hangs)', async () => {
+  it('a state directory that cannot be created is refused at once, exit 2 (run exits, not hangs)', async () => {
     const cfg = JSON.parse(await readFile(files.configPath, 'utf8')) as Record<string, unknown>;
     const bad = join(files.dir, 'proc-state.json');
     await writeFile(bad, JSON.stringify({ ...cfg, state_dir: '/proc/sensor-agent-test/state', keystore: files.keystore, trust }));
     const r = await cli(['run', '--config', bad], 15_000);
-    expect(r.code, r.stderr).to.be.a('number');
-    expect(r.stderr).to.include('/proc/sensor-agent-test');
+    expect(r.code, r.stderr).to.equal(2);
+    expect(r.stderr).to.match(/^sensor-agent: E_STATE: cannot create the state directory \/proc\/sensor-agent-test\/state: /);
     expect(await exists('/proc/sensor-agent-test')).to.equal(false);
     await rm(bad);
   });
