@@ -7,7 +7,7 @@
  */
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { ACTIONS, isAction, isRecord, validateParams, type Action } from '../../protocol/index.js';
-import { CliError } from '../cli-support.js';
+import { CliError, deviceIdFlag } from '../cli-support.js';
 import { prepareCommand, userIdText } from '../command-sender.js';
 import { brokerFrom, openDataDir } from '../data-dir.js';
 import { parseCommandTtl, parseDuration } from '../duration.js';
@@ -94,6 +94,7 @@ export const sendCommand: CommandModule<object, SendArgs> = {
       }
       const deviceId = args.target;
       if (!deviceId) throw new CliError('E_USAGE', 'name a device: send DEVICE ACTION (or --all / --user UID for a fan-out)', 2);
+      deviceIdFlag('DEVICE')(deviceId);
       const request = {
         deviceId,
         action: actionText as Action,

@@ -249,11 +249,16 @@ describe('provision-server CLI: seed usage, checks before action, exit statuses'
       expect(proc.stderr).to.match(/E_NO_FILE: cannot create directory \/proc\/provision-server-test/);
     });
 
-    it('token create and device add refuse an invalid device id as bad usage (exit 2)', async () => {
+    it('token create, send and device show refuse an invalid device id as bad usage (exit 2)', async () => {
       const t = await runServerCli(['token', 'create', '--data', data, '--device', 'sensor 1/x', '--user', '1']);
       expect(t.code).to.equal(2);
       expect(t.stderr).to.match(/E_USAGE: --device "sensor 1\/x" is not a device id/);
       expect(t.stderr).to.include("Run 'provision-server token create --help' for usage.");
+      const send = await runServerCli(['send', 'sensor 1/x', 'selftest', '--data', data]);
+      expect(send.code).to.equal(2);
+      expect(send.stderr).to.match(/E_USAGE: DEVICE "sensor 1\/x" is not a device id/);
+      const show = await runServerCli(['device', 'show', 'sensor 1/x', '--data', data]);
+      expect(show.code).to.equal(2);
     });
   });
 
