@@ -185,7 +185,8 @@ export class StateStore {
   /** Atomically replaces the state with `next` (updated_at is set here). Serialised. */
   save(next: AgentState): Promise<void> {
     const run = this.#queue.then(async () => {
-      const stamped: AgentState = { ...next, recent: next.recent.slice(-MAX_RECENT), updated_at: Math.floor(Date.now() / 1000) };
+      const stamped: AgentState = { ...next, recent: [...next.recent], updated_at: Math.floor(Date.now() / 1000) };
+      boundRecent(stamped);
       await writeFileAtomic(this.path, `${JSON.stringify(stamped, null, 1)}\n`, { mode: 0o600, beforeRename: this.options.beforeRename });
       this.#state = stamped;
     });
@@ -208,9 +209,36 @@ export class StateStore {
 
 /** Adds a command record to `draft.recent` (bounded) and makes it the last command. */
 export function recordCommand(draft: AgentState, rec: RecentCommand): void {
-  draft.recent = [...draft.recent.filter((r) => r.jti !== rec.jti), rec].slice(-MAX_RECENT);
+  draft.recent = [...draft.recent.filter((r) => r.jti !== rec.jti), rec];
   draft.last_command = rec;
   if (rec.seq > draft.last_seq) draft.last_seq = rec.seq;
+  boundRecent(draft);
+}
+
+/**
+ * Records an authenticated command the device refused (expired, not
+ * provisioned yet, bad params...): the refusal is final, so a repetition of
+ * the same command is answered with the same outcome and never applied. It
+ * goes into the recent window only: the seq floor stays where the applied
+ * commands put it (so a refused command does not make the ones the server
+ * sent before it stale), and `last_command` stays the last one acted on.
+ */
+export function recordRefusal(draft: AgentState, rec: RecentCommand): void {
+  draft.recent = [...draft.recent.filter((r) => r.jti !== rec.jti), rec];
+  boundRecent(draft);
+}
+
+/**
+ * Keeps the recent window at MAX_RECENT entries. Every command decided so
+ * far is either in the window or at or below the seq floor (`last_seq`):
+ * evicting an entry raises the floor to its seq, so a command that falls out
+ * of the window is still refused as a replay.
+ */
+export function boundRecent(draft: AgentState): void {
+  const excess = draft.recent.length - MAX_RECENT;
+  if (excess <= 0) return;
+  for (const r of draft.recent.slice(0, excess)) if (r.seq > draft.last_seq) draft.last_seq = r.seq;
+  draft.recent = draft.recent.slice(excess);
 }
 
 /** Makes sure the state directory is 0700 (it holds nothing secret, but the user id and settings are private). */
