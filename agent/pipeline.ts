@@ -109,7 +109,7 @@ export class Pipeline {
           })
         : { ran: false, ok: true, detail: '' };
       if (hook.ran) log.info('hook ran', { ok: hook.ok, detail: hook.detail });
-      outcome = hook.ok ? await this.actions[c.action](c) : { status: 'failed', code: 'E_HOOK', detail: hook.detail };
+      outcome = hook.ok ? await this.actions[c.action](c) : { status: 'failed', code: hook.code ?? 'E_HOOK', detail: hook.detail };
     } catch (err) {
       if (err instanceof ActionRefused) return this.#reject(c.jti, c.seq, c.action, err.code, err.message, true);
       log.error('action failed', { reason: (err as Error).message });
