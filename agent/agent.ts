@@ -223,7 +223,7 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
     }
     const pending = st.pending_broker;
     if (pending) {
-      this.#resume = () => finishBrokerChange(rt, pending, null, update);
+      this.#resume = () => finishBrokerChange(rt, pending, update);
     }
     // The ack of a rotation completed just before a crash may never have left: send it (a duplicate is harmless).
     if (resumedAck) rt.publishAck(resumedAck.token, { ref: resumedAck.jti, status: 'applied', resumed: 'yes' });

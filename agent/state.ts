@@ -62,6 +62,13 @@ export interface PendingBroker {
   previous: StoredBroker | null;
   next: StoredBroker;
   rollback_timeout_s: number;
+  /**
+   * The user and settings before the update: a rollback restores all of it,
+   * also when it happens after a crash. Absent in records written by older
+   * versions (only the broker is then rolled back).
+   */
+  previous_user_id?: string | null;
+  previous_settings?: Settings;
 }
 
 export interface KeyIds {
