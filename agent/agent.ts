@@ -7,6 +7,9 @@
  *
  * Start-up decisions:
  * - keys and no state: waits for a `request` (keys made on the host);
+ * - keys already used with a state file that is gone (key store marker
+ *   `in-use.json`): never acted on again; with a token, new keys and
+ *   enrollment; without, E_STATE_LOST (exit 2);
  * - no keys, enrollment token: generates keys and enrolls;
  * - not provisioned and a token: enrolls (generating keys if absent);
  * - no keys and no token: E_NOT_ENROLLED (exit 2), or exit 10 if decommissioned;
@@ -27,7 +30,7 @@ import { createLogger, type Logger } from './log.js';
 import { MqttSession, type BackoffOptions } from './mqtt-session.js';
 import { Pipeline, type CommandEvent, type FollowUp } from './pipeline.js';
 import { AgentRuntime } from './runtime.js';
-import { initialState, StateStore, type StateStoreOptions } from './state.js';
+import { initialState, stateLossAdvice, StateStore, type StateStoreOptions } from './state.js';
 import { createSystemdNotifier, type SystemdNotifier } from './systemd-notify.js';
 import { loadTrustAnchors } from './trust.js';
 
@@ -152,10 +155,17 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
         EXIT_USAGE,
       );
     }
-    const enrolling = token !== undefined && (!st.provisioned || !keystore.hasKeys());
+    // Keys already used with a state file that is now gone: the seq floor and the recent commands that
+    // refuse replays went with it, so these keys are never acted on again (new keys via enrollment).
+    const stateLost = keystore.hasKeys() && keystore.inUse && !store.found;
+    if (stateLost && token === undefined) {
+      throw new AgentStartError('E_STATE_LOST', `${store.path} is missing but the keys in ${config.keystore} were already used with it: without it, commands captured earlier could be replayed, so the agent will not use these keys. ${stateLossAdvice(store.path)}`, EXIT_USAGE);
+    }
+    const enrolling = token !== undefined && (!st.provisioned || !keystore.hasKeys() || stateLost);
     if (enrolling) {
       let fresh = st.decommissioned || (st.provisioned && !keystore.hasKeys());
-      if (!keystore.hasKeys()) {
+      if (!keystore.hasKeys() || stateLost) {
+        if (stateLost) log.warn('state file missing for keys already in use: replacing the keys and enrolling again', { state: store.path, keystore: config.keystore });
         const keys = await keystore.generate({ force: true });
         log.info('device keys generated for enrollment', { kids: keys.keys.map((k) => k.kid).join(',') });
         fresh = true;
@@ -166,6 +176,12 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
       }
     } else if (!st.provisioned) {
       log.warn('not provisioned and no enrollment token: waiting for a request command from the server');
+    }
+    if (keystore.hasKeys() && !keystore.inUse) {
+      // The state file first, then the marker: a power cut in between leaves a state file and unmarked
+      // keys, marked at the next start; never marked keys whose state was not written yet.
+      if (!store.found) await store.save(store.state);
+      await keystore.markInUse(config.device_id);
     }
     st = store.state;
 

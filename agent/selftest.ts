@@ -17,7 +17,7 @@ import { findHeaderChip } from './gpio/index.js';
 import { resolveOnChip } from './gpio/sysfs-resolver.js';
 import { KeyStore } from './keystore.js';
 import type { AgentRuntime } from './runtime.js';
-import { readState, type AgentState } from './state.js';
+import { readState, StateError, stateLossAdvice, type AgentState } from './state.js';
 import { loadTrustAnchors, type TrustAnchors } from './trust.js';
 
 export type CheckStatus = 'pass' | 'warn' | 'fail' | 'skip';
@@ -80,7 +80,7 @@ export async function runSelftest(options: SelftestOptions): Promise<SelftestRep
   try {
     state = rt ? rt.store.state : await readState(config.state_dir);
   } catch (err) {
-    add({ id: 'state', title: 'state file', required: true, status: 'fail', reason: (err as Error).message, fix: `move ${join(config.state_dir, 'state.json')} away to start unprovisioned` });
+    add({ id: 'state', title: 'state file', required: true, status: 'fail', reason: (err as Error).message, fix: err instanceof StateError && err.fix !== undefined ? err.fix : stateLossAdvice(join(config.state_dir, 'state.json')) });
   }
   add(await stateDirCheck(config.state_dir));
 
