@@ -13,6 +13,7 @@
 import { EventEmitter } from 'node:events';
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import type { Logger } from './log.js';
+import { capInboundPackets, MAX_INBOUND_PACKET_BYTES } from './packet-cap.js';
 
 export interface SessionBroker {
   url: string;
@@ -163,11 +164,24 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
       ...(b.ca !== undefined ? { ca: b.ca } : {}),
       ...(b.cert !== undefined ? { cert: b.cert } : {}),
       ...(b.key !== undefined ? { key: b.key } : {}),
-      ...(b.protocolVersion === 5 ? { properties: { sessionExpiryInterval: 0xffffffff } } : {}),
+      ...(b.protocolVersion === 5 ? { properties: { sessionExpiryInterval: 0xffffffff, maximumPacketSize: MAX_INBOUND_PACKET_BYTES } } : {}),
+      manualConnect: true, // connect() below, once every stream it builds is size-capped
     };
     const client = mqtt.connect(b.url, o);
     this.#client = client;
     const log = this.options.log;
+    // connect() (first time and every reconnect) makes a new stream: size-cap each before data flows.
+    const connect = client.connect.bind(client);
+    client.connect = () => {
+      connect();
+      const stream = client.stream;
+      capInboundPackets(stream, MAX_INBOUND_PACKET_BYTES, (declared) => {
+        this.#lastError = `the broker sent an MQTT packet of ${declared} bytes (cap ${MAX_INBOUND_PACKET_BYTES})`;
+        log.error('oversized MQTT packet refused before buffering it; connection dropped, reconnecting', { broker: b.url, declared_bytes: declared, cap_bytes: MAX_INBOUND_PACKET_BYTES });
+        stream.destroy();
+      });
+      return client;
+    };
 
     client.handleMessage = (packet: IPublishPacket, callback: (err?: Error) => void): void => {
       const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
@@ -222,6 +236,7 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
       }
       this.#scheduleReconnect(client);
     });
+    client.connect();
   }
 
   /**
