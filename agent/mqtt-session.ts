@@ -178,7 +178,9 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
       capInboundPackets(stream, MAX_INBOUND_PACKET_BYTES, (declared) => {
         this.#lastError = `the broker sent an MQTT packet of ${declared} bytes (cap ${MAX_INBOUND_PACKET_BYTES})`;
         log.error('oversized MQTT packet refused before buffering it; connection dropped, reconnecting', { broker: b.url, declared_bytes: declared, cap_bytes: MAX_INBOUND_PACKET_BYTES });
-        stream.destroy();
+        // Read no more, let the commands already parsed finish (their PUBACKs go out), then drop.
+        stream.pause();
+        void this.#settled().then(() => stream.destroy());
       });
       return client;
     };
@@ -237,6 +239,16 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
       this.#scheduleReconnect(client);
     });
     client.connect();
+  }
+
+  /** Resolves once the message in flight is done and no next one started. */
+  async #settled(): Promise<void> {
+    for (;;) {
+      const current = this.#inFlight;
+      await current;
+      await new Promise((r) => setImmediate(r));
+      if (current === this.#inFlight) return;
+    }
   }
 
   /**

@@ -13,12 +13,19 @@
  * themselves are still parsed by mqtt-packet alone. As soon as a declared
  * remaining length exceeds the cap (or the length encoding is invalid),
  * `onOversize` is called once and nothing more is looked at: the caller
- * drops the connection, so at most one socket read of the body is buffered.
+ * stops reading and drops the connection, so at most one socket read of the
+ * body is buffered.
  */
 import type { Duplex } from 'node:stream';
 
-/** Largest packet the agent accepts: a 64 KiB sealed command plus topic and header overhead. */
-export const MAX_INBOUND_PACKET_BYTES = 64 * 1024 + 1024;
+/**
+ * Largest packet the agent reads: the production broker's `max_packet_size`
+ * (128 KiB, provisioning/mosquitto/sensor-broker.conf) plus header room, so
+ * whatever that broker forwards is read and then refused by the 64 KiB
+ * message cap without a disconnect; only a broker configured otherwise (or
+ * hostile) can send more, and that is refused unread.
+ */
+export const MAX_INBOUND_PACKET_BYTES = 129 * 1024;
 
 export function capInboundPackets(stream: Duplex, maxBytes: number, onOversize: (declared: number) => void): void {
   let skip = 0; // body bytes of the current packet still to pass
