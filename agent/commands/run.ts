@@ -15,7 +15,7 @@ export const runCommand: CommandModule<object, RunArgs> = {
   builder: (y: Argv) =>
     y
       .option('config', { type: 'string', default: DEFAULT_CONFIG_PATH, describe: 'config file' })
-      .epilogue('Exit status: 0 stopped by SIGTERM/SIGINT, 1 runtime failure, 2 bad usage or configuration (including key store permissions, not enrolled), 10 decommissioned (do not restart: RestartPreventExitStatus=10).')
+      .epilogue('Exit status: 0 stopped by SIGTERM/SIGINT, 1 runtime failure, 2 bad usage or configuration (including key store permissions, not enrolled, a state file that is damaged, planted, loosely protected, or lost for keys already in use), 10 decommissioned (do not restart: RestartPreventExitStatus=10).')
       .example('$0 run --config /etc/sensor-agent/config.json', 'run as the systemd service does') as unknown as Argv<RunArgs>,
   handler: async (args: ArgumentsCamelCase<RunArgs>) => {
     let agent: RunningAgent;
