@@ -137,7 +137,7 @@ export class StateError extends Error {
  * whose state is gone (see KeyStore's in-use marker); it enrolls with new keys.
  */
 export function stateLossAdvice(path: string): string {
-  return `replay protection depends on this file, so the agent will not use this board's current keys without it: re-enroll the board (a new enrollment token from the server's bundle command at the configured enrollment_token path; the agent then makes new keys, and commands sealed to the old ones can no longer open) and move ${path} away`;
+  return `replay protection depends on this file, so the agent will not use this board's current keys without it: re-enroll the board (on the server, provision-server bundle --device <id> --user <user> --out <dir>; copy its enroll.token to the agent's enrollment_token path, mode 0600) and move ${path} away; the agent then makes new keys, and commands sealed to the old ones no longer open`;
 }
 
 export function initialState(deviceId: string): AgentState {
