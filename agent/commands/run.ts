@@ -11,7 +11,7 @@ import { DEFAULT_BACKOFF } from '../mqtt-session.js';
  * TEST ONLY, never set on a board: SENSOR_AGENT_TEST_TIME_SCALE=F (0 < F <= 1) multiplies the
  * agent's own retry delays (broker reconnect 1 s doubling to 60 s, enrollment 5 s doubling to
  * 5 min) by F, so a test can play a boot with the broker down for many minutes in seconds
- * (test/agent/offline-boot.test.ts). Nothing else changes; the agent warns when it is set.
+ * (test/agent/systemd-notify.test.ts). Nothing else changes; the agent warns when it is set.
  */
 export const TEST_TIME_SCALE_ENV = 'SENSOR_AGENT_TEST_TIME_SCALE';
 

@@ -5,7 +5,7 @@
  * Type=notify, NotifyAccess=all, WatchdogSec= unit (systemd/sensor-agent.service):
  * - READY=1 once, as soon as the local start-up is done, also while the
  *   broker is unreachable (a board that boots offline must not time out its
- *   start: see offline-boot.test.ts), never again on reconnects;
+ *   start: see the last test below), never again on reconnects;
  * - every message names the main PID (`--pid=<agent pid>`, as MAINPID): the
  *   sender is the short-lived systemd-notify child;
  * - WATCHDOG=1 at least every WATCHDOG_USEC/2 while the process is healthy,
