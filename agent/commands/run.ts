@@ -15,13 +15,13 @@ import { DEFAULT_BACKOFF } from '../mqtt-session.js';
  */
 export const TEST_TIME_SCALE_ENV = 'SENSOR_AGENT_TEST_TIME_SCALE';
 
-export function testTimeScale(env: NodeJS.ProcessEnv = process.env): Pick<StartAgentOptions, 'backoff' | 'enrollment'> {
+export function testTimeScale(env: NodeJS.ProcessEnv = process.env, warn = (line: string): unknown => process.stderr.write(line)): Pick<StartAgentOptions, 'backoff' | 'enrollment'> {
   const raw = env[TEST_TIME_SCALE_ENV];
   if (raw === undefined || raw === '') return {};
   const f = Number(raw);
   if (!Number.isFinite(f) || f <= 0 || f > 1) throw new CliError('E_USAGE', `${TEST_TIME_SCALE_ENV}=${raw}: a number in (0, 1] was expected (test only: unset it)`, 2);
   const scale = (ms: number): number => Math.max(1, Math.round(ms * f));
-  process.stderr.write(`WARN ${TEST_TIME_SCALE_ENV}=${raw} (test only): retry delays scaled by ${f}\n`);
+  warn(`WARN ${TEST_TIME_SCALE_ENV}=${raw} (test only): retry delays scaled by ${f}\n`);
   return {
     backoff: { minMs: scale(DEFAULT_BACKOFF.minMs), maxMs: scale(DEFAULT_BACKOFF.maxMs) },
     enrollment: { retryMinMs: scale(DEFAULT_ENROLLMENT_RETRY.retryMinMs), retryMaxMs: scale(DEFAULT_ENROLLMENT_RETRY.retryMaxMs) },

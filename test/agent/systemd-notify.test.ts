@@ -10,7 +10,7 @@
  *   sender is the short-lived systemd-notify child;
  * - WATCHDOG=1 at least every WATCHDOG_USEC/2 while the process is healthy,
  *   including while it is reconnecting (a broker outage is handled in process;
- *   a restart would not help and StartLimitBurst would stop the unit for good);
+ *   a restart would not help);
  *   none when WATCHDOG_PID names another process;
  * - STATUS= says whether the broker is connected and, while it is not, what
  *   the agent waits for (broker, reason, attempt, next delay); STOPPING=1 on SIGTERM.
@@ -19,7 +19,9 @@ import { expect } from 'chai';
 import { chmod, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { TEST_TIME_SCALE_ENV } from '../../agent/commands/run.js';
+import { waitingStatus } from '../../agent/agent.js';
+import { TEST_TIME_SCALE_ENV, testTimeScale } from '../../agent/commands/run.js';
+import { shortReason } from '../../agent/mqtt-session.js';
 import { spawnAgent, type AgentProcess } from '../helpers/agent-process.js';
 import { freePort, shouldRunMosquitto, startAedes, startMosquitto, type AedesBroker } from '../helpers/brokers.js';
 import { makeParty, type Party } from '../helpers/keys.js';
@@ -215,6 +217,22 @@ describe('sensor-agent run under systemd (fake systemd-notify)', function () {
     expect(await stopAgent()).to.equal(0);
     expect(await notifications()).to.deep.equal([]);
     expect(a.output()).not.to.include('systemd-notify failed');
+  });
+
+  it('STATUS= wording; the test-only time scale refuses a bad value and scales only the retry delays', () => {
+    const refused = Object.assign(new Error('connect ECONNREFUSED 10.0.0.5:8883'), { code: 'ECONNREFUSED' });
+    expect(waitingStatus('mqtts://b:8883', { attempt: 7, delayMs: 31_600, reason: shortReason(refused), lost: false })).to.equal('waiting for broker mqtts://b:8883: ECONNREFUSED, attempt 7, next in 32 s');
+    expect(waitingStatus('mqtts://b:8883', { attempt: 1, delayMs: 450, reason: 'connection closed', lost: true })).to.equal('disconnected from mqtts://b:8883: connection closed, reconnecting, attempt 1, next in 450 ms');
+    expect(shortReason(Object.assign(new Error('certificate is not yet valid'), { code: 'CERT_NOT_YET_VALID' }))).to.equal('CERT_NOT_YET_VALID (is the clock set?)');
+    expect(shortReason(Object.assign(new Error('Connection refused: Not authorized'), { code: 5 }))).to.equal('Connection refused: Not authorized');
+
+    expect(testTimeScale({})).to.deep.equal({});
+    for (const bad of ['abc', '0', '-1', '2', 'Infinity']) {
+      expect(() => testTimeScale({ [TEST_TIME_SCALE_ENV]: bad }), bad).to.throw(/a number in \(0, 1\] was expected/).with.property('exitCode', 2);
+    }
+    const warnings: string[] = [];
+    expect(testTimeScale({ [TEST_TIME_SCALE_ENV]: '0.5' }, (w) => warnings.push(w))).to.deep.equal({ backoff: { minMs: 500, maxMs: 30_000 }, enrollment: { retryMinMs: 2500, retryMaxMs: 150_000 } });
+    expect(warnings).to.deep.equal([`WARN ${TEST_TIME_SCALE_ENV}=0.5 (test only): retry delays scaled by 0.5\n`]);
   });
 
   /*
