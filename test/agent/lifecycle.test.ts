@@ -62,9 +62,9 @@ function lifecycle(name: string, start: () => Promise<BrokerUnderTest | undefine
       expect(st.provisioned).to.equal(true);
       expect(st.user_id).to.equal('alice');
       expect(st.last_seq).to.equal(1);
-      // Token removal and the GPIO come after the ack (afterAck), so they may land just after it arrives.
-      const a = agent;
-      await waitFor('the used token to be removed and the sensor enabled', async () => !(await exists(files.tokenFile)) && a.fakeGpio?.value(27) === true, 5000);
+      // The token is removed and the sensor enabled after the ack is published (the agent's after-ack work): wait for both.
+      await waitFor('the token file to be removed', async () => !(await exists(files.tokenFile)));
+      await waitFor('the sensor to be enabled once provisioned', () => agent?.fakeGpio?.value(27) === true);
     });
 
     it('applies an update through its hook, transactionally', async function () {
