@@ -79,8 +79,10 @@ export async function runSelftest(options: SelftestOptions): Promise<SelftestRep
 
   // State (read-only here) and the state directory.
   let state: AgentState | undefined;
+  let stateMissing = false;
   try {
     state = rt ? rt.store.state : await readState(config.state_dir);
+    stateMissing = state === undefined;
   } catch (err) {
     add({ id: 'state', title: 'state file', required: true, status: 'fail', reason: (err as Error).message, fix: err instanceof StateError && err.fix !== undefined ? err.fix : stateLossAdvice(join(config.state_dir, 'state.json')) });
   }
@@ -105,7 +107,7 @@ export async function runSelftest(options: SelftestOptions): Promise<SelftestRep
   }
   if (keystore) {
     if (!rt) add({ id: 'keystore', title: 'key store permissions', required: true, status: 'pass', reason: `${config.keystore}: directory 0700, key files 0600, owned by this user or root` });
-    add(keysCheck(keystore, state, tokenPresent));
+    add(keysCheck(keystore, state, tokenPresent, stateMissing ? join(config.state_dir, 'state.json') : undefined));
   } else {
     add({ id: 'keys', title: 'device keys', required: true, status: 'skip', reason: 'key store not usable' });
   }
@@ -167,8 +169,13 @@ async function stateDirCheck(dir: string): Promise<Check> {
   }
 }
 
-function keysCheck(ks: KeyStore, state: AgentState | undefined, tokenPresent: boolean): Check {
+/** `missingState`: the path of state.json when it does not exist. */
+function keysCheck(ks: KeyStore, state: AgentState | undefined, tokenPresent: boolean, missingState: string | undefined): Check {
   const base = { id: 'keys', title: 'device keys', required: true };
+  if (ks.hasKeys() && ks.inUse && missingState !== undefined) {
+    if (tokenPresent) return { ...base, status: 'pass', reason: `${missingState} is missing for keys already in use: the agent will replace them and enroll again with the token present` };
+    return { ...base, status: 'fail', reason: `${missingState} is missing but the keys were already used with it (E_STATE_LOST): the agent will not act on them`, fix: stateLossAdvice(missingState) };
+  }
   if (!ks.hasKeys()) {
     if (tokenPresent && !state?.provisioned) return { ...base, status: 'pass', reason: 'no keys yet: they are generated at enrollment (enrollment token present)' };
     return { ...base, status: 'fail', reason: 'no device keys and no enrollment token', fix: 'place an enrollment token (provision-server bundle) at the configured enrollment_token path, then start the agent' };

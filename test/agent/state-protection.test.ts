@@ -27,11 +27,11 @@ interface CliResult {
   stderr: string;
 }
 
-function run(configPath: string): Promise<CliResult> {
+function run(configPath: string, command = 'run', extra: string[] = []): Promise<CliResult & { stdout: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [AGENT_CLI, 'run', '--config', configPath], { env: { ...process.env, NOTIFY_SOCKET: '' }, timeout: 20_000 }, (err, _stdout, stderr) => {
+    execFile(process.execPath, [AGENT_CLI, command, '--config', configPath, ...extra], { env: { ...process.env, NOTIFY_SOCKET: '' }, timeout: 20_000 }, (err, stdout, stderr) => {
       const e = err as (Error & { code?: number | string; signal?: string }) | null;
-      resolve({ code: e ? (typeof e.code === 'number' ? e.code : (e.signal ?? String(e.code))) : 0, stderr });
+      resolve({ code: e ? (typeof e.code === 'number' ? e.code : (e.signal ?? String(e.code))) : 0, stderr, stdout });
     });
   });
 }
@@ -90,6 +90,11 @@ describe('agent: the state file and replay protection (aedes)', function () {
     const cli = await run(files.configPath);
     expect(cli.code).to.equal(2);
     expect(cli.stderr).to.match(/^sensor-agent: E_STATE_LOST: /);
+    const selftest = JSON.parse((await run(files.configPath, 'selftest', ['--json', '--timeout', '3'])).stdout) as { checks: { id: string; status: string; reason: string; fix?: string }[] };
+    const keys = selftest.checks.find((c) => c.id === 'keys');
+    expect(keys?.status).to.equal('fail');
+    expect(keys?.reason).to.match(/E_STATE_LOST/);
+    expect(keys?.fix).to.match(/provision-server bundle/);
     expect(await exists(join(files.stateDir, 'state.json')), 'nothing written').to.equal(false);
   });
 
