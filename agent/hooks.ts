@@ -27,6 +27,7 @@ import { constants, type Stats } from 'node:fs';
 import { access, lstat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { errnoCode } from './durable-file.js';
+import { octalMode as octal } from './file-modes.js';
 
 export interface HookResult {
   ran: boolean;
@@ -150,8 +151,4 @@ async function lstatOrUndefined(path: string): Promise<Stats | undefined> {
     if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ENOTDIR') return undefined;
     throw err;
   }
-}
-
-function octal(mode: number): string {
-  return (mode & 0o7777).toString(8).padStart(4, '0');
 }

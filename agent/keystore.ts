@@ -48,6 +48,7 @@ import {
 } from '../protocol/keys.js';
 import { errnoCode, removeFileSecurely, removeStaleTemps, writeFileAtomic } from './durable-file.js';
 import { KeyStoreError } from './keystore-errors.js';
+import { octalMode as octal, shellQuote as sh } from './file-modes.js';
 
 export type KeyName = 'signing' | 'encryption' | 'encryption.previous';
 export type KeySource = 'keystore' | 'credentials';
@@ -441,9 +442,6 @@ function ownerName(uid: number | undefined): string {
   return String(uid);
 }
 
-function octal(mode: number): string {
-  return (mode & 0o7777).toString(8).padStart(4, '0');
-}
 
 function fileType(st: Stats): string {
   if (st.isFIFO()) return 'a FIFO (named pipe)';
@@ -452,9 +450,4 @@ function fileType(st: Stats): string {
   if (st.isBlockDevice()) return 'a block device';
   if (st.isDirectory()) return 'a directory';
   return 'not a regular file';
-}
-
-/** Quotes a path for a shell command only when needed. */
-function sh(s: string): string {
-  return /^[A-Za-z0-9_@%+=:,./-]+$/.test(s) ? s : `'${s.replaceAll("'", `'\\''`)}'`;
 }

@@ -14,6 +14,7 @@ import { chmod, lstat, mkdir, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AckStatus, GpioSettings, ReportingSettings, SensorSettings } from '../protocol/index.js';
 import { errnoCode, removeStaleTemps, writeFileAtomic } from './durable-file.js';
+import { octalMode as octal, shellQuote as sh } from './file-modes.js';
 
 export const STATE_VERSION = 1;
 export const STATE_FILE = 'state.json';
@@ -237,14 +238,7 @@ async function checkStateDir(dir: string): Promise<void> {
   }
 }
 
-function octal(mode: number): string {
-  return (mode & 0o7777).toString(8).padStart(4, '0');
-}
 
-/** Quotes a path for a shell command only when needed. */
-function sh(s: string): string {
-  return /^[A-Za-z0-9_@%+=:,./-]+$/.test(s) ? s : `'${s.replaceAll("'", `'\\''`)}'`;
-}
 
 export interface StateStoreOptions {
   /** Test hook: simulates a crash between the temp write and the rename of a state write. */
