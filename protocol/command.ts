@@ -104,8 +104,9 @@ export async function openCommand(input: string | Uint8Array, opts: OpenCommandO
   const d = await decryptSealed(input, opts.decryption, opts.maxBytes);
   const v = await verifyJws(d.jws, d.jwsHeader, opts.verification);
   const raw = v.payload;
+  let addressed = false;
   try {
-    const claims = readCommandClaims(raw, opts);
+    const claims = readCommandClaims(raw, opts, () => (addressed = true));
     await opts.replay?.check(claims.seq, claims.jti);
     const params = validateParams(claims.action, raw.params);
     return { claims: { ...claims, params }, decryptKid: d.decryptKid, signerKid: v.signerKid };
@@ -116,11 +117,12 @@ export async function openCommand(input: string | Uint8Array, opts: OpenCommandO
       ...(typeof raw.jti === 'string' && raw.jti.length <= 64 ? { jti: raw.jti } : {}),
       ...(Number.isSafeInteger(raw.seq) && (raw.seq as number) >= 0 ? { seq: raw.seq as number } : {}),
       ...(typeof raw.action === 'string' && raw.action.length <= 32 ? { action: raw.action } : {}),
+      ...(addressed ? { addressed: true } : {}),
     });
   }
 }
 
-function readCommandClaims(raw: Record<string, unknown>, opts: OpenCommandOptions): Omit<CommandClaims, 'params'> {
+function readCommandClaims(raw: Record<string, unknown>, opts: OpenCommandOptions, onAddressed: () => void): Omit<CommandClaims, 'params'> {
   const r = new ClaimReader(raw);
   const claims = {
     iss: r.string('iss', 64),
@@ -140,6 +142,7 @@ function readCommandClaims(raw: Record<string, unknown>, opts: OpenCommandOption
     throw new ProtocolError('E_AUDIENCE', `arrived on the topic of device "${opts.topicDeviceId}", not ${opts.deviceId}`);
   }
   if (opts.serverId !== undefined && claims.iss !== opts.serverId) throw new ProtocolError('E_ISSUER', `iss "${claims.iss}" is not ${opts.serverId}`);
+  onAddressed();
   checkTimes(claims.iat, claims.exp, opts.clock);
   if (!isAction(claims.action)) throw new ProtocolError('E_ACTION', `unknown action "${claims.action}"`);
   return { ...claims, action: claims.action };

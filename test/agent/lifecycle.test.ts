@@ -69,6 +69,7 @@ function lifecycle(name: string, start: () => Promise<BrokerUnderTest | undefine
       expect(st.provisioned).to.equal(true);
       expect(st.user_id).to.equal('alice');
       expect(st.last_seq).to.equal(1);
+      // Done before the ack, so true the moment it arrives.
       expect(await exists(files.tokenFile)).to.equal(false);
       expect(agent.fakeGpio?.value(27)).to.equal(true); // sensor enabled once provisioned
     });
