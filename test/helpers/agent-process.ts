@@ -22,7 +22,12 @@ import {
 import type { Party } from './keys.js';
 
 const run = promisify(execFile);
-export const AGENT_CLI = fileURLToPath(new URL('../../agent/cli.js', import.meta.url));
+/**
+ * The agent as the boards run it: the one-file bundle of the host agent tree that `npm run build`
+ * writes (provisioning/builder/host-tree.ts; the same bundle build-agent ships, with this machine's
+ * epoll addon beside it), not the tsc output in dist/.
+ */
+export const AGENT_CLI = fileURLToPath(new URL('../../../build/host/sensor-agent.mjs', import.meta.url));
 
 export interface AgentProcess {
   child: ChildProcess;
