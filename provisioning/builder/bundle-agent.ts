@@ -18,6 +18,13 @@ export const ADDON_REL = 'native/epoll.node';
 /** yargs' CommonJS build, as agent/cli.ts loads it through createRequire (its ESM help layout differs). */
 const YARGS_CJS = "createRequire(import.meta.url)('yargs')";
 
+/** Modules the agent never runs, by import specifier: replaced with stubs that throw when used. */
+const STUBS: ReadonlyArray<readonly [RegExp, string]> = [
+  [/^\.\/ws$/, 'MQTT over WebSocket'], // mqtt/build/lib/connect/ws.js (only for ws:// and wss://)
+  [/^socks$/, 'SOCKS proxies'], // mqtt's socksProxy option
+  [/^pako$/, 'compressed JWE (zip)'], // node-jose's "zip": DEF, refused by the agent
+];
+
 function agentPlugin(repo: string, version: string): Plugin {
   return {
     name: 'sensor-agent',
@@ -40,6 +47,16 @@ function agentPlugin(repo: string, version: string): Plugin {
         loader: 'js',
       }));
       build.onResolve({ filter: /\.node$/ }, (args) => ({ path: args.path, external: true }));
+      // What the agent can never use stays out of the file (and out of the board's memory): the
+      // config accepts mqtt:// and mqtts:// only (no WebSocket, no SOCKS proxy) and every JWE
+      // with "zip" is refused before node-jose would inflate it. Each stub throws if reached.
+      for (const [filter, what] of STUBS) {
+        build.onResolve({ filter }, (args) => (filter.source.startsWith('^\\.') && !/[\\/]mqtt[\\/]/.test(args.importer) ? undefined : { path: what, namespace: 'agent-stub' }));
+      }
+      build.onLoad({ filter: /.*/, namespace: 'agent-stub' }, (args) => ({
+        contents: `const no = () => { throw new Error(${JSON.stringify('sensor-agent does not support ')} + ${JSON.stringify(args.path)}); };\nmodule.exports = new Proxy({}, { get: (_t, k) => (k === '__esModule' ? false : no) });\n`,
+        loader: 'js',
+      }));
     },
   };
 }
