@@ -11,6 +11,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { readElfMachine } from '../flasher/agent-tree.js';
+import { runTool, whichTool } from '../flasher/run-tool.js';
 import { buildEpoll } from './addon.js';
 import { ADDON_REL, BUNDLE_FILE, bundleAgent } from './bundle-agent.js';
 import { BuildError, isBuildError } from './errors.js';
@@ -214,6 +215,10 @@ export async function buildAgentTree(o: BuildOptions): Promise<{ info: BuildInfo
       await mkdir(join(tmp, 'node/bin'), { recursive: true });
       await copyFile(node.binary, join(tmp, NODE_BIN_REL));
       await chmod(join(tmp, NODE_BIN_REL), 0o755);
+      // Official binaries carry their symbol table and debug info (a third of the file): stripped,
+      // they run the same (addons link against the dynamic symbols, which stay).
+      const strip = hostTarget() === o.arch ? 'strip' : `${TARGETS[o.arch].triplet}-strip`;
+      if (whichTool(strip) !== undefined && (await runTool(strip, [join(tmp, NODE_BIN_REL)])).code === 0) nodeInfo.stripped = 'yes';
       if (node.license) await copyFile(node.license, join(tmp, 'node/LICENSE'));
       nodeInfo.path = NODE_BIN_REL;
     } else {
