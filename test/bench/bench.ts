@@ -84,7 +84,7 @@ if (p) target('open+verify vs node:crypto floor (ratio)', p.open_verify_ratio, 2
 const a = results.agent;
 if (a) {
   target('agent idle RSS vs bare node (ratio)', a.rss_ratio, 1.5, 'max', '<= 1.5x');
-  target('agent start-to-subscribed vs bare node start (ratio)', a.start_ratio, 5, 'max', '<= 5x');
+  target('agent start-to-subscribed vs bare node start (ratio)', a.start_ratio, 3, 'max', '<= 3x');
 }
 const s = results.server;
 if (s) target('server commands/s vs seal floor, one core (ratio)', s.ratio_to_seal_floor, 0.5, 'min', '>= 0.5');
