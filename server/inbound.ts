@@ -34,6 +34,8 @@ export interface InboundContext {
 
 export type InboundResult =
   | { kind: 'ack'; command: CommandRecord; duplicate: boolean }
+  /** An authenticated ack contradicting the command's recorded outcome: audited, device flagged, effects not applied. */
+  | { kind: 'contradiction'; command: CommandRecord; claimed: { status: string; code: string } }
   | { kind: 'enrolled'; deviceId: string; request: CommandRecord; repeated: boolean }
   | { kind: 'dropped'; code: string; reason: string }
   | { kind: 'ignored' };
@@ -97,11 +99,26 @@ export async function handleAck(ctx: InboundContext, deviceId: string, payload: 
     return drop(ctx, deviceId, 'E_CLAIMS', `ack of ${claims.ref} carries seq ${claims.seq}, the command had ${command.seq}`);
   }
   const effects: AckEffects = {};
-  if (command.action === 'rotate' && claims.status === 'applied' && command.ackStatus === null) {
-    effects.rotatedKeys = await rotatedKeys(claims.result);
+  if (command.action === 'rotate' && claims.status === 'applied') {
+    // For an ack of a command already answered, the keys are only reported (in the audit), never adopted.
+    if (command.ackStatus === null) effects.rotatedKeys = await rotatedKeys(claims.result);
+    else effects.rotatedKeys = await rotatedKeys(claims.result).catch(() => undefined);
   }
   const outcome = registry.recordAck(deviceId, claims, effects);
   if (outcome.kind === 'unknown-command') return drop(ctx, deviceId, 'E_NO_COMMAND', `ack refers to unknown command ${claims.ref}`);
+  if (outcome.kind === 'contradiction') {
+    ctx.log('error', 'security.ack_contradiction', {
+      device: deviceId,
+      action: command.action,
+      seq: command.seq,
+      jti: command.jti,
+      recorded: `${command.ackStatus} ${command.ackCode}`,
+      claimed: `${claims.status} ${claims.code}`,
+      signer_kid: signerKid,
+      note: 'the device reports applying a command the registry recorded as not applied; effects not applied, device flagged: re-enroll it',
+    });
+    return { kind: 'contradiction', command: outcome.command, claimed: { status: claims.status, code: claims.code } };
+  }
   const duplicate = outcome.kind === 'duplicate';
   ctx.log(claims.status === 'applied' ? 'info' : 'warn', duplicate ? 'ack.duplicate' : 'ack.recorded', {
     device: deviceId,
