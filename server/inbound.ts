@@ -16,6 +16,7 @@ import {
   type PublicJwk,
 } from '../protocol/index.js';
 import type { CommandSender } from './command-sender.js';
+import type { EnrollRefusals } from './enroll-refusals.js';
 import type { Log } from './log.js';
 import { isRegistryError } from './registry/errors.js';
 import type { AckEffects, Registry } from './registry/registry.js';
@@ -30,6 +31,8 @@ export interface InboundContext {
   log: Log;
   /** Told of every ack recorded (by this process or found already recorded). */
   onAck?: (command: CommandRecord) => void;
+  /** Aggregates refused enrollments in the audit and the log (a flood writes a bounded number of rows); without it each is audited. */
+  enrollRefusals?: EnrollRefusals;
 }
 
 export type InboundResult =
@@ -49,6 +52,10 @@ export async function handleInbound(ctx: InboundContext, topic: string, payload:
   } catch (err) {
     const code = isProtocolError(err) || isRegistryError(err) ? err.code : 'E_INTERNAL';
     const reason = err instanceof Error ? err.message : String(err);
+    if (parsed.kind === 'enroll' && ctx.enrollRefusals && code !== 'E_INTERNAL') {
+      ctx.enrollRefusals.refused(parsed.deviceId, code, reason, isRegistryError(err));
+      return { kind: 'dropped', code, reason };
+    }
     ctx.log(code === 'E_INTERNAL' ? 'error' : 'warn', `${parsed.kind}.dropped`, { device: parsed.deviceId, code, reason });
     // Only authenticated enrollments whose token was refused are audited: garbage on the topic is logged, never stored.
     if (parsed.kind === 'enroll' && isRegistryError(err)) ctx.registry.audit('device.enroll.refused', parsed.deviceId, { code, reason });
