@@ -8,9 +8,14 @@
  * adopt its effects, must audit it as a security event and flag the device.
  */
 import { expect } from 'chai';
+import Database from 'better-sqlite3';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import mqtt, { type MqttClient } from 'mqtt';
 import { toPublicJwk } from '../../protocol/index.js';
-import { ACK_CONTRADICTION_EVENT } from '../../server/registry/registry.js';
+import { ACK_CONTRADICTION_EVENT, Registry } from '../../server/registry/registry.js';
+import { MIGRATIONS } from '../../server/registry/schema.js';
 import { runServerCli } from './run-cli.js';
 import { startFixture, type Fixture } from './server-fixture.js';
 import { eventually, makeSimDevice, type SimDevice } from './sim-fleet.js';
@@ -122,5 +127,25 @@ describe('server: an ack contradicting a recorded outcome is a security event (b
     expect(dup).to.include({ kind: 'ack', duplicate: true });
     expect(reg.requireDevice(dev.id).flag).to.equal(null);
     expect(reg.auditLog({ deviceId: dev.id }).map((a) => a.event)).to.not.include(ACK_CONTRADICTION_EVENT);
+  });
+
+  it('a registry made before the flag existed (schema 1) is migrated: its devices carry no flag', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'registry-v1-'));
+    try {
+      const path = join(dir, 'registry.sqlite');
+      const db = new Database(path);
+      db.exec(MIGRATIONS[0] as string);
+      db.pragma('user_version = 1');
+      db.prepare("INSERT INTO devices (id, user_id, state, origin, created_at, updated_at) VALUES ('old-1', 'alice', 'provisioned', 'jwks', 1, 1)").run();
+      db.close();
+      const reg = Registry.open(path);
+      try {
+        expect(reg.requireDevice('old-1')).to.include({ flag: null, userId: 'alice' });
+      } finally {
+        reg.close();
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
