@@ -492,7 +492,10 @@ export class Registry {
 export function ackContradicts(row: { action: string; ack_status: string | null; ack_result: string | null }, ack: AckClaims): boolean {
   if (ack.status !== 'applied' || row.ack_status === null) return false;
   if (row.ack_status !== 'applied') return true;
-  return row.action === 'rotate' && keyIds(row.ack_result === null ? undefined : (JSON.parse(row.ack_result) as unknown)) !== keyIds(ack.result);
+  if (row.action !== 'rotate') return false;
+  // A repeated answer may carry no keys (the outcome only): only other keys contradict.
+  const claimed = keyIds(ack.result);
+  return claimed !== '' && claimed !== keyIds(row.ack_result === null ? undefined : (JSON.parse(row.ack_result) as unknown));
 }
 
 /** The sorted kids of a rotate ack's `result.keys`, as one string ('' when absent). */

@@ -16,6 +16,8 @@ import mqtt, { type MqttClient } from 'mqtt';
 import { toPublicJwk } from '../../protocol/index.js';
 import { ACK_CONTRADICTION_EVENT, Registry } from '../../server/registry/registry.js';
 import { MIGRATIONS } from '../../server/registry/schema.js';
+import { randomUUID } from 'node:crypto';
+import { toJwkSet, type AckClaims } from '../../protocol/index.js';
 import { runServerCli } from './run-cli.js';
 import { startFixture, type Fixture } from './server-fixture.js';
 import { eventually, makeSimDevice, type SimDevice } from './sim-fleet.js';
@@ -145,6 +147,43 @@ describe('server: an ack contradicting a recorded outcome is a security event (b
         reg.close();
       }
     } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('registry: which later acks contradict a recorded outcome (rotate with other keys; not a repeat without keys, not a refusal after applied)', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'registry-contra-'));
+    const reg = Registry.open(join(dir, 'registry.sqlite'), { create: true });
+    try {
+      const dev = await makeSimDevice('rc-1');
+      reg.addDevice({ id: 'rc-1', userId: 'alice', origin: 'jwks', signing: toPublicJwk(dev.signing), encryption: toPublicJwk(dev.encryption), state: 'provisioned' });
+      const command = (action: string): { jti: string; seq: number } => {
+        const { seq } = reg.allocateSeq('rc-1');
+        const jti = randomUUID();
+        reg.recordCommand({ jti, deviceId: 'rc-1', action, userId: 'alice', paramsDigest: 'd', seq, encryptionKid: dev.encryption.kid, sealed: 'x', expiresAt: Date.now() + 60_000 });
+        return { jti, seq };
+      };
+      const ack = (c: { jti: string; seq: number }, status: AckClaims['status'], code: string, result?: Record<string, unknown>): AckClaims => ({
+        iss: 'rc-1', aud: 'provision-server', iat: 0, jti: randomUUID(), ref: c.jti, seq: c.seq, status, code, detail: '', ...(result ? { result } : {}),
+      });
+      const next = await makeSimDevice('rc-1');
+      const other = await makeSimDevice('rc-1');
+      const rot = command('rotate');
+      const keys = { keys: toJwkSet([next.signing, next.encryption]) };
+      expect(reg.recordAck('rc-1', ack(rot, 'applied', 'OK', keys), { rotatedKeys: { signing: toPublicJwk(next.signing), encryption: toPublicJwk(next.encryption) } }).kind).to.equal('recorded');
+      expect(reg.recordAck('rc-1', ack(rot, 'applied', 'OK', keys)).kind).to.equal('duplicate');
+      expect(reg.recordAck('rc-1', ack(rot, 'applied', 'OK')).kind, 'the outcome repeated without keys').to.equal('duplicate');
+      expect(reg.recordAck('rc-1', ack(rot, 'rejected', 'E_REPLAY')).kind).to.equal('duplicate');
+      expect(reg.recordAck('rc-1', ack(rot, 'rejected', 'E_EXPIRED')).kind).to.equal('duplicate');
+      expect(reg.requireDevice('rc-1').flag).to.equal(null);
+      expect(reg.recordAck('rc-1', ack(rot, 'applied', 'OK', { keys: toJwkSet([other.signing, other.encryption]) })).kind).to.equal('contradiction');
+      expect(reg.requireDevice('rc-1').signing?.kid, 'keys stay those first recorded').to.equal(next.signing.kid);
+      const failed = command('update');
+      expect(reg.recordAck('rc-1', ack(failed, 'failed', 'E_HOOK')).kind).to.equal('recorded');
+      expect(reg.recordAck('rc-1', ack(failed, 'applied', 'OK')).kind).to.equal('contradiction');
+      expect(reg.auditLog({ deviceId: 'rc-1' }).filter((a) => a.event === ACK_CONTRADICTION_EVENT)).to.have.length(2);
+    } finally {
+      reg.close();
       await rm(dir, { recursive: true, force: true });
     }
   });
