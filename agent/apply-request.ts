@@ -1,4 +1,9 @@
-/** `request`: confirms the enrollment and binds the device to `user_id`; the device becomes provisioned. */
+/**
+ * `request`: confirms the enrollment and binds the device to `user_id`; the device
+ * becomes provisioned. The enrollment is completed (token removed, LED solid,
+ * sensor enabled) after the state is saved and before the PUBACK and the ack, so
+ * an `applied` ack means all of that is done.
+ */
 import type { CommandClaims } from '../protocol/index.js';
 import { applied, type Outcome } from './outcome.js';
 import type { AgentRuntime } from './runtime.js';
@@ -15,6 +20,6 @@ export async function applyRequest(rt: AgentRuntime, claims: CommandClaims, onPr
       d.keys.signing = rt.keystore.signingKey?.kid ?? null;
       d.keys.encryption = rt.keystore.encryptionKey?.kid ?? null;
     },
-    afterAck: onProvisioned,
+    beforePuback: onProvisioned,
   });
 }

@@ -75,6 +75,8 @@ export async function applyUpdate(rt: AgentRuntime, claims: CommandClaims, ctl: 
         previous: before.settings.broker ?? null,
         next: { ...p.broker },
         rollback_timeout_s: p.rollback_timeout_s ?? DEFAULT_ROLLBACK_TIMEOUT_S,
+        previous_user_id: before.user_id,
+        previous_settings: structuredClone(before.settings),
       }
     : null;
   const outcome = applied(`updated ${changed}`, {
@@ -85,7 +87,7 @@ export async function applyUpdate(rt: AgentRuntime, claims: CommandClaims, ctl: 
     },
     afterAck: async () => {
       await applyGpioSettings(rt, rt.store.state);
-      if (pending) await finishBrokerChange(rt, pending, { user_id: before.user_id, settings: before.settings }, ctl);
+      if (pending) await finishBrokerChange(rt, pending, ctl);
     },
   });
   if (pending) outcome.ackByAfter = true;
@@ -94,15 +96,11 @@ export async function applyUpdate(rt: AgentRuntime, claims: CommandClaims, ctl: 
 
 /**
  * Connects to the new broker; on success clears the marker and acks `applied`
- * there; on timeout restores `rollback` (the state before the update),
- * reconnects to the previous broker and acks `failed`.
+ * there; on timeout restores the user and settings from before the update
+ * (kept in the marker, so this holds after a crash too), reconnects to the
+ * previous broker and acks `failed`.
  */
-export async function finishBrokerChange(
-  rt: AgentRuntime,
-  pending: PendingBroker,
-  rollback: { user_id: string | null; settings: Settings } | null,
-  ctl: UpdateControl,
-): Promise<void> {
+export async function finishBrokerChange(rt: AgentRuntime, pending: PendingBroker, ctl: UpdateControl): Promise<void> {
   const timeoutMs = pending.rollback_timeout_s * 1000;
   rt.log.info('switching broker', { to: pending.next.url, rollback_after_s: pending.rollback_timeout_s });
   const ok = await ctl.switchBroker(pending.next, timeoutMs);
@@ -117,9 +115,9 @@ export async function finishBrokerChange(
   const detail = `could not connect to ${pending.next.url} within ${pending.rollback_timeout_s} s; update rolled back to ${pending.previous?.url ?? rt.config.broker.url}`;
   rt.log.error('broker change rolled back', { to: pending.next.url, back_to: pending.previous?.url ?? rt.config.broker.url });
   await rt.store.update((d) => {
-    if (rollback) {
-      d.settings = rollback.settings;
-      d.user_id = rollback.user_id;
+    if (pending.previous_settings !== undefined) {
+      d.settings = structuredClone(pending.previous_settings);
+      d.user_id = pending.previous_user_id ?? null;
     } else if (pending.previous) d.settings.broker = pending.previous;
     else delete d.settings.broker;
     d.pending_broker = null;

@@ -3,7 +3,7 @@
 import { createRequire } from 'node:module';
 import type yargsModule from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { reportError } from './cli-support.js';
+import { helpHint, reportError } from './cli-support.js';
 import { inspectCommand } from './commands/inspect.js';
 import { keygenCommand } from './commands/keygen.js';
 import { runCommand } from './commands/run.js';
@@ -13,6 +13,9 @@ import { packageVersion } from './version.js';
 
 // yargs' CommonJS build: its ESM build's help layout (cliui without wrap-ansi) breaks lines in the middle of words.
 const yargs = createRequire(import.meta.url)('yargs') as typeof yargsModule;
+
+/** Each command and its subcommands (for the --help a usage error points at). */
+const COMMANDS: Record<string, readonly string[]> = { keygen: [], inspect: [], run: [], selftest: [], status: [] };
 
 const PROGRAM = 'sensor-agent';
 
@@ -31,9 +34,10 @@ await yargs(hideBin(process.argv))
   .alias('h', 'help')
   .wrap(Math.min(100, process.stdout.columns || 100))
   .fail((msg: string | undefined, err: Error | undefined) => {
-    if (err) throw err; // reported once, by the catch below
-    process.stderr.write(`${PROGRAM}: E_USAGE: ${msg ?? 'bad usage'}\nRun '${PROGRAM} --help' for usage.\n`);
+    // A handler's error is reported once, by the catch below; yargs' own (YError: validation, a flag's coerce) are usage errors.
+    if (err && err.name !== 'YError') throw err;
+    process.stderr.write(`${PROGRAM}: E_USAGE: ${msg ?? err?.message ?? 'bad usage'}\n${helpHint(PROGRAM, hideBin(process.argv), COMMANDS)}\n`);
     process.exit(2);
   })
   .parseAsync()
-  .catch((err: unknown) => reportError(PROGRAM, err));
+  .catch((err: unknown) => reportError(PROGRAM, err, helpHint(PROGRAM, hideBin(process.argv), COMMANDS)));

@@ -6,7 +6,7 @@
  */
 import { access, constants, readFile } from 'node:fs/promises';
 import { dirname, isAbsolute, resolve } from 'node:path';
-import { DEFAULT_MAX_SKEW_SECONDS, DEFAULT_TOPIC_PREFIX, ID_PATTERN } from '../protocol/index.js';
+import { assertValidPrefix, DEFAULT_MAX_SKEW_SECONDS, DEFAULT_TOPIC_PREFIX, ID_PATTERN } from '../protocol/index.js';
 import type { GpioConfig } from './gpio/index.js';
 import { isLogLevel, type LogLevel } from './log.js';
 
@@ -132,8 +132,9 @@ function checkConfig(value: unknown, file: string): { config: AgentConfig | unde
 
   const deviceId = root.string('device_id', { required: true, pattern: ID_PATTERN, patternWhy: 'must be 1-64 letters, digits, ".", "_" or "-", starting with a letter or digit' });
   const serverId = root.string('server_id', { pattern: ID_PATTERN, patternWhy: 'must be 1-64 letters, digits, ".", "_" or "-"' }) ?? DEFAULT_SERVER_ID;
-  const prefix = root.string('topic_prefix', { pattern: /^[^#+\u0000$][^#+\u0000]{0,127}$/, patternWhy: 'must be an MQTT topic without wildcards, not starting with $' }) ?? DEFAULT_TOPIC_PREFIX;
-  if (prefix.endsWith('/')) problems.push('topic_prefix: must not end with "/"');
+  const prefix = root.string('topic_prefix') ?? DEFAULT_TOPIC_PREFIX;
+  // The protocol's own rule (the topics are built with it at start): levels of A-Z a-z 0-9 . _ -
+  if (prefix.length > 128 || !isValidPrefix(prefix)) problems.push(`topic_prefix: "${prefix.slice(0, 40)}" must be 1-128 characters: levels of A-Z a-z 0-9 . _ - separated by "/" (no spaces, wildcards, leading $ or /, or trailing /)`);
 
   const b = root.section('broker', true);
   let broker: BrokerConfig | undefined;
@@ -329,5 +330,14 @@ class Section {
   pin(k: string): number | null | undefined {
     if (this.#v[k] === null) return null;
     return this.integer(k, 0, 63);
+  }
+}
+
+function isValidPrefix(prefix: string): boolean {
+  try {
+    assertValidPrefix(prefix);
+    return true;
+  } catch {
+    return false;
   }
 }

@@ -9,8 +9,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { constants, type Stats } from 'node:fs';
-import { lstat, open, readdir, rename, unlink, type FileHandle } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { lstat, mkdir, open, readdir, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
 
 export type DurableFileErrorCode = 'E_DISK_FULL' | 'E_WRITE' | 'E_REMOVE';
 
@@ -189,4 +189,32 @@ class SimulatedCrash {
 export function errnoCode(err: unknown): string | undefined {
   if (typeof err === 'object' && err !== null && 'code' in err && typeof err.code === 'string') return err.code;
   return undefined;
+}
+
+/**
+ * `mkdir -p DIR` (new levels with `mode`), one level at a time: Node's recursive
+ * mkdir never returns where mkdir answers ENOENT under an existing directory
+ * (/proc). Throws the errno error of the level that failed; ENOTDIR for a path
+ * through a file.
+ */
+export async function makeDirectories(dir: string, mode: number): Promise<void> {
+  const missing: string[] = [];
+  for (let p = resolve(dir); ; p = dirname(p)) {
+    const st = await stat(p).catch((err: unknown) => {
+      const code = errnoCode(err);
+      if (code === 'ENOENT' || code === 'ENOTDIR') return undefined; // ENOTDIR: a level above is a file, found next
+      throw err;
+    });
+    if (st) {
+      if (!st.isDirectory()) throw Object.assign(new Error(`ENOTDIR: ${p} is a file, not a directory`), { code: 'ENOTDIR' });
+      break;
+    }
+    missing.unshift(p);
+    if (dirname(p) === p) break;
+  }
+  for (const d of missing) {
+    await mkdir(d, { mode }).catch((err: unknown) => {
+      if (errnoCode(err) !== 'EEXIST') throw err;
+    });
+  }
 }

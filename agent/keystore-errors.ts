@@ -1,7 +1,8 @@
 /**
  * Typed refusals of the agent's key store. Every refusal has a stable code;
  * the message names the file and, where one exists, the exact command that
- * fixes it (also in `fix`). `sensor-agent run` exits with status 2 on these.
+ * fixes it (also in `fix`). Every `sensor-agent` command exits with status 2 on
+ * these: a set-up problem, which neither a retry nor a restart fixes.
  */
 export const KEYSTORE_ERROR_CODES = {
   E_KEYSTORE_PERMS: 'key store directory or key file has group/other permission bits',
@@ -9,7 +10,7 @@ export const KEYSTORE_ERROR_CODES = {
   E_KEYSTORE_TYPE: 'key store path is a symlink, FIFO or other non-regular file',
   E_KEYSTORE_MISSING: 'key store directory or a required key is missing',
   E_KEYSTORE_CORRUPT: 'key file is not a valid private JWK of the expected use',
-  E_KEYSTORE_EXISTS: 'keys already exist (use force to replace them)',
+  E_KEYSTORE_EXISTS: 'keys already exist (pass --force to replace them)',
   E_KEYSTORE_READONLY: 'key is supplied by systemd credentials and cannot be changed by the agent',
   E_KEYSTORE_IO: 'key store file could not be read',
 } as const;
@@ -19,6 +20,8 @@ export type KeyStoreErrorCode = keyof typeof KEYSTORE_ERROR_CODES;
 export class KeyStoreError extends Error {
   override readonly name = 'KeyStoreError';
   readonly code: KeyStoreErrorCode;
+  /** The CLI's exit status: 2, bad usage or configuration. */
+  readonly exitCode = 2;
   /** The file or directory concerned. */
   readonly path: string;
   /** The shell command that fixes the problem, when there is one. */

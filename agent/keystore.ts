@@ -22,11 +22,19 @@
  * supplies (generate with force, rotate, write) is refused with
  * E_KEYSTORE_READONLY, since the credential would win again at the next start.
  *
+ * Replay protection bound to the keys: `in-use.json` (mode 0600, checked
+ * like a key file) says that these keys have been used with a state file,
+ * whose seq floor and recent commands are what refuses replays. It is written
+ * once, after the state file exists, and removed only after new keys replace
+ * these (generate) or the keys are wiped. Keys marked in use whose state file
+ * is gone are never acted on again (the agent enrolls with new keys instead):
+ * commands captured under them could otherwise be replayed.
+ *
  * Not safe for concurrent use by several processes; within one process the
  * mutating methods are serialised.
  */
 import { constants, type Stats } from 'node:fs';
-import { chmod, lstat, mkdir, open } from 'node:fs/promises';
+import { chmod, lstat, open } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -38,14 +46,17 @@ import {
   type KeyUse,
   type PrivateJwk,
 } from '../protocol/keys.js';
-import { errnoCode, removeFileSecurely, removeStaleTemps, writeFileAtomic } from './durable-file.js';
+import { errnoCode, makeDirectories, removeFileSecurely, removeStaleTemps, writeFileAtomic } from './durable-file.js';
 import { KeyStoreError } from './keystore-errors.js';
+import { octalMode as octal, shellQuote as sh } from './file-modes.js';
 
 export type KeyName = 'signing' | 'encryption' | 'encryption.previous';
 export type KeySource = 'keystore' | 'credentials';
 
 export const KEY_NAMES: readonly KeyName[] = ['signing', 'encryption', 'encryption.previous'];
 const KEY_USE: Readonly<Record<KeyName, KeyUse>> = { signing: 'sig', encryption: 'enc', 'encryption.previous': 'enc' };
+/** The marker of keys used with a state file (see above). */
+export const IN_USE_FILE = 'in-use.json';
 /** Key files are a few KiB at most (RSA 4096 is ~3.3 KiB); anything bigger is refused unread. */
 const MAX_KEY_FILE_BYTES = 64 * 1024;
 
@@ -92,6 +103,7 @@ interface Checked {
 export class KeyStore {
   private readonly keys = new Map<KeyName, LoadedKey>();
   private queue: Promise<unknown> = Promise.resolve();
+  #inUse = false;
 
   private constructor(
     readonly dir: string,
@@ -113,9 +125,11 @@ export class KeyStore {
       const chosen = cred ?? own;
       if (chosen !== undefined) toRead.set(name, chosen);
     }
+    const inUse = (await checkKeyFile(join(dir, IN_USE_FILE), uid, 'keystore')) !== undefined;
     await removeStaleTemps(dir, { secure: true });
 
     const store = new KeyStore(dir, credentialsDir);
+    store.#inUse = inUse;
     for (const [name, checked] of toRead) {
       store.keys.set(name, { jwk: await readKeyFile(checked, KEY_USE[name]), source: checked.source });
     }
@@ -152,6 +166,19 @@ export class KeyStore {
     return out;
   }
 
+  /** True when these keys have been used with a state file (`in-use.json`). */
+  get inUse(): boolean {
+    return this.#inUse;
+  }
+
+  /** Marks the current keys as used with a state file (atomic, durable). Call once the state file exists. */
+  markInUse(deviceId: string): Promise<void> {
+    return this.serialised(async () => {
+      await writeFileAtomic(join(this.dir, IN_USE_FILE), `${JSON.stringify({ device_id: deviceId, since: Math.floor(Date.now() / 1000) })}\n`, { mode: 0o600 });
+      this.#inUse = true;
+    });
+  }
+
   /** True when both a signing and an encryption key are present. */
   hasKeys(): boolean {
     return this.keys.has('signing') && this.keys.has('encryption');
@@ -184,6 +211,7 @@ export class KeyStore {
       const leftInCredentials = KEY_NAMES.filter((n) => this.sourceOf(n) === 'credentials').map(keyFileName);
       const removed: string[] = [];
       for (const name of KEY_NAMES) if (await this.removeKey(name)) removed.push(keyFileName(name));
+      await this.removeInUse();
       this.keys.clear();
       return { removed, leftInCredentials };
     });
@@ -199,7 +227,7 @@ export class KeyStore {
     return this.serialised(async () => {
       const existing = (['signing', 'encryption'] as const).filter((n) => this.keys.has(n));
       if (existing.length > 0 && options.force !== true) {
-        throw new KeyStoreError('E_KEYSTORE_EXISTS', this.dir, `key store ${this.dir} already holds ${existing.map(keyFileName).join(' and ')}; refusing to replace them without force`);
+        throw new KeyStoreError('E_KEYSTORE_EXISTS', this.dir, `key store ${this.dir} already holds ${existing.map(keyFileName).join(' and ')}; refusing to replace them without --force`);
       }
       for (const name of KEY_NAMES) this.refuseIfCredential(name);
       const signing = await generateSigningKey();
@@ -207,6 +235,8 @@ export class KeyStore {
       await this.writeKey('signing', signing);
       await this.writeKey('encryption', encryption);
       await this.removeKey('encryption.previous');
+      // Last: until the new keys are all in place, a crash leaves the store marked (and so replaced again).
+      await this.removeInUse();
       return toJwkSet([signing, encryption]);
     });
   }
@@ -252,6 +282,11 @@ export class KeyStore {
     return removed;
   }
 
+  private async removeInUse(): Promise<void> {
+    await removeFileSecurely(join(this.dir, IN_USE_FILE));
+    this.#inUse = false;
+  }
+
   private refuseIfCredential(name: KeyName): void {
     if (this.sourceOf(name) !== 'credentials') return;
     const path = join(this.credentialsDir ?? '', keyFileName(name));
@@ -282,7 +317,7 @@ async function checkStoreDirectory(dir: string, create: boolean, uid: number | u
       throw new KeyStoreError('E_KEYSTORE_MISSING', dir, `key store directory ${dir} does not exist`, { fix: `install -d -m 700 -o ${ownerName(uid)} ${sh(dir)}` });
     }
     try {
-      await mkdir(dir, { recursive: true, mode: 0o700 });
+      await makeDirectories(dir, 0o700);
       await chmod(dir, 0o700);
       st = await lstat(dir);
     } catch (err) {
@@ -407,9 +442,6 @@ function ownerName(uid: number | undefined): string {
   return String(uid);
 }
 
-function octal(mode: number): string {
-  return (mode & 0o7777).toString(8).padStart(4, '0');
-}
 
 function fileType(st: Stats): string {
   if (st.isFIFO()) return 'a FIFO (named pipe)';
@@ -418,9 +450,4 @@ function fileType(st: Stats): string {
   if (st.isBlockDevice()) return 'a block device';
   if (st.isDirectory()) return 'a directory';
   return 'not a regular file';
-}
-
-/** Quotes a path for a shell command only when needed. */
-function sh(s: string): string {
-  return /^[A-Za-z0-9_@%+=:,./-]+$/.test(s) ? s : `'${s.replaceAll("'", `'\\''`)}'`;
 }

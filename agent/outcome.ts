@@ -11,9 +11,9 @@ export interface Outcome {
   mutate?: (draft: AgentState) => void;
   /** An ack sealed in advance (rotate: by the old key; delete: before the keys are wiped). */
   ackToken?: string;
-  /** After the state is saved, before the PUBACK (delete: wipe the keys). */
+  /** After the state is saved, before the PUBACK and the ack (delete: wipe the keys; request: complete the enrollment). */
   beforePuback?: () => Promise<void>;
-  /** After the PUBACK and the ack (GPIO, enrollment completion, exit). */
+  /** After the PUBACK and the ack (GPIO, broker change, exit). */
   afterAck?: () => Promise<void>;
   /** When set, `afterAck` publishes the ack itself (broker change: the ack goes to whichever broker stays). */
   ackByAfter?: boolean;

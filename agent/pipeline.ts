@@ -8,14 +8,17 @@
  *
  * Refusals before the signature verified are logged (one line, rate-limited)
  * and dropped without an ack. Authenticated refusals get a `rejected` ack
- * with the code. A redelivered applied command is re-acked as a duplicate
- * with its original status, never applied twice.
+ * with the code; when the command is addressed to this device by our server
+ * (and not already below the seq floor), the refusal is saved first, like an
+ * applied command: a decided command is final. A redelivered command that
+ * was decided before (applied, failed or refused) is re-acked as a duplicate
+ * with its original status and code, never applied.
  */
 import { checkReplay, isProtocolError, openCommand, type CommandClaims, type OpenedCommand } from '../protocol/index.js';
 import { runHook } from './hooks.js';
 import { ActionRefused, type ApplyFn, type Outcome } from './outcome.js';
 import type { AgentRuntime } from './runtime.js';
-import { recordCommand, type RecentCommand } from './state.js';
+import { recordCommand, recordRefusal, type RecentCommand } from './state.js';
 
 /** Work to run after the PUBACK (publishing the ack, side effects). */
 export type FollowUp = () => Promise<void>;
@@ -75,11 +78,15 @@ export class Pipeline {
         return undefined;
       }
       const ref = err.refused;
+      // Decided before (applied or refused): the same answer again, whatever the clock says now.
       const known = ref.jti === undefined ? undefined : rt.store.recent(ref.jti);
-      if (err.code === 'E_REPLAY' && known) return this.#duplicate(known);
+      if (known) return this.#duplicate(known);
       rt.log.warn('command refused', { code: err.code, action: ref.action, seq: ref.seq, jti: ref.jti, reason: err.message });
       if (ref.jti === undefined) return undefined;
-      return this.#reject(ref.jti, ref.seq ?? 0, ref.action ?? '?', err.code, err.message);
+      // Recorded only when it is a command from our server to this device that the seq floor does not
+      // already cover: a replay, or a message addressed elsewhere, must not take room in the window.
+      const record = ref.addressed === true && err.code !== 'E_REPLAY' && ref.seq !== undefined && ref.seq > rt.store.state.last_seq;
+      return this.#reject(ref.jti, ref.seq ?? 0, ref.action ?? '?', err.code, err.message, record);
     }
 
     const c = opened.claims;
@@ -87,7 +94,7 @@ export class Pipeline {
     log.info('command verified');
     const state = rt.store.state;
     if (NEEDS_PROVISIONED.has(c.action) && !state.provisioned) {
-      return this.#reject(c.jti, c.seq, c.action, 'E_NOT_PROVISIONED', `${c.action} needs a provisioned device; this one is not (send request first)`);
+      return this.#reject(c.jti, c.seq, c.action, 'E_NOT_PROVISIONED', `${c.action} needs a provisioned device; this one is not (send request first)`, true);
     }
 
     let outcome: Outcome;
@@ -102,9 +109,9 @@ export class Pipeline {
           })
         : { ran: false, ok: true, detail: '' };
       if (hook.ran) log.info('hook ran', { ok: hook.ok, detail: hook.detail });
-      outcome = hook.ok ? await this.actions[c.action](c) : { status: 'failed', code: 'E_HOOK', detail: hook.detail };
+      outcome = hook.ok ? await this.actions[c.action](c) : { status: 'failed', code: hook.code ?? 'E_HOOK', detail: hook.detail };
     } catch (err) {
-      if (err instanceof ActionRefused) return this.#reject(c.jti, c.seq, c.action, err.code, err.message);
+      if (err instanceof ActionRefused) return this.#reject(c.jti, c.seq, c.action, err.code, err.message, true);
       log.error('action failed', { reason: (err as Error).message });
       outcome = { status: 'failed', code: 'E_APPLY', detail: `${c.action} failed: ${(err as Error).message}` };
     }
@@ -151,8 +158,18 @@ export class Pipeline {
     };
   }
 
-  #reject(jti: string, seq: number, action: string, code: string, detail: string): FollowUp | undefined {
+  /**
+   * A `rejected` ack. With `record`, the refusal is first saved (before the
+   * PUBACK, like an applied command): the command is then final, and a
+   * redelivery, even after a restart with another clock, gets the same answer.
+   */
+  async #reject(jti: string, seq: number, action: string, code: string, detail: string, record: boolean): Promise<FollowUp | undefined> {
     const rt = this.rt;
+    if (record) {
+      const rec: RecentCommand = { jti, seq, action, status: 'rejected', code, detail, at: Math.floor(Date.now() / 1000) };
+      await rt.store.update((d) => recordRefusal(d, rec));
+      await rt.afterPersist?.(action);
+    }
     this.onCommand({ jti, seq, action, status: 'rejected', code, detail, duplicate: false });
     if (!rt.keystore.signingKey) return undefined;
     return async () => {

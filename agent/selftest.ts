@@ -5,7 +5,7 @@
  * passes when no required check fails.
  */
 import { randomBytes } from 'node:crypto';
-import { access, readFile, unlink } from 'node:fs/promises';
+import { access, open, readFile, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import mqtt from 'mqtt';
 import { KeyRing, openAck, sealAck, toPublicJwk } from '../protocol/index.js';
@@ -13,11 +13,11 @@ import { brokerFailureFix, probeTlsIdentity } from './broker-probe.js';
 import { clockStatus } from './clock.js';
 import { loadConfig, type AgentConfig } from './config.js';
 import { writeFileAtomic } from './durable-file.js';
-import { findHeaderChip } from './gpio/index.js';
+import { DEFAULT_SYSFS_ROOT, loadOnoff, openOnoff, type OnoffModule } from './gpio/index.js';
 import { resolveOnChip } from './gpio/sysfs-resolver.js';
 import { KeyStore } from './keystore.js';
 import type { AgentRuntime } from './runtime.js';
-import { readState, type AgentState } from './state.js';
+import { readState, StateError, stateLossAdvice, type AgentState } from './state.js';
 import { loadTrustAnchors, type TrustAnchors } from './trust.js';
 
 export type CheckStatus = 'pass' | 'warn' | 'fail' | 'skip';
@@ -46,6 +46,8 @@ export interface SelftestOptions {
   running?: AgentRuntime;
   /** Broker check timeout, ms (default 8000). */
   brokerTimeoutMs?: number;
+  /** The onoff module to load instead of the installed one (tests: a copy whose native addon is broken). */
+  onoffModule?: string;
 }
 
 export const MIN_NODE = [20, 19] as const;
@@ -77,10 +79,12 @@ export async function runSelftest(options: SelftestOptions): Promise<SelftestRep
 
   // State (read-only here) and the state directory.
   let state: AgentState | undefined;
+  let stateMissing = false;
   try {
     state = rt ? rt.store.state : await readState(config.state_dir);
+    stateMissing = state === undefined;
   } catch (err) {
-    add({ id: 'state', title: 'state file', required: true, status: 'fail', reason: (err as Error).message, fix: `move ${join(config.state_dir, 'state.json')} away to start unprovisioned` });
+    add({ id: 'state', title: 'state file', required: true, status: 'fail', reason: (err as Error).message, fix: err instanceof StateError && err.fix !== undefined ? err.fix : stateLossAdvice(join(config.state_dir, 'state.json')) });
   }
   add(await stateDirCheck(config.state_dir));
 
@@ -103,7 +107,7 @@ export async function runSelftest(options: SelftestOptions): Promise<SelftestRep
   }
   if (keystore) {
     if (!rt) add({ id: 'keystore', title: 'key store permissions', required: true, status: 'pass', reason: `${config.keystore}: directory 0700, key files 0600, owned by this user or root` });
-    add(keysCheck(keystore, state, tokenPresent));
+    add(keysCheck(keystore, state, tokenPresent, stateMissing ? join(config.state_dir, 'state.json') : undefined));
   } else {
     add({ id: 'keys', title: 'device keys', required: true, status: 'skip', reason: 'key store not usable' });
   }
@@ -136,7 +140,7 @@ export async function runSelftest(options: SelftestOptions): Promise<SelftestRep
   });
 
   add(rt ? liveBrokerCheck(rt) : await brokerCheck(config, state, options.brokerTimeoutMs ?? 8000));
-  add(await gpioCheck(config, rt));
+  add(await gpioCheck(config, rt, options.onoffModule));
   add(nodeCheck());
   return finish(config.device_id);
 }
@@ -165,8 +169,13 @@ async function stateDirCheck(dir: string): Promise<Check> {
   }
 }
 
-function keysCheck(ks: KeyStore, state: AgentState | undefined, tokenPresent: boolean): Check {
+/** `missingState`: the path of state.json when it does not exist. */
+function keysCheck(ks: KeyStore, state: AgentState | undefined, tokenPresent: boolean, missingState: string | undefined): Check {
   const base = { id: 'keys', title: 'device keys', required: true };
+  if (ks.hasKeys() && ks.inUse && missingState !== undefined) {
+    if (tokenPresent) return { ...base, status: 'pass', reason: `${missingState} is missing for keys already in use: the agent will replace them and enroll again with the token present` };
+    return { ...base, status: 'fail', reason: `${missingState} is missing but the keys were already used with it (E_STATE_LOST): the agent will not act on them`, fix: stateLossAdvice(missingState) };
+  }
   if (!ks.hasKeys()) {
     if (tokenPresent && !state?.provisioned) return { ...base, status: 'pass', reason: 'no keys yet: they are generated at enrollment (enrollment token present)' };
     return { ...base, status: 'fail', reason: 'no device keys and no enrollment token', fix: 'place an enrollment token (provision-server bundle) at the configured enrollment_token path, then start the agent' };
@@ -261,7 +270,37 @@ async function brokerCheck(config: AgentConfig, state: AgentState | undefined, t
   });
 }
 
-async function gpioCheck(config: AgentConfig, rt: AgentRuntime | undefined): Promise<Check> {
+const GPIO_ADDON_FIX =
+  'the GPIO addon (epoll.node) must be built for this board\'s CPU and this Node.js: install an agent tree built for the board (provisioning/build-agent, see provisioning/README.md), or rebuild it on the board (npm rebuild epoll in the agent\'s directory); on a board without GPIO set gpio.backend to "none"';
+
+/** ELF e_machine values, named as Node's process.arch names them. */
+const ELF_MACHINES: Readonly<Record<number, string>> = { 3: 'ia32', 40: 'arm', 62: 'x64', 183: 'arm64' };
+
+/**
+ * The dynamic loader says "cannot open shared object file: No such file or directory" for an
+ * addon built for another CPU although the file is there: read its ELF header and say so.
+ */
+async function addonArchNote(message: string): Promise<string> {
+  const file = /(\/\S+\.node): cannot open shared object file/.exec(message)?.[1];
+  if (!file) return '';
+  try {
+    const fh = await open(file, 'r');
+    const { buffer, bytesRead } = await fh.read(Buffer.alloc(20), 0, 20, 0).finally(() => fh.close());
+    if (bytesRead < 20 || buffer.readUInt32BE(0) !== 0x7f454c46) return '';
+    const machine = buffer[5] === 2 ? buffer.readUInt16BE(18) : buffer.readUInt16LE(18);
+    return `; ${file} is there but built for ${ELF_MACHINES[machine] ?? `ELF machine ${machine}`}`;
+  } catch {
+    return '';
+  }
+}
+
+/** A native loader's message on one line, bounded (the bindings module lists every path it tried). */
+function oneLine(message: string, max = 400): string {
+  const s = message.replace(/\s*\n\s*/g, ' ').trim();
+  return s.length > max ? `${s.slice(0, max - 3)}...` : s;
+}
+
+async function gpioCheck(config: AgentConfig, rt: AgentRuntime | undefined, onoffModule: string | undefined): Promise<Check> {
   const base = { id: 'gpio', title: 'GPIO', required: true };
   if (rt) {
     const r = await rt.io.check();
@@ -271,14 +310,25 @@ async function gpioCheck(config: AgentConfig, rt: AgentRuntime | undefined): Pro
   const backend = g.backend ?? 'auto';
   const pins = (['status_led', 'sensor_enable', 'reset_button'] as const).filter((r) => typeof g[r] === 'number');
   if (backend === 'none' || backend === 'fake') return { ...base, status: 'pass', reason: `backend ${backend}${pins.length ? `; pins ${pins.join(', ')} not driven` : ''}` };
-  if (pins.length === 0) return { ...base, status: 'pass', reason: `backend ${backend}, no pins configured` };
+  // The backend as `run` opens it: onoff and its native addon loaded for real, the header chip found,
+  // the export file writable; no pin is exported (a running agent owns them). Needed when pins are
+  // wired or onoff is named; otherwise a failure only means `run` goes without GPIO (a warning).
+  const needed = backend === 'onoff' || pins.length > 0;
+  const failed = (reason: string, fix: string): Check =>
+    needed ? { ...base, status: 'fail', reason, fix } : { ...base, required: false, status: 'warn', reason: `${reason}; no pins configured: the agent runs without GPIO`, fix };
+  let onoff: OnoffModule;
   try {
-    // Without exporting anything (a running agent owns the pins): resolve each pin on the header chip.
-    const chip = await findHeaderChip(g.sysfs_root ? { root: g.sysfs_root } : {});
-    const parts = pins.map((r) => `${r} ${String(g[r])} -> gpio${resolveOnChip(chip, g[r] as number).sysfs}`);
-    return { ...base, status: 'pass', reason: `${chip.dir} "${chip.label}" base ${chip.base}: ${parts.join(', ')}` };
+    onoff = await loadOnoff(onoffModule);
   } catch (err) {
-    return { ...base, required: backend === 'onoff' || pins.length > 0, status: 'fail', reason: (err as Error).message, fix: 'check /sys/class/gpio and the pin numbers, or set gpio.backend to "none" on a board without GPIO' };
+    const message = (err as Error).message;
+    return failed(`${oneLine(message)}${await addonArchNote(message)} (this is Node.js ${process.version}, module ABI ${process.versions.modules}, ${process.arch})`, GPIO_ADDON_FIX);
+  }
+  try {
+    const { chip } = await openOnoff(g.sysfs_root ?? DEFAULT_SYSFS_ROOT, { onoff });
+    const parts = pins.map((r) => `${r} ${String(g[r])} -> gpio${resolveOnChip(chip, g[r] as number).sysfs}`);
+    return { ...base, status: 'pass', reason: `backend onoff loaded (native addon ok); ${chip.dir} "${chip.label}" base ${chip.base}${parts.length ? `: ${parts.join(', ')}` : ', no pins configured'}` };
+  } catch (err) {
+    return failed((err as Error).message, 'check /sys/class/gpio and the pin numbers, that the agent user is in group gpio, or set gpio.backend to "none" on a board without GPIO');
   }
 }
 

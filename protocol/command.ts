@@ -36,17 +36,27 @@ export interface CommandInput {
   now?: number;
 }
 
-/** Builds and validates the claims of a command, then seals them. */
-export async function sealCommand(input: CommandInput, keys: SealKeys): Promise<{ token: string; claims: CommandClaims }> {
+/**
+ * Checks everything of a command that does not depend on its `seq` (ids, lifetime,
+ * user id, params) and returns the validated params. Callers that allocate a `seq`
+ * run it first, so a refused command uses up nothing.
+ */
+export function checkCommandInput(input: Omit<CommandInput, 'seq' | 'jti' | 'now'>): ActionParams {
   assertValidId(input.serverId, 'server id');
   assertValidId(input.deviceId, 'device id');
-  if (!Number.isSafeInteger(input.seq) || input.seq < 1) throw new ProtocolError('E_CLAIMS', 'seq must be an integer >= 1');
   const ttl = input.ttlSeconds ?? DEFAULT_COMMAND_TTL_SECONDS;
   if (!Number.isSafeInteger(ttl) || ttl < 1 || ttl > MAX_TTL_SECONDS) throw new ProtocolError('E_CLAIMS', `ttl must be 1-${MAX_TTL_SECONDS} s`);
   if (typeof input.userId !== 'string' || input.userId.length === 0 || input.userId.length > 128) {
     throw new ProtocolError('E_CLAIMS', 'user id must be a string of 1-128 characters');
   }
-  const params = validateParams(input.action, input.params ?? {});
+  return validateParams(input.action, input.params ?? {});
+}
+
+/** Builds and validates the claims of a command, then seals them. */
+export async function sealCommand(input: CommandInput, keys: SealKeys): Promise<{ token: string; claims: CommandClaims }> {
+  if (!Number.isSafeInteger(input.seq) || input.seq < 1) throw new ProtocolError('E_CLAIMS', 'seq must be an integer >= 1');
+  const params = checkCommandInput(input);
+  const ttl = input.ttlSeconds ?? DEFAULT_COMMAND_TTL_SECONDS;
   const iat = Math.floor((input.now ?? Date.now()) / 1000);
   const claims: CommandClaims = {
     iss: input.serverId,
@@ -94,8 +104,9 @@ export async function openCommand(input: string | Uint8Array, opts: OpenCommandO
   const d = await decryptSealed(input, opts.decryption, opts.maxBytes);
   const v = await verifyJws(d.jws, d.jwsHeader, opts.verification);
   const raw = v.payload;
+  let addressed = false;
   try {
-    const claims = readCommandClaims(raw, opts);
+    const claims = readCommandClaims(raw, opts, () => (addressed = true));
     await opts.replay?.check(claims.seq, claims.jti);
     const params = validateParams(claims.action, raw.params);
     return { claims: { ...claims, params }, decryptKid: d.decryptKid, signerKid: v.signerKid };
@@ -106,11 +117,12 @@ export async function openCommand(input: string | Uint8Array, opts: OpenCommandO
       ...(typeof raw.jti === 'string' && raw.jti.length <= 64 ? { jti: raw.jti } : {}),
       ...(Number.isSafeInteger(raw.seq) && (raw.seq as number) >= 0 ? { seq: raw.seq as number } : {}),
       ...(typeof raw.action === 'string' && raw.action.length <= 32 ? { action: raw.action } : {}),
+      ...(addressed ? { addressed: true } : {}),
     });
   }
 }
 
-function readCommandClaims(raw: Record<string, unknown>, opts: OpenCommandOptions): Omit<CommandClaims, 'params'> {
+function readCommandClaims(raw: Record<string, unknown>, opts: OpenCommandOptions, onAddressed: () => void): Omit<CommandClaims, 'params'> {
   const r = new ClaimReader(raw);
   const claims = {
     iss: r.string('iss', 64),
@@ -130,6 +142,7 @@ function readCommandClaims(raw: Record<string, unknown>, opts: OpenCommandOption
     throw new ProtocolError('E_AUDIENCE', `arrived on the topic of device "${opts.topicDeviceId}", not ${opts.deviceId}`);
   }
   if (opts.serverId !== undefined && claims.iss !== opts.serverId) throw new ProtocolError('E_ISSUER', `iss "${claims.iss}" is not ${opts.serverId}`);
+  onAddressed();
   checkTimes(claims.iat, claims.exp, opts.clock);
   if (!isAction(claims.action)) throw new ProtocolError('E_ACTION', `unknown action "${claims.action}"`);
   return { ...claims, action: claims.action };

@@ -29,6 +29,12 @@ export interface RefusedMessage {
   seq?: number;
   action?: string;
   signerKid?: string;
+  /**
+   * True when the claims were well formed and addressed to this receiver by
+   * the expected issuer (aud, device_id, topic, iss all checked): a command
+   * the receiver must treat as decided (recorded, never applied later).
+   */
+  addressed?: boolean;
 }
 
 export class ProtocolError extends Error {

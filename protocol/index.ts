@@ -12,3 +12,4 @@ export { decryptSealed, verifyJws, openSealed, type Decrypted, type Verified } f
 export * from './command.js';
 export * from './ack.js';
 export * from './enrollment.js';
+export * from './duration.js';

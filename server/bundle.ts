@@ -3,7 +3,7 @@
  * config.json (relative paths), trust.jwks, ca.pem, client.crt/client.key, enroll.token,
  * and with keys made on the host, keys/ holding the key store files.
  */
-import { copyFile, mkdir, readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { assertValidId, generateEncryptionKey, generateSigningKey, toPublicJwk, type PrivateJwk } from '../protocol/index.js';
 import { CliError } from './cli-support.js';
@@ -40,7 +40,18 @@ export async function writeBundle(data: OpenedData, options: BundleOptions): Pro
   assertValidId(options.deviceId);
   const dir = resolve(options.outDir);
   const broker = options.broker ?? data.config.broker;
-  const url = new URL(broker.url);
+  // Everything is checked and read before the output directory is created: a refusal leaves nothing behind.
+  let url: URL;
+  try {
+    url = new URL(broker.url);
+  } catch {
+    throw new CliError('E_USAGE', `broker URL "${broker.url}" is not a URL like mqtts://host:8883`, 2);
+  }
+  if (url.protocol !== 'mqtt:' && url.protocol !== 'mqtts:') throw new CliError('E_USAGE', `broker URL ${broker.url} must be mqtt:// or mqtts://`, 2);
+  if (Boolean(broker.cert) !== Boolean(broker.key)) throw new CliError('E_USAGE', '--client-cert and --client-key go together', 2);
+  const caPem = broker.ca ? await readInput(broker.ca) : undefined;
+  const certPem = broker.cert ? await readInput(broker.cert) : undefined;
+  const keyPem = broker.key ? await readInput(broker.key) : undefined;
   if (url.protocol === 'mqtt:' && !['127.0.0.1', 'localhost', '[::1]'].includes(url.hostname)) {
     process.stderr.write(`provision-server: warning: ${broker.url} is not TLS; the agent refuses plain MQTT except on loopback unless allow_insecure is set\n`);
   }
@@ -61,22 +72,19 @@ export async function writeBundle(data: OpenedData, options: BundleOptions): Pro
   }
   await ensurePrivateDir(dir);
   const files: string[] = [];
-  const write = async (name: string, text: string, mode: number): Promise<void> => {
+  const write = async (name: string, text: string | Buffer, mode: number): Promise<void> => {
     await writeFileDurable(join(dir, name), text, mode);
     files.push(name);
   };
 
   const brokerConfig: Record<string, unknown> = { url: broker.url };
-  if (broker.ca) {
-    await copyInto(broker.ca, join(dir, 'ca.pem'), 0o644);
-    files.push('ca.pem');
+  if (caPem) {
+    await write('ca.pem', caPem, 0o644);
     brokerConfig.ca = 'ca.pem';
   }
-  if (broker.cert || broker.key) {
-    if (!broker.cert || !broker.key) throw new CliError('E_USAGE', '--client-cert and --client-key go together', 2);
-    await copyInto(broker.cert, join(dir, 'client.crt'), 0o600);
-    await copyInto(broker.key, join(dir, 'client.key'), 0o600);
-    files.push('client.crt', 'client.key');
+  if (certPem && keyPem) {
+    await write('client.crt', certPem, 0o600);
+    await write('client.key', keyPem, 0o600);
     brokerConfig.cert = 'client.crt';
     brokerConfig.key = 'client.key';
   }
@@ -88,7 +96,7 @@ export async function writeBundle(data: OpenedData, options: BundleOptions): Pro
   if (options.keysOnHost) {
     const [signing, encryption] = await Promise.all([generateSigningKey(), generateEncryptionKey(options.rsa ? { type: 'rsa' } : {})]);
     const keysDir = join(dir, 'keys');
-    await mkdir(keysDir, { recursive: true, mode: 0o700 });
+    await ensurePrivateDir(keysDir);
     await writeKey(keysDir, 'signing.jwk', signing);
     await writeKey(keysDir, 'encryption.jwk', encryption);
     files.push('keys/signing.jwk', 'keys/encryption.jwk');
@@ -122,13 +130,10 @@ async function writeKey(dir: string, name: string, jwk: PrivateJwk): Promise<voi
   await writeFileDurable(join(dir, name), `${JSON.stringify(jwk)}\n`, 0o600);
 }
 
-async function copyInto(from: string, to: string, mode: number): Promise<void> {
+async function readInput(from: string): Promise<Buffer> {
   try {
-    await readFile(from);
+    return await readFile(from);
   } catch (err) {
     throw new CliError('E_NO_FILE', `cannot read ${from}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, 2);
   }
-  await copyFile(from, to);
-  const data = await readFile(to);
-  await writeFileDurable(to, data, mode);
 }

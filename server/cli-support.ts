@@ -1,6 +1,6 @@
 /** Small helpers shared by the agent's CLI commands: reading inputs and reporting refusals. */
 import { readFile } from 'node:fs/promises';
-import { isProtocolError } from '../protocol/index.js';
+import { isProtocolError, isValidId } from '../protocol/index.js';
 
 /** A refusal the CLI reports as `sensor-agent: CODE: message` with a chosen exit status. */
 export class CliError extends Error {
@@ -12,6 +12,16 @@ export class CliError extends Error {
   ) {
     super(message);
   }
+}
+
+/** A yargs `coerce` for a device id flag: a bad id is bad usage (exit 2), refused before anything is read. */
+export function deviceIdFlag(flag: string): (value: unknown) => string {
+  return (value: unknown) => {
+    if (!isValidId(value)) {
+      throw new CliError('E_USAGE', `${flag} "${String(value)}" is not a device id: 1-64 characters of A-Z a-z 0-9 . _ - starting with a letter or digit`, 2);
+    }
+    return value;
+  };
 }
 
 /** Reads a whole file or standard input (path undefined or '-'), refusing more than `maxBytes`. */
@@ -52,10 +62,26 @@ export async function readJsonFile(path: string, what: string, maxBytes = 256 * 
   }
 }
 
-/** Prints a refusal on stderr (`CODE: message`) and sets the exit status. */
-export function reportError(program: string, err: unknown): void {
+/**
+ * The `--help` to point a usage error at: the (sub)command being run, e.g.
+ * `provision-server keys init --help`, else the program's. `commands` maps each
+ * command to its subcommands.
+ */
+export function helpHint(program: string, args: readonly string[], commands: Readonly<Record<string, readonly string[]>>): string {
+  const words = [program];
+  const [first, second] = args;
+  const subcommands = first === undefined ? undefined : commands[first];
+  if (first !== undefined && subcommands !== undefined) {
+    words.push(first);
+    if (second !== undefined && subcommands.includes(second)) words.push(second);
+  }
+  return `Run '${words.join(' ')} --help' for usage.`;
+}
+
+/** Prints a refusal on stderr (`CODE: message`, and for E_USAGE the `--help` hint) and sets the exit status. */
+export function reportError(program: string, err: unknown, usageHint?: string): void {
   const { code, exitCode } = describe(err);
-  process.stderr.write(`${program}: ${code}: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.stderr.write(`${program}: ${code}: ${err instanceof Error ? err.message : String(err)}\n${code === 'E_USAGE' && usageHint ? `${usageHint}\n` : ''}`);
   process.exitCode = exitCode;
 }
 

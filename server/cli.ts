@@ -3,7 +3,7 @@
 import { createRequire } from 'node:module';
 import type yargsModule from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { reportError } from './cli-support.js';
+import { helpHint, reportError } from './cli-support.js';
 import { bundleCommand } from './commands/bundle.js';
 import { deviceCommand } from './commands/device.js';
 import { importLegacyCommand } from './commands/import-legacy.js';
@@ -18,6 +18,20 @@ import { packageVersion } from './version.js';
 
 // yargs' CommonJS build: its ESM build's help layout (cliui without wrap-ansi) breaks lines in the middle of words.
 const yargs = createRequire(import.meta.url)('yargs') as typeof yargsModule;
+
+/** Each command and its subcommands (for the --help a usage error points at). */
+const COMMANDS: Record<string, readonly string[]> = {
+  init: [],
+  token: ['create'],
+  bundle: [],
+  device: ['list', 'show', 'add', 'remove'],
+  'import-legacy': [],
+  send: [],
+  serve: [],
+  keys: ['init'],
+  seal: [],
+  inspect: [],
+};
 
 const PROGRAM = 'provision-server';
 
@@ -41,9 +55,10 @@ await yargs(hideBin(process.argv))
   .alias('h', 'help')
   .wrap(Math.min(100, process.stdout.columns || 100))
   .fail((msg: string | undefined, err: Error | undefined) => {
-    if (err) throw err; // reported once, by the catch below
-    process.stderr.write(`${PROGRAM}: E_USAGE: ${msg ?? 'bad usage'}\nRun '${PROGRAM} --help' for usage.\n`);
+    // A handler's error is reported once, by the catch below; yargs' own (YError: validation, a flag's coerce) are usage errors.
+    if (err && err.name !== 'YError') throw err;
+    process.stderr.write(`${PROGRAM}: E_USAGE: ${msg ?? err?.message ?? 'bad usage'}\n${helpHint(PROGRAM, hideBin(process.argv), COMMANDS)}\n`);
     process.exit(2);
   })
   .parseAsync()
-  .catch((err: unknown) => reportError(PROGRAM, err));
+  .catch((err: unknown) => reportError(PROGRAM, err, helpHint(PROGRAM, hideBin(process.argv), COMMANDS)));

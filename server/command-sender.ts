@@ -9,12 +9,13 @@
  * transaction recording it committed, as before.
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { commandTopic, validateParams, type Action } from '../protocol/index.js';
+import { checkCommandInput, commandTopic, isRecord, type Action, type ActionParams } from '../protocol/index.js';
 import { CliError } from './cli-support.js';
 import { GroupCommit } from './group-commit.js';
-import { sealInProcess, type Seal } from './seal-pool.js';
+import { RegistryError } from './registry/errors.js';
 import type { NewCommand, Registry } from './registry/registry.js';
 import type { CommandRecord, DeviceRecord } from './registry/types.js';
+import { sealInProcess, type Seal } from './seal-pool.js';
 import type { ServerKeys } from './server-keys.js';
 
 export type Publish = (topic: string, payload: string) => Promise<void>;
@@ -22,8 +23,12 @@ export type Publish = (topic: string, payload: string) => Promise<void>;
 export interface SendRequest {
   deviceId: string;
   action: Action;
-  /** The `user_id` claim; defaults to the user the device is bound to. */
-  userId?: string;
+  /**
+   * The `user_id` claim; defaults to the user the device is bound to. For an
+   * `update`, a user other than the device's is a re-binding (`params.user_id`).
+   * A number (the seed's user ids) is taken as its decimal text.
+   */
+  userId?: string | number;
   params?: unknown;
   ttlSeconds?: number;
   fanoutId?: string;
@@ -55,6 +60,47 @@ export function canonicalJson(value: unknown): string {
   return JSON.stringify(value) ?? 'null';
 }
 
+/** A command checked in full, ready for a seq: what `seal` signs. */
+export interface PreparedCommand {
+  deviceId: string;
+  action: Action;
+  userId: string;
+  params: ActionParams;
+  /** The user the device is bound to once the command is applied (request, update naming a user). */
+  bindUser: string | undefined;
+}
+
+/** A user id as text: the seed's numeric ids (non-negative integers) become their decimal text; anything else is left for validation. */
+export function userIdText(value: unknown): unknown {
+  return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0 ? String(value) : value;
+}
+
+/**
+ * Checks everything about a command before a seq is taken or anything is sent:
+ * the device (registered, not decommissioned, has an encryption key), the user,
+ * the params against the action's schema, the lifetime. Throws the refusal.
+ */
+export function prepareCommand(registry: Registry, keys: ServerKeys, req: SendRequest): PreparedCommand {
+  const device = registry.requireDevice(req.deviceId);
+  const named = userIdText(req.userId);
+  let raw: unknown = req.params ?? {};
+  if (isRecord(raw) && raw.user_id !== undefined) raw = { ...raw, user_id: userIdText(raw.user_id) };
+  if (req.action === 'update' && typeof named === 'string' && named !== device.userId && isRecord(raw)) {
+    // The seed's `update DEVICE USER`: naming a user other than the device's re-binds the device to it.
+    if (raw.user_id === undefined) raw = { ...raw, user_id: named };
+    else if (raw.user_id !== named) throw new CliError('E_USAGE', `the user ${named} and params.user_id ${String(raw.user_id)} disagree: name the new user once`, 2);
+  }
+  const paramsUser = req.action === 'update' && isRecord(raw) && typeof raw.user_id === 'string' ? raw.user_id : undefined;
+  const userId = named ?? device.userId ?? paramsUser;
+  if (userId === undefined) throw new CliError('E_USAGE', `device ${req.deviceId} is bound to no user yet: pass a user id`, 2);
+  if (typeof userId !== 'string') throw new CliError('E_USAGE', `user id ${JSON.stringify(userId)} must be text of 1-128 characters or a non-negative integer`, 2);
+  const params = checkCommandInput({ serverId: keys.serverId, deviceId: req.deviceId, action: req.action, userId, params: raw, ...(req.ttlSeconds ? { ttlSeconds: req.ttlSeconds } : {}) });
+  if (device.state === 'decommissioned') throw new RegistryError('E_DECOMMISSIONED', `device ${req.deviceId} is decommissioned; provision it again with a new token or bundle`);
+  if (!device.encryption) throw new RegistryError('E_NO_KEY', `device ${req.deviceId} has no registered encryption key: nothing is sent (never in plaintext)`);
+  const bindUser = req.action === 'request' ? userId : req.action === 'update' && 'user_id' in params && typeof params.user_id === 'string' ? params.user_id : undefined;
+  return { deviceId: req.deviceId, action: req.action, userId, params, bindUser };
+}
+
 export class CommandSender {
   readonly #ctx: SenderContext;
   readonly #seqs: GroupCommit<string, { seq: number; device: DeviceRecord }>;
@@ -72,13 +118,15 @@ export class CommandSender {
     });
   }
 
+  /** See `prepareCommand`. */
+  prepare(req: SendRequest): PreparedCommand {
+    return prepareCommand(this.#ctx.registry, this.#ctx.keys, req);
+  }
+
   /** Seals and records a command without publishing it; `publish` afterwards. */
   async seal(req: SendRequest): Promise<{ command: CommandRecord; token: string }> {
     const { registry, keys } = this.#ctx;
-    const params = validateParams(req.action, req.params ?? {});
-    const device = registry.requireDevice(req.deviceId);
-    const userId = req.userId ?? device.userId ?? undefined;
-    if (userId === undefined) throw new CliError('E_USAGE', `device ${req.deviceId} is bound to no user yet: pass a user id`, 2);
+    const { userId, params, bindUser } = this.prepare(req);
     const { seq, device: current } = await this.#seqs.submit(req.deviceId);
     const recipient = current.encryption;
     if (!recipient) throw new CliError('E_NO_KEY', `device ${req.deviceId} has no encryption key`, 1);
@@ -87,7 +135,6 @@ export class CommandSender {
       { serverId: keys.serverId, deviceId: req.deviceId, action: req.action, userId, params, seq, jti, ...(req.ttlSeconds ? { ttlSeconds: req.ttlSeconds } : {}) },
       { signer: keys.signing, recipient },
     );
-    const bindUser = req.action === 'request' ? userId : req.action === 'update' && 'user_id' in params && typeof params.user_id === 'string' ? params.user_id : undefined;
     await this.#records.submit({
       jti,
       deviceId: req.deviceId,

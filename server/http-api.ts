@@ -9,7 +9,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { isAction, isProtocolError, isRecord, isValidId } from '../protocol/index.js';
-import type { CommandSender } from './command-sender.js';
+import { userIdText, type CommandSender } from './command-sender.js';
 import type { Log } from './log.js';
 import { isRegistryError } from './registry/errors.js';
 import type { Registry } from './registry/registry.js';
@@ -79,8 +79,10 @@ async function route(ctx: HttpApiContext, expected: Buffer, req: IncomingMessage
     const unknown = Object.keys(body).filter((k) => !['action', 'user_id', 'params', 'ttl_s'].includes(k));
     if (unknown.length) throw new HttpError(400, 'E_BAD_REQUEST', `unknown member(s): ${unknown.join(', ')}`);
     if (!isAction(body.action)) throw new HttpError(400, 'E_ACTION', 'action must be one of request, update, rotate, delete, selftest');
-    if (body.user_id !== undefined && (typeof body.user_id !== 'string' || body.user_id.length === 0 || body.user_id.length > 128)) {
-      throw new HttpError(400, 'E_BAD_REQUEST', 'user_id must be a string of 1-128 characters');
+    // The seed's user ids are numbers: a non-negative integer is taken as its decimal text.
+    const userId = userIdText(body.user_id);
+    if (userId !== undefined && (typeof userId !== 'string' || userId.length === 0 || userId.length > 128)) {
+      throw new HttpError(400, 'E_BAD_REQUEST', 'user_id must be a string of 1-128 characters or a non-negative integer');
     }
     if (body.params !== undefined && !isRecord(body.params)) throw new HttpError(400, 'E_PARAMS', 'params must be an object');
     if (body.ttl_s !== undefined && (typeof body.ttl_s !== 'number' || !Number.isSafeInteger(body.ttl_s) || body.ttl_s < 1)) {
@@ -90,7 +92,7 @@ async function route(ctx: HttpApiContext, expected: Buffer, req: IncomingMessage
     const { command, token } = await ctx.sender.seal({
       deviceId: id,
       action: body.action,
-      ...(typeof body.user_id === 'string' ? { userId: body.user_id } : {}),
+      ...(typeof userId === 'string' ? { userId } : {}),
       params: body.params ?? {},
       ...(typeof body.ttl_s === 'number' ? { ttlSeconds: body.ttl_s } : {}),
     });

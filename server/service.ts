@@ -54,6 +54,8 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
   let client: MqttClient | undefined;
   let httpServer: Server | undefined;
   try {
+    // The HTTP token is checked before the broker is contacted: a bad --http-token-file changes nothing.
+    const httpToken = options.http ? await readHttpToken(options.httpTokenFile ?? data.paths.httpToken) : undefined;
     client = await connectBroker(broker, { clientId: options.clientId ?? defaultClientId(data.paths.dir), clean: false });
     const mqttClient = client;
     const sender = new CommandSender({ registry, keys, topicPrefix: config.topicPrefix, publish: (t, p) => publishQos1(mqttClient, t, p) });
@@ -69,9 +71,8 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
     };
     const { shared } = await subscribeFleet(mqttClient, config.topicPrefix, { mode: options.shared ?? 'auto', log });
     let httpAddress: { host: string; port: number } | undefined;
-    if (options.http) {
-      const token = await readHttpToken(options.httpTokenFile ?? data.paths.httpToken);
-      httpServer = createHttpApi({ registry, sender, token, log });
+    if (options.http && httpToken !== undefined) {
+      httpServer = createHttpApi({ registry, sender, token: httpToken, log });
       const srv = httpServer;
       await new Promise<void>((resolve, reject) => {
         srv.once('error', reject);
@@ -118,11 +119,14 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
 
 /** `host:port` (IPv6 as `[::1]:8080`), or a bare port on 127.0.0.1, to {host, port}. */
 export function parseHostPort(text: string): { host: string; port: number } {
-  if (/^\d{1,5}$/.test(text.trim()) && Number(text) <= 65535) return { host: '127.0.0.1', port: Number(text) };
-  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text.trim());
-  const port = m ? Number(m[3]) : NaN;
-  if (!m || port > 65535) throw Object.assign(new Error(`--http "${text}" must be host:port, e.g. 127.0.0.1:8080`), { code: 'E_USAGE', exitCode: 2 });
-  return { host: (m[1] ?? m[2]) as string, port };
+  const usage = (why: string): Error =>
+    Object.assign(new Error(`--http "${text}" ${why}: give a port (127.0.0.1 is assumed) or host:port, e.g. 8080, 127.0.0.1:8080 or [::1]:8080`), { code: 'E_USAGE', exitCode: 2 });
+  const bare = /^\d+$/.test(text.trim());
+  const m = bare ? undefined : /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(text.trim());
+  if (!bare && !m) throw usage('is neither a port nor host:port');
+  const port = Number(bare ? text.trim() : m?.[3]);
+  if (!Number.isSafeInteger(port) || port > 65535) throw usage(`names port ${bare ? text.trim() : m?.[3]}, above 65535`);
+  return { host: bare ? '127.0.0.1' : ((m?.[1] ?? m?.[2]) as string), port };
 }
 
 /**

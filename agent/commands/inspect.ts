@@ -1,7 +1,7 @@
 /** `sensor-agent inspect`: open one sealed command and print its verified claims (stateless). */
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
-import { DEFAULT_MAX_MESSAGE_BYTES, KeyRing, TRUSTED_CLOCK, UNTRUSTED_CLOCK, openCommand, parseJwkSet } from '../../protocol/index.js';
-import { CliError, readInput, readJsonFile } from '../cli-support.js';
+import { DEFAULT_MAX_MESSAGE_BYTES, KeyRing, TRUSTED_CLOCK, UNTRUSTED_CLOCK, isProtocolError, openCommand, parseJwkSet } from '../../protocol/index.js';
+import { CliError, deviceIdFlag, readInput, readJsonFile } from '../cli-support.js';
 import { KeyStore } from '../keystore.js';
 
 interface InspectArgs {
@@ -20,9 +20,9 @@ export const inspectCommand: CommandModule<object, InspectArgs> = {
       .positional('file', { type: 'string', describe: 'file holding the compact JWE (default: standard input)' })
       .option('keystore', { type: 'string', demandOption: true, describe: 'the device key store directory' })
       .option('trust', { type: 'string', demandOption: true, describe: "the server's public JWK set (trust.jwks)" })
-      .option('device', { type: 'string', demandOption: true, describe: 'this device id (checked against aud and device_id)' })
+      .option('device', { type: 'string', demandOption: true, coerce: deviceIdFlag('--device'), describe: 'this device id (checked against aud and device_id)' })
       .option('clock', { choices: ['trusted', 'untrusted'], default: 'trusted', describe: 'check exp/iat against this clock, or skip the time checks' })
-      .example('$0 inspect --keystore keys --trust trust.jwks --device sensor-1 cmd.jwe', '') as unknown as Argv<InspectArgs>,
+      .example('$0 inspect --keystore keys --trust trust.jwks \\\n--device sensor-1 cmd.jwe', '') as unknown as Argv<InspectArgs>,
   handler: async (args: ArgumentsCamelCase<InspectArgs>) => {
     const store = await KeyStore.open(args.keystore);
     const decryption = store.decryptionKeys();
@@ -35,7 +35,21 @@ export const inspectCommand: CommandModule<object, InspectArgs> = {
       decryption: await KeyRing.create(decryption),
       verification: await KeyRing.create(pinned),
       clock: args.clock === 'untrusted' ? UNTRUSTED_CLOCK : TRUSTED_CLOCK,
+    }).catch((err: unknown) => {
+      throw withClockHint(err);
     });
     process.stdout.write(`${JSON.stringify({ claims: opened.claims, signer_kid: opened.signerKid, decrypt_kid: opened.decryptKid }, null, 2)}\n`);
   },
 };
+
+/** A time refusal says how to read the command anyway, or how to get a fresh one. */
+function withClockHint(err: unknown): unknown {
+  if (!isProtocolError(err)) return err;
+  if (err.code === 'E_EXPIRED') {
+    return new CliError(err.code, `${err.message}; to read it anyway, pass --clock untrusted (the time checks are skipped, as on a board without a synchronised clock), or seal it again (provision-server seal ... --ttl 1h)`, 1);
+  }
+  if (err.code === 'E_NOT_YET_VALID') {
+    return new CliError(err.code, `${err.message}; check this machine's clock (timedatectl), or pass --clock untrusted to skip the time checks`, 1);
+  }
+  return err;
+}

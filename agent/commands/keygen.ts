@@ -16,7 +16,7 @@ export const keygenCommand: CommandModule<object, KeygenArgs> = {
       .option('keystore', { type: 'string', demandOption: true, describe: 'key store directory (created 0700 if absent)' })
       .option('rsa', { type: 'boolean', default: false, describe: 'RSA-OAEP-256 (3072-bit) encryption key, for devices migrated from RSA keys' })
       .option('force', { type: 'boolean', default: false, describe: 'replace existing keys (the device must then be re-registered)' })
-      .example('$0 keygen --keystore /var/lib/sensor-agent/keys > device.jwks', 'create keys and save the public set') as unknown as Argv<KeygenArgs>,
+      .example('# create keys and save the public set\n$0 keygen --keystore /var/lib/sensor-agent/keys > device.jwks', '') as unknown as Argv<KeygenArgs>,
   handler: async (args: ArgumentsCamelCase<KeygenArgs>) => {
     const store = await KeyStore.open(args.keystore, { create: true });
     const jwks = await store.generate({ rsa: args.rsa, force: args.force });

@@ -64,7 +64,7 @@ export class OnoffBackend implements GpioBackend {
   /** `chip` is the header chip found under /sys/class/gpio (the only root onoff drives). */
   constructor(
     private readonly onoff: OnoffModule,
-    private readonly chip: GpioChipInfo,
+    readonly chip: GpioChipInfo,
   ) {}
 
   /** Loads onoff, checks /sys/class/gpio/export is writable; rejects with a GpioError otherwise. */

@@ -1,5 +1,6 @@
 /** `provision-server bundle`: write everything a board needs at flashing into a directory. */
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
+import { deviceIdFlag } from '../cli-support.js';
 import { writeBundle } from '../bundle.js';
 import { openDataDir, type BrokerSettings } from '../data-dir.js';
 import { parseDuration } from '../duration.js';
@@ -25,7 +26,7 @@ export const bundleCommand: CommandModule<object, BundleArgs> = {
   describe: 'Write a flashing bundle for a device: config.json, trust.jwks, ca.pem, client cert, a fresh enrollment token (and with --keys-on-host, its keys)',
   builder: (y: Argv) =>
     withData(y)
-      .option('device', { type: 'string', demandOption: true, describe: 'device id' })
+      .option('device', { type: 'string', demandOption: true, coerce: deviceIdFlag('--device'), describe: 'device id' })
       .option('user', { type: 'string', demandOption: true, describe: 'user id the device is for' })
       .option('out', { type: 'string', demandOption: true, describe: 'output directory (created 0700)' })
       .option('broker', { type: 'string', describe: 'broker URL as the board reaches it (default: init --device-broker, else init --broker)' })
@@ -37,7 +38,7 @@ export const bundleCommand: CommandModule<object, BundleArgs> = {
       .option('ttl', { type: 'string', default: '7d', describe: 'lifetime of the enrollment token' })
       .option('force', { type: 'boolean', default: false, describe: "overwrite a non-empty --out; with --keys-on-host, replace a registered device's keys (that board is cut off until re-flashed)" })
       .option('gpio', { choices: ['auto', 'onoff', 'fake', 'none'] as const, default: 'auto' as const, describe: 'GPIO backend in config.json' })
-      .example('$0 bundle --device sensor-0001 --user alice --out ./sensor-0001 --ca ca.pem --client-cert sensor-0001.crt --client-key sensor-0001.key', '') as unknown as Argv<BundleArgs>,
+      .example('$0 bundle --device sensor-0001 --user alice \\\n--out ./sensor-0001 --ca ca.pem \\\n--client-cert sensor-0001.crt --client-key sensor-0001.key', '') as unknown as Argv<BundleArgs>,
   handler: async (args: ArgumentsCamelCase<BundleArgs>) => {
     const ttl = parseDuration(args.ttl, '--ttl');
     const data = await openDataDir(args.data);

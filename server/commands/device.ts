@@ -1,7 +1,7 @@
 /** `provision-server device list|show|add|remove`: the device registry. */
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { assertValidId, parseJwkSet } from '../../protocol/index.js';
-import { CliError, readJsonFile } from '../cli-support.js';
+import { CliError, deviceIdFlag, readJsonFile } from '../cli-support.js';
 import { openDataDir } from '../data-dir.js';
 import { DEVICE_STATES, type DeviceState } from '../registry/types.js';
 import { commandView, deviceView } from '../views.js';
@@ -42,7 +42,7 @@ interface ShowArgs extends DataArgs {
 const showCommand: CommandModule<object, ShowArgs> = {
   command: 'show <device>',
   describe: 'Show one device: keys, state, recent commands and audit events (JSON)',
-  builder: (y: Argv) => withData(y).positional('device', { type: 'string', demandOption: true }) as unknown as Argv<ShowArgs>,
+  builder: (y: Argv) => withData(y).positional('device', { type: 'string', demandOption: true, coerce: deviceIdFlag('DEVICE') }) as unknown as Argv<ShowArgs>,
   handler: async (args: ArgumentsCamelCase<ShowArgs>) => {
     const data = await openDataDir(args.data);
     try {
@@ -68,7 +68,7 @@ const addCommand: CommandModule<object, AddArgs> = {
   describe: 'Register a device whose keys were made elsewhere (its public JWK set, e.g. from sensor-agent keygen)',
   builder: (y: Argv) =>
     withData(y)
-      .option('device', { type: 'string', demandOption: true, describe: 'device id' })
+      .option('device', { type: 'string', demandOption: true, coerce: deviceIdFlag('--device'), describe: 'device id' })
       .option('user', { type: 'string', demandOption: true, describe: 'user id' })
       .option('jwks', { type: 'string', demandOption: true, describe: "the device's public JWK set: one encryption key, and a signing key to verify its acks" })
       .option('replace', { type: 'boolean', default: false, describe: 'replace the keys of a device already registered' }) as unknown as Argv<AddArgs>,
@@ -99,7 +99,7 @@ interface RemoveArgs extends DataArgs {
 const removeCommand: CommandModule<object, RemoveArgs> = {
   command: 'remove <device>',
   describe: 'Remove a device from the registry (keys and unused tokens; its command history and the audit log stay). Does not wipe the board: send delete for that.',
-  builder: (y: Argv) => withData(y).positional('device', { type: 'string', demandOption: true }) as unknown as Argv<RemoveArgs>,
+  builder: (y: Argv) => withData(y).positional('device', { type: 'string', demandOption: true, coerce: deviceIdFlag('DEVICE') }) as unknown as Argv<RemoveArgs>,
   handler: async (args: ArgumentsCamelCase<RemoveArgs>) => {
     const data = await openDataDir(args.data);
     try {

@@ -25,7 +25,14 @@ export const initCommand: CommandModule<object, InitArgs> = {
       .option('server-id', { type: 'string', default: DEFAULT_SERVER_ID, describe: 'the server id (iss of commands, aud of acks)' })
       .option('topic-prefix', { type: 'string', default: DEFAULT_TOPIC_PREFIX, describe: 'MQTT topic prefix' })
       .option('force', { type: 'boolean', default: false, describe: 'replace existing server keys (every device must then be re-flashed)' })
-      .example('$0 init --data /var/lib/provision-server --broker mqtts://broker.example.net:8884 --ca backend-ca.pem --cert server.crt --key server.key --device-broker mqtts://broker.example.net:8883 --device-ca device-ca.pem', 'the server on the backend listener, boards on 8883') as unknown as Argv<InitArgs>,
+      .example(
+        '# the server on the backend listener, boards on 8883\n' +
+          '$0 init --data /var/lib/provision-server \\\n' +
+          '--broker mqtts://broker.example.net:8884 --ca backend-ca.pem \\\n' +
+          '--cert server.crt --key server.key \\\n' +
+          '--device-broker mqtts://broker.example.net:8883 --device-ca device-ca.pem',
+        '',
+      ) as unknown as Argv<InitArgs>,
   handler: async (args: ArgumentsCamelCase<InitArgs>) => {
     const broker: BrokerSettings = { url: args.broker ?? DEFAULT_BROKER_URL };
     if (args.ca) broker.ca = args.ca;

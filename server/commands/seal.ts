@@ -1,7 +1,8 @@
 /** `provision-server seal`: print one sealed command (compact JWE) for a device. */
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
-import { ACTIONS, parseJwkSet, sealCommand, type Action } from '../../protocol/index.js';
-import { CliError, readJsonFile } from '../cli-support.js';
+import { ACTIONS, checkCommandInput, parseJwkSet, sealCommand, type Action } from '../../protocol/index.js';
+import { CliError, deviceIdFlag, readJsonFile } from '../cli-support.js';
+import { parseCommandTtl } from '../duration.js';
 import { nextSealSeq } from '../seal-counter.js';
 import { loadServerKeys } from '../server-keys.js';
 
@@ -13,7 +14,7 @@ interface SealArgs {
   user: string;
   params: string;
   seq?: number;
-  ttl: number;
+  ttl: string;
 }
 
 export const sealCommandModule: CommandModule<object, SealArgs> = {
@@ -22,14 +23,14 @@ export const sealCommandModule: CommandModule<object, SealArgs> = {
   builder: (y: Argv) =>
     y
       .option('keys', { type: 'string', demandOption: true, describe: 'server key directory (from keys init)' })
-      .option('device', { type: 'string', demandOption: true, describe: 'device id' })
+      .option('device', { type: 'string', demandOption: true, coerce: deviceIdFlag('--device'), describe: 'device id' })
       .option('device-jwks', { type: 'string', demandOption: true, describe: "the device's public JWK set (from sensor-agent keygen)" })
       .option('action', { choices: ACTIONS, demandOption: true, describe: 'the action' })
       .option('user', { type: 'string', default: 'unassigned', describe: 'user id the command is for' })
       .option('params', { type: 'string', default: '{}', describe: 'action parameters as JSON' })
       .option('seq', { type: 'number', describe: 'sequence number (default: one above the last sealed for this device, kept in KEYS/seq/)' })
-      .option('ttl', { type: 'number', default: 300, describe: 'lifetime in seconds' })
-      .example("$0 seal --keys srv --device sensor-1 --device-jwks dev.jwks --action update --params '{\"sensor\":{\"enabled\":true}}'", '') as unknown as Argv<SealArgs>,
+      .option('ttl', { type: 'string', default: '5m', describe: 'lifetime: 90 (seconds), 30s, 15m, 24h, 7d (at most 7d)' })
+      .example("$0 seal --keys srv --device sensor-1 --device-jwks dev.jwks \\\n--action update --params '{\"sensor\":{\"enabled\":true}}' --ttl 1h", '') as unknown as Argv<SealArgs>,
   handler: async (args: ArgumentsCamelCase<SealArgs>) => {
     let params: unknown;
     try {
@@ -38,15 +39,16 @@ export const sealCommandModule: CommandModule<object, SealArgs> = {
       throw new CliError('E_PARAMS', `--params is not valid JSON: ${(err as Error).message}`, 2);
     }
     if (args.seq !== undefined && (!Number.isSafeInteger(args.seq) || args.seq < 1)) throw new CliError('E_USAGE', '--seq must be an integer >= 1', 2);
+    const ttlSeconds = parseCommandTtl(args.ttl);
     const server = await loadServerKeys(args.keys);
     const recipients = await parseJwkSet(await readJsonFile(args.deviceJwks, 'device JWK set'), 'enc');
     const recipient = recipients[0];
     if (!recipient) throw new CliError('E_NO_KEYS', `${args.deviceJwks} holds no encryption key: refusing to send anything unencrypted`, 2);
+    const input = { serverId: server.serverId, deviceId: args.device, action: args.action, userId: args.user, params, ttlSeconds };
+    // Everything checked before the seq is taken: a refused command uses up no seq.
+    checkCommandInput(input);
     const seq = await nextSealSeq(args.keys, args.device, args.seq);
-    const { token } = await sealCommand(
-      { serverId: server.serverId, deviceId: args.device, action: args.action, userId: args.user, params, seq, ttlSeconds: args.ttl },
-      { signer: server.signing, recipient },
-    );
+    const { token } = await sealCommand({ ...input, seq }, { signer: server.signing, recipient });
     process.stdout.write(`${token}\n`);
   },
 };

@@ -6,10 +6,11 @@
  * the timeout. A fan-out exits 0 when every device applied, else 6.
  */
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
-import { ACTIONS, isAction, isRecord, type Action } from '../../protocol/index.js';
-import { CliError } from '../cli-support.js';
+import { ACTIONS, isAction, isRecord, validateParams, type Action } from '../../protocol/index.js';
+import { CliError, deviceIdFlag } from '../cli-support.js';
+import { prepareCommand, userIdText } from '../command-sender.js';
 import { brokerFrom, openDataDir } from '../data-dir.js';
-import { parseDuration } from '../duration.js';
+import { parseCommandTtl, parseDuration } from '../duration.js';
 import { MAX_SEAL_WORKERS } from '../seal-pool.js';
 import { DEFAULT_FANOUT_CONCURRENCY, formatFanoutSummary, progressBar, runFanout } from '../fanout.js';
 import { streamLog } from '../log.js';
@@ -42,23 +43,24 @@ export const sendCommand: CommandModule<object, SendArgs> = {
     withBroker(withData(y))
       .positional('target', { type: 'string', describe: 'device id (or, with --all/--user, the action)' })
       .positional('action', { type: 'string', describe: `one of ${ACTIONS.join(', ')}` })
-      .option('user', { type: 'string', describe: "user_id claim (default: the device's user); with no device: fan out to this user's devices" })
+      .option('user', { type: 'string', describe: "user id of the command (default: the device's user); with update, a user other than the device's re-binds it (the seed's `update DEVICE USER`); with no device: fan out to this user's devices" })
       .option('all', { type: 'boolean', default: false, describe: 'fan out to every registered device' })
       .option('resume', { type: 'string', describe: 'resume a fan-out by its id (skips devices that already answered)' })
       .option('params', { type: 'string', describe: 'params as a JSON object' })
       .option('set', { type: 'string', array: true, describe: 'one param as dotted.key=value (value parsed as JSON when it can be); repeatable' })
       .option('wait', { type: 'boolean', default: false, describe: 'wait for the verified ack; exit 0 applied, 3 rejected, 4 failed, 5 timeout (a fan-out: 0 when every device applied, else 6)' })
       .option('timeout', { type: 'string', default: '30s', describe: 'how long to wait for an ack (per device in a fan-out)' })
-      .option('ttl', { type: 'string', describe: 'command lifetime (default 5m)' })
+      .option('ttl', { type: 'string', describe: 'command lifetime: 90 (seconds), 30s, 15m, 24h, 7d (default 5m, at most 7d)' })
       .option('concurrency', { type: 'number', default: DEFAULT_FANOUT_CONCURRENCY, describe: 'fan-out: commands in flight at once' })
       .option('seal-workers', { type: 'number', default: 0, describe: `fan-out: seal in this many worker threads (0-${MAX_SEAL_WORKERS}; 0 = in the main thread, the default: on 2 cores it does not pay)` })
       .option('verbose', { type: 'boolean', default: false, describe: 'log ack handling on stderr' })
-      .example('$0 send sensor-0001 update --set sensor.enabled=true --set sensor.sample_interval_s=30 --wait', '')
+      .example('$0 send sensor-0001 update --set sensor.enabled=true \\\n--set sensor.sample_interval_s=30 --wait', '')
       .example('$0 send --user alice rotate --timeout 1m', '')
+      .example('# re-bind sal01 to user 1 (the seed: update sal01 1)\n$0 send sal01 update --user 1 --wait', '')
       .example('$0 send --resume 6f1c2a9e-...', '') as unknown as Argv<SendArgs>,
   handler: async (args: ArgumentsCamelCase<SendArgs>) => {
     const timeoutMs = parseDuration(args.timeout, '--timeout');
-    const ttlSeconds = args.ttl ? Math.ceil(parseDuration(args.ttl, '--ttl') / 1000) : undefined;
+    const ttlSeconds = args.ttl ? parseCommandTtl(args.ttl) : undefined;
     const fanout = args.all || args.resume !== undefined || (args.user !== undefined && args.action === undefined);
     const actionText = fanout && args.action === undefined ? args.target : args.action;
     if (args.resume === undefined && !isAction(actionText)) throw new CliError('E_USAGE', `name an action: one of ${ACTIONS.join(', ')}`, 2);
@@ -67,11 +69,13 @@ export const sendCommand: CommandModule<object, SendArgs> = {
     const log = args.verbose ? streamLog(process.stderr, 'info') : undefined;
     try {
       const broker = brokerFrom(data.config.broker, brokerOverride(args));
+      // Everything is checked before the broker is contacted: a bad command never waits on a connection.
       if (fanout) {
         if (args.all && args.user !== undefined) throw new CliError('E_USAGE', '--all and --user select devices differently: choose one', 2);
         if (!Number.isInteger(args.sealWorkers) || args.sealWorkers < 0 || args.sealWorkers > MAX_SEAL_WORKERS) {
           throw new CliError('E_USAGE', `--seal-workers must be an integer 0-${MAX_SEAL_WORKERS}`, 2);
         }
+        if (args.resume === undefined) validateParams(actionText as Action, isRecord(params) && params.user_id !== undefined ? { ...params, user_id: userIdText(params.user_id) } : params);
         const client = await openSendClient(data, broker, { acksOf: 'all', sealWorkers: args.sealWorkers, ...(log ? { log } : {}) });
         try {
           const tty = process.stderr.isTTY;
@@ -96,16 +100,18 @@ export const sendCommand: CommandModule<object, SendArgs> = {
       }
       const deviceId = args.target;
       if (!deviceId) throw new CliError('E_USAGE', 'name a device: send DEVICE ACTION (or --all / --user UID for a fan-out)', 2);
-      data.registry.requireDevice(deviceId);
+      deviceIdFlag('DEVICE')(deviceId);
+      const request = {
+        deviceId,
+        action: actionText as Action,
+        ...(args.user !== undefined ? { userId: args.user } : {}),
+        params,
+        ...(ttlSeconds ? { ttlSeconds } : {}),
+      };
+      prepareCommand(data.registry, data.keys, request);
       const client = await openSendClient(data, broker, { acksOf: args.wait ? [deviceId] : [], ...(log ? { log } : {}) });
       try {
-        const command = await client.sender.send({
-          deviceId,
-          action: actionText as Action,
-          ...(args.user !== undefined ? { userId: args.user } : {}),
-          params,
-          ...(ttlSeconds ? { ttlSeconds } : {}),
-        });
+        const command = await client.sender.send(request);
         process.stderr.write(`sent ${command.action} to ${deviceId}: seq ${command.seq}, jti ${command.jti}\n`);
         if (!args.wait) {
           process.stdout.write(`${command.jti}\n`);

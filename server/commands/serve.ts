@@ -22,7 +22,7 @@ export const serveCommand: CommandModule<object, ServeArgs> = {
       .option('http-token-file', { type: 'string', describe: 'file holding the API bearer token (default DATA/http.token, must be 0600)' })
       .option('shared', { choices: ['auto', 'on', 'off'] as const, default: 'auto' as const, describe: 'MQTT shared subscriptions ($share/provision-server/...): auto probes the broker' })
       .option('client-id', { type: 'string', describe: 'MQTT client id (default: provision-server-HOST-<hash of the data dir>)' })
-      .option('log-level', { choices: ['debug', 'info', 'warn', 'error'] as const, default: 'info' as const }) as unknown as Argv<ServeArgs>,
+      .option('log-level', { choices: ['debug', 'info', 'warn', 'error'] as const, default: 'info' as const, describe: 'least severe log lines written to stderr (one line per event)' }) as unknown as Argv<ServeArgs>,
   handler: async (args: ArgumentsCamelCase<ServeArgs>) => {
     const log = streamLog(process.stderr, args.logLevel);
     const server = await startProvisionServer({

@@ -1,6 +1,6 @@
 /** `provision-server token create`: a one-time enrollment token bound to a device and a user, printed once. */
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
-import { assertValidId } from '../../protocol/index.js';
+import { deviceIdFlag } from '../cli-support.js';
 import { openDataDir } from '../data-dir.js';
 import { parseDuration } from '../duration.js';
 import { withData, type DataArgs } from './common.js';
@@ -16,11 +16,10 @@ const createCommand: CommandModule<object, TokenArgs> = {
   describe: 'Create a one-time enrollment token bound to DEVICE and USER and print it (it is stored only hashed)',
   builder: (y: Argv) =>
     withData(y)
-      .option('device', { type: 'string', demandOption: true, describe: 'device id the token is bound to' })
+      .option('device', { type: 'string', demandOption: true, coerce: deviceIdFlag('--device'), describe: 'device id the token is bound to' })
       .option('user', { type: 'string', demandOption: true, describe: 'user id the device will be bound to' })
       .option('ttl', { type: 'string', default: '24h', describe: 'lifetime (30m, 24h, 7d)' }) as unknown as Argv<TokenArgs>,
   handler: async (args: ArgumentsCamelCase<TokenArgs>) => {
-    assertValidId(args.device);
     const ttl = parseDuration(args.ttl, '--ttl');
     const data = await openDataDir(args.data);
     try {

@@ -136,13 +136,18 @@ describe('sensor-agent CLI (child processes)', function () {
       expect(r.stderr).to.match(/^ {2}extra: unknown key/m);
     });
 
-    it('an unknown flag or command exits 2 with a usage message', async () => {
+    it("an unknown flag or command exits 2 with a usage message pointing at the subcommand's --help", async () => {
       const files = await device('flags');
-      for (const args of [['run', '--config', files.configPath, '--bogus'], ['status', '--jsn', '--config', files.configPath], ['frobnicate']]) {
+      const cases: [string[], string][] = [
+        [['run', '--config', files.configPath, '--bogus'], 'sensor-agent run --help'],
+        [['status', '--jsn', '--config', files.configPath], 'sensor-agent status --help'],
+        [['frobnicate'], 'sensor-agent --help'],
+      ];
+      for (const [args, help] of cases) {
         const r = await cli(args);
         expect(r.code, args.join(' ')).to.equal(2);
         expect(r.stderr, args.join(' ')).to.match(/^sensor-agent: E_USAGE: Unknown argument: (bogus|jsn|frobnicate)\n/);
-        expect(r.stderr).to.include("Run 'sensor-agent --help' for usage.");
+        expect(r.stderr).to.include(`Run '${help}' for usage.`);
       }
       const none = await cli([]);
       expect(none.code).to.equal(2);

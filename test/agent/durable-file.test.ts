@@ -12,6 +12,7 @@ import {
   removeStaleTemps,
   writeFileAtomic,
 } from '../../agent/durable-file.js';
+import { NO_TMPFS, skipBecause } from '../helpers/skip.js';
 
 const run = promisify(execFile);
 
@@ -118,7 +119,7 @@ describe('agent/durable-file', () => {
     it('on a real 64 KiB tmpfs: E_DISK_FULL, the old file unchanged, no temp file left', async function () {
       if (!mounted) {
         // Covered by the /dev/full test below when mounting is not permitted.
-        this.skip();
+        skipBecause(this, NO_TMPFS);
       }
       const target = join(small, 'state.json');
       await writeFileAtomic(target, 'old state');

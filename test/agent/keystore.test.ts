@@ -8,6 +8,7 @@ import { TEMP_FILE_PATTERN, writeFileAtomic } from '../../agent/durable-file.js'
 import { KeyStoreError, type KeyStoreErrorCode } from '../../agent/keystore-errors.js';
 import { KeyStore } from '../../agent/keystore.js';
 import { generateEncryptionKey, generateSigningKey, type PrivateJwk } from '../../protocol/keys.js';
+import { skipBecause } from '../helpers/skip.js';
 
 const run = promisify(execFile);
 
@@ -117,7 +118,7 @@ describe('agent/keystore', () => {
   });
 
   it('refuses a key file or directory owned by another user, with the chown fix', async function () {
-    if (process.getuid?.() !== 0) this.skip(); // chown to another uid needs root (the CI runs as root)
+    if (process.getuid?.() !== 0) skipBecause(this, 'not root: a chown to another uid needs root (the CI runs as root)');
     await populated();
     const path = join(dir, 'signing.jwk');
     await chown(path, 65534, 65534);

@@ -14,6 +14,7 @@ import { sealClaims, toPublicJwk, type PublicJwk } from '../../protocol/index.js
 import { shouldRunMosquitto, startAedes, startMosquitto } from '../helpers/brokers.js';
 import { makeParty, type Party } from '../helpers/keys.js';
 import { exists, showAgentLogOnFailure, makeDevice, readDeviceState, removeDir, SERVER_ID, TestServer, type DeviceFiles } from './agent-fixture.js';
+import { NO_MOSQUITTO, skipBecause } from '../helpers/skip.js';
 
 
 interface BrokerUnderTest {
@@ -34,7 +35,7 @@ function lifecycle(name: string, start: () => Promise<BrokerUnderTest | undefine
 
     before(async function () {
       const b = await start();
-      if (!b) return this.skip();
+      if (!b) skipBecause(this, NO_MOSQUITTO);
       broker = b;
       serverParty = await makeParty();
       server = new TestServer(serverParty, broker.url, broker.caFile);
@@ -51,10 +52,16 @@ function lifecycle(name: string, start: () => Promise<BrokerUnderTest | undefine
       if (files) await removeDir(files.dir);
     });
 
-    it('enrolls with its token, becomes provisioned on the request, removes the token', async function () {
+    it('enrolls with its token, becomes provisioned on the request, removes the token before it acks', async function () {
       server.expectEnrollment(deviceId, 'tok-123', 'alice');
-      agent = await startAgent({ configPath: files.configPath, log: logs.logger, backoff: { minMs: 50, maxMs: 500 }, enrollment: { retryMinMs: 2000 } });
+      // The order is the agent's guarantee, not timing: at the PUBACK (after the state is saved) the token is already gone.
+      const tokenAtPuback: boolean[] = [];
+      const afterPersist = async (action: string): Promise<void> => {
+        if (action === 'request') tokenAtPuback.push(await exists(files.tokenFile));
+      };
+      agent = await startAgent({ configPath: files.configPath, log: logs.logger, backoff: { minMs: 50, maxMs: 500 }, enrollment: { retryMinMs: 2000 }, faults: { afterPersist } });
       const ack = await server.waitAck((a) => a.claims.iss === deviceId);
+      expect(tokenAtPuback).to.deep.equal([false]);
       expect(ack.claims.status).to.equal('applied');
       expect(ack.claims.code).to.equal('OK');
       expect(ack.claims.aud).to.equal(SERVER_ID);
@@ -62,6 +69,7 @@ function lifecycle(name: string, start: () => Promise<BrokerUnderTest | undefine
       expect(st.provisioned).to.equal(true);
       expect(st.user_id).to.equal('alice');
       expect(st.last_seq).to.equal(1);
+      // Done before the ack, so true the moment it arrives.
       expect(await exists(files.tokenFile)).to.equal(false);
       expect(agent.fakeGpio?.value(27)).to.equal(true); // sensor enabled once provisioned
     });

@@ -14,6 +14,7 @@ import { makeAgentTree, makeBundle, type FakeBundle } from './flash-fixtures.js'
 import { catInImage, DEFAULT_CMDLINE, extractRoot, fsckRoot, IMAGE_TOOLS, makeImage, readFat, statInImage } from './image-fixture.js';
 import { chownTree, NOBODY, runFlash } from './run-flash.js';
 import { isRoot, requireTools, toolEnv } from './tools.js';
+import { skipBecause } from '../helpers/skip.js';
 
 const execFileP = promisify(execFile);
 
@@ -65,7 +66,7 @@ describe('deploy/flash as root: mounted root, loop devices, first boot', functio
   let bundle: FakeBundle;
 
   before(async function () {
-    if (!isRoot()) this.skip(); // these routes need root by design; the unprivileged route is tested elsewhere
+    if (!isRoot()) skipBecause(this, 'not root: these routes need root by design; the unprivileged route is tested elsewhere');
     requireTools(this, 'REQUIRE_SYSTEMD_ANALYZE', ['systemd-sysusers']);
     work = await mkdtemp(join(tmpdir(), 'flash-root-'));
     agentDir = join(work, 'agent');
@@ -130,7 +131,7 @@ describe('deploy/flash as root: mounted root, loop devices, first boot', functio
     const image = join(work, 'loop.img');
     await makeImage(image, { codename: 'bookworm' });
     const ran = await runFlash(['--bundle', bundle.dir, '--image', image, '--agent', agentDir, '--method', 'auto']);
-    if (ran.code === 0 && !/\(loop,/.test(ran.stdout)) this.skip(); // no usable loop devices here (auto fell back to debugfs)
+    if (ran.code === 0 && !/\(loop,/.test(ran.stdout)) skipBecause(this, 'no usable loop devices here (auto fell back to debugfs)');
     expect(ran.code, ran.stderr).to.equal(0);
     const { uid, gid } = idsFrom(await catInImage(image, '/etc/passwd'), 'sensor-agent');
     const expected = finalLayout(uid, gid);

@@ -6,6 +6,7 @@
  */
 import { accessSync, constants } from 'node:fs';
 import { delimiter, join } from 'node:path';
+import { skipBecause } from '../helpers/skip.js';
 
 /** PATH plus the sbin directories a non-login root shell may lack. */
 export function toolSearchPath(): string[] {
@@ -48,7 +49,7 @@ export function requireTools(ctx: Mocha.Context, requireVar: string, names: read
     if (process.env[requireVar] === '1') {
       throw new Error(`${requireVar}=1 but these tools are missing: ${missing.join(', ')}`);
     }
-    ctx.skip();
+    skipBecause(ctx, `missing ${missing.join(', ')} (apt-get install -y systemd fdisk dosfstools mtools e2fsprogs openssl mosquitto; ${requireVar}=1 makes this a failure)`);
   }
   return found;
 }

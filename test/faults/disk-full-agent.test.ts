@@ -16,6 +16,7 @@ import { makeDevice, type DeviceFiles } from '../agent/agent-fixture.js';
 import { spawnAgent, TestSender, type AgentProcess } from '../helpers/agent-process.js';
 import { makeParty } from '../helpers/keys.js';
 import { mosquittoAvailable, startMosquittoProcess, type MosquittoProcess } from '../helpers/mosquitto-process.js';
+import { NO_MOSQUITTO, NO_TMPFS, skipBecause } from '../helpers/skip.js';
 
 const run = promisify(execFile);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -31,7 +32,7 @@ describe('faults: the disk fills up under a running agent', function () {
   let mounted = false;
 
   before(async function () {
-    if (!mosquittoAvailable()) this.skip();
+    if (!mosquittoAvailable()) skipBecause(this, NO_MOSQUITTO);
     broker = await startMosquittoProcess({ persistence: true });
     const server = await makeParty();
     files = await makeDevice({ deviceId: DEVICE, brokerUrl: broker.url, server, keys: true, extra: { log_level: 'info' } });
@@ -42,7 +43,7 @@ describe('faults: the disk fills up under a running agent', function () {
       mounted = true;
     } catch (err) {
       if (process.env.REQUIRE_TMPFS === '1') throw err;
-      this.skip(); // not root or no CAP_SYS_ADMIN
+      skipBecause(this, NO_TMPFS);
     }
     const config = JSON.parse(await readFile(files.configPath, 'utf8')) as Record<string, unknown>;
     await writeFile(files.configPath, JSON.stringify({ ...config, state_dir: join(mnt, 'state') }, null, 2));

@@ -14,6 +14,7 @@ import { expect } from 'chai';
 import { KeyStore } from '../../agent/keystore.js';
 import { StateStore, readState } from '../../agent/state.js';
 import { parsePrivateJwk } from '../../protocol/index.js';
+import { NO_TMPFS, skipBecause } from '../helpers/skip.js';
 
 const run = promisify(execFile);
 const CHILD = fileURLToPath(new URL('./crash-child.js', import.meta.url));
@@ -116,7 +117,7 @@ describe('faults: crash between temp write and rename, and a full disk', functio
         mounted = true;
       } catch (err) {
         if (process.env.REQUIRE_TMPFS === '1') throw err;
-        this.skip(); // not root or no CAP_SYS_ADMIN
+        skipBecause(this, NO_TMPFS);
       }
     });
     afterEach(async () => {

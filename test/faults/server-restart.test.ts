@@ -16,6 +16,7 @@ import { Registry } from '../../server/registry/registry.js';
 import { mosquittoAvailable, startMosquittoProcess, type MosquittoProcess } from '../helpers/mosquitto-process.js';
 import { runServerCli, SERVER_CLI } from '../server/run-cli.js';
 import { SimFleet, makeSimDevice, type SimDevice } from '../server/sim-fleet.js';
+import { NO_MOSQUITTO, skipBecause } from '../helpers/skip.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -26,7 +27,7 @@ describe('faults: the server killed during a fan-out, then send --resume', funct
   let fleet: SimFleet | undefined;
 
   before(function () {
-    if (!mosquittoAvailable()) this.skip();
+    if (!mosquittoAvailable()) skipBecause(this, NO_MOSQUITTO);
   });
   after(async () => {
     await fleet?.close().catch(() => undefined);

@@ -16,6 +16,7 @@ import { spawnAgent, TestSender, type AgentProcess } from '../helpers/agent-proc
 import { makeParty, type Party } from '../helpers/keys.js';
 import { mosquittoAvailable, startMosquittoProcess, type MosquittoProcess } from '../helpers/mosquitto-process.js';
 import { checkAppliedOnceInOrder, runStream, type StreamCounts } from './stream-driver.js';
+import { NO_MOSQUITTO, skipBecause } from '../helpers/skip.js';
 
 const SERVER_ID = 'provision-server';
 const PREFIX = 'provision';
@@ -85,7 +86,7 @@ describe('faults: a stream of sealed commands through broker restarts and agent 
   this.timeout(180_000);
 
   before(function () {
-    if (!mosquittoAvailable()) this.skip();
+    if (!mosquittoAvailable()) skipBecause(this, NO_MOSQUITTO);
   });
 
   describe('mosquitto stopped and started 4 times during the stream', () => {

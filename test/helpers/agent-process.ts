@@ -149,8 +149,8 @@ export class TestSender {
     return { token, jti: claims.jti, seq };
   }
 
-  async publish(payload: string | Buffer, topicDeviceId = this.deviceId): Promise<void> {
-    await this.#client.publishAsync(commandTopic(this.prefix, topicDeviceId), payload, { qos: 1 });
+  async publish(payload: string | Buffer, topicDeviceId = this.deviceId, qos: 0 | 1 = 1): Promise<void> {
+    await this.#client.publishAsync(commandTopic(this.prefix, topicDeviceId), payload, { qos });
   }
 
   /** Resolves with the first ack (already received or to come) matching, or rejects after `timeoutMs`. */

@@ -12,6 +12,7 @@ import { initDataDir, openDataDir, type OpenedData } from '../../server/data-dir
 import { runServerCli } from './run-cli.js';
 import { startFixture } from './server-fixture.js';
 import { eventually } from './sim-fleet.js';
+import { skipBecause } from '../helpers/skip.js';
 
 describe('provision-server bundle', function () {
   this.timeout(30_000);
@@ -100,7 +101,7 @@ describe('provision-server bundle', function () {
   });
 
   it('a --keys-on-host board running the real agent enrolls with the host-made keys and is confirmed', async function () {
-    if (!existsSync(fileURLToPath(new URL('../../agent/agent.js', import.meta.url)))) this.skip();
+    if (!existsSync(fileURLToPath(new URL('../../agent/agent.js', import.meta.url)))) skipBecause(this, 'the agent is not built (dist/agent/agent.js missing: npm run build)');
     const f = await startFixture();
     try {
       const out = join(f.dir, 'board');

@@ -87,6 +87,23 @@ describe('server: HTTP API', function () {
     expect((list.body.devices as { id: string }[]).map((d) => d.id)).to.deep.equal(['http-1']);
   });
 
+  it("takes the seed's numeric user ids: user_id 8 re-binds with an update, params.user_id 9 too", async () => {
+    const rebind = await call('POST', '/devices/http-1/commands', JSON.stringify({ action: 'update', user_id: 8 }));
+    expect(rebind.status, JSON.stringify(rebind.body)).to.equal(202);
+    const first = await eventually(async () => {
+      const s = await call('GET', `/commands/${rebind.body.jti as string}`);
+      return s.body.status === 'applied' && s.body;
+    }, 10_000, 'rebind applied');
+    expect(first).to.include({ user_id: '8' });
+    expect((await call('GET', '/devices/http-1')).body).to.include({ user_id: '8' });
+    const viaParams = await call('POST', '/devices/http-1/commands', JSON.stringify({ action: 'update', params: { user_id: 9 } }));
+    expect(viaParams.status, JSON.stringify(viaParams.body)).to.equal(202);
+    await eventually(async () => (await call('GET', `/commands/${viaParams.body.jti as string}`)).body.status === 'applied', 10_000, 'second applied');
+    expect((await call('GET', '/devices/http-1')).body).to.include({ user_id: '9' });
+    expect((await call('POST', '/devices/http-1/commands', JSON.stringify({ action: 'update', user_id: -1 }))).status).to.equal(400);
+    expect((await call('POST', '/devices/http-1/commands', JSON.stringify({ action: 'update', user_id: 1.5 }))).status).to.equal(400);
+  });
+
   it('409 and nothing sent for a decommissioned device (no key)', async () => {
     f.server.data.registry.db.prepare("UPDATE devices SET state = 'decommissioned' WHERE id = 'http-1'").run();
     const before = f.server.data.registry.listCommands({ deviceId: 'http-1' }).length;

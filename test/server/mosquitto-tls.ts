@@ -11,6 +11,7 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { NO_MOSQUITTO, skipBecause } from '../helpers/skip.js';
 
 const run = promisify(execFile);
 
@@ -107,5 +108,5 @@ export async function startTlsMosquitto(options: { acl?: string } = {}): Promise
 export function requireMosquittoOrSkip(ctx: Mocha.Context): void {
   if (MOSQUITTO_BIN) return;
   if (process.env.REQUIRE_MOSQUITTO === '1') throw new Error('REQUIRE_MOSQUITTO=1 but mosquitto is not installed');
-  ctx.skip();
+  skipBecause(ctx, NO_MOSQUITTO);
 }

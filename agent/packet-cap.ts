@@ -1,0 +1,68 @@
+/**
+ * Inbound MQTT packet size cap, enforced on the byte stream before mqtt.js
+ * buffers a packet. mqtt-packet's parser keeps a packet's bytes until the
+ * whole packet is there, and mqtt.js checks `maximumPacketSize` only on the
+ * parsed packet, so a broker could make the agent hold a 200 MB publish in
+ * memory before the 64 KiB message cap applies. MQTT 5's Maximum Packet Size
+ * (sent in CONNECT, see mqtt-session.ts) asks a well-behaved broker not to
+ * send more; this watches what actually arrives, with either protocol version.
+ *
+ * Only the fixed header's framing is read (one type byte, then the
+ * "remaining length" as 1-4 bytes of 7 bits), which is the least MQTT
+ * parsing that can know a packet's size before its body; the packets
+ * themselves are still parsed by mqtt-packet alone. As soon as a declared
+ * remaining length exceeds the cap (or the length encoding is invalid),
+ * `onOversize` is called once and nothing more is looked at: the caller
+ * stops reading and drops the connection, so at most one socket read of the
+ * body is buffered.
+ */
+import type { Duplex } from 'node:stream';
+
+/**
+ * Largest packet the agent reads: the production broker's `max_packet_size`
+ * (128 KiB, provisioning/mosquitto/sensor-broker.conf) plus header room, so
+ * whatever that broker forwards is read and then refused by the 64 KiB
+ * message cap without a disconnect; only a broker configured otherwise (or
+ * hostile) can send more, and that is refused unread.
+ */
+export const MAX_INBOUND_PACKET_BYTES = 129 * 1024;
+
+export function capInboundPackets(stream: Duplex, maxBytes: number, onOversize: (declared: number) => void): void {
+  let skip = 0; // body bytes of the current packet still to pass
+  let lengthBytes = -1; // -1: a fixed header's first byte is next; else how many length bytes were read
+  let length = 0;
+  let multiplier = 1;
+  let tripped = false;
+  const watch = (chunk: Buffer): void => {
+    if (tripped) return;
+    let i = 0;
+    while (i < chunk.length) {
+      if (skip > 0) {
+        const n = Math.min(skip, chunk.length - i);
+        skip -= n;
+        i += n;
+        continue;
+      }
+      const byte = chunk[i++] as number;
+      if (lengthBytes < 0) {
+        lengthBytes = 0;
+        length = 0;
+        multiplier = 1;
+        continue;
+      }
+      length += (byte & 0x7f) * multiplier;
+      multiplier *= 128;
+      lengthBytes += 1;
+      if ((byte & 0x80) !== 0 && lengthBytes < 4) continue;
+      if ((byte & 0x80) !== 0 || length > maxBytes) {
+        tripped = true;
+        stream.off('data', watch);
+        onOversize(length);
+        return;
+      }
+      skip = length;
+      lengthBytes = -1;
+    }
+  };
+  stream.on('data', watch);
+}
