@@ -290,33 +290,70 @@ export class Registry {
    * device without an encryption key or a decommissioned one.
    */
   allocateSeq(deviceId: string): { seq: number; device: DeviceRecord } {
+    return this.db.transaction(() => this.#allocateSeq(deviceId)).immediate();
+  }
+
+  /**
+   * allocateSeq for many devices in one IMMEDIATE transaction (one commit, so
+   * one fsync under synchronous=FULL, for the whole batch). Per device: its
+   * seq, or the RegistryError allocateSeq would throw (that device changes
+   * nothing; the others proceed). Any other error rolls back the whole batch.
+   */
+  allocateSeqs(deviceIds: readonly string[]): ({ seq: number; device: DeviceRecord } | RegistryError)[] {
     return this.db
-      .transaction(() => {
-        const device = this.requireDevice(deviceId);
-        if (device.state === 'decommissioned') {
-          throw new RegistryError('E_DECOMMISSIONED', `device ${deviceId} is decommissioned; provision it again with a new token or bundle`);
-        }
-        if (!device.encryption) throw new RegistryError('E_NO_KEY', `device ${deviceId} has no registered encryption key: nothing is sent (never in plaintext)`);
-        const row = this.db.prepare('UPDATE devices SET next_seq = next_seq + 1 WHERE id = ? RETURNING next_seq - 1 AS seq').get(deviceId) as { seq: number };
-        return { seq: row.seq, device };
-      })
+      .transaction(() =>
+        deviceIds.map((id) => {
+          try {
+            return this.#allocateSeq(id);
+          } catch (err) {
+            if (err instanceof RegistryError) return err;
+            throw err;
+          }
+        }),
+      )
       .immediate();
   }
 
   recordCommand(c: NewCommand): void {
-    this.db.transaction(() => {
-      this.db
-        .prepare(
-          `INSERT INTO commands (jti, device_id, action, user_id, params_digest, seq, encryption_kid, sealed, fanout_id, bind_user, created_at, expires_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-        )
-        .run(c.jti, c.deviceId, c.action, c.userId, c.paramsDigest, c.seq, c.encryptionKid, c.sealed, c.fanoutId ?? null, c.bindUser ?? null, this.#now(), c.expiresAt);
-      this.audit('command.create', c.deviceId, { jti: c.jti, action: c.action, seq: c.seq, user_id: c.userId, params_digest: c.paramsDigest, fanout_id: c.fanoutId ?? null });
-    }).immediate();
+    this.db.transaction(() => this.#recordCommand(c)).immediate();
+  }
+
+  /**
+   * recordCommand for many commands in one IMMEDIATE transaction (one commit).
+   * Each command is its own savepoint: one that cannot be recorded (say, its
+   * device was removed meanwhile) gets its error and is not recorded, the
+   * others are. Nothing is durable, and so nothing may be published, before
+   * this returns.
+   */
+  recordCommands(cs: readonly NewCommand[]): (true | Error)[] {
+    const one = this.db.transaction((c: NewCommand) => this.#recordCommand(c));
+    return this.db
+      .transaction(() =>
+        cs.map((c): true | Error => {
+          try {
+            one(c);
+            return true;
+          } catch (err) {
+            return err instanceof Error ? err : new Error(String(err));
+          }
+        }),
+      )
+      .immediate();
   }
 
   markSent(jti: string): void {
     this.db.prepare('UPDATE commands SET sent_at = ? WHERE jti = ?').run(this.#now(), jti);
+  }
+
+  /** markSent for many commands in one transaction (one commit). */
+  markSentMany(jtis: readonly string[]): void {
+    const update = this.db.prepare('UPDATE commands SET sent_at = ? WHERE jti = ?');
+    this.db
+      .transaction(() => {
+        const now = this.#now();
+        for (const jti of jtis) update.run(now, jti);
+      })
+      .immediate();
   }
 
   getCommand(jti: string): CommandRecord | undefined {
@@ -431,6 +468,26 @@ export class Registry {
       this.db.prepare("UPDATE device_keys SET status = 'retired', retired_at = COALESCE(retired_at, ?) WHERE device_id = ?").run(now, id);
       this.audit('device.decommissioned', id, {});
     }
+  }
+
+  #allocateSeq(deviceId: string): { seq: number; device: DeviceRecord } {
+    const device = this.requireDevice(deviceId);
+    if (device.state === 'decommissioned') {
+      throw new RegistryError('E_DECOMMISSIONED', `device ${deviceId} is decommissioned; provision it again with a new token or bundle`);
+    }
+    if (!device.encryption) throw new RegistryError('E_NO_KEY', `device ${deviceId} has no registered encryption key: nothing is sent (never in plaintext)`);
+    const row = this.db.prepare('UPDATE devices SET next_seq = next_seq + 1 WHERE id = ? RETURNING next_seq - 1 AS seq').get(deviceId) as { seq: number };
+    return { seq: row.seq, device };
+  }
+
+  #recordCommand(c: NewCommand): void {
+    this.db
+      .prepare(
+        `INSERT INTO commands (jti, device_id, action, user_id, params_digest, seq, encryption_kid, sealed, fanout_id, bind_user, created_at, expires_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      )
+      .run(c.jti, c.deviceId, c.action, c.userId, c.paramsDigest, c.seq, c.encryptionKid, c.sealed, c.fanoutId ?? null, c.bindUser ?? null, this.#now(), c.expiresAt);
+    this.audit('command.create', c.deviceId, { jti: c.jti, action: c.action, seq: c.seq, user_id: c.userId, params_digest: c.paramsDigest, fanout_id: c.fanoutId ?? null });
   }
 
   #upsertDevice(id: string, userId: string | null, state: DeviceState, origin: DeviceOrigin): void {
