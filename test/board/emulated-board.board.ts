@@ -35,7 +35,7 @@ import { toolEnv } from '../deploy/tools.js';
 import { HostBroker } from './host-broker.js';
 import { BoardSetupError, ensureArm64Binfmt, requireBoardTools } from './host-tools.js';
 import { mountImage, NspawnBoard, type MountedImage } from './nspawn-board.js';
-import { ensureRootTarball, makePiImage, SUITES, type Suite } from './pi-image.js';
+import { BOOT_PART, ensureRootTarball, makePiImage, SUITES, type Suite } from './pi-image.js';
 
 const execFileP = promisify(execFile);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -252,7 +252,7 @@ describe(`emulated Raspberry Pi (${SUITE}, arm64 under qemu-user, systemd-nspawn
     baseImage = join(work, `raspios-${SUITE}-arm64-lite.img`);
     const img = await makePiImage(baseImage, SUITE, tarball, work);
     figures.image_s = Math.round((performance.now() - t) / 1000);
-    const fat = await execFileP('mdir', ['-b', '-i', `${baseImage}@@${4 * 1024 * 1024}`, '::/'], { env: toolEnv({ MTOOLS_SKIP_CHECK: '1' }) });
+    const fat = await execFileP('mdir', ['-b', '-i', `${baseImage}@@${BOOT_PART.offset}`, '::/'], { env: toolEnv({ MTOOLS_SKIP_CHECK: '1' }) });
     const names = fat.stdout.split('\n').map((l) => l.replace(/^::\//, '').trim()).filter((n) => n !== '');
     expect(names).to.include.members(['cmdline.txt', 'config.txt', ...(SUITE === 'trixie' ? ['user-data', 'meta-data', 'network-config'] : [])]);
     log(`image ${baseImage} (disk id ${img.diskId}) in ${figures.image_s} s`);

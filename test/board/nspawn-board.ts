@@ -3,10 +3,11 @@
  * qemu-user (binfmt_misc). The container shares the host's network (no
  * --private-network), so the board reaches the host's broker on loopback.
  *
- * - The image's partitions are loop-mounted on the host: the ext4 root as the
- *   container's directory, the FAT boot partition bound at /boot/firmware
+ * - The image's ext4 root is loop-mounted on the host as the container's
+ *   directory; the FAT boot partition's files are bound at /boot/firmware
  *   (what Pi OS's fstab mounts there; systemd in a container skips fstab's
- *   device entries).
+ *   device entries), copied in and out of the partition with mtools around
+ *   each boot (see mountImage).
  * - `--register=no --keep-unit`: no machined, no new scope (the host may run
  *   no systemd at all).
  * - The kernel command line: in a container systemd reads it from its own
@@ -40,37 +41,104 @@ export interface Ran {
 }
 
 export interface MountedImage {
+  image: string;
+  /** The ext4 root, loop-mounted. */
   root: string;
+  /** The FAT boot partition's files, copied out with mtools (bound at /boot/firmware). */
   boot: string;
+  /** Writes what the board changed under `boot` back into the FAT partition. */
+  syncBoot(): Promise<void>;
   unmount(): Promise<void>;
 }
 
+function mtools(cmd: string, args: string[]): Promise<{ stdout: string }> {
+  return execFileP(cmd, args, { env: toolEnv({ MTOOLS_SKIP_CHECK: '1' }), maxBuffer: 64 * 1024 * 1024 });
+}
+
+/** Relative path -> content (files) or null (directories), recursively. */
+async function snapshot(dir: string, prefix = ''): Promise<Map<string, Buffer | null>> {
+  const out = new Map<string, Buffer | null>();
+  for (const e of await readdir(join(dir, prefix), { withFileTypes: true })) {
+    const rel = prefix === '' ? e.name : `${prefix}/${e.name}`;
+    if (e.isDirectory()) {
+      out.set(rel, null);
+      for (const [k, v] of await snapshot(dir, rel)) out.set(k, v);
+    } else if (e.isFile()) {
+      out.set(rel, await readFile(join(dir, rel)));
+    }
+  }
+  return out;
+}
+
+/**
+ * The image's root loop-mounted as ext4. The FAT boot partition is not
+ * mounted (kernels without vfat exist, this CI's among them): its files are
+ * copied out with mtools before a boot and what the board changed is written
+ * back after it, so between boots the FAT partition holds the truth, as on
+ * an SD card.
+ */
 export async function mountImage(image: string, at: string): Promise<MountedImage> {
   const root = join(at, 'root');
   const boot = join(at, 'boot');
   await mkdir(root, { recursive: true });
   await mkdir(boot, { recursive: true });
   const env = toolEnv();
+  const fat = `${image}@@${BOOT_PART.offset}`;
   await execFileP('mount', ['-o', `loop,offset=${ROOT_PART.offset},sizelimit=${ROOT_PART.size}`, '-t', 'ext4', image, root], { env });
-  try {
-    await execFileP('mount', ['-o', `loop,offset=${BOOT_PART.offset},sizelimit=${BOOT_PART.size}`, '-t', 'vfat', image, boot], { env });
-  } catch (err) {
-    await execFileP('umount', [root], { env });
-    throw err;
-  }
+  await mtools('mcopy', ['-s', '-n', '-m', '-i', fat, '::/*', boot]);
+  // FAT has no modes: Pi OS mounts it with vfat's defaults (everything rwxr-xr-x), so firstrun.sh is executable.
+  await execFileP('chmod', ['-R', '0755', boot], { env });
+  let synced = await snapshot(boot);
+  const syncBoot = async (): Promise<void> => {
+    const now = await snapshot(boot);
+    const gone = [...synced.keys()].filter((k) => !now.has(k)).sort((a, b) => b.length - a.length);
+    for (const rel of gone) {
+      if (synced.get(rel) === null) await mtools('mrd', ['-i', fat, `::/${rel}`]);
+      else await mtools('mdel', ['-i', fat, `::/${rel}`]);
+    }
+    for (const [rel, content] of [...now].sort(([a], [b]) => a.length - b.length)) {
+      const was = synced.get(rel);
+      if (content === null) {
+        if (was !== null || !synced.has(rel)) await mtools('mmd', ['-i', fat, `::/${rel}`]);
+      } else if (was === undefined || was === null || !was.equals(content)) {
+        await mtools('mcopy', ['-o', '-i', fat, join(boot, rel), `::/${rel}`]);
+      }
+    }
+    synced = now;
+  };
   return {
+    image,
     root,
     boot,
+    syncBoot,
     async unmount() {
-      // the loop devices go with the last umount (mount -o loop sets autoclear)
-      for (const m of [boot, root]) await execFileP('umount', [m], { env }).catch(() => execFileP('umount', ['-l', m], { env }));
+      await syncBoot();
+      // the loop device goes with the umount (mount -o loop sets autoclear)
+      await execFileP('umount', [root], { env }).catch(() => execFileP('umount', ['-l', root], { env }));
     },
   };
+}
+
+/** A file on the image's FAT partition, read with mtools (what the Pi's firmware reads). */
+export async function readFatFile(image: string, name: string): Promise<string> {
+  return (await mtools('mtype', ['-i', `${image}@@${BOOT_PART.offset}`, `::/${name}`])).stdout;
 }
 
 /** cmdline.txt's systemd.* words: what the Pi's kernel would pass on to systemd. */
 export function systemdArgsOf(cmdline: string): string[] {
   return cmdline.trim().split(/\s+/).filter((w) => w.startsWith('systemd.'));
+}
+
+/**
+ * systemd-nspawn keeps per-machine state under /run/systemd/nspawn and
+ * refuses to clean it up unless it is on a tmpfs ("Attempted to remove disk
+ * file system ..."): hosts without systemd as PID 1 may have /run on disk.
+ */
+async function ensureNspawnRuntimeDir(): Promise<void> {
+  const dir = '/run/systemd/nspawn';
+  await mkdir(dir, { recursive: true });
+  const { stdout } = await execFileP('findmnt', ['-n', '-o', 'FSTYPE', '-T', dir], { env: toolEnv() });
+  if (stdout.trim() !== 'tmpfs') await execFileP('mount', ['-t', 'tmpfs', '-o', 'mode=0755', 'tmpfs', dir], { env: toolEnv() });
 }
 
 export interface BoardOptions {
@@ -86,6 +154,8 @@ interface Boot {
   n: number;
   child: ChildProcess;
   exited: Promise<number>;
+  /** exited, then the boot partition written back (and, on a reboot, the next boot started). */
+  settled: Promise<void>;
   startedAt: number;
   systemdArgs: string[];
 }
@@ -110,12 +180,13 @@ export class NspawnBoard {
   /** Boots the image (again after a reboot, until stop()). */
   async boot(): Promise<void> {
     if (this.current !== undefined) throw new BoardSetupError('E_BOARD_BOOT', 'the board is already running');
+    await ensureNspawnRuntimeDir();
     this.stopping = false;
     await this.startOnce();
   }
 
   private async startOnce(): Promise<void> {
-    const cmdline = await readFile(join(this.options.mounted.boot, 'cmdline.txt'), 'utf8');
+    const cmdline = await readFatFile(this.options.mounted.image, 'cmdline.txt');
     const systemdArgs = systemdArgsOf(cmdline);
     this.boots += 1;
     const n = this.boots;
@@ -140,13 +211,14 @@ export class NspawnBoard {
     child.stdout.on('data', sink);
     child.stderr.on('data', sink);
     const exited = new Promise<number>((resolve) => child.once('exit', (code, signal) => resolve(code ?? (signal ? 128 : 255))));
-    const boot: Boot = { n, child, exited, startedAt: performance.now(), systemdArgs };
+    const boot: Boot = { n, child, exited, settled: Promise.resolve(), startedAt: performance.now(), systemdArgs };
     this.current = boot;
-    void exited.then(async (code) => {
+    boot.settled = exited.then(async (code) => {
       this.exits.push(code);
       await appendFile(this.options.consoleLog, `\n===== boot ${n}: systemd-nspawn exited ${code}\n`);
       if (this.current !== boot) return;
       this.current = undefined;
+      await this.options.mounted.syncBoot();
       if (code === NSPAWN_REBOOT && !this.stopping) {
         this.options.log(`boot ${n} ended in a reboot`);
         await this.startOnce();
@@ -239,7 +311,7 @@ export class NspawnBoard {
     const timer = setTimeout(() => boot.child.kill('SIGKILL'), timeoutMs);
     const code = await boot.exited;
     clearTimeout(timer);
-    if (this.current === boot) this.current = undefined;
+    await boot.settled;
     return code;
   }
 
@@ -252,7 +324,7 @@ export class NspawnBoard {
     const timer = setTimeout(() => boot.child.kill('SIGKILL'), 60_000);
     await boot.exited;
     clearTimeout(timer);
-    this.current = undefined;
+    await boot.settled.catch(() => undefined);
   }
 
   /** The running nspawn process has exited (e.g. poweroff from inside). */

@@ -31,7 +31,7 @@ const PACKAGES = ['systemd', 'systemd-sysv', 'sudo'];
 
 const SECTOR = 512;
 const BOOT_START = 8192; // 4 MiB, as Pi OS
-const BOOT_SECTORS = 64 * 2048; // 64 MiB FAT32 (Pi OS: 512 MiB)
+const BOOT_SECTORS = 512 * 2048; // 512 MiB FAT32, as Pi OS (sparse)
 const ROOT_START = BOOT_START + BOOT_SECTORS;
 const ROOT_SECTORS = 3 * 1024 * 2048; // 3 GiB, sparse
 
@@ -163,15 +163,16 @@ export async function makePiImage(path: string, suite: Suite, tarball: string, s
   await writeFile(path, '');
   await truncate(path, (ROOT_START + ROOT_SECTORS) * SECTOR);
   await run('sfdisk', ['-q', path], { input: `label: dos\nlabel-id: 0x${diskId}\nstart=${BOOT_START}, size=${BOOT_SECTORS}, type=c\nstart=${ROOT_START}, size=${ROOT_SECTORS}, type=83\n` });
-  await run('mkfs.vfat', ['-F', '32', '-n', 'bootfs', '--offset', String(BOOT_START), path, String(BOOT_PART.size / 1024)]);
   const root = await mkdtemp(join(scratch, 'rootfs-'));
   try {
     await run('tar', ['--numeric-owner', '--xattrs', '-C', root, '-xf', tarball]);
     await shapeRoot(root, diskId);
-    await run('mkfs.ext4', ['-q', '-F', '-L', 'rootfs', '-E', `offset=${ROOT_PART.offset}`, '-d', root, path, `${ROOT_PART.size / 1024}k`]);
+    await run('mkfs.ext4', ['-q', '-F', '-L', 'rootfs', '-E', `offset=${ROOT_PART.offset},nodiscard`, '-d', root, path, `${ROOT_PART.size / 1024}k`]);
   } finally {
     await rm(root, { recursive: true, force: true });
   }
+  // After the ext4 root: mke2fs may discard (punch) ranges of the file outside its offset.
+  await run('mkfs.vfat', ['-F', '32', '-n', 'bootfs', '--offset', String(BOOT_START), path, String(BOOT_PART.size / 1024)]);
   const src = await mkdtemp(join(scratch, 'bootfs-'));
   try {
     for (const [name, content] of Object.entries(bootFiles(suite, diskId))) {
