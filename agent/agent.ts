@@ -24,7 +24,7 @@ import { Enrollment, readEnrollmentToken, type EnrollmentOptions } from './enrol
 import { createBoardIo, type BoardIo, type FakeGpioBackend } from './gpio/index.js';
 import { KeyStore } from './keystore.js';
 import { createLogger, type Logger } from './log.js';
-import { MqttSession, type BackoffOptions } from './mqtt-session.js';
+import { MqttSession, type BackoffOptions, type RetryInfo } from './mqtt-session.js';
 import { Pipeline, type CommandEvent, type FollowUp } from './pipeline.js';
 import { AgentRuntime } from './runtime.js';
 import { initialState, StateStore, type StateStoreOptions } from './state.js';
@@ -75,7 +75,12 @@ export interface RunningAgent extends EventEmitter<AgentEvents> {
 export interface StartAgentOptions {
   configPath: string;
   log?: Logger;
-  /** Report readiness and watchdog pings to systemd when NOTIFY_SOCKET is set (the `run` command). */
+  /**
+   * Report readiness, status and watchdog pings to systemd when NOTIFY_SOCKET is set (the `run`
+   * command). READY=1 is sent once the local start-up is done (config, key store, state, trust
+   * anchors, GPIO), before the broker is reached: the broker is retried in process for as long as
+   * it takes, and STATUS= says what the agent waits for.
+   */
   systemdNotify?: boolean;
   /** Reconnect backoff (default 1 s doubling to 60 s, with jitter). */
   backoff?: BackoffOptions;
@@ -110,7 +115,6 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
   #follow: Promise<void> = Promise.resolve();
   #stopPromise: Promise<void> | undefined;
   #exitStatus = EXIT_OK;
-  #readyOnce = false;
   #busySince = 0;
   #clockTimer: NodeJS.Timeout | undefined;
   #resume: (() => Promise<void>) | undefined;
@@ -216,7 +220,7 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
 
     rt.session.on('subscribed', () => this.#onSubscribed());
     // `systemctl status` shows the last STATUS=: keep it true across broker outages.
-    rt.session.on('offline', () => this.#notifier?.status(`disconnected from ${rt.session.broker.url}, reconnecting`));
+    rt.session.on('retrying', (r) => this.#notifier?.status(waitingStatus(rt.session.broker.url, r)));
     if (this.options.systemdNotify) {
       this.#notifier = createSystemdNotifier(log);
       this.#notifier.startWatchdog(() => this.#healthy());
@@ -228,6 +232,10 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
     // The ack of a rotation completed just before a crash may never have left: send it (a duplicate is harmless).
     if (resumedAck) rt.publishAck(resumedAck.token, { ref: resumedAck.jti, status: 'applied', resumed: 'yes' });
     rt.session.start();
+    // Ready now, not at the first subscription: a board that boots without its broker (no network
+    // yet, DNS, TLS before the clock is set) must not time out its start and be given up on by
+    // systemd. From here the agent waits for the broker itself, for as long as it takes.
+    this.#notifier?.ready(`connecting to broker ${rt.session.broker.url}`);
     log.info('agent started', { device: config.device_id, provisioned: store.state.provisioned, enrolling, broker: rt.session.broker.url, gpio: this.#io.backend });
     if (this.#resume) {
       const resume = this.#resume;
@@ -236,13 +244,13 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
     }
   }
 
+  #connectedStatus(): void {
+    const url = this.#rt.session.broker.url;
+    this.#notifier?.status(this.#enrollment ? `connected to ${url}, enrolling: waiting for the server's request` : `connected to ${url}`);
+  }
+
   #onSubscribed(): void {
-    if (!this.#readyOnce) {
-      this.#readyOnce = true;
-      this.#notifier?.ready(`connected to ${this.#rt.session.broker.url}`);
-    } else {
-      this.#notifier?.status(`connected to ${this.#rt.session.broker.url}`);
-    }
+    this.#connectedStatus();
     if (this.#enrollment) {
       this.#enrollment.kick();
       this.emit('enrolling');
@@ -272,6 +280,7 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
     if (this.#enrollment) {
       await this.#enrollment.complete();
       this.#enrollment = undefined;
+      if (this.#rt.session.ready) this.#connectedStatus();
     }
     this.#io.setStatus('provisioned');
     await applyGpioSettings(this.#rt, this.#rt.store.state);
@@ -335,4 +344,14 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
     this.log.info('agent stopped', { status: this.#exitStatus });
     this.#resolveExit(this.#exitStatus);
   }
+}
+
+/**
+ * STATUS= while the broker is unreachable, e.g. "waiting for broker mqtts://host:8883: ECONNREFUSED,
+ * attempt 7, next in 32 s", or "disconnected from mqtts://host:8883: connection closed, reconnecting,
+ * attempt 1, next in 1 s" right after a connection was lost.
+ */
+export function waitingStatus(url: string, r: RetryInfo): string {
+  const next = r.delayMs < 1000 ? `${r.delayMs} ms` : `${Math.round(r.delayMs / 1000)} s`;
+  return `${r.lost ? `disconnected from ${url}: ${r.reason}, reconnecting` : `waiting for broker ${url}: ${r.reason}`}, attempt ${r.attempt}, next in ${next}`;
 }

@@ -50,6 +50,8 @@ export interface EnrollmentOptions {
   retryMaxMs?: number;
 }
 
+export const DEFAULT_ENROLLMENT_RETRY: Required<EnrollmentOptions> = { retryMinMs: 5000, retryMaxMs: 300_000 };
+
 export class Enrollment {
   #timer: NodeJS.Timeout | undefined;
   #attempt = 0;
@@ -108,7 +110,7 @@ export class Enrollment {
       }
     }
     if (!this.#active || rt.stopping) return;
-    const delay = backoffDelay(this.#attempt, this.options.retryMinMs ?? 5000, this.options.retryMaxMs ?? 300_000);
+    const delay = backoffDelay(this.#attempt, this.options.retryMinMs ?? DEFAULT_ENROLLMENT_RETRY.retryMinMs, this.options.retryMaxMs ?? DEFAULT_ENROLLMENT_RETRY.retryMaxMs);
     this.#attempt += 1;
     this.#timer = setTimeout(() => void this.#send(), delay);
   }

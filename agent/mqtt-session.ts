@@ -30,6 +30,8 @@ export interface BackoffOptions {
   maxMs?: number;
 }
 
+export const DEFAULT_BACKOFF: Required<BackoffOptions> = { minMs: 1000, maxMs: 60_000 };
+
 export interface SessionOptions {
   clientId: string;
   broker: SessionBroker;
@@ -54,11 +56,33 @@ export function backoffDelay(attempt: number, minMs: number, maxMs: number, rand
   return Math.round(minMs + random() * Math.max(0, ceiling - minMs));
 }
 
+/** A connection attempt that failed, and when the next one is made. */
+export interface RetryInfo {
+  /** Failed attempts in a row (1 for the first). */
+  attempt: number;
+  /** Delay before the next attempt, ms. */
+  delayMs: number;
+  /** Why it failed, short: an error code (ECONNREFUSED, ENOTFOUND, CERT_NOT_YET_VALID...) or message. */
+  reason: string;
+  /** The session was connected and subscribed until this (a disconnection, not a failed attempt). */
+  lost: boolean;
+}
+
 export interface MqttSessionEvents {
   /** Connected and the command subscription is granted. */
   subscribed: [];
   connected: [];
   offline: [];
+  /** An attempt failed (or a connection was lost) and the next one is scheduled. */
+  retrying: [RetryInfo];
+}
+
+/** An error's short form for a status line: its code when it is a symbolic one, else its message. */
+export function shortReason(err: Error): string {
+  const code = (err as { code?: unknown }).code;
+  const short = typeof code === 'string' && /^[A-Z][A-Z0-9_]{2,}$/.test(code) ? code : err.message;
+  // TLS refuses a valid certificate while the board's clock is still at its epoch (no RTC, NTP not yet synced).
+  return /^CERT_NOT_YET_VALID$|^CERT_HAS_EXPIRED$/.test(short) ? `${short} (is the clock set?)` : short;
 }
 
 export class MqttSession extends EventEmitter<MqttSessionEvents> {
@@ -70,6 +94,8 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
   #subscribed = false;
   #inFlight: Promise<void> = Promise.resolve();
   #lastError = '';
+  /** Why the current attempt failed (reset at each attempt). */
+  #attemptError = '';
 
   constructor(private readonly options: SessionOptions) {
     super();
@@ -150,12 +176,15 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
 
   #connect(): void {
     const b = this.#broker;
+    this.#attemptError = '';
     const o: IClientOptions = {
       clientId: this.options.clientId,
       clean: false,
       protocolVersion: b.protocolVersion,
       reconnectPeriod: 0,
       queueQoSZero: false,
+      // mqtt-packet's write cache is 65,536 pre-built 2-byte Buffers (about 7 MB of heap on a 512 MB board).
+      writeCache: false,
       keepalive: this.options.keepaliveS ?? 60,
       connectTimeout: this.options.connectTimeoutMs ?? 10_000,
       resubscribe: false,
@@ -197,6 +226,7 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
         const g = granted?.[0];
         if (err || !g || (g.qos !== 1 && g.qos !== 0)) {
           this.#lastError = err ? err.message : `subscription to ${this.options.topic} refused (code ${String(g?.qos)})`;
+          this.#attemptError = `subscription refused: ${this.#lastError}`;
           log.error('subscription refused; check the broker ACL for this device', { topic: this.options.topic, reason: this.#lastError });
           this.#dropConnection(client);
           return;
@@ -211,6 +241,7 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
       if (client !== this.#client) return;
       if (err.message !== this.#lastError) log.warn('broker connection error', { broker: b.url, reason: err.message });
       this.#lastError = err.message;
+      this.#attemptError = shortReason(err);
     });
     client.on('close', () => {
       if (client !== this.#client || this.#stopping) return;
@@ -220,7 +251,7 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
         log.warn('disconnected from broker', { broker: b.url });
         this.emit('offline');
       }
-      this.#scheduleReconnect(client);
+      this.#scheduleReconnect(client, wasReady);
     });
   }
 
@@ -236,14 +267,16 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
     client.stream?.destroy();
   }
 
-  #scheduleReconnect(client: MqttClient): void {
+  #scheduleReconnect(client: MqttClient, lost: boolean): void {
     if (this.#timer) return;
-    const delay = backoffDelay(this.#attempt, this.options.backoff?.minMs ?? 1000, this.options.backoff?.maxMs ?? 60_000);
+    const delay = backoffDelay(this.#attempt, this.options.backoff?.minMs ?? DEFAULT_BACKOFF.minMs, this.options.backoff?.maxMs ?? DEFAULT_BACKOFF.maxMs);
     this.#attempt += 1;
     this.options.log.debug('reconnecting', { in_ms: delay, attempt: this.#attempt });
+    this.emit('retrying', { attempt: this.#attempt, delayMs: delay, reason: this.#attemptError || 'connection closed', lost });
     this.#timer = setTimeout(() => {
       this.#timer = undefined;
       if (client !== this.#client || this.#stopping) return;
+      this.#attemptError = '';
       // Same stores: QoS 1 acks in flight are resent after the reconnect.
       client.reconnect({ incomingStore: client.incomingStore, outgoingStore: client.outgoingStore });
     }, delay);

@@ -1,5 +1,5 @@
 /**
- * The command pipeline of DESIGN, in order: the protocol layer's checks
+ * The command pipeline of docs/DESIGN.md, in order: the protocol layer's checks
  * (size, shape, algorithms, kid, decrypt, pinned signature, audience, issuer,
  * times), replay (`seq` strictly greater than the last applied, `jti` not in
  * the recent set), `params`, then the hook, apply, persist (state, seq and

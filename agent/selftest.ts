@@ -5,7 +5,7 @@
  * passes when no required check fails.
  */
 import { randomBytes } from 'node:crypto';
-import { access, readFile, unlink } from 'node:fs/promises';
+import { access, open, readFile, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import mqtt from 'mqtt';
 import { KeyRing, openAck, sealAck, toPublicJwk } from '../protocol/index.js';
@@ -13,7 +13,7 @@ import { brokerFailureFix, probeTlsIdentity } from './broker-probe.js';
 import { clockStatus } from './clock.js';
 import { loadConfig, type AgentConfig } from './config.js';
 import { writeFileAtomic } from './durable-file.js';
-import { findHeaderChip } from './gpio/index.js';
+import { DEFAULT_SYSFS_ROOT, loadOnoff, openOnoff, type OnoffModule } from './gpio/index.js';
 import { resolveOnChip } from './gpio/sysfs-resolver.js';
 import { KeyStore } from './keystore.js';
 import type { AgentRuntime } from './runtime.js';
@@ -46,6 +46,8 @@ export interface SelftestOptions {
   running?: AgentRuntime;
   /** Broker check timeout, ms (default 8000). */
   brokerTimeoutMs?: number;
+  /** The onoff module to load instead of the installed one (tests: a copy whose native addon is broken). */
+  onoffModule?: string;
 }
 
 export const MIN_NODE = [20, 19] as const;
@@ -136,7 +138,7 @@ export async function runSelftest(options: SelftestOptions): Promise<SelftestRep
   });
 
   add(rt ? liveBrokerCheck(rt) : await brokerCheck(config, state, options.brokerTimeoutMs ?? 8000));
-  add(await gpioCheck(config, rt));
+  add(await gpioCheck(config, rt, options.onoffModule));
   add(nodeCheck());
   return finish(config.device_id);
 }
@@ -261,7 +263,37 @@ async function brokerCheck(config: AgentConfig, state: AgentState | undefined, t
   });
 }
 
-async function gpioCheck(config: AgentConfig, rt: AgentRuntime | undefined): Promise<Check> {
+const GPIO_ADDON_FIX =
+  'the GPIO addon (epoll.node) must be built for this board\'s CPU and this Node.js: install an agent tree built for the board (provisioning/build-agent --arch arm64|armv7, see provisioning/README.md); on a board without GPIO set gpio.backend to "none"';
+
+/** ELF e_machine values, named as Node's process.arch names them. */
+const ELF_MACHINES: Readonly<Record<number, string>> = { 3: 'ia32', 40: 'arm', 62: 'x64', 183: 'arm64' };
+
+/**
+ * The dynamic loader says "cannot open shared object file: No such file or directory" for an
+ * addon built for another CPU although the file is there: read its ELF header and say so.
+ */
+async function addonArchNote(message: string): Promise<string> {
+  const file = /(\/\S+\.node): cannot open shared object file/.exec(message)?.[1];
+  if (!file) return '';
+  try {
+    const fh = await open(file, 'r');
+    const { buffer, bytesRead } = await fh.read(Buffer.alloc(20), 0, 20, 0).finally(() => fh.close());
+    if (bytesRead < 20 || buffer.readUInt32BE(0) !== 0x7f454c46) return '';
+    const machine = buffer[5] === 2 ? buffer.readUInt16BE(18) : buffer.readUInt16LE(18);
+    return `; ${file} is there but built for ${ELF_MACHINES[machine] ?? `ELF machine ${machine}`}`;
+  } catch {
+    return '';
+  }
+}
+
+/** A native loader's message on one line, bounded (the bindings module lists every path it tried). */
+function oneLine(message: string, max = 400): string {
+  const s = message.replace(/\s*\n\s*/g, ' ').trim();
+  return s.length > max ? `${s.slice(0, max - 3)}...` : s;
+}
+
+async function gpioCheck(config: AgentConfig, rt: AgentRuntime | undefined, onoffModule: string | undefined): Promise<Check> {
   const base = { id: 'gpio', title: 'GPIO', required: true };
   if (rt) {
     const r = await rt.io.check();
@@ -271,14 +303,25 @@ async function gpioCheck(config: AgentConfig, rt: AgentRuntime | undefined): Pro
   const backend = g.backend ?? 'auto';
   const pins = (['status_led', 'sensor_enable', 'reset_button'] as const).filter((r) => typeof g[r] === 'number');
   if (backend === 'none' || backend === 'fake') return { ...base, status: 'pass', reason: `backend ${backend}${pins.length ? `; pins ${pins.join(', ')} not driven` : ''}` };
-  if (pins.length === 0) return { ...base, status: 'pass', reason: `backend ${backend}, no pins configured` };
+  // The backend as `run` opens it: onoff and its native addon loaded for real, the header chip found,
+  // the export file writable; no pin is exported (a running agent owns them). Needed when pins are
+  // wired or onoff is named; otherwise a failure only means `run` goes without GPIO (a warning).
+  const needed = backend === 'onoff' || pins.length > 0;
+  const failed = (reason: string, fix: string): Check =>
+    needed ? { ...base, status: 'fail', reason, fix } : { ...base, required: false, status: 'warn', reason: `${reason}; no pins configured: the agent runs without GPIO`, fix };
+  let onoff: OnoffModule;
   try {
-    // Without exporting anything (a running agent owns the pins): resolve each pin on the header chip.
-    const chip = await findHeaderChip(g.sysfs_root ? { root: g.sysfs_root } : {});
-    const parts = pins.map((r) => `${r} ${String(g[r])} -> gpio${resolveOnChip(chip, g[r] as number).sysfs}`);
-    return { ...base, status: 'pass', reason: `${chip.dir} "${chip.label}" base ${chip.base}: ${parts.join(', ')}` };
+    onoff = await loadOnoff(onoffModule);
   } catch (err) {
-    return { ...base, required: backend === 'onoff' || pins.length > 0, status: 'fail', reason: (err as Error).message, fix: 'check /sys/class/gpio and the pin numbers, or set gpio.backend to "none" on a board without GPIO' };
+    const message = (err as Error).message;
+    return failed(`${oneLine(message)}${await addonArchNote(message)} (this is Node.js ${process.version}, module ABI ${process.versions.modules}, ${process.arch})`, GPIO_ADDON_FIX);
+  }
+  try {
+    const { chip } = await openOnoff(g.sysfs_root ?? DEFAULT_SYSFS_ROOT, { onoff });
+    const parts = pins.map((r) => `${r} ${String(g[r])} -> gpio${resolveOnChip(chip, g[r] as number).sysfs}`);
+    return { ...base, status: 'pass', reason: `backend onoff loaded (native addon ok); ${chip.dir} "${chip.label}" base ${chip.base}${parts.length ? `: ${parts.join(', ')}` : ', no pins configured'}` };
+  } catch (err) {
+    return failed((err as Error).message, 'check /sys/class/gpio and the pin numbers, that the agent user is in group gpio, or set gpio.backend to "none" on a board without GPIO');
   }
 }
 

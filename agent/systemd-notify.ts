@@ -22,20 +22,48 @@ export function createSystemdNotifier(log: Logger, env: NodeJS.ProcessEnv = proc
   const enabled = typeof env.NOTIFY_SOCKET === 'string' && env.NOTIFY_SOCKET !== '';
   let timer: NodeJS.Timeout | undefined;
   let warned = false;
-  const send = (assignments: string[]): void => {
-    if (!enabled) return;
+  // One systemd-notify at a time, in order: systemd shows the last STATUS= it
+  // received, so two children racing could leave an older status on show.
+  // What waits is bounded: a newer STATUS= replaces a queued one and a queued
+  // ping makes another redundant (a fast retry loop queues no children).
+  const queue: string[][] = [];
+  let busy = false;
+  const only = (a: string[], prefix: string): boolean => a.length === 1 && a[0]!.startsWith(prefix);
+  const exec = (assignments: string[], then: () => void): void => {
     execFile(tool, [`--pid=${process.pid}`, ...assignments], { timeout: 5000, env }, (err) => {
       if (err && !warned) {
         warned = true;
         log.warn('systemd-notify failed; readiness and watchdog pings are not reaching systemd', { reason: err.message });
       }
+      then();
     });
+  };
+  const pump = (): void => {
+    const next = queue.shift();
+    busy = next !== undefined;
+    if (next) exec(next, pump);
+  };
+  const send = (assignments: string[]): void => {
+    if (!enabled) return;
+    for (const kind of ['STATUS=', 'WATCHDOG=']) {
+      if (!only(assignments, kind)) continue;
+      const i = queue.findIndex((q) => only(q, kind));
+      if (i >= 0) {
+        queue[i] = assignments;
+        return;
+      }
+    }
+    queue.push(assignments);
+    if (!busy) pump();
   };
   return {
     enabled,
     ready: (status) => send(['READY=1', ...(status ? [`STATUS=${status}`] : [])]),
     status: (text) => send([`STATUS=${text}`]),
-    stopping: () => send(['STOPPING=1']),
+    // Not queued: the process may exit right after.
+    stopping: () => {
+      if (enabled) exec(['STOPPING=1'], () => undefined);
+    },
     startWatchdog(healthy) {
       const usec = Number(env.WATCHDOG_USEC);
       const pid = env.WATCHDOG_PID;

@@ -1,4 +1,4 @@
-/** Commands: server -> device. Sealing (server side) and opening with every check of DESIGN (agent side). */
+/** Commands: server -> device. Sealing (server side) and opening with every check of docs/DESIGN.md (agent side). */
 import { randomUUID } from 'node:crypto';
 import { ClaimReader, checkTimes, nowSeconds, type ClockPolicy } from './claims.js';
 import { ProtocolError, isProtocolError } from './errors.js';
@@ -86,7 +86,7 @@ export interface OpenedCommand {
 }
 
 /**
- * Opens a command in DESIGN's order: size/shape/alg/zip/kid, decrypt, verify,
+ * Opens a command in the order of docs/DESIGN.md ("What each side checks"): size/shape/alg/zip/kid, decrypt, verify,
  * audience and device id, times, replay, params. A refusal after the signature
  * verified carries `refused` (jti, seq) so the caller can send a `rejected` ack.
  */

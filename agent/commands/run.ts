@@ -1,9 +1,32 @@
 /** `sensor-agent run`: the daemon. Exit statuses: docs/CONTRACTS.md (0 stopped, 1 failure, 2 usage/config, 10 decommissioned). */
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
-import { startAgent, type RunningAgent } from '../agent.js';
+import { startAgent, type RunningAgent, type StartAgentOptions } from '../agent.js';
 import { CliError } from '../cli-support.js';
 import { DEFAULT_CONFIG_PATH } from '../config.js';
+import { DEFAULT_ENROLLMENT_RETRY } from '../enrollment.js';
 import { isKeyStoreError } from '../keystore-errors.js';
+import { DEFAULT_BACKOFF } from '../mqtt-session.js';
+
+/**
+ * TEST ONLY, never set on a board: SENSOR_AGENT_TEST_TIME_SCALE=F (0 < F <= 1) multiplies the
+ * agent's own retry delays (broker reconnect 1 s doubling to 60 s, enrollment 5 s doubling to
+ * 5 min) by F, so a test can play a boot with the broker down for many minutes in seconds
+ * (test/agent/systemd-notify.test.ts). Nothing else changes; the agent warns when it is set.
+ */
+export const TEST_TIME_SCALE_ENV = 'SENSOR_AGENT_TEST_TIME_SCALE';
+
+export function testTimeScale(env: NodeJS.ProcessEnv = process.env, warn = (line: string): unknown => process.stderr.write(line)): Pick<StartAgentOptions, 'backoff' | 'enrollment'> {
+  const raw = env[TEST_TIME_SCALE_ENV];
+  if (raw === undefined || raw === '') return {};
+  const f = Number(raw);
+  if (!Number.isFinite(f) || f <= 0 || f > 1) throw new CliError('E_USAGE', `${TEST_TIME_SCALE_ENV}=${raw}: a number in (0, 1] was expected (test only: unset it)`, 2);
+  const scale = (ms: number): number => Math.max(1, Math.round(ms * f));
+  warn(`WARN ${TEST_TIME_SCALE_ENV}=${raw} (test only): retry delays scaled by ${f}\n`);
+  return {
+    backoff: { minMs: scale(DEFAULT_BACKOFF.minMs), maxMs: scale(DEFAULT_BACKOFF.maxMs) },
+    enrollment: { retryMinMs: scale(DEFAULT_ENROLLMENT_RETRY.retryMinMs), retryMaxMs: scale(DEFAULT_ENROLLMENT_RETRY.retryMaxMs) },
+  };
+}
 
 interface RunArgs {
   config: string;
@@ -15,12 +38,14 @@ export const runCommand: CommandModule<object, RunArgs> = {
   builder: (y: Argv) =>
     y
       .option('config', { type: 'string', default: DEFAULT_CONFIG_PATH, describe: 'config file' })
-      .epilogue('Exit status: 0 stopped by SIGTERM/SIGINT, 1 runtime failure, 2 bad usage or configuration (including key store permissions, not enrolled), 10 decommissioned (do not restart: RestartPreventExitStatus=10).')
+      .epilogue(
+        'Under systemd (Type=notify; NOTIFY_SOCKET set): READY=1 as soon as the local start-up is done (config, key store, state, trust anchors, GPIO), whether or not the broker can be reached. The broker is then retried with backoff (1 s doubling to 60 s, with jitter) for as long as it takes, enrollment likewise (5 s doubling to 5 min); STATUS= (systemctl status sensor-agent) says what the agent waits for, e.g. "waiting for broker mqtts://host:8883: ECONNREFUSED, attempt 7, next in 32 s", then "connected to ...". WATCHDOG=1 is sent while the agent is healthy, connected or not.\n\n' +
+          'Exit status: 0 stopped by SIGTERM/SIGINT, 1 runtime failure, 2 bad usage or configuration (including key store permissions, not enrolled), 10 decommissioned (do not restart: RestartPreventExitStatus=10).')
       .example('$0 run --config /etc/sensor-agent/config.json', 'run as the systemd service does') as unknown as Argv<RunArgs>,
   handler: async (args: ArgumentsCamelCase<RunArgs>) => {
     let agent: RunningAgent;
     try {
-      agent = await startAgent({ configPath: args.config, systemdNotify: true });
+      agent = await startAgent({ configPath: args.config, systemdNotify: true, ...testTimeScale() });
     } catch (err) {
       // Key store refusals are configuration problems: exit 2 (systemd's restarts would not fix them).
       if (isKeyStoreError(err)) throw new CliError(err.code, err.message, 2);

@@ -11,13 +11,16 @@ interface SelftestArgs {
 
 export const selftestCommand: CommandModule<object, SelftestArgs> = {
   command: 'selftest',
-  describe: 'Check this board: config, key store, keys, trust anchors, crypto, clock, state directory, broker, GPIO, Node.js',
+  describe: 'Check this board: config, key store, keys, trust anchors, crypto, clock, state directory, broker, GPIO backend and pins, Node.js',
   builder: (y: Argv) =>
     y
       .option('config', { type: 'string', default: DEFAULT_CONFIG_PATH, describe: 'config file' })
       .option('json', { type: 'boolean', default: false, describe: 'machine-readable report on stdout' })
       .option('timeout', { type: 'number', default: 8, describe: 'broker check timeout, seconds' })
-      .epilogue('Exit status: 0 when every required check passes, 1 otherwise.') as unknown as Argv<SelftestArgs>,
+      .epilogue(
+        'GPIO: with gpio.backend "auto" or "onoff" the backend is loaded as `run` loads it (onoff and its native epoll addon) and the header gpiochip resolved, without exporting any pin (a running agent owns them). An addon that does not load under this Node.js (built for another CPU or Node ABI, damaged, missing) fails the check with the fix; with backend "auto" and no pins configured it is only a warning.\n\n' +
+          'Exit status: 0 when every required check passes, 1 otherwise.',
+      ) as unknown as Argv<SelftestArgs>,
   handler: async (args: ArgumentsCamelCase<SelftestArgs>) => {
     const report = await runSelftest({ configPath: args.config, brokerTimeoutMs: Math.max(1, args.timeout) * 1000 });
     process.stdout.write(args.json ? `${JSON.stringify(report, null, 2)}\n` : formatReport(report));

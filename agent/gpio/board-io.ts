@@ -366,7 +366,12 @@ class BoardIoImpl implements BoardIo {
   }
 }
 
-async function openOnoff(root: string, options: BoardIoOptions): Promise<OnoffBackend> {
+/**
+ * The onoff backend as `run` opens it (no pin exported yet): loads onoff and its native epoll
+ * addon, finds the header chip, checks /sys/class/gpio/export is writable. The self-test uses it
+ * as is, so what fails here fails there too. Rejects with a GpioError.
+ */
+export async function openOnoff(root: string, options: BoardIoOptions = {}): Promise<OnoffBackend> {
   if (resolve(root) !== DEFAULT_SYSFS_ROOT) {
     throw new GpioError(
       'E_GPIO_CONFIG',

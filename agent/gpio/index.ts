@@ -15,7 +15,7 @@ export type { BoardIo, GpioBackendName, GpioConfig, GpioLog, GpioPins, GpioRole 
 export { GPIO_ROLES } from './types.js';
 export type { BoardStatus, LedStep } from './led-patterns.js';
 export { BOARD_STATUSES, LED_PATTERNS } from './led-patterns.js';
-export { createBoardIo, type BoardIoOptions } from './board-io.js';
+export { createBoardIo, openOnoff, type BoardIoOptions } from './board-io.js';
 export { FakeGpioBackend, type FakeGpioOptions, type FakeWrite } from './fake-backend.js';
 export type { GpioBackend, InputLine, InputOptions, OutputLine } from './backend.js';
 export { GPIO_ERROR_CODES, GpioError, isGpioError, type GpioErrorCode } from './errors.js';

@@ -13,7 +13,7 @@ import { bufferedLogger } from '../../agent/log.js';
 import { sealClaims, toPublicJwk, type PublicJwk } from '../../protocol/index.js';
 import { shouldRunMosquitto, startAedes, startMosquitto } from '../helpers/brokers.js';
 import { makeParty, type Party } from '../helpers/keys.js';
-import { exists, showAgentLogOnFailure, makeDevice, readDeviceState, removeDir, SERVER_ID, TestServer, type DeviceFiles } from './agent-fixture.js';
+import { exists, showAgentLogOnFailure, makeDevice, readDeviceState, removeDir, SERVER_ID, TestServer, waitFor, type DeviceFiles } from './agent-fixture.js';
 
 
 interface BrokerUnderTest {
@@ -62,8 +62,9 @@ function lifecycle(name: string, start: () => Promise<BrokerUnderTest | undefine
       expect(st.provisioned).to.equal(true);
       expect(st.user_id).to.equal('alice');
       expect(st.last_seq).to.equal(1);
-      expect(await exists(files.tokenFile)).to.equal(false);
-      expect(agent.fakeGpio?.value(27)).to.equal(true); // sensor enabled once provisioned
+      // The token is removed and the sensor enabled after the ack is published (the agent's after-ack work): wait for both.
+      await waitFor('the token file to be removed', async () => !(await exists(files.tokenFile)));
+      await waitFor('the sensor to be enabled once provisioned', () => agent?.fakeGpio?.value(27) === true);
     });
 
     it('applies an update through its hook, transactionally', async function () {
