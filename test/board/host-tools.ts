@@ -26,6 +26,8 @@ export const BOARD_TOOLS: Readonly<Record<string, string>> = {
   mosquitto: 'mosquitto',
   openssl: 'openssl',
   tar: 'tar',
+  findmnt: 'util-linux',
+  'aarch64-linux-gnu-g++': 'g++-aarch64-linux-gnu',
 };
 
 export class BoardSetupError extends Error {
@@ -69,7 +71,7 @@ export async function ensureArm64Binfmt(): Promise<string> {
   let entry = await readFile(`${BINFMT}/qemu-aarch64`, 'utf8').catch(() => '');
   if (entry === '') {
     // Debian's qemu-user-static ships the entry; binfmt-support (or systemd-binfmt) loads it.
-    for (const loader of [['update-binfmts', '--enable', 'qemu-aarch64'], ['/usr/lib/systemd/systemd-binfmt', '/usr/lib/binfmt.d/qemu-aarch64.conf']]) {
+    for (const loader of [['update-binfmts', '--import', 'qemu-aarch64'], ['update-binfmts', '--enable', 'qemu-aarch64'], ['/usr/lib/systemd/systemd-binfmt', '/usr/lib/binfmt.d/qemu-aarch64.conf']]) {
       const [cmd, ...args] = loader;
       if (cmd !== undefined && findTool(cmd.replace(/^.*\//, '')) !== undefined) await execFileP(cmd, args, { env: toolEnv() }).catch(() => undefined);
     }
