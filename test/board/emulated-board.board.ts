@@ -192,8 +192,22 @@ describe(`emulated Raspberry Pi (${SUITE}, arm64 under qemu-user, systemd-nspawn
     mounted = undefined;
   }
 
+  /** Interrupted (SIGINT/SIGTERM): power the board off and stop the host's processes before exiting. */
+  const onSignal = (signal: NodeJS.Signals): void => {
+    log(`${signal}: stopping the board, serve and mosquitto`);
+    void (async () => {
+      await board?.kill().catch(() => undefined);
+      await mounted?.unmount().catch(() => undefined);
+      serve?.kill('SIGTERM');
+      await broker?.stop().catch(() => undefined);
+      process.exit(signal === 'SIGINT' ? 130 : 143);
+    })();
+  };
+
   before(async function () {
     this.timeout(120_000);
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
     requireBoardTools();
     await ensureArm64Binfmt();
     work = await mkdtemp('/var/tmp/sensor-board-');
@@ -230,6 +244,8 @@ describe(`emulated Raspberry Pi (${SUITE}, arm64 under qemu-user, systemd-nspawn
 
   after(async function () {
     this.timeout(300_000);
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
     if (this.currentTest?.state === 'failed' || [...(this.test?.parent?.tests ?? [])].some((t) => t.state === 'failed')) {
       process.stderr.write(`\n----- board journal -----\n${await journal()}\n----- serve log (tail) -----\n${serveLog.slice(-4000)}\n----- mosquitto log (tail) -----\n${broker?.log().slice(-4000) ?? ''}\n`);
     }

