@@ -61,7 +61,7 @@ function runLogged(cmd: string, args: string[], log: (line: string) => void): Pr
     const take = (b: Buffer): void => {
       const text = b.toString();
       tail = (tail + text).slice(-4000);
-      for (const line of text.split('\n')) if (/^[IEW]: (Retrieving|Installing|Configuring|Base system|Unpacking the base)|^E: |^W: /.test(line)) log(line);
+      for (const line of text.split('\n')) if (/^I: (Retrieving Release|Installing core|Unpacking the base|Configuring the base|Installing base|Base system)|^E: |^W: /.test(line)) log(line);
     };
     child.stdout.on('data', take);
     child.stderr.on('data', take);
