@@ -116,6 +116,10 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
   #enrollment: Enrollment | undefined;
   #notifier: SystemdNotifier | undefined;
   #follow: Promise<void> = Promise.resolve();
+  /** Settles when the command being processed (pipeline.handle) is done; see #onMessage. */
+  #handling: Promise<void> = Promise.resolve();
+  /** Messages in #onMessage (the one processed and those waiting behind it). */
+  #queued = 0;
   #stopPromise: Promise<void> | undefined;
   #exitStatus = EXIT_OK;
   #busySince = 0;
@@ -274,21 +278,38 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
     this.emit('ready');
   }
 
+  /**
+   * One command at a time, across connections: mqtt.js hands over the next message of a connection only
+   * after the previous one's PUBACK, but after a reconnect the broker redelivers a command still being
+   * processed (no PUBACK yet) on the new connection at once. That copy waits here for the first one to
+   * be saved, then finds its jti in the recent window and is answered as a duplicate, never applied twice.
+   */
   async #onMessage(topic: string, payload: Buffer): Promise<void> {
-    await this.#follow;
-    this.#busySince = Date.now();
-    let follow: FollowUp | undefined;
+    const previous = this.#handling;
+    let release!: () => void;
+    this.#handling = new Promise<void>((r) => (release = r));
+    this.#queued += 1;
     try {
-      follow = await this.#pipeline.handle(topic, payload);
+      if (this.#queued > 1) this.log.info('command received while another is processed: it waits for the command in progress');
+      await previous;
+      await this.#follow;
+      this.#busySince = Date.now();
+      let follow: FollowUp | undefined;
+      try {
+        follow = await this.#pipeline.handle(topic, payload);
+      } finally {
+        this.#busySince = 0;
+      }
+      if (follow) {
+        const run = follow;
+        // After the PUBACK (sent when this resolves).
+        this.#follow = new Promise<void>((r) => setImmediate(r))
+          .then(run)
+          .catch((err: unknown) => this.log.error('after-ack work failed', { reason: (err as Error).message }));
+      }
     } finally {
-      this.#busySince = 0;
-    }
-    if (follow) {
-      const run = follow;
-      // After the PUBACK (sent when this resolves).
-      this.#follow = new Promise<void>((r) => setImmediate(r))
-        .then(run)
-        .catch((err: unknown) => this.log.error('after-ack work failed', { reason: (err as Error).message }));
+      this.#queued -= 1;
+      release();
     }
   }
 

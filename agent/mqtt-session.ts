@@ -215,7 +215,10 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
     client.handleMessage = (packet: IPublishPacket, callback: (err?: Error) => void): void => {
       const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
       const work = this.options.onMessage(packet.topic, payload, packet);
-      this.#inFlight = work.catch(() => undefined);
+      // Chained, not replaced: after a reconnect a message can arrive while one from the previous
+      // connection is still in flight, and drain/stop/#settled must wait for both.
+      const settled = work.catch(() => undefined);
+      this.#inFlight = Promise.all([this.#inFlight, settled]).then(() => undefined);
       work.then(
         () => callback(),
         (err: unknown) => {
