@@ -13,7 +13,7 @@
 import { EventEmitter } from 'node:events';
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import type { Logger } from './log.js';
-import { capInboundPackets, MAX_INBOUND_PACKET_BYTES } from './packet-cap.js';
+import { capInboundPackets, MAX_INBOUND_PACKET_BYTES, stopReading } from './packet-cap.js';
 
 export interface SessionBroker {
   url: string;
@@ -206,7 +206,7 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
         this.#lastError = `the broker sent an MQTT packet of ${declared} bytes (cap ${MAX_INBOUND_PACKET_BYTES})`;
         log.error('oversized MQTT packet refused before buffering it; connection dropped, reconnecting', { broker: b.url, declared_bytes: declared, cap_bytes: MAX_INBOUND_PACKET_BYTES });
         // Read no more, let the commands already parsed finish (their PUBACKs go out), then drop.
-        stream.pause();
+        stopReading(stream);
         void this.#settled().then(() => stream.destroy());
       });
       return client;
