@@ -184,6 +184,8 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
       protocolVersion: b.protocolVersion,
       reconnectPeriod: 0,
       queueQoSZero: false,
+      // mqtt-packet's write cache is 65,536 pre-built 2-byte Buffers (about 7 MB of heap on a 512 MB board).
+      writeCache: false,
       keepalive: this.options.keepaliveS ?? 60,
       connectTimeout: this.options.connectTimeoutMs ?? 10_000,
       resubscribe: false,

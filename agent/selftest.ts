@@ -271,7 +271,7 @@ async function brokerCheck(config: AgentConfig, state: AgentState | undefined, t
 }
 
 const GPIO_ADDON_FIX =
-  'the GPIO addon (epoll.node) must be built for this board\'s CPU and this Node.js: install an agent tree built for the board (provisioning/build-agent, see provisioning/README.md), or rebuild it on the board (npm rebuild epoll in the agent\'s directory); on a board without GPIO set gpio.backend to "none"';
+  'the GPIO addon (epoll.node) must be built for this board\'s CPU and this Node.js: install an agent tree built for the board (provisioning/build-agent --arch arm64|armv7, see provisioning/README.md); on a board without GPIO set gpio.backend to "none"';
 
 /** ELF e_machine values, named as Node's process.arch names them. */
 const ELF_MACHINES: Readonly<Record<number, string>> = { 3: 'ia32', 40: 'arm', 62: 'x64', 183: 'arm64' };

@@ -2,13 +2,20 @@
  * Sealing and publishing commands: allocate the device's next seq (registry
  * transaction), seal to its registered encryption key, record, publish at QoS 1.
  * Fails closed: a device without a key gets nothing.
+ *
+ * The registry writes of concurrent sends (a fan-out, the HTTP API) are group
+ * committed: one IMMEDIATE transaction per batch for the seqs, one for the
+ * records, one for the sent marks. A command is published only after the
+ * transaction recording it committed, as before.
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { checkCommandInput, commandTopic, isRecord, sealCommand, type Action, type ActionParams } from '../protocol/index.js';
+import { checkCommandInput, commandTopic, isRecord, type Action, type ActionParams } from '../protocol/index.js';
 import { CliError } from './cli-support.js';
+import { GroupCommit } from './group-commit.js';
 import { RegistryError } from './registry/errors.js';
-import type { Registry } from './registry/registry.js';
-import type { CommandRecord } from './registry/types.js';
+import type { NewCommand, Registry } from './registry/registry.js';
+import type { CommandRecord, DeviceRecord } from './registry/types.js';
+import { sealInProcess, type Seal } from './seal-pool.js';
 import type { ServerKeys } from './server-keys.js';
 
 export type Publish = (topic: string, payload: string) => Promise<void>;
@@ -32,6 +39,8 @@ export interface SenderContext {
   keys: ServerKeys;
   topicPrefix: string;
   publish: Publish;
+  /** How to seal (default: in this thread; a SealPool spreads it over worker threads). */
+  seal?: Seal;
 }
 
 /** SHA-256 (base64url) of the canonical JSON of params: what the registry keeps instead of the params. */
@@ -94,9 +103,19 @@ export function prepareCommand(registry: Registry, keys: ServerKeys, req: SendRe
 
 export class CommandSender {
   readonly #ctx: SenderContext;
+  readonly #seqs: GroupCommit<string, { seq: number; device: DeviceRecord }>;
+  readonly #records: GroupCommit<NewCommand, true>;
+  readonly #sent: GroupCommit<string, null>;
 
   constructor(ctx: SenderContext) {
     this.#ctx = ctx;
+    const { registry } = ctx;
+    this.#seqs = new GroupCommit<string, { seq: number; device: DeviceRecord }>((ids) => registry.allocateSeqs(ids));
+    this.#records = new GroupCommit((cs) => registry.recordCommands(cs));
+    this.#sent = new GroupCommit((jtis) => {
+      registry.markSentMany(jtis);
+      return jtis.map(() => null);
+    });
   }
 
   /** See `prepareCommand`. */
@@ -108,15 +127,15 @@ export class CommandSender {
   async seal(req: SendRequest): Promise<{ command: CommandRecord; token: string }> {
     const { registry, keys } = this.#ctx;
     const { userId, params, bindUser } = this.prepare(req);
-    const { seq, device: current } = registry.allocateSeq(req.deviceId);
+    const { seq, device: current } = await this.#seqs.submit(req.deviceId);
     const recipient = current.encryption;
     if (!recipient) throw new CliError('E_NO_KEY', `device ${req.deviceId} has no encryption key`, 1);
     const jti = randomUUID();
-    const { token, claims } = await sealCommand(
+    const { token, claims } = await (this.#ctx.seal ?? sealInProcess)(
       { serverId: keys.serverId, deviceId: req.deviceId, action: req.action, userId, params, seq, jti, ...(req.ttlSeconds ? { ttlSeconds: req.ttlSeconds } : {}) },
       { signer: keys.signing, recipient },
     );
-    registry.recordCommand({
+    await this.#records.submit({
       jti,
       deviceId: req.deviceId,
       action: req.action,
@@ -135,7 +154,7 @@ export class CommandSender {
   /** Publishes a sealed command (QoS 1) and marks it sent. */
   async publish(deviceId: string, jti: string, token: string): Promise<void> {
     await this.#ctx.publish(commandTopic(this.#ctx.topicPrefix, deviceId), token);
-    this.#ctx.registry.markSent(jti);
+    await this.#sent.submit(jti);
   }
 
   /** Seal, record and publish. */

@@ -21,7 +21,8 @@ import { startEmbeddedBroker, type EmbeddedBroker } from './embedded-broker.js';
 import { silentLog } from './log.js';
 import { startProvisionServer, type RunningServer } from './service.js';
 
-const AGENT_CLI = fileURLToPath(new URL('../agent/cli.js', import.meta.url));
+// The agent as the boards run it: the one-file bundle `npm run build` writes into build/host.
+const AGENT_CLI = fileURLToPath(new URL('../../build/host/sensor-agent.mjs', import.meta.url));
 const STEP_TIMEOUT_MS = 20_000;
 
 interface DemoAgent {

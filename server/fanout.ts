@@ -11,6 +11,7 @@ import type { CommandSender } from './command-sender.js';
 import { isRegistryError } from './registry/errors.js';
 import type { Registry } from './registry/registry.js';
 import type { CommandRecord, FanoutRecord } from './registry/types.js';
+import { printable } from './terminal-text.js';
 
 export const DEFAULT_FANOUT_CONCURRENCY = 32;
 
@@ -127,7 +128,7 @@ export function formatFanoutSummary(s: FanoutSummary): string {
   const bad = s.rows.filter((r) => r.outcome !== 'applied');
   if (bad.length) {
     lines.push('', 'device                            outcome     code');
-    for (const r of bad.slice(0, 50)) lines.push(`${r.deviceId.padEnd(33)} ${r.outcome.padEnd(11)} ${r.code ?? ''}`);
+    for (const r of bad.slice(0, 50)) lines.push(`${r.deviceId.padEnd(33)} ${r.outcome.padEnd(11)} ${printable(r.code ?? '')}`);
     if (bad.length > 50) lines.push(`... and ${bad.length - 50} more`);
   }
   if (s.counts['no answer'] > 0 || s.counts['not sent'] > 0) lines.push('', `resume with: provision-server send --resume ${s.fanoutId}`);

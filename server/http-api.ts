@@ -58,8 +58,7 @@ export function createHttpApi(ctx: HttpApiContext): Server {
 
 async function route(ctx: HttpApiContext, expected: Buffer, req: IncomingMessage, res: ServerResponse): Promise<void> {
   authenticate(req, expected);
-  const url = new URL(req.url ?? '/', 'http://localhost');
-  const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);
+  const { url, parts } = parseTarget(req.url);
   const method = req.method ?? 'GET';
 
   if (parts[0] === 'devices' && parts.length === 1) {
@@ -113,6 +112,25 @@ async function route(ctx: HttpApiContext, expected: Buffer, req: IncomingMessage
   throw new HttpError(404, 'E_NOT_FOUND', `no route for ${method} ${url.pathname}`);
 }
 
+/** The request target as a URL and its decoded path segments; a malformed one is a 400 (E_BAD_PATH), never a 500. */
+function parseTarget(target: string | undefined): { url: URL; parts: string[] } {
+  // Origin-form only ("/devices/x?user_id=y"): not "*", not an absolute URL, not "//host/..." (which URL parsing would read as a host).
+  if (target === undefined || !target.startsWith('/') || target.startsWith('//')) {
+    throw new HttpError(400, 'E_BAD_PATH', 'the request target must be a path such as /devices/ID');
+  }
+  let url: URL;
+  try {
+    url = new URL(target, 'http://localhost');
+  } catch {
+    throw new HttpError(400, 'E_BAD_PATH', 'the request target is not a valid path');
+  }
+  try {
+    return { url, parts: url.pathname.split('/').filter(Boolean).map(decodeURIComponent) };
+  } catch {
+    throw new HttpError(400, 'E_BAD_PATH', 'the path has a malformed percent-encoding (%XX of valid UTF-8)');
+  }
+}
+
 function authenticate(req: IncomingMessage, expected: Buffer): void {
   const header = req.headers.authorization;
   const m = header ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
@@ -137,10 +155,16 @@ async function readJsonBody(req: IncomingMessage): Promise<unknown> {
   if (declared > MAX_BODY_BYTES) throw new HttpError(413, 'E_TOO_LARGE', `body exceeds ${MAX_BODY_BYTES} bytes`);
   const chunks: Buffer[] = [];
   let size = 0;
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > MAX_BODY_BYTES) throw new HttpError(413, 'E_TOO_LARGE', `body exceeds ${MAX_BODY_BYTES} bytes`);
-    chunks.push(chunk as Buffer);
+  try {
+    for await (const chunk of req) {
+      size += (chunk as Buffer).length;
+      if (size > MAX_BODY_BYTES) throw new HttpError(413, 'E_TOO_LARGE', `body exceeds ${MAX_BODY_BYTES} bytes`);
+      chunks.push(chunk as Buffer);
+    }
+  } catch (err) {
+    // A client that aborts mid-body (or sends a broken chunked encoding) is its own error, not the server's.
+    if (err instanceof HttpError) throw err;
+    throw new HttpError(400, 'E_BAD_REQUEST', `the request body could not be read: ${err instanceof Error ? err.message : String(err)}`);
   }
   try {
     return JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;

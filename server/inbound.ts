@@ -16,6 +16,7 @@ import {
   type PublicJwk,
 } from '../protocol/index.js';
 import type { CommandSender } from './command-sender.js';
+import type { EnrollRefusals } from './enroll-refusals.js';
 import type { Log } from './log.js';
 import { isRegistryError } from './registry/errors.js';
 import type { AckEffects, Registry } from './registry/registry.js';
@@ -30,10 +31,14 @@ export interface InboundContext {
   log: Log;
   /** Told of every ack recorded (by this process or found already recorded). */
   onAck?: (command: CommandRecord) => void;
+  /** Aggregates refused enrollments in the audit and the log (a flood writes a bounded number of rows); without it each is audited. */
+  enrollRefusals?: EnrollRefusals;
 }
 
 export type InboundResult =
   | { kind: 'ack'; command: CommandRecord; duplicate: boolean }
+  /** An authenticated ack contradicting the command's recorded outcome: audited, device flagged, effects not applied. */
+  | { kind: 'contradiction'; command: CommandRecord; claimed: { status: string; code: string } }
   | { kind: 'enrolled'; deviceId: string; request: CommandRecord; repeated: boolean }
   | { kind: 'dropped'; code: string; reason: string }
   | { kind: 'ignored' };
@@ -47,6 +52,10 @@ export async function handleInbound(ctx: InboundContext, topic: string, payload:
   } catch (err) {
     const code = isProtocolError(err) || isRegistryError(err) ? err.code : 'E_INTERNAL';
     const reason = err instanceof Error ? err.message : String(err);
+    if (parsed.kind === 'enroll' && ctx.enrollRefusals && code !== 'E_INTERNAL') {
+      ctx.enrollRefusals.refused(parsed.deviceId, code, reason, isRegistryError(err));
+      return { kind: 'dropped', code, reason };
+    }
     ctx.log(code === 'E_INTERNAL' ? 'error' : 'warn', `${parsed.kind}.dropped`, { device: parsed.deviceId, code, reason });
     // Only authenticated enrollments whose token was refused are audited: garbage on the topic is logged, never stored.
     if (parsed.kind === 'enroll' && isRegistryError(err)) ctx.registry.audit('device.enroll.refused', parsed.deviceId, { code, reason });
@@ -97,11 +106,26 @@ export async function handleAck(ctx: InboundContext, deviceId: string, payload: 
     return drop(ctx, deviceId, 'E_CLAIMS', `ack of ${claims.ref} carries seq ${claims.seq}, the command had ${command.seq}`);
   }
   const effects: AckEffects = {};
-  if (command.action === 'rotate' && claims.status === 'applied' && command.ackStatus === null) {
-    effects.rotatedKeys = await rotatedKeys(claims.result);
+  if (command.action === 'rotate' && claims.status === 'applied') {
+    // For an ack of a command already answered, the keys are only reported (in the audit), never adopted.
+    if (command.ackStatus === null) effects.rotatedKeys = await rotatedKeys(claims.result);
+    else effects.rotatedKeys = await rotatedKeys(claims.result).catch(() => undefined);
   }
   const outcome = registry.recordAck(deviceId, claims, effects);
   if (outcome.kind === 'unknown-command') return drop(ctx, deviceId, 'E_NO_COMMAND', `ack refers to unknown command ${claims.ref}`);
+  if (outcome.kind === 'contradiction') {
+    ctx.log('error', 'security.ack_contradiction', {
+      device: deviceId,
+      action: command.action,
+      seq: command.seq,
+      jti: command.jti,
+      recorded: `${command.ackStatus} ${command.ackCode}`,
+      claimed: `${claims.status} ${claims.code}`,
+      signer_kid: signerKid,
+      note: 'the device reports applying a command the registry recorded as not applied; effects not applied, device flagged: re-enroll it',
+    });
+    return { kind: 'contradiction', command: outcome.command, claimed: { status: claims.status, code: claims.code } };
+  }
   const duplicate = outcome.kind === 'duplicate';
   ctx.log(claims.status === 'applied' ? 'info' : 'warn', duplicate ? 'ack.duplicate' : 'ack.recorded', {
     device: deviceId,

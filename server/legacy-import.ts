@@ -6,7 +6,8 @@
  * (token) or its signing key was added with `device add --jwks`.
  */
 import { createPublicKey } from 'node:crypto';
-import { lstat, readdir, readFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { lstat, open, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { RSA_KEY_WRAP_ALG, computeKid, isValidId, parsePublicJwk, type PublicJwk } from '../protocol/index.js';
 import { CliError } from './cli-support.js';
@@ -50,7 +51,7 @@ export async function importLegacy(registry: Registry, root: string, options: { 
       }
       let jwk: PublicJwk;
       try {
-        jwk = await rsaJwkFromPem(await readFile(path, 'utf8'));
+        jwk = await rsaJwkFromPem(await readKeyFile(path));
       } catch (err) {
         result.skipped.push({ path, reason: err instanceof Error ? err.message : String(err) });
         continue;
@@ -75,6 +76,40 @@ export async function rsaJwkFromPem(pem: string): Promise<PublicJwk> {
   const jwk = { kty: 'RSA', n: raw.n, e: raw.e, use: 'enc', alg: RSA_KEY_WRAP_ALG } as Record<string, unknown>;
   jwk.kid = await computeKid(jwk as never);
   return parsePublicJwk(jwk, 'enc');
+}
+
+/** A PEM public key is a few KiB; anything larger is not one. */
+const MAX_PEM_BYTES = 64 * 1024;
+
+/**
+ * Reads a key file that must be a regular file: a FIFO, device, socket or
+ * symbolic link named like a key is refused without blocking on it (opened
+ * O_NONBLOCK | O_NOFOLLOW, then checked with fstat before any read).
+ */
+export async function readKeyFile(path: string): Promise<string> {
+  const before = await lstat(path);
+  if (!before.isFile()) throw new Error(`not a regular file (${fileKind(before)}): not read`);
+  const fh = await open(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW);
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw new Error(`not a regular file (${fileKind(st)}): not read`);
+    if (st.size > MAX_PEM_BYTES) throw new Error(`${st.size} bytes: too large for a PEM public key (at most ${MAX_PEM_BYTES})`);
+    const buf = Buffer.alloc(MAX_PEM_BYTES + 1);
+    const { bytesRead } = await fh.read(buf, 0, buf.length, 0);
+    if (bytesRead > MAX_PEM_BYTES) throw new Error(`too large for a PEM public key (more than ${MAX_PEM_BYTES} bytes)`);
+    return buf.subarray(0, bytesRead).toString('utf8');
+  } finally {
+    await fh.close();
+  }
+}
+
+function fileKind(st: { isFIFO(): boolean; isSymbolicLink(): boolean; isDirectory(): boolean; isSocket(): boolean; isCharacterDevice(): boolean; isBlockDevice(): boolean }): string {
+  if (st.isFIFO()) return 'a FIFO';
+  if (st.isSymbolicLink()) return 'a symbolic link';
+  if (st.isDirectory()) return 'a directory';
+  if (st.isSocket()) return 'a socket';
+  if (st.isCharacterDevice() || st.isBlockDevice()) return 'a device';
+  return 'not a regular file';
 }
 
 async function isDir(path: string): Promise<boolean> {

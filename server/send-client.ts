@@ -12,6 +12,7 @@ import type { BrokerSettings, OpenedData } from './data-dir.js';
 import { handleInbound } from './inbound.js';
 import { silentLog, type Log } from './log.js';
 import { connectBroker, publishQos1 } from './mqtt-connection.js';
+import { SealPool } from './seal-pool.js';
 
 export interface SendClient {
   client: MqttClient;
@@ -21,11 +22,12 @@ export interface SendClient {
 }
 
 /** Connects; `acksOf` is the device ids whose acks to follow, or 'all'. */
-export async function openSendClient(data: OpenedData, broker: BrokerSettings, options: { acksOf: string[] | 'all'; log?: Log; connectTimeoutMs?: number }): Promise<SendClient> {
+export async function openSendClient(data: OpenedData, broker: BrokerSettings, options: { acksOf: string[] | 'all'; log?: Log; connectTimeoutMs?: number; sealWorkers?: number }): Promise<SendClient> {
   const log = options.log ?? silentLog;
   const client = await connectBroker(broker, { clean: true, ...(options.connectTimeoutMs ? { connectTimeoutMs: options.connectTimeoutMs } : {}) });
   const { registry, keys, config } = data;
-  const sender = new CommandSender({ registry, keys, topicPrefix: config.topicPrefix, publish: (t, p) => publishQos1(client, t, p) });
+  const pool = options.sealWorkers ? SealPool.start(options.sealWorkers) : undefined;
+  const sender = new CommandSender({ registry, keys, topicPrefix: config.topicPrefix, publish: (t, p) => publishQos1(client, t, p), ...(pool ? { seal: pool.seal } : {}) });
   const waiters = new AckWaiters(registry);
   const ctx = { registry, keys, topicPrefix: config.topicPrefix, sender, log, onAck: (c: Parameters<AckWaiters['notify']>[0]) => waiters.notify(c) };
   client.on('message', (topic, payload) => {
@@ -40,6 +42,7 @@ export async function openSendClient(data: OpenedData, broker: BrokerSettings, o
     close: async () => {
       waiters.cancelAll();
       await client.endAsync().catch(() => undefined);
+      await pool?.close();
     },
   };
 }

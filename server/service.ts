@@ -1,7 +1,12 @@
 /**
- * `serve`: the long-running server. One MQTT session (persistent, QoS 1; a
- * message is PUBACKed only after it has been handled), the fleet subscriptions,
- * enrollment and ack handling, and the optional HTTP API on loopback.
+ * `serve`: the long-running server. Two MQTT sessions (persistent, QoS 1; a
+ * message is PUBACKed only after it has been handled): one takes the fleet's
+ * acks and publishes commands, the other (client id + `-enroll`) takes
+ * enrollments. The broker queues messages per session (mosquitto:
+ * max_queued_messages, then drops), and anyone with the public trust.jwks and
+ * one device certificate can flood enrollments: in a session of their own,
+ * such a flood fills only the enrollment queue and never crowds out acks.
+ * Then enrollment and ack handling, and the optional HTTP API on loopback.
  */
 import { createHash } from 'node:crypto';
 import { hostname } from 'node:os';
@@ -12,11 +17,12 @@ import { AckWaiters } from './ack-waiters.js';
 import { CommandSender, type SendRequest } from './command-sender.js';
 import { brokerFrom, openDataDir, readHttpToken, type BrokerSettings, type OpenedData } from './data-dir.js';
 import { createHttpApi } from './http-api.js';
+import { EnrollRefusals } from './enroll-refusals.js';
 import { handleInbound, type InboundResult } from './inbound.js';
 import { silentLog, type Log } from './log.js';
 import { connectBroker, publishQos1 } from './mqtt-connection.js';
 import type { CommandRecord } from './registry/types.js';
-import { subscribeFleet, type SharedMode } from './subscriptions.js';
+import { subscribeFleet, unsubscribeFleet, type SharedMode } from './subscriptions.js';
 
 export interface ServeOptions {
   dataDir: string;
@@ -36,7 +42,10 @@ export interface ServeOptions {
 export interface RunningServer {
   data: OpenedData;
   broker: BrokerSettings;
+  /** The session that takes acks and publishes commands. */
   client: MqttClient;
+  /** The session that takes enrollments. */
+  enrollClient: MqttClient;
   sender: CommandSender;
   shared: boolean;
   /** Where the HTTP API listens, when enabled. */
@@ -52,24 +61,33 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
   const { registry, keys, config } = data;
   const broker = brokerFrom(config.broker, options.broker ?? {});
   let client: MqttClient | undefined;
+  let enrollClient: MqttClient | undefined;
   let httpServer: Server | undefined;
+  const enrollRefusals = new EnrollRefusals(registry, log);
   try {
     // The HTTP token is checked before the broker is contacted: a bad --http-token-file changes nothing.
     const httpToken = options.http ? await readHttpToken(options.httpTokenFile ?? data.paths.httpToken) : undefined;
-    client = await connectBroker(broker, { clientId: options.clientId ?? defaultClientId(data.paths.dir), clean: false });
+    const clientId = options.clientId ?? defaultClientId(data.paths.dir);
+    client = await connectBroker(broker, { clientId, clean: false });
+    enrollClient = await connectBroker(broker, { clientId: `${clientId}-enroll`, clean: false });
     const mqttClient = client;
     const sender = new CommandSender({ registry, keys, topicPrefix: config.topicPrefix, publish: (t, p) => publishQos1(mqttClient, t, p) });
     const waiters = new AckWaiters(registry);
-    const ctx = { registry, keys, topicPrefix: config.topicPrefix, sender, log, onAck: (c: CommandRecord) => waiters.notify(c) };
+    const ctx = { registry, keys, topicPrefix: config.topicPrefix, sender, log, onAck: (c: CommandRecord) => waiters.notify(c), enrollRefusals };
     // PUBACK only after the message is handled: a crash mid-way means redelivery, and handling is idempotent.
-    mqttClient.handleMessage = (packet, callback) => {
+    const handle: MqttClient['handleMessage'] = (packet, callback) => {
       const payload = typeof packet.payload === 'string' ? packet.payload : Buffer.from(packet.payload);
       void handleInbound(ctx, packet.topic, payload)
         .then((result) => options.onInbound?.(result))
         .catch(() => undefined)
         .finally(() => callback());
     };
-    const { shared } = await subscribeFleet(mqttClient, config.topicPrefix, { mode: options.shared ?? 'auto', log });
+    mqttClient.handleMessage = handle;
+    enrollClient.handleMessage = handle;
+    const { shared } = await subscribeFleet(mqttClient, config.topicPrefix, { mode: options.shared ?? 'auto', log, kinds: ['ack'] });
+    // A persistent session of an earlier version may still hold the enrollment subscription: acks only here.
+    await unsubscribeFleet(mqttClient, config.topicPrefix, 'enroll');
+    await subscribeFleet(enrollClient, config.topicPrefix, { mode: shared ? 'on' : 'off', log, kinds: ['enroll'] });
     let httpAddress: { host: string; port: number } | undefined;
     if (options.http && httpToken !== undefined) {
       httpServer = createHttpApi({ registry, sender, token: httpToken, log });
@@ -88,6 +106,7 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
       data,
       broker,
       client: mqttClient,
+      enrollClient,
       sender,
       shared,
       http: httpAddress,
@@ -105,13 +124,16 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
           httpServer.closeAllConnections();
           await new Promise<void>((resolve) => httpServer?.close(() => resolve()));
         }
-        await mqttClient.endAsync().catch(() => undefined);
+        await Promise.all([mqttClient.endAsync().catch(() => undefined), enrollClient?.endAsync().catch(() => undefined)]);
+        enrollRefusals.close();
         registry.close();
       },
     };
   } catch (err) {
     httpServer?.close();
     await client?.endAsync(true).catch(() => undefined);
+    await enrollClient?.endAsync(true).catch(() => undefined);
+    enrollRefusals.close();
     registry.close();
     throw err;
   }

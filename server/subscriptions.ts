@@ -21,12 +21,12 @@ export const DEFAULT_SHARE_GROUP = 'provision-server';
 export async function subscribeFleet(
   client: MqttClient,
   prefix: string,
-  options: { mode: SharedMode; group?: string; probeMs?: number; log: Log },
+  options: { mode: SharedMode; group?: string; probeMs?: number; log: Log; kinds?: readonly ('ack' | 'enroll')[] },
 ): Promise<{ shared: boolean; filters: string[] }> {
   const group = options.group ?? DEFAULT_SHARE_GROUP;
   let shared = options.mode === 'on';
   if (options.mode === 'auto') shared = await probeShared(client, prefix, group, options.probeMs ?? 2500);
-  const plain = [fleetFilter(prefix, 'ack'), fleetFilter(prefix, 'enroll')];
+  const plain = (options.kinds ?? ['ack', 'enroll']).map((kind) => fleetFilter(prefix, kind));
   const filters = shared ? plain.map((f) => `$share/${group}/${f}`) : plain;
   const granted = await client.subscribeAsync(filters, { qos: 1 });
   const refused = granted.filter((g) => g.qos === 128);
@@ -34,6 +34,15 @@ export async function subscribeFleet(
   if (shared) options.log('info', 'subscribe.shared', { group, filters });
   else options.log('warn', 'subscribe.plain', { filters, note: 'no shared subscriptions: run only one serve instance on this broker' });
   return { shared, filters };
+}
+
+/**
+ * Drops a subscription a persistent session may still hold from an earlier
+ * version (one session used to take both acks and enrollments): plain and shared forms.
+ */
+export async function unsubscribeFleet(client: MqttClient, prefix: string, kind: 'ack' | 'enroll', group = DEFAULT_SHARE_GROUP): Promise<void> {
+  const plain = fleetFilter(prefix, kind);
+  await client.unsubscribeAsync([plain, `$share/${group}/${plain}`]);
 }
 
 async function probeShared(client: MqttClient, prefix: string, group: string, probeMs: number): Promise<boolean> {

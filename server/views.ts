@@ -49,5 +49,7 @@ export function deviceView(d: DeviceRecord): Record<string, unknown> {
     enrolled_at: iso(d.enrolledAt),
     confirmed_at: iso(d.confirmedAt),
     decommissioned_at: iso(d.decommissionedAt),
+    // Set by a security event (an ack contradicting a recorded outcome); null when none.
+    security_flag: d.flag ? { at: iso(d.flag.at), event: d.flag.event, ...d.flag.detail } : null,
   };
 }

@@ -46,7 +46,9 @@ export interface OnoffModule {
 export async function loadOnoff(specifier = 'onoff'): Promise<OnoffModule> {
   let mod: unknown;
   try {
-    mod = await import(specifier);
+    // A literal specifier for onoff itself, so that provisioning/build-agent's bundler includes
+    // it (`as string` keeps tsc from requiring onoff's types; the emitted import is literal).
+    mod = specifier === 'onoff' ? await import('onoff' as string) : await import(specifier);
   } catch (err) {
     throw toGpioError(err, 'E_GPIO_BACKEND', `cannot load ${specifier} (optional dependency with the native epoll addon)`);
   }

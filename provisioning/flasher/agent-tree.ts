@@ -1,18 +1,21 @@
 /**
- * The built agent that flash ships to /opt/sensor-agent: `package.json`,
- * `dist/agent` and `dist/protocol` (tsc output), production `node_modules`,
- * and `.build-info.json` when provisioning/build-agent made it. Refused:
- * a tree without dist/agent/cli.js, a development tree (node_modules holding
- * devDependencies), symlinks that leave the tree, special files, and native
- * addons built for another CPU than the target's.
+ * The built agent that flash ships to /opt/sensor-agent, as
+ * provisioning/build-agent writes it (docs/CONTRACTS.md, "Agent tree"):
+ * `sensor-agent.mjs` (the one-file agent), `native/epoll.node` (the GPIO
+ * addon, optional), `node/` (the Node runtime, absent for `--node system`)
+ * and `.build-info.json` (target CPU, Node version and ABI). Refused: a tree
+ * without these, a tree of the old layout (dist/ + node_modules/), symlinks
+ * that leave the tree, special files, and a tree whose binaries do not match
+ * its own build info.
  */
 import { lstat, open, readFile, readdir, readlink } from 'node:fs/promises';
 import { dirname, join, posix, relative, resolve } from 'node:path';
 import { FlashError } from './errors.js';
 
-/** What ships, relative to the tree's root. dist/server and dist/test never go to a board. */
-const SHIPPED = ['package.json', 'dist/agent', 'dist/protocol', 'node_modules', '.build-info.json'];
-const REQUIRED = ['package.json', 'dist/agent/cli.js', 'dist/protocol', 'node_modules'];
+/** What ships, relative to the tree's root. */
+const SHIPPED = ['sensor-agent.mjs', 'sensor-agent.mjs.LEGAL.txt', 'native', 'node', '.build-info.json'];
+const REQUIRED = ['sensor-agent.mjs', '.build-info.json'];
+const BUILD = 'Build it with provisioning/build-agent --arch arm64|armv7|x64 (after npm ci && npm run build), or name a built tree with --agent DIR';
 
 export interface AgentTreeEntry {
   /** Relative path (posix separators). */
@@ -33,15 +36,25 @@ export interface NativeAddon {
 
 export type ElfMachine = 'x86-64' | 'aarch64' | 'arm' | 'x86' | `elf-${number}` | 'not-elf';
 
+/** .build-info.json (format 2), as far as flash relies on it. */
+export interface TreeBuildInfo {
+  arch: string;
+  elfMachine: ElfMachine;
+  node: { source: 'npm' | 'tarball' | 'system'; version: string; abi: string; path: string };
+  gpio: string;
+  addon: { path: string; abi: string } | null;
+}
+
 export interface AgentTree {
   root: string;
   entries: AgentTreeEntry[];
   addons: NativeAddon[];
-  /** From .build-info.json (provisioning/build-agent), if present. */
-  buildInfo: Record<string, unknown> | undefined;
+  buildInfo: TreeBuildInfo;
 }
 
 const MACHINES: Record<number, ElfMachine> = { 0x3e: 'x86-64', 0xb7: 'aarch64', 0x28: 'arm', 0x03: 'x86' };
+/** build-agent's --arch for a CPU. */
+export const ARCH_OF_MACHINE: Partial<Record<ElfMachine, string>> = { aarch64: 'arm64', arm: 'armv7', 'x86-64': 'x64' };
 
 /** The CPU an ELF file (a binary or a .node addon) is built for, from its header. */
 export function elfMachine(header: Buffer): ElfMachine {
@@ -71,36 +84,54 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** Parses .build-info.json; anything missing or malformed is E_AGENT with the fix. */
+export function parseBuildInfo(text: string, where: string): TreeBuildInfo {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    throw new FlashError('E_AGENT', `${where} is not valid JSON. ${BUILD}`);
+  }
+  const bad = (what: string): FlashError => new FlashError('E_AGENT', `${where}: ${what}. Rebuild the tree: ${BUILD}`);
+  if (!isObject(parsed)) throw bad('not a JSON object');
+  if (parsed.format !== 2) throw bad('not written by this build-agent (format 2 expected)');
+  const str = (o: Record<string, unknown>, k: string): string => {
+    const v = o[k];
+    if (typeof v !== 'string' || v === '') throw bad(`${k} is missing`);
+    return v;
+  };
+  const node = parsed.node;
+  if (!isObject(node)) throw bad('node is missing');
+  const source = str(node, 'source');
+  if (source !== 'npm' && source !== 'tarball' && source !== 'system') throw bad(`node.source "${source}" is not npm, tarball or system`);
+  const addon = parsed.addon;
+  if (addon !== null && !isObject(addon)) throw bad('addon must be an object or null');
+  return {
+    arch: str(parsed, 'arch'),
+    elfMachine: str(parsed, 'elf_machine') as ElfMachine,
+    node: { source, version: str(node, 'version'), abi: str(node, 'abi'), path: str(node, 'path') },
+    gpio: str(parsed, 'gpio'),
+    addon: addon === null ? null : { path: str(addon, 'path'), abi: str(addon, 'abi') },
+  };
+}
+
 export async function readAgentTree(agentDir: string): Promise<AgentTree> {
   const root = resolve(agentDir);
+  if (!(await exists(join(root, 'sensor-agent.mjs'))) && (await exists(join(root, 'dist/agent/cli.js')))) {
+    throw new FlashError('E_AGENT', `${root} is an agent tree of the old layout (dist/ and node_modules/, no sensor-agent.mjs). ${BUILD}`);
+  }
   for (const rel of REQUIRED) {
-    if (!(await exists(join(root, rel)))) {
-      throw new FlashError(
-        'E_AGENT',
-        `no built agent in ${root}: ${rel} is missing. Build it first: npm run build && provisioning/build-agent (which writes build/sensor-agent), or name a built tree with --agent DIR`,
-      );
-    }
+    if (!(await exists(join(root, rel)))) throw new FlashError('E_AGENT', `no built agent in ${root}: ${rel} is missing. ${BUILD}`);
   }
-  let pkg: unknown;
-  try {
-    pkg = JSON.parse(await readFile(join(root, 'package.json'), 'utf8'));
-  } catch (err) {
-    throw new FlashError('E_AGENT', `${join(root, 'package.json')} is not valid JSON: ${(err as Error).message}`);
-  }
-  const devDeps = typeof pkg === 'object' && pkg !== null ? (pkg as { devDependencies?: unknown }).devDependencies : undefined;
-  if (typeof devDeps === 'object' && devDeps !== null) {
-    const present: string[] = [];
-    for (const name of Object.keys(devDeps)) if (await exists(join(root, 'node_modules', name))) present.push(name);
-    if (present.length > 0) {
-      throw new FlashError(
-        'E_AGENT',
-        `${root} is a development tree: node_modules holds devDependencies (${present.slice(0, 5).join(', ')}${present.length > 5 ? ', ...' : ''}). Ship a production build: provisioning/build-agent, then --agent build/sensor-agent`,
-      );
-    }
-  }
+  const buildInfo = parseBuildInfo(await readFile(join(root, '.build-info.json'), 'utf8'), join(root, '.build-info.json'));
 
   const entries: AgentTreeEntry[] = [];
   const addons: NativeAddon[] = [];
+  const machines = new Map<string, ElfMachine>();
   const dirsAdded = new Set<string>();
   const addDir = (rel: string): void => {
     const parts = rel.split('/');
@@ -122,7 +153,11 @@ export async function readAgentTree(agentDir: string): Promise<AgentTree> {
       const parent = posix.dirname(rel);
       if (parent !== '.') addDir(parent);
       entries.push({ rel, kind: 'file', mode: (st.mode & 0o111) !== 0 ? 0o755 : 0o644, from: abs });
-      if (rel.endsWith('.node')) addons.push({ rel, machine: await readElfMachine(abs) });
+      if (rel.endsWith('.node') || rel === 'node/bin/node') {
+        const machine = await readElfMachine(abs);
+        machines.set(rel, machine);
+        if (rel.endsWith('.node')) addons.push({ rel, machine });
+      }
     } else if (st.isSymbolicLink()) {
       const target = await readlink(abs);
       const resolved = resolve(dirname(abs), target);
@@ -138,30 +173,17 @@ export async function readAgentTree(agentDir: string): Promise<AgentTree> {
   };
   for (const rel of SHIPPED) if (await exists(join(root, rel))) await walk(rel);
 
-  let buildInfo: Record<string, unknown> | undefined;
-  if (await exists(join(root, '.build-info.json'))) {
-    try {
-      const parsed: unknown = JSON.parse(await readFile(join(root, '.build-info.json'), 'utf8'));
-      if (typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed)) buildInfo = parsed as Record<string, unknown>;
-    } catch {
-      throw new FlashError('E_AGENT', `${join(root, '.build-info.json')} is not valid JSON`);
-    }
+  // The tree must be what its build info says: binaries for its CPU, the addon for its Node.
+  const info = buildInfo;
+  const wrong = [...machines].filter(([, m]) => m !== info.elfMachine);
+  if (wrong.length > 0) {
+    throw new FlashError('E_AGENT', `${root}: ${wrong.map(([r, m]) => `${r} is built for ${m}`).join(', ')}, but the tree is for ${info.arch} (${info.elfMachine}). Rebuild it: provisioning/build-agent --arch ${info.arch}`);
+  }
+  if (info.node.source !== 'system' && !machines.has('node/bin/node')) {
+    throw new FlashError('E_AGENT', `${root}: node/bin/node is missing though .build-info.json says Node ${info.node.version} ships with the agent. Rebuild it: provisioning/build-agent --arch ${info.arch}`);
+  }
+  if (info.addon !== null && (!machines.has(info.addon.path) || info.addon.abi !== info.node.abi)) {
+    throw new FlashError('E_AGENT', `${root}: the GPIO addon ${info.addon.path} is missing or built for another Node ABI (${info.addon.abi}) than the tree's Node (${info.node.abi}). Rebuild it: provisioning/build-agent --arch ${info.arch}`);
   }
   return { root, entries, addons, buildInfo };
-}
-
-/**
- * Refuses native addons that cannot load on the target (whose CPU comes from
- * one of its own binaries). Without a known target machine nothing is checked.
- */
-export function checkAddonsFor(tree: AgentTree, target: ElfMachine | undefined): void {
-  if (target === undefined || target === 'not-elf') return;
-  const wrong = tree.addons.filter((a) => a.machine !== target);
-  if (wrong.length > 0) {
-    throw new FlashError(
-      'E_AGENT',
-      `native addon${wrong.length > 1 ? 's' : ''} ${wrong.map((a) => `${a.rel} (${a.machine})`).join(', ')} cannot load on the target (${target}). ` +
-        'Build the agent on or for the target CPU (provisioning/build-agent on an arm64/armv7 machine or container), or leave the GPIO addon out (provisioning/build-agent --gpio omit)',
-    );
-  }
 }

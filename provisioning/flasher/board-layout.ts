@@ -28,7 +28,13 @@ export const BOARD = {
   libexecDir: '/usr/local/lib/sensor-agent',
   firstbootScript: '/usr/local/lib/sensor-agent/firstboot',
   cliWrapper: '/usr/local/bin/sensor-agent',
+  /** The image's own Node.js (what `--node system` trees run on). */
   node: '/usr/bin/node',
+  /** What the unit runs: the tree's Node, or a link to BOARD.node for `--node system` trees. */
+  agentNode: '/opt/sensor-agent/node/bin/node',
+  agentBundle: '/opt/sensor-agent/sensor-agent.mjs',
+  /** Where the image's Debian packages (and so its nodejs version) are listed. */
+  dpkgStatus: '/var/lib/dpkg/status',
 } as const;
 
 /** The agent's user as systemd/sysusers.d/sensor-agent.conf creates it. */

@@ -21,7 +21,12 @@ board's root file system.
                     the files to the agent's user at once
   --image FILE      a raw Raspberry Pi OS image (FAT boot + ext4 root partitions)
   --agent DIR       the built agent tree (default: ${DEFAULT_AGENT_DIR},
-                    made by provisioning/build-agent)
+                    made by provisioning/build-agent --arch arm64|armv7|x64).
+                    Refused, with the fix, when it does not fit the target: a
+                    tree for another CPU than the image's, or one built with
+                    --node system for an image without /usr/bin/node, with a
+                    nodejs older than 20.19 (Bookworm's 18.x) or of another
+                    ABI than its GPIO addon (read from the image's dpkg status)
   --method M        for --image: debugfs (no privileges: files root-owned until
                     the first boot hands them over), loop (root: loop devices,
                     hand-over now), auto (default: loop when root and available)

@@ -14,7 +14,7 @@
  */
 import { lstat, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { checkAddonsFor, readAgentTree, type ElfMachine } from './agent-tree.js';
+import { readAgentTree, type ElfMachine } from './agent-tree.js';
 import { AGENT_USER, BOARD } from './board-layout.js';
 import { readBundle } from './bundle.js';
 import { FlashError } from './errors.js';
@@ -37,7 +37,7 @@ import { loopAvailable, withLoopMountedRoot } from './loop-mount.js';
 import { readImageLayout } from './partitions.js';
 import type { AgentIds, InstallPlan } from './plan.js';
 import { applyPlanToRoot } from './root-target.js';
-import { machineOf, nodeMissingWarning, PROBE_BINARY } from './target-checks.js';
+import { checkTreeForTarget, dpkgNodeVersion, machineOf, PROBE_BINARY, type TargetFacts } from './target-checks.js';
 
 export type ImageMethod = 'auto' | 'debugfs' | 'loop';
 
@@ -74,10 +74,13 @@ async function readLocal(path: string): Promise<Buffer | undefined> {
   }
 }
 
-async function flashMountedRoot(plan: InstallPlan, root: string, warnings: string[], agentCheck: (m: ElfMachine | undefined) => void): Promise<{ ids: AgentIds; machine: ElfMachine | undefined }> {
+async function flashMountedRoot(plan: InstallPlan, root: string, agentCheck: (facts: TargetFacts) => void): Promise<{ ids: AgentIds; machine: ElfMachine | undefined }> {
   const machine = machineOf((await readLocal(join(root, PROBE_BINARY)))?.subarray(0, 20));
-  agentCheck(machine);
-  if ((await lstat(join(root, BOARD.node)).catch(() => undefined)) === undefined) warnings.push(nodeMissingWarning(BOARD.node));
+  agentCheck({
+    machine,
+    systemNode: (await lstat(join(root, BOARD.node)).catch(() => undefined)) !== undefined,
+    systemNodeVersion: dpkgNodeVersion((await readLocal(join(root, BOARD.dpkgStatus)))?.toString('utf8')),
+  });
   await applyPlanToRoot(plan, root, undefined);
   const ids = await runHandover(root);
   return { ids, machine };
@@ -91,15 +94,17 @@ export async function flash(options: FlashOptions): Promise<FlashReport> {
   const agent = await readAgentTree(options.agent ?? DEFAULT_AGENT_DIR);
   const plan = buildInstallPlan(bundle, agent);
   const warnings: string[] = [];
-  const agentCheck = (m: ElfMachine | undefined): void => checkAddonsFor(agent, m);
+  const agentCheck = (facts: TargetFacts): void => {
+    warnings.push(...checkTreeForTarget(agent, facts));
+  };
   if (agent.addons.length === 0) {
-    warnings.push('the agent ships without its native GPIO addon (onoff/epoll): GPIO runs only where the agent can load it (see provisioning/README.md, "Building the agent for ARM")');
+    warnings.push('the agent ships without its native GPIO addon (built with --gpio omit): the agent runs with GPIO off');
   }
 
   if (options.root !== undefined) {
     const root = resolve(options.root);
     if (options.method !== undefined || options.firstBoot !== undefined) throw new FlashError('E_USAGE', '--method and --first-boot apply to --image only');
-    const { ids, machine } = await flashMountedRoot(plan, root, warnings, agentCheck);
+    const { ids, machine } = await flashMountedRoot(plan, root, agentCheck);
     return { deviceId: bundle.deviceId, target: root, method: 'root', ownership: 'final', ids, ...(machine ? { targetMachine: machine } : {}), entries: plan.entries.length, warnings };
   }
 
@@ -113,7 +118,7 @@ export async function flash(options: FlashOptions): Promise<FlashReport> {
 
   if (method === 'loop') {
     if (options.firstBoot !== undefined) throw new FlashError('E_USAGE', '--first-boot applies to --method debugfs: through loop devices the hand-over happens at flash time');
-    const { ids, machine } = await withLoopMountedRoot(image, layout.root, (mnt) => flashMountedRoot(plan, mnt, warnings, agentCheck));
+    const { ids, machine } = await withLoopMountedRoot(image, layout.root, (mnt) => flashMountedRoot(plan, mnt, agentCheck));
     return { deviceId: bundle.deviceId, target: image, method: 'loop', ownership: 'final', ids, ...(machine ? { targetMachine: machine } : {}), entries: plan.entries.length, warnings };
   }
 
@@ -122,9 +127,12 @@ export async function flash(options: FlashOptions): Promise<FlashReport> {
   const fat = new FatImage(image, layout.boot.offset);
   await ext4.checkWritable();
   const machine = machineOf((await ext4.readFile(PROBE_BINARY))?.subarray(0, 20));
-  agentCheck(machine);
   const types = await ext4.types([BOARD.node, '/etc/cloud/cloud.cfg', '/usr/bin/cloud-init']);
-  if (types.get(BOARD.node) === undefined) warnings.push(nodeMissingWarning(BOARD.node));
+  agentCheck({
+    machine,
+    systemNode: types.get(BOARD.node) !== undefined,
+    systemNodeVersion: agent.buildInfo.node.source === 'system' ? dpkgNodeVersion((await ext4.readFile(BOARD.dpkgStatus))?.toString('utf8')) : undefined,
+  });
   // A golden image (or a re-flash) may already have the user: then owners are final right away.
   const passwd = await ext4.readFile('/etc/passwd');
   const ids = passwd === undefined ? undefined : findUser(passwd.toString('utf8'), AGENT_USER);

@@ -38,6 +38,13 @@ export function buildInstallPlan(bundle: BoardBundle, agent: AgentTree, flashedA
     else if (e.kind === 'symlink') entries.push({ kind: 'symlink', path, target: e.target ?? '' });
     else entries.push({ kind: 'file', path, mode: e.mode, owner: 'root', source: { path: e.from ?? '' }, secret: false });
   }
+  // A tree built with --node system runs on the image's /usr/bin/node: the unit's path links there.
+  if (agent.buildInfo.node.source === 'system') {
+    for (const dir of [`${BOARD.agentDir}/node`, `${BOARD.agentDir}/node/bin`]) {
+      if (!agent.entries.some((e) => `${BOARD.agentDir}/${e.rel}` === dir)) entries.push({ kind: 'dir', path: dir, mode: 0o755, owner: 'root' });
+    }
+    entries.push({ kind: 'symlink', path: BOARD.agentNode, target: BOARD.node });
+  }
 
   // systemd: units, sysusers, enable symlink; first-boot script and CLI wrapper.
   entries.push({ kind: 'file', path: BOARD.agentUnit, mode: 0o644, owner: 'root', source: { path: REPO_FILES.agentUnit }, secret: false });

@@ -38,12 +38,12 @@ export interface ToolResult {
 }
 
 /** Runs a tool and returns its exit code and output; never throws for a non-zero exit. */
-export function runTool(file: string, args: readonly string[], options: { env?: Record<string, string>; input?: string } = {}): Promise<ToolResult> {
+export function runTool(file: string, args: readonly string[], options: { env?: Record<string, string>; input?: string; cwd?: string } = {}): Promise<ToolResult> {
   return new Promise((resolve, reject) => {
     const child = execFile(
       file,
       [...args],
-      { env: { ...process.env, PATH: toolPath(), LC_ALL: 'C', ...options.env }, maxBuffer: 256 * 1024 * 1024, encoding: 'utf8' },
+      { env: { ...process.env, PATH: toolPath(), LC_ALL: 'C', ...options.env }, maxBuffer: 256 * 1024 * 1024, encoding: 'utf8', ...(options.cwd ? { cwd: options.cwd } : {}) },
       (err, stdout, stderr) => {
         if (err && typeof (err as { code?: unknown }).code !== 'number') {
           reject(new FlashError('E_TOOL', `cannot run ${file}: ${err.message}`));

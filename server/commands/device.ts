@@ -4,6 +4,7 @@ import { assertValidId, parseJwkSet } from '../../protocol/index.js';
 import { CliError, deviceIdFlag, readJsonFile } from '../cli-support.js';
 import { openDataDir } from '../data-dir.js';
 import { DEVICE_STATES, type DeviceState } from '../registry/types.js';
+import { printable } from '../terminal-text.js';
 import { commandView, deviceView } from '../views.js';
 import { withData, type DataArgs } from './common.js';
 
@@ -26,9 +27,13 @@ const listCommand: CommandModule<object, ListArgs> = {
     try {
       const devices = data.registry.listDevices({ ...(args.user ? { userId: args.user } : {}), ...(args.state ? { states: [args.state] } : {}) });
       if (args.json) return void process.stdout.write(`${JSON.stringify(devices.map(deviceView), null, 2)}\n`);
-      const rows = [['DEVICE', 'USER', 'STATE', 'NEXT SEQ', 'ENCRYPTION', 'SIGNING KID']];
-      for (const d of devices) rows.push([d.id, d.userId ?? '-', d.state, String(d.nextSeq), d.encryption?.alg ?? '-', d.signing?.kid.slice(0, 12) ?? '-']);
+      const rows = [['DEVICE', 'USER', 'STATE', 'NEXT SEQ', 'ENCRYPTION', 'SIGNING KID', 'FLAG']];
+      for (const d of devices) {
+        rows.push([d.id, d.userId ?? '-', d.state, String(d.nextSeq), d.encryption?.alg ?? '-', d.signing?.kid.slice(0, 12) ?? '-', d.flag ? d.flag.event : '-']);
+      }
       process.stdout.write(table(rows));
+      const flagged = devices.filter((d) => d.flag).length;
+      if (flagged > 0) process.stderr.write(`warning: ${flagged} device(s) flagged by a security event: see provision-server device show DEVICE\n`);
     } finally {
       data.registry.close();
     }
@@ -85,7 +90,7 @@ const addCommand: CommandModule<object, AddArgs> = {
         { id: args.device, userId: args.user, origin: 'jwks', encryption: enc[0] as (typeof enc)[number], ...(sig[0] ? { signing: sig[0] } : {}) },
         { replace: args.replace },
       );
-      process.stdout.write(`registered ${d.id} (user ${args.user}), encryption ${d.encryption?.alg} ${d.encryption?.kid}${d.signing ? `, signing ${d.signing.kid}` : ', no signing key: its acks cannot be verified yet'}\n`);
+      process.stdout.write(`registered ${d.id} (user ${printable(args.user)}), encryption ${d.encryption?.alg} ${d.encryption?.kid}${d.signing ? `, signing ${d.signing.kid}` : ', no signing key: its acks cannot be verified yet'}\n`);
     } finally {
       data.registry.close();
     }
@@ -118,7 +123,9 @@ export const deviceCommand: CommandModule = {
   handler: () => undefined,
 };
 
-export function table(rows: string[][]): string {
+/** Aligned columns; control characters in cells are escaped (see terminal-text.ts). */
+export function table(cells: string[][]): string {
+  const rows = cells.map((r) => r.map(printable));
   const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? [];
   return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('  ')).join('\n') + '\n';
 }

@@ -2,6 +2,7 @@
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { openDataDir } from '../data-dir.js';
 import { importLegacy } from '../legacy-import.js';
+import { printable } from '../terminal-text.js';
 import { withData, type DataArgs } from './common.js';
 
 interface ImportArgs extends DataArgs {
@@ -20,8 +21,8 @@ export const importLegacyCommand: CommandModule<object, ImportArgs> = {
     const data = await openDataDir(args.data);
     try {
       const result = await importLegacy(data.registry, args.dir, { dryRun: args.dryRun });
-      for (const i of result.imported) process.stdout.write(`${args.dryRun ? 'would import' : 'imported'} ${i.deviceId} (user ${i.userId}, RSA ${i.bits}, kid ${i.kid})\n`);
-      for (const s of result.skipped) process.stderr.write(`skipped ${s.path}: ${s.reason}\n`);
+      for (const i of result.imported) process.stdout.write(`${args.dryRun ? 'would import' : 'imported'} ${i.deviceId} (user ${printable(i.userId)}, RSA ${i.bits}, kid ${i.kid})\n`);
+      for (const s of result.skipped) process.stderr.write(`skipped ${printable(s.path)}: ${printable(s.reason)}\n`);
       process.stdout.write(`${result.imported.length} imported, ${result.skipped.length} skipped\n`);
       if (result.imported.length > 0 && !args.dryRun) {
         process.stdout.write('note: legacy devices have no signing key yet; their acks verify once they enroll with a token or their signing key is added (device add --replace)\n');

@@ -11,7 +11,7 @@ import type { AckClaims, PublicJwk } from '../../protocol/index.js';
 import { RegistryError } from './errors.js';
 import { migrate } from './schema.js';
 import { hashToken, newEnrollmentToken } from './tokens.js';
-import type { AuditRecord, CommandRecord, DeviceKeyRecord, DeviceOrigin, DeviceRecord, DeviceState, FanoutRecord } from './types.js';
+import type { AuditRecord, CommandRecord, DeviceFlag, DeviceKeyRecord, DeviceOrigin, DeviceRecord, DeviceState, FanoutRecord } from './types.js';
 
 /** How long a signing key replaced by a rotate still verifies acks already in flight. */
 export const PREVIOUS_KEY_GRACE_MS = 10 * 60 * 1000;
@@ -27,6 +27,8 @@ interface DeviceRow {
   enrolled_at: number | null;
   confirmed_at: number | null;
   decommissioned_at: number | null;
+  flagged_at: number | null;
+  flag: string | null;
 }
 
 interface KeyRow {
@@ -98,7 +100,12 @@ export interface NewCommand {
 export type AckRecordOutcome =
   | { kind: 'recorded'; command: CommandRecord }
   | { kind: 'duplicate'; command: CommandRecord }
+  /** The ack says applied where the recorded outcome says not (or another key set for a rotate): audited, device flagged, effects not applied. */
+  | { kind: 'contradiction'; command: CommandRecord }
   | { kind: 'unknown-command' };
+
+/** The audit event (and device flag) of an authenticated ack contradicting a recorded outcome. */
+export const ACK_CONTRADICTION_EVENT = 'security.ack_contradiction';
 
 export interface AckEffects {
   /** New public keys from a `rotate` ack, already validated. */
@@ -283,33 +290,70 @@ export class Registry {
    * device without an encryption key or a decommissioned one.
    */
   allocateSeq(deviceId: string): { seq: number; device: DeviceRecord } {
+    return this.db.transaction(() => this.#allocateSeq(deviceId)).immediate();
+  }
+
+  /**
+   * allocateSeq for many devices in one IMMEDIATE transaction (one commit, so
+   * one fsync under synchronous=FULL, for the whole batch). Per device: its
+   * seq, or the RegistryError allocateSeq would throw (that device changes
+   * nothing; the others proceed). Any other error rolls back the whole batch.
+   */
+  allocateSeqs(deviceIds: readonly string[]): ({ seq: number; device: DeviceRecord } | RegistryError)[] {
     return this.db
-      .transaction(() => {
-        const device = this.requireDevice(deviceId);
-        if (device.state === 'decommissioned') {
-          throw new RegistryError('E_DECOMMISSIONED', `device ${deviceId} is decommissioned; provision it again with a new token or bundle`);
-        }
-        if (!device.encryption) throw new RegistryError('E_NO_KEY', `device ${deviceId} has no registered encryption key: nothing is sent (never in plaintext)`);
-        const row = this.db.prepare('UPDATE devices SET next_seq = next_seq + 1 WHERE id = ? RETURNING next_seq - 1 AS seq').get(deviceId) as { seq: number };
-        return { seq: row.seq, device };
-      })
+      .transaction(() =>
+        deviceIds.map((id) => {
+          try {
+            return this.#allocateSeq(id);
+          } catch (err) {
+            if (err instanceof RegistryError) return err;
+            throw err;
+          }
+        }),
+      )
       .immediate();
   }
 
   recordCommand(c: NewCommand): void {
-    this.db.transaction(() => {
-      this.db
-        .prepare(
-          `INSERT INTO commands (jti, device_id, action, user_id, params_digest, seq, encryption_kid, sealed, fanout_id, bind_user, created_at, expires_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-        )
-        .run(c.jti, c.deviceId, c.action, c.userId, c.paramsDigest, c.seq, c.encryptionKid, c.sealed, c.fanoutId ?? null, c.bindUser ?? null, this.#now(), c.expiresAt);
-      this.audit('command.create', c.deviceId, { jti: c.jti, action: c.action, seq: c.seq, user_id: c.userId, params_digest: c.paramsDigest, fanout_id: c.fanoutId ?? null });
-    }).immediate();
+    this.db.transaction(() => this.#recordCommand(c)).immediate();
+  }
+
+  /**
+   * recordCommand for many commands in one IMMEDIATE transaction (one commit).
+   * Each command is its own savepoint: one that cannot be recorded (say, its
+   * device was removed meanwhile) gets its error and is not recorded, the
+   * others are. Nothing is durable, and so nothing may be published, before
+   * this returns.
+   */
+  recordCommands(cs: readonly NewCommand[]): (true | Error)[] {
+    const one = this.db.transaction((c: NewCommand) => this.#recordCommand(c));
+    return this.db
+      .transaction(() =>
+        cs.map((c): true | Error => {
+          try {
+            one(c);
+            return true;
+          } catch (err) {
+            return err instanceof Error ? err : new Error(String(err));
+          }
+        }),
+      )
+      .immediate();
   }
 
   markSent(jti: string): void {
     this.db.prepare('UPDATE commands SET sent_at = ? WHERE jti = ?').run(this.#now(), jti);
+  }
+
+  /** markSent for many commands in one transaction (one commit). */
+  markSentMany(jtis: readonly string[]): void {
+    const update = this.db.prepare('UPDATE commands SET sent_at = ? WHERE jti = ?');
+    this.db
+      .transaction(() => {
+        const now = this.#now();
+        for (const jti of jtis) update.run(now, jti);
+      })
+      .immediate();
   }
 
   getCommand(jti: string): CommandRecord | undefined {
@@ -336,13 +380,37 @@ export class Registry {
    * in the same transaction: `request` applied -> provisioned and bound to the
    * user; `update` with a user -> rebound; `rotate` applied -> the new keys
    * become current; `delete` applied -> decommissioned, keys retired.
+   *
+   * The first recorded outcome of a command is final. A later ack that agrees
+   * with it (same outcome, or `rejected E_REPLAY`: "already seen") is a
+   * duplicate. One that claims `applied` where the registry recorded a refusal
+   * or failure (or a rotate to other keys) contradicts it: the device was made
+   * to apply a command after refusing it (a replay by the broker, or a
+   * compromised device). Its effects are NOT applied (the registry would follow
+   * the replay, e.g. adopt keys it never accepted), the contradiction is audited
+   * as `security.ack_contradiction` with what the ack claimed, and the device is
+   * flagged until it is enrolled again or its keys are replaced.
    */
   recordAck(deviceId: string, ack: AckClaims, effects: AckEffects = {}): AckRecordOutcome {
     return this.db
       .transaction((): AckRecordOutcome => {
         const row = this.db.prepare('SELECT * FROM commands WHERE jti = ? AND device_id = ?').get(ack.ref, deviceId) as CommandRow | undefined;
         if (!row) return { kind: 'unknown-command' };
-        if (row.ack_status !== null) return { kind: 'duplicate', command: commandRecord(row) };
+        if (row.ack_status !== null) {
+          if (!ackContradicts(row, ack)) return { kind: 'duplicate', command: commandRecord(row) };
+          const detail = {
+            jti: row.jti,
+            action: row.action,
+            seq: row.seq,
+            recorded: { status: row.ack_status, code: row.ack_code, ack_jti: row.ack_jti },
+            claimed: { status: ack.status, code: ack.code, ack_jti: ack.jti },
+            ...(effects.rotatedKeys ? { claimed_keys: { signing_kid: effects.rotatedKeys.signing.kid, encryption_kid: effects.rotatedKeys.encryption.kid } } : {}),
+            effects: 'not applied',
+          };
+          this.audit(ACK_CONTRADICTION_EVENT, deviceId, detail);
+          this.db.prepare('UPDATE devices SET flagged_at = ?, flag = ? WHERE id = ?').run(this.#now(), JSON.stringify({ event: ACK_CONTRADICTION_EVENT, ...detail }), deviceId);
+          return { kind: 'contradiction', command: commandRecord(row) };
+        }
         const now = this.#now();
         this.db
           .prepare('UPDATE commands SET ack_status = ?, ack_code = ?, ack_detail = ?, ack_jti = ?, ack_result = ?, acked_at = ? WHERE jti = ? AND ack_status IS NULL')
@@ -402,12 +470,33 @@ export class Registry {
     }
   }
 
+  #allocateSeq(deviceId: string): { seq: number; device: DeviceRecord } {
+    const device = this.requireDevice(deviceId);
+    if (device.state === 'decommissioned') {
+      throw new RegistryError('E_DECOMMISSIONED', `device ${deviceId} is decommissioned; provision it again with a new token or bundle`);
+    }
+    if (!device.encryption) throw new RegistryError('E_NO_KEY', `device ${deviceId} has no registered encryption key: nothing is sent (never in plaintext)`);
+    const row = this.db.prepare('UPDATE devices SET next_seq = next_seq + 1 WHERE id = ? RETURNING next_seq - 1 AS seq').get(deviceId) as { seq: number };
+    return { seq: row.seq, device };
+  }
+
+  #recordCommand(c: NewCommand): void {
+    this.db
+      .prepare(
+        `INSERT INTO commands (jti, device_id, action, user_id, params_digest, seq, encryption_kid, sealed, fanout_id, bind_user, created_at, expires_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      )
+      .run(c.jti, c.deviceId, c.action, c.userId, c.paramsDigest, c.seq, c.encryptionKid, c.sealed, c.fanoutId ?? null, c.bindUser ?? null, this.#now(), c.expiresAt);
+    this.audit('command.create', c.deviceId, { jti: c.jti, action: c.action, seq: c.seq, user_id: c.userId, params_digest: c.paramsDigest, fanout_id: c.fanoutId ?? null });
+  }
+
   #upsertDevice(id: string, userId: string | null, state: DeviceState, origin: DeviceOrigin): void {
     const now = this.#now();
     this.db
       .prepare(
         `INSERT INTO devices (id, user_id, state, origin, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)
-         ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id, state = excluded.state, origin = excluded.origin, updated_at = excluded.updated_at`,
+         ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id, state = excluded.state, origin = excluded.origin, updated_at = excluded.updated_at,
+           flagged_at = NULL, flag = NULL`,
       )
       .run(id, userId, state, origin, now, now);
   }
@@ -442,11 +531,44 @@ export class Registry {
       enrolledAt: row.enrolled_at,
       confirmedAt: row.confirmed_at,
       decommissionedAt: row.decommissioned_at,
+      flag: row.flagged_at === null ? null : deviceFlag(row.flagged_at, row.flag),
       signing: current('sig'),
       encryption: current('enc'),
       keys,
     };
   }
+}
+
+/**
+ * Whether a later authenticated ack contradicts the outcome recorded for the
+ * command: it claims `applied` where the registry recorded `rejected`/`failed`,
+ * or, for a `rotate` recorded applied, reports other keys. An ack that does
+ * not claim `applied` never does (`rejected E_REPLAY` or `E_EXPIRED` for a
+ * redelivered command already applied is what an agent answers).
+ */
+export function ackContradicts(row: { action: string; ack_status: string | null; ack_result: string | null }, ack: AckClaims): boolean {
+  if (ack.status !== 'applied' || row.ack_status === null) return false;
+  if (row.ack_status !== 'applied') return true;
+  if (row.action !== 'rotate') return false;
+  // A repeated answer may carry no keys (the outcome only): only other keys contradict.
+  const claimed = keyIds(ack.result);
+  return claimed !== '' && claimed !== keyIds(row.ack_result === null ? undefined : (JSON.parse(row.ack_result) as unknown));
+}
+
+/** The sorted kids of a rotate ack's `result.keys`, as one string ('' when absent). */
+function keyIds(result: unknown): string {
+  const keys = (result as { keys?: { keys?: unknown } } | undefined)?.keys?.keys;
+  if (!Array.isArray(keys)) return '';
+  return keys
+    .map((k) => (typeof (k as { kid?: unknown })?.kid === 'string' ? (k as { kid: string }).kid : ''))
+    .sort()
+    .join(',');
+}
+
+function deviceFlag(at: number, text: string | null): DeviceFlag {
+  const parsed = text === null ? {} : (JSON.parse(text) as Record<string, unknown>);
+  const { event, ...detail } = parsed;
+  return { at, event: typeof event === 'string' ? event : 'unknown', detail };
 }
 
 function commandRecord(row: CommandRow): CommandRecord {

@@ -89,6 +89,13 @@ export const MIGRATIONS: readonly string[] = [
   CREATE TRIGGER audit_append_only_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
   CREATE TRIGGER audit_append_only_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
   `,
+  // 2: a security flag on a device (set when an authenticated ack contradicts the recorded
+  // outcome of a command: the registry no longer knows what the device holds; cleared when
+  // the device is enrolled again or its keys are replaced). `flag` is JSON (event, jti, ...).
+  `
+  ALTER TABLE devices ADD COLUMN flagged_at INTEGER;
+  ALTER TABLE devices ADD COLUMN flag TEXT;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

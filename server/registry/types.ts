@@ -25,11 +25,25 @@ export interface DeviceRecord {
   enrolledAt: number | null;
   confirmedAt: number | null;
   decommissionedAt: number | null;
+  /**
+   * Set when an authenticated ack contradicted the recorded outcome of one of its
+   * commands (a command recorded as refused later reported applied, or the
+   * reverse): the registry can no longer vouch for the device's keys, user or
+   * settings. Cleared by a new enrollment or `device add --replace`.
+   */
+  flag: DeviceFlag | null;
   /** Current signing key (verifies acks), when registered. */
   signing: PublicJwk | undefined;
   /** Current encryption key (commands are sealed to it), when registered. */
   encryption: PublicJwk | undefined;
   keys: DeviceKeyRecord[];
+}
+
+export interface DeviceFlag {
+  at: number;
+  /** The audit event that set it, e.g. `security.ack_contradiction`. */
+  event: string;
+  detail: Record<string, unknown>;
 }
 
 export interface CommandRecord {

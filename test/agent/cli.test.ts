@@ -1,5 +1,5 @@
 /**
- * The `sensor-agent` CLI as an operator meets it: `node dist/agent/cli.js`
+ * The `sensor-agent` CLI as an operator meets it: `node build/host/sensor-agent.mjs` (the bundle the boards run)
  * as a child process. Key store permission refusals name the file and the
  * exact chmod; bad usage and bad config exit 2; `status` before and after
  * provisioning; `selftest` against a live and a dead broker; SIGTERM stops

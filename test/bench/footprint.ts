@@ -9,7 +9,7 @@
  * which takes over a minute here) and says so.
  */
 import { execFile } from 'node:child_process';
-import { copyFile, mkdtemp, readdir, readFile, rm, lstat } from 'node:fs/promises';
+import { copyFile, cp, mkdtemp, readdir, readFile, rm, lstat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -69,6 +69,9 @@ export async function benchFootprint(options: { ignoreScripts: boolean }): Promi
     const t0 = performance.now();
     await run('npm', args, { cwd: dir, maxBuffer: 16 * 1024 * 1024 });
     if (!options.ignoreScripts) await run('npm', ['rebuild', '--no-audit', '--no-fund'], { cwd: dir, maxBuffer: 16 * 1024 * 1024 });
+    // The root's postinstall (skipped with the other root scripts above): the node-jose patch.
+    await cp(join(ROOT, 'patches'), join(dir, 'patches'), { recursive: true });
+    await run(join(dir, 'node_modules', '.bin', 'patch-package'), ['--error-on-fail', '--error-on-warn'], { cwd: dir, maxBuffer: 16 * 1024 * 1024 });
     const installS = (performance.now() - t0) / 1000;
     const nm = join(dir, 'node_modules');
     const names: string[] = [];

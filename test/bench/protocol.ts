@@ -12,11 +12,28 @@ export interface ProtocolFigures {
   open_verify_ratio: number;
 }
 
-async function timeIt(iterations: number, fn: (i: number) => unknown): Promise<number> {
-  for (let i = 0; i < Math.min(50, iterations); i++) await fn(i); // warm up
-  const t0 = process.hrtime.bigint();
-  for (let i = 0; i < iterations; i++) await fn(i);
-  return Number(process.hrtime.bigint() - t0) / 1e6 / iterations;
+/**
+ * Mean ms per call of `a` and of `b`, measured in alternating blocks of 50 so
+ * that both see the same machine: on a shared machine the load moves, and
+ * measuring one after the other skews their ratio.
+ */
+async function timePair(iterations: number, a: (i: number) => unknown, b: (i: number) => unknown): Promise<[number, number]> {
+  for (let i = 0; i < Math.min(50, iterations); i++) {
+    await a(i); // warm up
+    await b(i);
+  }
+  let ta = 0n;
+  let tb = 0n;
+  for (let done = 0; done < iterations; done += 50) {
+    const n = Math.min(50, iterations - done);
+    let t0 = process.hrtime.bigint();
+    for (let i = done; i < done + n; i++) await a(i);
+    ta += process.hrtime.bigint() - t0;
+    t0 = process.hrtime.bigint();
+    for (let i = done; i < done + n; i++) await b(i);
+    tb += process.hrtime.bigint() - t0;
+  }
+  return [Number(ta) / 1e6 / iterations, Number(tb) / 1e6 / iterations];
 }
 
 export async function benchProtocol(iterations: number): Promise<ProtocolFigures> {
@@ -31,10 +48,16 @@ export async function benchProtocol(iterations: number): Promise<ProtocolFigures
 
   const input = { serverId: 'srv', deviceId: 'dev-1', action: 'update' as const, userId: 'u1', params: { sensor: { enabled: true } }, seq: 1 };
   const { token } = await sealCommand(input, { signer: server, recipient });
-  const seal = await timeIt(iterations, () => sealCommand(input, { signer: server, recipient }));
-  const sealFloor = await timeIt(iterations, (i) => floorSeal(floorClaims('dev-1', i + 1), fk));
-  const open = await timeIt(iterations, () => openCommand(token, { deviceId: 'dev-1', clock: TRUSTED_CLOCK, ...rings }));
-  const openFloor = await timeIt(iterations, () => floorOpen(floorToken, fk));
+  const [seal, sealFloor] = await timePair(
+    iterations,
+    () => sealCommand(input, { signer: server, recipient }),
+    (i) => floorSeal(floorClaims('dev-1', i + 1), fk),
+  );
+  const [open, openFloor] = await timePair(
+    iterations,
+    () => openCommand(token, { deviceId: 'dev-1', clock: TRUSTED_CLOCK, ...rings }),
+    () => floorOpen(floorToken, fk),
+  );
   const r = (x: number) => Math.round(x * 1000) / 1000;
   return {
     iterations,

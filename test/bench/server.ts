@@ -13,6 +13,7 @@ import { generateEncryptionKey, generateSigningKey, newP256Jwk, sealCommand, typ
 import { CommandSender } from '../../server/command-sender.js';
 import { connectBroker, publishQos1 } from '../../server/mqtt-connection.js';
 import { Registry } from '../../server/registry/registry.js';
+import { SealPool, type Seal } from '../../server/seal-pool.js';
 import type { ServerKeys } from '../../server/server-keys.js';
 import { startMosquittoProcess } from '../helpers/mosquitto-process.js';
 
@@ -24,10 +25,14 @@ export interface ServerFigures {
   /** Seal floor of the protocol (node:crypto, same work) as a rate on one core. */
   seal_floor_per_s: number;
   ratio_to_seal_floor: number;
+  /** The same with sealing in a pool of worker threads (`--seal-workers N`), per pool size. */
+  seal_workers: { workers: number; commands_per_s: number; ratio_to_seal_floor: number }[];
   /** The same commands sealed with node-jose only (no registry, no broker): the protocol's own ceiling. */
   seal_only_per_s: number;
-  /** Registry work per command alone (allocate seq, record, mark sent; synchronous=FULL on this disk). */
+  /** Registry work per command alone, one command at a time (allocate seq, record, mark sent: 3 transactions, synchronous=FULL on this disk). */
   registry_only_per_s: number;
+  /** The same, batched `concurrency` commands per transaction as the server's group commit does (3 transactions per batch). */
+  registry_batched_per_s: number;
   register_fleet_s: number;
 }
 
@@ -41,7 +46,7 @@ function fleetKey(): PublicJwk {
   return { kty: 'EC', crv: 'P-256', x, y, kid: thumbprint(x, y), use: 'enc', alg: 'ECDH-ES+A256KW' };
 }
 
-export async function benchServer(options: { devices: number; commands: number; concurrency: number; sealFloorMs: number }): Promise<ServerFigures> {
+export async function benchServer(options: { devices: number; commands: number; concurrency: number; sealFloorMs: number; sealWorkers: number[] }): Promise<ServerFigures> {
   const dir = await mkdtemp(join(tmpdir(), 'bench-server-'));
   const broker = await startMosquittoProcess({ persistence: false });
   try {
@@ -60,22 +65,38 @@ export async function benchServer(options: { devices: number; commands: number; 
     const registerS = (performance.now() - t0) / 1000;
 
     const client = await connectBroker({ url: broker.url }, { clientId: 'bench-server' });
-    const sender = new CommandSender({ registry, keys, topicPrefix: 'provision', publish: (topic, payload) => publishQos1(client, topic, payload) });
     const params = { sensor: { sample_interval_s: 60 } };
-    // Warm up (JIT, first statements prepared) on devices outside the measured set.
-    for (let i = 0; i < 50; i++) await sender.send({ deviceId: ids[i % ids.length] as string, action: 'update', params });
-
-    let next = 0;
-    const t1 = performance.now();
-    await Promise.all(
-      Array.from({ length: options.concurrency }, async () => {
-        while (next < options.commands) {
-          const i = next++;
-          await sender.send({ deviceId: ids[i % ids.length] as string, action: 'update', params });
-        }
-      }),
-    );
-    const sendS = (performance.now() - t1) / 1000;
+    let offset = 0;
+    /** Sealed+published commands/s through CommandSender, `concurrency` in flight, each to a device not sent to before. */
+    const measure = async (seal: Seal | undefined): Promise<number> => {
+      const sender = new CommandSender({ registry, keys, topicPrefix: 'provision', publish: (topic, payload) => publishQos1(client, topic, payload), ...(seal ? { seal } : {}) });
+      const device = (i: number): string => ids[(offset + i) % ids.length] as string;
+      // Warm up (JIT, first statements prepared, worker threads loaded) on devices outside the measured set.
+      await Promise.all(Array.from({ length: 50 }, (_, i) => sender.send({ deviceId: device(i), action: 'update', params })));
+      offset += 50;
+      let next = 0;
+      const t1 = performance.now();
+      await Promise.all(
+        Array.from({ length: options.concurrency }, async () => {
+          while (next < options.commands) {
+            const i = next++;
+            await sender.send({ deviceId: device(i), action: 'update', params });
+          }
+        }),
+      );
+      offset += options.commands;
+      return options.commands / ((performance.now() - t1) / 1000);
+    };
+    const rate = await measure(undefined);
+    const withWorkers: { workers: number; commands_per_s: number }[] = [];
+    for (const n of options.sealWorkers) {
+      const pool = SealPool.start(n);
+      try {
+        withWorkers.push({ workers: n, commands_per_s: await measure(pool.seal) });
+      } finally {
+        await pool.close();
+      }
+    }
     await client.endAsync();
 
     // The parts on their own, same process, same data.
@@ -94,9 +115,22 @@ export async function benchServer(options: { devices: number; commands: number; 
       registry.markSent(jti);
     }
     const registryOnly = sample / ((performance.now() - t3) / 1000);
+    // The same writes batched as CommandSender's group commit does with `concurrency` sends in flight.
+    const t4 = performance.now();
+    for (let i = 0; i < sample; i += options.concurrency) {
+      const batch = ids.slice(i % ids.length, (i % ids.length) + Math.min(options.concurrency, sample - i));
+      const seqs = registry.allocateSeqs(batch);
+      const records = batch.map((deviceId, j) => {
+        const a = seqs[j];
+        if (a === undefined || a instanceof Error) throw a ?? new Error('no seq');
+        return { jti: crypto.randomUUID(), deviceId, action: 'update', userId: 'bench', paramsDigest: 'x', seq: a.seq, encryptionKid: 'k', sealed: 'x', expiresAt: Date.now() + 300_000 };
+      });
+      registry.recordCommands(records);
+      registry.markSentMany(records.map((r) => r.jti));
+    }
+    const registryBatched = sample / ((performance.now() - t4) / 1000);
     registry.close();
 
-    const rate = options.commands / sendS;
     const floor = 1000 / options.sealFloorMs;
     const r = (x: number, d = 1): number => Math.round(x * 10 ** d) / 10 ** d;
     return {
@@ -106,8 +140,10 @@ export async function benchServer(options: { devices: number; commands: number; 
       commands_per_s: r(rate),
       seal_floor_per_s: r(floor),
       ratio_to_seal_floor: r(rate / floor, 3),
+      seal_workers: withWorkers.map((w) => ({ workers: w.workers, commands_per_s: r(w.commands_per_s), ratio_to_seal_floor: r(w.commands_per_s / floor, 3) })),
       seal_only_per_s: r(sealOnly),
       registry_only_per_s: r(registryOnly),
+      registry_batched_per_s: r(registryBatched),
       register_fleet_s: r(registerS, 2),
     };
   } finally {

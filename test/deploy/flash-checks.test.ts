@@ -1,13 +1,13 @@
 /**
  * What provisioning/flash refuses, and its pure parts: the first-boot route
  * (firstrun.sh, cmdline.txt, cloud-init user-data), partition detection, and
- * the native-addon CPU check.
+ * and whether an agent tree fits the Node and CPU that will run it.
  */
 import { expect } from 'chai';
-import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { checkAddonsFor, elfMachine, type AgentTree } from '../../provisioning/flasher/agent-tree.js';
+import { elfMachine, readAgentTree } from '../../provisioning/flasher/agent-tree.js';
 import { FlashError } from '../../provisioning/flasher/errors.js';
 import {
   detectRoute,
@@ -18,7 +18,8 @@ import {
   osCodename,
 } from '../../provisioning/flasher/first-boot-route.js';
 import { parseSfdiskJson } from '../../provisioning/flasher/partitions.js';
-import { makeAgentTree, makeBundle } from './flash-fixtures.js';
+import { checkTreeForTarget, dpkgNodeVersion } from '../../provisioning/flasher/target-checks.js';
+import { EM, makeAgentTree, makeBundle } from './flash-fixtures.js';
 import { runFlash } from './run-flash.js';
 
 function elfHeader(machine: number): Buffer {
@@ -50,22 +51,31 @@ describe('deploy/flash: refusals and first-boot route', () => {
     if (work) await rm(work, { recursive: true, force: true });
   });
 
-  it('refuses an agent tree without dist/agent/cli.js, saying how to build it', async () => {
+  it('refuses an agent tree without sensor-agent.mjs, saying how to build it', async () => {
     const agent = join(work, 'no-cli');
-    await makeAgentTree(agent, { noCli: true });
+    await makeAgentTree(agent, { noBundle: true });
     const bundle = await makeBundle(join(work, 'b1'), 'sensor-1');
     const ran = await runFlash(['--bundle', bundle.dir, '--image', join(work, 'none.img'), '--agent', agent]);
     expect(ran.code).to.equal(1);
-    expect(ran.stderr).to.match(/E_AGENT: no built agent in .*: dist\/agent\/cli\.js is missing\. Build it first: npm run build && provisioning\/build-agent/);
+    expect(ran.stderr).to.match(/E_AGENT: no built agent in .*: sensor-agent\.mjs is missing\. Build it with provisioning\/build-agent --arch arm64\|armv7\|x64/);
   });
 
-  it('refuses a development tree (devDependencies in node_modules)', async () => {
-    const agent = join(work, 'dev');
-    await makeAgentTree(agent, { devDeps: true });
+  it('refuses a tree of the old layout (dist/ + node_modules/), and one whose addon is for another CPU than its build info says', async () => {
+    const old = join(work, 'old');
+    await makeAgentTree(old, { noBundle: true });
+    await mkdir(join(old, 'dist/agent'), { recursive: true });
+    await writeFile(join(old, 'dist/agent/cli.js'), 'old\n');
     const bundle = await makeBundle(join(work, 'b2'), 'sensor-2');
-    const ran = await runFlash(['--bundle', bundle.dir, '--image', join(work, 'none.img'), '--agent', agent]);
+    const ran = await runFlash(['--bundle', bundle.dir, '--image', join(work, 'none.img'), '--agent', old]);
     expect(ran.code).to.equal(1);
-    expect(ran.stderr).to.match(/E_AGENT: .* is a development tree: node_modules holds devDependencies \(typescript\)/);
+    expect(ran.stderr).to.match(/E_AGENT: .* is an agent tree of the old layout/);
+
+    // npm_config_arch=arm64 used to build an x86-64 addon into an "arm64" tree: refused.
+    const mixed = join(work, 'mixed');
+    await makeAgentTree(mixed, { arch: 'arm64', addonMachine: EM.x86_64 });
+    const ran2 = await runFlash(['--bundle', bundle.dir, '--image', join(work, 'none.img'), '--agent', mixed]);
+    expect(ran2.code).to.equal(1);
+    expect(ran2.stderr).to.match(/E_AGENT: .*native\/epoll\.node is built for x86-64, but the tree is for arm64 \(aarch64\)\. Rebuild it: provisioning\/build-agent --arch arm64/);
   });
 
   it('refuses a bundle whose secrets other users can read, and a bad device id', async () => {
@@ -89,14 +99,45 @@ describe('deploy/flash: refusals and first-boot route', () => {
     expect(ran.stderr).to.match(/E_USAGE: --bundle DIR is required/);
   });
 
-  it('native addons must match the target CPU', () => {
+  it("a tree must match the target CPU, and (--node system) the image's Node version and ABI", async () => {
     expect(elfMachine(elfHeader(0xb7))).to.equal('aarch64');
     expect(elfMachine(elfHeader(0x28))).to.equal('arm');
     expect(elfMachine(Buffer.from('#!/bin/sh\n'))).to.equal('not-elf');
-    const tree: AgentTree = { root: '/x', entries: [], addons: [{ rel: 'node_modules/epoll/build/Release/epoll.node', machine: 'x86-64' }], buildInfo: undefined };
-    expect(code(() => checkAddonsFor(tree, 'aarch64'))).to.equal('E_AGENT');
-    expect(code(() => checkAddonsFor(tree, 'x86-64'))).to.equal(undefined);
-    expect(code(() => checkAddonsFor(tree, undefined))).to.equal(undefined);
+    const dir = join(work, 'arm64-npm');
+    await makeAgentTree(dir, { arch: 'arm64' });
+    const tree = await readAgentTree(dir);
+    const facts = { systemNode: false, systemNodeVersion: undefined };
+    expect(checkTreeForTarget(tree, { ...facts, machine: 'aarch64' })).to.deep.equal([]);
+    expect(code(() => checkTreeForTarget(tree, { ...facts, machine: 'arm' }))).to.equal('E_AGENT');
+    expect(() => checkTreeForTarget(tree, { ...facts, machine: 'arm' })).to.throw(/built for arm64 \(aarch64\) but the target's CPU is arm.*provisioning\/build-agent --arch armv7/);
+    expect(checkTreeForTarget(tree, { ...facts, machine: undefined })[0]).to.match(/cannot tell the image's CPU/);
+
+    const sysDir = join(work, 'armv7-system');
+    await makeAgentTree(sysDir, { arch: 'armv7', node: 'system', abi: '115' });
+    const sys = await readAgentTree(sysDir);
+    const on = (v: string | undefined, present = true): string[] => checkTreeForTarget(sys, { machine: 'arm', systemNode: present, systemNodeVersion: v });
+    expect(on('20.19.2')).to.deep.equal([]);
+    expect(() => on('18.20.4')).to.throw(/nodejs is 18\.20\.4, below the agent's minimum 20\.19\.0/);
+    expect(() => on('20.18.1')).to.throw(/below the agent's minimum/);
+    expect(() => on('22.12.0')).to.throw(/ABI 115.*ABI 127.*--system-node-version 22\.12\.0/);
+    expect(() => on(undefined, false)).to.throw(/has no \/usr\/bin\/node/);
+    expect(on(undefined)[0]).to.match(/cannot tell the version of the image's \/usr\/bin\/node/);
+    // Without the addon only the version matters.
+    const omitDir = join(work, 'armv7-omit');
+    await makeAgentTree(omitDir, { arch: 'armv7', node: 'system', noAddon: true });
+    expect(checkTreeForTarget(await readAgentTree(omitDir), { machine: 'arm', systemNode: true, systemNodeVersion: '22.12.0' })).to.deep.equal([]);
+  });
+
+  it('reads the nodejs version from a dpkg status file (installed only)', () => {
+    const status = [
+      'Package: nodejs\nStatus: deinstall ok config-files\nVersion: 18.19.0+dfsg-6~deb12u2\n',
+      'Package: nodejs-doc\nStatus: install ok installed\nVersion: 20.19.2+dfsg-1\n',
+      'Package: nodejs\nStatus: install ok installed\nPriority: optional\nVersion: 20.19.2+dfsg-1\n',
+    ].join('\n');
+    expect(dpkgNodeVersion(status)).to.equal('20.19.2');
+    expect(dpkgNodeVersion('Package: nodejs\nStatus: install ok installed\nVersion: 22.12.0-1nodesource1\n')).to.equal('22.12.0');
+    expect(dpkgNodeVersion(status.split('\n\n')[0])).to.equal(undefined);
+    expect(dpkgNodeVersion(undefined)).to.equal(undefined);
   });
 
   it('finds the FAT boot and Linux root partitions, and refuses other layouts', () => {

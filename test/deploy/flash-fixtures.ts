@@ -1,5 +1,5 @@
 /** A minimal built agent tree and bundles shaped like `provision-server bundle` output, for the flash tests. */
-import { chmod, mkdir, symlink, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 
 async function put(root: string, rel: string, content: string, mode = 0o644): Promise<void> {
@@ -8,19 +8,68 @@ async function put(root: string, rel: string, content: string, mode = 0o644): Pr
   await chmod(join(root, rel), mode);
 }
 
-/** package.json, dist/agent, dist/protocol (+ dist/server and dist/test, which must not ship), node_modules with a .bin link. */
-export async function makeAgentTree(root: string, options: { devDeps?: boolean; noCli?: boolean } = {}): Promise<void> {
-  await put(root, 'package.json', JSON.stringify({ name: 'sealed-provisioning', type: 'module', dependencies: { mqtt: '5' }, devDependencies: { typescript: '5' } }));
-  if (!options.noCli) await put(root, 'dist/agent/cli.js', '#!/usr/bin/env node\nconsole.log("agent");\n');
-  await put(root, 'dist/agent/runtime.js', 'export {};\n');
-  await put(root, 'dist/protocol/index.js', 'export {};\n');
-  await put(root, 'dist/server/cli.js', 'server only\n');
-  await put(root, 'dist/test/x.test.js', 'test only\n');
-  await put(root, 'node_modules/mqtt/package.json', '{"name":"mqtt"}');
-  await put(root, 'node_modules/mqtt/bin/mqtt.js', '#!/usr/bin/env node\n', 0o755);
-  await mkdir(join(root, 'node_modules/.bin'), { recursive: true });
-  await symlink('../mqtt/bin/mqtt.js', join(root, 'node_modules/.bin/mqtt'));
-  if (options.devDeps) await put(root, 'node_modules/typescript/package.json', '{"name":"typescript"}');
+/** The first 20 bytes of an ELF file for `machine` (e_machine at 18), as flash reads them. */
+export function elfHeaderFor(machine: number): Buffer {
+  const b = Buffer.alloc(64);
+  b.writeUInt32BE(0x7f454c46, 0);
+  b[4] = 2;
+  b[5] = 1;
+  b.writeUInt16LE(machine, 18);
+  return b;
+}
+
+export const EM = { x86_64: 0x3e, aarch64: 0xb7, arm: 0x28 } as const;
+
+export interface AgentTreeSpec {
+  /** Tree for arm64 (default), armv7 or x64. */
+  arch?: 'arm64' | 'armv7' | 'x64';
+  /** Where its Node comes from (default npm: node/bin/node ships). */
+  node?: 'npm' | 'system';
+  /** Node ABI it was built for (default 147 for npm, 115 for system). */
+  abi?: string;
+  /** Leave out the GPIO addon (--gpio omit). */
+  noAddon?: boolean;
+  /** Leave out sensor-agent.mjs. */
+  noBundle?: boolean;
+  /** ELF machine of the addon file, if not the tree's own. */
+  addonMachine?: number;
+}
+
+/** A tree shaped like provisioning/build-agent's (docs/CONTRACTS.md, "Agent tree"), with stand-in binaries. */
+export async function makeAgentTree(root: string, spec: AgentTreeSpec = {}): Promise<void> {
+  const arch = spec.arch ?? 'arm64';
+  const [em, elf] = arch === 'arm64' ? [EM.aarch64, 'aarch64'] : arch === 'armv7' ? [EM.arm, 'arm'] : [EM.x86_64, 'x86-64'];
+  const source = spec.node ?? 'npm';
+  const abi = spec.abi ?? (source === 'system' ? '115' : '147');
+  const version = source === 'system' ? '20.19.2' : '26.12.1';
+  if (!spec.noBundle) await put(root, 'sensor-agent.mjs', '#!/usr/bin/env node\nconsole.log("agent");\n', 0o755);
+  await put(root, 'sensor-agent.mjs.LEGAL.txt', 'licences\n');
+  if (!spec.noAddon) {
+    await mkdir(join(root, 'native'), { recursive: true });
+    await writeFile(join(root, 'native/epoll.node'), elfHeaderFor(spec.addonMachine ?? em));
+    await chmod(join(root, 'native/epoll.node'), 0o755);
+  }
+  if (source !== 'system') {
+    await mkdir(join(root, 'node/bin'), { recursive: true });
+    await writeFile(join(root, 'node/bin/node'), elfHeaderFor(em));
+    await chmod(join(root, 'node/bin/node'), 0o755);
+    await put(root, 'node/LICENSE', 'Node.js licence\n');
+  }
+  const info = {
+    format: 2,
+    agent_version: '0.1.0',
+    arch,
+    elf_machine: elf,
+    node: { source, version, abi, path: source === 'system' ? '/usr/bin/node' : 'node/bin/node' },
+    gpio: spec.noAddon ? 'omit' : 'native',
+    addon: spec.noAddon ? null : { path: 'native/epoll.node', elf_machine: elf, abi },
+    bundle: 'sensor-agent.mjs',
+    built_on: 'x64',
+    built_at: '2026-12-01T00:00:00.000Z',
+  };
+  await put(root, '.build-info.json', `${JSON.stringify(info, null, 2)}\n`);
+  // Not part of a tree: never shipped.
+  await put(root, 'stray/notes.txt', 'not shipped\n');
 }
 
 export interface FakeBundle {

@@ -73,12 +73,11 @@ describe('deploy/flash: Raspberry Pi OS image without root privileges (debugfs +
 
     const expected: Record<string, string> = {
       '/opt/sensor-agent': 'directory 0755 0:0',
-      '/opt/sensor-agent/package.json': 'regular 0644 0:0',
-      '/opt/sensor-agent/dist/agent/cli.js': 'regular 0644 0:0',
-      '/opt/sensor-agent/dist/protocol/index.js': 'regular 0644 0:0',
-      '/opt/sensor-agent/node_modules/mqtt/bin/mqtt.js': 'regular 0755 0:0',
-      '/opt/sensor-agent/dist/server': 'missing',
-      '/opt/sensor-agent/dist/test': 'missing',
+      '/opt/sensor-agent/sensor-agent.mjs': 'regular 0755 0:0',
+      '/opt/sensor-agent/native/epoll.node': 'regular 0755 0:0',
+      '/opt/sensor-agent/node/bin/node': 'regular 0755 0:0',
+      '/opt/sensor-agent/.build-info.json': 'regular 0644 0:0',
+      '/opt/sensor-agent/stray': 'missing',
       '/etc/systemd/system/sensor-agent.service': 'regular 0644 0:0',
       '/etc/systemd/system/sensor-agent-firstboot.service': 'regular 0644 0:0',
       '/etc/sysusers.d/sensor-agent.conf': 'regular 0644 0:0',
@@ -105,7 +104,6 @@ describe('deploy/flash: Raspberry Pi OS image without root privileges (debugfs +
     const actual = Object.fromEntries(Object.keys(expected).map((p) => [p, mode(stats.get(p))]));
     expect(actual).to.deep.equal(expected);
     expect(await readlinkInImage(image, '/etc/systemd/system/multi-user.target.wants/sensor-agent.service')).to.equal('/etc/systemd/system/sensor-agent.service');
-    expect(await readlinkInImage(image, '/opt/sensor-agent/node_modules/.bin/mqtt')).to.equal('../mqtt/bin/mqtt.js');
 
     // Contents: the bundle's secrets byte for byte, the config pointed at the board's paths.
     expect(await catInImage(image, '/var/lib/sensor-agent/enroll.token')).to.equal(`${bundle.token}\n`);
@@ -130,7 +128,7 @@ describe('deploy/flash: Raspberry Pi OS image without root privileges (debugfs +
       '/var/lib/sensor-agent/keys',
       '/var/lib/sensor-agent/enroll.token',
     ]);
-    expect(await catInImage(image, '/etc/systemd/system/sensor-agent.service')).to.contain('ExecStart=/usr/bin/node --max-semi-space-size=1 /opt/sensor-agent/dist/agent/cli.js run');
+    expect(await catInImage(image, '/etc/systemd/system/sensor-agent.service')).to.contain('ExecStart=/opt/sensor-agent/node/bin/node --max-semi-space-size=1 --single-threaded /opt/sensor-agent/sensor-agent.mjs run');
 
     // Nothing in the agent's config or state directories is readable by others.
     for (const dir of ['/etc/sensor-agent', '/var/lib/sensor-agent', '/var/lib/sensor-agent/keys']) {
@@ -203,9 +201,43 @@ describe('deploy/flash: Raspberry Pi OS image without root privileges (debugfs +
     await fsckRoot(image);
   });
 
-  it('warns when the image has no Node.js at /usr/bin/node', async () => {
+  it('a tree with its own Node needs none on the image', async () => {
     const { ran } = await flashed('nonode', { codename: 'trixie', noNode: true });
     expect(ran.code, ran.stderr).to.equal(0);
-    expect(ran.stdout).to.match(/warning: \/usr\/bin\/node is not on the target: install Node\.js >= 20\.19/);
+    expect(ran.stdout).to.not.match(/warning: .*\bnode\b/i);
+  });
+
+  describe('a tree built with --node system', () => {
+    let systemTree: string;
+    before(async () => {
+      systemTree = join(work, 'agent-system');
+      await makeAgentTree(systemTree, { arch: 'arm64', node: 'system', abi: '115' });
+    });
+    const dpkg = (version: string): string =>
+      `Package: bash\nStatus: install ok installed\nVersion: 5.2.37-2\n\nPackage: nodejs\nStatus: install ok installed\nArchitecture: arm64\nVersion: ${version}\n\n`;
+
+    it('Trixie (nodejs 20.19.2): installs, the unit\'s node path links to /usr/bin/node', async () => {
+      const { image, ran } = await flashed('sys-trixie', { codename: 'trixie', root: { 'var/lib/dpkg/status': dpkg('20.19.2+dfsg-1') } }, ['--agent', systemTree]);
+      expect(ran.code, ran.stderr).to.equal(0);
+      expect(await readlinkInImage(image, '/opt/sensor-agent/node/bin/node')).to.equal('/usr/bin/node');
+      const stats = await statInImage(image, ['/opt/sensor-agent/sensor-agent.mjs', '/opt/sensor-agent/node/bin']);
+      expect(mode(stats.get('/opt/sensor-agent/node/bin'))).to.equal('directory 0755 0:0');
+    });
+
+    it('Bookworm (nodejs 18.20): refused with the fix, the image unchanged', async () => {
+      const { image, ran } = await flashed('sys-bookworm', { codename: 'bookworm', root: { 'var/lib/dpkg/status': dpkg('18.20.4+dfsg-1~deb12u1') } }, ['--agent', systemTree]);
+      expect(ran.code).to.equal(1);
+      expect(ran.stderr).to.match(/E_AGENT: the image's nodejs is 18\.20\.4, below the agent's minimum 20\.19\.0.*provisioning\/build-agent --arch arm64/);
+      expect(mode((await statInImage(image, ['/opt/sensor-agent'])).get('/opt/sensor-agent'))).to.equal('missing');
+    });
+
+    it('refused on an image without Node, and on a Node of another ABI than the addon', async () => {
+      const none = await flashed('sys-none', { codename: 'trixie', noNode: true }, ['--agent', systemTree]);
+      expect(none.ran.code).to.equal(1);
+      expect(none.ran.stderr).to.match(/E_AGENT: .*built with --node system.*has no \/usr\/bin\/node/);
+      const n22 = await flashed('sys-22', { codename: 'trixie', root: { 'var/lib/dpkg/status': dpkg('22.12.0-1nodesource1') } }, ['--agent', systemTree]);
+      expect(n22.ran.code).to.equal(1);
+      expect(n22.ran.stderr).to.match(/ABI 115.*22\.12\.0 \(ABI 127\).*--system-node-version 22\.12\.0/);
+    });
   });
 });

@@ -54,7 +54,8 @@ function finalLayout(uid: number, gid: number): Record<string, Owner> {
     '/var/lib/sensor-agent/keys/signing.jwk': { mode: '0600', uid, gid },
     '/var/lib/sensor-agent/state': { mode: '0700', uid, gid },
     '/var/lib/sensor-agent/enroll.token': { mode: '0600', uid, gid },
-    '/opt/sensor-agent/dist/agent/cli.js': { mode: '0644', uid: 0, gid: 0 },
+    '/opt/sensor-agent/sensor-agent.mjs': { mode: '0755', uid: 0, gid: 0 },
+    '/opt/sensor-agent/node/bin/node': { mode: '0755', uid: 0, gid: 0 },
     '/etc/systemd/system/sensor-agent.service': { mode: '0644', uid: 0, gid: 0 },
     '/usr/local/lib/sensor-agent/firstboot': { mode: '0755', uid: 0, gid: 0 },
   };
@@ -70,7 +71,8 @@ describe('deploy/flash as root: mounted root, loop devices, first boot', functio
     requireTools(this, 'REQUIRE_SYSTEMD_ANALYZE', ['systemd-sysusers']);
     work = await mkdtemp(join(tmpdir(), 'flash-root-'));
     agentDir = join(work, 'agent');
-    await makeAgentTree(agentDir);
+    // For this machine's CPU: the roots here carry a copy of its /usr/bin/env, which flash reads.
+    await makeAgentTree(agentDir, { arch: process.arch === 'arm64' ? 'arm64' : process.arch === 'arm' ? 'armv7' : 'x64' });
     bundle = await makeBundle(join(work, 'bundle'), 'sensor-0042', { keys: true });
   });
 

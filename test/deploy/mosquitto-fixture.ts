@@ -56,7 +56,7 @@ export type PortMap = ReadonlyMap<number, number>;
  * unchanged: `listener N` becomes `listener <ports[N]> 127.0.0.1`, and each
  * /etc/mosquitto/... path becomes `dir/<its base name>`.
  */
-export function testBrokerConfig(production: string, ports: PortMap, dir: string): string {
+export function testBrokerConfig(production: string, ports: PortMap, dir: string, options: { quietLog?: boolean } = {}): string {
   const seen = new Set<number>();
   const lines = production.split('\n').map((line) => {
     const listener = /^\s*listener\s+(\d+)\s*$/.exec(line);
@@ -73,11 +73,13 @@ export function testBrokerConfig(production: string, ports: PortMap, dir: string
   for (const prod of ports.keys()) {
     if (!seen.has(prod)) throw new Error(`production broker config has no 'listener ${prod}'`);
   }
-  return [...lines, '# test-only:', 'persistence false', 'log_dest stderr', 'log_type all', 'connection_messages true', ''].join('\n');
+  // quietLog: no per-message debug lines (a flood would otherwise pace the broker by how fast the test reads its pipe).
+  const logTypes = options.quietLog ? ['log_type error', 'log_type warning', 'log_type notice', 'log_type information'] : ['log_type all'];
+  return [...lines, '# test-only:', 'persistence false', 'log_dest stderr', ...logTypes, 'connection_messages true', ''].join('\n');
 }
 
 /** Starts mosquitto on a free loopback port with certificates from `pkiDir`; resolves once it accepts connections. */
-export async function startBroker(mosquitto: string, pkiDir: string, runDir: string): Promise<RunningBroker> {
+export async function startBroker(mosquitto: string, pkiDir: string, runDir: string, options: { quietLog?: boolean } = {}): Promise<RunningBroker> {
   const devicePort = await freeLoopbackPort();
   let backendPort = await freeLoopbackPort();
   while (backendPort === devicePort) backendPort = await freeLoopbackPort();
@@ -87,7 +89,7 @@ export async function startBroker(mosquitto: string, pkiDir: string, runDir: str
   const installed: Array<[string, string]> = [['ca.pem', 'sensor-ca.pem'], ['backend-ca.pem', 'sensor-backend-ca.pem'], ['broker.crt', 'broker.crt'], ['broker.key', 'broker.key']];
   for (const [from, to] of installed) await copyFile(join(pkiDir, from), join(runDir, to));
   const ports: PortMap = new Map([[8883, devicePort], [8884, backendPort]]);
-  let config = testBrokerConfig(await readFile(join(PROVISIONING_DIR, 'mosquitto/sensor-broker.conf'), 'utf8'), ports, runDir);
+  let config = testBrokerConfig(await readFile(join(PROVISIONING_DIR, 'mosquitto/sensor-broker.conf'), 'utf8'), ports, runDir, options);
   if (isRoot()) {
     const user = lookupUser('mosquitto');
     if (user === undefined) {

@@ -97,6 +97,9 @@ describe('deploy/systemd units', function () {
     for (const unit of UNITS) await copyFile(join(SYSTEMD_DIR, unit), join(unitDir, unit));
     await mkdir(join(root, 'usr/bin'), { recursive: true });
     await writeFile(join(root, 'usr/bin/node'), '#!/bin/sh\nexit 1\n', { mode: 0o755 });
+    // The agent's unit runs the agent tree's own Node (provisioning/build-agent).
+    await mkdir(join(root, 'opt/sensor-agent/node/bin'), { recursive: true });
+    await writeFile(join(root, 'opt/sensor-agent/node/bin/node'), '#!/bin/sh\nexit 1\n', { mode: 0o755 });
     await mkdir(join(root, 'usr/local/lib/sensor-agent'), { recursive: true });
     await copyFile(join(PROVISIONING_DIR, 'firstboot'), join(root, 'usr/local/lib/sensor-agent/firstboot'));
     await chmod(join(root, 'usr/local/lib/sensor-agent/firstboot'), 0o755);
@@ -147,7 +150,7 @@ describe('deploy/systemd units', function () {
     expect(typo.code).to.equal(0); // systemd only warns...
     expect(typo.stderr).to.match(/Unknown key 'ProtectHomes'/); // ...which is why stderr is checked
 
-    await writeFile(join(unitDir, 'nobin-check.service'), text.replace('ExecStart=/usr/bin/node', 'ExecStart=/usr/bin/nodejs-missing'));
+    await writeFile(join(unitDir, 'nobin-check.service'), text.replace('ExecStart=/opt/sensor-agent/node/bin/node', 'ExecStart=/opt/sensor-agent/node/bin/nodejs-missing'));
     expect((await verify('nobin-check.service')).stderr).to.match(/is not executable/);
 
     const bare = text.split('\n').filter((l) => !/^(Protect|Private|Restrict|SystemCall|CapabilityBoundingSet|NoNewPrivileges|LockPersonality|RemoveIPC|UMask|DevicePolicy|ProcSubset|KeyringMode|ReadWritePaths)/.test(l));
@@ -158,7 +161,12 @@ describe('deploy/systemd units', function () {
   it('sensor-agent.service: the agent contract (notify, restart policy, directories, umask)', async () => {
     const unit = parseUnit(await readFile(join(SYSTEMD_DIR, 'sensor-agent.service'), 'utf8'));
     // The V8 flags are the ones the tests and the benchmark run the agent with.
-    expect(only(unit, 'Service', 'ExecStart')).to.equal(`/usr/bin/node ${AGENT_NODE_FLAGS.join(' ')} /opt/sensor-agent/dist/agent/cli.js run --config /etc/sensor-agent/config.json`);
+    // It runs the shipped tree (docs/CONTRACTS.md, "Agent tree"): its Node and its one-file agent.
+    expect(only(unit, 'Service', 'ExecStart')).to.equal(`/opt/sensor-agent/node/bin/node ${AGENT_NODE_FLAGS.join(' ')} /opt/sensor-agent/sensor-agent.mjs run --config /etc/sensor-agent/config.json`);
+    expect(only(unit, 'Unit', 'ConditionFileIsExecutable')).to.equal('/opt/sensor-agent/node/bin/node');
+    // The V8 compile cache lives where the hardened unit can write (ProtectSystem=strict).
+    expect(only(unit, 'Service', 'CacheDirectory')).to.equal('sensor-agent');
+    expect(unit.get('Service')?.get('Environment') ?? []).to.include('NODE_COMPILE_CACHE=/var/cache/sensor-agent');
     expect(only(unit, 'Service', 'Type')).to.equal('notify');
     expect(only(unit, 'Service', 'NotifyAccess')).to.equal('all');
     expect(only(unit, 'Service', 'WatchdogSec')).to.match(/^\d+s$/);

@@ -22,7 +22,12 @@ import {
 import type { Party } from './keys.js';
 
 const run = promisify(execFile);
-export const AGENT_CLI = fileURLToPath(new URL('../../agent/cli.js', import.meta.url));
+/**
+ * The agent as the boards run it: the one-file bundle of the host agent tree that `npm run build`
+ * writes (provisioning/builder/host-tree.ts; the same bundle build-agent ships, with this machine's
+ * epoll addon beside it), not the tsc output in dist/.
+ */
+export const AGENT_CLI = fileURLToPath(new URL('../../../build/host/sensor-agent.mjs', import.meta.url));
 
 export interface AgentProcess {
   child: ChildProcess;
@@ -39,9 +44,12 @@ export interface AgentProcess {
 /**
  * The V8 flags systemd/sensor-agent.service runs the agent with (a deploy test checks the unit
  * carries them): a 1 MB young generation keeps the resident set small on a board at a small cost
- * in minor GCs.
+ * in minor GCs; --single-threaded runs V8's GC and compilers on the main thread (no helper
+ * threads with their stacks and malloc arenas: about 2 MB less at idle, and an agent that waits
+ * for commands has no use for concurrency). TurboFan stays on (--no-opt would save 4 MB more but
+ * doubles node-jose's open+verify time).
  */
-export const AGENT_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=1'];
+export const AGENT_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=1', '--single-threaded'];
 
 export function spawnAgent(configPath: string, extraEnv: Record<string, string> = {}): AgentProcess {
   const child = spawn(process.execPath, [...AGENT_NODE_FLAGS, AGENT_CLI, 'run', '--config', configPath], {

@@ -79,6 +79,8 @@ export interface RawJweOptions {
   header?: Record<string, unknown>;
   /** Raw protected header JSON text (replaces the built header entirely; epk is then up to the caller). */
   headerText?: string;
+  /** The AES key wrap's initial value (RFC 3394 2.2.3); default A6A6A6A6A6A6A6A6. Any other is a forgery. */
+  wrapIv?: Buffer;
 }
 
 /**
@@ -90,7 +92,7 @@ export function rawJwe(plaintext: Buffer | string, recipient: PublicJwk, options
   const epk = newP256Jwk();
   const kek = concatKdf(diffieHellman({ privateKey: createPrivateKey({ key: epk, format: 'jwk' }), publicKey: publicKeyOf(recipient) }), 'ECDH-ES+A256KW');
   const cek = randomBytes(32);
-  const wrap = createCipheriv('id-aes256-wrap', kek, WRAP_IV);
+  const wrap = createCipheriv('id-aes256-wrap', kek, options.wrapIv ?? WRAP_IV);
   const encryptedKey = Buffer.concat([wrap.update(cek), wrap.final()]);
   let headerText = options.headerText;
   if (headerText === undefined) {

@@ -9,6 +9,7 @@ import { loadConfig } from '../../agent/config.js';
 import { KeyStore } from '../../agent/keystore.js';
 import { writeBundle } from '../../server/bundle.js';
 import { initDataDir, openDataDir, type OpenedData } from '../../server/data-dir.js';
+import { AGENT_CLI } from '../helpers/agent-process.js';
 import { runServerCli } from './run-cli.js';
 import { startFixture } from './server-fixture.js';
 import { eventually } from './sim-fleet.js';
@@ -107,7 +108,7 @@ describe('provision-server bundle', function () {
       const out = join(f.dir, 'board');
       await writeBundle(f.server.data, { deviceId: 'hostkeys-1', userId: 'erin', outDir: out, keysOnHost: true, gpioBackend: 'fake' });
       const registered = f.server.data.registry.requireDevice('hostkeys-1');
-      const agent = spawn(process.execPath, [fileURLToPath(new URL('../../agent/cli.js', import.meta.url)), 'run', '--config', join(out, 'config.json')], { stdio: 'ignore' });
+      const agent = spawn(process.execPath, [AGENT_CLI, 'run', '--config', join(out, 'config.json')], { stdio: 'ignore' });
       try {
         const d = await eventually(() => {
           const x = f.server.data.registry.getDevice('hostkeys-1');

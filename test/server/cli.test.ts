@@ -7,6 +7,7 @@ import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { toJwkSet, toPublicJwk } from '../../protocol/index.js';
 import { Registry } from '../../server/registry/registry.js';
+import { SCHEMA_VERSION } from '../../server/registry/schema.js';
 import { runServerCli } from './run-cli.js';
 import { makeSimDevice, SimFleet, startEmbeddedBroker, type EmbeddedBroker } from './sim-fleet.js';
 
@@ -34,7 +35,7 @@ describe('provision-server CLI: data directory, registry, send', function () {
     expect((await stat(join(data, 'http.token'))).mode & 0o777).to.equal(0o600);
     expect(JSON.parse(await readFile(join(data, 'server.json'), 'utf8'))).to.deep.equal({ broker: { url: broker.url }, topic_prefix: 'provision' });
     const reg = Registry.open(join(data, 'registry.sqlite'));
-    expect(reg.db.pragma('user_version', { simple: true })).to.equal(1);
+    expect(reg.db.pragma('user_version', { simple: true })).to.equal(SCHEMA_VERSION);
     reg.audit('test.event', null, {});
     expect(() => reg.db.prepare("UPDATE audit SET event = 'x'").run()).to.throw(/append-only/);
     expect(() => reg.db.prepare('DELETE FROM audit').run()).to.throw(/append-only/);

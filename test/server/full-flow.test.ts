@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Registry } from '../../server/registry/registry.js';
 import { startTlsMosquitto, requireMosquittoOrSkip, type TlsMosquitto } from './mosquitto-tls.js';
+import { AGENT_CLI } from '../helpers/agent-process.js';
 import { runServerCli } from './run-cli.js';
 import { startServeProcess, type ServeProcess } from './run-serve.js';
 import { SimFleet, eventually, makeSimDevice } from './sim-fleet.js';
@@ -110,7 +111,7 @@ describe('full flow against mosquitto (TLS, client certificates), two serve inst
   });
 
   it('with the real sensor-agent process: bundle -> enroll -> confirmed -> update --wait -> rotate --wait -> delete --wait, agent exits 10', async function () {
-    const agentCli = fileURLToPath(new URL('../../agent/cli.js', import.meta.url));
+    const agentCli = AGENT_CLI;
     const agentModule = fileURLToPath(new URL('../../agent/agent.js', import.meta.url));
     if (!existsSync(agentModule)) skipBecause(this, 'the agent is not built (dist/agent/agent.js missing: npm run build)');
     const devCert = await broker.clientCert('sensor-0002');

@@ -1,5 +1,6 @@
 import { expect } from 'chai';
 import { readFile } from 'node:fs/promises';
+import { request } from 'node:http';
 import { join } from 'node:path';
 import { toPublicJwk } from '../../protocol/index.js';
 import { eventually, makeSimDevice } from './sim-fleet.js';
@@ -111,5 +112,27 @@ describe('server: HTTP API', function () {
     expect(r.status).to.equal(409);
     expect(r.body.error?.code).to.equal('E_DECOMMISSIONED');
     expect(f.server.data.registry.listCommands({ deviceId: 'http-1' })).to.have.length(before);
+  });
+  it('answers malformed request targets (bad percent-encoding, non-path targets) with 400 E_BAD_PATH, never 500', async () => {
+    /** Sends `target` verbatim (no URL normalisation by a client library). */
+    const raw = (method: string, target: string, body?: string, headers: Record<string, string> = {}): Promise<{ status: number; code: string | undefined }> =>
+      new Promise((resolve, reject) => {
+        const req = request({ host: '127.0.0.1', port: f.server.http?.port, method, path: target, headers: { authorization: `Bearer ${token}`, ...headers } }, (res) => {
+          let text = '';
+          res.on('data', (d: Buffer) => (text += d.toString()));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, code: (JSON.parse(text) as { error?: { code: string } }).error?.code }));
+        });
+        req.on('error', reject);
+        req.end(body);
+      });
+    for (const target of ['/devices/%E0%A4%A', '/devices/%', '/devices/%ZZ', '/commands/%C0%80', '/devices/http-1%FF/commands']) {
+      expect(await raw('GET', target), target).to.deep.equal({ status: 400, code: 'E_BAD_PATH' });
+    }
+    expect(await raw('POST', '/devices/%E0/commands', '{"action":"selftest"}', { 'content-type': 'application/json' })).to.deep.equal({ status: 400, code: 'E_BAD_PATH' });
+    expect(await raw('GET', '//devices')).to.deep.equal({ status: 400, code: 'E_BAD_PATH' });
+    expect(await raw('OPTIONS', '*')).to.deep.equal({ status: 400, code: 'E_BAD_PATH' });
+    expect(await raw('GET', '/devices?user_id=%E0%A4%A')).to.deep.include({ status: 200 });
+    expect(await raw('POST', '/devices/http-1/commands', '[' .repeat(30_000), { 'content-type': 'application/json' })).to.deep.equal({ status: 400, code: 'E_BAD_JSON' });
+    expect(f.server.data.registry.listCommands({ deviceId: 'http-1' }).filter((c) => c.action === 'selftest' && c.createdAt > Date.now() - 5000)).to.have.length(0);
   });
 });

@@ -39,6 +39,11 @@ export interface SimDevice {
   jtis: Set<string>;
   applied: CommandClaims[];
   behaviour: SimBehaviour;
+  /**
+   * When set, every command that opens is answered `rejected` with this code and,
+   * as by an agent before issue 10, not recorded as seen (its bytes stay valid).
+   */
+  refuseUnrecorded: string | undefined;
   provisioned: boolean;
   userId: string | undefined;
   publicSet(): JwkSet;
@@ -55,6 +60,7 @@ export async function makeSimDevice(id: string, behaviour: SimBehaviour = 'apply
     jtis: new Set(),
     applied: [],
     behaviour,
+    refuseUnrecorded: undefined,
     provisioned: false,
     userId: undefined,
     publicSet(this: SimDevice) {
@@ -149,6 +155,7 @@ export class SimFleet {
       return;
     }
     if (device.behaviour === 'silent') return;
+    if (device.refuseUnrecorded !== undefined) return this.#ack(device, claims.jti, claims.seq, 'rejected', device.refuseUnrecorded);
     device.lastSeq = claims.seq;
     device.jtis.add(claims.jti);
     if (device.behaviour === 'reject') return this.#ack(device, claims.jti, claims.seq, 'rejected', 'E_PARAMS');

@@ -1,0 +1,125 @@
+/**
+ * Refused enrollments, bounded. Anyone holding the public trust.jwks and the
+ * right to publish on one enroll topic can make enrollments that open (they
+ * are self-signed) and are then refused by the registry (unknown token): one
+ * audit row (a synced write to an append-only table) and one log line each
+ * would let a flood grow the audit log without bound and slow the server's
+ * inbound path. So per (topic device id, code) and window, the first refusal
+ * is audited and logged at once, the rest are counted and written as one
+ * summary row (`count`, window) when the window closes or the server stops.
+ * At most `maxKeys` (device, code) pairs are tracked per window; refusals
+ * beyond that are summed per code in one row without a device id.
+ */
+import type { Log } from './log.js';
+import type { Registry } from './registry/registry.js';
+
+export const ENROLL_REFUSED_EVENT = 'device.enroll.refused';
+
+export interface EnrollRefusalOptions {
+  /** Length of an aggregation window, ms (default 60 s). */
+  windowMs?: number;
+  /** Distinct (device, code) pairs tracked per window (default 1000). */
+  maxKeys?: number;
+}
+
+interface Bucket {
+  deviceId: string | null;
+  code: string;
+  since: number;
+  /** Refusals after the first (already written) one. */
+  more: number;
+  /** Whether the registry refused it (audited) or it did not even open (logged only). */
+  audited: boolean;
+  lastReason: string;
+}
+
+export class EnrollRefusals {
+  readonly #registry: Registry;
+  readonly #log: Log;
+  readonly #windowMs: number;
+  readonly #maxKeys: number;
+  readonly #buckets = new Map<string, Bucket>();
+  readonly #overflow = new Map<string, Bucket>();
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(registry: Registry, log: Log, options: EnrollRefusalOptions = {}) {
+    this.#registry = registry;
+    this.#log = log;
+    this.#windowMs = options.windowMs ?? 60_000;
+    this.#maxKeys = options.maxKeys ?? 1000;
+  }
+
+  /**
+   * One refused enrollment on `deviceId`'s topic. `audited`: the enrollment
+   * opened and the registry refused it (token); otherwise it did not open
+   * (garbage, bad signature) and is only logged, never stored.
+   */
+  refused(deviceId: string, code: string, reason: string, audited: boolean): void {
+    const now = this.#registry.now();
+    const key = `${deviceId}\u0000${code}`;
+    const bucket = this.#buckets.get(key);
+    if (bucket) {
+      bucket.more++;
+      bucket.lastReason = reason;
+      return;
+    }
+    if (this.#buckets.size >= this.#maxKeys) {
+      const over = this.#overflow.get(code) ?? { deviceId: null, code, since: now, more: 0, audited, lastReason: reason };
+      over.more++;
+      over.audited ||= audited;
+      over.lastReason = reason;
+      this.#overflow.set(code, over);
+      this.#arm();
+      return;
+    }
+    this.#buckets.set(key, { deviceId, code, since: now, more: 0, audited, lastReason: reason });
+    this.#log('warn', 'enroll.dropped', { device: deviceId, code, reason });
+    if (audited) this.#registry.audit(ENROLL_REFUSED_EVENT, deviceId, { code, reason, count: 1 });
+    this.#arm();
+  }
+
+  /** Writes the summaries of windows that have closed (all of them with `all`). */
+  flush(all = false): void {
+    const now = this.#registry.now();
+    for (const [key, b] of this.#buckets) {
+      if (!all && now - b.since < this.#windowMs) continue;
+      this.#buckets.delete(key);
+      this.#summary(b, now);
+    }
+    for (const [code, b] of this.#overflow) {
+      if (!all && now - b.since < this.#windowMs) continue;
+      this.#overflow.delete(code);
+      this.#summary(b, now);
+    }
+    if (this.#buckets.size === 0 && this.#overflow.size === 0 && this.#timer) {
+      clearInterval(this.#timer);
+      this.#timer = undefined;
+    }
+  }
+
+  /** Flushes everything and stops the timer (server shutdown). */
+  close(): void {
+    this.flush(true);
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = undefined;
+  }
+
+  #summary(b: Bucket, now: number): void {
+    if (b.more === 0) return;
+    const detail = { code: b.code, count: b.more, window_start: new Date(b.since).toISOString(), window_end: new Date(now).toISOString(), last_reason: b.lastReason };
+    this.#log('warn', 'enroll.dropped.summary', { device: b.deviceId ?? '*', ...detail });
+    if (b.audited && this.#registry.db.open) this.#registry.audit(ENROLL_REFUSED_EVENT, b.deviceId, { ...detail, aggregated: true });
+  }
+
+  #arm(): void {
+    if (this.#timer) return;
+    this.#timer = setInterval(() => {
+      try {
+        this.flush();
+      } catch (err) {
+        this.#log('error', 'enroll.refusals.flush_failed', { reason: err instanceof Error ? err.message : String(err) });
+      }
+    }, Math.max(1000, Math.floor(this.#windowMs / 4)));
+    this.#timer.unref();
+  }
+}

@@ -1,0 +1,56 @@
+/**
+ * Group commit: registry writes asked for during one turn of the event loop
+ * (the concurrent sends of a fan-out or of the HTTP API) run as one batch, one
+ * IMMEDIATE transaction, so one commit (one fsync under synchronous=FULL) for
+ * the batch instead of one per command. Every caller's promise settles only
+ * after its batch committed (or failed): durability is unchanged, each caller
+ * still publishes only what is durably recorded.
+ */
+
+/** Runs a batch; returns one result per input, an Error for an input that failed alone. Throwing fails the whole batch. */
+export type BatchRunner<I, O> = (inputs: I[]) => (O | Error)[];
+
+export const DEFAULT_MAX_BATCH = 256;
+
+export class GroupCommit<I, O> {
+  readonly #run: BatchRunner<I, O>;
+  readonly #maxBatch: number;
+  #pending: { input: I; resolve: (o: O) => void; reject: (e: Error) => void }[] = [];
+  #scheduled = false;
+
+  constructor(run: BatchRunner<I, O>, maxBatch = DEFAULT_MAX_BATCH) {
+    this.#run = run;
+    this.#maxBatch = Math.max(1, maxBatch);
+  }
+
+  submit(input: I): Promise<O> {
+    return new Promise<O>((resolve, reject) => {
+      this.#pending.push({ input, resolve, reject });
+      if (!this.#scheduled) {
+        this.#scheduled = true;
+        setImmediate(() => this.#flush());
+      }
+    });
+  }
+
+  #flush(): void {
+    this.#scheduled = false;
+    while (this.#pending.length > 0) {
+      const batch = this.#pending.splice(0, this.#maxBatch);
+      let results: (O | Error)[];
+      try {
+        results = this.#run(batch.map((b) => b.input));
+        if (results.length !== batch.length) throw new Error(`group commit: ${results.length} results for ${batch.length} inputs`);
+      } catch (err) {
+        const e = err instanceof Error ? err : new Error(String(err));
+        for (const b of batch) b.reject(e);
+        continue;
+      }
+      results.forEach((r, i) => {
+        const b = batch[i] as (typeof batch)[number];
+        if (r instanceof Error) b.reject(r);
+        else b.resolve(r);
+      });
+    }
+  }
+}
