@@ -12,6 +12,9 @@
  *   enrollment; without, E_STATE_LOST (exit 2);
  * - no keys, enrollment token: generates keys and enrolls;
  * - not provisioned and a token: enrolls (generating keys if absent);
+ * - decommissioned and a token: new keys (whatever keys are left) and a fresh
+ *   state, then enrolls; keys that cannot be replaced (systemd credentials):
+ *   E_KEYSTORE_READONLY (exit 2);
  * - no keys and no token: E_NOT_ENROLLED (exit 2), or exit 10 if decommissioned;
  * - decommissioned and no token: finishes the wipe if a crash interrupted it, exit 10.
  */
@@ -26,6 +29,7 @@ import { loadConfig, type AgentConfig } from './config.js';
 import { Enrollment, readEnrollmentToken, type EnrollmentOptions } from './enrollment.js';
 import { createBoardIo, type BoardIo, type FakeGpioBackend } from './gpio/index.js';
 import { KeyStore } from './keystore.js';
+import { isKeyStoreError } from './keystore-errors.js';
 import { createLogger, type Logger } from './log.js';
 import { MqttSession, type BackoffOptions, type RetryInfo } from './mqtt-session.js';
 import { Pipeline, type CommandEvent, type FollowUp } from './pipeline.js';
@@ -116,6 +120,10 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
   #enrollment: Enrollment | undefined;
   #notifier: SystemdNotifier | undefined;
   #follow: Promise<void> = Promise.resolve();
+  /** Settles when the command being processed (pipeline.handle) is done; see #onMessage. */
+  #handling: Promise<void> = Promise.resolve();
+  /** Messages in #onMessage (the one processed and those waiting behind it). */
+  #queued = 0;
   #stopPromise: Promise<void> | undefined;
   #exitStatus = EXIT_OK;
   #busySince = 0;
@@ -167,14 +175,25 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
     }
     const enrolling = token !== undefined && (!st.provisioned || !keystore.hasKeys() || stateLost);
     if (enrolling) {
-      let fresh = st.decommissioned || (st.provisioned && !keystore.hasKeys());
-      if (!keystore.hasKeys() || stateLost) {
-        if (stateLost) log.warn('state file missing for keys already in use: replacing the keys and enrolling again', { state: store.path, keystore: config.keystore });
-        const keys = await keystore.generate({ force: true });
-        log.info('device keys generated for enrollment', { kids: keys.keys.map((k) => k.kid).join(',') });
-        fresh = true;
-      }
+      // A new identity (new keys, fresh state) when there are no keys, when the keys' state is gone, and
+      // for a decommissioned board: its old keys can still be there (a power cut during delete after the
+      // state save, before the wipe; keys from systemd credentials, which the wipe cannot remove). The
+      // state is reset to seq 0, so the old keys must go with it: otherwise the broker's redelivery of an
+      // un-acked delete, or any command captured under them, would apply again. Keeping the old keys with
+      // their seq floor instead would refuse those, but also every command of a server that counts this
+      // device's seq from 1 again; new keys are safe either way. Keys that cannot be replaced (systemd
+      // credentials) are refused (E_KEYSTORE_READONLY, exit 2) before anything changes.
+      const fresh = st.decommissioned || !keystore.hasKeys() || stateLost;
       if (fresh) {
+        if (stateLost) log.warn('state file missing for keys already in use: replacing the keys and enrolling again', { state: store.path, keystore: config.keystore });
+        else if (st.decommissioned && keystore.hasKeys()) log.warn('decommissioned board with a new enrollment token: replacing the keys left from before the decommissioning', { keystore: config.keystore });
+        const keys = await keystore.generate({ force: true }).catch((err: unknown) => {
+          if (isKeyStoreError(err) && err.code === 'E_KEYSTORE_READONLY') {
+            throw new AgentStartError(err.code, `enrolling again needs new device keys (the old ones must never be used with a reset replay state), but ${err.message}`, EXIT_USAGE);
+          }
+          throw err;
+        });
+        log.info('device keys generated for enrollment', { kids: keys.keys.map((k) => k.kid).join(',') });
         // New identity: commands sealed to the old keys cannot open, and the server may count seq from 1 again.
         await store.save({ ...initialState(config.device_id), keys: { signing: keystore.signingKey?.kid ?? null, encryption: keystore.encryptionKey?.kid ?? null, previous_encryption: null } });
       }
@@ -274,21 +293,38 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
     this.emit('ready');
   }
 
+  /**
+   * One command at a time, across connections: mqtt.js hands over the next message of a connection only
+   * after the previous one's PUBACK, but after a reconnect the broker redelivers a command still being
+   * processed (no PUBACK yet) on the new connection at once. That copy waits here for the first one to
+   * be saved, then finds its jti in the recent window and is answered as a duplicate, never applied twice.
+   */
   async #onMessage(topic: string, payload: Buffer): Promise<void> {
-    await this.#follow;
-    this.#busySince = Date.now();
-    let follow: FollowUp | undefined;
+    const previous = this.#handling;
+    let release!: () => void;
+    this.#handling = new Promise<void>((r) => (release = r));
+    this.#queued += 1;
     try {
-      follow = await this.#pipeline.handle(topic, payload);
+      if (this.#queued > 1) this.log.info('command received while another is processed: it waits for the command in progress');
+      await previous;
+      await this.#follow;
+      this.#busySince = Date.now();
+      let follow: FollowUp | undefined;
+      try {
+        follow = await this.#pipeline.handle(topic, payload);
+      } finally {
+        this.#busySince = 0;
+      }
+      if (follow) {
+        const run = follow;
+        // After the PUBACK (sent when this resolves).
+        this.#follow = new Promise<void>((r) => setImmediate(r))
+          .then(run)
+          .catch((err: unknown) => this.log.error('after-ack work failed', { reason: (err as Error).message }));
+      }
     } finally {
-      this.#busySince = 0;
-    }
-    if (follow) {
-      const run = follow;
-      // After the PUBACK (sent when this resolves).
-      this.#follow = new Promise<void>((r) => setImmediate(r))
-        .then(run)
-        .catch((err: unknown) => this.log.error('after-ack work failed', { reason: (err as Error).message }));
+      this.#queued -= 1;
+      release();
     }
   }
 

@@ -9,7 +9,9 @@
  * start, a marker whose new signing key is in the store means the rotation
  * finished (the state is completed and the redelivered command re-acked with
  * the stored ack); otherwise the redelivered command redoes the rotation,
- * keeping the original encryption key as the previous one.
+ * keeping the original encryption key as the previous one, or, when the
+ * redelivery is refused (e.g. expired by then), the rotation is undone
+ * (`undoRotationKeys`): the original encryption key is current again.
  */
 import {
   generateEncryptionKey,
@@ -95,7 +97,7 @@ export async function resumeRotation(rt: AgentRuntime): Promise<{ jti: string; t
   const marker = rt.store.state.pending_rotation;
   if (!marker) return undefined;
   if (rt.keystore.signingKey?.kid !== marker.new_signing_kid) {
-    rt.log.warn('a rotation was interrupted before its keys were written; it is redone when the command is redelivered', { jti: marker.jti });
+    rt.log.warn('a rotation was interrupted before its keys were written; it is redone when the command is redelivered (undone if it is refused then)', { jti: marker.jti });
     return undefined;
   }
   await rt.store.update((d) => {
@@ -104,4 +106,27 @@ export async function resumeRotation(rt: AgentRuntime): Promise<{ jti: string; t
   });
   rt.log.info('completed a rotation interrupted after its keys were written', { jti: marker.jti });
   return { jti: marker.jti, token: marker.ack };
+}
+
+/**
+ * A refused command (e.g. E_EXPIRED after a long power cut) whose jti is the
+ * pending rotation's: the rotation is never redone, so its half-written keys
+ * are undone. The original encryption key (kept as `encryption.previous`) is
+ * made current again and the copy as previous removed; the signing key is
+ * written last by a rotation, so an interrupted one never replaced it. The
+ * caller clears the marker in the same state write that records the refusal
+ * (a crash before it: the redelivery is refused again and this runs again).
+ * Without this, the next rotate would keep the orphaned key as "original".
+ */
+export async function undoRotationKeys(rt: AgentRuntime, marker: PendingRotation): Promise<void> {
+  const ks = rt.keystore;
+  const original = [ks.encryptionKey, ks.previousEncryptionKey].find((k) => k?.kid === marker.old_encryption_kid);
+  if (!original) {
+    rt.log.error('interrupted rotation refused, but its original encryption key is not in the key store; keys left as they are', { jti: marker.jti, kid: marker.old_encryption_kid });
+    return;
+  }
+  if (ks.encryptionKey?.kid !== original.kid) await ks.write('encryption', original);
+  if (ks.previousEncryptionKey?.kid === original.kid) await ks.remove('encryption.previous');
+  await rt.refreshDecryption();
+  rt.log.warn('interrupted rotation undone: its command was refused; the original encryption key is current again', { jti: marker.jti, kid: original.kid });
 }

@@ -13,7 +13,7 @@
 import { EventEmitter } from 'node:events';
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import type { Logger } from './log.js';
-import { capInboundPackets, MAX_INBOUND_PACKET_BYTES } from './packet-cap.js';
+import { capInboundPackets, MAX_INBOUND_PACKET_BYTES, stopReading } from './packet-cap.js';
 
 export interface SessionBroker {
   url: string;
@@ -208,7 +208,7 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
         this.#lastError = `the broker sent an MQTT packet of ${declared} bytes (cap ${MAX_INBOUND_PACKET_BYTES})`;
         log.error('oversized MQTT packet refused before buffering it; connection dropped, reconnecting', { broker: b.url, declared_bytes: declared, cap_bytes: MAX_INBOUND_PACKET_BYTES });
         // Read no more, let the commands already parsed finish (their PUBACKs go out), then drop.
-        stream.pause();
+        stopReading(stream);
         void this.#settled().then(() => stream.destroy());
       });
       return client;
@@ -217,7 +217,10 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
     client.handleMessage = (packet: IPublishPacket, callback: (err?: Error) => void): void => {
       const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
       const work = this.options.onMessage(packet.topic, payload, packet);
-      this.#inFlight = work.catch(() => undefined);
+      // Chained, not replaced: after a reconnect a message can arrive while one from the previous
+      // connection is still in flight, and drain/stop/#settled must wait for both.
+      const settled = work.catch(() => undefined);
+      this.#inFlight = Promise.all([this.#inFlight, settled]).then(() => undefined);
       work.then(
         () => callback(),
         (err: unknown) => {

@@ -66,3 +66,15 @@ export function capInboundPackets(stream: Duplex, maxBytes: number, onOversize: 
   };
   stream.on('data', watch);
 }
+
+/**
+ * Stops feeding `stream` to the parser it is piped into (mqtt.js's), for good: after an oversized packet.
+ * `pause()` alone is not enough: when the pipe was waiting for the parser to drain (it is busy with a
+ * command until that command's PUBACK), the pipe's drain handler calls `resume()` and the rest of the
+ * oversized packet flows into the parser. Unpiped first, nothing resumes it; what the parser already
+ * holds (the commands parsed before) is still processed.
+ */
+export function stopReading(stream: Duplex): void {
+  stream.unpipe();
+  stream.pause();
+}

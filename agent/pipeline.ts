@@ -15,6 +15,7 @@
  * with its original status and code, never applied.
  */
 import { checkReplay, isProtocolError, openCommand, type CommandClaims, type OpenedCommand } from '../protocol/index.js';
+import { undoRotationKeys } from './apply-rotate.js';
 import { runHook } from './hooks.js';
 import { ActionRefused, type ApplyFn, type Outcome } from './outcome.js';
 import type { AgentRuntime } from './runtime.js';
@@ -165,10 +166,19 @@ export class Pipeline {
    */
   async #reject(jti: string, seq: number, action: string, code: string, detail: string, record: boolean): Promise<FollowUp | undefined> {
     const rt = this.rt;
-    if (record) {
+    // A rotation interrupted between its key writes whose command is refused now is never redone: undone.
+    const rotation = rt.store.state.pending_rotation?.jti === jti ? rt.store.state.pending_rotation : null;
+    if (rotation) await undoRotationKeys(rt, rotation);
+    if (record || rotation) {
       const rec: RecentCommand = { jti, seq, action, status: 'rejected', code, detail, at: Math.floor(Date.now() / 1000) };
-      await rt.store.update((d) => recordRefusal(d, rec));
-      await rt.afterPersist?.(action);
+      await rt.store.update((d) => {
+        if (record) recordRefusal(d, rec);
+        if (rotation) {
+          d.pending_rotation = null;
+          d.keys.previous_encryption = rt.keystore.previousEncryptionKey?.kid ?? null;
+        }
+      });
+      if (record) await rt.afterPersist?.(action);
     }
     this.onCommand({ jti, seq, action, status: 'rejected', code, detail, duplicate: false });
     if (!rt.keystore.signingKey) return undefined;

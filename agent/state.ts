@@ -219,10 +219,20 @@ async function checkStateDir(dir: string): Promise<void> {
     if (errnoCode(err) !== 'ENOENT') throw new StateError(dir, `cannot inspect the state directory ${dir}: ${(err as Error).message}`, { cause: err });
     try {
       await makeDirectories(dir, 0o700);
-      await chmod(dir, 0o700);
-      return;
     } catch (cause) {
       throw new StateError(dir, `cannot create the state directory ${dir}: ${(cause as Error).message}`, { cause });
+    }
+    // Checked like one found: makeDirectories accepts a path that appeared since the lstat above (EEXIST),
+    // which can be another user's directory or a symlink planted in that moment.
+    try {
+      st = await lstat(dir);
+    } catch (cause) {
+      throw new StateError(dir, `cannot inspect the state directory ${dir}: ${(cause as Error).message}`, { cause });
+    }
+    if (st.isDirectory() && st.uid === process.getuid?.() && (st.mode & 0o777) !== 0o700 && (st.mode & 0o077) === 0) {
+      // Ours, made with mode 0700 less the umask: owner bits back (never group/other bits added).
+      await chmod(dir, 0o700).catch(() => undefined);
+      st = await lstat(dir);
     }
   }
   if (st.isSymbolicLink()) {

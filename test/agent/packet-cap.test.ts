@@ -5,8 +5,8 @@
  * encoding, trips it exactly once with the declared size.
  */
 import { expect } from 'chai';
-import { PassThrough } from 'node:stream';
-import { capInboundPackets, MAX_INBOUND_PACKET_BYTES } from '../../agent/packet-cap.js';
+import { PassThrough, Writable } from 'node:stream';
+import { capInboundPackets, MAX_INBOUND_PACKET_BYTES, stopReading } from '../../agent/packet-cap.js';
 
 function remainingLength(n: number): number[] {
   const out: number[] = [];
@@ -58,5 +58,56 @@ describe('agent packet cap: fixed-header framing', function () {
     s.resume();
     await feed(s, Buffer.from([0x30, 0xff, 0xff, 0xff, 0xff, 0x01]), 1);
     expect(trips).to.have.length(1);
+  });
+});
+
+describe('agent packet cap: stopping the read after an oversized packet', function () {
+  it('no more bytes reach the piped parser, also after it drains what it had (pipe would resume a paused source)', async function () {
+    const src = new PassThrough();
+    const received: Buffer[] = [];
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    let first = true;
+    // The parser side, busy with a command (as mqtt.js is until a command's PUBACK): a small buffer that fills.
+    const dest = new Writable({
+      highWaterMark: 1024,
+      write(chunk: Buffer, _enc, done) {
+        received.push(chunk);
+        if (first) {
+          first = false;
+          void held.then(() => done());
+        } else done();
+      },
+    });
+    // Bytes the pipe hands to the parser side.
+    let handed = 0;
+    const write = dest.write.bind(dest);
+    dest.write = ((chunk: Buffer, ...rest: []) => {
+      handed += chunk.length;
+      return write(chunk, ...rest);
+    }) as typeof dest.write;
+    src.pipe(dest);
+    let tripped = false;
+    const fed = (): number => handed;
+    let fedAtTrip = 0;
+    capInboundPackets(src, 1024, () => {
+      tripped = true;
+      fedAtTrip = fed();
+      stopReading(src);
+    });
+    src.write(packet(10)); // the command being processed
+    // An oversized publish starts, in one socket read bigger than the parser's buffer (the pipe then waits
+    // for its drain), and its body keeps coming.
+    src.write(Buffer.concat([Buffer.from([0x30, ...remainingLength(1 << 20)]), Buffer.alloc(4096, 0x62)]));
+    for (let i = 0; i < 64; i++) src.write(Buffer.alloc(1024, 0x62));
+    await new Promise((r) => setImmediate(r));
+    expect(tripped).to.equal(true);
+    // The command finishes: the parser drains what it had buffered.
+    release();
+    await new Promise<void>((r) => (dest.writableNeedDrain ? dest.once('drain', () => r()) : r()));
+    for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+    expect(dest.writableLength, 'parser drained').to.equal(0);
+    expect(received.reduce((n, b) => n + b.length, 0)).to.equal(handed);
+    expect(fed() - fedAtTrip, 'bytes fed to the parser after the trip').to.equal(0);
   });
 });

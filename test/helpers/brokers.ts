@@ -14,7 +14,7 @@ import { createConnection, createServer, type AddressInfo, type Server } from 'n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { Aedes } from 'aedes';
+import { Aedes, type Client } from 'aedes';
 
 const run = promisify(execFile);
 
@@ -24,6 +24,12 @@ export interface AedesBroker {
   url: string;
   port: number;
   stop(): Promise<void>;
+  /**
+   * Cuts the connection of `clientId` at the broker's side, as a network loss would (the persistent
+   * session and its unacknowledged QoS 1 messages stay, redelivered at the reconnect). False when
+   * that client is not connected.
+   */
+  dropClient(clientId: string): boolean;
 }
 
 export async function freePort(): Promise<number> {
@@ -40,6 +46,11 @@ export async function freePort(): Promise<number> {
 /** aedes on a free loopback port (or `port`). */
 export async function startAedes(options: { port?: number } = {}): Promise<AedesBroker> {
   const broker = await Aedes.createBroker();
+  const connected = new Map<string, Client>();
+  broker.on('client', (c) => connected.set(c.id, c));
+  broker.on('clientDisconnect', (c) => {
+    if (connected.get(c.id) === c) connected.delete(c.id);
+  });
   const server: Server = createServer(broker.handle);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -50,6 +61,12 @@ export async function startAedes(options: { port?: number } = {}): Promise<Aedes
   return {
     url: `mqtt://127.0.0.1:${port}`,
     port,
+    dropClient: (clientId) => {
+      const client = connected.get(clientId);
+      if (!client) return false;
+      client.conn.destroy();
+      return true;
+    },
     stop: async () => {
       if (stopped) return;
       stopped = true;
