@@ -30,6 +30,7 @@ import { createLogger, type Logger } from './log.js';
 import { MqttSession, type BackoffOptions, type RetryInfo } from './mqtt-session.js';
 import { Pipeline, type CommandEvent, type FollowUp } from './pipeline.js';
 import { AgentRuntime } from './runtime.js';
+import { IdleCollector } from './idle-gc.js';
 import { initialState, stateLossAdvice, StateStore, type StateStoreOptions } from './state.js';
 import { createSystemdNotifier, type SystemdNotifier } from './systemd-notify.js';
 import { loadTrustAnchors } from './trust.js';
@@ -121,6 +122,8 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
   #busySince = 0;
   #clockTimer: NodeJS.Timeout | undefined;
   #resume: (() => Promise<void>) | undefined;
+  /** A full GC once the agent is quiet after start-up or a command (agent/idle-gc.ts). */
+  readonly #idleGc = new IdleCollector();
 
   constructor(
     private readonly config: AgentConfig,
@@ -258,6 +261,7 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
       this.#resume = undefined;
       this.#follow = this.#follow.then(resume).catch((err: unknown) => log.error('broker change could not be resumed', { reason: (err as Error).message }));
     }
+    this.#idleGc.poke();
   }
 
   #connectedStatus(): void {
@@ -272,6 +276,7 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
       this.emit('enrolling');
     }
     this.emit('ready');
+    this.#idleGc.poke();
   }
 
   async #onMessage(topic: string, payload: Buffer): Promise<void> {
@@ -288,8 +293,10 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
       // After the PUBACK (sent when this resolves).
       this.#follow = new Promise<void>((r) => setImmediate(r))
         .then(run)
-        .catch((err: unknown) => this.log.error('after-ack work failed', { reason: (err as Error).message }));
+        .catch((err: unknown) => this.log.error('after-ack work failed', { reason: (err as Error).message }))
+        .finally(() => this.#idleGc.poke());
     }
+    this.#idleGc.poke();
   }
 
   async #onProvisioned(userId: string): Promise<void> {
@@ -349,6 +356,7 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
     const rt = this.#rt;
     rt.markStopping();
     clearInterval(this.#clockTimer);
+    this.#idleGc.stop();
     this.#notifier?.stopping();
     this.#enrollment?.stop();
     await rt.session.drain();

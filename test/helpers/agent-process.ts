@@ -51,8 +51,10 @@ export interface AgentProcess {
  * binary is what a JIT touches first), and no executable memory is written at run time. The agent
  * is idle nearly all the time and its cryptography is node:crypto's (native): an open+verify takes
  * under 1 ms without a JIT here, a few ms on a Pi core, against one command now and then.
+ * --expose-gc lets the agent run one full GC when it goes quiet after start-up or a command
+ * (agent/idle-gc.ts): about 2 MB of start-up garbage V8 would otherwise keep for hours.
  */
-export const AGENT_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=1', '--single-threaded', '--jitless'];
+export const AGENT_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=1', '--single-threaded', '--jitless', '--expose-gc'];
 
 /**
  * The environment the unit sets for the agent besides its paths (the deploy test checks it carries
