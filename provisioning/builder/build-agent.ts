@@ -12,6 +12,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { readElfMachine } from '../flasher/agent-tree.js';
 import { runTool, whichTool } from '../flasher/run-tool.js';
+import { NODE_LIB_DIR_REL, shipNodeLibraries } from './node-libs.js';
 import { buildEpoll } from './addon.js';
 import { ADDON_REL, BUNDLE_FILE, bundleAgent } from './bundle-agent.js';
 import { BuildError, isBuildError } from './errors.js';
@@ -221,6 +222,8 @@ export async function buildAgentTree(o: BuildOptions): Promise<{ info: BuildInfo
       if (whichTool(strip) !== undefined && (await runTool(strip, [join(tmp, NODE_BIN_REL)])).code === 0) nodeInfo.stripped = 'yes';
       if (node.license) await copyFile(node.license, join(tmp, 'node/LICENSE'));
       nodeInfo.path = NODE_BIN_REL;
+      const libs = await shipNodeLibraries(tmp, join(tmp, NODE_BIN_REL), o.arch, hostTarget());
+      if (libs.length > 0) nodeInfo.libs = libs.map((l) => `${NODE_LIB_DIR_REL}/${l}`).join(' ');
     } else {
       nodeInfo.path = SYSTEM_NODE;
     }

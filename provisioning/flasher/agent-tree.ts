@@ -153,7 +153,7 @@ export async function readAgentTree(agentDir: string): Promise<AgentTree> {
       const parent = posix.dirname(rel);
       if (parent !== '.') addDir(parent);
       entries.push({ rel, kind: 'file', mode: (st.mode & 0o111) !== 0 ? 0o755 : 0o644, from: abs });
-      if (rel.endsWith('.node') || rel === 'node/bin/node') {
+      if (rel.endsWith('.node') || rel === 'node/bin/node' || rel.startsWith('node/lib/')) {
         const machine = await readElfMachine(abs);
         machines.set(rel, machine);
         if (rel.endsWith('.node')) addons.push({ rel, machine });
