@@ -4,7 +4,7 @@
  * megabytes of garbage in V8's old generation, and an idle agent allocates so little that V8
  * would not collect it for a long time (its memory reducer waits for a low allocation rate it
  * measures only at GCs): the board would carry it for hours. One major GC at idle returns
- * about 2 MB (issue 9). Needs `gc`, which Node exposes with --expose-gc (AGENT_NODE_FLAGS, the
+ * about 2 MB when the compile cache is cold (a first boot), a few hundred KB with it warm (issue 9). Needs `gc`, which Node exposes with --expose-gc (AGENT_NODE_FLAGS, the
  * unit's ExecStart); without it this does nothing.
  */
 export const IDLE_GC_DELAY_MS = 1000;
