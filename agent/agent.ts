@@ -34,6 +34,7 @@ import { createLogger, type Logger } from './log.js';
 import { MqttSession, type BackoffOptions, type RetryInfo } from './mqtt-session.js';
 import { Pipeline, type CommandEvent, type FollowUp } from './pipeline.js';
 import { AgentRuntime } from './runtime.js';
+import { IdleCollector } from './idle-gc.js';
 import { initialState, stateLossAdvice, StateStore, type StateStoreOptions } from './state.js';
 import { createSystemdNotifier, type SystemdNotifier } from './systemd-notify.js';
 import { loadTrustAnchors } from './trust.js';
@@ -129,6 +130,8 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
   #busySince = 0;
   #clockTimer: NodeJS.Timeout | undefined;
   #resume: (() => Promise<void>) | undefined;
+  /** A full GC once the agent is quiet after start-up or a command (agent/idle-gc.ts). */
+  readonly #idleGc = new IdleCollector();
 
   constructor(
     private readonly config: AgentConfig,
@@ -277,6 +280,7 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
       this.#resume = undefined;
       this.#follow = this.#follow.then(resume).catch((err: unknown) => log.error('broker change could not be resumed', { reason: (err as Error).message }));
     }
+    this.#idleGc.poke();
   }
 
   #connectedStatus(): void {
@@ -291,6 +295,7 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
       this.emit('enrolling');
     }
     this.emit('ready');
+    this.#idleGc.poke();
   }
 
   /**
@@ -320,12 +325,14 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
         // After the PUBACK (sent when this resolves).
         this.#follow = new Promise<void>((r) => setImmediate(r))
           .then(run)
-          .catch((err: unknown) => this.log.error('after-ack work failed', { reason: (err as Error).message }));
+          .catch((err: unknown) => this.log.error('after-ack work failed', { reason: (err as Error).message }))
+          .finally(() => this.#idleGc.poke());
       }
     } finally {
       this.#queued -= 1;
       release();
     }
+    this.#idleGc.poke();
   }
 
   async #onProvisioned(userId: string): Promise<void> {
@@ -385,6 +392,7 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
     const rt = this.#rt;
     rt.markStopping();
     clearInterval(this.#clockTimer);
+    this.#idleGc.stop();
     this.#notifier?.stopping();
     this.#enrollment?.stop();
     await rt.session.drain();

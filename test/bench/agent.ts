@@ -3,10 +3,15 @@
  * the same run: resident memory when idle (connected, subscribed, provisioned)
  * vs `node -e "setInterval(() => {}, 1e9)"`; time from process start to
  * subscribed (seen by mosquitto) vs time from process start to a bare node's
- * first output.
+ * first output. The agent runs as the unit runs it: the same flags and environment
+ * (AGENT_NODE_FLAGS, AGENT_NODE_ENV) and a V8 compile cache directory kept
+ * between its starts (NODE_COMPILE_CACHE, Node >= 22.1): the first start fills
+ * it (reported as start_first_ms), the later ones read it.
  */
 import { spawn } from 'node:child_process';
-import { rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { KeyStore } from '../../agent/keystore.js';
 import { toPublicJwk, type PrivateJwk } from '../../protocol/index.js';
 import { makeDevice } from '../agent/agent-fixture.js';
@@ -16,10 +21,14 @@ import { startMosquittoProcess } from '../helpers/mosquitto-process.js';
 
 export interface AgentFigures {
   runs: number;
+  /** The Node.js version that ran the agent and the bare node. */
+  node: string;
   idle_rss_mb: number;
   bare_node_idle_rss_mb: number;
   rss_ratio: number;
   start_to_subscribed_ms: number;
+  /** The first start, with the compile cache still empty (as at a board's first boot). */
+  start_first_ms: number;
   bare_node_start_ms: number;
   start_ratio: number;
 }
@@ -30,17 +39,25 @@ const median = (xs: number[]): number => {
   return s[Math.floor(s.length / 2)] as number;
 };
 
-async function bareNodeStartMs(): Promise<number> {
+async function nodeVersion(node: string): Promise<string> {
+  const child = spawn(node, ['--version'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  let out = '';
+  child.stdout.on('data', (b: Buffer) => (out += b.toString('utf8')));
+  await new Promise((r) => child.once('exit', r));
+  return out.trim();
+}
+
+async function bareNodeStartMs(node: string): Promise<number> {
   const t0 = performance.now();
-  const child = spawn(process.execPath, ['-e', 'process.stdout.write("up")'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const child = spawn(node, ['-e', 'process.stdout.write("up")'], { stdio: ['ignore', 'pipe', 'ignore'] });
   await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
   const ms = performance.now() - t0;
   await new Promise((r) => child.once('exit', r));
   return ms;
 }
 
-async function bareNodeIdleRss(settleMs: number): Promise<number> {
-  const child = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1e9)'], { stdio: 'ignore' });
+async function bareNodeIdleRss(node: string, settleMs: number): Promise<number> {
+  const child = spawn(node, ['-e', 'setInterval(() => {}, 1e9)'], { stdio: 'ignore' });
   await sleep(settleMs);
   const rss = await rssOf(child.pid ?? -1);
   child.kill('SIGKILL');
@@ -48,7 +65,7 @@ async function bareNodeIdleRss(settleMs: number): Promise<number> {
   return rss;
 }
 
-export async function benchAgent(options: { runs: number; settleMs: number }): Promise<AgentFigures> {
+export async function benchAgent(options: { runs: number; settleMs: number; node: string }): Promise<AgentFigures> {
   const subscribedAt: { topic: string; at: number }[] = [];
   const broker = await startMosquittoProcess({
     persistence: false,
@@ -58,6 +75,7 @@ export async function benchAgent(options: { runs: number; settleMs: number }): P
     },
   });
   const server = await makeParty();
+  const compileCache = await mkdtemp(join(tmpdir(), 'bench-agent-cache-'));
   const starts: number[] = [];
   const rss: number[] = [];
   const bareStarts: number[] = [];
@@ -74,7 +92,7 @@ export async function benchAgent(options: { runs: number; settleMs: number }): P
       await sender.connect(broker.url);
       const topic = `provision/${deviceId}/command`;
       const t0 = performance.now();
-      const agent = spawnAgent(files.configPath);
+      const agent = spawnAgent(files.configPath, { NODE_COMPILE_CACHE: compileCache }, options.node);
       while (!subscribedAt.some((s) => s.topic === topic)) {
         if (!agent.running()) throw new Error(`agent exited: ${agent.output()}`);
         await sleep(2);
@@ -89,11 +107,12 @@ export async function benchAgent(options: { runs: number; settleMs: number }): P
       await agent.exited;
       await sender.close();
       await rm(files.dir, { recursive: true, force: true });
-      bareStarts.push(await bareNodeStartMs());
-      bareRss.push(await bareNodeIdleRss(options.settleMs));
+      bareStarts.push(await bareNodeStartMs(options.node));
+      bareRss.push(await bareNodeIdleRss(options.node, options.settleMs));
     }
   } finally {
     await broker.close();
+    await rm(compileCache, { recursive: true, force: true });
   }
   const mb = (b: number): number => Math.round((b / 1024 / 1024) * 10) / 10;
   const r = (x: number, d = 2): number => Math.round(x * 10 ** d) / 10 ** d;
@@ -103,10 +122,12 @@ export async function benchAgent(options: { runs: number; settleMs: number }): P
   const bareStart = median(bareStarts);
   return {
     runs: options.runs,
+    node: await nodeVersion(options.node),
     idle_rss_mb: mb(idle),
     bare_node_idle_rss_mb: mb(bareIdle),
     rss_ratio: r(idle / bareIdle),
     start_to_subscribed_ms: r(start, 1),
+    start_first_ms: r(starts[0] ?? NaN, 1),
     bare_node_start_ms: r(bareStart, 1),
     start_ratio: r(start / bareStart),
   };

@@ -17,7 +17,7 @@ import { chmod, copyFile, cp, mkdir, mkdtemp, readFile, rm, stat, writeFile } fr
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { AGENT_NODE_FLAGS } from '../helpers/agent-process.js';
+import { AGENT_NODE_ENV, AGENT_NODE_FLAGS } from '../helpers/agent-process.js';
 import { PROVISIONING_DIR, SYSTEMD_DIR } from './repo-paths.js';
 import { requireTools, toolEnv } from './tools.js';
 
@@ -167,6 +167,8 @@ describe('deploy/systemd units', function () {
     // The V8 compile cache lives where the hardened unit can write (ProtectSystem=strict).
     expect(only(unit, 'Service', 'CacheDirectory')).to.equal('sensor-agent');
     expect(unit.get('Service')?.get('Environment') ?? []).to.include('NODE_COMPILE_CACHE=/var/cache/sensor-agent');
+    // ...and so is the environment they run it with.
+    for (const [k, v] of Object.entries(AGENT_NODE_ENV)) expect(unit.get('Service')?.get('Environment') ?? []).to.include(`${k}=${v}`);
     expect(only(unit, 'Service', 'Type')).to.equal('notify');
     expect(only(unit, 'Service', 'NotifyAccess')).to.equal('all');
     expect(only(unit, 'Service', 'WatchdogSec')).to.match(/^\d+s$/);

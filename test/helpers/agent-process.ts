@@ -42,19 +42,33 @@ export interface AgentProcess {
 }
 
 /**
- * The V8 flags systemd/sensor-agent.service runs the agent with (a deploy test checks the unit
- * carries them): a 1 MB young generation keeps the resident set small on a board at a small cost
- * in minor GCs; --single-threaded runs V8's GC and compilers on the main thread (no helper
- * threads with their stacks and malloc arenas: about 2 MB less at idle, and an agent that waits
- * for commands has no use for concurrency). TurboFan stays on (--no-opt would save 4 MB more but
- * doubles node-jose's open+verify time).
+ * The Node/V8 flags systemd/sensor-agent.service runs the agent with (a deploy test checks the unit
+ * carries exactly these): a 1 MB young generation keeps the resident set small on a board at a small
+ * cost in minor GCs; --single-threaded runs V8's GC on the main thread (no helper threads with their
+ * stacks and malloc arenas: an agent that waits for commands has no use for concurrency); --jitless
+ * runs everything in V8's interpreter: no JIT compiler (Sparkplug, Maglev, TurboFan) is ever paged
+ * in or allocates code, about 5 MB less at idle on Node 26 (the compilers' machine code in the node
+ * binary is what a JIT touches first), and no executable memory is written at run time. The agent
+ * is idle nearly all the time and its cryptography is node:crypto's (native): an open+verify takes
+ * under 1 ms without a JIT here, a few ms on a Pi core, against one command now and then.
+ * --expose-gc lets the agent run one full GC when it goes quiet after start-up or a command
+ * (agent/idle-gc.ts): up to 2 MB of garbage V8 would otherwise keep for hours.
  */
-export const AGENT_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=1', '--single-threaded'];
+export const AGENT_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=1', '--single-threaded', '--jitless', '--expose-gc'];
 
-export function spawnAgent(configPath: string, extraEnv: Record<string, string> = {}): AgentProcess {
-  const child = spawn(process.execPath, [...AGENT_NODE_FLAGS, AGENT_CLI, 'run', '--config', configPath], {
+/**
+ * The environment the unit sets for the agent besides its paths (the deploy test checks it carries
+ * each): one glibc malloc arena instead of one per thread that ever allocates (libuv's pool,
+ * Node's platform threads), about 1.7 MB less at idle; the agent's allocations are few and small.
+ * (MALLOC_MMAP_THRESHOLD_=16384 with MALLOC_TRIM_THRESHOLD_=0 would return another 0.6 MB of
+ * start-up memory but costs about 60 ms of start on this machine: not taken.)
+ */
+export const AGENT_NODE_ENV: Readonly<Record<string, string>> = { MALLOC_ARENA_MAX: '1' };
+
+export function spawnAgent(configPath: string, extraEnv: Record<string, string> = {}, node: string = process.execPath): AgentProcess {
+  const child = spawn(node, [...AGENT_NODE_FLAGS, AGENT_CLI, 'run', '--config', configPath], {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, NOTIFY_SOCKET: '', ...extraEnv },
+    env: { ...process.env, ...AGENT_NODE_ENV, NOTIFY_SOCKET: '', ...extraEnv },
   });
   let out = '';
   const keep = (b: Buffer): void => {
