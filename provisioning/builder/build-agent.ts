@@ -5,16 +5,16 @@
  * Node runtime for the target (or none: the image's own), .build-info.json.
  */
 import { chmod, copyFile, lstat, mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
-import { realpathSync } from 'node:fs';
 import { arch as osArch } from 'node:os';
 import { join, resolve } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { readElfMachine } from '../flasher/agent-tree.js';
 import { runTool, whichTool } from '../flasher/run-tool.js';
 import { NODE_LIB_DIR_REL, shipNodeLibraries } from './node-libs.js';
 import { buildEpoll } from './addon.js';
 import { ADDON_REL, BUNDLE_FILE, bundleAgent } from './bundle-agent.js';
+import { runCliMain, runIfInvokedDirectly } from '../flasher/cli-main.js';
 import { BuildError, isBuildError } from './errors.js';
 import { nodeFromNpm, nodeFromTarball, systemNodeHeaders, type NodeRuntime } from './node-runtime.js';
 import {
@@ -255,7 +255,7 @@ export async function buildAgentTree(o: BuildOptions): Promise<{ info: BuildInfo
 }
 
 export async function main(argv: readonly string[]): Promise<number> {
-  try {
+  return runCliMain({ prog: PROG, command: 'provisioning/build-agent', isCliError: isBuildError }, async () => {
     const o = parseBuildArgs(argv);
     if (o === undefined) {
       process.stdout.write(USAGE);
@@ -270,27 +270,7 @@ export async function main(argv: readonly string[]): Promise<number> {
         `GPIO addon: ${r.info.addon ? `${r.info.addon.path} (${r.info.addon.elf_machine})` : 'none'}; runs on ${nodeText}\n`,
     );
     return 0;
-  } catch (err) {
-    if (isBuildError(err)) {
-      process.stderr.write(`${PROG}: ${err.code}: ${err.message}\n`);
-      if (err.code === 'E_USAGE') process.stderr.write(`Run 'provisioning/build-agent --help' for usage.\n`);
-      return err.exitCode;
-    }
-    process.stderr.write(`${PROG}: ${(err as Error).stack ?? String(err)}\n`);
-    return 1;
-  }
+  });
 }
 
-function invokedDirectly(): boolean {
-  const script = process.argv[1];
-  if (script === undefined) return false;
-  try {
-    return pathToFileURL(realpathSync(script)).href === import.meta.url;
-  } catch {
-    return false;
-  }
-}
-
-if (invokedDirectly()) {
-  process.exitCode = await main(process.argv.slice(2));
-}
+await runIfInvokedDirectly(import.meta.url, main);

@@ -3,9 +3,8 @@
  *   flash --bundle DIR (--root DIR | --image FILE) [--agent DIR]
  *         [--method auto|debugfs|loop] [--first-boot auto|firstrun|cloud-init]
  */
-import { realpathSync } from 'node:fs';
-import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
+import { runCliMain, runIfInvokedDirectly } from './cli-main.js';
 import { FlashError, isFlashError } from './errors.js';
 import { DEFAULT_AGENT_DIR, flash, type FlashOptions, type FlashReport } from './flash.js';
 
@@ -91,7 +90,7 @@ export function formatReport(r: FlashReport): string {
 }
 
 export async function main(argv: readonly string[]): Promise<number> {
-  try {
+  return runCliMain({ prog: PROG, command: 'provisioning/flash', isCliError: isFlashError }, async () => {
     const options = parseFlashArgs(argv);
     if (options === undefined) {
       process.stdout.write(USAGE);
@@ -99,27 +98,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     }
     process.stdout.write(formatReport(await flash(options)));
     return 0;
-  } catch (err) {
-    if (isFlashError(err)) {
-      process.stderr.write(`${PROG}: ${err.code}: ${err.message}\n`);
-      if (err.code === 'E_USAGE') process.stderr.write(`Run 'provisioning/flash --help' for usage.\n`);
-      return err.exitCode;
-    }
-    process.stderr.write(`${PROG}: ${(err as Error).stack ?? String(err)}\n`);
-    return 1;
-  }
+  });
 }
 
-function invokedDirectly(): boolean {
-  const script = process.argv[1];
-  if (script === undefined) return false;
-  try {
-    return pathToFileURL(realpathSync(script)).href === import.meta.url;
-  } catch {
-    return false;
-  }
-}
-
-if (invokedDirectly()) {
-  process.exitCode = await main(process.argv.slice(2));
-}
+await runIfInvokedDirectly(import.meta.url, main);
