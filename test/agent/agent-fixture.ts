@@ -24,6 +24,7 @@ import {
 import { KeyStore } from '../../agent/keystore.js';
 import type { RunningAgent } from '../../agent/agent.js';
 import { startAedes, type AedesBroker } from '../helpers/brokers.js';
+import type { AgentProcess } from '../helpers/agent-process.js';
 import { makeParty, type Party } from '../helpers/keys.js';
 
 export const SERVER_ID = 'provision-server';
@@ -294,6 +295,43 @@ export function useAedesSuite(logs: { lines: string[] }): AedesSuite {
     await suite.server?.close();
     await suite.broker?.stop();
     for (const d of suite.dirs) await removeDir(d);
+  });
+  return suite;
+}
+
+/** What a suite driving one `sensor-agent run` process over aedes shares; filled by its `before` hook. */
+export interface AgentProcessSuite {
+  broker: AedesBroker;
+  server: TestServer;
+  /** The device (host-made keys, registered with the server, log_level info). */
+  files: DeviceFiles;
+  /** The agent process a test started, if any: killed after the suite. */
+  agent: AgentProcess | undefined;
+}
+
+/**
+ * Registers the hooks of such a suite: aedes, a test server and the device
+ * `deviceId` before it; after it, the agent (if still running) killed with
+ * `stopSignal` and waited for, then everything closed and removed.
+ */
+export function useAgentProcessSuite(deviceId: string, stopSignal: NodeJS.Signals): AgentProcessSuite {
+  const suite = { agent: undefined } as AgentProcessSuite;
+  before(async function () {
+    suite.broker = await startAedes();
+    const party = await makeParty();
+    suite.server = new TestServer(party, suite.broker.url);
+    await suite.server.connect();
+    suite.files = await makeDevice({ deviceId, brokerUrl: suite.broker.url, server: party, keys: true, extra: { log_level: 'info' } });
+    await suite.server.registerFromKeystore(deviceId, suite.files.keystore);
+  });
+  after(async function () {
+    if (suite.agent?.running()) {
+      suite.agent.child.kill(stopSignal);
+      await suite.agent.exited;
+    }
+    await suite.server?.close();
+    await suite.broker?.stop();
+    if (suite.files) await removeDir(suite.files.dir);
   });
   return suite;
 }

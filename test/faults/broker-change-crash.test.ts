@@ -9,41 +9,18 @@
 import { expect } from 'chai';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { startAedes, freePort, type AedesBroker } from '../helpers/brokers.js';
+import { freePort } from '../helpers/brokers.js';
 import { spawnAgent, type AgentProcess } from '../helpers/agent-process.js';
-import { makeParty } from '../helpers/keys.js';
-import { makeDevice, readDeviceState, removeDir, TestServer, waitFor, type DeviceFiles } from '../agent/agent-fixture.js';
+import { readDeviceState, useAgentProcessSuite, waitFor } from '../agent/agent-fixture.js';
 
 const DEVICE = 'sensor-switch-crash';
 
 describe('faults: SIGKILL during a broker change rolls the whole update back', function () {
   this.timeout(60_000);
-  let broker: AedesBroker;
-  let server: TestServer;
-  let files: DeviceFiles;
-  let agent: AgentProcess | undefined;
-
-  before(async function () {
-    broker = await startAedes();
-    const party = await makeParty();
-    server = new TestServer(party, broker.url);
-    await server.connect();
-    files = await makeDevice({ deviceId: DEVICE, brokerUrl: broker.url, server: party, keys: true, extra: { log_level: 'info' } });
-    await server.registerFromKeystore(DEVICE, files.keystore);
-  });
-
-  after(async function () {
-    if (agent?.running()) {
-      agent.child.kill('SIGKILL');
-      await agent.exited;
-    }
-    await server?.close();
-    await broker?.stop();
-    if (files) await removeDir(files.dir);
-  });
+  const s = useAgentProcessSuite(DEVICE, 'SIGKILL');
 
   async function run(): Promise<AgentProcess> {
-    const a = spawnAgent(files.configPath);
+    const a = spawnAgent(s.files.configPath);
     await waitFor('the agent to subscribe', () => {
       if (!a.running()) throw new Error(`agent exited: ${a.output()}`);
       return a.output().includes('subscribed topic=');
@@ -52,36 +29,36 @@ describe('faults: SIGKILL during a broker change rolls the whole update back', f
   }
 
   it('user, settings and broker are all restored after the restart; failed E_BROKER_ROLLBACK is acked', async function () {
-    agent = await run();
-    expect((await server.command(DEVICE, 'request', {}, { userId: 'alice' })).claims.status).to.equal('applied');
-    expect((await server.command(DEVICE, 'update', { sensor: { name: 'before', sample_interval_s: 60 } })).claims.status).to.equal('applied');
-    const before = await readDeviceState(files);
+    s.agent = await run();
+    expect((await s.server.command(DEVICE, 'request', {}, { userId: 'alice' })).claims.status).to.equal('applied');
+    expect((await s.server.command(DEVICE, 'update', { sensor: { name: 'before', sample_interval_s: 60 } })).claims.status).to.equal('applied');
+    const before = await readDeviceState(s.files);
 
     const nowhere = `mqtt://127.0.0.1:${await freePort()}`;
-    const update = await server.seal(DEVICE, 'update', { user_id: 'mallory', sensor: { name: 'after', sample_interval_s: 5 }, broker: { url: nowhere }, rollback_timeout_s: 30 });
-    await server.publish(DEVICE, update.token);
-    await waitFor('the switch to start', () => agent!.output().includes('switching broker'), 10_000);
-    const mid = await readDeviceState(files);
+    const update = await s.server.seal(DEVICE, 'update', { user_id: 'mallory', sensor: { name: 'after', sample_interval_s: 5 }, broker: { url: nowhere }, rollback_timeout_s: 30 });
+    await s.server.publish(DEVICE, update.token);
+    await waitFor('the switch to start', () => s.agent!.output().includes('switching broker'), 10_000);
+    const mid = await readDeviceState(s.files);
     expect(mid.user_id).to.equal('mallory');
     expect(mid.pending_broker).to.not.equal(null);
 
-    agent.child.kill('SIGKILL');
-    expect(await agent.exited).to.equal('SIGKILL');
+    s.agent.child.kill('SIGKILL');
+    expect(await s.agent.exited).to.equal('SIGKILL');
 
     // Restart: the switch resumes, cannot reach the broker, and gives up after rollback_timeout_s; shorten it for the test.
-    const st = await readDeviceState(files);
+    const st = await readDeviceState(s.files);
     const pending = st.pending_broker as { rollback_timeout_s: number };
     pending.rollback_timeout_s = 5;
-    await writeFile(join(files.stateDir, 'state.json'), `${JSON.stringify(st, null, 1)}\n`, { mode: 0o600 });
-    agent = spawnAgent(files.configPath);
-    const ack = await server.waitAck((a) => a.claims.ref === update.jti, 30_000);
+    await writeFile(join(s.files.stateDir, 'state.json'), `${JSON.stringify(st, null, 1)}\n`, { mode: 0o600 });
+    s.agent = spawnAgent(s.files.configPath);
+    const ack = await s.server.waitAck((a) => a.claims.ref === update.jti, 30_000);
     expect([ack.claims.status, ack.claims.code]).to.deep.equal(['failed', 'E_BROKER_ROLLBACK']);
 
-    const after = await readDeviceState(files);
+    const after = await readDeviceState(s.files);
     expect(after.user_id, 'user after the rollback').to.equal('alice');
     expect(after.settings, 'settings after the rollback').to.deep.equal(before.settings);
     expect(after.pending_broker).to.equal(null);
     // Managed on the original broker again.
-    expect((await server.command(DEVICE, 'selftest')).claims.status).to.equal('applied');
+    expect((await s.server.command(DEVICE, 'selftest')).claims.status).to.equal('applied');
   });
 });

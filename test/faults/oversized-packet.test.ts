@@ -11,10 +11,8 @@ import { expect } from 'chai';
 import { readFile } from 'node:fs/promises';
 import mqtt from 'mqtt';
 import { commandTopic } from '../../protocol/index.js';
-import { startAedes, type AedesBroker } from '../helpers/brokers.js';
-import { spawnAgent, type AgentProcess } from '../helpers/agent-process.js';
-import { makeParty } from '../helpers/keys.js';
-import { makeDevice, PREFIX, removeDir, TestServer, waitFor, type DeviceFiles } from '../agent/agent-fixture.js';
+import { spawnAgent } from '../helpers/agent-process.js';
+import { PREFIX, useAgentProcessSuite, waitFor } from '../agent/agent-fixture.js';
 
 const DEVICE = 'sensor-bigpacket';
 const MB = 1024 * 1024;
@@ -27,39 +25,17 @@ async function peakRss(pid: number): Promise<number> {
 
 describe('faults: an oversized MQTT packet is refused before it is buffered', function () {
   this.timeout(90_000);
-  let broker: AedesBroker;
-  let server: TestServer;
-  let files: DeviceFiles;
-  let agent: AgentProcess | undefined;
-
-  before(async function () {
-    broker = await startAedes();
-    const party = await makeParty();
-    server = new TestServer(party, broker.url);
-    await server.connect();
-    files = await makeDevice({ deviceId: DEVICE, brokerUrl: broker.url, server: party, keys: true, extra: { log_level: 'info' } });
-    await server.registerFromKeystore(DEVICE, files.keystore);
-  });
-
-  after(async function () {
-    if (agent?.running()) {
-      agent.child.kill('SIGTERM');
-      await agent.exited;
-    }
-    await server?.close();
-    await broker?.stop();
-    if (files) await removeDir(files.dir);
-  });
+  const s = useAgentProcessSuite(DEVICE, 'SIGTERM');
 
   it('two 80 MB publishes (before and after a reconnect): peak RSS grows by < 24 MB, clear log, connection dropped and re-established, commands still applied', async function () {
-    agent = spawnAgent(files.configPath);
-    const subscriptions = (): number => agent!.output().split('\n').filter((l) => l.includes('subscribed topic=')).length;
+    s.agent = spawnAgent(s.files.configPath);
+    const subscriptions = (): number => s.agent!.output().split('\n').filter((l) => l.includes('subscribed topic=')).length;
     await waitFor('the agent to subscribe', () => subscriptions() >= 1, 20_000);
-    expect((await server.command(DEVICE, 'request', {}, { userId: 'alice' })).claims.status).to.equal('applied');
-    const before = await peakRss(agent.pid);
+    expect((await s.server.command(DEVICE, 'request', {}, { userId: 'alice' })).claims.status).to.equal('applied');
+    const before = await peakRss(s.agent.pid);
 
-    const refusals = (): number => agent!.output().split('\n').filter((l) => l.includes('oversized MQTT packet refused')).length;
-    const attacker = await mqtt.connectAsync(broker.url, { clientId: 'attacker', reconnectPeriod: 0 });
+    const refusals = (): number => s.agent!.output().split('\n').filter((l) => l.includes('oversized MQTT packet refused')).length;
+    const attacker = await mqtt.connectAsync(s.broker.url, { clientId: 'attacker', reconnectPeriod: 0 });
     await attacker.publishAsync(commandTopic(PREFIX, DEVICE), Buffer.alloc(80 * MB, 0x41), { qos: 0 });
     await waitFor('the refusal in the log', () => refusals() >= 1, 30_000);
     await waitFor('the agent to reconnect', () => subscriptions() >= 2, 30_000);
@@ -68,11 +44,11 @@ describe('faults: an oversized MQTT packet is refused before it is buffered', fu
     await attacker.endAsync();
     await waitFor('the second refusal in the log', () => refusals() >= 2, 30_000);
     await waitFor('the agent to reconnect again', () => subscriptions() >= 3, 30_000);
-    const growth = ((await peakRss(agent.pid)) - before) / MB;
+    const growth = ((await peakRss(s.agent.pid)) - before) / MB;
     process.stderr.write(`      peak RSS growth over two 80 MB publishes: ${growth.toFixed(1)} MB\n`);
     expect(growth, 'peak RSS growth (MB)').to.be.below(24);
-    expect(agent.output()).to.match(/oversized MQTT packet refused before buffering it; connection dropped, reconnecting .*declared_bytes=83886\d\d/);
-    expect(agent.running()).to.equal(true);
-    expect((await server.command(DEVICE, 'update', { sensor: { sample_interval_s: 42 } })).claims.status).to.equal('applied');
+    expect(s.agent.output()).to.match(/oversized MQTT packet refused before buffering it; connection dropped, reconnecting .*declared_bytes=83886\d\d/);
+    expect(s.agent.running()).to.equal(true);
+    expect((await s.server.command(DEVICE, 'update', { sensor: { sample_interval_s: 42 } })).claims.status).to.equal('applied');
   });
 });
