@@ -7,14 +7,13 @@
  */
 import { expect } from 'chai';
 import { generateKeyPairSync } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KeyRing, TRUSTED_CLOCK, generateEncryptionKey, generateSigningKey, openCommand, toJwkSet, toPublicJwk, type PrivateJwk } from '../../protocol/index.js';
 import { Registry } from '../../server/registry/registry.js';
-import { runServerCli } from './run-cli.js';
-import { makeSimDevice, SimFleet, startEmbeddedBroker, type EmbeddedBroker } from './sim-fleet.js';
+import { runServerCli, useInitializedDataDir } from './run-cli.js';
+import { makeSimDevice, SimFleet } from './sim-fleet.js';
 
 /** A port nothing listens on: bound, then closed. */
 async function deadPort(): Promise<number> {
@@ -34,49 +33,35 @@ async function missing(path: string): Promise<boolean> {
 
 describe('provision-server CLI: seed usage, checks before action, exit statuses', function () {
   this.timeout(90_000);
-  let dir: string;
-  let data: string;
-  let broker: EmbeddedBroker;
-
-  before(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'provision-checks-'));
-    data = join(dir, 'data');
-    broker = await startEmbeddedBroker();
-    const r = await runServerCli(['init', '--data', data, '--broker', broker.url]);
-    expect(r.code, r.stderr).to.equal(0);
-  });
-  after(async () => {
-    await broker.close();
-    await rm(dir, { recursive: true, force: true });
-  });
+  const ctx = useInitializedDataDir('provision-checks-');
 
   describe("the seed's usage", () => {
     it('send DEVICE update --user OTHER --wait re-binds the device (the seed: update sal01 1); --set user_id=8 takes a numeric id', async () => {
-      const reg = Registry.open(join(data, 'registry.sqlite'));
-      const trust = JSON.parse(await readFile(join(data, 'keys', 'trust.jwks'), 'utf8'));
-      const fleet = await SimFleet.connect(broker.url, { trust });
+      const reg = Registry.open(join(ctx.data, 'registry.sqlite'));
+      const trust = JSON.parse(await readFile(join(ctx.data, 'keys', 'trust.jwks'), 'utf8'));
+      const fleet = await SimFleet.connect(ctx.broker.url, { trust });
       try {
         const d = fleet.add(await makeSimDevice('sal01'));
         reg.addDevice({ id: 'sal01', userId: '7', origin: 'jwks', signing: toPublicJwk(d.signing), encryption: toPublicJwk(d.encryption), state: 'provisioned' });
 
-        const r = await runServerCli(['send', 'sal01', 'update', '--user', '1', '--wait', '--timeout', '10s', '--data', data]);
+        const r = await runServerCli(['send', 'sal01', 'update', '--user', '1', '--wait', '--timeout', '10s', '--data', ctx.data]);
         expect(r.code, r.stderr).to.equal(0);
         expect(JSON.parse(r.stdout)).to.include({ device_id: 'sal01', action: 'update', status: 'applied' });
         expect(d.applied[0]?.params).to.deep.equal({ user_id: '1' });
         expect(reg.requireDevice('sal01').userId).to.equal('1');
 
-        const set = await runServerCli(['send', 'sal01', 'update', '--set', 'user_id=8', '--wait', '--timeout', '10s', '--data', data]);
+        const set = await runServerCli(['send', 'sal01', 'update', '--set', 'user_id=8', '--wait', '--timeout', '10s', '--data', ctx.data]);
         expect(set.code, set.stderr).to.equal(0);
         expect(d.applied[1]?.params).to.deep.equal({ user_id: '8' });
         expect(reg.requireDevice('sal01').userId).to.equal('8');
 
         // The device's own user and nothing else to change: still refused, and nothing is sealed.
         const seqBefore = reg.requireDevice('sal01').nextSeq;
-        const same = await runServerCli(['send', 'sal01', 'update', '--user', '8', '--data', data]);
+        const same = await runServerCli(['send', 'sal01', 'update', '--user', '8', '--data', ctx.data]);
         expect(same.code).to.equal(1);
         expect(same.stderr).to.match(/E_PARAMS: params: update needs at least one setting/);
         // Two different new users at once is a usage error.
-        const both = await runServerCli(['send', 'sal01', 'update', '--user', '2', '--set', 'user_id=3', '--data', data]);
+        const both = await runServerCli(['send', 'sal01', 'update', '--user', '2', '--set', 'user_id=3', '--data', ctx.data]);
         expect(both.code).to.equal(2);
         expect(both.stderr).to.match(/E_USAGE: the user 2 and params.user_id 3 disagree/);
         expect(reg.requireDevice('sal01').nextSeq).to.equal(seqBefore);
@@ -87,19 +72,19 @@ describe('provision-server CLI: seed usage, checks before action, exit statuses'
     });
 
     it('import-legacy takes numeric user directories (the seed: user_keys/1/sal02_public.pem) as user ids', async () => {
-      const root = join(dir, 'seed');
+      const root = join(ctx.dir, 'seed');
       await mkdir(join(root, 'user_keys', '1'), { recursive: true });
       const pem = generateKeyPairSync('rsa', { modulusLength: 2048 }).publicKey.export({ type: 'spki', format: 'pem' }) as string;
       await writeFile(join(root, 'user_keys', '1', 'sal02_public.pem'), pem);
-      const r = await runServerCli(['import-legacy', root, '--data', data]);
+      const r = await runServerCli(['import-legacy', root, '--data', ctx.data]);
       expect(r.code, r.stderr).to.equal(0);
-      const reg = Registry.open(join(data, 'registry.sqlite'));
+      const reg = Registry.open(join(ctx.data, 'registry.sqlite'));
       try {
         expect(reg.requireDevice('sal02')).to.include({ userId: '1', origin: 'legacy' });
       } finally {
         reg.close();
       }
-      const list = await runServerCli(['device', 'list', '--user', '1', '--json', '--data', data]);
+      const list = await runServerCli(['device', 'list', '--user', '1', '--json', '--data', ctx.data]);
       expect(list.code, list.stderr).to.equal(0);
       expect(list.stdout).to.include('sal02');
     });
@@ -111,10 +96,10 @@ describe('provision-server CLI: seed usage, checks before action, exit statuses'
     let device: { signing: PrivateJwk; encryption: PrivateJwk };
 
     before(async () => {
-      keys = join(dir, 'srv');
+      keys = join(ctx.dir, 'srv');
       expect((await runServerCli(['keys', 'init', '--dir', keys])).code).to.equal(0);
       device = { signing: await generateSigningKey(), encryption: await generateEncryptionKey() };
-      jwks = join(dir, 'dev.jwks');
+      jwks = join(ctx.dir, 'dev.jwks');
       await writeFile(jwks, JSON.stringify(toJwkSet([toPublicJwk(device.signing), toPublicJwk(device.encryption)])));
     });
 
@@ -171,7 +156,7 @@ describe('provision-server CLI: seed usage, checks before action, exit statuses'
 
     before(async () => {
       // A data directory whose recorded broker is down.
-      offline = join(dir, 'offline');
+      offline = join(ctx.dir, 'offline');
       const r = await runServerCli(['init', '--data', offline, '--broker', `mqtt://127.0.0.1:${await deadPort()}`]);
       expect(r.code, r.stderr).to.equal(0);
       const dev = await makeSimDevice('off-1');
@@ -203,7 +188,7 @@ describe('provision-server CLI: seed usage, checks before action, exit statuses'
     });
 
     it('serve --http-token-file /nonexistent fails (exit 2) before it connects anywhere', async () => {
-      const r = await runServerCli(['serve', '--data', offline, '--http', '0', '--http-token-file', join(dir, 'nonexistent')]);
+      const r = await runServerCli(['serve', '--data', offline, '--http', '0', '--http-token-file', join(ctx.dir, 'nonexistent')]);
       expect(r.code).to.equal(2);
       expect(r.stderr).to.match(/^provision-server: E_NO_FILE: HTTP token file .*nonexistent does not exist/);
       expect(r.stderr).to.not.match(/E_BROKER/);
@@ -216,18 +201,18 @@ describe('provision-server CLI: seed usage, checks before action, exit statuses'
     });
 
     it('bundle --client-cert without --client-key (or with a missing file) exits 2 and leaves no --out', async () => {
-      const cert = join(dir, 'client.crt');
+      const cert = join(ctx.dir, 'client.crt');
       await writeFile(cert, '-----BEGIN CERTIFICATE-----\n');
-      const out = join(dir, 'bundle-a');
-      const r = await runServerCli(['bundle', '--data', data, '--device', 'bun-1', '--user', '1', '--out', out, '--client-cert', cert]);
+      const out = join(ctx.dir, 'bundle-a');
+      const r = await runServerCli(['bundle', '--data', ctx.data, '--device', 'bun-1', '--user', '1', '--out', out, '--client-cert', cert]);
       expect(r.code).to.equal(2);
       expect(r.stderr).to.match(/E_USAGE: --client-cert and --client-key go together/);
       expect(await missing(out)).to.equal(true);
-      const r2 = await runServerCli(['bundle', '--data', data, '--device', 'bun-1', '--user', '1', '--out', out, '--client-cert', cert, '--client-key', join(dir, 'absent.key')]);
+      const r2 = await runServerCli(['bundle', '--data', ctx.data, '--device', 'bun-1', '--user', '1', '--out', out, '--client-cert', cert, '--client-key', join(ctx.dir, 'absent.key')]);
       expect(r2.code).to.equal(2);
       expect(r2.stderr).to.match(/E_NO_FILE/);
       expect(await missing(out)).to.equal(true);
-      const reg = Registry.open(join(data, 'registry.sqlite'));
+      const reg = Registry.open(join(ctx.data, 'registry.sqlite'));
       try {
         expect(reg.db.prepare("SELECT count(*) AS n FROM enrollment_tokens WHERE device_id = 'bun-1'").get()).to.deep.equal({ n: 0 });
       } finally {
@@ -236,7 +221,7 @@ describe('provision-server CLI: seed usage, checks before action, exit statuses'
     });
 
     it('keys init --dir FILE and init --data FILE say so (exit 2), not E_INTERNAL; under /proc they refuse at once', async () => {
-      const file = join(dir, 'a-file');
+      const file = join(ctx.dir, 'a-file');
       await writeFile(file, 'x');
       for (const args of [['keys', 'init', '--dir', file], ['init', '--data', file], ['keys', 'init', '--dir', join(file, 'sub')]]) {
         const r = await runServerCli(args);
@@ -250,14 +235,14 @@ describe('provision-server CLI: seed usage, checks before action, exit statuses'
     });
 
     it('token create, send and device show refuse an invalid device id as bad usage (exit 2)', async () => {
-      const t = await runServerCli(['token', 'create', '--data', data, '--device', 'sensor 1/x', '--user', '1']);
+      const t = await runServerCli(['token', 'create', '--data', ctx.data, '--device', 'sensor 1/x', '--user', '1']);
       expect(t.code).to.equal(2);
       expect(t.stderr).to.match(/E_USAGE: --device "sensor 1\/x" is not a device id/);
       expect(t.stderr).to.include("Run 'provision-server token create --help' for usage.");
-      const send = await runServerCli(['send', 'sensor 1/x', 'selftest', '--data', data]);
+      const send = await runServerCli(['send', 'sensor 1/x', 'selftest', '--data', ctx.data]);
       expect(send.code).to.equal(2);
       expect(send.stderr).to.match(/E_USAGE: DEVICE "sensor 1\/x" is not a device id/);
-      const show = await runServerCli(['device', 'show', 'sensor 1/x', '--data', data]);
+      const show = await runServerCli(['device', 'show', 'sensor 1/x', '--data', ctx.data]);
       expect(show.code).to.equal(2);
     });
   });
@@ -265,8 +250,8 @@ describe('provision-server CLI: seed usage, checks before action, exit statuses'
   it("usage errors point at the subcommand's --help", async () => {
     const cases: [string[], string][] = [
       [['keys', 'init'], 'provision-server keys init --help'],
-      [['send', '--data', data], 'provision-server send --help'],
-      [['device', 'add', '--data', data], 'provision-server device add --help'],
+      [['send', '--data', ctx.data], 'provision-server send --help'],
+      [['device', 'add', '--data', ctx.data], 'provision-server device add --help'],
       [['frobnicate'], 'provision-server --help'],
     ];
     for (const [args, help] of cases) {

@@ -1,65 +1,50 @@
 import { expect } from 'chai';
 import { generateKeyPairSync } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { toJwkSet, toPublicJwk } from '../../protocol/index.js';
 import { Registry } from '../../server/registry/registry.js';
 import { SCHEMA_VERSION } from '../../server/registry/schema.js';
-import { runServerCli } from './run-cli.js';
-import { makeSimDevice, SimFleet, startEmbeddedBroker, type EmbeddedBroker } from './sim-fleet.js';
+import { runServerCli, useInitializedDataDir } from './run-cli.js';
+import { makeSimDevice, SimFleet } from './sim-fleet.js';
 
 describe('provision-server CLI: data directory, registry, send', function () {
   this.timeout(60_000);
-  let dir: string;
-  let data: string;
-  let broker: EmbeddedBroker;
-
-  before(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'provision-cli-'));
-    data = join(dir, 'data');
-    broker = await startEmbeddedBroker();
-    const r = await runServerCli(['init', '--data', data, '--broker', broker.url]);
-    expect(r.code, r.stderr).to.equal(0);
-  });
-  after(async () => {
-    await broker.close();
-    await rm(dir, { recursive: true, force: true });
-  });
+  const ctx = useInitializedDataDir('provision-cli-');
 
   it('init lays out keys, registry, server.json and a 0600 HTTP token, and refuses to run twice', async () => {
-    expect((await stat(data)).mode & 0o777).to.equal(0o700);
-    expect((await stat(join(data, 'keys', 'signing.jwk'))).mode & 0o777).to.equal(0o600);
-    expect((await stat(join(data, 'http.token'))).mode & 0o777).to.equal(0o600);
-    expect(JSON.parse(await readFile(join(data, 'server.json'), 'utf8'))).to.deep.equal({ broker: { url: broker.url }, topic_prefix: 'provision' });
-    const reg = Registry.open(join(data, 'registry.sqlite'));
+    expect((await stat(ctx.data)).mode & 0o777).to.equal(0o700);
+    expect((await stat(join(ctx.data, 'keys', 'signing.jwk'))).mode & 0o777).to.equal(0o600);
+    expect((await stat(join(ctx.data, 'http.token'))).mode & 0o777).to.equal(0o600);
+    expect(JSON.parse(await readFile(join(ctx.data, 'server.json'), 'utf8'))).to.deep.equal({ broker: { url: ctx.broker.url }, topic_prefix: 'provision' });
+    const reg = Registry.open(join(ctx.data, 'registry.sqlite'));
     expect(reg.db.pragma('user_version', { simple: true })).to.equal(SCHEMA_VERSION);
     reg.audit('test.event', null, {});
     expect(() => reg.db.prepare("UPDATE audit SET event = 'x'").run()).to.throw(/append-only/);
     expect(() => reg.db.prepare('DELETE FROM audit').run()).to.throw(/append-only/);
     reg.close();
-    const again = await runServerCli(['init', '--data', data]);
+    const again = await runServerCli(['init', '--data', ctx.data]);
     expect(again.code).to.equal(2);
     expect(again.stderr).to.match(/E_KEYS_EXIST/);
   });
 
   it('token create prints a token once and stores only its hash', async () => {
-    const r = await runServerCli(['token', 'create', '--data', data, '--device', 'tok-1', '--user', 'alice', '--ttl', '1h']);
+    const r = await runServerCli(['token', 'create', '--data', ctx.data, '--device', 'tok-1', '--user', 'alice', '--ttl', '1h']);
     expect(r.code, r.stderr).to.equal(0);
     const token = r.stdout.trim();
     expect(token).to.match(/^[A-Za-z0-9_-]{43}$/);
-    const db = await readFile(join(data, 'registry.sqlite'));
+    const db = await readFile(join(ctx.data, 'registry.sqlite'));
     expect(db.includes(Buffer.from(token))).to.equal(false);
-    const reg = Registry.open(join(data, 'registry.sqlite'));
+    const reg = Registry.open(join(ctx.data, 'registry.sqlite'));
     const row = reg.db.prepare("SELECT device_id, user_id, expires_at - created_at AS ttl FROM enrollment_tokens WHERE device_id = 'tok-1'").get();
     reg.close();
     expect(row).to.deep.equal({ device_id: 'tok-1', user_id: 'alice', ttl: 3_600_000 });
   });
 
   it('concurrent senders never reuse a seq: four registry connections in worker threads, then three send processes', async () => {
-    const reg = Registry.open(join(data, 'registry.sqlite'));
+    const reg = Registry.open(join(ctx.data, 'registry.sqlite'));
     const dev = await makeSimDevice('seq-dev');
     reg.addDevice({ id: 'seq-dev', userId: 'alice', origin: 'jwks', signing: toPublicJwk(dev.signing), encryption: toPublicJwk(dev.encryption) });
     const worker = fileURLToPath(new URL('./seq-worker.js', import.meta.url));
@@ -67,7 +52,7 @@ describe('provision-server CLI: data directory, registry, send', function () {
       [0, 1, 2, 3].map(
         () =>
           new Promise<number[]>((resolve, reject) => {
-            const w = new Worker(worker, { workerData: { path: join(data, 'registry.sqlite'), deviceId: 'seq-dev', count: 150 } });
+            const w = new Worker(worker, { workerData: { path: join(ctx.data, 'registry.sqlite'), deviceId: 'seq-dev', count: 150 } });
             w.once('message', resolve);
             w.once('error', reject);
           }),
@@ -78,7 +63,7 @@ describe('provision-server CLI: data directory, registry, send', function () {
     expect(Math.min(...all)).to.equal(1);
     expect(Math.max(...all)).to.equal(600);
 
-    const sends = await Promise.all([0, 1, 2].map(() => runServerCli(['send', 'seq-dev', 'selftest', '--data', data])));
+    const sends = await Promise.all([0, 1, 2].map(() => runServerCli(['send', 'seq-dev', 'selftest', '--data', ctx.data])));
     for (const s of sends) expect(s.code, s.stderr).to.equal(0);
     const seqs = reg.listCommands({ deviceId: 'seq-dev' }).map((c) => c.seq);
     reg.close();
@@ -88,16 +73,16 @@ describe('provision-server CLI: data directory, registry, send', function () {
   });
 
   it('send --wait prints the verified ack and exits 0 applied, 3 rejected, 4 failed, 5 timeout; nothing for a device without a key', async () => {
-    const reg = Registry.open(join(data, 'registry.sqlite'));
-    const trust = JSON.parse(await readFile(join(data, 'keys', 'trust.jwks'), 'utf8'));
-    const fleet = await SimFleet.connect(broker.url, { trust });
+    const reg = Registry.open(join(ctx.data, 'registry.sqlite'));
+    const trust = JSON.parse(await readFile(join(ctx.data, 'keys', 'trust.jwks'), 'utf8'));
+    const fleet = await SimFleet.connect(ctx.broker.url, { trust });
     try {
       const statuses = { applied: 'apply', rejected: 'reject', failed: 'fail', timeout: 'silent' } as const;
       const exits: Record<string, number | null> = {};
       for (const [name, behaviour] of Object.entries(statuses)) {
         const d = fleet.add(await makeSimDevice(`wait-${name}`, behaviour));
         reg.addDevice({ id: d.id, userId: 'alice', origin: 'jwks', signing: toPublicJwk(d.signing), encryption: toPublicJwk(d.encryption) });
-        const r = await runServerCli(['send', d.id, 'update', '--data', data, '--set', 'sensor.enabled=true', '--set', 'sensor.name=north wall', '--wait', '--timeout', '2s']);
+        const r = await runServerCli(['send', d.id, 'update', '--data', ctx.data, '--set', 'sensor.enabled=true', '--set', 'sensor.name=north wall', '--wait', '--timeout', '2s']);
         exits[name] = r.code;
         if (name !== 'timeout') expect(JSON.parse(r.stdout)).to.include({ device_id: d.id, action: 'update', status: name });
         if (name === 'applied') expect(d.applied[0]?.params).to.deep.equal({ sensor: { enabled: true, name: 'north wall' } });
@@ -105,7 +90,7 @@ describe('provision-server CLI: data directory, registry, send', function () {
       expect(exits).to.deep.equal({ applied: 0, rejected: 3, failed: 4, timeout: 5 });
 
       // A legacy device imported with no key at all cannot exist; one removed cannot be sent to.
-      const r = await runServerCli(['send', 'no-such-device', 'rotate', '--data', data]);
+      const r = await runServerCli(['send', 'no-such-device', 'rotate', '--data', ctx.data]);
       expect(r.code).to.equal(1);
       expect(r.stderr).to.match(/E_NO_DEVICE/);
     } finally {
@@ -115,9 +100,9 @@ describe('provision-server CLI: data directory, registry, send', function () {
   });
 
   it('send --user UID ACTION fans out with a summary table, exits 6 unless all applied, and --resume finishes the job', async () => {
-    const reg = Registry.open(join(data, 'registry.sqlite'));
-    const trust = JSON.parse(await readFile(join(data, 'keys', 'trust.jwks'), 'utf8'));
-    const fleet = await SimFleet.connect(broker.url, { trust });
+    const reg = Registry.open(join(ctx.data, 'registry.sqlite'));
+    const trust = JSON.parse(await readFile(join(ctx.data, 'keys', 'trust.jwks'), 'utf8'));
+    const fleet = await SimFleet.connect(ctx.broker.url, { trust });
     try {
       const behaviours = ['apply', 'apply', 'reject', 'silent'] as const;
       const devs = [];
@@ -126,7 +111,7 @@ describe('provision-server CLI: data directory, registry, send', function () {
         reg.addDevice({ id: d.id, userId: 'dora', origin: 'jwks', signing: toPublicJwk(d.signing), encryption: toPublicJwk(d.encryption) });
         devs.push(d);
       }
-      const r = await runServerCli(['send', '--user', 'dora', 'selftest', '--data', data, '--timeout', '2s']);
+      const r = await runServerCli(['send', '--user', 'dora', 'selftest', '--data', ctx.data, '--timeout', '2s']);
       expect(r.code, r.stderr).to.equal(6);
       expect(r.stdout).to.match(/applied\s+2\n/);
       expect(r.stdout).to.match(/rejected\s+1\n/);
@@ -135,7 +120,7 @@ describe('provision-server CLI: data directory, registry, send', function () {
       const id = /resume with: provision-server send --resume (\S+)/.exec(r.stdout)?.[1];
       expect(id).to.be.a('string');
       devs[3]!.behaviour = 'apply';
-      const again = await runServerCli(['send', '--resume', id as string, '--data', data, '--timeout', '5s']);
+      const again = await runServerCli(['send', '--resume', id as string, '--data', ctx.data, '--timeout', '5s']);
       expect(again.stdout).to.match(/\(3 already answered, skipped\)/);
       expect(again.stdout).to.match(/applied\s+3\n/);
       expect(again.code).to.equal(6); // the rejected one stays rejected
@@ -148,26 +133,26 @@ describe('provision-server CLI: data directory, registry, send', function () {
 
   it('device add --jwks, list, show and remove', async () => {
     const d = await makeSimDevice('added-1');
-    const jwks = join(dir, 'added.jwks');
+    const jwks = join(ctx.dir, 'added.jwks');
     await writeFile(jwks, JSON.stringify(toJwkSet([d.signing, d.encryption])));
-    const add = await runServerCli(['device', 'add', '--data', data, '--device', 'added-1', '--user', 'carol', '--jwks', jwks]);
+    const add = await runServerCli(['device', 'add', '--data', ctx.data, '--device', 'added-1', '--user', 'carol', '--jwks', jwks]);
     expect(add.code, add.stderr).to.equal(0);
-    const again = await runServerCli(['device', 'add', '--data', data, '--device', 'added-1', '--user', 'carol', '--jwks', jwks]);
+    const again = await runServerCli(['device', 'add', '--data', ctx.data, '--device', 'added-1', '--user', 'carol', '--jwks', jwks]);
     expect(again.code).to.equal(2);
     expect(again.stderr).to.match(/E_DEVICE_EXISTS/);
-    const list = await runServerCli(['device', 'list', '--data', data, '--user', 'carol', '--json']);
+    const list = await runServerCli(['device', 'list', '--data', ctx.data, '--user', 'carol', '--json']);
     expect(JSON.parse(list.stdout).map((x: { id: string }) => x.id)).to.deep.equal(['added-1']);
-    const show = await runServerCli(['device', 'show', 'added-1', '--data', data]);
+    const show = await runServerCli(['device', 'show', 'added-1', '--data', ctx.data]);
     expect(JSON.parse(show.stdout)).to.include({ id: 'added-1', user_id: 'carol', state: 'registered', signing_kid: d.signing.kid, encryption_kid: d.encryption.kid });
-    const rm1 = await runServerCli(['device', 'remove', 'added-1', '--data', data]);
+    const rm1 = await runServerCli(['device', 'remove', 'added-1', '--data', ctx.data]);
     expect(rm1.code, rm1.stderr).to.equal(0);
-    const show2 = await runServerCli(['device', 'show', 'added-1', '--data', data]);
+    const show2 = await runServerCli(['device', 'show', 'added-1', '--data', ctx.data]);
     expect(show2.code).to.equal(1);
     expect(show2.stderr).to.match(/E_NO_DEVICE/);
   });
 
   it("import-legacy registers the seed's user_keys/{user}/{device}_public.pem RSA keys as RSA-OAEP-256 devices and skips the rest", async () => {
-    const root = join(dir, 'seed');
+    const root = join(ctx.dir, 'seed');
     const pem = (bits: number, type: 'spki' | 'pkcs1') =>
       generateKeyPairSync('rsa', { modulusLength: bits }).publicKey.export({ type, format: 'pem' }) as string;
     await mkdir(join(root, 'user_keys', 'user-1'), { recursive: true });
@@ -180,12 +165,12 @@ describe('provision-server CLI: data directory, registry, send', function () {
     await writeFile(join(root, 'user_keys', 'user-2', 'notes.txt'), 'hello');
     await writeFile(join(root, 'user_keys', 'user-2', 'bad id!_public.pem'), pem(2048, 'spki'));
 
-    const r = await runServerCli(['import-legacy', root, '--data', data]);
+    const r = await runServerCli(['import-legacy', root, '--data', ctx.data]);
     expect(r.code, r.stderr).to.equal(0);
     expect(r.stdout).to.match(/3 imported, 4 skipped/);
     expect(r.stderr).to.match(/weak_public\.pem: .*below 2048/);
     expect(r.stderr).to.match(/ec_public\.pem: a ec key, not RSA/);
-    const reg = Registry.open(join(data, 'registry.sqlite'));
+    const reg = Registry.open(join(ctx.data, 'registry.sqlite'));
     try {
       const a = reg.requireDevice('legacy-a');
       expect(a).to.include({ userId: 'user-1', state: 'registered', origin: 'legacy' });
@@ -197,9 +182,9 @@ describe('provision-server CLI: data directory, registry, send', function () {
       reg.close();
     }
     // A command to a legacy device is sealed to its RSA key.
-    const sent = await runServerCli(['send', 'legacy-b', 'update', '--data', data, '--params', '{"sensor":{"enabled":false}}']);
+    const sent = await runServerCli(['send', 'legacy-b', 'update', '--data', ctx.data, '--params', '{"sensor":{"enabled":false}}']);
     expect(sent.code, sent.stderr).to.equal(0);
-    const again = await runServerCli(['import-legacy', join(root, 'user_keys'), '--data', data]);
+    const again = await runServerCli(['import-legacy', join(root, 'user_keys'), '--data', ctx.data]);
     expect(again.stdout).to.match(/0 imported, 7 skipped/);
   });
 });
