@@ -22,7 +22,7 @@ import {
   type PublicJwk,
 } from '../../protocol/index.js';
 import { KeyStore } from '../../agent/keystore.js';
-import type { RunningAgent } from '../../agent/agent.js';
+import { startAgent, type RunningAgent, type StartAgentOptions } from '../../agent/agent.js';
 import { startAedes, type AedesBroker } from '../helpers/brokers.js';
 import type { AgentProcess } from '../helpers/agent-process.js';
 import { makeParty, type Party } from '../helpers/keys.js';
@@ -175,10 +175,15 @@ export class TestServer {
 
   /** Seals, publishes and waits for the ack. */
   async command(deviceId: string, action: Action, params: unknown = {}, o: Parameters<TestServer['seal']>[3] = {}): Promise<ReceivedAck> {
+    return (await this.commandCaptured(deviceId, action, params, o)).ack;
+  }
+
+  /** As command, also returning the sealed command (its bytes, captured for a replay). */
+  async commandCaptured(deviceId: string, action: Action, params: unknown = {}, o: Parameters<TestServer['seal']>[3] = {}): Promise<{ token: string; jti: string; seq: number; ack: ReceivedAck }> {
     const sealed = await this.seal(deviceId, action, params, o);
     const wait = this.waitAck((a) => a.claims.ref === sealed.jti);
     await this.publish(deviceId, sealed.token);
-    return wait;
+    return { ...sealed, ack: await wait };
   }
 
   waitAck(match: (a: ReceivedAck) => boolean, timeoutMs = 8000): Promise<ReceivedAck> {
@@ -334,4 +339,26 @@ export function useAgentProcessSuite(deviceId: string, stopSignal: NodeJS.Signal
     if (suite.files) await removeDir(suite.files.dir);
   });
   return suite;
+}
+
+/** A device with host-made keys (plus `extra` options) registered with the suite's server; removed after the suite. */
+export async function addSuiteDevice(suite: AedesSuite, deviceId: string, extra: Partial<DeviceOptions> = {}): Promise<DeviceFiles> {
+  const files = await makeDevice({ deviceId, brokerUrl: suite.broker.url, server: suite.party, keys: true, ...extra });
+  suite.dirs.push(files.dir);
+  await suite.server.registerFromKeystore(deviceId, files.keystore);
+  return files;
+}
+
+/** Starts an in-process agent of the suite (stopped after the test) and waits until it is connected. */
+export async function startSuiteAgent(suite: AedesSuite, options: StartAgentOptions): Promise<RunningAgent> {
+  const agent = await startAgent(options);
+  suite.running.add(agent);
+  if (!agent.connected) await new Promise<void>((r) => agent.once('ready', () => r()));
+  return agent;
+}
+
+/** Stops an agent of the suite now. */
+export async function stopSuiteAgent(suite: AedesSuite, agent: RunningAgent): Promise<void> {
+  await agent.stop();
+  suite.running.delete(agent);
 }

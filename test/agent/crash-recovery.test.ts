@@ -10,11 +10,11 @@
 import { expect } from 'chai';
 import { chmod, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { startAgent, type AgentFaults, type RunningAgent } from '../../agent/agent.js';
+import type { AgentFaults, RunningAgent } from '../../agent/agent.js';
 import { KeyStore } from '../../agent/keystore.js';
 import { bufferedLogger } from '../../agent/log.js';
 import type { PublicJwk } from '../../protocol/index.js';
-import { makeDevice, readDeviceState, useAedesSuite, waitFor, type DeviceFiles, type ReceivedAck } from './agent-fixture.js';
+import { addSuiteDevice, readDeviceState, startSuiteAgent, stopSuiteAgent, useAedesSuite, waitFor, type DeviceFiles, type ReceivedAck } from './agent-fixture.js';
 
 const logs = bufferedLogger('debug');
 
@@ -75,24 +75,16 @@ describe('agent crash recovery (aedes, persistent session redelivery)', function
   async function start(files: DeviceFiles, faults?: AgentFaults): Promise<RunningAgent> {
     // A long first reconnect delay: after the simulated crash, the crashed agent must not reconnect
     // (and take the redelivery) before it is stopped.
-    const agent = await startAgent({ configPath: files.configPath, log: logs.logger, backoff: { minMs: faults ? 60_000 : 50, maxMs: faults ? 60_000 : 500 }, ...(faults ? { faults } : {}) });
-    s.running.add(agent);
-    if (!agent.connected) await new Promise<void>((r) => agent.once('ready', () => r()));
-    return agent;
+    return startSuiteAgent(s, { configPath: files.configPath, log: logs.logger, backoff: { minMs: faults ? 60_000 : 50, maxMs: faults ? 60_000 : 500 }, ...(faults ? { faults } : {}) });
   }
 
-  async function stop(agent: RunningAgent): Promise<void> {
-    await agent.stop();
-    s.running.delete(agent);
-  }
+  const stop = (agent: RunningAgent): Promise<void> => stopSuiteAgent(s, agent);
 
   /** A device with host-made keys, provisioned by a `request`; returns it stopped. */
   async function provisionedDevice(): Promise<{ files: DeviceFiles; deviceId: string }> {
     n += 1;
     const deviceId = `crash-${n}`;
-    const files = await makeDevice({ deviceId, brokerUrl: s.broker.url, server: s.party, keys: true });
-    s.dirs.push(files.dir);
-    await s.server.registerFromKeystore(deviceId, files.keystore);
+    const files = await addSuiteDevice(s, deviceId);
     const agent = await start(files);
     const ack = await s.server.command(deviceId, 'request', {}, { userId: 'alice' });
     expect(ack.claims.status, ack.claims.detail).to.equal('applied');

@@ -16,7 +16,7 @@ import { startAgent, type RunningAgent } from '../../agent/agent.js';
 import { KeyStore } from '../../agent/keystore.js';
 import { bufferedLogger } from '../../agent/log.js';
 import { recordCommand, type AgentState } from '../../agent/state.js';
-import { exists, makeDevice, readDeviceState, useAedesSuite, waitFor, type DeviceFiles } from './agent-fixture.js';
+import { addSuiteDevice, exists, readDeviceState, startSuiteAgent, stopSuiteAgent, useAedesSuite, waitFor, type DeviceFiles } from './agent-fixture.js';
 
 const logs = bufferedLogger('debug');
 
@@ -25,10 +25,7 @@ describe('agent: a decommissioned board re-enrolls with new keys, never with its
   const s = useAedesSuite(logs);
 
   async function start(files: DeviceFiles): Promise<RunningAgent> {
-    const agent = await startAgent({ configPath: files.configPath, log: logs.logger, backoff: { minMs: 50, maxMs: 400 } });
-    s.running.add(agent);
-    if (!agent.connected) await new Promise<void>((r) => agent.once('ready', () => r()));
-    return agent;
+    return startSuiteAgent(s, { configPath: files.configPath, log: logs.logger, backoff: { minMs: 50, maxMs: 400 } });
   }
 
   /**
@@ -36,17 +33,12 @@ describe('agent: a decommissioned board re-enrolls with new keys, never with its
    * its state save only: the state a power cut leaves between the save and the wipe, keys still there.
    */
   async function interruptedDelete(deviceId: string): Promise<{ files: DeviceFiles; update: { token: string; jti: string }; del: { token: string; jti: string }; oldKids: string[] }> {
-    const files = await makeDevice({ deviceId, brokerUrl: s.broker.url, server: s.party, keys: true });
-    s.dirs.push(files.dir);
-    await s.server.registerFromKeystore(deviceId, files.keystore);
+    const files = await addSuiteDevice(s, deviceId);
     const agent = await start(files);
     expect((await s.server.command(deviceId, 'request', {}, { userId: 'alice' })).claims.status).to.equal('applied');
-    const update = await s.server.seal(deviceId, 'update', { user_id: 'bob' });
-    const ackU = s.server.waitAck((a) => a.claims.ref === update.jti);
-    await s.server.publish(deviceId, update.token);
-    expect((await ackU).claims.status).to.equal('applied');
-    await agent.stop();
-    s.running.delete(agent);
+    const update = await s.server.commandCaptured(deviceId, 'update', { user_id: 'bob' });
+    expect(update.ack.claims.status).to.equal('applied');
+    await stopSuiteAgent(s, agent);
 
     const del = await s.server.seal(deviceId, 'delete');
     const path = join(files.stateDir, 'state.json');

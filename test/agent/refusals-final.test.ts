@@ -8,11 +8,11 @@
  */
 import { expect } from 'chai';
 import { readFile, writeFile } from 'node:fs/promises';
-import { startAgent, type AgentFaults, type RunningAgent } from '../../agent/agent.js';
+import type { AgentFaults, RunningAgent } from '../../agent/agent.js';
 import { KeyStore } from '../../agent/keystore.js';
 import { bufferedLogger } from '../../agent/log.js';
 import { boundRecent, initialState, MAX_RECENT, type RecentCommand } from '../../agent/state.js';
-import { makeDevice, readDeviceState, useAedesSuite, waitFor, type DeviceFiles, type ReceivedAck } from './agent-fixture.js';
+import { addSuiteDevice, readDeviceState, startSuiteAgent, stopSuiteAgent, useAedesSuite, waitFor, type DeviceFiles, type ReceivedAck } from './agent-fixture.js';
 
 const logs = bufferedLogger('debug');
 
@@ -30,23 +30,15 @@ describe('agent: a refused command stays refused (aedes, replayed by another cli
   async function device(): Promise<{ files: DeviceFiles; deviceId: string }> {
     n += 1;
     const deviceId = `final-${n}`;
-    const files = await makeDevice({ deviceId, brokerUrl: s.broker.url, server: s.party, keys: true });
-    s.dirs.push(files.dir);
-    await s.server.registerFromKeystore(deviceId, files.keystore);
+    const files = await addSuiteDevice(s, deviceId);
     return { files, deviceId };
   }
 
   async function start(files: DeviceFiles, faults?: AgentFaults): Promise<RunningAgent> {
-    const agent = await startAgent({ configPath: files.configPath, log: logs.logger, backoff: { minMs: faults ? 60_000 : 50, maxMs: faults ? 60_000 : 400 }, ...(faults ? { faults } : {}) });
-    s.running.add(agent);
-    if (!agent.connected) await new Promise<void>((r) => agent.once('ready', () => r()));
-    return agent;
+    return startSuiteAgent(s, { configPath: files.configPath, log: logs.logger, backoff: { minMs: faults ? 60_000 : 50, maxMs: faults ? 60_000 : 400 }, ...(faults ? { faults } : {}) });
   }
 
-  async function stop(agent: RunningAgent): Promise<void> {
-    await agent.stop();
-    s.running.delete(agent);
-  }
+  const stop = (agent: RunningAgent): Promise<void> => stopSuiteAgent(s, agent);
 
   async function setClockPolicy(files: DeviceFiles, policy: 'trusted' | 'untrusted'): Promise<void> {
     const config = JSON.parse(await readFile(files.configPath, 'utf8')) as Record<string, unknown>;

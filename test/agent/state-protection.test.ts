@@ -18,7 +18,7 @@ import { startAgent, type RunningAgent } from '../../agent/agent.js';
 import { KeyStore } from '../../agent/keystore.js';
 import { bufferedLogger } from '../../agent/log.js';
 import { AGENT_CLI } from '../helpers/agent-process.js';
-import { exists, makeDevice, readDeviceState, useAedesSuite, waitFor, type DeviceFiles } from './agent-fixture.js';
+import { addSuiteDevice, exists, readDeviceState, startSuiteAgent, stopSuiteAgent, useAedesSuite, waitFor, type DeviceFiles } from './agent-fixture.js';
 
 const logs = bufferedLogger('debug');
 
@@ -44,33 +44,23 @@ describe('agent: the state file and replay protection (aedes)', function () {
   async function device(o: { token?: string } = {}): Promise<{ files: DeviceFiles; deviceId: string }> {
     n += 1;
     const deviceId = `statep-${n}`;
-    const files = await makeDevice({ deviceId, brokerUrl: s.broker.url, server: s.party, keys: true, ...o });
-    s.dirs.push(files.dir);
-    await s.server.registerFromKeystore(deviceId, files.keystore);
+    const files = await addSuiteDevice(s, deviceId, o);
     return { files, deviceId };
   }
 
   async function start(files: DeviceFiles): Promise<RunningAgent> {
-    const agent = await startAgent({ configPath: files.configPath, log: logs.logger, backoff: { minMs: 50, maxMs: 400 } });
-    s.running.add(agent);
-    if (!agent.connected) await new Promise<void>((r) => agent.once('ready', () => r()));
-    return agent;
+    return startSuiteAgent(s, { configPath: files.configPath, log: logs.logger, backoff: { minMs: 50, maxMs: 400 } });
   }
 
   /** Provisioned for alice, then updated to bob; returns the captured bytes of both commands. */
   async function used(): Promise<{ files: DeviceFiles; deviceId: string; request: string; update: string; jtis: string[] }> {
     const { files, deviceId } = await device();
     const agent = await start(files);
-    const request = await s.server.seal(deviceId, 'request', {}, { userId: 'alice' });
-    const ackR = s.server.waitAck((a) => a.claims.ref === request.jti);
-    await s.server.publish(deviceId, request.token);
-    expect((await ackR).claims.status).to.equal('applied');
-    const update = await s.server.seal(deviceId, 'update', { user_id: 'bob' });
-    const ackU = s.server.waitAck((a) => a.claims.ref === update.jti);
-    await s.server.publish(deviceId, update.token);
-    expect((await ackU).claims.status).to.equal('applied');
-    await agent.stop();
-    s.running.delete(agent);
+    const request = await s.server.commandCaptured(deviceId, 'request', {}, { userId: 'alice' });
+    expect(request.ack.claims.status).to.equal('applied');
+    const update = await s.server.commandCaptured(deviceId, 'update', { user_id: 'bob' });
+    expect(update.ack.claims.status).to.equal('applied');
+    await stopSuiteAgent(s, agent);
     return { files, deviceId, request: request.token, update: update.token, jtis: [request.jti, update.jti] };
   }
 
