@@ -7,11 +7,11 @@
  * board's bundle names its broker's port.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmod, chown, copyFile, readFile, writeFile } from 'node:fs/promises';
+import { chmod, chown, readFile, writeFile } from 'node:fs/promises';
 import { createConnection } from 'node:net';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { freeLoopbackPort, testBrokerConfig } from '../deploy/mosquitto-fixture.js';
+import { stageBrokerFiles, testBrokerConfig } from '../deploy/mosquitto-fixture.js';
 import { PROVISIONING_DIR } from '../deploy/repo-paths.js';
 import { findTool } from '../deploy/tools.js';
 import { BoardSetupError } from './host-tools.js';
@@ -49,13 +49,7 @@ export class HostBroker {
 
   /** Writes the configuration (production file, test ports and paths) into runDir. */
   static async prepare(pkiDir: string, runDir: string): Promise<HostBroker> {
-    const devicePort = await freeLoopbackPort();
-    let backendPort = await freeLoopbackPort();
-    while (backendPort === devicePort) backendPort = await freeLoopbackPort();
-    const acls = ['sensor-devices.acl', 'sensor-backend.acl'];
-    for (const f of acls) await copyFile(join(PROVISIONING_DIR, 'mosquitto', f), join(runDir, f));
-    const installed: Array<[string, string]> = [['ca.pem', 'sensor-ca.pem'], ['backend-ca.pem', 'sensor-backend-ca.pem'], ['broker.crt', 'broker.crt'], ['broker.key', 'broker.key']];
-    for (const [from, to] of installed) await copyFile(join(pkiDir, from), join(runDir, to));
+    const { devicePort, backendPort, acls } = await stageBrokerFiles(pkiDir, runDir);
     const production = await readFile(join(PROVISIONING_DIR, 'mosquitto/sensor-broker.conf'), 'utf8');
     const config = testBrokerConfig(production, new Map([[8883, devicePort], [8884, backendPort]]), runDir);
     const passwd = execFileSync('getent', ['passwd', 'mosquitto'], { encoding: 'utf8' }).trim().split(':');

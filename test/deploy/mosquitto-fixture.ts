@@ -78,8 +78,12 @@ export function testBrokerConfig(production: string, ports: PortMap, dir: string
   return [...lines, '# test-only:', 'persistence false', 'log_dest stderr', ...logTypes, 'connection_messages true', ''].join('\n');
 }
 
-/** Starts mosquitto on a free loopback port with certificates from `pkiDir`; resolves once it accepts connections. */
-export async function startBroker(mosquitto: string, pkiDir: string, runDir: string, options: { quietLog?: boolean } = {}): Promise<RunningBroker> {
+/**
+ * Picks two distinct free loopback ports (the device and backend listeners)
+ * and copies the production ACLs and the pki output into runDir, under the
+ * names the production config uses.
+ */
+export async function stageBrokerFiles(pkiDir: string, runDir: string): Promise<{ devicePort: number; backendPort: number; acls: string[] }> {
   const devicePort = await freeLoopbackPort();
   let backendPort = await freeLoopbackPort();
   while (backendPort === devicePort) backendPort = await freeLoopbackPort();
@@ -88,6 +92,12 @@ export async function startBroker(mosquitto: string, pkiDir: string, runDir: str
   // pki output -> the names the production config uses
   const installed: Array<[string, string]> = [['ca.pem', 'sensor-ca.pem'], ['backend-ca.pem', 'sensor-backend-ca.pem'], ['broker.crt', 'broker.crt'], ['broker.key', 'broker.key']];
   for (const [from, to] of installed) await copyFile(join(pkiDir, from), join(runDir, to));
+  return { devicePort, backendPort, acls };
+}
+
+/** Starts mosquitto on a free loopback port with certificates from `pkiDir`; resolves once it accepts connections. */
+export async function startBroker(mosquitto: string, pkiDir: string, runDir: string, options: { quietLog?: boolean } = {}): Promise<RunningBroker> {
+  const { devicePort, backendPort, acls } = await stageBrokerFiles(pkiDir, runDir);
   const ports: PortMap = new Map([[8883, devicePort], [8884, backendPort]]);
   let config = testBrokerConfig(await readFile(join(PROVISIONING_DIR, 'mosquitto/sensor-broker.conf'), 'utf8'), ports, runDir, options);
   if (isRoot()) {
