@@ -362,3 +362,17 @@ export async function stopSuiteAgent(suite: AedesSuite, agent: RunningAgent): Pr
   await agent.stop();
   suite.running.delete(agent);
 }
+
+/** Why startAgent refused to start: its typed error (code, exit status), if it carries them. */
+export type StartRefusal = Error & { code?: string; exitCode?: number };
+
+/** Starts an agent of the suite that is expected to refuse; returns its error, or undefined when it started (stopped after the test). */
+export async function startRefusal(suite: AedesSuite, options: StartAgentOptions): Promise<StartRefusal | undefined> {
+  try {
+    const agent = await startAgent(options);
+    suite.running.add(agent);
+    return undefined;
+  } catch (err) {
+    return err as StartRefusal;
+  }
+}

@@ -12,11 +12,11 @@ import { expect } from 'chai';
 import { cp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { decommission } from '../../agent/apply-delete.js';
-import { startAgent, type RunningAgent } from '../../agent/agent.js';
+import type { RunningAgent } from '../../agent/agent.js';
 import { KeyStore } from '../../agent/keystore.js';
 import { bufferedLogger } from '../../agent/log.js';
 import { recordCommand, type AgentState } from '../../agent/state.js';
-import { addSuiteDevice, exists, readDeviceState, startSuiteAgent, stopSuiteAgent, useAedesSuite, waitFor, type DeviceFiles } from './agent-fixture.js';
+import { addSuiteDevice, exists, readDeviceState, startRefusal, startSuiteAgent, stopSuiteAgent, useAedesSuite, waitFor, type DeviceFiles, type StartRefusal } from './agent-fixture.js';
 
 const logs = bufferedLogger('debug');
 
@@ -89,12 +89,9 @@ describe('agent: a decommissioned board re-enrolls with new keys, never with its
 
     const saved = process.env.CREDENTIALS_DIRECTORY;
     process.env.CREDENTIALS_DIRECTORY = creds;
-    let refused: (Error & { code?: string; exitCode?: number }) | undefined;
+    let refused: StartRefusal | undefined;
     try {
-      const agent = await startAgent({ configPath: files.configPath, log: logs.logger });
-      s.running.add(agent);
-    } catch (err) {
-      refused = err as Error & { code?: string; exitCode?: number };
+      refused = await startRefusal(s, { configPath: files.configPath, log: logs.logger });
     } finally {
       if (saved === undefined) delete process.env.CREDENTIALS_DIRECTORY;
       else process.env.CREDENTIALS_DIRECTORY = saved;

@@ -14,11 +14,11 @@ import { expect } from 'chai';
 import { execFile } from 'node:child_process';
 import { chmod, chown, mkdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { startAgent, type RunningAgent } from '../../agent/agent.js';
+import type { RunningAgent } from '../../agent/agent.js';
 import { KeyStore } from '../../agent/keystore.js';
 import { bufferedLogger } from '../../agent/log.js';
 import { AGENT_CLI } from '../helpers/agent-process.js';
-import { addSuiteDevice, exists, readDeviceState, startSuiteAgent, stopSuiteAgent, useAedesSuite, waitFor, type DeviceFiles } from './agent-fixture.js';
+import { addSuiteDevice, exists, readDeviceState, startRefusal, startSuiteAgent, stopSuiteAgent, useAedesSuite, waitFor, type DeviceFiles } from './agent-fixture.js';
 
 const logs = bufferedLogger('debug');
 
@@ -67,13 +67,7 @@ describe('agent: the state file and replay protection (aedes)', function () {
   it('state.json lost, keys kept, no token: refuses to start (E_STATE_LOST, exit 2) instead of accepting the old commands again', async function () {
     const { files } = await used();
     await rm(join(files.stateDir, 'state.json'));
-    let refused: (Error & { code?: string; exitCode?: number }) | undefined;
-    try {
-      const agent = await startAgent({ configPath: files.configPath, log: logs.logger });
-      s.running.add(agent);
-    } catch (err) {
-      refused = err as Error & { code?: string; exitCode?: number };
-    }
+    const refused = await startRefusal(s, { configPath: files.configPath, log: logs.logger });
     expect(refused?.code, 'the agent started on keys whose replay state is gone').to.equal('E_STATE_LOST');
     expect(refused?.exitCode).to.equal(2);
     expect(refused?.message).to.match(/re-enroll/);
