@@ -248,8 +248,6 @@ async function checkStateDir(dir: string): Promise<void> {
   }
 }
 
-
-
 export interface StateStoreOptions {
   /** Test hook: simulates a crash between the temp write and the rename of a state write. */
   beforeRename?: (tempPath: string) => void | Promise<void>;
