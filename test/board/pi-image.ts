@@ -1,6 +1,6 @@
 /**
- * A Raspberry Pi OS-shaped arm64 disk image made from nothing: an ext4 root
- * from Debian's arm64 packages (debootstrap through qemu-user, cached as a
+ * A Raspberry Pi OS-shaped disk image (64-bit arm64 or 32-bit armhf) made
+ * from nothing: an ext4 root from Debian's packages for that CPU (debootstrap through qemu-user, cached as a
  * tarball and rebuilt from scratch when the cache is absent) and a FAT boot
  * partition with the files Pi OS has there (cmdline.txt, config.txt, and on
  * Trixie cloud-init's user-data, meta-data and network-config).
@@ -19,7 +19,7 @@ import { access, mkdir, mkdtemp, rename, rm, truncate, writeFile } from 'node:fs
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { toolEnv } from '../deploy/tools.js';
-import { BoardSetupError } from './host-tools.js';
+import { BoardSetupError, DEBIAN_ARCH, type BoardArch } from './host-tools.js';
 
 const execFileP = promisify(execFile);
 
@@ -34,6 +34,14 @@ export const SUITES: readonly Suite[] = ['bookworm', 'trixie'];
  * that (a minbase root without it is how this test found the need).
  */
 const PACKAGES = ['systemd', 'systemd-sysv', 'sudo'];
+
+/**
+ * Per board CPU, what the image has beyond PACKAGES. A 32-bit board runs a
+ * `--node system` tree (npm has no armv7 Node >= 20.19): its image is the
+ * "golden image" provisioning/README.md describes, Trixie's armhf `nodejs`
+ * (20.19.2) installed before flashing.
+ */
+export const ARCH_PACKAGES: Readonly<Record<BoardArch, readonly string[]>> = { arm64: [], armv7: ['nodejs'] };
 
 const SECTOR = 512;
 const BOOT_START = 8192; // 4 MiB, as Pi OS
@@ -80,14 +88,17 @@ export interface RootCache {
 }
 
 /**
- * The debootstrapped arm64 root of `suite` as a tarball in `cacheDir`, keyed
- * by suite, packages and mirror. Built from scratch when absent (or when
- * `rebuild`): debootstrap --arch=arm64 --variant=minbase, the second stage
- * running arm64 binaries through qemu-user.
+ * The debootstrapped root of `suite` for the board's CPU (arm64, or armhf
+ * for armv7) as a tarball in `cacheDir`, keyed by suite, architecture,
+ * packages and mirror. Built from scratch when absent (or when `rebuild`):
+ * debootstrap --variant=minbase, the second stage running the board's
+ * binaries through qemu-user.
  */
-export async function ensureRootTarball(options: { suite: Suite; cacheDir: string; mirror: string; rebuild: boolean; log: (s: string) => void }): Promise<RootCache> {
-  const key = createHash('sha256').update(JSON.stringify([options.suite, PACKAGES, options.mirror, 'v1'])).digest('hex').slice(0, 12);
-  const tarball = join(options.cacheDir, `${options.suite}-arm64-${key}.tar`);
+export async function ensureRootTarball(options: { suite: Suite; arch: BoardArch; cacheDir: string; mirror: string; rebuild: boolean; log: (s: string) => void }): Promise<RootCache> {
+  const debArch = DEBIAN_ARCH[options.arch];
+  const packages = [...PACKAGES, ...ARCH_PACKAGES[options.arch]];
+  const key = createHash('sha256').update(JSON.stringify([options.suite, packages, options.mirror, 'v1'])).digest('hex').slice(0, 12);
+  const tarball = join(options.cacheDir, `${options.suite}-${debArch}-${key}.tar`);
   const t0 = performance.now();
   if (!options.rebuild) {
     try {
@@ -101,8 +112,8 @@ export async function ensureRootTarball(options: { suite: Suite; cacheDir: strin
   const work = await mkdtemp(join(options.cacheDir, `.build-${options.suite}-`));
   try {
     const root = join(work, 'root');
-    options.log(`debootstrap ${options.suite} arm64 (minbase + ${PACKAGES.join(', ')}) from ${options.mirror} ...`);
-    await runLogged('debootstrap', ['--arch=arm64', '--variant=minbase', `--include=${PACKAGES.join(',')}`, options.suite, root, options.mirror], options.log);
+    options.log(`debootstrap ${options.suite} ${debArch} (minbase + ${packages.join(', ')}) from ${options.mirror} ...`);
+    await runLogged('debootstrap', [`--arch=${debArch}`, '--variant=minbase', `--include=${packages.join(',')}`, options.suite, root, options.mirror], options.log);
     // apt's downloaded packages are not part of an image
     await run('sh', ['-c', `rm -rf "${root}"/var/cache/apt/archives/*.deb "${root}"/var/lib/apt/lists/*_Packages`]);
     const partial = join(work, 'root.tar');
@@ -117,11 +128,12 @@ export async function ensureRootTarball(options: { suite: Suite; cacheDir: strin
 export interface PiImage {
   path: string;
   suite: Suite;
+  arch: BoardArch;
   /** MBR disk identifier: PARTUUID=<diskId>-01 (boot), -02 (root). */
   diskId: string;
 }
 
-function bootFiles(suite: Suite, diskId: string): Record<string, string> {
+function bootFiles(suite: Suite, arch: BoardArch, diskId: string): Record<string, string> {
   const files: Record<string, string> = {
     'cmdline.txt': `console=serial0,115200 console=tty1 root=PARTUUID=${diskId}-02 rootfstype=ext4 fsck.repair=yes rootwait quiet\n`,
     'config.txt': [
@@ -133,7 +145,8 @@ function bootFiles(suite: Suite, diskId: string): Record<string, string> {
       'dtoverlay=vc4-kms-v3d',
       'max_framebuffers=2',
       'disable_fw_kms_setup=1',
-      'arm_64bit=1',
+      // 32-bit Pi OS boots the 32-bit kernel: its config.txt has no arm_64bit line.
+      ...(arch === 'arm64' ? ['arm_64bit=1'] : []),
       'disable_overscan=1',
       'arm_boost=1',
       '[cm4]',
@@ -164,7 +177,7 @@ async function shapeRoot(root: string, diskId: string): Promise<void> {
 }
 
 /** Writes a Pi OS-shaped image at `path` from the root tarball. */
-export async function makePiImage(path: string, suite: Suite, tarball: string, scratch: string): Promise<PiImage> {
+export async function makePiImage(path: string, suite: Suite, arch: BoardArch, tarball: string, scratch: string): Promise<PiImage> {
   const diskId = randomBytes(4).toString('hex');
   await writeFile(path, '');
   await truncate(path, (ROOT_START + ROOT_SECTORS) * SECTOR);
@@ -181,12 +194,12 @@ export async function makePiImage(path: string, suite: Suite, tarball: string, s
   await run('mkfs.vfat', ['-F', '32', '-n', 'bootfs', '--offset', String(BOOT_START), path, String(BOOT_PART.size / 1024)]);
   const src = await mkdtemp(join(scratch, 'bootfs-'));
   try {
-    for (const [name, content] of Object.entries(bootFiles(suite, diskId))) {
+    for (const [name, content] of Object.entries(bootFiles(suite, arch, diskId))) {
       await writeFile(join(src, name), content);
       await run('mcopy', ['-o', '-i', `${path}@@${BOOT_PART.offset}`, join(src, name), `::/${name}`]);
     }
   } finally {
     await rm(src, { recursive: true, force: true });
   }
-  return { path, suite, diskId };
+  return { path, suite, arch, diskId };
 }
