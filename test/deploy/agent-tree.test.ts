@@ -8,9 +8,10 @@
  */
 import { expect } from 'chai';
 import { execFile } from 'node:child_process';
-import { cp, mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { copyFile, cp, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readElfMachine } from '../../provisioning/flasher/agent-tree.js';
 import { freePort } from '../helpers/brokers.js';
@@ -105,5 +106,58 @@ describe('deploy/agent tree (provisioning/build-agent)', function () {
     await rm(join(copy, 'native'), { recursive: true });
     const missing = await gpioCheck(join(copy, 'sensor-agent.mjs'));
     expect(missing.reason).to.match(/cannot load onoff.*native\/epoll\.node/);
+  });
+
+  /**
+   * An official-layout tarball (node-vX.Y.Z-linux-<arch>/ with bin/node, include/node, LICENSE)
+   * made from this machine's own Node: what a 32-bit Bookworm board gets (an armv7l tarball from
+   * nodejs.org, which this machine cannot download), for this CPU. A tarball whose headers say
+   * 20.11 is refused before anything is written.
+   */
+  it('--node-tarball ships the Node of an official tarball, recorded with its sha256; one below 20.19 is refused', async function () {
+    this.timeout(240_000);
+    const prefix = join(process.execPath, '../..');
+    const headers = join(prefix, 'include/node');
+    const versionH = await readFile(join(headers, 'node_version.h'), 'utf8').catch(() => {
+      throw new Error(`this test needs the running Node's headers in ${headers} (node-gyp builds against them too)`);
+    });
+    const license = await readFile(join(prefix, 'share/doc/nodejs/LICENSE'), 'utf8').catch(() => readFile(join(prefix, 'share/doc/node/LICENSE'), 'utf8')).catch(() => 'Node.js license (test tarball)\n');
+    const work = await mkdtemp(join(tmpdir(), 'node-tarball-'));
+    dirs.push(work);
+    const tarArch = process.arch === 'arm64' ? 'arm64' : process.arch === 'arm' ? 'armv7l' : 'x64';
+    const buildArch = process.arch === 'arm64' ? 'arm64' : process.arch === 'arm' ? 'armv7' : 'x64';
+    const makeTarball = async (version: string, header: string): Promise<string> => {
+      const top = `node-v${version}-linux-${tarArch}`;
+      await mkdir(join(work, top, 'bin'), { recursive: true });
+      await copyFile(process.execPath, join(work, top, 'bin/node'));
+      await cp(headers, join(work, top, 'include/node'), { recursive: true });
+      await writeFile(join(work, top, 'include/node/node_version.h'), header);
+      await writeFile(join(work, top, 'LICENSE'), license);
+      const file = join(work, `${top}.tar.gz`);
+      const t = await run('tar', ['-czf', file, '-C', work, top]);
+      expect(t.code, t.stderr).to.equal(0);
+      return file;
+    };
+
+    const good = await makeTarball(process.versions.node, versionH);
+    const out = join(work, 'tree');
+    const b = await run(BUILD_AGENT, ['--arch', buildArch, '--node-tarball', good, '--out', out]);
+    expect(b.code, b.stderr).to.equal(0);
+    const info = JSON.parse(await readFile(join(out, '.build-info.json'), 'utf8')) as { arch: string; node: Record<string, string> };
+    expect(info.arch).to.equal(buildArch);
+    const sum = createHash('sha256').update(await readFile(good)).digest('hex');
+    expect(info.node).to.deep.include({ source: 'tarball', version: process.versions.node, abi: process.versions.modules, file: basename(good), sha256: sum });
+    const v = await run(join(out, 'node/bin/node'), [join(out, 'sensor-agent.mjs'), '--version']);
+    expect(v.code, v.stderr).to.equal(0);
+    const pkg = JSON.parse(await readFile(join(REPO, 'package.json'), 'utf8')) as { version: string };
+    expect(v.stdout.trim()).to.equal(pkg.version);
+
+    const oldHeader = versionH.replace(/#define NODE_MAJOR_VERSION \d+/, '#define NODE_MAJOR_VERSION 20').replace(/#define NODE_MINOR_VERSION \d+/, '#define NODE_MINOR_VERSION 11').replace(/#define NODE_PATCH_VERSION \d+/, '#define NODE_PATCH_VERSION 1');
+    const old = await makeTarball('20.11.1', oldHeader);
+    const oldOut = join(work, 'old-tree');
+    const r = await run(BUILD_AGENT, ['--arch', buildArch, '--node-tarball', old, '--out', oldOut]);
+    expect(r.code).to.not.equal(0);
+    expect(r.stderr).to.match(/is Node 20\.11\.1, below the agent's minimum 20\.19/);
+    expect(await readdir(work)).to.not.include('old-tree');
   });
 });
