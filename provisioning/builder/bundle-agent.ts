@@ -23,7 +23,50 @@ const STUBS: ReadonlyArray<readonly [RegExp, string]> = [
   [/^\.\/ws$/, 'MQTT over WebSocket'], // mqtt/build/lib/connect/ws.js (only for ws:// and wss://)
   [/^socks$/, 'SOCKS proxies'], // mqtt's socksProxy option
   [/^pako$/, 'compressed JWE (zip)'], // node-jose's "zip": DEF, refused by the agent
+  [/^worker-timers$/, 'MQTT keepalive timers in a web worker'], // mqtt's timerVariant 'worker' (browsers; the agent's is 'auto', native timers in Node)
 ];
+
+/**
+ * node-jose's lodash functions (lodash/clone, lodash/merge, ...): each is loaded on its first call,
+ * not at start. Together they pull in a large part of lodash's internals, which the agent would
+ * otherwise compile and run at every start (about 13 ms on Node 26 with the agent's flags). Every
+ * node-jose use is a plain call (`clone(x)`, `partialRight(merge, fn)`), which the wrapper forwards.
+ */
+const LAZY_FUNCTIONS = /^lodash\/\w+$/;
+
+/**
+ * The agent's own ES modules import Node built-ins (`import { connect } from 'node:tls'`): in an ES
+ * module that builds an ES facade of the whole built-in, reading every export once (node:tls's
+ * rootCertificates getter parses Node's bundled CA store: about 4 ms). The bundle takes them through
+ * require() instead (a CommonJS module object, read one property at a time, when used).
+ */
+const BUILTIN_IMPORT = /^node:/;
+
+/**
+ * Built-ins loaded on first use, not at start: node:tls (about 2.8 MB of resident memory and 5 ms
+ * of start on Node 26 with the agent's flags) is used only for an mqtts:// broker and by the
+ * self-test's broker probe. Imported and required by the agent and mqtt alike as an object whose
+ * properties (tls.connect, ...) load the real module when first read. Export names from the Node
+ * that builds the bundle (the agent uses only names that exist since Node 20).
+ */
+const LAZY_BUILTINS: ReadonlySet<string> = new Set(['tls']);
+
+/**
+ * mqtt and mqtt-packet log through `debug`, which at import probes the terminal for colours (tty,
+ * supports-color, os): about 4 ms of every start for output only DEBUG=mqttjs* turns on. Without
+ * DEBUG in the environment the bundle gives them disabled loggers; with it, the real `debug`.
+ */
+const DEBUG_SHIM = `if (process.env.DEBUG) module.exports = require('debug');
+else {
+  const off = (namespace) => {
+    const d = function () {};
+    return Object.assign(d, { namespace, enabled: false, log: d, destroy: () => false, extend: (s, sep) => off(namespace + (sep === undefined ? ':' : sep) + s) });
+  };
+  module.exports = Object.assign(off, { default: off, enable() {}, disable: () => '', enabled: () => false, names: [], skips: [], formatters: {} });
+}
+`;
+
+const nodeRequire = createRequire(import.meta.url);
 
 function agentPlugin(repo: string, version: string): Plugin {
   return {
@@ -53,6 +96,30 @@ function agentPlugin(repo: string, version: string): Plugin {
       for (const [filter, what] of STUBS) {
         build.onResolve({ filter }, (args) => (filter.source.startsWith('^\\.') && !/[\\/]mqtt[\\/]/.test(args.importer) ? undefined : { path: what, namespace: 'agent-stub' }));
       }
+      build.onResolve({ filter: LAZY_FUNCTIONS }, (args) =>
+        args.namespace === 'lazy-function' || !/[\\/]node-jose[\\/]/.test(args.importer) ? undefined : { path: args.path, namespace: 'lazy-function', pluginData: args.resolveDir },
+      );
+      build.onLoad({ filter: /.*/, namespace: 'lazy-function' }, (args) => ({
+        contents: `var f;\nmodule.exports = function () { return (f || (f = require(${JSON.stringify(args.path)}))).apply(this, arguments); };\n`,
+        loader: 'js',
+        resolveDir: args.pluginData as string,
+      }));
+      build.onResolve({ filter: /^(node:)?[a-z_/]+$/ }, (args) => {
+        const name = args.path.replace(/^node:/, '');
+        if (LAZY_BUILTINS.has(name) && args.namespace !== 'lazy-builtin') return { path: name, namespace: 'lazy-builtin' };
+        if (BUILTIN_IMPORT.test(args.path) && args.kind === 'import-statement' && args.namespace === 'file') return { path: args.path, namespace: 'builtin-cjs' };
+        return undefined;
+      });
+      build.onLoad({ filter: /.*/, namespace: 'builtin-cjs' }, (args) => ({ contents: `module.exports = require(${JSON.stringify(args.path)});\n`, loader: 'js' }));
+      build.onLoad({ filter: /.*/, namespace: 'lazy-builtin' }, (args) => {
+        const names = Object.keys(nodeRequire(`node:${args.path}`) as object);
+        return {
+          contents: `var m;\nconst o = {};\nfor (const k of ${JSON.stringify(names)}) Object.defineProperty(o, k, { enumerable: true, get: () => (m || (m = require(${JSON.stringify(`node:${args.path}`)})))[k] });\nmodule.exports = o;\n`,
+          loader: 'js',
+        };
+      });
+      build.onResolve({ filter: /^debug$/ }, (args) => (args.namespace === 'debug-shim' ? undefined : { path: 'debug', namespace: 'debug-shim', pluginData: args.resolveDir }));
+      build.onLoad({ filter: /.*/, namespace: 'debug-shim' }, (args) => ({ contents: DEBUG_SHIM, loader: 'js', resolveDir: args.pluginData as string }));
       build.onLoad({ filter: /.*/, namespace: 'agent-stub' }, (args) => ({
         contents: `const no = () => { throw new Error(${JSON.stringify('sensor-agent does not support ')} + ${JSON.stringify(args.path)}); };\nmodule.exports = new Proxy({}, { get: (_t, k) => (k === '__esModule' ? false : no) });\n`,
         loader: 'js',
