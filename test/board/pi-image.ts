@@ -41,7 +41,7 @@ const PACKAGES = ['systemd', 'systemd-sysv', 'sudo'];
  * "golden image" provisioning/README.md describes, Trixie's armhf `nodejs`
  * (20.19.2) installed before flashing.
  */
-export const ARCH_PACKAGES: Readonly<Record<BoardArch, readonly string[]>> = { arm64: [], armv7: ['nodejs'] };
+export const ARCH_PACKAGES: Readonly<Record<BoardArch, readonly string[]>> = { arm64: [], armv7: ['nodejs'], x64: [] };
 
 const SECTOR = 512;
 const BOOT_START = 8192; // 4 MiB, as Pi OS
