@@ -41,7 +41,6 @@ import { loadTrustAnchors } from './trust.js';
 
 const CLOCK_RECHECK_MS = 30_000;
 export const EXIT_OK = 0;
-export const EXIT_FAILURE = 1;
 export const EXIT_USAGE = 2;
 export { EXIT_DECOMMISSIONED };
 

@@ -6,7 +6,7 @@
  */
 import { access, constants, readFile } from 'node:fs/promises';
 import { dirname, isAbsolute, resolve } from 'node:path';
-import { assertValidPrefix, DEFAULT_MAX_SKEW_SECONDS, DEFAULT_TOPIC_PREFIX, ID_PATTERN } from '../protocol/index.js';
+import { assertValidPrefix, DEFAULT_MAX_SKEW_SECONDS, DEFAULT_TOPIC_PREFIX, GPIO_PIN_MAX, ID_PATTERN } from '../protocol/index.js';
 import type { GpioConfig } from './gpio/index.js';
 import { isLogLevel, type LogLevel } from './log.js';
 
@@ -60,10 +60,6 @@ export class ConfigError extends Error {
   ) {
     super(`${file}: ${problems.length} problem${problems.length === 1 ? '' : 's'}:\n  ${problems.join('\n  ')}`);
   }
-}
-
-export function isConfigError(err: unknown): err is ConfigError {
-  return err instanceof ConfigError;
 }
 
 /** Reads, validates and resolves the config file; also checks that the files it names are readable. */
@@ -329,7 +325,7 @@ class Section {
 
   pin(k: string): number | null | undefined {
     if (this.#v[k] === null) return null;
-    return this.integer(k, 0, 63);
+    return this.integer(k, 0, GPIO_PIN_MAX);
   }
 }
 

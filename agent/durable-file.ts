@@ -26,10 +26,6 @@ export class DurableFileError extends Error {
   }
 }
 
-export function isDurableFileError(err: unknown): err is DurableFileError {
-  return err instanceof DurableFileError;
-}
-
 export interface WriteFileAtomicOptions {
   /** Mode of the new file (default 0o600). The temp file has it from creation on. */
   mode?: number;

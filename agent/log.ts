@@ -55,11 +55,6 @@ export function createLogger(options: LoggerOptions = {}): Logger {
   }, {});
 }
 
-/** A logger that writes nothing. */
-export function silentLogger(): Logger {
-  return makeLogger(() => undefined, {});
-}
-
 /** A logger that keeps its lines in memory (tests): `lines` grows, `find` searches. */
 export function bufferedLogger(level: LogLevel = 'debug'): { logger: Logger; lines: string[]; find(re: RegExp): string | undefined } {
   const lines: string[] = [];

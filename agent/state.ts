@@ -354,11 +354,6 @@ export function boundRecent(draft: AgentState): void {
   draft.recent = draft.recent.slice(excess);
 }
 
-/** Makes sure the state directory is 0700 (it holds nothing secret, but the user id and settings are private). */
-export async function tightenStateDir(dir: string): Promise<void> {
-  await chmod(dir, 0o700).catch(() => undefined);
-}
-
 function checkState(value: unknown, path: string): AgentState {
   const bad = (why: string): StateError => new StateError(path, `${path} is not a valid agent state (${why}); ${stateLossAdvice(path)}`, { code: 'E_STATE_CORRUPT' });
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw bad('not an object');

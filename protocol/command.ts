@@ -148,4 +148,3 @@ function readCommandClaims(raw: Record<string, unknown>, opts: OpenCommandOption
   return { ...claims, action: claims.action };
 }
 
-export { nowSeconds };

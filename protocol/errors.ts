@@ -58,15 +58,3 @@ export class ProtocolError extends Error {
 export function isProtocolError(err: unknown): err is ProtocolError {
   return err instanceof ProtocolError;
 }
-
-/** Codes after which the sender is authenticated (an ack may be sent). */
-export const AUTHENTICATED_REFUSALS: ReadonlySet<ProtocolErrorCode> = new Set<ProtocolErrorCode>([
-  'E_CLAIMS',
-  'E_AUDIENCE',
-  'E_ISSUER',
-  'E_EXPIRED',
-  'E_NOT_YET_VALID',
-  'E_REPLAY',
-  'E_ACTION',
-  'E_PARAMS',
-]);

@@ -4,6 +4,7 @@ export * from './keys.js';
 export * from './keyring.js';
 export * from './limits.js';
 export * from './topics.js';
+export * from './gpio-pins.js';
 export * from './params.js';
 export * from './claims.js';
 export * from './replay.js';

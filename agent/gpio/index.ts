@@ -19,7 +19,7 @@ export { createBoardIo, openOnoff, type BoardIoOptions } from './board-io.js';
 export { FakeGpioBackend, type FakeGpioOptions, type FakeWrite } from './fake-backend.js';
 export type { GpioBackend, InputLine, InputOptions, OutputLine } from './backend.js';
 export { GPIO_ERROR_CODES, GpioError, isGpioError, type GpioErrorCode } from './errors.js';
-export { DEFAULT_RESET_HOLD_S, validateGpioConfig, validateGpioPins } from './pins.js';
+export { DEFAULT_RESET_HOLD_S, resetHoldProblem, validateGpioPins } from './pins.js';
 export {
   DEFAULT_SYSFS_ROOT,
   HEADER_CHIP_LABELS,

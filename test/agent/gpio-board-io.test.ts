@@ -8,7 +8,8 @@ import {
   ManualTimers,
   createBoardIo,
   findHeaderChip,
-  validateGpioConfig,
+  resetHoldProblem,
+  validateGpioPins,
   type BoardIo,
   type GpioConfig,
   type GpioErrorCode,
@@ -357,13 +358,14 @@ describe('agent/gpio BoardIo without a backend', () => {
     expect((await io.check()).ok).to.equal(false);
   });
 
-  it('validateGpioConfig refuses what createBoardIo would only report', () => {
-    validateGpioConfig({ backend: 'auto', sysfs_root: '/sys/class/gpio', ...PINS, reset_hold_s: 5 });
-    validateGpioConfig({ status_led: null });
-    expect(() => validateGpioConfig({ backend: 'gpiod' as GpioConfig['backend'] })).to.throw(GpioError, /gpio.backend/);
-    expect(() => validateGpioConfig({ status_led: 22, reset_button: 22 })).to.throw(GpioError, /both GPIO 22/);
-    expect(() => validateGpioConfig({ reset_hold_s: 0 })).to.throw(GpioError, /reset_hold_s/);
-    expect(() => validateGpioConfig({ sensor_enable: 1.5 })).to.throw(GpioError, /sensor_enable/);
+  it('validateGpioPins and resetHoldProblem refuse what createBoardIo would only report (gpio.backend: config.test.ts)', () => {
+    validateGpioPins(PINS);
+    validateGpioPins({ status_led: null });
+    expect(resetHoldProblem(5)).to.equal(null);
+    expect(() => validateGpioPins({ status_led: 22, reset_button: 22 })).to.throw(GpioError, /both GPIO 22/);
+    expect(resetHoldProblem(0)).to.be.instanceOf(GpioError).with.property('message').that.matches(/reset_hold_s/);
+    expect(() => validateGpioPins({ sensor_enable: 1.5 })).to.throw(GpioError, /sensor_enable/);
+    expect(() => validateGpioPins({ sensor_enable: 64 })).to.throw(GpioError, /sensor_enable/);
   });
 });
 
