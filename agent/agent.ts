@@ -30,7 +30,7 @@ import { Enrollment, readEnrollmentToken, type EnrollmentOptions } from './enrol
 import { createBoardIo, type BoardIo, type FakeGpioBackend } from './gpio/index.js';
 import { KeyStore } from './keystore.js';
 import { isKeyStoreError } from './keystore-errors.js';
-import { createLogger, type Logger } from './log.js';
+import { createLogger, type Logger } from '../lib/log.js';
 import { MqttSession, type BackoffOptions, type RetryInfo } from './mqtt-session.js';
 import { Pipeline, type CommandEvent, type FollowUp } from './pipeline.js';
 import { AgentRuntime } from './runtime.js';

@@ -6,7 +6,7 @@
  * A crash after the state is saved finishes the wipe at the next start.
  */
 import type { CommandClaims } from '../protocol/index.js';
-import { removeFileSecurely } from './durable-file.js';
+import { removeFileSecurely } from '../lib/durable-file.js';
 import type { Outcome } from './outcome.js';
 import type { AgentRuntime } from './runtime.js';
 

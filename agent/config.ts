@@ -8,7 +8,7 @@ import { access, constants, readFile } from 'node:fs/promises';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { assertValidPrefix, DEFAULT_MAX_SKEW_SECONDS, DEFAULT_TOPIC_PREFIX, GPIO_PIN_MAX, ID_PATTERN } from '../protocol/index.js';
 import type { GpioConfig } from './gpio/index.js';
-import { isLogLevel, type LogLevel } from './log.js';
+import { isLogLevel, type LogLevel } from '../lib/log.js';
 
 export const DEFAULT_CONFIG_PATH = '/etc/sensor-agent/config.json';
 export const DEFAULT_SERVER_ID = 'provision-server';

@@ -8,7 +8,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { sealEnrollment, toPublicJwk } from '../protocol/index.js';
-import { errnoCode, removeFileSecurely } from './durable-file.js';
+import { errnoCode, removeFileSecurely } from '../lib/durable-file.js';
 import { backoffDelay } from './mqtt-session.js';
 import type { AgentRuntime } from './runtime.js';
 

@@ -26,7 +26,7 @@ import { spawn } from 'node:child_process';
 import { constants, type Stats } from 'node:fs';
 import { access, lstat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { errnoCode } from './durable-file.js';
+import { errnoCode } from '../lib/durable-file.js';
 import { octalMode as octal } from './file-modes.js';
 
 export interface HookResult {

@@ -46,7 +46,7 @@ import {
   type KeyUse,
   type PrivateJwk,
 } from '../protocol/keys.js';
-import { errnoCode, makeDirectories, removeFileSecurely, removeStaleTemps, writeFileAtomic } from './durable-file.js';
+import { errnoCode, makeDirectories, removeFileSecurely, removeStaleTemps, writeFileAtomic } from '../lib/durable-file.js';
 import { KeyStoreError } from './keystore-errors.js';
 import { octalMode as octal, shellQuote as sh } from './file-modes.js';
 

@@ -12,7 +12,7 @@
  */
 import { EventEmitter } from 'node:events';
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
-import type { Logger } from './log.js';
+import type { Logger } from '../lib/log.js';
 import { capInboundPackets, MAX_INBOUND_PACKET_BYTES, stopReading } from './packet-cap.js';
 
 export interface SessionBroker {

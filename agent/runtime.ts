@@ -17,7 +17,7 @@ import {
 import type { AgentConfig } from './config.js';
 import type { BoardIo } from './gpio/index.js';
 import type { KeyStore } from './keystore.js';
-import type { Logger } from './log.js';
+import type { Logger } from '../lib/log.js';
 import type { MqttSession, SessionBroker } from './mqtt-session.js';
 import type { StateStore, StoredBroker } from './state.js';
 import type { TrustAnchors } from './trust.js';

@@ -12,7 +12,7 @@ import { KeyRing, openAck, sealAck, toPublicJwk } from '../protocol/index.js';
 import { brokerFailureFix, probeTlsIdentity } from './broker-probe.js';
 import { clockStatus } from './clock.js';
 import { loadConfig, type AgentConfig } from './config.js';
-import { writeFileAtomic } from './durable-file.js';
+import { writeFileAtomic } from '../lib/durable-file.js';
 import { DEFAULT_SYSFS_ROOT, loadOnoff, openOnoff, type OnoffModule } from './gpio/index.js';
 import { resolveOnChip } from './gpio/sysfs-resolver.js';
 import { KeyStore } from './keystore.js';

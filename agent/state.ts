@@ -13,7 +13,7 @@ import { constants, type Stats } from 'node:fs';
 import { chmod, lstat, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AckStatus, GpioSettings, ReportingSettings, SensorSettings } from '../protocol/index.js';
-import { errnoCode, makeDirectories, removeStaleTemps, writeFileAtomic } from './durable-file.js';
+import { errnoCode, makeDirectories, removeStaleTemps, writeFileAtomic } from '../lib/durable-file.js';
 import { octalMode as octal, shellQuote as sh } from './file-modes.js';
 
 export const STATE_VERSION = 1;

@@ -6,9 +6,10 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { assertValidId, generateEncryptionKey, generateSigningKey, toPublicJwk, type PrivateJwk } from '../protocol/index.js';
-import { CliError } from './cli-support.js';
+import { CliError } from '../lib/cli.js';
 import type { BrokerSettings, OpenedData } from './data-dir.js';
-import { ensurePrivateDir, writeFileDurable } from './files.js';
+import { writeFileAtomic } from '../lib/durable-file.js';
+import { ensurePrivateDir } from '../lib/fs.js';
 
 export interface BundleOptions {
   deviceId: string;
@@ -73,7 +74,7 @@ export async function writeBundle(data: OpenedData, options: BundleOptions): Pro
   await ensurePrivateDir(dir);
   const files: string[] = [];
   const write = async (name: string, text: string | Buffer, mode: number): Promise<void> => {
-    await writeFileDurable(join(dir, name), text, mode);
+    await writeFileAtomic(join(dir, name), text, { mode });
     files.push(name);
   };
 
@@ -127,7 +128,7 @@ export async function writeBundle(data: OpenedData, options: BundleOptions): Pro
 }
 
 async function writeKey(dir: string, name: string, jwk: PrivateJwk): Promise<void> {
-  await writeFileDurable(join(dir, name), `${JSON.stringify(jwk)}\n`, 0o600);
+  await writeFileAtomic(join(dir, name), `${JSON.stringify(jwk)}\n`, { mode: 0o600 });
 }
 
 async function readInput(from: string): Promise<Buffer> {

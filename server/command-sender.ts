@@ -10,7 +10,7 @@
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { checkCommandInput, commandTopic, isRecord, type Action, type ActionParams } from '../protocol/index.js';
-import { CliError } from './cli-support.js';
+import { CliError } from '../lib/cli.js';
 import { GroupCommit } from './group-commit.js';
 import { RegistryError } from './registry/errors.js';
 import type { NewCommand, Registry } from './registry/registry.js';

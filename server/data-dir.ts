@@ -9,8 +9,9 @@ import { randomBytes } from 'node:crypto';
 import { chmod, lstat, readFile } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
 import { DEFAULT_TOPIC_PREFIX, assertValidPrefix, isRecord } from '../protocol/index.js';
-import { CliError } from './cli-support.js';
-import { ensurePrivateDir, writeFileDurable } from './files.js';
+import { CliError } from '../lib/cli.js';
+import { writeFileAtomic } from '../lib/durable-file.js';
+import { ensurePrivateDir, exists } from '../lib/fs.js';
 import { Registry } from './registry/registry.js';
 import { initServerKeys, loadServerKeys, type ServerKeys } from './server-keys.js';
 
@@ -78,9 +79,9 @@ export async function initDataDir(dir: string, options: InitOptions = {}): Promi
     ...(options.deviceBroker ? { device_broker: { url: options.deviceBroker.url, ...absolutePaths({ url: options.deviceBroker.url, ...(options.deviceBroker.ca ? { ca: options.deviceBroker.ca } : {}) }) } } : {}),
     topic_prefix: prefix,
   };
-  await writeFileDurable(paths.config, `${JSON.stringify(recorded, null, 2)}\n`, 0o644);
+  await writeFileAtomic(paths.config, `${JSON.stringify(recorded, null, 2)}\n`, { mode: 0o644 });
   if (options.force || !(await exists(paths.httpToken))) {
-    await writeFileDurable(paths.httpToken, `${randomBytes(32).toString('base64url')}\n`, 0o600);
+    await writeFileAtomic(paths.httpToken, `${randomBytes(32).toString('base64url')}\n`, { mode: 0o600 });
   }
   return paths;
 }
@@ -162,13 +163,4 @@ export async function readHttpToken(path: string): Promise<string> {
   const token = (await readFile(path, 'utf8')).trim();
   if (token.length < 16) throw new CliError('E_CONFIG', `HTTP token in ${path} is shorter than 16 characters`, 2);
   return token;
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await lstat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }

@@ -10,7 +10,7 @@ import { constants } from 'node:fs';
 import { lstat, open, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { RSA_KEY_WRAP_ALG, computeKid, isValidId, parsePublicJwk, type PublicJwk } from '../protocol/index.js';
-import { CliError } from './cli-support.js';
+import { CliError } from '../lib/cli.js';
 import type { Registry } from './registry/registry.js';
 
 export interface LegacyImportResult {

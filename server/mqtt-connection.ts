@@ -2,7 +2,7 @@
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
-import { CliError } from './cli-support.js';
+import { CliError } from '../lib/cli.js';
 import type { BrokerSettings } from './data-dir.js';
 
 export interface ConnectOptions {

@@ -15,8 +15,9 @@ import {
   type JwkSet,
   type PrivateJwk,
 } from '../protocol/index.js';
-import { CliError } from './cli-support.js';
-import { ensurePrivateDir, writeFileDurable } from './files.js';
+import { CliError } from '../lib/cli.js';
+import { writeFileAtomic } from '../lib/durable-file.js';
+import { ensurePrivateDir, exists } from '../lib/fs.js';
 
 export const DEFAULT_SERVER_ID = 'provision-server';
 
@@ -39,10 +40,10 @@ export async function initServerKeys(dir: string, options: { serverId?: string; 
   }
   const [signing, encryption] = await Promise.all([generateSigningKey(), generateEncryptionKey()]);
   const trust = toJwkSet([signing, encryption]);
-  await writeFileDurable(join(dir, 'signing.jwk'), `${JSON.stringify(signing)}\n`, 0o600);
-  await writeFileDurable(join(dir, 'encryption.jwk'), `${JSON.stringify(encryption)}\n`, 0o600);
-  await writeFileDurable(join(dir, 'server.json'), `${JSON.stringify({ server_id: serverId }, null, 2)}\n`, 0o644);
-  await writeFileDurable(join(dir, 'trust.jwks'), `${JSON.stringify(trust, null, 2)}\n`, 0o644);
+  await writeFileAtomic(join(dir, 'signing.jwk'), `${JSON.stringify(signing)}\n`, { mode: 0o600 });
+  await writeFileAtomic(join(dir, 'encryption.jwk'), `${JSON.stringify(encryption)}\n`, { mode: 0o600 });
+  await writeFileAtomic(join(dir, 'server.json'), `${JSON.stringify({ server_id: serverId }, null, 2)}\n`, { mode: 0o644 });
+  await writeFileAtomic(join(dir, 'trust.jwks'), `${JSON.stringify(trust, null, 2)}\n`, { mode: 0o644 });
   return trust;
 }
 
@@ -84,13 +85,4 @@ async function readPrivate(path: string, use: 'sig' | 'enc'): Promise<PrivateJwk
     throw new CliError('E_KEY_CORRUPT', `server key ${path} is not valid JSON`, 2);
   }
   return parsePrivateJwk(json, use);
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await lstat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }

@@ -1,7 +1,8 @@
 /** `sensor-agent inspect`: open one sealed command and print its verified claims (stateless). */
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { DEFAULT_MAX_MESSAGE_BYTES, KeyRing, TRUSTED_CLOCK, UNTRUSTED_CLOCK, isProtocolError, openCommand, parseJwkSet } from '../../protocol/index.js';
-import { CliError, deviceIdFlag, readInput, readJsonFile } from '../cli-support.js';
+import { CliError } from '../../lib/cli.js';
+import { deviceIdFlag, readInput, readJsonFile } from '../../lib/cli-input.js';
 import { KeyStore } from '../keystore.js';
 
 interface InspectArgs {

@@ -1,7 +1,7 @@
 /** `sensor-agent run`: the daemon. Exit statuses: docs/CONTRACTS.md (0 stopped, 1 failure, 2 usage/config, 10 decommissioned). */
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { startAgent, type RunningAgent, type StartAgentOptions } from '../agent.js';
-import { CliError } from '../cli-support.js';
+import { CliError } from '../../lib/cli.js';
 import { DEFAULT_CONFIG_PATH } from '../config.js';
 import { DEFAULT_ENROLLMENT_RETRY } from '../enrollment.js';
 import { isKeyStoreError } from '../keystore-errors.js';

@@ -1,7 +1,7 @@
 /** `sensor-agent selftest`: the on-device self-test; exit 0 only when every required check passes. */
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { parseDurationMs } from '../../protocol/index.js';
-import { CliError } from '../cli-support.js';
+import { CliError } from '../../lib/cli.js';
 import { DEFAULT_CONFIG_PATH } from '../config.js';
 import { formatReport, runSelftest } from '../selftest.js';
 

@@ -1,7 +1,8 @@
 /** `provision-server device list|show|add|remove`: the device registry. */
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { assertValidId, parseJwkSet } from '../../protocol/index.js';
-import { CliError, deviceIdFlag, readJsonFile } from '../cli-support.js';
+import { CliError } from '../../lib/cli.js';
+import { deviceIdFlag, readJsonFile } from '../../lib/cli-input.js';
 import { openDataDir } from '../data-dir.js';
 import { DEVICE_STATES, type DeviceState } from '../registry/types.js';
 import { printable } from '../terminal-text.js';

@@ -3,7 +3,7 @@ import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { DEFAULT_TOPIC_PREFIX } from '../../protocol/index.js';
 import { DEFAULT_BROKER_URL, initDataDir, type BrokerSettings } from '../data-dir.js';
 import { DEFAULT_SERVER_ID } from '../server-keys.js';
-import { CliError } from '../cli-support.js';
+import { CliError } from '../../lib/cli.js';
 import { withBroker, withData, type BrokerArgs, type DataArgs } from './common.js';
 
 interface InitArgs extends DataArgs, BrokerArgs {

@@ -1,7 +1,8 @@
 /** `provision-server inspect`: open an ack or an enrollment and print its verified claims. */
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { DEFAULT_MAX_MESSAGE_BYTES, KeyRing, decryptSealed, isRecord, openAck, openEnrollment, parseJwkSet } from '../../protocol/index.js';
-import { CliError, readInput, readJsonFile } from '../cli-support.js';
+import { CliError } from '../../lib/cli.js';
+import { readInput, readJsonFile } from '../../lib/cli-input.js';
 import { loadServerKeys } from '../server-keys.js';
 
 interface InspectArgs {

@@ -1,7 +1,8 @@
 /** `provision-server seal`: print one sealed command (compact JWE) for a device. */
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { ACTIONS, checkCommandInput, parseJwkSet, sealCommand, type Action } from '../../protocol/index.js';
-import { CliError, deviceIdFlag, readJsonFile } from '../cli-support.js';
+import { CliError } from '../../lib/cli.js';
+import { deviceIdFlag, readJsonFile } from '../../lib/cli-input.js';
 import { parseCommandTtl } from '../duration.js';
 import { nextSealSeq } from '../seal-counter.js';
 import { loadServerKeys } from '../server-keys.js';

@@ -7,7 +7,8 @@
  */
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { ACTIONS, isAction, isRecord, validateParams, type Action } from '../../protocol/index.js';
-import { CliError, deviceIdFlag } from '../cli-support.js';
+import { CliError } from '../../lib/cli.js';
+import { deviceIdFlag } from '../../lib/cli-input.js';
 import { prepareCommand, userIdText } from '../command-sender.js';
 import { brokerFrom, openDataDir } from '../data-dir.js';
 import { parseCommandTtl, parseDuration } from '../duration.js';

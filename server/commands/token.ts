@@ -1,6 +1,6 @@
 /** `provision-server token create`: a one-time enrollment token bound to a device and a user, printed once. */
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
-import { deviceIdFlag } from '../cli-support.js';
+import { deviceIdFlag } from '../../lib/cli-input.js';
 import { openDataDir } from '../data-dir.js';
 import { parseDuration } from '../duration.js';
 import { withData, type DataArgs } from './common.js';

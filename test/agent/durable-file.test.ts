@@ -11,7 +11,7 @@ import {
   removeFileSecurely,
   removeStaleTemps,
   writeFileAtomic,
-} from '../../agent/durable-file.js';
+} from '../../lib/durable-file.js';
 import { NO_TMPFS, skipBecause } from '../helpers/skip.js';
 
 const run = promisify(execFile);

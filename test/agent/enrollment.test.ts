@@ -16,7 +16,7 @@ import { expect } from 'chai';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startAgent, type RunningAgent } from '../../agent/agent.js';
-import { bufferedLogger } from '../../agent/log.js';
+import { bufferedLogger } from '../../lib/log.js';
 import type { FakeGpioBackend, FakeWrite } from '../../agent/gpio/index.js';
 import { exists, makeDevice, PREFIX, readDeviceState, useAedesSuite, waitFor, type DeviceFiles } from './agent-fixture.js';
 

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { decommission } from '../../agent/apply-delete.js';
 import type { RunningAgent } from '../../agent/agent.js';
 import { KeyStore } from '../../agent/keystore.js';
-import { bufferedLogger } from '../../agent/log.js';
+import { bufferedLogger } from '../../lib/log.js';
 import { recordCommand, type AgentState } from '../../agent/state.js';
 import { addSuiteDevice, exists, readDeviceState, startRefusal, startSuiteAgent, stopSuiteAgent, useAedesSuite, waitFor, type DeviceFiles, type StartRefusal } from './agent-fixture.js';
 

@@ -11,7 +11,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startAgent, type RunningAgent } from '../../agent/agent.js';
 import { KeyStore } from '../../agent/keystore.js';
-import { bufferedLogger } from '../../agent/log.js';
+import { bufferedLogger } from '../../lib/log.js';
 import type { AgentState } from '../../agent/state.js';
 import { generateEncryptionKey, generateSigningKey } from '../../protocol/index.js';
 import { makeDevice, readDeviceState, useAedesSuite } from './agent-fixture.js';

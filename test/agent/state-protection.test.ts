@@ -16,7 +16,7 @@ import { chmod, chown, mkdir, readFile, rename, rm, symlink, writeFile } from 'n
 import { join } from 'node:path';
 import type { RunningAgent } from '../../agent/agent.js';
 import { KeyStore } from '../../agent/keystore.js';
-import { bufferedLogger } from '../../agent/log.js';
+import { bufferedLogger } from '../../lib/log.js';
 import { AGENT_CLI } from '../helpers/agent-process.js';
 import { addSuiteDevice, exists, readDeviceState, startRefusal, startSuiteAgent, stopSuiteAgent, useAedesSuite, waitFor, type DeviceFiles } from './agent-fixture.js';
 

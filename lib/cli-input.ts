@@ -1,18 +1,7 @@
-/** Small helpers shared by the agent's CLI commands: reading inputs and reporting refusals. */
+/** Reading a CLI's inputs: a device id flag, a file or standard input, a JSON file; refusals are CliErrors. */
 import { readFile } from 'node:fs/promises';
-import { isProtocolError, isValidId } from '../protocol/index.js';
-
-/** A refusal the CLI reports as `sensor-agent: CODE: message` with a chosen exit status. */
-export class CliError extends Error {
-  override readonly name = 'CliError';
-  constructor(
-    readonly code: string,
-    message: string,
-    readonly exitCode = 1,
-  ) {
-    super(message);
-  }
-}
+import { isValidId } from '../protocol/index.js';
+import { CliError } from './cli.js';
 
 /** A yargs `coerce` for a device id flag: a bad id is bad usage (exit 2), refused before anything is read. */
 export function deviceIdFlag(flag: string): (value: unknown) => string {
@@ -60,37 +49,4 @@ export async function readJsonFile(path: string, what: string, maxBytes = 256 * 
   } catch (err) {
     throw new CliError('E_BAD_JSON', `${what} file ${path} is not valid JSON: ${(err as Error).message}`, 2);
   }
-}
-
-/**
- * The `--help` to point a usage error at: the (sub)command being run, e.g.
- * `provision-server keys init --help`, else the program's. `commands` maps each
- * command to its subcommands.
- */
-export function helpHint(program: string, args: readonly string[], commands: Readonly<Record<string, readonly string[]>>): string {
-  const words = [program];
-  const [first, second] = args;
-  const subcommands = first === undefined ? undefined : commands[first];
-  if (first !== undefined && subcommands !== undefined) {
-    words.push(first);
-    if (second !== undefined && subcommands.includes(second)) words.push(second);
-  }
-  return `Run '${words.join(' ')} --help' for usage.`;
-}
-
-/** Prints a refusal on stderr (`CODE: message`, and for E_USAGE the `--help` hint) and sets the exit status. */
-export function reportError(program: string, err: unknown, usageHint?: string): void {
-  const { code, exitCode } = describe(err);
-  process.stderr.write(`${program}: ${code}: ${err instanceof Error ? err.message : String(err)}\n${code === 'E_USAGE' && usageHint ? `${usageHint}\n` : ''}`);
-  process.exitCode = exitCode;
-}
-
-function describe(err: unknown): { code: string; exitCode: number } {
-  if (err instanceof CliError) return { code: err.code, exitCode: err.exitCode };
-  if (isProtocolError(err)) return { code: err.code, exitCode: 1 };
-  const coded = err as { code?: unknown; exitCode?: unknown } | null;
-  if (err instanceof Error && typeof coded?.code === 'string' && /^E_[A-Z_]+$/.test(coded.code)) {
-    return { code: coded.code, exitCode: typeof coded.exitCode === 'number' ? coded.exitCode : 1 };
-  }
-  return { code: 'E_INTERNAL', exitCode: 1 };
 }

@@ -1,26 +1,16 @@
-/** Durable writes for the server's key and bundle files: temp, fsync, rename, fsync directory. */
-import { randomBytes } from 'node:crypto';
-import { constants } from 'node:fs';
-import { mkdir, open, rename, stat, unlink } from 'node:fs/promises';
-import { basename, dirname, join, resolve } from 'node:path';
-import { CliError } from './cli-support.js';
+/** Small file system helpers: does a path exist, `mkdir -p` with private new levels. (Durable writes: durable-file.ts.) */
+import { lstat, mkdir, stat } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
+import { CliError } from './cli.js';
 
-export async function writeFileDurable(path: string, data: string | Uint8Array, mode = 0o600): Promise<void> {
-  const dir = dirname(path);
-  const temp = join(dir, `.${basename(path)}.tmp-${randomBytes(6).toString('hex')}`);
-  const fh = await open(temp, constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY | constants.O_NOFOLLOW, mode);
+/** True when something (even a dangling symbolic link) is at `path`. */
+export async function exists(path: string): Promise<boolean> {
   try {
-    await fh.chmod(mode);
-    await fh.writeFile(data);
-    await fh.sync();
-    await fh.close();
-    await rename(temp, path);
-  } catch (err) {
-    await fh.close().catch(() => undefined);
-    await unlink(temp).catch(() => undefined);
-    throw err;
+    await lstat(path);
+    return true;
+  } catch {
+    return false;
   }
-  await syncDir(dir);
 }
 
 /**
@@ -46,14 +36,5 @@ export async function ensurePrivateDir(dir: string): Promise<void> {
     await mkdir(d, { mode: 0o700 }).catch((err: NodeJS.ErrnoException) => {
       if (err.code !== 'EEXIST') throw new CliError('E_NO_FILE', `cannot create directory ${d}: ${err.code ?? err.message}`, 2);
     });
-  }
-}
-
-async function syncDir(dir: string): Promise<void> {
-  const fh = await open(dir, constants.O_RDONLY | constants.O_DIRECTORY);
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
   }
 }

@@ -1,0 +1,92 @@
+/**
+ * The command-line edge shared by `sensor-agent` and `provision-server`: the
+ * yargs program (commands, --help, --version, usage errors) and how a refusal
+ * is reported (`PROGRAM: CODE: message`) with its exit status.
+ */
+import { createRequire } from 'node:module';
+import type yargsModule from 'yargs';
+import type { Argv } from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { isProtocolError } from '../protocol/index.js';
+import { packageVersion } from './version.js';
+
+// yargs' CommonJS build: its ESM build's help layout (cliui without wrap-ansi) breaks lines in the middle of words.
+const yargs = createRequire(import.meta.url)('yargs') as typeof yargsModule;
+
+/** A refusal the CLI reports as `sensor-agent: CODE: message` with a chosen exit status. */
+export class CliError extends Error {
+  override readonly name = 'CliError';
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly exitCode = 1,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * The `--help` to point a usage error at: the (sub)command being run, e.g.
+ * `provision-server keys init --help`, else the program's. `commands` maps each
+ * command to its subcommands.
+ */
+export function helpHint(program: string, args: readonly string[], commands: Readonly<Record<string, readonly string[]>>): string {
+  const words = [program];
+  const [first, second] = args;
+  const subcommands = first === undefined ? undefined : commands[first];
+  if (first !== undefined && subcommands !== undefined) {
+    words.push(first);
+    if (second !== undefined && subcommands.includes(second)) words.push(second);
+  }
+  return `Run '${words.join(' ')} --help' for usage.`;
+}
+
+/** Prints a refusal on stderr (`CODE: message`, and for E_USAGE the `--help` hint) and sets the exit status. */
+export function reportError(program: string, err: unknown, usageHint?: string): void {
+  const { code, exitCode } = describe(err);
+  process.stderr.write(`${program}: ${code}: ${err instanceof Error ? err.message : String(err)}\n${code === 'E_USAGE' && usageHint ? `${usageHint}\n` : ''}`);
+  process.exitCode = exitCode;
+}
+
+function describe(err: unknown): { code: string; exitCode: number } {
+  if (err instanceof CliError) return { code: err.code, exitCode: err.exitCode };
+  if (isProtocolError(err)) return { code: err.code, exitCode: 1 };
+  const coded = err as { code?: unknown; exitCode?: unknown } | null;
+  if (err instanceof Error && typeof coded?.code === 'string' && /^E_[A-Z_]+$/.test(coded.code)) {
+    return { code: coded.code, exitCode: typeof coded.exitCode === 'number' ? coded.exitCode : 1 };
+  }
+  return { code: 'E_INTERNAL', exitCode: 1 };
+}
+
+export interface CliProgram {
+  /** The program name, as in `sensor-agent: E_USAGE: ...`. */
+  readonly name: string;
+  /** What the program does (the line under `$0 <command> [options]` in --help). */
+  readonly description: string;
+  /** Adds the commands, in --help order: `(cli) => cli.command(a).command(b)`. */
+  readonly commands: (cli: Argv<object>) => Argv<object>;
+  /** Each command and its subcommands (for the --help a usage error points at). */
+  readonly subcommands: Readonly<Record<string, readonly string[]>>;
+}
+
+/** Runs a program on process.argv: usage errors exit 2 with the --help to read; a handler's refusal is reported by reportError. */
+export async function runCli(program: CliProgram): Promise<void> {
+  const args = hideBin(process.argv);
+  const hint = (): string => helpHint(program.name, args, program.subcommands);
+  await program
+    .commands(yargs(args).scriptName(program.name).usage(`$0 <command> [options]\n\n${program.description}`))
+    .demandCommand(1, 'Name a command (see --help).')
+    .strict()
+    .version(packageVersion())
+    .help()
+    .alias('h', 'help')
+    .wrap(Math.min(100, process.stdout.columns || 100))
+    .fail((msg: string | undefined, err: Error | undefined) => {
+      // A handler's error is reported once, by the catch below; yargs' own (YError: validation, a flag's coerce) are usage errors.
+      if (err && err.name !== 'YError') throw err;
+      process.stderr.write(`${program.name}: E_USAGE: ${msg ?? err?.message ?? 'bad usage'}\n${hint()}\n`);
+      process.exit(2);
+    })
+    .parseAsync()
+    .catch((err: unknown) => reportError(program.name, err, hint()));
+}
