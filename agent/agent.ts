@@ -18,6 +18,7 @@
  * - no keys and no token: E_NOT_ENROLLED (exit 2), or exit 10 if decommissioned;
  * - decommissioned and no token: finishes the wipe if a crash interrupted it, exit 10.
  */
+import { CodedError } from '../protocol/index.js';
 import { EventEmitter } from 'node:events';
 import { applyDelete, decommission, EXIT_DECOMMISSIONED, wipeDevice } from './apply-delete.js';
 import { applyRequest } from './apply-request.js';
@@ -41,19 +42,11 @@ import { loadTrustAnchors } from './trust.js';
 
 const CLOCK_RECHECK_MS = 30_000;
 export const EXIT_OK = 0;
-export const EXIT_USAGE = 2;
 export { EXIT_DECOMMISSIONED };
 
-/** A refusal to start, with the exit status `run` uses. */
-export class AgentStartError extends Error {
+/** A refusal to start (its exit status: agent/commands/exit-statuses.ts). */
+export class AgentStartError extends CodedError {
   override readonly name = 'AgentStartError';
-  constructor(
-    readonly code: string,
-    message: string,
-    readonly exitCode: number,
-  ) {
-    super(message);
-  }
 }
 
 export interface AgentEvents {
@@ -160,20 +153,18 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
 
     if (st.decommissioned && token === undefined) {
       if (keystore.hasKeys() || keystore.previousEncryptionKey) await keystore.wipe();
-      throw new AgentStartError('E_DECOMMISSIONED', `device ${config.device_id} was decommissioned by a delete command; to use it again, provision it at the board (place a new enrollment token at ${config.enrollment_token})`, EXIT_DECOMMISSIONED);
+      throw new AgentStartError('E_DECOMMISSIONED', `device ${config.device_id} was decommissioned by a delete command; to use it again, provision it at the board (place a new enrollment token at ${config.enrollment_token})`);
     }
     if (!keystore.hasKeys() && token === undefined) {
       throw new AgentStartError(
         'E_NOT_ENROLLED',
-        `no device keys in ${config.keystore} and no enrollment token at ${config.enrollment_token}: this board is not enrolled. Create a bundle on the server (provision-server bundle --device ${config.device_id} ...) and copy its enroll.token to ${config.enrollment_token} (mode 0600), then start the agent again`,
-        EXIT_USAGE,
-      );
+        `no device keys in ${config.keystore} and no enrollment token at ${config.enrollment_token}: this board is not enrolled. Create a bundle on the server (provision-server bundle --device ${config.device_id} ...) and copy its enroll.token to ${config.enrollment_token} (mode 0600), then start the agent again`);
     }
     // Keys already used with a state file that is now gone: the seq floor and the recent commands that
     // refuse replays went with it, so these keys are never acted on again (new keys via enrollment).
     const stateLost = keystore.hasKeys() && keystore.inUse && !store.found;
     if (stateLost && token === undefined) {
-      throw new AgentStartError('E_STATE_LOST', `${store.path} is missing but the keys in ${config.keystore} were already used with it: without it, commands captured earlier could be replayed, so the agent will not use these keys. ${stateLossAdvice(store.path)}`, EXIT_USAGE);
+      throw new AgentStartError('E_STATE_LOST', `${store.path} is missing but the keys in ${config.keystore} were already used with it: without it, commands captured earlier could be replayed, so the agent will not use these keys. ${stateLossAdvice(store.path)}`);
     }
     const enrolling = token !== undefined && (!st.provisioned || !keystore.hasKeys() || stateLost);
     if (enrolling) {
@@ -191,7 +182,7 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
         else if (st.decommissioned && keystore.hasKeys()) log.warn('decommissioned board with a new enrollment token: replacing the keys left from before the decommissioning', { keystore: config.keystore });
         const keys = await keystore.generate({ force: true }).catch((err: unknown) => {
           if (isKeyStoreError(err) && err.code === 'E_KEYSTORE_READONLY') {
-            throw new AgentStartError(err.code, `enrolling again needs new device keys (the old ones must never be used with a reset replay state), but ${err.message}`, EXIT_USAGE);
+            throw new AgentStartError(err.code, `enrolling again needs new device keys (the old ones must never be used with a reset replay state), but ${err.message}`);
           }
           throw err;
         });

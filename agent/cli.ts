@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /** `sensor-agent`: the on-device provisioning agent and its tools. */
 import { runCli } from '../lib/cli.js';
+import { AGENT_EXIT_STATUSES } from './commands/exit-statuses.js';
 import { inspectCommand } from './commands/inspect.js';
 import { keygenCommand } from './commands/keygen.js';
 import { runCommand } from './commands/run.js';
@@ -11,5 +12,6 @@ await runCli({
   name: 'sensor-agent',
   description: 'Receives signed, encrypted provisioning commands over MQTT and applies them on this board.',
   commands: (cli) => cli.command(keygenCommand).command(inspectCommand).command(runCommand).command(selftestCommand).command(statusCommand),
+  exitStatuses: AGENT_EXIT_STATUSES,
   subcommands: { keygen: [], inspect: [], run: [], selftest: [], status: [] },
 });

@@ -7,22 +7,15 @@
  * the token file is securely removed.
  */
 import { readFile } from 'node:fs/promises';
-import { sealEnrollment, toPublicJwk } from '../protocol/index.js';
+import { CodedError, sealEnrollment, toPublicJwk } from '../protocol/index.js';
 import { errnoCode, removeFileSecurely } from '../lib/durable-file.js';
 import { backoffDelay } from './mqtt-session.js';
 import type { AgentRuntime } from './runtime.js';
 
 export const MAX_TOKEN_BYTES = 256;
 
-export class EnrollmentError extends Error {
+export class EnrollmentError extends CodedError<'E_TOKEN'> {
   override readonly name = 'EnrollmentError';
-  constructor(
-    readonly code: 'E_TOKEN',
-    message: string,
-    readonly exitCode = 2,
-  ) {
-    super(message);
-  }
 }
 
 /** The token in the file, or undefined when there is no file. Throws E_TOKEN when it is unusable. */

@@ -2,8 +2,11 @@
  * Typed refusals of the agent's key store. Every refusal has a stable code;
  * the message names the file and, where one exists, the exact command that
  * fixes it (also in `fix`). Every `sensor-agent` command exits with status 2 on
- * these: a set-up problem, which neither a retry nor a restart fixes.
+ * these (agent/commands/exit-statuses.ts): a set-up problem, which neither a
+ * retry nor a restart fixes.
  */
+import { CodedError } from '../protocol/index.js';
+
 export const KEYSTORE_ERROR_CODES = {
   E_KEYSTORE_PERMS: 'key store directory or key file has group/other permission bits',
   E_KEYSTORE_OWNER: 'key store directory or key file owned by another user',
@@ -17,19 +20,15 @@ export const KEYSTORE_ERROR_CODES = {
 
 export type KeyStoreErrorCode = keyof typeof KEYSTORE_ERROR_CODES;
 
-export class KeyStoreError extends Error {
+export class KeyStoreError extends CodedError<KeyStoreErrorCode> {
   override readonly name = 'KeyStoreError';
-  readonly code: KeyStoreErrorCode;
-  /** The CLI's exit status: 2, bad usage or configuration. */
-  readonly exitCode = 2;
   /** The file or directory concerned. */
   readonly path: string;
   /** The shell command that fixes the problem, when there is one. */
   readonly fix: string | undefined;
 
   constructor(code: KeyStoreErrorCode, path: string, message: string, options?: { fix?: string; cause?: unknown }) {
-    super(options?.fix === undefined ? message : `${message}; fix with: ${options.fix}`, { cause: options?.cause });
-    this.code = code;
+    super(code, options?.fix === undefined ? message : `${message}; fix with: ${options.fix}`, { cause: options?.cause, details: { path } });
     this.path = path;
     this.fix = options?.fix;
   }

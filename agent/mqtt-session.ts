@@ -10,6 +10,7 @@
  * A session holds one timer at most (the pending reconnect), and none while
  * connected, so many sessions fit in one process.
  */
+import { CodedError } from '../protocol/index.js';
 import { EventEmitter } from 'node:events';
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import type { Logger } from '../lib/log.js';
@@ -313,12 +314,6 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
   }
 }
 
-export class SessionError extends Error {
+export class SessionError extends CodedError<'E_OFFLINE'> {
   override readonly name = 'SessionError';
-  constructor(
-    readonly code: 'E_OFFLINE',
-    message: string,
-  ) {
-    super(message);
-  }
 }

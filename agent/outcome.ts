@@ -1,5 +1,5 @@
 /** What applying an action produces: the ack fields, the state change, and the side effects around the PUBACK. */
-import type { AckStatus, CommandClaims } from '../protocol/index.js';
+import { CodedError, type AckStatus, type CommandClaims } from '../protocol/index.js';
 import type { AgentState } from './state.js';
 
 export interface Outcome {
@@ -21,14 +21,9 @@ export interface Outcome {
 
 export type ApplyFn = (claims: CommandClaims) => Promise<Outcome>;
 
-export class ActionRefused extends Error {
+/** An action's refusal of an authenticated command: its code goes into the `rejected` ack. */
+export class ActionRefused extends CodedError {
   override readonly name = 'ActionRefused';
-  constructor(
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
-  }
 }
 
 export function applied(detail: string, extra: Partial<Outcome> = {}): Outcome {

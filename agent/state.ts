@@ -12,7 +12,7 @@
 import { constants, type Stats } from 'node:fs';
 import { chmod, lstat, open } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { AckStatus, GpioSettings, ReportingSettings, SensorSettings } from '../protocol/index.js';
+import { CodedError, type AckStatus, type GpioSettings, type ReportingSettings, type SensorSettings } from '../protocol/index.js';
 import { errnoCode, makeDirectories, removeStaleTemps, writeFileAtomic } from '../lib/durable-file.js';
 import { octalMode as octal, shellQuote as sh } from './file-modes.js';
 
@@ -115,10 +115,8 @@ export type StateErrorCode = keyof typeof STATE_ERROR_CODES;
  * A refusal to use the state directory or file. These are for the operator
  * to fix (a restart cannot), so `sensor-agent run` exits with status 2.
  */
-export class StateError extends Error {
+export class StateError extends CodedError<StateErrorCode> {
   override readonly name = 'StateError';
-  readonly code: StateErrorCode;
-  readonly exitCode = 2;
   /** The shell command that fixes the problem, when there is one. */
   readonly fix: string | undefined;
   constructor(
@@ -126,8 +124,7 @@ export class StateError extends Error {
     message: string,
     options?: { cause?: unknown; code?: StateErrorCode; fix?: string },
   ) {
-    super(options?.fix === undefined ? message : `${message}; fix with: ${options.fix}`, options?.cause === undefined ? undefined : { cause: options.cause });
-    this.code = options?.code ?? 'E_STATE';
+    super(options?.code ?? 'E_STATE', options?.fix === undefined ? message : `${message}; fix with: ${options.fix}`, { cause: options?.cause, details: { path } });
     this.fix = options?.fix;
   }
 }

@@ -5,7 +5,7 @@
  * is what acks and enrollments are encrypted to.
  */
 import { readFile } from 'node:fs/promises';
-import { KeyRing, parseJwkSet, type PublicJwk } from '../protocol/index.js';
+import { CodedError, KeyRing, parseJwkSet, type PublicJwk } from '../protocol/index.js';
 
 export interface TrustAnchors {
   path: string;
@@ -14,15 +14,13 @@ export interface TrustAnchors {
   verification: KeyRing;
 }
 
-export class TrustError extends Error {
+export class TrustError extends CodedError<'E_TRUST'> {
   override readonly name = 'TrustError';
-  readonly code = 'E_TRUST';
-  readonly exitCode = 2;
   constructor(
     readonly path: string,
     message: string,
   ) {
-    super(message);
+    super('E_TRUST', message, { details: { path } });
   }
 }
 

@@ -7,23 +7,11 @@ import { createRequire } from 'node:module';
 import type yargsModule from 'yargs';
 import type { Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { isProtocolError } from '../protocol/index.js';
+import { isCodedError, isProtocolError } from '../protocol/index.js';
 import { packageVersion } from './version.js';
 
 // yargs' CommonJS build: its ESM build's help layout (cliui without wrap-ansi) breaks lines in the middle of words.
 const yargs = createRequire(import.meta.url)('yargs') as typeof yargsModule;
-
-/** A refusal the CLI reports as `sensor-agent: CODE: message` with a chosen exit status. */
-export class CliError extends Error {
-  override readonly name = 'CliError';
-  constructor(
-    readonly code: string,
-    message: string,
-    readonly exitCode = 1,
-  ) {
-    super(message);
-  }
-}
 
 /**
  * The `--help` to point a usage error at: the (sub)command being run, e.g.
@@ -41,21 +29,28 @@ export function helpHint(program: string, args: readonly string[], commands: Rea
   return `Run '${words.join(' ')} --help' for usage.`;
 }
 
-/** Prints a refusal on stderr (`CODE: message`, and for E_USAGE the `--help` hint) and sets the exit status. */
-export function reportError(program: string, err: unknown, usageHint?: string): void {
-  const { code, exitCode } = describe(err);
-  process.stderr.write(`${program}: ${code}: ${err instanceof Error ? err.message : String(err)}\n${code === 'E_USAGE' && usageHint ? `${usageHint}\n` : ''}`);
-  process.exitCode = exitCode;
+/** A program's exit status for each refusal code it can end with (any other code: 1). */
+export type ExitStatuses = Readonly<Record<string, number>>;
+
+/** Refusals of the shared CLI inputs (lib/cli-input.ts, lib/fs.ts): bad usage, exit 2 in both programs. */
+export const INPUT_EXIT_STATUSES: ExitStatuses = { E_USAGE: 2, E_NO_FILE: 2, E_NOT_DIR: 2, E_TOO_LARGE: 2, E_BAD_JSON: 2 };
+
+/**
+ * The exit status a refusal ends a program with: a protocol refusal (a message
+ * that did not open or verify) is 1, a coded refusal what the program's table
+ * says (1 when it says nothing), anything else (a bug) 1.
+ */
+export function exitStatusOf(err: unknown, statuses: ExitStatuses): number {
+  if (isProtocolError(err)) return 1;
+  if (isCodedError(err)) return statuses[err.code] ?? 1;
+  return 1;
 }
 
-function describe(err: unknown): { code: string; exitCode: number } {
-  if (err instanceof CliError) return { code: err.code, exitCode: err.exitCode };
-  if (isProtocolError(err)) return { code: err.code, exitCode: 1 };
-  const coded = err as { code?: unknown; exitCode?: unknown } | null;
-  if (err instanceof Error && typeof coded?.code === 'string' && /^E_[A-Z_]+$/.test(coded.code)) {
-    return { code: coded.code, exitCode: typeof coded.exitCode === 'number' ? coded.exitCode : 1 };
-  }
-  return { code: 'E_INTERNAL', exitCode: 1 };
+/** Prints a refusal on stderr (`CODE: message`, and for E_USAGE the `--help` hint) and sets the exit status from `statuses`. */
+export function reportError(program: string, err: unknown, statuses: ExitStatuses, usageHint?: string): void {
+  const code = isCodedError(err) ? err.code : 'E_INTERNAL';
+  process.stderr.write(`${program}: ${code}: ${err instanceof Error ? err.message : String(err)}\n${code === 'E_USAGE' && usageHint ? `${usageHint}\n` : ''}`);
+  process.exitCode = exitStatusOf(err, statuses);
 }
 
 export interface CliProgram {
@@ -65,6 +60,8 @@ export interface CliProgram {
   readonly description: string;
   /** Adds the commands, in --help order: `(cli) => cli.command(a).command(b)`. */
   readonly commands: (cli: Argv<object>) => Argv<object>;
+  /** The exit status for each refusal code (see exitStatusOf). */
+  readonly exitStatuses: ExitStatuses;
   /** Each command and its subcommands (for the --help a usage error points at). */
   readonly subcommands: Readonly<Record<string, readonly string[]>>;
 }
@@ -88,5 +85,5 @@ export async function runCli(program: CliProgram): Promise<void> {
       process.exit(2);
     })
     .parseAsync()
-    .catch((err: unknown) => reportError(program.name, err, hint()));
+    .catch((err: unknown) => reportError(program.name, err, program.exitStatuses, hint()));
 }

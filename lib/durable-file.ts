@@ -11,17 +11,16 @@ import { randomBytes } from 'node:crypto';
 import { constants, type Stats } from 'node:fs';
 import { lstat, mkdir, open, readdir, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
+import { CodedError } from '../protocol/index.js';
 
 export type DurableFileErrorCode = 'E_DISK_FULL' | 'E_WRITE' | 'E_REMOVE';
 
-export class DurableFileError extends Error {
+export class DurableFileError extends CodedError<DurableFileErrorCode> {
   override readonly name = 'DurableFileError';
-  readonly code: DurableFileErrorCode;
   readonly path: string;
 
   constructor(code: DurableFileErrorCode, path: string, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.code = code;
+    super(code, message, { cause: options?.cause, details: { path } });
     this.path = path;
   }
 }

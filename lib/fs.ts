@@ -1,7 +1,7 @@
 /** Small file system helpers: does a path exist, `mkdir -p` with private new levels. (Durable writes: durable-file.ts.) */
 import { lstat, mkdir, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
-import { CliError } from './cli.js';
+import { CodedError } from '../protocol/index.js';
 
 /** True when something (even a dangling symbolic link) is at `path`. */
 export async function exists(path: string): Promise<boolean> {
@@ -23,10 +23,10 @@ export async function ensurePrivateDir(dir: string): Promise<void> {
   for (let p = resolve(dir); ; p = dirname(p)) {
     const st = await stat(p).catch((err: NodeJS.ErrnoException) => {
       if (err.code === 'ENOENT' || err.code === 'ENOTDIR') return undefined; // ENOTDIR: a level above is a file, found next
-      throw new CliError('E_NO_FILE', `cannot use ${p} on the way to ${dir}: ${err.code ?? err.message}`, 2);
+      throw new CodedError('E_NO_FILE', `cannot use ${p} on the way to ${dir}: ${err.code ?? err.message}`);
     });
     if (st) {
-      if (!st.isDirectory()) throw new CliError('E_NOT_DIR', `${p} is a file, not a directory: cannot use ${dir} as a directory`, 2);
+      if (!st.isDirectory()) throw new CodedError('E_NOT_DIR', `${p} is a file, not a directory: cannot use ${dir} as a directory`);
       break;
     }
     missing.unshift(p);
@@ -34,7 +34,7 @@ export async function ensurePrivateDir(dir: string): Promise<void> {
   }
   for (const d of missing) {
     await mkdir(d, { mode: 0o700 }).catch((err: NodeJS.ErrnoException) => {
-      if (err.code !== 'EEXIST') throw new CliError('E_NO_FILE', `cannot create directory ${d}: ${err.code ?? err.message}`, 2);
+      if (err.code !== 'EEXIST') throw new CodedError('E_NO_FILE', `cannot create directory ${d}: ${err.code ?? err.message}`);
     });
   }
 }

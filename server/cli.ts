@@ -3,6 +3,7 @@
 import { runCli } from '../lib/cli.js';
 import { bundleCommand } from './commands/bundle.js';
 import { deviceCommand } from './commands/device.js';
+import { SERVER_EXIT_STATUSES } from './commands/exit-statuses.js';
 import { importLegacyCommand } from './commands/import-legacy.js';
 import { initCommand } from './commands/init.js';
 import { inspectCommand } from './commands/inspect.js';
@@ -16,6 +17,7 @@ await runCli({
   name: 'provision-server',
   description: 'Seals signed, encrypted provisioning commands for sensor boards and verifies their acks.',
   commands: (cli) => cli.command(initCommand).command(tokenCommand).command(bundleCommand).command(deviceCommand).command(importLegacyCommand).command(sendCommand).command(serveCommand).command(keysCommand).command(sealCommandModule).command(inspectCommand),
+  exitStatuses: SERVER_EXIT_STATUSES,
   subcommands: {
     init: [],
     token: ['create'],

@@ -13,6 +13,7 @@ import { hostname } from 'node:os';
 import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
 import type { MqttClient } from 'mqtt';
+import { CodedError } from '../protocol/index.js';
 import { AckWaiters } from './ack-waiters.js';
 import { CommandSender, type SendRequest } from './command-sender.js';
 import { brokerFrom, openDataDir, readHttpToken, type BrokerSettings, type OpenedData } from './data-dir.js';
@@ -142,7 +143,7 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
 /** `host:port` (IPv6 as `[::1]:8080`), or a bare port on 127.0.0.1, to {host, port}. */
 export function parseHostPort(text: string): { host: string; port: number } {
   const usage = (why: string): Error =>
-    Object.assign(new Error(`--http "${text}" ${why}: give a port (127.0.0.1 is assumed) or host:port, e.g. 8080, 127.0.0.1:8080 or [::1]:8080`), { code: 'E_USAGE', exitCode: 2 });
+    new CodedError('E_USAGE', `--http "${text}" ${why}: give a port (127.0.0.1 is assumed) or host:port, e.g. 8080, 127.0.0.1:8080 or [::1]:8080`);
   const bare = /^\d+$/.test(text.trim());
   const m = bare ? undefined : /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(text.trim());
   if (!bare && !m) throw usage('is neither a port nor host:port');

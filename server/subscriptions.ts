@@ -13,6 +13,7 @@
 import { randomBytes } from 'node:crypto';
 import type { MqttClient } from 'mqtt';
 import { fleetFilter } from '../protocol/index.js';
+import { BrokerError } from './mqtt-connection.js';
 import type { Log } from './log.js';
 
 export type SharedMode = 'auto' | 'on' | 'off';
@@ -30,7 +31,7 @@ export async function subscribeFleet(
   const filters = shared ? plain.map((f) => `$share/${group}/${f}`) : plain;
   const granted = await client.subscribeAsync(filters, { qos: 1 });
   const refused = granted.filter((g) => g.qos === 128);
-  if (refused.length) throw Object.assign(new Error(`the broker refused the subscription(s) ${refused.map((g) => g.topic).join(', ')}`), { code: 'E_BROKER' });
+  if (refused.length) throw new BrokerError(`the broker refused the subscription(s) ${refused.map((g) => g.topic).join(', ')}`);
   if (shared) options.log('info', 'subscribe.shared', { group, filters });
   else options.log('warn', 'subscribe.plain', { filters, note: 'no shared subscriptions: run only one serve instance on this broker' });
   return { shared, filters };

@@ -1,7 +1,7 @@
 /** `sensor-agent inspect`: open one sealed command and print its verified claims (stateless). */
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { DEFAULT_MAX_MESSAGE_BYTES, KeyRing, TRUSTED_CLOCK, UNTRUSTED_CLOCK, isProtocolError, openCommand, parseJwkSet } from '../../protocol/index.js';
-import { CliError } from '../../lib/cli.js';
+import { CodedError } from '../../protocol/index.js';
 import { deviceIdFlag, readInput, readJsonFile } from '../../lib/cli-input.js';
 import { KeyStore } from '../keystore.js';
 
@@ -27,9 +27,9 @@ export const inspectCommand: CommandModule<object, InspectArgs> = {
   handler: async (args: ArgumentsCamelCase<InspectArgs>) => {
     const store = await KeyStore.open(args.keystore);
     const decryption = store.decryptionKeys();
-    if (decryption.length === 0) throw new CliError('E_NO_KEYS', `key store ${args.keystore} holds no encryption key; run: sensor-agent keygen --keystore ${args.keystore}`, 2);
+    if (decryption.length === 0) throw new CodedError('E_NO_KEYS', `key store ${args.keystore} holds no encryption key; run: sensor-agent keygen --keystore ${args.keystore}`);
     const pinned = await parseJwkSet(await readJsonFile(args.trust, 'trust anchors'), 'sig');
-    if (pinned.length === 0) throw new CliError('E_NO_KEYS', `trust anchors ${args.trust} hold no signing key`, 2);
+    if (pinned.length === 0) throw new CodedError('E_NO_KEYS', `trust anchors ${args.trust} hold no signing key`);
     const input = await readInput(args.file, DEFAULT_MAX_MESSAGE_BYTES * 2);
     const opened = await openCommand(input, {
       deviceId: args.device,
@@ -47,10 +47,10 @@ export const inspectCommand: CommandModule<object, InspectArgs> = {
 function withClockHint(err: unknown): unknown {
   if (!isProtocolError(err)) return err;
   if (err.code === 'E_EXPIRED') {
-    return new CliError(err.code, `${err.message}; to read it anyway, pass --clock untrusted (the time checks are skipped, as on a board without a synchronised clock), or seal it again (provision-server seal ... --ttl 1h)`, 1);
+    return new CodedError(err.code, `${err.message}; to read it anyway, pass --clock untrusted (the time checks are skipped, as on a board without a synchronised clock), or seal it again (provision-server seal ... --ttl 1h)`);
   }
   if (err.code === 'E_NOT_YET_VALID') {
-    return new CliError(err.code, `${err.message}; check this machine's clock (timedatectl), or pass --clock untrusted to skip the time checks`, 1);
+    return new CodedError(err.code, `${err.message}; check this machine's clock (timedatectl), or pass --clock untrusted to skip the time checks`);
   }
   return err;
 }

@@ -1,7 +1,7 @@
 /** `sensor-agent run`: the daemon. Exit statuses: docs/CONTRACTS.md (0 stopped, 1 failure, 2 usage/config, 10 decommissioned). */
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { startAgent, type RunningAgent, type StartAgentOptions } from '../agent.js';
-import { CliError } from '../../lib/cli.js';
+import { CodedError } from '../../protocol/index.js';
 import { DEFAULT_CONFIG_PATH } from '../config.js';
 import { DEFAULT_ENROLLMENT_RETRY } from '../enrollment.js';
 import { isKeyStoreError } from '../keystore-errors.js';
@@ -19,7 +19,7 @@ export function testTimeScale(env: NodeJS.ProcessEnv = process.env, warn = (line
   const raw = env[TEST_TIME_SCALE_ENV];
   if (raw === undefined || raw === '') return {};
   const f = Number(raw);
-  if (!Number.isFinite(f) || f <= 0 || f > 1) throw new CliError('E_USAGE', `${TEST_TIME_SCALE_ENV}=${raw}: a number in (0, 1] was expected (test only: unset it)`, 2);
+  if (!Number.isFinite(f) || f <= 0 || f > 1) throw new CodedError('E_USAGE', `${TEST_TIME_SCALE_ENV}=${raw}: a number in (0, 1] was expected (test only: unset it)`);
   const scale = (ms: number): number => Math.max(1, Math.round(ms * f));
   warn(`WARN ${TEST_TIME_SCALE_ENV}=${raw} (test only): retry delays scaled by ${f}\n`);
   return {
@@ -43,14 +43,8 @@ export const runCommand: CommandModule<object, RunArgs> = {
           'Exit status: 0 stopped by SIGTERM/SIGINT, 1 runtime failure, 2 bad usage or configuration (including key store permissions, not enrolled, a state file that is damaged, planted, loosely protected, or lost for keys already in use), 10 decommissioned. A restart cannot fix 2 or 10: the unit has RestartPreventExitStatus=2 10 and SuccessExitStatus=10.')
       .example('# run as the systemd service does\n$0 run --config /etc/sensor-agent/config.json', '') as unknown as Argv<RunArgs>,
   handler: async (args: ArgumentsCamelCase<RunArgs>) => {
-    let agent: RunningAgent;
-    try {
-      agent = await startAgent({ configPath: args.config, systemdNotify: true, ...testTimeScale() });
-    } catch (err) {
-      // Key store refusals are configuration problems: exit 2 (systemd's restarts would not fix them).
-      if (isKeyStoreError(err)) throw new CliError(err.code, err.message, 2);
-      throw err;
-    }
+    // A refusal to start ends with the status in exit-statuses.ts (e.g. key store refusals: 2, which systemd's restarts would not fix).
+    const agent: RunningAgent = await startAgent({ configPath: args.config, systemdNotify: true, ...testTimeScale() });
     const onSignal = (signal: NodeJS.Signals): void => {
       process.stderr.write(`INFO ${signal} received: finishing the command in flight and disconnecting\n`);
       void agent.stop();

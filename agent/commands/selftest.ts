@@ -1,7 +1,7 @@
 /** `sensor-agent selftest`: the on-device self-test; exit 0 only when every required check passes. */
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { parseDurationMs } from '../../protocol/index.js';
-import { CliError } from '../../lib/cli.js';
+import { CodedError } from '../../protocol/index.js';
 import { DEFAULT_CONFIG_PATH } from '../config.js';
 import { formatReport, runSelftest } from '../selftest.js';
 
@@ -25,7 +25,7 @@ export const selftestCommand: CommandModule<object, SelftestArgs> = {
       ) as unknown as Argv<SelftestArgs>,
   handler: async (args: ArgumentsCamelCase<SelftestArgs>) => {
     const timeout = parseDurationMs(args.timeout);
-    if ('problem' in timeout) throw new CliError('E_USAGE', `--timeout "${args.timeout}" ${timeout.problem}`, 2);
+    if ('problem' in timeout) throw new CodedError('E_USAGE', `--timeout "${args.timeout}" ${timeout.problem}`);
     const report = await runSelftest({ configPath: args.config, brokerTimeoutMs: Math.max(1000, timeout.ms) });
     process.stdout.write(args.json ? `${JSON.stringify(report, null, 2)}\n` : formatReport(report));
     process.exitCode = report.ok ? 0 : 1;

@@ -1,7 +1,7 @@
 /** `provision-server device list|show|add|remove`: the device registry. */
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { assertValidId, parseJwkSet } from '../../protocol/index.js';
-import { CliError } from '../../lib/cli.js';
+import { CodedError } from '../../protocol/index.js';
 import { deviceIdFlag, readJsonFile } from '../../lib/cli-input.js';
 import { openDataDir } from '../data-dir.js';
 import { DEVICE_STATES, type DeviceState } from '../registry/types.js';
@@ -84,7 +84,7 @@ const addCommand: CommandModule<object, AddArgs> = {
     const keys = await parseJwkSet(set);
     const enc = keys.filter((k) => k.use === 'enc');
     const sig = keys.filter((k) => k.use === 'sig');
-    if (enc.length !== 1 || sig.length > 1) throw new CliError('E_KEY', `${args.jwks} must hold exactly one encryption key and at most one signing key`, 2);
+    if (enc.length !== 1 || sig.length > 1) throw new CodedError('E_KEY', `${args.jwks} must hold exactly one encryption key and at most one signing key`);
     const data = await openDataDir(args.data);
     try {
       const d = data.registry.addDevice(

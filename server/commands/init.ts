@@ -3,7 +3,7 @@ import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { DEFAULT_TOPIC_PREFIX } from '../../protocol/index.js';
 import { DEFAULT_BROKER_URL, initDataDir, type BrokerSettings } from '../data-dir.js';
 import { DEFAULT_SERVER_ID } from '../server-keys.js';
-import { CliError } from '../../lib/cli.js';
+import { CodedError } from '../../protocol/index.js';
 import { withBroker, withData, type BrokerArgs, type DataArgs } from './common.js';
 
 interface InitArgs extends DataArgs, BrokerArgs {
@@ -38,7 +38,7 @@ export const initCommand: CommandModule<object, InitArgs> = {
     if (args.ca) broker.ca = args.ca;
     if (args.cert) broker.cert = args.cert;
     if (args.key) broker.key = args.key;
-    if (args.deviceCa && !args.deviceBroker) throw new CliError('E_USAGE', '--device-ca goes with --device-broker', 2);
+    if (args.deviceCa && !args.deviceBroker) throw new CodedError('E_USAGE', '--device-ca goes with --device-broker');
     const deviceBroker: BrokerSettings | undefined = args.deviceBroker ? { url: args.deviceBroker, ...(args.deviceCa ? { ca: args.deviceCa } : {}) } : undefined;
     const paths = await initDataDir(args.data, { serverId: args.serverId, broker, ...(deviceBroker ? { deviceBroker } : {}), topicPrefix: args.topicPrefix, force: args.force });
     process.stdout.write(

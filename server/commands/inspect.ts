@@ -1,7 +1,7 @@
 /** `provision-server inspect`: open an ack or an enrollment and print its verified claims. */
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { DEFAULT_MAX_MESSAGE_BYTES, KeyRing, decryptSealed, isRecord, openAck, openEnrollment, parseJwkSet } from '../../protocol/index.js';
-import { CliError } from '../../lib/cli.js';
+import { CodedError } from '../../protocol/index.js';
 import { readInput, readJsonFile } from '../../lib/cli-input.js';
 import { loadServerKeys } from '../server-keys.js';
 
@@ -31,7 +31,7 @@ export const inspectCommand: CommandModule<object, InspectArgs> = {
       process.stdout.write(`${JSON.stringify({ kind: 'enrollment', claims: { ...claims, token: '(redacted)' } }, null, 2)}\n`);
       return;
     }
-    if (!args.deviceJwks) throw new CliError('E_USAGE', 'an ack is verified against the device signing key: pass --device-jwks FILE', 2);
+    if (!args.deviceJwks) throw new CodedError('E_USAGE', 'an ack is verified against the device signing key: pass --device-jwks FILE');
     const signers = await parseJwkSet(await readJsonFile(args.deviceJwks, 'device JWK set'), 'sig');
     const opened = await openAck(input, { serverId: server.serverId, decryption: server.decryption, verification: await KeyRing.create(signers) });
     process.stdout.write(`${JSON.stringify({ kind: 'ack', claims: opened.claims, signer_kid: opened.signerKid }, null, 2)}\n`);

@@ -1,7 +1,7 @@
 /** `provision-server seal`: print one sealed command (compact JWE) for a device. */
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { ACTIONS, checkCommandInput, parseJwkSet, sealCommand, type Action } from '../../protocol/index.js';
-import { CliError } from '../../lib/cli.js';
+import { CodedError } from '../../protocol/index.js';
 import { deviceIdFlag, readJsonFile } from '../../lib/cli-input.js';
 import { parseCommandTtl } from '../duration.js';
 import { nextSealSeq } from '../seal-counter.js';
@@ -37,14 +37,14 @@ export const sealCommandModule: CommandModule<object, SealArgs> = {
     try {
       params = JSON.parse(args.params) as unknown;
     } catch (err) {
-      throw new CliError('E_PARAMS', `--params is not valid JSON: ${(err as Error).message}`, 2);
+      throw new CodedError('E_PARAMS', `--params is not valid JSON: ${(err as Error).message}`);
     }
-    if (args.seq !== undefined && (!Number.isSafeInteger(args.seq) || args.seq < 1)) throw new CliError('E_USAGE', '--seq must be an integer >= 1', 2);
+    if (args.seq !== undefined && (!Number.isSafeInteger(args.seq) || args.seq < 1)) throw new CodedError('E_USAGE', '--seq must be an integer >= 1');
     const ttlSeconds = parseCommandTtl(args.ttl);
     const server = await loadServerKeys(args.keys);
     const recipients = await parseJwkSet(await readJsonFile(args.deviceJwks, 'device JWK set'), 'enc');
     const recipient = recipients[0];
-    if (!recipient) throw new CliError('E_NO_KEYS', `${args.deviceJwks} holds no encryption key: refusing to send anything unencrypted`, 2);
+    if (!recipient) throw new CodedError('E_NO_KEYS', `${args.deviceJwks} holds no encryption key: refusing to send anything unencrypted`);
     const input = { serverId: server.serverId, deviceId: args.device, action: args.action, userId: args.user, params, ttlSeconds };
     // Everything checked before the seq is taken: a refused command uses up no seq.
     checkCommandInput(input);

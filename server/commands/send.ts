@@ -7,7 +7,7 @@
  */
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { ACTIONS, isAction, isRecord, validateParams, type Action } from '../../protocol/index.js';
-import { CliError } from '../../lib/cli.js';
+import { CodedError } from '../../protocol/index.js';
 import { deviceIdFlag } from '../../lib/cli-input.js';
 import { prepareCommand, userIdText } from '../command-sender.js';
 import { brokerFrom, openDataDir } from '../data-dir.js';
@@ -64,7 +64,7 @@ export const sendCommand: CommandModule<object, SendArgs> = {
     const ttlSeconds = args.ttl ? parseCommandTtl(args.ttl) : undefined;
     const fanout = args.all || args.resume !== undefined || (args.user !== undefined && args.action === undefined);
     const actionText = fanout && args.action === undefined ? args.target : args.action;
-    if (args.resume === undefined && !isAction(actionText)) throw new CliError('E_USAGE', `name an action: one of ${ACTIONS.join(', ')}`, 2);
+    if (args.resume === undefined && !isAction(actionText)) throw new CodedError('E_USAGE', `name an action: one of ${ACTIONS.join(', ')}`);
     const params = buildParams(args.params, args.set ?? []);
     const data = await openDataDir(args.data);
     const log = args.verbose ? streamLog(process.stderr, 'info') : undefined;
@@ -72,9 +72,9 @@ export const sendCommand: CommandModule<object, SendArgs> = {
       const broker = brokerFrom(data.config.broker, brokerOverride(args));
       // Everything is checked before the broker is contacted: a bad command never waits on a connection.
       if (fanout) {
-        if (args.all && args.user !== undefined) throw new CliError('E_USAGE', '--all and --user select devices differently: choose one', 2);
+        if (args.all && args.user !== undefined) throw new CodedError('E_USAGE', '--all and --user select devices differently: choose one');
         if (!Number.isInteger(args.sealWorkers) || args.sealWorkers < 0 || args.sealWorkers > MAX_SEAL_WORKERS) {
-          throw new CliError('E_USAGE', `--seal-workers must be an integer 0-${MAX_SEAL_WORKERS}`, 2);
+          throw new CodedError('E_USAGE', `--seal-workers must be an integer 0-${MAX_SEAL_WORKERS}`);
         }
         if (args.resume === undefined) validateParams(actionText as Action, isRecord(params) && params.user_id !== undefined ? { ...params, user_id: userIdText(params.user_id) } : params);
         const client = await openSendClient(data, broker, { acksOf: 'all', sealWorkers: args.sealWorkers, ...(log ? { log } : {}) });
@@ -100,7 +100,7 @@ export const sendCommand: CommandModule<object, SendArgs> = {
         return;
       }
       const deviceId = args.target;
-      if (!deviceId) throw new CliError('E_USAGE', 'name a device: send DEVICE ACTION (or --all / --user UID for a fan-out)', 2);
+      if (!deviceId) throw new CodedError('E_USAGE', 'name a device: send DEVICE ACTION (or --all / --user UID for a fan-out)');
       deviceIdFlag('DEVICE')(deviceId);
       const request = {
         deviceId,
@@ -121,7 +121,7 @@ export const sendCommand: CommandModule<object, SendArgs> = {
         const acked = await client.waiters.wait(command.jti, timeoutMs);
         if (!acked?.ackStatus) {
           process.stdout.write(`${JSON.stringify(commandView(data.registry.getCommand(command.jti) ?? command), null, 2)}\n`);
-          throw new CliError('E_TIMEOUT', `no ack from ${deviceId} within ${args.timeout} (the command stays valid until ${new Date(command.expiresAt).toISOString()})`, SEND_EXIT.timeout);
+          throw new CodedError('E_TIMEOUT', `no ack from ${deviceId} within ${args.timeout} (the command stays valid until ${new Date(command.expiresAt).toISOString()})`);
         }
         process.stdout.write(`${JSON.stringify(commandView(acked), null, 2)}\n`);
         process.exitCode = SEND_EXIT[acked.ackStatus];
@@ -142,14 +142,14 @@ export function buildParams(json: string | undefined, sets: readonly string[]): 
     try {
       parsed = JSON.parse(json) as unknown;
     } catch (err) {
-      throw new CliError('E_PARAMS', `--params is not valid JSON: ${(err as Error).message}`, 2);
+      throw new CodedError('E_PARAMS', `--params is not valid JSON: ${(err as Error).message}`);
     }
-    if (!isRecord(parsed)) throw new CliError('E_PARAMS', '--params must be a JSON object', 2);
+    if (!isRecord(parsed)) throw new CodedError('E_PARAMS', '--params must be a JSON object');
     params = parsed;
   }
   for (const s of sets) {
     const eq = s.indexOf('=');
-    if (eq <= 0) throw new CliError('E_PARAMS', `--set ${s}: expected key=value`, 2);
+    if (eq <= 0) throw new CodedError('E_PARAMS', `--set ${s}: expected key=value`);
     const path = s.slice(0, eq).split('.');
     const text = s.slice(eq + 1);
     let value: unknown = text;
@@ -160,7 +160,7 @@ export function buildParams(json: string | undefined, sets: readonly string[]): 
     }
     let node = params;
     for (const [i, key] of path.entries()) {
-      if (!key || key === '__proto__' || key === 'constructor' || key === 'prototype') throw new CliError('E_PARAMS', `--set ${s}: bad key`, 2);
+      if (!key || key === '__proto__' || key === 'constructor' || key === 'prototype') throw new CodedError('E_PARAMS', `--set ${s}: bad key`);
       if (i === path.length - 1) node[key] = value;
       else {
         const child = node[key];

@@ -1,4 +1,6 @@
 /** Refusals of the device registry, with stable codes. */
+import { CodedError } from '../../protocol/index.js';
+
 export const REGISTRY_ERROR_CODES = {
   E_SCHEMA: 'the registry database has an unknown schema version',
   E_NO_REGISTRY: 'the registry database does not exist',
@@ -16,14 +18,10 @@ export const REGISTRY_ERROR_CODES = {
 
 export type RegistryErrorCode = keyof typeof REGISTRY_ERROR_CODES;
 
-export class RegistryError extends Error {
+export class RegistryError extends CodedError<RegistryErrorCode> {
   override readonly name = 'RegistryError';
-  constructor(
-    readonly code: RegistryErrorCode,
-    message?: string,
-    readonly exitCode = 1,
-  ) {
-    super(message ?? REGISTRY_ERROR_CODES[code]);
+  constructor(code: RegistryErrorCode, message?: string) {
+    super(code, message ?? REGISTRY_ERROR_CODES[code]);
   }
 }
 

@@ -363,8 +363,8 @@ export async function stopSuiteAgent(suite: AedesSuite, agent: RunningAgent): Pr
   suite.running.delete(agent);
 }
 
-/** Why startAgent refused to start: its typed error (code, exit status), if it carries them. */
-export type StartRefusal = Error & { code?: string; exitCode?: number };
+/** Why startAgent refused to start: its typed error (code; its exit status: agentExitStatus), if it carries one. */
+export type StartRefusal = Error & { code?: string };
 
 /** Starts an agent of the suite that is expected to refuse; returns its error, or undefined when it started (stopped after the test). */
 export async function startRefusal(suite: AedesSuite, options: StartAgentOptions): Promise<StartRefusal | undefined> {

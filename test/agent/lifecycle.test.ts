@@ -15,6 +15,7 @@ import { shouldRunMosquitto, startAedes, startMosquitto } from '../helpers/broke
 import { makeParty, type Party } from '../helpers/keys.js';
 import { exists, showAgentLogOnFailure, makeDevice, readDeviceState, removeDir, SERVER_ID, TestServer, type DeviceFiles } from './agent-fixture.js';
 import { NO_MOSQUITTO, skipBecause } from '../helpers/skip.js';
+import { agentExitStatus } from '../../agent/commands/exit-statuses.js';
 
 
 interface BrokerUnderTest {
@@ -218,7 +219,7 @@ function lifecycle(name: string, start: () => Promise<BrokerUnderTest | undefine
         err = e;
       }
       expect(err).to.be.instanceOf(AgentStartError);
-      expect((err as AgentStartError).exitCode).to.equal(10);
+      expect(agentExitStatus(err)).to.equal(10);
       expect((err as AgentStartError).code).to.equal('E_DECOMMISSIONED');
     });
   });
