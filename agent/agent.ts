@@ -20,25 +20,25 @@
  */
 import { CodedError } from '../protocol/index.js';
 import { EventEmitter } from 'node:events';
-import { applyDelete, decommission, EXIT_DECOMMISSIONED, wipeDevice } from './apply-delete.js';
-import { applyRequest } from './apply-request.js';
-import { applyRotate, resumeRotation } from './apply-rotate.js';
-import { applySelftest } from './apply-selftest.js';
-import { applyGpioSettings, applyUpdate, effectivePins, finishBrokerChange, type UpdateControl } from './apply-update.js';
-import { clockStatus, toClockPolicy } from './clock.js';
+import { applyDelete, decommission, EXIT_DECOMMISSIONED, wipeDevice } from './actions/delete.js';
+import { applyRequest } from './actions/request.js';
+import { applyRotate, resumeRotation } from './actions/rotate.js';
+import { applySelftest } from './actions/selftest.js';
+import { applyGpioSettings, applyUpdate, effectivePins, finishBrokerChange, type UpdateControl } from './actions/update.js';
+import { clockStatus, toClockPolicy } from './system/clock.js';
 import { loadConfig, type AgentConfig } from './config.js';
-import { Enrollment, readEnrollmentToken, type EnrollmentOptions } from './enrollment.js';
+import { Enrollment, readEnrollmentToken, type EnrollmentOptions } from './net/enrollment.js';
 import { createBoardIo, type BoardIo, type FakeGpioBackend } from './gpio/index.js';
-import { KeyStore } from './keystore.js';
-import { isKeyStoreError } from './keystore-errors.js';
+import { KeyStore } from './store/keystore.js';
+import { isKeyStoreError } from './store/keystore-errors.js';
 import { createLogger, type Logger } from '../lib/log.js';
-import { MqttSession, type BackoffOptions, type RetryInfo } from './mqtt-session.js';
-import { Pipeline, type CommandEvent, type FollowUp } from './pipeline.js';
+import { MqttSession, type BackoffOptions, type RetryInfo } from './net/mqtt-session.js';
+import { Pipeline, type CommandEvent, type FollowUp } from './actions/pipeline.js';
 import { AgentRuntime } from './runtime.js';
-import { IdleCollector } from './idle-gc.js';
-import { initialState, stateLossAdvice, StateStore, type StateStoreOptions } from './state.js';
-import { createSystemdNotifier, type SystemdNotifier } from './systemd-notify.js';
-import { loadTrustAnchors } from './trust.js';
+import { IdleCollector } from './system/idle-gc.js';
+import { initialState, stateLossAdvice, StateStore, type StateStoreOptions } from './store/state.js';
+import { createSystemdNotifier, type SystemdNotifier } from './system/systemd-notify.js';
+import { loadTrustAnchors } from './store/trust.js';
 
 const CLOCK_RECHECK_MS = 30_000;
 export const EXIT_OK = 0;
@@ -122,7 +122,7 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
   #busySince = 0;
   #clockTimer: NodeJS.Timeout | undefined;
   #resume: (() => Promise<void>) | undefined;
-  /** A full GC once the agent is quiet after start-up or a command (agent/idle-gc.ts). */
+  /** A full GC once the agent is quiet after start-up or a command (agent/system/idle-gc.ts). */
   readonly #idleGc = new IdleCollector();
 
   constructor(
@@ -337,7 +337,7 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
     this.emit('provisioned', userId);
   }
 
-  async #switchBroker(stored: import('./state.js').StoredBroker | undefined, timeoutMs: number): Promise<boolean> {
+  async #switchBroker(stored: import('./store/state.js').StoredBroker | undefined, timeoutMs: number): Promise<boolean> {
     const rt = this.#rt;
     await rt.session.switchBroker(await rt.effectiveBroker(stored));
     if (timeoutMs <= 0) return true;

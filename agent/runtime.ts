@@ -16,11 +16,11 @@ import {
 } from '../protocol/index.js';
 import type { AgentConfig } from './config.js';
 import type { BoardIo } from './gpio/index.js';
-import type { KeyStore } from './keystore.js';
+import type { KeyStore } from './store/keystore.js';
 import type { Logger } from '../lib/log.js';
-import type { MqttSession, SessionBroker } from './mqtt-session.js';
-import type { StateStore, StoredBroker } from './state.js';
-import type { TrustAnchors } from './trust.js';
+import type { MqttSession, SessionBroker } from './net/mqtt-session.js';
+import type { StateStore, StoredBroker } from './store/state.js';
+import type { TrustAnchors } from './store/trust.js';
 
 /** An ack's content; the device and server ids come from the config. */
 export type AckFields = Omit<AckInput, 'deviceId' | 'serverId' | 'now'>;

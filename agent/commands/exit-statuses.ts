@@ -5,9 +5,9 @@
  * fixes (the unit has RestartPreventExitStatus=2 10); 10 is decommissioned.
  */
 import { INPUT_EXIT_STATUSES, exitStatusOf, type ExitStatuses } from '../../lib/cli.js';
-import { EXIT_DECOMMISSIONED } from '../apply-delete.js';
-import { KEYSTORE_ERROR_CODES } from '../keystore-errors.js';
-import { STATE_ERROR_CODES } from '../state.js';
+import { EXIT_DECOMMISSIONED } from '../actions/delete.js';
+import { KEYSTORE_ERROR_CODES } from '../store/keystore-errors.js';
+import { STATE_ERROR_CODES } from '../store/state.js';
 
 const SETUP = 2;
 

@@ -3,7 +3,7 @@ import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { DEFAULT_MAX_MESSAGE_BYTES, KeyRing, TRUSTED_CLOCK, UNTRUSTED_CLOCK, isProtocolError, openCommand, parseJwkSet } from '../../protocol/index.js';
 import { CodedError } from '../../protocol/index.js';
 import { deviceIdFlag, readInput, readJsonFile } from '../../lib/cli-input.js';
-import { KeyStore } from '../keystore.js';
+import { KeyStore } from '../store/keystore.js';
 
 interface InspectArgs {
   keystore: string;

@@ -1,6 +1,6 @@
 /** `sensor-agent keygen`: create the device's key pairs in the protected key store. */
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
-import { KeyStore } from '../keystore.js';
+import { KeyStore } from '../store/keystore.js';
 
 interface KeygenArgs {
   keystore: string;

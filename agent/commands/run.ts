@@ -3,9 +3,9 @@ import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { startAgent, type RunningAgent, type StartAgentOptions } from '../agent.js';
 import { CodedError } from '../../protocol/index.js';
 import { DEFAULT_CONFIG_PATH } from '../config.js';
-import { DEFAULT_ENROLLMENT_RETRY } from '../enrollment.js';
-import { isKeyStoreError } from '../keystore-errors.js';
-import { DEFAULT_BACKOFF } from '../mqtt-session.js';
+import { DEFAULT_ENROLLMENT_RETRY } from '../net/enrollment.js';
+import { isKeyStoreError } from '../store/keystore-errors.js';
+import { DEFAULT_BACKOFF } from '../net/mqtt-session.js';
 
 /**
  * TEST ONLY, never set on a board: SENSOR_AGENT_TEST_TIME_SCALE=F (0 < F <= 1) multiplies the

@@ -1,7 +1,7 @@
 /** `sensor-agent status`: what the state directory says (works whether or not the daemon runs). */
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { loadConfig, DEFAULT_CONFIG_PATH } from '../config.js';
-import { readState } from '../state.js';
+import { readState } from '../store/state.js';
 
 interface StatusArgs {
   config: string;

@@ -21,7 +21,7 @@ import {
   type Action,
   type PublicJwk,
 } from '../../protocol/index.js';
-import { KeyStore } from '../../agent/keystore.js';
+import { KeyStore } from '../../agent/store/keystore.js';
 import { startAgent, type RunningAgent, type StartAgentOptions } from '../../agent/agent.js';
 import { startAedes, type AedesBroker } from '../helpers/brokers.js';
 import type { AgentProcess } from '../helpers/agent-process.js';

@@ -10,7 +10,7 @@ import { execFile } from 'node:child_process';
 import { chmod, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { KeyStore } from '../../agent/keystore.js';
+import { KeyStore } from '../../agent/store/keystore.js';
 import { sealCommand, toPublicJwk } from '../../protocol/index.js';
 import { AGENT_CLI } from '../helpers/agent-process.js';
 import { makeParty, type Party } from '../helpers/keys.js';

@@ -11,7 +11,7 @@ import { expect } from 'chai';
 import { chmod, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AgentFaults, RunningAgent } from '../../agent/agent.js';
-import { KeyStore } from '../../agent/keystore.js';
+import { KeyStore } from '../../agent/store/keystore.js';
 import { bufferedLogger } from '../../lib/log.js';
 import type { PublicJwk } from '../../protocol/index.js';
 import { addSuiteDevice, readDeviceState, startSuiteAgent, stopSuiteAgent, useAedesSuite, waitFor, type DeviceFiles, type ReceivedAck } from './agent-fixture.js';

@@ -11,11 +11,11 @@
 import { expect } from 'chai';
 import { cp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { decommission } from '../../agent/apply-delete.js';
+import { decommission } from '../../agent/actions/delete.js';
 import type { RunningAgent } from '../../agent/agent.js';
-import { KeyStore } from '../../agent/keystore.js';
+import { KeyStore } from '../../agent/store/keystore.js';
 import { bufferedLogger } from '../../lib/log.js';
-import { recordCommand, type AgentState } from '../../agent/state.js';
+import { recordCommand, type AgentState } from '../../agent/store/state.js';
 import { addSuiteDevice, exists, readDeviceState, startRefusal, startSuiteAgent, stopSuiteAgent, useAedesSuite, waitFor, type DeviceFiles, type StartRefusal } from './agent-fixture.js';
 import { agentExitStatus } from '../../agent/commands/exit-statuses.js';
 

@@ -9,9 +9,9 @@
 import { expect } from 'chai';
 import { readFile, writeFile } from 'node:fs/promises';
 import type { AgentFaults, RunningAgent } from '../../agent/agent.js';
-import { KeyStore } from '../../agent/keystore.js';
+import { KeyStore } from '../../agent/store/keystore.js';
 import { bufferedLogger } from '../../lib/log.js';
-import { boundRecent, initialState, MAX_RECENT, type RecentCommand } from '../../agent/state.js';
+import { boundRecent, initialState, MAX_RECENT, type RecentCommand } from '../../agent/store/state.js';
 import { addSuiteDevice, readDeviceState, startSuiteAgent, stopSuiteAgent, useAedesSuite, waitFor, type DeviceFiles, type ReceivedAck } from './agent-fixture.js';
 
 const logs = bufferedLogger('debug');

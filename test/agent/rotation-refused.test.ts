@@ -10,9 +10,9 @@ import { expect } from 'chai';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startAgent, type RunningAgent } from '../../agent/agent.js';
-import { KeyStore } from '../../agent/keystore.js';
+import { KeyStore } from '../../agent/store/keystore.js';
 import { bufferedLogger } from '../../lib/log.js';
-import type { AgentState } from '../../agent/state.js';
+import type { AgentState } from '../../agent/store/state.js';
 import { generateEncryptionKey, generateSigningKey } from '../../protocol/index.js';
 import { makeDevice, readDeviceState, useAedesSuite } from './agent-fixture.js';
 

@@ -15,7 +15,7 @@ import { execFile } from 'node:child_process';
 import { chmod, chown, mkdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { RunningAgent } from '../../agent/agent.js';
-import { KeyStore } from '../../agent/keystore.js';
+import { KeyStore } from '../../agent/store/keystore.js';
 import { bufferedLogger } from '../../lib/log.js';
 import { AGENT_CLI } from '../helpers/agent-process.js';
 import { addSuiteDevice, exists, readDeviceState, startRefusal, startSuiteAgent, stopSuiteAgent, useAedesSuite, waitFor, type DeviceFiles } from './agent-fixture.js';

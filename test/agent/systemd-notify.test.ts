@@ -21,7 +21,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { waitingStatus } from '../../agent/agent.js';
 import { TEST_TIME_SCALE_ENV, testTimeScale } from '../../agent/commands/run.js';
-import { shortReason } from '../../agent/mqtt-session.js';
+import { shortReason } from '../../agent/net/mqtt-session.js';
 import { spawnAgent, type AgentProcess } from '../helpers/agent-process.js';
 import { freePort, shouldRunMosquitto, startAedes, startMosquitto, type AedesBroker } from '../helpers/brokers.js';
 import { makeParty, type Party } from '../helpers/keys.js';

@@ -13,7 +13,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
-import { probeTlsIdentity } from '../../agent/broker-probe.js';
+import { probeTlsIdentity } from '../../agent/net/broker-probe.js';
 import { startBroker, type RunningBroker } from './mosquitto-fixture.js';
 import { clientCredentials, makeTestPki, type ClientCredentials } from './pki-fixture.js';
 import { requireTools } from './tools.js';

@@ -12,8 +12,8 @@
 import { constants, type Stats } from 'node:fs';
 import { chmod, lstat, open } from 'node:fs/promises';
 import { join } from 'node:path';
-import { CodedError, type AckStatus, type GpioSettings, type ReportingSettings, type SensorSettings } from '../protocol/index.js';
-import { errnoCode, makeDirectories, removeStaleTemps, writeFileAtomic } from '../lib/durable-file.js';
+import { CodedError, type AckStatus, type GpioSettings, type ReportingSettings, type SensorSettings } from '../../protocol/index.js';
+import { errnoCode, makeDirectories, removeStaleTemps, writeFileAtomic } from '../../lib/durable-file.js';
 import { octalMode as octal, shellQuote as sh } from './file-modes.js';
 
 export const STATE_VERSION = 1;

@@ -45,8 +45,8 @@ import {
   type JwkSet,
   type KeyUse,
   type PrivateJwk,
-} from '../protocol/keys.js';
-import { errnoCode, makeDirectories, removeFileSecurely, removeStaleTemps, writeFileAtomic } from '../lib/durable-file.js';
+} from '../../protocol/keys.js';
+import { errnoCode, makeDirectories, removeFileSecurely, removeStaleTemps, writeFileAtomic } from '../../lib/durable-file.js';
 import { KeyStoreError } from './keystore-errors.js';
 import { octalMode as octal, shellQuote as sh } from './file-modes.js';
 

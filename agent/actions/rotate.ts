@@ -19,10 +19,10 @@ import {
   toJwkSet,
   type CommandClaims,
   type JwkSet,
-} from '../protocol/index.js';
+} from '../../protocol/index.js';
 import type { Outcome } from './outcome.js';
-import type { AgentRuntime } from './runtime.js';
-import { recordCommand, type AgentState, type PendingRotation } from './state.js';
+import type { AgentRuntime } from '../runtime.js';
+import { recordCommand, type AgentState, type PendingRotation } from '../store/state.js';
 
 export async function applyRotate(rt: AgentRuntime, claims: CommandClaims): Promise<Outcome> {
   const ks = rt.keystore;

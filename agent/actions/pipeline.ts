@@ -14,12 +14,12 @@
  * was decided before (applied, failed or refused) is re-acked as a duplicate
  * with its original status and code, never applied.
  */
-import { checkReplay, isProtocolError, openCommand, type CommandClaims, type OpenedCommand } from '../protocol/index.js';
-import { undoRotationKeys } from './apply-rotate.js';
+import { checkReplay, isProtocolError, openCommand, type CommandClaims, type OpenedCommand } from '../../protocol/index.js';
+import { undoRotationKeys } from './rotate.js';
 import { runHook } from './hooks.js';
 import { ActionRefused, type ApplyFn, type Outcome } from './outcome.js';
-import type { AgentRuntime } from './runtime.js';
-import { recordCommand, recordRefusal, type RecentCommand } from './state.js';
+import type { AgentRuntime } from '../runtime.js';
+import { recordCommand, recordRefusal, type RecentCommand } from '../store/state.js';
 
 /** Work to run after the PUBACK (publishing the ack, side effects). */
 export type FollowUp = () => Promise<void>;

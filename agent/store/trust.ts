@@ -5,7 +5,7 @@
  * is what acks and enrollments are encrypted to.
  */
 import { readFile } from 'node:fs/promises';
-import { CodedError, KeyRing, parseJwkSet, type PublicJwk } from '../protocol/index.js';
+import { CodedError, KeyRing, parseJwkSet, type PublicJwk } from '../../protocol/index.js';
 
 export interface TrustAnchors {
   path: string;

@@ -6,7 +6,7 @@
  * WATCHDOG_USEC; a ping is sent only when `healthy()` says so.
  */
 import { execFile } from 'node:child_process';
-import type { Logger } from '../lib/log.js';
+import type { Logger } from '../../lib/log.js';
 
 export interface SystemdNotifier {
   readonly enabled: boolean;

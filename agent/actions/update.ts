@@ -8,12 +8,12 @@
  * (E_BROKER_ROLLBACK) saying so; otherwise the `applied` ack goes out on the
  * new broker. A crash during the switch resumes it at the next start.
  */
-import type { CommandClaims, UpdateParams } from '../protocol/index.js';
-import { checkBrokerUrl } from './config.js';
-import type { GpioPins } from './gpio/index.js';
+import type { CommandClaims, UpdateParams } from '../../protocol/index.js';
+import { checkBrokerUrl } from '../config.js';
+import type { GpioPins } from '../gpio/index.js';
 import { ActionRefused, applied, type Outcome } from './outcome.js';
-import type { AgentRuntime } from './runtime.js';
-import type { AgentState, PendingBroker, Settings } from './state.js';
+import type { AgentRuntime } from '../runtime.js';
+import type { AgentState, PendingBroker, Settings } from '../store/state.js';
 
 export const DEFAULT_ROLLBACK_TIMEOUT_S = 60;
 

@@ -6,8 +6,8 @@
  */
 import { execFile } from 'node:child_process';
 import { access } from 'node:fs/promises';
-import type { ClockPolicy } from '../protocol/index.js';
-import type { ClockPolicyName } from './config.js';
+import type { ClockPolicy } from '../../protocol/index.js';
+import type { ClockPolicyName } from '../config.js';
 
 export interface ClockStatus {
   trusted: boolean;

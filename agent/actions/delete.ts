@@ -5,10 +5,10 @@
  * low, before the PUBACK; after the ack the agent exits with status 10.
  * A crash after the state is saved finishes the wipe at the next start.
  */
-import type { CommandClaims } from '../protocol/index.js';
-import { removeFileSecurely } from '../lib/durable-file.js';
+import type { CommandClaims } from '../../protocol/index.js';
+import { removeFileSecurely } from '../../lib/durable-file.js';
 import type { Outcome } from './outcome.js';
-import type { AgentRuntime } from './runtime.js';
+import type { AgentRuntime } from '../runtime.js';
 
 export const EXIT_DECOMMISSIONED = 10;
 
@@ -29,7 +29,7 @@ export async function applyDelete(rt: AgentRuntime, claims: CommandClaims): Prom
   };
 }
 
-export function decommission(d: import('./state.js').AgentState): void {
+export function decommission(d: import('../store/state.js').AgentState): void {
   d.provisioned = false;
   d.decommissioned = true;
   d.user_id = null;

@@ -7,10 +7,10 @@
  * the token file is securely removed.
  */
 import { readFile } from 'node:fs/promises';
-import { CodedError, sealEnrollment, toPublicJwk } from '../protocol/index.js';
-import { errnoCode, removeFileSecurely } from '../lib/durable-file.js';
+import { CodedError, sealEnrollment, toPublicJwk } from '../../protocol/index.js';
+import { errnoCode, removeFileSecurely } from '../../lib/durable-file.js';
 import { backoffDelay } from './mqtt-session.js';
-import type { AgentRuntime } from './runtime.js';
+import type { AgentRuntime } from '../runtime.js';
 
 export const MAX_TOKEN_BYTES = 256;
 

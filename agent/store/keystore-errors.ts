@@ -5,7 +5,7 @@
  * these (agent/commands/exit-statuses.ts): a set-up problem, which neither a
  * retry nor a restart fixes.
  */
-import { CodedError } from '../protocol/index.js';
+import { CodedError } from '../../protocol/index.js';
 
 export const KEYSTORE_ERROR_CODES = {
   E_KEYSTORE_PERMS: 'key store directory or key file has group/other permission bits',

@@ -10,10 +10,10 @@
  * A session holds one timer at most (the pending reconnect), and none while
  * connected, so many sessions fit in one process.
  */
-import { CodedError } from '../protocol/index.js';
+import { CodedError } from '../../protocol/index.js';
 import { EventEmitter } from 'node:events';
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
-import type { Logger } from '../lib/log.js';
+import type { Logger } from '../../lib/log.js';
 import { capInboundPackets, MAX_INBOUND_PACKET_BYTES, stopReading } from './packet-cap.js';
 
 export interface SessionBroker {

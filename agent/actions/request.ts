@@ -4,9 +4,9 @@
  * sensor enabled) after the state is saved and before the PUBACK and the ack, so
  * an `applied` ack means all of that is done.
  */
-import type { CommandClaims } from '../protocol/index.js';
+import type { CommandClaims } from '../../protocol/index.js';
 import { applied, type Outcome } from './outcome.js';
-import type { AgentRuntime } from './runtime.js';
+import type { AgentRuntime } from '../runtime.js';
 
 export async function applyRequest(rt: AgentRuntime, claims: CommandClaims, onProvisioned: () => Promise<void>): Promise<Outcome> {
   const was = rt.store.state;

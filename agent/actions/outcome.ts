@@ -1,6 +1,6 @@
 /** What applying an action produces: the ack fields, the state change, and the side effects around the PUBACK. */
-import { CodedError, type AckStatus, type CommandClaims } from '../protocol/index.js';
-import type { AgentState } from './state.js';
+import { CodedError, type AckStatus, type CommandClaims } from '../../protocol/index.js';
+import type { AgentState } from '../store/state.js';
 
 export interface Outcome {
   status: AckStatus;

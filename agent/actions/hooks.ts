@@ -26,8 +26,8 @@ import { spawn } from 'node:child_process';
 import { constants, type Stats } from 'node:fs';
 import { access, lstat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { errnoCode } from '../lib/durable-file.js';
-import { octalMode as octal } from './file-modes.js';
+import { errnoCode } from '../../lib/durable-file.js';
+import { octalMode as octal } from '../store/file-modes.js';
 
 export interface HookResult {
   ran: boolean;

@@ -1,8 +1,8 @@
 /** `selftest`: runs the on-device self-test and returns its report in the ack. */
-import type { CommandClaims } from '../protocol/index.js';
+import type { CommandClaims } from '../../protocol/index.js';
 import type { Outcome } from './outcome.js';
-import type { AgentRuntime } from './runtime.js';
-import { runSelftest } from './selftest.js';
+import type { AgentRuntime } from '../runtime.js';
+import { runSelftest } from '../selftest.js';
 
 export async function applySelftest(rt: AgentRuntime, _claims: CommandClaims): Promise<Outcome> {
   const report = await runSelftest({ config: rt.config, configPath: rt.config.path, running: rt });
