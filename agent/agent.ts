@@ -20,11 +20,10 @@
  */
 import { CodedError } from '../protocol/index.js';
 import { EventEmitter } from 'node:events';
-import { applyDelete, decommission, EXIT_DECOMMISSIONED, wipeDevice } from './actions/delete.js';
-import { applyRequest } from './actions/request.js';
-import { applyRotate, resumeRotation } from './actions/rotate.js';
-import { applySelftest } from './actions/selftest.js';
-import { applyGpioSettings, applyUpdate, effectivePins, finishBrokerChange, type UpdateControl } from './actions/update.js';
+import { decommission, EXIT_DECOMMISSIONED, wipeDevice } from './actions/delete.js';
+import type { ActionContext } from './actions/descriptor.js';
+import { resumeRotation } from './actions/rotate.js';
+import { applyGpioSettings, effectivePins, finishBrokerChange } from './actions/update.js';
 import { clockStatus, toClockPolicy } from './system/clock.js';
 import { loadConfig, type AgentConfig } from './config.js';
 import { Enrollment, readEnrollmentToken, type EnrollmentOptions } from './net/enrollment.js';
@@ -220,18 +219,8 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
     await rt.refreshDecryption();
     const resumedAck = await resumeRotation(rt);
 
-    const update: UpdateControl = { switchBroker: (b, ms) => this.#switchBroker(b, ms) };
-    this.#pipeline = new Pipeline(
-      rt,
-      {
-        request: (c) => applyRequest(rt, c, () => this.#onProvisioned(c.user_id)),
-        update: (c) => applyUpdate(rt, c, update),
-        rotate: (c) => applyRotate(rt, c),
-        delete: (c) => applyDelete(rt, c),
-        selftest: (c) => applySelftest(rt, c),
-      },
-      (e) => this.emit('command', e),
-    );
+    const update: ActionContext = { rt, onProvisioned: (userId) => this.#onProvisioned(userId), switchBroker: (b, ms) => this.#switchBroker(b, ms) };
+    this.#pipeline = new Pipeline(update, (e) => this.emit('command', e));
     rt.session = new MqttSession({
       clientId: config.device_id,
       broker: await rt.effectiveBroker(),

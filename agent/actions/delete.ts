@@ -7,12 +7,24 @@
  */
 import type { CommandClaims } from '../../protocol/index.js';
 import { removeFileSecurely } from '../../lib/durable-file.js';
-import type { Outcome } from './outcome.js';
 import type { AgentRuntime } from '../runtime.js';
+import type { AgentState } from '../store/state.js';
+import type { ActionContext, ActionDescriptor } from './descriptor.js';
+import type { Outcome } from './outcome.js';
 
 export const EXIT_DECOMMISSIONED = 10;
 
-export async function applyDelete(rt: AgentRuntime, claims: CommandClaims): Promise<Outcome> {
+export const deleteAction: ActionDescriptor<'delete'> = {
+  action: 'delete',
+  needsProvisioned: false,
+  runsHook: true,
+  ack: 'pipeline',
+  retiresPreviousKey: false,
+  savesFailedChange: false,
+  apply: applyDelete,
+};
+
+export async function applyDelete({ rt }: ActionContext, claims: CommandClaims<'delete'>): Promise<Outcome> {
   const detail = 'decommissioned: private keys and settings removed, sensor disabled';
   const ackToken = await rt.sealAck({ ref: claims.jti, seq: claims.seq, status: 'applied', code: 'OK', detail });
   return {
@@ -29,7 +41,7 @@ export async function applyDelete(rt: AgentRuntime, claims: CommandClaims): Prom
   };
 }
 
-export function decommission(d: import('../store/state.js').AgentState): void {
+export function decommission(d: AgentState): void {
   d.provisioned = false;
   d.decommissioned = true;
   d.user_id = null;

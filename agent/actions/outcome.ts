@@ -1,5 +1,5 @@
 /** What applying an action produces: the ack fields, the state change, and the side effects around the PUBACK. */
-import { CodedError, type AckStatus, type CommandClaims } from '../../protocol/index.js';
+import { CodedError, type AckStatus } from '../../protocol/index.js';
 import type { AgentState } from '../store/state.js';
 
 export interface Outcome {
@@ -13,13 +13,9 @@ export interface Outcome {
   ackToken?: string;
   /** After the state is saved, before the PUBACK and the ack (delete: wipe the keys; request: complete the enrollment). */
   beforePuback?: () => Promise<void>;
-  /** After the PUBACK and the ack (GPIO, broker change, exit). */
+  /** After the PUBACK and the pipeline's ack (GPIO, broker change, exit); with the descriptor's `ack: 'action'`, it publishes the ack itself. */
   afterAck?: () => Promise<void>;
-  /** When set, `afterAck` publishes the ack itself (broker change: the ack goes to whichever broker stays). */
-  ackByAfter?: boolean;
 }
-
-export type ApplyFn = (claims: CommandClaims) => Promise<Outcome>;
 
 /** An action's refusal of an authenticated command: its code goes into the `rejected` ack. */
 export class ActionRefused extends CodedError {

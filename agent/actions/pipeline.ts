@@ -13,21 +13,23 @@
  * applied command: a decided command is final. A redelivered command that
  * was decided before (applied, failed or refused) is re-acked as a duplicate
  * with its original status and code, never applied.
+ *
+ * What differs between actions (a provisioned device needed, a hook, who acks,
+ * ...) is read from their descriptors (descriptor.ts, index.ts), never from
+ * their names.
  */
-import { checkReplay, isProtocolError, openCommand, type CommandClaims, type OpenedCommand } from '../../protocol/index.js';
-import { undoRotationKeys } from './rotate.js';
+import { checkReplay, isProtocolError, openCommand, type OpenedCommand } from '../../protocol/index.js';
+import { applyCommand, type ActionContext, type ActionDescriptors } from './descriptor.js';
 import { runHook } from './hooks.js';
-import { ActionRefused, type ApplyFn, type Outcome } from './outcome.js';
+import { ACTION_DESCRIPTORS } from './index.js';
+import { ActionRefused, type Outcome } from './outcome.js';
+import { undoRotationKeys } from './rotate.js';
 import type { AgentRuntime } from '../runtime.js';
 import { recordCommand, recordRefusal, type RecentCommand } from '../store/state.js';
 
 /** Work to run after the PUBACK (publishing the ack, side effects). */
 export type FollowUp = () => Promise<void>;
 
-export type ActionTable = Record<CommandClaims['action'], ApplyFn>;
-
-const HOOKED = new Set(['request', 'update', 'rotate', 'delete']);
-const NEEDS_PROVISIONED = new Set(['update', 'rotate']);
 const GARBAGE_LOG_INTERVAL_MS = 10_000;
 
 export interface CommandEvent {
@@ -45,10 +47,14 @@ export class Pipeline {
   #suppressed = 0;
 
   constructor(
-    private readonly rt: AgentRuntime,
-    private readonly actions: ActionTable,
+    private readonly ctx: ActionContext,
     private readonly onCommand: (e: CommandEvent) => void = () => undefined,
+    private readonly actions: ActionDescriptors = ACTION_DESCRIPTORS,
   ) {}
+
+  private get rt(): AgentRuntime {
+    return this.ctx.rt;
+  }
 
   /** Handles one message; resolves when it may be PUBACKed; rejects when it must not be (redelivery). */
   async handle(topic: string, payload: Buffer): Promise<FollowUp | undefined> {
@@ -94,13 +100,14 @@ export class Pipeline {
     const log = rt.log.child({ action: c.action, seq: c.seq, jti: c.jti });
     log.info('command verified');
     const state = rt.store.state;
-    if (NEEDS_PROVISIONED.has(c.action) && !state.provisioned) {
+    const action = this.actions[c.action];
+    if (action.needsProvisioned && !state.provisioned) {
       return this.#reject(c.jti, c.seq, c.action, 'E_NOT_PROVISIONED', `${c.action} needs a provisioned device; this one is not (send request first)`, true);
     }
 
     let outcome: Outcome;
     try {
-      const hook = HOOKED.has(c.action)
+      const hook = action.runsHook
         ? await runHook({
             hooksDir: rt.config.hooks_dir,
             action: c.action,
@@ -110,7 +117,7 @@ export class Pipeline {
           })
         : { ran: false, ok: true, detail: '' };
       if (hook.ran) log.info('hook ran', { ok: hook.ok, detail: hook.detail });
-      outcome = hook.ok ? await this.actions[c.action](c) : { status: 'failed', code: hook.code ?? 'E_HOOK', detail: hook.detail };
+      outcome = hook.ok ? await applyCommand(this.actions, this.ctx, c) : { status: 'failed', code: hook.code ?? 'E_HOOK', detail: hook.detail };
     } catch (err) {
       if (err instanceof ActionRefused) return this.#reject(c.jti, c.seq, c.action, err.code, err.message, true);
       log.error('action failed', { reason: (err as Error).message });
@@ -118,11 +125,11 @@ export class Pipeline {
     }
 
     const rec: RecentCommand = { jti: c.jti, seq: c.seq, action: c.action, status: outcome.status, code: outcome.code, detail: outcome.detail, at: Math.floor(Date.now() / 1000) };
-    const retirePrevious = outcome.status === 'applied' && c.action !== 'delete' && c.action !== 'rotate' && opened.decryptKid === rt.keystore.encryptionKey?.kid && rt.keystore.previousEncryptionKey !== undefined;
+    const retirePrevious = outcome.status === 'applied' && action.retiresPreviousKey && opened.decryptKid === rt.keystore.encryptionKey?.kid && rt.keystore.previousEncryptionKey !== undefined;
     // Persist before the PUBACK: if this throws, no PUBACK, and the redelivery finds the old state.
     await rt.store.update((d) => {
       if (outcome.status === 'applied') outcome.mutate?.(d);
-      else if (outcome.mutate && c.action === 'rotate') outcome.mutate(d); // clears a failed rotation's marker
+      else if (action.savesFailedChange) outcome.mutate?.(d); // rotate: clears a failed rotation's marker
       recordCommand(d, rec);
       if (retirePrevious) d.keys.previous_encryption = null;
     });
@@ -137,7 +144,7 @@ export class Pipeline {
     this.onCommand({ ...rec, duplicate: false });
 
     return async () => {
-      if (!outcome.ackByAfter || outcome.status !== 'applied') {
+      if (action.ack === 'pipeline' || outcome.status !== 'applied') {
         const token = outcome.ackToken ?? (await rt.sealAck({ ref: c.jti, seq: c.seq, status: outcome.status, code: outcome.code, detail: outcome.detail, ...(outcome.result ? { result: outcome.result } : {}) }));
         rt.publishAck(token, { ref: c.jti, status: outcome.status, code: outcome.code });
       }

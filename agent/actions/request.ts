@@ -5,10 +5,20 @@
  * an `applied` ack means all of that is done.
  */
 import type { CommandClaims } from '../../protocol/index.js';
+import type { ActionContext, ActionDescriptor } from './descriptor.js';
 import { applied, type Outcome } from './outcome.js';
-import type { AgentRuntime } from '../runtime.js';
 
-export async function applyRequest(rt: AgentRuntime, claims: CommandClaims, onProvisioned: () => Promise<void>): Promise<Outcome> {
+export const requestAction: ActionDescriptor<'request'> = {
+  action: 'request',
+  needsProvisioned: false,
+  runsHook: true,
+  ack: 'pipeline',
+  retiresPreviousKey: true,
+  savesFailedChange: false,
+  apply: applyRequest,
+};
+
+export async function applyRequest({ rt, onProvisioned }: ActionContext, claims: CommandClaims<'request'>): Promise<Outcome> {
   const was = rt.store.state;
   const again = was.provisioned;
   return applied(again ? `provisioned; user ${claims.user_id}` : `enrolled and provisioned for user ${claims.user_id}`, {
@@ -20,6 +30,6 @@ export async function applyRequest(rt: AgentRuntime, claims: CommandClaims, onPr
       d.keys.signing = rt.keystore.signingKey?.kid ?? null;
       d.keys.encryption = rt.keystore.encryptionKey?.kid ?? null;
     },
-    beforePuback: onProvisioned,
+    beforePuback: () => onProvisioned(claims.user_id),
   });
 }

@@ -20,11 +20,22 @@ import {
   type CommandClaims,
   type JwkSet,
 } from '../../protocol/index.js';
-import type { Outcome } from './outcome.js';
 import type { AgentRuntime } from '../runtime.js';
+import type { ActionContext, ActionDescriptor } from './descriptor.js';
+import type { Outcome } from './outcome.js';
 import { recordCommand, type AgentState, type PendingRotation } from '../store/state.js';
 
-export async function applyRotate(rt: AgentRuntime, claims: CommandClaims): Promise<Outcome> {
+export const rotateAction: ActionDescriptor<'rotate'> = {
+  action: 'rotate',
+  needsProvisioned: true,
+  runsHook: true,
+  ack: 'pipeline',
+  retiresPreviousKey: false,
+  savesFailedChange: true,
+  apply: applyRotate,
+};
+
+export async function applyRotate({ rt }: ActionContext, claims: CommandClaims<'rotate'>): Promise<Outcome> {
   const ks = rt.keystore;
   const marker = rt.store.state.pending_rotation?.jti === claims.jti ? rt.store.state.pending_rotation : null;
   if (marker && ks.signingKey?.kid === marker.new_signing_kid) return finished(marker);

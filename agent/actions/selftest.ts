@@ -1,10 +1,19 @@
 /** `selftest`: runs the on-device self-test and returns its report in the ack. */
-import type { CommandClaims } from '../../protocol/index.js';
+import type { ActionContext, ActionDescriptor } from './descriptor.js';
 import type { Outcome } from './outcome.js';
-import type { AgentRuntime } from '../runtime.js';
 import { runSelftest } from '../selftest.js';
 
-export async function applySelftest(rt: AgentRuntime, _claims: CommandClaims): Promise<Outcome> {
+export const selftestAction: ActionDescriptor<'selftest'> = {
+  action: 'selftest',
+  needsProvisioned: false,
+  runsHook: false,
+  ack: 'pipeline',
+  retiresPreviousKey: true,
+  savesFailedChange: false,
+  apply: applySelftest,
+};
+
+export async function applySelftest({ rt }: ActionContext): Promise<Outcome> {
   const report = await runSelftest({ config: rt.config, configPath: rt.config.path, running: rt });
   const failed = report.checks.filter((c) => c.status === 'fail').map((c) => c.id);
   return {

@@ -9,6 +9,7 @@
  * new broker. A crash during the switch resumes it at the next start.
  */
 import type { CommandClaims, UpdateParams } from '../../protocol/index.js';
+import type { ActionContext, ActionDescriptor } from './descriptor.js';
 import { checkBrokerUrl } from '../config.js';
 import type { GpioPins } from '../gpio/index.js';
 import { ActionRefused, applied, type Outcome } from './outcome.js';
@@ -51,13 +52,26 @@ export async function applyGpioSettings(rt: AgentRuntime, state: AgentState): Pr
   await rt.io.setSensorEnabled(sensorShouldBeOn(state));
 }
 
-export interface UpdateControl {
-  /** Switches to the stored broker settings and waits until subscribed, up to `timeoutMs`. */
-  switchBroker: (settings: Settings['broker'], timeoutMs: number) => Promise<boolean>;
-}
+/** What finishing a broker change needs: switching the session (ActionContext.switchBroker). */
+export type UpdateControl = Pick<ActionContext, 'switchBroker'>;
 
-export async function applyUpdate(rt: AgentRuntime, claims: CommandClaims, ctl: UpdateControl): Promise<Outcome> {
-  const p = claims.params as UpdateParams;
+/**
+ * The ack is the action's (`ack: 'action'`): after the PUBACK, at once when
+ * the broker stays, else by finishBrokerChange on whichever broker is kept.
+ */
+export const updateAction: ActionDescriptor<'update'> = {
+  action: 'update',
+  needsProvisioned: true,
+  runsHook: true,
+  ack: 'action',
+  retiresPreviousKey: true,
+  savesFailedChange: false,
+  apply: applyUpdate,
+};
+
+export async function applyUpdate(ctl: ActionContext, claims: CommandClaims<'update'>): Promise<Outcome> {
+  const { rt } = ctl;
+  const p: UpdateParams = claims.params;
   const before = rt.store.state;
   const next = mergeSettings(before.settings, p);
   const pins = Object.values(effectivePins(rt, next)).filter((v): v is number => typeof v === 'number');
@@ -79,19 +93,22 @@ export async function applyUpdate(rt: AgentRuntime, claims: CommandClaims, ctl: 
         previous_settings: structuredClone(before.settings),
       }
     : null;
-  const outcome = applied(`updated ${changed}`, {
+  const detail = `updated ${changed}`;
+  return applied(detail, {
     mutate: (d) => {
       d.settings = next;
       if (p.user_id !== undefined) d.user_id = p.user_id;
       d.pending_broker = pending;
     },
     afterAck: async () => {
+      if (!pending) {
+        const token = await rt.sealAck({ ref: claims.jti, seq: claims.seq, status: 'applied', code: 'OK', detail });
+        rt.publishAck(token, { ref: claims.jti, status: 'applied', code: 'OK' });
+      }
       await applyGpioSettings(rt, rt.store.state);
       if (pending) await finishBrokerChange(rt, pending, ctl);
     },
   });
-  if (pending) outcome.ackByAfter = true;
-  return outcome;
 }
 
 /**
