@@ -27,7 +27,7 @@ import { applyGpioSettings, effectivePins, finishBrokerChange } from './actions/
 import { clockStatus, toClockPolicy } from './system/clock.js';
 import { loadConfig, type AgentConfig } from './config.js';
 import { Enrollment, readEnrollmentToken, type EnrollmentOptions } from './net/enrollment.js';
-import { createBoardIo, type BoardIo, type FakeGpioBackend } from './gpio/index.js';
+import { createBoardIo, type BoardIo, type GpioBackend } from './gpio/index.js';
 import { KeyStore } from './store/keystore.js';
 import { isKeyStoreError } from './store/keystore-errors.js';
 import { createLogger, type Logger } from '../lib/log.js';
@@ -65,8 +65,6 @@ export interface RunningAgent extends EventEmitter<AgentEvents> {
   stop(): Promise<void>;
   /** The exit status `run` would use: 0 stopped, 10 decommissioned. */
   readonly exited: Promise<number>;
-  /** Present when the GPIO backend is the fake one (tests, demo). */
-  readonly fakeGpio: FakeGpioBackend | undefined;
   /** Connected and subscribed now. */
   readonly connected: boolean;
 }
@@ -85,6 +83,8 @@ export interface StartAgentOptions {
   backoff?: BackoffOptions;
   /** Enrollment retry backoff (default 5 s doubling to 5 min, with jitter). */
   enrollment?: EnrollmentOptions;
+  /** Use this GPIO backend instead of the one the config names (tests inject a recording fake). */
+  gpioBackend?: GpioBackend;
   /** Test hooks: crash simulation in state writes and between persist and PUBACK. */
   faults?: AgentFaults;
 }
@@ -132,10 +132,6 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
     super();
     this.deviceId = config.device_id;
     this.exited = new Promise((r) => (this.#resolveExit = r));
-  }
-
-  get fakeGpio(): FakeGpioBackend | undefined {
-    return this.#io?.fake;
   }
 
   get connected(): boolean {
@@ -205,6 +201,7 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
     this.#io = await createBoardIo(
       { ...config.gpio, ...effectivePins({ config } as AgentRuntime, st.settings) },
       (level, msg) => log[level](msg, { component: 'gpio' }),
+      this.options.gpioBackend ? { backend: this.options.gpioBackend } : {},
     );
     this.#io.onError((err) => log.warn('GPIO problem', { reason: err.message }));
 

@@ -9,7 +9,7 @@
 import { resolve } from 'node:path';
 import type { GpioBackend, InputLine, OutputLine } from './backend.js';
 import { GpioError, toGpioError } from './errors.js';
-import { FakeGpioBackend } from './fake-backend.js';
+import { MemoryGpioBackend } from './memory-backend.js';
 import { BOARD_STATUSES, LED_PATTERNS, type BoardStatus, type LedStep } from './led-patterns.js';
 import { OnoffBackend, loadOnoff, type OnoffModule } from './onoff-backend.js';
 import { DEFAULT_RESET_HOLD_S, resetHoldProblem, sanitizePins } from './pins.js';
@@ -19,7 +19,7 @@ import { realTimers, type TimerHandle, type Timers } from './timers.js';
 import { GPIO_ROLES, type BoardIo, type GpioConfig, type GpioLog, type GpioPins, type GpioRole } from './types.js';
 
 export interface BoardIoOptions {
-  /** Use this backend instead of the one named by config.backend (a FakeGpioBackend is then exposed as `fake`). */
+  /** Use this backend instead of the one named by config.backend (tests: a FakeGpioBackend). */
   backend?: GpioBackend;
   /** Clock for LED patterns and the reset hold (default: real, unref'd timers). */
   timers?: Timers;
@@ -50,7 +50,6 @@ interface BoardIoSettings {
 
 class BoardIoImpl implements BoardIo {
   readonly backend: string;
-  readonly fake: FakeGpioBackend | undefined;
 
   private pins: GpioPins;
   private led: OutputLine | null = null;
@@ -76,7 +75,6 @@ class BoardIoImpl implements BoardIo {
     private readonly log: GpioLog,
   ) {
     this.backend = driver?.name ?? 'none';
-    this.fake = driver instanceof FakeGpioBackend ? driver : undefined;
     this.pins = { ...settings.pins };
   }
 
@@ -408,7 +406,7 @@ export async function createBoardIo(config: GpioConfig, log?: GpioLog, options: 
   if (options.backend !== undefined) {
     driver = options.backend;
   } else if (requested === 'fake') {
-    driver = new FakeGpioBackend({ now: () => timers.now() });
+    driver = new MemoryGpioBackend();
   } else if (requested === 'none') {
     noBackend = { reason: 'GPIO disabled by configuration (gpio.backend "none")', intended: true };
   } else if (requested === 'onoff' || requested === 'auto') {

@@ -3,7 +3,6 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  FakeGpioBackend,
   GpioError,
   ManualTimers,
   createBoardIo,
@@ -15,6 +14,7 @@ import {
   type GpioErrorCode,
 } from '../../agent/gpio/index.js';
 import { OnoffBackend, loadOnoff, type OnoffGpio, type OnoffModule } from '../../agent/gpio/onoff-backend.js';
+import { FakeGpioBackend } from '../helpers/fake-gpio.js';
 
 const PINS = { status_led: 17, sensor_enable: 27, reset_button: 22 } as const;
 
@@ -56,9 +56,8 @@ describe('agent/gpio BoardIo (fake backend)', () => {
   let fake: FakeGpioBackend;
 
   async function board(config: GpioConfig = {}, log?: (level: 'info' | 'warn' | 'error', msg: string) => void): Promise<void> {
-    io = await createBoardIo({ backend: 'fake', ...PINS, ...config }, log, { timers });
-    if (io.fake === undefined) throw new Error('no fake backend exposed');
-    fake = io.fake;
+    fake = new FakeGpioBackend({ now: () => timers.now() });
+    io = await createBoardIo({ backend: 'fake', ...PINS, ...config }, log, { timers, backend: fake });
   }
 
   beforeEach(() => {
@@ -69,7 +68,14 @@ describe('agent/gpio BoardIo (fake backend)', () => {
     await io.close();
   });
 
-  it("backend 'fake' exposes its FakeGpioBackend; outputs start low, nothing blinks before a status", async () => {
+  it("backend 'fake' (in memory, no hardware): outputs start low, the sensor pin follows, the self-test passes", async () => {
+    io = await createBoardIo({ backend: 'fake', ...PINS }, undefined, { timers });
+    expect(io.backend).to.equal('fake');
+    await io.setSensorEnabled(true);
+    expect(await io.check()).to.deep.include({ ok: true });
+  });
+
+  it('an injected FakeGpioBackend: outputs start low, nothing blinks before a status', async () => {
     await board();
     expect(io.backend).to.equal('fake');
     expect(fake.openPins()).to.deep.equal([17, 22, 27]);
@@ -166,7 +172,7 @@ describe('agent/gpio BoardIo (fake backend)', () => {
     own.press(22);
     const { log, lines } = recorder();
     io = await createBoardIo({ backend: 'onoff', ...PINS }, log, { backend: own, timers });
-    expect(io.fake).to.equal(own);
+    expect(own.openPins()).to.deep.equal([17, 22, 27]);
     fake = own;
     let resets = 0;
     io.onResetHeld(() => resets++);
@@ -284,8 +290,8 @@ describe('agent/gpio BoardIo (fake backend)', () => {
   });
 
   it('invalid pins in the config are reported and left unwired, not thrown', async () => {
-    io = await createBoardIo({ backend: 'fake', status_led: 17, sensor_enable: 17, reset_hold_s: -3 }, undefined, { timers });
-    fake = io.fake ?? new FakeGpioBackend();
+    fake = new FakeGpioBackend({ now: () => timers.now() });
+    io = await createBoardIo({ backend: 'fake', status_led: 17, sensor_enable: 17, reset_hold_s: -3 }, undefined, { timers, backend: fake });
     const errors: Error[] = [];
     io.onError((err) => errors.push(err));
     await tick();
@@ -318,7 +324,6 @@ describe('agent/gpio BoardIo without a backend', () => {
   it("backend 'none': every call is a no-op and the self-test passes", async () => {
     io = await createBoardIo({ backend: 'none', ...PINS });
     expect(io.backend).to.equal('none');
-    expect(io.fake).to.equal(undefined);
     io.setStatus('error');
     await io.setSensorEnabled(true);
     await io.reconfigure({ status_led: 5 });

@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { plaintextCheck } from '../../server/demo.js';
+import { plaintextCheck } from '../../demo/demo.js';
 import { skipBecause } from '../helpers/skip.js';
 
 describe('npm run demo', function () {
@@ -18,7 +18,7 @@ describe('npm run demo', function () {
   });
 
   it('runs the embedded broker, the server and real agents, and ends with the plaintext check passing', async function () {
-    const demo = fileURLToPath(new URL('../../server/demo.js', import.meta.url));
+    const demo = fileURLToPath(new URL('../../demo/demo.js', import.meta.url));
     if (!existsSync(fileURLToPath(new URL('../../agent/agent.js', import.meta.url)))) skipBecause(this, 'the agent is not built (dist/agent/agent.js missing: npm run build)');
     const child = spawn(process.execPath, [demo], { env: { ...process.env, DEMO_AGENTS: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';

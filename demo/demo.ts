@@ -15,11 +15,11 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import mqtt, { type MqttClient } from 'mqtt';
 import type { Action } from '../protocol/index.js';
-import { writeBundle } from './bundle.js';
-import { initDataDir } from './data-dir.js';
+import { writeBundle } from '../server/bundle.js';
+import { initDataDir } from '../server/data-dir.js';
 import { startEmbeddedBroker, type EmbeddedBroker } from './embedded-broker.js';
-import { silentLog } from './log.js';
-import { startProvisionServer, type RunningServer } from './service.js';
+import { silentLog } from '../server/log.js';
+import { startProvisionServer, type RunningServer } from '../server/service.js';
 
 // The agent as the boards run it: the one-file bundle `npm run build` writes into build/host.
 const AGENT_CLI = fileURLToPath(new URL('../../build/host/sensor-agent.mjs', import.meta.url));
