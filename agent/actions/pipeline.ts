@@ -63,7 +63,7 @@ export class Pipeline {
       this.#garbage('message on an unexpected topic', topic);
       return undefined;
     }
-    if (rt.decryption === undefined || rt.decryption.size === 0) {
+    if (rt.decryption.size === 0) {
       this.#garbage('command received but this device has no keys', 'E_KID');
       return undefined;
     }

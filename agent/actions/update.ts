@@ -11,7 +11,7 @@
 import type { CommandClaims, UpdateParams } from '../../protocol/index.js';
 import type { ActionContext, ActionDescriptor } from './descriptor.js';
 import { checkBrokerUrl } from '../config.js';
-import type { GpioPins } from '../gpio/index.js';
+import type { GpioConfig, GpioPins } from '../gpio/index.js';
 import { ActionRefused, applied, type Outcome } from './outcome.js';
 import type { AgentRuntime } from '../runtime.js';
 import type { AgentState, PendingBroker, Settings } from '../store/state.js';
@@ -27,9 +27,8 @@ export function mergeSettings(prev: Settings, p: UpdateParams): Settings {
   return next;
 }
 
-/** The pins in effect: the config file's, overridden by settings from `update`. */
-export function effectivePins(rt: AgentRuntime, settings: Settings): GpioPins {
-  const g = rt.config.gpio;
+/** The pins in effect: the config file's (`gpio`), overridden by settings from `update`. */
+export function effectivePins(g: GpioConfig, settings: Settings): GpioPins {
   const s = settings.gpio ?? {};
   return {
     status_led: s.status_led !== undefined ? s.status_led : (g.status_led ?? null),
@@ -45,7 +44,7 @@ export function sensorShouldBeOn(state: AgentState): boolean {
 /** Applies the GPIO side of the settings (pins, sensor enable). Never throws: GPIO failures go to the log. */
 export async function applyGpioSettings(rt: AgentRuntime, state: AgentState): Promise<void> {
   try {
-    await rt.io.reconfigure(effectivePins(rt, state.settings));
+    await rt.io.reconfigure(effectivePins(rt.config.gpio, state.settings));
   } catch (err) {
     rt.log.error('GPIO reconfiguration failed', { reason: (err as Error).message });
   }
@@ -74,7 +73,7 @@ export async function applyUpdate(ctl: ActionContext, claims: CommandClaims<'upd
   const p: UpdateParams = claims.params;
   const before = rt.store.state;
   const next = mergeSettings(before.settings, p);
-  const pins = Object.values(effectivePins(rt, next)).filter((v): v is number => typeof v === 'number');
+  const pins = Object.values(effectivePins(rt.config.gpio, next)).filter((v): v is number => typeof v === 'number');
   if (new Set(pins).size !== pins.length) throw new ActionRefused('E_PARAMS', 'params.gpio: the resulting pins use the same GPIO twice');
   if (p.broker) {
     const problems: string[] = [];
