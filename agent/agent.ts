@@ -93,7 +93,7 @@ export async function startAgent(options: StartAgentOptions): Promise<RunningAge
   log.info('clock', { trusted: clock.trusted, reason: clock.reason });
   const io = await createBoardIo(
     { ...config.gpio, ...effectivePins(config.gpio, store.state.settings) },
-    (level, msg) => log[level](msg, { component: 'gpio' }),
+    log.child({ component: 'gpio' }),
     options.gpioBackend ? { backend: options.gpioBackend } : {},
   );
   io.onError((err) => log.warn('GPIO problem', { reason: err.message }));

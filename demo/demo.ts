@@ -18,7 +18,7 @@ import type { Action } from '../protocol/index.js';
 import { writeBundle } from '../server/bundle.js';
 import { initDataDir } from '../server/data-dir.js';
 import { startEmbeddedBroker, type EmbeddedBroker } from './embedded-broker.js';
-import { silentLog } from '../server/log.js';
+import { silentLogger } from '../lib/log.js';
 import { startProvisionServer, type RunningServer } from '../server/service.js';
 
 // The agent as the boards run it: the one-file bundle `npm run build` writes into build/host.
@@ -103,7 +103,7 @@ async function run(cleanup: (() => Promise<void>)[]): Promise<void> {
 
   const dataDir = join(tmp, 'server');
   await initDataDir(dataDir, { broker: { url: broker.url } });
-  const server: RunningServer = await startProvisionServer({ dataDir, shared: 'off', clientId: 'demo-server', log: silentLog });
+  const server: RunningServer = await startProvisionServer({ dataDir, shared: 'off', clientId: 'demo-server', log: silentLogger });
   cleanup.push(() => server.close());
   const registry = server.data.registry;
 

@@ -10,7 +10,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { CodedError, isAction, isCodedError, isProtocolError, isRecord, isValidId } from '../protocol/index.js';
 import { userIdText, type CommandSender } from './command-sender.js';
-import type { Log } from './log.js';
+import type { Logger } from '../lib/log.js';
 import { isRegistryError } from './registry/errors.js';
 import type { Registry } from './registry/registry.js';
 import { commandView, deviceView } from './views.js';
@@ -22,7 +22,7 @@ export interface HttpApiContext {
   sender: CommandSender;
   /** The bearer token clients must present. */
   token: string;
-  log: Log;
+  log: Logger;
 }
 
 /**
@@ -51,7 +51,7 @@ export function createHttpApi(ctx: HttpApiContext): Server {
   const server = createServer((req, res) => {
     void route(ctx, expected, req, res).catch((err: unknown) => {
       if (isCodedError(err)) return sendError(res, httpStatusOf(err), err.code, err.message);
-      ctx.log('error', 'http.error', { reason: err instanceof Error ? err.message : String(err) });
+      ctx.log.error('http.error', { reason: err instanceof Error ? err.message : String(err) });
       return sendError(res, 500, 'E_INTERNAL', 'internal error');
     });
   });
@@ -101,8 +101,8 @@ async function route(ctx: HttpApiContext, expected: Buffer, req: IncomingMessage
     });
     // Accepted once sealed and recorded; the publish completes (PUBACK) in the background.
     ctx.sender.publish(id, command.jti, token).then(
-      () => ctx.log('info', 'command.sent', { device: id, action: command.action, seq: command.seq, jti: command.jti, via: 'http' }),
-      (err: unknown) => ctx.log('error', 'command.publish_failed', { device: id, jti: command.jti, reason: err instanceof Error ? err.message : String(err) }),
+      () => ctx.log.info('command.sent', { device: id, action: command.action, seq: command.seq, jti: command.jti, via: 'http' }),
+      (err: unknown) => ctx.log.error('command.publish_failed', { device: id, jti: command.jti, reason: err instanceof Error ? err.message : String(err) }),
     );
     res.setHeader('Location', `/commands/${command.jti}`);
     return sendJson(res, 202, { jti: command.jti, device_id: id, action: command.action, seq: command.seq, status: 'accepted' });

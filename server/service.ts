@@ -20,7 +20,7 @@ import { brokerFrom, openDataDir, readHttpToken, type BrokerSettings, type Opene
 import { createHttpApi } from './http-api.js';
 import { EnrollRefusals } from './enroll-refusals.js';
 import { handleInbound, type InboundResult } from './inbound.js';
-import { silentLog, type Log } from './log.js';
+import { silentLogger, type Logger } from '../lib/log.js';
 import { connectBroker, publishQos1 } from './mqtt-connection.js';
 import type { CommandRecord } from './registry/types.js';
 import { subscribeFleet, unsubscribeFleet, type SharedMode } from './subscriptions.js';
@@ -35,7 +35,7 @@ export interface ServeOptions {
   httpTokenFile?: string;
   shared?: SharedMode;
   clientId?: string;
-  log?: Log;
+  log?: Logger;
   /** Called after each inbound message was handled (tests, demo). */
   onInbound?: (result: InboundResult) => void;
 }
@@ -57,7 +57,7 @@ export interface RunningServer {
 }
 
 export async function startProvisionServer(options: ServeOptions): Promise<RunningServer> {
-  const log = options.log ?? silentLog;
+  const log = options.log ?? silentLogger;
   const data = await openDataDir(options.dataDir);
   const { registry, keys, config } = data;
   const broker = brokerFrom(config.broker, options.broker ?? {});
@@ -99,9 +99,9 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
       });
       const addr = srv.address() as AddressInfo;
       httpAddress = { host: addr.address, port: addr.port };
-      log('info', 'http.listening', { address: `${addr.address}:${addr.port}` });
+      log.info('http.listening', { address: `${addr.address}:${addr.port}` });
     }
-    log('info', 'serve.ready', { server_id: keys.serverId, broker: broker.url, prefix: config.topicPrefix, shared });
+    log.info('serve.ready', { server_id: keys.serverId, broker: broker.url, prefix: config.topicPrefix, shared });
     let closed = false;
     return {
       data,
@@ -113,7 +113,7 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
       http: httpAddress,
       send: async (req) => {
         const c = await sender.send(req);
-        log('info', 'command.sent', { device: c.deviceId, action: c.action, seq: c.seq, jti: c.jti });
+        log.info('command.sent', { device: c.deviceId, action: c.action, seq: c.seq, jti: c.jti });
         return c;
       },
       waitForAck: (jti, timeoutMs) => waiters.wait(jti, timeoutMs),

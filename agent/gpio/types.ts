@@ -2,6 +2,7 @@
  * Public shapes of the GPIO module (the `gpio` section of the agent config
  * and the BoardIo the agent drives). See index.ts for the entry points.
  */
+import type { Logger } from '../../lib/log.js';
 import type { BoardStatus } from './led-patterns.js';
 
 export type GpioBackendName = 'auto' | 'onoff' | 'fake' | 'none';
@@ -62,4 +63,5 @@ export interface BoardIo {
   close(): Promise<void>;
 }
 
-export type GpioLog = (level: 'info' | 'warn' | 'error', msg: string) => void;
+/** What the GPIO layer logs with: the agent's logger (lib/log.ts). */
+export type GpioLog = Pick<Logger, 'info' | 'warn' | 'error'>;

@@ -14,7 +14,7 @@ import { brokerFrom, openDataDir } from '../data-dir.js';
 import { parseCommandTtl, parseDuration } from '../duration.js';
 import { MAX_SEAL_WORKERS } from '../seal-pool.js';
 import { DEFAULT_FANOUT_CONCURRENCY, formatFanoutSummary, progressBar, runFanout } from '../fanout.js';
-import { streamLog } from '../log.js';
+import { createLogger } from '../../lib/log.js';
 import { openSendClient } from '../send-client.js';
 import { commandView } from '../views.js';
 import { brokerOverride, withBroker, withData, type BrokerArgs, type DataArgs } from './common.js';
@@ -67,7 +67,7 @@ export const sendCommand: CommandModule<object, SendArgs> = {
     if (args.resume === undefined && !isAction(actionText)) throw new CodedError('E_USAGE', `name an action: one of ${ACTIONS.join(', ')}`);
     const params = buildParams(args.params, args.set ?? []);
     const data = await openDataDir(args.data);
-    const log = args.verbose ? streamLog(process.stderr, 'info') : undefined;
+    const log = args.verbose ? createLogger({ level: 'info', style: 'timestamped' }) : undefined;
     try {
       const broker = brokerFrom(data.config.broker, brokerOverride(args));
       // Everything is checked before the broker is contacted: a bad command never waits on a connection.

@@ -1,6 +1,6 @@
 /** `provision-server serve`: the long-running server (enrollments, acks, HTTP API). */
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
-import { streamLog, type LogLevel } from '../log.js';
+import { createLogger, type LogLevel } from '../../lib/log.js';
 import { parseHostPort, startProvisionServer } from '../service.js';
 import type { SharedMode } from '../subscriptions.js';
 import { brokerOverride, withBroker, withData, type BrokerArgs, type DataArgs } from './common.js';
@@ -24,7 +24,7 @@ export const serveCommand: CommandModule<object, ServeArgs> = {
       .option('client-id', { type: 'string', describe: 'MQTT client id (default: provision-server-HOST-<hash of the data dir>)' })
       .option('log-level', { choices: ['debug', 'info', 'warn', 'error'] as const, default: 'info' as const, describe: 'least severe log lines written to stderr (one line per event)' }) as unknown as Argv<ServeArgs>,
   handler: async (args: ArgumentsCamelCase<ServeArgs>) => {
-    const log = streamLog(process.stderr, args.logLevel);
+    const log = createLogger({ level: args.logLevel, style: 'timestamped' });
     const server = await startProvisionServer({
       dataDir: args.data,
       broker: brokerOverride(args),
@@ -36,7 +36,7 @@ export const serveCommand: CommandModule<object, ServeArgs> = {
     });
     await new Promise<void>((resolve) => {
       const stop = (signal: string): void => {
-        log('info', 'serve.stopping', { signal });
+        log.info('serve.stopping', { signal });
         resolve();
       };
       process.once('SIGINT', () => stop('SIGINT'));

@@ -15,14 +15,15 @@ import {
 } from '../../agent/gpio/index.js';
 import { OnoffBackend, loadOnoff, type OnoffGpio, type OnoffModule } from '../../agent/gpio/onoff-backend.js';
 import { FakeGpioBackend } from '../helpers/fake-gpio.js';
+import { sinkLogger, type Logger } from '../../lib/log.js';
 
 const PINS = { status_led: 17, sensor_enable: 27, reset_button: 22 } as const;
 
 type LogLine = [level: string, msg: string];
 
-function recorder(): { log: (level: 'info' | 'warn' | 'error', msg: string) => void; lines: LogLine[] } {
+function recorder(): { log: Logger; lines: LogLine[] } {
   const lines: LogLine[] = [];
-  return { log: (level, msg) => lines.push([level, msg]), lines };
+  return { log: sinkLogger((level, msg) => lines.push([level, msg])), lines };
 }
 
 /** [virtual time, level] of the writes to `pin` from the `skip`-th on. */
@@ -55,7 +56,7 @@ describe('agent/gpio BoardIo (fake backend)', () => {
   let io: BoardIo;
   let fake: FakeGpioBackend;
 
-  async function board(config: GpioConfig = {}, log?: (level: 'info' | 'warn' | 'error', msg: string) => void): Promise<void> {
+  async function board(config: GpioConfig = {}, log?: Logger): Promise<void> {
     fake = new FakeGpioBackend({ now: () => timers.now() });
     io = await createBoardIo({ backend: 'fake', ...PINS, ...config }, log, { timers, backend: fake });
   }

@@ -36,6 +36,7 @@ import { SimFleet, eventually, makeSimDevice } from '../server/sim-fleet.js';
 import { startBroker, type RunningBroker } from './mosquitto-fixture.js';
 import { clientCredentials, makeTestPki } from './pki-fixture.js';
 import { requireTools } from './tools.js';
+import { sinkLogger } from '../../lib/log.js';
 
 const VICTIM = 'victim';
 const FLOODERS = ['flood1', 'flood2', 'flood3'];
@@ -67,9 +68,9 @@ describe('deploy/broker: an enrollment flood under the production mosquitto conf
       shared: 'auto',
       clientId: SERVER_CLIENT,
       onInbound: (r) => inbound.push(r),
-      log: (_level, event, fields = {}) => {
+      log: sinkLogger((_level, event, fields) => {
         if (event === 'enroll.dropped' && fields.code !== 'E_TOKEN_INVALID' && typeof fields.device === 'string') garbageSeen.add(fields.device);
-      },
+      }),
     });
   });
 
