@@ -5,7 +5,7 @@
  */
 import { createRequire } from 'node:module';
 import type yargsModule from 'yargs';
-import type { Argv } from 'yargs';
+import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { isCodedError, isProtocolError } from '../protocol/index.js';
 import { packageVersion } from './version.js';
@@ -86,4 +86,17 @@ export async function runCli(program: CliProgram): Promise<void> {
     })
     .parseAsync()
     .catch((err: unknown) => reportError(program.name, err, program.exitStatuses, hint()));
+}
+
+/** A command's definition: its arguments' type is what its builder declares (yargs' inference), so the handler needs no cast. */
+export interface CommandSpec<T> {
+  readonly command: string | readonly string[];
+  readonly describe: string;
+  readonly builder: (y: Argv) => Argv<T>;
+  readonly handler: (args: ArgumentsCamelCase<T>) => void | Promise<void>;
+}
+
+/** A yargs command module from a CommandSpec (the handler's arguments typed by the builder). */
+export function defineCommand<T>(spec: CommandSpec<T>): CommandModule<object, T> {
+  return { ...spec, command: typeof spec.command === 'string' ? spec.command : [...spec.command] };
 }

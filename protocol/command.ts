@@ -1,11 +1,11 @@
 /** Commands: server -> device. Sealing (server side) and opening with every check of docs/DESIGN.md (agent side). */
 import { randomUUID } from 'node:crypto';
-import { ClaimReader, checkTimes, nowSeconds, type ClockPolicy } from './claims.js';
+import { ClaimReader, checkTimes, type ClockPolicy } from './claims.js';
 import { ProtocolError, isProtocolError } from './errors.js';
 import type { KeyRing } from './keyring.js';
 import { DEFAULT_COMMAND_TTL_SECONDS, MAX_TTL_SECONDS } from './limits.js';
 import { decryptSealed, verifyJws } from './open.js';
-import { isAction, validateParams, type Action, type ActionParams, type ParamsByAction } from './params.js';
+import { isAction, validateParams, type Action, type ParamsByAction } from './params.js';
 import type { ReplayGuard } from './replay.js';
 import { sealClaims, type SealKeys } from './seal.js';
 import { assertValidId } from './topics.js';

@@ -59,6 +59,7 @@ export interface ParamsByAction {
 
 export type ActionParams = ParamsByAction[Action];
 
+// eslint-disable-next-line no-control-regex -- MQTT forbids U+0000 in a topic name
 const MQTT_TOPIC = /^[^#+\u0000]{1,256}$/;
 const BROKER_URL = /^mqtts?:\/\/[^\s/?#]+(:\d{1,5})?\/?$/;
 

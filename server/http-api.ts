@@ -11,7 +11,6 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { CodedError, isAction, isCodedError, isProtocolError, isRecord, isValidId } from '../protocol/index.js';
 import { userIdText, type CommandSender } from './command-sender.js';
 import type { Logger } from '../lib/log.js';
-import { isRegistryError } from './registry/errors.js';
 import type { Registry } from './registry/registry.js';
 import { commandView, deviceView } from './views.js';
 

@@ -1,30 +1,22 @@
 /** `sensor-agent inspect`: open one sealed command and print its verified claims (stateless). */
-import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { DEFAULT_MAX_MESSAGE_BYTES, KeyRing, TRUSTED_CLOCK, UNTRUSTED_CLOCK, isProtocolError, openCommand, parseJwkSet } from '../../protocol/index.js';
 import { CodedError } from '../../protocol/index.js';
 import { deviceIdFlag, readInput, readJsonFile } from '../../lib/cli-input.js';
 import { KeyStore } from '../store/keystore.js';
+import { defineCommand } from '../../lib/cli.js';
 
-interface InspectArgs {
-  keystore: string;
-  trust: string;
-  device: string;
-  file?: string;
-  clock: string;
-}
-
-export const inspectCommand: CommandModule<object, InspectArgs> = {
+export const inspectCommand = defineCommand({
   command: 'inspect [file]',
   describe: 'Decrypt and verify one sealed command (file or stdin) and print its claims as JSON; no replay check, nothing applied',
-  builder: (y: Argv) =>
+  builder: (y) =>
     y
       .positional('file', { type: 'string', describe: 'file holding the compact JWE (default: standard input)' })
       .option('keystore', { type: 'string', demandOption: true, describe: 'the device key store directory' })
       .option('trust', { type: 'string', demandOption: true, describe: "the server's public JWK set (trust.jwks)" })
       .option('device', { type: 'string', demandOption: true, coerce: deviceIdFlag('--device'), describe: 'this device id (checked against aud and device_id)' })
       .option('clock', { choices: ['trusted', 'untrusted'], default: 'trusted', describe: 'check exp/iat against this clock, or skip the time checks' })
-      .example('$0 inspect --keystore keys --trust trust.jwks \\\n--device sensor-1 cmd.jwe', '') as unknown as Argv<InspectArgs>,
-  handler: async (args: ArgumentsCamelCase<InspectArgs>) => {
+      .example('$0 inspect --keystore keys --trust trust.jwks \\\n--device sensor-1 cmd.jwe', ''),
+  handler: async (args) => {
     const store = await KeyStore.open(args.keystore);
     const decryption = store.decryptionKeys();
     if (decryption.length === 0) throw new CodedError('E_NO_KEYS', `key store ${args.keystore} holds no encryption key; run: sensor-agent keygen --keystore ${args.keystore}`);
@@ -41,7 +33,7 @@ export const inspectCommand: CommandModule<object, InspectArgs> = {
     });
     process.stdout.write(`${JSON.stringify({ claims: opened.claims, signer_kid: opened.signerKid, decrypt_kid: opened.decryptKid }, null, 2)}\n`);
   },
-};
+});
 
 /** A time refusal says how to read the command anyway, or how to get a fresh one. */
 function withClockHint(err: unknown): unknown {

@@ -5,7 +5,7 @@
  */
 import { GPIO_PIN_MAX, isGpioPin } from '../../protocol/gpio-pins.js';
 import { GpioError } from './errors.js';
-import { GPIO_ROLES, type GpioConfig, type GpioPins, type GpioRole } from './types.js';
+import { GPIO_ROLES, type GpioPins, type GpioRole } from './types.js';
 
 export const DEFAULT_RESET_HOLD_S = 5;
 export const MAX_RESET_HOLD_S = 600;

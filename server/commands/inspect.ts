@@ -1,25 +1,19 @@
 /** `provision-server inspect`: open an ack or an enrollment and print its verified claims. */
-import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { DEFAULT_MAX_MESSAGE_BYTES, KeyRing, decryptSealed, isRecord, openAck, openEnrollment, parseJwkSet } from '../../protocol/index.js';
 import { CodedError } from '../../protocol/index.js';
 import { readInput, readJsonFile } from '../../lib/cli-input.js';
 import { loadServerKeys } from '../server-keys.js';
+import { defineCommand } from '../../lib/cli.js';
 
-interface InspectArgs {
-  keys: string;
-  deviceJwks?: string;
-  file?: string;
-}
-
-export const inspectCommand: CommandModule<object, InspectArgs> = {
+export const inspectCommand = defineCommand({
   command: 'inspect [file]',
   describe: 'Decrypt and verify one ack or enrollment (file or stdin) and print its claims as JSON',
-  builder: (y: Argv) =>
+  builder: (y) =>
     y
       .positional('file', { type: 'string', describe: 'file holding the compact JWE (default: standard input)' })
       .option('keys', { type: 'string', demandOption: true, describe: 'server key directory' })
-      .option('device-jwks', { type: 'string', describe: "the device's public JWK set (required for acks)" }) as unknown as Argv<InspectArgs>,
-  handler: async (args: ArgumentsCamelCase<InspectArgs>) => {
+      .option('device-jwks', { type: 'string', describe: "the device's public JWK set (required for acks)" }),
+  handler: async (args) => {
     const server = await loadServerKeys(args.keys);
     const input = await readInput(args.file, DEFAULT_MAX_MESSAGE_BYTES * 2);
     // Peek (after decryption, before trusting anything) to tell an enrollment from an ack.
@@ -36,4 +30,4 @@ export const inspectCommand: CommandModule<object, InspectArgs> = {
     const opened = await openAck(input, { serverId: server.serverId, decryption: server.decryption, verification: await KeyRing.create(signers) });
     process.stdout.write(`${JSON.stringify({ kind: 'ack', claims: opened.claims, signer_kid: opened.signerKid }, null, 2)}\n`);
   },
-};
+});

@@ -1,27 +1,16 @@
 /** `provision-server seal`: print one sealed command (compact JWE) for a device. */
-import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
-import { ACTIONS, checkCommandInput, parseJwkSet, sealCommand, type Action } from '../../protocol/index.js';
+import { ACTIONS, checkCommandInput, parseJwkSet, sealCommand } from '../../protocol/index.js';
 import { CodedError } from '../../protocol/index.js';
 import { deviceIdFlag, readJsonFile } from '../../lib/cli-input.js';
 import { parseCommandTtl } from '../duration.js';
 import { nextSealSeq } from '../seal-counter.js';
 import { loadServerKeys } from '../server-keys.js';
+import { defineCommand } from '../../lib/cli.js';
 
-interface SealArgs {
-  keys: string;
-  device: string;
-  deviceJwks: string;
-  action: Action;
-  user: string;
-  params: string;
-  seq?: number;
-  ttl: string;
-}
-
-export const sealCommandModule: CommandModule<object, SealArgs> = {
+export const sealCommandModule = defineCommand({
   command: 'seal',
   describe: 'Sign and encrypt one command for a device and print it (compact JWE) on stdout',
-  builder: (y: Argv) =>
+  builder: (y) =>
     y
       .option('keys', { type: 'string', demandOption: true, describe: 'server key directory (from keys init)' })
       .option('device', { type: 'string', demandOption: true, coerce: deviceIdFlag('--device'), describe: 'device id' })
@@ -31,8 +20,8 @@ export const sealCommandModule: CommandModule<object, SealArgs> = {
       .option('params', { type: 'string', default: '{}', describe: 'action parameters as JSON' })
       .option('seq', { type: 'number', describe: 'sequence number (default: one above the last sealed for this device, kept in KEYS/seq/)' })
       .option('ttl', { type: 'string', default: '5m', describe: 'lifetime: 90 (seconds), 30s, 15m, 24h, 7d (at most 7d)' })
-      .example("$0 seal --keys srv --device sensor-1 --device-jwks dev.jwks \\\n--action update --params '{\"sensor\":{\"enabled\":true}}' --ttl 1h", '') as unknown as Argv<SealArgs>,
-  handler: async (args: ArgumentsCamelCase<SealArgs>) => {
+      .example("$0 seal --keys srv --device sensor-1 --device-jwks dev.jwks \\\n--action update --params '{\"sensor\":{\"enabled\":true}}' --ttl 1h", ''),
+  handler: async (args) => {
     let params: unknown;
     try {
       params = JSON.parse(args.params) as unknown;
@@ -52,4 +41,4 @@ export const sealCommandModule: CommandModule<object, SealArgs> = {
     const { token } = await sealCommand({ ...input, seq }, { signer: server.signing, recipient });
     process.stdout.write(`${token}\n`);
   },
-};
+});

@@ -5,7 +5,6 @@
  * Exit statuses with --wait: 0 applied, 3 rejected, 4 failed, 5 no ack before
  * the timeout. A fan-out exits 0 when every device applied, else 6.
  */
-import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { ACTIONS, isAction, isRecord, validateParams, type Action } from '../../protocol/index.js';
 import { CodedError } from '../../protocol/index.js';
 import { deviceIdFlag } from '../../lib/cli-input.js';
@@ -17,30 +16,15 @@ import { DEFAULT_FANOUT_CONCURRENCY, formatFanoutSummary, progressBar, runFanout
 import { createLogger } from '../../lib/log.js';
 import { openSendClient } from '../send-client.js';
 import { commandView } from '../views.js';
-import { brokerOverride, withBroker, withData, type BrokerArgs, type DataArgs } from './common.js';
+import { brokerOverride, withBroker, withData } from './common.js';
+import { defineCommand } from '../../lib/cli.js';
 
 export const SEND_EXIT = { applied: 0, rejected: 3, failed: 4, timeout: 5, fanoutIncomplete: 6 } as const;
 
-interface SendArgs extends DataArgs, BrokerArgs {
-  target?: string;
-  action?: string;
-  user?: string;
-  all: boolean;
-  resume?: string;
-  params?: string;
-  set?: string[];
-  wait: boolean;
-  timeout: string;
-  ttl?: string;
-  concurrency: number;
-  sealWorkers: number;
-  verbose: boolean;
-}
-
-export const sendCommand: CommandModule<object, SendArgs> = {
+export const sendCommand = defineCommand({
   command: 'send [target] [action]',
   describe: 'Seal and publish a command: send DEVICE ACTION, or fan out with send --all ACTION / send --user UID ACTION',
-  builder: (y: Argv) =>
+  builder: (y) =>
     withBroker(withData(y))
       .positional('target', { type: 'string', describe: 'device id (or, with --all/--user, the action)' })
       .positional('action', { type: 'string', describe: `one of ${ACTIONS.join(', ')}` })
@@ -58,8 +42,8 @@ export const sendCommand: CommandModule<object, SendArgs> = {
       .example('$0 send sensor-0001 update --set sensor.enabled=true \\\n--set sensor.sample_interval_s=30 --wait', '')
       .example('$0 send --user alice rotate --timeout 1m', '')
       .example('# re-bind sal01 to user 1 (the seed: update sal01 1)\n$0 send sal01 update --user 1 --wait', '')
-      .example('$0 send --resume 6f1c2a9e-...', '') as unknown as Argv<SendArgs>,
-  handler: async (args: ArgumentsCamelCase<SendArgs>) => {
+      .example('$0 send --resume 6f1c2a9e-...', ''),
+  handler: async (args) => {
     const timeoutMs = parseDuration(args.timeout, '--timeout');
     const ttlSeconds = args.ttl ? parseCommandTtl(args.ttl) : undefined;
     const fanout = args.all || args.resume !== undefined || (args.user !== undefined && args.action === undefined);
@@ -132,7 +116,7 @@ export const sendCommand: CommandModule<object, SendArgs> = {
       data.registry.close();
     }
   },
-};
+});
 
 /** --params JSON merged with --set dotted.key=value pairs. */
 export function buildParams(json: string | undefined, sets: readonly string[]): Record<string, unknown> {

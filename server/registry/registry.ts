@@ -369,8 +369,14 @@ export class Registry {
   listCommands(filter: { deviceId?: string; fanoutId?: string; limit?: number } = {}): CommandRecord[] {
     const where: string[] = [];
     const args: (string | number)[] = [];
-    if (filter.deviceId !== undefined) (where.push('device_id = ?'), args.push(filter.deviceId));
-    if (filter.fanoutId !== undefined) (where.push('fanout_id = ?'), args.push(filter.fanoutId));
+    if (filter.deviceId !== undefined) {
+      where.push('device_id = ?');
+      args.push(filter.deviceId);
+    }
+    if (filter.fanoutId !== undefined) {
+      where.push('fanout_id = ?');
+      args.push(filter.fanoutId);
+    }
     const sql = `SELECT * FROM commands ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at DESC, seq DESC LIMIT ?`;
     return (this.db.prepare(sql).all(...args, filter.limit ?? 1000) as CommandRow[]).map(commandRecord);
   }

@@ -26,6 +26,7 @@ import { startAgent, type RunningAgent, type StartAgentOptions } from '../../age
 import { startAedes, type AedesBroker } from '../helpers/brokers.js';
 import type { AgentProcess } from '../helpers/agent-process.js';
 import { makeParty, type Party } from '../helpers/keys.js';
+import type { AgentState } from '../../agent/store/state.js';
 
 export const SERVER_ID = 'provision-server';
 export const PREFIX = 'provision';
@@ -87,8 +88,9 @@ export async function makeDevice(opts: DeviceOptions): Promise<DeviceFiles> {
   return files;
 }
 
-export async function readDeviceState(files: DeviceFiles): Promise<Record<string, unknown> & { last_seq: number; provisioned: boolean; user_id: string | null; keys: Record<string, string | null> }> {
-  return JSON.parse(await readFile(join(files.stateDir, 'state.json'), 'utf8')) as never;
+export async function readDeviceState(files: DeviceFiles): Promise<AgentState> {
+  const state: AgentState = JSON.parse(await readFile(join(files.stateDir, 'state.json'), 'utf8'));
+  return state;
 }
 
 export interface ReceivedAck {

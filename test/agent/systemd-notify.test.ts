@@ -59,7 +59,7 @@ describe('sensor-agent run under systemd (fake systemd-notify)', function () {
   const SOCKET = '/run/systemd/notify-test.sock';
 
   const notifications = async (): Promise<Notification[]> => {
-    let text = '';
+    let text: string;
     try {
       text = await readFile(logFile, 'utf8');
     } catch {

@@ -22,7 +22,7 @@ interface DeviceState {
 }
 
 async function state(files: DeviceFiles): Promise<DeviceState> {
-  return (await readDeviceState(files)) as unknown as DeviceState;
+  return readDeviceState(files);
 }
 
 interface RecentRecord {
