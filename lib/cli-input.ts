@@ -1,5 +1,6 @@
 /** Reading a CLI's inputs: a device id flag, a file or standard input, a JSON file; refusals are CodedErrors (exit statuses: INPUT_EXIT_STATUSES in cli.ts). */
 import { readFile } from 'node:fs/promises';
+import type { Argv } from 'yargs';
 import { CodedError, ProtocolError, isValidId } from '../protocol/index.js';
 
 /** A yargs `coerce` for a device id flag: a bad id is bad usage (exit 2), refused before anything is read. */
@@ -48,4 +49,9 @@ export async function readJsonFile(path: string, what: string, maxBytes = 256 * 
   } catch (err) {
     throw new CodedError('E_BAD_JSON', `${what} file ${path} is not valid JSON: ${(err as Error).message}`);
   }
+}
+
+/** The `[file]` positional of the inspect commands (a compact JWE; standard input when absent), read with readInput. */
+export function withInputFile<T>(y: Argv<T>) {
+  return y.positional('file', { type: 'string', describe: 'file holding the compact JWE (default: standard input)' });
 }

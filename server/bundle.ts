@@ -5,8 +5,7 @@
  */
 import { readdir, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { assertValidId, generateEncryptionKey, generateSigningKey, toPublicJwk, type PrivateJwk } from '../protocol/index.js';
-import { CodedError } from '../protocol/index.js';
+import { assertValidId, CodedError, generateEncryptionKey, generateSigningKey, type PrivateJwk, toPublicJwk } from '../protocol/index.js';
 import type { BrokerSettings, OpenedData } from './data-dir.js';
 import { writeFileAtomic } from '../lib/durable-file.js';
 import { ensurePrivateDir } from '../lib/fs.js';

@@ -9,8 +9,7 @@
  * transaction recording it committed, as before.
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { checkCommandInput, commandTopic, isRecord, type Action, type ActionParams } from '../protocol/index.js';
-import { CodedError } from '../protocol/index.js';
+import { type Action, type ActionParams, checkCommandInput, CodedError, commandTopic, isRecord } from '../protocol/index.js';
 import { GroupCommit } from './group-commit.js';
 import { RegistryError } from './registry/errors.js';
 import type { NewCommand, Registry } from './registry/registry.js';

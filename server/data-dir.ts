@@ -8,8 +8,7 @@
 import { randomBytes } from 'node:crypto';
 import { chmod, lstat, readFile } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
-import { DEFAULT_TOPIC_PREFIX, assertValidPrefix, isRecord } from '../protocol/index.js';
-import { CodedError } from '../protocol/index.js';
+import { assertValidPrefix, CodedError, DEFAULT_TOPIC_PREFIX, isRecord } from '../protocol/index.js';
 import { writeFileAtomic } from '../lib/durable-file.js';
 import { ensurePrivateDir, exists } from '../lib/fs.js';
 import { Registry } from './registry/registry.js';

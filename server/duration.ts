@@ -1,6 +1,5 @@
 /** Durations on the command line (syntax: protocol/duration.ts): `30s`, `15m`, `24h`, `7d`, `500ms`, or plain seconds. */
-import { MAX_TTL_SECONDS, parseDurationMs } from '../protocol/index.js';
-import { CodedError } from '../protocol/index.js';
+import { CodedError, MAX_TTL_SECONDS, parseDurationMs } from '../protocol/index.js';
 
 /** Milliseconds of a duration such as `24h`; throws E_USAGE (exit 2) when it is not one. */
 export function parseDuration(text: string | number, what = 'duration'): number {

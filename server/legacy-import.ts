@@ -9,8 +9,7 @@ import { createPublicKey } from 'node:crypto';
 import { constants } from 'node:fs';
 import { lstat, open, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { RSA_KEY_WRAP_ALG, computeKid, isValidId, parsePublicJwk, type PublicJwk } from '../protocol/index.js';
-import { CodedError } from '../protocol/index.js';
+import { CodedError, computeKid, isValidId, parsePublicJwk, type PublicJwk, RSA_KEY_WRAP_ALG } from '../protocol/index.js';
 import type { Registry } from './registry/registry.js';
 
 export interface LegacyImportResult {

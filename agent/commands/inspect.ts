@@ -1,7 +1,6 @@
 /** `sensor-agent inspect`: open one sealed command and print its verified claims (stateless). */
-import { DEFAULT_MAX_MESSAGE_BYTES, KeyRing, TRUSTED_CLOCK, UNTRUSTED_CLOCK, isProtocolError, openCommand, parseJwkSet } from '../../protocol/index.js';
-import { CodedError } from '../../protocol/index.js';
-import { deviceIdFlag, readInput, readJsonFile } from '../../lib/cli-input.js';
+import { CodedError, DEFAULT_MAX_MESSAGE_BYTES, isProtocolError, KeyRing, openCommand, parseJwkSet, TRUSTED_CLOCK, UNTRUSTED_CLOCK } from '../../protocol/index.js';
+import { deviceIdFlag, readInput, readJsonFile, withInputFile } from '../../lib/cli-input.js';
 import { KeyStore } from '../store/keystore.js';
 import { defineCommand } from '../../lib/cli.js';
 
@@ -9,8 +8,7 @@ export const inspectCommand = defineCommand({
   command: 'inspect [file]',
   describe: 'Decrypt and verify one sealed command (file or stdin) and print its claims as JSON; no replay check, nothing applied',
   builder: (y) =>
-    y
-      .positional('file', { type: 'string', describe: 'file holding the compact JWE (default: standard input)' })
+    withInputFile(y)
       .option('keystore', { type: 'string', demandOption: true, describe: 'the device key store directory' })
       .option('trust', { type: 'string', demandOption: true, describe: "the server's public JWK set (trust.jwks)" })
       .option('device', { type: 'string', demandOption: true, coerce: deviceIdFlag('--device'), describe: 'this device id (checked against aud and device_id)' })

@@ -1,6 +1,5 @@
 /** `sensor-agent selftest`: the on-device self-test; exit 0 only when every required check passes. */
-import { parseDurationMs } from '../../protocol/index.js';
-import { CodedError } from '../../protocol/index.js';
+import { CodedError, parseDurationMs } from '../../protocol/index.js';
 import { DEFAULT_CONFIG_PATH } from '../config.js';
 import { formatReport, runSelftest } from '../selftest.js';
 import { defineCommand } from '../../lib/cli.js';

@@ -1,7 +1,6 @@
 /** `provision-server device list|show|add|remove`: the device registry. */
 import type { Argv, CommandModule } from 'yargs';
-import { assertValidId, parseJwkSet } from '../../protocol/index.js';
-import { CodedError } from '../../protocol/index.js';
+import { assertValidId, CodedError, parseJwkSet } from '../../protocol/index.js';
 import { deviceIdFlag, readJsonFile } from '../../lib/cli-input.js';
 import { openDataDir } from '../data-dir.js';
 import { DEVICE_STATES } from '../registry/types.js';

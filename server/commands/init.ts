@@ -1,8 +1,7 @@
 /** `provision-server init`: create the data directory: server keys, registry, broker defaults, HTTP token. */
-import { DEFAULT_TOPIC_PREFIX } from '../../protocol/index.js';
+import { CodedError, DEFAULT_TOPIC_PREFIX } from '../../protocol/index.js';
 import { DEFAULT_BROKER_URL, initDataDir, type BrokerSettings } from '../data-dir.js';
 import { DEFAULT_SERVER_ID } from '../server-keys.js';
-import { CodedError } from '../../protocol/index.js';
 import { withBroker, withData } from './common.js';
 import { defineCommand } from '../../lib/cli.js';
 

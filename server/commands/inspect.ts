@@ -1,7 +1,6 @@
 /** `provision-server inspect`: open an ack or an enrollment and print its verified claims. */
-import { DEFAULT_MAX_MESSAGE_BYTES, KeyRing, decryptSealed, isRecord, openAck, openEnrollment, parseJwkSet } from '../../protocol/index.js';
-import { CodedError } from '../../protocol/index.js';
-import { readInput, readJsonFile } from '../../lib/cli-input.js';
+import { CodedError, decryptSealed, DEFAULT_MAX_MESSAGE_BYTES, isRecord, KeyRing, openAck, openEnrollment, parseJwkSet } from '../../protocol/index.js';
+import { readInput, readJsonFile, withInputFile } from '../../lib/cli-input.js';
 import { loadServerKeys } from '../server-keys.js';
 import { defineCommand } from '../../lib/cli.js';
 
@@ -9,8 +8,7 @@ export const inspectCommand = defineCommand({
   command: 'inspect [file]',
   describe: 'Decrypt and verify one ack or enrollment (file or stdin) and print its claims as JSON',
   builder: (y) =>
-    y
-      .positional('file', { type: 'string', describe: 'file holding the compact JWE (default: standard input)' })
+    withInputFile(y)
       .option('keys', { type: 'string', demandOption: true, describe: 'server key directory' })
       .option('device-jwks', { type: 'string', describe: "the device's public JWK set (required for acks)" }),
   handler: async (args) => {

@@ -1,6 +1,5 @@
 /** `provision-server seal`: print one sealed command (compact JWE) for a device. */
-import { ACTIONS, checkCommandInput, parseJwkSet, sealCommand } from '../../protocol/index.js';
-import { CodedError } from '../../protocol/index.js';
+import { ACTIONS, checkCommandInput, CodedError, parseJwkSet, sealCommand } from '../../protocol/index.js';
 import { deviceIdFlag, readJsonFile } from '../../lib/cli-input.js';
 import { parseCommandTtl } from '../duration.js';
 import { nextSealSeq } from '../seal-counter.js';

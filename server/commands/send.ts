@@ -5,8 +5,7 @@
  * Exit statuses with --wait: 0 applied, 3 rejected, 4 failed, 5 no ack before
  * the timeout. A fan-out exits 0 when every device applied, else 6.
  */
-import { ACTIONS, isAction, isRecord, validateParams, type Action } from '../../protocol/index.js';
-import { CodedError } from '../../protocol/index.js';
+import { type Action, ACTIONS, CodedError, isAction, isRecord, validateParams } from '../../protocol/index.js';
 import { deviceIdFlag } from '../../lib/cli-input.js';
 import { prepareCommand, userIdText } from '../command-sender.js';
 import { brokerFrom, openDataDir } from '../data-dir.js';
