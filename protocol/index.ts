@@ -1,5 +1,6 @@
 /** The wire format shared by agent and server. No I/O here. */
 export * from './errors.js';
+export * from './guards.js';
 export * from './keys.js';
 export * from './keyring.js';
 export * from './limits.js';

@@ -6,6 +6,7 @@ import { createECDH, createPrivateKey, createPublicKey, generateKeyPair, type Js
 import { promisify } from 'node:util';
 import jose from 'node-jose';
 import { ProtocolError } from './errors.js';
+import { isRecord } from './guards.js';
 
 const generateKeyPairAsync = promisify(generateKeyPair);
 
@@ -171,10 +172,6 @@ export async function parseJwkSet(value: unknown, use?: KeyUse): Promise<PublicJ
 /** The key-wrap algorithm a recipient key calls for. */
 export function keyWrapAlgFor(jwk: PublicJwk): KeyWrapAlg {
   return jwk.kty === 'RSA' ? RSA_KEY_WRAP_ALG : EC_KEY_WRAP_ALG;
-}
-
-export function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
 async function finish(raw: JsonWebKey, use: KeyUse, alg: KeyAlg): Promise<PrivateJwk> {

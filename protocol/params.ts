@@ -4,7 +4,7 @@
  */
 import { ProtocolError } from './errors.js';
 import { GPIO_PIN_MAX, firstDuplicatePin } from './gpio-pins.js';
-import { isRecord } from './keys.js';
+import { isRecord } from './guards.js';
 
 export const ACTIONS = ['request', 'update', 'rotate', 'delete', 'selftest'] as const;
 export type Action = (typeof ACTIONS)[number];
