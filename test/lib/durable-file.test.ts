@@ -25,7 +25,7 @@ async function rejection(p: Promise<unknown>): Promise<unknown> {
   throw new Error('expected the promise to reject');
 }
 
-describe('agent/durable-file', () => {
+describe('lib/durable-file', () => {
   let dir: string;
 
   beforeEach(async () => {
