@@ -7,7 +7,7 @@ import { createRequire } from 'node:module';
 import type yargsModule from 'yargs';
 import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { isCodedError, isProtocolError } from '../protocol/index.js';
+import { CodedError, isCodedError, isProtocolError } from '../protocol/index.js';
 import { packageVersion } from './version.js';
 
 // yargs' CommonJS build: its ESM build's help layout (cliui without wrap-ansi) breaks lines in the middle of words.
@@ -82,7 +82,7 @@ export async function runCli(program: CliProgram): Promise<void> {
       // A handler's error is reported once, by the catch below; yargs' own (YError: validation, a flag's coerce) are usage errors.
       if (err && err.name !== 'YError') throw err;
       process.stderr.write(`${program.name}: E_USAGE: ${msg ?? err?.message ?? 'bad usage'}\n${hint()}\n`);
-      process.exit(2);
+      process.exit(exitStatusOf(new CodedError('E_USAGE', msg ?? 'bad usage'), program.exitStatuses));
     })
     .parseAsync()
     .catch((err: unknown) => reportError(program.name, err, program.exitStatuses, hint()));
