@@ -5,57 +5,35 @@
  * fleet simulation start many in one process (nothing here is global, and an
  * idle connected agent holds no timer besides mqtt.js's keepalive).
  *
- * Start-up decisions:
- * - keys and no state: waits for a `request` (keys made on the host);
- * - keys already used with a state file that is gone (key store marker
- *   `in-use.json`): never acted on again; with a token, new keys and
- *   enrollment; without, E_STATE_LOST (exit 2);
- * - no keys, enrollment token: generates keys and enrolls;
- * - not provisioned and a token: enrolls (generating keys if absent);
- * - decommissioned and a token: new keys (whatever keys are left) and a fresh
- *   state, then enrolls; keys that cannot be replaced (systemd credentials):
- *   E_KEYSTORE_READONLY (exit 2);
- * - no keys and no token: E_NOT_ENROLLED (exit 2), or exit 10 if decommissioned;
- * - decommissioned and no token: finishes the wipe if a crash interrupted it, exit 10.
+ * The start-up decisions (enroll, wait, refuse) are agent/start-up.ts; here
+ * the objects are made, each complete, and wired.
  */
 import { EventEmitter } from 'node:events';
-import { applyDelete, decommission, EXIT_DECOMMISSIONED, wipeDevice } from './apply-delete.js';
-import { applyRequest } from './apply-request.js';
-import { applyRotate, resumeRotation } from './apply-rotate.js';
-import { applySelftest } from './apply-selftest.js';
-import { applyGpioSettings, applyUpdate, effectivePins, finishBrokerChange, type UpdateControl } from './apply-update.js';
-import { clockStatus, toClockPolicy } from './clock.js';
+import { KeyRing, type ClockPolicy } from '../protocol/index.js';
+import { createLogger, type Logger } from '../lib/log.js';
+import { decommission, EXIT_DECOMMISSIONED, wipeDevice } from './actions/delete.js';
+import type { ActionContext } from './actions/descriptor.js';
+import { Pipeline, type CommandEvent, type FollowUp } from './actions/pipeline.js';
+import { resumeRotation } from './actions/rotate.js';
+import { applyGpioSettings, effectivePins, finishBrokerChange, sensorShouldBeOn } from './actions/update.js';
 import { loadConfig, type AgentConfig } from './config.js';
-import { Enrollment, readEnrollmentToken, type EnrollmentOptions } from './enrollment.js';
-import { createBoardIo, type BoardIo, type FakeGpioBackend } from './gpio/index.js';
-import { KeyStore } from './keystore.js';
-import { isKeyStoreError } from './keystore-errors.js';
-import { createLogger, type Logger } from './log.js';
-import { MqttSession, type BackoffOptions, type RetryInfo } from './mqtt-session.js';
-import { Pipeline, type CommandEvent, type FollowUp } from './pipeline.js';
-import { AgentRuntime } from './runtime.js';
-import { IdleCollector } from './idle-gc.js';
-import { initialState, stateLossAdvice, StateStore, type StateStoreOptions } from './state.js';
-import { createSystemdNotifier, type SystemdNotifier } from './systemd-notify.js';
-import { loadTrustAnchors } from './trust.js';
+import { createBoardIo, type BoardIo, type GpioBackend } from './gpio/index.js';
+import { Enrollment, readEnrollmentToken, type EnrollmentOptions } from './net/enrollment.js';
+import { MqttSession, type BackoffOptions, type RetryInfo, type SessionBroker } from './net/mqtt-session.js';
+import { AgentRuntime, agentTopics, effectiveBroker } from './runtime.js';
+import { planStart, type StartPlan } from './start-up.js';
+import { KeyStore } from './store/keystore.js';
+import { StateStore, type StateStoreOptions, type StoredBroker } from './store/state.js';
+import { loadTrustAnchors, type TrustAnchors } from './store/trust.js';
+import { clockStatus, toClockPolicy } from './system/clock.js';
+import { IdleCollector } from './system/idle-gc.js';
+import { createSystemdNotifier, type SystemdNotifier } from './system/systemd-notify.js';
+
+export { AgentStartError } from './start-up.js';
 
 const CLOCK_RECHECK_MS = 30_000;
 export const EXIT_OK = 0;
-export const EXIT_FAILURE = 1;
-export const EXIT_USAGE = 2;
 export { EXIT_DECOMMISSIONED };
-
-/** A refusal to start, with the exit status `run` uses. */
-export class AgentStartError extends Error {
-  override readonly name = 'AgentStartError';
-  constructor(
-    readonly code: string,
-    message: string,
-    readonly exitCode: number,
-  ) {
-    super(message);
-  }
-}
 
 export interface AgentEvents {
   /** Connected and subscribed to the command topic. */
@@ -74,8 +52,6 @@ export interface RunningAgent extends EventEmitter<AgentEvents> {
   stop(): Promise<void>;
   /** The exit status `run` would use: 0 stopped, 10 decommissioned. */
   readonly exited: Promise<number>;
-  /** Present when the GPIO backend is the fake one (tests, demo). */
-  readonly fakeGpio: FakeGpioBackend | undefined;
   /** Connected and subscribed now. */
   readonly connected: boolean;
 }
@@ -94,6 +70,8 @@ export interface StartAgentOptions {
   backoff?: BackoffOptions;
   /** Enrollment retry backoff (default 5 s doubling to 5 min, with jitter). */
   enrollment?: EnrollmentOptions;
+  /** Use this GPIO backend instead of the one the config names (tests inject a recording fake). */
+  gpioBackend?: GpioBackend;
   /** Test hooks: crash simulation in state writes and between persist and PUBACK. */
   faults?: AgentFaults;
 }
@@ -106,18 +84,65 @@ export interface AgentFaults extends StateStoreOptions {
 export async function startAgent(options: StartAgentOptions): Promise<RunningAgent> {
   const config = await loadConfig(options.configPath);
   const log = options.log ?? createLogger({ level: config.log_level });
-  const agent = new Agent(config, log, options);
-  await agent.init();
+  const trust = await loadTrustAnchors(config.trust);
+  const keystore = await KeyStore.open(config.keystore, { create: true, credentialsDir: process.env.CREDENTIALS_DIRECTORY });
+  const store = await StateStore.open(config.state_dir, config.device_id, options.faults);
+  const plan = await planStart({ config, log, keystore, store, token: await readEnrollmentToken(config.enrollment_token) });
+
+  const clock = await clockStatus(config.clock.policy);
+  log.info('clock', { trusted: clock.trusted, reason: clock.reason });
+  const io = await createBoardIo(
+    { ...config.gpio, ...effectivePins(config.gpio, store.state.settings) },
+    log.child({ component: 'gpio' }),
+    options.gpioBackend ? { backend: options.gpioBackend } : {},
+  );
+  io.onError((err) => log.warn('GPIO problem', { reason: err.message }));
+  const agent = new Agent({
+    config,
+    log,
+    options,
+    trust,
+    keystore,
+    store,
+    io,
+    plan,
+    clockTrusted: clock.trusted,
+    clock: toClockPolicy(clock, config.clock.max_skew_s),
+    decryption: await KeyRing.create(keystore.decryptionKeys()),
+    broker: await effectiveBroker(config, store.state.settings.broker),
+  });
+  await agent.start();
   return agent;
+}
+
+/** What an Agent is made from: everything start-up opened and decided. */
+interface AgentParts {
+  readonly config: AgentConfig;
+  readonly log: Logger;
+  readonly options: StartAgentOptions;
+  readonly trust: TrustAnchors;
+  readonly keystore: KeyStore;
+  readonly store: StateStore;
+  readonly io: BoardIo;
+  readonly plan: StartPlan;
+  readonly clockTrusted: boolean;
+  readonly clock: ClockPolicy;
+  readonly decryption: KeyRing;
+  readonly broker: SessionBroker;
 }
 
 class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
   readonly deviceId: string;
   readonly exited: Promise<number>;
-  #resolveExit!: (status: number) => void;
-  #rt!: AgentRuntime;
-  #io!: BoardIo;
-  #pipeline!: Pipeline;
+  readonly #resolveExit: (status: number) => void;
+  readonly #config: AgentConfig;
+  readonly #log: Logger;
+  readonly #options: StartAgentOptions;
+  readonly #rt: AgentRuntime;
+  readonly #io: BoardIo;
+  readonly #pipeline: Pipeline;
+  readonly #actions: ActionContext;
+  readonly #clockTrusted: boolean;
   #enrollment: Enrollment | undefined;
   #notifier: SystemdNotifier | undefined;
   #follow: Promise<void> = Promise.resolve();
@@ -129,144 +154,76 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
   #exitStatus = EXIT_OK;
   #busySince = 0;
   #clockTimer: NodeJS.Timeout | undefined;
-  #resume: (() => Promise<void>) | undefined;
-  /** A full GC once the agent is quiet after start-up or a command (agent/idle-gc.ts). */
+  /** A full GC once the agent is quiet after start-up or a command (agent/system/idle-gc.ts). */
   readonly #idleGc = new IdleCollector();
 
-  constructor(
-    private readonly config: AgentConfig,
-    private readonly log: Logger,
-    private readonly options: StartAgentOptions,
-  ) {
+  /** Wires the parts (nothing starts yet): session, runtime, pipeline, enrollment. */
+  constructor(parts: AgentParts) {
     super();
+    const { config, log, options } = parts;
     this.deviceId = config.device_id;
-    this.exited = new Promise((r) => (this.#resolveExit = r));
-  }
-
-  get fakeGpio(): FakeGpioBackend | undefined {
-    return this.#io?.fake;
+    let resolveExit: (status: number) => void = () => undefined;
+    this.exited = new Promise((r) => (resolveExit = r));
+    this.#resolveExit = resolveExit;
+    this.#config = config;
+    this.#log = log;
+    this.#options = options;
+    this.#io = parts.io;
+    this.#clockTrusted = parts.clockTrusted;
+    const session = new MqttSession({
+      clientId: config.device_id,
+      broker: parts.broker,
+      topic: agentTopics(config).command,
+      log,
+      onMessage: (topic, payload) => this.#onMessage(topic, payload),
+      ...(options.backoff ? { backoff: options.backoff } : {}),
+    });
+    this.#rt = new AgentRuntime({
+      config,
+      log,
+      keystore: parts.keystore,
+      store: parts.store,
+      trust: parts.trust,
+      io: parts.io,
+      session,
+      decryption: parts.decryption,
+      clock: parts.clock,
+      requestExit: (status, why) => {
+        log.info('exiting', { status, reason: why });
+        this.#exitStatus = status;
+        void this.stop();
+      },
+      afterPersist: options.faults?.afterPersist,
+    });
+    this.#actions = { rt: this.#rt, onProvisioned: (userId) => this.#onProvisioned(userId), switchBroker: (b, ms) => this.#switchBroker(b, ms) };
+    this.#pipeline = new Pipeline(this.#actions, (e) => this.emit('command', e));
+    if (parts.plan.enrolling) this.#enrollment = new Enrollment(this.#rt, parts.plan.token, options.enrollment);
   }
 
   get connected(): boolean {
-    return this.#rt?.session?.ready === true;
+    return this.#rt.session.ready;
   }
 
-  async init(): Promise<void> {
-    const { config, log } = this;
-    const trust = await loadTrustAnchors(config.trust);
-    const keystore = await KeyStore.open(config.keystore, { create: true, credentialsDir: process.env.CREDENTIALS_DIRECTORY });
-    const store = await StateStore.open(config.state_dir, config.device_id, this.options.faults);
-    const token = await readEnrollmentToken(config.enrollment_token);
-    let st = store.state;
-
-    if (st.decommissioned && token === undefined) {
-      if (keystore.hasKeys() || keystore.previousEncryptionKey) await keystore.wipe();
-      throw new AgentStartError('E_DECOMMISSIONED', `device ${config.device_id} was decommissioned by a delete command; to use it again, provision it at the board (place a new enrollment token at ${config.enrollment_token})`, EXIT_DECOMMISSIONED);
-    }
-    if (!keystore.hasKeys() && token === undefined) {
-      throw new AgentStartError(
-        'E_NOT_ENROLLED',
-        `no device keys in ${config.keystore} and no enrollment token at ${config.enrollment_token}: this board is not enrolled. Create a bundle on the server (provision-server bundle --device ${config.device_id} ...) and copy its enroll.token to ${config.enrollment_token} (mode 0600), then start the agent again`,
-        EXIT_USAGE,
-      );
-    }
-    // Keys already used with a state file that is now gone: the seq floor and the recent commands that
-    // refuse replays went with it, so these keys are never acted on again (new keys via enrollment).
-    const stateLost = keystore.hasKeys() && keystore.inUse && !store.found;
-    if (stateLost && token === undefined) {
-      throw new AgentStartError('E_STATE_LOST', `${store.path} is missing but the keys in ${config.keystore} were already used with it: without it, commands captured earlier could be replayed, so the agent will not use these keys. ${stateLossAdvice(store.path)}`, EXIT_USAGE);
-    }
-    const enrolling = token !== undefined && (!st.provisioned || !keystore.hasKeys() || stateLost);
-    if (enrolling) {
-      // A new identity (new keys, fresh state) when there are no keys, when the keys' state is gone, and
-      // for a decommissioned board: its old keys can still be there (a power cut during delete after the
-      // state save, before the wipe; keys from systemd credentials, which the wipe cannot remove). The
-      // state is reset to seq 0, so the old keys must go with it: otherwise the broker's redelivery of an
-      // un-acked delete, or any command captured under them, would apply again. Keeping the old keys with
-      // their seq floor instead would refuse those, but also every command of a server that counts this
-      // device's seq from 1 again; new keys are safe either way. Keys that cannot be replaced (systemd
-      // credentials) are refused (E_KEYSTORE_READONLY, exit 2) before anything changes.
-      const fresh = st.decommissioned || !keystore.hasKeys() || stateLost;
-      if (fresh) {
-        if (stateLost) log.warn('state file missing for keys already in use: replacing the keys and enrolling again', { state: store.path, keystore: config.keystore });
-        else if (st.decommissioned && keystore.hasKeys()) log.warn('decommissioned board with a new enrollment token: replacing the keys left from before the decommissioning', { keystore: config.keystore });
-        const keys = await keystore.generate({ force: true }).catch((err: unknown) => {
-          if (isKeyStoreError(err) && err.code === 'E_KEYSTORE_READONLY') {
-            throw new AgentStartError(err.code, `enrolling again needs new device keys (the old ones must never be used with a reset replay state), but ${err.message}`, EXIT_USAGE);
-          }
-          throw err;
-        });
-        log.info('device keys generated for enrollment', { kids: keys.keys.map((k) => k.kid).join(',') });
-        // New identity: commands sealed to the old keys cannot open, and the server may count seq from 1 again.
-        await store.save({ ...initialState(config.device_id), keys: { signing: keystore.signingKey?.kid ?? null, encryption: keystore.encryptionKey?.kid ?? null, previous_encryption: null } });
-      }
-    } else if (!st.provisioned) {
-      log.warn('not provisioned and no enrollment token: waiting for a request command from the server');
-    }
-    if (keystore.hasKeys() && !keystore.inUse) {
-      // The state file first, then the marker: a power cut in between leaves a state file and unmarked
-      // keys, marked at the next start; never marked keys whose state was not written yet.
-      if (!store.found) await store.save(store.state);
-      await keystore.markInUse(config.device_id);
-    }
-    st = store.state;
-
-    const clock = await clockStatus(config.clock.policy);
-    log.info('clock', { trusted: clock.trusted, reason: clock.reason });
-    this.#io = await createBoardIo(
-      { ...config.gpio, ...effectivePins({ config } as AgentRuntime, st.settings) },
-      (level, msg) => log[level](msg, { component: 'gpio' }),
-    );
-    this.#io.onError((err) => log.warn('GPIO problem', { reason: err.message }));
-
-    const rt = new AgentRuntime(config, log, keystore, store, trust, this.#io, toClockPolicy(clock, config.clock.max_skew_s), (status, why) => {
-      log.info('exiting', { status, reason: why });
-      this.#exitStatus = status;
-      void this.stop();
-    });
-    this.#rt = rt;
-    if (!clock.trusted && config.clock.policy === 'auto') this.#watchClock(rt);
-    rt.afterPersist = this.options.faults?.afterPersist;
-    await rt.refreshDecryption();
+  /** Resumes what a crash interrupted, sets the board's outputs, connects, tells systemd. */
+  async start(): Promise<void> {
+    const rt = this.#rt;
+    const log = this.#log;
+    const st = rt.store.state;
+    if (!this.#clockTrusted && this.#config.clock.policy === 'auto') this.#watchClock(rt);
     const resumedAck = await resumeRotation(rt);
 
-    const update: UpdateControl = { switchBroker: (b, ms) => this.#switchBroker(b, ms) };
-    this.#pipeline = new Pipeline(
-      rt,
-      {
-        request: (c) => applyRequest(rt, c, () => this.#onProvisioned(c.user_id)),
-        update: (c) => applyUpdate(rt, c, update),
-        rotate: (c) => applyRotate(rt, c),
-        delete: (c) => applyDelete(rt, c),
-        selftest: (c) => applySelftest(rt, c),
-      },
-      (e) => this.emit('command', e),
-    );
-    rt.session = new MqttSession({
-      clientId: config.device_id,
-      broker: await rt.effectiveBroker(),
-      topic: rt.topics.command,
-      log,
-      onMessage: (topic, payload) => this.#onMessage(topic, payload),
-      ...(this.options.backoff ? { backoff: this.options.backoff } : {}),
-    });
-    if (enrolling && token !== undefined) this.#enrollment = new Enrollment(rt, token, this.options.enrollment);
-
-    this.#io.setStatus(st.provisioned ? 'provisioned' : enrolling ? 'enrolling' : 'unprovisioned');
-    await this.#io.setSensorEnabled(st.provisioned && st.settings.sensor?.enabled !== false);
+    this.#io.setStatus(st.provisioned ? 'provisioned' : this.#enrollment ? 'enrolling' : 'unprovisioned');
+    await this.#io.setSensorEnabled(sensorShouldBeOn(st));
     this.#io.onResetHeld(() => void this.#resetToUnprovisioned());
 
     rt.session.on('subscribed', () => this.#onSubscribed());
     // `systemctl status` shows the last STATUS=: keep it true across broker outages.
     rt.session.on('retrying', (r) => this.#notifier?.status(waitingStatus(rt.session.broker.url, r)));
-    if (this.options.systemdNotify) {
+    if (this.#options.systemdNotify) {
       this.#notifier = createSystemdNotifier(log);
       this.#notifier.startWatchdog(() => this.#healthy());
     }
     const pending = st.pending_broker;
-    if (pending) {
-      this.#resume = () => finishBrokerChange(rt, pending, update);
-    }
     // The ack of a rotation completed just before a crash may never have left: send it (a duplicate is harmless).
     if (resumedAck) rt.publishAck(resumedAck.token, { ref: resumedAck.jti, status: 'applied', resumed: 'yes' });
     rt.session.start();
@@ -274,11 +231,9 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
     // yet, DNS, TLS before the clock is set) must not time out its start and be given up on by
     // systemd. From here the agent waits for the broker itself, for as long as it takes.
     this.#notifier?.ready(`connecting to broker ${rt.session.broker.url}`);
-    log.info('agent started', { device: config.device_id, provisioned: store.state.provisioned, enrolling, broker: rt.session.broker.url, gpio: this.#io.backend });
-    if (this.#resume) {
-      const resume = this.#resume;
-      this.#resume = undefined;
-      this.#follow = this.#follow.then(resume).catch((err: unknown) => log.error('broker change could not be resumed', { reason: (err as Error).message }));
+    log.info('agent started', { device: this.deviceId, provisioned: rt.store.state.provisioned, enrolling: this.#enrollment !== undefined, broker: rt.session.broker.url, gpio: this.#io.backend });
+    if (pending) {
+      this.#follow = this.#follow.then(() => finishBrokerChange(rt, pending, this.#actions)).catch((err: unknown) => log.error('broker change could not be resumed', { reason: (err as Error).message }));
     }
     this.#idleGc.poke();
   }
@@ -310,7 +265,7 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
     this.#handling = new Promise<void>((r) => (release = r));
     this.#queued += 1;
     try {
-      if (this.#queued > 1) this.log.info('command received while another is processed: it waits for the command in progress');
+      if (this.#queued > 1) this.#log.info('command received while another is processed: it waits for the command in progress');
       await previous;
       await this.#follow;
       this.#busySince = Date.now();
@@ -325,7 +280,7 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
         // After the PUBACK (sent when this resolves).
         this.#follow = new Promise<void>((r) => setImmediate(r))
           .then(run)
-          .catch((err: unknown) => this.log.error('after-ack work failed', { reason: (err as Error).message }))
+          .catch((err: unknown) => this.#log.error('after-ack work failed', { reason: (err as Error).message }))
           .finally(() => this.#idleGc.poke());
       }
     } finally {
@@ -343,11 +298,11 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
     }
     this.#io.setStatus('provisioned');
     await applyGpioSettings(this.#rt, this.#rt.store.state);
-    this.log.info('provisioned', { user: userId });
+    this.#log.info('provisioned', { user: userId });
     this.emit('provisioned', userId);
   }
 
-  async #switchBroker(stored: import('./state.js').StoredBroker | undefined, timeoutMs: number): Promise<boolean> {
+  async #switchBroker(stored: StoredBroker | undefined, timeoutMs: number): Promise<boolean> {
     const rt = this.#rt;
     await rt.session.switchBroker(await rt.effectiveBroker(stored));
     if (timeoutMs <= 0) return true;
@@ -356,7 +311,7 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
 
   async #resetToUnprovisioned(): Promise<void> {
     const rt = this.#rt;
-    this.log.warn('reset button held: resetting the board to unprovisioned');
+    this.#log.warn('reset button held: resetting the board to unprovisioned');
     await rt.store.update((d) => decommission(d));
     await wipeDevice(rt);
     rt.requestExit(EXIT_DECOMMISSIONED, 'reset to unprovisioned at the board');
@@ -364,7 +319,7 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
 
   /** Healthy: not stuck on one command for longer than a hook could take, and the last state write worked. */
   #healthy(): boolean {
-    if (this.#busySince !== 0 && Date.now() - this.#busySince > (this.config.hook_timeout_s + 60) * 1000) return false;
+    if (this.#busySince !== 0 && Date.now() - this.#busySince > (this.#config.hook_timeout_s + 60) * 1000) return false;
     return true;
   }
 
@@ -376,9 +331,9 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
     this.#clockTimer = setInterval(() => {
       void clockStatus('auto').then((c) => {
         if (!c.trusted || rt.clock.trusted || rt.stopping) return;
-        rt.clock = toClockPolicy(c, this.config.clock.max_skew_s);
+        rt.clock = toClockPolicy(c, this.#config.clock.max_skew_s);
         clearInterval(this.#clockTimer);
-        this.log.info('clock now synchronised: exp and iat are checked from here on', { reason: c.reason });
+        this.#log.info('clock now synchronised: exp and iat are checked from here on', { reason: c.reason });
       });
     }, CLOCK_RECHECK_MS).unref();
   }
@@ -401,7 +356,7 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
     await rt.session.stop();
     this.#notifier?.close();
     await this.#io.close().catch(() => undefined);
-    this.log.info('agent stopped', { status: this.#exitStatus });
+    this.#log.info('agent stopped', { status: this.#exitStatus });
     this.#resolveExit(this.#exitStatus);
   }
 }

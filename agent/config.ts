@@ -6,9 +6,9 @@
  */
 import { access, constants, readFile } from 'node:fs/promises';
 import { dirname, isAbsolute, resolve } from 'node:path';
-import { assertValidPrefix, DEFAULT_MAX_SKEW_SECONDS, DEFAULT_TOPIC_PREFIX, ID_PATTERN } from '../protocol/index.js';
+import { assertValidPrefix, CodedError, DEFAULT_MAX_SKEW_SECONDS, DEFAULT_TOPIC_PREFIX, GPIO_PIN_MAX, ID_PATTERN } from '../protocol/index.js';
 import type { GpioConfig } from './gpio/index.js';
-import { isLogLevel, type LogLevel } from './log.js';
+import { isLogLevel, type LogLevel } from '../lib/log.js';
 
 export const DEFAULT_CONFIG_PATH = '/etc/sensor-agent/config.json';
 export const DEFAULT_SERVER_ID = 'provision-server';
@@ -49,21 +49,15 @@ export interface AgentConfig {
   log_level: LogLevel;
 }
 
-/** Invalid configuration: `problems` lists every one (`key.path: why`). Exit status 2. */
-export class ConfigError extends Error {
+/** Invalid configuration: `problems` lists every one (`key.path: why`). Exit status 2 (agent/commands/exit-statuses.ts). */
+export class ConfigError extends CodedError<'E_CONFIG'> {
   override readonly name = 'ConfigError';
-  readonly code = 'E_CONFIG';
-  readonly exitCode = 2;
   constructor(
     readonly file: string,
     readonly problems: readonly string[],
   ) {
-    super(`${file}: ${problems.length} problem${problems.length === 1 ? '' : 's'}:\n  ${problems.join('\n  ')}`);
+    super('E_CONFIG', `${file}: ${problems.length} problem${problems.length === 1 ? '' : 's'}:\n  ${problems.join('\n  ')}`, { details: { file, problems } });
   }
-}
-
-export function isConfigError(err: unknown): err is ConfigError {
-  return err instanceof ConfigError;
 }
 
 /** Reads, validates and resolves the config file; also checks that the files it names are readable. */
@@ -329,7 +323,7 @@ class Section {
 
   pin(k: string): number | null | undefined {
     if (this.#v[k] === null) return null;
-    return this.integer(k, 0, 63);
+    return this.integer(k, 0, GPIO_PIN_MAX);
   }
 }
 

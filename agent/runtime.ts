@@ -16,41 +16,77 @@ import {
 } from '../protocol/index.js';
 import type { AgentConfig } from './config.js';
 import type { BoardIo } from './gpio/index.js';
-import type { KeyStore } from './keystore.js';
-import type { Logger } from './log.js';
-import type { MqttSession, SessionBroker } from './mqtt-session.js';
-import type { StateStore, StoredBroker } from './state.js';
-import type { TrustAnchors } from './trust.js';
+import type { KeyStore } from './store/keystore.js';
+import type { Logger } from '../lib/log.js';
+import type { MqttSession, SessionBroker } from './net/mqtt-session.js';
+import type { StateStore, StoredBroker } from './store/state.js';
+import type { TrustAnchors } from './store/trust.js';
 
 /** An ack's content; the device and server ids come from the config. */
 export type AckFields = Omit<AckInput, 'deviceId' | 'serverId' | 'now'>;
 
-export class AgentRuntime {
-  decryption!: KeyRing;
-  session!: MqttSession;
+export interface AgentTopics {
+  command: string;
+  ack: string;
+  enroll: string;
+}
+
+/** The device's topics under the configured prefix. */
+export function agentTopics(config: AgentConfig): AgentTopics {
+  const p = config.topic_prefix;
+  return { command: commandTopic(p, config.device_id), ack: ackTopic(p, config.device_id), enroll: enrollTopic(p, config.device_id) };
+}
+
+/** Everything a runtime is made of, each complete. */
+export interface AgentRuntimeParts {
+  readonly config: AgentConfig;
+  readonly log: Logger;
+  readonly keystore: KeyStore;
+  readonly store: StateStore;
+  readonly trust: TrustAnchors;
+  readonly io: BoardIo;
+  readonly session: MqttSession;
+  /** The decryption ring of the key store's keys now (refreshDecryption rebuilds it). */
+  readonly decryption: KeyRing;
+  readonly clock: ClockPolicy;
+  readonly requestExit: (status: number, why: string) => void;
   /** Test hook (crash simulation): runs after a command's state is saved, before its PUBACK. */
-  afterPersist: ((action: string) => void | Promise<void>) | undefined;
+  readonly afterPersist?: ((action: string) => void | Promise<void>) | undefined;
+}
+
+export class AgentRuntime {
+  readonly config: AgentConfig;
+  readonly log: Logger;
+  readonly keystore: KeyStore;
+  readonly store: StateStore;
+  readonly trust: TrustAnchors;
+  readonly io: BoardIo;
+  readonly session: MqttSession;
+  readonly topics: AgentTopics;
+  readonly requestExit: (status: number, why: string) => void;
+  readonly afterPersist: ((action: string) => void | Promise<void>) | undefined;
+  decryption: KeyRing;
+  clock: ClockPolicy;
   #pendingAcks = new Set<Promise<void>>();
   #stopping = false;
 
-  constructor(
-    readonly config: AgentConfig,
-    readonly log: Logger,
-    readonly keystore: KeyStore,
-    readonly store: StateStore,
-    readonly trust: TrustAnchors,
-    readonly io: BoardIo,
-    public clock: ClockPolicy,
-    readonly requestExit: (status: number, why: string) => void,
-  ) {}
+  constructor(parts: AgentRuntimeParts) {
+    this.config = parts.config;
+    this.log = parts.log;
+    this.keystore = parts.keystore;
+    this.store = parts.store;
+    this.trust = parts.trust;
+    this.io = parts.io;
+    this.session = parts.session;
+    this.decryption = parts.decryption;
+    this.clock = parts.clock;
+    this.requestExit = parts.requestExit;
+    this.afterPersist = parts.afterPersist;
+    this.topics = agentTopics(parts.config);
+  }
 
   get deviceId(): string {
     return this.config.device_id;
-  }
-
-  get topics(): { command: string; ack: string; enroll: string } {
-    const p = this.config.topic_prefix;
-    return { command: commandTopic(p, this.deviceId), ack: ackTopic(p, this.deviceId), enroll: enrollTopic(p, this.deviceId) };
   }
 
   get stopping(): boolean {
@@ -118,15 +154,20 @@ export class AgentRuntime {
   }
 
   /** The broker to use: an `update`'s settings when present, else the config file's. */
-  async effectiveBroker(stored: StoredBroker | undefined = this.store.state.settings.broker): Promise<SessionBroker> {
-    const b = this.config.broker;
-    const cert = b.cert ? await readFile(b.cert) : undefined;
-    const key = b.key ? await readFile(b.key) : undefined;
-    if (stored) {
-      const ca = stored.ca ?? (b.ca ? await readFile(b.ca) : undefined);
-      return { url: stored.url, protocolVersion: stored.protocol_version ?? b.protocol_version, ...(ca ? { ca } : {}), ...(cert ? { cert } : {}), ...(key ? { key } : {}) };
-    }
-    const ca = b.ca ? await readFile(b.ca) : undefined;
-    return { url: b.url, protocolVersion: b.protocol_version, ...(ca ? { ca } : {}), ...(cert ? { cert } : {}), ...(key ? { key } : {}) };
+  effectiveBroker(stored: StoredBroker | undefined = this.store.state.settings.broker): Promise<SessionBroker> {
+    return effectiveBroker(this.config, stored);
   }
+}
+
+/** The broker to use: an `update`'s settings when present, else the config file's (with the config's CA, client certificate and key). */
+export async function effectiveBroker(config: AgentConfig, stored: StoredBroker | undefined): Promise<SessionBroker> {
+  const b = config.broker;
+  const cert = b.cert ? await readFile(b.cert) : undefined;
+  const key = b.key ? await readFile(b.key) : undefined;
+  if (stored) {
+    const ca = stored.ca ?? (b.ca ? await readFile(b.ca) : undefined);
+    return { url: stored.url, protocolVersion: stored.protocol_version ?? b.protocol_version, ...(ca ? { ca } : {}), ...(cert ? { cert } : {}), ...(key ? { key } : {}) };
+  }
+  const ca = b.ca ? await readFile(b.ca) : undefined;
+  return { url: b.url, protocolVersion: b.protocol_version, ...(ca ? { ca } : {}), ...(cert ? { cert } : {}), ...(key ? { key } : {}) };
 }

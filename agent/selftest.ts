@@ -9,16 +9,16 @@ import { access, open, readFile, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import mqtt from 'mqtt';
 import { KeyRing, openAck, sealAck, toPublicJwk } from '../protocol/index.js';
-import { brokerFailureFix, probeTlsIdentity } from './broker-probe.js';
-import { clockStatus } from './clock.js';
+import { brokerFailureFix, probeTlsIdentity } from './net/broker-probe.js';
+import { clockStatus } from './system/clock.js';
 import { loadConfig, type AgentConfig } from './config.js';
-import { writeFileAtomic } from './durable-file.js';
+import { writeFileAtomic } from '../lib/durable-file.js';
 import { DEFAULT_SYSFS_ROOT, loadOnoff, openOnoff, type OnoffModule } from './gpio/index.js';
 import { resolveOnChip } from './gpio/sysfs-resolver.js';
-import { KeyStore } from './keystore.js';
+import { KeyStore } from './store/keystore.js';
 import type { AgentRuntime } from './runtime.js';
-import { readState, StateError, stateLossAdvice, type AgentState } from './state.js';
-import { loadTrustAnchors, type TrustAnchors } from './trust.js';
+import { readState, StateError, stateLossAdvice, type AgentState } from './store/state.js';
+import { loadTrustAnchors, type TrustAnchors } from './store/trust.js';
 
 export type CheckStatus = 'pass' | 'warn' | 'fail' | 'skip';
 

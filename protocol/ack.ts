@@ -3,7 +3,7 @@ import { randomUUID } from 'node:crypto';
 import { ClaimReader, checkTimes, type ClockPolicy } from './claims.js';
 import { ProtocolError } from './errors.js';
 import type { KeyRing } from './keyring.js';
-import { isRecord } from './keys.js';
+import { isRecord } from './guards.js';
 import { openSealed } from './open.js';
 import { sealClaims, type SealKeys } from './seal.js';
 import { assertValidId } from './topics.js';

@@ -3,7 +3,7 @@
  * the time window, with a way to say the receiver's clock is not trustworthy.
  */
 import { ProtocolError } from './errors.js';
-import { isRecord } from './keys.js';
+import { isRecord } from './guards.js';
 import { DEFAULT_MAX_SKEW_SECONDS, MAX_TTL_SECONDS } from './limits.js';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;

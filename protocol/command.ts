@@ -1,16 +1,17 @@
 /** Commands: server -> device. Sealing (server side) and opening with every check of docs/DESIGN.md (agent side). */
 import { randomUUID } from 'node:crypto';
-import { ClaimReader, checkTimes, nowSeconds, type ClockPolicy } from './claims.js';
+import { ClaimReader, checkTimes, type ClockPolicy } from './claims.js';
 import { ProtocolError, isProtocolError } from './errors.js';
 import type { KeyRing } from './keyring.js';
 import { DEFAULT_COMMAND_TTL_SECONDS, MAX_TTL_SECONDS } from './limits.js';
 import { decryptSealed, verifyJws } from './open.js';
-import { isAction, validateParams, type Action, type ActionParams } from './params.js';
+import { isAction, validateParams, type Action, type ParamsByAction } from './params.js';
 import type { ReplayGuard } from './replay.js';
 import { sealClaims, type SealKeys } from './seal.js';
 import { assertValidId } from './topics.js';
 
-export interface CommandClaims {
+/** The claims every command carries, whatever its action. */
+export interface CommandClaimsBase {
   iss: string;
   aud: string;
   iat: number;
@@ -18,15 +19,26 @@ export interface CommandClaims {
   jti: string;
   seq: number;
   device_id: string;
-  action: Action;
   user_id: string;
-  params: ActionParams;
 }
 
-export interface CommandInput {
+/**
+ * A command's claims, discriminated by `action`: `params` has that action's
+ * type (ParamsByAction), so `claims.action === 'update'` narrows `claims.params`
+ * to UpdateParams. `CommandClaims<'update'>` is one action's claims.
+ */
+export type CommandClaims<A extends Action = Action> = { [K in A]: CommandClaimsBase & { action: K; params: ParamsByAction[K] } }[A];
+
+/** One action's claims from the base claims and that action's validated params. */
+function withParams<A extends Action>(base: CommandClaimsBase & { action: A }, params: unknown): CommandClaims<A> {
+  const claims: CommandClaimsBase & { action: A; params: ParamsByAction[A] } = { ...base, params: validateParams(base.action, params) };
+  return claims;
+}
+
+export interface CommandInput<A extends Action = Action> {
   serverId: string;
   deviceId: string;
-  action: Action;
+  action: A;
   userId: string;
   params?: unknown;
   seq: number;
@@ -41,7 +53,7 @@ export interface CommandInput {
  * user id, params) and returns the validated params. Callers that allocate a `seq`
  * run it first, so a refused command uses up nothing.
  */
-export function checkCommandInput(input: Omit<CommandInput, 'seq' | 'jti' | 'now'>): ActionParams {
+export function checkCommandInput<A extends Action>(input: Omit<CommandInput<A>, 'seq' | 'jti' | 'now'>): ParamsByAction[A] {
   assertValidId(input.serverId, 'server id');
   assertValidId(input.deviceId, 'device id');
   const ttl = input.ttlSeconds ?? DEFAULT_COMMAND_TTL_SECONDS;
@@ -53,12 +65,12 @@ export function checkCommandInput(input: Omit<CommandInput, 'seq' | 'jti' | 'now
 }
 
 /** Builds and validates the claims of a command, then seals them. */
-export async function sealCommand(input: CommandInput, keys: SealKeys): Promise<{ token: string; claims: CommandClaims }> {
+export async function sealCommand<A extends Action>(input: CommandInput<A>, keys: SealKeys): Promise<{ token: string; claims: CommandClaims<A> }> {
   if (!Number.isSafeInteger(input.seq) || input.seq < 1) throw new ProtocolError('E_CLAIMS', 'seq must be an integer >= 1');
   const params = checkCommandInput(input);
   const ttl = input.ttlSeconds ?? DEFAULT_COMMAND_TTL_SECONDS;
   const iat = Math.floor((input.now ?? Date.now()) / 1000);
-  const claims: CommandClaims = {
+  const claims: CommandClaimsBase & { action: A; params: ParamsByAction[A] } = {
     iss: input.serverId,
     aud: input.deviceId,
     iat,
@@ -108,8 +120,7 @@ export async function openCommand(input: string | Uint8Array, opts: OpenCommandO
   try {
     const claims = readCommandClaims(raw, opts, () => (addressed = true));
     await opts.replay?.check(claims.seq, claims.jti);
-    const params = validateParams(claims.action, raw.params);
-    return { claims: { ...claims, params }, decryptKid: d.decryptKid, signerKid: v.signerKid };
+    return { claims: withParams(claims, raw.params), decryptKid: d.decryptKid, signerKid: v.signerKid };
   } catch (err) {
     if (!isProtocolError(err)) throw err;
     throw err.withRefused({
@@ -122,7 +133,7 @@ export async function openCommand(input: string | Uint8Array, opts: OpenCommandO
   }
 }
 
-function readCommandClaims(raw: Record<string, unknown>, opts: OpenCommandOptions, onAddressed: () => void): Omit<CommandClaims, 'params'> {
+function readCommandClaims(raw: Record<string, unknown>, opts: OpenCommandOptions, onAddressed: () => void): CommandClaimsBase & { action: Action } {
   const r = new ClaimReader(raw);
   const claims = {
     iss: r.string('iss', 64),
@@ -148,4 +159,3 @@ function readCommandClaims(raw: Record<string, unknown>, opts: OpenCommandOption
   return { ...claims, action: claims.action };
 }
 
-export { nowSeconds };

@@ -3,7 +3,7 @@
  * size, shape, and the protected header parsed as a bounded JSON object.
  */
 import { ProtocolError } from './errors.js';
-import { isRecord } from './keys.js';
+import { isRecord } from './guards.js';
 import { MAX_HEADER_BYTES } from './limits.js';
 
 const JWE_COMPACT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;

@@ -1,7 +1,31 @@
 /**
- * Typed refusals of the wire protocol. Every refusal carries a stable `code`
- * that logs, acks and exit paths can rely on; the message is for humans.
+ * The one error root, and the typed refusals of the wire protocol.
+ *
+ * Every refusal anywhere (protocol, agent, server, CLI) is a CodedError: a
+ * stable `code` (`E_...`) that logs, acks, exit statuses and HTTP answers rely
+ * on, a message for humans and optional `details`. Errors never carry an exit
+ * or HTTP status: the CLI edge (lib/cli.ts and each program's exit table) and
+ * the HTTP layer (server/http-api.ts) map codes to those.
  */
+
+/** The root of every coded refusal. */
+export class CodedError<C extends string = string> extends Error {
+  override readonly name: string = 'CodedError';
+  readonly code: C;
+  /** Machine-readable facts about the refusal (a path, a pin), when there are any. */
+  readonly details: Readonly<Record<string, unknown>> | undefined;
+
+  constructor(code: C, message: string, options?: { cause?: unknown; details?: Readonly<Record<string, unknown>> }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.details = options?.details;
+  }
+}
+
+export function isCodedError(err: unknown): err is CodedError {
+  return err instanceof CodedError;
+}
+
 export const PROTOCOL_ERROR_CODES = {
   E_TOO_LARGE: 'message exceeds the size cap',
   E_MALFORMED: 'not a well-formed compact JWE/JWS or header',
@@ -37,15 +61,13 @@ export interface RefusedMessage {
   addressed?: boolean;
 }
 
-export class ProtocolError extends Error {
+export class ProtocolError extends CodedError<ProtocolErrorCode> {
   override readonly name = 'ProtocolError';
-  readonly code: ProtocolErrorCode;
   /** Set only when the message was authenticated (signature verified) before it was refused. */
   readonly refused: RefusedMessage | undefined;
 
   constructor(code: ProtocolErrorCode, message?: string, options?: { cause?: unknown; refused?: RefusedMessage }) {
-    super(message ?? PROTOCOL_ERROR_CODES[code], options?.cause === undefined ? undefined : { cause: options.cause });
-    this.code = code;
+    super(code, message ?? PROTOCOL_ERROR_CODES[code], options?.cause === undefined ? undefined : { cause: options.cause });
     this.refused = options?.refused;
   }
 
@@ -58,15 +80,3 @@ export class ProtocolError extends Error {
 export function isProtocolError(err: unknown): err is ProtocolError {
   return err instanceof ProtocolError;
 }
-
-/** Codes after which the sender is authenticated (an ack may be sent). */
-export const AUTHENTICATED_REFUSALS: ReadonlySet<ProtocolErrorCode> = new Set<ProtocolErrorCode>([
-  'E_CLAIMS',
-  'E_AUDIENCE',
-  'E_ISSUER',
-  'E_EXPIRED',
-  'E_NOT_YET_VALID',
-  'E_REPLAY',
-  'E_ACTION',
-  'E_PARAMS',
-]);

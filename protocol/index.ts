@@ -1,9 +1,11 @@
 /** The wire format shared by agent and server. No I/O here. */
 export * from './errors.js';
+export * from './guards.js';
 export * from './keys.js';
 export * from './keyring.js';
 export * from './limits.js';
 export * from './topics.js';
+export * from './gpio-pins.js';
 export * from './params.js';
 export * from './claims.js';
 export * from './replay.js';

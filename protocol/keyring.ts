@@ -76,7 +76,7 @@ export function asJoseKey(jwk: PublicJwk | PrivateJwk): Promise<jose.JWK.Key> {
   if (key) {
     byContent.delete(id); // most recently used goes last
   } else {
-    key = jose.JWK.asKey(jwk as unknown as jose.JWK.RawKey, 'json');
+    key = jose.JWK.asKey(jwk, 'json');
     const made = key;
     made.catch(() => {
       if (byContent.get(id) === made) byContent.delete(id);

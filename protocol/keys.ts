@@ -6,6 +6,7 @@ import { createECDH, createPrivateKey, createPublicKey, generateKeyPair, type Js
 import { promisify } from 'node:util';
 import jose from 'node-jose';
 import { ProtocolError } from './errors.js';
+import { isRecord } from './guards.js';
 
 const generateKeyPairAsync = promisify(generateKeyPair);
 
@@ -52,7 +53,7 @@ const B64URL = /^[A-Za-z0-9_-]+$/;
 
 /** RFC 7638 SHA-256 thumbprint, base64url: the `kid` of every key here. */
 export async function computeKid(jwk: PublicJwk | JsonWebKey): Promise<string> {
-  const key = await jose.JWK.asKey(publicMembers(jwk) as unknown as jose.JWK.RawKey, 'json');
+  const key = await jose.JWK.asKey(publicMembers(jwk), 'json');
   const digest: unknown = await key.thumbprint('SHA-256');
   if (Buffer.isBuffer(digest)) return digest.toString('base64url');
   return String(digest);
@@ -108,7 +109,7 @@ export async function generateEncryptionKey(options: EncryptionKeyOptions = {}):
 
 /** The public half of a key, carrying `kid`, `use` and `alg`. */
 export function toPublicJwk(jwk: PublicJwk): PublicJwk {
-  return publicMembers(jwk) as unknown as PublicJwk;
+  return publicJwkOf(jwk, jwk.kty, jwk.kid, jwk.use, jwk.alg);
 }
 
 /** The public JWK set of some keys, as devices pin it and as `keygen` prints it. */
@@ -133,7 +134,8 @@ export async function parsePublicJwk(value: unknown, use?: KeyUse): Promise<Publ
 
 /** Validates an untrusted value as a private JWK of ours whose private part matches its public part. */
 export async function parsePrivateJwk(value: unknown, use?: KeyUse): Promise<PrivateJwk> {
-  const jwk = checkShape(value, use, true) as PrivateJwk;
+  if (!isRecord(value)) throw new ProtocolError('E_KEY', 'a JWK must be a JSON object');
+  const jwk = privateJwkOf(checkShape(value, use, true), value);
   await checkKid(jwk);
   let derived: JsonWebKey;
   try {
@@ -146,7 +148,7 @@ export async function parsePrivateJwk(value: unknown, use?: KeyUse): Promise<Pri
   for (const m of members) {
     if (derived[m] !== jwk[m]) throw new ProtocolError('E_KEY', `key ${jwk.kid}: private part does not match public part`);
   }
-  return { ...publicMembers(jwk), ...privateOnly(jwk) } as unknown as PrivateJwk;
+  return privateJwkOf(toPublicJwk(jwk), jwk);
 }
 
 /** Validates an untrusted JWK set (`{"keys":[...]}`); every key must pass `parsePublicJwk`. */
@@ -172,14 +174,40 @@ export function keyWrapAlgFor(jwk: PublicJwk): KeyWrapAlg {
   return jwk.kty === 'RSA' ? RSA_KEY_WRAP_ALG : EC_KEY_WRAP_ALG;
 }
 
-export function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
-
 async function finish(raw: JsonWebKey, use: KeyUse, alg: KeyAlg): Promise<PrivateJwk> {
   const kid = await computeKid(raw);
   const base = publicMembers(raw) as Omit<PublicJwk, 'kid' | 'use' | 'alg'>;
   return { ...base, kid, use, alg, ...privateOnly(raw) } as PrivateJwk;
+}
+
+/** A string member of a JWK-shaped object, or undefined. */
+function member(src: object, name: string): string | undefined {
+  const v: unknown = Object.getOwnPropertyDescriptor(src, name)?.value;
+  return typeof v === 'string' ? v : undefined;
+}
+
+/** The public JWK of `src`'s key members, in JWK order (kty, the key's members, kid, use, alg), without any other member. */
+function publicJwkOf(src: object, kty: PublicJwk['kty'], kid: string, use: KeyUse, alg: KeyAlg): PublicJwk {
+  const jwk: PublicJwk =
+    kty === 'RSA'
+      ? { kty, n: member(src, 'n'), e: member(src, 'e'), kid, use, alg }
+      : { kty, crv: member(src, 'crv') === 'P-256' ? 'P-256' : undefined, x: member(src, 'x'), y: member(src, 'y'), kid, use, alg };
+  for (const n of [...EC_PUBLIC, ...RSA_PUBLIC]) if (jwk[n] === undefined) delete jwk[n];
+  return jwk;
+}
+
+/** `pub` with the private members of `src` (d, and for RSA p, q, dp, dq, qi); refuses a key without `d`. */
+function privateJwkOf(pub: PublicJwk, src: object): PrivateJwk {
+  const d = member(src, 'd');
+  if (d === undefined) throw new ProtocolError('E_KEY', `key ${pub.kid}: private member "d" missing`);
+  const jwk: PrivateJwk = { ...pub, d };
+  if (pub.kty === 'RSA') {
+    for (const n of RSA_PRIVATE) {
+      const v = member(src, n);
+      if (v !== undefined) jwk[n] = v;
+    }
+  }
+  return jwk;
 }
 
 function publicMembers(jwk: PublicJwk | JsonWebKey): Record<string, string> {
@@ -211,6 +239,7 @@ function checkShape(value: unknown, use: KeyUse | undefined, wantPrivate: boolea
   if (typeof kid !== 'string' || !B64URL.test(kid)) throw new ProtocolError('E_KEY', `${label}: "kid" must be a base64url thumbprint`);
   if (keyUse !== 'sig' && keyUse !== 'enc') throw new ProtocolError('E_KEY', `${label}: "use" must be "sig" or "enc"`);
   if (use !== undefined && keyUse !== use) throw new ProtocolError('E_KEY', `${label}: expected a "${use}" key, found "${keyUse}"`);
+  let keyAlg: KeyAlg;
   if (kty === 'EC') {
     if (value.crv !== 'P-256') throw new ProtocolError('E_KEY', `${label}: only the P-256 curve is accepted`);
     for (const m of ['x', 'y'] as const) {
@@ -218,6 +247,7 @@ function checkShape(value: unknown, use: KeyUse | undefined, wantPrivate: boolea
     }
     const expected = keyUse === 'sig' ? SIGNING_ALG : EC_KEY_WRAP_ALG;
     if (alg !== expected) throw new ProtocolError('E_KEY', `${label}: an EC "${keyUse}" key must have alg ${expected}`);
+    keyAlg = expected;
   } else if (kty === 'RSA') {
     if (keyUse !== 'enc' || alg !== RSA_KEY_WRAP_ALG) {
       throw new ProtocolError('E_KEY', `${label}: RSA keys are accepted only for encryption with ${RSA_KEY_WRAP_ALG}`);
@@ -225,6 +255,7 @@ function checkShape(value: unknown, use: KeyUse | undefined, wantPrivate: boolea
     if (typeof value.n !== 'string' || !B64URL.test(value.n) || value.e !== 'AQAB') {
       throw new ProtocolError('E_KEY', `${label}: RSA key needs "n" and "e" = AQAB`);
     }
+    keyAlg = RSA_KEY_WRAP_ALG;
     const bits = Buffer.from(value.n, 'base64url').length * 8;
     if (bits < RSA_MIN_BITS) throw new ProtocolError('E_KEY', `${label}: RSA modulus of ${bits} bits is below ${RSA_MIN_BITS}`);
   } else {
@@ -240,7 +271,7 @@ function checkShape(value: unknown, use: KeyUse | undefined, wantPrivate: boolea
   } else if ('d' in value) {
     throw new ProtocolError('E_KEY', `${label}: a public key must not carry private members`);
   }
-  return value as unknown as PublicJwk;
+  return publicJwkOf(value, kty, kid, keyUse, keyAlg);
 }
 
 async function checkKid(jwk: PublicJwk): Promise<void> {

@@ -7,7 +7,8 @@ import { ProtocolError } from './errors.js';
 import { parseJsonObjectPayload } from './payload.js';
 import { parseJweHeader, parseJwsHeader, toCompactText, type Header } from './compact.js';
 import type { KeyRing } from './keyring.js';
-import { CONTENT_ENC, EC_KEY_WRAP_ALG, RSA_KEY_WRAP_ALG, SIGNING_ALG, isRecord } from './keys.js';
+import { CONTENT_ENC, EC_KEY_WRAP_ALG, RSA_KEY_WRAP_ALG, SIGNING_ALG } from './keys.js';
+import { isRecord } from './guards.js';
 import { DEFAULT_MAX_MESSAGE_BYTES } from './limits.js';
 
 const KEY_WRAP_ALLOW = new Set<string>([EC_KEY_WRAP_ALG, RSA_KEY_WRAP_ALG]);

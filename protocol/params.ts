@@ -3,7 +3,8 @@
  * are refused, so a typo in a command never passes silently.
  */
 import { ProtocolError } from './errors.js';
-import { isRecord } from './keys.js';
+import { GPIO_PIN_MAX, firstDuplicatePin } from './gpio-pins.js';
+import { isRecord } from './guards.js';
 
 export const ACTIONS = ['request', 'update', 'rotate', 'delete', 'selftest'] as const;
 export type Action = (typeof ACTIONS)[number];
@@ -58,7 +59,7 @@ export interface ParamsByAction {
 
 export type ActionParams = ParamsByAction[Action];
 
-const GPIO_MAX = 63;
+// eslint-disable-next-line no-control-regex -- MQTT forbids U+0000 in a topic name
 const MQTT_TOPIC = /^[^#+\u0000]{1,256}$/;
 const BROKER_URL = /^mqtts?:\/\/[^\s/?#]+(:\d{1,5})?\/?$/;
 
@@ -104,8 +105,7 @@ function checkUpdate(p: Checker): UpdateParams {
       sensor_enable: gpio.optionalPin('sensor_enable'),
       reset_button: gpio.optionalPin('reset_button'),
     });
-    const pins = Object.values(out.gpio).filter((v): v is number => typeof v === 'number');
-    if (new Set(pins).size !== pins.length) throw gpio.fail('', 'the same pin is used twice');
+    if (firstDuplicatePin(Object.entries(out.gpio)) !== null) throw gpio.fail('', 'the same pin is used twice');
   }
   const broker = p.optionalObject('broker');
   if (broker) {
@@ -175,7 +175,7 @@ class Checker {
 
   optionalPin(key: string): number | null | undefined {
     if (this.#value[key] === null) return null;
-    return this.optionalInt(key, 0, GPIO_MAX);
+    return this.optionalInt(key, 0, GPIO_PIN_MAX);
   }
 
   optionalObject(key: string): Checker | undefined {

@@ -1,6 +1,6 @@
 /** The verified JWS payload: UTF-8 JSON object text. */
 import { ProtocolError } from './errors.js';
-import { isRecord } from './keys.js';
+import { isRecord } from './guards.js';
 
 export function parseJsonObjectPayload(bytes: Uint8Array): Record<string, unknown> {
   let text: string;

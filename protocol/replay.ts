@@ -20,8 +20,3 @@ export function checkReplay(state: ReplayState, seq: number, jti: string): void 
   const seen = state.recentJtis instanceof Set ? state.recentJtis.has(jti) : (state.recentJtis as readonly string[]).includes(jti);
   if (seen) throw new ProtocolError('E_REPLAY', `jti ${jti} was already seen`);
 }
-
-/** A ReplayGuard over state held by the caller. */
-export function replayGuardFor(state: () => ReplayState): ReplayGuard {
-  return { check: (seq, jti) => checkReplay(state(), seq, jti) };
-}

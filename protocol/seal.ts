@@ -29,7 +29,7 @@ export async function sealClaims(claims: Record<string, unknown>, keys: SealKeys
   // A fresh ephemeral key per message for ECDH-ES, made by node:crypto (node-jose's own
   // EC key generation is pure JavaScript and costs ~15 ms); node-jose does the JOSE work.
   const recipient = keys.recipient.kty === 'EC' ? { key: encKey, epk: newP256Jwk() } : encKey;
-  const jwe = (await jose.JWE.createEncrypt(
+  const jwe: unknown = await jose.JWE.createEncrypt(
     {
       format: 'compact',
       contentAlg: CONTENT_ENC,
@@ -38,7 +38,8 @@ export async function sealClaims(claims: Record<string, unknown>, keys: SealKeys
     recipient as jose.JWK.Key,
   )
     .update(Buffer.from(String(jws), 'ascii'))
-    .final()) as unknown as string;
+    .final();
+  if (typeof jwe !== 'string') throw new Error('node-jose did not return a compact JWE');
   if (jwe.length > DEFAULT_MAX_MESSAGE_BYTES) {
     throw new ProtocolError('E_TOO_LARGE', `sealed message of ${jwe.length} bytes exceeds the cap of ${DEFAULT_MAX_MESSAGE_BYTES}`);
   }

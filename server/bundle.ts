@@ -5,10 +5,10 @@
  */
 import { readdir, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { assertValidId, generateEncryptionKey, generateSigningKey, toPublicJwk, type PrivateJwk } from '../protocol/index.js';
-import { CliError } from './cli-support.js';
+import { assertValidId, CodedError, generateEncryptionKey, generateSigningKey, type PrivateJwk, toPublicJwk } from '../protocol/index.js';
 import type { BrokerSettings, OpenedData } from './data-dir.js';
-import { ensurePrivateDir, writeFileDurable } from './files.js';
+import { writeFileAtomic } from '../lib/durable-file.js';
+import { ensurePrivateDir } from '../lib/fs.js';
 
 export interface BundleOptions {
   deviceId: string;
@@ -45,10 +45,10 @@ export async function writeBundle(data: OpenedData, options: BundleOptions): Pro
   try {
     url = new URL(broker.url);
   } catch {
-    throw new CliError('E_USAGE', `broker URL "${broker.url}" is not a URL like mqtts://host:8883`, 2);
+    throw new CodedError('E_USAGE', `broker URL "${broker.url}" is not a URL like mqtts://host:8883`);
   }
-  if (url.protocol !== 'mqtt:' && url.protocol !== 'mqtts:') throw new CliError('E_USAGE', `broker URL ${broker.url} must be mqtt:// or mqtts://`, 2);
-  if (Boolean(broker.cert) !== Boolean(broker.key)) throw new CliError('E_USAGE', '--client-cert and --client-key go together', 2);
+  if (url.protocol !== 'mqtt:' && url.protocol !== 'mqtts:') throw new CodedError('E_USAGE', `broker URL ${broker.url} must be mqtt:// or mqtts://`);
+  if (Boolean(broker.cert) !== Boolean(broker.key)) throw new CodedError('E_USAGE', '--client-cert and --client-key go together');
   const caPem = broker.ca ? await readInput(broker.ca) : undefined;
   const certPem = broker.cert ? await readInput(broker.cert) : undefined;
   const keyPem = broker.key ? await readInput(broker.key) : undefined;
@@ -58,22 +58,20 @@ export async function writeBundle(data: OpenedData, options: BundleOptions): Pro
   if (!options.force) {
     const present = await readdir(dir).catch((err: NodeJS.ErrnoException) => {
       if (err.code === 'ENOENT') return [];
-      throw new CliError('E_NO_FILE', `cannot use ${dir} as the bundle directory: ${err.code ?? err.message}`, 2);
+      throw new CodedError('E_NO_FILE', `cannot use ${dir} as the bundle directory: ${err.code ?? err.message}`);
     });
-    if (present.length > 0) throw new CliError('E_EXISTS', `${dir} is not empty (it may hold another board's bundle); choose a new --out, or pass --force to overwrite it`, 2);
+    if (present.length > 0) throw new CodedError('E_EXISTS', `${dir} is not empty (it may hold another board's bundle); choose a new --out, or pass --force to overwrite it`);
     const known = options.keysOnHost ? data.registry.getDevice(options.deviceId) : undefined;
     if (known && known.state !== 'decommissioned') {
-      throw new CliError(
+      throw new CodedError(
         'E_EXISTS',
-        `device ${options.deviceId} is already registered (state ${known.state}); --keys-on-host would replace its keys and cut the board off until it is re-flashed. Pass --force to do that, or bundle without --keys-on-host`,
-        2,
-      );
+        `device ${options.deviceId} is already registered (state ${known.state}); --keys-on-host would replace its keys and cut the board off until it is re-flashed. Pass --force to do that, or bundle without --keys-on-host`);
     }
   }
   await ensurePrivateDir(dir);
   const files: string[] = [];
   const write = async (name: string, text: string | Buffer, mode: number): Promise<void> => {
-    await writeFileDurable(join(dir, name), text, mode);
+    await writeFileAtomic(join(dir, name), text, { mode });
     files.push(name);
   };
 
@@ -127,13 +125,13 @@ export async function writeBundle(data: OpenedData, options: BundleOptions): Pro
 }
 
 async function writeKey(dir: string, name: string, jwk: PrivateJwk): Promise<void> {
-  await writeFileDurable(join(dir, name), `${JSON.stringify(jwk)}\n`, 0o600);
+  await writeFileAtomic(join(dir, name), `${JSON.stringify(jwk)}\n`, { mode: 0o600 });
 }
 
 async function readInput(from: string): Promise<Buffer> {
   try {
     return await readFile(from);
   } catch (err) {
-    throw new CliError('E_NO_FILE', `cannot read ${from}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, 2);
+    throw new CodedError('E_NO_FILE', `cannot read ${from}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
 }

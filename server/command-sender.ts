@@ -9,8 +9,7 @@
  * transaction recording it committed, as before.
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { checkCommandInput, commandTopic, isRecord, type Action, type ActionParams } from '../protocol/index.js';
-import { CliError } from './cli-support.js';
+import { type Action, type ActionParams, checkCommandInput, CodedError, commandTopic, isRecord } from '../protocol/index.js';
 import { GroupCommit } from './group-commit.js';
 import { RegistryError } from './registry/errors.js';
 import type { NewCommand, Registry } from './registry/registry.js';
@@ -88,12 +87,12 @@ export function prepareCommand(registry: Registry, keys: ServerKeys, req: SendRe
   if (req.action === 'update' && typeof named === 'string' && named !== device.userId && isRecord(raw)) {
     // The seed's `update DEVICE USER`: naming a user other than the device's re-binds the device to it.
     if (raw.user_id === undefined) raw = { ...raw, user_id: named };
-    else if (raw.user_id !== named) throw new CliError('E_USAGE', `the user ${named} and params.user_id ${String(raw.user_id)} disagree: name the new user once`, 2);
+    else if (raw.user_id !== named) throw new CodedError('E_USAGE', `the user ${named} and params.user_id ${String(raw.user_id)} disagree: name the new user once`);
   }
   const paramsUser = req.action === 'update' && isRecord(raw) && typeof raw.user_id === 'string' ? raw.user_id : undefined;
   const userId = named ?? device.userId ?? paramsUser;
-  if (userId === undefined) throw new CliError('E_USAGE', `device ${req.deviceId} is bound to no user yet: pass a user id`, 2);
-  if (typeof userId !== 'string') throw new CliError('E_USAGE', `user id ${JSON.stringify(userId)} must be text of 1-128 characters or a non-negative integer`, 2);
+  if (userId === undefined) throw new CodedError('E_USAGE', `device ${req.deviceId} is bound to no user yet: pass a user id`);
+  if (typeof userId !== 'string') throw new CodedError('E_USAGE', `user id ${JSON.stringify(userId)} must be text of 1-128 characters or a non-negative integer`);
   const params = checkCommandInput({ serverId: keys.serverId, deviceId: req.deviceId, action: req.action, userId, params: raw, ...(req.ttlSeconds ? { ttlSeconds: req.ttlSeconds } : {}) });
   if (device.state === 'decommissioned') throw new RegistryError('E_DECOMMISSIONED', `device ${req.deviceId} is decommissioned; provision it again with a new token or bundle`);
   if (!device.encryption) throw new RegistryError('E_NO_KEY', `device ${req.deviceId} has no registered encryption key: nothing is sent (never in plaintext)`);
@@ -129,7 +128,7 @@ export class CommandSender {
     const { userId, params, bindUser } = this.prepare(req);
     const { seq, device: current } = await this.#seqs.submit(req.deviceId);
     const recipient = current.encryption;
-    if (!recipient) throw new CliError('E_NO_KEY', `device ${req.deviceId} has no encryption key`, 1);
+    if (!recipient) throw new CodedError('E_NO_KEY', `device ${req.deviceId} has no encryption key`);
     const jti = randomUUID();
     const { token, claims } = await (this.#ctx.seal ?? sealInProcess)(
       { serverId: keys.serverId, deviceId: req.deviceId, action: req.action, userId, params, seq, jti, ...(req.ttlSeconds ? { ttlSeconds: req.ttlSeconds } : {}) },

@@ -8,9 +8,9 @@
 import { randomBytes } from 'node:crypto';
 import { chmod, lstat, readFile } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
-import { DEFAULT_TOPIC_PREFIX, assertValidPrefix, isRecord } from '../protocol/index.js';
-import { CliError } from './cli-support.js';
-import { ensurePrivateDir, writeFileDurable } from './files.js';
+import { assertValidPrefix, CodedError, DEFAULT_TOPIC_PREFIX, isRecord } from '../protocol/index.js';
+import { writeFileAtomic } from '../lib/durable-file.js';
+import { ensurePrivateDir, exists } from '../lib/fs.js';
 import { Registry } from './registry/registry.js';
 import { initServerKeys, loadServerKeys, type ServerKeys } from './server-keys.js';
 
@@ -78,9 +78,9 @@ export async function initDataDir(dir: string, options: InitOptions = {}): Promi
     ...(options.deviceBroker ? { device_broker: { url: options.deviceBroker.url, ...absolutePaths({ url: options.deviceBroker.url, ...(options.deviceBroker.ca ? { ca: options.deviceBroker.ca } : {}) }) } } : {}),
     topic_prefix: prefix,
   };
-  await writeFileDurable(paths.config, `${JSON.stringify(recorded, null, 2)}\n`, 0o644);
+  await writeFileAtomic(paths.config, `${JSON.stringify(recorded, null, 2)}\n`, { mode: 0o644 });
   if (options.force || !(await exists(paths.httpToken))) {
-    await writeFileDurable(paths.httpToken, `${randomBytes(32).toString('base64url')}\n`, 0o600);
+    await writeFileAtomic(paths.httpToken, `${randomBytes(32).toString('base64url')}\n`, { mode: 0o600 });
   }
   return paths;
 }
@@ -101,11 +101,11 @@ export async function readServerConfig(dir: string): Promise<ServerConfig> {
     raw = JSON.parse(await readFile(paths.config, 'utf8')) as unknown;
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-      throw new CliError('E_NO_DATA', `${paths.config} does not exist; run: provision-server init --data ${dir}`, 2);
+      throw new CodedError('E_NO_DATA', `${paths.config} does not exist; run: provision-server init --data ${dir}`);
     }
-    throw new CliError('E_CONFIG', `${paths.config} is not valid JSON`, 2);
+    throw new CodedError('E_CONFIG', `${paths.config} is not valid JSON`);
   }
-  if (!isRecord(raw) || !isRecord(raw.broker) || typeof raw.broker.url !== 'string') throw new CliError('E_CONFIG', `${paths.config}: "broker.url" missing`, 2);
+  if (!isRecord(raw) || !isRecord(raw.broker) || typeof raw.broker.url !== 'string') throw new CodedError('E_CONFIG', `${paths.config}: "broker.url" missing`);
   const broker: BrokerSettings = { url: raw.broker.url };
   for (const k of ['ca', 'cert', 'key'] as const) {
     const v = raw.broker[k];
@@ -113,7 +113,7 @@ export async function readServerConfig(dir: string): Promise<ServerConfig> {
   }
   let deviceBroker: BrokerSettings | undefined;
   if (raw.device_broker !== undefined) {
-    if (!isRecord(raw.device_broker) || typeof raw.device_broker.url !== 'string') throw new CliError('E_CONFIG', `${paths.config}: "device_broker.url" missing`, 2);
+    if (!isRecord(raw.device_broker) || typeof raw.device_broker.url !== 'string') throw new CodedError('E_CONFIG', `${paths.config}: "device_broker.url" missing`);
     deviceBroker = { url: raw.device_broker.url, ...(typeof raw.device_broker.ca === 'string' ? { ca: raw.device_broker.ca } : {}) };
   }
   const topicPrefix = typeof raw.topic_prefix === 'string' ? raw.topic_prefix : DEFAULT_TOPIC_PREFIX;
@@ -143,7 +143,7 @@ export interface OpenedData {
 /** Loads keys and config and opens the registry. The caller closes `registry`. */
 export async function openDataDir(dir: string, options: { now?: () => number } = {}): Promise<OpenedData> {
   const paths = dataPaths(dir);
-  if (!(await exists(paths.dir))) throw new CliError('E_NO_DATA', `data directory ${paths.dir} does not exist; run: provision-server init --data ${dir}`, 2);
+  if (!(await exists(paths.dir))) throw new CodedError('E_NO_DATA', `data directory ${paths.dir} does not exist; run: provision-server init --data ${dir}`);
   const config = await readServerConfig(dir);
   const keys = await loadServerKeys(paths.keys);
   const registry = Registry.open(paths.registry, options.now ? { now: options.now } : {});
@@ -155,20 +155,11 @@ export async function readHttpToken(path: string): Promise<string> {
   try {
     st = await lstat(path);
   } catch {
-    throw new CliError('E_NO_FILE', `HTTP token file ${path} does not exist`, 2);
+    throw new CodedError('E_NO_FILE', `HTTP token file ${path} does not exist`);
   }
-  if (!st.isFile()) throw new CliError('E_NO_FILE', `HTTP token file ${path} is not a regular file`, 2);
-  if ((st.mode & 0o077) !== 0) throw new CliError('E_KEY_PERMS', `HTTP token file ${path} has mode 0${(st.mode & 0o777).toString(8)}; fix with: chmod 600 ${path}`, 2);
+  if (!st.isFile()) throw new CodedError('E_NO_FILE', `HTTP token file ${path} is not a regular file`);
+  if ((st.mode & 0o077) !== 0) throw new CodedError('E_KEY_PERMS', `HTTP token file ${path} has mode 0${(st.mode & 0o777).toString(8)}; fix with: chmod 600 ${path}`);
   const token = (await readFile(path, 'utf8')).trim();
-  if (token.length < 16) throw new CliError('E_CONFIG', `HTTP token in ${path} is shorter than 16 characters`, 2);
+  if (token.length < 16) throw new CodedError('E_CONFIG', `HTTP token in ${path} is shorter than 16 characters`);
   return token;
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await lstat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }

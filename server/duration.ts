@@ -1,11 +1,10 @@
 /** Durations on the command line (syntax: protocol/duration.ts): `30s`, `15m`, `24h`, `7d`, `500ms`, or plain seconds. */
-import { MAX_TTL_SECONDS, parseDurationMs } from '../protocol/index.js';
-import { CliError } from './cli-support.js';
+import { CodedError, MAX_TTL_SECONDS, parseDurationMs } from '../protocol/index.js';
 
 /** Milliseconds of a duration such as `24h`; throws E_USAGE (exit 2) when it is not one. */
 export function parseDuration(text: string | number, what = 'duration'): number {
   const r = parseDurationMs(text);
-  if ('problem' in r) throw new CliError('E_USAGE', `${what} "${text}" ${r.problem}`, 2);
+  if ('problem' in r) throw new CodedError('E_USAGE', `${what} "${text}" ${r.problem}`);
   return r.ms;
 }
 
@@ -17,6 +16,6 @@ export function parseDurationSeconds(text: string | number, what = 'duration'): 
 /** A command's lifetime in seconds: a duration of at most 7 days (a sealed command is no standing credential). */
 export function parseCommandTtl(text: string | number, what = '--ttl'): number {
   const seconds = parseDurationSeconds(text, what);
-  if (seconds > MAX_TTL_SECONDS) throw new CliError('E_USAGE', `${what} "${text}" is longer than a command may live (at most 7d)`, 2);
+  if (seconds > MAX_TTL_SECONDS) throw new CodedError('E_USAGE', `${what} "${text}" is longer than a command may live (at most 7d)`);
   return seconds;
 }

@@ -10,7 +10,7 @@
  * At most `maxKeys` (device, code) pairs are tracked per window; refusals
  * beyond that are summed per code in one row without a device id.
  */
-import type { Log } from './log.js';
+import type { Logger } from '../lib/log.js';
 import type { Registry } from './registry/registry.js';
 
 export const ENROLL_REFUSED_EVENT = 'device.enroll.refused';
@@ -35,14 +35,14 @@ interface Bucket {
 
 export class EnrollRefusals {
   readonly #registry: Registry;
-  readonly #log: Log;
+  readonly #log: Logger;
   readonly #windowMs: number;
   readonly #maxKeys: number;
   readonly #buckets = new Map<string, Bucket>();
   readonly #overflow = new Map<string, Bucket>();
   #timer: NodeJS.Timeout | undefined;
 
-  constructor(registry: Registry, log: Log, options: EnrollRefusalOptions = {}) {
+  constructor(registry: Registry, log: Logger, options: EnrollRefusalOptions = {}) {
     this.#registry = registry;
     this.#log = log;
     this.#windowMs = options.windowMs ?? 60_000;
@@ -73,7 +73,7 @@ export class EnrollRefusals {
       return;
     }
     this.#buckets.set(key, { deviceId, code, since: now, more: 0, audited, lastReason: reason });
-    this.#log('warn', 'enroll.dropped', { device: deviceId, code, reason });
+    this.#log.warn('enroll.dropped', { device: deviceId, code, reason });
     if (audited) this.#registry.audit(ENROLL_REFUSED_EVENT, deviceId, { code, reason, count: 1 });
     this.#arm();
   }
@@ -107,7 +107,7 @@ export class EnrollRefusals {
   #summary(b: Bucket, now: number): void {
     if (b.more === 0) return;
     const detail = { code: b.code, count: b.more, window_start: new Date(b.since).toISOString(), window_end: new Date(now).toISOString(), last_reason: b.lastReason };
-    this.#log('warn', 'enroll.dropped.summary', { device: b.deviceId ?? '*', ...detail });
+    this.#log.warn('enroll.dropped.summary', { device: b.deviceId ?? '*', ...detail });
     if (b.audited && this.#registry.db.open) this.#registry.audit(ENROLL_REFUSED_EVENT, b.deviceId, { ...detail, aggregated: true });
   }
 
@@ -117,7 +117,7 @@ export class EnrollRefusals {
       try {
         this.flush();
       } catch (err) {
-        this.#log('error', 'enroll.refusals.flush_failed', { reason: err instanceof Error ? err.message : String(err) });
+        this.#log.error('enroll.refusals.flush_failed', { reason: err instanceof Error ? err.message : String(err) });
       }
     }, Math.max(1000, Math.floor(this.#windowMs / 4)));
     this.#timer.unref();

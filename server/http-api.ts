@@ -8,10 +8,9 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { isAction, isProtocolError, isRecord, isValidId } from '../protocol/index.js';
+import { CodedError, isAction, isCodedError, isProtocolError, isRecord, isValidId } from '../protocol/index.js';
 import { userIdText, type CommandSender } from './command-sender.js';
-import type { Log } from './log.js';
-import { isRegistryError } from './registry/errors.js';
+import type { Logger } from '../lib/log.js';
 import type { Registry } from './registry/registry.js';
 import { commandView, deviceView } from './views.js';
 
@@ -22,32 +21,36 @@ export interface HttpApiContext {
   sender: CommandSender;
   /** The bearer token clients must present. */
   token: string;
-  log: Log;
+  log: Logger;
 }
 
-class HttpError extends Error {
-  constructor(
-    readonly status: number,
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
-  }
+/**
+ * The HTTP status of each refusal code the API answers with (any other: 400).
+ * Only this layer maps codes to HTTP statuses; a protocol refusal (params or
+ * a command that does not check) is always 400.
+ */
+const HTTP_STATUSES: Readonly<Record<string, number>> = {
+  E_UNAUTHORIZED: 401,
+  E_NOT_FOUND: 404,
+  E_NO_DEVICE: 404,
+  E_NO_COMMAND: 404,
+  E_METHOD: 405,
+  E_NO_KEY: 409,
+  E_DECOMMISSIONED: 409,
+  E_TOO_LARGE: 413,
+  E_CONTENT_TYPE: 415,
+};
+
+function httpStatusOf(err: CodedError): number {
+  return isProtocolError(err) ? 400 : (HTTP_STATUSES[err.code] ?? 400);
 }
 
 export function createHttpApi(ctx: HttpApiContext): Server {
   const expected = createHash('sha256').update(ctx.token).digest();
   const server = createServer((req, res) => {
     void route(ctx, expected, req, res).catch((err: unknown) => {
-      if (err instanceof HttpError) return sendError(res, err.status, err.code, err.message);
-      if (isRegistryError(err)) {
-        const status = err.code === 'E_NO_DEVICE' || err.code === 'E_NO_COMMAND' ? 404 : err.code === 'E_NO_KEY' || err.code === 'E_DECOMMISSIONED' ? 409 : 400;
-        return sendError(res, status, err.code, err.message);
-      }
-      if (isProtocolError(err)) return sendError(res, 400, err.code, err.message);
-      const coded = err as { code?: unknown };
-      if (typeof coded?.code === 'string' && /^E_[A-Z_]+$/.test(coded.code) && err instanceof Error) return sendError(res, 400, coded.code, err.message);
-      ctx.log('error', 'http.error', { reason: err instanceof Error ? err.message : String(err) });
+      if (isCodedError(err)) return sendError(res, httpStatusOf(err), err.code, err.message);
+      ctx.log.error('http.error', { reason: err instanceof Error ? err.message : String(err) });
       return sendError(res, 500, 'E_INTERNAL', 'internal error');
     });
   });
@@ -74,18 +77,18 @@ async function route(ctx: HttpApiContext, expected: Buffer, req: IncomingMessage
     allow(method, ['POST']);
     const id = deviceId(parts[1]);
     const body = await readJsonBody(req);
-    if (!isRecord(body)) throw new HttpError(400, 'E_BAD_REQUEST', 'the body must be a JSON object {action, user_id, params}');
+    if (!isRecord(body)) throw new CodedError('E_BAD_REQUEST', 'the body must be a JSON object {action, user_id, params}');
     const unknown = Object.keys(body).filter((k) => !['action', 'user_id', 'params', 'ttl_s'].includes(k));
-    if (unknown.length) throw new HttpError(400, 'E_BAD_REQUEST', `unknown member(s): ${unknown.join(', ')}`);
-    if (!isAction(body.action)) throw new HttpError(400, 'E_ACTION', 'action must be one of request, update, rotate, delete, selftest');
+    if (unknown.length) throw new CodedError('E_BAD_REQUEST', `unknown member(s): ${unknown.join(', ')}`);
+    if (!isAction(body.action)) throw new CodedError('E_ACTION', 'action must be one of request, update, rotate, delete, selftest');
     // The seed's user ids are numbers: a non-negative integer is taken as its decimal text.
     const userId = userIdText(body.user_id);
     if (userId !== undefined && (typeof userId !== 'string' || userId.length === 0 || userId.length > 128)) {
-      throw new HttpError(400, 'E_BAD_REQUEST', 'user_id must be a string of 1-128 characters or a non-negative integer');
+      throw new CodedError('E_BAD_REQUEST', 'user_id must be a string of 1-128 characters or a non-negative integer');
     }
-    if (body.params !== undefined && !isRecord(body.params)) throw new HttpError(400, 'E_PARAMS', 'params must be an object');
+    if (body.params !== undefined && !isRecord(body.params)) throw new CodedError('E_PARAMS', 'params must be an object');
     if (body.ttl_s !== undefined && (typeof body.ttl_s !== 'number' || !Number.isSafeInteger(body.ttl_s) || body.ttl_s < 1)) {
-      throw new HttpError(400, 'E_BAD_REQUEST', 'ttl_s must be a positive integer');
+      throw new CodedError('E_BAD_REQUEST', 'ttl_s must be a positive integer');
     }
     ctx.registry.requireDevice(id);
     const { command, token } = await ctx.sender.seal({
@@ -97,8 +100,8 @@ async function route(ctx: HttpApiContext, expected: Buffer, req: IncomingMessage
     });
     // Accepted once sealed and recorded; the publish completes (PUBACK) in the background.
     ctx.sender.publish(id, command.jti, token).then(
-      () => ctx.log('info', 'command.sent', { device: id, action: command.action, seq: command.seq, jti: command.jti, via: 'http' }),
-      (err: unknown) => ctx.log('error', 'command.publish_failed', { device: id, jti: command.jti, reason: err instanceof Error ? err.message : String(err) }),
+      () => ctx.log.info('command.sent', { device: id, action: command.action, seq: command.seq, jti: command.jti, via: 'http' }),
+      (err: unknown) => ctx.log.error('command.publish_failed', { device: id, jti: command.jti, reason: err instanceof Error ? err.message : String(err) }),
     );
     res.setHeader('Location', `/commands/${command.jti}`);
     return sendJson(res, 202, { jti: command.jti, device_id: id, action: command.action, seq: command.seq, status: 'accepted' });
@@ -106,70 +109,70 @@ async function route(ctx: HttpApiContext, expected: Buffer, req: IncomingMessage
   if (parts[0] === 'commands' && parts.length === 2) {
     allow(method, ['GET']);
     const command = ctx.registry.getCommand(parts[1] as string);
-    if (!command) throw new HttpError(404, 'E_NO_COMMAND', `no command with jti ${parts[1]}`);
+    if (!command) throw new CodedError('E_NO_COMMAND', `no command with jti ${parts[1]}`);
     return sendJson(res, 200, commandView(command));
   }
-  throw new HttpError(404, 'E_NOT_FOUND', `no route for ${method} ${url.pathname}`);
+  throw new CodedError('E_NOT_FOUND', `no route for ${method} ${url.pathname}`);
 }
 
 /** The request target as a URL and its decoded path segments; a malformed one is a 400 (E_BAD_PATH), never a 500. */
 function parseTarget(target: string | undefined): { url: URL; parts: string[] } {
   // Origin-form only ("/devices/x?user_id=y"): not "*", not an absolute URL, not "//host/..." (which URL parsing would read as a host).
   if (target === undefined || !target.startsWith('/') || target.startsWith('//')) {
-    throw new HttpError(400, 'E_BAD_PATH', 'the request target must be a path such as /devices/ID');
+    throw new CodedError('E_BAD_PATH', 'the request target must be a path such as /devices/ID');
   }
   let url: URL;
   try {
     url = new URL(target, 'http://localhost');
   } catch {
-    throw new HttpError(400, 'E_BAD_PATH', 'the request target is not a valid path');
+    throw new CodedError('E_BAD_PATH', 'the request target is not a valid path');
   }
   try {
     return { url, parts: url.pathname.split('/').filter(Boolean).map(decodeURIComponent) };
   } catch {
-    throw new HttpError(400, 'E_BAD_PATH', 'the path has a malformed percent-encoding (%XX of valid UTF-8)');
+    throw new CodedError('E_BAD_PATH', 'the path has a malformed percent-encoding (%XX of valid UTF-8)');
   }
 }
 
 function authenticate(req: IncomingMessage, expected: Buffer): void {
   const header = req.headers.authorization;
   const m = header ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
-  if (!m) throw new HttpError(401, 'E_UNAUTHORIZED', 'missing bearer token (Authorization: Bearer TOKEN)');
+  if (!m) throw new CodedError('E_UNAUTHORIZED', 'missing bearer token (Authorization: Bearer TOKEN)');
   const given = createHash('sha256').update(m[1] as string).digest();
-  if (!timingSafeEqual(given, expected)) throw new HttpError(401, 'E_UNAUTHORIZED', 'wrong bearer token');
+  if (!timingSafeEqual(given, expected)) throw new CodedError('E_UNAUTHORIZED', 'wrong bearer token');
 }
 
 function allow(method: string, methods: string[]): void {
-  if (!methods.includes(method)) throw new HttpError(405, 'E_METHOD', `method ${method} not allowed here (allowed: ${methods.join(', ')})`);
+  if (!methods.includes(method)) throw new CodedError('E_METHOD', `method ${method} not allowed here (allowed: ${methods.join(', ')})`);
 }
 
 function deviceId(value: string | undefined): string {
-  if (!isValidId(value)) throw new HttpError(400, 'E_BAD_REQUEST', 'invalid device id');
+  if (!isValidId(value)) throw new CodedError('E_BAD_REQUEST', 'invalid device id');
   return value;
 }
 
 async function readJsonBody(req: IncomingMessage): Promise<unknown> {
   const type = req.headers['content-type'] ?? '';
-  if (!/^application\/json\b/i.test(type)) throw new HttpError(415, 'E_CONTENT_TYPE', 'send the body as Content-Type: application/json');
+  if (!/^application\/json\b/i.test(type)) throw new CodedError('E_CONTENT_TYPE', 'send the body as Content-Type: application/json');
   const declared = Number(req.headers['content-length'] ?? '0');
-  if (declared > MAX_BODY_BYTES) throw new HttpError(413, 'E_TOO_LARGE', `body exceeds ${MAX_BODY_BYTES} bytes`);
+  if (declared > MAX_BODY_BYTES) throw new CodedError('E_TOO_LARGE', `body exceeds ${MAX_BODY_BYTES} bytes`);
   const chunks: Buffer[] = [];
   let size = 0;
   try {
     for await (const chunk of req) {
       size += (chunk as Buffer).length;
-      if (size > MAX_BODY_BYTES) throw new HttpError(413, 'E_TOO_LARGE', `body exceeds ${MAX_BODY_BYTES} bytes`);
+      if (size > MAX_BODY_BYTES) throw new CodedError('E_TOO_LARGE', `body exceeds ${MAX_BODY_BYTES} bytes`);
       chunks.push(chunk as Buffer);
     }
   } catch (err) {
     // A client that aborts mid-body (or sends a broken chunked encoding) is its own error, not the server's.
-    if (err instanceof HttpError) throw err;
-    throw new HttpError(400, 'E_BAD_REQUEST', `the request body could not be read: ${err instanceof Error ? err.message : String(err)}`);
+    if (isCodedError(err)) throw err;
+    throw new CodedError('E_BAD_REQUEST', `the request body could not be read: ${err instanceof Error ? err.message : String(err)}`);
   }
   try {
     return JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
   } catch (err) {
-    throw new HttpError(400, 'E_BAD_JSON', `body is not valid JSON: ${(err as Error).message}`);
+    throw new CodedError('E_BAD_JSON', `body is not valid JSON: ${(err as Error).message}`);
   }
 }
 

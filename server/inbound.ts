@@ -17,7 +17,7 @@ import {
 } from '../protocol/index.js';
 import type { CommandSender } from './command-sender.js';
 import type { EnrollRefusals } from './enroll-refusals.js';
-import type { Log } from './log.js';
+import type { Logger } from '../lib/log.js';
 import { isRegistryError } from './registry/errors.js';
 import type { AckEffects, Registry } from './registry/registry.js';
 import type { CommandRecord } from './registry/types.js';
@@ -28,7 +28,7 @@ export interface InboundContext {
   keys: ServerKeys;
   topicPrefix: string;
   sender: CommandSender;
-  log: Log;
+  log: Logger;
   /** Told of every ack recorded (by this process or found already recorded). */
   onAck?: (command: CommandRecord) => void;
   /** Aggregates refused enrollments in the audit and the log (a flood writes a bounded number of rows); without it each is audited. */
@@ -56,7 +56,7 @@ export async function handleInbound(ctx: InboundContext, topic: string, payload:
       ctx.enrollRefusals.refused(parsed.deviceId, code, reason, isRegistryError(err));
       return { kind: 'dropped', code, reason };
     }
-    ctx.log(code === 'E_INTERNAL' ? 'error' : 'warn', `${parsed.kind}.dropped`, { device: parsed.deviceId, code, reason });
+    ctx.log[code === 'E_INTERNAL' ? 'error' : 'warn'](`${parsed.kind}.dropped`, { device: parsed.deviceId, code, reason });
     // Only authenticated enrollments whose token was refused are audited: garbage on the topic is logged, never stored.
     if (parsed.kind === 'enroll' && isRegistryError(err)) ctx.registry.audit('device.enroll.refused', parsed.deviceId, { code, reason });
     return { kind: 'dropped', code, reason };
@@ -73,7 +73,7 @@ export async function handleEnrollment(ctx: InboundContext, topicDeviceId: strin
     signing: opened.signing,
     encryption: opened.encryption,
   });
-  ctx.log('info', repeated ? 'enroll.repeated' : 'enroll.accepted', { device: opened.claims.iss, user: userId, signing_kid: opened.signing.kid });
+  ctx.log.info(repeated ? 'enroll.repeated' : 'enroll.accepted', { device: opened.claims.iss, user: userId, signing_kid: opened.signing.kid });
   // A repeated enrollment (the board missed our answer) gets the pending `request` again, unchanged, while it is valid.
   const pending = repeated
     ? registry.listCommands({ deviceId: opened.claims.iss, limit: 20 }).find((c) => c.action === 'request' && c.ackStatus === null && c.expiresAt > registry.now() + 5000)
@@ -84,8 +84,8 @@ export async function handleEnrollment(ctx: InboundContext, topicDeviceId: strin
   // Not awaited: the PUBACK of this publish arrives on the session whose inbound
   // message we are still handling (mqtt.js handles incoming packets in order).
   ctx.sender.publish(request.deviceId, request.jti, token).then(
-    () => ctx.log('info', 'command.sent', { device: request.deviceId, action: 'request', seq: request.seq, jti: request.jti }),
-    (err: unknown) => ctx.log('error', 'command.publish_failed', { device: request.deviceId, jti: request.jti, reason: err instanceof Error ? err.message : String(err) }),
+    () => ctx.log.info('command.sent', { device: request.deviceId, action: 'request', seq: request.seq, jti: request.jti }),
+    (err: unknown) => ctx.log.error('command.publish_failed', { device: request.deviceId, jti: request.jti, reason: err instanceof Error ? err.message : String(err) }),
   );
   return { kind: 'enrolled', deviceId: opened.claims.iss, request, repeated };
 }
@@ -114,7 +114,7 @@ export async function handleAck(ctx: InboundContext, deviceId: string, payload: 
   const outcome = registry.recordAck(deviceId, claims, effects);
   if (outcome.kind === 'unknown-command') return drop(ctx, deviceId, 'E_NO_COMMAND', `ack refers to unknown command ${claims.ref}`);
   if (outcome.kind === 'contradiction') {
-    ctx.log('error', 'security.ack_contradiction', {
+    ctx.log.error('security.ack_contradiction', {
       device: deviceId,
       action: command.action,
       seq: command.seq,
@@ -127,7 +127,7 @@ export async function handleAck(ctx: InboundContext, deviceId: string, payload: 
     return { kind: 'contradiction', command: outcome.command, claimed: { status: claims.status, code: claims.code } };
   }
   const duplicate = outcome.kind === 'duplicate';
-  ctx.log(claims.status === 'applied' ? 'info' : 'warn', duplicate ? 'ack.duplicate' : 'ack.recorded', {
+  ctx.log[claims.status === 'applied' ? 'info' : 'warn'](duplicate ? 'ack.duplicate' : 'ack.recorded', {
     device: deviceId,
     action: command.action,
     seq: command.seq,
@@ -151,6 +151,6 @@ async function rotatedKeys(result: Record<string, unknown> | undefined): Promise
 }
 
 function drop(ctx: InboundContext, deviceId: string, code: string, reason: string): InboundResult {
-  ctx.log('warn', 'ack.dropped', { device: deviceId, code, reason });
+  ctx.log.warn('ack.dropped', { device: deviceId, code, reason });
   return { kind: 'dropped', code, reason };
 }

@@ -9,8 +9,7 @@ import { createPublicKey } from 'node:crypto';
 import { constants } from 'node:fs';
 import { lstat, open, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { RSA_KEY_WRAP_ALG, computeKid, isValidId, parsePublicJwk, type PublicJwk } from '../protocol/index.js';
-import { CliError } from './cli-support.js';
+import { CodedError, computeKid, isValidId, parsePublicJwk, type PublicJwk, RSA_KEY_WRAP_ALG } from '../protocol/index.js';
 import type { Registry } from './registry/registry.js';
 
 export interface LegacyImportResult {
@@ -22,7 +21,7 @@ const PEM_SUFFIX = '_public.pem';
 
 export async function importLegacy(registry: Registry, root: string, options: { dryRun?: boolean } = {}): Promise<LegacyImportResult> {
   const base = (await isDir(join(root, 'user_keys'))) ? join(root, 'user_keys') : root;
-  if (!(await isDir(base))) throw new CliError('E_NO_FILE', `${root} is not a directory`, 2);
+  if (!(await isDir(base))) throw new CodedError('E_NO_FILE', `${root} is not a directory`);
   const result: LegacyImportResult = { imported: [], skipped: [] };
   for (const userId of (await readdir(base)).sort()) {
     const userDir = join(base, userId);

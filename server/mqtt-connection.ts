@@ -2,7 +2,7 @@
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
-import { CliError } from './cli-support.js';
+import { CodedError } from '../protocol/index.js';
 import type { BrokerSettings } from './data-dir.js';
 
 export interface ConnectOptions {
@@ -13,16 +13,17 @@ export interface ConnectOptions {
   connectTimeoutMs?: number;
 }
 
-export class BrokerError extends Error {
+export class BrokerError extends CodedError<'E_BROKER'> {
   override readonly name = 'BrokerError';
-  readonly code = 'E_BROKER';
-  readonly exitCode = 1;
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('E_BROKER', message, options);
+  }
 }
 
 /** Connects and resolves once the broker accepted the session; rejects (E_BROKER) if it does not within the timeout. */
 export async function connectBroker(settings: BrokerSettings, options: ConnectOptions = {}): Promise<MqttClient> {
   const url = new URL(settings.url);
-  if (url.protocol !== 'mqtt:' && url.protocol !== 'mqtts:') throw new CliError('E_USAGE', `broker URL ${settings.url} must be mqtt:// or mqtts://`, 2);
+  if (url.protocol !== 'mqtt:' && url.protocol !== 'mqtts:') throw new CodedError('E_USAGE', `broker URL ${settings.url} must be mqtt:// or mqtts://`);
   const opts: IClientOptions = {
     clientId: options.clientId ?? `provision-server-${randomBytes(6).toString('hex')}`,
     clean: options.clean ?? true,
@@ -38,7 +39,7 @@ export async function connectBroker(settings: BrokerSettings, options: ConnectOp
     if (settings.key) opts.key = await readPem(settings.key, 'client key');
     opts.rejectUnauthorized = true;
   } else if (settings.cert || settings.key) {
-    throw new CliError('E_USAGE', 'a client certificate needs an mqtts:// broker URL', 2);
+    throw new CodedError('E_USAGE', 'a client certificate needs an mqtts:// broker URL');
   }
   const client = mqtt.connect(settings.url, opts);
   // Commands and acks are single small packets: do not let Nagle hold them back (every reconnect).
@@ -82,6 +83,6 @@ async function readPem(path: string, what: string): Promise<Buffer> {
   try {
     return await readFile(path);
   } catch (err) {
-    throw new CliError('E_NO_FILE', `cannot read ${what} ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, 2);
+    throw new CodedError('E_NO_FILE', `cannot read ${what} ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
 }

@@ -6,7 +6,8 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { assertValidId } from '../protocol/index.js';
-import { ensurePrivateDir, writeFileDurable } from './files.js';
+import { writeFileAtomic } from '../lib/durable-file.js';
+import { ensurePrivateDir } from '../lib/fs.js';
 
 export async function nextSealSeq(keysDir: string, deviceId: string, requested?: number): Promise<number> {
   assertValidId(deviceId);
@@ -21,6 +22,6 @@ export async function nextSealSeq(keysDir: string, deviceId: string, requested?:
   }
   const seq = requested ?? last + 1;
   await ensurePrivateDir(dir);
-  await writeFileDurable(file, `${Math.max(seq, last)}\n`, 0o600);
+  await writeFileAtomic(file, `${Math.max(seq, last)}\n`, { mode: 0o600 });
   return seq;
 }

@@ -10,7 +10,7 @@ import { AckWaiters } from './ack-waiters.js';
 import { CommandSender } from './command-sender.js';
 import type { BrokerSettings, OpenedData } from './data-dir.js';
 import { handleInbound } from './inbound.js';
-import { silentLog, type Log } from './log.js';
+import { silentLogger, type Logger } from '../lib/log.js';
 import { connectBroker, publishQos1 } from './mqtt-connection.js';
 import { SealPool } from './seal-pool.js';
 
@@ -22,8 +22,8 @@ export interface SendClient {
 }
 
 /** Connects; `acksOf` is the device ids whose acks to follow, or 'all'. */
-export async function openSendClient(data: OpenedData, broker: BrokerSettings, options: { acksOf: string[] | 'all'; log?: Log; connectTimeoutMs?: number; sealWorkers?: number }): Promise<SendClient> {
-  const log = options.log ?? silentLog;
+export async function openSendClient(data: OpenedData, broker: BrokerSettings, options: { acksOf: string[] | 'all'; log?: Logger; connectTimeoutMs?: number; sealWorkers?: number }): Promise<SendClient> {
+  const log = options.log ?? silentLogger;
   const client = await connectBroker(broker, { clean: true, ...(options.connectTimeoutMs ? { connectTimeoutMs: options.connectTimeoutMs } : {}) });
   const { registry, keys, config } = data;
   const pool = options.sealWorkers ? SealPool.start(options.sealWorkers) : undefined;

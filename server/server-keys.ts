@@ -15,8 +15,9 @@ import {
   type JwkSet,
   type PrivateJwk,
 } from '../protocol/index.js';
-import { CliError } from './cli-support.js';
-import { ensurePrivateDir, writeFileDurable } from './files.js';
+import { CodedError } from '../protocol/index.js';
+import { writeFileAtomic } from '../lib/durable-file.js';
+import { ensurePrivateDir, exists } from '../lib/fs.js';
 
 export const DEFAULT_SERVER_ID = 'provision-server';
 
@@ -35,14 +36,14 @@ export async function initServerKeys(dir: string, options: { serverId?: string; 
   assertValidId(serverId, 'server id');
   await ensurePrivateDir(dir);
   if (!options.force && (await exists(join(dir, 'signing.jwk')))) {
-    throw new CliError('E_KEYS_EXIST', `server keys already exist in ${dir}; pass --force to replace them (every device must then be re-flashed with the new trust.jwks)`, 2);
+    throw new CodedError('E_KEYS_EXIST', `server keys already exist in ${dir}; pass --force to replace them (every device must then be re-flashed with the new trust.jwks)`);
   }
   const [signing, encryption] = await Promise.all([generateSigningKey(), generateEncryptionKey()]);
   const trust = toJwkSet([signing, encryption]);
-  await writeFileDurable(join(dir, 'signing.jwk'), `${JSON.stringify(signing)}\n`, 0o600);
-  await writeFileDurable(join(dir, 'encryption.jwk'), `${JSON.stringify(encryption)}\n`, 0o600);
-  await writeFileDurable(join(dir, 'server.json'), `${JSON.stringify({ server_id: serverId }, null, 2)}\n`, 0o644);
-  await writeFileDurable(join(dir, 'trust.jwks'), `${JSON.stringify(trust, null, 2)}\n`, 0o644);
+  await writeFileAtomic(join(dir, 'signing.jwk'), `${JSON.stringify(signing)}\n`, { mode: 0o600 });
+  await writeFileAtomic(join(dir, 'encryption.jwk'), `${JSON.stringify(encryption)}\n`, { mode: 0o600 });
+  await writeFileAtomic(join(dir, 'server.json'), `${JSON.stringify({ server_id: serverId }, null, 2)}\n`, { mode: 0o644 });
+  await writeFileAtomic(join(dir, 'trust.jwks'), `${JSON.stringify(trust, null, 2)}\n`, { mode: 0o644 });
   return trust;
 }
 
@@ -71,26 +72,17 @@ async function readPrivate(path: string, use: 'sig' | 'enc'): Promise<PrivateJwk
   try {
     st = await lstat(path);
   } catch {
-    throw new CliError('E_NO_KEYS', `server key ${path} does not exist; run: provision-server keys init --dir ${join(path, '..')}`, 2);
+    throw new CodedError('E_NO_KEYS', `server key ${path} does not exist; run: provision-server keys init --dir ${join(path, '..')}`);
   }
-  if (!st.isFile()) throw new CliError('E_KEY_PERMS', `server key ${path} is not a regular file`, 2);
+  if (!st.isFile()) throw new CodedError('E_KEY_PERMS', `server key ${path} is not a regular file`);
   if ((st.mode & 0o077) !== 0) {
-    throw new CliError('E_KEY_PERMS', `server key ${path} has mode 0${(st.mode & 0o777).toString(8)}, readable by others; fix with: chmod 600 ${path}`, 2);
+    throw new CodedError('E_KEY_PERMS', `server key ${path} has mode 0${(st.mode & 0o777).toString(8)}, readable by others; fix with: chmod 600 ${path}`);
   }
   let json: unknown;
   try {
     json = JSON.parse(await readFile(path, 'utf8')) as unknown;
   } catch {
-    throw new CliError('E_KEY_CORRUPT', `server key ${path} is not valid JSON`, 2);
+    throw new CodedError('E_KEY_CORRUPT', `server key ${path} is not valid JSON`);
   }
   return parsePrivateJwk(json, use);
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await lstat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }

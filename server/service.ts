@@ -13,13 +13,14 @@ import { hostname } from 'node:os';
 import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
 import type { MqttClient } from 'mqtt';
+import { CodedError } from '../protocol/index.js';
 import { AckWaiters } from './ack-waiters.js';
 import { CommandSender, type SendRequest } from './command-sender.js';
 import { brokerFrom, openDataDir, readHttpToken, type BrokerSettings, type OpenedData } from './data-dir.js';
 import { createHttpApi } from './http-api.js';
 import { EnrollRefusals } from './enroll-refusals.js';
 import { handleInbound, type InboundResult } from './inbound.js';
-import { silentLog, type Log } from './log.js';
+import { silentLogger, type Logger } from '../lib/log.js';
 import { connectBroker, publishQos1 } from './mqtt-connection.js';
 import type { CommandRecord } from './registry/types.js';
 import { subscribeFleet, unsubscribeFleet, type SharedMode } from './subscriptions.js';
@@ -34,7 +35,7 @@ export interface ServeOptions {
   httpTokenFile?: string;
   shared?: SharedMode;
   clientId?: string;
-  log?: Log;
+  log?: Logger;
   /** Called after each inbound message was handled (tests, demo). */
   onInbound?: (result: InboundResult) => void;
 }
@@ -56,7 +57,7 @@ export interface RunningServer {
 }
 
 export async function startProvisionServer(options: ServeOptions): Promise<RunningServer> {
-  const log = options.log ?? silentLog;
+  const log = options.log ?? silentLogger;
   const data = await openDataDir(options.dataDir);
   const { registry, keys, config } = data;
   const broker = brokerFrom(config.broker, options.broker ?? {});
@@ -98,9 +99,9 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
       });
       const addr = srv.address() as AddressInfo;
       httpAddress = { host: addr.address, port: addr.port };
-      log('info', 'http.listening', { address: `${addr.address}:${addr.port}` });
+      log.info('http.listening', { address: `${addr.address}:${addr.port}` });
     }
-    log('info', 'serve.ready', { server_id: keys.serverId, broker: broker.url, prefix: config.topicPrefix, shared });
+    log.info('serve.ready', { server_id: keys.serverId, broker: broker.url, prefix: config.topicPrefix, shared });
     let closed = false;
     return {
       data,
@@ -112,7 +113,7 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
       http: httpAddress,
       send: async (req) => {
         const c = await sender.send(req);
-        log('info', 'command.sent', { device: c.deviceId, action: c.action, seq: c.seq, jti: c.jti });
+        log.info('command.sent', { device: c.deviceId, action: c.action, seq: c.seq, jti: c.jti });
         return c;
       },
       waitForAck: (jti, timeoutMs) => waiters.wait(jti, timeoutMs),
@@ -142,7 +143,7 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
 /** `host:port` (IPv6 as `[::1]:8080`), or a bare port on 127.0.0.1, to {host, port}. */
 export function parseHostPort(text: string): { host: string; port: number } {
   const usage = (why: string): Error =>
-    Object.assign(new Error(`--http "${text}" ${why}: give a port (127.0.0.1 is assumed) or host:port, e.g. 8080, 127.0.0.1:8080 or [::1]:8080`), { code: 'E_USAGE', exitCode: 2 });
+    new CodedError('E_USAGE', `--http "${text}" ${why}: give a port (127.0.0.1 is assumed) or host:port, e.g. 8080, 127.0.0.1:8080 or [::1]:8080`);
   const bare = /^\d+$/.test(text.trim());
   const m = bare ? undefined : /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(text.trim());
   if (!bare && !m) throw usage('is neither a port nor host:port');

@@ -13,7 +13,8 @@
 import { randomBytes } from 'node:crypto';
 import type { MqttClient } from 'mqtt';
 import { fleetFilter } from '../protocol/index.js';
-import type { Log } from './log.js';
+import { BrokerError } from './mqtt-connection.js';
+import type { Logger } from '../lib/log.js';
 
 export type SharedMode = 'auto' | 'on' | 'off';
 export const DEFAULT_SHARE_GROUP = 'provision-server';
@@ -21,7 +22,7 @@ export const DEFAULT_SHARE_GROUP = 'provision-server';
 export async function subscribeFleet(
   client: MqttClient,
   prefix: string,
-  options: { mode: SharedMode; group?: string; probeMs?: number; log: Log; kinds?: readonly ('ack' | 'enroll')[] },
+  options: { mode: SharedMode; group?: string; probeMs?: number; log: Logger; kinds?: readonly ('ack' | 'enroll')[] },
 ): Promise<{ shared: boolean; filters: string[] }> {
   const group = options.group ?? DEFAULT_SHARE_GROUP;
   let shared = options.mode === 'on';
@@ -30,9 +31,9 @@ export async function subscribeFleet(
   const filters = shared ? plain.map((f) => `$share/${group}/${f}`) : plain;
   const granted = await client.subscribeAsync(filters, { qos: 1 });
   const refused = granted.filter((g) => g.qos === 128);
-  if (refused.length) throw Object.assign(new Error(`the broker refused the subscription(s) ${refused.map((g) => g.topic).join(', ')}`), { code: 'E_BROKER' });
-  if (shared) options.log('info', 'subscribe.shared', { group, filters });
-  else options.log('warn', 'subscribe.plain', { filters, note: 'no shared subscriptions: run only one serve instance on this broker' });
+  if (refused.length) throw new BrokerError(`the broker refused the subscription(s) ${refused.map((g) => g.topic).join(', ')}`);
+  if (shared) options.log.info('subscribe.shared', { group, filters });
+  else options.log.warn('subscribe.plain', { filters, note: 'no shared subscriptions: run only one serve instance on this broker' });
   return { shared, filters };
 }
 

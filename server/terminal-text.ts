@@ -7,6 +7,7 @@
 
 // C0 controls, DEL, C1 controls, line/paragraph separators and the bidi
 // embedding/override/isolate controls (which reorder what follows them).
+// eslint-disable-next-line no-control-regex -- the C0/C1 controls are what this strips
 const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/gu;
 
 /** `s` with every control character replaced by a visible `\xNN` or `\u{NNNN}` escape. */

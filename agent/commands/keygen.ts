@@ -1,25 +1,19 @@
 /** `sensor-agent keygen`: create the device's key pairs in the protected key store. */
-import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
-import { KeyStore } from '../keystore.js';
+import { KeyStore } from '../store/keystore.js';
+import { defineCommand } from '../../lib/cli.js';
 
-interface KeygenArgs {
-  keystore: string;
-  rsa: boolean;
-  force: boolean;
-}
-
-export const keygenCommand: CommandModule<object, KeygenArgs> = {
+export const keygenCommand = defineCommand({
   command: 'keygen',
   describe: 'Create the device signing (ES256) and encryption (ECDH-ES P-256, or RSA with --rsa) key pairs; print the public JWK set',
-  builder: (y: Argv) =>
+  builder: (y) =>
     y
       .option('keystore', { type: 'string', demandOption: true, describe: 'key store directory (created 0700 if absent)' })
       .option('rsa', { type: 'boolean', default: false, describe: 'RSA-OAEP-256 (3072-bit) encryption key, for devices migrated from RSA keys' })
       .option('force', { type: 'boolean', default: false, describe: 'replace existing keys (the device must then be re-registered)' })
-      .example('# create keys and save the public set\n$0 keygen --keystore /var/lib/sensor-agent/keys > device.jwks', '') as unknown as Argv<KeygenArgs>,
-  handler: async (args: ArgumentsCamelCase<KeygenArgs>) => {
+      .example('# create keys and save the public set\n$0 keygen --keystore /var/lib/sensor-agent/keys > device.jwks', ''),
+  handler: async (args) => {
     const store = await KeyStore.open(args.keystore, { create: true });
     const jwks = await store.generate({ rsa: args.rsa, force: args.force });
     process.stdout.write(`${JSON.stringify(jwks, null, 2)}\n`);
   },
-};
+});

@@ -1,20 +1,13 @@
 /** `sensor-agent selftest`: the on-device self-test; exit 0 only when every required check passes. */
-import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
-import { parseDurationMs } from '../../protocol/index.js';
-import { CliError } from '../cli-support.js';
+import { CodedError, parseDurationMs } from '../../protocol/index.js';
 import { DEFAULT_CONFIG_PATH } from '../config.js';
 import { formatReport, runSelftest } from '../selftest.js';
+import { defineCommand } from '../../lib/cli.js';
 
-interface SelftestArgs {
-  config: string;
-  json: boolean;
-  timeout: string;
-}
-
-export const selftestCommand: CommandModule<object, SelftestArgs> = {
+export const selftestCommand = defineCommand({
   command: 'selftest',
   describe: 'Check this board: config, key store, keys, trust anchors, crypto, clock, state directory, broker, GPIO backend and pins, Node.js',
-  builder: (y: Argv) =>
+  builder: (y) =>
     y
       .option('config', { type: 'string', default: DEFAULT_CONFIG_PATH, describe: 'config file' })
       .option('json', { type: 'boolean', default: false, describe: 'machine-readable report on stdout' })
@@ -22,12 +15,12 @@ export const selftestCommand: CommandModule<object, SelftestArgs> = {
       .epilogue(
         'GPIO: with gpio.backend "auto" or "onoff" the backend is loaded as `run` loads it (onoff and its native epoll addon) and the header gpiochip resolved, without exporting any pin (a running agent owns them). An addon that does not load under this Node.js (built for another CPU or Node ABI, damaged, missing) fails the check with the fix; with backend "auto" and no pins configured it is only a warning.\n\n' +
           'Exit status: 0 when every required check passes, 1 otherwise.',
-      ) as unknown as Argv<SelftestArgs>,
-  handler: async (args: ArgumentsCamelCase<SelftestArgs>) => {
+      ),
+  handler: async (args) => {
     const timeout = parseDurationMs(args.timeout);
-    if ('problem' in timeout) throw new CliError('E_USAGE', `--timeout "${args.timeout}" ${timeout.problem}`, 2);
+    if ('problem' in timeout) throw new CodedError('E_USAGE', `--timeout "${args.timeout}" ${timeout.problem}`);
     const report = await runSelftest({ configPath: args.config, brokerTimeoutMs: Math.max(1000, timeout.ms) });
     process.stdout.write(args.json ? `${JSON.stringify(report, null, 2)}\n` : formatReport(report));
     process.exitCode = report.ok ? 0 : 1;
   },
-};
+});

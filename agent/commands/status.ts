@@ -1,12 +1,7 @@
 /** `sensor-agent status`: what the state directory says (works whether or not the daemon runs). */
-import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { loadConfig, DEFAULT_CONFIG_PATH } from '../config.js';
-import { readState } from '../state.js';
-
-interface StatusArgs {
-  config: string;
-  json: boolean;
-}
+import { readState } from '../store/state.js';
+import { defineCommand } from '../../lib/cli.js';
 
 export interface StatusReport {
   device_id: string;
@@ -45,14 +40,14 @@ export async function statusReport(configPath: string): Promise<StatusReport> {
   };
 }
 
-export const statusCommand: CommandModule<object, StatusArgs> = {
+export const statusCommand = defineCommand({
   command: 'status',
   describe: 'Show provisioned or not, user, last seq, key ids, broker, last command (from the state directory)',
-  builder: (y: Argv) =>
+  builder: (y) =>
     y
       .option('config', { type: 'string', default: DEFAULT_CONFIG_PATH, describe: 'config file' })
-      .option('json', { type: 'boolean', default: false, describe: 'JSON on stdout (top level: provisioned, user_id, ...)' }) as unknown as Argv<StatusArgs>,
-  handler: async (args: ArgumentsCamelCase<StatusArgs>) => {
+      .option('json', { type: 'boolean', default: false, describe: 'JSON on stdout (top level: provisioned, user_id, ...)' }),
+  handler: async (args) => {
     const r = await statusReport(args.config);
     if (args.json) {
       process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
@@ -71,4 +66,4 @@ export const statusCommand: CommandModule<object, StatusArgs> = {
     if (r.pending.length > 0) lines.push(`in progress:   ${r.pending.join('; ')}`);
     process.stdout.write(`${lines.join('\n')}\n`);
   },
-};
+});

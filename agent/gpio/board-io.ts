@@ -9,7 +9,8 @@
 import { resolve } from 'node:path';
 import type { GpioBackend, InputLine, OutputLine } from './backend.js';
 import { GpioError, toGpioError } from './errors.js';
-import { FakeGpioBackend } from './fake-backend.js';
+import { silentLogger } from '../../lib/log.js';
+import { MemoryGpioBackend } from './memory-backend.js';
 import { BOARD_STATUSES, LED_PATTERNS, type BoardStatus, type LedStep } from './led-patterns.js';
 import { OnoffBackend, loadOnoff, type OnoffModule } from './onoff-backend.js';
 import { DEFAULT_RESET_HOLD_S, resetHoldProblem, sanitizePins } from './pins.js';
@@ -19,7 +20,7 @@ import { realTimers, type TimerHandle, type Timers } from './timers.js';
 import { GPIO_ROLES, type BoardIo, type GpioConfig, type GpioLog, type GpioPins, type GpioRole } from './types.js';
 
 export interface BoardIoOptions {
-  /** Use this backend instead of the one named by config.backend (a FakeGpioBackend is then exposed as `fake`). */
+  /** Use this backend instead of the one named by config.backend (tests: a FakeGpioBackend). */
   backend?: GpioBackend;
   /** Clock for LED patterns and the reset hold (default: real, unref'd timers). */
   timers?: Timers;
@@ -50,7 +51,6 @@ interface BoardIoSettings {
 
 class BoardIoImpl implements BoardIo {
   readonly backend: string;
-  readonly fake: FakeGpioBackend | undefined;
 
   private pins: GpioPins;
   private led: OutputLine | null = null;
@@ -76,7 +76,6 @@ class BoardIoImpl implements BoardIo {
     private readonly log: GpioLog,
   ) {
     this.backend = driver?.name ?? 'none';
-    this.fake = driver instanceof FakeGpioBackend ? driver : undefined;
     this.pins = { ...settings.pins };
   }
 
@@ -191,7 +190,7 @@ class BoardIoImpl implements BoardIo {
       try {
         await this.driver?.close();
       } catch (err) {
-        this.log('warn', `gpio: closing backend failed: ${err instanceof Error ? err.message : String(err)}`);
+        this.log.warn(`gpio: closing backend failed: ${err instanceof Error ? err.message : String(err)}`);
       }
       this.pendingErrors = [];
     });
@@ -211,11 +210,11 @@ class BoardIoImpl implements BoardIo {
         await this.openButton(pin, this.driver);
       } else if (role === 'sensor_enable') {
         this.sensor = await this.driver.openOutput(pin, this.sensorOn);
-        this.log('info', `gpio: sensor_enable ${this.sensor.description}`);
+        this.log.info(`gpio: sensor_enable ${this.sensor.description}`);
       } else {
         this.led = await this.driver.openOutput(pin, false);
         this.ledFailing = false;
-        this.log('info', `gpio: status_led ${this.led.description}`);
+        this.log.info(`gpio: status_led ${this.led.description}`);
         this.stopPattern();
         this.applyStatus();
       }
@@ -243,11 +242,11 @@ class BoardIoImpl implements BoardIo {
       this.report(toGpioError(err, 'E_GPIO_IO', `cannot read reset button GPIO ${pin}; ignored until it reads released`, pin));
     }
     if (!detector.start(pressed)) {
-      this.log('warn', `gpio: reset button (GPIO ${pin}) reads pressed at start: ignored until released`);
+      this.log.warn(`gpio: reset button (GPIO ${pin}) reads pressed at start: ignored until released`);
     }
     this.button = line;
     this.detector = detector;
-    this.log('info', `gpio: reset_button ${line.description}, hold ${holdMs / 1000} s`);
+    this.log.info(`gpio: reset_button ${line.description}, hold ${holdMs / 1000} s`);
   }
 
   private async releaseRole(role: GpioRole): Promise<void> {
@@ -309,7 +308,7 @@ class BoardIoImpl implements BoardIo {
       if (this.ledFailing) {
         this.ledFailing = false;
         this.problems.delete('status_led');
-        this.log('info', `gpio: status LED writes work again (${line.description})`);
+        this.log.info(`gpio: status LED writes work again (${line.description})`);
       }
     } catch (err) {
       if (this.ledFailing) return;
@@ -335,18 +334,18 @@ class BoardIoImpl implements BoardIo {
 
   private fireReset(holdMs: number): void {
     if (this.closed) return;
-    this.log('warn', `gpio: reset button held ${holdMs / 1000} s: reset to unprovisioned requested`);
+    this.log.warn(`gpio: reset button held ${holdMs / 1000} s: reset to unprovisioned requested`);
     for (const handler of this.resetHandlers) {
       try {
         handler();
       } catch (err) {
-        this.log('error', `gpio: reset handler failed: ${err instanceof Error ? err.message : String(err)}`);
+        this.log.error(`gpio: reset handler failed: ${err instanceof Error ? err.message : String(err)}`);
       }
     }
   }
 
   private report(err: GpioError, level: 'warn' | 'error' = 'error'): void {
-    this.log(level, `gpio: [${err.code}] ${err.message}`);
+    this.log[level](`gpio: [${err.code}] ${err.message}`);
     if (this.errorHandlers.length === 0) {
       this.pendingErrors.push(err);
       if (this.pendingErrors.length > MAX_PENDING_ERRORS) this.pendingErrors.shift();
@@ -360,7 +359,7 @@ class BoardIoImpl implements BoardIo {
       try {
         handler(err);
       } catch (handlerErr) {
-        this.log('error', `gpio: error handler failed: ${handlerErr instanceof Error ? handlerErr.message : String(handlerErr)}`);
+        this.log.error(`gpio: error handler failed: ${handlerErr instanceof Error ? handlerErr.message : String(handlerErr)}`);
       }
     }
   }
@@ -388,7 +387,7 @@ export async function openOnoff(root: string, options: BoardIoOptions = {}): Pro
  * BoardIo with backend 'none' whose check() says why.
  */
 export async function createBoardIo(config: GpioConfig, log?: GpioLog, options: BoardIoOptions = {}): Promise<BoardIo> {
-  const logger: GpioLog = log ?? (() => undefined);
+  const logger: GpioLog = log ?? silentLogger;
   const timers = options.timers ?? realTimers;
   const { pins, problems: pinProblems } = sanitizePins(config);
   const holdProblem = resetHoldProblem(config.reset_hold_s);
@@ -408,7 +407,7 @@ export async function createBoardIo(config: GpioConfig, log?: GpioLog, options: 
   if (options.backend !== undefined) {
     driver = options.backend;
   } else if (requested === 'fake') {
-    driver = new FakeGpioBackend({ now: () => timers.now() });
+    driver = new MemoryGpioBackend();
   } else if (requested === 'none') {
     noBackend = { reason: 'GPIO disabled by configuration (gpio.backend "none")', intended: true };
   } else if (requested === 'onoff' || requested === 'auto') {
@@ -430,9 +429,9 @@ export async function createBoardIo(config: GpioConfig, log?: GpioLog, options: 
   if (backendProblem !== null) io.addProblem('backend', backendProblem);
   else if (noBackend !== null && !noBackend.intended) {
     const anyPin = GPIO_ROLES.some((r) => pins[r] !== null);
-    logger(anyPin ? 'warn' : 'info', `gpio: running without GPIO: ${noBackend.reason}`);
+    logger[anyPin ? 'warn' : 'info'](`gpio: running without GPIO: ${noBackend.reason}`);
   }
-  if (driver !== null) logger('info', `gpio: backend ${driver.name}`);
+  if (driver !== null) logger.info(`gpio: backend ${driver.name}`);
   await io.start();
   return io;
 }

@@ -4,6 +4,8 @@
  * only `validateGpioPins` / `BoardIo.reconfigure` reject, and only for a
  * configuration that is invalid in itself (bad pin number, pin used twice).
  */
+import { CodedError } from '../../protocol/errors.js';
+
 export const GPIO_ERROR_CODES = {
   E_GPIO_UNAVAILABLE: 'the sysfs GPIO interface is missing or not writable',
   E_GPIO_NO_CHIP: 'no gpiochip with a known 40-pin-header label was found',
@@ -15,15 +17,13 @@ export const GPIO_ERROR_CODES = {
 
 export type GpioErrorCode = keyof typeof GPIO_ERROR_CODES;
 
-export class GpioError extends Error {
+export class GpioError extends CodedError<GpioErrorCode> {
   override readonly name = 'GpioError';
-  readonly code: GpioErrorCode;
   /** The BCM pin concerned, when there is one. */
   readonly pin: number | undefined;
 
   constructor(code: GpioErrorCode, message: string, options?: { pin?: number; cause?: unknown }) {
-    super(message, { cause: options?.cause });
-    this.code = code;
+    super(code, message, { cause: options?.cause, details: options?.pin === undefined ? undefined : { pin: options.pin } });
     this.pin = options?.pin;
   }
 }

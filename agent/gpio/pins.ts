@@ -1,18 +1,19 @@
 /**
  * Validation of the GPIO part of a configuration, independent of hardware:
- * pins are non-negative integers (or null) and no pin serves two roles. The
+ * pins are BCM numbers from 0 to GPIO_PIN_MAX (or null) and no pin serves two roles. The
  * range on the actual chip is checked when a pin is opened (E_GPIO_PIN_RANGE).
  */
+import { GPIO_PIN_MAX, isGpioPin } from '../../protocol/gpio-pins.js';
 import { GpioError } from './errors.js';
-import { GPIO_ROLES, type GpioConfig, type GpioPins, type GpioRole } from './types.js';
+import { GPIO_ROLES, type GpioPins, type GpioRole } from './types.js';
 
 export const DEFAULT_RESET_HOLD_S = 5;
 export const MAX_RESET_HOLD_S = 600;
 
 function pinProblem(role: GpioRole, value: unknown): GpioError | null {
   if (value === null || value === undefined) return null;
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > 1023) {
-    return new GpioError('E_GPIO_CONFIG', `gpio.${role} must be a BCM GPIO number (integer >= 0) or null, got ${JSON.stringify(value)}`);
+  if (!isGpioPin(value)) {
+    return new GpioError('E_GPIO_CONFIG', `gpio.${role} must be a BCM GPIO number (integer from 0 to ${GPIO_PIN_MAX}) or null, got ${JSON.stringify(value)}`);
   }
   return null;
 }
@@ -61,18 +62,4 @@ export function resetHoldProblem(value: unknown): GpioError | null {
     return new GpioError('E_GPIO_CONFIG', `gpio.reset_hold_s must be a number of seconds in (0, ${MAX_RESET_HOLD_S}], got ${JSON.stringify(value)}`);
   }
   return null;
-}
-
-/** For the agent's config validation: throws the first problem of a `gpio` section (E_GPIO_CONFIG). */
-export function validateGpioConfig(config: GpioConfig): void {
-  const backends: readonly unknown[] = ['auto', 'onoff', 'fake', 'none', undefined];
-  if (!backends.includes(config.backend)) {
-    throw new GpioError('E_GPIO_CONFIG', `gpio.backend must be auto, onoff, fake or none, got ${JSON.stringify(config.backend)}`);
-  }
-  if (config.sysfs_root !== undefined && (typeof config.sysfs_root !== 'string' || config.sysfs_root === '')) {
-    throw new GpioError('E_GPIO_CONFIG', 'gpio.sysfs_root must be a non-empty path');
-  }
-  validateGpioPins(config);
-  const hold = resetHoldProblem(config.reset_hold_s);
-  if (hold !== null) throw hold;
 }

@@ -2,7 +2,7 @@
  * Public shapes of the GPIO module (the `gpio` section of the agent config
  * and the BoardIo the agent drives). See index.ts for the entry points.
  */
-import type { FakeGpioBackend } from './fake-backend.js';
+import type { Logger } from '../../lib/log.js';
 import type { BoardStatus } from './led-patterns.js';
 
 export type GpioBackendName = 'auto' | 'onoff' | 'fake' | 'none';
@@ -42,8 +42,6 @@ export const GPIO_ROLES: readonly GpioRole[] = ['status_led', 'sensor_enable', '
 export interface BoardIo {
   /** 'onoff' | 'fake' | 'none' (or the name of an injected backend). */
   readonly backend: string;
-  /** The fake backend when backend is 'fake' (or an injected FakeGpioBackend): inspect writes, press the button. */
-  readonly fake?: FakeGpioBackend;
   /** LED pattern; setting the current status again keeps the pattern's phase. Never throws. */
   setStatus(status: BoardStatus): void;
   /** Drives the sensor-enable pin (high = on). Never throws: failures go to onError. */
@@ -65,4 +63,5 @@ export interface BoardIo {
   close(): Promise<void>;
 }
 
-export type GpioLog = (level: 'info' | 'warn' | 'error', msg: string) => void;
+/** What the GPIO layer logs with: the agent's logger (lib/log.ts). */
+export type GpioLog = Pick<Logger, 'info' | 'warn' | 'error'>;

@@ -1,6 +1,6 @@
 /**
  * The agent as one file: esbuild bundles dist/agent/cli.js (tsc's output)
- * with protocol/ and the JavaScript of its dependencies (node-jose, mqtt,
+ * with protocol/, lib/ and the JavaScript of its dependencies (node-jose, mqtt,
  * yargs, onoff), resolved from the repository's node_modules as installed
  * (so patch-package patches are in). The native addon stays beside it:
  * onoff's `require('epoll')` loads `./native/epoll.node` next to the bundle,
@@ -15,7 +15,7 @@ import { BuildError } from './errors.js';
 export const BUNDLE_FILE = 'sensor-agent.mjs';
 export const ADDON_REL = 'native/epoll.node';
 
-/** yargs' CommonJS build, as agent/cli.ts loads it through createRequire (its ESM help layout differs). */
+/** yargs' CommonJS build, as lib/cli.ts loads it through createRequire (its ESM help layout differs). */
 const YARGS_CJS = "createRequire(import.meta.url)('yargs')";
 
 /** Modules the agent never runs, by import specifier: replaced with stubs that throw when used. */
@@ -73,14 +73,14 @@ function agentPlugin(repo: string, version: string): Plugin {
     name: 'sensor-agent',
     setup(build) {
       // The version is read from package.json beside dist/ in a development tree; the bundle carries it.
-      build.onLoad({ filter: /[\\/]dist[\\/]agent[\\/]version\.js$/ }, () => ({
+      build.onLoad({ filter: /[\\/]dist[\\/]lib[\\/]version\.js$/ }, () => ({
         contents: `export function packageVersion() { return ${JSON.stringify(version)}; }\n`,
         loader: 'js',
       }));
-      build.onLoad({ filter: /[\\/]dist[\\/]agent[\\/]cli\.js$/ }, async (args) => {
+      build.onLoad({ filter: /[\\/]dist[\\/]lib[\\/]cli\.js$/ }, async (args) => {
         const src = await readFile(args.path, 'utf8');
         if (!src.includes(YARGS_CJS)) throw new Error(`${args.path} no longer loads yargs as ${YARGS_CJS}: update provisioning/builder/bundle-agent.ts`);
-        return { contents: src.replace(YARGS_CJS, "require('yargs')"), loader: 'js', resolveDir: join(repo, 'dist/agent') };
+        return { contents: src.replace(YARGS_CJS, "require('yargs')"), loader: 'js', resolveDir: join(repo, 'dist/lib') };
       });
       // epoll's JS finds its addon through `bindings` (a stack-trace search that cannot work in a
       // bundle): the bundle loads it from ./native/epoll.node, relative to itself, at run time.

@@ -123,7 +123,7 @@ export async function readBundle(bundleDir: string): Promise<BoardBundle> {
   const keystore = str(config, 'keystore', '', false);
   if (keystore !== undefined) {
     const keysDir = inBundle(keystore);
-    let names: string[] = [];
+    let names: string[];
     try {
       const st = await lstat(keysDir);
       if (!st.isDirectory()) throw new FlashError('E_BUNDLE', `key store ${keysDir} is not a directory`);
@@ -145,7 +145,7 @@ export async function readBundle(bundleDir: string): Promise<BoardBundle> {
   const hooks = str(config, 'hooks_dir', '', false);
   if (hooks !== undefined && !isAbsolute(hooks)) {
     const hooksDir = inBundle(hooks);
-    let names: string[] = [];
+    let names: string[];
     try {
       names = (await readdir(hooksDir)).sort();
     } catch {

@@ -1,30 +1,15 @@
 /** `provision-server bundle`: write everything a board needs at flashing into a directory. */
-import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
-import { deviceIdFlag } from '../cli-support.js';
+import { deviceIdFlag } from '../../lib/cli-input.js';
 import { writeBundle } from '../bundle.js';
 import { openDataDir, type BrokerSettings } from '../data-dir.js';
 import { parseDuration } from '../duration.js';
-import { withData, type DataArgs } from './common.js';
+import { withData } from './common.js';
+import { defineCommand } from '../../lib/cli.js';
 
-interface BundleArgs extends DataArgs {
-  device: string;
-  user: string;
-  out: string;
-  broker?: string;
-  ca?: string;
-  clientCert?: string;
-  clientKey?: string;
-  keysOnHost: boolean;
-  rsa: boolean;
-  ttl: string;
-  gpio: 'auto' | 'onoff' | 'fake' | 'none';
-  force: boolean;
-}
-
-export const bundleCommand: CommandModule<object, BundleArgs> = {
+export const bundleCommand = defineCommand({
   command: 'bundle',
   describe: 'Write a flashing bundle for a device: config.json, trust.jwks, ca.pem, client cert, a fresh enrollment token (and with --keys-on-host, its keys)',
-  builder: (y: Argv) =>
+  builder: (y) =>
     withData(y)
       .option('device', { type: 'string', demandOption: true, coerce: deviceIdFlag('--device'), describe: 'device id' })
       .option('user', { type: 'string', demandOption: true, describe: 'user id the device is for' })
@@ -38,8 +23,8 @@ export const bundleCommand: CommandModule<object, BundleArgs> = {
       .option('ttl', { type: 'string', default: '7d', describe: 'lifetime of the enrollment token' })
       .option('force', { type: 'boolean', default: false, describe: "overwrite a non-empty --out; with --keys-on-host, replace a registered device's keys (that board is cut off until re-flashed)" })
       .option('gpio', { choices: ['auto', 'onoff', 'fake', 'none'] as const, default: 'auto' as const, describe: 'GPIO backend in config.json' })
-      .example('$0 bundle --device sensor-0001 --user alice \\\n--out ./sensor-0001 --ca ca.pem \\\n--client-cert sensor-0001.crt --client-key sensor-0001.key', '') as unknown as Argv<BundleArgs>,
-  handler: async (args: ArgumentsCamelCase<BundleArgs>) => {
+      .example('$0 bundle --device sensor-0001 --user alice \\\n--out ./sensor-0001 --ca ca.pem \\\n--client-cert sensor-0001.crt --client-key sensor-0001.key', ''),
+  handler: async (args) => {
     const ttl = parseDuration(args.ttl, '--ttl');
     const data = await openDataDir(args.data);
     try {
@@ -69,4 +54,4 @@ export const bundleCommand: CommandModule<object, BundleArgs> = {
       data.registry.close();
     }
   },
-};
+});

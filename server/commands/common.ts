@@ -13,21 +13,23 @@ export interface BrokerArgs {
   key?: string;
 }
 
-export function withData<T>(y: Argv<T>): Argv<T & DataArgs> {
+/** Adds --data (its value: DataArgs). */
+export function withData<T>(y: Argv<T>) {
   return y.option('data', {
     type: 'string',
     default: defaultDataDir(),
     defaultDescription: '$PROVISION_SERVER_DATA or /var/lib/provision-server',
     describe: 'server data directory (keys, registry, recorded broker settings)',
-  }) as unknown as Argv<T & DataArgs>;
+  });
 }
 
-export function withBroker<T>(y: Argv<T>): Argv<T & BrokerArgs> {
+/** Adds --broker, --ca, --cert, --key (their values: BrokerArgs). */
+export function withBroker<T>(y: Argv<T>) {
   return y
     .option('broker', { type: 'string', describe: 'broker URL, mqtts://host:8883 (default: what init recorded)' })
     .option('ca', { type: 'string', describe: 'CA certificate (PEM) to pin for the broker' })
     .option('cert', { type: 'string', describe: 'client certificate (PEM) for the broker' })
-    .option('key', { type: 'string', describe: 'client private key (PEM) for the broker' }) as unknown as Argv<T & BrokerArgs>;
+    .option('key', { type: 'string', describe: 'client private key (PEM) for the broker' });
 }
 
 export function brokerOverride(args: BrokerArgs): BrokerArgs {

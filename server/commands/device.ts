@@ -1,28 +1,23 @@
 /** `provision-server device list|show|add|remove`: the device registry. */
-import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
-import { assertValidId, parseJwkSet } from '../../protocol/index.js';
-import { CliError, deviceIdFlag, readJsonFile } from '../cli-support.js';
+import type { Argv, CommandModule } from 'yargs';
+import { assertValidId, CodedError, parseJwkSet } from '../../protocol/index.js';
+import { deviceIdFlag, readJsonFile } from '../../lib/cli-input.js';
 import { openDataDir } from '../data-dir.js';
-import { DEVICE_STATES, type DeviceState } from '../registry/types.js';
+import { DEVICE_STATES } from '../registry/types.js';
 import { printable } from '../terminal-text.js';
 import { commandView, deviceView } from '../views.js';
-import { withData, type DataArgs } from './common.js';
+import { withData } from './common.js';
+import { defineCommand } from '../../lib/cli.js';
 
-interface ListArgs extends DataArgs {
-  user?: string;
-  state?: DeviceState;
-  json: boolean;
-}
-
-const listCommand: CommandModule<object, ListArgs> = {
+const listCommand = defineCommand({
   command: 'list',
   describe: 'List registered devices',
-  builder: (y: Argv) =>
+  builder: (y) =>
     withData(y)
       .option('user', { type: 'string', describe: 'only the devices of this user' })
       .option('state', { choices: DEVICE_STATES, describe: 'only devices in this state' })
-      .option('json', { type: 'boolean', default: false, describe: 'print JSON' }) as unknown as Argv<ListArgs>,
-  handler: async (args: ArgumentsCamelCase<ListArgs>) => {
+      .option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
+  handler: async (args) => {
     const data = await openDataDir(args.data);
     try {
       const devices = data.registry.listDevices({ ...(args.user ? { userId: args.user } : {}), ...(args.state ? { states: [args.state] } : {}) });
@@ -38,17 +33,13 @@ const listCommand: CommandModule<object, ListArgs> = {
       data.registry.close();
     }
   },
-};
+});
 
-interface ShowArgs extends DataArgs {
-  device: string;
-}
-
-const showCommand: CommandModule<object, ShowArgs> = {
+const showCommand = defineCommand({
   command: 'show <device>',
   describe: 'Show one device: keys, state, recent commands and audit events (JSON)',
-  builder: (y: Argv) => withData(y).positional('device', { type: 'string', demandOption: true, coerce: deviceIdFlag('DEVICE') }) as unknown as Argv<ShowArgs>,
-  handler: async (args: ArgumentsCamelCase<ShowArgs>) => {
+  builder: (y) => withData(y).positional('device', { type: 'string', demandOption: true, coerce: deviceIdFlag('DEVICE') }),
+  handler: async (args) => {
     const data = await openDataDir(args.data);
     try {
       const device = data.registry.requireDevice(args.device);
@@ -59,31 +50,24 @@ const showCommand: CommandModule<object, ShowArgs> = {
       data.registry.close();
     }
   },
-};
+});
 
-interface AddArgs extends DataArgs {
-  device: string;
-  user: string;
-  jwks: string;
-  replace: boolean;
-}
-
-const addCommand: CommandModule<object, AddArgs> = {
+const addCommand = defineCommand({
   command: 'add',
   describe: 'Register a device whose keys were made elsewhere (its public JWK set, e.g. from sensor-agent keygen)',
-  builder: (y: Argv) =>
+  builder: (y) =>
     withData(y)
       .option('device', { type: 'string', demandOption: true, coerce: deviceIdFlag('--device'), describe: 'device id' })
       .option('user', { type: 'string', demandOption: true, describe: 'user id' })
       .option('jwks', { type: 'string', demandOption: true, describe: "the device's public JWK set: one encryption key, and a signing key to verify its acks" })
-      .option('replace', { type: 'boolean', default: false, describe: 'replace the keys of a device already registered' }) as unknown as Argv<AddArgs>,
-  handler: async (args: ArgumentsCamelCase<AddArgs>) => {
+      .option('replace', { type: 'boolean', default: false, describe: 'replace the keys of a device already registered' }),
+  handler: async (args) => {
     assertValidId(args.device);
     const set = await readJsonFile(args.jwks, 'device JWK set');
     const keys = await parseJwkSet(set);
     const enc = keys.filter((k) => k.use === 'enc');
     const sig = keys.filter((k) => k.use === 'sig');
-    if (enc.length !== 1 || sig.length > 1) throw new CliError('E_KEY', `${args.jwks} must hold exactly one encryption key and at most one signing key`, 2);
+    if (enc.length !== 1 || sig.length > 1) throw new CodedError('E_KEY', `${args.jwks} must hold exactly one encryption key and at most one signing key`);
     const data = await openDataDir(args.data);
     try {
       const d = data.registry.addDevice(
@@ -95,17 +79,13 @@ const addCommand: CommandModule<object, AddArgs> = {
       data.registry.close();
     }
   },
-};
+});
 
-interface RemoveArgs extends DataArgs {
-  device: string;
-}
-
-const removeCommand: CommandModule<object, RemoveArgs> = {
+const removeCommand = defineCommand({
   command: 'remove <device>',
   describe: 'Remove a device from the registry (keys and unused tokens; its command history and the audit log stay). Does not wipe the board: send delete for that.',
-  builder: (y: Argv) => withData(y).positional('device', { type: 'string', demandOption: true, coerce: deviceIdFlag('DEVICE') }) as unknown as Argv<RemoveArgs>,
-  handler: async (args: ArgumentsCamelCase<RemoveArgs>) => {
+  builder: (y) => withData(y).positional('device', { type: 'string', demandOption: true, coerce: deviceIdFlag('DEVICE') }),
+  handler: async (args) => {
     const data = await openDataDir(args.data);
     try {
       data.registry.removeDevice(args.device);
@@ -114,7 +94,7 @@ const removeCommand: CommandModule<object, RemoveArgs> = {
       data.registry.close();
     }
   },
-};
+});
 
 export const deviceCommand: CommandModule = {
   command: 'device <command>',

@@ -1,23 +1,18 @@
 /** `provision-server import-legacy DIR`: register the seed system's devices from its user_keys/ tree. */
-import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
 import { openDataDir } from '../data-dir.js';
 import { importLegacy } from '../legacy-import.js';
 import { printable } from '../terminal-text.js';
-import { withData, type DataArgs } from './common.js';
+import { withData } from './common.js';
+import { defineCommand } from '../../lib/cli.js';
 
-interface ImportArgs extends DataArgs {
-  dir: string;
-  dryRun: boolean;
-}
-
-export const importLegacyCommand: CommandModule<object, ImportArgs> = {
+export const importLegacyCommand = defineCommand({
   command: 'import-legacy <dir>',
   describe: "Register the seed system's devices from DIR/user_keys/{user_id}/{device_id}_public.pem (RSA keys, as RSA-OAEP-256 devices)",
-  builder: (y: Argv) =>
+  builder: (y) =>
     withData(y)
       .positional('dir', { type: 'string', demandOption: true, describe: 'the directory holding user_keys/ (or user_keys/ itself)' })
-      .option('dry-run', { type: 'boolean', default: false, describe: 'report what would be imported, change nothing' }) as unknown as Argv<ImportArgs>,
-  handler: async (args: ArgumentsCamelCase<ImportArgs>) => {
+      .option('dry-run', { type: 'boolean', default: false, describe: 'report what would be imported, change nothing' }),
+  handler: async (args) => {
     const data = await openDataDir(args.data);
     try {
       const result = await importLegacy(data.registry, args.dir, { dryRun: args.dryRun });
@@ -31,4 +26,4 @@ export const importLegacyCommand: CommandModule<object, ImportArgs> = {
       data.registry.close();
     }
   },
-};
+});

@@ -1,23 +1,14 @@
 /** `provision-server init`: create the data directory: server keys, registry, broker defaults, HTTP token. */
-import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
-import { DEFAULT_TOPIC_PREFIX } from '../../protocol/index.js';
+import { CodedError, DEFAULT_TOPIC_PREFIX } from '../../protocol/index.js';
 import { DEFAULT_BROKER_URL, initDataDir, type BrokerSettings } from '../data-dir.js';
 import { DEFAULT_SERVER_ID } from '../server-keys.js';
-import { CliError } from '../cli-support.js';
-import { withBroker, withData, type BrokerArgs, type DataArgs } from './common.js';
+import { withBroker, withData } from './common.js';
+import { defineCommand } from '../../lib/cli.js';
 
-interface InitArgs extends DataArgs, BrokerArgs {
-  deviceBroker?: string;
-  deviceCa?: string;
-  serverId: string;
-  topicPrefix: string;
-  force: boolean;
-}
-
-export const initCommand: CommandModule<object, InitArgs> = {
+export const initCommand = defineCommand({
   command: 'init',
   describe: 'Create the data directory: server keys (DATA/keys), registry (DATA/registry.sqlite), broker defaults (DATA/server.json), HTTP token (DATA/http.token)',
-  builder: (y: Argv) =>
+  builder: (y) =>
     withBroker(withData(y))
       .option('broker', { type: 'string', describe: `broker URL the server connects to, recorded for serve and send (default ${DEFAULT_BROKER_URL})` })
       .option('device-broker', { type: 'string', describe: "broker URL as boards reach it, when it differs from --broker (recorded; bundle's default)" })
@@ -32,17 +23,17 @@ export const initCommand: CommandModule<object, InitArgs> = {
           '--cert server.crt --key server.key \\\n' +
           '--device-broker mqtts://broker.example.net:8883 --device-ca device-ca.pem',
         '',
-      ) as unknown as Argv<InitArgs>,
-  handler: async (args: ArgumentsCamelCase<InitArgs>) => {
+      ),
+  handler: async (args) => {
     const broker: BrokerSettings = { url: args.broker ?? DEFAULT_BROKER_URL };
     if (args.ca) broker.ca = args.ca;
     if (args.cert) broker.cert = args.cert;
     if (args.key) broker.key = args.key;
-    if (args.deviceCa && !args.deviceBroker) throw new CliError('E_USAGE', '--device-ca goes with --device-broker', 2);
+    if (args.deviceCa && !args.deviceBroker) throw new CodedError('E_USAGE', '--device-ca goes with --device-broker');
     const deviceBroker: BrokerSettings | undefined = args.deviceBroker ? { url: args.deviceBroker, ...(args.deviceCa ? { ca: args.deviceCa } : {}) } : undefined;
     const paths = await initDataDir(args.data, { serverId: args.serverId, broker, ...(deviceBroker ? { deviceBroker } : {}), topicPrefix: args.topicPrefix, force: args.force });
     process.stdout.write(
       `initialised ${paths.dir}\n  keys:     ${paths.keys} (devices pin ${paths.keys}/trust.jwks)\n  registry: ${paths.registry}\n  broker:   ${broker.url}\n${deviceBroker ? `  boards:   ${deviceBroker.url}\n` : ''}  HTTP API bearer token: ${paths.httpToken}\n`,
     );
   },
-};
+});

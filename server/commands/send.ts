@@ -5,41 +5,25 @@
  * Exit statuses with --wait: 0 applied, 3 rejected, 4 failed, 5 no ack before
  * the timeout. A fan-out exits 0 when every device applied, else 6.
  */
-import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
-import { ACTIONS, isAction, isRecord, validateParams, type Action } from '../../protocol/index.js';
-import { CliError, deviceIdFlag } from '../cli-support.js';
+import { type Action, ACTIONS, CodedError, isAction, isRecord, validateParams } from '../../protocol/index.js';
+import { deviceIdFlag } from '../../lib/cli-input.js';
 import { prepareCommand, userIdText } from '../command-sender.js';
 import { brokerFrom, openDataDir } from '../data-dir.js';
 import { parseCommandTtl, parseDuration } from '../duration.js';
 import { MAX_SEAL_WORKERS } from '../seal-pool.js';
 import { DEFAULT_FANOUT_CONCURRENCY, formatFanoutSummary, progressBar, runFanout } from '../fanout.js';
-import { streamLog } from '../log.js';
+import { createLogger } from '../../lib/log.js';
 import { openSendClient } from '../send-client.js';
 import { commandView } from '../views.js';
-import { brokerOverride, withBroker, withData, type BrokerArgs, type DataArgs } from './common.js';
+import { brokerOverride, withBroker, withData } from './common.js';
+import { defineCommand } from '../../lib/cli.js';
 
 export const SEND_EXIT = { applied: 0, rejected: 3, failed: 4, timeout: 5, fanoutIncomplete: 6 } as const;
 
-interface SendArgs extends DataArgs, BrokerArgs {
-  target?: string;
-  action?: string;
-  user?: string;
-  all: boolean;
-  resume?: string;
-  params?: string;
-  set?: string[];
-  wait: boolean;
-  timeout: string;
-  ttl?: string;
-  concurrency: number;
-  sealWorkers: number;
-  verbose: boolean;
-}
-
-export const sendCommand: CommandModule<object, SendArgs> = {
+export const sendCommand = defineCommand({
   command: 'send [target] [action]',
   describe: 'Seal and publish a command: send DEVICE ACTION, or fan out with send --all ACTION / send --user UID ACTION',
-  builder: (y: Argv) =>
+  builder: (y) =>
     withBroker(withData(y))
       .positional('target', { type: 'string', describe: 'device id (or, with --all/--user, the action)' })
       .positional('action', { type: 'string', describe: `one of ${ACTIONS.join(', ')}` })
@@ -57,23 +41,23 @@ export const sendCommand: CommandModule<object, SendArgs> = {
       .example('$0 send sensor-0001 update --set sensor.enabled=true \\\n--set sensor.sample_interval_s=30 --wait', '')
       .example('$0 send --user alice rotate --timeout 1m', '')
       .example('# re-bind sal01 to user 1 (the seed: update sal01 1)\n$0 send sal01 update --user 1 --wait', '')
-      .example('$0 send --resume 6f1c2a9e-...', '') as unknown as Argv<SendArgs>,
-  handler: async (args: ArgumentsCamelCase<SendArgs>) => {
+      .example('$0 send --resume 6f1c2a9e-...', ''),
+  handler: async (args) => {
     const timeoutMs = parseDuration(args.timeout, '--timeout');
     const ttlSeconds = args.ttl ? parseCommandTtl(args.ttl) : undefined;
     const fanout = args.all || args.resume !== undefined || (args.user !== undefined && args.action === undefined);
     const actionText = fanout && args.action === undefined ? args.target : args.action;
-    if (args.resume === undefined && !isAction(actionText)) throw new CliError('E_USAGE', `name an action: one of ${ACTIONS.join(', ')}`, 2);
+    if (args.resume === undefined && !isAction(actionText)) throw new CodedError('E_USAGE', `name an action: one of ${ACTIONS.join(', ')}`);
     const params = buildParams(args.params, args.set ?? []);
     const data = await openDataDir(args.data);
-    const log = args.verbose ? streamLog(process.stderr, 'info') : undefined;
+    const log = args.verbose ? createLogger({ level: 'info', style: 'timestamped' }) : undefined;
     try {
       const broker = brokerFrom(data.config.broker, brokerOverride(args));
       // Everything is checked before the broker is contacted: a bad command never waits on a connection.
       if (fanout) {
-        if (args.all && args.user !== undefined) throw new CliError('E_USAGE', '--all and --user select devices differently: choose one', 2);
+        if (args.all && args.user !== undefined) throw new CodedError('E_USAGE', '--all and --user select devices differently: choose one');
         if (!Number.isInteger(args.sealWorkers) || args.sealWorkers < 0 || args.sealWorkers > MAX_SEAL_WORKERS) {
-          throw new CliError('E_USAGE', `--seal-workers must be an integer 0-${MAX_SEAL_WORKERS}`, 2);
+          throw new CodedError('E_USAGE', `--seal-workers must be an integer 0-${MAX_SEAL_WORKERS}`);
         }
         if (args.resume === undefined) validateParams(actionText as Action, isRecord(params) && params.user_id !== undefined ? { ...params, user_id: userIdText(params.user_id) } : params);
         const client = await openSendClient(data, broker, { acksOf: 'all', sealWorkers: args.sealWorkers, ...(log ? { log } : {}) });
@@ -99,7 +83,7 @@ export const sendCommand: CommandModule<object, SendArgs> = {
         return;
       }
       const deviceId = args.target;
-      if (!deviceId) throw new CliError('E_USAGE', 'name a device: send DEVICE ACTION (or --all / --user UID for a fan-out)', 2);
+      if (!deviceId) throw new CodedError('E_USAGE', 'name a device: send DEVICE ACTION (or --all / --user UID for a fan-out)');
       deviceIdFlag('DEVICE')(deviceId);
       const request = {
         deviceId,
@@ -120,7 +104,7 @@ export const sendCommand: CommandModule<object, SendArgs> = {
         const acked = await client.waiters.wait(command.jti, timeoutMs);
         if (!acked?.ackStatus) {
           process.stdout.write(`${JSON.stringify(commandView(data.registry.getCommand(command.jti) ?? command), null, 2)}\n`);
-          throw new CliError('E_TIMEOUT', `no ack from ${deviceId} within ${args.timeout} (the command stays valid until ${new Date(command.expiresAt).toISOString()})`, SEND_EXIT.timeout);
+          throw new CodedError('E_TIMEOUT', `no ack from ${deviceId} within ${args.timeout} (the command stays valid until ${new Date(command.expiresAt).toISOString()})`);
         }
         process.stdout.write(`${JSON.stringify(commandView(acked), null, 2)}\n`);
         process.exitCode = SEND_EXIT[acked.ackStatus];
@@ -131,7 +115,7 @@ export const sendCommand: CommandModule<object, SendArgs> = {
       data.registry.close();
     }
   },
-};
+});
 
 /** --params JSON merged with --set dotted.key=value pairs. */
 export function buildParams(json: string | undefined, sets: readonly string[]): Record<string, unknown> {
@@ -141,14 +125,14 @@ export function buildParams(json: string | undefined, sets: readonly string[]): 
     try {
       parsed = JSON.parse(json) as unknown;
     } catch (err) {
-      throw new CliError('E_PARAMS', `--params is not valid JSON: ${(err as Error).message}`, 2);
+      throw new CodedError('E_PARAMS', `--params is not valid JSON: ${(err as Error).message}`);
     }
-    if (!isRecord(parsed)) throw new CliError('E_PARAMS', '--params must be a JSON object', 2);
+    if (!isRecord(parsed)) throw new CodedError('E_PARAMS', '--params must be a JSON object');
     params = parsed;
   }
   for (const s of sets) {
     const eq = s.indexOf('=');
-    if (eq <= 0) throw new CliError('E_PARAMS', `--set ${s}: expected key=value`, 2);
+    if (eq <= 0) throw new CodedError('E_PARAMS', `--set ${s}: expected key=value`);
     const path = s.slice(0, eq).split('.');
     const text = s.slice(eq + 1);
     let value: unknown = text;
@@ -159,7 +143,7 @@ export function buildParams(json: string | undefined, sets: readonly string[]): 
     }
     let node = params;
     for (const [i, key] of path.entries()) {
-      if (!key || key === '__proto__' || key === 'constructor' || key === 'prototype') throw new CliError('E_PARAMS', `--set ${s}: bad key`, 2);
+      if (!key || key === '__proto__' || key === 'constructor' || key === 'prototype') throw new CodedError('E_PARAMS', `--set ${s}: bad key`);
       if (i === path.length - 1) node[key] = value;
       else {
         const child = node[key];

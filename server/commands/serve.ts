@@ -1,30 +1,21 @@
 /** `provision-server serve`: the long-running server (enrollments, acks, HTTP API). */
-import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
-import { streamLog, type LogLevel } from '../log.js';
+import { createLogger } from '../../lib/log.js';
 import { parseHostPort, startProvisionServer } from '../service.js';
-import type { SharedMode } from '../subscriptions.js';
-import { brokerOverride, withBroker, withData, type BrokerArgs, type DataArgs } from './common.js';
+import { brokerOverride, withBroker, withData } from './common.js';
+import { defineCommand } from '../../lib/cli.js';
 
-interface ServeArgs extends DataArgs, BrokerArgs {
-  http?: string;
-  httpTokenFile?: string;
-  shared: SharedMode;
-  clientId?: string;
-  logLevel: LogLevel;
-}
-
-export const serveCommand: CommandModule<object, ServeArgs> = {
+export const serveCommand = defineCommand({
   command: 'serve',
   describe: 'Run the server: handle enrollments and acks from the broker, and (with --http) the HTTP API',
-  builder: (y: Argv) =>
+  builder: (y) =>
     withBroker(withData(y))
       .option('http', { type: 'string', describe: 'serve the HTTP API on host:port (e.g. 127.0.0.1:8080; loopback unless told otherwise)' })
       .option('http-token-file', { type: 'string', describe: 'file holding the API bearer token (default DATA/http.token, must be 0600)' })
       .option('shared', { choices: ['auto', 'on', 'off'] as const, default: 'auto' as const, describe: 'MQTT shared subscriptions ($share/provision-server/...): auto probes the broker' })
       .option('client-id', { type: 'string', describe: 'MQTT client id (default: provision-server-HOST-<hash of the data dir>)' })
-      .option('log-level', { choices: ['debug', 'info', 'warn', 'error'] as const, default: 'info' as const, describe: 'least severe log lines written to stderr (one line per event)' }) as unknown as Argv<ServeArgs>,
-  handler: async (args: ArgumentsCamelCase<ServeArgs>) => {
-    const log = streamLog(process.stderr, args.logLevel);
+      .option('log-level', { choices: ['debug', 'info', 'warn', 'error'] as const, default: 'info' as const, describe: 'least severe log lines written to stderr (one line per event)' }),
+  handler: async (args) => {
+    const log = createLogger({ level: args.logLevel, style: 'timestamped' });
     const server = await startProvisionServer({
       dataDir: args.data,
       broker: brokerOverride(args),
@@ -36,7 +27,7 @@ export const serveCommand: CommandModule<object, ServeArgs> = {
     });
     await new Promise<void>((resolve) => {
       const stop = (signal: string): void => {
-        log('info', 'serve.stopping', { signal });
+        log.info('serve.stopping', { signal });
         resolve();
       };
       process.once('SIGINT', () => stop('SIGINT'));
@@ -44,4 +35,4 @@ export const serveCommand: CommandModule<object, ServeArgs> = {
     });
     await server.close();
   },
-};
+});

@@ -1,25 +1,20 @@
 /** `provision-server token create`: a one-time enrollment token bound to a device and a user, printed once. */
-import type { ArgumentsCamelCase, Argv, CommandModule } from 'yargs';
-import { deviceIdFlag } from '../cli-support.js';
+import type { Argv, CommandModule } from 'yargs';
+import { deviceIdFlag } from '../../lib/cli-input.js';
 import { openDataDir } from '../data-dir.js';
 import { parseDuration } from '../duration.js';
-import { withData, type DataArgs } from './common.js';
+import { withData } from './common.js';
+import { defineCommand } from '../../lib/cli.js';
 
-interface TokenArgs extends DataArgs {
-  device: string;
-  user: string;
-  ttl: string;
-}
-
-const createCommand: CommandModule<object, TokenArgs> = {
+const createCommand = defineCommand({
   command: 'create',
   describe: 'Create a one-time enrollment token bound to DEVICE and USER and print it (it is stored only hashed)',
-  builder: (y: Argv) =>
+  builder: (y) =>
     withData(y)
       .option('device', { type: 'string', demandOption: true, coerce: deviceIdFlag('--device'), describe: 'device id the token is bound to' })
       .option('user', { type: 'string', demandOption: true, describe: 'user id the device will be bound to' })
-      .option('ttl', { type: 'string', default: '24h', describe: 'lifetime (30m, 24h, 7d)' }) as unknown as Argv<TokenArgs>,
-  handler: async (args: ArgumentsCamelCase<TokenArgs>) => {
+      .option('ttl', { type: 'string', default: '24h', describe: 'lifetime (30m, 24h, 7d)' }),
+  handler: async (args) => {
     const ttl = parseDuration(args.ttl, '--ttl');
     const data = await openDataDir(args.data);
     try {
@@ -30,7 +25,7 @@ const createCommand: CommandModule<object, TokenArgs> = {
       data.registry.close();
     }
   },
-};
+});
 
 export const tokenCommand: CommandModule = {
   command: 'token <command>',

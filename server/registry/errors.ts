@@ -1,5 +1,22 @@
 /** Refusals of the device registry, with stable codes. */
-export const REGISTRY_ERROR_CODES = {
+import { CodedError } from '../../protocol/index.js';
+
+export type RegistryErrorCode =
+  | 'E_SCHEMA'
+  | 'E_NO_REGISTRY'
+  | 'E_NO_DEVICE'
+  | 'E_DEVICE_EXISTS'
+  | 'E_NO_KEY'
+  | 'E_DECOMMISSIONED'
+  | 'E_TOKEN_INVALID'
+  | 'E_TOKEN_USED'
+  | 'E_TOKEN_EXPIRED'
+  | 'E_TOKEN_DEVICE'
+  | 'E_NO_COMMAND'
+  | 'E_NO_FANOUT';
+
+/** Each code's default message. */
+export const REGISTRY_ERROR_CODES: Readonly<Record<RegistryErrorCode, string>> = {
   E_SCHEMA: 'the registry database has an unknown schema version',
   E_NO_REGISTRY: 'the registry database does not exist',
   E_NO_DEVICE: 'no such device',
@@ -12,18 +29,12 @@ export const REGISTRY_ERROR_CODES = {
   E_TOKEN_DEVICE: 'enrollment token bound to another device',
   E_NO_COMMAND: 'no such command',
   E_NO_FANOUT: 'no such fan-out',
-} as const;
+};
 
-export type RegistryErrorCode = keyof typeof REGISTRY_ERROR_CODES;
-
-export class RegistryError extends Error {
+export class RegistryError extends CodedError<RegistryErrorCode> {
   override readonly name = 'RegistryError';
-  constructor(
-    readonly code: RegistryErrorCode,
-    message?: string,
-    readonly exitCode = 1,
-  ) {
-    super(message ?? REGISTRY_ERROR_CODES[code]);
+  constructor(code: RegistryErrorCode, message?: string) {
+    super(code, message ?? REGISTRY_ERROR_CODES[code]);
   }
 }
 

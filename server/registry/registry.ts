@@ -126,7 +126,7 @@ export class Registry {
   /** Opens (and with `create`, creates) the registry and applies pending migrations. */
   static open(path: string, options: { create?: boolean; now?: () => number } = {}): Registry {
     if (!options.create && path !== ':memory:' && !existsSync(path)) {
-      throw new RegistryError('E_NO_REGISTRY', `registry ${path} does not exist; run: provision-server init --data DIR`, 2);
+      throw new RegistryError('E_NO_REGISTRY', `registry ${path} does not exist; run: provision-server init --data DIR`);
     }
     const db = new Database(path);
     try {
@@ -193,7 +193,7 @@ export class Registry {
       .transaction(() => {
         const existing = this.db.prepare('SELECT state FROM devices WHERE id = ?').get(input.id) as { state: DeviceState } | undefined;
         if (existing && !options.replace) {
-          throw new RegistryError('E_DEVICE_EXISTS', `device ${input.id} is already registered (${existing.state}); remove it first or pass --replace`, 2);
+          throw new RegistryError('E_DEVICE_EXISTS', `device ${input.id} is already registered (${existing.state}); remove it first or pass --replace`);
         }
         this.#upsertDevice(input.id, input.userId, input.state ?? 'registered', input.origin);
         this.#setCurrentKeys(input.id, input.signing, input.encryption);
@@ -369,8 +369,14 @@ export class Registry {
   listCommands(filter: { deviceId?: string; fanoutId?: string; limit?: number } = {}): CommandRecord[] {
     const where: string[] = [];
     const args: (string | number)[] = [];
-    if (filter.deviceId !== undefined) (where.push('device_id = ?'), args.push(filter.deviceId));
-    if (filter.fanoutId !== undefined) (where.push('fanout_id = ?'), args.push(filter.fanoutId));
+    if (filter.deviceId !== undefined) {
+      where.push('device_id = ?');
+      args.push(filter.deviceId);
+    }
+    if (filter.fanoutId !== undefined) {
+      where.push('fanout_id = ?');
+      args.push(filter.fanoutId);
+    }
     const sql = `SELECT * FROM commands ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at DESC, seq DESC LIMIT ?`;
     return (this.db.prepare(sql).all(...args, filter.limit ?? 1000) as CommandRow[]).map(commandRecord);
   }
@@ -439,7 +445,7 @@ export class Registry {
     const row = this.db.prepare('SELECT * FROM fanouts WHERE id = ?').get(id) as
       | { id: string; created_at: number; action: string; params: string; selector: string; devices: string }
       | undefined;
-    if (!row) throw new RegistryError('E_NO_FANOUT', `no fan-out with id ${id}`, 2);
+    if (!row) throw new RegistryError('E_NO_FANOUT', `no fan-out with id ${id}`);
     return {
       id: row.id,
       createdAt: row.created_at,

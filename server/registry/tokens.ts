@@ -1,8 +1,6 @@
 /** One-time enrollment tokens: 32 random bytes (base64url); only their SHA-256 is stored. */
 import { createHash, randomBytes } from 'node:crypto';
 
-export const TOKEN_PATTERN = /^[A-Za-z0-9_-]{43}$/;
-
 export function newEnrollmentToken(): string {
   return randomBytes(32).toString('base64url');
 }

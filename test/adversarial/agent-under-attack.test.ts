@@ -7,7 +7,7 @@
  */
 import { rm } from 'node:fs/promises';
 import { expect } from 'chai';
-import { KeyStore } from '../../agent/keystore.js';
+import { KeyStore } from '../../agent/store/keystore.js';
 import { toPublicJwk, type PrivateJwk } from '../../protocol/index.js';
 import { makeDevice, type DeviceFiles } from '../agent/agent-fixture.js';
 import { agentStatus, spawnAgent, TestSender, type AgentProcess } from '../helpers/agent-process.js';

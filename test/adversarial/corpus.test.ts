@@ -45,7 +45,7 @@ async function refusalOf(c: HostileCase, opts: OpenCommandOptions): Promise<Prot
     await openCommand(c.payload, { ...opts, ...(c.topicDeviceId ? { topicDeviceId: c.topicDeviceId } : {}) });
   } catch (err) {
     if (err instanceof ProtocolError) return err;
-    throw new Error(`${c.name}: threw a non-protocol error: ${String(err)}`);
+    throw new Error(`${c.name}: threw a non-protocol error: ${String(err)}`, { cause: err });
   }
   throw new Error(`${c.name}: was accepted`);
 }

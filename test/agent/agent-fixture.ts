@@ -21,11 +21,12 @@ import {
   type Action,
   type PublicJwk,
 } from '../../protocol/index.js';
-import { KeyStore } from '../../agent/keystore.js';
+import { KeyStore } from '../../agent/store/keystore.js';
 import { startAgent, type RunningAgent, type StartAgentOptions } from '../../agent/agent.js';
 import { startAedes, type AedesBroker } from '../helpers/brokers.js';
 import type { AgentProcess } from '../helpers/agent-process.js';
 import { makeParty, type Party } from '../helpers/keys.js';
+import type { AgentState } from '../../agent/store/state.js';
 
 export const SERVER_ID = 'provision-server';
 export const PREFIX = 'provision';
@@ -87,8 +88,9 @@ export async function makeDevice(opts: DeviceOptions): Promise<DeviceFiles> {
   return files;
 }
 
-export async function readDeviceState(files: DeviceFiles): Promise<Record<string, unknown> & { last_seq: number; provisioned: boolean; user_id: string | null; keys: Record<string, string | null> }> {
-  return JSON.parse(await readFile(join(files.stateDir, 'state.json'), 'utf8')) as never;
+export async function readDeviceState(files: DeviceFiles): Promise<AgentState> {
+  const state: AgentState = JSON.parse(await readFile(join(files.stateDir, 'state.json'), 'utf8'));
+  return state;
 }
 
 export interface ReceivedAck {
@@ -363,8 +365,8 @@ export async function stopSuiteAgent(suite: AedesSuite, agent: RunningAgent): Pr
   suite.running.delete(agent);
 }
 
-/** Why startAgent refused to start: its typed error (code, exit status), if it carries them. */
-export type StartRefusal = Error & { code?: string; exitCode?: number };
+/** Why startAgent refused to start: its typed error (code; its exit status: agentExitStatus), if it carries one. */
+export type StartRefusal = Error & { code?: string };
 
 /** Starts an agent of the suite that is expected to refuse; returns its error, or undefined when it started (stopped after the test). */
 export async function startRefusal(suite: AedesSuite, options: StartAgentOptions): Promise<StartRefusal | undefined> {

@@ -10,7 +10,7 @@ import { execFile } from 'node:child_process';
 import { chmod, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { KeyStore } from '../../agent/keystore.js';
+import { KeyStore } from '../../agent/store/keystore.js';
 import { sealCommand, toPublicJwk } from '../../protocol/index.js';
 import { AGENT_CLI } from '../helpers/agent-process.js';
 import { makeParty, type Party } from '../helpers/keys.js';
@@ -159,7 +159,7 @@ describe('sensor-agent CLI: checks before action, exit statuses', function () {
     for (const command of ['keygen', 'inspect', 'run']) {
       const help = (await cli([command, '--help'])).stdout;
       const examples = (help.slice(help.indexOf('Examples:')).split('\n\n')[0]?.split('\n').slice(1) ?? []).filter((l) => l !== '');
-      expect(examples, command).to.not.be.empty;
+      expect(examples, command).to.have.length.above(0);
       for (const line of examples) {
         expect(line.length, `${command}: ${line}`).to.be.at.most(80);
         expect(line, command).to.match(/^ {2}(# |sensor-agent |--)/);

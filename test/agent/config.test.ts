@@ -9,6 +9,7 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ConfigError, DEFAULT_CONFIG_PATH, loadConfig } from '../../agent/config.js';
+import { agentExitStatus } from '../../agent/commands/exit-statuses.js';
 
 async function refused(p: Promise<unknown>): Promise<ConfigError> {
   try {
@@ -124,7 +125,7 @@ describe('agent/config: loadConfig on real files', () => {
     });
     const err = await refused(loadConfig(file));
     expect(err.code).to.equal('E_CONFIG');
-    expect(err.exitCode).to.equal(2);
+    expect(agentExitStatus(err)).to.equal(2);
     expect(err.file).to.equal(file);
     const byKey = (key: string): string => {
       const found = err.problems.filter((p) => p.startsWith(`${key}: `));

@@ -11,10 +11,11 @@ import { expect } from 'chai';
 import { chmod, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AgentFaults, RunningAgent } from '../../agent/agent.js';
-import { KeyStore } from '../../agent/keystore.js';
-import { bufferedLogger } from '../../agent/log.js';
+import { KeyStore } from '../../agent/store/keystore.js';
+import { bufferedLogger } from '../../lib/log.js';
 import type { PublicJwk } from '../../protocol/index.js';
 import { addSuiteDevice, readDeviceState, startSuiteAgent, stopSuiteAgent, useAedesSuite, waitFor, type DeviceFiles, type ReceivedAck } from './agent-fixture.js';
+import { fakeGpio, startWithFakeGpio } from '../helpers/fake-gpio.js';
 
 const logs = bufferedLogger('debug');
 
@@ -75,7 +76,7 @@ describe('agent crash recovery (aedes, persistent session redelivery)', function
   async function start(files: DeviceFiles, faults?: AgentFaults): Promise<RunningAgent> {
     // A long first reconnect delay: after the simulated crash, the crashed agent must not reconnect
     // (and take the redelivery) before it is stopped.
-    return startSuiteAgent(s, { configPath: files.configPath, log: logs.logger, backoff: { minMs: faults ? 60_000 : 50, maxMs: faults ? 60_000 : 500 }, ...(faults ? { faults } : {}) });
+    return startWithFakeGpio({ configPath: files.configPath, log: logs.logger, backoff: { minMs: faults ? 60_000 : 50, maxMs: faults ? 60_000 : 500 }, ...(faults ? { faults } : {}) }, (o) => startSuiteAgent(s, o));
   }
 
   const stop = (agent: RunningAgent): Promise<void> => stopSuiteAgent(s, agent);
@@ -122,13 +123,13 @@ describe('agent crash recovery (aedes, persistent session redelivery)', function
     expect(st.last_seq).to.equal(cmd.seq);
     expect((st.recent as { jti: string }[]).filter((r) => r.jti === cmd.jti)).to.have.length(1);
     expect(st.settings).to.deep.equal({ sensor: { enabled: false } });
-    expect(again.fakeGpio?.value(27)).to.equal(false); // the settings are in effect after the restart
+    expect(fakeGpio(again).value(27)).to.equal(false); // the settings are in effect after the restart
 
     // The restarted agent keeps working: the next command is applied normally.
     const next = await s.server.command(deviceId, 'update', { sensor: { enabled: true } });
     expect(next.claims.status, next.claims.detail).to.equal('applied');
     expect(next.claims.detail).to.not.match(/^duplicate/);
-    expect(again.fakeGpio?.value(27)).to.equal(true);
+    expect(fakeGpio(again).value(27)).to.equal(true);
   });
 
   it('update: crash before the state file rename: nothing saved, applied once after the restart', async function () {

@@ -16,8 +16,8 @@ import { expect } from 'chai';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startAgent, type RunningAgent } from '../../agent/agent.js';
-import { bufferedLogger } from '../../agent/log.js';
-import type { FakeGpioBackend, FakeWrite } from '../../agent/gpio/index.js';
+import { bufferedLogger } from '../../lib/log.js';
+import { fakeGpio, startWithFakeGpio, type FakeGpioBackend, type FakeWrite } from '../helpers/fake-gpio.js';
 import { exists, makeDevice, PREFIX, readDeviceState, useAedesSuite, waitFor, type DeviceFiles } from './agent-fixture.js';
 
 const LED = 17;
@@ -57,7 +57,7 @@ describe('agent enrollment and reset button (aedes, fake GPIO)', function () {
   }
 
   async function start(files: DeviceFiles, retry = { retryMinMs: 300, retryMaxMs: 600 }): Promise<RunningAgent> {
-    const agent = await startAgent({ configPath: files.configPath, log: logs.logger, backoff: { minMs: 50, maxMs: 500 }, enrollment: retry });
+    const agent = await startWithFakeGpio({ configPath: files.configPath, log: logs.logger, backoff: { minMs: 50, maxMs: 500 }, enrollment: retry }, startAgent);
     s.running.add(agent);
     return agent;
   }
@@ -87,7 +87,7 @@ describe('agent enrollment and reset button (aedes, fake GPIO)', function () {
     let ledAtProvisioned: FakeWrite[] = [];
     const provisioned = new Promise<string>((r) =>
       agent.once('provisioned', (user) => {
-        ledAtProvisioned = patternWrites(agent.fakeGpio!);
+        ledAtProvisioned = patternWrites(fakeGpio(agent));
         r(user);
       }),
     );
@@ -102,7 +102,7 @@ describe('agent enrollment and reset button (aedes, fake GPIO)', function () {
     const st = await readDeviceState(files);
     expect(st.provisioned).to.equal(true);
     expect(st.user_id).to.equal('alice');
-    expect(agent.fakeGpio?.value(SENSOR)).to.equal(true);
+    expect(fakeGpio(agent).value(SENSOR)).to.equal(true);
 
     // LED: fast blink (200 ms steps; the unprovisioned blink has 1000 ms steps) while enrolling, then solid on.
     const blink = ledAtProvisioned.slice(0, -1);
@@ -113,11 +113,11 @@ describe('agent enrollment and reset button (aedes, fake GPIO)', function () {
 
     // Enrolling stopped: no enrollment and no LED change for longer than the retry cap.
     const n = count();
-    const ledWrites = agent.fakeGpio!.writesFor(LED).length;
+    const ledWrites = fakeGpio(agent).writesFor(LED).length;
     await sleep(800);
     expect(count()).to.equal(n);
-    expect(agent.fakeGpio!.writesFor(LED).length).to.equal(ledWrites);
-    expect(agent.fakeGpio!.value(LED)).to.equal(true);
+    expect(fakeGpio(agent).writesFor(LED).length).to.equal(ledWrites);
+    expect(fakeGpio(agent).value(LED)).to.equal(true);
   });
 
   it('with a token the server does not accept: stays unprovisioned, keeps retrying, keeps running', async function () {
@@ -136,7 +136,7 @@ describe('agent enrollment and reset button (aedes, fake GPIO)', function () {
     expect(await exists(files.tokenFile)).to.equal(true);
     expect(agent.connected).to.equal(true);
     expect(exited).to.equal(undefined);
-    expect(agent.fakeGpio?.value(SENSOR)).to.equal(false);
+    expect(fakeGpio(agent).value(SENSOR)).to.equal(false);
     await agent.stop();
     s.running.delete(agent);
     expect(await agent.exited).to.equal(0);
@@ -148,7 +148,7 @@ describe('agent enrollment and reset button (aedes, fake GPIO)', function () {
     const files = await device(deviceId, { keys: true, gpio });
     await s.server.registerFromKeystore(deviceId, files.keystore);
     const agent = await start(files);
-    const fake = agent.fakeGpio!;
+    const fake = fakeGpio(agent);
     if (!agent.connected) await new Promise<void>((r) => agent.once('ready', () => r()));
 
     // Keys but no token and no request yet: the slow "unprovisioned" blink (1 s steps).

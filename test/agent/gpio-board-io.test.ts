@@ -3,25 +3,27 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  FakeGpioBackend,
   GpioError,
   ManualTimers,
   createBoardIo,
   findHeaderChip,
-  validateGpioConfig,
+  resetHoldProblem,
+  validateGpioPins,
   type BoardIo,
   type GpioConfig,
   type GpioErrorCode,
 } from '../../agent/gpio/index.js';
 import { OnoffBackend, loadOnoff, type OnoffGpio, type OnoffModule } from '../../agent/gpio/onoff-backend.js';
+import { FakeGpioBackend } from '../helpers/fake-gpio.js';
+import { sinkLogger, type Logger } from '../../lib/log.js';
 
 const PINS = { status_led: 17, sensor_enable: 27, reset_button: 22 } as const;
 
 type LogLine = [level: string, msg: string];
 
-function recorder(): { log: (level: 'info' | 'warn' | 'error', msg: string) => void; lines: LogLine[] } {
+function recorder(): { log: Logger; lines: LogLine[] } {
   const lines: LogLine[] = [];
-  return { log: (level, msg) => lines.push([level, msg]), lines };
+  return { log: sinkLogger((level, msg) => lines.push([level, msg])), lines };
 }
 
 /** [virtual time, level] of the writes to `pin` from the `skip`-th on. */
@@ -54,10 +56,9 @@ describe('agent/gpio BoardIo (fake backend)', () => {
   let io: BoardIo;
   let fake: FakeGpioBackend;
 
-  async function board(config: GpioConfig = {}, log?: (level: 'info' | 'warn' | 'error', msg: string) => void): Promise<void> {
-    io = await createBoardIo({ backend: 'fake', ...PINS, ...config }, log, { timers });
-    if (io.fake === undefined) throw new Error('no fake backend exposed');
-    fake = io.fake;
+  async function board(config: GpioConfig = {}, log?: Logger): Promise<void> {
+    fake = new FakeGpioBackend({ now: () => timers.now() });
+    io = await createBoardIo({ backend: 'fake', ...PINS, ...config }, log, { timers, backend: fake });
   }
 
   beforeEach(() => {
@@ -68,7 +69,14 @@ describe('agent/gpio BoardIo (fake backend)', () => {
     await io.close();
   });
 
-  it("backend 'fake' exposes its FakeGpioBackend; outputs start low, nothing blinks before a status", async () => {
+  it("backend 'fake' (in memory, no hardware): outputs start low, the sensor pin follows, the self-test passes", async () => {
+    io = await createBoardIo({ backend: 'fake', ...PINS }, undefined, { timers });
+    expect(io.backend).to.equal('fake');
+    await io.setSensorEnabled(true);
+    expect(await io.check()).to.deep.include({ ok: true });
+  });
+
+  it('an injected FakeGpioBackend: outputs start low, nothing blinks before a status', async () => {
     await board();
     expect(io.backend).to.equal('fake');
     expect(fake.openPins()).to.deep.equal([17, 22, 27]);
@@ -165,7 +173,7 @@ describe('agent/gpio BoardIo (fake backend)', () => {
     own.press(22);
     const { log, lines } = recorder();
     io = await createBoardIo({ backend: 'onoff', ...PINS }, log, { backend: own, timers });
-    expect(io.fake).to.equal(own);
+    expect(own.openPins()).to.deep.equal([17, 22, 27]);
     fake = own;
     let resets = 0;
     io.onResetHeld(() => resets++);
@@ -283,8 +291,8 @@ describe('agent/gpio BoardIo (fake backend)', () => {
   });
 
   it('invalid pins in the config are reported and left unwired, not thrown', async () => {
-    io = await createBoardIo({ backend: 'fake', status_led: 17, sensor_enable: 17, reset_hold_s: -3 }, undefined, { timers });
-    fake = io.fake ?? new FakeGpioBackend();
+    fake = new FakeGpioBackend({ now: () => timers.now() });
+    io = await createBoardIo({ backend: 'fake', status_led: 17, sensor_enable: 17, reset_hold_s: -3 }, undefined, { timers, backend: fake });
     const errors: Error[] = [];
     io.onError((err) => errors.push(err));
     await tick();
@@ -317,7 +325,6 @@ describe('agent/gpio BoardIo without a backend', () => {
   it("backend 'none': every call is a no-op and the self-test passes", async () => {
     io = await createBoardIo({ backend: 'none', ...PINS });
     expect(io.backend).to.equal('none');
-    expect(io.fake).to.equal(undefined);
     io.setStatus('error');
     await io.setSensorEnabled(true);
     await io.reconfigure({ status_led: 5 });
@@ -357,13 +364,14 @@ describe('agent/gpio BoardIo without a backend', () => {
     expect((await io.check()).ok).to.equal(false);
   });
 
-  it('validateGpioConfig refuses what createBoardIo would only report', () => {
-    validateGpioConfig({ backend: 'auto', sysfs_root: '/sys/class/gpio', ...PINS, reset_hold_s: 5 });
-    validateGpioConfig({ status_led: null });
-    expect(() => validateGpioConfig({ backend: 'gpiod' as GpioConfig['backend'] })).to.throw(GpioError, /gpio.backend/);
-    expect(() => validateGpioConfig({ status_led: 22, reset_button: 22 })).to.throw(GpioError, /both GPIO 22/);
-    expect(() => validateGpioConfig({ reset_hold_s: 0 })).to.throw(GpioError, /reset_hold_s/);
-    expect(() => validateGpioConfig({ sensor_enable: 1.5 })).to.throw(GpioError, /sensor_enable/);
+  it('validateGpioPins and resetHoldProblem refuse what createBoardIo would only report (gpio.backend: config.test.ts)', () => {
+    validateGpioPins(PINS);
+    validateGpioPins({ status_led: null });
+    expect(resetHoldProblem(5)).to.equal(null);
+    expect(() => validateGpioPins({ status_led: 22, reset_button: 22 })).to.throw(GpioError, /both GPIO 22/);
+    expect(resetHoldProblem(0)).to.be.instanceOf(GpioError).with.property('message').that.matches(/reset_hold_s/);
+    expect(() => validateGpioPins({ sensor_enable: 1.5 })).to.throw(GpioError, /sensor_enable/);
+    expect(() => validateGpioPins({ sensor_enable: 64 })).to.throw(GpioError, /sensor_enable/);
   });
 });
 

@@ -10,7 +10,7 @@ import { expect } from 'chai';
 import { chmod, chown, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startAgent, type RunningAgent } from '../../agent/agent.js';
-import { bufferedLogger } from '../../agent/log.js';
+import { bufferedLogger } from '../../lib/log.js';
 import { exists, makeDevice, useAedesSuite, waitFor, type DeviceFiles } from './agent-fixture.js';
 
 const logs = bufferedLogger('debug');

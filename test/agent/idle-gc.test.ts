@@ -1,9 +1,9 @@
 import { expect } from 'chai';
-import { IdleCollector } from '../../agent/idle-gc.js';
+import { IdleCollector } from '../../agent/system/idle-gc.js';
 
 type Call = { type: string; execution: string };
 
-describe('idle GC (agent/idle-gc.ts)', () => {
+describe('idle GC (agent/system/idle-gc.ts)', () => {
   it('runs one major, synchronous GC once pokes stop for the delay', async () => {
     const calls: Call[] = [];
     let done!: () => void;

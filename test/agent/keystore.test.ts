@@ -4,9 +4,9 @@ import { chmod, chown, lstat, mkdir, mkdtemp, readFile, readdir, rm, symlink, wr
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { TEMP_FILE_PATTERN, writeFileAtomic } from '../../agent/durable-file.js';
-import { KeyStoreError, type KeyStoreErrorCode } from '../../agent/keystore-errors.js';
-import { KeyStore } from '../../agent/keystore.js';
+import { TEMP_FILE_PATTERN, writeFileAtomic } from '../../lib/durable-file.js';
+import { KeyStoreError, type KeyStoreErrorCode } from '../../agent/store/keystore-errors.js';
+import { KeyStore } from '../../agent/store/keystore.js';
 import { generateEncryptionKey, generateSigningKey, type PrivateJwk } from '../../protocol/keys.js';
 import { skipBecause } from '../helpers/skip.js';
 

@@ -9,12 +9,14 @@ import { expect } from 'chai';
 import { chmod, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AgentStartError, startAgent, type RunningAgent } from '../../agent/agent.js';
-import { bufferedLogger } from '../../agent/log.js';
+import { bufferedLogger } from '../../lib/log.js';
 import { sealClaims, toPublicJwk, type PublicJwk } from '../../protocol/index.js';
 import { shouldRunMosquitto, startAedes, startMosquitto } from '../helpers/brokers.js';
 import { makeParty, type Party } from '../helpers/keys.js';
 import { exists, showAgentLogOnFailure, makeDevice, readDeviceState, removeDir, SERVER_ID, TestServer, type DeviceFiles } from './agent-fixture.js';
 import { NO_MOSQUITTO, skipBecause } from '../helpers/skip.js';
+import { agentExitStatus } from '../../agent/commands/exit-statuses.js';
+import { fakeGpio, startWithFakeGpio } from '../helpers/fake-gpio.js';
 
 
 interface BrokerUnderTest {
@@ -59,7 +61,7 @@ function lifecycle(name: string, start: () => Promise<BrokerUnderTest | undefine
       const afterPersist = async (action: string): Promise<void> => {
         if (action === 'request') tokenAtPuback.push(await exists(files.tokenFile));
       };
-      agent = await startAgent({ configPath: files.configPath, log: logs.logger, backoff: { minMs: 50, maxMs: 500 }, enrollment: { retryMinMs: 2000 }, faults: { afterPersist } });
+      agent = await startWithFakeGpio({ configPath: files.configPath, log: logs.logger, backoff: { minMs: 50, maxMs: 500 }, enrollment: { retryMinMs: 2000 }, faults: { afterPersist } }, startAgent);
       const ack = await server.waitAck((a) => a.claims.iss === deviceId);
       expect(tokenAtPuback).to.deep.equal([false]);
       expect(ack.claims.status).to.equal('applied');
@@ -71,7 +73,7 @@ function lifecycle(name: string, start: () => Promise<BrokerUnderTest | undefine
       expect(st.last_seq).to.equal(1);
       // Done before the ack, so true the moment it arrives.
       expect(await exists(files.tokenFile)).to.equal(false);
-      expect(agent.fakeGpio?.value(27)).to.equal(true); // sensor enabled once provisioned
+      expect(fakeGpio(agent).value(27)).to.equal(true); // sensor enabled once provisioned
     });
 
     it('applies an update through its hook, transactionally', async function () {
@@ -85,7 +87,7 @@ function lifecycle(name: string, start: () => Promise<BrokerUnderTest | undefine
       const st = await readDeviceState(files);
       expect(st.user_id).to.equal('bob');
       expect(st.settings).to.deep.equal({ sensor: { enabled: false, sample_interval_s: 30 }, reporting: { interval_s: 60 } });
-      expect(agent?.fakeGpio?.value(27)).to.equal(false);
+      expect(fakeGpio(agent).value(27)).to.equal(false);
 
       // A failing hook: failed ack, nothing changed.
       await writeFile(hook, '#!/bin/sh\necho "no such sensor" >&2\nexit 3\n');
@@ -96,7 +98,7 @@ function lifecycle(name: string, start: () => Promise<BrokerUnderTest | undefine
       expect(failed.claims.detail).to.match(/exit 3.*no such sensor/);
       const after = await readDeviceState(files);
       expect(after.settings).to.deep.equal(before.settings);
-      expect(agent?.fakeGpio?.value(27)).to.equal(false);
+      expect(fakeGpio(agent).value(27)).to.equal(false);
       await writeFile(hook, '#!/bin/sh\nexit 0\n');
     });
 
@@ -209,7 +211,7 @@ function lifecycle(name: string, start: () => Promise<BrokerUnderTest | undefine
       expect(st.decommissioned).to.equal(true);
       expect(st.user_id).to.equal(null);
       for (const f of ['signing.jwk', 'encryption.jwk', 'encryption.previous.jwk']) expect(await exists(join(files.keystore, f))).to.equal(false);
-      expect(a.fakeGpio?.value(27) ?? false).to.equal(false);
+      expect(fakeGpio(a).value(27) ?? false).to.equal(false);
 
       let err: unknown;
       try {
@@ -218,7 +220,7 @@ function lifecycle(name: string, start: () => Promise<BrokerUnderTest | undefine
         err = e;
       }
       expect(err).to.be.instanceOf(AgentStartError);
-      expect((err as AgentStartError).exitCode).to.equal(10);
+      expect(agentExitStatus(err)).to.equal(10);
       expect((err as AgentStartError).code).to.equal('E_DECOMMISSIONED');
     });
   });

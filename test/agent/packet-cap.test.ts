@@ -1,12 +1,12 @@
 /**
- * The inbound packet cap's framing (agent/packet-cap.ts) on a real stream:
+ * The inbound packet cap's framing (agent/net/packet-cap.ts) on a real stream:
  * packets of every remaining-length width, split at every kind of chunk
  * boundary, pass; the first one over the cap, or with an invalid length
  * encoding, trips it exactly once with the declared size.
  */
 import { expect } from 'chai';
 import { PassThrough, Writable } from 'node:stream';
-import { capInboundPackets, MAX_INBOUND_PACKET_BYTES, stopReading } from '../../agent/packet-cap.js';
+import { capInboundPackets, MAX_INBOUND_PACKET_BYTES, stopReading } from '../../agent/net/packet-cap.js';
 
 function remainingLength(n: number): number[] {
   const out: number[] = [];

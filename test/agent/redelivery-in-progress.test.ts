@@ -9,7 +9,7 @@ import { expect } from 'chai';
 import { chmod, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startAgent, type RunningAgent } from '../../agent/agent.js';
-import { bufferedLogger } from '../../agent/log.js';
+import { bufferedLogger } from '../../lib/log.js';
 import { makeDevice, readDeviceState, useAedesSuite, waitFor, type DeviceFiles } from './agent-fixture.js';
 
 const logs = bufferedLogger('debug');

@@ -11,12 +11,13 @@
 import { expect } from 'chai';
 import { cp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { decommission } from '../../agent/apply-delete.js';
+import { decommission } from '../../agent/actions/delete.js';
 import type { RunningAgent } from '../../agent/agent.js';
-import { KeyStore } from '../../agent/keystore.js';
-import { bufferedLogger } from '../../agent/log.js';
-import { recordCommand, type AgentState } from '../../agent/state.js';
+import { KeyStore } from '../../agent/store/keystore.js';
+import { bufferedLogger } from '../../lib/log.js';
+import { recordCommand, type AgentState } from '../../agent/store/state.js';
 import { addSuiteDevice, exists, readDeviceState, startRefusal, startSuiteAgent, stopSuiteAgent, useAedesSuite, waitFor, type DeviceFiles, type StartRefusal } from './agent-fixture.js';
+import { agentExitStatus } from '../../agent/commands/exit-statuses.js';
 
 const logs = bufferedLogger('debug');
 
@@ -97,7 +98,7 @@ describe('agent: a decommissioned board re-enrolls with new keys, never with its
       else process.env.CREDENTIALS_DIRECTORY = saved;
     }
     expect(refused?.code, 'the agent re-enrolled on keys it cannot replace').to.equal('E_KEYSTORE_READONLY');
-    expect(refused?.exitCode).to.equal(2);
+    expect(agentExitStatus(refused)).to.equal(2);
     expect(refused?.message).to.match(/credential/);
     expect(await readFile(join(files.stateDir, 'state.json'), 'utf8'), 'state changed').to.equal(before);
     expect(s.server.enrollments.filter((d) => d === deviceId), 'enrollments sent').to.deep.equal([]);

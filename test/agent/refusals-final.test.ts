@@ -9,9 +9,9 @@
 import { expect } from 'chai';
 import { readFile, writeFile } from 'node:fs/promises';
 import type { AgentFaults, RunningAgent } from '../../agent/agent.js';
-import { KeyStore } from '../../agent/keystore.js';
-import { bufferedLogger } from '../../agent/log.js';
-import { boundRecent, initialState, MAX_RECENT, type RecentCommand } from '../../agent/state.js';
+import { KeyStore } from '../../agent/store/keystore.js';
+import { bufferedLogger } from '../../lib/log.js';
+import { boundRecent, initialState, MAX_RECENT, type RecentCommand } from '../../agent/store/state.js';
 import { addSuiteDevice, readDeviceState, startSuiteAgent, stopSuiteAgent, useAedesSuite, waitFor, type DeviceFiles, type ReceivedAck } from './agent-fixture.js';
 
 const logs = bufferedLogger('debug');
@@ -54,20 +54,20 @@ describe('agent: a refused command stays refused (aedes, replayed by another cli
 
   it('update refused E_EXPIRED is not applied when replayed after a restart with an unsynchronised clock', async function () {
     const { files, deviceId } = await device();
-    let agent = await start(files);
+    const agent = await start(files);
     expect((await s.server.command(deviceId, 'request', {}, { userId: 'alice' })).claims.status).to.equal('applied');
 
     // Held by the broker past its exp, then delivered: refused.
     const held = await s.server.seal(deviceId, 'update', { user_id: 'mallory', sensor: { enabled: false } }, { now: Date.now() - 3600_000, ttlSeconds: 60 });
     const first = await replay(deviceId, held.token, held.jti);
     expect([first.claims.status, first.claims.code]).to.deep.equal(['rejected', 'E_EXPIRED']);
-    const recorded = (await readDeviceState(files)).recent as unknown as Recent[];
+    const recorded: Recent[] = (await readDeviceState(files)).recent;
     expect(recorded.find((r) => r.jti === held.jti)).to.include({ status: 'rejected', code: 'E_EXPIRED' });
 
     // Restart before NTP: exp is not checked, but the decision stands.
     await stop(agent);
     await setClockPolicy(files, 'untrusted');
-    agent = await start(files);
+    await start(files);
     const again = await replay(deviceId, held.token, held.jti);
     expect([again.claims.status, again.claims.code]).to.deep.equal(['rejected', 'E_EXPIRED']);
     expect(again.claims.detail).to.match(/^duplicate/);
@@ -80,7 +80,7 @@ describe('agent: a refused command stays refused (aedes, replayed by another cli
 
   it('rotate refused E_EXPIRED does not rotate when replayed after a restart with an unsynchronised clock', async function () {
     const { files, deviceId } = await device();
-    let agent = await start(files);
+    const agent = await start(files);
     expect((await s.server.command(deviceId, 'request', {}, { userId: 'alice' })).claims.status).to.equal('applied');
     const kids = (await KeyStore.open(files.keystore)).publicKeys().keys.map((k) => k.kid);
 
@@ -90,7 +90,7 @@ describe('agent: a refused command stays refused (aedes, replayed by another cli
 
     await stop(agent);
     await setClockPolicy(files, 'untrusted');
-    agent = await start(files);
+    await start(files);
     const again = await replay(deviceId, held.token, held.jti);
     expect([again.claims.status, again.claims.code]).to.deep.equal(['rejected', 'E_EXPIRED']);
     expect((await KeyStore.open(files.keystore)).publicKeys().keys.map((k) => k.kid)).to.deep.equal(kids);

@@ -10,9 +10,9 @@ import { expect } from 'chai';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startAgent, type RunningAgent } from '../../agent/agent.js';
-import { KeyStore } from '../../agent/keystore.js';
-import { bufferedLogger } from '../../agent/log.js';
-import type { AgentState } from '../../agent/state.js';
+import { KeyStore } from '../../agent/store/keystore.js';
+import { bufferedLogger } from '../../lib/log.js';
+import type { AgentState } from '../../agent/store/state.js';
 import { generateEncryptionKey, generateSigningKey } from '../../protocol/index.js';
 import { makeDevice, readDeviceState, useAedesSuite } from './agent-fixture.js';
 
@@ -34,7 +34,7 @@ describe('agent: an interrupted rotation whose command is then refused is undone
     const files = await makeDevice({ deviceId, brokerUrl: s.broker.url, server: s.party, keys: true });
     s.dirs.push(files.dir);
     await s.server.registerFromKeystore(deviceId, files.keystore);
-    let agent = await start(files.configPath);
+    const agent = await start(files.configPath);
     expect((await s.server.command(deviceId, 'request', {}, { userId: 'alice' })).claims.status).to.equal('applied');
     await agent.stop();
     s.running.delete(agent);
@@ -54,7 +54,7 @@ describe('agent: an interrupted rotation whose command is then refused is undone
     await ks.write('encryption.previous', original);
     await ks.write('encryption', orphanEnc);
 
-    agent = await start(files.configPath);
+    await start(files.configPath);
     const refused = s.server.waitAck((a) => a.claims.ref === rotate.jti);
     await s.server.publish(deviceId, rotate.token);
     expect([(await refused).claims.status, (await refused).claims.code]).to.deep.equal(['rejected', 'E_EXPIRED']);

@@ -12,7 +12,7 @@ import fsPromises from 'node:fs/promises';
 import { syncBuiltinESMExports } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { StateError, StateStore } from '../../agent/state.js';
+import { StateError, StateStore } from '../../agent/store/state.js';
 
 describe('agent state: a state directory planted while the agent creates it is refused', function () {
   let base: string;

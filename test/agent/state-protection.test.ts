@@ -15,10 +15,11 @@ import { execFile } from 'node:child_process';
 import { chmod, chown, mkdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { RunningAgent } from '../../agent/agent.js';
-import { KeyStore } from '../../agent/keystore.js';
-import { bufferedLogger } from '../../agent/log.js';
+import { KeyStore } from '../../agent/store/keystore.js';
+import { bufferedLogger } from '../../lib/log.js';
 import { AGENT_CLI } from '../helpers/agent-process.js';
 import { addSuiteDevice, exists, readDeviceState, startRefusal, startSuiteAgent, stopSuiteAgent, useAedesSuite, waitFor, type DeviceFiles } from './agent-fixture.js';
+import { agentExitStatus } from '../../agent/commands/exit-statuses.js';
 
 const logs = bufferedLogger('debug');
 
@@ -69,7 +70,7 @@ describe('agent: the state file and replay protection (aedes)', function () {
     await rm(join(files.stateDir, 'state.json'));
     const refused = await startRefusal(s, { configPath: files.configPath, log: logs.logger });
     expect(refused?.code, 'the agent started on keys whose replay state is gone').to.equal('E_STATE_LOST');
-    expect(refused?.exitCode).to.equal(2);
+    expect(agentExitStatus(refused)).to.equal(2);
     expect(refused?.message).to.match(/re-enroll/);
     const cli = await run(files.configPath);
     expect(cli.code).to.equal(2);

@@ -21,12 +21,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { waitingStatus } from '../../agent/agent.js';
 import { TEST_TIME_SCALE_ENV, testTimeScale } from '../../agent/commands/run.js';
-import { shortReason } from '../../agent/mqtt-session.js';
+import { shortReason } from '../../agent/net/mqtt-session.js';
 import { spawnAgent, type AgentProcess } from '../helpers/agent-process.js';
 import { freePort, shouldRunMosquitto, startAedes, startMosquitto, type AedesBroker } from '../helpers/brokers.js';
 import { makeParty, type Party } from '../helpers/keys.js';
 import { SYSTEMD_DIR } from '../deploy/repo-paths.js';
 import { exists, makeDevice, readDeviceState, removeDir, TestServer, type DeviceFiles } from './agent-fixture.js';
+import { agentExitStatus } from '../../agent/commands/exit-statuses.js';
 
 /** One setting of systemd/sensor-agent.service (its single occurrence), or undefined. */
 function unitSetting(text: string, key: string): string | undefined {
@@ -58,7 +59,7 @@ describe('sensor-agent run under systemd (fake systemd-notify)', function () {
   const SOCKET = '/run/systemd/notify-test.sock';
 
   const notifications = async (): Promise<Notification[]> => {
-    let text = '';
+    let text: string;
     try {
       text = await readFile(logFile, 'utf8');
     } catch {
@@ -228,7 +229,16 @@ describe('sensor-agent run under systemd (fake systemd-notify)', function () {
 
     expect(testTimeScale({})).to.deep.equal({});
     for (const bad of ['abc', '0', '-1', '2', 'Infinity']) {
-      expect(() => testTimeScale({ [TEST_TIME_SCALE_ENV]: bad }), bad).to.throw(/a number in \(0, 1\] was expected/).with.property('exitCode', 2);
+      let thrown: unknown;
+      expect(() => {
+        try {
+          testTimeScale({ [TEST_TIME_SCALE_ENV]: bad });
+        } catch (err) {
+          thrown = err;
+          throw err;
+        }
+      }, bad).to.throw(/a number in \(0, 1\] was expected/);
+      expect(agentExitStatus(thrown), bad).to.equal(2);
     }
     const warnings: string[] = [];
     expect(testTimeScale({ [TEST_TIME_SCALE_ENV]: '0.5' }, (w) => warnings.push(w))).to.deep.equal({ backoff: { minMs: 500, maxMs: 30_000 }, enrollment: { retryMinMs: 2500, retryMaxMs: 150_000 } });

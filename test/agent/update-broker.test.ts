@@ -8,7 +8,7 @@
  */
 import { expect } from 'chai';
 import { startAgent, type RunningAgent } from '../../agent/agent.js';
-import { bufferedLogger } from '../../agent/log.js';
+import { bufferedLogger } from '../../lib/log.js';
 import { freePort, startAedes, type AedesBroker } from '../helpers/brokers.js';
 import { makeParty, type Party } from '../helpers/keys.js';
 import { showAgentLogOnFailure, makeDevice, readDeviceState, removeDir, TestServer, type DeviceFiles } from './agent-fixture.js';
@@ -22,7 +22,7 @@ interface DeviceState {
 }
 
 async function state(files: DeviceFiles): Promise<DeviceState> {
-  return (await readDeviceState(files)) as unknown as DeviceState;
+  return readDeviceState(files);
 }
 
 interface RecentRecord {

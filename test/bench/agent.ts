@@ -12,7 +12,7 @@ import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { KeyStore } from '../../agent/keystore.js';
+import { KeyStore } from '../../agent/store/keystore.js';
 import { toPublicJwk, type PrivateJwk } from '../../protocol/index.js';
 import { makeDevice } from '../agent/agent-fixture.js';
 import { rssOf, spawnAgent, TestSender } from '../helpers/agent-process.js';

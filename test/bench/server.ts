@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { generateEncryptionKey, generateSigningKey, newP256Jwk, sealCommand, type PublicJwk } from '../../protocol/index.js';
+import { KeyRing, generateEncryptionKey, generateSigningKey, newP256Jwk, sealCommand, toJwkSet, type PublicJwk } from '../../protocol/index.js';
 import { CommandSender } from '../../server/command-sender.js';
 import { connectBroker, publishQos1 } from '../../server/mqtt-connection.js';
 import { Registry } from '../../server/registry/registry.js';
@@ -51,7 +51,7 @@ export async function benchServer(options: { devices: number; commands: number; 
   const broker = await startMosquittoProcess({ persistence: false });
   try {
     const [signing, encryption] = await Promise.all([generateSigningKey(), generateEncryptionKey()]);
-    const keys = { serverId: 'bench-server', signing, encryption } as unknown as ServerKeys;
+    const keys: ServerKeys = { dir, serverId: 'bench-server', signing, encryption, trust: toJwkSet([signing, encryption]), decryption: await KeyRing.create([encryption]) };
     const registry = Registry.open(join(dir, 'registry.sqlite'), { create: true });
     const t0 = performance.now();
     const ids: string[] = [];

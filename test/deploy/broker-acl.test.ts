@@ -13,7 +13,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
-import { probeTlsIdentity } from '../../agent/broker-probe.js';
+import { probeTlsIdentity } from '../../agent/net/broker-probe.js';
 import { startBroker, type RunningBroker } from './mosquitto-fixture.js';
 import { clientCredentials, makeTestPki, type ClientCredentials } from './pki-fixture.js';
 import { requireTools } from './tools.js';
@@ -195,7 +195,7 @@ describe('deploy/broker: production mosquitto config and ACL', function () {
     const a = await connect(A, { clientId: B, clean: false, properties: { sessionExpiryInterval: 300 } });
     const connack = await new Promise<{ sessionPresent: boolean }>((resolve) => {
       // connectAsync resolved after CONNACK; mqtt.js keeps the packet on the client.
-      resolve({ sessionPresent: Boolean((a.client as unknown as { connackPacket?: { sessionPresent?: boolean } }).connackPacket?.sessionPresent) });
+      resolve({ sessionPresent: sessionPresent(a.client) });
     });
     expect(connack.sessionPresent, 'A must not get B\'s session').to.equal(false);
     await a.client.subscribeAsync(topic(A, 'command'), { qos: 1 });
@@ -208,7 +208,7 @@ describe('deploy/broker: production mosquitto config and ACL', function () {
     let aClosed = false;
     a.client.on('close', () => { aClosed = true; });
     const b2 = await connect(B, { clean: false, properties: { sessionExpiryInterval: 300 } });
-    expect(Boolean((b2.client as unknown as { connackPacket?: { sessionPresent?: boolean } }).connackPacket?.sessionPresent)).to.equal(true);
+    expect(sessionPresent(b2.client)).to.equal(true);
     await b2.waitFor('queued-for-B');
     await server.client.publishAsync(topic(A, 'command'), 'for-A-again', { qos: 1 });
     await a.waitFor('for-A-again');
@@ -280,3 +280,9 @@ describe('deploy/broker: production mosquitto config and ACL', function () {
     expect(a.received.map((m) => m.payload)).to.not.include('probe');
   });
 });
+
+/** The CONNACK's session-present flag: mqtt.js keeps the packet on the client (a private member of its types). */
+function sessionPresent(client: object): boolean {
+  const packet: unknown = Reflect.get(client, 'connackPacket');
+  return typeof packet === 'object' && packet !== null && 'sessionPresent' in packet && Boolean(packet.sessionPresent);
+}

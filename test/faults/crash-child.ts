@@ -32,14 +32,14 @@ syncBuiltinESMExports();
 
 const [op, dir, deviceId] = process.argv.slice(2);
 if (op === 'state') {
-  const { StateStore } = await import('../../agent/state.js');
+  const { StateStore } = await import('../../agent/store/state.js');
   const store = await StateStore.open(dir as string, deviceId as string);
   await store.update((d) => {
     d.last_seq += 1;
     d.settings.sensor = { name: `after-${d.last_seq}`, sample_interval_s: 10 + d.last_seq };
   });
 } else if (op === 'keystore-rotate' || op === 'keystore-generate') {
-  const { KeyStore } = await import('../../agent/keystore.js');
+  const { KeyStore } = await import('../../agent/store/keystore.js');
   const ks = await KeyStore.open(dir as string, { create: true });
   if (op === 'keystore-rotate') await ks.rotate();
   else await ks.generate({ force: true });

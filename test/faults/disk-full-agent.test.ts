@@ -10,7 +10,7 @@ import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { expect } from 'chai';
-import { KeyStore } from '../../agent/keystore.js';
+import { KeyStore } from '../../agent/store/keystore.js';
 import { toPublicJwk, type PrivateJwk } from '../../protocol/index.js';
 import { makeDevice, type DeviceFiles } from '../agent/agent-fixture.js';
 import { spawnAgent, TestSender, type AgentProcess } from '../helpers/agent-process.js';

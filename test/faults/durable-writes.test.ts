@@ -11,8 +11,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { expect } from 'chai';
-import { KeyStore } from '../../agent/keystore.js';
-import { StateStore, readState } from '../../agent/state.js';
+import { KeyStore } from '../../agent/store/keystore.js';
+import { StateStore, readState } from '../../agent/store/state.js';
 import { parsePrivateJwk } from '../../protocol/index.js';
 import { NO_TMPFS, skipBecause } from '../helpers/skip.js';
 

@@ -8,8 +8,8 @@
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { expect } from 'chai';
-import { KeyStore } from '../../agent/keystore.js';
-import { readState } from '../../agent/state.js';
+import { KeyStore } from '../../agent/store/keystore.js';
+import { readState } from '../../agent/store/state.js';
 import { toPublicJwk, type PrivateJwk } from '../../protocol/index.js';
 import { makeDevice, type DeviceFiles } from '../agent/agent-fixture.js';
 import { spawnAgent, TestSender, type AgentProcess } from '../helpers/agent-process.js';

@@ -6,7 +6,7 @@ import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadConfig } from '../../agent/config.js';
-import { KeyStore } from '../../agent/keystore.js';
+import { KeyStore } from '../../agent/store/keystore.js';
 import { writeBundle } from '../../server/bundle.js';
 import { initDataDir, openDataDir, type OpenedData } from '../../server/data-dir.js';
 import { AGENT_CLI } from '../helpers/agent-process.js';

@@ -266,7 +266,7 @@ describe('provision-server CLI: seed usage, checks before action, exit statuses'
     for (const command of [['init'], ['send'], ['seal'], ['bundle']]) {
       const help = (await runServerCli([...command, '--help'])).stdout;
       const examples = (help.slice(help.indexOf('Examples:')).split('\n\n')[0]?.split('\n').slice(1) ?? []).filter((l) => l !== '');
-      expect(examples, command.join(' ')).to.not.be.empty;
+      expect(examples, command.join(' ')).to.have.length.above(0);
       for (const line of examples) {
         expect(line.length, line).to.be.at.most(80);
         expect(line, command.join(' ')).to.match(/^ {2}(# |provision-server |--)/);

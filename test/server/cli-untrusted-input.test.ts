@@ -65,6 +65,7 @@ describe('server CLI: untrusted names and files', function () {
     }
     const list = await runServerCli(['device', 'list', '--data', data]);
     expect(list.code, list.stderr).to.equal(0);
+    // eslint-disable-next-line no-control-regex -- no control character may reach the terminal
     expect(list.stdout).to.not.match(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u202e]/);
     expect(list.stdout).to.contain('eve\\x1b]0;owned\\x07\\x1b[2J\\x9b31m\\u{202e}evil');
     const json = await runServerCli(['device', 'list', '--data', data, '--json']);

@@ -4,7 +4,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ENROLL_REFUSED_EVENT, EnrollRefusals } from '../../server/enroll-refusals.js';
-import type { LogLevel } from '../../server/log.js';
+import { silentLogger, sinkLogger, type LogLevel } from '../../lib/log.js';
 import { Registry } from '../../server/registry/registry.js';
 
 describe('server: refused enrollments are aggregated in the audit', () => {
@@ -26,7 +26,7 @@ describe('server: refused enrollments are aggregated in the audit', () => {
   const rows = () => reg.auditLog({ limit: 10_000 }).filter((a) => a.event === ENROLL_REFUSED_EVENT);
 
   it('writes the first refusal per device and code at once, the rest of the window as one row with a count', () => {
-    const r = new EnrollRefusals(reg, (level, event) => lines.push({ level, event }), { windowMs: 60_000 });
+    const r = new EnrollRefusals(reg, sinkLogger((level, event) => lines.push({ level, event })), { windowMs: 60_000 });
     for (let i = 0; i < 500; i++) r.refused('dev-a', 'E_TOKEN_INVALID', 'the enrollment token is unknown', true);
     r.refused('dev-a', 'E_TOKEN_USED', 'used', true);
     for (let i = 0; i < 50; i++) r.refused('dev-b', 'E_SIGNATURE', 'bad signature', false);
@@ -55,7 +55,7 @@ describe('server: refused enrollments are aggregated in the audit', () => {
   });
 
   it('tracks at most maxKeys devices per window; the rest are counted per code without a device id, and close() flushes all', () => {
-    const r = new EnrollRefusals(reg, () => undefined, { windowMs: 60_000, maxKeys: 3 });
+    const r = new EnrollRefusals(reg, silentLogger, { windowMs: 60_000, maxKeys: 3 });
     for (let d = 0; d < 100; d++) for (let i = 0; i < 2; i++) r.refused(`dev-${d}`, 'E_TOKEN_INVALID', 'unknown', true);
     r.close();
     const all = rows();

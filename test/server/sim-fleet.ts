@@ -26,7 +26,7 @@ import {
   type PublicJwk,
 } from '../../protocol/index.js';
 
-export { startEmbeddedBroker, type EmbeddedBroker } from '../../server/embedded-broker.js';
+export { startEmbeddedBroker, type EmbeddedBroker } from '../../demo/embedded-broker.js';
 
 export type SimBehaviour = 'apply' | 'reject' | 'fail' | 'silent';
 

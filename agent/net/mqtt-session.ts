@@ -1,0 +1,319 @@
+/**
+ * The agent's MQTT session (mqtt.js): fixed client id, `clean: false`, one
+ * QoS 1 subscription (the device's command topic), PUBACK only after the
+ * handler has applied and persisted the command (`handleMessage` override:
+ * mqtt.js sends the PUBACK when its callback is called), no QoS 0 offline
+ * queue, TLS with the pinned CA, and reconnects managed here with
+ * exponential backoff and full jitter (mqtt.js retries at a fixed period):
+ * `reconnectPeriod` is 0 and the `close` handler schedules the next attempt.
+ *
+ * A session holds one timer at most (the pending reconnect), and none while
+ * connected, so many sessions fit in one process.
+ */
+import { CodedError } from '../../protocol/index.js';
+import { EventEmitter } from 'node:events';
+import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
+import type { Logger } from '../../lib/log.js';
+import { capInboundPackets, MAX_INBOUND_PACKET_BYTES, stopReading } from './packet-cap.js';
+
+export interface SessionBroker {
+  url: string;
+  /** PEM of the CA(s) to pin; absent: the system's CAs. */
+  ca?: string | Buffer;
+  cert?: Buffer;
+  key?: Buffer;
+  protocolVersion: 4 | 5;
+}
+
+export interface BackoffOptions {
+  /** First delay, ms (default 1000). */
+  minMs?: number;
+  /** Cap, ms (default 60000). */
+  maxMs?: number;
+}
+
+export const DEFAULT_BACKOFF: Required<BackoffOptions> = { minMs: 1000, maxMs: 60_000 };
+
+export interface SessionOptions {
+  clientId: string;
+  broker: SessionBroker;
+  /** The topic subscribed at QoS 1 (the device's command topic). */
+  topic: string;
+  /**
+   * Called for each message, one at a time; the PUBACK is sent when it resolves.
+   * When it rejects, no PUBACK is sent (the broker redelivers on the next connection).
+   */
+  onMessage: (topic: string, payload: Buffer, packet: IPublishPacket) => Promise<void>;
+  log: Logger;
+  backoff?: BackoffOptions;
+  /** MQTT keepalive, s (default 60). */
+  keepaliveS?: number;
+  /** Connect timeout, ms (default 10000). */
+  connectTimeoutMs?: number;
+}
+
+/** Exponential backoff with full jitter: a random delay in [min, min(max, min * 2^attempt)]. */
+export function backoffDelay(attempt: number, minMs: number, maxMs: number, random: () => number = Math.random): number {
+  const ceiling = Math.min(maxMs, minMs * 2 ** Math.min(attempt, 30));
+  return Math.round(minMs + random() * Math.max(0, ceiling - minMs));
+}
+
+/** A connection attempt that failed, and when the next one is made. */
+export interface RetryInfo {
+  /** Failed attempts in a row (1 for the first). */
+  attempt: number;
+  /** Delay before the next attempt, ms. */
+  delayMs: number;
+  /** Why it failed, short: an error code (ECONNREFUSED, ENOTFOUND, CERT_NOT_YET_VALID...) or message. */
+  reason: string;
+  /** The session was connected and subscribed until this (a disconnection, not a failed attempt). */
+  lost: boolean;
+}
+
+export interface MqttSessionEvents {
+  /** Connected and the command subscription is granted. */
+  subscribed: [];
+  connected: [];
+  offline: [];
+  /** An attempt failed (or a connection was lost) and the next one is scheduled. */
+  retrying: [RetryInfo];
+}
+
+/** An error's short form for a status line: its code when it is a symbolic one, else its message. */
+export function shortReason(err: Error): string {
+  const code = (err as { code?: unknown }).code;
+  const short = typeof code === 'string' && /^[A-Z][A-Z0-9_]{2,}$/.test(code) ? code : err.message;
+  // TLS refuses a valid certificate while the board's clock is still at its epoch (no RTC, NTP not yet synced).
+  return /^CERT_NOT_YET_VALID$|^CERT_HAS_EXPIRED$/.test(short) ? `${short} (is the clock set?)` : short;
+}
+
+export class MqttSession extends EventEmitter<MqttSessionEvents> {
+  #client: MqttClient | undefined;
+  #broker: SessionBroker;
+  #attempt = 0;
+  #timer: NodeJS.Timeout | undefined;
+  #stopping = false;
+  #subscribed = false;
+  #inFlight: Promise<void> = Promise.resolve();
+  #lastError = '';
+  /** Why the current attempt failed (reset at each attempt). */
+  #attemptError = '';
+
+  constructor(private readonly options: SessionOptions) {
+    super();
+    this.#broker = options.broker;
+  }
+
+  get broker(): SessionBroker {
+    return this.#broker;
+  }
+
+  /** Connected and subscribed. */
+  get ready(): boolean {
+    return this.#client?.connected === true && this.#subscribed;
+  }
+
+  get lastError(): string {
+    return this.#lastError;
+  }
+
+  start(): void {
+    this.#stopping = false;
+    this.#connect();
+  }
+
+  /** Publishes at QoS 1 (not retained); resolves on PUBACK. Refused while disconnected (nothing queues offline). */
+  async publish(topic: string, payload: string): Promise<void> {
+    const client = this.#client;
+    if (!client || !client.connected) throw new SessionError('E_OFFLINE', `not connected to ${this.#broker.url}`);
+    await client.publishAsync(topic, payload, { qos: 1, retain: false });
+  }
+
+  /** Resolves true once connected and subscribed, false after `timeoutMs`. */
+  waitReady(timeoutMs: number): Promise<boolean> {
+    if (this.ready) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const done = (ok: boolean): void => {
+        clearTimeout(timer);
+        this.off('subscribed', onReady);
+        resolve(ok);
+      };
+      const onReady = (): void => done(true);
+      const timer = setTimeout(() => done(false), timeoutMs);
+      this.on('subscribed', onReady);
+    });
+  }
+
+  /** Leaves the current broker (cleanly) and connects to `broker` with the same identity. */
+  async switchBroker(broker: SessionBroker): Promise<void> {
+    await this.#end();
+    this.#broker = broker;
+    this.#attempt = 0;
+    if (!this.#stopping) this.#connect();
+  }
+
+  /** Waits for the message in flight (its PUBACK is then sent). */
+  async drain(): Promise<void> {
+    await this.#inFlight.catch(() => undefined);
+  }
+
+  /** Waits for the message in flight, then disconnects cleanly. Idempotent. */
+  async stop(): Promise<void> {
+    this.#stopping = true;
+    await this.#inFlight.catch(() => undefined);
+    await this.#end();
+  }
+
+  async #end(): Promise<void> {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    const client = this.#client;
+    this.#client = undefined;
+    this.#subscribed = false;
+    if (!client) return;
+    client.removeAllListeners('close');
+    await Promise.race([client.endAsync(false), new Promise<void>((r) => setTimeout(r, 2000).unref())]).catch(() => undefined);
+    if (!client.disconnected) await client.endAsync(true).catch(() => undefined);
+  }
+
+  #connect(): void {
+    const b = this.#broker;
+    this.#attemptError = '';
+    const o: IClientOptions = {
+      clientId: this.options.clientId,
+      clean: false,
+      protocolVersion: b.protocolVersion,
+      reconnectPeriod: 0,
+      queueQoSZero: false,
+      // mqtt-packet's write cache is 65,536 pre-built 2-byte Buffers (about 7 MB of heap on a 512 MB board).
+      writeCache: false,
+      keepalive: this.options.keepaliveS ?? 60,
+      connectTimeout: this.options.connectTimeoutMs ?? 10_000,
+      resubscribe: false,
+      rejectUnauthorized: true,
+      ...(b.ca !== undefined ? { ca: b.ca } : {}),
+      ...(b.cert !== undefined ? { cert: b.cert } : {}),
+      ...(b.key !== undefined ? { key: b.key } : {}),
+      ...(b.protocolVersion === 5 ? { properties: { sessionExpiryInterval: 0xffffffff, maximumPacketSize: MAX_INBOUND_PACKET_BYTES } } : {}),
+      manualConnect: true, // connect() below, once every stream it builds is size-capped
+    };
+    const client = mqtt.connect(b.url, o);
+    this.#client = client;
+    const log = this.options.log;
+    // connect() (first time and every reconnect) makes a new stream: size-cap each before data flows.
+    const connect = client.connect.bind(client);
+    client.connect = () => {
+      connect();
+      const stream = client.stream;
+      capInboundPackets(stream, MAX_INBOUND_PACKET_BYTES, (declared) => {
+        this.#lastError = `the broker sent an MQTT packet of ${declared} bytes (cap ${MAX_INBOUND_PACKET_BYTES})`;
+        log.error('oversized MQTT packet refused before buffering it; connection dropped, reconnecting', { broker: b.url, declared_bytes: declared, cap_bytes: MAX_INBOUND_PACKET_BYTES });
+        // Read no more, let the commands already parsed finish (their PUBACKs go out), then drop.
+        stopReading(stream);
+        void this.#settled().then(() => stream.destroy());
+      });
+      return client;
+    };
+
+    client.handleMessage = (packet: IPublishPacket, callback: (err?: Error) => void): void => {
+      const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
+      const work = this.options.onMessage(packet.topic, payload, packet);
+      // Chained, not replaced: after a reconnect a message can arrive while one from the previous
+      // connection is still in flight, and drain/stop/#settled must wait for both.
+      const settled = work.catch(() => undefined);
+      this.#inFlight = Promise.all([this.#inFlight, settled]).then(() => undefined);
+      work.then(
+        () => callback(),
+        (err: unknown) => {
+          // No PUBACK: the broker redelivers it on the next connection.
+          log.error('command not acknowledged to the broker; it will be redelivered', { reason: err instanceof Error ? err.message : String(err) });
+          this.#dropConnection(client);
+        },
+      );
+    };
+
+    client.on('connect', (connack) => {
+      if (client !== this.#client) return;
+      // Commands and acks are single small packets: do not let Nagle hold them back.
+      const socket = client.stream as { setNoDelay?: (on: boolean) => unknown };
+      socket.setNoDelay?.(true);
+      this.#attempt = 0;
+      this.#lastError = '';
+      log.info('connected to broker', { broker: b.url, session_present: connack.sessionPresent });
+      this.emit('connected');
+      client.subscribe(this.options.topic, { qos: 1 }, (err, granted) => {
+        if (client !== this.#client) return;
+        const g = granted?.[0];
+        if (err || !g || (g.qos !== 1 && g.qos !== 0)) {
+          this.#lastError = err ? err.message : `subscription to ${this.options.topic} refused (code ${String(g?.qos)})`;
+          this.#attemptError = `subscription refused: ${this.#lastError}`;
+          log.error('subscription refused; check the broker ACL for this device', { topic: this.options.topic, reason: this.#lastError });
+          this.#dropConnection(client);
+          return;
+        }
+        if (g.qos === 0) log.warn('broker granted QoS 0 only for the command topic', { topic: this.options.topic });
+        this.#subscribed = true;
+        log.info('subscribed', { topic: this.options.topic });
+        this.emit('subscribed');
+      });
+    });
+    client.on('error', (err) => {
+      if (client !== this.#client) return;
+      if (err.message !== this.#lastError) log.warn('broker connection error', { broker: b.url, reason: err.message });
+      this.#lastError = err.message;
+      this.#attemptError = shortReason(err);
+    });
+    client.on('close', () => {
+      if (client !== this.#client || this.#stopping) return;
+      const wasReady = this.#subscribed;
+      this.#subscribed = false;
+      if (wasReady) {
+        log.warn('disconnected from broker', { broker: b.url });
+        this.emit('offline');
+      }
+      this.#scheduleReconnect(client, wasReady);
+    });
+    client.connect();
+  }
+
+  /** Resolves once the message in flight is done and no next one started. */
+  async #settled(): Promise<void> {
+    for (;;) {
+      const current = this.#inFlight;
+      await current;
+      await new Promise((r) => setImmediate(r));
+      if (current === this.#inFlight) return;
+    }
+  }
+
+  /**
+   * Closes the network connection only. `client.end()` would also close the
+   * client's in-memory stores, which the reconnect reuses (mqtt.js then
+   * crashes on the next CONNACK); destroying the stream ends in `close`,
+   * which schedules the reconnect with backoff as for any other loss.
+   */
+  #dropConnection(client: MqttClient): void {
+    if (client !== this.#client) return;
+    this.#subscribed = false;
+    client.stream?.destroy();
+  }
+
+  #scheduleReconnect(client: MqttClient, lost: boolean): void {
+    if (this.#timer) return;
+    const delay = backoffDelay(this.#attempt, this.options.backoff?.minMs ?? DEFAULT_BACKOFF.minMs, this.options.backoff?.maxMs ?? DEFAULT_BACKOFF.maxMs);
+    this.#attempt += 1;
+    this.options.log.debug('reconnecting', { in_ms: delay, attempt: this.#attempt });
+    this.emit('retrying', { attempt: this.#attempt, delayMs: delay, reason: this.#attemptError || 'connection closed', lost });
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      if (client !== this.#client || this.#stopping) return;
+      this.#attemptError = '';
+      // Same stores: QoS 1 acks in flight are resent after the reconnect.
+      client.reconnect({ incomingStore: client.incomingStore, outgoingStore: client.outgoingStore });
+    }, delay);
+  }
+}
+
+export class SessionError extends CodedError<'E_OFFLINE'> {
+  override readonly name = 'SessionError';
+}

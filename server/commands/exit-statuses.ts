@@ -1,0 +1,32 @@
+/**
+ * The exit status `provision-server` ends with for each refusal code (any
+ * other: 1). Only the CLI edge reads it (server/cli.ts): 2 is bad usage or
+ * set-up (a data directory, key or file to fix), 5 a `send --wait` that got no
+ * ack in time (send's other statuses: SEND_EXIT in send.ts).
+ */
+import { INPUT_EXIT_STATUSES, exitStatusOf, type ExitStatuses } from '../../lib/cli.js';
+import { SEND_EXIT } from './send.js';
+
+const SETUP = 2;
+
+export const SERVER_EXIT_STATUSES: ExitStatuses = {
+  ...INPUT_EXIT_STATUSES,
+  E_CONFIG: SETUP,
+  E_EXISTS: SETUP,
+  E_KEY: SETUP,
+  E_KEYS_EXIST: SETUP,
+  E_KEY_CORRUPT: SETUP,
+  E_KEY_PERMS: SETUP,
+  E_NO_DATA: SETUP,
+  E_NO_KEYS: SETUP,
+  E_PARAMS: SETUP, // --params / --set that do not parse; params that parse but are invalid are a ProtocolError (1)
+  E_DEVICE_EXISTS: SETUP,
+  E_NO_FANOUT: SETUP,
+  E_NO_REGISTRY: SETUP,
+  E_TIMEOUT: SEND_EXIT.timeout,
+};
+
+/** The exit status `provision-server` ends with after `err`. */
+export function serverExitStatus(err: unknown): number {
+  return exitStatusOf(err, SERVER_EXIT_STATUSES);
+}
