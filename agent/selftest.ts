@@ -19,6 +19,7 @@ import { KeyStore } from './store/keystore.js';
 import type { AgentRuntime } from './runtime.js';
 import { readState, StateError, stateLossAdvice, type AgentState } from './store/state.js';
 import { loadTrustAnchors, type TrustAnchors } from './store/trust.js';
+import { brokerAddress } from '../lib/broker-address.js';
 
 export type CheckStatus = 'pass' | 'warn' | 'fail' | 'skip';
 
@@ -243,7 +244,8 @@ async function brokerCheck(config: AgentConfig, state: AgentState | undefined, t
   // No client certificate: a client id of its own, so a running agent keeps its session.
   const clientId = `${config.device_id}.selftest-${randomBytes(3).toString('hex')}`.slice(0, 64);
   return new Promise<Check>((resolve) => {
-    const client = mqtt.connect(url, {
+    const client = mqtt.connect({
+      ...brokerAddress(url),
       clientId,
       clean: true,
       reconnectPeriod: 0,

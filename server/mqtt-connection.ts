@@ -4,6 +4,7 @@ import { readFile } from 'node:fs/promises';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { CodedError } from '../protocol/index.js';
 import type { BrokerSettings } from './data-dir.js';
+import { brokerAddress } from '../lib/broker-address.js';
 
 export interface ConnectOptions {
   clientId?: string;
@@ -41,7 +42,7 @@ export async function connectBroker(settings: BrokerSettings, options: ConnectOp
   } else if (settings.cert || settings.key) {
     throw new CodedError('E_USAGE', 'a client certificate needs an mqtts:// broker URL');
   }
-  const client = mqtt.connect(settings.url, opts);
+  const client = mqtt.connect({ ...brokerAddress(settings.url), ...opts });
   // Commands and acks are single small packets: do not let Nagle hold them back (every reconnect).
   client.on('connect', () => (client.stream as { setNoDelay?: (on: boolean) => unknown }).setNoDelay?.(true));
   const timeoutMs = options.connectTimeoutMs ?? 10_000;

@@ -15,6 +15,7 @@ import { EventEmitter } from 'node:events';
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import type { Logger } from '../../lib/log.js';
 import { capInboundPackets, MAX_INBOUND_PACKET_BYTES, stopReading } from './packet-cap.js';
+import { brokerAddress } from '../../lib/broker-address.js';
 
 export interface SessionBroker {
   url: string;
@@ -197,7 +198,7 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
       ...(b.protocolVersion === 5 ? { properties: { sessionExpiryInterval: 0xffffffff, maximumPacketSize: MAX_INBOUND_PACKET_BYTES } } : {}),
       manualConnect: true, // connect() below, once every stream it builds is size-capped
     };
-    const client = mqtt.connect(b.url, o);
+    const client = mqtt.connect({ ...brokerAddress(b.url), ...o });
     this.#client = client;
     const log = this.options.log;
     // connect() (first time and every reconnect) makes a new stream: size-cap each before data flows.

@@ -384,6 +384,9 @@ describe(`emulated Raspberry Pi (${SUITE}, ${ARCH}${isEmulated(ARCH) ? ' under q
     await waitFor('the token to be removed', 60_000, async () => ((await board!.exec(['test', '-e', '/var/lib/sensor-agent/enroll.token'])).code !== 0 ? true : undefined));
     const status = JSON.parse(await board!.sh('sensor-agent status --json')) as Record<string, unknown>;
     expect(status.provisioned, JSON.stringify(status)).to.equal(true);
+    // Node 24+ deprecates url.parse() (DEP0169), which MQTT.js calls for a URL string: the agent hands it host and port instead.
+    const unitLog = await journal(['sensor-agent']);
+    expect(unitLog, 'no deprecation warning in the agent journal').not.to.match(/DeprecationWarning|\(node:\d+\) \[DEP\d+\]/);
   });
 
   it('applies update, selftest and rotate sent with --wait', async function () {
