@@ -22,6 +22,7 @@ const YARGS_CJS = "createRequire(import.meta.url)('yargs')";
 const STUBS: ReadonlyArray<readonly [RegExp, string]> = [
   [/^\.\/ws$/, 'MQTT over WebSocket'], // mqtt/build/lib/connect/ws.js (only for ws:// and wss://)
   [/^socks$/, 'SOCKS proxies'], // mqtt's socksProxy option
+  [/^\.\/socks$/, 'SOCKS proxies'], // mqtt/build/lib/connect/socks.js, the socksProxy option's stream (loads node:assert and node:dns at import)
   [/^pako$/, 'compressed JWE (zip)'], // node-jose's "zip": DEF, refused by the agent
   [/^worker-timers$/, 'MQTT keepalive timers in a web worker'], // mqtt's timerVariant 'worker' (browsers; the agent's is 'auto', native timers in Node)
 ];
@@ -53,6 +54,16 @@ const isBuiltinImport = (path: string): boolean => path.startsWith('node:') || i
  * build/index.cjs the CLI already loads).
  */
 const YARGS_HELPERS = /^yargs\/helpers$/;
+
+/**
+ * Built-ins with lazy data properties: node:util's parseArgs, diff, setTraceSigInt, ... are values
+ * that load their module (parse_args, assert's myers_diff, worker_threads) when first read, and
+ * reading a property's descriptor reads the value. esbuild's interop for `import { promisify } from
+ * 'node:util'` (protocol/keys.ts) copies every property of the module object that way, at start:
+ * about 9 built-in modules compiled for nothing. The bundle's module object for these is one of
+ * accessors that read the built-in's property when used (the same values, read later).
+ */
+const LAZY_VALUE_BUILTINS: ReadonlySet<string> = new Set(['util']);
 
 /**
  * Built-ins loaded on first use, not at start: node:tls (about 2.8 MB of resident memory and 5 ms
@@ -131,7 +142,12 @@ function agentPlugin(repo: string, version: string): Plugin {
         loader: 'js',
         resolveDir: args.pluginData as string,
       }));
-      build.onLoad({ filter: /.*/, namespace: 'builtin-cjs' }, (args) => ({ contents: `module.exports = require(${JSON.stringify(args.path)});\n`, loader: 'js' }));
+      build.onLoad({ filter: /.*/, namespace: 'builtin-cjs' }, (args) => ({
+        contents: LAZY_VALUE_BUILTINS.has(args.path.replace(/^node:/, ''))
+          ? `const m = require(${JSON.stringify(args.path)});\nconst o = {};\nfor (const k of Object.getOwnPropertyNames(m)) Object.defineProperty(o, k, { enumerable: true, get: () => m[k] });\nmodule.exports = o;\n`
+          : `module.exports = require(${JSON.stringify(args.path)});\n`,
+        loader: 'js',
+      }));
       build.onLoad({ filter: /.*/, namespace: 'lazy-builtin' }, (args) => {
         const names = Object.keys(nodeRequire(`node:${args.path}`) as object);
         return {
