@@ -56,6 +56,15 @@ const isBuiltinImport = (path: string): boolean => path.startsWith('node:') || i
 const YARGS_HELPERS = /^yargs\/helpers$/;
 
 /**
+ * Dependencies' modules loaded on first use: mqtt's topic-alias-send.js requires lru-cache at import,
+ * and lru-cache reads the `performance` global at import, which loads perf_hooks and its 7 internal
+ * modules (compiled from source with the agent's flags). mqtt makes an LRUCache only for MQTT 5
+ * topic aliases the broker offers at CONNACK. The module object's properties (LRUCache) load the
+ * real module when first read; export names from the installed package at build time.
+ */
+const LAZY_MODULES = /^lru-cache$/;
+
+/**
  * Built-ins with lazy data properties: node:util's parseArgs, diff, setTraceSigInt, ... are values
  * that load their module (parse_args, assert's myers_diff, worker_threads) when first read, and
  * reading a property's descriptor reads the value. esbuild's interop for `import { promisify } from
@@ -142,6 +151,18 @@ function agentPlugin(repo: string, version: string): Plugin {
         loader: 'js',
         resolveDir: args.pluginData as string,
       }));
+      build.onResolve({ filter: LAZY_MODULES }, (args) =>
+        args.namespace === 'file' && /[\\/]node_modules[\\/]mqtt[\\/]/.test(args.importer) ? { path: args.path, namespace: 'lazy-module', pluginData: args.resolveDir } : undefined,
+      );
+      build.onLoad({ filter: /.*/, namespace: 'lazy-module' }, (args) => {
+        const dir = args.pluginData as string;
+        const names = Object.keys(createRequire(join(dir, 'noop.js'))(args.path) as object);
+        return {
+          contents: `var m;\nconst o = {};\nfor (const k of ${JSON.stringify(names)}) Object.defineProperty(o, k, { enumerable: true, get: () => (m || (m = require(${JSON.stringify(args.path)})))[k] });\nmodule.exports = o;\n`,
+          loader: 'js',
+          resolveDir: dir,
+        };
+      });
       build.onLoad({ filter: /.*/, namespace: 'builtin-cjs' }, (args) => ({
         contents: LAZY_VALUE_BUILTINS.has(args.path.replace(/^node:/, ''))
           ? `const m = require(${JSON.stringify(args.path)});\nconst o = {};\nfor (const k of Object.getOwnPropertyNames(m)) Object.defineProperty(o, k, { enumerable: true, get: () => m[k] });\nmodule.exports = o;\n`
