@@ -209,6 +209,7 @@ export async function bundleAgent(repo: string, outfile: string, version: string
       platform: 'node',
       format: 'esm',
       target: 'node20.19',
+      // SA_BUNDLE_NOMINIFY=1 (by hand, for a readable CPU profile: names of modules and functions kept); never for a tree that ships.
       minify: process.env.SA_BUNDLE_NOMINIFY !== '1',
       legalComments: 'linked',
       metafile: true,
