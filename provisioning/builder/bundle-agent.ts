@@ -7,7 +7,7 @@
  * and fails (GPIO off, reported) where the tree has none.
  */
 import { readFile } from 'node:fs/promises';
-import { createRequire } from 'node:module';
+import { createRequire, isBuiltin } from 'node:module';
 import { join } from 'node:path';
 import type { Plugin } from 'esbuild';
 import { BuildError } from './errors.js';
@@ -22,6 +22,7 @@ const YARGS_CJS = "createRequire(import.meta.url)('yargs')";
 const STUBS: ReadonlyArray<readonly [RegExp, string]> = [
   [/^\.\/ws$/, 'MQTT over WebSocket'], // mqtt/build/lib/connect/ws.js (only for ws:// and wss://)
   [/^socks$/, 'SOCKS proxies'], // mqtt's socksProxy option
+  [/^\.\/socks$/, 'SOCKS proxies'], // mqtt/build/lib/connect/socks.js, the socksProxy option's stream (loads node:assert and node:dns at import)
   [/^pako$/, 'compressed JWE (zip)'], // node-jose's "zip": DEF, refused by the agent
   [/^worker-timers$/, 'MQTT keepalive timers in a web worker'], // mqtt's timerVariant 'worker' (browsers; the agent's is 'auto', native timers in Node)
 ];
@@ -35,21 +36,53 @@ const STUBS: ReadonlyArray<readonly [RegExp, string]> = [
 const LAZY_FUNCTIONS = /^lodash\/\w+$/;
 
 /**
- * The agent's own ES modules import Node built-ins (`import { connect } from 'node:tls'`): in an ES
- * module that builds an ES facade of the whole built-in, reading every export once (node:tls's
- * rootCertificates getter parses Node's bundled CA store: about 4 ms). The bundle takes them through
- * require() instead (a CommonJS module object, read one property at a time, when used).
+ * The agent's own ES modules import Node built-ins (`import { connect } from 'node:tls'`), and so do
+ * the ES modules of its dependencies, without the prefix (uuid's `import crypto from 'crypto'`, under
+ * node-jose; yargs' ESM helpers: 'fs', 'path', 'util', 'assert', 'url'): in an ES module each builds
+ * an ES facade of the whole built-in, reading every export once at start (node:tls's
+ * rootCertificates getter parses Node's bundled CA store: about 4 ms; node:crypto's webcrypto getter
+ * loads all of Web Crypto: about 15 ms on Node 26 with the agent's flags; node:fs's ReadStream
+ * getters load its streams). The bundle takes them through require() instead (a CommonJS module
+ * object, read one property at a time, when used).
  */
-const BUILTIN_IMPORT = /^node:/;
+const isBuiltinImport = (path: string): boolean => path.startsWith('node:') || isBuiltin(path);
+
+/**
+ * `import { hideBin } from 'yargs/helpers'` (agent/cli.ts) resolves to yargs' ESM helpers, which
+ * load a second copy of yargs-parser and yargs' ESM platform shim (y18n, cliui) beside the CommonJS
+ * build the CLI runs: the bundle takes the CommonJS helpers (the same hideBin, from the same
+ * build/index.cjs the CLI already loads).
+ */
+const YARGS_HELPERS = /^yargs\/helpers$/;
+
+/**
+ * Dependencies' modules loaded on first use: mqtt's topic-alias-send.js requires lru-cache at import,
+ * and lru-cache reads the `performance` global at import, which loads perf_hooks and its 7 internal
+ * modules (compiled from source with the agent's flags). mqtt makes an LRUCache only for MQTT 5
+ * topic aliases the broker offers at CONNACK. The module object's properties (LRUCache) load the
+ * real module when first read; export names from the installed package at build time.
+ */
+const LAZY_MODULES = /^lru-cache$/;
+
+/**
+ * Built-ins with lazy data properties: node:util's parseArgs, diff, setTraceSigInt, ... are values
+ * that load their module (parse_args, assert's myers_diff, worker_threads) when first read, and
+ * reading a property's descriptor reads the value. esbuild's interop for `import { promisify } from
+ * 'node:util'` (protocol/keys.ts) copies every property of the module object that way, at start:
+ * about 9 built-in modules compiled for nothing. The bundle's module object for these is one of
+ * accessors that read the built-in's property when used (the same values, read later).
+ */
+const LAZY_VALUE_BUILTINS: ReadonlySet<string> = new Set(['util']);
 
 /**
  * Built-ins loaded on first use, not at start: node:tls (about 2.8 MB of resident memory and 5 ms
  * of start on Node 26 with the agent's flags) is used only for an mqtts:// broker and by the
- * self-test's broker probe. Imported and required by the agent and mqtt alike as an object whose
+ * self-test's broker probe; node:child_process (about 4 ms: with the agent's flags Node compiles it
+ * and its internals from source) only by systemd-notify (under systemd), hooks and the self-test. Imported and required by the agent and mqtt alike as an object whose
  * properties (tls.connect, ...) load the real module when first read. Export names from the Node
  * that builds the bundle (the agent uses only names that exist since Node 20).
  */
-const LAZY_BUILTINS: ReadonlySet<string> = new Set(['tls']);
+const LAZY_BUILTINS: ReadonlySet<string> = new Set(['tls', 'child_process']);
 
 /**
  * mqtt and mqtt-packet log through `debug`, which at import probes the terminal for colours (tty,
@@ -107,10 +140,35 @@ function agentPlugin(repo: string, version: string): Plugin {
       build.onResolve({ filter: /^(node:)?[a-z_/]+$/ }, (args) => {
         const name = args.path.replace(/^node:/, '');
         if (LAZY_BUILTINS.has(name) && args.namespace !== 'lazy-builtin') return { path: name, namespace: 'lazy-builtin' };
-        if (BUILTIN_IMPORT.test(args.path) && args.kind === 'import-statement' && args.namespace === 'file') return { path: args.path, namespace: 'builtin-cjs' };
+        if (isBuiltinImport(args.path) && args.kind === 'import-statement' && args.namespace === 'file') return { path: args.path, namespace: 'builtin-cjs' };
         return undefined;
       });
-      build.onLoad({ filter: /.*/, namespace: 'builtin-cjs' }, (args) => ({ contents: `module.exports = require(${JSON.stringify(args.path)});\n`, loader: 'js' }));
+      build.onResolve({ filter: YARGS_HELPERS }, (args) =>
+        args.kind === 'import-statement' && args.namespace === 'file' ? { path: args.path, namespace: 'yargs-helpers-cjs', pluginData: args.resolveDir } : undefined,
+      );
+      build.onLoad({ filter: /.*/, namespace: 'yargs-helpers-cjs' }, (args) => ({
+        contents: `module.exports = require(${JSON.stringify(args.path)});\n`,
+        loader: 'js',
+        resolveDir: args.pluginData as string,
+      }));
+      build.onResolve({ filter: LAZY_MODULES }, (args) =>
+        args.namespace === 'file' && /[\\/]node_modules[\\/]mqtt[\\/]/.test(args.importer) ? { path: args.path, namespace: 'lazy-module', pluginData: args.resolveDir } : undefined,
+      );
+      build.onLoad({ filter: /.*/, namespace: 'lazy-module' }, (args) => {
+        const dir = args.pluginData as string;
+        const names = Object.keys(createRequire(join(dir, 'noop.js'))(args.path) as object);
+        return {
+          contents: `var m;\nconst o = {};\nfor (const k of ${JSON.stringify(names)}) Object.defineProperty(o, k, { enumerable: true, get: () => (m || (m = require(${JSON.stringify(args.path)})))[k] });\nmodule.exports = o;\n`,
+          loader: 'js',
+          resolveDir: dir,
+        };
+      });
+      build.onLoad({ filter: /.*/, namespace: 'builtin-cjs' }, (args) => ({
+        contents: LAZY_VALUE_BUILTINS.has(args.path.replace(/^node:/, ''))
+          ? `const m = require(${JSON.stringify(args.path)});\nconst o = {};\nfor (const k of Object.getOwnPropertyNames(m)) Object.defineProperty(o, k, { enumerable: true, get: () => m[k] });\nmodule.exports = o;\n`
+          : `module.exports = require(${JSON.stringify(args.path)});\n`,
+        loader: 'js',
+      }));
       build.onLoad({ filter: /.*/, namespace: 'lazy-builtin' }, (args) => {
         const names = Object.keys(nodeRequire(`node:${args.path}`) as object);
         return {
@@ -151,7 +209,8 @@ export async function bundleAgent(repo: string, outfile: string, version: string
       platform: 'node',
       format: 'esm',
       target: 'node20.19',
-      minify: true,
+      // SA_BUNDLE_NOMINIFY=1 (by hand, for a readable CPU profile: names of modules and functions kept); never for a tree that ships.
+      minify: process.env.SA_BUNDLE_NOMINIFY !== '1',
       legalComments: 'linked',
       metafile: true,
       logLevel: 'silent',

@@ -6,10 +6,12 @@
  * first output. The agent runs as the unit runs it: the same flags and environment
  * (AGENT_NODE_FLAGS, AGENT_NODE_ENV) and a V8 compile cache directory kept
  * between its starts (NODE_COMPILE_CACHE, Node >= 22.1): the first start fills
- * it (reported as start_first_ms), the later ones read it.
+ * it (reported as start_first_ms), the later ones read it. With `tls` the broker is a TLS
+ * mosquitto that requires client certificates (`mqtts://`, with ca, cert and key in the agent's
+ * config, as on a flashed board): the agent then loads node:tls and does a TLS handshake.
  */
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KeyStore } from '../../agent/store/keystore.js';
@@ -18,11 +20,14 @@ import { makeDevice } from '../agent/agent-fixture.js';
 import { rssOf, spawnAgent, TestSender } from '../helpers/agent-process.js';
 import { makeParty } from '../helpers/keys.js';
 import { startMosquittoProcess } from '../helpers/mosquitto-process.js';
+import { startTlsMosquitto } from '../server/mosquitto-tls.js';
 
 export interface AgentFigures {
   runs: number;
   /** The Node.js version that ran the agent and the bare node. */
   node: string;
+  /** The broker's scheme: `mqtt` (plain TCP) or `mqtts` (TLS with client certificates). */
+  broker: 'mqtt' | 'mqtts';
   idle_rss_mb: number;
   bare_node_idle_rss_mb: number;
   rss_ratio: number;
@@ -65,15 +70,16 @@ async function bareNodeIdleRss(node: string, settleMs: number): Promise<number> 
   return rss;
 }
 
-export async function benchAgent(options: { runs: number; settleMs: number; node: string }): Promise<AgentFigures> {
+export async function benchAgent(options: { runs: number; settleMs: number; node: string; tls?: boolean }): Promise<AgentFigures> {
   const subscribedAt: { topic: string; at: number }[] = [];
-  const broker = await startMosquittoProcess({
-    persistence: false,
-    onLog: (line) => {
-      const m = / (\S+\/command)$/.exec(line);
-      if (m?.[1]) subscribedAt.push({ topic: m[1], at: performance.now() });
-    },
-  });
+  const onLog = (line: string): void => {
+    const m = / (\S+\/command)$/.exec(line);
+    if (m?.[1]) subscribedAt.push({ topic: m[1], at: performance.now() });
+  };
+  const tls = options.tls ? await startTlsMosquitto({ onLog }) : undefined;
+  const broker = tls ? { url: tls.url, close: () => tls.stop() } : await startMosquittoProcess({ persistence: false, onLog });
+  const senderTls = tls ? await tls.clientCert('provision-server') : undefined;
+  const senderCreds = senderTls && tls ? { ca: await readFile(tls.ca), cert: await readFile(senderTls.cert), key: await readFile(senderTls.key) } : undefined;
   const server = await makeParty();
   const compileCache = await mkdtemp(join(tmpdir(), 'bench-agent-cache-'));
   const starts: number[] = [];
@@ -83,13 +89,15 @@ export async function benchAgent(options: { runs: number; settleMs: number; node
   try {
     for (let run = 0; run < options.runs; run++) {
       const deviceId = `bench-agent-${run}`;
-      const files = await makeDevice({ deviceId, brokerUrl: broker.url, server, keys: true, extra: { log_level: 'warn' } });
+      const cert = tls ? await tls.clientCert(deviceId) : undefined;
+      const brokerConfig = tls && cert ? { broker: { url: tls.url, ca: tls.ca, cert: cert.cert, key: cert.key } } : {};
+      const files = await makeDevice({ deviceId, brokerUrl: broker.url, server, keys: true, extra: { log_level: 'warn', ...brokerConfig } });
       const ks = await KeyStore.open(files.keystore);
       const sender = new TestSender(server, 'provision-server', 'provision', deviceId, {
         signing: toPublicJwk(ks.signingKey as PrivateJwk),
         encryption: toPublicJwk(ks.encryptionKey as PrivateJwk),
       });
-      await sender.connect(broker.url);
+      await sender.connect(broker.url, undefined, senderCreds);
       const topic = `provision/${deviceId}/command`;
       const t0 = performance.now();
       const agent = spawnAgent(files.configPath, { NODE_COMPILE_CACHE: compileCache }, options.node);
@@ -123,6 +131,7 @@ export async function benchAgent(options: { runs: number; settleMs: number; node
   return {
     runs: options.runs,
     node: await nodeVersion(options.node),
+    broker: tls ? 'mqtts' : 'mqtt',
     idle_rss_mb: mb(idle),
     bare_node_idle_rss_mb: mb(bareIdle),
     rss_ratio: r(idle / bareIdle),

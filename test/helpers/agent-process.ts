@@ -131,10 +131,11 @@ export class TestSender {
     readonly device: { signing: PublicJwk; encryption: PublicJwk },
   ) {}
 
-  async connect(url: string, clientId = `test-sender-${Math.random().toString(16).slice(2, 8)}`): Promise<void> {
+  /** `tls`: CA and client certificate (PEM) for an `mqtts://` broker that requires one. */
+  async connect(url: string, clientId = `test-sender-${Math.random().toString(16).slice(2, 8)}`, tls?: { ca: Buffer; cert: Buffer; key: Buffer }): Promise<void> {
     this.#decryption = await KeyRing.create([this.server.encryption]);
     this.#verification = await KeyRing.create([this.device.signing]);
-    this.#client = await mqtt.connectAsync(url, { clientId, clean: false, reconnectPeriod: 200, protocolVersion: 4 });
+    this.#client = await mqtt.connectAsync(url, { clientId, clean: false, reconnectPeriod: 200, protocolVersion: 4, ...(tls ?? {}) });
     this.#client.on('error', () => undefined);
     this.#client.on('message', (_t, payload) => {
       void openAck(payload, { serverId: this.serverId, deviceId: this.deviceId, decryption: this.#decryption, verification: this.#verification }).then(

@@ -39,7 +39,8 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-export async function startTlsMosquitto(options: { acl?: string } = {}): Promise<TlsMosquitto> {
+/** `onLog`: each line mosquitto logs, with subscriptions logged too (the bench's start-to-subscribed). */
+export async function startTlsMosquitto(options: { acl?: string; onLog?: (line: string) => void } = {}): Promise<TlsMosquitto> {
   if (!MOSQUITTO_BIN) throw new Error('mosquitto is not installed');
   const dir = await mkdtemp(join(tmpdir(), 'mosquitto-tls-'));
   await openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=test-ca'], dir);
@@ -59,6 +60,7 @@ export async function startTlsMosquitto(options: { acl?: string } = {}): Promise
       'log_dest stderr',
       'log_type error',
       'log_type warning',
+      ...(options.onLog ? ['log_type subscribe', 'log_timestamp false'] : []),
       `listener ${port} 127.0.0.1`,
       `cafile ${join(dir, 'ca.pem')}`,
       `certfile ${join(dir, 'server.crt')}`,
@@ -72,7 +74,14 @@ export async function startTlsMosquitto(options: { acl?: string } = {}): Promise
   );
   const child: ChildProcess = spawn(MOSQUITTO_BIN, ['-c', join(dir, 'mosquitto.conf')], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
-  child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+  let partial = '';
+  child.stderr?.on('data', (d: Buffer) => {
+    stderr += d.toString();
+    if (!options.onLog) return;
+    const lines = (partial + d.toString()).split('\n');
+    partial = lines.pop() ?? '';
+    for (const line of lines) options.onLog(line);
+  });
   const deadline = Date.now() + 10_000;
   for (;;) {
     if (child.exitCode !== null) throw new Error(`mosquitto exited ${child.exitCode}: ${stderr}`);
