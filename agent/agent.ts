@@ -231,9 +231,17 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
     // yet, DNS, TLS before the clock is set) must not time out its start and be given up on by
     // systemd. From here the agent waits for the broker itself, for as long as it takes.
     this.#notifier?.ready(`connecting to broker ${rt.session.broker.url}`);
-    log.info('agent started', { device: this.deviceId, provisioned: rt.store.state.provisioned, enrolling: this.#enrollment !== undefined, broker: rt.session.broker.url, gpio: this.#io.backend });
+    log.info('agent started', {
+      device: this.deviceId,
+      provisioned: rt.store.state.provisioned,
+      enrolling: this.#enrollment !== undefined,
+      broker: rt.session.broker.url,
+      gpio: this.#io.backend,
+    });
     if (pending) {
-      this.#follow = this.#follow.then(() => finishBrokerChange(rt, pending, this.#actions)).catch((err: unknown) => log.error('broker change could not be resumed', { reason: (err as Error).message }));
+      this.#follow = this.#follow
+        .then(() => finishBrokerChange(rt, pending, this.#actions))
+        .catch((err: unknown) => log.error('broker change could not be resumed', { reason: (err as Error).message }));
     }
     this.#idleGc.poke();
   }

@@ -71,7 +71,8 @@ export async function loadConfig(path: string = DEFAULT_CONFIG_PATH): Promise<Ag
   } catch (err) {
     if (err instanceof ConfigError) throw err;
     const code = (err as NodeJS.ErrnoException).code;
-    const why = code === 'ENOENT' ? 'does not exist (give another with --config FILE)' : code === 'EACCES' ? 'is not readable by this user' : (err as Error).message;
+    const why =
+      code === 'ENOENT' ? 'does not exist (give another with --config FILE)' : code === 'EACCES' ? 'is not readable by this user' : (err as Error).message;
     throw new ConfigError(file, [`the config file ${why}`]);
   }
   let value: unknown;
@@ -115,8 +116,19 @@ function checkConfig(value: unknown, file: string): { config: AgentConfig | unde
   const root = new Section(value, '', problems);
   if (!root.ok) return { config: undefined, problems };
   root.allowOnly([
-    'device_id', 'server_id', 'topic_prefix', 'broker', 'keystore', 'trust', 'state_dir', 'enrollment_token',
-    'gpio', 'hooks_dir', 'hook_timeout_s', 'clock', 'log_level',
+    'device_id',
+    'server_id',
+    'topic_prefix',
+    'broker',
+    'keystore',
+    'trust',
+    'state_dir',
+    'enrollment_token',
+    'gpio',
+    'hooks_dir',
+    'hook_timeout_s',
+    'clock',
+    'log_level',
   ]);
   const path = (key: string, fallback: string | null, required = false): string | null => {
     const v = root.string(key, { required });
@@ -124,11 +136,18 @@ function checkConfig(value: unknown, file: string): { config: AgentConfig | unde
     return isAbsolute(v) ? v : resolve(base, v);
   };
 
-  const deviceId = root.string('device_id', { required: true, pattern: ID_PATTERN, patternWhy: 'must be 1-64 letters, digits, ".", "_" or "-", starting with a letter or digit' });
+  const deviceId = root.string('device_id', {
+    required: true,
+    pattern: ID_PATTERN,
+    patternWhy: 'must be 1-64 letters, digits, ".", "_" or "-", starting with a letter or digit',
+  });
   const serverId = root.string('server_id', { pattern: ID_PATTERN, patternWhy: 'must be 1-64 letters, digits, ".", "_" or "-"' }) ?? DEFAULT_SERVER_ID;
   const prefix = root.string('topic_prefix') ?? DEFAULT_TOPIC_PREFIX;
   // The protocol's own rule (the topics are built with it at start): levels of A-Z a-z 0-9 . _ -
-  if (prefix.length > 128 || !isValidPrefix(prefix)) problems.push(`topic_prefix: "${prefix.slice(0, 40)}" must be 1-128 characters: levels of A-Z a-z 0-9 . _ - separated by "/" (no spaces, wildcards, leading $ or /, or trailing /)`);
+  if (prefix.length > 128 || !isValidPrefix(prefix))
+    problems.push(
+      `topic_prefix: "${prefix.slice(0, 40)}" must be 1-128 characters: levels of A-Z a-z 0-9 . _ - separated by "/" (no spaces, wildcards, leading $ or /, or trailing /)`,
+    );
 
   const b = root.section('broker', true);
   let broker: BrokerConfig | undefined;
@@ -234,7 +253,9 @@ export function checkBrokerUrl(url: string, allowInsecure: boolean, problems: st
   if (u.username || u.password) problems.push(`${key}: must not carry credentials`);
   if ((u.pathname !== '' && u.pathname !== '/') || u.search || u.hash) problems.push(`${key}: must be scheme://host[:port] only`);
   if (u.protocol === 'mqtt:' && !isLoopbackHost(u.hostname) && !allowInsecure) {
-    problems.push(`${key}: plain mqtt:// to ${u.hostname} would send everything unencrypted on the network; use mqtts://, or set broker.allow_insecure: true to force it`);
+    problems.push(
+      `${key}: plain mqtt:// to ${u.hostname} would send everything unencrypted on the network; use mqtts://, or set broker.allow_insecure: true to force it`,
+    );
   }
 }
 

@@ -4,16 +4,7 @@
  * (acks and the exit status). Nothing here is global: one per agent.
  */
 import { readFile } from 'node:fs/promises';
-import {
-  KeyRing,
-  ackTopic,
-  commandTopic,
-  enrollTopic,
-  sealAck,
-  type AckInput,
-  type ClockPolicy,
-  type PrivateJwk,
-} from '../protocol/index.js';
+import { KeyRing, ackTopic, commandTopic, enrollTopic, sealAck, type AckInput, type ClockPolicy, type PrivateJwk } from '../protocol/index.js';
 import type { AgentConfig } from './config.js';
 import type { BoardIo } from './gpio/index.js';
 import type { KeyStore } from './store/keystore.js';
@@ -166,7 +157,13 @@ export async function effectiveBroker(config: AgentConfig, stored: StoredBroker 
   const key = b.key ? await readFile(b.key) : undefined;
   if (stored) {
     const ca = stored.ca ?? (b.ca ? await readFile(b.ca) : undefined);
-    return { url: stored.url, protocolVersion: stored.protocol_version ?? b.protocol_version, ...(ca ? { ca } : {}), ...(cert ? { cert } : {}), ...(key ? { key } : {}) };
+    return {
+      url: stored.url,
+      protocolVersion: stored.protocol_version ?? b.protocol_version,
+      ...(ca ? { ca } : {}),
+      ...(cert ? { cert } : {}),
+      ...(key ? { key } : {}),
+    };
   }
   const ca = b.ca ? await readFile(b.ca) : undefined;
   return { url: b.url, protocolVersion: b.protocol_version, ...(ca ? { ca } : {}), ...(cert ? { cert } : {}), ...(key ? { key } : {}) };

@@ -69,7 +69,14 @@ export async function runSelftest(options: SelftestOptions): Promise<SelftestRep
       config = await loadConfig(options.configPath);
       add({ id: 'config', title: 'configuration', required: true, status: 'pass', reason: `${config.path} is valid` });
     } catch (err) {
-      add({ id: 'config', title: 'configuration', required: true, status: 'fail', reason: (err as Error).message, fix: 'correct the listed keys in the config file' });
+      add({
+        id: 'config',
+        title: 'configuration',
+        required: true,
+        status: 'fail',
+        reason: (err as Error).message,
+        fix: 'correct the listed keys in the config file',
+      });
       add(nodeCheck());
       return finish(null);
     }
@@ -85,7 +92,14 @@ export async function runSelftest(options: SelftestOptions): Promise<SelftestRep
     state = rt ? rt.store.state : await readState(config.state_dir);
     stateMissing = state === undefined;
   } catch (err) {
-    add({ id: 'state', title: 'state file', required: true, status: 'fail', reason: (err as Error).message, fix: err instanceof StateError && err.fix !== undefined ? err.fix : stateLossAdvice(join(config.state_dir, 'state.json')) });
+    add({
+      id: 'state',
+      title: 'state file',
+      required: true,
+      status: 'fail',
+      reason: (err as Error).message,
+      fix: err instanceof StateError && err.fix !== undefined ? err.fix : stateLossAdvice(join(config.state_dir, 'state.json')),
+    });
   }
   add(await stateDirCheck(config.state_dir));
 
@@ -96,7 +110,14 @@ export async function runSelftest(options: SelftestOptions): Promise<SelftestRep
       keystore = await KeyStore.open(config.keystore, { credentialsDir: process.env.CREDENTIALS_DIRECTORY });
     } catch (err) {
       const fix = (err as { fix?: unknown }).fix;
-      add({ id: 'keystore', title: 'key store permissions', required: true, status: 'fail', reason: (err as Error).message, ...(typeof fix === 'string' ? { fix } : {}) });
+      add({
+        id: 'keystore',
+        title: 'key store permissions',
+        required: true,
+        status: 'fail',
+        reason: (err as Error).message,
+        ...(typeof fix === 'string' ? { fix } : {}),
+      });
     }
   }
   let tokenPresent = false;
@@ -107,7 +128,14 @@ export async function runSelftest(options: SelftestOptions): Promise<SelftestRep
     // absent
   }
   if (keystore) {
-    if (!rt) add({ id: 'keystore', title: 'key store permissions', required: true, status: 'pass', reason: `${config.keystore}: directory 0700, key files 0600, owned by this user or root` });
+    if (!rt)
+      add({
+        id: 'keystore',
+        title: 'key store permissions',
+        required: true,
+        status: 'pass',
+        reason: `${config.keystore}: directory 0700, key files 0600, owned by this user or root`,
+      });
     add(keysCheck(keystore, state, tokenPresent, stateMissing ? join(config.state_dir, 'state.json') : undefined));
   } else {
     add({ id: 'keys', title: 'device keys', required: true, status: 'skip', reason: 'key store not usable' });
@@ -119,11 +147,24 @@ export async function runSelftest(options: SelftestOptions): Promise<SelftestRep
     try {
       trust = await loadTrustAnchors(config.trust);
     } catch (err) {
-      add({ id: 'trust', title: 'trust anchors', required: true, status: 'fail', reason: (err as Error).message, fix: `copy the server's trust.jwks (provision-server bundle) to ${config.trust}` });
+      add({
+        id: 'trust',
+        title: 'trust anchors',
+        required: true,
+        status: 'fail',
+        reason: (err as Error).message,
+        fix: `copy the server's trust.jwks (provision-server bundle) to ${config.trust}`,
+      });
     }
   }
   if (trust) {
-    add({ id: 'trust', title: 'trust anchors', required: true, status: 'pass', reason: `${trust.signing.length} server signing key(s) pinned (${trust.signing.map((k) => k.kid.slice(0, 12)).join(', ')}), encryption key ${trust.encryption.kid.slice(0, 12)}` });
+    add({
+      id: 'trust',
+      title: 'trust anchors',
+      required: true,
+      status: 'pass',
+      reason: `${trust.signing.length} server signing key(s) pinned (${trust.signing.map((k) => k.kid.slice(0, 12)).join(', ')}), encryption key ${trust.encryption.kid.slice(0, 12)}`,
+    });
   }
 
   add(await roundTripCheck(keystore, config.device_id));
@@ -137,7 +178,14 @@ export async function runSelftest(options: SelftestOptions): Promise<SelftestRep
     reason: clock.trusted
       ? `trusted (${clock.reason}): command expiry (exp/iat) is enforced`
       : `not trusted (${clock.reason}): exp/iat are not checked, replay protection relies on seq and jti only`,
-    ...(clock.trusted ? {} : { fix: config.clock.policy === 'untrusted' ? 'set clock.policy to "auto" once NTP works' : 'enable NTP (systemctl enable --now systemd-timesyncd) and check network access to the time servers' }),
+    ...(clock.trusted
+      ? {}
+      : {
+          fix:
+            config.clock.policy === 'untrusted'
+              ? 'set clock.policy to "auto" once NTP works'
+              : 'enable NTP (systemctl enable --now systemd-timesyncd) and check network access to the time servers',
+        }),
   });
 
   add(rt ? liveBrokerCheck(rt) : await brokerCheck(config, state, options.brokerTimeoutMs ?? 8000));
@@ -166,7 +214,14 @@ async function stateDirCheck(dir: string): Promise<Check> {
     await unlink(probe);
     return { id: 'state_dir', title: 'state directory', required: true, status: 'pass', reason: `${dir} is writable and fsync works` };
   } catch (err) {
-    return { id: 'state_dir', title: 'state directory', required: true, status: 'fail', reason: `${dir}: ${(err as Error).message}`, fix: `install -d -m 700 -o "$(id -un)" ${dir}` };
+    return {
+      id: 'state_dir',
+      title: 'state directory',
+      required: true,
+      status: 'fail',
+      reason: `${dir}: ${(err as Error).message}`,
+      fix: `install -d -m 700 -o "$(id -un)" ${dir}`,
+    };
   }
 }
 
@@ -174,24 +229,54 @@ async function stateDirCheck(dir: string): Promise<Check> {
 function keysCheck(ks: KeyStore, state: AgentState | undefined, tokenPresent: boolean, missingState: string | undefined): Check {
   const base = { id: 'keys', title: 'device keys', required: true };
   if (ks.hasKeys() && ks.inUse && missingState !== undefined) {
-    if (tokenPresent) return { ...base, status: 'pass', reason: `${missingState} is missing for keys already in use: the agent will replace them and enroll again with the token present` };
-    return { ...base, status: 'fail', reason: `${missingState} is missing but the keys were already used with it (E_STATE_LOST): the agent will not act on them`, fix: stateLossAdvice(missingState) };
+    if (tokenPresent)
+      return {
+        ...base,
+        status: 'pass',
+        reason: `${missingState} is missing for keys already in use: the agent will replace them and enroll again with the token present`,
+      };
+    return {
+      ...base,
+      status: 'fail',
+      reason: `${missingState} is missing but the keys were already used with it (E_STATE_LOST): the agent will not act on them`,
+      fix: stateLossAdvice(missingState),
+    };
   }
   if (!ks.hasKeys()) {
-    if (tokenPresent && !state?.provisioned) return { ...base, status: 'pass', reason: 'no keys yet: they are generated at enrollment (enrollment token present)' };
-    return { ...base, status: 'fail', reason: 'no device keys and no enrollment token', fix: 'place an enrollment token (provision-server bundle) at the configured enrollment_token path, then start the agent' };
+    if (tokenPresent && !state?.provisioned)
+      return { ...base, status: 'pass', reason: 'no keys yet: they are generated at enrollment (enrollment token present)' };
+    return {
+      ...base,
+      status: 'fail',
+      reason: 'no device keys and no enrollment token',
+      fix: 'place an enrollment token (provision-server bundle) at the configured enrollment_token path, then start the agent',
+    };
   }
   const sig = ks.signingKey;
   const enc = ks.encryptionKey;
   const registered = state?.keys;
   if (registered?.signing && registered.signing !== sig?.kid && state?.pending_rotation === null) {
-    return { ...base, status: 'fail', reason: `signing key ${sig?.kid} is not the registered one (${registered.signing})`, fix: 'restore the key store from backup, or re-enroll the board' };
+    return {
+      ...base,
+      status: 'fail',
+      reason: `signing key ${sig?.kid} is not the registered one (${registered.signing})`,
+      fix: 'restore the key store from backup, or re-enroll the board',
+    };
   }
   if (registered?.encryption && registered.encryption !== enc?.kid && state?.pending_rotation === null) {
-    return { ...base, status: 'fail', reason: `encryption key ${enc?.kid} is not the registered one (${registered.encryption})`, fix: 'restore the key store from backup, or re-enroll the board' };
+    return {
+      ...base,
+      status: 'fail',
+      reason: `encryption key ${enc?.kid} is not the registered one (${registered.encryption})`,
+      fix: 'restore the key store from backup, or re-enroll the board',
+    };
   }
   const prev = ks.previousEncryptionKey ? `, previous encryption ${ks.previousEncryptionKey.kid.slice(0, 12)}` : '';
-  return { ...base, status: 'pass', reason: `signing ${sig?.kid.slice(0, 12)}, encryption ${enc?.kid.slice(0, 12)} (${enc?.kty})${prev}: parse, kids match their keys${registered?.signing ? ' and the registered state' : ''}` };
+  return {
+    ...base,
+    status: 'pass',
+    reason: `signing ${sig?.kid.slice(0, 12)}, encryption ${enc?.kid.slice(0, 12)} (${enc?.kty})${prev}: parse, kids match their keys${registered?.signing ? ' and the registered state' : ''}`,
+  };
 }
 
 async function roundTripCheck(ks: KeyStore | undefined, deviceId: string): Promise<Check> {
@@ -200,7 +285,10 @@ async function roundTripCheck(ks: KeyStore | undefined, deviceId: string): Promi
   const enc = ks?.encryptionKey;
   if (!sig || !enc) return { ...base, status: 'skip', reason: 'no keys yet' };
   try {
-    const { token } = await sealAck({ deviceId, serverId: deviceId, ref: 'selftest', seq: 0, status: 'applied', code: 'OK', detail: 'probe' }, { signer: sig, recipient: toPublicJwk(enc) });
+    const { token } = await sealAck(
+      { deviceId, serverId: deviceId, ref: 'selftest', seq: 0, status: 'applied', code: 'OK', detail: 'probe' },
+      { signer: sig, recipient: toPublicJwk(enc) },
+    );
     const opened = await openAck(token, { serverId: deviceId, deviceId, decryption: await KeyRing.create([enc]), verification: await KeyRing.create([sig]) });
     if (opened.claims.detail !== 'probe') throw new Error('content changed');
     return { ...base, status: 'pass', reason: 'signed with the device key, encrypted to it, decrypted and verified' };
@@ -216,7 +304,9 @@ function liveBrokerCheck(rt: AgentRuntime): Check {
     title: 'broker',
     required: true,
     status: ready ? 'pass' : 'fail',
-    reason: ready ? `connected and subscribed to ${rt.session.broker.url}` : `not connected to ${rt.session.broker.url}: ${rt.session.lastError || 'reconnecting'}`,
+    reason: ready
+      ? `connected and subscribed to ${rt.session.broker.url}`
+      : `not connected to ${rt.session.broker.url}: ${rt.session.lastError || 'reconnecting'}`,
   };
 }
 
@@ -264,8 +354,19 @@ async function brokerCheck(config: AgentConfig, state: AgentState | undefined, t
       client.end(true);
       resolve(c);
     };
-    const timer = setTimeout(() => finish({ ...base, status: 'fail', reason: `no answer from ${url} within ${timeoutMs / 1000} s`, fix: 'check the network, the broker address and the firewall' }), timeoutMs);
-    client.on('connect', () => finish({ ...base, status: 'pass', reason: `${url}: ${url.startsWith('mqtts:') ? 'TLS verified against the pinned CA, ' : ''}credentials accepted` }));
+    const timer = setTimeout(
+      () =>
+        finish({
+          ...base,
+          status: 'fail',
+          reason: `no answer from ${url} within ${timeoutMs / 1000} s`,
+          fix: 'check the network, the broker address and the firewall',
+        }),
+      timeoutMs,
+    );
+    client.on('connect', () =>
+      finish({ ...base, status: 'pass', reason: `${url}: ${url.startsWith('mqtts:') ? 'TLS verified against the pinned CA, ' : ''}credentials accepted` }),
+    );
     client.on('error', (err) => {
       finish({ ...base, status: 'fail', reason: `${url}: ${err.message}`, fix: brokerFailureFix(err.message) });
     });
@@ -306,38 +407,66 @@ async function gpioCheck(config: AgentConfig, rt: AgentRuntime | undefined, onof
   const base = { id: 'gpio', title: 'GPIO', required: true };
   if (rt) {
     const r = await rt.io.check();
-    return { ...base, status: r.ok ? 'pass' : 'fail', reason: r.detail, ...(r.ok ? {} : { fix: 'check the pin numbers, that the agent user is in group gpio, or set gpio.backend to "none"' }) };
+    return {
+      ...base,
+      status: r.ok ? 'pass' : 'fail',
+      reason: r.detail,
+      ...(r.ok ? {} : { fix: 'check the pin numbers, that the agent user is in group gpio, or set gpio.backend to "none"' }),
+    };
   }
   const g = config.gpio;
   const backend = g.backend ?? 'auto';
   const pins = (['status_led', 'sensor_enable', 'reset_button'] as const).filter((r) => typeof g[r] === 'number');
-  if (backend === 'none' || backend === 'fake') return { ...base, status: 'pass', reason: `backend ${backend}${pins.length ? `; pins ${pins.join(', ')} not driven` : ''}` };
+  if (backend === 'none' || backend === 'fake')
+    return { ...base, status: 'pass', reason: `backend ${backend}${pins.length ? `; pins ${pins.join(', ')} not driven` : ''}` };
   // The backend as `run` opens it: onoff and its native addon loaded for real, the header chip found,
   // the export file writable; no pin is exported (a running agent owns them). Needed when pins are
   // wired or onoff is named; otherwise a failure only means `run` goes without GPIO (a warning).
   const needed = backend === 'onoff' || pins.length > 0;
   const failed = (reason: string, fix: string): Check =>
-    needed ? { ...base, status: 'fail', reason, fix } : { ...base, required: false, status: 'warn', reason: `${reason}; no pins configured: the agent runs without GPIO`, fix };
+    needed
+      ? { ...base, status: 'fail', reason, fix }
+      : { ...base, required: false, status: 'warn', reason: `${reason}; no pins configured: the agent runs without GPIO`, fix };
   let onoff: OnoffModule;
   try {
     onoff = await loadOnoff(onoffModule);
   } catch (err) {
     const message = (err as Error).message;
-    return failed(`${oneLine(message)}${await addonArchNote(message)} (this is Node.js ${process.version}, module ABI ${process.versions.modules}, ${process.arch})`, GPIO_ADDON_FIX);
+    return failed(
+      `${oneLine(message)}${await addonArchNote(message)} (this is Node.js ${process.version}, module ABI ${process.versions.modules}, ${process.arch})`,
+      GPIO_ADDON_FIX,
+    );
   }
   try {
     const { chip } = await openOnoff(g.sysfs_root ?? DEFAULT_SYSFS_ROOT, { onoff });
     const parts = pins.map((r) => `${r} ${String(g[r])} -> gpio${resolveOnChip(chip, g[r] as number).sysfs}`);
-    return { ...base, status: 'pass', reason: `backend onoff loaded (native addon ok); ${chip.dir} "${chip.label}" base ${chip.base}${parts.length ? `: ${parts.join(', ')}` : ', no pins configured'}` };
+    return {
+      ...base,
+      status: 'pass',
+      reason: `backend onoff loaded (native addon ok); ${chip.dir} "${chip.label}" base ${chip.base}${parts.length ? `: ${parts.join(', ')}` : ', no pins configured'}`,
+    };
   } catch (err) {
-    return failed((err as Error).message, 'check /sys/class/gpio and the pin numbers, that the agent user is in group gpio, or set gpio.backend to "none" on a board without GPIO');
+    return failed(
+      (err as Error).message,
+      'check /sys/class/gpio and the pin numbers, that the agent user is in group gpio, or set gpio.backend to "none" on a board without GPIO',
+    );
   }
 }
 
 /** Human form: one line per check with a mark, the reason and how to fix it. */
 export function formatReport(report: SelftestReport): string {
   const mark: Record<CheckStatus, string> = { pass: '[ OK ]', warn: '[WARN]', fail: '[FAIL]', skip: '[SKIP]' };
-  const lines = report.checks.map((c) => `${mark[c.status]} ${c.title}: ${c.reason}${c.fix && c.status !== 'pass' && !c.reason.includes(c.fix) ? ` -- fix: ${c.fix}` : ''}${!c.required && c.status === 'fail' ? ' (optional)' : ''}`);
-  lines.push(report.ok ? 'self-test passed' : `self-test FAILED: ${report.checks.filter((c) => c.required && c.status === 'fail').map((c) => c.id).join(', ')}`);
+  const lines = report.checks.map(
+    (c) =>
+      `${mark[c.status]} ${c.title}: ${c.reason}${c.fix && c.status !== 'pass' && !c.reason.includes(c.fix) ? ` -- fix: ${c.fix}` : ''}${!c.required && c.status === 'fail' ? ' (optional)' : ''}`,
+  );
+  lines.push(
+    report.ok
+      ? 'self-test passed'
+      : `self-test FAILED: ${report.checks
+          .filter((c) => c.required && c.status === 'fail')
+          .map((c) => c.id)
+          .join(', ')}`,
+  );
   return `${lines.join('\n')}\n`;
 }

@@ -49,18 +49,25 @@ export async function planStart({ config, log, keystore, store, token }: StartIn
 
   if (st.decommissioned && token === undefined) {
     if (keystore.hasKeys() || keystore.previousEncryptionKey) await keystore.wipe();
-    throw new AgentStartError('E_DECOMMISSIONED', `device ${config.device_id} was decommissioned by a delete command; to use it again, provision it at the board (place a new enrollment token at ${config.enrollment_token})`);
+    throw new AgentStartError(
+      'E_DECOMMISSIONED',
+      `device ${config.device_id} was decommissioned by a delete command; to use it again, provision it at the board (place a new enrollment token at ${config.enrollment_token})`,
+    );
   }
   if (!keystore.hasKeys() && token === undefined) {
     throw new AgentStartError(
       'E_NOT_ENROLLED',
-      `no device keys in ${config.keystore} and no enrollment token at ${config.enrollment_token}: this board is not enrolled. Create a bundle on the server (provision-server bundle --device ${config.device_id} ...) and copy its enroll.token to ${config.enrollment_token} (mode 0600), then start the agent again`);
+      `no device keys in ${config.keystore} and no enrollment token at ${config.enrollment_token}: this board is not enrolled. Create a bundle on the server (provision-server bundle --device ${config.device_id} ...) and copy its enroll.token to ${config.enrollment_token} (mode 0600), then start the agent again`,
+    );
   }
   // Keys already used with a state file that is now gone: the seq floor and the recent commands that
   // refuse replays went with it, so these keys are never acted on again (new keys via enrollment).
   const stateLost = keystore.hasKeys() && keystore.inUse && !store.found;
   if (stateLost && token === undefined) {
-    throw new AgentStartError('E_STATE_LOST', `${store.path} is missing but the keys in ${config.keystore} were already used with it: without it, commands captured earlier could be replayed, so the agent will not use these keys. ${stateLossAdvice(store.path)}`);
+    throw new AgentStartError(
+      'E_STATE_LOST',
+      `${store.path} is missing but the keys in ${config.keystore} were already used with it: without it, commands captured earlier could be replayed, so the agent will not use these keys. ${stateLossAdvice(store.path)}`,
+    );
   }
   const enrolling = token !== undefined && (!st.provisioned || !keystore.hasKeys() || stateLost);
   if (enrolling) {
@@ -74,17 +81,25 @@ export async function planStart({ config, log, keystore, store, token }: StartIn
     // credentials) are refused (E_KEYSTORE_READONLY, exit 2) before anything changes.
     const fresh = st.decommissioned || !keystore.hasKeys() || stateLost;
     if (fresh) {
-      if (stateLost) log.warn('state file missing for keys already in use: replacing the keys and enrolling again', { state: store.path, keystore: config.keystore });
-      else if (st.decommissioned && keystore.hasKeys()) log.warn('decommissioned board with a new enrollment token: replacing the keys left from before the decommissioning', { keystore: config.keystore });
+      if (stateLost)
+        log.warn('state file missing for keys already in use: replacing the keys and enrolling again', { state: store.path, keystore: config.keystore });
+      else if (st.decommissioned && keystore.hasKeys())
+        log.warn('decommissioned board with a new enrollment token: replacing the keys left from before the decommissioning', { keystore: config.keystore });
       const keys = await keystore.generate({ force: true }).catch((err: unknown) => {
         if (isKeyStoreError(err) && err.code === 'E_KEYSTORE_READONLY') {
-          throw new AgentStartError(err.code, `enrolling again needs new device keys (the old ones must never be used with a reset replay state), but ${err.message}`);
+          throw new AgentStartError(
+            err.code,
+            `enrolling again needs new device keys (the old ones must never be used with a reset replay state), but ${err.message}`,
+          );
         }
         throw err;
       });
       log.info('device keys generated for enrollment', { kids: keys.keys.map((k) => k.kid).join(',') });
       // New identity: commands sealed to the old keys cannot open, and the server may count seq from 1 again.
-      await store.save({ ...initialState(config.device_id), keys: { signing: keystore.signingKey?.kid ?? null, encryption: keystore.encryptionKey?.kid ?? null, previous_encryption: null } });
+      await store.save({
+        ...initialState(config.device_id),
+        keys: { signing: keystore.signingKey?.kid ?? null, encryption: keystore.encryptionKey?.kid ?? null, previous_encryption: null },
+      });
     }
   } else if (!st.provisioned) {
     log.warn('not provisioned and no enrollment token: waiting for a request command from the server');

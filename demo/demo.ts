@@ -217,7 +217,16 @@ async function run(cleanup: (() => Promise<void>)[]): Promise<void> {
           if (code !== 10) await fail(agent, `after delete the agent should exit 10 (decommissioned), got ${code}`);
           note = 'keys wiped on the board, agent exited 10; decommissioned';
         }
-        timeline.push({ at: acked?.ackedAt ?? Date.now(), device: agent.deviceId, step: action, seq: String(command.seq), status: acked?.ackStatus ?? '?', code: acked?.ackCode ?? '?', latencyMs: Date.now() - t0, note });
+        timeline.push({
+          at: acked?.ackedAt ?? Date.now(),
+          device: agent.deviceId,
+          step: action,
+          seq: String(command.seq),
+          status: acked?.ackStatus ?? '?',
+          code: acked?.ackCode ?? '?',
+          latencyMs: Date.now() - t0,
+          note,
+        });
       }
     }),
   );
@@ -234,7 +243,9 @@ async function run(cleanup: (() => Promise<void>)[]): Promise<void> {
   out();
 
   const check = plaintextCheck(seen, secrets);
-  out(`  the broker saw ${seen.length} messages on ${new Set(seen.map((s) => s.topic.split('/').at(-1))).size} kinds of topic (${[...new Set(seen.map((s) => s.topic.split('/').at(-1)))].join(', ')})`);
+  out(
+    `  the broker saw ${seen.length} messages on ${new Set(seen.map((s) => s.topic.split('/').at(-1))).size} kinds of topic (${[...new Set(seen.map((s) => s.topic.split('/').at(-1)))].join(', ')})`,
+  );
   if (check.problems.length) {
     for (const p of check.problems.slice(0, 10)) out(`  PLAINTEXT: ${p}`);
     throw new DemoFailure(`${check.problems.length} message(s) crossed the broker with a plaintext claim`);

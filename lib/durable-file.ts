@@ -86,10 +86,20 @@ export function durableFileError(err: unknown, path: string, action: 'write' | '
   const detail = err instanceof Error ? err.message : String(err);
   if (action === 'remove') return new DurableFileError('E_REMOVE', path, `could not remove ${path}: ${detail}`, { cause: err });
   if (action === 'sync-dir') {
-    return new DurableFileError('E_WRITE', path, `${path} was replaced but its directory could not be synced, so the change may not survive a power cut: ${detail}`, { cause: err });
+    return new DurableFileError(
+      'E_WRITE',
+      path,
+      `${path} was replaced but its directory could not be synced, so the change may not survive a power cut: ${detail}`,
+      { cause: err },
+    );
   }
   if (code === 'ENOSPC' || code === 'EDQUOT') {
-    return new DurableFileError('E_DISK_FULL', path, `the disk is full (${code}) while writing ${path}; nothing was changed: ${path} keeps its previous contents. Free some space and retry.`, { cause: err });
+    return new DurableFileError(
+      'E_DISK_FULL',
+      path,
+      `the disk is full (${code}) while writing ${path}; nothing was changed: ${path} keeps its previous contents. Free some space and retry.`,
+      { cause: err },
+    );
   }
   return new DurableFileError('E_WRITE', path, `could not write ${path}; nothing was changed: ${detail}`, { cause: err });
 }
@@ -166,7 +176,7 @@ async function overwriteWithZeros(path: string, expected: Stats): Promise<void> 
   try {
     const st = await fh.stat();
     if (!st.isFile() || st.ino !== expected.ino || st.dev !== expected.dev) return; // swapped under us: just unlink
-    for (let pos = 0; pos < st.size; ) {
+    for (let pos = 0; pos < st.size;) {
       const n = Math.min(ZEROS.length, st.size - pos);
       const { bytesWritten } = await fh.write(ZEROS, 0, n, pos);
       pos += bytesWritten;

@@ -158,4 +158,3 @@ function readCommandClaims(raw: Record<string, unknown>, opts: OpenCommandOption
   if (!isAction(claims.action)) throw new ProtocolError('E_ACTION', `unknown action "${claims.action}"`);
   return { ...claims, action: claims.action };
 }
-

@@ -19,10 +19,7 @@ export async function sealClaims(claims: Record<string, unknown>, keys: SealKeys
   }
   if (keys.recipient.use !== 'enc') throw new ProtocolError('E_KEY', 'the recipient must be an encryption key');
   const signKey = await asJoseKey(keys.signer);
-  const jws = await jose.JWS.createSign(
-    { format: 'compact', fields: { alg: SIGNING_ALG, kid: keys.signer.kid, typ: 'JWT' } },
-    signKey,
-  )
+  const jws = await jose.JWS.createSign({ format: 'compact', fields: { alg: SIGNING_ALG, kid: keys.signer.kid, typ: 'JWT' } }, signKey)
     .update(JSON.stringify(claims), 'utf8')
     .final();
   const encKey = await asJoseKey(keys.recipient);

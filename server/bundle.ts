@@ -60,12 +60,14 @@ export async function writeBundle(data: OpenedData, options: BundleOptions): Pro
       if (err.code === 'ENOENT') return [];
       throw new CodedError('E_NO_FILE', `cannot use ${dir} as the bundle directory: ${err.code ?? err.message}`);
     });
-    if (present.length > 0) throw new CodedError('E_EXISTS', `${dir} is not empty (it may hold another board's bundle); choose a new --out, or pass --force to overwrite it`);
+    if (present.length > 0)
+      throw new CodedError('E_EXISTS', `${dir} is not empty (it may hold another board's bundle); choose a new --out, or pass --force to overwrite it`);
     const known = options.keysOnHost ? data.registry.getDevice(options.deviceId) : undefined;
     if (known && known.state !== 'decommissioned') {
       throw new CodedError(
         'E_EXISTS',
-        `device ${options.deviceId} is already registered (state ${known.state}); --keys-on-host would replace its keys and cut the board off until it is re-flashed. Pass --force to do that, or bundle without --keys-on-host`);
+        `device ${options.deviceId} is already registered (state ${known.state}); --keys-on-host would replace its keys and cut the board off until it is re-flashed. Pass --force to do that, or bundle without --keys-on-host`,
+      );
     }
   }
   await ensurePrivateDir(dir);

@@ -16,7 +16,18 @@ import { tokenCommand } from './commands/token.js';
 await runCli({
   name: 'provision-server',
   description: 'Seals signed, encrypted provisioning commands for sensor boards and verifies their acks.',
-  commands: (cli) => cli.command(initCommand).command(tokenCommand).command(bundleCommand).command(deviceCommand).command(importLegacyCommand).command(sendCommand).command(serveCommand).command(keysCommand).command(sealCommandModule).command(inspectCommand),
+  commands: (cli) =>
+    cli
+      .command(initCommand)
+      .command(tokenCommand)
+      .command(bundleCommand)
+      .command(deviceCommand)
+      .command(importLegacyCommand)
+      .command(sendCommand)
+      .command(serveCommand)
+      .command(keysCommand)
+      .command(sealCommandModule)
+      .command(inspectCommand),
   exitStatuses: SERVER_EXIT_STATUSES,
   subcommands: {
     init: [],

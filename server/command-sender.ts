@@ -87,16 +87,27 @@ export function prepareCommand(registry: Registry, keys: ServerKeys, req: SendRe
   if (req.action === 'update' && typeof named === 'string' && named !== device.userId && isRecord(raw)) {
     // The seed's `update DEVICE USER`: naming a user other than the device's re-binds the device to it.
     if (raw.user_id === undefined) raw = { ...raw, user_id: named };
-    else if (raw.user_id !== named) throw new CodedError('E_USAGE', `the user ${named} and params.user_id ${String(raw.user_id)} disagree: name the new user once`);
+    else if (raw.user_id !== named)
+      throw new CodedError('E_USAGE', `the user ${named} and params.user_id ${String(raw.user_id)} disagree: name the new user once`);
   }
   const paramsUser = req.action === 'update' && isRecord(raw) && typeof raw.user_id === 'string' ? raw.user_id : undefined;
   const userId = named ?? device.userId ?? paramsUser;
   if (userId === undefined) throw new CodedError('E_USAGE', `device ${req.deviceId} is bound to no user yet: pass a user id`);
-  if (typeof userId !== 'string') throw new CodedError('E_USAGE', `user id ${JSON.stringify(userId)} must be text of 1-128 characters or a non-negative integer`);
-  const params = checkCommandInput({ serverId: keys.serverId, deviceId: req.deviceId, action: req.action, userId, params: raw, ...(req.ttlSeconds ? { ttlSeconds: req.ttlSeconds } : {}) });
-  if (device.state === 'decommissioned') throw new RegistryError('E_DECOMMISSIONED', `device ${req.deviceId} is decommissioned; provision it again with a new token or bundle`);
+  if (typeof userId !== 'string')
+    throw new CodedError('E_USAGE', `user id ${JSON.stringify(userId)} must be text of 1-128 characters or a non-negative integer`);
+  const params = checkCommandInput({
+    serverId: keys.serverId,
+    deviceId: req.deviceId,
+    action: req.action,
+    userId,
+    params: raw,
+    ...(req.ttlSeconds ? { ttlSeconds: req.ttlSeconds } : {}),
+  });
+  if (device.state === 'decommissioned')
+    throw new RegistryError('E_DECOMMISSIONED', `device ${req.deviceId} is decommissioned; provision it again with a new token or bundle`);
   if (!device.encryption) throw new RegistryError('E_NO_KEY', `device ${req.deviceId} has no registered encryption key: nothing is sent (never in plaintext)`);
-  const bindUser = req.action === 'request' ? userId : req.action === 'update' && 'user_id' in params && typeof params.user_id === 'string' ? params.user_id : undefined;
+  const bindUser =
+    req.action === 'request' ? userId : req.action === 'update' && 'user_id' in params && typeof params.user_id === 'string' ? params.user_id : undefined;
   return { deviceId: req.deviceId, action: req.action, userId, params, bindUser };
 }
 
@@ -131,7 +142,16 @@ export class CommandSender {
     if (!recipient) throw new CodedError('E_NO_KEY', `device ${req.deviceId} has no encryption key`);
     const jti = randomUUID();
     const { token, claims } = await (this.#ctx.seal ?? sealInProcess)(
-      { serverId: keys.serverId, deviceId: req.deviceId, action: req.action, userId, params, seq, jti, ...(req.ttlSeconds ? { ttlSeconds: req.ttlSeconds } : {}) },
+      {
+        serverId: keys.serverId,
+        deviceId: req.deviceId,
+        action: req.action,
+        userId,
+        params,
+        seq,
+        jti,
+        ...(req.ttlSeconds ? { ttlSeconds: req.ttlSeconds } : {}),
+      },
       { signer: keys.signing, recipient },
     );
     await this.#records.submit({

@@ -75,7 +75,14 @@ export async function initDataDir(dir: string, options: InitOptions = {}): Promi
   const broker = options.broker ?? { url: DEFAULT_BROKER_URL };
   const recorded: Record<string, unknown> = {
     broker: { url: broker.url, ...absolutePaths(broker) },
-    ...(options.deviceBroker ? { device_broker: { url: options.deviceBroker.url, ...absolutePaths({ url: options.deviceBroker.url, ...(options.deviceBroker.ca ? { ca: options.deviceBroker.ca } : {}) }) } } : {}),
+    ...(options.deviceBroker
+      ? {
+          device_broker: {
+            url: options.deviceBroker.url,
+            ...absolutePaths({ url: options.deviceBroker.url, ...(options.deviceBroker.ca ? { ca: options.deviceBroker.ca } : {}) }),
+          },
+        }
+      : {}),
     topic_prefix: prefix,
   };
   await writeFileAtomic(paths.config, `${JSON.stringify(recorded, null, 2)}\n`, { mode: 0o644 });
@@ -113,7 +120,8 @@ export async function readServerConfig(dir: string): Promise<ServerConfig> {
   }
   let deviceBroker: BrokerSettings | undefined;
   if (raw.device_broker !== undefined) {
-    if (!isRecord(raw.device_broker) || typeof raw.device_broker.url !== 'string') throw new CodedError('E_CONFIG', `${paths.config}: "device_broker.url" missing`);
+    if (!isRecord(raw.device_broker) || typeof raw.device_broker.url !== 'string')
+      throw new CodedError('E_CONFIG', `${paths.config}: "device_broker.url" missing`);
     deviceBroker = { url: raw.device_broker.url, ...(typeof raw.device_broker.ca === 'string' ? { ca: raw.device_broker.ca } : {}) };
   }
   const topicPrefix = typeof raw.topic_prefix === 'string' ? raw.topic_prefix : DEFAULT_TOPIC_PREFIX;
@@ -122,9 +130,17 @@ export async function readServerConfig(dir: string): Promise<ServerConfig> {
 }
 
 /** Overrides from the command line win over what `init` recorded. */
-export function brokerFrom(recorded: BrokerSettings, override: { broker?: string | undefined; ca?: string | undefined; cert?: string | undefined; key?: string | undefined }): BrokerSettings {
+export function brokerFrom(
+  recorded: BrokerSettings,
+  override: { broker?: string | undefined; ca?: string | undefined; cert?: string | undefined; key?: string | undefined },
+): BrokerSettings {
   if (override.broker === undefined) {
-    return { ...recorded, ...(override.ca ? { ca: override.ca } : {}), ...(override.cert ? { cert: override.cert } : {}), ...(override.key ? { key: override.key } : {}) };
+    return {
+      ...recorded,
+      ...(override.ca ? { ca: override.ca } : {}),
+      ...(override.cert ? { cert: override.cert } : {}),
+      ...(override.key ? { key: override.key } : {}),
+    };
   }
   const out: BrokerSettings = { url: override.broker };
   if (override.ca) out.ca = override.ca;
@@ -158,7 +174,8 @@ export async function readHttpToken(path: string): Promise<string> {
     throw new CodedError('E_NO_FILE', `HTTP token file ${path} does not exist`);
   }
   if (!st.isFile()) throw new CodedError('E_NO_FILE', `HTTP token file ${path} is not a regular file`);
-  if ((st.mode & 0o077) !== 0) throw new CodedError('E_KEY_PERMS', `HTTP token file ${path} has mode 0${(st.mode & 0o777).toString(8)}; fix with: chmod 600 ${path}`);
+  if ((st.mode & 0o077) !== 0)
+    throw new CodedError('E_KEY_PERMS', `HTTP token file ${path} has mode 0${(st.mode & 0o777).toString(8)}; fix with: chmod 600 ${path}`);
   const token = (await readFile(path, 'utf8')).trim();
   if (token.length < 16) throw new CodedError('E_CONFIG', `HTTP token in ${path} is shorter than 16 characters`);
   return token;

@@ -106,20 +106,29 @@ export class EnrollRefusals {
 
   #summary(b: Bucket, now: number): void {
     if (b.more === 0) return;
-    const detail = { code: b.code, count: b.more, window_start: new Date(b.since).toISOString(), window_end: new Date(now).toISOString(), last_reason: b.lastReason };
+    const detail = {
+      code: b.code,
+      count: b.more,
+      window_start: new Date(b.since).toISOString(),
+      window_end: new Date(now).toISOString(),
+      last_reason: b.lastReason,
+    };
     this.#log.warn('enroll.dropped.summary', { device: b.deviceId ?? '*', ...detail });
     if (b.audited && this.#registry.db.open) this.#registry.audit(ENROLL_REFUSED_EVENT, b.deviceId, { ...detail, aggregated: true });
   }
 
   #arm(): void {
     if (this.#timer) return;
-    this.#timer = setInterval(() => {
-      try {
-        this.flush();
-      } catch (err) {
-        this.#log.error('enroll.refusals.flush_failed', { reason: err instanceof Error ? err.message : String(err) });
-      }
-    }, Math.max(1000, Math.floor(this.#windowMs / 4)));
+    this.#timer = setInterval(
+      () => {
+        try {
+          this.flush();
+        } catch (err) {
+          this.#log.error('enroll.refusals.flush_failed', { reason: err instanceof Error ? err.message : String(err) });
+        }
+      },
+      Math.max(1000, Math.floor(this.#windowMs / 4)),
+    );
     this.#timer.unref();
   }
 }

@@ -91,7 +91,13 @@ export async function runFanout(options: FanoutOptions): Promise<FanoutSummary> 
         await sender.publish(deviceId, pending.jti, sealed);
         jti = pending.jti;
       } else {
-        const c = await sender.send({ deviceId, action: fanout.action as Action, params: fanout.params, fanoutId: fanout.id, ...(ttlSeconds ? { ttlSeconds } : {}) });
+        const c = await sender.send({
+          deviceId,
+          action: fanout.action as Action,
+          params: fanout.params,
+          fanoutId: fanout.id,
+          ...(ttlSeconds ? { ttlSeconds } : {}),
+        });
         jti = c.jti;
       }
       const acked = await waiters.wait(jti, options.timeoutMs);

@@ -138,7 +138,9 @@ function authenticate(req: IncomingMessage, expected: Buffer): void {
   const header = req.headers.authorization;
   const m = header ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
   if (!m) throw new CodedError('E_UNAUTHORIZED', 'missing bearer token (Authorization: Bearer TOKEN)');
-  const given = createHash('sha256').update(m[1] as string).digest();
+  const given = createHash('sha256')
+    .update(m[1] as string)
+    .digest();
   if (!timingSafeEqual(given, expected)) throw new CodedError('E_UNAUTHORIZED', 'wrong bearer token');
 }
 

@@ -76,16 +76,21 @@ export async function handleEnrollment(ctx: InboundContext, topicDeviceId: strin
   ctx.log.info(repeated ? 'enroll.repeated' : 'enroll.accepted', { device: opened.claims.iss, user: userId, signing_kid: opened.signing.kid });
   // A repeated enrollment (the board missed our answer) gets the pending `request` again, unchanged, while it is valid.
   const pending = repeated
-    ? registry.listCommands({ deviceId: opened.claims.iss, limit: 20 }).find((c) => c.action === 'request' && c.ackStatus === null && c.expiresAt > registry.now() + 5000)
+    ? registry
+        .listCommands({ deviceId: opened.claims.iss, limit: 20 })
+        .find((c) => c.action === 'request' && c.ackStatus === null && c.expiresAt > registry.now() + 5000)
     : undefined;
   const pendingToken = pending ? registry.sealedCommand(pending.jti) : undefined;
   const { command: request, token } =
-    pending && pendingToken !== undefined ? { command: pending, token: pendingToken } : await ctx.sender.seal({ deviceId: opened.claims.iss, action: 'request', userId });
+    pending && pendingToken !== undefined
+      ? { command: pending, token: pendingToken }
+      : await ctx.sender.seal({ deviceId: opened.claims.iss, action: 'request', userId });
   // Not awaited: the PUBACK of this publish arrives on the session whose inbound
   // message we are still handling (mqtt.js handles incoming packets in order).
   ctx.sender.publish(request.deviceId, request.jti, token).then(
     () => ctx.log.info('command.sent', { device: request.deviceId, action: 'request', seq: request.seq, jti: request.jti }),
-    (err: unknown) => ctx.log.error('command.publish_failed', { device: request.deviceId, jti: request.jti, reason: err instanceof Error ? err.message : String(err) }),
+    (err: unknown) =>
+      ctx.log.error('command.publish_failed', { device: request.deviceId, jti: request.jti, reason: err instanceof Error ? err.message : String(err) }),
   );
   return { kind: 'enrolled', deviceId: opened.claims.iss, request, repeated };
 }

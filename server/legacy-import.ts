@@ -102,7 +102,14 @@ export async function readKeyFile(path: string): Promise<string> {
   }
 }
 
-function fileKind(st: { isFIFO(): boolean; isSymbolicLink(): boolean; isDirectory(): boolean; isSocket(): boolean; isCharacterDevice(): boolean; isBlockDevice(): boolean }): string {
+function fileKind(st: {
+  isFIFO(): boolean;
+  isSymbolicLink(): boolean;
+  isDirectory(): boolean;
+  isSocket(): boolean;
+  isCharacterDevice(): boolean;
+  isBlockDevice(): boolean;
+}): string {
   if (st.isFIFO()) return 'a FIFO';
   if (st.isSymbolicLink()) return 'a symbolic link';
   if (st.isDirectory()) return 'a directory';

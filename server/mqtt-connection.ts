@@ -47,7 +47,10 @@ export async function connectBroker(settings: BrokerSettings, options: ConnectOp
   client.on('connect', () => (client.stream as { setNoDelay?: (on: boolean) => unknown }).setNoDelay?.(true));
   const timeoutMs = options.connectTimeoutMs ?? 10_000;
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => fail(new BrokerError(`could not connect to ${settings.url} within ${timeoutMs} ms${lastError ? `: ${lastError.message}` : ''}`)), timeoutMs);
+    const timer = setTimeout(
+      () => fail(new BrokerError(`could not connect to ${settings.url} within ${timeoutMs} ms${lastError ? `: ${lastError.message}` : ''}`)),
+      timeoutMs,
+    );
     let lastError: Error | undefined;
     const onError = (err: Error): void => {
       lastError = err;

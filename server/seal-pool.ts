@@ -16,8 +16,7 @@ export interface SealRequest {
 }
 
 export type SealResponse =
-  | { id: number; token: string; claims: CommandClaims; error?: undefined }
-  | { id: number; error: { code: ProtocolErrorCode | null; message: string } };
+  { id: number; token: string; claims: CommandClaims; error?: undefined } | { id: number; error: { code: ProtocolErrorCode | null; message: string } };
 
 export type Sealed = { token: string; claims: CommandClaims };
 

@@ -22,19 +22,33 @@ export interface SendClient {
 }
 
 /** Connects; `acksOf` is the device ids whose acks to follow, or 'all'. */
-export async function openSendClient(data: OpenedData, broker: BrokerSettings, options: { acksOf: string[] | 'all'; log?: Logger; connectTimeoutMs?: number; sealWorkers?: number }): Promise<SendClient> {
+export async function openSendClient(
+  data: OpenedData,
+  broker: BrokerSettings,
+  options: { acksOf: string[] | 'all'; log?: Logger; connectTimeoutMs?: number; sealWorkers?: number },
+): Promise<SendClient> {
   const log = options.log ?? silentLogger;
   const client = await connectBroker(broker, { clean: true, ...(options.connectTimeoutMs ? { connectTimeoutMs: options.connectTimeoutMs } : {}) });
   const { registry, keys, config } = data;
   const pool = options.sealWorkers ? SealPool.start(options.sealWorkers) : undefined;
-  const sender = new CommandSender({ registry, keys, topicPrefix: config.topicPrefix, publish: (t, p) => publishQos1(client, t, p), ...(pool ? { seal: pool.seal } : {}) });
+  const sender = new CommandSender({
+    registry,
+    keys,
+    topicPrefix: config.topicPrefix,
+    publish: (t, p) => publishQos1(client, t, p),
+    ...(pool ? { seal: pool.seal } : {}),
+  });
   const waiters = new AckWaiters(registry);
   const ctx = { registry, keys, topicPrefix: config.topicPrefix, sender, log, onAck: (c: Parameters<AckWaiters['notify']>[0]) => waiters.notify(c) };
   client.on('message', (topic, payload) => {
     void handleInbound(ctx, topic, payload);
   });
   if (options.acksOf === 'all') await client.subscribeAsync(fleetFilter(config.topicPrefix, 'ack'), { qos: 1 });
-  else if (options.acksOf.length > 0) await client.subscribeAsync(options.acksOf.map((id) => ackTopic(config.topicPrefix, id)), { qos: 1 });
+  else if (options.acksOf.length > 0)
+    await client.subscribeAsync(
+      options.acksOf.map((id) => ackTopic(config.topicPrefix, id)),
+      { qos: 1 },
+    );
   return {
     client,
     sender,

@@ -36,7 +36,10 @@ export async function initServerKeys(dir: string, options: { serverId?: string; 
   assertValidId(serverId, 'server id');
   await ensurePrivateDir(dir);
   if (!options.force && (await exists(join(dir, 'signing.jwk')))) {
-    throw new CodedError('E_KEYS_EXIST', `server keys already exist in ${dir}; pass --force to replace them (every device must then be re-flashed with the new trust.jwks)`);
+    throw new CodedError(
+      'E_KEYS_EXIST',
+      `server keys already exist in ${dir}; pass --force to replace them (every device must then be re-flashed with the new trust.jwks)`,
+    );
   }
   const [signing, encryption] = await Promise.all([generateSigningKey(), generateEncryptionKey()]);
   const trust = toJwkSet([signing, encryption]);

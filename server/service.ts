@@ -159,5 +159,7 @@ export function parseHostPort(text: string): { host: string; port: number } {
  */
 export function defaultClientId(dataDir: string): string {
   const tag = createHash('sha256').update(dataDir).digest('hex').slice(0, 8);
-  return `provision-server-${hostname().replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 32)}-${tag}`;
+  return `provision-server-${hostname()
+    .replace(/[^A-Za-z0-9._-]/g, '-')
+    .slice(0, 32)}-${tag}`;
 }

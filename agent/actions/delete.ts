@@ -58,7 +58,9 @@ export async function wipeDevice(rt: AgentRuntime): Promise<void> {
   const wiped = await rt.keystore.wipe();
   await removeFileSecurely(rt.config.enrollment_token).catch(() => false);
   if (wiped.leftInCredentials.length > 0) {
-    rt.log.warn('keys supplied by systemd credentials cannot be removed by the agent; remove them from the credential store', { files: wiped.leftInCredentials.join(',') });
+    rt.log.warn('keys supplied by systemd credentials cannot be removed by the agent; remove them from the credential store', {
+      files: wiped.leftInCredentials.join(','),
+    });
   }
   rt.io.setStatus('unprovisioned');
   rt.log.info('device wiped', { removed: wiped.removed.join(',') || 'none' });

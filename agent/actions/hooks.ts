@@ -108,7 +108,12 @@ export async function runHook(run: HookRun): Promise<HookResult> {
         const out = output.trim().replace(/\s+/g, ' ').slice(0, 300);
         if (timedOut) finish({ ran: true, ok: false, detail: `hook ${run.action} timed out after ${run.timeoutMs / 1000} s` });
         else if (code === 0) finish({ ran: true, ok: true, detail: `hook ${run.action} succeeded` });
-        else finish({ ran: true, ok: false, detail: `hook ${run.action} failed (${signal ? `signal ${signal}` : `exit ${String(code)}`})${out ? `: ${out}` : ''}` });
+        else
+          finish({
+            ran: true,
+            ok: false,
+            detail: `hook ${run.action} failed (${signal ? `signal ${signal}` : `exit ${String(code)}`})${out ? `: ${out}` : ''}`,
+          });
       };
       const grace = setTimeout(judge, PIPE_GRACE_MS);
       let open = 2;
@@ -136,11 +141,14 @@ function checkHook(dir: string, dirStats: Stats | undefined, file: string, st: S
     return `hooks directory ${dir} is not a real directory (a symbolic link could point the agent at files another user controls); replace it with the real directory`;
   }
   if (!ownerOk(dirStats.uid)) return `hooks directory ${dir} is owned by uid ${dirStats.uid}, not root or the agent's user; fix with: chown root ${dir}`;
-  if ((dirStats.mode & 0o022) !== 0) return `hooks directory ${dir} has mode ${octal(dirStats.mode)}, which lets other users add or replace hooks; fix with: chmod go-w ${dir}`;
-  if (st.isSymbolicLink()) return `hook ${file} is a symbolic link, which could run a program outside the checked hooks directory; replace it with the real file`;
+  if ((dirStats.mode & 0o022) !== 0)
+    return `hooks directory ${dir} has mode ${octal(dirStats.mode)}, which lets other users add or replace hooks; fix with: chmod go-w ${dir}`;
+  if (st.isSymbolicLink())
+    return `hook ${file} is a symbolic link, which could run a program outside the checked hooks directory; replace it with the real file`;
   if (!st.isFile()) return `hook ${file} is not a regular file`;
   if (!ownerOk(st.uid)) return `hook ${file} is owned by uid ${st.uid}, not root or the agent's user; fix with: chown root ${file}`;
-  if ((st.mode & 0o022) !== 0) return `hook ${file} has mode ${octal(st.mode)}, which lets other users change what runs as the agent; fix with: chmod go-w ${file}`;
+  if ((st.mode & 0o022) !== 0)
+    return `hook ${file} has mode ${octal(st.mode)}, which lets other users change what runs as the agent; fix with: chmod go-w ${file}`;
   return undefined;
 }
 

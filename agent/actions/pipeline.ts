@@ -124,8 +124,20 @@ export class Pipeline {
       outcome = { status: 'failed', code: 'E_APPLY', detail: `${c.action} failed: ${(err as Error).message}` };
     }
 
-    const rec: RecentCommand = { jti: c.jti, seq: c.seq, action: c.action, status: outcome.status, code: outcome.code, detail: outcome.detail, at: Math.floor(Date.now() / 1000) };
-    const retirePrevious = outcome.status === 'applied' && action.retiresPreviousKey && opened.decryptKid === rt.keystore.encryptionKey?.kid && rt.keystore.previousEncryptionKey !== undefined;
+    const rec: RecentCommand = {
+      jti: c.jti,
+      seq: c.seq,
+      action: c.action,
+      status: outcome.status,
+      code: outcome.code,
+      detail: outcome.detail,
+      at: Math.floor(Date.now() / 1000),
+    };
+    const retirePrevious =
+      outcome.status === 'applied' &&
+      action.retiresPreviousKey &&
+      opened.decryptKid === rt.keystore.encryptionKey?.kid &&
+      rt.keystore.previousEncryptionKey !== undefined;
     // Persist before the PUBACK: if this throws, no PUBACK, and the redelivery finds the old state.
     await rt.store.update((d) => {
       if (outcome.status === 'applied') outcome.mutate?.(d);
@@ -145,7 +157,16 @@ export class Pipeline {
 
     return async () => {
       if (action.ack === 'pipeline' || outcome.status !== 'applied') {
-        const token = outcome.ackToken ?? (await rt.sealAck({ ref: c.jti, seq: c.seq, status: outcome.status, code: outcome.code, detail: outcome.detail, ...(outcome.result ? { result: outcome.result } : {}) }));
+        const token =
+          outcome.ackToken ??
+          (await rt.sealAck({
+            ref: c.jti,
+            seq: c.seq,
+            status: outcome.status,
+            code: outcome.code,
+            detail: outcome.detail,
+            ...(outcome.result ? { result: outcome.result } : {}),
+          }));
         rt.publishAck(token, { ref: c.jti, status: outcome.status, code: outcome.code });
       }
       if (outcome.status === 'applied') await outcome.afterAck?.();
@@ -161,7 +182,13 @@ export class Pipeline {
       const token =
         stored?.jti === rec.jti
           ? stored.token
-          : await rt.sealAck({ ref: rec.jti, seq: rec.seq, status: rec.status, code: rec.code, detail: `duplicate: already ${rec.status} at seq ${rec.seq}; ${rec.detail}` });
+          : await rt.sealAck({
+              ref: rec.jti,
+              seq: rec.seq,
+              status: rec.status,
+              code: rec.code,
+              detail: `duplicate: already ${rec.status} at seq ${rec.seq}; ${rec.detail}`,
+            });
       rt.publishAck(token, { ref: rec.jti, status: rec.status, duplicate: 'yes' });
     };
   }

@@ -13,13 +13,7 @@
  * redelivery is refused (e.g. expired by then), the rotation is undone
  * (`undoRotationKeys`): the original encryption key is current again.
  */
-import {
-  generateEncryptionKey,
-  generateSigningKey,
-  toJwkSet,
-  type CommandClaims,
-  type JwkSet,
-} from '../../protocol/index.js';
+import { generateEncryptionKey, generateSigningKey, toJwkSet, type CommandClaims, type JwkSet } from '../../protocol/index.js';
 import type { AgentRuntime } from '../runtime.js';
 import type { ActionContext, ActionDescriptor } from './descriptor.js';
 import type { Outcome } from './outcome.js';
@@ -41,9 +35,7 @@ export async function applyRotate({ rt }: ActionContext, claims: CommandClaims<'
   if (marker && ks.signingKey?.kid === marker.new_signing_kid) return finished(marker);
 
   const oldSigning = ks.signingKey;
-  const original = !marker
-    ? ks.encryptionKey
-    : [ks.encryptionKey, ks.previousEncryptionKey].find((k) => k?.kid === marker.old_encryption_kid);
+  const original = !marker ? ks.encryptionKey : [ks.encryptionKey, ks.previousEncryptionKey].find((k) => k?.kid === marker.old_encryption_kid);
   if (!oldSigning || !original) {
     return { status: 'failed', code: 'E_KEYSTORE', detail: 'the current keys are not all in the key store; rotation not possible' };
   }
@@ -71,7 +63,10 @@ export async function applyRotate({ rt }: ActionContext, claims: CommandClaims<'
   } catch (err) {
     rt.log.error('rotation failed while writing keys', { reason: (err as Error).message });
     await rt.refreshDecryption();
-    const failed = await rt.sealAck({ ref: claims.jti, seq: claims.seq, status: 'failed', code: 'E_KEYSTORE', detail: `rotation failed: ${(err as Error).message}` }, ks.signingKey ?? oldSigning);
+    const failed = await rt.sealAck(
+      { ref: claims.jti, seq: claims.seq, status: 'failed', code: 'E_KEYSTORE', detail: `rotation failed: ${(err as Error).message}` },
+      ks.signingKey ?? oldSigning,
+    );
     return {
       status: 'failed',
       code: 'E_KEYSTORE',
@@ -108,12 +103,22 @@ export async function resumeRotation(rt: AgentRuntime): Promise<{ jti: string; t
   const marker = rt.store.state.pending_rotation;
   if (!marker) return undefined;
   if (rt.keystore.signingKey?.kid !== marker.new_signing_kid) {
-    rt.log.warn('a rotation was interrupted before its keys were written; it is redone when the command is redelivered (undone if it is refused then)', { jti: marker.jti });
+    rt.log.warn('a rotation was interrupted before its keys were written; it is redone when the command is redelivered (undone if it is refused then)', {
+      jti: marker.jti,
+    });
     return undefined;
   }
   await rt.store.update((d) => {
     completeRotation(d, marker);
-    recordCommand(d, { jti: marker.jti, seq: marker.seq, action: 'rotate', status: 'applied', code: 'OK', detail: 'keys rotated', at: Math.floor(Date.now() / 1000) });
+    recordCommand(d, {
+      jti: marker.jti,
+      seq: marker.seq,
+      action: 'rotate',
+      status: 'applied',
+      code: 'OK',
+      detail: 'keys rotated',
+      at: Math.floor(Date.now() / 1000),
+    });
   });
   rt.log.info('completed a rotation interrupted after its keys were written', { jti: marker.jti });
   return { jti: marker.jti, token: marker.ack };
@@ -133,7 +138,10 @@ export async function undoRotationKeys(rt: AgentRuntime, marker: PendingRotation
   const ks = rt.keystore;
   const original = [ks.encryptionKey, ks.previousEncryptionKey].find((k) => k?.kid === marker.old_encryption_kid);
   if (!original) {
-    rt.log.error('interrupted rotation refused, but its original encryption key is not in the key store; keys left as they are', { jti: marker.jti, kid: marker.old_encryption_kid });
+    rt.log.error('interrupted rotation refused, but its original encryption key is not in the key store; keys left as they are', {
+      jti: marker.jti,
+      kid: marker.old_encryption_kid,
+    });
     return;
   }
   if (ks.encryptionKey?.kid !== original.kid) await ks.write('encryption', original);

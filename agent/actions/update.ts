@@ -80,7 +80,9 @@ export async function applyUpdate(ctl: ActionContext, claims: CommandClaims<'upd
     checkBrokerUrl(p.broker.url, rt.config.broker.allow_insecure, problems, 'params.broker.url');
     if (problems.length > 0) throw new ActionRefused('E_PARAMS', problems.join('; '));
   }
-  const changed = Object.keys(p).filter((k) => k !== 'rollback_timeout_s').join(', ');
+  const changed = Object.keys(p)
+    .filter((k) => k !== 'rollback_timeout_s')
+    .join(', ');
   const pending: PendingBroker | null = p.broker
     ? {
         jti: claims.jti,
@@ -124,7 +126,13 @@ export async function finishBrokerChange(rt: AgentRuntime, pending: PendingBroke
     await rt.store.update((d) => {
       d.pending_broker = null;
     });
-    const token = await rt.sealAck({ ref: pending.jti, seq: pending.seq, status: 'applied', code: 'OK', detail: `updated; now connected to ${pending.next.url}` });
+    const token = await rt.sealAck({
+      ref: pending.jti,
+      seq: pending.seq,
+      status: 'applied',
+      code: 'OK',
+      detail: `updated; now connected to ${pending.next.url}`,
+    });
     rt.publishAck(token, { ref: pending.jti, status: 'applied' });
     return;
   }

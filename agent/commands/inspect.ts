@@ -1,5 +1,14 @@
 /** `sensor-agent inspect`: open one sealed command and print its verified claims (stateless). */
-import { CodedError, DEFAULT_MAX_MESSAGE_BYTES, isProtocolError, KeyRing, openCommand, parseJwkSet, TRUSTED_CLOCK, UNTRUSTED_CLOCK } from '../../protocol/index.js';
+import {
+  CodedError,
+  DEFAULT_MAX_MESSAGE_BYTES,
+  isProtocolError,
+  KeyRing,
+  openCommand,
+  parseJwkSet,
+  TRUSTED_CLOCK,
+  UNTRUSTED_CLOCK,
+} from '../../protocol/index.js';
 import { deviceIdFlag, readInput, readJsonFile, withInputFile } from '../../lib/cli-input.js';
 import { KeyStore } from '../store/keystore.js';
 import { defineCommand } from '../../lib/cli.js';
@@ -11,13 +20,19 @@ export const inspectCommand = defineCommand({
     withInputFile(y)
       .option('keystore', { type: 'string', demandOption: true, describe: 'the device key store directory' })
       .option('trust', { type: 'string', demandOption: true, describe: "the server's public JWK set (trust.jwks)" })
-      .option('device', { type: 'string', demandOption: true, coerce: deviceIdFlag('--device'), describe: 'this device id (checked against aud and device_id)' })
+      .option('device', {
+        type: 'string',
+        demandOption: true,
+        coerce: deviceIdFlag('--device'),
+        describe: 'this device id (checked against aud and device_id)',
+      })
       .option('clock', { choices: ['trusted', 'untrusted'], default: 'trusted', describe: 'check exp/iat against this clock, or skip the time checks' })
       .example('$0 inspect --keystore keys --trust trust.jwks \\\n--device sensor-1 cmd.jwe', ''),
   handler: async (args) => {
     const store = await KeyStore.open(args.keystore);
     const decryption = store.decryptionKeys();
-    if (decryption.length === 0) throw new CodedError('E_NO_KEYS', `key store ${args.keystore} holds no encryption key; run: sensor-agent keygen --keystore ${args.keystore}`);
+    if (decryption.length === 0)
+      throw new CodedError('E_NO_KEYS', `key store ${args.keystore} holds no encryption key; run: sensor-agent keygen --keystore ${args.keystore}`);
     const pinned = await parseJwkSet(await readJsonFile(args.trust, 'trust anchors'), 'sig');
     if (pinned.length === 0) throw new CodedError('E_NO_KEYS', `trust anchors ${args.trust} hold no signing key`);
     const input = await readInput(args.file, DEFAULT_MAX_MESSAGE_BYTES * 2);
@@ -37,7 +52,10 @@ export const inspectCommand = defineCommand({
 function withClockHint(err: unknown): unknown {
   if (!isProtocolError(err)) return err;
   if (err.code === 'E_EXPIRED') {
-    return new CodedError(err.code, `${err.message}; to read it anyway, pass --clock untrusted (the time checks are skipped, as on a board without a synchronised clock), or seal it again (provision-server seal ... --ttl 1h)`);
+    return new CodedError(
+      err.code,
+      `${err.message}; to read it anyway, pass --clock untrusted (the time checks are skipped, as on a board without a synchronised clock), or seal it again (provision-server seal ... --ttl 1h)`,
+    );
   }
   if (err.code === 'E_NOT_YET_VALID') {
     return new CodedError(err.code, `${err.message}; check this machine's clock (timedatectl), or pass --clock untrusted to skip the time checks`);

@@ -372,10 +372,7 @@ class BoardIoImpl implements BoardIo {
  */
 export async function openOnoff(root: string, options: BoardIoOptions = {}): Promise<OnoffBackend> {
   if (resolve(root) !== DEFAULT_SYSFS_ROOT) {
-    throw new GpioError(
-      'E_GPIO_CONFIG',
-      `onoff always drives ${DEFAULT_SYSFS_ROOT}; gpio.sysfs_root ${root} would resolve pins against another tree`,
-    );
+    throw new GpioError('E_GPIO_CONFIG', `onoff always drives ${DEFAULT_SYSFS_ROOT}; gpio.sysfs_root ${root} would resolve pins against another tree`);
   }
   const onoff = options.onoff ?? (await loadOnoff());
   const chip = await findHeaderChip({ root, labels: options.chipLabels ?? HEADER_CHIP_LABELS });

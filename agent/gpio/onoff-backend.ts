@@ -29,12 +29,7 @@ export interface OnoffGpio {
 }
 
 export interface OnoffGpioConstructor {
-  new (
-    gpio: number,
-    direction: Direction,
-    edge?: Edge,
-    options?: { debounceTimeout?: number; activeLow?: boolean; reconfigureDirection?: boolean },
-  ): OnoffGpio;
+  new (gpio: number, direction: Direction, edge?: Edge, options?: { debounceTimeout?: number; activeLow?: boolean; reconfigureDirection?: boolean }): OnoffGpio;
   readonly accessible: boolean;
 }
 
@@ -73,10 +68,7 @@ export class OnoffBackend implements GpioBackend {
   static async create(chip: GpioChipInfo, onoff?: OnoffModule): Promise<OnoffBackend> {
     const mod = onoff ?? (await loadOnoff());
     if (!mod.Gpio.accessible) {
-      throw new GpioError(
-        'E_GPIO_UNAVAILABLE',
-        `${DEFAULT_SYSFS_ROOT}/export is not writable: run the agent as a member of the gpio group`,
-      );
+      throw new GpioError('E_GPIO_UNAVAILABLE', `${DEFAULT_SYSFS_ROOT}/export is not writable: run the agent as a member of the gpio group`);
     }
     return new OnoffBackend(mod, chip);
   }

@@ -108,10 +108,7 @@ export function pickHeaderChip(
     const chip = chips.find((c) => c.label === label);
     if (chip !== undefined) return chip;
   }
-  throw new GpioError(
-    'E_GPIO_NO_CHIP',
-    `no gpiochip under ${root} is labelled ${labels.join(' or ')} (found: ${describeChips(chips)})`,
-  );
+  throw new GpioError('E_GPIO_NO_CHIP', `no gpiochip under ${root} is labelled ${labels.join(' or ')} (found: ${describeChips(chips)})`);
 }
 
 /** Reads the root and returns the header chip (E_GPIO_UNAVAILABLE, E_GPIO_NO_CHIP). */

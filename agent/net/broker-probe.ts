@@ -59,7 +59,8 @@ export function probeTlsIdentity(o: TlsProbeOptions): Promise<TlsProbeResult> {
       resolve(r);
     };
     const timer = setTimeout(
-      () => finish({ ok: false, reason: `${o.url}: no TLS answer within ${o.timeoutMs / 1000} s`, fix: 'check the network, the broker address and the firewall' }),
+      () =>
+        finish({ ok: false, reason: `${o.url}: no TLS answer within ${o.timeoutMs / 1000} s`, fix: 'check the network, the broker address and the firewall' }),
       o.timeoutMs,
     );
     socket.once('secureConnect', () => {
@@ -74,7 +75,11 @@ export function probeTlsIdentity(o: TlsProbeOptions): Promise<TlsProbeResult> {
     });
     socket.once('error', (err: Error) => finish({ ok: false, reason: `${o.url}: ${err.message}`, fix: brokerFailureFix(err.message) }));
     socket.once('close', () =>
-      finish({ ok: false, reason: `${o.url}: the broker closed the TLS connection during the handshake`, fix: 'the broker refused the client certificate: check broker.cert/broker.key and the CA the broker trusts for devices' }),
+      finish({
+        ok: false,
+        reason: `${o.url}: the broker closed the TLS connection during the handshake`,
+        fix: 'the broker refused the client certificate: check broker.cert/broker.key and the CA the broker trusts for devices',
+      }),
     );
   });
 }

@@ -81,7 +81,10 @@ export class Enrollment {
     try {
       if (await removeFileSecurely(this.rt.config.enrollment_token)) this.rt.log.info('enrollment token removed', { file: this.rt.config.enrollment_token });
     } catch (err) {
-      this.rt.log.error('could not remove the used enrollment token; remove it by hand', { file: this.rt.config.enrollment_token, reason: (err as Error).message });
+      this.rt.log.error('could not remove the used enrollment token; remove it by hand', {
+        file: this.rt.config.enrollment_token,
+        reason: (err as Error).message,
+      });
     }
   }
 
@@ -97,13 +100,17 @@ export class Enrollment {
           { signer: signing, recipient: rt.trust.encryption },
         );
         await rt.session.publish(rt.topics.enroll, token);
-        rt.log.info('enrollment sent; waiting for the server\'s request', { attempt: this.#attempt + 1, topic: rt.topics.enroll });
+        rt.log.info("enrollment sent; waiting for the server's request", { attempt: this.#attempt + 1, topic: rt.topics.enroll });
       } catch (err) {
         rt.log.warn('enrollment not sent', { reason: (err as Error).message });
       }
     }
     if (!this.#active || rt.stopping) return;
-    const delay = backoffDelay(this.#attempt, this.options.retryMinMs ?? DEFAULT_ENROLLMENT_RETRY.retryMinMs, this.options.retryMaxMs ?? DEFAULT_ENROLLMENT_RETRY.retryMaxMs);
+    const delay = backoffDelay(
+      this.#attempt,
+      this.options.retryMinMs ?? DEFAULT_ENROLLMENT_RETRY.retryMinMs,
+      this.options.retryMaxMs ?? DEFAULT_ENROLLMENT_RETRY.retryMaxMs,
+    );
     this.#attempt += 1;
     this.#timer = setTimeout(() => void this.#send(), delay);
   }

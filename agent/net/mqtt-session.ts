@@ -208,7 +208,11 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
       const stream = client.stream;
       capInboundPackets(stream, MAX_INBOUND_PACKET_BYTES, (declared) => {
         this.#lastError = `the broker sent an MQTT packet of ${declared} bytes (cap ${MAX_INBOUND_PACKET_BYTES})`;
-        log.error('oversized MQTT packet refused before buffering it; connection dropped, reconnecting', { broker: b.url, declared_bytes: declared, cap_bytes: MAX_INBOUND_PACKET_BYTES });
+        log.error('oversized MQTT packet refused before buffering it; connection dropped, reconnecting', {
+          broker: b.url,
+          declared_bytes: declared,
+          cap_bytes: MAX_INBOUND_PACKET_BYTES,
+        });
         // Read no more, let the commands already parsed finish (their PUBACKs go out), then drop.
         stopReading(stream);
         void this.#settled().then(() => stream.destroy());

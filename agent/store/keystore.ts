@@ -37,15 +37,7 @@ import { constants, type Stats } from 'node:fs';
 import { chmod, lstat, open } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import { join } from 'node:path';
-import {
-  generateEncryptionKey,
-  generateSigningKey,
-  parsePrivateJwk,
-  toJwkSet,
-  type JwkSet,
-  type KeyUse,
-  type PrivateJwk,
-} from '../../protocol/keys.js';
+import { generateEncryptionKey, generateSigningKey, parsePrivateJwk, toJwkSet, type JwkSet, type KeyUse, type PrivateJwk } from '../../protocol/keys.js';
 import { errnoCode, makeDirectories, removeFileSecurely, removeStaleTemps, writeFileAtomic } from '../../lib/durable-file.js';
 import { KeyStoreError } from './keystore-errors.js';
 import { octalMode as octal, shellQuote as sh } from './file-modes.js';
@@ -227,7 +219,11 @@ export class KeyStore {
     return this.serialised(async () => {
       const existing = (['signing', 'encryption'] as const).filter((n) => this.keys.has(n));
       if (existing.length > 0 && options.force !== true) {
-        throw new KeyStoreError('E_KEYSTORE_EXISTS', this.dir, `key store ${this.dir} already holds ${existing.map(keyFileName).join(' and ')}; refusing to replace them without --force`);
+        throw new KeyStoreError(
+          'E_KEYSTORE_EXISTS',
+          this.dir,
+          `key store ${this.dir} already holds ${existing.map(keyFileName).join(' and ')}; refusing to replace them without --force`,
+        );
       }
       for (const name of KEY_NAMES) this.refuseIfCredential(name);
       const signing = await generateSigningKey();
@@ -290,7 +286,11 @@ export class KeyStore {
   private refuseIfCredential(name: KeyName): void {
     if (this.sourceOf(name) !== 'credentials') return;
     const path = join(this.credentialsDir ?? '', keyFileName(name));
-    throw new KeyStoreError('E_KEYSTORE_READONLY', path, `${keyFileName(name)} is supplied by the systemd credential ${path}, which the agent cannot change (and which would win again at the next start); change the credential source of the unit's LoadCredential= instead`);
+    throw new KeyStoreError(
+      'E_KEYSTORE_READONLY',
+      path,
+      `${keyFileName(name)} is supplied by the systemd credential ${path}, which the agent cannot change (and which would win again at the next start); change the credential source of the unit's LoadCredential= instead`,
+    );
   }
 
   private requireCurrent(): { signing: PrivateJwk; encryption: PrivateJwk } {
@@ -314,26 +314,42 @@ async function checkStoreDirectory(dir: string, create: boolean, uid: number | u
   let st = await lstatOrUndefined(dir);
   if (st === undefined) {
     if (!create) {
-      throw new KeyStoreError('E_KEYSTORE_MISSING', dir, `key store directory ${dir} does not exist`, { fix: `install -d -m 700 -o ${ownerName(uid)} ${sh(dir)}` });
+      throw new KeyStoreError('E_KEYSTORE_MISSING', dir, `key store directory ${dir} does not exist`, {
+        fix: `install -d -m 700 -o ${ownerName(uid)} ${sh(dir)}`,
+      });
     }
     try {
       await makeDirectories(dir, 0o700);
       await chmod(dir, 0o700);
       st = await lstat(dir);
     } catch (err) {
-      throw new KeyStoreError('E_KEYSTORE_IO', dir, `could not create key store directory ${dir}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+      throw new KeyStoreError('E_KEYSTORE_IO', dir, `could not create key store directory ${dir}: ${err instanceof Error ? err.message : String(err)}`, {
+        cause: err,
+      });
     }
   }
   if (st.isSymbolicLink()) {
-    throw new KeyStoreError('E_KEYSTORE_TYPE', dir, `key store directory ${dir} is a symbolic link, which could redirect the private keys; replace it with the real directory`, {
-      fix: `target=$(readlink -f ${sh(dir)}) && rm ${sh(dir)} && mv "$target" ${sh(dir)}`,
-    });
+    throw new KeyStoreError(
+      'E_KEYSTORE_TYPE',
+      dir,
+      `key store directory ${dir} is a symbolic link, which could redirect the private keys; replace it with the real directory`,
+      {
+        fix: `target=$(readlink -f ${sh(dir)}) && rm ${sh(dir)} && mv "$target" ${sh(dir)}`,
+      },
+    );
   }
   if (!st.isDirectory()) {
-    throw new KeyStoreError('E_KEYSTORE_TYPE', dir, `key store directory ${dir} is not a directory`, { fix: `mv ${sh(dir)} ${sh(`${dir}.bak`)} && install -d -m 700 ${sh(dir)}` });
+    throw new KeyStoreError('E_KEYSTORE_TYPE', dir, `key store directory ${dir} is not a directory`, {
+      fix: `mv ${sh(dir)} ${sh(`${dir}.bak`)} && install -d -m 700 ${sh(dir)}`,
+    });
   }
   if ((st.mode & 0o077) !== 0) {
-    throw new KeyStoreError('E_KEYSTORE_PERMS', dir, `key store directory ${dir} has mode ${octal(st.mode)}, which gives other users access to the private keys`, { fix: `chmod 700 ${sh(dir)}` });
+    throw new KeyStoreError(
+      'E_KEYSTORE_PERMS',
+      dir,
+      `key store directory ${dir} has mode ${octal(st.mode)}, which gives other users access to the private keys`,
+      { fix: `chmod 700 ${sh(dir)}` },
+    );
   }
   checkOwner(dir, st, uid, 'key store directory', (o) => o === 0 || o === uid);
 }
@@ -341,13 +357,23 @@ async function checkStoreDirectory(dir: string, create: boolean, uid: number | u
 async function checkCredentialsDirectory(dir: string, uid: number | undefined): Promise<void> {
   const st = await lstatOrUndefined(dir);
   if (st === undefined) {
-    throw new KeyStoreError('E_KEYSTORE_MISSING', dir, `credentials directory ${dir} (CREDENTIALS_DIRECTORY) does not exist; check the unit's LoadCredential= settings`);
+    throw new KeyStoreError(
+      'E_KEYSTORE_MISSING',
+      dir,
+      `credentials directory ${dir} (CREDENTIALS_DIRECTORY) does not exist; check the unit's LoadCredential= settings`,
+    );
   }
   if (st.isSymbolicLink() || !st.isDirectory()) {
-    throw new KeyStoreError('E_KEYSTORE_TYPE', dir, `credentials directory ${dir} is not a real directory (a symlink or another file type); check the unit's LoadCredential= settings`);
+    throw new KeyStoreError(
+      'E_KEYSTORE_TYPE',
+      dir,
+      `credentials directory ${dir} is not a real directory (a symlink or another file type); check the unit's LoadCredential= settings`,
+    );
   }
   if ((st.mode & 0o002) !== 0) {
-    throw new KeyStoreError('E_KEYSTORE_PERMS', dir, `credentials directory ${dir} has mode ${octal(st.mode)}, which lets any user add or replace keys`, { fix: `chmod o-w ${sh(dir)}` });
+    throw new KeyStoreError('E_KEYSTORE_PERMS', dir, `credentials directory ${dir} has mode ${octal(st.mode)}, which lets any user add or replace keys`, {
+      fix: `chmod o-w ${sh(dir)}`,
+    });
   }
   checkOwner(dir, st, uid, 'credentials directory', (o) => o === 0 || o === uid);
 }
@@ -358,18 +384,30 @@ async function checkKeyFile(path: string, uid: number | undefined, source: KeySo
   if (stats === undefined) return undefined;
   const what = source === 'credentials' ? 'credential file' : 'key store file';
   if (stats.isSymbolicLink()) {
-    throw new KeyStoreError('E_KEYSTORE_TYPE', path, `${what} ${path} is a symbolic link, which could redirect or expose a private key; replace it with the real file`, {
-      fix: `cp --remove-destination "$(readlink -f ${sh(path)})" ${sh(path)} && chmod 600 ${sh(path)}`,
-    });
+    throw new KeyStoreError(
+      'E_KEYSTORE_TYPE',
+      path,
+      `${what} ${path} is a symbolic link, which could redirect or expose a private key; replace it with the real file`,
+      {
+        fix: `cp --remove-destination "$(readlink -f ${sh(path)})" ${sh(path)} && chmod 600 ${sh(path)}`,
+      },
+    );
   }
   if (!stats.isFile()) {
-    throw new KeyStoreError('E_KEYSTORE_TYPE', path, `${what} ${path} is ${fileType(stats)}, not a regular file; remove it and restore the key from a backup or generate keys again`, { fix: `rm ${stats.isDirectory() ? '-r ' : ''}${sh(path)}` });
+    throw new KeyStoreError(
+      'E_KEYSTORE_TYPE',
+      path,
+      `${what} ${path} is ${fileType(stats)}, not a regular file; remove it and restore the key from a backup or generate keys again`,
+      { fix: `rm ${stats.isDirectory() ? '-r ' : ''}${sh(path)}` },
+    );
   }
   const forbidden = source === 'credentials' ? 0o007 : 0o077;
   if ((stats.mode & forbidden) !== 0) {
     const exposure = (stats.mode & forbidden & 0o044) !== 0 ? 'read' : 'tamper with';
     const fix = source === 'credentials' ? `chmod o= ${sh(path)}` : `chmod 600 ${sh(path)}`;
-    throw new KeyStoreError('E_KEYSTORE_PERMS', path, `${what} ${path} has mode ${octal(stats.mode)}, which lets other users ${exposure} a private key`, { fix });
+    throw new KeyStoreError('E_KEYSTORE_PERMS', path, `${what} ${path} has mode ${octal(stats.mode)}, which lets other users ${exposure} a private key`, {
+      fix,
+    });
   }
   checkOwner(path, stats, uid, what, (o) => o === 0 || o === uid);
   return { path, stats, source };
@@ -387,7 +425,11 @@ async function readKeyFile(checked: Checked, use: KeyUse): Promise<PrivateJwk> {
         throw new KeyStoreError('E_KEYSTORE_TYPE', path, `key file ${path} was replaced while being opened; refusing it`);
       }
       if (now.size > MAX_KEY_FILE_BYTES) {
-        throw new KeyStoreError('E_KEYSTORE_CORRUPT', path, `key file ${path} is ${now.size} bytes, far too large for a JWK; restore it from a backup or generate keys again`);
+        throw new KeyStoreError(
+          'E_KEYSTORE_CORRUPT',
+          path,
+          `key file ${path} is ${now.size} bytes, far too large for a JWK; restore it from a backup or generate keys again`,
+        );
       }
       text = await fh.readFile({ encoding: 'utf8' });
     } finally {
@@ -404,21 +446,36 @@ async function readKeyFile(checked: Checked, use: KeyUse): Promise<PrivateJwk> {
   try {
     value = JSON.parse(text);
   } catch (cause) {
-    throw new KeyStoreError('E_KEYSTORE_CORRUPT', path, `key file ${path} is not valid JSON (truncated or damaged); restore it from a backup or generate keys again`, { cause });
+    throw new KeyStoreError(
+      'E_KEYSTORE_CORRUPT',
+      path,
+      `key file ${path} is not valid JSON (truncated or damaged); restore it from a backup or generate keys again`,
+      { cause },
+    );
   }
   try {
     return await parsePrivateJwk(value, use);
   } catch (cause) {
     const why = cause instanceof Error ? cause.message : String(cause);
-    throw new KeyStoreError('E_KEYSTORE_CORRUPT', path, `key file ${path} is not a valid private "${use}" JWK (${why}); restore it from a backup or generate keys again`, { cause });
+    throw new KeyStoreError(
+      'E_KEYSTORE_CORRUPT',
+      path,
+      `key file ${path} is not a valid private "${use}" JWK (${why}); restore it from a backup or generate keys again`,
+      { cause },
+    );
   }
 }
 
 function checkOwner(path: string, st: Stats, uid: number | undefined, what: string, ok: (owner: number) => boolean): void {
   if (uid === undefined || ok(st.uid)) return;
-  throw new KeyStoreError('E_KEYSTORE_OWNER', path, `${what} ${path} is owned by uid ${st.uid}, not by the agent's user (uid ${uid}) or root, so another user could change or read it`, {
-    fix: `chown ${ownerName(uid)} ${sh(path)}`,
-  });
+  throw new KeyStoreError(
+    'E_KEYSTORE_OWNER',
+    path,
+    `${what} ${path} is owned by uid ${st.uid}, not by the agent's user (uid ${uid}) or root, so another user could change or read it`,
+    {
+      fix: `chown ${ownerName(uid)} ${sh(path)}`,
+    },
+  );
 }
 
 async function lstatOrUndefined(path: string): Promise<Stats | undefined> {
@@ -441,7 +498,6 @@ function ownerName(uid: number | undefined): string {
   }
   return String(uid);
 }
-
 
 function fileType(st: Stats): string {
   if (st.isFIFO()) return 'a FIFO (named pipe)';

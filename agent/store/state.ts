@@ -124,7 +124,10 @@ export class StateError extends CodedError<StateErrorCode> {
     message: string,
     options?: { cause?: unknown; code?: StateErrorCode; fix?: string },
   ) {
-    super(options?.code ?? 'E_STATE', options?.fix === undefined ? message : `${message}; fix with: ${options.fix}`, { cause: options?.cause, details: { path } });
+    super(options?.code ?? 'E_STATE', options?.fix === undefined ? message : `${message}; fix with: ${options.fix}`, {
+      cause: options?.cause,
+      details: { path },
+    });
     this.fix = options?.fix;
   }
 }
@@ -168,7 +171,8 @@ export async function readState(dir: string): Promise<AgentState | undefined> {
     try {
       const st = await fh.stat();
       checkStateFile(path, st);
-      if (st.size > MAX_STATE_BYTES) throw new StateError(path, `${path} is ${st.size} bytes, far more than an agent state; ${stateLossAdvice(path)}`, { code: 'E_STATE_CORRUPT' });
+      if (st.size > MAX_STATE_BYTES)
+        throw new StateError(path, `${path} is ${st.size} bytes, far more than an agent state; ${stateLossAdvice(path)}`, { code: 'E_STATE_CORRUPT' });
       text = await fh.readFile({ encoding: 'utf8' });
     } finally {
       await fh.close();
@@ -177,7 +181,11 @@ export async function readState(dir: string): Promise<AgentState | undefined> {
     if (err instanceof StateError) throw err;
     if (errnoCode(err) === 'ENOENT') return undefined;
     if (errnoCode(err) === 'ELOOP') {
-      throw new StateError(path, `${path} is a symbolic link, which could make the agent use a state another user controls; replace it with the real file`, { cause: err, code: 'E_STATE_TYPE', fix: `cp --remove-destination "$(readlink -f ${sh(path)})" ${sh(path)} && chmod 600 ${sh(path)}` });
+      throw new StateError(path, `${path} is a symbolic link, which could make the agent use a state another user controls; replace it with the real file`, {
+        cause: err,
+        code: 'E_STATE_TYPE',
+        fix: `cp --remove-destination "$(readlink -f ${sh(path)})" ${sh(path)} && chmod 600 ${sh(path)}`,
+      });
     }
     throw new StateError(path, `cannot read ${path}: ${(err as Error).message}`, { cause: err });
   }
@@ -185,7 +193,10 @@ export async function readState(dir: string): Promise<AgentState | undefined> {
   try {
     value = JSON.parse(text);
   } catch (cause) {
-    throw new StateError(path, `${path} is not valid JSON; it is only ever replaced atomically, so the file system is damaged; ${stateLossAdvice(path)}`, { cause, code: 'E_STATE_CORRUPT' });
+    throw new StateError(path, `${path} is not valid JSON; it is only ever replaced atomically, so the file system is damaged; ${stateLossAdvice(path)}`, {
+      cause,
+      code: 'E_STATE_CORRUPT',
+    });
   }
   return checkState(value, path);
 }
@@ -195,10 +206,16 @@ function checkStateFile(path: string, st: Stats): void {
   if (!st.isFile()) throw new StateError(path, `${path} is not a regular file`, { code: 'E_STATE_TYPE' });
   const uid = process.getuid?.();
   if (uid !== undefined && st.uid !== 0 && st.uid !== uid) {
-    throw new StateError(path, `${path} is owned by uid ${st.uid}, not by the agent's user (uid ${uid}) or root, so another user could have planted it`, { code: 'E_STATE_OWNER', fix: `chown ${uid} ${sh(path)}` });
+    throw new StateError(path, `${path} is owned by uid ${st.uid}, not by the agent's user (uid ${uid}) or root, so another user could have planted it`, {
+      code: 'E_STATE_OWNER',
+      fix: `chown ${uid} ${sh(path)}`,
+    });
   }
   if ((st.mode & 0o077) !== 0) {
-    throw new StateError(path, `${path} has mode ${octal(st.mode)}; the agent writes it 0600, so another user could have written it`, { code: 'E_STATE_PERMS', fix: `chmod 600 ${sh(path)}` });
+    throw new StateError(path, `${path} has mode ${octal(st.mode)}; the agent writes it 0600, so another user could have written it`, {
+      code: 'E_STATE_PERMS',
+      fix: `chmod 600 ${sh(path)}`,
+    });
   }
 }
 
@@ -233,15 +250,26 @@ async function checkStateDir(dir: string): Promise<void> {
     }
   }
   if (st.isSymbolicLink()) {
-    throw new StateError(dir, `state directory ${dir} is a symbolic link, which could redirect the agent's state; replace it with the real directory`, { code: 'E_STATE_TYPE', fix: `target=$(readlink -f ${sh(dir)}) && rm ${sh(dir)} && mv "$target" ${sh(dir)}` });
+    throw new StateError(dir, `state directory ${dir} is a symbolic link, which could redirect the agent's state; replace it with the real directory`, {
+      code: 'E_STATE_TYPE',
+      fix: `target=$(readlink -f ${sh(dir)}) && rm ${sh(dir)} && mv "$target" ${sh(dir)}`,
+    });
   }
   if (!st.isDirectory()) throw new StateError(dir, `state directory ${dir} is not a directory`, { code: 'E_STATE_TYPE' });
   const uid = process.getuid?.();
   if (uid !== undefined && st.uid !== 0 && st.uid !== uid) {
-    throw new StateError(dir, `state directory ${dir} is owned by uid ${st.uid}, not by the agent's user (uid ${uid}) or root, so another user could change the agent's state`, { code: 'E_STATE_OWNER', fix: `chown ${uid} ${sh(dir)}` });
+    throw new StateError(
+      dir,
+      `state directory ${dir} is owned by uid ${st.uid}, not by the agent's user (uid ${uid}) or root, so another user could change the agent's state`,
+      { code: 'E_STATE_OWNER', fix: `chown ${uid} ${sh(dir)}` },
+    );
   }
   if ((st.mode & 0o077) !== 0) {
-    throw new StateError(dir, `state directory ${dir} has mode ${octal(st.mode)}, which lets other users ${(st.mode & 0o022) !== 0 ? 'plant or replace' : 'read'} the agent's state`, { code: 'E_STATE_PERMS', fix: `chmod 700 ${sh(dir)}` });
+    throw new StateError(
+      dir,
+      `state directory ${dir} has mode ${octal(st.mode)}, which lets other users ${(st.mode & 0o022) !== 0 ? 'plant or replace' : 'read'} the agent's state`,
+      { code: 'E_STATE_PERMS', fix: `chmod 700 ${sh(dir)}` },
+    );
   }
 }
 
@@ -271,7 +299,10 @@ export class StateStore {
     const found = await readState(dir);
     const state = found ?? initialState(deviceId);
     if (state.device_id !== deviceId) {
-      throw new StateError(join(dir, STATE_FILE), `${join(dir, STATE_FILE)} belongs to device "${state.device_id}", not "${deviceId}"; use another state_dir or move the file away`);
+      throw new StateError(
+        join(dir, STATE_FILE),
+        `${join(dir, STATE_FILE)} belongs to device "${state.device_id}", not "${deviceId}"; use another state_dir or move the file away`,
+      );
     }
     const store = new StateStore(dir, state, options);
     store.#found = found !== undefined;
@@ -352,7 +383,8 @@ export function boundRecent(draft: AgentState): void {
 }
 
 function checkState(value: unknown, path: string): AgentState {
-  const bad = (why: string): StateError => new StateError(path, `${path} is not a valid agent state (${why}); ${stateLossAdvice(path)}`, { code: 'E_STATE_CORRUPT' });
+  const bad = (why: string): StateError =>
+    new StateError(path, `${path} is not a valid agent state (${why}); ${stateLossAdvice(path)}`, { code: 'E_STATE_CORRUPT' });
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw bad('not an object');
   const s = value as Partial<AgentState>;
   if (s.version !== STATE_VERSION) throw bad(`version ${String(s.version)}, expected ${STATE_VERSION}`);

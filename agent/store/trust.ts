@@ -29,7 +29,10 @@ export async function loadTrustAnchors(path: string): Promise<TrustAnchors> {
   try {
     value = JSON.parse(await readFile(path, 'utf8'));
   } catch (err) {
-    throw new TrustError(path, `trust anchors ${path} cannot be read as JSON (${(err as Error).message}); copy the server's trust.jwks there (provision-server bundle writes it)`);
+    throw new TrustError(
+      path,
+      `trust anchors ${path} cannot be read as JSON (${(err as Error).message}); copy the server's trust.jwks there (provision-server bundle writes it)`,
+    );
   }
   let signing: PublicJwk[];
   let encryption: PublicJwk[];

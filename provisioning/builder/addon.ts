@@ -20,14 +20,25 @@ async function nodeGyp(repo: string): Promise<string> {
   const candidates = [join(repo, 'node_modules/node-gyp/bin/node-gyp.js')];
   const npm = whichTool('npm');
   if (npm !== undefined) candidates.push(join(dirname(dirname(await realpath(npm))), 'node_modules/node-gyp/bin/node-gyp.js'));
-  for (const c of candidates) if (await realpath(c).then(() => true, () => false)) return c;
+  for (const c of candidates)
+    if (
+      await realpath(c).then(
+        () => true,
+        () => false,
+      )
+    )
+      return c;
   throw new BuildError('E_TOOL', 'node-gyp is not found (it comes with npm): install npm');
 }
 
 /** The compilers for `arch` on this machine, or E_TOOL naming the Debian packages. */
 export function compilersFor(arch: TargetArch): Record<string, string> {
   const missing: string[] = [];
-  for (const [tool, pkg] of [['make', 'make'], ['python3', 'python3']] as const) if (whichTool(tool) === undefined) missing.push(pkg);
+  for (const [tool, pkg] of [
+    ['make', 'make'],
+    ['python3', 'python3'],
+  ] as const)
+    if (whichTool(tool) === undefined) missing.push(pkg);
   let env: Record<string, string> = {};
   if (hostTarget() === arch) {
     if (whichTool('g++') === undefined) missing.push('g++');
@@ -38,7 +49,10 @@ export function compilersFor(arch: TargetArch): Record<string, string> {
     env = { CC: `${t.triplet}-gcc`, CXX: `${t.triplet}-g++`, LINK: `${t.triplet}-g++`, AR: `${t.triplet}-ar`, STRIP: `${t.triplet}-strip` };
   }
   if (missing.length > 0) {
-    throw new BuildError('E_TOOL', `building the GPIO addon for ${arch} needs ${missing.join(', ')}: sudo apt-get install ${missing.join(' ')} (or build with --gpio omit: no GPIO on the board)`);
+    throw new BuildError(
+      'E_TOOL',
+      `building the GPIO addon for ${arch} needs ${missing.join(', ')}: sudo apt-get install ${missing.join(' ')} (or build with --gpio omit: no GPIO on the board)`,
+    );
   }
   return env;
 }
@@ -53,8 +67,16 @@ export async function buildEpoll(repo: string, arch: TargetArch, node: NodeRunti
   const src = join(repo, 'node_modules/epoll');
   const nan = join(repo, 'node_modules/nan');
   for (const p of [join(src, 'binding.gyp'), join(nan, 'nan.h')]) {
-    if (!(await realpath(p).then(() => true, () => false))) {
-      throw new BuildError('E_INPUT', `${p} is missing: run 'npm ci' first (onoff's epoll and nan are needed to build the GPIO addon), or build with --gpio omit`);
+    if (
+      !(await realpath(p).then(
+        () => true,
+        () => false,
+      ))
+    ) {
+      throw new BuildError(
+        'E_INPUT',
+        `${p} is missing: run 'npm ci' first (onoff's epoll and nan are needed to build the GPIO addon), or build with --gpio omit`,
+      );
     }
   }
   const env = compilersFor(arch);
@@ -71,14 +93,20 @@ export async function buildEpoll(repo: string, arch: TargetArch, node: NodeRunti
       cwd: work,
     });
     if (r.code !== 0) {
-      throw new BuildError('E_ADDON', `compiling epoll for ${arch} against Node ${node.version} failed:\n${(r.stderr || r.stdout).trim().split('\n').slice(-15).join('\n')}`);
+      throw new BuildError(
+        'E_ADDON',
+        `compiling epoll for ${arch} against Node ${node.version} failed:\n${(r.stderr || r.stdout).trim().split('\n').slice(-15).join('\n')}`,
+      );
     }
     const out = join(work, 'build/Release/epoll.node');
     const strip = env.STRIP ?? 'strip';
     if (whichTool(strip) !== undefined) await runTool(strip, ['--strip-unneeded', out]);
     const machine = await readElfMachine(out);
     if (machine !== TARGETS[arch].elfMachine) {
-      throw new BuildError('E_ADDON', `epoll.node came out for ${machine}, not ${TARGETS[arch].elfMachine}: the compiler (${env.CXX ?? 'g++'}) does not build for ${arch}`);
+      throw new BuildError(
+        'E_ADDON',
+        `epoll.node came out for ${machine}, not ${TARGETS[arch].elfMachine}: the compiler (${env.CXX ?? 'g++'}) does not build for ${arch}`,
+      );
     }
     return { path: out, machine, cleanup };
   } catch (err) {

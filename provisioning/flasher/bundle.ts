@@ -53,7 +53,10 @@ async function regularFile(path: string, what: string): Promise<Stats> {
 async function secretFile(path: string, what: string): Promise<void> {
   const st = await regularFile(path, what);
   if ((st.mode & 0o077) !== 0) {
-    throw new FlashError('E_BUNDLE', `${what} ${path} has mode 0${(st.mode & 0o777).toString(8)}: other users of this machine can read it. Fix: chmod 600 ${path} (and consider it exposed)`);
+    throw new FlashError(
+      'E_BUNDLE',
+      `${what} ${path} has mode 0${(st.mode & 0o777).toString(8)}: other users of this machine can read it. Fix: chmod 600 ${path} (and consider it exposed)`,
+    );
   }
 }
 
@@ -133,7 +136,8 @@ export async function readBundle(bundleDir: string): Promise<BoardBundle> {
       names = []; // no keys in the bundle: the agent generates them on the board
     }
     for (const name of names) {
-      if (!KEY_FILES.has(name)) throw new FlashError('E_BUNDLE', `unexpected file ${join(keysDir, name)} in the bundle's key store (expected ${[...KEY_FILES].join(', ')})`);
+      if (!KEY_FILES.has(name))
+        throw new FlashError('E_BUNDLE', `unexpected file ${join(keysDir, name)} in the bundle's key store (expected ${[...KEY_FILES].join(', ')})`);
       await secretFile(join(keysDir, name), 'device key');
       files.push({ from: join(keysDir, name), to: `${BOARD.keystore}/${name}`, mode: 0o600, owner: 'agent', secret: true });
     }

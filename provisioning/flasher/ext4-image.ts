@@ -16,7 +16,8 @@ export type InodeType = 'dir' | 'file' | 'symlink' | 'other';
 const BANNER = /^debugfs [0-9.]+ \(.*\)$/;
 
 function quote(path: string): string {
-  if (/["\\\n]/.test(path)) throw new FlashError('E_TARGET', `cannot pass ${JSON.stringify(path)} to debugfs (quotes, backslashes and newlines are not supported)`);
+  if (/["\\\n]/.test(path))
+    throw new FlashError('E_TARGET', `cannot pass ${JSON.stringify(path)} to debugfs (quotes, backslashes and newlines are not supported)`);
   return `"${path}"`;
 }
 
@@ -64,7 +65,10 @@ export class Ext4Image {
     const features = outputs[0] ?? '';
     if (!/Filesystem features:/.test(features)) throw new FlashError('E_IMAGE', `no ext4 file system at offset ${this.offset} of ${this.image}`);
     if (/\bneeds_recovery\b/.test(features)) {
-      throw new FlashError('E_IMAGE', `the root file system in ${this.image} needs journal recovery (it is mounted, or was not unmounted cleanly): unmount it, or run e2fsck on it, and try again`);
+      throw new FlashError(
+        'E_IMAGE',
+        `the root file system in ${this.image} needs journal recovery (it is mounted, or was not unmounted cleanly): unmount it, or run e2fsck on it, and try again`,
+      );
     }
   }
 
@@ -72,7 +76,10 @@ export class Ext4Image {
   async types(paths: readonly string[]): Promise<Map<string, InodeType | undefined>> {
     const result = new Map<string, InodeType | undefined>();
     if (paths.length === 0) return result;
-    const { outputs } = await this.run(paths.map((p) => `stat ${quote(p)}`), { write: false, strict: false });
+    const { outputs } = await this.run(
+      paths.map((p) => `stat ${quote(p)}`),
+      { write: false, strict: false },
+    );
     paths.forEach((p, i) => {
       const m = /Type: (\w+)/.exec(outputs[i] ?? '');
       const t = m?.[1];
@@ -85,7 +92,10 @@ export class Ext4Image {
   async list(dirs: readonly string[]): Promise<Map<string, Array<{ name: string; mode: number; uid: number; gid: number }>>> {
     const result = new Map<string, Array<{ name: string; mode: number; uid: number; gid: number }>>();
     if (dirs.length === 0) return result;
-    const { outputs } = await this.run(dirs.map((d) => `ls -p ${quote(d)}`), { write: false, strict: false });
+    const { outputs } = await this.run(
+      dirs.map((d) => `ls -p ${quote(d)}`),
+      { write: false, strict: false },
+    );
     dirs.forEach((d, i) => {
       const entries: Array<{ name: string; mode: number; uid: number; gid: number }> = [];
       for (const line of (outputs[i] ?? '').split('\n')) {

@@ -29,7 +29,11 @@ export class FatImage {
   /** Names in the partition's top directory (directories end with /). */
   async list(): Promise<string[]> {
     const r = await mustRun(this.mdir, ['-b', '-i', this.drive, '::/'], `listing the boot partition of ${this.image}`, { env: ENV });
-    return r.stdout.split('\n').map((l) => l.trim()).filter((l) => l.startsWith('::/')).map((l) => l.slice(3));
+    return r.stdout
+      .split('\n')
+      .map((l) => l.trim())
+      .filter((l) => l.startsWith('::/'))
+      .map((l) => l.slice(3));
   }
 
   async read(name: string): Promise<Buffer | undefined> {

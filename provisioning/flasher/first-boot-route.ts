@@ -100,7 +100,10 @@ export function extendUserData(existing: string): string {
   if (existing.includes(HOOK_MARKER)) return existing;
   const text = existing.replace(/\r\n/g, '\n');
   if (!/^#cloud-config[ \t]*$/m.test(text.split('\n')[0] ?? '')) {
-    throw new FlashError('E_FIRST_BOOT', 'the boot partition\'s user-data is not a #cloud-config document (a script or MIME multipart): add the sensor-agent hook by hand (see provisioning/README.md)');
+    throw new FlashError(
+      'E_FIRST_BOOT',
+      "the boot partition's user-data is not a #cloud-config document (a script or MIME multipart): add the sensor-agent hook by hand (see provisioning/README.md)",
+    );
   }
   const lines = text.split('\n');
   const keyAt = lines.findIndex((l) => /^bootcmd\s*:/.test(l));

@@ -74,7 +74,11 @@ async function readLocal(path: string): Promise<Buffer | undefined> {
   }
 }
 
-async function flashMountedRoot(plan: InstallPlan, root: string, agentCheck: (facts: TargetFacts) => void): Promise<{ ids: AgentIds; machine: ElfMachine | undefined }> {
+async function flashMountedRoot(
+  plan: InstallPlan,
+  root: string,
+  agentCheck: (facts: TargetFacts) => void,
+): Promise<{ ids: AgentIds; machine: ElfMachine | undefined }> {
   const machine = machineOf((await readLocal(join(root, PROBE_BINARY)))?.subarray(0, 20));
   agentCheck({
     machine,
@@ -105,7 +109,16 @@ export async function flash(options: FlashOptions): Promise<FlashReport> {
     const root = resolve(options.root);
     if (options.method !== undefined || options.firstBoot !== undefined) throw new FlashError('E_USAGE', '--method and --first-boot apply to --image only');
     const { ids, machine } = await flashMountedRoot(plan, root, agentCheck);
-    return { deviceId: bundle.deviceId, target: root, method: 'root', ownership: 'final', ids, ...(machine ? { targetMachine: machine } : {}), entries: plan.entries.length, warnings };
+    return {
+      deviceId: bundle.deviceId,
+      target: root,
+      method: 'root',
+      ownership: 'final',
+      ids,
+      ...(machine ? { targetMachine: machine } : {}),
+      entries: plan.entries.length,
+      warnings,
+    };
   }
 
   const image = resolve(options.image ?? '');
@@ -117,9 +130,19 @@ export async function flash(options: FlashOptions): Promise<FlashReport> {
   if (method === 'auto') method = options.firstBoot === undefined && (await loopAvailable(image, layout.root)) ? 'loop' : 'debugfs';
 
   if (method === 'loop') {
-    if (options.firstBoot !== undefined) throw new FlashError('E_USAGE', '--first-boot applies to --method debugfs: through loop devices the hand-over happens at flash time');
+    if (options.firstBoot !== undefined)
+      throw new FlashError('E_USAGE', '--first-boot applies to --method debugfs: through loop devices the hand-over happens at flash time');
     const { ids, machine } = await withLoopMountedRoot(image, layout.root, (mnt) => flashMountedRoot(plan, mnt, agentCheck));
-    return { deviceId: bundle.deviceId, target: image, method: 'loop', ownership: 'final', ids, ...(machine ? { targetMachine: machine } : {}), entries: plan.entries.length, warnings };
+    return {
+      deviceId: bundle.deviceId,
+      target: image,
+      method: 'loop',
+      ownership: 'final',
+      ids,
+      ...(machine ? { targetMachine: machine } : {}),
+      entries: plan.entries.length,
+      warnings,
+    };
   }
 
   // Unprivileged: debugfs for the ext4 root, mtools for the FAT boot partition.
@@ -141,12 +164,17 @@ export async function flash(options: FlashOptions): Promise<FlashReport> {
   const bootFiles = await fat.list();
   const osRelease = (await ext4.readFile('/usr/lib/os-release')) ?? (await ext4.readFile('/etc/os-release'));
   const hasCloudInit = types.get('/etc/cloud/cloud.cfg') !== undefined || types.get('/usr/bin/cloud-init') !== undefined;
-  const route = options.firstBoot === undefined || options.firstBoot === 'auto'
-    ? detectRoute(bootFiles, osCodename(osRelease?.toString('utf8')), hasCloudInit)
-    : { route: options.firstBoot, why: 'chosen with --first-boot' };
+  const route =
+    options.firstBoot === undefined || options.firstBoot === 'auto'
+      ? detectRoute(bootFiles, osCodename(osRelease?.toString('utf8')), hasCloudInit)
+      : { route: options.firstBoot, why: 'chosen with --first-boot' };
   if (route.route === 'firstrun') {
     const cmdline = await fat.read('cmdline.txt');
-    if (cmdline === undefined) throw new FlashError('E_IMAGE', `${image}: the boot partition has no cmdline.txt, so firstrun.sh cannot be hooked in (use --first-boot cloud-init, or rely on sensor-agent-firstboot.service)`);
+    if (cmdline === undefined)
+      throw new FlashError(
+        'E_IMAGE',
+        `${image}: the boot partition has no cmdline.txt, so firstrun.sh cannot be hooked in (use --first-boot cloud-init, or rely on sensor-agent-firstboot.service)`,
+      );
     const existing = await fat.read('firstrun.sh');
     await fat.write('firstrun.sh', existing === undefined ? newFirstrun() : extendFirstrun(existing.toString('utf8')));
     await fat.write('cmdline.txt', extendCmdline(cmdline.toString('utf8')));

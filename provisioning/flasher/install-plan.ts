@@ -24,7 +24,20 @@ export const REPO_FILES = {
   cliWrapper: join(REPO_ROOT, 'provisioning/sensor-agent-cli'),
 } as const;
 
-const SYSTEM_PARENTS = ['/opt', '/etc', '/etc/systemd', BOARD.unitDir, BOARD.wantsDir, BOARD.sysusersDir, '/var', '/var/lib', '/usr', '/usr/local', '/usr/local/lib', '/usr/local/bin'];
+const SYSTEM_PARENTS = [
+  '/opt',
+  '/etc',
+  '/etc/systemd',
+  BOARD.unitDir,
+  BOARD.wantsDir,
+  BOARD.sysusersDir,
+  '/var',
+  '/var/lib',
+  '/usr',
+  '/usr/local',
+  '/usr/local/lib',
+  '/usr/local/bin',
+];
 
 export function buildInstallPlan(bundle: BoardBundle, agent: AgentTree, flashedAt: Date = new Date()): InstallPlan {
   const entries: PlanEntry[] = [];
@@ -57,7 +70,14 @@ export function buildInstallPlan(bundle: BoardBundle, agent: AgentTree, flashedA
 
   // Configuration: the directory and public files readable by the agent's group only.
   entries.push({ kind: 'dir', path: BOARD.configDir, mode: 0o750, owner: 'root:agent' });
-  entries.push({ kind: 'file', path: BOARD.config, mode: 0o640, owner: 'root:agent', source: { content: `${JSON.stringify(bundle.config, null, 2)}\n` }, secret: false });
+  entries.push({
+    kind: 'file',
+    path: BOARD.config,
+    mode: 0o640,
+    owner: 'root:agent',
+    source: { content: `${JSON.stringify(bundle.config, null, 2)}\n` },
+    secret: false,
+  });
   // State: the agent's alone (systemd's StateDirectory=, 0700).
   entries.push({ kind: 'dir', path: BOARD.stateRoot, mode: 0o700, owner: 'agent' });
   entries.push({ kind: 'dir', path: BOARD.keystore, mode: 0o700, owner: 'agent' });

@@ -13,7 +13,11 @@ export async function withLoopMountedRoot<T>(image: string, part: Partition, wor
   const losetup = requireTool('losetup', 'mount');
   const mount = requireTool('mount', 'mount');
   const umount = requireTool('umount', 'mount');
-  const r = await mustRun(losetup, ['--find', '--show', '--offset', String(part.offset), '--sizelimit', String(part.size), image], `attaching ${image} to a loop device`);
+  const r = await mustRun(
+    losetup,
+    ['--find', '--show', '--offset', String(part.offset), '--sizelimit', String(part.size), image],
+    `attaching ${image} to a loop device`,
+  );
   const device = r.stdout.trim();
   let mountPoint: string | undefined;
   let mounted = false;

@@ -38,12 +38,18 @@ export function parseSfdiskJson(json: string, image: string): ImageLayout {
     index: i + 1,
     offset: (p.start ?? 0) * sector,
     size: (p.size ?? 0) * sector,
-    type: (p.type ?? '').toUpperCase().replace(/^0X/, '').replace(/^([0-9A-F]{1,2})$/, (m) => m.toLowerCase()),
+    type: (p.type ?? '')
+      .toUpperCase()
+      .replace(/^0X/, '')
+      .replace(/^([0-9A-F]{1,2})$/, (m) => m.toLowerCase()),
   }));
   const boot = parts.find((p) => FAT_TYPES.has(p.type));
   const root = parts.find((p) => LINUX_TYPES.has(p.type));
   if (boot === undefined || root === undefined) {
-    throw new FlashError('E_IMAGE', `${image} is not a Raspberry Pi OS style image: expected a FAT boot partition and a Linux root partition, found ${parts.map((p) => `#${p.index} type ${p.type}`).join(', ') || 'no partitions'}`);
+    throw new FlashError(
+      'E_IMAGE',
+      `${image} is not a Raspberry Pi OS style image: expected a FAT boot partition and a Linux root partition, found ${parts.map((p) => `#${p.index} type ${p.type}`).join(', ') || 'no partitions'}`,
+    );
   }
   return { boot, root };
 }

@@ -74,7 +74,10 @@ export function checkPlan(plan: InstallPlan): void {
   const seen = new Set<string>(['/']);
   for (const e of plan.entries) {
     if (!SAFE_PATH.test(e.path) || e.path.split('/').some((c) => c === '.' || c === '..')) {
-      throw new FlashError('E_TARGET', `refusing the path ${JSON.stringify(e.path)}: flash handles plain absolute paths without quotes, backslashes or dot components`);
+      throw new FlashError(
+        'E_TARGET',
+        `refusing the path ${JSON.stringify(e.path)}: flash handles plain absolute paths without quotes, backslashes or dot components`,
+      );
     }
     const parent = e.path.slice(0, e.path.lastIndexOf('/')) || '/';
     if (!seen.has(parent)) throw new FlashError('E_TARGET', `internal: ${e.path} is planned before its directory ${parent}`);

@@ -67,7 +67,10 @@ async function writeFileEntry(root: string, e: FileEntry, ids: AgentIds | undefi
  */
 export async function applyPlanToRoot(plan: InstallPlan, root: string, ids: AgentIds | undefined): Promise<void> {
   if (typeof process.getuid === 'function' && process.getuid() !== 0) {
-    throw new FlashError('E_PRIVILEGE', '--root needs root privileges (files must belong to root and to the agent\'s user); without root, flash an image with --image');
+    throw new FlashError(
+      'E_PRIVILEGE',
+      "--root needs root privileges (files must belong to root and to the agent's user); without root, flash an image with --image",
+    );
   }
   const rootSt = await lstat(root).catch(() => undefined);
   if (!rootSt?.isDirectory()) throw new FlashError('E_TARGET', `${root} is not a directory`);

@@ -38,12 +38,21 @@ export interface ToolResult {
 }
 
 /** Runs a tool and returns its exit code and output; never throws for a non-zero exit. */
-export function runTool(file: string, args: readonly string[], options: { env?: Record<string, string>; input?: string; cwd?: string } = {}): Promise<ToolResult> {
+export function runTool(
+  file: string,
+  args: readonly string[],
+  options: { env?: Record<string, string>; input?: string; cwd?: string } = {},
+): Promise<ToolResult> {
   return new Promise((resolve, reject) => {
     const child = execFile(
       file,
       [...args],
-      { env: { ...process.env, PATH: toolPath(), LC_ALL: 'C', ...options.env }, maxBuffer: 256 * 1024 * 1024, encoding: 'utf8', ...(options.cwd ? { cwd: options.cwd } : {}) },
+      {
+        env: { ...process.env, PATH: toolPath(), LC_ALL: 'C', ...options.env },
+        maxBuffer: 256 * 1024 * 1024,
+        encoding: 'utf8',
+        ...(options.cwd ? { cwd: options.cwd } : {}),
+      },
       (err, stdout, stderr) => {
         if (err && typeof (err as { code?: unknown }).code !== 'number') {
           reject(new FlashError('E_TOOL', `cannot run ${file}: ${err.message}`));
@@ -57,7 +66,12 @@ export function runTool(file: string, args: readonly string[], options: { env?: 
 }
 
 /** Runs a tool and throws E_TOOL with its stderr unless it exits 0. */
-export async function mustRun(file: string, args: readonly string[], what: string, options: { env?: Record<string, string>; input?: string } = {}): Promise<ToolResult> {
+export async function mustRun(
+  file: string,
+  args: readonly string[],
+  what: string,
+  options: { env?: Record<string, string>; input?: string } = {},
+): Promise<ToolResult> {
   const r = await runTool(file, args, options);
   if (r.code !== 0) throw new FlashError('E_TOOL', `${what} failed (${file} exit ${r.code}): ${(r.stderr || r.stdout).trim()}`);
   return r;

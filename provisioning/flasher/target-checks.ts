@@ -57,24 +57,34 @@ export function checkTreeForTarget(tree: AgentTree, facts: TargetFacts): string[
     throw new FlashError(
       'E_AGENT',
       `the agent tree is built for ${info.arch} (${info.elfMachine}) but the target's CPU is ${facts.machine}: its Node and GPIO addon cannot run there. ` +
-        (arch ? `Build one for it: provisioning/build-agent --arch ${arch} --out build/sensor-agent-${arch}, then --agent build/sensor-agent-${arch}` : 'This CPU is not supported'),
+        (arch
+          ? `Build one for it: provisioning/build-agent --arch ${arch} --out build/sensor-agent-${arch}, then --agent build/sensor-agent-${arch}`
+          : 'This CPU is not supported'),
     );
   }
   if (info.node.source !== 'system') return warnings;
 
   if (!facts.systemNode) {
-    throw new FlashError('E_AGENT', `the agent tree runs on the image's own Node (built with --node system), but the image has no /usr/bin/node. Fix: ${FIX_NODE}`);
+    throw new FlashError(
+      'E_AGENT',
+      `the agent tree runs on the image's own Node (built with --node system), but the image has no /usr/bin/node. Fix: ${FIX_NODE}`,
+    );
   }
   const version = facts.systemNodeVersion;
   if (version === undefined) {
-    warnings.push(`cannot tell the version of the image's /usr/bin/node (no nodejs in its dpkg status): it must be Node >= ${MIN_NODE_VERSION} with ABI ${info.node.abi} (Node ${info.node.version.split('.')[0]}.x)`);
+    warnings.push(
+      `cannot tell the version of the image's /usr/bin/node (no nodejs in its dpkg status): it must be Node >= ${MIN_NODE_VERSION} with ABI ${info.node.abi} (Node ${info.node.version.split('.')[0]}.x)`,
+    );
     return warnings;
   }
   const parsed = parseNodeVersion(version);
   const min = parseNodeVersion(MIN_NODE_VERSION);
   if (parsed === undefined || min === undefined) return warnings;
   if (compareVersions(parsed, min) < 0) {
-    throw new FlashError('E_AGENT', `the image's nodejs is ${version}, below the agent's minimum ${MIN_NODE_VERSION} (Raspberry Pi OS Bookworm has 18.x). Fix: ${FIX_NODE}`);
+    throw new FlashError(
+      'E_AGENT',
+      `the image's nodejs is ${version}, below the agent's minimum ${MIN_NODE_VERSION} (Raspberry Pi OS Bookworm has 18.x). Fix: ${FIX_NODE}`,
+    );
   }
   const abi = NODE_ABI_BY_MAJOR[parsed[0]];
   if (info.addon !== null && abi !== info.addon.abi) {

@@ -18,12 +18,23 @@ export const bundleCommand = defineCommand({
       .option('ca', { type: 'string', describe: 'broker CA (PEM) the board pins (default: the CA recorded with that URL)' })
       .option('client-cert', { type: 'string', describe: "the board's client certificate (PEM)" })
       .option('client-key', { type: 'string', describe: "the board's client key (PEM)" })
-      .option('keys-on-host', { type: 'boolean', default: false, describe: 'generate the device keys here and register them (boards that cannot generate keys)' })
+      .option('keys-on-host', {
+        type: 'boolean',
+        default: false,
+        describe: 'generate the device keys here and register them (boards that cannot generate keys)',
+      })
       .option('rsa', { type: 'boolean', default: false, describe: 'with --keys-on-host: an RSA-OAEP-256 encryption key' })
       .option('ttl', { type: 'string', default: '7d', describe: 'lifetime of the enrollment token' })
-      .option('force', { type: 'boolean', default: false, describe: "overwrite a non-empty --out; with --keys-on-host, replace a registered device's keys (that board is cut off until re-flashed)" })
+      .option('force', {
+        type: 'boolean',
+        default: false,
+        describe: "overwrite a non-empty --out; with --keys-on-host, replace a registered device's keys (that board is cut off until re-flashed)",
+      })
       .option('gpio', { choices: ['auto', 'onoff', 'fake', 'none'] as const, default: 'auto' as const, describe: 'GPIO backend in config.json' })
-      .example('$0 bundle --device sensor-0001 --user alice \\\n--out ./sensor-0001 --ca ca.pem \\\n--client-cert sensor-0001.crt --client-key sensor-0001.key', ''),
+      .example(
+        '$0 bundle --device sensor-0001 --user alice \\\n--out ./sensor-0001 --ca ca.pem \\\n--client-cert sensor-0001.crt --client-key sensor-0001.key',
+        '',
+      ),
   handler: async (args) => {
     const ttl = parseDuration(args.ttl, '--ttl');
     const data = await openDataDir(args.data);

@@ -24,7 +24,15 @@ const listCommand = defineCommand({
       if (args.json) return void process.stdout.write(`${JSON.stringify(devices.map(deviceView), null, 2)}\n`);
       const rows = [['DEVICE', 'USER', 'STATE', 'NEXT SEQ', 'ENCRYPTION', 'SIGNING KID', 'FLAG']];
       for (const d of devices) {
-        rows.push([d.id, d.userId ?? '-', d.state, String(d.nextSeq), d.encryption?.alg ?? '-', d.signing?.kid.slice(0, 12) ?? '-', d.flag ? d.flag.event : '-']);
+        rows.push([
+          d.id,
+          d.userId ?? '-',
+          d.state,
+          String(d.nextSeq),
+          d.encryption?.alg ?? '-',
+          d.signing?.kid.slice(0, 12) ?? '-',
+          d.flag ? d.flag.event : '-',
+        ]);
       }
       process.stdout.write(table(rows));
       const flagged = devices.filter((d) => d.flag).length;
@@ -44,7 +52,9 @@ const showCommand = defineCommand({
     try {
       const device = data.registry.requireDevice(args.device);
       const commands = data.registry.listCommands({ deviceId: args.device, limit: 20 }).map((c) => commandView(c));
-      const audit = data.registry.auditLog({ deviceId: args.device, limit: 20 }).map((a) => ({ at: new Date(a.at).toISOString(), event: a.event, ...a.detail }));
+      const audit = data.registry
+        .auditLog({ deviceId: args.device, limit: 20 })
+        .map((a) => ({ at: new Date(a.at).toISOString(), event: a.event, ...a.detail }));
       process.stdout.write(`${JSON.stringify({ ...deviceView(device), recent_commands: commands, audit }, null, 2)}\n`);
     } finally {
       data.registry.close();
@@ -74,7 +84,9 @@ const addCommand = defineCommand({
         { id: args.device, userId: args.user, origin: 'jwks', encryption: enc[0] as (typeof enc)[number], ...(sig[0] ? { signing: sig[0] } : {}) },
         { replace: args.replace },
       );
-      process.stdout.write(`registered ${d.id} (user ${printable(args.user)}), encryption ${d.encryption?.alg} ${d.encryption?.kid}${d.signing ? `, signing ${d.signing.kid}` : ', no signing key: its acks cannot be verified yet'}\n`);
+      process.stdout.write(
+        `registered ${d.id} (user ${printable(args.user)}), encryption ${d.encryption?.alg} ${d.encryption?.kid}${d.signing ? `, signing ${d.signing.kid}` : ', no signing key: its acks cannot be verified yet'}\n`,
+      );
     } finally {
       data.registry.close();
     }
@@ -83,7 +95,8 @@ const addCommand = defineCommand({
 
 const removeCommand = defineCommand({
   command: 'remove <device>',
-  describe: 'Remove a device from the registry (keys and unused tokens; its command history and the audit log stay). Does not wipe the board: send delete for that.',
+  describe:
+    'Remove a device from the registry (keys and unused tokens; its command history and the audit log stay). Does not wipe the board: send delete for that.',
   builder: (y) => withData(y).positional('device', { type: 'string', demandOption: true, coerce: deviceIdFlag('DEVICE') }),
   handler: async (args) => {
     const data = await openDataDir(args.data);
@@ -99,7 +112,8 @@ const removeCommand = defineCommand({
 export const deviceCommand: CommandModule = {
   command: 'device <command>',
   describe: 'The device registry',
-  builder: (y: Argv) => y.command(listCommand).command(showCommand).command(addCommand).command(removeCommand).demandCommand(1, 'Name a device command (see --help).'),
+  builder: (y: Argv) =>
+    y.command(listCommand).command(showCommand).command(addCommand).command(removeCommand).demandCommand(1, 'Name a device command (see --help).'),
   handler: () => undefined,
 };
 

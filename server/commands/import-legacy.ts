@@ -16,11 +16,14 @@ export const importLegacyCommand = defineCommand({
     const data = await openDataDir(args.data);
     try {
       const result = await importLegacy(data.registry, args.dir, { dryRun: args.dryRun });
-      for (const i of result.imported) process.stdout.write(`${args.dryRun ? 'would import' : 'imported'} ${i.deviceId} (user ${printable(i.userId)}, RSA ${i.bits}, kid ${i.kid})\n`);
+      for (const i of result.imported)
+        process.stdout.write(`${args.dryRun ? 'would import' : 'imported'} ${i.deviceId} (user ${printable(i.userId)}, RSA ${i.bits}, kid ${i.kid})\n`);
       for (const s of result.skipped) process.stderr.write(`skipped ${printable(s.path)}: ${printable(s.reason)}\n`);
       process.stdout.write(`${result.imported.length} imported, ${result.skipped.length} skipped\n`);
       if (result.imported.length > 0 && !args.dryRun) {
-        process.stdout.write('note: legacy devices have no signing key yet; their acks verify once they enroll with a token or their signing key is added (device add --replace)\n');
+        process.stdout.write(
+          'note: legacy devices have no signing key yet; their acks verify once they enroll with a token or their signing key is added (device add --replace)\n',
+        );
       }
     } finally {
       data.registry.close();

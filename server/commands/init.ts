@@ -7,7 +7,8 @@ import { defineCommand } from '../../lib/cli.js';
 
 export const initCommand = defineCommand({
   command: 'init',
-  describe: 'Create the data directory: server keys (DATA/keys), registry (DATA/registry.sqlite), broker defaults (DATA/server.json), HTTP token (DATA/http.token)',
+  describe:
+    'Create the data directory: server keys (DATA/keys), registry (DATA/registry.sqlite), broker defaults (DATA/server.json), HTTP token (DATA/http.token)',
   builder: (y) =>
     withBroker(withData(y))
       .option('broker', { type: 'string', describe: `broker URL the server connects to, recorded for serve and send (default ${DEFAULT_BROKER_URL})` })
@@ -30,8 +31,16 @@ export const initCommand = defineCommand({
     if (args.cert) broker.cert = args.cert;
     if (args.key) broker.key = args.key;
     if (args.deviceCa && !args.deviceBroker) throw new CodedError('E_USAGE', '--device-ca goes with --device-broker');
-    const deviceBroker: BrokerSettings | undefined = args.deviceBroker ? { url: args.deviceBroker, ...(args.deviceCa ? { ca: args.deviceCa } : {}) } : undefined;
-    const paths = await initDataDir(args.data, { serverId: args.serverId, broker, ...(deviceBroker ? { deviceBroker } : {}), topicPrefix: args.topicPrefix, force: args.force });
+    const deviceBroker: BrokerSettings | undefined = args.deviceBroker
+      ? { url: args.deviceBroker, ...(args.deviceCa ? { ca: args.deviceCa } : {}) }
+      : undefined;
+    const paths = await initDataDir(args.data, {
+      serverId: args.serverId,
+      broker,
+      ...(deviceBroker ? { deviceBroker } : {}),
+      topicPrefix: args.topicPrefix,
+      force: args.force,
+    });
     process.stdout.write(
       `initialised ${paths.dir}\n  keys:     ${paths.keys} (devices pin ${paths.keys}/trust.jwks)\n  registry: ${paths.registry}\n  broker:   ${broker.url}\n${deviceBroker ? `  boards:   ${deviceBroker.url}\n` : ''}  HTTP API bearer token: ${paths.httpToken}\n`,
     );

@@ -19,7 +19,7 @@ export const sealCommandModule = defineCommand({
       .option('params', { type: 'string', default: '{}', describe: 'action parameters as JSON' })
       .option('seq', { type: 'number', describe: 'sequence number (default: one above the last sealed for this device, kept in KEYS/seq/)' })
       .option('ttl', { type: 'string', default: '5m', describe: 'lifetime: 90 (seconds), 30s, 15m, 24h, 7d (at most 7d)' })
-      .example("$0 seal --keys srv --device sensor-1 --device-jwks dev.jwks \\\n--action update --params '{\"sensor\":{\"enabled\":true}}' --ttl 1h", ''),
+      .example('$0 seal --keys srv --device sensor-1 --device-jwks dev.jwks \\\n--action update --params \'{"sensor":{"enabled":true}}\' --ttl 1h', ''),
   handler: async (args) => {
     let params: unknown;
     try {

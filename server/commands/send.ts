@@ -27,16 +27,28 @@ export const sendCommand = defineCommand({
     withBroker(withData(y))
       .positional('target', { type: 'string', describe: 'device id (or, with --all/--user, the action)' })
       .positional('action', { type: 'string', describe: `one of ${ACTIONS.join(', ')}` })
-      .option('user', { type: 'string', describe: "user id of the command (default: the device's user); with update, a user other than the device's re-binds it (the seed's `update DEVICE USER`); with no device: fan out to this user's devices" })
+      .option('user', {
+        type: 'string',
+        describe:
+          "user id of the command (default: the device's user); with update, a user other than the device's re-binds it (the seed's `update DEVICE USER`); with no device: fan out to this user's devices",
+      })
       .option('all', { type: 'boolean', default: false, describe: 'fan out to every registered device' })
       .option('resume', { type: 'string', describe: 'resume a fan-out by its id (skips devices that already answered)' })
       .option('params', { type: 'string', describe: 'params as a JSON object' })
       .option('set', { type: 'string', array: true, describe: 'one param as dotted.key=value (value parsed as JSON when it can be); repeatable' })
-      .option('wait', { type: 'boolean', default: false, describe: 'wait for the verified ack; exit 0 applied, 3 rejected, 4 failed, 5 timeout (a fan-out: 0 when every device applied, else 6)' })
+      .option('wait', {
+        type: 'boolean',
+        default: false,
+        describe: 'wait for the verified ack; exit 0 applied, 3 rejected, 4 failed, 5 timeout (a fan-out: 0 when every device applied, else 6)',
+      })
       .option('timeout', { type: 'string', default: '30s', describe: 'how long to wait for an ack (per device in a fan-out)' })
       .option('ttl', { type: 'string', describe: 'command lifetime: 90 (seconds), 30s, 15m, 24h, 7d (default 5m, at most 7d)' })
       .option('concurrency', { type: 'number', default: DEFAULT_FANOUT_CONCURRENCY, describe: 'fan-out: commands in flight at once' })
-      .option('seal-workers', { type: 'number', default: 0, describe: `fan-out: seal in this many worker threads (0-${MAX_SEAL_WORKERS}; 0 = in the main thread, the default: on 2 cores it does not pay)` })
+      .option('seal-workers', {
+        type: 'number',
+        default: 0,
+        describe: `fan-out: seal in this many worker threads (0-${MAX_SEAL_WORKERS}; 0 = in the main thread, the default: on 2 cores it does not pay)`,
+      })
       .option('verbose', { type: 'boolean', default: false, describe: 'log ack handling on stderr' })
       .example('$0 send sensor-0001 update --set sensor.enabled=true \\\n--set sensor.sample_interval_s=30 --wait', '')
       .example('$0 send --user alice rotate --timeout 1m', '')
@@ -59,7 +71,8 @@ export const sendCommand = defineCommand({
         if (!Number.isInteger(args.sealWorkers) || args.sealWorkers < 0 || args.sealWorkers > MAX_SEAL_WORKERS) {
           throw new CodedError('E_USAGE', `--seal-workers must be an integer 0-${MAX_SEAL_WORKERS}`);
         }
-        if (args.resume === undefined) validateParams(actionText as Action, isRecord(params) && params.user_id !== undefined ? { ...params, user_id: userIdText(params.user_id) } : params);
+        if (args.resume === undefined)
+          validateParams(actionText as Action, isRecord(params) && params.user_id !== undefined ? { ...params, user_id: userIdText(params.user_id) } : params);
         const client = await openSendClient(data, broker, { acksOf: 'all', sealWorkers: args.sealWorkers, ...(log ? { log } : {}) });
         try {
           const tty = process.stderr.isTTY;
@@ -69,7 +82,14 @@ export const sendCommand = defineCommand({
             waiters: client.waiters,
             ...(args.resume !== undefined
               ? { resumeId: args.resume }
-              : { create: { action: actionText as Action, params, selector: args.all ? { all: true } : { userId: args.user as string }, ...(ttlSeconds ? { ttlSeconds } : {}) } }),
+              : {
+                  create: {
+                    action: actionText as Action,
+                    params,
+                    selector: args.all ? { all: true } : { userId: args.user as string },
+                    ...(ttlSeconds ? { ttlSeconds } : {}),
+                  },
+                }),
             concurrency: args.concurrency,
             timeoutMs,
             ...(tty ? { onProgress: (done: number, total: number) => process.stderr.write(`\r${progressBar(done, total)}`) } : {}),
@@ -104,7 +124,10 @@ export const sendCommand = defineCommand({
         const acked = await client.waiters.wait(command.jti, timeoutMs);
         if (!acked?.ackStatus) {
           process.stdout.write(`${JSON.stringify(commandView(data.registry.getCommand(command.jti) ?? command), null, 2)}\n`);
-          throw new CodedError('E_TIMEOUT', `no ack from ${deviceId} within ${args.timeout} (the command stays valid until ${new Date(command.expiresAt).toISOString()})`);
+          throw new CodedError(
+            'E_TIMEOUT',
+            `no ack from ${deviceId} within ${args.timeout} (the command stays valid until ${new Date(command.expiresAt).toISOString()})`,
+          );
         }
         process.stdout.write(`${JSON.stringify(commandView(acked), null, 2)}\n`);
         process.exitCode = SEND_EXIT[acked.ackStatus];

@@ -11,9 +11,17 @@ export const serveCommand = defineCommand({
     withBroker(withData(y))
       .option('http', { type: 'string', describe: 'serve the HTTP API on host:port (e.g. 127.0.0.1:8080; loopback unless told otherwise)' })
       .option('http-token-file', { type: 'string', describe: 'file holding the API bearer token (default DATA/http.token, must be 0600)' })
-      .option('shared', { choices: ['auto', 'on', 'off'] as const, default: 'auto' as const, describe: 'MQTT shared subscriptions ($share/provision-server/...): auto probes the broker' })
+      .option('shared', {
+        choices: ['auto', 'on', 'off'] as const,
+        default: 'auto' as const,
+        describe: 'MQTT shared subscriptions ($share/provision-server/...): auto probes the broker',
+      })
       .option('client-id', { type: 'string', describe: 'MQTT client id (default: provision-server-HOST-<hash of the data dir>)' })
-      .option('log-level', { choices: ['debug', 'info', 'warn', 'error'] as const, default: 'info' as const, describe: 'least severe log lines written to stderr (one line per event)' }),
+      .option('log-level', {
+        choices: ['debug', 'info', 'warn', 'error'] as const,
+        default: 'info' as const,
+        describe: 'least severe log lines written to stderr (one line per event)',
+      }),
   handler: async (args) => {
     const log = createLogger({ level: args.logLevel, style: 'timestamped' });
     const server = await startProvisionServer({

@@ -197,7 +197,12 @@ export class Registry {
         }
         this.#upsertDevice(input.id, input.userId, input.state ?? 'registered', input.origin);
         this.#setCurrentKeys(input.id, input.signing, input.encryption);
-        this.audit('device.add', input.id, { origin: input.origin, user_id: input.userId, signing_kid: input.signing?.kid ?? null, encryption_kid: input.encryption.kid });
+        this.audit('device.add', input.id, {
+          origin: input.origin,
+          user_id: input.userId,
+          signing_kid: input.signing?.kid ?? null,
+          encryption_kid: input.encryption.kid,
+        });
       })
       .immediate();
     return this.requireDevice(input.id);
@@ -235,10 +240,14 @@ export class Registry {
     const token = newEnrollmentToken();
     const now = this.#now();
     const expiresAt = now + ttlMs;
-    this.db.transaction(() => {
-      this.db.prepare('INSERT INTO enrollment_tokens (hash, device_id, user_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?)').run(hashToken(token), deviceId, userId, now, expiresAt);
-      this.audit('token.create', deviceId, { user_id: userId, expires_at: expiresAt });
-    }).immediate();
+    this.db
+      .transaction(() => {
+        this.db
+          .prepare('INSERT INTO enrollment_tokens (hash, device_id, user_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?)')
+          .run(hashToken(token), deviceId, userId, now, expiresAt);
+        this.audit('token.create', deviceId, { user_id: userId, expires_at: expiresAt });
+      })
+      .immediate();
     return { token, expiresAt };
   }
 
@@ -268,7 +277,8 @@ export class Registry {
           throw new RegistryError('E_TOKEN_USED', `the enrollment token was already used (${new Date(row.used_at).toISOString()})`);
         }
         if (row.expires_at <= now) throw new RegistryError('E_TOKEN_EXPIRED', `the enrollment token expired at ${new Date(row.expires_at).toISOString()}`);
-        if (row.device_id !== input.deviceId) throw new RegistryError('E_TOKEN_DEVICE', `the enrollment token is bound to another device, not ${input.deviceId}`);
+        if (row.device_id !== input.deviceId)
+          throw new RegistryError('E_TOKEN_DEVICE', `the enrollment token is bound to another device, not ${input.deviceId}`);
         const consumed = this.db
           .prepare('UPDATE enrollment_tokens SET used_at = ?, used_by = ? WHERE hash = ? AND used_at IS NULL AND expires_at > ?')
           .run(now, input.enrollmentJti, row.hash, now);
@@ -276,7 +286,12 @@ export class Registry {
         this.#upsertDevice(input.deviceId, row.user_id, 'enrolling', 'enrollment');
         this.db.prepare('UPDATE devices SET enrolled_at = ?, decommissioned_at = NULL WHERE id = ?').run(now, input.deviceId);
         this.#setCurrentKeys(input.deviceId, input.signing, input.encryption);
-        this.audit('device.enroll', input.deviceId, { user_id: row.user_id, signing_kid: input.signing.kid, encryption_kid: input.encryption.kid, enrollment_jti: input.enrollmentJti });
+        this.audit('device.enroll', input.deviceId, {
+          user_id: row.user_id,
+          signing_kid: input.signing.kid,
+          encryption_kid: input.encryption.kid,
+          enrollment_jti: input.enrollmentJti,
+        });
         return { userId: row.user_id, repeated: false };
       })
       .immediate();
@@ -410,16 +425,22 @@ export class Registry {
             seq: row.seq,
             recorded: { status: row.ack_status, code: row.ack_code, ack_jti: row.ack_jti },
             claimed: { status: ack.status, code: ack.code, ack_jti: ack.jti },
-            ...(effects.rotatedKeys ? { claimed_keys: { signing_kid: effects.rotatedKeys.signing.kid, encryption_kid: effects.rotatedKeys.encryption.kid } } : {}),
+            ...(effects.rotatedKeys
+              ? { claimed_keys: { signing_kid: effects.rotatedKeys.signing.kid, encryption_kid: effects.rotatedKeys.encryption.kid } }
+              : {}),
             effects: 'not applied',
           };
           this.audit(ACK_CONTRADICTION_EVENT, deviceId, detail);
-          this.db.prepare('UPDATE devices SET flagged_at = ?, flag = ? WHERE id = ?').run(this.#now(), JSON.stringify({ event: ACK_CONTRADICTION_EVENT, ...detail }), deviceId);
+          this.db
+            .prepare('UPDATE devices SET flagged_at = ?, flag = ? WHERE id = ?')
+            .run(this.#now(), JSON.stringify({ event: ACK_CONTRADICTION_EVENT, ...detail }), deviceId);
           return { kind: 'contradiction', command: commandRecord(row) };
         }
         const now = this.#now();
         this.db
-          .prepare('UPDATE commands SET ack_status = ?, ack_code = ?, ack_detail = ?, ack_jti = ?, ack_result = ?, acked_at = ? WHERE jti = ? AND ack_status IS NULL')
+          .prepare(
+            'UPDATE commands SET ack_status = ?, ack_code = ?, ack_detail = ?, ack_jti = ?, ack_result = ?, acked_at = ? WHERE jti = ? AND ack_status IS NULL',
+          )
           .run(ack.status, ack.code, ack.detail, ack.jti, ack.result ? JSON.stringify(ack.result) : null, now, ack.ref);
         this.audit('command.ack', deviceId, { jti: row.jti, action: row.action, seq: row.seq, status: ack.status, code: ack.code, ack_jti: ack.jti });
         if (ack.status === 'applied') this.#applyEffects(row, effects, now);
@@ -432,19 +453,20 @@ export class Registry {
 
   createFanout(action: string, params: Record<string, unknown>, selector: FanoutRecord['selector'], devices: string[]): FanoutRecord {
     const record: FanoutRecord = { id: randomUUID(), createdAt: this.#now(), action, params, selector, devices };
-    this.db.transaction(() => {
-      this.db
-        .prepare('INSERT INTO fanouts (id, created_at, action, params, selector, devices) VALUES (?, ?, ?, ?, ?, ?)')
-        .run(record.id, record.createdAt, action, JSON.stringify(params), JSON.stringify(selector), JSON.stringify(devices));
-      this.audit('fanout.create', null, { fanout_id: record.id, action, selector, devices: devices.length });
-    }).immediate();
+    this.db
+      .transaction(() => {
+        this.db
+          .prepare('INSERT INTO fanouts (id, created_at, action, params, selector, devices) VALUES (?, ?, ?, ?, ?, ?)')
+          .run(record.id, record.createdAt, action, JSON.stringify(params), JSON.stringify(selector), JSON.stringify(devices));
+        this.audit('fanout.create', null, { fanout_id: record.id, action, selector, devices: devices.length });
+      })
+      .immediate();
     return record;
   }
 
   getFanout(id: string): FanoutRecord {
     const row = this.db.prepare('SELECT * FROM fanouts WHERE id = ?').get(id) as
-      | { id: string; created_at: number; action: string; params: string; selector: string; devices: string }
-      | undefined;
+      { id: string; created_at: number; action: string; params: string; selector: string; devices: string } | undefined;
     if (!row) throw new RegistryError('E_NO_FANOUT', `no fan-out with id ${id}`);
     return {
       id: row.id,
@@ -464,7 +486,9 @@ export class Registry {
       this.db.prepare('UPDATE devices SET user_id = ?, updated_at = ? WHERE id = ?').run(row.bind_user, now, id);
     }
     if (row.action === 'request') {
-      this.db.prepare("UPDATE devices SET state = 'provisioned', confirmed_at = ?, updated_at = ? WHERE id = ? AND state != 'decommissioned'").run(now, now, id);
+      this.db
+        .prepare("UPDATE devices SET state = 'provisioned', confirmed_at = ?, updated_at = ? WHERE id = ? AND state != 'decommissioned'")
+        .run(now, now, id);
       this.audit('device.provisioned', id, { user_id: row.bind_user ?? row.user_id });
     } else if (row.action === 'rotate' && effects.rotatedKeys) {
       this.#setCurrentKeys(id, effects.rotatedKeys.signing, effects.rotatedKeys.encryption);
@@ -492,8 +516,28 @@ export class Registry {
         `INSERT INTO commands (jti, device_id, action, user_id, params_digest, seq, encryption_kid, sealed, fanout_id, bind_user, created_at, expires_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       )
-      .run(c.jti, c.deviceId, c.action, c.userId, c.paramsDigest, c.seq, c.encryptionKid, c.sealed, c.fanoutId ?? null, c.bindUser ?? null, this.#now(), c.expiresAt);
-    this.audit('command.create', c.deviceId, { jti: c.jti, action: c.action, seq: c.seq, user_id: c.userId, params_digest: c.paramsDigest, fanout_id: c.fanoutId ?? null });
+      .run(
+        c.jti,
+        c.deviceId,
+        c.action,
+        c.userId,
+        c.paramsDigest,
+        c.seq,
+        c.encryptionKid,
+        c.sealed,
+        c.fanoutId ?? null,
+        c.bindUser ?? null,
+        this.#now(),
+        c.expiresAt,
+      );
+    this.audit('command.create', c.deviceId, {
+      jti: c.jti,
+      action: c.action,
+      seq: c.seq,
+      user_id: c.userId,
+      params_digest: c.paramsDigest,
+      fanout_id: c.fanoutId ?? null,
+    });
   }
 
   #upsertDevice(id: string, userId: string | null, state: DeviceState, origin: DeviceOrigin): void {

@@ -96,7 +96,10 @@ describe('adversarial: the hostile corpus through mosquitto to a running agent',
       // broker's max_packet_size keeps them out), so they go at QoS 0.
       for (const c of cases) await sender.publish(c.payload, c.topicDeviceId ?? DEVICE, c.payload.length > 129 * 1024 ? 0 : 1);
       // In-order delivery and processing: the last case's ack means every case was handled.
-      await sender.waitAck((a) => a.ref === last.jti && sender.acks.length - from >= 1 && sender.acks.slice(from).some((x) => x.claims.ref === last.jti), 120_000);
+      await sender.waitAck(
+        (a) => a.ref === last.jti && sender.acks.length - from >= 1 && sender.acks.slice(from).some((x) => x.claims.ref === last.jti),
+        120_000,
+      );
       await new Promise((r) => setTimeout(r, 300)); // any stray ack would have arrived
       expect(agent.running(), `agent died in pass ${pass}: ${agent.output().slice(-3000)}`).to.equal(true);
       const acks = sender.acks.slice(from).map((a) => a.claims);
@@ -136,7 +139,11 @@ describe('adversarial: the hostile corpus through mosquitto to a running agent',
     expect(sender.badAcks, 'acks from the agent that the server cannot open').to.deep.equal([]);
   });
 
-  function checkAcks(corpus: readonly HostileCase[], acks: readonly { ref: string; status: string; code: string; detail: string }[], seenJti: string): string[] {
+  function checkAcks(
+    corpus: readonly HostileCase[],
+    acks: readonly { ref: string; status: string; code: string; detail: string }[],
+    seenJti: string,
+  ): string[] {
     const byJti = new Map<string, HostileCase[]>();
     for (const c of corpus) if (c.jti) byJti.set(c.jti, [...(byJti.get(c.jti) ?? []), c]);
     const problems: string[] = [];

@@ -6,15 +6,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { expect } from 'chai';
-import {
-  ProtocolError,
-  TRUSTED_CLOCK,
-  UNTRUSTED_CLOCK,
-  checkReplay,
-  openCommand,
-  toPublicJwk,
-  type OpenCommandOptions,
-} from '../../protocol/index.js';
+import { ProtocolError, TRUSTED_CLOCK, UNTRUSTED_CLOCK, checkReplay, openCommand, toPublicJwk, type OpenCommandOptions } from '../../protocol/index.js';
 import { buildHostileCorpus, type HostileCase } from '../helpers/corpus.js';
 import { deviceRings, makeParty } from '../helpers/keys.js';
 
@@ -69,17 +61,54 @@ describe('adversarial corpus: refused by openCommand with the expected code clas
     expect(corpus.length).to.be.at.least(500);
     expect(new Set(corpus.map((c) => c.name)).size).to.equal(corpus.length);
     const required = [
-      'truncate', 'flip', 'inner-flip', 'inner-truncate', 'empty', 'huge', 'non-utf8', 'header-json', 'base64url',
-      'alg-none', 'rsa1_5', 'pbes2', 'dir', 'zip', 'enc-unknown', 'kid', 'foreign-signer', 'embedded-jwk', 'jwe-wraps',
-      'claims-type', 'claims-missing', 'audience', 'time', 'replay', 'params', 'nested', 'large-json',
+      'truncate',
+      'flip',
+      'inner-flip',
+      'inner-truncate',
+      'empty',
+      'huge',
+      'non-utf8',
+      'header-json',
+      'base64url',
+      'alg-none',
+      'rsa1_5',
+      'pbes2',
+      'dir',
+      'zip',
+      'enc-unknown',
+      'kid',
+      'foreign-signer',
+      'embedded-jwk',
+      'jwe-wraps',
+      'claims-type',
+      'claims-missing',
+      'audience',
+      'time',
+      'replay',
+      'params',
+      'nested',
+      'large-json',
     ];
-    expect(required.filter((r) => !byClass.has(r)), 'missing classes').to.deep.equal([]);
+    expect(
+      required.filter((r) => !byClass.has(r)),
+      'missing classes',
+    ).to.deep.equal([]);
     // Single-byte flips and truncations reach every segment of the JWE and of the nested JWS.
     for (const seg of ['header', 'encrypted_key', 'iv', 'ciphertext', 'tag']) {
-      expect(corpus.some((c) => c.name.startsWith(`flip/${seg}/`)), seg).to.equal(true);
-      expect(corpus.some((c) => c.name.startsWith(`truncate/${seg}/`)), seg).to.equal(true);
+      expect(
+        corpus.some((c) => c.name.startsWith(`flip/${seg}/`)),
+        seg,
+      ).to.equal(true);
+      expect(
+        corpus.some((c) => c.name.startsWith(`truncate/${seg}/`)),
+        seg,
+      ).to.equal(true);
     }
-    for (const seg of ['header', 'payload', 'signature']) expect(corpus.some((c) => c.name.startsWith(`inner-flip/${seg}/`)), seg).to.equal(true);
+    for (const seg of ['header', 'payload', 'signature'])
+      expect(
+        corpus.some((c) => c.name.startsWith(`inner-flip/${seg}/`)),
+        seg,
+      ).to.equal(true);
     expect(corpus.filter((c) => c.acked).length, 'authenticated, acked cases').to.be.at.least(50);
   });
 

@@ -11,7 +11,10 @@ describe('agent action descriptors', () => {
 
   it('update and rotate need a provisioned device; every action but selftest runs its hook; only update acks itself', () => {
     const which = (pick: (d: (typeof ACTION_DESCRIPTORS)[keyof typeof ACTION_DESCRIPTORS]) => boolean): string[] =>
-      Object.values(ACTION_DESCRIPTORS).filter(pick).map((d) => d.action).sort();
+      Object.values(ACTION_DESCRIPTORS)
+        .filter(pick)
+        .map((d) => d.action)
+        .sort();
     expect(which((d) => d.needsProvisioned)).to.deep.equal(['rotate', 'update']);
     expect(which((d) => d.runsHook)).to.deep.equal(['delete', 'request', 'rotate', 'update']);
     expect(which((d) => d.ack === 'action')).to.deep.equal(['update']);

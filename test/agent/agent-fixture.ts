@@ -160,12 +160,26 @@ export class TestServer {
   }
 
   /** Seals a command to the device's registered encryption key. */
-  async seal(deviceId: string, action: Action, params: unknown = {}, o: { seq?: number; userId?: string; now?: number; ttlSeconds?: number; signer?: Party; claimsDevice?: string } = {}): Promise<{ token: string; jti: string; seq: number }> {
+  async seal(
+    deviceId: string,
+    action: Action,
+    params: unknown = {},
+    o: { seq?: number; userId?: string; now?: number; ttlSeconds?: number; signer?: Party; claimsDevice?: string } = {},
+  ): Promise<{ token: string; jti: string; seq: number }> {
     const dev = this.devices.get(deviceId);
     if (!dev) throw new Error(`device ${deviceId} not registered in the test server`);
     const seq = o.seq ?? this.nextSeq(deviceId);
     const { token, claims } = await sealCommand(
-      { serverId: SERVER_ID, deviceId: o.claimsDevice ?? deviceId, action, userId: o.userId ?? 'user-1', params, seq, ...(o.now !== undefined ? { now: o.now } : {}), ...(o.ttlSeconds !== undefined ? { ttlSeconds: o.ttlSeconds } : {}) },
+      {
+        serverId: SERVER_ID,
+        deviceId: o.claimsDevice ?? deviceId,
+        action,
+        userId: o.userId ?? 'user-1',
+        params,
+        seq,
+        ...(o.now !== undefined ? { now: o.now } : {}),
+        ...(o.ttlSeconds !== undefined ? { ttlSeconds: o.ttlSeconds } : {}),
+      },
       { signer: (o.signer ?? this.party).signing, recipient: dev.encryption },
     );
     return { token, jti: claims.jti, seq };
@@ -181,7 +195,12 @@ export class TestServer {
   }
 
   /** As command, also returning the sealed command (its bytes, captured for a replay). */
-  async commandCaptured(deviceId: string, action: Action, params: unknown = {}, o: Parameters<TestServer['seal']>[3] = {}): Promise<{ token: string; jti: string; seq: number; ack: ReceivedAck }> {
+  async commandCaptured(
+    deviceId: string,
+    action: Action,
+    params: unknown = {},
+    o: Parameters<TestServer['seal']>[3] = {},
+  ): Promise<{ token: string; jti: string; seq: number; ack: ReceivedAck }> {
     const sealed = await this.seal(deviceId, action, params, o);
     const wait = this.waitAck((a) => a.claims.ref === sealed.jti);
     await this.publish(deviceId, sealed.token);
@@ -192,7 +211,10 @@ export class TestServer {
     const found = this.acks.find(match);
     if (found) return Promise.resolve(found);
     return new Promise((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error(`no matching ack in time${this.errors.length ? `; messages refused: ${this.errors.join('; ')}` : ''}`)), timeoutMs);
+      const t = setTimeout(
+        () => reject(new Error(`no matching ack in time${this.errors.length ? `; messages refused: ${this.errors.join('; ')}` : ''}`)),
+        timeoutMs,
+      );
       this.#waiters.push({
         match,
         resolve: (a) => {
@@ -220,7 +242,12 @@ export class TestServer {
     const dev = this.devices.get(deviceId);
     if (!dev) return;
     this.rawAcks.push(payload.toString());
-    const opened = await openAck(payload, { serverId: SERVER_ID, deviceId, decryption: await KeyRing.create([this.party.encryption]), verification: await KeyRing.create(dev.signing) });
+    const opened = await openAck(payload, {
+      serverId: SERVER_ID,
+      deviceId,
+      decryption: await KeyRing.create([this.party.encryption]),
+      verification: await KeyRing.create(dev.signing),
+    });
     const ack: ReceivedAck = { claims: opened.claims, signerKid: opened.signerKid };
     this.acks.push(ack);
     for (const w of [...this.#waiters]) {

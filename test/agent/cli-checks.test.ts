@@ -43,7 +43,16 @@ describe('sensor-agent CLI: checks before action, exit statuses', function () {
     const recipient = ks.encryptionKey;
     if (!recipient) throw new Error('no device key');
     const { token } = await sealCommand(
-      { serverId: SERVER_ID, deviceId, action: 'update', userId: 'alice', params: { sensor: { enabled: true } }, seq: 1, ttlSeconds: 300, ...(now ? { now } : {}) },
+      {
+        serverId: SERVER_ID,
+        deviceId,
+        action: 'update',
+        userId: 'alice',
+        params: { sensor: { enabled: true } },
+        seq: 1,
+        ttlSeconds: 300,
+        ...(now ? { now } : {}),
+      },
       { signer: server.signing, recipient: toPublicJwk(recipient) },
     );
     return token;
@@ -114,10 +123,12 @@ describe('sensor-agent CLI: checks before action, exit statuses', function () {
     expect(await readFile(join(files.keystore, 'signing.jwk'), 'utf8')).to.equal(before);
   });
 
-  it('keygen --keystore under /proc refuses at once with a clear error (Node\'s recursive mkdir would never return there)', async () => {
+  it("keygen --keystore under /proc refuses at once with a clear error (Node's recursive mkdir would never return there)", async () => {
     const r = await cli(['keygen', '--keystore', '/proc/sensor-agent-test/keys'], 10_000);
     expect(r.code, r.stderr).to.equal(2);
-    expect(r.stderr).to.match(/^sensor-agent: E_KEYSTORE_IO: could not create key store directory \/proc\/sensor-agent-test\/keys: .*\/proc\/sensor-agent-test/);
+    expect(r.stderr).to.match(
+      /^sensor-agent: E_KEYSTORE_IO: could not create key store directory \/proc\/sensor-agent-test\/keys: .*\/proc\/sensor-agent-test/,
+    );
   });
 
   it('keygen --keystore through a file exits 2 and creates nothing', async () => {

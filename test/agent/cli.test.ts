@@ -127,7 +127,10 @@ describe('sensor-agent CLI (child processes)', function () {
     it('run with an invalid config exits 2 listing every problem with its key path', async () => {
       const files = await device('bad-cfg');
       const bad = join(files.dir, 'bad.json');
-      await writeFile(bad, JSON.stringify({ device_id: 'bad-cfg', broker: { url: 'mqtt://broker.example.net:1883' }, trust: 'trust.jwks', log_level: 'loud', extra: 1 }));
+      await writeFile(
+        bad,
+        JSON.stringify({ device_id: 'bad-cfg', broker: { url: 'mqtt://broker.example.net:1883' }, trust: 'trust.jwks', log_level: 'loud', extra: 1 }),
+      );
       const r = await cli(['run', '--config', bad]);
       expect(r.code).to.equal(2);
       expect(r.stderr).to.include(`sensor-agent: E_CONFIG: ${bad}: 3 problems:`);
@@ -216,7 +219,13 @@ describe('sensor-agent CLI (child processes)', function () {
     it('status after provisioning: provisioned true, the user and the last seq (JSON and human)', async () => {
       const r = await cli(['status', '--json', '--config', files.configPath]);
       expect(r.code, r.stderr).to.equal(0);
-      const s = JSON.parse(r.stdout) as { provisioned: boolean; user_id: string | null; last_seq: number; last_command: { action: string; seq: number; status: string } | null; keys: { signing: string | null } };
+      const s = JSON.parse(r.stdout) as {
+        provisioned: boolean;
+        user_id: string | null;
+        last_seq: number;
+        last_command: { action: string; seq: number; status: string } | null;
+        keys: { signing: string | null };
+      };
       expect(s.provisioned).to.equal(true);
       expect(s.user_id).to.equal('alice');
       expect(s.last_seq).to.equal(1);
@@ -246,7 +255,18 @@ describe('sensor-agent CLI (child processes)', function () {
       expect(r.code, r.stdout).to.equal(0);
       expect(report.ok).to.equal(true);
       expect(report.device_id).to.equal('selftest-ok');
-      expect(report.checks.map((c) => c.id)).to.include.members(['config', 'state_dir', 'keystore', 'keys', 'trust', 'crypto', 'clock', 'broker', 'gpio', 'node']);
+      expect(report.checks.map((c) => c.id)).to.include.members([
+        'config',
+        'state_dir',
+        'keystore',
+        'keys',
+        'trust',
+        'crypto',
+        'clock',
+        'broker',
+        'gpio',
+        'node',
+      ]);
       for (const c of report.checks) {
         expect(c.id).to.be.a('string').and.not.equal('');
         expect(['pass', 'warn', 'fail', 'skip']).to.include(c.status);

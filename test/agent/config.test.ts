@@ -92,7 +92,14 @@ describe('agent/config: loadConfig on real files', () => {
     expect(c.state_dir).to.equal(join(root, 'var', 'state'));
     expect(c.enrollment_token).to.equal('/var/lib/sensor-agent/enroll.token');
     expect(c.hooks_dir).to.equal(join(etc, 'hooks'));
-    expect(c.gpio).to.deep.equal({ backend: 'fake', sysfs_root: join(etc, 'sys', 'gpio'), status_led: 17, sensor_enable: 27, reset_button: 22, reset_hold_s: 5 });
+    expect(c.gpio).to.deep.equal({
+      backend: 'fake',
+      sysfs_root: join(etc, 'sys', 'gpio'),
+      status_led: 17,
+      sensor_enable: 27,
+      reset_button: 22,
+      reset_hold_s: 5,
+    });
     expect(c.hook_timeout_s).to.equal(12);
     expect(c.clock).to.deep.equal({ policy: 'untrusted', max_skew_s: 60 });
     expect(c.log_level).to.equal('warn');

@@ -14,7 +14,16 @@ import type { AgentFaults, RunningAgent } from '../../agent/agent.js';
 import { KeyStore } from '../../agent/store/keystore.js';
 import { bufferedLogger } from '../../lib/log.js';
 import type { PublicJwk } from '../../protocol/index.js';
-import { addSuiteDevice, readDeviceState, startSuiteAgent, stopSuiteAgent, useAedesSuite, waitFor, type DeviceFiles, type ReceivedAck } from './agent-fixture.js';
+import {
+  addSuiteDevice,
+  readDeviceState,
+  startSuiteAgent,
+  stopSuiteAgent,
+  useAedesSuite,
+  waitFor,
+  type DeviceFiles,
+  type ReceivedAck,
+} from './agent-fixture.js';
 import { fakeGpio, startWithFakeGpio } from '../helpers/fake-gpio.js';
 
 const logs = bufferedLogger('debug');
@@ -39,7 +48,6 @@ function once<T = void>(): { promise: Promise<T>; resolve: (v: T) => void } {
   const promise = new Promise<T>((r) => (resolve = r));
   return { promise, resolve };
 }
-
 
 /** An applied rotate ack, signed by the old key, carrying the new public keys; returns them. */
 function expectRotateAck(ack: ReceivedAck, oldSigningKid: string, signingKid: string, encryptionKid: string): { signing: PublicJwk; encryption: PublicJwk } {
@@ -76,7 +84,10 @@ describe('agent crash recovery (aedes, persistent session redelivery)', function
   async function start(files: DeviceFiles, faults?: AgentFaults): Promise<RunningAgent> {
     // A long first reconnect delay: after the simulated crash, the crashed agent must not reconnect
     // (and take the redelivery) before it is stopped.
-    return startWithFakeGpio({ configPath: files.configPath, log: logs.logger, backoff: { minMs: faults ? 60_000 : 50, maxMs: faults ? 60_000 : 500 }, ...(faults ? { faults } : {}) }, (o) => startSuiteAgent(s, o));
+    return startWithFakeGpio(
+      { configPath: files.configPath, log: logs.logger, backoff: { minMs: faults ? 60_000 : 50, maxMs: faults ? 60_000 : 500 }, ...(faults ? { faults } : {}) },
+      (o) => startSuiteAgent(s, o),
+    );
   }
 
   const stop = (agent: RunningAgent): Promise<void> => stopSuiteAgent(s, agent);

@@ -24,9 +24,7 @@ const LED = 17;
 const SENSOR = 27;
 const BUTTON = 22;
 
-
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
 
 /** The LED pattern writes (the first write to the pin is its opening at low level). */
 function patternWrites(fake: FakeGpioBackend): FakeWrite[] {
@@ -57,7 +55,10 @@ describe('agent enrollment and reset button (aedes, fake GPIO)', function () {
   }
 
   async function start(files: DeviceFiles, retry = { retryMinMs: 300, retryMaxMs: 600 }): Promise<RunningAgent> {
-    const agent = await startWithFakeGpio({ configPath: files.configPath, log: logs.logger, backoff: { minMs: 50, maxMs: 500 }, enrollment: retry }, startAgent);
+    const agent = await startWithFakeGpio(
+      { configPath: files.configPath, log: logs.logger, backoff: { minMs: 50, maxMs: 500 }, enrollment: retry },
+      startAgent,
+    );
     s.running.add(agent);
     return agent;
   }
@@ -94,7 +95,11 @@ describe('agent enrollment and reset button (aedes, fake GPIO)', function () {
     expect(await provisioned).to.equal('alice');
     expect(count()).to.be.at.least(3);
     const mine = logs.lines.slice(mark);
-    for (const attempt of [1, 2, 3]) expect(mine.find((l) => new RegExp(`enrollment sent.*attempt=${attempt}\\b`).test(l)), `attempt ${attempt}`).to.be.a('string');
+    for (const attempt of [1, 2, 3])
+      expect(
+        mine.find((l) => new RegExp(`enrollment sent.*attempt=${attempt}\\b`).test(l)),
+        `attempt ${attempt}`,
+      ).to.be.a('string');
 
     const ack = await s.server.waitAck((a) => a.claims.iss === deviceId);
     expect(ack.claims.status).to.equal('applied');

@@ -90,7 +90,13 @@ describe('agent/gpio BoardIo (fake backend)', () => {
     await board();
     io.setStatus('unprovisioned');
     timers.advance(4000);
-    expect(trace(fake, 17, 1)).to.deep.equal([[0, 1], [1000, 0], [2000, 1], [3000, 0], [4000, 1]]);
+    expect(trace(fake, 17, 1)).to.deep.equal([
+      [0, 1],
+      [1000, 0],
+      [2000, 1],
+      [3000, 0],
+      [4000, 1],
+    ]);
     expect(timers.pending()).to.equal(1);
   });
 
@@ -98,7 +104,13 @@ describe('agent/gpio BoardIo (fake backend)', () => {
     await board();
     io.setStatus('enrolling');
     timers.advance(800);
-    expect(trace(fake, 17, 1)).to.deep.equal([[0, 1], [200, 0], [400, 1], [600, 0], [800, 1]]);
+    expect(trace(fake, 17, 1)).to.deep.equal([
+      [0, 1],
+      [200, 0],
+      [400, 1],
+      [600, 0],
+      [800, 1],
+    ]);
   });
 
   it('error: double blink, then 1 s dark', async () => {
@@ -106,8 +118,14 @@ describe('agent/gpio BoardIo (fake backend)', () => {
     io.setStatus('error');
     timers.advance(2200);
     expect(trace(fake, 17, 1)).to.deep.equal([
-      [0, 1], [200, 0], [400, 1], [600, 0],
-      [1600, 1], [1800, 0], [2000, 1], [2200, 0],
+      [0, 1],
+      [200, 0],
+      [400, 1],
+      [600, 0],
+      [1600, 1],
+      [1800, 0],
+      [2000, 1],
+      [2200, 0],
     ]);
   });
 
@@ -117,7 +135,11 @@ describe('agent/gpio BoardIo (fake backend)', () => {
     timers.advance(300);
     io.setStatus('enrolling');
     timers.advance(100);
-    expect(trace(fake, 17, 1)).to.deep.equal([[0, 1], [200, 0], [400, 1]]);
+    expect(trace(fake, 17, 1)).to.deep.equal([
+      [0, 1],
+      [200, 0],
+      [400, 1],
+    ]);
     io.setStatus('provisioned');
     expect(fake.value(17)).to.equal(true);
     expect(timers.pending()).to.equal(0);
@@ -132,7 +154,11 @@ describe('agent/gpio BoardIo (fake backend)', () => {
     expect(fake.value(27)).to.equal(true);
     await io.setSensorEnabled(false);
     expect(fake.value(27)).to.equal(false);
-    expect(trace(fake, 27)).to.deep.equal([[0, 0], [0, 1], [0, 0]]);
+    expect(trace(fake, 27)).to.deep.equal([
+      [0, 0],
+      [0, 1],
+      [0, 0],
+    ]);
   });
 
   it('reset button: fires once per press held reset_hold_s (default 5 s), not for a shorter press', async () => {
@@ -369,7 +395,10 @@ describe('agent/gpio BoardIo without a backend', () => {
     validateGpioPins({ status_led: null });
     expect(resetHoldProblem(5)).to.equal(null);
     expect(() => validateGpioPins({ status_led: 22, reset_button: 22 })).to.throw(GpioError, /both GPIO 22/);
-    expect(resetHoldProblem(0)).to.be.instanceOf(GpioError).with.property('message').that.matches(/reset_hold_s/);
+    expect(resetHoldProblem(0))
+      .to.be.instanceOf(GpioError)
+      .with.property('message')
+      .that.matches(/reset_hold_s/);
     expect(() => validateGpioPins({ sensor_enable: 1.5 })).to.throw(GpioError, /sensor_enable/);
     expect(() => validateGpioPins({ sensor_enable: 64 })).to.throw(GpioError, /sensor_enable/);
   });

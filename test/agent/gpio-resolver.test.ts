@@ -3,13 +3,7 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GpioError, type GpioErrorCode } from '../../agent/gpio/errors.js';
-import {
-  findHeaderChip,
-  pickHeaderChip,
-  readGpioChips,
-  resolveSysfsGpio,
-  type GpioChipInfo,
-} from '../../agent/gpio/sysfs-resolver.js';
+import { findHeaderChip, pickHeaderChip, readGpioChips, resolveSysfsGpio, type GpioChipInfo } from '../../agent/gpio/sysfs-resolver.js';
 
 interface ChipSpec {
   base: number;

@@ -61,7 +61,7 @@ describe('agent hooks: timeout kills the process group, background children do n
     expect(ack.claims.detail).to.match(/timed out after 2 s/);
     expect(took, 'ms until the failed ack').to.be.below(6000);
     const sleepPid = Number((await readFile(pidFile, 'utf8')).trim());
-    await waitFor('the hook\'s sleep to be killed', async () => !(await alive(sleepPid)), 3000);
+    await waitFor("the hook's sleep to be killed", async () => !(await alive(sleepPid)), 3000);
     // Not blocked behind the dead hook.
     expect((await s.server.command(deviceId, 'selftest', {}, {})).claims.status).to.equal('applied');
   });

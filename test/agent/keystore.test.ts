@@ -209,7 +209,13 @@ describe('agent/keystore', () => {
     const path = join(dir, 'signing.jwk');
     const crash = new Error('power cut');
     let thrown: unknown;
-    await writeFileAtomic(path, JSON.stringify(otherSig), { beforeRename: () => { throw crash; } }).catch((e: unknown) => { thrown = e; });
+    await writeFileAtomic(path, JSON.stringify(otherSig), {
+      beforeRename: () => {
+        throw crash;
+      },
+    }).catch((e: unknown) => {
+      thrown = e;
+    });
     expect(thrown).to.equal(crash);
     expect((await readdir(dir)).filter((n) => TEMP_FILE_PATTERN.test(n))).to.have.length(1);
     const store = await KeyStore.open(dir);
@@ -220,7 +226,9 @@ describe('agent/keystore', () => {
   it('write validates the key against its slot', async () => {
     const store = await KeyStore.open(dir, { create: true });
     let thrown: unknown;
-    await store.write('encryption', sig).catch((e: unknown) => { thrown = e; });
+    await store.write('encryption', sig).catch((e: unknown) => {
+      thrown = e;
+    });
     expect((thrown as { code?: string }).code).to.equal('E_KEY');
     expect(await readdir(dir)).to.deep.equal([]);
     await store.write('encryption', enc);

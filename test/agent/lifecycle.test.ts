@@ -18,7 +18,6 @@ import { NO_MOSQUITTO, skipBecause } from '../helpers/skip.js';
 import { agentExitStatus } from '../../agent/commands/exit-statuses.js';
 import { fakeGpio, startWithFakeGpio } from '../helpers/fake-gpio.js';
 
-
 interface BrokerUnderTest {
   url: string;
   caFile: string | undefined;
@@ -61,7 +60,10 @@ function lifecycle(name: string, start: () => Promise<BrokerUnderTest | undefine
       const afterPersist = async (action: string): Promise<void> => {
         if (action === 'request') tokenAtPuback.push(await exists(files.tokenFile));
       };
-      agent = await startWithFakeGpio({ configPath: files.configPath, log: logs.logger, backoff: { minMs: 50, maxMs: 500 }, enrollment: { retryMinMs: 2000 }, faults: { afterPersist } }, startAgent);
+      agent = await startWithFakeGpio(
+        { configPath: files.configPath, log: logs.logger, backoff: { minMs: 50, maxMs: 500 }, enrollment: { retryMinMs: 2000 }, faults: { afterPersist } },
+        startAgent,
+      );
       const ack = await server.waitAck((a) => a.claims.iss === deviceId);
       expect(tokenAtPuback).to.deep.equal([false]);
       expect(ack.claims.status).to.equal('applied');
@@ -173,7 +175,18 @@ function lifecycle(name: string, start: () => Promise<BrokerUnderTest | undefine
       const jti = crypto.randomUUID();
       const now = Math.floor(Date.now() / 1000);
       const bad = await sealClaims(
-        { iss: SERVER_ID, aud: deviceId, iat: now, exp: now + 300, jti, seq, device_id: deviceId, action: 'update', user_id: 'u', params: { sensor: { enabled: 'yes' } } },
+        {
+          iss: SERVER_ID,
+          aud: deviceId,
+          iat: now,
+          exp: now + 300,
+          jti,
+          seq,
+          device_id: deviceId,
+          action: 'update',
+          user_id: 'u',
+          params: { sensor: { enabled: 'yes' } },
+        },
         { signer: serverParty.signing, recipient: server.devices.get(deviceId)!.encryption },
       );
       const badAck = server.waitAck((a) => a.claims.ref === jti);

@@ -68,7 +68,10 @@ describe('agent: a command redelivered after a reconnect while its first copy st
 
     expect(await lines(runs), 'hook runs').to.deep.equal([String(sealed.seq)]);
     const fresh = ours().filter((a) => !/^duplicate:/.test(a.claims.detail ?? ''));
-    expect(fresh.map((a) => a.claims.status), 'acks that are not duplicates').to.deep.equal(['applied']);
+    expect(
+      fresh.map((a) => a.claims.status),
+      'acks that are not duplicates',
+    ).to.deep.equal(['applied']);
     expect(ours().every((a) => a.claims.status === 'applied')).to.equal(true);
     const st = await readDeviceState(files);
     expect(st.user_id).to.equal('bob');

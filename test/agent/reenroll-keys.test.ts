@@ -16,7 +16,18 @@ import type { RunningAgent } from '../../agent/agent.js';
 import { KeyStore } from '../../agent/store/keystore.js';
 import { bufferedLogger } from '../../lib/log.js';
 import { recordCommand, type AgentState } from '../../agent/store/state.js';
-import { addSuiteDevice, exists, readDeviceState, startRefusal, startSuiteAgent, stopSuiteAgent, useAedesSuite, waitFor, type DeviceFiles, type StartRefusal } from './agent-fixture.js';
+import {
+  addSuiteDevice,
+  exists,
+  readDeviceState,
+  startRefusal,
+  startSuiteAgent,
+  stopSuiteAgent,
+  useAedesSuite,
+  waitFor,
+  type DeviceFiles,
+  type StartRefusal,
+} from './agent-fixture.js';
 import { agentExitStatus } from '../../agent/commands/exit-statuses.js';
 
 const logs = bufferedLogger('debug');
@@ -33,7 +44,9 @@ describe('agent: a decommissioned board re-enrolls with new keys, never with its
    * Provisioned for alice and updated to bob (bytes captured), then a delete sealed and "applied" up to
    * its state save only: the state a power cut leaves between the save and the wipe, keys still there.
    */
-  async function interruptedDelete(deviceId: string): Promise<{ files: DeviceFiles; update: { token: string; jti: string }; del: { token: string; jti: string }; oldKids: string[] }> {
+  async function interruptedDelete(
+    deviceId: string,
+  ): Promise<{ files: DeviceFiles; update: { token: string; jti: string }; del: { token: string; jti: string }; oldKids: string[] }> {
     const files = await addSuiteDevice(s, deviceId);
     const agent = await start(files);
     expect((await s.server.command(deviceId, 'request', {}, { userId: 'alice' })).claims.status).to.equal('applied');
@@ -46,7 +59,15 @@ describe('agent: a decommissioned board re-enrolls with new keys, never with its
     const st = JSON.parse(await readFile(path, 'utf8')) as AgentState;
     // What the pipeline saves for an applied delete, before wipeDevice runs.
     decommission(st);
-    recordCommand(st, { jti: del.jti, seq: del.seq, action: 'delete', status: 'applied', code: 'OK', detail: 'decommissioned', at: Math.floor(Date.now() / 1000) });
+    recordCommand(st, {
+      jti: del.jti,
+      seq: del.seq,
+      action: 'delete',
+      status: 'applied',
+      code: 'OK',
+      detail: 'decommissioned',
+      at: Math.floor(Date.now() / 1000),
+    });
     await writeFile(path, JSON.stringify(st), { mode: 0o600 });
     const oldKids = (await KeyStore.open(files.keystore)).publicKeys().keys.map((k) => k.kid);
     return { files, update, del, oldKids };
@@ -61,14 +82,20 @@ describe('agent: a decommissioned board re-enrolls with new keys, never with its
     await waitFor('the re-enrollment to be answered', async () => (await readDeviceState(files)).provisioned, 10_000);
 
     const newKids = (await KeyStore.open(files.keystore)).publicKeys().keys.map((k) => k.kid);
-    expect(newKids.filter((k) => oldKids.includes(k)), 'old kids still in use').to.deep.equal([]);
+    expect(
+      newKids.filter((k) => oldKids.includes(k)),
+      'old kids still in use',
+    ).to.deep.equal([]);
 
     const seen = s.server.acks.length;
     await s.server.publish(deviceId, del.token);
     await s.server.publish(deviceId, update.token);
     // Processed in order after them: once this is acked, the two replays have been dealt with.
     expect((await s.server.command(deviceId, 'selftest')).claims.status).to.equal('applied');
-    expect(s.server.acks.slice(seen).filter((a) => a.claims.ref === del.jti || a.claims.ref === update.jti), 'acks to the old commands').to.deep.equal([]);
+    expect(
+      s.server.acks.slice(seen).filter((a) => a.claims.ref === del.jti || a.claims.ref === update.jti),
+      'acks to the old commands',
+    ).to.deep.equal([]);
     const st = await readDeviceState(files);
     expect([st.provisioned, st.decommissioned, st.user_id]).to.deep.equal([true, false, 'carol']);
     for (const f of ['signing.jwk', 'encryption.jwk']) expect(await exists(join(files.keystore, f)), f).to.equal(true);
@@ -101,6 +128,9 @@ describe('agent: a decommissioned board re-enrolls with new keys, never with its
     expect(agentExitStatus(refused)).to.equal(2);
     expect(refused?.message).to.match(/credential/);
     expect(await readFile(join(files.stateDir, 'state.json'), 'utf8'), 'state changed').to.equal(before);
-    expect(s.server.enrollments.filter((d) => d === deviceId), 'enrollments sent').to.deep.equal([]);
+    expect(
+      s.server.enrollments.filter((d) => d === deviceId),
+      'enrollments sent',
+    ).to.deep.equal([]);
   });
 });

@@ -12,7 +12,16 @@ import type { AgentFaults, RunningAgent } from '../../agent/agent.js';
 import { KeyStore } from '../../agent/store/keystore.js';
 import { bufferedLogger } from '../../lib/log.js';
 import { boundRecent, initialState, MAX_RECENT, type RecentCommand } from '../../agent/store/state.js';
-import { addSuiteDevice, readDeviceState, startSuiteAgent, stopSuiteAgent, useAedesSuite, waitFor, type DeviceFiles, type ReceivedAck } from './agent-fixture.js';
+import {
+  addSuiteDevice,
+  readDeviceState,
+  startSuiteAgent,
+  stopSuiteAgent,
+  useAedesSuite,
+  waitFor,
+  type DeviceFiles,
+  type ReceivedAck,
+} from './agent-fixture.js';
 
 const logs = bufferedLogger('debug');
 
@@ -35,7 +44,12 @@ describe('agent: a refused command stays refused (aedes, replayed by another cli
   }
 
   async function start(files: DeviceFiles, faults?: AgentFaults): Promise<RunningAgent> {
-    return startSuiteAgent(s, { configPath: files.configPath, log: logs.logger, backoff: { minMs: faults ? 60_000 : 50, maxMs: faults ? 60_000 : 400 }, ...(faults ? { faults } : {}) });
+    return startSuiteAgent(s, {
+      configPath: files.configPath,
+      log: logs.logger,
+      backoff: { minMs: faults ? 60_000 : 50, maxMs: faults ? 60_000 : 400 },
+      ...(faults ? { faults } : {}),
+    });
   }
 
   const stop = (agent: RunningAgent): Promise<void> => stopSuiteAgent(s, agent);

@@ -49,7 +49,15 @@ describe('agent: an interrupted rotation whose command is then refused is undone
     const orphanSig = await generateSigningKey();
     const path = join(files.stateDir, 'state.json');
     const st = JSON.parse(await readFile(path, 'utf8')) as AgentState;
-    st.pending_rotation = { jti: rotate.jti, seq: rotate.seq, old_signing_kid: oldSigning.kid, old_encryption_kid: original.kid, new_signing_kid: orphanSig.kid, new_encryption_kid: orphanEnc.kid, ack: 'sealed-ack-not-sent' };
+    st.pending_rotation = {
+      jti: rotate.jti,
+      seq: rotate.seq,
+      old_signing_kid: oldSigning.kid,
+      old_encryption_kid: original.kid,
+      new_signing_kid: orphanSig.kid,
+      new_encryption_kid: orphanEnc.kid,
+      ack: 'sealed-ack-not-sent',
+    };
     await writeFile(path, JSON.stringify(st), { mode: 0o600 });
     await ks.write('encryption.previous', original);
     await ks.write('encryption', orphanEnc);
@@ -64,7 +72,10 @@ describe('agent: an interrupted rotation whose command is then refused is undone
     const keys = await KeyStore.open(files.keystore);
     expect(keys.encryptionKey?.kid, 'current encryption key').to.equal(original.kid);
     expect(keys.signingKey?.kid).to.equal(oldSigning.kid);
-    expect(keys.decryptionKeys().map((k) => k.kid), 'the orphaned key is gone').to.not.include(orphanEnc.kid);
+    expect(
+      keys.decryptionKeys().map((k) => k.kid),
+      'the orphaned key is gone',
+    ).to.not.include(orphanEnc.kid);
 
     // Manageable as the server knows it, and the next rotation starts from the original keys.
     expect((await s.server.command(deviceId, 'update', { user_id: 'bob' })).claims.status).to.equal('applied');

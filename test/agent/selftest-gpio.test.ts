@@ -109,7 +109,7 @@ describe('sensor-agent selftest: the GPIO backend is loaded for real', function 
     expect(check.required).to.equal(false);
     expect(check.reason).to.include('Could not locate the bindings file');
     expect(check.reason).to.include('no pins configured: the agent runs without GPIO');
-    expect(check.reason.length, 'the loader\'s list of tried paths is cut short').to.be.below(600);
+    expect(check.reason.length, "the loader's list of tried paths is cut short").to.be.below(600);
   });
 
   it('the installed addon loads, and the check goes on to the sysfs header chip', async () => {

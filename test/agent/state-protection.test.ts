@@ -18,7 +18,17 @@ import type { RunningAgent } from '../../agent/agent.js';
 import { KeyStore } from '../../agent/store/keystore.js';
 import { bufferedLogger } from '../../lib/log.js';
 import { AGENT_CLI } from '../helpers/agent-process.js';
-import { addSuiteDevice, exists, readDeviceState, startRefusal, startSuiteAgent, stopSuiteAgent, useAedesSuite, waitFor, type DeviceFiles } from './agent-fixture.js';
+import {
+  addSuiteDevice,
+  exists,
+  readDeviceState,
+  startRefusal,
+  startSuiteAgent,
+  stopSuiteAgent,
+  useAedesSuite,
+  waitFor,
+  type DeviceFiles,
+} from './agent-fixture.js';
 import { agentExitStatus } from '../../agent/commands/exit-statuses.js';
 
 const logs = bufferedLogger('debug');
@@ -30,10 +40,15 @@ interface CliResult {
 
 function run(configPath: string, command = 'run', extra: string[] = []): Promise<CliResult & { stdout: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [AGENT_CLI, command, '--config', configPath, ...extra], { env: { ...process.env, NOTIFY_SOCKET: '' }, timeout: 20_000 }, (err, stdout, stderr) => {
-      const e = err as (Error & { code?: number | string; signal?: string }) | null;
-      resolve({ code: e ? (typeof e.code === 'number' ? e.code : (e.signal ?? String(e.code))) : 0, stderr, stdout });
-    });
+    execFile(
+      process.execPath,
+      [AGENT_CLI, command, '--config', configPath, ...extra],
+      { env: { ...process.env, NOTIFY_SOCKET: '' }, timeout: 20_000 },
+      (err, stdout, stderr) => {
+        const e = err as (Error & { code?: number | string; signal?: string }) | null;
+        resolve({ code: e ? (typeof e.code === 'number' ? e.code : (e.signal ?? String(e.code))) : 0, stderr, stdout });
+      },
+    );
   });
 }
 
@@ -75,7 +90,9 @@ describe('agent: the state file and replay protection (aedes)', function () {
     const cli = await run(files.configPath);
     expect(cli.code).to.equal(2);
     expect(cli.stderr).to.match(/^sensor-agent: E_STATE_LOST: /);
-    const selftest = JSON.parse((await run(files.configPath, 'selftest', ['--json', '--timeout', '3'])).stdout) as { checks: { id: string; status: string; reason: string; fix?: string }[] };
+    const selftest = JSON.parse((await run(files.configPath, 'selftest', ['--json', '--timeout', '3'])).stdout) as {
+      checks: { id: string; status: string; reason: string; fix?: string }[];
+    };
     const keys = selftest.checks.find((c) => c.id === 'keys');
     expect(keys?.status).to.equal('fail');
     expect(keys?.reason).to.match(/E_STATE_LOST/);
@@ -90,7 +107,11 @@ describe('agent: the state file and replay protection (aedes)', function () {
     await writeFile(files.tokenFile, 'tok-again\n', { mode: 0o600 });
     s.server.expectEnrollment(deviceId, 'tok-again', 'carol');
     const agent = await start(files);
-    await waitFor('the enrollment to be answered', async () => (await exists(join(files.stateDir, 'state.json'))) && (await readDeviceState(files)).provisioned, 10_000);
+    await waitFor(
+      'the enrollment to be answered',
+      async () => (await exists(join(files.stateDir, 'state.json'))) && (await readDeviceState(files)).provisioned,
+      10_000,
+    );
     const newKids = (await KeyStore.open(files.keystore)).publicKeys().keys.map((k) => k.kid);
     expect(newKids.some((k) => oldKids.includes(k))).to.equal(false);
 
@@ -99,7 +120,10 @@ describe('agent: the state file and replay protection (aedes)', function () {
     await s.server.publish(deviceId, update);
     // A command sealed now (new keys) is processed after them, in order.
     expect((await s.server.command(deviceId, 'selftest')).claims.status).to.equal('applied');
-    expect(s.server.acks.slice(seen).filter((a) => jtis.includes(a.claims.ref)), 'acks to the replayed commands').to.deep.equal([]);
+    expect(
+      s.server.acks.slice(seen).filter((a) => jtis.includes(a.claims.ref)),
+      'acks to the replayed commands',
+    ).to.deep.equal([]);
     expect((await readDeviceState(files)).user_id).to.equal('carol');
     expect(agent.connected).to.equal(true);
   });
@@ -122,7 +146,10 @@ describe('agent: the state file and replay protection (aedes)', function () {
 
     await chmod(files.stateDir, 0o777);
     let cli = await run(files.configPath);
-    expect([cli.code, cli.stderr]).to.satisfy(([c, e]: [number, string]) => c === 2 && /^sensor-agent: E_STATE_PERMS: state directory .* mode 0777.*fix with: chmod 700/.test(e), cli.stderr);
+    expect([cli.code, cli.stderr]).to.satisfy(
+      ([c, e]: [number, string]) => c === 2 && /^sensor-agent: E_STATE_PERMS: state directory .* mode 0777.*fix with: chmod 700/.test(e),
+      cli.stderr,
+    );
     await chmod(files.stateDir, 0o700);
 
     // Planted: another user's file in its place (rogue broker, seq 0).

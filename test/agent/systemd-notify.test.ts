@@ -88,7 +88,13 @@ describe('sensor-agent run under systemd (fake systemd-notify)', function () {
     await until(`${n} more watchdog pings ${what}`, async () => (await pings()) >= start + n);
   };
   const device = async (deviceId: string, url: string, o: { caFile?: string; token?: string } = {}): Promise<DeviceFiles> => {
-    const files = await makeDevice({ deviceId, brokerUrl: url, server, ...(o.token !== undefined ? { token: o.token } : { keys: true }), ...(o.caFile ? { caFile: o.caFile } : {}) });
+    const files = await makeDevice({
+      deviceId,
+      brokerUrl: url,
+      server,
+      ...(o.token !== undefined ? { token: o.token } : { keys: true }),
+      ...(o.caFile ? { caFile: o.caFile } : {}),
+    });
     dirs.push(files.dir);
     return files;
   };
@@ -156,7 +162,8 @@ describe('sensor-agent run under systemd (fake systemd-notify)', function () {
     expect(ready[0]!.args).to.include(`STATUS=connecting to broker ${url}`);
     expect(a.output()).not.to.include('INFO subscribed');
     const waiting = ns.flatMap((n) => n.args).filter((x) => x.startsWith('STATUS=waiting'));
-    for (const w of waiting) expect(w).to.match(new RegExp(`^STATUS=waiting for broker ${url.replace(/[.]/g, '\\.')}: ECONNREFUSED, attempt \\d+, next in \\d+ (ms|s)$`));
+    for (const w of waiting)
+      expect(w).to.match(new RegExp(`^STATUS=waiting for broker ${url.replace(/[.]/g, '\\.')}: ECONNREFUSED, attempt \\d+, next in \\d+ (ms|s)$`));
 
     // Broker comes up on the same port: the reconnect subscribes; STATUS says so, READY=1 is not sent again.
     broker = await startAedes({ port });
@@ -175,7 +182,9 @@ describe('sensor-agent run under systemd (fake systemd-notify)', function () {
     await broker.stop();
     broker = undefined;
     await until('the disconnection', async () => /WARN disconnected from broker/.test(a.output()));
-    await until('STATUS= about the disconnection', async () => (await notifications()).some((n) => n.args.some((x) => x.startsWith('STATUS=') && x.includes('disconnected'))));
+    await until('STATUS= about the disconnection', async () =>
+      (await notifications()).some((n) => n.args.some((x) => x.startsWith('STATUS=') && x.includes('disconnected'))),
+    );
     const down = (await notifications()).find((n) => n.args.some((x) => x.startsWith('STATUS=') && x.includes('disconnected')))!;
     expect(down.args.join(' ')).to.include(url);
     await morePings('while the broker is down');
@@ -222,9 +231,15 @@ describe('sensor-agent run under systemd (fake systemd-notify)', function () {
 
   it('STATUS= wording; the test-only time scale refuses a bad value and scales only the retry delays', () => {
     const refused = Object.assign(new Error('connect ECONNREFUSED 10.0.0.5:8883'), { code: 'ECONNREFUSED' });
-    expect(waitingStatus('mqtts://b:8883', { attempt: 7, delayMs: 31_600, reason: shortReason(refused), lost: false })).to.equal('waiting for broker mqtts://b:8883: ECONNREFUSED, attempt 7, next in 32 s');
-    expect(waitingStatus('mqtts://b:8883', { attempt: 1, delayMs: 450, reason: 'connection closed', lost: true })).to.equal('disconnected from mqtts://b:8883: connection closed, reconnecting, attempt 1, next in 450 ms');
-    expect(shortReason(Object.assign(new Error('certificate is not yet valid'), { code: 'CERT_NOT_YET_VALID' }))).to.equal('CERT_NOT_YET_VALID (is the clock set?)');
+    expect(waitingStatus('mqtts://b:8883', { attempt: 7, delayMs: 31_600, reason: shortReason(refused), lost: false })).to.equal(
+      'waiting for broker mqtts://b:8883: ECONNREFUSED, attempt 7, next in 32 s',
+    );
+    expect(waitingStatus('mqtts://b:8883', { attempt: 1, delayMs: 450, reason: 'connection closed', lost: true })).to.equal(
+      'disconnected from mqtts://b:8883: connection closed, reconnecting, attempt 1, next in 450 ms',
+    );
+    expect(shortReason(Object.assign(new Error('certificate is not yet valid'), { code: 'CERT_NOT_YET_VALID' }))).to.equal(
+      'CERT_NOT_YET_VALID (is the clock set?)',
+    );
     expect(shortReason(Object.assign(new Error('Connection refused: Not authorized'), { code: 5 }))).to.equal('Connection refused: Not authorized');
 
     expect(testTimeScale({})).to.deep.equal({});
@@ -241,7 +256,10 @@ describe('sensor-agent run under systemd (fake systemd-notify)', function () {
       expect(agentExitStatus(thrown), bad).to.equal(2);
     }
     const warnings: string[] = [];
-    expect(testTimeScale({ [TEST_TIME_SCALE_ENV]: '0.5' }, (w) => warnings.push(w))).to.deep.equal({ backoff: { minMs: 500, maxMs: 30_000 }, enrollment: { retryMinMs: 2500, retryMaxMs: 150_000 } });
+    expect(testTimeScale({ [TEST_TIME_SCALE_ENV]: '0.5' }, (w) => warnings.push(w))).to.deep.equal({
+      backoff: { minMs: 500, maxMs: 30_000 },
+      enrollment: { retryMinMs: 2500, retryMaxMs: 150_000 },
+    });
     expect(warnings).to.deep.equal([`WARN ${TEST_TIME_SCALE_ENV}=0.5 (test only): retry delays scaled by 0.5\n`]);
   });
 
@@ -288,7 +306,7 @@ describe('sensor-agent run under systemd (fake systemd-notify)', function () {
       const a = start(files, { NOTIFY_SOCKET: SOCKET, WATCHDOG_USEC: String(Math.round(watchdogS * SCALE * 1e6)), [TEST_TIME_SCALE_ENV]: String(SCALE) });
 
       await until('READY=1 with the broker down', async () => withArg(await notifications(), 'READY=1').length > 0, timeoutStartS * 1000);
-      expect(Date.now() - startedAt, 'READY=1 within the unit\'s TimeoutStartSec').to.be.below(timeoutStartS * 1000);
+      expect(Date.now() - startedAt, "READY=1 within the unit's TimeoutStartSec").to.be.below(timeoutStartS * 1000);
       expect(withArg(await notifications(), 'READY=1')[0]!.args).to.include(`STATUS=connecting to broker ${mosq.url}`);
 
       // The outage: the process stays up (until() fails as soon as it exits) past the point where systemd used to give up.
@@ -324,8 +342,14 @@ describe('sensor-agent run under systemd (fake systemd-notify)', function () {
 
       const ns = await notifications();
       expect(withArg(ns, 'READY=1'), 'READY=1 once').to.have.length(1);
-      expect(ns.findIndex((n) => n.args.includes('READY=1')), 'READY=1 came before the broker was up').to.be.below(beforeBroker);
-      expect(ns.every((n) => n.args[0] === `--pid=${a.pid}`), 'one process throughout').to.equal(true);
+      expect(
+        ns.findIndex((n) => n.args.includes('READY=1')),
+        'READY=1 came before the broker was up',
+      ).to.be.below(beforeBroker);
+      expect(
+        ns.every((n) => n.args[0] === `--pid=${a.pid}`),
+        'one process throughout',
+      ).to.equal(true);
       expect(a.running()).to.equal(true);
       expect(a.output()).to.include(`WARN ${TEST_TIME_SCALE_ENV}=`);
       expect(await stopAgent()).to.equal(0);

@@ -77,7 +77,13 @@ if (want('agent')) {
 if (want('server')) {
   const devices = quick ? 1000 : 10_000;
   log(`server: registering ${devices} devices, then sealing and publishing ...`);
-  results.server = await benchServer({ devices, commands: quick ? 300 : 3000, concurrency: 16, sealFloorMs: results.protocol?.seal_floor_ms ?? NaN, sealWorkers: [1, 2] });
+  results.server = await benchServer({
+    devices,
+    commands: quick ? 300 : 3000,
+    concurrency: 16,
+    sealFloorMs: results.protocol?.seal_floor_ms ?? NaN,
+    sealWorkers: [1, 2],
+  });
 }
 if (want('e2e')) {
   const agents = quick ? 200 : 1000;
@@ -105,22 +111,56 @@ if (p) {
 }
 const a = results.agent;
 if (a) {
-  target('agent idle RSS vs bare node (ratio)', a.rss_ratio, 1.5, 'max', '<= 1.5x', `${a.idle_rss_mb} MB vs ${a.bare_node_idle_rss_mb} MB, broker ${a.broker}://`, a.node);
-  target('agent start-to-subscribed vs bare node start (ratio)', a.start_ratio, 3, 'max', '<= 3x', `${a.start_to_subscribed_ms} ms vs ${a.bare_node_start_ms} ms, broker ${a.broker}://`, a.node);
+  target(
+    'agent idle RSS vs bare node (ratio)',
+    a.rss_ratio,
+    1.5,
+    'max',
+    '<= 1.5x',
+    `${a.idle_rss_mb} MB vs ${a.bare_node_idle_rss_mb} MB, broker ${a.broker}://`,
+    a.node,
+  );
+  target(
+    'agent start-to-subscribed vs bare node start (ratio)',
+    a.start_ratio,
+    3,
+    'max',
+    '<= 3x',
+    `${a.start_to_subscribed_ms} ms vs ${a.bare_node_start_ms} ms, broker ${a.broker}://`,
+    a.node,
+  );
 }
 const s = results.server;
 if (s) {
-  target('server commands/s vs seal floor (ratio), sealing in the main thread (the default)', s.ratio_to_seal_floor, 0.5, 'min', '>= 0.5', `${s.commands_per_s}/s vs ${s.seal_floor_per_s}/s`);
+  target(
+    'server commands/s vs seal floor (ratio), sealing in the main thread (the default)',
+    s.ratio_to_seal_floor,
+    0.5,
+    'min',
+    '>= 0.5',
+    `${s.commands_per_s}/s vs ${s.seal_floor_per_s}/s`,
+  );
   for (const w of s.seal_workers) {
-    target(`server commands/s vs seal floor (ratio), --seal-workers ${w.workers}`, w.ratio_to_seal_floor, 0.5, 'min', '>= 0.5', `${w.commands_per_s}/s vs ${s.seal_floor_per_s}/s`);
+    target(
+      `server commands/s vs seal floor (ratio), --seal-workers ${w.workers}`,
+      w.ratio_to_seal_floor,
+      0.5,
+      'min',
+      '>= 0.5',
+      `${w.commands_per_s}/s vs ${s.seal_floor_per_s}/s`,
+    );
   }
 }
-for (const e of results.e2e ?? []) target(`e2e p99 ms, ${e.agents} agents, ${e.rate_per_s}/s, TCP_NODELAY ${e.tcp_nodelay ? 'on' : 'off'}`, e.p99_ms, 25, 'max', '< 25 ms');
+for (const e of results.e2e ?? [])
+  target(`e2e p99 ms, ${e.agents} agents, ${e.rate_per_s}/s, TCP_NODELAY ${e.tcp_nodelay ? 'on' : 'off'}`, e.p99_ms, 25, 'max', '< 25 ms');
 
 process.stdout.write(`${JSON.stringify(results, null, 2)}\n`);
 
 // ---- summary ---------------------------------------------------------------
-const lines: string[] = ['', `bench ${quick ? '(quick) ' : ''}on ${results.machine.cpus} x ${String(results.machine.cpu)}, node ${process.version}, ${results.machine.seconds} s`];
+const lines: string[] = [
+  '',
+  `bench ${quick ? '(quick) ' : ''}on ${results.machine.cpus} x ${String(results.machine.cpu)}, node ${process.version}, ${results.machine.seconds} s`,
+];
 if (p) {
   lines.push(
     `protocol (${p.iterations} iterations each)`,
@@ -159,6 +199,8 @@ if (f) {
 }
 lines.push('targets');
 for (const t of results.targets) {
-  lines.push(`  ${t.met ? 'met   ' : 'MISSED'} ${t.what}: ${t.figure}${t.measured ? ` (${t.measured})` : ''}, node ${t.node} (target ${t.target}${t.met ? '' : `, off by ${t.off_by}x`})`);
+  lines.push(
+    `  ${t.met ? 'met   ' : 'MISSED'} ${t.what}: ${t.figure}${t.measured ? ` (${t.measured})` : ''}, node ${t.node} (target ${t.target}${t.met ? '' : `, off by ${t.off_by}x`})`,
+  );
 }
 log(`${lines.join('\n')}\n`);

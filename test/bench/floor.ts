@@ -24,7 +24,9 @@ const WRAP_IV = Buffer.from('A6A6A6A6A6A6A6A6', 'hex');
 function concatKdf(z: Buffer): Buffer {
   const alg = Buffer.from('ECDH-ES+A256KW');
   const info = Buffer.concat([u32(alg.length), alg, u32(0), u32(0), u32(256)]);
-  return createHash('sha256').update(Buffer.concat([u32(1), z, info])).digest();
+  return createHash('sha256')
+    .update(Buffer.concat([u32(1), z, info]))
+    .digest();
 }
 
 function u32(n: number): Buffer {
@@ -65,7 +67,9 @@ export function floorSeal(claims: Record<string, unknown>, k: FloorKeys): string
   const cek = randomBytes(32);
   const wrap = createCipheriv('id-aes256-wrap', kek, WRAP_IV);
   const encryptedKey = Buffer.concat([wrap.update(cek), wrap.final()]);
-  const header = b64u(JSON.stringify({ alg: 'ECDH-ES+A256KW', kid: k.recipientKid, cty: 'JWT', enc: 'A256GCM', epk: { kty: 'EC', crv: 'P-256', x: epk.x, y: epk.y } }));
+  const header = b64u(
+    JSON.stringify({ alg: 'ECDH-ES+A256KW', kid: k.recipientKid, cty: 'JWT', enc: 'A256GCM', epk: { kty: 'EC', crv: 'P-256', x: epk.x, y: epk.y } }),
+  );
   const iv = randomBytes(12);
   const gcm = createCipheriv('aes-256-gcm', cek, iv);
   gcm.setAAD(Buffer.from(header, 'ascii'));
@@ -93,7 +97,18 @@ export function floorOpen(token: string, k: FloorKeys): Record<string, unknown> 
 
 export function floorClaims(deviceId: string, seq: number): Record<string, unknown> {
   const iat = Math.floor(Date.now() / 1000);
-  return { iss: 'srv', aud: deviceId, iat, exp: iat + 300, jti: randomUUID(), seq, device_id: deviceId, action: 'update', user_id: 'u1', params: { sensor: { enabled: true } } };
+  return {
+    iss: 'srv',
+    aud: deviceId,
+    iat,
+    exp: iat + 300,
+    jti: randomUUID(),
+    seq,
+    device_id: deviceId,
+    action: 'update',
+    user_id: 'u1',
+    params: { sensor: { enabled: true } },
+  };
 }
 
 export type { PublicJwk };

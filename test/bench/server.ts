@@ -46,12 +46,25 @@ function fleetKey(): PublicJwk {
   return { kty: 'EC', crv: 'P-256', x, y, kid: thumbprint(x, y), use: 'enc', alg: 'ECDH-ES+A256KW' };
 }
 
-export async function benchServer(options: { devices: number; commands: number; concurrency: number; sealFloorMs: number; sealWorkers: number[] }): Promise<ServerFigures> {
+export async function benchServer(options: {
+  devices: number;
+  commands: number;
+  concurrency: number;
+  sealFloorMs: number;
+  sealWorkers: number[];
+}): Promise<ServerFigures> {
   const dir = await mkdtemp(join(tmpdir(), 'bench-server-'));
   const broker = await startMosquittoProcess({ persistence: false });
   try {
     const [signing, encryption] = await Promise.all([generateSigningKey(), generateEncryptionKey()]);
-    const keys: ServerKeys = { dir, serverId: 'bench-server', signing, encryption, trust: toJwkSet([signing, encryption]), decryption: await KeyRing.create([encryption]) };
+    const keys: ServerKeys = {
+      dir,
+      serverId: 'bench-server',
+      signing,
+      encryption,
+      trust: toJwkSet([signing, encryption]),
+      decryption: await KeyRing.create([encryption]),
+    };
     const registry = Registry.open(join(dir, 'registry.sqlite'), { create: true });
     const t0 = performance.now();
     const ids: string[] = [];
@@ -69,7 +82,13 @@ export async function benchServer(options: { devices: number; commands: number; 
     let offset = 0;
     /** Sealed+published commands/s through CommandSender, `concurrency` in flight, each to a device not sent to before. */
     const measure = async (seal: Seal | undefined): Promise<number> => {
-      const sender = new CommandSender({ registry, keys, topicPrefix: 'provision', publish: (topic, payload) => publishQos1(client, topic, payload), ...(seal ? { seal } : {}) });
+      const sender = new CommandSender({
+        registry,
+        keys,
+        topicPrefix: 'provision',
+        publish: (topic, payload) => publishQos1(client, topic, payload),
+        ...(seal ? { seal } : {}),
+      });
       const device = (i: number): string => ids[(offset + i) % ids.length] as string;
       // Warm up (JIT, first statements prepared, worker threads loaded) on devices outside the measured set.
       await Promise.all(Array.from({ length: 50 }, (_, i) => sender.send({ deviceId: device(i), action: 'update', params })));
@@ -104,14 +123,27 @@ export async function benchServer(options: { devices: number; commands: number; 
     const t2 = performance.now();
     for (let i = 0; i < sample; i++) {
       const d = registry.getDevice(ids[i % ids.length] as string);
-      await sealCommand({ serverId: 'bench-server', deviceId: d?.id ?? 'x', action: 'update', userId: 'bench', params, seq: 1 }, { signer: signing, recipient: d?.encryption as PublicJwk });
+      await sealCommand(
+        { serverId: 'bench-server', deviceId: d?.id ?? 'x', action: 'update', userId: 'bench', params, seq: 1 },
+        { signer: signing, recipient: d?.encryption as PublicJwk },
+      );
     }
     const sealOnly = sample / ((performance.now() - t2) / 1000);
     const t3 = performance.now();
     for (let i = 0; i < sample; i++) {
       const { seq } = registry.allocateSeq(ids[i % ids.length] as string);
       const jti = crypto.randomUUID();
-      registry.recordCommand({ jti, deviceId: ids[i % ids.length] as string, action: 'update', userId: 'bench', paramsDigest: 'x', seq, encryptionKid: 'k', sealed: 'x', expiresAt: Date.now() + 300_000 });
+      registry.recordCommand({
+        jti,
+        deviceId: ids[i % ids.length] as string,
+        action: 'update',
+        userId: 'bench',
+        paramsDigest: 'x',
+        seq,
+        encryptionKid: 'k',
+        sealed: 'x',
+        expiresAt: Date.now() + 300_000,
+      });
       registry.markSent(jti);
     }
     const registryOnly = sample / ((performance.now() - t3) / 1000);
@@ -123,7 +155,17 @@ export async function benchServer(options: { devices: number; commands: number; 
       const records = batch.map((deviceId, j) => {
         const a = seqs[j];
         if (a === undefined || a instanceof Error) throw a ?? new Error('no seq');
-        return { jti: crypto.randomUUID(), deviceId, action: 'update', userId: 'bench', paramsDigest: 'x', seq: a.seq, encryptionKid: 'k', sealed: 'x', expiresAt: Date.now() + 300_000 };
+        return {
+          jti: crypto.randomUUID(),
+          deviceId,
+          action: 'update',
+          userId: 'bench',
+          paramsDigest: 'x',
+          seq: a.seq,
+          encryptionKid: 'k',
+          sealed: 'x',
+          expiresAt: Date.now() + 300_000,
+        };
       });
       registry.recordCommands(records);
       registry.markSentMany(records.map((r) => r.jti));

@@ -61,7 +61,14 @@ const verification = await KeyRing.create([setup.serverSigning]);
 const sims: Sim[] = [];
 for (let i = 0; i < setup.count; i++) {
   const [signing, encryption] = await Promise.all([generateSigningKey(), generateEncryptionKey()]);
-  sims.push({ id: `${setup.idPrefix}${String(i).padStart(5, '0')}`, signing, encryption, decryption: await KeyRing.create([encryption]), lastSeq: 0, jtis: new Set() });
+  sims.push({
+    id: `${setup.idPrefix}${String(i).padStart(5, '0')}`,
+    signing,
+    encryption,
+    decryption: await KeyRing.create([encryption]),
+    lastSeq: 0,
+    jtis: new Set(),
+  });
 }
 
 async function handle(sim: Sim, payload: Buffer): Promise<void> {

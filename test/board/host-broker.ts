@@ -51,7 +51,14 @@ export class HostBroker {
   static async prepare(pkiDir: string, runDir: string): Promise<HostBroker> {
     const { devicePort, backendPort, acls } = await stageBrokerFiles(pkiDir, runDir);
     const production = await readFile(join(PROVISIONING_DIR, 'mosquitto/sensor-broker.conf'), 'utf8');
-    const config = testBrokerConfig(production, new Map([[8883, devicePort], [8884, backendPort]]), runDir);
+    const config = testBrokerConfig(
+      production,
+      new Map([
+        [8883, devicePort],
+        [8884, backendPort],
+      ]),
+      runDir,
+    );
     const passwd = execFileSync('getent', ['passwd', 'mosquitto'], { encoding: 'utf8' }).trim().split(':');
     const uid = Number(passwd[2]);
     const gid = Number(passwd[3]);
@@ -104,7 +111,8 @@ export class HostBroker {
     const deadline = Date.now() + 15_000;
     while (!((await accepts(this.devicePort)) && (await accepts(this.backendPort)))) {
       if (exited) throw new BoardSetupError('E_BOARD_BOOT', `mosquitto exited at start:\n${this.output.slice(-3000)}`);
-      if (Date.now() > deadline) throw new BoardSetupError('E_BOARD_BOOT', `mosquitto did not listen on ${this.devicePort}/${this.backendPort}:\n${this.output.slice(-3000)}`);
+      if (Date.now() > deadline)
+        throw new BoardSetupError('E_BOARD_BOOT', `mosquitto did not listen on ${this.devicePort}/${this.backendPort}:\n${this.output.slice(-3000)}`);
       await sleep(50);
     }
   }

@@ -51,7 +51,10 @@ export const ARCH_TOOLS: Readonly<Record<BoardArch, Readonly<Record<string, stri
 };
 
 export class BoardSetupError extends Error {
-  constructor(readonly code: 'E_BOARD_TOOL' | 'E_BOARD_ROOT' | 'E_BOARD_BINFMT' | 'E_BOARD_BOOT' | 'E_BOARD_EXEC', message: string) {
+  constructor(
+    readonly code: 'E_BOARD_TOOL' | 'E_BOARD_ROOT' | 'E_BOARD_BINFMT' | 'E_BOARD_BOOT' | 'E_BOARD_EXEC',
+    message: string,
+  ) {
     super(`${code}: ${message}`);
     this.name = 'BoardSetupError';
   }
@@ -92,7 +95,14 @@ interface BinfmtEntry {
 function parseBinfmt(text: string): BinfmtEntry | undefined {
   if (text === '') return undefined;
   const field = (name: string): string => new RegExp(`^${name}\\s*(\\S*)$`, 'm').exec(text)?.[1] ?? '';
-  return { enabled: /^enabled$/m.test(text), interpreter: field('interpreter'), flags: field('flags:'), offset: field('offset'), magic: field('magic'), mask: field('mask') };
+  return {
+    enabled: /^enabled$/m.test(text),
+    interpreter: field('interpreter'),
+    flags: field('flags:'),
+    offset: field('offset'),
+    magic: field('magic'),
+    mask: field('mask'),
+  };
 }
 
 const hexEscaped = (hex: string): string => hex.replace(/(..)/g, '\\x$1');
@@ -112,15 +122,22 @@ const hexEscaped = (hex: string): string => hex.replace(/(..)/g, '\\x$1');
  */
 export async function ensureBinfmt(arch: BoardArch): Promise<string> {
   if (!isEmulated(arch)) {
-    if (process.arch !== 'x64') throw new BoardSetupError('E_BOARD_TOOL', `BOARD_ARCH=x64 runs the board natively and needs an x86-64 host (this one is ${process.arch})`);
+    if (process.arch !== 'x64')
+      throw new BoardSetupError('E_BOARD_TOOL', `BOARD_ARCH=x64 runs the board natively and needs an x86-64 host (this one is ${process.arch})`);
     return 'none (x64 runs natively)';
   }
   const name = BINFMT_ENTRY[arch];
   const qemu = Object.keys(ARCH_TOOLS[arch]).find((t) => t.startsWith('qemu-')) ?? name;
-  const version = await execFileP(findTool(qemu) ?? qemu, ['--version'], { env: toolEnv() }).then((r) => r.stdout, () => '');
+  const version = await execFileP(findTool(qemu) ?? qemu, ['--version'], { env: toolEnv() }).then(
+    (r) => r.stdout,
+    () => '',
+  );
   const major = Number(/version (\d+)\./.exec(version)?.[1] ?? '0');
   if (major < QEMU_MIN_MAJOR) {
-    throw new BoardSetupError('E_BOARD_TOOL', `${qemu} is ${version.split('\n')[0] || 'missing'}; the emulated board needs qemu-user >= ${QEMU_MIN_MAJOR} (Debian 12's is 7.2); fix with: apt-get install -y -t bookworm-backports qemu-user-static (with bookworm-backports in the apt sources; .ci/run does this)`);
+    throw new BoardSetupError(
+      'E_BOARD_TOOL',
+      `${qemu} is ${version.split('\n')[0] || 'missing'}; the emulated board needs qemu-user >= ${QEMU_MIN_MAJOR} (Debian 12's is 7.2); fix with: apt-get install -y -t bookworm-backports qemu-user-static (with bookworm-backports in the apt sources; .ci/run does this)`,
+    );
   }
   try {
     await access(`${BINFMT}/register`);
@@ -131,24 +148,38 @@ export async function ensureBinfmt(arch: BoardArch): Promise<string> {
   let entry = await read();
   if (entry === undefined || !entry.enabled) {
     // Debian's qemu-user-static ships the entry; binfmt-support (or systemd-binfmt) loads it.
-    for (const loader of [['update-binfmts', '--import', name], ['update-binfmts', '--enable', name], ['/usr/lib/systemd/systemd-binfmt', `/usr/lib/binfmt.d/${name}.conf`]]) {
+    for (const loader of [
+      ['update-binfmts', '--import', name],
+      ['update-binfmts', '--enable', name],
+      ['/usr/lib/systemd/systemd-binfmt', `/usr/lib/binfmt.d/${name}.conf`],
+    ]) {
       const [cmd, ...args] = loader;
       if (cmd !== undefined && findTool(cmd.replace(/^.*\//, '')) !== undefined) await execFileP(cmd, args, { env: toolEnv() }).catch(() => undefined);
     }
     entry = await read();
   }
   if (entry === undefined || !entry.enabled) {
-    throw new BoardSetupError('E_BOARD_BINFMT', `no enabled ${name} entry in ${BINFMT}; fix with: apt-get install -y qemu-user-static binfmt-support && update-binfmts --enable ${name}`);
+    throw new BoardSetupError(
+      'E_BOARD_BINFMT',
+      `no enabled ${name} entry in ${BINFMT}; fix with: apt-get install -y qemu-user-static binfmt-support && update-binfmts --enable ${name}`,
+    );
   }
   if (!entry.flags.includes('F')) {
-    throw new BoardSetupError('E_BOARD_BINFMT', `the ${name} binfmt entry lacks the F flag (flags: ${entry.flags || 'none'}), so ${arch} programs cannot start inside a container; re-register it from Debian's qemu-user-static package (update-binfmts --import ${name})`);
+    throw new BoardSetupError(
+      'E_BOARD_BINFMT',
+      `the ${name} binfmt entry lacks the F flag (flags: ${entry.flags || 'none'}), so ${arch} programs cannot start inside a container; re-register it from Debian's qemu-user-static package (update-binfmts --import ${name})`,
+    );
   }
   if (!entry.flags.includes('O')) {
     const flags = [...new Set([...entry.flags, 'O'])].join('');
     await writeFile(`${BINFMT}/${name}`, '-1');
-    await writeFile(`${BINFMT}/register`, `:${name}:M:${entry.offset === '0' ? '' : entry.offset}:${hexEscaped(entry.magic)}:${hexEscaped(entry.mask)}:${entry.interpreter}:${flags}`);
+    await writeFile(
+      `${BINFMT}/register`,
+      `:${name}:M:${entry.offset === '0' ? '' : entry.offset}:${hexEscaped(entry.magic)}:${hexEscaped(entry.mask)}:${entry.interpreter}:${flags}`,
+    );
     entry = await read();
-    if (entry === undefined || !entry.enabled || !entry.flags.includes('O')) throw new BoardSetupError('E_BOARD_BINFMT', `could not register ${name} again with the O flag`);
+    if (entry === undefined || !entry.enabled || !entry.flags.includes('O'))
+      throw new BoardSetupError('E_BOARD_BINFMT', `could not register ${name} again with the O flag`);
   }
   return `${name}: ${entry.interpreter} (flags ${entry.flags})`;
 }

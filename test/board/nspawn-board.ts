@@ -126,7 +126,10 @@ export async function readFatFile(image: string, name: string): Promise<string> 
 
 /** cmdline.txt's systemd.* words: what the Pi's kernel would pass on to systemd. */
 export function systemdArgsOf(cmdline: string): string[] {
-  return cmdline.trim().split(/\s+/).filter((w) => w.startsWith('systemd.'));
+  return cmdline
+    .trim()
+    .split(/\s+/)
+    .filter((w) => w.startsWith('systemd.'));
 }
 
 /**
@@ -252,11 +255,32 @@ export class NspawnBoard {
   async exec(argv: string[], options: { timeoutMs?: number; input?: string } = {}): Promise<Ran> {
     const pid = await this.pid1();
     if (pid === undefined) throw new BoardSetupError('E_BOARD_EXEC', 'the board is not running');
-    const p = execFileP('nsenter', ['--target', String(pid), '--mount', '--uts', '--ipc', '--pid', '--root', '--wd', '--', '/usr/bin/env', '-i', `PATH=${CONTAINER_PATH}`, 'LANG=C.UTF-8', 'SYSTEMD_COLORS=0', 'SYSTEMD_PAGER=', ...argv], {
-      env: toolEnv(),
-      timeout: options.timeoutMs ?? 120_000,
-      maxBuffer: 64 * 1024 * 1024,
-    });
+    const p = execFileP(
+      'nsenter',
+      [
+        '--target',
+        String(pid),
+        '--mount',
+        '--uts',
+        '--ipc',
+        '--pid',
+        '--root',
+        '--wd',
+        '--',
+        '/usr/bin/env',
+        '-i',
+        `PATH=${CONTAINER_PATH}`,
+        'LANG=C.UTF-8',
+        'SYSTEMD_COLORS=0',
+        'SYSTEMD_PAGER=',
+        ...argv,
+      ],
+      {
+        env: toolEnv(),
+        timeout: options.timeoutMs ?? 120_000,
+        maxBuffer: 64 * 1024 * 1024,
+      },
+    );
     if (options.input !== undefined) p.child.stdin?.end(options.input);
     try {
       const { stdout, stderr } = await p;
@@ -290,7 +314,11 @@ export class NspawnBoard {
         const state = r?.stdout.trim() ?? '';
         if (state === 'running' || state === 'degraded') return state;
       }
-      if (Date.now() > deadline) throw new BoardSetupError('E_BOARD_BOOT', `boot ${boot} did not finish starting up in ${timeoutMs / 1000} s (boots so far: ${this.boots}, nspawn exits: ${this.exits.join(', ') || 'none'})`);
+      if (Date.now() > deadline)
+        throw new BoardSetupError(
+          'E_BOARD_BOOT',
+          `boot ${boot} did not finish starting up in ${timeoutMs / 1000} s (boots so far: ${this.boots}, nspawn exits: ${this.exits.join(', ') || 'none'})`,
+        );
       await sleep(500);
     }
   }

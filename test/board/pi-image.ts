@@ -70,7 +70,8 @@ function runLogged(cmd: string, args: string[], log: (line: string) => void): Pr
     const take = (b: Buffer): void => {
       const text = b.toString();
       tail = (tail + text).slice(-4000);
-      for (const line of text.split('\n')) if (/^I: (Retrieving Release|Installing core|Unpacking the base|Configuring the base|Installing base|Base system)|^E: |^W: /.test(line)) log(line);
+      for (const line of text.split('\n'))
+        if (/^I: (Retrieving Release|Installing core|Unpacking the base|Configuring the base|Installing base|Base system)|^E: |^W: /.test(line)) log(line);
     };
     child.stdout.on('data', take);
     child.stderr.on('data', take);
@@ -94,10 +95,20 @@ export interface RootCache {
  * debootstrap --variant=minbase, the second stage running the board's
  * binaries through qemu-user.
  */
-export async function ensureRootTarball(options: { suite: Suite; arch: BoardArch; cacheDir: string; mirror: string; rebuild: boolean; log: (s: string) => void }): Promise<RootCache> {
+export async function ensureRootTarball(options: {
+  suite: Suite;
+  arch: BoardArch;
+  cacheDir: string;
+  mirror: string;
+  rebuild: boolean;
+  log: (s: string) => void;
+}): Promise<RootCache> {
   const debArch = DEBIAN_ARCH[options.arch];
   const packages = [...PACKAGES, ...ARCH_PACKAGES[options.arch]];
-  const key = createHash('sha256').update(JSON.stringify([options.suite, packages, options.mirror, 'v1'])).digest('hex').slice(0, 12);
+  const key = createHash('sha256')
+    .update(JSON.stringify([options.suite, packages, options.mirror, 'v1']))
+    .digest('hex')
+    .slice(0, 12);
   const tarball = join(options.cacheDir, `${options.suite}-${debArch}-${key}.tar`);
   const t0 = performance.now();
   if (!options.rebuild) {
@@ -113,7 +124,11 @@ export async function ensureRootTarball(options: { suite: Suite; arch: BoardArch
   try {
     const root = join(work, 'root');
     options.log(`debootstrap ${options.suite} ${debArch} (minbase + ${packages.join(', ')}) from ${options.mirror} ...`);
-    await runLogged('debootstrap', [`--arch=${debArch}`, '--variant=minbase', `--include=${packages.join(',')}`, options.suite, root, options.mirror], options.log);
+    await runLogged(
+      'debootstrap',
+      [`--arch=${debArch}`, '--variant=minbase', `--include=${packages.join(',')}`, options.suite, root, options.mirror],
+      options.log,
+    );
     // apt's downloaded packages are not part of an image
     await run('sh', ['-c', `rm -rf "${root}"/var/cache/apt/archives/*.deb "${root}"/var/lib/apt/lists/*_Packages`]);
     const partial = join(work, 'root.tar');
@@ -168,7 +183,10 @@ function bootFiles(suite: Suite, arch: BoardArch, diskId: string): Record<string
 async function shapeRoot(root: string, diskId: string): Promise<void> {
   await writeFile(join(root, 'etc/hostname'), 'raspberrypi\n');
   await writeFile(join(root, 'etc/hosts'), '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\traspberrypi\n');
-  await writeFile(join(root, 'etc/fstab'), `proc            /proc           proc    defaults          0       0\nPARTUUID=${diskId}-01  /boot/firmware  vfat    defaults          0       2\nPARTUUID=${diskId}-02  /               ext4    defaults,noatime  0       1\n`);
+  await writeFile(
+    join(root, 'etc/fstab'),
+    `proc            /proc           proc    defaults          0       0\nPARTUUID=${diskId}-01  /boot/firmware  vfat    defaults          0       2\nPARTUUID=${diskId}-02  /               ext4    defaults,noatime  0       1\n`,
+  );
   await mkdir(join(root, 'boot/firmware'), { recursive: true });
   // A fresh image: systemd's first boot (machine-id made at boot).
   await writeFile(join(root, 'etc/machine-id'), '');
@@ -181,7 +199,9 @@ export async function makePiImage(path: string, suite: Suite, arch: BoardArch, t
   const diskId = randomBytes(4).toString('hex');
   await writeFile(path, '');
   await truncate(path, (ROOT_START + ROOT_SECTORS) * SECTOR);
-  await run('sfdisk', ['-q', path], { input: `label: dos\nlabel-id: 0x${diskId}\nstart=${BOOT_START}, size=${BOOT_SECTORS}, type=c\nstart=${ROOT_START}, size=${ROOT_SECTORS}, type=83\n` });
+  await run('sfdisk', ['-q', path], {
+    input: `label: dos\nlabel-id: 0x${diskId}\nstart=${BOOT_START}, size=${BOOT_SECTORS}, type=c\nstart=${ROOT_START}, size=${ROOT_SECTORS}, type=83\n`,
+  });
   const root = await mkdtemp(join(scratch, 'rootfs-'));
   try {
     await run('tar', ['--numeric-owner', '--xattrs', '-C', root, '-xf', tarball]);

@@ -8,18 +8,23 @@ import { skipBecause } from '../helpers/skip.js';
 describe('npm run demo', function () {
   this.timeout(60_000);
 
-  it("the plaintext check catches a claim in clear, in a JWE header, or a payload that is not a JWE", () => {
+  it('the plaintext check catches a claim in clear, in a JWE header, or a payload that is not a JWE', () => {
     const jwe = (header: object): string => `${Buffer.from(JSON.stringify(header)).toString('base64url')}.AAAA.BBBB.CCCC.DDDD`;
     const secrets = new Set(['sensor-9', 'alice']);
-    expect(plaintextCheck([{ topic: 'p/sensor-9/command', payload: Buffer.from(jwe({ alg: 'ECDH-ES+A256KW', enc: 'A256GCM', kid: 'k' })) }], secrets).problems).to.deep.equal([]);
+    expect(
+      plaintextCheck([{ topic: 'p/sensor-9/command', payload: Buffer.from(jwe({ alg: 'ECDH-ES+A256KW', enc: 'A256GCM', kid: 'k' })) }], secrets).problems,
+    ).to.deep.equal([]);
     expect(plaintextCheck([{ topic: 't', payload: Buffer.from('{"action":"request","user_id":"alice"}') }], secrets).problems).to.have.length(1);
-    expect(plaintextCheck([{ topic: 't', payload: Buffer.from(jwe({ alg: 'ECDH-ES+A256KW', enc: 'A256GCM', user: 'alice' })) }], secrets).problems[0]).to.match(/alice/);
+    expect(plaintextCheck([{ topic: 't', payload: Buffer.from(jwe({ alg: 'ECDH-ES+A256KW', enc: 'A256GCM', user: 'alice' })) }], secrets).problems[0]).to.match(
+      /alice/,
+    );
     expect(plaintextCheck([{ topic: 't', payload: Buffer.from(jwe({ alg: 'x', enc: 'y', action: 1 })) }], secrets).problems[0]).to.match(/"action"/);
   });
 
   it('runs the embedded broker, the server and real agents, and ends with the plaintext check passing', async function () {
     const demo = fileURLToPath(new URL('../../demo/demo.js', import.meta.url));
-    if (!existsSync(fileURLToPath(new URL('../../agent/agent.js', import.meta.url)))) skipBecause(this, 'the agent is not built (dist/agent/agent.js missing: npm run build)');
+    if (!existsSync(fileURLToPath(new URL('../../agent/agent.js', import.meta.url))))
+      skipBecause(this, 'the agent is not built (dist/agent/agent.js missing: npm run build)');
     const child = spawn(process.execPath, [demo], { env: { ...process.env, DEMO_AGENTS: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));

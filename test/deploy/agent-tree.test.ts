@@ -121,7 +121,9 @@ describe('deploy/agent tree (provisioning/build-agent)', function () {
     const versionH = await readFile(join(headers, 'node_version.h'), 'utf8').catch(() => {
       throw new Error(`this test needs the running Node's headers in ${headers} (node-gyp builds against them too)`);
     });
-    const license = await readFile(join(prefix, 'share/doc/nodejs/LICENSE'), 'utf8').catch(() => readFile(join(prefix, 'share/doc/node/LICENSE'), 'utf8')).catch(() => 'Node.js license (test tarball)\n');
+    const license = await readFile(join(prefix, 'share/doc/nodejs/LICENSE'), 'utf8')
+      .catch(() => readFile(join(prefix, 'share/doc/node/LICENSE'), 'utf8'))
+      .catch(() => 'Node.js license (test tarball)\n');
     const work = await mkdtemp(join(tmpdir(), 'node-tarball-'));
     dirs.push(work);
     const tarArch = process.arch === 'arm64' ? 'arm64' : process.arch === 'arm' ? 'armv7l' : 'x64';
@@ -145,14 +147,19 @@ describe('deploy/agent tree (provisioning/build-agent)', function () {
     expect(b.code, b.stderr).to.equal(0);
     const info = JSON.parse(await readFile(join(out, '.build-info.json'), 'utf8')) as { arch: string; node: Record<string, string> };
     expect(info.arch).to.equal(buildArch);
-    const sum = createHash('sha256').update(await readFile(good)).digest('hex');
+    const sum = createHash('sha256')
+      .update(await readFile(good))
+      .digest('hex');
     expect(info.node).to.deep.include({ source: 'tarball', version: process.versions.node, abi: process.versions.modules, file: basename(good), sha256: sum });
     const v = await run(join(out, 'node/bin/node'), [join(out, 'sensor-agent.mjs'), '--version']);
     expect(v.code, v.stderr).to.equal(0);
     const pkg = JSON.parse(await readFile(join(REPO, 'package.json'), 'utf8')) as { version: string };
     expect(v.stdout.trim()).to.equal(pkg.version);
 
-    const oldHeader = versionH.replace(/#define NODE_MAJOR_VERSION \d+/, '#define NODE_MAJOR_VERSION 20').replace(/#define NODE_MINOR_VERSION \d+/, '#define NODE_MINOR_VERSION 11').replace(/#define NODE_PATCH_VERSION \d+/, '#define NODE_PATCH_VERSION 1');
+    const oldHeader = versionH
+      .replace(/#define NODE_MAJOR_VERSION \d+/, '#define NODE_MAJOR_VERSION 20')
+      .replace(/#define NODE_MINOR_VERSION \d+/, '#define NODE_MINOR_VERSION 11')
+      .replace(/#define NODE_PATCH_VERSION \d+/, '#define NODE_PATCH_VERSION 1');
     const old = await makeTarball('20.11.1', oldHeader);
     const oldOut = join(work, 'old-tree');
     const r = await run(BUILD_AGENT, ['--arch', buildArch, '--node-tarball', old, '--out', oldOut]);

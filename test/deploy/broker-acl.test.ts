@@ -108,14 +108,16 @@ describe('deploy/broker: production mosquitto config and ACL', function () {
     };
   }
 
-  it('refuses clients without a certificate, with one from another CA, plain MQTT, and each listener the other\'s certificates', async () => {
+  it("refuses clients without a certificate, with one from another CA, plain MQTT, and each listener the other's certificates", async () => {
     const refused = /certificate|handshake|alert|ECONNRESET|socket|closed|unknown ca/i;
     const c = creds.get(A);
     for (const url of [broker.deviceUrl, broker.backendUrl]) {
       expect(String(await rejection(mqtt.connectAsync(url, { ...options(B), ...rogueB }))), `rogue CA at ${url}`).to.match(refused);
       const noCert = await rejection(mqtt.connectAsync(url, { ca: c?.ca, clientId: A, protocolVersion: 5, reconnectPeriod: 0, connectTimeout: 5000 }));
       expect(String(noCert), `no certificate at ${url}`).to.match(refused);
-      const plain = await rejection(mqtt.connectAsync(url.replace('mqtts:', 'mqtt:'), { clientId: A, protocolVersion: 5, reconnectPeriod: 0, connectTimeout: 3000 }));
+      const plain = await rejection(
+        mqtt.connectAsync(url.replace('mqtts:', 'mqtt:'), { clientId: A, protocolVersion: 5, reconnectPeriod: 0, connectTimeout: 3000 }),
+      );
       expect(plain, `plain MQTT at ${url}`).to.be.instanceOf(Error);
     }
     // A device certificate on the backend listener (where client ids are free), and the server's on the device listener.
@@ -123,7 +125,7 @@ describe('deploy/broker: production mosquitto config and ACL', function () {
     expect(String(await rejection(mqtt.connectAsync(broker.deviceUrl, options(SERVER))))).to.match(refused);
   });
 
-  it('device A never receives device B\'s commands, whatever it subscribes to; B receives its own', async () => {
+  it("device A never receives device B's commands, whatever it subscribes to; B receives its own", async () => {
     const a = await connect(A);
     const b = await connect(B);
     const server = await connect(SERVER);
@@ -141,11 +143,14 @@ describe('deploy/broker: production mosquitto config and ACL', function () {
     await a.waitFor('sealed-for-A');
     // A's own command may arrive once per matching subscription; B's never.
     expect(a.received.length).to.be.at.least(1);
-    expect(a.received.every((m) => m.payload === 'sealed-for-A' && m.topic === topic(A, 'command')), JSON.stringify(a.received)).to.equal(true);
+    expect(
+      a.received.every((m) => m.payload === 'sealed-for-A' && m.topic === topic(A, 'command')),
+      JSON.stringify(a.received),
+    ).to.equal(true);
     expect(b.received.map((m) => m.payload)).to.deep.equal(['sealed-for-B']);
   });
 
-  it('MQTT 3.1.1 devices likewise: B\'s command never reaches A', async () => {
+  it("MQTT 3.1.1 devices likewise: B's command never reaches A", async () => {
     const a = await connect(A, { protocolVersion: 4 });
     const server = await connect(SERVER);
     await a.client.subscribeAsync([topic(B, 'command'), topic(A, 'command')], { qos: 1 });
@@ -155,7 +160,7 @@ describe('deploy/broker: production mosquitto config and ACL', function () {
     expect(a.received.map((m) => m.payload)).to.deep.equal(['v4-for-A']);
   });
 
-  it('device A cannot publish B\'s acks or enrollments (PUBACK 0x87); the server receives only A\'s own', async () => {
+  it("device A cannot publish B's acks or enrollments (PUBACK 0x87); the server receives only A's own", async () => {
     const server = await connect(SERVER);
     await server.client.subscribeAsync([topic('+', 'ack'), topic('+', 'enroll')], { qos: 1 });
     const a = await connect(A);
@@ -173,7 +178,7 @@ describe('deploy/broker: production mosquitto config and ACL', function () {
     expect(server.received.map((m) => m.payload)).to.deep.equal(['own-ack', 'own-enroll', 'sentinel']);
   });
 
-  it('an MQTT 3.1.1 device\'s forged ack is acknowledged but never delivered', async () => {
+  it("an MQTT 3.1.1 device's forged ack is acknowledged but never delivered", async () => {
     const server = await connect(SERVER);
     await server.client.subscribeAsync(topic('+', 'ack'), { qos: 1 });
     const a = await connect(A, { protocolVersion: 4 });
@@ -183,7 +188,7 @@ describe('deploy/broker: production mosquitto config and ACL', function () {
     expect(server.received.map((m) => m.payload)).to.deep.equal(['own-v4']);
   });
 
-  it('device A cannot connect as B: its client id is forced to its certificate\'s name, B keeps its session', async () => {
+  it("device A cannot connect as B: its client id is forced to its certificate's name, B keeps its session", async () => {
     // B holds a persistent session with a queued command while offline.
     const b1 = await connect(B, { clean: false, properties: { sessionExpiryInterval: 300 } });
     await b1.client.subscribeAsync(topic(B, 'command'), { qos: 1 });
@@ -197,7 +202,7 @@ describe('deploy/broker: production mosquitto config and ACL', function () {
       // connectAsync resolved after CONNACK; mqtt.js keeps the packet on the client.
       resolve({ sessionPresent: sessionPresent(a.client) });
     });
-    expect(connack.sessionPresent, 'A must not get B\'s session').to.equal(false);
+    expect(connack.sessionPresent, "A must not get B's session").to.equal(false);
     await a.client.subscribeAsync(topic(A, 'command'), { qos: 1 });
     await server.client.publishAsync(topic(A, 'command'), 'for-A', { qos: 1 });
     await a.waitFor('for-A');
@@ -206,7 +211,9 @@ describe('deploy/broker: production mosquitto config and ACL', function () {
     // B comes back: its session and the queued command are intact, and A's
     // connection did not take B's id (B connecting does not kick A off).
     let aClosed = false;
-    a.client.on('close', () => { aClosed = true; });
+    a.client.on('close', () => {
+      aClosed = true;
+    });
     const b2 = await connect(B, { clean: false, properties: { sessionExpiryInterval: 300 } });
     expect(sessionPresent(b2.client)).to.equal(true);
     await b2.waitFor('queued-for-B');
@@ -243,7 +250,9 @@ describe('deploy/broker: production mosquitto config and ACL', function () {
   it('several server processes share the identity with their own client ids, none kicking another off', async () => {
     const one = await connect(SERVER, { clientId: 'provision-server-one' });
     let oneClosed = false;
-    one.client.on('close', () => { oneClosed = true; });
+    one.client.on('close', () => {
+      oneClosed = true;
+    });
     const two = await connect(SERVER, { clientId: 'provision-server-two' });
     const b = await connect(B);
     await b.client.subscribeAsync(topic(B, 'command'), { qos: 1 });

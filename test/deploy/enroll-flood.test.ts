@@ -25,7 +25,16 @@ import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import mqtt, { type MqttClient } from 'mqtt';
-import { ackTopic, enrollTopic, generateEncryptionKey, generateSigningKey, sealAck, sealEnrollment, toPublicJwk, type PublicJwk } from '../../protocol/index.js';
+import {
+  ackTopic,
+  enrollTopic,
+  generateEncryptionKey,
+  generateSigningKey,
+  sealAck,
+  sealEnrollment,
+  toPublicJwk,
+  type PublicJwk,
+} from '../../protocol/index.js';
 import { initDataDir } from '../../server/data-dir.js';
 import { ENROLL_REFUSED_EVENT } from '../../server/enroll-refusals.js';
 import type { InboundResult } from '../../server/inbound.js';
@@ -61,7 +70,12 @@ describe('deploy/broker: an enrollment flood under the production mosquitto conf
     broker = await startBroker(mosquitto, pkiDir, dir, { quietLog: true });
     const dataDir = join(dir, 'data');
     await initDataDir(dataDir, {
-      broker: { url: broker.backendUrl, ca: join(pkiDir, 'ca.pem'), cert: join(pkiDir, 'clients', 'provision-server.crt'), key: join(pkiDir, 'clients', 'provision-server.key') },
+      broker: {
+        url: broker.backendUrl,
+        ca: join(pkiDir, 'ca.pem'),
+        cert: join(pkiDir, 'clients', 'provision-server.crt'),
+        key: join(pkiDir, 'clients', 'provision-server.key'),
+      },
     });
     server = await startProvisionServer({
       dataDir,
@@ -93,7 +107,14 @@ describe('deploy/broker: an enrollment flood under the production mosquitto conf
     fleet = await SimFleet.connect(broker.deviceUrl, { trust, tls: victimCreds, wildcard: false });
     await fleet.watch(VICTIM);
     const victim = fleet.add(await makeSimDevice(VICTIM, 'silent'));
-    srv.data.registry.addDevice({ id: VICTIM, userId: 'alice', origin: 'jwks', signing: toPublicJwk(victim.signing), encryption: toPublicJwk(victim.encryption), state: 'provisioned' });
+    srv.data.registry.addDevice({
+      id: VICTIM,
+      userId: 'alice',
+      origin: 'jwks',
+      signing: toPublicJwk(victim.signing),
+      encryption: toPublicJwk(victim.encryption),
+      state: 'provisioned',
+    });
     // The command goes out before the flood; the victim's ack (sealed now) is published only once the flood fills the broker's queue.
     const command = await srv.send({ deviceId: VICTIM, action: 'selftest' });
     const { token: ack } = await sealAck(
@@ -102,7 +123,11 @@ describe('deploy/broker: an enrollment flood under the production mosquitto conf
     );
 
     // The attacker: three device certificates, 20 distinct junk enrollments each (valid seal and self-signature, unknown token).
-    const spec: { url: string; max: number; flooders: { id: string; ca: string; cert: string; key: string; junk: string[] }[] } = { url: broker.deviceUrl, max: 10_000_000, flooders: [] };
+    const spec: { url: string; max: number; flooders: { id: string; ca: string; cert: string; key: string; junk: string[] }[] } = {
+      url: broker.deviceUrl,
+      max: 10_000_000,
+      flooders: [],
+    };
     for (const id of FLOODERS) {
       const sealed: string[] = [];
       for (let i = 0; i < 20; i++) {
@@ -113,16 +138,27 @@ describe('deploy/broker: an enrollment flood under the production mosquitto conf
         );
         sealed.push(token);
       }
-      spec.flooders.push({ id, ca: join(pkiDir, 'ca.pem'), cert: join(pkiDir, 'clients', `${id}.crt`), key: join(pkiDir, 'clients', `${id}.key`), junk: sealed });
+      spec.flooders.push({
+        id,
+        ca: join(pkiDir, 'ca.pem'),
+        cert: join(pkiDir, 'clients', `${id}.crt`),
+        key: join(pkiDir, 'clients', `${id}.key`),
+        junk: sealed,
+      });
     }
     await writeFile(join(dir, 'flood.json'), JSON.stringify(spec));
     // The flood runs in a process of its own: its pace does not depend on this process's event loop, where the server runs.
-    const child = spawn(process.execPath, [fileURLToPath(new URL('./flood-child.js', import.meta.url)), join(dir, 'flood.json')], { stdio: ['pipe', 'pipe', 'inherit'] });
+    const child = spawn(process.execPath, [fileURLToPath(new URL('./flood-child.js', import.meta.url)), join(dir, 'flood.json')], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    });
     let published = 0;
     let childOut = '';
     child.stdout.on('data', (d: Buffer) => {
       childOut += d.toString();
-      const lines = childOut.trim().split('\n').filter((l) => /^\d+$/.test(l));
+      const lines = childOut
+        .trim()
+        .split('\n')
+        .filter((l) => /^\d+$/.test(l));
       published = Number(lines[lines.length - 1] ?? 0);
     });
     const childDone = once(child, 'exit');
@@ -137,21 +173,39 @@ describe('deploy/broker: an enrollment flood under the production mosquitto conf
     stopFlood();
     await Promise.all(floods);
     // The broker forces the client id to the certificate's CN: connect again once the flood process is gone.
-    for (const id of FLOODERS) flooders.push(await mqtt.connectAsync(broker.deviceUrl, { ...(await clientCredentials(pkiDir, id)), clean: true, reconnectPeriod: 0 }));
-    const drops = broker.log().split('\n').filter((l) => dropLine.test(l));
+    for (const id of FLOODERS)
+      flooders.push(await mqtt.connectAsync(broker.deviceUrl, { ...(await clientCredentials(pkiDir, id)), clean: true, reconnectPeriod: 0 }));
+    const drops = broker
+      .log()
+      .split('\n')
+      .filter((l) => dropLine.test(l));
     expect(acked?.ackStatus, `ack of ${command.jti} not recorded; broker: ${drops.join('; ')}`).to.equal('applied');
     // The broker dropped for the enrollment session only: the session acks arrive on never lost a message.
-    expect(drops.filter((l) => l.endsWith(`for client ${SERVER_CLIENT}-enroll.`)), drops.join('; ')).to.have.length.above(0);
-    expect(drops.filter((l) => l.endsWith(`for client ${SERVER_CLIENT}.`)), drops.join('; ')).to.deep.equal([]);
+    expect(
+      drops.filter((l) => l.endsWith(`for client ${SERVER_CLIENT}-enroll.`)),
+      drops.join('; '),
+    ).to.have.length.above(0);
+    expect(
+      drops.filter((l) => l.endsWith(`for client ${SERVER_CLIENT}.`)),
+      drops.join('; '),
+    ).to.deep.equal([]);
 
     // Let the server finish what the broker queued: each flooder then sends a garbage sentinel (re-sent
     // while the broker still drops for a full queue); the server handles one session's messages in order,
     // so once every sentinel was handled, so was every junk enrollment the broker delivered.
-    await eventually(async () => {
-      await Promise.all(flooders.map((c, n) => (garbageSeen.has(FLOODERS[n] as string) ? undefined : c.publishAsync(enrollTopic('provision', FLOODERS[n] as string), 'sentinel', { qos: 1 }))));
-      if (garbageSeen.size < FLOODERS.length) await new Promise((r) => setTimeout(r, 1000));
-      return garbageSeen.size === FLOODERS.length;
-    }, 60_000, 'the server to handle the queued flood');
+    await eventually(
+      async () => {
+        await Promise.all(
+          flooders.map((c, n) =>
+            garbageSeen.has(FLOODERS[n] as string) ? undefined : c.publishAsync(enrollTopic('provision', FLOODERS[n] as string), 'sentinel', { qos: 1 }),
+          ),
+        );
+        if (garbageSeen.size < FLOODERS.length) await new Promise((r) => setTimeout(r, 1000));
+        return garbageSeen.size === FLOODERS.length;
+      },
+      60_000,
+      'the server to handle the queued flood',
+    );
     const handled = inbound.filter((r) => r.kind === 'dropped' && r.code === 'E_TOKEN_INVALID').length;
     expect(handled, 'the flood reached the server').to.be.greaterThan(200);
     await srv.close();

@@ -9,14 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { elfMachine, readAgentTree } from '../../provisioning/flasher/agent-tree.js';
 import { FlashError } from '../../provisioning/flasher/errors.js';
-import {
-  detectRoute,
-  extendCmdline,
-  extendFirstrun,
-  extendUserData,
-  newFirstrun,
-  osCodename,
-} from '../../provisioning/flasher/first-boot-route.js';
+import { detectRoute, extendCmdline, extendFirstrun, extendUserData, newFirstrun, osCodename } from '../../provisioning/flasher/first-boot-route.js';
 import { parseSfdiskJson } from '../../provisioning/flasher/partitions.js';
 import { checkTreeForTarget, dpkgNodeVersion } from '../../provisioning/flasher/target-checks.js';
 import { EM, makeAgentTree, makeBundle } from './flash-fixtures.js';
@@ -57,7 +50,9 @@ describe('deploy/flash: refusals and first-boot route', () => {
     const bundle = await makeBundle(join(work, 'b1'), 'sensor-1');
     const ran = await runFlash(['--bundle', bundle.dir, '--image', join(work, 'none.img'), '--agent', agent]);
     expect(ran.code).to.equal(1);
-    expect(ran.stderr).to.match(/E_AGENT: no built agent in .*: sensor-agent\.mjs is missing\. Build it with provisioning\/build-agent --arch arm64\|armv7\|x64/);
+    expect(ran.stderr).to.match(
+      /E_AGENT: no built agent in .*: sensor-agent\.mjs is missing\. Build it with provisioning\/build-agent --arch arm64\|armv7\|x64/,
+    );
   });
 
   it('refuses a tree of the old layout (dist/ + node_modules/), and one whose addon is for another CPU than its build info says', async () => {
@@ -75,7 +70,9 @@ describe('deploy/flash: refusals and first-boot route', () => {
     await makeAgentTree(mixed, { arch: 'arm64', addonMachine: EM.x86_64 });
     const ran2 = await runFlash(['--bundle', bundle.dir, '--image', join(work, 'none.img'), '--agent', mixed]);
     expect(ran2.code).to.equal(1);
-    expect(ran2.stderr).to.match(/E_AGENT: .*native\/epoll\.node is built for x86-64, but the tree is for arm64 \(aarch64\)\. Rebuild it: provisioning\/build-agent --arch arm64/);
+    expect(ran2.stderr).to.match(
+      /E_AGENT: .*native\/epoll\.node is built for x86-64, but the tree is for arm64 \(aarch64\)\. Rebuild it: provisioning\/build-agent --arch arm64/,
+    );
   });
 
   it('refuses a bundle whose secrets other users can read, and a bad device id', async () => {
@@ -109,7 +106,9 @@ describe('deploy/flash: refusals and first-boot route', () => {
     const facts = { systemNode: false, systemNodeVersion: undefined };
     expect(checkTreeForTarget(tree, { ...facts, machine: 'aarch64' })).to.deep.equal([]);
     expect(code(() => checkTreeForTarget(tree, { ...facts, machine: 'arm' }))).to.equal('E_AGENT');
-    expect(() => checkTreeForTarget(tree, { ...facts, machine: 'arm' })).to.throw(/built for arm64 \(aarch64\) but the target's CPU is arm.*provisioning\/build-agent --arch armv7/);
+    expect(() => checkTreeForTarget(tree, { ...facts, machine: 'arm' })).to.throw(
+      /built for arm64 \(aarch64\) but the target's CPU is arm.*provisioning\/build-agent --arch armv7/,
+    );
     expect(checkTreeForTarget(tree, { ...facts, machine: undefined })[0]).to.match(/cannot tell the image's CPU/);
 
     const sysDir = join(work, 'armv7-system');
@@ -141,12 +140,27 @@ describe('deploy/flash: refusals and first-boot route', () => {
   });
 
   it('finds the FAT boot and Linux root partitions, and refuses other layouts', () => {
-    const json = JSON.stringify({ partitiontable: { sectorsize: 512, partitions: [{ start: 8192, size: 1048576, type: 'c' }, { start: 1056768, size: 4000000, type: '83' }] } });
+    const json = JSON.stringify({
+      partitiontable: {
+        sectorsize: 512,
+        partitions: [
+          { start: 8192, size: 1048576, type: 'c' },
+          { start: 1056768, size: 4000000, type: '83' },
+        ],
+      },
+    });
     expect(parseSfdiskJson(json, 'x.img')).to.deep.equal({
       boot: { index: 1, offset: 8192 * 512, size: 1048576 * 512, type: 'c' },
       root: { index: 2, offset: 1056768 * 512, size: 4000000 * 512, type: '83' },
     });
-    const gpt = JSON.stringify({ partitiontable: { partitions: [{ start: 2048, size: 10, type: 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B' }, { start: 4096, size: 10, type: '0FC63DAF-8483-4772-8E79-3D69D8477DE4' }] } });
+    const gpt = JSON.stringify({
+      partitiontable: {
+        partitions: [
+          { start: 2048, size: 10, type: 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B' },
+          { start: 4096, size: 10, type: '0FC63DAF-8483-4772-8E79-3D69D8477DE4' },
+        ],
+      },
+    });
     expect(parseSfdiskJson(gpt, 'x.img').root.offset).to.equal(4096 * 512);
     expect(code(() => parseSfdiskJson(JSON.stringify({ partitiontable: { partitions: [{ start: 1, size: 1, type: '83' }] } }), 'x.img'))).to.equal('E_IMAGE');
   });

@@ -27,7 +27,6 @@ import {
 import { chownTree, NOBODY, runFlash, type Ran } from './run-flash.js';
 import { isRoot, requireTools } from './tools.js';
 
-
 function mode(info: InodeInfo | undefined): string {
   return info === undefined ? 'missing' : `${info.type} 0${info.mode.toString(8)} ${info.uid}:${info.gid}`;
 }
@@ -103,7 +102,9 @@ describe('deploy/flash: Raspberry Pi OS image without root privileges (debugfs +
     const stats = await statInImage(image, Object.keys(expected));
     const actual = Object.fromEntries(Object.keys(expected).map((p) => [p, mode(stats.get(p))]));
     expect(actual).to.deep.equal(expected);
-    expect(await readlinkInImage(image, '/etc/systemd/system/multi-user.target.wants/sensor-agent.service')).to.equal('/etc/systemd/system/sensor-agent.service');
+    expect(await readlinkInImage(image, '/etc/systemd/system/multi-user.target.wants/sensor-agent.service')).to.equal(
+      '/etc/systemd/system/sensor-agent.service',
+    );
 
     // Contents: the bundle's secrets byte for byte, the config pointed at the board's paths.
     expect(await catInImage(image, '/var/lib/sensor-agent/enroll.token')).to.equal(`${bundle.token}\n`);
@@ -128,19 +129,26 @@ describe('deploy/flash: Raspberry Pi OS image without root privileges (debugfs +
       '/var/lib/sensor-agent/keys',
       '/var/lib/sensor-agent/enroll.token',
     ]);
-    expect(await catInImage(image, '/etc/systemd/system/sensor-agent.service')).to.contain('ExecStart=/opt/sensor-agent/node/bin/node --max-semi-space-size=1 --single-threaded --jitless --expose-gc /opt/sensor-agent/sensor-agent.mjs run');
+    expect(await catInImage(image, '/etc/systemd/system/sensor-agent.service')).to.contain(
+      'ExecStart=/opt/sensor-agent/node/bin/node --max-semi-space-size=1 --single-threaded --jitless --expose-gc /opt/sensor-agent/sensor-agent.mjs run',
+    );
 
     // Nothing in the agent's config or state directories is readable by others.
     for (const dir of ['/etc/sensor-agent', '/var/lib/sensor-agent', '/var/lib/sensor-agent/keys']) {
       const names = await lsInImage(image, dir);
-      const st = await statInImage(image, names.map((n) => `${dir}/${n}`));
+      const st = await statInImage(
+        image,
+        names.map((n) => `${dir}/${n}`),
+      );
       for (const [p, info] of st) if (info?.type === 'regular' && !p.includes('/hooks')) expect(info.mode & 0o007, p).to.equal(0);
     }
 
     // Boot partition: our firstrun.sh and Imager's kernel arguments; no secret anywhere on FAT.
     const fat = await readFat(image);
     expect(fat.get('firstrun.sh')).to.contain('/usr/local/lib/sensor-agent/firstboot').and.to.contain('rm -f /boot/firmware/firstrun.sh');
-    expect(fat.get('cmdline.txt')).to.equal(`${DEFAULT_CMDLINE} systemd.run=/boot/firmware/firstrun.sh systemd.run_success_action=reboot systemd.unit=kernel-command-line.target\n`);
+    expect(fat.get('cmdline.txt')).to.equal(
+      `${DEFAULT_CMDLINE} systemd.run=/boot/firmware/firstrun.sh systemd.run_success_action=reboot systemd.unit=kernel-command-line.target\n`,
+    );
     expect(fat.has('user-data')).to.equal(false);
     for (const [name, content] of fat) {
       for (const secret of [bundle.token, 'client-key-of', 'secret-d-of']) expect(content, `${name} on FAT`).to.not.contain(secret);
@@ -149,7 +157,8 @@ describe('deploy/flash: Raspberry Pi OS image without root privileges (debugfs +
   });
 
   it('Bookworm image customised by Raspberry Pi Imager: the hook goes into its firstrun.sh before it removes itself', async () => {
-    const imagerFirstrun = '#!/bin/bash\n\nset +e\n\nCURRENT_HOSTNAME=`cat /etc/hostname | tr -d " \\t\\n\\r"`\necho sensor >/etc/hostname\nrm -f /boot/firstrun.sh\nsed -i \'s| systemd.run.*||g\' /boot/cmdline.txt\nexit 0\n';
+    const imagerFirstrun =
+      '#!/bin/bash\n\nset +e\n\nCURRENT_HOSTNAME=`cat /etc/hostname | tr -d " \\t\\n\\r"`\necho sensor >/etc/hostname\nrm -f /boot/firstrun.sh\nsed -i \'s| systemd.run.*||g\' /boot/cmdline.txt\nexit 0\n';
     const cmdline = `${DEFAULT_CMDLINE} systemd.run=/boot/firstrun.sh systemd.run_success_action=reboot systemd.unit=kernel-command-line.target\n`;
     const { image, ran } = await flashed('imager-bookworm', { codename: 'bookworm', boot: { 'firstrun.sh': imagerFirstrun, 'cmdline.txt': cmdline } });
     expect(ran.code, ran.stderr).to.equal(0);
@@ -216,8 +225,11 @@ describe('deploy/flash: Raspberry Pi OS image without root privileges (debugfs +
     const dpkg = (version: string): string =>
       `Package: bash\nStatus: install ok installed\nVersion: 5.2.37-2\n\nPackage: nodejs\nStatus: install ok installed\nArchitecture: arm64\nVersion: ${version}\n\n`;
 
-    it('Trixie (nodejs 20.19.2): installs, the unit\'s node path links to /usr/bin/node', async () => {
-      const { image, ran } = await flashed('sys-trixie', { codename: 'trixie', root: { 'var/lib/dpkg/status': dpkg('20.19.2+dfsg-1') } }, ['--agent', systemTree]);
+    it("Trixie (nodejs 20.19.2): installs, the unit's node path links to /usr/bin/node", async () => {
+      const { image, ran } = await flashed('sys-trixie', { codename: 'trixie', root: { 'var/lib/dpkg/status': dpkg('20.19.2+dfsg-1') } }, [
+        '--agent',
+        systemTree,
+      ]);
       expect(ran.code, ran.stderr).to.equal(0);
       expect(await readlinkInImage(image, '/opt/sensor-agent/node/bin/node')).to.equal('/usr/bin/node');
       const stats = await statInImage(image, ['/opt/sensor-agent/sensor-agent.mjs', '/opt/sensor-agent/node/bin']);
@@ -225,7 +237,10 @@ describe('deploy/flash: Raspberry Pi OS image without root privileges (debugfs +
     });
 
     it('Bookworm (nodejs 18.20): refused with the fix, the image unchanged', async () => {
-      const { image, ran } = await flashed('sys-bookworm', { codename: 'bookworm', root: { 'var/lib/dpkg/status': dpkg('18.20.4+dfsg-1~deb12u1') } }, ['--agent', systemTree]);
+      const { image, ran } = await flashed('sys-bookworm', { codename: 'bookworm', root: { 'var/lib/dpkg/status': dpkg('18.20.4+dfsg-1~deb12u1') } }, [
+        '--agent',
+        systemTree,
+      ]);
       expect(ran.code).to.equal(1);
       expect(ran.stderr).to.match(/E_AGENT: the image's nodejs is 18\.20\.4, below the agent's minimum 20\.19\.0.*provisioning\/build-agent --arch arm64/);
       expect(mode((await statInImage(image, ['/opt/sensor-agent'])).get('/opt/sensor-agent'))).to.equal('missing');

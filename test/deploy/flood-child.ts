@@ -26,7 +26,14 @@ process.stdin.resume();
 const report = setInterval(() => process.stdout.write(`${published}\n`), 100);
 await Promise.all(
   spec.flooders.map(async (f) => {
-    const client = await mqtt.connectAsync(spec.url, { ca: readFileSync(f.ca), cert: readFileSync(f.cert), key: readFileSync(f.key), clientId: f.id, clean: true, reconnectPeriod: 0 });
+    const client = await mqtt.connectAsync(spec.url, {
+      ca: readFileSync(f.ca),
+      cert: readFileSync(f.cert),
+      key: readFileSync(f.key),
+      clientId: f.id,
+      clean: true,
+      reconnectPeriod: 0,
+    });
     const window: Promise<unknown>[] = [];
     for (let i = 0; !stop && i < spec.max; i++) {
       window.push(client.publishAsync(`provision/${f.id}/enroll`, f.junk[i % f.junk.length] as string, { qos: 1 }).then(() => published++));

@@ -139,7 +139,10 @@ export async function catInImage(image: string, path: string): Promise<string> {
 
 export async function lsInImage(image: string, path: string): Promise<string[]> {
   const out = await tool('debugfs', ['-R', `ls -p "${path}"`, `${image}?offset=${ROOT_OFFSET}`]);
-  return out.split('\n').map((l) => /^\/\d+\/[0-7]+\/\d+\/\d+\/(.*)\/\d*\/$/.exec(l.trim())?.[1]).filter((n): n is string => n !== undefined && n !== '.' && n !== '..');
+  return out
+    .split('\n')
+    .map((l) => /^\/\d+\/[0-7]+\/\d+\/\d+\/(.*)\/\d*\/$/.exec(l.trim())?.[1])
+    .filter((n): n is string => n !== undefined && n !== '.' && n !== '..');
 }
 
 /** The symlink target stored in the image. */

@@ -90,7 +90,12 @@ export async function stageBrokerFiles(pkiDir: string, runDir: string): Promise<
   const acls = ['sensor-devices.acl', 'sensor-backend.acl'];
   for (const f of acls) await copyFile(join(PROVISIONING_DIR, 'mosquitto', f), join(runDir, f));
   // pki output -> the names the production config uses
-  const installed: Array<[string, string]> = [['ca.pem', 'sensor-ca.pem'], ['backend-ca.pem', 'sensor-backend-ca.pem'], ['broker.crt', 'broker.crt'], ['broker.key', 'broker.key']];
+  const installed: Array<[string, string]> = [
+    ['ca.pem', 'sensor-ca.pem'],
+    ['backend-ca.pem', 'sensor-backend-ca.pem'],
+    ['broker.crt', 'broker.crt'],
+    ['broker.key', 'broker.key'],
+  ];
   for (const [from, to] of installed) await copyFile(join(pkiDir, from), join(runDir, to));
   return { devicePort, backendPort, acls };
 }
@@ -98,7 +103,10 @@ export async function stageBrokerFiles(pkiDir: string, runDir: string): Promise<
 /** Starts mosquitto on a free loopback port with certificates from `pkiDir`; resolves once it accepts connections. */
 export async function startBroker(mosquitto: string, pkiDir: string, runDir: string, options: { quietLog?: boolean } = {}): Promise<RunningBroker> {
   const { devicePort, backendPort, acls } = await stageBrokerFiles(pkiDir, runDir);
-  const ports: PortMap = new Map([[8883, devicePort], [8884, backendPort]]);
+  const ports: PortMap = new Map([
+    [8883, devicePort],
+    [8884, backendPort],
+  ]);
   let config = testBrokerConfig(await readFile(join(PROVISIONING_DIR, 'mosquitto/sensor-broker.conf'), 'utf8'), ports, runDir, options);
   if (isRoot()) {
     const user = lookupUser('mosquitto');
@@ -118,10 +126,16 @@ export async function startBroker(mosquitto: string, pkiDir: string, runDir: str
 
   const child: ChildProcess = spawn(mosquitto, ['-c', configPath], { stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
-  child.stdout?.on('data', (b: Buffer) => { output += b.toString(); });
-  child.stderr?.on('data', (b: Buffer) => { output += b.toString(); });
+  child.stdout?.on('data', (b: Buffer) => {
+    output += b.toString();
+  });
+  child.stderr?.on('data', (b: Buffer) => {
+    output += b.toString();
+  });
   let exited = false;
-  child.on('exit', () => { exited = true; });
+  child.on('exit', () => {
+    exited = true;
+  });
 
   const deadline = Date.now() + 10_000;
   for (;;) {
@@ -151,7 +165,10 @@ export async function startBroker(mosquitto: string, pkiDir: string, runDir: str
 function accepts(port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const socket = createConnection({ host: '127.0.0.1', port });
-    socket.once('connect', () => { socket.destroy(); resolve(true); });
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
     socket.once('error', () => resolve(false));
   });
 }

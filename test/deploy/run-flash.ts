@@ -79,7 +79,6 @@ export async function runFlash(args: string[], options: { unprivileged?: boolean
   }
 }
 
-
 /** chown -R (not following symlinks), so an unprivileged flash can read the test's bundle and write its image. */
 export async function chownTree(path: string, uid: number): Promise<void> {
   await chown(path, uid, uid);

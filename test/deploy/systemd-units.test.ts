@@ -150,10 +150,20 @@ describe('deploy/systemd units', function () {
     expect(typo.code).to.equal(0); // systemd only warns...
     expect(typo.stderr).to.match(/Unknown key 'ProtectHomes'/); // ...which is why stderr is checked
 
-    await writeFile(join(unitDir, 'nobin-check.service'), text.replace('ExecStart=/opt/sensor-agent/node/bin/node', 'ExecStart=/opt/sensor-agent/node/bin/nodejs-missing'));
+    await writeFile(
+      join(unitDir, 'nobin-check.service'),
+      text.replace('ExecStart=/opt/sensor-agent/node/bin/node', 'ExecStart=/opt/sensor-agent/node/bin/nodejs-missing'),
+    );
     expect((await verify('nobin-check.service')).stderr).to.match(/is not executable/);
 
-    const bare = text.split('\n').filter((l) => !/^(Protect|Private|Restrict|SystemCall|CapabilityBoundingSet|NoNewPrivileges|LockPersonality|RemoveIPC|UMask|DevicePolicy|ProcSubset|KeyringMode|ReadWritePaths)/.test(l));
+    const bare = text
+      .split('\n')
+      .filter(
+        (l) =>
+          !/^(Protect|Private|Restrict|SystemCall|CapabilityBoundingSet|NoNewPrivileges|LockPersonality|RemoveIPC|UMask|DevicePolicy|ProcSubset|KeyringMode|ReadWritePaths)/.test(
+            l,
+          ),
+      );
     await writeFile(join(unitDir, 'bare-check.service'), bare.join('\n'));
     expect(await exposure('bare-check.service')).to.be.above(5);
   });
@@ -162,7 +172,9 @@ describe('deploy/systemd units', function () {
     const unit = parseUnit(await readFile(join(SYSTEMD_DIR, 'sensor-agent.service'), 'utf8'));
     // The V8 flags are the ones the tests and the benchmark run the agent with.
     // It runs the shipped tree (docs/CONTRACTS.md, "Agent tree"): its Node and its one-file agent.
-    expect(only(unit, 'Service', 'ExecStart')).to.equal(`/opt/sensor-agent/node/bin/node ${AGENT_NODE_FLAGS.join(' ')} /opt/sensor-agent/sensor-agent.mjs run --config /etc/sensor-agent/config.json`);
+    expect(only(unit, 'Service', 'ExecStart')).to.equal(
+      `/opt/sensor-agent/node/bin/node ${AGENT_NODE_FLAGS.join(' ')} /opt/sensor-agent/sensor-agent.mjs run --config /etc/sensor-agent/config.json`,
+    );
     expect(only(unit, 'Unit', 'ConditionFileIsExecutable')).to.equal('/opt/sensor-agent/node/bin/node');
     // The V8 compile cache lives where the hardened unit can write (ProtectSystem=strict).
     expect(only(unit, 'Service', 'CacheDirectory')).to.equal('sensor-agent');
@@ -219,7 +231,11 @@ describe('deploy/systemd units', function () {
       await mkdir(join(target, 'etc'));
       await writeFile(join(target, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/bash\n');
       await writeFile(join(target, 'etc/group'), 'root:x:0:\ngpio:x:997:pi\n');
-      const r = await runTool(sysusers, [`--root=${target}`, join(SYSTEMD_DIR, 'sysusers.d/sensor-agent.conf'), join(SYSTEMD_DIR, 'sysusers.d/provision-server.conf')]);
+      const r = await runTool(sysusers, [
+        `--root=${target}`,
+        join(SYSTEMD_DIR, 'sysusers.d/sensor-agent.conf'),
+        join(SYSTEMD_DIR, 'sysusers.d/provision-server.conf'),
+      ]);
       expect(r.code, r.stderr).to.equal(0);
       const passwd = await readFile(join(target, 'etc/passwd'), 'utf8');
       const group = await readFile(join(target, 'etc/group'), 'utf8');

@@ -49,7 +49,10 @@ export function requireTools(ctx: Mocha.Context, requireVar: string, names: read
     if (process.env[requireVar] === '1') {
       throw new Error(`${requireVar}=1 but these tools are missing: ${missing.join(', ')}`);
     }
-    skipBecause(ctx, `missing ${missing.join(', ')} (apt-get install -y systemd fdisk dosfstools mtools e2fsprogs openssl mosquitto; ${requireVar}=1 makes this a failure)`);
+    skipBecause(
+      ctx,
+      `missing ${missing.join(', ')} (apt-get install -y systemd fdisk dosfstools mtools e2fsprogs openssl mosquitto; ${requireVar}=1 makes this a failure)`,
+    );
   }
   return found;
 }

@@ -21,10 +21,14 @@ describe('faults: SIGKILL during a broker change rolls the whole update back', f
 
   async function run(): Promise<AgentProcess> {
     const a = spawnAgent(s.files.configPath);
-    await waitFor('the agent to subscribe', () => {
-      if (!a.running()) throw new Error(`agent exited: ${a.output()}`);
-      return a.output().includes('subscribed topic=');
-    }, 20_000);
+    await waitFor(
+      'the agent to subscribe',
+      () => {
+        if (!a.running()) throw new Error(`agent exited: ${a.output()}`);
+        return a.output().includes('subscribed topic=');
+      },
+      20_000,
+    );
     return a;
   }
 
@@ -35,7 +39,12 @@ describe('faults: SIGKILL during a broker change rolls the whole update back', f
     const before = await readDeviceState(s.files);
 
     const nowhere = `mqtt://127.0.0.1:${await freePort()}`;
-    const update = await s.server.seal(DEVICE, 'update', { user_id: 'mallory', sensor: { name: 'after', sample_interval_s: 5 }, broker: { url: nowhere }, rollback_timeout_s: 30 });
+    const update = await s.server.seal(DEVICE, 'update', {
+      user_id: 'mallory',
+      sensor: { name: 'after', sample_interval_s: 5 },
+      broker: { url: nowhere },
+      rollback_timeout_s: 30,
+    });
     await s.server.publish(DEVICE, update.token);
     await waitFor('the switch to start', () => s.agent!.output().includes('switching broker'), 10_000);
     const mid = await readDeviceState(s.files);

@@ -97,15 +97,23 @@ describe('faults: the disk fills up under a running agent', function () {
     }
     await sleep(3000); // past the first reconnect (backoff from 1 s), which is when redelivery is asked for
     expect(a.running(), `the agent keeps running; its output:\n${a.output().slice(-2500)}`).to.equal(true);
-    expect(s.acks.some((x) => x.claims.ref === cmd.jti), 'no ack for a command that was not persisted').to.equal(false);
+    expect(
+      s.acks.some((x) => x.claims.ref === cmd.jti),
+      'no ack for a command that was not persisted',
+    ).to.equal(false);
     expect(await readFile(stateFile, 'utf8'), 'state.json keeps its old contents').to.equal(before);
-    expect((await readdir(join(disk, 'state'))).filter((f) => f.includes('.tmp-')), 'no temp file left').to.deep.equal([]);
+    expect(
+      (await readdir(join(disk, 'state'))).filter((f) => f.includes('.tmp-')),
+      'no temp file left',
+    ).to.deep.equal([]);
 
     for (const f of await readdir(disk)) if (f.startsWith('filler-')) await rm(join(disk, f));
     // Redelivered by the broker once the agent has reconnected (it drops the connection to get it back).
-    const ack = await s.waitAck((x) => x.ref === cmd.jti, 70_000).catch((err: unknown) => {
-      throw new Error(`${String(err)}; agent output:\n${a.output().slice(-4000)}`);
-    });
+    const ack = await s
+      .waitAck((x) => x.ref === cmd.jti, 70_000)
+      .catch((err: unknown) => {
+        throw new Error(`${String(err)}; agent output:\n${a.output().slice(-4000)}`);
+      });
     expect(ack.status, `${ack.code} ${ack.detail}`).to.equal('applied');
     const state = JSON.parse(await readFile(stateFile, 'utf8')) as { recent: { jti: string }[]; settings: { sensor?: { name?: string } } };
     expect(state.recent.filter((r) => r.jti === cmd.jti)).to.have.length(1);

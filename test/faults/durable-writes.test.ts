@@ -155,7 +155,9 @@ describe('faults: crash between temp write and rename, and a full disk', functio
         error = err as Error & { code?: string };
       }
       expect(error?.code, String(error)).to.equal('E_DISK_FULL');
-      expect(error?.message).to.match(/disk is full/).and.to.contain('state.json');
+      expect(error?.message)
+        .to.match(/disk is full/)
+        .and.to.contain('state.json');
       expect(await readFile(join(stateDir, 'state.json'), 'utf8')).to.equal(before);
       expect(store.state.last_seq, 'the in-memory state follows the disk').to.equal(7);
       expect(temps(await readdir(stateDir))).to.deep.equal([]);

@@ -29,12 +29,20 @@ describe('faults: an oversized MQTT packet is refused before it is buffered', fu
 
   it('two 80 MB publishes (before and after a reconnect): peak RSS grows by < 24 MB, clear log, connection dropped and re-established, commands still applied', async function () {
     s.agent = spawnAgent(s.files.configPath);
-    const subscriptions = (): number => s.agent!.output().split('\n').filter((l) => l.includes('subscribed topic=')).length;
+    const subscriptions = (): number =>
+      s
+        .agent!.output()
+        .split('\n')
+        .filter((l) => l.includes('subscribed topic=')).length;
     await waitFor('the agent to subscribe', () => subscriptions() >= 1, 20_000);
     expect((await s.server.command(DEVICE, 'request', {}, { userId: 'alice' })).claims.status).to.equal('applied');
     const before = await peakRss(s.agent.pid);
 
-    const refusals = (): number => s.agent!.output().split('\n').filter((l) => l.includes('oversized MQTT packet refused')).length;
+    const refusals = (): number =>
+      s
+        .agent!.output()
+        .split('\n')
+        .filter((l) => l.includes('oversized MQTT packet refused')).length;
     const attacker = await mqtt.connectAsync(s.broker.url, { clientId: 'attacker', reconnectPeriod: 0 });
     await attacker.publishAsync(commandTopic(PREFIX, DEVICE), Buffer.alloc(80 * MB, 0x41), { qos: 0 });
     await waitFor('the refusal in the log', () => refusals() >= 1, 30_000);

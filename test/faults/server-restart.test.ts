@@ -51,9 +51,13 @@ describe('faults: the server killed during a fan-out, then send --resume', funct
         reg.addDevice({ id: d.id, userId: 'fan', origin: 'jwks', signing: toPublicJwk(d.signing), encryption: toPublicJwk(d.encryption) });
         devices.push(d);
       }
-      const send = spawn(process.execPath, [SERVER_CLI, 'send', '--user', 'fan', 'update', '--params', '{"sensor":{"enabled":true}}', '--data', data, '--timeout', '60s', '--concurrency', '8'], {
-        stdio: ['ignore', 'pipe', 'pipe'],
-      });
+      const send = spawn(
+        process.execPath,
+        [SERVER_CLI, 'send', '--user', 'fan', 'update', '--params', '{"sensor":{"enabled":true}}', '--data', data, '--timeout', '60s', '--concurrency', '8'],
+        {
+          stdio: ['ignore', 'pipe', 'pipe'],
+        },
+      );
       let out = '';
       send.stdout.on('data', (b: Buffer) => (out += b.toString()));
       send.stderr.on('data', (b: Buffer) => (out += b.toString()));
@@ -102,7 +106,10 @@ describe('faults: the server killed during a fan-out, then send --resume', funct
         } else {
           sealedAfter++;
         }
-        expect(d.applied.map((c) => c.jti), `${d.id} applied exactly once`).to.deep.equal(jtis);
+        expect(
+          d.applied.map((c) => c.jti),
+          `${d.id} applied exactly once`,
+        ).to.deep.equal(jtis);
       }
       const applied = devices.filter((d) => d.applied.length === 1).length;
       process.stderr.write(

@@ -101,7 +101,8 @@ export async function checkAppliedOnceInOrder(stateDir: string, sender: TestSend
   // Applied acks that were not marked duplicate: at most one per command.
   const firsts = new Map<string, number>();
   for (const { claims } of sender.acks) {
-    if (mine.has(claims.ref) && claims.status === 'applied' && !claims.detail.startsWith('duplicate')) firsts.set(claims.ref, (firsts.get(claims.ref) ?? 0) + 1);
+    if (mine.has(claims.ref) && claims.status === 'applied' && !claims.detail.startsWith('duplicate'))
+      firsts.set(claims.ref, (firsts.get(claims.ref) ?? 0) + 1);
   }
   for (const [jti, n] of firsts) if (n > 1) problems.push(`command ${jti} acked as freshly applied ${n} times`);
   return problems;

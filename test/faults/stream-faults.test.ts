@@ -111,7 +111,11 @@ describe('faults: a stream of sealed commands through broker restarts and agent 
       const result = await runStream(r.sender, { done: (n) => chaosDone && n >= 40, retryMs: 2500, giveUpMs: 60_000 });
       await chaos;
       expect(r.agent.running(), r.agent.output().slice(-2000)).to.equal(true);
-      report(`broker restarts ${restarts} (seed ${seed})`, result.counts, `agent pid ${r.agent.pid} never restarted; ${r.sender.redeliveredAcks} acks delivered twice by the broker`);
+      report(
+        `broker restarts ${restarts} (seed ${seed})`,
+        result.counts,
+        `agent pid ${r.agent.pid} never restarted; ${r.sender.redeliveredAcks} acks delivered twice by the broker`,
+      );
       expect(result.problems).to.deep.equal([]);
       expect(await checkAppliedOnceInOrder(r.files.stateDir, r.sender, result.sent)).to.deep.equal([]);
       expect(result.counts.lost).to.equal(0);
@@ -154,7 +158,11 @@ describe('faults: a stream of sealed commands through broker restarts and agent 
       const result = await runStream(r.sender, { done: (n) => killerDone && n >= 40, retryMs: 1500, giveUpMs: 60_000 });
       await killer;
       await waitSubscribed(r.agent, 1);
-      report(`agent SIGKILLs ${kills} (seed ${seed + 1})`, result.counts, `${starts} agent starts; ${r.sender.redeliveredAcks} acks delivered twice by the broker`);
+      report(
+        `agent SIGKILLs ${kills} (seed ${seed + 1})`,
+        result.counts,
+        `${starts} agent starts; ${r.sender.redeliveredAcks} acks delivered twice by the broker`,
+      );
       expect(parseFailures, 'state.json must always parse').to.deep.equal([]);
       expect(result.problems).to.deep.equal([]);
       expect(await checkAppliedOnceInOrder(r.files.stateDir, r.sender, result.sent)).to.deep.equal([]);

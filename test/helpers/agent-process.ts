@@ -8,17 +8,7 @@ import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import mqtt, { type MqttClient } from 'mqtt';
-import {
-  KeyRing,
-  ackTopic,
-  commandTopic,
-  openAck,
-  sealCommand,
-  toPublicJwk,
-  type AckClaims,
-  type Action,
-  type PublicJwk,
-} from '../../protocol/index.js';
+import { KeyRing, ackTopic, commandTopic, openAck, sealCommand, toPublicJwk, type AckClaims, type Action, type PublicJwk } from '../../protocol/index.js';
 import type { Party } from './keys.js';
 
 const run = promisify(execFile);
@@ -132,7 +122,11 @@ export class TestSender {
   ) {}
 
   /** `tls`: CA and client certificate (PEM) for an `mqtts://` broker that requires one. */
-  async connect(url: string, clientId = `test-sender-${Math.random().toString(16).slice(2, 8)}`, tls?: { ca: Buffer; cert: Buffer; key: Buffer }): Promise<void> {
+  async connect(
+    url: string,
+    clientId = `test-sender-${Math.random().toString(16).slice(2, 8)}`,
+    tls?: { ca: Buffer; cert: Buffer; key: Buffer },
+  ): Promise<void> {
     this.#decryption = await KeyRing.create([this.server.encryption]);
     this.#verification = await KeyRing.create([this.device.signing]);
     this.#client = await mqtt.connectAsync(url, { clientId, clean: false, reconnectPeriod: 200, protocolVersion: 4, ...(tls ?? {}) });
@@ -163,7 +157,11 @@ export class TestSender {
     return this.#client;
   }
 
-  async seal(action: Action, params: Record<string, unknown> = {}, options: { seq?: number; jti?: string } = {}): Promise<{ token: string; jti: string; seq: number }> {
+  async seal(
+    action: Action,
+    params: Record<string, unknown> = {},
+    options: { seq?: number; jti?: string } = {},
+  ): Promise<{ token: string; jti: string; seq: number }> {
     const seq = options.seq ?? ++this.seq;
     const { token, claims } = await sealCommand(
       { serverId: this.serverId, deviceId: this.deviceId, action, userId: 'tester', params, seq, ...(options.jti ? { jti: options.jti } : {}) },

@@ -117,7 +117,24 @@ export async function makeTestCertificates(dir: string): Promise<{ caFile: strin
   await run('openssl', ['ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', p('server.key')]);
   await run('openssl', ['req', '-new', '-key', p('server.key'), '-subj', '/CN=localhost', '-out', p('server.csr')]);
   await writeFile(p('server.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n');
-  await run('openssl', ['x509', '-req', '-in', p('server.csr'), '-CA', p('ca.pem'), '-CAkey', p('ca.key'), '-CAcreateserial', '-days', '2', '-sha256', '-extfile', p('server.ext'), '-out', p('server.crt')]);
+  await run('openssl', [
+    'x509',
+    '-req',
+    '-in',
+    p('server.csr'),
+    '-CA',
+    p('ca.pem'),
+    '-CAkey',
+    p('ca.key'),
+    '-CAcreateserial',
+    '-days',
+    '2',
+    '-sha256',
+    '-extfile',
+    p('server.ext'),
+    '-out',
+    p('server.crt'),
+  ]);
   return { caFile: p('ca.pem'), certFile: p('server.crt'), keyFile: p('server.key'), caKeyFile: p('ca.key') };
 }
 

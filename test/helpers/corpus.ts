@@ -153,7 +153,9 @@ export async function buildHostileCorpus(ctx: CorpusContext): Promise<HostileCas
     pre(`shape/empty-${segNames[i]}`, segs.map((s, j) => (j === i ? '' : s)).join('.'), ['E_MALFORMED']);
   }
   pre('shape/trailing-dot', `${valid}.`, ['E_MALFORMED']);
-  pre('shape/json-serialization', JSON.stringify({ protected: segs[0], encrypted_key: segs[1], iv: segs[2], ciphertext: segs[3], tag: segs[4] }), ['E_MALFORMED']);
+  pre('shape/json-serialization', JSON.stringify({ protected: segs[0], encrypted_key: segs[1], iv: segs[2], ciphertext: segs[3], tag: segs[4] }), [
+    'E_MALFORMED',
+  ]);
 
   // --- base64url and JSON of the header --------------------------------
   const hdr = segs[0] ?? '';
@@ -171,16 +173,26 @@ export async function buildHostileCorpus(ctx: CorpusContext): Promise<HostileCas
   pre('header-json/number', `${b64json(42)}.${rest}`, ['E_MALFORMED']);
   pre('header-json/null', `${b64json(null)}.${rest}`, ['E_MALFORMED']);
   pre('header-json/empty-object', `${b64json({})}.${rest}`, ['E_ALG']);
-  pre('header-json/over-4KiB', `${b64json({ alg: 'ECDH-ES+A256KW', enc: 'A256GCM', kid: recipient.kid, cty: 'JWT', pad: 'x'.repeat(5000) })}.${rest}`, ['E_MALFORMED']);
-  pre('header-json/deeply-nested', `${b64u(`{"alg":"ECDH-ES+A256KW","enc":"A256GCM","kid":"${recipient.kid}","cty":"JWT","x":${nestedJson(600)}}`)}.${rest}`, ['E_MALFORMED', 'E_DECRYPT']);
-  pre('header-json/proto-pollution', `${b64u(`{"__proto__":{"alg":"ECDH-ES+A256KW","enc":"A256GCM"},"kid":"${recipient.kid}","cty":"JWT"}`)}.${rest}`, ['E_ALG', 'E_MALFORMED']);
+  pre('header-json/over-4KiB', `${b64json({ alg: 'ECDH-ES+A256KW', enc: 'A256GCM', kid: recipient.kid, cty: 'JWT', pad: 'x'.repeat(5000) })}.${rest}`, [
+    'E_MALFORMED',
+  ]);
+  pre('header-json/deeply-nested', `${b64u(`{"alg":"ECDH-ES+A256KW","enc":"A256GCM","kid":"${recipient.kid}","cty":"JWT","x":${nestedJson(600)}}`)}.${rest}`, [
+    'E_MALFORMED',
+    'E_DECRYPT',
+  ]);
+  pre('header-json/proto-pollution', `${b64u(`{"__proto__":{"alg":"ECDH-ES+A256KW","enc":"A256GCM"},"kid":"${recipient.kid}","cty":"JWT"}`)}.${rest}`, [
+    'E_ALG',
+    'E_MALFORMED',
+  ]);
 
   // --- JWE algorithms ----------------------------------------------------
   const forged = (h: Record<string, unknown>): string => `${b64json(h)}.${'A'.repeat(43)}.${'A'.repeat(16)}.${'A'.repeat(40)}.${'A'.repeat(22)}`;
   const kid = recipient.kid;
   pre('alg-none/jwe', forged({ alg: 'none', enc: 'A256GCM', kid, cty: 'JWT' }), ['E_ALG']);
   pre('alg-none/jwe-no-enc', forged({ alg: 'none', kid }), ['E_ALG']);
-  pre('alg-none/jwe-empty-parts', `${b64json({ alg: 'none', kid, cty: 'JWT' })}..${'A'.repeat(16)}.${b64u(JSON.stringify(claims()))}.${'A'.repeat(22)}`, ['E_ALG']);
+  pre('alg-none/jwe-empty-parts', `${b64json({ alg: 'none', kid, cty: 'JWT' })}..${'A'.repeat(16)}.${b64u(JSON.stringify(claims()))}.${'A'.repeat(22)}`, [
+    'E_ALG',
+  ]);
   pre('rsa1_5/jwe', forged({ alg: 'RSA1_5', enc: 'A256GCM', kid, cty: 'JWT' }), ['E_ALG']);
   pre('rsa-oaep-sha1/jwe', forged({ alg: 'RSA-OAEP', enc: 'A256GCM', kid, cty: 'JWT' }), ['E_ALG']);
   for (const alg of ['PBES2-HS256+A128KW', 'PBES2-HS384+A192KW', 'PBES2-HS512+A256KW']) {
@@ -219,8 +231,15 @@ export async function buildHostileCorpus(ctx: CorpusContext): Promise<HostileCas
   pre('epk/missing', rawJwe('x', recipient, { header: { epk: undefined } }), ['E_MALFORMED']);
   pre('epk/with-private-d', rawJwe('x', recipient, { header: { epk: { ...attackerKey().publicJwk, d: 'AAAA' } } }), ['E_MALFORMED']);
   pre('epk/wrong-curve', rawJwe('x', recipient, { header: { epk: { ...attackerKey().publicJwk, crv: 'P-384' } } }), ['E_MALFORMED']);
-  pre('epk/not-on-curve', rawJwe('x', recipient, { header: { epk: { kty: 'EC', crv: 'P-256', x: b64u(Buffer.alloc(32, 1)), y: b64u(Buffer.alloc(32, 2)) } } }), ['E_DECRYPT', 'E_MALFORMED']);
-  pre('epk/zero-point', rawJwe('x', recipient, { header: { epk: { kty: 'EC', crv: 'P-256', x: b64u(Buffer.alloc(32)), y: b64u(Buffer.alloc(32)) } } }), ['E_DECRYPT', 'E_MALFORMED']);
+  pre(
+    'epk/not-on-curve',
+    rawJwe('x', recipient, { header: { epk: { kty: 'EC', crv: 'P-256', x: b64u(Buffer.alloc(32, 1)), y: b64u(Buffer.alloc(32, 2)) } } }),
+    ['E_DECRYPT', 'E_MALFORMED'],
+  );
+  pre('epk/zero-point', rawJwe('x', recipient, { header: { epk: { kty: 'EC', crv: 'P-256', x: b64u(Buffer.alloc(32)), y: b64u(Buffer.alloc(32)) } } }), [
+    'E_DECRYPT',
+    'E_MALFORMED',
+  ]);
   pre('epk/number', forged({ alg: 'ECDH-ES+A256KW', enc: 'A256GCM', kid, cty: 'JWT', epk: 1 }), ['E_MALFORMED']);
 
   // --- kid --------------------------------------------------------------
@@ -255,7 +274,21 @@ export async function buildHostileCorpus(ctx: CorpusContext): Promise<HostileCas
   pre('truncate/last-char', valid.slice(0, -1), PRE_AUTH_OUTER, validJti);
   pre('truncate/half', valid.slice(0, Math.floor(valid.length / 2)), PRE_AUTH_OUTER, validJti);
   pre('segment-swap/iv-tag', [segs[0], segs[1], segs[4], segs[3], segs[2]].join('.'), PRE_AUTH_OUTER, validJti);
-  pre('segment-swap/other-message-key', [segs[0], (await sealCommand({ serverId: ctx.serverId, deviceId: ctx.deviceId, action: 'selftest', userId: 'u', seq: fresh }, { signer: ctx.serverSigning, recipient })).token.split('.')[1], ...segs.slice(2)].join('.'), PRE_AUTH_OUTER, validJti);
+  pre(
+    'segment-swap/other-message-key',
+    [
+      segs[0],
+      (
+        await sealCommand(
+          { serverId: ctx.serverId, deviceId: ctx.deviceId, action: 'selftest', userId: 'u', seq: fresh },
+          { signer: ctx.serverSigning, recipient },
+        )
+      ).token.split('.')[1],
+      ...segs.slice(2),
+    ].join('.'),
+    PRE_AUTH_OUTER,
+    validJti,
+  );
 
   // --- the inner JWS: valid JWE around something that must not verify --------
   const innerJti = randomUUID();
@@ -276,7 +309,12 @@ export async function buildHostileCorpus(ctx: CorpusContext): Promise<HostileCas
   }
   const attacker = attackerKey();
   const attackerKid = b64u(Buffer.alloc(32, 7));
-  const wrapJws = (name: string, h: Record<string, unknown>, signer: Parameters<typeof rawJws>[2], codes: readonly ProtocolErrorCode[] = ['E_SIGNATURE']): void => {
+  const wrapJws = (
+    name: string,
+    h: Record<string, unknown>,
+    signer: Parameters<typeof rawJws>[2],
+    codes: readonly ProtocolErrorCode[] = ['E_SIGNATURE'],
+  ): void => {
     const jti = randomUUID();
     pre(name, rawJwe(rawJws(h, JSON.stringify(claims({ jti })), signer), recipient), codes, jti);
   };
@@ -297,7 +335,11 @@ export async function buildHostileCorpus(ctx: CorpusContext): Promise<HostileCas
   wrapJws('embedded-jwk/attacker-kid', { alg: 'ES256', kid: attackerKid, jwk: attacker.publicJwk, typ: 'JWT' }, { kind: 'es256', key: attacker.key });
   wrapJws('embedded-jwk/server-kid', { alg: 'ES256', kid: ctx.serverSigning.kid, jwk: attacker.publicJwk, typ: 'JWT' }, { kind: 'es256', key: attacker.key });
   wrapJws('embedded-jwk/no-kid', { alg: 'ES256', jwk: attacker.publicJwk, typ: 'JWT' }, { kind: 'es256', key: attacker.key });
-  wrapJws('embedded-jwk/pinned-key-itself', { alg: 'ES256', kid: ctx.serverSigning.kid, jwk: toPublicJwk(ctx.serverSigning), typ: 'JWT' }, { kind: 'es256', key: serverKey });
+  wrapJws(
+    'embedded-jwk/pinned-key-itself',
+    { alg: 'ES256', kid: ctx.serverSigning.kid, jwk: toPublicJwk(ctx.serverSigning), typ: 'JWT' },
+    { kind: 'es256', key: serverKey },
+  );
   wrapJws('jku/attacker-url', { alg: 'ES256', kid: attackerKid, jku: 'https://attacker.example/jwks', typ: 'JWT' }, { kind: 'es256', key: attacker.key });
   wrapJws('x5u/attacker-url', { alg: 'ES256', kid: attackerKid, x5u: 'https://attacker.example/cert', typ: 'JWT' }, { kind: 'es256', key: attacker.key });
   wrapJws('x5c/attacker-chain', { alg: 'ES256', kid: attackerKid, x5c: ['MIIB'], typ: 'JWT' }, { kind: 'es256', key: attacker.key });
@@ -305,20 +347,31 @@ export async function buildHostileCorpus(ctx: CorpusContext): Promise<HostileCas
   wrapJws('alg-none/jws-junk-signature', { alg: 'none', kid: ctx.serverSigning.kid, typ: 'JWT' }, { kind: 'raw', signature: Buffer.from('x') }, ['E_ALG']);
   wrapJws('alg-none/jws-None', { alg: 'None', kid: ctx.serverSigning.kid, typ: 'JWT' }, { kind: 'raw', signature: Buffer.from('x') }, ['E_ALG']);
   const serverPubText = JSON.stringify(toPublicJwk(ctx.serverSigning));
-  wrapJws('alg-confusion/hs256-with-public-key', { alg: 'HS256', kid: ctx.serverSigning.kid, typ: 'JWT' }, { kind: 'hs256', secret: Buffer.from(serverPubText) }, ['E_ALG']);
+  wrapJws(
+    'alg-confusion/hs256-with-public-key',
+    { alg: 'HS256', kid: ctx.serverSigning.kid, typ: 'JWT' },
+    { kind: 'hs256', secret: Buffer.from(serverPubText) },
+    ['E_ALG'],
+  );
   for (const alg of ['RS256', 'PS256', 'ES384', 'ES512', 'EdDSA', 'ES256K']) {
     wrapJws(`jws-alg/${alg}`, { alg, kid: ctx.serverSigning.kid, typ: 'JWT' }, { kind: 'es256', key: serverKey }, ['E_ALG']);
   }
   wrapJws('jws-alg/missing', { kid: ctx.serverSigning.kid, typ: 'JWT' }, { kind: 'es256', key: serverKey }, ['E_ALG']);
   wrapJws('jws-crit/b64-false', { alg: 'ES256', kid: ctx.serverSigning.kid, b64: false, crit: ['b64'] }, { kind: 'es256', key: serverKey }, ['E_MALFORMED']);
-  wrapJws('jws-crit/unknown', { alg: 'ES256', kid: ctx.serverSigning.kid, crit: ['x-attack'], 'x-attack': 1 }, { kind: 'es256', key: serverKey }, ['E_MALFORMED']);
+  wrapJws('jws-crit/unknown', { alg: 'ES256', kid: ctx.serverSigning.kid, crit: ['x-attack'], 'x-attack': 1 }, { kind: 'es256', key: serverKey }, [
+    'E_MALFORMED',
+  ]);
   wrapJws('jws-signature/der-encoded', { alg: 'ES256', kid: ctx.serverSigning.kid, typ: 'JWT' }, { kind: 'raw', signature: Buffer.alloc(70, 0x30) });
   wrapJws('jws-signature/zero', { alg: 'ES256', kid: ctx.serverSigning.kid, typ: 'JWT' }, { kind: 'raw', signature: Buffer.alloc(64) });
   wrapJws('jws-signature/high-s-garbage', { alg: 'ES256', kid: ctx.serverSigning.kid, typ: 'JWT' }, { kind: 'raw', signature: Buffer.alloc(64, 0xff) });
   {
     // A valid server signature, then the payload swapped for another.
     const jti = randomUUID();
-    const other = rawJws({ alg: 'ES256', kid: ctx.serverSigning.kid, typ: 'JWT' }, JSON.stringify(claims({ jti: randomUUID(), action: 'selftest', params: {} })), { kind: 'es256', key: serverKey });
+    const other = rawJws(
+      { alg: 'ES256', kid: ctx.serverSigning.kid, typ: 'JWT' },
+      JSON.stringify(claims({ jti: randomUUID(), action: 'selftest', params: {} })),
+      { kind: 'es256', key: serverKey },
+    );
     const spliced = `${jwsSegs[0]}.${b64u(JSON.stringify(claims({ jti, action: 'delete', params: {} })))}.${other.split('.')[2]}`;
     pre('jws-splice/signature-from-other-message', rawJwe(spliced, recipient), ['E_SIGNATURE'], jti);
   }
@@ -327,7 +380,11 @@ export async function buildHostileCorpus(ctx: CorpusContext): Promise<HostileCas
   pre('jwe-wraps/empty', rawJwe(Buffer.alloc(0), recipient), ['E_MALFORMED', 'E_DECRYPT']);
   pre('jwe-wraps/non-utf8', rawJwe(Buffer.from([0xff, 0xfe, 0x00, 0x80, 0x2e, 0x2e]), recipient), ['E_MALFORMED']);
   pre('jwe-wraps/nested-jwe', rawJwe(valid, recipient), ['E_MALFORMED']);
-  pre('jwe-wraps/jws-json-serialization', rawJwe(JSON.stringify({ payload: b64u(innerPayload), signatures: [{ protected: jwsSegs[0], signature: jwsSegs[2] }] }), recipient), ['E_MALFORMED']);
+  pre(
+    'jwe-wraps/jws-json-serialization',
+    rawJwe(JSON.stringify({ payload: b64u(innerPayload), signatures: [{ protected: jwsSegs[0], signature: jwsSegs[2] }] }), recipient),
+    ['E_MALFORMED'],
+  );
   pre('jwe-wraps/big-junk', rawJwe(Buffer.alloc(40_000, 0x41), recipient), ['E_MALFORMED']);
 
   // Authenticated by the pinned key, but the payload is not a claims object: no jti to ack.
@@ -402,7 +459,11 @@ export async function buildHostileCorpus(ctx: CorpusContext): Promise<HostileCas
   await authed('audience/wrong-aud', claims({ aud: ctx.otherDeviceId }), ['E_AUDIENCE']);
   await authed('audience/wrong-device_id', claims({ device_id: ctx.otherDeviceId }), ['E_AUDIENCE']);
   await authed('audience/both-other-device', claims({ aud: ctx.otherDeviceId, device_id: ctx.otherDeviceId }), ['E_AUDIENCE']);
-  await authed('audience/case-variant', claims({ aud: ctx.deviceId.toUpperCase() === ctx.deviceId ? ctx.deviceId.toLowerCase() : ctx.deviceId.toUpperCase() }), ['E_AUDIENCE']);
+  await authed(
+    'audience/case-variant',
+    claims({ aud: ctx.deviceId.toUpperCase() === ctx.deviceId ? ctx.deviceId.toLowerCase() : ctx.deviceId.toUpperCase() }),
+    ['E_AUDIENCE'],
+  );
   await authed('audience/topic-of-other-device', claims(), ['E_AUDIENCE'], { topicDeviceId: ctx.otherDeviceId });
   await authed('issuer/other-server', claims({ iss: 'other-server' }), ['E_ISSUER']);
   await authed('time/expired', claims({ iat: now - 3600, exp: now - 3000 }), ['E_EXPIRED'], { needsTrustedClock: true });
@@ -455,7 +516,9 @@ export async function buildHostileCorpus(ctx: CorpusContext): Promise<HostileCas
     await authedText('params/proto-pollution', base.replace(/"params":\{.*\}$/, '"params":{"__proto__":{"sensor":{"enabled":true}}}}'), jti, ['E_PARAMS']);
     const jti2 = randomUUID();
     const base2 = JSON.stringify(claims({ jti: jti2 }));
-    await authedText('params/constructor-prototype', base2.replace(/"params":\{.*\}\}$/, '"params":{"constructor":{"prototype":{"x":1}}}}'), jti2, ['E_PARAMS']);
+    await authedText('params/constructor-prototype', base2.replace(/"params":\{.*\}\}$/, '"params":{"constructor":{"prototype":{"x":1}}}}'), jti2, [
+      'E_PARAMS',
+    ]);
   }
   {
     const jti = randomUUID();

@@ -1,11 +1,5 @@
 /** Fresh key sets for tests: a server and devices, as the real CLIs make them. */
-import {
-  KeyRing,
-  generateEncryptionKey,
-  generateSigningKey,
-  toPublicJwk,
-  type PrivateJwk,
-} from '../../protocol/index.js';
+import { KeyRing, generateEncryptionKey, generateSigningKey, toPublicJwk, type PrivateJwk } from '../../protocol/index.js';
 
 export interface Party {
   signing: PrivateJwk;
@@ -13,10 +7,7 @@ export interface Party {
 }
 
 export async function makeParty(options: { rsa?: boolean } = {}): Promise<Party> {
-  const [signing, encryption] = await Promise.all([
-    generateSigningKey(),
-    generateEncryptionKey(options.rsa ? { type: 'rsa', modulusLength: 2048 } : {}),
-  ]);
+  const [signing, encryption] = await Promise.all([generateSigningKey(), generateEncryptionKey(options.rsa ? { type: 'rsa', modulusLength: 2048 } : {})]);
   return { signing, encryption };
 }
 

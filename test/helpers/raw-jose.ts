@@ -4,17 +4,7 @@
  * payload or key, including ones our protocol layer would never produce.
  * ECDH-ES+A256KW (Concat KDF, empty apu/apv) + A256GCM only.
  */
-import {
-  createCipheriv,
-  createHash,
-  createHmac,
-  createPrivateKey,
-  createPublicKey,
-  diffieHellman,
-  randomBytes,
-  sign,
-  type KeyObject,
-} from 'node:crypto';
+import { createCipheriv, createHash, createHmac, createPrivateKey, createPublicKey, diffieHellman, randomBytes, sign, type KeyObject } from 'node:crypto';
 import { newP256Jwk, type PrivateJwk, type PublicJwk } from '../../protocol/index.js';
 
 export const b64u = (b: Buffer | string): string => Buffer.from(b).toString('base64url');
@@ -31,7 +21,9 @@ function u32(n: number): Buffer {
 function concatKdf(z: Buffer, alg: string): Buffer {
   const a = Buffer.from(alg);
   const info = Buffer.concat([u32(a.length), a, u32(0), u32(0), u32(256)]);
-  return createHash('sha256').update(Buffer.concat([u32(1), z, info])).digest();
+  return createHash('sha256')
+    .update(Buffer.concat([u32(1), z, info]))
+    .digest();
 }
 
 export function privateKeyOf(jwk: PrivateJwk): KeyObject {
@@ -42,11 +34,7 @@ export function publicKeyOf(jwk: PublicJwk): KeyObject {
   return createPublicKey({ key: { kty: jwk.kty, crv: jwk.crv, x: jwk.x, y: jwk.y, n: jwk.n, e: jwk.e } as never, format: 'jwk' });
 }
 
-export type JwsSigner =
-  | { kind: 'es256'; key: KeyObject }
-  | { kind: 'hs256'; secret: Buffer }
-  | { kind: 'none' }
-  | { kind: 'raw'; signature: Buffer };
+export type JwsSigner = { kind: 'es256'; key: KeyObject } | { kind: 'hs256'; secret: Buffer } | { kind: 'none' } | { kind: 'raw'; signature: Buffer };
 
 /**
  * A compact JWS with the given header (object, or raw header JSON text) and

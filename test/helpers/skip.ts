@@ -22,6 +22,7 @@ function markAll(suite: Mocha.Suite, note: string): void {
 }
 
 /** The reason to give when mosquitto is missing. */
-export const NO_MOSQUITTO = 'mosquitto not found at /usr/sbin/mosquitto, /usr/bin/mosquitto or /usr/local/sbin/mosquitto (apt-get install -y mosquitto; REQUIRE_MOSQUITTO=1 makes this a failure)';
+export const NO_MOSQUITTO =
+  'mosquitto not found at /usr/sbin/mosquitto, /usr/bin/mosquitto or /usr/local/sbin/mosquitto (apt-get install -y mosquitto; REQUIRE_MOSQUITTO=1 makes this a failure)';
 /** The reason to give when a tmpfs cannot be mounted. */
 export const NO_TMPFS = 'cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN; REQUIRE_TMPFS=1 makes this a failure)';

@@ -23,7 +23,9 @@ describe('lib/broker-address', () => {
       ['not a url', /is not a URL/],
       ['mqtt://', /is not a URL|has no host/],
     ] as const) {
-      expect(() => brokerAddress(url), url).to.throw(why).with.property('code', 'E_USAGE');
+      expect(() => brokerAddress(url), url)
+        .to.throw(why)
+        .with.property('code', 'E_USAGE');
     }
   });
 });

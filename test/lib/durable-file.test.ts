@@ -4,14 +4,7 @@ import { link, lstat, mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import {
-  DurableFileError,
-  TEMP_FILE_PATTERN,
-  durableFileError,
-  removeFileSecurely,
-  removeStaleTemps,
-  writeFileAtomic,
-} from '../../lib/durable-file.js';
+import { DurableFileError, TEMP_FILE_PATTERN, durableFileError, removeFileSecurely, removeStaleTemps, writeFileAtomic } from '../../lib/durable-file.js';
 import { NO_TMPFS, skipBecause } from '../helpers/skip.js';
 
 const run = promisify(execFile);
@@ -78,7 +71,13 @@ describe('lib/durable-file', () => {
     const target = join(dir, 'state.json');
     await writeFile(target, 'old complete file', { mode: 0o600 });
     const crash = new Error('power cut');
-    const err = await rejection(writeFileAtomic(target, 'new file', { beforeRename: () => { throw crash; } }));
+    const err = await rejection(
+      writeFileAtomic(target, 'new file', {
+        beforeRename: () => {
+          throw crash;
+        },
+      }),
+    );
     expect(err).to.equal(crash);
     expect(await readFile(target, 'utf8')).to.equal('old complete file');
     const names = await readdir(dir);

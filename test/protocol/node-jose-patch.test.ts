@@ -103,7 +103,18 @@ describe('node-jose: the project patch is applied and holds', () => {
 
     const claims = () => {
       const iat = Math.floor(Date.now() / 1000);
-      return { iss: 'srv', aud: 'dev-a', iat, exp: iat + 60, jti: crypto.randomUUID(), seq: 1, device_id: 'dev-a', action: 'update', user_id: 'u1', params: { sensor: { enabled: true } } };
+      return {
+        iss: 'srv',
+        aud: 'dev-a',
+        iat,
+        exp: iat + 60,
+        jti: crypto.randomUUID(),
+        seq: 1,
+        device_id: 'dev-a',
+        action: 'update',
+        user_id: 'u1',
+        params: { sensor: { enabled: true } },
+      };
     };
 
     it('a correctly signed command whose CEK was wrapped with integrity value 80..87 is refused (E_DECRYPT)', async () => {

@@ -106,10 +106,13 @@ describe('protocol: every refusal has its code', () => {
     }
     expect(codes).to.include('E_DECRYPT');
     seen.add('E_DECRYPT');
-    expect([...codes].every((c) => ['E_MALFORMED', 'E_DECRYPT', 'E_ALG', 'E_KID'].includes(c)), [...codes].join()).to.equal(true);
+    expect(
+      [...codes].every((c) => ['E_MALFORMED', 'E_DECRYPT', 'E_ALG', 'E_KID'].includes(c)),
+      [...codes].join(),
+    ).to.equal(true);
   });
 
-  it('E_SIGNATURE: a command signed by a key that is not pinned (the device\'s own) is refused', async () => {
+  it("E_SIGNATURE: a command signed by a key that is not pinned (the device's own) is refused", async () => {
     const err = await expectCode(openCommand(await seal({}, device), opts), 'E_SIGNATURE');
     expect(err.refused).to.equal(undefined);
   });
@@ -145,21 +148,45 @@ describe('protocol: every refusal has its code', () => {
     const err = await expectCode(openCommand(token, { ...opts, replay: { check: (s, j) => checkReplay({ lastSeq: 5, recentJtis: [] }, s, j) } }), 'E_REPLAY');
     expect(err.refused?.seq).to.equal(5);
     const { claims } = await openCommand(token, opts);
-    await expectCode(openCommand(token, { ...opts, replay: { check: (s, j) => checkReplay({ lastSeq: 1, recentJtis: new Set([claims.jti]) }, s, j) } }), 'E_REPLAY');
+    await expectCode(
+      openCommand(token, { ...opts, replay: { check: (s, j) => checkReplay({ lastSeq: 1, recentJtis: new Set([claims.jti]) }, s, j) } }),
+      'E_REPLAY',
+    );
   });
 
   it('E_ACTION and E_PARAMS: unknown action, params outside the schema', async () => {
     const recipient = toPublicJwk(device.encryption);
-    const base = { iss: 'srv', aud: 'dev-a', device_id: 'dev-a', jti: crypto.randomUUID(), seq: 9, user_id: 'u', iat: Math.floor(Date.now() / 1000), exp: Math.floor(Date.now() / 1000) + 60 };
+    const base = {
+      iss: 'srv',
+      aud: 'dev-a',
+      device_id: 'dev-a',
+      jti: crypto.randomUUID(),
+      seq: 9,
+      user_id: 'u',
+      iat: Math.floor(Date.now() / 1000),
+      exp: Math.floor(Date.now() / 1000) + 60,
+    };
     await expectCode(openCommand(await sealClaims({ ...base, action: 'reboot', params: {} }, { signer: server.signing, recipient }), opts), 'E_ACTION');
-    const err = await expectCode(openCommand(await sealClaims({ ...base, action: 'update', params: { gpio: { status_led: 99 } } }, { signer: server.signing, recipient }), opts), 'E_PARAMS');
+    const err = await expectCode(
+      openCommand(await sealClaims({ ...base, action: 'update', params: { gpio: { status_led: 99 } } }, { signer: server.signing, recipient }), opts),
+      'E_PARAMS',
+    );
     expect(err.message).to.contain('params.gpio.status_led');
-    await expectCode(sealCommand({ serverId: 'srv', deviceId: 'dev-a', action: 'delete', userId: 'u', params: { force: true }, seq: 1 }, { signer: server.signing, recipient }), 'E_PARAMS');
+    await expectCode(
+      sealCommand(
+        { serverId: 'srv', deviceId: 'dev-a', action: 'delete', userId: 'u', params: { force: true }, seq: 1 },
+        { signer: server.signing, recipient },
+      ),
+      'E_PARAMS',
+    );
   });
 
   it('E_KEY: a JWK whose kid is not its thumbprint, or a private key offered as public', async () => {
     await expectCode(parsePublicJwk({ ...toPublicJwk(device.signing), kid: 'wrong' }), 'E_KEY');
     await expectCode(parsePublicJwk(device.signing), 'E_KEY');
-    await expectCode(KeyRing.create([]).then(() => parsePublicJwk({ kty: 'oct', k: 'AAAA', kid: 'x', use: 'enc', alg: 'A256KW' })), 'E_KEY');
+    await expectCode(
+      KeyRing.create([]).then(() => parsePublicJwk({ kty: 'oct', k: 'AAAA', kid: 'x', use: 'enc', alg: 'A256KW' })),
+      'E_KEY',
+    );
   });
 });

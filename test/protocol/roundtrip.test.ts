@@ -1,15 +1,5 @@
 import { expect } from 'chai';
-import {
-  KeyRing,
-  TRUSTED_CLOCK,
-  openAck,
-  openCommand,
-  openEnrollment,
-  sealAck,
-  sealCommand,
-  sealEnrollment,
-  toPublicJwk,
-} from '../../protocol/index.js';
+import { KeyRing, TRUSTED_CLOCK, openAck, openCommand, openEnrollment, sealAck, sealCommand, sealEnrollment, toPublicJwk } from '../../protocol/index.js';
 import { deviceRings, makeParty, type Party } from '../helpers/keys.js';
 
 describe('protocol: round trips', () => {

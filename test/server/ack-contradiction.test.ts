@@ -42,7 +42,14 @@ describe('server: an ack contradicting a recorded outcome is a security event (b
 
   async function provisioned(id: string): Promise<SimDevice> {
     const dev = f.fleet.add(await makeSimDevice(id));
-    f.server.data.registry.addDevice({ id, userId: 'alice', origin: 'jwks', signing: toPublicJwk(dev.signing), encryption: toPublicJwk(dev.encryption), state: 'provisioned' });
+    f.server.data.registry.addDevice({
+      id,
+      userId: 'alice',
+      origin: 'jwks',
+      signing: toPublicJwk(dev.signing),
+      encryption: toPublicJwk(dev.encryption),
+      state: 'provisioned',
+    });
     return dev;
   }
 
@@ -58,7 +65,11 @@ describe('server: an ack contradicting a recorded outcome is a security event (b
     dev.refuseUnrecorded = undefined;
     const inboundBefore = f.inbound.length;
     await spy.publishAsync(bytes.topic, bytes.payload, { qos: 1 });
-    await eventually(() => f.inbound.slice(inboundBefore).find((r) => r.kind === 'contradiction' || (r.kind === 'ack' && r.command.jti === jti)), 10_000, 'the replayed command acked');
+    await eventually(
+      () => f.inbound.slice(inboundBefore).find((r) => r.kind === 'contradiction' || (r.kind === 'ack' && r.command.jti === jti)),
+      10_000,
+      'the replayed command acked',
+    );
     return jti;
   }
 
@@ -111,7 +122,10 @@ describe('server: an ack contradicting a recorded outcome is a security event (b
     expect(device.flag?.detail).to.include({ jti, action: 'rotate' });
     // A new enrollment (fresh token, new keys) clears the flag: the registry knows the device again.
     const fresh = await makeSimDevice(dev.id);
-    reg.addDevice({ id: dev.id, userId: 'alice', origin: 'jwks', signing: toPublicJwk(fresh.signing), encryption: toPublicJwk(fresh.encryption), state: 'provisioned' }, { replace: true });
+    reg.addDevice(
+      { id: dev.id, userId: 'alice', origin: 'jwks', signing: toPublicJwk(fresh.signing), encryption: toPublicJwk(fresh.encryption), state: 'provisioned' },
+      { replace: true },
+    );
     expect(reg.requireDevice(dev.id).flag).to.equal(null);
   });
 
@@ -156,21 +170,51 @@ describe('server: an ack contradicting a recorded outcome is a security event (b
     const reg = Registry.open(join(dir, 'registry.sqlite'), { create: true });
     try {
       const dev = await makeSimDevice('rc-1');
-      reg.addDevice({ id: 'rc-1', userId: 'alice', origin: 'jwks', signing: toPublicJwk(dev.signing), encryption: toPublicJwk(dev.encryption), state: 'provisioned' });
+      reg.addDevice({
+        id: 'rc-1',
+        userId: 'alice',
+        origin: 'jwks',
+        signing: toPublicJwk(dev.signing),
+        encryption: toPublicJwk(dev.encryption),
+        state: 'provisioned',
+      });
       const command = (action: string): { jti: string; seq: number } => {
         const { seq } = reg.allocateSeq('rc-1');
         const jti = randomUUID();
-        reg.recordCommand({ jti, deviceId: 'rc-1', action, userId: 'alice', paramsDigest: 'd', seq, encryptionKid: dev.encryption.kid, sealed: 'x', expiresAt: Date.now() + 60_000 });
+        reg.recordCommand({
+          jti,
+          deviceId: 'rc-1',
+          action,
+          userId: 'alice',
+          paramsDigest: 'd',
+          seq,
+          encryptionKid: dev.encryption.kid,
+          sealed: 'x',
+          expiresAt: Date.now() + 60_000,
+        });
         return { jti, seq };
       };
       const ack = (c: { jti: string; seq: number }, status: AckClaims['status'], code: string, result?: Record<string, unknown>): AckClaims => ({
-        iss: 'rc-1', aud: 'provision-server', iat: 0, jti: randomUUID(), ref: c.jti, seq: c.seq, status, code, detail: '', ...(result ? { result } : {}),
+        iss: 'rc-1',
+        aud: 'provision-server',
+        iat: 0,
+        jti: randomUUID(),
+        ref: c.jti,
+        seq: c.seq,
+        status,
+        code,
+        detail: '',
+        ...(result ? { result } : {}),
       });
       const next = await makeSimDevice('rc-1');
       const other = await makeSimDevice('rc-1');
       const rot = command('rotate');
       const keys = { keys: toJwkSet([next.signing, next.encryption]) };
-      expect(reg.recordAck('rc-1', ack(rot, 'applied', 'OK', keys), { rotatedKeys: { signing: toPublicJwk(next.signing), encryption: toPublicJwk(next.encryption) } }).kind).to.equal('recorded');
+      expect(
+        reg.recordAck('rc-1', ack(rot, 'applied', 'OK', keys), {
+          rotatedKeys: { signing: toPublicJwk(next.signing), encryption: toPublicJwk(next.encryption) },
+        }).kind,
+      ).to.equal('recorded');
       expect(reg.recordAck('rc-1', ack(rot, 'applied', 'OK', keys)).kind).to.equal('duplicate');
       expect(reg.recordAck('rc-1', ack(rot, 'applied', 'OK')).kind, 'the outcome repeated without keys').to.equal('duplicate');
       expect(reg.recordAck('rc-1', ack(rot, 'rejected', 'E_REPLAY')).kind).to.equal('duplicate');

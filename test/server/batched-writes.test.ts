@@ -39,7 +39,8 @@ describe('server: registry writes batched per group of concurrent sends', functi
 
   const addDevices = async (n: number): Promise<Awaited<ReturnType<typeof makeSimDevice>>[]> => {
     const devices = await Promise.all(Array.from({ length: n }, (_, i) => makeSimDevice(`dev-${i}`)));
-    for (const d of devices) reg.addDevice({ id: d.id, userId: 'alice', origin: 'jwks', signing: toPublicJwk(d.signing), encryption: toPublicJwk(d.encryption) });
+    for (const d of devices)
+      reg.addDevice({ id: d.id, userId: 'alice', origin: 'jwks', signing: toPublicJwk(d.signing), encryption: toPublicJwk(d.encryption) });
     return devices;
   };
 
@@ -72,7 +73,11 @@ describe('server: registry writes batched per group of concurrent sends', functi
       expect(c?.sentAt).to.be.a('number');
       expect(c?.seq).to.equal(1);
       const token = published.find((p) => p.topic.includes(d.id))?.token as string;
-      const opened = await openCommand(token, { deviceId: d.id, clock: TRUSTED_CLOCK, ...(await deviceRings(d, { signing: keys.signing, encryption: keys.encryption })) });
+      const opened = await openCommand(token, {
+        deviceId: d.id,
+        clock: TRUSTED_CLOCK,
+        ...(await deviceRings(d, { signing: keys.signing, encryption: keys.encryption })),
+      });
       expect(opened.claims.seq).to.equal(1);
     }
   });
@@ -86,7 +91,17 @@ describe('server: registry writes batched per group of concurrent sends', functi
     expect(results.filter((r) => !(r instanceof Error)).map((r) => (r as { seq: number }).seq)).to.deep.equal([1, 1]);
     expect(other.getDevice('dev-1')?.nextSeq).to.equal(1);
     expect(other.getDevice('dev-0')?.nextSeq).to.equal(2);
-    const rec = (deviceId: string, jti: string) => ({ jti, deviceId, action: 'update', userId: 'alice', paramsDigest: 'd', seq: 1, encryptionKid: 'k', sealed: 'x', expiresAt: Date.now() + 60_000 });
+    const rec = (deviceId: string, jti: string) => ({
+      jti,
+      deviceId,
+      action: 'update',
+      userId: 'alice',
+      paramsDigest: 'd',
+      seq: 1,
+      encryptionKid: 'k',
+      sealed: 'x',
+      expiresAt: Date.now() + 60_000,
+    });
     const recorded = reg.recordCommands([rec('dev-0', 'j0'), rec('dev-2', 'j0'), rec('dev-2', 'j2')]);
     expect(recorded[0]).to.equal(true);
     expect(recorded[1]).to.be.instanceOf(Error); // the jti is taken
@@ -94,7 +109,12 @@ describe('server: registry writes batched per group of concurrent sends', functi
     expect(other.getCommand('j0')?.deviceId).to.equal('dev-0');
     expect(other.getCommand('j2')?.deviceId).to.equal('dev-2');
     // Its audit row went with it (savepoint): one command.create per recorded command.
-    expect(other.auditLog({ limit: 1000 }).filter((a) => a.event === 'command.create').map((a) => a.detail.jti)).to.deep.equal(['j0', 'j2']);
+    expect(
+      other
+        .auditLog({ limit: 1000 })
+        .filter((a) => a.event === 'command.create')
+        .map((a) => a.detail.jti),
+    ).to.deep.equal(['j0', 'j2']);
     expect(devices).to.have.length(3);
   });
 
@@ -103,15 +123,26 @@ describe('server: registry writes batched per group of concurrent sends', functi
     const pool = SealPool.start(2);
     try {
       const published: string[] = [];
-      const sender = new CommandSender({ registry: reg, keys, topicPrefix: 'provision', seal: pool.seal, publish: async (_t, token) => void published.push(token) });
+      const sender = new CommandSender({
+        registry: reg,
+        keys,
+        topicPrefix: 'provision',
+        seal: pool.seal,
+        publish: async (_t, token) => void published.push(token),
+      });
       const sent = await Promise.all([1, 2, 3].map(() => sender.send({ deviceId: 'dev-0', action: 'update', params: { sensor: { enabled: true } } })));
       expect(sent.map((c) => c.seq).sort()).to.deep.equal([1, 2, 3]);
       const rings = await deviceRings(d as Awaited<ReturnType<typeof makeSimDevice>>, { signing: keys.signing, encryption: keys.encryption });
       for (const token of published) await openCommand(token, { deviceId: 'dev-0', clock: TRUSTED_CLOCK, ...rings });
-      const err = await pool.seal({ serverId: 'srv', deviceId: 'dev-0', action: 'update', userId: 'alice', params: {}, seq: 0 }, { signer: keys.signing, recipient: toPublicJwk(d?.encryption as never) }).then(
-        () => undefined,
-        (e: unknown) => e,
-      );
+      const err = await pool
+        .seal(
+          { serverId: 'srv', deviceId: 'dev-0', action: 'update', userId: 'alice', params: {}, seq: 0 },
+          { signer: keys.signing, recipient: toPublicJwk(d?.encryption as never) },
+        )
+        .then(
+          () => undefined,
+          (e: unknown) => e,
+        );
       expect(err).to.have.property('code', 'E_CLAIMS');
     } finally {
       await pool.close();

@@ -37,21 +37,39 @@ describe('provision-server bundle', function () {
     expect((await stat(out)).mode & 0o777).to.equal(0o700);
     expect((await stat(join(out, 'enroll.token'))).mode & 0o777).to.equal(0o600);
     const config = await loadConfig(join(out, 'config.json'));
-    expect(config).to.include({ device_id: 'board-1', server_id: 'provision-server', topic_prefix: 'provision', keystore: join(out, 'keys'), trust: join(out, 'trust.jwks') });
+    expect(config).to.include({
+      device_id: 'board-1',
+      server_id: 'provision-server',
+      topic_prefix: 'provision',
+      keystore: join(out, 'keys'),
+      trust: join(out, 'trust.jwks'),
+    });
     expect(config.gpio.backend).to.equal('fake');
     expect(JSON.parse(await readFile(join(out, 'trust.jwks'), 'utf8'))).to.deep.equal(data.keys.trust);
     const token = (await readFile(join(out, 'enroll.token'), 'utf8')).trim();
-    expect(() => data.registry.enroll({ deviceId: 'board-2', token, enrollmentJti: 'x', signing: data.keys.trust.keys[0]!, encryption: data.keys.trust.keys[1]! }))
+    expect(() =>
+      data.registry.enroll({ deviceId: 'board-2', token, enrollmentJti: 'x', signing: data.keys.trust.keys[0]!, encryption: data.keys.trust.keys[1]! }),
+    )
       .to.throw()
       .with.property('code', 'E_TOKEN_DEVICE');
     expect(data.registry.getDevice('board-1')).to.equal(undefined);
   });
 
-  it('defaults to the device broker and CA recorded by init --device-broker, not the server\'s own listener', async () => {
+  it("defaults to the device broker and CA recorded by init --device-broker, not the server's own listener", async () => {
     const d2 = join(dir, 'data-split');
     const ca = join(dir, 'device-ca.pem');
     await writeFile(ca, '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n');
-    const init = await runServerCli(['init', '--data', d2, '--broker', 'mqtts://broker.example.net:8884', '--device-broker', 'mqtts://broker.example.net:8883', '--device-ca', ca]);
+    const init = await runServerCli([
+      'init',
+      '--data',
+      d2,
+      '--broker',
+      'mqtts://broker.example.net:8884',
+      '--device-broker',
+      'mqtts://broker.example.net:8883',
+      '--device-ca',
+      ca,
+    ]);
     expect(init.code, init.stderr).to.equal(0);
     const bad = await runServerCli(['init', '--data', join(dir, 'data-bad'), '--device-ca', ca]);
     expect(bad.code).to.equal(2);
@@ -67,7 +85,20 @@ describe('provision-server bundle', function () {
 
   it('--keys-on-host writes a key store the agent opens and registers the device with those keys', async () => {
     const out = join(dir, 'b2');
-    const r = await runServerCli(['bundle', '--data', join(dir, 'data'), '--device', 'board-3', '--user', 'bob', '--out', out, '--keys-on-host', '--gpio', 'fake']);
+    const r = await runServerCli([
+      'bundle',
+      '--data',
+      join(dir, 'data'),
+      '--device',
+      'board-3',
+      '--user',
+      'bob',
+      '--out',
+      out,
+      '--keys-on-host',
+      '--gpio',
+      'fake',
+    ]);
     expect(r.code, r.stderr).to.equal(0);
     expect((await stat(join(out, 'keys'))).mode & 0o777).to.equal(0o700);
     for (const f of ['signing.jwk', 'encryption.jwk']) expect((await stat(join(out, 'keys', f))).mode & 0o777).to.equal(0o600);
@@ -81,7 +112,8 @@ describe('provision-server bundle', function () {
   });
 
   it('refuses a non-empty --out and re-keying a registered device unless --force; nothing changes when it refuses', async () => {
-    const cli = (out: string, ...extra: string[]) => runServerCli(['bundle', '--data', join(dir, 'data'), '--device', 'board-3', '--user', 'bob', '--out', out, '--keys-on-host', '--gpio', 'fake', ...extra]);
+    const cli = (out: string, ...extra: string[]) =>
+      runServerCli(['bundle', '--data', join(dir, 'data'), '--device', 'board-3', '--user', 'bob', '--out', out, '--keys-on-host', '--gpio', 'fake', ...extra]);
     const before = data.registry.requireDevice('board-3').signing?.kid;
     const oldKey = await readFile(join(dir, 'b2', 'keys', 'signing.jwk'), 'utf8');
     const again = await cli(join(dir, 'b2'));
@@ -102,7 +134,8 @@ describe('provision-server bundle', function () {
   });
 
   it('a --keys-on-host board running the real agent enrolls with the host-made keys and is confirmed', async function () {
-    if (!existsSync(fileURLToPath(new URL('../../agent/agent.js', import.meta.url)))) skipBecause(this, 'the agent is not built (dist/agent/agent.js missing: npm run build)');
+    if (!existsSync(fileURLToPath(new URL('../../agent/agent.js', import.meta.url))))
+      skipBecause(this, 'the agent is not built (dist/agent/agent.js missing: npm run build)');
     const f = await startFixture();
     try {
       const out = join(f.dir, 'board');
@@ -110,10 +143,14 @@ describe('provision-server bundle', function () {
       const registered = f.server.data.registry.requireDevice('hostkeys-1');
       const agent = spawn(process.execPath, [AGENT_CLI, 'run', '--config', join(out, 'config.json')], { stdio: 'ignore' });
       try {
-        const d = await eventually(() => {
-          const x = f.server.data.registry.getDevice('hostkeys-1');
-          return x?.state === 'provisioned' && x;
-        }, 20_000, 'provisioned');
+        const d = await eventually(
+          () => {
+            const x = f.server.data.registry.getDevice('hostkeys-1');
+            return x?.state === 'provisioned' && x;
+          },
+          20_000,
+          'provisioned',
+        );
         expect(d.userId).to.equal('erin');
         expect(d.signing?.kid).to.equal(registered.signing?.kid);
         expect(d.encryption?.kid).to.equal(registered.encryption?.kid);

@@ -10,7 +10,16 @@ import { generateKeyPairSync } from 'node:crypto';
 import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
-import { KeyRing, TRUSTED_CLOCK, generateEncryptionKey, generateSigningKey, openCommand, toJwkSet, toPublicJwk, type PrivateJwk } from '../../protocol/index.js';
+import {
+  KeyRing,
+  TRUSTED_CLOCK,
+  generateEncryptionKey,
+  generateSigningKey,
+  openCommand,
+  toJwkSet,
+  toPublicJwk,
+  type PrivateJwk,
+} from '../../protocol/index.js';
 import { Registry } from '../../server/registry/registry.js';
 import { runServerCli, useInitializedDataDir } from './run-cli.js';
 import { makeSimDevice, SimFleet } from './sim-fleet.js';
@@ -42,7 +51,14 @@ describe('provision-server CLI: seed usage, checks before action, exit statuses'
       const fleet = await SimFleet.connect(ctx.broker.url, { trust });
       try {
         const d = fleet.add(await makeSimDevice('sal01'));
-        reg.addDevice({ id: 'sal01', userId: '7', origin: 'jwks', signing: toPublicJwk(d.signing), encryption: toPublicJwk(d.encryption), state: 'provisioned' });
+        reg.addDevice({
+          id: 'sal01',
+          userId: '7',
+          origin: 'jwks',
+          signing: toPublicJwk(d.signing),
+          encryption: toPublicJwk(d.encryption),
+          state: 'provisioned',
+        });
 
         const r = await runServerCli(['send', 'sal01', 'update', '--user', '1', '--wait', '--timeout', '10s', '--data', ctx.data]);
         expect(r.code, r.stderr).to.equal(0);
@@ -135,7 +151,11 @@ describe('provision-server CLI: seed usage, checks before action, exit statuses'
     });
 
     it('--ttl takes 5m, 24h and plain seconds, as send, token and bundle do', async () => {
-      for (const [ttl, seconds] of [['5m', 300], ['24h', 86_400], ['90', 90]] as const) {
+      for (const [ttl, seconds] of [
+        ['5m', 300],
+        ['24h', 86_400],
+        ['90', 90],
+      ] as const) {
         const r = await seal('--params', '{"sensor":{"enabled":true}}', '--ttl', ttl);
         expect(r.code, r.stderr).to.equal(0);
         const { claims } = await open(r.stdout);
@@ -208,7 +228,21 @@ describe('provision-server CLI: seed usage, checks before action, exit statuses'
       expect(r.code).to.equal(2);
       expect(r.stderr).to.match(/E_USAGE: --client-cert and --client-key go together/);
       expect(await missing(out)).to.equal(true);
-      const r2 = await runServerCli(['bundle', '--data', ctx.data, '--device', 'bun-1', '--user', '1', '--out', out, '--client-cert', cert, '--client-key', join(ctx.dir, 'absent.key')]);
+      const r2 = await runServerCli([
+        'bundle',
+        '--data',
+        ctx.data,
+        '--device',
+        'bun-1',
+        '--user',
+        '1',
+        '--out',
+        out,
+        '--client-cert',
+        cert,
+        '--client-key',
+        join(ctx.dir, 'absent.key'),
+      ]);
       expect(r2.code).to.equal(2);
       expect(r2.stderr).to.match(/E_NO_FILE/);
       expect(await missing(out)).to.equal(true);
@@ -223,7 +257,11 @@ describe('provision-server CLI: seed usage, checks before action, exit statuses'
     it('keys init --dir FILE and init --data FILE say so (exit 2), not E_INTERNAL; under /proc they refuse at once', async () => {
       const file = join(ctx.dir, 'a-file');
       await writeFile(file, 'x');
-      for (const args of [['keys', 'init', '--dir', file], ['init', '--data', file], ['keys', 'init', '--dir', join(file, 'sub')]]) {
+      for (const args of [
+        ['keys', 'init', '--dir', file],
+        ['init', '--data', file],
+        ['keys', 'init', '--dir', join(file, 'sub')],
+      ]) {
         const r = await runServerCli(args);
         expect(r.code, args.join(' ')).to.equal(2);
         expect(r.stderr).to.include(`provision-server: E_NOT_DIR: ${file} is a file, not a directory`);

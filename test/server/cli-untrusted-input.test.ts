@@ -75,7 +75,10 @@ describe('server CLI: untrusted names and files', function () {
     // A legacy tree whose user directory carries an escape sequence: named, escaped.
     const root = join(dir, 'seed2', 'user_keys', `x\u001b[31my`);
     await mkdir(root, { recursive: true });
-    await writeFile(join(root, 'esc-legacy_public.pem'), generateKeyPairSync('rsa', { modulusLength: 2048 }).publicKey.export({ type: 'spki', format: 'pem' }) as string);
+    await writeFile(
+      join(root, 'esc-legacy_public.pem'),
+      generateKeyPairSync('rsa', { modulusLength: 2048 }).publicKey.export({ type: 'spki', format: 'pem' }) as string,
+    );
     const imp = await runServerCli(['import-legacy', join(dir, 'seed2'), '--data', data, '--dry-run']);
     expect(imp.code, imp.stderr).to.equal(0);
     expect(imp.stdout).to.contain('(user x\\x1b[31my,');

@@ -82,7 +82,20 @@ describe('provision-server CLI: data directory, registry, send', function () {
       for (const [name, behaviour] of Object.entries(statuses)) {
         const d = fleet.add(await makeSimDevice(`wait-${name}`, behaviour));
         reg.addDevice({ id: d.id, userId: 'alice', origin: 'jwks', signing: toPublicJwk(d.signing), encryption: toPublicJwk(d.encryption) });
-        const r = await runServerCli(['send', d.id, 'update', '--data', ctx.data, '--set', 'sensor.enabled=true', '--set', 'sensor.name=north wall', '--wait', '--timeout', '2s']);
+        const r = await runServerCli([
+          'send',
+          d.id,
+          'update',
+          '--data',
+          ctx.data,
+          '--set',
+          'sensor.enabled=true',
+          '--set',
+          'sensor.name=north wall',
+          '--wait',
+          '--timeout',
+          '2s',
+        ]);
         exits[name] = r.code;
         if (name !== 'timeout') expect(JSON.parse(r.stdout)).to.include({ device_id: d.id, action: 'update', status: name });
         if (name === 'applied') expect(d.applied[0]?.params).to.deep.equal({ sensor: { enabled: true, name: 'north wall' } });
@@ -143,7 +156,13 @@ describe('provision-server CLI: data directory, registry, send', function () {
     const list = await runServerCli(['device', 'list', '--data', ctx.data, '--user', 'carol', '--json']);
     expect(JSON.parse(list.stdout).map((x: { id: string }) => x.id)).to.deep.equal(['added-1']);
     const show = await runServerCli(['device', 'show', 'added-1', '--data', ctx.data]);
-    expect(JSON.parse(show.stdout)).to.include({ id: 'added-1', user_id: 'carol', state: 'registered', signing_kid: d.signing.kid, encryption_kid: d.encryption.kid });
+    expect(JSON.parse(show.stdout)).to.include({
+      id: 'added-1',
+      user_id: 'carol',
+      state: 'registered',
+      signing_kid: d.signing.kid,
+      encryption_kid: d.encryption.kid,
+    });
     const rm1 = await runServerCli(['device', 'remove', 'added-1', '--data', ctx.data]);
     expect(rm1.code, rm1.stderr).to.equal(0);
     const show2 = await runServerCli(['device', 'show', 'added-1', '--data', ctx.data]);
@@ -161,7 +180,10 @@ describe('provision-server CLI: data directory, registry, send', function () {
     await writeFile(join(root, 'user_keys', 'user-1', 'legacy-b_public.pem'), pem(2048, 'pkcs1'));
     await writeFile(join(root, 'user_keys', 'user-2', 'legacy-c_public.pem'), pem(3072, 'spki'));
     await writeFile(join(root, 'user_keys', 'user-2', 'weak_public.pem'), pem(1024, 'spki'));
-    await writeFile(join(root, 'user_keys', 'user-2', 'ec_public.pem'), generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).publicKey.export({ type: 'spki', format: 'pem' }) as string);
+    await writeFile(
+      join(root, 'user_keys', 'user-2', 'ec_public.pem'),
+      generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).publicKey.export({ type: 'spki', format: 'pem' }) as string,
+    );
     await writeFile(join(root, 'user_keys', 'user-2', 'notes.txt'), 'hello');
     await writeFile(join(root, 'user_keys', 'user-2', 'bad id!_public.pem'), pem(2048, 'spki'));
 

@@ -26,7 +26,11 @@ describe('server: refused enrollments are aggregated in the audit', () => {
   const rows = () => reg.auditLog({ limit: 10_000 }).filter((a) => a.event === ENROLL_REFUSED_EVENT);
 
   it('writes the first refusal per device and code at once, the rest of the window as one row with a count', () => {
-    const r = new EnrollRefusals(reg, sinkLogger((level, event) => lines.push({ level, event })), { windowMs: 60_000 });
+    const r = new EnrollRefusals(
+      reg,
+      sinkLogger((level, event) => lines.push({ level, event })),
+      { windowMs: 60_000 },
+    );
     for (let i = 0; i < 500; i++) r.refused('dev-a', 'E_TOKEN_INVALID', 'the enrollment token is unknown', true);
     r.refused('dev-a', 'E_TOKEN_USED', 'used', true);
     for (let i = 0; i < 50; i++) r.refused('dev-b', 'E_SIGNATURE', 'bad signature', false);

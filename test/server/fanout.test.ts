@@ -21,7 +21,14 @@ describe('server: fan-out to 200 simulated devices', function () {
     const devices = await Promise.all(
       Array.from({ length: 200 }, async (_, i) => {
         const d = f.fleet.add(await makeSimDevice(`fan-${String(i).padStart(3, '0')}`, behaviourOf(i)));
-        reg.addDevice({ id: d.id, userId: i % 2 ? 'alice' : 'bob', origin: 'jwks', signing: toPublicJwk(d.signing), encryption: toPublicJwk(d.encryption), state: 'provisioned' });
+        reg.addDevice({
+          id: d.id,
+          userId: i % 2 ? 'alice' : 'bob',
+          origin: 'jwks',
+          signing: toPublicJwk(d.signing),
+          encryption: toPublicJwk(d.encryption),
+          state: 'provisioned',
+        });
         return d;
       }),
     );
@@ -73,7 +80,13 @@ describe('server: fan-out to 200 simulated devices', function () {
       expect(devices.reduce((n, d) => n + d.applied.length, 0)).to.equal(appliedBefore + expected.silent);
 
       // A fan-out by user selects only that user's devices.
-      const alice = await runFanout({ registry: reg, sender: client.sender, waiters: client.waiters, create: { action: 'selftest', params: {}, selector: { userId: 'alice' } }, timeoutMs: 3000 });
+      const alice = await runFanout({
+        registry: reg,
+        sender: client.sender,
+        waiters: client.waiters,
+        create: { action: 'selftest', params: {}, selector: { userId: 'alice' } },
+        timeoutMs: 3000,
+      });
       expect(alice.total).to.equal(100);
       expect(alice.rows.every((r) => Number(r.deviceId.slice(4)) % 2 === 1)).to.equal(true);
     } finally {

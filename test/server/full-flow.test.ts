@@ -55,10 +55,30 @@ describe('full flow against mosquitto (TLS, client certificates), two serve inst
     for (const s of serves) expect(s.log()).to.match(/subscribe\.shared/);
     const devCert = await broker.clientCert('sensor-0001');
     const out = join(dir, 'bundle');
-    const b = await runServerCli(['bundle', '--data', data, '--device', 'sensor-0001', '--user', 'alice', '--out', out, '--client-cert', devCert.cert, '--client-key', devCert.key]);
+    const b = await runServerCli([
+      'bundle',
+      '--data',
+      data,
+      '--device',
+      'sensor-0001',
+      '--user',
+      'alice',
+      '--out',
+      out,
+      '--client-cert',
+      devCert.cert,
+      '--client-key',
+      devCert.key,
+    ]);
     expect(b.code, b.stderr).to.equal(0);
     const config = JSON.parse(await readFile(join(out, 'config.json'), 'utf8'));
-    expect(config).to.deep.include({ device_id: 'sensor-0001', server_id: 'provision-server', topic_prefix: 'provision', trust: 'trust.jwks', enrollment_token: 'enroll.token' });
+    expect(config).to.deep.include({
+      device_id: 'sensor-0001',
+      server_id: 'provision-server',
+      topic_prefix: 'provision',
+      trust: 'trust.jwks',
+      enrollment_token: 'enroll.token',
+    });
     expect(config.broker).to.deep.equal({ url: broker.url, ca: 'ca.pem', cert: 'client.crt', key: 'client.key', protocol_version: 4, allow_insecure: false });
     expect((await stat(join(out, 'enroll.token'))).mode & 0o777).to.equal(0o600);
     expect((await stat(join(out, 'client.key'))).mode & 0o777).to.equal(0o600);
@@ -79,7 +99,18 @@ describe('full flow against mosquitto (TLS, client certificates), two serve inst
         await eventually(() => reg.getDevice('sensor-0001')?.state === 'provisioned', 10_000, 'server confirmed');
         expect(reg.requireDevice('sensor-0001').userId).to.equal('alice');
 
-        const update = await runServerCli(['send', 'sensor-0001', 'update', '--data', data, '--set', 'sensor.sample_interval_s=30', '--wait', '--timeout', '15s']);
+        const update = await runServerCli([
+          'send',
+          'sensor-0001',
+          'update',
+          '--data',
+          data,
+          '--set',
+          'sensor.sample_interval_s=30',
+          '--wait',
+          '--timeout',
+          '15s',
+        ]);
         expect(update.code, update.stderr).to.equal(0);
         expect(JSON.parse(update.stdout)).to.include({ action: 'update', status: 'applied', code: 'OK', seq: 2 });
 
@@ -116,7 +147,23 @@ describe('full flow against mosquitto (TLS, client certificates), two serve inst
     if (!existsSync(agentModule)) skipBecause(this, 'the agent is not built (dist/agent/agent.js missing: npm run build)');
     const devCert = await broker.clientCert('sensor-0002');
     const out = join(dir, 'bundle-real');
-    const b = await runServerCli(['bundle', '--data', data, '--device', 'sensor-0002', '--user', 'bob', '--out', out, '--client-cert', devCert.cert, '--client-key', devCert.key, '--gpio', 'fake']);
+    const b = await runServerCli([
+      'bundle',
+      '--data',
+      data,
+      '--device',
+      'sensor-0002',
+      '--user',
+      'bob',
+      '--out',
+      out,
+      '--client-cert',
+      devCert.cert,
+      '--client-key',
+      devCert.key,
+      '--gpio',
+      'fake',
+    ]);
     expect(b.code, b.stderr).to.equal(0);
     const agent = spawn(process.execPath, [agentCli, 'run', '--config', join(out, 'config.json')], { stdio: ['ignore', 'pipe', 'pipe'] });
     let agentLog = '';
@@ -139,10 +186,14 @@ describe('full flow against mosquitto (TLS, client certificates), two serve inst
           expect(r.code, `${action}: ${r.stderr}\n${agentLog}`).to.equal(0);
           expect(JSON.parse(r.stdout)).to.include({ action, status: 'applied', code: 'OK' });
           if (action === 'rotate') {
-            const after = await eventually(() => {
-              const d = reg.requireDevice('sensor-0002');
-              return d.encryption?.kid !== before.encryption?.kid && d;
-            }, 10_000, 'new keys registered');
+            const after = await eventually(
+              () => {
+                const d = reg.requireDevice('sensor-0002');
+                return d.encryption?.kid !== before.encryption?.kid && d;
+              },
+              10_000,
+              'new keys registered',
+            );
             expect(after.signing?.kid).to.not.equal(before.signing?.kid);
           }
         }

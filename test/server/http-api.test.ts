@@ -16,7 +16,14 @@ describe('server: HTTP API', function () {
     base = `http://127.0.0.1:${f.server.http?.port}`;
     token = (await readFile(join(f.dataDir, 'http.token'), 'utf8')).trim();
     const d = f.fleet.add(await makeSimDevice('http-1'));
-    f.server.data.registry.addDevice({ id: 'http-1', userId: 'alice', origin: 'jwks', signing: toPublicJwk(d.signing), encryption: toPublicJwk(d.encryption), state: 'provisioned' });
+    f.server.data.registry.addDevice({
+      id: 'http-1',
+      userId: 'alice',
+      origin: 'jwks',
+      signing: toPublicJwk(d.signing),
+      encryption: toPublicJwk(d.encryption),
+      state: 'provisioned',
+    });
   });
   after(async () => {
     await f.close();
@@ -72,15 +79,23 @@ describe('server: HTTP API', function () {
   });
 
   it('happy path: 202 with the jti, then the command reaches status applied', async () => {
-    const r = await call('POST', '/devices/http-1/commands', JSON.stringify({ action: 'update', user_id: 'alice', params: { reporting: { interval_s: 120 } } }));
+    const r = await call(
+      'POST',
+      '/devices/http-1/commands',
+      JSON.stringify({ action: 'update', user_id: 'alice', params: { reporting: { interval_s: 120 } } }),
+    );
     expect(r.status).to.equal(202);
     expect(r.body).to.include({ device_id: 'http-1', action: 'update', status: 'accepted' });
     const jti = r.body.jti as string;
     expect(jti).to.match(/^[0-9a-f-]{36}$/);
-    const done = await eventually(async () => {
-      const s = await call('GET', `/commands/${jti}`);
-      return s.body.status === 'applied' && s.body;
-    }, 10_000, 'command applied');
+    const done = await eventually(
+      async () => {
+        const s = await call('GET', `/commands/${jti}`);
+        return s.body.status === 'applied' && s.body;
+      },
+      10_000,
+      'command applied',
+    );
     expect(done).to.include({ jti, device_id: 'http-1', code: 'OK', user_id: 'alice' });
     const device = await call('GET', '/devices/http-1');
     expect(device.body).to.include({ id: 'http-1', state: 'provisioned', user_id: 'alice', next_seq: 2 });
@@ -91,10 +106,14 @@ describe('server: HTTP API', function () {
   it("takes the seed's numeric user ids: user_id 8 re-binds with an update, params.user_id 9 too", async () => {
     const rebind = await call('POST', '/devices/http-1/commands', JSON.stringify({ action: 'update', user_id: 8 }));
     expect(rebind.status, JSON.stringify(rebind.body)).to.equal(202);
-    const first = await eventually(async () => {
-      const s = await call('GET', `/commands/${rebind.body.jti as string}`);
-      return s.body.status === 'applied' && s.body;
-    }, 10_000, 'rebind applied');
+    const first = await eventually(
+      async () => {
+        const s = await call('GET', `/commands/${rebind.body.jti as string}`);
+        return s.body.status === 'applied' && s.body;
+      },
+      10_000,
+      'rebind applied',
+    );
     expect(first).to.include({ user_id: '8' });
     expect((await call('GET', '/devices/http-1')).body).to.include({ user_id: '8' });
     const viaParams = await call('POST', '/devices/http-1/commands', JSON.stringify({ action: 'update', params: { user_id: 9 } }));
@@ -117,22 +136,33 @@ describe('server: HTTP API', function () {
     /** Sends `target` verbatim (no URL normalisation by a client library). */
     const raw = (method: string, target: string, body?: string, headers: Record<string, string> = {}): Promise<{ status: number; code: string | undefined }> =>
       new Promise((resolve, reject) => {
-        const req = request({ host: '127.0.0.1', port: f.server.http?.port, method, path: target, headers: { authorization: `Bearer ${token}`, ...headers } }, (res) => {
-          let text = '';
-          res.on('data', (d: Buffer) => (text += d.toString()));
-          res.on('end', () => resolve({ status: res.statusCode ?? 0, code: (JSON.parse(text) as { error?: { code: string } }).error?.code }));
-        });
+        const req = request(
+          { host: '127.0.0.1', port: f.server.http?.port, method, path: target, headers: { authorization: `Bearer ${token}`, ...headers } },
+          (res) => {
+            let text = '';
+            res.on('data', (d: Buffer) => (text += d.toString()));
+            res.on('end', () => resolve({ status: res.statusCode ?? 0, code: (JSON.parse(text) as { error?: { code: string } }).error?.code }));
+          },
+        );
         req.on('error', reject);
         req.end(body);
       });
     for (const target of ['/devices/%E0%A4%A', '/devices/%', '/devices/%ZZ', '/commands/%C0%80', '/devices/http-1%FF/commands']) {
       expect(await raw('GET', target), target).to.deep.equal({ status: 400, code: 'E_BAD_PATH' });
     }
-    expect(await raw('POST', '/devices/%E0/commands', '{"action":"selftest"}', { 'content-type': 'application/json' })).to.deep.equal({ status: 400, code: 'E_BAD_PATH' });
+    expect(await raw('POST', '/devices/%E0/commands', '{"action":"selftest"}', { 'content-type': 'application/json' })).to.deep.equal({
+      status: 400,
+      code: 'E_BAD_PATH',
+    });
     expect(await raw('GET', '//devices')).to.deep.equal({ status: 400, code: 'E_BAD_PATH' });
     expect(await raw('OPTIONS', '*')).to.deep.equal({ status: 400, code: 'E_BAD_PATH' });
     expect(await raw('GET', '/devices?user_id=%E0%A4%A')).to.deep.include({ status: 200 });
-    expect(await raw('POST', '/devices/http-1/commands', '[' .repeat(30_000), { 'content-type': 'application/json' })).to.deep.equal({ status: 400, code: 'E_BAD_JSON' });
-    expect(f.server.data.registry.listCommands({ deviceId: 'http-1' }).filter((c) => c.action === 'selftest' && c.createdAt > Date.now() - 5000)).to.have.length(0);
+    expect(await raw('POST', '/devices/http-1/commands', '['.repeat(30_000), { 'content-type': 'application/json' })).to.deep.equal({
+      status: 400,
+      code: 'E_BAD_JSON',
+    });
+    expect(
+      f.server.data.registry.listCommands({ deviceId: 'http-1' }).filter((c) => c.action === 'selftest' && c.createdAt > Date.now() - 5000),
+    ).to.have.length(0);
   });
 });

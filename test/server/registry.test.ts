@@ -22,8 +22,12 @@ describe('server: registry', function () {
     const r = Registry.open(path, { create: true });
     r.db.pragma('user_version = 99');
     r.close();
-    expect(() => Registry.open(path)).to.throw().with.property('code', 'E_SCHEMA');
-    expect(() => Registry.open(join(dir, 'absent.sqlite'))).to.throw().with.property('code', 'E_NO_REGISTRY');
+    expect(() => Registry.open(path))
+      .to.throw()
+      .with.property('code', 'E_SCHEMA');
+    expect(() => Registry.open(join(dir, 'absent.sqlite')))
+      .to.throw()
+      .with.property('code', 'E_NO_REGISTRY');
   });
 
   it('a token is consumed once even from two connections; the second board (other keys) is refused and nothing changes', async () => {
@@ -32,13 +36,29 @@ describe('server: registry', function () {
     const { token } = a.createToken('board-1', 'alice', 60_000);
     const first = await makeSimDevice('board-1');
     const second = await makeSimDevice('board-1');
-    const r1 = a.enroll({ deviceId: 'board-1', token, enrollmentJti: randomUUID(), signing: toPublicJwk(first.signing), encryption: toPublicJwk(first.encryption) });
+    const r1 = a.enroll({
+      deviceId: 'board-1',
+      token,
+      enrollmentJti: randomUUID(),
+      signing: toPublicJwk(first.signing),
+      encryption: toPublicJwk(first.encryption),
+    });
     expect(r1).to.deep.equal({ userId: 'alice', repeated: false });
-    expect(() => b.enroll({ deviceId: 'board-1', token, enrollmentJti: randomUUID(), signing: toPublicJwk(second.signing), encryption: toPublicJwk(second.encryption) }))
+    expect(() =>
+      b.enroll({ deviceId: 'board-1', token, enrollmentJti: randomUUID(), signing: toPublicJwk(second.signing), encryption: toPublicJwk(second.encryption) }),
+    )
       .to.throw()
       .with.property('code', 'E_TOKEN_USED');
     expect(b.requireDevice('board-1').signing?.kid).to.equal(first.signing.kid);
-    expect(() => b.enroll({ deviceId: 'board-1', token: 'x'.repeat(43), enrollmentJti: randomUUID(), signing: toPublicJwk(second.signing), encryption: toPublicJwk(second.encryption) }))
+    expect(() =>
+      b.enroll({
+        deviceId: 'board-1',
+        token: 'x'.repeat(43),
+        enrollmentJti: randomUUID(),
+        signing: toPublicJwk(second.signing),
+        encryption: toPublicJwk(second.encryption),
+      }),
+    )
       .to.throw()
       .with.property('code', 'E_TOKEN_INVALID');
     a.close();
@@ -49,22 +69,56 @@ describe('server: registry', function () {
     let now = 1_700_000_000_000;
     const reg = Registry.open(path, { create: true, now: () => now });
     const dev = await makeSimDevice('rot-1');
-    reg.addDevice({ id: 'rot-1', userId: 'alice', origin: 'jwks', signing: toPublicJwk(dev.signing), encryption: toPublicJwk(dev.encryption), state: 'provisioned' });
+    reg.addDevice({
+      id: 'rot-1',
+      userId: 'alice',
+      origin: 'jwks',
+      signing: toPublicJwk(dev.signing),
+      encryption: toPublicJwk(dev.encryption),
+      state: 'provisioned',
+    });
     const next = await makeSimDevice('rot-1');
     const { seq } = reg.allocateSeq('rot-1');
     const jti = randomUUID();
-    reg.recordCommand({ jti, deviceId: 'rot-1', action: 'rotate', userId: 'alice', paramsDigest: 'd', seq, encryptionKid: dev.encryption.kid, sealed: 'x', expiresAt: now + 60_000 });
+    reg.recordCommand({
+      jti,
+      deviceId: 'rot-1',
+      action: 'rotate',
+      userId: 'alice',
+      paramsDigest: 'd',
+      seq,
+      encryptionKid: dev.encryption.kid,
+      sealed: 'x',
+      expiresAt: now + 60_000,
+    });
     const ack: AckClaims = { iss: 'rot-1', aud: 'provision-server', iat: 0, jti: randomUUID(), ref: jti, seq, status: 'applied', code: 'OK', detail: '' };
-    expect(reg.recordAck('rot-1', ack, { rotatedKeys: { signing: toPublicJwk(next.signing), encryption: toPublicJwk(next.encryption) } }).kind).to.equal('recorded');
+    expect(reg.recordAck('rot-1', ack, { rotatedKeys: { signing: toPublicJwk(next.signing), encryption: toPublicJwk(next.encryption) } }).kind).to.equal(
+      'recorded',
+    );
     expect(reg.recordAck('rot-1', ack).kind).to.equal('duplicate');
     expect(reg.requireDevice('rot-1').encryption?.kid).to.equal(next.encryption.kid);
-    expect(reg.verificationKeys('rot-1').map((k) => k.kid).sort()).to.deep.equal([dev.signing.kid, next.signing.kid].sort());
+    expect(
+      reg
+        .verificationKeys('rot-1')
+        .map((k) => k.kid)
+        .sort(),
+    ).to.deep.equal([dev.signing.kid, next.signing.kid].sort());
     now += PREVIOUS_KEY_GRACE_MS + 1;
     expect(reg.verificationKeys('rot-1').map((k) => k.kid)).to.deep.equal([next.signing.kid]);
 
     const del = randomUUID();
     const s2 = reg.allocateSeq('rot-1').seq;
-    reg.recordCommand({ jti: del, deviceId: 'rot-1', action: 'delete', userId: 'alice', paramsDigest: 'd', seq: s2, encryptionKid: next.encryption.kid, sealed: 'x', expiresAt: now + 60_000 });
+    reg.recordCommand({
+      jti: del,
+      deviceId: 'rot-1',
+      action: 'delete',
+      userId: 'alice',
+      paramsDigest: 'd',
+      seq: s2,
+      encryptionKid: next.encryption.kid,
+      sealed: 'x',
+      expiresAt: now + 60_000,
+    });
     reg.recordAck('rot-1', { ...ack, jti: randomUUID(), ref: del, seq: s2 });
     const gone = reg.requireDevice('rot-1');
     expect(gone.state).to.equal('decommissioned');

@@ -42,7 +42,9 @@ describe('server: enrollment and the command lifecycle (simulated device, aedes)
     const gone = reg.requireDevice('sensor-1');
     expect(gone.state).to.equal('decommissioned');
     expect(gone.encryption).to.equal(undefined);
-    expect(() => reg.allocateSeq('sensor-1')).to.throw().with.property('code', 'E_DECOMMISSIONED');
+    expect(() => reg.allocateSeq('sensor-1'))
+      .to.throw()
+      .with.property('code', 'E_DECOMMISSIONED');
     expect(dev.applied.map((c) => c.action)).to.deep.equal(['request', 'update', 'rotate', 'delete']);
     expect(dev.applied.map((c) => c.seq)).to.deep.equal([1, 2, 3, 4]);
     const events = reg.auditLog({ deviceId: 'sensor-1' }).map((a) => a.event);
@@ -119,10 +121,17 @@ describe('server: enrollment and the command lifecycle (simulated device, aedes)
     const serverEnc = f.server.data.keys.trust.keys.find((k) => k.use === 'enc');
     if (!serverEnc) throw new Error('no server encryption key');
     const before = f.inbound.length;
-    const forged = await sealAck({ deviceId: 'rep-1', serverId: 'provision-server', ref: cmd.jti, seq: cmd.seq, status: 'applied', code: 'OK' }, { signer: mallory.signing, recipient: serverEnc });
+    const forged = await sealAck(
+      { deviceId: 'rep-1', serverId: 'provision-server', ref: cmd.jti, seq: cmd.seq, status: 'applied', code: 'OK' },
+      { signer: mallory.signing, recipient: serverEnc },
+    );
     await f.fleet.publishRaw('provision/rep-1/ack', forged.token);
     await f.fleet.publishRaw('provision/rep-1/ack', '{"status":"applied","ref":"' + cmd.jti + '"}');
-    const results = await eventually(() => f.inbound.slice(before).filter((r) => r.kind === 'dropped').length >= 2 && f.inbound.slice(before), 10_000, 'forged acks handled');
+    const results = await eventually(
+      () => f.inbound.slice(before).filter((r) => r.kind === 'dropped').length >= 2 && f.inbound.slice(before),
+      10_000,
+      'forged acks handled',
+    );
     expect(results.map((r) => (r.kind === 'dropped' ? r.code : r.kind))).to.include.members(['E_SIGNATURE', 'E_MALFORMED']);
     expect(reg.getCommand(cmd.jti)?.ackStatus).to.equal(null);
   });

@@ -91,8 +91,16 @@ export class SimFleet {
   }
 
   /** `wildcard: false`: subscribe per device (`watch`), as a broker ACL that confines each device to its own topics requires. */
-  static async connect(url: string, options: { prefix?: string; serverId?: string; trust: JwkSet; tls?: { ca: Buffer; cert?: Buffer; key?: Buffer }; wildcard?: boolean }): Promise<SimFleet> {
-    const client = await mqtt.connectAsync(url, { clientId: `sim-fleet-${Math.random().toString(16).slice(2)}`, clean: true, reconnectPeriod: 0, ...(options.tls ?? {}) });
+  static async connect(
+    url: string,
+    options: { prefix?: string; serverId?: string; trust: JwkSet; tls?: { ca: Buffer; cert?: Buffer; key?: Buffer }; wildcard?: boolean },
+  ): Promise<SimFleet> {
+    const client = await mqtt.connectAsync(url, {
+      clientId: `sim-fleet-${Math.random().toString(16).slice(2)}`,
+      clean: true,
+      reconnectPeriod: 0,
+      ...(options.tls ?? {}),
+    });
     const fleet = new SimFleet(client, options.prefix ?? 'provision', options.serverId ?? 'provision-server', options.trust);
     client.on('message', (topic, payload) => void fleet.#onCommand(topic, payload));
     if (options.wildcard !== false) await client.subscribeAsync(`${fleet.#prefix}/+/command`, { qos: 1 });
@@ -179,7 +187,15 @@ export class SimFleet {
     await this.#ack(device, claims.jti, claims.seq, 'applied', 'OK', result, signer);
   }
 
-  async #ack(device: SimDevice, ref: string, seq: number, status: 'applied' | 'rejected' | 'failed', code: string, result?: Record<string, unknown>, signer?: PrivateJwk): Promise<void> {
+  async #ack(
+    device: SimDevice,
+    ref: string,
+    seq: number,
+    status: 'applied' | 'rejected' | 'failed',
+    code: string,
+    result?: Record<string, unknown>,
+    signer?: PrivateJwk,
+  ): Promise<void> {
     const { token } = await sealAck(
       { deviceId: device.id, serverId: this.#serverId, ref, seq, status, code, ...(result ? { result } : {}) },
       { signer: signer ?? device.signing, recipient: this.#serverTrust.encryption },
