@@ -13,5 +13,6 @@ export { sealClaims, type SealKeys } from './seal.js';
 export { decryptSealed, verifyJws, openSealed, type Decrypted, type Verified } from './open.js';
 export * from './command.js';
 export * from './ack.js';
+export * from './report.js';
 export * from './enrollment.js';
 export * from './duration.js';

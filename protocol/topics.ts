@@ -6,8 +6,8 @@ export const DEFAULT_TOPIC_PREFIX = 'provision';
 export const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const PREFIX_PATTERN = /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/;
 
-export type TopicKind = 'command' | 'ack' | 'enroll';
-const KINDS: ReadonlySet<string> = new Set<TopicKind>(['command', 'ack', 'enroll']);
+export type TopicKind = 'command' | 'ack' | 'enroll' | 'report';
+const KINDS: ReadonlySet<string> = new Set<TopicKind>(['command', 'ack', 'enroll', 'report']);
 
 export function isValidId(id: unknown): id is string {
   return typeof id === 'string' && ID_PATTERN.test(id);
@@ -34,6 +34,7 @@ export function topicFor(prefix: string, deviceId: string, kind: TopicKind): str
 export const commandTopic = (prefix: string, deviceId: string): string => topicFor(prefix, deviceId, 'command');
 export const ackTopic = (prefix: string, deviceId: string): string => topicFor(prefix, deviceId, 'ack');
 export const enrollTopic = (prefix: string, deviceId: string): string => topicFor(prefix, deviceId, 'enroll');
+export const reportTopic = (prefix: string, deviceId: string): string => topicFor(prefix, deviceId, 'report');
 
 /** Subscription filter for one kind across all devices (server side). */
 export function fleetFilter(prefix: string, kind: TopicKind): string {

@@ -1,0 +1,158 @@
+/**
+ * Reports: device -> server presence and reported state, signed by the device
+ * and encrypted to the server like an ack. The agent sends one on every
+ * (re)connect (`connect`), every `interval_s` (`interval`), and leaves one as
+ * its MQTT last will (`offline`), sealed when it connects; the server honours
+ * an `offline` report only for the session and connection it names, so an
+ * old will replayed later cannot mark a board offline.
+ */
+import { randomUUID } from 'node:crypto';
+import { ClaimReader, checkTimes, type ClockPolicy } from './claims.js';
+import { ProtocolError } from './errors.js';
+import type { KeyRing } from './keyring.js';
+import { openSealed } from './open.js';
+import { sealClaims, type SealKeys } from './seal.js';
+import { assertValidId } from './topics.js';
+
+export const REPORT_REASONS = ['connect', 'interval', 'offline'] as const;
+export type ReportReason = (typeof REPORT_REASONS)[number];
+/** Shortest and longest report interval an agent may announce. */
+export const MIN_REPORT_INTERVAL_SECONDS = 10;
+export const MAX_REPORT_INTERVAL_SECONDS = 24 * 3600;
+const DIGEST = /^sha256:[0-9a-f]{64}$/;
+const VERSION_MAX = 64;
+
+export interface ReportSelftest {
+  ok: boolean;
+  /** When it ran, seconds since the epoch by the board's clock. */
+  at: number;
+}
+
+export interface ReportClaims {
+  iss: string;
+  aud: string;
+  iat: number;
+  jti: string;
+  reason: ReportReason;
+  /** Random id of this agent process; constant across its reconnects. */
+  session: string;
+  /** Connection number within the session, 1 on the first connect. */
+  conn: number;
+  /** How often the agent sends an `interval` report while connected. */
+  interval_s: number;
+  agent_version: string;
+  node_version: string;
+  /** Highest command seq the board has accepted (0 before the first). */
+  last_seq: number;
+  /** Key ids the board holds now. */
+  kids: { sig: string; enc: string };
+  /** `sha256:` and the hex SHA-256 of the board's settings file as applied. */
+  settings_digest: string;
+  uptime_s: number;
+  /** The last self-test's outcome, or null when none has run. */
+  selftest: ReportSelftest | null;
+}
+
+export interface ReportInput {
+  deviceId: string;
+  serverId: string;
+  reason: ReportReason;
+  session: string;
+  conn: number;
+  intervalSeconds: number;
+  agentVersion: string;
+  nodeVersion: string;
+  lastSeq: number;
+  kids: { sig: string; enc: string };
+  settingsDigest: string;
+  uptimeSeconds: number;
+  selftest: ReportSelftest | null;
+  now?: number;
+}
+
+function checkInterval(s: number): void {
+  if (!Number.isSafeInteger(s) || s < MIN_REPORT_INTERVAL_SECONDS || s > MAX_REPORT_INTERVAL_SECONDS) {
+    throw new ProtocolError('E_CLAIMS', `report interval must be an integer of ${MIN_REPORT_INTERVAL_SECONDS}-${MAX_REPORT_INTERVAL_SECONDS} s`);
+  }
+}
+
+export async function sealReport(input: ReportInput, keys: SealKeys): Promise<{ token: string; claims: ReportClaims }> {
+  assertValidId(input.deviceId, 'device id');
+  assertValidId(input.serverId, 'server id');
+  checkInterval(input.intervalSeconds);
+  if (!DIGEST.test(input.settingsDigest)) throw new ProtocolError('E_CLAIMS', 'settings digest must be "sha256:" and 64 hex digits');
+  const claims: ReportClaims = {
+    iss: input.deviceId,
+    aud: input.serverId,
+    iat: Math.floor((input.now ?? Date.now()) / 1000),
+    jti: randomUUID(),
+    reason: input.reason,
+    session: input.session,
+    conn: input.conn,
+    interval_s: input.intervalSeconds,
+    agent_version: input.agentVersion.slice(0, VERSION_MAX),
+    node_version: input.nodeVersion.slice(0, VERSION_MAX),
+    last_seq: input.lastSeq,
+    kids: { sig: input.kids.sig, enc: input.kids.enc },
+    settings_digest: input.settingsDigest,
+    uptime_s: Math.max(0, Math.floor(input.uptimeSeconds)),
+    selftest: input.selftest ? { ok: input.selftest.ok, at: Math.floor(input.selftest.at) } : null,
+  };
+  return { token: await sealClaims({ ...claims }, keys), claims };
+}
+
+export interface OpenReportOptions {
+  serverId: string;
+  /** The device the report is expected from (from the topic); unchecked when absent. */
+  deviceId?: string;
+  decryption: KeyRing;
+  verification: KeyRing;
+  clock?: ClockPolicy;
+  maxBytes?: number;
+}
+
+function readSelftest(r: ClaimReader): ReportSelftest | null {
+  const v = r.raw.selftest;
+  if (v === null) return null;
+  const o = r.object('selftest');
+  if (typeof o.ok !== 'boolean' || typeof o.at !== 'number' || !Number.isSafeInteger(o.at) || o.at < 0) {
+    throw new ProtocolError('E_CLAIMS', 'claim "selftest" must be null or { ok: boolean, at: integer }');
+  }
+  return { ok: o.ok, at: o.at };
+}
+
+export async function openReport(input: string | Uint8Array, opts: OpenReportOptions): Promise<{ claims: ReportClaims; signerKid: string }> {
+  const v = await openSealed(input, opts);
+  const r = new ClaimReader(v.payload);
+  const reason = r.string('reason', 16);
+  if (!(REPORT_REASONS as readonly string[]).includes(reason)) throw new ProtocolError('E_CLAIMS', `report reason "${reason}" is unknown`);
+  const kids = r.object('kids');
+  if (typeof kids.sig !== 'string' || typeof kids.enc !== 'string' || kids.sig.length > 128 || kids.enc.length > 128) {
+    throw new ProtocolError('E_CLAIMS', 'claim "kids" must be { sig: string, enc: string }');
+  }
+  const settingsDigest = r.string('settings_digest', 71);
+  if (!DIGEST.test(settingsDigest)) throw new ProtocolError('E_CLAIMS', 'claim "settings_digest" must be "sha256:" and 64 hex digits');
+  const claims: ReportClaims = {
+    iss: r.string('iss', 64),
+    aud: r.string('aud', 64),
+    iat: r.integer('iat'),
+    jti: r.uuid('jti'),
+    reason: reason as ReportReason,
+    session: r.uuid('session'),
+    conn: r.integer('conn', 1),
+    interval_s: r.integer('interval_s'),
+    agent_version: r.string('agent_version', VERSION_MAX),
+    node_version: r.string('node_version', VERSION_MAX),
+    last_seq: r.integer('last_seq', 0),
+    kids: { sig: kids.sig, enc: kids.enc },
+    settings_digest: settingsDigest,
+    uptime_s: r.integer('uptime_s', 0),
+    selftest: readSelftest(r),
+  };
+  checkInterval(claims.interval_s);
+  if (claims.aud !== opts.serverId) throw new ProtocolError('E_AUDIENCE', `report aud "${claims.aud}" is not ${opts.serverId}`);
+  if (opts.deviceId !== undefined && claims.iss !== opts.deviceId)
+    throw new ProtocolError('E_ISSUER', `report from "${claims.iss}" arrived for ${opts.deviceId}`);
+  checkTimes(claims.iat, undefined, opts.clock ?? { trusted: false });
+  return { claims, signerKid: v.signerKid };
+}
