@@ -9,6 +9,7 @@ import { initCommand } from './commands/init.js';
 import { inspectCommand } from './commands/inspect.js';
 import { keysCommand } from './commands/keys-init.js';
 import { sealCommandModule } from './commands/seal.js';
+import { rolloutCommand } from './commands/rollout.js';
 import { sendCommand } from './commands/send.js';
 import { serveCommand } from './commands/serve.js';
 import { tokenCommand } from './commands/token.js';
@@ -24,6 +25,7 @@ await runCli({
       .command(deviceCommand)
       .command(importLegacyCommand)
       .command(sendCommand)
+      .command(rolloutCommand)
       .command(serveCommand)
       .command(keysCommand)
       .command(sealCommandModule)
@@ -33,9 +35,10 @@ await runCli({
     init: [],
     token: ['create'],
     bundle: [],
-    device: ['list', 'show', 'add', 'remove'],
+    device: ['list', 'show', 'add', 'remove', 'tag'],
     'import-legacy': [],
     send: [],
+    rollout: ['list', 'show', 'pause', 'resume', 'cancel'],
     serve: [],
     keys: ['init'],
     seal: [],

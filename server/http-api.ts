@@ -2,8 +2,14 @@
  * The HTTP API of `serve` (node:http, JSON, bearer-token auth):
  *   POST /devices/{id}/commands  {action, user_id?, params?} -> 202 {jti, ...}
  *   GET  /commands/{jti}         the command and its ack status
- *   GET  /devices                all devices
+ *   GET  /devices[?user_id=&tag=]  devices, with presence and reported state
  *   GET  /devices/{id}           one device
+ *   PUT|DELETE /devices/{id}/tags/{tag}  add / remove a tag;  GET /tags
+ *   POST /rollouts               {action, params?, user_id?, selector: {all|user_id|tag|devices}, rate_per_min?,
+ *                                 ramp_from_per_min?, ramp_factor?, abort_percent?, abort_min_results?,
+ *                                 deliver_within_s?, ttl_s?, concurrency?, dry_run?} -> 201 rollout (dry_run: 200 plan)
+ *   GET  /rollouts[?open=1]      rollouts, newest first;  GET /rollouts/{id}[?targets=1]
+ *   POST /rollouts/{id}/pause|resume|cancel
  * Errors are `{"error": {"code", "message"}}` with a 4xx/5xx status.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
@@ -13,12 +19,20 @@ import { userIdText, type CommandSender } from './command-sender.js';
 import type { Logger } from '../lib/log.js';
 import type { Registry } from './registry/registry.js';
 import { commandView, deviceView } from './views.js';
+import { RolloutStore, type RolloutSelector } from './registry/rollouts.js';
+import { planRollout, startRollout, type RolloutRequest } from './rollouts/plan.js';
+import { planView, rolloutView } from './rollouts/views.js';
+import { ROLLOUT_CONTROLS } from './rollouts/controls.js';
+import type { ServerKeys } from './server-keys.js';
 
 export const MAX_BODY_BYTES = 64 * 1024;
 
 export interface HttpApiContext {
   registry: Registry;
+  keys: ServerKeys;
   sender: CommandSender;
+  /** Told when a rollout was started or its state changed (the engine steps at once). */
+  onRolloutChange?: () => void;
   /** The bearer token clients must present. */
   token: string;
   log: Logger;
@@ -34,6 +48,8 @@ const HTTP_STATUSES: Readonly<Record<string, number>> = {
   E_NOT_FOUND: 404,
   E_NO_DEVICE: 404,
   E_NO_COMMAND: 404,
+  E_NO_ROLLOUT: 404,
+  E_ROLLOUT_STATE: 409,
   E_METHOD: 405,
   E_NO_KEY: 409,
   E_DECOMMISSIONED: 409,
@@ -67,8 +83,23 @@ async function route(ctx: HttpApiContext, expected: Buffer, req: IncomingMessage
   if (parts[0] === 'devices' && parts.length === 1) {
     allow(method, ['GET']);
     const userId = url.searchParams.get('user_id') ?? undefined;
-    return sendJson(res, 200, { devices: ctx.registry.listDevices(userId ? { userId } : {}).map(deviceView) });
+    const tag = url.searchParams.get('tag') ?? undefined;
+    const now = Date.now();
+    return sendJson(res, 200, {
+      devices: ctx.registry.listDevices({ ...(userId ? { userId } : {}), ...(tag ? { tag } : {}) }).map((d) => deviceView(d, now)),
+    });
   }
+  if (parts[0] === 'devices' && parts.length === 4 && parts[2] === 'tags') {
+    allow(method, ['PUT', 'DELETE']);
+    const id = deviceId(parts[1]);
+    const tags = method === 'PUT' ? ctx.registry.addTags(id, [parts[3] as string]) : ctx.registry.removeTags(id, [parts[3] as string]);
+    return sendJson(res, 200, { device_id: id, tags });
+  }
+  if (parts[0] === 'tags' && parts.length === 1) {
+    allow(method, ['GET']);
+    return sendJson(res, 200, { tags: ctx.registry.listTags() });
+  }
+  if (parts[0] === 'rollouts') return routeRollouts(ctx, req, res, url, parts, method);
   if (parts[0] === 'devices' && parts.length === 2) {
     allow(method, ['GET']);
     return sendJson(res, 200, deviceView(ctx.registry.requireDevice(deviceId(parts[1]))));
@@ -113,6 +144,102 @@ async function route(ctx: HttpApiContext, expected: Buffer, req: IncomingMessage
     return sendJson(res, 200, commandView(command));
   }
   throw new CodedError('E_NOT_FOUND', `no route for ${method} ${url.pathname}`);
+}
+
+async function routeRollouts(ctx: HttpApiContext, req: IncomingMessage, res: ServerResponse, url: URL, parts: string[], method: string): Promise<void> {
+  const store = new RolloutStore(ctx.registry);
+  if (parts.length === 1) {
+    allow(method, ['GET', 'POST']);
+    if (method === 'GET') {
+      const open = url.searchParams.get('open') === '1';
+      return sendJson(res, 200, { rollouts: store.list({ unfinished: open }).map((r) => rolloutView(r, store.counts(r.id))) });
+    }
+    const body = await readJsonBody(req);
+    const { request, dryRun } = rolloutRequestFromBody(body);
+    const plan = planRollout(ctx.registry, ctx.keys, request);
+    if (dryRun) return sendJson(res, 200, planView(plan));
+    if (plan.targets.length === 0) throw new CodedError('E_BAD_REQUEST', 'no device matches the selector: nothing to send');
+    const r = startRollout(ctx.registry, plan);
+    ctx.onRolloutChange?.();
+    res.setHeader('Location', `/rollouts/${r.id}`);
+    return sendJson(res, 201, rolloutView(r, store.counts(r.id)));
+  }
+  const id = parts[1] as string;
+  if (parts.length === 2) {
+    allow(method, ['GET']);
+    const r = store.require(id);
+    const withTargets = url.searchParams.get('targets') === '1';
+    return sendJson(res, 200, rolloutView(r, store.counts(r.id), withTargets ? store.targets(r.id) : undefined));
+  }
+  if (parts.length === 3 && (parts[2] === 'pause' || parts[2] === 'resume' || parts[2] === 'cancel')) {
+    allow(method, ['POST']);
+    const c = ROLLOUT_CONTROLS[parts[2]];
+    const r = store.setState(id, c.from, c.to, `${parts[2]} via the HTTP API`, 'http');
+    ctx.onRolloutChange?.();
+    return sendJson(res, 200, rolloutView(r, store.counts(r.id)));
+  }
+  throw new CodedError('E_NOT_FOUND', `no route for ${method} ${url.pathname}`);
+}
+
+const ROLLOUT_MEMBERS = [
+  'action',
+  'params',
+  'user_id',
+  'selector',
+  'rate_per_min',
+  'ramp_from_per_min',
+  'ramp_factor',
+  'abort_percent',
+  'abort_min_results',
+  'deliver_within_s',
+  'ttl_s',
+  'concurrency',
+  'dry_run',
+];
+
+function rolloutRequestFromBody(body: unknown): { request: RolloutRequest; dryRun: boolean } {
+  if (!isRecord(body)) throw new CodedError('E_BAD_REQUEST', 'the body must be a JSON object {action, params, selector, ...}');
+  const unknown = Object.keys(body).filter((k) => !ROLLOUT_MEMBERS.includes(k));
+  if (unknown.length) throw new CodedError('E_BAD_REQUEST', `unknown member(s): ${unknown.join(', ')}`);
+  const sel = body.selector;
+  let selector: RolloutSelector;
+  if (!isRecord(sel) || Object.keys(sel).length !== 1) {
+    throw new CodedError('E_BAD_REQUEST', 'selector must be one of {"all": true}, {"user_id": U}, {"tag": T}, {"devices": [IDS]}');
+  }
+  if (sel.all === true) selector = { all: true };
+  else if (typeof sel.user_id === 'string' || typeof sel.user_id === 'number') selector = { userId: String(userIdText(sel.user_id)) };
+  else if (typeof sel.tag === 'string') selector = { tag: sel.tag };
+  else if (Array.isArray(sel.devices) && sel.devices.length > 0 && sel.devices.length <= 10_000 && sel.devices.every(isValidId)) {
+    selector = { devices: [...new Set(sel.devices as string[])] };
+  } else throw new CodedError('E_BAD_REQUEST', 'selector must be one of {"all": true}, {"user_id": U}, {"tag": T}, {"devices": [IDS]}');
+  const num = (name: string): number | undefined => {
+    const v = body[name];
+    if (v === undefined) return undefined;
+    if (typeof v !== 'number' || !Number.isFinite(v)) throw new CodedError('E_BAD_REQUEST', `${name} must be a number`);
+    return v;
+  };
+  if (body.dry_run !== undefined && typeof body.dry_run !== 'boolean') throw new CodedError('E_BAD_REQUEST', 'dry_run must be true or false');
+  const userId = userIdText(body.user_id);
+  if (userId !== undefined && typeof userId !== 'string') throw new CodedError('E_BAD_REQUEST', 'user_id must be a string or a non-negative integer');
+  const within = num('deliver_within_s');
+  const request: RolloutRequest = {
+    action: body.action,
+    params: body.params ?? {},
+    ...(typeof userId === 'string' ? { userId } : {}),
+    selector,
+  };
+  const set = <K extends keyof RolloutRequest>(k: K, v: RolloutRequest[K] | undefined): void => {
+    if (v !== undefined) request[k] = v;
+  };
+  set('ratePerMin', num('rate_per_min'));
+  set('rampFrom', num('ramp_from_per_min'));
+  set('rampFactor', num('ramp_factor'));
+  set('abortPercent', num('abort_percent'));
+  set('abortMin', num('abort_min_results'));
+  set('ttlSeconds', num('ttl_s'));
+  set('concurrency', num('concurrency'));
+  set('deliverWithinMs', within === undefined ? undefined : within * 1000);
+  return { request, dryRun: body.dry_run === true };
 }
 
 /** The request target as a URL and its decoded path segments; a malformed one is a 400 (E_BAD_PATH), never a 500. */

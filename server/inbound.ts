@@ -8,6 +8,7 @@ import {
   KeyRing,
   ProtocolError,
   isAckResultKeys,
+  isCodedError,
   isProtocolError,
   openAck,
   openEnrollment,
@@ -22,6 +23,8 @@ import { isRegistryError } from './registry/errors.js';
 import type { AckEffects, Registry } from './registry/registry.js';
 import type { CommandRecord } from './registry/types.js';
 import type { ServerKeys } from './server-keys.js';
+import { openAndRecordReport } from './presence.js';
+import type { ReportClaims } from '../protocol/index.js';
 
 export interface InboundContext {
   registry: Registry;
@@ -31,6 +34,8 @@ export interface InboundContext {
   log: Logger;
   /** Told of every ack recorded (by this process or found already recorded). */
   onAck?: (command: CommandRecord) => void;
+  /** Told of every report recorded (the rollout engine delivers to a device that reports in). */
+  onReport?: (deviceId: string, claims: ReportClaims) => void;
   /** Aggregates refused enrollments in the audit and the log (a flood writes a bounded number of rows); without it each is audited. */
   enrollRefusals?: EnrollRefusals;
 }
@@ -40,6 +45,7 @@ export type InboundResult =
   /** An authenticated ack contradicting the command's recorded outcome: audited, device flagged, effects not applied. */
   | { kind: 'contradiction'; command: CommandRecord; claimed: { status: string; code: string } }
   | { kind: 'enrolled'; deviceId: string; request: CommandRecord; repeated: boolean }
+  | { kind: 'report'; deviceId: string; reason: string; recorded: 'recorded' | 'duplicate' | 'stale' }
   | { kind: 'dropped'; code: string; reason: string }
   | { kind: 'ignored' };
 
@@ -48,9 +54,10 @@ export async function handleInbound(ctx: InboundContext, topic: string, payload:
   const parsed = parseTopic(ctx.topicPrefix, topic);
   if (!parsed || parsed.kind === 'command') return { kind: 'ignored' };
   try {
+    if (parsed.kind === 'report') return await handleReport(ctx, parsed.deviceId, payload);
     return parsed.kind === 'ack' ? await handleAck(ctx, parsed.deviceId, payload) : await handleEnrollment(ctx, parsed.deviceId, payload);
   } catch (err) {
-    const code = isProtocolError(err) || isRegistryError(err) ? err.code : 'E_INTERNAL';
+    const code = isProtocolError(err) || isRegistryError(err) || isCodedError(err) ? err.code : 'E_INTERNAL';
     const reason = err instanceof Error ? err.message : String(err);
     if (parsed.kind === 'enroll' && ctx.enrollRefusals && code !== 'E_INTERNAL') {
       ctx.enrollRefusals.refused(parsed.deviceId, code, reason, isRegistryError(err));
@@ -93,6 +100,20 @@ export async function handleEnrollment(ctx: InboundContext, topicDeviceId: strin
       ctx.log.error('command.publish_failed', { device: request.deviceId, jti: request.jti, reason: err instanceof Error ? err.message : String(err) }),
   );
   return { kind: 'enrolled', deviceId: opened.claims.iss, request, repeated };
+}
+
+export async function handleReport(ctx: InboundContext, deviceId: string, payload: Buffer | string): Promise<InboundResult> {
+  const { claims, outcome, signerKid } = await openAndRecordReport(ctx.registry, ctx.keys, deviceId, payload);
+  ctx.log.info(outcome.kind === 'recorded' ? 'report.recorded' : `report.${outcome.kind}`, {
+    device: deviceId,
+    reason: claims.reason,
+    conn: claims.conn,
+    last_seq: claims.last_seq,
+    agent: claims.agent_version,
+    signer_kid: signerKid,
+  });
+  if (outcome.kind === 'recorded') ctx.onReport?.(deviceId, claims);
+  return { kind: 'report', deviceId, reason: claims.reason, recorded: outcome.kind };
 }
 
 export async function handleAck(ctx: InboundContext, deviceId: string, payload: Buffer | string): Promise<InboundResult> {

@@ -5,7 +5,7 @@
  * ack; either way the waiter sees it).
  */
 import type { MqttClient } from 'mqtt';
-import { ackTopic, fleetFilter } from '../protocol/index.js';
+import { ackTopic, fleetFilter, type ReportClaims } from '../protocol/index.js';
 import { AckWaiters } from './ack-waiters.js';
 import { CommandSender } from './command-sender.js';
 import type { BrokerSettings, OpenedData } from './data-dir.js';
@@ -25,7 +25,14 @@ export interface SendClient {
 export async function openSendClient(
   data: OpenedData,
   broker: BrokerSettings,
-  options: { acksOf: string[] | 'all'; log?: Logger; connectTimeoutMs?: number; sealWorkers?: number },
+  options: {
+    acksOf: string[] | 'all';
+    log?: Logger;
+    connectTimeoutMs?: number;
+    sealWorkers?: number;
+    /** Also take every device's reports (presence), and be told of each recorded: a rollout driven by this process. */
+    onReport?: (deviceId: string, claims: ReportClaims) => void;
+  },
 ): Promise<SendClient> {
   const log = options.log ?? silentLogger;
   const client = await connectBroker(broker, { clean: true, ...(options.connectTimeoutMs ? { connectTimeoutMs: options.connectTimeoutMs } : {}) });
@@ -39,10 +46,19 @@ export async function openSendClient(
     ...(pool ? { seal: pool.seal } : {}),
   });
   const waiters = new AckWaiters(registry);
-  const ctx = { registry, keys, topicPrefix: config.topicPrefix, sender, log, onAck: (c: Parameters<AckWaiters['notify']>[0]) => waiters.notify(c) };
+  const ctx = {
+    registry,
+    keys,
+    topicPrefix: config.topicPrefix,
+    sender,
+    log,
+    onAck: (c: Parameters<AckWaiters['notify']>[0]) => waiters.notify(c),
+    ...(options.onReport ? { onReport: options.onReport } : {}),
+  };
   client.on('message', (topic, payload) => {
     void handleInbound(ctx, topic, payload);
   });
+  if (options.onReport) await client.subscribeAsync(fleetFilter(config.topicPrefix, 'report'), { qos: 1 });
   if (options.acksOf === 'all') await client.subscribeAsync(fleetFilter(config.topicPrefix, 'ack'), { qos: 1 });
   else if (options.acksOf.length > 0)
     await client.subscribeAsync(

@@ -6,14 +6,16 @@
  * max_queued_messages, then drops), and anyone with the public trust.jwks and
  * one device certificate can flood enrollments: in a session of their own,
  * such a flood fills only the enrollment queue and never crowds out acks.
- * Then enrollment and ack handling, and the optional HTTP API on loopback.
+ * Then enrollment, ack and report (presence) handling, the rollout engine
+ * (while this serve holds its lease), and the optional HTTP API on loopback.
  */
 import { createHash } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
 import type { MqttClient } from 'mqtt';
-import { CodedError } from '../protocol/index.js';
+import { CodedError, type ReportClaims } from '../protocol/index.js';
+import { RolloutEngine } from './rollouts/engine.js';
 import { AckWaiters } from './ack-waiters.js';
 import { CommandSender, type SendRequest } from './command-sender.js';
 import { brokerFrom, openDataDir, readHttpToken, type BrokerSettings, type OpenedData } from './data-dir.js';
@@ -36,6 +38,8 @@ export interface ServeOptions {
   shared?: SharedMode;
   clientId?: string;
   log?: Logger;
+  /** false: do not drive rollouts here (another serve does). Default: drive them while holding the lease. */
+  rollouts?: boolean;
   /** Called after each inbound message was handled (tests, demo). */
   onInbound?: (result: InboundResult) => void;
 }
@@ -48,6 +52,8 @@ export interface RunningServer {
   /** The session that takes enrollments. */
   enrollClient: MqttClient;
   sender: CommandSender;
+  /** The rollout engine (undefined with rollouts: false). */
+  rollouts: RolloutEngine | undefined;
   shared: boolean;
   /** Where the HTTP API listens, when enabled. */
   http: { host: string; port: number } | undefined;
@@ -64,6 +70,7 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
   let client: MqttClient | undefined;
   let enrollClient: MqttClient | undefined;
   let httpServer: Server | undefined;
+  let engine: RolloutEngine | undefined;
   const enrollRefusals = new EnrollRefusals(registry, log);
   try {
     // The HTTP token is checked before the broker is contacted: a bad --http-token-file changes nothing.
@@ -74,7 +81,22 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
     const mqttClient = client;
     const sender = new CommandSender({ registry, keys, topicPrefix: config.topicPrefix, publish: (t, p) => publishQos1(mqttClient, t, p) });
     const waiters = new AckWaiters(registry);
-    const ctx = { registry, keys, topicPrefix: config.topicPrefix, sender, log, onAck: (c: CommandRecord) => waiters.notify(c), enrollRefusals };
+    // Rollouts: driven here while this serve holds the engine lease (one serve at a time does).
+    engine = options.rollouts === false ? undefined : new RolloutEngine({ registry, sender, log, holder: `serve-${clientId}-${process.pid}` });
+    const rollouts = engine;
+    const ctx = {
+      registry,
+      keys,
+      topicPrefix: config.topicPrefix,
+      sender,
+      log,
+      onAck: (c: CommandRecord) => {
+        waiters.notify(c);
+        if (c.fanoutId !== null) rollouts?.kick();
+      },
+      onReport: (deviceId: string, claims: ReportClaims) => rollouts?.onReport(deviceId, claims),
+      enrollRefusals,
+    };
     // PUBACK only after the message is handled: a crash mid-way means redelivery, and handling is idempotent.
     const handle: MqttClient['handleMessage'] = (packet, callback) => {
       const payload = typeof packet.payload === 'string' ? packet.payload : Buffer.from(packet.payload);
@@ -85,13 +107,13 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
     };
     mqttClient.handleMessage = handle;
     enrollClient.handleMessage = handle;
-    const { shared } = await subscribeFleet(mqttClient, config.topicPrefix, { mode: options.shared ?? 'auto', log, kinds: ['ack'] });
+    const { shared } = await subscribeFleet(mqttClient, config.topicPrefix, { mode: options.shared ?? 'auto', log, kinds: ['ack', 'report'] });
     // A persistent session of an earlier version may still hold the enrollment subscription: acks only here.
     await unsubscribeFleet(mqttClient, config.topicPrefix, 'enroll');
     await subscribeFleet(enrollClient, config.topicPrefix, { mode: shared ? 'on' : 'off', log, kinds: ['enroll'] });
     let httpAddress: { host: string; port: number } | undefined;
     if (options.http && httpToken !== undefined) {
-      httpServer = createHttpApi({ registry, sender, token: httpToken, log });
+      httpServer = createHttpApi({ registry, keys, sender, token: httpToken, log, ...(rollouts ? { onRolloutChange: () => rollouts.kick() } : {}) });
       const srv = httpServer;
       await new Promise<void>((resolve, reject) => {
         srv.once('error', reject);
@@ -101,6 +123,7 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
       httpAddress = { host: addr.address, port: addr.port };
       log.info('http.listening', { address: `${addr.address}:${addr.port}` });
     }
+    rollouts?.start();
     log.info('serve.ready', { server_id: keys.serverId, broker: broker.url, prefix: config.topicPrefix, shared });
     let closed = false;
     return {
@@ -109,6 +132,7 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
       client: mqttClient,
       enrollClient,
       sender,
+      rollouts,
       shared,
       http: httpAddress,
       send: async (req) => {
@@ -121,6 +145,7 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
         if (closed) return;
         closed = true;
         waiters.cancelAll();
+        await rollouts?.stop();
         if (httpServer) {
           httpServer.closeAllConnections();
           await new Promise<void>((resolve) => httpServer?.close(() => resolve()));
@@ -132,6 +157,7 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
     };
   } catch (err) {
     httpServer?.close();
+    await engine?.stop();
     await client?.endAsync(true).catch(() => undefined);
     await enrollClient?.endAsync(true).catch(() => undefined);
     enrollRefusals.close();

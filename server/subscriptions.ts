@@ -22,7 +22,7 @@ export const DEFAULT_SHARE_GROUP = 'provision-server';
 export async function subscribeFleet(
   client: MqttClient,
   prefix: string,
-  options: { mode: SharedMode; group?: string; probeMs?: number; log: Logger; kinds?: readonly ('ack' | 'enroll')[] },
+  options: { mode: SharedMode; group?: string; probeMs?: number; log: Logger; kinds?: readonly ('ack' | 'enroll' | 'report')[] },
 ): Promise<{ shared: boolean; filters: string[] }> {
   const group = options.group ?? DEFAULT_SHARE_GROUP;
   let shared = options.mode === 'on';

@@ -1,4 +1,5 @@
 /** JSON views of registry records, as the HTTP API and `device show --json` print them. */
+import { presenceOf } from './presence.js';
 import type { CommandRecord, DeviceRecord } from './registry/types.js';
 
 const iso = (t: number | null): string | null => (t === null ? null : new Date(t).toISOString());
@@ -33,11 +34,31 @@ export function commandView(c: CommandRecord, now = Date.now()): Record<string, 
   };
 }
 
-export function deviceView(d: DeviceRecord): Record<string, unknown> {
+export function deviceView(d: DeviceRecord, now = Date.now()): Record<string, unknown> {
+  const reported = d.presence.state;
   return {
     id: d.id,
     user_id: d.userId,
     state: d.state,
+    tags: d.tags,
+    // From the device's signed reports: online / offline, or unknown when it never reported.
+    presence: presenceOf(d.presence, now),
+    last_seen_at: iso(d.presence.lastSeenAt),
+    report_interval_s: d.presence.intervalS,
+    reported: reported
+      ? {
+          reason: reported.reason,
+          agent_version: reported.agent_version,
+          node_version: reported.node_version,
+          last_seq: reported.last_seq,
+          kids: reported.kids,
+          // The keys the board says it holds differ from the registered ones (a rotate the registry missed, or a wrong board).
+          kids_match: reported.kids.sig === (d.signing?.kid ?? null) && reported.kids.enc === (d.encryption?.kid ?? null),
+          settings_digest: reported.settings_digest,
+          uptime_s: reported.uptime_s,
+          selftest: reported.selftest ? { ok: reported.selftest.ok, at: iso(reported.selftest.at * 1000) } : null,
+        }
+      : null,
     origin: d.origin,
     next_seq: d.nextSeq,
     signing_kid: d.signing?.kid ?? null,

@@ -4,7 +4,8 @@ import { assertValidId, CodedError, parseJwkSet } from '../../protocol/index.js'
 import { deviceIdFlag, readJsonFile } from '../../lib/cli-input.js';
 import { openDataDir } from '../data-dir.js';
 import { DEVICE_STATES } from '../registry/types.js';
-import { printable } from '../terminal-text.js';
+import { printable, table } from '../terminal-text.js';
+import { presenceOf } from '../presence.js';
 import { commandView, deviceView } from '../views.js';
 import { withData } from './common.js';
 import { defineCommand } from '../../lib/cli.js';
@@ -16,21 +17,38 @@ const listCommand = defineCommand({
     withData(y)
       .option('user', { type: 'string', describe: 'only the devices of this user' })
       .option('state', { choices: DEVICE_STATES, describe: 'only devices in this state' })
+      .option('tag', { type: 'string', describe: 'only the devices with this tag' })
       .option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
   handler: async (args) => {
     const data = await openDataDir(args.data);
     try {
-      const devices = data.registry.listDevices({ ...(args.user ? { userId: args.user } : {}), ...(args.state ? { states: [args.state] } : {}) });
-      if (args.json) return void process.stdout.write(`${JSON.stringify(devices.map(deviceView), null, 2)}\n`);
-      const rows = [['DEVICE', 'USER', 'STATE', 'NEXT SEQ', 'ENCRYPTION', 'SIGNING KID', 'FLAG']];
+      const devices = data.registry.listDevices({
+        ...(args.user ? { userId: args.user } : {}),
+        ...(args.state ? { states: [args.state] } : {}),
+        ...(args.tag ? { tag: args.tag } : {}),
+      });
+      const now = Date.now();
+      if (args.json)
+        return void process.stdout.write(
+          `${JSON.stringify(
+            devices.map((d) => deviceView(d, now)),
+            null,
+            2,
+          )}\n`,
+        );
+      const rows = [['DEVICE', 'USER', 'STATE', 'PRESENCE', 'LAST SEEN', 'AGENT', 'NODE', 'NEXT SEQ', 'ENCRYPTION', 'TAGS', 'FLAG']];
       for (const d of devices) {
         rows.push([
           d.id,
           d.userId ?? '-',
           d.state,
+          presenceOf(d.presence, now),
+          d.presence.lastSeenAt === null ? '-' : new Date(d.presence.lastSeenAt).toISOString(),
+          d.presence.state?.agent_version ?? '-',
+          d.presence.state?.node_version ?? '-',
           String(d.nextSeq),
           d.encryption?.alg ?? '-',
-          d.signing?.kid.slice(0, 12) ?? '-',
+          d.tags.join(',') || '-',
           d.flag ? d.flag.event : '-',
         ]);
       }
@@ -45,7 +63,7 @@ const listCommand = defineCommand({
 
 const showCommand = defineCommand({
   command: 'show <device>',
-  describe: 'Show one device: keys, state, recent commands and audit events (JSON)',
+  describe: 'Show one device: keys, state, presence and reported state, tags, recent commands and audit events (JSON)',
   builder: (y) => withData(y).positional('device', { type: 'string', demandOption: true, coerce: deviceIdFlag('DEVICE') }),
   handler: async (args) => {
     const data = await openDataDir(args.data);
@@ -109,17 +127,83 @@ const removeCommand = defineCommand({
   },
 });
 
+const tagAddCommand = defineCommand({
+  command: 'add <device> <tags..>',
+  describe: 'Add tags to a device (target them with send --tag TAG)',
+  builder: (y) =>
+    withData(y)
+      .positional('device', { type: 'string', demandOption: true, coerce: deviceIdFlag('DEVICE') })
+      .positional('tags', { type: 'string', array: true, demandOption: true }),
+  handler: async (args) => {
+    const data = await openDataDir(args.data);
+    try {
+      const tags = data.registry.addTags(args.device, args.tags.map(String));
+      process.stdout.write(`${args.device}: ${tags.join(', ') || '(no tags)'}\n`);
+    } finally {
+      data.registry.close();
+    }
+  },
+});
+
+const tagRemoveCommand = defineCommand({
+  command: 'remove <device> <tags..>',
+  describe: 'Remove tags from a device',
+  builder: (y) =>
+    withData(y)
+      .positional('device', { type: 'string', demandOption: true, coerce: deviceIdFlag('DEVICE') })
+      .positional('tags', { type: 'string', array: true, demandOption: true }),
+  handler: async (args) => {
+    const data = await openDataDir(args.data);
+    try {
+      const tags = data.registry.removeTags(args.device, args.tags.map(String));
+      process.stdout.write(`${args.device}: ${tags.join(', ') || '(no tags)'}\n`);
+    } finally {
+      data.registry.close();
+    }
+  },
+});
+
+const tagListCommand = defineCommand({
+  command: 'list [device]',
+  describe: "Every tag and how many devices carry it, or one device's tags",
+  builder: (y) =>
+    withData(y)
+      .positional('device', { type: 'string', coerce: (v: string | undefined) => (v === undefined ? undefined : deviceIdFlag('DEVICE')(v)) })
+      .option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
+  handler: async (args) => {
+    const data = await openDataDir(args.data);
+    try {
+      if (args.device !== undefined) {
+        const tags = data.registry.requireDevice(args.device).tags;
+        process.stdout.write(args.json ? `${JSON.stringify(tags)}\n` : `${tags.join('\n')}${tags.length ? '\n' : ''}`);
+        return;
+      }
+      const tags = data.registry.listTags();
+      if (args.json) return void process.stdout.write(`${JSON.stringify(tags, null, 2)}\n`);
+      process.stdout.write(table([['TAG', 'DEVICES'], ...tags.map((t) => [t.tag, String(t.devices)])]));
+    } finally {
+      data.registry.close();
+    }
+  },
+});
+
+const tagCommand: CommandModule = {
+  command: 'tag <command>',
+  describe: 'Device tags: add, remove, list',
+  builder: (y: Argv) => y.command(tagAddCommand).command(tagRemoveCommand).command(tagListCommand).demandCommand(1, 'Name a tag command (see --help).'),
+  handler: () => undefined,
+};
+
 export const deviceCommand: CommandModule = {
   command: 'device <command>',
   describe: 'The device registry',
   builder: (y: Argv) =>
-    y.command(listCommand).command(showCommand).command(addCommand).command(removeCommand).demandCommand(1, 'Name a device command (see --help).'),
+    y
+      .command(listCommand)
+      .command(showCommand)
+      .command(addCommand)
+      .command(removeCommand)
+      .command(tagCommand)
+      .demandCommand(1, 'Name a device command (see --help).'),
   handler: () => undefined,
 };
-
-/** Aligned columns; control characters in cells are escaped (see terminal-text.ts). */
-export function table(cells: string[][]): string {
-  const rows = cells.map((r) => r.map(printable));
-  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? [];
-  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('  ')).join('\n') + '\n';
-}

@@ -3,11 +3,15 @@
  * waiting for its verified ack), or fan out to every device / a user's devices.
  *
  * Exit statuses with --wait: 0 applied, 3 rejected, 4 failed, 5 no ack before
- * the timeout. A fan-out exits 0 when every device applied, else 6.
+ * the timeout. To many devices (--all, --user, --tag) or with --deliver-within
+ * it is a rollout (send-rollout.ts): 0 when every device applied, else 6.
  */
-import { type Action, ACTIONS, CodedError, isAction, isRecord, validateParams } from '../../protocol/index.js';
+import { type Action, ACTIONS, CodedError, isAction, isRecord } from '../../protocol/index.js';
 import { deviceIdFlag } from '../../lib/cli-input.js';
-import { prepareCommand, userIdText } from '../command-sender.js';
+import { prepareCommand } from '../command-sender.js';
+import type { RolloutSelector } from '../registry/rollouts.js';
+import { parsePercent, parseRate } from '../rollouts/plan.js';
+import { runRolloutCli } from './send-rollout.js';
 import { brokerFrom, openDataDir } from '../data-dir.js';
 import { parseCommandTtl, parseDuration } from '../duration.js';
 import { MAX_SEAL_WORKERS } from '../seal-pool.js';
@@ -22,7 +26,8 @@ export const SEND_EXIT = { applied: 0, rejected: 3, failed: 4, timeout: 5, fanou
 
 export const sendCommand = defineCommand({
   command: 'send [target] [action]',
-  describe: 'Seal and publish a command: send DEVICE ACTION, or fan out with send --all ACTION / send --user UID ACTION',
+  describe:
+    'Seal and publish a command: send DEVICE ACTION; or a rollout to many devices: send --all ACTION / --user UID ACTION / --tag TAG ACTION (rate, ramp, abort rule, delivery deadline; --dry-run shows the plan)',
   builder: (y) =>
     withBroker(withData(y))
       .positional('target', { type: 'string', describe: 'device id (or, with --all/--user, the action)' })
@@ -32,47 +37,122 @@ export const sendCommand = defineCommand({
         describe:
           "user id of the command (default: the device's user); with update, a user other than the device's re-binds it (the seed's `update DEVICE USER`); with no device: fan out to this user's devices",
       })
-      .option('all', { type: 'boolean', default: false, describe: 'fan out to every registered device' })
-      .option('resume', { type: 'string', describe: 'resume a fan-out by its id (skips devices that already answered)' })
+      .option('all', { type: 'boolean', default: false, describe: 'a rollout to every registered device' })
+      .option('tag', { type: 'string', describe: 'a rollout to the devices with this tag (provision-server device tag add)' })
+      .option('dry-run', {
+        type: 'boolean',
+        default: false,
+        describe: 'show the targets, their online state and the params as validated; seal, send and record nothing',
+      })
+      .option('json', { type: 'boolean', default: false, describe: 'rollout / dry run: print JSON instead of the summary' })
+      .option('deliver-within', {
+        type: 'string',
+        describe:
+          'rollout: keep delivering to boards that are offline until this long from now, e.g. 7d (default 24h, at most 30d); with one DEVICE: hold the command for it until then',
+      })
+      .option('rate', {
+        type: 'string',
+        describe: 'rollout: at most this many commands a minute: 100/min, 5/s, 600/h (default: no limit, --concurrency in flight)',
+      })
+      .option('ramp-from', {
+        type: 'string',
+        describe: 'rollout: start at this rate and multiply it by --ramp-factor each time as many devices applied, up to --rate',
+      })
+      .option('ramp-factor', { type: 'number', describe: 'rollout: the ramp multiplier, above 1 and at most 10 (default 2)' })
+      .option('abort-when', {
+        type: 'string',
+        describe: 'rollout: abort (no further sends) when this share of results is rejected or failed, e.g. 10%',
+      })
+      .option('abort-min', { type: 'number', describe: 'rollout: results needed before --abort-when can trigger (default 10)' })
+      .option('resume', { type: 'string', describe: 'resume a fan-out recorded before rollouts (by its id); a rollout: provision-server rollout resume ID' })
       .option('params', { type: 'string', describe: 'params as a JSON object' })
       .option('set', { type: 'string', array: true, describe: 'one param as dotted.key=value (value parsed as JSON when it can be); repeatable' })
       .option('wait', {
         type: 'boolean',
         default: false,
-        describe: 'wait for the verified ack; exit 0 applied, 3 rejected, 4 failed, 5 timeout (a fan-out: 0 when every device applied, else 6)',
+        describe: 'wait for the verified ack; exit 0 applied, 3 rejected, 4 failed, 5 timeout (a rollout always waits: 0 when every device applied, else 6)',
       })
-      .option('timeout', { type: 'string', default: '30s', describe: 'how long to wait for an ack (per device in a fan-out)' })
+      .option('timeout', { type: 'string', default: '30s', describe: 'how long to wait for an ack (per device in a rollout, before it counts as no answer)' })
       .option('ttl', { type: 'string', describe: 'command lifetime: 90 (seconds), 30s, 15m, 24h, 7d (default 5m, at most 7d)' })
-      .option('concurrency', { type: 'number', default: DEFAULT_FANOUT_CONCURRENCY, describe: 'fan-out: commands in flight at once' })
+      .option('concurrency', { type: 'number', default: DEFAULT_FANOUT_CONCURRENCY, describe: 'rollout: commands in flight (sent, unanswered) at once' })
       .option('seal-workers', {
         type: 'number',
         default: 0,
-        describe: `fan-out: seal in this many worker threads (0-${MAX_SEAL_WORKERS}; 0 = in the main thread, the default: on 2 cores it does not pay)`,
+        describe: `rollout: seal in this many worker threads (0-${MAX_SEAL_WORKERS}; 0 = in the main thread, the default: on 2 cores it does not pay)`,
       })
       .option('verbose', { type: 'boolean', default: false, describe: 'log ack handling on stderr' })
       .example('$0 send sensor-0001 update --set sensor.enabled=true \\\n--set sensor.sample_interval_s=30 --wait', '')
       .example('$0 send --user alice rotate --timeout 1m', '')
+      .example('$0 send --tag site-a update --set sensor.enabled=true \\\n--rate 60/min --ramp-from 5/min --abort-when 10% --deliver-within 7d', '')
+      .example('$0 send --all selftest --dry-run', '')
       .example('# re-bind sal01 to user 1 (the seed: update sal01 1)\n$0 send sal01 update --user 1 --wait', '')
       .example('$0 send --resume 6f1c2a9e-...', ''),
   handler: async (args) => {
     const timeoutMs = parseDuration(args.timeout, '--timeout');
     const ttlSeconds = args.ttl ? parseCommandTtl(args.ttl) : undefined;
-    const fanout = args.all || args.resume !== undefined || (args.user !== undefined && args.action === undefined);
-    const actionText = fanout && args.action === undefined ? args.target : args.action;
-    if (args.resume === undefined && !isAction(actionText)) throw new CodedError('E_USAGE', `name an action: one of ${ACTIONS.join(', ')}`);
+    const selectors = [args.all, args.tag !== undefined, args.user !== undefined && args.action === undefined && args.resume === undefined].filter(
+      Boolean,
+    ).length;
+    const many = selectors > 0;
+    const fanoutResume = args.resume !== undefined;
+    const actionText = (many || fanoutResume) && args.action === undefined ? args.target : args.action;
+    if (!fanoutResume && !isAction(actionText)) throw new CodedError('E_USAGE', `name an action: one of ${ACTIONS.join(', ')}`);
+    if (selectors > 1) throw new CodedError('E_USAGE', '--all, --user (without a device) and --tag select devices differently: choose one');
     const params = buildParams(args.params, args.set ?? []);
+    const rolloutFlags = {
+      ...(args.rate !== undefined ? { ratePerMin: parseRate(args.rate, '--rate') } : {}),
+      ...(args.rampFrom !== undefined ? { rampFrom: parseRate(args.rampFrom, '--ramp-from') } : {}),
+      ...(args.rampFactor !== undefined ? { rampFactor: args.rampFactor } : {}),
+      ...(args.abortWhen !== undefined ? { abortPercent: parsePercent(args.abortWhen) } : {}),
+      ...(args.abortMin !== undefined ? { abortMin: args.abortMin } : {}),
+      ...(args.deliverWithin !== undefined ? { deliverWithinMs: parseDuration(args.deliverWithin, '--deliver-within') } : {}),
+    };
+    const rollout = many || args.deliverWithin !== undefined || args.dryRun;
+    if (!rollout && Object.keys(rolloutFlags).length > 0)
+      throw new CodedError(
+        'E_USAGE',
+        '--rate, --ramp-*, --abort-* are for a rollout: send --all / --user UID / --tag TAG ACTION (or DEVICE ACTION --deliver-within)',
+      );
+    if (fanoutResume && (rollout || many))
+      throw new CodedError('E_USAGE', '--resume takes a fan-out id alone; a rollout resumes with provision-server rollout resume ID');
+    if (!Number.isInteger(args.sealWorkers) || args.sealWorkers < 0 || args.sealWorkers > MAX_SEAL_WORKERS) {
+      throw new CodedError('E_USAGE', `--seal-workers must be an integer 0-${MAX_SEAL_WORKERS}`);
+    }
     const data = await openDataDir(args.data);
     const log = args.verbose ? createLogger({ level: 'info', style: 'timestamped' }) : undefined;
     try {
       const broker = brokerFrom(data.config.broker, brokerOverride(args));
       // Everything is checked before the broker is contacted: a bad command never waits on a connection.
-      if (fanout) {
-        if (args.all && args.user !== undefined) throw new CodedError('E_USAGE', '--all and --user select devices differently: choose one');
-        if (!Number.isInteger(args.sealWorkers) || args.sealWorkers < 0 || args.sealWorkers > MAX_SEAL_WORKERS) {
-          throw new CodedError('E_USAGE', `--seal-workers must be an integer 0-${MAX_SEAL_WORKERS}`);
+      if (rollout) {
+        let selector: RolloutSelector;
+        if (args.all) selector = { all: true };
+        else if (args.tag !== undefined) selector = { tag: args.tag };
+        else if (many) selector = { userId: args.user as string };
+        else {
+          if (!args.target) throw new CodedError('E_USAGE', 'name a device: send DEVICE ACTION (or --all / --user UID / --tag TAG for a rollout)');
+          selector = { devices: [deviceIdFlag('DEVICE')(args.target)] };
         }
-        if (args.resume === undefined)
-          validateParams(actionText as Action, isRecord(params) && params.user_id !== undefined ? { ...params, user_id: userIdText(params.user_id) } : params);
+        process.exitCode = await runRolloutCli({
+          data,
+          broker,
+          request: {
+            action: actionText,
+            params,
+            ...(!many && args.user !== undefined ? { userId: args.user } : {}),
+            selector,
+            ...(ttlSeconds ? { ttlSeconds } : {}),
+            concurrency: args.concurrency,
+            ...rolloutFlags,
+          },
+          dryRun: args.dryRun,
+          json: args.json,
+          ackTimeoutMs: timeoutMs,
+          sealWorkers: args.sealWorkers,
+          ...(log ? { log } : {}),
+        });
+        return;
+      }
+      if (fanoutResume) {
         const client = await openSendClient(data, broker, { acksOf: 'all', sealWorkers: args.sealWorkers, ...(log ? { log } : {}) });
         try {
           const tty = process.stderr.isTTY;
@@ -80,16 +160,7 @@ export const sendCommand = defineCommand({
             registry: data.registry,
             sender: client.sender,
             waiters: client.waiters,
-            ...(args.resume !== undefined
-              ? { resumeId: args.resume }
-              : {
-                  create: {
-                    action: actionText as Action,
-                    params,
-                    selector: args.all ? { all: true } : { userId: args.user as string },
-                    ...(ttlSeconds ? { ttlSeconds } : {}),
-                  },
-                }),
+            resumeId: args.resume as string,
             concurrency: args.concurrency,
             timeoutMs,
             ...(tty ? { onProgress: (done: number, total: number) => process.stderr.write(`\r${progressBar(done, total)}`) } : {}),
@@ -103,7 +174,7 @@ export const sendCommand = defineCommand({
         return;
       }
       const deviceId = args.target;
-      if (!deviceId) throw new CodedError('E_USAGE', 'name a device: send DEVICE ACTION (or --all / --user UID for a fan-out)');
+      if (!deviceId) throw new CodedError('E_USAGE', 'name a device: send DEVICE ACTION (or --all / --user UID / --tag TAG for a rollout)');
       deviceIdFlag('DEVICE')(deviceId);
       const request = {
         deviceId,

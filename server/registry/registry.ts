@@ -7,11 +7,11 @@
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import Database from 'better-sqlite3';
-import type { AckClaims, PublicJwk } from '../../protocol/index.js';
+import type { AckClaims, PublicJwk, ReportClaims } from '../../protocol/index.js';
 import { RegistryError } from './errors.js';
 import { migrate } from './schema.js';
 import { hashToken, newEnrollmentToken } from './tokens.js';
-import type { AuditRecord, CommandRecord, DeviceFlag, DeviceKeyRecord, DeviceOrigin, DeviceRecord, DeviceState, FanoutRecord } from './types.js';
+import type { AuditRecord, CommandRecord, DeviceFlag, DeviceKeyRecord, DeviceOrigin, DeviceRecord, DeviceState, FanoutRecord, ReportedState } from './types.js';
 
 /** How long a signing key replaced by a rotate still verifies acks already in flight. */
 export const PREVIOUS_KEY_GRACE_MS = 10 * 60 * 1000;
@@ -29,6 +29,14 @@ interface DeviceRow {
   decommissioned_at: number | null;
   flagged_at: number | null;
   flag: string | null;
+  last_seen_at: number | null;
+  presence: 'online' | 'offline' | null;
+  presence_session: string | null;
+  presence_conn: number | null;
+  report_interval_s: number | null;
+  reported: string | null;
+  reported_at: number | null;
+  last_report_jti: string | null;
 }
 
 interface KeyRow {
@@ -104,6 +112,17 @@ export type AckRecordOutcome =
   | { kind: 'contradiction'; command: CommandRecord }
   | { kind: 'unknown-command' };
 
+/** What recording a verified report did. */
+export type ReportRecordOutcome =
+  | { kind: 'recorded'; presence: 'online' | 'offline' }
+  /** The same report again (a redelivery): nothing changed. */
+  | { kind: 'duplicate' }
+  /** An offline report (a will) of a session or connection the device has left: ignored. */
+  | { kind: 'stale' };
+
+/** Tags: 1-64 characters of A-Z a-z 0-9 . _ - : starting with a letter or digit. */
+export const TAG_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$/;
+
 /** The audit event (and device flag) of an authenticated ack contradicting a recorded outcome. */
 export const ACK_CONTRADICTION_EVENT = 'security.ack_contradiction';
 
@@ -178,13 +197,103 @@ export class Registry {
     return d;
   }
 
-  listDevices(filter: { userId?: string; states?: readonly DeviceState[] } = {}): DeviceRecord[] {
-    const rows = (
-      filter.userId === undefined
-        ? this.db.prepare('SELECT * FROM devices ORDER BY id').all()
-        : this.db.prepare('SELECT * FROM devices WHERE user_id = ? ORDER BY id').all(filter.userId)
-    ) as DeviceRow[];
+  listDevices(filter: { userId?: string; states?: readonly DeviceState[]; tag?: string } = {}): DeviceRecord[] {
+    const where: string[] = [];
+    const args: string[] = [];
+    if (filter.userId !== undefined) {
+      where.push('user_id = ?');
+      args.push(filter.userId);
+    }
+    if (filter.tag !== undefined) {
+      where.push('id IN (SELECT device_id FROM device_tags WHERE tag = ?)');
+      args.push(filter.tag);
+    }
+    const rows = this.db.prepare(`SELECT * FROM devices ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id`).all(...args) as DeviceRow[];
     return rows.filter((r) => !filter.states || filter.states.includes(r.state)).map((r) => this.#device(r));
+  }
+
+  // ---- tags ------------------------------------------------------------------
+
+  /** Adds tags to a device (already present: unchanged); returns its tags. */
+  addTags(deviceId: string, tags: readonly string[]): string[] {
+    for (const t of tags) assertTag(t);
+    this.db
+      .transaction(() => {
+        this.requireDevice(deviceId);
+        const insert = this.db.prepare('INSERT INTO device_tags (device_id, tag, added_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING');
+        const added = tags.filter((t) => insert.run(deviceId, t, this.#now()).changes === 1);
+        if (added.length) this.audit('device.tag.add', deviceId, { tags: added });
+      })
+      .immediate();
+    return this.tagsOf(deviceId);
+  }
+
+  /** Removes tags from a device (absent: unchanged); returns its tags. */
+  removeTags(deviceId: string, tags: readonly string[]): string[] {
+    for (const t of tags) assertTag(t);
+    this.db
+      .transaction(() => {
+        this.requireDevice(deviceId);
+        const del = this.db.prepare('DELETE FROM device_tags WHERE device_id = ? AND tag = ?');
+        const removed = tags.filter((t) => del.run(deviceId, t).changes === 1);
+        if (removed.length) this.audit('device.tag.remove', deviceId, { tags: removed });
+      })
+      .immediate();
+    return this.tagsOf(deviceId);
+  }
+
+  tagsOf(deviceId: string): string[] {
+    return (this.db.prepare('SELECT tag FROM device_tags WHERE device_id = ? ORDER BY tag').all(deviceId) as { tag: string }[]).map((r) => r.tag);
+  }
+
+  /** Every tag in use and how many devices carry it. */
+  listTags(): { tag: string; devices: number }[] {
+    return this.db.prepare('SELECT tag, COUNT(*) AS devices FROM device_tags GROUP BY tag ORDER BY tag').all() as { tag: string; devices: number }[];
+  }
+
+  // ---- presence ---------------------------------------------------------------
+
+  /**
+   * Records a verified report (see protocol/report.ts). `connect` and `interval`
+   * make the device online under the report's session and connection; an
+   * `offline` report (the device's will, or its clean stop) counts only for the
+   * session and connection the registry holds, so an old will cannot mark a
+   * reconnected device offline. Last-seen is the server's receive time.
+   */
+  recordReport(deviceId: string, claims: ReportClaims): ReportRecordOutcome {
+    return this.db
+      .transaction((): ReportRecordOutcome => {
+        const row = this.db.prepare('SELECT * FROM devices WHERE id = ?').get(deviceId) as DeviceRow | undefined;
+        if (!row) throw new RegistryError('E_NO_DEVICE', `device ${deviceId} is not registered`);
+        if (row.last_report_jti === claims.jti) return { kind: 'duplicate' };
+        const now = this.#now();
+        const state: ReportedState = {
+          reason: claims.reason,
+          iat: claims.iat,
+          agent_version: claims.agent_version,
+          node_version: claims.node_version,
+          last_seq: claims.last_seq,
+          kids: claims.kids,
+          settings_digest: claims.settings_digest,
+          uptime_s: claims.uptime_s,
+          selftest: claims.selftest,
+        };
+        if (claims.reason === 'offline') {
+          if (row.presence_session !== claims.session || row.presence_conn !== claims.conn) return { kind: 'stale' };
+          this.db
+            .prepare("UPDATE devices SET presence = 'offline', reported = ?, reported_at = ?, last_report_jti = ? WHERE id = ?")
+            .run(JSON.stringify(state), now, claims.jti, deviceId);
+          return { kind: 'recorded', presence: 'offline' };
+        }
+        this.db
+          .prepare(
+            `UPDATE devices SET presence = 'online', last_seen_at = ?, presence_session = ?, presence_conn = ?, report_interval_s = ?,
+               reported = ?, reported_at = ?, last_report_jti = ? WHERE id = ?`,
+          )
+          .run(now, claims.session, claims.conn, claims.interval_s, JSON.stringify(state), now, claims.jti, deviceId);
+        return { kind: 'recorded', presence: 'online' };
+      })
+      .immediate();
   }
 
   /** Registers a device whose keys were made elsewhere (JWKS, legacy import, keys made on the host). */
@@ -585,8 +694,22 @@ export class Registry {
       signing: current('sig'),
       encryption: current('enc'),
       keys,
+      tags: this.tagsOf(row.id),
+      presence: {
+        lastSeenAt: row.last_seen_at,
+        reported: row.presence,
+        session: row.presence_session,
+        conn: row.presence_conn,
+        intervalS: row.report_interval_s,
+        state: row.reported === null ? null : (JSON.parse(row.reported) as ReportedState),
+      },
     };
   }
+}
+
+export function assertTag(tag: string): void {
+  if (!TAG_PATTERN.test(tag))
+    throw new RegistryError('E_BAD_TAG', `tag "${tag}" must be 1-64 characters of A-Z a-z 0-9 . _ : - starting with a letter or digit`);
 }
 
 /**

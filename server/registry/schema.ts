@@ -96,6 +96,68 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE devices ADD COLUMN flagged_at INTEGER;
   ALTER TABLE devices ADD COLUMN flag TEXT;
   `,
+  // 3: presence and reported state (from the device's signed reports), tags, rollouts
+  // (one action to many devices at a rate, with a delivery deadline and an abort rule,
+  // driven by one engine at a time: the lease), and each rollout's targets.
+  `
+  ALTER TABLE devices ADD COLUMN last_seen_at INTEGER;
+  ALTER TABLE devices ADD COLUMN presence TEXT CHECK (presence IN ('online', 'offline'));
+  ALTER TABLE devices ADD COLUMN presence_session TEXT;
+  ALTER TABLE devices ADD COLUMN presence_conn INTEGER;
+  ALTER TABLE devices ADD COLUMN report_interval_s INTEGER;
+  ALTER TABLE devices ADD COLUMN reported TEXT;
+  ALTER TABLE devices ADD COLUMN reported_at INTEGER;
+  ALTER TABLE devices ADD COLUMN last_report_jti TEXT;
+
+  CREATE TABLE device_tags (
+    device_id TEXT NOT NULL REFERENCES devices (id) ON DELETE CASCADE,
+    tag TEXT NOT NULL,
+    added_at INTEGER NOT NULL,
+    PRIMARY KEY (device_id, tag)
+  ) STRICT;
+  CREATE INDEX device_tags_tag ON device_tags (tag);
+
+  CREATE TABLE rollouts (
+    id TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    params TEXT NOT NULL,
+    user_id TEXT,
+    selector TEXT NOT NULL,
+    ttl_s INTEGER NOT NULL,
+    deadline_at INTEGER NOT NULL,
+    rate_per_min INTEGER,
+    ramp_from INTEGER,
+    ramp_factor REAL,
+    abort_percent REAL,
+    abort_min INTEGER NOT NULL,
+    concurrency INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('running', 'paused', 'aborted', 'cancelled', 'completed')),
+    state_reason TEXT,
+    updated_at INTEGER NOT NULL,
+    finished_at INTEGER
+  ) STRICT;
+
+  CREATE TABLE rollout_targets (
+    rollout_id TEXT NOT NULL REFERENCES rollouts (id) ON DELETE CASCADE,
+    device_id TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'sending', 'sent', 'applied', 'rejected', 'failed', 'expired', 'cancelled', 'not sent')),
+    jti TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    code TEXT,
+    sent_at INTEGER,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (rollout_id, device_id)
+  ) STRICT;
+  CREATE INDEX rollout_targets_state ON rollout_targets (rollout_id, state);
+  CREATE INDEX rollout_targets_device ON rollout_targets (device_id, state);
+
+  CREATE TABLE leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+  ) STRICT;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

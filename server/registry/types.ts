@@ -37,6 +37,34 @@ export interface DeviceRecord {
   /** Current encryption key (commands are sealed to it), when registered. */
   encryption: PublicJwk | undefined;
   keys: DeviceKeyRecord[];
+  tags: string[];
+  presence: DevicePresenceRecord;
+}
+
+/** What the device's signed reports said, and when the server received them. */
+export interface DevicePresenceRecord {
+  /** When the server received the last accepted report (its own clock, never the board's). */
+  lastSeenAt: number | null;
+  /** `online` after a connect or interval report, `offline` after the device's will or clean stop for its current connection. */
+  reported: 'online' | 'offline' | null;
+  session: string | null;
+  conn: number | null;
+  /** The report interval the device announced. */
+  intervalS: number | null;
+  /** The last report's reported state. */
+  state: ReportedState | null;
+}
+
+export interface ReportedState {
+  reason: string;
+  iat: number;
+  agent_version: string;
+  node_version: string;
+  last_seq: number;
+  kids: { sig: string; enc: string };
+  settings_digest: string;
+  uptime_s: number;
+  selftest: { ok: boolean; at: number } | null;
 }
 
 export interface DeviceFlag {

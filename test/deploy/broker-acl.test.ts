@@ -21,7 +21,7 @@ import { requireTools } from './tools.js';
 const A = 'deviceA';
 const B = 'deviceB';
 const SERVER = 'provision-server';
-const topic = (device: string, kind: 'command' | 'ack' | 'enroll'): string => `provision/${device}/${kind}`;
+const topic = (device: string, kind: 'command' | 'ack' | 'enroll' | 'report'): string => `provision/${device}/${kind}`;
 
 interface Received {
   topic: string;
@@ -160,12 +160,12 @@ describe('deploy/broker: production mosquitto config and ACL', function () {
     expect(a.received.map((m) => m.payload)).to.deep.equal(['v4-for-A']);
   });
 
-  it("device A cannot publish B's acks or enrollments (PUBACK 0x87); the server receives only A's own", async () => {
+  it("device A cannot publish B's acks, enrollments or reports (PUBACK 0x87); the server receives only A's own", async () => {
     const server = await connect(SERVER);
-    await server.client.subscribeAsync([topic('+', 'ack'), topic('+', 'enroll')], { qos: 1 });
+    await server.client.subscribeAsync([topic('+', 'ack'), topic('+', 'enroll'), topic('+', 'report')], { qos: 1 });
     const a = await connect(A);
 
-    for (const kind of ['ack', 'enroll'] as const) {
+    for (const kind of ['ack', 'enroll', 'report'] as const) {
       const err = await rejection(a.client.publishAsync(topic(B, kind), `forged-${kind}`, { qos: 1 }));
       expect(errorCode(err), kind).to.equal(135);
       await a.client.publishAsync(topic(A, kind), `own-${kind}`, { qos: 1 });
@@ -175,7 +175,7 @@ describe('deploy/broker: production mosquitto config and ACL', function () {
     expect(errorCode(await rejection(a.client.publishAsync(topic(A, 'command'), 'self-command', { qos: 1 })))).to.equal(135);
     await a.client.publishAsync(topic(A, 'ack'), 'sentinel', { qos: 1 });
     await server.waitFor('sentinel');
-    expect(server.received.map((m) => m.payload)).to.deep.equal(['own-ack', 'own-enroll', 'sentinel']);
+    expect(server.received.map((m) => m.payload)).to.deep.equal(['own-ack', 'own-enroll', 'own-report', 'sentinel']);
   });
 
   it("an MQTT 3.1.1 device's forged ack is acknowledged but never delivered", async () => {

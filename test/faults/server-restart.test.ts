@@ -1,6 +1,6 @@
 /**
- * The server killed (SIGKILL) in the middle of a fan-out, then `send
- * --resume`: devices that already acknowledged get nothing new, commands
+ * `send` killed (SIGKILL) in the middle of the rollout it drives, then `rollout
+ * resume`: devices that already acknowledged get nothing new, commands
  * sealed but unanswered are re-published as they were sealed (same jti and
  * seq), only devices never reached get a newly sealed command, and every
  * device applies exactly once.
@@ -20,7 +20,7 @@ import { NO_MOSQUITTO, skipBecause } from '../helpers/skip.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-describe('faults: the server killed during a fan-out, then send --resume', function () {
+describe('faults: send killed while it drives a rollout, then rollout resume', function () {
   this.timeout(120_000);
   let broker: MosquittoProcess | undefined;
   let dir: string | undefined;
@@ -64,7 +64,7 @@ describe('faults: the server killed during a fan-out, then send --resume', funct
       const exited = new Promise((r) => send.once('exit', r));
 
       // Wait until the 20 answering devices are acknowledged and 8 commands wait on silent ones.
-      const fanoutId = (): string | undefined => (reg.db.prepare('SELECT id FROM fanouts').get() as { id: string } | undefined)?.id;
+      const fanoutId = (): string | undefined => (reg.db.prepare('SELECT id FROM rollouts').get() as { id: string } | undefined)?.id;
       const deadline = Date.now() + 30_000;
       for (;;) {
         const id = fanoutId();
@@ -84,9 +84,9 @@ describe('faults: the server killed during a fan-out, then send --resume', funct
       expect(pendingBefore.size).to.be.at.least(8);
 
       for (const d of devices) d.behaviour = 'apply';
-      const resumed = await runServerCli(['send', '--resume', id, '--data', data, '--timeout', '20s'], { timeoutMs: 60_000 });
+      // The killed send's lease lapses (10 s) before the resume's engine takes over.
+      const resumed = await runServerCli(['rollout', 'resume', id, '--data', data, '--timeout', '20s'], { timeoutMs: 60_000 });
       expect(resumed.code, resumed.stdout + resumed.stderr).to.equal(0);
-      expect(resumed.stdout).to.match(/\(20 already answered, skipped\)/);
       expect(resumed.stdout).to.match(/applied\s+40\n/);
 
       const afterResume = reg.listCommands({ fanoutId: id, limit: 1000 });
@@ -113,7 +113,7 @@ describe('faults: the server killed during a fan-out, then send --resume', funct
       }
       const applied = devices.filter((d) => d.applied.length === 1).length;
       process.stderr.write(
-        `      fan-out ${devices.length} devices: acked before the kill ${ackedBefore.size}, re-sealed ${resealed}, pending re-published unchanged ${republished}, sealed after resume ${sealedAfter}; applied ${applied}, lost ${devices.length - applied}\n`,
+        `      rollout ${devices.length} devices: acked before the kill ${ackedBefore.size}, re-sealed ${resealed}, pending re-published unchanged ${republished}, sealed after resume ${sealedAfter}; applied ${applied}, lost ${devices.length - applied}\n`,
       );
       expect(resealed).to.equal(0);
       expect(applied).to.equal(devices.length);

@@ -112,7 +112,7 @@ describe('provision-server CLI: data directory, registry, send', function () {
     }
   });
 
-  it('send --user UID ACTION fans out with a summary table, exits 6 unless all applied, and --resume finishes the job', async () => {
+  it('send --user UID ACTION is a rollout with a summary table, exits 6 unless all applied, and rollout resume finishes the job', async () => {
     const reg = Registry.open(join(ctx.data, 'registry.sqlite'));
     const trust = JSON.parse(await readFile(join(ctx.data, 'keys', 'trust.jwks'), 'utf8'));
     const fleet = await SimFleet.connect(ctx.broker.url, { trust });
@@ -130,13 +130,15 @@ describe('provision-server CLI: data directory, registry, send', function () {
       expect(r.stdout).to.match(/rejected\s+1\n/);
       expect(r.stdout).to.match(/no answer\s+1\n/);
       expect(r.stdout).to.match(/fan-cli-3\s+no answer/);
-      const id = /resume with: provision-server send --resume (\S+)/.exec(r.stdout)?.[1];
+      const id = /follow it with: provision-server rollout show (\S+)/.exec(r.stdout)?.[1];
       expect(id).to.be.a('string');
       devs[3]!.behaviour = 'apply';
-      const again = await runServerCli(['send', '--resume', id as string, '--data', ctx.data, '--timeout', '5s']);
-      expect(again.stdout).to.match(/\(3 already answered, skipped\)/);
-      expect(again.stdout).to.match(/applied\s+3\n/);
+      // The unanswered command is re-published as sealed (same jti and seq), nothing new is sealed.
+      const again = await runServerCli(['rollout', 'resume', id as string, '--data', ctx.data, '--timeout', '5s']);
+      expect(again.stdout, again.stderr).to.match(/applied\s+3\n/);
+      expect(again.stdout).to.match(/rejected\s+1\n/);
       expect(again.code).to.equal(6); // the rejected one stays rejected
+      expect(reg.listCommands({ fanoutId: id as string })).to.have.length(4);
       expect(devs.map((d) => d.applied.length)).to.deep.equal([1, 1, 0, 1]);
     } finally {
       await fleet.close();

@@ -1,0 +1,153 @@
+/** `provision-server rollout list|show|pause|resume|cancel`: rollouts recorded by `send --all/--user/--tag` or the HTTP API. */
+import type { Argv, CommandModule } from 'yargs';
+import { CodedError } from '../../protocol/index.js';
+import { defineCommand } from '../../lib/cli.js';
+import { brokerFrom, openDataDir } from '../data-dir.js';
+import { parseDuration } from '../duration.js';
+import { RegistryError } from '../registry/errors.js';
+import { followRollout } from './send-rollout.js';
+import { RolloutStore, type RolloutState } from '../registry/rollouts.js';
+import { ROLLOUT_LEASE } from '../rollouts/engine.js';
+import { ROLLOUT_CONTROLS } from '../rollouts/controls.js';
+import { formatRolloutList, formatRolloutSummary, rolloutView } from '../rollouts/views.js';
+import { brokerOverride, withBroker, withData } from './common.js';
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+function rolloutId(value: string): string {
+  if (!UUID.test(value)) throw new CodedError('E_USAGE', `rollout id "${value}" is not a rollout id (a UUID, as rollout list prints)`);
+  return value;
+}
+
+const listCommand = defineCommand({
+  command: 'list',
+  describe: 'List rollouts, newest first',
+  builder: (y) =>
+    withData(y)
+      .option('open', { type: 'boolean', default: false, describe: 'only rollouts not finished' })
+      .option('limit', { type: 'number', default: 50, describe: 'at most this many' })
+      .option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
+  handler: async (args) => {
+    const data = await openDataDir(args.data);
+    try {
+      const store = new RolloutStore(data.registry);
+      const items = store.list({ limit: args.limit, unfinished: args.open }).map((r) => ({ r, counts: store.counts(r.id) }));
+      if (args.json)
+        return void process.stdout.write(
+          `${JSON.stringify(
+            items.map((i) => rolloutView(i.r, i.counts)),
+            null,
+            2,
+          )}\n`,
+        );
+      process.stdout.write(formatRolloutList(items));
+      const holder = store.leaseHolder(ROLLOUT_LEASE);
+      if (items.some((i) => i.r.finishedAt === null))
+        process.stderr.write(holder ? `driven by ${holder}\n` : 'note: no serve is running: open rollouts wait until provision-server serve runs\n');
+    } finally {
+      data.registry.close();
+    }
+  },
+});
+
+const showCommand = defineCommand({
+  command: 'show <id>',
+  describe: 'One rollout: state, counts, rate, deadline, and the devices that did not apply',
+  builder: (y) =>
+    withData(y)
+      .positional('id', { type: 'string', demandOption: true, coerce: rolloutId })
+      .option('json', { type: 'boolean', default: false, describe: 'print JSON with every target' }),
+  handler: async (args) => {
+    const data = await openDataDir(args.data);
+    try {
+      const store = new RolloutStore(data.registry);
+      const r = store.require(args.id);
+      const counts = store.counts(r.id);
+      if (args.json) return void process.stdout.write(`${JSON.stringify(rolloutView(r, counts, store.targets(r.id)), null, 2)}\n`);
+      process.stdout.write(
+        formatRolloutSummary(
+          r,
+          counts,
+          store.targets(r.id, { states: ['pending', 'sending', 'sent', 'rejected', 'failed', 'expired', 'cancelled', 'not sent'] }),
+        ),
+      );
+    } finally {
+      data.registry.close();
+    }
+  },
+});
+
+function control(verb: 'pause' | 'cancel', describe: string, from: RolloutState[], to: RolloutState) {
+  return defineCommand({
+    command: `${verb} <id>`,
+    describe,
+    builder: (y) =>
+      withData(y)
+        .positional('id', { type: 'string', demandOption: true, coerce: rolloutId })
+        .option('reason', { type: 'string', default: `${verb} from the CLI`, describe: 'recorded in the audit log' }),
+    handler: async (args) => {
+      const data = await openDataDir(args.data);
+      try {
+        const r = new RolloutStore(data.registry).setState(args.id, from, to, args.reason, 'cli');
+        process.stdout.write(`rollout ${r.id}: ${r.state}\n`);
+      } finally {
+        data.registry.close();
+      }
+    },
+  });
+}
+
+const resumeCommand = defineCommand({
+  command: 'resume <id>',
+  describe: 'Resume a paused rollout (or one whose send was stopped) and follow it to the end, as send does: this process drives it while no serve runs',
+  builder: (y) =>
+    withBroker(withData(y))
+      .positional('id', { type: 'string', demandOption: true, coerce: rolloutId })
+      .option('detach', { type: 'boolean', default: false, describe: 'only mark it running; a running serve drives it' })
+      .option('timeout', { type: 'string', default: '30s', describe: 'how long to wait for each ack before it counts as no answer' })
+      .option('json', { type: 'boolean', default: false, describe: 'print the result as JSON' })
+      .option('reason', { type: 'string', default: 'resume from the CLI', describe: 'recorded in the audit log' }),
+  handler: async (args) => {
+    const ackTimeoutMs = parseDuration(args.timeout, '--timeout');
+    const data = await openDataDir(args.data);
+    try {
+      const store = new RolloutStore(data.registry);
+      const r = store.require(args.id);
+      if (r.finishedAt !== null) throw new RegistryError('E_ROLLOUT_STATE', `rollout ${r.id} is finished (${r.state}): nothing to resume`);
+      if (r.state !== 'running') store.setState(r.id, ROLLOUT_CONTROLS.resume.from, ROLLOUT_CONTROLS.resume.to, args.reason, 'cli');
+      if (args.detach) return void process.stdout.write(`rollout ${r.id}: running\n`);
+      const broker = brokerFrom(data.config.broker, brokerOverride(args));
+      process.exitCode = await followRollout({ data, broker, start: () => r.id, json: args.json, ackTimeoutMs, sealWorkers: 0 });
+    } finally {
+      data.registry.close();
+    }
+  },
+});
+
+export const rolloutCommand: CommandModule = {
+  command: 'rollout <command>',
+  describe: 'Rollouts: one action to many devices at a rate, with a delivery deadline and an abort rule',
+  builder: (y: Argv) =>
+    y
+      .command(listCommand)
+      .command(showCommand)
+      .command(
+        control(
+          'pause',
+          'Pause a running rollout: nothing more is sent (commands in flight still count)',
+          ROLLOUT_CONTROLS.pause.from,
+          ROLLOUT_CONTROLS.pause.to,
+        ),
+      )
+      .command(resumeCommand)
+      .command(
+        control(
+          'cancel',
+          'Cancel a rollout: what was not sent is cancelled (commands in flight still count)',
+          ROLLOUT_CONTROLS.cancel.from,
+          ROLLOUT_CONTROLS.cancel.to,
+        ),
+      )
+      .demandCommand(1, 'Name a rollout command (see --help).'),
+  handler: () => undefined,
+};

@@ -1,0 +1,41 @@
+/**
+ * Device presence from signed reports (protocol/report.ts): verified with the
+ * device's registered signing key, recorded with the server's receive time.
+ * Nothing unsigned moves a device online or offline: a device is offline when
+ * its own sealed will (or clean-stop report) for its current connection says
+ * so, or when no report has arrived for PRESENCE_GRACE times the interval it
+ * announced.
+ */
+import { CodedError, KeyRing, openReport, type ReportClaims } from '../protocol/index.js';
+import type { Registry, ReportRecordOutcome } from './registry/registry.js';
+import type { DevicePresenceRecord } from './registry/types.js';
+import type { ServerKeys } from './server-keys.js';
+
+/** A device whose last report is older than this many report intervals is offline. Kept in step with RolloutStore.deliverable. */
+export const PRESENCE_GRACE = 2.5;
+
+export type Presence = 'online' | 'offline' | 'unknown';
+
+/** `unknown`: the device never sent a report (an agent without reports, or not connected since). */
+export function presenceOf(p: DevicePresenceRecord, now: number): Presence {
+  if (p.lastSeenAt === null) return 'unknown';
+  if (p.reported !== 'online') return 'offline';
+  return p.lastSeenAt + (p.intervalS ?? 0) * PRESENCE_GRACE * 1000 >= now ? 'online' : 'offline';
+}
+
+export async function openAndRecordReport(
+  registry: Registry,
+  keys: ServerKeys,
+  deviceId: string,
+  payload: Buffer | string,
+): Promise<{ claims: ReportClaims; outcome: ReportRecordOutcome; signerKid: string }> {
+  const signers = registry.verificationKeys(deviceId);
+  if (signers.length === 0) throw new CodedError('E_KID', 'no signing key registered for this device: its reports cannot be verified');
+  const { claims, signerKid } = await openReport(payload, {
+    serverId: keys.serverId,
+    deviceId,
+    decryption: keys.decryption,
+    verification: await KeyRing.create(signers),
+  });
+  return { claims, outcome: registry.recordReport(deviceId, claims), signerKid };
+}

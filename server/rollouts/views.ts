@@ -1,0 +1,177 @@
+/** Rollouts and rollout plans as JSON (HTTP API, --json) and as text (the CLI). */
+import { printable, table } from '../terminal-text.js';
+import type { RolloutRecord, TargetCounts, TargetRecord } from '../registry/rollouts.js';
+import { currentRate } from './engine.js';
+import type { RolloutPlan } from './plan.js';
+
+const iso = (t: number | null | undefined): string | null => (t === null || t === undefined ? null : new Date(t).toISOString());
+
+/** Targets done (final) out of all. */
+export function progressOf(counts: TargetCounts): { done: number; total: number } {
+  const total = Object.values(counts).reduce((a, b) => a + b, 0);
+  return { done: total - counts.pending - counts.sending - counts.sent, total };
+}
+
+export function selectorText(r: Pick<RolloutRecord, 'selector'>): string {
+  const s = r.selector;
+  if ('all' in s) return 'all devices';
+  if ('userId' in s) return `user ${s.userId}`;
+  if ('tag' in s) return `tag ${s.tag}`;
+  return s.devices.length === 1 ? `device ${s.devices[0]}` : `${s.devices.length} named devices`;
+}
+
+export function rolloutView(r: RolloutRecord, counts: TargetCounts, targets?: TargetRecord[]): Record<string, unknown> {
+  return {
+    id: r.id,
+    action: r.action,
+    params: r.params,
+    user_id: r.userId ?? null,
+    selector: r.selector,
+    state: r.state,
+    state_reason: r.stateReason,
+    created_at: iso(r.createdAt),
+    updated_at: iso(r.updatedAt),
+    finished_at: iso(r.finishedAt),
+    deadline_at: iso(r.deadlineAt),
+    ttl_s: r.ttlSeconds,
+    rate_per_min: r.ratePerMin ?? null,
+    current_rate_per_min: currentRate(r, counts.applied) ?? null,
+    ramp: r.rampFrom === undefined ? null : { from_per_min: r.rampFrom, factor: r.rampFactor ?? 2 },
+    abort: r.abortPercent === undefined ? null : { percent: r.abortPercent, min_results: r.abortMin },
+    concurrency: r.concurrency,
+    counts,
+    progress: progressOf(counts),
+    ...(targets
+      ? {
+          targets: targets.map((t) => ({
+            device_id: t.deviceId,
+            state: t.state,
+            code: t.code,
+            jti: t.jti,
+            attempts: t.attempts,
+            sent_at: iso(t.sentAt),
+            updated_at: iso(t.updatedAt),
+          })),
+        }
+      : {}),
+  };
+}
+
+export function planView(plan: RolloutPlan): Record<string, unknown> {
+  const s = plan.spec;
+  return {
+    dry_run: true,
+    action: s.action,
+    params: plan.params,
+    user_id: s.userId ?? null,
+    selector: s.selector,
+    deadline_at: iso(s.deadlineAt),
+    ttl_s: s.ttlSeconds,
+    rate_per_min: s.ratePerMin ?? null,
+    ramp: s.rampFrom === undefined ? null : { from_per_min: s.rampFrom, factor: s.rampFactor ?? 2 },
+    abort: s.abortPercent === undefined ? null : { percent: s.abortPercent, min_results: s.abortMin },
+    concurrency: s.concurrency,
+    targets: plan.targets.map((t) => ({
+      device_id: t.deviceId,
+      presence: t.presence,
+      last_seen_at: iso(t.lastSeenAt),
+      agent_version: t.agentVersion,
+      sendable: t.problem === null,
+      problem: t.problem,
+    })),
+    summary: {
+      targets: plan.targets.length,
+      online: plan.targets.filter((t) => t.presence === 'online').length,
+      offline: plan.targets.filter((t) => t.presence === 'offline').length,
+      unknown: plan.targets.filter((t) => t.presence === 'unknown').length,
+      not_sendable: plan.targets.filter((t) => t.problem).length,
+    },
+  };
+}
+
+function rateText(r: Pick<RolloutRecord, 'ratePerMin' | 'rampFrom' | 'rampFactor' | 'concurrency'>): string {
+  const rate = r.ratePerMin === undefined ? 'no rate limit' : `${r.ratePerMin}/min`;
+  const ramp = r.rampFrom === undefined ? '' : `, ramp from ${r.rampFrom}/min x${r.rampFactor ?? 2}`;
+  return `${rate}${ramp}, ${r.concurrency} in flight at most`;
+}
+
+export function formatPlan(plan: RolloutPlan): string {
+  const s = plan.spec;
+  const v = planView(plan).summary as Record<string, number>;
+  const lines = [
+    `dry run: ${s.action} to ${plan.targets.length} device(s) (${selectorText(s)}); nothing sealed, sent or recorded`,
+    `params (validated): ${JSON.stringify(plan.params)}`,
+    `delivery: until ${iso(s.deadlineAt)}, each command valid ${s.ttlSeconds} s; ${rateText(s)}`,
+    `abort: ${s.abortPercent === undefined ? 'never' : `at ${s.abortPercent}% rejected or failed, after ${s.abortMin} results`}`,
+    `presence: ${v.online} online, ${v.offline} offline, ${v.unknown} never reported${v.not_sendable ? `; ${v.not_sendable} would not be sent` : ''}`,
+    '',
+  ];
+  const rows = [['DEVICE', 'PRESENCE', 'LAST SEEN', 'AGENT', 'CHECK']];
+  for (const t of plan.targets) {
+    rows.push([t.deviceId, t.presence, iso(t.lastSeenAt) ?? '-', t.agentVersion ?? '-', t.problem ? `${t.problem.code}: ${t.problem.message}` : 'ok']);
+  }
+  return `${lines.join('\n')}${table(rows)}`;
+}
+
+/** The summary at the end of `send` to many devices, and `rollout show` as text. */
+export function formatRolloutSummary(r: RolloutRecord, counts: TargetCounts, notApplied: TargetRecord[]): string {
+  const { total } = progressOf(counts);
+  const lines = [
+    `rollout ${r.id}: ${r.action} to ${total} device(s) (${selectorText(r)}), ${r.state}${r.stateReason ? ` (${printable(r.stateReason)})` : ''}`,
+    `delivery until ${iso(r.deadlineAt)}; ${rateText(r)}${r.abortPercent === undefined ? '' : `; abort at ${r.abortPercent}% after ${r.abortMin} results`}`,
+    '',
+    'outcome      devices',
+  ];
+  const waiting = counts.pending;
+  const rows: [string, number][] = [
+    ['applied', counts.applied],
+    ['rejected', counts.rejected],
+    ['failed', counts.failed],
+    ['no answer', counts.sent + counts.sending],
+    ['waiting', waiting],
+    ['expired', counts.expired],
+    ['not sent', counts['not sent'] + counts.cancelled],
+  ];
+  for (const [k, n] of rows) lines.push(`${k.padEnd(12)} ${String(n).padStart(7)}`);
+  if (notApplied.length) {
+    lines.push('', 'device                            state       code');
+    for (const t of notApplied.slice(0, 50)) lines.push(`${t.deviceId.padEnd(33)} ${targetStateText(t.state).padEnd(11)} ${printable(t.code ?? '')}`);
+    if (notApplied.length > 50) lines.push(`... and ${notApplied.length - 50} more (provision-server rollout show ${r.id} --json)`);
+  }
+  if (r.finishedAt === null) {
+    const open = waiting + counts.sent + counts.sending;
+    if (open > 0) {
+      lines.push(
+        '',
+        `${open} device(s) not finished: the rollout stays open until ${iso(r.deadlineAt)}; provision-server serve delivers to offline boards when they report in.`,
+        `follow it with: provision-server rollout show ${r.id}`,
+      );
+    }
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+/** A target state in the words of the summary's outcomes. */
+export function targetStateText(state: TargetRecord['state']): string {
+  return state === 'pending' ? 'waiting' : state === 'sent' || state === 'sending' ? 'no answer' : state;
+}
+
+export function formatRolloutList(items: { r: RolloutRecord; counts: TargetCounts }[]): string {
+  const rows = [['ROLLOUT', 'ACTION', 'TARGETS', 'STATE', 'DONE', 'APPLIED', 'BAD', 'WAITING', 'CREATED', 'DEADLINE']];
+  for (const { r, counts } of items) {
+    const p = progressOf(counts);
+    rows.push([
+      r.id,
+      r.action,
+      selectorText(r),
+      r.state,
+      `${p.done}/${p.total}`,
+      String(counts.applied),
+      String(counts.rejected + counts.failed),
+      String(counts.pending),
+      iso(r.createdAt) ?? '',
+      iso(r.deadlineAt) ?? '',
+    ]);
+  }
+  return table(rows);
+}
