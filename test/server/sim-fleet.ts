@@ -4,6 +4,7 @@
  * encrypted), many devices sharing one MQTT connection so that a fan-out to
  * hundreds of them stays cheap.
  */
+import { randomUUID } from 'node:crypto';
 import mqtt, { type MqttClient } from 'mqtt';
 import {
   KeyRing,
@@ -16,7 +17,10 @@ import {
   isProtocolError,
   openCommand,
   parseTopic,
+  reportTopic,
   sealAck,
+  sealReport,
+  type ReportReason,
   sealEnrollment,
   toJwkSet,
   toPublicJwk,
@@ -46,6 +50,13 @@ export interface SimDevice {
   refuseUnrecorded: string | undefined;
   provisioned: boolean;
   userId: string | undefined;
+  /** Presence: a board that is away gets nothing; what the broker would queue for it is kept in `queued` and handled when it is back. */
+  online: boolean;
+  queued: Buffer[];
+  /** Every command that opened, with when it arrived. */
+  received: { at: number; claims: CommandClaims }[];
+  session: string;
+  conn: number;
   publicSet(): JwkSet;
 }
 
@@ -63,6 +74,11 @@ export async function makeSimDevice(id: string, behaviour: SimBehaviour = 'apply
     refuseUnrecorded: undefined,
     provisioned: false,
     userId: undefined,
+    online: true,
+    queued: [],
+    received: [],
+    session: randomUUID(),
+    conn: 0,
     publicSet(this: SimDevice) {
       return toJwkSet([this.signing, this.encryption]);
     },
@@ -127,6 +143,44 @@ export class SimFleet {
     await this.#client.publishAsync(enrollTopic(this.#prefix, overrides.topicId ?? device.id), sealed, { qos: 1 });
   }
 
+  /** A signed, encrypted report from the device, as the agent sends one (protocol/report.ts). */
+  async report(device: SimDevice, reason: ReportReason, options: { intervalSeconds?: number } = {}): Promise<void> {
+    const { token } = await sealReport(
+      {
+        deviceId: device.id,
+        serverId: this.#serverId,
+        reason,
+        session: device.session,
+        conn: Math.max(device.conn, 1),
+        intervalSeconds: options.intervalSeconds ?? 300,
+        agentVersion: 'sim-1.0.0',
+        nodeVersion: process.version,
+        lastSeq: device.lastSeq,
+        kids: { sig: device.signing.kid, enc: device.encryption.kid },
+        settingsDigest: `sha256:${'0'.repeat(64)}`,
+        uptimeSeconds: 1,
+        selftest: null,
+      },
+      { signer: device.signing, recipient: this.#serverTrust.encryption },
+    );
+    await this.#client.publishAsync(reportTopic(this.#prefix, device.id), token, { qos: 1 });
+  }
+
+  /** The board (re)connects: a new connection number, a connect report, then what the broker queued for it while it was away. */
+  async connectDevice(device: SimDevice, options: { intervalSeconds?: number } = {}): Promise<void> {
+    device.conn += 1;
+    device.online = true;
+    const queued = device.queued.splice(0);
+    for (const payload of queued) await this.#handle(device, payload);
+    await this.report(device, 'connect', options);
+  }
+
+  /** The board goes away: with `clean`, its offline report for the connection (a clean stop, or the broker publishing its will). */
+  async disconnectDevice(device: SimDevice, options: { clean?: boolean } = {}): Promise<void> {
+    if (options.clean !== false) await this.report(device, 'offline');
+    device.online = false;
+  }
+
   /** Publishes raw bytes on a device topic (for tampering tests). */
   async publishRaw(topic: string, payload: string): Promise<void> {
     await this.#client.publishAsync(topic, payload, { qos: 1 });
@@ -140,13 +194,21 @@ export class SimFleet {
     const parsed = parseTopic(this.#prefix, topic);
     const device = parsed ? this.devices.get(parsed.deviceId) : undefined;
     if (!parsed || parsed.kind !== 'command' || !device) return;
+    if (!device.online) {
+      device.queued.push(payload);
+      return;
+    }
+    await this.#handle(device, payload);
+  }
+
+  async #handle(device: SimDevice, payload: Buffer): Promise<void> {
     const decryption = await KeyRing.create(device.previousEncryption ? [device.encryption, device.previousEncryption] : [device.encryption]);
     const verification = await KeyRing.create([this.#serverTrust.signing]);
     let claims: CommandClaims;
     try {
       ({ claims } = await openCommand(payload, {
         deviceId: device.id,
-        topicDeviceId: parsed.deviceId,
+        topicDeviceId: device.id,
         serverId: this.#serverId,
         decryption,
         verification,
@@ -156,12 +218,18 @@ export class SimFleet {
     } catch (err) {
       const code = isProtocolError(err) ? err.code : 'E_INTERNAL';
       if (isProtocolError(err) && err.refused?.jti) {
+        // As the agent: a refusal of a command addressed to it is decided (its seq and jti are used up).
+        if (code !== 'E_REPLAY' && err.refused.seq !== undefined && err.refused.seq > device.lastSeq) {
+          device.lastSeq = err.refused.seq;
+          device.jtis.add(err.refused.jti);
+        }
         await this.#ack(device, err.refused.jti, err.refused.seq ?? 0, 'rejected', code);
       } else {
         this.dropped.push({ deviceId: device.id, code });
       }
       return;
     }
+    device.received.push({ at: Date.now(), claims });
     if (device.behaviour === 'silent') return;
     if (device.refuseUnrecorded !== undefined) return this.#ack(device, claims.jti, claims.seq, 'rejected', device.refuseUnrecorded);
     device.lastSeq = claims.seq;

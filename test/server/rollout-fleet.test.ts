@@ -1,0 +1,201 @@
+/**
+ * A rollout to 1,000 simulated boards over a real broker (aedes in process),
+ * driven by `serve`'s engine: 30% of the boards are offline when it starts
+ * (their signed offline reports say so) and come back while it runs, a few
+ * only after the delivery deadline; some boards fail. Then a second rollout
+ * whose injected failures trip its abort rule.
+ */
+import { expect } from 'chai';
+import { toPublicJwk } from '../../protocol/index.js';
+import { presenceOf } from '../../server/presence.js';
+import { RolloutStore } from '../../server/registry/rollouts.js';
+import { planRollout, startRollout } from '../../server/rollouts/plan.js';
+import { eventually, makeSimDevice, type SimDevice } from './sim-fleet.js';
+import { startFixture, type Fixture } from './server-fixture.js';
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const BOARDS = 1000;
+const RATE_PER_MIN = 6000;
+
+describe('server: a rollout to 1,000 simulated boards, 30% offline, with failures and an abort', function () {
+  this.timeout(240_000);
+  let f: Fixture;
+  const devices: SimDevice[] = [];
+
+  before(async () => {
+    f = await startFixture();
+    const reg = f.server.data.registry;
+    for (let i = 0; i < BOARDS; i += 100) {
+      devices.push(...(await Promise.all(Array.from({ length: 100 }, (_, j) => makeSimDevice(`rb-${String(i + j).padStart(4, '0')}`)))));
+    }
+    reg.db
+      .transaction(() => {
+        for (const [i, d] of devices.entries()) {
+          f.fleet.add(d);
+          reg.addDevice({
+            id: d.id,
+            userId: 'fleet',
+            origin: 'jwks',
+            signing: toPublicJwk(d.signing),
+            encryption: toPublicJwk(d.encryption),
+            state: 'provisioned',
+          });
+          reg.addTags(d.id, ['site-a', ...(i < 200 ? ['canary'] : [])]);
+        }
+      })
+      .immediate();
+    // Every board reports in; the offline 30% then stop (their signed offline report for that connection).
+    for (let i = 0; i < BOARDS; i += 50) await Promise.all(devices.slice(i, i + 50).map((d) => f.fleet.connectDevice(d, { intervalSeconds: 600 })));
+    const offline = devices.filter((_, i) => i % 10 < 3);
+    await Promise.all(offline.map((d) => f.fleet.disconnectDevice(d)));
+    await eventually(
+      () => {
+        const now = Date.now();
+        const p = reg.listDevices({ tag: 'site-a' }).map((d) => presenceOf(d.presence, now));
+        return p.filter((x) => x === 'online').length === 700 && p.filter((x) => x === 'offline').length === 300;
+      },
+      30_000,
+      '700 boards online and 300 offline by their reports',
+    );
+  });
+
+  after(async () => {
+    await f?.close();
+  });
+
+  it('serves the online boards at the rate, the returning ones when they report in, nothing after the deadline, nothing twice', async () => {
+    const reg = f.server.data.registry;
+    const store = new RolloutStore(reg);
+    const failing = new Set(devices.filter((_, i) => i % 33 === 5).map((d) => d.id));
+    for (const d of devices) d.behaviour = failing.has(d.id) ? 'fail' : 'apply';
+    const offline = devices.filter((_, i) => i % 10 < 3);
+    // 20 of the offline boards come back only after the deadline.
+    const late = new Set(offline.filter((_, i) => i % 15 === 0).map((d) => d.id));
+    const returning = offline.filter((d) => !late.has(d.id));
+    expect(late.size).to.equal(20);
+
+    const plan = planRollout(reg, f.server.data.keys, {
+      action: 'update',
+      params: { sensor: { sample_interval_s: 45 } },
+      selector: { tag: 'site-a' },
+      ratePerMin: RATE_PER_MIN,
+      deliverWithinMs: 25_000,
+      ttlSeconds: 10,
+      concurrency: 64,
+    });
+    expect(plan.targets.filter((t) => t.presence === 'offline')).to.have.length(300);
+    const r = startRollout(reg, plan);
+    f.server.rollouts?.kick();
+
+    // The returning boards come back over 8 s, from 3 s in.
+    await sleep(3000);
+    const backAt = new Map<string, number>();
+    for (let i = 0; i < returning.length; i += 35) {
+      for (const d of returning.slice(i, i + 35)) backAt.set(d.id, Date.now());
+      await Promise.all(returning.slice(i, i + 35).map((d) => f.fleet.connectDevice(d, { intervalSeconds: 600 })));
+      await sleep(1000);
+    }
+    const expectedDone = BOARDS - late.size;
+    await eventually(
+      () => {
+        const c = store.counts(r.id);
+        return c.applied + c.failed === expectedDone;
+      },
+      40_000,
+      'every board online or back before the deadline answered',
+    );
+    const lastReturnedServed = Math.max(...returning.map((d) => (d.received[0]?.at ?? Number.POSITIVE_INFINITY) - (backAt.get(d.id) ?? 0)));
+
+    // After the deadline the late boards come back: they get nothing, their targets expire.
+    await eventually(() => store.require(r.id).finishedAt !== null, 30_000, 'the rollout finished at its deadline');
+    for (const d of devices.filter((x) => late.has(x.id))) await f.fleet.connectDevice(d);
+    await sleep(1000);
+    const final = store.require(r.id);
+    const counts = store.counts(r.id);
+    expect(final.state).to.equal('completed');
+    expect(counts).to.include({
+      applied: expectedDone - (failing.size - [...failing].filter((id) => late.has(id)).length),
+      expired: late.size,
+      pending: 0,
+      sent: 0,
+    });
+    expect(counts.failed).to.equal([...failing].filter((id) => !late.has(id)).length);
+    for (const d of devices) {
+      expect(d.applied.length, `${d.id} applied at most once`).to.be.at.most(1);
+      if (late.has(d.id)) expect(d.received, `${d.id} came back after the deadline`).to.have.length(0);
+      else expect(d.received.length, `${d.id} got its command once`).to.equal(1);
+    }
+    const commands = reg.listCommands({ fanoutId: r.id, limit: 10_000 });
+    expect(commands).to.have.length(expectedDone);
+    for (const c of commands) {
+      expect(c.createdAt).to.be.below(final.deadlineAt);
+      expect(c.expiresAt).to.be.at.most(final.deadlineAt);
+    }
+    // The rate: in any second at most one second's worth plus the bucket (one rate step).
+    const times = commands.map((c) => c.createdAt).sort((a, b) => a - b);
+    const step = RATE_PER_MIN / 60;
+    let worst = 0;
+    for (let i = 0, j = 0; i < times.length; i++) {
+      while ((times[i] as number) - (times[j] as number) >= 1000) j++;
+      worst = Math.max(worst, i - j + 1);
+    }
+    expect(worst).to.be.at.most(2 * step);
+    process.stderr.write(
+      `      ${BOARDS} boards: ${counts.applied} applied, ${counts.failed} failed, ${counts.expired} expired (came back after the deadline); busiest second ${worst} commands (rate ${step}/s); last returning board served ${lastReturnedServed} ms after it reported in\n`,
+    );
+    expect(lastReturnedServed).to.be.below(5000);
+  });
+
+  it('an abort rule trips on injected failures and stops new sends within one rate step', async () => {
+    const reg = f.server.data.registry;
+    const store = new RolloutStore(reg);
+    const canary = devices.slice(0, 200);
+    for (const [i, d] of canary.entries()) {
+      d.behaviour = i % 4 === 1 ? 'fail' : i % 4 === 3 && i % 8 === 7 ? 'reject' : 'apply';
+      if (!d.online) await f.fleet.connectDevice(d);
+    }
+    const appliedBefore = new Map(canary.map((d) => [d.id, d.applied.length]));
+    const rate = 600;
+    const r = startRollout(
+      reg,
+      planRollout(reg, f.server.data.keys, {
+        action: 'selftest',
+        selector: { tag: 'canary' },
+        ratePerMin: rate,
+        abortPercent: 10,
+        abortMin: 20,
+        concurrency: 64,
+      }),
+    );
+    f.server.rollouts?.kick();
+    await eventually(() => store.require(r.id).state === 'aborted', 30_000, 'the rollout aborted');
+    await eventually(() => store.counts(r.id).sent === 0, 15_000, 'the commands in flight answered');
+    const commands = reg.listCommands({ fanoutId: r.id, limit: 1000 });
+    // When the rule first held, by the acks' record times.
+    const acked = commands.filter((c) => c.ackedAt !== null).sort((a, b) => (a.ackedAt as number) - (b.ackedAt as number));
+    let bad = 0;
+    let results = 0;
+    let trippedAt: number | undefined;
+    for (const c of acked) {
+      results++;
+      if (c.ackStatus !== 'applied') bad++;
+      if (results >= 20 && bad * 100 >= 10 * results) {
+        trippedAt = c.ackedAt as number;
+        break;
+      }
+    }
+    expect(trippedAt).to.be.a('number');
+    const after = commands.filter((c) => c.createdAt > (trippedAt as number)).length;
+    const counts = store.counts(r.id);
+    process.stderr.write(
+      `      abort at 10% after 20 results: ${commands.length} of 200 sent, ${after} sealed after the rule held (one rate step = ${rate / 60}), ${counts.cancelled} cancelled\n`,
+    );
+    expect(after).to.be.at.most(rate / 60);
+    expect(counts.cancelled).to.equal(200 - commands.length);
+    expect(counts.cancelled).to.be.above(100);
+    for (const d of canary) expect(d.applied.length - (appliedBefore.get(d.id) ?? 0), `${d.id} applied at most once`).to.be.at.most(1);
+    // Nothing more is sent once aborted.
+    await sleep(1000);
+    expect(reg.listCommands({ fanoutId: r.id, limit: 1000 })).to.have.length(commands.length);
+  });
+});
