@@ -283,15 +283,13 @@ export class RolloutEngine {
       return;
     }
     // Recorded before it is published: a failed publish is re-published when the board next connects.
-    await this.#sender
-      .publish(deviceId, sealed.jti, sealed.token)
-      .catch((err: unknown) =>
-        this.#log.warn('rollout.publish_failed', {
-          rollout: r.id,
-          device: deviceId,
-          jti: sealed.jti,
-          reason: err instanceof Error ? err.message : String(err),
-        }),
-      );
+    await this.#sender.publish(deviceId, sealed.jti, sealed.token).catch((err: unknown) =>
+      this.#log.warn('rollout.publish_failed', {
+        rollout: r.id,
+        device: deviceId,
+        jti: sealed.jti,
+        reason: err instanceof Error ? err.message : String(err),
+      }),
+    );
   }
 }

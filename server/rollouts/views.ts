@@ -135,7 +135,7 @@ export function formatRolloutSummary(r: RolloutRecord, counts: TargetCounts, not
   for (const [k, n] of rows) lines.push(`${k.padEnd(12)} ${String(n).padStart(7)}`);
   if (notApplied.length) {
     lines.push('', 'device                            state       code');
-    for (const t of notApplied.slice(0, 50)) lines.push(`${t.deviceId.padEnd(33)} ${targetStateText(t.state).padEnd(11)} ${printable(t.code ?? '')}`);
+    for (const t of notApplied.slice(0, 50)) lines.push(`${t.deviceId.padEnd(33)} ${targetStateText(t.state).padEnd(11)} ${printable(t.code ?? '')}`.trimEnd());
     if (notApplied.length > 50) lines.push(`... and ${notApplied.length - 50} more (provision-server rollout show ${r.id} --json)`);
   }
   if (r.finishedAt === null) {
