@@ -211,8 +211,10 @@ export class RolloutEngine {
     }
     for (const a of this.store.answered(r.id)) {
       if (a.status === 'rejected' && a.code === 'E_EXPIRED') {
-        // The board decided that command too late to apply it: a fresh one when it is back.
-        this.store.move(r.id, a.deviceId, ['sent'], 'pending', { jti: null, code: 'E_EXPIRED' });
+        // The board decided that command too late to apply it: a fresh one when it is back (a rollout
+        // that is aborted or cancelled sends nothing more: that target is cancelled).
+        const again = r.state === 'running' || r.state === 'paused';
+        this.store.move(r.id, a.deviceId, ['sent'], again ? 'pending' : 'cancelled', { jti: null, code: again ? 'E_EXPIRED' : `E_${r.state.toUpperCase()}` });
       } else {
         this.store.move(r.id, a.deviceId, ['sent'], a.status, { code: a.code });
       }

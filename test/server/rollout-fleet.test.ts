@@ -198,4 +198,34 @@ describe('server: a rollout to 1,000 simulated boards, 30% offline, with failure
     await sleep(1000);
     expect(reg.listCommands({ fanoutId: r.id, limit: 1000 })).to.have.length(commands.length);
   });
+
+  it('a board that vanished without a word gets its command when back: the stale one refused E_EXPIRED, a fresh one applied once', async () => {
+    const reg = f.server.data.registry;
+    const store = new RolloutStore(reg);
+    const d = devices[999] as SimDevice;
+    d.behaviour = 'apply';
+    d.maxSkewSeconds = 0;
+    if (!d.online) await f.fleet.connectDevice(d);
+    await sleep(300);
+    // Gone without an offline report (power cut; no will yet): the server still counts it online and sends.
+    await f.fleet.disconnectDevice(d, { clean: false });
+    const appliedBefore = d.applied.length;
+    const r = startRollout(
+      reg,
+      planRollout(reg, f.server.data.keys, { action: 'selftest', selector: { devices: [d.id] }, ttlSeconds: 2, deliverWithinMs: 60_000 }),
+    );
+    f.server.rollouts?.kick();
+    await eventually(() => store.counts(r.id).sent === 1, 10_000, 'the command sent while the board is away');
+    await sleep(2500);
+    await f.fleet.connectDevice(d);
+    await eventually(() => store.require(r.id).finishedAt !== null, 15_000, 'the rollout finished');
+    const commands = reg.listCommands({ fanoutId: r.id }).sort((a, b) => a.seq - b.seq);
+    expect(commands.map((c) => [c.ackStatus, c.ackCode])).to.deep.equal([
+      ['rejected', 'E_EXPIRED'],
+      ['applied', 'OK'],
+    ]);
+    expect(store.counts(r.id)).to.include({ applied: 1, pending: 0, sent: 0 });
+    expect(store.targets(r.id)[0]).to.include({ state: 'applied', attempts: 2 });
+    expect(d.applied.length - appliedBefore).to.equal(1);
+  });
 });

@@ -57,6 +57,8 @@ export interface SimDevice {
   received: { at: number; claims: CommandClaims }[];
   session: string;
   conn: number;
+  /** The clock's skew allowance when checking `exp` (default: the protocol's, 300 s). */
+  maxSkewSeconds: number | undefined;
   publicSet(): JwkSet;
 }
 
@@ -79,6 +81,7 @@ export async function makeSimDevice(id: string, behaviour: SimBehaviour = 'apply
     received: [],
     session: randomUUID(),
     conn: 0,
+    maxSkewSeconds: undefined,
     publicSet(this: SimDevice) {
       return toJwkSet([this.signing, this.encryption]);
     },
@@ -212,7 +215,7 @@ export class SimFleet {
         serverId: this.#serverId,
         decryption,
         verification,
-        clock: TRUSTED_CLOCK,
+        clock: device.maxSkewSeconds === undefined ? TRUSTED_CLOCK : { ...TRUSTED_CLOCK, maxSkewSeconds: device.maxSkewSeconds },
         replay: { check: (seq, jti) => checkReplay({ lastSeq: device.lastSeq, recentJtis: device.jtis }, seq, jti) },
       }));
     } catch (err) {
