@@ -127,41 +127,26 @@ const removeCommand = defineCommand({
   },
 });
 
-const tagAddCommand = defineCommand({
-  command: 'add <device> <tags..>',
-  describe: 'Add tags to a device (target them with send --tag TAG)',
-  builder: (y) =>
-    withData(y)
-      .positional('device', { type: 'string', demandOption: true, coerce: deviceIdFlag('DEVICE') })
-      .positional('tags', { type: 'string', array: true, demandOption: true }),
-  handler: async (args) => {
-    const data = await openDataDir(args.data);
-    try {
-      const tags = data.registry.addTags(args.device, args.tags.map(String));
-      process.stdout.write(`${args.device}: ${tags.join(', ') || '(no tags)'}\n`);
-    } finally {
-      data.registry.close();
-    }
-  },
-});
-
-const tagRemoveCommand = defineCommand({
-  command: 'remove <device> <tags..>',
-  describe: 'Remove tags from a device',
-  builder: (y) =>
-    withData(y)
-      .positional('device', { type: 'string', demandOption: true, coerce: deviceIdFlag('DEVICE') })
-      .positional('tags', { type: 'string', array: true, demandOption: true }),
-  handler: async (args) => {
-    const data = await openDataDir(args.data);
-    try {
-      const tags = data.registry.removeTags(args.device, args.tags.map(String));
-      process.stdout.write(`${args.device}: ${tags.join(', ') || '(no tags)'}\n`);
-    } finally {
-      data.registry.close();
-    }
-  },
-});
+function tagChange(verb: 'add' | 'remove', describe: string) {
+  return defineCommand({
+    command: `${verb} <device> <tags..>`,
+    describe,
+    builder: (y) =>
+      withData(y)
+        .positional('device', { type: 'string', demandOption: true, coerce: deviceIdFlag('DEVICE') })
+        .positional('tags', { type: 'string', array: true, demandOption: true }),
+    handler: async (args) => {
+      const data = await openDataDir(args.data);
+      try {
+        const given = args.tags.map(String);
+        const tags = verb === 'add' ? data.registry.addTags(args.device, given) : data.registry.removeTags(args.device, given);
+        process.stdout.write(`${args.device}: ${tags.join(', ') || '(no tags)'}\n`);
+      } finally {
+        data.registry.close();
+      }
+    },
+  });
+}
 
 const tagListCommand = defineCommand({
   command: 'list [device]',
@@ -190,7 +175,12 @@ const tagListCommand = defineCommand({
 const tagCommand: CommandModule = {
   command: 'tag <command>',
   describe: 'Device tags: add, remove, list',
-  builder: (y: Argv) => y.command(tagAddCommand).command(tagRemoveCommand).command(tagListCommand).demandCommand(1, 'Name a tag command (see --help).'),
+  builder: (y: Argv) =>
+    y
+      .command(tagChange('add', 'Add tags to a device (target them with send --tag TAG)'))
+      .command(tagChange('remove', 'Remove tags from a device'))
+      .command(tagListCommand)
+      .demandCommand(1, 'Name a tag command (see --help).'),
   handler: () => undefined,
 };
 

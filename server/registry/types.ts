@@ -1,5 +1,5 @@
 /** Records the registry returns. Times are milliseconds since the epoch. */
-import type { AckStatus, PublicJwk } from '../../protocol/index.js';
+import type { AckStatus, PublicJwk, ReportClaims } from '../../protocol/index.js';
 
 export const DEVICE_STATES = ['registered', 'enrolling', 'provisioned', 'decommissioned'] as const;
 export type DeviceState = (typeof DEVICE_STATES)[number];
@@ -55,17 +55,11 @@ export interface DevicePresenceRecord {
   state: ReportedState | null;
 }
 
-export interface ReportedState {
-  reason: string;
-  iat: number;
-  agent_version: string;
-  node_version: string;
-  last_seq: number;
-  kids: { sig: string; enc: string };
-  settings_digest: string;
-  uptime_s: number;
-  selftest: { ok: boolean; at: number } | null;
-}
+/** What the last report said (its claims without the envelope ones). */
+export type ReportedState = Pick<
+  ReportClaims,
+  'reason' | 'iat' | 'agent_version' | 'node_version' | 'last_seq' | 'kids' | 'settings_digest' | 'uptime_s' | 'selftest'
+>;
 
 export interface DeviceFlag {
   at: number;
