@@ -216,7 +216,8 @@ describe('server: a rollout to 1,000 simulated boards, 30% offline, with failure
     );
     f.server.rollouts?.kick();
     await eventually(() => store.counts(r.id).sent === 1, 10_000, 'the command sent while the board is away');
-    await sleep(2500);
+    // Whole seconds: exp (iat + 2, iat rounded down) is behind the board's clock for sure after 3.5 s.
+    await sleep(3500);
     await f.fleet.connectDevice(d);
     await eventually(() => store.require(r.id).finishedAt !== null, 15_000, 'the rollout finished');
     const commands = reg.listCommands({ fanoutId: r.id }).sort((a, b) => a.seq - b.seq);
