@@ -1,17 +1,5 @@
 #!/usr/bin/env node
 /** `sensor-agent`: the on-device provisioning agent and its tools. */
-import { runCli } from '../lib/cli.js';
-import { AGENT_EXIT_STATUSES } from './commands/exit-statuses.js';
-import { inspectCommand } from './commands/inspect.js';
-import { keygenCommand } from './commands/keygen.js';
-import { runCommand } from './commands/run.js';
-import { selftestCommand } from './commands/selftest.js';
-import { statusCommand } from './commands/status.js';
+import { agentMain } from './main.js';
 
-await runCli({
-  name: 'sensor-agent',
-  description: 'Receives signed, encrypted provisioning commands over MQTT and applies them on this board.',
-  commands: (cli) => cli.command(keygenCommand).command(inspectCommand).command(runCommand).command(selftestCommand).command(statusCommand),
-  exitStatuses: AGENT_EXIT_STATUSES,
-  subcommands: { keygen: [], inspect: [], run: [], selftest: [], status: [] },
-});
+await agentMain();

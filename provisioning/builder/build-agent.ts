@@ -14,6 +14,7 @@ import { runTool, whichTool } from '../flasher/run-tool.js';
 import { NODE_LIB_DIR_REL, shipNodeLibraries } from './node-libs.js';
 import { buildEpoll } from './addon.js';
 import { ADDON_REL, BUNDLE_FILE, bundleAgent } from './bundle-agent.js';
+import { SNAPSHOT_FILE, buildSnapshot, type SnapshotRunner } from './snapshot.js';
 import { runCliMain, runIfInvokedDirectly } from '../flasher/cli-main.js';
 import { BuildError, isBuildError } from './errors.js';
 import { nodeFromNpm, nodeFromTarball, systemNodeHeaders, type NodeRuntime } from './node-runtime.js';
@@ -68,8 +69,11 @@ on any x86-64 or arm64 Linux machine: the GPIO addon is cross-compiled.
   -h, --help        this text
 
 The tree: ${BUNDLE_FILE} (the agent and its JavaScript dependencies in one file),
-${ADDON_REL}, ${NODE_BIN_REL} (unless --node system), .build-info.json (target
-arch, Node version and ABI, where Node comes from, GPIO choice). Downloads are
+${ADDON_REL}, ${NODE_BIN_REL} (unless --node system), ${SNAPSHOT_FILE} and
+snapshot.env (the agent's V8 startup snapshot, made by that Node: natively, or
+under qemu-user for another CPU; none without it or with --node system),
+.build-info.json (target arch, Node version and ABI, where Node comes from,
+GPIO choice, snapshot). Downloads are
 cached in build/.cache. Exit status: 0 built, 2 bad usage or a missing tool or
 input, 1 a failed download or compile.
 `;
@@ -80,6 +84,11 @@ export interface BuildOptions {
   gpio: 'native' | 'omit';
   out: string;
   cacheDir: string;
+  /**
+   * A tree without a Node of its own that this machine runs in place (build/host, npm run build):
+   * the Node that runs it, to build its startup snapshot with. Never for a tree that is flashed.
+   */
+  snapshotNode?: string;
 }
 
 export function parseBuildArgs(argv: readonly string[]): BuildOptions | undefined {
@@ -168,8 +177,23 @@ export interface BuildInfo {
   gpio: 'native' | 'omit';
   addon: { path: string; elf_machine: string; abi: string } | null;
   bundle: string;
+  /** The V8 startup snapshot (provisioning/builder/snapshot.ts): its file and the Node that wrote it, or why there is none. */
+  snapshot: { path: string; node_version: string; bytes: number } | { none: string };
   built_on: string;
   built_at: string;
+}
+
+/** Where flash installs the tree (the unit's paths). */
+const AGENT_DIR_ON_BOARD = '/opt/sensor-agent';
+const QEMU_ARCH: Record<TargetArch, string> = { arm64: 'aarch64', armv7: 'arm', x64: 'x86_64' };
+
+/** How to run the target's Node here: natively on its own CPU, else through qemu-user if installed; undefined if neither. */
+function snapshotRunner(arch: TargetArch, node: string, libDir: string): SnapshotRunner | undefined {
+  const env = { LD_LIBRARY_PATH: libDir };
+  if (arch === hostTarget()) return { node, env };
+  const qemu = whichTool(`qemu-${QEMU_ARCH[arch]}-static`) ?? whichTool(`qemu-${QEMU_ARCH[arch]}`);
+  if (qemu === undefined) return undefined;
+  return { node, env, emulator: { file: qemu, env: { QEMU_LD_PREFIX: `/usr/${TARGETS[arch].triplet}` } } };
 }
 
 export async function buildAgentTree(o: BuildOptions): Promise<{ info: BuildInfo; files: number; bytes: number; warnings: string[] }> {
@@ -239,6 +263,25 @@ export async function buildAgentTree(o: BuildOptions): Promise<{ info: BuildInfo
     } else {
       nodeInfo.path = SYSTEM_NODE;
     }
+    // The startup snapshot, by the tree's own Node: natively on this CPU, else under qemu-user with
+    // the cross compiler's sysroot (as CI runs the boards' code). Not for --node system.
+    const warnings = [...bundle.warnings];
+    let snapshot: BuildInfo['snapshot'] = { none: 'the tree has no Node of its own (--node system): the image can upgrade it' };
+    if (node.binary === undefined && o.snapshotNode !== undefined) {
+      const r = await buildSnapshot(REPO, tmp, version, { node: o.snapshotNode }, join(resolve(out), SNAPSHOT_FILE));
+      snapshot = r.built ? { path: SNAPSHOT_FILE, node_version: r.node_version, bytes: r.bytes } : { none: r.reason };
+      if (!r.built) warnings.push(`no startup snapshot: ${r.reason}`);
+    } else if (node.binary !== undefined) {
+      const runner = snapshotRunner(o.arch, join(tmp, NODE_BIN_REL), join(tmp, NODE_LIB_DIR_REL));
+      const r = runner
+        ? await buildSnapshot(REPO, tmp, version, runner, join(AGENT_DIR_ON_BOARD, SNAPSHOT_FILE))
+        : { built: false as const, reason: `no qemu-user here (qemu-${QEMU_ARCH[o.arch]}-static or qemu-${QEMU_ARCH[o.arch]}) to run the ${o.arch} Node` };
+      if (r.built) snapshot = { path: SNAPSHOT_FILE, node_version: r.node_version, bytes: r.bytes };
+      else {
+        snapshot = { none: r.reason };
+        warnings.push(`no startup snapshot (the agent starts without it, slower): ${r.reason}`);
+      }
+    }
     if (node.package) nodeInfo.package = node.package;
     if (node.integrity) nodeInfo.integrity = node.integrity;
     if (node.file) nodeInfo.file = node.file;
@@ -252,6 +295,7 @@ export async function buildAgentTree(o: BuildOptions): Promise<{ info: BuildInfo
       gpio: o.gpio,
       addon,
       bundle: BUNDLE_FILE,
+      snapshot,
       built_on: osArch(),
       built_at: new Date().toISOString(),
     };
@@ -259,7 +303,7 @@ export async function buildAgentTree(o: BuildOptions): Promise<{ info: BuildInfo
     const stats = await treeStats(tmp);
     await rm(out, { recursive: true, force: true });
     await rename(tmp, out);
-    return { info, ...stats, warnings: bundle.warnings };
+    return { info, ...stats, warnings };
   } catch (err) {
     await rm(tmp, { recursive: true, force: true });
     throw err;

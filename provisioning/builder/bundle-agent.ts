@@ -8,7 +8,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { createRequire, isBuiltin } from 'node:module';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { Plugin } from 'esbuild';
 import { BuildError } from './errors.js';
 
@@ -34,6 +34,14 @@ const STUBS: ReadonlyArray<readonly [RegExp, string]> = [
  * node-jose use is a plain call (`clone(x)`, `partialRight(merge, fn)`), which the wrapper forwards.
  */
 const LAZY_FUNCTIONS = /^lodash\/\w+$/;
+
+/**
+ * Of those, the ones node-jose calls at import to make a function (lib/util/merge.js:
+ * `partialRight(merge, mergeBuffer)`): the lazy version returns a function that makes the real one
+ * on its first call, so that no lodash module is loaded, or run, at start (lodash's shortOut reads
+ * the clock when its functions run, which must not happen in a startup snapshot's build either).
+ */
+const LAZY_HIGHER_ORDER: ReadonlySet<string> = new Set(['lodash/partialRight']);
 
 /**
  * The agent's own ES modules import Node built-ins (`import { connect } from 'node:tls'`), and so do
@@ -86,18 +94,102 @@ const LAZY_BUILTINS: ReadonlySet<string> = new Set(['tls', 'child_process']);
 
 /**
  * mqtt and mqtt-packet log through `debug`, which at import probes the terminal for colours (tty,
- * supports-color, os): about 4 ms of every start for output only DEBUG=mqttjs* turns on. Without
- * DEBUG in the environment the bundle gives them disabled loggers; with it, the real `debug`.
+ * supports-color, os): about 4 ms of every start for output only DEBUG=mqttjs* turns on. The bundle
+ * gives them loggers that read DEBUG at their first call (not at import: a startup snapshot
+ * evaluates the modules at build time) and load the real `debug` then if it is set; otherwise they
+ * stay disabled and `debug` is never loaded.
  */
-const DEBUG_SHIM = `if (process.env.DEBUG) module.exports = require('debug');
-else {
-  const off = (namespace) => {
-    const d = function () {};
-    return Object.assign(d, { namespace, enabled: false, log: d, destroy: () => false, extend: (s, sep) => off(namespace + (sep === undefined ? ':' : sep) + s) });
+const DEBUG_SHIM = `let real;
+const pick = () => (real === undefined ? (real = process.env.DEBUG ? require('debug') : null) : real);
+const make = (namespace) => {
+  let inst;
+  const d = function () {
+    const r = pick();
+    if (r !== null) (inst || (inst = r(namespace))).apply(this, arguments);
   };
-  module.exports = Object.assign(off, { default: off, enable() {}, disable: () => '', enabled: () => false, names: [], skips: [], formatters: {} });
-}
+  Object.defineProperty(d, 'enabled', { get: () => pick() !== null && (inst || (inst = real(namespace))).enabled });
+  return Object.assign(d, { namespace, log: d, destroy: () => false, extend: (s, sep) => make(namespace + (sep === undefined ? ':' : sep) + s) });
+};
+module.exports = Object.assign(make, { default: make, enable() {}, disable: () => '', enabled: () => false, names: [], skips: [], formatters: {} });
 `;
+
+/**
+ * The startup snapshot's entry (provisioning/builder/snapshot.ts builds a V8 startup snapshot from
+ * it with `node --build-snapshot`, by the Node that will run it). It evaluates the agent's modules
+ * (node-jose with node-forge, mqtt, yargs and Node's built-ins they load), and nothing else: no
+ * config, no keys, no command. While they evaluate, the sources of randomness and time Node offers
+ * to JavaScript (Math.random, Date, process.hrtime, node:crypto's random and key functions; the
+ * performance global and Web Crypto must not even be loaded) and file reads are watched, and the
+ * build fails if a module used one (the snapshot would carry its result to every board). V8 itself
+ * reseeds Math.random and rehashes the snapshot's hash tables with a fresh seed at every start. node-forge's PRNG must be untouched (never
+ * seeded, no entropy collected); after deserializing it is replaced by a fresh instance anyway,
+ * before any agent code runs. The main function then runs the CLI on this process's arguments, as
+ * `node sensor-agent.mjs ARGS` would (argv[1] is the tree's sensor-agent.mjs, found beside the
+ * snapshot blob), and `require` of a file (the GPIO addon) resolves in that tree.
+ */
+const SNAPSHOT_ENTRY = `
+const v8 = require('node:v8');
+const path = require('node:path');
+const guard = { on: true, used: new Set() };
+const watched = [
+  [Math, 'random', 'Math.random'],
+  [Date, 'now', 'Date.now'],
+  [process, 'hrtime', 'process.hrtime'],
+  [process.hrtime, 'bigint', 'process.hrtime.bigint'],
+  ...['randomBytes', 'randomFillSync', 'randomFill', 'randomUUID', 'randomInt', 'getRandomValues', 'generateKeyPairSync', 'generateKeyPair', 'generateKeySync', 'createECDH', 'createDiffieHellman'].map((k) => [require('node:crypto'), k, 'crypto.' + k]),
+  ...['readFileSync', 'readFile', 'openSync', 'open', 'readdirSync', 'readdir', 'statSync', 'existsSync'].map((k) => [require('node:fs'), k, 'fs.' + k]),
+  ...['readFile', 'open', 'readdir', 'stat'].map((k) => [require('node:fs/promises'), k, 'fs/promises.' + k]),
+];
+const originals = watched.map(([o, k, label]) => {
+  const d = Object.getOwnPropertyDescriptor(o, k);
+  if (d === undefined || !('value' in d)) return undefined; // an accessor (a lazy built-in): not read here
+  const f = o[k];
+  o[k] = function () { if (guard.on) guard.used.add(label + ' at ' + (new Error().stack.split('\\n').slice(2, 4).join(' ').trim())); return f.apply(this, arguments); };
+  return f;
+});
+const realDate = Date;
+globalThis.Date = new Proxy(realDate, { construct(t, args, nt) { if (args.length === 0 && guard.on) guard.used.add('new Date()'); return Reflect.construct(t, args, nt); }, apply(t, self, args) { if (guard.on) guard.used.add('Date()'); return Reflect.apply(t, self, args); } });
+const { agentMain } = require('./main.js');
+const forge = require('node-forge');
+guard.on = false;
+globalThis.Date = realDate;
+watched.forEach(([o, k], i) => { if (originals[i] !== undefined) o[k] = originals[i]; });
+for (const [m, what] of [['NativeModule internal/perf/performance', 'the performance global (performance.now)'], ['NativeModule internal/crypto/webcrypto', 'Web Crypto (getRandomValues)']]) if (process.moduleLoadList.includes(m)) guard.used.add(what);
+if (guard.used.size > 0) throw new Error('sensor-agent snapshot: evaluating the agent read ' + [...guard.used].join(', ') + ': a snapshot must not carry anything random, clock-based or read from a file');
+const prng = forge.random;
+if (prng.key !== null || prng.seed !== null || prng.generated !== 0 || prng.reseeds !== 0 || prng.keyBytes !== '' || prng.pools.some((p) => p.messageLength !== 0)) throw new Error("sensor-agent snapshot: node-forge's PRNG was seeded or fed while the agent's modules evaluated");
+v8.startupSnapshot.addDeserializeCallback(() => {
+  const fresh = prng.createInstance();
+  for (const k of Object.keys(fresh)) prng[k] = fresh[k];
+});
+v8.startupSnapshot.setDeserializeMainFunction(() => {
+  // The unit runs \`node FLAGS --snapshot-blob=DIR/sensor-agent.blob DIR/sensor-agent.mjs run ...\`: argv[1] is the
+  // tree's bundle, as without a snapshot. Started with no script (\`node --snapshot-blob=B run ...\`), it is the
+  // bundle beside the blob.
+  if (path.basename(process.argv[1] ?? '') === ${JSON.stringify(BUNDLE_FILE)}) __sa_tree = path.resolve(process.argv[1]);
+  else {
+    const flag = process.execArgv.findLastIndex((a) => a === '--snapshot-blob' || a.startsWith('--snapshot-blob='));
+    const blob = flag < 0 ? undefined : process.execArgv[flag].includes('=') ? process.execArgv[flag].slice(process.execArgv[flag].indexOf('=') + 1) : process.execArgv[flag + 1];
+    if (blob === undefined) throw new Error('sensor-agent snapshot: run it with --snapshot-blob=FILE');
+    __sa_tree = path.join(path.dirname(path.resolve(blob)), ${JSON.stringify(BUNDLE_FILE)});
+    process.argv.splice(1, 0, __sa_tree);
+  }
+  void agentMain();
+});
+`;
+
+/**
+ * The snapshot entry's preamble: its \`require\` takes built-ins only while the snapshot is built (and
+ * after); a file (./native/epoll.node) is required from the agent tree the snapshot was started
+ * from (set by the main function above). \`__dirname\` is the board's /opt/sensor-agent, as for the
+ * shipped sensor-agent.mjs, not the build's temporary directory: yargs' y18n keeps the locale
+ * directory it derives from it at import (../locales, which does not exist: English).
+ */
+const SNAPSHOT_BANNER =
+  "__dirname='/opt/sensor-agent';__filename='/opt/sensor-agent/sensor-agent.mjs';var __sa_builtin=require,__sa_tree,__sa_treeRequire;require=function(id){return /^\\.\\.?\\//.test(id)?(__sa_treeRequire||(__sa_treeRequire=__sa_builtin('node:module').createRequire(__sa_tree)))(id):__sa_builtin(id)};";
+
+const FORGE_WEBCRYPTO_READ = 'var _crypto = globalScope.crypto || globalScope.msCrypto;';
+const YARGS_CACHE_HELP = 't||r.getInternalMethods().getUsageInstance().cacheHelpMessage()';
 
 const nodeRequire = createRequire(import.meta.url);
 
@@ -110,6 +202,25 @@ function agentPlugin(repo: string, version: string): Plugin {
         contents: `export function packageVersion() { return ${JSON.stringify(version)}; }\n`,
         loader: 'js',
       }));
+      // node-forge's random.js reads `globalThis.crypto` at import (for browsers without a native
+      // source: `!isNodejs && !getRandomValues`), which in Node loads all of Web Crypto (internal
+      // modules compiled from source with the agent's flags). In Node forge never uses it: its PRNG
+      // seeds from node:crypto (prng.js). The bundle's random.js does not read it.
+      build.onLoad({ filter: /[\\/]node_modules[\\/]node-forge[\\/]lib[\\/]random\.js$/ }, async (args) => {
+        const src = await readFile(args.path, 'utf8');
+        if (!src.includes(FORGE_WEBCRYPTO_READ))
+          throw new Error(`${args.path} no longer reads Web Crypto as expected: update provisioning/builder/bundle-agent.ts`);
+        return { contents: src.replace(FORGE_WEBCRYPTO_READ, 'var _crypto = null;'), loader: 'js', resolveDir: dirname(args.path) };
+      });
+      // yargs renders the whole --help text after starting a command's handler (cacheHelpMessage, for
+      // a later showHelp from yargs' default failure output): about 5 ms of cliui layout at every
+      // start. The CLI has its own failure handler (lib/cli.ts .fail) and never shows help after a
+      // handler started; --help itself is shown before any handler runs, rendered then.
+      build.onLoad({ filter: /[\\/]node_modules[\\/]yargs[\\/]build[\\/]index\.cjs$/ }, async (args) => {
+        const src = await readFile(args.path, 'utf8');
+        if (!src.includes(YARGS_CACHE_HELP)) throw new Error(`${args.path} no longer caches its help as expected: update provisioning/builder/bundle-agent.ts`);
+        return { contents: src.replace(YARGS_CACHE_HELP, 't||void 0'), loader: 'js', resolveDir: dirname(args.path) };
+      });
       build.onLoad({ filter: /[\\/]dist[\\/]lib[\\/]cli\.js$/ }, async (args) => {
         const src = await readFile(args.path, 'utf8');
         if (!src.includes(YARGS_CJS)) throw new Error(`${args.path} no longer loads yargs as ${YARGS_CJS}: update provisioning/builder/bundle-agent.ts`);
@@ -137,10 +248,27 @@ function agentPlugin(repo: string, version: string): Plugin {
           : { path: args.path, namespace: 'lazy-function', pluginData: args.resolveDir },
       );
       build.onLoad({ filter: /.*/, namespace: 'lazy-function' }, (args) => ({
-        contents: `var f;\nmodule.exports = function () { return (f || (f = require(${JSON.stringify(args.path)}))).apply(this, arguments); };\n`,
+        contents: LAZY_HIGHER_ORDER.has(args.path)
+          ? `var f;\nmodule.exports = function () { var a = arguments, g; return function () { return (g || (g = (f || (f = require(${JSON.stringify(args.path)}))).apply(null, a))).apply(this, arguments); }; };\n`
+          : `var f;\nmodule.exports = function () { return (f || (f = require(${JSON.stringify(args.path)}))).apply(this, arguments); };\n`,
         loader: 'js',
         resolveDir: args.pluginData as string,
       }));
+      // yargs' index.cjs makes the classic singleton at import (an instance parsing process.argv,
+      // whose .version() looks for a package.json from the working directory up: a file search at
+      // every start, and at a snapshot's build). The CLI makes its own instance (lib/cli.ts,
+      // `yargs(args)`), never the singleton's: the bundle's yargs is the factory alone.
+      build.onLoad({ filter: /[\\/]node_modules[\\/]yargs[\\/]index\.cjs$/ }, async (args) => {
+        const src = await readFile(args.path, 'utf8');
+        if (!src.includes('Argv(processArgv.hideBin(process.argv));'))
+          throw new Error(`${args.path} no longer makes its singleton as expected: update provisioning/builder/bundle-agent.ts`);
+        return {
+          contents:
+            "'use strict';\nconst { Yargs } = require('./build/index.cjs');\nmodule.exports = function Argv(processArgs, cwd) { return Yargs(processArgs, cwd, require); };\n",
+          loader: 'js',
+          resolveDir: dirname(args.path),
+        };
+      });
       build.onResolve({ filter: /^(node:)?[a-z_/]+$/ }, (args) => {
         const name = args.path.replace(/^node:/, '');
         if (LAZY_BUILTINS.has(name) && args.namespace !== 'lazy-builtin') return { path: name, namespace: 'lazy-builtin' };
@@ -202,7 +330,10 @@ export interface BundleResult {
   warnings: string[];
 }
 
-export async function bundleAgent(repo: string, outfile: string, version: string): Promise<BundleResult> {
+/** The bundle's two forms: the ES module that ships and runs (`node sensor-agent.mjs`), or the CommonJS entry a startup snapshot is built from (provisioning/builder/snapshot.ts). */
+export type BundleForm = 'module' | 'snapshot-entry';
+
+export async function bundleAgent(repo: string, outfile: string, version: string, form: BundleForm = 'module'): Promise<BundleResult> {
   // esbuild is a devDependency: resolved from the repository, like everything bundled.
   let esbuild: typeof import('esbuild');
   try {
@@ -213,11 +344,13 @@ export async function bundleAgent(repo: string, outfile: string, version: string
   let result;
   try {
     result = await esbuild.build({
-      entryPoints: [join(repo, 'dist/agent/cli.js')],
+      ...(form === 'module'
+        ? { entryPoints: [join(repo, 'dist/agent/cli.js')] }
+        : { stdin: { contents: SNAPSHOT_ENTRY, resolveDir: join(repo, 'dist/agent'), sourcefile: 'snapshot-entry.js', loader: 'js' as const } }),
       outfile,
       bundle: true,
       platform: 'node',
-      format: 'esm',
+      format: form === 'module' ? 'esm' : 'cjs',
       target: 'node20.19',
       // SA_BUNDLE_NOMINIFY=1 (by hand, for a readable CPU profile: names of modules and functions kept); never for a tree that ships.
       minify: process.env.SA_BUNDLE_NOMINIFY !== '1',
@@ -229,7 +362,10 @@ export async function bundleAgent(repo: string, outfile: string, version: string
       // CommonJS dependencies call require() (node built-ins, the addon) and read __dirname (yargs'
       // y18n: its locale files are not shipped, so messages stay English): give the ES module both.
       banner: {
-        js: "import{createRequire as __sa_cr}from'node:module';import{fileURLToPath as __sa_fp}from'node:url';const require=__sa_cr(import.meta.url);const __filename=__sa_fp(import.meta.url);const __dirname=__sa_fp(new URL('.',import.meta.url));",
+        js:
+          form === 'snapshot-entry'
+            ? SNAPSHOT_BANNER
+            : "import{createRequire as __sa_cr}from'node:module';import{fileURLToPath as __sa_fp}from'node:url';const require=__sa_cr(import.meta.url);const __filename=__sa_fp(import.meta.url);const __dirname=__sa_fp(new URL('.',import.meta.url));",
       },
       plugins: [agentPlugin(repo, version)],
     });

@@ -22,6 +22,8 @@ try {
     gpio: epoll ? 'native' : 'omit',
     out: HOST_TREE,
     cacheDir: join(REPO, 'build/.cache'),
+    // The tests and the bench run this tree with this Node, from its startup snapshot (test/helpers/agent-process.ts).
+    snapshotNode: process.execPath,
   });
   for (const w of r.warnings) process.stderr.write(`build-agent: warning: ${w}\n`);
   process.stdout.write(`build-agent: host agent tree in ${HOST_TREE} (${r.files} files, ${(r.bytes / 1024).toFixed(0)} kB, GPIO ${r.info.gpio})\n`);

@@ -13,7 +13,7 @@ import { dirname, join, posix, relative, resolve } from 'node:path';
 import { FlashError } from './errors.js';
 
 /** What ships, relative to the tree's root. */
-const SHIPPED = ['sensor-agent.mjs', 'sensor-agent.mjs.LEGAL.txt', 'native', 'node', '.build-info.json'];
+const SHIPPED = ['sensor-agent.mjs', 'sensor-agent.mjs.LEGAL.txt', 'sensor-agent.blob', 'snapshot.env', 'native', 'node', '.build-info.json'];
 const REQUIRED = ['sensor-agent.mjs', '.build-info.json'];
 const BUILD = 'Build it with provisioning/build-agent --arch arm64|armv7|x64 (after npm ci && npm run build), or name a built tree with --agent DIR';
 
@@ -180,6 +180,14 @@ export async function readAgentTree(agentDir: string): Promise<AgentTree> {
     throw new FlashError(
       'E_AGENT',
       `${root}: ${wrong.map(([r, m]) => `${r} is built for ${m}`).join(', ')}, but the tree is for ${info.arch} (${info.elfMachine}). Rebuild it: provisioning/build-agent --arch ${info.arch}`,
+    );
+  }
+  // The startup snapshot loads only into the Node that wrote it: the tree's own (never --node system's), and the unit uses it only through snapshot.env.
+  const blob = await exists(join(root, 'sensor-agent.blob'));
+  if (blob !== (await exists(join(root, 'snapshot.env'))) || (blob && info.node.source === 'system')) {
+    throw new FlashError(
+      'E_AGENT',
+      `${root}: sensor-agent.blob and snapshot.env come together, and only in a tree that ships its Node (this one: ${info.node.source}). Rebuild it: provisioning/build-agent --arch ${info.arch}`,
     );
   }
   if (info.node.source !== 'system' && !machines.has('node/bin/node')) {

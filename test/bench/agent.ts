@@ -17,7 +17,9 @@ import { join } from 'node:path';
 import { KeyStore } from '../../agent/store/keystore.js';
 import { toPublicJwk, type PrivateJwk } from '../../protocol/index.js';
 import { makeDevice } from '../agent/agent-fixture.js';
-import { rssOf, spawnAgent, TestSender } from '../helpers/agent-process.js';
+import { hostSnapshot, rssOf, spawnAgent, TestSender } from '../helpers/agent-process.js';
+import { SNAPSHOT_FILE, buildSnapshot } from '../../provisioning/builder/snapshot.js';
+import { REPO } from '../../provisioning/builder/build-agent.js';
 import { makeParty } from '../helpers/keys.js';
 import { startMosquittoProcess } from '../helpers/mosquitto-process.js';
 import { startTlsMosquitto } from '../server/mosquitto-tls.js';
@@ -26,6 +28,8 @@ export interface AgentFigures {
   runs: number;
   /** The Node.js version that ran the agent and the bare node. */
   node: string;
+  /** Whether the agent started from a V8 startup snapshot made by that Node (as the unit does where the tree has one). */
+  snapshot: boolean;
   /** The broker's scheme: `mqtt` (plain TCP) or `mqtts` (TLS with client certificates). */
   broker: 'mqtt' | 'mqtts';
   idle_rss_mb: number;
@@ -70,7 +74,16 @@ async function bareNodeIdleRss(node: string, settleMs: number): Promise<number> 
   return rss;
 }
 
-export async function benchAgent(options: { runs: number; settleMs: number; node: string; tls?: boolean }): Promise<AgentFigures> {
+/** The startup snapshot for `node`: the host tree's when it is this Node, else one made now by that Node (in `dir`). */
+async function snapshotFor(node: string, dir: string): Promise<string | undefined> {
+  if (node === process.execPath) return hostSnapshot();
+  const version = (JSON.parse(await readFile(join(REPO, 'package.json'), 'utf8')) as { version: string }).version;
+  const r = await buildSnapshot(REPO, dir, version, { node }, join(dir, SNAPSHOT_FILE));
+  if (!r.built) throw new Error(`no startup snapshot for ${node}: ${r.reason}`);
+  return join(dir, SNAPSHOT_FILE);
+}
+
+export async function benchAgent(options: { runs: number; settleMs: number; node: string; tls?: boolean; snapshot?: boolean }): Promise<AgentFigures> {
   const subscribedAt: { topic: string; at: number }[] = [];
   const onLog = (line: string): void => {
     const m = / (\S+\/command)$/.exec(line);
@@ -82,6 +95,7 @@ export async function benchAgent(options: { runs: number; settleMs: number; node
   const senderCreds = senderTls && tls ? { ca: await readFile(tls.ca), cert: await readFile(senderTls.cert), key: await readFile(senderTls.key) } : undefined;
   const server = await makeParty();
   const compileCache = await mkdtemp(join(tmpdir(), 'bench-agent-cache-'));
+  const snapshot = options.snapshot === false ? undefined : await snapshotFor(options.node, compileCache);
   const starts: number[] = [];
   const rss: number[] = [];
   const bareStarts: number[] = [];
@@ -100,7 +114,7 @@ export async function benchAgent(options: { runs: number; settleMs: number; node
       await sender.connect(broker.url, undefined, senderCreds);
       const topic = `provision/${deviceId}/command`;
       const t0 = performance.now();
-      const agent = spawnAgent(files.configPath, { NODE_COMPILE_CACHE: compileCache }, options.node);
+      const agent = spawnAgent(files.configPath, { NODE_COMPILE_CACHE: compileCache }, options.node, { snapshot: snapshot ?? false });
       while (!subscribedAt.some((s) => s.topic === topic)) {
         if (!agent.running()) throw new Error(`agent exited: ${agent.output()}`);
         await sleep(2);
@@ -131,6 +145,7 @@ export async function benchAgent(options: { runs: number; settleMs: number; node
   return {
     runs: options.runs,
     node: await nodeVersion(options.node),
+    snapshot: snapshot !== undefined,
     broker: tls ? 'mqtts' : 'mqtt',
     idle_rss_mb: mb(idle),
     bare_node_idle_rss_mb: mb(bareIdle),

@@ -36,6 +36,8 @@ const nodeArg = process.argv.find((a) => a.startsWith('--node='));
 const agentNode = nodeArg ? nodeArg.slice('--node='.length) : process.execPath;
 /** `--tls`: the agent section's broker is `mqtts://` (TLS, CA and client certificates). */
 const agentTls = process.argv.includes('--tls');
+/** `--no-snapshot`: the agent starts from its bundle alone, without the V8 startup snapshot the unit uses where the tree has one. */
+const agentSnapshot = !process.argv.includes('--no-snapshot');
 const log = (s: string): void => {
   process.stderr.write(`${s}\n`);
 };
@@ -72,7 +74,7 @@ if (want('protocol') || want('server')) {
 }
 if (want('agent')) {
   log(`agent: idle RSS and start-to-subscribed vs bare node (broker ${agentTls ? 'mqtts' : 'mqtt'}://) ...`);
-  results.agent = await benchAgent({ runs: agentRuns, settleMs: quick ? 1000 : 3000, node: agentNode, tls: agentTls });
+  results.agent = await benchAgent({ runs: agentRuns, settleMs: quick ? 1000 : 3000, node: agentNode, tls: agentTls, snapshot: agentSnapshot });
 }
 if (want('server')) {
   const devices = quick ? 1000 : 10_000;
@@ -170,7 +172,7 @@ if (p) {
 }
 if (a) {
   lines.push(
-    `agent (median of ${a.runs}, node ${a.node}, broker ${a.broker}://)`,
+    `agent (median of ${a.runs}, node ${a.node}, broker ${a.broker}://, ${a.snapshot ? 'startup snapshot' : 'no snapshot'})`,
     `  idle RSS             ${a.idle_rss_mb} MB   bare node ${a.bare_node_idle_rss_mb} MB   ratio ${a.rss_ratio}x`,
     `  start to subscribed  ${a.start_to_subscribed_ms} ms   bare node start ${a.bare_node_start_ms} ms   ratio ${a.start_ratio}x   (first start, empty compile cache: ${a.start_first_ms} ms)`,
   );

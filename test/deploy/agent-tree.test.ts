@@ -15,7 +15,8 @@ import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readElfMachine } from '../../provisioning/flasher/agent-tree.js';
 import { freePort } from '../helpers/brokers.js';
-import { AGENT_CLI } from '../helpers/agent-process.js';
+import { AGENT_CLI, hostSnapshot } from '../helpers/agent-process.js';
+import { SNAPSHOT_NODE_FLAGS } from '../../provisioning/builder/snapshot.js';
 import { makeParty } from '../helpers/keys.js';
 import { makeDevice, removeDir } from '../agent/agent-fixture.js';
 
@@ -80,6 +81,11 @@ describe('deploy/agent tree (provisioning/build-agent)', function () {
     const pkg = JSON.parse(await readFile(join(REPO, 'package.json'), 'utf8')) as { version: string };
     const v = await run(process.execPath, [AGENT_CLI, '--version']);
     expect(v.stdout.trim()).to.equal(pkg.version);
+    // npm run build made its startup snapshot with this Node; the tests start the agent from it (spawnAgent).
+    expect((info as { snapshot?: unknown }).snapshot).to.deep.include({ path: 'sensor-agent.blob', node_version: process.versions.node });
+    expect(hostSnapshot()).to.equal(join(HOST_TREE, 'sensor-agent.blob'));
+    const s = await run(process.execPath, [...SNAPSHOT_NODE_FLAGS, `--snapshot-blob=${join(HOST_TREE, 'sensor-agent.blob')}`, AGENT_CLI, '--version']);
+    expect(s.stdout.trim(), s.stderr).to.equal(pkg.version);
   });
 
   it('the bundled agent loads its GPIO addon from native/ beside it, and says so when it is missing', async function () {
@@ -145,7 +151,7 @@ describe('deploy/agent tree (provisioning/build-agent)', function () {
     const out = join(work, 'tree');
     const b = await run(BUILD_AGENT, ['--arch', buildArch, '--node-tarball', good, '--out', out]);
     expect(b.code, b.stderr).to.equal(0);
-    const info = JSON.parse(await readFile(join(out, '.build-info.json'), 'utf8')) as { arch: string; node: Record<string, string> };
+    const info = JSON.parse(await readFile(join(out, '.build-info.json'), 'utf8')) as { arch: string; node: Record<string, string>; snapshot?: unknown };
     expect(info.arch).to.equal(buildArch);
     const sum = createHash('sha256')
       .update(await readFile(good))
@@ -155,6 +161,17 @@ describe('deploy/agent tree (provisioning/build-agent)', function () {
     expect(v.code, v.stderr).to.equal(0);
     const pkg = JSON.parse(await readFile(join(REPO, 'package.json'), 'utf8')) as { version: string };
     expect(v.stdout.trim()).to.equal(pkg.version);
+    // Its startup snapshot, made by that Node, and what the unit reads to use it.
+    expect(info.snapshot).to.deep.include({ path: 'sensor-agent.blob', node_version: process.versions.node });
+    expect(await readFile(join(out, 'snapshot.env'), 'utf8')).to.match(/^SENSOR_AGENT_SNAPSHOT=--snapshot-blob=\/opt\/sensor-agent\/sensor-agent\.blob$/m);
+    const s = await run(join(out, 'node/bin/node'), [
+      ...SNAPSHOT_NODE_FLAGS,
+      `--snapshot-blob=${join(out, 'sensor-agent.blob')}`,
+      join(out, 'sensor-agent.mjs'),
+      '--version',
+    ]);
+    expect(s.code, s.stderr).to.equal(0);
+    expect(s.stdout.trim()).to.equal(pkg.version);
 
     const oldHeader = versionH
       .replace(/#define NODE_MAJOR_VERSION \d+/, '#define NODE_MAJOR_VERSION 20')

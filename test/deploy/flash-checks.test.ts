@@ -75,6 +75,24 @@ describe('deploy/flash: refusals and first-boot route', () => {
     );
   });
 
+  it('refuses a startup snapshot without its snapshot.env, and one in a --node system tree (it loads only into the Node that wrote it)', async () => {
+    const bundle = await makeBundle(join(work, 'b-snap'), 'sensor-snap');
+    const lone = join(work, 'snap-lone');
+    await makeAgentTree(lone);
+    await writeFile(join(lone, 'sensor-agent.blob'), 'snapshot\n');
+    const ran = await runFlash(['--bundle', bundle.dir, '--image', join(work, 'none.img'), '--agent', lone]);
+    expect(ran.code).to.equal(1);
+    expect(ran.stderr).to.match(/E_AGENT: .*sensor-agent\.blob and snapshot\.env come together, and only in a tree that ships its Node \(this one: npm\)/);
+
+    const system = join(work, 'snap-system');
+    await makeAgentTree(system, { node: 'system' });
+    await writeFile(join(system, 'sensor-agent.blob'), 'snapshot\n');
+    await writeFile(join(system, 'snapshot.env'), 'SENSOR_AGENT_SNAPSHOT=--snapshot-blob=/opt/sensor-agent/sensor-agent.blob\n');
+    const ran2 = await runFlash(['--bundle', bundle.dir, '--image', join(work, 'none.img'), '--agent', system]);
+    expect(ran2.code).to.equal(1);
+    expect(ran2.stderr).to.match(/E_AGENT: .*only in a tree that ships its Node \(this one: system\)/);
+  });
+
   it('refuses a bundle whose secrets other users can read, and a bad device id', async () => {
     const agent = join(work, 'ok');
     await makeAgentTree(agent);

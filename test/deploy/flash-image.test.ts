@@ -130,7 +130,7 @@ describe('deploy/flash: Raspberry Pi OS image without root privileges (debugfs +
       '/var/lib/sensor-agent/enroll.token',
     ]);
     expect(await catInImage(image, '/etc/systemd/system/sensor-agent.service')).to.contain(
-      'ExecStart=/opt/sensor-agent/node/bin/node --max-semi-space-size=1 --single-threaded --jitless --expose-gc /opt/sensor-agent/sensor-agent.mjs run',
+      'ExecStart=/opt/sensor-agent/node/bin/node --max-semi-space-size=1 --single-threaded --jitless --expose-gc $SENSOR_AGENT_SNAPSHOT /opt/sensor-agent/sensor-agent.mjs run',
     );
 
     // Nothing in the agent's config or state directories is readable by others.

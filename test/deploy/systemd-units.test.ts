@@ -18,6 +18,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { AGENT_NODE_ENV, AGENT_NODE_FLAGS } from '../helpers/agent-process.js';
+import { SNAPSHOT_ENV_FILE, SNAPSHOT_ENV_VAR, SNAPSHOT_NODE_FLAGS } from '../../provisioning/builder/snapshot.js';
 import { PROVISIONING_DIR, SYSTEMD_DIR } from './repo-paths.js';
 import { requireTools, toolEnv } from './tools.js';
 
@@ -173,8 +174,11 @@ describe('deploy/systemd units', function () {
     // The V8 flags are the ones the tests and the benchmark run the agent with.
     // It runs the shipped tree (docs/CONTRACTS.md, "Agent tree"): its Node and its one-file agent.
     expect(only(unit, 'Service', 'ExecStart')).to.equal(
-      `/opt/sensor-agent/node/bin/node ${AGENT_NODE_FLAGS.join(' ')} /opt/sensor-agent/sensor-agent.mjs run --config /etc/sensor-agent/config.json`,
+      `/opt/sensor-agent/node/bin/node ${AGENT_NODE_FLAGS.join(' ')} $${SNAPSHOT_ENV_VAR} /opt/sensor-agent/sensor-agent.mjs run --config /etc/sensor-agent/config.json`,
     );
+    // The startup snapshot is built with the same flags, and used only where the tree has one (snapshot.env).
+    expect(SNAPSHOT_NODE_FLAGS).to.deep.equal(AGENT_NODE_FLAGS);
+    expect(only(unit, 'Service', 'EnvironmentFile')).to.equal(`-/opt/sensor-agent/${SNAPSHOT_ENV_FILE}`);
     expect(only(unit, 'Unit', 'ConditionFileIsExecutable')).to.equal('/opt/sensor-agent/node/bin/node');
     // The V8 compile cache lives where the hardened unit can write (ProtectSystem=strict).
     expect(only(unit, 'Service', 'CacheDirectory')).to.equal('sensor-agent');

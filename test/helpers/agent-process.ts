@@ -4,7 +4,9 @@
  * collect acks. Used by the adversarial and fault suites and the benchmark.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import mqtt, { type MqttClient } from 'mqtt';
@@ -55,8 +57,31 @@ export const AGENT_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=1', '
  */
 export const AGENT_NODE_ENV: Readonly<Record<string, string>> = { MALLOC_ARENA_MAX: '1' };
 
-export function spawnAgent(configPath: string, extraEnv: Record<string, string> = {}, node: string = process.execPath): AgentProcess {
-  const child = spawn(node, [...AGENT_NODE_FLAGS, AGENT_CLI, 'run', '--config', configPath], {
+/**
+ * The host tree's V8 startup snapshot, as the unit uses a tree's (`--snapshot-blob=`, from
+ * snapshot.env): `npm run build` makes it with the Node that ran the build, so it is used when that
+ * is this Node, and not with SENSOR_AGENT_NO_SNAPSHOT=1 (to run the agent from the bundle alone).
+ */
+export function hostSnapshot(): string | undefined {
+  if (process.env.SENSOR_AGENT_NO_SNAPSHOT === '1') return undefined;
+  try {
+    const info = JSON.parse(readFileSync(join(dirname(AGENT_CLI), '.build-info.json'), 'utf8')) as { snapshot?: { path?: string; node_version?: string } };
+    if (info.snapshot?.path === undefined || info.snapshot.node_version !== process.versions.node) return undefined;
+    return join(dirname(AGENT_CLI), info.snapshot.path);
+  } catch {
+    return undefined;
+  }
+}
+
+/** `options.snapshot`: the startup snapshot to start from (made by `node`), `false` for none; by default the host tree's for this Node. */
+export function spawnAgent(
+  configPath: string,
+  extraEnv: Record<string, string> = {},
+  node: string = process.execPath,
+  options: { snapshot?: string | false } = {},
+): AgentProcess {
+  const snapshot = options.snapshot ?? (node === process.execPath ? hostSnapshot() : undefined);
+  const child = spawn(node, [...AGENT_NODE_FLAGS, ...(snapshot ? [`--snapshot-blob=${snapshot}`] : []), AGENT_CLI, 'run', '--config', configPath], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...AGENT_NODE_ENV, NOTIFY_SOCKET: '', ...extraEnv },
   });
