@@ -205,6 +205,8 @@ export class Registry {
       args.push(filter.userId);
     }
     if (filter.tag !== undefined) {
+      // A tag no device can carry is a typo, not an empty selection (send --tag, GET /devices?tag=).
+      assertTag(filter.tag);
       where.push('id IN (SELECT device_id FROM device_tags WHERE tag = ?)');
       args.push(filter.tag);
     }

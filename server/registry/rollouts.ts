@@ -336,10 +336,14 @@ export class RolloutStore {
 
   #finish(id: string, state: RolloutState, reason: string, now: number): void {
     this.#db
-      .prepare('UPDATE rollouts SET state = ?, state_reason = COALESCE(state_reason, ?), finished_at = ?, updated_at = ? WHERE id = ? AND finished_at IS NULL')
+      // A rollout cancelled or aborted meanwhile (another process) ends in that state, not `completed`.
+      .prepare(
+        `UPDATE rollouts SET state = CASE WHEN state IN ('running', 'paused') THEN ? ELSE state END, state_reason = COALESCE(state_reason, ?),
+           finished_at = ?, updated_at = ? WHERE id = ? AND finished_at IS NULL`,
+      )
       .run(state, reason, now, now, id);
     const counts = this.counts(id);
-    this.#reg.audit('rollout.finished', null, { rollout_id: id, state, reason, ...counts });
+    this.#reg.audit('rollout.finished', null, { rollout_id: id, state: this.require(id).state, reason, ...counts });
   }
 
   // ---- the engine lease --------------------------------------------------------

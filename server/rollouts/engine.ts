@@ -200,7 +200,11 @@ export class RolloutEngine {
     }
   }
 
-  async #step(r: RolloutRecord): Promise<void> {
+  async #step(listed: RolloutRecord): Promise<void> {
+    // Read again: a pause or cancel may have landed since the tick listed the rollouts
+    // (an HTTP request handled while an earlier rollout was sealing, or the CLI).
+    const r = this.store.get(listed.id);
+    if (!r || r.finishedAt !== null) return;
     const now = this.#registry.now();
     if (now >= r.deadlineAt) {
       const expired = this.store.expireAll(r.id);

