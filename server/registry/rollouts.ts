@@ -239,6 +239,22 @@ export class RolloutStore {
   }
 
   /**
+   * Takes a pending target for sending (pending -> sending, one more attempt),
+   * only while its rollout is running: a pause or cancel committed by another
+   * process an instant earlier wins.
+   */
+  claim(id: string, deviceId: string): boolean {
+    return (
+      this.#db
+        .prepare(
+          `UPDATE rollout_targets SET state = 'sending', attempts = attempts + 1, updated_at = ?
+           WHERE rollout_id = ? AND device_id = ? AND state = 'pending' AND (SELECT state FROM rollouts WHERE id = ?) = 'running'`,
+        )
+        .run(this.#reg.now(), id, deviceId, id).changes === 1
+    );
+  }
+
+  /**
    * Targets in flight whose command has been answered: the answer, with the
    * command's code, to be settled by the engine.
    */

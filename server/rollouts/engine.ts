@@ -259,7 +259,7 @@ export class RolloutEngine {
     }
     const room = r.concurrency - this.store.inFlight(r.id, now);
     const batch = this.store.deliverable(r.id, now, Math.min(allowance, room));
-    const claimed = batch.filter((t) => this.store.move(r.id, t.deviceId, ['pending'], 'sending', { attempt: true }));
+    const claimed = batch.filter((t) => this.store.claim(r.id, t.deviceId));
     if (bucket) bucket.tokens -= claimed.length;
     await Promise.all(claimed.map((t) => this.#deliver(r, t.deviceId, now)));
   }
