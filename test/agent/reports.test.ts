@@ -25,7 +25,13 @@ class ReportListener {
   async connect(url: string, deviceId: string, server: Party, device: DeviceKeys): Promise<void> {
     const decryption = await KeyRing.create([server.encryption]);
     const verification = await KeyRing.create([device.signing]);
-    this.#client = await mqtt.connectAsync(url, { clientId: `reports-${Math.random().toString(16).slice(2, 8)}`, reconnectPeriod: 200 });
+    this.#client = await mqtt.connectAsync(url, {
+      clientId: `reports-${Math.random().toString(16).slice(2, 8)}`,
+      // A persistent session: what is published while a broker restart keeps this client away is queued for it.
+      clean: false,
+      protocolVersion: 4,
+      reconnectPeriod: 200,
+    });
     this.#client.on('message', (_t, payload) => {
       openReport(payload, { serverId: SERVER_ID, deviceId, decryption, verification }).then(
         ({ claims }) => {
@@ -145,16 +151,27 @@ describe('agent reports (bundled agent, real broker)', function () {
     expect(reports.bad).to.deep.equal([]);
   });
 
-  it('mosquitto: SIGKILL of the agent makes the broker publish its will, an offline report for that session and conn', async function () {
+  it('mosquitto: after a broker restart (conn 2), SIGKILL of the agent makes the broker publish the will of conn 2', async function () {
     if (!(await shouldRunMosquitto())) skipBecause(this, NO_MOSQUITTO);
     const broker = await startMosquitto();
     cleanups.push(() => broker.stop());
     const { files, reports } = await setUp(broker.url, 'report-board-2');
     const agent = start(files);
     const c1 = await reports.wait((r) => r.reason === 'connect' && r.conn === 1, 10_000, 'connect');
+    // A restart ends the connection without DISCONNECT from the agent; the reconnect must carry a will re-sealed for conn 2.
+    await broker.restart();
+    const c2 = await reports
+      .wait((r) => r.reason === 'connect' && r.conn === 2, 10_000, 'connect after the restart')
+      .catch((err: unknown) => {
+        throw new Error(`${String(err)}\n${agent.output().slice(-3000)}`);
+      });
+    expect(c2.session).to.equal(c1.session);
     agent.child.kill('SIGKILL');
-    const will = await reports.wait((r) => r.reason === 'offline', 10_000, 'will');
-    expect([will.session, will.conn]).to.deep.equal([c1.session, 1]);
+    // mosquitto may publish conn 1's will when it shuts down; a will reused from conn 1 would never say conn 2.
+    const will = await reports.wait((r) => r.reason === 'offline' && r.conn === 2, 10_000, 'will of conn 2');
+    expect(will.session).to.equal(c1.session);
+    const offline = reports.reports.filter((r) => r.reason === 'offline');
+    expect(offline.every((r) => r.session === c1.session && (r.conn === 1 || r.conn === 2))).to.equal(true);
     expect(reports.bad).to.deep.equal([]);
   });
 });
