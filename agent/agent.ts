@@ -20,6 +20,7 @@ import { loadConfig, type AgentConfig } from './config.js';
 import { createBoardIo, type BoardIo, type GpioBackend } from './gpio/index.js';
 import { Enrollment, readEnrollmentToken, type EnrollmentOptions } from './net/enrollment.js';
 import { MqttSession, type BackoffOptions, type RetryInfo, type SessionBroker } from './net/mqtt-session.js';
+import { Reporter } from './net/reporter.js';
 import { AgentRuntime, agentTopics, effectiveBroker } from './runtime.js';
 import { planStart, type StartPlan } from './start-up.js';
 import { KeyStore } from './store/keystore.js';
@@ -32,6 +33,8 @@ import { createSystemdNotifier, type SystemdNotifier } from './system/systemd-no
 export { AgentStartError } from './start-up.js';
 
 const CLOCK_RECHECK_MS = 30_000;
+/** How long a graceful stop waits for the explicit `offline` report's PUBACK. */
+const OFFLINE_REPORT_TIMEOUT_MS = 2000;
 export const EXIT_OK = 0;
 export { EXIT_DECOMMISSIONED };
 
@@ -143,6 +146,8 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
   readonly #pipeline: Pipeline;
   readonly #actions: ActionContext;
   readonly #clockTrusted: boolean;
+  /** Presence and reported state (connect, interval, the will, offline at stop). */
+  readonly #reporter: Reporter;
   #enrollment: Enrollment | undefined;
   #notifier: SystemdNotifier | undefined;
   #follow: Promise<void> = Promise.resolve();
@@ -176,6 +181,7 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
       topic: agentTopics(config).command,
       log,
       onMessage: (topic, payload) => this.#onMessage(topic, payload),
+      will: () => this.#reporter.will(),
       ...(options.backoff ? { backoff: options.backoff } : {}),
     });
     this.#rt = new AgentRuntime({
@@ -195,6 +201,7 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
       },
       afterPersist: options.faults?.afterPersist,
     });
+    this.#reporter = new Reporter(this.#rt);
     this.#actions = { rt: this.#rt, onProvisioned: (userId) => this.#onProvisioned(userId), switchBroker: (b, ms) => this.#switchBroker(b, ms) };
     this.#pipeline = new Pipeline(this.#actions, (e) => this.emit('command', e));
     if (parts.plan.enrolling) this.#enrollment = new Enrollment(this.#rt, parts.plan.token, options.enrollment);
@@ -210,13 +217,16 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
     const log = this.#log;
     const st = rt.store.state;
     if (!this.#clockTrusted && this.#config.clock.policy === 'auto') this.#watchClock(rt);
+    this.#reporter.prepare();
     const resumedAck = await resumeRotation(rt);
 
     this.#io.setStatus(st.provisioned ? 'provisioned' : this.#enrollment ? 'enrolling' : 'unprovisioned');
     await this.#io.setSensorEnabled(sensorShouldBeOn(st));
     this.#io.onResetHeld(() => void this.#resetToUnprovisioned());
 
+    rt.session.on('connected', () => this.#reporter.onConnected());
     rt.session.on('subscribed', () => this.#onSubscribed());
+    rt.session.on('offline', () => this.#reporter.onOffline());
     // `systemctl status` shows the last STATUS=: keep it true across broker outages.
     rt.session.on('retrying', (r) => this.#notifier?.status(waitingStatus(rt.session.broker.url, r)));
     if (this.#options.systemdNotify) {
@@ -253,6 +263,7 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
 
   #onSubscribed(): void {
     this.#connectedStatus();
+    this.#reporter.onSubscribed();
     if (this.#enrollment) {
       this.#enrollment.kick();
       this.emit('enrolling');
@@ -361,6 +372,7 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
     await rt.session.drain();
     await Promise.race([this.#follow, new Promise((r) => setTimeout(r, 5000).unref())]);
     await rt.flushAcks(3000);
+    await this.#reporter.stop(OFFLINE_REPORT_TIMEOUT_MS);
     await rt.session.stop();
     this.#notifier?.close();
     await this.#io.close().catch(() => undefined);

@@ -6,7 +6,16 @@
  */
 import { access, constants, readFile } from 'node:fs/promises';
 import { dirname, isAbsolute, resolve } from 'node:path';
-import { assertValidPrefix, CodedError, DEFAULT_MAX_SKEW_SECONDS, DEFAULT_TOPIC_PREFIX, GPIO_PIN_MAX, ID_PATTERN } from '../protocol/index.js';
+import {
+  assertValidPrefix,
+  CodedError,
+  DEFAULT_MAX_SKEW_SECONDS,
+  MAX_REPORT_INTERVAL_SECONDS,
+  MIN_REPORT_INTERVAL_SECONDS,
+  DEFAULT_TOPIC_PREFIX,
+  GPIO_PIN_MAX,
+  ID_PATTERN,
+} from '../protocol/index.js';
 import type { GpioConfig } from './gpio/index.js';
 import { isLogLevel, type LogLevel } from '../lib/log.js';
 
@@ -16,6 +25,8 @@ export const DEFAULT_KEYSTORE = '/var/lib/sensor-agent/keys';
 export const DEFAULT_STATE_DIR = '/var/lib/sensor-agent/state';
 export const DEFAULT_ENROLLMENT_TOKEN = '/var/lib/sensor-agent/enroll.token';
 export const DEFAULT_HOOK_TIMEOUT_S = 30;
+/** How often a connected agent sends an `interval` report (docs/PROTOCOL.md, Reports). */
+export const DEFAULT_REPORT_INTERVAL_S = 300;
 const MAX_CONFIG_BYTES = 256 * 1024;
 
 export type ClockPolicyName = 'auto' | 'trusted' | 'untrusted';
@@ -45,6 +56,8 @@ export interface AgentConfig {
   gpio: GpioConfig;
   hooks_dir: string | null;
   hook_timeout_s: number;
+  /** Seconds between `interval` reports while connected. */
+  report_interval_s: number;
   clock: { policy: ClockPolicyName; max_skew_s: number };
   log_level: LogLevel;
 }
@@ -127,6 +140,7 @@ function checkConfig(value: unknown, file: string): { config: AgentConfig | unde
     'gpio',
     'hooks_dir',
     'hook_timeout_s',
+    'report_interval_s',
     'clock',
     'log_level',
   ]);
@@ -174,6 +188,7 @@ function checkConfig(value: unknown, file: string): { config: AgentConfig | unde
   const token = path('enrollment_token', DEFAULT_ENROLLMENT_TOKEN) ?? DEFAULT_ENROLLMENT_TOKEN;
   const hooksDir = path('hooks_dir', null);
   const hookTimeout = root.integer('hook_timeout_s', 1, 3600) ?? DEFAULT_HOOK_TIMEOUT_S;
+  const reportInterval = root.integer('report_interval_s', MIN_REPORT_INTERVAL_SECONDS, MAX_REPORT_INTERVAL_SECONDS) ?? DEFAULT_REPORT_INTERVAL_S;
 
   const gpio: GpioConfig = {};
   const g = root.section('gpio', false);
@@ -222,6 +237,7 @@ function checkConfig(value: unknown, file: string): { config: AgentConfig | unde
       gpio,
       hooks_dir: hooksDir,
       hook_timeout_s: hookTimeout,
+      report_interval_s: reportInterval,
       clock,
       log_level: level,
     },

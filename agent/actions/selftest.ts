@@ -2,6 +2,7 @@
 import type { ActionContext, ActionDescriptor } from './descriptor.js';
 import type { Outcome } from './outcome.js';
 import { runSelftest } from '../selftest.js';
+import { writeSelftestRecord } from '../store/selftest-record.js';
 
 export const selftestAction: ActionDescriptor<'selftest'> = {
   action: 'selftest',
@@ -15,6 +16,10 @@ export const selftestAction: ActionDescriptor<'selftest'> = {
 
 export async function applySelftest({ rt }: ActionContext): Promise<Outcome> {
   const report = await runSelftest({ config: rt.config, configPath: rt.config.path, running: rt });
+  // For the reports (agent/net/reporter.ts); a failure to record it does not fail the command.
+  await writeSelftestRecord(rt.store.dir, report.ok).catch((err: unknown) =>
+    rt.log.warn('self-test outcome not recorded', { reason: err instanceof Error ? err.message : String(err) }),
+  );
   const failed = report.checks.filter((c) => c.status === 'fail').map((c) => c.id);
   return {
     status: 'applied',

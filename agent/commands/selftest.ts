@@ -1,6 +1,7 @@
 /** `sensor-agent selftest`: the on-device self-test; exit 0 only when every required check passes. */
 import { CodedError, parseDurationMs } from '../../protocol/index.js';
-import { DEFAULT_CONFIG_PATH } from '../config.js';
+import { DEFAULT_CONFIG_PATH, loadConfig } from '../config.js';
+import { ownsStateDir, writeSelftestRecord } from '../store/selftest-record.js';
 import { formatReport, runSelftest } from '../selftest.js';
 import { defineCommand } from '../../lib/cli.js';
 
@@ -21,6 +22,17 @@ export const selftestCommand = defineCommand({
     if ('problem' in timeout) throw new CodedError('E_USAGE', `--timeout "${args.timeout}" ${timeout.problem}`);
     const report = await runSelftest({ configPath: args.config, brokerTimeoutMs: Math.max(1000, timeout.ms) });
     process.stdout.write(args.json ? `${JSON.stringify(report, null, 2)}\n` : formatReport(report));
+    await recordOutcome(args.config, report.ok);
     process.exitCode = report.ok ? 0 : 1;
   },
 });
+
+/** Records the outcome for the agent's reports, when the state directory is this user's (best effort, silent). */
+async function recordOutcome(configPath: string, ok: boolean): Promise<void> {
+  try {
+    const config = await loadConfig(configPath);
+    if (await ownsStateDir(config.state_dir)) await writeSelftestRecord(config.state_dir, ok);
+  } catch {
+    // an unreadable config is already a failed check in the report
+  }
+}

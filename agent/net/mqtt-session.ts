@@ -51,6 +51,19 @@ export interface SessionOptions {
   keepaliveS?: number;
   /** Connect timeout, ms (default 10000). */
   connectTimeoutMs?: number;
+  /**
+   * The last will for the connection about to be attempted, asked before every attempt (first
+   * connect and each reconnect; mqtt.js reuses `client.options.will` for a reconnect, so it is
+   * replaced there each time). Sent QoS 1, not retained. A rejection is logged and that attempt
+   * goes without a will.
+   */
+  will?: () => Promise<SessionWill | undefined>;
+}
+
+/** A last will: `payload` is published to `topic` (QoS 1, not retained) if the connection dies without DISCONNECT. */
+export interface SessionWill {
+  topic: string;
+  payload: string;
 }
 
 /** Exponential backoff with full jitter: a random delay in [min, min(max, min * 2^attempt)]. */
@@ -278,7 +291,22 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
       }
       this.#scheduleReconnect(client, wasReady);
     });
-    client.connect();
+    void this.#setWill(client).then(() => {
+      if (client === this.#client && !this.#stopping) client.connect();
+    });
+  }
+
+  /** Seals the will for the attempt about to be made into the options mqtt.js builds CONNECT from. */
+  async #setWill(client: MqttClient): Promise<void> {
+    const make = this.options.will;
+    if (!make) return;
+    try {
+      const w = await make();
+      client.options.will = w ? { topic: w.topic, payload: Buffer.from(w.payload), qos: 1, retain: false } : undefined;
+    } catch (err) {
+      client.options.will = undefined;
+      this.options.log.warn('last will not sealed; connecting without one', { reason: err instanceof Error ? err.message : String(err) });
+    }
   }
 
   /** Resolves once the message in flight is done and no next one started. */
@@ -309,13 +337,21 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
     this.#attempt += 1;
     this.options.log.debug('reconnecting', { in_ms: delay, attempt: this.#attempt });
     this.emit('retrying', { attempt: this.#attempt, delayMs: delay, reason: this.#attemptError || 'connection closed', lost });
-    this.#timer = setTimeout(() => {
-      this.#timer = undefined;
-      if (client !== this.#client || this.#stopping) return;
+    const timer: NodeJS.Timeout = setTimeout(() => {
+      const done = (): void => {
+        if (this.#timer === timer) this.#timer = undefined;
+      };
+      if (client !== this.#client || this.#stopping) return done();
       this.#attemptError = '';
-      // Same stores: QoS 1 acks in flight are resent after the reconnect.
-      client.reconnect({ incomingStore: client.incomingStore, outgoingStore: client.outgoingStore });
+      // #timer stays set while the will is sealed: no second reconnect is scheduled meanwhile.
+      void this.#setWill(client).then(() => {
+        done();
+        if (client !== this.#client || this.#stopping) return;
+        // Same stores: QoS 1 acks in flight are resent after the reconnect.
+        client.reconnect({ incomingStore: client.incomingStore, outgoingStore: client.outgoingStore });
+      });
     }, delay);
+    this.#timer = timer;
   }
 }
 

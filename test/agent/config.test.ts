@@ -114,6 +114,7 @@ describe('agent/config: loadConfig on real files', () => {
     expect(c.state_dir).to.equal('/var/lib/sensor-agent/state');
     expect(c.enrollment_token).to.equal('/var/lib/sensor-agent/enroll.token');
     expect(c.hooks_dir).to.equal(null);
+    expect(c.report_interval_s).to.equal(300);
     expect(c.clock.policy).to.equal('auto');
     expect(c.log_level).to.equal('info');
     expect(DEFAULT_CONFIG_PATH).to.equal('/etc/sensor-agent/config.json');
@@ -126,6 +127,7 @@ describe('agent/config: loadConfig on real files', () => {
       broker: { url: 'mqtts://broker.example.net:8883', protocol_version: 3, cert: 'client.crt' },
       trust: 'missing.jwks',
       hook_timeout_s: 'thirty',
+      report_interval_s: 5,
       gpio: { backend: 'magic', status_led: 17, sensor_enable: 17 },
       clock: { policy: 'sometimes' },
       log_level: 'verbose',
@@ -144,6 +146,7 @@ describe('agent/config: loadConfig on real files', () => {
     expect(byKey('broker.protocol_version')).to.include('from 4 to 5');
     expect(byKey('broker.key')).to.include('go together');
     expect(byKey('hook_timeout_s')).to.include('integer');
+    expect(byKey('report_interval_s')).to.include('integer from 10 to 86400');
     expect(byKey('gpio.backend')).to.include('"magic"');
     expect(byKey('gpio.sensor_enable')).to.include('pin 17 is already used');
     expect(byKey('clock.policy')).to.include('"sometimes"');

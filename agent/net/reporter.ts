@@ -1,0 +1,166 @@
+/**
+ * Presence and reported state (docs/PROTOCOL.md, Reports): sealed reports to
+ * the device's report topic, signed with the device signing key and
+ * encrypted to the server's encryption key like acks.
+ *
+ * - `connect` after every subscription to the command topic;
+ * - `interval` every `report_interval_s` while connected (one unref'd timer);
+ * - `offline` as the MQTT last will of each connection (sealed before each
+ *   attempt with that connection's number, see MqttSession's `will`), and
+ *   published explicitly at a graceful stop (a clean DISCONNECT discards it).
+ *
+ * A report never holds up a command and never throws out of here: a failure
+ * is logged and the next interval tries again.
+ */
+import { createHash, randomUUID } from 'node:crypto';
+import { reportTopic, sealReport, type ReportReason } from '../../protocol/index.js';
+import { packageVersion } from '../../lib/version.js';
+import type { AgentRuntime } from '../runtime.js';
+import { readSelftestRecord } from '../store/selftest-record.js';
+import type { SessionWill } from './mqtt-session.js';
+
+/** JSON with object keys sorted at every level and no whitespace: the same settings give the same text. */
+export function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map((v) => canonicalJson(v)).join(',')}]`;
+  if (value !== null && typeof value === 'object') {
+    const o = value as Record<string, unknown>;
+    const keys = Object.keys(o)
+      .filter((k) => o[k] !== undefined)
+      .sort();
+    return `{${keys.map((k) => `${JSON.stringify(k)}:${canonicalJson(o[k])}`).join(',')}}`;
+  }
+  return JSON.stringify(value) ?? 'null';
+}
+
+/** `sha256:` and the hex SHA-256 of the canonical JSON of the settings as applied (state.json's `settings`). */
+export function settingsDigest(settings: unknown): string {
+  return `sha256:${createHash('sha256').update(canonicalJson(settings)).digest('hex')}`;
+}
+
+export class Reporter {
+  /** This process's session id, constant across reconnects. */
+  readonly session = randomUUID();
+  readonly #rt: AgentRuntime;
+  readonly #topic: string;
+  readonly #version = packageVersion();
+  /** Connections made so far (the current one's number while connected). */
+  #conn = 0;
+  #timer: NodeJS.Timeout | undefined;
+  #stopped = false;
+  /** The first connection's will, sealed ahead (see prepare). */
+  #early: { conn: number; kid: string; token: Promise<string> } | undefined;
+
+  constructor(rt: AgentRuntime) {
+    this.#rt = rt;
+    this.#topic = reportTopic(rt.config.topic_prefix, rt.config.device_id);
+  }
+
+  get conn(): number {
+    return this.#conn;
+  }
+
+  /**
+   * Starts sealing the first connection's will now, while start-up waits on disk and GPIO, so the
+   * first CONNECT does not wait for it.
+   */
+  prepare(): void {
+    const kid = this.#rt.keystore.signingKey?.kid;
+    if (kid === undefined) return;
+    const token = this.#seal('offline', 1);
+    token.catch(() => undefined); // will() reports a failure
+    this.#early = { conn: 1, kid, token };
+  }
+
+  /** The will of the connection about to be attempted (number conn + 1); undefined before the board has keys. */
+  async will(): Promise<SessionWill | undefined> {
+    const kid = this.#rt.keystore.signingKey?.kid;
+    if (kid === undefined) return undefined;
+    const conn = this.#conn + 1;
+    const early = this.#early;
+    this.#early = undefined;
+    const token = early && early.conn === conn && early.kid === kid ? early.token : this.#seal('offline', conn);
+    return { topic: this.#topic, payload: await token };
+  }
+
+  /** The session is connected (CONNACK): this is connection number conn + 1. */
+  onConnected(): void {
+    this.#conn += 1;
+  }
+
+  /** Subscribed: the `connect` report, then one every interval while connected. */
+  onSubscribed(): void {
+    if (this.#stopped) return;
+    this.#send('connect');
+    clearInterval(this.#timer);
+    this.#timer = setInterval(() => this.#send('interval'), this.#rt.config.report_interval_s * 1000).unref();
+  }
+
+  onOffline(): void {
+    clearInterval(this.#timer);
+    this.#timer = undefined;
+  }
+
+  /** Graceful stop: no more reports; an explicit `offline` one if connected, waiting at most `timeoutMs`. */
+  async stop(timeoutMs: number): Promise<void> {
+    this.#stopped = true;
+    this.onOffline();
+    if (!this.#rt.session.ready || !this.#rt.keystore.signingKey) return;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), timeoutMs).unref()));
+    try {
+      const r = await Promise.race([this.#publish('offline'), timeout]);
+      if (r === 'timeout') this.#rt.log.warn('offline report not confirmed before stopping', { timeout_ms: timeoutMs });
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  #send(reason: ReportReason): void {
+    if (!this.#rt.session.ready) return; // between connections (a broker switch): the next connect reports
+    if (!this.#rt.keystore.signingKey) {
+      this.#rt.log.debug('report skipped: no device keys yet', { reason });
+      return;
+    }
+    void this.#publish(reason);
+  }
+
+  /** Seals and publishes one report; logs (never throws) on failure. */
+  async #publish(reason: ReportReason): Promise<'done'> {
+    const conn = this.#conn;
+    try {
+      const token = await this.#seal(reason, conn);
+      await this.#rt.session.publish(this.#topic, token);
+      this.#rt.log.debug('report published', { reason, conn });
+    } catch (err) {
+      this.#rt.log.warn('report not sent; the next interval tries again', { reason, conn, why: err instanceof Error ? err.message : String(err) });
+    }
+    return 'done';
+  }
+
+  async #seal(reason: ReportReason, conn: number): Promise<string> {
+    const rt = this.#rt;
+    const signer = rt.keystore.signingKey;
+    const enc = rt.keystore.encryptionKey;
+    if (!signer || !enc) throw new Error('no device keys to sign the report with');
+    const st = rt.store.state;
+    const { token } = await sealReport(
+      {
+        deviceId: rt.deviceId,
+        serverId: rt.config.server_id,
+        reason,
+        session: this.session,
+        conn,
+        intervalSeconds: rt.config.report_interval_s,
+        agentVersion: this.#version,
+        nodeVersion: process.version,
+        lastSeq: st.last_seq,
+        kids: { sig: signer.kid, enc: enc.kid },
+        settingsDigest: settingsDigest(st.settings),
+        uptimeSeconds: process.uptime(),
+        selftest: await readSelftestRecord(rt.store.dir),
+      },
+      { signer, recipient: rt.trust.encryption },
+    );
+    return token;
+  }
+}
