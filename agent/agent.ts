@@ -203,7 +203,10 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
     });
     this.#reporter = new Reporter(this.#rt);
     this.#actions = { rt: this.#rt, onProvisioned: (userId) => this.#onProvisioned(userId), switchBroker: (b, ms) => this.#switchBroker(b, ms) };
-    this.#pipeline = new Pipeline(this.#actions, (e) => this.emit('command', e));
+    this.#pipeline = new Pipeline(this.#actions, (e) => {
+      if (e.status === 'applied' && !e.duplicate) this.#reporter.changed();
+      this.emit('command', e);
+    });
     if (parts.plan.enrolling) this.#enrollment = new Enrollment(this.#rt, parts.plan.token, options.enrollment);
   }
 

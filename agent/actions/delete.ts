@@ -5,6 +5,8 @@
  * low, before the PUBACK; after the ack the agent exits with status 10.
  * A crash after the state is saved finishes the wipe at the next start.
  */
+import { join } from 'node:path';
+import { SELFTEST_FILE } from '../store/selftest-record.js';
 import type { CommandClaims } from '../../protocol/index.js';
 import { removeFileSecurely } from '../../lib/durable-file.js';
 import type { AgentRuntime } from '../runtime.js';
@@ -57,6 +59,8 @@ export async function wipeDevice(rt: AgentRuntime): Promise<void> {
   await rt.io.setSensorEnabled(false);
   const wiped = await rt.keystore.wipe();
   await removeFileSecurely(rt.config.enrollment_token).catch(() => false);
+  // The last self-test's outcome belongs to this provisioning: a re-provisioned board starts without one.
+  await removeFileSecurely(join(rt.config.state_dir, SELFTEST_FILE)).catch(() => false);
   if (wiped.leftInCredentials.length > 0) {
     rt.log.warn('keys supplied by systemd credentials cannot be removed by the agent; remove them from the credential store', {
       files: wiped.leftInCredentials.join(','),

@@ -37,6 +37,9 @@ export function settingsDigest(settings: unknown): string {
   return `sha256:${createHash('sha256').update(canonicalJson(settings)).digest('hex')}`;
 }
 
+/** How long after an applied command its state report follows. */
+export const CHANGED_REPORT_DELAY_MS = 2000;
+
 export class Reporter {
   /** This process's session id, constant across reconnects. */
   readonly session = randomUUID();
@@ -46,6 +49,7 @@ export class Reporter {
   /** Connections made so far (the current one's number while connected). */
   #conn = 0;
   #timer: NodeJS.Timeout | undefined;
+  #changedTimer: NodeJS.Timeout | undefined;
   #stopped = false;
   /** The first connection's will, sealed ahead (see prepare). */
   #early: { conn: number; kid: string; token: Promise<string> } | undefined;
@@ -95,6 +99,17 @@ export class Reporter {
     this.#timer = setInterval(() => this.#send('interval'), this.#rt.config.report_interval_s * 1000).unref();
   }
 
+  /**
+   * The board's state changed (a command applied: provisioned, new keys, new settings): a report
+   * a moment later, once the command's ack is on its way (after a rotate, the server must have
+   * adopted the new signing key from that ack before it can verify a report signed with it).
+   */
+  changed(delayMs = CHANGED_REPORT_DELAY_MS): void {
+    if (this.#stopped) return;
+    clearTimeout(this.#changedTimer);
+    this.#changedTimer = setTimeout(() => this.#send('interval'), delayMs).unref();
+  }
+
   onOffline(): void {
     clearInterval(this.#timer);
     this.#timer = undefined;
@@ -103,6 +118,7 @@ export class Reporter {
   /** Graceful stop: no more reports; an explicit `offline` one if connected, waiting at most `timeoutMs`. */
   async stop(timeoutMs: number): Promise<void> {
     this.#stopped = true;
+    clearTimeout(this.#changedTimer);
     this.onOffline();
     if (!this.#rt.session.ready || !this.#rt.keystore.signingKey) return;
     let timer: NodeJS.Timeout | undefined;

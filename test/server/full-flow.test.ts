@@ -177,6 +177,12 @@ describe('full flow against mosquitto (TLS, client certificates), two serve inst
       try {
         await eventually(() => reg.getDevice('sensor-0002')?.state === 'provisioned', 30_000, `agent enrolled and confirmed\n${agentLog}`);
         expect(reg.requireDevice('sensor-0002').userId).to.equal('bob');
+        // Its signed connect report went through the production ACLs: online, with what it runs.
+        const seen = await eventually(() => reg.requireDevice('sensor-0002').presence.state ?? undefined, 15_000, `a report from the agent\n${agentLog}`);
+        expect(seen).to.include({ agent_version: '0.1.0' });
+        expect(seen.kids.sig).to.equal(reg.requireDevice('sensor-0002').signing?.kid);
+        const listed = await runServerCli(['device', 'list', '--data', data, '--json']);
+        expect((JSON.parse(listed.stdout) as { id: string; presence: string }[]).find((d) => d.id === 'sensor-0002')?.presence).to.equal('online');
         const steps: [string, string[]][] = [
           ['update', ['--set', 'sensor.sample_interval_s=20']],
           ['rotate', []],
