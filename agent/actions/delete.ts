@@ -7,6 +7,7 @@
  */
 import { join } from 'node:path';
 import { SELFTEST_FILE } from '../store/selftest-record.js';
+import { NEXT_WILL_FILE } from '../net/reporter.js';
 import type { CommandClaims } from '../../protocol/index.js';
 import { removeFileSecurely } from '../../lib/durable-file.js';
 import type { AgentRuntime } from '../runtime.js';
@@ -61,6 +62,7 @@ export async function wipeDevice(rt: AgentRuntime): Promise<void> {
   await removeFileSecurely(rt.config.enrollment_token).catch(() => false);
   // The last self-test's outcome belongs to this provisioning: a re-provisioned board starts without one.
   await removeFileSecurely(join(rt.config.state_dir, SELFTEST_FILE)).catch(() => false);
+  await removeFileSecurely(join(rt.config.state_dir, NEXT_WILL_FILE)).catch(() => false);
   if (wiped.leftInCredentials.length > 0) {
     rt.log.warn('keys supplied by systemd credentials cannot be removed by the agent; remove them from the credential store', {
       files: wiped.leftInCredentials.join(','),

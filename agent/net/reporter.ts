@@ -9,10 +9,20 @@
  *   attempt with that connection's number, see MqttSession's `will`), and
  *   published explicitly at a graceful stop (a clean DISCONNECT discards it).
  *
+ * The first connection's will is sealed ahead by the previous run (sealing is
+ * node-jose's slowest first use, on the path to the first CONNECT): once
+ * connected, the agent picks the next run's session id and seals that run's
+ * conn-1 will into `next-will.json` in the state directory (0600, replaced
+ * atomically). A start takes it (and removes it) when it was sealed with the
+ * current signing key by the same agent and Node versions; else it seals one.
+ *
  * A report never holds up a command and never throws out of here: a failure
  * is logged and the next interval tries again.
  */
 import { createHash, randomUUID } from 'node:crypto';
+import { readFileSync, unlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { removeFileSecurely, writeFileAtomic } from '../../lib/durable-file.js';
 import { reportTopic, sealReport, type ReportReason } from '../../protocol/index.js';
 import { packageVersion } from '../../lib/version.js';
 import type { AgentRuntime } from '../runtime.js';
@@ -37,12 +47,27 @@ export function settingsDigest(settings: unknown): string {
   return `sha256:${createHash('sha256').update(canonicalJson(settings)).digest('hex')}`;
 }
 
+/** How long after the first subscription the next run's will is sealed (off the start's path). */
+const NEXT_WILL_DELAY_MS = 1000;
+
 /** How long after an applied command its state report follows. */
 export const CHANGED_REPORT_DELAY_MS = 2000;
 
+/** The next run's first will, sealed ahead (see above). */
+export const NEXT_WILL_FILE = 'next-will.json';
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+interface NextWill {
+  session: string;
+  kid: string;
+  agent_version: string;
+  node_version: string;
+  token: string;
+}
+
 export class Reporter {
   /** This process's session id, constant across reconnects. */
-  readonly session = randomUUID();
+  session: string = randomUUID();
   readonly #rt: AgentRuntime;
   readonly #topic: string;
   readonly #version = packageVersion();
@@ -50,6 +75,7 @@ export class Reporter {
   #conn = 0;
   #timer: NodeJS.Timeout | undefined;
   #changedTimer: NodeJS.Timeout | undefined;
+  #nextWillStored = false;
   #stopped = false;
   /** The first connection's will, sealed ahead (see prepare). */
   #early: { conn: number; kid: string; token: Promise<string> } | undefined;
@@ -70,6 +96,12 @@ export class Reporter {
   prepare(): void {
     const kid = this.#rt.keystore.signingKey?.kid;
     if (kid === undefined) return;
+    const ahead = this.#takeNextWill(kid);
+    if (ahead) {
+      this.session = ahead.session;
+      this.#early = { conn: 1, kid, token: Promise.resolve(ahead.token) };
+      return;
+    }
     const token = this.#seal('offline', 1);
     token.catch(() => undefined); // will() reports a failure
     this.#early = { conn: 1, kid, token };
@@ -91,10 +123,14 @@ export class Reporter {
     this.#conn += 1;
   }
 
-  /** Subscribed: the `connect` report, then one every interval while connected. */
+  /** Subscribed: the `connect` report, then one every interval while connected (and, once, the next run's first will). */
   onSubscribed(): void {
     if (this.#stopped) return;
     this.#send('connect');
+    if (!this.#nextWillStored) {
+      this.#nextWillStored = true;
+      setTimeout(() => void this.#storeNextWill(), NEXT_WILL_DELAY_MS).unref();
+    }
     clearInterval(this.#timer);
     this.#timer = setInterval(() => this.#send('interval'), this.#rt.config.report_interval_s * 1000).unref();
   }
@@ -107,7 +143,10 @@ export class Reporter {
   changed(delayMs = CHANGED_REPORT_DELAY_MS): void {
     if (this.#stopped) return;
     clearTimeout(this.#changedTimer);
-    this.#changedTimer = setTimeout(() => this.#send('interval'), delayMs).unref();
+    this.#changedTimer = setTimeout(() => {
+      this.#send('interval');
+      void this.#storeNextWill(); // new keys (rotate), or none (delete)
+    }, delayMs).unref();
   }
 
   onOffline(): void {
@@ -153,7 +192,50 @@ export class Reporter {
     return 'done';
   }
 
-  async #seal(reason: ReportReason, conn: number): Promise<string> {
+  /** The next run's will sealed ahead, if usable: taken once (the file is removed), whatever it held. */
+  #takeNextWill(kid: string): NextWill | undefined {
+    const path = join(this.#rt.config.state_dir, NEXT_WILL_FILE);
+    let v: Partial<NextWill>;
+    try {
+      v = JSON.parse(readFileSync(path, 'utf8')) as Partial<NextWill>;
+    } catch {
+      return undefined;
+    }
+    try {
+      unlinkSync(path);
+    } catch {
+      return undefined; // not removable: never reuse it
+    }
+    const ok =
+      typeof v.session === 'string' &&
+      UUID.test(v.session) &&
+      v.kid === kid &&
+      v.agent_version === this.#version &&
+      v.node_version === process.version &&
+      typeof v.token === 'string' &&
+      v.token.length < 16_384;
+    return ok ? (v as NextWill) : undefined;
+  }
+
+  async #storeNextWill(): Promise<void> {
+    const rt = this.#rt;
+    const path = join(rt.config.state_dir, NEXT_WILL_FILE);
+    try {
+      const kid = rt.keystore.signingKey?.kid;
+      if (kid === undefined || this.#stopped) {
+        await removeFileSecurely(path).catch(() => false);
+        return;
+      }
+      const session = randomUUID();
+      const token = await this.#seal('offline', 1, session);
+      const next: NextWill = { session, kid, agent_version: this.#version, node_version: process.version, token };
+      await writeFileAtomic(path, `${JSON.stringify(next)}\n`, { mode: 0o600 });
+    } catch (err) {
+      rt.log.debug('next start will not sealed ahead', { why: err instanceof Error ? err.message : String(err) });
+    }
+  }
+
+  async #seal(reason: ReportReason, conn: number, session = this.session): Promise<string> {
     const rt = this.#rt;
     const signer = rt.keystore.signingKey;
     const enc = rt.keystore.encryptionKey;
@@ -164,7 +246,7 @@ export class Reporter {
         deviceId: rt.deviceId,
         serverId: rt.config.server_id,
         reason,
-        session: this.session,
+        session,
         conn,
         intervalSeconds: rt.config.report_interval_s,
         agentVersion: this.#version,

@@ -2,9 +2,12 @@
  * Reports from the bundled agent (build/host/sensor-agent.mjs, as on a board), opened with
  * `openReport` and the server's keys: `connect` after each subscription (conn 1, then 2 after the
  * broker drops the connection), `interval` at the minimum interval, the state claims (last_seq,
- * kids, selftest), `offline` at SIGTERM, and with mosquitto the last will at SIGKILL.
+ * kids, selftest), `offline` at SIGTERM, and with mosquitto the last will at SIGKILL, including
+ * a restarted agent's first will sealed ahead by the run before (next-will.json).
  */
 import { expect } from 'chai';
+import { readFile, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import mqtt, { type MqttClient } from 'mqtt';
 import { KeyRing, MIN_REPORT_INTERVAL_SECONDS, openReport, reportTopic, toPublicJwk, type ReportClaims } from '../../protocol/index.js';
 import { KeyStore } from '../../agent/store/keystore.js';
@@ -13,7 +16,8 @@ import { spawnAgent, TestSender, type AgentProcess } from '../helpers/agent-proc
 import { shouldRunMosquitto, startAedes, startMosquitto } from '../helpers/brokers.js';
 import { makeParty, type Party } from '../helpers/keys.js';
 import { NO_MOSQUITTO, skipBecause } from '../helpers/skip.js';
-import { makeDevice, PREFIX, removeDir, SERVER_ID, type DeviceFiles } from './agent-fixture.js';
+import { NEXT_WILL_FILE } from '../../agent/net/reporter.js';
+import { exists, makeDevice, PREFIX, removeDir, SERVER_ID, waitFor, type DeviceFiles } from './agent-fixture.js';
 
 /** Subscribes to one device's report topic and opens every report with the server's keys. */
 class ReportListener {
@@ -172,6 +176,48 @@ describe('agent reports (bundled agent, real broker)', function () {
     expect(will.session).to.equal(c1.session);
     const offline = reports.reports.filter((r) => r.reason === 'offline');
     expect(offline.every((r) => r.session === c1.session && (r.conn === 1 || r.conn === 2))).to.equal(true);
+    expect(reports.bad).to.deep.equal([]);
+  });
+
+  it('mosquitto: a restarted agent connects with the first will its previous run sealed ahead; one sealed for another key is not used', async function () {
+    if (!(await shouldRunMosquitto())) skipBecause(this, NO_MOSQUITTO);
+    const broker = await startMosquitto();
+    cleanups.push(() => broker.stop());
+    const { files, reports } = await setUp(broker.url, 'report-board-3');
+    const nextWill = join(files.stateDir, NEXT_WILL_FILE);
+    const readNext = async (): Promise<{ session: string; kid: string; token: string }> =>
+      JSON.parse(await readFile(nextWill, 'utf8')) as { session: string; kid: string; token: string };
+
+    const run1 = start(files);
+    const c1 = await reports.wait((r) => r.reason === 'connect' && r.conn === 1, 10_000, 'connect of run 1');
+    await waitFor('next-will.json', () => exists(nextWill), 8000);
+    expect((await stat(nextWill)).mode & 0o777).to.equal(0o600);
+    const ahead = await readNext();
+    expect(ahead.session).to.not.equal(c1.session);
+    run1.child.kill('SIGTERM');
+    expect(await run1.exited).to.equal(0);
+
+    // Run 2 takes the file (its session is the one sealed ahead), then seals one for run 3.
+    const run2 = start(files);
+    const c2 = await reports.wait((r) => r.reason === 'connect' && r.session === ahead.session, 10_000, 'connect of run 2');
+    expect(c2.conn).to.equal(1);
+    await waitFor('a new next-will.json', async () => (await exists(nextWill)) && (await readNext()).session !== ahead.session, 8000);
+    // SIGKILL: the broker publishes run 2's conn-1 will, the token sealed by run 1, and it opens with the server's keys.
+    run2.child.kill('SIGKILL');
+    await run2.exited;
+    const will = await reports.wait((r) => r.reason === 'offline' && r.session === ahead.session, 10_000, 'will sealed ahead');
+    expect(will.conn).to.equal(1);
+
+    // A file that does not match the signing key is removed and not used: run 3 seals its own will.
+    const stale = await readNext();
+    await writeFile(nextWill, JSON.stringify({ ...stale, kid: 'another-key' }), { mode: 0o600 });
+    const run3 = start(files);
+    const c3 = await reports.wait((r) => r.reason === 'connect' && r.session !== c1.session && r.session !== ahead.session, 10_000, 'connect of run 3');
+    expect(c3.session).to.not.equal(stale.session);
+    run3.child.kill('SIGKILL');
+    await run3.exited;
+    const will3 = await reports.wait((r) => r.reason === 'offline' && r.session === c3.session, 10_000, 'will of run 3');
+    expect(will3.conn).to.equal(1);
     expect(reports.bad).to.deep.equal([]);
   });
 });

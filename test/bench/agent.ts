@@ -6,7 +6,9 @@
  * first output. The agent runs as the unit runs it: the same flags and environment
  * (AGENT_NODE_FLAGS, AGENT_NODE_ENV) and a V8 compile cache directory kept
  * between its starts (NODE_COMPILE_CACHE, Node >= 22.1): the first start fills
- * it (reported as start_first_ms), the later ones read it. With `tls` the broker is a TLS
+ * it (reported as start_first_ms), the later ones read it. Every run restarts the
+ * same provisioned board (one state directory), as systemd restarts it: a start
+ * after the first also finds the first will the previous run sealed ahead. With `tls` the broker is a TLS
  * mosquitto that requires client certificates (`mqtts://`, with ca, cert and key in the agent's
  * config, as on a flashed board): the agent then loads node:tls and does a TLS handshake.
  */
@@ -100,40 +102,43 @@ export async function benchAgent(options: { runs: number; settleMs: number; node
   const rss: number[] = [];
   const bareStarts: number[] = [];
   const bareRss: number[] = [];
+  // One board, restarted as systemd restarts it: the same state directory (keys, sequence, the
+  // next start's pre-sealed will) and the same compile cache every run.
+  const deviceId = 'bench-agent';
+  const cert = tls ? await tls.clientCert(deviceId) : undefined;
+  const brokerConfig = tls && cert ? { broker: { url: tls.url, ca: tls.ca, cert: cert.cert, key: cert.key } } : {};
+  const files = await makeDevice({ deviceId, brokerUrl: broker.url, server, keys: true, extra: { log_level: 'warn', ...brokerConfig } });
+  const ks = await KeyStore.open(files.keystore);
+  const sender = new TestSender(server, 'provision-server', 'provision', deviceId, {
+    signing: toPublicJwk(ks.signingKey as PrivateJwk),
+    encryption: toPublicJwk(ks.encryptionKey as PrivateJwk),
+  });
+  const topic = `provision/${deviceId}/command`;
   try {
+    await sender.connect(broker.url, undefined, senderCreds);
     for (let run = 0; run < options.runs; run++) {
-      const deviceId = `bench-agent-${run}`;
-      const cert = tls ? await tls.clientCert(deviceId) : undefined;
-      const brokerConfig = tls && cert ? { broker: { url: tls.url, ca: tls.ca, cert: cert.cert, key: cert.key } } : {};
-      const files = await makeDevice({ deviceId, brokerUrl: broker.url, server, keys: true, extra: { log_level: 'warn', ...brokerConfig } });
-      const ks = await KeyStore.open(files.keystore);
-      const sender = new TestSender(server, 'provision-server', 'provision', deviceId, {
-        signing: toPublicJwk(ks.signingKey as PrivateJwk),
-        encryption: toPublicJwk(ks.encryptionKey as PrivateJwk),
-      });
-      await sender.connect(broker.url, undefined, senderCreds);
-      const topic = `provision/${deviceId}/command`;
       const t0 = performance.now();
       const agent = spawnAgent(files.configPath, { NODE_COMPILE_CACHE: compileCache }, options.node, { snapshot: snapshot ?? false });
-      while (!subscribedAt.some((s) => s.topic === topic)) {
+      const subscribed = (): { at: number } | undefined => subscribedAt.find((s) => s.topic === topic && s.at >= t0);
+      while (!subscribed()) {
         if (!agent.running()) throw new Error(`agent exited: ${agent.output()}`);
         await sleep(2);
       }
-      starts.push((subscribedAt.find((s) => s.topic === topic)?.at ?? NaN) - t0);
-      // Idle as in the field: provisioned, one update applied, then nothing.
-      await sender.send('request');
-      await sender.send('update', { sensor: { enabled: true, sample_interval_s: 60 } });
+      starts.push((subscribed()?.at ?? NaN) - t0);
+      // Idle as in the field: provisioned, an update applied, then nothing.
+      if (run === 0) await sender.send('request');
+      await sender.send('update', { sensor: { enabled: true, sample_interval_s: 60 + run } });
       await sleep(options.settleMs);
       rss.push(await agent.rss());
       agent.child.kill('SIGTERM');
       await agent.exited;
-      await sender.close();
-      await rm(files.dir, { recursive: true, force: true });
       bareStarts.push(await bareNodeStartMs(options.node));
       bareRss.push(await bareNodeIdleRss(options.node, options.settleMs));
     }
   } finally {
+    await sender.close().catch(() => undefined);
     await broker.close();
+    await rm(files.dir, { recursive: true, force: true });
     await rm(compileCache, { recursive: true, force: true });
   }
   const mb = (b: number): number => Math.round((b / 1024 / 1024) * 10) / 10;
