@@ -7,10 +7,10 @@
  * old will replayed later cannot mark a board offline.
  */
 import { randomUUID } from 'node:crypto';
-import { ClaimReader, checkTimes, type ClockPolicy } from './claims.js';
+import { ClaimReader, checkTimes } from './claims.js';
 import { ProtocolError } from './errors.js';
-import type { KeyRing } from './keyring.js';
 import { openSealed } from './open.js';
+import type { OpenAckOptions } from './ack.js';
 import { sealClaims, type SealKeys } from './seal.js';
 import { assertValidId } from './topics.js';
 
@@ -101,15 +101,8 @@ export async function sealReport(input: ReportInput, keys: SealKeys): Promise<{ 
   return { token: await sealClaims({ ...claims }, keys), claims };
 }
 
-export interface OpenReportOptions {
-  serverId: string;
-  /** The device the report is expected from (from the topic); unchecked when absent. */
-  deviceId?: string;
-  decryption: KeyRing;
-  verification: KeyRing;
-  clock?: ClockPolicy;
-  maxBytes?: number;
-}
+/** Opened like an ack: the server's decryption keys, the device's signing keys. */
+export type OpenReportOptions = OpenAckOptions;
 
 function readSelftest(r: ClaimReader): ReportSelftest | null {
   const v = r.raw.selftest;
