@@ -66,8 +66,11 @@ interface NextWill {
 }
 
 export class Reporter {
-  /** This process's session id, constant across reconnects. */
-  session: string = randomUUID();
+  /** This process's session id (the one sealed ahead, if prepare() took it), constant across reconnects. */
+  get session(): string {
+    return this.#session;
+  }
+  #session: string = randomUUID();
   readonly #rt: AgentRuntime;
   readonly #topic: string;
   readonly #version = packageVersion();
@@ -98,7 +101,7 @@ export class Reporter {
     if (kid === undefined) return;
     const ahead = this.#takeNextWill(kid);
     if (ahead) {
-      this.session = ahead.session;
+      this.#session = ahead.session;
       this.#early = { conn: 1, kid, token: Promise.resolve(ahead.token) };
       return;
     }
@@ -195,16 +198,18 @@ export class Reporter {
   /** The next run's will sealed ahead, if usable: taken once (the file is removed), whatever it held. */
   #takeNextWill(kid: string): NextWill | undefined {
     const path = join(this.#rt.config.state_dir, NEXT_WILL_FILE);
-    let v: Partial<NextWill>;
+    let text: string;
     try {
-      v = JSON.parse(readFileSync(path, 'utf8')) as Partial<NextWill>;
-    } catch {
-      return undefined;
-    }
-    try {
+      text = readFileSync(path, 'utf8');
       unlinkSync(path);
     } catch {
-      return undefined; // not removable: never reuse it
+      return undefined; // absent, or not removable: never reuse it
+    }
+    let v: Partial<NextWill>;
+    try {
+      v = JSON.parse(text) as Partial<NextWill>;
+    } catch {
+      return undefined;
     }
     const ok =
       typeof v.session === 'string' &&
@@ -235,7 +240,7 @@ export class Reporter {
     }
   }
 
-  async #seal(reason: ReportReason, conn: number, session = this.session): Promise<string> {
+  async #seal(reason: ReportReason, conn: number, session = this.#session): Promise<string> {
     const rt = this.#rt;
     const signer = rt.keystore.signingKey;
     const enc = rt.keystore.encryptionKey;
