@@ -156,10 +156,10 @@ async function routeRollouts(ctx: HttpApiContext, req: IncomingMessage, res: Ser
     }
     const body = await readJsonBody(req);
     const { request, dryRun } = rolloutRequestFromBody(body);
-    const plan = planRollout(ctx.registry, ctx.keys, request);
+    const plan = await planRollout(ctx.registry, ctx.keys, request);
     if (dryRun) return sendJson(res, 200, planView(plan));
-    if (plan.targets.length === 0) throw new CodedError('E_BAD_REQUEST', 'no device matches the selector: nothing to send');
-    const r = startRollout(ctx.registry, plan);
+    if (plan.summary.targets === 0) throw new CodedError('E_BAD_REQUEST', 'no device matches the selector: nothing to send');
+    const r = await startRollout(ctx.registry, plan);
     ctx.onRolloutChange?.();
     res.setHeader('Location', `/rollouts/${r.id}`);
     return sendJson(res, 201, rolloutView(r, store.counts(r.id)));

@@ -4,11 +4,15 @@ import type { CommandRecord, DeviceRecord } from './registry/types.js';
 
 const iso = (t: number | null): string | null => (t === null ? null : new Date(t).toISOString());
 
-export type CommandStatus = 'pending' | 'sent' | 'applied' | 'rejected' | 'failed' | 'expired';
+export type CommandStatus = 'pending' | 'sent' | 'applied' | 'rejected' | 'failed' | 'expired' | 'void';
 
-/** `applied`/`rejected`/`failed` once acked; `expired` when unanswered past its exp; else `sent` or `pending`. */
+/**
+ * `applied`/`rejected`/`failed` once acked; `void` when it was never published (a rollout
+ * engine that lost its lease sealed it); `expired` when unanswered past its exp; else `sent` or `pending`.
+ */
 export function commandStatus(c: CommandRecord, now = Date.now()): CommandStatus {
   if (c.ackStatus) return c.ackStatus;
+  if (c.voidedAt !== null) return 'void';
   if (c.expiresAt <= now) return 'expired';
   return c.sentAt === null ? 'pending' : 'sent';
 }

@@ -30,20 +30,20 @@ export interface RolloutCliOptions {
 
 /** Plans, and unless a dry run, records and follows the rollout. Returns the exit status: 0 when every target applied, else 6. */
 export async function runRolloutCli(o: RolloutCliOptions): Promise<number> {
-  const plan = planRollout(o.data.registry, o.data.keys, o.request);
+  const plan = await planRollout(o.data.registry, o.data.keys, o.request);
   if (o.dryRun) {
     process.stdout.write(o.json ? `${JSON.stringify(planView(plan), null, 2)}\n` : formatPlan(plan));
     return 0;
   }
-  if (plan.targets.length === 0) throw new CodedError('E_USAGE', 'no device matches: nothing to send');
-  return followRollout({ ...o, start: () => startRollout(o.data.registry, plan).id });
+  if (plan.summary.targets === 0) throw new CodedError('E_USAGE', 'no device matches: nothing to send');
+  return followRollout({ ...o, start: async () => (await startRollout(o.data.registry, plan)).id });
 }
 
 export interface FollowOptions {
   data: OpenedData;
   broker: BrokerSettings;
   /** Records the rollout (after the broker connection is up) and returns its id. */
-  start: () => string;
+  start: () => string | Promise<string>;
   json: boolean;
   ackTimeoutMs: number;
   sealWorkers: number;
@@ -67,7 +67,7 @@ export async function followRollout(o: FollowOptions): Promise<number> {
     ...(o.log ? { log: o.log } : {}),
   });
   try {
-    const id = o.start();
+    const id = await o.start();
     const holder = store.leaseHolder(ROLLOUT_LEASE);
     engine = new RolloutEngine({ registry: data.registry, sender: client.sender, log: o.log ?? silentLogger, holder: `send-${process.pid}` });
     engine.start();

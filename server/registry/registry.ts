@@ -69,6 +69,7 @@ interface CommandRow {
   ack_jti: string | null;
   ack_result: string | null;
   acked_at: number | null;
+  voided_at: number | null;
 }
 
 interface TokenRow {
@@ -765,5 +766,6 @@ function commandRecord(row: CommandRow): CommandRecord {
     ackJti: row.ack_jti,
     ackResult: row.ack_result === null ? null : (JSON.parse(row.ack_result) as Record<string, unknown>),
     ackedAt: row.acked_at,
+    voidedAt: row.voided_at,
   };
 }

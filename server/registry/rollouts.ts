@@ -7,7 +7,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { RegistryError } from './errors.js';
-import type { Registry } from './registry.js';
+import { assertTag, type Registry } from './registry.js';
 
 export const ROLLOUT_STATES = ['running', 'paused', 'aborted', 'cancelled', 'completed'] as const;
 export type RolloutState = (typeof ROLLOUT_STATES)[number];
@@ -44,6 +44,8 @@ export interface RolloutSpec {
 export interface RolloutRecord extends RolloutSpec {
   id: string;
   createdAt: number;
+  /** Its targets are still being recorded (createFromSelector): not driven yet. */
+  planning: boolean;
   state: RolloutState;
   stateReason: string | null;
   updatedAt: number;
@@ -58,7 +60,22 @@ export interface TargetRecord {
   attempts: number;
   code: string | null;
   sentAt: number | null;
+  /** Not sent to before this (the backoff after the board refused a command as expired). */
+  nextAt: number | null;
   updatedAt: number;
+}
+
+/**
+ * The rollout lease as one engine holds it: its holder and generation (the
+ * fencing token, grown each time the lease is taken by a holder that did not
+ * hold it live). Every claim and mark-sent checks both, and that the lease is
+ * unexpired, in its own transaction: an engine that lost the lease (stalled
+ * past its expiry) changes nothing and so publishes nothing.
+ */
+export interface Lease {
+  name: string;
+  holder: string;
+  generation: number;
 }
 
 interface RolloutRow {
@@ -80,6 +97,7 @@ interface RolloutRow {
   state_reason: string | null;
   updated_at: number;
   finished_at: number | null;
+  planning: number;
 }
 
 interface TargetRow {
@@ -90,7 +108,54 @@ interface TargetRow {
   attempts: number;
   code: string | null;
   sent_at: number | null;
+  next_at: number | null;
   updated_at: number;
+}
+
+/** The SQL condition that `lease` is still held (bind with leaseArgs). */
+const LEASE_HELD = 'EXISTS (SELECT 1 FROM leases WHERE name = ? AND holder = ? AND generation = ? AND expires_at > ?)';
+const leaseArgs = (lease: Lease, now: number): (string | number)[] => [lease.name, lease.holder, lease.generation, now];
+
+/** Targets recorded per transaction when a rollout is created from its selector (createFromSelector). */
+export const PLAN_CHUNK = 2000;
+
+/** A device `d` has a current encryption key (what every command is sealed to). */
+const HAS_ENC_KEY = "EXISTS (SELECT 1 FROM device_keys k WHERE k.device_id = d.id AND k.use = 'enc' AND k.status = 'current')";
+
+/**
+ * The devices a selector matches, as a condition over `devices d` with its
+ * arguments, resolved inside SQLite (no list of the fleet in memory): named
+ * devices as named (each must exist: E_NO_DEVICE), the others without the
+ * decommissioned devices and those without an encryption key.
+ */
+export function selectorCondition(registry: Registry, selector: RolloutSelector): { sql: string; args: string[] } {
+  if ('devices' in selector) {
+    const ids = JSON.stringify(selector.devices);
+    const missing = registry.db.prepare('SELECT value AS id FROM json_each(?) WHERE value NOT IN (SELECT id FROM devices) LIMIT 1').get(ids) as
+      { id: string } | undefined;
+    if (missing) throw new RegistryError('E_NO_DEVICE', `device ${missing.id} is not registered`);
+    return { sql: 'd.id IN (SELECT value FROM json_each(?))', args: [ids] };
+  }
+  const usable = `d.state != 'decommissioned' AND ${HAS_ENC_KEY}`;
+  if ('userId' in selector) return { sql: `d.user_id = ? AND ${usable}`, args: [selector.userId] };
+  if ('tag' in selector) {
+    // A tag no device can carry is a typo, not an empty selection.
+    assertTag(selector.tag);
+    return { sql: `d.id IN (SELECT device_id FROM device_tags WHERE tag = ?) AND ${usable}`, args: [selector.tag] };
+  }
+  return { sql: usable, args: [] };
+}
+
+/**
+ * Why a command to device `d` would not be sent, as far as the registry tells
+ * (SQL: the code, or NULL): decommissioned, no encryption key, or bound to no
+ * user while the rollout names none (`needsDeviceUser`). The full check of each
+ * command runs when it is sealed (a refusal then makes the target `not sent`).
+ */
+export function targetProblemSql(needsDeviceUser: boolean): string {
+  return `CASE WHEN d.state = 'decommissioned' THEN 'E_DECOMMISSIONED' WHEN NOT ${HAS_ENC_KEY} THEN 'E_NO_KEY'${
+    needsDeviceUser ? " WHEN d.user_id IS NULL THEN 'E_USAGE'" : ''
+  } ELSE NULL END`;
 }
 
 export type TargetCounts = Record<TargetState, number>;
@@ -115,43 +180,97 @@ export class RolloutStore {
     const now = this.#reg.now();
     this.#db
       .transaction(() => {
-        this.#db
-          .prepare(
-            `INSERT INTO rollouts (id, created_at, action, params, user_id, selector, ttl_s, deadline_at, rate_per_min, ramp_from, ramp_factor,
-               abort_percent, abort_min, concurrency, state, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?)`,
-          )
-          .run(
-            id,
-            now,
-            spec.action,
-            JSON.stringify(spec.params),
-            spec.userId ?? null,
-            JSON.stringify(spec.selector),
-            spec.ttlSeconds,
-            spec.deadlineAt,
-            spec.ratePerMin ?? null,
-            spec.rampFrom ?? null,
-            spec.rampFactor ?? null,
-            spec.abortPercent ?? null,
-            spec.abortMin,
-            spec.concurrency,
-            now,
-          );
+        this.#insertRollout(id, spec, now);
         const insert = this.#db.prepare("INSERT INTO rollout_targets (rollout_id, device_id, state, updated_at) VALUES (?, ?, 'pending', ?)");
         for (const d of deviceIds) insert.run(id, d, now);
-        this.#reg.audit('rollout.create', null, {
-          rollout_id: id,
-          action: spec.action,
-          selector: spec.selector,
-          devices: deviceIds.length,
-          deadline_at: new Date(spec.deadlineAt).toISOString(),
-          rate_per_min: spec.ratePerMin ?? null,
-          abort_percent: spec.abortPercent ?? null,
-        });
+        this.#auditCreate(id, spec, deviceIds.length);
         if (deviceIds.length === 0) this.#finish(id, 'completed', 'no devices matched', now);
       })
       .immediate();
     return this.require(id);
+  }
+
+  /**
+   * Records a rollout with a target per device its selector matches, resolved
+   * inside SQLite: the rollout row first (planning: not driven yet), then the
+   * targets in chunks of `chunk` devices (INSERT ... SELECT, one short
+   * transaction each, the event loop free in between: memory and each pause do
+   * not grow with the fleet), then the rollout is released to the engine. A
+   * device the registry tells would not be sent to (see targetProblemSql) is
+   * recorded `not sent` with its code.
+   */
+  async createFromSelector(spec: RolloutSpec, options: { needsDeviceUser: boolean; chunk?: number }): Promise<RolloutRecord> {
+    const id = randomUUID();
+    const where = selectorCondition(this.#reg, spec.selector);
+    const chunk = options.chunk ?? PLAN_CHUNK;
+    this.#db.transaction(() => this.#insertRollout(id, spec, this.#reg.now(), true)).immediate();
+    const insert = this.#db.prepare(
+      `INSERT INTO rollout_targets (rollout_id, device_id, state, code, updated_at)
+       SELECT ?, id, CASE WHEN problem IS NULL THEN 'pending' ELSE 'not sent' END, problem, ?
+       FROM (SELECT d.id AS id, ${targetProblemSql(options.needsDeviceUser)} AS problem FROM devices d WHERE d.id > ? AND ${where.sql} ORDER BY d.id LIMIT ?)`,
+    );
+    const last = this.#db.prepare('SELECT MAX(device_id) AS id FROM rollout_targets WHERE rollout_id = ?');
+    let after = '';
+    let total = 0;
+    for (;;) {
+      const added = this.#db.transaction(() => insert.run(id, this.#reg.now(), after, ...where.args, chunk).changes).immediate();
+      total += added;
+      if (added < chunk) break;
+      after = (last.get(id) as { id: string }).id;
+      await new Promise<void>((resolve) => setImmediate(resolve));
+    }
+    this.#db
+      .transaction(() => {
+        const now = this.#reg.now();
+        this.#db.prepare('UPDATE rollouts SET planning = 0, updated_at = ? WHERE id = ?').run(now, id);
+        const r = this.require(id);
+        // Cancelled or aborted while its targets were recorded: those recorded after are cancelled too.
+        if (r.state === 'cancelled' || r.state === 'aborted') this.cancelPending(id, r.state === 'cancelled' ? 'E_CANCELLED' : 'E_ABORTED');
+        this.#auditCreate(id, spec, total);
+        if (total === 0) this.#finish(id, 'completed', 'no devices matched', now);
+        else if (this.counts(id).pending === 0 && r.state !== 'cancelled' && r.state !== 'aborted')
+          this.#finish(id, 'completed', 'no target could be sent to', now);
+      })
+      .immediate();
+    return this.require(id);
+  }
+
+  #insertRollout(id: string, spec: RolloutSpec, now: number, planning = false): void {
+    this.#db
+      .prepare(
+        `INSERT INTO rollouts (id, created_at, action, params, user_id, selector, ttl_s, deadline_at, rate_per_min, ramp_from, ramp_factor,
+               abort_percent, abort_min, concurrency, state, updated_at, planning) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)`,
+      )
+      .run(
+        id,
+        now,
+        spec.action,
+        JSON.stringify(spec.params),
+        spec.userId ?? null,
+        JSON.stringify(spec.selector),
+        spec.ttlSeconds,
+        spec.deadlineAt,
+        spec.ratePerMin ?? null,
+        spec.rampFrom ?? null,
+        spec.rampFactor ?? null,
+        spec.abortPercent ?? null,
+        spec.abortMin,
+        spec.concurrency,
+        now,
+        planning ? 1 : 0,
+      );
+  }
+
+  #auditCreate(id: string, spec: RolloutSpec, devices: number): void {
+    this.#reg.audit('rollout.create', null, {
+      rollout_id: id,
+      action: spec.action,
+      selector: spec.selector,
+      devices,
+      deadline_at: new Date(spec.deadlineAt).toISOString(),
+      rate_per_min: spec.ratePerMin ?? null,
+      abort_percent: spec.abortPercent ?? null,
+    });
   }
 
   get(id: string): RolloutRecord | undefined {
@@ -193,28 +312,29 @@ export class RolloutStore {
   /**
    * Pending targets whose device may be sent to now: online by its reports (the
    * last one received within PRESENCE_GRACE x its announced interval, see
-   * server/presence.ts), or never reported (an agent without reports: sent as before).
+   * server/presence.ts), or never reported (an agent without reports: sent as before),
+   * and not held back by a re-send backoff (next_at).
    */
   deliverable(id: string, now: number, limit: number): TargetRecord[] {
     if (limit <= 0) return [];
     const rows = this.#db
       .prepare(
         `SELECT t.* FROM rollout_targets t LEFT JOIN devices d ON d.id = t.device_id
-         WHERE t.rollout_id = ? AND t.state = 'pending'
+         WHERE t.rollout_id = ? AND t.state = 'pending' AND (t.next_at IS NULL OR t.next_at <= ?)
            AND (d.id IS NULL OR d.last_seen_at IS NULL OR (d.presence = 'online' AND d.last_seen_at + d.report_interval_s * 2500 >= ?))
          ORDER BY t.attempts, t.device_id LIMIT ?`,
       )
-      .all(id, now, limit) as TargetRow[];
+      .all(id, now, now, limit) as TargetRow[];
     return rows.map(targetRecord);
   }
 
-  /** Moves a target from one state to another; false when it was not in `from` (someone else moved it). */
+  /** Moves a target from one state to another; false when it was not in `from` (someone else moved it), or `lease` is no longer held. */
   move(
     id: string,
     deviceId: string,
     from: readonly TargetState[],
     to: TargetState,
-    fields: { jti?: string | null; code?: string | null; sent?: boolean; attempt?: boolean } = {},
+    fields: { jti?: string | null; code?: string | null; sent?: boolean; attempt?: boolean; nextAt?: number | null; lease?: Lease } = {},
   ): boolean {
     const now = this.#reg.now();
     const sets = ['state = ?', 'updated_at = ?'];
@@ -232,58 +352,147 @@ export class RolloutStore {
       args.push(now);
     }
     if (fields.attempt) sets.push('attempts = attempts + 1');
+    if (fields.nextAt !== undefined) {
+      sets.push('next_at = ?');
+      args.push(fields.nextAt);
+    }
     const res = this.#db
-      .prepare(`UPDATE rollout_targets SET ${sets.join(', ')} WHERE rollout_id = ? AND device_id = ? AND state IN (${from.map(() => '?').join(',')})`)
-      .run(...args, id, deviceId, ...from);
+      .prepare(
+        `UPDATE rollout_targets SET ${sets.join(', ')} WHERE rollout_id = ? AND device_id = ? AND state IN (${from.map(() => '?').join(',')})${fields.lease ? ` AND ${LEASE_HELD}` : ''}`,
+      )
+      .run(...args, id, deviceId, ...from, ...(fields.lease ? leaseArgs(fields.lease, now) : []));
     return res.changes === 1;
   }
 
   /**
    * Takes a pending target for sending (pending -> sending, one more attempt),
-   * only while its rollout is running: a pause or cancel committed by another
-   * process an instant earlier wins.
+   * only while its rollout is running (a pause or cancel committed by another
+   * process an instant earlier wins) and while `lease` is held (fencing).
    */
-  claim(id: string, deviceId: string): boolean {
+  claim(id: string, deviceId: string, lease: Lease): boolean {
+    const now = this.#reg.now();
     return (
       this.#db
         .prepare(
-          `UPDATE rollout_targets SET state = 'sending', attempts = attempts + 1, updated_at = ?
-           WHERE rollout_id = ? AND device_id = ? AND state = 'pending' AND (SELECT state FROM rollouts WHERE id = ?) = 'running'`,
+          `UPDATE rollout_targets SET state = 'sending', attempts = attempts + 1, next_at = NULL, updated_at = ?
+           WHERE rollout_id = ? AND device_id = ? AND state = 'pending' AND (SELECT state FROM rollouts WHERE id = ?) = 'running' AND ${LEASE_HELD}`,
         )
-        .run(this.#reg.now(), id, deviceId, id).changes === 1
+        .run(now, id, deviceId, id, ...leaseArgs(lease, now)).changes === 1
     );
+  }
+
+  /**
+   * A claimed target's command was sealed and recorded: sending -> sent with its
+   * jti, in one transaction with the check that `lease` is still held. Only then
+   * may it be published. Otherwise (the lease was lost, or the target was moved
+   * meanwhile) the command is voided: never published, never re-published, and
+   * the target is left to the lease's holder. Returns whether it may be published.
+   */
+  markSent(id: string, deviceId: string, jti: string, lease: Lease): boolean {
+    return this.#db
+      .transaction((): boolean => {
+        const now = this.#reg.now();
+        const sent =
+          this.#db
+            .prepare(
+              `UPDATE rollout_targets SET state = 'sent', jti = ?, sent_at = ?, updated_at = ?
+               WHERE rollout_id = ? AND device_id = ? AND state = 'sending' AND ${LEASE_HELD}`,
+            )
+            .run(jti, now, now, id, deviceId, ...leaseArgs(lease, now)).changes === 1;
+        if (!sent) this.#voidCommand(jti, now);
+        return sent;
+      })
+      .immediate();
+  }
+
+  /** Whether `lease` is still held, unexpired (checked again right before publishing). */
+  holdsLease(lease: Lease): boolean {
+    return this.#leaseHeld(lease);
+  }
+
+  #leaseHeld(lease: Lease): boolean {
+    const row = this.#db.prepare(`SELECT ${LEASE_HELD} AS held`).get(...leaseArgs(lease, this.#reg.now())) as { held: number };
+    return row.held === 1;
+  }
+
+  /** Marks a command never published (no target refers to it, unanswered). */
+  #voidCommand(jti: string, now: number): void {
+    this.#db
+      .prepare(
+        `UPDATE commands SET voided_at = ? WHERE jti = ? AND ack_status IS NULL AND voided_at IS NULL AND NOT EXISTS (SELECT 1 FROM rollout_targets WHERE jti = ?)`,
+      )
+      .run(now, jti, jti);
+  }
+
+  /**
+   * When an engine takes the lease over: targets its predecessor left `sending`
+   * (claimed, never marked sent, so never published) wait again, and the
+   * commands it sealed for them are voided. Only under `lease`. Returns how many.
+   */
+  requeueSending(id: string, lease: Lease): number {
+    return this.#db
+      .transaction((): number => {
+        const now = this.#reg.now();
+        if (!this.#leaseHeld(lease)) return 0;
+        this.#db
+          .prepare(
+            `UPDATE commands SET voided_at = ? WHERE fanout_id = ? AND ack_status IS NULL AND voided_at IS NULL AND sent_at IS NULL
+               AND device_id IN (SELECT device_id FROM rollout_targets WHERE rollout_id = ? AND state = 'sending')
+               AND NOT EXISTS (SELECT 1 FROM rollout_targets t WHERE t.jti = commands.jti)`,
+          )
+          .run(now, id, id);
+        return this.#db.prepare(`UPDATE rollout_targets SET state = 'pending', updated_at = ? WHERE rollout_id = ? AND state = 'sending'`).run(now, id).changes;
+      })
+      .immediate();
+  }
+
+  /** Sent targets whose command is unanswered and still valid (in flight: at most the concurrency): device and jti. */
+  unansweredValid(id: string, now: number): { deviceId: string; jti: string }[] {
+    return this.#db
+      .prepare(
+        `SELECT t.device_id AS deviceId, t.jti AS jti FROM rollout_targets t JOIN commands c ON c.jti = t.jti
+         WHERE t.rollout_id = ? AND t.state = 'sent' AND c.ack_status IS NULL AND c.voided_at IS NULL AND c.expires_at > ?`,
+      )
+      .all(id, now) as { deviceId: string; jti: string }[];
   }
 
   /**
    * Targets in flight whose command has been answered: the answer, with the
    * command's code, to be settled by the engine.
    */
-  answered(id: string): { deviceId: string; jti: string; status: 'applied' | 'rejected' | 'failed'; code: string | null }[] {
+  answered(id: string): { deviceId: string; jti: string; status: 'applied' | 'rejected' | 'failed'; code: string | null; attempts: number }[] {
     return this.#db
       .prepare(
-        `SELECT t.device_id AS deviceId, t.jti AS jti, c.ack_status AS status, c.ack_code AS code FROM rollout_targets t JOIN commands c ON c.jti = t.jti
+        `SELECT t.device_id AS deviceId, t.jti AS jti, c.ack_status AS status, c.ack_code AS code, t.attempts AS attempts
+         FROM rollout_targets t JOIN commands c ON c.jti = t.jti
          WHERE t.rollout_id = ? AND t.state = 'sent' AND c.ack_status IS NOT NULL`,
       )
-      .all(id) as { deviceId: string; jti: string; status: 'applied' | 'rejected' | 'failed'; code: string | null }[];
+      .all(id) as { deviceId: string; jti: string; status: 'applied' | 'rejected' | 'failed'; code: string | null; attempts: number }[];
   }
 
   /** How many targets are in flight: sent, unanswered, and their command still valid. */
   inFlight(id: string, now: number): number {
     const row = this.#db
       .prepare(
-        `SELECT COUNT(*) AS n FROM rollout_targets t LEFT JOIN commands c ON c.jti = t.jti
-         WHERE t.rollout_id = ? AND (t.state = 'sending' OR (t.state = 'sent' AND (c.expires_at IS NULL OR c.expires_at > ?)))`,
+        `SELECT (SELECT COUNT(*) FROM rollout_targets WHERE rollout_id = ? AND state = 'sending')
+           + (SELECT COUNT(*) FROM rollout_targets t LEFT JOIN commands c ON c.jti = t.jti
+              WHERE t.rollout_id = ? AND t.state = 'sent' AND (c.expires_at IS NULL OR c.expires_at > ?)) AS n`,
       )
-      .get(id, now) as { n: number };
+      .get(id, id, now) as { n: number };
     return row.n;
   }
 
-  /** Sent targets of a device whose command expired unanswered (the board was away): their jti. */
+  /**
+   * Sent targets of a device whose command expired unanswered (the board was
+   * away), in rollouts that are running (nothing of a paused, cancelled, aborted
+   * or finished rollout is published again): their jti.
+   */
   unansweredExpired(deviceId: string, now: number): { rolloutId: string; jti: string }[] {
     return this.#db
       .prepare(
         `SELECT t.rollout_id AS rolloutId, t.jti AS jti FROM rollout_targets t JOIN commands c ON c.jti = t.jti JOIN rollouts r ON r.id = t.rollout_id
-         WHERE t.device_id = ? AND t.state = 'sent' AND c.ack_status IS NULL AND c.expires_at <= ? AND r.deadline_at > ?`,
+         WHERE t.device_id = ? AND t.state = 'sent' AND c.ack_status IS NULL AND c.voided_at IS NULL AND c.expires_at <= ?
+           AND r.state = 'running' AND r.finished_at IS NULL AND r.deadline_at > ?`,
       )
       .all(deviceId, now, now) as { rolloutId: string; jti: string }[];
   }
@@ -364,25 +573,34 @@ export class RolloutStore {
 
   // ---- the engine lease --------------------------------------------------------
 
-  /** Takes or renews the lease `name` for `holder` until now + ttlMs; false while another holder's lease is live. */
-  takeLease(name: string, holder: string, ttlMs: number): boolean {
+  /**
+   * Takes or renews the lease `name` for `holder` until now + ttlMs; undefined
+   * while another holder's lease is live. Renewing a live lease keeps its
+   * generation; taking it (from another holder, or after it lapsed, even one's
+   * own) makes a new one, so every claim made under the old one is fenced out.
+   */
+  takeLease(name: string, holder: string, ttlMs: number): Lease | undefined {
     return this.#db
-      .transaction(() => {
+      .transaction((): Lease | undefined => {
         const now = this.#reg.now();
-        const row = this.#db.prepare('SELECT holder, expires_at FROM leases WHERE name = ?').get(name) as { holder: string; expires_at: number } | undefined;
-        if (row && row.holder !== holder && row.expires_at > now) return false;
+        const row = this.#db.prepare('SELECT holder, expires_at, generation FROM leases WHERE name = ?').get(name) as
+          { holder: string; expires_at: number; generation: number } | undefined;
+        if (row && row.holder !== holder && row.expires_at > now) return undefined;
+        const generation = row && row.holder === holder && row.expires_at > now ? row.generation : (row?.generation ?? 0) + 1;
         this.#db
           .prepare(
-            'INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at',
+            `INSERT INTO leases (name, holder, expires_at, generation) VALUES (?, ?, ?, ?)
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at, generation = excluded.generation`,
           )
-          .run(name, holder, now + ttlMs);
-        return true;
+          .run(name, holder, now + ttlMs, generation);
+        return { name, holder, generation };
       })
       .immediate();
   }
 
+  /** Lets the lease lapse now (its row and generation stay: generations only grow). */
   releaseLease(name: string, holder: string): void {
-    this.#db.prepare('DELETE FROM leases WHERE name = ? AND holder = ?').run(name, holder);
+    this.#db.prepare('UPDATE leases SET expires_at = 0 WHERE name = ? AND holder = ?').run(name, holder);
   }
 
   /** The live holder of a lease, if any. */
@@ -408,6 +626,7 @@ function rolloutRecord(row: RolloutRow): RolloutRecord {
     ...(row.abort_percent !== null ? { abortPercent: row.abort_percent } : {}),
     abortMin: row.abort_min,
     concurrency: row.concurrency,
+    planning: row.planning === 1,
     state: row.state,
     stateReason: row.state_reason,
     updatedAt: row.updated_at,
@@ -424,6 +643,7 @@ function targetRecord(row: TargetRow): TargetRecord {
     attempts: row.attempts,
     code: row.code,
     sentAt: row.sent_at,
+    nextAt: row.next_at,
     updatedAt: row.updated_at,
   };
 }

@@ -158,6 +158,22 @@ export const MIGRATIONS: readonly string[] = [
     expires_at INTEGER NOT NULL
   ) STRICT;
   `,
+  // 4: fencing and re-send limits for rollouts. A lease's generation (fencing token) grows
+  // each time the lease is taken by a holder that did not hold it live: every claim and
+  // every mark-sent of a rollout target checks holder and generation in its transaction.
+  // A target's next_at: not sent to before then (the backoff after an E_EXPIRED answer).
+  // A command's voided_at: sealed and recorded but never published (its sender lost the
+  // lease, or the target was taken from it); nothing re-publishes it.
+  // A rollout's planning: 1 while its targets are being recorded (in chunks): not driven yet.
+  // The order index lets the engine pick the next deliverable targets without sorting them all.
+  `
+  ALTER TABLE leases ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE rollouts ADD COLUMN planning INTEGER NOT NULL DEFAULT 0;
+  CREATE INDEX rollout_targets_order ON rollout_targets (rollout_id, state, attempts, device_id);
+  ALTER TABLE rollout_targets ADD COLUMN next_at INTEGER;
+  ALTER TABLE commands ADD COLUMN voided_at INTEGER;
+  CREATE INDEX rollout_targets_jti ON rollout_targets (jti);
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -86,6 +86,8 @@ export interface CommandRecord {
   ackJti: string | null;
   ackResult: Record<string, unknown> | null;
   ackedAt: number | null;
+  /** Sealed and recorded but never published: its sender lost the rollout lease (fencing) first. Nothing re-publishes it. */
+  voidedAt: number | null;
 }
 
 export interface AuditRecord {

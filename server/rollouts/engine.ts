@@ -8,7 +8,10 @@
  *    refused `E_EXPIRED` (it reached the board after its own short `exp`,
  *    e.g. queued while the board was away) goes back to pending: the board
  *    decided that command, so a fresh one (new seq and jti) is sealed when the
- *    board is online again. Exactly once holds by the board's seq check.
+ *    board is online again, after a backoff (RESEND_BACKOFF_MS, doubling), at
+ *    most MAX_SEND_ATTEMPTS commands in all: then the target is `failed`
+ *    E_EXPIRED_REPEATEDLY (a board whose clock is wrong, or a hostile one).
+ *    Exactly once holds by the board's seq check.
  * 3. Abort: failures (rejected + failed) at or above the rollout's percentage,
  *    once it has its minimum of results: the rollout is aborted before any
  *    further send, and its pending targets are cancelled.
@@ -19,21 +22,47 @@
  *    `exp` is min(now + ttl, deadline).
  *
  * A device that reports in after a connect gets its expired, unanswered
- * commands re-published as sealed (same jti and seq: it applies them at most
- * once, and answers E_EXPIRED for what came too late), then a fresh delivery.
+ * commands of running rollouts re-published as sealed (same jti and seq: it
+ * applies them at most once, and answers E_EXPIRED for what came too late),
+ * then a fresh delivery. Nothing of a rollout that is not running is
+ * published again.
+ *
+ * Fencing: the lease has a generation, new each time the lease changes hands
+ * (or lapses). A claim (pending -> sending) and the mark-sent (sending -> sent,
+ * with the jti) each check holder, generation and expiry in their own
+ * transaction; a command is published only after its mark-sent succeeded, and
+ * the lease is checked again right before. An engine that stalled past its
+ * lease (another took over) publishes nothing more: its sealed commands are
+ * voided, and their targets are the new holder's.
  */
 import { randomUUID } from 'node:crypto';
 import { type Action, isCodedError, type ReportClaims } from '../../protocol/index.js';
 import type { CommandSender } from '../command-sender.js';
 import type { Logger } from '../../lib/log.js';
 import type { Registry } from '../registry/registry.js';
-import { RolloutStore, type RolloutRecord, type TargetCounts } from '../registry/rollouts.js';
+import { RolloutStore, type Lease, type RolloutRecord, type TargetCounts } from '../registry/rollouts.js';
 
 export const ROLLOUT_LEASE = 'rollouts';
 export const LEASE_TTL_MS = 10_000;
 export const DEFAULT_TICK_MS = 200;
 /** At most this many commands sealed per rollout per step. */
 const MAX_BATCH = 256;
+/**
+ * Commands sealed for one target at most (the first and its re-sends): a board
+ * that refuses each as expired (`E_EXPIRED`: its clock runs ahead, or it lies)
+ * is then marked `failed` with E_EXPIRED_REPEATEDLY instead of being sent a
+ * fresh command, new seq and row, at every refusal.
+ */
+export const MAX_SEND_ATTEMPTS = 4;
+/** The wait before the first re-send after an `E_EXPIRED`; it doubles with each further one (5 s, 10 s, 20 s). */
+export const RESEND_BACKOFF_MS = 5_000;
+/** The code of a target failed for refusing MAX_SEND_ATTEMPTS commands as expired. */
+export const E_EXPIRED_REPEATEDLY = 'E_EXPIRED_REPEATEDLY';
+
+/** How long a target waits before its next command, after `attempts` commands refused as expired. */
+export function resendBackoffMs(attempts: number): number {
+  return RESEND_BACKOFF_MS * 2 ** Math.max(0, attempts - 1);
+}
 
 export interface EngineOptions {
   registry: Registry;
@@ -80,7 +109,8 @@ export class RolloutEngine {
   #again = false;
   #stopped = false;
   #leased = false;
-  #reconciled = false;
+  /** The lease generation this engine last reconciled under. */
+  #reconciledAt: number | undefined;
 
   constructor(options: EngineOptions) {
     this.#registry = options.registry;
@@ -140,50 +170,79 @@ export class RolloutEngine {
   }
 
   async #tick(): Promise<void> {
-    const leased = this.store.takeLease(ROLLOUT_LEASE, this.holder, LEASE_TTL_MS);
-    if (leased !== this.#leased) this.#log.info(leased ? 'rollout.lease_taken' : 'rollout.lease_lost', { holder: this.holder });
+    const lease = this.store.takeLease(ROLLOUT_LEASE, this.holder, LEASE_TTL_MS);
+    const leased = lease !== undefined;
+    if (leased !== this.#leased) this.#log.info(leased ? 'rollout.lease_taken' : 'rollout.lease_lost', { holder: this.holder, generation: lease?.generation });
     this.#leased = leased;
-    if (!leased) return;
-    if (!this.#reconciled) {
-      this.#reconciled = true;
-      await this.#reconcile();
+    if (!lease) return;
+    if (this.#reconciledAt !== lease.generation) {
+      // A new generation: this engine took the lease over (or took it back after it lapsed).
+      this.#reconciledAt = lease.generation;
+      await this.#reconcile(lease);
     }
-    await this.#republishExpired();
+    await this.#republishExpired(lease);
     for (const r of this.store.list({ unfinished: true, limit: 10_000 })) {
-      if (this.#stopped) return;
-      await this.#step(r);
+      if (this.#stopped || !this.#holds(lease)) return;
+      await this.#step(r, lease);
+    }
+  }
+
+  /** Whether this engine still holds `lease`; logs when it lost it (what it has in hand is dropped). */
+  #holds(lease: Lease): boolean {
+    if (this.store.holdsLease(lease)) return true;
+    if (this.#leased)
+      this.#log.warn('rollout.lease_lost', {
+        holder: this.holder,
+        generation: lease.generation,
+        reason: 'the lease lapsed mid-step: nothing more is published',
+      });
+    this.#leased = false;
+    return false;
+  }
+
+  /** Publishes a sealed command, only while this engine holds `lease` (checked right before). */
+  async #publish(lease: Lease, deviceId: string, jti: string, token: string, rollout?: string): Promise<boolean> {
+    if (!this.#holds(lease)) {
+      this.#log.warn('rollout.fenced', { ...(rollout ? { rollout } : {}), device: deviceId, jti, reason: 'lease lost: not published' });
+      return false;
+    }
+    try {
+      await this.#sender.publish(deviceId, jti, token);
+      return true;
+    } catch (err) {
+      this.#log.warn(rollout ? 'rollout.publish_failed' : 'rollout.republish_failed', {
+        ...(rollout ? { rollout } : {}),
+        device: deviceId,
+        jti,
+        reason: err instanceof Error ? err.message : String(err),
+      });
+      return true;
     }
   }
 
   /**
-   * When this engine takes over (the first lease): a target left `sending` by a
-   * crash adopts its recorded command or is pending again, and every command
-   * sent and unanswered, still valid, is re-published as sealed (the previous
-   * driver may have stopped between recording it and publishing it; the same
-   * jti and seq are applied at most once).
+   * When this engine takes the lease (a new generation): targets its
+   * predecessor left `sending` (claimed, never marked sent, so never published)
+   * wait again and the commands sealed for them are voided; then each command
+   * of a running rollout sent and unanswered, still valid, is re-published as
+   * sealed (the predecessor may have stopped between marking it sent and
+   * publishing it; the same jti and seq are applied at most once).
    */
-  async #reconcile(): Promise<void> {
+  async #reconcile(lease: Lease): Promise<void> {
     const now = this.#registry.now();
     for (const r of this.store.list({ unfinished: true, limit: 10_000 })) {
-      for (const t of this.store.targets(r.id, { states: ['sending'] })) {
-        const recorded = this.#registry.listCommands({ deviceId: t.deviceId, fanoutId: r.id, limit: 1 })[0];
-        if (recorded && recorded.ackStatus === null) this.store.move(r.id, t.deviceId, ['sending'], 'sent', { jti: recorded.jti, sent: true });
-        else this.store.move(r.id, t.deviceId, ['sending'], 'pending');
-      }
-      for (const t of this.store.targets(r.id, { states: ['sent'] })) {
-        const c = t.jti === null ? undefined : this.#registry.getCommand(t.jti);
-        const sealed = c && c.ackStatus === null && c.expiresAt > now ? this.#registry.sealedCommand(c.jti) : undefined;
-        if (!c || sealed === undefined) continue;
-        await this.#sender
-          .publish(c.deviceId, c.jti, sealed)
-          .catch((err: unknown) =>
-            this.#log.warn('rollout.republish_failed', { device: c.deviceId, jti: c.jti, reason: err instanceof Error ? err.message : String(err) }),
-          );
+      const requeued = this.store.requeueSending(r.id, lease);
+      if (requeued > 0) this.#log.info('rollout.requeued', { rollout: r.id, targets: requeued, reason: 'left claimed by the previous lease holder' });
+      if (r.state !== 'running') continue;
+      for (const { deviceId, jti } of this.store.unansweredValid(r.id, now)) {
+        const sealed = this.#registry.sealedCommand(jti);
+        if (sealed === undefined) continue;
+        if (!(await this.#publish(lease, deviceId, jti, sealed))) return;
       }
     }
   }
 
-  async #republishExpired(): Promise<void> {
+  async #republishExpired(lease: Lease): Promise<void> {
     if (this.#republish.size === 0) return;
     const devices = [...this.#republish];
     this.#republish.clear();
@@ -192,15 +251,13 @@ export class RolloutEngine {
       for (const { jti } of this.store.unansweredExpired(deviceId, now)) {
         const sealed = this.#registry.sealedCommand(jti);
         if (sealed === undefined) continue;
-        await this.#sender.publish(deviceId, jti, sealed).then(
-          () => this.#log.info('rollout.republished', { device: deviceId, jti }),
-          (err: unknown) => this.#log.warn('rollout.republish_failed', { device: deviceId, jti, reason: err instanceof Error ? err.message : String(err) }),
-        );
+        if (!(await this.#publish(lease, deviceId, jti, sealed))) return;
+        this.#log.info('rollout.republished', { device: deviceId, jti });
       }
     }
   }
 
-  async #step(listed: RolloutRecord): Promise<void> {
+  async #step(listed: RolloutRecord, lease: Lease): Promise<void> {
     // Read again: a pause or cancel may have landed since the tick listed the rollouts
     // (an HTTP request handled while an earlier rollout was sealing, or the CLI).
     const r = this.store.get(listed.id);
@@ -213,12 +270,27 @@ export class RolloutEngine {
       this.#log.info('rollout.deadline', { rollout: r.id, expired });
       return;
     }
+    // Its targets are still being recorded (another request or process): not driven yet.
+    if (r.planning) return;
     for (const a of this.store.answered(r.id)) {
       if (a.status === 'rejected' && a.code === 'E_EXPIRED') {
-        // The board decided that command too late to apply it: a fresh one when it is back (a rollout
-        // that is aborted or cancelled sends nothing more: that target is cancelled).
+        // The board decided that command too late to apply it: a fresh one when it is back, after a
+        // backoff, up to MAX_SEND_ATTEMPTS in all (a rollout that is aborted or cancelled sends
+        // nothing more: that target is cancelled).
         const again = r.state === 'running' || r.state === 'paused';
-        this.store.move(r.id, a.deviceId, ['sent'], again ? 'pending' : 'cancelled', { jti: null, code: again ? 'E_EXPIRED' : `E_${r.state.toUpperCase()}` });
+        if (again && a.attempts >= MAX_SEND_ATTEMPTS) {
+          this.store.move(r.id, a.deviceId, ['sent'], 'failed', { code: E_EXPIRED_REPEATEDLY });
+          this.#log.warn('rollout.target_failed', {
+            rollout: r.id,
+            device: a.deviceId,
+            code: E_EXPIRED_REPEATEDLY,
+            reason: `the board refused ${a.attempts} commands as expired: check its clock`,
+          });
+        } else if (again) {
+          this.store.move(r.id, a.deviceId, ['sent'], 'pending', { jti: null, code: 'E_EXPIRED', nextAt: now + resendBackoffMs(a.attempts) });
+        } else {
+          this.store.move(r.id, a.deviceId, ['sent'], 'cancelled', { jti: null, code: `E_${r.state.toUpperCase()}` });
+        }
       } else {
         this.store.move(r.id, a.deviceId, ['sent'], a.status, { code: a.code });
       }
@@ -234,7 +306,7 @@ export class RolloutEngine {
       counts = this.store.counts(r.id);
     }
     if (state === 'running') {
-      await this.#send(r, counts, now);
+      await this.#send(r, counts, now, lease);
       counts = this.store.counts(r.id);
     }
     if (counts.pending + counts.sending + counts.sent === 0 && state !== 'paused') {
@@ -244,7 +316,7 @@ export class RolloutEngine {
     }
   }
 
-  async #send(r: RolloutRecord, counts: TargetCounts, now: number): Promise<void> {
+  async #send(r: RolloutRecord, counts: TargetCounts, now: number, lease: Lease): Promise<void> {
     const rate = currentRate(r, counts.applied);
     let allowance = MAX_BATCH;
     let bucket: { tokens: number; at: number } | undefined;
@@ -259,15 +331,16 @@ export class RolloutEngine {
     }
     const room = r.concurrency - this.store.inFlight(r.id, now);
     const batch = this.store.deliverable(r.id, now, Math.min(allowance, room));
-    const claimed = batch.filter((t) => this.store.claim(r.id, t.deviceId));
+    // Each claim checks the lease (fencing): a target whose claim failed is never sealed nor published.
+    const claimed = batch.filter((t) => this.store.claim(r.id, t.deviceId, lease));
     if (bucket) bucket.tokens -= claimed.length;
-    await Promise.all(claimed.map((t) => this.#deliver(r, t.deviceId, now)));
+    await Promise.all(claimed.map((t) => this.#deliver(r, t.deviceId, now, lease)));
   }
 
-  async #deliver(r: RolloutRecord, deviceId: string, now: number): Promise<void> {
+  async #deliver(r: RolloutRecord, deviceId: string, now: number, lease: Lease): Promise<void> {
     const ttlSeconds = Math.min(r.ttlSeconds, Math.floor((r.deadlineAt - now) / 1000));
     if (ttlSeconds < 1) {
-      this.store.move(r.id, deviceId, ['sending'], 'expired', { code: 'E_DEADLINE' });
+      this.store.move(r.id, deviceId, ['sending'], 'expired', { code: 'E_DEADLINE', lease });
       return;
     }
     let sealed: { jti: string; token: string };
@@ -281,21 +354,23 @@ export class RolloutEngine {
         fanoutId: r.id,
       });
       sealed = { jti: command.jti, token };
-      this.store.move(r.id, deviceId, ['sending'], 'sent', { jti: command.jti, sent: true });
     } catch (err) {
       const code = isCodedError(err) ? err.code : 'E_INTERNAL';
-      this.store.move(r.id, deviceId, ['sending'], 'not sent', { code });
+      this.store.move(r.id, deviceId, ['sending'], 'not sent', { code, lease });
       this.#log.warn('rollout.not_sent', { rollout: r.id, device: deviceId, code, reason: err instanceof Error ? err.message : String(err) });
       return;
     }
-    // Recorded before it is published: a failed publish is re-published when the board next connects.
-    await this.#sender.publish(deviceId, sealed.jti, sealed.token).catch((err: unknown) =>
-      this.#log.warn('rollout.publish_failed', {
+    // Marked sent under the lease before it is published (a failed publish is re-published when the
+    // board next connects); an engine that lost the lease meanwhile voids the command instead.
+    if (!this.store.markSent(r.id, deviceId, sealed.jti, lease)) {
+      this.#log.warn('rollout.fenced', {
         rollout: r.id,
         device: deviceId,
         jti: sealed.jti,
-        reason: err instanceof Error ? err.message : String(err),
-      }),
-    );
+        reason: 'lease lost before the command was marked sent: voided, not published',
+      });
+      return;
+    }
+    await this.#publish(lease, deviceId, sealed.jti, sealed.token, r.id);
   }
 }

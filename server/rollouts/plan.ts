@@ -1,15 +1,27 @@
 /**
  * Planning a rollout: the request checked in full (action, params, rate, ramp,
- * abort rule, lifetimes), the targets its selector matches with their presence
- * and, per device, whether a command to it checks. A dry run prints the plan;
- * starting records it. Neither seals, publishes nor takes a seq.
+ * abort rule, lifetimes), the targets its selector matches counted by presence,
+ * and a bounded sample of them (the first PLAN_SAMPLE by id) with, per device,
+ * whether a command to it checks. A dry run prints the plan; starting records
+ * it. Neither seals, publishes nor takes a seq.
+ *
+ * The selector is resolved inside SQLite, in counting and in recording the
+ * targets (INSERT ... SELECT): no list of the fleet is held in memory, and a
+ * rollout to 100,000 devices does not hold up the event loop for seconds.
  */
 import { type Action, CodedError, DEFAULT_COMMAND_TTL_SECONDS, isAction, isRecord, MAX_TTL_SECONDS, validateParams } from '../../protocol/index.js';
 import { prepareCommand, userIdText } from '../command-sender.js';
-import { presenceOf, type Presence } from '../presence.js';
+import { PRESENCE_GRACE, presenceOf, type Presence } from '../presence.js';
 import type { Registry } from '../registry/registry.js';
-import { RolloutStore, type RolloutRecord, type RolloutSelector, type RolloutSpec } from '../registry/rollouts.js';
-import type { DeviceRecord } from '../registry/types.js';
+import {
+  PLAN_CHUNK,
+  RolloutStore,
+  selectorCondition,
+  targetProblemSql,
+  type RolloutRecord,
+  type RolloutSelector,
+  type RolloutSpec,
+} from '../registry/rollouts.js';
 import type { ServerKeys } from '../server-keys.js';
 
 export const DEFAULT_DELIVER_WITHIN_MS = 24 * 3600 * 1000;
@@ -17,6 +29,8 @@ export const MAX_DELIVER_WITHIN_MS = 30 * 24 * 3600 * 1000;
 export const DEFAULT_ABORT_MIN = 10;
 export const DEFAULT_ROLLOUT_CONCURRENCY = 32;
 export const MAX_RATE_PER_MIN = 100_000;
+/** A plan lists (and checks in full) at most this many of its targets, the first by device id; the summary counts them all. */
+export const PLAN_SAMPLE = 100;
 
 export interface RolloutRequest {
   action: unknown;
@@ -42,11 +56,25 @@ export interface PlannedTarget {
   problem: { code: string; message: string } | null;
 }
 
+/** Every target of a plan, counted in SQL. */
+export interface PlanSummary {
+  targets: number;
+  online: number;
+  offline: number;
+  unknown: number;
+  /** Targets the registry tells a command would not be sent to (decommissioned, no key, no user). */
+  notSendable: number;
+}
+
 export interface RolloutPlan {
   spec: RolloutSpec;
   /** The params as the action's schema validated them. */
   params: Record<string, unknown>;
-  targets: PlannedTarget[];
+  summary: PlanSummary;
+  /** The first PLAN_SAMPLE targets (named devices in their order, the others by id), each command checked in full. */
+  sample: PlannedTarget[];
+  /** Whether the devices get their own user as the command's (no user named, no re-binding): one bound to none is not sent to. */
+  needsDeviceUser: boolean;
 }
 
 const usage = (message: string): CodedError => new CodedError('E_USAGE', message);
@@ -76,19 +104,52 @@ export function parsePercent(text: string | number, what = '--abort-when'): numb
   return p;
 }
 
-/** The devices a selector matches. `devices` names them (each must exist); the others skip decommissioned devices and those without a key. */
-export function selectTargets(registry: Registry, selector: RolloutSelector): DeviceRecord[] {
-  if ('devices' in selector) return selector.devices.map((id) => registry.requireDevice(id));
-  const devices =
-    'userId' in selector
-      ? registry.listDevices({ userId: selector.userId })
-      : 'tag' in selector
-        ? registry.listDevices({ tag: selector.tag })
-        : registry.listDevices();
-  return devices.filter((d) => d.state !== 'decommissioned' && d.encryption);
+/**
+ * Counts the devices a selector matches by presence (as presenceOf tells it),
+ * and those not sendable, in SQL, PLAN_CHUNK devices at a time with the event
+ * loop free in between.
+ */
+async function summarize(registry: Registry, selector: RolloutSelector, needsDeviceUser: boolean, now: number): Promise<PlanSummary> {
+  const where = selectorCondition(registry, selector);
+  const chunk = registry.db.prepare(
+    `SELECT COUNT(*) AS targets, COALESCE(SUM(seen IS NULL), 0) AS unknown, COALESCE(SUM(online), 0) AS online,
+       COALESCE(SUM(problem IS NOT NULL), 0) AS notSendable, MAX(id) AS last
+     FROM (SELECT d.id AS id, d.last_seen_at AS seen, ${targetProblemSql(needsDeviceUser)} AS problem,
+             (d.last_seen_at IS NOT NULL AND d.presence = 'online' AND d.last_seen_at + COALESCE(d.report_interval_s, 0) * ? >= ?) AS online
+           FROM devices d WHERE d.id > ? AND ${where.sql} ORDER BY d.id LIMIT ?)`,
+  );
+  const sum: PlanSummary = { targets: 0, online: 0, offline: 0, unknown: 0, notSendable: 0 };
+  let after = '';
+  for (;;) {
+    const row = chunk.get(PRESENCE_GRACE * 1000, now, after, ...where.args, PLAN_CHUNK) as {
+      targets: number;
+      unknown: number;
+      online: number;
+      notSendable: number;
+      last: string | null;
+    };
+    sum.targets += row.targets;
+    sum.online += row.online;
+    sum.unknown += row.unknown;
+    sum.notSendable += row.notSendable;
+    if (row.targets < PLAN_CHUNK || row.last === null) break;
+    after = row.last;
+    await new Promise<void>((resolve) => setImmediate(resolve));
+  }
+  sum.offline = sum.targets - sum.online - sum.unknown;
+  return sum;
 }
 
-export function planRollout(registry: Registry, keys: ServerKeys, req: RolloutRequest): RolloutPlan {
+/** The ids of the first `limit` devices a selector matches: named devices in their order, the others by id. */
+function sampleIds(registry: Registry, selector: RolloutSelector, limit: number): string[] {
+  if ('devices' in selector) return selector.devices.slice(0, limit);
+  const where = selectorCondition(registry, selector);
+  return (registry.db.prepare(`SELECT d.id AS id FROM devices d WHERE ${where.sql} ORDER BY d.id LIMIT ?`).all(...where.args, limit) as { id: string }[]).map(
+    (r) => r.id,
+  );
+}
+
+export async function planRollout(registry: Registry, keys: ServerKeys, req: RolloutRequest): Promise<RolloutPlan> {
   if (!isAction(req.action)) throw new CodedError('E_ACTION', 'action must be one of request, update, rotate, delete, selftest');
   const action: Action = req.action;
   const raw = isRecord(req.params) && req.params.user_id !== undefined ? { ...req.params, user_id: userIdText(req.params.user_id) } : (req.params ?? {});
@@ -114,7 +175,11 @@ export function planRollout(registry: Registry, keys: ServerKeys, req: RolloutRe
   const userId = req.userId === undefined ? undefined : userIdText(req.userId);
   if (userId !== undefined && typeof userId !== 'string') throw usage('the user id must be text or a non-negative integer');
   const now = registry.now();
-  const targets = selectTargets(registry, req.selector).map((d): PlannedTarget => {
+  // The command's user is each device's own unless the rollout names one (or an update re-binds to one).
+  const needsDeviceUser = userId === undefined && !(action === 'update' && typeof params.user_id === 'string');
+  const summary = await summarize(registry, req.selector, needsDeviceUser, now);
+  const sample = sampleIds(registry, req.selector, PLAN_SAMPLE).map((id): PlannedTarget => {
+    const d = registry.requireDevice(id);
     let problem: PlannedTarget['problem'] = null;
     try {
       prepareCommand(registry, keys, { deviceId: d.id, action, params, ...(userId !== undefined ? { userId } : {}), ttlSeconds });
@@ -143,23 +208,18 @@ export function planRollout(registry: Registry, keys: ServerKeys, req: RolloutRe
     abortMin: req.abortMin ?? DEFAULT_ABORT_MIN,
     concurrency: req.concurrency ?? DEFAULT_ROLLOUT_CONCURRENCY,
   };
-  return { spec, params, targets };
+  return { spec, params, summary, sample, needsDeviceUser };
 }
 
 /**
- * Records the plan as a running rollout: targets whose command checks become
- * pending; the others are recorded `not sent` with their code. A single named
- * device whose command does not check is refused outright.
+ * Records the plan as a running rollout, its targets resolved again inside
+ * SQLite (one transaction): those the registry tells cannot be sent to are
+ * recorded `not sent` with their code, the others pending (a command that
+ * does not check when it is sealed makes its target `not sent` then). A single
+ * named device whose command does not check is refused outright.
  */
-export function startRollout(registry: Registry, plan: RolloutPlan): RolloutRecord {
-  const bad = plan.targets.filter((t) => t.problem);
-  if ('devices' in plan.spec.selector && plan.targets.length === 1 && bad[0]?.problem) throw new CodedError(bad[0].problem.code, bad[0].problem.message);
-  const store = new RolloutStore(registry);
-  const r = store.create(
-    plan.spec,
-    plan.targets.map((t) => t.deviceId),
-  );
-  for (const t of bad) store.move(r.id, t.deviceId, ['pending'], 'not sent', { code: t.problem?.code ?? 'E_INTERNAL' });
-  if (bad.length === plan.targets.length && bad.length > 0) store.finish(r.id, 'completed', 'no target could be sent to');
-  return store.require(r.id);
+export async function startRollout(registry: Registry, plan: RolloutPlan): Promise<RolloutRecord> {
+  const only = plan.sample[0];
+  if ('devices' in plan.spec.selector && plan.summary.targets === 1 && only?.problem) throw new CodedError(only.problem.code, only.problem.message);
+  return new RolloutStore(registry).createFromSelector(plan.spec, { needsDeviceUser: plan.needsDeviceUser });
 }

@@ -71,7 +71,7 @@ export function planView(plan: RolloutPlan): Record<string, unknown> {
     ramp: s.rampFrom === undefined ? null : { from_per_min: s.rampFrom, factor: s.rampFactor ?? 2 },
     abort: s.abortPercent === undefined ? null : { percent: s.abortPercent, min_results: s.abortMin },
     concurrency: s.concurrency,
-    targets: plan.targets.map((t) => ({
+    targets: plan.sample.map((t) => ({
       device_id: t.deviceId,
       presence: t.presence,
       last_seen_at: iso(t.lastSeenAt),
@@ -79,12 +79,14 @@ export function planView(plan: RolloutPlan): Record<string, unknown> {
       sendable: t.problem === null,
       problem: t.problem,
     })),
+    // The first PLAN_SAMPLE targets are listed; the summary counts every one.
+    targets_listed: plan.sample.length,
     summary: {
-      targets: plan.targets.length,
-      online: plan.targets.filter((t) => t.presence === 'online').length,
-      offline: plan.targets.filter((t) => t.presence === 'offline').length,
-      unknown: plan.targets.filter((t) => t.presence === 'unknown').length,
-      not_sendable: plan.targets.filter((t) => t.problem).length,
+      targets: plan.summary.targets,
+      online: plan.summary.online,
+      offline: plan.summary.offline,
+      unknown: plan.summary.unknown,
+      not_sendable: plan.summary.notSendable,
     },
   };
 }
@@ -99,7 +101,7 @@ export function formatPlan(plan: RolloutPlan): string {
   const s = plan.spec;
   const v = planView(plan).summary as Record<string, number>;
   const lines = [
-    `dry run: ${s.action} to ${plan.targets.length} device(s) (${selectorText(s)}); nothing sealed, sent or recorded`,
+    `dry run: ${s.action} to ${plan.summary.targets} device(s) (${selectorText(s)}); nothing sealed, sent or recorded`,
     `params (validated): ${JSON.stringify(plan.params)}`,
     `delivery: until ${iso(s.deadlineAt)}, each command valid ${s.ttlSeconds} s; ${rateText(s)}`,
     `abort: ${s.abortPercent === undefined ? 'never' : `at ${s.abortPercent}% rejected or failed, after ${s.abortMin} results`}`,
@@ -107,10 +109,11 @@ export function formatPlan(plan: RolloutPlan): string {
     '',
   ];
   const rows = [['DEVICE', 'PRESENCE', 'LAST SEEN', 'AGENT', 'CHECK']];
-  for (const t of plan.targets) {
+  for (const t of plan.sample) {
     rows.push([t.deviceId, t.presence, iso(t.lastSeenAt) ?? '-', t.agentVersion ?? '-', t.problem ? `${t.problem.code}: ${t.problem.message}` : 'ok']);
   }
-  return `${lines.join('\n')}${table(rows)}`;
+  const more = plan.summary.targets - plan.sample.length;
+  return `${lines.join('\n')}${table(rows)}${more > 0 ? `... and ${more} more (only the first ${plan.sample.length} are listed)\n` : ''}`;
 }
 
 /** The summary at the end of `send` to many devices, and `rollout show` as text. */

@@ -115,7 +115,7 @@ export async function benchRollout(options: { boards: number; ratePerMin: number
 
     const run = async (req: Partial<RolloutRequest>, what: string): Promise<{ id: string; startedAt: number }> => {
       const startedAt = Date.now();
-      const r = startRollout(reg, planRollout(reg, f.server.data.keys, { action: 'selftest', selector: { tag: 'bench' }, concurrency, ...req }));
+      const r = await startRollout(reg, await planRollout(reg, f.server.data.keys, { action: 'selftest', selector: { tag: 'bench' }, concurrency, ...req }));
       f.server.rollouts?.kick();
       await eventually(() => store.require(r.id).finishedAt !== null, 300_000, what);
       return { id: r.id, startedAt };
@@ -160,7 +160,7 @@ export async function benchRollout(options: { boards: number; ratePerMin: number
     await fleet.call({ op: 'disconnect', ids: away });
     await online(boards - away.length);
     const startedAt = Date.now();
-    const r = startRollout(reg, planRollout(reg, f.server.data.keys, { action: 'selftest', selector: { tag: 'bench' }, concurrency }));
+    const r = await startRollout(reg, await planRollout(reg, f.server.data.keys, { action: 'selftest', selector: { tag: 'bench' }, concurrency }));
     f.server.rollouts?.kick();
     await eventually(() => store.counts(r.id).applied === boards - away.length, 300_000, 'the online boards applied');
     if (store.counts(r.id).sent + store.counts(r.id).sending > 0) throw new Error('a board offline by its report was sent to');

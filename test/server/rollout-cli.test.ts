@@ -110,7 +110,7 @@ describe('provision-server CLI: tags and rollouts', function () {
   });
 
   it('rollout list / show / pause / cancel: 0, and 2 for E_ROLLOUT_STATE and E_NO_ROLLOUT', async () => {
-    const r0 = startRollout(data.registry, planRollout(data.registry, data.keys, { action: 'selftest', selector: { tag: 'site-a' } }));
+    const r0 = await startRollout(data.registry, await planRollout(data.registry, data.keys, { action: 'selftest', selector: { tag: 'site-a' } }));
     const id = r0.id;
     let r = await cli('rollout', 'list');
     expect(r.code, r.stderr).to.equal(0);

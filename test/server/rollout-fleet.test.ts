@@ -74,7 +74,7 @@ describe('server: a rollout to 1,000 simulated boards, 30% offline, with failure
     const returning = offline.filter((d) => !late.has(d.id));
     expect(late.size).to.equal(20);
 
-    const plan = planRollout(reg, f.server.data.keys, {
+    const plan = await planRollout(reg, f.server.data.keys, {
       action: 'update',
       params: { sensor: { sample_interval_s: 45 } },
       selector: { tag: 'site-a' },
@@ -83,8 +83,8 @@ describe('server: a rollout to 1,000 simulated boards, 30% offline, with failure
       ttlSeconds: 10,
       concurrency: 64,
     });
-    expect(plan.targets.filter((t) => t.presence === 'offline')).to.have.length(300);
-    const r = startRollout(reg, plan);
+    expect(plan.summary.offline).to.equal(300);
+    const r = await startRollout(reg, plan);
     f.server.rollouts?.kick();
 
     // The returning boards come back over 8 s, from 3 s in.
@@ -156,9 +156,9 @@ describe('server: a rollout to 1,000 simulated boards, 30% offline, with failure
     }
     const appliedBefore = new Map(canary.map((d) => [d.id, d.applied.length]));
     const rate = 600;
-    const r = startRollout(
+    const r = await startRollout(
       reg,
-      planRollout(reg, f.server.data.keys, {
+      await planRollout(reg, f.server.data.keys, {
         action: 'selftest',
         selector: { tag: 'canary' },
         ratePerMin: rate,
@@ -210,9 +210,9 @@ describe('server: a rollout to 1,000 simulated boards, 30% offline, with failure
     // Gone without an offline report (power cut; no will yet): the server still counts it online and sends.
     await f.fleet.disconnectDevice(d, { clean: false });
     const appliedBefore = d.applied.length;
-    const r = startRollout(
+    const r = await startRollout(
       reg,
-      planRollout(reg, f.server.data.keys, { action: 'selftest', selector: { devices: [d.id] }, ttlSeconds: 2, deliverWithinMs: 60_000 }),
+      await planRollout(reg, f.server.data.keys, { action: 'selftest', selector: { devices: [d.id] }, ttlSeconds: 2, deliverWithinMs: 60_000 }),
     );
     f.server.rollouts?.kick();
     await eventually(() => store.counts(r.id).sent === 1, 10_000, 'the command sent while the board is away');

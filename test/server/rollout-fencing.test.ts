@@ -1,0 +1,165 @@
+/**
+ * Fencing of the rollout lease: two engines over one registry file (two
+ * Registry connections, as two `serve` processes) and a real broker (aedes in
+ * process) with simulated boards. Engine A claims both targets and stalls in
+ * the middle of sealing (one before its command is recorded, one after)
+ * longer than the lease; engine B takes over and delivers. When A resumes it
+ * must publish nothing: every board gets exactly one command (one seq), and
+ * the commands A sealed are voided (never published, never re-published).
+ */
+import { expect } from 'chai';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import mqtt, { type MqttClient } from 'mqtt';
+import { bufferedLogger, silentLogger } from '../../lib/log.js';
+import { KeyRing, generateEncryptionKey, generateSigningKey, toJwkSet, toPublicJwk } from '../../protocol/index.js';
+import { CommandSender, type SendRequest } from '../../server/command-sender.js';
+import { publishQos1 } from '../../server/mqtt-connection.js';
+import { Registry } from '../../server/registry/registry.js';
+import { RolloutStore } from '../../server/registry/rollouts.js';
+import type { CommandRecord } from '../../server/registry/types.js';
+import { LEASE_TTL_MS, RolloutEngine } from '../../server/rollouts/engine.js';
+import { planRollout, startRollout } from '../../server/rollouts/plan.js';
+import type { ServerKeys } from '../../server/server-keys.js';
+import { startAedes, type AedesBroker } from '../helpers/brokers.js';
+import { eventually, makeSimDevice, SimFleet, type SimDevice } from './sim-fleet.js';
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+async function serverKeys(): Promise<ServerKeys> {
+  const [signing, encryption] = await Promise.all([generateSigningKey(), generateEncryptionKey()]);
+  return { dir: '', serverId: 'fence-server', signing, encryption, trust: toJwkSet([signing, encryption]), decryption: await KeyRing.create([encryption]) };
+}
+
+/**
+ * A real sender (seals with real keys, records, publishes to the broker) that
+ * stalls until `release`: for `before` ahead of sealing (no seq, no record yet),
+ * for every other device after its command was sealed and recorded.
+ */
+class StallingSender extends CommandSender {
+  readonly stalled = new Set<string>();
+  published = 0;
+  readonly #gate: Promise<void>;
+  readonly #before: string;
+
+  constructor(registry: Registry, keys: ServerKeys, client: MqttClient, gate: Promise<void>, before: string) {
+    super({ registry, keys, topicPrefix: 'provision', publish: (topic, payload) => publishQos1(client, topic, payload) });
+    this.#gate = gate;
+    this.#before = before;
+  }
+
+  override async seal(req: SendRequest): Promise<{ command: CommandRecord; token: string }> {
+    if (req.deviceId === this.#before) {
+      this.stalled.add(req.deviceId);
+      await this.#gate;
+      return super.seal(req);
+    }
+    const sealed = await super.seal(req);
+    this.stalled.add(req.deviceId);
+    await this.#gate;
+    return sealed;
+  }
+
+  override async publish(deviceId: string, jti: string, token: string): Promise<void> {
+    this.published++;
+    await super.publish(deviceId, jti, token);
+  }
+}
+
+describe('server: rollout lease fencing (a stalled engine publishes nothing once another took over)', function () {
+  this.timeout(30_000);
+  let dir: string;
+  let broker: AedesBroker;
+  let fleet: SimFleet;
+  const clients: MqttClient[] = [];
+  const registries: Registry[] = [];
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'rollout-fencing-'));
+    broker = await startAedes();
+  });
+  after(async () => {
+    await fleet?.close().catch(() => undefined);
+    for (const c of clients) await c.endAsync().catch(() => undefined);
+    for (const r of registries) r.close();
+    await broker?.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('each board gets exactly one command (one seq); the stalled engine publishes nothing and its sealed commands are voided', async () => {
+    // Both engines' registries read one clock, which the test moves past the lease while A stalls.
+    let skew = 0;
+    const now = (): number => Date.now() + skew;
+    const file = join(dir, 'registry.sqlite');
+    const regA = Registry.open(file, { create: true, now });
+    const regB = Registry.open(file, { now });
+    registries.push(regA, regB);
+    const keys = await serverKeys();
+    fleet = await SimFleet.connect(broker.url, { trust: keys.trust, serverId: keys.serverId });
+    const devices: SimDevice[] = [];
+    for (const id of ['fence-before', 'fence-after']) {
+      const d = fleet.add(await makeSimDevice(id));
+      regA.addDevice({ id, userId: 'u1', origin: 'jwks', signing: toPublicJwk(d.signing), encryption: toPublicJwk(d.encryption), state: 'provisioned' });
+      devices.push(d);
+    }
+    // What the broker delivers on each command topic, counted by a plain subscriber.
+    const watcher = await mqtt.connectAsync(broker.url, { clientId: 'fence-watcher', clean: true, reconnectPeriod: 0 });
+    const clientA = await mqtt.connectAsync(broker.url, { clientId: 'fence-engine-a', clean: true, reconnectPeriod: 0 });
+    const clientB = await mqtt.connectAsync(broker.url, { clientId: 'fence-engine-b', clean: true, reconnectPeriod: 0 });
+    clients.push(watcher, clientA, clientB);
+    const delivered = new Map<string, number>();
+    watcher.on('message', (topic) => delivered.set(topic, (delivered.get(topic) ?? 0) + 1));
+    await watcher.subscribeAsync('provision/+/command', { qos: 1 });
+
+    const r = await startRollout(regA, await planRollout(regA, keys, { action: 'selftest', selector: { devices: devices.map((d) => d.id) }, ttlSeconds: 120 }));
+    let release: () => void = () => undefined;
+    const senderA = new StallingSender(regA, keys, clientA, new Promise<void>((res) => (release = res)), 'fence-before');
+    const logA = bufferedLogger('info');
+    const engineA = new RolloutEngine({ registry: regA, sender: senderA, log: logA.logger, holder: 'engine-a', tickMs: 50 });
+    const senderB = new CommandSender({ registry: regB, keys, topicPrefix: 'provision', publish: (topic, payload) => publishQos1(clientB, topic, payload) });
+    const engineB = new RolloutEngine({ registry: regB, sender: senderB, log: silentLogger, holder: 'engine-b', tickMs: 50 });
+    const store = new RolloutStore(regA);
+    try {
+      engineA.start();
+      await eventually(() => senderA.stalled.size === 2, 5000, 'engine A stalled with both targets claimed');
+      expect(store.counts(r.id).sending).to.equal(2);
+
+      // A stalls past its lease: B takes over and delivers.
+      skew += LEASE_TTL_MS + 1000;
+      engineB.start();
+      await eventually(() => devices.every((d) => d.applied.length === 1), 10_000, 'engine B delivered to both boards');
+
+      // A resumes: it lost the lease, so it publishes nothing.
+      release();
+      await engineA.idle();
+      await sleep(500);
+      await engineA.stop();
+      await sleep(300);
+
+      for (const d of devices) {
+        expect(delivered.get(`provision/${d.id}/command`), `commands the broker delivered for ${d.id}`).to.equal(1);
+        expect(
+          d.received.map((x) => x.claims.seq),
+          `${d.id} received one command`,
+        ).to.have.length(1);
+        expect(d.applied, `${d.id} applied once`).to.have.length(1);
+      }
+      expect(senderA.published, 'publishes by the engine that lost the lease').to.equal(0);
+      expect(logA.lines.filter((l) => l.includes('rollout.fenced'))).to.have.length(2);
+      // A's sealed commands are voided; the targets hold B's, the ones the boards got.
+      const commands = regA.listCommands({ fanoutId: r.id });
+      const voided = commands.filter((c) => c.voidedAt !== null);
+      expect(voided.map((c) => c.deviceId).sort()).to.deep.equal(['fence-after', 'fence-before']);
+      for (const t of store.targets(r.id)) {
+        const c = regA.getCommand(t.jti ?? '');
+        expect(c?.voidedAt, `${t.deviceId}'s command`).to.equal(null);
+        expect(c?.seq).to.equal(devices.find((d) => d.id === t.deviceId)?.received[0]?.claims.seq);
+      }
+    } finally {
+      release();
+      await engineA.stop();
+      await engineB.stop();
+    }
+  });
+});
