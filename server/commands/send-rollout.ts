@@ -13,7 +13,7 @@ import { progressBar } from '../fanout.js';
 import { RolloutStore } from '../registry/rollouts.js';
 import { ROLLOUT_LEASE, RolloutEngine } from '../rollouts/engine.js';
 import { planRollout, startRollout, type RolloutRequest } from '../rollouts/plan.js';
-import { formatPlan, formatRolloutSummary, planView, rolloutView } from '../rollouts/views.js';
+import { formatPlan, formatRolloutSummary, planView, progressOf, rolloutView } from '../rollouts/views.js';
 import { watchRollout } from '../rollouts/watch.js';
 import { openSendClient } from '../send-client.js';
 
@@ -72,7 +72,7 @@ export async function followRollout(o: FollowOptions): Promise<number> {
     engine = new RolloutEngine({ registry: data.registry, sender: client.sender, log: o.log ?? silentLogger, holder: `send-${process.pid}` });
     engine.start();
     const r = store.require(id);
-    const total = store.targets(id).length;
+    const total = progressOf(store.counts(id)).total;
     process.stderr.write(
       `rollout ${r.id}: ${r.action} to ${total} device(s), ${holder ? `driven by ${holder}` : 'driven by this process (no serve running)'}\n`,
     );

@@ -42,7 +42,7 @@ export const sendCommand = defineCommand({
       .option('dry-run', {
         type: 'boolean',
         default: false,
-        describe: 'show the targets, their online state and the params as validated; seal, send and record nothing',
+        describe: 'show the targets (counted by online state; the first 100 listed), the params as validated; seal, send and record nothing',
       })
       .option('json', { type: 'boolean', default: false, describe: 'rollout / dry run: print JSON instead of the summary' })
       .option('deliver-within', {

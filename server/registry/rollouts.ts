@@ -76,6 +76,8 @@ export interface Lease {
   name: string;
   holder: string;
   generation: number;
+  /** How long each renewal keeps it. */
+  ttlMs: number;
 }
 
 interface RolloutRow {
@@ -400,14 +402,29 @@ export class RolloutStore {
             )
             .run(jti, now, now, id, deviceId, ...leaseArgs(lease, now)).changes === 1;
         if (!sent) this.#voidCommand(jti, now);
+        // Proof of life: an engine at work keeps its lease through a long batch.
+        else this.#renew(lease, now);
         return sent;
       })
       .immediate();
   }
 
-  /** Whether `lease` is still held, unexpired (checked again right before publishing). */
-  holdsLease(lease: Lease): boolean {
-    return this.#leaseHeld(lease);
+  /**
+   * Whether `lease` is still held, unexpired (checked again right before
+   * publishing); if so it is renewed for its ttl. A lease that lapsed or
+   * changed hands is never renewed here: its holder must take it again (a new
+   * generation).
+   */
+  renewLease(lease: Lease): boolean {
+    return this.#renew(lease, this.#reg.now());
+  }
+
+  #renew(lease: Lease, now: number): boolean {
+    return (
+      this.#db
+        .prepare('UPDATE leases SET expires_at = MAX(expires_at, ?) WHERE name = ? AND holder = ? AND generation = ? AND expires_at > ?')
+        .run(now + lease.ttlMs, lease.name, lease.holder, lease.generation, now).changes === 1
+    );
   }
 
   #leaseHeld(lease: Lease): boolean {
@@ -593,7 +610,7 @@ export class RolloutStore {
              ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at, generation = excluded.generation`,
           )
           .run(name, holder, now + ttlMs, generation);
-        return { name, holder, generation };
+        return { name, holder, generation, ttlMs };
       })
       .immediate();
   }

@@ -187,9 +187,9 @@ export class RolloutEngine {
     }
   }
 
-  /** Whether this engine still holds `lease`; logs when it lost it (what it has in hand is dropped). */
+  /** Whether this engine still holds `lease` (then renewed); logs when it lost it (what it has in hand is dropped). */
   #holds(lease: Lease): boolean {
-    if (this.store.holdsLease(lease)) return true;
+    if (this.store.renewLease(lease)) return true;
     if (this.#leased)
       this.#log.warn('rollout.lease_lost', {
         holder: this.holder,

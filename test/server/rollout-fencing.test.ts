@@ -73,44 +73,53 @@ describe('server: rollout lease fencing (a stalled engine publishes nothing once
   let broker: AedesBroker;
   let fleet: SimFleet;
   const clients: MqttClient[] = [];
-  const registries: Registry[] = [];
+  // Both engines' registries read one clock, which the tests move past the lease while an engine stalls.
+  let skew = 0;
+  let regA: Registry;
+  let regB: Registry;
+  let keys: ServerKeys;
+  let delivered: Map<string, number>;
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'rollout-fencing-'));
     broker = await startAedes();
+    const now = (): number => Date.now() + skew;
+    const file = join(dir, 'registry.sqlite');
+    regA = Registry.open(file, { create: true, now });
+    regB = Registry.open(file, { now });
+    keys = await serverKeys();
+    fleet = await SimFleet.connect(broker.url, { trust: keys.trust, serverId: keys.serverId });
+    // What the broker delivers on each command topic, counted by a plain subscriber.
+    const watcher = await mqtt.connectAsync(broker.url, { clientId: 'fence-watcher', clean: true, reconnectPeriod: 0 });
+    clients.push(watcher);
+    delivered = new Map<string, number>();
+    watcher.on('message', (topic) => delivered.set(topic, (delivered.get(topic) ?? 0) + 1));
+    await watcher.subscribeAsync('provision/+/command', { qos: 1 });
   });
+
+  async function boards(...ids: string[]): Promise<SimDevice[]> {
+    const devices: SimDevice[] = [];
+    for (const id of ids) {
+      const d = fleet.add(await makeSimDevice(id));
+      regA.addDevice({ id, userId: 'u1', origin: 'jwks', signing: toPublicJwk(d.signing), encryption: toPublicJwk(d.encryption), state: 'provisioned' });
+      devices.push(d);
+    }
+    return devices;
+  }
   after(async () => {
     await fleet?.close().catch(() => undefined);
     for (const c of clients) await c.endAsync().catch(() => undefined);
-    for (const r of registries) r.close();
+    regA?.close();
+    regB?.close();
     await broker?.stop();
     await rm(dir, { recursive: true, force: true });
   });
 
   it('each board gets exactly one command (one seq); the stalled engine publishes nothing and its sealed commands are voided', async () => {
-    // Both engines' registries read one clock, which the test moves past the lease while A stalls.
-    let skew = 0;
-    const now = (): number => Date.now() + skew;
-    const file = join(dir, 'registry.sqlite');
-    const regA = Registry.open(file, { create: true, now });
-    const regB = Registry.open(file, { now });
-    registries.push(regA, regB);
-    const keys = await serverKeys();
-    fleet = await SimFleet.connect(broker.url, { trust: keys.trust, serverId: keys.serverId });
-    const devices: SimDevice[] = [];
-    for (const id of ['fence-before', 'fence-after']) {
-      const d = fleet.add(await makeSimDevice(id));
-      regA.addDevice({ id, userId: 'u1', origin: 'jwks', signing: toPublicJwk(d.signing), encryption: toPublicJwk(d.encryption), state: 'provisioned' });
-      devices.push(d);
-    }
-    // What the broker delivers on each command topic, counted by a plain subscriber.
-    const watcher = await mqtt.connectAsync(broker.url, { clientId: 'fence-watcher', clean: true, reconnectPeriod: 0 });
+    const devices = await boards('fence-before', 'fence-after');
     const clientA = await mqtt.connectAsync(broker.url, { clientId: 'fence-engine-a', clean: true, reconnectPeriod: 0 });
     const clientB = await mqtt.connectAsync(broker.url, { clientId: 'fence-engine-b', clean: true, reconnectPeriod: 0 });
-    clients.push(watcher, clientA, clientB);
-    const delivered = new Map<string, number>();
-    watcher.on('message', (topic) => delivered.set(topic, (delivered.get(topic) ?? 0) + 1));
-    await watcher.subscribeAsync('provision/+/command', { qos: 1 });
+    clients.push(clientA, clientB);
 
     const r = await startRollout(regA, await planRollout(regA, keys, { action: 'selftest', selector: { devices: devices.map((d) => d.id) }, ttlSeconds: 120 }));
     let release: () => void = () => undefined;
@@ -160,6 +169,40 @@ describe('server: rollout lease fencing (a stalled engine publishes nothing once
       release();
       await engineA.stop();
       await engineB.stop();
+    }
+  });
+
+  it('an engine whose own lease lapsed mid-step (no one took over) voids what it sealed, takes the lease again and delivers once', async () => {
+    const [d] = (await boards('lapse-1')) as [SimDevice];
+    const client = await mqtt.connectAsync(broker.url, { clientId: 'fence-engine-c', clean: true, reconnectPeriod: 0 });
+    clients.push(client);
+    const r = await startRollout(regA, await planRollout(regA, keys, { action: 'selftest', selector: { devices: [d.id] }, ttlSeconds: 120 }));
+    let release: () => void = () => undefined;
+    const sender = new StallingSender(regA, keys, client, new Promise<void>((res) => (release = res)), 'none');
+    const log = bufferedLogger('info');
+    const engine = new RolloutEngine({ registry: regA, sender, log: log.logger, holder: 'engine-c', tickMs: 50 });
+    const store = new RolloutStore(regA);
+    try {
+      engine.start();
+      await eventually(() => sender.stalled.size === 1, 5000, 'the engine stalled after sealing');
+      skew += LEASE_TTL_MS + 1000;
+      release();
+      await eventually(
+        () => d.applied.length === 1 && store.counts(r.id).sent + store.counts(r.id).applied === 1,
+        10_000,
+        'delivered after the lease was taken again',
+      );
+      await sleep(500);
+      expect(delivered.get(`provision/${d.id}/command`)).to.equal(1);
+      expect(d.received).to.have.length(1);
+      const commands = regA.listCommands({ fanoutId: r.id });
+      expect(commands).to.have.length(2);
+      expect(commands.filter((c) => c.voidedAt !== null)).to.have.length(1);
+      expect(store.targets(r.id)[0]?.jti).to.equal(commands.find((c) => c.voidedAt === null)?.jti);
+      expect(log.find(/rollout\.fenced/)).to.be.a('string');
+    } finally {
+      release();
+      await engine.stop();
     }
   });
 });
