@@ -442,23 +442,44 @@ export class RolloutStore {
   }
 
   /**
-   * When an engine takes the lease over: targets its predecessor left `sending`
-   * (claimed, never marked sent, so never published) wait again, and the
-   * commands it sealed for them are voided. Only under `lease`. Returns how many.
+   * When an engine takes the lease (a new generation): each target its
+   * predecessor left `sending` (claimed, never marked sent, so never published
+   * by it) adopts the command last recorded for it, when that one is
+   * unanswered, not void and still valid (it is then re-published as sealed:
+   * same jti and seq); otherwise it waits again. Any other command recorded for
+   * it and never published is voided. Only under `lease`. Returns how many
+   * were adopted and how many wait again.
    */
-  requeueSending(id: string, lease: Lease): number {
+  reclaimSending(id: string, lease: Lease): { adopted: number; requeued: number } {
     return this.#db
-      .transaction((): number => {
+      .transaction(() => {
         const now = this.#reg.now();
-        if (!this.#leaseHeld(lease)) return 0;
-        this.#db
-          .prepare(
-            `UPDATE commands SET voided_at = ? WHERE fanout_id = ? AND ack_status IS NULL AND voided_at IS NULL AND sent_at IS NULL
-               AND device_id IN (SELECT device_id FROM rollout_targets WHERE rollout_id = ? AND state = 'sending')
-               AND NOT EXISTS (SELECT 1 FROM rollout_targets t WHERE t.jti = commands.jti)`,
-          )
-          .run(now, id, id);
-        return this.#db.prepare(`UPDATE rollout_targets SET state = 'pending', updated_at = ? WHERE rollout_id = ? AND state = 'sending'`).run(now, id).changes;
+        const out = { adopted: 0, requeued: 0 };
+        if (!this.#leaseHeld(lease)) return out;
+        const sending = this.#db.prepare(`SELECT device_id AS deviceId FROM rollout_targets WHERE rollout_id = ? AND state = 'sending'`).all(id) as {
+          deviceId: string;
+        }[];
+        const latest = this.#db.prepare(
+          `SELECT jti, expires_at AS expiresAt FROM commands WHERE fanout_id = ? AND device_id = ? AND ack_status IS NULL AND voided_at IS NULL
+             AND NOT EXISTS (SELECT 1 FROM rollout_targets t WHERE t.jti = commands.jti)
+           ORDER BY created_at DESC, seq DESC LIMIT 1`,
+        );
+        const voidOthers = this.#db.prepare(
+          `UPDATE commands SET voided_at = ? WHERE fanout_id = ? AND device_id = ? AND ack_status IS NULL AND voided_at IS NULL AND sent_at IS NULL
+             AND NOT EXISTS (SELECT 1 FROM rollout_targets t WHERE t.jti = commands.jti)`,
+        );
+        for (const { deviceId } of sending) {
+          const c = latest.get(id, deviceId) as { jti: string; expiresAt: number } | undefined;
+          if (c && c.expiresAt > now) {
+            this.move(id, deviceId, ['sending'], 'sent', { jti: c.jti, sent: true });
+            out.adopted++;
+          } else {
+            this.move(id, deviceId, ['sending'], 'pending');
+            out.requeued++;
+          }
+          voidOthers.run(now, id, deviceId);
+        }
+        return out;
       })
       .immediate();
   }

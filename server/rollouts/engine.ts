@@ -221,18 +221,20 @@ export class RolloutEngine {
   }
 
   /**
-   * When this engine takes the lease (a new generation): targets its
-   * predecessor left `sending` (claimed, never marked sent, so never published)
-   * wait again and the commands sealed for them are voided; then each command
-   * of a running rollout sent and unanswered, still valid, is re-published as
-   * sealed (the predecessor may have stopped between marking it sent and
-   * publishing it; the same jti and seq are applied at most once).
+   * When this engine takes the lease (a new generation): each target its
+   * predecessor left `sending` adopts the command recorded for it (unanswered,
+   * still valid) or waits again, and what else was sealed for it and never
+   * published is voided (reclaimSending); then each command of a running
+   * rollout sent and unanswered, still valid, is re-published as sealed (the
+   * predecessor may have stopped between recording it and publishing it; the
+   * same jti and seq are applied at most once).
    */
   async #reconcile(lease: Lease): Promise<void> {
     const now = this.#registry.now();
     for (const r of this.store.list({ unfinished: true, limit: 10_000 })) {
-      const requeued = this.store.requeueSending(r.id, lease);
-      if (requeued > 0) this.#log.info('rollout.requeued', { rollout: r.id, targets: requeued, reason: 'left claimed by the previous lease holder' });
+      const { adopted, requeued } = this.store.reclaimSending(r.id, lease);
+      if (adopted + requeued > 0)
+        this.#log.info('rollout.reclaimed', { rollout: r.id, adopted, requeued, reason: 'left claimed by the previous lease holder' });
       if (r.state !== 'running') continue;
       for (const { deviceId, jti } of this.store.unansweredValid(r.id, now)) {
         const sealed = this.#registry.sealedCommand(jti);
