@@ -32,8 +32,9 @@
  * with the jti) each check holder, generation and expiry in their own
  * transaction; a command is published only after its mark-sent succeeded, and
  * the lease is checked again right before. An engine that stalled past its
- * lease (another took over) publishes nothing more: its sealed commands are
- * voided, and their targets are the new holder's.
+ * lease (another took over) publishes nothing more: its targets are the new
+ * holder's (which adopts a command already recorded for one, or seals a fresh
+ * one), and what it sealed that was not adopted is voided, never published.
  */
 import { randomUUID } from 'node:crypto';
 import { type Action, isCodedError, type ReportClaims } from '../../protocol/index.js';

@@ -20,6 +20,7 @@ import { CommandSender, type SendRequest } from '../../server/command-sender.js'
 import { publishQos1 } from '../../server/mqtt-connection.js';
 import { Registry } from '../../server/registry/registry.js';
 import { RolloutStore } from '../../server/registry/rollouts.js';
+import { commandStatus } from '../../server/views.js';
 import type { CommandRecord } from '../../server/registry/types.js';
 import { LEASE_TTL_MS, RolloutEngine } from '../../server/rollouts/engine.js';
 import { planRollout, startRollout } from '../../server/rollouts/plan.js';
@@ -162,6 +163,7 @@ describe('server: rollout lease fencing (a stalled engine publishes nothing once
       // The targets hold the commands the boards got.
       const commands = regA.listCommands({ fanoutId: r.id });
       expect(commands.filter((c) => c.voidedAt !== null).map((c) => c.deviceId)).to.deep.equal(['fence-before']);
+      expect(commands.filter((c) => c.voidedAt !== null).map((c) => commandStatus(c))).to.deep.equal(['void']);
       expect(commands).to.have.length(3);
       for (const t of store.targets(r.id)) {
         const c = regA.getCommand(t.jti ?? '');
