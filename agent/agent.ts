@@ -24,6 +24,7 @@ import { Reporter } from './net/reporter.js';
 import { AgentRuntime, agentTopics, effectiveBroker } from './runtime.js';
 import { planStart, type StartPlan } from './start-up.js';
 import { KeyStore } from './store/keystore.js';
+import { loadSelftestRecord } from './store/selftest-record.js';
 import { StateStore, type StateStoreOptions, type StoredBroker } from './store/state.js';
 import { loadTrustAnchors, type TrustAnchors } from './store/trust.js';
 import { clockStatus, toClockPolicy } from './system/clock.js';
@@ -220,7 +221,9 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
     const log = this.#log;
     const st = rt.store.state;
     if (!this.#clockTrusted && this.#config.clock.policy === 'auto') this.#watchClock(rt);
-    this.#reporter.prepare();
+    await this.#reporter.prepare();
+    // Reports carry the last self-test result: a selftest.json that cannot be trusted is said once, here.
+    void loadSelftestRecord(rt.store.dir).catch((err: unknown) => log.error('self-test record refused', { reason: (err as Error).message }));
     const resumedAck = await resumeRotation(rt);
 
     this.#io.setStatus(st.provisioned ? 'provisioned' : this.#enrollment ? 'enrolling' : 'unprovisioned');
