@@ -9,7 +9,7 @@
  * the objects are made, each complete, and wired.
  */
 import { EventEmitter } from 'node:events';
-import { KeyRing, type ClockPolicy } from '../protocol/index.js';
+import { assertJosePatched, KeyRing, type ClockPolicy } from '../protocol/index.js';
 import { createLogger, type Logger } from '../lib/log.js';
 import { decommission, EXIT_DECOMMISSIONED, wipeDevice } from './actions/delete.js';
 import type { ActionContext } from './actions/descriptor.js';
@@ -87,6 +87,8 @@ export interface AgentFaults extends StateStoreOptions {
 
 export async function startAgent(options: StartAgentOptions): Promise<RunningAgent> {
   const config = await loadConfig(options.configPath);
+  // Refused at start (exit 2), not at the first command: an unpatched node-jose seals and opens nothing.
+  await assertJosePatched();
   const log = options.log ?? createLogger({ level: config.log_level });
   const trust = await loadTrustAnchors(config.trust);
   const keystore = await KeyStore.open(config.keystore, { create: true, credentialsDir: process.env.CREDENTIALS_DIRECTORY });
