@@ -15,7 +15,7 @@ import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import type { Logger } from '../../lib/log.js';
-import { capInboundPackets, MAX_INBOUND_PACKET_BYTES, oversizePublish, stopReading, type OversizePublish } from './packet-cap.js';
+import { capInboundPackets, MAX_INBOUND_PACKET_BYTES, oversizePublish, stopReading, type OversizeHead } from './packet-cap.js';
 import { brokerAddress } from '../../lib/broker-address.js';
 
 export interface SessionBroker {
@@ -233,8 +233,7 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
         });
         // Read no more, let the commands already parsed finish (their PUBACKs go out), then drop.
         stopReading(stream);
-        const pub = oversizePublish(head);
-        const acked = pub !== undefined && pub.topic === this.options.topic ? this.#dropOversizedCommand(stream, pub, declared) : Promise.resolve();
+        const acked = this.#onOversize(stream, declared, head);
         void this.#settled()
           .then(() => acked)
           .then(() => stream.destroy());
@@ -300,6 +299,8 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
         }
         if (g.qos === 0) log.warn('broker granted QoS 0 only for the command topic', { topic: this.options.topic });
         this.#subscribed = true;
+        // The stream got past what the broker re-sent at the reconnect: an oversized packet from now on is a new one.
+        this.#oversize = undefined;
         log.info('subscribed', { topic: this.options.topic });
         this.emit('subscribed');
       });
@@ -339,33 +340,39 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
   }
 
   /**
-   * An oversized PUBLISH on the command topic: dropped unread, and said so. At QoS 1 with its packet
-   * id known it is acknowledged (PUBACK), so the broker does not send it again at every reconnect
-   * (a persistent session, a broker without max_packet_size, MQTT 3.1.1: the agent could not
-   * announce its Maximum Packet Size). When the same one comes a second time in a row anyway (its id
-   * was not in the bytes read, or the PUBACK was lost), the next connection is made once with a clean
-   * session to drop the broker's queue for this board. Resolves once the PUBACK is written.
+   * An oversized packet was refused unread. A PUBLISH (on the command topic: the only subscription)
+   * is logged as a command that may have been lost; at QoS 1 with its packet id in the bytes read it
+   * is acknowledged (PUBACK), so the broker does not send it again at every reconnect (a persistent
+   * session, a broker without max_packet_size, MQTT 3.1.1: the agent could not announce its Maximum
+   * Packet Size). When the same packet (type and size) comes twice in a row anyway (its id was not
+   * in the bytes read, or the PUBACK was lost), the next connection is made once with a clean
+   * session, which drops the broker's queue for this board. Resolves once a PUBACK is written.
    */
-  #dropOversizedCommand(stream: Duplex, pub: OversizePublish, declared: number): Promise<void> {
-    const key = `${pub.topic} ${declared}`;
+  #onOversize(stream: Duplex, declared: number, head: OversizeHead): Promise<void> {
+    const isPublish = head.first >> 4 === 3;
+    const key = `${head.first >> 4} ${declared}`; // a redelivery repeats type and size (its DUP flag may differ)
     const count = this.#oversize?.key === key ? this.#oversize.count + 1 : 1;
     this.#oversize = { key, count };
-    const ack = pub.qos === 1 && pub.packetId !== undefined && count === 1;
     if (count >= 2) this.#shed = true;
+    const pub = isPublish ? oversizePublish(head) : undefined;
+    const ack = pub !== undefined && pub.topic === this.options.topic && pub.qos === 1 && pub.packetId !== undefined && count === 1;
+    const next = ack
+      ? 'acknowledged to the broker so it is not sent again'
+      : count >= 2
+        ? 'it came again: the next connection uses a clean session once, which also drops any other message the broker queued for this board'
+        : 'the broker may send it again';
+    if (!isPublish) {
+      if (count >= 2) this.options.log.error('the same oversized packet came again', { bytes: declared, limit_bytes: MAX_INBOUND_PACKET_BYTES, detail: next });
+      return Promise.resolve();
+    }
     this.options.log.error('command.oversize_dropped', {
-      topic: pub.topic,
+      topic: pub?.topic ?? this.options.topic,
       bytes: declared,
       limit_bytes: MAX_INBOUND_PACKET_BYTES,
-      qos: pub.qos,
-      ...(pub.packetId !== undefined ? { packet_id: pub.packetId } : {}),
+      ...(pub !== undefined ? { qos: pub.qos } : {}),
+      ...(pub?.packetId !== undefined ? { packet_id: pub.packetId } : {}),
       times: count,
-      detail: `a message larger than the agent reads was dropped unread, so a command may have been lost (the server sees it unanswered); ${
-        ack
-          ? 'acknowledged to the broker so it is not sent again'
-          : count >= 2
-            ? 'it came again: the next connection uses a clean session once, which also drops any other message queued for this board'
-            : 'the broker may send it again'
-      }`,
+      detail: `a message larger than the agent reads was dropped unread, so a command may have been lost (the server sees it unanswered); ${next}`,
     });
     if (!ack) return Promise.resolve();
     const id = pub.packetId ?? 0;
