@@ -9,7 +9,7 @@
  * the objects are made, each complete, and wired.
  */
 import { EventEmitter } from 'node:events';
-import { KeyRing, type ClockPolicy } from '../protocol/index.js';
+import { assertJosePatched, KeyRing, type ClockPolicy } from '../protocol/index.js';
 import { createLogger, type Logger } from '../lib/log.js';
 import { decommission, EXIT_DECOMMISSIONED, wipeDevice } from './actions/delete.js';
 import type { ActionContext } from './actions/descriptor.js';
@@ -24,6 +24,7 @@ import { Reporter } from './net/reporter.js';
 import { AgentRuntime, agentTopics, effectiveBroker } from './runtime.js';
 import { planStart, type StartPlan } from './start-up.js';
 import { KeyStore } from './store/keystore.js';
+import { loadSelftestRecord } from './store/selftest-record.js';
 import { StateStore, type StateStoreOptions, type StoredBroker } from './store/state.js';
 import { loadTrustAnchors, type TrustAnchors } from './store/trust.js';
 import { clockStatus, toClockPolicy } from './system/clock.js';
@@ -86,6 +87,8 @@ export interface AgentFaults extends StateStoreOptions {
 
 export async function startAgent(options: StartAgentOptions): Promise<RunningAgent> {
   const config = await loadConfig(options.configPath);
+  // Refused at start (exit 2), not at the first command: an unpatched node-jose seals and opens nothing.
+  await assertJosePatched();
   const log = options.log ?? createLogger({ level: config.log_level });
   const trust = await loadTrustAnchors(config.trust);
   const keystore = await KeyStore.open(config.keystore, { create: true, credentialsDir: process.env.CREDENTIALS_DIRECTORY });
@@ -220,7 +223,9 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
     const log = this.#log;
     const st = rt.store.state;
     if (!this.#clockTrusted && this.#config.clock.policy === 'auto') this.#watchClock(rt);
-    this.#reporter.prepare();
+    await this.#reporter.prepare();
+    // Reports carry the last self-test result: a selftest.json that cannot be trusted is said once, here.
+    void loadSelftestRecord(rt.store.dir).catch((err: unknown) => log.error('self-test record refused', { reason: (err as Error).message }));
     const resumedAck = await resumeRotation(rt);
 
     this.#io.setStatus(st.provisioned ? 'provisioned' : this.#enrollment ? 'enrolling' : 'unprovisioned');

@@ -120,7 +120,8 @@ async function run(cleanup: (() => Promise<void>)[]): Promise<void> {
     const deviceId = `demo-sensor-${String(i).padStart(2, '0')}`;
     const userId = `demo-user-${i}@example.org`;
     const dir = join(tmp, 'boards', deviceId);
-    await writeBundle(server.data, { deviceId, userId, outDir: dir, broker: { url: broker.url }, gpioBackend: 'fake', tokenTtlMs: 3600_000 });
+    // aedes speaks MQTT 3.1.1 only (bundles default to MQTT 5).
+    await writeBundle(server.data, { deviceId, userId, outDir: dir, broker: { url: broker.url }, gpioBackend: 'fake', tokenTtlMs: 3600_000, mqttVersion: 4 });
     const token = (await readFile(join(dir, 'enroll.token'), 'utf8')).trim();
     for (const s of [deviceId, userId, token]) secrets.add(s);
     const logPath = join(tmp, `${deviceId}.log`);

@@ -9,6 +9,7 @@ export * from './gpio-pins.js';
 export * from './params.js';
 export * from './claims.js';
 export * from './replay.js';
+export { assertJosePatched, JosePatchError, JOSE_UNPATCHED_MESSAGE } from './jose-patch.js';
 export { sealClaims, type SealKeys } from './seal.js';
 export { decryptSealed, verifyJws, openSealed, type Decrypted, type Verified } from './open.js';
 export * from './command.js';

@@ -9,6 +9,7 @@ import { parseJweHeader, parseJwsHeader, toCompactText, type Header } from './co
 import type { KeyRing } from './keyring.js';
 import { CONTENT_ENC, EC_KEY_WRAP_ALG, RSA_KEY_WRAP_ALG, SIGNING_ALG } from './keys.js';
 import { isRecord } from './guards.js';
+import { assertJosePatched } from './jose-patch.js';
 import { DEFAULT_MAX_MESSAGE_BYTES } from './limits.js';
 
 const KEY_WRAP_ALLOW = new Set<string>([EC_KEY_WRAP_ALG, RSA_KEY_WRAP_ALG]);
@@ -31,6 +32,7 @@ export interface Verified {
 
 /** Checks size, shape, header and algorithms, then decrypts with a key from `decryption`. */
 export async function decryptSealed(input: string | Uint8Array, decryption: KeyRing, maxBytes = DEFAULT_MAX_MESSAGE_BYTES): Promise<Decrypted> {
+  await assertJosePatched();
   const token = toCompactText(input, maxBytes);
   const header = parseJweHeader(token);
   checkJweHeader(header);
@@ -55,6 +57,7 @@ export async function decryptSealed(input: string | Uint8Array, decryption: KeyR
 
 /** Verifies a compact JWS against the pinned keys in `verification` (never a key named by the message). */
 export async function verifyJws(jws: string, jwsHeader: Header, verification: KeyRing): Promise<Verified> {
+  await assertJosePatched();
   if (jwsHeader.alg !== SIGNING_ALG) throw new ProtocolError('E_ALG', `JWS alg ${String(jwsHeader.alg)} is not ${SIGNING_ALG}`);
   for (const m of KEY_BEARING) {
     if (m in jwsHeader) throw new ProtocolError('E_SIGNATURE', `JWS header carries "${m}": keys named by a message are never trusted`);

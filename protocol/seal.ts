@@ -2,6 +2,7 @@
 import jose from 'node-jose';
 import { ProtocolError } from './errors.js';
 import { asJoseKey } from './keyring.js';
+import { assertJosePatched } from './jose-patch.js';
 import { CONTENT_ENC, SIGNING_ALG, keyWrapAlgFor, newP256Jwk, type PrivateJwk, type PublicJwk } from './keys.js';
 import { DEFAULT_MAX_MESSAGE_BYTES } from './limits.js';
 
@@ -14,6 +15,7 @@ export interface SealKeys {
 
 /** Signs `claims` and encrypts the JWS to the recipient: `JWE{cty:"JWT"}(JWS(claims))`. */
 export async function sealClaims(claims: Record<string, unknown>, keys: SealKeys): Promise<string> {
+  await assertJosePatched();
   if (keys.signer.use !== 'sig' || keys.signer.alg !== SIGNING_ALG || typeof keys.signer.d !== 'string') {
     throw new ProtocolError('E_KEY', 'the signer must be a private ES256 signing key');
   }

@@ -6,7 +6,7 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { assertValidId, CodedError, generateEncryptionKey, generateSigningKey, type PrivateJwk, toPublicJwk } from '../protocol/index.js';
-import type { BrokerSettings, OpenedData } from './data-dir.js';
+import { DEFAULT_DEVICE_MQTT_VERSION, type BrokerSettings, type MqttVersion, type OpenedData } from './data-dir.js';
 import { writeFileAtomic } from '../lib/durable-file.js';
 import { ensurePrivateDir } from '../lib/fs.js';
 
@@ -25,6 +25,8 @@ export interface BundleOptions {
   gpioBackend?: 'auto' | 'onoff' | 'fake' | 'none';
   /** Overwrite files in an existing non-empty output directory. */
   force?: boolean;
+  /** The MQTT version in config.json (default: what `init` recorded, else 5). */
+  mqttVersion?: MqttVersion;
 }
 
 export interface BundleResult {
@@ -88,7 +90,9 @@ export async function writeBundle(data: OpenedData, options: BundleOptions): Pro
     brokerConfig.cert = 'client.crt';
     brokerConfig.key = 'client.key';
   }
-  brokerConfig.protocol_version = 4;
+  // MQTT 5 by default: the agent's Maximum Packet Size goes in its CONNECT, so the broker drops a message
+  // too big for the board instead of sending it (and re-sending it at every reconnect under 3.1.1).
+  brokerConfig.protocol_version = options.mqttVersion ?? data.config.deviceMqttVersion ?? DEFAULT_DEVICE_MQTT_VERSION;
   brokerConfig.allow_insecure = false;
 
   await write('trust.jwks', `${JSON.stringify(data.keys.trust, null, 2)}\n`, 0o644);

@@ -38,8 +38,19 @@ export interface ServerConfig {
    * the backend listener). `bundle` defaults to it.
    */
   deviceBroker?: BrokerSettings;
+  /**
+   * The MQTT version boards speak to their broker (`bundle`'s default): 5 unless `init
+   * --device-mqtt-version 4` recorded that the boards' broker only speaks 3.1.1.
+   */
+  deviceMqttVersion?: MqttVersion;
   topicPrefix: string;
 }
+
+/** MQTT 3.1.1 (4) or 5. */
+export type MqttVersion = 4 | 5;
+
+/** Boards speak MQTT 5 unless told otherwise: their Maximum Packet Size is then in CONNECT, and the broker drops what is bigger. */
+export const DEFAULT_DEVICE_MQTT_VERSION: MqttVersion = 5;
 
 export interface DataPaths {
   dir: string;
@@ -59,6 +70,8 @@ export interface InitOptions {
   broker?: BrokerSettings;
   /** URL (and CA) boards use, when not the server's own. */
   deviceBroker?: BrokerSettings;
+  /** Recorded only when given (absent: the default, 5). */
+  deviceMqttVersion?: MqttVersion;
   topicPrefix?: string;
   force?: boolean;
 }
@@ -83,6 +96,7 @@ export async function initDataDir(dir: string, options: InitOptions = {}): Promi
           },
         }
       : {}),
+    ...(options.deviceMqttVersion !== undefined ? { device_mqtt_version: options.deviceMqttVersion } : {}),
     topic_prefix: prefix,
   };
   await writeFileAtomic(paths.config, `${JSON.stringify(recorded, null, 2)}\n`, { mode: 0o644 });
@@ -124,9 +138,15 @@ export async function readServerConfig(dir: string): Promise<ServerConfig> {
       throw new CodedError('E_CONFIG', `${paths.config}: "device_broker.url" missing`);
     deviceBroker = { url: raw.device_broker.url, ...(typeof raw.device_broker.ca === 'string' ? { ca: raw.device_broker.ca } : {}) };
   }
+  let deviceMqttVersion: MqttVersion | undefined;
+  if (raw.device_mqtt_version !== undefined) {
+    if (raw.device_mqtt_version !== 4 && raw.device_mqtt_version !== 5)
+      throw new CodedError('E_CONFIG', `${paths.config}: "device_mqtt_version" must be 4 (MQTT 3.1.1) or 5`);
+    deviceMqttVersion = raw.device_mqtt_version;
+  }
   const topicPrefix = typeof raw.topic_prefix === 'string' ? raw.topic_prefix : DEFAULT_TOPIC_PREFIX;
   assertValidPrefix(topicPrefix);
-  return { broker, ...(deviceBroker ? { deviceBroker } : {}), topicPrefix };
+  return { broker, ...(deviceBroker ? { deviceBroker } : {}), ...(deviceMqttVersion !== undefined ? { deviceMqttVersion } : {}), topicPrefix };
 }
 
 /** Overrides from the command line win over what `init` recorded. */

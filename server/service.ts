@@ -14,7 +14,7 @@ import { hostname } from 'node:os';
 import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
 import type { MqttClient } from 'mqtt';
-import { CodedError, type ReportClaims } from '../protocol/index.js';
+import { assertJosePatched, CodedError, type ReportClaims } from '../protocol/index.js';
 import { RolloutEngine } from './rollouts/engine.js';
 import { AckWaiters } from './ack-waiters.js';
 import { CommandSender, type SendRequest } from './command-sender.js';
@@ -63,6 +63,7 @@ export interface RunningServer {
 }
 
 export async function startProvisionServer(options: ServeOptions): Promise<RunningServer> {
+  await assertJosePatched(); // before anything opens: an unpatched node-jose seals and opens nothing
   const log = options.log ?? silentLogger;
   const data = await openDataDir(options.dataDir);
   const { registry, keys, config } = data;

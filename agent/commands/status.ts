@@ -1,5 +1,7 @@
 /** `sensor-agent status`: what the state directory says (works whether or not the daemon runs). */
 import { loadConfig, DEFAULT_CONFIG_PATH } from '../config.js';
+import type { ReportSelftest } from '../../protocol/index.js';
+import { loadSelftestRecord, SelftestRecordError } from '../store/selftest-record.js';
 import { readState } from '../store/state.js';
 import { defineCommand } from '../../lib/cli.js';
 
@@ -13,6 +15,10 @@ export interface StatusReport {
   broker: string;
   last_command: { jti: string; seq: number; action: string; status: string; code: string; detail: string; at: string } | null;
   pending: string[];
+  /** The last self-test recorded (selftest.json); null when none is. */
+  last_selftest: { ok: boolean; at: string } | null;
+  /** Why selftest.json is refused (E_SELFTEST_RECORD), when it is there but not usable. */
+  last_selftest_error?: string;
   state_file: string;
   updated_at: string | null;
 }
@@ -25,6 +31,14 @@ export async function statusReport(configPath: string): Promise<StatusReport> {
   const pending: string[] = [];
   if (st?.pending_rotation) pending.push(`rotation (command ${st.pending_rotation.jti})`);
   if (st?.pending_broker) pending.push(`broker change to ${st.pending_broker.next.url} (command ${st.pending_broker.jti})`);
+  let selftest: ReportSelftest | null = null;
+  let selftestError: string | undefined;
+  try {
+    selftest = await loadSelftestRecord(config.state_dir);
+  } catch (err) {
+    if (!(err instanceof SelftestRecordError)) throw err;
+    selftestError = `${err.code}: ${err.message}`;
+  }
   return {
     device_id: config.device_id,
     provisioned: st?.provisioned ?? false,
@@ -35,6 +49,8 @@ export async function statusReport(configPath: string): Promise<StatusReport> {
     broker: st?.settings.broker?.url ?? config.broker.url,
     last_command: last ? { ...last, at: iso(last.at) } : null,
     pending,
+    last_selftest: selftest ? { ok: selftest.ok, at: iso(selftest.at) } : null,
+    ...(selftestError !== undefined ? { last_selftest_error: selftestError } : {}),
     state_file: `${config.state_dir}/state.json`,
     updated_at: st && st.updated_at > 0 ? iso(st.updated_at) : null,
   };
@@ -42,7 +58,7 @@ export async function statusReport(configPath: string): Promise<StatusReport> {
 
 export const statusCommand = defineCommand({
   command: 'status',
-  describe: 'Show provisioned or not, user, last seq, key ids, broker, last command (from the state directory)',
+  describe: 'Show provisioned or not, user, last seq, key ids, broker, last command, last self-test (from the state directory)',
   builder: (y) =>
     y
       .option('config', { type: 'string', default: DEFAULT_CONFIG_PATH, describe: 'config file' })
@@ -63,6 +79,7 @@ export const statusCommand = defineCommand({
       `broker:        ${r.broker}`,
       `last command:  ${r.last_command ? `${r.last_command.action} seq ${r.last_command.seq}: ${r.last_command.status} ${r.last_command.code} at ${r.last_command.at} (${r.last_command.detail})` : '-'}`,
     ];
+    lines.push(`last selftest: ${r.last_selftest_error ?? (r.last_selftest ? `${r.last_selftest.ok ? 'passed' : 'failed'} at ${r.last_selftest.at}` : '-')}`);
     if (r.pending.length > 0) lines.push(`in progress:   ${r.pending.join('; ')}`);
     process.stdout.write(`${lines.join('\n')}\n`);
   },

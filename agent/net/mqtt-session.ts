@@ -12,9 +12,10 @@
  */
 import { CodedError } from '../../protocol/index.js';
 import { EventEmitter } from 'node:events';
+import type { Duplex } from 'node:stream';
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import type { Logger } from '../../lib/log.js';
-import { capInboundPackets, MAX_INBOUND_PACKET_BYTES, stopReading } from './packet-cap.js';
+import { capInboundPackets, MAX_INBOUND_PACKET_BYTES, oversizePublish, stopReading, type OversizeHead } from './packet-cap.js';
 import { brokerAddress } from '../../lib/broker-address.js';
 
 export interface SessionBroker {
@@ -112,6 +113,10 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
   #lastError = '';
   /** Why the current attempt failed (reset at each attempt). */
   #attemptError = '';
+  /** The last oversized command dropped (topic and size) and how many times in a row it came. */
+  #oversize: { key: string; count: number } | undefined;
+  /** The next attempt connects with a clean session, only to drop what the broker queued for this client. */
+  #shed = false;
 
   constructor(private readonly options: SessionOptions) {
     super();
@@ -219,7 +224,7 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
     client.connect = () => {
       connect();
       const stream = client.stream;
-      capInboundPackets(stream, MAX_INBOUND_PACKET_BYTES, (declared) => {
+      capInboundPackets(stream, MAX_INBOUND_PACKET_BYTES, (declared, head) => {
         this.#lastError = `the broker sent an MQTT packet of ${declared} bytes (cap ${MAX_INBOUND_PACKET_BYTES})`;
         log.error('oversized MQTT packet refused before buffering it; connection dropped, reconnecting', {
           broker: b.url,
@@ -228,7 +233,10 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
         });
         // Read no more, let the commands already parsed finish (their PUBACKs go out), then drop.
         stopReading(stream);
-        void this.#settled().then(() => stream.destroy());
+        const acked = this.#onOversize(stream, declared, head);
+        void this.#settled()
+          .then(() => acked)
+          .then(() => stream.destroy());
       });
       return client;
     };
@@ -241,7 +249,10 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
       const settled = work.catch(() => undefined);
       this.#inFlight = Promise.all([this.#inFlight, settled]).then(() => undefined);
       work.then(
-        () => callback(),
+        () => {
+          this.#oversize = undefined; // a command got through: an oversized one seen before is not coming again in a row
+          callback();
+        },
         (err: unknown) => {
           // No PUBACK: the broker redelivers it on the next connection.
           log.error('command not acknowledged to the broker; it will be redelivered', { reason: err instanceof Error ? err.message : String(err) });
@@ -257,11 +268,28 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
       socket.setNoDelay?.(true);
       this.#attempt = 0;
       this.#lastError = '';
+      if (client.options.clean === true) {
+        // The clean session was only to drop the broker's queue: back to the persistent one at once.
+        log.warn(
+          'session.shed: connected once with a clean session, so the broker dropped what it queued for this board; reconnecting with the persistent session',
+          {
+            broker: b.url,
+          },
+        );
+        client.options.clean = false;
+        this.#dropConnection(client);
+        return;
+      }
       log.info('connected to broker', { broker: b.url, session_present: connack.sessionPresent });
       this.emit('connected');
       client.subscribe(this.options.topic, { qos: 1 }, (err, granted) => {
         if (client !== this.#client) return;
         const g = granted?.[0];
+        if (err && (client.stream.destroyed || !client.connected)) {
+          // The connection ended before the SUBACK (an oversized packet, a broker restart): not a refusal.
+          log.warn('connection lost before the subscription was confirmed', { topic: this.options.topic, reason: this.#lastError || err.message });
+          return;
+        }
         if (err || !g || (g.qos !== 1 && g.qos !== 0)) {
           this.#lastError = err ? err.message : `subscription to ${this.options.topic} refused (code ${String(g?.qos)})`;
           this.#attemptError = `subscription refused: ${this.#lastError}`;
@@ -271,6 +299,8 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
         }
         if (g.qos === 0) log.warn('broker granted QoS 0 only for the command topic', { topic: this.options.topic });
         this.#subscribed = true;
+        // The stream got past what the broker re-sent at the reconnect: an oversized packet from now on is a new one.
+        this.#oversize = undefined;
         log.info('subscribed', { topic: this.options.topic });
         this.emit('subscribed');
       });
@@ -307,6 +337,49 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
       client.options.will = undefined;
       this.options.log.warn('last will not sealed; connecting without one', { reason: err instanceof Error ? err.message : String(err) });
     }
+  }
+
+  /**
+   * An oversized packet was refused unread. A PUBLISH (on the command topic: the only subscription)
+   * is logged as a command that may have been lost; at QoS 1 with its packet id in the bytes read it
+   * is acknowledged (PUBACK), so the broker does not send it again at every reconnect (a persistent
+   * session, a broker without max_packet_size, MQTT 3.1.1: the agent could not announce its Maximum
+   * Packet Size). When the same packet (type and size) comes twice in a row anyway (its id was not
+   * in the bytes read, or the PUBACK was lost), the next connection is made once with a clean
+   * session, which drops the broker's queue for this board. Resolves once a PUBACK is written.
+   */
+  #onOversize(stream: Duplex, declared: number, head: OversizeHead): Promise<void> {
+    const isPublish = head.first >> 4 === 3;
+    const key = `${head.first >> 4} ${declared}`; // a redelivery repeats type and size (its DUP flag may differ)
+    const count = this.#oversize?.key === key ? this.#oversize.count + 1 : 1;
+    this.#oversize = { key, count };
+    if (count >= 2) this.#shed = true;
+    const pub = isPublish ? oversizePublish(head) : undefined;
+    const ack = pub !== undefined && pub.topic === this.options.topic && pub.qos === 1 && pub.packetId !== undefined && count === 1;
+    const next = ack
+      ? 'acknowledged to the broker so it is not sent again'
+      : count >= 2
+        ? 'it came again: the next connection uses a clean session once, which also drops any other message the broker queued for this board'
+        : 'the broker may send it again';
+    if (!isPublish) {
+      if (count >= 2) this.options.log.error('the same oversized packet came again', { bytes: declared, limit_bytes: MAX_INBOUND_PACKET_BYTES, detail: next });
+      return Promise.resolve();
+    }
+    this.options.log.error('command.oversize_dropped', {
+      topic: pub?.topic ?? this.options.topic,
+      bytes: declared,
+      limit_bytes: MAX_INBOUND_PACKET_BYTES,
+      ...(pub !== undefined ? { qos: pub.qos } : {}),
+      ...(pub?.packetId !== undefined ? { packet_id: pub.packetId } : {}),
+      times: count,
+      detail: `a message larger than the agent reads was dropped unread, so a command may have been lost (the server sees it unanswered); ${next}`,
+    });
+    if (!ack) return Promise.resolve();
+    const id = pub.packetId ?? 0;
+    return new Promise((resolve) => {
+      // PUBACK: type 4, remaining length 2, the packet id. The broker reads it before the connection is dropped.
+      stream.write(Buffer.from([0x40, 0x02, id >> 8, id & 0xff]), () => setTimeout(resolve, PUBACK_GRACE_MS).unref());
+    });
   }
 
   /** Resolves once the message in flight is done and no next one started. */
@@ -347,6 +420,12 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
       void this.#setWill(client).then(() => {
         done();
         if (client !== this.#client || this.#stopping) return;
+        if (this.#shed) {
+          this.#shed = false;
+          this.#oversize = undefined;
+          client.options.clean = true;
+          client.options.will = undefined; // this connection is dropped at once: no offline report for it
+        }
         // Same stores: QoS 1 acks in flight are resent after the reconnect.
         client.reconnect({ incomingStore: client.incomingStore, outgoingStore: client.outgoingStore });
       });
@@ -354,6 +433,9 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
     this.#timer = timer;
   }
 }
+
+/** How long the connection stays up after the PUBACK of an oversized command is written (the broker must read it first). */
+const PUBACK_GRACE_MS = 200;
 
 export class SessionError extends CodedError<'E_OFFLINE'> {
   override readonly name = 'SessionError';

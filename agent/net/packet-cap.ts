@@ -27,11 +27,44 @@ import type { Duplex } from 'node:stream';
  */
 export const MAX_INBOUND_PACKET_BYTES = 129 * 1024;
 
-export function capInboundPackets(stream: Duplex, maxBytes: number, onOversize: (declared: number) => void): void {
+/** What is known of the packet that tripped the cap: its fixed header's first byte and the start of its body. */
+export interface OversizeHead {
+  /** The fixed header's first byte (packet type in the high nibble, flags in the low one). */
+  first: number;
+  /** The bytes of the body that came in the same read (at most HEAD_BYTES): enough for a publish's topic and packet id. */
+  body: Buffer;
+}
+
+/** How much of an oversized packet's body is kept for its description (a copy, never fed to the parser). */
+const HEAD_BYTES = 1024;
+
+/** An oversized PUBLISH as its first bytes tell it: topic and, at QoS 1 or 2, the packet id. */
+export interface OversizePublish {
+  topic: string;
+  qos: number;
+  /** Absent when the packet id was not in the bytes read. */
+  packetId?: number;
+}
+
+/** The topic (and packet id) of an oversized PUBLISH from its head; undefined for another packet type or too few bytes. */
+export function oversizePublish(head: OversizeHead): OversizePublish | undefined {
+  if (head.first >> 4 !== 3) return undefined;
+  const qos = (head.first >> 1) & 3;
+  const b = head.body;
+  if (b.length < 2) return undefined;
+  const len = b.readUInt16BE(0);
+  if (b.length < 2 + len) return undefined;
+  const topic = b.toString('utf8', 2, 2 + len);
+  if (qos === 0 || b.length < 4 + len) return { topic, qos };
+  return { topic, qos, packetId: b.readUInt16BE(2 + len) };
+}
+
+export function capInboundPackets(stream: Duplex, maxBytes: number, onOversize: (declared: number, head: OversizeHead) => void): void {
   let skip = 0; // body bytes of the current packet still to pass
   let lengthBytes = -1; // -1: a fixed header's first byte is next; else how many length bytes were read
   let length = 0;
   let multiplier = 1;
+  let first = 0;
   let tripped = false;
   const watch = (chunk: Buffer): void => {
     if (tripped) return;
@@ -45,6 +78,7 @@ export function capInboundPackets(stream: Duplex, maxBytes: number, onOversize: 
       }
       const byte = chunk[i++] as number;
       if (lengthBytes < 0) {
+        first = byte;
         lengthBytes = 0;
         length = 0;
         multiplier = 1;
@@ -57,7 +91,7 @@ export function capInboundPackets(stream: Duplex, maxBytes: number, onOversize: 
       if ((byte & 0x80) !== 0 || length > maxBytes) {
         tripped = true;
         stream.off('data', watch);
-        onOversize(length);
+        onOversize(length, { first, body: Buffer.from(chunk.subarray(i, i + HEAD_BYTES)) });
         return;
       }
       skip = length;

@@ -20,12 +20,13 @@
  * is logged and the next interval tries again.
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { readFileSync, unlinkSync } from 'node:fs';
+import { unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { removeFileSecurely, writeFileAtomic } from '../../lib/durable-file.js';
+import { errnoCode, removeFileSecurely, writeFileAtomic } from '../../lib/durable-file.js';
 import { reportTopic, sealReport, type ReportReason } from '../../protocol/index.js';
 import { packageVersion } from '../../lib/version.js';
 import type { AgentRuntime } from '../runtime.js';
+import { readPrivateFile } from '../store/private-file.js';
 import { readSelftestRecord } from '../store/selftest-record.js';
 import type { SessionWill } from './mqtt-session.js';
 
@@ -55,6 +56,8 @@ export const CHANGED_REPORT_DELAY_MS = 2000;
 
 /** The next run's first will, sealed ahead (see above). */
 export const NEXT_WILL_FILE = 'next-will.json';
+/** A will is a few KiB (the token is refused from 16 KiB on): a bigger file is not read. */
+const MAX_NEXT_WILL_BYTES = 32 * 1024;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 interface NextWill {
@@ -96,10 +99,10 @@ export class Reporter {
    * Starts sealing the first connection's will now, while start-up waits on disk and GPIO, so the
    * first CONNECT does not wait for it.
    */
-  prepare(): void {
+  async prepare(): Promise<void> {
     const kid = this.#rt.keystore.signingKey?.kid;
     if (kid === undefined) return;
-    const ahead = this.#takeNextWill(kid);
+    const ahead = await this.#takeNextWill(kid);
     if (ahead) {
       this.#session = ahead.session;
       this.#early = { conn: 1, kid, token: Promise.resolve(ahead.token) };
@@ -195,16 +198,29 @@ export class Reporter {
     return 'done';
   }
 
-  /** The next run's will sealed ahead, if usable: taken once (the file is removed), whatever it held. */
-  #takeNextWill(kid: string): NextWill | undefined {
+  /**
+   * The next run's will sealed ahead, if usable: taken once (the file is removed), whatever it held.
+   * Read like state.json (private-file.ts): a FIFO, a symlink, another user's file, group/other bits
+   * or a size no will has are refused unread, with a warning, and the name is unlinked (never followed).
+   */
+  async #takeNextWill(kid: string): Promise<NextWill | undefined> {
     const path = join(this.#rt.config.state_dir, NEXT_WILL_FILE);
-    let text: string;
+    let text: string | undefined;
     try {
-      text = readFileSync(path, 'utf8');
-      unlinkSync(path);
-    } catch {
+      text = await readPrivateFile(path, { maxBytes: MAX_NEXT_WILL_BYTES });
+    } catch (err) {
+      this.#rt.log.warn('next-will.json ignored: it is sealed again (only a start-up optimisation)', {
+        file: path,
+        why: err instanceof Error ? err.message : String(err),
+      });
+    }
+    try {
+      await unlink(path);
+    } catch (err) {
+      if (errnoCode(err) !== 'ENOENT') this.#rt.log.warn('next-will.json could not be removed', { file: path, why: (err as Error).message });
       return undefined; // absent, or not removable: never reuse it
     }
+    if (text === undefined) return undefined;
     let v: Partial<NextWill>;
     try {
       v = JSON.parse(text) as Partial<NextWill>;

@@ -9,12 +9,13 @@
  * command is re-acked as a duplicate, never applied twice), the key ids, and
  * the markers of multi-step actions (rotation, broker change) in progress.
  */
-import { constants, type Stats } from 'node:fs';
-import { chmod, lstat, open } from 'node:fs/promises';
+import { type Stats } from 'node:fs';
+import { chmod, lstat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CodedError, type AckStatus, type GpioSettings, type ReportingSettings, type SensorSettings } from '../../protocol/index.js';
 import { errnoCode, makeDirectories, removeStaleTemps, writeFileAtomic } from '../../lib/durable-file.js';
 import { octalMode as octal, shellQuote as sh } from './file-modes.js';
+import { PrivateFileError, readPrivateFile } from './private-file.js';
 
 export const STATE_VERSION = 1;
 export const STATE_FILE = 'state.json';
@@ -164,31 +165,20 @@ export function initialState(deviceId: string): AgentState {
 /** Reads `state.json` from `dir`; undefined when there is none yet. Throws StateError when it is unreadable. */
 export async function readState(dir: string): Promise<AgentState | undefined> {
   const path = join(dir, STATE_FILE);
-  let text: string;
+  let text: string | undefined;
   try {
-    // O_NOFOLLOW: a symlink planted in place of the state file is refused, not followed.
-    const fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
-    try {
-      const st = await fh.stat();
-      checkStateFile(path, st);
-      if (st.size > MAX_STATE_BYTES)
-        throw new StateError(path, `${path} is ${st.size} bytes, far more than an agent state; ${stateLossAdvice(path)}`, { code: 'E_STATE_CORRUPT' });
-      text = await fh.readFile({ encoding: 'utf8' });
-    } finally {
-      await fh.close();
-    }
+    text = await readPrivateFile(path, { maxBytes: MAX_STATE_BYTES });
   } catch (err) {
-    if (err instanceof StateError) throw err;
-    if (errnoCode(err) === 'ENOENT') return undefined;
-    if (errnoCode(err) === 'ELOOP') {
-      throw new StateError(path, `${path} is a symbolic link, which could make the agent use a state another user controls; replace it with the real file`, {
-        cause: err,
-        code: 'E_STATE_TYPE',
-        fix: `cp --remove-destination "$(readlink -f ${sh(path)})" ${sh(path)} && chmod 600 ${sh(path)}`,
-      });
+    if (err instanceof PrivateFileError) {
+      const code = ({ E_FILE_TYPE: 'E_STATE_TYPE', E_FILE_OWNER: 'E_STATE_OWNER', E_FILE_PERMS: 'E_STATE_PERMS', E_FILE_SIZE: 'E_STATE_CORRUPT' } as const)[
+        err.code
+      ];
+      const message = err.code === 'E_FILE_SIZE' ? `${err.message}: far more than an agent state; ${stateLossAdvice(path)}` : err.message;
+      throw new StateError(path, message, { cause: err, code, ...(err.fix !== undefined ? { fix: err.fix } : {}) });
     }
     throw new StateError(path, `cannot read ${path}: ${(err as Error).message}`, { cause: err });
   }
+  if (text === undefined) return undefined;
   let value: unknown;
   try {
     value = JSON.parse(text);
@@ -199,24 +189,6 @@ export async function readState(dir: string): Promise<AgentState | undefined> {
     });
   }
   return checkState(value, path);
-}
-
-/** The state file: a regular file of the agent's user (or root) with no group/other permission bits. */
-function checkStateFile(path: string, st: Stats): void {
-  if (!st.isFile()) throw new StateError(path, `${path} is not a regular file`, { code: 'E_STATE_TYPE' });
-  const uid = process.getuid?.();
-  if (uid !== undefined && st.uid !== 0 && st.uid !== uid) {
-    throw new StateError(path, `${path} is owned by uid ${st.uid}, not by the agent's user (uid ${uid}) or root, so another user could have planted it`, {
-      code: 'E_STATE_OWNER',
-      fix: `chown ${uid} ${sh(path)}`,
-    });
-  }
-  if ((st.mode & 0o077) !== 0) {
-    throw new StateError(path, `${path} has mode ${octal(st.mode)}; the agent writes it 0600, so another user could have written it`, {
-      code: 'E_STATE_PERMS',
-      fix: `chmod 600 ${sh(path)}`,
-    });
-  }
 }
 
 /**

@@ -30,6 +30,11 @@ export const bundleCommand = defineCommand({
         default: false,
         describe: "overwrite a non-empty --out; with --keys-on-host, replace a registered device's keys (that board is cut off until re-flashed)",
       })
+      .option('mqtt-version', {
+        choices: [4, 5] as const,
+        describe:
+          "MQTT version the board speaks: 5 (default, unless init --device-mqtt-version 4 was recorded) announces the agent's maximum packet size, so the broker drops a message too big for the board instead of sending it; 4 (MQTT 3.1.1) only for a broker that does not speak MQTT 5",
+      })
       .option('gpio', { choices: ['auto', 'onoff', 'fake', 'none'] as const, default: 'auto' as const, describe: 'GPIO backend in config.json' })
       .example(
         '$0 bundle --device sensor-0001 --user alice \\\n--out ./sensor-0001 --ca ca.pem \\\n--client-cert sensor-0001.crt --client-key sensor-0001.key',
@@ -55,6 +60,7 @@ export const bundleCommand = defineCommand({
         rsa: args.rsa,
         gpioBackend: args.gpio,
         force: args.force,
+        ...(args.mqttVersion !== undefined ? { mqttVersion: args.mqttVersion } : {}),
       });
       process.stdout.write(
         `bundle for ${args.device} (user ${args.user}) in ${result.dir}: ${result.files.join(', ')}\n` +

@@ -18,6 +18,7 @@ export const SERVER_EXIT_STATUSES: ExitStatuses = {
   E_KEY_CORRUPT: SETUP,
   E_KEY_PERMS: SETUP,
   E_NO_DATA: SETUP,
+  E_JOSE_UNPATCHED: SETUP,
   E_NO_KEYS: SETUP,
   E_PARAMS: SETUP, // --params / --set that do not parse; params that parse but are invalid are a ProtocolError (1)
   E_DEVICE_EXISTS: SETUP,

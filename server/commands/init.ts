@@ -14,6 +14,10 @@ export const initCommand = defineCommand({
       .option('broker', { type: 'string', describe: `broker URL the server connects to, recorded for serve and send (default ${DEFAULT_BROKER_URL})` })
       .option('device-broker', { type: 'string', describe: "broker URL as boards reach it, when it differs from --broker (recorded; bundle's default)" })
       .option('device-ca', { type: 'string', describe: 'CA (PEM) boards pin for --device-broker (recorded; bundle copies it)' })
+      .option('device-mqtt-version', {
+        choices: [4, 5] as const,
+        describe: "MQTT version of the boards' broker, recorded as bundle's default: 5 (the default) or 4 when it only speaks MQTT 3.1.1",
+      })
       .option('server-id', { type: 'string', default: DEFAULT_SERVER_ID, describe: 'the server id (iss of commands, aud of acks)' })
       .option('topic-prefix', { type: 'string', default: DEFAULT_TOPIC_PREFIX, describe: 'MQTT topic prefix' })
       .option('force', { type: 'boolean', default: false, describe: 'replace existing server keys (every device must then be re-flashed)' })
@@ -38,6 +42,7 @@ export const initCommand = defineCommand({
       serverId: args.serverId,
       broker,
       ...(deviceBroker ? { deviceBroker } : {}),
+      ...(args.deviceMqttVersion !== undefined ? { deviceMqttVersion: args.deviceMqttVersion } : {}),
       topicPrefix: args.topicPrefix,
       force: args.force,
     });

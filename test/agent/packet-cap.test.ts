@@ -6,7 +6,7 @@
  */
 import { expect } from 'chai';
 import { PassThrough, Writable } from 'node:stream';
-import { capInboundPackets, MAX_INBOUND_PACKET_BYTES, stopReading } from '../../agent/net/packet-cap.js';
+import { capInboundPackets, MAX_INBOUND_PACKET_BYTES, oversizePublish, stopReading, type OversizeHead } from '../../agent/net/packet-cap.js';
 
 function remainingLength(n: number): number[] {
   const out: number[] = [];
@@ -109,5 +109,25 @@ describe('agent packet cap: stopping the read after an oversized packet', functi
     expect(dest.writableLength, 'parser drained').to.equal(0);
     expect(received.reduce((n, b) => n + b.length, 0)).to.equal(handed);
     expect(fed() - fedAtTrip, 'bytes fed to the parser after the trip').to.equal(0);
+  });
+});
+
+describe('agent packet cap: what an oversized publish is', function () {
+  it('the topic and packet id of a QoS 1 PUBLISH from the bytes after its length; none for another packet or too few bytes', async function () {
+    const s = new PassThrough();
+    const trips: { declared: number; head: OversizeHead }[] = [];
+    capInboundPackets(s, 1024, (declared, head) => trips.push({ declared, head }));
+    s.resume();
+    const topic = Buffer.from('provision/board-1/command');
+    const body = Buffer.concat([Buffer.from([0, topic.length]), topic, Buffer.from([0x12, 0x34]), Buffer.alloc(2000, 0x41)]);
+    // QoS 1 with the DUP flag (a redelivery): 0x3a.
+    await feed(s, Buffer.concat([Buffer.from([0x3a, ...remainingLength(body.length)]), body]), 65_536);
+    expect(trips).to.have.length(1);
+    expect(trips[0]!.declared).to.equal(body.length);
+    expect(oversizePublish(trips[0]!.head)).to.deep.equal({ topic: 'provision/board-1/command', qos: 1, packetId: 0x1234 });
+    expect(oversizePublish({ first: 0x32, body: body.subarray(0, 10) })).to.equal(undefined);
+    expect(oversizePublish({ first: 0x32, body: body.subarray(0, 2 + topic.length) })).to.deep.equal({ topic: 'provision/board-1/command', qos: 1 });
+    expect(oversizePublish({ first: 0x30, body })).to.deep.equal({ topic: 'provision/board-1/command', qos: 0 });
+    expect(oversizePublish({ first: 0x90, body })).to.equal(undefined);
   });
 });

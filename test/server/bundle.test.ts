@@ -83,6 +83,61 @@ describe('provision-server bundle', function () {
     expect(await readFile(join(out, 'ca.pem'), 'utf8')).to.equal(await readFile(ca, 'utf8'));
   });
 
+  it('config.json speaks MQTT 5 by default (the agent announces its maximum packet size); --mqtt-version 4 or init --device-mqtt-version 4 for a 3.1.1-only broker', async () => {
+    const version = async (out: string): Promise<unknown> =>
+      ((await loadConfig(join(out, 'config.json'))).broker as { protocol_version: unknown }).protocol_version;
+    const d = join(dir, 'data');
+    let r = await runServerCli(['bundle', '--data', d, '--device', 'board-v5', '--user', 'alice', '--out', join(dir, 'b-v5'), '--gpio', 'fake']);
+    expect(r.code, r.stderr).to.equal(0);
+    expect(await version(join(dir, 'b-v5'))).to.equal(5);
+    r = await runServerCli([
+      'bundle',
+      '--data',
+      d,
+      '--device',
+      'board-v4',
+      '--user',
+      'alice',
+      '--out',
+      join(dir, 'b-v4'),
+      '--gpio',
+      'fake',
+      '--mqtt-version',
+      '4',
+    ]);
+    expect(r.code, r.stderr).to.equal(0);
+    expect(await version(join(dir, 'b-v4'))).to.equal(4);
+    r = await runServerCli(['bundle', '--data', d, '--device', 'board-v3', '--user', 'alice', '--out', join(dir, 'b-v3'), '--mqtt-version', '3']);
+    expect(r.code).to.equal(2);
+    expect(r.stderr).to.match(/mqtt-version/);
+    expect(existsSync(join(dir, 'b-v3'))).to.equal(false);
+    const help = await runServerCli(['bundle', '--help']);
+    expect(help.stdout).to.match(/--mqtt-version/);
+
+    const d311 = join(dir, 'data-311');
+    expect((await runServerCli(['init', '--data', d311, '--broker', 'mqtt://127.0.0.1:1883', '--device-mqtt-version', '4'])).code).to.equal(0);
+    r = await runServerCli(['bundle', '--data', d311, '--device', 'board-311', '--user', 'alice', '--out', join(dir, 'b-311'), '--gpio', 'fake']);
+    expect(r.code, r.stderr).to.equal(0);
+    expect(await version(join(dir, 'b-311'))).to.equal(4);
+    r = await runServerCli([
+      'bundle',
+      '--data',
+      d311,
+      '--device',
+      'board-311b',
+      '--user',
+      'alice',
+      '--out',
+      join(dir, 'b-311b'),
+      '--gpio',
+      'fake',
+      '--mqtt-version',
+      '5',
+    ]);
+    expect(r.code, r.stderr).to.equal(0);
+    expect(await version(join(dir, 'b-311b'))).to.equal(5);
+  });
+
   it('--keys-on-host writes a key store the agent opens and registers the device with those keys', async () => {
     const out = join(dir, 'b2');
     const r = await runServerCli([
@@ -139,7 +194,8 @@ describe('provision-server bundle', function () {
     const f = await startFixture();
     try {
       const out = join(f.dir, 'board');
-      await writeBundle(f.server.data, { deviceId: 'hostkeys-1', userId: 'erin', outDir: out, keysOnHost: true, gpioBackend: 'fake' });
+      // The fixture's broker is aedes, which speaks MQTT 3.1.1 only.
+      await writeBundle(f.server.data, { deviceId: 'hostkeys-1', userId: 'erin', outDir: out, keysOnHost: true, gpioBackend: 'fake', mqttVersion: 4 });
       const registered = f.server.data.registry.requireDevice('hostkeys-1');
       const agent = spawn(process.execPath, [AGENT_CLI, 'run', '--config', join(out, 'config.json')], { stdio: 'ignore' });
       try {

@@ -81,7 +81,7 @@ describe('full flow against mosquitto (TLS, client certificates), two serve inst
       trust: 'trust.jwks',
       enrollment_token: 'enroll.token',
     });
-    expect(config.broker).to.deep.equal({ url: broker.url, ca: 'ca.pem', cert: 'client.crt', key: 'client.key', protocol_version: 4, allow_insecure: false });
+    expect(config.broker).to.deep.equal({ url: broker.url, ca: 'ca.pem', cert: 'client.crt', key: 'client.key', protocol_version: 5, allow_insecure: false });
     expect((await stat(join(out, 'enroll.token'))).mode & 0o777).to.equal(0o600);
     expect((await stat(join(out, 'client.key'))).mode & 0o777).to.equal(0o600);
 
