@@ -158,6 +158,13 @@ export const MIGRATIONS: readonly string[] = [
     expires_at INTEGER NOT NULL
   ) STRICT;
   `,
+  // 4: the position (run, conn, n: protocol/report.ts) of the newest report accepted from each
+  // device: a report not newer than it changes nothing (a replay). NULL: none yet (or only
+  // legacy reports without a position). presence_conn holds the conn of that position.
+  `
+  ALTER TABLE devices ADD COLUMN report_run INTEGER;
+  ALTER TABLE devices ADD COLUMN report_n INTEGER;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
