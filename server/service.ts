@@ -24,7 +24,7 @@ import { CommandSender, type SendRequest } from './command-sender.js';
 import { brokerFrom, openDataDir, readHttpToken, type BrokerSettings, type OpenedData } from './data-dir.js';
 import { createHttpApi } from './http-api.js';
 import { EnrollRefusals } from './enroll-refusals.js';
-import { handleInbound, type InboundResult } from './inbound.js';
+import { handleInbound, type InboundContext, type InboundResult } from './inbound.js';
 import { silentLogger, type Logger } from '../lib/log.js';
 import { connectBroker, publishQos1 } from './mqtt-connection.js';
 import { ReportIntake, type ReportDropCounts, type ReportIntakeOptions } from './report-intake.js';
@@ -88,16 +88,28 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
     // The HTTP token is checked before the broker is contacted: a bad --http-token-file changes nothing.
     const httpToken = options.http ? await readHttpToken(options.httpTokenFile ?? data.paths.httpToken) : undefined;
     const clientId = options.clientId ?? defaultClientId(data.paths.dir);
-    client = await connectBroker(broker, { clientId, clean: false });
-    enrollClient = await connectBroker(broker, { clientId: `${clientId}-enroll`, clean: false });
-    reportClient = await connectBroker(broker, { clientId: `${clientId}-report`, clean: false });
+    // PUBACK only after the message is handled: a crash mid-way means redelivery, and handling is idempotent.
+    // What a persistent session queued arrives right after its CONNACK: it waits here until the handling is set up.
+    let setUp: (ctx: InboundContext) => void = () => undefined;
+    const context = new Promise<InboundContext>((resolve) => (setUp = resolve));
+    const handle: MqttClient['handleMessage'] = (packet, callback) => {
+      const payload = typeof packet.payload === 'string' ? packet.payload : Buffer.from(packet.payload);
+      void context
+        .then((ctx) => handleInbound(ctx, packet.topic, payload))
+        .then((result) => options.onInbound?.(result))
+        .catch(() => undefined)
+        .finally(() => callback());
+    };
+    client = await connectBroker(broker, { clientId, clean: false, handleMessage: handle });
+    enrollClient = await connectBroker(broker, { clientId: `${clientId}-enroll`, clean: false, handleMessage: handle });
+    reportClient = await connectBroker(broker, { clientId: `${clientId}-report`, clean: false, handleMessage: handle });
     const mqttClient = client;
     const sender = new CommandSender({ registry, keys, topicPrefix: config.topicPrefix, publish: (t, p) => publishQos1(mqttClient, t, p) });
     const waiters = new AckWaiters(registry);
     // Rollouts: driven here while this serve holds the engine lease (one serve at a time does).
     engine = options.rollouts === false ? undefined : new RolloutEngine({ registry, sender, log, holder: `serve-${clientId}-${process.pid}` });
     const rollouts = engine;
-    const ctx = {
+    const ctx: InboundContext = {
       registry,
       keys,
       topicPrefix: config.topicPrefix,
@@ -113,17 +125,7 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
       reports,
       onLateResult: (result: InboundResult) => options.onInbound?.(result),
     };
-    // PUBACK only after the message is handled: a crash mid-way means redelivery, and handling is idempotent.
-    const handle: MqttClient['handleMessage'] = (packet, callback) => {
-      const payload = typeof packet.payload === 'string' ? packet.payload : Buffer.from(packet.payload);
-      void handleInbound(ctx, packet.topic, payload)
-        .then((result) => options.onInbound?.(result))
-        .catch(() => undefined)
-        .finally(() => callback());
-    };
-    mqttClient.handleMessage = handle;
-    enrollClient.handleMessage = handle;
-    reportClient.handleMessage = handle;
+    setUp(ctx);
     const { shared } = await subscribeFleet(mqttClient, config.topicPrefix, { mode: options.shared ?? 'auto', log, kinds: ['ack'] });
     // A persistent session of an earlier version may still hold the enrollment or report subscription: acks only here.
     await unsubscribeFleet(mqttClient, config.topicPrefix, 'enroll');
