@@ -42,7 +42,8 @@ describe('server: report order (replays, late and stale wills)', function () {
     return d;
   }
 
-  const handledFor = (id: string): number => f.inbound.filter((r) => (r.kind === 'report' || r.kind === 'report-deferred') && r.deviceId === id).length;
+  const handledFor = (id: string): number =>
+    f.inbound.filter((r) => ((r.kind === 'report' || r.kind === 'report-deferred') && r.deviceId === id) || r.kind === 'dropped').length;
   /** Publishes sealed reports of `d` (as the board, its broker's will, or a replay) and waits until the server handled each. */
   async function publish(d: SimDevice, ...tokens: string[]): Promise<void> {
     const before = handledFor(d.id);
@@ -165,6 +166,28 @@ describe('server: report order (replays, late and stale wills)', function () {
     expect(lastOutcomes(d.id, 1)).to.deep.equal(['recorded']);
     expect(row(d.id).presence).to.equal('offline');
     expect(reported(d.id)).to.include({ reason: 'offline', last_seq: 2, settings_digest: digest('b') });
+  });
+
+  it('a board enrolled again with new keys counts its runs from 1 again: taken; a report of its old keys is not', async () => {
+    const d = await device('order-6');
+    d.run = 7;
+    const oldKeys = { signing: d.signing, encryption: d.encryption };
+    await publish(d, await f.fleet.sealReport(d, 'connect'));
+    const oldReport = await f.fleet.sealReport(d, 'interval');
+    // Its state was lost: new keys, a fresh state (run 0), a new enrollment.
+    const fresh = await makeSimDevice(d.id);
+    Object.assign(d, { signing: fresh.signing, encryption: fresh.encryption, run: 1, conn: 0, session: randomUUID() });
+    const { token } = f.server.data.registry.createToken(d.id, 'alice', 600_000);
+    await f.fleet.enroll(d, token);
+    await eventually(() => f.server.data.registry.requireDevice(d.id).signing?.kid === d.signing.kid, 10_000, 'the new keys registered');
+    await publish(d, await f.fleet.sealReport(d, 'connect'));
+    expect(lastOutcomes(d.id, 1)).to.deep.equal(['recorded']);
+    expect(row(d.id)).to.include({ presence: 'online', report_run: 1 });
+    const live = row(d.id);
+    expect(oldKeys.signing.kid).to.not.equal(d.signing.kid);
+    await publish(d, oldReport); // signed with the old key, still in its grace period for acks
+    expect(f.inbound.at(-1)).to.include({ kind: 'dropped', code: 'E_SIGNATURE' });
+    expect(row(d.id)).to.deep.equal(live);
   });
 
   it('legacy reports (no position): taken from a device that never sent one, last_seq never back; dropped once it has', async () => {
