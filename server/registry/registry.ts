@@ -427,9 +427,8 @@ export class Registry {
           .prepare('UPDATE enrollment_tokens SET used_at = ?, used_by = ? WHERE hash = ? AND used_at IS NULL AND expires_at > ?')
           .run(now, input.enrollmentJti, row.hash, now);
         if (consumed.changes !== 1) throw new RegistryError('E_TOKEN_USED', 'the enrollment token was already used');
-        const signingBefore = this.db
-          .prepare("SELECT kid FROM device_keys WHERE device_id = ? AND use = 'sig' AND status = 'current'")
-          .get(input.deviceId) as { kid: string } | undefined;
+        const signingBefore = this.db.prepare("SELECT kid FROM device_keys WHERE device_id = ? AND use = 'sig' AND status = 'current'").get(input.deviceId) as
+          { kid: string } | undefined;
         this.#upsertDevice(input.deviceId, row.user_id, 'enrolling', 'enrollment');
         this.db.prepare('UPDATE devices SET enrolled_at = ?, decommissioned_at = NULL WHERE id = ?').run(now, input.deviceId);
         // New keys are a new identity, whose agent counts its report positions afresh (and its seq from 0).

@@ -32,7 +32,8 @@ describe('server: reports that race their own enrollment', function () {
     }
     // The reports reached the server first (the race, made certain), then the enrollments.
     const ids = new Set(boards.map((d) => d.id));
-    const handled = (): number => fx.inbound.filter((r) => 'deviceId' in r && ids.has(r.deviceId)).length + fx.inbound.filter((r) => r.kind === 'dropped').length;
+    const handled = (): number =>
+      fx.inbound.filter((r) => 'deviceId' in r && ids.has(r.deviceId)).length + fx.inbound.filter((r) => r.kind === 'dropped').length;
     await eventually(() => handled() >= boards.length, 10_000, 'the reports handled');
     for (const [i, d] of boards.entries()) await fx.fleet.enroll(d, tokens[i] as string);
     await eventually(() => boards.every((d) => d.provisioned), 15_000, 'every board enrolled and confirmed');
