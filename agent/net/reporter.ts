@@ -13,8 +13,9 @@
  * node-jose's slowest first use, on the path to the first CONNECT): once
  * connected, the agent picks the next run's session id and seals that run's
  * conn-1 will into `next-will.json` in the state directory (0600, replaced
- * atomically). A start takes it (and removes it) when it was sealed with the
- * current signing key by the same agent and Node versions; else it seals one.
+ * atomically). A start takes it (and removes it) when it was sealed for its
+ * run (below) with the current signing key by the same agent and Node
+ * versions; else it seals one.
  *
  * Order (protocol/report.ts): each report carries its position (`run`,
  * `conn`, `n`). `run` is state.json's `report_run` + 1, taken at each start
