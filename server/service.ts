@@ -90,12 +90,13 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
     const clientId = options.clientId ?? defaultClientId(data.paths.dir);
     // PUBACK only after the message is handled: a crash mid-way means redelivery, and handling is idempotent.
     // What a persistent session queued arrives right after its CONNACK: it waits here until the handling is set up.
+    const set: { ctx?: InboundContext } = {};
     let setUp: (ctx: InboundContext) => void = () => undefined;
     const context = new Promise<InboundContext>((resolve) => (setUp = resolve));
     const handle: MqttClient['handleMessage'] = (packet, callback) => {
       const payload = typeof packet.payload === 'string' ? packet.payload : Buffer.from(packet.payload);
-      void context
-        .then((ctx) => handleInbound(ctx, packet.topic, payload))
+      const handled = set.ctx ? handleInbound(set.ctx, packet.topic, payload) : context.then((ctx) => handleInbound(ctx, packet.topic, payload));
+      void handled
         .then((result) => options.onInbound?.(result))
         .catch(() => undefined)
         .finally(() => callback());
@@ -125,6 +126,7 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
       reports,
       onLateResult: (result: InboundResult) => options.onInbound?.(result),
     };
+    set.ctx = ctx;
     setUp(ctx);
     const { shared } = await subscribeFleet(mqttClient, config.topicPrefix, { mode: options.shared ?? 'auto', log, kinds: ['ack'] });
     // A persistent session of an earlier version may still hold the enrollment or report subscription: acks only here.

@@ -245,8 +245,9 @@ describe('server: HTTP API for tags, presence and rollouts', function () {
   it('presence: an old will (older conn or session) is ignored, a report signed by another key is dropped', async () => {
     const reg = f.server.data.registry;
     const d = dev.on1;
-    d.run += 1; // the agent restarted
+    d.run += 1; // the agent restarted, and reconnected once since
     d.conn = 0;
+    await handled(d.id, () => f.fleet.connectDevice(d));
     await handled(d.id, () => f.fleet.connectDevice(d));
     const presence = (): unknown => (reg.requireDevice(d.id).presence as { reported: unknown }).reported;
     expect(presence()).to.equal('online');
