@@ -2,9 +2,17 @@
  * Reports: device -> server presence and reported state, signed by the device
  * and encrypted to the server like an ack. The agent sends one on every
  * (re)connect (`connect`), every `interval_s` (`interval`), and leaves one as
- * its MQTT last will (`offline`), sealed when it connects; the server honours
- * an `offline` report only for the session and connection it names, so an
- * old will replayed later cannot mark a board offline.
+ * its MQTT last will (`offline`), sealed when it connects.
+ *
+ * Order: every report carries its position (`run`, `conn`, `n`), compared in
+ * that order: `run` counts the agent's starts (persisted by the agent, +1 at
+ * every start), `conn` its connections within the run, `n` the reports within
+ * the connection (1 for `connect`); an `offline` report (`n` 0) ranks after
+ * every report of its connection and before the next connection's, because
+ * the broker publishes a will at an unknown later time. The server records the
+ * highest position accepted per device and drops any report that is not newer
+ * (a replay, or a will of a connection left long ago). Reports of agents older
+ * than the position (no `run`, no `n`) are legacy: see docs/PROTOCOL.md.
  */
 import { randomUUID } from 'node:crypto';
 import { ClaimReader, checkTimes } from './claims.js';
@@ -38,6 +46,10 @@ export interface ReportClaims {
   session: string;
   /** Connection number within the session, 1 on the first connect. */
   conn: number;
+  /** The agent's run (start) number, persisted across restarts; absent in a legacy report. */
+  run?: number;
+  /** The report's number within its connection (connect 1, then +1); 0 in an `offline` report; absent in a legacy report. */
+  n?: number;
   /** How often the agent sends an `interval` report while connected. */
   interval_s: number;
   agent_version: string;
@@ -59,6 +71,8 @@ export interface ReportInput {
   reason: ReportReason;
   session: string;
   conn: number;
+  /** The report's position (see above); omitted only to make a legacy report (tests). */
+  order?: { run: number; n: number };
   intervalSeconds: number;
   agentVersion: string;
   nodeVersion: string;
@@ -76,11 +90,41 @@ function checkInterval(s: number): void {
   }
 }
 
+function checkOrder(reason: ReportReason, run: number, n: number): void {
+  if (!Number.isSafeInteger(run) || run < 1 || !Number.isSafeInteger(n) || n < 0) {
+    throw new ProtocolError('E_CLAIMS', 'report "run" must be an integer >= 1 and "n" an integer >= 0');
+  }
+  if ((reason === 'offline') !== (n === 0)) throw new ProtocolError('E_CLAIMS', 'report "n" is 0 exactly in an offline report');
+}
+
+/** Where a report stands in its device's sequence of reports: compared by run, then conn, then rank. */
+export interface ReportPosition {
+  run: number;
+  conn: number;
+  /** `n`, or OFFLINE_RANK for an `offline` report (after every report of its connection). */
+  rank: number;
+}
+
+/** The rank of an `offline` report within its connection: after any `n` an agent can reach. */
+export const OFFLINE_RANK = Number.MAX_SAFE_INTEGER;
+
+/** The report's position, or undefined for a legacy report (no `run`/`n`). */
+export function reportPosition(claims: Pick<ReportClaims, 'reason' | 'conn' | 'run' | 'n'>): ReportPosition | undefined {
+  if (claims.run === undefined || claims.n === undefined) return undefined;
+  return { run: claims.run, conn: claims.conn, rank: claims.reason === 'offline' ? OFFLINE_RANK : claims.n };
+}
+
+/** Negative when `a` is older than `b`, 0 when they are the same position, positive when `a` is newer. */
+export function compareReportPositions(a: ReportPosition, b: ReportPosition): number {
+  return a.run - b.run || a.conn - b.conn || Math.sign(a.rank - b.rank);
+}
+
 export async function sealReport(input: ReportInput, keys: SealKeys): Promise<{ token: string; claims: ReportClaims }> {
   assertValidId(input.deviceId, 'device id');
   assertValidId(input.serverId, 'server id');
   checkInterval(input.intervalSeconds);
   if (!DIGEST.test(input.settingsDigest)) throw new ProtocolError('E_CLAIMS', 'settings digest must be "sha256:" and 64 hex digits');
+  if (input.order) checkOrder(input.reason, input.order.run, input.order.n);
   const claims: ReportClaims = {
     iss: input.deviceId,
     aud: input.serverId,
@@ -89,6 +133,7 @@ export async function sealReport(input: ReportInput, keys: SealKeys): Promise<{ 
     reason: input.reason,
     session: input.session,
     conn: input.conn,
+    ...(input.order ? { run: input.order.run, n: input.order.n } : {}),
     interval_s: input.intervalSeconds,
     agent_version: input.agentVersion.slice(0, VERSION_MAX),
     node_version: input.nodeVersion.slice(0, VERSION_MAX),
@@ -143,6 +188,14 @@ export async function openReport(input: string | Uint8Array, opts: OpenReportOpt
     selftest: readSelftest(r),
   };
   checkInterval(claims.interval_s);
+  const run = r.optionalInteger('run', 1);
+  const n = r.optionalInteger('n', 0);
+  if ((run === undefined) !== (n === undefined)) throw new ProtocolError('E_CLAIMS', 'claims "run" and "n" go together');
+  if (run !== undefined && n !== undefined) {
+    checkOrder(claims.reason, run, n);
+    claims.run = run;
+    claims.n = n;
+  }
   if (claims.aud !== opts.serverId) throw new ProtocolError('E_AUDIENCE', `report aud "${claims.aud}" is not ${opts.serverId}`);
   if (opts.deviceId !== undefined && claims.iss !== opts.deviceId)
     throw new ProtocolError('E_ISSUER', `report from "${claims.iss}" arrived for ${opts.deviceId}`);

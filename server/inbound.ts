@@ -25,6 +25,7 @@ import type { CommandRecord } from './registry/types.js';
 import type { ServerKeys } from './server-keys.js';
 import { openAndRecordReport } from './presence.js';
 import type { ReportClaims } from '../protocol/index.js';
+import type { ReportIntake } from './report-intake.js';
 
 export interface InboundContext {
   registry: Registry;
@@ -34,8 +35,12 @@ export interface InboundContext {
   log: Logger;
   /** Told of every ack recorded (by this process or found already recorded). */
   onAck?: (command: CommandRecord) => void;
-  /** Told of every report recorded (the rollout engine delivers to a device that reports in). */
+  /** Told of every report recorded, i.e. newer than the device's last (the rollout engine delivers to a device that reports in). */
   onReport?: (deviceId: string, claims: ReportClaims) => void;
+  /** Rate limit, hold of reports that race their enrollment, drop counts (serve); without it every report is opened at once. */
+  reports?: ReportIntake;
+  /** Told of the result of a held report's retry (it comes after handleInbound returned). */
+  onLateResult?: (result: InboundResult) => void;
   /** Aggregates refused enrollments in the audit and the log (a flood writes a bounded number of rows); without it each is audited. */
   enrollRefusals?: EnrollRefusals;
 }
@@ -46,15 +51,25 @@ export type InboundResult =
   | { kind: 'contradiction'; command: CommandRecord; claimed: { status: string; code: string } }
   | { kind: 'enrolled'; deviceId: string; request: CommandRecord; repeated: boolean }
   | { kind: 'report'; deviceId: string; reason: string; recorded: 'recorded' | 'duplicate' | 'stale' }
+  /** A report over its device's rate (dropped unopened), or held until the device's keys are known. */
+  | { kind: 'report-deferred'; deviceId: string; what: 'rate-limited' | 'held' | 'no-key' }
   | { kind: 'dropped'; code: string; reason: string }
   | { kind: 'ignored' };
 
-/** Routes one MQTT message by its topic. Never throws: refusals are logged and returned. */
-export async function handleInbound(ctx: InboundContext, topic: string, payload: Buffer | string): Promise<InboundResult> {
-  const parsed = parseTopic(ctx.topicPrefix, topic);
+/**
+ * Routes one MQTT message by its topic (`retry`: a held report again, topic
+ * ignored). Never throws: refusals are logged and returned.
+ */
+export async function handleInbound(
+  ctx: InboundContext,
+  topic: string,
+  payload: Buffer | string,
+  retry?: { report: { deviceId: string; retried: true } },
+): Promise<InboundResult> {
+  const parsed = retry ? { kind: 'report' as const, deviceId: retry.report.deviceId } : parseTopic(ctx.topicPrefix, topic);
   if (!parsed || parsed.kind === 'command') return { kind: 'ignored' };
   try {
-    if (parsed.kind === 'report') return await handleReport(ctx, parsed.deviceId, payload);
+    if (parsed.kind === 'report') return await handleReport(ctx, parsed.deviceId, payload, retry !== undefined);
     return parsed.kind === 'ack' ? await handleAck(ctx, parsed.deviceId, payload) : await handleEnrollment(ctx, parsed.deviceId, payload);
   } catch (err) {
     const code = isProtocolError(err) || isRegistryError(err) || isCodedError(err) ? err.code : 'E_INTERNAL';
@@ -81,6 +96,7 @@ export async function handleEnrollment(ctx: InboundContext, topicDeviceId: strin
     encryption: opened.encryption,
   });
   ctx.log.info(repeated ? 'enroll.repeated' : 'enroll.accepted', { device: opened.claims.iss, user: userId, signing_kid: opened.signing.kid });
+  ctx.reports?.enrolled(opened.claims.iss);
   // A repeated enrollment (the board missed our answer) gets the pending `request` again, unchanged, while it is valid.
   const pending = repeated
     ? registry
@@ -102,17 +118,39 @@ export async function handleEnrollment(ctx: InboundContext, topicDeviceId: strin
   return { kind: 'enrolled', deviceId: opened.claims.iss, request, repeated };
 }
 
-export async function handleReport(ctx: InboundContext, deviceId: string, payload: Buffer | string): Promise<InboundResult> {
-  const { claims, outcome, signerKid } = await openAndRecordReport(ctx.registry, ctx.keys, deviceId, payload);
-  ctx.log.info(outcome.kind === 'recorded' ? 'report.recorded' : `report.${outcome.kind}`, {
-    device: deviceId,
-    reason: claims.reason,
-    conn: claims.conn,
-    last_seq: claims.last_seq,
-    agent: claims.agent_version,
-    signer_kid: signerKid,
-  });
-  if (outcome.kind === 'recorded') ctx.onReport?.(deviceId, claims);
+/**
+ * A report: over the device's rate, dropped unopened; from a device without a
+ * registered signing key (its report raced its enrollment), held and retried
+ * once (`retried`), then dropped quietly; otherwise opened and recorded if it
+ * is newer than the device's last (a report that is not changes nothing and
+ * is logged at debug level only: replays and late wills are routine).
+ */
+export async function handleReport(ctx: InboundContext, deviceId: string, payload: Buffer | string, retried = false): Promise<InboundResult> {
+  if (!retried && ctx.reports && !ctx.reports.admit(deviceId)) return { kind: 'report-deferred', deviceId, what: 'rate-limited' };
+  const opened = await openAndRecordReport(ctx.registry, ctx.keys, deviceId, payload);
+  if (opened.kind === 'no-key') {
+    const reports = ctx.reports;
+    const retry = async (): Promise<void> => {
+      const result = await handleInbound(ctx, '', payload, { report: { deviceId, retried: true } });
+      ctx.onLateResult?.(result);
+    };
+    if (!retried && reports?.hold(deviceId, retry)) {
+      ctx.log.debug('report.held', { device: deviceId, note: 'no signing key registered yet (enrollment in flight?): retried once shortly' });
+      return { kind: 'report-deferred', deviceId, what: 'held' };
+    }
+    reports?.noKey();
+    ctx.log.debug('report.dropped', { device: deviceId, code: 'E_KID', reason: 'no signing key registered for this device: its reports cannot be verified' });
+    return { kind: 'report-deferred', deviceId, what: 'no-key' };
+  }
+  const { claims, outcome, signerKid } = opened;
+  const fields = { device: deviceId, reason: claims.reason, run: claims.run, conn: claims.conn, n: claims.n, last_seq: claims.last_seq };
+  if (outcome.kind !== 'recorded') {
+    ctx.reports?.stale();
+    ctx.log.debug(`report.${outcome.kind}`, { ...fields, note: 'not newer than the report recorded: nothing changed' });
+    return { kind: 'report', deviceId, reason: claims.reason, recorded: outcome.kind };
+  }
+  ctx.log.info('report.recorded', { ...fields, agent: claims.agent_version, signer_kid: signerKid });
+  ctx.onReport?.(deviceId, claims);
   return { kind: 'report', deviceId, reason: claims.reason, recorded: outcome.kind };
 }
 

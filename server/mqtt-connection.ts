@@ -12,6 +12,13 @@ export interface ConnectOptions {
   clean?: boolean;
   /** Give up on the first connection after this long (later reconnects go on in the background). */
   connectTimeoutMs?: number;
+  /**
+   * Handles every incoming QoS 1 message, the PUBACK going out when it calls back (mqtt.js
+   * takes the next packet only then). Set before the CONNECT: a persistent session's queued
+   * messages arrive right after the CONNACK, and mqtt.js's default handler would PUBACK them
+   * unhandled.
+   */
+  handleMessage?: MqttClient['handleMessage'];
 }
 
 export class BrokerError extends CodedError<'E_BROKER'> {
@@ -43,6 +50,7 @@ export async function connectBroker(settings: BrokerSettings, options: ConnectOp
     throw new CodedError('E_USAGE', 'a client certificate needs an mqtts:// broker URL');
   }
   const client = mqtt.connect({ ...brokerAddress(settings.url), ...opts });
+  if (options.handleMessage) client.handleMessage = options.handleMessage;
   // Commands and acks are single small packets: do not let Nagle hold them back (every reconnect).
   client.on('connect', () => (client.stream as { setNoDelay?: (on: boolean) => unknown }).setNoDelay?.(true));
   const timeoutMs = options.connectTimeoutMs ?? 10_000;

@@ -6,7 +6,7 @@
  * so, or when no report has arrived for PRESENCE_GRACE times the interval it
  * announced.
  */
-import { CodedError, KeyRing, openReport, type ReportClaims } from '../protocol/index.js';
+import { KeyRing, openReport, type ReportClaims } from '../protocol/index.js';
 import type { Registry, ReportRecordOutcome } from './registry/registry.js';
 import type { DevicePresenceRecord } from './registry/types.js';
 import type { ServerKeys } from './server-keys.js';
@@ -23,19 +23,24 @@ export function presenceOf(p: DevicePresenceRecord, now: number): Presence {
   return p.lastSeenAt + (p.intervalS ?? 0) * PRESENCE_GRACE * 1000 >= now ? 'online' : 'offline';
 }
 
+/**
+ * Opens a report with the device's registered signing keys and records it
+ * (Registry.recordReport: only if newer than the recorded one). `no-key`: the
+ * device has no registered signing key (yet: a report racing its enrollment).
+ */
 export async function openAndRecordReport(
   registry: Registry,
   keys: ServerKeys,
   deviceId: string,
   payload: Buffer | string,
-): Promise<{ claims: ReportClaims; outcome: ReportRecordOutcome; signerKid: string }> {
-  const signers = registry.verificationKeys(deviceId);
-  if (signers.length === 0) throw new CodedError('E_KID', 'no signing key registered for this device: its reports cannot be verified');
+): Promise<{ kind: 'opened'; claims: ReportClaims; outcome: ReportRecordOutcome; signerKid: string } | { kind: 'no-key' }> {
+  const signers = registry.reportVerificationKeys(deviceId);
+  if (signers.length === 0) return { kind: 'no-key' };
   const { claims, signerKid } = await openReport(payload, {
     serverId: keys.serverId,
     deviceId,
     decryption: keys.decryption,
     verification: await KeyRing.create(signers),
   });
-  return { claims, outcome: registry.recordReport(deviceId, claims), signerKid };
+  return { kind: 'opened', claims, outcome: registry.recordReport(deviceId, claims), signerKid };
 }

@@ -1,13 +1,16 @@
 /**
- * `serve`: the long-running server. Two MQTT sessions (persistent, QoS 1; a
+ * `serve`: the long-running server. Three MQTT sessions (persistent, QoS 1; a
  * message is PUBACKed only after it has been handled): one takes the fleet's
- * acks and publishes commands, the other (client id + `-enroll`) takes
- * enrollments. The broker queues messages per session (mosquitto:
- * max_queued_messages, then drops), and anyone with the public trust.jwks and
- * one device certificate can flood enrollments: in a session of their own,
- * such a flood fills only the enrollment queue and never crowds out acks.
- * Then enrollment, ack and report (presence) handling, the rollout engine
- * (while this serve holds its lease), and the optional HTTP API on loopback.
+ * acks and publishes commands, one (client id + `-enroll`) takes enrollments,
+ * one (client id + `-report`) takes reports. The broker queues messages per
+ * session (mosquitto: max_queued_messages, then drops), and anyone with the
+ * public trust.jwks and one device certificate can flood enrollments, any
+ * board can flood its own valid reports: in sessions of their own, such
+ * floods fill only the enrollment or report queue and never crowd out acks.
+ * Reports are rate-limited per device before they are opened
+ * (server/report-intake.ts). Then enrollment, ack and report (presence)
+ * handling, the rollout engine (while this serve holds its lease), and the
+ * optional HTTP API on loopback.
  */
 import { createHash } from 'node:crypto';
 import { hostname } from 'node:os';
@@ -21,9 +24,10 @@ import { CommandSender, type SendRequest } from './command-sender.js';
 import { brokerFrom, openDataDir, readHttpToken, type BrokerSettings, type OpenedData } from './data-dir.js';
 import { createHttpApi } from './http-api.js';
 import { EnrollRefusals } from './enroll-refusals.js';
-import { handleInbound, type InboundResult } from './inbound.js';
+import { handleInbound, type InboundContext, type InboundResult } from './inbound.js';
 import { silentLogger, type Logger } from '../lib/log.js';
 import { connectBroker, publishQos1 } from './mqtt-connection.js';
+import { ReportIntake, type ReportDropCounts, type ReportIntakeOptions } from './report-intake.js';
 import type { CommandRecord } from './registry/types.js';
 import { subscribeFleet, unsubscribeFleet, type SharedMode } from './subscriptions.js';
 
@@ -42,6 +46,8 @@ export interface ServeOptions {
   rollouts?: boolean;
   /** Called after each inbound message was handled (tests, demo). */
   onInbound?: (result: InboundResult) => void;
+  /** Report rate limit, hold and summary interval (defaults: server/report-intake.ts). */
+  reports?: ReportIntakeOptions;
 }
 
 export interface RunningServer {
@@ -51,6 +57,10 @@ export interface RunningServer {
   client: MqttClient;
   /** The session that takes enrollments. */
   enrollClient: MqttClient;
+  /** The session that takes reports. */
+  reportClient: MqttClient;
+  /** Reports dropped since the start: not newer than the recorded one, over the rate, without a registered key. */
+  reportDrops: Readonly<ReportDropCounts>;
   sender: CommandSender;
   /** The rollout engine (undefined with rollouts: false). */
   rollouts: RolloutEngine | undefined;
@@ -70,22 +80,38 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
   const broker = brokerFrom(config.broker, options.broker ?? {});
   let client: MqttClient | undefined;
   let enrollClient: MqttClient | undefined;
+  let reportClient: MqttClient | undefined;
   let httpServer: Server | undefined;
   let engine: RolloutEngine | undefined;
   const enrollRefusals = new EnrollRefusals(registry, log);
+  const reports = new ReportIntake(log, options.reports);
   try {
     // The HTTP token is checked before the broker is contacted: a bad --http-token-file changes nothing.
     const httpToken = options.http ? await readHttpToken(options.httpTokenFile ?? data.paths.httpToken) : undefined;
     const clientId = options.clientId ?? defaultClientId(data.paths.dir);
-    client = await connectBroker(broker, { clientId, clean: false });
-    enrollClient = await connectBroker(broker, { clientId: `${clientId}-enroll`, clean: false });
+    // PUBACK only after the message is handled: a crash mid-way means redelivery, and handling is idempotent.
+    // What a persistent session queued arrives right after its CONNACK: it waits here until the handling is set up.
+    const set: { ctx?: InboundContext } = {};
+    let setUp: (ctx: InboundContext) => void = () => undefined;
+    const context = new Promise<InboundContext>((resolve) => (setUp = resolve));
+    const handle: MqttClient['handleMessage'] = (packet, callback) => {
+      const payload = typeof packet.payload === 'string' ? packet.payload : Buffer.from(packet.payload);
+      const handled = set.ctx ? handleInbound(set.ctx, packet.topic, payload) : context.then((ctx) => handleInbound(ctx, packet.topic, payload));
+      void handled
+        .then((result) => options.onInbound?.(result))
+        .catch(() => undefined)
+        .finally(() => callback());
+    };
+    client = await connectBroker(broker, { clientId, clean: false, handleMessage: handle });
+    enrollClient = await connectBroker(broker, { clientId: `${clientId}-enroll`, clean: false, handleMessage: handle });
+    reportClient = await connectBroker(broker, { clientId: `${clientId}-report`, clean: false, handleMessage: handle });
     const mqttClient = client;
     const sender = new CommandSender({ registry, keys, topicPrefix: config.topicPrefix, publish: (t, p) => publishQos1(mqttClient, t, p) });
     const waiters = new AckWaiters(registry);
     // Rollouts: driven here while this serve holds the engine lease (one serve at a time does).
     engine = options.rollouts === false ? undefined : new RolloutEngine({ registry, sender, log, holder: `serve-${clientId}-${process.pid}` });
     const rollouts = engine;
-    const ctx = {
+    const ctx: InboundContext = {
       registry,
       keys,
       topicPrefix: config.topicPrefix,
@@ -95,23 +121,20 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
         waiters.notify(c);
         if (c.fanoutId !== null) rollouts?.kick();
       },
+      // Only a report newer than the device's last one gets here (a replay or a late will does not).
       onReport: (deviceId: string, claims: ReportClaims) => rollouts?.onReport(deviceId, claims),
       enrollRefusals,
+      reports,
+      onLateResult: (result: InboundResult) => options.onInbound?.(result),
     };
-    // PUBACK only after the message is handled: a crash mid-way means redelivery, and handling is idempotent.
-    const handle: MqttClient['handleMessage'] = (packet, callback) => {
-      const payload = typeof packet.payload === 'string' ? packet.payload : Buffer.from(packet.payload);
-      void handleInbound(ctx, packet.topic, payload)
-        .then((result) => options.onInbound?.(result))
-        .catch(() => undefined)
-        .finally(() => callback());
-    };
-    mqttClient.handleMessage = handle;
-    enrollClient.handleMessage = handle;
-    const { shared } = await subscribeFleet(mqttClient, config.topicPrefix, { mode: options.shared ?? 'auto', log, kinds: ['ack', 'report'] });
-    // A persistent session of an earlier version may still hold the enrollment subscription: acks only here.
+    set.ctx = ctx;
+    setUp(ctx);
+    const { shared } = await subscribeFleet(mqttClient, config.topicPrefix, { mode: options.shared ?? 'auto', log, kinds: ['ack'] });
+    // A persistent session of an earlier version may still hold the enrollment or report subscription: acks only here.
     await unsubscribeFleet(mqttClient, config.topicPrefix, 'enroll');
+    await unsubscribeFleet(mqttClient, config.topicPrefix, 'report');
     await subscribeFleet(enrollClient, config.topicPrefix, { mode: shared ? 'on' : 'off', log, kinds: ['enroll'] });
+    await subscribeFleet(reportClient, config.topicPrefix, { mode: shared ? 'on' : 'off', log, kinds: ['report'] });
     let httpAddress: { host: string; port: number } | undefined;
     if (options.http && httpToken !== undefined) {
       httpServer = createHttpApi({ registry, keys, sender, token: httpToken, log, ...(rollouts ? { onRolloutChange: () => rollouts.kick() } : {}) });
@@ -132,6 +155,8 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
       broker,
       client: mqttClient,
       enrollClient,
+      reportClient,
+      reportDrops: reports.counts,
       sender,
       rollouts,
       shared,
@@ -151,7 +176,12 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
           httpServer.closeAllConnections();
           await new Promise<void>((resolve) => httpServer?.close(() => resolve()));
         }
-        await Promise.all([mqttClient.endAsync().catch(() => undefined), enrollClient?.endAsync().catch(() => undefined)]);
+        await Promise.all([
+          mqttClient.endAsync().catch(() => undefined),
+          enrollClient?.endAsync().catch(() => undefined),
+          reportClient?.endAsync().catch(() => undefined),
+        ]);
+        reports.close();
         enrollRefusals.close();
         registry.close();
       },
@@ -161,6 +191,8 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
     await engine?.stop();
     await client?.endAsync(true).catch(() => undefined);
     await enrollClient?.endAsync(true).catch(() => undefined);
+    await reportClient?.endAsync(true).catch(() => undefined);
+    reports.close();
     enrollRefusals.close();
     registry.close();
     throw err;

@@ -39,9 +39,9 @@ export async function subscribeFleet(
 
 /**
  * Drops a subscription a persistent session may still hold from an earlier
- * version (one session used to take both acks and enrollments): plain and shared forms.
+ * version (one session used to take acks, enrollments and reports): plain and shared forms.
  */
-export async function unsubscribeFleet(client: MqttClient, prefix: string, kind: 'ack' | 'enroll', group = DEFAULT_SHARE_GROUP): Promise<void> {
+export async function unsubscribeFleet(client: MqttClient, prefix: string, kind: 'ack' | 'enroll' | 'report', group = DEFAULT_SHARE_GROUP): Promise<void> {
   const plain = fleetFilter(prefix, kind);
   await client.unsubscribeAsync([plain, `$share/${group}/${plain}`]);
 }

@@ -13,8 +13,19 @@
  * node-jose's slowest first use, on the path to the first CONNECT): once
  * connected, the agent picks the next run's session id and seals that run's
  * conn-1 will into `next-will.json` in the state directory (0600, replaced
- * atomically). A start takes it (and removes it) when it was sealed with the
- * current signing key by the same agent and Node versions; else it seals one.
+ * atomically). A start takes it (and removes it) when it was sealed for its
+ * run (below) with the current signing key by the same agent and Node
+ * versions; else it seals one.
+ *
+ * Order (protocol/report.ts): each report carries its position (`run`,
+ * `conn`, `n`). `run` is state.json's `report_run` + 1, taken at each start
+ * and saved (durably) before the first will or report carries it, so no two
+ * starts share one; the save starts in prepare(), off the path to the first
+ * CONNECT as far as it can. `n` counts the reports of a connection (connect
+ * 1); an `offline` report (a will, or the stop's) has `n` 0 and ranks after
+ * all of its connection's. The will sealed ahead for the next start carries
+ * that start's run (this run's + 1), and is used only by a start whose run
+ * it is.
  *
  * A report never holds up a command and never throws out of here: a failure
  * is logged and the next interval tries again.
@@ -62,6 +73,8 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 interface NextWill {
   session: string;
+  /** The run number of the start it was sealed for. */
+  run: number;
   kid: string;
   agent_version: string;
   node_version: string;
@@ -79,6 +92,10 @@ export class Reporter {
   readonly #version = packageVersion();
   /** Connections made so far (the current one's number while connected). */
   #conn = 0;
+  /** Reports numbered so far on the current connection. */
+  #n = 0;
+  /** This start's run number, once being saved (see #runNumber). */
+  #run: Promise<number> | undefined;
   #timer: NodeJS.Timeout | undefined;
   #changedTimer: NodeJS.Timeout | undefined;
   #nextWillStored = false;
@@ -102,13 +119,15 @@ export class Reporter {
   async prepare(): Promise<void> {
     const kid = this.#rt.keystore.signingKey?.kid;
     if (kid === undefined) return;
-    const ahead = await this.#takeNextWill(kid);
+    const run = this.#rt.store.state.report_run + 1;
+    this.#runNumber().catch(() => undefined); // will() reports a failure
+    const ahead = await this.#takeNextWill(kid, run);
     if (ahead) {
       this.#session = ahead.session;
       this.#early = { conn: 1, kid, token: Promise.resolve(ahead.token) };
       return;
     }
-    const token = this.#seal('offline', 1);
+    const token = this.#seal('offline', 1, 0);
     token.catch(() => undefined); // will() reports a failure
     this.#early = { conn: 1, kid, token };
   }
@@ -120,13 +139,16 @@ export class Reporter {
     const conn = this.#conn + 1;
     const early = this.#early;
     this.#early = undefined;
-    const token = early && early.conn === conn && early.kid === kid ? early.token : this.#seal('offline', conn);
+    const token = early && early.conn === conn && early.kid === kid ? early.token : this.#seal('offline', conn, 0);
+    // Never a CONNECT with a will whose run is not saved yet: a crash could let the next start take it again.
+    await this.#runNumber();
     return { topic: this.#topic, payload: await token };
   }
 
   /** The session is connected (CONNACK): this is connection number conn + 1. */
   onConnected(): void {
     this.#conn += 1;
+    this.#n = 0;
   }
 
   /** Subscribed: the `connect` report, then one every interval while connected (and, once, the next run's first will). */
@@ -188,8 +210,9 @@ export class Reporter {
   /** Seals and publishes one report; logs (never throws) on failure. */
   async #publish(reason: ReportReason): Promise<'done'> {
     const conn = this.#conn;
+    const n = reason === 'offline' ? 0 : (this.#n += 1);
     try {
-      const token = await this.#seal(reason, conn);
+      const token = await this.#seal(reason, conn, n);
       await this.#rt.session.publish(this.#topic, token);
       this.#rt.log.debug('report published', { reason, conn });
     } catch (err) {
@@ -203,7 +226,7 @@ export class Reporter {
    * Read like state.json (private-file.ts): a FIFO, a symlink, another user's file, group/other bits
    * or a size no will has are refused unread, with a warning, and the name is unlinked (never followed).
    */
-  async #takeNextWill(kid: string): Promise<NextWill | undefined> {
+  async #takeNextWill(kid: string, run: number): Promise<NextWill | undefined> {
     const path = join(this.#rt.config.state_dir, NEXT_WILL_FILE);
     let text: string | undefined;
     try {
@@ -230,6 +253,7 @@ export class Reporter {
     const ok =
       typeof v.session === 'string' &&
       UUID.test(v.session) &&
+      v.run === run &&
       v.kid === kid &&
       v.agent_version === this.#version &&
       v.node_version === process.version &&
@@ -248,20 +272,43 @@ export class Reporter {
         return;
       }
       const session = randomUUID();
-      const token = await this.#seal('offline', 1, session);
-      const next: NextWill = { session, kid, agent_version: this.#version, node_version: process.version, token };
+      // The next start's run: this one's + 1 (saved before anything carried this one).
+      const run = (await this.#runNumber()) + 1;
+      const token = await this.#seal('offline', 1, 0, { session, run });
+      const next: NextWill = { session, run, kid, agent_version: this.#version, node_version: process.version, token };
       await writeFileAtomic(path, `${JSON.stringify(next)}\n`, { mode: 0o600 });
     } catch (err) {
       rt.log.debug('next start will not sealed ahead', { why: err instanceof Error ? err.message : String(err) });
     }
   }
 
-  async #seal(reason: ReportReason, conn: number, session = this.#session): Promise<string> {
+  /**
+   * This start's run number: state.json's `report_run` + 1, saved before it is used. A failed save
+   * (a full disk) is tried again at the next report or will; until one succeeds, none is sent.
+   */
+  #runNumber(): Promise<number> {
+    if (this.#run) return this.#run;
+    const run = this.#rt.store.state.report_run + 1;
+    const saved = this.#rt.store
+      .update((d) => {
+        d.report_run = Math.max(d.report_run, run);
+      })
+      .then(() => run);
+    this.#run = saved;
+    saved.catch(() => {
+      if (this.#run === saved) this.#run = undefined;
+    });
+    return saved;
+  }
+
+  async #seal(reason: ReportReason, conn: number, n: number, next?: { session: string; run: number }): Promise<string> {
     const rt = this.#rt;
     const signer = rt.keystore.signingKey;
     const enc = rt.keystore.encryptionKey;
     if (!signer || !enc) throw new Error('no device keys to sign the report with');
     const st = rt.store.state;
+    const session = next?.session ?? this.#session;
+    const run = next?.run ?? (await this.#runNumber());
     const { token } = await sealReport(
       {
         deviceId: rt.deviceId,
@@ -269,6 +316,7 @@ export class Reporter {
         reason,
         session,
         conn,
+        order: { run, n },
         intervalSeconds: rt.config.report_interval_s,
         agentVersion: this.#version,
         nodeVersion: process.version,

@@ -100,6 +100,12 @@ export interface AgentState {
   last_command: RecentCommand | null;
   enrolled_at: number | null;
   updated_at: number;
+  /**
+   * The highest run number a start of the agent has taken for its reports
+   * (protocol/report.ts: reports are ordered by run, conn, n); each start takes
+   * the next and saves it before its first CONNECT. 0 before the first.
+   */
+  report_run: number;
 }
 
 export const STATE_ERROR_CODES = {
@@ -159,6 +165,7 @@ export function initialState(deviceId: string): AgentState {
     last_command: null,
     enrolled_at: null,
     updated_at: 0,
+    report_run: 0,
   };
 }
 
@@ -296,7 +303,24 @@ export class StateStore {
 
   /** Atomically replaces the state with `next` (updated_at is set here). Serialised. */
   save(next: AgentState): Promise<void> {
+    return this.#enqueue(() => next);
+  }
+
+  /**
+   * Applies `change` to a copy of the state as it is when this write's turn comes (after the
+   * writes queued before it, so two updates in flight never undo each other) and saves it.
+   */
+  update(change: (draft: AgentState) => void): Promise<void> {
+    return this.#enqueue(() => {
+      const draft = structuredClone(this.#state);
+      change(draft);
+      return draft;
+    });
+  }
+
+  #enqueue(make: () => AgentState): Promise<void> {
     const run = this.#queue.then(async () => {
+      const next = make();
       const stamped: AgentState = { ...next, recent: [...next.recent], updated_at: Math.floor(Date.now() / 1000) };
       boundRecent(stamped);
       await writeFileAtomic(this.path, `${JSON.stringify(stamped, null, 1)}\n`, { mode: 0o600, beforeRename: this.options.beforeRename });
@@ -305,13 +329,6 @@ export class StateStore {
     });
     this.#queue = run.catch(() => undefined);
     return run;
-  }
-
-  /** Applies `change` to a copy of the current state and saves it. */
-  update(change: (draft: AgentState) => void): Promise<void> {
-    const draft = structuredClone(this.#state);
-    change(draft);
-    return this.save(draft);
   }
 
   /** Finds a recent command by jti. */
@@ -365,6 +382,7 @@ function checkState(value: unknown, path: string): AgentState {
   if (typeof s.last_seq !== 'number' || !Number.isSafeInteger(s.last_seq) || s.last_seq < 0) throw bad('last_seq');
   if (!Array.isArray(s.recent)) throw bad('recent');
   if (typeof s.keys !== 'object' || s.keys === null) throw bad('keys');
+  if (s.report_run !== undefined && (typeof s.report_run !== 'number' || !Number.isSafeInteger(s.report_run) || s.report_run < 0)) throw bad('report_run');
   const base = initialState(s.device_id);
   return { ...base, ...s } as AgentState;
 }

@@ -1,4 +1,4 @@
-/** `provision-server serve`: the long-running server (enrollments, acks, HTTP API). */
+/** `provision-server serve`: the long-running server (enrollments, acks, reports, rollouts, HTTP API). */
 import { createLogger } from '../../lib/log.js';
 import { parseHostPort, startProvisionServer } from '../service.js';
 import { brokerOverride, withBroker, withData } from './common.js';
@@ -6,7 +6,7 @@ import { defineCommand } from '../../lib/cli.js';
 
 export const serveCommand = defineCommand({
   command: 'serve',
-  describe: 'Run the server: handle enrollments and acks from the broker, and (with --http) the HTTP API',
+  describe: 'Run the server: handle enrollments, acks and reports from the broker, drive rollouts, and (with --http) the HTTP API',
   builder: (y) =>
     withBroker(withData(y))
       .option('http', { type: 'string', describe: 'serve the HTTP API on host:port (e.g. 127.0.0.1:8080; loopback unless told otherwise)' })
@@ -16,7 +16,11 @@ export const serveCommand = defineCommand({
         default: 'auto' as const,
         describe: 'MQTT shared subscriptions ($share/provision-server/...): auto probes the broker',
       })
-      .option('client-id', { type: 'string', describe: 'MQTT client id (default: provision-server-HOST-<hash of the data dir>)' })
+      .option('client-id', {
+        type: 'string',
+        describe:
+          'MQTT client id of the ack session; ID-enroll and ID-report are the enrollment and report sessions (default: provision-server-HOST-<hash of the data dir>)',
+      })
       .option('log-level', {
         choices: ['debug', 'info', 'warn', 'error'] as const,
         default: 'info' as const,

@@ -7,7 +7,7 @@
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import Database from 'better-sqlite3';
-import type { AckClaims, PublicJwk, ReportClaims } from '../../protocol/index.js';
+import { compareReportPositions, reportPosition, type AckClaims, type PublicJwk, type ReportClaims } from '../../protocol/index.js';
 import { RegistryError } from './errors.js';
 import { migrate } from './schema.js';
 import { hashToken, newEnrollmentToken } from './tokens.js';
@@ -37,6 +37,8 @@ interface DeviceRow {
   reported: string | null;
   reported_at: number | null;
   last_report_jti: string | null;
+  report_run: number | null;
+  report_n: number | null;
 }
 
 interface KeyRow {
@@ -118,7 +120,10 @@ export type ReportRecordOutcome =
   | { kind: 'recorded'; presence: 'online' | 'offline' }
   /** The same report again (a redelivery): nothing changed. */
   | { kind: 'duplicate' }
-  /** An offline report (a will) of a session or connection the device has left: ignored. */
+  /**
+   * Not newer than the newest report recorded (a replay, a will of a connection the device has
+   * left, a legacy report from a device that sends positions): ignored, nothing changed.
+   */
   | { kind: 'stale' };
 
 /** Tags: 1-64 characters of A-Z a-z 0-9 . _ - : starting with a letter or digit. */
@@ -257,11 +262,17 @@ export class Registry {
   // ---- presence ---------------------------------------------------------------
 
   /**
-   * Records a verified report (see protocol/report.ts). `connect` and `interval`
-   * make the device online under the report's session and connection; an
-   * `offline` report (the device's will, or its clean stop) counts only for the
-   * session and connection the registry holds, so an old will cannot mark a
-   * reconnected device offline. Last-seen is the server's receive time.
+   * Records a verified report (see protocol/report.ts) if it is newer than
+   * the newest one recorded for the device: by its position (run, conn, n),
+   * or, for a legacy report without one (an older agent), only while the
+   * device has never sent a report with a position, and an `offline` one only
+   * for the session and connection the registry holds. A report that is not
+   * newer changes nothing (a replay, a late will). `connect` and `interval`
+   * make the device online, `offline` offline. The reported `last_seq` and
+   * what commands change (settings digest, key ids, self-test) never move
+   * back: a report whose `last_seq` is below the recorded one (a will sealed
+   * before its connection's commands) only changes presence. Last-seen is the
+   * server's receive time.
    */
   recordReport(deviceId: string, claims: ReportClaims): ReportRecordOutcome {
     return this.db
@@ -269,31 +280,36 @@ export class Registry {
         const row = this.db.prepare('SELECT * FROM devices WHERE id = ?').get(deviceId) as DeviceRow | undefined;
         if (!row) throw new RegistryError('E_NO_DEVICE', `device ${deviceId} is not registered`);
         if (row.last_report_jti === claims.jti) return { kind: 'duplicate' };
+        const position = reportPosition(claims);
+        if (position) {
+          const recorded =
+            row.report_run === null || row.report_n === null || row.presence_conn === null
+              ? undefined
+              : { run: row.report_run, conn: row.presence_conn, rank: row.report_n };
+          if (recorded && compareReportPositions(position, recorded) <= 0) return { kind: 'stale' };
+        } else {
+          if (row.report_run !== null) return { kind: 'stale' };
+          if (claims.reason === 'offline' && (row.presence_session !== claims.session || row.presence_conn !== claims.conn)) return { kind: 'stale' };
+        }
         const now = this.#now();
-        const state: ReportedState = {
-          reason: claims.reason,
-          iat: claims.iat,
-          agent_version: claims.agent_version,
-          node_version: claims.node_version,
-          last_seq: claims.last_seq,
-          kids: claims.kids,
-          settings_digest: claims.settings_digest,
-          uptime_s: claims.uptime_s,
-          selftest: claims.selftest,
-        };
+        const state = JSON.stringify(nextReportedState(row.reported === null ? null : (JSON.parse(row.reported) as ReportedState), claims));
+        const run = position?.run ?? null;
+        const rank = position?.rank ?? null;
         if (claims.reason === 'offline') {
-          if (row.presence_session !== claims.session || row.presence_conn !== claims.conn) return { kind: 'stale' };
           this.db
-            .prepare("UPDATE devices SET presence = 'offline', reported = ?, reported_at = ?, last_report_jti = ? WHERE id = ?")
-            .run(JSON.stringify(state), now, claims.jti, deviceId);
+            .prepare(
+              `UPDATE devices SET presence = 'offline', presence_session = ?, presence_conn = ?, report_run = ?, report_n = ?,
+                 reported = ?, reported_at = ?, last_report_jti = ? WHERE id = ?`,
+            )
+            .run(claims.session, claims.conn, run, rank, state, now, claims.jti, deviceId);
           return { kind: 'recorded', presence: 'offline' };
         }
         this.db
           .prepare(
-            `UPDATE devices SET presence = 'online', last_seen_at = ?, presence_session = ?, presence_conn = ?, report_interval_s = ?,
-               reported = ?, reported_at = ?, last_report_jti = ? WHERE id = ?`,
+            `UPDATE devices SET presence = 'online', last_seen_at = ?, presence_session = ?, presence_conn = ?, report_run = ?, report_n = ?,
+               report_interval_s = ?, reported = ?, reported_at = ?, last_report_jti = ? WHERE id = ?`,
           )
-          .run(now, claims.session, claims.conn, claims.interval_s, JSON.stringify(state), now, claims.jti, deviceId);
+          .run(now, claims.session, claims.conn, run, rank, claims.interval_s, state, now, claims.jti, deviceId);
         return { kind: 'recorded', presence: 'online' };
       })
       .immediate();
@@ -341,6 +357,23 @@ export class Registry {
     const cutoff = this.#now() - PREVIOUS_KEY_GRACE_MS;
     const rows = this.db
       .prepare("SELECT jwk FROM device_keys WHERE device_id = ? AND use = 'sig' AND (status = 'current' OR retired_at >= ?)")
+      .all(id, cutoff) as { jwk: string }[];
+    return rows.map((r) => JSON.parse(r.jwk) as PublicJwk);
+  }
+
+  /**
+   * Signing keys that may verify this device's reports: those of
+   * verificationKeys, less keys of an earlier enrollment (a board enrolled
+   * again with new keys starts its report positions afresh, so a report of
+   * its old identity must not verify during the grace period).
+   */
+  reportVerificationKeys(id: string): PublicJwk[] {
+    const cutoff = this.#now() - PREVIOUS_KEY_GRACE_MS;
+    const rows = this.db
+      .prepare(
+        `SELECT k.jwk FROM device_keys k JOIN devices d ON d.id = k.device_id
+         WHERE k.device_id = ? AND k.use = 'sig' AND (k.status = 'current' OR (k.retired_at >= ? AND k.added_at >= COALESCE(d.enrolled_at, 0)))`,
+      )
       .all(id, cutoff) as { jwk: string }[];
     return rows.map((r) => JSON.parse(r.jwk) as PublicJwk);
   }
@@ -395,8 +428,16 @@ export class Registry {
           .prepare('UPDATE enrollment_tokens SET used_at = ?, used_by = ? WHERE hash = ? AND used_at IS NULL AND expires_at > ?')
           .run(now, input.enrollmentJti, row.hash, now);
         if (consumed.changes !== 1) throw new RegistryError('E_TOKEN_USED', 'the enrollment token was already used');
+        const signingBefore = this.db.prepare("SELECT kid FROM device_keys WHERE device_id = ? AND use = 'sig' AND status = 'current'").get(input.deviceId) as
+          { kid: string } | undefined;
         this.#upsertDevice(input.deviceId, row.user_id, 'enrolling', 'enrollment');
         this.db.prepare('UPDATE devices SET enrolled_at = ?, decommissioned_at = NULL WHERE id = ?').run(now, input.deviceId);
+        // New keys are a new identity, whose agent counts its report positions afresh (and its seq from 0).
+        if (signingBefore?.kid !== input.signing.kid) {
+          this.db
+            .prepare('UPDATE devices SET report_run = NULL, report_n = NULL, presence_session = NULL, presence_conn = NULL, reported = NULL WHERE id = ?')
+            .run(input.deviceId);
+        }
         this.#setCurrentKeys(input.deviceId, input.signing, input.encryption);
         this.audit('device.enroll', input.deviceId, {
           user_id: row.user_id,
@@ -708,6 +749,29 @@ export class Registry {
       },
     };
   }
+}
+
+/**
+ * The reported state after an accepted report: its claims, except that the
+ * recorded `last_seq` and what commands change (settings, keys, self-test)
+ * are kept when the report's `last_seq` is below the recorded one, or equal
+ * for an `offline` report (sealed before its connection, it cannot know more).
+ */
+function nextReportedState(previous: ReportedState | null, claims: ReportClaims): ReportedState {
+  const fresh: ReportedState = {
+    reason: claims.reason,
+    iat: claims.iat,
+    agent_version: claims.agent_version,
+    node_version: claims.node_version,
+    last_seq: claims.last_seq,
+    kids: claims.kids,
+    settings_digest: claims.settings_digest,
+    uptime_s: claims.uptime_s,
+    selftest: claims.selftest,
+  };
+  if (previous === null) return fresh;
+  const ahead = claims.last_seq > previous.last_seq || (claims.last_seq === previous.last_seq && claims.reason !== 'offline');
+  return ahead ? fresh : { ...previous, reason: claims.reason, iat: claims.iat };
 }
 
 export function assertTag(tag: string): void {

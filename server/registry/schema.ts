@@ -174,6 +174,13 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE commands ADD COLUMN voided_at INTEGER;
   CREATE INDEX rollout_targets_jti ON rollout_targets (jti);
   `,
+  // 5: the position (run, conn, n: protocol/report.ts) of the newest report accepted from each
+  // device: a report not newer than it changes nothing (a replay). NULL: none yet (or only
+  // legacy reports without a position). presence_conn holds the conn of that position.
+  `
+  ALTER TABLE devices ADD COLUMN report_run INTEGER;
+  ALTER TABLE devices ADD COLUMN report_n INTEGER;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -139,6 +139,8 @@ describe('agent reports (bundled agent, real broker)', function () {
     expect(broker.dropClient(deviceId)).to.equal(true);
     const c2 = await reports.wait((r) => r.reason === 'connect' && r.conn === 2, 10_000, 'second connect');
     expect(c2.session).to.equal(c1.session);
+    // Order: same run, next connection, its first report.
+    expect([c1.run, c1.n, c2.run, c2.n]).to.deep.equal([1, 1, 1, 1]);
     expect(c2.last_seq).to.equal(sender.seq);
     expect(c2.selftest?.at).to.be.a('number');
     expect(c2.selftest?.ok).to.be.a('boolean');
@@ -146,11 +148,13 @@ describe('agent reports (bundled agent, real broker)', function () {
     for (const w of reports.reports.filter((r) => r.reason === 'offline')) expect([w.session, w.conn]).to.deep.equal([c1.session, 1]);
 
     const iv = await reports.wait((r) => r.reason === 'interval', (MIN_REPORT_INTERVAL_SECONDS + 5) * 1000, 'interval');
-    expect([iv.session, iv.conn]).to.deep.equal([c1.session, 2]);
+    expect([iv.session, iv.conn, iv.run]).to.deep.equal([c1.session, 2, 1]);
+    expect(iv.n).to.be.at.least(2);
 
     agent.child.kill('SIGTERM');
     const off = await reports.wait((r) => r.reason === 'offline' && r.conn === 2, 10_000, 'offline at SIGTERM');
     expect(off.session).to.equal(c1.session);
+    expect([off.run, off.n]).to.deep.equal([1, 0]);
     expect(await agent.exited).to.equal(0);
     expect(reports.bad).to.deep.equal([]);
   });
@@ -185,8 +189,9 @@ describe('agent reports (bundled agent, real broker)', function () {
     cleanups.push(() => broker.stop());
     const { files, reports } = await setUp(broker.url, 'report-board-3');
     const nextWill = join(files.stateDir, NEXT_WILL_FILE);
-    const readNext = async (): Promise<{ session: string; kid: string; token: string }> =>
-      JSON.parse(await readFile(nextWill, 'utf8')) as { session: string; kid: string; token: string };
+    const readNext = async (): Promise<{ session: string; run: number; kid: string; token: string }> =>
+      JSON.parse(await readFile(nextWill, 'utf8')) as { session: string; run: number; kid: string; token: string };
+    const savedRun = async (): Promise<number> => (JSON.parse(await readFile(join(files.stateDir, 'state.json'), 'utf8')) as { report_run: number }).report_run;
 
     const run1 = start(files);
     const c1 = await reports.wait((r) => r.reason === 'connect' && r.conn === 1, 10_000, 'connect of run 1');
@@ -194,19 +199,22 @@ describe('agent reports (bundled agent, real broker)', function () {
     expect((await stat(nextWill)).mode & 0o777).to.equal(0o600);
     const ahead = await readNext();
     expect(ahead.session).to.not.equal(c1.session);
+    // Each start takes the next run, saved before its first CONNECT; the will sealed ahead is the next start's.
+    expect([c1.run, await savedRun(), ahead.run]).to.deep.equal([1, 1, 2]);
     run1.child.kill('SIGTERM');
     expect(await run1.exited).to.equal(0);
 
     // Run 2 takes the file (its session is the one sealed ahead), then seals one for run 3.
     const run2 = start(files);
     const c2 = await reports.wait((r) => r.reason === 'connect' && r.session === ahead.session, 10_000, 'connect of run 2');
-    expect(c2.conn).to.equal(1);
+    expect([c2.conn, c2.run, c2.n]).to.deep.equal([1, 2, 1]);
+    expect(await savedRun()).to.equal(2);
     await waitFor('a new next-will.json', async () => (await exists(nextWill)) && (await readNext()).session !== ahead.session, 8000);
     // SIGKILL: the broker publishes run 2's conn-1 will, the token sealed by run 1, and it opens with the server's keys.
     run2.child.kill('SIGKILL');
     await run2.exited;
     const will = await reports.wait((r) => r.reason === 'offline' && r.session === ahead.session, 10_000, 'will sealed ahead');
-    expect(will.conn).to.equal(1);
+    expect([will.conn, will.run, will.n]).to.deep.equal([1, 2, 0]);
 
     // A file that does not match the signing key is removed and not used: run 3 seals its own will.
     const stale = await readNext();
@@ -214,10 +222,11 @@ describe('agent reports (bundled agent, real broker)', function () {
     const run3 = start(files);
     const c3 = await reports.wait((r) => r.reason === 'connect' && r.session !== c1.session && r.session !== ahead.session, 10_000, 'connect of run 3');
     expect(c3.session).to.not.equal(stale.session);
+    expect([c3.run, stale.run]).to.deep.equal([3, 3]);
     run3.child.kill('SIGKILL');
     await run3.exited;
     const will3 = await reports.wait((r) => r.reason === 'offline' && r.session === c3.session, 10_000, 'will of run 3');
-    expect(will3.conn).to.equal(1);
+    expect([will3.conn, will3.run]).to.deep.equal([1, 3]);
     expect(reports.bad).to.deep.equal([]);
   });
 });

@@ -265,16 +265,21 @@ describe('deploy/broker: production mosquitto config and ACL', function () {
     expect(broker.log()).to.match(/New client connected from \S+ as provision-server-two /);
   });
 
-  it('the server identity reads acks and enrollments (also through $share) and writes commands, but cannot forge acks', async () => {
+  it('the server identity reads acks, enrollments and reports (also through $share) and writes commands, but cannot forge acks', async () => {
     const server = await connect(SERVER);
     const grants = await server.client.subscribeAsync(['$share/provision-servers/provision/+/ack', topic('+', 'enroll')], { qos: 1 });
     expect(grants.map((g) => g.qos)).to.deep.equal([1, 1]);
+    // serve's report session: a client id of its own (ID-report), the same identity, a shared subscription.
+    const reports = await connect(SERVER, { clientId: 'provision-server-test-report' });
+    expect((await reports.client.subscribeAsync('$share/provision-server/provision/+/report', { qos: 1 })).map((g) => g.qos)).to.deep.equal([1]);
     const a = await connect(A);
     const b = await connect(B);
     await a.client.publishAsync(topic(A, 'ack'), 'ack-A', { qos: 1 });
     await b.client.publishAsync(topic(B, 'enroll'), 'enroll-B', { qos: 1 });
+    await a.client.publishAsync(topic(A, 'report'), 'report-A', { qos: 1 });
     expect((await server.waitFor('ack-A')).topic).to.equal(topic(A, 'ack'));
     expect((await server.waitFor('enroll-B')).topic).to.equal(topic(B, 'enroll'));
+    expect((await reports.waitFor('report-A')).topic).to.equal(topic(A, 'report'));
     expect(errorCode(await rejection(server.client.publishAsync(topic(A, 'ack'), 'forged-by-server', { qos: 1 })))).to.equal(135);
 
     // serve's shared-subscription probe: its own topic under provision/_server/, out of every device's reach.

@@ -21,6 +21,8 @@ export interface MosquittoOptions {
   maxConnections?: number;
   /** File descriptor limit for the broker process (default 8192). */
   nofile?: number;
+  /** `max_queued_messages` per client (default 100000; production: 200, provisioning/mosquitto/sensor-broker.conf). */
+  maxQueuedMessages?: number;
   /** `set_tcp_nodelay true`: no Nagle delay on small packets (default false, as mosquitto's own default). */
   tcpNoDelay?: boolean;
   /** Called with each line mosquitto logs (subscribe and connect events are logged). */
@@ -92,7 +94,7 @@ export async function startMosquittoProcess(options: MosquittoOptions = {}): Pro
       `persistence ${options.persistence === false ? 'false' : 'true'}`,
       `persistence_location ${dir}/`,
       'autosave_interval 0',
-      'max_queued_messages 100000',
+      `max_queued_messages ${options.maxQueuedMessages ?? 100000}`,
       'max_inflight_messages 20',
       ...(options.tcpNoDelay ? ['set_tcp_nodelay true'] : []),
       'log_dest stderr', // unbuffered: stdout to a pipe is block-buffered

@@ -2,16 +2,21 @@ import { expect } from 'chai';
 import {
   KeyRing,
   TRUSTED_CLOCK,
+  compareReportPositions,
   openAck,
   openCommand,
   openEnrollment,
   openReport,
+  reportPosition,
   sealAck,
   sealCommand,
   sealEnrollment,
   sealReport,
   toPublicJwk,
+  type ReportClaims,
   type ReportInput,
+  type ReportPosition,
+  type ReportReason,
 } from '../../protocol/index.js';
 import { deviceRings, makeParty, type Party } from '../helpers/keys.js';
 
@@ -110,12 +115,37 @@ describe('protocol: round trips', () => {
         () => expect.fail('opened with an unregistered signer'),
         (err: { code?: string }) => expect(err.code).to.match(/^E_/),
       );
-      for (const bad of [input({ intervalSeconds: 1 }), input({ settingsDigest: 'md5:00' })]) {
+      for (const bad of [
+        input({ intervalSeconds: 1 }),
+        input({ settingsDigest: 'md5:00' }),
+        input({ order: { run: 0, n: 1 } }),
+        input({ order: { run: 1, n: 0 } }), // n 0 is an offline report's
+        input({ reason: 'offline', order: { run: 1, n: 3 } }),
+      ]) {
         await sealReport(bad, keys).then(
           () => expect.fail('sealed a bad report'),
           (err: { code?: string }) => expect(err.code).to.equal('E_CLAIMS'),
         );
       }
+    });
+
+    it('the order claims (run, n) travel intact, are absent in a legacy report, and rank a will after its connection', async () => {
+      const keys = { signer: ecDevice.signing, recipient: toPublicJwk(server.encryption) };
+      const at = async (reason: ReportReason, conn: number, order?: { run: number; n: number }) =>
+        (await openReport((await sealReport(input({ reason, conn, ...(order ? { order } : {}) }), keys)).token, await opts())).claims;
+      const c = await at('connect', 2, { run: 3, n: 1 });
+      expect([c.run, c.n]).to.deep.equal([3, 1]);
+      const legacy = await at('connect', 2);
+      expect('run' in legacy || 'n' in legacy).to.equal(false);
+      expect(reportPosition(legacy)).to.equal(undefined);
+      const pos = (claims: ReportClaims): ReportPosition => reportPosition(claims) as ReportPosition;
+      const interval = pos(await at('interval', 2, { run: 3, n: 9 }));
+      const will = pos(await at('offline', 2, { run: 3, n: 0 }));
+      const next = pos(await at('connect', 3, { run: 3, n: 1 }));
+      const nextRun = pos(await at('connect', 1, { run: 4, n: 1 }));
+      const ordered = [pos(c), interval, will, next, nextRun];
+      for (let i = 1; i < ordered.length; i++) expect(compareReportPositions(ordered[i - 1] as ReportPosition, ordered[i] as ReportPosition)).to.be.below(0);
+      expect(compareReportPositions(will, will)).to.equal(0);
     });
   });
 });

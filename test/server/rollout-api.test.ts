@@ -245,6 +245,9 @@ describe('server: HTTP API for tags, presence and rollouts', function () {
   it('presence: an old will (older conn or session) is ignored, a report signed by another key is dropped', async () => {
     const reg = f.server.data.registry;
     const d = dev.on1;
+    d.run += 1; // the agent restarted, and reconnected once since
+    d.conn = 0;
+    await handled(d.id, () => f.fleet.connectDevice(d));
     await handled(d.id, () => f.fleet.connectDevice(d));
     const presence = (): unknown => (reg.requireDevice(d.id).presence as { reported: unknown }).reported;
     expect(presence()).to.equal('online');
@@ -254,11 +257,13 @@ describe('server: HTTP API for tags, presence and rollouts', function () {
     await handled(d.id, () => f.fleet.report(d, 'offline'));
     d.conn += 1;
     expect(f.inbound.at(-1)).to.deep.include({ kind: 'report', deviceId: d.id, reason: 'offline', recorded: 'stale' });
-    // The will of an earlier session (the agent restarted since).
+    // The will of an earlier session (the agent restarted since: an earlier run).
     const session = d.session;
     d.session = '11111111-1111-4111-8111-111111111111';
+    d.run -= 1;
     await handled(d.id, () => f.fleet.report(d, 'offline'));
     d.session = session;
+    d.run += 1;
     expect(f.inbound.at(-1)).to.deep.include({ kind: 'report', recorded: 'stale' });
     expect(presence()).to.equal('online');
 

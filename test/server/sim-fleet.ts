@@ -57,6 +57,9 @@ export interface SimDevice {
   received: { at: number; claims: CommandClaims }[];
   session: string;
   conn: number;
+  /** Report order (protocol/report.ts): the agent's run (a restart is run + 1, conn 0) and the reports of the connection. */
+  run: number;
+  n: number;
   /** The clock's skew allowance when checking `exp` (default: the protocol's, 300 s). */
   maxSkewSeconds: number | undefined;
   publicSet(): JwkSet;
@@ -81,6 +84,8 @@ export async function makeSimDevice(id: string, behaviour: SimBehaviour = 'apply
     received: [],
     session: randomUUID(),
     conn: 0,
+    run: 1,
+    n: 0,
     maxSkewSeconds: undefined,
     publicSet(this: SimDevice) {
       return toJwkSet([this.signing, this.encryption]);
@@ -148,6 +153,16 @@ export class SimFleet {
 
   /** A signed, encrypted report from the device, as the agent sends one (protocol/report.ts). */
   async report(device: SimDevice, reason: ReportReason, options: { intervalSeconds?: number } = {}): Promise<void> {
+    await this.#client.publishAsync(reportTopic(this.#prefix, device.id), await this.sealReport(device, reason, options), { qos: 1 });
+  }
+
+  /** The sealed report (as `report` publishes it); `legacy`: without a position, as an agent before report ordering. */
+  async sealReport(
+    device: SimDevice,
+    reason: ReportReason,
+    options: { intervalSeconds?: number; legacy?: boolean; settingsDigest?: string } = {},
+  ): Promise<string> {
+    const n = reason === 'offline' ? 0 : (device.n += 1);
     const { token } = await sealReport(
       {
         deviceId: device.id,
@@ -155,23 +170,25 @@ export class SimFleet {
         reason,
         session: device.session,
         conn: Math.max(device.conn, 1),
+        ...(options.legacy ? {} : { order: { run: device.run, n } }),
         intervalSeconds: options.intervalSeconds ?? 300,
         agentVersion: 'sim-1.0.0',
         nodeVersion: process.version,
         lastSeq: device.lastSeq,
         kids: { sig: device.signing.kid, enc: device.encryption.kid },
-        settingsDigest: `sha256:${'0'.repeat(64)}`,
+        settingsDigest: options.settingsDigest ?? `sha256:${'0'.repeat(64)}`,
         uptimeSeconds: 1,
         selftest: null,
       },
       { signer: device.signing, recipient: this.#serverTrust.encryption },
     );
-    await this.#client.publishAsync(reportTopic(this.#prefix, device.id), token, { qos: 1 });
+    return token;
   }
 
   /** The board (re)connects: a new connection number, a connect report, then what the broker queued for it while it was away. */
   async connectDevice(device: SimDevice, options: { intervalSeconds?: number } = {}): Promise<void> {
     device.conn += 1;
+    device.n = 0;
     device.online = true;
     const queued = device.queued.splice(0);
     for (const payload of queued) await this.#handle(device, payload);
