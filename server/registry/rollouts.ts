@@ -48,6 +48,8 @@ export interface RolloutRecord extends RolloutSpec {
   stateReason: string | null;
   updatedAt: number;
   finishedAt: number | null;
+  /** The rollout whose targets that did not apply this one retries (rollout retry), if any. */
+  retryOf: string | null;
 }
 
 export interface TargetRecord {
@@ -80,6 +82,7 @@ interface RolloutRow {
   state_reason: string | null;
   updated_at: number;
   finished_at: number | null;
+  retry_of: string | null;
 }
 
 interface TargetRow {
@@ -412,6 +415,7 @@ function rolloutRecord(row: RolloutRow): RolloutRecord {
     stateReason: row.state_reason,
     updatedAt: row.updated_at,
     finishedAt: row.finished_at,
+    retryOf: row.retry_of,
   };
 }
 

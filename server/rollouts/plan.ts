@@ -7,6 +7,7 @@
 import { type Action, CodedError, DEFAULT_COMMAND_TTL_SECONDS, isAction, isRecord, MAX_TTL_SECONDS, validateParams } from '../../protocol/index.js';
 import { prepareCommand, userIdText } from '../command-sender.js';
 import { presenceOf, type Presence } from '../presence.js';
+import { RegistryError } from '../registry/errors.js';
 import type { Registry } from '../registry/registry.js';
 import { RolloutStore, type RolloutRecord, type RolloutSelector, type RolloutSpec } from '../registry/rollouts.js';
 import type { DeviceRecord } from '../registry/types.js';
@@ -78,7 +79,20 @@ export function parsePercent(text: string | number, what = '--abort-when'): numb
 
 /** The devices a selector matches. `devices` names them (each must exist); the others skip decommissioned devices and those without a key. */
 export function selectTargets(registry: Registry, selector: RolloutSelector): DeviceRecord[] {
-  if ('devices' in selector) return selector.devices.map((id) => registry.requireDevice(id));
+  if ('devices' in selector) {
+    // Every unknown id is named at once (a list typed or read from a file): nothing is recorded.
+    const found = selector.devices.map((id) => registry.getDevice(id));
+    const unknown = selector.devices.filter((_, i) => found[i] === undefined);
+    if (unknown.length === 1) throw new RegistryError('E_NO_DEVICE', `device ${unknown[0]} is not registered`);
+    if (unknown.length > 1) {
+      const shown = unknown.slice(0, 20).join(', ');
+      throw new RegistryError(
+        'E_NO_DEVICE',
+        `${unknown.length} devices are not registered: ${shown}${unknown.length > 20 ? `, ... (${unknown.length - 20} more)` : ''}`,
+      );
+    }
+    return found as DeviceRecord[];
+  }
   const devices =
     'userId' in selector
       ? registry.listDevices({ userId: selector.userId })
