@@ -55,7 +55,8 @@ export async function runRolloutCli(o: RolloutCliOptions): Promise<number> {
  */
 export async function confirmCli(action: string, count: number, yes: boolean): Promise<void> {
   if (!needsConfirmation(action, count) || yes) return;
-  if (process.stdin.isTTY && process.stderr.isTTY) {
+  const terminal = process.stdin.isTTY && process.stderr.isTTY;
+  if (terminal) {
     const rl = createInterface({ input: process.stdin, output: process.stderr });
     try {
       const answer = await rl.question(`${action} to ${count} devices wipes their keys and decommissions them. Type ${count} to confirm: `);
@@ -64,7 +65,7 @@ export async function confirmCli(action: string, count: number, yes: boolean): P
       rl.close();
     }
   }
-  checkConfirmation(action, count, undefined, `--yes${process.stdin.isTTY ? ` (or type ${count} when asked)` : ''}`);
+  checkConfirmation(action, count, undefined, `--yes${terminal ? ` (or type ${count} when asked)` : ''}`);
 }
 
 export interface FollowOptions {
