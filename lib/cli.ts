@@ -66,9 +66,30 @@ export interface CliProgram {
   readonly subcommands: Readonly<Record<string, readonly string[]>>;
 }
 
+/**
+ * A word such as `-1h`, `-5m` or `-30` right after a `--long` option is that
+ * option's value (a negative duration or number, refused by the option's own
+ * check), written `--long=-1h` for yargs: it would otherwise read `-1h` as the
+ * short flags `-1` and `-h` (help, exit 0). No option of ours is a digit, so
+ * such a word is never meant as flags. Nothing after `--` is touched.
+ */
+export function joinDashValues(args: readonly string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i] as string;
+    if (arg === '--') return [...out, ...args.slice(i)];
+    const next = args[i + 1];
+    if (/^--[^-=][^=]*$/.test(arg) && next !== undefined && /^-[0-9.]/.test(next)) {
+      out.push(`${arg}=${next}`);
+      i++;
+    } else out.push(arg);
+  }
+  return out;
+}
+
 /** Runs a program on process.argv: usage errors exit 2 with the --help to read; a handler's refusal is reported by reportError. */
 export async function runCli(program: CliProgram): Promise<void> {
-  const args = hideBin(process.argv);
+  const args = joinDashValues(hideBin(process.argv));
   const hint = (): string => helpHint(program.name, args, program.subcommands);
   await program
     .commands(yargs(args).scriptName(program.name).usage(`$0 <command> [options]\n\n${program.description}`))

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /** `provision-server`: seals provisioning commands for sensor boards and verifies their acks. */
 import { runCli } from '../lib/cli.js';
+import { auditCommand } from './commands/audit.js';
 import { bundleCommand } from './commands/bundle.js';
 import { deviceCommand } from './commands/device.js';
 import { SERVER_EXIT_STATUSES } from './commands/exit-statuses.js';
@@ -26,6 +27,7 @@ await runCli({
       .command(importLegacyCommand)
       .command(sendCommand)
       .command(rolloutCommand)
+      .command(auditCommand)
       .command(serveCommand)
       .command(keysCommand)
       .command(sealCommandModule)
@@ -33,12 +35,13 @@ await runCli({
   exitStatuses: SERVER_EXIT_STATUSES,
   subcommands: {
     init: [],
-    token: ['create'],
+    token: ['create', 'list'],
     bundle: [],
     device: ['list', 'show', 'add', 'remove', 'tag'],
     'import-legacy': [],
     send: [],
-    rollout: ['list', 'show', 'pause', 'resume', 'cancel'],
+    rollout: ['list', 'show', 'pause', 'resume', 'cancel', 'retry'],
+    audit: [],
     serve: [],
     keys: ['init'],
     seal: [],

@@ -1,9 +1,10 @@
 /** Durations on the command line (syntax: protocol/duration.ts): `30s`, `15m`, `24h`, `7d`, `500ms`, or plain seconds. */
-import { CodedError, MAX_TTL_SECONDS, parseDurationMs } from '../protocol/index.js';
+import { CodedError, DURATION_SYNTAX, MAX_TTL_SECONDS, parseDurationMs } from '../protocol/index.js';
 
 /** Milliseconds of a duration such as `24h`; throws E_USAGE (exit 2) when it is not one. */
 export function parseDuration(text: string | number, what = 'duration'): number {
-  const r = parseDurationMs(text);
+  // `-1h` is refused as not positive (the words a reader expects), not as an unknown syntax.
+  const r = /^\s*-/.test(String(text)) ? { problem: `must be positive (${DURATION_SYNTAX})` } : parseDurationMs(text);
   if ('problem' in r) throw new CodedError('E_USAGE', `${what} "${text}" ${r.problem}`);
   return r.ms;
 }

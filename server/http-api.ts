@@ -10,6 +10,9 @@
  *                                 deliver_within_s?, ttl_s?, concurrency?, dry_run?} -> 201 rollout (dry_run: 200 plan)
  *   GET  /rollouts[?open=1]      rollouts, newest first;  GET /rollouts/{id}[?targets=1]
  *   POST /rollouts/{id}/pause|resume|cancel
+ *   POST /rollouts/{id}/retry    {deliver_within_s?, confirm?, dry_run?}: a new rollout over the targets that did not apply
+ *   GET  /audit[?device=&rollout=&action=&since=&until=&limit=]  audit rows, oldest first (the newest `limit` that match)
+ * A rollout of a destructive action (delete) to more than one device needs `"confirm": true` or the device count.
  * Errors are `{"error": {"code", "message"}}` with a 4xx/5xx status.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
@@ -23,7 +26,12 @@ import { RolloutStore, type RolloutSelector } from './registry/rollouts.js';
 import { planRollout, startRollout, type RolloutRequest } from './rollouts/plan.js';
 import { planView, rolloutView } from './rollouts/views.js';
 import { ROLLOUT_CONTROLS } from './rollouts/controls.js';
+import { checkConfirmation } from './rollouts/confirm.js';
+import { planRetry, startRetry } from './rollouts/retry.js';
+import { planWarnings } from './rollouts/warnings.js';
 import type { ServerKeys } from './server-keys.js';
+import { auditView, parseAuditFilter, type AuditFilterInput } from './audit-filter.js';
+import { queryAudit, type AuditFilter } from './registry/audit-query.js';
 
 export const MAX_BODY_BYTES = 64 * 1024;
 
@@ -100,6 +108,10 @@ async function route(ctx: HttpApiContext, expected: Buffer, req: IncomingMessage
     return sendJson(res, 200, { tags: ctx.registry.listTags() });
   }
   if (parts[0] === 'rollouts') return routeRollouts(ctx, req, res, url, parts, method);
+  if (parts[0] === 'audit' && parts.length === 1) {
+    allow(method, ['GET']);
+    return sendJson(res, 200, { audit: queryAudit(ctx.registry, auditFilterFromQuery(url.searchParams)).map(auditView) });
+  }
   if (parts[0] === 'devices' && parts.length === 2) {
     allow(method, ['GET']);
     return sendJson(res, 200, deviceView(ctx.registry.requireDevice(deviceId(parts[1]))));
@@ -155,14 +167,16 @@ async function routeRollouts(ctx: HttpApiContext, req: IncomingMessage, res: Ser
       return sendJson(res, 200, { rollouts: store.list({ unfinished: open }).map((r) => rolloutView(r, store.counts(r.id))) });
     }
     const body = await readJsonBody(req);
-    const { request, dryRun } = rolloutRequestFromBody(body);
+    const { request, dryRun, confirm } = rolloutRequestFromBody(body);
     const plan = await planRollout(ctx.registry, ctx.keys, request);
-    if (dryRun) return sendJson(res, 200, planView(plan));
+    const warnings = planWarnings(plan);
+    if (dryRun) return sendJson(res, 200, { ...planView(plan), warnings });
     if (plan.summary.targets === 0) throw new CodedError('E_BAD_REQUEST', 'no device matches the selector: nothing to send');
+    checkConfirmation(plan.spec.action, plan.summary.targets, confirm, CONFIRM_HOW);
     const r = await startRollout(ctx.registry, plan);
     ctx.onRolloutChange?.();
     res.setHeader('Location', `/rollouts/${r.id}`);
-    return sendJson(res, 201, rolloutView(r, store.counts(r.id)));
+    return sendJson(res, 201, { ...rolloutView(r, store.counts(r.id)), warnings });
   }
   const id = parts[1] as string;
   if (parts.length === 2) {
@@ -170,6 +184,18 @@ async function routeRollouts(ctx: HttpApiContext, req: IncomingMessage, res: Ser
     const r = store.require(id);
     const withTargets = url.searchParams.get('targets') === '1';
     return sendJson(res, 200, rolloutView(r, store.counts(r.id), withTargets ? store.targets(r.id) : undefined));
+  }
+  if (parts.length === 3 && parts[2] === 'retry') {
+    allow(method, ['POST']);
+    const { deliverWithinMs, dryRun, confirm } = retryRequestFromBody(await readOptionalJsonBody(req));
+    const rp = await planRetry(ctx.registry, ctx.keys, id, deliverWithinMs === undefined ? {} : { deliverWithinMs });
+    const warnings = planWarnings(rp.plan);
+    if (dryRun) return sendJson(res, 200, { ...planView(rp.plan), retry_of: id, in_flight_left_out: rp.inFlight, warnings });
+    checkConfirmation(rp.plan.spec.action, rp.plan.summary.targets, confirm, CONFIRM_HOW);
+    const r = await startRetry(ctx.registry, rp);
+    ctx.onRolloutChange?.();
+    res.setHeader('Location', `/rollouts/${r.id}`);
+    return sendJson(res, 201, { ...rolloutView(r, store.counts(r.id)), in_flight_left_out: rp.inFlight, warnings });
   }
   if (parts.length === 3 && (parts[2] === 'pause' || parts[2] === 'resume' || parts[2] === 'cancel')) {
     allow(method, ['POST']);
@@ -179,6 +205,25 @@ async function routeRollouts(ctx: HttpApiContext, req: IncomingMessage, res: Ser
     return sendJson(res, 200, rolloutView(r, store.counts(r.id)));
   }
   throw new CodedError('E_NOT_FOUND', `no route for ${method} ${url.pathname}`);
+}
+
+const AUDIT_PARAMS = ['device', 'rollout', 'action', 'since', 'until', 'limit'] as const;
+
+function auditFilterFromQuery(q: URLSearchParams): AuditFilter {
+  const unknown = [...new Set(q.keys())].filter((k) => !(AUDIT_PARAMS as readonly string[]).includes(k));
+  if (unknown.length) throw new CodedError('E_BAD_REQUEST', `unknown query parameter(s): ${unknown.join(', ')} (known: ${AUDIT_PARAMS.join(', ')})`);
+  const input: AuditFilterInput = {};
+  for (const k of AUDIT_PARAMS) {
+    const values = q.getAll(k);
+    if (values.length > 1) throw new CodedError('E_BAD_REQUEST', `query parameter ${k} given ${values.length} times`);
+    if (values[0] !== undefined) input[k] = values[0];
+  }
+  return parseAuditFilter(
+    input,
+    { device: 'device', rollout: 'rollout', action: 'action', since: 'since', until: 'until', limit: 'limit' },
+    'E_BAD_REQUEST',
+    Date.now(),
+  );
 }
 
 const ROLLOUT_MEMBERS = [
@@ -195,9 +240,31 @@ const ROLLOUT_MEMBERS = [
   'ttl_s',
   'concurrency',
   'dry_run',
+  'confirm',
 ];
 
-function rolloutRequestFromBody(body: unknown): { request: RolloutRequest; dryRun: boolean } {
+const CONFIRM_HOW = '"confirm": true (or "confirm": N, the device count) in the body';
+
+/** `confirm`: true, or the device count (a whole number); absent: undefined. */
+function confirmFromBody(body: Record<string, unknown>): boolean | number | undefined {
+  const c = body.confirm;
+  if (c === undefined) return undefined;
+  if (c === true || c === false || (typeof c === 'number' && Number.isSafeInteger(c) && c >= 0)) return c;
+  throw new CodedError('E_BAD_REQUEST', 'confirm must be true or the number of devices the rollout goes to');
+}
+
+function retryRequestFromBody(body: unknown): { deliverWithinMs: number | undefined; dryRun: boolean; confirm: boolean | number | undefined } {
+  if (!isRecord(body)) throw new CodedError('E_BAD_REQUEST', 'the body must be a JSON object {deliver_within_s?, confirm?, dry_run?}');
+  const unknown = Object.keys(body).filter((k) => !['deliver_within_s', 'confirm', 'dry_run'].includes(k));
+  if (unknown.length) throw new CodedError('E_BAD_REQUEST', `unknown member(s): ${unknown.join(', ')}`);
+  const within = body.deliver_within_s;
+  if (within !== undefined && (typeof within !== 'number' || !Number.isFinite(within)))
+    throw new CodedError('E_BAD_REQUEST', 'deliver_within_s must be a number');
+  if (body.dry_run !== undefined && typeof body.dry_run !== 'boolean') throw new CodedError('E_BAD_REQUEST', 'dry_run must be true or false');
+  return { deliverWithinMs: within === undefined ? undefined : within * 1000, dryRun: body.dry_run === true, confirm: confirmFromBody(body) };
+}
+
+function rolloutRequestFromBody(body: unknown): { request: RolloutRequest; dryRun: boolean; confirm: boolean | number | undefined } {
   if (!isRecord(body)) throw new CodedError('E_BAD_REQUEST', 'the body must be a JSON object {action, params, selector, ...}');
   const unknown = Object.keys(body).filter((k) => !ROLLOUT_MEMBERS.includes(k));
   if (unknown.length) throw new CodedError('E_BAD_REQUEST', `unknown member(s): ${unknown.join(', ')}`);
@@ -239,7 +306,7 @@ function rolloutRequestFromBody(body: unknown): { request: RolloutRequest; dryRu
   set('ttlSeconds', num('ttl_s'));
   set('concurrency', num('concurrency'));
   set('deliverWithinMs', within === undefined ? undefined : within * 1000);
-  return { request, dryRun: body.dry_run === true };
+  return { request, dryRun: body.dry_run === true, confirm: confirmFromBody(body) };
 }
 
 /** The request target as a URL and its decoded path segments; a malformed one is a 400 (E_BAD_PATH), never a 500. */
@@ -303,6 +370,12 @@ async function readJsonBody(req: IncomingMessage): Promise<unknown> {
   } catch (err) {
     throw new CodedError('E_BAD_JSON', `body is not valid JSON: ${(err as Error).message}`);
   }
+}
+
+/** A JSON body, or `{}` when the request has none (no Content-Type, no length, not chunked). */
+async function readOptionalJsonBody(req: IncomingMessage): Promise<unknown> {
+  const empty = req.headers['content-type'] === undefined && req.headers['transfer-encoding'] === undefined && (req.headers['content-length'] ?? '0') === '0';
+  return empty ? {} : readJsonBody(req);
 }
 
 function sendJson(res: ServerResponse, status: number, body: unknown): void {

@@ -19,6 +19,7 @@ import type { Server } from 'node:http';
 import type { MqttClient } from 'mqtt';
 import { assertJosePatched, CodedError, type ReportClaims } from '../protocol/index.js';
 import { RolloutEngine } from './rollouts/engine.js';
+import { RolloutChangeLog } from './rollouts/change-log.js';
 import { AckWaiters } from './ack-waiters.js';
 import { CommandSender, type SendRequest } from './command-sender.js';
 import { brokerFrom, openDataDir, readHttpToken, type BrokerSettings, type OpenedData } from './data-dir.js';
@@ -148,6 +149,9 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
       log.info('http.listening', { address: `${addr.address}:${addr.port}` });
     }
     rollouts?.start();
+    // Rollouts created or controlled by any process (CLI, HTTP API, engine) are logged here.
+    const changeLog = new RolloutChangeLog(registry, log, rollouts ? { ownHolder: rollouts.holder } : {});
+    changeLog.start();
     log.info('serve.ready', { server_id: keys.serverId, broker: broker.url, prefix: config.topicPrefix, shared });
     let closed = false;
     return {
@@ -171,6 +175,7 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
         if (closed) return;
         closed = true;
         waiters.cancelAll();
+        changeLog.stop();
         await rollouts?.stop();
         if (httpServer) {
           httpServer.closeAllConnections();

@@ -8,6 +8,7 @@ import { printable, table } from '../terminal-text.js';
 import { presenceOf } from '../presence.js';
 import { commandView, deviceView } from '../views.js';
 import { withData } from './common.js';
+import { pendingEnrollments, tokenView } from '../registry/token-list.js';
 import { defineCommand } from '../../lib/cli.js';
 
 const listCommand = defineCommand({
@@ -18,10 +19,27 @@ const listCommand = defineCommand({
       .option('user', { type: 'string', describe: 'only the devices of this user' })
       .option('state', { choices: DEVICE_STATES, describe: 'only devices in this state' })
       .option('tag', { type: 'string', describe: 'only the devices with this tag' })
+      .option('pending', {
+        type: 'boolean',
+        default: false,
+        describe: 'instead: the devices bundled (a token issued) that never enrolled, with their token (valid or expired)',
+      })
       .option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
   handler: async (args) => {
+    if (args.pending && (args.user !== undefined || args.state !== undefined || args.tag !== undefined)) {
+      throw new CodedError('E_USAGE', '--pending lists devices not enrolled: it takes no --user, --state or --tag');
+    }
     const data = await openDataDir(args.data);
     try {
+      if (args.pending) {
+        const pending = pendingEnrollments(data.registry);
+        if (args.json) return void process.stdout.write(`${JSON.stringify(pending.map(tokenView), null, 2)}\n`);
+        const iso = (t: number): string => new Date(t).toISOString();
+        const rows = [['DEVICE', 'USER', 'REGISTERED', 'TOKEN CREATED', 'TOKEN EXPIRES', 'TOKEN']];
+        for (const p of pending) rows.push([p.deviceId, p.userId, p.deviceState ?? 'no', iso(p.createdAt), iso(p.expiresAt), p.status]);
+        process.stdout.write(table(rows));
+        return;
+      }
       const devices = data.registry.listDevices({
         ...(args.user ? { userId: args.user } : {}),
         ...(args.state ? { states: [args.state] } : {}),

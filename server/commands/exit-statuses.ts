@@ -28,6 +28,7 @@ export const SERVER_EXIT_STATUSES: ExitStatuses = {
   E_BAD_TAG: SETUP,
   E_NO_ENGINE: SETUP,
   E_NO_REGISTRY: SETUP,
+  E_CONFIRM: SETUP, // a destructive rollout to many devices without --yes (server/rollouts/confirm.ts)
   E_TIMEOUT: SEND_EXIT.timeout,
 };
 

@@ -1,15 +1,18 @@
-/** `provision-server rollout list|show|pause|resume|cancel`: rollouts recorded by `send --all/--user/--tag` or the HTTP API. */
+/** `provision-server rollout list|show|pause|resume|cancel|retry`: rollouts recorded by `send --all/--user/--tag` or the HTTP API. */
 import type { Argv, CommandModule } from 'yargs';
 import { CodedError } from '../../protocol/index.js';
 import { defineCommand } from '../../lib/cli.js';
 import { brokerFrom, openDataDir } from '../data-dir.js';
 import { parseDuration } from '../duration.js';
 import { RegistryError } from '../registry/errors.js';
-import { followRollout } from './send-rollout.js';
+import { confirmCli, followRollout } from './send-rollout.js';
+import { planRetry, startRetry } from '../rollouts/retry.js';
+import { rolloutOutlook } from '../rollouts/progress.js';
+import { planWarnings } from '../rollouts/warnings.js';
 import { RolloutStore, type RolloutState } from '../registry/rollouts.js';
 import { ROLLOUT_LEASE } from '../rollouts/engine.js';
 import { ROLLOUT_CONTROLS } from '../rollouts/controls.js';
-import { formatRolloutList, formatRolloutSummary, rolloutView } from '../rollouts/views.js';
+import { formatPlan, formatRolloutList, formatRolloutSummary, planView, rolloutView } from '../rollouts/views.js';
 import { brokerOverride, withBroker, withData } from './common.js';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -52,7 +55,8 @@ const listCommand = defineCommand({
 
 const showCommand = defineCommand({
   command: 'show <id>',
-  describe: 'One rollout: state, counts, rate, deadline, and the devices that did not apply',
+  describe:
+    'One rollout: state (or result once finished), counts, rate, deadline, what waits (online held by the rate or concurrency, offline), the next send, an ETA, and the devices that did not apply',
   builder: (y) =>
     withData(y)
       .positional('id', { type: 'string', demandOption: true, coerce: rolloutId })
@@ -63,12 +67,14 @@ const showCommand = defineCommand({
       const store = new RolloutStore(data.registry);
       const r = store.require(args.id);
       const counts = store.counts(r.id);
-      if (args.json) return void process.stdout.write(`${JSON.stringify(rolloutView(r, counts, store.targets(r.id)), null, 2)}\n`);
+      const outlook = rolloutOutlook(data.registry, r, counts, data.registry.now());
+      if (args.json) return void process.stdout.write(`${JSON.stringify(rolloutView(r, counts, store.targets(r.id), outlook), null, 2)}\n`);
       process.stdout.write(
         formatRolloutSummary(
           r,
           counts,
           store.targets(r.id, { states: ['pending', 'sending', 'sent', 'rejected', 'failed', 'expired', 'cancelled', 'not sent'] }),
+          outlook,
         ),
       );
     } finally {
@@ -124,6 +130,57 @@ const resumeCommand = defineCommand({
   },
 });
 
+const retryCommand = defineCommand({
+  command: 'retry <id>',
+  describe:
+    'A new rollout (same action, params and options) over the targets of a finished, aborted or cancelled rollout that did not apply (rejected, failed, expired, not sent), followed as send does',
+  builder: (y) =>
+    withBroker(withData(y))
+      .positional('id', { type: 'string', demandOption: true, coerce: rolloutId })
+      .option('deliver-within', { type: 'string', describe: "the new rollout's delivery deadline from now (default: the original's duration)" })
+      .option('yes', { type: 'boolean', default: false, describe: 'confirm a delete to more than one device' })
+      .option('dry-run', { type: 'boolean', default: false, describe: 'show the targets and the plan; record and send nothing' })
+      .option('detach', { type: 'boolean', default: false, describe: 'only record it; a running serve drives it' })
+      .option('timeout', { type: 'string', default: '30s', describe: 'how long to wait for each ack before it counts as no answer' })
+      .option('progress-interval', { type: 'string', default: '5s', describe: 'a progress line on stderr this often while following it; 0 for none' })
+      .option('json', { type: 'boolean', default: false, describe: 'print the result (or the plan) as JSON' }),
+  handler: async (args) => {
+    const ackTimeoutMs = parseDuration(args.timeout, '--timeout');
+    const deliverWithinMs = args.deliverWithin === undefined ? undefined : parseDuration(args.deliverWithin, '--deliver-within');
+    const progressIntervalMs = args.progressInterval === '0' ? 0 : parseDuration(args.progressInterval, '--progress-interval');
+    const data = await openDataDir(args.data);
+    try {
+      const rp = await planRetry(data.registry, data.keys, args.id, deliverWithinMs === undefined ? {} : { deliverWithinMs });
+      for (const w of planWarnings(rp.plan)) process.stderr.write(`warning: ${w}\n`);
+      if (rp.inFlight > 0)
+        process.stderr.write(`note: ${rp.inFlight} target(s) of ${args.id} still in flight are not retried (their command may still apply)\n`);
+      if (args.dryRun) {
+        process.stdout.write(
+          args.json ? `${JSON.stringify({ ...planView(rp.plan), retry_of: args.id }, null, 2)}\n` : `retry of rollout ${args.id}\n${formatPlan(rp.plan)}`,
+        );
+        return;
+      }
+      await confirmCli(rp.plan.spec.action, rp.plan.summary.targets, args.yes);
+      if (args.detach) {
+        const r = await startRetry(data.registry, rp);
+        return void process.stdout.write(`rollout ${r.id}: running (retry of ${args.id}, ${rp.plan.summary.targets} device(s))\n`);
+      }
+      const broker = brokerFrom(data.config.broker, brokerOverride(args));
+      process.exitCode = await followRollout({
+        data,
+        broker,
+        start: async () => (await startRetry(data.registry, rp)).id,
+        json: args.json,
+        ackTimeoutMs,
+        sealWorkers: 0,
+        progressIntervalMs,
+      });
+    } finally {
+      data.registry.close();
+    }
+  },
+});
+
 export const rolloutCommand: CommandModule = {
   command: 'rollout <command>',
   describe: 'Rollouts: one action to many devices at a rate, with a delivery deadline and an abort rule',
@@ -140,6 +197,7 @@ export const rolloutCommand: CommandModule = {
         ),
       )
       .command(resumeCommand)
+      .command(retryCommand)
       .command(
         control(
           'cancel',

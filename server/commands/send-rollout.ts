@@ -6,6 +6,7 @@
  * (its own MQTT session, taking acks and reports) while it watches, and what
  * is left (boards offline) stays for `serve` or `rollout resume`.
  */
+import { createInterface } from 'node:readline/promises';
 import { CodedError } from '../../protocol/index.js';
 import type { BrokerSettings, OpenedData } from '../data-dir.js';
 import { silentLogger, type Logger } from '../../lib/log.js';
@@ -15,6 +16,9 @@ import { ROLLOUT_LEASE, RolloutEngine } from '../rollouts/engine.js';
 import { planRollout, startRollout, type RolloutRequest } from '../rollouts/plan.js';
 import { formatPlan, formatRolloutSummary, planView, progressOf, rolloutView } from '../rollouts/views.js';
 import { watchRollout } from '../rollouts/watch.js';
+import { checkConfirmation, needsConfirmation } from '../rollouts/confirm.js';
+import { ProgressLines } from '../rollouts/progress.js';
+import { planWarnings } from '../rollouts/warnings.js';
 import { openSendClient } from '../send-client.js';
 
 export interface RolloutCliOptions {
@@ -25,18 +29,43 @@ export interface RolloutCliOptions {
   json: boolean;
   ackTimeoutMs: number;
   sealWorkers: number;
+  /** --yes: a destructive action to many devices is confirmed (confirm.ts). */
+  yes: boolean;
+  /** A progress line on stderr this often while following (0: none). */
+  progressIntervalMs: number;
   log?: Logger;
 }
 
 /** Plans, and unless a dry run, records and follows the rollout. Returns the exit status: 0 when every target applied, else 6. */
 export async function runRolloutCli(o: RolloutCliOptions): Promise<number> {
   const plan = await planRollout(o.data.registry, o.data.keys, o.request);
+  for (const w of planWarnings(plan)) process.stderr.write(`warning: ${w}\n`);
   if (o.dryRun) {
-    process.stdout.write(o.json ? `${JSON.stringify(planView(plan), null, 2)}\n` : formatPlan(plan));
+    process.stdout.write(o.json ? `${JSON.stringify({ ...planView(plan), warnings: planWarnings(plan) }, null, 2)}\n` : formatPlan(plan));
     return 0;
   }
   if (plan.summary.targets === 0) throw new CodedError('E_USAGE', 'no device matches: nothing to send');
+  await confirmCli(plan.spec.action, plan.summary.targets, o.yes);
   return followRollout({ ...o, start: async () => (await startRollout(o.data.registry, plan)).id });
+}
+
+/**
+ * Refuses (E_CONFIRM) a destructive action to many devices without --yes; at a
+ * terminal (stdin and stderr both), typing the device count confirms instead.
+ */
+export async function confirmCli(action: string, count: number, yes: boolean): Promise<void> {
+  if (!needsConfirmation(action, count) || yes) return;
+  const terminal = process.stdin.isTTY && process.stderr.isTTY;
+  if (terminal) {
+    const rl = createInterface({ input: process.stdin, output: process.stderr });
+    try {
+      const answer = await rl.question(`${action} to ${count} devices wipes their keys and decommissions them. Type ${count} to confirm: `);
+      if (answer.trim() === String(count)) return;
+    } finally {
+      rl.close();
+    }
+  }
+  checkConfirmation(action, count, undefined, `--yes${terminal ? ` (or type ${count} when asked)` : ''}`);
 }
 
 export interface FollowOptions {
@@ -47,8 +76,12 @@ export interface FollowOptions {
   json: boolean;
   ackTimeoutMs: number;
   sealWorkers: number;
+  /** A progress line on stderr this often (default 5 s; 0: none). */
+  progressIntervalMs?: number;
   log?: Logger;
 }
+
+export const DEFAULT_PROGRESS_INTERVAL_MS = 5000;
 
 /**
  * Follows a rollout until nothing more is to be waited for (watch.ts), with an
@@ -80,10 +113,16 @@ export async function followRollout(o: FollowOptions): Promise<number> {
     const stop = new AbortController();
     const onSigint = (): void => stop.abort();
     process.once('SIGINT', onSigint);
+    const intervalMs = o.progressIntervalMs ?? DEFAULT_PROGRESS_INTERVAL_MS;
+    // A line every interval (a log, CI); at a terminal the bar in between, cleared before each line.
+    const lines = intervalMs > 0 ? new ProgressLines(r.id, intervalMs, (line) => process.stderr.write(`${tty ? '\r\x1b[K' : ''}${line}\n`)) : undefined;
     await watchRollout(store, r.id, {
       ackTimeoutMs: o.ackTimeoutMs,
       signal: stop.signal,
-      ...(tty ? { onProgress: (done: number, all: number) => process.stderr.write(`\r${progressBar(done, all)}`) } : {}),
+      onProgress: (done, all, counts) => {
+        lines?.update(counts);
+        if (tty) process.stderr.write(`\r${progressBar(done, all)}`);
+      },
     }).finally(() => process.removeListener('SIGINT', onSigint));
     if (tty) process.stderr.write('\n');
     await engine.stop();

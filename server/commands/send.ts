@@ -6,8 +6,9 @@
  * the timeout. To many devices (--all, --user, --tag) or with --deliver-within
  * it is a rollout (send-rollout.ts): 0 when every device applied, else 6.
  */
-import { type Action, ACTIONS, CodedError, isAction, isRecord } from '../../protocol/index.js';
-import { deviceIdFlag } from '../../lib/cli-input.js';
+import { type Action, ACTIONS, CodedError, isAction, isRecord, isValidId } from '../../protocol/index.js';
+import { deviceIdFlag, readInput } from '../../lib/cli-input.js';
+import { printable } from '../terminal-text.js';
 import { prepareCommand } from '../command-sender.js';
 import type { RolloutSelector } from '../registry/rollouts.js';
 import { parsePercent, parseRate } from '../rollouts/plan.js';
@@ -27,10 +28,10 @@ export const SEND_EXIT = { applied: 0, rejected: 3, failed: 4, timeout: 5, fanou
 export const sendCommand = defineCommand({
   command: 'send [target] [action]',
   describe:
-    'Seal and publish a command: send DEVICE ACTION; or a rollout to many devices: send --all ACTION / --user UID ACTION / --tag TAG ACTION (rate, ramp, abort rule, delivery deadline; --dry-run shows the plan)',
+    'Seal and publish a command: send DEVICE ACTION; or a rollout to many devices: send --all ACTION / --user UID ACTION / --tag TAG ACTION / --devices A,B ACTION (rate, ramp, abort rule, delivery deadline; --dry-run shows the plan). A DEVICE and a selector together are refused; delete to more than one device needs --yes',
   builder: (y) =>
     withBroker(withData(y))
-      .positional('target', { type: 'string', describe: 'device id (or, with --all/--user, the action)' })
+      .positional('target', { type: 'string', describe: 'device id (or, with --all/--user/--tag/--devices, the action)' })
       .positional('action', { type: 'string', describe: `one of ${ACTIONS.join(', ')}` })
       .option('user', {
         type: 'string',
@@ -39,6 +40,18 @@ export const sendCommand = defineCommand({
       })
       .option('all', { type: 'boolean', default: false, describe: 'a rollout to every registered device' })
       .option('tag', { type: 'string', describe: 'a rollout to the devices with this tag (provision-server device tag add)' })
+      .option('devices', { type: 'string', describe: 'a rollout to these devices: a comma-separated list of ids, each registered' })
+      .option('devices-from', { type: 'string', describe: "a rollout to the devices listed in this file, one id a line ('-': standard input)" })
+      .option('yes', {
+        type: 'boolean',
+        default: false,
+        describe: 'confirm a destructive action (delete) to more than one device; without it such a rollout is refused (at a terminal: type the count)',
+      })
+      .option('progress-interval', {
+        type: 'string',
+        default: '5s',
+        describe: 'rollout: print a progress line on stderr this often while following it (counts, rate, ETA); 0 for none',
+      })
       .option('dry-run', {
         type: 'boolean',
         default: false,
@@ -85,19 +98,38 @@ export const sendCommand = defineCommand({
       .example('$0 send --user alice rotate --timeout 1m', '')
       .example('$0 send --tag site-a update --set sensor.enabled=true \\\n--rate 60/min --ramp-from 5/min --abort-when 10% --deliver-within 7d', '')
       .example('$0 send --all selftest --dry-run', '')
+      .example('$0 send --devices sensor-0001,sensor-0002 selftest', '')
+      .example('$0 send --tag retired delete --yes', '')
       .example('# re-bind sal01 to user 1 (the seed: update sal01 1)\n$0 send sal01 update --user 1 --wait', '')
       .example('$0 send --resume 6f1c2a9e-...', ''),
   handler: async (args) => {
     const timeoutMs = parseDuration(args.timeout, '--timeout');
     const ttlSeconds = args.ttl ? parseCommandTtl(args.ttl) : undefined;
-    const selectors = [args.all, args.tag !== undefined, args.user !== undefined && args.action === undefined && args.resume === undefined].filter(
+    const listed = args.devices !== undefined || args.devicesFrom !== undefined;
+    // A device id and a selector together (`send sensor-01 update --all`) would send to the selector's devices: refused, nothing sent.
+    const fleetFlags = [
+      args.all ? '--all' : '',
+      args.tag !== undefined ? '--tag' : '',
+      args.devices !== undefined ? '--devices' : '',
+      args.devicesFrom !== undefined ? '--devices-from' : '',
+    ].filter(Boolean);
+    if (fleetFlags.length > 0 && args.action !== undefined) {
+      throw new CodedError(
+        'E_USAGE',
+        `a device (${args.target}) and a fleet selector (${fleetFlags.join(', ')}) together: send DEVICE ACTION to one device, or send ${fleetFlags[0]} ... ACTION to many; nothing sent`,
+      );
+    }
+    if (args.devices !== undefined && args.devicesFrom !== undefined) throw new CodedError('E_USAGE', '--devices and --devices-from: give the list one way');
+    const selectors = [args.all, args.tag !== undefined, listed, args.user !== undefined && args.action === undefined && args.resume === undefined].filter(
       Boolean,
     ).length;
     const many = selectors > 0;
+    const progressIntervalMs = args.progressInterval === '0' ? 0 : parseDuration(args.progressInterval, '--progress-interval');
     const fanoutResume = args.resume !== undefined;
     const actionText = (many || fanoutResume) && args.action === undefined ? args.target : args.action;
     if (!fanoutResume && !isAction(actionText)) throw new CodedError('E_USAGE', `name an action: one of ${ACTIONS.join(', ')}`);
-    if (selectors > 1) throw new CodedError('E_USAGE', '--all, --user (without a device) and --tag select devices differently: choose one');
+    if (selectors > 1) throw new CodedError('E_USAGE', '--all, --user (without a device), --tag and --devices select devices differently: choose one');
+    const deviceList = listed ? await readDeviceList(args.devices, args.devicesFrom) : undefined;
     const params = buildParams(args.params, args.set ?? []);
     const rolloutFlags = {
       ...(args.rate !== undefined ? { ratePerMin: parseRate(args.rate, '--rate') } : {}),
@@ -127,6 +159,7 @@ export const sendCommand = defineCommand({
         let selector: RolloutSelector;
         if (args.all) selector = { all: true };
         else if (args.tag !== undefined) selector = { tag: args.tag };
+        else if (deviceList !== undefined) selector = { devices: deviceList };
         else if (many) selector = { userId: args.user as string };
         else {
           if (!args.target) throw new CodedError('E_USAGE', 'name a device: send DEVICE ACTION (or --all / --user UID / --tag TAG for a rollout)');
@@ -148,6 +181,8 @@ export const sendCommand = defineCommand({
           json: args.json,
           ackTimeoutMs: timeoutMs,
           sealWorkers: args.sealWorkers,
+          yes: args.yes,
+          progressIntervalMs,
           ...(log ? { log } : {}),
         });
         return;
@@ -210,6 +245,37 @@ export const sendCommand = defineCommand({
     }
   },
 });
+
+/**
+ * The ids of --devices (comma-separated) or --devices-from (a file, one id a
+ * line; blank lines and `#` comments skipped), each checked (every bad one named,
+ * with its line), duplicates dropped. Whether each is registered is checked by the plan.
+ */
+export async function readDeviceList(list: string | undefined, from: string | undefined): Promise<string[]> {
+  const entries: { id: string; where: string }[] = [];
+  if (list !== undefined) {
+    for (const id of list.split(',')) entries.push({ id: id.trim(), where: '--devices' });
+  } else {
+    const text = (await readInput(from, 4 * 1024 * 1024)).toString('utf8');
+    for (const [i, line] of text.split(/\r?\n/).entries()) {
+      const id = line.trim();
+      if (id !== '' && !id.startsWith('#')) entries.push({ id, where: `${from === '-' ? 'standard input' : from} line ${i + 1}` });
+    }
+  }
+  const bad = entries.filter((e) => !isValidId(e.id));
+  if (bad.length) {
+    const shown = bad
+      .slice(0, 10)
+      .map((e) => `"${printable(e.id)}" (${e.where})`)
+      .join(', ');
+    throw new CodedError(
+      'E_USAGE',
+      `not a device id: ${shown}${bad.length > 10 ? `, ... (${bad.length - 10} more)` : ''}; ids are 1-64 characters of A-Z a-z 0-9 . _ - starting with a letter or digit`,
+    );
+  }
+  if (entries.length === 0) throw new CodedError('E_USAGE', `${list !== undefined ? '--devices' : '--devices-from'} names no device`);
+  return [...new Set(entries.map((e) => e.id))];
+}
 
 /** --params JSON merged with --set dotted.key=value pairs. */
 export function buildParams(json: string | undefined, sets: readonly string[]): Record<string, unknown> {

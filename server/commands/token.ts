@@ -1,10 +1,12 @@
-/** `provision-server token create`: a one-time enrollment token bound to a device and a user, printed once. */
+/** `provision-server token create|list`: one-time enrollment tokens bound to a device and a user (printed once), and their metadata. */
 import type { Argv, CommandModule } from 'yargs';
 import { deviceIdFlag } from '../../lib/cli-input.js';
 import { openDataDir } from '../data-dir.js';
 import { parseDuration } from '../duration.js';
 import { withData } from './common.js';
 import { defineCommand } from '../../lib/cli.js';
+import { listTokens, tokenView } from '../registry/token-list.js';
+import { table } from '../terminal-text.js';
 
 const createCommand = defineCommand({
   command: 'create',
@@ -27,9 +29,31 @@ const createCommand = defineCommand({
   },
 });
 
+const listCommand = defineCommand({
+  command: 'list',
+  describe: 'List enrollment tokens (never their text): device, user, created, expiry, status (valid, used, expired) and whether the device enrolled',
+  builder: (y) =>
+    withData(y)
+      .option('device', { type: 'string', coerce: deviceIdFlag('--device'), describe: 'only the tokens of this device' })
+      .option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
+  handler: async (args) => {
+    const data = await openDataDir(args.data);
+    try {
+      const tokens = listTokens(data.registry, args.device === undefined ? {} : { deviceId: args.device });
+      if (args.json) return void process.stdout.write(`${JSON.stringify(tokens.map(tokenView), null, 2)}\n`);
+      const iso = (t: number | null): string => (t === null ? '-' : new Date(t).toISOString());
+      const rows = [['DEVICE', 'USER', 'CREATED', 'EXPIRES', 'STATUS', 'USED', 'ENROLLED']];
+      for (const t of tokens) rows.push([t.deviceId, t.userId, iso(t.createdAt), iso(t.expiresAt), t.status, iso(t.usedAt), iso(t.enrolledAt)]);
+      process.stdout.write(table(rows));
+    } finally {
+      data.registry.close();
+    }
+  },
+});
+
 export const tokenCommand: CommandModule = {
   command: 'token <command>',
   describe: 'Enrollment tokens',
-  builder: (y: Argv) => y.command(createCommand).demandCommand(1, 'Name a token command (see --help).'),
+  builder: (y: Argv) => y.command(createCommand).command(listCommand).demandCommand(1, 'Name a token command (see --help).'),
   handler: () => undefined,
 };

@@ -50,6 +50,8 @@ export interface RolloutRecord extends RolloutSpec {
   stateReason: string | null;
   updatedAt: number;
   finishedAt: number | null;
+  /** The rollout whose targets that did not apply this one retries (rollout retry), if any. */
+  retryOf: string | null;
 }
 
 export interface TargetRecord {
@@ -100,6 +102,7 @@ interface RolloutRow {
   updated_at: number;
   finished_at: number | null;
   planning: number;
+  retry_of: string | null;
 }
 
 interface TargetRow {
@@ -133,9 +136,18 @@ const HAS_ENC_KEY = "EXISTS (SELECT 1 FROM device_keys k WHERE k.device_id = d.i
 export function selectorCondition(registry: Registry, selector: RolloutSelector): { sql: string; args: string[] } {
   if ('devices' in selector) {
     const ids = JSON.stringify(selector.devices);
-    const missing = registry.db.prepare('SELECT value AS id FROM json_each(?) WHERE value NOT IN (SELECT id FROM devices) LIMIT 1').get(ids) as
-      { id: string } | undefined;
-    if (missing) throw new RegistryError('E_NO_DEVICE', `device ${missing.id} is not registered`);
+    // Every unknown id is named at once (a list typed or read from a file): nothing is recorded.
+    const unknown = (
+      registry.db.prepare('SELECT value AS id FROM json_each(?) WHERE value NOT IN (SELECT id FROM devices)').all(ids) as { id: string }[]
+    ).map((r) => r.id);
+    if (unknown.length === 1) throw new RegistryError('E_NO_DEVICE', `device ${unknown[0]} is not registered`);
+    if (unknown.length > 1) {
+      const shown = unknown.slice(0, 20).join(', ');
+      throw new RegistryError(
+        'E_NO_DEVICE',
+        `${unknown.length} devices are not registered: ${shown}${unknown.length > 20 ? `, ... (${unknown.length - 20} more)` : ''}`,
+      );
+    }
     return { sql: 'd.id IN (SELECT value FROM json_each(?))', args: [ids] };
   }
   const usable = `d.state != 'decommissioned' AND ${HAS_ENC_KEY}`;
@@ -201,11 +213,14 @@ export class RolloutStore {
    * device the registry tells would not be sent to (see targetProblemSql) is
    * recorded `not sent` with its code.
    */
-  async createFromSelector(spec: RolloutSpec, options: { needsDeviceUser: boolean; chunk?: number }): Promise<RolloutRecord> {
+  async createFromSelector(
+    spec: RolloutSpec,
+    options: { needsDeviceUser: boolean; chunk?: number; retryOf?: { id: string; inFlightLeftOut: number } },
+  ): Promise<RolloutRecord> {
     const id = randomUUID();
     const where = selectorCondition(this.#reg, spec.selector);
     const chunk = options.chunk ?? PLAN_CHUNK;
-    this.#db.transaction(() => this.#insertRollout(id, spec, this.#reg.now(), true)).immediate();
+    this.#db.transaction(() => this.#insertRollout(id, spec, this.#reg.now(), true, options.retryOf?.id)).immediate();
     const insert = this.#db.prepare(
       `INSERT INTO rollout_targets (rollout_id, device_id, state, code, updated_at)
        SELECT ?, id, CASE WHEN problem IS NULL THEN 'pending' ELSE 'not sent' END, problem, ?
@@ -229,6 +244,14 @@ export class RolloutStore {
         // Cancelled or aborted while its targets were recorded: those recorded after are cancelled too.
         if (r.state === 'cancelled' || r.state === 'aborted') this.cancelPending(id, r.state === 'cancelled' ? 'E_CANCELLED' : 'E_ABORTED');
         this.#auditCreate(id, spec, total);
+        if (options.retryOf) {
+          this.#reg.audit('rollout.retry', null, {
+            rollout_id: id,
+            retry_of: options.retryOf.id,
+            devices: total,
+            in_flight_left_out: options.retryOf.inFlightLeftOut,
+          });
+        }
         if (total === 0) this.#finish(id, 'completed', 'no devices matched', now);
         else if (this.counts(id).pending === 0 && r.state !== 'cancelled' && r.state !== 'aborted')
           this.#finish(id, 'completed', 'no target could be sent to', now);
@@ -237,11 +260,11 @@ export class RolloutStore {
     return this.require(id);
   }
 
-  #insertRollout(id: string, spec: RolloutSpec, now: number, planning = false): void {
+  #insertRollout(id: string, spec: RolloutSpec, now: number, planning = false, retryOf?: string): void {
     this.#db
       .prepare(
         `INSERT INTO rollouts (id, created_at, action, params, user_id, selector, ttl_s, deadline_at, rate_per_min, ramp_from, ramp_factor,
-               abort_percent, abort_min, concurrency, state, updated_at, planning) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)`,
+               abort_percent, abort_min, concurrency, state, updated_at, planning, retry_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)`,
       )
       .run(
         id,
@@ -260,6 +283,7 @@ export class RolloutStore {
         spec.concurrency,
         now,
         planning ? 1 : 0,
+        retryOf ?? null,
       );
   }
 
@@ -669,6 +693,7 @@ function rolloutRecord(row: RolloutRow): RolloutRecord {
     stateReason: row.state_reason,
     updatedAt: row.updated_at,
     finishedAt: row.finished_at,
+    retryOf: row.retry_of,
   };
 }
 

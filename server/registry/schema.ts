@@ -181,6 +181,15 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE devices ADD COLUMN report_run INTEGER;
   ALTER TABLE devices ADD COLUMN report_n INTEGER;
   `,
+  // 6: reading the audit log by device, event, rollout and time (provision-server audit, GET /audit),
+  // and a rollout's origin when it retries the targets of another (rollout retry).
+  `
+  CREATE INDEX audit_device ON audit (device_id, id);
+  CREATE INDEX audit_event ON audit (event, id);
+  CREATE INDEX audit_at ON audit (at);
+  CREATE INDEX audit_rollout ON audit (COALESCE(json_extract(detail, '$.rollout_id'), json_extract(detail, '$.fanout_id')));
+  ALTER TABLE rollouts ADD COLUMN retry_of TEXT;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

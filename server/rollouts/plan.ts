@@ -218,8 +218,15 @@ export async function planRollout(registry: Registry, keys: ServerKeys, req: Rol
  * does not check when it is sealed makes its target `not sent` then). A single
  * named device whose command does not check is refused outright.
  */
-export async function startRollout(registry: Registry, plan: RolloutPlan): Promise<RolloutRecord> {
+export async function startRollout(
+  registry: Registry,
+  plan: RolloutPlan,
+  options: { retryOf?: { id: string; inFlightLeftOut: number } } = {},
+): Promise<RolloutRecord> {
   const only = plan.sample[0];
   if ('devices' in plan.spec.selector && plan.summary.targets === 1 && only?.problem) throw new CodedError(only.problem.code, only.problem.message);
-  return new RolloutStore(registry).createFromSelector(plan.spec, { needsDeviceUser: plan.needsDeviceUser });
+  return new RolloutStore(registry).createFromSelector(plan.spec, {
+    needsDeviceUser: plan.needsDeviceUser,
+    ...(options.retryOf ? { retryOf: options.retryOf } : {}),
+  });
 }

@@ -3,6 +3,7 @@ import { printable, table } from '../terminal-text.js';
 import type { RolloutRecord, TargetCounts, TargetRecord } from '../registry/rollouts.js';
 import { currentRate } from './engine.js';
 import type { RolloutPlan } from './plan.js';
+import { outlookView, type RolloutOutlook } from './progress.js';
 
 const iso = (t: number | null | undefined): string | null => (t === null || t === undefined ? null : new Date(t).toISOString());
 
@@ -10,6 +11,41 @@ const iso = (t: number | null | undefined): string | null => (t === null || t ==
 export function progressOf(counts: TargetCounts): { done: number; total: number } {
   const total = Object.values(counts).reduce((a, b) => a + b, 0);
   return { done: total - counts.pending - counts.sending - counts.sent, total };
+}
+
+/**
+ * What a finished rollout came to: `completed` only when every target applied;
+ * `expired` when none applied and the deadline took them (no board refused);
+ * `failed` when none applied otherwise; `partial` when some did not apply; an
+ * aborted or cancelled one keeps that state. Null while it is not finished.
+ */
+export function rolloutResult(r: Pick<RolloutRecord, 'state' | 'finishedAt'>, counts: TargetCounts): string | null {
+  if (r.finishedAt === null) return null;
+  if (r.state !== 'completed') return r.state;
+  const { total } = progressOf(counts);
+  if (counts.applied === total) return 'completed';
+  if (counts.applied === 0) return counts.expired > 0 && counts.rejected + counts.failed === 0 ? 'expired' : 'failed';
+  return 'partial';
+}
+
+/** A rollout's state in words: its state while open, its result once finished. */
+export function stateLabel(r: Pick<RolloutRecord, 'state' | 'finishedAt'>, counts: TargetCounts): string {
+  return rolloutResult(r, counts) ?? r.state;
+}
+
+/** `3 applied, 1 rejected, 16 not sent`: the counts that are not zero, in the summary's words. */
+export function countsText(counts: TargetCounts): string {
+  const parts: [string, number][] = [
+    ['applied', counts.applied],
+    ['rejected', counts.rejected],
+    ['failed', counts.failed],
+    ['expired', counts.expired],
+    ['not sent', counts['not sent'] + counts.cancelled],
+    ['in flight', counts.sending + counts.sent],
+    ['waiting', counts.pending],
+  ];
+  const shown = parts.filter(([, n]) => n > 0);
+  return shown.length ? shown.map(([k, n]) => `${n} ${k}`).join(', ') : 'no targets';
 }
 
 export function selectorText(r: Pick<RolloutRecord, 'selector'>): string {
@@ -20,7 +56,7 @@ export function selectorText(r: Pick<RolloutRecord, 'selector'>): string {
   return s.devices.length === 1 ? `device ${s.devices[0]}` : `${s.devices.length} named devices`;
 }
 
-export function rolloutView(r: RolloutRecord, counts: TargetCounts, targets?: TargetRecord[]): Record<string, unknown> {
+export function rolloutView(r: RolloutRecord, counts: TargetCounts, targets?: TargetRecord[], outlook?: RolloutOutlook): Record<string, unknown> {
   return {
     id: r.id,
     action: r.action,
@@ -29,6 +65,8 @@ export function rolloutView(r: RolloutRecord, counts: TargetCounts, targets?: Ta
     selector: r.selector,
     state: r.state,
     state_reason: r.stateReason,
+    result: rolloutResult(r, counts),
+    retry_of: r.retryOf,
     created_at: iso(r.createdAt),
     updated_at: iso(r.updatedAt),
     finished_at: iso(r.finishedAt),
@@ -41,6 +79,7 @@ export function rolloutView(r: RolloutRecord, counts: TargetCounts, targets?: Ta
     concurrency: r.concurrency,
     counts,
     progress: progressOf(counts),
+    ...(outlook ? { outlook: outlookView(outlook) } : {}),
     ...(targets
       ? {
           targets: targets.map((t) => ({
@@ -116,14 +155,20 @@ export function formatPlan(plan: RolloutPlan): string {
   return `${lines.join('\n')}${table(rows)}${more > 0 ? `... and ${more} more (only the first ${plan.sample.length} are listed)\n` : ''}`;
 }
 
-/** The summary at the end of `send` to many devices, and `rollout show` as text. */
-export function formatRolloutSummary(r: RolloutRecord, counts: TargetCounts, notApplied: TargetRecord[]): string {
+/**
+ * The summary at the end of `send` to many devices, and `rollout show` as text
+ * (with the outlook: pending targets online and offline, next send, ETA).
+ */
+export function formatRolloutSummary(r: RolloutRecord, counts: TargetCounts, notApplied: TargetRecord[], outlook?: RolloutOutlook): string {
   const { total } = progressOf(counts);
+  const result = rolloutResult(r, counts);
   const lines = [
-    `rollout ${r.id}: ${r.action} to ${total} device(s) (${selectorText(r)}), ${r.state}${r.stateReason ? ` (${printable(r.stateReason)})` : ''}`,
+    `rollout ${r.id}: ${r.action} to ${total} device(s) (${selectorText(r)}), ${stateLabel(r, counts)}${r.stateReason ? ` (${printable(r.stateReason)})` : ''}`,
+    ...(result !== null ? [`result: ${countsText(counts)}`] : []),
+    ...(r.retryOf !== null ? [`retry of rollout ${r.retryOf}`] : []),
     `delivery until ${iso(r.deadlineAt)}; ${rateText(r)}${r.abortPercent === undefined ? '' : `; abort at ${r.abortPercent}% after ${r.abortMin} results`}`,
     '',
-    'outcome      devices',
+    'outcome             devices',
   ];
   const waiting = counts.pending;
   const rows: [string, number][] = [
@@ -131,11 +176,24 @@ export function formatRolloutSummary(r: RolloutRecord, counts: TargetCounts, not
     ['rejected', counts.rejected],
     ['failed', counts.failed],
     ['no answer', counts.sent + counts.sending],
-    ['waiting', waiting],
+    ...(outlook
+      ? ([
+          ['waiting, online', outlook.readyOnline],
+          ['waiting, offline', outlook.waitingOffline],
+        ] as [string, number][])
+      : ([['waiting', waiting]] as [string, number][])),
     ['expired', counts.expired],
     ['not sent', counts['not sent'] + counts.cancelled],
   ];
-  for (const [k, n] of rows) lines.push(`${k.padEnd(12)} ${String(n).padStart(7)}`);
+  for (const [k, n] of rows) lines.push(`${k.padEnd(19)} ${String(n).padStart(7)}`);
+  if (outlook && r.finishedAt === null) {
+    lines.push(
+      '',
+      `waiting, online: held by the rate or the concurrency limit; waiting, offline: sent when the board reports in`,
+      `next send: ${outlook.nextSendAt !== undefined && outlook.nextSendNote !== 'now' ? `${iso(outlook.nextSendAt)} (${outlook.nextSendNote})` : outlook.nextSendNote}`,
+      `ETA: ${outlook.etaNote}`,
+    );
+  }
   if (notApplied.length) {
     lines.push('', 'device                            state       code');
     for (const t of notApplied.slice(0, 50)) lines.push(`${t.deviceId.padEnd(33)} ${targetStateText(t.state).padEnd(11)} ${printable(t.code ?? '')}`.trimEnd());
@@ -160,18 +218,21 @@ export function targetStateText(state: TargetRecord['state']): string {
 }
 
 export function formatRolloutList(items: { r: RolloutRecord; counts: TargetCounts }[]): string {
-  const rows = [['ROLLOUT', 'ACTION', 'TARGETS', 'STATE', 'DONE', 'APPLIED', 'BAD', 'WAITING', 'CREATED', 'DEADLINE']];
+  // No DONE fraction: an aborted rollout's cancelled targets are "done" and would read as 20/20.
+  const rows = [['ROLLOUT', 'ACTION', 'TARGETS', 'STATE', 'DEVICES', 'APPLIED', 'FAILED', 'EXPIRED', 'NOT SENT', 'OPEN', 'CREATED', 'DEADLINE']];
   for (const { r, counts } of items) {
     const p = progressOf(counts);
     rows.push([
       r.id,
       r.action,
       selectorText(r),
-      r.state,
-      `${p.done}/${p.total}`,
+      stateLabel(r, counts),
+      String(p.total),
       String(counts.applied),
       String(counts.rejected + counts.failed),
-      String(counts.pending),
+      String(counts.expired),
+      String(counts['not sent'] + counts.cancelled),
+      String(counts.pending + counts.sending + counts.sent),
       iso(r.createdAt) ?? '',
       iso(r.deadlineAt) ?? '',
     ]);

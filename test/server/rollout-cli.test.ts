@@ -114,7 +114,7 @@ describe('provision-server CLI: tags and rollouts', function () {
     const id = r0.id;
     let r = await cli('rollout', 'list');
     expect(r.code, r.stderr).to.equal(0);
-    expect(r.stdout).to.match(new RegExp(`^${id}\\s+selftest\\s+tag site-a\\s+running\\s+0/2\\s`, 'm'));
+    expect(r.stdout).to.match(new RegExp(`^${id}\\s+selftest\\s+tag site-a\\s+running\\s+2\\s+0\\s+0\\s+0\\s+0\\s+2\\s`, 'm'));
     expect(r.stderr).to.match(/no serve is running/);
     r = await cli('rollout', 'list', '--open', '--json');
     expect((JSON.parse(r.stdout) as { id: string }[]).map((x) => x.id)).to.deep.equal([id]);
@@ -122,7 +122,7 @@ describe('provision-server CLI: tags and rollouts', function () {
     expect(r.code, r.stderr).to.equal(0);
     expect(r.stdout)
       .to.match(new RegExp(`^rollout ${id}: selftest to 2 device\\(s\\) \\(tag site-a\\), running`, 'm'))
-      .and.to.match(/^waiting\s+2$/m);
+      .and.to.match(/^waiting, online\s+2$/m);
 
     const expectExit = async (args: string[], code: number, pattern: RegExp): Promise<void> => {
       const res = await cli(...args);

@@ -1,0 +1,36 @@
+/** `provision-server audit`: read the audit log, filtered by device, rollout, event and time. */
+import { defineCommand } from '../../lib/cli.js';
+import { auditLine, auditView, CLI_FILTER_NAMES, parseAuditFilter } from '../audit-filter.js';
+import { openDataDir } from '../data-dir.js';
+import { DEFAULT_AUDIT_LIMIT, MAX_AUDIT_LIMIT, queryAudit } from '../registry/audit-query.js';
+import { withData } from './common.js';
+
+export const auditCommand = defineCommand({
+  command: 'audit',
+  describe: 'Print the audit log (enrollments, commands and acks, rollouts, tokens, refusals), oldest first, filtered',
+  builder: (y) =>
+    withData(y)
+      .option('device', { type: 'string', describe: 'only the events of this device' })
+      .option('rollout', { type: 'string', describe: "only this rollout's events and the commands it sealed (its id)" })
+      .option('action', {
+        type: 'string',
+        describe: 'only this event, or every event under a dotted prefix: command.ack, rollout (rollout.create, rollout.cancel, ...), device.enroll',
+      })
+      .option('since', { type: 'string', describe: 'only events at or after: a duration ago (1h, 30m, 7d) or an ISO time (2026-12-04T10:00:00Z)' })
+      .option('until', { type: 'string', describe: 'only events at or before: a duration ago or an ISO time' })
+      .option('limit', { type: 'string', default: String(DEFAULT_AUDIT_LIMIT), describe: `the newest this many events that match (1-${MAX_AUDIT_LIMIT})` })
+      .option('json', { type: 'boolean', default: false, describe: 'print JSON lines (one object per event: id, at, event, device_id, detail)' })
+      .example('$0 audit --device sensor-0001 --since 24h', '')
+      .example('$0 audit --rollout 6f1c2a9e-... --action command.ack --json', ''),
+  handler: async (args) => {
+    // The filters are checked before the data directory is opened.
+    const filter = parseAuditFilter(args, CLI_FILTER_NAMES, 'E_USAGE', Date.now());
+    const data = await openDataDir(args.data);
+    try {
+      const rows = queryAudit(data.registry, filter);
+      process.stdout.write(rows.map((a) => `${args.json ? JSON.stringify(auditView(a)) : auditLine(a)}\n`).join(''));
+    } finally {
+      data.registry.close();
+    }
+  },
+});
