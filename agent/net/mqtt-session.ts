@@ -344,25 +344,35 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
    * is logged as a command that may have been lost; at QoS 1 with its packet id in the bytes read it
    * is acknowledged (PUBACK), so the broker does not send it again at every reconnect (a persistent
    * session, a broker without max_packet_size, MQTT 3.1.1: the agent could not announce its Maximum
-   * Packet Size). When the same packet (type and size) comes twice in a row anyway (its id was not
-   * in the bytes read, or the PUBACK was lost), the next connection is made once with a clean
-   * session, which drops the broker's queue for this board. Resolves once a PUBACK is written.
+   * Packet Size). A QoS 0 one is never sent again by the broker: it only costs a reconnect, and two
+   * of them in a row (two messages, not one redelivered) never shed the session. When the same QoS 1
+   * packet (its type, QoS, size and packet id) comes back anyway (twice in a row when its id was not
+   * in the bytes read, three times when the PUBACK did not take), the next connection is made once
+   * with a clean session, which drops the broker's queue for this board. Resolves once a PUBACK is
+   * written.
    */
   #onOversize(stream: Duplex, declared: number, head: OversizeHead): Promise<void> {
     const isPublish = head.first >> 4 === 3;
-    const key = `${head.first >> 4} ${declared}`; // a redelivery repeats type and size (its DUP flag may differ)
-    const count = this.#oversize?.key === key ? this.#oversize.count + 1 : 1;
-    this.#oversize = { key, count };
-    if (count >= 2) this.#shed = true;
     const pub = isPublish ? oversizePublish(head) : undefined;
-    const ack = pub !== undefined && pub.topic === this.options.topic && pub.qos === 1 && pub.packetId !== undefined && count === 1;
-    const next = ack
-      ? 'acknowledged to the broker so it is not sent again'
-      : count >= 2
-        ? 'it came again: the next connection uses a clean session once, which also drops any other message the broker queued for this board'
-        : 'the broker may send it again';
+    const qos = isPublish ? (head.first >> 1) & 3 : undefined;
+    let count = 1;
+    if (qos !== 0) {
+      // A redelivery repeats type, QoS, size and packet id (its DUP flag may differ).
+      const key = `${head.first >> 4} ${qos ?? '-'} ${declared} ${pub?.packetId ?? '?'}`;
+      count = this.#oversize?.key === key ? this.#oversize.count + 1 : 1;
+      this.#oversize = { key, count };
+      if (count >= (pub?.packetId === undefined ? 2 : 3)) this.#shed = true;
+    }
+    const ack = pub !== undefined && pub.topic === this.options.topic && pub.qos === 1 && pub.packetId !== undefined;
+    const next = this.#shed
+      ? 'it came again: the next connection uses a clean session once, which also drops any other message the broker queued for this board'
+      : ack
+        ? 'acknowledged to the broker so it is not sent again'
+        : qos === 0
+          ? 'sent at QoS 0, the broker does not send it again'
+          : 'the broker may send it again';
     if (!isPublish) {
-      if (count >= 2) this.options.log.error('the same oversized packet came again', { bytes: declared, limit_bytes: MAX_INBOUND_PACKET_BYTES, detail: next });
+      if (this.#shed) this.options.log.error('the same oversized packet came again', { bytes: declared, limit_bytes: MAX_INBOUND_PACKET_BYTES, detail: next });
       return Promise.resolve();
     }
     this.options.log.error('command.oversize_dropped', {
