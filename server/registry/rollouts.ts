@@ -137,9 +137,9 @@ export function selectorCondition(registry: Registry, selector: RolloutSelector)
   if ('devices' in selector) {
     const ids = JSON.stringify(selector.devices);
     // Every unknown id is named at once (a list typed or read from a file): nothing is recorded.
-    const unknown = (
-      registry.db.prepare('SELECT value AS id FROM json_each(?) WHERE value NOT IN (SELECT id FROM devices)').all(ids) as { id: string }[]
-    ).map((r) => r.id);
+    const unknown = (registry.db.prepare('SELECT value AS id FROM json_each(?) WHERE value NOT IN (SELECT id FROM devices)').all(ids) as { id: string }[]).map(
+      (r) => r.id,
+    );
     if (unknown.length === 1) throw new RegistryError('E_NO_DEVICE', `device ${unknown[0]} is not registered`);
     if (unknown.length > 1) {
       const shown = unknown.slice(0, 20).join(', ');

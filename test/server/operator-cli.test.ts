@@ -215,7 +215,10 @@ describe('provision-server CLI: operator footguns and gaps', function () {
     });
 
     it('rollout list shows applied / failed / not sent counts, not a DONE fraction, for an aborted rollout', async () => {
-      const r0 = await startRollout(data.registry, await planRollout(data.registry, data.keys, { action: 'selftest', selector: { devices: ['op-a', 'op-b'] } }));
+      const r0 = await startRollout(
+        data.registry,
+        await planRollout(data.registry, data.keys, { action: 'selftest', selector: { devices: ['op-a', 'op-b'] } }),
+      );
       new RolloutStore(data.registry).setState(r0.id, ['running'], 'aborted', '2 of 2 results failed', 'test');
       const r = await cli('rollout', 'list');
       expect(r.code, r.stderr).to.equal(0);
