@@ -101,7 +101,7 @@ export async function handleEnrollment(ctx: InboundContext, topicDeviceId: strin
   const pending = repeated
     ? registry
         .listCommands({ deviceId: opened.claims.iss, limit: 20 })
-        .find((c) => c.action === 'request' && c.ackStatus === null && c.expiresAt > registry.now() + 5000)
+        .find((c) => c.action === 'request' && c.ackStatus === null && c.voidedAt === null && c.expiresAt > registry.now() + 5000)
     : undefined;
   const pendingToken = pending ? registry.sealedCommand(pending.jti) : undefined;
   const { command: request, token } =

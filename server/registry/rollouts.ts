@@ -409,28 +409,52 @@ export class RolloutStore {
 
   /**
    * A claimed target's command was sealed and recorded: sending -> sent with its
-   * jti, in one transaction with the check that `lease` is still held. Only then
-   * may it be published. Otherwise (the lease was lost, or the target was moved
-   * meanwhile) the command is voided: never published, never re-published, and
-   * the target is left to the lease's holder. Returns whether it may be published.
+   * jti, in one transaction with the checks that `lease` is still held and that
+   * the rollout is still running. Only then may it be published (`sent`).
+   * Otherwise the command is voided (never published, never re-published): when
+   * the lease was lost, or the target was moved meanwhile, the target is left to
+   * the lease's holder (`fenced`); when the rollout was paused, cancelled or
+   * aborted while the command was sealed, the target waits again (paused) or is
+   * cancelled with E_CANCELLED / E_ABORTED (`stopped`).
    */
-  markSent(id: string, deviceId: string, jti: string, lease: Lease): boolean {
+  markSent(id: string, deviceId: string, jti: string, lease: Lease): 'sent' | 'fenced' | 'stopped' {
     return this.#db
-      .transaction((): boolean => {
+      .transaction((): 'sent' | 'fenced' | 'stopped' => {
         const now = this.#reg.now();
         const sent =
           this.#db
             .prepare(
               `UPDATE rollout_targets SET state = 'sent', jti = ?, sent_at = ?, updated_at = ?
-               WHERE rollout_id = ? AND device_id = ? AND state = 'sending' AND ${LEASE_HELD}`,
+               WHERE rollout_id = ? AND device_id = ? AND state = 'sending' AND (SELECT state FROM rollouts WHERE id = ?) = 'running' AND ${LEASE_HELD}`,
             )
-            .run(jti, now, now, id, deviceId, ...leaseArgs(lease, now)).changes === 1;
-        if (!sent) this.#voidCommand(jti, now);
-        // Proof of life: an engine at work keeps its lease through a long batch.
-        else this.#renew(lease, now);
-        return sent;
+            .run(jti, now, now, id, deviceId, id, ...leaseArgs(lease, now)).changes === 1;
+        if (sent) {
+          // Proof of life: an engine at work keeps its lease through a long batch.
+          this.#renew(lease, now);
+          return 'sent';
+        }
+        const stopped = this.#leaseHeld(lease) && this.#stopSending(id, deviceId, now);
+        this.#voidCommand(jti, now);
+        return stopped ? 'stopped' : 'fenced';
       })
       .immediate();
+  }
+
+  /**
+   * A target left `sending` of a rollout that is no longer running: it waits
+   * again (paused) or is cancelled (cancelled, aborted). False when the rollout
+   * is running (or gone) or the target is not `sending`.
+   */
+  #stopSending(id: string, deviceId: string, now: number): boolean {
+    const state = (this.#db.prepare('SELECT state FROM rollouts WHERE id = ?').get(id) as { state: RolloutState } | undefined)?.state;
+    if (state === undefined || state === 'running') return false;
+    const to: TargetState = state === 'paused' ? 'pending' : 'cancelled';
+    const code = state === 'paused' ? null : state === 'aborted' ? 'E_ABORTED' : 'E_CANCELLED';
+    return (
+      this.#db
+        .prepare(`UPDATE rollout_targets SET state = ?, code = COALESCE(?, code), updated_at = ? WHERE rollout_id = ? AND device_id = ? AND state = 'sending'`)
+        .run(to, code, now, id, deviceId).changes === 1
+    );
   }
 
   /**
@@ -471,8 +495,9 @@ export class RolloutStore {
    * by it) adopts the command last recorded for it, when that one is
    * unanswered, not void and still valid (it is then re-published as sealed:
    * same jti and seq); otherwise it waits again. Any other command recorded for
-   * it and never published is voided. Only under `lease`. Returns how many
-   * were adopted and how many wait again.
+   * it and never published is voided. A target of a rollout paused, cancelled
+   * or aborted since adopts nothing: it waits again (paused) or is cancelled.
+   * Only under `lease`. Returns how many were adopted and how many were not.
    */
   reclaimSending(id: string, lease: Lease): { adopted: number; requeued: number } {
     return this.#db
@@ -492,7 +517,16 @@ export class RolloutStore {
           `UPDATE commands SET voided_at = ? WHERE fanout_id = ? AND device_id = ? AND ack_status IS NULL AND voided_at IS NULL AND sent_at IS NULL
              AND NOT EXISTS (SELECT 1 FROM rollout_targets t WHERE t.jti = commands.jti)`,
         );
+        const running = (this.#db.prepare('SELECT state FROM rollouts WHERE id = ?').get(id) as { state: RolloutState } | undefined)?.state === 'running';
         for (const { deviceId } of sending) {
+          if (!running) {
+            // Paused, cancelled or aborted since it was claimed: nothing of it is published; it waits
+            // again (paused) or is cancelled, and what was sealed for it is voided.
+            this.#stopSending(id, deviceId, now);
+            out.requeued++;
+            voidOthers.run(now, id, deviceId);
+            continue;
+          }
           const c = latest.get(id, deviceId) as { jti: string; expiresAt: number } | undefined;
           if (c && c.expiresAt > now) {
             this.move(id, deviceId, ['sending'], 'sent', { jti: c.jti, sent: true });

@@ -20,6 +20,9 @@ const EVENTS: Readonly<Record<string, { line: string; level: 'info' | 'warn' }>>
   'rollout.abort': { line: 'rollout.aborted', level: 'warn' },
 };
 
+/** Rollout events logged per poll at most (the rest at the next). */
+const POLL_LIMIT = 1000;
+
 export class RolloutChangeLog {
   readonly #registry: Registry;
   readonly #log: Logger;
@@ -45,11 +48,14 @@ export class RolloutChangeLog {
   /** Logs the rollout events recorded since the last poll. */
   poll(): void {
     if (!this.#registry.db.open) return;
+    // Up to the newest row now, whatever its event: the next poll starts there (the rows between
+    // are never read again); the event range uses the audit_event index (LIKE would not).
+    const top = (this.#registry.db.prepare('SELECT COALESCE(MAX(id), 0) AS id FROM audit').get() as { id: number }).id;
     const rows = this.#registry.db
-      .prepare("SELECT id, event, detail FROM audit WHERE id > ? AND event LIKE 'rollout.%' ORDER BY id LIMIT 1000")
-      .all(this.#lastId) as { id: number; event: string; detail: string }[];
+      .prepare("SELECT id, event, detail FROM audit WHERE event >= 'rollout.' AND event < 'rollout/' AND id > ? AND id <= ? ORDER BY id LIMIT ?")
+      .all(this.#lastId, top, POLL_LIMIT) as { id: number; event: string; detail: string }[];
+    this.#lastId = rows.length < POLL_LIMIT ? top : (rows[rows.length - 1] as { id: number }).id;
     for (const row of rows) {
-      this.#lastId = row.id;
       const e = EVENTS[row.event];
       if (!e) continue;
       const d = JSON.parse(row.detail) as Record<string, unknown>;

@@ -365,7 +365,17 @@ export class RolloutEngine {
     }
     // Marked sent under the lease before it is published (a failed publish is re-published when the
     // board next connects); an engine that lost the lease meanwhile voids the command instead.
-    if (!this.store.markSent(r.id, deviceId, sealed.jti, lease)) {
+    const marked = this.store.markSent(r.id, deviceId, sealed.jti, lease);
+    if (marked === 'stopped') {
+      this.#log.info('rollout.not_published', {
+        rollout: r.id,
+        device: deviceId,
+        jti: sealed.jti,
+        reason: 'the rollout was paused, cancelled or aborted while the command was sealed: voided, not published',
+      });
+      return;
+    }
+    if (marked === 'fenced') {
       this.#log.warn('rollout.fenced', {
         rollout: r.id,
         device: deviceId,

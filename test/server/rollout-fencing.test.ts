@@ -43,6 +43,7 @@ async function serverKeys(): Promise<ServerKeys> {
 class StallingSender extends CommandSender {
   readonly stalled = new Set<string>();
   published = 0;
+  readonly publishedTo: string[] = [];
   readonly #gate: Promise<void>;
   readonly #before: string;
 
@@ -66,6 +67,7 @@ class StallingSender extends CommandSender {
 
   override async publish(deviceId: string, jti: string, token: string): Promise<void> {
     this.published++;
+    this.publishedTo.push(deviceId);
     await super.publish(deviceId, jti, token);
   }
 }
@@ -208,6 +210,104 @@ describe('server: rollout lease fencing (a stalled engine publishes nothing once
     } finally {
       release();
       await engine.stop();
+    }
+  });
+
+  it('a rollout cancelled while its commands are sealed publishes none of them: targets cancelled, commands voided, rollout finished', async () => {
+    const devices = await boards('stop-1', 'stop-2');
+    const client = await mqtt.connectAsync(broker.url, { clientId: 'fence-engine-d', clean: true, reconnectPeriod: 0 });
+    clients.push(client);
+    const r = await startRollout(regA, await planRollout(regA, keys, { action: 'selftest', selector: { devices: devices.map((d) => d.id) }, ttlSeconds: 120 }));
+    let release: () => void = () => undefined;
+    const sender = new StallingSender(regA, keys, client, new Promise<void>((res) => (release = res)), 'stop-1');
+    const engine = new RolloutEngine({ registry: regA, sender, log: silentLogger, holder: 'engine-d', tickMs: 50 });
+    const store = new RolloutStore(regA);
+    try {
+      engine.start();
+      await eventually(() => sender.stalled.size === 2, 5000, 'the engine stalled with both targets claimed');
+      // The operator cancels (another connection, as the CLI or the HTTP API would) while both are being sealed.
+      new RolloutStore(regB).setState(r.id, ['running'], 'cancelled', 'operator cancel', 'test');
+      release();
+      await eventually(() => store.get(r.id)?.finishedAt !== null, 5000, 'the cancelled rollout finished');
+      await sleep(300);
+      expect(sender.publishedTo.filter((id) => id.startsWith('stop-')), 'publishes after the cancel').to.deep.equal([]);
+      for (const d of devices) {
+        expect(delivered.get(`provision/${d.id}/command`) ?? 0, d.id).to.equal(0);
+        expect(d.received, d.id).to.have.length(0);
+      }
+      expect(store.targets(r.id).map((t) => [t.state, t.code])).to.deep.equal([
+        ['cancelled', 'E_CANCELLED'],
+        ['cancelled', 'E_CANCELLED'],
+      ]);
+      expect(regA.listCommands({ fanoutId: r.id }).every((c) => c.voidedAt !== null)).to.equal(true);
+      expect(store.get(r.id)?.state).to.equal('cancelled');
+    } finally {
+      release();
+      await engine.stop();
+    }
+  });
+
+  it('a rollout paused while a command is sealed publishes nothing until resumed, then one command per board', async () => {
+    const [d] = (await boards('pause-1')) as [SimDevice];
+    const client = await mqtt.connectAsync(broker.url, { clientId: 'fence-engine-e', clean: true, reconnectPeriod: 0 });
+    clients.push(client);
+    const r = await startRollout(regA, await planRollout(regA, keys, { action: 'selftest', selector: { devices: [d.id] }, ttlSeconds: 120 }));
+    let release: () => void = () => undefined;
+    const sender = new StallingSender(regA, keys, client, new Promise<void>((res) => (release = res)), 'none');
+    const engine = new RolloutEngine({ registry: regA, sender, log: silentLogger, holder: 'engine-e', tickMs: 50 });
+    const store = new RolloutStore(regA);
+    try {
+      engine.start();
+      await eventually(() => sender.stalled.size === 1, 5000, 'the engine stalled after sealing');
+      new RolloutStore(regB).setState(r.id, ['running'], 'paused', 'operator pause', 'test');
+      release();
+      await eventually(() => store.counts(r.id).pending === 1, 5000, 'the target waits again');
+      await sleep(300);
+      expect(sender.publishedTo.filter((id) => id === d.id), 'publishes while paused').to.deep.equal([]);
+      expect(d.received).to.have.length(0);
+      store.setState(r.id, ['paused'], 'running', 'operator resume', 'test');
+      await eventually(() => d.applied.length === 1, 5000, 'delivered after the resume');
+      await sleep(300);
+      expect(d.received, 'commands the board got').to.have.length(1);
+      const commands = regA.listCommands({ fanoutId: r.id });
+      expect(commands.filter((c) => c.voidedAt === null).map((c) => c.jti)).to.deep.equal([d.received[0]?.claims.jti]);
+    } finally {
+      release();
+      await engine.stop();
+    }
+  });
+
+  it('an engine taking over a rollout cancelled since its targets were claimed cancels them (nothing adopted or sent) and finishes it', async () => {
+    const devices = await boards('take-1', 'take-2');
+    const clientA = await mqtt.connectAsync(broker.url, { clientId: 'fence-engine-f', clean: true, reconnectPeriod: 0 });
+    const clientB = await mqtt.connectAsync(broker.url, { clientId: 'fence-engine-g', clean: true, reconnectPeriod: 0 });
+    clients.push(clientA, clientB);
+    const r = await startRollout(regA, await planRollout(regA, keys, { action: 'selftest', selector: { devices: devices.map((d) => d.id) }, ttlSeconds: 120 }));
+    let release: () => void = () => undefined;
+    const senderA = new StallingSender(regA, keys, clientA, new Promise<void>((res) => (release = res)), 'take-1');
+    const engineA = new RolloutEngine({ registry: regA, sender: senderA, log: silentLogger, holder: 'engine-f', tickMs: 50 });
+    const senderB = new CommandSender({ registry: regB, keys, topicPrefix: 'provision', publish: (topic, payload) => publishQos1(clientB, topic, payload) });
+    const engineB = new RolloutEngine({ registry: regB, sender: senderB, log: silentLogger, holder: 'engine-g', tickMs: 50 });
+    const store = new RolloutStore(regA);
+    try {
+      engineA.start();
+      await eventually(() => senderA.stalled.size === 2, 5000, 'engine A stalled with both targets claimed');
+      store.setState(r.id, ['running'], 'cancelled', 'operator cancel', 'test');
+      skew += LEASE_TTL_MS + 1000;
+      engineB.start();
+      await eventually(() => store.get(r.id)?.finishedAt !== null, 5000, 'engine B finished the cancelled rollout');
+      release();
+      await engineA.idle();
+      await sleep(300);
+      for (const d of devices) expect(delivered.get(`provision/${d.id}/command`) ?? 0, d.id).to.equal(0);
+      expect(senderA.publishedTo.filter((id) => id.startsWith('take-'))).to.deep.equal([]);
+      expect(store.targets(r.id).map((t) => t.state)).to.deep.equal(['cancelled', 'cancelled']);
+      expect(regA.listCommands({ fanoutId: r.id }).every((c) => c.voidedAt !== null)).to.equal(true);
+      expect(store.get(r.id)?.state).to.equal('cancelled');
+    } finally {
+      release();
+      await engineA.stop();
+      await engineB.stop();
     }
   });
 });
