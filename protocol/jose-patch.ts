@@ -35,12 +35,32 @@ async function probe(): Promise<void> {
   const kek = Buffer.alloc(32, 0x4b);
   const keyData = Buffer.alloc(32, 0x11);
   const integrity = Buffer.from('8081828384858687', 'hex');
-  const wrapper = createCipheriv('id-aes256-wrap', kek, integrity);
-  const forged = Buffer.concat([wrapper.update(keyData), wrapper.final()]);
+  const forged = aesKeyWrap(kek, integrity, keyData);
   try {
     await jose.JWA.decrypt('A256KW', kek, forged);
   } catch {
     return; // refused: the patched integrity check
   }
   throw new JosePatchError();
+}
+
+/**
+ * RFC 3394 key wrap with a chosen initial value, on AES-256-ECB (present in every OpenSSL build,
+ * unlike `id-aes256-wrap`, which some builds lack: the probe must never fail for that reason).
+ */
+function aesKeyWrap(kek: Buffer, iv: Buffer, key: Buffer): Buffer {
+  const n = key.length / 8;
+  let a = Buffer.from(iv);
+  const r = Array.from({ length: n }, (_, i) => key.subarray(i * 8, i * 8 + 8));
+  const aes = createCipheriv('aes-256-ecb', kek, null).setAutoPadding(false);
+  for (let j = 0; j <= 5; j++) {
+    for (let i = 0; i < n; i++) {
+      const b = aes.update(Buffer.concat([a, r[i] as Buffer]));
+      const t = BigInt(n * j + i + 1);
+      a = Buffer.from(b.subarray(0, 8));
+      a.writeBigUInt64BE(a.readBigUInt64BE(0) ^ t);
+      r[i] = Buffer.from(b.subarray(8, 16));
+    }
+  }
+  return Buffer.concat([a, ...r]);
 }

@@ -127,7 +127,8 @@ export class Reporter {
       this.#early = { conn: 1, kid, token: Promise.resolve(ahead.token) };
       return;
     }
-    const token = this.#seal('offline', 1, 0);
+    // Sealed with the run being saved, in parallel with that save (will() waits for it before the CONNECT).
+    const token = this.#seal('offline', 1, 0, { session: this.#session, run });
     token.catch(() => undefined); // will() reports a failure
     this.#early = { conn: 1, kid, token };
   }
@@ -140,6 +141,8 @@ export class Reporter {
     const early = this.#early;
     this.#early = undefined;
     const token = early && early.conn === conn && early.kid === kid ? early.token : this.#seal('offline', conn, 0);
+    // Handled here: when the run cannot be saved (a full disk) both reject, and only the first is awaited.
+    token.catch(() => undefined);
     // Never a CONNECT with a will whose run is not saved yet: a crash could let the next start take it again.
     await this.#runNumber();
     return { topic: this.#topic, payload: await token };

@@ -22,7 +22,7 @@ const run = promisify(execFile);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const DEVICE = 'sensor-diskfull';
 
-describe('faults: the disk fills up under a running agent', function () {
+describe('faults: the disk fills up under a running agent, or is full at its start', function () {
   this.timeout(90_000);
   let broker: MosquittoProcess | undefined;
   let files: DeviceFiles | undefined;
@@ -119,5 +119,46 @@ describe('faults: the disk fills up under a running agent', function () {
     expect(state.recent.filter((r) => r.jti === cmd.jti)).to.have.length(1);
     expect(state.settings.sensor?.name).to.equal('after the disk filled up');
     expect(s.acks.filter((x) => x.claims.ref === cmd.jti && !x.claims.detail.startsWith('duplicate'))).to.have.length(1);
+  });
+
+  it('started on a full disk (its run cannot be saved): connects without a will, reports nothing, and survives broker restarts', async () => {
+    const b = broker as MosquittoProcess;
+    const disk = mnt as string;
+    const first = agent as AgentProcess;
+    first.child.kill('SIGTERM');
+    await first.exited;
+    // The will sealed ahead would be taken and removed at the start, freeing room for the save: gone first.
+    await rm(join(disk, 'state', 'next-will.json'), { force: true });
+    for (let i = 0; ; i++) {
+      try {
+        await writeFile(join(disk, `filler2-${i}`), Buffer.alloc(1024, 0x78));
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOSPC') break;
+        throw err;
+      }
+    }
+    const a = spawnAgent((files as DeviceFiles).configPath);
+    agent = a;
+    let deadline = Date.now() + 20_000;
+    while (!/subscribed topic=/.test(a.output())) {
+      if (!a.running() || Date.now() > deadline) throw new Error(`agent did not subscribe: ${a.output().slice(-2000)}`);
+      await sleep(20);
+    }
+    // Two broker restarts: each reconnect seals a will whose run cannot be saved.
+    for (let i = 0; i < 2; i++) {
+      await b.stop();
+      await sleep(500);
+      await b.start();
+      const seen = (a.output().match(/subscribed topic=/g) ?? []).length;
+      deadline = Date.now() + 20_000;
+      while ((a.output().match(/subscribed topic=/g) ?? []).length <= seen) {
+        if (!a.running() || Date.now() > deadline) throw new Error(`agent did not come back after broker restart ${i + 1}: ${a.output().slice(-3000)}`);
+        await sleep(50);
+      }
+    }
+    await sleep(500);
+    expect(a.running(), `the agent keeps running; its output:\n${a.output().slice(-2500)}`).to.equal(true);
+    expect(a.output()).to.match(/last will not sealed; connecting without one/);
+    for (const f of await readdir(disk)) if (f.startsWith('filler2-')) await rm(join(disk, f));
   });
 });
