@@ -307,6 +307,15 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
     });
     client.on('error', (err) => {
       if (client !== this.#client) return;
+      if (client.options.protocolVersion === 5 && (err as Error & { code?: unknown }).code === 1) {
+        // CONNACK 1, "unacceptable protocol version": a broker that speaks MQTT 3.1.1 only (mosquitto
+        // before 1.6, aedes). The next attempts use 3.1.1; the agent's own packet cap still holds.
+        client.options.protocolVersion = 4;
+        delete client.options.properties;
+        log.warn('the broker does not speak MQTT 5: using MQTT 3.1.1 (set broker.protocol_version to 4 in the config to skip this try)', {
+          broker: b.url,
+        });
+      }
       if (err.message !== this.#lastError) log.warn('broker connection error', { broker: b.url, reason: err.message });
       this.#lastError = err.message;
       this.#attemptError = shortReason(err);
