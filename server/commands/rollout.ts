@@ -6,7 +6,7 @@ import { brokerFrom, openDataDir } from '../data-dir.js';
 import { parseDuration } from '../duration.js';
 import { RegistryError } from '../registry/errors.js';
 import { confirmCli, followRollout } from './send-rollout.js';
-import { planRetry, startRetry } from '../rollouts/retry.js';
+import { planRetry, retryView, startRetry } from '../rollouts/retry.js';
 import { rolloutOutlook } from '../rollouts/progress.js';
 import { planWarnings } from '../rollouts/warnings.js';
 import { RolloutStore, type RolloutState } from '../registry/rollouts.js';
@@ -154,9 +154,13 @@ const retryCommand = defineCommand({
       for (const w of planWarnings(rp.plan)) process.stderr.write(`warning: ${w}\n`);
       if (rp.inFlight > 0)
         process.stderr.write(`note: ${rp.inFlight} target(s) of ${args.id} still in flight are not retried (their command may still apply)\n`);
+      if (rp.removed > 0) process.stderr.write(`note: ${rp.removed} target(s) of ${args.id} whose device was removed from the registry are left out\n`);
       if (args.dryRun) {
+        // The same members as the HTTP API's dry run (POST /rollouts/{id}/retry).
         process.stdout.write(
-          args.json ? `${JSON.stringify({ ...planView(rp.plan), retry_of: args.id }, null, 2)}\n` : `retry of rollout ${args.id}\n${formatPlan(rp.plan)}`,
+          args.json
+            ? `${JSON.stringify({ ...planView(rp.plan), ...retryView(rp), warnings: planWarnings(rp.plan) }, null, 2)}\n`
+            : `retry of rollout ${args.id}\n${formatPlan(rp.plan)}`,
         );
         return;
       }
