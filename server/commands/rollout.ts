@@ -56,7 +56,7 @@ const listCommand = defineCommand({
 const showCommand = defineCommand({
   command: 'show <id>',
   describe:
-    'One rollout: state (or result once finished), counts, rate, deadline, what waits (online held by the rate or concurrency, offline), the next send, an ETA, and the devices that did not apply',
+    'One rollout: state (or result once finished), counts, rate, deadline, what waits (online held by the rate or concurrency, offline, in a backoff after E_EXPIRED), the next send, an ETA, and the devices that did not apply',
   builder: (y) =>
     withData(y)
       .positional('id', { type: 'string', demandOption: true, coerce: rolloutId })
@@ -133,7 +133,7 @@ const resumeCommand = defineCommand({
 const retryCommand = defineCommand({
   command: 'retry <id>',
   describe:
-    'A new rollout (same action, params and options) over the targets of a finished, aborted or cancelled rollout that did not apply (rejected, failed, expired, not sent), followed as send does',
+    'A new rollout (same action, params and options) over the targets of a finished, aborted or cancelled rollout that did not apply (rejected, failed, expired, not sent; devices removed since are left out), followed as send does',
   builder: (y) =>
     withBroker(withData(y))
       .positional('id', { type: 'string', demandOption: true, coerce: rolloutId })
