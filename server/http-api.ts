@@ -27,7 +27,7 @@ import { planRollout, startRollout, type RolloutRequest } from './rollouts/plan.
 import { planView, rolloutView } from './rollouts/views.js';
 import { ROLLOUT_CONTROLS } from './rollouts/controls.js';
 import { checkConfirmation } from './rollouts/confirm.js';
-import { planRetry, startRetry } from './rollouts/retry.js';
+import { planRetry, retryView, startRetry } from './rollouts/retry.js';
 import { planWarnings } from './rollouts/warnings.js';
 import type { ServerKeys } from './server-keys.js';
 import { auditView, parseAuditFilter, type AuditFilterInput } from './audit-filter.js';
@@ -190,12 +190,12 @@ async function routeRollouts(ctx: HttpApiContext, req: IncomingMessage, res: Ser
     const { deliverWithinMs, dryRun, confirm } = retryRequestFromBody(await readOptionalJsonBody(req));
     const rp = await planRetry(ctx.registry, ctx.keys, id, deliverWithinMs === undefined ? {} : { deliverWithinMs });
     const warnings = planWarnings(rp.plan);
-    if (dryRun) return sendJson(res, 200, { ...planView(rp.plan), retry_of: id, in_flight_left_out: rp.inFlight, warnings });
+    if (dryRun) return sendJson(res, 200, { ...planView(rp.plan), ...retryView(rp), warnings });
     checkConfirmation(rp.plan.spec.action, rp.plan.summary.targets, confirm, CONFIRM_HOW);
     const r = await startRetry(ctx.registry, rp);
     ctx.onRolloutChange?.();
     res.setHeader('Location', `/rollouts/${r.id}`);
-    return sendJson(res, 201, { ...rolloutView(r, store.counts(r.id)), in_flight_left_out: rp.inFlight, warnings });
+    return sendJson(res, 201, { ...rolloutView(r, store.counts(r.id)), in_flight_left_out: rp.inFlight, removed_left_out: rp.removed, warnings });
   }
   if (parts.length === 3 && (parts[2] === 'pause' || parts[2] === 'resume' || parts[2] === 'cancel')) {
     allow(method, ['POST']);

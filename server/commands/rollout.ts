@@ -6,7 +6,7 @@ import { brokerFrom, openDataDir } from '../data-dir.js';
 import { parseDuration } from '../duration.js';
 import { RegistryError } from '../registry/errors.js';
 import { confirmCli, followRollout } from './send-rollout.js';
-import { planRetry, startRetry } from '../rollouts/retry.js';
+import { planRetry, retryView, startRetry } from '../rollouts/retry.js';
 import { rolloutOutlook } from '../rollouts/progress.js';
 import { planWarnings } from '../rollouts/warnings.js';
 import { RolloutStore, type RolloutState } from '../registry/rollouts.js';
@@ -56,7 +56,7 @@ const listCommand = defineCommand({
 const showCommand = defineCommand({
   command: 'show <id>',
   describe:
-    'One rollout: state (or result once finished), counts, rate, deadline, what waits (online held by the rate or concurrency, offline), the next send, an ETA, and the devices that did not apply',
+    'One rollout: state (or result once finished), counts, rate, deadline, what waits (online held by the rate or concurrency, offline, in a backoff after E_EXPIRED), the next send, an ETA, and the devices that did not apply',
   builder: (y) =>
     withData(y)
       .positional('id', { type: 'string', demandOption: true, coerce: rolloutId })
@@ -133,7 +133,7 @@ const resumeCommand = defineCommand({
 const retryCommand = defineCommand({
   command: 'retry <id>',
   describe:
-    'A new rollout (same action, params and options) over the targets of a finished, aborted or cancelled rollout that did not apply (rejected, failed, expired, not sent), followed as send does',
+    'A new rollout (same action, params and options) over the targets of a finished, aborted or cancelled rollout that did not apply (rejected, failed, expired, not sent; devices removed since are left out), followed as send does',
   builder: (y) =>
     withBroker(withData(y))
       .positional('id', { type: 'string', demandOption: true, coerce: rolloutId })
@@ -154,9 +154,13 @@ const retryCommand = defineCommand({
       for (const w of planWarnings(rp.plan)) process.stderr.write(`warning: ${w}\n`);
       if (rp.inFlight > 0)
         process.stderr.write(`note: ${rp.inFlight} target(s) of ${args.id} still in flight are not retried (their command may still apply)\n`);
+      if (rp.removed > 0) process.stderr.write(`note: ${rp.removed} target(s) of ${args.id} whose device was removed from the registry are left out\n`);
       if (args.dryRun) {
+        // The same members as the HTTP API's dry run (POST /rollouts/{id}/retry).
         process.stdout.write(
-          args.json ? `${JSON.stringify({ ...planView(rp.plan), retry_of: args.id }, null, 2)}\n` : `retry of rollout ${args.id}\n${formatPlan(rp.plan)}`,
+          args.json
+            ? `${JSON.stringify({ ...planView(rp.plan), ...retryView(rp), warnings: planWarnings(rp.plan) }, null, 2)}\n`
+            : `retry of rollout ${args.id}\n${formatPlan(rp.plan)}`,
         );
         return;
       }

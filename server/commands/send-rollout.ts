@@ -99,6 +99,10 @@ export async function followRollout(o: FollowOptions): Promise<number> {
     onReport: (deviceId, claims) => engine?.onReport(deviceId, claims),
     ...(o.log ? { log: o.log } : {}),
   });
+  // Ctrl-C stops following, never the recording of the targets (o.start): a rollout left planning would never be driven.
+  const stop = new AbortController();
+  const onSigint = (): void => stop.abort();
+  process.once('SIGINT', onSigint);
   try {
     const id = await o.start();
     const holder = store.leaseHolder(ROLLOUT_LEASE);
@@ -110,9 +114,6 @@ export async function followRollout(o: FollowOptions): Promise<number> {
       `rollout ${r.id}: ${r.action} to ${total} device(s), ${holder ? `driven by ${holder}` : 'driven by this process (no serve running)'}\n`,
     );
     const tty = process.stderr.isTTY;
-    const stop = new AbortController();
-    const onSigint = (): void => stop.abort();
-    process.once('SIGINT', onSigint);
     const intervalMs = o.progressIntervalMs ?? DEFAULT_PROGRESS_INTERVAL_MS;
     // A line every interval (a log, CI); at a terminal the bar in between, cleared before each line.
     const lines = intervalMs > 0 ? new ProgressLines(r.id, intervalMs, (line) => process.stderr.write(`${tty ? '\r\x1b[K' : ''}${line}\n`)) : undefined;
@@ -123,7 +124,7 @@ export async function followRollout(o: FollowOptions): Promise<number> {
         lines?.update(counts);
         if (tty) process.stderr.write(`\r${progressBar(done, all)}`);
       },
-    }).finally(() => process.removeListener('SIGINT', onSigint));
+    });
     if (tty) process.stderr.write('\n');
     await engine.stop();
     const final = store.require(r.id);
@@ -139,6 +140,7 @@ export async function followRollout(o: FollowOptions): Promise<number> {
       );
     return counts.applied === total ? 0 : 6;
   } finally {
+    process.removeListener('SIGINT', onSigint);
     await engine?.stop();
     await client.close();
   }

@@ -6,6 +6,7 @@
  * engine into an inconsistent row.
  */
 import { randomUUID } from 'node:crypto';
+import { CodedError } from '../../protocol/index.js';
 import { RegistryError } from './errors.js';
 import { assertTag, type Registry } from './registry.js';
 
@@ -16,7 +17,27 @@ export type TargetState = (typeof TARGET_STATES)[number];
 /** Target states that are final. */
 export const FINAL_TARGET_STATES: readonly TargetState[] = ['applied', 'rejected', 'failed', 'expired', 'cancelled', 'not sent'];
 
-export type RolloutSelector = { all: true } | { userId: string } | { tag: string } | { devices: string[] };
+/**
+ * Which devices a rollout goes to. `retryOf` (rollout retry): the devices of
+ * that rollout's targets in `states`, resolved in SQL (no list of ids held or
+ * stored); a device removed from the registry since simply drops out.
+ */
+export type RolloutSelector = { all: true } | { userId: string } | { tag: string } | { devices: string[] } | { retryOf: string; states: TargetState[] };
+
+/** A named-device list longer than this is recorded in the audit (and serve's log line) as its count only. */
+export const AUDIT_MAX_LISTED_DEVICES = 20;
+
+/** A selector as the audit records it: a long list of named devices as its count. */
+export function selectorForAudit(selector: RolloutSelector): RolloutSelector | { devices_named: number } {
+  return 'devices' in selector && selector.devices.length > AUDIT_MAX_LISTED_DEVICES ? { devices_named: selector.devices.length } : selector;
+}
+
+/**
+ * A rollout still `planning` (its targets being recorded) whose heartbeat
+ * (updated_at, renewed per chunk recorded) is older than this was left by a
+ * process that stopped mid-way (a crash, Ctrl-C): the engine finishes it.
+ */
+export const PLANNING_STALE_MS = 60_000;
 
 export interface RolloutSpec {
   action: string;
@@ -124,6 +145,13 @@ const leaseArgs = (lease: Lease, now: number): (string | number)[] => [lease.nam
 /** Targets recorded per transaction when a rollout is created from its selector (createFromSelector). */
 export const PLAN_CHUNK = 2000;
 
+/**
+ * A target's device `d` (LEFT JOINed: gone is NULL) may be sent to now (bind
+ * now): online by its reports (the last one within PRESENCE_GRACE x its
+ * interval, see server/presence.ts), or never reported (sent to as before).
+ */
+const REACHABLE_NOW = "(d.id IS NULL OR d.last_seen_at IS NULL OR (d.presence = 'online' AND d.last_seen_at + d.report_interval_s * 2500 >= ?))";
+
 /** A device `d` has a current encryption key (what every command is sealed to). */
 const HAS_ENC_KEY = "EXISTS (SELECT 1 FROM device_keys k WHERE k.device_id = d.id AND k.use = 'enc' AND k.status = 'current')";
 
@@ -149,6 +177,13 @@ export function selectorCondition(registry: Registry, selector: RolloutSelector)
       );
     }
     return { sql: 'd.id IN (SELECT value FROM json_each(?))', args: [ids] };
+  }
+  if ('retryOf' in selector) {
+    // Like named devices (no usability filter: one that cannot be sent to is recorded `not sent` with its code).
+    return {
+      sql: `d.id IN (SELECT device_id FROM rollout_targets WHERE rollout_id = ? AND state IN (${selector.states.map(() => '?').join(',')}))`,
+      args: [selector.retryOf, ...selector.states],
+    };
   }
   const usable = `d.state != 'decommissioned' AND ${HAS_ENC_KEY}`;
   if ('userId' in selector) return { sql: `d.user_id = ? AND ${usable}`, args: [selector.userId] };
@@ -215,7 +250,17 @@ export class RolloutStore {
    */
   async createFromSelector(
     spec: RolloutSpec,
-    options: { needsDeviceUser: boolean; chunk?: number; retryOf?: { id: string; inFlightLeftOut: number } },
+    options: {
+      needsDeviceUser: boolean;
+      chunk?: number;
+      retryOf?: { id: string; inFlightLeftOut: number; removedLeftOut?: number };
+      /**
+       * At most this many targets (the count a destructive action was confirmed
+       * for): when the selector now matches more, the rollout is cancelled and
+       * finished before it is released (nothing sent) and E_CONFIRM thrown.
+       */
+      maxTargets?: number;
+    },
   ): Promise<RolloutRecord> {
     const id = randomUUID();
     const where = selectorCondition(this.#reg, spec.selector);
@@ -227,11 +272,36 @@ export class RolloutStore {
        FROM (SELECT d.id AS id, ${targetProblemSql(options.needsDeviceUser)} AS problem FROM devices d WHERE d.id > ? AND ${where.sql} ORDER BY d.id LIMIT ?)`,
     );
     const last = this.#db.prepare('SELECT MAX(device_id) AS id FROM rollout_targets WHERE rollout_id = ?');
+    // The planning heartbeat: a rollout left planning with a stale one was interrupted (finishInterruptedPlanning).
+    const heartbeat = this.#db.prepare('UPDATE rollouts SET updated_at = ? WHERE id = ? AND planning = 1 AND finished_at IS NULL');
     let after = '';
     let total = 0;
     for (;;) {
-      const added = this.#db.transaction(() => insert.run(id, this.#reg.now(), after, ...where.args, chunk).changes).immediate();
+      const added = this.#db
+        .transaction(() => {
+          const now = this.#reg.now();
+          // Finished meanwhile (found interrupted by the engine): nothing more is recorded.
+          if (heartbeat.run(now, id).changes === 0) return -1;
+          return insert.run(id, now, after, ...where.args, chunk).changes;
+        })
+        .immediate();
+      if (added < 0) return this.require(id);
       total += added;
+      if (options.maxTargets !== undefined && total > options.maxTargets) {
+        const reason = `refused: the selector now matches more than the ${options.maxTargets} device(s) confirmed (E_CONFIRM); nothing sent`;
+        this.#db
+          .transaction(() => {
+            const now = this.#reg.now();
+            this.#db.prepare("UPDATE rollouts SET planning = 0, state = 'cancelled', state_reason = ?, updated_at = ? WHERE id = ?").run(reason, now, id);
+            this.cancelPending(id, 'E_CONFIRM');
+            this.#finish(id, 'cancelled', reason, now);
+          })
+          .immediate();
+        throw new CodedError(
+          'E_CONFIRM',
+          `${spec.action} was confirmed for ${options.maxTargets} device(s), but the selector now matches more: nothing sent (rollout ${id} cancelled); plan and confirm again`,
+        );
+      }
       if (added < chunk) break;
       after = (last.get(id) as { id: string }).id;
       await new Promise<void>((resolve) => setImmediate(resolve));
@@ -250,6 +320,7 @@ export class RolloutStore {
             retry_of: options.retryOf.id,
             devices: total,
             in_flight_left_out: options.retryOf.inFlightLeftOut,
+            removed_left_out: options.retryOf.removedLeftOut ?? 0,
           });
         }
         if (total === 0) this.#finish(id, 'completed', 'no devices matched', now);
@@ -291,7 +362,7 @@ export class RolloutStore {
     this.#reg.audit('rollout.create', null, {
       rollout_id: id,
       action: spec.action,
-      selector: spec.selector,
+      selector: selectorForAudit(spec.selector),
       devices,
       deadline_at: new Date(spec.deadlineAt).toISOString(),
       rate_per_min: spec.ratePerMin ?? null,
@@ -347,11 +418,32 @@ export class RolloutStore {
       .prepare(
         `SELECT t.* FROM rollout_targets t LEFT JOIN devices d ON d.id = t.device_id
          WHERE t.rollout_id = ? AND t.state = 'pending' AND (t.next_at IS NULL OR t.next_at <= ?)
-           AND (d.id IS NULL OR d.last_seen_at IS NULL OR (d.presence = 'online' AND d.last_seen_at + d.report_interval_s * 2500 >= ?))
+           AND ${REACHABLE_NOW}
          ORDER BY t.attempts, t.device_id LIMIT ?`,
       )
       .all(id, now, now, limit) as TargetRow[];
     return rows.map(targetRecord);
+  }
+
+  /**
+   * The pending targets counted (no rows loaded) as `deliverable` tells them
+   * apart: in a re-send backoff (next_at ahead, after an E_EXPIRED; with the
+   * earliest end), else deliverable now, else waiting for an offline board.
+   */
+  pendingBreakdown(id: string, now: number): { deliverable: number; backoff: number; offline: number; backoffUntil: number | null } {
+    const row = this.#db
+      .prepare(
+        `SELECT COUNT(*) AS pending, COALESCE(SUM(t.next_at > ?), 0) AS backoff, MIN(CASE WHEN t.next_at > ? THEN t.next_at END) AS backoffUntil,
+           COALESCE(SUM((t.next_at IS NULL OR t.next_at <= ?) AND ${REACHABLE_NOW}), 0) AS deliverable
+         FROM rollout_targets t LEFT JOIN devices d ON d.id = t.device_id WHERE t.rollout_id = ? AND t.state = 'pending'`,
+      )
+      .get(now, now, now, now, id) as { pending: number; backoff: number; backoffUntil: number | null; deliverable: number };
+    return {
+      deliverable: row.deliverable,
+      backoff: row.backoff,
+      offline: row.pending - row.deliverable - row.backoff,
+      backoffUntil: row.backoffUntil,
+    };
   }
 
   /** Moves a target from one state to another; false when it was not in `from` (someone else moved it), or `lease` is no longer held. */
@@ -620,6 +712,32 @@ export class RolloutStore {
     return this.#db
       .prepare(`UPDATE rollout_targets SET state = 'cancelled', code = ?, updated_at = ? WHERE rollout_id = ? AND state = 'pending'`)
       .run(code, this.#reg.now(), id).changes;
+  }
+
+  /**
+   * A rollout left `planning` whose heartbeat is older than PLANNING_STALE_MS
+   * (the process recording its targets stopped: a crash, Ctrl-C) is finished:
+   * cancelled, its pending targets cancelled, nothing sent. Returns the reason
+   * when it was finished here, else undefined (still planning live, or not planning).
+   */
+  finishInterruptedPlanning(id: string): string | undefined {
+    return this.#db
+      .transaction((): string | undefined => {
+        const now = this.#reg.now();
+        const r = this.get(id);
+        if (!r || !r.planning || r.finishedAt !== null || now - r.updatedAt <= PLANNING_STALE_MS) return undefined;
+        const recorded = (this.#db.prepare('SELECT COUNT(*) AS n FROM rollout_targets WHERE rollout_id = ?').get(id) as { n: number }).n;
+        const reason = `planning interrupted: ${recorded} target(s) recorded, nothing sent`;
+        this.#db
+          .prepare(
+            "UPDATE rollouts SET planning = 0, state = CASE WHEN state IN ('running', 'paused') THEN 'cancelled' ELSE state END, state_reason = COALESCE(state_reason, ?), updated_at = ? WHERE id = ?",
+          )
+          .run(reason, now, id);
+        this.cancelPending(id, 'E_CANCELLED');
+        this.#finish(id, 'cancelled', reason, now);
+        return reason;
+      })
+      .immediate();
   }
 
   /** Changes the rollout's state when it is in one of `from`; throws E_ROLLOUT_STATE otherwise. */

@@ -273,8 +273,13 @@ export class RolloutEngine {
       this.#log.info('rollout.deadline', { rollout: r.id, expired });
       return;
     }
-    // Its targets are still being recorded (another request or process): not driven yet.
-    if (r.planning) return;
+    // Its targets are still being recorded (another request or process): not driven yet; finished
+    // (cancelled, nothing sent) once its planning heartbeat is stale: the process recording it stopped.
+    if (r.planning) {
+      const reason = this.store.finishInterruptedPlanning(r.id);
+      if (reason) this.#log.warn('rollout.planning_interrupted', { rollout: r.id, reason });
+      return;
+    }
     for (const a of this.store.answered(r.id)) {
       if (a.status === 'rejected' && a.code === 'E_EXPIRED') {
         // The board decided that command too late to apply it: a fresh one when it is back, after a

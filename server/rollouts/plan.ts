@@ -23,6 +23,7 @@ import {
   type RolloutSpec,
 } from '../registry/rollouts.js';
 import type { ServerKeys } from '../server-keys.js';
+import { DESTRUCTIVE_ACTIONS } from './confirm.js';
 
 export const DEFAULT_DELIVER_WITHIN_MS = 24 * 3600 * 1000;
 export const MAX_DELIVER_WITHIN_MS = 30 * 24 * 3600 * 1000;
@@ -216,17 +217,23 @@ export async function planRollout(registry: Registry, keys: ServerKeys, req: Rol
  * SQLite (one transaction): those the registry tells cannot be sent to are
  * recorded `not sent` with their code, the others pending (a command that
  * does not check when it is sealed makes its target `not sent` then). A single
- * named device whose command does not check is refused outright.
+ * named device whose command does not check is refused outright. A destructive
+ * action (confirm.ts) whose selector now matches more devices than the plan
+ * counted (and the operator confirmed) is refused, E_CONFIRM, nothing sent.
  */
 export async function startRollout(
   registry: Registry,
   plan: RolloutPlan,
-  options: { retryOf?: { id: string; inFlightLeftOut: number } } = {},
+  options: { retryOf?: { id: string; inFlightLeftOut: number; removedLeftOut?: number } } = {},
 ): Promise<RolloutRecord> {
   const only = plan.sample[0];
-  if ('devices' in plan.spec.selector && plan.summary.targets === 1 && only?.problem) throw new CodedError(only.problem.code, only.problem.message);
+  const named = 'devices' in plan.spec.selector || 'retryOf' in plan.spec.selector;
+  if (named && plan.summary.targets === 1 && only?.problem) throw new CodedError(only.problem.code, only.problem.message);
   return new RolloutStore(registry).createFromSelector(plan.spec, {
     needsDeviceUser: plan.needsDeviceUser,
     ...(options.retryOf ? { retryOf: options.retryOf } : {}),
+    // A destructive action never reaches more devices than the plan counted (what was confirmed, confirm.ts):
+    // the selector is resolved again as the targets are recorded, and the fleet may have grown meanwhile.
+    ...(DESTRUCTIVE_ACTIONS.includes(plan.spec.action) ? { maxTargets: plan.summary.targets } : {}),
   });
 }

@@ -2,7 +2,8 @@
  * How far a rollout is and what it waits for: the progress lines a `send`
  * prints while it follows a rollout (counts by state, rate, ETA), and the
  * outlook `rollout show` prints (pending targets held by the rate or the
- * concurrency limit versus those whose board is offline, the next send, an ETA).
+ * concurrency limit, those whose board is offline, those in a re-send backoff
+ * after E_EXPIRED, the next send, an ETA), counted in SQL.
  */
 import type { Registry } from '../registry/registry.js';
 import { RolloutStore, type RolloutRecord, type TargetCounts } from '../registry/rollouts.js';
@@ -75,8 +76,10 @@ export class ProgressLines {
 export interface RolloutOutlook {
   /** Pending targets whose board is online (or never reported): held only by the rate or the concurrency limit. */
   readyOnline: number;
-  /** Pending targets whose board is offline by its reports: sent when it reports in, until the deadline. */
+  /** Pending targets whose board is offline by its reports (and not in a backoff): sent when it reports in, until the deadline. */
   waitingOffline: number;
+  /** Pending targets in the re-send backoff after their board refused a command as expired (E_EXPIRED). */
+  waitingBackoff: number;
   inFlight: number;
   /** When the engine may send next (undefined: not while the rollout is not running, or nothing online waits). */
   nextSendAt: number | undefined;
@@ -89,15 +92,26 @@ export interface RolloutOutlook {
 /** What a rollout waits for now (`rollout show`). */
 export function rolloutOutlook(registry: Registry, r: RolloutRecord, counts: TargetCounts, now: number): RolloutOutlook {
   const store = new RolloutStore(registry);
-  const readyOnline = counts.pending === 0 ? 0 : store.deliverable(r.id, now, counts.pending).length;
-  const waitingOffline = counts.pending - readyOnline;
+  // Counted in SQL, as the engine's `deliverable` tells them apart (no rows loaded).
+  const pending = store.pendingBreakdown(r.id, now);
+  const readyOnline = pending.deliverable;
+  const waitingOffline = pending.offline;
+  const waitingBackoff = pending.backoff;
   const inFlight = store.inFlight(r.id, now);
-  const base = { readyOnline, waitingOffline, inFlight };
-  const offlineNote = waitingOffline > 0 ? `; ${waitingOffline} offline: sent when they report in, until ${iso(r.deadlineAt)}` : '';
+  const base = { readyOnline, waitingOffline, waitingBackoff, inFlight };
+  const offlineNote =
+    (waitingOffline > 0 ? `; ${waitingOffline} offline: sent when they report in, until ${iso(r.deadlineAt)}` : '') +
+    (waitingBackoff > 0 && pending.backoffUntil !== null
+      ? `; ${waitingBackoff} in a backoff after E_EXPIRED (the first from ${iso(pending.backoffUntil)})`
+      : '');
   if (r.finishedAt !== null) return { ...base, nextSendAt: undefined, nextSendNote: 'finished', etaAt: undefined, etaNote: 'finished' };
   if (r.state !== 'running') {
     const note = `${r.state}: nothing is sent${r.state === 'paused' ? ' until rollout resume' : ''}`;
     return { ...base, nextSendAt: undefined, nextSendNote: note, etaAt: undefined, etaNote: note };
+  }
+  if (readyOnline === 0 && waitingBackoff > 0 && pending.backoffUntil !== null) {
+    const note = `after the backoff of ${waitingBackoff} target(s) refused E_EXPIRED`;
+    return { ...base, nextSendAt: pending.backoffUntil, nextSendNote: note, etaAt: undefined, etaNote: `unknown: ${note}${offlineNote}` };
   }
   if (readyOnline === 0) {
     const note = waitingOffline > 0 ? `waiting for boards offline to report in (until ${iso(r.deadlineAt)})` : 'nothing left to send';
@@ -125,6 +139,7 @@ export function outlookView(o: RolloutOutlook): Record<string, unknown> {
   return {
     waiting_online: o.readyOnline,
     waiting_offline: o.waitingOffline,
+    waiting_backoff: o.waitingBackoff,
     in_flight: o.inFlight,
     next_send_at: o.nextSendAt === undefined ? null : iso(o.nextSendAt),
     next_send: o.nextSendNote,

@@ -6,6 +6,9 @@
  * (the one given, else the original's duration from now), recorded as a retry
  * of the original. Targets still in flight are left out (their command may
  * still apply); a rollout still running or paused is refused (cancel it first).
+ * The new rollout's selector is `{retryOf, states}`, resolved in SQL: no list
+ * of device ids is loaded, stored, audited or re-read at each engine step, and
+ * a device removed from the registry since drops out (counted: `removed`).
  */
 import { RegistryError } from '../registry/errors.js';
 import type { Registry } from '../registry/registry.js';
@@ -21,6 +24,8 @@ export interface RetryPlan {
   plan: RolloutPlan;
   /** Targets of the original still in flight (sent, unanswered): not retried. */
   inFlight: number;
+  /** Targets that did not apply whose device was removed from the registry since: left out. */
+  removed: number;
 }
 
 export async function planRetry(registry: Registry, keys: ServerKeys, id: string, options: { deliverWithinMs?: number } = {}): Promise<RetryPlan> {
@@ -32,20 +37,33 @@ export async function planRetry(registry: Registry, keys: ServerKeys, id: string
       `rollout ${id} is ${original.state}: it may still deliver to its targets; cancel it first (rollout cancel ${id}), then retry`,
     );
   }
+  // Counted, never listed: the new rollout's selector names the original and the states (resolved in SQL).
   const counts = store.counts(id);
-  const ids = store.targets(id, { states: RETRIED_STATES }).map((t) => t.deviceId);
+  const retried = RETRIED_STATES.reduce((n, s) => n + counts[s], 0);
   const inFlight = counts.sending + counts.sent;
-  if (ids.length === 0) {
+  if (retried === 0) {
     throw new RegistryError(
       'E_ROLLOUT_STATE',
       `rollout ${id}: nothing to retry (${counts.applied} applied${inFlight ? `, ${inFlight} still in flight` : ''}; no target rejected, failed, expired or not sent)`,
     );
   }
+  // Devices removed from the registry since drop out of the retry (not an error for the others).
+  const removed = (
+    registry.db
+      .prepare(
+        `SELECT COUNT(*) AS n FROM rollout_targets t WHERE t.rollout_id = ? AND t.state IN (${RETRIED_STATES.map(() => '?').join(',')})
+           AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = t.device_id)`,
+      )
+      .get(id, ...RETRIED_STATES) as { n: number }
+  ).n;
+  if (removed === retried) {
+    throw new RegistryError('E_ROLLOUT_STATE', `rollout ${id}: nothing to retry (the ${removed} device(s) that did not apply were removed from the registry)`);
+  }
   const plan = await planRollout(registry, keys, {
     action: original.action,
     params: original.params,
     ...(original.userId !== undefined ? { userId: original.userId } : {}),
-    selector: { devices: ids },
+    selector: { retryOf: id, states: [...RETRIED_STATES] },
     ttlSeconds: original.ttlSeconds,
     deliverWithinMs: options.deliverWithinMs ?? Math.max(1000, original.deadlineAt - original.createdAt),
     ...(original.ratePerMin !== undefined ? { ratePerMin: original.ratePerMin } : {}),
@@ -54,10 +72,15 @@ export async function planRetry(registry: Registry, keys: ServerKeys, id: string
     abortMin: original.abortMin,
     concurrency: original.concurrency,
   });
-  return { original, plan, inFlight };
+  return { original, plan, inFlight, removed };
 }
 
 /** Records the retry: the new rollout with its origin, and the audit row naming both, written with the rollout's own. */
 export function startRetry(registry: Registry, rp: RetryPlan): Promise<RolloutRecord> {
-  return startRollout(registry, rp.plan, { retryOf: { id: rp.original.id, inFlightLeftOut: rp.inFlight } });
+  return startRollout(registry, rp.plan, { retryOf: { id: rp.original.id, inFlightLeftOut: rp.inFlight, removedLeftOut: rp.removed } });
+}
+
+/** What a retry's dry run and its response add to the plan (the HTTP API and the CLI's --json alike). */
+export function retryView(rp: RetryPlan): { retry_of: string; in_flight_left_out: number; removed_left_out: number } {
+  return { retry_of: rp.original.id, in_flight_left_out: rp.inFlight, removed_left_out: rp.removed };
 }

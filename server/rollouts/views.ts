@@ -53,6 +53,7 @@ export function selectorText(r: Pick<RolloutRecord, 'selector'>): string {
   if ('all' in s) return 'all devices';
   if ('userId' in s) return `user ${s.userId}`;
   if ('tag' in s) return `tag ${s.tag}`;
+  if ('retryOf' in s) return `retry of ${s.retryOf} (${s.states.join(', ')})`;
   return s.devices.length === 1 ? `device ${s.devices[0]}` : `${s.devices.length} named devices`;
 }
 
@@ -180,6 +181,7 @@ export function formatRolloutSummary(r: RolloutRecord, counts: TargetCounts, not
       ? ([
           ['waiting, online', outlook.readyOnline],
           ['waiting, offline', outlook.waitingOffline],
+          ...(outlook.waitingBackoff > 0 ? ([['waiting, backoff after E_EXPIRED', outlook.waitingBackoff]] as [string, number][]) : []),
         ] as [string, number][])
       : ([['waiting', waiting]] as [string, number][])),
     ['expired', counts.expired],

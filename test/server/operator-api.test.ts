@@ -134,11 +134,12 @@ describe('server: HTTP API audit, confirmations, warnings and retry; serve logs 
     await call('POST', `/rollouts/${id}/cancel`);
     r = await call('POST', `/rollouts/${id}/retry`, { deliver_within_s: 600, dry_run: true });
     expect(r.status, JSON.stringify(r.body)).to.equal(200);
-    expect(r.body).to.include({ dry_run: true, retry_of: id, in_flight_left_out: 0 });
+    expect(r.body).to.include({ dry_run: true, retry_of: id, in_flight_left_out: 0, removed_left_out: 0 });
     r = await call('POST', `/rollouts/${id}/retry`, { deliver_within_s: 600 });
     expect(r.status, JSON.stringify(r.body)).to.equal(201);
     expect(r.body).to.include({ retry_of: id, action: 'update', state: 'running' });
-    expect(r.body.selector).to.deep.equal({ devices: ['opx-1', 'opx-2'] });
+    expect(r.body.selector).to.deep.equal({ retryOf: id, states: ['rejected', 'failed', 'expired', 'cancelled', 'not sent'] });
+    expect(r.body.counts).to.include({ pending: 2 });
     expect(r.body.params).to.deep.equal({ sensor: { enabled: false } });
     const retryId = r.body.id as string;
     expect((await call('POST', `/rollouts/${retryId}/retry`, { surprise: 1 })).body.error?.code).to.equal('E_BAD_REQUEST');

@@ -247,14 +247,21 @@ describe('provision-server CLI: operator footguns and gaps', function () {
       store.setState(orig.id, ['running'], 'cancelled', 'retry test', 'test');
       r = await cli('rollout', 'retry', orig.id, '--dry-run');
       expect(r.code, r.stderr).to.equal(0);
-      expect(r.stdout).to.match(/^retry of rollout .*\ndry run: update to 2 device\(s\) \(2 named devices\)/);
+      expect(r.stdout).to.match(/^retry of rollout .*\ndry run: update to 2 device\(s\) \(retry of \S+ \(rejected, failed, expired, cancelled, not sent\)\)/);
+      // --json: the same members as the HTTP API's dry run.
+      r = await cli('rollout', 'retry', orig.id, '--dry-run', '--json');
+      expect(r.code, r.stderr).to.equal(0);
+      const dry = JSON.parse(r.stdout) as Record<string, unknown>;
+      expect(dry).to.include({ dry_run: true, retry_of: orig.id, in_flight_left_out: 0, removed_left_out: 0 });
+      expect(dry.warnings).to.deep.equal([]);
       r = await cli('rollout', 'retry', orig.id, '--detach', '--deliver-within', '2h');
       expect(r.code, r.stderr).to.equal(0);
       const id = /^rollout (\S+): running \(retry of/.exec(r.stdout)?.[1] as string;
       const retry = store.require(id);
       expect(retry).to.include({ retryOf: orig.id, action: 'update', ratePerMin: 7, ttlSeconds: orig.ttlSeconds });
       expect(retry.params).to.deep.equal({ sensor: { enabled: true } });
-      expect(retry.selector).to.deep.equal({ devices: ['op-b', 'op-c'] });
+      expect(retry.selector).to.deep.equal({ retryOf: orig.id, states: ['rejected', 'failed', 'expired', 'cancelled', 'not sent'] });
+      expect(store.targets(id).map((t) => t.deviceId)).to.deep.equal(['op-b', 'op-c']);
       expect(retry.deadlineAt - retry.createdAt).to.be.closeTo(7_200_000, 5000);
       expect(data.registry.auditLog({ limit: 5 }).find((a) => a.event === 'rollout.retry')?.detail).to.include({
         rollout_id: id,
