@@ -230,7 +230,10 @@ describe('server: rollout lease fencing (a stalled engine publishes nothing once
       release();
       await eventually(() => store.get(r.id)?.finishedAt !== null, 5000, 'the cancelled rollout finished');
       await sleep(300);
-      expect(sender.publishedTo.filter((id) => id.startsWith('stop-')), 'publishes after the cancel').to.deep.equal([]);
+      expect(
+        sender.publishedTo.filter((id) => id.startsWith('stop-')),
+        'publishes after the cancel',
+      ).to.deep.equal([]);
       for (const d of devices) {
         expect(delivered.get(`provision/${d.id}/command`) ?? 0, d.id).to.equal(0);
         expect(d.received, d.id).to.have.length(0);
@@ -263,7 +266,10 @@ describe('server: rollout lease fencing (a stalled engine publishes nothing once
       release();
       await eventually(() => store.counts(r.id).pending === 1, 5000, 'the target waits again');
       await sleep(300);
-      expect(sender.publishedTo.filter((id) => id === d.id), 'publishes while paused').to.deep.equal([]);
+      expect(
+        sender.publishedTo.filter((id) => id === d.id),
+        'publishes while paused',
+      ).to.deep.equal([]);
       expect(d.received).to.have.length(0);
       store.setState(r.id, ['paused'], 'running', 'operator resume', 'test');
       await eventually(() => d.applied.length === 1, 5000, 'delivered after the resume');
