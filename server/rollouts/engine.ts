@@ -371,21 +371,15 @@ export class RolloutEngine {
     // Marked sent under the lease before it is published (a failed publish is re-published when the
     // board next connects); an engine that lost the lease meanwhile voids the command instead.
     const marked = this.store.markSent(r.id, deviceId, sealed.jti, lease);
-    if (marked === 'stopped') {
-      this.#log.info('rollout.not_published', {
+    if (marked !== 'sent') {
+      const stopped = marked === 'stopped';
+      this.#log[stopped ? 'info' : 'warn'](stopped ? 'rollout.not_published' : 'rollout.fenced', {
         rollout: r.id,
         device: deviceId,
         jti: sealed.jti,
-        reason: 'the rollout was paused, cancelled or aborted while the command was sealed: voided, not published',
-      });
-      return;
-    }
-    if (marked === 'fenced') {
-      this.#log.warn('rollout.fenced', {
-        rollout: r.id,
-        device: deviceId,
-        jti: sealed.jti,
-        reason: 'lease lost before the command was marked sent: voided, not published',
+        reason: stopped
+          ? 'the rollout was paused, cancelled or aborted while the command was sealed: voided, not published'
+          : 'lease lost before the command was marked sent: voided, not published',
       });
       return;
     }
