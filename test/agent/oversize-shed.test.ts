@@ -14,17 +14,7 @@ import { createServer, type AddressInfo, type Server, type Socket } from 'node:n
 import { startAgent, type RunningAgent } from '../../agent/agent.js';
 import { bufferedLogger } from '../../lib/log.js';
 import { makeDevice, newServerParty, removeDir, showAgentLogOnFailure, waitFor } from './agent-fixture.js';
-
-function remainingLength(n: number): number[] {
-  const out: number[] = [];
-  do {
-    let byte = n % 128;
-    n = Math.floor(n / 128);
-    if (n > 0) byte |= 0x80;
-    out.push(byte);
-  } while (n > 0);
-  return out;
-}
+import { remainingLength } from '../helpers/mqtt-bytes.js';
 
 /** One CONNECT as the broker saw it. */
 interface SeenConnect {

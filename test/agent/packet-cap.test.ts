@@ -7,17 +7,7 @@
 import { expect } from 'chai';
 import { PassThrough, Writable } from 'node:stream';
 import { capInboundPackets, MAX_INBOUND_PACKET_BYTES, oversizePublish, stopReading, type OversizeHead } from '../../agent/net/packet-cap.js';
-
-function remainingLength(n: number): number[] {
-  const out: number[] = [];
-  do {
-    let byte = n % 128;
-    n = Math.floor(n / 128);
-    if (n > 0) byte |= 0x80;
-    out.push(byte);
-  } while (n > 0);
-  return out;
-}
+import { remainingLength } from '../helpers/mqtt-bytes.js';
 
 function packet(bodyBytes: number): Buffer {
   return Buffer.concat([Buffer.from([0x30, ...remainingLength(bodyBytes)]), Buffer.alloc(bodyBytes, 0x61)]);
