@@ -364,14 +364,15 @@ export class UpgradeManager {
       if (!confirmed) return; // the next start (or poll) acks it again
       const p = this.#paths;
       const staged = await this.#stagedRecord();
+      // result.json last: until it is gone, a restart acks again (the server takes a second ack as a duplicate).
       await removeFiles(p.dir, [
-        p.result,
         p.healthy,
         p.progress,
         p.trial,
         p.part(r.version || 'none'),
         p.index(r.version || 'none'),
         ...(staged === undefined || staged.jti === r.jti ? [p.staged, p.artifact] : []),
+        p.result,
       ]);
     } catch (err) {
       rt.log.error('upgrade result not acked', { reason: (err as Error).message });
