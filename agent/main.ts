@@ -13,7 +13,8 @@ export function agentMain(): Promise<void> {
   return runCli({
     name: 'sensor-agent',
     description: 'Receives signed, encrypted provisioning commands over MQTT and applies them on this board.',
-    commands: (cli) => cli.command(keygenCommand).command(inspectCommand).command(runCommand).command(selftestCommand).command(statusCommand).command(verifyReleaseCommand),
+    commands: (cli) =>
+      cli.command(keygenCommand).command(inspectCommand).command(runCommand).command(selftestCommand).command(statusCommand).command(verifyReleaseCommand),
     exitStatuses: AGENT_EXIT_STATUSES,
     subcommands: { keygen: [], inspect: [], run: [], selftest: [], status: [], 'verify-release': [] },
     version: agentVersion(),

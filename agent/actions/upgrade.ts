@@ -41,7 +41,11 @@ async function decide(ctx: ActionContext, claims: CommandClaims<'upgrade'>): Pro
   const p = claims.params;
   const cfg = rt.config;
   const keys = await loadReleaseKeys(cfg.release_keys);
-  if (!keys) throw new UpgradeRefusal('E_UPGRADE_UNSUPPORTED', `no release keys pinned on this board (${cfg.release_keys}); reflash with a bundle that has release.jwks`);
+  if (!keys)
+    throw new UpgradeRefusal(
+      'E_UPGRADE_UNSUPPORTED',
+      `no release keys pinned on this board (${cfg.release_keys}); reflash with a bundle that has release.jwks`,
+    );
   await checkInstaller(cfg.upgrade.installer_path);
   const m = await verifyManifest(p.manifest, keys);
   const running = agentVersion();

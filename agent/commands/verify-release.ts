@@ -36,7 +36,10 @@ async function openRegular(path: string, code: string, what: string): Promise<{ 
     fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
   } catch (err) {
     const e = errnoCode(err);
-    throw new ReleaseCheckError(code, e === 'ELOOP' ? `${what} ${path} is a symbolic link (not followed)` : `${what} ${path} cannot be opened: ${e ?? (err as Error).message}`);
+    throw new ReleaseCheckError(
+      code,
+      e === 'ELOOP' ? `${what} ${path} is a symbolic link (not followed)` : `${what} ${path} cannot be opened: ${e ?? (err as Error).message}`,
+    );
   }
   const st = await fh.stat();
   if (!st.isFile()) {
@@ -85,7 +88,8 @@ export async function verifyRelease(files: { manifest: string; artifact: string;
   }
   const { fh, size } = await openRegular(files.artifact, 'E_UPGRADE_ARTIFACT', 'artifact');
   try {
-    if (size !== m.artifact.bytes) throw new ReleaseCheckError('E_UPGRADE_ARTIFACT', `artifact ${files.artifact} is ${size} bytes; the manifest says ${m.artifact.bytes}`);
+    if (size !== m.artifact.bytes)
+      throw new ReleaseCheckError('E_UPGRADE_ARTIFACT', `artifact ${files.artifact} is ${size} bytes; the manifest says ${m.artifact.bytes}`);
     const hash = createHash('sha256');
     const buf = Buffer.alloc(256 * 1024);
     let pos = 0;

@@ -119,7 +119,10 @@ export async function checkInstaller(path: string): Promise<void> {
     if (!st.isFile()) throw new Error('not a regular file');
     await access(path, constants.X_OK);
   } catch (err) {
-    throw new UpgradeRefusal('E_UPGRADE_UNSUPPORTED', `no upgrade installer on this board (${path}: ${errnoCode(err) ?? (err as Error).message}); reflash with a bundle that has it`);
+    throw new UpgradeRefusal(
+      'E_UPGRADE_UNSUPPORTED',
+      `no upgrade installer on this board (${path}: ${errnoCode(err) ?? (err as Error).message}); reflash with a bundle that has it`,
+    );
   }
 }
 

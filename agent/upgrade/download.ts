@@ -16,14 +16,7 @@
  */
 import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
-import {
-  checkChunkIndex,
-  chunkMatches,
-  CodedError,
-  type ChunkFrame,
-  type FetchRequest,
-  type ReleaseManifest,
-} from '../../protocol/index.js';
+import { checkChunkIndex, chunkMatches, CodedError, type ChunkFrame, type FetchRequest, type ReleaseManifest } from '../../protocol/index.js';
 import type { Logger } from '../../lib/log.js';
 import { readSafeFile, removeFiles, upgradePaths, type UpgradePaths } from './files.js';
 import { writeFileAtomic } from '../../lib/durable-file.js';
@@ -293,7 +286,9 @@ export class ChunkDownload {
     this.#timer = undefined;
     if (this.#finished || !this.#online) return;
     if (Date.now() - this.#lastProgress >= this.#t.stallMs) {
-      void this.#fail(new UpgradeFailure('E_UPGRADE_DOWNLOAD', `no progress for ${Math.round(this.#t.stallMs / 1000)} s (${this.#done} of ${this.#m.chunks.count} chunks)`));
+      void this.#fail(
+        new UpgradeFailure('E_UPGRADE_DOWNLOAD', `no progress for ${Math.round(this.#t.stallMs / 1000)} s (${this.#done} of ${this.#m.chunks.count} chunks)`),
+      );
       return;
     }
     this.#o.log.info('upgrade fetch unanswered: asking again', { chunks_done: this.#done, total: this.#m.chunks.count });
@@ -330,4 +325,3 @@ export async function removeDownload(dir: string, version: string): Promise<void
   const p = upgradePaths(dir);
   await removeFiles(dir, [p.part(version), p.index(version)]);
 }
-

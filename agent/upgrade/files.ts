@@ -109,9 +109,11 @@ export async function ensureUpgradeDir(dir: string): Promise<void> {
     if (st.isDirectory() && st.uid === process.getuid?.()) await chmod(dir, 0o700);
     st = await lstat(dir);
   }
-  if (st.isSymbolicLink() || !st.isDirectory()) throw new UpgradeFileError('E_UPGRADE_FILE', `${dir} is not a real directory (a symbolic link is not followed)`);
+  if (st.isSymbolicLink() || !st.isDirectory())
+    throw new UpgradeFileError('E_UPGRADE_FILE', `${dir} is not a real directory (a symbolic link is not followed)`);
   const uid = process.getuid?.();
-  if (uid !== undefined && st.uid !== uid && st.uid !== 0) throw new UpgradeFileError('E_UPGRADE_FILE', `${dir} is owned by uid ${st.uid}, not the agent's user`);
+  if (uid !== undefined && st.uid !== uid && st.uid !== 0)
+    throw new UpgradeFileError('E_UPGRADE_FILE', `${dir} is owned by uid ${st.uid}, not the agent's user`);
   if ((st.mode & 0o077) !== 0) throw new UpgradeFileError('E_UPGRADE_FILE', `${dir} has group/other permission bits; fix with: chmod 700 ${dir}`);
 }
 
@@ -130,7 +132,8 @@ export async function readSafeFile(path: string, maxBytes: number): Promise<Buff
     const st = await fh.stat();
     if (!st.isFile()) throw new UpgradeFileError('E_UPGRADE_FILE', `${path} is not a regular file`);
     const uid = process.getuid?.();
-    if (uid !== undefined && st.uid !== uid && st.uid !== 0) throw new UpgradeFileError('E_UPGRADE_FILE', `${path} is owned by uid ${st.uid}, not the agent's user or root`);
+    if (uid !== undefined && st.uid !== uid && st.uid !== 0)
+      throw new UpgradeFileError('E_UPGRADE_FILE', `${path} is owned by uid ${st.uid}, not the agent's user or root`);
     if ((st.mode & 0o022) !== 0) throw new UpgradeFileError('E_UPGRADE_FILE', `${path} is writable by group or others`);
     if (st.size > maxBytes) throw new UpgradeFileError('E_UPGRADE_FILE', `${path} is ${st.size} bytes, more than ${maxBytes}`);
     const buf = Buffer.alloc(maxBytes + 1);

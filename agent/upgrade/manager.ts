@@ -282,7 +282,10 @@ export class UpgradeManager {
     }
     const digest = hash.digest('hex');
     if (size !== m.artifact.bytes || digest !== m.artifact.sha256) {
-      throw new UpgradeFailure('E_UPGRADE_ARTIFACT', `the downloaded artifact (${size} bytes, SHA-256 ${digest}) is not the signed one (${m.artifact.bytes} bytes, ${m.artifact.sha256})`);
+      throw new UpgradeFailure(
+        'E_UPGRADE_ARTIFACT',
+        `the downloaded artifact (${size} bytes, SHA-256 ${digest}) is not the signed one (${m.artifact.bytes} bytes, ${m.artifact.sha256})`,
+      );
     }
     await rename(part, this.#paths.artifact);
     await fsyncDirectory(this.#paths.dir);

@@ -80,7 +80,15 @@ describe('agent upgrade: download to staged (aedes, in process)', function () {
     const wait = suite.server.waitAck((a) => a.claims.ref === sealed.jti, 10_000);
     await writeFile(
       join(up, 'result.json'),
-      JSON.stringify({ status: 'failed', code: 'E_UPGRADE_INSTALL', detail: 'unpack failed: disk full', version: '0.2.0', from: '0.1.0', jti: sealed.jti, seq: sealed.seq }),
+      JSON.stringify({
+        status: 'failed',
+        code: 'E_UPGRADE_INSTALL',
+        detail: 'unpack failed: disk full',
+        version: '0.2.0',
+        from: '0.1.0',
+        jti: sealed.jti,
+        seq: sealed.seq,
+      }),
       { mode: 0o600 },
     );
     const ack = await wait;

@@ -58,7 +58,12 @@ export async function makeArtifact(bytes: number): Promise<Buffer> {
 
 export function chunkIndexOf(artifact: Buffer, chunkBytes = RELEASE_CHUNK_BYTES): Buffer {
   const parts: Buffer[] = [];
-  for (let off = 0; off < artifact.length; off += chunkBytes) parts.push(createHash('sha256').update(artifact.subarray(off, off + chunkBytes)).digest());
+  for (let off = 0; off < artifact.length; off += chunkBytes)
+    parts.push(
+      createHash('sha256')
+        .update(artifact.subarray(off, off + chunkBytes))
+        .digest(),
+    );
   return Buffer.concat(parts);
 }
 
@@ -133,7 +138,11 @@ export class ReleaseResponder {
 }
 
 /** The board side: release.jwks next to trust.jwks, an installer (a file that does nothing), the upgrade config. */
-export async function equipBoard(files: DeviceFiles, releaseKeys: PrivateJwk[], o: { installer?: boolean; keys?: boolean } = {}): Promise<{ installer: string; installRoot: string; upgradeDir: string }> {
+export async function equipBoard(
+  files: DeviceFiles,
+  releaseKeys: PrivateJwk[],
+  o: { installer?: boolean; keys?: boolean } = {},
+): Promise<{ installer: string; installRoot: string; upgradeDir: string }> {
   const installer = join(files.dir, 'upgrade-guard');
   const installRoot = join(files.dir, 'opt');
   await mkdir(installRoot, { recursive: true });

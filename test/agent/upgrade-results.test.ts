@@ -60,7 +60,7 @@ describe('agent upgrade: the installer decides, the agent acks (aedes, in proces
     await responder.start();
     const rel = await makeRelease(releaseKey, { version: '0.2.0', artifact: await makeArtifact(30 * 1024) });
     responder.add(rel);
-    let agent = await startSuiteAgent(suite, { configPath: f.configPath, log: logs.logger });
+    const agent = await startSuiteAgent(suite, { configPath: f.configPath, log: logs.logger });
     const sealed = await suite.server.seal(id, 'upgrade', { manifest: rel.jws, deadline_s: 60 });
     await suite.server.publish(id, sealed.token);
     await waitFor('staged.json', () => exists(join(up, 'staged.json')), 20_000);
@@ -78,7 +78,7 @@ describe('agent upgrade: the installer decides, the agent acks (aedes, in proces
     await writeFile(join(up, 'result.json'), JSON.stringify(result), { mode: 0o600 });
 
     const wait = suite.server.waitAck((a) => a.claims.ref === sealed.jti, 10_000);
-    agent = await startSuiteAgent(suite, { configPath: f.configPath, log: logs.logger });
+    await startSuiteAgent(suite, { configPath: f.configPath, log: logs.logger });
     const ack = await wait;
     expect(ack.claims).to.include({ status: 'rolled_back', code: 'E_UPGRADE_CRASH_LOOP', detail: '0.2.0 restarted 3 times; back to 0.1.0', seq: sealed.seq });
     expect(ack.claims.result).to.deep.equal({ version: '0.1.0' });
