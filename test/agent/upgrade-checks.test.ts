@@ -24,7 +24,7 @@ const run = promisify(execFile);
 
 /** The board's files, but for what the agent writes on its own (its state, checked apart; the next will sealed ahead). */
 async function files(dir: string): Promise<string[]> {
-  return (await listing(dir)).filter((l) => !/^state\/(state\.json|next-will\.json|selftest\.json) /.test(l));
+  return (await listing(dir)).filter((l) => !/^state\/(state\.json|next-will\.json|selftest\.json|\.[^/]+\.tmp-[0-9a-f]+) /.test(l));
 }
 
 /** state.json without the refusal's record (and the write time). */
@@ -50,8 +50,8 @@ describe('agent upgrade: refused before anything changes (aedes, in process)', f
     await equipBoard(f, [releaseKey]);
     await startSuiteAgent(suite, { configPath: f.configPath, log: logs.logger });
     expect((await suite.server.command(id, 'request')).claims.status).to.equal('applied');
-    // Let the writes that follow a connect settle (the next will sealed ahead).
-    await new Promise((r) => setTimeout(r, 1500));
+    // Let the writes that follow a connect and the request settle (the next will sealed ahead, twice).
+    await new Promise((r) => setTimeout(r, 2500));
     return f;
   }
 
