@@ -190,6 +190,7 @@ async function run(cleanup: (() => Promise<void>)[]): Promise<void> {
     rotate: {},
     delete: {},
     selftest: {},
+    upgrade: {},
   };
   for (const s of ['north-wall-probe', 'site-7/telemetry/demo']) secrets.add(s);
   await Promise.all(

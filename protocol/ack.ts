@@ -8,7 +8,8 @@ import { openSealed } from './open.js';
 import { sealClaims, type SealKeys } from './seal.js';
 import { assertValidId } from './topics.js';
 
-export const ACK_STATUSES = ['applied', 'rejected', 'failed'] as const;
+/** `rolled_back`: an upgrade whose new release ran and was switched back to the previous one (the code says why). */
+export const ACK_STATUSES = ['applied', 'rejected', 'failed', 'rolled_back'] as const;
 export type AckStatus = (typeof ACK_STATUSES)[number];
 const CODE = /^[A-Z][A-Z0-9_]{0,63}$/;
 

@@ -16,4 +16,6 @@ export * from './command.js';
 export * from './ack.js';
 export * from './report.js';
 export * from './enrollment.js';
+export * from './release.js';
+export * from './transfer.js';
 export * from './duration.js';

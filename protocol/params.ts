@@ -6,7 +6,7 @@ import { ProtocolError } from './errors.js';
 import { GPIO_PIN_MAX, firstDuplicatePin } from './gpio-pins.js';
 import { isRecord } from './guards.js';
 
-export const ACTIONS = ['request', 'update', 'rotate', 'delete', 'selftest'] as const;
+export const ACTIONS = ['request', 'update', 'rotate', 'delete', 'selftest', 'upgrade'] as const;
 export type Action = (typeof ACTIONS)[number];
 
 export function isAction(value: unknown): value is Action {
@@ -47,6 +47,20 @@ export interface UpdateParams {
   rollback_timeout_s?: number;
 }
 
+/** `upgrade`: install a signed agent release (release.ts), health-gated, rolled back by the board itself. */
+export interface UpgradeParams {
+  /** The release manifest, a compact JWS signed by a pinned release key. */
+  manifest: string;
+  /** Seconds the new release has, once switched to, to start, connect, pass its self-test and report (30-3600, default 300). */
+  deadline_s?: number;
+  /** Install even when the release is older than the running one. */
+  allow_downgrade?: boolean;
+  /** An https:// URL the artifact may be downloaded from instead of the broker (each chunk is still checked). */
+  mirror?: string;
+}
+
+export const DEFAULT_UPGRADE_DEADLINE_SECONDS = 300;
+
 export type EmptyParams = Record<string, never>;
 
 export interface ParamsByAction {
@@ -55,6 +69,7 @@ export interface ParamsByAction {
   rotate: EmptyParams;
   delete: EmptyParams;
   selftest: EmptyParams;
+  upgrade: UpgradeParams;
 }
 
 export type ActionParams = ParamsByAction[Action];
@@ -70,6 +85,7 @@ export function validateParams(action: string, params: unknown): ActionParams {
   if (!isAction(action)) throw new ProtocolError('E_ACTION', `unknown action "${String(action)}"`);
   const p = new Checker(params, 'params');
   if (action === 'update') return checkUpdate(p);
+  if (action === 'upgrade') return checkUpgrade(p);
   p.allowOnly([]);
   return {};
 }
@@ -120,6 +136,26 @@ function checkUpdate(p: Checker): UpdateParams {
   const rollback = p.optionalInt('rollback_timeout_s', 5, 600);
   if (rollback !== undefined) out.rollback_timeout_s = rollback;
   if (Object.keys(out).length === 0) throw new ProtocolError('E_PARAMS', 'params: update needs at least one setting');
+  return out;
+}
+
+const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
+const HTTPS_URL = /^https:\/\/[^\s/?#]+(:\d{1,5})?\/[^\s#]*$/;
+
+function checkUpgrade(p: Checker): UpgradeParams {
+  p.allowOnly(['manifest', 'deadline_s', 'allow_downgrade', 'mirror']);
+  const manifest = p.requiredString('manifest', 16, 8 * 1024);
+  if (!COMPACT_JWS.test(manifest)) throw p.fail('manifest', 'must be a compact JWS');
+  const out: UpgradeParams = { manifest };
+  const deadline = p.optionalInt('deadline_s', 30, 3600);
+  if (deadline !== undefined) out.deadline_s = deadline;
+  const downgrade = p.optionalBoolean('allow_downgrade');
+  if (downgrade !== undefined) out.allow_downgrade = downgrade;
+  const mirror = p.optionalString('mirror', 12, 1024);
+  if (mirror !== undefined) {
+    if (!HTTPS_URL.test(mirror)) throw p.fail('mirror', 'must be an https:// URL with a path');
+    out.mirror = mirror;
+  }
   return out;
 }
 

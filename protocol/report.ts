@@ -36,6 +36,17 @@ export interface ReportSelftest {
   at: number;
 }
 
+export const UPGRADE_PHASES = ['download', 'staged', 'trial'] as const;
+export type UpgradePhase = (typeof UPGRADE_PHASES)[number];
+
+/** An upgrade under way on the board: the version it goes to, the phase, and (download) chunks done of total. */
+export interface ReportUpgrade {
+  to: string;
+  phase: UpgradePhase;
+  done?: number;
+  total?: number;
+}
+
 export interface ReportClaims {
   iss: string;
   aud: string;
@@ -63,6 +74,8 @@ export interface ReportClaims {
   uptime_s: number;
   /** The last self-test's outcome, or null when none has run. */
   selftest: ReportSelftest | null;
+  /** The upgrade under way, absent or null when none (agents before upgrades never send it). */
+  upgrade?: ReportUpgrade | null;
 }
 
 export interface ReportInput {
@@ -81,6 +94,7 @@ export interface ReportInput {
   settingsDigest: string;
   uptimeSeconds: number;
   selftest: ReportSelftest | null;
+  upgrade?: ReportUpgrade | null;
   now?: number;
 }
 
@@ -142,8 +156,26 @@ export async function sealReport(input: ReportInput, keys: SealKeys): Promise<{ 
     settings_digest: input.settingsDigest,
     uptime_s: Math.max(0, Math.floor(input.uptimeSeconds)),
     selftest: input.selftest ? { ok: input.selftest.ok, at: Math.floor(input.selftest.at) } : null,
+    ...(input.upgrade !== undefined ? { upgrade: input.upgrade === null ? null : checkUpgrade(input.upgrade) } : {}),
   };
   return { token: await sealClaims({ ...claims }, keys), claims };
+}
+
+function checkUpgrade(value: unknown): ReportUpgrade {
+  const fail = (): ProtocolError => new ProtocolError('E_CLAIMS', 'claim "upgrade" must be null or { to: version, phase, done?, total? }');
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw fail();
+  const o = value as Record<string, unknown>;
+  for (const k of Object.keys(o)) if (!['to', 'phase', 'done', 'total'].includes(k)) throw fail();
+  if (typeof o.to !== 'string' || o.to.length === 0 || o.to.length > VERSION_MAX) throw fail();
+  if (typeof o.phase !== 'string' || !(UPGRADE_PHASES as readonly string[]).includes(o.phase)) throw fail();
+  const out: ReportUpgrade = { to: o.to, phase: o.phase as UpgradePhase };
+  for (const k of ['done', 'total'] as const) {
+    const v = o[k];
+    if (v === undefined) continue;
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw fail();
+    out[k] = v;
+  }
+  return out;
 }
 
 /** Opened like an ack: the server's decryption keys, the device's signing keys. */
@@ -188,6 +220,8 @@ export async function openReport(input: string | Uint8Array, opts: OpenReportOpt
     selftest: readSelftest(r),
   };
   checkInterval(claims.interval_s);
+  const upgrade = r.raw.upgrade;
+  if (upgrade !== undefined) claims.upgrade = upgrade === null ? null : checkUpgrade(upgrade);
   const run = r.optionalInteger('run', 1);
   const n = r.optionalInteger('n', 0);
   if ((run === undefined) !== (n === undefined)) throw new ProtocolError('E_CLAIMS', 'claims "run" and "n" go together');

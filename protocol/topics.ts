@@ -6,8 +6,9 @@ export const DEFAULT_TOPIC_PREFIX = 'provision';
 export const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const PREFIX_PATTERN = /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/;
 
-export type TopicKind = 'command' | 'ack' | 'enroll' | 'report';
-const KINDS: ReadonlySet<string> = new Set<TopicKind>(['command', 'ack', 'enroll', 'report']);
+/** `fetch` (board -> server) and `chunk` (server -> board) carry release transfers (transfer.ts). */
+export type TopicKind = 'command' | 'ack' | 'enroll' | 'report' | 'fetch' | 'chunk';
+const KINDS: ReadonlySet<string> = new Set<TopicKind>(['command', 'ack', 'enroll', 'report', 'fetch', 'chunk']);
 
 export function isValidId(id: unknown): id is string {
   return typeof id === 'string' && ID_PATTERN.test(id);
@@ -35,6 +36,8 @@ export const commandTopic = (prefix: string, deviceId: string): string => topicF
 export const ackTopic = (prefix: string, deviceId: string): string => topicFor(prefix, deviceId, 'ack');
 export const enrollTopic = (prefix: string, deviceId: string): string => topicFor(prefix, deviceId, 'enroll');
 export const reportTopic = (prefix: string, deviceId: string): string => topicFor(prefix, deviceId, 'report');
+export const fetchTopic = (prefix: string, deviceId: string): string => topicFor(prefix, deviceId, 'fetch');
+export const chunkTopic = (prefix: string, deviceId: string): string => topicFor(prefix, deviceId, 'chunk');
 
 /** Subscription filter for one kind across all devices (server side). */
 export function fleetFilter(prefix: string, kind: TopicKind): string {

@@ -15,7 +15,7 @@ import { printable } from './terminal-text.js';
 
 export const DEFAULT_FANOUT_CONCURRENCY = 32;
 
-export type FanoutOutcome = 'applied' | 'rejected' | 'failed' | 'no answer' | 'not sent';
+export type FanoutOutcome = 'applied' | 'rejected' | 'failed' | 'rolled_back' | 'no answer' | 'not sent';
 
 export interface FanoutRow {
   deviceId: string;
@@ -120,7 +120,7 @@ export async function runFanout(options: FanoutOptions): Promise<FanoutSummary> 
   const concurrency = Math.max(1, Math.min(options.concurrency ?? DEFAULT_FANOUT_CONCURRENCY, 1024));
   await Promise.all(Array.from({ length: Math.min(concurrency, Math.max(total, 1)) }, worker));
 
-  const counts: Record<FanoutOutcome, number> = { applied: 0, rejected: 0, failed: 0, 'no answer': 0, 'not sent': 0 };
+  const counts: Record<FanoutOutcome, number> = { applied: 0, rejected: 0, failed: 0, rolled_back: 0, 'no answer': 0, 'not sent': 0 };
   for (const r of rows) counts[r.outcome]++;
   registry.audit('fanout.run', null, { fanout_id: fanout.id, resumed: options.resumeId !== undefined, ...counts });
   return { fanoutId: fanout.id, action: fanout.action, total, counts, skipped: rows.filter((r) => r.skipped).length, rows };

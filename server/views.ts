@@ -4,7 +4,7 @@ import type { CommandRecord, DeviceRecord } from './registry/types.js';
 
 const iso = (t: number | null): string | null => (t === null ? null : new Date(t).toISOString());
 
-export type CommandStatus = 'pending' | 'sent' | 'applied' | 'rejected' | 'failed' | 'expired' | 'void';
+export type CommandStatus = 'pending' | 'sent' | 'applied' | 'rejected' | 'failed' | 'rolled_back' | 'expired' | 'void';
 
 /**
  * `applied`/`rejected`/`failed` once acked; `void` when it was never published (a rollout

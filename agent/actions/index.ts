@@ -5,6 +5,7 @@ import { requestAction } from './request.js';
 import { rotateAction } from './rotate.js';
 import { selftestAction } from './selftest.js';
 import { updateAction } from './update.js';
+import { upgradeAction } from './upgrade.js';
 
 export const ACTION_DESCRIPTORS: ActionDescriptors = {
   request: requestAction,
@@ -12,4 +13,5 @@ export const ACTION_DESCRIPTORS: ActionDescriptors = {
   rotate: rotateAction,
   delete: deleteAction,
   selftest: selftestAction,
+  upgrade: upgradeAction,
 };

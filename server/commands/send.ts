@@ -23,7 +23,7 @@ import { commandView } from '../views.js';
 import { brokerOverride, withBroker, withData } from './common.js';
 import { defineCommand } from '../../lib/cli.js';
 
-export const SEND_EXIT = { applied: 0, rejected: 3, failed: 4, timeout: 5, fanoutIncomplete: 6 } as const;
+export const SEND_EXIT = { applied: 0, rejected: 3, failed: 4, timeout: 5, fanoutIncomplete: 6, rolled_back: 7 } as const;
 
 export const sendCommand = defineCommand({
   command: 'send [target] [action]',
