@@ -94,19 +94,19 @@ const listCommand = defineCommand({
 });
 
 const showCommand = defineCommand({
-  command: 'show <version>',
+  command: 'show <ver>',
   describe: 'Show a release: its manifest and files (JSON with --json; every arch of the version unless --arch)',
   builder: (y) =>
     withData(y)
-      .positional('version', { type: 'string', demandOption: true, coerce: version })
+      .positional('ver', { type: 'string', demandOption: true, coerce: version, describe: 'the release version (x.y.z[-pre])' })
       .option('arch', { choices: RELEASE_ARCHES, describe: 'only this architecture' })
       .option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
   handler: async (args) => {
     const data = await openDataDir(args.data);
     try {
       const store = new ReleaseStore(data.registry);
-      const rs = args.arch !== undefined ? [store.require(args.version, args.arch)] : store.list({ version: args.version });
-      if (rs.length === 0) throw new CodedError('E_NO_RELEASE', `no release ${args.version}; see: provision-server release list`);
+      const rs = args.arch !== undefined ? [store.require(args.ver, args.arch)] : store.list({ version: args.ver });
+      if (rs.length === 0) throw new CodedError('E_NO_RELEASE', `no release ${args.ver}; see: provision-server release list`);
       const views = rs.map((r) => releaseView(r, { manifest: true }));
       if (args.json) return void process.stdout.write(`${JSON.stringify(args.arch !== undefined ? views[0] : views, null, 2)}\n`);
       process.stdout.write(releaseTable(rs));
@@ -118,16 +118,16 @@ const showCommand = defineCommand({
 });
 
 const removeCommand = defineCommand({
-  command: 'remove <version>',
+  command: 'remove <ver>',
   describe: 'Remove a release (its files; the registry keeps the record): refused while a running rollout or an unanswered upgrade command uses it',
   builder: (y) =>
     withData(y)
-      .positional('version', { type: 'string', demandOption: true, coerce: version })
+      .positional('ver', { type: 'string', demandOption: true, coerce: version, describe: 'the release version (x.y.z[-pre])' })
       .option('arch', { choices: RELEASE_ARCHES, describe: 'only this architecture (needed when the version has several)' }),
   handler: async (args) => {
     const data = await openDataDir(args.data);
     try {
-      const r = new ReleaseStore(data.registry).require(args.version, args.arch);
+      const r = new ReleaseStore(data.registry).require(args.ver, args.arch);
       await removeRelease(data.registry, r);
       process.stdout.write(`removed release ${r.version} (${r.arch})\n`);
     } finally {

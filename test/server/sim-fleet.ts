@@ -43,6 +43,8 @@ export interface SimDevice {
   jtis: Set<string>;
   applied: CommandClaims[];
   behaviour: SimBehaviour;
+  /** An upgrade is acked `rolled_back` (its new release failed the health gate); other actions as `behaviour` says. */
+  rollBack?: boolean;
   /**
    * When set, every command that opens is answered `rejected` with this code and,
    * as by an agent before issue 10, not recorded as seen (its bytes stay valid).
@@ -256,6 +258,8 @@ export class SimFleet {
     device.jtis.add(claims.jti);
     if (device.behaviour === 'reject') return this.#ack(device, claims.jti, claims.seq, 'rejected', 'E_PARAMS');
     if (device.behaviour === 'fail') return this.#ack(device, claims.jti, claims.seq, 'failed', 'E_HOOK');
+    if (device.rollBack === true && claims.action === 'upgrade')
+      return this.#ack(device, claims.jti, claims.seq, 'rolled_back', 'E_UPGRADE_SELFTEST', { version: 'sim-1.0.0', previous: upgradeVersion(claims) });
     device.applied.push(claims);
     const signer = device.signing;
     let result: Record<string, unknown> | undefined;
@@ -270,6 +274,8 @@ export class SimFleet {
       result = { keys: toJwkSet([signing, encryption]) };
     } else if (claims.action === 'delete') {
       device.provisioned = false;
+    } else if (claims.action === 'upgrade') {
+      result = { version: upgradeVersion(claims), previous: 'sim-1.0.0' };
     }
     // The rotate ack is signed with the old signing key.
     await this.#ack(device, claims.jti, claims.seq, 'applied', 'OK', result, signer);
@@ -279,7 +285,7 @@ export class SimFleet {
     device: SimDevice,
     ref: string,
     seq: number,
-    status: 'applied' | 'rejected' | 'failed',
+    status: 'applied' | 'rejected' | 'failed' | 'rolled_back',
     code: string,
     result?: Record<string, unknown>,
     signer?: PrivateJwk,
@@ -291,6 +297,14 @@ export class SimFleet {
     this.acks.push({ deviceId: device.id, ref, status, code });
     await this.#client.publishAsync(ackTopic(this.#prefix, device.id), token, { qos: 1 });
   }
+}
+
+/** The version an upgrade command's manifest names (its payload, unverified: the simulated board trusts the test). */
+function upgradeVersion(claims: CommandClaims): string {
+  const manifest = (claims.params as { manifest?: unknown }).manifest;
+  if (typeof manifest !== 'string') return 'unknown';
+  const payload = JSON.parse(Buffer.from(manifest.split('.')[1] ?? '', 'base64url').toString('utf8')) as { version?: unknown };
+  return typeof payload.version === 'string' ? payload.version : 'unknown';
 }
 
 /** Polls until `check` holds or `timeoutMs` passes. */
