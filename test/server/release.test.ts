@@ -10,8 +10,8 @@
  */
 import { expect } from 'chai';
 import { execFileSync } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
-import { chmod, copyFile, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { chmod, copyFile, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   KeyRing,
@@ -27,39 +27,7 @@ import { CommandSender } from '../../server/command-sender.js';
 import { openDataDir } from '../../server/data-dir.js';
 import { runServerCli, useInitializedDataDir } from './run-cli.js';
 import { makeSimDevice } from './sim-fleet.js';
-
-const BUILT_AT = '2026-03-01T12:00:00.000Z';
-
-/** An agent tree as build-agent lays it out, with a fake .build-info.json. */
-async function makeTree(dir: string, o: { version: string; arch?: string; payload?: number; info?: boolean; snapshot?: boolean }): Promise<string> {
-  await mkdir(join(dir, 'node', 'bin'), { recursive: true });
-  await mkdir(join(dir, 'native'), { recursive: true });
-  await writeFile(join(dir, 'sensor-agent.mjs'), `// sensor-agent ${o.version}\nconsole.log('agent');\n`);
-  await writeFile(join(dir, 'native', 'epoll.node'), randomBytes(o.payload ?? 150_000));
-  await writeFile(join(dir, 'node', 'bin', 'node'), '#!/bin/sh\necho fake node\n', { mode: 0o755 });
-  if (o.snapshot !== false) {
-    await writeFile(join(dir, 'sensor-agent.blob'), randomBytes(1000));
-    await writeFile(join(dir, 'snapshot.env'), 'NODE_SNAPSHOT=1\n');
-  }
-  if (o.info !== false)
-    await writeFile(
-      join(dir, '.build-info.json'),
-      `${JSON.stringify({
-        format: 2,
-        agent_version: o.version,
-        arch: o.arch ?? 'arm64',
-        elf_machine: 'aarch64',
-        node: { source: 'npm', version: 'v22.11.0', abi: '127', path: 'node/bin/node' },
-        gpio: 'native',
-        addon: null,
-        bundle: 'sensor-agent.mjs',
-        snapshot: o.snapshot !== false ? { path: 'sensor-agent.blob', node_version: '22.11.0', bytes: 1000 } : { none: 'not built' },
-        built_on: 'x64',
-        built_at: BUILT_AT,
-      })}\n`,
-    );
-  return dir;
-}
+import { makeTree } from './release-tree.js';
 
 const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
