@@ -21,6 +21,7 @@ import {
   sealAck,
   sealReport,
   type ReportReason,
+  type ReportUpgrade,
   sealEnrollment,
   toJwkSet,
   toPublicJwk,
@@ -154,7 +155,7 @@ export class SimFleet {
   }
 
   /** A signed, encrypted report from the device, as the agent sends one (protocol/report.ts). */
-  async report(device: SimDevice, reason: ReportReason, options: { intervalSeconds?: number } = {}): Promise<void> {
+  async report(device: SimDevice, reason: ReportReason, options: { intervalSeconds?: number; upgrade?: ReportUpgrade | null } = {}): Promise<void> {
     await this.#client.publishAsync(reportTopic(this.#prefix, device.id), await this.sealReport(device, reason, options), { qos: 1 });
   }
 
@@ -162,7 +163,7 @@ export class SimFleet {
   async sealReport(
     device: SimDevice,
     reason: ReportReason,
-    options: { intervalSeconds?: number; legacy?: boolean; settingsDigest?: string } = {},
+    options: { intervalSeconds?: number; legacy?: boolean; settingsDigest?: string; upgrade?: ReportUpgrade | null } = {},
   ): Promise<string> {
     const n = reason === 'offline' ? 0 : (device.n += 1);
     const { token } = await sealReport(
@@ -181,6 +182,7 @@ export class SimFleet {
         settingsDigest: options.settingsDigest ?? `sha256:${'0'.repeat(64)}`,
         uptimeSeconds: 1,
         selftest: null,
+        ...(options.upgrade !== undefined ? { upgrade: options.upgrade } : {}),
       },
       { signer: device.signing, recipient: this.#serverTrust.encryption },
     );
