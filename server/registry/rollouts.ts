@@ -12,10 +12,11 @@ import { assertTag, type Registry } from './registry.js';
 
 export const ROLLOUT_STATES = ['running', 'paused', 'aborted', 'cancelled', 'completed'] as const;
 export type RolloutState = (typeof ROLLOUT_STATES)[number];
-export const TARGET_STATES = ['pending', 'sending', 'sent', 'applied', 'rejected', 'failed', 'expired', 'cancelled', 'not sent'] as const;
+/** `rolled_back`: an upgrade the board installed, ran, and switched back (it failed its health gate): a failure for abort rules. */
+export const TARGET_STATES = ['pending', 'sending', 'sent', 'applied', 'rejected', 'failed', 'rolled_back', 'expired', 'cancelled', 'not sent'] as const;
 export type TargetState = (typeof TARGET_STATES)[number];
 /** Target states that are final. */
-export const FINAL_TARGET_STATES: readonly TargetState[] = ['applied', 'rejected', 'failed', 'expired', 'cancelled', 'not sent'];
+export const FINAL_TARGET_STATES: readonly TargetState[] = ['applied', 'rejected', 'failed', 'rolled_back', 'expired', 'cancelled', 'not sent'];
 
 /**
  * Which devices a rollout goes to. `retryOf` (rollout retry): the devices of
@@ -54,7 +55,7 @@ export interface RolloutSpec {
   /** Exponential ramp: start at this rate, multiply by rampFactor each time as many devices applied as the current rate. */
   rampFrom?: number;
   rampFactor?: number;
-  /** Abort when failures (rejected + failed) reach this percentage of results ... */
+  /** Abort when failures (rejected + failed + rolled back) reach this percentage of results ... */
   abortPercent?: number;
   /** ... once there are at least this many results. */
   abortMin: number;
@@ -648,14 +649,14 @@ export class RolloutStore {
    * Targets in flight whose command has been answered: the answer, with the
    * command's code, to be settled by the engine.
    */
-  answered(id: string): { deviceId: string; jti: string; status: 'applied' | 'rejected' | 'failed'; code: string | null; attempts: number }[] {
+  answered(id: string): { deviceId: string; jti: string; status: 'applied' | 'rejected' | 'failed' | 'rolled_back'; code: string | null; attempts: number }[] {
     return this.#db
       .prepare(
         `SELECT t.device_id AS deviceId, t.jti AS jti, c.ack_status AS status, c.ack_code AS code, t.attempts AS attempts
          FROM rollout_targets t JOIN commands c ON c.jti = t.jti
          WHERE t.rollout_id = ? AND t.state = 'sent' AND c.ack_status IS NOT NULL`,
       )
-      .all(id) as { deviceId: string; jti: string; status: 'applied' | 'rejected' | 'failed'; code: string | null; attempts: number }[];
+      .all(id) as { deviceId: string; jti: string; status: 'applied' | 'rejected' | 'failed' | 'rolled_back'; code: string | null; attempts: number }[];
   }
 
   /** How many targets are in flight: sent, unanswered, and their command still valid. */

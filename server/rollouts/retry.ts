@@ -17,7 +17,7 @@ import type { ServerKeys } from '../server-keys.js';
 import { planRollout, startRollout, type RolloutPlan } from './plan.js';
 
 /** The target states a retry sends to again. */
-export const RETRIED_STATES: readonly TargetState[] = ['rejected', 'failed', 'expired', 'cancelled', 'not sent'];
+export const RETRIED_STATES: readonly TargetState[] = ['rejected', 'failed', 'rolled_back', 'expired', 'cancelled', 'not sent'];
 
 export interface RetryPlan {
   original: RolloutRecord;
