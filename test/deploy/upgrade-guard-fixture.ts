@@ -10,7 +10,8 @@
  * prints the manifest, or exits 2 with {code, detail}. It deliberately does
  * not check the artifact's digest, so the guard's own sha256sum check is what
  * refuses a wrong artifact. node/bin/node is a tiny script running this
- * machine's Node. As root the guard runs as the agent's user: `nobody` here.
+ * machine's Node. As root the guard runs as the agent's user, the owner of
+ * /var/lib/sensor-agent: `nobody` here.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -173,7 +174,6 @@ export async function makeBoard(work: string, name: string): Promise<Board> {
     UPGRADE_GUARD_ROOT: root,
     UPGRADE_GUARD_RESTART: `echo restart >>${at('/fake/restarts')}`,
     UPGRADE_GUARD_AGENT_STATE: `cat ${at('/fake/unit')}`,
-    UPGRADE_GUARD_AGENT_USER: AGENT_USER,
     UPGRADE_GUARD_POLL_S: '0.2',
     UPGRADE_GUARD_BOOT_ID: 'boot-1',
   };

@@ -63,9 +63,10 @@ describe('deploy/upgrade-guard (provisioning/upgrade-guard)', function () {
     expect(await exists(b.at('/opt/.sensor-agent.link.new')), 'link.new').to.equal(false);
   }
   /** Installs `s` with install running in the background; resolves once the trial runs. */
-  async function installToTrial(b: Board, env: Record<string, string> = {}): Promise<ReturnType<typeof startGuard>> {
+  async function installToTrial(b: Board, env: Record<string, string> = {}, restarts = 1): Promise<ReturnType<typeof startGuard>> {
     const g = startGuard(b, 'install', env);
-    await waitFor('the trial', async () => (await exists(b.at(`${UP}/trial.json`))) || g.child.exitCode !== null);
+    // The trial runs once trial.json is there and the agent was restarted into the new release.
+    await waitFor('the trial', async () => ((await exists(b.at(`${UP}/trial.json`))) && (await b.restarts()) >= restarts) || g.child.exitCode !== null);
     return g;
   }
 
@@ -327,8 +328,11 @@ describe('deploy/upgrade-guard (provisioning/upgrade-guard)', function () {
           expect(await exists(b.at(`${UP}/staged.json`)), 'still staged: the path unit runs install again').to.equal(true);
         }
 
-        // The path unit (staged.json) or the boot (trial record) runs install: it finishes the upgrade.
-        const g = await installToTrial(b);
+        // The path unit (staged.json) or the boot (trial record) runs install: it finishes the upgrade,
+        // restarting the agent unless pre-start already started it on the new release.
+        const restartsBefore = await b.restarts();
+        const g = await installToTrial(b, {}, recorded ? 0 : 1);
+        expect((await b.restarts()) - restartsBefore).to.equal(recorded ? 0 : 1);
         expect(await linkedVersion(b)).to.equal('0.2.0');
         await agentWrites(b, 'healthy', '0.2.0');
         const ran = await g.done;
