@@ -97,7 +97,7 @@ describe('deploy/upgrade-guard (provisioning/upgrade-guard)', function () {
     expect(ran.code, ran.stderr).to.equal(0);
     expect(await result(b)).to.deep.equal({
       status: 'applied',
-      code: null,
+      code: 'OK',
       detail: 'running 0.2.0 (previous 0.1.0 kept)',
       version: '0.2.0',
       from: '0.1.0',
