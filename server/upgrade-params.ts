@@ -11,16 +11,7 @@
  * registry does not know yet, the request's `arch` (`--arch`); neither:
  * refused, E_ARCH_UNKNOWN (reports and enrollments do not carry the arch).
  */
-import {
-  CodedError,
-  isRecord,
-  isVersion,
-  ProtocolError,
-  RELEASE_ARCHES,
-  validateParams,
-  type ReleaseArch,
-  type UpgradeParams,
-} from '../protocol/index.js';
+import { CodedError, isRecord, isVersion, ProtocolError, RELEASE_ARCHES, validateParams, type ReleaseArch, type UpgradeParams } from '../protocol/index.js';
 import { ReleaseStore, type ReleaseRecord } from './registry/releases.js';
 import type { Registry } from './registry/registry.js';
 import type { DeviceRecord } from './registry/types.js';

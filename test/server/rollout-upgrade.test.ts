@@ -45,7 +45,14 @@ describe('server: a rollout of an upgrade to 200 simulated boards, 20% rolling b
       .transaction(() => {
         for (const d of devices) {
           f.fleet.add(d);
-          reg.addDevice({ id: d.id, userId: 'fleet', origin: 'jwks', signing: toPublicJwk(d.signing), encryption: toPublicJwk(d.encryption), state: 'provisioned' });
+          reg.addDevice({
+            id: d.id,
+            userId: 'fleet',
+            origin: 'jwks',
+            signing: toPublicJwk(d.signing),
+            encryption: toPublicJwk(d.encryption),
+            state: 'provisioned',
+          });
           reg.addTags(d.id, ['fleet']);
         }
       })
@@ -180,7 +187,22 @@ describe('server: a rollout of an upgrade to 200 simulated boards, 20% rolling b
     expect(refused.stderr).to.contain('E_ARCH_UNKNOWN');
     const wrong = await runServerCli(['send', fresh.id, 'selftest', '--release', '0.2.0', '--data', f.dataDir]);
     expect(wrong.code).to.equal(2);
-    const sent = await runServerCli(['send', fresh.id, 'upgrade', '--release', '0.2.0', '--arch', 'arm64', '--deadline', '2m', '--wait', '--timeout', '20s', '--data', f.dataDir]);
+    const sent = await runServerCli([
+      'send',
+      fresh.id,
+      'upgrade',
+      '--release',
+      '0.2.0',
+      '--arch',
+      'arm64',
+      '--deadline',
+      '2m',
+      '--wait',
+      '--timeout',
+      '20s',
+      '--data',
+      f.dataDir,
+    ]);
     expect(sent.code, sent.stderr).to.equal(0);
     expect(JSON.parse(sent.stdout)).to.deep.include({ status: 'applied', action: 'upgrade' });
     expect(reg.requireDevice(fresh.id).arch).to.equal('arm64');
