@@ -143,12 +143,12 @@ describe('server: a rollout of an upgrade to 200 simulated boards, 20% rolling b
     const list = await call('GET', '/releases');
     expect(list.status).to.equal(200);
     expect((list.json.releases as { version: string; arch: string }[]).map((x) => `${x.version}/${x.arch}`)).to.deep.equal(['0.2.0/arm64']);
-    const one = await call('GET', '/releases/0.2.0');
-    expect(one.status).to.equal(200);
-    expect((one.json.builds as { manifest: { version: string } }[])[0]?.manifest.version).to.equal('0.2.0');
     expect((await call('GET', '/releases/9.9.9')).status).to.equal(404);
 
     const reg = f.server.data.registry;
+    // A second build of 0.2.0: a board whose arch the registry does not know can no longer be given the only one.
+    const x64 = await makeTree(join(f.dir, 'tree-x64'), { version: '0.2.0', arch: 'x64', payload: 20_000 });
+    await addReleaseFromTree(reg, f.dataDir, x64, { agentOnly: true, key: await loadReleaseKey(f.dataDir) });
     const fresh = devices.find((d) => reg.requireDevice(d.id).arch === null && !d.rollBack) as SimDevice;
     const known = devices.find((d) => reg.requireDevice(d.id).arch === 'arm64') as SimDevice;
     const unknownArch = await call('POST', `/devices/${fresh.id}/commands`, { action: 'upgrade', release: '0.2.0' });
@@ -159,6 +159,22 @@ describe('server: a rollout of an upgrade to 200 simulated boards, 20% rolling b
     const noRelease = await call('POST', `/devices/${known.id}/commands`, { action: 'upgrade', release: '7.0.0' });
     expect(noRelease.status).to.equal(404);
 
+    const one = await call('GET', '/releases/0.2.0?arch=x64');
+    expect(one.status).to.equal(200);
+    expect((one.json.builds as { manifest: { version: string; arch: string } }[]).map((b) => b.manifest.arch)).to.deep.equal(['x64']);
+    expect(((await call('GET', '/releases/0.2.0')).json.builds as unknown[]).length).to.equal(2);
+    const plan = await call('POST', '/rollouts', {
+      action: 'upgrade',
+      release: '0.2.0',
+      arch: 'arm64',
+      deadline_s: 90,
+      selector: { tag: 'fleet' },
+      dry_run: true,
+    });
+    expect(plan.status, JSON.stringify(plan.json)).to.equal(200);
+    expect(plan.json.params).to.deep.equal({ release: '0.2.0', arch: 'arm64', deadline_s: 90 });
+    const badPlan = await call('POST', '/rollouts', { action: 'upgrade', release: '8.0.0', selector: { tag: 'fleet' }, dry_run: true });
+    expect(badPlan.status).to.equal(404);
     const sent = await call('POST', `/devices/${known.id}/commands`, { action: 'upgrade', release: '0.2.0', deadline_s: 60, allow_downgrade: true });
     expect(sent.status, JSON.stringify(sent.json)).to.equal(202);
     await eventually(async () => (await call('GET', `/commands/${String(sent.json.jti)}`)).json.status === 'applied', 10_000, 'the upgrade applied');
@@ -207,6 +223,11 @@ describe('server: a rollout of an upgrade to 200 simulated boards, 20% rolling b
     expect(JSON.parse(sent.stdout)).to.deep.include({ status: 'applied', action: 'upgrade' });
     expect(reg.requireDevice(fresh.id).arch).to.equal('arm64');
     const dry = await runServerCli(['send', '--tag', 'fleet', 'upgrade', '--release', '0.2.0', '--arch', 'arm64', '--dry-run', '--json', '--data', f.dataDir]);
+    // The x64 board: its arch named, the x64 build's manifest (a rollout resolves each target the same way).
+    const other = devices.find((d) => reg.requireDevice(d.id).arch === null && !d.rollBack) as SimDevice;
+    const x = await runServerCli(['send', other.id, 'upgrade', '--release', '0.2.0', '--arch', 'x64', '--wait', '--timeout', '20s', '--data', f.dataDir]);
+    expect(x.code, x.stderr).to.equal(0);
+    expect(reg.requireDevice(other.id).arch).to.equal('x64');
     expect(dry.code, dry.stderr).to.equal(0);
     expect((JSON.parse(dry.stdout) as { params: unknown }).params).to.deep.equal({ release: '0.2.0', arch: 'arm64' });
   });
