@@ -169,6 +169,12 @@ export async function handleAck(ctx: InboundContext, deviceId: string, payload: 
   if (claims.seq !== 0 && claims.seq !== command.seq) {
     return drop(ctx, deviceId, 'E_CLAIMS', `ack of ${claims.ref} carries seq ${claims.seq}, the command had ${command.seq}`);
   }
+  if (command.action === 'upgrade' && command.ackStatus === null && claims.status === 'rejected' && claims.code === 'E_REPLAY') {
+    // A copy of an upgrade the board already took (a redelivery): its outcome comes when the board decided
+    // (applied or rolled_back after the health gate), so "already seen" is not recorded as the outcome.
+    ctx.log.info('ack.replay_noted', { device: deviceId, action: command.action, seq: command.seq, note: 'upgrade in progress: outcome still to come' });
+    return { kind: 'ignored' };
+  }
   const effects: AckEffects = {};
   if (command.action === 'rotate' && claims.status === 'applied') {
     // For an ack of a command already answered, the keys are only reported (in the audit), never adopted.

@@ -11,7 +11,7 @@
 import { expect } from 'chai';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { toPublicJwk } from '../../protocol/index.js';
+import { sealAck, toPublicJwk, type PublicJwk } from '../../protocol/index.js';
 import { RolloutStore } from '../../server/registry/rollouts.js';
 import { loadReleaseKey } from '../../server/release-key.js';
 import { addReleaseFromTree } from '../../server/releases/store.js';
@@ -230,5 +230,50 @@ describe('server: a rollout of an upgrade to 200 simulated boards, 20% rolling b
     expect(reg.requireDevice(other.id).arch).to.equal('x64');
     expect(dry.code, dry.stderr).to.equal(0);
     expect((JSON.parse(dry.stdout) as { params: unknown }).params).to.deep.equal({ release: '0.2.0', arch: 'arm64' });
+  });
+
+  it('an upgrade in progress is never re-published at a reconnect, and a replay answer is not taken for its outcome', async () => {
+    const reg = f.server.data.registry;
+    const store = new RolloutStore(reg);
+    const d = devices.find((x) => reg.requireDevice(x.id).arch === 'arm64' && !x.rollBack) as SimDevice;
+    d.behaviour = 'silent';
+    const before = d.received.length;
+    const r = await startRollout(
+      reg,
+      await planRollout(reg, f.server.data.keys, { action: 'upgrade', params: { release: '0.2.0' }, selector: { devices: [d.id] }, ttlSeconds: 2 }),
+    );
+    f.server.rollouts?.kick();
+    await eventually(() => d.received.length === before + 1, 10_000, 'the upgrade delivered');
+    const jti = store.targets(r.id)[0]?.jti as string;
+    // Past its lifetime, the board (the new agent in trial) reports in: nothing is re-published.
+    await sleep(3500);
+    await f.fleet.connectDevice(d, { intervalSeconds: 600 });
+    await sleep(1500);
+    expect(d.received.length).to.equal(before + 1);
+    // A redelivered copy answered "already seen": not the outcome.
+    const c = reg.getCommand(jti);
+    const ack = async (status: 'rejected' | 'applied', code: string): Promise<void> => {
+      const { token } = await sealAck(
+        {
+          deviceId: d.id,
+          serverId: f.server.data.keys.serverId,
+          ref: jti,
+          seq: c?.seq as number,
+          status,
+          code,
+          ...(status === 'applied' ? { result: { version: '0.2.0', previous: '0.2.0' } } : {}),
+        },
+        { signer: d.signing, recipient: f.server.data.keys.trust.keys.find((k) => k.use === 'enc') as PublicJwk },
+      );
+      await f.fleet.publishRaw(`provision/${d.id}/ack`, token);
+    };
+    await ack('rejected', 'E_REPLAY');
+    await sleep(800);
+    expect(reg.getCommand(jti)?.ackStatus).to.equal(null);
+    await ack('applied', 'OK');
+    await eventually(() => reg.getCommand(jti)?.ackStatus === 'applied', 5000, 'the real outcome recorded');
+    expect(reg.requireDevice(d.id).flag).to.equal(null);
+    await eventually(() => store.require(r.id).finishedAt !== null, 10_000, 'the rollout finished');
+    expect(store.counts(r.id).applied).to.equal(1);
   });
 });
