@@ -149,7 +149,10 @@ export async function handleReport(ctx: InboundContext, deviceId: string, payloa
     ctx.log.debug(`report.${outcome.kind}`, { ...fields, note: 'not newer than the report recorded: nothing changed' });
     return { kind: 'report', deviceId, reason: claims.reason, recorded: outcome.kind };
   }
-  ctx.log.info('report.recorded', { ...fields, agent: claims.agent_version, signer_kid: signerKid });
+  const upgrade = claims.upgrade
+    ? `${claims.upgrade.to} ${claims.upgrade.phase}${claims.upgrade.done !== undefined ? ` ${claims.upgrade.done}/${claims.upgrade.total ?? '?'}` : ''}`
+    : undefined;
+  ctx.log.info('report.recorded', { ...fields, agent: claims.agent_version, ...(upgrade ? { upgrade } : {}), signer_kid: signerKid });
   ctx.onReport?.(deviceId, claims);
   return { kind: 'report', deviceId, reason: claims.reason, recorded: outcome.kind };
 }
