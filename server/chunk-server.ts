@@ -41,7 +41,8 @@ export interface ChunkServerOptions {
 
 export type ChunkRefusal = 'rate-limited' | 'malformed' | 'unknown-device' | 'no-release' | 'not-in-flight' | 'out-of-range' | 'error';
 
-export type ChunkResult = { kind: 'served'; deviceId: string; frames: number; index: boolean } | { kind: 'refused'; deviceId: string | null; why: ChunkRefusal } | { kind: 'ignored' };
+export type ChunkResult =
+  { kind: 'served'; deviceId: string; frames: number; index: boolean } | { kind: 'refused'; deviceId: string | null; why: ChunkRefusal } | { kind: 'ignored' };
 
 export class ChunkServer {
   /** Totals since the start. */
@@ -147,10 +148,13 @@ export class ChunkServer {
     const now = this.#now();
     if (now - this.#lastSummary >= this.#summaryMs) this.#summary();
     else if (!this.#timer) {
-      this.#timer = setTimeout(() => {
-        this.#timer = undefined;
-        this.#summary();
-      }, this.#summaryMs - (now - this.#lastSummary));
+      this.#timer = setTimeout(
+        () => {
+          this.#timer = undefined;
+          this.#summary();
+        },
+        this.#summaryMs - (now - this.#lastSummary),
+      );
       this.#timer.unref();
     }
     return { kind: 'refused', deviceId, why };

@@ -11,7 +11,17 @@
  */
 import { lstat, readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
-import { CodedError, generateSigningKey, parseJwkSet, parsePrivateJwk, toJwkSet, toPublicJwk, type JwkSet, type PrivateJwk, type PublicJwk } from '../protocol/index.js';
+import {
+  CodedError,
+  generateSigningKey,
+  parseJwkSet,
+  parsePrivateJwk,
+  toJwkSet,
+  toPublicJwk,
+  type JwkSet,
+  type PrivateJwk,
+  type PublicJwk,
+} from '../protocol/index.js';
 import { writeFileAtomic } from '../lib/durable-file.js';
 import { ensurePrivateDir, exists } from '../lib/fs.js';
 
@@ -32,7 +42,10 @@ export function releaseJwksPath(dataDir: string): string {
  * to replace either without `force` (boards flashed with the old release.jwks
  * refuse releases signed by the new key until they are re-flashed).
  */
-export async function generateReleaseKey(dataDir: string, options: { out?: string; force?: boolean } = {}): Promise<{ key: string; jwks: string; kid: string }> {
+export async function generateReleaseKey(
+  dataDir: string,
+  options: { out?: string; force?: boolean } = {},
+): Promise<{ key: string; jwks: string; kid: string }> {
   const key = options.out !== undefined ? resolve(options.out) : releaseKeyPath(dataDir);
   const jwks = releaseJwksPath(dataDir);
   if (!options.force) {

@@ -8,19 +8,13 @@
  *
  * A device's architecture: the registry's (recorded when an upgrade to a
  * release of that arch was applied); for a device whose architecture the
- * registry does not know yet, the request's `arch` (`--arch`); neither:
- * refused, E_ARCH_UNKNOWN (reports and enrollments do not carry the arch).
+ * registry does not know yet, the request's `arch` (`--arch`), else the
+ * release's only build when it has one (a board of another arch refuses it,
+ * E_UPGRADE_ARCH, with nothing changed: it checks the signed manifest's arch
+ * itself); else refused, E_ARCH_UNKNOWN (reports and enrollments do not
+ * carry the arch).
  */
-import {
-  CodedError,
-  isRecord,
-  isVersion,
-  ProtocolError,
-  RELEASE_ARCHES,
-  validateParams,
-  type ReleaseArch,
-  type UpgradeParams,
-} from '../protocol/index.js';
+import { CodedError, isRecord, isVersion, ProtocolError, RELEASE_ARCHES, validateParams, type ReleaseArch, type UpgradeParams } from '../protocol/index.js';
 import { ReleaseStore, type ReleaseRecord } from './registry/releases.js';
 import type { Registry } from './registry/registry.js';
 import type { DeviceRecord } from './registry/types.js';
@@ -79,13 +73,13 @@ export function checkReleaseExists(registry: Registry, req: UpgradeRequest): Rel
  */
 export function resolveUpgrade(registry: Registry, device: DeviceRecord, raw: unknown): { params: UpgradeParams; release: ReleaseRecord } {
   const req = checkUpgradeRequest(raw);
-  const arch = device.arch ?? req.arch;
+  const builds = checkReleaseExists(registry, req);
+  const arch = device.arch ?? req.arch ?? (builds.length === 1 ? builds[0]?.arch : undefined);
   if (arch === undefined)
     throw new CodedError(
       'E_ARCH_UNKNOWN',
-      `the architecture of ${device.id} is not known yet (it is recorded once an upgrade is applied): name it with --arch (${RELEASE_ARCHES.join(', ')})`,
+      `the architecture of ${device.id} is not known yet (it is recorded once an upgrade is applied) and release ${req.release} has builds for ${builds.map((b) => b.arch).join(', ')}: name it with --arch (${RELEASE_ARCHES.join(', ')})`,
     );
-  const builds = checkReleaseExists(registry, req);
   const release = builds.find((b) => b.arch === arch);
   if (!release)
     throw new CodedError('E_NO_RELEASE', `release ${req.release} has no ${arch} build for ${device.id} (it has: ${builds.map((b) => b.arch).join(', ')})`);

@@ -21,7 +21,10 @@ const keygenCommand = defineCommand({
     'Make the release key (signs agent releases; boards pin DATA/release.jwks, which bundle copies): DATA/keys/release.jwk (0600), or --out FILE to keep it elsewhere',
   builder: (y) =>
     withData(y)
-      .option('out', { type: 'string', describe: 'write the private key here (kept offline; sign with release add --key FILE) instead of DATA/keys/release.jwk' })
+      .option('out', {
+        type: 'string',
+        describe: 'write the private key here (kept offline; sign with release add --key FILE) instead of DATA/keys/release.jwk',
+      })
       .option('force', {
         type: 'boolean',
         default: false,
@@ -29,7 +32,8 @@ const keygenCommand = defineCommand({
       }),
   handler: async (args) => {
     const paths = dataPaths(args.data);
-    if (!(await exists(paths.config))) throw new CodedError('E_NO_DATA', `${paths.dir} is not a data directory; run: provision-server init --data ${args.data}`);
+    if (!(await exists(paths.config)))
+      throw new CodedError('E_NO_DATA', `${paths.dir} is not a data directory; run: provision-server init --data ${args.data}`);
     const made = await generateReleaseKey(paths.dir, { ...(args.out !== undefined ? { out: args.out } : {}), force: args.force });
     process.stdout.write(`release key ${made.kid} written to ${made.key}; boards pin ${made.jwks} (bundle copies it)\n`);
   },
@@ -86,7 +90,15 @@ const listCommand = defineCommand({
     const data = await openDataDir(args.data);
     try {
       const all = new ReleaseStore(data.registry).list();
-      process.stdout.write(args.json ? `${JSON.stringify(all.map((r) => releaseView(r)), null, 2)}\n` : releaseTable(all));
+      process.stdout.write(
+        args.json
+          ? `${JSON.stringify(
+              all.map((r) => releaseView(r)),
+              null,
+              2,
+            )}\n`
+          : releaseTable(all),
+      );
     } finally {
       data.registry.close();
     }

@@ -2,8 +2,8 @@
  * `provision-server send`: seal and publish a command to one device (optionally
  * waiting for its verified ack), or fan out to every device / a user's devices.
  *
- * Exit statuses with --wait: 0 applied, 3 rejected, 4 failed, 5 no ack before
- * the timeout. To many devices (--all, --user, --tag) or with --deliver-within
+ * Exit statuses with --wait: 0 applied, 3 rejected, 4 failed, 7 rolled back (an
+ * upgrade whose new release failed its health gate), 5 no ack before the timeout. To many devices (--all, --user, --tag) or with --deliver-within
  * it is a rollout (send-rollout.ts): 0 when every device applied, else 6.
  */
 import {
@@ -93,7 +93,8 @@ export const sendCommand = defineCommand({
       .option('wait', {
         type: 'boolean',
         default: false,
-        describe: 'wait for the verified ack; exit 0 applied, 3 rejected, 4 failed, 5 timeout (a rollout always waits: 0 when every device applied, else 6)',
+        describe:
+          'wait for the verified ack; exit 0 applied, 3 rejected, 4 failed, 7 rolled back (upgrade), 5 timeout (a rollout always waits: 0 when every device applied, else 6)',
       })
       .option('timeout', {
         type: 'string',
@@ -107,17 +108,24 @@ export const sendCommand = defineCommand({
         default: 0,
         describe: `rollout: seal in this many worker threads (0-${MAX_SEAL_WORKERS}; 0 = in the main thread, the default: on 2 cores it does not pay)`,
       })
-      .option('release', { type: 'string', describe: 'upgrade: the release VERSION to install (provision-server release list); each board gets the build for its arch' })
+      .option('release', {
+        type: 'string',
+        describe: 'upgrade: the release VERSION to install (provision-server release list); each board gets the build for its arch',
+      })
       .option('arch', {
         choices: RELEASE_ARCHES,
         describe: 'upgrade: the architecture of boards the registry does not know yet (it records it once an upgrade is applied)',
       })
       .option('deadline', {
         type: 'string',
-        describe: 'upgrade: how long the new release has, once switched to, to start, connect, pass its self-test and report before the board rolls back (30s-1h, default 5m)',
+        describe:
+          'upgrade: how long the new release has, once switched to, to start, connect, pass its self-test and report before the board rolls back (30s-1h, default 5m)',
       })
       .option('allow-downgrade', { type: 'boolean', describe: 'upgrade: install even when the release is older than the running one' })
-      .option('mirror', { type: 'string', describe: 'upgrade: an https:// URL the board may download the artifact from instead of the broker (integrity comes from the signed manifest)' })
+      .option('mirror', {
+        type: 'string',
+        describe: 'upgrade: an https:// URL the board may download the artifact from instead of the broker (integrity comes from the signed manifest)',
+      })
       .option('verbose', { type: 'boolean', default: false, describe: 'log ack handling on stderr' })
       .example('$0 send sensor-0001 update --set sensor.enabled=true \\\n--set sensor.sample_interval_s=30 --wait', '')
       .example('$0 send --user alice rotate --timeout 1m', '')
@@ -128,7 +136,7 @@ export const sendCommand = defineCommand({
       .example('# re-bind sal01 to user 1 (the seed: update sal01 1)\n$0 send sal01 update --user 1 --wait', '')
       .example('$0 send --resume 6f1c2a9e-...', '')
       .example('$0 send sensor-0001 upgrade --release 0.3.0 --arch arm64 --wait', '')
-      .example('$0 send --tag site-a upgrade --release 0.3.0 --rate 10/min --abort-when 5%', ''),
+      .example('$0 send --tag site-a upgrade --release 0.3.0 \\\n--rate 10/min --abort-when 5%', ''),
   handler: async (args) => {
     const ttlSeconds = args.ttl ? parseCommandTtl(args.ttl) : undefined;
     const listed = args.devices !== undefined || args.devicesFrom !== undefined;
@@ -328,7 +336,13 @@ export function upgradeWaitMs(params: Record<string, unknown>, ttlSeconds: numbe
 /** --release, --arch, --deadline, --allow-downgrade, --mirror as upgrade params (refused with another action). */
 export function upgradeFlags(
   action: unknown,
-  args: { release?: string | undefined; arch?: string | undefined; deadline?: string | undefined; allowDowngrade?: boolean | undefined; mirror?: string | undefined },
+  args: {
+    release?: string | undefined;
+    arch?: string | undefined;
+    deadline?: string | undefined;
+    allowDowngrade?: boolean | undefined;
+    mirror?: string | undefined;
+  },
 ): Record<string, unknown> {
   const given = (['release', 'arch', 'deadline', 'allowDowngrade', 'mirror'] as const).filter((k) => args[k] !== undefined);
   if (action !== 'upgrade') {

@@ -71,7 +71,8 @@ export class ReleaseStore {
   }
 
   get(version: string, arch: string): ReleaseRecord | undefined {
-    const row = this.#reg.db.prepare('SELECT * FROM releases WHERE removed_at IS NULL AND version = ? AND arch = ?').get(version, arch) as ReleaseRow | undefined;
+    const row = this.#reg.db.prepare('SELECT * FROM releases WHERE removed_at IS NULL AND version = ? AND arch = ?').get(version, arch) as
+      ReleaseRow | undefined;
     return row ? record(row) : undefined;
   }
 
@@ -127,9 +128,7 @@ export class ReleaseStore {
       .all(r.version) as { id: string }[];
     if (rollouts.length) return `rollout(s) ${rollouts.map((x) => x.id).join(', ')} upgrade to ${r.version}: cancel them first`;
     const inFlight = this.#reg.db
-      .prepare(
-        `SELECT device_id AS id FROM commands WHERE release_sha256 = ? AND ack_status IS NULL AND voided_at IS NULL AND expires_at + ? > ? LIMIT 5`,
-      )
+      .prepare(`SELECT device_id AS id FROM commands WHERE release_sha256 = ? AND ack_status IS NULL AND voided_at IS NULL AND expires_at + ? > ? LIMIT 5`)
       .all(r.sha256, UPGRADE_FETCH_GRACE_MS, this.#reg.now()) as { id: string }[];
     if (inFlight.length) return `upgrade commands to ${inFlight.map((x) => x.id).join(', ')} are in flight (unanswered)`;
     return undefined;

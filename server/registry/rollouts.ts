@@ -674,13 +674,18 @@ export class RolloutStore {
   /**
    * Sent targets of a device whose command expired unanswered (the board was
    * away), in rollouts that are running (nothing of a paused, cancelled, aborted
-   * or finished rollout is published again): their jti.
+   * or finished rollout is published again): their jti. Never an upgrade: its
+   * ack comes only once the board decided it (download, install, health gate),
+   * long after the command's lifetime, and the new agent's connect report comes
+   * before that ack: a copy then would be answered E_EXPIRED (a fresh upgrade
+   * to a board mid-upgrade) ahead of the real outcome. An upgrade the board
+   * never got waits for the rollout's deadline.
    */
   unansweredExpired(deviceId: string, now: number): { rolloutId: string; jti: string }[] {
     return this.#db
       .prepare(
         `SELECT t.rollout_id AS rolloutId, t.jti AS jti FROM rollout_targets t JOIN commands c ON c.jti = t.jti JOIN rollouts r ON r.id = t.rollout_id
-         WHERE t.device_id = ? AND t.state = 'sent' AND c.ack_status IS NULL AND c.voided_at IS NULL AND c.expires_at <= ?
+         WHERE t.device_id = ? AND t.state = 'sent' AND c.ack_status IS NULL AND c.voided_at IS NULL AND c.expires_at <= ? AND c.action != 'upgrade'
            AND r.state = 'running' AND r.finished_at IS NULL AND r.deadline_at > ?`,
       )
       .all(deviceId, now, now) as { rolloutId: string; jti: string }[];

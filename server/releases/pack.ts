@@ -51,7 +51,10 @@ export async function readTreeInfo(tree: string): Promise<TreeInfo> {
     raw = JSON.parse(await readFile(join(tree, '.build-info.json'), 'utf8')) as unknown;
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    throw treeError(tree, code === 'ENOENT' ? 'no .build-info.json: not an agent tree (build it with provisioning/build-agent)' : '.build-info.json is not valid JSON');
+    throw treeError(
+      tree,
+      code === 'ENOENT' ? 'no .build-info.json: not an agent tree (build it with provisioning/build-agent)' : '.build-info.json is not valid JSON',
+    );
   }
   if (!isRecord(raw)) throw treeError(tree, '.build-info.json is not a JSON object');
   if (!isVersion(raw.agent_version)) throw treeError(tree, `.build-info.json agent_version ${JSON.stringify(raw.agent_version)} is not a version x.y.z[-pre]`);
@@ -138,7 +141,10 @@ export async function packTree(tree: string, out: string, info: TreeInfo, agentO
     tar.kill('SIGKILL');
     await exited.catch(() => undefined);
     if (err instanceof CodedError && err.code === 'E_RELEASE_TOO_LARGE')
-      throw new CodedError('E_RELEASE_TOO_LARGE', `the packed release exceeds ${MAX_RELEASE_ARTIFACT_BYTES / 1024 / 1024} MiB (its chunk index must fit one frame)`);
+      throw new CodedError(
+        'E_RELEASE_TOO_LARGE',
+        `the packed release exceeds ${MAX_RELEASE_ARTIFACT_BYTES / 1024 / 1024} MiB (its chunk index must fit one frame)`,
+      );
     throw new CodedError('E_PACK', `packing ${tree} failed: ${err instanceof Error ? err.message : String(err)}`);
   }
   const code = await exited.catch((err: unknown) => {
@@ -168,7 +174,10 @@ export async function digestArtifact(path: string, chunkBytes = RELEASE_CHUNK_BY
       if (bytesRead !== want) throw new CodedError('E_RELEASE_ARTIFACT', `${path} changed while it was read`);
       const chunk = buf.subarray(0, want);
       whole.update(chunk);
-      createHash('sha256').update(chunk).digest().copy(index, n * 32);
+      createHash('sha256')
+        .update(chunk)
+        .digest()
+        .copy(index, n * 32);
     }
     return { bytes: size, sha256: whole.digest('hex'), index };
   } finally {

@@ -29,7 +29,10 @@ export function releasesDir(dataDir: string): string {
 export async function releaseKeyRing(dataDir: string): Promise<KeyRing> {
   const keys = await readReleaseJwks(dataDir);
   if (keys === undefined || keys.length === 0)
-    throw new CodedError('E_NO_RELEASE_KEY', `no release.jwks in ${resolve(dataDir)}; make a release key with: provision-server release keygen --data ${dataDir}`);
+    throw new CodedError(
+      'E_NO_RELEASE_KEY',
+      `no release.jwks in ${resolve(dataDir)}; make a release key with: provision-server release keygen --data ${dataDir}`,
+    );
   return KeyRing.create(keys);
 }
 
@@ -92,8 +95,7 @@ export async function addReleaseFromTree(
       `the release key ${options.key.kid} is not in ${join(resolve(dataDir), 'release.jwks')}: boards pin that set and would refuse this release`,
     );
   const store = new ReleaseStore(registry);
-  if (store.get(info.version, info.arch))
-    throw new CodedError('E_RELEASE_EXISTS', `release ${info.version} for ${info.arch} already exists; remove it first`);
+  if (store.get(info.version, info.arch)) throw new CodedError('E_RELEASE_EXISTS', `release ${info.version} for ${info.arch} already exists; remove it first`);
   const tmp = await stagingDir(dataDir);
   try {
     const artifact = join(tmp, ARTIFACT_FILE);
@@ -132,7 +134,10 @@ export async function addReleaseFromFiles(
   try {
     ({ manifest } = await verifyReleaseManifest(jws, ring));
   } catch (err) {
-    throw new CodedError('E_RELEASE_SIGNATURE', `${manifestPath} is not a release manifest signed by a key in release.jwks: ${err instanceof Error ? err.message : String(err)}`);
+    throw new CodedError(
+      'E_RELEASE_SIGNATURE',
+      `${manifestPath} is not a release manifest signed by a key in release.jwks: ${err instanceof Error ? err.message : String(err)}`,
+    );
   }
   const st = await lstat(artifactPath).catch(() => undefined);
   if (!st?.isFile()) throw new CodedError('E_NO_FILE', `${artifactPath} is not a regular file`);

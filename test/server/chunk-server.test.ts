@@ -126,7 +126,14 @@ describe('server: the chunk server answers only upgrades in flight, rate-limited
     expect(resultsOf(b.id)[0]).to.deep.include({ kind: 'refused', why: 'not-in-flight' });
     const reg = f.server.data.registry;
     const ghost = await makeSimDevice('chunk-ghost');
-    reg.addDevice({ id: ghost.id, userId: 'u', origin: 'jwks', signing: toPublicJwk(ghost.signing), encryption: toPublicJwk(ghost.encryption), state: 'decommissioned' });
+    reg.addDevice({
+      id: ghost.id,
+      userId: 'u',
+      origin: 'jwks',
+      signing: toPublicJwk(ghost.signing),
+      encryption: toPublicJwk(ghost.encryption),
+      state: 'decommissioned',
+    });
     const linkG = await BoardLink.open(f.broker.url, ghost.id);
     try {
       await linkG.send(encodeFetch({ v: 1, sha256: release.sha256, index: true }));
@@ -164,7 +171,11 @@ describe('server: the chunk server answers only upgrades in flight, rate-limited
     const mark = resultsOf(b.id).length;
     for (const g of garbage) await linkB.send(g);
     await eventually(() => resultsOf(b.id).length - mark === garbage.length, 5000, 'garbage handled');
-    expect(resultsOf(b.id).slice(mark).every((r) => r.kind === 'refused' && r.why === 'malformed')).to.equal(true);
+    expect(
+      resultsOf(b.id)
+        .slice(mark)
+        .every((r) => r.kind === 'refused' && r.why === 'malformed'),
+    ).to.equal(true);
     expect(linkB.frames).to.have.length(0);
     // Dozens of refusals in a few seconds: at most one summary line since the flood began.
     expect(lines.filter((l) => l.includes('fetch.refused')).length - logBefore).to.be.at.most(1);

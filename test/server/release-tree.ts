@@ -35,4 +35,3 @@ export async function makeTree(dir: string, o: { version: string; arch?: string;
     );
   return dir;
 }
-

@@ -11,7 +11,7 @@
 import { expect } from 'chai';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { toPublicJwk } from '../../protocol/index.js';
+import { sealAck, toPublicJwk, type PublicJwk } from '../../protocol/index.js';
 import { RolloutStore } from '../../server/registry/rollouts.js';
 import { loadReleaseKey } from '../../server/release-key.js';
 import { addReleaseFromTree } from '../../server/releases/store.js';
@@ -45,7 +45,14 @@ describe('server: a rollout of an upgrade to 200 simulated boards, 20% rolling b
       .transaction(() => {
         for (const d of devices) {
           f.fleet.add(d);
-          reg.addDevice({ id: d.id, userId: 'fleet', origin: 'jwks', signing: toPublicJwk(d.signing), encryption: toPublicJwk(d.encryption), state: 'provisioned' });
+          reg.addDevice({
+            id: d.id,
+            userId: 'fleet',
+            origin: 'jwks',
+            signing: toPublicJwk(d.signing),
+            encryption: toPublicJwk(d.encryption),
+            state: 'provisioned',
+          });
           reg.addTags(d.id, ['fleet']);
         }
       })
@@ -136,12 +143,12 @@ describe('server: a rollout of an upgrade to 200 simulated boards, 20% rolling b
     const list = await call('GET', '/releases');
     expect(list.status).to.equal(200);
     expect((list.json.releases as { version: string; arch: string }[]).map((x) => `${x.version}/${x.arch}`)).to.deep.equal(['0.2.0/arm64']);
-    const one = await call('GET', '/releases/0.2.0');
-    expect(one.status).to.equal(200);
-    expect((one.json.builds as { manifest: { version: string } }[])[0]?.manifest.version).to.equal('0.2.0');
     expect((await call('GET', '/releases/9.9.9')).status).to.equal(404);
 
     const reg = f.server.data.registry;
+    // A second build of 0.2.0: a board whose arch the registry does not know can no longer be given the only one.
+    const x64 = await makeTree(join(f.dir, 'tree-x64'), { version: '0.2.0', arch: 'x64', payload: 20_000 });
+    await addReleaseFromTree(reg, f.dataDir, x64, { agentOnly: true, key: await loadReleaseKey(f.dataDir) });
     const fresh = devices.find((d) => reg.requireDevice(d.id).arch === null && !d.rollBack) as SimDevice;
     const known = devices.find((d) => reg.requireDevice(d.id).arch === 'arm64') as SimDevice;
     const unknownArch = await call('POST', `/devices/${fresh.id}/commands`, { action: 'upgrade', release: '0.2.0' });
@@ -152,6 +159,22 @@ describe('server: a rollout of an upgrade to 200 simulated boards, 20% rolling b
     const noRelease = await call('POST', `/devices/${known.id}/commands`, { action: 'upgrade', release: '7.0.0' });
     expect(noRelease.status).to.equal(404);
 
+    const one = await call('GET', '/releases/0.2.0?arch=x64');
+    expect(one.status).to.equal(200);
+    expect((one.json.builds as { manifest: { version: string; arch: string } }[]).map((b) => b.manifest.arch)).to.deep.equal(['x64']);
+    expect(((await call('GET', '/releases/0.2.0')).json.builds as unknown[]).length).to.equal(2);
+    const plan = await call('POST', '/rollouts', {
+      action: 'upgrade',
+      release: '0.2.0',
+      arch: 'arm64',
+      deadline_s: 90,
+      selector: { tag: 'fleet' },
+      dry_run: true,
+    });
+    expect(plan.status, JSON.stringify(plan.json)).to.equal(200);
+    expect(plan.json.params).to.deep.equal({ release: '0.2.0', arch: 'arm64', deadline_s: 90 });
+    const badPlan = await call('POST', '/rollouts', { action: 'upgrade', release: '8.0.0', selector: { tag: 'fleet' }, dry_run: true });
+    expect(badPlan.status).to.equal(404);
     const sent = await call('POST', `/devices/${known.id}/commands`, { action: 'upgrade', release: '0.2.0', deadline_s: 60, allow_downgrade: true });
     expect(sent.status, JSON.stringify(sent.json)).to.equal(202);
     await eventually(async () => (await call('GET', `/commands/${String(sent.json.jti)}`)).json.status === 'applied', 10_000, 'the upgrade applied');
@@ -180,12 +203,77 @@ describe('server: a rollout of an upgrade to 200 simulated boards, 20% rolling b
     expect(refused.stderr).to.contain('E_ARCH_UNKNOWN');
     const wrong = await runServerCli(['send', fresh.id, 'selftest', '--release', '0.2.0', '--data', f.dataDir]);
     expect(wrong.code).to.equal(2);
-    const sent = await runServerCli(['send', fresh.id, 'upgrade', '--release', '0.2.0', '--arch', 'arm64', '--deadline', '2m', '--wait', '--timeout', '20s', '--data', f.dataDir]);
+    const sent = await runServerCli([
+      'send',
+      fresh.id,
+      'upgrade',
+      '--release',
+      '0.2.0',
+      '--arch',
+      'arm64',
+      '--deadline',
+      '2m',
+      '--wait',
+      '--timeout',
+      '20s',
+      '--data',
+      f.dataDir,
+    ]);
     expect(sent.code, sent.stderr).to.equal(0);
     expect(JSON.parse(sent.stdout)).to.deep.include({ status: 'applied', action: 'upgrade' });
     expect(reg.requireDevice(fresh.id).arch).to.equal('arm64');
     const dry = await runServerCli(['send', '--tag', 'fleet', 'upgrade', '--release', '0.2.0', '--arch', 'arm64', '--dry-run', '--json', '--data', f.dataDir]);
+    // The x64 board: its arch named, the x64 build's manifest (a rollout resolves each target the same way).
+    const other = devices.find((d) => reg.requireDevice(d.id).arch === null && !d.rollBack) as SimDevice;
+    const x = await runServerCli(['send', other.id, 'upgrade', '--release', '0.2.0', '--arch', 'x64', '--wait', '--timeout', '20s', '--data', f.dataDir]);
+    expect(x.code, x.stderr).to.equal(0);
+    expect(reg.requireDevice(other.id).arch).to.equal('x64');
     expect(dry.code, dry.stderr).to.equal(0);
     expect((JSON.parse(dry.stdout) as { params: unknown }).params).to.deep.equal({ release: '0.2.0', arch: 'arm64' });
+  });
+
+  it('an upgrade in progress is never re-published at a reconnect, and a replay answer is not taken for its outcome', async () => {
+    const reg = f.server.data.registry;
+    const store = new RolloutStore(reg);
+    const d = devices.find((x) => reg.requireDevice(x.id).arch === 'arm64' && !x.rollBack) as SimDevice;
+    d.behaviour = 'silent';
+    const before = d.received.length;
+    const r = await startRollout(
+      reg,
+      await planRollout(reg, f.server.data.keys, { action: 'upgrade', params: { release: '0.2.0' }, selector: { devices: [d.id] }, ttlSeconds: 2 }),
+    );
+    f.server.rollouts?.kick();
+    await eventually(() => d.received.length === before + 1, 10_000, 'the upgrade delivered');
+    const jti = store.targets(r.id)[0]?.jti as string;
+    // Past its lifetime, the board (the new agent in trial) reports in: nothing is re-published.
+    await sleep(3500);
+    await f.fleet.connectDevice(d, { intervalSeconds: 600 });
+    await sleep(1500);
+    expect(d.received.length).to.equal(before + 1);
+    // A redelivered copy answered "already seen": not the outcome.
+    const c = reg.getCommand(jti);
+    const ack = async (status: 'rejected' | 'applied', code: string): Promise<void> => {
+      const { token } = await sealAck(
+        {
+          deviceId: d.id,
+          serverId: f.server.data.keys.serverId,
+          ref: jti,
+          seq: c?.seq as number,
+          status,
+          code,
+          ...(status === 'applied' ? { result: { version: '0.2.0', previous: '0.2.0' } } : {}),
+        },
+        { signer: d.signing, recipient: f.server.data.keys.trust.keys.find((k) => k.use === 'enc') as PublicJwk },
+      );
+      await f.fleet.publishRaw(`provision/${d.id}/ack`, token);
+    };
+    await ack('rejected', 'E_REPLAY');
+    await sleep(800);
+    expect(reg.getCommand(jti)?.ackStatus).to.equal(null);
+    await ack('applied', 'OK');
+    await eventually(() => reg.getCommand(jti)?.ackStatus === 'applied', 5000, 'the real outcome recorded');
+    expect(reg.requireDevice(d.id).flag).to.equal(null);
+    await eventually(() => store.require(r.id).finishedAt !== null, 10_000, 'the rollout finished');
+    expect(store.counts(r.id).applied).to.equal(1);
   });
 });
