@@ -11,7 +11,17 @@ import { existsSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { requireMosquittoOrSkip } from '../server/mosquitto-tls.js';
-import { DEVICE, EXITS_AT_START, HOST_TREE, NEVER_CONNECTS, brokenTree, buildHostTree, startUpgradeRig, until, type UpgradeRig } from '../helpers/upgrade-rig.js';
+import {
+  DEVICE,
+  EXITS_AT_START,
+  HOST_TREE,
+  NEVER_CONNECTS,
+  brokenTree,
+  buildHostTree,
+  startUpgradeRig,
+  until,
+  type UpgradeRig,
+} from '../helpers/upgrade-rig.js';
 
 interface SentView {
   status: string;
@@ -40,7 +50,7 @@ describe('upgrade end to end on a host board: signed release through mosquitto, 
   }
 
   async function upgrade(version: string, extra: string[] = []): Promise<SentView> {
-    const r = await rig.cli(['send', DEVICE, 'upgrade', '--release', version, '--arch', 'x64', ...extra, '--wait', '--timeout', '150s'], 180_000);
+    const r = await rig.cli(['send', DEVICE, 'upgrade', '--release', version, ...extra, '--wait', '--timeout', '150s'], 180_000);
     const view = JSON.parse(r.stdout || '{}') as SentView;
     if (!['applied', 'rolled_back', 'failed', 'rejected'].includes(view.status)) expect.fail(`upgrade to ${version}: exit ${r.code} ${r.stderr}\n${log()}`);
     return view;

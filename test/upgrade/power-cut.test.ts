@@ -11,7 +11,8 @@
  */
 import { expect } from 'chai';
 import { existsSync } from 'node:fs';
-import { readdir } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { readdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { requireMosquittoOrSkip } from '../server/mosquitto-tls.js';
 import { DEVICE, buildHostTree, startUpgradeRig, until, type UpgradeRig } from '../helpers/upgrade-rig.js';
@@ -32,11 +33,13 @@ describe('upgrade: a power cut at every step leaves a board that boots a working
     await rig?.stop();
   });
 
-  async function nextRelease(): Promise<string> {
+  /** `padMb`: that many MB of random bytes in the tree (a download long enough to cut). */
+  async function nextRelease(padMb = 0): Promise<string> {
     version++;
     const v = `0.5.${version}`;
     const tree = join(rig.dir, `tree-${v}`);
     await buildHostTree(tree, v);
+    if (padMb > 0) await writeFile(join(tree, 'padding.bin'), randomBytes(padMb * 1024 * 1024));
     const r = await rig.cli(['release', 'add', tree]);
     expect(r.code, r.stderr).to.equal(0);
     return v;
@@ -80,13 +83,23 @@ describe('upgrade: a power cut at every step leaves a board that boots a working
 
   it('cut during the download: the next boot resumes from the last verified chunk', async () => {
     const from = await rig.board.current();
-    const to = await nextRelease();
+    // 6 MB of random bytes: about 100 chunks, which serve's per-board rate limit spreads over seconds.
+    const to = await nextRelease(6);
     const sent = rig.cli(['send', DEVICE, 'upgrade', '--release', to, '--deadline', '60s', '--wait', '--timeout', '240s'], 300_000);
     await until(
       async () => (await readdir(rig.board.paths.upgrade).catch(() => [] as string[])).some((f) => f.endsWith('.part')) || undefined,
       60_000,
       () => `a partial download\n${log()}`,
     );
+    const partial = (await readdir(rig.board.paths.upgrade)).find((f) => f.endsWith('.part')) ?? '';
+    await until(
+      async () => ((await stat(join(rig.board.paths.upgrade, partial)).catch(() => undefined))?.size ?? 0) > 0 || undefined,
+      30_000,
+      () => 'chunks written',
+    );
+    const cutAt = rig.board.log().length;
     await afterReboot(sent, from, to);
+    // The agent that booted went on from the chunks it had verified and written, not from the start.
+    expect(rig.board.log().slice(cutAt)).to.match(/upgrade download resumed .*chunks_done=[1-9]/);
   });
 });
