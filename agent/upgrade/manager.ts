@@ -238,6 +238,7 @@ export class UpgradeManager {
       version: pending.version,
       manifest,
       log,
+      ...(pending.mirror !== undefined ? { mirror: pending.mirror } : {}),
       fetch: (req) => rt.session.publishDatagram(fetchTopic(rt.config.topic_prefix, rt.deviceId), encodeFetch(req).toString('utf8')),
       ...(this.#o.timings ? { timings: this.#o.timings } : {}),
     });
