@@ -141,7 +141,8 @@ describe('agent upgrade: the installer decides, the agent acks (aedes, in proces
       const wait = suite.server.waitAck((a) => a.claims.ref === sealed.jti, 10_000);
       await writeFile(
         join(up, 'result.json'),
-        JSON.stringify({ status: 'applied', code: 'OK', detail: 'committed 0.1.0', version: '0.1.0', from: '0.0.9', jti: sealed.jti, seq: sealed.seq }),
+        // As upgrade-guard writes a commit: code null.
+        JSON.stringify({ status: 'applied', code: null, detail: 'committed 0.1.0', version: '0.1.0', from: '0.0.9', jti: sealed.jti, seq: sealed.seq }),
         { mode: 0o600 },
       );
       const ack = await wait;
