@@ -16,6 +16,7 @@
  */
 import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
+import type { IncomingMessage } from 'node:http';
 import { checkChunkIndex, chunkMatches, CodedError, type ChunkFrame, type FetchRequest, type ReleaseManifest } from '../../protocol/index.js';
 import type { Logger } from '../../lib/log.js';
 import { readSafeFile, removeFiles, upgradePaths, type UpgradePaths } from './files.js';
@@ -23,6 +24,8 @@ import { writeFileAtomic } from '../../lib/durable-file.js';
 
 export const WINDOW = 8;
 export const MAX_MISMATCH = 3;
+/** Failed mirror requests in a row before the download goes through the broker. */
+export const MAX_MIRROR_ERRORS = 3;
 
 export interface DownloadTimings {
   /** A request unanswered this long is sent again (default 15 s). */
@@ -48,6 +51,8 @@ export interface DownloadOptions {
   fetch: (req: FetchRequest) => Promise<void>;
   log: Logger;
   timings?: Partial<DownloadTimings>;
+  /** https:// URL of the artifact: chunks by HTTP Range requests (the index still over the broker). */
+  mirror?: string;
   /** Called after every window written (chunks done, total). */
   onProgress?: (done: number, total: number) => void;
 }
@@ -70,6 +75,8 @@ export class ChunkDownload {
   #pausedAt: number | undefined = Date.now();
   #flushing = false;
   #finished = false;
+  #mirrorBusy = false;
+  #mirrorErrors = 0;
   #resolve!: () => void;
   #reject!: (err: Error) => void;
   readonly #result: Promise<void>;
@@ -161,15 +168,19 @@ export class ChunkDownload {
   onFrame(f: ChunkFrame): void {
     if (this.#finished || f.sha256 !== this.#m.artifact.sha256) return;
     if (f.kind === 'index') return void this.#onIndex(f.data);
+    if (this.#accept(f.number, f.data) === 'mismatch') void this.#send({ v: 1, sha256: this.#m.artifact.sha256, from: f.number, count: 1 });
+  }
+
+  /** Chunk `n` from either source: checked against the index before it is kept (and later written). */
+  #accept(n: number, data: Buffer): 'kept' | 'ignored' | 'mismatch' | 'failed' {
     const idx = this.#index;
-    const n = f.number;
-    if (idx === undefined || n < this.#done || n >= this.#windowEnd || this.#window.has(n)) return;
-    if (f.data.byteLength !== this.#chunkLength(n) || !chunkMatches(idx, n, f.data)) {
-      if (this.#mismatch(n, `chunk ${n} does not match the signed manifest`)) void this.#send({ v: 1, sha256: this.#m.artifact.sha256, from: n, count: 1 });
-      return;
+    if (this.#finished || idx === undefined || n < this.#done || n >= this.#windowEnd || this.#window.has(n)) return 'ignored';
+    if (data.byteLength !== this.#chunkLength(n) || !chunkMatches(idx, n, data)) {
+      return this.#mismatch(n, `chunk ${n} does not match the signed manifest`) ? 'mismatch' : 'failed';
     }
-    this.#window.set(n, Buffer.from(f.data)); // a copy: the frame is a view of the MQTT packet
+    this.#window.set(n, Buffer.from(data)); // a copy: the frame is a view of the MQTT packet
     void this.#flush();
+    return 'kept';
   }
 
   #chunkLength(n: number): number {
@@ -267,7 +278,81 @@ export class ChunkDownload {
       last = n;
     }
     if (first < 0) return;
+    if (this.#o.mirror !== undefined && this.#mirrorErrors < MAX_MIRROR_ERRORS) return void this.#fromMirror(this.#o.mirror, first, last);
     void this.#send({ v: 1, sha256, from: first, count: last - first + 1 });
+  }
+
+  /**
+   * Chunks first..last from the mirror (one HTTP Range request), each checked like a frame; read as
+   * it streams (one chunk buffered at a time). After MAX_MIRROR_ERRORS failed requests in a row the
+   * broker is used instead.
+   */
+  async #fromMirror(url: string, first: number, last: number): Promise<void> {
+    if (this.#mirrorBusy) return;
+    this.#mirrorBusy = true;
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => this.#onTimeout(), this.#t.requestTimeoutMs);
+    this.#timer.unref?.();
+    const bytes = this.#m.chunks.bytes;
+    const start = first * bytes;
+    const end = Math.min((last + 1) * bytes, this.#m.artifact.bytes) - 1;
+    const abort = new AbortController();
+    const guard = setTimeout(() => abort.abort(), this.#t.requestTimeoutMs * 4);
+    let again = false;
+    try {
+      // node:https, not fetch(): the agent runs with --jitless, where fetch's HTTP parser (WebAssembly) does not exist.
+      const res = await httpsGet(url, { Range: `bytes=${start}-${end}` }, abort.signal);
+      const range = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(String(res.headers['content-range'] ?? ''));
+      const whole = res.statusCode === 200 && start === 0 && end === this.#m.artifact.bytes - 1;
+      if (!whole && (res.statusCode !== 206 || !range || Number(range[1]) !== start)) {
+        res.destroy();
+        throw new Error(`HTTP ${String(res.statusCode)}${range ? '' : ' without the range asked'}`);
+      }
+      let n = first;
+      let parts: Buffer[] = [];
+      let have = 0;
+      for await (const value of res) {
+        if (this.#finished) break;
+        let buf = value as Buffer;
+        while (buf.length > 0 && n <= last) {
+          const want = this.#chunkLength(n) - have;
+          const take = buf.subarray(0, want);
+          parts.push(take);
+          have += take.length;
+          buf = buf.subarray(take.length);
+          if (have === this.#chunkLength(n)) {
+            const r = this.#accept(n, Buffer.concat(parts));
+            if (r === 'failed') return void res.destroy();
+            if (r === 'mismatch') again = true;
+            parts = [];
+            have = 0;
+            n += 1;
+          }
+        }
+        if (n > last) break;
+      }
+      res.destroy();
+      if (n <= last && !this.#finished) throw new Error(`the mirror sent ${n - first} of ${last - first + 1} chunks`);
+      this.#mirrorErrors = 0;
+    } catch (err) {
+      this.#mirrorErrors += 1;
+      const off = this.#mirrorErrors >= MAX_MIRROR_ERRORS;
+      this.#o.log.warn(off ? 'upgrade mirror failed again: downloading through the broker' : 'upgrade mirror request failed', {
+        mirror: url,
+        reason: (err as Error).message,
+        times: this.#mirrorErrors,
+      });
+      again = off;
+    } finally {
+      clearTimeout(guard);
+      this.#mirrorBusy = false;
+    }
+    if (again) return this.#request();
+    if (this.#timer === undefined && !this.#finished) {
+      // A timeout came while this request was in flight: the next try comes from a new one.
+      this.#timer = setTimeout(() => this.#onTimeout(), this.#t.requestTimeoutMs);
+      this.#timer.unref?.();
+    }
   }
 
   async #send(req: FetchRequest): Promise<void> {
@@ -324,4 +409,18 @@ export class ChunkDownload {
 export async function removeDownload(dir: string, version: string): Promise<void> {
   const p = upgradePaths(dir);
   await removeFiles(dir, [p.part(version), p.index(version)]);
+}
+
+/** GET over HTTPS (system CAs), no redirects followed; resolves with the response (its body unread). */
+function httpsGet(url: string, headers: Record<string, string>, signal: AbortSignal): Promise<IncomingMessage> {
+  // Loaded here, on a mirror's first use: not part of every agent start (nor of its startup snapshot).
+  const { request } = process.getBuiltinModule('node:https');
+  return new Promise((resolve, reject) => {
+    const u = new URL(url);
+    if (u.protocol !== 'https:') return reject(new Error('the mirror must be an https:// URL'));
+    const req = request(u, { method: 'GET', headers, signal, timeout: 60_000 }, resolve);
+    req.on('timeout', () => req.destroy(new Error('the mirror did not answer')));
+    req.on('error', reject);
+    req.end();
+  });
 }

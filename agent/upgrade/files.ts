@@ -89,8 +89,9 @@ export interface ResultRecord {
   detail: string;
   version: string;
   from: string;
-  jti: string;
-  seq: number;
+  /** null: not known to the installer (the pending upgrade's is used). */
+  jti: string | null;
+  seq: number | null;
 }
 
 export class UpgradeFileError extends CodedError<'E_UPGRADE_FILE'> {
@@ -192,12 +193,18 @@ export async function readResult(path: string): Promise<ResultRecord | undefined
   if (typeof v.status !== 'string' || !(ACK_STATUSES as readonly string[]).includes(v.status) || v.status === 'rejected') {
     throw bad(path, 'status must be applied, rolled_back or failed');
   }
-  if (typeof v.code !== 'string' || !CODE.test(v.code)) throw bad(path, 'code must be an upper-case code');
-  if (typeof v.jti !== 'string' || !JTI.test(v.jti) || !seqOf(v.seq)) throw bad(path, 'jti and seq must name the upgrade command');
+  // The installer writes `code: null` for a commit.
+  const code = v.code === null || v.code === undefined ? (v.status === 'applied' ? 'OK' : undefined) : v.code;
+  if (typeof code !== 'string' || !CODE.test(code)) throw bad(path, 'code must be an upper-case code');
+  // jti and seq may be null (a trial the installer found without its record of the command): the pending upgrade's are used.
+  const jti = v.jti === null || v.jti === undefined ? null : v.jti;
+  const seq = v.seq === null || v.seq === undefined ? null : v.seq;
+  if ((jti !== null && (typeof jti !== 'string' || !JTI.test(jti))) || (seq !== null && !seqOf(seq)))
+    throw bad(path, 'jti and seq must name the upgrade command');
   const version = isVersion(v.version) ? v.version : '';
   const from = isVersion(v.from) ? v.from : '';
   const detail = typeof v.detail === 'string' ? v.detail.slice(0, 1000) : '';
-  return { status: v.status as AckStatus, code: v.code, detail, version, from, jti: v.jti, seq: v.seq };
+  return { status: v.status as AckStatus, code, detail, version, from, jti, seq };
 }
 
 /** Atomic, durable (tmp + fsync + rename + fsync dir), 0600. */

@@ -238,6 +238,7 @@ export class UpgradeManager {
       version: pending.version,
       manifest,
       log,
+      ...(pending.mirror !== undefined ? { mirror: pending.mirror } : {}),
       fetch: (req) => rt.session.publishDatagram(fetchTopic(rt.config.topic_prefix, rt.deviceId), encodeFetch(req).toString('utf8')),
       ...(this.#o.timings ? { timings: this.#o.timings } : {}),
     });
@@ -345,14 +346,28 @@ export class UpgradeManager {
         this.#rt.log.warn('upgrade result ignored', { reason: (err as Error).message });
         return;
       }
-      if (r !== undefined && this.#acking !== r.jti) await this.#ackResult(r);
+      if (r !== undefined) await this.#ackResult(r);
     } finally {
       this.#checking = false;
     }
   }
 
-  async #ackResult(r: ResultRecord): Promise<void> {
+  async #ackResult(found: ResultRecord): Promise<void> {
     const rt = this.#rt;
+    // No command named (the installer lost it): the pending upgrade's, or the last upgrade decided (acked again after a restart).
+    const st = rt.store.state;
+    const known = st.pending_upgrade ?? [...st.recent].reverse().find((c) => c.action === 'upgrade');
+    const jti = found.jti ?? known?.jti;
+    const seq = found.seq ?? (known && known.jti === jti ? known.seq : undefined);
+    if (jti === undefined || seq === undefined) {
+      rt.log.warn('upgrade result names no command and none is pending: not acked, removed', { status: found.status, code: found.code, detail: found.detail });
+      const p = this.#paths;
+      await removeFiles(p.dir, [p.healthy, p.progress, p.trial, p.result]).catch(() => undefined);
+      this.#trial = undefined;
+      this.#stopPollingIfIdle();
+      return;
+    }
+    const r = { ...found, jti, seq };
     this.#acking = r.jti;
     try {
       const version = r.status === 'applied' ? r.version || agentVersion() : agentVersion();

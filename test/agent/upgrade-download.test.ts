@@ -51,7 +51,11 @@ describe('agent upgrade: download to staged (aedes, in process)', function () {
     const up = join(files.dir, 'upgrade');
     const sealed = await suite.server.seal(id, 'upgrade', { manifest: release.jws, deadline_s: 120 });
     await suite.server.publish(id, sealed.token);
-    await waitFor('staged.json', () => exists(join(up, 'staged.json')), 30_000);
+    await waitFor(
+      'staged.json and the phase saved',
+      async () => (await exists(join(up, 'staged.json'))) && (await readDeviceState(files)).pending_upgrade?.phase === 'staged',
+      30_000,
+    );
 
     const staged = JSON.parse(await readFile(join(up, 'staged.json'), 'utf8')) as Record<string, unknown>;
     expect(staged).to.deep.equal({ version: '0.2.0', manifest: release.jws, deadline_s: 120, jti: sealed.jti, seq: sealed.seq, from: '0.1.0' });

@@ -63,7 +63,11 @@ describe('agent upgrade: the installer decides, the agent acks (aedes, in proces
     const agent = await startSuiteAgent(suite, { configPath: f.configPath, log: logs.logger });
     const sealed = await suite.server.seal(id, 'upgrade', { manifest: rel.jws, deadline_s: 60 });
     await suite.server.publish(id, sealed.token);
-    await waitFor('staged.json', () => exists(join(up, 'staged.json')), 20_000);
+    await waitFor(
+      'staged.json and the phase saved',
+      async () => (await exists(join(up, 'staged.json'))) && (await readDeviceState(f)).pending_upgrade?.phase === 'staged',
+      20_000,
+    );
     await stopSuiteAgent(suite, agent);
 
     // What the installer leaves after switching to 0.2.0, seeing it crash-loop and switching back.
@@ -137,7 +141,8 @@ describe('agent upgrade: the installer decides, the agent acks (aedes, in proces
       const wait = suite.server.waitAck((a) => a.claims.ref === sealed.jti, 10_000);
       await writeFile(
         join(up, 'result.json'),
-        JSON.stringify({ status: 'applied', code: 'OK', detail: 'committed 0.1.0', version: '0.1.0', from: '0.0.9', jti: sealed.jti, seq: sealed.seq }),
+        // As upgrade-guard writes a commit: code null.
+        JSON.stringify({ status: 'applied', code: null, detail: 'committed 0.1.0', version: '0.1.0', from: '0.0.9', jti: sealed.jti, seq: sealed.seq }),
         { mode: 0o600 },
       );
       const ack = await wait;

@@ -91,7 +91,11 @@ describe('agent upgrade: download resumed after SIGKILL (bundled agent process, 
     responder.stopAt = Infinity;
     const asked = responder.requests.length;
     agent = spawnAgent(files.configPath);
-    await waitFor('staged.json', () => exists(join(up, 'staged.json')), 30_000);
+    await waitFor(
+      'staged.json and the phase saved',
+      async () => (await exists(join(up, 'staged.json'))) && (await readDeviceState(files)).pending_upgrade?.phase === 'staged',
+      30_000,
+    );
     const after: FetchRequest[] = responder.requests.slice(asked).map((r) => r.req);
     expect(after.some((r) => 'index' in r)).to.equal(false);
     const first = after[0];
