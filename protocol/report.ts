@@ -21,6 +21,7 @@ import { openSealed } from './open.js';
 import type { OpenAckOptions } from './ack.js';
 import { sealClaims, type SealKeys } from './seal.js';
 import { assertValidId } from './topics.js';
+import { RELEASE_ARCHES, type ReleaseArch } from './release.js';
 
 export const REPORT_REASONS = ['connect', 'interval', 'offline'] as const;
 export type ReportReason = (typeof REPORT_REASONS)[number];
@@ -76,6 +77,8 @@ export interface ReportClaims {
   selftest: ReportSelftest | null;
   /** The upgrade under way, absent or null when none (agents before upgrades never send it). */
   upgrade?: ReportUpgrade | null;
+  /** The board's release architecture (which build of a release it takes); absent from agents before upgrades. */
+  arch?: ReleaseArch;
 }
 
 export interface ReportInput {
@@ -95,6 +98,7 @@ export interface ReportInput {
   uptimeSeconds: number;
   selftest: ReportSelftest | null;
   upgrade?: ReportUpgrade | null;
+  arch?: ReleaseArch;
   now?: number;
 }
 
@@ -157,8 +161,16 @@ export async function sealReport(input: ReportInput, keys: SealKeys): Promise<{ 
     uptime_s: Math.max(0, Math.floor(input.uptimeSeconds)),
     selftest: input.selftest ? { ok: input.selftest.ok, at: Math.floor(input.selftest.at) } : null,
     ...(input.upgrade !== undefined ? { upgrade: input.upgrade === null ? null : checkUpgrade(input.upgrade) } : {}),
+    ...(input.arch !== undefined ? { arch: checkArch(input.arch) } : {}),
   };
   return { token: await sealClaims({ ...claims }, keys), claims };
+}
+
+function checkArch(value: unknown): ReleaseArch {
+  if (typeof value !== 'string' || !(RELEASE_ARCHES as readonly string[]).includes(value)) {
+    throw new ProtocolError('E_CLAIMS', `claim "arch" must be one of ${RELEASE_ARCHES.join(', ')}`);
+  }
+  return value as ReleaseArch;
 }
 
 function checkUpgrade(value: unknown): ReportUpgrade {
@@ -222,6 +234,7 @@ export async function openReport(input: string | Uint8Array, opts: OpenReportOpt
   checkInterval(claims.interval_s);
   const upgrade = r.raw.upgrade;
   if (upgrade !== undefined) claims.upgrade = upgrade === null ? null : checkUpgrade(upgrade);
+  if (r.raw.arch !== undefined) claims.arch = checkArch(r.raw.arch);
   const run = r.optionalInteger('run', 1);
   const n = r.optionalInteger('n', 0);
   if ((run === undefined) !== (n === undefined)) throw new ProtocolError('E_CLAIMS', 'claims "run" and "n" go together');

@@ -6,13 +6,12 @@
  * `deadline_s`, `allow_downgrade`, `mirror`) in a rollout and resolves it per
  * device when it seals, so one rollout upgrades a mixed fleet.
  *
- * A device's architecture: the registry's (recorded when an upgrade to a
- * release of that arch was applied); for a device whose architecture the
+ * A device's architecture: the registry's (from its reports' `arch`, and
+ * when an upgrade to a release of that arch was applied); for a device whose architecture the
  * registry does not know yet, the request's `arch` (`--arch`), else the
  * release's only build when it has one (a board of another arch refuses it,
  * E_UPGRADE_ARCH, with nothing changed: it checks the signed manifest's arch
- * itself); else refused, E_ARCH_UNKNOWN (reports and enrollments do not
- * carry the arch).
+ * itself); else refused, E_ARCH_UNKNOWN.
  */
 import { CodedError, isRecord, isVersion, ProtocolError, RELEASE_ARCHES, validateParams, type ReleaseArch, type UpgradeParams } from '../protocol/index.js';
 import { ReleaseStore, type ReleaseRecord } from './registry/releases.js';
@@ -78,7 +77,7 @@ export function resolveUpgrade(registry: Registry, device: DeviceRecord, raw: un
   if (arch === undefined)
     throw new CodedError(
       'E_ARCH_UNKNOWN',
-      `the architecture of ${device.id} is not known yet (it is recorded once an upgrade is applied) and release ${req.release} has builds for ${builds.map((b) => b.arch).join(', ')}: name it with --arch (${RELEASE_ARCHES.join(', ')})`,
+      `the architecture of ${device.id} is not known yet (its reports name it once it runs an agent that can upgrade) and release ${req.release} has builds for ${builds.map((b) => b.arch).join(', ')}: name it with --arch (${RELEASE_ARCHES.join(', ')})`,
     );
   const release = builds.find((b) => b.arch === arch);
   if (!release)

@@ -36,6 +36,10 @@ import { join } from 'node:path';
 import { errnoCode, removeFileSecurely, writeFileAtomic } from '../../lib/durable-file.js';
 import { reportTopic, sealReport, type ReportReason, type ReportUpgrade } from '../../protocol/index.js';
 import { agentVersion } from '../version.js';
+import { boardArch } from '../upgrade/checks.js';
+
+/** Reported so that the server knows which build of a release this board takes. */
+const ARCH = boardArch();
 import type { AgentRuntime } from '../runtime.js';
 import { readPrivateFile } from '../store/private-file.js';
 import { readSelftestRecord } from '../store/selftest-record.js';
@@ -340,6 +344,7 @@ export class Reporter {
         uptimeSeconds: process.uptime(),
         selftest: await readSelftestRecord(rt.store.dir),
         ...(this.#hooks.upgrade ? { upgrade: this.#hooks.upgrade() } : {}),
+        ...(ARCH !== undefined ? { arch: ARCH } : {}),
       },
       { signer, recipient: rt.trust.encryption },
     );

@@ -114,7 +114,7 @@ export const sendCommand = defineCommand({
       })
       .option('arch', {
         choices: RELEASE_ARCHES,
-        describe: 'upgrade: the architecture of boards the registry does not know yet (it records it once an upgrade is applied)',
+        describe: 'upgrade: the architecture of boards the registry does not know yet (boards report it once they run an agent that can upgrade)',
       })
       .option('deadline', {
         type: 'string',

@@ -315,7 +315,7 @@ export class Registry {
                report_interval_s = ?, reported = ?, reported_at = ?, last_report_jti = ? WHERE id = ?`,
           )
           .run(now, claims.session, claims.conn, run, rank, claims.interval_s, state, now, claims.jti, deviceId);
-        this.db.prepare('UPDATE devices SET agent_version = ? WHERE id = ?').run(claims.agent_version, deviceId);
+        this.db.prepare('UPDATE devices SET agent_version = ?, arch = COALESCE(?, arch) WHERE id = ?').run(claims.agent_version, claims.arch ?? null, deviceId);
         return { kind: 'recorded', presence: 'online' };
       })
       .immediate();

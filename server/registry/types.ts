@@ -39,7 +39,7 @@ export interface DeviceRecord {
   keys: DeviceKeyRecord[];
   tags: string[];
   presence: DevicePresenceRecord;
-  /** The CPU architecture (arm64, armv7, x64), recorded when an upgrade to a release of it was applied; null: not known yet. */
+  /** The CPU architecture (arm64, armv7, x64), from its reports and when an upgrade to a release of it was applied; null: not known yet. */
   arch: string | null;
   /** The running agent version: its last report's agent_version, or an applied upgrade's result.version. */
   agentVersion: string | null;

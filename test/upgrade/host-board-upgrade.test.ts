@@ -57,6 +57,14 @@ describe('upgrade end to end on a host board: signed release through mosquitto, 
   }
 
   it('v1 -> v2: downloaded in chunks over the broker, installed beside v1, switched, healthy, committed; the board reports v2', async () => {
+    // The board's reports name its architecture: the server knows which build to send before any upgrade.
+    expect(
+      await until(
+        async () => (await rig.device()).arch ?? undefined,
+        20_000,
+        () => `a report with the arch\n${log()}`,
+      ),
+    ).to.equal('x64');
     await release('0.2.0', (out) => buildHostTree(out, '0.2.0'));
     const sent = await upgrade('0.2.0');
     expect(sent, log()).to.include({ status: 'applied', code: 'OK' });
