@@ -84,7 +84,7 @@ export const sendCommand = defineCommand({
       .option('ramp-factor', { type: 'number', describe: 'rollout: the ramp multiplier, above 1 and at most 10 (default 2)' })
       .option('abort-when', {
         type: 'string',
-        describe: 'rollout: abort (no further sends) when this share of results is rejected or failed, e.g. 10%',
+        describe: 'rollout: abort (no further sends) when this share of results is rejected, failed or rolled back (upgrade), e.g. 10%',
       })
       .option('abort-min', { type: 'number', describe: 'rollout: results needed before --abort-when can trigger (default 10)' })
       .option('resume', { type: 'string', describe: 'resume a fan-out recorded before rollouts (by its id); a rollout: provision-server rollout resume ID' })
