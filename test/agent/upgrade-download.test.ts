@@ -9,6 +9,7 @@
  * E_UPGRADE_CHUNK and nothing staged.
  */
 import { expect } from 'chai';
+import { WINDOW } from '../../agent/upgrade/download.js';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { bufferedLogger } from '../../lib/log.js';
@@ -64,10 +65,10 @@ describe('agent upgrade: download to staged (aedes, in process)', function () {
     expect(await exists(join(up, '0.2.0.index'))).to.equal(false);
     let st: AgentState = await readDeviceState(files);
     expect(st.pending_upgrade).to.include({ jti: sealed.jti, version: '0.2.0', phase: 'staged', from: '0.1.0', deadline_s: 120 });
-    // Index first, then chunk windows of at most 8, every chunk served.
+    // Index first, then chunk windows of at most WINDOW, every chunk served.
     const mine = responder.requests.filter((r) => r.deviceId === id).map((r) => r.req);
     expect(mine[0]).to.deep.include({ index: true });
-    for (const r of mine.slice(1)) expect('count' in r && r.count <= 8).to.equal(true);
+    for (const r of mine.slice(1)) expect('count' in r && r.count <= WINDOW).to.equal(true);
     for (let n = 0; n < release.manifest.chunks.count; n++) expect(responder.served.get(n), `chunk ${n}`).to.be.at.least(1);
     expect(suite.server.acks.some((a) => a.claims.ref === sealed.jti)).to.equal(false);
 
