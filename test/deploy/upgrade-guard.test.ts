@@ -221,6 +221,42 @@ describe('deploy/upgrade-guard (provisioning/upgrade-guard)', function () {
     }
   });
 
+  it('a healthy marker (or progress.json) left from before the switch never commits the new trial', async () => {
+    // E.g. written late by a release rolled back earlier, whose version is installed again.
+    const b = await board();
+    await stage(b, { version: '0.2.0' }, { deadline: 2 });
+    await agentWrites(b, 'progress.json', '{"version":"0.2.0","started":true,"connected":true,"selftest":true,"reported":true}');
+    await agentWrites(b, 'healthy', '0.2.0\n');
+    const g = await installToTrial(b);
+    const ran = await g.done;
+    expect(ran.code, ran.stderr).to.equal(0);
+    expect(await result(b)).to.deep.include({ status: 'rolled_back', code: 'E_UPGRADE_DEADLINE' });
+    expect(String((await result(b)).detail)).to.match(/no progress within 2s/);
+    expect(await linkedVersion(b)).to.equal('0.1.0');
+  });
+
+  it('a power cut after the trial was recorded, then a reboot: rolled back once, the staged release not installed again', async () => {
+    for (const step of ['trial-recorded', 'switched']) {
+      const b = await board();
+      const s = await stage(b, { version: '0.2.0' }, { deadline: 2 });
+      const crashed = await runGuard(b, 'install', { UPGRADE_GUARD_CRASH_AT: step });
+      expect(crashed.code, crashed.stderr).to.equal(137);
+      const boot2 = { UPGRADE_GUARD_BOOT_ID: 'boot-2' };
+      expect((await runGuard(b, 'pre-start', boot2)).code).to.equal(0);
+      expect(await result(b), step).to.deep.include({ status: 'rolled_back', code: 'E_UPGRADE_REBOOT_LOOP', jti: s.jti });
+      expect(await linkedVersion(b)).to.equal('0.1.0');
+      // The boot also runs install (the path unit, or the trial record): nothing more happens.
+      const ran = await runGuard(b, 'install', boot2);
+      expect(ran.code, ran.stderr).to.equal(0);
+      expect(await result(b), step).to.deep.include({ status: 'rolled_back', code: 'E_UPGRADE_REBOOT_LOOP', jti: s.jti });
+      expect(await linkedVersion(b)).to.equal('0.1.0');
+      expect(await b.restarts(), step).to.equal(0);
+      expect(await exists(b.at(`${UP}/staged.json`)), 'staged.json').to.equal(false);
+      expect(await exists(b.at(`${UP}/artifact.tar.gz`)), 'artifact').to.equal(false);
+      await noLeftovers(b);
+    }
+  });
+
   it('pre-start commits when the new agent wrote healthy, and always exits 0', async () => {
     const b = await board();
     await stage(b, { version: '0.2.0' });
@@ -346,8 +382,9 @@ describe('deploy/upgrade-guard (provisioning/upgrade-guard)', function () {
     it('committing: the link stays on the new tree; pre-start finishes the commit', async () => {
       const b = await board();
       const s = await stage(b, { version: '0.2.0' });
+      const g = await installToTrial(b, { UPGRADE_GUARD_CRASH_AT: 'committing' });
       await agentWrites(b, 'healthy', '0.2.0');
-      const crashed = await runGuard(b, 'install', { UPGRADE_GUARD_CRASH_AT: 'committing' });
+      const crashed = await g.done;
       expect(crashed.code, crashed.stderr).to.equal(137);
       expect(await linkedVersion(b)).to.equal('0.2.0');
       expect(await exists(b.at(`${UP}/result.json`))).to.equal(false);
