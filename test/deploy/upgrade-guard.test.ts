@@ -12,7 +12,7 @@
  * agent's files as the agent's user (`nobody` here).
  */
 import { expect } from 'chai';
-import { lstat, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { lstat, readdir, readFile, rm, stat, symlink, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   agentWrites,
@@ -323,6 +323,13 @@ describe('deploy/upgrade-guard (provisioning/upgrade-guard)', function () {
       b = await board();
       s = await stage(b, { version: '0.2.0' }, { manifest: { secret: 'another key' } });
       await refused(b, /verify-release refused the release: E_UPGRADE_SIGNATURE: the manifest is not signed/, s.jti);
+    });
+
+    it('an artifact over 64 MiB (root copies at most that much of a file the agent controls)', async () => {
+      const b = await board();
+      const s = await stage(b, { version: '0.2.0' });
+      await truncate(b.at(`${UP}/artifact.tar.gz`), 64 * 1024 * 1024 + 4096);
+      await refused(b, /artifact\.tar\.gz is over 64 MiB/, s.jti);
     });
 
     it('a release that says it ships Node but has none; no release keys on the board', async () => {
