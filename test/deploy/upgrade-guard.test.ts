@@ -12,7 +12,7 @@
  * agent's files as the agent's user (`nobody` here).
  */
 import { expect } from 'chai';
-import { lstat, readdir, readFile, rm, stat, symlink, truncate, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, readdir, readFile, rm, stat, symlink, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   agentWrites,
@@ -26,6 +26,7 @@ import {
   runGuard,
   stage,
   startGuard,
+  toAgent,
   waitFor,
   type Board,
   type Staged,
@@ -255,6 +256,32 @@ describe('deploy/upgrade-guard (provisioning/upgrade-guard)', function () {
       expect(await exists(b.at(`${UP}/artifact.tar.gz`)), 'artifact').to.equal(false);
       await noLeftovers(b);
     }
+  });
+
+  it('a rollback whose result.json cannot be written (disk full) still switches back and restarts the agent; the result comes once it can', async () => {
+    const b = await board();
+    const s = await stage(b, { version: '0.2.0' }, { deadline: 1 });
+    const g = await installToTrial(b);
+    // Writing result.json fails (a directory in the way of its temp file, as ENOSPC would).
+    const blocker = b.at(`${UP}/result.json.tmp`);
+    await mkdir(blocker);
+    await toAgent(blocker);
+    await waitFor('the rollback restart', async () => (await b.restarts()) >= 2 || g.child.exitCode !== null, 8000);
+    expect(g.child.exitCode, 'the guard still watches').to.equal(null);
+    expect(await linkedVersion(b)).to.equal('0.1.0');
+    expect(await exists(b.at(`${UP}/result.json`))).to.equal(false);
+    // pre-start (the old agent starting) neither counts a start nor decides again.
+    expect((await runGuard(b, 'pre-start')).code).to.equal(0);
+    expect(await linkedVersion(b)).to.equal('0.1.0');
+    await rm(blocker, { recursive: true });
+    const ran = await g.done;
+    expect(ran.code, ran.stderr).to.equal(0);
+    expect(await result(b)).to.deep.include({ status: 'rolled_back', code: 'E_UPGRADE_DEADLINE', version: '0.2.0', jti: s.jti });
+    expect(await b.restarts()).to.equal(2);
+    expect(await releases(b)).to.deep.equal(['0.0.9', '0.1.0']);
+    expect(await exists(b.at('/var/lib/sensor-agent-upgrade/trial'))).to.equal(false);
+    expect(await exists(b.at('/var/lib/sensor-agent-upgrade/decision'))).to.equal(false);
+    await noLeftovers(b);
   });
 
   it('pre-start commits when the new agent wrote healthy, and always exits 0', async () => {
