@@ -284,6 +284,21 @@ describe('deploy/upgrade-guard (provisioning/upgrade-guard)', function () {
     await noLeftovers(b);
   });
 
+  it('a trial.json that cannot be written after the switch still gets the agent restarted and the trial judged', async () => {
+    const b = await board();
+    const s = await stage(b, { version: '0.2.0' }, { deadline: 1 });
+    const blocker = b.at(`${UP}/trial.json.tmp`);
+    await mkdir(blocker);
+    await toAgent(blocker);
+    const ran = await runGuard(b, 'install');
+    expect(ran.code, ran.stderr).to.equal(0);
+    // The new agent never learnt it was on trial, so never said healthy: rolled back at the deadline.
+    expect(await result(b)).to.deep.include({ status: 'rolled_back', code: 'E_UPGRADE_DEADLINE', version: '0.2.0', jti: s.jti });
+    expect(await linkedVersion(b)).to.equal('0.1.0');
+    expect(await b.restarts()).to.equal(2);
+    expect(await exists(b.at('/var/lib/sensor-agent-upgrade/trial'))).to.equal(false);
+  });
+
   it('pre-start commits when the new agent wrote healthy, and always exits 0', async () => {
     const b = await board();
     await stage(b, { version: '0.2.0' });
