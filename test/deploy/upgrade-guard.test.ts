@@ -84,6 +84,8 @@ describe('deploy/upgrade-guard (provisioning/upgrade-guard)', function () {
     expect(await exists(b.at(`${UP}/artifact.tar.gz`))).to.equal(false);
     const tree = b.at('/opt/sensor-agent-releases/0.2.0');
     expect(await readFile(join(tree, 'node/bin/node'), 'utf8')).to.equal(await readFile(b.at('/opt/sensor-agent-releases/0.1.0/node/bin/node'), 'utf8'));
+    // Linked, not copied: the free-space check of the agent does not count node/.
+    expect((await stat(join(tree, 'node/bin/node'))).ino).to.equal((await stat(b.at('/opt/sensor-agent-releases/0.1.0/node/bin/node'))).ino);
     const st = await stat(join(tree, 'sensor-agent.mjs'));
     expect(st.mode & 0o022, 'not writable by group or others').to.equal(0);
     if (isRoot()) expect(st.uid).to.equal(0);
