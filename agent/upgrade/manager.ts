@@ -370,7 +370,8 @@ export class UpgradeManager {
     const r = { ...found, jti, seq };
     this.#acking = r.jti;
     try {
-      const version = r.status === 'applied' ? r.version || agentVersion() : agentVersion();
+      // Rolled back: the board runs `from` now, even when the release on trial (not yet restarted) is the one acking.
+      const version = r.status === 'applied' ? r.version || agentVersion() : r.status === 'rolled_back' && r.from ? r.from : agentVersion();
       const result: Record<string, unknown> = { version, ...(r.status === 'applied' && r.from ? { previous: r.from } : {}) };
       const detail = r.detail || `${r.status}: ${r.code}`;
       rt.log.info('upgrade decided by the installer', { status: r.status, code: r.code, version: r.version, from: r.from, detail });

@@ -195,7 +195,8 @@ export async function manifestFor(
 ): Promise<ReleaseManifest> {
   const ships = !agentOnly && info.shipsNode;
   // The installer keeps the snapshot only on a board whose Node binary is the one it was made with.
-  const binary = info.snapshot && agentOnly && info.shipsNode ? await sha256File(join(tree, 'node', 'bin', 'node')) : null;
+  // Shipped or not, the snapshot was made with the tree's own node/bin/node (a release shipping it keeps its snapshot).
+  const binary = info.snapshot && info.shipsNode ? await sha256File(join(tree, 'node', 'bin', 'node')) : null;
   return {
     format: 1,
     version: info.version,

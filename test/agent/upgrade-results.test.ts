@@ -157,4 +157,26 @@ describe('agent upgrade: the installer decides, the agent acks (aedes, in proces
       await watcher.endAsync(true);
     }
   });
+  it('a rollback decided while the release on trial still runs: if it acks, the ack names the version the board runs after the rollback', async function () {
+    const id = 'up-trial-rollback';
+    const f = await board(id);
+    const up = join(f.dir, 'upgrade');
+    const rel = await makeRelease(releaseKey, { version: '0.1.0', artifact: await makeArtifact(10 * 1024) });
+    const sealed = await suite.server.seal(id, 'upgrade', { manifest: rel.jws, deadline_s: 60 });
+    const st0: AgentState = await readDeviceState(f);
+    const pending = { jti: sealed.jti, seq: sealed.seq, version: '0.1.0', manifest: rel.jws, deadline_s: 60, phase: 'staged', from: '0.0.9' };
+    await writeFile(join(f.stateDir, 'state.json'), JSON.stringify({ ...st0, pending_upgrade: pending, last_seq: sealed.seq }));
+    await mkdir(up, { mode: 0o700, recursive: true });
+    const trial = { version: '0.1.0', from: '0.0.9', jti: sealed.jti, seq: sealed.seq, deadline_s: 60 };
+    await writeFile(join(up, 'trial.json'), JSON.stringify(trial), { mode: 0o600 });
+    await startSuiteAgent(suite, { configPath: f.configPath, log: logs.logger });
+    await waitFor('progress.json', () => exists(join(up, 'progress.json')), 20_000);
+    // The installer switched back to 0.0.9 and wrote its decision; the restart has not stopped this agent yet.
+    const wait = suite.server.waitAck((a) => a.claims.ref === sealed.jti, 10_000);
+    const result = { status: 'rolled_back', code: 'E_UPGRADE_NO_CONNECT', detail: 'back to 0.0.9', ...trial };
+    await writeFile(join(up, 'result.json'), JSON.stringify(result), { mode: 0o600 });
+    const ack = await wait;
+    expect(ack.claims).to.include({ status: 'rolled_back', code: 'E_UPGRADE_NO_CONNECT' });
+    expect(ack.claims.result).to.deep.equal({ version: '0.0.9' });
+  });
 });

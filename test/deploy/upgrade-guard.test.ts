@@ -12,7 +12,7 @@
  * agent's files as the agent's user (`nobody` here).
  */
 import { expect } from 'chai';
-import { lstat, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, readdir, readFile, rm, stat, symlink, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   agentWrites,
@@ -26,6 +26,7 @@ import {
   runGuard,
   stage,
   startGuard,
+  toAgent,
   waitFor,
   type Board,
   type Staged,
@@ -83,6 +84,8 @@ describe('deploy/upgrade-guard (provisioning/upgrade-guard)', function () {
     expect(await exists(b.at(`${UP}/artifact.tar.gz`))).to.equal(false);
     const tree = b.at('/opt/sensor-agent-releases/0.2.0');
     expect(await readFile(join(tree, 'node/bin/node'), 'utf8')).to.equal(await readFile(b.at('/opt/sensor-agent-releases/0.1.0/node/bin/node'), 'utf8'));
+    // Linked, not copied: the free-space check of the agent does not count node/.
+    expect((await stat(join(tree, 'node/bin/node'))).ino).to.equal((await stat(b.at('/opt/sensor-agent-releases/0.1.0/node/bin/node'))).ino);
     const st = await stat(join(tree, 'sensor-agent.mjs'));
     expect(st.mode & 0o022, 'not writable by group or others').to.equal(0);
     if (isRoot()) expect(st.uid).to.equal(0);
@@ -221,6 +224,83 @@ describe('deploy/upgrade-guard (provisioning/upgrade-guard)', function () {
     }
   });
 
+  it('a healthy marker (or progress.json) left from before the switch never commits the new trial', async () => {
+    // E.g. written late by a release rolled back earlier, whose version is installed again.
+    const b = await board();
+    await stage(b, { version: '0.2.0' }, { deadline: 2 });
+    await agentWrites(b, 'progress.json', '{"version":"0.2.0","started":true,"connected":true,"selftest":true,"reported":true}');
+    await agentWrites(b, 'healthy', '0.2.0\n');
+    const g = await installToTrial(b);
+    const ran = await g.done;
+    expect(ran.code, ran.stderr).to.equal(0);
+    expect(await result(b)).to.deep.include({ status: 'rolled_back', code: 'E_UPGRADE_DEADLINE' });
+    expect(String((await result(b)).detail)).to.match(/no progress within 2s/);
+    expect(await linkedVersion(b)).to.equal('0.1.0');
+  });
+
+  it('a power cut after the trial was recorded, then a reboot: rolled back once, the staged release not installed again', async () => {
+    for (const step of ['trial-recorded', 'switched']) {
+      const b = await board();
+      const s = await stage(b, { version: '0.2.0' }, { deadline: 2 });
+      const crashed = await runGuard(b, 'install', { UPGRADE_GUARD_CRASH_AT: step });
+      expect(crashed.code, crashed.stderr).to.equal(137);
+      const boot2 = { UPGRADE_GUARD_BOOT_ID: 'boot-2' };
+      expect((await runGuard(b, 'pre-start', boot2)).code).to.equal(0);
+      expect(await result(b), step).to.deep.include({ status: 'rolled_back', code: 'E_UPGRADE_REBOOT_LOOP', jti: s.jti });
+      expect(await linkedVersion(b)).to.equal('0.1.0');
+      // The boot also runs install (the path unit, or the trial record): nothing more happens.
+      const ran = await runGuard(b, 'install', boot2);
+      expect(ran.code, ran.stderr).to.equal(0);
+      expect(await result(b), step).to.deep.include({ status: 'rolled_back', code: 'E_UPGRADE_REBOOT_LOOP', jti: s.jti });
+      expect(await linkedVersion(b)).to.equal('0.1.0');
+      expect(await b.restarts(), step).to.equal(0);
+      expect(await exists(b.at(`${UP}/staged.json`)), 'staged.json').to.equal(false);
+      expect(await exists(b.at(`${UP}/artifact.tar.gz`)), 'artifact').to.equal(false);
+      await noLeftovers(b);
+    }
+  });
+
+  it('a rollback whose result.json cannot be written (disk full) still switches back and restarts the agent; the result comes once it can', async () => {
+    const b = await board();
+    const s = await stage(b, { version: '0.2.0' }, { deadline: 1 });
+    const g = await installToTrial(b);
+    // Writing result.json fails (a directory in the way of its temp file, as ENOSPC would).
+    const blocker = b.at(`${UP}/result.json.tmp`);
+    await mkdir(blocker);
+    await toAgent(blocker);
+    await waitFor('the rollback restart', async () => (await b.restarts()) >= 2 || g.child.exitCode !== null, 8000);
+    expect(g.child.exitCode, 'the guard still watches').to.equal(null);
+    expect(await linkedVersion(b)).to.equal('0.1.0');
+    expect(await exists(b.at(`${UP}/result.json`))).to.equal(false);
+    // pre-start (the old agent starting) neither counts a start nor decides again.
+    expect((await runGuard(b, 'pre-start')).code).to.equal(0);
+    expect(await linkedVersion(b)).to.equal('0.1.0');
+    await rm(blocker, { recursive: true });
+    const ran = await g.done;
+    expect(ran.code, ran.stderr).to.equal(0);
+    expect(await result(b)).to.deep.include({ status: 'rolled_back', code: 'E_UPGRADE_DEADLINE', version: '0.2.0', jti: s.jti });
+    expect(await b.restarts()).to.equal(2);
+    expect(await releases(b)).to.deep.equal(['0.0.9', '0.1.0']);
+    expect(await exists(b.at('/var/lib/sensor-agent-upgrade/trial'))).to.equal(false);
+    expect(await exists(b.at('/var/lib/sensor-agent-upgrade/decision'))).to.equal(false);
+    await noLeftovers(b);
+  });
+
+  it('a trial.json that cannot be written after the switch still gets the agent restarted and the trial judged', async () => {
+    const b = await board();
+    const s = await stage(b, { version: '0.2.0' }, { deadline: 1 });
+    const blocker = b.at(`${UP}/trial.json.tmp`);
+    await mkdir(blocker);
+    await toAgent(blocker);
+    const ran = await runGuard(b, 'install');
+    expect(ran.code, ran.stderr).to.equal(0);
+    // The new agent never learnt it was on trial, so never said healthy: rolled back at the deadline.
+    expect(await result(b)).to.deep.include({ status: 'rolled_back', code: 'E_UPGRADE_DEADLINE', version: '0.2.0', jti: s.jti });
+    expect(await linkedVersion(b)).to.equal('0.1.0');
+    expect(await b.restarts()).to.equal(2);
+    expect(await exists(b.at('/var/lib/sensor-agent-upgrade/trial'))).to.equal(false);
+  });
+
   it('pre-start commits when the new agent wrote healthy, and always exits 0', async () => {
     const b = await board();
     await stage(b, { version: '0.2.0' });
@@ -289,6 +369,13 @@ describe('deploy/upgrade-guard (provisioning/upgrade-guard)', function () {
       await refused(b, /verify-release refused the release: E_UPGRADE_SIGNATURE: the manifest is not signed/, s.jti);
     });
 
+    it('an artifact over 64 MiB (root copies at most that much of a file the agent controls)', async () => {
+      const b = await board();
+      const s = await stage(b, { version: '0.2.0' });
+      await truncate(b.at(`${UP}/artifact.tar.gz`), 64 * 1024 * 1024 + 4096);
+      await refused(b, /artifact\.tar\.gz is over 64 MiB/, s.jti);
+    });
+
     it('a release that says it ships Node but has none; no release keys on the board', async () => {
       let b = await board();
       let s = await stage(b, { version: '0.2.0' }, { manifest: { ships: true } });
@@ -346,8 +433,9 @@ describe('deploy/upgrade-guard (provisioning/upgrade-guard)', function () {
     it('committing: the link stays on the new tree; pre-start finishes the commit', async () => {
       const b = await board();
       const s = await stage(b, { version: '0.2.0' });
+      const g = await installToTrial(b, { UPGRADE_GUARD_CRASH_AT: 'committing' });
       await agentWrites(b, 'healthy', '0.2.0');
-      const crashed = await runGuard(b, 'install', { UPGRADE_GUARD_CRASH_AT: 'committing' });
+      const crashed = await g.done;
       expect(crashed.code, crashed.stderr).to.equal(137);
       expect(await linkedVersion(b)).to.equal('0.2.0');
       expect(await exists(b.at(`${UP}/result.json`))).to.equal(false);

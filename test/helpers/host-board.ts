@@ -163,7 +163,9 @@ export class HostBoard {
     await this.#writeState('activating');
     await this.#startAgent();
     this.#timer = setInterval(() => void this.#tick(), POLL_MS);
-    if (existsSync(join(this.paths.root, 'var/lib/sensor-agent-upgrade/trial.json')) || existsSync(join(this.paths.upgrade, 'staged.json')))
+    // As sensor-agent-upgrade.service's ConditionPathExists=| lines: the guard's trial record or decision, or a staged release.
+    const guardDir = join(this.paths.root, 'var/lib/sensor-agent-upgrade');
+    if (existsSync(join(guardDir, 'trial')) || existsSync(join(guardDir, 'decision')) || existsSync(join(this.paths.upgrade, 'staged.json')))
       this.#startInstall();
   }
 

@@ -113,7 +113,7 @@ describe('server: releases (release key, release add/list/show/remove)', functio
     expect(sha256(await readFile(again))).to.equal(view.sha256);
   });
 
-  it('lists and shows releases; a release with its own Node ships node/ and no snapshot digest', async () => {
+  it('lists and shows releases; a release with its own Node ships node/ and the digest of that Node (its snapshot is kept)', async () => {
     const tree = await makeTree(join(suite.dir, 'tree-0.3.0'), { version: '0.3.0', arch: 'x64' });
     const add = await cli('release', 'add', tree);
     expect(add.code, add.stderr).to.equal(0);
@@ -131,7 +131,8 @@ describe('server: releases (release key, release add/list/show/remove)', functio
     expect(show.code, show.stderr).to.equal(0);
     const m = (JSON.parse(show.stdout) as { manifest: ReleaseManifest }).manifest;
     expect(m.node.ships).to.equal(true);
-    expect(m.node.binary_sha256).to.equal(null);
+    // The guard keeps sensor-agent.blob only when this digest is the unpacked node/bin/node's.
+    expect(m.node.binary_sha256).to.equal(sha256(await readFile(join(tree, 'node', 'bin', 'node'))));
     const names = execFileSync('tar', ['-tzf', join(suite.data, 'releases', '0.3.0-x64', 'artifact.tar.gz')], { encoding: 'utf8' });
     expect(names).to.contain('./node/bin/node');
     const missing = await cli('release', 'show', '9.9.9');
