@@ -23,6 +23,8 @@ import { isRoot, toolEnv } from './tools.js';
 
 export const GUARD = join(PROVISIONING_DIR, 'upgrade-guard');
 export const AGENT_USER = 'nobody';
+/** verify-release's user on this machine (on a board: nobody, the agent being sensor-agent). */
+export const VERIFY_USER = 'daemon';
 const SECRET = 'release-key-secret-of-the-test';
 
 /** The stand-in agent: `verify-release --manifest F --artifact F --release-keys F --json`. */
@@ -32,6 +34,8 @@ const a = process.argv.slice(2);
 const get = (n) => a[a.indexOf(n) + 1];
 const out = (o, c) => { process.stdout.write(JSON.stringify(o) + '\\n'); process.exit(c); };
 if (a[0] !== 'verify-release' || !a.includes('--json')) { console.error('usage: verify-release ... --json'); process.exit(2); }
+// The guard must never run the verifier as the agent's user (nobody, uid 65534, in these tests).
+if (process.getuid() === 65534) out({ code: 'E_TEST_VERIFIER_IS_AGENT', detail: 'verify-release ran as the agent user' }, 2);
 const jws = readFileSync(get('--manifest'), 'utf8');
 readFileSync(get('--artifact'));
 const keys = JSON.parse(readFileSync(get('--release-keys'), 'utf8')).keys;
@@ -176,6 +180,8 @@ export async function makeBoard(work: string, name: string): Promise<Board> {
     UPGRADE_GUARD_AGENT_STATE: `cat ${at('/fake/unit')}`,
     UPGRADE_GUARD_POLL_S: '0.2',
     UPGRADE_GUARD_BOOT_ID: 'boot-1',
+    // The verifier runs as another user than the agent's (here nobody): daemon, in the agent's group.
+    UPGRADE_GUARD_VERIFY_USER: VERIFY_USER,
   };
   return {
     root,
