@@ -218,7 +218,9 @@ const up = results.upgrade;
 if (up) {
   lines.push('upgrade (host board: real agent and root installer; mosquitto, TLS, production ACLs)');
   for (const r of up.runs)
-    lines.push(`  ${r.release.padEnd(10)} ${r.version}  ${r.artifact_mb} MB in ${r.chunks} chunks   send -> ${r.status} ${r.send_to_applied_s} s`);
+    lines.push(
+      `  ${r.release.padEnd(10)} ${r.version}  ${r.artifact_mb} MB (${r.unpacked_mb} MB unpacked) in ${r.chunks} chunks   send -> ${r.status} ${r.send_to_applied_s} s`,
+    );
 }
 const f = results.footprint;
 if (f) {

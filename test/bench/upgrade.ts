@@ -10,7 +10,6 @@
  * commit, and the ack.
  */
 import { join } from 'node:path';
-import { stat } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { BUILD_AGENT, DEVICE, buildHostTree, startUpgradeRig } from '../helpers/upgrade-rig.js';
@@ -20,7 +19,10 @@ const run = promisify(execFile);
 export interface UpgradeFigure {
   release: 'agent-only' | 'with-node';
   version: string;
+  /** The tar.gz that travels. */
   artifact_mb: number;
+  /** The tree it unpacks to. */
+  unpacked_mb: number;
   chunks: number;
   send_to_applied_s: number;
   status: string;
@@ -64,15 +66,16 @@ export async function benchUpgrade(options: { withNode: boolean; nodeVersion: st
       await r.build(tree);
       const added = await rig.cli(['release', 'add', tree, '--json'], 300_000);
       if (added.code !== 0) throw new Error(`release add: ${added.stderr}`);
-      const stored = JSON.parse(added.stdout) as { manifest?: { artifact?: { bytes?: number }; chunks?: { count?: number } } };
-      const bytes = stored.manifest?.artifact?.bytes ?? (await stat(join(tree, 'sensor-agent.mjs'))).size;
+      const stored = JSON.parse(added.stdout) as { bytes: number; chunks: number; unpacked_bytes: number };
+      const bytes = stored.bytes;
       options.log(`upgrade: ${r.kind} release ${r.version} (${(bytes / 1e6).toFixed(1)} MB), send -> applied ...`);
       const t = await timedUpgrade(rig.cli, r.version);
       runs.push({
         release: r.kind,
         version: r.version,
         artifact_mb: Math.round((bytes / 1e6) * 100) / 100,
-        chunks: stored.manifest?.chunks?.count ?? 0,
+        unpacked_mb: Math.round((stored.unpacked_bytes / 1e6) * 100) / 100,
+        chunks: stored.chunks,
         send_to_applied_s: t.seconds,
         status: t.status,
       });
