@@ -40,6 +40,11 @@ export class PrivateFileError extends CodedError<PrivateFileErrorCode> {
 export interface PrivateFileOptions {
   /** Largest size accepted, bytes. */
   maxBytes: number;
+  /**
+   * Mode bits refused (default 0o077: the agent's own files are 0600). 0o022 for a file root
+   * hands the agent's group to read (release.jwks, 0640): only writes by others are refused.
+   */
+  refusedModeBits?: number;
 }
 
 /**
@@ -47,6 +52,11 @@ export interface PrivateFileOptions {
  * Throws PrivateFileError when it is there but not usable, or the errno error of the open or read.
  */
 export async function readPrivateFile(path: string, options: PrivateFileOptions): Promise<string | undefined> {
+  return (await readPrivateBytes(path, options))?.toString('utf8');
+}
+
+/** readPrivateFile's bytes, for a binary file (e.g. an upgrade's chunk index). */
+export async function readPrivateBytes(path: string, options: PrivateFileOptions): Promise<Buffer | undefined> {
   let fh;
   try {
     fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
@@ -77,7 +87,7 @@ export async function readPrivateFile(path: string, options: PrivateFileOptions)
       if (n === buf.length) break;
     }
     if (n > options.maxBytes) throw sizeError(path, n, options.maxBytes);
-    return buf.toString('utf8', 0, n);
+    return buf.subarray(0, n);
   } finally {
     await fh.close();
   }
@@ -95,11 +105,14 @@ export function checkPrivateFile(path: string, st: Stats, options: PrivateFileOp
       `chown ${uid} ${sh(path)}`,
     );
   }
-  if ((st.mode & 0o077) !== 0) {
+  const refused = options.refusedModeBits ?? 0o077;
+  if ((st.mode & refused) !== 0) {
     throw new PrivateFileError(
       path,
       'E_FILE_PERMS',
-      `${path} has mode ${octal(st.mode)}; the agent writes it 0600, so another user could have written it`,
+      refused === 0o077
+        ? `${path} has mode ${octal(st.mode)}; the agent writes it 0600, so another user could have written it`
+        : `${path} has mode ${octal(st.mode)}: writable by group or others, so another user could have written it`,
       `chmod 600 ${sh(path)}`,
     );
   }

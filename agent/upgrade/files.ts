@@ -14,11 +14,12 @@
  * of a bounded size; a file that fails is ignored with a warning, never
  * trusted.
  */
-import { constants, type Stats } from 'node:fs';
-import { chmod, lstat, open, unlink } from 'node:fs/promises';
+import { type Stats } from 'node:fs';
+import { chmod, lstat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { errnoCode, fsyncDirectory, makeDirectories, writeFileAtomic } from '../../lib/durable-file.js';
 import { ACK_STATUSES, CodedError, isVersion, type AckStatus } from '../../protocol/index.js';
+import { PrivateFileError, readPrivateBytes } from '../store/private-file.js';
 
 export const STAGED_FILE = 'staged.json';
 export const ARTIFACT_FILE = 'artifact.tar.gz';
@@ -118,39 +119,17 @@ export async function ensureUpgradeDir(dir: string): Promise<void> {
   if ((st.mode & 0o077) !== 0) throw new UpgradeFileError('E_UPGRADE_FILE', `${dir} has group/other permission bits; fix with: chmod 700 ${dir}`);
 }
 
-/** Opens `path` for reading without following a symlink; undefined when absent. Checks a regular file of this user or root, not group/other-writable. */
+/**
+ * Opens `path` for reading without following a symlink; undefined when absent. A regular file of
+ * this user or root, not writable by group or others (release.jwks is root's, 0640), at most
+ * `maxBytes`: the checks of agent/store/private-file.ts, refused as E_UPGRADE_FILE.
+ */
 export async function readSafeFile(path: string, maxBytes: number): Promise<Buffer | undefined> {
-  let fh;
   try {
-    fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+    return await readPrivateBytes(path, { maxBytes, refusedModeBits: 0o022 });
   } catch (err) {
-    const code = errnoCode(err);
-    if (code === 'ENOENT') return undefined;
-    if (code === 'ELOOP') throw new UpgradeFileError('E_UPGRADE_FILE', `${path} is a symbolic link (not followed)`);
+    if (err instanceof PrivateFileError) throw new UpgradeFileError('E_UPGRADE_FILE', err.message, { cause: err });
     throw err;
-  }
-  try {
-    const st = await fh.stat();
-    if (!st.isFile()) throw new UpgradeFileError('E_UPGRADE_FILE', `${path} is not a regular file`);
-    const uid = process.getuid?.();
-    if (uid !== undefined && st.uid !== uid && st.uid !== 0)
-      throw new UpgradeFileError('E_UPGRADE_FILE', `${path} is owned by uid ${st.uid}, not the agent's user or root`);
-    if ((st.mode & 0o022) !== 0) throw new UpgradeFileError('E_UPGRADE_FILE', `${path} is writable by group or others`);
-    if (st.size > maxBytes) throw new UpgradeFileError('E_UPGRADE_FILE', `${path} is ${st.size} bytes, more than ${maxBytes}`);
-    const buf = Buffer.alloc(maxBytes + 1);
-    let n = 0;
-    for (;;) {
-      const { bytesRead } = await fh.read(buf, n, buf.length - n, n);
-      if (bytesRead === 0 || n + bytesRead >= buf.length) {
-        n += bytesRead;
-        break;
-      }
-      n += bytesRead;
-    }
-    if (n > maxBytes) throw new UpgradeFileError('E_UPGRADE_FILE', `${path} is more than ${maxBytes} bytes`);
-    return buf.subarray(0, n);
-  } finally {
-    await fh.close();
   }
 }
 
