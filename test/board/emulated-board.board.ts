@@ -130,10 +130,13 @@ export const EMULATION_DROPINS: Readonly<Record<Suite, Readonly<Record<string, s
   bookworm: {
     'sensor-agent.service.d/zz-qemu-user.conf': '# test/board: qemu-user cannot set up an IPC namespace\n[Service]\nPrivateIPC=no\n',
     'sensor-agent-firstboot.service.d/zz-qemu-user.conf': '# test/board: qemu-user cannot set up a network namespace\n[Service]\nPrivateNetwork=no\n',
+    'sensor-agent-upgrade.service.d/zz-qemu-user.conf':
+      '# test/board: qemu-user cannot set up a network or IPC namespace\n[Service]\nPrivateNetwork=no\nPrivateIPC=no\n',
   },
   trixie: {
     'sensor-agent.service.d/zz-qemu-user.conf': `# test/board: systemd 257 under qemu-user cannot make mount namespaces or credentials\n${QEMU_NAMESPACE_RESET}`,
     'sensor-agent-firstboot.service.d/zz-qemu-user.conf': `# test/board: systemd 257 under qemu-user cannot make mount namespaces or credentials\n${QEMU_NAMESPACE_RESET}`,
+    'sensor-agent-upgrade.service.d/zz-qemu-user.conf': `# test/board: systemd 257 under qemu-user cannot make mount namespaces or credentials\n${QEMU_NAMESPACE_RESET}`,
     ...Object.fromEntries(
       ['systemd-journald', 'systemd-sysusers', 'systemd-tmpfiles-setup', 'systemd-tmpfiles-setup-dev', 'systemd-tmpfiles-setup-dev-early'].map((u) => [
         `${u}.service.d/zz-qemu-user.conf`,
