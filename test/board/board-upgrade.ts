@@ -204,7 +204,7 @@ export function describeBoardUpgrades(ctx: UpgradeContext, set: UpgradeSet): voi
 
   /** A copy of `from` stamped `version` (.build-info.json), its agent replaced by `script` (unless null), without a startup snapshot. */
   async function derivedTree(from: string, version: string, script: string | null, keepAgentAs?: string): Promise<string> {
-    const out = treeOf(version);
+    const out = join(ctx.work(), `derived-${version}`);
     await rm(out, { recursive: true, force: true });
     await cp(from, out, { recursive: true, verbatimSymlinks: true });
     if (keepAgentAs !== undefined) await cp(join(out, 'sensor-agent.mjs'), join(out, keepAgentAs));
@@ -255,7 +255,7 @@ export function describeBoardUpgrades(ctx: UpgradeContext, set: UpgradeSet): voi
 
   async function snap(): Promise<BoardSnap> {
     const out = await sh(
-      'readlink /opt/sensor-agent; echo @@; ls -A /opt/sensor-agent-releases; echo @@; ls -A /var/lib/sensor-agent/upgrade 2>/dev/null || :; echo @@; ls -A /var/lib/sensor-agent-upgrade 2>/dev/null || :; echo @@; cat /var/lib/sensor-agent/state.json',
+      'readlink /opt/sensor-agent; echo @@; ls -A /opt/sensor-agent-releases; echo @@; ls -A /var/lib/sensor-agent/upgrade 2>/dev/null || :; echo @@; ls -A /var/lib/sensor-agent-upgrade 2>/dev/null || :; echo @@; cat /var/lib/sensor-agent/state/state.json',
     );
     const [link = '', rels = '', up = '', guard = '', state = '{}'] = out.split('@@\n');
     const lines = (s: string): string[] =>
@@ -289,11 +289,10 @@ export function describeBoardUpgrades(ctx: UpgradeContext, set: UpgradeSet): voi
   /** The server saw the board's report of `version` (device show: version, and the reported agent_version). */
   async function expectReported(version: string): Promise<void> {
     await ctx.waitFor(`a report with agent_version ${version}`, 5 * 60_000, async () => {
-      const r = await ctx.server(['device', 'show', dev, '--json']);
+      const r = await ctx.server(['device', 'show', dev]);
       if (r.code !== 0) return undefined;
-      const d = JSON.parse(r.stdout) as Record<string, unknown>;
-      const device = (d.device ?? d) as Record<string, unknown>;
-      return device.version === version && findStrings(d, 'agent_version').includes(version) ? true : undefined;
+      const d = JSON.parse(r.stdout) as { version?: unknown; reported?: { agent_version?: unknown } | null };
+      return d.version === version && d.reported?.agent_version === version ? true : undefined;
     });
   }
 
@@ -309,7 +308,7 @@ export function describeBoardUpgrades(ctx: UpgradeContext, set: UpgradeSet): voi
   }
 
   async function commandStatus(jti: string): Promise<string[]> {
-    const r = await ctx.server(['device', 'show', dev, '--json']);
+    const r = await ctx.server(['device', 'show', dev]);
     const d = JSON.parse(r.stdout) as Record<string, unknown>;
     const cmds = (d.commands ?? d.recent_commands ?? []) as Array<Record<string, unknown>>;
     return cmds.filter((c) => c.jti === jti).map((c) => String(c.status));
@@ -532,17 +531,6 @@ export function describeBoardUpgrades(ctx: UpgradeContext, set: UpgradeSet): voi
 function stateAside(state: Record<string, unknown>): Record<string, unknown> {
   const { last_seq: _seq, recent: _recent, ...rest } = state;
   return rest;
-}
-
-function findStrings(v: unknown, key: string, out: string[] = []): string[] {
-  if (Array.isArray(v)) for (const x of v) findStrings(x, key, out);
-  else if (v !== null && typeof v === 'object') {
-    for (const [k, x] of Object.entries(v)) {
-      if (k === key && typeof x === 'string') out.push(x);
-      else findStrings(x, key, out);
-    }
-  }
-  return out;
 }
 
 function findNumber(v: unknown, key: string): number | undefined {
