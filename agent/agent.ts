@@ -22,6 +22,9 @@ import { Enrollment, readEnrollmentToken, type EnrollmentOptions } from './net/e
 import { MqttSession, type BackoffOptions, type RetryInfo, type SessionBroker } from './net/mqtt-session.js';
 import { Reporter } from './net/reporter.js';
 import { AgentRuntime, agentTopics, effectiveBroker } from './runtime.js';
+import { UpgradeManager } from './upgrade/manager.js';
+import type { DownloadTimings } from './upgrade/download.js';
+import { chunkTopic } from '../protocol/index.js';
 import { planStart, type StartPlan } from './start-up.js';
 import { KeyStore } from './store/keystore.js';
 import { loadSelftestRecord } from './store/selftest-record.js';
@@ -78,6 +81,8 @@ export interface StartAgentOptions {
   gpioBackend?: GpioBackend;
   /** Test hooks: crash simulation in state writes and between persist and PUBACK. */
   faults?: AgentFaults;
+  /** Upgrade download timings (tests: a short re-request timeout). */
+  upgradeTimings?: Partial<DownloadTimings>;
 }
 
 export interface AgentFaults extends StateStoreOptions {
@@ -151,6 +156,8 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
   readonly #clockTrusted: boolean;
   /** Presence and reported state (connect, interval, the will, offline at stop). */
   readonly #reporter: Reporter;
+  /** An upgrade's download, trial progress and result (agent/upgrade/manager.ts). */
+  readonly #upgrades: UpgradeManager;
   #enrollment: Enrollment | undefined;
   #notifier: SystemdNotifier | undefined;
   #follow: Promise<void> = Promise.resolve();
@@ -184,6 +191,8 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
       topic: agentTopics(config).command,
       log,
       onMessage: (topic, payload) => this.#onMessage(topic, payload),
+      dataTopic: chunkTopic(config.topic_prefix, config.device_id),
+      onData: (payload) => this.#upgrades.onData(payload),
       will: () => this.#reporter.will(),
       ...(options.backoff ? { backoff: options.backoff } : {}),
     });
@@ -204,8 +213,20 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
       },
       afterPersist: options.faults?.afterPersist,
     });
-    this.#reporter = new Reporter(this.#rt);
-    this.#actions = { rt: this.#rt, onProvisioned: (userId) => this.#onProvisioned(userId), switchBroker: (b, ms) => this.#switchBroker(b, ms) };
+    this.#reporter = new Reporter(this.#rt, {
+      upgrade: () => this.#upgrades.report(),
+      published: () => this.#upgrades.onReportPublished(),
+    });
+    this.#upgrades = new UpgradeManager(this.#rt, {
+      onChanged: () => this.#reporter.changed(),
+      ...(options.upgradeTimings ? { timings: options.upgradeTimings } : {}),
+    });
+    this.#actions = {
+      rt: this.#rt,
+      onProvisioned: (userId) => this.#onProvisioned(userId),
+      switchBroker: (b, ms) => this.#switchBroker(b, ms),
+      beginUpgrade: (pending) => this.#upgrades.begin(pending),
+    };
     this.#pipeline = new Pipeline(this.#actions, (e) => {
       if (e.status === 'applied' && !e.duplicate) this.#reporter.changed();
       this.emit('command', e);
@@ -234,7 +255,11 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
 
     rt.session.on('connected', () => this.#reporter.onConnected());
     rt.session.on('subscribed', () => this.#onSubscribed());
+    rt.session.on('subscribed', () => this.#upgrades.onSubscribed());
     rt.session.on('offline', () => this.#reporter.onOffline());
+    rt.session.on('offline', () => this.#upgrades.onOffline());
+    // An upgrade on trial, a result of the installer to ack, a download to resume.
+    await this.#upgrades.start().catch((err: unknown) => log.error('upgrade state could not be resumed', { reason: (err as Error).message }));
     // `systemctl status` shows the last STATUS=: keep it true across broker outages.
     rt.session.on('retrying', (r) => this.#notifier?.status(waitingStatus(rt.session.broker.url, r)));
     if (this.#options.systemdNotify) {
@@ -377,6 +402,7 @@ class Agent extends EventEmitter<AgentEvents> implements RunningAgent {
     this.#idleGc.stop();
     this.#notifier?.stopping();
     this.#enrollment?.stop();
+    await this.#upgrades.stop();
     await rt.session.drain();
     await Promise.race([this.#follow, new Promise((r) => setTimeout(r, 5000).unref())]);
     await rt.flushAcks(3000);

@@ -5,7 +5,7 @@
  * config file's directory.
  */
 import { access, constants, readFile } from 'node:fs/promises';
-import { dirname, isAbsolute, resolve } from 'node:path';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
 import {
   assertValidPrefix,
   CodedError,
@@ -27,6 +27,12 @@ export const DEFAULT_ENROLLMENT_TOKEN = '/var/lib/sensor-agent/enroll.token';
 export const DEFAULT_HOOK_TIMEOUT_S = 30;
 /** How often a connected agent sends an `interval` report (docs/PROTOCOL.md, Reports). */
 export const DEFAULT_REPORT_INTERVAL_S = 300;
+/** The root installer of agent upgrades (installed by flash; provisioning/upgrade-guard). */
+export const DEFAULT_UPGRADE_INSTALLER = '/usr/lib/sensor-agent/upgrade-guard';
+/** Where release trees are unpacked (`/opt/sensor-agent-releases/VERSION`): its free space is checked. */
+export const DEFAULT_UPGRADE_INSTALL_ROOT = '/opt';
+/** The pinned release keys' file name, next to `trust` by default. */
+export const RELEASE_KEYS_FILE = 'release.jwks';
 const MAX_CONFIG_BYTES = 256 * 1024;
 
 export type ClockPolicyName = 'auto' | 'trusted' | 'untrusted';
@@ -60,6 +66,18 @@ export interface AgentConfig {
   report_interval_s: number;
   clock: { policy: ClockPolicyName; max_skew_s: number };
   log_level: LogLevel;
+  /** The pinned release keys (public JWK set): absent file = upgrades refused (E_UPGRADE_UNSUPPORTED). */
+  release_keys: string;
+  upgrade: UpgradeConfig;
+}
+
+export interface UpgradeConfig {
+  /** The root installer; absent = upgrades refused (E_UPGRADE_UNSUPPORTED). */
+  installer_path: string;
+  /** The agent's download and hand-over directory (default: `upgrade/` beside `state_dir`, /var/lib/sensor-agent/upgrade on a board). */
+  dir: string;
+  /** Where releases unpack (its file system's free space is checked). */
+  install_root: string;
 }
 
 /** Invalid configuration: `problems` lists every one (`key.path: why`). Exit status 2 (agent/commands/exit-statuses.ts). */
@@ -143,6 +161,8 @@ function checkConfig(value: unknown, file: string): { config: AgentConfig | unde
     'report_interval_s',
     'clock',
     'log_level',
+    'release_keys',
+    'upgrade',
   ]);
   const path = (key: string, fallback: string | null, required = false): string | null => {
     const v = root.string(key, { required });
@@ -219,8 +239,25 @@ function checkConfig(value: unknown, file: string): { config: AgentConfig | unde
     clock = { policy, max_skew_s: c.integer('max_skew_s', 0, 86400) ?? DEFAULT_MAX_SKEW_SECONDS };
   }
   const level = root.string('log_level', { oneOf: ['debug', 'info', 'warn', 'error'] }) ?? 'info';
+  const releaseKeys = path('release_keys', trust === null ? null : join(dirname(trust), RELEASE_KEYS_FILE));
+  const upgrade: UpgradeConfig = {
+    installer_path: DEFAULT_UPGRADE_INSTALLER,
+    dir: join(dirname(stateDir), 'upgrade'),
+    install_root: DEFAULT_UPGRADE_INSTALL_ROOT,
+  };
+  const u = root.section('upgrade', false);
+  if (u?.ok) {
+    u.allowOnly(['installer_path', 'dir', 'install_root']);
+    const abs = (k: keyof UpgradeConfig): void => {
+      const v = u.string(k);
+      if (v !== undefined) upgrade[k] = isAbsolute(v) ? v : resolve(base, v);
+    };
+    abs('installer_path');
+    abs('dir');
+    abs('install_root');
+  }
 
-  if (problems.length > 0 || deviceId === undefined || broker === undefined || trust === null || !isLogLevel(level)) {
+  if (problems.length > 0 || deviceId === undefined || broker === undefined || trust === null || releaseKeys === null || !isLogLevel(level)) {
     return { config: undefined, problems };
   }
   return {
@@ -240,6 +277,8 @@ function checkConfig(value: unknown, file: string): { config: AgentConfig | unde
       report_interval_s: reportInterval,
       clock,
       log_level: level,
+      release_keys: releaseKeys,
+      upgrade,
     },
     problems,
   };

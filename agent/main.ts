@@ -6,13 +6,17 @@ import { keygenCommand } from './commands/keygen.js';
 import { runCommand } from './commands/run.js';
 import { selftestCommand } from './commands/selftest.js';
 import { statusCommand } from './commands/status.js';
+import { verifyReleaseCommand } from './commands/verify-release.js';
+import { agentVersion } from './version.js';
 
 export function agentMain(): Promise<void> {
   return runCli({
     name: 'sensor-agent',
     description: 'Receives signed, encrypted provisioning commands over MQTT and applies them on this board.',
-    commands: (cli) => cli.command(keygenCommand).command(inspectCommand).command(runCommand).command(selftestCommand).command(statusCommand),
+    commands: (cli) =>
+      cli.command(keygenCommand).command(inspectCommand).command(runCommand).command(selftestCommand).command(statusCommand).command(verifyReleaseCommand),
     exitStatuses: AGENT_EXIT_STATUSES,
-    subcommands: { keygen: [], inspect: [], run: [], selftest: [], status: [] },
+    subcommands: { keygen: [], inspect: [], run: [], selftest: [], status: [], 'verify-release': [] },
+    version: agentVersion(),
   });
 }

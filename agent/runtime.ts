@@ -109,18 +109,25 @@ export class AgentRuntime {
    * for the session to be back (up to `waitMs`), then gives up with a log line.
    */
   publishAck(token: string, what: Record<string, string | number>, waitMs = 10 * 60_000): void {
-    const p = this.#publishWithWait(token, what, waitMs).finally(() => this.#pendingAcks.delete(p));
-    this.#pendingAcks.add(p);
+    void this.publishAckConfirmed(token, what, waitMs);
   }
 
-  async #publishWithWait(token: string, what: Record<string, string | number>, waitMs: number): Promise<void> {
+  /** As publishAck; resolves true once the broker PUBACKed it, false when it gave up (offline past `waitMs`, or stopping). */
+  publishAckConfirmed(token: string, what: Record<string, string | number>, waitMs = 10 * 60_000): Promise<boolean> {
+    const p = this.#publishWithWait(token, what, waitMs);
+    const tracked = p.then(() => undefined).finally(() => this.#pendingAcks.delete(tracked));
+    this.#pendingAcks.add(tracked);
+    return p;
+  }
+
+  async #publishWithWait(token: string, what: Record<string, string | number>, waitMs: number): Promise<boolean> {
     const deadline = Date.now() + waitMs;
     for (;;) {
       if (this.session.ready) {
         try {
           await this.session.publish(this.topics.ack, token);
           this.log.info('ack published', what);
-          return;
+          return true;
         } catch (err) {
           this.log.warn('ack publish failed; retrying when connected', { ...what, reason: (err as Error).message });
         }
@@ -128,12 +135,12 @@ export class AgentRuntime {
       const left = deadline - Date.now();
       if (left <= 0 || this.#stopping) {
         this.log.error('ack not published (broker unreachable); the server will see no answer for this command', what);
-        return;
+        return false;
       }
       await this.session.waitReady(Math.min(left, 30_000));
       if (this.#stopping && !this.session.ready) {
         this.log.warn('stopping with an ack unpublished', what);
-        return;
+        return false;
       }
     }
   }

@@ -64,6 +64,8 @@ export interface CliProgram {
   readonly exitStatuses: ExitStatuses;
   /** Each command and its subcommands (for the --help a usage error points at). */
   readonly subcommands: Readonly<Record<string, readonly string[]>>;
+  /** What `--version` prints (default: package.json's version). */
+  readonly version?: string;
 }
 
 /**
@@ -95,7 +97,7 @@ export async function runCli(program: CliProgram): Promise<void> {
     .commands(yargs(args).scriptName(program.name).usage(`$0 <command> [options]\n\n${program.description}`))
     .demandCommand(1, 'Name a command (see --help).')
     .strict()
-    .version(packageVersion())
+    .version(program.version ?? packageVersion())
     .help()
     .alias('h', 'help')
     .wrap(Math.min(100, process.stdout.columns || 100))

@@ -1,12 +1,14 @@
 /**
  * `bundle`: everything a board needs at flashing, in one directory (docs/CONTRACTS.md):
- * config.json (relative paths), trust.jwks, ca.pem, client.crt/client.key, enroll.token,
+ * config.json (relative paths), trust.jwks, release.jwks (the release keys boards pin to
+ * verify agent upgrades; absent when the data directory has none), ca.pem, client.crt/client.key, enroll.token,
  * and with keys made on the host, keys/ holding the key store files.
  */
 import { readdir, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { assertValidId, CodedError, generateEncryptionKey, generateSigningKey, type PrivateJwk, toPublicJwk } from '../protocol/index.js';
+import { assertValidId, CodedError, generateEncryptionKey, generateSigningKey, toJwkSet, type PrivateJwk, toPublicJwk } from '../protocol/index.js';
 import { DEFAULT_DEVICE_MQTT_VERSION, type BrokerSettings, type MqttVersion, type OpenedData } from './data-dir.js';
+import { readReleaseJwks, RELEASE_JWKS_FILE, releaseJwksPath } from './release-key.js';
 import { writeFileAtomic } from '../lib/durable-file.js';
 import { ensurePrivateDir } from '../lib/fs.js';
 
@@ -54,6 +56,9 @@ export async function writeBundle(data: OpenedData, options: BundleOptions): Pro
   const caPem = broker.ca ? await readInput(broker.ca) : undefined;
   const certPem = broker.cert ? await readInput(broker.cert) : undefined;
   const keyPem = broker.key ? await readInput(broker.key) : undefined;
+  // Checked (a JWK set of signing keys) before anything is written.
+  const releaseKeys = await readReleaseJwks(data.paths.dir);
+  const releaseJwks = releaseKeys === undefined ? undefined : `${JSON.stringify(toJwkSet(releaseKeys), null, 2)}\n`;
   if (url.protocol === 'mqtt:' && !['127.0.0.1', 'localhost', '[::1]'].includes(url.hostname)) {
     process.stderr.write(`provision-server: warning: ${broker.url} is not TLS; the agent refuses plain MQTT except on loopback unless allow_insecure is set\n`);
   }
@@ -96,6 +101,11 @@ export async function writeBundle(data: OpenedData, options: BundleOptions): Pro
   brokerConfig.allow_insecure = false;
 
   await write('trust.jwks', `${JSON.stringify(data.keys.trust, null, 2)}\n`, 0o644);
+  if (releaseJwks !== undefined) await write(RELEASE_JWKS_FILE, releaseJwks, 0o644);
+  else
+    process.stderr.write(
+      `provision-server: warning: ${releaseJwksPath(data.paths.dir)} does not exist: this board will refuse agent upgrades (E_UPGRADE_UNSUPPORTED); make a release key with: provision-server release keygen\n`,
+    );
 
   if (options.keysOnHost) {
     const [signing, encryption] = await Promise.all([generateSigningKey(), generateEncryptionKey(options.rsa ? { type: 'rsa' } : {})]);

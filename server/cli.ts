@@ -10,6 +10,7 @@ import { initCommand } from './commands/init.js';
 import { inspectCommand } from './commands/inspect.js';
 import { keysCommand } from './commands/keys-init.js';
 import { sealCommandModule } from './commands/seal.js';
+import { releaseCommand } from './commands/release.js';
 import { rolloutCommand } from './commands/rollout.js';
 import { sendCommand } from './commands/send.js';
 import { serveCommand } from './commands/serve.js';
@@ -27,6 +28,7 @@ await runCli({
       .command(importLegacyCommand)
       .command(sendCommand)
       .command(rolloutCommand)
+      .command(releaseCommand)
       .command(auditCommand)
       .command(serveCommand)
       .command(keysCommand)
@@ -41,6 +43,7 @@ await runCli({
     'import-legacy': [],
     send: [],
     rollout: ['list', 'show', 'pause', 'resume', 'cancel', 'retry'],
+    release: ['keygen', 'add', 'list', 'show', 'remove'],
     audit: [],
     serve: [],
     keys: ['init'],

@@ -12,6 +12,8 @@ import { createHash, randomUUID } from 'node:crypto';
 import { type Action, type ActionParams, checkCommandInput, CodedError, commandTopic, isRecord } from '../protocol/index.js';
 import { GroupCommit } from './group-commit.js';
 import { RegistryError } from './registry/errors.js';
+import { ReleaseStore } from './registry/releases.js';
+import { isUpgradeRequest, manifestArtifactSha256, resolveUpgrade } from './upgrade-params.js';
 import type { NewCommand, Registry } from './registry/registry.js';
 import type { CommandRecord, DeviceRecord } from './registry/types.js';
 import { sealInProcess, type Seal } from './seal-pool.js';
@@ -67,6 +69,8 @@ export interface PreparedCommand {
   params: ActionParams;
   /** The user the device is bound to once the command is applied (request, update naming a user). */
   bindUser: string | undefined;
+  /** An upgrade's release artifact (SHA-256 hex), when it is a release the server stores (the chunk server serves it). */
+  releaseSha256: string | undefined;
 }
 
 /** A user id as text: the seed's numeric ids (non-negative integers) become their decimal text; anything else is left for validation. */
@@ -90,6 +94,18 @@ export function prepareCommand(registry: Registry, keys: ServerKeys, req: SendRe
     else if (raw.user_id !== named)
       throw new CodedError('E_USAGE', `the user ${named} and params.user_id ${String(raw.user_id)} disagree: name the new user once`);
   }
+  // An upgrade by release (`release`, `arch`, ...) becomes the manifest of the build for the device's architecture.
+  let releaseSha256: string | undefined;
+  if (req.action === 'upgrade') {
+    if (isUpgradeRequest(raw)) {
+      const resolved = resolveUpgrade(registry, device, raw);
+      raw = resolved.params;
+      releaseSha256 = resolved.release.sha256;
+    } else if (isRecord(raw) && typeof raw.manifest === 'string') {
+      const sha = manifestArtifactSha256(raw.manifest);
+      releaseSha256 = sha !== undefined && new ReleaseStore(registry).bySha256(sha) ? sha : undefined;
+    }
+  }
   const paramsUser = req.action === 'update' && isRecord(raw) && typeof raw.user_id === 'string' ? raw.user_id : undefined;
   const userId = named ?? device.userId ?? paramsUser;
   if (userId === undefined) throw new CodedError('E_USAGE', `device ${req.deviceId} is bound to no user yet: pass a user id`);
@@ -108,7 +124,7 @@ export function prepareCommand(registry: Registry, keys: ServerKeys, req: SendRe
   if (!device.encryption) throw new RegistryError('E_NO_KEY', `device ${req.deviceId} has no registered encryption key: nothing is sent (never in plaintext)`);
   const bindUser =
     req.action === 'request' ? userId : req.action === 'update' && 'user_id' in params && typeof params.user_id === 'string' ? params.user_id : undefined;
-  return { deviceId: req.deviceId, action: req.action, userId, params, bindUser };
+  return { deviceId: req.deviceId, action: req.action, userId, params, bindUser, releaseSha256 };
 }
 
 export class CommandSender {
@@ -136,7 +152,7 @@ export class CommandSender {
   /** Seals and records a command without publishing it; `publish` afterwards. */
   async seal(req: SendRequest): Promise<{ command: CommandRecord; token: string }> {
     const { registry, keys } = this.#ctx;
-    const { userId, params, bindUser } = this.prepare(req);
+    const { userId, params, bindUser, releaseSha256 } = this.prepare(req);
     const { seq, device: current } = await this.#seqs.submit(req.deviceId);
     const recipient = current.encryption;
     if (!recipient) throw new CodedError('E_NO_KEY', `device ${req.deviceId} has no encryption key`);
@@ -166,6 +182,7 @@ export class CommandSender {
       expiresAt: claims.exp * 1000,
       ...(req.fanoutId ? { fanoutId: req.fanoutId } : {}),
       ...(bindUser ? { bindUser } : {}),
+      ...(releaseSha256 ? { releaseSha256 } : {}),
     });
     return { command: registry.getCommand(jti) as CommandRecord, token };
   }

@@ -4,6 +4,8 @@
  *   DATA/registry.sqlite  the device registry
  *   DATA/server.json      broker defaults recorded by `init` (url, ca, cert, key, topic prefix)
  *   DATA/http.token       bearer token of the HTTP API (0600)
+ *   DATA/keys/release.jwk DATA/release.jwks  the release key and its public set (server/release-key.ts)
+ *   DATA/releases/        agent releases (server/releases/store.ts)
  */
 import { randomBytes } from 'node:crypto';
 import { chmod, lstat, readFile } from 'node:fs/promises';
@@ -12,6 +14,7 @@ import { assertValidPrefix, CodedError, DEFAULT_TOPIC_PREFIX, isRecord } from '.
 import { writeFileAtomic } from '../lib/durable-file.js';
 import { ensurePrivateDir, exists } from '../lib/fs.js';
 import { Registry } from './registry/registry.js';
+import { generateReleaseKey } from './release-key.js';
 import { initServerKeys, loadServerKeys, type ServerKeys } from './server-keys.js';
 
 export const DEFAULT_DATA_DIR = '/var/lib/provision-server';
@@ -83,6 +86,10 @@ export async function initDataDir(dir: string, options: InitOptions = {}): Promi
   assertValidPrefix(prefix);
   await ensurePrivateDir(paths.dir);
   await initServerKeys(paths.keys, { ...(options.serverId ? { serverId: options.serverId } : {}), ...(options.force ? { force: true } : {}) });
+  // The release key (server/release-key.ts): made with the data directory; kept when it exists and keys are not replaced.
+  if (options.force || !(await exists(join(paths.keys, 'release.jwk')))) {
+    await generateReleaseKey(paths.dir, { force: true });
+  }
   Registry.open(paths.registry, { create: true }).close();
   await chmod(paths.registry, 0o600);
   const broker = options.broker ?? { url: DEFAULT_BROKER_URL };

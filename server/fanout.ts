@@ -130,7 +130,8 @@ export async function runFanout(options: FanoutOptions): Promise<FanoutSummary> 
 export function formatFanoutSummary(s: FanoutSummary): string {
   const lines = [`fan-out ${s.fanoutId}: ${s.action} to ${s.total} device(s)${s.skipped ? ` (${s.skipped} already answered, skipped)` : ''}`, ''];
   lines.push('outcome      devices');
-  for (const k of ['applied', 'rejected', 'failed', 'no answer', 'not sent'] as const) lines.push(`${k.padEnd(12)} ${String(s.counts[k]).padStart(7)}`);
+  for (const k of ['applied', 'rejected', 'failed', 'rolled_back', 'no answer', 'not sent'] as const)
+    lines.push(`${k.padEnd(12)} ${String(s.counts[k]).padStart(7)}`);
   const bad = s.rows.filter((r) => r.outcome !== 'applied');
   if (bad.length) {
     lines.push('', 'device                            outcome     code');

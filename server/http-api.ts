@@ -12,12 +12,16 @@
  *   POST /rollouts/{id}/pause|resume|cancel
  *   POST /rollouts/{id}/retry    {deliver_within_s?, confirm?, dry_run?}: a new rollout over the targets that did not apply
  *   GET  /audit[?device=&rollout=&action=&since=&until=&limit=]  audit rows, oldest first (the newest `limit` that match)
+ *   GET  /releases               agent releases, newest first;  GET /releases/{version}[?arch=]  one version's builds, with manifests
+ * An upgrade (POST /devices/{id}/commands, POST /rollouts) names its release at the top level:
+ *   {action: 'upgrade', release: '0.3.0', arch?, deadline_s?, allow_downgrade?, mirror?, ...}; each device gets the
+ *   manifest of the build for its architecture (the registry's, else `arch`).
  * A rollout of a destructive action (delete) to more than one device needs `"confirm": true` or the device count.
  * Errors are `{"error": {"code", "message"}}` with a 4xx/5xx status.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { CodedError, isAction, isCodedError, isProtocolError, isRecord, isValidId } from '../protocol/index.js';
+import { ACTIONS, CodedError, isAction, isCodedError, isProtocolError, isRecord, isValidId } from '../protocol/index.js';
 import { userIdText, type CommandSender } from './command-sender.js';
 import type { Logger } from '../lib/log.js';
 import type { Registry } from './registry/registry.js';
@@ -30,6 +34,8 @@ import { checkConfirmation } from './rollouts/confirm.js';
 import { planRetry, retryView, startRetry } from './rollouts/retry.js';
 import { planWarnings } from './rollouts/warnings.js';
 import type { ServerKeys } from './server-keys.js';
+import { ReleaseStore } from './registry/releases.js';
+import { releaseView } from './releases/views.js';
 import { auditView, parseAuditFilter, type AuditFilterInput } from './audit-filter.js';
 import { queryAudit, type AuditFilter } from './registry/audit-query.js';
 
@@ -57,6 +63,8 @@ const HTTP_STATUSES: Readonly<Record<string, number>> = {
   E_NO_DEVICE: 404,
   E_NO_COMMAND: 404,
   E_NO_ROLLOUT: 404,
+  E_NO_RELEASE: 404,
+  E_ARCH_UNKNOWN: 409,
   E_ROLLOUT_STATE: 409,
   E_METHOD: 405,
   E_NO_KEY: 409,
@@ -121,9 +129,9 @@ async function route(ctx: HttpApiContext, expected: Buffer, req: IncomingMessage
     const id = deviceId(parts[1]);
     const body = await readJsonBody(req);
     if (!isRecord(body)) throw new CodedError('E_BAD_REQUEST', 'the body must be a JSON object {action, user_id, params}');
-    const unknown = Object.keys(body).filter((k) => !['action', 'user_id', 'params', 'ttl_s'].includes(k));
+    const unknown = Object.keys(body).filter((k) => !['action', 'user_id', 'params', 'ttl_s', ...UPGRADE_MEMBERS].includes(k));
     if (unknown.length) throw new CodedError('E_BAD_REQUEST', `unknown member(s): ${unknown.join(', ')}`);
-    if (!isAction(body.action)) throw new CodedError('E_ACTION', 'action must be one of request, update, rotate, delete, selftest');
+    if (!isAction(body.action)) throw new CodedError('E_ACTION', `action must be one of ${ACTIONS.join(', ')}`);
     // The seed's user ids are numbers: a non-negative integer is taken as its decimal text.
     const userId = userIdText(body.user_id);
     if (userId !== undefined && (typeof userId !== 'string' || userId.length === 0 || userId.length > 128)) {
@@ -138,7 +146,7 @@ async function route(ctx: HttpApiContext, expected: Buffer, req: IncomingMessage
       deviceId: id,
       action: body.action,
       ...(typeof userId === 'string' ? { userId } : {}),
-      params: body.params ?? {},
+      params: withUpgradeMembers(body, body.params ?? {}),
       ...(typeof body.ttl_s === 'number' ? { ttlSeconds: body.ttl_s } : {}),
     });
     // Accepted once sealed and recorded; the publish completes (PUBACK) in the background.
@@ -148,6 +156,16 @@ async function route(ctx: HttpApiContext, expected: Buffer, req: IncomingMessage
     );
     res.setHeader('Location', `/commands/${command.jti}`);
     return sendJson(res, 202, { jti: command.jti, device_id: id, action: command.action, seq: command.seq, status: 'accepted' });
+  }
+  if (parts[0] === 'releases' && parts.length <= 2) {
+    allow(method, ['GET']);
+    const store = new ReleaseStore(ctx.registry);
+    if (parts.length === 1) return sendJson(res, 200, { releases: store.list().map((r) => releaseView(r)) });
+    const version = parts[1] as string;
+    const arch = url.searchParams.get('arch') ?? undefined;
+    const builds = store.list({ version }).filter((r) => arch === undefined || r.arch === arch);
+    if (builds.length === 0) throw new CodedError('E_NO_RELEASE', `no release ${version}${arch !== undefined ? ` for ${arch}` : ''}`);
+    return sendJson(res, 200, { version, builds: builds.map((r) => releaseView(r, { manifest: true })) });
   }
   if (parts[0] === 'commands' && parts.length === 2) {
     allow(method, ['GET']);
@@ -226,6 +244,9 @@ function auditFilterFromQuery(q: URLSearchParams): AuditFilter {
   );
 }
 
+/** An upgrade's members at the top level of a body (they go into its params). */
+const UPGRADE_MEMBERS = ['release', 'arch', 'deadline_s', 'allow_downgrade', 'mirror'];
+
 const ROLLOUT_MEMBERS = [
   'action',
   'params',
@@ -241,6 +262,7 @@ const ROLLOUT_MEMBERS = [
   'concurrency',
   'dry_run',
   'confirm',
+  ...UPGRADE_MEMBERS,
 ];
 
 const CONFIRM_HOW = '"confirm": true (or "confirm": N, the device count) in the body';
@@ -291,7 +313,7 @@ function rolloutRequestFromBody(body: unknown): { request: RolloutRequest; dryRu
   const within = num('deliver_within_s');
   const request: RolloutRequest = {
     action: body.action,
-    params: body.params ?? {},
+    params: withUpgradeMembers(body, body.params ?? {}),
     ...(typeof userId === 'string' ? { userId } : {}),
     selector,
   };
@@ -307,6 +329,14 @@ function rolloutRequestFromBody(body: unknown): { request: RolloutRequest; dryRu
   set('concurrency', num('concurrency'));
   set('deliverWithinMs', within === undefined ? undefined : within * 1000);
   return { request, dryRun: body.dry_run === true, confirm: confirmFromBody(body) };
+}
+
+function withUpgradeMembers(body: Record<string, unknown>, params: unknown): unknown {
+  const given = UPGRADE_MEMBERS.filter((k) => body[k] !== undefined);
+  if (given.length === 0) return params;
+  if (body.action !== 'upgrade') throw new CodedError('E_BAD_REQUEST', `${given.join(', ')}: only for action "upgrade"`);
+  if (!isRecord(params)) throw new CodedError('E_PARAMS', 'params must be an object');
+  return { ...params, ...Object.fromEntries(given.map((k) => [k, body[k]])) };
 }
 
 /** The request target as a URL and its decoded path segments; a malformed one is a 400 (E_BAD_PATH), never a 500. */

@@ -149,7 +149,10 @@ export async function handleReport(ctx: InboundContext, deviceId: string, payloa
     ctx.log.debug(`report.${outcome.kind}`, { ...fields, note: 'not newer than the report recorded: nothing changed' });
     return { kind: 'report', deviceId, reason: claims.reason, recorded: outcome.kind };
   }
-  ctx.log.info('report.recorded', { ...fields, agent: claims.agent_version, signer_kid: signerKid });
+  const upgrade = claims.upgrade
+    ? `${claims.upgrade.to} ${claims.upgrade.phase}${claims.upgrade.done !== undefined ? ` ${claims.upgrade.done}/${claims.upgrade.total ?? '?'}` : ''}`
+    : undefined;
+  ctx.log.info('report.recorded', { ...fields, agent: claims.agent_version, ...(upgrade ? { upgrade } : {}), signer_kid: signerKid });
   ctx.onReport?.(deviceId, claims);
   return { kind: 'report', deviceId, reason: claims.reason, recorded: outcome.kind };
 }
@@ -168,6 +171,12 @@ export async function handleAck(ctx: InboundContext, deviceId: string, payload: 
   if (!command || command.deviceId !== deviceId) return drop(ctx, deviceId, 'E_NO_COMMAND', `verified ack refers to unknown command ${claims.ref}`);
   if (claims.seq !== 0 && claims.seq !== command.seq) {
     return drop(ctx, deviceId, 'E_CLAIMS', `ack of ${claims.ref} carries seq ${claims.seq}, the command had ${command.seq}`);
+  }
+  if (command.action === 'upgrade' && command.ackStatus === null && claims.status === 'rejected' && claims.code === 'E_REPLAY') {
+    // A copy of an upgrade the board already took (a redelivery): its outcome comes when the board decided
+    // (applied or rolled_back after the health gate), so "already seen" is not recorded as the outcome.
+    ctx.log.info('ack.replay_noted', { device: deviceId, action: command.action, seq: command.seq, note: 'upgrade in progress: outcome still to come' });
+    return { kind: 'ignored' };
   }
   const effects: AckEffects = {};
   if (command.action === 'rotate' && claims.status === 'applied') {

@@ -30,6 +30,7 @@ import { silentLogger, type Logger } from '../lib/log.js';
 import { connectBroker, publishQos1 } from './mqtt-connection.js';
 import { ReportIntake, type ReportDropCounts, type ReportIntakeOptions } from './report-intake.js';
 import type { CommandRecord } from './registry/types.js';
+import { ChunkServer, type ChunkResult, type ChunkServerOptions } from './chunk-server.js';
 import { subscribeFleet, unsubscribeFleet, type SharedMode } from './subscriptions.js';
 
 export interface ServeOptions {
@@ -49,6 +50,10 @@ export interface ServeOptions {
   onInbound?: (result: InboundResult) => void;
   /** Report rate limit, hold and summary interval (defaults: server/report-intake.ts). */
   reports?: ReportIntakeOptions;
+  /** Fetch (release transfer) rate limit per device and refusal summary interval (defaults: server/chunk-server.ts). */
+  fetch?: Pick<ChunkServerOptions, 'rate' | 'summaryMs'>;
+  /** Called after each fetch request was handled (tests). */
+  onFetch?: (result: ChunkResult) => void;
 }
 
 export interface RunningServer {
@@ -60,6 +65,9 @@ export interface RunningServer {
   enrollClient: MqttClient;
   /** The session that takes reports. */
   reportClient: MqttClient;
+  /** The session that takes fetch requests and publishes chunks (clean, QoS 0). */
+  fetchClient: MqttClient;
+  chunks: ChunkServer;
   /** Reports dropped since the start: not newer than the recorded one, over the rate, without a registered key. */
   reportDrops: Readonly<ReportDropCounts>;
   sender: CommandSender;
@@ -82,6 +90,8 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
   let client: MqttClient | undefined;
   let enrollClient: MqttClient | undefined;
   let reportClient: MqttClient | undefined;
+  let fetchClient: MqttClient | undefined;
+  let chunks: ChunkServer | undefined;
   let httpServer: Server | undefined;
   let engine: RolloutEngine | undefined;
   const enrollRefusals = new EnrollRefusals(registry, log);
@@ -106,6 +116,31 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
     client = await connectBroker(broker, { clientId, clean: false, handleMessage: handle });
     enrollClient = await connectBroker(broker, { clientId: `${clientId}-enroll`, clean: false, handleMessage: handle });
     reportClient = await connectBroker(broker, { clientId: `${clientId}-report`, clean: false, handleMessage: handle });
+    // Release transfers: their own clean session (QoS 0 both ways: nothing is queued for a board that is away),
+    // so megabytes of chunks never queue in front of acks, enrollments or reports.
+    const fetchSet: { server?: ChunkServer } = {};
+    fetchClient = await connectBroker(broker, {
+      clientId: `${clientId}-fetch`,
+      clean: true,
+      handleMessage: (packet, callback) => {
+        callback();
+        const server = fetchSet.server;
+        if (!server) return;
+        const payload = typeof packet.payload === 'string' ? Buffer.from(packet.payload) : Buffer.from(packet.payload);
+        void server.handle(packet.topic, payload).then((r) => options.onFetch?.(r));
+      },
+    });
+    const chunkClient = fetchClient;
+    chunks = new ChunkServer({
+      registry,
+      topicPrefix: config.topicPrefix,
+      log,
+      publish: async (topic, payload) => {
+        await chunkClient.publishAsync(topic, payload, { qos: 0, retain: false });
+      },
+      ...(options.fetch ?? {}),
+    });
+    fetchSet.server = chunks;
     const mqttClient = client;
     const sender = new CommandSender({ registry, keys, topicPrefix: config.topicPrefix, publish: (t, p) => publishQos1(mqttClient, t, p) });
     const waiters = new AckWaiters(registry);
@@ -136,6 +171,7 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
     await unsubscribeFleet(mqttClient, config.topicPrefix, 'report');
     await subscribeFleet(enrollClient, config.topicPrefix, { mode: shared ? 'on' : 'off', log, kinds: ['enroll'] });
     await subscribeFleet(reportClient, config.topicPrefix, { mode: shared ? 'on' : 'off', log, kinds: ['report'] });
+    await subscribeFleet(fetchClient, config.topicPrefix, { mode: shared ? 'on' : 'off', log, kinds: ['fetch'], qos: 0 });
     let httpAddress: { host: string; port: number } | undefined;
     if (options.http && httpToken !== undefined) {
       httpServer = createHttpApi({ registry, keys, sender, token: httpToken, log, ...(rollouts ? { onRolloutChange: () => rollouts.kick() } : {}) });
@@ -160,6 +196,8 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
       client: mqttClient,
       enrollClient,
       reportClient,
+      fetchClient,
+      chunks,
       reportDrops: reports.counts,
       sender,
       rollouts,
@@ -185,7 +223,9 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
           mqttClient.endAsync().catch(() => undefined),
           enrollClient?.endAsync().catch(() => undefined),
           reportClient?.endAsync().catch(() => undefined),
+          fetchClient?.endAsync().catch(() => undefined),
         ]);
+        chunks?.close();
         reports.close();
         enrollRefusals.close();
         registry.close();
@@ -197,6 +237,8 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
     await client?.endAsync(true).catch(() => undefined);
     await enrollClient?.endAsync(true).catch(() => undefined);
     await reportClient?.endAsync(true).catch(() => undefined);
+    await fetchClient?.endAsync(true).catch(() => undefined);
+    chunks?.close();
     reports.close();
     enrollRefusals.close();
     registry.close();

@@ -1,5 +1,5 @@
 /**
- * Fleet subscriptions of `serve`: `$share/GROUP/{prefix}/+/ack` and `.../enroll`
+ * Fleet subscriptions of `serve`: `$share/GROUP/{prefix}/+/ack`, `.../enroll`, `.../report` and `.../fetch` (release transfers, QoS 0)
  * where the broker supports MQTT shared subscriptions (mosquitto >= 1.6 does, also
  * over MQTT 3.1.1), so that several `serve` instances split the fleet's messages
  * and none handles an ack twice. MQTT 3.1.1 has no way to ask a broker whether it
@@ -22,14 +22,14 @@ export const DEFAULT_SHARE_GROUP = 'provision-server';
 export async function subscribeFleet(
   client: MqttClient,
   prefix: string,
-  options: { mode: SharedMode; group?: string; probeMs?: number; log: Logger; kinds?: readonly ('ack' | 'enroll' | 'report')[] },
+  options: { mode: SharedMode; group?: string; probeMs?: number; log: Logger; kinds?: readonly ('ack' | 'enroll' | 'report' | 'fetch')[]; qos?: 0 | 1 },
 ): Promise<{ shared: boolean; filters: string[] }> {
   const group = options.group ?? DEFAULT_SHARE_GROUP;
   let shared = options.mode === 'on';
   if (options.mode === 'auto') shared = await probeShared(client, prefix, group, options.probeMs ?? 2500);
   const plain = (options.kinds ?? ['ack', 'enroll']).map((kind) => fleetFilter(prefix, kind));
   const filters = shared ? plain.map((f) => `$share/${group}/${f}`) : plain;
-  const granted = await client.subscribeAsync(filters, { qos: 1 });
+  const granted = await client.subscribeAsync(filters, { qos: options.qos ?? 1 });
   const refused = granted.filter((g) => g.qos === 128);
   if (refused.length) throw new BrokerError(`the broker refused the subscription(s) ${refused.map((g) => g.topic).join(', ')}`);
   if (shared) options.log.info('subscribe.shared', { group, filters });

@@ -7,7 +7,7 @@ const iso = (t: number | null): string | null => (t === null ? null : new Date(t
 export type CommandStatus = 'pending' | 'sent' | 'applied' | 'rejected' | 'failed' | 'rolled_back' | 'expired' | 'void';
 
 /**
- * `applied`/`rejected`/`failed` once acked; `void` when it was never published (a rollout
+ * `applied`/`rejected`/`failed`/`rolled_back` once acked; `void` when it was never published (a rollout
  * engine that lost its lease sealed it); `expired` when unanswered past its exp; else `sent` or `pending`.
  */
 export function commandStatus(c: CommandRecord, now = Date.now()): CommandStatus {
@@ -31,6 +31,7 @@ export function commandView(c: CommandRecord, now = Date.now()): Record<string, 
     detail: c.ackDetail,
     result: c.ackResult,
     fanout_id: c.fanoutId,
+    ...(c.releaseSha256 !== null ? { release_sha256: c.releaseSha256 } : {}),
     created_at: iso(c.createdAt),
     sent_at: iso(c.sentAt),
     expires_at: iso(c.expiresAt),
@@ -47,6 +48,11 @@ export function deviceView(d: DeviceRecord, now = Date.now()): Record<string, un
     tags: d.tags,
     // From the device's signed reports: online / offline, or unknown when it never reported.
     presence: presenceOf(d.presence, now),
+    // The running agent version (its reports' agent_version, or an applied upgrade's), its architecture when
+    // known (recorded by an applied upgrade), and the upgrade under way as its last report said (null: none).
+    version: d.agentVersion,
+    arch: d.arch,
+    upgrade: reported?.upgrade ?? null,
     last_seen_at: iso(d.presence.lastSeenAt),
     report_interval_s: d.presence.intervalS,
     reported: reported

@@ -8,7 +8,7 @@
  */
 import type { Action, CommandClaims } from '../../protocol/index.js';
 import type { AgentRuntime } from '../runtime.js';
-import type { StoredBroker } from '../store/state.js';
+import type { AgentState, PendingUpgrade, StoredBroker } from '../store/state.js';
 import type { Outcome } from './outcome.js';
 
 /** What an action may ask of the agent beyond the runtime. */
@@ -18,6 +18,8 @@ export interface ActionContext {
   readonly onProvisioned: (userId: string) => Promise<void>;
   /** Switches to the stored broker settings and waits until subscribed, up to `timeoutMs` (update). */
   readonly switchBroker: (settings: StoredBroker | undefined, timeoutMs: number) => Promise<boolean>;
+  /** Starts an accepted upgrade's download in the background (upgrade, after the PUBACK). */
+  readonly beginUpgrade: (pending: PendingUpgrade) => void;
 }
 
 /**
@@ -44,6 +46,11 @@ export interface ActionDescriptor<A extends Action> {
   readonly retiresPreviousKey: boolean;
   /** The outcome's state change is saved when the command failed too (rotate: clears the marker of a failed rotation). */
   readonly savesFailedChange: boolean;
+  /**
+   * True while the command `jti` is still being carried out after its PUBACK (upgrade: until its
+   * final ack): a redelivered copy is then only logged, never re-acked with the interim record.
+   */
+  readonly inProgress?: (state: AgentState, jti: string) => boolean;
   readonly apply: (ctx: ActionContext, claims: CommandClaims<A>) => Promise<Outcome>;
 }
 

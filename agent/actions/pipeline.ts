@@ -18,7 +18,7 @@
  * ...) is read from their descriptors (descriptor.ts, index.ts), never from
  * their names.
  */
-import { checkReplay, isProtocolError, openCommand, type OpenedCommand } from '../../protocol/index.js';
+import { checkReplay, isAction, isProtocolError, openCommand, type OpenedCommand } from '../../protocol/index.js';
 import { applyCommand, type ActionContext, type ActionDescriptors } from './descriptor.js';
 import { runHook } from './hooks.js';
 import { ACTION_DESCRIPTORS } from './index.js';
@@ -173,8 +173,13 @@ export class Pipeline {
     };
   }
 
-  #duplicate(rec: RecentCommand): FollowUp {
+  #duplicate(rec: RecentCommand): FollowUp | undefined {
     const rt = this.rt;
+    const descriptor = isAction(rec.action) ? this.actions[rec.action] : undefined;
+    if (descriptor?.inProgress?.(rt.store.state, rec.jti) === true) {
+      rt.log.info('duplicate command: still in progress, answered when it is decided', { jti: rec.jti, seq: rec.seq, action: rec.action });
+      return undefined;
+    }
     rt.log.info('duplicate command: already processed, acked again', { jti: rec.jti, seq: rec.seq, action: rec.action, status: rec.status });
     this.onCommand({ ...rec, duplicate: true });
     return async () => {

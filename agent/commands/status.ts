@@ -31,6 +31,7 @@ export async function statusReport(configPath: string): Promise<StatusReport> {
   const pending: string[] = [];
   if (st?.pending_rotation) pending.push(`rotation (command ${st.pending_rotation.jti})`);
   if (st?.pending_broker) pending.push(`broker change to ${st.pending_broker.next.url} (command ${st.pending_broker.jti})`);
+  if (st?.pending_upgrade) pending.push(`upgrade to ${st.pending_upgrade.version}, ${st.pending_upgrade.phase} (command ${st.pending_upgrade.jti})`);
   let selftest: ReportSelftest | null = null;
   let selftestError: string | undefined;
   try {

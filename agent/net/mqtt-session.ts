@@ -59,6 +59,13 @@ export interface SessionOptions {
    * goes without a will.
    */
   will?: () => Promise<SessionWill | undefined>;
+  /**
+   * A second subscription at QoS 0 (the device's chunk topic: upgrade artifacts), made in the same
+   * SUBSCRIBE as `topic`. Its messages go to `onData` at once, outside the one-at-a-time command
+   * handling; a broker that refuses it (an ACL without it) only costs upgrades, never commands.
+   */
+  dataTopic?: string;
+  onData?: (payload: Buffer) => void;
 }
 
 /** A last will: `payload` is published to `topic` (QoS 1, not retained) if the connection dies without DISCONNECT. */
@@ -146,6 +153,13 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
     const client = this.#client;
     if (!client || !client.connected) throw new SessionError('E_OFFLINE', `not connected to ${this.#broker.url}`);
     await client.publishAsync(topic, payload, { qos: 1, retain: false });
+  }
+
+  /** Publishes at QoS 0 (fire and forget: upgrade fetch requests). Refused while disconnected. */
+  async publishDatagram(topic: string, payload: string): Promise<void> {
+    const client = this.#client;
+    if (!client || !client.connected || !this.#subscribed) throw new SessionError('E_OFFLINE', `not connected to ${this.#broker.url}`);
+    await client.publishAsync(topic, payload, { qos: 0, retain: false });
   }
 
   /** Resolves true once connected and subscribed, false after `timeoutMs`. */
@@ -243,6 +257,15 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
 
     client.handleMessage = (packet: IPublishPacket, callback: (err?: Error) => void): void => {
       const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
+      if (this.options.dataTopic !== undefined && packet.topic === this.options.dataTopic) {
+        try {
+          this.options.onData?.(payload);
+        } catch (err) {
+          log.warn('data message not handled', { reason: err instanceof Error ? err.message : String(err) });
+        }
+        callback();
+        return;
+      }
       const work = this.options.onMessage(packet.topic, payload, packet);
       // Chained, not replaced: after a reconnect a message can arrive while one from the previous
       // connection is still in flight, and drain/stop/#settled must wait for both.
@@ -298,11 +321,27 @@ export class MqttSession extends EventEmitter<MqttSessionEvents> {
           return;
         }
         if (g.qos === 0) log.warn('broker granted QoS 0 only for the command topic', { topic: this.options.topic });
-        this.#subscribed = true;
-        // The stream got past what the broker re-sent at the reconnect: an oversized packet from now on is a new one.
-        this.#oversize = undefined;
-        log.info('subscribed', { topic: this.options.topic });
-        this.emit('subscribed');
+        const ready = (): void => {
+          this.#subscribed = true;
+          // The stream got past what the broker re-sent at the reconnect: an oversized packet from now on is a new one.
+          this.#oversize = undefined;
+          log.info('subscribed', { topic: this.options.topic });
+          this.emit('subscribed');
+        };
+        const data = this.options.dataTopic;
+        if (data === undefined) return ready();
+        // Then the data topic: its refusal (an ACL without it) costs upgrades only, never commands.
+        client.subscribe(data, { qos: 0 }, (dataErr, dataGranted) => {
+          if (client !== this.#client || !client.connected) return;
+          const q = dataGranted?.[0]?.qos;
+          if (dataErr || (q !== 0 && q !== 1)) {
+            log.warn('subscription to the chunk topic refused: upgrades cannot download over MQTT; check the broker ACL for this device', {
+              topic: data,
+              reason: dataErr?.message ?? `code ${String(q)}`,
+            });
+          }
+          ready();
+        });
       });
     });
     client.on('error', (err) => {

@@ -34,8 +34,8 @@ import { createHash, randomUUID } from 'node:crypto';
 import { unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { errnoCode, removeFileSecurely, writeFileAtomic } from '../../lib/durable-file.js';
-import { reportTopic, sealReport, type ReportReason } from '../../protocol/index.js';
-import { packageVersion } from '../../lib/version.js';
+import { reportTopic, sealReport, type ReportReason, type ReportUpgrade } from '../../protocol/index.js';
+import { agentVersion } from '../version.js';
 import type { AgentRuntime } from '../runtime.js';
 import { readPrivateFile } from '../store/private-file.js';
 import { readSelftestRecord } from '../store/selftest-record.js';
@@ -71,6 +71,14 @@ export const NEXT_WILL_FILE = 'next-will.json';
 const MAX_NEXT_WILL_BYTES = 32 * 1024;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
+/** What reports carry of an upgrade, and who hears of a report the broker confirmed. */
+export interface ReporterHooks {
+  /** The upgrade under way (null: none). */
+  upgrade?: () => ReportUpgrade | null;
+  /** A `connect` or `interval` report was PUBACKed. */
+  published?: () => void;
+}
+
 interface NextWill {
   session: string;
   /** The run number of the start it was sealed for. */
@@ -89,7 +97,8 @@ export class Reporter {
   #session: string = randomUUID();
   readonly #rt: AgentRuntime;
   readonly #topic: string;
-  readonly #version = packageVersion();
+  readonly #version = agentVersion();
+  readonly #hooks: ReporterHooks;
   /** Connections made so far (the current one's number while connected). */
   #conn = 0;
   /** Reports numbered so far on the current connection. */
@@ -103,8 +112,9 @@ export class Reporter {
   /** The first connection's will, sealed ahead (see prepare). */
   #early: { conn: number; kid: string; token: Promise<string> } | undefined;
 
-  constructor(rt: AgentRuntime) {
+  constructor(rt: AgentRuntime, hooks: ReporterHooks = {}) {
     this.#rt = rt;
+    this.#hooks = hooks;
     this.#topic = reportTopic(rt.config.topic_prefix, rt.config.device_id);
   }
 
@@ -218,6 +228,7 @@ export class Reporter {
       const token = await this.#seal(reason, conn, n);
       await this.#rt.session.publish(this.#topic, token);
       this.#rt.log.debug('report published', { reason, conn });
+      if (reason !== 'offline') this.#hooks.published?.();
     } catch (err) {
       this.#rt.log.warn('report not sent; the next interval tries again', { reason, conn, why: err instanceof Error ? err.message : String(err) });
     }
@@ -328,6 +339,7 @@ export class Reporter {
         settingsDigest: settingsDigest(st.settings),
         uptimeSeconds: process.uptime(),
         selftest: await readSelftestRecord(rt.store.dir),
+        ...(this.#hooks.upgrade ? { upgrade: this.#hooks.upgrade() } : {}),
       },
       { signer, recipient: rt.trust.encryption },
     );

@@ -76,6 +76,27 @@ export interface PendingBroker {
   previous_settings?: Settings;
 }
 
+/**
+ * An accepted `upgrade` (agent/actions/upgrade.ts, agent/upgrade/): saved
+ * with the command, cleared when its final ack (failed, or the installer's
+ * result) is decided. `phase`: `download` (the agent fetches the artifact),
+ * `staged` (upgrade/staged.json written: root's installer takes over),
+ * `trial` (the new release runs on trial).
+ */
+export interface PendingUpgrade {
+  jti: string;
+  seq: number;
+  version: string;
+  /** The signed manifest (compact JWS), verified when the command was accepted. */
+  manifest: string;
+  deadline_s: number;
+  phase: 'download' | 'staged' | 'trial';
+  /** The version running when the command was accepted. */
+  from: string;
+  /** https:// URL of the artifact, when the command named a mirror. */
+  mirror?: string;
+}
+
 export interface KeyIds {
   signing: string | null;
   encryption: string | null;
@@ -97,6 +118,8 @@ export interface AgentState {
   /** The sealed ack of the last applied rotate, re-published verbatim for a redelivery. */
   rotate_ack: { jti: string; token: string } | null;
   pending_broker: PendingBroker | null;
+  /** An upgrade in progress (absent in files written before upgrades existed: read as null). */
+  pending_upgrade: PendingUpgrade | null;
   last_command: RecentCommand | null;
   enrolled_at: number | null;
   updated_at: number;
@@ -162,6 +185,7 @@ export function initialState(deviceId: string): AgentState {
     pending_rotation: null,
     rotate_ack: null,
     pending_broker: null,
+    pending_upgrade: null,
     last_command: null,
     enrolled_at: null,
     updated_at: 0,

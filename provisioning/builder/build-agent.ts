@@ -31,13 +31,18 @@ import {
 } from './targets.js';
 
 const PROG = 'build-agent';
+/** A release version x.y.z[-pre], as protocol/release.ts isVersion accepts it (and the board's upgrade guard as a directory name). */
+const AGENT_VERSION = /^(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$/;
+function isAgentVersion(v: string): boolean {
+  return v.length <= 64 && AGENT_VERSION.test(v);
+}
 /** The repository root (this module runs as dist/provisioning/builder/build-agent.js). */
 export const REPO = fileURLToPath(new URL('../../../', import.meta.url));
 export const NODE_BIN_REL = 'node/bin/node';
 export const SYSTEM_NODE = '/usr/bin/node';
 
 export const USAGE = `Usage: provisioning/build-agent [--arch arm64|armv7|x64] [--node VERSION | --node system | --node-tarball FILE]
-                               [--system-node-version VERSION] [--gpio native|omit] [--out DIR]
+                               [--system-node-version VERSION] [--gpio native|omit] [--agent-version X.Y.Z] [--out DIR]
 
 Writes the agent tree provisioning/flash installs into /opt/sensor-agent, for
 the board's CPU, from this repository after 'npm ci && npm run build'. Works
@@ -65,6 +70,10 @@ on any x86-64 or arm64 Linux machine: the GPIO addon is cross-compiled.
                     shares its ABI)
   --gpio native     build onoff's epoll addon for the target (default)
   --gpio omit       no native addon: the agent runs with GPIO off
+  --agent-version V the release version (x.y.z[-pre], default package.json's):
+                    \`sensor-agent --version\`, .build-info.json agent_version,
+                    and the tree's directory on the board
+                    (/opt/sensor-agent-releases/V)
   --out DIR         the tree to write (default: build/sensor-agent); replaced whole
   -h, --help        this text
 
@@ -82,6 +91,8 @@ export interface BuildOptions {
   arch: TargetArch;
   node: { kind: 'npm'; version: string } | { kind: 'tarball'; file: string } | { kind: 'system'; version: string };
   gpio: 'native' | 'omit';
+  /** The release version (default: package.json's). */
+  agentVersion?: string;
   out: string;
   cacheDir: string;
   /**
@@ -102,6 +113,7 @@ export function parseBuildArgs(argv: readonly string[]): BuildOptions | undefine
         'node-tarball': { type: 'string' },
         'system-node-version': { type: 'string' },
         gpio: { type: 'string' },
+        'agent-version': { type: 'string' },
         out: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -147,7 +159,17 @@ export function parseBuildArgs(argv: readonly string[]): BuildOptions | undefine
     node = { kind: 'npm', version: version.replace(/^v/, '') };
   }
   if (v['system-node-version'] !== undefined && node.kind !== 'system') throw new BuildError('E_USAGE', '--system-node-version applies to --node system only');
-  return { arch, node, gpio, out: resolve(v.out ?? join(REPO, 'build/sensor-agent')), cacheDir: join(REPO, 'build/.cache') };
+  const agentVersion = v['agent-version'];
+  if (agentVersion !== undefined && !isAgentVersion(agentVersion))
+    throw new BuildError('E_USAGE', `--agent-version must be a version x.y.z[-pre] (like 0.2.0 or 0.2.0-rc.1), not '${agentVersion}'`);
+  return {
+    arch,
+    node,
+    gpio,
+    ...(agentVersion !== undefined ? { agentVersion } : {}),
+    out: resolve(v.out ?? join(REPO, 'build/sensor-agent')),
+    cacheDir: join(REPO, 'build/.cache'),
+  };
 }
 
 async function treeStats(dir: string): Promise<{ files: number; bytes: number }> {
@@ -202,7 +224,8 @@ export async function buildAgentTree(o: BuildOptions): Promise<{ info: BuildInfo
       throw new BuildError('E_INPUT', `${join(REPO, f)} is missing: run 'npm ci && npm run build' first`);
   }
   const pkg = JSON.parse(await readFile(join(REPO, 'package.json'), 'utf8')) as { version?: string };
-  const version = pkg.version ?? 'unknown';
+  const version = o.agentVersion ?? pkg.version ?? 'unknown';
+  if (!isAgentVersion(version)) throw new BuildError('E_INPUT', `the agent version '${version}' is not x.y.z[-pre]: give --agent-version`);
   await mkdir(o.cacheDir, { recursive: true });
 
   let node: NodeRuntime;

@@ -367,6 +367,8 @@ export async function bundleAgent(repo: string, outfile: string, version: string
             ? SNAPSHOT_BANNER
             : "import{createRequire as __sa_cr}from'node:module';import{fileURLToPath as __sa_fp}from'node:url';const require=__sa_cr(import.meta.url);const __filename=__sa_fp(import.meta.url);const __dirname=__sa_fp(new URL('.',import.meta.url));",
       },
+      // agent/version.ts reads it (`declare const SENSOR_AGENT_VERSION: string | undefined`): the release version.
+      define: { SENSOR_AGENT_VERSION: JSON.stringify(version) },
       plugins: [agentPlugin(repo, version)],
     });
   } catch (err) {

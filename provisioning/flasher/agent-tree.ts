@@ -15,6 +15,8 @@ import { FlashError } from './errors.js';
 /** What ships, relative to the tree's root. */
 const SHIPPED = ['sensor-agent.mjs', 'sensor-agent.mjs.LEGAL.txt', 'sensor-agent.blob', 'snapshot.env', 'native', 'node', '.build-info.json'];
 const REQUIRED = ['sensor-agent.mjs', '.build-info.json'];
+/** What the upgrade guard accepts as a release directory name. */
+const AGENT_VERSION = /^[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$/;
 const BUILD = 'Build it with provisioning/build-agent --arch arm64|armv7|x64 (after npm ci && npm run build), or name a built tree with --agent DIR';
 
 export interface AgentTreeEntry {
@@ -38,6 +40,8 @@ export type ElfMachine = 'x86-64' | 'aarch64' | 'arm' | 'x86' | `elf-${number}` 
 
 /** .build-info.json (format 2), as far as flash relies on it. */
 export interface TreeBuildInfo {
+  /** The release version (build-agent --agent-version): the tree's directory name on the board. */
+  agentVersion: string;
   arch: string;
   elfMachine: ElfMachine;
   node: { source: 'npm' | 'tarball' | 'system'; version: string; abi: string; path: string };
@@ -110,7 +114,10 @@ export function parseBuildInfo(text: string, where: string): TreeBuildInfo {
   if (source !== 'npm' && source !== 'tarball' && source !== 'system') throw bad(`node.source "${source}" is not npm, tarball or system`);
   const addon = parsed.addon;
   if (addon !== null && !isObject(addon)) throw bad('addon must be an object or null');
+  const agentVersion = str(parsed, 'agent_version');
+  if (agentVersion.length > 64 || !AGENT_VERSION.test(agentVersion)) throw bad(`agent_version "${agentVersion}" is not a version x.y.z[-pre]`);
   return {
+    agentVersion,
     arch: str(parsed, 'arch'),
     elfMachine: str(parsed, 'elf_machine') as ElfMachine,
     node: { source, version: str(node, 'version'), abi: str(node, 'abi'), path: str(node, 'path') },

@@ -95,6 +95,17 @@ export async function readBundle(bundleDir: string): Promise<BoardBundle> {
   files.push({ from: inBundle(trust), to: BOARD.trust, mode: 0o640, owner: 'root:agent', secret: false });
   config.trust = BOARD.trustRel;
 
+  // Release keys (provision-server bundle writes release.jwks): what upgrades must be signed by.
+  // Without them the board refuses upgrades (E_UPGRADE_UNSUPPORTED).
+  const releaseKeys =
+    str(config, 'release_keys', '', false) ?? ((await lstat(join(dir, BOARD.releaseKeysRel)).catch(() => undefined)) ? BOARD.releaseKeysRel : undefined);
+  if (releaseKeys !== undefined) {
+    await regularFile(inBundle(releaseKeys), 'release keys');
+    files.push({ from: inBundle(releaseKeys), to: BOARD.releaseKeys, mode: 0o640, owner: 'root:agent', secret: false });
+    // The agent's default is this path; a bundle naming it explicitly gets the board's.
+    if (config.release_keys !== undefined) config.release_keys = BOARD.releaseKeysRel;
+  }
+
   if (!isObject(config.broker)) throw new FlashError('E_BUNDLE', `${configPath}: broker must be an object`);
   const broker = config.broker;
   const ca = str(broker, 'ca', 'broker.', false);

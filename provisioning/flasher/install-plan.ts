@@ -19,6 +19,9 @@ export const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 export const REPO_FILES = {
   agentUnit: join(REPO_ROOT, 'systemd/sensor-agent.service'),
   firstbootUnit: join(REPO_ROOT, 'systemd/sensor-agent-firstboot.service'),
+  upgradeUnit: join(REPO_ROOT, 'systemd/sensor-agent-upgrade.service'),
+  upgradePath: join(REPO_ROOT, 'systemd/sensor-agent-upgrade.path'),
+  guard: join(REPO_ROOT, 'provisioning/upgrade-guard'),
   sysusers: join(REPO_ROOT, 'systemd/sysusers.d/sensor-agent.conf'),
   firstbootScript: join(REPO_ROOT, 'provisioning/firstboot'),
   cliWrapper: join(REPO_ROOT, 'provisioning/sensor-agent-cli'),
@@ -30,10 +33,12 @@ const SYSTEM_PARENTS = [
   '/etc/systemd',
   BOARD.unitDir,
   BOARD.wantsDir,
+  BOARD.pathsWantsDir,
   BOARD.sysusersDir,
   '/var',
   '/var/lib',
   '/usr',
+  '/usr/lib',
   '/usr/local',
   '/usr/local/lib',
   '/usr/local/bin',
@@ -43,26 +48,38 @@ export function buildInstallPlan(bundle: BoardBundle, agent: AgentTree, flashedA
   const entries: PlanEntry[] = [];
   for (const path of SYSTEM_PARENTS) entries.push({ kind: 'parent', path });
 
-  // The agent, root-owned and read-only for everyone else.
-  entries.push({ kind: 'dir', path: BOARD.agentDir, mode: 0o755, owner: 'root' });
+  // The agent, root-owned and read-only for everyone else, as release VERSION:
+  // /opt/sensor-agent-releases/VERSION, and /opt/sensor-agent a relative link to it
+  // (the upgrade guard switches that link; docs/CONTRACTS.md, "On the board").
+  const release = `${BOARD.releasesDir}/${agent.buildInfo.agentVersion}`;
+  entries.push({ kind: 'dir', path: BOARD.releasesDir, mode: 0o755, owner: 'root' });
+  entries.push({ kind: 'dir', path: release, mode: 0o755, owner: 'root' });
   for (const e of agent.entries) {
-    const path = `${BOARD.agentDir}/${e.rel}`;
+    const path = `${release}/${e.rel}`;
     if (e.kind === 'dir') entries.push({ kind: 'dir', path, mode: 0o755, owner: 'root' });
     else if (e.kind === 'symlink') entries.push({ kind: 'symlink', path, target: e.target ?? '' });
     else entries.push({ kind: 'file', path, mode: e.mode, owner: 'root', source: { path: e.from ?? '' }, secret: false });
   }
   // A tree built with --node system runs on the image's /usr/bin/node: the unit's path links there.
   if (agent.buildInfo.node.source === 'system') {
-    for (const dir of [`${BOARD.agentDir}/node`, `${BOARD.agentDir}/node/bin`]) {
-      if (!agent.entries.some((e) => `${BOARD.agentDir}/${e.rel}` === dir)) entries.push({ kind: 'dir', path: dir, mode: 0o755, owner: 'root' });
+    for (const dir of [`${release}/node`, `${release}/node/bin`]) {
+      if (!agent.entries.some((e) => `${release}/${e.rel}` === dir)) entries.push({ kind: 'dir', path: dir, mode: 0o755, owner: 'root' });
     }
-    entries.push({ kind: 'symlink', path: BOARD.agentNode, target: BOARD.node });
+    entries.push({ kind: 'symlink', path: `${release}/node/bin/node`, target: BOARD.node });
   }
+  entries.push({ kind: 'symlink', path: BOARD.agentDir, target: `${BOARD.releasesRel}/${agent.buildInfo.agentVersion}` });
 
   // systemd: units, sysusers, enable symlink; first-boot script and CLI wrapper.
   entries.push({ kind: 'file', path: BOARD.agentUnit, mode: 0o644, owner: 'root', source: { path: REPO_FILES.agentUnit }, secret: false });
   entries.push({ kind: 'file', path: BOARD.firstbootUnit, mode: 0o644, owner: 'root', source: { path: REPO_FILES.firstbootUnit }, secret: false });
   entries.push({ kind: 'symlink', path: BOARD.enableLink, target: BOARD.agentUnit });
+  // Upgrades: the root guard, and the units that run it (enabled: the path unit, and the service at boot).
+  entries.push({ kind: 'file', path: BOARD.upgradeUnit, mode: 0o644, owner: 'root', source: { path: REPO_FILES.upgradeUnit }, secret: false });
+  entries.push({ kind: 'file', path: BOARD.upgradePath, mode: 0o644, owner: 'root', source: { path: REPO_FILES.upgradePath }, secret: false });
+  entries.push({ kind: 'symlink', path: BOARD.upgradeEnableLink, target: BOARD.upgradeUnit });
+  entries.push({ kind: 'symlink', path: BOARD.upgradePathEnableLink, target: BOARD.upgradePath });
+  entries.push({ kind: 'dir', path: BOARD.guardDir, mode: 0o755, owner: 'root' });
+  entries.push({ kind: 'file', path: BOARD.guard, mode: 0o755, owner: 'root', source: { path: REPO_FILES.guard }, secret: false });
   entries.push({ kind: 'file', path: BOARD.sysusers, mode: 0o644, owner: 'root', source: { path: REPO_FILES.sysusers }, secret: false });
   entries.push({ kind: 'dir', path: BOARD.libexecDir, mode: 0o755, owner: 'root' });
   entries.push({ kind: 'file', path: BOARD.firstbootScript, mode: 0o755, owner: 'root', source: { path: REPO_FILES.firstbootScript }, secret: false });
@@ -94,7 +111,7 @@ export function buildInstallPlan(bundle: BoardBundle, agent: AgentTree, flashedA
     secret: false,
   });
 
-  const plan: InstallPlan = { replace: [BOARD.agentDir, BOARD.configDir, BOARD.stateRoot], entries };
+  const plan: InstallPlan = { replace: [BOARD.agentDir, BOARD.releasesDir, BOARD.configDir, BOARD.stateRoot, BOARD.upgradeStateDir], entries };
   checkPlan(plan);
   return plan;
 }

@@ -1,6 +1,6 @@
 /** `provision-server device list|show|add|remove`: the device registry. */
 import type { Argv, CommandModule } from 'yargs';
-import { assertValidId, CodedError, parseJwkSet } from '../../protocol/index.js';
+import { assertValidId, CodedError, parseJwkSet, type ReportUpgrade } from '../../protocol/index.js';
 import { deviceIdFlag, readJsonFile } from '../../lib/cli-input.js';
 import { openDataDir } from '../data-dir.js';
 import { DEVICE_STATES } from '../registry/types.js';
@@ -54,7 +54,7 @@ const listCommand = defineCommand({
             2,
           )}\n`,
         );
-      const rows = [['DEVICE', 'USER', 'STATE', 'PRESENCE', 'LAST SEEN', 'AGENT', 'NODE', 'NEXT SEQ', 'ENCRYPTION', 'TAGS', 'FLAG']];
+      const rows = [['DEVICE', 'USER', 'STATE', 'PRESENCE', 'LAST SEEN', 'VERSION', 'ARCH', 'UPGRADE', 'NODE', 'NEXT SEQ', 'ENCRYPTION', 'TAGS', 'FLAG']];
       for (const d of devices) {
         rows.push([
           d.id,
@@ -62,7 +62,9 @@ const listCommand = defineCommand({
           d.state,
           presenceOf(d.presence, now),
           d.presence.lastSeenAt === null ? '-' : new Date(d.presence.lastSeenAt).toISOString(),
-          d.presence.state?.agent_version ?? '-',
+          d.agentVersion ?? '-',
+          d.arch ?? '-',
+          upgradeText(d.presence.state?.upgrade),
           d.presence.state?.node_version ?? '-',
           String(d.nextSeq),
           d.encryption?.alg ?? '-',
@@ -78,6 +80,12 @@ const listCommand = defineCommand({
     }
   },
 });
+
+/** The upgrade a board's last report said was under way: `0.3.0 download 12/40`, `0.3.0 trial`, or `-`. */
+export function upgradeText(u: ReportUpgrade | null | undefined): string {
+  if (!u) return '-';
+  return `${u.to} ${u.phase}${u.phase === 'download' && u.done !== undefined && u.total !== undefined ? ` ${u.done}/${u.total}` : ''}`;
+}
 
 const showCommand = defineCommand({
   command: 'show <device>',

@@ -29,6 +29,18 @@ export const SERVER_EXIT_STATUSES: ExitStatuses = {
   E_NO_ENGINE: SETUP,
   E_NO_REGISTRY: SETUP,
   E_CONFIRM: SETUP, // a destructive rollout to many devices without --yes (server/rollouts/confirm.ts)
+  // Releases and upgrades (server/releases, server/upgrade-params.ts): a tree, file, key or release to fix.
+  E_RELEASE_TREE: SETUP,
+  E_RELEASE_TOO_LARGE: SETUP,
+  E_RELEASE_EXISTS: SETUP,
+  E_RELEASE_IN_USE: SETUP,
+  E_RELEASE_SIGNATURE: SETUP,
+  E_RELEASE_ARTIFACT: SETUP,
+  E_RELEASE_KEY: SETUP,
+  E_NO_RELEASE_KEY: SETUP,
+  E_NO_RELEASE: SETUP,
+  E_PACK: SETUP,
+  E_ARCH_UNKNOWN: SETUP,
   E_TIMEOUT: SEND_EXIT.timeout,
 };
 

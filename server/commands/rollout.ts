@@ -73,7 +73,7 @@ const showCommand = defineCommand({
         formatRolloutSummary(
           r,
           counts,
-          store.targets(r.id, { states: ['pending', 'sending', 'sent', 'rejected', 'failed', 'expired', 'cancelled', 'not sent'] }),
+          store.targets(r.id, { states: ['pending', 'sending', 'sent', 'rejected', 'failed', 'rolled_back', 'expired', 'cancelled', 'not sent'] }),
           outlook,
         ),
       );

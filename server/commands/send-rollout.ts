@@ -135,7 +135,7 @@ export async function followRollout(o: FollowOptions): Promise<number> {
         formatRolloutSummary(
           final,
           counts,
-          store.targets(r.id, { states: ['pending', 'sending', 'sent', 'rejected', 'failed', 'expired', 'cancelled', 'not sent'] }),
+          store.targets(r.id, { states: ['pending', 'sending', 'sent', 'rejected', 'failed', 'rolled_back', 'expired', 'cancelled', 'not sent'] }),
         ),
       );
     return counts.applied === total ? 0 : 6;

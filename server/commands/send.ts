@@ -2,11 +2,21 @@
  * `provision-server send`: seal and publish a command to one device (optionally
  * waiting for its verified ack), or fan out to every device / a user's devices.
  *
- * Exit statuses with --wait: 0 applied, 3 rejected, 4 failed, 5 no ack before
- * the timeout. To many devices (--all, --user, --tag) or with --deliver-within
+ * Exit statuses with --wait: 0 applied, 3 rejected, 4 failed, 7 rolled back (an
+ * upgrade whose new release failed its health gate), 5 no ack before the timeout. To many devices (--all, --user, --tag) or with --deliver-within
  * it is a rollout (send-rollout.ts): 0 when every device applied, else 6.
  */
-import { type Action, ACTIONS, CodedError, isAction, isRecord, isValidId } from '../../protocol/index.js';
+import {
+  type Action,
+  ACTIONS,
+  CodedError,
+  DEFAULT_COMMAND_TTL_SECONDS,
+  DEFAULT_UPGRADE_DEADLINE_SECONDS,
+  isAction,
+  isRecord,
+  isValidId,
+  RELEASE_ARCHES,
+} from '../../protocol/index.js';
 import { deviceIdFlag, readInput } from '../../lib/cli-input.js';
 import { printable } from '../terminal-text.js';
 import { prepareCommand } from '../command-sender.js';
@@ -83,15 +93,38 @@ export const sendCommand = defineCommand({
       .option('wait', {
         type: 'boolean',
         default: false,
-        describe: 'wait for the verified ack; exit 0 applied, 3 rejected, 4 failed, 5 timeout (a rollout always waits: 0 when every device applied, else 6)',
+        describe:
+          'wait for the verified ack; exit 0 applied, 3 rejected, 4 failed, 7 rolled back (upgrade), 5 timeout (a rollout always waits: 0 when every device applied, else 6)',
       })
-      .option('timeout', { type: 'string', default: '30s', describe: 'how long to wait for an ack (per device in a rollout, before it counts as no answer)' })
+      .option('timeout', {
+        type: 'string',
+        describe:
+          'how long to wait for an ack (per device in a rollout, before it counts as no answer); default 30s, for an upgrade the command lifetime + 15m for the transfer + the deadline',
+      })
       .option('ttl', { type: 'string', describe: 'command lifetime: 90 (seconds), 30s, 15m, 24h, 7d (default 5m, at most 7d)' })
       .option('concurrency', { type: 'number', default: DEFAULT_FANOUT_CONCURRENCY, describe: 'rollout: commands in flight (sent, unanswered) at once' })
       .option('seal-workers', {
         type: 'number',
         default: 0,
         describe: `rollout: seal in this many worker threads (0-${MAX_SEAL_WORKERS}; 0 = in the main thread, the default: on 2 cores it does not pay)`,
+      })
+      .option('release', {
+        type: 'string',
+        describe: 'upgrade: the release VERSION to install (provision-server release list); each board gets the build for its arch',
+      })
+      .option('arch', {
+        choices: RELEASE_ARCHES,
+        describe: 'upgrade: the architecture of boards the registry does not know yet (it records it once an upgrade is applied)',
+      })
+      .option('deadline', {
+        type: 'string',
+        describe:
+          'upgrade: how long the new release has, once switched to, to start, connect, pass its self-test and report before the board rolls back (30s-1h, default 5m)',
+      })
+      .option('allow-downgrade', { type: 'boolean', describe: 'upgrade: install even when the release is older than the running one' })
+      .option('mirror', {
+        type: 'string',
+        describe: 'upgrade: an https:// URL the board may download the artifact from instead of the broker (integrity comes from the signed manifest)',
       })
       .option('verbose', { type: 'boolean', default: false, describe: 'log ack handling on stderr' })
       .example('$0 send sensor-0001 update --set sensor.enabled=true \\\n--set sensor.sample_interval_s=30 --wait', '')
@@ -101,9 +134,10 @@ export const sendCommand = defineCommand({
       .example('$0 send --devices sensor-0001,sensor-0002 selftest', '')
       .example('$0 send --tag retired delete --yes', '')
       .example('# re-bind sal01 to user 1 (the seed: update sal01 1)\n$0 send sal01 update --user 1 --wait', '')
-      .example('$0 send --resume 6f1c2a9e-...', ''),
+      .example('$0 send --resume 6f1c2a9e-...', '')
+      .example('$0 send sensor-0001 upgrade --release 0.3.0 --arch arm64 --wait', '')
+      .example('$0 send --tag site-a upgrade --release 0.3.0 \\\n--rate 10/min --abort-when 5%', ''),
   handler: async (args) => {
-    const timeoutMs = parseDuration(args.timeout, '--timeout');
     const ttlSeconds = args.ttl ? parseCommandTtl(args.ttl) : undefined;
     const listed = args.devices !== undefined || args.devicesFrom !== undefined;
     // A device id and a selector together (`send sensor-01 update --all`) would send to the selector's devices: refused, nothing sent.
@@ -130,7 +164,16 @@ export const sendCommand = defineCommand({
     if (!fanoutResume && !isAction(actionText)) throw new CodedError('E_USAGE', `name an action: one of ${ACTIONS.join(', ')}`);
     if (selectors > 1) throw new CodedError('E_USAGE', '--all, --user (without a device), --tag and --devices select devices differently: choose one');
     const deviceList = listed ? await readDeviceList(args.devices, args.devicesFrom) : undefined;
-    const params = buildParams(args.params, args.set ?? []);
+    const params = { ...buildParams(args.params, args.set ?? []), ...upgradeFlags(actionText, args) };
+    if (actionText === 'upgrade' && params.release === undefined && params.manifest === undefined)
+      throw new CodedError('E_USAGE', 'name the release: send DEVICE upgrade --release VERSION (provision-server release list)');
+    // An upgrade's ack comes when the board decided it: after the download, the install and the health gate.
+    const timeoutMs =
+      args.timeout !== undefined
+        ? parseDuration(args.timeout, '--timeout')
+        : actionText === 'upgrade'
+          ? upgradeWaitMs(params, ttlSeconds)
+          : parseDuration('30s', '--timeout');
     const rolloutFlags = {
       ...(args.rate !== undefined ? { ratePerMin: parseRate(args.rate, '--rate') } : {}),
       ...(args.rampFrom !== undefined ? { rampFrom: parseRate(args.rampFrom, '--ramp-from') } : {}),
@@ -223,6 +266,10 @@ export const sendCommand = defineCommand({
       try {
         const command = await client.sender.send(request);
         process.stderr.write(`sent ${command.action} to ${deviceId}: seq ${command.seq}, jti ${command.jti}\n`);
+        if (!args.wait && command.action === 'upgrade')
+          process.stderr.write(
+            `the board acks when the upgrade is decided (download, install, health gate: up to ${Math.ceil(timeoutMs / 60_000)} min); follow it with: provision-server device show ${deviceId} (or send with --wait)\n`,
+          );
         if (!args.wait) {
           process.stdout.write(`${command.jti}\n`);
           return;
@@ -232,7 +279,7 @@ export const sendCommand = defineCommand({
           process.stdout.write(`${JSON.stringify(commandView(data.registry.getCommand(command.jti) ?? command), null, 2)}\n`);
           throw new CodedError(
             'E_TIMEOUT',
-            `no ack from ${deviceId} within ${args.timeout} (the command stays valid until ${new Date(command.expiresAt).toISOString()})`,
+            `no ack from ${deviceId} within ${Math.round(timeoutMs / 1000)} s (the command stays valid until ${new Date(command.expiresAt).toISOString()})`,
           );
         }
         process.stdout.write(`${JSON.stringify(commandView(acked), null, 2)}\n`);
@@ -275,6 +322,44 @@ export async function readDeviceList(list: string | undefined, from: string | un
   }
   if (entries.length === 0) throw new CodedError('E_USAGE', `${list !== undefined ? '--devices' : '--devices-from'} names no device`);
   return [...new Set(entries.map((e) => e.id))];
+}
+
+/** Beyond the command's lifetime and the health-gate deadline: what `send` allows for the artifact's transfer before it stops waiting. */
+export const UPGRADE_TRANSFER_ALLOWANCE_MS = 15 * 60 * 1000;
+
+/** How long `send ... upgrade` waits for the ack by default: the command's lifetime, the transfer allowance, the deadline. */
+export function upgradeWaitMs(params: Record<string, unknown>, ttlSeconds: number | undefined): number {
+  const deadline = typeof params.deadline_s === 'number' ? params.deadline_s : DEFAULT_UPGRADE_DEADLINE_SECONDS;
+  return ((ttlSeconds ?? DEFAULT_COMMAND_TTL_SECONDS) + deadline) * 1000 + UPGRADE_TRANSFER_ALLOWANCE_MS;
+}
+
+/** --release, --arch, --deadline, --allow-downgrade, --mirror as upgrade params (refused with another action). */
+export function upgradeFlags(
+  action: unknown,
+  args: {
+    release?: string | undefined;
+    arch?: string | undefined;
+    deadline?: string | undefined;
+    allowDowngrade?: boolean | undefined;
+    mirror?: string | undefined;
+  },
+): Record<string, unknown> {
+  const given = (['release', 'arch', 'deadline', 'allowDowngrade', 'mirror'] as const).filter((k) => args[k] !== undefined);
+  if (action !== 'upgrade') {
+    if (given.length) throw new CodedError('E_USAGE', '--release, --arch, --deadline, --allow-downgrade and --mirror are for upgrade');
+    return {};
+  }
+  if (args.release === undefined) {
+    if (given.length) throw new CodedError('E_USAGE', '--arch, --deadline, --allow-downgrade and --mirror go with --release VERSION');
+    return {};
+  }
+  return {
+    release: args.release,
+    ...(args.arch !== undefined ? { arch: args.arch } : {}),
+    ...(args.deadline !== undefined ? { deadline_s: Math.round(parseDuration(args.deadline, '--deadline') / 1000) } : {}),
+    ...(args.allowDowngrade !== undefined ? { allow_downgrade: args.allowDowngrade } : {}),
+    ...(args.mirror !== undefined ? { mirror: args.mirror } : {}),
+  };
 }
 
 /** --params JSON merged with --set dotted.key=value pairs. */

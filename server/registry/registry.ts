@@ -39,6 +39,8 @@ interface DeviceRow {
   last_report_jti: string | null;
   report_run: number | null;
   report_n: number | null;
+  arch: string | null;
+  agent_version: string | null;
 }
 
 interface KeyRow {
@@ -72,6 +74,7 @@ interface CommandRow {
   ack_result: string | null;
   acked_at: number | null;
   voided_at: number | null;
+  release_sha256: string | null;
 }
 
 interface TokenRow {
@@ -105,6 +108,8 @@ export interface NewCommand {
   expiresAt: number;
   fanoutId?: string;
   bindUser?: string;
+  /** An upgrade's release artifact (SHA-256 hex). */
+  releaseSha256?: string;
 }
 
 /** What recording an ack did. */
@@ -310,6 +315,7 @@ export class Registry {
                report_interval_s = ?, reported = ?, reported_at = ?, last_report_jti = ? WHERE id = ?`,
           )
           .run(now, claims.session, claims.conn, run, rank, claims.interval_s, state, now, claims.jti, deviceId);
+        this.db.prepare('UPDATE devices SET agent_version = ? WHERE id = ?').run(claims.agent_version, deviceId);
         return { kind: 'recorded', presence: 'online' };
       })
       .immediate();
@@ -597,6 +603,7 @@ export class Registry {
           .run(ack.status, ack.code, ack.detail, ack.jti, ack.result ? JSON.stringify(ack.result) : null, now, ack.ref);
         this.audit('command.ack', deviceId, { jti: row.jti, action: row.action, seq: row.seq, status: ack.status, code: ack.code, ack_jti: ack.jti });
         if (ack.status === 'applied') this.#applyEffects(row, effects, now);
+        if (ack.status === 'applied' && row.action === 'upgrade') this.#recordUpgrade(row, ack.result, now);
         return { kind: 'recorded', command: this.getCommand(row.jti) as CommandRecord };
       })
       .immediate();
@@ -653,6 +660,22 @@ export class Registry {
     }
   }
 
+  /**
+   * An applied upgrade: the device runs result.version now, and is of the
+   * architecture of the release it installed (the board checked it).
+   */
+  #recordUpgrade(row: CommandRow, result: Record<string, unknown> | undefined, now: number): void {
+    const version = typeof result?.version === 'string' && result.version.length <= 64 ? result.version : null;
+    const arch =
+      row.release_sha256 === null
+        ? undefined
+        : (this.db.prepare('SELECT arch FROM releases WHERE sha256 = ? ORDER BY id DESC LIMIT 1').get(row.release_sha256) as { arch: string } | undefined);
+    this.db
+      .prepare('UPDATE devices SET agent_version = COALESCE(?, agent_version), arch = COALESCE(?, arch), updated_at = ? WHERE id = ?')
+      .run(version, arch?.arch ?? null, now, row.device_id);
+    this.audit('device.upgraded', row.device_id, { jti: row.jti, version, ...(arch ? { arch: arch.arch } : {}) });
+  }
+
   #allocateSeq(deviceId: string): { seq: number; device: DeviceRecord } {
     const device = this.requireDevice(deviceId);
     if (device.state === 'decommissioned') {
@@ -666,8 +689,9 @@ export class Registry {
   #recordCommand(c: NewCommand): void {
     this.db
       .prepare(
-        `INSERT INTO commands (jti, device_id, action, user_id, params_digest, seq, encryption_kid, sealed, fanout_id, bind_user, created_at, expires_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        `INSERT INTO commands (jti, device_id, action, user_id, params_digest, seq, encryption_kid, sealed, fanout_id, bind_user, created_at, expires_at,
+           release_sha256)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       )
       .run(
         c.jti,
@@ -682,6 +706,7 @@ export class Registry {
         c.bindUser ?? null,
         this.#now(),
         c.expiresAt,
+        c.releaseSha256 ?? null,
       );
     this.audit('command.create', c.deviceId, {
       jti: c.jti,
@@ -747,6 +772,8 @@ export class Registry {
         intervalS: row.report_interval_s,
         state: row.reported === null ? null : (JSON.parse(row.reported) as ReportedState),
       },
+      arch: row.arch,
+      agentVersion: row.agent_version ?? (row.reported === null ? null : ((JSON.parse(row.reported) as ReportedState).agent_version ?? null)),
     };
   }
 }
@@ -768,6 +795,8 @@ function nextReportedState(previous: ReportedState | null, claims: ReportClaims)
     settings_digest: claims.settings_digest,
     uptime_s: claims.uptime_s,
     selftest: claims.selftest,
+    // The upgrade under way (agents before upgrades never say: null).
+    upgrade: claims.upgrade ?? null,
   };
   if (previous === null) return fresh;
   const ahead = claims.last_seq > previous.last_seq || (claims.last_seq === previous.last_seq && claims.reason !== 'offline');
@@ -831,5 +860,6 @@ function commandRecord(row: CommandRow): CommandRecord {
     ackResult: row.ack_result === null ? null : (JSON.parse(row.ack_result) as Record<string, unknown>),
     ackedAt: row.acked_at,
     voidedAt: row.voided_at,
+    releaseSha256: row.release_sha256,
   };
 }

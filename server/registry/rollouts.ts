@@ -12,10 +12,11 @@ import { assertTag, type Registry } from './registry.js';
 
 export const ROLLOUT_STATES = ['running', 'paused', 'aborted', 'cancelled', 'completed'] as const;
 export type RolloutState = (typeof ROLLOUT_STATES)[number];
-export const TARGET_STATES = ['pending', 'sending', 'sent', 'applied', 'rejected', 'failed', 'expired', 'cancelled', 'not sent'] as const;
+/** `rolled_back`: an upgrade the board installed, ran, and switched back (it failed its health gate): a failure for abort rules. */
+export const TARGET_STATES = ['pending', 'sending', 'sent', 'applied', 'rejected', 'failed', 'rolled_back', 'expired', 'cancelled', 'not sent'] as const;
 export type TargetState = (typeof TARGET_STATES)[number];
 /** Target states that are final. */
-export const FINAL_TARGET_STATES: readonly TargetState[] = ['applied', 'rejected', 'failed', 'expired', 'cancelled', 'not sent'];
+export const FINAL_TARGET_STATES: readonly TargetState[] = ['applied', 'rejected', 'failed', 'rolled_back', 'expired', 'cancelled', 'not sent'];
 
 /**
  * Which devices a rollout goes to. `retryOf` (rollout retry): the devices of
@@ -54,7 +55,7 @@ export interface RolloutSpec {
   /** Exponential ramp: start at this rate, multiply by rampFactor each time as many devices applied as the current rate. */
   rampFrom?: number;
   rampFactor?: number;
-  /** Abort when failures (rejected + failed) reach this percentage of results ... */
+  /** Abort when failures (rejected + failed + rolled back) reach this percentage of results ... */
   abortPercent?: number;
   /** ... once there are at least this many results. */
   abortMin: number;
@@ -648,14 +649,14 @@ export class RolloutStore {
    * Targets in flight whose command has been answered: the answer, with the
    * command's code, to be settled by the engine.
    */
-  answered(id: string): { deviceId: string; jti: string; status: 'applied' | 'rejected' | 'failed'; code: string | null; attempts: number }[] {
+  answered(id: string): { deviceId: string; jti: string; status: 'applied' | 'rejected' | 'failed' | 'rolled_back'; code: string | null; attempts: number }[] {
     return this.#db
       .prepare(
         `SELECT t.device_id AS deviceId, t.jti AS jti, c.ack_status AS status, c.ack_code AS code, t.attempts AS attempts
          FROM rollout_targets t JOIN commands c ON c.jti = t.jti
          WHERE t.rollout_id = ? AND t.state = 'sent' AND c.ack_status IS NOT NULL`,
       )
-      .all(id) as { deviceId: string; jti: string; status: 'applied' | 'rejected' | 'failed'; code: string | null; attempts: number }[];
+      .all(id) as { deviceId: string; jti: string; status: 'applied' | 'rejected' | 'failed' | 'rolled_back'; code: string | null; attempts: number }[];
   }
 
   /** How many targets are in flight: sent, unanswered, and their command still valid. */
@@ -673,13 +674,18 @@ export class RolloutStore {
   /**
    * Sent targets of a device whose command expired unanswered (the board was
    * away), in rollouts that are running (nothing of a paused, cancelled, aborted
-   * or finished rollout is published again): their jti.
+   * or finished rollout is published again): their jti. Never an upgrade: its
+   * ack comes only once the board decided it (download, install, health gate),
+   * long after the command's lifetime, and the new agent's connect report comes
+   * before that ack: a copy then would be answered E_EXPIRED (a fresh upgrade
+   * to a board mid-upgrade) ahead of the real outcome. An upgrade the board
+   * never got waits for the rollout's deadline.
    */
   unansweredExpired(deviceId: string, now: number): { rolloutId: string; jti: string }[] {
     return this.#db
       .prepare(
         `SELECT t.rollout_id AS rolloutId, t.jti AS jti FROM rollout_targets t JOIN commands c ON c.jti = t.jti JOIN rollouts r ON r.id = t.rollout_id
-         WHERE t.device_id = ? AND t.state = 'sent' AND c.ack_status IS NULL AND c.voided_at IS NULL AND c.expires_at <= ?
+         WHERE t.device_id = ? AND t.state = 'sent' AND c.ack_status IS NULL AND c.voided_at IS NULL AND c.expires_at <= ? AND c.action != 'upgrade'
            AND r.state = 'running' AND r.finished_at IS NULL AND r.deadline_at > ?`,
       )
       .all(deviceId, now, now) as { rolloutId: string; jti: string }[];

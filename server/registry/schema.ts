@@ -190,6 +190,86 @@ export const MIGRATIONS: readonly string[] = [
   CREATE INDEX audit_rollout ON audit (COALESCE(json_extract(detail, '$.rollout_id'), json_extract(detail, '$.fanout_id')));
   ALTER TABLE rollouts ADD COLUMN retry_of TEXT;
   `,
+  // 7: agent upgrades (issue 22). Releases (the artifact and chunk index live under DATA/releases/VERSION-ARCH/;
+  // `manifest` is the signed manifest, a compact JWS); at most one live release per version and arch (a removed
+  // one stays, with removed_at, for the audit). Each device's architecture (recorded by `send ... upgrade --arch`
+  // or an applied upgrade, read from reports that carry one) and running agent version (its reports' agent_version,
+  // or an applied upgrade's result.version). An upgrade command's artifact (release_sha256: the chunk server serves
+  // that artifact to that device only while the command is in flight). Acks may say `rolled_back`, and so may
+  // rollout targets: the CHECK constraints change, so both tables are rebuilt (SQLite cannot alter a CHECK).
+  `
+  CREATE TABLE releases (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    version TEXT NOT NULL,
+    arch TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    dir TEXT NOT NULL,
+    added_at INTEGER NOT NULL,
+    removed_at INTEGER
+  ) STRICT;
+  CREATE UNIQUE INDEX releases_live ON releases (version, arch) WHERE removed_at IS NULL;
+  CREATE INDEX releases_sha ON releases (sha256);
+
+  ALTER TABLE devices ADD COLUMN arch TEXT;
+  ALTER TABLE devices ADD COLUMN agent_version TEXT;
+
+  CREATE TABLE commands_v7 (
+    jti TEXT PRIMARY KEY,
+    device_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    params_digest TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    encryption_kid TEXT NOT NULL,
+    sealed TEXT NOT NULL,
+    fanout_id TEXT,
+    bind_user TEXT,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    sent_at INTEGER,
+    ack_status TEXT CHECK (ack_status IN ('applied', 'rejected', 'failed', 'rolled_back')),
+    ack_code TEXT,
+    ack_detail TEXT,
+    ack_jti TEXT,
+    ack_result TEXT,
+    acked_at INTEGER,
+    voided_at INTEGER,
+    release_sha256 TEXT,
+    UNIQUE (device_id, seq)
+  ) STRICT;
+  INSERT INTO commands_v7 (jti, device_id, action, user_id, params_digest, seq, encryption_kid, sealed, fanout_id, bind_user, created_at,
+      expires_at, sent_at, ack_status, ack_code, ack_detail, ack_jti, ack_result, acked_at, voided_at)
+    SELECT jti, device_id, action, user_id, params_digest, seq, encryption_kid, sealed, fanout_id, bind_user, created_at,
+      expires_at, sent_at, ack_status, ack_code, ack_detail, ack_jti, ack_result, acked_at, voided_at FROM commands;
+  DROP TABLE commands;
+  ALTER TABLE commands_v7 RENAME TO commands;
+  CREATE INDEX commands_device ON commands (device_id, seq);
+  CREATE INDEX commands_fanout ON commands (fanout_id);
+  CREATE INDEX commands_release ON commands (release_sha256) WHERE release_sha256 IS NOT NULL;
+
+  CREATE TABLE rollout_targets_v7 (
+    rollout_id TEXT NOT NULL REFERENCES rollouts (id) ON DELETE CASCADE,
+    device_id TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'sending', 'sent', 'applied', 'rejected', 'failed', 'rolled_back', 'expired', 'cancelled', 'not sent')),
+    jti TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    code TEXT,
+    sent_at INTEGER,
+    updated_at INTEGER NOT NULL,
+    next_at INTEGER,
+    PRIMARY KEY (rollout_id, device_id)
+  ) STRICT;
+  INSERT INTO rollout_targets_v7 (rollout_id, device_id, state, jti, attempts, code, sent_at, updated_at, next_at)
+    SELECT rollout_id, device_id, state, jti, attempts, code, sent_at, updated_at, next_at FROM rollout_targets;
+  DROP TABLE rollout_targets;
+  ALTER TABLE rollout_targets_v7 RENAME TO rollout_targets;
+  CREATE INDEX rollout_targets_state ON rollout_targets (rollout_id, state);
+  CREATE INDEX rollout_targets_device ON rollout_targets (device_id, state);
+  CREATE INDEX rollout_targets_order ON rollout_targets (rollout_id, state, attempts, device_id);
+  CREATE INDEX rollout_targets_jti ON rollout_targets (jti);
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

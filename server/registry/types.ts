@@ -39,6 +39,10 @@ export interface DeviceRecord {
   keys: DeviceKeyRecord[];
   tags: string[];
   presence: DevicePresenceRecord;
+  /** The CPU architecture (arm64, armv7, x64), recorded when an upgrade to a release of it was applied; null: not known yet. */
+  arch: string | null;
+  /** The running agent version: its last report's agent_version, or an applied upgrade's result.version. */
+  agentVersion: string | null;
 }
 
 /** What the device's signed reports said, and when the server received them. */
@@ -58,7 +62,7 @@ export interface DevicePresenceRecord {
 /** What the last report said (its claims without the envelope ones). */
 export type ReportedState = Pick<
   ReportClaims,
-  'reason' | 'iat' | 'agent_version' | 'node_version' | 'last_seq' | 'kids' | 'settings_digest' | 'uptime_s' | 'selftest'
+  'reason' | 'iat' | 'agent_version' | 'node_version' | 'last_seq' | 'kids' | 'settings_digest' | 'uptime_s' | 'selftest' | 'upgrade'
 >;
 
 export interface DeviceFlag {
@@ -88,6 +92,8 @@ export interface CommandRecord {
   ackedAt: number | null;
   /** Sealed and recorded but never published: its sender lost the rollout lease (fencing) first. Nothing re-publishes it. */
   voidedAt: number | null;
+  /** For an upgrade: the SHA-256 of the release artifact it names (what the chunk server serves the device while it is in flight). */
+  releaseSha256: string | null;
 }
 
 export interface AuditRecord {

@@ -12,7 +12,7 @@
  *    most MAX_SEND_ATTEMPTS commands in all: then the target is `failed`
  *    E_EXPIRED_REPEATEDLY (a board whose clock is wrong, or a hostile one).
  *    Exactly once holds by the board's seq check.
- * 3. Abort: failures (rejected + failed) at or above the rollout's percentage,
+ * 3. Abort: failures (rejected + failed + rolled_back) at or above the rollout's percentage,
  *    once it has its minimum of results: the rollout is aborted before any
  *    further send, and its pending targets are cancelled.
  * 4. Sends: a token bucket at the current rate (the ramp's, up to --rate; one
@@ -91,7 +91,8 @@ export function currentRate(r: Pick<RolloutRecord, 'ratePerMin' | 'rampFrom' | '
 /** Whether a rollout's abort rule trips on these counts. */
 export function abortTrips(r: Pick<RolloutRecord, 'abortPercent' | 'abortMin'>, counts: TargetCounts): { bad: number; results: number } | undefined {
   if (r.abortPercent === undefined) return undefined;
-  const bad = counts.rejected + counts.failed;
+  // An upgrade rolled back by the board (its health gate failed) is a failure like any other.
+  const bad = counts.rejected + counts.failed + counts.rolled_back;
   const results = counts.applied + bad;
   return results >= r.abortMin && results > 0 && bad * 100 >= r.abortPercent * results ? { bad, results } : undefined;
 }
@@ -307,7 +308,7 @@ export class RolloutEngine {
     let state = r.state;
     const trip = state === 'running' ? abortTrips(r, counts) : undefined;
     if (trip) {
-      const reason = `${trip.bad} of ${trip.results} results rejected or failed (abort at ${r.abortPercent}% after ${r.abortMin})`;
+      const reason = `${trip.bad} of ${trip.results} results rejected, failed or rolled back (abort at ${r.abortPercent}% after ${r.abortMin})`;
       this.store.setState(r.id, ['running'], 'aborted', reason, this.holder);
       this.#log.warn('rollout.aborted', { rollout: r.id, reason });
       state = 'aborted';

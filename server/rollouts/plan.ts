@@ -9,7 +9,7 @@
  * targets (INSERT ... SELECT): no list of the fleet is held in memory, and a
  * rollout to 100,000 devices does not hold up the event loop for seconds.
  */
-import { type Action, CodedError, DEFAULT_COMMAND_TTL_SECONDS, isAction, isRecord, MAX_TTL_SECONDS, validateParams } from '../../protocol/index.js';
+import { type Action, ACTIONS, CodedError, DEFAULT_COMMAND_TTL_SECONDS, isAction, isRecord, MAX_TTL_SECONDS, validateParams } from '../../protocol/index.js';
 import { prepareCommand, userIdText } from '../command-sender.js';
 import { PRESENCE_GRACE, presenceOf, type Presence } from '../presence.js';
 import type { Registry } from '../registry/registry.js';
@@ -24,6 +24,7 @@ import {
 } from '../registry/rollouts.js';
 import type { ServerKeys } from '../server-keys.js';
 import { DESTRUCTIVE_ACTIONS } from './confirm.js';
+import { checkReleaseExists, checkUpgradeRequest, isUpgradeRequest } from '../upgrade-params.js';
 
 export const DEFAULT_DELIVER_WITHIN_MS = 24 * 3600 * 1000;
 export const MAX_DELIVER_WITHIN_MS = 30 * 24 * 3600 * 1000;
@@ -151,11 +152,17 @@ function sampleIds(registry: Registry, selector: RolloutSelector, limit: number)
 }
 
 export async function planRollout(registry: Registry, keys: ServerKeys, req: RolloutRequest): Promise<RolloutPlan> {
-  if (!isAction(req.action)) throw new CodedError('E_ACTION', 'action must be one of request, update, rotate, delete, selftest');
+  if (!isAction(req.action)) throw new CodedError('E_ACTION', `action must be one of ${ACTIONS.join(', ')}`);
   const action: Action = req.action;
   const raw = isRecord(req.params) && req.params.user_id !== undefined ? { ...req.params, user_id: userIdText(req.params.user_id) } : (req.params ?? {});
   if (!isRecord(raw)) throw new CodedError('E_PARAMS', 'params must be an object');
-  const params = validateParams(action, raw) as Record<string, unknown>;
+  // An upgrade is kept as the operator's request (release, arch, ...): each device gets the build for its arch when sealed.
+  let params: Record<string, unknown>;
+  if (action === 'upgrade' && isUpgradeRequest(raw)) {
+    const req = checkUpgradeRequest(raw);
+    checkReleaseExists(registry, req);
+    params = { ...req };
+  } else params = validateParams(action, raw) as Record<string, unknown>;
   const ttlSeconds = req.ttlSeconds ?? DEFAULT_COMMAND_TTL_SECONDS;
   checkInteger(ttlSeconds, 'the command lifetime (--ttl, ttl_s)', 1, MAX_TTL_SECONDS);
   const within = req.deliverWithinMs ?? DEFAULT_DELIVER_WITHIN_MS;

@@ -32,7 +32,7 @@ export function progressLine(id: string, counts: TargetCounts, rate: number | un
   const rateText = rate === undefined ? 'rate unknown yet' : `${rate < 10 ? rate.toFixed(1) : Math.round(rate)}/s`;
   const eta = open === 0 ? 'ETA now' : rate ? `ETA ${durationText((open / rate) * 1000)}` : 'ETA unknown';
   return (
-    `rollout ${id}: ${done}/${total} done (${counts.applied} applied, ${counts.rejected} rejected, ${counts.failed} failed, ` +
+    `rollout ${id}: ${done}/${total} done (${counts.applied} applied, ${counts.rejected} rejected, ${counts.failed} failed, ${counts.rolled_back ? `${counts.rolled_back} rolled back, ` : ''}` +
     `${counts.expired} expired, ${counts['not sent'] + counts.cancelled} not sent), ${counts.sending + counts.sent} in flight, ` +
     `${counts.pending} waiting; ${rateText}; ${eta}`
   );

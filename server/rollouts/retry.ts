@@ -2,7 +2,7 @@
  * Retrying a rollout for the targets that did not apply (rollout retry, POST
  * /rollouts/{id}/retry): a new rollout with the same action, params, user,
  * lifetimes, rate, ramp, abort rule and concurrency, over the targets that
- * ended rejected, failed, expired, cancelled or not sent, with a new deadline
+ * ended rejected, failed, rolled back, expired, cancelled or not sent, with a new deadline
  * (the one given, else the original's duration from now), recorded as a retry
  * of the original. Targets still in flight are left out (their command may
  * still apply); a rollout still running or paused is refused (cancel it first).
@@ -17,7 +17,7 @@ import type { ServerKeys } from '../server-keys.js';
 import { planRollout, startRollout, type RolloutPlan } from './plan.js';
 
 /** The target states a retry sends to again. */
-export const RETRIED_STATES: readonly TargetState[] = ['rejected', 'failed', 'expired', 'cancelled', 'not sent'];
+export const RETRIED_STATES: readonly TargetState[] = ['rejected', 'failed', 'rolled_back', 'expired', 'cancelled', 'not sent'];
 
 export interface RetryPlan {
   original: RolloutRecord;
@@ -44,7 +44,7 @@ export async function planRetry(registry: Registry, keys: ServerKeys, id: string
   if (retried === 0) {
     throw new RegistryError(
       'E_ROLLOUT_STATE',
-      `rollout ${id}: nothing to retry (${counts.applied} applied${inFlight ? `, ${inFlight} still in flight` : ''}; no target rejected, failed, expired or not sent)`,
+      `rollout ${id}: nothing to retry (${counts.applied} applied${inFlight ? `, ${inFlight} still in flight` : ''}; no target rejected, failed, rolled back, expired or not sent)`,
     );
   }
   // Devices removed from the registry since drop out of the retry (not an error for the others).

@@ -24,7 +24,7 @@ export function rolloutResult(r: Pick<RolloutRecord, 'state' | 'finishedAt'>, co
   if (r.state !== 'completed') return r.state;
   const { total } = progressOf(counts);
   if (counts.applied === total) return 'completed';
-  if (counts.applied === 0) return counts.expired > 0 && counts.rejected + counts.failed === 0 ? 'expired' : 'failed';
+  if (counts.applied === 0) return counts.expired > 0 && counts.rejected + counts.failed + counts.rolled_back === 0 ? 'expired' : 'failed';
   return 'partial';
 }
 
@@ -39,6 +39,7 @@ export function countsText(counts: TargetCounts): string {
     ['applied', counts.applied],
     ['rejected', counts.rejected],
     ['failed', counts.failed],
+    ['rolled back', counts.rolled_back],
     ['expired', counts.expired],
     ['not sent', counts['not sent'] + counts.cancelled],
     ['in flight', counts.sending + counts.sent],
@@ -176,6 +177,7 @@ export function formatRolloutSummary(r: RolloutRecord, counts: TargetCounts, not
     ['applied', counts.applied],
     ['rejected', counts.rejected],
     ['failed', counts.failed],
+    ['rolled back', counts.rolled_back],
     ['no answer', counts.sent + counts.sending],
     ...(outlook
       ? ([
@@ -231,7 +233,7 @@ export function formatRolloutList(items: { r: RolloutRecord; counts: TargetCount
       stateLabel(r, counts),
       String(p.total),
       String(counts.applied),
-      String(counts.rejected + counts.failed),
+      String(counts.rejected + counts.failed + counts.rolled_back),
       String(counts.expired),
       String(counts['not sent'] + counts.cancelled),
       String(counts.pending + counts.sending + counts.sent),

@@ -9,15 +9,16 @@ describe('agent action descriptors', () => {
     for (const [name, d] of Object.entries(ACTION_DESCRIPTORS)) expect(d.action).to.equal(name);
   });
 
-  it('update and rotate need a provisioned device; every action but selftest runs its hook; only update acks itself', () => {
+  it('update, rotate and upgrade need a provisioned device; every action but selftest and upgrade runs its hook; update and upgrade ack themselves', () => {
     const which = (pick: (d: (typeof ACTION_DESCRIPTORS)[keyof typeof ACTION_DESCRIPTORS]) => boolean): string[] =>
       Object.values(ACTION_DESCRIPTORS)
         .filter(pick)
         .map((d) => d.action)
         .sort();
-    expect(which((d) => d.needsProvisioned)).to.deep.equal(['rotate', 'update']);
+    expect(which((d) => d.needsProvisioned)).to.deep.equal(['rotate', 'update', 'upgrade']);
     expect(which((d) => d.runsHook)).to.deep.equal(['delete', 'request', 'rotate', 'update']);
-    expect(which((d) => d.ack === 'action')).to.deep.equal(['update']);
+    expect(which((d) => d.ack === 'action')).to.deep.equal(['update', 'upgrade']);
+    expect(which((d) => d.inProgress !== undefined)).to.deep.equal(['upgrade']);
     expect(which((d) => !d.retiresPreviousKey)).to.deep.equal(['delete', 'rotate']);
     expect(which((d) => d.savesFailedChange)).to.deep.equal(['rotate']);
   });

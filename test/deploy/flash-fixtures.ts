@@ -80,7 +80,7 @@ export interface FakeBundle {
 }
 
 /** A bundle as `provision-server bundle` writes it (secrets 0600), optionally with keys made on the host. */
-export async function makeBundle(dir: string, deviceId: string, options: { keys?: boolean; hooks?: boolean } = {}): Promise<FakeBundle> {
+export async function makeBundle(dir: string, deviceId: string, options: { keys?: boolean; hooks?: boolean; releaseKeys?: boolean } = {}): Promise<FakeBundle> {
   const token = `token-${deviceId}-${'x'.repeat(20)}`;
   const clientKey = `-----BEGIN PRIVATE KEY-----\nclient-key-of-${deviceId}\n-----END PRIVATE KEY-----\n`;
   const signingKey = JSON.stringify({ kty: 'EC', crv: 'P-256', d: `secret-d-of-${deviceId}`, x: 'x', y: 'y', use: 'sig', alg: 'ES256', kid: 'k1' });
@@ -103,6 +103,8 @@ export async function makeBundle(dir: string, deviceId: string, options: { keys?
   }
   await put(dir, 'config.json', `${JSON.stringify(config, null, 2)}\n`);
   await put(dir, 'trust.jwks', '{"keys":[{"kty":"EC","crv":"P-256","x":"a","y":"b","use":"sig","kid":"s1"}]}\n');
+  // The release key's public set (provision-server bundle writes it beside trust.jwks).
+  if (options.releaseKeys !== false) await put(dir, 'release.jwks', '{"keys":[{"kty":"EC","crv":"P-256","x":"r","y":"s","use":"sig","kid":"r1"}]}\n');
   await put(dir, 'ca.pem', '-----BEGIN CERTIFICATE-----\nca\n-----END CERTIFICATE-----\n');
   await put(dir, 'client.crt', '-----BEGIN CERTIFICATE-----\nclient\n-----END CERTIFICATE-----\n', 0o600);
   await put(dir, 'client.key', clientKey, 0o600);

@@ -71,7 +71,11 @@ describe('deploy/flash: Raspberry Pi OS image without root privileges (debugfs +
     expect(ran.stdout).to.match(/first boot through firstrun \(the image is bookworm\)/);
 
     const expected: Record<string, string> = {
-      '/opt/sensor-agent': 'directory 0755 0:0',
+      // The tree is release 0.1.0 (its .build-info.json agent_version); /opt/sensor-agent links to it.
+      '/opt/sensor-agent': 'symlink 0777 0:0',
+      '/opt/sensor-agent-releases': 'directory 0755 0:0',
+      '/opt/sensor-agent-releases/0.1.0': 'directory 0755 0:0',
+      '/opt/sensor-agent-releases/0.1.0/sensor-agent.mjs': 'regular 0755 0:0',
       '/opt/sensor-agent/sensor-agent.mjs': 'regular 0755 0:0',
       '/opt/sensor-agent/native/epoll.node': 'regular 0755 0:0',
       '/opt/sensor-agent/node/bin/node': 'regular 0755 0:0',
@@ -79,6 +83,11 @@ describe('deploy/flash: Raspberry Pi OS image without root privileges (debugfs +
       '/opt/sensor-agent/stray': 'missing',
       '/etc/systemd/system/sensor-agent.service': 'regular 0644 0:0',
       '/etc/systemd/system/sensor-agent-firstboot.service': 'regular 0644 0:0',
+      '/etc/systemd/system/sensor-agent-upgrade.service': 'regular 0644 0:0',
+      '/etc/systemd/system/sensor-agent-upgrade.path': 'regular 0644 0:0',
+      '/etc/systemd/system/multi-user.target.wants/sensor-agent-upgrade.service': 'symlink 0777 0:0',
+      '/etc/systemd/system/paths.target.wants/sensor-agent-upgrade.path': 'symlink 0777 0:0',
+      '/usr/lib/sensor-agent/upgrade-guard': 'regular 0755 0:0',
       '/etc/sysusers.d/sensor-agent.conf': 'regular 0644 0:0',
       '/usr/local/lib/sensor-agent/firstboot': 'regular 0755 0:0',
       '/usr/local/bin/sensor-agent': 'regular 0755 0:0',
@@ -86,6 +95,7 @@ describe('deploy/flash: Raspberry Pi OS image without root privileges (debugfs +
       '/etc/sensor-agent': 'directory 0750 0:0',
       '/etc/sensor-agent/config.json': 'regular 0640 0:0',
       '/etc/sensor-agent/trust.jwks': 'regular 0640 0:0',
+      '/etc/sensor-agent/release.jwks': 'regular 0640 0:0',
       '/etc/sensor-agent/ca.pem': 'regular 0640 0:0',
       '/etc/sensor-agent/client.crt': 'regular 0640 0:0',
       '/etc/sensor-agent/client.key': 'regular 0600 0:0',
@@ -104,6 +114,10 @@ describe('deploy/flash: Raspberry Pi OS image without root privileges (debugfs +
     expect(actual).to.deep.equal(expected);
     expect(await readlinkInImage(image, '/etc/systemd/system/multi-user.target.wants/sensor-agent.service')).to.equal(
       '/etc/systemd/system/sensor-agent.service',
+    );
+    expect(await readlinkInImage(image, '/opt/sensor-agent')).to.equal('sensor-agent-releases/0.1.0');
+    expect(await readlinkInImage(image, '/etc/systemd/system/paths.target.wants/sensor-agent-upgrade.path')).to.equal(
+      '/etc/systemd/system/sensor-agent-upgrade.path',
     );
 
     // Contents: the bundle's secrets byte for byte, the config pointed at the board's paths.

@@ -46,6 +46,7 @@ function finalLayout(uid: number, gid: number): Record<string, Owner> {
     '/etc/sensor-agent': { mode: '0750', uid: 0, gid },
     '/etc/sensor-agent/config.json': { mode: '0640', uid: 0, gid },
     '/etc/sensor-agent/trust.jwks': { mode: '0640', uid: 0, gid },
+    '/etc/sensor-agent/release.jwks': { mode: '0640', uid: 0, gid },
     '/etc/sensor-agent/ca.pem': { mode: '0640', uid: 0, gid },
     '/etc/sensor-agent/client.crt': { mode: '0640', uid: 0, gid },
     '/etc/sensor-agent/client.key': { mode: '0600', uid, gid },
@@ -58,6 +59,8 @@ function finalLayout(uid: number, gid: number): Record<string, Owner> {
     '/opt/sensor-agent/node/bin/node': { mode: '0755', uid: 0, gid: 0 },
     '/etc/systemd/system/sensor-agent.service': { mode: '0644', uid: 0, gid: 0 },
     '/usr/local/lib/sensor-agent/firstboot': { mode: '0755', uid: 0, gid: 0 },
+    '/usr/lib/sensor-agent/upgrade-guard': { mode: '0755', uid: 0, gid: 0 },
+    '/opt/sensor-agent-releases/0.1.0': { mode: '0755', uid: 0, gid: 0 },
   };
 }
 
@@ -107,6 +110,11 @@ describe('deploy/flash as root: mounted root, loop devices, first boot', functio
     expect(await ownerOf(join(root, 'etc/sensor-agent/firstboot.pending'))).to.equal('missing');
     expect(await readlink(join(root, 'etc/systemd/system/multi-user.target.wants/sensor-agent.service'))).to.equal('/etc/systemd/system/sensor-agent.service');
     expect(await readFile(join(root, 'var/lib/sensor-agent/enroll.token'), 'utf8')).to.equal(`${bundle.token}\n`);
+    // The release layout the upgrade guard switches: a relative link to the tree of .build-info.json's agent_version.
+    expect(await readlink(join(root, 'opt/sensor-agent'))).to.equal('sensor-agent-releases/0.1.0');
+    expect(await readlink(join(root, 'etc/systemd/system/paths.target.wants/sensor-agent-upgrade.path'))).to.equal(
+      '/etc/systemd/system/sensor-agent-upgrade.path',
+    );
   });
 
   it('--root refuses to write through a symlink that leaves the target, and without root', async () => {

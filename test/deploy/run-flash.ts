@@ -25,6 +25,9 @@ const FLASHER_FILES = [
   'provisioning/sensor-agent-cli',
   'systemd/sensor-agent.service',
   'systemd/sensor-agent-firstboot.service',
+  'systemd/sensor-agent-upgrade.service',
+  'systemd/sensor-agent-upgrade.path',
+  'provisioning/upgrade-guard',
   'systemd/sysusers.d/sensor-agent.conf',
 ];
 

@@ -24,8 +24,14 @@ import { requireTools, toolEnv } from './tools.js';
 
 const run = promisify(execFile);
 const EXPOSURE_BOUND = 1.5;
-const UNITS = ['sensor-agent.service', 'provision-server.service', 'sensor-agent-firstboot.service'] as const;
-const HARDENED = ['sensor-agent.service', 'provision-server.service'] as const;
+const UNITS = [
+  'sensor-agent.service',
+  'provision-server.service',
+  'sensor-agent-firstboot.service',
+  'sensor-agent-upgrade.service',
+  'sensor-agent-upgrade.path',
+] as const;
+const HARDENED = ['sensor-agent.service', 'provision-server.service', 'sensor-agent-upgrade.service'] as const;
 
 interface Ran {
   code: number;
@@ -104,6 +110,9 @@ describe('deploy/systemd units', function () {
     await mkdir(join(root, 'usr/local/lib/sensor-agent'), { recursive: true });
     await copyFile(join(PROVISIONING_DIR, 'firstboot'), join(root, 'usr/local/lib/sensor-agent/firstboot'));
     await chmod(join(root, 'usr/local/lib/sensor-agent/firstboot'), 0o755);
+    await mkdir(join(root, 'usr/lib/sensor-agent'), { recursive: true });
+    await copyFile(join(PROVISIONING_DIR, 'upgrade-guard'), join(root, 'usr/lib/sensor-agent/upgrade-guard'));
+    await chmod(join(root, 'usr/lib/sensor-agent/upgrade-guard'), 0o755);
   });
 
   after(async () => {
@@ -201,6 +210,27 @@ describe('deploy/systemd units', function () {
     expect(only(unit, 'Service', 'UMask')).to.equal('0077');
     expect(unit.get('Service')?.has('MemoryDenyWriteExecute'), 'Node cannot run with MemoryDenyWriteExecute=yes').to.equal(false);
     expect(only(unit, 'Install', 'WantedBy')).to.equal('multi-user.target');
+  });
+
+  it('upgrades: the agent unit runs the guard before each start; the path unit starts the root installer on a staged release', async () => {
+    const agent = parseUnit(await readFile(join(SYSTEMD_DIR, 'sensor-agent.service'), 'utf8'));
+    expect(only(agent, 'Service', 'ExecStartPre')).to.equal('-+/usr/lib/sensor-agent/upgrade-guard pre-start');
+    const path = parseUnit(await readFile(join(SYSTEMD_DIR, 'sensor-agent-upgrade.path'), 'utf8'));
+    expect(only(path, 'Path', 'PathExists')).to.equal('/var/lib/sensor-agent/upgrade/staged.json');
+    expect(only(path, 'Path', 'Unit')).to.equal('sensor-agent-upgrade.service');
+    expect(only(path, 'Install', 'WantedBy')).to.equal('paths.target');
+    const svc = parseUnit(await readFile(join(SYSTEMD_DIR, 'sensor-agent-upgrade.service'), 'utf8'));
+    expect(only(svc, 'Service', 'ExecStart')).to.equal('/usr/lib/sensor-agent/upgrade-guard install');
+    expect(svc.get('Service')?.has('User'), 'root').to.equal(false);
+    expect(only(svc, 'Service', 'StateDirectory')).to.equal('sensor-agent-upgrade');
+    expect(only(svc, 'Service', 'ReadWritePaths').split(/\s+/)).to.deep.equal(['/opt', '/var/lib/sensor-agent', '/var/lib/sensor-agent-upgrade']);
+    expect(only(svc, 'Service', 'ProtectSystem')).to.equal('strict');
+    // Started at boot only while there is something to finish or install.
+    expect(svc.get('Unit')?.get('ConditionPathExists')).to.include.members([
+      '|/var/lib/sensor-agent-upgrade/trial',
+      '|/var/lib/sensor-agent/upgrade/staged.json',
+    ]);
+    expect(only(svc, 'Install', 'WantedBy')).to.equal('multi-user.target');
   });
 
   it('provision-server.service runs the server as its own user with its data in the StateDirectory', async () => {

@@ -18,6 +18,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { chmod, copyFile, cp, mkdir, readFile, readlink, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { userInfo } from 'node:os';
 import { dirname, join } from 'node:path';
 import { REPO_ROOT } from '../deploy/repo-paths.js';
 import { AGENT_NODE_ENV, AGENT_NODE_FLAGS } from './agent-process.js';
@@ -149,6 +150,8 @@ export class HostBoard {
       UPGRADE_GUARD_RESTART: join(this.paths.run, 'restart.sh'),
       UPGRADE_GUARD_AGENT_STATE: join(this.paths.run, 'state.sh'),
       UPGRADE_GUARD_POLL_S: '0.2',
+      // The agent runs as whoever runs the tests; the guard reads and writes its files as that user.
+      UPGRADE_GUARD_AGENT_USER: userInfo().username,
       ...this.#guardEnv,
     };
   }

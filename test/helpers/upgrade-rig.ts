@@ -8,7 +8,7 @@
  * and by the benchmark's upgrade section.
  */
 import { execFile } from 'node:child_process';
-import { readFile, rm, writeFile, mkdtemp } from 'node:fs/promises';
+import { mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -93,7 +93,7 @@ export async function startUpgradeRig(options: { guardEnv?: Record<string, strin
       board,
       cli,
       device: async () => {
-        const r = await cli(['device', 'show', DEVICE, '--json']);
+        const r = await cli(['device', 'show', DEVICE]);
         if (r.code !== 0) throw new Error(`device show: ${r.stderr}`);
         return JSON.parse(r.stdout) as Record<string, unknown>;
       },
@@ -105,7 +105,7 @@ export async function startUpgradeRig(options: { guardEnv?: Record<string, strin
       },
     };
     await until(
-      async () => (await rig.device()).state === 'provisioned',
+      async () => (await rig.device().catch(() => ({}) as Record<string, unknown>)).state === 'provisioned',
       30_000,
       () => `board enrolled\n${board?.log() ?? ''}`,
     );
@@ -138,16 +138,28 @@ export async function buildHostTree(out: string, version: string): Promise<void>
   );
 }
 
-/** A copy of `tree` whose agent is `script` (a broken release for the rollback tests), stamped `version`. */
-export async function brokenTree(tree: string, out: string, version: string, script: string): Promise<void> {
-  await run('cp', ['-a', tree, out]);
+/** A release of `version` whose agent file is `script` (a broken release for the rollback tests); the real agent stays beside it as sensor-agent-real.mjs. */
+export async function brokenTree(out: string, version: string, script: string): Promise<void> {
+  await buildHostTree(out, version);
+  await rename(join(out, 'sensor-agent.mjs'), join(out, 'sensor-agent-real.mjs'));
   await writeFile(join(out, 'sensor-agent.mjs'), script);
-  const infoPath = join(out, '.build-info.json');
-  const info = JSON.parse(await readFile(infoPath, 'utf8')) as Record<string, unknown>;
-  await writeFile(infoPath, JSON.stringify({ ...info, agent_version: version, snapshot: { none: 'a test release' } }, null, 2));
-  await rm(join(out, 'sensor-agent.blob'), { force: true });
-  await rm(join(out, 'snapshot.env'), { force: true });
 }
+
+/** An agent that exits at once: systemd restarts it until the guard gives up on it. */
+export const EXITS_AT_START = "process.stderr.write('broken release: exiting\\n');\nprocess.exit(1);\n";
+
+/**
+ * The real agent of the release, with its broker connections sent to an address that never answers
+ * (TEST-NET-1): it starts, is ready, writes its progress, and never reaches the broker, as a release
+ * with a TLS or DNS bug would.
+ */
+export const NEVER_CONNECTS = [
+  "import tls from 'node:tls';",
+  'const connect = tls.connect;',
+  "tls.connect = (options, ...rest) => connect.call(tls, { ...options, host: '192.0.2.1', servername: 'unreachable.invalid' }, ...rest);",
+  "await import('./sensor-agent-real.mjs');",
+  '',
+].join('\n');
 
 export async function until<T>(probe: () => Promise<T | false | undefined> | T | false | undefined, timeoutMs: number, what: () => string): Promise<T> {
   const end = Date.now() + timeoutMs;

@@ -33,7 +33,9 @@ describe('provision-server bundle', function () {
   it("writes a config the agent's own loader accepts, with the trust anchors and a one-time token bound to the device", async () => {
     const out = join(dir, 'b1');
     const r = await writeBundle(data, { deviceId: 'board-1', userId: 'alice', outDir: out, gpioBackend: 'fake' });
-    expect(r.files.sort()).to.deep.equal(['config.json', 'enroll.token', 'trust.jwks']);
+    // release.jwks: the release keys the board pins to verify agent upgrades (the data directory's, public only).
+    expect(r.files.sort()).to.deep.equal(['config.json', 'enroll.token', 'release.jwks', 'trust.jwks']);
+    expect(await readFile(join(out, 'release.jwks'), 'utf8')).to.equal(await readFile(join(dir, 'data', 'release.jwks'), 'utf8'));
     expect((await stat(out)).mode & 0o777).to.equal(0o700);
     expect((await stat(join(out, 'enroll.token'))).mode & 0o777).to.equal(0o600);
     const config = await loadConfig(join(out, 'config.json'));

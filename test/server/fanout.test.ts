@@ -56,6 +56,7 @@ describe('server: fan-out to 200 simulated devices', function () {
         applied: 200 - expected.reject - expected.fail - expected.silent,
         rejected: expected.reject,
         failed: expected.fail,
+        rolled_back: 0,
         'no answer': expected.silent,
         'not sent': 0,
       });

@@ -138,7 +138,7 @@ describe('server: HTTP API audit, confirmations, warnings and retry; serve logs 
     r = await call('POST', `/rollouts/${id}/retry`, { deliver_within_s: 600 });
     expect(r.status, JSON.stringify(r.body)).to.equal(201);
     expect(r.body).to.include({ retry_of: id, action: 'update', state: 'running' });
-    expect(r.body.selector).to.deep.equal({ retryOf: id, states: ['rejected', 'failed', 'expired', 'cancelled', 'not sent'] });
+    expect(r.body.selector).to.deep.equal({ retryOf: id, states: ['rejected', 'failed', 'rolled_back', 'expired', 'cancelled', 'not sent'] });
     expect(r.body.counts).to.include({ pending: 2 });
     expect(r.body.params).to.deep.equal({ sensor: { enabled: false } });
     const retryId = r.body.id as string;

@@ -247,7 +247,9 @@ describe('provision-server CLI: operator footguns and gaps', function () {
       store.setState(orig.id, ['running'], 'cancelled', 'retry test', 'test');
       r = await cli('rollout', 'retry', orig.id, '--dry-run');
       expect(r.code, r.stderr).to.equal(0);
-      expect(r.stdout).to.match(/^retry of rollout .*\ndry run: update to 2 device\(s\) \(retry of \S+ \(rejected, failed, expired, cancelled, not sent\)\)/);
+      expect(r.stdout).to.match(
+        /^retry of rollout .*\ndry run: update to 2 device\(s\) \(retry of \S+ \(rejected, failed, rolled_back, expired, cancelled, not sent\)\)/,
+      );
       // --json: the same members as the HTTP API's dry run.
       r = await cli('rollout', 'retry', orig.id, '--dry-run', '--json');
       expect(r.code, r.stderr).to.equal(0);
@@ -260,7 +262,7 @@ describe('provision-server CLI: operator footguns and gaps', function () {
       const retry = store.require(id);
       expect(retry).to.include({ retryOf: orig.id, action: 'update', ratePerMin: 7, ttlSeconds: orig.ttlSeconds });
       expect(retry.params).to.deep.equal({ sensor: { enabled: true } });
-      expect(retry.selector).to.deep.equal({ retryOf: orig.id, states: ['rejected', 'failed', 'expired', 'cancelled', 'not sent'] });
+      expect(retry.selector).to.deep.equal({ retryOf: orig.id, states: ['rejected', 'failed', 'rolled_back', 'expired', 'cancelled', 'not sent'] });
       expect(store.targets(id).map((t) => t.deviceId)).to.deep.equal(['op-b', 'op-c']);
       expect(retry.deadlineAt - retry.createdAt).to.be.closeTo(7_200_000, 5000);
       expect(data.registry.auditLog({ limit: 5 }).find((a) => a.event === 'rollout.retry')?.detail).to.include({

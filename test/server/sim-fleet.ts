@@ -21,6 +21,7 @@ import {
   sealAck,
   sealReport,
   type ReportReason,
+  type ReportUpgrade,
   sealEnrollment,
   toJwkSet,
   toPublicJwk,
@@ -43,6 +44,8 @@ export interface SimDevice {
   jtis: Set<string>;
   applied: CommandClaims[];
   behaviour: SimBehaviour;
+  /** An upgrade is acked `rolled_back` (its new release failed the health gate); other actions as `behaviour` says. */
+  rollBack?: boolean;
   /**
    * When set, every command that opens is answered `rejected` with this code and,
    * as by an agent before issue 10, not recorded as seen (its bytes stay valid).
@@ -152,7 +155,7 @@ export class SimFleet {
   }
 
   /** A signed, encrypted report from the device, as the agent sends one (protocol/report.ts). */
-  async report(device: SimDevice, reason: ReportReason, options: { intervalSeconds?: number } = {}): Promise<void> {
+  async report(device: SimDevice, reason: ReportReason, options: { intervalSeconds?: number; upgrade?: ReportUpgrade | null } = {}): Promise<void> {
     await this.#client.publishAsync(reportTopic(this.#prefix, device.id), await this.sealReport(device, reason, options), { qos: 1 });
   }
 
@@ -160,7 +163,7 @@ export class SimFleet {
   async sealReport(
     device: SimDevice,
     reason: ReportReason,
-    options: { intervalSeconds?: number; legacy?: boolean; settingsDigest?: string } = {},
+    options: { intervalSeconds?: number; legacy?: boolean; settingsDigest?: string; upgrade?: ReportUpgrade | null } = {},
   ): Promise<string> {
     const n = reason === 'offline' ? 0 : (device.n += 1);
     const { token } = await sealReport(
@@ -179,6 +182,7 @@ export class SimFleet {
         settingsDigest: options.settingsDigest ?? `sha256:${'0'.repeat(64)}`,
         uptimeSeconds: 1,
         selftest: null,
+        ...(options.upgrade !== undefined ? { upgrade: options.upgrade } : {}),
       },
       { signer: device.signing, recipient: this.#serverTrust.encryption },
     );
@@ -256,6 +260,8 @@ export class SimFleet {
     device.jtis.add(claims.jti);
     if (device.behaviour === 'reject') return this.#ack(device, claims.jti, claims.seq, 'rejected', 'E_PARAMS');
     if (device.behaviour === 'fail') return this.#ack(device, claims.jti, claims.seq, 'failed', 'E_HOOK');
+    if (device.rollBack === true && claims.action === 'upgrade')
+      return this.#ack(device, claims.jti, claims.seq, 'rolled_back', 'E_UPGRADE_SELFTEST', { version: 'sim-1.0.0', previous: upgradeVersion(claims) });
     device.applied.push(claims);
     const signer = device.signing;
     let result: Record<string, unknown> | undefined;
@@ -270,6 +276,8 @@ export class SimFleet {
       result = { keys: toJwkSet([signing, encryption]) };
     } else if (claims.action === 'delete') {
       device.provisioned = false;
+    } else if (claims.action === 'upgrade') {
+      result = { version: upgradeVersion(claims), previous: 'sim-1.0.0' };
     }
     // The rotate ack is signed with the old signing key.
     await this.#ack(device, claims.jti, claims.seq, 'applied', 'OK', result, signer);
@@ -279,7 +287,7 @@ export class SimFleet {
     device: SimDevice,
     ref: string,
     seq: number,
-    status: 'applied' | 'rejected' | 'failed',
+    status: 'applied' | 'rejected' | 'failed' | 'rolled_back',
     code: string,
     result?: Record<string, unknown>,
     signer?: PrivateJwk,
@@ -291,6 +299,14 @@ export class SimFleet {
     this.acks.push({ deviceId: device.id, ref, status, code });
     await this.#client.publishAsync(ackTopic(this.#prefix, device.id), token, { qos: 1 });
   }
+}
+
+/** The version an upgrade command's manifest names (its payload, unverified: the simulated board trusts the test). */
+function upgradeVersion(claims: CommandClaims): string {
+  const manifest = (claims.params as { manifest?: unknown }).manifest;
+  if (typeof manifest !== 'string') return 'unknown';
+  const payload = JSON.parse(Buffer.from(manifest.split('.')[1] ?? '', 'base64url').toString('utf8')) as { version?: unknown };
+  return typeof payload.version === 'string' ? payload.version : 'unknown';
 }
 
 /** Polls until `check` holds or `timeoutMs` passes. */

@@ -11,12 +11,7 @@ import { existsSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { requireMosquittoOrSkip } from '../server/mosquitto-tls.js';
-import { DEVICE, brokenTree, buildHostTree, startUpgradeRig, until, type UpgradeRig } from '../helpers/upgrade-rig.js';
-
-/** A release whose agent exits at once: systemd (here, the stand-in) restarts it until the guard gives up on it. */
-const EXITS_AT_START = "process.stderr.write('broken release: exiting\\n'); process.exit(1);\n";
-/** A release whose agent starts and stays up but never connects to the broker. */
-const NEVER_CONNECTS = "process.stderr.write('broken release: up, never connecting\\n'); setInterval(() => {}, 1000);\n";
+import { DEVICE, EXITS_AT_START, HOST_TREE, NEVER_CONNECTS, brokenTree, buildHostTree, startUpgradeRig, until, type UpgradeRig } from '../helpers/upgrade-rig.js';
 
 interface SentView {
   status: string;
@@ -45,7 +40,7 @@ describe('upgrade end to end on a host board: signed release through mosquitto, 
   }
 
   async function upgrade(version: string, extra: string[] = []): Promise<SentView> {
-    const r = await rig.cli(['send', DEVICE, 'upgrade', '--release', version, ...extra, '--wait', '--timeout', '150s'], 180_000);
+    const r = await rig.cli(['send', DEVICE, 'upgrade', '--release', version, '--arch', 'x64', ...extra, '--wait', '--timeout', '150s'], 180_000);
     const view = JSON.parse(r.stdout || '{}') as SentView;
     if (!['applied', 'rolled_back', 'failed', 'rejected'].includes(view.status)) expect.fail(`upgrade to ${version}: exit ${r.code} ${r.stderr}\n${log()}`);
     return view;
@@ -72,7 +67,7 @@ describe('upgrade end to end on a host board: signed release through mosquitto, 
   });
 
   it('a release that exits at start is rolled back after its restarts: rolled_back E_UPGRADE_CRASH_LOOP, v2 runs again', async () => {
-    await release('0.3.0', (out) => brokenTree(join(rig.dir, 'tree-0.2.0'), out, '0.3.0', EXITS_AT_START));
+    await release('0.3.0', (out) => brokenTree(out, '0.3.0', EXITS_AT_START));
     const sent = await upgrade('0.3.0');
     expect(sent, log()).to.include({ status: 'rolled_back', code: 'E_UPGRADE_CRASH_LOOP' });
     expect(await rig.board.current()).to.equal('0.2.0');
@@ -82,7 +77,7 @@ describe('upgrade end to end on a host board: signed release through mosquitto, 
   });
 
   it('a release that starts but never connects is rolled back at its deadline: rolled_back E_UPGRADE_NO_CONNECT', async () => {
-    await release('0.3.1', (out) => brokenTree(join(rig.dir, 'tree-0.2.0'), out, '0.3.1', NEVER_CONNECTS));
+    await release('0.3.1', (out) => brokenTree(out, '0.3.1', NEVER_CONNECTS));
     const sent = await upgrade('0.3.1', ['--deadline', '30s']);
     expect(sent, log()).to.include({ status: 'rolled_back', code: 'E_UPGRADE_NO_CONNECT' });
     expect(await rig.board.current()).to.equal('0.2.0');
@@ -90,6 +85,8 @@ describe('upgrade end to end on a host board: signed release through mosquitto, 
 
   it('an older release is refused (E_UPGRADE_DOWNGRADE) and a tampered chunk fails the download (E_UPGRADE_CHUNK): nothing on the board changes', async () => {
     const before = (await readdir(rig.board.paths.releases)).sort();
+    const v1 = await rig.cli(['release', 'add', HOST_TREE]);
+    expect(v1.code, v1.stderr).to.equal(0);
     const down = await upgrade('0.1.0');
     expect(down).to.include({ status: 'rejected', code: 'E_UPGRADE_DOWNGRADE' });
     await release('0.4.0', (out) => buildHostTree(out, '0.4.0'));
