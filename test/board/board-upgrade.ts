@@ -459,7 +459,7 @@ export function describeBoardUpgrades(ctx: UpgradeContext, set: UpgradeSet): voi
     },
   );
 
-  /** Link, releases, the upgrade dirs and state.json (its seq floor and recent-command window aside) as before. */
+  /** Link, releases, the upgrade dirs and state.json (its seq floor, recent-command window and write time aside) as before. */
   async function expectUnchanged(before: BoardSnap, why: string): Promise<void> {
     const after = await snap();
     expect(after.link, why).to.equal(before.link);
@@ -527,9 +527,9 @@ export function describeBoardUpgrades(ctx: UpgradeContext, set: UpgradeSet): voi
   });
 }
 
-/** state.json without what every command moves (the seq floor, the recent-command window). */
+/** state.json without what every command moves (the seq floor, the recent-command window and the last command, the time of the last write). */
 function stateAside(state: Record<string, unknown>): Record<string, unknown> {
-  const { last_seq: _seq, recent: _recent, ...rest } = state;
+  const { last_seq: _seq, recent: _recent, last_command: _last, updated_at: _at, ...rest } = state;
   return rest;
 }
 
