@@ -23,6 +23,14 @@ import { writeFileAtomic } from '../../lib/durable-file.js';
 
 export const WINDOW = 8;
 export const MAX_MISMATCH = 3;
+/**
+ * serve answers at most 4 fetch requests a second per board (a token bucket,
+ * burst 8: server/chunk-server.ts) and drops the rest unanswered: requests are
+ * spaced by this much, so a long download never waits out the request timeout
+ * for a dropped one (unpaced, every 8 windows stalled 15 s: a 44 MB release
+ * took minutes instead of seconds).
+ */
+export const MIN_REQUEST_INTERVAL_MS = 300;
 
 export interface DownloadTimings {
   /** A request unanswered this long is sent again (default 15 s). */
@@ -65,6 +73,7 @@ export class ChunkDownload {
   readonly #mismatches = new Map<number, number>();
   #fh: FileHandle | undefined;
   #timer: NodeJS.Timeout | undefined;
+  #lastRequestAt = 0;
   #online = false;
   #lastProgress = Date.now();
   #pausedAt: number | undefined = Date.now();
@@ -271,6 +280,10 @@ export class ChunkDownload {
   }
 
   async #send(req: FetchRequest): Promise<void> {
+    if (this.#finished) return;
+    const wait = this.#lastRequestAt + MIN_REQUEST_INTERVAL_MS - Date.now();
+    this.#lastRequestAt = Date.now() + Math.max(0, wait);
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
     if (this.#finished) return;
     clearTimeout(this.#timer);
     this.#timer = setTimeout(() => this.#onTimeout(), this.#t.requestTimeoutMs);
