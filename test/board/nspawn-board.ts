@@ -343,6 +343,29 @@ export class NspawnBoard {
     return code;
   }
 
+  /**
+   * A power cut: SIGKILL of the container's PID 1 from the host, so the
+   * kernel kills every process of the board at once (no shutdown, no unit
+   * stopped, nothing synced by the board). Resolves once systemd-nspawn has
+   * exited and the boot partition is written back; boot() starts it again.
+   * (The host's page cache keeps what the board wrote: this models SIGKILL of
+   * everything, not lost writes.)
+   */
+  async powerCut(): Promise<number> {
+    const boot = this.current;
+    if (boot === undefined) throw new BoardSetupError('E_BOARD_EXEC', 'the board is not running');
+    this.stopping = true;
+    const pid = await this.pid1();
+    if (pid === undefined) throw new BoardSetupError('E_BOARD_EXEC', 'the board has no PID 1 to kill');
+    process.kill(pid, 'SIGKILL');
+    const timer = setTimeout(() => boot.child.kill('SIGKILL'), 30_000);
+    const code = await boot.exited;
+    clearTimeout(timer);
+    await boot.settled;
+    this.options.log(`boot ${boot.n}: power cut (SIGKILL of the container's PID ${pid}; systemd-nspawn exited ${code})`);
+    return code;
+  }
+
   /** For `after` hooks: whatever state it is in, the container is gone when this resolves. */
   async kill(): Promise<void> {
     this.stopping = true;
