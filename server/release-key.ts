@@ -9,21 +9,12 @@
  *   DATA/keys/release.jwk   the private key (0600), unless kept elsewhere (--out)
  *   DATA/release.jwks       its public JWK set (0644): what `bundle` gives boards to pin
  */
-import { lstat, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
-import {
-  CodedError,
-  generateSigningKey,
-  parseJwkSet,
-  parsePrivateJwk,
-  toJwkSet,
-  toPublicJwk,
-  type JwkSet,
-  type PrivateJwk,
-  type PublicJwk,
-} from '../protocol/index.js';
+import { CodedError, generateSigningKey, parseJwkSet, toJwkSet, toPublicJwk, type JwkSet, type PrivateJwk, type PublicJwk } from '../protocol/index.js';
 import { writeFileAtomic } from '../lib/durable-file.js';
 import { ensurePrivateDir, exists } from '../lib/fs.js';
+import { readPrivateKeyFile } from './server-keys.js';
 
 export const RELEASE_KEY_FILE = 'release.jwk';
 export const RELEASE_JWKS_FILE = 'release.jwks';
@@ -69,29 +60,20 @@ export async function writeReleaseJwks(dataDir: string, set: JwkSet): Promise<vo
 }
 
 /** The private release key at `path` (default DATA/keys/release.jwk): a regular file, not readable by others. */
-export async function loadReleaseKey(dataDir: string, path?: string): Promise<PrivateJwk> {
+export function loadReleaseKey(dataDir: string, path?: string): Promise<PrivateJwk> {
   const file = path !== undefined ? resolve(path) : releaseKeyPath(dataDir);
-  let st;
-  try {
-    st = await lstat(file);
-  } catch {
-    throw new CodedError(
-      'E_NO_RELEASE_KEY',
-      path !== undefined
-        ? `release key ${file} does not exist`
-        : `no release key in ${file}; make one with: provision-server release keygen --data ${dataDir} (or sign with --key FILE)`,
-    );
-  }
-  if (!st.isFile()) throw new CodedError('E_KEY_PERMS', `release key ${file} is not a regular file`);
-  if ((st.mode & 0o077) !== 0)
-    throw new CodedError('E_KEY_PERMS', `release key ${file} has mode 0${(st.mode & 0o777).toString(8)}, readable by others; fix with: chmod 600 ${file}`);
-  let json: unknown;
-  try {
-    json = JSON.parse(await readFile(file, 'utf8')) as unknown;
-  } catch {
-    throw new CodedError('E_KEY_CORRUPT', `release key ${file} is not valid JSON`);
-  }
-  return parsePrivateJwk(json, 'sig');
+  return readPrivateKeyFile(
+    file,
+    'sig',
+    'release key',
+    () =>
+      new CodedError(
+        'E_NO_RELEASE_KEY',
+        path !== undefined
+          ? `release key ${file} does not exist`
+          : `no release key in ${file}; make one with: provision-server release keygen --data ${dataDir} (or sign with --key FILE)`,
+      ),
+  );
 }
 
 /** The public release keys (DATA/release.jwks); undefined when there is none (an older data directory). */

@@ -70,22 +70,35 @@ export async function loadServerKeys(dir: string): Promise<ServerKeys> {
   };
 }
 
-async function readPrivate(path: string, use: 'sig' | 'enc'): Promise<PrivateJwk> {
+function readPrivate(path: string, use: 'sig' | 'enc'): Promise<PrivateJwk> {
+  return readPrivateKeyFile(
+    path,
+    use,
+    'server key',
+    () => new CodedError('E_NO_KEYS', `server key ${path} does not exist; run: provision-server keys init --dir ${join(path, '..')}`),
+  );
+}
+
+/**
+ * A private JWK file (`label`: how messages name it): a regular file, not readable by others
+ * (E_KEY_PERMS), valid JSON (E_KEY_CORRUPT), a key for `use`; `missing()` is thrown when it is not there.
+ */
+export async function readPrivateKeyFile(path: string, use: 'sig' | 'enc', label: string, missing: () => CodedError): Promise<PrivateJwk> {
   let st;
   try {
     st = await lstat(path);
   } catch {
-    throw new CodedError('E_NO_KEYS', `server key ${path} does not exist; run: provision-server keys init --dir ${join(path, '..')}`);
+    throw missing();
   }
-  if (!st.isFile()) throw new CodedError('E_KEY_PERMS', `server key ${path} is not a regular file`);
+  if (!st.isFile()) throw new CodedError('E_KEY_PERMS', `${label} ${path} is not a regular file`);
   if ((st.mode & 0o077) !== 0) {
-    throw new CodedError('E_KEY_PERMS', `server key ${path} has mode 0${(st.mode & 0o777).toString(8)}, readable by others; fix with: chmod 600 ${path}`);
+    throw new CodedError('E_KEY_PERMS', `${label} ${path} has mode 0${(st.mode & 0o777).toString(8)}, readable by others; fix with: chmod 600 ${path}`);
   }
   let json: unknown;
   try {
     json = JSON.parse(await readFile(path, 'utf8')) as unknown;
   } catch {
-    throw new CodedError('E_KEY_CORRUPT', `server key ${path} is not valid JSON`);
+    throw new CodedError('E_KEY_CORRUPT', `${label} ${path} is not valid JSON`);
   }
   return parsePrivateJwk(json, use);
 }
