@@ -1,0 +1,79 @@
+/**
+ * The registry's rules that are not storage: what a report changes in the
+ * reported state, what a tag is, when an ack contradicts a recorded outcome.
+ * Both implementations (SQLite, PostgreSQL) apply them, so they agree.
+ */
+import type { AckClaims, ReportClaims } from '../../protocol/index.js';
+import { RegistryError } from '../registry/errors.js';
+import type { DeviceFlag, ReportedState } from './records.js';
+
+/** The audit event (and device flag) of an authenticated ack contradicting a recorded outcome. */
+export const ACK_CONTRADICTION_EVENT = 'security.ack_contradiction';
+
+/** Tags: 1-64 characters of A-Z a-z 0-9 . _ - : starting with a letter or digit. */
+export const TAG_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$/;
+
+/** How long a signing key replaced by a rotate still verifies acks already in flight. */
+export const PREVIOUS_KEY_GRACE_MS = 10 * 60 * 1000;
+
+/**
+ * The reported state after an accepted report: its claims, except that the
+ * recorded `last_seq` and what commands change (settings, keys, self-test)
+ * are kept when the report's `last_seq` is below the recorded one, or equal
+ * for an `offline` report (sealed before its connection, it cannot know more).
+ */
+export function nextReportedState(previous: ReportedState | null, claims: ReportClaims): ReportedState {
+  const fresh: ReportedState = {
+    reason: claims.reason,
+    iat: claims.iat,
+    agent_version: claims.agent_version,
+    node_version: claims.node_version,
+    last_seq: claims.last_seq,
+    kids: claims.kids,
+    settings_digest: claims.settings_digest,
+    uptime_s: claims.uptime_s,
+    selftest: claims.selftest,
+    // The upgrade under way (agents before upgrades never say: null).
+    upgrade: claims.upgrade ?? null,
+  };
+  if (previous === null) return fresh;
+  const ahead = claims.last_seq > previous.last_seq || (claims.last_seq === previous.last_seq && claims.reason !== 'offline');
+  return ahead ? fresh : { ...previous, reason: claims.reason, iat: claims.iat };
+}
+
+export function assertTag(tag: string): void {
+  if (!TAG_PATTERN.test(tag))
+    throw new RegistryError('E_BAD_TAG', `tag "${tag}" must be 1-64 characters of A-Z a-z 0-9 . _ : - starting with a letter or digit`);
+}
+
+/**
+ * Whether a later authenticated ack contradicts the outcome recorded for the
+ * command: it claims `applied` where the registry recorded `rejected`/`failed`,
+ * or, for a `rotate` recorded applied, reports other keys. An ack that does
+ * not claim `applied` never does (`rejected E_REPLAY` or `E_EXPIRED` for a
+ * redelivered command already applied is what an agent answers).
+ */
+export function ackContradicts(row: { action: string; ack_status: string | null; ack_result: string | null }, ack: AckClaims): boolean {
+  if (ack.status !== 'applied' || row.ack_status === null) return false;
+  if (row.ack_status !== 'applied') return true;
+  if (row.action !== 'rotate') return false;
+  // A repeated answer may carry no keys (the outcome only): only other keys contradict.
+  const claimed = keyIds(ack.result);
+  return claimed !== '' && claimed !== keyIds(row.ack_result === null ? undefined : (JSON.parse(row.ack_result) as unknown));
+}
+
+/** The sorted kids of a rotate ack's `result.keys`, as one string ('' when absent). */
+export function keyIds(result: unknown): string {
+  const keys = (result as { keys?: { keys?: unknown } } | undefined)?.keys?.keys;
+  if (!Array.isArray(keys)) return '';
+  return keys
+    .map((k) => (typeof (k as { kid?: unknown })?.kid === 'string' ? (k as { kid: string }).kid : ''))
+    .sort()
+    .join(',');
+}
+
+export function deviceFlag(at: number, text: string | null): DeviceFlag {
+  const parsed = text === null ? {} : (JSON.parse(text) as Record<string, unknown>);
+  const { event, ...detail } = parsed;
+  return { at, event: typeof event === 'string' ? event : 'unknown', detail };
+}

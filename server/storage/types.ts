@@ -1,0 +1,271 @@
+/**
+ * The server's storage interface: everything `serve`, `send`, the HTTP API, the
+ * rollout engine and the operator commands keep, split by concern, every call
+ * asynchronous. Two implementations: SQLite (server/storage/sqlite/, the
+ * embedded default, one file in the data directory) and PostgreSQL
+ * (server/storage/postgres/, several server machines sharing one fleet).
+ *
+ * Rules every implementation keeps (the shared suite test/storage/ checks them
+ * on both):
+ * - Each method that changes more than one row is one transaction; nothing is
+ *   read on one round trip and written on the next on a decision another
+ *   process could race (seq allocation, token use, claims, the lease and ack
+ *   recording are single conditional statements or row-locked transactions).
+ * - Errors are RegistryError (server/registry/errors.ts) with the codes the
+ *   SQLite registry has always thrown (E_NO_DEVICE, E_TOKEN, E_DECOMMISSIONED,
+ *   E_NO_KEY, E_NO_ROLLOUT, E_ROLLOUT_STATE, E_BAD_TAG, ...).
+ * - Times are milliseconds since the epoch, from `now()` (tests inject a clock).
+ */
+import type { AckClaims, PublicJwk, ReleaseManifest, ReportClaims } from '../../protocol/index.js';
+import type {
+  AckRecordOutcome,
+  AuditFilter,
+  AuditRecord,
+  CommandRecord,
+  DeviceRecord,
+  DeviceState,
+  FanoutRecord,
+  Lease,
+  NewCommand,
+  NewDevice,
+  PlanSummary,
+  ReleaseRecord,
+  ReportRecordOutcome,
+  RolloutRecord,
+  RolloutSelector,
+  RolloutSpec,
+  RolloutState,
+  TargetCounts,
+  TargetRecord,
+  TargetState,
+  TokenListing,
+} from './records.js';
+import type { RegistryError } from '../registry/errors.js';
+
+/** Which implementation, and where (a path, or a URL with its password removed). */
+export interface StorageInfo {
+  kind: 'sqlite' | 'postgres';
+  location: string;
+}
+
+export interface Storage {
+  readonly info: StorageInfo;
+  /** The storage's clock (ms since the epoch); tests inject one. */
+  now(): number;
+  readonly devices: DeviceStore;
+  readonly enrollment: EnrollmentStore;
+  readonly seq: SeqStore;
+  readonly commands: CommandStore;
+  readonly rollouts: RolloutStore;
+  readonly leases: LeaseStore;
+  readonly audit: AuditStore;
+  readonly releases: ReleaseStore;
+  /** False once close() was called: late callbacks (timers, in-flight handlers) check it and do nothing. */
+  readonly open: boolean;
+  close(): Promise<void>;
+}
+
+// ---- devices and tags ---------------------------------------------------------
+
+export interface DeviceListFilter {
+  userId?: string;
+  states?: readonly DeviceState[];
+  tag?: string;
+}
+
+export interface DeviceStore {
+  get(id: string): Promise<DeviceRecord | undefined>;
+  /** E_NO_DEVICE when absent. */
+  require(id: string): Promise<DeviceRecord>;
+  list(filter?: DeviceListFilter): Promise<DeviceRecord[]>;
+  /** Registers (or with replace, re-registers: flag cleared) a device with its keys; audited. */
+  add(input: NewDevice, options?: { replace?: boolean }): Promise<DeviceRecord>;
+  /** Removes the device and everything of it; audited. E_NO_DEVICE when absent. */
+  remove(id: string): Promise<void>;
+  /** Adds tags (E_BAD_TAG for one that is not a tag; nothing added then); returns the device's tags. */
+  addTags(deviceId: string, tags: readonly string[]): Promise<string[]>;
+  removeTags(deviceId: string, tags: readonly string[]): Promise<string[]>;
+  tagsOf(deviceId: string): Promise<string[]>;
+  listTags(): Promise<{ tag: string; devices: number }[]>;
+  /** Records a verified report (presence, reported state, arch/version) unless stale or a duplicate. */
+  recordReport(deviceId: string, claims: ReportClaims): Promise<ReportRecordOutcome>;
+  /** Signing keys that verify its acks: current, and previous within the grace after a rotate. */
+  verificationKeys(id: string): Promise<PublicJwk[]>;
+  /** Signing keys that verify its reports. */
+  reportVerificationKeys(id: string): Promise<PublicJwk[]>;
+}
+
+// ---- tokens and enrollment ----------------------------------------------------
+
+export interface EnrollInput {
+  deviceId: string;
+  token: string;
+  enrollmentJti: string;
+  signing: PublicJwk;
+  encryption: PublicJwk;
+}
+
+export interface EnrollmentStore {
+  /** A new one-time token for the device (its hash stored, the text returned once). */
+  createToken(deviceId: string, userId: string, ttlMs: number): Promise<{ token: string; expiresAt: number }>;
+  /** Consumes the token and registers the keys, atomically; a repeat of the same enrollment is `repeated`. E_TOKEN otherwise. */
+  enroll(input: EnrollInput): Promise<{ userId: string; repeated: boolean }>;
+  listTokens(filter?: { deviceId?: string }): Promise<TokenListing[]>;
+  /** Devices with a token issued and no enrollment accepted. */
+  pendingEnrollments(): Promise<TokenListing[]>;
+}
+
+// ---- seq ----------------------------------------------------------------------
+
+export interface SeqStore {
+  /** The device's next command seq, taken atomically (never handed out twice, on any machine). E_NO_DEVICE, E_DECOMMISSIONED, E_NO_KEY. */
+  allocate(deviceId: string): Promise<{ seq: number; device: DeviceRecord }>;
+  /** One seq per id in one transaction; a device that cannot have one gets its error in place. */
+  allocateMany(deviceIds: readonly string[]): Promise<({ seq: number; device: DeviceRecord } | RegistryError)[]>;
+}
+
+// ---- commands, acks and deliveries ---------------------------------------------
+
+/**
+ * What an applied ack does to the registry, as the server's per-action table
+ * tells it for the command (server/actions/): the storage applies the list in
+ * the ack's own transaction.
+ */
+export type AckEffect =
+  /** The device is bound to this user (a command that binds one). */
+  | { kind: 'bind-user'; userId: string }
+  /** The device is provisioned (confirmed), unless decommissioned; audited device.provisioned. */
+  | { kind: 'provisioned'; userId: string }
+  /** These keys become current, the replaced ones previous; audited device.rotate. */
+  | { kind: 'keys-rotated'; signing: PublicJwk; encryption: PublicJwk }
+  /** Decommissioned, every key retired; audited device.decommissioned. */
+  | { kind: 'decommissioned' }
+  /** Runs this agent version (null: unknown), of the architecture of the release the command named; audited device.upgraded. */
+  | { kind: 'upgraded'; version: string | null };
+
+/** Called inside the ack's transaction with the command it answers, only for an ack recorded now with status applied. */
+export type AckEffectsOf = (command: CommandRecord) => readonly AckEffect[];
+
+export interface CommandListFilter {
+  deviceId?: string;
+  fanoutId?: string;
+  limit?: number;
+}
+
+export interface CommandStore {
+  /** Records a sealed command (audited command.create). */
+  record(c: NewCommand): Promise<void>;
+  /** Records many in one transaction (group commit): one result per input, an Error for one that failed alone. */
+  recordMany(cs: readonly NewCommand[]): Promise<(true | Error)[]>;
+  markSent(jti: string): Promise<void>;
+  markSentMany(jtis: readonly string[]): Promise<void>;
+  get(jti: string): Promise<CommandRecord | undefined>;
+  /** The sealed JWE as published (re-publishing). */
+  sealed(jti: string): Promise<string | undefined>;
+  /** Newest first. */
+  list(filter?: CommandListFilter): Promise<CommandRecord[]>;
+  /**
+   * Records a verified ack once (a duplicate changes nothing; a contradiction is
+   * audited and flags the device, effects not applied), and for an `applied`
+   * one applies `effectsOf(command)` in the same transaction.
+   */
+  recordAck(deviceId: string, ack: AckClaims, effectsOf: AckEffectsOf): Promise<AckRecordOutcome>;
+  /** The legacy fan-out (send --resume of a run recorded before rollouts). */
+  createFanout(action: string, params: Record<string, unknown>, selector: FanoutRecord['selector'], devices: string[]): Promise<FanoutRecord>;
+  getFanout(id: string): Promise<FanoutRecord>;
+}
+
+// ---- rollouts and the engine lease ---------------------------------------------
+
+export interface TargetMoveFields {
+  jti?: string | null;
+  code?: string | null;
+  sent?: boolean;
+  attempt?: boolean;
+  nextAt?: number | null;
+  lease?: Lease;
+}
+
+export interface CreateFromSelectorOptions {
+  needsDeviceUser: boolean;
+  chunk?: number;
+  retryOf?: { id: string; inFlightLeftOut: number; removedLeftOut?: number };
+  /** At most this many targets (what a destructive action was confirmed for): more now cancels the rollout before release, E_CONFIRM. */
+  maxTargets?: number;
+}
+
+export interface RolloutStore {
+  create(spec: RolloutSpec, deviceIds: readonly string[]): Promise<RolloutRecord>;
+  /** Targets resolved inside the database, in chunks, never the fleet's ids in memory (server/registry/rollouts.ts). */
+  createFromSelector(spec: RolloutSpec, options: CreateFromSelectorOptions): Promise<RolloutRecord>;
+  get(id: string): Promise<RolloutRecord | undefined>;
+  /** E_NO_ROLLOUT when absent. */
+  require(id: string): Promise<RolloutRecord>;
+  list(options?: { limit?: number; unfinished?: boolean }): Promise<RolloutRecord[]>;
+  counts(id: string): Promise<TargetCounts>;
+  targets(id: string, options?: { states?: readonly TargetState[]; limit?: number }): Promise<TargetRecord[]>;
+  deliverable(id: string, now: number, limit: number): Promise<TargetRecord[]>;
+  pendingBreakdown(id: string, now: number): Promise<{ deliverable: number; backoff: number; offline: number; backoffUntil: number | null }>;
+  move(id: string, deviceId: string, from: readonly TargetState[], to: TargetState, fields?: TargetMoveFields): Promise<boolean>;
+  claim(id: string, deviceId: string, lease: Lease): Promise<boolean>;
+  markSent(id: string, deviceId: string, jti: string, lease: Lease): Promise<'sent' | 'fenced' | 'stopped'>;
+  reclaimSending(id: string, lease: Lease): Promise<{ adopted: number; requeued: number }>;
+  unansweredValid(id: string, now: number): Promise<{ deviceId: string; jti: string }[]>;
+  answered(
+    id: string,
+  ): Promise<{ deviceId: string; jti: string; status: 'applied' | 'rejected' | 'failed' | 'rolled_back'; code: string | null; attempts: number }[]>;
+  inFlight(id: string, now: number): Promise<number>;
+  unansweredExpired(deviceId: string, now: number): Promise<{ rolloutId: string; jti: string }[]>;
+  pendingFor(deviceId: string): Promise<string[]>;
+  expireAll(id: string): Promise<number>;
+  cancelPending(id: string, code: string): Promise<number>;
+  finishInterruptedPlanning(id: string): Promise<string | undefined>;
+  setState(id: string, from: readonly RolloutState[], to: RolloutState, reason: string, by: string): Promise<RolloutRecord>;
+  finish(id: string, state: RolloutState, reason: string): Promise<void>;
+  /** The plan's counts of what a selector matches, by presence (server/rollouts/plan.ts); E_NO_DEVICE naming every unknown named device. */
+  summarize(selector: RolloutSelector, needsDeviceUser: boolean, now: number): Promise<PlanSummary>;
+  /** The first `limit` device ids a selector matches: named devices in their order, the others by id. */
+  sampleIds(selector: RolloutSelector, limit: number): Promise<string[]>;
+  /** Targets of `id` in `states` whose device was removed from the registry since. */
+  removedTargets(id: string, states: readonly TargetState[]): Promise<number>;
+  /** When the rollout last sent a command (null: never). */
+  lastSentAt(id: string): Promise<number | null>;
+}
+
+export interface LeaseStore {
+  /** Takes (or renews, for its live holder) the named lease; undefined while another holds it. A new holder gets a higher generation. */
+  take(name: string, holder: string, ttlMs: number): Promise<Lease | undefined>;
+  renew(lease: Lease): Promise<boolean>;
+  /** Lets it lapse now (the generation stays). */
+  release(name: string, holder: string): Promise<void>;
+  holder(name: string): Promise<string | undefined>;
+}
+
+// ---- audit --------------------------------------------------------------------
+
+export interface AuditStore {
+  append(event: string, deviceId: string | null, detail?: Record<string, unknown>): Promise<void>;
+  /** The newest `limit` rows (default 100), of one device or all, oldest first. */
+  log(options?: { deviceId?: string; limit?: number }): Promise<AuditRecord[]>;
+  /** The newest `limit` rows matching the filter, oldest first (server/registry/audit-query.ts). */
+  query(filter: AuditFilter): Promise<AuditRecord[]>;
+  /** The id of the newest row (0: none). */
+  lastId(): Promise<number>;
+  /** Rows with afterId < id <= upTo whose event starts with `prefix` (e.g. `rollout.`), oldest first, at most `limit`. */
+  eventsSince(afterId: number, upTo: number, prefix: string, limit: number): Promise<AuditRecord[]>;
+}
+
+// ---- releases -----------------------------------------------------------------
+
+export interface ReleaseStore {
+  list(filter?: { version?: string }): Promise<ReleaseRecord[]>;
+  get(version: string, arch: string): Promise<ReleaseRecord | undefined>;
+  bySha256(sha256: string): Promise<ReleaseRecord | undefined>;
+  require(version: string, arch?: string): Promise<ReleaseRecord>;
+  add(m: ReleaseManifest, manifestJws: string, dir: string): Promise<ReleaseRecord>;
+  /** What still needs the release (an unfinished rollout, an unanswered command), as text; undefined: nothing. */
+  inUse(r: ReleaseRecord): Promise<string | undefined>;
+  markRemoved(r: ReleaseRecord): Promise<void>;
+  /** Whether the device has an unanswered upgrade command naming this artifact (the chunk server serves only then). */
+  upgradeInFlight(deviceId: string, sha256: string): Promise<boolean>;
+}
