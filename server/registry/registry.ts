@@ -781,6 +781,7 @@ function commandRecord(row: CommandRow): CommandRecord {
     seq: row.seq,
     encryptionKid: row.encryption_kid,
     fanoutId: row.fanout_id,
+    bindUser: row.bind_user,
     createdAt: row.created_at,
     expiresAt: row.expires_at,
     sentAt: row.sent_at,

@@ -92,6 +92,8 @@ export interface CommandRecord {
   ackedAt: number | null;
   /** Sealed and recorded but never published: its sender lost the rollout lease (fencing) first. Nothing re-publishes it. */
   voidedAt: number | null;
+  /** The user the device is bound to once this command is applied (request; update with user_id), else null. */
+  bindUser: string | null;
   /** For an upgrade: the SHA-256 of the release artifact it names (what the chunk server serves the device while it is in flight). */
   releaseSha256: string | null;
 }

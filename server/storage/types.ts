@@ -128,23 +128,22 @@ export interface SeqStore {
 
 /**
  * What an applied ack does to the registry, as the server's per-action table
- * tells it for the command (server/actions/): the storage applies the list in
- * the ack's own transaction.
+ * tells it for the command (server/actions/): the caller builds the list from
+ * the command (its action, bindUser, releaseSha256) and the ack; the storage
+ * applies it in the ack's own transaction, only when the ack is recorded now
+ * with status `applied` (never for a duplicate or a contradiction).
  */
 export type AckEffect =
-  /** The device is bound to this user (a command that binds one). */
+  /** The device is bound to this user (a command with bindUser). */
   | { kind: 'bind-user'; userId: string }
-  /** The device is provisioned (confirmed), unless decommissioned; audited device.provisioned. */
+  /** The device is provisioned (confirmed), unless decommissioned; audited device.provisioned with user_id. */
   | { kind: 'provisioned'; userId: string }
-  /** These keys become current, the replaced ones previous; audited device.rotate. */
+  /** These keys become current, the replaced ones previous; audited device.rotate. (In a contradiction: only named in its audit row.) */
   | { kind: 'keys-rotated'; signing: PublicJwk; encryption: PublicJwk }
   /** Decommissioned, every key retired; audited device.decommissioned. */
   | { kind: 'decommissioned' }
-  /** Runs this agent version (null: unknown), of the architecture of the release the command named; audited device.upgraded. */
+  /** Runs this agent version (null: unknown); arch from the release with the command's releaseSha256 (when any); audited device.upgraded. */
   | { kind: 'upgraded'; version: string | null };
-
-/** Called inside the ack's transaction with the command it answers, only for an ack recorded now with status applied. */
-export type AckEffectsOf = (command: CommandRecord) => readonly AckEffect[];
 
 export interface CommandListFilter {
   deviceId?: string;
@@ -167,9 +166,9 @@ export interface CommandStore {
   /**
    * Records a verified ack once (a duplicate changes nothing; a contradiction is
    * audited and flags the device, effects not applied), and for an `applied`
-   * one applies `effectsOf(command)` in the same transaction.
+   * one recorded now applies `effects` in the same transaction.
    */
-  recordAck(deviceId: string, ack: AckClaims, effectsOf: AckEffectsOf): Promise<AckRecordOutcome>;
+  recordAck(deviceId: string, ack: AckClaims, effects: readonly AckEffect[]): Promise<AckRecordOutcome>;
   /** The legacy fan-out (send --resume of a run recorded before rollouts). */
   createFanout(action: string, params: Record<string, unknown>, selector: FanoutRecord['selector'], devices: string[]): Promise<FanoutRecord>;
   getFanout(id: string): Promise<FanoutRecord>;
