@@ -10,6 +10,7 @@
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { type Action, type ActionParams, checkCommandInput, CodedError, commandTopic, isRecord } from '../protocol/index.js';
+import { serverAction } from './actions/table.js';
 import { GroupCommit } from './group-commit.js';
 import { RegistryError } from './registry/errors.js';
 import { ReleaseStore } from './registry/releases.js';
@@ -122,8 +123,7 @@ export function prepareCommand(registry: Registry, keys: ServerKeys, req: SendRe
   if (device.state === 'decommissioned')
     throw new RegistryError('E_DECOMMISSIONED', `device ${req.deviceId} is decommissioned; provision it again with a new token or bundle`);
   if (!device.encryption) throw new RegistryError('E_NO_KEY', `device ${req.deviceId} has no registered encryption key: nothing is sent (never in plaintext)`);
-  const bindUser =
-    req.action === 'request' ? userId : req.action === 'update' && 'user_id' in params && typeof params.user_id === 'string' ? params.user_id : undefined;
+  const bindUser = serverAction(req.action).bindUser(userId, params);
   return { deviceId: req.deviceId, action: req.action, userId, params, bindUser, releaseSha256 };
 }
 

@@ -20,7 +20,8 @@ import type { CommandSender } from './command-sender.js';
 import type { EnrollRefusals } from './enroll-refusals.js';
 import type { Logger } from '../lib/log.js';
 import { isRegistryError } from './registry/errors.js';
-import type { AckEffects, Registry } from './registry/registry.js';
+import type { Registry } from './registry/registry.js';
+import { ackEffectsOf, serverActionOf, type RotatedKeys } from './actions/table.js';
 import type { CommandRecord } from './registry/types.js';
 import type { ServerKeys } from './server-keys.js';
 import { openAndRecordReport } from './presence.js';
@@ -172,19 +173,20 @@ export async function handleAck(ctx: InboundContext, deviceId: string, payload: 
   if (claims.seq !== 0 && claims.seq !== command.seq) {
     return drop(ctx, deviceId, 'E_CLAIMS', `ack of ${claims.ref} carries seq ${claims.seq}, the command had ${command.seq}`);
   }
-  if (command.action === 'upgrade' && command.ackStatus === null && claims.status === 'rejected' && claims.code === 'E_REPLAY') {
+  const action = serverActionOf(command);
+  if (action?.outcomeLater && command.ackStatus === null && claims.status === 'rejected' && claims.code === 'E_REPLAY') {
     // A copy of an upgrade the board already took (a redelivery): its outcome comes when the board decided
     // (applied or rolled_back after the health gate), so "already seen" is not recorded as the outcome.
     ctx.log.info('ack.replay_noted', { device: deviceId, action: command.action, seq: command.seq, note: 'upgrade in progress: outcome still to come' });
     return { kind: 'ignored' };
   }
-  const effects: AckEffects = {};
-  if (command.action === 'rotate' && claims.status === 'applied') {
+  let keysReported: RotatedKeys | undefined;
+  if (action?.reportsKeys && claims.status === 'applied') {
     // For an ack of a command already answered, the keys are only reported (in the audit), never adopted.
-    if (command.ackStatus === null) effects.rotatedKeys = await rotatedKeys(claims.result);
-    else effects.rotatedKeys = await rotatedKeys(claims.result).catch(() => undefined);
+    if (command.ackStatus === null) keysReported = await rotatedKeys(claims.result);
+    else keysReported = await rotatedKeys(claims.result).catch(() => undefined);
   }
-  const outcome = registry.recordAck(deviceId, claims, effects);
+  const outcome = registry.recordAck(deviceId, claims, ackEffectsOf(command, claims, keysReported));
   if (outcome.kind === 'unknown-command') return drop(ctx, deviceId, 'E_NO_COMMAND', `ack refers to unknown command ${claims.ref}`);
   if (outcome.kind === 'contradiction') {
     ctx.log.error('security.ack_contradiction', {

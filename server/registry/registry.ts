@@ -9,6 +9,7 @@ import { existsSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { compareReportPositions, reportPosition, type AckClaims, type PublicJwk, type ReportClaims } from '../../protocol/index.js';
 import { RegistryError } from './errors.js';
+import type { AckEffect } from '../storage/types.js';
 import { migrate } from './schema.js';
 import { ACK_CONTRADICTION_EVENT, PREVIOUS_KEY_GRACE_MS, TAG_PATTERN, ackContradicts, assertTag, deviceFlag, nextReportedState } from '../storage/rules.js';
 export { ACK_CONTRADICTION_EVENT, PREVIOUS_KEY_GRACE_MS, TAG_PATTERN, ackContradicts, assertTag };
@@ -129,11 +130,6 @@ export type ReportRecordOutcome =
    * left, a legacy report from a device that sends positions): ignored, nothing changed.
    */
   | { kind: 'stale' };
-
-export interface AckEffects {
-  /** New public keys from a `rotate` ack, already validated. */
-  rotatedKeys?: { signing: PublicJwk; encryption: PublicJwk };
-}
 
 export class Registry {
   readonly db: Database.Database;
@@ -564,22 +560,21 @@ export class Registry {
    * as `security.ack_contradiction` with what the ack claimed, and the device is
    * flagged until it is enrolled again or its keys are replaced.
    */
-  recordAck(deviceId: string, ack: AckClaims, effects: AckEffects = {}): AckRecordOutcome {
+  recordAck(deviceId: string, ack: AckClaims, effects: readonly AckEffect[]): AckRecordOutcome {
     return this.db
       .transaction((): AckRecordOutcome => {
         const row = this.db.prepare('SELECT * FROM commands WHERE jti = ? AND device_id = ?').get(ack.ref, deviceId) as CommandRow | undefined;
         if (!row) return { kind: 'unknown-command' };
         if (row.ack_status !== null) {
           if (!ackContradicts(row, ack)) return { kind: 'duplicate', command: commandRecord(row) };
+          const rotated = effects.find((e) => e.kind === 'keys-rotated');
           const detail = {
             jti: row.jti,
             action: row.action,
             seq: row.seq,
             recorded: { status: row.ack_status, code: row.ack_code, ack_jti: row.ack_jti },
             claimed: { status: ack.status, code: ack.code, ack_jti: ack.jti },
-            ...(effects.rotatedKeys
-              ? { claimed_keys: { signing_kid: effects.rotatedKeys.signing.kid, encryption_kid: effects.rotatedKeys.encryption.kid } }
-              : {}),
+            ...(rotated ? { claimed_keys: { signing_kid: rotated.signing.kid, encryption_kid: rotated.encryption.kid } } : {}),
             effects: 'not applied',
           };
           this.audit(ACK_CONTRADICTION_EVENT, deviceId, detail);
@@ -595,8 +590,7 @@ export class Registry {
           )
           .run(ack.status, ack.code, ack.detail, ack.jti, ack.result ? JSON.stringify(ack.result) : null, now, ack.ref);
         this.audit('command.ack', deviceId, { jti: row.jti, action: row.action, seq: row.seq, status: ack.status, code: ack.code, ack_jti: ack.jti });
-        if (ack.status === 'applied') this.#applyEffects(row, effects, now);
-        if (ack.status === 'applied' && row.action === 'upgrade') this.#recordUpgrade(row, ack.result, now);
+        if (ack.status === 'applied') for (const e of effects) this.#applyEffect(row, e, now);
         return { kind: 'recorded', command: this.getCommand(row.jti) as CommandRecord };
       })
       .immediate();
@@ -633,32 +627,38 @@ export class Registry {
 
   // ---- internals -------------------------------------------------------------
 
-  #applyEffects(row: CommandRow, effects: AckEffects, now: number): void {
+  #applyEffect(row: CommandRow, e: AckEffect, now: number): void {
     const id = row.device_id;
-    if (row.bind_user !== null) {
-      this.db.prepare('UPDATE devices SET user_id = ?, updated_at = ? WHERE id = ?').run(row.bind_user, now, id);
-    }
-    if (row.action === 'request') {
-      this.db
-        .prepare("UPDATE devices SET state = 'provisioned', confirmed_at = ?, updated_at = ? WHERE id = ? AND state != 'decommissioned'")
-        .run(now, now, id);
-      this.audit('device.provisioned', id, { user_id: row.bind_user ?? row.user_id });
-    } else if (row.action === 'rotate' && effects.rotatedKeys) {
-      this.#setCurrentKeys(id, effects.rotatedKeys.signing, effects.rotatedKeys.encryption);
-      this.audit('device.rotate', id, { signing_kid: effects.rotatedKeys.signing.kid, encryption_kid: effects.rotatedKeys.encryption.kid });
-    } else if (row.action === 'delete') {
-      this.db.prepare("UPDATE devices SET state = 'decommissioned', decommissioned_at = ?, updated_at = ? WHERE id = ?").run(now, now, id);
-      this.db.prepare("UPDATE device_keys SET status = 'retired', retired_at = COALESCE(retired_at, ?) WHERE device_id = ?").run(now, id);
-      this.audit('device.decommissioned', id, {});
+    switch (e.kind) {
+      case 'bind-user':
+        this.db.prepare('UPDATE devices SET user_id = ?, updated_at = ? WHERE id = ?').run(e.userId, now, id);
+        return;
+      case 'provisioned':
+        this.db
+          .prepare("UPDATE devices SET state = 'provisioned', confirmed_at = ?, updated_at = ? WHERE id = ? AND state != 'decommissioned'")
+          .run(now, now, id);
+        this.audit('device.provisioned', id, { user_id: e.userId });
+        return;
+      case 'keys-rotated':
+        this.#setCurrentKeys(id, e.signing, e.encryption);
+        this.audit('device.rotate', id, { signing_kid: e.signing.kid, encryption_kid: e.encryption.kid });
+        return;
+      case 'decommissioned':
+        this.db.prepare("UPDATE devices SET state = 'decommissioned', decommissioned_at = ?, updated_at = ? WHERE id = ?").run(now, now, id);
+        this.db.prepare("UPDATE device_keys SET status = 'retired', retired_at = COALESCE(retired_at, ?) WHERE device_id = ?").run(now, id);
+        this.audit('device.decommissioned', id, {});
+        return;
+      case 'upgraded':
+        this.#recordUpgrade(row, e.version, now);
+        return;
     }
   }
 
   /**
-   * An applied upgrade: the device runs result.version now, and is of the
+   * An applied upgrade: the device runs `version` now, and is of the
    * architecture of the release it installed (the board checked it).
    */
-  #recordUpgrade(row: CommandRow, result: Record<string, unknown> | undefined, now: number): void {
-    const version = typeof result?.version === 'string' && result.version.length <= 64 ? result.version : null;
+  #recordUpgrade(row: CommandRow, version: string | null, now: number): void {
     const arch =
       row.release_sha256 === null
         ? undefined

@@ -211,20 +211,20 @@ describe('server: an ack contradicting a recorded outcome is a security event (b
       const rot = command('rotate');
       const keys = { keys: toJwkSet([next.signing, next.encryption]) };
       expect(
-        reg.recordAck('rc-1', ack(rot, 'applied', 'OK', keys), {
-          rotatedKeys: { signing: toPublicJwk(next.signing), encryption: toPublicJwk(next.encryption) },
-        }).kind,
+        reg.recordAck('rc-1', ack(rot, 'applied', 'OK', keys), [
+          { kind: 'keys-rotated', signing: toPublicJwk(next.signing), encryption: toPublicJwk(next.encryption) },
+        ]).kind,
       ).to.equal('recorded');
-      expect(reg.recordAck('rc-1', ack(rot, 'applied', 'OK', keys)).kind).to.equal('duplicate');
-      expect(reg.recordAck('rc-1', ack(rot, 'applied', 'OK')).kind, 'the outcome repeated without keys').to.equal('duplicate');
-      expect(reg.recordAck('rc-1', ack(rot, 'rejected', 'E_REPLAY')).kind).to.equal('duplicate');
-      expect(reg.recordAck('rc-1', ack(rot, 'rejected', 'E_EXPIRED')).kind).to.equal('duplicate');
+      expect(reg.recordAck('rc-1', ack(rot, 'applied', 'OK', keys), []).kind).to.equal('duplicate');
+      expect(reg.recordAck('rc-1', ack(rot, 'applied', 'OK'), []).kind, 'the outcome repeated without keys').to.equal('duplicate');
+      expect(reg.recordAck('rc-1', ack(rot, 'rejected', 'E_REPLAY'), []).kind).to.equal('duplicate');
+      expect(reg.recordAck('rc-1', ack(rot, 'rejected', 'E_EXPIRED'), []).kind).to.equal('duplicate');
       expect(reg.requireDevice('rc-1').flag).to.equal(null);
-      expect(reg.recordAck('rc-1', ack(rot, 'applied', 'OK', { keys: toJwkSet([other.signing, other.encryption]) })).kind).to.equal('contradiction');
+      expect(reg.recordAck('rc-1', ack(rot, 'applied', 'OK', { keys: toJwkSet([other.signing, other.encryption]) }), []).kind).to.equal('contradiction');
       expect(reg.requireDevice('rc-1').signing?.kid, 'keys stay those first recorded').to.equal(next.signing.kid);
       const failed = command('update');
-      expect(reg.recordAck('rc-1', ack(failed, 'failed', 'E_HOOK')).kind).to.equal('recorded');
-      expect(reg.recordAck('rc-1', ack(failed, 'applied', 'OK')).kind).to.equal('contradiction');
+      expect(reg.recordAck('rc-1', ack(failed, 'failed', 'E_HOOK'), []).kind).to.equal('recorded');
+      expect(reg.recordAck('rc-1', ack(failed, 'applied', 'OK'), []).kind).to.equal('contradiction');
       expect(reg.auditLog({ deviceId: 'rc-1' }).filter((a) => a.event === ACK_CONTRADICTION_EVENT)).to.have.length(2);
     } finally {
       reg.close();

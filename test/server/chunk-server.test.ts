@@ -190,18 +190,22 @@ describe('server: the chunk server answers only upgrades in flight, rate-limited
     const reg = f.server.data.registry;
     const c = reg.listCommands({ deviceId: a.id }).find((x) => x.action === 'upgrade');
     expect(c).to.not.equal(undefined);
-    reg.recordAck(a.id, {
-      iss: a.id,
-      aud: f.server.data.keys.serverId,
-      iat: Math.floor(Date.now() / 1000),
-      jti: 'ack-rolled-back',
-      ref: c?.jti as string,
-      seq: c?.seq as number,
-      status: 'rolled_back',
-      code: 'E_UPGRADE_SELFTEST',
-      detail: 'self-test failed',
-      result: { version: '0.1.0', previous: '0.2.0' },
-    });
+    reg.recordAck(
+      a.id,
+      {
+        iss: a.id,
+        aud: f.server.data.keys.serverId,
+        iat: Math.floor(Date.now() / 1000),
+        jti: 'ack-rolled-back',
+        ref: c?.jti as string,
+        seq: c?.seq as number,
+        status: 'rolled_back',
+        code: 'E_UPGRADE_SELFTEST',
+        detail: 'self-test failed',
+        result: { version: '0.1.0', previous: '0.2.0' },
+      },
+      [],
+    );
     await sleep(2500);
     const mark = resultsOf(a.id).length;
     linkA.frames.length = 0;

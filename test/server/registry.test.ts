@@ -6,6 +6,8 @@ import { randomUUID } from 'node:crypto';
 import { toPublicJwk, type AckClaims } from '../../protocol/index.js';
 import { PREVIOUS_KEY_GRACE_MS, Registry } from '../../server/registry/registry.js';
 import { makeSimDevice } from './sim-fleet.js';
+import { ackEffectsOf } from '../../server/actions/table.js';
+import type { CommandRecord } from '../../server/storage/records.js';
 
 describe('server: registry', function () {
   let dir: string;
@@ -92,10 +94,10 @@ describe('server: registry', function () {
       expiresAt: now + 60_000,
     });
     const ack: AckClaims = { iss: 'rot-1', aud: 'provision-server', iat: 0, jti: randomUUID(), ref: jti, seq, status: 'applied', code: 'OK', detail: '' };
-    expect(reg.recordAck('rot-1', ack, { rotatedKeys: { signing: toPublicJwk(next.signing), encryption: toPublicJwk(next.encryption) } }).kind).to.equal(
+    expect(reg.recordAck('rot-1', ack, [{ kind: 'keys-rotated', signing: toPublicJwk(next.signing), encryption: toPublicJwk(next.encryption) }]).kind).to.equal(
       'recorded',
     );
-    expect(reg.recordAck('rot-1', ack).kind).to.equal('duplicate');
+    expect(reg.recordAck('rot-1', ack, []).kind).to.equal('duplicate');
     expect(reg.requireDevice('rot-1').encryption?.kid).to.equal(next.encryption.kid);
     expect(
       reg
@@ -119,7 +121,8 @@ describe('server: registry', function () {
       sealed: 'x',
       expiresAt: now + 60_000,
     });
-    reg.recordAck('rot-1', { ...ack, jti: randomUUID(), ref: del, seq: s2 });
+    const delAck = { ...ack, jti: randomUUID(), ref: del, seq: s2 };
+    reg.recordAck('rot-1', delAck, ackEffectsOf(reg.getCommand(del) as CommandRecord, delAck));
     const gone = reg.requireDevice('rot-1');
     expect(gone.state).to.equal('decommissioned');
     expect(gone.keys.every((k) => k.status === 'retired')).to.equal(true);

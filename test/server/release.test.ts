@@ -22,7 +22,9 @@ import {
   toPublicJwk,
   verifyReleaseManifest,
   type ReleaseManifest,
+  type AckClaims,
 } from '../../protocol/index.js';
+import { ackEffectsOf } from '../../server/actions/table.js';
 import { CommandSender } from '../../server/command-sender.js';
 import { openDataDir } from '../../server/data-dir.js';
 import { runServerCli, useInitializedDataDir } from './run-cli.js';
@@ -212,7 +214,7 @@ describe('server: releases (release key, release add/list/show/remove)', functio
       const inUse = await cli('release', 'remove', '0.2.0');
       expect(inUse.code).to.equal(2);
       expect(inUse.stderr).to.contain('E_RELEASE_IN_USE').and.to.contain(board.id);
-      data.registry.recordAck(board.id, {
+      const applied: AckClaims = {
         iss: board.id,
         aud: data.keys.serverId,
         iat: Math.floor(Date.now() / 1000),
@@ -223,7 +225,8 @@ describe('server: releases (release key, release add/list/show/remove)', functio
         code: 'OK',
         detail: '',
         result: { version: '0.2.0', previous: '0.1.0' },
-      });
+      };
+      data.registry.recordAck(board.id, applied, ackEffectsOf(c, applied));
       // The applied upgrade records the running version and the board's architecture.
       const d = data.registry.requireDevice(board.id);
       expect(d.agentVersion).to.equal('0.2.0');
