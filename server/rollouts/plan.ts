@@ -111,7 +111,7 @@ export function parsePercent(text: string | number, what = '--abort-when'): numb
  * and those not sendable, in SQL, PLAN_CHUNK devices at a time with the event
  * loop free in between.
  */
-async function summarize(registry: Registry, selector: RolloutSelector, needsDeviceUser: boolean, now: number): Promise<PlanSummary> {
+export async function summarize(registry: Registry, selector: RolloutSelector, needsDeviceUser: boolean, now: number): Promise<PlanSummary> {
   const where = selectorCondition(registry, selector);
   const chunk = registry.db.prepare(
     `SELECT COUNT(*) AS targets, COALESCE(SUM(seen IS NULL), 0) AS unknown, COALESCE(SUM(online), 0) AS online,
@@ -143,7 +143,7 @@ async function summarize(registry: Registry, selector: RolloutSelector, needsDev
 }
 
 /** The ids of the first `limit` devices a selector matches: named devices in their order, the others by id. */
-function sampleIds(registry: Registry, selector: RolloutSelector, limit: number): string[] {
+export function sampleIds(registry: Registry, selector: RolloutSelector, limit: number): string[] {
   if ('devices' in selector) return selector.devices.slice(0, limit);
   const where = selectorCondition(registry, selector);
   return (registry.db.prepare(`SELECT d.id AS id FROM devices d WHERE ${where.sql} ORDER BY d.id LIMIT ?`).all(...where.args, limit) as { id: string }[]).map(
