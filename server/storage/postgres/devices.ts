@@ -42,8 +42,15 @@ export interface DeviceRow {
   agent_version: string | null;
 }
 
-interface KeyRow {
-  device_id: string;
+export const noDevice = (id: string): RegistryError => new RegistryError('E_NO_DEVICE', `device ${id} is not registered`);
+
+/** A device row with its keys (oldest first) and tags, as DEVICE_SELECT reads them. */
+export interface DeviceRowWith extends DeviceRow {
+  keys_json: KeyJson[];
+  tags_arr: string[];
+}
+
+interface KeyJson {
   kid: string;
   use: 'sig' | 'enc';
   jwk: string;
@@ -52,31 +59,24 @@ interface KeyRow {
   retired_at: number | null;
 }
 
-export const noDevice = (id: string): RegistryError => new RegistryError('E_NO_DEVICE', `device ${id} is not registered`);
+/** Devices `d` with their keys and tags, in one statement (append WHERE ... and, to lock, FOR UPDATE OF d). */
+export const DEVICE_SELECT = `SELECT d.*,
+  (SELECT COALESCE(json_agg(json_build_object('kid', k.kid, 'use', k.use, 'jwk', k.jwk, 'status', k.status, 'added_at', k.added_at,
+      'retired_at', k.retired_at) ORDER BY k.added_at, k.kid COLLATE "C"), '[]'::json)
+    FROM device_keys k WHERE k.device_id = d.id) AS keys_json,
+  (SELECT COALESCE(array_agg(t.tag ORDER BY t.tag COLLATE "C"), '{}'::text[]) FROM device_tags t WHERE t.device_id = d.id) AS tags_arr
+  FROM devices d`;
 
-/** The records of these device rows, their keys and tags read in two statements. */
-export async function deviceRecords(sql: Sql, rows: readonly DeviceRow[]): Promise<DeviceRecord[]> {
-  if (rows.length === 0) return [];
-  const ids = rows.map((r) => r.id);
-  const [keyRows, tagRows] = [
-    await sql.q<KeyRow>('SELECT * FROM device_keys WHERE device_id = ANY($1) ORDER BY device_id, added_at, kid COLLATE "C"', [ids]),
-    await sql.q<{ device_id: string; tag: string }>('SELECT device_id, tag FROM device_tags WHERE device_id = ANY($1) ORDER BY device_id, tag COLLATE "C"', [
-      ids,
-    ]),
-  ];
-  const keys = new Map<string, DeviceKeyRecord[]>();
-  for (const k of keyRows) {
-    const list = keys.get(k.device_id) ?? [];
-    list.push({ kid: k.kid, use: k.use, status: k.status, jwk: JSON.parse(k.jwk) as PublicJwk, addedAt: k.added_at, retiredAt: k.retired_at });
-    keys.set(k.device_id, list);
-  }
-  const tags = new Map<string, string[]>();
-  for (const t of tagRows) {
-    const list = tags.get(t.device_id) ?? [];
-    list.push(t.tag);
-    tags.set(t.device_id, list);
-  }
-  return rows.map((row) => deviceRecord(row, keys.get(row.id) ?? [], tags.get(row.id) ?? []));
+export function deviceRecordOf(row: DeviceRowWith): DeviceRecord {
+  const keys = row.keys_json.map((k): DeviceKeyRecord => ({
+    kid: k.kid,
+    use: k.use,
+    status: k.status,
+    jwk: JSON.parse(k.jwk) as PublicJwk,
+    addedAt: k.added_at,
+    retiredAt: k.retired_at,
+  }));
+  return deviceRecord(row, keys, row.tags_arr);
 }
 
 function deviceRecord(row: DeviceRow, keys: DeviceKeyRecord[], tags: string[]): DeviceRecord {
@@ -114,8 +114,8 @@ function deviceRecord(row: DeviceRow, keys: DeviceKeyRecord[], tags: string[]): 
 
 /** The device, or undefined; `lock`: holding its row lock until the transaction ends. */
 export async function getDevice(sql: Sql, id: string, lock = false): Promise<DeviceRecord | undefined> {
-  const row = await sql.one<DeviceRow>(`SELECT * FROM devices WHERE id = $1${lock ? ' FOR UPDATE' : ''}`, [id]);
-  return row ? (await deviceRecords(sql, [row]))[0] : undefined;
+  const row = await sql.one<DeviceRowWith>(`${DEVICE_SELECT} WHERE d.id = $1${lock ? ' FOR UPDATE OF d' : ''}`, [id]);
+  return row ? deviceRecordOf(row) : undefined;
 }
 
 export async function requireDevice(sql: Sql, id: string, lock = false): Promise<DeviceRecord> {
@@ -166,24 +166,20 @@ export class PgDeviceStore implements DeviceStore {
     const args: unknown[] = [];
     if (filter.userId !== undefined) {
       args.push(filter.userId);
-      where.push(`user_id = $${args.length}`);
+      where.push(`d.user_id = $${args.length}`);
     }
     if (filter.tag !== undefined) {
       // A tag no device can carry is a typo, not an empty selection (send --tag, GET /devices?tag=).
       assertTag(filter.tag);
       args.push(filter.tag);
-      where.push(`id IN (SELECT device_id FROM device_tags WHERE tag = $${args.length})`);
+      where.push(`d.id IN (SELECT device_id FROM device_tags WHERE tag = $${args.length})`);
     }
     if (filter.states !== undefined) {
       args.push([...filter.states]);
-      where.push(`state = ANY($${args.length})`);
+      where.push(`d.state = ANY($${args.length})`);
     }
-    // Read in one snapshot: the rows, their keys and tags agree.
-    return this.#db.tx(async (sql) => {
-      await sql.run('SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY');
-      const rows = await sql.q<DeviceRow>(`SELECT * FROM devices ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id COLLATE "C"`, args);
-      return deviceRecords(sql, rows);
-    });
+    const rows = await this.#db.q<DeviceRowWith>(`${DEVICE_SELECT} ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY d.id COLLATE "C"`, args);
+    return rows.map(deviceRecordOf);
   }
 
   async add(input: NewDevice, options: { replace?: boolean } = {}): Promise<DeviceRecord> {

@@ -8,7 +8,7 @@ import { RegistryError } from '../../registry/errors.js';
 import type { DeviceRecord } from '../records.js';
 import type { SeqStore } from '../types.js';
 import type { PgDb } from './db.js';
-import { deviceRecords, noDevice, type DeviceRow } from './devices.js';
+import { DEVICE_SELECT, deviceRecordOf, noDevice, type DeviceRowWith } from './devices.js';
 
 export class PgSeqStore implements SeqStore {
   readonly #db: PgDb;
@@ -18,18 +18,29 @@ export class PgSeqStore implements SeqStore {
     void now;
   }
 
+  /** One statement (the row lock held only while it runs); when it takes nothing, the device is read for the error. */
   async allocate(deviceId: string): Promise<{ seq: number; device: DeviceRecord }> {
-    const [one] = await this.allocateMany([deviceId]);
-    if (one instanceof RegistryError) throw one;
-    return one as { seq: number; device: DeviceRecord };
+    const row = await this.#db.one<DeviceRowWith & { seq: number }>(
+      `WITH s AS (
+         UPDATE devices SET next_seq = next_seq + 1
+         WHERE id = $1 AND state <> 'decommissioned'
+           AND EXISTS (SELECT 1 FROM device_keys WHERE device_id = $1 AND use = 'enc' AND status = 'current')
+         RETURNING id, next_seq - 1 AS seq)
+       SELECT x.*, s.seq FROM (${DEVICE_SELECT}) x JOIN s ON s.id = x.id`,
+      [deviceId],
+    );
+    if (row) return { seq: row.seq, device: { ...deviceRecordOf(row), nextSeq: row.seq } };
+    const [refused] = await this.allocateMany([deviceId]);
+    if (refused instanceof RegistryError) throw refused;
+    return refused as { seq: number; device: DeviceRecord };
   }
 
   allocateMany(deviceIds: readonly string[]): Promise<({ seq: number; device: DeviceRecord } | RegistryError)[]> {
     if (deviceIds.length === 0) return Promise.resolve([]);
     return this.#db.tx(async (sql) => {
       const unique = [...new Set(deviceIds)];
-      const rows = await sql.q<DeviceRow>('SELECT * FROM devices WHERE id = ANY($1) ORDER BY id FOR UPDATE', [unique]);
-      const records = new Map((await deviceRecords(sql, rows)).map((d) => [d.id, d]));
+      const rows = await sql.q<DeviceRowWith>(`${DEVICE_SELECT} WHERE d.id = ANY($1) ORDER BY d.id FOR UPDATE OF d`, [unique]);
+      const records = new Map(rows.map((r) => [r.id, deviceRecordOf(r)]));
       // Per device: its error, or how many seqs it takes (an id named twice takes two).
       const refused = new Map<string, RegistryError>();
       const wanted = new Map<string, number>();
