@@ -344,9 +344,10 @@ export class PgRolloutStore implements RolloutStore {
 
   async #counts(sql: Sql, id: string): Promise<TargetCounts> {
     const counts = emptyCounts();
-    for (const r of await sql.q<{ state: TargetState; n: number }>('SELECT state, COUNT(*)::int AS n FROM rollout_targets WHERE rollout_id = $1 GROUP BY state', [
-      id,
-    ]))
+    for (const r of await sql.q<{ state: TargetState; n: number }>(
+      'SELECT state, COUNT(*)::int AS n FROM rollout_targets WHERE rollout_id = $1 GROUP BY state',
+      [id],
+    ))
       counts[r.state] = r.n;
     return counts;
   }
