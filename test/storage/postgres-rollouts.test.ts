@@ -59,10 +59,10 @@ describe('storage/postgres: rollouts and the engine lease (PgRolloutStore, PgLea
   const opened: PgDb[] = [];
   let a: Machine;
 
-  async function machine(): Promise<Machine> {
+  async function machine(clockOf: () => number = now): Promise<Machine> {
     const db = new PgDb(url);
     opened.push(db);
-    return { db, rollouts: new PgRolloutStore(db, now), leases: new PgLeaseStore(db, now) };
+    return { db, rollouts: new PgRolloutStore(db, clockOf), leases: new PgLeaseStore(db, clockOf) };
   }
 
   async function device(id: string, o: DeviceOptions = {}): Promise<void> {
@@ -522,5 +522,34 @@ describe('storage/postgres: rollouts and the engine lease (PgRolloutStore, PgLea
       [r.id],
     );
     expect(attempts).to.deep.equal([{ attempts: 1, n: 500 }]);
+  });
+
+  it('race: a takeover while the old holder is claiming: every claim is before the take (then reclaimed) or refused, none left sending', async () => {
+    // A's clock lags (it believes its lease live); B's is past A's expiry.
+    const b = await machine(() => clock + 2000);
+    await a.db.run(
+      `INSERT INTO devices (id, user_id, state, origin, created_at, updated_at) SELECT 's' || lpad(i::text, 4, '0'), 'u1', 'provisioned', 'test', $1, $1
+       FROM generate_series(0, 299) AS i`,
+      [T0],
+    );
+    await a.db.run("INSERT INTO device_keys (device_id, kid, use, jwk, status, added_at) SELECT id, id || '-enc', 'enc', '{}', 'current', $1 FROM devices", [
+      T0,
+    ]);
+    const r = await a.rollouts.createFromSelector(spec({ all: true }), { needsDeviceUser: true });
+    const la = (await a.leases.take('rollouts', 'A', 1000)) as Lease;
+    const ids = (await a.rollouts.targets(r.id)).map((t) => t.deviceId);
+    let claimedByA = 0;
+    const claiming = (async () => {
+      for (let i = 0; i < ids.length; i += 6)
+        claimedByA += (await Promise.all(ids.slice(i, i + 6).map((id) => a.rollouts.claim(r.id, id, la)))).filter(Boolean).length;
+    })();
+    await new Promise((resolve) => setTimeout(resolve, 30));
+    const lb = (await b.leases.take('rollouts', 'B', 30_000)) as Lease;
+    expect(lb.generation).to.equal(2);
+    const reclaimed = await b.rollouts.reclaimSending(r.id, lb);
+    await claiming;
+    expect(claimedByA).to.be.greaterThan(0).and.lessThan(300);
+    expect(reclaimed).to.deep.equal({ adopted: 0, requeued: claimedByA });
+    expect(await a.rollouts.counts(r.id)).to.include({ pending: 300, sending: 0 });
   });
 });
