@@ -552,4 +552,44 @@ describe('storage/postgres: rollouts and the engine lease (PgRolloutStore, PgLea
     expect(reclaimed).to.deep.equal({ adopted: 0, requeued: claimedByA });
     expect(await a.rollouts.counts(r.id)).to.include({ pending: 300, sending: 0 });
   });
+
+  it('a claim racing an uncommitted takeover or pause waits for it (row locks), then is refused', async () => {
+    const b = await machine();
+    for (const id of ['k1', 'k2']) await device(id);
+    const r = await a.rollouts.create(spec({ all: true }), ['k1', 'k2']);
+    const la = (await a.leases.take('rollouts', 'A', 30_000)) as Lease;
+    /** Runs `statement` in a transaction on B left open until the returned commit() is called. */
+    const openTx = async (statement: string): Promise<() => Promise<void>> => {
+      let commit!: () => void;
+      const gate = new Promise<void>((resolve) => (commit = resolve));
+      let ran!: () => void;
+      const done = new Promise<void>((resolve) => (ran = resolve));
+      const tx = b.db.tx(async (sql) => {
+        await sql.run(statement);
+        ran();
+        await gate;
+      });
+      await done;
+      return async () => {
+        commit();
+        await tx;
+      };
+    };
+    let commit = await openTx("UPDATE leases SET holder = 'B', generation = generation + 1 WHERE name = 'rollouts'");
+    let settled = false;
+    let claim = a.rollouts.claim(r.id, 'k1', la).finally(() => (settled = true));
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    expect(settled, 'the claim waits for the takeover to commit').to.equal(false);
+    await commit();
+    expect(await claim).to.equal(false);
+    const lb = { ...la, holder: 'B', generation: 2 };
+    commit = await openTx(`UPDATE rollouts SET state = 'paused' WHERE id = '${r.id}'`);
+    settled = false;
+    claim = b.rollouts.claim(r.id, 'k2', lb).finally(() => (settled = true));
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    expect(settled, 'the claim waits for the pause to commit').to.equal(false);
+    await commit();
+    expect(await claim).to.equal(false);
+    expect(await a.rollouts.counts(r.id)).to.include({ pending: 2, sending: 0 });
+  });
 });
