@@ -143,8 +143,8 @@ export type AckEffect =
   /** Runs this agent version (null: unknown), of the architecture of the release the command named; audited device.upgraded. */
   | { kind: 'upgraded'; version: string | null };
 
-/** Called inside the ack's transaction with the command it answers, only for an ack recorded now with status applied. */
-export type AckEffectsOf = (command: CommandRecord) => readonly AckEffect[];
+/** Called inside the ack's transaction with the command it answers (and the user it binds, if any), only for an ack recorded now with status applied. */
+export type AckEffectsOf = (command: CommandRecord & { bindUser: string | null }) => readonly AckEffect[];
 
 export interface CommandListFilter {
   deviceId?: string;

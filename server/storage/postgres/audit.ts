@@ -1,0 +1,86 @@
+/**
+ * The audit log in PostgreSQL (append-only: the table's triggers refuse
+ * UPDATE, DELETE and TRUNCATE). Reading it as server/registry/registry.ts
+ * auditLog and server/registry/audit-query.ts do; the rollout filter uses the
+ * expression of the index audit_rollout.
+ */
+import { DEFAULT_AUDIT_LIMIT, type AuditFilter, type AuditRecord } from '../records.js';
+import type { AuditStore } from '../types.js';
+import type { PgDb, Sql } from './db.js';
+
+interface AuditRow {
+  id: number;
+  at: number;
+  event: string;
+  device_id: string | null;
+  detail: string;
+}
+
+const record = (r: AuditRow): AuditRecord => ({
+  id: r.id,
+  at: r.at,
+  event: r.event,
+  deviceId: r.device_id,
+  detail: JSON.parse(r.detail) as Record<string, unknown>,
+});
+
+/** Appends one audit row on `sql` (inside the caller's transaction, when it has one). */
+export async function appendAudit(sql: Sql, at: number, event: string, deviceId: string | null, detail: Record<string, unknown> = {}): Promise<void> {
+  await sql.run('INSERT INTO audit (at, event, device_id, detail) VALUES ($1, $2, $3, $4)', [at, event, deviceId, JSON.stringify(detail)]);
+}
+
+export class PgAuditStore implements AuditStore {
+  readonly #db: PgDb;
+  readonly #now: () => number;
+
+  constructor(db: PgDb, now: () => number) {
+    this.#db = db;
+    this.#now = now;
+  }
+
+  append(event: string, deviceId: string | null, detail: Record<string, unknown> = {}): Promise<void> {
+    return appendAudit(this.#db, this.#now(), event, deviceId, detail);
+  }
+
+  async log(options: { deviceId?: string; limit?: number } = {}): Promise<AuditRecord[]> {
+    const rows =
+      options.deviceId === undefined
+        ? await this.#db.q<AuditRow>('SELECT * FROM audit ORDER BY id DESC LIMIT $1', [options.limit ?? 100])
+        : await this.#db.q<AuditRow>('SELECT * FROM audit WHERE device_id = $1 ORDER BY id DESC LIMIT $2', [options.deviceId, options.limit ?? 100]);
+    return rows.reverse().map(record);
+  }
+
+  async query(f: AuditFilter): Promise<AuditRecord[]> {
+    const where: string[] = [];
+    const args: (string | number)[] = [];
+    const arg = (v: string | number): string => {
+      args.push(v);
+      return `$${args.length}`;
+    };
+    if (f.deviceId !== undefined) where.push(`device_id = ${arg(f.deviceId)}`);
+    // The expression of the index audit_rollout: a rollout's events carry rollout_id, the commands it sealed fanout_id.
+    if (f.rolloutId !== undefined) where.push(`COALESCE(detail::jsonb ->> 'rollout_id', detail::jsonb ->> 'fanout_id') = ${arg(f.rolloutId)}`);
+    if (f.event !== undefined) {
+      where.push(`(event = ${arg(f.event)} OR event LIKE ${arg(`${f.event.replace(/[\\%_]/g, (c) => `\\${c}`)}.%`)} ESCAPE '\\')`);
+    }
+    if (f.since !== undefined) where.push(`at >= ${arg(f.since)}`);
+    if (f.until !== undefined) where.push(`at <= ${arg(f.until)}`);
+    const limit = arg(f.limit ?? DEFAULT_AUDIT_LIMIT);
+    const rows = await this.#db.q<AuditRow>(`SELECT * FROM audit ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id DESC LIMIT ${limit}`, args);
+    return rows.reverse().map(record);
+  }
+
+  async lastId(): Promise<number> {
+    return (await this.#db.one<{ id: number }>('SELECT COALESCE(MAX(id), 0)::bigint AS id FROM audit'))?.id ?? 0;
+  }
+
+  async eventsSince(afterId: number, upTo: number, prefix: string, limit: number): Promise<AuditRecord[]> {
+    const rows = await this.#db.q<AuditRow>('SELECT * FROM audit WHERE id > $1 AND id <= $2 AND starts_with(event, $3) ORDER BY id LIMIT $4', [
+      afterId,
+      upTo,
+      prefix,
+      limit,
+    ]);
+    return rows.map(record);
+  }
+}

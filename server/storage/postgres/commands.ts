@@ -1,0 +1,316 @@
+/**
+ * Commands, acks and the legacy fan-outs in PostgreSQL, as
+ * server/registry/registry.ts keeps them in SQLite (same rows, errors, audit
+ * events and detail). An ack is recorded under the command's row lock (SELECT
+ * ... FOR UPDATE): of two processes recording acks of one command, the second
+ * waits and then sees the first's outcome (a duplicate or a contradiction).
+ * The effects of an applied ack are what the caller's `effectsOf` lists,
+ * applied in the same transaction.
+ */
+import { randomUUID } from 'node:crypto';
+import type { AckClaims } from '../../../protocol/index.js';
+import { RegistryError } from '../../registry/errors.js';
+import type { AckRecordOutcome, CommandRecord, FanoutRecord, NewCommand } from '../records.js';
+import { ACK_CONTRADICTION_EVENT, ackContradicts } from '../rules.js';
+import type { AckEffect, AckEffectsOf, CommandListFilter, CommandStore } from '../types.js';
+import { appendAudit } from './audit.js';
+import { mapError, type PgDb, type Sql } from './db.js';
+import { setCurrentKeys } from './devices.js';
+
+export interface CommandRow {
+  jti: string;
+  device_id: string;
+  action: string;
+  user_id: string;
+  params_digest: string;
+  seq: number;
+  encryption_kid: string;
+  sealed: string;
+  fanout_id: string | null;
+  bind_user: string | null;
+  created_at: number;
+  expires_at: number;
+  sent_at: number | null;
+  ack_status: CommandRecord['ackStatus'];
+  ack_code: string | null;
+  ack_detail: string | null;
+  ack_jti: string | null;
+  ack_result: string | null;
+  acked_at: number | null;
+  voided_at: number | null;
+  release_sha256: string | null;
+}
+
+export function commandRecord(row: CommandRow): CommandRecord {
+  return {
+    jti: row.jti,
+    deviceId: row.device_id,
+    action: row.action,
+    userId: row.user_id,
+    paramsDigest: row.params_digest,
+    seq: row.seq,
+    encryptionKid: row.encryption_kid,
+    fanoutId: row.fanout_id,
+    createdAt: row.created_at,
+    expiresAt: row.expires_at,
+    sentAt: row.sent_at,
+    ackStatus: row.ack_status,
+    ackCode: row.ack_code,
+    ackDetail: row.ack_detail,
+    ackJti: row.ack_jti,
+    ackResult: row.ack_result === null ? null : (JSON.parse(row.ack_result) as Record<string, unknown>),
+    ackedAt: row.acked_at,
+    voidedAt: row.voided_at,
+    releaseSha256: row.release_sha256,
+  };
+}
+
+/**
+ * The kids a rotate ack claims (one `sig` and one `enc` key in result.keys),
+ * for the contradiction's audit detail; undefined when it does not carry
+ * exactly that (as when the server could not read its keys).
+ */
+function claimedKeys(result: Record<string, unknown> | undefined): { signing_kid: string; encryption_kid: string } | undefined {
+  const keys = (result as { keys?: { keys?: unknown } } | undefined)?.keys?.keys;
+  if (!Array.isArray(keys)) return undefined;
+  const kidsOf = (use: string): string[] =>
+    keys.filter((k) => (k as { use?: unknown })?.use === use && typeof (k as { kid?: unknown }).kid === 'string').map((k) => (k as { kid: string }).kid);
+  const sig = kidsOf('sig');
+  const enc = kidsOf('enc');
+  return sig.length === 1 && enc.length === 1 ? { signing_kid: sig[0] as string, encryption_kid: enc[0] as string } : undefined;
+}
+
+export class PgCommandStore implements CommandStore {
+  readonly #db: PgDb;
+  readonly #now: () => number;
+
+  constructor(db: PgDb, now: () => number) {
+    this.#db = db;
+    this.#now = now;
+  }
+
+  async record(c: NewCommand): Promise<void> {
+    await this.#db.tx((sql) => this.#record(sql, c));
+  }
+
+  /**
+   * record for many commands in one transaction (one commit). Each command is
+   * its own savepoint: one that cannot be recorded gets its error and is not
+   * recorded, the others are. A lost connection fails the whole call.
+   */
+  recordMany(cs: readonly NewCommand[]): Promise<(true | Error)[]> {
+    if (cs.length === 0) return Promise.resolve([]);
+    return this.#db.tx(async (sql) => {
+      const results: (true | Error)[] = [];
+      for (const c of cs) {
+        await sql.run('SAVEPOINT record_one');
+        try {
+          await this.#record(sql, c);
+          await sql.run('RELEASE SAVEPOINT record_one');
+          results.push(true);
+        } catch (err) {
+          if (err instanceof RegistryError && err.code === 'E_STORAGE_UNAVAILABLE') throw err;
+          await sql.run('ROLLBACK TO SAVEPOINT record_one');
+          const mapped = mapError(err);
+          results.push(mapped instanceof Error ? mapped : new Error(String(mapped)));
+        }
+      }
+      return results;
+    });
+  }
+
+  async markSent(jti: string): Promise<void> {
+    await this.#db.run('UPDATE commands SET sent_at = $1 WHERE jti = $2', [this.#now(), jti]);
+  }
+
+  async markSentMany(jtis: readonly string[]): Promise<void> {
+    if (jtis.length === 0) return;
+    await this.#db.run('UPDATE commands SET sent_at = $1 WHERE jti = ANY($2)', [this.#now(), [...jtis]]);
+  }
+
+  async get(jti: string): Promise<CommandRecord | undefined> {
+    const row = await this.#db.one<CommandRow>('SELECT * FROM commands WHERE jti = $1', [jti]);
+    return row ? commandRecord(row) : undefined;
+  }
+
+  async sealed(jti: string): Promise<string | undefined> {
+    return (await this.#db.one<{ sealed: string }>('SELECT sealed FROM commands WHERE jti = $1', [jti]))?.sealed;
+  }
+
+  async list(filter: CommandListFilter = {}): Promise<CommandRecord[]> {
+    const where: string[] = [];
+    const args: (string | number)[] = [];
+    if (filter.deviceId !== undefined) {
+      args.push(filter.deviceId);
+      where.push(`device_id = $${args.length}`);
+    }
+    if (filter.fanoutId !== undefined) {
+      args.push(filter.fanoutId);
+      where.push(`fanout_id = $${args.length}`);
+    }
+    args.push(filter.limit ?? 1000);
+    const rows = await this.#db.q<CommandRow>(
+      `SELECT * FROM commands ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at DESC, seq DESC LIMIT $${args.length}`,
+      args,
+    );
+    return rows.map(commandRecord);
+  }
+
+  /**
+   * As server/registry/registry.ts recordAck: the first recorded outcome of a
+   * command is final; an agreeing ack is a duplicate; one claiming `applied`
+   * against a recorded refusal (or other keys for a rotate) is a contradiction:
+   * audited, the device flagged, no effects. A new `applied` ack applies
+   * `effectsOf(command)` in order, in this transaction.
+   */
+  recordAck(deviceId: string, ack: AckClaims, effectsOf: AckEffectsOf): Promise<AckRecordOutcome> {
+    return this.#db.tx(async (sql): Promise<AckRecordOutcome> => {
+      const row = await sql.one<CommandRow>('SELECT * FROM commands WHERE jti = $1 AND device_id = $2 FOR UPDATE', [ack.ref, deviceId]);
+      if (!row) return { kind: 'unknown-command' };
+      const now = this.#now();
+      if (row.ack_status !== null) {
+        if (!ackContradicts(row, ack)) return { kind: 'duplicate', command: commandRecord(row) };
+        const keys = row.action === 'rotate' && ack.status === 'applied' ? claimedKeys(ack.result) : undefined;
+        const detail = {
+          jti: row.jti,
+          action: row.action,
+          seq: row.seq,
+          recorded: { status: row.ack_status, code: row.ack_code, ack_jti: row.ack_jti },
+          claimed: { status: ack.status, code: ack.code, ack_jti: ack.jti },
+          ...(keys ? { claimed_keys: keys } : {}),
+          effects: 'not applied',
+        };
+        await appendAudit(sql, now, ACK_CONTRADICTION_EVENT, deviceId, detail);
+        await sql.run('UPDATE devices SET flagged_at = $1, flag = $2 WHERE id = $3', [
+          now,
+          JSON.stringify({ event: ACK_CONTRADICTION_EVENT, ...detail }),
+          deviceId,
+        ]);
+        return { kind: 'contradiction', command: commandRecord(row) };
+      }
+      const updated = await sql.one<CommandRow>(
+        `UPDATE commands SET ack_status = $1, ack_code = $2, ack_detail = $3, ack_jti = $4, ack_result = $5, acked_at = $6
+         WHERE jti = $7 AND ack_status IS NULL RETURNING *`,
+        [ack.status, ack.code, ack.detail, ack.jti, ack.result ? JSON.stringify(ack.result) : null, now, ack.ref],
+      );
+      await appendAudit(sql, now, 'command.ack', deviceId, {
+        jti: row.jti,
+        action: row.action,
+        seq: row.seq,
+        status: ack.status,
+        code: ack.code,
+        ack_jti: ack.jti,
+      });
+      if (ack.status === 'applied') {
+        // The device row's lock for the effects (after the command's: the one order every path takes).
+        await sql.run('SELECT 1 FROM devices WHERE id = $1 FOR UPDATE', [deviceId]);
+        for (const effect of effectsOf({ ...commandRecord(row), bindUser: row.bind_user })) await this.#apply(sql, row, effect, now);
+      }
+      return { kind: 'recorded', command: commandRecord(updated ?? row) };
+    });
+  }
+
+  async createFanout(action: string, params: Record<string, unknown>, selector: FanoutRecord['selector'], devices: string[]): Promise<FanoutRecord> {
+    const record: FanoutRecord = { id: randomUUID(), createdAt: this.#now(), action, params, selector, devices };
+    await this.#db.tx(async (sql) => {
+      await sql.run('INSERT INTO fanouts (id, created_at, action, params, selector, devices) VALUES ($1, $2, $3, $4, $5, $6)', [
+        record.id,
+        record.createdAt,
+        action,
+        JSON.stringify(params),
+        JSON.stringify(selector),
+        JSON.stringify(devices),
+      ]);
+      await appendAudit(sql, record.createdAt, 'fanout.create', null, { fanout_id: record.id, action, selector, devices: devices.length });
+    });
+    return record;
+  }
+
+  async getFanout(id: string): Promise<FanoutRecord> {
+    const row = await this.#db.one<{ id: string; created_at: number; action: string; params: string; selector: string; devices: string }>(
+      'SELECT * FROM fanouts WHERE id = $1',
+      [id],
+    );
+    if (!row) throw new RegistryError('E_NO_FANOUT', `no fan-out with id ${id}`);
+    return {
+      id: row.id,
+      createdAt: row.created_at,
+      action: row.action,
+      params: JSON.parse(row.params) as Record<string, unknown>,
+      selector: JSON.parse(row.selector) as FanoutRecord['selector'],
+      devices: JSON.parse(row.devices) as string[],
+    };
+  }
+
+  // ---- internals -------------------------------------------------------------
+
+  async #record(sql: Sql, c: NewCommand): Promise<void> {
+    const now = this.#now();
+    await sql.run(
+      `INSERT INTO commands (jti, device_id, action, user_id, params_digest, seq, encryption_kid, sealed, fanout_id, bind_user, created_at, expires_at,
+         release_sha256)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
+      [
+        c.jti,
+        c.deviceId,
+        c.action,
+        c.userId,
+        c.paramsDigest,
+        c.seq,
+        c.encryptionKid,
+        c.sealed,
+        c.fanoutId ?? null,
+        c.bindUser ?? null,
+        now,
+        c.expiresAt,
+        c.releaseSha256 ?? null,
+      ],
+    );
+    await appendAudit(sql, now, 'command.create', c.deviceId, {
+      jti: c.jti,
+      action: c.action,
+      seq: c.seq,
+      user_id: c.userId,
+      params_digest: c.paramsDigest,
+      fanout_id: c.fanoutId ?? null,
+    });
+  }
+
+  /** One effect of an applied ack, with the SQL and audit rows of server/registry/registry.ts #applyEffects / #recordUpgrade. */
+  async #apply(sql: Sql, row: CommandRow, effect: AckEffect, now: number): Promise<void> {
+    const id = row.device_id;
+    switch (effect.kind) {
+      case 'bind-user':
+        await sql.run('UPDATE devices SET user_id = $1, updated_at = $2 WHERE id = $3', [effect.userId, now, id]);
+        return;
+      case 'provisioned':
+        await sql.run("UPDATE devices SET state = 'provisioned', confirmed_at = $1, updated_at = $1 WHERE id = $2 AND state != 'decommissioned'", [now, id]);
+        await appendAudit(sql, now, 'device.provisioned', id, { user_id: effect.userId });
+        return;
+      case 'keys-rotated':
+        await setCurrentKeys(sql, now, id, effect.signing, effect.encryption);
+        await appendAudit(sql, now, 'device.rotate', id, { signing_kid: effect.signing.kid, encryption_kid: effect.encryption.kid });
+        return;
+      case 'decommissioned':
+        await sql.run("UPDATE devices SET state = 'decommissioned', decommissioned_at = $1, updated_at = $1 WHERE id = $2", [now, id]);
+        await sql.run("UPDATE device_keys SET status = 'retired', retired_at = COALESCE(retired_at, $1) WHERE device_id = $2", [now, id]);
+        await appendAudit(sql, now, 'device.decommissioned', id, {});
+        return;
+      case 'upgraded': {
+        const version = effect.version !== null && effect.version.length <= 64 ? effect.version : null;
+        const arch =
+          row.release_sha256 === null
+            ? undefined
+            : await sql.one<{ arch: string }>('SELECT arch FROM releases WHERE sha256 = $1 ORDER BY id DESC LIMIT 1', [row.release_sha256]);
+        await sql.run('UPDATE devices SET agent_version = COALESCE($1, agent_version), arch = COALESCE($2, arch), updated_at = $3 WHERE id = $4', [
+          version,
+          arch?.arch ?? null,
+          now,
+          id,
+        ]);
+        await appendAudit(sql, now, 'device.upgraded', id, { jti: row.jti, version, ...(arch ? { arch: arch.arch } : {}) });
+        return;
+      }
+    }
+  }
+}

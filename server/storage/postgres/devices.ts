@@ -1,0 +1,321 @@
+/**
+ * Devices, their keys and tags in PostgreSQL, as server/registry/registry.ts
+ * keeps them in SQLite (same rows, errors and audit events). A change that
+ * decides on what it read first holds the device's row lock (SELECT ... FOR
+ * UPDATE, or the lock of the INSERT ... ON CONFLICT / UPDATE doing it).
+ *
+ * The helpers exported here (rows to records, keys made current, the device
+ * row upsert) are shared with enrollment.ts, seq.ts and commands.ts.
+ */
+import { compareReportPositions, reportPosition, type PublicJwk, type ReportClaims } from '../../../protocol/index.js';
+import { RegistryError } from '../../registry/errors.js';
+import type { DeviceKeyRecord, DeviceOrigin, DeviceRecord, DeviceState, NewDevice, ReportRecordOutcome, ReportedState } from '../records.js';
+import { PREVIOUS_KEY_GRACE_MS, assertTag, deviceFlag, nextReportedState } from '../rules.js';
+import type { DeviceListFilter, DeviceStore } from '../types.js';
+import { appendAudit } from './audit.js';
+import type { PgDb, Sql } from './db.js';
+
+export interface DeviceRow {
+  id: string;
+  user_id: string | null;
+  state: DeviceState;
+  next_seq: number;
+  origin: DeviceOrigin;
+  created_at: number;
+  updated_at: number;
+  enrolled_at: number | null;
+  confirmed_at: number | null;
+  decommissioned_at: number | null;
+  flagged_at: number | null;
+  flag: string | null;
+  last_seen_at: number | null;
+  presence: 'online' | 'offline' | null;
+  presence_session: string | null;
+  presence_conn: number | null;
+  report_interval_s: number | null;
+  reported: string | null;
+  reported_at: number | null;
+  last_report_jti: string | null;
+  report_run: number | null;
+  report_n: number | null;
+  arch: string | null;
+  agent_version: string | null;
+}
+
+export const noDevice = (id: string): RegistryError => new RegistryError('E_NO_DEVICE', `device ${id} is not registered`);
+
+/** A device row with its keys (oldest first) and tags, as DEVICE_SELECT reads them. */
+export interface DeviceRowWith extends DeviceRow {
+  keys_json: KeyJson[];
+  tags_arr: string[];
+}
+
+interface KeyJson {
+  kid: string;
+  use: 'sig' | 'enc';
+  jwk: string;
+  status: 'current' | 'previous' | 'retired';
+  added_at: number;
+  retired_at: number | null;
+}
+
+/** Devices `d` with their keys and tags, in one statement (append WHERE ... and, to lock, FOR UPDATE OF d). */
+export const DEVICE_SELECT = `SELECT d.*,
+  (SELECT COALESCE(json_agg(json_build_object('kid', k.kid, 'use', k.use, 'jwk', k.jwk, 'status', k.status, 'added_at', k.added_at,
+      'retired_at', k.retired_at) ORDER BY k.added_at, k.kid COLLATE "C"), '[]'::json)
+    FROM device_keys k WHERE k.device_id = d.id) AS keys_json,
+  (SELECT COALESCE(array_agg(t.tag ORDER BY t.tag COLLATE "C"), '{}'::text[]) FROM device_tags t WHERE t.device_id = d.id) AS tags_arr
+  FROM devices d`;
+
+export function deviceRecordOf(row: DeviceRowWith): DeviceRecord {
+  const keys = row.keys_json.map((k): DeviceKeyRecord => ({
+    kid: k.kid,
+    use: k.use,
+    status: k.status,
+    jwk: JSON.parse(k.jwk) as PublicJwk,
+    addedAt: k.added_at,
+    retiredAt: k.retired_at,
+  }));
+  return deviceRecord(row, keys, row.tags_arr);
+}
+
+function deviceRecord(row: DeviceRow, keys: DeviceKeyRecord[], tags: string[]): DeviceRecord {
+  const current = (use: 'sig' | 'enc'): PublicJwk | undefined =>
+    row.state === 'decommissioned' ? undefined : keys.find((k) => k.use === use && k.status === 'current')?.jwk;
+  const reported = row.reported === null ? null : (JSON.parse(row.reported) as ReportedState);
+  return {
+    id: row.id,
+    userId: row.user_id,
+    state: row.state,
+    nextSeq: row.next_seq,
+    origin: row.origin,
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+    enrolledAt: row.enrolled_at,
+    confirmedAt: row.confirmed_at,
+    decommissionedAt: row.decommissioned_at,
+    flag: row.flagged_at === null ? null : deviceFlag(row.flagged_at, row.flag),
+    signing: current('sig'),
+    encryption: current('enc'),
+    keys,
+    tags,
+    presence: {
+      lastSeenAt: row.last_seen_at,
+      reported: row.presence,
+      session: row.presence_session,
+      conn: row.presence_conn,
+      intervalS: row.report_interval_s,
+      state: reported,
+    },
+    arch: row.arch,
+    agentVersion: row.agent_version ?? reported?.agent_version ?? null,
+  };
+}
+
+/** The device, or undefined; `lock`: holding its row lock until the transaction ends. */
+export async function getDevice(sql: Sql, id: string, lock = false): Promise<DeviceRecord | undefined> {
+  const row = await sql.one<DeviceRowWith>(`${DEVICE_SELECT} WHERE d.id = $1${lock ? ' FOR UPDATE OF d' : ''}`, [id]);
+  return row ? deviceRecordOf(row) : undefined;
+}
+
+export async function requireDevice(sql: Sql, id: string, lock = false): Promise<DeviceRecord> {
+  const d = await getDevice(sql, id, lock);
+  if (!d) throw noDevice(id);
+  return d;
+}
+
+/** Inserts the device, or updates the one there (flag cleared), holding its row lock. */
+export async function upsertDevice(sql: Sql, now: number, id: string, userId: string | null, state: DeviceState, origin: DeviceOrigin): Promise<void> {
+  await sql.run(
+    `INSERT INTO devices (id, user_id, state, origin, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5)
+     ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id, state = excluded.state, origin = excluded.origin, updated_at = excluded.updated_at,
+       flagged_at = NULL, flag = NULL`,
+    [id, userId, state, origin, now],
+  );
+}
+
+/** Makes these keys current; the keys they replace become `previous` (signing: verifies in-flight acks for a grace period). */
+export async function setCurrentKeys(sql: Sql, now: number, id: string, signing: PublicJwk | undefined, encryption: PublicJwk): Promise<void> {
+  await sql.run("UPDATE device_keys SET status = 'retired' WHERE device_id = $1 AND status = 'previous'", [id]);
+  await sql.run("UPDATE device_keys SET status = 'previous', retired_at = $1 WHERE device_id = $2 AND status = 'current'", [now, id]);
+  const insert = `INSERT INTO device_keys (device_id, kid, use, jwk, status, added_at) VALUES ($1, $2, $3, $4, 'current', $5)
+    ON CONFLICT (device_id, kid) DO UPDATE SET status = 'current', retired_at = NULL, jwk = excluded.jwk`;
+  if (signing) await sql.run(insert, [id, signing.kid, 'sig', JSON.stringify(signing), now]);
+  await sql.run(insert, [id, encryption.kid, 'enc', JSON.stringify(encryption), now]);
+}
+
+export class PgDeviceStore implements DeviceStore {
+  readonly #db: PgDb;
+  readonly #now: () => number;
+
+  constructor(db: PgDb, now: () => number) {
+    this.#db = db;
+    this.#now = now;
+  }
+
+  get(id: string): Promise<DeviceRecord | undefined> {
+    return getDevice(this.#db, id);
+  }
+
+  require(id: string): Promise<DeviceRecord> {
+    return requireDevice(this.#db, id);
+  }
+
+  async list(filter: DeviceListFilter = {}): Promise<DeviceRecord[]> {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    if (filter.userId !== undefined) {
+      args.push(filter.userId);
+      where.push(`d.user_id = $${args.length}`);
+    }
+    if (filter.tag !== undefined) {
+      // A tag no device can carry is a typo, not an empty selection (send --tag, GET /devices?tag=).
+      assertTag(filter.tag);
+      args.push(filter.tag);
+      where.push(`d.id IN (SELECT device_id FROM device_tags WHERE tag = $${args.length})`);
+    }
+    if (filter.states !== undefined) {
+      args.push([...filter.states]);
+      where.push(`d.state = ANY($${args.length})`);
+    }
+    const rows = await this.#db.q<DeviceRowWith>(`${DEVICE_SELECT} ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY d.id COLLATE "C"`, args);
+    return rows.map(deviceRecordOf);
+  }
+
+  async add(input: NewDevice, options: { replace?: boolean } = {}): Promise<DeviceRecord> {
+    return this.#db.tx(async (sql) => {
+      const now = this.#now();
+      if (options.replace) {
+        await upsertDevice(sql, now, input.id, input.userId, input.state ?? 'registered', input.origin);
+      } else {
+        // Inserted only when absent, atomically: two adds of one id never both succeed.
+        const inserted = await sql.one(
+          `INSERT INTO devices (id, user_id, state, origin, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (id) DO NOTHING RETURNING id`,
+          [input.id, input.userId, input.state ?? 'registered', input.origin, now],
+        );
+        if (!inserted) {
+          const existing = await sql.one<{ state: DeviceState }>('SELECT state FROM devices WHERE id = $1', [input.id]);
+          throw new RegistryError(
+            'E_DEVICE_EXISTS',
+            `device ${input.id} is already registered (${existing?.state ?? 'registered'}); remove it first or pass --replace`,
+          );
+        }
+      }
+      await setCurrentKeys(sql, now, input.id, input.signing, input.encryption);
+      await appendAudit(sql, now, 'device.add', input.id, {
+        origin: input.origin,
+        user_id: input.userId,
+        signing_kid: input.signing?.kid ?? null,
+        encryption_kid: input.encryption.kid,
+      });
+      return requireDevice(sql, input.id);
+    });
+  }
+
+  async remove(id: string): Promise<void> {
+    await this.#db.tx(async (sql) => {
+      const gone = await sql.run('DELETE FROM devices WHERE id = $1', [id]);
+      if (gone !== 1) throw noDevice(id);
+      await sql.run('DELETE FROM enrollment_tokens WHERE device_id = $1 AND used_at IS NULL', [id]);
+      await appendAudit(sql, this.#now(), 'device.remove', id);
+    });
+  }
+
+  async addTags(deviceId: string, tags: readonly string[]): Promise<string[]> {
+    for (const t of tags) assertTag(t);
+    return this.#db.tx(async (sql) => {
+      await this.#lockDevice(sql, deviceId);
+      const added: string[] = [];
+      for (const t of tags) {
+        const n = await sql.run('INSERT INTO device_tags (device_id, tag, added_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING', [deviceId, t, this.#now()]);
+        if (n === 1) added.push(t);
+      }
+      if (added.length) await appendAudit(sql, this.#now(), 'device.tag.add', deviceId, { tags: added });
+      return tagsOf(sql, deviceId);
+    });
+  }
+
+  async removeTags(deviceId: string, tags: readonly string[]): Promise<string[]> {
+    for (const t of tags) assertTag(t);
+    return this.#db.tx(async (sql) => {
+      await this.#lockDevice(sql, deviceId);
+      const removed: string[] = [];
+      for (const t of tags) if ((await sql.run('DELETE FROM device_tags WHERE device_id = $1 AND tag = $2', [deviceId, t])) === 1) removed.push(t);
+      if (removed.length) await appendAudit(sql, this.#now(), 'device.tag.remove', deviceId, { tags: removed });
+      return tagsOf(sql, deviceId);
+    });
+  }
+
+  tagsOf(deviceId: string): Promise<string[]> {
+    return tagsOf(this.#db, deviceId);
+  }
+
+  listTags(): Promise<{ tag: string; devices: number }[]> {
+    return this.#db.q<{ tag: string; devices: number }>('SELECT tag, COUNT(*) AS devices FROM device_tags GROUP BY tag ORDER BY tag COLLATE "C"');
+  }
+
+  /** As server/registry/registry.ts recordReport, under the device's row lock. */
+  recordReport(deviceId: string, claims: ReportClaims): Promise<ReportRecordOutcome> {
+    return this.#db.tx(async (sql): Promise<ReportRecordOutcome> => {
+      const row = await sql.one<DeviceRow>('SELECT * FROM devices WHERE id = $1 FOR UPDATE', [deviceId]);
+      if (!row) throw noDevice(deviceId);
+      if (row.last_report_jti === claims.jti) return { kind: 'duplicate' };
+      const position = reportPosition(claims);
+      if (position) {
+        const recorded =
+          row.report_run === null || row.report_n === null || row.presence_conn === null
+            ? undefined
+            : { run: row.report_run, conn: row.presence_conn, rank: row.report_n };
+        if (recorded && compareReportPositions(position, recorded) <= 0) return { kind: 'stale' };
+      } else {
+        if (row.report_run !== null) return { kind: 'stale' };
+        if (claims.reason === 'offline' && (row.presence_session !== claims.session || row.presence_conn !== claims.conn)) return { kind: 'stale' };
+      }
+      const now = this.#now();
+      const state = JSON.stringify(nextReportedState(row.reported === null ? null : (JSON.parse(row.reported) as ReportedState), claims));
+      const run = position?.run ?? null;
+      const rank = position?.rank ?? null;
+      if (claims.reason === 'offline') {
+        await sql.run(
+          `UPDATE devices SET presence = 'offline', presence_session = $1, presence_conn = $2, report_run = $3, report_n = $4,
+             reported = $5, reported_at = $6, last_report_jti = $7 WHERE id = $8`,
+          [claims.session, claims.conn, run, rank, state, now, claims.jti, deviceId],
+        );
+        return { kind: 'recorded', presence: 'offline' };
+      }
+      await sql.run(
+        `UPDATE devices SET presence = 'online', last_seen_at = $1, presence_session = $2, presence_conn = $3, report_run = $4, report_n = $5,
+           report_interval_s = $6, reported = $7, reported_at = $8, last_report_jti = $9, agent_version = $10, arch = COALESCE($11, arch) WHERE id = $12`,
+        [now, claims.session, claims.conn, run, rank, claims.interval_s, state, now, claims.jti, claims.agent_version, claims.arch ?? null, deviceId],
+      );
+      return { kind: 'recorded', presence: 'online' };
+    });
+  }
+
+  async verificationKeys(id: string): Promise<PublicJwk[]> {
+    const cutoff = this.#now() - PREVIOUS_KEY_GRACE_MS;
+    const rows = await this.#db.q<{ jwk: string }>(
+      "SELECT jwk FROM device_keys WHERE device_id = $1 AND use = 'sig' AND (status = 'current' OR retired_at >= $2)",
+      [id, cutoff],
+    );
+    return rows.map((r) => JSON.parse(r.jwk) as PublicJwk);
+  }
+
+  async reportVerificationKeys(id: string): Promise<PublicJwk[]> {
+    const cutoff = this.#now() - PREVIOUS_KEY_GRACE_MS;
+    const rows = await this.#db.q<{ jwk: string }>(
+      `SELECT k.jwk FROM device_keys k JOIN devices d ON d.id = k.device_id
+       WHERE k.device_id = $1 AND k.use = 'sig' AND (k.status = 'current' OR (k.retired_at >= $2 AND k.added_at >= COALESCE(d.enrolled_at, 0)))`,
+      [id, cutoff],
+    );
+    return rows.map((r) => JSON.parse(r.jwk) as PublicJwk);
+  }
+
+  async #lockDevice(sql: Sql, id: string): Promise<void> {
+    if (!(await sql.one('SELECT id FROM devices WHERE id = $1 FOR UPDATE', [id]))) throw noDevice(id);
+  }
+}
+
+async function tagsOf(sql: Sql, deviceId: string): Promise<string[]> {
+  return (await sql.q<{ tag: string }>('SELECT tag FROM device_tags WHERE device_id = $1 ORDER BY tag COLLATE "C"', [deviceId])).map((r) => r.tag);
+}

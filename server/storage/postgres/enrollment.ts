@@ -1,0 +1,146 @@
+/**
+ * Enrollment tokens in PostgreSQL, as server/registry/registry.ts (createToken,
+ * enroll) and token-list.ts keep them in SQLite. A token is consumed under its
+ * row lock and by a conditional UPDATE (used_at IS NULL): of two enrollments
+ * with one token, on any machines, exactly one is accepted.
+ */
+import { RegistryError } from '../../registry/errors.js';
+import { hashToken, newEnrollmentToken } from '../../registry/tokens.js';
+import type { TokenListing } from '../records.js';
+import type { EnrollInput, EnrollmentStore } from '../types.js';
+import { appendAudit } from './audit.js';
+import type { PgDb } from './db.js';
+import { getDevice, setCurrentKeys, upsertDevice } from './devices.js';
+
+interface TokenRow {
+  hash: string;
+  device_id: string;
+  user_id: string;
+  created_at: number;
+  expires_at: number;
+  used_at: number | null;
+  used_by: string | null;
+}
+
+interface ListingRow {
+  device_id: string;
+  user_id: string;
+  created_at: number;
+  expires_at: number;
+  used_at: number | null;
+  enrolled_at: number | null;
+  state: string | null;
+}
+
+function listing(r: ListingRow, now: number): TokenListing {
+  return {
+    deviceId: r.device_id,
+    userId: r.user_id,
+    createdAt: r.created_at,
+    expiresAt: r.expires_at,
+    usedAt: r.used_at,
+    status: r.used_at !== null ? 'used' : r.expires_at <= now ? 'expired' : 'valid',
+    enrolledAt: r.enrolled_at,
+    deviceState: r.state,
+  };
+}
+
+const SELECT = `SELECT t.device_id, t.user_id, t.created_at, t.expires_at, t.used_at, d.enrolled_at, d.state
+  FROM enrollment_tokens t LEFT JOIN devices d ON d.id = t.device_id`;
+
+export class PgEnrollmentStore implements EnrollmentStore {
+  readonly #db: PgDb;
+  readonly #now: () => number;
+
+  constructor(db: PgDb, now: () => number) {
+    this.#db = db;
+    this.#now = now;
+  }
+
+  async createToken(deviceId: string, userId: string, ttlMs: number): Promise<{ token: string; expiresAt: number }> {
+    const token = newEnrollmentToken();
+    const now = this.#now();
+    const expiresAt = now + ttlMs;
+    await this.#db.tx(async (sql) => {
+      await sql.run('INSERT INTO enrollment_tokens (hash, device_id, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)', [
+        hashToken(token),
+        deviceId,
+        userId,
+        now,
+        expiresAt,
+      ]);
+      await appendAudit(sql, now, 'token.create', deviceId, { user_id: userId, expires_at: expiresAt });
+    });
+    return { token, expiresAt };
+  }
+
+  enroll(input: EnrollInput): Promise<{ userId: string; repeated: boolean }> {
+    return this.#db.tx(async (sql) => {
+      const now = this.#now();
+      // The token's row lock: a concurrent enrollment with it waits here, then sees it used.
+      const row = await sql.one<TokenRow>('SELECT * FROM enrollment_tokens WHERE hash = $1 FOR UPDATE', [hashToken(input.token)]);
+      if (!row) throw new RegistryError('E_TOKEN_INVALID', 'the enrollment token is unknown');
+      if (row.used_at !== null) {
+        // The same device repeating its enrollment (it missed our `request`) with the same keys: answer again, change nothing.
+        const device = await getDevice(sql, input.deviceId);
+        if (
+          row.device_id === input.deviceId &&
+          device?.state === 'enrolling' &&
+          device.signing?.kid === input.signing.kid &&
+          device.encryption?.kid === input.encryption.kid
+        ) {
+          await appendAudit(sql, now, 'device.enroll.repeat', input.deviceId, { enrollment_jti: input.enrollmentJti });
+          return { userId: row.user_id, repeated: true };
+        }
+        throw new RegistryError('E_TOKEN_USED', `the enrollment token was already used (${new Date(row.used_at).toISOString()})`);
+      }
+      if (row.expires_at <= now) throw new RegistryError('E_TOKEN_EXPIRED', `the enrollment token expired at ${new Date(row.expires_at).toISOString()}`);
+      if (row.device_id !== input.deviceId) throw new RegistryError('E_TOKEN_DEVICE', `the enrollment token is bound to another device, not ${input.deviceId}`);
+      const consumed = await sql.run('UPDATE enrollment_tokens SET used_at = $1, used_by = $2 WHERE hash = $3 AND used_at IS NULL AND expires_at > $1', [
+        now,
+        input.enrollmentJti,
+        row.hash,
+      ]);
+      if (consumed !== 1) throw new RegistryError('E_TOKEN_USED', 'the enrollment token was already used');
+      // The device row (inserted or updated) stays locked until commit: its keys are read and replaced under the lock.
+      await upsertDevice(sql, now, input.deviceId, row.user_id, 'enrolling', 'enrollment');
+      const signingBefore = await sql.one<{ kid: string }>("SELECT kid FROM device_keys WHERE device_id = $1 AND use = 'sig' AND status = 'current'", [
+        input.deviceId,
+      ]);
+      await sql.run('UPDATE devices SET enrolled_at = $1, decommissioned_at = NULL WHERE id = $2', [now, input.deviceId]);
+      // New keys are a new identity, whose agent counts its report positions afresh (and its seq from 0).
+      if (signingBefore?.kid !== input.signing.kid) {
+        await sql.run('UPDATE devices SET report_run = NULL, report_n = NULL, presence_session = NULL, presence_conn = NULL, reported = NULL WHERE id = $1', [
+          input.deviceId,
+        ]);
+      }
+      await setCurrentKeys(sql, now, input.deviceId, input.signing, input.encryption);
+      await appendAudit(sql, now, 'device.enroll', input.deviceId, {
+        user_id: row.user_id,
+        signing_kid: input.signing.kid,
+        encryption_kid: input.encryption.kid,
+        enrollment_jti: input.enrollmentJti,
+      });
+      return { userId: row.user_id, repeated: false };
+    });
+  }
+
+  async listTokens(filter: { deviceId?: string } = {}): Promise<TokenListing[]> {
+    const now = this.#now();
+    const rows =
+      filter.deviceId === undefined
+        ? await this.#db.q<ListingRow>(`${SELECT} ORDER BY t.created_at DESC, t.device_id COLLATE "C"`)
+        : await this.#db.q<ListingRow>(`${SELECT} WHERE t.device_id = $1 ORDER BY t.created_at DESC`, [filter.deviceId]);
+    return rows.map((r) => listing(r, now));
+  }
+
+  async pendingEnrollments(): Promise<TokenListing[]> {
+    const now = this.#now();
+    const rows = await this.#db.q<ListingRow>(
+      `${SELECT} WHERE t.used_at IS NULL AND (d.enrolled_at IS NULL OR d.enrolled_at < t.created_at)
+         AND t.created_at = (SELECT MAX(created_at) FROM enrollment_tokens u WHERE u.device_id = t.device_id)
+       ORDER BY t.device_id COLLATE "C"`,
+    );
+    return rows.map((r) => listing(r, now));
+  }
+}
