@@ -36,6 +36,7 @@ import {
 } from '../records.js';
 import { assertTag } from '../rules.js';
 import type { CreateFromSelectorOptions, RolloutStore, TargetMoveFields } from '../types.js';
+import { appendAudit } from './audit.js';
 import type { PgDb, Sql } from './db.js';
 import { renewLease } from './leases.js';
 
@@ -164,11 +165,6 @@ export async function selectorCondition(sql: Sql, selector: RolloutSelector): Pr
   return () => usable;
 }
 
-/** One audit row, as the audit store writes it (in the caller's transaction). */
-async function audit(sql: Sql, now: number, event: string, deviceId: string | null, detail: Record<string, unknown>): Promise<void> {
-  await sql.run('INSERT INTO audit (at, event, device_id, detail) VALUES ($1, $2, $3, $4)', [now, event, deviceId, JSON.stringify(detail)]);
-}
-
 const pause = (): Promise<void> => new Promise<void>((resolve) => setImmediate(resolve));
 
 export class PgRolloutStore implements RolloutStore {
@@ -257,7 +253,7 @@ export class PgRolloutStore implements RolloutStore {
       if (r.state === 'cancelled' || r.state === 'aborted') await this.#cancelPending(sql, id, r.state === 'cancelled' ? 'E_CANCELLED' : 'E_ABORTED', now);
       await this.#auditCreate(sql, id, spec, total, now);
       if (options.retryOf) {
-        await audit(sql, now, 'rollout.retry', null, {
+        await appendAudit(sql, now, 'rollout.retry', null, {
           rollout_id: id,
           retry_of: options.retryOf.id,
           devices: total,
@@ -300,7 +296,7 @@ export class PgRolloutStore implements RolloutStore {
   }
 
   async #auditCreate(sql: Sql, id: string, spec: RolloutSpec, devices: number, now: number): Promise<void> {
-    await audit(sql, now, 'rollout.create', null, {
+    await appendAudit(sql, now, 'rollout.create', null, {
       rollout_id: id,
       action: spec.action,
       selector: selectorForAudit(spec.selector),
@@ -629,7 +625,7 @@ export class PgRolloutStore implements RolloutStore {
       const now = this.#now();
       await sql.run('UPDATE rollouts SET state = $1, state_reason = $2, updated_at = $3 WHERE id = $4', [to, reason, now, id]);
       if (to === 'cancelled' || to === 'aborted') await this.#cancelPending(sql, id, to === 'cancelled' ? 'E_CANCELLED' : 'E_ABORTED', now);
-      await audit(
+      await appendAudit(
         sql,
         now,
         `rollout.${to === 'running' ? 'resume' : to === 'paused' ? 'pause' : to === 'cancelled' ? 'cancel' : to === 'aborted' ? 'abort' : 'complete'}`,
@@ -654,7 +650,7 @@ export class PgRolloutStore implements RolloutStore {
     );
     const counts = await this.#counts(sql, id);
     const final = row?.state ?? (await this.#require(sql, id)).state;
-    await audit(sql, now, 'rollout.finished', null, { rollout_id: id, state: final, reason, ...counts });
+    await appendAudit(sql, now, 'rollout.finished', null, { rollout_id: id, state: final, reason, ...counts });
   }
 
   /** The plan's counts of what a selector matches, by presence, PLAN_CHUNK devices per statement. */
