@@ -600,4 +600,45 @@ describe('storage/postgres: rollouts and the engine lease (PgRolloutStore, PgLea
     expect(await claim).to.equal(false);
     expect(await a.rollouts.counts(r.id)).to.include({ pending: 2, sending: 0 });
   });
+
+  it('race: two machines marking 200 claimed targets sent at once under one lease: all sent, no deadlock, the lease renewed', async () => {
+    const b = await machine();
+    await a.db.run(
+      `INSERT INTO devices (id, user_id, state, origin, created_at, updated_at) SELECT 'm' || lpad(i::text, 4, '0'), 'u1', 'provisioned', 'test', $1, $1
+       FROM generate_series(0, 199) AS i`,
+      [T0],
+    );
+    await a.db.run("INSERT INTO device_keys (device_id, kid, use, jwk, status, added_at) SELECT id, id || '-enc', 'enc', '{}', 'current', $1 FROM devices", [
+      T0,
+    ]);
+    const r = await a.rollouts.createFromSelector(spec({ all: true }), { needsDeviceUser: true });
+    const lease = (await a.leases.take('rollouts', 'engine', 60_000)) as Lease;
+    const ids = (await a.rollouts.targets(r.id)).map((t) => t.deviceId);
+    for (const id of ids) expect(await a.rollouts.claim(r.id, id, lease)).to.equal(true);
+    await a.db.run(
+      `INSERT INTO commands (jti, device_id, action, user_id, params_digest, seq, encryption_kid, sealed, fanout_id, created_at, expires_at)
+       SELECT 'j-' || id, id, 'update', 'u1', 'digest', 1, 'kid', 'sealed', $1, $2::bigint, $2::bigint + 600000 FROM devices`,
+      [r.id, clock],
+    );
+    clock += 1000;
+    const markAll = async (m: Machine, part: string[]): Promise<string[]> => {
+      const out: string[] = [];
+      for (let i = 0; i < part.length; i += 8)
+        out.push(...(await Promise.all(part.slice(i, i + 8).map((id) => m.rollouts.markSent(r.id, id, `j-${id}`, lease)))));
+      return out;
+    };
+    const [ra, rb] = await Promise.all([
+      markAll(
+        a,
+        ids.filter((_, i) => i % 2 === 0),
+      ),
+      markAll(
+        b,
+        ids.filter((_, i) => i % 2 === 1),
+      ),
+    ]);
+    expect([...ra, ...rb].filter((x) => x === 'sent')).to.have.length(200);
+    expect(await a.rollouts.counts(r.id)).to.include({ sent: 200, sending: 0 });
+    expect((await a.db.one<{ expires_at: number }>("SELECT expires_at FROM leases WHERE name = 'rollouts'"))?.expires_at).to.equal(clock + 60_000);
+  });
 });

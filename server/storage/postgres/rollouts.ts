@@ -11,6 +11,10 @@
  * - a transaction that reads a row and then writes on what it read locks it
  *   first (SELECT ... FOR UPDATE): setState, finishInterruptedPlanning,
  *   reclaimSending (the targets it adopts or requeues);
+ * - rows are locked in one order everywhere (the rollout, the lease, then
+ *   targets, then commands), and no transaction turns its share lock of the
+ *   lease into an exclusive one (markSent renews the lease after its commit):
+ *   concurrent claims and mark-sents on several machines never deadlock;
  * - a selector is resolved inside the database (INSERT ... SELECT in chunks),
  *   never as the fleet's ids in memory.
  */
@@ -428,20 +432,24 @@ export class PgRolloutStore implements RolloutStore {
    * `stopped` (paused: the target waits again; cancelled/aborted: cancelled).
    */
   async markSent(id: string, deviceId: string, jti: string, lease: Lease): Promise<'sent' | 'fenced' | 'stopped'> {
-    return this.#db.tx(async (sql): Promise<'sent' | 'fenced' | 'stopped'> => {
+    const outcome = await this.#db.tx(async (sql): Promise<'sent' | 'fenced' | 'stopped'> => {
       const now = this.#now();
       const a = new Args();
       const text = `UPDATE rollout_targets SET state = 'sent', jti = ${a.p(jti)}, sent_at = ${a.p(now)}::bigint, updated_at = ${a.p(now)}::bigint
          WHERE rollout_id = ${a.p(id)} AND device_id = ${a.p(deviceId)} AND state = 'sending' AND ${rolloutRunning(a, id)} AND ${leaseHeld(a, lease, now)}`;
-      if ((await sql.run(text, a.values)) === 1) {
-        // Proof of life: an engine at work keeps its lease through a long batch.
-        await renewLease(sql, lease, now);
-        return 'sent';
-      }
+      if ((await sql.run(text, a.values)) === 1) return 'sent';
       const stopped = (await this.#leaseHeld(sql, lease, now)) && (await this.#stopSending(sql, id, deviceId, now));
       await this.#voidCommand(sql, jti, now);
       return stopped ? 'stopped' : 'fenced';
     });
+    if (outcome === 'sent') {
+      // Proof of life: an engine at work keeps its lease through a long batch. After the commit, on
+      // its own: inside, it would turn this transaction's share lock of the lease row into an
+      // exclusive one while other mark-sents hold theirs (a deadlock). Best effort: the engine
+      // checks (and renews) its lease again right before publishing; a failure here changes nothing.
+      await renewLease(this.#db, lease, this.#now()).catch(() => false);
+    }
+    return outcome;
   }
 
   async #leaseHeld(sql: Sql, lease: Lease, now: number): Promise<boolean> {
@@ -486,8 +494,9 @@ export class PgRolloutStore implements RolloutStore {
     return this.#db.tx(async (sql) => {
       const now = this.#now();
       const out = { adopted: 0, requeued: 0 };
-      if (!(await this.#leaseHeld(sql, lease, now))) return out;
+      // Rows locked in the order every statement here takes them: the rollout, the lease, then targets.
       const running = (await sql.one<{ state: RolloutState }>('SELECT state FROM rollouts WHERE id = $1 FOR SHARE', [id]))?.state === 'running';
+      if (!(await this.#leaseHeld(sql, lease, now))) return out;
       const sending = await sql.q<{ device_id: string }>(
         "SELECT device_id FROM rollout_targets WHERE rollout_id = $1 AND state = 'sending' ORDER BY device_id FOR UPDATE",
         [id],
