@@ -496,6 +496,11 @@ describe('storage/postgres: rollouts and the engine lease (PgRolloutStore, PgLea
     expect(winners).to.have.length(1);
     expect(winners[0]?.generation).to.equal(4);
     expect(await a.leases.holder('L')).to.equal(winners[0]?.holder);
+    // A lease never taken before (no row yet): one of the racers inserts it, generation 1.
+    const fresh = (await Promise.all(Array.from({ length: 6 }, (_, i) => (i % 2 === 0 ? a : b).leases.take('M', `H${i}`, 5000)))).filter(
+      (l) => l !== undefined,
+    );
+    expect(fresh.map((l) => l.generation)).to.deep.equal([1]);
   });
 
   it('race: two machines claiming the same 500 targets at once under one lease: each target claimed once', async () => {
