@@ -71,7 +71,6 @@ const UNAVAILABLE_MESSAGES = [
   /timeout exceeded when trying to connect/i,
   /Query read timeout/i,
   /Cannot use a pool after calling end/i,
-  /Client has already been connected/i,
 ];
 
 /** Whether `err` says the database could not be reached (rather than that the statement was refused). */
