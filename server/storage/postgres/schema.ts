@@ -5,7 +5,9 @@
  * same table and column names, so `registry migrate` copies table by table:
  * INTEGER -> bigint (ms epochs exceed int4), REAL -> double precision, JSON
  * text stays text (queries cast it ::jsonb), the 0/1 integer flags stay
- * integers, audit.id and releases.id are identities.
+ * integers, audit.id and releases.id are identities. Every text column is
+ * COLLATE "C" (byte order, as SQLite's BINARY): ids sort and page the same
+ * on both backends whatever the database's default collation.
  *
  * Each migration runs in its own transaction under a transaction-scoped
  * advisory lock, so several `serve` processes opening one database at once
@@ -22,77 +24,77 @@ export const PG_MIGRATIONS: readonly string[] = [
   // 1: the whole registry (SQLite migrations 1-7).
   `
   CREATE TABLE devices (
-    id text PRIMARY KEY,
-    user_id text,
-    state text NOT NULL CHECK (state IN ('registered', 'enrolling', 'provisioned', 'decommissioned')),
+    id text COLLATE "C" PRIMARY KEY,
+    user_id text COLLATE "C",
+    state text COLLATE "C" NOT NULL CHECK (state IN ('registered', 'enrolling', 'provisioned', 'decommissioned')),
     next_seq bigint NOT NULL DEFAULT 1 CHECK (next_seq >= 1),
-    origin text NOT NULL,
+    origin text COLLATE "C" NOT NULL,
     created_at bigint NOT NULL,
     updated_at bigint NOT NULL,
     enrolled_at bigint,
     confirmed_at bigint,
     decommissioned_at bigint,
     flagged_at bigint,
-    flag text,
+    flag text COLLATE "C",
     last_seen_at bigint,
-    presence text CHECK (presence IN ('online', 'offline')),
-    presence_session text,
+    presence text COLLATE "C" CHECK (presence IN ('online', 'offline')),
+    presence_session text COLLATE "C",
     presence_conn bigint,
     report_interval_s bigint,
-    reported text,
+    reported text COLLATE "C",
     reported_at bigint,
-    last_report_jti text,
+    last_report_jti text COLLATE "C",
     report_run bigint,
     report_n bigint,
-    arch text,
-    agent_version text
+    arch text COLLATE "C",
+    agent_version text COLLATE "C"
   );
   CREATE INDEX devices_user ON devices (user_id);
 
   CREATE TABLE device_keys (
-    device_id text NOT NULL REFERENCES devices (id) ON DELETE CASCADE,
-    kid text NOT NULL,
-    use text NOT NULL CHECK (use IN ('sig', 'enc')),
-    jwk text NOT NULL,
-    status text NOT NULL CHECK (status IN ('current', 'previous', 'retired')),
+    device_id text COLLATE "C" NOT NULL REFERENCES devices (id) ON DELETE CASCADE,
+    kid text COLLATE "C" NOT NULL,
+    use text COLLATE "C" NOT NULL CHECK (use IN ('sig', 'enc')),
+    jwk text COLLATE "C" NOT NULL,
+    status text COLLATE "C" NOT NULL CHECK (status IN ('current', 'previous', 'retired')),
     added_at bigint NOT NULL,
     retired_at bigint,
     PRIMARY KEY (device_id, kid)
   );
 
   CREATE TABLE enrollment_tokens (
-    hash text PRIMARY KEY,
-    device_id text NOT NULL,
-    user_id text NOT NULL,
+    hash text COLLATE "C" PRIMARY KEY,
+    device_id text COLLATE "C" NOT NULL,
+    user_id text COLLATE "C" NOT NULL,
     created_at bigint NOT NULL,
     expires_at bigint NOT NULL,
     used_at bigint,
-    used_by text
+    used_by text COLLATE "C"
   );
   CREATE INDEX enrollment_tokens_device ON enrollment_tokens (device_id);
 
   CREATE TABLE commands (
-    jti text PRIMARY KEY,
-    device_id text NOT NULL,
-    action text NOT NULL,
-    user_id text NOT NULL,
-    params_digest text NOT NULL,
+    jti text COLLATE "C" PRIMARY KEY,
+    device_id text COLLATE "C" NOT NULL,
+    action text COLLATE "C" NOT NULL,
+    user_id text COLLATE "C" NOT NULL,
+    params_digest text COLLATE "C" NOT NULL,
     seq bigint NOT NULL,
-    encryption_kid text NOT NULL,
-    sealed text NOT NULL,
-    fanout_id text,
-    bind_user text,
+    encryption_kid text COLLATE "C" NOT NULL,
+    sealed text COLLATE "C" NOT NULL,
+    fanout_id text COLLATE "C",
+    bind_user text COLLATE "C",
     created_at bigint NOT NULL,
     expires_at bigint NOT NULL,
     sent_at bigint,
-    ack_status text CHECK (ack_status IN ('applied', 'rejected', 'failed', 'rolled_back')),
-    ack_code text,
-    ack_detail text,
-    ack_jti text,
-    ack_result text,
+    ack_status text COLLATE "C" CHECK (ack_status IN ('applied', 'rejected', 'failed', 'rolled_back')),
+    ack_code text COLLATE "C",
+    ack_detail text COLLATE "C",
+    ack_jti text COLLATE "C",
+    ack_result text COLLATE "C",
     acked_at bigint,
     voided_at bigint,
-    release_sha256 text,
+    release_sha256 text COLLATE "C",
     UNIQUE (device_id, seq)
   );
   CREATE INDEX commands_device ON commands (device_id, seq);
@@ -100,20 +102,20 @@ export const PG_MIGRATIONS: readonly string[] = [
   CREATE INDEX commands_release ON commands (release_sha256) WHERE release_sha256 IS NOT NULL;
 
   CREATE TABLE fanouts (
-    id text PRIMARY KEY,
+    id text COLLATE "C" PRIMARY KEY,
     created_at bigint NOT NULL,
-    action text NOT NULL,
-    params text NOT NULL,
-    selector text NOT NULL,
-    devices text NOT NULL
+    action text COLLATE "C" NOT NULL,
+    params text COLLATE "C" NOT NULL,
+    selector text COLLATE "C" NOT NULL,
+    devices text COLLATE "C" NOT NULL
   );
 
   CREATE TABLE audit (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     at bigint NOT NULL,
-    event text NOT NULL,
-    device_id text,
-    detail text NOT NULL
+    event text COLLATE "C" NOT NULL,
+    device_id text COLLATE "C",
+    detail text COLLATE "C" NOT NULL
   );
   CREATE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
   BEGIN
@@ -129,20 +131,20 @@ export const PG_MIGRATIONS: readonly string[] = [
   CREATE INDEX audit_rollout ON audit ((COALESCE(detail::jsonb ->> 'rollout_id', detail::jsonb ->> 'fanout_id')));
 
   CREATE TABLE device_tags (
-    device_id text NOT NULL REFERENCES devices (id) ON DELETE CASCADE,
-    tag text NOT NULL,
+    device_id text COLLATE "C" NOT NULL REFERENCES devices (id) ON DELETE CASCADE,
+    tag text COLLATE "C" NOT NULL,
     added_at bigint NOT NULL,
     PRIMARY KEY (device_id, tag)
   );
   CREATE INDEX device_tags_tag ON device_tags (tag);
 
   CREATE TABLE rollouts (
-    id text PRIMARY KEY,
+    id text COLLATE "C" PRIMARY KEY,
     created_at bigint NOT NULL,
-    action text NOT NULL,
-    params text NOT NULL,
-    user_id text,
-    selector text NOT NULL,
+    action text COLLATE "C" NOT NULL,
+    params text COLLATE "C" NOT NULL,
+    user_id text COLLATE "C",
+    selector text COLLATE "C" NOT NULL,
     ttl_s bigint NOT NULL,
     deadline_at bigint NOT NULL,
     rate_per_min bigint,
@@ -151,21 +153,21 @@ export const PG_MIGRATIONS: readonly string[] = [
     abort_percent double precision,
     abort_min bigint NOT NULL,
     concurrency bigint NOT NULL,
-    state text NOT NULL CHECK (state IN ('running', 'paused', 'aborted', 'cancelled', 'completed')),
-    state_reason text,
+    state text COLLATE "C" NOT NULL CHECK (state IN ('running', 'paused', 'aborted', 'cancelled', 'completed')),
+    state_reason text COLLATE "C",
     updated_at bigint NOT NULL,
     finished_at bigint,
     planning integer NOT NULL DEFAULT 0,
-    retry_of text
+    retry_of text COLLATE "C"
   );
 
   CREATE TABLE rollout_targets (
-    rollout_id text NOT NULL REFERENCES rollouts (id) ON DELETE CASCADE,
-    device_id text NOT NULL,
-    state text NOT NULL CHECK (state IN ('pending', 'sending', 'sent', 'applied', 'rejected', 'failed', 'rolled_back', 'expired', 'cancelled', 'not sent')),
-    jti text,
+    rollout_id text COLLATE "C" NOT NULL REFERENCES rollouts (id) ON DELETE CASCADE,
+    device_id text COLLATE "C" NOT NULL,
+    state text COLLATE "C" NOT NULL CHECK (state IN ('pending', 'sending', 'sent', 'applied', 'rejected', 'failed', 'rolled_back', 'expired', 'cancelled', 'not sent')),
+    jti text COLLATE "C",
     attempts bigint NOT NULL DEFAULT 0,
-    code text,
+    code text COLLATE "C",
     sent_at bigint,
     updated_at bigint NOT NULL,
     next_at bigint,
@@ -177,20 +179,20 @@ export const PG_MIGRATIONS: readonly string[] = [
   CREATE INDEX rollout_targets_jti ON rollout_targets (jti);
 
   CREATE TABLE leases (
-    name text PRIMARY KEY,
-    holder text NOT NULL,
+    name text COLLATE "C" PRIMARY KEY,
+    holder text COLLATE "C" NOT NULL,
     expires_at bigint NOT NULL,
     generation bigint NOT NULL DEFAULT 0
   );
 
   CREATE TABLE releases (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    version text NOT NULL,
-    arch text NOT NULL,
+    version text COLLATE "C" NOT NULL,
+    arch text COLLATE "C" NOT NULL,
     bytes bigint NOT NULL,
-    sha256 text NOT NULL,
-    manifest text NOT NULL,
-    dir text NOT NULL,
+    sha256 text COLLATE "C" NOT NULL,
+    manifest text COLLATE "C" NOT NULL,
+    dir text COLLATE "C" NOT NULL,
     added_at bigint NOT NULL,
     removed_at bigint
   );
