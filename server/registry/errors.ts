@@ -16,7 +16,8 @@ export type RegistryErrorCode =
   | 'E_NO_FANOUT'
   | 'E_NO_ROLLOUT'
   | 'E_ROLLOUT_STATE'
-  | 'E_BAD_TAG';
+  | 'E_BAD_TAG'
+  | 'E_STORAGE_UNAVAILABLE';
 
 /** Each code's default message. */
 export const REGISTRY_ERROR_CODES: Readonly<Record<RegistryErrorCode, string>> = {
@@ -35,6 +36,7 @@ export const REGISTRY_ERROR_CODES: Readonly<Record<RegistryErrorCode, string>> =
   E_NO_ROLLOUT: 'no such rollout',
   E_ROLLOUT_STATE: 'the rollout is not in a state that allows this',
   E_BAD_TAG: 'not a valid tag',
+  E_STORAGE_UNAVAILABLE: 'the registry database is unavailable',
 };
 
 export class RegistryError extends CodedError<RegistryErrorCode> {

@@ -1,0 +1,241 @@
+/**
+ * The PostgreSQL registry schema as forward-only numbered migrations, kept in
+ * `schema_migrations(version, applied_at)`. Migration 1 is the whole final
+ * SQLite schema (server/registry/schema.ts after its migration 7) with the
+ * same table and column names, so `registry migrate` copies table by table:
+ * INTEGER -> bigint (ms epochs exceed int4), REAL -> double precision, JSON
+ * text stays text (queries cast it ::jsonb), the 0/1 integer flags stay
+ * integers, audit.id and releases.id are identities.
+ *
+ * Each migration runs in its own transaction under a transaction-scoped
+ * advisory lock, so several `serve` processes opening one database at once
+ * migrate it once; a database newer than this program is refused (E_SCHEMA,
+ * as the SQLite registry's user_version check).
+ */
+import { RegistryError } from '../../registry/errors.js';
+import type { PgDb, Sql } from './db.js';
+
+/** pg_advisory_xact_lock key of the migrations ("prov" in ASCII). */
+export const MIGRATION_LOCK = 0x70726f76;
+
+export const PG_MIGRATIONS: readonly string[] = [
+  // 1: the whole registry (SQLite migrations 1-7).
+  `
+  CREATE TABLE devices (
+    id text PRIMARY KEY,
+    user_id text,
+    state text NOT NULL CHECK (state IN ('registered', 'enrolling', 'provisioned', 'decommissioned')),
+    next_seq bigint NOT NULL DEFAULT 1 CHECK (next_seq >= 1),
+    origin text NOT NULL,
+    created_at bigint NOT NULL,
+    updated_at bigint NOT NULL,
+    enrolled_at bigint,
+    confirmed_at bigint,
+    decommissioned_at bigint,
+    flagged_at bigint,
+    flag text,
+    last_seen_at bigint,
+    presence text CHECK (presence IN ('online', 'offline')),
+    presence_session text,
+    presence_conn bigint,
+    report_interval_s bigint,
+    reported text,
+    reported_at bigint,
+    last_report_jti text,
+    report_run bigint,
+    report_n bigint,
+    arch text,
+    agent_version text
+  );
+  CREATE INDEX devices_user ON devices (user_id);
+
+  CREATE TABLE device_keys (
+    device_id text NOT NULL REFERENCES devices (id) ON DELETE CASCADE,
+    kid text NOT NULL,
+    use text NOT NULL CHECK (use IN ('sig', 'enc')),
+    jwk text NOT NULL,
+    status text NOT NULL CHECK (status IN ('current', 'previous', 'retired')),
+    added_at bigint NOT NULL,
+    retired_at bigint,
+    PRIMARY KEY (device_id, kid)
+  );
+
+  CREATE TABLE enrollment_tokens (
+    hash text PRIMARY KEY,
+    device_id text NOT NULL,
+    user_id text NOT NULL,
+    created_at bigint NOT NULL,
+    expires_at bigint NOT NULL,
+    used_at bigint,
+    used_by text
+  );
+  CREATE INDEX enrollment_tokens_device ON enrollment_tokens (device_id);
+
+  CREATE TABLE commands (
+    jti text PRIMARY KEY,
+    device_id text NOT NULL,
+    action text NOT NULL,
+    user_id text NOT NULL,
+    params_digest text NOT NULL,
+    seq bigint NOT NULL,
+    encryption_kid text NOT NULL,
+    sealed text NOT NULL,
+    fanout_id text,
+    bind_user text,
+    created_at bigint NOT NULL,
+    expires_at bigint NOT NULL,
+    sent_at bigint,
+    ack_status text CHECK (ack_status IN ('applied', 'rejected', 'failed', 'rolled_back')),
+    ack_code text,
+    ack_detail text,
+    ack_jti text,
+    ack_result text,
+    acked_at bigint,
+    voided_at bigint,
+    release_sha256 text,
+    UNIQUE (device_id, seq)
+  );
+  CREATE INDEX commands_device ON commands (device_id, seq);
+  CREATE INDEX commands_fanout ON commands (fanout_id);
+  CREATE INDEX commands_release ON commands (release_sha256) WHERE release_sha256 IS NOT NULL;
+
+  CREATE TABLE fanouts (
+    id text PRIMARY KEY,
+    created_at bigint NOT NULL,
+    action text NOT NULL,
+    params text NOT NULL,
+    selector text NOT NULL,
+    devices text NOT NULL
+  );
+
+  CREATE TABLE audit (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at bigint NOT NULL,
+    event text NOT NULL,
+    device_id text,
+    detail text NOT NULL
+  );
+  CREATE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+  BEGIN
+    RAISE EXCEPTION 'the audit log is append-only';
+  END
+  $$;
+  CREATE TRIGGER audit_append_only_update BEFORE UPDATE ON audit FOR EACH ROW EXECUTE FUNCTION audit_append_only();
+  CREATE TRIGGER audit_append_only_delete BEFORE DELETE ON audit FOR EACH ROW EXECUTE FUNCTION audit_append_only();
+  CREATE TRIGGER audit_append_only_truncate BEFORE TRUNCATE ON audit FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();
+  CREATE INDEX audit_device ON audit (device_id, id);
+  CREATE INDEX audit_event ON audit (event, id);
+  CREATE INDEX audit_at ON audit (at);
+  CREATE INDEX audit_rollout ON audit ((COALESCE(detail::jsonb ->> 'rollout_id', detail::jsonb ->> 'fanout_id')));
+
+  CREATE TABLE device_tags (
+    device_id text NOT NULL REFERENCES devices (id) ON DELETE CASCADE,
+    tag text NOT NULL,
+    added_at bigint NOT NULL,
+    PRIMARY KEY (device_id, tag)
+  );
+  CREATE INDEX device_tags_tag ON device_tags (tag);
+
+  CREATE TABLE rollouts (
+    id text PRIMARY KEY,
+    created_at bigint NOT NULL,
+    action text NOT NULL,
+    params text NOT NULL,
+    user_id text,
+    selector text NOT NULL,
+    ttl_s bigint NOT NULL,
+    deadline_at bigint NOT NULL,
+    rate_per_min bigint,
+    ramp_from bigint,
+    ramp_factor double precision,
+    abort_percent double precision,
+    abort_min bigint NOT NULL,
+    concurrency bigint NOT NULL,
+    state text NOT NULL CHECK (state IN ('running', 'paused', 'aborted', 'cancelled', 'completed')),
+    state_reason text,
+    updated_at bigint NOT NULL,
+    finished_at bigint,
+    planning integer NOT NULL DEFAULT 0,
+    retry_of text
+  );
+
+  CREATE TABLE rollout_targets (
+    rollout_id text NOT NULL REFERENCES rollouts (id) ON DELETE CASCADE,
+    device_id text NOT NULL,
+    state text NOT NULL CHECK (state IN ('pending', 'sending', 'sent', 'applied', 'rejected', 'failed', 'rolled_back', 'expired', 'cancelled', 'not sent')),
+    jti text,
+    attempts bigint NOT NULL DEFAULT 0,
+    code text,
+    sent_at bigint,
+    updated_at bigint NOT NULL,
+    next_at bigint,
+    PRIMARY KEY (rollout_id, device_id)
+  );
+  CREATE INDEX rollout_targets_state ON rollout_targets (rollout_id, state);
+  CREATE INDEX rollout_targets_device ON rollout_targets (device_id, state);
+  CREATE INDEX rollout_targets_order ON rollout_targets (rollout_id, state, attempts, device_id);
+  CREATE INDEX rollout_targets_jti ON rollout_targets (jti);
+
+  CREATE TABLE leases (
+    name text PRIMARY KEY,
+    holder text NOT NULL,
+    expires_at bigint NOT NULL,
+    generation bigint NOT NULL DEFAULT 0
+  );
+
+  CREATE TABLE releases (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    version text NOT NULL,
+    arch text NOT NULL,
+    bytes bigint NOT NULL,
+    sha256 text NOT NULL,
+    manifest text NOT NULL,
+    dir text NOT NULL,
+    added_at bigint NOT NULL,
+    removed_at bigint
+  );
+  CREATE UNIQUE INDEX releases_live ON releases (version, arch) WHERE removed_at IS NULL;
+  CREATE INDEX releases_sha ON releases (sha256);
+  `,
+];
+
+export const PG_SCHEMA_VERSION = PG_MIGRATIONS.length;
+
+async function currentVersion(sql: Sql): Promise<number | undefined> {
+  const exists = await sql.one<{ t: string | null }>("SELECT to_regclass('schema_migrations')::text AS t");
+  if (!exists?.t) return undefined;
+  const row = await sql.one<{ v: number | null }>('SELECT MAX(version) AS v FROM schema_migrations');
+  return row?.v ?? 0;
+}
+
+/**
+ * Applies the migrations the database lacks, each in its own transaction
+ * holding MIGRATION_LOCK (a second process waits, then finds nothing to do).
+ * Without `create`, a database with no registry schema is E_NO_REGISTRY.
+ * Returns the schema version.
+ */
+export async function migratePostgres(db: PgDb, options: { create?: boolean; now?: () => number } = {}): Promise<number> {
+  const now = options.now ?? Date.now;
+  for (;;) {
+    const done = await db.tx(async (sql) => {
+      await sql.run('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK]);
+      const current = await currentVersion(sql);
+      if (current === undefined && !options.create) {
+        throw new RegistryError(
+          'E_NO_REGISTRY',
+          `registry ${db.location} has no registry schema; create it with provision-server init (or registry migrate --to)`,
+        );
+      }
+      const version = current ?? 0;
+      if (version > PG_SCHEMA_VERSION) {
+        throw new RegistryError('E_SCHEMA', `registry schema version ${version} is newer than this program's (${PG_SCHEMA_VERSION}); upgrade provision-server`);
+      }
+      if (version === PG_SCHEMA_VERSION) return true;
+      if (current === undefined) await sql.run('CREATE TABLE schema_migrations (version integer PRIMARY KEY, applied_at bigint NOT NULL)');
+      await sql.run(PG_MIGRATIONS[version] as string);
+      await sql.run('INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)', [version + 1, now()]);
+      return version + 1 === PG_SCHEMA_VERSION;
+    });
+    if (done) return PG_SCHEMA_VERSION;
+  }
+}
