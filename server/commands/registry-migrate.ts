@@ -5,7 +5,7 @@ import { CodedError } from '../../protocol/index.js';
 import { defineCommand } from '../../lib/cli.js';
 import { dataPaths } from '../data-dir.js';
 import { migrateRegistry, type MigrateResult } from '../storage/migrate-registry.js';
-import { parseRegistryLocation, redactUrl, REGISTRY_ENV } from '../storage/open.js';
+import { isPostgresUrl, parseRegistryLocation, redactUrl, REGISTRY_ENV } from '../storage/open.js';
 import { withData } from './common.js';
 
 /** Progress lines on stderr at most this often (a big fleet takes a while). */
@@ -33,15 +33,20 @@ const migrateCommand = defineCommand({
   describe: "Copy the data directory's SQLite registry into an empty PostgreSQL database and verify the copy (the SQLite file is only read)",
   builder: (y) =>
     withData(y)
-      .option('to', { type: 'string', demandOption: true, describe: 'the PostgreSQL registry: postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (must hold no registry data)' })
+      .option('to', {
+        type: 'string',
+        demandOption: true,
+        describe: 'the PostgreSQL registry: postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (must hold no registry data)',
+      })
       .option('from', { type: 'string', describe: 'the SQLite registry to copy (default: DATA/registry.sqlite)' })
       .option('json', { type: 'boolean', default: false, describe: 'print the result as JSON (tables with rows and digests, skipped tables)' })
       .example('$0 registry migrate --data /var/lib/provision-server --to postgres://provision@db.example.net/provision', ''),
   handler: async (args) => {
-    const to = parseRegistryLocation(args.to);
-    if (to.kind !== 'postgres') {
+    if (!isPostgresUrl(args.to.trim())) {
       throw new CodedError('E_USAGE', `--to ${redactUrl(args.to)} is not a PostgreSQL URL: give postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`);
     }
+    const to = parseRegistryLocation(args.to);
+    if (to.kind !== 'postgres') throw new CodedError('E_USAGE', `--to ${redactUrl(args.to)} is not a PostgreSQL URL`);
     const from = args.from !== undefined ? resolve(args.from) : dataPaths(args.data).registry;
     let last = Date.now();
     const result = await migrateRegistry(from, to.url, {

@@ -122,7 +122,8 @@ const ident = (name: string): string => `"${name.replace(/"/g, '""')}"`;
 
 /** Opens the SQLite registry read-only and checks its schema version. */
 export function openSqliteReadOnly(path: string): Database.Database {
-  if (!existsSync(path)) throw new RegistryError('E_NO_REGISTRY', `registry ${path} does not exist (give the data directory with --data, or the file with --from)`);
+  if (!existsSync(path))
+    throw new RegistryError('E_NO_REGISTRY', `registry ${path} does not exist (give the data directory with --data, or the file with --from)`);
   let db: Database.Database;
   try {
     db = new Database(path, { readonly: true, fileMustExist: true });
@@ -177,7 +178,8 @@ function checkSqliteTables(sqlite: Database.Database): void {
     (r) => r.name,
   );
   const unknown = names.filter((n) => !known.has(n));
-  if (unknown.length > 0) throw new RegistryError('E_MIGRATE_COPY', `the SQLite registry has tables this program does not know how to copy: ${unknown.join(', ')}`);
+  if (unknown.length > 0)
+    throw new RegistryError('E_MIGRATE_COPY', `the SQLite registry has tables this program does not know how to copy: ${unknown.join(', ')}`);
 }
 
 function sqliteSelect(table: MigratedTable, columns: readonly string[]): string {
