@@ -19,7 +19,7 @@ function report(r: MigrateResult): string {
   const total = r.tables.reduce((n, t) => n + t.rows, 0);
   lines.push('');
   lines.push(`${r.from} copied to ${r.to} and verified: ${total} rows in ${r.tables.length} tables, counts and digests equal.`);
-  for (const s of r.skipped) lines.push(`Not copied: ${s.table} (${s.rows} rows): ${s.reason}.`);
+  for (const s of r.skipped) lines.push(`Not copied: ${s.table} (${s.rows} row${s.rows === 1 ? '' : 's'}): ${s.reason}.`);
   lines.push(
     `Next: stop every serve on the SQLite registry, then run the server on the new one: --registry URL, or ${REGISTRY_ENV}=URL, ` +
       `or "registry": "URL" in DATA/server.json (URL = ${r.to}, with its password if it has one).`,
@@ -54,7 +54,7 @@ const migrateCommand = defineCommand({
       onProgress: (p) => {
         if (args.json || Date.now() - last < PROGRESS_EVERY_MS) return;
         last = Date.now();
-        process.stderr.write(`copying ${p.table}: ${p.copied}/${p.total} rows\n`);
+        process.stderr.write(`${p.phase === 'copy' ? 'copying' : 'verifying'} ${p.table}: ${p.copied}/${p.total} rows\n`);
       },
     });
     process.stdout.write(args.json ? `${JSON.stringify(result, null, 2)}\n` : report(result));

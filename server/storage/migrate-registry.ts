@@ -74,6 +74,8 @@ export interface MigrateResult {
 }
 
 export interface MigrateProgress {
+  /** Copying the table's rows, or reading them back from PostgreSQL to verify them. */
+  phase: 'copy' | 'verify';
   table: string;
   copied: number;
   total: number;
@@ -82,7 +84,7 @@ export interface MigrateProgress {
 export interface MigrateOptions {
   /** Where the PostgreSQL pool logs a dropped idle connection. */
   log?: PgLog;
-  /** Called after each batch written. */
+  /** Called after each batch written (and each batch read back). */
   onProgress?: (p: MigrateProgress) => void;
 }
 
@@ -208,7 +210,13 @@ export function sqliteTableDigest(sqlite: Database.Database, table: MigratedTabl
 let cursors = 0;
 
 /** The digest of one table as read from PostgreSQL (a cursor: batches, never the whole table). Needs a transaction. */
-export async function pgTableDigest(sql: Sql, table: MigratedTable, columns: readonly string[]): Promise<TableResult> {
+export async function pgTableDigest(
+  sql: Sql,
+  table: MigratedTable,
+  columns: readonly string[],
+  onProgress?: (p: MigrateProgress) => void,
+  total = 0,
+): Promise<TableResult> {
   const name = `migrate_verify_${++cursors}`;
   await sql.run(`DECLARE ${name} NO SCROLL CURSOR FOR ${await pgSelect(sql, table, columns)}`);
   const digest = new TableDigest(table.name);
@@ -216,6 +224,7 @@ export async function pgTableDigest(sql: Sql, table: MigratedTable, columns: rea
     for (;;) {
       const rows = await sql.q<Record<string, unknown>>(`FETCH FORWARD ${BATCH_ROWS * 4} FROM ${name}`);
       for (const r of rows) digest.add(columns.map((c) => r[c]));
+      onProgress?.({ phase: 'verify', table: table.name, copied: digest.rows, total });
       if (rows.length < BATCH_ROWS * 4) break;
     }
   } finally {
@@ -260,7 +269,7 @@ async function copyTable(
     }
     batch = [];
     rows = 0;
-    onProgress?.({ table: table.name, copied: digest.rows, total });
+    onProgress?.({ phase: 'copy', table: table.name, copied: digest.rows, total });
   };
   for (const row of sqlite.prepare(sqliteSelect(table, columns)).raw(true).iterate() as IterableIterator<unknown[]>) {
     digest.add(row);
@@ -293,13 +302,18 @@ async function rowsPresent(sql: Sql): Promise<string[]> {
  * digests; `sqlite` should be in a read transaction for a stable snapshot).
  * Throws E_MIGRATE_VERIFY naming the first table that differs.
  */
-export async function verifyTables(sqlite: Database.Database, sql: Sql, expected?: ReadonlyMap<string, TableResult>): Promise<TableResult[]> {
+export async function verifyTables(
+  sqlite: Database.Database,
+  sql: Sql,
+  expected?: ReadonlyMap<string, TableResult>,
+  onProgress?: (p: MigrateProgress) => void,
+): Promise<TableResult[]> {
   const out: TableResult[] = [];
   for (const table of MIGRATED_TABLES) {
     const columns = columnsOf(sqlite, table.name);
     await checkPgColumns(sql, table.name, columns);
     const want = expected?.get(table.name) ?? sqliteTableDigest(sqlite, table);
-    const got = await pgTableDigest(sql, table, columns);
+    const got = await pgTableDigest(sql, table, columns, onProgress, want.rows);
     compare(want, got);
     out.push(got);
   }
@@ -356,7 +370,7 @@ export async function migrateRegistry(sqlitePath: string, pgUrl: string, options
       for (const table of MIGRATED_TABLES) await checkPgColumns(sql, table.name, columns.get(table.name) as string[]);
       const copied = new Map<string, TableResult>();
       for (const table of MIGRATED_TABLES) copied.set(table.name, await copyTable(sqlite, sql, table, columns.get(table.name) as string[], options.onProgress));
-      return verifyTables(sqlite, sql, copied);
+      return verifyTables(sqlite, sql, copied, options.onProgress);
     });
     return { from: sqlitePath, to: pg.location, schemaVersion: SCHEMA_VERSION, tables, skipped };
   } finally {

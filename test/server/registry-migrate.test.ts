@@ -242,7 +242,7 @@ describe('server: registry migrate (SQLite -> PostgreSQL)', function () {
     expect(r.code, r.stderr).to.equal(0);
     // The table: each table with its rows and a digest prefix.
     for (const t of MIGRATED_TABLES) expect(r.stdout).to.match(new RegExp(`^${t.name} +${counts[t.name]}  [0-9a-f]{16}$`, 'm'));
-    expect(r.stdout).to.contain('Not copied: leases (1 rows)');
+    expect(r.stdout).to.contain('Not copied: leases (1 row): engine leases');
     expect(r.stdout).to.contain('--registry URL').and.contain('PROVISION_SERVER_REGISTRY').and.contain('server.json');
     expect(r.stdout).to.contain(`The SQLite file ${registry} was left unchanged`);
     unchanged();
