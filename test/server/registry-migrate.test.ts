@@ -9,7 +9,7 @@
 import { expect } from 'chai';
 import Database from 'better-sqlite3';
 import { randomUUID } from 'node:crypto';
-import { copyFileSync, readFileSync, statSync } from 'node:fs';
+import { copyFileSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -325,9 +325,14 @@ describe('server: registry migrate (SQLite -> PostgreSQL)', function () {
   it('--json gives every table with the digests the verifier computes; a tampered copy fails verification naming the table', async () => {
     const c = cluster as PgCluster;
     const url = await createLanguageSortedDatabase(c);
-    const r = await runServerCli(['registry', 'migrate', '--from', registry, '--to', url, '--json']);
+    // A password (trust auth ignores it) is never printed.
+    const withPassword = url.replace(/^(postgres:\/\/[^@]+)@/, '$1:s3cret-pw@');
+    expect(withPassword).to.contain(':s3cret-pw@');
+    const r = await runServerCli(['registry', 'migrate', '--from', registry, '--to', withPassword, '--json']);
     expect(r.code, r.stderr).to.equal(0);
+    expect(r.stdout + r.stderr).to.not.contain('s3cret-pw');
     const result = JSON.parse(r.stdout) as MigrateResult;
+    expect(result.to).to.contain(':***@');
     expect(result.schemaVersion).to.equal(SCHEMA_VERSION);
     expect(result.skipped).to.deep.equal([{ table: 'leases', rows: 1, reason: 'engine leases: the first serve on the new registry takes a new one' }]);
     expect(result.tables.map((t) => t.table)).to.deep.equal(MIGRATED_TABLES.map((t) => t.name));
@@ -392,6 +397,11 @@ describe('server: registry migrate (SQLite -> PostgreSQL)', function () {
     expect(missing.stderr)
       .to.contain('E_NO_REGISTRY')
       .and.contain(join(dir, 'nowhere', 'registry.sqlite'));
+    const garbage = join(dir, 'garbage.sqlite');
+    writeFileSync(garbage, 'not a database, just text that is long enough to have a header and then some more bytes\n'.repeat(20));
+    const notDb = await runServerCli(['registry', 'migrate', '--from', garbage, '--to', url]);
+    expect(notDb.code).to.equal(2);
+    expect(notDb.stderr).to.contain('E_NO_REGISTRY').and.contain('is not a SQLite registry');
     // An older registry: to be opened with this version first.
     const old = join(dir, 'old.sqlite');
     copyFileSync(registry, old);
