@@ -288,7 +288,7 @@ async function copyTable(
   return digest.result();
 }
 
-/** How many rows each copied table holds in PostgreSQL (only those that hold some). */
+/** The copied tables that already hold a row in PostgreSQL. */
 async function rowsPresent(sql: Sql): Promise<string[]> {
   const present: string[] = [];
   for (const t of MIGRATED_TABLES) {
