@@ -10,6 +10,7 @@ import { initCommand } from './commands/init.js';
 import { inspectCommand } from './commands/inspect.js';
 import { keysCommand } from './commands/keys-init.js';
 import { sealCommandModule } from './commands/seal.js';
+import { registryCommand } from './commands/registry-migrate.js';
 import { releaseCommand } from './commands/release.js';
 import { rolloutCommand } from './commands/rollout.js';
 import { sendCommand } from './commands/send.js';
@@ -30,6 +31,7 @@ await runCli({
       .command(rolloutCommand)
       .command(releaseCommand)
       .command(auditCommand)
+      .command(registryCommand)
       .command(serveCommand)
       .command(keysCommand)
       .command(sealCommandModule)
@@ -45,6 +47,7 @@ await runCli({
     rollout: ['list', 'show', 'pause', 'resume', 'cancel', 'retry'],
     release: ['keygen', 'add', 'list', 'show', 'remove'],
     audit: [],
+    registry: ['migrate'],
     serve: [],
     keys: ['init'],
     seal: [],

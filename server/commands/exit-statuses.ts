@@ -28,6 +28,9 @@ export const SERVER_EXIT_STATUSES: ExitStatuses = {
   E_BAD_TAG: SETUP,
   E_NO_ENGINE: SETUP,
   E_NO_REGISTRY: SETUP,
+  // registry migrate: a registry to open with this version first, a target database that is not empty (E_MIGRATE_COPY/VERIFY: 1).
+  E_REGISTRY_VERSION: SETUP,
+  E_MIGRATE_NOT_EMPTY: SETUP,
   E_CONFIRM: SETUP, // a destructive rollout to many devices without --yes (server/rollouts/confirm.ts)
   // Releases and upgrades (server/releases, server/upgrade-params.ts): a tree, file, key or release to fix.
   E_RELEASE_TREE: SETUP,

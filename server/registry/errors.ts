@@ -17,7 +17,11 @@ export type RegistryErrorCode =
   | 'E_NO_ROLLOUT'
   | 'E_ROLLOUT_STATE'
   | 'E_BAD_TAG'
-  | 'E_STORAGE_UNAVAILABLE';
+  | 'E_STORAGE_UNAVAILABLE'
+  | 'E_REGISTRY_VERSION'
+  | 'E_MIGRATE_NOT_EMPTY'
+  | 'E_MIGRATE_COPY'
+  | 'E_MIGRATE_VERIFY';
 
 /** Each code's default message. */
 export const REGISTRY_ERROR_CODES: Readonly<Record<RegistryErrorCode, string>> = {
@@ -37,6 +41,11 @@ export const REGISTRY_ERROR_CODES: Readonly<Record<RegistryErrorCode, string>> =
   E_ROLLOUT_STATE: 'the rollout is not in a state that allows this',
   E_BAD_TAG: 'not a valid tag',
   E_STORAGE_UNAVAILABLE: 'the registry database is unavailable',
+  // registry migrate (server/storage/migrate-registry.ts)
+  E_REGISTRY_VERSION: 'the registry to migrate has another schema version than this program',
+  E_MIGRATE_NOT_EMPTY: 'the target registry already holds data',
+  E_MIGRATE_COPY: 'a table could not be copied',
+  E_MIGRATE_VERIFY: 'the copy differs from the registry it was copied from',
 };
 
 export class RegistryError extends CodedError<RegistryErrorCode> {
