@@ -22,10 +22,9 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type Database from 'better-sqlite3';
 import type pg from 'pg';
 import { openPostgresStorage } from '../../server/storage/postgres/index.js';
-import { openSqliteStorage } from '../../server/storage/sqlite/index.js';
+import { openSqliteStorage, SqliteStorage } from '../../server/storage/sqlite/index.js';
 import type { Storage } from '../../server/storage/types.js';
 import { NO_POSTGRES, postgresBin, postgresRequired, startPgCluster, type PgCluster } from '../helpers/pg-cluster.js';
 import { skipBecause } from '../helpers/skip.js';
@@ -104,18 +103,21 @@ function describeBackend(name: BackendName, fn: (b: Backend) => void): void {
         return storage;
       },
       async sql(storage, text, args = []) {
-        const raw = storage as unknown as { db?: Database.Database; pool?: pg.Pool };
         if (name === 'sqlite') {
-          if (!raw.db) throw new Error('not a SQLite storage');
-          const stmt = raw.db.prepare(text.replace(/\$\d+/g, '?'));
+          if (!(storage instanceof SqliteStorage)) throw new Error('not a SQLite storage');
+          const stmt = storage.db.prepare(text.replace(/\$\d+/g, '?'));
           if (stmt.reader) return stmt.all(...args) as Record<string, unknown>[];
           stmt.run(...args);
           return [];
         }
-        if (!raw.pool) throw new Error('not a PostgreSQL storage');
-        return (await raw.pool.query(text, [...args])).rows as Record<string, unknown>[];
+        if (!hasPool(storage)) throw new Error('not a PostgreSQL storage');
+        return (await storage.pool.query(text, [...args])).rows as Record<string, unknown>[];
       },
     };
     fn(backend);
   });
+}
+
+function hasPool(storage: Storage): storage is Storage & { pool: pg.Pool } {
+  return 'pool' in storage;
 }

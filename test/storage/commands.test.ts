@@ -146,7 +146,10 @@ describe('storage: seq, commands, acks, fan-outs', function () {
       await addDevice(s, 'd1', { userId: null, state: 'enrolling' });
       const c = await sendCommand(s, 'd1', { action: 'request', bindUser: 'carol' });
       clock.advance(7);
-      await s.commands.recordAck('d1', ack(c), [{ kind: 'bind-user', userId: 'carol' }, { kind: 'provisioned', userId: 'carol' }]);
+      await s.commands.recordAck('d1', ack(c), [
+        { kind: 'bind-user', userId: 'carol' },
+        { kind: 'provisioned', userId: 'carol' },
+      ]);
       const d = await s.devices.require('d1');
       expect([d.userId, d.state, d.confirmedAt, d.updatedAt]).to.deep.equal(['carol', 'provisioned', clock.t, clock.t]);
       const last = (await s.audit.log({ deviceId: 'd1' })).slice(-2);
@@ -183,7 +186,12 @@ describe('storage: seq, commands, acks, fan-outs', function () {
       await s.commands.recordAck('d1', ack(rot), [{ kind: 'keys-rotated', signing: next.signing, encryption: next.encryption }]);
       const d = await s.devices.require('d1');
       expect([d.signing?.kid, d.encryption?.kid]).to.deep.equal([next.signing.kid, next.encryption.kid]);
-      expect(d.keys.filter((k) => k.status === 'previous').map((k) => k.kid).sort()).to.deep.equal([old.signing.kid, old.encryption.kid].sort());
+      expect(
+        d.keys
+          .filter((k) => k.status === 'previous')
+          .map((k) => k.kid)
+          .sort(),
+      ).to.deep.equal([old.signing.kid, old.encryption.kid].sort());
       expect((await s.audit.log({ deviceId: 'd1' })).at(-1)?.detail).to.deep.equal({ signing_kid: next.signing.kid, encryption_kid: next.encryption.kid });
       expect((await s.audit.log({ deviceId: 'd1' })).at(-1)?.event).to.equal('device.rotate');
 

@@ -62,7 +62,12 @@ describe('storage: devices', function () {
       expect([replaced.userId, replaced.state, replaced.origin, replaced.updatedAt]).to.deep.equal(['bob', 'registered', 'host-keys', clock.t]);
       expect([replaced.signing?.kid, replaced.encryption?.kid]).to.deep.equal([next.signing.kid, next.encryption.kid]);
       const status = Object.fromEntries(replaced.keys.map((k) => [k.kid, k.status]));
-      expect(status).to.deep.equal({ [old.signing.kid]: 'previous', [old.encryption.kid]: 'previous', [next.signing.kid]: 'current', [next.encryption.kid]: 'current' });
+      expect(status).to.deep.equal({
+        [old.signing.kid]: 'previous',
+        [old.encryption.kid]: 'previous',
+        [next.signing.kid]: 'current',
+        [next.encryption.kid]: 'current',
+      });
       expect((await s.audit.log({ deviceId: 'dev-1' })).map((e) => e.event)).to.deep.equal(['device.add', 'device.add']);
     });
 
@@ -185,7 +190,10 @@ describe('storage: devices', function () {
       };
       expect((await s.devices.recordReport('l1', legacy({ session: 's1', conn: 1 }))).kind).to.equal('recorded');
       expect((await s.devices.recordReport('l1', legacy({ reason: 'offline', session: 's1', conn: 2 }))).kind).to.equal('stale');
-      expect(await s.devices.recordReport('l1', legacy({ reason: 'offline', session: 's1', conn: 1 }))).to.deep.equal({ kind: 'recorded', presence: 'offline' });
+      expect(await s.devices.recordReport('l1', legacy({ reason: 'offline', session: 's1', conn: 1 }))).to.deep.equal({
+        kind: 'recorded',
+        presence: 'offline',
+      });
       expect((await s.devices.recordReport('l1', report('l1', { run: 1, n: 1 }))).kind).to.equal('recorded');
       expect((await s.devices.recordReport('l1', legacy({ session: 's9', conn: 1 }))).kind).to.equal('stale');
     });

@@ -69,7 +69,10 @@ describe('storage: enrollment', function () {
       expect((await s.devices.require('board-1')).signing?.kid).to.equal(keys.signing.kid);
       // Once provisioned, the same keys again are no longer a repeat.
       const req = await sendCommand(s, 'board-1', { action: 'request', bindUser: 'alice' });
-      await s.commands.recordAck('board-1', ack(req), [{ kind: 'bind-user', userId: 'alice' }, { kind: 'provisioned', userId: 'alice' }]);
+      await s.commands.recordAck('board-1', ack(req), [
+        { kind: 'bind-user', userId: 'alice' },
+        { kind: 'provisioned', userId: 'alice' },
+      ]);
       await rejects(enroll(s, 'board-1', token, keys), 'E_TOKEN_USED');
     });
 

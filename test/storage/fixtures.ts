@@ -38,11 +38,7 @@ export class Clock {
 }
 
 /** Registers a device with fresh keys. */
-export async function addDevice(
-  s: Storage,
-  id: string,
-  options: { userId?: string | null; state?: DeviceState; keys?: KeyPair } = {},
-): Promise<KeyPair> {
+export async function addDevice(s: Storage, id: string, options: { userId?: string | null; state?: DeviceState; keys?: KeyPair } = {}): Promise<KeyPair> {
   const keys = options.keys ?? (await keyPair());
   await s.devices.add({
     id,

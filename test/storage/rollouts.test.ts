@@ -43,7 +43,17 @@ describe('storage: rollouts and leases', function () {
       await rejects(s.rollouts.require('nope'), 'E_NO_ROLLOUT');
       expect(await s.rollouts.counts(r.id)).to.deep.equal({ ...emptyCounts(), pending: 2 });
       expect(await s.rollouts.targets(r.id)).to.deep.equal(
-        ['d1', 'd2'].map((d) => ({ rolloutId: r.id, deviceId: d, state: 'pending', jti: null, attempts: 0, code: null, sentAt: null, nextAt: null, updatedAt: clock.t })),
+        ['d1', 'd2'].map((d) => ({
+          rolloutId: r.id,
+          deviceId: d,
+          state: 'pending',
+          jti: null,
+          attempts: 0,
+          code: null,
+          sentAt: null,
+          nextAt: null,
+          updatedAt: clock.t,
+        })),
       );
       expect((await s.rollouts.targets(r.id, { states: ['sent'] })).length).to.equal(0);
       expect((await s.rollouts.targets(r.id, { limit: 1 })).map((t) => t.deviceId)).to.deep.equal(['d1']);
