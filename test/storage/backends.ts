@@ -11,7 +11,8 @@
  * - Every storage opened is closed after each test, and the test's SQLite
  *   directory removed.
  * - PostgreSQL: one cluster per test file process (test/helpers/pg-cluster.ts),
- *   started in the describe's `before`, stopped in its `after`. Without the
+ *   started in the describe's `before` (the schema migrated once there into a
+ *   template database: each test's database is a copy of it), stopped in its `after`. Without the
  *   binaries the postgres describe is skipped (NO_POSTGRES), unless
  *   REQUIRE_POSTGRES=1 makes that a failure.
  * - `b.sql(storage, text, args)` runs raw SQL on a storage this module opened
@@ -22,7 +23,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type pg from 'pg';
+import pg from 'pg';
 import { openPostgresStorage } from '../../server/storage/postgres/index.js';
 import { openSqliteStorage, SqliteStorage } from '../../server/storage/sqlite/index.js';
 import type { Storage } from '../../server/storage/types.js';
@@ -55,6 +56,7 @@ export function forEachBackend(fn: (b: Backend) => void): void {
 function describeBackend(name: BackendName, fn: (b: Backend) => void): void {
   describe(name, function () {
     let cluster: PgCluster | undefined;
+    let template: string | undefined;
     /** This test's registry location (a path or URL), made at its first open. */
     let location: string | undefined;
     let tempDir: string | undefined;
@@ -68,6 +70,10 @@ function describeBackend(name: BackendName, fn: (b: Backend) => void): void {
         }
         this.timeout(60_000);
         cluster = await startPgCluster();
+        // Migrated once into a template; each test's database is a copy of it (CREATE DATABASE ... TEMPLATE: fast).
+        template = `tmpl_${process.pid}`;
+        const migrated = await openPostgresStorage(await cluster.createDatabase(template), { create: true });
+        await migrated.close();
       });
       after(async () => {
         await cluster?.stop();
@@ -95,8 +101,8 @@ function describeBackend(name: BackendName, fn: (b: Backend) => void): void {
           }
           storage = openSqliteStorage(location, { create: true, now });
         } else {
-          if (!cluster) throw new Error('the PostgreSQL cluster is not started');
-          location ??= await cluster.createDatabase();
+          if (!cluster || !template) throw new Error('the PostgreSQL cluster is not started');
+          location ??= await copyDatabase(cluster, template);
           storage = await openPostgresStorage(location, { create: true, now });
         }
         opened.push(storage);
@@ -116,6 +122,21 @@ function describeBackend(name: BackendName, fn: (b: Backend) => void): void {
     };
     fn(backend);
   });
+}
+
+let copies = 0;
+
+/** A new database of the cluster, a copy of `template` (which has no connection open); its URL. */
+async function copyDatabase(cluster: PgCluster, template: string): Promise<string> {
+  const name = `t${process.pid}_c${++copies}`;
+  const client = new pg.Client({ connectionString: cluster.url });
+  await client.connect();
+  try {
+    await client.query(`CREATE DATABASE "${name}" TEMPLATE "${template}"`);
+  } finally {
+    await client.end();
+  }
+  return cluster.url.replace(/\/postgres$/, `/${name}`);
 }
 
 function hasPool(storage: Storage): storage is Storage & { pool: pg.Pool } {
