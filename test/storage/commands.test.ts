@@ -16,6 +16,7 @@ describe('storage: seq, commands, acks, fan-outs', function () {
       const first = await s.seq.allocate('d1');
       expect(first.seq).to.equal(1);
       expect([first.device.id, first.device.encryption?.kid]).to.deep.equal(['d1', keys.encryption.kid]);
+      expect(first.device.nextSeq).to.equal(1);
       expect((await s.seq.allocate('d1')).seq).to.equal(2);
       expect((await s.seq.allocate('d2')).seq).to.equal(1);
       expect((await s.devices.require('d1')).nextSeq).to.equal(3);

@@ -9,10 +9,13 @@ import { expect } from 'chai';
 import type { Lease } from '../../server/storage/records.js';
 import type { Storage } from '../../server/storage/types.js';
 import { forEachBackend } from './backends.js';
-import { addDevice, keyPair, spec, type KeyPair } from './fixtures.js';
+import { ack, addDevice, keyPair, sendCommand, spec, type KeyPair } from './fixtures.js';
 
 const enroll = (s: Storage, token: string, keys: KeyPair) =>
   s.enrollment.enroll({ deviceId: 'board-1', token, enrollmentJti: randomUUID(), signing: keys.signing, encryption: keys.encryption });
+
+let shared: KeyPair | undefined;
+const sharedKeys = async (): Promise<KeyPair> => (shared ??= await keyPair());
 
 describe('storage: concurrency (two machines on one registry)', function () {
   this.timeout(60_000);
@@ -70,6 +73,58 @@ describe('storage: concurrency (two machines on one registry)', function () {
         expect(winners[0]?.generation).to.equal(1);
         expect(await one.leases.holder(names[i] as string)).to.equal(winners[0]?.holder);
       }
+    });
+
+    it('the same applied ack recorded by both machines at once: recorded once, a duplicate once, its effects applied once', async () => {
+      const one = await b.open();
+      const two = await b.open();
+      const ids = Array.from({ length: 10 }, (_, i) => `r${i}`);
+      const old = await keyPair();
+      const next = await keyPair();
+      const commands = [];
+      for (const id of ids) {
+        await addDevice(one, id, { keys: old });
+        commands.push(await sendCommand(one, id, { action: 'rotate' }));
+      }
+      const effects = [{ kind: 'keys-rotated' as const, signing: next.signing, encryption: next.encryption }];
+      const outcomes = await Promise.all(
+        commands.map((c) => {
+          const a = ack(c);
+          return Promise.all([one.commands.recordAck(c.deviceId, a, effects), two.commands.recordAck(c.deviceId, a, effects)]);
+        }),
+      );
+      for (const [i, pair] of outcomes.entries()) {
+        expect(pair.map((o) => o.kind).sort(), ids[i]).to.deep.equal(['duplicate', 'recorded']);
+        const d = await two.devices.require(ids[i] as string);
+        // Applied twice, the replaced keys would have gone from previous to retired.
+        expect(Object.fromEntries(d.keys.map((k) => [k.kid, k.status]))).to.deep.equal({
+          [old.signing.kid]: 'previous',
+          [old.encryption.kid]: 'previous',
+          [next.signing.kid]: 'current',
+          [next.encryption.kid]: 'current',
+        });
+        expect(await one.audit.query({ deviceId: ids[i] as string, event: 'device.rotate' })).to.have.length(1);
+        expect(await one.audit.query({ deviceId: ids[i] as string, event: 'command.ack' })).to.have.length(1);
+      }
+    });
+
+    it('both machines marking claimed targets sent at once under the lease: every one sent, the lease still held', async () => {
+      const one = await b.open();
+      const two = await b.open();
+      const ids = Array.from({ length: 60 }, (_, i) => `m${String(i).padStart(2, '0')}`);
+      for (const id of ids) await addDevice(one, id, { keys: await sharedKeys() });
+      const r = await one.rollouts.create(spec({ devices: ids }), ids);
+      const lease = (await one.leases.take('rollouts', 'engine', 600_000)) as Lease;
+      const sealed = [];
+      for (const id of ids) {
+        expect(await one.rollouts.claim(r.id, id, lease)).to.equal(true);
+        sealed.push(await sendCommand(one, id, { fanoutId: r.id }));
+      }
+      const marks = await Promise.all(sealed.map((c, i) => (i % 2 === 0 ? one : two).rollouts.markSent(r.id, c.deviceId, c.jti, lease)));
+      expect(marks.every((m) => m === 'sent')).to.equal(true);
+      expect((await two.rollouts.counts(r.id)).sent).to.equal(60);
+      expect(await two.leases.holder('rollouts')).to.equal('engine');
+      expect(await one.rollouts.unansweredValid(r.id, one.now())).to.have.length(60);
     });
 
     it('2 x 300 concurrent claims of the same 100 targets: each target claimed exactly once', async () => {

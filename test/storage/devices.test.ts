@@ -46,6 +46,19 @@ describe('storage: devices', function () {
       await rejects(s.devices.require('absent'), 'E_NO_DEVICE');
     });
 
+    it('says which backend it is; open until closed', async () => {
+      const s = await b.open();
+      expect(s.info.kind).to.equal(b.name);
+      expect(s.info.location).to.be.a('string').with.length.above(0);
+      expect(s.open).to.equal(true);
+      await s.close();
+      expect(s.open).to.equal(false);
+      // A second storage on the same registry still works.
+      const t = await b.open();
+      await addDevice(t, 'after-close');
+      expect((await t.devices.require('after-close')).id).to.equal('after-close');
+    });
+
     it('refuses to add a registered device again (E_DEVICE_EXISTS, nothing changed); --replace makes the new keys current, the old previous', async () => {
       const clock = new Clock();
       const s = await b.open({ now: clock.now });

@@ -31,6 +31,7 @@ export class Clock {
     this.t = start;
   }
   readonly now = (): number => this.t;
+  /** Moves the clock by `ms` (negative: back). */
   advance(ms: number): number {
     this.t += ms;
     return this.t;

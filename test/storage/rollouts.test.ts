@@ -216,6 +216,10 @@ describe('storage: rollouts and leases', function () {
       const t1 = (await s.rollouts.targets(r.id)).find((t) => t.deviceId === 'd1');
       expect([t1?.state, t1?.jti, t1?.sentAt]).to.deep.equal(['sent', c1.jti, clock.t]);
       expect(await s.rollouts.lastSentAt(r.id)).to.equal(clock.t);
+      // Marking sent renewed the lease (proof of life): held past its first expiry.
+      clock.advance(995);
+      expect(await s.leases.holder('rollouts')).to.equal('A');
+      clock.advance(-995);
       // A seals for d3 twice (the older one never published) and for d2, then stalls past its lease.
       const c3old = await seal(s, r, 'd3');
       clock.advance(10);
