@@ -197,6 +197,12 @@ describe('storage: rollouts and leases', function () {
       expect(await s.rollouts.claim(r.id, 'd3', lease)).to.equal(true);
       const t3 = (await s.rollouts.targets(r.id)).find((t) => t.deviceId === 'd3');
       expect([t3?.state, t3?.nextAt, t3?.code]).to.deep.equal(['sending', null, 'E_EXPIRED']);
+      // Requeued after an attempt: behind the targets never tried.
+      expect(await s.rollouts.move(r.id, 'd1', ['sending'], 'pending')).to.equal(true);
+      expect((await s.rollouts.deliverable(r.id, clock.t, 10)).map((t) => [t.deviceId, t.attempts])).to.deep.equal([
+        ['d2', 0],
+        ['d1', 1],
+      ]);
       // move under a lease that is no longer held changes nothing.
       clock.advance(10_001);
       expect(await s.rollouts.move(r.id, 'd2', ['pending'], 'cancelled', { lease })).to.equal(false);
