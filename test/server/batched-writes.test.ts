@@ -73,7 +73,7 @@ describe('server: registry writes batched per group of concurrent sends', functi
       const c = await other.commands.get((records[i] as { jti: string }).jti);
       expect(c?.sentAt).to.be.a('number');
       expect(c?.seq).to.equal(1);
-      const token = published.find((p) => p.topic.includes(d.id))?.token as string;
+      const token = published.find((p) => p.topic === `provision/${d.id}/command`)?.token as string;
       const opened = await openCommand(token, {
         deviceId: d.id,
         clock: TRUSTED_CLOCK,
