@@ -99,20 +99,24 @@ export async function initDataDir(dir: string, options: InitOptions = {}): Promi
   const paths = dataPaths(dir);
   const prefix = options.topicPrefix ?? DEFAULT_TOPIC_PREFIX;
   assertValidPrefix(prefix);
+  const given = options.registry !== undefined ? parseRegistryLocation(options.registry) : undefined;
+  const env = process.env[REGISTRY_ENV];
+  const named = given ?? (env !== undefined && env.trim() !== '' ? parseRegistryLocation(env) : undefined);
+  const location: RegistryLocation =
+    named?.kind === 'sqlite' ? { kind: 'sqlite', path: resolve(named.path) } : (named ?? { kind: 'sqlite', path: paths.registry });
+  // A PostgreSQL registry is reached (and migrated) before anything is made: one that cannot be reached leaves no keys behind.
+  if (location.kind === 'postgres') await (await openStorage(location, { create: true })).close();
   await ensurePrivateDir(paths.dir);
   await initServerKeys(paths.keys, { ...(options.serverId ? { serverId: options.serverId } : {}), ...(options.force ? { force: true } : {}) });
   // The release key (server/release-key.ts): made with the data directory; kept when it exists and keys are not replaced.
   if (options.force || !(await exists(join(paths.keys, 'release.jwk')))) {
     await generateReleaseKey(paths.dir, { force: true });
   }
-  const given = options.registry !== undefined ? parseRegistryLocation(options.registry) : undefined;
-  const env = process.env[REGISTRY_ENV];
-  const named = given ?? (env !== undefined && env.trim() !== '' ? parseRegistryLocation(env) : undefined);
-  const location: RegistryLocation =
-    named?.kind === 'sqlite' ? { kind: 'sqlite', path: resolve(named.path) } : (named ?? { kind: 'sqlite', path: paths.registry });
   // Created (SQLite: the file; PostgreSQL: the schema migrated) now, so serve and the commands find it.
-  await (await openStorage(location, { create: true })).close();
-  if (location.kind === 'sqlite') await chmod(location.path, 0o600);
+  if (location.kind === 'sqlite') {
+    await (await openStorage(location, { create: true })).close();
+    await chmod(location.path, 0o600);
+  }
   const broker = options.broker ?? { url: DEFAULT_BROKER_URL };
   const recorded: Record<string, unknown> = {
     broker: { url: broker.url, ...absolutePaths(broker) },
