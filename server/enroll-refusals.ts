@@ -98,7 +98,8 @@ export class EnrollRefusals {
       clearInterval(this.#timer);
       this.#timer = undefined;
     }
-    for (const b of due) await this.#summary(b, now);
+    // Each summary's write starts now (SQLite: written before flush returns), all awaited together.
+    await Promise.all(due.map((b) => this.#summary(b, now)));
   }
 
   /** Stops the timer and flushes everything (server shutdown: before the storage closes). */

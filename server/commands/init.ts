@@ -10,7 +10,7 @@ import { defineCommand } from '../../lib/cli.js';
 export const initCommand = defineCommand({
   command: 'init',
   describe:
-    'Create the data directory: server keys (DATA/keys), registry (DATA/registry.sqlite), broker defaults (DATA/server.json), HTTP token (DATA/http.token)',
+    'Create the data directory: server keys (DATA/keys), registry (DATA/registry.sqlite, or --registry, recorded), broker defaults (DATA/server.json), HTTP token (DATA/http.token)',
   builder: (y) =>
     withBroker(withData(y))
       .option('broker', { type: 'string', describe: `broker URL the server connects to, recorded for serve and send (default ${DEFAULT_BROKER_URL})` })

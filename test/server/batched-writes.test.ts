@@ -7,7 +7,7 @@ import { expect } from 'chai';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { TRUSTED_CLOCK, commandTopic, openCommand, toPublicJwk } from '../../protocol/index.js';
+import { TRUSTED_CLOCK, openCommand, toPublicJwk } from '../../protocol/index.js';
 import { CommandSender } from '../../server/command-sender.js';
 import { initServerKeys, loadServerKeys, type ServerKeys } from '../../server/server-keys.js';
 import { SealPool } from '../../server/seal-pool.js';
@@ -73,7 +73,7 @@ describe('server: registry writes batched per group of concurrent sends', functi
       const c = await other.commands.get((records[i] as { jti: string }).jti);
       expect(c?.sentAt).to.be.a('number');
       expect(c?.seq).to.equal(1);
-      const token = published.find((p) => p.topic === commandTopic('provision', d.id))?.token as string;
+      const token = published.find((p) => p.topic === `provision/${d.id}/command`)?.token as string;
       const opened = await openCommand(token, {
         deviceId: d.id,
         clock: TRUSTED_CLOCK,
