@@ -14,7 +14,7 @@ import { isAbsolute, join, resolve } from 'node:path';
 import { assertValidPrefix, CodedError, DEFAULT_TOPIC_PREFIX, isRecord } from '../protocol/index.js';
 import { writeFileAtomic } from '../lib/durable-file.js';
 import { ensurePrivateDir, exists } from '../lib/fs.js';
-import { openStorage, parseRegistryLocation, REGISTRY_ENV, type RegistryLocation } from './storage/open.js';
+import { isPostgresUrl, openStorage, parseRegistryLocation, REGISTRY_ENV, type RegistryLocation } from './storage/open.js';
 import type { Storage } from './storage/types.js';
 import { generateReleaseKey } from './release-key.js';
 import { initServerKeys, loadServerKeys, type ServerKeys } from './server-keys.js';
@@ -132,11 +132,25 @@ export async function initDataDir(dir: string, options: InitOptions = {}): Promi
     topic_prefix: prefix,
     ...(given ? { registry: location.kind === 'sqlite' ? location.path : location.url } : {}),
   };
-  await writeFileAtomic(paths.config, `${JSON.stringify(recorded, null, 2)}\n`, { mode: 0o644 });
+  await writeFileAtomic(paths.config, `${JSON.stringify(recorded, null, 2)}\n`, { mode: serverConfigMode(recorded) });
   if (options.force || !(await exists(paths.httpToken))) {
     await writeFileAtomic(paths.httpToken, `${randomBytes(32).toString('base64url')}\n`, { mode: 0o600 });
   }
   return { ...paths, registryLocation: location };
+}
+
+/**
+ * server.json's mode: 0644, or 0600 when its `registry` is a URL carrying a
+ * password (better kept out of it: ~/.pgpass or PGPASSWORD, which node-postgres reads).
+ */
+export function serverConfigMode(recorded: Record<string, unknown>): number {
+  const r = recorded.registry;
+  if (typeof r !== 'string' || !isPostgresUrl(r)) return 0o644;
+  try {
+    return new URL(r).password !== '' ? 0o600 : 0o644;
+  } catch {
+    return 0o600;
+  }
 }
 
 function absolutePaths(b: BrokerSettings): Partial<BrokerSettings> {

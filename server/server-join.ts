@@ -16,6 +16,8 @@ import { CodedError, isRecord, parsePrivateJwk, toJwkSet, type PrivateJwk } from
 import { writeFileAtomic } from '../lib/durable-file.js';
 import { ensurePrivateDir, exists } from '../lib/fs.js';
 import { readPrivateKeyFile } from './server-keys.js';
+import { serverConfigMode } from './data-dir.js';
+import { openStorage, parseRegistryLocation, redactUrl } from './storage/open.js';
 
 export const JOIN_FORMAT = 'provision-server-join/1';
 
@@ -105,7 +107,37 @@ export async function writeJoinedDataDir(dataDir: string, file: JoinFile, overri
   await writeFileAtomic(join(keys, 'server.json'), `${JSON.stringify({ server_id: file.server_id }, null, 2)}\n`, { mode: 0o644 });
   const trust = toJwkSet([file.signing, file.encryption]);
   await writeFileAtomic(join(keys, 'trust.jwks'), `${JSON.stringify(trust, null, 2)}\n`, { mode: 0o644 });
-  await writeFileAtomic(join(dataDir, 'server.json'), `${JSON.stringify({ ...file.config, ...overrides }, null, 2)}\n`, { mode: 0o644 });
+  const config = { ...file.config, ...overrides };
+  await writeFileAtomic(join(dataDir, 'server.json'), `${JSON.stringify(config, null, 2)}\n`, { mode: serverConfigMode(config) });
   if (file.http_token !== undefined) await writeFileAtomic(join(dataDir, 'http.token'), `${file.http_token}\n`, { mode: 0o600 });
   if (file.release_jwks !== undefined) await writeFileAtomic(join(dataDir, 'release.jwks'), `${JSON.stringify(file.release_jwks, null, 2)}\n`, { mode: 0o644 });
+}
+
+/**
+ * `init --join FILE`: a data directory for another machine serving the same
+ * fleet. The registry (`registry`: the join file's, else `overrides.registry`)
+ * must be reachable first (a PostgreSQL one is what several machines share);
+ * nothing is written when it is not. Returns where the registry is (shown
+ * without a password).
+ */
+export async function joinDataDir(
+  dataDir: string,
+  path: string,
+  overrides: { registry?: string; broker?: Record<string, unknown> },
+): Promise<{ registry: string }> {
+  const file = await readJoinFile(path);
+  const text = overrides.registry ?? (typeof file.config.registry === 'string' ? file.config.registry : undefined);
+  if (text === undefined) {
+    throw new CodedError('E_USAGE', `join file ${path} names no registry (its server uses DATA/registry.sqlite): give --registry postgres://USER@HOST/DB`);
+  }
+  const location = parseRegistryLocation(text);
+  if (location.kind !== 'postgres') {
+    throw new CodedError(
+      'E_USAGE',
+      `the registry ${text} is a SQLite file: machines share a fleet through PostgreSQL (provision-server registry migrate --to postgres://...)`,
+    );
+  }
+  await (await openStorage(location)).close();
+  await writeJoinedDataDir(dataDir, file, { registry: location.url, ...(overrides.broker ? { broker: overrides.broker } : {}) });
+  return { registry: redactUrl(location.url) };
 }

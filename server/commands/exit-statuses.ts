@@ -13,6 +13,7 @@ export const SERVER_EXIT_STATUSES: ExitStatuses = {
   ...INPUT_EXIT_STATUSES,
   E_CONFIG: SETUP,
   E_EXISTS: SETUP,
+  E_JOIN: SETUP, // init --join: a join file that is not one (server/server-join.ts)
   E_KEY: SETUP,
   E_KEYS_EXIST: SETUP,
   E_KEY_CORRUPT: SETUP,

@@ -1,8 +1,10 @@
 /** `provision-server init`: create the data directory: server keys, registry, broker defaults, HTTP token. */
+import { isAbsolute, resolve } from 'node:path';
 import { CodedError, DEFAULT_TOPIC_PREFIX } from '../../protocol/index.js';
 import { DEFAULT_BROKER_URL, initDataDir, type BrokerSettings } from '../data-dir.js';
 import { redactUrl } from '../storage/open.js';
 import { DEFAULT_SERVER_ID } from '../server-keys.js';
+import { joinDataDir } from '../server-join.js';
 import { withBroker, withData } from './common.js';
 import { defineCommand } from '../../lib/cli.js';
 
@@ -22,6 +24,12 @@ export const initCommand = defineCommand({
       .option('server-id', { type: 'string', default: DEFAULT_SERVER_ID, describe: 'the server id (iss of commands, aud of acks)' })
       .option('topic-prefix', { type: 'string', default: DEFAULT_TOPIC_PREFIX, describe: 'MQTT topic prefix' })
       .option('force', { type: 'boolean', default: false, describe: 'replace existing server keys (every device must then be re-flashed)' })
+      .option('join', {
+        type: 'string',
+        requiresArg: true,
+        describe:
+          "another machine for the same fleet: make the data directory from FILE (provision-server keys export on a running one): its server keys, release.jwks, HTTP token, topic prefix and registry (PostgreSQL; --registry overrides); this machine's broker connection from --broker/--ca/--cert/--key",
+      })
       .example(
         '# the server on the backend listener, boards on 8883\n' +
           '$0 init --data /var/lib/provision-server \\\n' +
@@ -29,8 +37,37 @@ export const initCommand = defineCommand({
           '--cert server.crt --key server.key \\\n' +
           '--device-broker mqtts://broker.example.net:8883 --device-ca device-ca.pem',
         '',
+      )
+      .example(
+        '# a second server machine for the same fleet (PostgreSQL registry)\n' +
+          '$0 keys export --data /var/lib/provision-server --out join.json   # on the first\n' +
+          '$0 init --data /var/lib/provision-server --join join.json \\\n' +
+          '--broker mqtts://broker.example.net:8884 --ca backend-ca.pem --cert server2.crt --key server2.key',
+        '',
       ),
   handler: async (args) => {
+    if (args.join !== undefined) {
+      const given = Object.entries({
+        'server-id': args.serverId !== DEFAULT_SERVER_ID,
+        'topic-prefix': args.topicPrefix !== DEFAULT_TOPIC_PREFIX,
+        'device-broker': args.deviceBroker !== undefined,
+        'device-ca': args.deviceCa !== undefined,
+        'device-mqtt-version': args.deviceMqttVersion !== undefined,
+        force: args.force,
+      })
+        .filter(([, set]) => set)
+        .map(([name]) => name);
+      if (given.length) throw new CodedError('E_USAGE', `--join takes the fleet's settings from the file: drop --${given.join(', --')}`);
+      const broker = args.broker !== undefined || args.ca !== undefined || args.cert !== undefined || args.key !== undefined ? joinedBroker(args) : undefined;
+      const joined = await joinDataDir(args.data, args.join, {
+        ...(args.registry !== undefined ? { registry: args.registry } : {}),
+        ...(broker ? { broker } : {}),
+      });
+      process.stdout.write(
+        `joined ${resolve(args.data)} to the fleet of ${args.join}\n  registry: ${joined.registry}\n  broker:   ${broker ? String(broker.url) : "the exporting machine's URL, no client certificate (give --broker/--ca/--cert/--key)"}\n  run: provision-server serve --data ${args.data} --shared on\n`,
+      );
+      return;
+    }
     const broker: BrokerSettings = { url: args.broker ?? DEFAULT_BROKER_URL };
     if (args.ca) broker.ca = args.ca;
     if (args.cert) broker.cert = args.cert;
@@ -55,3 +92,20 @@ export const initCommand = defineCommand({
     );
   },
 });
+
+/** The broker settings --broker/--ca/--cert/--key give a joined machine (file paths made absolute). */
+function joinedBroker(args: {
+  broker?: string | undefined;
+  ca?: string | undefined;
+  cert?: string | undefined;
+  key?: string | undefined;
+}): Record<string, unknown> {
+  if (args.broker === undefined) throw new CodedError('E_USAGE', '--ca/--cert/--key with --join go with --broker: name the broker this machine connects to');
+  const abs = (p: string): string => (isAbsolute(p) ? p : resolve(p));
+  return {
+    url: args.broker,
+    ...(args.ca !== undefined ? { ca: abs(args.ca) } : {}),
+    ...(args.cert !== undefined ? { cert: abs(args.cert) } : {}),
+    ...(args.key !== undefined ? { key: abs(args.key) } : {}),
+  };
+}

@@ -3,6 +3,11 @@ import { join } from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { DEFAULT_SERVER_ID, initServerKeys } from '../server-keys.js';
 import { defineCommand } from '../../lib/cli.js';
+import { CodedError } from '../../protocol/index.js';
+import { writeFileAtomic } from '../../lib/durable-file.js';
+import { exists } from '../../lib/fs.js';
+import { exportServer } from '../server-join.js';
+import { withData } from './common.js';
 
 const initCommand = defineCommand({
   command: 'init',
@@ -18,9 +23,32 @@ const initCommand = defineCommand({
   },
 });
 
+const exportCommand = defineCommand({
+  command: 'export',
+  describe:
+    'Write what another server machine needs to serve this fleet (server keys, release.jwks, HTTP token, topic prefix, registry URL) to FILE, 0600: it holds the private keys. Then on that machine: provision-server init --join FILE. The release signing key is not exported',
+  builder: (y) =>
+    withData(y)
+      .option('out', {
+        type: 'string',
+        demandOption: true,
+        requiresArg: true,
+        describe: 'the join file to write (0600; refused when it exists unless --force)',
+      })
+      .option('force', { type: 'boolean', default: false, describe: 'replace an existing FILE' }),
+  handler: async (args) => {
+    if (!args.force && (await exists(args.out))) throw new CodedError('E_EXISTS', `${args.out} exists; pass --force to replace it`);
+    const file = await exportServer(args.data);
+    await writeFileAtomic(args.out, `${JSON.stringify(file, null, 2)}\n`, { mode: 0o600 });
+    process.stdout.write(
+      `wrote ${args.out} (0600: it holds the server's private keys; move it to the other machine over a secure channel, then delete it)\n  on the other machine: provision-server init --data DIR --join ${args.out} --broker URL [--ca F --cert F --key F]\n`,
+    );
+  },
+});
+
 export const keysCommand: CommandModule = {
   command: 'keys <command>',
   describe: "Manage the server's keys",
-  builder: (y: Argv) => y.command(initCommand).demandCommand(1, 'Name a keys command (see --help).'),
+  builder: (y: Argv) => y.command(initCommand).command(exportCommand).demandCommand(1, 'Name a keys command (see --help).'),
   handler: () => undefined,
 };
