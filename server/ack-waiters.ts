@@ -3,7 +3,7 @@
  * or found in the registry (another `serve` instance may have recorded it).
  */
 import type { Logger } from '../lib/log.js';
-import type { CommandRecord } from './registry/types.js';
+import type { CommandRecord } from './storage/records.js';
 import { logStorageError } from './storage-error.js';
 import type { Storage } from './storage/types.js';
 

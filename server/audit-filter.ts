@@ -6,9 +6,8 @@
  * E_BAD_REQUEST for the API) and a message naming it as the caller wrote it.
  */
 import { CodedError, DURATION_SYNTAX, isValidId, parseDurationMs } from '../protocol/index.js';
-import { MAX_AUDIT_LIMIT, type AuditFilter } from './registry/audit-query.js';
+import { MAX_AUDIT_LIMIT, type AuditFilter, type AuditRecord } from './storage/records.js';
 import { printable } from './terminal-text.js';
-import type { AuditRecord } from './registry/types.js';
 
 export const ROLLOUT_ID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const EVENT_PATTERN = /^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$/;

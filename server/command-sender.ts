@@ -12,7 +12,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { type Action, type ActionParams, checkCommandInput, CodedError, commandTopic, isRecord } from '../protocol/index.js';
 import { serverAction } from './actions/table.js';
 import { GroupCommit } from './group-commit.js';
-import { RegistryError } from './registry/errors.js';
+import { RegistryError } from './storage/errors.js';
 import { isUpgradeRequest, manifestArtifactSha256, resolveUpgrade } from './upgrade-params.js';
 import type { CommandRecord, DeviceRecord, NewCommand } from './storage/records.js';
 import type { Storage } from './storage/types.js';

@@ -8,7 +8,7 @@
 import type { Action } from '../protocol/index.js';
 import type { AckWaiters } from './ack-waiters.js';
 import type { CommandSender } from './command-sender.js';
-import { isRegistryError } from './registry/errors.js';
+import { isRegistryError } from './storage/errors.js';
 import type { CommandRecord, FanoutRecord } from './storage/records.js';
 import type { Storage } from './storage/types.js';
 import { printable } from './terminal-text.js';

@@ -19,7 +19,7 @@ import {
 import type { CommandSender } from './command-sender.js';
 import type { EnrollRefusals } from './enroll-refusals.js';
 import type { Logger } from '../lib/log.js';
-import { isRegistryError } from './registry/errors.js';
+import { isRegistryError } from './storage/errors.js';
 import { ackEffectsOf, serverActionOf, type RotatedKeys } from './actions/table.js';
 import type { CommandRecord } from './storage/records.js';
 import { logStorageError } from './storage-error.js';

@@ -7,9 +7,8 @@
  * announced.
  */
 import { KeyRing, openReport, type ReportClaims } from '../protocol/index.js';
-import type { ReportRecordOutcome } from './storage/records.js';
+import type { DevicePresenceRecord, ReportRecordOutcome } from './storage/records.js';
 import type { Storage } from './storage/types.js';
-import type { DevicePresenceRecord } from './registry/types.js';
 import type { ServerKeys } from './server-keys.js';
 
 /** A device whose last report is older than this many report intervals is offline. Kept in step with RolloutStore.deliverable. */

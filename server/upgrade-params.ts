@@ -14,9 +14,8 @@
  * itself); else refused, E_ARCH_UNKNOWN.
  */
 import { CodedError, isRecord, isVersion, ProtocolError, RELEASE_ARCHES, validateParams, type ReleaseArch, type UpgradeParams } from '../protocol/index.js';
-import type { ReleaseRecord } from './storage/records.js';
+import type { DeviceRecord, ReleaseRecord } from './storage/records.js';
 import type { Storage } from './storage/types.js';
-import type { DeviceRecord } from './registry/types.js';
 
 /** An upgrade as the operator asks for it. */
 export interface UpgradeRequest {

@@ -1,6 +1,6 @@
 /** JSON views of registry records, as the HTTP API and `device show --json` print them. */
 import { presenceOf } from './presence.js';
-import type { CommandRecord, DeviceRecord } from './registry/types.js';
+import type { CommandRecord, DeviceRecord, TokenListing } from './storage/records.js';
 
 const iso = (t: number | null): string | null => (t === null ? null : new Date(t).toISOString());
 
@@ -82,5 +82,20 @@ export function deviceView(d: DeviceRecord, now = Date.now()): Record<string, un
     decommissioned_at: iso(d.decommissionedAt),
     // Set by a security event (an ack contradicting a recorded outcome); null when none.
     security_flag: d.flag ? { at: iso(d.flag.at), event: d.flag.event, ...d.flag.detail } : null,
+  };
+}
+
+/** An enrollment token's metadata as `token list --json` and `device list --pending --json` print it. */
+export function tokenView(t: TokenListing): Record<string, unknown> {
+  const iso = (v: number | null): string | null => (v === null ? null : new Date(v).toISOString());
+  return {
+    device_id: t.deviceId,
+    user_id: t.userId,
+    created_at: iso(t.createdAt),
+    expires_at: iso(t.expiresAt),
+    used_at: iso(t.usedAt),
+    status: t.status,
+    enrolled_at: iso(t.enrolledAt),
+    device_state: t.deviceState,
   };
 }

@@ -6,9 +6,8 @@ import { openDataDir } from '../data-dir.js';
 import { DEVICE_STATES } from '../storage/records.js';
 import { printable, table } from '../terminal-text.js';
 import { presenceOf } from '../presence.js';
-import { commandView, deviceView } from '../views.js';
+import { commandView, deviceView, tokenView } from '../views.js';
 import { withData, registryOption } from './common.js';
-import { tokenView } from '../registry/token-list.js';
 import { defineCommand } from '../../lib/cli.js';
 
 const listCommand = defineCommand({

@@ -4,7 +4,7 @@ import { CodedError } from '../../protocol/index.js';
 import { defineCommand } from '../../lib/cli.js';
 import { brokerFrom, openDataDir } from '../data-dir.js';
 import { parseDuration } from '../duration.js';
-import { RegistryError } from '../registry/errors.js';
+import { RegistryError } from '../storage/errors.js';
 import { confirmCli, followRollout } from './send-rollout.js';
 import { planRetry, retryView, startRetry } from '../rollouts/retry.js';
 import { rolloutOutlook } from '../rollouts/progress.js';

@@ -1,7 +1,7 @@
 /**
  * Releases in the data directory: DATA/releases/VERSION-ARCH/ holding
  * `artifact.tar.gz`, `index.bin` (the chunk index), `manifest.jws` (signed)
- * and `manifest.json` (readable), with a row in the registry (registry/releases.ts).
+ * and `manifest.json` (readable), with a row in the registry (storage/sqlite/releases.ts).
  * A release is written into a temporary directory and renamed into place
  * before it is recorded: a crash leaves no half release behind a row.
  */

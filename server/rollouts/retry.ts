@@ -10,7 +10,7 @@
  * of device ids is loaded, stored, audited or re-read at each engine step, and
  * a device removed from the registry since drops out (counted: `removed`).
  */
-import { RegistryError } from '../registry/errors.js';
+import { RegistryError } from '../storage/errors.js';
 import type { RolloutRecord, TargetState } from '../storage/records.js';
 import type { Storage } from '../storage/types.js';
 import type { ServerKeys } from '../server-keys.js';

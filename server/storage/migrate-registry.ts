@@ -22,8 +22,8 @@
 import Database from 'better-sqlite3';
 import { createHash, type Hash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { RegistryError } from '../registry/errors.js';
-import { SCHEMA_VERSION } from '../registry/schema.js';
+import { RegistryError } from './errors.js';
+import { SCHEMA_VERSION } from './sqlite/schema.js';
 import { PgDb, type PgLog, type Sql } from './postgres/db.js';
 import { migratePostgres } from './postgres/schema.js';
 

@@ -4,7 +4,7 @@
  * Both implementations (SQLite, PostgreSQL) apply them, so they agree.
  */
 import type { AckClaims, ReportClaims } from '../../protocol/index.js';
-import { RegistryError } from '../registry/errors.js';
+import { RegistryError } from './errors.js';
 import type { DeviceFlag, ReportedState } from './records.js';
 
 /** The audit event (and device flag) of an authenticated ack contradicting a recorded outcome. */

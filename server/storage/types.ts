@@ -11,7 +11,7 @@
  *   read on one round trip and written on the next on a decision another
  *   process could race (seq allocation, token use, claims, the lease and ack
  *   recording are single conditional statements or row-locked transactions).
- * - Errors are RegistryError (server/registry/errors.ts) with the codes the
+ * - Errors are RegistryError (server/storage/errors.ts) with the codes the
  *   SQLite registry has always thrown (E_NO_DEVICE, E_TOKEN, E_DECOMMISSIONED,
  *   E_NO_KEY, E_NO_ROLLOUT, E_ROLLOUT_STATE, E_BAD_TAG, ...).
  * - Times are milliseconds since the epoch, from `now()` (tests inject a clock).
@@ -40,7 +40,7 @@ import type {
   TargetState,
   TokenListing,
 } from './records.js';
-import type { RegistryError } from '../registry/errors.js';
+import type { RegistryError } from './errors.js';
 
 /** Which implementation, and where (a path, or a URL with its password removed). */
 export interface StorageInfo {
@@ -195,7 +195,7 @@ export interface CreateFromSelectorOptions {
 
 export interface RolloutStore {
   create(spec: RolloutSpec, deviceIds: readonly string[]): Promise<RolloutRecord>;
-  /** Targets resolved inside the database, in chunks, never the fleet's ids in memory (server/registry/rollouts.ts). */
+  /** Targets resolved inside the database, in chunks, never the fleet's ids in memory (server/storage/sqlite/rollouts.ts). */
   createFromSelector(spec: RolloutSpec, options: CreateFromSelectorOptions): Promise<RolloutRecord>;
   get(id: string): Promise<RolloutRecord | undefined>;
   /** E_NO_ROLLOUT when absent. */
@@ -246,7 +246,7 @@ export interface AuditStore {
   append(event: string, deviceId: string | null, detail?: Record<string, unknown>): Promise<void>;
   /** The newest `limit` rows (default 100), of one device or all, oldest first. */
   log(options?: { deviceId?: string; limit?: number }): Promise<AuditRecord[]>;
-  /** The newest `limit` rows matching the filter, oldest first (server/registry/audit-query.ts). */
+  /** The newest `limit` rows matching the filter, oldest first (server/storage/sqlite/audit.ts). */
   query(filter: AuditFilter): Promise<AuditRecord[]>;
   /** The id of the newest row (0: none). */
   lastId(): Promise<number>;

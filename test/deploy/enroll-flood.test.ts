@@ -39,7 +39,7 @@ import { initDataDir } from '../../server/data-dir.js';
 import { ENROLL_REFUSED_EVENT } from '../../server/enroll-refusals.js';
 import type { InboundResult } from '../../server/inbound.js';
 import { openSqliteStorage } from '../../server/storage/sqlite/index.js';
-import { newEnrollmentToken } from '../../server/registry/tokens.js';
+import { newEnrollmentToken } from '../../server/storage/tokens.js';
 import { startProvisionServer, type RunningServer } from '../../server/service.js';
 import { SimFleet, eventually, makeSimDevice } from '../server/sim-fleet.js';
 import { startBroker, type RunningBroker } from './mosquitto-fixture.js';

@@ -16,7 +16,7 @@ import mqtt, { type MqttClient } from 'mqtt';
 import { toPublicJwk } from '../../protocol/index.js';
 import { ACK_CONTRADICTION_EVENT } from '../../server/storage/rules.js';
 import { openSqliteStorage } from '../../server/storage/sqlite/index.js';
-import { MIGRATIONS } from '../../server/registry/schema.js';
+import { MIGRATIONS } from '../../server/storage/sqlite/schema.js';
 import { randomUUID } from 'node:crypto';
 import { toJwkSet, type AckClaims } from '../../protocol/index.js';
 import { runServerCli } from './run-cli.js';

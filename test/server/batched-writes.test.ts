@@ -11,7 +11,7 @@ import { TRUSTED_CLOCK, openCommand, toPublicJwk } from '../../protocol/index.js
 import { CommandSender } from '../../server/command-sender.js';
 import { initServerKeys, loadServerKeys, type ServerKeys } from '../../server/server-keys.js';
 import { SealPool } from '../../server/seal-pool.js';
-import { RegistryError } from '../../server/registry/errors.js';
+import { RegistryError } from '../../server/storage/errors.js';
 import { openSqliteStorage, type SqliteStorage } from '../../server/storage/sqlite/index.js';
 import { deviceRings } from '../helpers/keys.js';
 import { makeSimDevice } from './sim-fleet.js';

@@ -6,7 +6,7 @@ import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { toJwkSet, toPublicJwk } from '../../protocol/index.js';
 import { openSqliteStorage } from '../../server/storage/sqlite/index.js';
-import { SCHEMA_VERSION } from '../../server/registry/schema.js';
+import { SCHEMA_VERSION } from '../../server/storage/sqlite/schema.js';
 import { runServerCli, useInitializedDataDir } from './run-cli.js';
 import { makeSimDevice, SimFleet } from './sim-fleet.js';
 

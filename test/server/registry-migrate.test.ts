@@ -16,10 +16,8 @@ import { join } from 'node:path';
 import pg from 'pg';
 import { toPublicJwk, type AckClaims, type ReleaseManifest } from '../../protocol/index.js';
 import { ackEffectsOf } from '../../server/actions/table.js';
-import { Registry } from '../../server/registry/registry.js';
-import { ReleaseStore } from '../../server/registry/releases.js';
-import { RolloutStore } from '../../server/registry/rollouts.js';
-import { SCHEMA_VERSION } from '../../server/registry/schema.js';
+import { openSqliteStorage } from '../../server/storage/sqlite/index.js';
+import { SCHEMA_VERSION } from '../../server/storage/sqlite/schema.js';
 import { MIGRATED_TABLES, verifyRegistryCopy, type MigrateResult } from '../../server/storage/migrate-registry.js';
 import { migratePostgres } from '../../server/storage/postgres/schema.js';
 import { PgDb } from '../../server/storage/postgres/db.js';
@@ -48,31 +46,44 @@ function manifest(version: string, sha: string): ReleaseManifest {
 /** Fills a registry through the registry's own code; returns nothing: the tests read the file itself. */
 async function buildRegistry(path: string): Promise<void> {
   let now = 1_765_000_000_000;
-  const reg = Registry.open(path, { create: true, now: () => now++ });
+  const reg = openSqliteStorage(path, { create: true, now: () => now++ });
   // Ids whose order differs between byte order and a language collation: the digest order must match on both sides.
   const named = ['alpha-1', 'Zeta-2', 'émile-3', 'b_4'];
   const devs = await Promise.all(named.map((id) => makeSimDevice(id)));
   for (const d of devs.slice(0, 3)) {
-    reg.addDevice({ id: d.id, userId: 'alice', origin: 'jwks', signing: toPublicJwk(d.signing), encryption: toPublicJwk(d.encryption), state: 'provisioned' });
+    await reg.devices.add({
+      id: d.id,
+      userId: 'alice',
+      origin: 'jwks',
+      signing: toPublicJwk(d.signing),
+      encryption: toPublicJwk(d.encryption),
+      state: 'provisioned',
+    });
   }
   // The fourth enrolls with a token (used); another token stays unused (a bundled board that never enrolled).
   const dev4 = devs[3] as (typeof devs)[number];
-  const { token } = reg.createToken(dev4.id, 'bob', 3_600_000);
-  reg.enroll({ deviceId: dev4.id, token, enrollmentJti: randomUUID(), signing: toPublicJwk(dev4.signing), encryption: toPublicJwk(dev4.encryption) });
-  reg.createToken('never-enrolled', 'carol', 3_600_000);
-  reg.addTags('alpha-1', ['lab', 'floor-2']);
-  reg.addTags('Zeta-2', ['lab']);
+  const { token } = await reg.enrollment.createToken(dev4.id, 'bob', 3_600_000);
+  await reg.enrollment.enroll({
+    deviceId: dev4.id,
+    token,
+    enrollmentJti: randomUUID(),
+    signing: toPublicJwk(dev4.signing),
+    encryption: toPublicJwk(dev4.encryption),
+  });
+  await reg.enrollment.createToken('never-enrolled', 'carol', 3_600_000);
+  await reg.devices.addTags('alpha-1', ['lab', 'floor-2']);
+  await reg.devices.addTags('Zeta-2', ['lab']);
   const bulkKeys = await makeSimDevice('bulk');
   for (let i = 0; i < BULK_DEVICES; i++) {
-    reg.addDevice({ id: `bulk-${String(i).padStart(4, '0')}`, userId: `u${i % 7}`, origin: 'legacy', encryption: toPublicJwk(bulkKeys.encryption) });
+    await reg.devices.add({ id: `bulk-${String(i).padStart(4, '0')}`, userId: `u${i % 7}`, origin: 'legacy', encryption: toPublicJwk(bulkKeys.encryption) });
   }
 
   // Commands: a rotate applied (keys rotated), an update rejected, a selftest sent and unanswered.
   const [a, z] = devs as [(typeof devs)[number], (typeof devs)[number]];
-  const command = (deviceId: string, action: string, kid: string): { jti: string; seq: number } => {
+  const command = async (deviceId: string, action: string, kid: string): Promise<{ jti: string; seq: number }> => {
     const jti = randomUUID();
-    const { seq } = reg.allocateSeq(deviceId);
-    reg.recordCommand({
+    const { seq } = await reg.seq.allocate(deviceId);
+    await reg.commands.record({
       jti,
       deviceId,
       action,
@@ -83,11 +94,11 @@ async function buildRegistry(path: string): Promise<void> {
       sealed: `sealed.${action}.${jti}`,
       expiresAt: now + 600_000,
     });
-    reg.markSent(jti);
+    await reg.commands.markSent(jti);
     return { jti, seq };
   };
   const next = await makeSimDevice(a.id);
-  const rot = command(a.id, 'rotate', a.encryption.kid);
+  const rot = await command(a.id, 'rotate', a.encryption.kid);
   const rotAck: AckClaims = {
     iss: a.id,
     aud: 'provision-server',
@@ -99,14 +110,14 @@ async function buildRegistry(path: string): Promise<void> {
     code: 'OK',
     detail: '',
   };
-  const rotated = reg.recordAck(
+  const rotated = await reg.commands.recordAck(
     a.id,
     rotAck,
-    ackEffectsOf(reg.getCommand(rot.jti) as CommandRecord, rotAck, { signing: toPublicJwk(next.signing), encryption: toPublicJwk(next.encryption) }),
+    ackEffectsOf((await reg.commands.get(rot.jti)) as CommandRecord, rotAck, { signing: toPublicJwk(next.signing), encryption: toPublicJwk(next.encryption) }),
   );
   expect(rotated.kind).to.equal('recorded');
-  expect(reg.requireDevice(a.id).encryption?.kid).to.equal(next.encryption.kid);
-  const upd = command(z.id, 'update', z.encryption.kid);
+  expect((await reg.devices.require(a.id)).encryption?.kid).to.equal(next.encryption.kid);
+  const upd = await command(z.id, 'update', z.encryption.kid);
   const updAck: AckClaims = {
     iss: z.id,
     aud: 'provision-server',
@@ -118,11 +129,11 @@ async function buildRegistry(path: string): Promise<void> {
     code: 'E_PARAMS',
     detail: 'no',
   };
-  expect(reg.recordAck(z.id, updAck, []).kind).to.equal('recorded');
-  command(z.id, 'selftest', z.encryption.kid);
+  expect((await reg.commands.recordAck(z.id, updAck, [])).kind).to.equal('recorded');
+  await command(z.id, 'selftest', z.encryption.kid);
 
   // Rollouts: one running with targets pending, sending and sent (under a lease); one cancelled.
-  const rollouts = new RolloutStore(reg);
+  const rollouts = reg.rollouts;
   const spec = {
     action: 'selftest',
     params: {},
@@ -136,23 +147,23 @@ async function buildRegistry(path: string): Promise<void> {
     abortMin: 3,
     concurrency: 5,
   } as const;
-  const running = rollouts.create({ ...spec, selector: { devices: ['alpha-1', 'Zeta-2', 'b_4'] } }, ['alpha-1', 'Zeta-2', 'b_4']);
-  const lease = rollouts.takeLease('rollouts', 'serve-1', 30_000);
+  const running = await rollouts.create({ ...spec, selector: { devices: ['alpha-1', 'Zeta-2', 'b_4'] } }, ['alpha-1', 'Zeta-2', 'b_4']);
+  const lease = await reg.leases.take('rollouts', 'serve-1', 30_000);
   if (!lease) throw new Error('no lease');
-  expect(rollouts.claim(running.id, 'alpha-1', lease)).to.equal(true);
-  expect(rollouts.claim(running.id, 'Zeta-2', lease)).to.equal(true);
-  const sent = command('Zeta-2', 'selftest', z.encryption.kid);
-  expect(rollouts.markSent(running.id, 'Zeta-2', sent.jti, lease)).to.equal('sent');
-  const cancelled = rollouts.create({ ...spec, selector: { all: true } }, ['bulk-0001', 'bulk-0002']);
-  rollouts.setState(cancelled.id, ['running'], 'cancelled', 'changed my mind', 'operator');
+  expect(await rollouts.claim(running.id, 'alpha-1', lease)).to.equal(true);
+  expect(await rollouts.claim(running.id, 'Zeta-2', lease)).to.equal(true);
+  const sent = await command('Zeta-2', 'selftest', z.encryption.kid);
+  expect(await rollouts.markSent(running.id, 'Zeta-2', sent.jti, lease)).to.equal('sent');
+  const cancelled = await rollouts.create({ ...spec, selector: { all: true } }, ['bulk-0001', 'bulk-0002']);
+  await rollouts.setState(cancelled.id, ['running'], 'cancelled', 'changed my mind', 'operator');
 
   // Releases: one removed (kept with removed_at), one live; ids 1 and 2.
-  const releases = new ReleaseStore(reg);
-  releases.markRemoved(releases.add(manifest('1.0.0', 'a'.repeat(64)), 'jws.1', '/var/lib/provision-server/releases/1.0.0-arm64'));
-  releases.add(manifest('1.1.0', 'b'.repeat(64)), 'jws.2', '/var/lib/provision-server/releases/1.1.0-arm64');
+  const releases = reg.releases;
+  await releases.markRemoved(await releases.add(manifest('1.0.0', 'a'.repeat(64)), 'jws.1', '/var/lib/provision-server/releases/1.0.0-arm64'));
+  await releases.add(manifest('1.1.0', 'b'.repeat(64)), 'jws.2', '/var/lib/provision-server/releases/1.1.0-arm64');
 
-  reg.audit('test.unicode', 'émile-3', { note: 'ünïcödé ✓ "quoted" \\ back', n: 1.25 });
-  reg.close();
+  await reg.audit.append('test.unicode', 'émile-3', { note: 'ünïcödé ✓ "quoted" \\ back', n: 1.25 });
+  await reg.close();
 }
 
 function sqliteCounts(path: string): Record<string, number> {

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { openSqliteStorage } from '../../server/storage/sqlite/index.js';
-import { MIGRATIONS, SCHEMA_VERSION } from '../../server/registry/schema.js';
+import { MIGRATIONS, SCHEMA_VERSION } from '../../server/storage/sqlite/schema.js';
 
 describe('server: registry migration 7 (releases, rolled_back)', () => {
   let dir: string;

@@ -19,7 +19,7 @@ import { silentLogger } from '../../lib/log.js';
 import { KeyRing, generateEncryptionKey, generateSigningKey, toJwkSet, toPublicJwk, type PublicJwk } from '../../protocol/index.js';
 import { CommandSender } from '../../server/command-sender.js';
 import { openSqliteStorage, type SqliteStorage } from '../../server/storage/sqlite/index.js';
-import { PLANNING_STALE_MS } from '../../server/registry/rollouts.js';
+import { PLANNING_STALE_MS } from '../../server/storage/records.js';
 import { RolloutEngine } from '../../server/rollouts/engine.js';
 import { planRollout, startRollout } from '../../server/rollouts/plan.js';
 import { outlookView, rolloutOutlook } from '../../server/rollouts/progress.js';

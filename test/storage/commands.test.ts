@@ -1,7 +1,7 @@
 /** Shared storage suite: seq allocation, commands, acks with their effects, contradictions, fan-outs. Same tests on SQLite and PostgreSQL. */
 import { randomUUID } from 'node:crypto';
 import { expect } from 'chai';
-import { RegistryError } from '../../server/registry/errors.js';
+import { RegistryError } from '../../server/storage/errors.js';
 import { ACK_CONTRADICTION_EVENT } from '../../server/storage/rules.js';
 import type { NewCommand } from '../../server/storage/records.js';
 import { forEachBackend } from './backends.js';

@@ -19,7 +19,7 @@ import {
   type ReleaseManifest,
   type ReportClaims,
 } from '../../protocol/index.js';
-import { RegistryError } from '../../server/registry/errors.js';
+import { RegistryError } from '../../server/storage/errors.js';
 import { openPostgresStorage, type PostgresStorage } from '../../server/storage/postgres/index.js';
 import { PG_SCHEMA_VERSION } from '../../server/storage/postgres/schema.js';
 import type { NewCommand } from '../../server/storage/records.js';

@@ -10,9 +10,8 @@
  */
 import { expect } from 'chai';
 import { CodedError } from '../../protocol/index.js';
-import { RegistryError } from '../../server/registry/errors.js';
-import { PLANNING_STALE_MS } from '../../server/registry/rollouts.js';
-import type { Lease, RolloutSpec } from '../../server/storage/records.js';
+import { RegistryError } from '../../server/storage/errors.js';
+import { PLANNING_STALE_MS, type Lease, type RolloutSpec } from '../../server/storage/records.js';
 import { PgDb } from '../../server/storage/postgres/db.js';
 import { PgLeaseStore } from '../../server/storage/postgres/leases.js';
 import { PgRolloutStore } from '../../server/storage/postgres/rollouts.js';

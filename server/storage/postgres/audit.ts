@@ -1,8 +1,8 @@
 /**
  * The audit log in PostgreSQL (append-only: the table's triggers refuse
- * UPDATE, DELETE and TRUNCATE). Reading it as server/registry/registry.ts
- * auditLog and server/registry/audit-query.ts do; the rollout filter uses the
- * expression of the index audit_rollout.
+ * UPDATE, DELETE and TRUNCATE). Reading it as server/storage/sqlite/audit.ts
+ * does (log, query); the rollout filter uses the expression of the index
+ * audit_rollout.
  */
 import { DEFAULT_AUDIT_LIMIT, type AuditFilter, type AuditRecord } from '../records.js';
 import type { AuditStore } from '../types.js';

@@ -1,6 +1,6 @@
 /**
  * Commands, acks and the legacy fan-outs in PostgreSQL, as
- * server/registry/registry.ts keeps them in SQLite (same rows, errors, audit
+ * server/storage/sqlite/commands.ts keeps them in SQLite (same rows, errors, audit
  * events and detail). An ack is recorded under the command's row lock (SELECT
  * ... FOR UPDATE): of two processes recording acks of one command, the second
  * waits and then sees the first's outcome (a duplicate or a contradiction).
@@ -9,7 +9,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { AckClaims } from '../../../protocol/index.js';
-import { RegistryError } from '../../registry/errors.js';
+import { RegistryError } from '../errors.js';
 import type { AckRecordOutcome, CommandRecord, FanoutRecord, NewCommand } from '../records.js';
 import { ACK_CONTRADICTION_EVENT, ackContradicts } from '../rules.js';
 import type { AckEffect, CommandListFilter, CommandStore } from '../types.js';
@@ -148,7 +148,7 @@ export class PgCommandStore implements CommandStore {
   }
 
   /**
-   * As server/registry/registry.ts recordAck: the first recorded outcome of a
+   * As server/storage/sqlite/commands.ts recordAck: the first recorded outcome of a
    * command is final; an agreeing ack is a duplicate; one claiming `applied`
    * against a recorded refusal (or other keys for a rotate) is a contradiction:
    * audited, the device flagged, no effects. A new `applied` ack applies
@@ -267,7 +267,7 @@ export class PgCommandStore implements CommandStore {
     });
   }
 
-  /** One effect of an applied ack, with the SQL and audit rows of server/registry/registry.ts #applyEffects / #recordUpgrade. */
+  /** One effect of an applied ack, with the SQL and audit rows of server/storage/sqlite/commands.ts applyEffect / recordUpgrade. */
   async #apply(sql: Sql, row: CommandRow, effect: AckEffect, now: number): Promise<void> {
     const id = row.device_id;
     switch (effect.kind) {

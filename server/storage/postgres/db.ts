@@ -15,7 +15,7 @@
  * pool's 'error' event (an idle connection cut) is logged, never thrown.
  */
 import pg from 'pg';
-import { RegistryError } from '../../registry/errors.js';
+import { RegistryError } from '../errors.js';
 import type { Logger } from '../../../lib/log.js';
 
 /** Anything the pool may log (the server's Logger fits). */

@@ -1,5 +1,5 @@
 /**
- * Devices, their keys and tags in PostgreSQL, as server/registry/registry.ts
+ * Devices, their keys and tags in PostgreSQL, as server/storage/sqlite/devices.ts
  * keeps them in SQLite (same rows, errors and audit events). A change that
  * decides on what it read first holds the device's row lock (SELECT ... FOR
  * UPDATE, or the lock of the INSERT ... ON CONFLICT / UPDATE doing it).
@@ -8,7 +8,7 @@
  * row upsert) are shared with enrollment.ts, seq.ts and commands.ts.
  */
 import { compareReportPositions, reportPosition, type PublicJwk, type ReportClaims } from '../../../protocol/index.js';
-import { RegistryError } from '../../registry/errors.js';
+import { RegistryError } from '../errors.js';
 import type { DeviceKeyRecord, DeviceOrigin, DeviceRecord, DeviceState, NewDevice, ReportRecordOutcome, ReportedState } from '../records.js';
 import { PREVIOUS_KEY_GRACE_MS, assertTag, deviceFlag, nextReportedState } from '../rules.js';
 import type { DeviceListFilter, DeviceStore } from '../types.js';
@@ -254,7 +254,7 @@ export class PgDeviceStore implements DeviceStore {
     return this.#db.q<{ tag: string; devices: number }>('SELECT tag, COUNT(*) AS devices FROM device_tags GROUP BY tag ORDER BY tag COLLATE "C"');
   }
 
-  /** As server/registry/registry.ts recordReport, under the device's row lock. */
+  /** As server/storage/sqlite/devices.ts recordReport, under the device's row lock. */
   recordReport(deviceId: string, claims: ReportClaims): Promise<ReportRecordOutcome> {
     return this.#db.tx(async (sql): Promise<ReportRecordOutcome> => {
       const row = await sql.one<DeviceRow>('SELECT * FROM devices WHERE id = $1 FOR UPDATE', [deviceId]);

@@ -1,11 +1,11 @@
 /**
- * Enrollment tokens in PostgreSQL, as server/registry/registry.ts (createToken,
+ * Enrollment tokens in PostgreSQL, as server/storage/sqlite/enrollment.ts (createToken,
  * enroll) and token-list.ts keep them in SQLite. A token is consumed under its
  * row lock and by a conditional UPDATE (used_at IS NULL): of two enrollments
  * with one token, on any machines, exactly one is accepted.
  */
-import { RegistryError } from '../../registry/errors.js';
-import { hashToken, newEnrollmentToken } from '../../registry/tokens.js';
+import { RegistryError } from '../errors.js';
+import { hashToken, newEnrollmentToken } from '../tokens.js';
 import type { TokenListing } from '../records.js';
 import type { EnrollInput, EnrollmentStore } from '../types.js';
 import { appendAudit } from './audit.js';

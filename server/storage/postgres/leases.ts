@@ -1,5 +1,5 @@
 /**
- * The engine lease in PostgreSQL (see Lease in server/registry/rollouts.ts):
+ * The engine lease in PostgreSQL (see Lease in server/storage/records.ts):
  * one row per name with its holder, expiry and generation (the fencing token).
  * Taking it is one `INSERT ... ON CONFLICT DO UPDATE ... WHERE` (the row is
  * locked and its latest version decides), so two machines racing for it never

@@ -1,5 +1,5 @@
 /**
- * Agent releases in PostgreSQL, as server/registry/releases.ts keeps them in
+ * Agent releases in PostgreSQL, as server/storage/sqlite/releases.ts keeps them in
  * SQLite (same rows, errors, audit events). At most one live release per
  * version and arch: checked, and kept by the unique index releases_live when
  * two machines add one at once.

@@ -1,6 +1,6 @@
 /**
  * Rollouts in PostgreSQL: the same rows, states, errors and audit events as
- * the SQLite registry (server/registry/rollouts.ts: read its comments for the
+ * the SQLite registry (server/storage/sqlite/rollouts.ts: read its comments for the
  * why of each rule), made race-free across machines sharing one database:
  * - every claim, mark-sent and leased move is one conditional UPDATE whose
  *   WHERE checks the lease (holder, generation, unexpired) and locks its row
@@ -21,11 +21,11 @@
 import { randomUUID } from 'node:crypto';
 import { CodedError } from '../../../protocol/index.js';
 import { PRESENCE_GRACE } from '../../presence.js';
-import { RegistryError } from '../../registry/errors.js';
-import { PLANNING_STALE_MS } from '../../registry/rollouts.js';
+import { RegistryError } from '../errors.js';
 import {
   emptyCounts,
   PLAN_CHUNK,
+  PLANNING_STALE_MS,
   selectorForAudit,
   TARGET_STATES,
   type Lease,
@@ -115,7 +115,7 @@ const HAS_ENC_KEY = "EXISTS (SELECT 1 FROM device_keys k WHERE k.device_id = d.i
 
 /**
  * Why a command to device `d` would not be sent, as far as the registry tells
- * (the code, or NULL), as server/registry/rollouts.ts targetProblemSql.
+ * (the code, or NULL), as server/storage/sqlite/rollouts.ts targetProblemSql.
  */
 export function targetProblemSql(needsDeviceUser: boolean): string {
   return `CASE WHEN d.state = 'decommissioned' THEN 'E_DECOMMISSIONED' WHEN NOT ${HAS_ENC_KEY} THEN 'E_NO_KEY'${
@@ -125,7 +125,7 @@ export function targetProblemSql(needsDeviceUser: boolean): string {
 
 /**
  * The devices a selector matches, as a condition over `devices d` (its
- * parameters appended to `a` when called), as server/registry/rollouts.ts
+ * parameters appended to `a` when called), as server/storage/sqlite/rollouts.ts
  * selectorCondition: named devices as named (every unknown one named at once:
  * E_NO_DEVICE), a retry's devices as its targets in those states, the others
  * without the decommissioned devices and those without an encryption key.

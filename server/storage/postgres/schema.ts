@@ -1,7 +1,7 @@
 /**
  * The PostgreSQL registry schema as forward-only numbered migrations, kept in
  * `schema_migrations(version, applied_at)`. Migration 1 is the whole final
- * SQLite schema (server/registry/schema.ts after its migration 7) with the
+ * SQLite schema (server/storage/sqlite/schema.ts after its migration 7) with the
  * same table and column names, so `registry migrate` copies table by table:
  * INTEGER -> bigint (ms epochs exceed int4), REAL -> double precision, JSON
  * text stays text (queries cast it ::jsonb), the 0/1 integer flags stay
@@ -14,7 +14,7 @@
  * migrate it once; a database newer than this program is refused (E_SCHEMA,
  * as the SQLite registry's user_version check).
  */
-import { RegistryError } from '../../registry/errors.js';
+import { RegistryError } from '../errors.js';
 import type { PgDb, Sql } from './db.js';
 
 /** pg_advisory_xact_lock key of the migrations ("prov" in ASCII). */

@@ -1,10 +1,10 @@
 /**
  * Command seq allocation in PostgreSQL: the devices' rows are locked (in id
- * order, so two batches never deadlock), checked as server/registry/registry.ts
+ * order, so two batches never deadlock), checked as server/storage/sqlite/seq.ts
  * #allocateSeq does, and advanced by one UPDATE ... RETURNING: a seq is never
  * handed out twice, on any machine.
  */
-import { RegistryError } from '../../registry/errors.js';
+import { RegistryError } from '../errors.js';
 import type { DeviceRecord } from '../records.js';
 import type { SeqStore } from '../types.js';
 import type { PgDb } from './db.js';

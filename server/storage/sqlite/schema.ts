@@ -3,7 +3,7 @@
  * holds how many have been applied; each runs in its own transaction.
  */
 import type Database from 'better-sqlite3';
-import { RegistryError } from './errors.js';
+import { RegistryError } from '../errors.js';
 
 export const MIGRATIONS: readonly string[] = [
   // 1: devices, their keys, enrollment tokens, commands, fan-outs and the audit log.

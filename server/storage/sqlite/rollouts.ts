@@ -1,108 +1,38 @@
 /**
- * Rollouts in the registry: one action to many devices, its targets and their
- * delivery states, and the lease that lets one engine at a time drive them.
- * Every state change is a conditional UPDATE in an IMMEDIATE transaction, so a
- * second process (a `rollout pause` from the CLI, the HTTP API) never races the
- * engine into an inconsistent row.
+ * Rollouts in SQLite: one action to many devices, its targets and their
+ * delivery states (the engine lease is leases.ts). Every state change is a
+ * conditional UPDATE in an IMMEDIATE transaction, so a second process (a
+ * `rollout pause` from the CLI, the HTTP API) never races the engine into an
+ * inconsistent row. The plan's queries (summarize, sampleIds) resolve the
+ * selector inside SQLite, PLAN_CHUNK devices at a time with the event loop
+ * free in between, never a list of the fleet in memory.
  */
 import { randomUUID } from 'node:crypto';
-import { CodedError } from '../../protocol/index.js';
-import { RegistryError } from './errors.js';
-import { assertTag, type Registry } from './registry.js';
-
-export const ROLLOUT_STATES = ['running', 'paused', 'aborted', 'cancelled', 'completed'] as const;
-export type RolloutState = (typeof ROLLOUT_STATES)[number];
-/** `rolled_back`: an upgrade the board installed, ran, and switched back (it failed its health gate): a failure for abort rules. */
-export const TARGET_STATES = ['pending', 'sending', 'sent', 'applied', 'rejected', 'failed', 'rolled_back', 'expired', 'cancelled', 'not sent'] as const;
-export type TargetState = (typeof TARGET_STATES)[number];
-/** Target states that are final. */
-export const FINAL_TARGET_STATES: readonly TargetState[] = ['applied', 'rejected', 'failed', 'rolled_back', 'expired', 'cancelled', 'not sent'];
-
-/**
- * Which devices a rollout goes to. `retryOf` (rollout retry): the devices of
- * that rollout's targets in `states`, resolved in SQL (no list of ids held or
- * stored); a device removed from the registry since simply drops out.
- */
-export type RolloutSelector = { all: true } | { userId: string } | { tag: string } | { devices: string[] } | { retryOf: string; states: TargetState[] };
-
-/** A named-device list longer than this is recorded in the audit (and serve's log line) as its count only. */
-export const AUDIT_MAX_LISTED_DEVICES = 20;
-
-/** A selector as the audit records it: a long list of named devices as its count. */
-export function selectorForAudit(selector: RolloutSelector): RolloutSelector | { devices_named: number } {
-  return 'devices' in selector && selector.devices.length > AUDIT_MAX_LISTED_DEVICES ? { devices_named: selector.devices.length } : selector;
-}
-
-/**
- * A rollout still `planning` (its targets being recorded) whose heartbeat
- * (updated_at, renewed per chunk recorded) is older than this was left by a
- * process that stopped mid-way (a crash, Ctrl-C): the engine finishes it.
- */
-export const PLANNING_STALE_MS = 60_000;
-
-export interface RolloutSpec {
-  action: string;
-  params: Record<string, unknown>;
-  /** The command's user_id (default: each device's user). */
-  userId?: string;
-  selector: RolloutSelector;
-  /** Lifetime of each sealed command (capped at the deadline). */
-  ttlSeconds: number;
-  /** Nothing is delivered after this (ms since the epoch). */
-  deadlineAt: number;
-  /** Commands sealed per minute at most; undefined: no rate limit (concurrency only). */
-  ratePerMin?: number;
-  /** Exponential ramp: start at this rate, multiply by rampFactor each time as many devices applied as the current rate. */
-  rampFrom?: number;
-  rampFactor?: number;
-  /** Abort when failures (rejected + failed + rolled back) reach this percentage of results ... */
-  abortPercent?: number;
-  /** ... once there are at least this many results. */
-  abortMin: number;
-  /** Commands in flight (sent, unanswered, still valid) at most. */
-  concurrency: number;
-}
-
-export interface RolloutRecord extends RolloutSpec {
-  id: string;
-  createdAt: number;
-  /** Its targets are still being recorded (createFromSelector): not driven yet. */
-  planning: boolean;
-  state: RolloutState;
-  stateReason: string | null;
-  updatedAt: number;
-  finishedAt: number | null;
-  /** The rollout whose targets that did not apply this one retries (rollout retry), if any. */
-  retryOf: string | null;
-}
-
-export interface TargetRecord {
-  rolloutId: string;
-  deviceId: string;
-  state: TargetState;
-  jti: string | null;
-  attempts: number;
-  code: string | null;
-  sentAt: number | null;
-  /** Not sent to before this (the backoff after the board refused a command as expired). */
-  nextAt: number | null;
-  updatedAt: number;
-}
-
-/**
- * The rollout lease as one engine holds it: its holder and generation (the
- * fencing token, grown each time the lease is taken by a holder that did not
- * hold it live). Every claim and mark-sent checks both, and that the lease is
- * unexpired, in its own transaction: an engine that lost the lease (stalled
- * past its expiry) changes nothing and so publishes nothing.
- */
-export interface Lease {
-  name: string;
-  holder: string;
-  generation: number;
-  /** How long each renewal keeps it. */
-  ttlMs: number;
-}
+import type Database from 'better-sqlite3';
+import { CodedError } from '../../../protocol/index.js';
+import { PRESENCE_GRACE } from '../../presence.js';
+import { RegistryError } from '../errors.js';
+import {
+  PLAN_CHUNK,
+  PLANNING_STALE_MS,
+  TARGET_STATES,
+  emptyCounts,
+  selectorForAudit,
+  type PlanSummary,
+  type RolloutRecord,
+  type RolloutSelector,
+  type RolloutSpec,
+  type RolloutState,
+  type TargetCounts,
+  type TargetRecord,
+  type TargetState,
+  type Lease,
+} from '../records.js';
+import { assertTag } from '../rules.js';
+import type { CreateFromSelectorOptions, RolloutStore, TargetMoveFields } from '../types.js';
+import { appendAudit } from './audit.js';
+import type { SqliteDb } from './db.js';
+import { LEASE_HELD, leaseArgs, leaseHeld, renewLease } from './leases.js';
 
 interface RolloutRow {
   id: string;
@@ -139,13 +69,6 @@ interface TargetRow {
   updated_at: number;
 }
 
-/** The SQL condition that `lease` is still held (bind with leaseArgs). */
-const LEASE_HELD = 'EXISTS (SELECT 1 FROM leases WHERE name = ? AND holder = ? AND generation = ? AND expires_at > ?)';
-const leaseArgs = (lease: Lease, now: number): (string | number)[] => [lease.name, lease.holder, lease.generation, now];
-
-/** Targets recorded per transaction when a rollout is created from its selector (createFromSelector). */
-export const PLAN_CHUNK = 2000;
-
 /**
  * A target's device `d` (LEFT JOINed: gone is NULL) may be sent to now (bind
  * now): online by its reports (the last one within PRESENCE_GRACE x its
@@ -162,11 +85,11 @@ const HAS_ENC_KEY = "EXISTS (SELECT 1 FROM device_keys k WHERE k.device_id = d.i
  * devices as named (each must exist: E_NO_DEVICE), the others without the
  * decommissioned devices and those without an encryption key.
  */
-export function selectorCondition(registry: Registry, selector: RolloutSelector): { sql: string; args: string[] } {
+export function selectorCondition(db: Database.Database, selector: RolloutSelector): { sql: string; args: string[] } {
   if ('devices' in selector) {
     const ids = JSON.stringify(selector.devices);
     // Every unknown id is named at once (a list typed or read from a file): nothing is recorded.
-    const unknown = (registry.db.prepare('SELECT value AS id FROM json_each(?) WHERE value NOT IN (SELECT id FROM devices)').all(ids) as { id: string }[]).map(
+    const unknown = (db.prepare('SELECT value AS id FROM json_each(?) WHERE value NOT IN (SELECT id FROM devices)').all(ids) as { id: string }[]).map(
       (r) => r.id,
     );
     if (unknown.length === 1) throw new RegistryError('E_NO_DEVICE', `device ${unknown[0]} is not registered`);
@@ -208,36 +131,26 @@ export function targetProblemSql(needsDeviceUser: boolean): string {
   } ELSE NULL END`;
 }
 
-export type TargetCounts = Record<TargetState, number>;
+export class SqliteRolloutStore implements RolloutStore {
+  readonly #s: SqliteDb;
 
-export function emptyCounts(): TargetCounts {
-  return Object.fromEntries(TARGET_STATES.map((s) => [s, 0])) as TargetCounts;
-}
-
-export class RolloutStore {
-  readonly #reg: Registry;
-
-  constructor(registry: Registry) {
-    this.#reg = registry;
+  constructor(s: SqliteDb) {
+    this.#s = s;
   }
 
-  get #db() {
-    return this.#reg.db;
-  }
-
-  create(spec: RolloutSpec, deviceIds: readonly string[]): RolloutRecord {
+  async create(spec: RolloutSpec, deviceIds: readonly string[]): Promise<RolloutRecord> {
     const id = randomUUID();
-    const now = this.#reg.now();
-    this.#db
+    const now = this.#s.now();
+    this.#s.db
       .transaction(() => {
         this.#insertRollout(id, spec, now);
-        const insert = this.#db.prepare("INSERT INTO rollout_targets (rollout_id, device_id, state, updated_at) VALUES (?, ?, 'pending', ?)");
+        const insert = this.#s.db.prepare("INSERT INTO rollout_targets (rollout_id, device_id, state, updated_at) VALUES (?, ?, 'pending', ?)");
         for (const d of deviceIds) insert.run(id, d, now);
         this.#auditCreate(id, spec, deviceIds.length);
         if (deviceIds.length === 0) this.#finish(id, 'completed', 'no devices matched', now);
       })
       .immediate();
-    return this.require(id);
+    return this.#require(id);
   }
 
   /**
@@ -251,50 +164,45 @@ export class RolloutStore {
    */
   async createFromSelector(
     spec: RolloutSpec,
-    options: {
-      needsDeviceUser: boolean;
-      chunk?: number;
-      retryOf?: { id: string; inFlightLeftOut: number; removedLeftOut?: number };
-      /**
-       * At most this many targets (the count a destructive action was confirmed
-       * for): when the selector now matches more, the rollout is cancelled and
-       * finished before it is released (nothing sent) and E_CONFIRM thrown.
-       */
-      maxTargets?: number;
-    },
+    /**
+     * maxTargets: at most this many targets (the count a destructive action was
+     * confirmed for): when the selector now matches more, the rollout is cancelled
+     * and finished before it is released (nothing sent) and E_CONFIRM thrown.
+     */
+    options: CreateFromSelectorOptions,
   ): Promise<RolloutRecord> {
     const id = randomUUID();
-    const where = selectorCondition(this.#reg, spec.selector);
+    const where = selectorCondition(this.#s.db, spec.selector);
     const chunk = options.chunk ?? PLAN_CHUNK;
-    this.#db.transaction(() => this.#insertRollout(id, spec, this.#reg.now(), true, options.retryOf?.id)).immediate();
-    const insert = this.#db.prepare(
+    this.#s.db.transaction(() => this.#insertRollout(id, spec, this.#s.now(), true, options.retryOf?.id)).immediate();
+    const insert = this.#s.db.prepare(
       `INSERT INTO rollout_targets (rollout_id, device_id, state, code, updated_at)
        SELECT ?, id, CASE WHEN problem IS NULL THEN 'pending' ELSE 'not sent' END, problem, ?
        FROM (SELECT d.id AS id, ${targetProblemSql(options.needsDeviceUser)} AS problem FROM devices d WHERE d.id > ? AND ${where.sql} ORDER BY d.id LIMIT ?)`,
     );
-    const last = this.#db.prepare('SELECT MAX(device_id) AS id FROM rollout_targets WHERE rollout_id = ?');
+    const last = this.#s.db.prepare('SELECT MAX(device_id) AS id FROM rollout_targets WHERE rollout_id = ?');
     // The planning heartbeat: a rollout left planning with a stale one was interrupted (finishInterruptedPlanning).
-    const heartbeat = this.#db.prepare('UPDATE rollouts SET updated_at = ? WHERE id = ? AND planning = 1 AND finished_at IS NULL');
+    const heartbeat = this.#s.db.prepare('UPDATE rollouts SET updated_at = ? WHERE id = ? AND planning = 1 AND finished_at IS NULL');
     let after = '';
     let total = 0;
     for (;;) {
-      const added = this.#db
+      const added = this.#s.db
         .transaction(() => {
-          const now = this.#reg.now();
+          const now = this.#s.now();
           // Finished meanwhile (found interrupted by the engine): nothing more is recorded.
           if (heartbeat.run(now, id).changes === 0) return -1;
           return insert.run(id, now, after, ...where.args, chunk).changes;
         })
         .immediate();
-      if (added < 0) return this.require(id);
+      if (added < 0) return this.#require(id);
       total += added;
       if (options.maxTargets !== undefined && total > options.maxTargets) {
         const reason = `refused: the selector now matches more than the ${options.maxTargets} device(s) confirmed (E_CONFIRM); nothing sent`;
-        this.#db
+        this.#s.db
           .transaction(() => {
-            const now = this.#reg.now();
-            this.#db.prepare("UPDATE rollouts SET planning = 0, state = 'cancelled', state_reason = ?, updated_at = ? WHERE id = ?").run(reason, now, id);
-            this.cancelPending(id, 'E_CONFIRM');
+            const now = this.#s.now();
+            this.#s.db.prepare("UPDATE rollouts SET planning = 0, state = 'cancelled', state_reason = ?, updated_at = ? WHERE id = ?").run(reason, now, id);
+            this.#cancelPending(id, 'E_CONFIRM');
             this.#finish(id, 'cancelled', reason, now);
           })
           .immediate();
@@ -307,16 +215,16 @@ export class RolloutStore {
       after = (last.get(id) as { id: string }).id;
       await new Promise<void>((resolve) => setImmediate(resolve));
     }
-    this.#db
+    this.#s.db
       .transaction(() => {
-        const now = this.#reg.now();
-        this.#db.prepare('UPDATE rollouts SET planning = 0, updated_at = ? WHERE id = ?').run(now, id);
-        const r = this.require(id);
+        const now = this.#s.now();
+        this.#s.db.prepare('UPDATE rollouts SET planning = 0, updated_at = ? WHERE id = ?').run(now, id);
+        const r = this.#require(id);
         // Cancelled or aborted while its targets were recorded: those recorded after are cancelled too.
-        if (r.state === 'cancelled' || r.state === 'aborted') this.cancelPending(id, r.state === 'cancelled' ? 'E_CANCELLED' : 'E_ABORTED');
+        if (r.state === 'cancelled' || r.state === 'aborted') this.#cancelPending(id, r.state === 'cancelled' ? 'E_CANCELLED' : 'E_ABORTED');
         this.#auditCreate(id, spec, total);
         if (options.retryOf) {
-          this.#reg.audit('rollout.retry', null, {
+          appendAudit(this.#s, 'rollout.retry', null, {
             rollout_id: id,
             retry_of: options.retryOf.id,
             devices: total,
@@ -325,15 +233,15 @@ export class RolloutStore {
           });
         }
         if (total === 0) this.#finish(id, 'completed', 'no devices matched', now);
-        else if (this.counts(id).pending === 0 && r.state !== 'cancelled' && r.state !== 'aborted')
+        else if (this.#counts(id).pending === 0 && r.state !== 'cancelled' && r.state !== 'aborted')
           this.#finish(id, 'completed', 'no target could be sent to', now);
       })
       .immediate();
-    return this.require(id);
+    return this.#require(id);
   }
 
   #insertRollout(id: string, spec: RolloutSpec, now: number, planning = false, retryOf?: string): void {
-    this.#db
+    this.#s.db
       .prepare(
         `INSERT INTO rollouts (id, created_at, action, params, user_id, selector, ttl_s, deadline_at, rate_per_min, ramp_from, ramp_factor,
                abort_percent, abort_min, concurrency, state, updated_at, planning, retry_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)`,
@@ -360,7 +268,7 @@ export class RolloutStore {
   }
 
   #auditCreate(id: string, spec: RolloutSpec, devices: number): void {
-    this.#reg.audit('rollout.create', null, {
+    appendAudit(this.#s, 'rollout.create', null, {
       rollout_id: id,
       action: spec.action,
       selector: selectorForAudit(spec.selector),
@@ -371,27 +279,39 @@ export class RolloutStore {
     });
   }
 
-  get(id: string): RolloutRecord | undefined {
-    const row = this.#db.prepare('SELECT * FROM rollouts WHERE id = ?').get(id) as RolloutRow | undefined;
+  async get(id: string): Promise<RolloutRecord | undefined> {
+    return this.#get(id);
+  }
+
+  #get(id: string): RolloutRecord | undefined {
+    const row = this.#s.db.prepare('SELECT * FROM rollouts WHERE id = ?').get(id) as RolloutRow | undefined;
     return row ? rolloutRecord(row) : undefined;
   }
 
-  require(id: string): RolloutRecord {
-    const r = this.get(id);
+  async require(id: string): Promise<RolloutRecord> {
+    return this.#require(id);
+  }
+
+  #require(id: string): RolloutRecord {
+    const r = this.#get(id);
     if (!r) throw new RegistryError('E_NO_ROLLOUT', `no rollout with id ${id}`);
     return r;
   }
 
-  list(options: { limit?: number; unfinished?: boolean } = {}): RolloutRecord[] {
-    const rows = this.#db
+  async list(options: { limit?: number; unfinished?: boolean } = {}): Promise<RolloutRecord[]> {
+    const rows = this.#s.db
       .prepare(`SELECT * FROM rollouts ${options.unfinished ? 'WHERE finished_at IS NULL' : ''} ORDER BY created_at DESC, id LIMIT ?`)
       .all(options.limit ?? 100) as RolloutRow[];
     return rows.map(rolloutRecord);
   }
 
-  counts(id: string): TargetCounts {
+  async counts(id: string): Promise<TargetCounts> {
+    return this.#counts(id);
+  }
+
+  #counts(id: string): TargetCounts {
     const counts = emptyCounts();
-    for (const r of this.#db.prepare('SELECT state, COUNT(*) AS n FROM rollout_targets WHERE rollout_id = ? GROUP BY state').all(id) as {
+    for (const r of this.#s.db.prepare('SELECT state, COUNT(*) AS n FROM rollout_targets WHERE rollout_id = ? GROUP BY state').all(id) as {
       state: TargetState;
       n: number;
     }[])
@@ -399,9 +319,9 @@ export class RolloutStore {
     return counts;
   }
 
-  targets(id: string, options: { states?: readonly TargetState[]; limit?: number } = {}): TargetRecord[] {
+  async targets(id: string, options: { states?: readonly TargetState[]; limit?: number } = {}): Promise<TargetRecord[]> {
     const states = options.states ?? TARGET_STATES;
-    const rows = this.#db
+    const rows = this.#s.db
       .prepare(`SELECT * FROM rollout_targets WHERE rollout_id = ? AND state IN (${states.map(() => '?').join(',')}) ORDER BY device_id LIMIT ?`)
       .all(id, ...states, options.limit ?? 1_000_000) as TargetRow[];
     return rows.map(targetRecord);
@@ -413,9 +333,9 @@ export class RolloutStore {
    * server/presence.ts), or never reported (an agent without reports: sent as before),
    * and not held back by a re-send backoff (next_at).
    */
-  deliverable(id: string, now: number, limit: number): TargetRecord[] {
+  async deliverable(id: string, now: number, limit: number): Promise<TargetRecord[]> {
     if (limit <= 0) return [];
-    const rows = this.#db
+    const rows = this.#s.db
       .prepare(
         `SELECT t.* FROM rollout_targets t LEFT JOIN devices d ON d.id = t.device_id
          WHERE t.rollout_id = ? AND t.state = 'pending' AND (t.next_at IS NULL OR t.next_at <= ?)
@@ -431,8 +351,8 @@ export class RolloutStore {
    * apart: in a re-send backoff (next_at ahead, after an E_EXPIRED; with the
    * earliest end), else deliverable now, else waiting for an offline board.
    */
-  pendingBreakdown(id: string, now: number): { deliverable: number; backoff: number; offline: number; backoffUntil: number | null } {
-    const row = this.#db
+  async pendingBreakdown(id: string, now: number): Promise<{ deliverable: number; backoff: number; offline: number; backoffUntil: number | null }> {
+    const row = this.#s.db
       .prepare(
         `SELECT COUNT(*) AS pending, COALESCE(SUM(t.next_at > ?), 0) AS backoff, MIN(CASE WHEN t.next_at > ? THEN t.next_at END) AS backoffUntil,
            COALESCE(SUM((t.next_at IS NULL OR t.next_at <= ?) AND ${REACHABLE_NOW}), 0) AS deliverable
@@ -448,14 +368,13 @@ export class RolloutStore {
   }
 
   /** Moves a target from one state to another; false when it was not in `from` (someone else moved it), or `lease` is no longer held. */
-  move(
-    id: string,
-    deviceId: string,
-    from: readonly TargetState[],
-    to: TargetState,
-    fields: { jti?: string | null; code?: string | null; sent?: boolean; attempt?: boolean; nextAt?: number | null; lease?: Lease } = {},
-  ): boolean {
-    const now = this.#reg.now();
+  async move(id: string, deviceId: string, from: readonly TargetState[], to: TargetState, fields: TargetMoveFields = {}): Promise<boolean> {
+    return this.#move(id, deviceId, from, to, fields);
+  }
+
+  /** As move, in the caller's transaction. */
+  #move(id: string, deviceId: string, from: readonly TargetState[], to: TargetState, fields: TargetMoveFields = {}): boolean {
+    const now = this.#s.now();
     const sets = ['state = ?', 'updated_at = ?'];
     const args: (string | number | null)[] = [to, now];
     if (fields.jti !== undefined) {
@@ -475,7 +394,7 @@ export class RolloutStore {
       sets.push('next_at = ?');
       args.push(fields.nextAt);
     }
-    const res = this.#db
+    const res = this.#s.db
       .prepare(
         `UPDATE rollout_targets SET ${sets.join(', ')} WHERE rollout_id = ? AND device_id = ? AND state IN (${from.map(() => '?').join(',')})${fields.lease ? ` AND ${LEASE_HELD}` : ''}`,
       )
@@ -488,10 +407,10 @@ export class RolloutStore {
    * only while its rollout is running (a pause or cancel committed by another
    * process an instant earlier wins) and while `lease` is held (fencing).
    */
-  claim(id: string, deviceId: string, lease: Lease): boolean {
-    const now = this.#reg.now();
+  async claim(id: string, deviceId: string, lease: Lease): Promise<boolean> {
+    const now = this.#s.now();
     return (
-      this.#db
+      this.#s.db
         .prepare(
           `UPDATE rollout_targets SET state = 'sending', attempts = attempts + 1, next_at = NULL, updated_at = ?
            WHERE rollout_id = ? AND device_id = ? AND state = 'pending' AND (SELECT state FROM rollouts WHERE id = ?) = 'running' AND ${LEASE_HELD}`,
@@ -510,12 +429,12 @@ export class RolloutStore {
    * aborted while the command was sealed, the target waits again (paused) or is
    * cancelled with E_CANCELLED / E_ABORTED (`stopped`).
    */
-  markSent(id: string, deviceId: string, jti: string, lease: Lease): 'sent' | 'fenced' | 'stopped' {
-    return this.#db
+  async markSent(id: string, deviceId: string, jti: string, lease: Lease): Promise<'sent' | 'fenced' | 'stopped'> {
+    return this.#s.db
       .transaction((): 'sent' | 'fenced' | 'stopped' => {
-        const now = this.#reg.now();
+        const now = this.#s.now();
         const sent =
-          this.#db
+          this.#s.db
             .prepare(
               `UPDATE rollout_targets SET state = 'sent', jti = ?, sent_at = ?, updated_at = ?
                WHERE rollout_id = ? AND device_id = ? AND state = 'sending' AND (SELECT state FROM rollouts WHERE id = ?) = 'running' AND ${LEASE_HELD}`,
@@ -523,10 +442,10 @@ export class RolloutStore {
             .run(jti, now, now, id, deviceId, id, ...leaseArgs(lease, now)).changes === 1;
         if (sent) {
           // Proof of life: an engine at work keeps its lease through a long batch.
-          this.#renew(lease, now);
+          renewLease(this.#s.db, lease, now);
           return 'sent';
         }
-        const stopped = this.#leaseHeld(lease) && this.#stopSending(id, deviceId, now);
+        const stopped = leaseHeld(this.#s, lease) && this.#stopSending(id, deviceId, now);
         this.#voidCommand(jti, now);
         return stopped ? 'stopped' : 'fenced';
       })
@@ -539,43 +458,20 @@ export class RolloutStore {
    * is running (or gone) or the target is not `sending`.
    */
   #stopSending(id: string, deviceId: string, now: number): boolean {
-    const state = (this.#db.prepare('SELECT state FROM rollouts WHERE id = ?').get(id) as { state: RolloutState } | undefined)?.state;
+    const state = (this.#s.db.prepare('SELECT state FROM rollouts WHERE id = ?').get(id) as { state: RolloutState } | undefined)?.state;
     if (state === undefined || state === 'running') return false;
     const to: TargetState = state === 'paused' ? 'pending' : 'cancelled';
     const code = state === 'paused' ? null : state === 'aborted' ? 'E_ABORTED' : 'E_CANCELLED';
     return (
-      this.#db
+      this.#s.db
         .prepare(`UPDATE rollout_targets SET state = ?, code = COALESCE(?, code), updated_at = ? WHERE rollout_id = ? AND device_id = ? AND state = 'sending'`)
         .run(to, code, now, id, deviceId).changes === 1
     );
   }
 
-  /**
-   * Whether `lease` is still held, unexpired (checked again right before
-   * publishing); if so it is renewed for its ttl. A lease that lapsed or
-   * changed hands is never renewed here: its holder must take it again (a new
-   * generation).
-   */
-  renewLease(lease: Lease): boolean {
-    return this.#renew(lease, this.#reg.now());
-  }
-
-  #renew(lease: Lease, now: number): boolean {
-    return (
-      this.#db
-        .prepare('UPDATE leases SET expires_at = MAX(expires_at, ?) WHERE name = ? AND holder = ? AND generation = ? AND expires_at > ?')
-        .run(now + lease.ttlMs, lease.name, lease.holder, lease.generation, now).changes === 1
-    );
-  }
-
-  #leaseHeld(lease: Lease): boolean {
-    const row = this.#db.prepare(`SELECT ${LEASE_HELD} AS held`).get(...leaseArgs(lease, this.#reg.now())) as { held: number };
-    return row.held === 1;
-  }
-
   /** Marks a command never published (no target refers to it, unanswered). */
   #voidCommand(jti: string, now: number): void {
-    this.#db
+    this.#s.db
       .prepare(
         `UPDATE commands SET voided_at = ? WHERE jti = ? AND ack_status IS NULL AND voided_at IS NULL AND NOT EXISTS (SELECT 1 FROM rollout_targets WHERE jti = ?)`,
       )
@@ -592,25 +488,25 @@ export class RolloutStore {
    * or aborted since adopts nothing: it waits again (paused) or is cancelled.
    * Only under `lease`. Returns how many were adopted and how many were not.
    */
-  reclaimSending(id: string, lease: Lease): { adopted: number; requeued: number } {
-    return this.#db
+  async reclaimSending(id: string, lease: Lease): Promise<{ adopted: number; requeued: number }> {
+    return this.#s.db
       .transaction(() => {
-        const now = this.#reg.now();
+        const now = this.#s.now();
         const out = { adopted: 0, requeued: 0 };
-        if (!this.#leaseHeld(lease)) return out;
-        const sending = this.#db.prepare(`SELECT device_id AS deviceId FROM rollout_targets WHERE rollout_id = ? AND state = 'sending'`).all(id) as {
+        if (!leaseHeld(this.#s, lease)) return out;
+        const sending = this.#s.db.prepare(`SELECT device_id AS deviceId FROM rollout_targets WHERE rollout_id = ? AND state = 'sending'`).all(id) as {
           deviceId: string;
         }[];
-        const latest = this.#db.prepare(
+        const latest = this.#s.db.prepare(
           `SELECT jti, expires_at AS expiresAt FROM commands WHERE fanout_id = ? AND device_id = ? AND ack_status IS NULL AND voided_at IS NULL
              AND NOT EXISTS (SELECT 1 FROM rollout_targets t WHERE t.jti = commands.jti)
            ORDER BY created_at DESC, seq DESC LIMIT 1`,
         );
-        const voidOthers = this.#db.prepare(
+        const voidOthers = this.#s.db.prepare(
           `UPDATE commands SET voided_at = ? WHERE fanout_id = ? AND device_id = ? AND ack_status IS NULL AND voided_at IS NULL AND sent_at IS NULL
              AND NOT EXISTS (SELECT 1 FROM rollout_targets t WHERE t.jti = commands.jti)`,
         );
-        const running = (this.#db.prepare('SELECT state FROM rollouts WHERE id = ?').get(id) as { state: RolloutState } | undefined)?.state === 'running';
+        const running = (this.#s.db.prepare('SELECT state FROM rollouts WHERE id = ?').get(id) as { state: RolloutState } | undefined)?.state === 'running';
         for (const { deviceId } of sending) {
           if (!running) {
             // Paused, cancelled or aborted since it was claimed: nothing of it is published; it waits
@@ -622,10 +518,10 @@ export class RolloutStore {
           }
           const c = latest.get(id, deviceId) as { jti: string; expiresAt: number } | undefined;
           if (c && c.expiresAt > now) {
-            this.move(id, deviceId, ['sending'], 'sent', { jti: c.jti, sent: true });
+            this.#move(id, deviceId, ['sending'], 'sent', { jti: c.jti, sent: true });
             out.adopted++;
           } else {
-            this.move(id, deviceId, ['sending'], 'pending');
+            this.#move(id, deviceId, ['sending'], 'pending');
             out.requeued++;
           }
           voidOthers.run(now, id, deviceId);
@@ -636,8 +532,8 @@ export class RolloutStore {
   }
 
   /** Sent targets whose command is unanswered and still valid (in flight: at most the concurrency): device and jti. */
-  unansweredValid(id: string, now: number): { deviceId: string; jti: string }[] {
-    return this.#db
+  async unansweredValid(id: string, now: number): Promise<{ deviceId: string; jti: string }[]> {
+    return this.#s.db
       .prepare(
         `SELECT t.device_id AS deviceId, t.jti AS jti FROM rollout_targets t JOIN commands c ON c.jti = t.jti
          WHERE t.rollout_id = ? AND t.state = 'sent' AND c.ack_status IS NULL AND c.voided_at IS NULL AND c.expires_at > ?`,
@@ -649,8 +545,10 @@ export class RolloutStore {
    * Targets in flight whose command has been answered: the answer, with the
    * command's code, to be settled by the engine.
    */
-  answered(id: string): { deviceId: string; jti: string; status: 'applied' | 'rejected' | 'failed' | 'rolled_back'; code: string | null; attempts: number }[] {
-    return this.#db
+  async answered(
+    id: string,
+  ): Promise<{ deviceId: string; jti: string; status: 'applied' | 'rejected' | 'failed' | 'rolled_back'; code: string | null; attempts: number }[]> {
+    return this.#s.db
       .prepare(
         `SELECT t.device_id AS deviceId, t.jti AS jti, c.ack_status AS status, c.ack_code AS code, t.attempts AS attempts
          FROM rollout_targets t JOIN commands c ON c.jti = t.jti
@@ -660,8 +558,8 @@ export class RolloutStore {
   }
 
   /** How many targets are in flight: sent, unanswered, and their command still valid. */
-  inFlight(id: string, now: number): number {
-    const row = this.#db
+  async inFlight(id: string, now: number): Promise<number> {
+    const row = this.#s.db
       .prepare(
         `SELECT (SELECT COUNT(*) FROM rollout_targets WHERE rollout_id = ? AND state = 'sending')
            + (SELECT COUNT(*) FROM rollout_targets t LEFT JOIN commands c ON c.jti = t.jti
@@ -681,8 +579,8 @@ export class RolloutStore {
    * to a board mid-upgrade) ahead of the real outcome. An upgrade the board
    * never got waits for the rollout's deadline.
    */
-  unansweredExpired(deviceId: string, now: number): { rolloutId: string; jti: string }[] {
-    return this.#db
+  async unansweredExpired(deviceId: string, now: number): Promise<{ rolloutId: string; jti: string }[]> {
+    return this.#s.db
       .prepare(
         `SELECT t.rollout_id AS rolloutId, t.jti AS jti FROM rollout_targets t JOIN commands c ON c.jti = t.jti JOIN rollouts r ON r.id = t.rollout_id
          WHERE t.device_id = ? AND t.state = 'sent' AND c.ack_status IS NULL AND c.voided_at IS NULL AND c.expires_at <= ? AND c.action != 'upgrade'
@@ -692,9 +590,9 @@ export class RolloutStore {
   }
 
   /** Rollouts with a pending target for this device (the engine looks at them first when the device reports in). */
-  pendingFor(deviceId: string): string[] {
+  async pendingFor(deviceId: string): Promise<string[]> {
     return (
-      this.#db
+      this.#s.db
         .prepare(
           `SELECT t.rollout_id AS id FROM rollout_targets t JOIN rollouts r ON r.id = t.rollout_id
            WHERE t.device_id = ? AND t.state = 'pending' AND r.state = 'running'`,
@@ -704,9 +602,9 @@ export class RolloutStore {
   }
 
   /** Every target not final becomes `expired` (the deadline passed). Returns how many. */
-  expireAll(id: string): number {
-    const now = this.#reg.now();
-    return this.#db
+  async expireAll(id: string): Promise<number> {
+    const now = this.#s.now();
+    return this.#s.db
       .prepare(
         `UPDATE rollout_targets SET state = 'expired', code = COALESCE(code, 'E_DEADLINE'), updated_at = ? WHERE rollout_id = ? AND state IN ('pending', 'sending', 'sent')`,
       )
@@ -714,10 +612,15 @@ export class RolloutStore {
   }
 
   /** Pending targets become `cancelled` (the rollout was cancelled or aborted). */
-  cancelPending(id: string, code: string): number {
-    return this.#db
+  async cancelPending(id: string, code: string): Promise<number> {
+    return this.#cancelPending(id, code);
+  }
+
+  /** As cancelPending, in the caller's transaction. */
+  #cancelPending(id: string, code: string): number {
+    return this.#s.db
       .prepare(`UPDATE rollout_targets SET state = 'cancelled', code = ?, updated_at = ? WHERE rollout_id = ? AND state = 'pending'`)
-      .run(code, this.#reg.now(), id).changes;
+      .run(code, this.#s.now(), id).changes;
   }
 
   /**
@@ -726,20 +629,20 @@ export class RolloutStore {
    * cancelled, its pending targets cancelled, nothing sent. Returns the reason
    * when it was finished here, else undefined (still planning live, or not planning).
    */
-  finishInterruptedPlanning(id: string): string | undefined {
-    return this.#db
+  async finishInterruptedPlanning(id: string): Promise<string | undefined> {
+    return this.#s.db
       .transaction((): string | undefined => {
-        const now = this.#reg.now();
-        const r = this.get(id);
+        const now = this.#s.now();
+        const r = this.#get(id);
         if (!r || !r.planning || r.finishedAt !== null || now - r.updatedAt <= PLANNING_STALE_MS) return undefined;
-        const recorded = (this.#db.prepare('SELECT COUNT(*) AS n FROM rollout_targets WHERE rollout_id = ?').get(id) as { n: number }).n;
+        const recorded = (this.#s.db.prepare('SELECT COUNT(*) AS n FROM rollout_targets WHERE rollout_id = ?').get(id) as { n: number }).n;
         const reason = `planning interrupted: ${recorded} target(s) recorded, nothing sent`;
-        this.#db
+        this.#s.db
           .prepare(
             "UPDATE rollouts SET planning = 0, state = CASE WHEN state IN ('running', 'paused') THEN 'cancelled' ELSE state END, state_reason = COALESCE(state_reason, ?), updated_at = ? WHERE id = ?",
           )
           .run(reason, now, id);
-        this.cancelPending(id, 'E_CANCELLED');
+        this.#cancelPending(id, 'E_CANCELLED');
         this.#finish(id, 'cancelled', reason, now);
         return reason;
       })
@@ -747,20 +650,21 @@ export class RolloutStore {
   }
 
   /** Changes the rollout's state when it is in one of `from`; throws E_ROLLOUT_STATE otherwise. */
-  setState(id: string, from: readonly RolloutState[], to: RolloutState, reason: string, by: string): RolloutRecord {
-    return this.#db
+  async setState(id: string, from: readonly RolloutState[], to: RolloutState, reason: string, by: string): Promise<RolloutRecord> {
+    return this.#s.db
       .transaction(() => {
-        const r = this.require(id);
+        const r = this.#require(id);
         if (!from.includes(r.state)) {
           throw new RegistryError(
             'E_ROLLOUT_STATE',
             `rollout ${id} is ${r.state}: it cannot be ${to === 'running' ? 'resumed' : to} (only when ${from.join(' or ')})`,
           );
         }
-        const now = this.#reg.now();
-        this.#db.prepare('UPDATE rollouts SET state = ?, state_reason = ?, updated_at = ? WHERE id = ?').run(to, reason, now, id);
-        if (to === 'cancelled' || to === 'aborted') this.cancelPending(id, to === 'cancelled' ? 'E_CANCELLED' : 'E_ABORTED');
-        this.#reg.audit(
+        const now = this.#s.now();
+        this.#s.db.prepare('UPDATE rollouts SET state = ?, state_reason = ?, updated_at = ? WHERE id = ?').run(to, reason, now, id);
+        if (to === 'cancelled' || to === 'aborted') this.#cancelPending(id, to === 'cancelled' ? 'E_CANCELLED' : 'E_ABORTED');
+        appendAudit(
+          this.#s,
           `rollout.${to === 'running' ? 'resume' : to === 'paused' ? 'pause' : to === 'cancelled' ? 'cancel' : to === 'aborted' ? 'abort' : 'complete'}`,
           null,
           {
@@ -769,64 +673,88 @@ export class RolloutStore {
             by,
           },
         );
-        return this.require(id);
+        return this.#require(id);
       })
       .immediate();
   }
 
   /** Marks a rollout finished (nothing pending or in flight is left). */
-  finish(id: string, state: RolloutState, reason: string): void {
-    this.#db.transaction(() => this.#finish(id, state, reason, this.#reg.now())).immediate();
+  async finish(id: string, state: RolloutState, reason: string): Promise<void> {
+    this.#s.db.transaction(() => this.#finish(id, state, reason, this.#s.now())).immediate();
   }
 
   #finish(id: string, state: RolloutState, reason: string, now: number): void {
-    this.#db
+    this.#s.db
       // A rollout cancelled or aborted meanwhile (another process) ends in that state, not `completed`.
       .prepare(
         `UPDATE rollouts SET state = CASE WHEN state IN ('running', 'paused') THEN ? ELSE state END, state_reason = COALESCE(state_reason, ?),
            finished_at = ?, updated_at = ? WHERE id = ? AND finished_at IS NULL`,
       )
       .run(state, reason, now, now, id);
-    const counts = this.counts(id);
-    this.#reg.audit('rollout.finished', null, { rollout_id: id, state: this.require(id).state, reason, ...counts });
+    const counts = this.#counts(id);
+    appendAudit(this.#s, 'rollout.finished', null, { rollout_id: id, state: this.#require(id).state, reason, ...counts });
   }
-
-  // ---- the engine lease --------------------------------------------------------
 
   /**
-   * Takes or renews the lease `name` for `holder` until now + ttlMs; undefined
-   * while another holder's lease is live. Renewing a live lease keeps its
-   * generation; taking it (from another holder, or after it lapsed, even one's
-   * own) makes a new one, so every claim made under the old one is fenced out.
+   * Counts the devices a selector matches by presence (as presenceOf tells it),
+   * and those not sendable, in SQL, PLAN_CHUNK devices at a time with the event
+   * loop free in between.
    */
-  takeLease(name: string, holder: string, ttlMs: number): Lease | undefined {
-    return this.#db
-      .transaction((): Lease | undefined => {
-        const now = this.#reg.now();
-        const row = this.#db.prepare('SELECT holder, expires_at, generation FROM leases WHERE name = ?').get(name) as
-          { holder: string; expires_at: number; generation: number } | undefined;
-        if (row && row.holder !== holder && row.expires_at > now) return undefined;
-        const generation = row && row.holder === holder && row.expires_at > now ? row.generation : (row?.generation ?? 0) + 1;
-        this.#db
-          .prepare(
-            `INSERT INTO leases (name, holder, expires_at, generation) VALUES (?, ?, ?, ?)
-             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at, generation = excluded.generation`,
-          )
-          .run(name, holder, now + ttlMs, generation);
-        return { name, holder, generation, ttlMs };
-      })
-      .immediate();
+  async summarize(selector: RolloutSelector, needsDeviceUser: boolean, now: number): Promise<PlanSummary> {
+    const where = selectorCondition(this.#s.db, selector);
+    const chunk = this.#s.db.prepare(
+      `SELECT COUNT(*) AS targets, COALESCE(SUM(seen IS NULL), 0) AS unknown, COALESCE(SUM(online), 0) AS online,
+         COALESCE(SUM(problem IS NOT NULL), 0) AS notSendable, MAX(id) AS last
+       FROM (SELECT d.id AS id, d.last_seen_at AS seen, ${targetProblemSql(needsDeviceUser)} AS problem,
+               (d.last_seen_at IS NOT NULL AND d.presence = 'online' AND d.last_seen_at + COALESCE(d.report_interval_s, 0) * ? >= ?) AS online
+             FROM devices d WHERE d.id > ? AND ${where.sql} ORDER BY d.id LIMIT ?)`,
+    );
+    const sum: PlanSummary = { targets: 0, online: 0, offline: 0, unknown: 0, notSendable: 0 };
+    let after = '';
+    for (;;) {
+      const row = chunk.get(PRESENCE_GRACE * 1000, now, after, ...where.args, PLAN_CHUNK) as {
+        targets: number;
+        unknown: number;
+        online: number;
+        notSendable: number;
+        last: string | null;
+      };
+      sum.targets += row.targets;
+      sum.online += row.online;
+      sum.unknown += row.unknown;
+      sum.notSendable += row.notSendable;
+      if (row.targets < PLAN_CHUNK || row.last === null) break;
+      after = row.last;
+      await new Promise<void>((resolve) => setImmediate(resolve));
+    }
+    sum.offline = sum.targets - sum.online - sum.unknown;
+    return sum;
   }
 
-  /** Lets the lease lapse now (its row and generation stay: generations only grow). */
-  releaseLease(name: string, holder: string): void {
-    this.#db.prepare('UPDATE leases SET expires_at = 0 WHERE name = ? AND holder = ?').run(name, holder);
+  /** The ids of the first `limit` devices a selector matches: named devices in their order, the others by id. */
+  async sampleIds(selector: RolloutSelector, limit: number): Promise<string[]> {
+    if ('devices' in selector) return selector.devices.slice(0, limit);
+    const where = selectorCondition(this.#s.db, selector);
+    return (this.#s.db.prepare(`SELECT d.id AS id FROM devices d WHERE ${where.sql} ORDER BY d.id LIMIT ?`).all(...where.args, limit) as { id: string }[]).map(
+      (r) => r.id,
+    );
   }
 
-  /** The live holder of a lease, if any. */
-  leaseHolder(name: string): string | undefined {
-    const row = this.#db.prepare('SELECT holder, expires_at FROM leases WHERE name = ?').get(name) as { holder: string; expires_at: number } | undefined;
-    return row && row.expires_at > this.#reg.now() ? row.holder : undefined;
+  /** Targets of `id` in `states` whose device was removed from the registry since. */
+  async removedTargets(id: string, states: readonly TargetState[]): Promise<number> {
+    return (
+      this.#s.db
+        .prepare(
+          `SELECT COUNT(*) AS n FROM rollout_targets t WHERE t.rollout_id = ? AND t.state IN (${states.map(() => '?').join(',')})
+             AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = t.device_id)`,
+        )
+        .get(id, ...states) as { n: number }
+    ).n;
+  }
+
+  /** When the rollout last sent a command (null: never). */
+  async lastSentAt(id: string): Promise<number | null> {
+    return (this.#s.db.prepare('SELECT MAX(sent_at) AS t FROM rollout_targets WHERE rollout_id = ?').get(id) as { t: number | null }).t;
   }
 }
 

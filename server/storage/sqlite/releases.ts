@@ -1,26 +1,15 @@
 /**
- * Agent releases in the registry (the `releases` table, migration 7): one live
- * row per version and architecture, its artifact's size and SHA-256, and the
+ * Agent releases in SQLite (the `releases` table, migration 7): one live row
+ * per version and architecture, its artifact's size and SHA-256, and the
  * signed manifest. The files (artifact.tar.gz, index.bin, manifest.jws,
  * manifest.json) live under DATA/releases/VERSION-ARCH/ (server/releases/store.ts).
  * A removed release keeps its row (removed_at) for the audit.
  */
-import { CodedError, type ReleaseManifest } from '../../protocol/index.js';
-import type { Registry } from './registry.js';
-
-export interface ReleaseRecord {
-  id: number;
-  version: string;
-  arch: string;
-  bytes: number;
-  sha256: string;
-  /** The signed manifest (compact JWS). */
-  manifest: string;
-  /** The release's directory (absolute). */
-  dir: string;
-  addedAt: number;
-  removedAt: number | null;
-}
+import { CodedError, type ReleaseManifest } from '../../../protocol/index.js';
+import { UPGRADE_FETCH_GRACE_MS, type ReleaseRecord } from '../records.js';
+import type { ReleaseStore } from '../types.js';
+import { appendAudit } from './audit.js';
+import type { SqliteDb } from './db.js';
 
 interface ReleaseRow {
   id: number;
@@ -46,39 +35,39 @@ const record = (r: ReleaseRow): ReleaseRecord => ({
   removedAt: r.removed_at,
 });
 
-/**
- * How long after an upgrade command's own expiry the chunk server still serves
- * its artifact to the board while the command is unanswered: the board took
- * the command before it expired and may still be downloading (it gives up
- * after 10 minutes without progress, E_UPGRADE_DOWNLOAD, and acks).
- */
-export const UPGRADE_FETCH_GRACE_MS = 6 * 3600 * 1000;
+export class SqliteReleaseStore implements ReleaseStore {
+  readonly #s: SqliteDb;
 
-export class ReleaseStore {
-  readonly #reg: Registry;
-
-  constructor(registry: Registry) {
-    this.#reg = registry;
+  constructor(s: SqliteDb) {
+    this.#s = s;
   }
 
   /** Live releases (newest first by time added), optionally of one version. */
-  list(filter: { version?: string } = {}): ReleaseRecord[] {
+  async list(filter: { version?: string } = {}): Promise<ReleaseRecord[]> {
+    return this.#list(filter);
+  }
+
+  /** As list, in the caller's transaction. */
+  #list(filter: { version?: string } = {}): ReleaseRecord[] {
     const rows =
       filter.version === undefined
-        ? this.#reg.db.prepare('SELECT * FROM releases WHERE removed_at IS NULL ORDER BY added_at DESC, id DESC').all()
-        : this.#reg.db.prepare('SELECT * FROM releases WHERE removed_at IS NULL AND version = ? ORDER BY arch').all(filter.version);
+        ? this.#s.db.prepare('SELECT * FROM releases WHERE removed_at IS NULL ORDER BY added_at DESC, id DESC').all()
+        : this.#s.db.prepare('SELECT * FROM releases WHERE removed_at IS NULL AND version = ? ORDER BY arch').all(filter.version);
     return (rows as ReleaseRow[]).map(record);
   }
 
-  get(version: string, arch: string): ReleaseRecord | undefined {
-    const row = this.#reg.db.prepare('SELECT * FROM releases WHERE removed_at IS NULL AND version = ? AND arch = ?').get(version, arch) as
-      ReleaseRow | undefined;
+  async get(version: string, arch: string): Promise<ReleaseRecord | undefined> {
+    return this.#get(version, arch);
+  }
+
+  #get(version: string, arch: string): ReleaseRecord | undefined {
+    const row = this.#s.db.prepare('SELECT * FROM releases WHERE removed_at IS NULL AND version = ? AND arch = ?').get(version, arch) as ReleaseRow | undefined;
     return row ? record(row) : undefined;
   }
 
   /** A live release by its artifact's SHA-256. */
-  bySha256(sha256: string): ReleaseRecord | undefined {
-    const row = this.#reg.db.prepare('SELECT * FROM releases WHERE removed_at IS NULL AND sha256 = ? ORDER BY id DESC LIMIT 1').get(sha256) as
+  async bySha256(sha256: string): Promise<ReleaseRecord | undefined> {
+    const row = this.#s.db.prepare('SELECT * FROM releases WHERE removed_at IS NULL AND sha256 = ? ORDER BY id DESC LIMIT 1').get(sha256) as
       ReleaseRow | undefined;
     return row ? record(row) : undefined;
   }
@@ -87,8 +76,8 @@ export class ReleaseStore {
    * The one live release of `version`, of `arch` when given: E_NO_RELEASE when
    * there is none, E_USAGE naming the arches when the version has several and none was named.
    */
-  require(version: string, arch?: string): ReleaseRecord {
-    const all = this.list({ version });
+  async require(version: string, arch?: string): Promise<ReleaseRecord> {
+    const all = this.#list({ version });
     if (all.length === 0) throw new CodedError('E_NO_RELEASE', `no release ${version}; see: provision-server release list`);
     if (arch !== undefined) {
       const one = all.find((r) => r.arch === arch);
@@ -100,16 +89,16 @@ export class ReleaseStore {
   }
 
   /** Records a release (its files already in place): E_RELEASE_EXISTS when that version and arch is live. */
-  add(m: ReleaseManifest, manifestJws: string, dir: string): ReleaseRecord {
-    return this.#reg.db
+  async add(m: ReleaseManifest, manifestJws: string, dir: string): Promise<ReleaseRecord> {
+    return this.#s.db
       .transaction(() => {
-        if (this.get(m.version, m.arch)) throw new CodedError('E_RELEASE_EXISTS', `release ${m.version} for ${m.arch} already exists; remove it first`);
-        const now = this.#reg.now();
-        const { lastInsertRowid } = this.#reg.db
+        if (this.#get(m.version, m.arch)) throw new CodedError('E_RELEASE_EXISTS', `release ${m.version} for ${m.arch} already exists; remove it first`);
+        const now = this.#s.now();
+        const { lastInsertRowid } = this.#s.db
           .prepare('INSERT INTO releases (version, arch, bytes, sha256, manifest, dir, added_at) VALUES (?, ?, ?, ?, ?, ?, ?)')
           .run(m.version, m.arch, m.artifact.bytes, m.artifact.sha256, manifestJws, dir, now);
-        this.#reg.audit('release.add', null, { version: m.version, arch: m.arch, bytes: m.artifact.bytes, sha256: m.artifact.sha256 });
-        return record(this.#reg.db.prepare('SELECT * FROM releases WHERE id = ?').get(lastInsertRowid) as ReleaseRow);
+        appendAudit(this.#s, 'release.add', null, { version: m.version, arch: m.arch, bytes: m.artifact.bytes, sha256: m.artifact.sha256 });
+        return record(this.#s.db.prepare('SELECT * FROM releases WHERE id = ?').get(lastInsertRowid) as ReleaseRow);
       })
       .immediate();
   }
@@ -119,29 +108,34 @@ export class ReleaseStore {
    * upgrade to its version, or an upgrade command for its artifact in flight
    * (sent, unanswered, not past its serving window). Undefined when nothing does.
    */
-  inUse(r: ReleaseRecord): string | undefined {
-    const rollouts = this.#reg.db
+  async inUse(r: ReleaseRecord): Promise<string | undefined> {
+    return this.#inUse(r);
+  }
+
+  /** As inUse, in the caller's transaction. */
+  #inUse(r: ReleaseRecord): string | undefined {
+    const rollouts = this.#s.db
       .prepare(
         `SELECT id FROM rollouts WHERE action = 'upgrade' AND finished_at IS NULL AND state IN ('running', 'paused')
            AND json_extract(params, '$.release') = ? LIMIT 5`,
       )
       .all(r.version) as { id: string }[];
     if (rollouts.length) return `rollout(s) ${rollouts.map((x) => x.id).join(', ')} upgrade to ${r.version}: cancel them first`;
-    const inFlight = this.#reg.db
+    const inFlight = this.#s.db
       .prepare(`SELECT device_id AS id FROM commands WHERE release_sha256 = ? AND ack_status IS NULL AND voided_at IS NULL AND expires_at + ? > ? LIMIT 5`)
-      .all(r.sha256, UPGRADE_FETCH_GRACE_MS, this.#reg.now()) as { id: string }[];
+      .all(r.sha256, UPGRADE_FETCH_GRACE_MS, this.#s.now()) as { id: string }[];
     if (inFlight.length) return `upgrade commands to ${inFlight.map((x) => x.id).join(', ')} are in flight (unanswered)`;
     return undefined;
   }
 
   /** Marks a release removed (its files are deleted by the caller afterwards). */
-  markRemoved(r: ReleaseRecord): void {
-    this.#reg.db
+  async markRemoved(r: ReleaseRecord): Promise<void> {
+    this.#s.db
       .transaction(() => {
-        const why = this.inUse(r);
+        const why = this.#inUse(r);
         if (why) throw new CodedError('E_RELEASE_IN_USE', `release ${r.version} (${r.arch}) is in use: ${why}`);
-        this.#reg.db.prepare('UPDATE releases SET removed_at = ? WHERE id = ? AND removed_at IS NULL').run(this.#reg.now(), r.id);
-        this.#reg.audit('release.remove', null, { version: r.version, arch: r.arch, sha256: r.sha256 });
+        this.#s.db.prepare('UPDATE releases SET removed_at = ? WHERE id = ? AND removed_at IS NULL').run(this.#s.now(), r.id);
+        appendAudit(this.#s, 'release.remove', null, { version: r.version, arch: r.arch, sha256: r.sha256 });
       })
       .immediate();
   }
@@ -151,13 +145,13 @@ export class ReleaseStore {
    * flight: sent, not answered, not voided, and not past its expiry plus
    * UPGRADE_FETCH_GRACE_MS. The chunk server answers only then.
    */
-  upgradeInFlight(deviceId: string, sha256: string): boolean {
-    const row = this.#reg.db
+  async upgradeInFlight(deviceId: string, sha256: string): Promise<boolean> {
+    const row = this.#s.db
       .prepare(
         `SELECT 1 FROM commands WHERE device_id = ? AND release_sha256 = ? AND action = 'upgrade' AND sent_at IS NOT NULL
            AND ack_status IS NULL AND voided_at IS NULL AND expires_at + ? > ? LIMIT 1`,
       )
-      .get(deviceId, sha256, UPGRADE_FETCH_GRACE_MS, this.#reg.now());
+      .get(deviceId, sha256, UPGRADE_FETCH_GRACE_MS, this.#s.now());
     return row !== undefined;
   }
 }

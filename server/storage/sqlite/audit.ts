@@ -1,0 +1,98 @@
+/**
+ * The audit log in SQLite: appended in the transaction of the change it
+ * records (appendAudit), read newest first, filtered (provision-server audit,
+ * GET /audit: by device, by rollout (the rollout's own events and the commands
+ * it sealed), by event (`command.ack`, or every `rollout.*` with `rollout`),
+ * and by time; the indexes are migration 4's), and followed by the change log
+ * (eventsSince, lastId).
+ */
+import { DEFAULT_AUDIT_LIMIT, type AuditFilter, type AuditRecord } from '../records.js';
+import type { AuditStore } from '../types.js';
+import type { SqliteDb } from './db.js';
+
+interface AuditRow {
+  id: number;
+  at: number;
+  event: string;
+  device_id: string | null;
+  detail: string;
+}
+
+const auditRecord = (r: AuditRow): AuditRecord => ({
+  id: r.id,
+  at: r.at,
+  event: r.event,
+  deviceId: r.device_id,
+  detail: JSON.parse(r.detail) as Record<string, unknown>,
+});
+
+/** Appends an audit row (in the caller's transaction, when in one). */
+export function appendAudit(s: SqliteDb, event: string, deviceId: string | null, detail: Record<string, unknown> = {}): void {
+  s.db.prepare('INSERT INTO audit (at, event, device_id, detail) VALUES (?, ?, ?, ?)').run(s.now(), event, deviceId, JSON.stringify(detail));
+}
+
+export class SqliteAuditStore implements AuditStore {
+  readonly #s: SqliteDb;
+
+  constructor(s: SqliteDb) {
+    this.#s = s;
+  }
+
+  async append(event: string, deviceId: string | null, detail: Record<string, unknown> = {}): Promise<void> {
+    appendAudit(this.#s, event, deviceId, detail);
+  }
+
+  async log(options: { deviceId?: string; limit?: number } = {}): Promise<AuditRecord[]> {
+    const db = this.#s.db;
+    const rows = (
+      options.deviceId === undefined
+        ? db.prepare('SELECT * FROM audit ORDER BY id DESC LIMIT ?').all(options.limit ?? 100)
+        : db.prepare('SELECT * FROM audit WHERE device_id = ? ORDER BY id DESC LIMIT ?').all(options.deviceId, options.limit ?? 100)
+    ) as AuditRow[];
+    return rows.reverse().map(auditRecord);
+  }
+
+  /** The newest `limit` audit rows matching `f`, oldest first. */
+  async query(f: AuditFilter): Promise<AuditRecord[]> {
+    const where: string[] = [];
+    const args: (string | number)[] = [];
+    if (f.deviceId !== undefined) {
+      where.push('device_id = ?');
+      args.push(f.deviceId);
+    }
+    if (f.rolloutId !== undefined) {
+      // The expression of the index audit_rollout: a rollout's events carry rollout_id, the commands it sealed fanout_id.
+      where.push("COALESCE(json_extract(detail, '$.rollout_id'), json_extract(detail, '$.fanout_id')) = ?");
+      args.push(f.rolloutId);
+    }
+    if (f.event !== undefined) {
+      where.push("(event = ? OR event LIKE ? ESCAPE '\\')");
+      args.push(f.event, `${f.event.replace(/[\\%_]/g, (c) => `\\${c}`)}.%`);
+    }
+    if (f.since !== undefined) {
+      where.push('at >= ?');
+      args.push(f.since);
+    }
+    if (f.until !== undefined) {
+      where.push('at <= ?');
+      args.push(f.until);
+    }
+    const rows = this.#s.db
+      .prepare(`SELECT * FROM audit ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id DESC LIMIT ?`)
+      .all(...args, f.limit ?? DEFAULT_AUDIT_LIMIT) as AuditRow[];
+    return rows.reverse().map(auditRecord);
+  }
+
+  async lastId(): Promise<number> {
+    return (this.#s.db.prepare('SELECT COALESCE(MAX(id), 0) AS id FROM audit').get() as { id: number }).id;
+  }
+
+  async eventsSince(afterId: number, upTo: number, prefix: string, limit: number): Promise<AuditRecord[]> {
+    // A range on the audit_event index (LIKE would not use it): prefix <= event < prefix with its last character + 1.
+    const end = prefix.slice(0, -1) + String.fromCharCode(prefix.charCodeAt(prefix.length - 1) + 1);
+    const rows = this.#s.db
+      .prepare('SELECT id, at, event, device_id, detail FROM audit WHERE event >= ? AND event < ? AND id > ? AND id <= ? ORDER BY id LIMIT ?')
+      .all(prefix, end, afterId, upTo, limit) as AuditRow[];
+    return rows.map(auditRecord);
+  }
+}
