@@ -14,7 +14,7 @@ import { migrate } from './schema.js';
 import { ACK_CONTRADICTION_EVENT, PREVIOUS_KEY_GRACE_MS, TAG_PATTERN, ackContradicts, assertTag, deviceFlag, nextReportedState } from '../storage/rules.js';
 export { ACK_CONTRADICTION_EVENT, PREVIOUS_KEY_GRACE_MS, TAG_PATTERN, ackContradicts, assertTag };
 import { hashToken, newEnrollmentToken } from './tokens.js';
-import type { AuditRecord, CommandRecord, DeviceKeyRecord, DeviceOrigin, DeviceRecord, DeviceState, FanoutRecord, ReportedState } from './types.js';
+import type { AuditRecord, CommandRecord, DeviceKeyRecord, DeviceOrigin, DeviceRecord, DeviceState, ReportedState } from './types.js';
 
 interface DeviceRow {
   id: string;
@@ -594,35 +594,6 @@ export class Registry {
         return { kind: 'recorded', command: this.getCommand(row.jti) as CommandRecord };
       })
       .immediate();
-  }
-
-  // ---- fan-outs --------------------------------------------------------------
-
-  createFanout(action: string, params: Record<string, unknown>, selector: FanoutRecord['selector'], devices: string[]): FanoutRecord {
-    const record: FanoutRecord = { id: randomUUID(), createdAt: this.#now(), action, params, selector, devices };
-    this.db
-      .transaction(() => {
-        this.db
-          .prepare('INSERT INTO fanouts (id, created_at, action, params, selector, devices) VALUES (?, ?, ?, ?, ?, ?)')
-          .run(record.id, record.createdAt, action, JSON.stringify(params), JSON.stringify(selector), JSON.stringify(devices));
-        this.audit('fanout.create', null, { fanout_id: record.id, action, selector, devices: devices.length });
-      })
-      .immediate();
-    return record;
-  }
-
-  getFanout(id: string): FanoutRecord {
-    const row = this.db.prepare('SELECT * FROM fanouts WHERE id = ?').get(id) as
-      { id: string; created_at: number; action: string; params: string; selector: string; devices: string } | undefined;
-    if (!row) throw new RegistryError('E_NO_FANOUT', `no fan-out with id ${id}`);
-    return {
-      id: row.id,
-      createdAt: row.created_at,
-      action: row.action,
-      params: JSON.parse(row.params) as Record<string, unknown>,
-      selector: JSON.parse(row.selector) as FanoutRecord['selector'],
-      devices: JSON.parse(row.devices) as string[],
-    };
   }
 
   // ---- internals -------------------------------------------------------------

@@ -106,11 +106,3 @@ export interface AuditRecord {
   detail: Record<string, unknown>;
 }
 
-export interface FanoutRecord {
-  id: string;
-  createdAt: number;
-  action: string;
-  params: Record<string, unknown>;
-  selector: { all?: boolean; userId?: string };
-  devices: string[];
-}

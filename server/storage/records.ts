@@ -12,7 +12,6 @@ export type {
   DevicePresenceRecord,
   DeviceRecord,
   DeviceState,
-  FanoutRecord,
   ReportedState,
 } from '../registry/types.js';
 export { DEVICE_STATES } from '../registry/types.js';

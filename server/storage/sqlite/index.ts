@@ -87,8 +87,6 @@ export class SqliteStorage implements Storage {
       sealed: async (jti) => r.sealedCommand(jti),
       list: async (filter) => r.listCommands(filter),
       recordAck: async (deviceId, ack, effects) => r.recordAck(deviceId, ack, effects),
-      createFanout: async (action, params, selector, devices) => r.createFanout(action, params, selector, devices),
-      getFanout: async (id) => r.getFanout(id),
     };
     const ro = new SqliteRollouts(r);
     this.rollouts = {
