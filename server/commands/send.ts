@@ -90,8 +90,7 @@ export const sendCommand = defineCommand({
       .option('abort-min', { type: 'number', describe: 'rollout: results needed before --abort-when can trigger (default 10)' })
       .option('resume', {
         type: 'string',
-        describe:
-          'resume a fan-out recorded by an earlier version (by its id): it is a rollout now (same id), so this is provision-server rollout resume ID',
+        describe: 'resume a fan-out recorded by an earlier version (by its id): it is a rollout now (same id), so this is provision-server rollout resume ID',
       })
       .option('params', { type: 'string', describe: 'params as a JSON object' })
       .option('set', { type: 'string', array: true, describe: 'one param as dotted.key=value (value parsed as JSON when it can be); repeatable' })
@@ -195,7 +194,7 @@ export const sendCommand = defineCommand({
         '--rate, --ramp-*, --abort-* are for a rollout: send --all / --user UID / --tag TAG ACTION (or DEVICE ACTION --deliver-within)',
       );
     if (fanoutResume && (rollout || many))
-      throw new CodedError('E_USAGE', '--resume takes a fan-out id alone; a rollout resumes with provision-server rollout resume ID');
+      throw new CodedError('E_USAGE', '--resume takes a fan-out (now rollout) id alone: send --resume ID, or provision-server rollout resume ID');
     if (!Number.isInteger(args.sealWorkers) || args.sealWorkers < 0 || args.sealWorkers > MAX_SEAL_WORKERS) {
       throw new CodedError('E_USAGE', `--seal-workers must be an integer 0-${MAX_SEAL_WORKERS}`);
     }

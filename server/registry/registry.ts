@@ -4,7 +4,6 @@
  * that must be atomic (token consumption, seq allocation, ack recording and its
  * effects) is one IMMEDIATE transaction, so concurrent processes never interleave.
  */
-import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { compareReportPositions, reportPosition, type AckClaims, type PublicJwk, type ReportClaims } from '../../protocol/index.js';

@@ -54,7 +54,19 @@ function addCommand(
   db.prepare(
     `INSERT INTO commands (jti, device_id, action, user_id, params_digest, seq, encryption_kid, sealed, fanout_id, created_at, expires_at, sent_at,
        ack_status, ack_code, acked_at, voided_at) VALUES (?, ?, 'update', 'bob', 'sha256:x', ?, 'k', 'sealed', ?, ?, ?, ?, ?, ?, ?, ?)`,
-  ).run(jti, deviceId, seq, fanoutId, created, o.expiresAt, created, o.ack?.status ?? null, o.ack?.code ?? null, o.ack ? created + 1 : null, o.voided ? created : null);
+  ).run(
+    jti,
+    deviceId,
+    seq,
+    fanoutId,
+    created,
+    o.expiresAt,
+    created,
+    o.ack?.status ?? null,
+    o.ack?.code ?? null,
+    o.ack ? created + 1 : null,
+    o.voided ? created : null,
+  );
   db.prepare('UPDATE devices SET next_seq = MAX(next_seq, ?) WHERE id = ?').run(seq + 1, deviceId);
   return jti;
 }

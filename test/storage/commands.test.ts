@@ -264,6 +264,5 @@ describe('storage: seq, commands, acks', function () {
       expect(d.flag?.detail).to.not.have.property('claimed_keys');
       expect(d.encryption?.kid).to.equal(next.encryption.kid);
     });
-
   });
 });

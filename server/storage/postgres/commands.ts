@@ -7,7 +7,6 @@
  * The effects of an applied ack are what the caller lists,
  * applied in the same transaction.
  */
-import { randomUUID } from 'node:crypto';
 import type { AckClaims } from '../../../protocol/index.js';
 import { RegistryError } from '../../registry/errors.js';
 import type { AckRecordOutcome, CommandRecord, NewCommand } from '../records.js';
@@ -200,7 +199,6 @@ export class PgCommandStore implements CommandStore {
       return { kind: 'recorded', command: commandRecord(updated ?? row) };
     });
   }
-
 
   // ---- internals -------------------------------------------------------------
 
