@@ -3,7 +3,7 @@
  * transaction), seal to its registered encryption key, record, publish at QoS 1.
  * Fails closed: a device without a key gets nothing.
  *
- * The registry writes of concurrent sends (a fan-out, the HTTP API) are group
+ * The registry writes of concurrent sends (a rollout, the HTTP API) are group
  * committed: one IMMEDIATE transaction per batch for the seqs, one for the
  * records, one for the sent marks. A command is published only after the
  * transaction recording it committed, as before.

@@ -1,6 +1,6 @@
 /**
  * The short-lived MQTT session of `send`: publishes commands and, for `--wait`
- * and fan-outs, subscribes to the acks of the devices concerned, verifying and
+ * and rollouts, subscribes to the acks of the devices concerned, verifying and
  * recording them itself (idempotently: a running `serve` may record the same
  * ack; either way the waiter sees it).
  */

@@ -23,7 +23,6 @@ export const SERVER_EXIT_STATUSES: ExitStatuses = {
   E_NO_KEYS: SETUP,
   E_PARAMS: SETUP, // --params / --set that do not parse; params that parse but are invalid are a ProtocolError (1)
   E_DEVICE_EXISTS: SETUP,
-  E_NO_FANOUT: SETUP,
   E_NO_ROLLOUT: SETUP,
   E_ROLLOUT_STATE: SETUP,
   E_BAD_TAG: SETUP,

@@ -2,7 +2,7 @@
 import type { Argv, CommandModule } from 'yargs';
 import { CodedError } from '../../protocol/index.js';
 import { defineCommand } from '../../lib/cli.js';
-import { brokerFrom, openDataDir } from '../data-dir.js';
+import { type BrokerSettings, brokerFrom, type OpenedData, openDataDir } from '../data-dir.js';
 import { parseDuration } from '../duration.js';
 import { RegistryError } from '../storage/errors.js';
 import { confirmCli, followRollout } from './send-rollout.js';
@@ -17,7 +17,7 @@ import { brokerOverride, withBroker, withData, registryOption } from './common.j
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
-function rolloutId(value: string): string {
+export function rolloutId(value: string): string {
   if (!UUID.test(value)) throw new CodedError('E_USAGE', `rollout id "${value}" is not a rollout id (a UUID, as rollout list prints)`);
   return value;
 }
@@ -118,18 +118,40 @@ const resumeCommand = defineCommand({
     const ackTimeoutMs = parseDuration(args.timeout, '--timeout');
     const data = await openDataDir(args.data, registryOption(args));
     try {
-      const store = data.storage.rollouts;
-      const r = await store.require(args.id);
-      if (r.finishedAt !== null) throw new RegistryError('E_ROLLOUT_STATE', `rollout ${r.id} is finished (${r.state}): nothing to resume`);
-      if (r.state !== 'running') await store.setState(r.id, ROLLOUT_CONTROLS.resume.from, ROLLOUT_CONTROLS.resume.to, args.reason, 'cli');
-      if (args.detach) return void process.stdout.write(`rollout ${r.id}: running\n`);
-      const broker = brokerFrom(data.config.broker, brokerOverride(args));
-      process.exitCode = await followRollout({ data, broker, start: () => r.id, json: args.json, ackTimeoutMs, sealWorkers: 0 });
+      process.exitCode = await resumeRollout(data, args.id, {
+        reason: args.reason,
+        detach: args.detach,
+        json: args.json,
+        ackTimeoutMs,
+        broker: () => brokerFrom(data.config.broker, brokerOverride(args)),
+      });
     } finally {
       await data.storage.close();
     }
   },
 });
+
+/**
+ * `rollout resume ID` (and `send --resume ID`, a fan-out of an earlier version being a rollout now):
+ * marks the rollout running (E_NO_ROLLOUT unknown, E_ROLLOUT_STATE finished) and, unless `detach`,
+ * follows it to the end as send does. Returns the exit status.
+ */
+export async function resumeRollout(
+  data: OpenedData,
+  id: string,
+  o: { reason: string; detach: boolean; json: boolean; ackTimeoutMs: number; broker: () => BrokerSettings; unknown?: string },
+): Promise<number> {
+  const store = data.storage.rollouts;
+  const r = await store.get(id);
+  if (!r) throw new RegistryError('E_NO_ROLLOUT', o.unknown ?? `no rollout with id ${id}`);
+  if (r.finishedAt !== null) throw new RegistryError('E_ROLLOUT_STATE', `rollout ${r.id} is finished (${r.state}): nothing to resume`);
+  if (r.state !== 'running') await store.setState(r.id, ROLLOUT_CONTROLS.resume.from, ROLLOUT_CONTROLS.resume.to, o.reason, 'cli');
+  if (o.detach) {
+    process.stdout.write(`rollout ${r.id}: running\n`);
+    return 0;
+  }
+  return followRollout({ data, broker: o.broker(), start: () => r.id, json: o.json, ackTimeoutMs: o.ackTimeoutMs, sealWorkers: 0 });
+}
 
 const retryCommand = defineCommand({
   command: 'retry <id>',

@@ -4,7 +4,8 @@
  *
  * Exit statuses with --wait: 0 applied, 3 rejected, 4 failed, 7 rolled back (an
  * upgrade whose new release failed its health gate), 5 no ack before the timeout. To many devices (--all, --user, --tag) or with --deliver-within
- * it is a rollout (send-rollout.ts): 0 when every device applied, else 6.
+ * it is a rollout (send-rollout.ts): 0 when every device applied, else 6. `--resume ID` (a fan-out of an earlier
+ * version, folded into a rollout with the same id when the registry was opened: schema migration 8) is `rollout resume ID`.
  */
 import {
   type Action,
@@ -21,12 +22,12 @@ import { deviceIdFlag, readInput } from '../../lib/cli-input.js';
 import { printable } from '../terminal-text.js';
 import { prepareCommand } from '../command-sender.js';
 import type { RolloutSelector } from '../storage/records.js';
-import { parsePercent, parseRate } from '../rollouts/plan.js';
+import { DEFAULT_ROLLOUT_CONCURRENCY, parsePercent, parseRate } from '../rollouts/plan.js';
 import { runRolloutCli } from './send-rollout.js';
+import { resumeRollout, rolloutId } from './rollout.js';
 import { brokerFrom, openDataDir } from '../data-dir.js';
 import { parseCommandTtl, parseDuration } from '../duration.js';
 import { MAX_SEAL_WORKERS } from '../seal-pool.js';
-import { DEFAULT_FANOUT_CONCURRENCY, formatFanoutSummary, progressBar, runFanout } from '../fanout.js';
 import { createLogger } from '../../lib/log.js';
 import { openSendClient } from '../send-client.js';
 import { commandView } from '../views.js';
@@ -87,7 +88,10 @@ export const sendCommand = defineCommand({
         describe: 'rollout: abort (no further sends) when this share of results is rejected, failed or rolled back (upgrade), e.g. 10%',
       })
       .option('abort-min', { type: 'number', describe: 'rollout: results needed before --abort-when can trigger (default 10)' })
-      .option('resume', { type: 'string', describe: 'resume a fan-out recorded before rollouts (by its id); a rollout: provision-server rollout resume ID' })
+      .option('resume', {
+        type: 'string',
+        describe: 'resume a fan-out recorded by an earlier version (by its id): it is a rollout now (same id), so this is provision-server rollout resume ID',
+      })
       .option('params', { type: 'string', describe: 'params as a JSON object' })
       .option('set', { type: 'string', array: true, describe: 'one param as dotted.key=value (value parsed as JSON when it can be); repeatable' })
       .option('wait', {
@@ -102,7 +106,7 @@ export const sendCommand = defineCommand({
           'how long to wait for an ack (per device in a rollout, before it counts as no answer); default 30s, for an upgrade the command lifetime + 15m for the transfer + the deadline',
       })
       .option('ttl', { type: 'string', describe: 'command lifetime: 90 (seconds), 30s, 15m, 24h, 7d (default 5m, at most 7d)' })
-      .option('concurrency', { type: 'number', default: DEFAULT_FANOUT_CONCURRENCY, describe: 'rollout: commands in flight (sent, unanswered) at once' })
+      .option('concurrency', { type: 'number', default: DEFAULT_ROLLOUT_CONCURRENCY, describe: 'rollout: commands in flight (sent, unanswered) at once' })
       .option('seal-workers', {
         type: 'number',
         default: 0,
@@ -160,6 +164,7 @@ export const sendCommand = defineCommand({
     const many = selectors > 0;
     const progressIntervalMs = args.progressInterval === '0' ? 0 : parseDuration(args.progressInterval, '--progress-interval');
     const fanoutResume = args.resume !== undefined;
+    const resumeId = fanoutResume ? rolloutId(args.resume as string) : undefined;
     const actionText = (many || fanoutResume) && args.action === undefined ? args.target : args.action;
     if (!fanoutResume && !isAction(actionText)) throw new CodedError('E_USAGE', `name an action: one of ${ACTIONS.join(', ')}`);
     if (selectors > 1) throw new CodedError('E_USAGE', '--all, --user (without a device), --tag and --devices select devices differently: choose one');
@@ -189,7 +194,7 @@ export const sendCommand = defineCommand({
         '--rate, --ramp-*, --abort-* are for a rollout: send --all / --user UID / --tag TAG ACTION (or DEVICE ACTION --deliver-within)',
       );
     if (fanoutResume && (rollout || many))
-      throw new CodedError('E_USAGE', '--resume takes a fan-out id alone; a rollout resumes with provision-server rollout resume ID');
+      throw new CodedError('E_USAGE', '--resume takes a fan-out (now rollout) id alone: send --resume ID, or provision-server rollout resume ID');
     if (!Number.isInteger(args.sealWorkers) || args.sealWorkers < 0 || args.sealWorkers > MAX_SEAL_WORKERS) {
       throw new CodedError('E_USAGE', `--seal-workers must be an integer 0-${MAX_SEAL_WORKERS}`);
     }
@@ -230,25 +235,17 @@ export const sendCommand = defineCommand({
         });
         return;
       }
-      if (fanoutResume) {
-        const client = await openSendClient(data, broker, { acksOf: 'all', sealWorkers: args.sealWorkers, ...(log ? { log } : {}) });
-        try {
-          const tty = process.stderr.isTTY;
-          const summary = await runFanout({
-            storage: data.storage,
-            sender: client.sender,
-            waiters: client.waiters,
-            resumeId: args.resume as string,
-            concurrency: args.concurrency,
-            timeoutMs,
-            ...(tty ? { onProgress: (done: number, total: number) => process.stderr.write(`\r${progressBar(done, total)}`) } : {}),
-          });
-          if (tty) process.stderr.write('\n');
-          process.stdout.write(formatFanoutSummary(summary));
-          process.exitCode = summary.counts.applied === summary.total ? 0 : SEND_EXIT.fanoutIncomplete;
-        } finally {
-          await client.close();
-        }
+      if (resumeId !== undefined) {
+        // Fan-outs are rollouts now (migration 8 kept each one's id): this is `rollout resume ID`.
+        process.stderr.write(`send --resume: fan-outs are rollouts now; this is: provision-server rollout resume ${resumeId}\n`);
+        process.exitCode = await resumeRollout(data, resumeId, {
+          reason: 'send --resume from the CLI',
+          detach: false,
+          json: args.json,
+          ackTimeoutMs: timeoutMs,
+          broker: () => broker,
+          unknown: `no fan-out or rollout with id ${resumeId} (provision-server rollout list shows them; a fan-out of an earlier version is a rollout with its id)`,
+        });
         return;
       }
       const deviceId = args.target;

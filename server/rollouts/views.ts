@@ -243,3 +243,9 @@ export function formatRolloutList(items: { r: RolloutRecord; counts: TargetCount
   }
   return table(rows);
 }
+
+/** A one-line progress bar for a TTY. */
+export function progressBar(done: number, total: number, width = 30): string {
+  const filled = total === 0 ? width : Math.round((done / total) * width);
+  return `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${done}/${total}`;
+}

@@ -13,7 +13,6 @@ export type RegistryErrorCode =
   | 'E_TOKEN_EXPIRED'
   | 'E_TOKEN_DEVICE'
   | 'E_NO_COMMAND'
-  | 'E_NO_FANOUT'
   | 'E_NO_ROLLOUT'
   | 'E_ROLLOUT_STATE'
   | 'E_BAD_TAG'
@@ -36,7 +35,6 @@ export const REGISTRY_ERROR_CODES: Readonly<Record<RegistryErrorCode, string>> =
   E_TOKEN_EXPIRED: 'enrollment token expired',
   E_TOKEN_DEVICE: 'enrollment token bound to another device',
   E_NO_COMMAND: 'no such command',
-  E_NO_FANOUT: 'no such fan-out',
   E_NO_ROLLOUT: 'no such rollout',
   E_ROLLOUT_STATE: 'the rollout is not in a state that allows this',
   E_BAD_TAG: 'not a valid tag',

@@ -40,7 +40,6 @@ export const MIGRATED_TABLES: readonly MigratedTable[] = [
   { name: 'device_keys', key: ['device_id', 'kid'] },
   { name: 'device_tags', key: ['device_id', 'tag'] },
   { name: 'enrollment_tokens', key: ['hash'] },
-  { name: 'fanouts', key: ['id'] },
   { name: 'releases', key: ['id'], identity: 'id' },
   { name: 'commands', key: ['jti'] },
   { name: 'rollouts', key: ['id'] },

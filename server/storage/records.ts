@@ -109,15 +109,6 @@ export interface AuditRecord {
   detail: Record<string, unknown>;
 }
 
-export interface FanoutRecord {
-  id: string;
-  createdAt: number;
-  action: string;
-  params: Record<string, unknown>;
-  selector: { all?: boolean; userId?: string };
-  devices: string[];
-}
-
 // ---- inputs and outcomes of devices and commands ----------------------------------
 
 export interface NewDevice {

@@ -24,7 +24,6 @@ import type {
   CommandRecord,
   DeviceRecord,
   DeviceState,
-  FanoutRecord,
   Lease,
   NewCommand,
   NewDevice,
@@ -169,9 +168,6 @@ export interface CommandStore {
    * one recorded now applies `effects` in the same transaction.
    */
   recordAck(deviceId: string, ack: AckClaims, effects: readonly AckEffect[]): Promise<AckRecordOutcome>;
-  /** The legacy fan-out (send --resume of a run recorded before rollouts). */
-  createFanout(action: string, params: Record<string, unknown>, selector: FanoutRecord['selector'], devices: string[]): Promise<FanoutRecord>;
-  getFanout(id: string): Promise<FanoutRecord>;
 }
 
 // ---- rollouts and the engine lease ---------------------------------------------

@@ -1,4 +1,4 @@
-/** Shared storage suite: seq allocation, commands, acks with their effects, contradictions, fan-outs. Same tests on SQLite and PostgreSQL. */
+/** Shared storage suite: seq allocation, commands, acks with their effects, contradictions. Same tests on SQLite and PostgreSQL. */
 import { randomUUID } from 'node:crypto';
 import { expect } from 'chai';
 import { RegistryError } from '../../server/storage/errors.js';
@@ -7,7 +7,7 @@ import type { NewCommand } from '../../server/storage/records.js';
 import { forEachBackend } from './backends.js';
 import { ack, addDevice, Clock, keyPair, manifest, rejects, rejectsAny, sendCommand } from './fixtures.js';
 
-describe('storage: seq, commands, acks, fan-outs', function () {
+describe('storage: seq, commands, acks', function () {
   forEachBackend((b) => {
     it('allocates seqs 1, 2, 3 per device with the device; refuses unknown and decommissioned devices without taking one', async () => {
       const s = await b.open();
@@ -263,17 +263,6 @@ describe('storage: seq, commands, acks, fan-outs', function () {
       expect(d.flag?.event).to.equal(ACK_CONTRADICTION_EVENT);
       expect(d.flag?.detail).to.not.have.property('claimed_keys');
       expect(d.encryption?.kid).to.equal(next.encryption.kid);
-    });
-
-    it('fan-outs: created (audited) and read back; an unknown one is E_NO_FANOUT', async () => {
-      const clock = new Clock();
-      const s = await b.open({ now: clock.now });
-      const f = await s.commands.createFanout('update', { interval_s: 30 }, { userId: 'alice' }, ['d1', 'd2']);
-      expect(f).to.deep.include({ createdAt: clock.t, action: 'update', params: { interval_s: 30 }, selector: { userId: 'alice' }, devices: ['d1', 'd2'] });
-      expect(await s.commands.getFanout(f.id)).to.deep.equal(f);
-      await rejects(s.commands.getFanout(randomUUID()), 'E_NO_FANOUT');
-      const ev = (await s.audit.log()).at(-1);
-      expect([ev?.event, ev?.detail]).to.deep.equal(['fanout.create', { fanout_id: f.id, action: 'update', selector: { userId: 'alice' }, devices: 2 }]);
     });
   });
 });

@@ -131,7 +131,6 @@ describe('storage: PostgreSQL core (server/storage/postgres)', function () {
       'device_tags',
       'devices',
       'enrollment_tokens',
-      'fanouts',
       'leases',
       'releases',
       'rollout_targets',
@@ -367,7 +366,7 @@ describe('storage: PostgreSQL core (server/storage/postgres)', function () {
     expect((await a.devices.require('s-2')).nextSeq).to.equal(3);
   });
 
-  it('commands: record, recordMany (one failing alone), markSent(Many), get, sealed, list; fan-outs', async () => {
+  it('commands: record, recordMany (one failing alone), markSent(Many), get, sealed, list', async () => {
     const s = await fresh();
     await device(s, 'c-1');
     const first = command('c-1', 1, { fanoutId: 'f-1', bindUser: 'bob', releaseSha256: 'ab'.repeat(32) });
@@ -405,13 +404,6 @@ describe('storage: PostgreSQL core (server/storage/postgres)', function () {
       params_digest: 'sha256:x',
       fanout_id: 'f-1',
     });
-
-    const f = await s.commands.createFanout('ping', { n: 1 }, { all: true }, ['c-1', 'c-2']);
-    expect(await s.commands.getFanout(f.id)).to.deep.equal(f);
-    const none = await rejection(s.commands.getFanout('nope'));
-    expect(none.code).to.equal('E_NO_FANOUT');
-    expect(none.message).to.equal('no fan-out with id nope');
-    expect((await s.audit.query({ event: 'fanout' }))[0]?.detail).to.deep.equal({ fanout_id: f.id, action: 'ping', selector: { all: true }, devices: 2 });
   });
 
   it('recordAck: unknown, recorded, duplicate, contradiction (flag, audit, no effects); two concurrent acks of one command record once', async () => {

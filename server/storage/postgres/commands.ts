@@ -1,5 +1,5 @@
 /**
- * Commands, acks and the legacy fan-outs in PostgreSQL, as
+ * Commands and acks in PostgreSQL, as
  * server/storage/sqlite/commands.ts keeps them in SQLite (same rows, errors, audit
  * events and detail). An ack is recorded under the command's row lock (SELECT
  * ... FOR UPDATE): of two processes recording acks of one command, the second
@@ -7,10 +7,9 @@
  * The effects of an applied ack are what the caller lists,
  * applied in the same transaction.
  */
-import { randomUUID } from 'node:crypto';
 import type { AckClaims } from '../../../protocol/index.js';
 import { RegistryError } from '../errors.js';
-import type { AckRecordOutcome, CommandRecord, FanoutRecord, NewCommand } from '../records.js';
+import type { AckRecordOutcome, CommandRecord, NewCommand } from '../records.js';
 import { ACK_CONTRADICTION_EVENT, ackContradicts } from '../rules.js';
 import type { AckEffect, CommandListFilter, CommandStore } from '../types.js';
 import { appendAudit } from './audit.js';
@@ -199,38 +198,6 @@ export class PgCommandStore implements CommandStore {
       }
       return { kind: 'recorded', command: commandRecord(updated ?? row) };
     });
-  }
-
-  async createFanout(action: string, params: Record<string, unknown>, selector: FanoutRecord['selector'], devices: string[]): Promise<FanoutRecord> {
-    const record: FanoutRecord = { id: randomUUID(), createdAt: this.#now(), action, params, selector, devices };
-    await this.#db.tx(async (sql) => {
-      await sql.run('INSERT INTO fanouts (id, created_at, action, params, selector, devices) VALUES ($1, $2, $3, $4, $5, $6)', [
-        record.id,
-        record.createdAt,
-        action,
-        JSON.stringify(params),
-        JSON.stringify(selector),
-        JSON.stringify(devices),
-      ]);
-      await appendAudit(sql, record.createdAt, 'fanout.create', null, { fanout_id: record.id, action, selector, devices: devices.length });
-    });
-    return record;
-  }
-
-  async getFanout(id: string): Promise<FanoutRecord> {
-    const row = await this.#db.one<{ id: string; created_at: number; action: string; params: string; selector: string; devices: string }>(
-      'SELECT * FROM fanouts WHERE id = $1',
-      [id],
-    );
-    if (!row) throw new RegistryError('E_NO_FANOUT', `no fan-out with id ${id}`);
-    return {
-      id: row.id,
-      createdAt: row.created_at,
-      action: row.action,
-      params: JSON.parse(row.params) as Record<string, unknown>,
-      selector: JSON.parse(row.selector) as FanoutRecord['selector'],
-      devices: JSON.parse(row.devices) as string[],
-    };
   }
 
   // ---- internals -------------------------------------------------------------

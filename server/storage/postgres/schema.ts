@@ -101,15 +101,6 @@ export const PG_MIGRATIONS: readonly string[] = [
   CREATE INDEX commands_fanout ON commands (fanout_id);
   CREATE INDEX commands_release ON commands (release_sha256) WHERE release_sha256 IS NOT NULL;
 
-  CREATE TABLE fanouts (
-    id text COLLATE "C" PRIMARY KEY,
-    created_at bigint NOT NULL,
-    action text COLLATE "C" NOT NULL,
-    params text COLLATE "C" NOT NULL,
-    selector text COLLATE "C" NOT NULL,
-    devices text COLLATE "C" NOT NULL
-  );
-
   CREATE TABLE audit (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     at bigint NOT NULL,

@@ -3,10 +3,8 @@
  * recorded (audited command.create) before it is published, an ack recorded
  * once with its effects on the device in the same IMMEDIATE transaction.
  */
-import { randomUUID } from 'node:crypto';
 import type { AckClaims } from '../../../protocol/index.js';
-import { RegistryError } from '../errors.js';
-import type { AckRecordOutcome, CommandRecord, FanoutRecord, NewCommand } from '../records.js';
+import type { AckRecordOutcome, CommandRecord, NewCommand } from '../records.js';
 import { ACK_CONTRADICTION_EVENT, ackContradicts } from '../rules.js';
 import type { AckEffect, CommandListFilter, CommandStore } from '../types.js';
 import { appendAudit } from './audit.js';
@@ -215,32 +213,5 @@ export class SqliteCommandStore implements CommandStore {
         return { kind: 'recorded', command: readCommand(this.#s.db, row.jti) as CommandRecord };
       })
       .immediate();
-  }
-
-  async createFanout(action: string, params: Record<string, unknown>, selector: FanoutRecord['selector'], devices: string[]): Promise<FanoutRecord> {
-    const record: FanoutRecord = { id: randomUUID(), createdAt: this.#s.now(), action, params, selector, devices };
-    this.#s.db
-      .transaction(() => {
-        this.#s.db
-          .prepare('INSERT INTO fanouts (id, created_at, action, params, selector, devices) VALUES (?, ?, ?, ?, ?, ?)')
-          .run(record.id, record.createdAt, action, JSON.stringify(params), JSON.stringify(selector), JSON.stringify(devices));
-        appendAudit(this.#s, 'fanout.create', null, { fanout_id: record.id, action, selector, devices: devices.length });
-      })
-      .immediate();
-    return record;
-  }
-
-  async getFanout(id: string): Promise<FanoutRecord> {
-    const row = this.#s.db.prepare('SELECT * FROM fanouts WHERE id = ?').get(id) as
-      { id: string; created_at: number; action: string; params: string; selector: string; devices: string } | undefined;
-    if (!row) throw new RegistryError('E_NO_FANOUT', `no fan-out with id ${id}`);
-    return {
-      id: row.id,
-      createdAt: row.created_at,
-      action: row.action,
-      params: JSON.parse(row.params) as Record<string, unknown>,
-      selector: JSON.parse(row.selector) as FanoutRecord['selector'],
-      devices: JSON.parse(row.devices) as string[],
-    };
   }
 }

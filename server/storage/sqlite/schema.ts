@@ -6,7 +6,7 @@ import type Database from 'better-sqlite3';
 import { RegistryError } from '../errors.js';
 
 export const MIGRATIONS: readonly string[] = [
-  // 1: devices, their keys, enrollment tokens, commands, fan-outs and the audit log.
+  // 1: devices, their keys, enrollment tokens, commands, fan-outs (folded into rollouts by 8) and the audit log.
   `
   CREATE TABLE devices (
     id TEXT PRIMARY KEY,
@@ -269,6 +269,68 @@ export const MIGRATIONS: readonly string[] = [
   CREATE INDEX rollout_targets_device ON rollout_targets (device_id, state);
   CREATE INDEX rollout_targets_order ON rollout_targets (rollout_id, state, attempts, device_id);
   CREATE INDEX rollout_targets_jti ON rollout_targets (jti);
+  `,
+  // 8: the legacy fan-out (send --all/--user before rollouts, resumed with send --resume) folds into
+  // rollouts. Each fanouts row becomes a rollouts row with the same id (its commands already carry it as
+  // fanout_id, as a rollout's do): its action, params and selector ({all:true} or {userId}), no user_id
+  // (each device's user, as the fan-out sent), ttl_s the default command lifetime (300 s), concurrency the
+  // fan-out's default (32), no rate and no abort rule (abort_min 10), deadline 30 days after the migration
+  // (the longest --deliver-within: past it a paused rollout completes with what is left `expired`).
+  // A target per device of the fan-out (its list, duplicates once), from that device's commands of it:
+  // - answered (the newest answer): the ack's status (applied, rejected, failed, rolled_back), code and jti;
+  // - else the newest command unanswered, not void and still valid: `sent` with its jti (its answer
+  //   settles it, as any rollout's);
+  // - else unanswered and past its lifetime: `pending`, code E_TIMEOUT (no answer): resumed, it gets a
+  //   fresh command, as send --resume sealed anew for it;
+  // - else (no command: the fan-out never reached it): `pending`.
+  // attempts: the commands the fan-out sealed for it. The rollout is `completed` (finished now) when no
+  // target is pending or sent, else `paused`: nothing is sent until an operator runs
+  // `provision-server rollout resume ID` (or resumes it over HTTP). One audit row `rollout.migrated` per
+  // fan-out (rollout_id, the counts by state); then the fanouts table is dropped.
+  `
+  CREATE TEMP TABLE migration_8_clock AS SELECT CAST(unixepoch('subsec') * 1000 AS INTEGER) AS now;
+
+  INSERT INTO rollouts (id, created_at, action, params, user_id, selector, ttl_s, deadline_at, rate_per_min, ramp_from, ramp_factor,
+      abort_percent, abort_min, concurrency, state, state_reason, updated_at, planning, retry_of)
+    SELECT f.id, f.created_at, f.action, f.params, NULL, f.selector, 300, k.now + 30 * 86400000, NULL, NULL, NULL,
+      NULL, 10, 32, 'paused', 'migrated from a fan-out: resume with provision-server rollout resume ' || f.id, k.now, 0, NULL
+    FROM fanouts f, migration_8_clock k;
+
+  INSERT INTO rollout_targets (rollout_id, device_id, state, jti, attempts, code, sent_at, updated_at)
+    SELECT t.fanout_id, t.device_id,
+      CASE WHEN a.jti IS NOT NULL THEN a.ack_status WHEN u.expires_at > k.now THEN 'sent' ELSE 'pending' END,
+      CASE WHEN a.jti IS NOT NULL THEN a.jti WHEN u.expires_at > k.now THEN u.jti END,
+      (SELECT COUNT(*) FROM commands c WHERE c.fanout_id = t.fanout_id AND c.device_id = t.device_id),
+      CASE WHEN a.jti IS NOT NULL THEN a.ack_code WHEN u.jti IS NOT NULL AND u.expires_at <= k.now THEN 'E_TIMEOUT' END,
+      CASE WHEN a.jti IS NOT NULL THEN a.sent_at WHEN u.expires_at > k.now THEN COALESCE(u.sent_at, u.created_at) END,
+      k.now
+    FROM (SELECT DISTINCT f.id AS fanout_id, d.value AS device_id FROM fanouts f, json_each(f.devices) d) t
+    CROSS JOIN migration_8_clock k
+    LEFT JOIN commands a ON a.jti = (SELECT c.jti FROM commands c WHERE c.fanout_id = t.fanout_id AND c.device_id = t.device_id AND c.ack_status IS NOT NULL
+      ORDER BY c.acked_at DESC, c.created_at DESC, c.seq DESC LIMIT 1)
+    LEFT JOIN commands u ON u.jti = (SELECT c.jti FROM commands c WHERE c.fanout_id = t.fanout_id AND c.device_id = t.device_id AND c.ack_status IS NULL
+      AND c.voided_at IS NULL ORDER BY c.created_at DESC, c.seq DESC LIMIT 1);
+
+  UPDATE rollouts SET state = 'completed', state_reason = 'migrated from a fan-out: every device answered',
+      finished_at = (SELECT now FROM migration_8_clock)
+    WHERE id IN (SELECT id FROM fanouts)
+      AND NOT EXISTS (SELECT 1 FROM rollout_targets t WHERE t.rollout_id = rollouts.id AND t.state IN ('pending', 'sent'));
+
+  INSERT INTO audit (at, event, device_id, detail)
+    SELECT k.now, 'rollout.migrated', NULL, json_object(
+        'rollout_id', r.id, 'from', 'fanout', 'action', r.action, 'selector', json(r.selector), 'state', r.state,
+        'devices', (SELECT COUNT(*) FROM rollout_targets t WHERE t.rollout_id = r.id),
+        'applied', (SELECT COUNT(*) FROM rollout_targets t WHERE t.rollout_id = r.id AND t.state = 'applied'),
+        'rejected', (SELECT COUNT(*) FROM rollout_targets t WHERE t.rollout_id = r.id AND t.state = 'rejected'),
+        'failed', (SELECT COUNT(*) FROM rollout_targets t WHERE t.rollout_id = r.id AND t.state = 'failed'),
+        'rolled_back', (SELECT COUNT(*) FROM rollout_targets t WHERE t.rollout_id = r.id AND t.state = 'rolled_back'),
+        'sent', (SELECT COUNT(*) FROM rollout_targets t WHERE t.rollout_id = r.id AND t.state = 'sent'),
+        'pending', (SELECT COUNT(*) FROM rollout_targets t WHERE t.rollout_id = r.id AND t.state = 'pending'))
+    FROM fanouts f JOIN rollouts r ON r.id = f.id CROSS JOIN migration_8_clock k
+    ORDER BY f.created_at, f.id;
+
+  DROP TABLE fanouts;
+  DROP TABLE migration_8_clock;
   `,
 ];
 
