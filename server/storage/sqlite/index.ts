@@ -156,6 +156,10 @@ export class SqliteStorage implements Storage {
     };
     const rel = new SqliteReleases(r);
     this.releases = {
+      // One machine: a release's files are in its data directory (DATA/releases/VERSION-ARCH), not in the registry.
+      keepsFiles: false,
+      putFiles: async () => undefined,
+      files: async () => undefined,
       list: async (filter) => rel.list(filter),
       get: async (version, arch) => rel.get(version, arch),
       bySha256: async (sha) => rel.bySha256(sha),
