@@ -103,7 +103,7 @@ describe('storage: releases', function () {
       expect(await s.releases.upgradeInFlight('d2', sha)).to.equal(false);
     });
 
-    it('keeps a release\'s files for every machine (PostgreSQL: stored with the row, replaced by putFiles, gone with removal; SQLite: one machine, none kept)', async () => {
+    it("keeps a release's files for every machine (PostgreSQL: stored with the row, replaced by putFiles, gone with removal; SQLite: one machine, none kept)", async () => {
       const s = await b.open();
       const other = await b.open(); // a second machine on the same registry
       const m = manifest('4.0.0', 'arm64');
