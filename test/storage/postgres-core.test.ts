@@ -133,6 +133,7 @@ describe('storage: PostgreSQL core (server/storage/postgres)', function () {
       'enrollment_tokens',
       'fanouts',
       'leases',
+      'release_files',
       'releases',
       'rollout_targets',
       'rollouts',
