@@ -135,6 +135,7 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
     const chunkClient = fetchClient;
     chunks = new ChunkServer({
       storage,
+      dataDir: data.paths.dir,
       topicPrefix: config.topicPrefix,
       log,
       publish: async (topic, payload) => {

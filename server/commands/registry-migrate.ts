@@ -19,6 +19,10 @@ function report(r: MigrateResult): string {
   const total = r.tables.reduce((n, t) => n + t.rows, 0);
   lines.push('');
   lines.push(`${r.from} copied to ${r.to} and verified: ${total} rows in ${r.tables.length} tables, counts and digests equal.`);
+  const f = r.releaseFiles;
+  lines.push(
+    `Release files: ${f.files} file${f.files === 1 ? '' : 's'} of ${f.releases} live release${f.releases === 1 ? '' : 's'} (${f.bytes} bytes) copied and verified (SHA-256).`,
+  );
   for (const s of r.skipped) lines.push(`Not copied: ${s.table} (${s.rows} row${s.rows === 1 ? '' : 's'}): ${s.reason}.`);
   lines.push(
     `Next: stop every serve on the SQLite registry, then run the server on the new one: --registry URL, or ${REGISTRY_ENV}=URL, ` +
@@ -50,6 +54,7 @@ const migrateCommand = defineCommand({
     const from = args.from !== undefined ? resolve(args.from) : dataPaths(args.data).registry;
     let last = Date.now();
     const result = await migrateRegistry(from, to.url, {
+      dataDir: args.data,
       log: { warn: (event, fields) => process.stderr.write(`provision-server: ${event} ${JSON.stringify(fields ?? {})}\n`) },
       onProgress: (p) => {
         if (args.json || Date.now() - last < PROGRESS_EVERY_MS) return;

@@ -139,7 +139,7 @@ const removeCommand = defineCommand({
     const data = await openDataDir(args.data, registryOption(args));
     try {
       const r = await data.storage.releases.require(args.ver, args.arch);
-      await removeRelease(data.storage, r);
+      await removeRelease(data.storage, r, data.paths.dir);
       process.stdout.write(`removed release ${r.version} (${r.arch})\n`);
     } finally {
       await data.storage.close();

@@ -1,7 +1,10 @@
 /**
  * Releases in the data directory: DATA/releases/VERSION-ARCH/ holding
  * `artifact.tar.gz`, `index.bin` (the chunk index), `manifest.jws` (signed)
- * and `manifest.json` (readable), with a row in the registry (storage/sqlite/releases.ts).
+ * and `manifest.json` (readable), with a row in the registry (server/storage/sqlite/releases.ts, postgres/releases.ts).
+ * A registry shared by several machines (PostgreSQL) also keeps the four
+ * files, stored in the row's transaction: another machine's serve writes the
+ * directory from them when a board fetches (server/releases/materialise.ts).
  * A release is written into a temporary directory and renamed into place
  * before it is recorded: a crash leaves no half release behind a row.
  */
@@ -12,7 +15,7 @@ import { CodedError, KeyRing, verifyReleaseManifest, signReleaseManifest, type P
 import { fsyncDirectory, writeFileAtomic } from '../../lib/durable-file.js';
 import { ensurePrivateDir } from '../../lib/fs.js';
 import type { ReleaseRecord } from '../storage/records.js';
-import type { Storage } from '../storage/types.js';
+import type { ReleaseFile, Storage } from '../storage/types.js';
 import { readReleaseJwks } from '../release-key.js';
 import { digestArtifact, manifestFor, packTree, readTreeInfo } from './pack.js';
 
@@ -36,6 +39,21 @@ export async function releaseKeyRing(dataDir: string): Promise<KeyRing> {
   return KeyRing.create(keys);
 }
 
+/** The files of a release directory, in this order. */
+export const RELEASE_FILES: readonly string[] = [ARTIFACT_FILE, INDEX_FILE, MANIFEST_JWS_FILE, MANIFEST_JSON_FILE];
+
+/** The directory of release VERSION-ARCH in a data directory. */
+export function releaseDirOf(dataDir: string, r: { version: string; arch: string }): string {
+  return join(releasesDir(dataDir), `${r.version}-${r.arch}`);
+}
+
+/** A release directory's files, read whole (the artifact is at most 64 MiB): what a registry shared by several machines stores. */
+export async function readReleaseFiles(dir: string): Promise<ReleaseFile[]> {
+  const out: ReleaseFile[] = [];
+  for (const name of RELEASE_FILES) out.push({ name, bytes: await readFile(join(dir, name)) });
+  return out;
+}
+
 interface Staged {
   tmp: string;
   manifest: ReleaseManifest;
@@ -45,11 +63,14 @@ interface Staged {
 async function install(storage: Storage, dataDir: string, staged: Staged): Promise<ReleaseRecord> {
   const store = storage.releases;
   const m = staged.manifest;
-  const final = join(releasesDir(dataDir), `${m.version}-${m.arch}`);
+  const final = releaseDirOf(dataDir, m);
+  let files: ReleaseFile[] | undefined;
   try {
     if (await store.get(m.version, m.arch)) throw new CodedError('E_RELEASE_EXISTS', `release ${m.version} for ${m.arch} already exists; remove it first`);
     await writeFileAtomic(join(staged.tmp, MANIFEST_JWS_FILE), `${staged.jws}\n`, { mode: 0o644 });
     await writeFileAtomic(join(staged.tmp, MANIFEST_JSON_FILE), `${JSON.stringify(m, null, 2)}\n`, { mode: 0o644 });
+    // A registry shared by several machines keeps the files too, stored with the row (see releaseFilesOf).
+    if (store.keepsFiles) files = await readReleaseFiles(staged.tmp);
     // A directory left by a release removed earlier (or a crash after the rename) is replaced.
     await rm(final, { recursive: true, force: true });
     await rename(staged.tmp, final);
@@ -59,7 +80,7 @@ async function install(storage: Storage, dataDir: string, staged: Staged): Promi
     throw err;
   }
   try {
-    return await store.add(m, staged.jws, final);
+    return await store.add(m, staged.jws, final, files);
   } catch (err) {
     await rm(final, { recursive: true, force: true });
     throw err;
@@ -161,10 +182,15 @@ export async function addReleaseFromFiles(
   }
 }
 
-/** `release remove`: refused (E_RELEASE_IN_USE) while a rollout or an in-flight command uses it; then its files are deleted. */
-export async function removeRelease(storage: Storage, r: ReleaseRecord): Promise<void> {
+/**
+ * `release remove`: refused (E_RELEASE_IN_USE) while a rollout or an in-flight command uses it; then its files are
+ * deleted (the registry's copy with the row; the directory the row names, and this data directory's copy). Copies
+ * other machines wrote stay on their disks until a release of the same version and arch replaces them.
+ */
+export async function removeRelease(storage: Storage, r: ReleaseRecord, dataDir?: string): Promise<void> {
   await storage.releases.markRemoved(r);
   await rm(r.dir, { recursive: true, force: true });
+  if (dataDir !== undefined) await rm(releaseDirOf(dataDir, r), { recursive: true, force: true });
 }
 
 /** A release's manifest as JSON (what manifest.jws signs), from the registry row. */

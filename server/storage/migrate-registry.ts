@@ -18,14 +18,26 @@
  *   over its rows in primary-key order (tableDigest below), computed the same
  *   way from both databases. Any difference throws E_MIGRATE_VERIFY naming the
  *   table and the transaction rolls back: nothing is left half-copied.
+ * - The files of every live release (DATA/releases/VERSION-ARCH/: artifact,
+ *   chunk index, manifests) are loaded into release_files in the same
+ *   transaction, so that every serve sharing the new registry can serve
+ *   chunks. Each release's files are checked before they are written (the
+ *   artifact's size and SHA-256 are the row's, the index its chunks'), and
+ *   read back from PostgreSQL as SHA-256 sums; a live release whose files are
+ *   missing or differ throws E_MIGRATE_VERIFY (remove it, or put its files back).
  */
 import Database from 'better-sqlite3';
 import { createHash, type Hash } from 'node:crypto';
 import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { RegistryError } from './errors.js';
 import { SCHEMA_VERSION } from './sqlite/schema.js';
 import { PgDb, type PgLog, type Sql } from './postgres/db.js';
 import { migratePostgres } from './postgres/schema.js';
+import { insertFiles } from './postgres/releases.js';
+import { verifyReleaseFiles } from '../releases/materialise.js';
+import { ARTIFACT_FILE, readReleaseFiles, releaseDirOf } from '../releases/store.js';
+import type { ReleaseRecord } from './records.js';
 
 /** A copied table: its name, primary key (the digest's row order) and identity column, if any. */
 export interface MigratedTable {
@@ -68,6 +80,8 @@ export interface MigrateResult {
   /** The registry schema version both sides have. */
   schemaVersion: number;
   tables: TableResult[];
+  /** The live releases' files loaded into release_files (rows: files; digest over release id, name, size, SHA-256 of each). */
+  releaseFiles: { releases: number; files: number; bytes: number; digest: string };
   /** Tables left behind on purpose, and why. */
   skipped: { table: string; rows: number; reason: string }[];
 }
@@ -85,6 +99,8 @@ export interface MigrateOptions {
   log?: PgLog;
   /** Called after each batch written (and each batch read back). */
   onProgress?: (p: MigrateProgress) => void;
+  /** The data directory whose DATA/releases/VERSION-ARCH/ hold the live releases' files (default: the directory each row names). */
+  dataDir?: string;
 }
 
 type SqlValue = string | number | null;
@@ -369,12 +385,84 @@ export async function migrateRegistry(sqlitePath: string, pgUrl: string, options
       for (const table of MIGRATED_TABLES) await checkPgColumns(sql, table.name, columns.get(table.name) as string[]);
       const copied = new Map<string, TableResult>();
       for (const table of MIGRATED_TABLES) copied.set(table.name, await copyTable(sqlite, sql, table, columns.get(table.name) as string[], options.onProgress));
-      return verifyTables(sqlite, sql, copied, options.onProgress);
+      const verified = await verifyTables(sqlite, sql, copied, options.onProgress);
+      return { verified, releaseFiles: await copyReleaseFiles(sqlite, sql, options.dataDir) };
     });
-    return { from: sqlitePath, to: pg.location, schemaVersion: SCHEMA_VERSION, tables, skipped };
+    return { from: sqlitePath, to: pg.location, schemaVersion: SCHEMA_VERSION, tables: tables.verified, releaseFiles: tables.releaseFiles, skipped };
   } finally {
     if (sqlite.inTransaction) sqlite.exec('COMMIT');
     sqlite.close();
     await pg?.end();
   }
+}
+
+interface LiveReleaseRow {
+  id: number;
+  version: string;
+  arch: string;
+  bytes: number;
+  sha256: string;
+  manifest: string;
+  dir: string;
+  added_at: number;
+}
+
+/** Where a live release's files are on this machine: DATA/releases/VERSION-ARCH when `dataDir` has them, else the row's dir. */
+function releaseFilesDir(row: LiveReleaseRow, dataDir: string | undefined): string {
+  if (dataDir !== undefined) {
+    const here = releaseDirOf(dataDir, row);
+    if (existsSync(join(here, ARTIFACT_FILE))) return here;
+  }
+  return row.dir;
+}
+
+/**
+ * Loads the files of every live release of the SQLite registry into
+ * release_files (inside the migration's transaction), checked against the
+ * release's row before, and read back as SHA-256 sums after.
+ */
+async function copyReleaseFiles(sqlite: Database.Database, sql: Sql, dataDir: string | undefined): Promise<MigrateResult['releaseFiles']> {
+  const rows = sqlite
+    .prepare('SELECT id, version, arch, bytes, sha256, manifest, dir, added_at FROM releases WHERE removed_at IS NULL ORDER BY id')
+    .all() as LiveReleaseRow[];
+  const expected = new Map<string, { size: number; sha256: string }>();
+  for (const row of rows) {
+    const record: ReleaseRecord = { ...row, addedAt: row.added_at, removedAt: null };
+    const dir = releaseFilesDir(row, dataDir);
+    const what = `release ${row.version} (${row.arch})`;
+    let files;
+    try {
+      files = await readReleaseFiles(dir);
+      verifyReleaseFiles(record, files);
+    } catch (err) {
+      throw new RegistryError(
+        'E_MIGRATE_VERIFY',
+        `${what}: its files in ${dir} cannot be copied (${err instanceof Error ? err.message : String(err)}); put them back or remove the release (provision-server release remove), then migrate again`,
+      );
+    }
+    for (const f of files) expected.set(`${row.id}/${f.name}`, { size: f.bytes.length, sha256: createHash('sha256').update(f.bytes).digest('hex') });
+    await insertFiles(sql, row.id, files);
+  }
+  const stored = await sql.q<{ release_id: number; name: string; size: number; sha: string }>(
+    `SELECT release_id, name, octet_length(bytes) AS size, encode(sha256(bytes), 'hex') AS sha FROM release_files ORDER BY release_id, name COLLATE "C"`,
+  );
+  const digest = new TableDigest('release_files');
+  let bytes = 0;
+  for (const f of stored) {
+    const want = expected.get(`${f.release_id}/${f.name}`);
+    if (!want || want.size !== f.size || want.sha256 !== f.sha)
+      throw new RegistryError('E_MIGRATE_VERIFY', `release_files: ${f.name} of release id ${f.release_id} differs in PostgreSQL from the file copied`);
+    digest.add([f.release_id, f.name, f.size, f.sha]);
+    bytes += f.size;
+  }
+  if (stored.length !== expected.size)
+    throw new RegistryError('E_MIGRATE_VERIFY', `release_files: ${expected.size} files copied, ${stored.length} in PostgreSQL`);
+  const artifacts = stored.filter((f) => f.name === ARTIFACT_FILE);
+  for (const a of artifacts) {
+    const row = rows.find((r) => r.id === a.release_id);
+    if (row?.sha256 !== a.sha)
+      throw new RegistryError('E_MIGRATE_VERIFY', `release_files: the artifact of release id ${a.release_id} does not have its row's SHA-256`);
+  }
+  const d = digest.result();
+  return { releases: rows.length, files: stored.length, bytes, digest: d.digest };
 }

@@ -252,12 +252,29 @@ export interface AuditStore {
 
 // ---- releases -----------------------------------------------------------------
 
+/** One file of a release's directory (artifact.tar.gz, index.bin, manifest.jws, manifest.json) as the registry keeps it. */
+export interface ReleaseFile {
+  name: string;
+  bytes: Buffer;
+}
+
 export interface ReleaseStore {
+  /**
+   * Whether the registry keeps the releases' files for every machine sharing it
+   * (PostgreSQL: table release_files). false (SQLite): one machine, the files
+   * are in its data directory only; putFiles does nothing and files() is undefined.
+   */
+  readonly keepsFiles: boolean;
   list(filter?: { version?: string }): Promise<ReleaseRecord[]>;
   get(version: string, arch: string): Promise<ReleaseRecord | undefined>;
   bySha256(sha256: string): Promise<ReleaseRecord | undefined>;
   require(version: string, arch?: string): Promise<ReleaseRecord>;
-  add(m: ReleaseManifest, manifestJws: string, dir: string): Promise<ReleaseRecord>;
+  /** Records the release; with keepsFiles, `files` are stored in the same transaction as the row (none: none stored). */
+  add(m: ReleaseManifest, manifestJws: string, dir: string, files?: readonly ReleaseFile[]): Promise<ReleaseRecord>;
+  /** Stores (replaces) the files of the live release `releaseId` (E_NO_RELEASE when it is not live). No-op without keepsFiles. */
+  putFiles(releaseId: number, files: readonly ReleaseFile[]): Promise<void>;
+  /** The stored files of the live release with this artifact, by name; undefined when none are stored (always, without keepsFiles). */
+  files(sha256: string): Promise<ReleaseFile[] | undefined>;
   /** What still needs the release (an unfinished rollout, an unanswered command), as text; undefined: nothing. */
   inUse(r: ReleaseRecord): Promise<string | undefined>;
   markRemoved(r: ReleaseRecord): Promise<void>;

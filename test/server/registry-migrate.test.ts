@@ -8,11 +8,11 @@
  */
 import { expect } from 'chai';
 import Database from 'better-sqlite3';
-import { randomUUID } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { copyFileSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import pg from 'pg';
 import { toPublicJwk, type AckClaims, type ReleaseManifest } from '../../protocol/index.js';
 import { ackEffectsOf } from '../../server/actions/table.js';
@@ -41,6 +41,25 @@ function manifest(version: string, sha: string): ReleaseManifest {
     chunks: { bytes: 61_440, count: 1, index_sha256: 'c'.repeat(64) },
     created_at: '2026-12-01T00:00:00Z',
   };
+}
+
+/**
+ * A live release's directory with real files (the artifact random bytes, its
+ * chunk index, a manifest naming both): what `registry migrate` loads into
+ * release_files. The JWS is not signed (nothing here checks signatures).
+ */
+async function writeReleaseDir(dir: string, version: string): Promise<{ manifest: ReleaseManifest; jws: string }> {
+  const artifact = randomBytes(1234);
+  const index = createHash('sha256').update(artifact).digest();
+  const m = manifest(version, createHash('sha256').update(artifact).digest('hex'));
+  m.chunks.index_sha256 = createHash('sha256').update(index).digest('hex');
+  const jws = `eyJhbGciOiJFZERTQSJ9.${Buffer.from(JSON.stringify(m)).toString('base64url')}.c2ln`;
+  await mkdir(dir, { recursive: true });
+  await writeFile(join(dir, 'artifact.tar.gz'), artifact);
+  await writeFile(join(dir, 'index.bin'), index);
+  await writeFile(join(dir, 'manifest.jws'), `${jws}\n`);
+  await writeFile(join(dir, 'manifest.json'), `${JSON.stringify(m, null, 2)}\n`);
+  return { manifest: m, jws };
 }
 
 /** Fills a registry through the registry's own code; returns nothing: the tests read the file itself. */
@@ -160,7 +179,9 @@ async function buildRegistry(path: string): Promise<void> {
   // Releases: one removed (kept with removed_at), one live; ids 1 and 2.
   const releases = reg.releases;
   await releases.markRemoved(await releases.add(manifest('1.0.0', 'a'.repeat(64)), 'jws.1', '/var/lib/provision-server/releases/1.0.0-arm64'));
-  await releases.add(manifest('1.1.0', 'b'.repeat(64)), 'jws.2', '/var/lib/provision-server/releases/1.1.0-arm64');
+  const liveDir = join(dirname(path), 'releases', '1.1.0-arm64');
+  const live = await writeReleaseDir(liveDir, '1.1.0');
+  await releases.add(live.manifest, live.jws, liveDir);
 
   await reg.audit.append('test.unicode', 'émile-3', { note: 'ünïcödé ✓ "quoted" \\ back', n: 1.25 });
   await reg.close();
@@ -256,7 +277,17 @@ describe('server: registry migrate (SQLite -> PostgreSQL)', function () {
     expect(r.stdout).to.contain('Not copied: leases (1 row): engine leases');
     expect(r.stdout).to.contain('--registry URL').and.contain('PROVISION_SERVER_REGISTRY').and.contain('server.json');
     expect(r.stdout).to.contain(`The SQLite file ${registry} was left unchanged`);
+    expect(r.stdout).to.match(/^Release files: 4 files of 1 live release \(\d+ bytes\) copied and verified \(SHA-256\)\.$/m);
     unchanged();
+    // The live release's files, byte for byte; none for the removed one.
+    const files = await pgQuery<{ release_id: string; name: string; bytes: Buffer }>(url, 'SELECT release_id, name, bytes FROM release_files ORDER BY name');
+    expect(files.map((f) => [Number(f.release_id), f.name])).to.deep.equal([
+      [2, 'artifact.tar.gz'],
+      [2, 'index.bin'],
+      [2, 'manifest.json'],
+      [2, 'manifest.jws'],
+    ]);
+    for (const f of files) expect(f.bytes.equals(await readFile(join(data, 'releases', '1.1.0-arm64', f.name))), f.name).to.equal(true);
 
     // Read back: the same rows in PostgreSQL.
     expect(await pgCounts(url)).to.deep.equal(counts);
@@ -367,6 +398,34 @@ describe('server: registry migrate (SQLite -> PostgreSQL)', function () {
     await verifyRegistryCopy(registry, url).catch((e: unknown) => (err = e));
     expect(err).to.have.property('code', 'E_MIGRATE_VERIFY');
     expect((err as Error).message).to.contain('table rollout_targets: 5 rows in SQLite, 4 in PostgreSQL');
+    unchanged();
+  });
+
+  it("a live release whose files are missing or not its row's is refused (E_MIGRATE_VERIFY naming it, nothing kept)", async () => {
+    const c = cluster as PgCluster;
+    const artifact = join(data, 'releases', '1.1.0-arm64', 'artifact.tar.gz');
+    const good = await readFile(artifact);
+    const bad = Buffer.from(good);
+    bad[100] = (bad[100] ?? 0) ^ 1;
+    try {
+      await writeFile(artifact, bad);
+      const url = await c.createDatabase();
+      const r = await runServerCli(['registry', 'migrate', '--data', data, '--to', url]);
+      expect(r.code).to.equal(1);
+      expect(r.stderr).to.contain('E_MIGRATE_VERIFY: release 1.1.0 (arm64)').and.contain("does not have the manifest's SHA-256");
+      expect(
+        Object.values(await pgCounts(url)).every((n) => n === 0),
+        'nothing kept',
+      ).to.equal(true);
+      expect(await pgQuery(url, 'SELECT name FROM release_files')).to.deep.equal([]);
+      await rm(artifact);
+      const url2 = await c.createDatabase();
+      const gone = await runServerCli(['registry', 'migrate', '--data', data, '--to', url2]);
+      expect(gone.code).to.equal(1);
+      expect(gone.stderr).to.contain('E_MIGRATE_VERIFY: release 1.1.0 (arm64)').and.contain('release remove');
+    } finally {
+      await writeFile(artifact, good);
+    }
     unchanged();
   });
 

@@ -132,6 +132,7 @@ describe('storage: PostgreSQL core (server/storage/postgres)', function () {
       'devices',
       'enrollment_tokens',
       'leases',
+      'release_files',
       'releases',
       'rollout_targets',
       'rollouts',

@@ -1,5 +1,7 @@
 /** Shared storage suite: agent releases (add, list, lookups, in use, removal, upgrade in flight). Same tests on SQLite and PostgreSQL. */
 import { expect } from 'chai';
+import { randomBytes } from 'node:crypto';
+import { FILE_SLICE_BYTES } from '../../server/storage/postgres/releases.js';
 import { UPGRADE_FETCH_GRACE_MS } from '../../server/storage/records.js';
 import { forEachBackend } from './backends.js';
 import { ack, addDevice, Clock, manifest, rejects, sendCommand, spec } from './fixtures.js';
@@ -99,6 +101,53 @@ describe('storage: releases', function () {
       const other = await sendCommand(s, 'd2', { action: 'selftest', releaseSha256: sha });
       await s.commands.markSent(other.jti);
       expect(await s.releases.upgradeInFlight('d2', sha)).to.equal(false);
+    });
+
+    it("keeps a release's files for every machine (PostgreSQL: stored with the row, replaced by putFiles, gone with removal; SQLite: one machine, none kept)", async () => {
+      const s = await b.open();
+      const other = await b.open(); // a second machine on the same registry
+      const m = manifest('4.0.0', 'arm64');
+      // Bigger than one read slice, not a multiple of it: files() reassembles it byte for byte.
+      const artifact = randomBytes(FILE_SLICE_BYTES + 12_345);
+      const files = [
+        { name: 'artifact.tar.gz', bytes: artifact },
+        { name: 'index.bin', bytes: randomBytes(64) },
+        { name: 'manifest.jws', bytes: Buffer.from('jws-4\n') },
+      ];
+      const rel = await s.releases.add(m, 'jws-4', '/d4', files);
+      const bare = await s.releases.add(manifest('4.0.1', 'arm64'), 'jws-41', '/d41');
+      if (b.name === 'sqlite') {
+        expect(s.releases.keepsFiles).to.equal(false);
+        await s.releases.putFiles(rel.id, files);
+        expect(await other.releases.files(m.artifact.sha256)).to.equal(undefined);
+        return;
+      }
+      expect(s.releases.keepsFiles).to.equal(true);
+      const got = await other.releases.files(m.artifact.sha256);
+      expect(got?.map((f) => f.name)).to.deep.equal(['artifact.tar.gz', 'index.bin', 'manifest.jws']);
+      expect(got?.[0]?.bytes.equals(artifact)).to.equal(true);
+      expect(got?.[2]?.bytes.toString()).to.equal('jws-4\n');
+      expect(await other.releases.files(bare.sha256)).to.equal(undefined);
+      expect(await other.releases.files('f'.repeat(64))).to.equal(undefined);
+      // putFiles adds and replaces by name (a release added without them, `registry migrate`).
+      await other.releases.putFiles(bare.id, [{ name: 'index.bin', bytes: Buffer.from('one') }]);
+      await other.releases.putFiles(bare.id, [
+        { name: 'index.bin', bytes: Buffer.from('two') },
+        { name: 'manifest.jws', bytes: Buffer.from('x') },
+      ]);
+      expect((await s.releases.files(bare.sha256))?.map((f) => [f.name, f.bytes.toString()])).to.deep.equal([
+        ['index.bin', 'two'],
+        ['manifest.jws', 'x'],
+      ]);
+      // Removal drops them (the row stays, as a record); a removed release takes none.
+      await s.releases.markRemoved(rel);
+      expect(await other.releases.files(m.artifact.sha256)).to.equal(undefined);
+      expect(await b.sql(s, 'SELECT name FROM release_files WHERE release_id = $1', [rel.id])).to.deep.equal([]);
+      await rejects(other.releases.putFiles(rel.id, files), 'E_NO_RELEASE');
+      expect(await b.sql(s, 'SELECT name FROM release_files WHERE release_id = $1', [rel.id])).to.deep.equal([]);
+      // A failed add stores no files: the row and its files are one transaction.
+      await rejects(s.releases.add(manifest('4.0.1', 'arm64'), 'jws', '/x', files), 'E_RELEASE_EXISTS');
+      expect(await b.sql(s, 'SELECT COUNT(*)::int AS n FROM release_files')).to.deep.equal([{ n: 2 }]);
     });
   });
 });

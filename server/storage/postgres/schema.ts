@@ -189,6 +189,18 @@ export const PG_MIGRATIONS: readonly string[] = [
   );
   CREATE UNIQUE INDEX releases_live ON releases (version, arch) WHERE removed_at IS NULL;
   CREATE INDEX releases_sha ON releases (sha256);
+
+  -- The files of DATA/releases/VERSION-ARCH/ (artifact <= 64 MiB), so that every machine sharing
+  -- this registry can serve chunks: a serve without the directory writes it from here, verified.
+  -- Not in SQLite (one machine); \`registry migrate\` fills it from the data directory.
+  CREATE TABLE release_files (
+    release_id bigint NOT NULL REFERENCES releases (id) ON DELETE CASCADE,
+    name text COLLATE "C" NOT NULL,
+    bytes bytea NOT NULL,
+    PRIMARY KEY (release_id, name)
+  );
+  -- Uncompressed out-of-line storage: the artifact is gzip already, and substring() reads it in slices.
+  ALTER TABLE release_files ALTER COLUMN bytes SET STORAGE EXTERNAL;
   `,
 ];
 

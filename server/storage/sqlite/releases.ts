@@ -7,7 +7,7 @@
  */
 import { CodedError, type ReleaseManifest } from '../../../protocol/index.js';
 import { UPGRADE_FETCH_GRACE_MS, type ReleaseRecord } from '../records.js';
-import type { ReleaseStore } from '../types.js';
+import type { ReleaseFile, ReleaseStore } from '../types.js';
 import { appendAudit } from './audit.js';
 import type { SqliteDb } from './db.js';
 
@@ -36,6 +36,8 @@ const record = (r: ReleaseRow): ReleaseRecord => ({
 });
 
 export class SqliteReleaseStore implements ReleaseStore {
+  /** One machine: a release's files are in its data directory (DATA/releases/VERSION-ARCH), not in the registry. */
+  readonly keepsFiles = false;
   readonly #s: SqliteDb;
 
   constructor(s: SqliteDb) {
@@ -89,6 +91,14 @@ export class SqliteReleaseStore implements ReleaseStore {
   }
 
   /** Records a release (its files already in place): E_RELEASE_EXISTS when that version and arch is live. */
+  async putFiles(): Promise<void> {
+    return undefined;
+  }
+
+  async files(): Promise<ReleaseFile[] | undefined> {
+    return undefined;
+  }
+
   async add(m: ReleaseManifest, manifestJws: string, dir: string): Promise<ReleaseRecord> {
     return this.#s.db
       .transaction(() => {
