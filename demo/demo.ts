@@ -105,7 +105,7 @@ async function run(cleanup: (() => Promise<void>)[]): Promise<void> {
   await initDataDir(dataDir, { broker: { url: broker.url } });
   const server: RunningServer = await startProvisionServer({ dataDir, shared: 'off', clientId: 'demo-server', log: silentLogger });
   cleanup.push(() => server.close());
-  const registry = server.data.registry;
+  const storage = server.data.storage;
 
   out('sealed-provisioning demo');
   out(`  broker  aedes in process at ${broker.url} (a spy is subscribed to '#')`);
@@ -152,14 +152,14 @@ async function run(cleanup: (() => Promise<void>)[]): Promise<void> {
     agents.map(async (agent) => {
       const deadline = Date.now() + STEP_TIMEOUT_MS;
       for (;;) {
-        const d = registry.getDevice(agent.deviceId);
+        const d = await storage.devices.get(agent.deviceId);
         if (d?.state === 'provisioned') break;
         if (agent.child.exitCode !== null) await fail(agent, `agent exited with ${agent.child.exitCode} before it was provisioned`);
         if (Date.now() > deadline) await fail(agent, `not provisioned within ${STEP_TIMEOUT_MS} ms (state: ${d?.state ?? 'not enrolled'})`);
         await sleep(50);
       }
-      const d = registry.requireDevice(agent.deviceId);
-      const request = registry.listCommands({ deviceId: agent.deviceId }).find((c) => c.action === 'request');
+      const d = await storage.devices.require(agent.deviceId);
+      const request = (await storage.commands.list({ deviceId: agent.deviceId })).find((c) => c.action === 'request');
       timeline.push({
         at: d.enrolledAt ?? Date.now(),
         device: agent.deviceId,
@@ -196,13 +196,13 @@ async function run(cleanup: (() => Promise<void>)[]): Promise<void> {
   await Promise.all(
     agents.map(async (agent) => {
       for (const action of ['update', 'rotate', 'delete'] as const) {
-        const before = registry.requireDevice(agent.deviceId);
+        const before = await storage.devices.require(agent.deviceId);
         const t0 = Date.now();
         const command = await server.send({ deviceId: agent.deviceId, action, params: params[action] });
         const acked = await server.waitForAck(command.jti, STEP_TIMEOUT_MS);
         if (!acked) await fail(agent, `no ack for ${action} within ${STEP_TIMEOUT_MS} ms`);
         if (acked?.ackStatus !== 'applied') await fail(agent, `${action} was ${acked?.ackStatus} (${acked?.ackCode}: ${acked?.ackDetail})`);
-        const after = registry.requireDevice(agent.deviceId);
+        const after = await storage.devices.require(agent.deviceId);
         let note = 'verified ack';
         if (action === 'update') note = 'settings applied; verified ack';
         if (action === 'rotate') {

@@ -2,16 +2,20 @@
  * Waiting for the ack of a command: resolved by this process's own ack handling,
  * or found in the registry (another `serve` instance may have recorded it).
  */
-import type { Registry } from './registry/registry.js';
+import type { Logger } from '../lib/log.js';
 import type { CommandRecord } from './registry/types.js';
+import { logStorageError } from './storage-error.js';
+import type { Storage } from './storage/types.js';
 
 export class AckWaiters {
-  readonly #registry: Registry;
+  readonly #storage: Storage;
+  readonly #log: Logger | undefined;
   readonly #waiting = new Map<string, Set<(c: CommandRecord) => void>>();
   readonly #pollMs: number;
 
-  constructor(registry: Registry, options: { pollMs?: number } = {}) {
-    this.#registry = registry;
+  constructor(storage: Storage, options: { pollMs?: number; log?: Logger } = {}) {
+    this.#storage = storage;
+    this.#log = options.log;
     this.#pollMs = options.pollMs ?? 500;
   }
 
@@ -24,9 +28,9 @@ export class AckWaiters {
   }
 
   /** The command once acked, or undefined after `timeoutMs`. */
-  wait(jti: string, timeoutMs: number): Promise<CommandRecord | undefined> {
-    const already = this.#registry.getCommand(jti);
-    if (already?.ackStatus) return Promise.resolve(already);
+  async wait(jti: string, timeoutMs: number): Promise<CommandRecord | undefined> {
+    const already = await this.#storage.commands.get(jti);
+    if (already?.ackStatus) return already;
     return new Promise((resolve) => {
       let set = this.#waiting.get(jti);
       if (!set) this.#waiting.set(jti, (set = new Set()));
@@ -38,10 +42,19 @@ export class AckWaiters {
         resolve(c);
       };
       const timer = setTimeout(() => done(undefined), timeoutMs);
+      let polling = false;
       const poll = setInterval(() => {
-        if (!this.#registry.db.open) return;
-        const c = this.#registry.getCommand(jti);
-        if (c?.ackStatus) done(c);
+        if (!this.#storage.open || polling) return;
+        polling = true;
+        this.#storage.commands
+          .get(jti)
+          .then((c) => {
+            if (c?.ackStatus) done(c);
+          })
+          .catch((err: unknown) => {
+            if (this.#log) logStorageError(this.#log, err, { jti });
+          })
+          .finally(() => (polling = false));
       }, this.#pollMs);
       set.add(done);
     });

@@ -69,7 +69,7 @@ export async function writeBundle(data: OpenedData, options: BundleOptions): Pro
     });
     if (present.length > 0)
       throw new CodedError('E_EXISTS', `${dir} is not empty (it may hold another board's bundle); choose a new --out, or pass --force to overwrite it`);
-    const known = options.keysOnHost ? data.registry.getDevice(options.deviceId) : undefined;
+    const known = options.keysOnHost ? await data.storage.devices.get(options.deviceId) : undefined;
     if (known && known.state !== 'decommissioned') {
       throw new CodedError(
         'E_EXISTS',
@@ -114,13 +114,13 @@ export async function writeBundle(data: OpenedData, options: BundleOptions): Pro
     await writeKey(keysDir, 'signing.jwk', signing);
     await writeKey(keysDir, 'encryption.jwk', encryption);
     files.push('keys/signing.jwk', 'keys/encryption.jwk');
-    data.registry.addDevice(
+    await data.storage.devices.add(
       { id: options.deviceId, userId: options.userId, origin: 'host-keys', signing: toPublicJwk(signing), encryption: toPublicJwk(encryption) },
       { replace: true },
     );
   }
 
-  const { token, expiresAt } = data.registry.createToken(options.deviceId, options.userId, options.tokenTtlMs ?? DEFAULT_BUNDLE_TOKEN_TTL_MS);
+  const { token, expiresAt } = await data.storage.enrollment.createToken(options.deviceId, options.userId, options.tokenTtlMs ?? DEFAULT_BUNDLE_TOKEN_TTL_MS);
   await write('enroll.token', `${token}\n`, 0o600);
 
   const config = {
@@ -136,7 +136,7 @@ export async function writeBundle(data: OpenedData, options: BundleOptions): Pro
     log_level: 'info',
   };
   await write('config.json', `${JSON.stringify(config, null, 2)}\n`, 0o644);
-  data.registry.audit('bundle.create', options.deviceId, { user_id: options.userId, keys_on_host: Boolean(options.keysOnHost), out: dir });
+  await data.storage.audit.append('bundle.create', options.deviceId, { user_id: options.userId, keys_on_host: Boolean(options.keysOnHost), out: dir });
   return { dir, configPath: join(dir, 'config.json'), tokenExpiresAt: expiresAt, files };
 }
 

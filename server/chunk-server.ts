@@ -20,15 +20,15 @@ import { open, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { chunkTopic, encodeChunkFrame, isProtocolError, MAX_FETCH_CHUNKS, parseFetch, parseTopic, type FetchRequest } from '../protocol/index.js';
 import type { Logger } from '../lib/log.js';
-import { ReleaseStore, type ReleaseRecord } from './registry/releases.js';
-import type { Registry } from './registry/registry.js';
+import type { ReleaseRecord } from './storage/records.js';
+import type { Storage } from './storage/types.js';
 import { ReportRateLimit, type ReportRateOptions } from './report-rate-limit.js';
 import { ARTIFACT_FILE, INDEX_FILE, manifestOf } from './releases/store.js';
 
 export type ChunkPublish = (topic: string, payload: Buffer) => Promise<void>;
 
 export interface ChunkServerOptions {
-  registry: Registry;
+  storage: Storage;
   topicPrefix: string;
   publish: ChunkPublish;
   log: Logger;
@@ -59,7 +59,6 @@ export class ChunkServer {
   };
   readonly #o: ChunkServerOptions;
   readonly #rate: ReportRateLimit;
-  readonly #releases: ReleaseStore;
   readonly #now: () => number;
   readonly #summaryMs: number;
   #window: Partial<Record<ChunkRefusal, number>> = {};
@@ -71,7 +70,6 @@ export class ChunkServer {
     this.#o = options;
     this.#now = options.now ?? Date.now;
     this.#rate = new ReportRateLimit({ burst: 8, perSecond: 4, ...options.rate, now: this.#now });
-    this.#releases = new ReleaseStore(options.registry);
     this.#summaryMs = options.summaryMs ?? 10_000;
   }
 
@@ -90,11 +88,12 @@ export class ChunkServer {
         if (isProtocolError(err)) return this.#refuse(deviceId, 'malformed');
         throw err;
       }
-      const device = this.#o.registry.getDevice(deviceId);
+      const { storage } = this.#o;
+      const device = await storage.devices.get(deviceId);
       if (!device || device.state === 'decommissioned') return this.#refuse(deviceId, 'unknown-device');
-      const release = this.#releases.bySha256(req.sha256);
+      const release = await storage.releases.bySha256(req.sha256);
       if (!release) return this.#refuse(deviceId, 'no-release');
-      if (!this.#releases.upgradeInFlight(deviceId, req.sha256)) return this.#refuse(deviceId, 'not-in-flight');
+      if (!(await storage.releases.upgradeInFlight(deviceId, req.sha256))) return this.#refuse(deviceId, 'not-in-flight');
       const frames = 'index' in req ? await this.#sendIndex(deviceId, release) : await this.#sendChunks(deviceId, release, req.from, req.count);
       if (frames === 0) return this.#refuse(deviceId, 'out-of-range');
       this.counts.served += 1;

@@ -13,10 +13,9 @@ import { type Action, type ActionParams, checkCommandInput, CodedError, commandT
 import { serverAction } from './actions/table.js';
 import { GroupCommit } from './group-commit.js';
 import { RegistryError } from './registry/errors.js';
-import { ReleaseStore } from './registry/releases.js';
 import { isUpgradeRequest, manifestArtifactSha256, resolveUpgrade } from './upgrade-params.js';
-import type { NewCommand, Registry } from './registry/registry.js';
-import type { CommandRecord, DeviceRecord } from './registry/types.js';
+import type { CommandRecord, DeviceRecord, NewCommand } from './storage/records.js';
+import type { Storage } from './storage/types.js';
 import { sealInProcess, type Seal } from './seal-pool.js';
 import type { ServerKeys } from './server-keys.js';
 
@@ -37,7 +36,7 @@ export interface SendRequest {
 }
 
 export interface SenderContext {
-  registry: Registry;
+  storage: Storage;
   keys: ServerKeys;
   topicPrefix: string;
   publish: Publish;
@@ -84,8 +83,8 @@ export function userIdText(value: unknown): unknown {
  * the device (registered, not decommissioned, has an encryption key), the user,
  * the params against the action's schema, the lifetime. Throws the refusal.
  */
-export function prepareCommand(registry: Registry, keys: ServerKeys, req: SendRequest): PreparedCommand {
-  const device = registry.requireDevice(req.deviceId);
+export async function prepareCommand(storage: Storage, keys: ServerKeys, req: SendRequest): Promise<PreparedCommand> {
+  const device = await storage.devices.require(req.deviceId);
   const named = userIdText(req.userId);
   let raw: unknown = req.params ?? {};
   if (isRecord(raw) && raw.user_id !== undefined) raw = { ...raw, user_id: userIdText(raw.user_id) };
@@ -99,12 +98,12 @@ export function prepareCommand(registry: Registry, keys: ServerKeys, req: SendRe
   let releaseSha256: string | undefined;
   if (req.action === 'upgrade') {
     if (isUpgradeRequest(raw)) {
-      const resolved = resolveUpgrade(registry, device, raw);
+      const resolved = await resolveUpgrade(storage, device, raw);
       raw = resolved.params;
       releaseSha256 = resolved.release.sha256;
     } else if (isRecord(raw) && typeof raw.manifest === 'string') {
       const sha = manifestArtifactSha256(raw.manifest);
-      releaseSha256 = sha !== undefined && new ReleaseStore(registry).bySha256(sha) ? sha : undefined;
+      releaseSha256 = sha !== undefined && (await storage.releases.bySha256(sha)) ? sha : undefined;
     }
   }
   const paramsUser = req.action === 'update' && isRecord(raw) && typeof raw.user_id === 'string' ? raw.user_id : undefined;
@@ -135,24 +134,24 @@ export class CommandSender {
 
   constructor(ctx: SenderContext) {
     this.#ctx = ctx;
-    const { registry } = ctx;
-    this.#seqs = new GroupCommit<string, { seq: number; device: DeviceRecord }>((ids) => registry.allocateSeqs(ids));
-    this.#records = new GroupCommit((cs) => registry.recordCommands(cs));
-    this.#sent = new GroupCommit((jtis) => {
-      registry.markSentMany(jtis);
+    const { storage } = ctx;
+    this.#seqs = new GroupCommit<string, { seq: number; device: DeviceRecord }>((ids) => storage.seq.allocateMany(ids));
+    this.#records = new GroupCommit((cs) => storage.commands.recordMany(cs));
+    this.#sent = new GroupCommit(async (jtis) => {
+      await storage.commands.markSentMany(jtis);
       return jtis.map(() => null);
     });
   }
 
   /** See `prepareCommand`. */
-  prepare(req: SendRequest): PreparedCommand {
-    return prepareCommand(this.#ctx.registry, this.#ctx.keys, req);
+  prepare(req: SendRequest): Promise<PreparedCommand> {
+    return prepareCommand(this.#ctx.storage, this.#ctx.keys, req);
   }
 
   /** Seals and records a command without publishing it; `publish` afterwards. */
   async seal(req: SendRequest): Promise<{ command: CommandRecord; token: string }> {
-    const { registry, keys } = this.#ctx;
-    const { userId, params, bindUser, releaseSha256 } = this.prepare(req);
+    const { storage, keys } = this.#ctx;
+    const { userId, params, bindUser, releaseSha256 } = await this.prepare(req);
     const { seq, device: current } = await this.#seqs.submit(req.deviceId);
     const recipient = current.encryption;
     if (!recipient) throw new CodedError('E_NO_KEY', `device ${req.deviceId} has no encryption key`);
@@ -184,7 +183,7 @@ export class CommandSender {
       ...(bindUser ? { bindUser } : {}),
       ...(releaseSha256 ? { releaseSha256 } : {}),
     });
-    return { command: registry.getCommand(jti) as CommandRecord, token };
+    return { command: (await storage.commands.get(jti)) as CommandRecord, token };
   }
 
   /** Publishes a sealed command (QoS 1) and marks it sent. */
@@ -197,6 +196,6 @@ export class CommandSender {
   async send(req: SendRequest): Promise<CommandRecord> {
     const { command, token } = await this.seal(req);
     await this.publish(req.deviceId, command.jti, token);
-    return this.#ctx.registry.getCommand(command.jti) as CommandRecord;
+    return (await this.#ctx.storage.commands.get(command.jti)) as CommandRecord;
   }
 }

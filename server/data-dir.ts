@@ -1,7 +1,8 @@
 /**
  * The server's data directory:
  *   DATA/keys/            server keys, as `keys init` makes them
- *   DATA/registry.sqlite  the device registry
+ *   DATA/registry.sqlite  the device registry (the default: server.json's `registry`, --registry or
+ *                         env PROVISION_SERVER_REGISTRY may name another SQLite file or a postgres:// URL)
  *   DATA/server.json      broker defaults recorded by `init` (url, ca, cert, key, topic prefix)
  *   DATA/http.token       bearer token of the HTTP API (0600)
  *   DATA/keys/release.jwk DATA/release.jwks  the release key and its public set (server/release-key.ts)
@@ -13,7 +14,8 @@ import { isAbsolute, join, resolve } from 'node:path';
 import { assertValidPrefix, CodedError, DEFAULT_TOPIC_PREFIX, isRecord } from '../protocol/index.js';
 import { writeFileAtomic } from '../lib/durable-file.js';
 import { ensurePrivateDir, exists } from '../lib/fs.js';
-import { Registry } from './registry/registry.js';
+import { openStorage, parseRegistryLocation, REGISTRY_ENV, type RegistryLocation } from './storage/open.js';
+import type { Storage } from './storage/types.js';
 import { generateReleaseKey } from './release-key.js';
 import { initServerKeys, loadServerKeys, type ServerKeys } from './server-keys.js';
 
@@ -47,6 +49,8 @@ export interface ServerConfig {
    */
   deviceMqttVersion?: MqttVersion;
   topicPrefix: string;
+  /** The registry `init --registry` recorded (a postgres:// URL or a SQLite path), when any. */
+  registry?: string;
 }
 
 /** MQTT 3.1.1 (4) or 5. */
@@ -77,6 +81,8 @@ export interface InitOptions {
   deviceMqttVersion?: MqttVersion;
   topicPrefix?: string;
   force?: boolean;
+  /** The registry (a postgres:// URL or a SQLite path): recorded in server.json when given; default DATA/registry.sqlite. */
+  registry?: string;
 }
 
 /** Creates keys, registry, recorded broker defaults and the HTTP bearer token. */
@@ -90,8 +96,12 @@ export async function initDataDir(dir: string, options: InitOptions = {}): Promi
   if (options.force || !(await exists(join(paths.keys, 'release.jwk')))) {
     await generateReleaseKey(paths.dir, { force: true });
   }
-  Registry.open(paths.registry, { create: true }).close();
-  await chmod(paths.registry, 0o600);
+  const given = options.registry !== undefined ? parseRegistryLocation(options.registry) : undefined;
+  const location: RegistryLocation =
+    given?.kind === 'sqlite' ? { kind: 'sqlite', path: resolve(given.path) } : (given ?? { kind: 'sqlite', path: paths.registry });
+  // Created (SQLite: the file; PostgreSQL: the schema migrated) now, so serve and the commands find it.
+  await (await openStorage(location, { create: true })).close();
+  if (location.kind === 'sqlite') await chmod(location.path, 0o600);
   const broker = options.broker ?? { url: DEFAULT_BROKER_URL };
   const recorded: Record<string, unknown> = {
     broker: { url: broker.url, ...absolutePaths(broker) },
@@ -105,6 +115,7 @@ export async function initDataDir(dir: string, options: InitOptions = {}): Promi
       : {}),
     ...(options.deviceMqttVersion !== undefined ? { device_mqtt_version: options.deviceMqttVersion } : {}),
     topic_prefix: prefix,
+    ...(given ? { registry: location.kind === 'sqlite' ? location.path : location.url } : {}),
   };
   await writeFileAtomic(paths.config, `${JSON.stringify(recorded, null, 2)}\n`, { mode: 0o644 });
   if (options.force || !(await exists(paths.httpToken))) {
@@ -153,7 +164,16 @@ export async function readServerConfig(dir: string): Promise<ServerConfig> {
   }
   const topicPrefix = typeof raw.topic_prefix === 'string' ? raw.topic_prefix : DEFAULT_TOPIC_PREFIX;
   assertValidPrefix(topicPrefix);
-  return { broker, ...(deviceBroker ? { deviceBroker } : {}), ...(deviceMqttVersion !== undefined ? { deviceMqttVersion } : {}), topicPrefix };
+  if (raw.registry !== undefined && (typeof raw.registry !== 'string' || raw.registry.trim() === ''))
+    throw new CodedError('E_CONFIG', `${paths.config}: "registry" must be a postgres:// URL or a SQLite file path`);
+  const registry = raw.registry;
+  return {
+    broker,
+    ...(deviceBroker ? { deviceBroker } : {}),
+    ...(deviceMqttVersion !== undefined ? { deviceMqttVersion } : {}),
+    topicPrefix,
+    ...(registry !== undefined ? { registry } : {}),
+  };
 }
 
 /** Overrides from the command line win over what `init` recorded. */
@@ -180,17 +200,35 @@ export interface OpenedData {
   paths: DataPaths;
   keys: ServerKeys;
   config: ServerConfig;
-  registry: Registry;
+  storage: Storage;
 }
 
-/** Loads keys and config and opens the registry. The caller closes `registry`. */
-export async function openDataDir(dir: string, options: { now?: () => number } = {}): Promise<OpenedData> {
+export interface OpenDataOptions {
+  /** The registry (a postgres:// URL or a SQLite path), e.g. from --registry; wins over the environment and server.json. */
+  registry?: string | undefined;
+  now?: () => number;
+}
+
+/** Where the registry is: options.registry, else env PROVISION_SERVER_REGISTRY, else server.json's `registry`, else DATA/registry.sqlite. */
+export function registryLocation(paths: DataPaths, config: ServerConfig, options: OpenDataOptions = {}): RegistryLocation {
+  const env = process.env[REGISTRY_ENV];
+  const text = options.registry ?? (env !== undefined && env.trim() !== '' ? env : undefined) ?? config.registry;
+  if (text === undefined) return { kind: 'sqlite', path: paths.registry };
+  const location = parseRegistryLocation(text);
+  // A relative SQLite path recorded in server.json is relative to the data directory.
+  if (location.kind === 'sqlite' && options.registry === undefined && text === config.registry && !isAbsolute(location.path))
+    return { kind: 'sqlite', path: join(paths.dir, location.path) };
+  return location;
+}
+
+/** Loads keys and config and opens the registry. The caller closes `storage`. */
+export async function openDataDir(dir: string, options: OpenDataOptions = {}): Promise<OpenedData> {
   const paths = dataPaths(dir);
   if (!(await exists(paths.dir))) throw new CodedError('E_NO_DATA', `data directory ${paths.dir} does not exist; run: provision-server init --data ${dir}`);
   const config = await readServerConfig(dir);
   const keys = await loadServerKeys(paths.keys);
-  const registry = Registry.open(paths.registry, options.now ? { now: options.now } : {});
-  return { paths, keys, config, registry };
+  const storage = await openStorage(registryLocation(paths, config, options), options.now ? { now: options.now } : {});
+  return { paths, keys, config, storage };
 }
 
 export async function readHttpToken(path: string): Promise<string> {

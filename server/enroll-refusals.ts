@@ -11,7 +11,8 @@
  * beyond that are summed per code in one row without a device id.
  */
 import type { Logger } from '../lib/log.js';
-import type { Registry } from './registry/registry.js';
+import { logStorageError } from './storage-error.js';
+import type { Storage } from './storage/types.js';
 
 export const ENROLL_REFUSED_EVENT = 'device.enroll.refused';
 
@@ -34,7 +35,7 @@ interface Bucket {
 }
 
 export class EnrollRefusals {
-  readonly #registry: Registry;
+  readonly #storage: Storage;
   readonly #log: Logger;
   readonly #windowMs: number;
   readonly #maxKeys: number;
@@ -42,8 +43,8 @@ export class EnrollRefusals {
   readonly #overflow = new Map<string, Bucket>();
   #timer: NodeJS.Timeout | undefined;
 
-  constructor(registry: Registry, log: Logger, options: EnrollRefusalOptions = {}) {
-    this.#registry = registry;
+  constructor(storage: Storage, log: Logger, options: EnrollRefusalOptions = {}) {
+    this.#storage = storage;
     this.#log = log;
     this.#windowMs = options.windowMs ?? 60_000;
     this.#maxKeys = options.maxKeys ?? 1000;
@@ -52,10 +53,11 @@ export class EnrollRefusals {
   /**
    * One refused enrollment on `deviceId`'s topic. `audited`: the enrollment
    * opened and the registry refused it (token); otherwise it did not open
-   * (garbage, bad signature) and is only logged, never stored.
+   * (garbage, bad signature) and is only logged, never stored. Resolves once
+   * the audit row is written; a storage error is logged, never thrown.
    */
-  refused(deviceId: string, code: string, reason: string, audited: boolean): void {
-    const now = this.#registry.now();
+  async refused(deviceId: string, code: string, reason: string, audited: boolean): Promise<void> {
+    const now = this.#storage.now();
     const key = `${deviceId}\u0000${code}`;
     const bucket = this.#buckets.get(key);
     if (bucket) {
@@ -74,37 +76,49 @@ export class EnrollRefusals {
     }
     this.#buckets.set(key, { deviceId, code, since: now, more: 0, audited, lastReason: reason });
     this.#log.warn('enroll.dropped', { device: deviceId, code, reason });
-    if (audited) this.#registry.audit(ENROLL_REFUSED_EVENT, deviceId, { code, reason, count: 1 });
     this.#arm();
+    if (audited) await this.#append(deviceId, { code, reason, count: 1 });
   }
 
-  /** Writes the summaries of windows that have closed (all of them with `all`). */
-  flush(all = false): void {
-    const now = this.#registry.now();
+  /** Writes the summaries of windows that have closed (all of them with `all`); storage errors are logged. */
+  async flush(all = false): Promise<void> {
+    const now = this.#storage.now();
+    const due: Bucket[] = [];
     for (const [key, b] of this.#buckets) {
       if (!all && now - b.since < this.#windowMs) continue;
       this.#buckets.delete(key);
-      this.#summary(b, now);
+      due.push(b);
     }
     for (const [code, b] of this.#overflow) {
       if (!all && now - b.since < this.#windowMs) continue;
       this.#overflow.delete(code);
-      this.#summary(b, now);
+      due.push(b);
     }
     if (this.#buckets.size === 0 && this.#overflow.size === 0 && this.#timer) {
       clearInterval(this.#timer);
       this.#timer = undefined;
     }
+    // Each summary's write starts now (SQLite: written before flush returns), all awaited together.
+    await Promise.all(due.map((b) => this.#summary(b, now)));
   }
 
-  /** Flushes everything and stops the timer (server shutdown). */
-  close(): void {
-    this.flush(true);
+  /** Stops the timer and flushes everything (server shutdown: before the storage closes). */
+  async close(): Promise<void> {
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = undefined;
+    await this.flush(true);
   }
 
-  #summary(b: Bucket, now: number): void {
+  async #append(deviceId: string | null, detail: Record<string, unknown>): Promise<void> {
+    if (!this.#storage.open) return;
+    try {
+      await this.#storage.audit.append(ENROLL_REFUSED_EVENT, deviceId, detail);
+    } catch (err) {
+      logStorageError(this.#log, err, { event: ENROLL_REFUSED_EVENT });
+    }
+  }
+
+  async #summary(b: Bucket, now: number): Promise<void> {
     if (b.more === 0) return;
     const detail = {
       code: b.code,
@@ -114,18 +128,16 @@ export class EnrollRefusals {
       last_reason: b.lastReason,
     };
     this.#log.warn('enroll.dropped.summary', { device: b.deviceId ?? '*', ...detail });
-    if (b.audited && this.#registry.db.open) this.#registry.audit(ENROLL_REFUSED_EVENT, b.deviceId, { ...detail, aggregated: true });
+    if (b.audited) await this.#append(b.deviceId, { ...detail, aggregated: true });
   }
 
   #arm(): void {
     if (this.#timer) return;
     this.#timer = setInterval(
       () => {
-        try {
-          this.flush();
-        } catch (err) {
+        this.flush().catch((err: unknown) => {
           this.#log.error('enroll.refusals.flush_failed', { reason: err instanceof Error ? err.message : String(err) });
-        }
+        });
       },
       Math.max(1000, Math.floor(this.#windowMs / 4)),
     );

@@ -9,8 +9,8 @@ import type { Action } from '../protocol/index.js';
 import type { AckWaiters } from './ack-waiters.js';
 import type { CommandSender } from './command-sender.js';
 import { isRegistryError } from './registry/errors.js';
-import type { Registry } from './registry/registry.js';
-import type { CommandRecord, FanoutRecord } from './registry/types.js';
+import type { CommandRecord, FanoutRecord } from './storage/records.js';
+import type { Storage } from './storage/types.js';
 import { printable } from './terminal-text.js';
 
 export const DEFAULT_FANOUT_CONCURRENCY = 32;
@@ -36,7 +36,7 @@ export interface FanoutSummary {
 }
 
 export interface FanoutOptions {
-  registry: Registry;
+  storage: Storage;
   sender: CommandSender;
   waiters: AckWaiters;
   /** A new fan-out: what to send and to whom. */
@@ -49,25 +49,30 @@ export interface FanoutOptions {
 }
 
 /** Devices a selector matches: not decommissioned, with an encryption key. */
-export function selectDevices(registry: Registry, selector: { all: true } | { userId: string }): string[] {
-  const devices = 'userId' in selector ? registry.listDevices({ userId: selector.userId }) : registry.listDevices();
+export async function selectDevices(storage: Storage, selector: { all: true } | { userId: string }): Promise<string[]> {
+  const devices = 'userId' in selector ? await storage.devices.list({ userId: selector.userId }) : await storage.devices.list();
   return devices.filter((d) => d.state !== 'decommissioned' && d.encryption).map((d) => d.id);
 }
 
 export async function runFanout(options: FanoutOptions): Promise<FanoutSummary> {
-  const { registry, sender, waiters } = options;
+  const { storage, sender, waiters } = options;
   let fanout: FanoutRecord;
   if (options.resumeId !== undefined) {
-    fanout = registry.getFanout(options.resumeId);
+    fanout = await storage.commands.getFanout(options.resumeId);
   } else if (options.create) {
     const { action, params, selector } = options.create;
-    fanout = registry.createFanout(action, params, 'userId' in selector ? { userId: selector.userId } : { all: true }, selectDevices(registry, selector));
+    fanout = await storage.commands.createFanout(
+      action,
+      params,
+      'userId' in selector ? { userId: selector.userId } : { all: true },
+      await selectDevices(storage, selector),
+    );
   } else {
     throw new Error('runFanout needs create or resumeId');
   }
   const ttlSeconds = options.create?.ttlSeconds;
   const previous = new Map<string, CommandRecord[]>();
-  for (const c of registry.listCommands({ fanoutId: fanout.id, limit: 1_000_000 })) {
+  for (const c of await storage.commands.list({ fanoutId: fanout.id, limit: 1_000_000 })) {
     const list = previous.get(c.deviceId) ?? [];
     list.push(c);
     previous.set(c.deviceId, list);
@@ -83,10 +88,10 @@ export async function runFanout(options: FanoutOptions): Promise<FanoutSummary> 
     const answered = earlier.find((c) => c.ackStatus !== null);
     if (answered) return { deviceId, outcome: answered.ackStatus as FanoutOutcome, code: answered.ackCode, jti: answered.jti, skipped: true };
     try {
-      const pending = earlier.find((c) => c.expiresAt > registry.now() + 5000);
+      const pending = earlier.find((c) => c.expiresAt > storage.now() + 5000);
       let jti: string;
       if (pending) {
-        const sealed = registry.sealedCommand(pending.jti);
+        const sealed = await storage.commands.sealed(pending.jti);
         if (sealed === undefined) throw new Error(`command ${pending.jti} lost its sealed text`);
         await sender.publish(deviceId, pending.jti, sealed);
         jti = pending.jti;
@@ -122,7 +127,7 @@ export async function runFanout(options: FanoutOptions): Promise<FanoutSummary> 
 
   const counts: Record<FanoutOutcome, number> = { applied: 0, rejected: 0, failed: 0, rolled_back: 0, 'no answer': 0, 'not sent': 0 };
   for (const r of rows) counts[r.outcome]++;
-  registry.audit('fanout.run', null, { fanout_id: fanout.id, resumed: options.resumeId !== undefined, ...counts });
+  await storage.audit.append('fanout.run', null, { fanout_id: fanout.id, resumed: options.resumeId !== undefined, ...counts });
   return { fanoutId: fanout.id, action: fanout.action, total, counts, skipped: rows.filter((r) => r.skipped).length, rows };
 }
 

@@ -1,14 +1,15 @@
 /**
  * Group commit: registry writes asked for during one turn of the event loop
  * (the concurrent sends of a fan-out or of the HTTP API) run as one batch, one
- * IMMEDIATE transaction, so one commit (one fsync under synchronous=FULL) for
- * the batch instead of one per command. Every caller's promise settles only
+ * transaction, so one commit (one fsync) for the batch instead of one per
+ * command. Batches run one at a time, in order: what is submitted while a
+ * batch runs waits for the next one. Every caller's promise settles only
  * after its batch committed (or failed): durability is unchanged, each caller
  * still publishes only what is durably recorded.
  */
 
 /** Runs a batch; returns one result per input, an Error for an input that failed alone. Throwing fails the whole batch. */
-export type BatchRunner<I, O> = (inputs: I[]) => (O | Error)[];
+export type BatchRunner<I, O> = (inputs: I[]) => Promise<(O | Error)[]>;
 
 export const DEFAULT_MAX_BATCH = 256;
 
@@ -17,6 +18,7 @@ export class GroupCommit<I, O> {
   readonly #maxBatch: number;
   #pending: { input: I; resolve: (o: O) => void; reject: (e: Error) => void }[] = [];
   #scheduled = false;
+  #running = false;
 
   constructor(run: BatchRunner<I, O>, maxBatch = DEFAULT_MAX_BATCH) {
     this.#run = run;
@@ -26,20 +28,33 @@ export class GroupCommit<I, O> {
   submit(input: I): Promise<O> {
     return new Promise<O>((resolve, reject) => {
       this.#pending.push({ input, resolve, reject });
-      if (!this.#scheduled) {
-        this.#scheduled = true;
-        setImmediate(() => this.#flush());
-      }
+      this.#schedule();
     });
   }
 
-  #flush(): void {
+  #schedule(): void {
+    if (this.#scheduled || this.#running) return;
+    this.#scheduled = true;
+    setImmediate(() => void this.#flush());
+  }
+
+  async #flush(): Promise<void> {
     this.#scheduled = false;
+    this.#running = true;
+    try {
+      await this.#drain();
+    } finally {
+      this.#running = false;
+      if (this.#pending.length > 0) this.#schedule();
+    }
+  }
+
+  async #drain(): Promise<void> {
     while (this.#pending.length > 0) {
       const batch = this.#pending.splice(0, this.#maxBatch);
       let results: (O | Error)[];
       try {
-        results = this.#run(batch.map((b) => b.input));
+        results = await this.#run(batch.map((b) => b.input));
         if (results.length !== batch.length) throw new Error(`group commit: ${results.length} results for ${batch.length} inputs`);
       } catch (err) {
         const e = err instanceof Error ? err : new Error(String(err));

@@ -24,9 +24,9 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { ACTIONS, CodedError, isAction, isCodedError, isProtocolError, isRecord, isValidId } from '../protocol/index.js';
 import { userIdText, type CommandSender } from './command-sender.js';
 import type { Logger } from '../lib/log.js';
-import type { Registry } from './registry/registry.js';
+import type { Storage } from './storage/types.js';
 import { commandView, deviceView } from './views.js';
-import { RolloutStore, type RolloutSelector } from './registry/rollouts.js';
+import type { AuditFilter, RolloutRecord, RolloutSelector } from './storage/records.js';
 import { planRollout, startRollout, type RolloutRequest } from './rollouts/plan.js';
 import { planView, rolloutView } from './rollouts/views.js';
 import { ROLLOUT_CONTROLS } from './rollouts/controls.js';
@@ -34,15 +34,13 @@ import { checkConfirmation } from './rollouts/confirm.js';
 import { planRetry, retryView, startRetry } from './rollouts/retry.js';
 import { planWarnings } from './rollouts/warnings.js';
 import type { ServerKeys } from './server-keys.js';
-import { ReleaseStore } from './registry/releases.js';
 import { releaseView } from './releases/views.js';
 import { auditView, parseAuditFilter, type AuditFilterInput } from './audit-filter.js';
-import { queryAudit, type AuditFilter } from './registry/audit-query.js';
 
 export const MAX_BODY_BYTES = 64 * 1024;
 
 export interface HttpApiContext {
-  registry: Registry;
+  storage: Storage;
   keys: ServerKeys;
   sender: CommandSender;
   /** Told when a rollout was started or its state changed (the engine steps at once). */
@@ -71,6 +69,7 @@ const HTTP_STATUSES: Readonly<Record<string, number>> = {
   E_DECOMMISSIONED: 409,
   E_TOO_LARGE: 413,
   E_CONTENT_TYPE: 415,
+  E_STORAGE_UNAVAILABLE: 503,
 };
 
 function httpStatusOf(err: CodedError): number {
@@ -102,27 +101,28 @@ async function route(ctx: HttpApiContext, expected: Buffer, req: IncomingMessage
     const tag = url.searchParams.get('tag') ?? undefined;
     const now = Date.now();
     return sendJson(res, 200, {
-      devices: ctx.registry.listDevices({ ...(userId ? { userId } : {}), ...(tag ? { tag } : {}) }).map((d) => deviceView(d, now)),
+      devices: (await ctx.storage.devices.list({ ...(userId ? { userId } : {}), ...(tag ? { tag } : {}) })).map((d) => deviceView(d, now)),
     });
   }
   if (parts[0] === 'devices' && parts.length === 4 && parts[2] === 'tags') {
     allow(method, ['PUT', 'DELETE']);
     const id = deviceId(parts[1]);
-    const tags = method === 'PUT' ? ctx.registry.addTags(id, [parts[3] as string]) : ctx.registry.removeTags(id, [parts[3] as string]);
+    const tags =
+      method === 'PUT' ? await ctx.storage.devices.addTags(id, [parts[3] as string]) : await ctx.storage.devices.removeTags(id, [parts[3] as string]);
     return sendJson(res, 200, { device_id: id, tags });
   }
   if (parts[0] === 'tags' && parts.length === 1) {
     allow(method, ['GET']);
-    return sendJson(res, 200, { tags: ctx.registry.listTags() });
+    return sendJson(res, 200, { tags: await ctx.storage.devices.listTags() });
   }
   if (parts[0] === 'rollouts') return routeRollouts(ctx, req, res, url, parts, method);
   if (parts[0] === 'audit' && parts.length === 1) {
     allow(method, ['GET']);
-    return sendJson(res, 200, { audit: queryAudit(ctx.registry, auditFilterFromQuery(url.searchParams)).map(auditView) });
+    return sendJson(res, 200, { audit: (await ctx.storage.audit.query(auditFilterFromQuery(url.searchParams))).map(auditView) });
   }
   if (parts[0] === 'devices' && parts.length === 2) {
     allow(method, ['GET']);
-    return sendJson(res, 200, deviceView(ctx.registry.requireDevice(deviceId(parts[1]))));
+    return sendJson(res, 200, deviceView(await ctx.storage.devices.require(deviceId(parts[1]))));
   }
   if (parts[0] === 'devices' && parts.length === 3 && parts[2] === 'commands') {
     allow(method, ['POST']);
@@ -141,7 +141,7 @@ async function route(ctx: HttpApiContext, expected: Buffer, req: IncomingMessage
     if (body.ttl_s !== undefined && (typeof body.ttl_s !== 'number' || !Number.isSafeInteger(body.ttl_s) || body.ttl_s < 1)) {
       throw new CodedError('E_BAD_REQUEST', 'ttl_s must be a positive integer');
     }
-    ctx.registry.requireDevice(id);
+    await ctx.storage.devices.require(id);
     const { command, token } = await ctx.sender.seal({
       deviceId: id,
       action: body.action,
@@ -159,17 +159,17 @@ async function route(ctx: HttpApiContext, expected: Buffer, req: IncomingMessage
   }
   if (parts[0] === 'releases' && parts.length <= 2) {
     allow(method, ['GET']);
-    const store = new ReleaseStore(ctx.registry);
-    if (parts.length === 1) return sendJson(res, 200, { releases: store.list().map((r) => releaseView(r)) });
+    const store = ctx.storage.releases;
+    if (parts.length === 1) return sendJson(res, 200, { releases: (await store.list()).map((r) => releaseView(r)) });
     const version = parts[1] as string;
     const arch = url.searchParams.get('arch') ?? undefined;
-    const builds = store.list({ version }).filter((r) => arch === undefined || r.arch === arch);
+    const builds = (await store.list({ version })).filter((r) => arch === undefined || r.arch === arch);
     if (builds.length === 0) throw new CodedError('E_NO_RELEASE', `no release ${version}${arch !== undefined ? ` for ${arch}` : ''}`);
     return sendJson(res, 200, { version, builds: builds.map((r) => releaseView(r, { manifest: true })) });
   }
   if (parts[0] === 'commands' && parts.length === 2) {
     allow(method, ['GET']);
-    const command = ctx.registry.getCommand(parts[1] as string);
+    const command = await ctx.storage.commands.get(parts[1] as string);
     if (!command) throw new CodedError('E_NO_COMMAND', `no command with jti ${parts[1]}`);
     return sendJson(res, 200, commandView(command));
   }
@@ -177,50 +177,53 @@ async function route(ctx: HttpApiContext, expected: Buffer, req: IncomingMessage
 }
 
 async function routeRollouts(ctx: HttpApiContext, req: IncomingMessage, res: ServerResponse, url: URL, parts: string[], method: string): Promise<void> {
-  const store = new RolloutStore(ctx.registry);
+  const store = ctx.storage.rollouts;
+  const view = async (r: RolloutRecord): Promise<ReturnType<typeof rolloutView>> => rolloutView(r, await store.counts(r.id));
   if (parts.length === 1) {
     allow(method, ['GET', 'POST']);
     if (method === 'GET') {
       const open = url.searchParams.get('open') === '1';
-      return sendJson(res, 200, { rollouts: store.list({ unfinished: open }).map((r) => rolloutView(r, store.counts(r.id))) });
+      const rollouts: ReturnType<typeof rolloutView>[] = [];
+      for (const r of await store.list({ unfinished: open })) rollouts.push(await view(r));
+      return sendJson(res, 200, { rollouts });
     }
     const body = await readJsonBody(req);
     const { request, dryRun, confirm } = rolloutRequestFromBody(body);
-    const plan = await planRollout(ctx.registry, ctx.keys, request);
+    const plan = await planRollout(ctx.storage, ctx.keys, request);
     const warnings = planWarnings(plan);
     if (dryRun) return sendJson(res, 200, { ...planView(plan), warnings });
     if (plan.summary.targets === 0) throw new CodedError('E_BAD_REQUEST', 'no device matches the selector: nothing to send');
     checkConfirmation(plan.spec.action, plan.summary.targets, confirm, CONFIRM_HOW);
-    const r = await startRollout(ctx.registry, plan);
+    const r = await startRollout(ctx.storage, plan);
     ctx.onRolloutChange?.();
     res.setHeader('Location', `/rollouts/${r.id}`);
-    return sendJson(res, 201, { ...rolloutView(r, store.counts(r.id)), warnings });
+    return sendJson(res, 201, { ...(await view(r)), warnings });
   }
   const id = parts[1] as string;
   if (parts.length === 2) {
     allow(method, ['GET']);
-    const r = store.require(id);
+    const r = await store.require(id);
     const withTargets = url.searchParams.get('targets') === '1';
-    return sendJson(res, 200, rolloutView(r, store.counts(r.id), withTargets ? store.targets(r.id) : undefined));
+    return sendJson(res, 200, rolloutView(r, await store.counts(r.id), withTargets ? await store.targets(r.id) : undefined));
   }
   if (parts.length === 3 && parts[2] === 'retry') {
     allow(method, ['POST']);
     const { deliverWithinMs, dryRun, confirm } = retryRequestFromBody(await readOptionalJsonBody(req));
-    const rp = await planRetry(ctx.registry, ctx.keys, id, deliverWithinMs === undefined ? {} : { deliverWithinMs });
+    const rp = await planRetry(ctx.storage, ctx.keys, id, deliverWithinMs === undefined ? {} : { deliverWithinMs });
     const warnings = planWarnings(rp.plan);
     if (dryRun) return sendJson(res, 200, { ...planView(rp.plan), ...retryView(rp), warnings });
     checkConfirmation(rp.plan.spec.action, rp.plan.summary.targets, confirm, CONFIRM_HOW);
-    const r = await startRetry(ctx.registry, rp);
+    const r = await startRetry(ctx.storage, rp);
     ctx.onRolloutChange?.();
     res.setHeader('Location', `/rollouts/${r.id}`);
-    return sendJson(res, 201, { ...rolloutView(r, store.counts(r.id)), in_flight_left_out: rp.inFlight, removed_left_out: rp.removed, warnings });
+    return sendJson(res, 201, { ...(await view(r)), in_flight_left_out: rp.inFlight, removed_left_out: rp.removed, warnings });
   }
   if (parts.length === 3 && (parts[2] === 'pause' || parts[2] === 'resume' || parts[2] === 'cancel')) {
     allow(method, ['POST']);
     const c = ROLLOUT_CONTROLS[parts[2]];
-    const r = store.setState(id, c.from, c.to, `${parts[2]} via the HTTP API`, 'http');
+    const r = await store.setState(id, c.from, c.to, `${parts[2]} via the HTTP API`, 'http');
     ctx.onRolloutChange?.();
-    return sendJson(res, 200, rolloutView(r, store.counts(r.id)));
+    return sendJson(res, 200, await view(r));
   }
   throw new CodedError('E_NOT_FOUND', `no route for ${method} ${url.pathname}`);
 }

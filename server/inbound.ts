@@ -20,16 +20,17 @@ import type { CommandSender } from './command-sender.js';
 import type { EnrollRefusals } from './enroll-refusals.js';
 import type { Logger } from '../lib/log.js';
 import { isRegistryError } from './registry/errors.js';
-import type { Registry } from './registry/registry.js';
 import { ackEffectsOf, serverActionOf, type RotatedKeys } from './actions/table.js';
-import type { CommandRecord } from './registry/types.js';
+import type { CommandRecord } from './storage/records.js';
+import { logStorageError } from './storage-error.js';
+import type { Storage } from './storage/types.js';
 import type { ServerKeys } from './server-keys.js';
 import { openAndRecordReport } from './presence.js';
 import type { ReportClaims } from '../protocol/index.js';
 import type { ReportIntake } from './report-intake.js';
 
 export interface InboundContext {
-  registry: Registry;
+  storage: Storage;
   keys: ServerKeys;
   topicPrefix: string;
   sender: CommandSender;
@@ -57,9 +58,12 @@ export type InboundResult =
   | { kind: 'dropped'; code: string; reason: string }
   | { kind: 'ignored' };
 
+/** The storage could not be reached (a lost PostgreSQL connection): the message fails, it is no refusal of the device's. */
+const STORAGE_UNAVAILABLE = 'E_STORAGE_UNAVAILABLE';
+
 /**
  * Routes one MQTT message by its topic (`retry`: a held report again, topic
- * ignored). Never throws: refusals are logged and returned.
+ * ignored). Never throws: refusals (and storage errors) are logged and returned.
  */
 export async function handleInbound(
   ctx: InboundContext,
@@ -75,21 +79,27 @@ export async function handleInbound(
   } catch (err) {
     const code = isProtocolError(err) || isRegistryError(err) || isCodedError(err) ? err.code : 'E_INTERNAL';
     const reason = err instanceof Error ? err.message : String(err);
+    if (code === STORAGE_UNAVAILABLE) {
+      logStorageError(ctx.log, err, { topic: parsed.kind, device: parsed.deviceId });
+      return { kind: 'dropped', code, reason };
+    }
     if (parsed.kind === 'enroll' && ctx.enrollRefusals && code !== 'E_INTERNAL') {
-      ctx.enrollRefusals.refused(parsed.deviceId, code, reason, isRegistryError(err));
+      await ctx.enrollRefusals.refused(parsed.deviceId, code, reason, isRegistryError(err));
       return { kind: 'dropped', code, reason };
     }
     ctx.log[code === 'E_INTERNAL' ? 'error' : 'warn'](`${parsed.kind}.dropped`, { device: parsed.deviceId, code, reason });
     // Only authenticated enrollments whose token was refused are audited: garbage on the topic is logged, never stored.
-    if (parsed.kind === 'enroll' && isRegistryError(err)) ctx.registry.audit('device.enroll.refused', parsed.deviceId, { code, reason });
+    if (parsed.kind === 'enroll' && isRegistryError(err)) {
+      await ctx.storage.audit.append('device.enroll.refused', parsed.deviceId, { code, reason }).catch((e: unknown) => logStorageError(ctx.log, e));
+    }
     return { kind: 'dropped', code, reason };
   }
 }
 
 export async function handleEnrollment(ctx: InboundContext, topicDeviceId: string, payload: Buffer | string): Promise<InboundResult> {
-  const { registry, keys } = ctx;
+  const { storage, keys } = ctx;
   const opened = await openEnrollment(payload, { serverId: keys.serverId, topicDeviceId, decryption: keys.decryption });
-  const { userId, repeated } = registry.enroll({
+  const { userId, repeated } = await storage.enrollment.enroll({
     deviceId: opened.claims.iss,
     token: opened.claims.token,
     enrollmentJti: opened.claims.jti,
@@ -100,11 +110,11 @@ export async function handleEnrollment(ctx: InboundContext, topicDeviceId: strin
   ctx.reports?.enrolled(opened.claims.iss);
   // A repeated enrollment (the board missed our answer) gets the pending `request` again, unchanged, while it is valid.
   const pending = repeated
-    ? registry
-        .listCommands({ deviceId: opened.claims.iss, limit: 20 })
-        .find((c) => c.action === 'request' && c.ackStatus === null && c.voidedAt === null && c.expiresAt > registry.now() + 5000)
+    ? (await storage.commands.list({ deviceId: opened.claims.iss, limit: 20 })).find(
+        (c) => c.action === 'request' && c.ackStatus === null && c.voidedAt === null && c.expiresAt > storage.now() + 5000,
+      )
     : undefined;
-  const pendingToken = pending ? registry.sealedCommand(pending.jti) : undefined;
+  const pendingToken = pending ? await storage.commands.sealed(pending.jti) : undefined;
   const { command: request, token } =
     pending && pendingToken !== undefined
       ? { command: pending, token: pendingToken }
@@ -128,7 +138,7 @@ export async function handleEnrollment(ctx: InboundContext, topicDeviceId: strin
  */
 export async function handleReport(ctx: InboundContext, deviceId: string, payload: Buffer | string, retried = false): Promise<InboundResult> {
   if (!retried && ctx.reports && !ctx.reports.admit(deviceId)) return { kind: 'report-deferred', deviceId, what: 'rate-limited' };
-  const opened = await openAndRecordReport(ctx.registry, ctx.keys, deviceId, payload);
+  const opened = await openAndRecordReport(ctx.storage, ctx.keys, deviceId, payload);
   if (opened.kind === 'no-key') {
     const reports = ctx.reports;
     const retry = async (): Promise<void> => {
@@ -159,8 +169,8 @@ export async function handleReport(ctx: InboundContext, deviceId: string, payloa
 }
 
 export async function handleAck(ctx: InboundContext, deviceId: string, payload: Buffer | string): Promise<InboundResult> {
-  const { registry, keys } = ctx;
-  const signers = registry.verificationKeys(deviceId);
+  const { storage, keys } = ctx;
+  const signers = await storage.devices.verificationKeys(deviceId);
   if (signers.length === 0) return drop(ctx, deviceId, 'E_KID', 'no signing key registered for this device: its acks cannot be verified');
   const { claims, signerKid } = await openAck(payload, {
     serverId: keys.serverId,
@@ -168,7 +178,7 @@ export async function handleAck(ctx: InboundContext, deviceId: string, payload: 
     decryption: keys.decryption,
     verification: await KeyRing.create(signers),
   });
-  const command = registry.getCommand(claims.ref);
+  const command = await storage.commands.get(claims.ref);
   if (!command || command.deviceId !== deviceId) return drop(ctx, deviceId, 'E_NO_COMMAND', `verified ack refers to unknown command ${claims.ref}`);
   if (claims.seq !== 0 && claims.seq !== command.seq) {
     return drop(ctx, deviceId, 'E_CLAIMS', `ack of ${claims.ref} carries seq ${claims.seq}, the command had ${command.seq}`);
@@ -186,7 +196,7 @@ export async function handleAck(ctx: InboundContext, deviceId: string, payload: 
     if (command.ackStatus === null) keysReported = await rotatedKeys(claims.result);
     else keysReported = await rotatedKeys(claims.result).catch(() => undefined);
   }
-  const outcome = registry.recordAck(deviceId, claims, ackEffectsOf(command, claims, keysReported));
+  const outcome = await storage.commands.recordAck(deviceId, claims, ackEffectsOf(command, claims, keysReported));
   if (outcome.kind === 'unknown-command') return drop(ctx, deviceId, 'E_NO_COMMAND', `ack refers to unknown command ${claims.ref}`);
   if (outcome.kind === 'contradiction') {
     ctx.log.error('security.ack_contradiction', {

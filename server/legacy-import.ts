@@ -10,7 +10,7 @@ import { constants } from 'node:fs';
 import { lstat, open, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CodedError, computeKid, isValidId, parsePublicJwk, type PublicJwk, RSA_KEY_WRAP_ALG } from '../protocol/index.js';
-import type { Registry } from './registry/registry.js';
+import type { Storage } from './storage/types.js';
 
 export interface LegacyImportResult {
   imported: { deviceId: string; userId: string; kid: string; bits: number }[];
@@ -19,7 +19,7 @@ export interface LegacyImportResult {
 
 const PEM_SUFFIX = '_public.pem';
 
-export async function importLegacy(registry: Registry, root: string, options: { dryRun?: boolean } = {}): Promise<LegacyImportResult> {
+export async function importLegacy(storage: Storage, root: string, options: { dryRun?: boolean } = {}): Promise<LegacyImportResult> {
   const base = (await isDir(join(root, 'user_keys'))) ? join(root, 'user_keys') : root;
   if (!(await isDir(base))) throw new CodedError('E_NO_FILE', `${root} is not a directory`);
   const result: LegacyImportResult = { imported: [], skipped: [] };
@@ -44,7 +44,7 @@ export async function importLegacy(registry: Registry, root: string, options: { 
         result.skipped.push({ path, reason: `"${deviceId}" is not a valid device id` });
         continue;
       }
-      if (registry.getDevice(deviceId)) {
+      if (await storage.devices.get(deviceId)) {
         result.skipped.push({ path, reason: `device ${deviceId} is already registered` });
         continue;
       }
@@ -55,7 +55,7 @@ export async function importLegacy(registry: Registry, root: string, options: { 
         result.skipped.push({ path, reason: err instanceof Error ? err.message : String(err) });
         continue;
       }
-      if (!options.dryRun) registry.addDevice({ id: deviceId, userId, origin: 'legacy', encryption: jwk, state: 'registered' });
+      if (!options.dryRun) await storage.devices.add({ id: deviceId, userId, origin: 'legacy', encryption: jwk, state: 'registered' });
       result.imported.push({ deviceId, userId, kid: jwk.kid, bits: Buffer.from(jwk.n ?? '', 'base64url').length * 8 });
     }
   }

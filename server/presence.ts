@@ -7,7 +7,8 @@
  * announced.
  */
 import { KeyRing, openReport, type ReportClaims } from '../protocol/index.js';
-import type { Registry, ReportRecordOutcome } from './registry/registry.js';
+import type { ReportRecordOutcome } from './storage/records.js';
+import type { Storage } from './storage/types.js';
 import type { DevicePresenceRecord } from './registry/types.js';
 import type { ServerKeys } from './server-keys.js';
 
@@ -25,16 +26,16 @@ export function presenceOf(p: DevicePresenceRecord, now: number): Presence {
 
 /**
  * Opens a report with the device's registered signing keys and records it
- * (Registry.recordReport: only if newer than the recorded one). `no-key`: the
+ * (storage.devices.recordReport: only if newer than the recorded one). `no-key`: the
  * device has no registered signing key (yet: a report racing its enrollment).
  */
 export async function openAndRecordReport(
-  registry: Registry,
+  storage: Storage,
   keys: ServerKeys,
   deviceId: string,
   payload: Buffer | string,
 ): Promise<{ kind: 'opened'; claims: ReportClaims; outcome: ReportRecordOutcome; signerKid: string } | { kind: 'no-key' }> {
-  const signers = registry.reportVerificationKeys(deviceId);
+  const signers = await storage.devices.reportVerificationKeys(deviceId);
   if (signers.length === 0) return { kind: 'no-key' };
   const { claims, signerKid } = await openReport(payload, {
     serverId: keys.serverId,
@@ -42,5 +43,5 @@ export async function openAndRecordReport(
     decryption: keys.decryption,
     verification: await KeyRing.create(signers),
   });
-  return { kind: 'opened', claims, outcome: registry.recordReport(deviceId, claims), signerKid };
+  return { kind: 'opened', claims, outcome: await storage.devices.recordReport(deviceId, claims), signerKid };
 }

@@ -36,18 +36,18 @@ export async function openSendClient(
 ): Promise<SendClient> {
   const log = options.log ?? silentLogger;
   const client = await connectBroker(broker, { clean: true, ...(options.connectTimeoutMs ? { connectTimeoutMs: options.connectTimeoutMs } : {}) });
-  const { registry, keys, config } = data;
+  const { storage, keys, config } = data;
   const pool = options.sealWorkers ? SealPool.start(options.sealWorkers) : undefined;
   const sender = new CommandSender({
-    registry,
+    storage,
     keys,
     topicPrefix: config.topicPrefix,
     publish: (t, p) => publishQos1(client, t, p),
     ...(pool ? { seal: pool.seal } : {}),
   });
-  const waiters = new AckWaiters(registry);
+  const waiters = new AckWaiters(storage, { log });
   const ctx = {
-    registry,
+    storage,
     keys,
     topicPrefix: config.topicPrefix,
     sender,

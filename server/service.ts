@@ -29,12 +29,14 @@ import { handleInbound, type InboundContext, type InboundResult } from './inboun
 import { silentLogger, type Logger } from '../lib/log.js';
 import { connectBroker, publishQos1 } from './mqtt-connection.js';
 import { ReportIntake, type ReportDropCounts, type ReportIntakeOptions } from './report-intake.js';
-import type { CommandRecord } from './registry/types.js';
+import type { CommandRecord } from './storage/records.js';
 import { ChunkServer, type ChunkResult, type ChunkServerOptions } from './chunk-server.js';
 import { subscribeFleet, unsubscribeFleet, type SharedMode } from './subscriptions.js';
 
 export interface ServeOptions {
   dataDir: string;
+  /** The registry (a postgres:// URL or a SQLite path); default: env PROVISION_SERVER_REGISTRY, server.json's, DATA/registry.sqlite. */
+  registry?: string;
   /** Overrides what `init` recorded. */
   broker?: { broker?: string; ca?: string; cert?: string; key?: string };
   /** `host:port` or {host, port}; undefined: no HTTP API. Port 0 picks a free one. */
@@ -84,8 +86,8 @@ export interface RunningServer {
 export async function startProvisionServer(options: ServeOptions): Promise<RunningServer> {
   await assertJosePatched(); // before anything opens: an unpatched node-jose seals and opens nothing
   const log = options.log ?? silentLogger;
-  const data = await openDataDir(options.dataDir);
-  const { registry, keys, config } = data;
+  const data = await openDataDir(options.dataDir, options.registry !== undefined ? { registry: options.registry } : {});
+  const { storage, keys, config } = data;
   const broker = brokerFrom(config.broker, options.broker ?? {});
   let client: MqttClient | undefined;
   let enrollClient: MqttClient | undefined;
@@ -94,7 +96,7 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
   let chunks: ChunkServer | undefined;
   let httpServer: Server | undefined;
   let engine: RolloutEngine | undefined;
-  const enrollRefusals = new EnrollRefusals(registry, log);
+  const enrollRefusals = new EnrollRefusals(storage, log);
   const reports = new ReportIntake(log, options.reports);
   try {
     // The HTTP token is checked before the broker is contacted: a bad --http-token-file changes nothing.
@@ -132,7 +134,7 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
     });
     const chunkClient = fetchClient;
     chunks = new ChunkServer({
-      registry,
+      storage,
       topicPrefix: config.topicPrefix,
       log,
       publish: async (topic, payload) => {
@@ -142,13 +144,13 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
     });
     fetchSet.server = chunks;
     const mqttClient = client;
-    const sender = new CommandSender({ registry, keys, topicPrefix: config.topicPrefix, publish: (t, p) => publishQos1(mqttClient, t, p) });
-    const waiters = new AckWaiters(registry);
+    const sender = new CommandSender({ storage, keys, topicPrefix: config.topicPrefix, publish: (t, p) => publishQos1(mqttClient, t, p) });
+    const waiters = new AckWaiters(storage, { log });
     // Rollouts: driven here while this serve holds the engine lease (one serve at a time does).
-    engine = options.rollouts === false ? undefined : new RolloutEngine({ registry, sender, log, holder: `serve-${clientId}-${process.pid}` });
+    engine = options.rollouts === false ? undefined : new RolloutEngine({ storage, sender, log, holder: `serve-${clientId}-${process.pid}` });
     const rollouts = engine;
     const ctx: InboundContext = {
-      registry,
+      storage,
       keys,
       topicPrefix: config.topicPrefix,
       sender,
@@ -174,7 +176,7 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
     await subscribeFleet(fetchClient, config.topicPrefix, { mode: shared ? 'on' : 'off', log, kinds: ['fetch'], qos: 0 });
     let httpAddress: { host: string; port: number } | undefined;
     if (options.http && httpToken !== undefined) {
-      httpServer = createHttpApi({ registry, keys, sender, token: httpToken, log, ...(rollouts ? { onRolloutChange: () => rollouts.kick() } : {}) });
+      httpServer = createHttpApi({ storage, keys, sender, token: httpToken, log, ...(rollouts ? { onRolloutChange: () => rollouts.kick() } : {}) });
       const srv = httpServer;
       await new Promise<void>((resolve, reject) => {
         srv.once('error', reject);
@@ -186,8 +188,8 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
     }
     rollouts?.start();
     // Rollouts created or controlled by any process (CLI, HTTP API, engine) are logged here.
-    const changeLog = new RolloutChangeLog(registry, log, rollouts ? { ownHolder: rollouts.holder } : {});
-    changeLog.start();
+    const changeLog = new RolloutChangeLog(storage, log, rollouts ? { ownHolder: rollouts.holder } : {});
+    await changeLog.start();
     log.info('serve.ready', { server_id: keys.serverId, broker: broker.url, prefix: config.topicPrefix, shared });
     let closed = false;
     return {
@@ -227,8 +229,8 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
         ]);
         chunks?.close();
         reports.close();
-        enrollRefusals.close();
-        registry.close();
+        await enrollRefusals.close();
+        await storage.close();
       },
     };
   } catch (err) {
@@ -240,8 +242,8 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
     await fetchClient?.endAsync(true).catch(() => undefined);
     chunks?.close();
     reports.close();
-    enrollRefusals.close();
-    registry.close();
+    await enrollRefusals.close();
+    await storage.close().catch(() => undefined);
     throw err;
   }
 }

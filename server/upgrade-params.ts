@@ -14,8 +14,8 @@
  * itself); else refused, E_ARCH_UNKNOWN.
  */
 import { CodedError, isRecord, isVersion, ProtocolError, RELEASE_ARCHES, validateParams, type ReleaseArch, type UpgradeParams } from '../protocol/index.js';
-import { ReleaseStore, type ReleaseRecord } from './registry/releases.js';
-import type { Registry } from './registry/registry.js';
+import type { ReleaseRecord } from './storage/records.js';
+import type { Storage } from './storage/types.js';
 import type { DeviceRecord } from './registry/types.js';
 
 /** An upgrade as the operator asks for it. */
@@ -57,8 +57,8 @@ export function checkUpgradeRequest(params: unknown): UpgradeRequest {
 }
 
 /** Refuses (E_NO_RELEASE) a request for a version the server has no build of (for `arch`, when named). */
-export function checkReleaseExists(registry: Registry, req: UpgradeRequest): ReleaseRecord[] {
-  const builds = new ReleaseStore(registry).list({ version: req.release });
+export async function checkReleaseExists(storage: Storage, req: UpgradeRequest): Promise<ReleaseRecord[]> {
+  const builds = await storage.releases.list({ version: req.release });
   if (builds.length === 0) throw new CodedError('E_NO_RELEASE', `no release ${req.release}; add it with: provision-server release add TREE`);
   if (req.arch !== undefined && !builds.some((b) => b.arch === req.arch))
     throw new CodedError('E_NO_RELEASE', `release ${req.release} has no ${req.arch} build (it has: ${builds.map((b) => b.arch).join(', ')})`);
@@ -70,9 +70,9 @@ export function checkReleaseExists(registry: Registry, req: UpgradeRequest): Rel
  * release built for its architecture. Refuses E_ARCH_UNKNOWN (no arch known
  * nor named) or E_NO_RELEASE (no build for that arch).
  */
-export function resolveUpgrade(registry: Registry, device: DeviceRecord, raw: unknown): { params: UpgradeParams; release: ReleaseRecord } {
+export async function resolveUpgrade(storage: Storage, device: DeviceRecord, raw: unknown): Promise<{ params: UpgradeParams; release: ReleaseRecord }> {
   const req = checkUpgradeRequest(raw);
-  const builds = checkReleaseExists(registry, req);
+  const builds = await checkReleaseExists(storage, req);
   const arch = device.arch ?? req.arch ?? (builds.length === 1 ? builds[0]?.arch : undefined);
   if (arch === undefined)
     throw new CodedError(

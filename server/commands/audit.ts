@@ -2,8 +2,8 @@
 import { defineCommand } from '../../lib/cli.js';
 import { auditLine, auditView, CLI_FILTER_NAMES, parseAuditFilter } from '../audit-filter.js';
 import { openDataDir } from '../data-dir.js';
-import { DEFAULT_AUDIT_LIMIT, MAX_AUDIT_LIMIT, queryAudit } from '../registry/audit-query.js';
-import { withData } from './common.js';
+import { DEFAULT_AUDIT_LIMIT, MAX_AUDIT_LIMIT } from '../storage/records.js';
+import { withData, registryOption } from './common.js';
 
 export const auditCommand = defineCommand({
   command: 'audit',
@@ -25,12 +25,12 @@ export const auditCommand = defineCommand({
   handler: async (args) => {
     // The filters are checked before the data directory is opened.
     const filter = parseAuditFilter(args, CLI_FILTER_NAMES, 'E_USAGE', Date.now());
-    const data = await openDataDir(args.data);
+    const data = await openDataDir(args.data, registryOption(args));
     try {
-      const rows = queryAudit(data.registry, filter);
+      const rows = await data.storage.audit.query(filter);
       process.stdout.write(rows.map((a) => `${args.json ? JSON.stringify(auditView(a)) : auditLine(a)}\n`).join(''));
     } finally {
-      data.registry.close();
+      await data.storage.close();
     }
   },
 });

@@ -3,7 +3,7 @@ import { deviceIdFlag } from '../../lib/cli-input.js';
 import { writeBundle } from '../bundle.js';
 import { openDataDir, type BrokerSettings } from '../data-dir.js';
 import { parseDuration } from '../duration.js';
-import { withData } from './common.js';
+import { withData, registryOption } from './common.js';
 import { defineCommand } from '../../lib/cli.js';
 
 export const bundleCommand = defineCommand({
@@ -42,7 +42,7 @@ export const bundleCommand = defineCommand({
       ),
   handler: async (args) => {
     const ttl = parseDuration(args.ttl, '--ttl');
-    const data = await openDataDir(args.data);
+    const data = await openDataDir(args.data, registryOption(args));
     try {
       const recorded = data.config.deviceBroker ?? data.config.broker;
       let broker: BrokerSettings = { url: recorded.url, ...(recorded.ca ? { ca: recorded.ca } : {}) };
@@ -68,7 +68,7 @@ export const bundleCommand = defineCommand({
           `run on the board: sensor-agent run --config ${result.configPath}\n`,
       );
     } finally {
-      data.registry.close();
+      await data.storage.close();
     }
   },
 });

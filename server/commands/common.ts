@@ -4,6 +4,12 @@ import { defaultDataDir } from '../data-dir.js';
 
 export interface DataArgs {
   data: string;
+  registry?: string | undefined;
+}
+
+/** openDataDir's options from the command line: --registry (absent: the environment, server.json, DATA/registry.sqlite). */
+export function registryOption(args: { registry?: string | undefined }): { registry?: string } {
+  return args.registry !== undefined ? { registry: args.registry } : {};
 }
 
 export interface BrokerArgs {
@@ -13,14 +19,21 @@ export interface BrokerArgs {
   key?: string;
 }
 
-/** Adds --data (its value: DataArgs). */
+/** Adds --data and --registry (their values: DataArgs). */
 export function withData<T>(y: Argv<T>) {
-  return y.option('data', {
-    type: 'string',
-    default: defaultDataDir(),
-    defaultDescription: '$PROVISION_SERVER_DATA or /var/lib/provision-server',
-    describe: 'server data directory (keys, registry, recorded broker settings)',
-  });
+  return y
+    .option('data', {
+      type: 'string',
+      default: defaultDataDir(),
+      defaultDescription: '$PROVISION_SERVER_DATA or /var/lib/provision-server',
+      describe: 'server data directory (keys, registry, recorded broker settings)',
+    })
+    .option('registry', {
+      type: 'string',
+      requiresArg: true,
+      describe:
+        "the registry: a postgres://USER@HOST/DB URL (several servers share it) or a SQLite file; default: server.json's registry, else DATA/registry.sqlite; env PROVISION_SERVER_REGISTRY",
+    });
 }
 
 /** Adds --broker, --ca, --cert, --key (their values: BrokerArgs). */

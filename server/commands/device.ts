@@ -3,12 +3,12 @@ import type { Argv, CommandModule } from 'yargs';
 import { assertValidId, CodedError, parseJwkSet, type ReportUpgrade } from '../../protocol/index.js';
 import { deviceIdFlag, readJsonFile } from '../../lib/cli-input.js';
 import { openDataDir } from '../data-dir.js';
-import { DEVICE_STATES } from '../registry/types.js';
+import { DEVICE_STATES } from '../storage/records.js';
 import { printable, table } from '../terminal-text.js';
 import { presenceOf } from '../presence.js';
 import { commandView, deviceView } from '../views.js';
-import { withData } from './common.js';
-import { pendingEnrollments, tokenView } from '../registry/token-list.js';
+import { withData, registryOption } from './common.js';
+import { tokenView } from '../registry/token-list.js';
 import { defineCommand } from '../../lib/cli.js';
 
 const listCommand = defineCommand({
@@ -29,10 +29,10 @@ const listCommand = defineCommand({
     if (args.pending && (args.user !== undefined || args.state !== undefined || args.tag !== undefined)) {
       throw new CodedError('E_USAGE', '--pending lists devices not enrolled: it takes no --user, --state or --tag');
     }
-    const data = await openDataDir(args.data);
+    const data = await openDataDir(args.data, registryOption(args));
     try {
       if (args.pending) {
-        const pending = pendingEnrollments(data.registry);
+        const pending = await data.storage.enrollment.pendingEnrollments();
         if (args.json) return void process.stdout.write(`${JSON.stringify(pending.map(tokenView), null, 2)}\n`);
         const iso = (t: number): string => new Date(t).toISOString();
         const rows = [['DEVICE', 'USER', 'REGISTERED', 'TOKEN CREATED', 'TOKEN EXPIRES', 'TOKEN']];
@@ -40,7 +40,7 @@ const listCommand = defineCommand({
         process.stdout.write(table(rows));
         return;
       }
-      const devices = data.registry.listDevices({
+      const devices = await data.storage.devices.list({
         ...(args.user ? { userId: args.user } : {}),
         ...(args.state ? { states: [args.state] } : {}),
         ...(args.tag ? { tag: args.tag } : {}),
@@ -76,7 +76,7 @@ const listCommand = defineCommand({
       const flagged = devices.filter((d) => d.flag).length;
       if (flagged > 0) process.stderr.write(`warning: ${flagged} device(s) flagged by a security event: see provision-server device show DEVICE\n`);
     } finally {
-      data.registry.close();
+      await data.storage.close();
     }
   },
 });
@@ -92,16 +92,18 @@ const showCommand = defineCommand({
   describe: 'Show one device: keys, state, presence and reported state, tags, recent commands and audit events (JSON)',
   builder: (y) => withData(y).positional('device', { type: 'string', demandOption: true, coerce: deviceIdFlag('DEVICE') }),
   handler: async (args) => {
-    const data = await openDataDir(args.data);
+    const data = await openDataDir(args.data, registryOption(args));
     try {
-      const device = data.registry.requireDevice(args.device);
-      const commands = data.registry.listCommands({ deviceId: args.device, limit: 20 }).map((c) => commandView(c));
-      const audit = data.registry
-        .auditLog({ deviceId: args.device, limit: 20 })
-        .map((a) => ({ at: new Date(a.at).toISOString(), event: a.event, ...a.detail }));
+      const device = await data.storage.devices.require(args.device);
+      const commands = (await data.storage.commands.list({ deviceId: args.device, limit: 20 })).map((c) => commandView(c));
+      const audit = (await data.storage.audit.log({ deviceId: args.device, limit: 20 })).map((a) => ({
+        at: new Date(a.at).toISOString(),
+        event: a.event,
+        ...a.detail,
+      }));
       process.stdout.write(`${JSON.stringify({ ...deviceView(device), recent_commands: commands, audit }, null, 2)}\n`);
     } finally {
-      data.registry.close();
+      await data.storage.close();
     }
   },
 });
@@ -122,9 +124,9 @@ const addCommand = defineCommand({
     const enc = keys.filter((k) => k.use === 'enc');
     const sig = keys.filter((k) => k.use === 'sig');
     if (enc.length !== 1 || sig.length > 1) throw new CodedError('E_KEY', `${args.jwks} must hold exactly one encryption key and at most one signing key`);
-    const data = await openDataDir(args.data);
+    const data = await openDataDir(args.data, registryOption(args));
     try {
-      const d = data.registry.addDevice(
+      const d = await data.storage.devices.add(
         { id: args.device, userId: args.user, origin: 'jwks', encryption: enc[0] as (typeof enc)[number], ...(sig[0] ? { signing: sig[0] } : {}) },
         { replace: args.replace },
       );
@@ -132,7 +134,7 @@ const addCommand = defineCommand({
         `registered ${d.id} (user ${printable(args.user)}), encryption ${d.encryption?.alg} ${d.encryption?.kid}${d.signing ? `, signing ${d.signing.kid}` : ', no signing key: its acks cannot be verified yet'}\n`,
       );
     } finally {
-      data.registry.close();
+      await data.storage.close();
     }
   },
 });
@@ -143,12 +145,12 @@ const removeCommand = defineCommand({
     'Remove a device from the registry (keys and unused tokens; its command history and the audit log stay). Does not wipe the board: send delete for that.',
   builder: (y) => withData(y).positional('device', { type: 'string', demandOption: true, coerce: deviceIdFlag('DEVICE') }),
   handler: async (args) => {
-    const data = await openDataDir(args.data);
+    const data = await openDataDir(args.data, registryOption(args));
     try {
-      data.registry.removeDevice(args.device);
+      await data.storage.devices.remove(args.device);
       process.stdout.write(`removed ${args.device}\n`);
     } finally {
-      data.registry.close();
+      await data.storage.close();
     }
   },
 });
@@ -162,13 +164,13 @@ function tagChange(verb: 'add' | 'remove', describe: string) {
         .positional('device', { type: 'string', demandOption: true, coerce: deviceIdFlag('DEVICE') })
         .positional('tags', { type: 'string', array: true, demandOption: true }),
     handler: async (args) => {
-      const data = await openDataDir(args.data);
+      const data = await openDataDir(args.data, registryOption(args));
       try {
         const given = args.tags.map(String);
-        const tags = verb === 'add' ? data.registry.addTags(args.device, given) : data.registry.removeTags(args.device, given);
+        const tags = verb === 'add' ? await data.storage.devices.addTags(args.device, given) : await data.storage.devices.removeTags(args.device, given);
         process.stdout.write(`${args.device}: ${tags.join(', ') || '(no tags)'}\n`);
       } finally {
-        data.registry.close();
+        await data.storage.close();
       }
     },
   });
@@ -182,18 +184,18 @@ const tagListCommand = defineCommand({
       .positional('device', { type: 'string', coerce: (v: string | undefined) => (v === undefined ? undefined : deviceIdFlag('DEVICE')(v)) })
       .option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
   handler: async (args) => {
-    const data = await openDataDir(args.data);
+    const data = await openDataDir(args.data, registryOption(args));
     try {
       if (args.device !== undefined) {
-        const tags = data.registry.requireDevice(args.device).tags;
+        const tags = (await data.storage.devices.require(args.device)).tags;
         process.stdout.write(args.json ? `${JSON.stringify(tags)}\n` : `${tags.join('\n')}${tags.length ? '\n' : ''}`);
         return;
       }
-      const tags = data.registry.listTags();
+      const tags = await data.storage.devices.listTags();
       if (args.json) return void process.stdout.write(`${JSON.stringify(tags, null, 2)}\n`);
       process.stdout.write(table([['TAG', 'DEVICES'], ...tags.map((t) => [t.tag, String(t.devices)])]));
     } finally {
-      data.registry.close();
+      await data.storage.close();
     }
   },
 });

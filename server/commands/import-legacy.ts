@@ -2,7 +2,7 @@
 import { openDataDir } from '../data-dir.js';
 import { importLegacy } from '../legacy-import.js';
 import { printable } from '../terminal-text.js';
-import { withData } from './common.js';
+import { withData, registryOption } from './common.js';
 import { defineCommand } from '../../lib/cli.js';
 
 export const importLegacyCommand = defineCommand({
@@ -13,9 +13,9 @@ export const importLegacyCommand = defineCommand({
       .positional('dir', { type: 'string', demandOption: true, describe: 'the directory holding user_keys/ (or user_keys/ itself)' })
       .option('dry-run', { type: 'boolean', default: false, describe: 'report what would be imported, change nothing' }),
   handler: async (args) => {
-    const data = await openDataDir(args.data);
+    const data = await openDataDir(args.data, registryOption(args));
     try {
-      const result = await importLegacy(data.registry, args.dir, { dryRun: args.dryRun });
+      const result = await importLegacy(data.storage, args.dir, { dryRun: args.dryRun });
       for (const i of result.imported)
         process.stdout.write(`${args.dryRun ? 'would import' : 'imported'} ${i.deviceId} (user ${printable(i.userId)}, RSA ${i.bits}, kid ${i.kid})\n`);
       for (const s of result.skipped) process.stderr.write(`skipped ${printable(s.path)}: ${printable(s.reason)}\n`);
@@ -26,7 +26,7 @@ export const importLegacyCommand = defineCommand({
         );
       }
     } finally {
-      data.registry.close();
+      await data.storage.close();
     }
   },
 });

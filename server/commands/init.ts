@@ -1,6 +1,8 @@
 /** `provision-server init`: create the data directory: server keys, registry, broker defaults, HTTP token. */
+import { resolve } from 'node:path';
 import { CodedError, DEFAULT_TOPIC_PREFIX } from '../../protocol/index.js';
 import { DEFAULT_BROKER_URL, initDataDir, type BrokerSettings } from '../data-dir.js';
+import { parseRegistryLocation, redactUrl } from '../storage/open.js';
 import { DEFAULT_SERVER_ID } from '../server-keys.js';
 import { withBroker, withData } from './common.js';
 import { defineCommand } from '../../lib/cli.js';
@@ -8,7 +10,7 @@ import { defineCommand } from '../../lib/cli.js';
 export const initCommand = defineCommand({
   command: 'init',
   describe:
-    'Create the data directory: server keys (DATA/keys), registry (DATA/registry.sqlite), broker defaults (DATA/server.json), HTTP token (DATA/http.token)',
+    'Create the data directory: server keys (DATA/keys), registry (DATA/registry.sqlite, or --registry, recorded), broker defaults (DATA/server.json), HTTP token (DATA/http.token)',
   builder: (y) =>
     withBroker(withData(y))
       .option('broker', { type: 'string', describe: `broker URL the server connects to, recorded for serve and send (default ${DEFAULT_BROKER_URL})` })
@@ -45,9 +47,12 @@ export const initCommand = defineCommand({
       ...(args.deviceMqttVersion !== undefined ? { deviceMqttVersion: args.deviceMqttVersion } : {}),
       topicPrefix: args.topicPrefix,
       force: args.force,
+      ...(args.registry !== undefined ? { registry: args.registry } : {}),
     });
+    const given = args.registry !== undefined ? parseRegistryLocation(args.registry) : undefined;
+    const registry = given === undefined ? paths.registry : given.kind === 'postgres' ? redactUrl(given.url) : resolve(given.path);
     process.stdout.write(
-      `initialised ${paths.dir}\n  keys:     ${paths.keys} (devices pin ${paths.keys}/trust.jwks)\n  registry: ${paths.registry}\n  broker:   ${broker.url}\n${deviceBroker ? `  boards:   ${deviceBroker.url}\n` : ''}  HTTP API bearer token: ${paths.httpToken}\n`,
+      `initialised ${paths.dir}\n  keys:     ${paths.keys} (devices pin ${paths.keys}/trust.jwks)\n  registry: ${registry}\n  broker:   ${broker.url}\n${deviceBroker ? `  boards:   ${deviceBroker.url}\n` : ''}  HTTP API bearer token: ${paths.httpToken}\n`,
     );
   },
 });

@@ -4,11 +4,10 @@ import { CodedError, isVersion, RELEASE_ARCHES } from '../../protocol/index.js';
 import { defineCommand } from '../../lib/cli.js';
 import { exists } from '../../lib/fs.js';
 import { dataPaths, openDataDir } from '../data-dir.js';
-import { ReleaseStore } from '../registry/releases.js';
 import { generateReleaseKey, loadReleaseKey } from '../release-key.js';
 import { addReleaseFromFiles, addReleaseFromTree, removeRelease } from '../releases/store.js';
 import { releaseTable, releaseView } from '../releases/views.js';
-import { withData } from './common.js';
+import { withData, registryOption } from './common.js';
 
 const version = (v: unknown): string => {
   if (!isVersion(v)) throw new CodedError('E_USAGE', `VERSION ${JSON.stringify(v)} must be a version x.y.z[-pre]`);
@@ -63,11 +62,11 @@ const addCommand = defineCommand({
     if (files && (args.tree !== undefined || args.agentOnly || args.key !== undefined))
       throw new CodedError('E_USAGE', 'a release signed elsewhere (--artifact, --manifest) takes no TREE, --agent-only or --key');
     if (!files && args.tree === undefined) throw new CodedError('E_USAGE', 'name an agent tree: release add TREE (or --artifact FILE --manifest FILE)');
-    const data = await openDataDir(args.data);
+    const data = await openDataDir(args.data, registryOption(args));
     try {
       const { record, manifest } = files
-        ? await addReleaseFromFiles(data.registry, data.paths.dir, args.artifact as string, args.manifest as string)
-        : await addReleaseFromTree(data.registry, data.paths.dir, args.tree as string, {
+        ? await addReleaseFromFiles(data.storage, data.paths.dir, args.artifact as string, args.manifest as string)
+        : await addReleaseFromTree(data.storage, data.paths.dir, args.tree as string, {
             agentOnly: args.agentOnly,
             key: await loadReleaseKey(data.paths.dir, args.key),
           });
@@ -77,7 +76,7 @@ const addCommand = defineCommand({
           `${manifest.node.ships ? `ships Node ${manifest.node.version}` : `runs on the board's Node (abi ${manifest.node.abi})`}\n`,
       );
     } finally {
-      data.registry.close();
+      await data.storage.close();
     }
   },
 });
@@ -87,9 +86,9 @@ const listCommand = defineCommand({
   describe: 'List the releases (newest first)',
   builder: (y) => withData(y).option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
   handler: async (args) => {
-    const data = await openDataDir(args.data);
+    const data = await openDataDir(args.data, registryOption(args));
     try {
-      const all = new ReleaseStore(data.registry).list();
+      const all = await data.storage.releases.list();
       process.stdout.write(
         args.json
           ? `${JSON.stringify(
@@ -100,7 +99,7 @@ const listCommand = defineCommand({
           : releaseTable(all),
       );
     } finally {
-      data.registry.close();
+      await data.storage.close();
     }
   },
 });
@@ -114,17 +113,17 @@ const showCommand = defineCommand({
       .option('arch', { choices: RELEASE_ARCHES, describe: 'only this architecture' })
       .option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
   handler: async (args) => {
-    const data = await openDataDir(args.data);
+    const data = await openDataDir(args.data, registryOption(args));
     try {
-      const store = new ReleaseStore(data.registry);
-      const rs = args.arch !== undefined ? [store.require(args.ver, args.arch)] : store.list({ version: args.ver });
+      const store = data.storage.releases;
+      const rs = args.arch !== undefined ? [await store.require(args.ver, args.arch)] : await store.list({ version: args.ver });
       if (rs.length === 0) throw new CodedError('E_NO_RELEASE', `no release ${args.ver}; see: provision-server release list`);
       const views = rs.map((r) => releaseView(r, { manifest: true }));
       if (args.json) return void process.stdout.write(`${JSON.stringify(args.arch !== undefined ? views[0] : views, null, 2)}\n`);
       process.stdout.write(releaseTable(rs));
       for (const r of rs) process.stdout.write(`${r.arch}: ${r.dir}\n`);
     } finally {
-      data.registry.close();
+      await data.storage.close();
     }
   },
 });
@@ -137,13 +136,13 @@ const removeCommand = defineCommand({
       .positional('ver', { type: 'string', demandOption: true, coerce: version, describe: 'the release version (x.y.z[-pre])' })
       .option('arch', { choices: RELEASE_ARCHES, describe: 'only this architecture (needed when the version has several)' }),
   handler: async (args) => {
-    const data = await openDataDir(args.data);
+    const data = await openDataDir(args.data, registryOption(args));
     try {
-      const r = new ReleaseStore(data.registry).require(args.ver, args.arch);
-      await removeRelease(data.registry, r);
+      const r = await data.storage.releases.require(args.ver, args.arch);
+      await removeRelease(data.storage, r);
       process.stdout.write(`removed release ${r.version} (${r.arch})\n`);
     } finally {
-      data.registry.close();
+      await data.storage.close();
     }
   },
 });

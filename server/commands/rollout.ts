@@ -9,11 +9,11 @@ import { confirmCli, followRollout } from './send-rollout.js';
 import { planRetry, retryView, startRetry } from '../rollouts/retry.js';
 import { rolloutOutlook } from '../rollouts/progress.js';
 import { planWarnings } from '../rollouts/warnings.js';
-import { RolloutStore, type RolloutState } from '../registry/rollouts.js';
+import type { RolloutState } from '../storage/records.js';
 import { ROLLOUT_LEASE } from '../rollouts/engine.js';
 import { ROLLOUT_CONTROLS } from '../rollouts/controls.js';
 import { formatPlan, formatRolloutList, formatRolloutSummary, planView, rolloutView } from '../rollouts/views.js';
-import { brokerOverride, withBroker, withData } from './common.js';
+import { brokerOverride, withBroker, withData, registryOption } from './common.js';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
@@ -31,10 +31,11 @@ const listCommand = defineCommand({
       .option('limit', { type: 'number', default: 50, describe: 'at most this many' })
       .option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
   handler: async (args) => {
-    const data = await openDataDir(args.data);
+    const data = await openDataDir(args.data, registryOption(args));
     try {
-      const store = new RolloutStore(data.registry);
-      const items = store.list({ limit: args.limit, unfinished: args.open }).map((r) => ({ r, counts: store.counts(r.id) }));
+      const store = data.storage.rollouts;
+      const items = [];
+      for (const r of await store.list({ limit: args.limit, unfinished: args.open })) items.push({ r, counts: await store.counts(r.id) });
       if (args.json)
         return void process.stdout.write(
           `${JSON.stringify(
@@ -44,11 +45,11 @@ const listCommand = defineCommand({
           )}\n`,
         );
       process.stdout.write(formatRolloutList(items));
-      const holder = store.leaseHolder(ROLLOUT_LEASE);
+      const holder = await data.storage.leases.holder(ROLLOUT_LEASE);
       if (items.some((i) => i.r.finishedAt === null))
         process.stderr.write(holder ? `driven by ${holder}\n` : 'note: no serve is running: open rollouts wait until provision-server serve runs\n');
     } finally {
-      data.registry.close();
+      await data.storage.close();
     }
   },
 });
@@ -62,23 +63,23 @@ const showCommand = defineCommand({
       .positional('id', { type: 'string', demandOption: true, coerce: rolloutId })
       .option('json', { type: 'boolean', default: false, describe: 'print JSON with every target' }),
   handler: async (args) => {
-    const data = await openDataDir(args.data);
+    const data = await openDataDir(args.data, registryOption(args));
     try {
-      const store = new RolloutStore(data.registry);
-      const r = store.require(args.id);
-      const counts = store.counts(r.id);
-      const outlook = rolloutOutlook(data.registry, r, counts, data.registry.now());
-      if (args.json) return void process.stdout.write(`${JSON.stringify(rolloutView(r, counts, store.targets(r.id), outlook), null, 2)}\n`);
+      const store = data.storage.rollouts;
+      const r = await store.require(args.id);
+      const counts = await store.counts(r.id);
+      const outlook = await rolloutOutlook(data.storage, r, counts, data.storage.now());
+      if (args.json) return void process.stdout.write(`${JSON.stringify(rolloutView(r, counts, await store.targets(r.id), outlook), null, 2)}\n`);
       process.stdout.write(
         formatRolloutSummary(
           r,
           counts,
-          store.targets(r.id, { states: ['pending', 'sending', 'sent', 'rejected', 'failed', 'rolled_back', 'expired', 'cancelled', 'not sent'] }),
+          await store.targets(r.id, { states: ['pending', 'sending', 'sent', 'rejected', 'failed', 'rolled_back', 'expired', 'cancelled', 'not sent'] }),
           outlook,
         ),
       );
     } finally {
-      data.registry.close();
+      await data.storage.close();
     }
   },
 });
@@ -92,12 +93,12 @@ function control(verb: 'pause' | 'cancel', describe: string, from: RolloutState[
         .positional('id', { type: 'string', demandOption: true, coerce: rolloutId })
         .option('reason', { type: 'string', default: `${verb} from the CLI`, describe: 'recorded in the audit log' }),
     handler: async (args) => {
-      const data = await openDataDir(args.data);
+      const data = await openDataDir(args.data, registryOption(args));
       try {
-        const r = new RolloutStore(data.registry).setState(args.id, from, to, args.reason, 'cli');
+        const r = await data.storage.rollouts.setState(args.id, from, to, args.reason, 'cli');
         process.stdout.write(`rollout ${r.id}: ${r.state}\n`);
       } finally {
-        data.registry.close();
+        await data.storage.close();
       }
     },
   });
@@ -115,17 +116,17 @@ const resumeCommand = defineCommand({
       .option('reason', { type: 'string', default: 'resume from the CLI', describe: 'recorded in the audit log' }),
   handler: async (args) => {
     const ackTimeoutMs = parseDuration(args.timeout, '--timeout');
-    const data = await openDataDir(args.data);
+    const data = await openDataDir(args.data, registryOption(args));
     try {
-      const store = new RolloutStore(data.registry);
-      const r = store.require(args.id);
+      const store = data.storage.rollouts;
+      const r = await store.require(args.id);
       if (r.finishedAt !== null) throw new RegistryError('E_ROLLOUT_STATE', `rollout ${r.id} is finished (${r.state}): nothing to resume`);
-      if (r.state !== 'running') store.setState(r.id, ROLLOUT_CONTROLS.resume.from, ROLLOUT_CONTROLS.resume.to, args.reason, 'cli');
+      if (r.state !== 'running') await store.setState(r.id, ROLLOUT_CONTROLS.resume.from, ROLLOUT_CONTROLS.resume.to, args.reason, 'cli');
       if (args.detach) return void process.stdout.write(`rollout ${r.id}: running\n`);
       const broker = brokerFrom(data.config.broker, brokerOverride(args));
       process.exitCode = await followRollout({ data, broker, start: () => r.id, json: args.json, ackTimeoutMs, sealWorkers: 0 });
     } finally {
-      data.registry.close();
+      await data.storage.close();
     }
   },
 });
@@ -148,9 +149,9 @@ const retryCommand = defineCommand({
     const ackTimeoutMs = parseDuration(args.timeout, '--timeout');
     const deliverWithinMs = args.deliverWithin === undefined ? undefined : parseDuration(args.deliverWithin, '--deliver-within');
     const progressIntervalMs = args.progressInterval === '0' ? 0 : parseDuration(args.progressInterval, '--progress-interval');
-    const data = await openDataDir(args.data);
+    const data = await openDataDir(args.data, registryOption(args));
     try {
-      const rp = await planRetry(data.registry, data.keys, args.id, deliverWithinMs === undefined ? {} : { deliverWithinMs });
+      const rp = await planRetry(data.storage, data.keys, args.id, deliverWithinMs === undefined ? {} : { deliverWithinMs });
       for (const w of planWarnings(rp.plan)) process.stderr.write(`warning: ${w}\n`);
       if (rp.inFlight > 0)
         process.stderr.write(`note: ${rp.inFlight} target(s) of ${args.id} still in flight are not retried (their command may still apply)\n`);
@@ -166,21 +167,21 @@ const retryCommand = defineCommand({
       }
       await confirmCli(rp.plan.spec.action, rp.plan.summary.targets, args.yes);
       if (args.detach) {
-        const r = await startRetry(data.registry, rp);
+        const r = await startRetry(data.storage, rp);
         return void process.stdout.write(`rollout ${r.id}: running (retry of ${args.id}, ${rp.plan.summary.targets} device(s))\n`);
       }
       const broker = brokerFrom(data.config.broker, brokerOverride(args));
       process.exitCode = await followRollout({
         data,
         broker,
-        start: async () => (await startRetry(data.registry, rp)).id,
+        start: async () => (await startRetry(data.storage, rp)).id,
         json: args.json,
         ackTimeoutMs,
         sealWorkers: 0,
         progressIntervalMs,
       });
     } finally {
-      data.registry.close();
+      await data.storage.close();
     }
   },
 });

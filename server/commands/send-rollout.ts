@@ -11,7 +11,6 @@ import { CodedError } from '../../protocol/index.js';
 import type { BrokerSettings, OpenedData } from '../data-dir.js';
 import { silentLogger, type Logger } from '../../lib/log.js';
 import { progressBar } from '../fanout.js';
-import { RolloutStore } from '../registry/rollouts.js';
 import { ROLLOUT_LEASE, RolloutEngine } from '../rollouts/engine.js';
 import { planRollout, startRollout, type RolloutRequest } from '../rollouts/plan.js';
 import { formatPlan, formatRolloutSummary, planView, progressOf, rolloutView } from '../rollouts/views.js';
@@ -38,7 +37,7 @@ export interface RolloutCliOptions {
 
 /** Plans, and unless a dry run, records and follows the rollout. Returns the exit status: 0 when every target applied, else 6. */
 export async function runRolloutCli(o: RolloutCliOptions): Promise<number> {
-  const plan = await planRollout(o.data.registry, o.data.keys, o.request);
+  const plan = await planRollout(o.data.storage, o.data.keys, o.request);
   for (const w of planWarnings(plan)) process.stderr.write(`warning: ${w}\n`);
   if (o.dryRun) {
     process.stdout.write(o.json ? `${JSON.stringify({ ...planView(plan), warnings: planWarnings(plan) }, null, 2)}\n` : formatPlan(plan));
@@ -46,7 +45,7 @@ export async function runRolloutCli(o: RolloutCliOptions): Promise<number> {
   }
   if (plan.summary.targets === 0) throw new CodedError('E_USAGE', 'no device matches: nothing to send');
   await confirmCli(plan.spec.action, plan.summary.targets, o.yes);
-  return followRollout({ ...o, start: async () => (await startRollout(o.data.registry, plan)).id });
+  return followRollout({ ...o, start: async () => (await startRollout(o.data.storage, plan)).id });
 }
 
 /**
@@ -91,7 +90,7 @@ export const DEFAULT_PROGRESS_INTERVAL_MS = 5000;
  */
 export async function followRollout(o: FollowOptions): Promise<number> {
   const { data } = o;
-  const store = new RolloutStore(data.registry);
+  const store = data.storage.rollouts;
   let engine: RolloutEngine | undefined;
   const client = await openSendClient(data, o.broker, {
     acksOf: 'all',
@@ -105,11 +104,11 @@ export async function followRollout(o: FollowOptions): Promise<number> {
   process.once('SIGINT', onSigint);
   try {
     const id = await o.start();
-    const holder = store.leaseHolder(ROLLOUT_LEASE);
-    engine = new RolloutEngine({ registry: data.registry, sender: client.sender, log: o.log ?? silentLogger, holder: `send-${process.pid}` });
+    const holder = await data.storage.leases.holder(ROLLOUT_LEASE);
+    engine = new RolloutEngine({ storage: data.storage, sender: client.sender, log: o.log ?? silentLogger, holder: `send-${process.pid}` });
     engine.start();
-    const r = store.require(id);
-    const total = progressOf(store.counts(id)).total;
+    const r = await store.require(id);
+    const total = progressOf(await store.counts(id)).total;
     process.stderr.write(
       `rollout ${r.id}: ${r.action} to ${total} device(s), ${holder ? `driven by ${holder}` : 'driven by this process (no serve running)'}\n`,
     );
@@ -127,15 +126,15 @@ export async function followRollout(o: FollowOptions): Promise<number> {
     });
     if (tty) process.stderr.write('\n');
     await engine.stop();
-    const final = store.require(r.id);
-    const counts = store.counts(r.id);
-    if (o.json) process.stdout.write(`${JSON.stringify(rolloutView(final, counts, store.targets(r.id)), null, 2)}\n`);
+    const final = await store.require(r.id);
+    const counts = await store.counts(r.id);
+    if (o.json) process.stdout.write(`${JSON.stringify(rolloutView(final, counts, await store.targets(r.id)), null, 2)}\n`);
     else
       process.stdout.write(
         formatRolloutSummary(
           final,
           counts,
-          store.targets(r.id, { states: ['pending', 'sending', 'sent', 'rejected', 'failed', 'rolled_back', 'expired', 'cancelled', 'not sent'] }),
+          await store.targets(r.id, { states: ['pending', 'sending', 'sent', 'rejected', 'failed', 'rolled_back', 'expired', 'cancelled', 'not sent'] }),
         ),
       );
     return counts.applied === total ? 0 : 6;

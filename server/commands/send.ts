@@ -20,7 +20,7 @@ import {
 import { deviceIdFlag, readInput } from '../../lib/cli-input.js';
 import { printable } from '../terminal-text.js';
 import { prepareCommand } from '../command-sender.js';
-import type { RolloutSelector } from '../registry/rollouts.js';
+import type { RolloutSelector } from '../storage/records.js';
 import { parsePercent, parseRate } from '../rollouts/plan.js';
 import { runRolloutCli } from './send-rollout.js';
 import { brokerFrom, openDataDir } from '../data-dir.js';
@@ -30,7 +30,7 @@ import { DEFAULT_FANOUT_CONCURRENCY, formatFanoutSummary, progressBar, runFanout
 import { createLogger } from '../../lib/log.js';
 import { openSendClient } from '../send-client.js';
 import { commandView } from '../views.js';
-import { brokerOverride, withBroker, withData } from './common.js';
+import { brokerOverride, withBroker, withData, registryOption } from './common.js';
 import { defineCommand } from '../../lib/cli.js';
 
 export const SEND_EXIT = { applied: 0, rejected: 3, failed: 4, timeout: 5, fanoutIncomplete: 6, rolled_back: 7 } as const;
@@ -193,7 +193,7 @@ export const sendCommand = defineCommand({
     if (!Number.isInteger(args.sealWorkers) || args.sealWorkers < 0 || args.sealWorkers > MAX_SEAL_WORKERS) {
       throw new CodedError('E_USAGE', `--seal-workers must be an integer 0-${MAX_SEAL_WORKERS}`);
     }
-    const data = await openDataDir(args.data);
+    const data = await openDataDir(args.data, registryOption(args));
     const log = args.verbose ? createLogger({ level: 'info', style: 'timestamped' }) : undefined;
     try {
       const broker = brokerFrom(data.config.broker, brokerOverride(args));
@@ -235,7 +235,7 @@ export const sendCommand = defineCommand({
         try {
           const tty = process.stderr.isTTY;
           const summary = await runFanout({
-            registry: data.registry,
+            storage: data.storage,
             sender: client.sender,
             waiters: client.waiters,
             resumeId: args.resume as string,
@@ -261,7 +261,7 @@ export const sendCommand = defineCommand({
         params,
         ...(ttlSeconds ? { ttlSeconds } : {}),
       };
-      prepareCommand(data.registry, data.keys, request);
+      await prepareCommand(data.storage, data.keys, request);
       const client = await openSendClient(data, broker, { acksOf: args.wait ? [deviceId] : [], ...(log ? { log } : {}) });
       try {
         const command = await client.sender.send(request);
@@ -276,7 +276,7 @@ export const sendCommand = defineCommand({
         }
         const acked = await client.waiters.wait(command.jti, timeoutMs);
         if (!acked?.ackStatus) {
-          process.stdout.write(`${JSON.stringify(commandView(data.registry.getCommand(command.jti) ?? command), null, 2)}\n`);
+          process.stdout.write(`${JSON.stringify(commandView((await data.storage.commands.get(command.jti)) ?? command), null, 2)}\n`);
           throw new CodedError(
             'E_TIMEOUT',
             `no ack from ${deviceId} within ${Math.round(timeoutMs / 1000)} s (the command stays valid until ${new Date(command.expiresAt).toISOString()})`,
@@ -288,7 +288,7 @@ export const sendCommand = defineCommand({
         await client.close();
       }
     } finally {
-      data.registry.close();
+      await data.storage.close();
     }
   },
 });

@@ -1,7 +1,7 @@
 /** `provision-server serve`: the long-running server (enrollments, acks, reports, rollouts, HTTP API). */
 import { createLogger } from '../../lib/log.js';
 import { parseHostPort, startProvisionServer } from '../service.js';
-import { brokerOverride, withBroker, withData } from './common.js';
+import { brokerOverride, registryOption, withBroker, withData } from './common.js';
 import { defineCommand } from '../../lib/cli.js';
 
 export const serveCommand = defineCommand({
@@ -30,6 +30,7 @@ export const serveCommand = defineCommand({
     const log = createLogger({ level: args.logLevel, style: 'timestamped' });
     const server = await startProvisionServer({
       dataDir: args.data,
+      ...registryOption(args),
       broker: brokerOverride(args),
       ...(args.http ? { http: parseHostPort(args.http) } : {}),
       ...(args.httpTokenFile ? { httpTokenFile: args.httpTokenFile } : {}),

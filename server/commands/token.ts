@@ -3,9 +3,9 @@ import type { Argv, CommandModule } from 'yargs';
 import { deviceIdFlag } from '../../lib/cli-input.js';
 import { openDataDir } from '../data-dir.js';
 import { parseDuration } from '../duration.js';
-import { withData } from './common.js';
+import { withData, registryOption } from './common.js';
 import { defineCommand } from '../../lib/cli.js';
-import { listTokens, tokenView } from '../registry/token-list.js';
+import { tokenView } from '../registry/token-list.js';
 import { table } from '../terminal-text.js';
 
 const createCommand = defineCommand({
@@ -18,13 +18,13 @@ const createCommand = defineCommand({
       .option('ttl', { type: 'string', default: '24h', describe: 'lifetime (30m, 24h, 7d)' }),
   handler: async (args) => {
     const ttl = parseDuration(args.ttl, '--ttl');
-    const data = await openDataDir(args.data);
+    const data = await openDataDir(args.data, registryOption(args));
     try {
-      const { token, expiresAt } = data.registry.createToken(args.device, args.user, ttl);
+      const { token, expiresAt } = await data.storage.enrollment.createToken(args.device, args.user, ttl);
       process.stdout.write(`${token}\n`);
       process.stderr.write(`enrollment token for ${args.device} (user ${args.user}), valid until ${new Date(expiresAt).toISOString()}; shown only once\n`);
     } finally {
-      data.registry.close();
+      await data.storage.close();
     }
   },
 });
@@ -37,16 +37,16 @@ const listCommand = defineCommand({
       .option('device', { type: 'string', coerce: deviceIdFlag('--device'), describe: 'only the tokens of this device' })
       .option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
   handler: async (args) => {
-    const data = await openDataDir(args.data);
+    const data = await openDataDir(args.data, registryOption(args));
     try {
-      const tokens = listTokens(data.registry, args.device === undefined ? {} : { deviceId: args.device });
+      const tokens = await data.storage.enrollment.listTokens(args.device === undefined ? {} : { deviceId: args.device });
       if (args.json) return void process.stdout.write(`${JSON.stringify(tokens.map(tokenView), null, 2)}\n`);
       const iso = (t: number | null): string => (t === null ? '-' : new Date(t).toISOString());
       const rows = [['DEVICE', 'USER', 'CREATED', 'EXPIRES', 'STATUS', 'USED', 'ENROLLED']];
       for (const t of tokens) rows.push([t.deviceId, t.userId, iso(t.createdAt), iso(t.expiresAt), t.status, iso(t.usedAt), iso(t.enrolledAt)]);
       process.stdout.write(table(rows));
     } finally {
-      data.registry.close();
+      await data.storage.close();
     }
   },
 });

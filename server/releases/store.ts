@@ -11,8 +11,8 @@ import { join, resolve } from 'node:path';
 import { CodedError, KeyRing, verifyReleaseManifest, signReleaseManifest, type PrivateJwk, type ReleaseManifest } from '../../protocol/index.js';
 import { fsyncDirectory, writeFileAtomic } from '../../lib/durable-file.js';
 import { ensurePrivateDir } from '../../lib/fs.js';
-import { ReleaseStore, type ReleaseRecord } from '../registry/releases.js';
-import type { Registry } from '../registry/registry.js';
+import type { ReleaseRecord } from '../storage/records.js';
+import type { Storage } from '../storage/types.js';
 import { readReleaseJwks } from '../release-key.js';
 import { digestArtifact, manifestFor, packTree, readTreeInfo } from './pack.js';
 
@@ -42,12 +42,12 @@ interface Staged {
   jws: string;
 }
 
-async function install(registry: Registry, dataDir: string, staged: Staged): Promise<ReleaseRecord> {
-  const store = new ReleaseStore(registry);
+async function install(storage: Storage, dataDir: string, staged: Staged): Promise<ReleaseRecord> {
+  const store = storage.releases;
   const m = staged.manifest;
   const final = join(releasesDir(dataDir), `${m.version}-${m.arch}`);
   try {
-    if (store.get(m.version, m.arch)) throw new CodedError('E_RELEASE_EXISTS', `release ${m.version} for ${m.arch} already exists; remove it first`);
+    if (await store.get(m.version, m.arch)) throw new CodedError('E_RELEASE_EXISTS', `release ${m.version} for ${m.arch} already exists; remove it first`);
     await writeFileAtomic(join(staged.tmp, MANIFEST_JWS_FILE), `${staged.jws}\n`, { mode: 0o644 });
     await writeFileAtomic(join(staged.tmp, MANIFEST_JSON_FILE), `${JSON.stringify(m, null, 2)}\n`, { mode: 0o644 });
     // A directory left by a release removed earlier (or a crash after the rename) is replaced.
@@ -59,7 +59,7 @@ async function install(registry: Registry, dataDir: string, staged: Staged): Pro
     throw err;
   }
   try {
-    return store.add(m, staged.jws, final);
+    return await store.add(m, staged.jws, final);
   } catch (err) {
     await rm(final, { recursive: true, force: true });
     throw err;
@@ -80,7 +80,7 @@ async function stagingDir(dataDir: string): Promise<string> {
  * boards do not pin would make a release every board refuses), stores it.
  */
 export async function addReleaseFromTree(
-  registry: Registry,
+  storage: Storage,
   dataDir: string,
   tree: string,
   options: { agentOnly: boolean; key: PrivateJwk; now?: Date },
@@ -94,8 +94,8 @@ export async function addReleaseFromTree(
       'E_RELEASE_KEY',
       `the release key ${options.key.kid} is not in ${join(resolve(dataDir), 'release.jwks')}: boards pin that set and would refuse this release`,
     );
-  const store = new ReleaseStore(registry);
-  if (store.get(info.version, info.arch)) throw new CodedError('E_RELEASE_EXISTS', `release ${info.version} for ${info.arch} already exists; remove it first`);
+  if (await storage.releases.get(info.version, info.arch))
+    throw new CodedError('E_RELEASE_EXISTS', `release ${info.version} for ${info.arch} already exists; remove it first`);
   const tmp = await stagingDir(dataDir);
   try {
     const artifact = join(tmp, ARTIFACT_FILE);
@@ -105,7 +105,7 @@ export async function addReleaseFromTree(
     const manifest = await manifestFor(tree, info, options.agentOnly, digest, options.now);
     const jws = await signReleaseManifest(manifest, options.key);
     await verifyReleaseManifest(jws, ring);
-    return { record: await install(registry, dataDir, { tmp, manifest, jws }), manifest };
+    return { record: await install(storage, dataDir, { tmp, manifest, jws }), manifest };
   } catch (err) {
     await rm(tmp, { recursive: true, force: true });
     throw err;
@@ -118,7 +118,7 @@ export async function addReleaseFromTree(
  * exactly (size, SHA-256, and the chunk index its chunks make).
  */
 export async function addReleaseFromFiles(
-  registry: Registry,
+  storage: Storage,
   dataDir: string,
   artifactPath: string,
   manifestPath: string,
@@ -146,7 +146,7 @@ export async function addReleaseFromFiles(
     throw new CodedError('E_RELEASE_ARTIFACT', `${artifactPath} is not the artifact the manifest signs (size or SHA-256 differ)`);
   if (createHash('sha256').update(digest.index).digest('hex') !== manifest.chunks.index_sha256)
     throw new CodedError('E_RELEASE_ARTIFACT', `the chunks of ${artifactPath} do not match the manifest's chunk index`);
-  if (new ReleaseStore(registry).get(manifest.version, manifest.arch))
+  if (await storage.releases.get(manifest.version, manifest.arch))
     throw new CodedError('E_RELEASE_EXISTS', `release ${manifest.version} for ${manifest.arch} already exists; remove it first`);
   const tmp = await stagingDir(dataDir);
   try {
@@ -154,7 +154,7 @@ export async function addReleaseFromFiles(
     const again = await digestArtifact(join(tmp, ARTIFACT_FILE), manifest.chunks.bytes);
     if (again.sha256 !== manifest.artifact.sha256) throw new CodedError('E_RELEASE_ARTIFACT', `${artifactPath} changed while it was copied`);
     await writeFileAtomic(join(tmp, INDEX_FILE), again.index, { mode: 0o644 });
-    return { record: await install(registry, dataDir, { tmp, manifest, jws }), manifest };
+    return { record: await install(storage, dataDir, { tmp, manifest, jws }), manifest };
   } catch (err) {
     await rm(tmp, { recursive: true, force: true });
     throw err;
@@ -162,8 +162,8 @@ export async function addReleaseFromFiles(
 }
 
 /** `release remove`: refused (E_RELEASE_IN_USE) while a rollout or an in-flight command uses it; then its files are deleted. */
-export async function removeRelease(registry: Registry, r: ReleaseRecord): Promise<void> {
-  new ReleaseStore(registry).markRemoved(r);
+export async function removeRelease(storage: Storage, r: ReleaseRecord): Promise<void> {
+  await storage.releases.markRemoved(r);
   await rm(r.dir, { recursive: true, force: true });
 }
 

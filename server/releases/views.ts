@@ -1,5 +1,5 @@
 /** Releases as JSON (HTTP API, --json) and as a table (the CLI). */
-import type { ReleaseRecord } from '../registry/releases.js';
+import type { ReleaseRecord } from '../storage/records.js';
 import { table } from '../terminal-text.js';
 import { manifestOf } from './store.js';
 

@@ -7,7 +7,8 @@
  * An abort by serve's own engine is not logged twice (the engine logs it).
  */
 import type { Logger } from '../../lib/log.js';
-import type { Registry } from '../registry/registry.js';
+import { logStorageError } from '../storage-error.js';
+import type { Storage } from '../storage/types.js';
 
 export const CHANGE_LOG_POLL_MS = 1000;
 
@@ -24,41 +25,52 @@ const EVENTS: Readonly<Record<string, { line: string; level: 'info' | 'warn' }>>
 const POLL_LIMIT = 1000;
 
 export class RolloutChangeLog {
-  readonly #registry: Registry;
+  readonly #storage: Storage;
   readonly #log: Logger;
   readonly #ownHolder: string | undefined;
   readonly #pollMs: number;
   #lastId = 0;
   #timer: NodeJS.Timeout | undefined;
+  #polling: Promise<void> | undefined;
 
   /** `ownHolder`: the lease holder name of this serve's engine (its aborts are logged by the engine). */
-  constructor(registry: Registry, log: Logger, options: { ownHolder?: string; pollMs?: number } = {}) {
-    this.#registry = registry;
+  constructor(storage: Storage, log: Logger, options: { ownHolder?: string; pollMs?: number } = {}) {
+    this.#storage = storage;
     this.#log = log;
     this.#ownHolder = options.ownHolder;
     this.#pollMs = options.pollMs ?? CHANGE_LOG_POLL_MS;
   }
 
-  start(): void {
-    this.#lastId = (this.#registry.db.prepare('SELECT COALESCE(MAX(id), 0) AS id FROM audit').get() as { id: number }).id;
-    this.#timer = setInterval(() => this.poll(), this.#pollMs);
+  /** Follows from the newest audit row now (a storage error: logged, then from the first poll that reads it). */
+  async start(): Promise<void> {
+    try {
+      this.#lastId = await this.#storage.audit.lastId();
+    } catch (err) {
+      logStorageError(this.#log, err, { in: 'rollout.change_log' });
+    }
+    this.#timer = setInterval(() => void this.poll(), this.#pollMs);
     this.#timer.unref();
   }
 
-  /** Logs the rollout events recorded since the last poll. */
-  poll(): void {
-    if (!this.#registry.db.open) return;
+  /** Logs the rollout events recorded since the last poll (one poll at a time; a storage error is logged, never thrown). */
+  poll(): Promise<void> {
+    this.#polling ??= this.#poll()
+      .catch((err: unknown) => logStorageError(this.#log, err, { in: 'rollout.change_log' }))
+      .finally(() => (this.#polling = undefined));
+    return this.#polling;
+  }
+
+  async #poll(): Promise<void> {
+    if (!this.#storage.open) return;
     // Up to the newest row now, whatever its event: the next poll starts there (the rows between
-    // are never read again); the event range uses the audit_event index (LIKE would not).
-    const top = (this.#registry.db.prepare('SELECT COALESCE(MAX(id), 0) AS id FROM audit').get() as { id: number }).id;
-    const rows = this.#registry.db
-      .prepare("SELECT id, event, detail FROM audit WHERE event >= 'rollout.' AND event < 'rollout/' AND id > ? AND id <= ? ORDER BY id LIMIT ?")
-      .all(this.#lastId, top, POLL_LIMIT) as { id: number; event: string; detail: string }[];
+    // are never read again).
+    const top = await this.#storage.audit.lastId();
+    const rows = await this.#storage.audit.eventsSince(this.#lastId, top, 'rollout.', POLL_LIMIT);
     this.#lastId = rows.length < POLL_LIMIT ? top : (rows[rows.length - 1] as { id: number }).id;
     for (const row of rows) {
       const e = EVENTS[row.event];
       if (!e) continue;
-      const d = JSON.parse(row.detail) as Record<string, unknown>;
+      const d = row.detail;
       if (row.event === 'rollout.abort' && this.#ownHolder !== undefined && d.by === this.#ownHolder) continue;
       const { rollout_id: rollout, ...rest } = d;
       this.#log[e.level](e.line, { rollout, ...rest });

@@ -1,5 +1,5 @@
 /** Which rollout states pause, resume and cancel apply to, and what they lead to (the CLI and the HTTP API). */
-import type { RolloutState } from '../registry/rollouts.js';
+import type { RolloutState } from '../storage/records.js';
 
 export const ROLLOUT_CONTROLS: Record<'pause' | 'resume' | 'cancel', { from: RolloutState[]; to: RolloutState }> = {
   pause: { from: ['running'], to: 'paused' },

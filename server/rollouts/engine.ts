@@ -40,8 +40,9 @@ import { randomUUID } from 'node:crypto';
 import { type Action, isCodedError, type ReportClaims } from '../../protocol/index.js';
 import type { CommandSender } from '../command-sender.js';
 import type { Logger } from '../../lib/log.js';
-import type { Registry } from '../registry/registry.js';
-import { RolloutStore, type Lease, type RolloutRecord, type TargetCounts } from '../registry/rollouts.js';
+import type { Lease, RolloutRecord, TargetCounts } from '../storage/records.js';
+import { logStorageError } from '../storage-error.js';
+import type { Storage } from '../storage/types.js';
 
 export const ROLLOUT_LEASE = 'rollouts';
 export const LEASE_TTL_MS = 10_000;
@@ -66,7 +67,7 @@ export function resendBackoffMs(attempts: number): number {
 }
 
 export interface EngineOptions {
-  registry: Registry;
+  storage: Storage;
   sender: CommandSender;
   log: Logger;
   /** Who holds the lease (log lines, `rollout list`). */
@@ -98,9 +99,8 @@ export function abortTrips(r: Pick<RolloutRecord, 'abortPercent' | 'abortMin'>, 
 }
 
 export class RolloutEngine {
-  readonly store: RolloutStore;
+  readonly storage: Storage;
   readonly holder: string;
-  readonly #registry: Registry;
   readonly #sender: CommandSender;
   readonly #log: Logger;
   readonly #tickMs: number;
@@ -115,12 +115,11 @@ export class RolloutEngine {
   #reconciledAt: number | undefined;
 
   constructor(options: EngineOptions) {
-    this.#registry = options.registry;
+    this.storage = options.storage;
     this.#sender = options.sender;
     this.#log = options.log;
     this.#tickMs = options.tickMs ?? DEFAULT_TICK_MS;
     this.holder = options.holder ?? `engine-${process.pid}-${randomUUID().slice(0, 8)}`;
-    this.store = new RolloutStore(this.#registry);
   }
 
   get leased(): boolean {
@@ -134,7 +133,7 @@ export class RolloutEngine {
     this.kick();
   }
 
-  /** Runs a step soon (after the one in progress). */
+  /** Runs a step soon (after the one in progress: never two at once, each step awaits the storage). */
   kick(): void {
     if (this.#stopped) return;
     if (this.#running) {
@@ -142,7 +141,11 @@ export class RolloutEngine {
       return;
     }
     this.#running = this.#tick()
-      .catch((err: unknown) => this.#log.error('rollout.engine_error', { reason: err instanceof Error ? err.message : String(err) }))
+      .catch((err: unknown) => {
+        // A storage error (a lost connection) fails this step only: the next tick tries again.
+        if (isCodedError(err) && err.code === 'E_STORAGE_UNAVAILABLE') logStorageError(this.#log, err, { in: 'rollout.engine' });
+        else this.#log.error('rollout.engine_error', { reason: err instanceof Error ? err.message : String(err) });
+      })
       .finally(() => {
         this.#running = undefined;
         if (this.#again) {
@@ -163,16 +166,20 @@ export class RolloutEngine {
     while (this.#running) await this.#running;
   }
 
+  /** Stops the timer and waits for the step in progress; then lets the lease go. */
   async stop(): Promise<void> {
     this.#stopped = true;
     if (this.#timer) clearInterval(this.#timer);
     await this.idle();
-    if (this.#leased) this.store.releaseLease(ROLLOUT_LEASE, this.holder);
+    if (this.#leased && this.storage.open) {
+      await this.storage.leases.release(ROLLOUT_LEASE, this.holder).catch((err: unknown) => logStorageError(this.#log, err, { in: 'rollout.stop' }));
+    }
     this.#leased = false;
   }
 
   async #tick(): Promise<void> {
-    const lease = this.store.takeLease(ROLLOUT_LEASE, this.holder, LEASE_TTL_MS);
+    if (!this.storage.open) return;
+    const lease = await this.storage.leases.take(ROLLOUT_LEASE, this.holder, LEASE_TTL_MS);
     const leased = lease !== undefined;
     if (leased !== this.#leased) this.#log.info(leased ? 'rollout.lease_taken' : 'rollout.lease_lost', { holder: this.holder, generation: lease?.generation });
     this.#leased = leased;
@@ -183,15 +190,15 @@ export class RolloutEngine {
       await this.#reconcile(lease);
     }
     await this.#republishExpired(lease);
-    for (const r of this.store.list({ unfinished: true, limit: 10_000 })) {
-      if (this.#stopped || !this.#holds(lease)) return;
+    for (const r of await this.storage.rollouts.list({ unfinished: true, limit: 10_000 })) {
+      if (this.#stopped || !(await this.#holds(lease))) return;
       await this.#step(r, lease);
     }
   }
 
   /** Whether this engine still holds `lease` (then renewed); logs when it lost it (what it has in hand is dropped). */
-  #holds(lease: Lease): boolean {
-    if (this.store.renewLease(lease)) return true;
+  async #holds(lease: Lease): Promise<boolean> {
+    if (await this.storage.leases.renew(lease)) return true;
     if (this.#leased)
       this.#log.warn('rollout.lease_lost', {
         holder: this.holder,
@@ -204,7 +211,7 @@ export class RolloutEngine {
 
   /** Publishes a sealed command, only while this engine holds `lease` (checked right before). */
   async #publish(lease: Lease, deviceId: string, jti: string, token: string, rollout?: string): Promise<boolean> {
-    if (!this.#holds(lease)) {
+    if (!(await this.#holds(lease))) {
       this.#log.warn('rollout.fenced', { ...(rollout ? { rollout } : {}), device: deviceId, jti, reason: 'lease lost: not published' });
       return false;
     }
@@ -232,14 +239,14 @@ export class RolloutEngine {
    * same jti and seq are applied at most once).
    */
   async #reconcile(lease: Lease): Promise<void> {
-    const now = this.#registry.now();
-    for (const r of this.store.list({ unfinished: true, limit: 10_000 })) {
-      const { adopted, requeued } = this.store.reclaimSending(r.id, lease);
+    const now = this.storage.now();
+    for (const r of await this.storage.rollouts.list({ unfinished: true, limit: 10_000 })) {
+      const { adopted, requeued } = await this.storage.rollouts.reclaimSending(r.id, lease);
       if (adopted + requeued > 0)
         this.#log.info('rollout.reclaimed', { rollout: r.id, adopted, requeued, reason: 'left claimed by the previous lease holder' });
       if (r.state !== 'running') continue;
-      for (const { deviceId, jti } of this.store.unansweredValid(r.id, now)) {
-        const sealed = this.#registry.sealedCommand(jti);
+      for (const { deviceId, jti } of await this.storage.rollouts.unansweredValid(r.id, now)) {
+        const sealed = await this.storage.commands.sealed(jti);
         if (sealed === undefined) continue;
         if (!(await this.#publish(lease, deviceId, jti, sealed))) return;
       }
@@ -250,10 +257,10 @@ export class RolloutEngine {
     if (this.#republish.size === 0) return;
     const devices = [...this.#republish];
     this.#republish.clear();
-    const now = this.#registry.now();
+    const now = this.storage.now();
     for (const deviceId of devices) {
-      for (const { jti } of this.store.unansweredExpired(deviceId, now)) {
-        const sealed = this.#registry.sealedCommand(jti);
+      for (const { jti } of await this.storage.rollouts.unansweredExpired(deviceId, now)) {
+        const sealed = await this.storage.commands.sealed(jti);
         if (sealed === undefined) continue;
         if (!(await this.#publish(lease, deviceId, jti, sealed))) return;
         this.#log.info('rollout.republished', { device: deviceId, jti });
@@ -264,31 +271,35 @@ export class RolloutEngine {
   async #step(listed: RolloutRecord, lease: Lease): Promise<void> {
     // Read again: a pause or cancel may have landed since the tick listed the rollouts
     // (an HTTP request handled while an earlier rollout was sealing, or the CLI).
-    const r = this.store.get(listed.id);
+    const r = await this.storage.rollouts.get(listed.id);
     if (!r || r.finishedAt !== null) return;
-    const now = this.#registry.now();
+    const now = this.storage.now();
     if (now >= r.deadlineAt) {
-      const expired = this.store.expireAll(r.id);
+      const expired = await this.storage.rollouts.expireAll(r.id);
       this.#buckets.delete(r.id);
-      this.store.finish(r.id, r.state === 'running' || r.state === 'paused' ? 'completed' : r.state, `deadline passed (${expired} target(s) expired)`);
+      await this.storage.rollouts.finish(
+        r.id,
+        r.state === 'running' || r.state === 'paused' ? 'completed' : r.state,
+        `deadline passed (${expired} target(s) expired)`,
+      );
       this.#log.info('rollout.deadline', { rollout: r.id, expired });
       return;
     }
     // Its targets are still being recorded (another request or process): not driven yet; finished
     // (cancelled, nothing sent) once its planning heartbeat is stale: the process recording it stopped.
     if (r.planning) {
-      const reason = this.store.finishInterruptedPlanning(r.id);
+      const reason = await this.storage.rollouts.finishInterruptedPlanning(r.id);
       if (reason) this.#log.warn('rollout.planning_interrupted', { rollout: r.id, reason });
       return;
     }
-    for (const a of this.store.answered(r.id)) {
+    for (const a of await this.storage.rollouts.answered(r.id)) {
       if (a.status === 'rejected' && a.code === 'E_EXPIRED') {
         // The board decided that command too late to apply it: a fresh one when it is back, after a
         // backoff, up to MAX_SEND_ATTEMPTS in all (a rollout that is aborted or cancelled sends
         // nothing more: that target is cancelled).
         const again = r.state === 'running' || r.state === 'paused';
         if (again && a.attempts >= MAX_SEND_ATTEMPTS) {
-          this.store.move(r.id, a.deviceId, ['sent'], 'failed', { code: E_EXPIRED_REPEATEDLY });
+          await this.storage.rollouts.move(r.id, a.deviceId, ['sent'], 'failed', { code: E_EXPIRED_REPEATEDLY });
           this.#log.warn('rollout.target_failed', {
             rollout: r.id,
             device: a.deviceId,
@@ -296,31 +307,31 @@ export class RolloutEngine {
             reason: `the board refused ${a.attempts} commands as expired: check its clock`,
           });
         } else if (again) {
-          this.store.move(r.id, a.deviceId, ['sent'], 'pending', { jti: null, code: 'E_EXPIRED', nextAt: now + resendBackoffMs(a.attempts) });
+          await this.storage.rollouts.move(r.id, a.deviceId, ['sent'], 'pending', { jti: null, code: 'E_EXPIRED', nextAt: now + resendBackoffMs(a.attempts) });
         } else {
-          this.store.move(r.id, a.deviceId, ['sent'], 'cancelled', { jti: null, code: `E_${r.state.toUpperCase()}` });
+          await this.storage.rollouts.move(r.id, a.deviceId, ['sent'], 'cancelled', { jti: null, code: `E_${r.state.toUpperCase()}` });
         }
       } else {
-        this.store.move(r.id, a.deviceId, ['sent'], a.status, { code: a.code });
+        await this.storage.rollouts.move(r.id, a.deviceId, ['sent'], a.status, { code: a.code });
       }
     }
-    let counts = this.store.counts(r.id);
+    let counts = await this.storage.rollouts.counts(r.id);
     let state = r.state;
     const trip = state === 'running' ? abortTrips(r, counts) : undefined;
     if (trip) {
       const reason = `${trip.bad} of ${trip.results} results rejected, failed or rolled back (abort at ${r.abortPercent}% after ${r.abortMin})`;
-      this.store.setState(r.id, ['running'], 'aborted', reason, this.holder);
+      await this.storage.rollouts.setState(r.id, ['running'], 'aborted', reason, this.holder);
       this.#log.warn('rollout.aborted', { rollout: r.id, reason });
       state = 'aborted';
-      counts = this.store.counts(r.id);
+      counts = await this.storage.rollouts.counts(r.id);
     }
     if (state === 'running') {
       await this.#send(r, counts, now, lease);
-      counts = this.store.counts(r.id);
+      counts = await this.storage.rollouts.counts(r.id);
     }
     if (counts.pending + counts.sending + counts.sent === 0 && state !== 'paused') {
       this.#buckets.delete(r.id);
-      this.store.finish(r.id, state === 'running' ? 'completed' : state, 'every target answered or ended');
+      await this.storage.rollouts.finish(r.id, state === 'running' ? 'completed' : state, 'every target answered or ended');
       this.#log.info('rollout.finished', { rollout: r.id, state: state === 'running' ? 'completed' : state, applied: counts.applied });
     }
   }
@@ -338,10 +349,11 @@ export class RolloutEngine {
       this.#buckets.set(r.id, bucket);
       allowance = Math.min(allowance, Math.floor(bucket.tokens));
     }
-    const room = r.concurrency - this.store.inFlight(r.id, now);
-    const batch = this.store.deliverable(r.id, now, Math.min(allowance, room));
+    const room = r.concurrency - (await this.storage.rollouts.inFlight(r.id, now));
+    const batch = await this.storage.rollouts.deliverable(r.id, now, Math.min(allowance, room));
     // Each claim checks the lease (fencing): a target whose claim failed is never sealed nor published.
-    const claimed = batch.filter((t) => this.store.claim(r.id, t.deviceId, lease));
+    const claimed: typeof batch = [];
+    for (const t of batch) if (await this.storage.rollouts.claim(r.id, t.deviceId, lease)) claimed.push(t);
     if (bucket) bucket.tokens -= claimed.length;
     await Promise.all(claimed.map((t) => this.#deliver(r, t.deviceId, now, lease)));
   }
@@ -349,7 +361,7 @@ export class RolloutEngine {
   async #deliver(r: RolloutRecord, deviceId: string, now: number, lease: Lease): Promise<void> {
     const ttlSeconds = Math.min(r.ttlSeconds, Math.floor((r.deadlineAt - now) / 1000));
     if (ttlSeconds < 1) {
-      this.store.move(r.id, deviceId, ['sending'], 'expired', { code: 'E_DEADLINE', lease });
+      await this.storage.rollouts.move(r.id, deviceId, ['sending'], 'expired', { code: 'E_DEADLINE', lease });
       return;
     }
     let sealed: { jti: string; token: string };
@@ -365,13 +377,13 @@ export class RolloutEngine {
       sealed = { jti: command.jti, token };
     } catch (err) {
       const code = isCodedError(err) ? err.code : 'E_INTERNAL';
-      this.store.move(r.id, deviceId, ['sending'], 'not sent', { code, lease });
+      await this.storage.rollouts.move(r.id, deviceId, ['sending'], 'not sent', { code, lease });
       this.#log.warn('rollout.not_sent', { rollout: r.id, device: deviceId, code, reason: err instanceof Error ? err.message : String(err) });
       return;
     }
     // Marked sent under the lease before it is published (a failed publish is re-published when the
     // board next connects); an engine that lost the lease meanwhile voids the command instead.
-    const marked = this.store.markSent(r.id, deviceId, sealed.jti, lease);
+    const marked = await this.storage.rollouts.markSent(r.id, deviceId, sealed.jti, lease);
     if (marked !== 'sent') {
       const stopped = marked === 'stopped';
       this.#log[stopped ? 'info' : 'warn'](stopped ? 'rollout.not_published' : 'rollout.fenced', {

@@ -5,23 +5,16 @@
  * whether a command to it checks. A dry run prints the plan; starting records
  * it. Neither seals, publishes nor takes a seq.
  *
- * The selector is resolved inside SQLite, in counting and in recording the
- * targets (INSERT ... SELECT): no list of the fleet is held in memory, and a
- * rollout to 100,000 devices does not hold up the event loop for seconds.
+ * The selector is resolved inside the storage, in counting and in recording
+ * the targets (storage.rollouts.summarize, createFromSelector): no list of the
+ * fleet is held in memory, and a rollout to 100,000 devices does not hold up
+ * the event loop for seconds.
  */
 import { type Action, ACTIONS, CodedError, DEFAULT_COMMAND_TTL_SECONDS, isAction, isRecord, MAX_TTL_SECONDS, validateParams } from '../../protocol/index.js';
 import { prepareCommand, userIdText } from '../command-sender.js';
-import { PRESENCE_GRACE, presenceOf, type Presence } from '../presence.js';
-import type { Registry } from '../registry/registry.js';
-import {
-  PLAN_CHUNK,
-  RolloutStore,
-  selectorCondition,
-  targetProblemSql,
-  type RolloutRecord,
-  type RolloutSelector,
-  type RolloutSpec,
-} from '../registry/rollouts.js';
+import { presenceOf, type Presence } from '../presence.js';
+import type { RolloutRecord, RolloutSelector, RolloutSpec } from '../storage/records.js';
+import type { Storage } from '../storage/types.js';
 import type { ServerKeys } from '../server-keys.js';
 import { DESTRUCTIVE_ACTIONS } from './confirm.js';
 import { checkReleaseExists, checkUpgradeRequest, isUpgradeRequest } from '../upgrade-params.js';
@@ -58,7 +51,7 @@ export interface PlannedTarget {
   problem: { code: string; message: string } | null;
 }
 
-/** Every target of a plan, counted in SQL. */
+/** Every target of a plan, counted by the storage. */
 export interface PlanSummary {
   targets: number;
   online: number;
@@ -106,52 +99,7 @@ export function parsePercent(text: string | number, what = '--abort-when'): numb
   return p;
 }
 
-/**
- * Counts the devices a selector matches by presence (as presenceOf tells it),
- * and those not sendable, in SQL, PLAN_CHUNK devices at a time with the event
- * loop free in between.
- */
-export async function summarize(registry: Registry, selector: RolloutSelector, needsDeviceUser: boolean, now: number): Promise<PlanSummary> {
-  const where = selectorCondition(registry, selector);
-  const chunk = registry.db.prepare(
-    `SELECT COUNT(*) AS targets, COALESCE(SUM(seen IS NULL), 0) AS unknown, COALESCE(SUM(online), 0) AS online,
-       COALESCE(SUM(problem IS NOT NULL), 0) AS notSendable, MAX(id) AS last
-     FROM (SELECT d.id AS id, d.last_seen_at AS seen, ${targetProblemSql(needsDeviceUser)} AS problem,
-             (d.last_seen_at IS NOT NULL AND d.presence = 'online' AND d.last_seen_at + COALESCE(d.report_interval_s, 0) * ? >= ?) AS online
-           FROM devices d WHERE d.id > ? AND ${where.sql} ORDER BY d.id LIMIT ?)`,
-  );
-  const sum: PlanSummary = { targets: 0, online: 0, offline: 0, unknown: 0, notSendable: 0 };
-  let after = '';
-  for (;;) {
-    const row = chunk.get(PRESENCE_GRACE * 1000, now, after, ...where.args, PLAN_CHUNK) as {
-      targets: number;
-      unknown: number;
-      online: number;
-      notSendable: number;
-      last: string | null;
-    };
-    sum.targets += row.targets;
-    sum.online += row.online;
-    sum.unknown += row.unknown;
-    sum.notSendable += row.notSendable;
-    if (row.targets < PLAN_CHUNK || row.last === null) break;
-    after = row.last;
-    await new Promise<void>((resolve) => setImmediate(resolve));
-  }
-  sum.offline = sum.targets - sum.online - sum.unknown;
-  return sum;
-}
-
-/** The ids of the first `limit` devices a selector matches: named devices in their order, the others by id. */
-export function sampleIds(registry: Registry, selector: RolloutSelector, limit: number): string[] {
-  if ('devices' in selector) return selector.devices.slice(0, limit);
-  const where = selectorCondition(registry, selector);
-  return (registry.db.prepare(`SELECT d.id AS id FROM devices d WHERE ${where.sql} ORDER BY d.id LIMIT ?`).all(...where.args, limit) as { id: string }[]).map(
-    (r) => r.id,
-  );
-}
-
-export async function planRollout(registry: Registry, keys: ServerKeys, req: RolloutRequest): Promise<RolloutPlan> {
+export async function planRollout(storage: Storage, keys: ServerKeys, req: RolloutRequest): Promise<RolloutPlan> {
   if (!isAction(req.action)) throw new CodedError('E_ACTION', `action must be one of ${ACTIONS.join(', ')}`);
   const action: Action = req.action;
   const raw = isRecord(req.params) && req.params.user_id !== undefined ? { ...req.params, user_id: userIdText(req.params.user_id) } : (req.params ?? {});
@@ -160,7 +108,7 @@ export async function planRollout(registry: Registry, keys: ServerKeys, req: Rol
   let params: Record<string, unknown>;
   if (action === 'upgrade' && isUpgradeRequest(raw)) {
     const req = checkUpgradeRequest(raw);
-    checkReleaseExists(registry, req);
+    await checkReleaseExists(storage, req);
     params = { ...req };
   } else params = validateParams(action, raw) as Record<string, unknown>;
   const ttlSeconds = req.ttlSeconds ?? DEFAULT_COMMAND_TTL_SECONDS;
@@ -182,27 +130,28 @@ export async function planRollout(registry: Registry, keys: ServerKeys, req: Rol
   checkInteger(req.concurrency, 'the concurrency (--concurrency, concurrency)', 1, 1024);
   const userId = req.userId === undefined ? undefined : userIdText(req.userId);
   if (userId !== undefined && typeof userId !== 'string') throw usage('the user id must be text or a non-negative integer');
-  const now = registry.now();
+  const now = storage.now();
   // The command's user is each device's own unless the rollout names one (or an update re-binds to one).
   const needsDeviceUser = userId === undefined && !(action === 'update' && typeof params.user_id === 'string');
-  const summary = await summarize(registry, req.selector, needsDeviceUser, now);
-  const sample = sampleIds(registry, req.selector, PLAN_SAMPLE).map((id): PlannedTarget => {
-    const d = registry.requireDevice(id);
+  const summary = await storage.rollouts.summarize(req.selector, needsDeviceUser, now);
+  const sample: PlannedTarget[] = [];
+  for (const id of await storage.rollouts.sampleIds(req.selector, PLAN_SAMPLE)) {
+    const d = await storage.devices.require(id);
     let problem: PlannedTarget['problem'] = null;
     try {
-      prepareCommand(registry, keys, { deviceId: d.id, action, params, ...(userId !== undefined ? { userId } : {}), ttlSeconds });
+      await prepareCommand(storage, keys, { deviceId: d.id, action, params, ...(userId !== undefined ? { userId } : {}), ttlSeconds });
     } catch (err) {
       if (!(err instanceof CodedError)) throw err;
       problem = { code: err.code, message: err.message };
     }
-    return {
+    sample.push({
       deviceId: d.id,
       presence: presenceOf(d.presence, now),
       lastSeenAt: d.presence.lastSeenAt,
       agentVersion: d.presence.state?.agent_version ?? null,
       problem,
-    };
-  });
+    });
+  }
   const spec: RolloutSpec = {
     action,
     params,
@@ -221,7 +170,7 @@ export async function planRollout(registry: Registry, keys: ServerKeys, req: Rol
 
 /**
  * Records the plan as a running rollout, its targets resolved again inside
- * SQLite (one transaction): those the registry tells cannot be sent to are
+ * the storage (one transaction): those the registry tells cannot be sent to are
  * recorded `not sent` with their code, the others pending (a command that
  * does not check when it is sealed makes its target `not sent` then). A single
  * named device whose command does not check is refused outright. A destructive
@@ -229,14 +178,14 @@ export async function planRollout(registry: Registry, keys: ServerKeys, req: Rol
  * counted (and the operator confirmed) is refused, E_CONFIRM, nothing sent.
  */
 export async function startRollout(
-  registry: Registry,
+  storage: Storage,
   plan: RolloutPlan,
   options: { retryOf?: { id: string; inFlightLeftOut: number; removedLeftOut?: number } } = {},
 ): Promise<RolloutRecord> {
   const only = plan.sample[0];
   const named = 'devices' in plan.spec.selector || 'retryOf' in plan.spec.selector;
   if (named && plan.summary.targets === 1 && only?.problem) throw new CodedError(only.problem.code, only.problem.message);
-  return new RolloutStore(registry).createFromSelector(plan.spec, {
+  return storage.rollouts.createFromSelector(plan.spec, {
     needsDeviceUser: plan.needsDeviceUser,
     ...(options.retryOf ? { retryOf: options.retryOf } : {}),
     // A destructive action never reaches more devices than the plan counted (what was confirmed, confirm.ts):

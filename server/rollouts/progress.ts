@@ -3,10 +3,10 @@
  * prints while it follows a rollout (counts by state, rate, ETA), and the
  * outlook `rollout show` prints (pending targets held by the rate or the
  * concurrency limit, those whose board is offline, those in a re-send backoff
- * after E_EXPIRED, the next send, an ETA), counted in SQL.
+ * after E_EXPIRED, the next send, an ETA), counted by the storage.
  */
-import type { Registry } from '../registry/registry.js';
-import { RolloutStore, type RolloutRecord, type TargetCounts } from '../registry/rollouts.js';
+import type { RolloutRecord, TargetCounts } from '../storage/records.js';
+import type { Storage } from '../storage/types.js';
 import { currentRate } from './engine.js';
 import { progressOf } from './views.js';
 
@@ -90,14 +90,13 @@ export interface RolloutOutlook {
 }
 
 /** What a rollout waits for now (`rollout show`). */
-export function rolloutOutlook(registry: Registry, r: RolloutRecord, counts: TargetCounts, now: number): RolloutOutlook {
-  const store = new RolloutStore(registry);
-  // Counted in SQL, as the engine's `deliverable` tells them apart (no rows loaded).
-  const pending = store.pendingBreakdown(r.id, now);
+export async function rolloutOutlook(storage: Storage, r: RolloutRecord, counts: TargetCounts, now: number): Promise<RolloutOutlook> {
+  // Counted by the storage, as the engine's `deliverable` tells them apart (no rows loaded).
+  const pending = await storage.rollouts.pendingBreakdown(r.id, now);
   const readyOnline = pending.deliverable;
   const waitingOffline = pending.offline;
   const waitingBackoff = pending.backoff;
-  const inFlight = store.inFlight(r.id, now);
+  const inFlight = await storage.rollouts.inFlight(r.id, now);
   const base = { readyOnline, waitingOffline, waitingBackoff, inFlight };
   const offlineNote =
     (waitingOffline > 0 ? `; ${waitingOffline} offline: sent when they report in, until ${iso(r.deadlineAt)}` : '') +
@@ -118,7 +117,7 @@ export function rolloutOutlook(registry: Registry, r: RolloutRecord, counts: Tar
     return { ...base, nextSendAt: undefined, nextSendNote: note, etaAt: undefined, etaNote: counts.sent + counts.sending > 0 ? 'waiting for answers' : note };
   }
   const rate = currentRate(r, counts.applied);
-  const lastSent = (registry.db.prepare('SELECT MAX(sent_at) AS t FROM rollout_targets WHERE rollout_id = ?').get(r.id) as { t: number | null }).t;
+  const lastSent = await storage.rollouts.lastSentAt(r.id);
   let nextSendAt = now;
   let nextSendNote = 'now';
   if (inFlight >= r.concurrency) {

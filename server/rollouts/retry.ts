@@ -11,8 +11,8 @@
  * a device removed from the registry since drops out (counted: `removed`).
  */
 import { RegistryError } from '../registry/errors.js';
-import type { Registry } from '../registry/registry.js';
-import { RolloutStore, type RolloutRecord, type TargetState } from '../registry/rollouts.js';
+import type { RolloutRecord, TargetState } from '../storage/records.js';
+import type { Storage } from '../storage/types.js';
 import type { ServerKeys } from '../server-keys.js';
 import { planRollout, startRollout, type RolloutPlan } from './plan.js';
 
@@ -28,9 +28,8 @@ export interface RetryPlan {
   removed: number;
 }
 
-export async function planRetry(registry: Registry, keys: ServerKeys, id: string, options: { deliverWithinMs?: number } = {}): Promise<RetryPlan> {
-  const store = new RolloutStore(registry);
-  const original = store.require(id);
+export async function planRetry(storage: Storage, keys: ServerKeys, id: string, options: { deliverWithinMs?: number } = {}): Promise<RetryPlan> {
+  const original = await storage.rollouts.require(id);
   if (original.finishedAt === null && (original.state === 'running' || original.state === 'paused')) {
     throw new RegistryError(
       'E_ROLLOUT_STATE',
@@ -38,7 +37,7 @@ export async function planRetry(registry: Registry, keys: ServerKeys, id: string
     );
   }
   // Counted, never listed: the new rollout's selector names the original and the states (resolved in SQL).
-  const counts = store.counts(id);
+  const counts = await storage.rollouts.counts(id);
   const retried = RETRIED_STATES.reduce((n, s) => n + counts[s], 0);
   const inFlight = counts.sending + counts.sent;
   if (retried === 0) {
@@ -48,18 +47,11 @@ export async function planRetry(registry: Registry, keys: ServerKeys, id: string
     );
   }
   // Devices removed from the registry since drop out of the retry (not an error for the others).
-  const removed = (
-    registry.db
-      .prepare(
-        `SELECT COUNT(*) AS n FROM rollout_targets t WHERE t.rollout_id = ? AND t.state IN (${RETRIED_STATES.map(() => '?').join(',')})
-           AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = t.device_id)`,
-      )
-      .get(id, ...RETRIED_STATES) as { n: number }
-  ).n;
+  const removed = await storage.rollouts.removedTargets(id, RETRIED_STATES);
   if (removed === retried) {
     throw new RegistryError('E_ROLLOUT_STATE', `rollout ${id}: nothing to retry (the ${removed} device(s) that did not apply were removed from the registry)`);
   }
-  const plan = await planRollout(registry, keys, {
+  const plan = await planRollout(storage, keys, {
     action: original.action,
     params: original.params,
     ...(original.userId !== undefined ? { userId: original.userId } : {}),
@@ -76,8 +68,8 @@ export async function planRetry(registry: Registry, keys: ServerKeys, id: string
 }
 
 /** Records the retry: the new rollout with its origin, and the audit row naming both, written with the rollout's own. */
-export function startRetry(registry: Registry, rp: RetryPlan): Promise<RolloutRecord> {
-  return startRollout(registry, rp.plan, { retryOf: { id: rp.original.id, inFlightLeftOut: rp.inFlight, removedLeftOut: rp.removed } });
+export function startRetry(storage: Storage, rp: RetryPlan): Promise<RolloutRecord> {
+  return startRollout(storage, rp.plan, { retryOf: { id: rp.original.id, inFlightLeftOut: rp.inFlight, removedLeftOut: rp.removed } });
 }
 
 /** What a retry's dry run and its response add to the plan (the HTTP API and the CLI's --json alike). */

@@ -1,6 +1,6 @@
 /** Rollouts and rollout plans as JSON (HTTP API, --json) and as text (the CLI). */
 import { printable, table } from '../terminal-text.js';
-import type { RolloutRecord, TargetCounts, TargetRecord } from '../registry/rollouts.js';
+import type { RolloutRecord, TargetCounts, TargetRecord } from '../storage/records.js';
 import { currentRate } from './engine.js';
 import type { RolloutPlan } from './plan.js';
 import { outlookView, type RolloutOutlook } from './progress.js';

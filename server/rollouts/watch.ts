@@ -4,7 +4,8 @@
  * what is left waits for boards that are offline (or the rollout is paused or
  * aborted). What is left stays in the registry for the engine.
  */
-import type { RolloutStore, RolloutRecord, TargetCounts } from '../registry/rollouts.js';
+import type { RolloutRecord, TargetCounts } from '../storage/records.js';
+import type { RolloutStore } from '../storage/types.js';
 import { progressOf } from './views.js';
 
 export interface WatchOptions {
@@ -20,15 +21,15 @@ export async function watchRollout(store: RolloutStore, id: string, options: Wat
   const now = options.now ?? Date.now;
   const pollMs = options.pollMs ?? 250;
   for (;;) {
-    const r = store.require(id);
-    const counts = store.counts(id);
+    const r = await store.require(id);
+    const counts = await store.counts(id);
     const { done, total } = progressOf(counts);
     options.onProgress?.(done, total, counts);
     if (r.finishedAt !== null || options.signal?.aborted) return { rollout: r, counts };
     const t = now();
-    const unanswered = store.targets(id, { states: ['sent'] });
+    const unanswered = await store.targets(id, { states: ['sent'] });
     const sentSettled = counts.sending === 0 && unanswered.every((u) => (u.sentAt ?? t) + options.ackTimeoutMs <= t);
-    const moreToSend = r.state === 'running' && store.deliverable(id, t, 1).length > 0;
+    const moreToSend = r.state === 'running' && (await store.deliverable(id, t, 1)).length > 0;
     if (sentSettled && !moreToSend) return { rollout: r, counts };
     await new Promise((resolve) => setTimeout(resolve, pollMs));
   }

@@ -35,13 +35,19 @@ describe('agent and serve: a will sealed ahead, before its connection applied an
     await initDataDir(dataDir, { broker: { url: broker.url } });
     const server: RunningServer = await startProvisionServer({ dataDir, shared: 'off', clientId: 'stale-will-server' });
     cleanups.push(() => server.close());
-    const reg = server.data.registry;
+    const storage = server.data.storage;
 
     const deviceId = 'stale-will-board';
     const files = await makeDevice({ deviceId, brokerUrl: broker.url, server: server.data.keys, keys: true, extra: { report_interval_s: 600 } });
     cleanups.push(() => removeDir(files.dir));
     const ks = await KeyStore.open(files.keystore);
-    reg.addDevice({ id: deviceId, userId: 'alice', origin: 'jwks', signing: toPublicJwk(ks.signingKey!), encryption: toPublicJwk(ks.encryptionKey!) });
+    await storage.devices.add({
+      id: deviceId,
+      userId: 'alice',
+      origin: 'jwks',
+      signing: toPublicJwk(ks.signingKey!),
+      encryption: toPublicJwk(ks.encryptionKey!),
+    });
     const start = (): AgentProcess => {
       const agent = spawnAgent(files.configPath);
       cleanups.push(async () => {
@@ -50,7 +56,7 @@ describe('agent and serve: a will sealed ahead, before its connection applied an
       });
       return agent;
     };
-    const presence = () => reg.requireDevice(deviceId).presence;
+    const presence = async () => (await storage.devices.require(deviceId)).presence;
     const apply = async (req: Parameters<RunningServer['send']>[0]): Promise<void> => {
       const c = await server.send(req);
       expect((await server.waitForAck(c.jti, 15_000))?.ackStatus).to.equal('applied');
@@ -58,32 +64,32 @@ describe('agent and serve: a will sealed ahead, before its connection applied an
 
     // Run 1: provisioned; it seals run 2's first will ahead.
     const run1 = start();
-    await waitFor('run 1 online', () => presence().reported === 'online', 15_000);
+    await waitFor('run 1 online', async () => (await presence()).reported === 'online', 15_000);
     await apply({ deviceId, action: 'request', userId: 'alice' });
-    await waitFor('the request reported', () => presence().state?.last_seq === 1, 15_000);
+    await waitFor('the request reported', async () => (await presence()).state?.last_seq === 1, 15_000);
     const nextWill = join(files.stateDir, NEXT_WILL_FILE);
     await waitFor(
       'next-will.json for run 2',
       async () => (await exists(nextWill)) && (JSON.parse(await readFile(nextWill, 'utf8')) as { run: number }).run === 2,
       15_000,
     );
-    const session1 = presence().session;
+    const session1 = (await presence()).session;
     run1.child.kill('SIGTERM');
     expect(await run1.exited).to.equal(0);
 
     // Run 2 connects with that will, then applies an update: its report says last_seq 2, new settings.
     const run2 = start();
-    await waitFor('run 2 online', () => presence().reported === 'online' && presence().session !== session1, 15_000);
-    const before = presence().state?.settings_digest;
+    await waitFor('run 2 online', async () => (await presence()).reported === 'online' && (await presence()).session !== session1, 15_000);
+    const before = (await presence()).state?.settings_digest;
     await apply({ deviceId, action: 'update', params: { sensor: { sample_interval_s: 45 } } });
-    await waitFor('the update reported', () => presence().state?.last_seq === 2, 15_000);
-    const updated = presence().state?.settings_digest;
+    await waitFor('the update reported', async () => (await presence()).state?.last_seq === 2, 15_000);
+    const updated = (await presence()).state?.settings_digest;
     expect(updated).to.not.equal(before);
 
     // Killed: the broker publishes the will run 1 sealed (last_seq 1, the old settings).
     run2.child.kill('SIGKILL');
     await run2.exited;
-    await waitFor('offline by its will', () => presence().reported === 'offline', 15_000);
-    expect(presence().state).to.include({ reason: 'offline', last_seq: 2, settings_digest: updated });
+    await waitFor('offline by its will', async () => (await presence()).reported === 'offline', 15_000);
+    expect((await presence()).state).to.include({ reason: 'offline', last_seq: 2, settings_digest: updated });
   });
 });

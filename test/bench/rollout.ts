@@ -14,7 +14,6 @@
 import { Worker } from 'node:worker_threads';
 import { toPublicJwk } from '../../protocol/index.js';
 import { presenceOf } from '../../server/presence.js';
-import { RolloutStore } from '../../server/registry/rollouts.js';
 import { planRollout, startRollout, type RolloutRequest } from '../../server/rollouts/plan.js';
 import { startFixture, type Fixture } from '../server/server-fixture.js';
 import { eventually } from '../server/sim-fleet.js';
@@ -82,8 +81,7 @@ export async function benchRollout(options: { boards: number; ratePerMin: number
   await f.fleet.close();
   const fleet = new FleetWorker();
   try {
-    const reg = f.server.data.registry;
-    const store = new RolloutStore(reg);
+    const storage = f.server.data.storage;
     const { devices } = await fleet.call({
       op: 'init',
       url: f.broker.url,
@@ -92,20 +90,23 @@ export async function benchRollout(options: { boards: number; ratePerMin: number
       count: boards,
       idPrefix: 'bench-',
     });
-    reg.db
-      .transaction(() => {
-        for (const d of devices) {
-          reg.addDevice({ id: d.id, userId: 'bench', origin: 'jwks', signing: d.signing, encryption: toPublicJwk(d.encryption), state: 'provisioned' });
-          reg.addTags(d.id, ['bench']);
-        }
-      })
-      .immediate();
+    for (const d of devices) {
+      await storage.devices.add({
+        id: d.id,
+        userId: 'bench',
+        origin: 'jwks',
+        signing: d.signing,
+        encryption: toPublicJwk(d.encryption),
+        state: 'provisioned',
+      });
+      await storage.devices.addTags(d.id, ['bench']);
+    }
     const ids = devices.map((d) => d.id);
     const online = (want: number): Promise<boolean> =>
       eventually(
-        () => {
+        async () => {
           const now = Date.now();
-          return reg.listDevices({ tag: 'bench' }).filter((d) => presenceOf(d.presence, now) === 'online').length === want;
+          return (await storage.devices.list({ tag: 'bench' })).filter((d) => presenceOf(d.presence, now) === 'online').length === want;
         },
         60_000,
         `${want} boards online by their reports`,
@@ -115,28 +116,28 @@ export async function benchRollout(options: { boards: number; ratePerMin: number
 
     const run = async (req: Partial<RolloutRequest>, what: string): Promise<{ id: string; startedAt: number }> => {
       const startedAt = Date.now();
-      const r = await startRollout(reg, await planRollout(reg, f.server.data.keys, { action: 'selftest', selector: { tag: 'bench' }, concurrency, ...req }));
+      const r = await startRollout(
+        storage,
+        await planRollout(storage, f.server.data.keys, { action: 'selftest', selector: { tag: 'bench' }, concurrency, ...req }),
+      );
       f.server.rollouts?.kick();
-      await eventually(() => store.require(r.id).finishedAt !== null, 300_000, what);
+      await eventually(async () => (await storage.rollouts.require(r.id)).finishedAt !== null, 300_000, what);
       return { id: r.id, startedAt };
     };
 
     // 1. Throughput.
     options.log(`  throughput: ${boards} boards online, no rate limit, ${concurrency} in flight ...`);
     const t = await run({}, 'the throughput rollout finished');
-    const tCommands = reg.listCommands({ fanoutId: t.id, limit: 100_000 });
+    const tCommands = await storage.commands.list({ fanoutId: t.id, limit: 100_000 });
     const lastAck = Math.max(...tCommands.map((c) => c.ackedAt ?? 0));
-    const applied = store.counts(t.id).applied;
+    const applied = (await storage.rollouts.counts(t.id)).applied;
     const seconds = (lastAck - t.startedAt) / 1000;
     const throughput = { applied, seconds: round(seconds, 2), applied_per_s: round(applied / seconds) };
 
     // 2. Rate.
     options.log(`  rate: ${boards} boards at ${options.ratePerMin}/min ...`);
     const rr = await run({ ratePerMin: options.ratePerMin }, 'the rate-limited rollout finished');
-    const sealedAt = reg
-      .listCommands({ fanoutId: rr.id, limit: 100_000 })
-      .map((c) => c.createdAt)
-      .sort((a, b) => a - b);
+    const sealedAt = (await storage.commands.list({ fanoutId: rr.id, limit: 100_000 })).map((c) => c.createdAt).sort((a, b) => a - b);
     const first = sealedAt[0] as number;
     const last = sealedAt[sealedAt.length - 1] as number;
     // The bucket starts with one command: after it, `rate` a minute.
@@ -160,12 +161,13 @@ export async function benchRollout(options: { boards: number; ratePerMin: number
     await fleet.call({ op: 'disconnect', ids: away });
     await online(boards - away.length);
     const startedAt = Date.now();
-    const r = await startRollout(reg, await planRollout(reg, f.server.data.keys, { action: 'selftest', selector: { tag: 'bench' }, concurrency }));
+    const r = await startRollout(storage, await planRollout(storage, f.server.data.keys, { action: 'selftest', selector: { tag: 'bench' }, concurrency }));
     f.server.rollouts?.kick();
-    await eventually(() => store.counts(r.id).applied === boards - away.length, 300_000, 'the online boards applied');
-    if (store.counts(r.id).sent + store.counts(r.id).sending > 0) throw new Error('a board offline by its report was sent to');
+    await eventually(async () => (await storage.rollouts.counts(r.id)).applied === boards - away.length, 300_000, 'the online boards applied');
+    if ((await storage.rollouts.counts(r.id)).sent + (await storage.rollouts.counts(r.id)).sending > 0)
+      throw new Error('a board offline by its report was sent to');
     const { sentAt } = await fleet.call({ op: 'connect', ids: away, intervalSeconds: 600 });
-    await eventually(() => store.require(r.id).finishedAt !== null, 300_000, 'the held rollout finished');
+    await eventually(async () => (await storage.rollouts.require(r.id)).finishedAt !== null, 300_000, 'the held rollout finished');
     const { received } = await fleet.call({ op: 'received', ids: away });
     const lags: number[] = [];
     let lastServed = 0;

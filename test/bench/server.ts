@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { KeyRing, generateEncryptionKey, generateSigningKey, newP256Jwk, sealCommand, toJwkSet, type PublicJwk } from '../../protocol/index.js';
 import { CommandSender } from '../../server/command-sender.js';
 import { connectBroker, publishQos1 } from '../../server/mqtt-connection.js';
-import { Registry } from '../../server/registry/registry.js';
+import { openSqliteStorage } from '../../server/storage/sqlite/index.js';
 import { SealPool, type Seal } from '../../server/seal-pool.js';
 import type { ServerKeys } from '../../server/server-keys.js';
 import { startMosquittoProcess } from '../helpers/mosquitto-process.js';
@@ -65,14 +65,14 @@ export async function benchServer(options: {
       trust: toJwkSet([signing, encryption]),
       decryption: await KeyRing.create([encryption]),
     };
-    const registry = Registry.open(join(dir, 'registry.sqlite'), { create: true });
+    const storage = openSqliteStorage(join(dir, 'registry.sqlite'), { create: true });
     const t0 = performance.now();
     const ids: string[] = [];
     // One registry transaction per device, as `device add` does (one big outer transaction turns
     // the per-device savepoints quadratic in better-sqlite3/SQLite: minutes for 10,000).
     for (let i = 0; i < options.devices; i++) {
       const id = `dev-${String(i).padStart(5, '0')}`;
-      registry.addDevice({ id, userId: 'bench', origin: 'jwks', encryption: fleetKey() });
+      await storage.devices.add({ id, userId: 'bench', origin: 'jwks', encryption: fleetKey() });
       ids.push(id);
     }
     const registerS = (performance.now() - t0) / 1000;
@@ -83,7 +83,7 @@ export async function benchServer(options: {
     /** Sealed+published commands/s through CommandSender, `concurrency` in flight, each to a device not sent to before. */
     const measure = async (seal: Seal | undefined): Promise<number> => {
       const sender = new CommandSender({
-        registry,
+        storage,
         keys,
         topicPrefix: 'provision',
         publish: (topic, payload) => publishQos1(client, topic, payload),
@@ -122,7 +122,7 @@ export async function benchServer(options: {
     const sample = Math.min(options.commands, 500);
     const t2 = performance.now();
     for (let i = 0; i < sample; i++) {
-      const d = registry.getDevice(ids[i % ids.length] as string);
+      const d = await storage.devices.get(ids[i % ids.length] as string);
       await sealCommand(
         { serverId: 'bench-server', deviceId: d?.id ?? 'x', action: 'update', userId: 'bench', params, seq: 1 },
         { signer: signing, recipient: d?.encryption as PublicJwk },
@@ -131,9 +131,9 @@ export async function benchServer(options: {
     const sealOnly = sample / ((performance.now() - t2) / 1000);
     const t3 = performance.now();
     for (let i = 0; i < sample; i++) {
-      const { seq } = registry.allocateSeq(ids[i % ids.length] as string);
+      const { seq } = await storage.seq.allocate(ids[i % ids.length] as string);
       const jti = crypto.randomUUID();
-      registry.recordCommand({
+      await storage.commands.record({
         jti,
         deviceId: ids[i % ids.length] as string,
         action: 'update',
@@ -144,14 +144,14 @@ export async function benchServer(options: {
         sealed: 'x',
         expiresAt: Date.now() + 300_000,
       });
-      registry.markSent(jti);
+      await storage.commands.markSent(jti);
     }
     const registryOnly = sample / ((performance.now() - t3) / 1000);
     // The same writes batched as CommandSender's group commit does with `concurrency` sends in flight.
     const t4 = performance.now();
     for (let i = 0; i < sample; i += options.concurrency) {
       const batch = ids.slice(i % ids.length, (i % ids.length) + Math.min(options.concurrency, sample - i));
-      const seqs = registry.allocateSeqs(batch);
+      const seqs = await storage.seq.allocateMany(batch);
       const records = batch.map((deviceId, j) => {
         const a = seqs[j];
         if (a === undefined || a instanceof Error) throw a ?? new Error('no seq');
@@ -167,11 +167,11 @@ export async function benchServer(options: {
           expiresAt: Date.now() + 300_000,
         };
       });
-      registry.recordCommands(records);
-      registry.markSentMany(records.map((r) => r.jti));
+      await storage.commands.recordMany(records);
+      await storage.commands.markSentMany(records.map((r) => r.jti));
     }
     const registryBatched = sample / ((performance.now() - t4) / 1000);
-    registry.close();
+    await storage.close();
 
     const floor = 1000 / options.sealFloorMs;
     const r = (x: number, d = 1): number => Math.round(x * 10 ** d) / 10 ** d;

@@ -38,7 +38,7 @@ import {
 import { initDataDir } from '../../server/data-dir.js';
 import { ENROLL_REFUSED_EVENT } from '../../server/enroll-refusals.js';
 import type { InboundResult } from '../../server/inbound.js';
-import { Registry } from '../../server/registry/registry.js';
+import { openSqliteStorage } from '../../server/storage/sqlite/index.js';
 import { newEnrollmentToken } from '../../server/registry/tokens.js';
 import { startProvisionServer, type RunningServer } from '../../server/service.js';
 import { SimFleet, eventually, makeSimDevice } from '../server/sim-fleet.js';
@@ -107,7 +107,7 @@ describe('deploy/broker: an enrollment flood under the production mosquitto conf
     fleet = await SimFleet.connect(broker.deviceUrl, { trust, tls: victimCreds, wildcard: false });
     await fleet.watch(VICTIM);
     const victim = fleet.add(await makeSimDevice(VICTIM, 'silent'));
-    srv.data.registry.addDevice({
+    await srv.data.storage.devices.add({
       id: VICTIM,
       userId: 'alice',
       origin: 'jwks',
@@ -211,9 +211,9 @@ describe('deploy/broker: an enrollment flood under the production mosquitto conf
     await srv.close();
     server = undefined;
 
-    const reg = Registry.open(join(dir, 'data', 'registry.sqlite'));
+    const storage = openSqliteStorage(join(dir, 'data', 'registry.sqlite'));
     try {
-      const rows = reg.auditLog({ limit: 100_000 }).filter((a) => a.event === ENROLL_REFUSED_EVENT);
+      const rows = (await storage.audit.log({ limit: 100_000 })).filter((a) => a.event === ENROLL_REFUSED_EVENT);
       // Per flooding topic and minute: the first refusal and one summary (a window boundary in the run: twice that).
       expect(rows.length, `${rows.length} audit rows for ${handled} refused enrollments`).to.be.at.most(FLOODERS.length * 4);
       expect(new Set(rows.map((r) => r.deviceId))).to.deep.equal(new Set(FLOODERS));
@@ -221,7 +221,7 @@ describe('deploy/broker: an enrollment flood under the production mosquitto conf
       expect(counted, 'the aggregated counts add up to every refusal').to.equal(handled);
       expect(rows.every((r) => r.detail.code === 'E_TOKEN_INVALID')).to.equal(true);
     } finally {
-      reg.close();
+      await storage.close();
     }
     if (process.env.FLOOD_FIGURES) process.stderr.write(`flood: ${published} junk enrollments published, ${handled} refused by the server\n`);
   });

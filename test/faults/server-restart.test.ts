@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { expect } from 'chai';
 import { toPublicJwk, type JwkSet } from '../../protocol/index.js';
 import { initDataDir } from '../../server/data-dir.js';
-import { Registry } from '../../server/registry/registry.js';
+import { openSqliteStorage } from '../../server/storage/sqlite/index.js';
 import { mosquittoAvailable, startMosquittoProcess, type MosquittoProcess } from '../helpers/mosquitto-process.js';
 import { runServerCli, SERVER_CLI } from '../server/run-cli.js';
 import { SimFleet, makeSimDevice, type SimDevice } from '../server/sim-fleet.js';
@@ -42,13 +42,13 @@ describe('faults: send killed while it drives a rollout, then rollout resume', f
     await initDataDir(data, { broker: { url: broker.url } });
     const trust = JSON.parse(await readFile(join(data, 'keys', 'trust.jwks'), 'utf8')) as JwkSet;
     fleet = await SimFleet.connect(broker.url, { trust });
-    const reg = Registry.open(join(data, 'registry.sqlite'));
+    const storage = openSqliteStorage(join(data, 'registry.sqlite'));
     const devices: SimDevice[] = [];
     try {
       for (let i = 0; i < 40; i++) {
         // The first 20 answer at once; the other 20 stay silent until after the crash.
         const d = fleet.add(await makeSimDevice(`fan-${String(i).padStart(2, '0')}`, i < 20 ? 'apply' : 'silent'));
-        reg.addDevice({ id: d.id, userId: 'fan', origin: 'jwks', signing: toPublicJwk(d.signing), encryption: toPublicJwk(d.encryption) });
+        await storage.devices.add({ id: d.id, userId: 'fan', origin: 'jwks', signing: toPublicJwk(d.signing), encryption: toPublicJwk(d.encryption) });
         devices.push(d);
       }
       const send = spawn(
@@ -64,11 +64,11 @@ describe('faults: send killed while it drives a rollout, then rollout resume', f
       const exited = new Promise((r) => send.once('exit', r));
 
       // Wait until the 20 answering devices are acknowledged and 8 commands wait on silent ones.
-      const fanoutId = (): string | undefined => (reg.db.prepare('SELECT id FROM rollouts').get() as { id: string } | undefined)?.id;
+      const fanoutId = (): string | undefined => (storage.db.prepare('SELECT id FROM rollouts').get() as { id: string } | undefined)?.id;
       const deadline = Date.now() + 30_000;
       for (;;) {
         const id = fanoutId();
-        const cmds = id ? reg.listCommands({ fanoutId: id, limit: 1000 }) : [];
+        const cmds = id ? await storage.commands.list({ fanoutId: id, limit: 1000 }) : [];
         if (cmds.filter((c) => c.ackStatus === 'applied').length >= 20 && cmds.filter((c) => c.ackStatus === null && c.sentAt !== null).length >= 8) break;
         if (send.exitCode !== null) throw new Error(`send exited early: ${out}`);
         if (Date.now() > deadline) throw new Error(`fan-out did not progress: ${out}`);
@@ -77,7 +77,7 @@ describe('faults: send killed while it drives a rollout, then rollout resume', f
       send.kill('SIGKILL');
       await exited;
       const id = fanoutId() as string;
-      const beforeResume = reg.listCommands({ fanoutId: id, limit: 1000 });
+      const beforeResume = await storage.commands.list({ fanoutId: id, limit: 1000 });
       const ackedBefore = new Map(beforeResume.filter((c) => c.ackStatus !== null).map((c) => [c.deviceId, c.jti]));
       const pendingBefore = new Map(beforeResume.filter((c) => c.ackStatus === null).map((c) => [c.deviceId, c.jti]));
       expect(ackedBefore.size).to.equal(20);
@@ -89,7 +89,7 @@ describe('faults: send killed while it drives a rollout, then rollout resume', f
       expect(resumed.code, resumed.stdout + resumed.stderr).to.equal(0);
       expect(resumed.stdout).to.match(/applied\s+40\n/);
 
-      const afterResume = reg.listCommands({ fanoutId: id, limit: 1000 });
+      const afterResume = await storage.commands.list({ fanoutId: id, limit: 1000 });
       const perDevice = new Map<string, string[]>();
       for (const c of afterResume) perDevice.set(c.deviceId, [...(perDevice.get(c.deviceId) ?? []), c.jti]);
       let resealed = 0;
@@ -118,7 +118,7 @@ describe('faults: send killed while it drives a rollout, then rollout resume', f
       expect(resealed).to.equal(0);
       expect(applied).to.equal(devices.length);
     } finally {
-      reg.close();
+      await storage.close();
     }
   });
 });

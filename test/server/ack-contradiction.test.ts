@@ -14,7 +14,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import mqtt, { type MqttClient } from 'mqtt';
 import { toPublicJwk } from '../../protocol/index.js';
-import { ACK_CONTRADICTION_EVENT, Registry } from '../../server/registry/registry.js';
+import { ACK_CONTRADICTION_EVENT } from '../../server/storage/rules.js';
+import { openSqliteStorage } from '../../server/storage/sqlite/index.js';
 import { MIGRATIONS } from '../../server/registry/schema.js';
 import { randomUUID } from 'node:crypto';
 import { toJwkSet, type AckClaims } from '../../protocol/index.js';
@@ -42,7 +43,7 @@ describe('server: an ack contradicting a recorded outcome is a security event (b
 
   async function provisioned(id: string): Promise<SimDevice> {
     const dev = f.fleet.add(await makeSimDevice(id));
-    f.server.data.registry.addDevice({
+    await f.server.data.storage.devices.add({
       id,
       userId: 'alice',
       origin: 'jwks',
@@ -74,19 +75,19 @@ describe('server: an ack contradicting a recorded outcome is a security event (b
   }
 
   it('update refused, then applied on replay: stays rejected, user not rebound, audited, device flagged (device show, device list)', async () => {
-    const reg = f.server.data.registry;
+    const storage = f.server.data.storage;
     const dev = await provisioned('victim-u');
     const jti = await refuseThenReplay(dev, () => f.server.send({ deviceId: dev.id, action: 'update', params: { user_id: 'mallory' } }));
     // The device did apply it (bound to mallory): that is what its ack says.
     expect(dev.applied.map((c) => c.jti)).to.include(jti);
     expect(dev.applied.find((c) => c.jti === jti)?.params).to.deep.include({ user_id: 'mallory' });
 
-    const command = reg.getCommand(jti);
+    const command = await storage.commands.get(jti);
     expect(command?.ackStatus, 'the first outcome stays').to.equal('rejected');
-    const device = reg.requireDevice(dev.id);
+    const device = await storage.devices.require(dev.id);
     expect(device.userId, 'the ack of a refused command rebinds nobody').to.equal('alice');
     expect(device.flag?.event).to.equal(ACK_CONTRADICTION_EVENT);
-    const events = reg.auditLog({ deviceId: dev.id }).filter((a) => a.event === ACK_CONTRADICTION_EVENT);
+    const events = (await storage.audit.log({ deviceId: dev.id })).filter((a) => a.event === ACK_CONTRADICTION_EVENT);
     expect(events).to.have.length(1);
     expect(events[0]?.detail).to.deep.include({ jti, action: 'update', effects: 'not applied' });
     expect(events[0]?.detail.recorded).to.include({ status: 'rejected', code: 'E_EXPIRED' });
@@ -105,32 +106,32 @@ describe('server: an ack contradicting a recorded outcome is a security event (b
   });
 
   it('rotate refused, then applied on replay: the new keys are reported in the audit, never adopted', async () => {
-    const reg = f.server.data.registry;
+    const storage = f.server.data.storage;
     const dev = await provisioned('victim-r');
     const oldSigning = dev.signing.kid;
     const oldEncryption = dev.encryption.kid;
     const jti = await refuseThenReplay(dev, () => f.server.send({ deviceId: dev.id, action: 'rotate' }));
     expect(dev.signing.kid, 'the device rotated').to.not.equal(oldSigning);
 
-    expect(reg.getCommand(jti)?.ackStatus).to.equal('rejected');
-    const device = reg.requireDevice(dev.id);
+    expect((await storage.commands.get(jti))?.ackStatus).to.equal('rejected');
+    const device = await storage.devices.require(dev.id);
     expect(device.signing?.kid).to.equal(oldSigning);
     expect(device.encryption?.kid).to.equal(oldEncryption);
     expect(device.keys.map((k) => k.kid)).to.not.include(dev.signing.kid);
-    const event = reg.auditLog({ deviceId: dev.id }).find((a) => a.event === ACK_CONTRADICTION_EVENT);
+    const event = (await storage.audit.log({ deviceId: dev.id })).find((a) => a.event === ACK_CONTRADICTION_EVENT);
     expect(event?.detail.claimed_keys).to.deep.equal({ signing_kid: dev.signing.kid, encryption_kid: dev.encryption.kid });
     expect(device.flag?.detail).to.include({ jti, action: 'rotate' });
     // A new enrollment (fresh token, new keys) clears the flag: the registry knows the device again.
     const fresh = await makeSimDevice(dev.id);
-    reg.addDevice(
+    await storage.devices.add(
       { id: dev.id, userId: 'alice', origin: 'jwks', signing: toPublicJwk(fresh.signing), encryption: toPublicJwk(fresh.encryption), state: 'provisioned' },
       { replace: true },
     );
-    expect(reg.requireDevice(dev.id).flag).to.equal(null);
+    expect((await storage.devices.require(dev.id)).flag).to.equal(null);
   });
 
   it('a repeated ack that agrees with the recorded outcome (the broker redelivers an applied command) is a plain duplicate', async () => {
-    const reg = f.server.data.registry;
+    const storage = f.server.data.storage;
     const dev = await provisioned('honest-1');
     const before = captured.length;
     const { jti } = await f.server.send({ deviceId: dev.id, action: 'update', params: { sensor: { enabled: true } } });
@@ -141,8 +142,8 @@ describe('server: an ack contradicting a recorded outcome is a security event (b
     // The device refuses the replay (E_REPLAY) and says so: consistent with "applied".
     const dup = await eventually(() => f.inbound.slice(inboundBefore).find((r) => r.kind === 'ack' || r.kind === 'contradiction'), 10_000, 'replay answered');
     expect(dup).to.include({ kind: 'ack', duplicate: true });
-    expect(reg.requireDevice(dev.id).flag).to.equal(null);
-    expect(reg.auditLog({ deviceId: dev.id }).map((a) => a.event)).to.not.include(ACK_CONTRADICTION_EVENT);
+    expect((await storage.devices.require(dev.id)).flag).to.equal(null);
+    expect((await storage.audit.log({ deviceId: dev.id })).map((a) => a.event)).to.not.include(ACK_CONTRADICTION_EVENT);
   });
 
   it('a registry made before the flag existed (schema 1) is migrated: its devices carry no flag', async () => {
@@ -154,11 +155,11 @@ describe('server: an ack contradicting a recorded outcome is a security event (b
       db.pragma('user_version = 1');
       db.prepare("INSERT INTO devices (id, user_id, state, origin, created_at, updated_at) VALUES ('old-1', 'alice', 'provisioned', 'jwks', 1, 1)").run();
       db.close();
-      const reg = Registry.open(path);
+      const storage = openSqliteStorage(path);
       try {
-        expect(reg.requireDevice('old-1')).to.include({ flag: null, userId: 'alice' });
+        expect(await storage.devices.require('old-1')).to.include({ flag: null, userId: 'alice' });
       } finally {
-        reg.close();
+        await storage.close();
       }
     } finally {
       await rm(dir, { recursive: true, force: true });
@@ -167,10 +168,10 @@ describe('server: an ack contradicting a recorded outcome is a security event (b
 
   it('registry: which later acks contradict a recorded outcome (rotate with other keys; not a repeat without keys, not a refusal after applied)', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'registry-contra-'));
-    const reg = Registry.open(join(dir, 'registry.sqlite'), { create: true });
+    const storage = openSqliteStorage(join(dir, 'registry.sqlite'), { create: true });
     try {
       const dev = await makeSimDevice('rc-1');
-      reg.addDevice({
+      await storage.devices.add({
         id: 'rc-1',
         userId: 'alice',
         origin: 'jwks',
@@ -178,10 +179,10 @@ describe('server: an ack contradicting a recorded outcome is a security event (b
         encryption: toPublicJwk(dev.encryption),
         state: 'provisioned',
       });
-      const command = (action: string): { jti: string; seq: number } => {
-        const { seq } = reg.allocateSeq('rc-1');
+      const command = async (action: string): Promise<{ jti: string; seq: number }> => {
+        const { seq } = await storage.seq.allocate('rc-1');
         const jti = randomUUID();
-        reg.recordCommand({
+        await storage.commands.record({
           jti,
           deviceId: 'rc-1',
           action,
@@ -208,26 +209,30 @@ describe('server: an ack contradicting a recorded outcome is a security event (b
       });
       const next = await makeSimDevice('rc-1');
       const other = await makeSimDevice('rc-1');
-      const rot = command('rotate');
+      const rot = await command('rotate');
       const keys = { keys: toJwkSet([next.signing, next.encryption]) };
       expect(
-        reg.recordAck('rc-1', ack(rot, 'applied', 'OK', keys), [
-          { kind: 'keys-rotated', signing: toPublicJwk(next.signing), encryption: toPublicJwk(next.encryption) },
-        ]).kind,
+        (
+          await storage.commands.recordAck('rc-1', ack(rot, 'applied', 'OK', keys), [
+            { kind: 'keys-rotated', signing: toPublicJwk(next.signing), encryption: toPublicJwk(next.encryption) },
+          ])
+        ).kind,
       ).to.equal('recorded');
-      expect(reg.recordAck('rc-1', ack(rot, 'applied', 'OK', keys), []).kind).to.equal('duplicate');
-      expect(reg.recordAck('rc-1', ack(rot, 'applied', 'OK'), []).kind, 'the outcome repeated without keys').to.equal('duplicate');
-      expect(reg.recordAck('rc-1', ack(rot, 'rejected', 'E_REPLAY'), []).kind).to.equal('duplicate');
-      expect(reg.recordAck('rc-1', ack(rot, 'rejected', 'E_EXPIRED'), []).kind).to.equal('duplicate');
-      expect(reg.requireDevice('rc-1').flag).to.equal(null);
-      expect(reg.recordAck('rc-1', ack(rot, 'applied', 'OK', { keys: toJwkSet([other.signing, other.encryption]) }), []).kind).to.equal('contradiction');
-      expect(reg.requireDevice('rc-1').signing?.kid, 'keys stay those first recorded').to.equal(next.signing.kid);
-      const failed = command('update');
-      expect(reg.recordAck('rc-1', ack(failed, 'failed', 'E_HOOK'), []).kind).to.equal('recorded');
-      expect(reg.recordAck('rc-1', ack(failed, 'applied', 'OK'), []).kind).to.equal('contradiction');
-      expect(reg.auditLog({ deviceId: 'rc-1' }).filter((a) => a.event === ACK_CONTRADICTION_EVENT)).to.have.length(2);
+      expect((await storage.commands.recordAck('rc-1', ack(rot, 'applied', 'OK', keys), [])).kind).to.equal('duplicate');
+      expect((await storage.commands.recordAck('rc-1', ack(rot, 'applied', 'OK'), [])).kind, 'the outcome repeated without keys').to.equal('duplicate');
+      expect((await storage.commands.recordAck('rc-1', ack(rot, 'rejected', 'E_REPLAY'), [])).kind).to.equal('duplicate');
+      expect((await storage.commands.recordAck('rc-1', ack(rot, 'rejected', 'E_EXPIRED'), [])).kind).to.equal('duplicate');
+      expect((await storage.devices.require('rc-1')).flag).to.equal(null);
+      expect((await storage.commands.recordAck('rc-1', ack(rot, 'applied', 'OK', { keys: toJwkSet([other.signing, other.encryption]) }), [])).kind).to.equal(
+        'contradiction',
+      );
+      expect((await storage.devices.require('rc-1')).signing?.kid, 'keys stay those first recorded').to.equal(next.signing.kid);
+      const failed = await command('update');
+      expect((await storage.commands.recordAck('rc-1', ack(failed, 'failed', 'E_HOOK'), [])).kind).to.equal('recorded');
+      expect((await storage.commands.recordAck('rc-1', ack(failed, 'applied', 'OK'), [])).kind).to.equal('contradiction');
+      expect((await storage.audit.log({ deviceId: 'rc-1' })).filter((a) => a.event === ACK_CONTRADICTION_EVENT)).to.have.length(2);
     } finally {
-      reg.close();
+      await storage.close();
       await rm(dir, { recursive: true, force: true });
     }
   });

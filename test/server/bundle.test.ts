@@ -14,6 +14,7 @@ import { runServerCli } from './run-cli.js';
 import { startFixture } from './server-fixture.js';
 import { eventually } from './sim-fleet.js';
 import { skipBecause } from '../helpers/skip.js';
+import { rejection } from '../helpers/rejection.js';
 
 describe('provision-server bundle', function () {
   this.timeout(30_000);
@@ -26,7 +27,7 @@ describe('provision-server bundle', function () {
     data = await openDataDir(join(dir, 'data'));
   });
   after(async () => {
-    data.registry.close();
+    await data.storage.close();
     await rm(dir, { recursive: true, force: true });
   });
 
@@ -49,12 +50,18 @@ describe('provision-server bundle', function () {
     expect(config.gpio.backend).to.equal('fake');
     expect(JSON.parse(await readFile(join(out, 'trust.jwks'), 'utf8'))).to.deep.equal(data.keys.trust);
     const token = (await readFile(join(out, 'enroll.token'), 'utf8')).trim();
-    expect(() =>
-      data.registry.enroll({ deviceId: 'board-2', token, enrollmentJti: 'x', signing: data.keys.trust.keys[0]!, encryption: data.keys.trust.keys[1]! }),
-    )
-      .to.throw()
-      .with.property('code', 'E_TOKEN_DEVICE');
-    expect(data.registry.getDevice('board-1')).to.equal(undefined);
+    expect(
+      await rejection(
+        data.storage.enrollment.enroll({
+          deviceId: 'board-2',
+          token,
+          enrollmentJti: 'x',
+          signing: data.keys.trust.keys[0]!,
+          encryption: data.keys.trust.keys[1]!,
+        }),
+      ),
+    ).with.property('code', 'E_TOKEN_DEVICE');
+    expect(await data.storage.devices.get('board-1')).to.equal(undefined);
   });
 
   it("defaults to the device broker and CA recorded by init --device-broker, not the server's own listener", async () => {
@@ -160,9 +167,9 @@ describe('provision-server bundle', function () {
     expect((await stat(join(out, 'keys'))).mode & 0o777).to.equal(0o700);
     for (const f of ['signing.jwk', 'encryption.jwk']) expect((await stat(join(out, 'keys', f))).mode & 0o777).to.equal(0o600);
     const store = await KeyStore.open(join(out, 'keys'));
-    data.registry.close();
+    await data.storage.close();
     data = await openDataDir(join(dir, 'data'));
-    const device = data.registry.requireDevice('board-3');
+    const device = await data.storage.devices.require('board-3');
     expect(device).to.include({ userId: 'bob', state: 'registered', origin: 'host-keys' });
     expect(device.signing?.kid).to.equal(store.signingKey?.kid);
     expect(device.encryption?.kid).to.equal(store.encryptionKey?.kid);
@@ -171,7 +178,7 @@ describe('provision-server bundle', function () {
   it('refuses a non-empty --out and re-keying a registered device unless --force; nothing changes when it refuses', async () => {
     const cli = (out: string, ...extra: string[]) =>
       runServerCli(['bundle', '--data', join(dir, 'data'), '--device', 'board-3', '--user', 'bob', '--out', out, '--keys-on-host', '--gpio', 'fake', ...extra]);
-    const before = data.registry.requireDevice('board-3').signing?.kid;
+    const before = (await data.storage.devices.require('board-3')).signing?.kid;
     const oldKey = await readFile(join(dir, 'b2', 'keys', 'signing.jwk'), 'utf8');
     const again = await cli(join(dir, 'b2'));
     expect(again.code).to.equal(2);
@@ -180,14 +187,14 @@ describe('provision-server bundle', function () {
     const rekey = await cli(join(dir, 'b2-new'));
     expect(rekey.code).to.equal(2);
     expect(rekey.stderr).to.match(/board-3 is already registered .*cut the board off/);
-    data.registry.close();
+    await data.storage.close();
     data = await openDataDir(join(dir, 'data'));
-    expect(data.registry.requireDevice('board-3').signing?.kid).to.equal(before);
+    expect((await data.storage.devices.require('board-3')).signing?.kid).to.equal(before);
     const forced = await cli(join(dir, 'b2'), '--force');
     expect(forced.code, forced.stderr).to.equal(0);
-    data.registry.close();
+    await data.storage.close();
     data = await openDataDir(join(dir, 'data'));
-    expect(data.registry.requireDevice('board-3').signing?.kid).to.not.equal(before);
+    expect((await data.storage.devices.require('board-3')).signing?.kid).to.not.equal(before);
   });
 
   it('a --keys-on-host board running the real agent enrolls with the host-made keys and is confirmed', async function () {
@@ -198,12 +205,12 @@ describe('provision-server bundle', function () {
       const out = join(f.dir, 'board');
       // The fixture's broker is aedes, which speaks MQTT 3.1.1 only.
       await writeBundle(f.server.data, { deviceId: 'hostkeys-1', userId: 'erin', outDir: out, keysOnHost: true, gpioBackend: 'fake', mqttVersion: 4 });
-      const registered = f.server.data.registry.requireDevice('hostkeys-1');
+      const registered = await f.server.data.storage.devices.require('hostkeys-1');
       const agent = spawn(process.execPath, [AGENT_CLI, 'run', '--config', join(out, 'config.json')], { stdio: 'ignore' });
       try {
         const d = await eventually(
-          () => {
-            const x = f.server.data.registry.getDevice('hostkeys-1');
+          async () => {
+            const x = await f.server.data.storage.devices.get('hostkeys-1');
             return x?.state === 'provisioned' && x;
           },
           20_000,

@@ -60,15 +60,22 @@ describe('server: the chunk server answers only upgrades in flight, rate-limited
       onFetch: (r) => results.push(r),
       log: createLogger({ level: 'info', write: (line) => lines.push(line) }),
     });
-    const reg = f.server.data.registry;
+    const storage = f.server.data.storage;
     const tree = await makeTree(join(f.dir, 'tree'), { version: '0.2.0', payload: 400_000 });
-    const added = await addReleaseFromTree(reg, f.dataDir, tree, { agentOnly: true, key: await loadReleaseKey(f.dataDir) });
+    const added = await addReleaseFromTree(storage, f.dataDir, tree, { agentOnly: true, key: await loadReleaseKey(f.dataDir) });
     release = { sha256: added.record.sha256, dir: added.record.dir, count: added.manifest.chunks.count };
     expect(release.count).to.be.above(6);
     a = f.fleet.add(await makeSimDevice('chunk-a', 'silent'));
     b = f.fleet.add(await makeSimDevice('chunk-b', 'silent'));
     for (const d of [a, b])
-      reg.addDevice({ id: d.id, userId: 'u', origin: 'jwks', signing: toPublicJwk(d.signing), encryption: toPublicJwk(d.encryption), state: 'provisioned' });
+      await storage.devices.add({
+        id: d.id,
+        userId: 'u',
+        origin: 'jwks',
+        signing: toPublicJwk(d.signing),
+        encryption: toPublicJwk(d.encryption),
+        state: 'provisioned',
+      });
     linkA = await BoardLink.open(f.broker.url, a.id);
     linkB = await BoardLink.open(f.broker.url, b.id);
   });
@@ -124,9 +131,9 @@ describe('server: the chunk server answers only upgrades in flight, rate-limited
     await linkA.send(encodeFetch({ v: 1, sha256: 'ab'.repeat(32), index: true }));
     await eventually(() => resultsOf(b.id).length === 1 && resultsOf(a.id).some((r) => r.kind === 'refused' && r.why === 'no-release'), 5000, 'both handled');
     expect(resultsOf(b.id)[0]).to.deep.include({ kind: 'refused', why: 'not-in-flight' });
-    const reg = f.server.data.registry;
+    const storage = f.server.data.storage;
     const ghost = await makeSimDevice('chunk-ghost');
-    reg.addDevice({
+    await storage.devices.add({
       id: ghost.id,
       userId: 'u',
       origin: 'jwks',
@@ -187,10 +194,10 @@ describe('server: the chunk server answers only upgrades in flight, rate-limited
   });
 
   it('stops serving once the upgrade is answered', async () => {
-    const reg = f.server.data.registry;
-    const c = reg.listCommands({ deviceId: a.id }).find((x) => x.action === 'upgrade');
+    const storage = f.server.data.storage;
+    const c = (await storage.commands.list({ deviceId: a.id })).find((x) => x.action === 'upgrade');
     expect(c).to.not.equal(undefined);
-    reg.recordAck(
+    await storage.commands.recordAck(
       a.id,
       {
         iss: a.id,
@@ -213,6 +220,6 @@ describe('server: the chunk server answers only upgrades in flight, rate-limited
     await eventually(() => resultsOf(a.id).length === mark + 1, 5000, 'handled');
     expect(resultsOf(a.id)[mark]).to.deep.include({ kind: 'refused', why: 'not-in-flight' });
     // A rolled-back upgrade records no new version.
-    expect(reg.requireDevice(a.id).arch).to.equal(null);
+    expect((await storage.devices.require(a.id)).arch).to.equal(null);
   });
 });

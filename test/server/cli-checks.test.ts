@@ -20,7 +20,7 @@ import {
   toPublicJwk,
   type PrivateJwk,
 } from '../../protocol/index.js';
-import { Registry } from '../../server/registry/registry.js';
+import { openSqliteStorage } from '../../server/storage/sqlite/index.js';
 import { runServerCli, useInitializedDataDir } from './run-cli.js';
 import { makeSimDevice, SimFleet } from './sim-fleet.js';
 
@@ -46,12 +46,12 @@ describe('provision-server CLI: seed usage, checks before action, exit statuses'
 
   describe("the seed's usage", () => {
     it('send DEVICE update --user OTHER --wait re-binds the device (the seed: update sal01 1); --set user_id=8 takes a numeric id', async () => {
-      const reg = Registry.open(join(ctx.data, 'registry.sqlite'));
+      const storage = openSqliteStorage(join(ctx.data, 'registry.sqlite'));
       const trust = JSON.parse(await readFile(join(ctx.data, 'keys', 'trust.jwks'), 'utf8'));
       const fleet = await SimFleet.connect(ctx.broker.url, { trust });
       try {
         const d = fleet.add(await makeSimDevice('sal01'));
-        reg.addDevice({
+        await storage.devices.add({
           id: 'sal01',
           userId: '7',
           origin: 'jwks',
@@ -64,15 +64,15 @@ describe('provision-server CLI: seed usage, checks before action, exit statuses'
         expect(r.code, r.stderr).to.equal(0);
         expect(JSON.parse(r.stdout)).to.include({ device_id: 'sal01', action: 'update', status: 'applied' });
         expect(d.applied[0]?.params).to.deep.equal({ user_id: '1' });
-        expect(reg.requireDevice('sal01').userId).to.equal('1');
+        expect((await storage.devices.require('sal01')).userId).to.equal('1');
 
         const set = await runServerCli(['send', 'sal01', 'update', '--set', 'user_id=8', '--wait', '--timeout', '10s', '--data', ctx.data]);
         expect(set.code, set.stderr).to.equal(0);
         expect(d.applied[1]?.params).to.deep.equal({ user_id: '8' });
-        expect(reg.requireDevice('sal01').userId).to.equal('8');
+        expect((await storage.devices.require('sal01')).userId).to.equal('8');
 
         // The device's own user and nothing else to change: still refused, and nothing is sealed.
-        const seqBefore = reg.requireDevice('sal01').nextSeq;
+        const seqBefore = (await storage.devices.require('sal01')).nextSeq;
         const same = await runServerCli(['send', 'sal01', 'update', '--user', '8', '--data', ctx.data]);
         expect(same.code).to.equal(1);
         expect(same.stderr).to.match(/E_PARAMS: params: update needs at least one setting/);
@@ -80,10 +80,10 @@ describe('provision-server CLI: seed usage, checks before action, exit statuses'
         const both = await runServerCli(['send', 'sal01', 'update', '--user', '2', '--set', 'user_id=3', '--data', ctx.data]);
         expect(both.code).to.equal(2);
         expect(both.stderr).to.match(/E_USAGE: the user 2 and params.user_id 3 disagree/);
-        expect(reg.requireDevice('sal01').nextSeq).to.equal(seqBefore);
+        expect((await storage.devices.require('sal01')).nextSeq).to.equal(seqBefore);
       } finally {
         await fleet.close();
-        reg.close();
+        await storage.close();
       }
     });
 
@@ -94,11 +94,11 @@ describe('provision-server CLI: seed usage, checks before action, exit statuses'
       await writeFile(join(root, 'user_keys', '1', 'sal02_public.pem'), pem);
       const r = await runServerCli(['import-legacy', root, '--data', ctx.data]);
       expect(r.code, r.stderr).to.equal(0);
-      const reg = Registry.open(join(ctx.data, 'registry.sqlite'));
+      const storage = openSqliteStorage(join(ctx.data, 'registry.sqlite'));
       try {
-        expect(reg.requireDevice('sal02')).to.include({ userId: '1', origin: 'legacy' });
+        expect(await storage.devices.require('sal02')).to.include({ userId: '1', origin: 'legacy' });
       } finally {
-        reg.close();
+        await storage.close();
       }
       const list = await runServerCli(['device', 'list', '--user', '1', '--json', '--data', ctx.data]);
       expect(list.code, list.stderr).to.equal(0);
@@ -180,9 +180,9 @@ describe('provision-server CLI: seed usage, checks before action, exit statuses'
       const r = await runServerCli(['init', '--data', offline, '--broker', `mqtt://127.0.0.1:${await deadPort()}`]);
       expect(r.code, r.stderr).to.equal(0);
       const dev = await makeSimDevice('off-1');
-      const reg = Registry.open(join(offline, 'registry.sqlite'));
-      reg.addDevice({ id: 'off-1', userId: 'alice', origin: 'jwks', signing: toPublicJwk(dev.signing), encryption: toPublicJwk(dev.encryption) });
-      reg.close();
+      const storage = openSqliteStorage(join(offline, 'registry.sqlite'));
+      await storage.devices.add({ id: 'off-1', userId: 'alice', origin: 'jwks', signing: toPublicJwk(dev.signing), encryption: toPublicJwk(dev.encryption) });
+      await storage.close();
     });
 
     it('send with bad params reports E_PARAMS, not the unreachable broker, and records nothing', async () => {
@@ -198,12 +198,12 @@ describe('provision-server CLI: seed usage, checks before action, exit statuses'
       const fanout = await runServerCli(['send', '--all', 'update', '--params', '{"nope":1}', '--data', offline]);
       expect(fanout.code).to.equal(1);
       expect(fanout.stderr).to.match(/E_PARAMS/);
-      const reg = Registry.open(join(offline, 'registry.sqlite'));
+      const storage = openSqliteStorage(join(offline, 'registry.sqlite'));
       try {
-        expect(reg.listCommands({ deviceId: 'off-1' })).to.have.length(0);
-        expect(reg.requireDevice('off-1').nextSeq).to.equal(1);
+        expect(await storage.commands.list({ deviceId: 'off-1' })).to.have.length(0);
+        expect((await storage.devices.require('off-1')).nextSeq).to.equal(1);
       } finally {
-        reg.close();
+        await storage.close();
       }
     });
 
@@ -246,11 +246,11 @@ describe('provision-server CLI: seed usage, checks before action, exit statuses'
       expect(r2.code).to.equal(2);
       expect(r2.stderr).to.match(/E_NO_FILE/);
       expect(await missing(out)).to.equal(true);
-      const reg = Registry.open(join(ctx.data, 'registry.sqlite'));
+      const storage = openSqliteStorage(join(ctx.data, 'registry.sqlite'));
       try {
-        expect(reg.db.prepare("SELECT count(*) AS n FROM enrollment_tokens WHERE device_id = 'bun-1'").get()).to.deep.equal({ n: 0 });
+        expect(storage.db.prepare("SELECT count(*) AS n FROM enrollment_tokens WHERE device_id = 'bun-1'").get()).to.deep.equal({ n: 0 });
       } finally {
-        reg.close();
+        await storage.close();
       }
     });
 

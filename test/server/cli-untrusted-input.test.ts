@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { generateEncryptionKey, toPublicJwk } from '../../protocol/index.js';
 import { initDataDir } from '../../server/data-dir.js';
-import { Registry } from '../../server/registry/registry.js';
+import { openSqliteStorage } from '../../server/storage/sqlite/index.js';
 import { printable } from '../../server/terminal-text.js';
 import { runServerCli } from './run-cli.js';
 
@@ -48,20 +48,20 @@ describe('server CLI: untrusted names and files', function () {
     expect(r.stderr).to.match(/link-dev_public\.pem: not a regular file \(a symbolic link\)/);
     expect(r.stderr).to.match(/big-dev_public\.pem: .*too large for a PEM public key/);
     expect(r.stdout).to.match(/1 imported, 3 skipped/);
-    const reg = Registry.open(join(data, 'registry.sqlite'));
+    const storage = openSqliteStorage(join(data, 'registry.sqlite'));
     try {
-      expect(reg.listDevices().map((d) => d.id)).to.deep.equal(['real-dev']);
+      expect((await storage.devices.list()).map((d) => d.id)).to.deep.equal(['real-dev']);
     } finally {
-      reg.close();
+      await storage.close();
     }
   });
 
   it('device list and import-legacy show control characters in user ids escaped; --json keeps them exact', async () => {
-    const reg = Registry.open(join(data, 'registry.sqlite'));
+    const storage = openSqliteStorage(join(data, 'registry.sqlite'));
     try {
-      reg.addDevice({ id: 'esc-1', userId: ESC_USER, origin: 'jwks', encryption: toPublicJwk(await generateEncryptionKey()), state: 'registered' });
+      await storage.devices.add({ id: 'esc-1', userId: ESC_USER, origin: 'jwks', encryption: toPublicJwk(await generateEncryptionKey()), state: 'registered' });
     } finally {
-      reg.close();
+      await storage.close();
     }
     const list = await runServerCli(['device', 'list', '--data', data]);
     expect(list.code, list.stderr).to.equal(0);

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { toJwkSet, toPublicJwk } from '../../protocol/index.js';
-import { Registry } from '../../server/registry/registry.js';
+import { openSqliteStorage } from '../../server/storage/sqlite/index.js';
 import { SCHEMA_VERSION } from '../../server/registry/schema.js';
 import { runServerCli, useInitializedDataDir } from './run-cli.js';
 import { makeSimDevice, SimFleet } from './sim-fleet.js';
@@ -19,12 +19,12 @@ describe('provision-server CLI: data directory, registry, send', function () {
     expect((await stat(join(ctx.data, 'keys', 'signing.jwk'))).mode & 0o777).to.equal(0o600);
     expect((await stat(join(ctx.data, 'http.token'))).mode & 0o777).to.equal(0o600);
     expect(JSON.parse(await readFile(join(ctx.data, 'server.json'), 'utf8'))).to.deep.equal({ broker: { url: ctx.broker.url }, topic_prefix: 'provision' });
-    const reg = Registry.open(join(ctx.data, 'registry.sqlite'));
-    expect(reg.db.pragma('user_version', { simple: true })).to.equal(SCHEMA_VERSION);
-    reg.audit('test.event', null, {});
-    expect(() => reg.db.prepare("UPDATE audit SET event = 'x'").run()).to.throw(/append-only/);
-    expect(() => reg.db.prepare('DELETE FROM audit').run()).to.throw(/append-only/);
-    reg.close();
+    const storage = openSqliteStorage(join(ctx.data, 'registry.sqlite'));
+    expect(storage.db.pragma('user_version', { simple: true })).to.equal(SCHEMA_VERSION);
+    await storage.audit.append('test.event', null, {});
+    expect(() => storage.db.prepare("UPDATE audit SET event = 'x'").run()).to.throw(/append-only/);
+    expect(() => storage.db.prepare('DELETE FROM audit').run()).to.throw(/append-only/);
+    await storage.close();
     const again = await runServerCli(['init', '--data', ctx.data]);
     expect(again.code).to.equal(2);
     expect(again.stderr).to.match(/E_KEYS_EXIST/);
@@ -37,16 +37,16 @@ describe('provision-server CLI: data directory, registry, send', function () {
     expect(token).to.match(/^[A-Za-z0-9_-]{43}$/);
     const db = await readFile(join(ctx.data, 'registry.sqlite'));
     expect(db.includes(Buffer.from(token))).to.equal(false);
-    const reg = Registry.open(join(ctx.data, 'registry.sqlite'));
-    const row = reg.db.prepare("SELECT device_id, user_id, expires_at - created_at AS ttl FROM enrollment_tokens WHERE device_id = 'tok-1'").get();
-    reg.close();
+    const storage = openSqliteStorage(join(ctx.data, 'registry.sqlite'));
+    const row = storage.db.prepare("SELECT device_id, user_id, expires_at - created_at AS ttl FROM enrollment_tokens WHERE device_id = 'tok-1'").get();
+    await storage.close();
     expect(row).to.deep.equal({ device_id: 'tok-1', user_id: 'alice', ttl: 3_600_000 });
   });
 
   it('concurrent senders never reuse a seq: four registry connections in worker threads, then three send processes', async () => {
-    const reg = Registry.open(join(ctx.data, 'registry.sqlite'));
+    const storage = openSqliteStorage(join(ctx.data, 'registry.sqlite'));
     const dev = await makeSimDevice('seq-dev');
-    reg.addDevice({ id: 'seq-dev', userId: 'alice', origin: 'jwks', signing: toPublicJwk(dev.signing), encryption: toPublicJwk(dev.encryption) });
+    await storage.devices.add({ id: 'seq-dev', userId: 'alice', origin: 'jwks', signing: toPublicJwk(dev.signing), encryption: toPublicJwk(dev.encryption) });
     const worker = fileURLToPath(new URL('./seq-worker.js', import.meta.url));
     const runs = await Promise.all(
       [0, 1, 2, 3].map(
@@ -65,15 +65,15 @@ describe('provision-server CLI: data directory, registry, send', function () {
 
     const sends = await Promise.all([0, 1, 2].map(() => runServerCli(['send', 'seq-dev', 'selftest', '--data', ctx.data])));
     for (const s of sends) expect(s.code, s.stderr).to.equal(0);
-    const seqs = reg.listCommands({ deviceId: 'seq-dev' }).map((c) => c.seq);
-    reg.close();
+    const seqs = (await storage.commands.list({ deviceId: 'seq-dev' })).map((c) => c.seq);
+    await storage.close();
     expect(seqs).to.have.length(3);
     expect(new Set(seqs).size).to.equal(3);
     expect(Math.min(...seqs)).to.be.greaterThan(600);
   });
 
   it('send --wait prints the verified ack and exits 0 applied, 3 rejected, 4 failed, 5 timeout; nothing for a device without a key', async () => {
-    const reg = Registry.open(join(ctx.data, 'registry.sqlite'));
+    const storage = openSqliteStorage(join(ctx.data, 'registry.sqlite'));
     const trust = JSON.parse(await readFile(join(ctx.data, 'keys', 'trust.jwks'), 'utf8'));
     const fleet = await SimFleet.connect(ctx.broker.url, { trust });
     try {
@@ -81,7 +81,7 @@ describe('provision-server CLI: data directory, registry, send', function () {
       const exits: Record<string, number | null> = {};
       for (const [name, behaviour] of Object.entries(statuses)) {
         const d = fleet.add(await makeSimDevice(`wait-${name}`, behaviour));
-        reg.addDevice({ id: d.id, userId: 'alice', origin: 'jwks', signing: toPublicJwk(d.signing), encryption: toPublicJwk(d.encryption) });
+        await storage.devices.add({ id: d.id, userId: 'alice', origin: 'jwks', signing: toPublicJwk(d.signing), encryption: toPublicJwk(d.encryption) });
         const r = await runServerCli([
           'send',
           d.id,
@@ -108,12 +108,12 @@ describe('provision-server CLI: data directory, registry, send', function () {
       expect(r.stderr).to.match(/E_NO_DEVICE/);
     } finally {
       await fleet.close();
-      reg.close();
+      await storage.close();
     }
   });
 
   it('send --user UID ACTION is a rollout with a summary table, exits 6 unless all applied, and rollout resume finishes the job', async () => {
-    const reg = Registry.open(join(ctx.data, 'registry.sqlite'));
+    const storage = openSqliteStorage(join(ctx.data, 'registry.sqlite'));
     const trust = JSON.parse(await readFile(join(ctx.data, 'keys', 'trust.jwks'), 'utf8'));
     const fleet = await SimFleet.connect(ctx.broker.url, { trust });
     try {
@@ -121,7 +121,7 @@ describe('provision-server CLI: data directory, registry, send', function () {
       const devs = [];
       for (const [i, b] of behaviours.entries()) {
         const d = fleet.add(await makeSimDevice(`fan-cli-${i}`, b));
-        reg.addDevice({ id: d.id, userId: 'dora', origin: 'jwks', signing: toPublicJwk(d.signing), encryption: toPublicJwk(d.encryption) });
+        await storage.devices.add({ id: d.id, userId: 'dora', origin: 'jwks', signing: toPublicJwk(d.signing), encryption: toPublicJwk(d.encryption) });
         devs.push(d);
       }
       const r = await runServerCli(['send', '--user', 'dora', 'selftest', '--data', ctx.data, '--timeout', '2s']);
@@ -138,11 +138,11 @@ describe('provision-server CLI: data directory, registry, send', function () {
       expect(again.stdout, again.stderr).to.match(/applied\s+3\n/);
       expect(again.stdout).to.match(/rejected\s+1\n/);
       expect(again.code).to.equal(6); // the rejected one stays rejected
-      expect(reg.listCommands({ fanoutId: id as string })).to.have.length(4);
+      expect(await storage.commands.list({ fanoutId: id as string })).to.have.length(4);
       expect(devs.map((d) => d.applied.length)).to.deep.equal([1, 1, 0, 1]);
     } finally {
       await fleet.close();
-      reg.close();
+      await storage.close();
     }
   });
 
@@ -194,16 +194,16 @@ describe('provision-server CLI: data directory, registry, send', function () {
     expect(r.stdout).to.match(/3 imported, 4 skipped/);
     expect(r.stderr).to.match(/weak_public\.pem: .*below 2048/);
     expect(r.stderr).to.match(/ec_public\.pem: a ec key, not RSA/);
-    const reg = Registry.open(join(ctx.data, 'registry.sqlite'));
+    const storage = openSqliteStorage(join(ctx.data, 'registry.sqlite'));
     try {
-      const a = reg.requireDevice('legacy-a');
+      const a = await storage.devices.require('legacy-a');
       expect(a).to.include({ userId: 'user-1', state: 'registered', origin: 'legacy' });
       expect(a.encryption).to.include({ kty: 'RSA', alg: 'RSA-OAEP-256', use: 'enc' });
       expect(a.signing).to.equal(undefined);
-      expect(reg.requireDevice('legacy-c').userId).to.equal('user-2');
-      expect(reg.getDevice('weak')).to.equal(undefined);
+      expect((await storage.devices.require('legacy-c')).userId).to.equal('user-2');
+      expect(await storage.devices.get('weak')).to.equal(undefined);
     } finally {
-      reg.close();
+      await storage.close();
     }
     // A command to a legacy device is sealed to its RSA key.
     const sent = await runServerCli(['send', 'legacy-b', 'update', '--data', ctx.data, '--params', '{"sensor":{"enabled":false}}']);

@@ -5,45 +5,45 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ENROLL_REFUSED_EVENT, EnrollRefusals } from '../../server/enroll-refusals.js';
 import { silentLogger, sinkLogger, type LogLevel } from '../../lib/log.js';
-import { Registry } from '../../server/registry/registry.js';
+import { openSqliteStorage, type SqliteStorage } from '../../server/storage/sqlite/index.js';
 
 describe('server: refused enrollments are aggregated in the audit', () => {
   let dir: string;
   let now = 1_700_000_000_000;
-  let reg: Registry;
+  let storage: SqliteStorage;
   const lines: { level: LogLevel; event: string }[] = [];
 
   beforeEach(async () => {
     dir = await mkdtemp(join(tmpdir(), 'enroll-refusals-'));
-    reg = Registry.open(join(dir, 'registry.sqlite'), { create: true, now: () => now });
+    storage = openSqliteStorage(join(dir, 'registry.sqlite'), { create: true, now: () => now });
     lines.length = 0;
   });
   afterEach(async () => {
-    reg.close();
+    await storage.close();
     await rm(dir, { recursive: true, force: true });
   });
 
-  const rows = () => reg.auditLog({ limit: 10_000 }).filter((a) => a.event === ENROLL_REFUSED_EVENT);
+  const rows = async () => (await storage.audit.log({ limit: 10_000 })).filter((a) => a.event === ENROLL_REFUSED_EVENT);
 
-  it('writes the first refusal per device and code at once, the rest of the window as one row with a count', () => {
+  it('writes the first refusal per device and code at once, the rest of the window as one row with a count', async () => {
     const r = new EnrollRefusals(
-      reg,
+      storage,
       sinkLogger((level, event) => lines.push({ level, event })),
       { windowMs: 60_000 },
     );
     for (let i = 0; i < 500; i++) r.refused('dev-a', 'E_TOKEN_INVALID', 'the enrollment token is unknown', true);
     r.refused('dev-a', 'E_TOKEN_USED', 'used', true);
     for (let i = 0; i < 50; i++) r.refused('dev-b', 'E_SIGNATURE', 'bad signature', false);
-    expect(rows().map((a) => [a.deviceId, a.detail.code, a.detail.count])).to.deep.equal([
+    expect((await rows()).map((a) => [a.deviceId, a.detail.code, a.detail.count])).to.deep.equal([
       ['dev-a', 'E_TOKEN_INVALID', 1],
       ['dev-a', 'E_TOKEN_USED', 1],
     ]);
     now += 30_000;
     r.flush();
-    expect(rows()).to.have.length(2); // the window is still open
+    expect(await rows()).to.have.length(2); // the window is still open
     now += 30_000;
     r.flush();
-    const after = rows();
+    const after = await rows();
     expect(after.map((a) => [a.deviceId, a.detail.code, a.detail.count, a.detail.aggregated])).to.deep.equal([
       ['dev-a', 'E_TOKEN_INVALID', 1, undefined],
       ['dev-a', 'E_TOKEN_USED', 1, undefined],
@@ -54,15 +54,15 @@ describe('server: refused enrollments are aggregated in the audit', () => {
     expect(lines.filter((l) => l.event === 'enroll.dropped.summary')).to.have.length(2);
     // A new window starts with an immediate row again.
     r.refused('dev-a', 'E_TOKEN_INVALID', 'again', true);
-    expect(rows()).to.have.length(4);
+    expect(await rows()).to.have.length(4);
     r.close();
   });
 
-  it('tracks at most maxKeys devices per window; the rest are counted per code without a device id, and close() flushes all', () => {
-    const r = new EnrollRefusals(reg, silentLogger, { windowMs: 60_000, maxKeys: 3 });
+  it('tracks at most maxKeys devices per window; the rest are counted per code without a device id, and close() flushes all', async () => {
+    const r = new EnrollRefusals(storage, silentLogger, { windowMs: 60_000, maxKeys: 3 });
     for (let d = 0; d < 100; d++) for (let i = 0; i < 2; i++) r.refused(`dev-${d}`, 'E_TOKEN_INVALID', 'unknown', true);
     r.close();
-    const all = rows();
+    const all = await rows();
     expect(all.length).to.equal(3 + 3 + 1);
     expect(all.filter((a) => a.deviceId === null).map((a) => a.detail.count)).to.deep.equal([97 * 2]);
     expect(all.reduce((n, a) => n + (a.detail.count as number), 0)).to.equal(200);

@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Registry } from '../../server/registry/registry.js';
+import { openSqliteStorage } from '../../server/storage/sqlite/index.js';
 import { startTlsMosquitto, requireMosquittoOrSkip, type TlsMosquitto } from './mosquitto-tls.js';
 import { AGENT_CLI } from '../helpers/agent-process.js';
 import { runServerCli } from './run-cli.js';
@@ -96,10 +96,10 @@ describe('full flow against mosquitto (TLS, client certificates), two serve inst
       const device = fleet.add(await makeSimDevice('sensor-0001'));
       await fleet.enroll(device, (await readFile(join(out, 'enroll.token'), 'utf8')).trim());
       await eventually(() => device.provisioned, 15_000, 'request applied on the device');
-      const reg = Registry.open(join(data, 'registry.sqlite'));
+      const storage = openSqliteStorage(join(data, 'registry.sqlite'));
       try {
-        await eventually(() => reg.getDevice('sensor-0001')?.state === 'provisioned', 10_000, 'server confirmed');
-        expect(reg.requireDevice('sensor-0001').userId).to.equal('alice');
+        await eventually(async () => (await storage.devices.get('sensor-0001'))?.state === 'provisioned', 10_000, 'server confirmed');
+        expect((await storage.devices.require('sensor-0001')).userId).to.equal('alice');
 
         const update = await runServerCli([
           'send',
@@ -119,19 +119,19 @@ describe('full flow against mosquitto (TLS, client certificates), two serve inst
         const oldEnc = device.encryption.kid;
         const rotate = await runServerCli(['send', 'sensor-0001', 'rotate', '--data', data, '--wait', '--timeout', '15s']);
         expect(rotate.code, rotate.stderr).to.equal(0);
-        await eventually(() => reg.requireDevice('sensor-0001').encryption?.kid === device.encryption.kid, 10_000, 'new keys registered');
+        await eventually(async () => (await storage.devices.require('sensor-0001')).encryption?.kid === device.encryption.kid, 10_000, 'new keys registered');
         expect(device.encryption.kid).to.not.equal(oldEnc);
 
         const del = await runServerCli(['send', 'sensor-0001', 'delete', '--data', data, '--wait', '--timeout', '15s']);
         expect(del.code, del.stderr).to.equal(0);
         expect(device.applied.at(-1)?.action).to.equal('delete');
-        await eventually(() => reg.requireDevice('sensor-0001').state === 'decommissioned', 10_000, 'decommissioned');
+        await eventually(async () => (await storage.devices.require('sensor-0001')).state === 'decommissioned', 10_000, 'decommissioned');
 
         const after = await runServerCli(['send', 'sensor-0001', 'selftest', '--data', data]);
         expect(after.code).to.equal(1);
         expect(after.stderr).to.match(/E_DECOMMISSIONED/);
       } finally {
-        reg.close();
+        await storage.close();
       }
       // Each of the four acks reached exactly one of the two serve instances; the enrollment too.
       await new Promise((r) => setTimeout(r, 300));
@@ -173,14 +173,18 @@ describe('full flow against mosquitto (TLS, client certificates), two serve inst
     agent.stderr?.on('data', (d: Buffer) => (agentLog += d.toString()));
     const exited = new Promise<number | null>((resolve) => agent.once('exit', (code) => resolve(code)));
     try {
-      const reg = Registry.open(join(data, 'registry.sqlite'));
+      const storage = openSqliteStorage(join(data, 'registry.sqlite'));
       try {
-        await eventually(() => reg.getDevice('sensor-0002')?.state === 'provisioned', 30_000, `agent enrolled and confirmed\n${agentLog}`);
-        expect(reg.requireDevice('sensor-0002').userId).to.equal('bob');
+        await eventually(async () => (await storage.devices.get('sensor-0002'))?.state === 'provisioned', 30_000, `agent enrolled and confirmed\n${agentLog}`);
+        expect((await storage.devices.require('sensor-0002')).userId).to.equal('bob');
         // Its signed connect report went through the production ACLs: online, with what it runs.
-        const seen = await eventually(() => reg.requireDevice('sensor-0002').presence.state ?? undefined, 15_000, `a report from the agent\n${agentLog}`);
+        const seen = await eventually(
+          async () => (await storage.devices.require('sensor-0002')).presence.state ?? undefined,
+          15_000,
+          `a report from the agent\n${agentLog}`,
+        );
         expect(seen).to.include({ agent_version: '0.1.0' });
-        expect(seen.kids.sig).to.equal(reg.requireDevice('sensor-0002').signing?.kid);
+        expect(seen.kids.sig).to.equal((await storage.devices.require('sensor-0002')).signing?.kid);
         const listed = await runServerCli(['device', 'list', '--data', data, '--json']);
         expect((JSON.parse(listed.stdout) as { id: string; presence: string }[]).find((d) => d.id === 'sensor-0002')?.presence).to.equal('online');
         const steps: [string, string[]][] = [
@@ -189,14 +193,14 @@ describe('full flow against mosquitto (TLS, client certificates), two serve inst
           ['delete', []],
         ];
         for (const [action, extra] of steps) {
-          const before = reg.requireDevice('sensor-0002');
+          const before = await storage.devices.require('sensor-0002');
           const r = await runServerCli(['send', 'sensor-0002', action, '--data', data, ...extra, '--wait', '--timeout', '20s']);
           expect(r.code, `${action}: ${r.stderr}\n${agentLog}`).to.equal(0);
           expect(JSON.parse(r.stdout)).to.include({ action, status: 'applied', code: 'OK' });
           if (action === 'rotate') {
             const after = await eventually(
-              () => {
-                const d = reg.requireDevice('sensor-0002');
+              async () => {
+                const d = await storage.devices.require('sensor-0002');
                 return d.encryption?.kid !== before.encryption?.kid && d;
               },
               10_000,
@@ -206,9 +210,9 @@ describe('full flow against mosquitto (TLS, client certificates), two serve inst
           }
         }
         expect(await exited).to.equal(10);
-        await eventually(() => reg.requireDevice('sensor-0002').state === 'decommissioned', 10_000, 'decommissioned');
+        await eventually(async () => (await storage.devices.require('sensor-0002')).state === 'decommissioned', 10_000, 'decommissioned');
       } finally {
-        reg.close();
+        await storage.close();
       }
     } finally {
       if (agent.exitCode === null) agent.kill('SIGKILL');

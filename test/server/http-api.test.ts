@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { toPublicJwk } from '../../protocol/index.js';
 import { eventually, makeSimDevice } from './sim-fleet.js';
 import { startFixture, type Fixture } from './server-fixture.js';
+import { sqliteDb } from '../helpers/sqlite-db.js';
 
 describe('server: HTTP API', function () {
   let f: Fixture;
@@ -16,7 +17,7 @@ describe('server: HTTP API', function () {
     base = `http://127.0.0.1:${f.server.http?.port}`;
     token = (await readFile(join(f.dataDir, 'http.token'), 'utf8')).trim();
     const d = f.fleet.add(await makeSimDevice('http-1'));
-    f.server.data.registry.addDevice({
+    await f.server.data.storage.devices.add({
       id: 'http-1',
       userId: 'alice',
       origin: 'jwks',
@@ -52,7 +53,7 @@ describe('server: HTTP API', function () {
     expect(wrong.status).to.equal(401);
     const post = await call('POST', '/devices/http-1/commands', '{"action":"selftest"}', { authorization: 'Basic abc' });
     expect(post.status).to.equal(401);
-    expect(f.server.data.registry.listCommands({ deviceId: 'http-1' })).to.have.length(0);
+    expect(await f.server.data.storage.commands.list({ deviceId: 'http-1' })).to.have.length(0);
   });
 
   it('answers malformed requests with 4xx and a JSON error, sending nothing', async () => {
@@ -67,7 +68,7 @@ describe('server: HTTP API', function () {
     expect((await call('DELETE', '/devices/http-1')).status).to.equal(405);
     expect((await call('GET', '/nothing')).status).to.equal(404);
     expect((await call('GET', '/devices/bad%20id')).status).to.equal(400);
-    expect(f.server.data.registry.listCommands({ deviceId: 'http-1' })).to.have.length(0);
+    expect(await f.server.data.storage.commands.list({ deviceId: 'http-1' })).to.have.length(0);
   });
 
   it('404 for an unknown device or command', async () => {
@@ -125,12 +126,12 @@ describe('server: HTTP API', function () {
   });
 
   it('409 and nothing sent for a decommissioned device (no key)', async () => {
-    f.server.data.registry.db.prepare("UPDATE devices SET state = 'decommissioned' WHERE id = 'http-1'").run();
-    const before = f.server.data.registry.listCommands({ deviceId: 'http-1' }).length;
+    sqliteDb(f.server.data.storage).prepare("UPDATE devices SET state = 'decommissioned' WHERE id = 'http-1'").run();
+    const before = (await f.server.data.storage.commands.list({ deviceId: 'http-1' })).length;
     const r = await call('POST', '/devices/http-1/commands', '{"action":"selftest"}');
     expect(r.status).to.equal(409);
     expect(r.body.error?.code).to.equal('E_DECOMMISSIONED');
-    expect(f.server.data.registry.listCommands({ deviceId: 'http-1' })).to.have.length(before);
+    expect(await f.server.data.storage.commands.list({ deviceId: 'http-1' })).to.have.length(before);
   });
   it('answers malformed request targets (bad percent-encoding, non-path targets) with 400 E_BAD_PATH, never 500', async () => {
     /** Sends `target` verbatim (no URL normalisation by a client library). */
@@ -162,7 +163,7 @@ describe('server: HTTP API', function () {
       code: 'E_BAD_JSON',
     });
     expect(
-      f.server.data.registry.listCommands({ deviceId: 'http-1' }).filter((c) => c.action === 'selftest' && c.createdAt > Date.now() - 5000),
+      (await f.server.data.storage.commands.list({ deviceId: 'http-1' })).filter((c) => c.action === 'selftest' && c.createdAt > Date.now() - 5000),
     ).to.have.length(0);
   });
 });

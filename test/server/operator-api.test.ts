@@ -10,9 +10,9 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createLogger } from '../../lib/log.js';
 import { toPublicJwk } from '../../protocol/index.js';
-import { RolloutStore } from '../../server/registry/rollouts.js';
 import { eventually, makeSimDevice } from './sim-fleet.js';
 import { startFixture, type Fixture } from './server-fixture.js';
+import { sqliteDb } from '../helpers/sqlite-db.js';
 
 type Body = Record<string, unknown> & { error?: { code: string; message: string } };
 
@@ -33,7 +33,7 @@ describe('server: HTTP API audit, confirmations, warnings and retry; serve logs 
   };
 
   const snapshot = (): Record<string, unknown> => {
-    const db = f.server.data.registry.db;
+    const db = sqliteDb(f.server.data.storage);
     const n = (sql: string): unknown => (db.prepare(sql).get() as { n: number }).n;
     return {
       rollouts: n('SELECT COUNT(*) AS n FROM rollouts'),
@@ -50,12 +50,19 @@ describe('server: HTTP API audit, confirmations, warnings and retry; serve logs 
     });
     base = `http://127.0.0.1:${f.server.http?.port}`;
     token = (await readFile(join(f.dataDir, 'http.token'), 'utf8')).trim();
-    const reg = f.server.data.registry;
+    const storage = f.server.data.storage;
     for (const id of ['opx-1', 'opx-2', 'opx-3']) {
       const d = await makeSimDevice(id);
-      reg.addDevice({ id, userId: 'dana', origin: 'jwks', signing: toPublicJwk(d.signing), encryption: toPublicJwk(d.encryption), state: 'provisioned' });
+      await storage.devices.add({
+        id,
+        userId: 'dana',
+        origin: 'jwks',
+        signing: toPublicJwk(d.signing),
+        encryption: toPublicJwk(d.encryption),
+        state: 'provisioned',
+      });
       // Offline by its reports: a rollout holds its command (nothing is published in these tests).
-      reg.db.prepare("UPDATE devices SET presence = 'offline', last_seen_at = ?, report_interval_s = 60 WHERE id = ?").run(Date.now(), id);
+      sqliteDb(storage).prepare("UPDATE devices SET presence = 'offline', last_seen_at = ?, report_interval_s = 60 WHERE id = ?").run(Date.now(), id);
     }
   });
   after(async () => {
@@ -130,7 +137,7 @@ describe('server: HTTP API audit, confirmations, warnings and retry; serve logs 
     const id = created.body.id as string;
     let r = await call('POST', `/rollouts/${id}/retry`);
     expect([r.status, r.body.error?.code]).to.deep.equal([409, 'E_ROLLOUT_STATE']);
-    new RolloutStore(f.server.data.registry).move(id, 'opx-3', ['pending'], 'applied');
+    await f.server.data.storage.rollouts.move(id, 'opx-3', ['pending'], 'applied');
     await call('POST', `/rollouts/${id}/cancel`);
     r = await call('POST', `/rollouts/${id}/retry`, { deliver_within_s: 600, dry_run: true });
     expect(r.status, JSON.stringify(r.body)).to.equal(200);
@@ -165,7 +172,7 @@ describe('server: HTTP API audit, confirmations, warnings and retry; serve logs 
     await call('POST', `/rollouts/${a}/cancel`);
     // Another process (the CLI) aborts one: serve learns it from the registry.
     const b = (await call('POST', '/rollouts', { action: 'selftest', selector: { devices: ['opx-3'] } })).body.id as string;
-    new RolloutStore(f.server.data.registry).setState(b, ['running'], 'aborted', 'aborted elsewhere', 'cli');
+    await f.server.data.storage.rollouts.setState(b, ['running'], 'aborted', 'aborted elsewhere', 'cli');
     await eventually(() => logLines.some((l) => line('rollout.aborted', b).test(l)), 5000, 'the abort logged');
     for (const [event, rollout] of [
       ['rollout.created', a],

@@ -14,19 +14,19 @@ import { joinDashValues } from '../../lib/cli.js';
 import { openDataDir, type OpenedData } from '../../server/data-dir.js';
 import { toPublicJwk } from '../../protocol/index.js';
 import { CommandSender } from '../../server/command-sender.js';
-import { Registry } from '../../server/registry/registry.js';
-import { RolloutStore } from '../../server/registry/rollouts.js';
+import { openSqliteStorage } from '../../server/storage/sqlite/index.js';
 import { RolloutEngine } from '../../server/rollouts/engine.js';
 import { planRollout, startRollout } from '../../server/rollouts/plan.js';
 import { silentLogger } from '../../lib/log.js';
 import { runServerCli, useInitializedDataDir } from './run-cli.js';
 import { makeSimDevice } from './sim-fleet.js';
+import { sqliteDb } from '../helpers/sqlite-db.js';
 
 /** Registers provisioned devices (real keys) for user `bob`. */
 async function addDevices(data: OpenedData, ids: string[], tags: string[] = []): Promise<void> {
   for (const id of ids) {
     const d = await makeSimDevice(id);
-    data.registry.addDevice({
+    await data.storage.devices.add({
       id,
       userId: 'bob',
       origin: 'jwks',
@@ -34,13 +34,13 @@ async function addDevices(data: OpenedData, ids: string[], tags: string[] = []):
       encryption: toPublicJwk(d.encryption),
       state: 'provisioned',
     });
-    if (tags.length) data.registry.addTags(id, tags);
+    if (tags.length) await data.storage.devices.addTags(id, tags);
   }
 }
 
 /** Marks a device online (a report just now) or offline (its will), as its signed reports would. */
 function setPresence(data: OpenedData, id: string, presence: 'online' | 'offline'): void {
-  data.registry.db.prepare('UPDATE devices SET presence = ?, last_seen_at = ?, report_interval_s = 60 WHERE id = ?').run(presence, Date.now(), id);
+  sqliteDb(data.storage).prepare('UPDATE devices SET presence = ?, last_seen_at = ?, report_interval_s = 60 WHERE id = ?').run(presence, Date.now(), id);
 }
 
 describe('provision-server CLI: operator footguns and gaps', function () {
@@ -51,7 +51,7 @@ describe('provision-server CLI: operator footguns and gaps', function () {
 
   /** What a refused command must leave untouched. */
   const snapshot = (): Record<string, unknown> => {
-    const db = data.registry.db;
+    const db = sqliteDb(data.storage);
     return {
       rollouts: db.prepare('SELECT COUNT(*) AS n FROM rollouts').get(),
       commands: db.prepare('SELECT COUNT(*) AS n FROM commands').get(),
@@ -64,8 +64,8 @@ describe('provision-server CLI: operator footguns and gaps', function () {
     data = await openDataDir(ctx.data);
     await addDevices(data, ['op-a', 'op-b', 'op-c'], ['fleet']);
   });
-  after(() => {
-    data?.registry.close();
+  after(async () => {
+    await data?.storage.close();
   });
 
   describe('a device and a selector together, and delete to many', () => {
@@ -148,8 +148,8 @@ describe('provision-server CLI: operator footguns and gaps', function () {
 
   describe('the audit', () => {
     it('audit filters by device, rollout, action (a dotted prefix), time and limit; --json prints JSON lines', async () => {
-      const r0 = await startRollout(data.registry, await planRollout(data.registry, data.keys, { action: 'selftest', selector: { devices: ['op-b'] } }));
-      new RolloutStore(data.registry).setState(r0.id, ['running'], 'cancelled', 'audit test', 'test');
+      const r0 = await startRollout(data.storage, await planRollout(data.storage, data.keys, { action: 'selftest', selector: { devices: ['op-b'] } }));
+      await data.storage.rollouts.setState(r0.id, ['running'], 'cancelled', 'audit test', 'test');
       let r = await cli('audit', '--rollout', r0.id, '--json');
       expect(r.code, r.stderr).to.equal(0);
       const lines = r.stdout
@@ -183,9 +183,9 @@ describe('provision-server CLI: operator footguns and gaps', function () {
           .to.match(/E_USAGE/)
           .and.to.match(pattern);
       }
-      const indexes = (data.registry.db.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'audit'").all() as { name: string }[]).map(
-        (i) => i.name,
-      );
+      const indexes = (
+        sqliteDb(data.storage).prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'audit'").all() as { name: string }[]
+      ).map((i) => i.name);
       expect(indexes).to.include.members(['audit_device', 'audit_event', 'audit_at', 'audit_rollout']);
     });
   });
@@ -196,8 +196,8 @@ describe('provision-server CLI: operator footguns and gaps', function () {
       setPresence(data, 'op-b', 'online');
       setPresence(data, 'op-c', 'offline');
       const r0 = await startRollout(
-        data.registry,
-        await planRollout(data.registry, data.keys, { action: 'selftest', selector: { devices: ['op-a', 'op-b', 'op-c'] }, ratePerMin: 2 }),
+        data.storage,
+        await planRollout(data.storage, data.keys, { action: 'selftest', selector: { devices: ['op-a', 'op-b', 'op-c'] }, ratePerMin: 2 }),
       );
       let r = await cli('rollout', 'show', r0.id);
       expect(r.code, r.stderr).to.equal(0);
@@ -209,17 +209,14 @@ describe('provision-server CLI: operator footguns and gaps', function () {
       r = await cli('rollout', 'show', r0.id, '--json');
       const v = JSON.parse(r.stdout) as { outlook: Record<string, unknown> };
       expect(v.outlook).to.include({ waiting_online: 2, waiting_offline: 1, in_flight: 0 });
-      new RolloutStore(data.registry).setState(r0.id, ['running'], 'paused', 'show test', 'test');
+      await data.storage.rollouts.setState(r0.id, ['running'], 'paused', 'show test', 'test');
       r = await cli('rollout', 'show', r0.id);
       expect(r.stdout).to.match(/^next send: paused: nothing is sent until rollout resume$/m);
     });
 
     it('rollout list shows applied / failed / not sent counts, not a DONE fraction, for an aborted rollout', async () => {
-      const r0 = await startRollout(
-        data.registry,
-        await planRollout(data.registry, data.keys, { action: 'selftest', selector: { devices: ['op-a', 'op-b'] } }),
-      );
-      new RolloutStore(data.registry).setState(r0.id, ['running'], 'aborted', '2 of 2 results failed', 'test');
+      const r0 = await startRollout(data.storage, await planRollout(data.storage, data.keys, { action: 'selftest', selector: { devices: ['op-a', 'op-b'] } }));
+      await data.storage.rollouts.setState(r0.id, ['running'], 'aborted', '2 of 2 results failed', 'test');
       const r = await cli('rollout', 'list');
       expect(r.code, r.stderr).to.equal(0);
       expect(r.stdout).to.match(/^ROLLOUT\s+ACTION\s+TARGETS\s+STATE\s+DEVICES\s+APPLIED\s+FAILED\s+EXPIRED\s+NOT SENT\s+OPEN\s+CREATED\s+DEADLINE$/m);
@@ -228,10 +225,9 @@ describe('provision-server CLI: operator footguns and gaps', function () {
     });
 
     it('rollout retry: a new rollout over the targets that did not apply, recorded as a retry; running refused; delete to many needs --yes', async () => {
-      const store = new RolloutStore(data.registry);
       const orig = await startRollout(
-        data.registry,
-        await planRollout(data.registry, data.keys, {
+        data.storage,
+        await planRollout(data.storage, data.keys, {
           action: 'update',
           params: { sensor: { enabled: true } },
           selector: { devices: ['op-a', 'op-b', 'op-c'] },
@@ -243,8 +239,8 @@ describe('provision-server CLI: operator footguns and gaps', function () {
       expect(r.code).to.equal(2);
       expect(r.stderr).to.match(/E_ROLLOUT_STATE: rollout .* is running: .*cancel it first/);
       // op-a applied, the others cancelled with the rollout.
-      store.move(orig.id, 'op-a', ['pending'], 'applied');
-      store.setState(orig.id, ['running'], 'cancelled', 'retry test', 'test');
+      await data.storage.rollouts.move(orig.id, 'op-a', ['pending'], 'applied');
+      await data.storage.rollouts.setState(orig.id, ['running'], 'cancelled', 'retry test', 'test');
       r = await cli('rollout', 'retry', orig.id, '--dry-run');
       expect(r.code, r.stderr).to.equal(0);
       expect(r.stdout).to.match(
@@ -259,23 +255,23 @@ describe('provision-server CLI: operator footguns and gaps', function () {
       r = await cli('rollout', 'retry', orig.id, '--detach', '--deliver-within', '2h');
       expect(r.code, r.stderr).to.equal(0);
       const id = /^rollout (\S+): running \(retry of/.exec(r.stdout)?.[1] as string;
-      const retry = store.require(id);
+      const retry = await data.storage.rollouts.require(id);
       expect(retry).to.include({ retryOf: orig.id, action: 'update', ratePerMin: 7, ttlSeconds: orig.ttlSeconds });
       expect(retry.params).to.deep.equal({ sensor: { enabled: true } });
       expect(retry.selector).to.deep.equal({ retryOf: orig.id, states: ['rejected', 'failed', 'rolled_back', 'expired', 'cancelled', 'not sent'] });
-      expect(store.targets(id).map((t) => t.deviceId)).to.deep.equal(['op-b', 'op-c']);
+      expect((await data.storage.rollouts.targets(id)).map((t) => t.deviceId)).to.deep.equal(['op-b', 'op-c']);
       expect(retry.deadlineAt - retry.createdAt).to.be.closeTo(7_200_000, 5000);
-      expect(data.registry.auditLog({ limit: 5 }).find((a) => a.event === 'rollout.retry')?.detail).to.include({
+      expect((await data.storage.audit.log({ limit: 5 })).find((a) => a.event === 'rollout.retry')?.detail).to.include({
         rollout_id: id,
         retry_of: orig.id,
         devices: 2,
       });
       r = await cli('rollout', 'show', id);
       expect(r.stdout).to.match(new RegExp(`^retry of rollout ${orig.id}$`, 'm'));
-      store.setState(id, ['running'], 'cancelled', 'retry test', 'test');
+      await data.storage.rollouts.setState(id, ['running'], 'cancelled', 'retry test', 'test');
 
-      const del = await startRollout(data.registry, await planRollout(data.registry, data.keys, { action: 'delete', selector: { devices: ['op-b', 'op-c'] } }));
-      store.setState(del.id, ['running'], 'cancelled', 'retry test', 'test');
+      const del = await startRollout(data.storage, await planRollout(data.storage, data.keys, { action: 'delete', selector: { devices: ['op-b', 'op-c'] } }));
+      await data.storage.rollouts.setState(del.id, ['running'], 'cancelled', 'retry test', 'test');
       const before = snapshot();
       r = await cli('rollout', 'retry', del.id, '--detach');
       expect(r.code).to.equal(2);
@@ -294,7 +290,7 @@ describe('provision-server CLI: operator footguns and gaps', function () {
     });
 
     it('a send that follows a rollout prints progress lines on stderr (counts, rate, ETA) at --progress-interval; creation warns too', async () => {
-      data.registry.db.prepare("UPDATE devices SET presence = NULL, last_seen_at = NULL WHERE id IN ('op-a', 'op-b')").run();
+      sqliteDb(data.storage).prepare("UPDATE devices SET presence = NULL, last_seen_at = NULL WHERE id IN ('op-a', 'op-b')").run();
       const r = await runServerCli(
         ['send', '--devices', 'op-a,op-b', 'selftest', '--abort-when', '50%', '--timeout', '1500ms', '--progress-interval', '300ms', '--data', ctx.data],
         { timeoutMs: 20_000 },
@@ -325,7 +321,7 @@ describe('provision-server CLI: operator footguns and gaps', function () {
       expect(r.stdout).not.to.include(token);
 
       const d = await makeSimDevice('bundled-1');
-      data.registry.enroll({
+      await data.storage.enrollment.enroll({
         deviceId: 'bundled-1',
         token,
         enrollmentJti: randomUUID(),
@@ -354,16 +350,16 @@ describe('provision-server CLI: a rollout whose only target expired', function (
       setPresence(data, 'exp-1', 'offline');
       id = (
         await startRollout(
-          data.registry,
-          await planRollout(data.registry, data.keys, { action: 'selftest', selector: { devices: ['exp-1'] }, deliverWithinMs: 60_000 }),
+          data.storage,
+          await planRollout(data.storage, data.keys, { action: 'selftest', selector: { devices: ['exp-1'] }, deliverWithinMs: 60_000 }),
         )
       ).id;
       // An engine an hour later: the deadline has passed, the target expires and the rollout finishes.
-      const later = Registry.open(data.registry.path, { now: () => Date.now() + 3_600_000 });
+      const later = openSqliteStorage(data.storage.info.location, { now: () => Date.now() + 3_600_000 });
       try {
         const engine = new RolloutEngine({
-          registry: later,
-          sender: new CommandSender({ registry: later, keys: data.keys, topicPrefix: data.config.topicPrefix, publish: async () => undefined }),
+          storage: later,
+          sender: new CommandSender({ storage: later, keys: data.keys, topicPrefix: data.config.topicPrefix, publish: async () => undefined }),
           log: silentLogger,
           tickMs: 60_000,
         });
@@ -371,11 +367,11 @@ describe('provision-server CLI: a rollout whose only target expired', function (
         await engine.idle();
         await engine.stop();
       } finally {
-        later.close();
+        await later.close();
       }
-      expect(new RolloutStore(data.registry).counts(id)).to.include({ expired: 1, applied: 0 });
+      expect(await data.storage.rollouts.counts(id)).to.include({ expired: 1, applied: 0 });
     } finally {
-      data.registry.close();
+      await data.storage.close();
     }
     let r = await runServerCli(['rollout', 'show', id, '--data', ctx.data]);
     expect(r.code, r.stderr).to.equal(0);

@@ -8,7 +8,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { Registry } from '../../server/registry/registry.js';
+import { openSqliteStorage } from '../../server/storage/sqlite/index.js';
 import { MIGRATIONS, SCHEMA_VERSION } from '../../server/registry/schema.js';
 
 describe('server: registry migration 7 (releases, rolled_back)', () => {
@@ -20,7 +20,7 @@ describe('server: registry migration 7 (releases, rolled_back)', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  it('keeps the commands, rollouts and targets of a version-6 registry and then takes rolled_back', () => {
+  it('keeps the commands, rollouts and targets of a version-6 registry and then takes rolled_back', async () => {
     const path = join(dir, 'registry.sqlite');
     const db = new Database(path);
     db.pragma('foreign_keys = ON');
@@ -43,19 +43,19 @@ describe('server: registry migration 7 (releases, rolled_back)', () => {
     expect(() => db.prepare("UPDATE commands SET ack_status = 'rolled_back' WHERE jti = 'j1'").run()).to.throw(/CHECK/);
     db.close();
 
-    const reg = Registry.open(path);
+    const storage = openSqliteStorage(path);
     try {
-      expect(reg.db.pragma('user_version', { simple: true })).to.equal(SCHEMA_VERSION);
-      const c = reg.getCommand('j1');
+      expect(storage.db.pragma('user_version', { simple: true })).to.equal(SCHEMA_VERSION);
+      const c = await storage.commands.get('j1');
       expect(c).to.deep.include({ deviceId: 'd1', action: 'selftest', ackStatus: 'applied', ackCode: 'OK', fanoutId: 'r1', releaseSha256: null });
-      const t = reg.db.prepare('SELECT * FROM rollout_targets').all();
+      const t = storage.db.prepare('SELECT * FROM rollout_targets').all();
       expect(t).to.deep.equal([
         { rollout_id: 'r1', device_id: 'd1', state: 'applied', jti: 'j1', attempts: 1, code: null, sent_at: null, updated_at: 1, next_at: 5 },
       ]);
-      reg.db.prepare("UPDATE commands SET ack_status = 'rolled_back' WHERE jti = 'j1'").run();
-      reg.db.prepare("UPDATE rollout_targets SET state = 'rolled_back'").run();
-      expect(() => reg.db.prepare("UPDATE rollout_targets SET state = 'bogus'").run()).to.throw(/CHECK/);
-      const indexes = (reg.db.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%'").all() as { name: string }[]).map(
+      storage.db.prepare("UPDATE commands SET ack_status = 'rolled_back' WHERE jti = 'j1'").run();
+      storage.db.prepare("UPDATE rollout_targets SET state = 'rolled_back'").run();
+      expect(() => storage.db.prepare("UPDATE rollout_targets SET state = 'bogus'").run()).to.throw(/CHECK/);
+      const indexes = (storage.db.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%'").all() as { name: string }[]).map(
         (r) => r.name,
       );
       expect(indexes).to.include.members([
@@ -68,11 +68,11 @@ describe('server: registry migration 7 (releases, rolled_back)', () => {
         'releases_live',
       ]);
       // The targets still belong to their rollout (ON DELETE CASCADE).
-      reg.db.prepare("DELETE FROM rollouts WHERE id = 'r1'").run();
-      expect(reg.db.prepare('SELECT COUNT(*) AS n FROM rollout_targets').get()).to.deep.equal({ n: 0 });
-      expect(reg.requireDevice('d1')).to.deep.include({ arch: null, agentVersion: null });
+      storage.db.prepare("DELETE FROM rollouts WHERE id = 'r1'").run();
+      expect(storage.db.prepare('SELECT COUNT(*) AS n FROM rollout_targets').get()).to.deep.equal({ n: 0 });
+      expect(await storage.devices.require('d1')).to.deep.include({ arch: null, agentVersion: null });
     } finally {
-      reg.close();
+      await storage.close();
     }
   });
 });

@@ -199,7 +199,7 @@ describe('server: releases (release key, release add/list/show/remove)', functio
     const data = await openDataDir(suite.data);
     try {
       const board = await makeSimDevice('rel-board-1');
-      data.registry.addDevice({
+      await data.storage.devices.add({
         id: board.id,
         userId: 'u1',
         origin: 'jwks',
@@ -207,7 +207,7 @@ describe('server: releases (release key, release add/list/show/remove)', functio
         encryption: toPublicJwk(board.encryption),
         state: 'provisioned',
       });
-      const sender = new CommandSender({ registry: data.registry, keys: data.keys, topicPrefix: data.config.topicPrefix, publish: async () => undefined });
+      const sender = new CommandSender({ storage: data.storage, keys: data.keys, topicPrefix: data.config.topicPrefix, publish: async () => undefined });
       // Its architecture is not known yet: the release's only build (arm64) is sent (a board of another arch would refuse it).
       const c = await sender.send({ deviceId: board.id, action: 'upgrade', params: { release: '0.2.0', deadline_s: 120 } });
       expect(c.releaseSha256).to.equal(JSON.parse((await cli('release', 'show', '0.2.0', '--json')).stdout)[0].sha256);
@@ -226,13 +226,13 @@ describe('server: releases (release key, release add/list/show/remove)', functio
         detail: '',
         result: { version: '0.2.0', previous: '0.1.0' },
       };
-      data.registry.recordAck(board.id, applied, ackEffectsOf(c, applied));
+      await data.storage.commands.recordAck(board.id, applied, ackEffectsOf(c, applied));
       // The applied upgrade records the running version and the board's architecture.
-      const d = data.registry.requireDevice(board.id);
+      const d = await data.storage.devices.require(board.id);
       expect(d.agentVersion).to.equal('0.2.0');
       expect(d.arch).to.equal('arm64');
     } finally {
-      data.registry.close();
+      await data.storage.close();
     }
     const removed = await cli('release', 'remove', '0.2.0');
     expect(removed.code, removed.stderr).to.equal(0);

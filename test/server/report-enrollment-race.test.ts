@@ -10,6 +10,7 @@ import { bufferedLogger } from '../../lib/log.js';
 import { presenceOf } from '../../server/presence.js';
 import { eventually, makeSimDevice } from './sim-fleet.js';
 import { startFixture, type Fixture } from './server-fixture.js';
+import { everyAsync } from '../helpers/async-array.js';
 
 describe('server: reports that race their own enrollment', function () {
   this.timeout(30_000);
@@ -22,9 +23,9 @@ describe('server: reports that race their own enrollment', function () {
     const logs = bufferedLogger('debug');
     f = await startFixture({ log: logs.logger });
     const fx = f;
-    const reg = fx.server.data.registry;
+    const storage = fx.server.data.storage;
     const boards = await Promise.all(Array.from({ length: 5 }, (_, i) => makeSimDevice(`race-${i}`)));
-    const tokens = boards.map((d) => reg.createToken(d.id, 'alice', 600_000).token);
+    const tokens = await Promise.all(boards.map(async (d) => (await storage.enrollment.createToken(d.id, 'alice', 600_000)).token));
     for (const d of boards) {
       fx.fleet.add(d);
       d.conn = 1;
@@ -39,7 +40,7 @@ describe('server: reports that race their own enrollment', function () {
     await eventually(() => boards.every((d) => d.provisioned), 15_000, 'every board enrolled and confirmed');
     expect(logs.lines.filter((l) => /^(WARN|ERROR) report\./.test(l))).to.deep.equal([]);
     await eventually(
-      () => boards.every((d) => presenceOf(reg.requireDevice(d.id).presence, reg.now()) === 'online'),
+      () => everyAsync(boards, async (d) => presenceOf((await storage.devices.require(d.id)).presence, storage.now()) === 'online'),
       15_000,
       'every board online by the report it sent before its enrollment was recorded',
     );

@@ -50,7 +50,7 @@ describe('server: a board flooding valid reports never makes the broker drop ano
     const b = fleet.add(await makeSimDevice('flood-b'));
     const c = fleet.add(await makeSimDevice('flood-c'));
     for (const d of [a, b, c]) {
-      server.data.registry.addDevice({
+      await server.data.storage.devices.add({
         id: d.id,
         userId: 'alice',
         origin: 'jwks',

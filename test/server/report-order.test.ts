@@ -13,6 +13,7 @@ import mqtt from 'mqtt';
 import { commandTopic, reportTopic, toPublicJwk } from '../../protocol/index.js';
 import { eventually, makeSimDevice, type SimDevice } from './sim-fleet.js';
 import { startFixture, type Fixture } from './server-fixture.js';
+import { sqliteDb } from '../helpers/sqlite-db.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const digest = (c: string): string => `sha256:${c.repeat(64)}`;
@@ -31,7 +32,7 @@ describe('server: report order (replays, late and stale wills)', function () {
 
   async function device(id: string): Promise<SimDevice> {
     const d = f.fleet.add(await makeSimDevice(id));
-    f.server.data.registry.addDevice({
+    await f.server.data.storage.devices.add({
       id,
       userId: 'alice',
       origin: 'jwks',
@@ -57,7 +58,7 @@ describe('server: report order (replays, late and stale wills)', function () {
       .map((r) => (r.kind === 'report' ? r.recorded : r.kind));
   /** The device's presence and report columns as stored. */
   const row = (id: string): Record<string, unknown> =>
-    f.server.data.registry.db
+    sqliteDb(f.server.data.storage)
       .prepare(
         'SELECT presence, last_seen_at, presence_session, presence_conn, report_run, report_n, report_interval_s, reported, reported_at, last_report_jti FROM devices WHERE id = ?',
       )
@@ -128,9 +129,13 @@ describe('server: report order (replays, late and stale wills)', function () {
     });
     expect(res.status).to.equal(201);
     f.server.rollouts?.kick();
-    const reg = f.server.data.registry;
-    const sent = await eventually(() => reg.listCommands({ deviceId: d.id, limit: 5 }).find((c) => c.sentAt !== null), 10_000, 'the rollout command sent');
-    await eventually(() => reg.now() > sent.expiresAt + 50 && d.received.length === 1, 10_000, 'the command expired, delivered once');
+    const storage = f.server.data.storage;
+    const sent = await eventually(
+      async () => (await storage.commands.list({ deviceId: d.id, limit: 5 })).find((c) => c.sentAt !== null),
+      10_000,
+      'the rollout command sent',
+    );
+    await eventually(() => storage.now() > sent.expiresAt + 50 && d.received.length === 1, 10_000, 'the command expired, delivered once');
 
     const counter = await mqtt.connectAsync(f.broker.url, { clientId: `count-${d.id}`, clean: true, reconnectPeriod: 0 });
     let publishes = 0;
@@ -177,9 +182,9 @@ describe('server: report order (replays, late and stale wills)', function () {
     // Its state was lost: new keys, a fresh state (run 0), a new enrollment.
     const fresh = await makeSimDevice(d.id);
     Object.assign(d, { signing: fresh.signing, encryption: fresh.encryption, run: 1, conn: 0, session: randomUUID() });
-    const { token } = f.server.data.registry.createToken(d.id, 'alice', 600_000);
+    const { token } = await f.server.data.storage.enrollment.createToken(d.id, 'alice', 600_000);
     await f.fleet.enroll(d, token);
-    await eventually(() => f.server.data.registry.requireDevice(d.id).signing?.kid === d.signing.kid, 10_000, 'the new keys registered');
+    await eventually(async () => (await f.server.data.storage.devices.require(d.id)).signing?.kid === d.signing.kid, 10_000, 'the new keys registered');
     await publish(d, await f.fleet.sealReport(d, 'connect'));
     expect(lastOutcomes(d.id, 1)).to.deep.equal(['recorded']);
     expect(row(d.id)).to.include({ presence: 'online', report_run: 1 });

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { toPublicJwk } from '../../protocol/index.js';
 import { eventually, makeSimDevice, type SimDevice } from './sim-fleet.js';
 import { startFixture, type Fixture } from './server-fixture.js';
+import { sqliteDb } from '../helpers/sqlite-db.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -33,7 +34,7 @@ describe('server: HTTP API for tags, presence and rollouts', function () {
 
   /** What a refusal must leave untouched: rollouts, targets, commands, seqs, tags. */
   const snapshot = (): Record<string, unknown> => {
-    const db = f.server.data.registry.db;
+    const db = sqliteDb(f.server.data.storage);
     const n = (sql: string): unknown => (db.prepare(sql).get() as { n: number }).n;
     return {
       rollouts: n('SELECT COUNT(*) AS n FROM rollouts'),
@@ -56,11 +57,11 @@ describe('server: HTTP API for tags, presence and rollouts', function () {
     f = await startFixture({ http: { host: '127.0.0.1', port: 0 }, shared: 'off' });
     base = `http://127.0.0.1:${f.server.http?.port}`;
     token = (await readFile(join(f.dataDir, 'http.token'), 'utf8')).trim();
-    const reg = f.server.data.registry;
+    const storage = f.server.data.storage;
     for (const k of ['on1', 'on2', 'off', 'new', 'held'] as const) {
       const d = f.fleet.add(await makeSimDevice(`api-${k}`));
       dev[k] = d;
-      reg.addDevice({
+      await storage.devices.add({
         id: d.id,
         userId: 'alice',
         origin: 'jwks',
@@ -243,14 +244,14 @@ describe('server: HTTP API for tags, presence and rollouts', function () {
   });
 
   it('presence: an old will (older conn or session) is ignored, a report signed by another key is dropped', async () => {
-    const reg = f.server.data.registry;
+    const storage = f.server.data.storage;
     const d = dev.on1;
     d.run += 1; // the agent restarted, and reconnected once since
     d.conn = 0;
     await handled(d.id, () => f.fleet.connectDevice(d));
     await handled(d.id, () => f.fleet.connectDevice(d));
-    const presence = (): unknown => (reg.requireDevice(d.id).presence as { reported: unknown }).reported;
-    expect(presence()).to.equal('online');
+    const presence = async (): Promise<unknown> => ((await storage.devices.require(d.id)).presence as { reported: unknown }).reported;
+    expect(await presence()).to.equal('online');
 
     // The will of the previous connection, delivered late by the broker.
     d.conn -= 1;
@@ -265,7 +266,7 @@ describe('server: HTTP API for tags, presence and rollouts', function () {
     d.session = session;
     d.run += 1;
     expect(f.inbound.at(-1)).to.deep.include({ kind: 'report', recorded: 'stale' });
-    expect(presence()).to.equal('online');
+    expect(await presence()).to.equal('online');
 
     // Another key claiming to be the device, with its current session and conn.
     const impostor = await makeSimDevice(d.id);
@@ -273,11 +274,11 @@ describe('server: HTTP API for tags, presence and rollouts', function () {
     impostor.conn = d.conn;
     await handled(d.id, () => f.fleet.report(impostor, 'offline'));
     expect(f.inbound.at(-1)).to.include({ kind: 'dropped', code: 'E_SIGNATURE' });
-    expect(presence()).to.equal('online');
+    expect(await presence()).to.equal('online');
     expect((await call('GET', `/devices/${d.id}`)).body).to.include({ presence: 'online' });
 
     // The device's own offline report for its current connection does count.
     await handled(d.id, () => f.fleet.disconnectDevice(d));
-    expect(presence()).to.equal('offline');
+    expect(await presence()).to.equal('offline');
   });
 });

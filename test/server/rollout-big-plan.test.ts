@@ -17,8 +17,7 @@ import { silentLogger } from '../../lib/log.js';
 import { KeyRing, generateEncryptionKey, generateSigningKey, toJwkSet, toPublicJwk } from '../../protocol/index.js';
 import { CommandSender } from '../../server/command-sender.js';
 import { createHttpApi } from '../../server/http-api.js';
-import { Registry } from '../../server/registry/registry.js';
-import { RolloutStore } from '../../server/registry/rollouts.js';
+import { openSqliteStorage, type SqliteStorage } from '../../server/storage/sqlite/index.js';
 import type { ServerKeys } from '../../server/server-keys.js';
 
 const DEVICES = 100_000;
@@ -27,13 +26,13 @@ const TOKEN = 'big-plan-token';
 describe('server: planning a rollout over 100,000 devices', function () {
   this.timeout(120_000);
   let dir: string;
-  let reg: Registry;
+  let storage: SqliteStorage;
   let server: Server;
   let base: string;
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'rollout-big-'));
-    reg = Registry.open(join(dir, 'registry.sqlite'), { create: true });
+    storage = openSqliteStorage(join(dir, 'registry.sqlite'), { create: true });
     const [signing, encryption] = await Promise.all([generateSigningKey(), generateEncryptionKey()]);
     const keys: ServerKeys = {
       dir,
@@ -45,12 +44,12 @@ describe('server: planning a rollout over 100,000 devices', function () {
     };
     const board = toPublicJwk(await generateEncryptionKey());
     const now = Date.now();
-    reg.db
+    storage.db
       .transaction(() => {
-        const device = reg.db.prepare(
+        const device = storage.db.prepare(
           "INSERT INTO devices (id, user_id, state, origin, created_at, updated_at, last_seen_at, presence, report_interval_s) VALUES (?, 'fleet', 'provisioned', 'jwks', ?, ?, ?, ?, 300)",
         );
-        const key = reg.db.prepare("INSERT INTO device_keys (device_id, kid, use, jwk, status, added_at) VALUES (?, ?, 'enc', ?, 'current', ?)");
+        const key = storage.db.prepare("INSERT INTO device_keys (device_id, kid, use, jwk, status, added_at) VALUES (?, ?, 'enc', ?, 'current', ?)");
         const jwk = JSON.stringify(board);
         for (let i = 0; i < DEVICES; i++) {
           const id = `big-${String(i).padStart(6, '0')}`;
@@ -60,14 +59,14 @@ describe('server: planning a rollout over 100,000 devices', function () {
         }
       })
       .immediate();
-    const sender = new CommandSender({ registry: reg, keys, topicPrefix: 'provision', publish: async () => undefined });
-    server = createHttpApi({ registry: reg, keys, sender, token: TOKEN, log: silentLogger });
+    const sender = new CommandSender({ storage, keys, topicPrefix: 'provision', publish: async () => undefined });
+    server = createHttpApi({ storage, keys, sender, token: TOKEN, log: silentLogger });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
     base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   });
   after(async () => {
     await new Promise<void>((r) => (server ? server.close(() => r()) : r()));
-    reg?.close();
+    await storage?.close();
     await rm(dir, { recursive: true, force: true });
   });
 
@@ -100,9 +99,8 @@ describe('server: planning a rollout over 100,000 devices', function () {
     // The dry run counts every target and lists a bounded sample; the rollout has every target.
     expect(dry.body.summary).to.deep.equal({ targets: DEVICES, online: 33_333, offline: 33_333, unknown: 33_334, not_sendable: 0 });
     expect((dry.body.targets as unknown[]).length).to.be.at.most(1000);
-    const store = new RolloutStore(reg);
-    const r = store.require(started.body.id as string);
+    const r = await storage.rollouts.require(started.body.id as string);
     expect(r).to.include({ state: 'running', planning: false });
-    expect(store.counts(r.id)).to.include({ pending: DEVICES });
+    expect(await storage.rollouts.counts(r.id)).to.include({ pending: DEVICES });
   });
 });

@@ -10,10 +10,11 @@
 import { expect } from 'chai';
 import mqtt, { type MqttClient } from 'mqtt';
 import { toPublicJwk } from '../../protocol/index.js';
-import { RolloutStore, type RolloutRecord } from '../../server/registry/rollouts.js';
+import type { RolloutRecord } from '../../server/storage/records.js';
 import { planRollout, startRollout } from '../../server/rollouts/plan.js';
 import { eventually, makeSimDevice, type SimDevice } from './sim-fleet.js';
 import { startFixture, type Fixture } from './server-fixture.js';
+import { everyAsync } from '../helpers/async-array.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -35,32 +36,46 @@ describe('server: a cancelled or paused rollout re-publishes nothing when its bo
   });
 
   it('cancelled and paused: the expired unanswered command is not re-published at the connect report; running: it is', async () => {
-    const reg = f.server.data.registry;
-    const store = new RolloutStore(reg);
+    const storage = f.server.data.storage;
     const boards: SimDevice[] = [];
     for (const id of ['away-cancelled', 'away-paused', 'away-running']) {
       const d = f.fleet.add(await makeSimDevice(id));
-      reg.addDevice({ id, userId: 'u1', origin: 'jwks', signing: toPublicJwk(d.signing), encryption: toPublicJwk(d.encryption), state: 'provisioned' });
+      await storage.devices.add({
+        id,
+        userId: 'u1',
+        origin: 'jwks',
+        signing: toPublicJwk(d.signing),
+        encryption: toPublicJwk(d.encryption),
+        state: 'provisioned',
+      });
       await f.fleet.connectDevice(d, { intervalSeconds: 600 });
       boards.push(d);
     }
-    await eventually(() => boards.every((d) => reg.getDevice(d.id)?.presence.reported === 'online'), 10_000, 'the boards online by their reports');
+    await eventually(
+      () => everyAsync(boards, async (d) => (await storage.devices.get(d.id))?.presence.reported === 'online'),
+      10_000,
+      'the boards online by their reports',
+    );
     // Gone without an offline report (power cut, no will yet): the server still counts them online and sends.
     for (const d of boards) await f.fleet.disconnectDevice(d, { clean: false });
     const rollouts: RolloutRecord[] = [];
     for (const d of boards) {
       rollouts.push(
         await startRollout(
-          reg,
-          await planRollout(reg, f.server.data.keys, { action: 'selftest', selector: { devices: [d.id] }, ttlSeconds: 1, deliverWithinMs: 60_000 }),
+          storage,
+          await planRollout(storage, f.server.data.keys, { action: 'selftest', selector: { devices: [d.id] }, ttlSeconds: 1, deliverWithinMs: 60_000 }),
         ),
       );
     }
     f.server.rollouts?.kick();
-    await eventually(() => rollouts.every((r) => store.counts(r.id).sent === 1), 10_000, 'each command sent while its board is away');
+    await eventually(
+      () => everyAsync(rollouts, async (r) => (await storage.rollouts.counts(r.id)).sent === 1),
+      10_000,
+      'each command sent while its board is away',
+    );
     const [cancelled, paused, running] = rollouts as [RolloutRecord, RolloutRecord, RolloutRecord];
-    store.setState(cancelled.id, ['running'], 'cancelled', 'test', 'test');
-    store.setState(paused.id, ['running'], 'paused', 'test', 'test');
+    await storage.rollouts.setState(cancelled.id, ['running'], 'cancelled', 'test', 'test');
+    await storage.rollouts.setState(paused.id, ['running'], 'paused', 'test', 'test');
     // Whole seconds: exp (iat + 1, iat rounded down) has passed for sure after 2.5 s.
     await sleep(2500);
     for (const d of boards) {
@@ -71,13 +86,13 @@ describe('server: a cancelled or paused rollout re-publishes nothing when its bo
     }
     await eventually(() => delivered.get('provision/away-running/command') === 2, 10_000, 'the running rollout re-publishing its expired command');
     // Within the board's clock allowance (300 s), that one applies.
-    await eventually(() => store.counts(running.id).applied === 1, 10_000, 'the running rollout applied');
+    await eventually(async () => (await storage.rollouts.counts(running.id)).applied === 1, 10_000, 'the running rollout applied');
     await sleep(1000);
     expect(delivered.get('provision/away-cancelled/command'), 'publishes for the cancelled rollout').to.equal(1);
     expect(delivered.get('provision/away-paused/command'), 'publishes for the paused rollout').to.equal(1);
     expect(boards[0]?.received).to.have.length(0);
     expect(boards[1]?.received).to.have.length(0);
-    expect(store.require(paused.id).state).to.equal('paused');
-    expect(store.counts(cancelled.id)).to.include({ sent: 1 });
+    expect((await storage.rollouts.require(paused.id)).state).to.equal('paused');
+    expect(await storage.rollouts.counts(cancelled.id)).to.include({ sent: 1 });
   });
 });

@@ -5,10 +5,10 @@
 import { expect } from 'chai';
 import { openDataDir, type OpenedData } from '../../server/data-dir.js';
 import { toPublicJwk } from '../../protocol/index.js';
-import { RolloutStore } from '../../server/registry/rollouts.js';
 import { planRollout, startRollout } from '../../server/rollouts/plan.js';
 import { runServerCli, useInitializedDataDir } from './run-cli.js';
 import { makeSimDevice } from './sim-fleet.js';
+import { sqliteDb } from '../helpers/sqlite-db.js';
 
 describe('provision-server CLI: tags and rollouts', function () {
   this.timeout(60_000);
@@ -18,7 +18,7 @@ describe('provision-server CLI: tags and rollouts', function () {
 
   /** What a dry run or a refused send must leave untouched. */
   const snapshot = (): Record<string, unknown> => {
-    const db = data.registry.db;
+    const db = sqliteDb(data.storage);
     return {
       rollouts: db.prepare('SELECT COUNT(*) AS n FROM rollouts').get(),
       commands: db.prepare('SELECT COUNT(*) AS n FROM commands').get(),
@@ -31,7 +31,7 @@ describe('provision-server CLI: tags and rollouts', function () {
     data = await openDataDir(ctx.data);
     for (const id of ['cli-a', 'cli-b', 'cli-c']) {
       const d = await makeSimDevice(id);
-      data.registry.addDevice({
+      await data.storage.devices.add({
         id,
         userId: 'bob',
         origin: 'jwks',
@@ -41,8 +41,8 @@ describe('provision-server CLI: tags and rollouts', function () {
       });
     }
   });
-  after(() => {
-    data?.registry.close();
+  after(async () => {
+    await data?.storage.close();
   });
 
   it('device tag add / remove / list and device list --tag; a bad tag exits 2 E_BAD_TAG', async () => {
@@ -66,7 +66,7 @@ describe('provision-server CLI: tags and rollouts', function () {
     r = await cli('device', 'tag', 'add', 'cli-c', 'bad tag');
     expect(r.code).to.equal(2);
     expect(r.stderr).to.match(/E_BAD_TAG/);
-    expect(data.registry.tagsOf('cli-c')).to.deep.equal([]);
+    expect(await data.storage.devices.tagsOf('cli-c')).to.deep.equal([]);
     r = await cli('device', 'list', '--tag', 'site a');
     expect([r.code, r.stdout]).to.deep.equal([2, '']);
     expect(r.stderr).to.match(/E_BAD_TAG/);
@@ -110,7 +110,7 @@ describe('provision-server CLI: tags and rollouts', function () {
   });
 
   it('rollout list / show / pause / cancel: 0, and 2 for E_ROLLOUT_STATE and E_NO_ROLLOUT', async () => {
-    const r0 = await startRollout(data.registry, await planRollout(data.registry, data.keys, { action: 'selftest', selector: { tag: 'site-a' } }));
+    const r0 = await startRollout(data.storage, await planRollout(data.storage, data.keys, { action: 'selftest', selector: { tag: 'site-a' } }));
     const id = r0.id;
     let r = await cli('rollout', 'list');
     expect(r.code, r.stderr).to.equal(0);
@@ -137,10 +137,9 @@ describe('provision-server CLI: tags and rollouts', function () {
     await expectExit(['rollout', 'show', '00000000-0000-4000-8000-000000000000'], 2, /E_NO_ROLLOUT/);
     await expectExit(['rollout', 'pause', '00000000-0000-4000-8000-000000000000'], 2, /E_NO_ROLLOUT/);
     await expectExit(['rollout', 'show', 'not-an-id'], 2, /E_USAGE/);
-    const store = new RolloutStore(data.registry);
-    expect(store.require(id).state).to.equal('cancelled');
-    expect(store.counts(id)).to.include({ cancelled: 2, pending: 0 });
-    expect(data.registry.listCommands({ fanoutId: id })).to.have.length(0);
+    expect((await data.storage.rollouts.require(id)).state).to.equal('cancelled');
+    expect(await data.storage.rollouts.counts(id)).to.include({ cancelled: 2, pending: 0 });
+    expect(await data.storage.commands.list({ fanoutId: id })).to.have.length(0);
   });
 
   it('--help of send and rollout names the rollout flags and commands', async () => {

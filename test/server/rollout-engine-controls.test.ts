@@ -13,9 +13,9 @@ import { silentLogger } from '../../lib/log.js';
 import { CommandSender, type SendRequest } from '../../server/command-sender.js';
 import type { ServerKeys } from '../../server/server-keys.js';
 import { KeyRing, generateEncryptionKey, generateSigningKey, toJwkSet } from '../../protocol/index.js';
-import { Registry } from '../../server/registry/registry.js';
-import { RolloutStore, type RolloutSpec } from '../../server/registry/rollouts.js';
-import type { CommandRecord } from '../../server/registry/types.js';
+import { openSqliteStorage, type SqliteStorage } from '../../server/storage/sqlite/index.js';
+import type { Storage } from '../../server/storage/types.js';
+import type { CommandRecord, RolloutSpec } from '../../server/storage/records.js';
 import { RolloutEngine } from '../../server/rollouts/engine.js';
 import { eventually } from './sim-fleet.js';
 
@@ -26,8 +26,8 @@ class GatedSender extends CommandSender {
   readonly sealed: string[] = [];
   readonly #gate: Promise<void>;
 
-  constructor(registry: Registry, keys: ServerKeys, gate: Promise<void>) {
-    super({ registry, keys, topicPrefix: 'provision', publish: async () => undefined });
+  constructor(storage: Storage, keys: ServerKeys, gate: Promise<void>) {
+    super({ storage, keys, topicPrefix: 'provision', publish: async () => undefined });
     this.#gate = gate;
   }
 
@@ -47,19 +47,18 @@ async function serverKeys(): Promise<ServerKeys> {
 
 describe('server: rollout engine and controls that land mid-step', () => {
   let dir: string;
-  let reg: Registry;
+  let storage: SqliteStorage;
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'rollout-engine-'));
-    reg = Registry.open(join(dir, 'registry.sqlite'), { create: true });
+    storage = openSqliteStorage(join(dir, 'registry.sqlite'), { create: true });
   });
   after(async () => {
-    reg?.close();
+    await storage?.close();
     await rm(dir, { recursive: true, force: true });
   });
 
   it('a rollout paused or cancelled while another one seals is not sent to, and stays cancelled', async () => {
-    const store = new RolloutStore(reg);
     const spec = (device: string): RolloutSpec => ({
       action: 'selftest',
       params: {},
@@ -70,34 +69,33 @@ describe('server: rollout engine and controls that land mid-step', () => {
       concurrency: 8,
     });
     // Listed newest first: `first` is stepped before the two others.
-    const paused = store.create(spec('dev-paused'), ['dev-paused']);
-    const cancelled = store.create(spec('dev-cancelled'), ['dev-cancelled']);
+    const paused = await storage.rollouts.create(spec('dev-paused'), ['dev-paused']);
+    const cancelled = await storage.rollouts.create(spec('dev-cancelled'), ['dev-cancelled']);
     await sleep(10);
-    const first = store.create(spec('dev-first'), ['dev-first']);
+    const first = await storage.rollouts.create(spec('dev-first'), ['dev-first']);
     let release: () => void = () => undefined;
-    const sender = new GatedSender(reg, await serverKeys(), new Promise<void>((r) => (release = r)));
+    const sender = new GatedSender(storage, await serverKeys(), new Promise<void>((r) => (release = r)));
     const sealed = sender.sealed;
-    const engine = new RolloutEngine({ registry: reg, sender, log: silentLogger, tickMs: 60_000 });
+    const engine = new RolloutEngine({ storage, sender, log: silentLogger, tickMs: 60_000 });
     engine.start();
     try {
       await eventually(() => sealed.includes('dev-first'), 5000, 'the first rollout sealing');
-      store.setState(paused.id, ['running'], 'paused', 'test', 'test');
-      store.setState(cancelled.id, ['running'], 'cancelled', 'test', 'test');
+      await storage.rollouts.setState(paused.id, ['running'], 'paused', 'test', 'test');
+      await storage.rollouts.setState(cancelled.id, ['running'], 'cancelled', 'test', 'test');
       release();
       await engine.idle();
       expect(sealed).to.deep.equal(['dev-first']);
-      expect(store.require(paused.id)).to.include({ state: 'paused', finishedAt: null });
-      expect(store.counts(paused.id)).to.include({ pending: 1 });
-      expect(store.require(cancelled.id).state).to.equal('cancelled');
-      expect(store.require(cancelled.id).finishedAt).to.be.a('number');
-      expect(store.counts(first.id)).to.include({ sent: 1 });
+      expect(await storage.rollouts.require(paused.id)).to.include({ state: 'paused', finishedAt: null });
+      expect(await storage.rollouts.counts(paused.id)).to.include({ pending: 1 });
+      expect((await storage.rollouts.require(cancelled.id)).state).to.equal('cancelled');
+      expect((await storage.rollouts.require(cancelled.id)).finishedAt).to.be.a('number');
+      expect(await storage.rollouts.counts(first.id)).to.include({ sent: 1 });
     } finally {
       await engine.stop();
     }
   });
 
-  it('finishing a rollout cancelled meanwhile (by another process) keeps it cancelled; a running one completes', () => {
-    const store = new RolloutStore(reg);
+  it('finishing a rollout cancelled meanwhile (by another process) keeps it cancelled; a running one completes', async () => {
     const spec: RolloutSpec = {
       action: 'selftest',
       params: {},
@@ -107,14 +105,14 @@ describe('server: rollout engine and controls that land mid-step', () => {
       abortMin: 10,
       concurrency: 8,
     };
-    const c = store.create(spec, ['dev-x']);
-    store.setState(c.id, ['running'], 'cancelled', 'test', 'test');
-    store.finish(c.id, 'completed', 'every target answered or ended');
-    expect(store.require(c.id)).to.include({ state: 'cancelled' });
-    const finished = reg.auditLog({ limit: 50 }).find((a) => a.event === 'rollout.finished' && a.detail.rollout_id === c.id);
+    const c = await storage.rollouts.create(spec, ['dev-x']);
+    await storage.rollouts.setState(c.id, ['running'], 'cancelled', 'test', 'test');
+    await storage.rollouts.finish(c.id, 'completed', 'every target answered or ended');
+    expect(await storage.rollouts.require(c.id)).to.include({ state: 'cancelled' });
+    const finished = (await storage.audit.log({ limit: 50 })).find((a) => a.event === 'rollout.finished' && a.detail.rollout_id === c.id);
     expect(finished?.detail).to.include({ state: 'cancelled' });
-    const r = store.create(spec, ['dev-y']);
-    store.finish(r.id, 'completed', 'every target answered or ended');
-    expect(store.require(r.id)).to.include({ state: 'completed', stateReason: 'every target answered or ended' });
+    const r = await storage.rollouts.create(spec, ['dev-y']);
+    await storage.rollouts.finish(r.id, 'completed', 'every target answered or ended');
+    expect(await storage.rollouts.require(r.id)).to.include({ state: 'completed', stateReason: 'every target answered or ended' });
   });
 });

@@ -18,10 +18,10 @@ import { bufferedLogger, silentLogger } from '../../lib/log.js';
 import { KeyRing, generateEncryptionKey, generateSigningKey, toJwkSet, toPublicJwk } from '../../protocol/index.js';
 import { CommandSender, type SendRequest } from '../../server/command-sender.js';
 import { publishQos1 } from '../../server/mqtt-connection.js';
-import { Registry } from '../../server/registry/registry.js';
-import { RolloutStore } from '../../server/registry/rollouts.js';
+import { openSqliteStorage, type SqliteStorage } from '../../server/storage/sqlite/index.js';
+import type { Storage } from '../../server/storage/types.js';
 import { commandStatus } from '../../server/views.js';
-import type { CommandRecord } from '../../server/registry/types.js';
+import type { CommandRecord } from '../../server/storage/records.js';
 import { LEASE_TTL_MS, RolloutEngine } from '../../server/rollouts/engine.js';
 import { planRollout, startRollout } from '../../server/rollouts/plan.js';
 import type { ServerKeys } from '../../server/server-keys.js';
@@ -47,8 +47,8 @@ class StallingSender extends CommandSender {
   readonly #gate: Promise<void>;
   readonly #before: string;
 
-  constructor(registry: Registry, keys: ServerKeys, client: MqttClient, gate: Promise<void>, before: string) {
-    super({ registry, keys, topicPrefix: 'provision', publish: (topic, payload) => publishQos1(client, topic, payload) });
+  constructor(storage: Storage, keys: ServerKeys, client: MqttClient, gate: Promise<void>, before: string) {
+    super({ storage, keys, topicPrefix: 'provision', publish: (topic, payload) => publishQos1(client, topic, payload) });
     this.#gate = gate;
     this.#before = before;
   }
@@ -80,8 +80,8 @@ describe('server: rollout lease fencing (a stalled engine publishes nothing once
   const clients: MqttClient[] = [];
   // Both engines' registries read one clock, which the tests move past the lease while an engine stalls.
   let skew = 0;
-  let regA: Registry;
-  let regB: Registry;
+  let storageA: SqliteStorage;
+  let storageB: SqliteStorage;
   let keys: ServerKeys;
   let delivered: Map<string, number>;
 
@@ -90,8 +90,8 @@ describe('server: rollout lease fencing (a stalled engine publishes nothing once
     broker = await startAedes();
     const now = (): number => Date.now() + skew;
     const file = join(dir, 'registry.sqlite');
-    regA = Registry.open(file, { create: true, now });
-    regB = Registry.open(file, { now });
+    storageA = openSqliteStorage(file, { create: true, now });
+    storageB = openSqliteStorage(file, { now });
     keys = await serverKeys();
     fleet = await SimFleet.connect(broker.url, { trust: keys.trust, serverId: keys.serverId });
     // What the broker delivers on each command topic, counted by a plain subscriber.
@@ -106,7 +106,14 @@ describe('server: rollout lease fencing (a stalled engine publishes nothing once
     const devices: SimDevice[] = [];
     for (const id of ids) {
       const d = fleet.add(await makeSimDevice(id));
-      regA.addDevice({ id, userId: 'u1', origin: 'jwks', signing: toPublicJwk(d.signing), encryption: toPublicJwk(d.encryption), state: 'provisioned' });
+      await storageA.devices.add({
+        id,
+        userId: 'u1',
+        origin: 'jwks',
+        signing: toPublicJwk(d.signing),
+        encryption: toPublicJwk(d.encryption),
+        state: 'provisioned',
+      });
       devices.push(d);
     }
     return devices;
@@ -114,8 +121,8 @@ describe('server: rollout lease fencing (a stalled engine publishes nothing once
   after(async () => {
     await fleet?.close().catch(() => undefined);
     for (const c of clients) await c.endAsync().catch(() => undefined);
-    regA?.close();
-    regB?.close();
+    await storageA?.close();
+    await storageB?.close();
     await broker?.stop();
     await rm(dir, { recursive: true, force: true });
   });
@@ -126,18 +133,20 @@ describe('server: rollout lease fencing (a stalled engine publishes nothing once
     const clientB = await mqtt.connectAsync(broker.url, { clientId: 'fence-engine-b', clean: true, reconnectPeriod: 0 });
     clients.push(clientA, clientB);
 
-    const r = await startRollout(regA, await planRollout(regA, keys, { action: 'selftest', selector: { devices: devices.map((d) => d.id) }, ttlSeconds: 120 }));
+    const r = await startRollout(
+      storageA,
+      await planRollout(storageA, keys, { action: 'selftest', selector: { devices: devices.map((d) => d.id) }, ttlSeconds: 120 }),
+    );
     let release: () => void = () => undefined;
-    const senderA = new StallingSender(regA, keys, clientA, new Promise<void>((res) => (release = res)), 'fence-before');
+    const senderA = new StallingSender(storageA, keys, clientA, new Promise<void>((res) => (release = res)), 'fence-before');
     const logA = bufferedLogger('info');
-    const engineA = new RolloutEngine({ registry: regA, sender: senderA, log: logA.logger, holder: 'engine-a', tickMs: 50 });
-    const senderB = new CommandSender({ registry: regB, keys, topicPrefix: 'provision', publish: (topic, payload) => publishQos1(clientB, topic, payload) });
-    const engineB = new RolloutEngine({ registry: regB, sender: senderB, log: silentLogger, holder: 'engine-b', tickMs: 50 });
-    const store = new RolloutStore(regA);
+    const engineA = new RolloutEngine({ storage: storageA, sender: senderA, log: logA.logger, holder: 'engine-a', tickMs: 50 });
+    const senderB = new CommandSender({ storage: storageB, keys, topicPrefix: 'provision', publish: (topic, payload) => publishQos1(clientB, topic, payload) });
+    const engineB = new RolloutEngine({ storage: storageB, sender: senderB, log: silentLogger, holder: 'engine-b', tickMs: 50 });
     try {
       engineA.start();
       await eventually(() => senderA.stalled.size === 2, 5000, 'engine A stalled with both targets claimed');
-      expect(store.counts(r.id).sending).to.equal(2);
+      expect((await storageA.rollouts.counts(r.id)).sending).to.equal(2);
 
       // A stalls past its lease: B takes over and delivers.
       skew += LEASE_TTL_MS + 1000;
@@ -163,12 +172,12 @@ describe('server: rollout lease fencing (a stalled engine publishes nothing once
       expect(logA.lines.filter((l) => l.includes('rollout.fenced'))).to.have.length(2);
       // What A sealed after losing the lease is voided; what it had recorded before, B adopted.
       // The targets hold the commands the boards got.
-      const commands = regA.listCommands({ fanoutId: r.id });
+      const commands = await storageA.commands.list({ fanoutId: r.id });
       expect(commands.filter((c) => c.voidedAt !== null).map((c) => c.deviceId)).to.deep.equal(['fence-before']);
       expect(commands.filter((c) => c.voidedAt !== null).map((c) => commandStatus(c))).to.deep.equal(['void']);
       expect(commands).to.have.length(3);
-      for (const t of store.targets(r.id)) {
-        const c = regA.getCommand(t.jti ?? '');
+      for (const t of await storageA.rollouts.targets(r.id)) {
+        const c = await storageA.commands.get(t.jti ?? '');
         expect(c?.voidedAt, `${t.deviceId}'s command`).to.equal(null);
         expect(c?.seq).to.equal(devices.find((d) => d.id === t.deviceId)?.received[0]?.claims.seq);
       }
@@ -183,29 +192,28 @@ describe('server: rollout lease fencing (a stalled engine publishes nothing once
     const [d] = (await boards('lapse-1')) as [SimDevice];
     const client = await mqtt.connectAsync(broker.url, { clientId: 'fence-engine-c', clean: true, reconnectPeriod: 0 });
     clients.push(client);
-    const r = await startRollout(regA, await planRollout(regA, keys, { action: 'selftest', selector: { devices: [d.id] }, ttlSeconds: 120 }));
+    const r = await startRollout(storageA, await planRollout(storageA, keys, { action: 'selftest', selector: { devices: [d.id] }, ttlSeconds: 120 }));
     let release: () => void = () => undefined;
-    const sender = new StallingSender(regA, keys, client, new Promise<void>((res) => (release = res)), 'none');
+    const sender = new StallingSender(storageA, keys, client, new Promise<void>((res) => (release = res)), 'none');
     const log = bufferedLogger('info');
-    const engine = new RolloutEngine({ registry: regA, sender, log: log.logger, holder: 'engine-c', tickMs: 50 });
-    const store = new RolloutStore(regA);
+    const engine = new RolloutEngine({ storage: storageA, sender, log: log.logger, holder: 'engine-c', tickMs: 50 });
     try {
       engine.start();
       await eventually(() => sender.stalled.size === 1, 5000, 'the engine stalled after sealing');
       skew += LEASE_TTL_MS + 1000;
       release();
       await eventually(
-        () => d.applied.length === 1 && store.counts(r.id).sent + store.counts(r.id).applied === 1,
+        async () => d.applied.length === 1 && (await storageA.rollouts.counts(r.id)).sent + (await storageA.rollouts.counts(r.id)).applied === 1,
         10_000,
         'delivered after the lease was taken again',
       );
       await sleep(500);
       expect(delivered.get(`provision/${d.id}/command`)).to.equal(1);
       expect(d.received).to.have.length(1);
-      const commands = regA.listCommands({ fanoutId: r.id });
+      const commands = await storageA.commands.list({ fanoutId: r.id });
       expect(commands).to.have.length(2);
       expect(commands.filter((c) => c.voidedAt !== null)).to.have.length(1);
-      expect(store.targets(r.id)[0]?.jti).to.equal(commands.find((c) => c.voidedAt === null)?.jti);
+      expect((await storageA.rollouts.targets(r.id))[0]?.jti).to.equal(commands.find((c) => c.voidedAt === null)?.jti);
       expect(log.find(/rollout\.fenced/)).to.be.a('string');
     } finally {
       release();
@@ -217,18 +225,20 @@ describe('server: rollout lease fencing (a stalled engine publishes nothing once
     const devices = await boards('stop-1', 'stop-2');
     const client = await mqtt.connectAsync(broker.url, { clientId: 'fence-engine-d', clean: true, reconnectPeriod: 0 });
     clients.push(client);
-    const r = await startRollout(regA, await planRollout(regA, keys, { action: 'selftest', selector: { devices: devices.map((d) => d.id) }, ttlSeconds: 120 }));
+    const r = await startRollout(
+      storageA,
+      await planRollout(storageA, keys, { action: 'selftest', selector: { devices: devices.map((d) => d.id) }, ttlSeconds: 120 }),
+    );
     let release: () => void = () => undefined;
-    const sender = new StallingSender(regA, keys, client, new Promise<void>((res) => (release = res)), 'stop-1');
-    const engine = new RolloutEngine({ registry: regA, sender, log: silentLogger, holder: 'engine-d', tickMs: 50 });
-    const store = new RolloutStore(regA);
+    const sender = new StallingSender(storageA, keys, client, new Promise<void>((res) => (release = res)), 'stop-1');
+    const engine = new RolloutEngine({ storage: storageA, sender, log: silentLogger, holder: 'engine-d', tickMs: 50 });
     try {
       engine.start();
       await eventually(() => sender.stalled.size === 2, 5000, 'the engine stalled with both targets claimed');
       // The operator cancels (another connection, as the CLI or the HTTP API would) while both are being sealed.
-      new RolloutStore(regB).setState(r.id, ['running'], 'cancelled', 'operator cancel', 'test');
+      await storageB.rollouts.setState(r.id, ['running'], 'cancelled', 'operator cancel', 'test');
       release();
-      await eventually(() => store.get(r.id)?.finishedAt !== null, 5000, 'the cancelled rollout finished');
+      await eventually(async () => (await storageA.rollouts.get(r.id))?.finishedAt !== null, 5000, 'the cancelled rollout finished');
       await sleep(300);
       expect(
         sender.publishedTo.filter((id) => id.startsWith('stop-')),
@@ -238,12 +248,12 @@ describe('server: rollout lease fencing (a stalled engine publishes nothing once
         expect(delivered.get(`provision/${d.id}/command`) ?? 0, d.id).to.equal(0);
         expect(d.received, d.id).to.have.length(0);
       }
-      expect(store.targets(r.id).map((t) => [t.state, t.code])).to.deep.equal([
+      expect((await storageA.rollouts.targets(r.id)).map((t) => [t.state, t.code])).to.deep.equal([
         ['cancelled', 'E_CANCELLED'],
         ['cancelled', 'E_CANCELLED'],
       ]);
-      expect(regA.listCommands({ fanoutId: r.id }).every((c) => c.voidedAt !== null)).to.equal(true);
-      expect(store.get(r.id)?.state).to.equal('cancelled');
+      expect((await storageA.commands.list({ fanoutId: r.id })).every((c) => c.voidedAt !== null)).to.equal(true);
+      expect((await storageA.rollouts.get(r.id))?.state).to.equal('cancelled');
     } finally {
       release();
       await engine.stop();
@@ -254,28 +264,27 @@ describe('server: rollout lease fencing (a stalled engine publishes nothing once
     const [d] = (await boards('pause-1')) as [SimDevice];
     const client = await mqtt.connectAsync(broker.url, { clientId: 'fence-engine-e', clean: true, reconnectPeriod: 0 });
     clients.push(client);
-    const r = await startRollout(regA, await planRollout(regA, keys, { action: 'selftest', selector: { devices: [d.id] }, ttlSeconds: 120 }));
+    const r = await startRollout(storageA, await planRollout(storageA, keys, { action: 'selftest', selector: { devices: [d.id] }, ttlSeconds: 120 }));
     let release: () => void = () => undefined;
-    const sender = new StallingSender(regA, keys, client, new Promise<void>((res) => (release = res)), 'none');
-    const engine = new RolloutEngine({ registry: regA, sender, log: silentLogger, holder: 'engine-e', tickMs: 50 });
-    const store = new RolloutStore(regA);
+    const sender = new StallingSender(storageA, keys, client, new Promise<void>((res) => (release = res)), 'none');
+    const engine = new RolloutEngine({ storage: storageA, sender, log: silentLogger, holder: 'engine-e', tickMs: 50 });
     try {
       engine.start();
       await eventually(() => sender.stalled.size === 1, 5000, 'the engine stalled after sealing');
-      new RolloutStore(regB).setState(r.id, ['running'], 'paused', 'operator pause', 'test');
+      await storageB.rollouts.setState(r.id, ['running'], 'paused', 'operator pause', 'test');
       release();
-      await eventually(() => store.counts(r.id).pending === 1, 5000, 'the target waits again');
+      await eventually(async () => (await storageA.rollouts.counts(r.id)).pending === 1, 5000, 'the target waits again');
       await sleep(300);
       expect(
         sender.publishedTo.filter((id) => id === d.id),
         'publishes while paused',
       ).to.deep.equal([]);
       expect(d.received).to.have.length(0);
-      store.setState(r.id, ['paused'], 'running', 'operator resume', 'test');
+      await storageA.rollouts.setState(r.id, ['paused'], 'running', 'operator resume', 'test');
       await eventually(() => d.applied.length === 1, 5000, 'delivered after the resume');
       await sleep(300);
       expect(d.received, 'commands the board got').to.have.length(1);
-      const commands = regA.listCommands({ fanoutId: r.id });
+      const commands = await storageA.commands.list({ fanoutId: r.id });
       expect(commands.filter((c) => c.voidedAt === null).map((c) => c.jti)).to.deep.equal([d.received[0]?.claims.jti]);
     } finally {
       release();
@@ -288,28 +297,30 @@ describe('server: rollout lease fencing (a stalled engine publishes nothing once
     const clientA = await mqtt.connectAsync(broker.url, { clientId: 'fence-engine-f', clean: true, reconnectPeriod: 0 });
     const clientB = await mqtt.connectAsync(broker.url, { clientId: 'fence-engine-g', clean: true, reconnectPeriod: 0 });
     clients.push(clientA, clientB);
-    const r = await startRollout(regA, await planRollout(regA, keys, { action: 'selftest', selector: { devices: devices.map((d) => d.id) }, ttlSeconds: 120 }));
+    const r = await startRollout(
+      storageA,
+      await planRollout(storageA, keys, { action: 'selftest', selector: { devices: devices.map((d) => d.id) }, ttlSeconds: 120 }),
+    );
     let release: () => void = () => undefined;
-    const senderA = new StallingSender(regA, keys, clientA, new Promise<void>((res) => (release = res)), 'take-1');
-    const engineA = new RolloutEngine({ registry: regA, sender: senderA, log: silentLogger, holder: 'engine-f', tickMs: 50 });
-    const senderB = new CommandSender({ registry: regB, keys, topicPrefix: 'provision', publish: (topic, payload) => publishQos1(clientB, topic, payload) });
-    const engineB = new RolloutEngine({ registry: regB, sender: senderB, log: silentLogger, holder: 'engine-g', tickMs: 50 });
-    const store = new RolloutStore(regA);
+    const senderA = new StallingSender(storageA, keys, clientA, new Promise<void>((res) => (release = res)), 'take-1');
+    const engineA = new RolloutEngine({ storage: storageA, sender: senderA, log: silentLogger, holder: 'engine-f', tickMs: 50 });
+    const senderB = new CommandSender({ storage: storageB, keys, topicPrefix: 'provision', publish: (topic, payload) => publishQos1(clientB, topic, payload) });
+    const engineB = new RolloutEngine({ storage: storageB, sender: senderB, log: silentLogger, holder: 'engine-g', tickMs: 50 });
     try {
       engineA.start();
       await eventually(() => senderA.stalled.size === 2, 5000, 'engine A stalled with both targets claimed');
-      store.setState(r.id, ['running'], 'cancelled', 'operator cancel', 'test');
+      await storageA.rollouts.setState(r.id, ['running'], 'cancelled', 'operator cancel', 'test');
       skew += LEASE_TTL_MS + 1000;
       engineB.start();
-      await eventually(() => store.get(r.id)?.finishedAt !== null, 5000, 'engine B finished the cancelled rollout');
+      await eventually(async () => (await storageA.rollouts.get(r.id))?.finishedAt !== null, 5000, 'engine B finished the cancelled rollout');
       release();
       await engineA.idle();
       await sleep(300);
       for (const d of devices) expect(delivered.get(`provision/${d.id}/command`) ?? 0, d.id).to.equal(0);
       expect(senderA.publishedTo.filter((id) => id.startsWith('take-'))).to.deep.equal([]);
-      expect(store.targets(r.id).map((t) => t.state)).to.deep.equal(['cancelled', 'cancelled']);
-      expect(regA.listCommands({ fanoutId: r.id }).every((c) => c.voidedAt !== null)).to.equal(true);
-      expect(store.get(r.id)?.state).to.equal('cancelled');
+      expect((await storageA.rollouts.targets(r.id)).map((t) => t.state)).to.deep.equal(['cancelled', 'cancelled']);
+      expect((await storageA.commands.list({ fanoutId: r.id })).every((c) => c.voidedAt !== null)).to.equal(true);
+      expect((await storageA.rollouts.get(r.id))?.state).to.equal('cancelled');
     } finally {
       release();
       await engineA.stop();

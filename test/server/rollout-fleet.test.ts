@@ -8,7 +8,6 @@
 import { expect } from 'chai';
 import { toPublicJwk } from '../../protocol/index.js';
 import { presenceOf } from '../../server/presence.js';
-import { RolloutStore } from '../../server/registry/rollouts.js';
 import { planRollout, startRollout } from '../../server/rollouts/plan.js';
 import { eventually, makeSimDevice, type SimDevice } from './sim-fleet.js';
 import { startFixture, type Fixture } from './server-fixture.js';
@@ -24,34 +23,30 @@ describe('server: a rollout to 1,000 simulated boards, 30% offline, with failure
 
   before(async () => {
     f = await startFixture();
-    const reg = f.server.data.registry;
+    const storage = f.server.data.storage;
     for (let i = 0; i < BOARDS; i += 100) {
       devices.push(...(await Promise.all(Array.from({ length: 100 }, (_, j) => makeSimDevice(`rb-${String(i + j).padStart(4, '0')}`)))));
     }
-    reg.db
-      .transaction(() => {
-        for (const [i, d] of devices.entries()) {
-          f.fleet.add(d);
-          reg.addDevice({
-            id: d.id,
-            userId: 'fleet',
-            origin: 'jwks',
-            signing: toPublicJwk(d.signing),
-            encryption: toPublicJwk(d.encryption),
-            state: 'provisioned',
-          });
-          reg.addTags(d.id, ['site-a', ...(i < 200 ? ['canary'] : [])]);
-        }
-      })
-      .immediate();
+    for (const [i, d] of devices.entries()) {
+      f.fleet.add(d);
+      await storage.devices.add({
+        id: d.id,
+        userId: 'fleet',
+        origin: 'jwks',
+        signing: toPublicJwk(d.signing),
+        encryption: toPublicJwk(d.encryption),
+        state: 'provisioned',
+      });
+      await storage.devices.addTags(d.id, ['site-a', ...(i < 200 ? ['canary'] : [])]);
+    }
     // Every board reports in; the offline 30% then stop (their signed offline report for that connection).
     for (let i = 0; i < BOARDS; i += 50) await Promise.all(devices.slice(i, i + 50).map((d) => f.fleet.connectDevice(d, { intervalSeconds: 600 })));
     const offline = devices.filter((_, i) => i % 10 < 3);
     await Promise.all(offline.map((d) => f.fleet.disconnectDevice(d)));
     await eventually(
-      () => {
+      async () => {
         const now = Date.now();
-        const p = reg.listDevices({ tag: 'site-a' }).map((d) => presenceOf(d.presence, now));
+        const p = (await storage.devices.list({ tag: 'site-a' })).map((d) => presenceOf(d.presence, now));
         return p.filter((x) => x === 'online').length === 700 && p.filter((x) => x === 'offline').length === 300;
       },
       30_000,
@@ -64,8 +59,7 @@ describe('server: a rollout to 1,000 simulated boards, 30% offline, with failure
   });
 
   it('serves the online boards at the rate, the returning ones when they report in, nothing after the deadline, nothing twice', async () => {
-    const reg = f.server.data.registry;
-    const store = new RolloutStore(reg);
+    const storage = f.server.data.storage;
     const failing = new Set(devices.filter((_, i) => i % 33 === 5).map((d) => d.id));
     for (const d of devices) d.behaviour = failing.has(d.id) ? 'fail' : 'apply';
     const offline = devices.filter((_, i) => i % 10 < 3);
@@ -74,7 +68,7 @@ describe('server: a rollout to 1,000 simulated boards, 30% offline, with failure
     const returning = offline.filter((d) => !late.has(d.id));
     expect(late.size).to.equal(20);
 
-    const plan = await planRollout(reg, f.server.data.keys, {
+    const plan = await planRollout(storage, f.server.data.keys, {
       action: 'update',
       params: { sensor: { sample_interval_s: 45 } },
       selector: { tag: 'site-a' },
@@ -84,7 +78,7 @@ describe('server: a rollout to 1,000 simulated boards, 30% offline, with failure
       concurrency: 64,
     });
     expect(plan.summary.offline).to.equal(300);
-    const r = await startRollout(reg, plan);
+    const r = await startRollout(storage, plan);
     f.server.rollouts?.kick();
 
     // The returning boards come back over 8 s, from 3 s in.
@@ -97,8 +91,8 @@ describe('server: a rollout to 1,000 simulated boards, 30% offline, with failure
     }
     const expectedDone = BOARDS - late.size;
     await eventually(
-      () => {
-        const c = store.counts(r.id);
+      async () => {
+        const c = await storage.rollouts.counts(r.id);
         return c.applied + c.failed === expectedDone;
       },
       40_000,
@@ -107,11 +101,11 @@ describe('server: a rollout to 1,000 simulated boards, 30% offline, with failure
     const lastReturnedServed = Math.max(...returning.map((d) => (d.received[0]?.at ?? Number.POSITIVE_INFINITY) - (backAt.get(d.id) ?? 0)));
 
     // After the deadline the late boards come back: they get nothing, their targets expire.
-    await eventually(() => store.require(r.id).finishedAt !== null, 30_000, 'the rollout finished at its deadline');
+    await eventually(async () => (await storage.rollouts.require(r.id)).finishedAt !== null, 30_000, 'the rollout finished at its deadline');
     for (const d of devices.filter((x) => late.has(x.id))) await f.fleet.connectDevice(d);
     await sleep(1000);
-    const final = store.require(r.id);
-    const counts = store.counts(r.id);
+    const final = await storage.rollouts.require(r.id);
+    const counts = await storage.rollouts.counts(r.id);
     expect(final.state).to.equal('completed');
     expect(counts).to.include({
       applied: expectedDone - (failing.size - [...failing].filter((id) => late.has(id)).length),
@@ -125,7 +119,7 @@ describe('server: a rollout to 1,000 simulated boards, 30% offline, with failure
       if (late.has(d.id)) expect(d.received, `${d.id} came back after the deadline`).to.have.length(0);
       else expect(d.received.length, `${d.id} got its command once`).to.equal(1);
     }
-    const commands = reg.listCommands({ fanoutId: r.id, limit: 10_000 });
+    const commands = await storage.commands.list({ fanoutId: r.id, limit: 10_000 });
     expect(commands).to.have.length(expectedDone);
     for (const c of commands) {
       expect(c.createdAt).to.be.below(final.deadlineAt);
@@ -147,8 +141,7 @@ describe('server: a rollout to 1,000 simulated boards, 30% offline, with failure
   });
 
   it('an abort rule trips on injected failures and stops new sends within one rate step', async () => {
-    const reg = f.server.data.registry;
-    const store = new RolloutStore(reg);
+    const storage = f.server.data.storage;
     const canary = devices.slice(0, 200);
     for (const [i, d] of canary.entries()) {
       d.behaviour = i % 4 === 1 ? 'fail' : i % 4 === 3 && i % 8 === 7 ? 'reject' : 'apply';
@@ -157,8 +150,8 @@ describe('server: a rollout to 1,000 simulated boards, 30% offline, with failure
     const appliedBefore = new Map(canary.map((d) => [d.id, d.applied.length]));
     const rate = 600;
     const r = await startRollout(
-      reg,
-      await planRollout(reg, f.server.data.keys, {
+      storage,
+      await planRollout(storage, f.server.data.keys, {
         action: 'selftest',
         selector: { tag: 'canary' },
         ratePerMin: rate,
@@ -168,9 +161,9 @@ describe('server: a rollout to 1,000 simulated boards, 30% offline, with failure
       }),
     );
     f.server.rollouts?.kick();
-    await eventually(() => store.require(r.id).state === 'aborted', 30_000, 'the rollout aborted');
-    await eventually(() => store.counts(r.id).sent === 0, 15_000, 'the commands in flight answered');
-    const commands = reg.listCommands({ fanoutId: r.id, limit: 1000 });
+    await eventually(async () => (await storage.rollouts.require(r.id)).state === 'aborted', 30_000, 'the rollout aborted');
+    await eventually(async () => (await storage.rollouts.counts(r.id)).sent === 0, 15_000, 'the commands in flight answered');
+    const commands = await storage.commands.list({ fanoutId: r.id, limit: 1000 });
     // When the rule first held, by the acks' record times.
     const acked = commands.filter((c) => c.ackedAt !== null).sort((a, b) => (a.ackedAt as number) - (b.ackedAt as number));
     let bad = 0;
@@ -186,7 +179,7 @@ describe('server: a rollout to 1,000 simulated boards, 30% offline, with failure
     }
     expect(trippedAt).to.be.a('number');
     const after = commands.filter((c) => c.createdAt > (trippedAt as number)).length;
-    const counts = store.counts(r.id);
+    const counts = await storage.rollouts.counts(r.id);
     process.stderr.write(
       `      abort at 10% after 20 results: ${commands.length} of 200 sent, ${after} sealed after the rule held (one rate step = ${rate / 60}), ${counts.cancelled} cancelled\n`,
     );
@@ -196,12 +189,11 @@ describe('server: a rollout to 1,000 simulated boards, 30% offline, with failure
     for (const d of canary) expect(d.applied.length - (appliedBefore.get(d.id) ?? 0), `${d.id} applied at most once`).to.be.at.most(1);
     // Nothing more is sent once aborted.
     await sleep(1000);
-    expect(reg.listCommands({ fanoutId: r.id, limit: 1000 })).to.have.length(commands.length);
+    expect(await storage.commands.list({ fanoutId: r.id, limit: 1000 })).to.have.length(commands.length);
   });
 
   it('a board that vanished without a word gets its command when back: the stale one refused E_EXPIRED, a fresh one applied once', async () => {
-    const reg = f.server.data.registry;
-    const store = new RolloutStore(reg);
+    const storage = f.server.data.storage;
     const d = devices[999] as SimDevice;
     d.behaviour = 'apply';
     d.maxSkewSeconds = 0;
@@ -211,22 +203,22 @@ describe('server: a rollout to 1,000 simulated boards, 30% offline, with failure
     await f.fleet.disconnectDevice(d, { clean: false });
     const appliedBefore = d.applied.length;
     const r = await startRollout(
-      reg,
-      await planRollout(reg, f.server.data.keys, { action: 'selftest', selector: { devices: [d.id] }, ttlSeconds: 2, deliverWithinMs: 60_000 }),
+      storage,
+      await planRollout(storage, f.server.data.keys, { action: 'selftest', selector: { devices: [d.id] }, ttlSeconds: 2, deliverWithinMs: 60_000 }),
     );
     f.server.rollouts?.kick();
-    await eventually(() => store.counts(r.id).sent === 1, 10_000, 'the command sent while the board is away');
+    await eventually(async () => (await storage.rollouts.counts(r.id)).sent === 1, 10_000, 'the command sent while the board is away');
     // Whole seconds: exp (iat + 2, iat rounded down) is behind the board's clock for sure after 3.5 s.
     await sleep(3500);
     await f.fleet.connectDevice(d);
-    await eventually(() => store.require(r.id).finishedAt !== null, 15_000, 'the rollout finished');
-    const commands = reg.listCommands({ fanoutId: r.id }).sort((a, b) => a.seq - b.seq);
+    await eventually(async () => (await storage.rollouts.require(r.id)).finishedAt !== null, 15_000, 'the rollout finished');
+    const commands = (await storage.commands.list({ fanoutId: r.id })).sort((a, b) => a.seq - b.seq);
     expect(commands.map((c) => [c.ackStatus, c.ackCode])).to.deep.equal([
       ['rejected', 'E_EXPIRED'],
       ['applied', 'OK'],
     ]);
-    expect(store.counts(r.id)).to.include({ applied: 1, pending: 0, sent: 0 });
-    expect(store.targets(r.id)[0]).to.include({ state: 'applied', attempts: 2 });
+    expect(await storage.rollouts.counts(r.id)).to.include({ applied: 1, pending: 0, sent: 0 });
+    expect((await storage.rollouts.targets(r.id))[0]).to.include({ state: 'applied', attempts: 2 });
     expect(d.applied.length - appliedBefore).to.equal(1);
   });
 });

@@ -13,8 +13,7 @@ import { bufferedLogger } from '../../lib/log.js';
 import { toPublicJwk } from '../../protocol/index.js';
 import { CommandSender } from '../../server/command-sender.js';
 import { publishQos1 } from '../../server/mqtt-connection.js';
-import { Registry } from '../../server/registry/registry.js';
-import { RolloutStore } from '../../server/registry/rollouts.js';
+import { openSqliteStorage, type SqliteStorage } from '../../server/storage/sqlite/index.js';
 import { E_EXPIRED_REPEATEDLY, MAX_SEND_ATTEMPTS, RolloutEngine, resendBackoffMs } from '../../server/rollouts/engine.js';
 import { planRollout, startRollout } from '../../server/rollouts/plan.js';
 import { eventually, makeSimDevice } from './sim-fleet.js';
@@ -25,7 +24,7 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 describe('server: rollout re-sends after E_EXPIRED are capped and backed off', function () {
   this.timeout(60_000);
   let f: Fixture;
-  let reg: Registry;
+  let storage: SqliteStorage;
   let client: MqttClient;
 
   before(async () => {
@@ -33,51 +32,57 @@ describe('server: rollout re-sends after E_EXPIRED are capped and backed off', f
   });
   after(async () => {
     await client?.endAsync().catch(() => undefined);
-    reg?.close();
+    await storage?.close();
     await f?.close();
   });
 
   it('a board that always answers E_EXPIRED gets at most the cap of commands, spaced by the backoff, and ends failed E_EXPIRED_REPEATEDLY', async () => {
     let skew = 0;
-    reg = Registry.open(join(f.dataDir, 'registry.sqlite'), { now: () => Date.now() + skew });
+    storage = openSqliteStorage(join(f.dataDir, 'registry.sqlite'), { now: () => Date.now() + skew });
     const keys = f.server.data.keys;
     const d = f.fleet.add(await makeSimDevice('clock-ahead'));
     d.refuseUnrecorded = 'E_EXPIRED';
-    reg.addDevice({ id: d.id, userId: 'u1', origin: 'jwks', signing: toPublicJwk(d.signing), encryption: toPublicJwk(d.encryption), state: 'provisioned' });
+    await storage.devices.add({
+      id: d.id,
+      userId: 'u1',
+      origin: 'jwks',
+      signing: toPublicJwk(d.signing),
+      encryption: toPublicJwk(d.encryption),
+      state: 'provisioned',
+    });
     client = await mqtt.connectAsync(f.broker.url, { clientId: 'resend-engine', clean: true, reconnectPeriod: 0 });
-    const sender = new CommandSender({ registry: reg, keys, topicPrefix: 'provision', publish: (topic, payload) => publishQos1(client, topic, payload) });
+    const sender = new CommandSender({ storage, keys, topicPrefix: 'provision', publish: (topic, payload) => publishQos1(client, topic, payload) });
     const log = bufferedLogger('info');
-    const engine = new RolloutEngine({ registry: reg, sender, log: log.logger, tickMs: 50 });
-    const store = new RolloutStore(reg);
+    const engine = new RolloutEngine({ storage, sender, log: log.logger, tickMs: 50 });
     const r = await startRollout(
-      reg,
-      await planRollout(reg, keys, { action: 'selftest', selector: { devices: [d.id] }, ttlSeconds: 60, deliverWithinMs: 3600_000 }),
+      storage,
+      await planRollout(storage, keys, { action: 'selftest', selector: { devices: [d.id] }, ttlSeconds: 60, deliverWithinMs: 3600_000 }),
     );
-    const refused = (): number => reg.listCommands({ fanoutId: r.id }).filter((c) => c.ackCode === 'E_EXPIRED').length;
+    const refused = async (): Promise<number> => (await storage.commands.list({ fanoutId: r.id })).filter((c) => c.ackCode === 'E_EXPIRED').length;
     engine.start();
     try {
       for (let n = 1; n < MAX_SEND_ATTEMPTS; n++) {
-        await eventually(() => refused() >= n, 10_000, `refusal ${n} recorded`);
+        await eventually(async () => (await refused()) >= n, 10_000, `refusal ${n} recorded`);
         // Within the backoff nothing more is sealed, however often the engine steps.
         await sleep(600);
         expect(d.received.length, `commands before backoff ${n} passed`).to.equal(n);
-        expect(store.targets(r.id)[0]).to.include({ state: 'pending', code: 'E_EXPIRED' });
+        expect((await storage.rollouts.targets(r.id))[0]).to.include({ state: 'pending', code: 'E_EXPIRED' });
         skew += resendBackoffMs(n);
         await eventually(() => d.received.length === n + 1, 10_000, `re-send ${n} after its backoff`);
       }
-      await eventually(() => store.targets(r.id)[0]?.state === 'failed', 10_000, 'the target failed');
+      await eventually(async () => (await storage.rollouts.targets(r.id))[0]?.state === 'failed', 10_000, 'the target failed');
       // Much later, still nothing more.
       skew += 3600_000 - 60_000;
       await sleep(600);
       expect(d.received).to.have.length(MAX_SEND_ATTEMPTS);
-      const commands = reg.listCommands({ fanoutId: r.id }).sort((a, b) => a.seq - b.seq);
+      const commands = (await storage.commands.list({ fanoutId: r.id })).sort((a, b) => a.seq - b.seq);
       expect(commands).to.have.length(MAX_SEND_ATTEMPTS);
       for (let i = 1; i < commands.length; i++) {
         const gap = (commands[i]?.createdAt as number) - (commands[i - 1]?.createdAt as number);
         expect(gap, `gap before command ${i + 1}`).to.be.at.least(resendBackoffMs(i));
       }
-      expect(store.targets(r.id)[0]).to.include({ state: 'failed', code: E_EXPIRED_REPEATEDLY, attempts: MAX_SEND_ATTEMPTS });
-      expect(store.require(r.id).state).to.equal('completed');
+      expect((await storage.rollouts.targets(r.id))[0]).to.include({ state: 'failed', code: E_EXPIRED_REPEATEDLY, attempts: MAX_SEND_ATTEMPTS });
+      expect((await storage.rollouts.require(r.id)).state).to.equal('completed');
       expect(log.find(/rollout\.target_failed .*E_EXPIRED_REPEATEDLY.*check its clock/)).to.be.a('string');
     } finally {
       await engine.stop();

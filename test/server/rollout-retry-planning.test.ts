@@ -18,8 +18,8 @@ import { join } from 'node:path';
 import { silentLogger } from '../../lib/log.js';
 import { KeyRing, generateEncryptionKey, generateSigningKey, toJwkSet, toPublicJwk, type PublicJwk } from '../../protocol/index.js';
 import { CommandSender } from '../../server/command-sender.js';
-import { Registry } from '../../server/registry/registry.js';
-import { PLANNING_STALE_MS, RolloutStore } from '../../server/registry/rollouts.js';
+import { openSqliteStorage, type SqliteStorage } from '../../server/storage/sqlite/index.js';
+import { PLANNING_STALE_MS } from '../../server/registry/rollouts.js';
 import { RolloutEngine } from '../../server/rollouts/engine.js';
 import { planRollout, startRollout } from '../../server/rollouts/plan.js';
 import { outlookView, rolloutOutlook } from '../../server/rollouts/progress.js';
@@ -30,7 +30,7 @@ import type { ServerKeys } from '../../server/server-keys.js';
 describe('server: rollout retry selector, interrupted planning, backoff outlook, confirmed delete count', function () {
   this.timeout(30_000);
   let dir: string;
-  let reg: Registry;
+  let storage: SqliteStorage;
   let keys: ServerKeys;
   let board: PublicJwk;
   let skew = 0;
@@ -38,13 +38,13 @@ describe('server: rollout retry selector, interrupted planning, backoff outlook,
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'rollout-retry-'));
-    reg = Registry.open(join(dir, 'registry.sqlite'), { create: true, now: () => Date.now() + skew });
+    storage = openSqliteStorage(join(dir, 'registry.sqlite'), { create: true, now: () => Date.now() + skew });
     const [signing, encryption] = await Promise.all([generateSigningKey(), generateEncryptionKey()]);
     keys = { dir, serverId: 'retry-server', signing, encryption, trust: toJwkSet([signing, encryption]), decryption: await KeyRing.create([encryption]) };
     board = toPublicJwk(await generateEncryptionKey());
   });
   after(async () => {
-    reg?.close();
+    await storage?.close();
     await rm(dir, { recursive: true, force: true });
   });
   beforeEach(() => {
@@ -54,14 +54,14 @@ describe('server: rollout retry selector, interrupted planning, backoff outlook,
   /** `count` provisioned devices with an encryption key, never reported, ids `prefix-000`...; returns their ids. */
   function addDevices(prefix: string, count: number): string[] {
     const ids = Array.from({ length: count }, (_, i) => `${prefix}-${String(i).padStart(3, '0')}`);
-    const now = reg.now();
-    reg.db
+    const now = storage.now();
+    storage.db
       .transaction(() => {
         for (const id of ids) {
-          reg.db
+          storage.db
             .prepare("INSERT INTO devices (id, user_id, state, origin, created_at, updated_at) VALUES (?, 'u1', 'provisioned', 'jwks', ?, ?)")
             .run(id, now, now);
-          reg.db
+          storage.db
             .prepare("INSERT INTO device_keys (device_id, kid, use, jwk, status, added_at) VALUES (?, ?, 'enc', ?, 'current', ?)")
             .run(id, `${board.kid}-${n++}`, JSON.stringify(board), now);
         }
@@ -72,14 +72,14 @@ describe('server: rollout retry selector, interrupted planning, backoff outlook,
 
   function engine(published: string[]): RolloutEngine {
     const sender = new CommandSender({
-      registry: reg,
+      storage,
       keys,
       topicPrefix: 'provision',
       publish: async (topic) => {
         published.push(topic);
       },
     });
-    return new RolloutEngine({ registry: reg, sender, log: silentLogger, tickMs: 20 });
+    return new RolloutEngine({ storage, sender, log: silentLogger, tickMs: 20 });
   }
 
   /** One engine step over every unfinished rollout. */
@@ -92,27 +92,26 @@ describe('server: rollout retry selector, interrupted planning, backoff outlook,
 
   it('a retry stores a compact selector, targets exactly the devices that did not apply, and leaves out a device removed since', async () => {
     const ids = addDevices('rt', 60);
-    const store = new RolloutStore(reg);
-    const orig = await startRollout(reg, await planRollout(reg, keys, { action: 'selftest', selector: { devices: ids } }));
+    const orig = await startRollout(storage, await planRollout(storage, keys, { action: 'selftest', selector: { devices: ids } }));
     // 20 applied, 5 in flight, 5 rejected, the other 30 cancelled with the rollout.
-    ids.slice(0, 20).forEach((d) => store.move(orig.id, d, ['pending'], 'applied'));
-    ids.slice(20, 25).forEach((d) => store.move(orig.id, d, ['pending'], 'sent'));
-    ids.slice(25, 30).forEach((d) => store.move(orig.id, d, ['pending'], 'rejected', { code: 'E_PARAMS' }));
-    store.setState(orig.id, ['running'], 'cancelled', 'retry test', 'test');
-    reg.removeDevice('rt-059');
+    for (const d of ids.slice(0, 20)) await storage.rollouts.move(orig.id, d, ['pending'], 'applied');
+    for (const d of ids.slice(20, 25)) await storage.rollouts.move(orig.id, d, ['pending'], 'sent');
+    for (const d of ids.slice(25, 30)) await storage.rollouts.move(orig.id, d, ['pending'], 'rejected', { code: 'E_PARAMS' });
+    await storage.rollouts.setState(orig.id, ['running'], 'cancelled', 'retry test', 'test');
+    await storage.devices.remove('rt-059');
 
-    const rp = await planRetry(reg, keys, orig.id);
+    const rp = await planRetry(storage, keys, orig.id);
     expect(rp.plan.summary.targets).to.equal(34);
     expect({ inFlight: rp.inFlight, removed: rp.removed }).to.deep.equal({ inFlight: 5, removed: 1 });
-    const r = await startRetry(reg, rp);
+    const r = await startRetry(storage, rp);
     expect(r.retryOf).to.equal(orig.id);
     expect(r.selector).to.deep.equal({ retryOf: orig.id, states: [...RETRIED_STATES] });
-    const stored = reg.db.prepare('SELECT LENGTH(selector) AS n FROM rollouts WHERE id = ?').get(r.id) as { n: number };
+    const stored = storage.db.prepare('SELECT LENGTH(selector) AS n FROM rollouts WHERE id = ?').get(r.id) as { n: number };
     expect(stored.n, 'the stored selector').to.be.below(200);
-    expect(store.targets(r.id).map((t) => t.deviceId)).to.deep.equal(ids.slice(25, 59));
-    expect(store.counts(r.id).pending).to.equal(34);
+    expect((await storage.rollouts.targets(r.id)).map((t) => t.deviceId)).to.deep.equal(ids.slice(25, 59));
+    expect((await storage.rollouts.counts(r.id)).pending).to.equal(34);
     expect(selectorText(r)).to.equal(`retry of ${orig.id} (${RETRIED_STATES.join(', ')})`);
-    const audit = reg.auditLog({ limit: 10 });
+    const audit = await storage.audit.log({ limit: 10 });
     const created = audit.find((a) => a.event === 'rollout.create' && a.detail.rollout_id === r.id);
     expect(created?.detail).to.include({ devices: 34 });
     expect(JSON.stringify(created?.detail).length, 'the rollout.create audit detail').to.be.below(400);
@@ -122,91 +121,90 @@ describe('server: rollout retry selector, interrupted planning, backoff outlook,
       in_flight_left_out: 5,
       removed_left_out: 1,
     });
-    store.setState(r.id, ['running'], 'cancelled', 'retry test', 'test');
+    await storage.rollouts.setState(r.id, ['running'], 'cancelled', 'retry test', 'test');
   });
 
   it('the audit of a rollout to many named devices carries their count, not the list', async () => {
     const ids = addDevices('named', 25);
-    const r = await startRollout(reg, await planRollout(reg, keys, { action: 'selftest', selector: { devices: ids } }));
-    const created = reg.auditLog({ limit: 10 }).find((a) => a.event === 'rollout.create' && a.detail.rollout_id === r.id);
+    const r = await startRollout(storage, await planRollout(storage, keys, { action: 'selftest', selector: { devices: ids } }));
+    const created = (await storage.audit.log({ limit: 10 })).find((a) => a.event === 'rollout.create' && a.detail.rollout_id === r.id);
     expect(created?.detail).to.deep.include({ devices: 25, selector: { devices_named: 25 } });
     // The rollout itself keeps its list (it is what it goes to).
-    expect(new RolloutStore(reg).require(r.id).selector).to.deep.equal({ devices: ids });
-    new RolloutStore(reg).setState(r.id, ['running'], 'cancelled', 'audit test', 'test');
+    expect((await storage.rollouts.require(r.id)).selector).to.deep.equal({ devices: ids });
+    await storage.rollouts.setState(r.id, ['running'], 'cancelled', 'audit test', 'test');
   });
 
   it('a rollout left planning (its process stopped while recording targets) is finished by the engine once its heartbeat is stale: cancelled, nothing sent', async () => {
     const ids = addDevices('plan', 3);
-    const store = new RolloutStore(reg);
-    const r = await store.createFromSelector(
-      (await planRollout(reg, keys, { action: 'selftest', selector: { devices: ids }, deliverWithinMs: 3600_000 })).spec,
+    const r = await storage.rollouts.createFromSelector(
+      (await planRollout(storage, keys, { action: 'selftest', selector: { devices: ids }, deliverWithinMs: 3600_000 })).spec,
       { needsDeviceUser: true },
     );
     // As a crash leaves it: targets recorded, the rollout never released to the engine.
-    reg.db.prepare('UPDATE rollouts SET planning = 1, updated_at = ? WHERE id = ?').run(reg.now(), r.id);
+    storage.db.prepare('UPDATE rollouts SET planning = 1, updated_at = ? WHERE id = ?').run(storage.now(), r.id);
     const published: string[] = [];
     await step(published);
-    expect(store.require(r.id)).to.include({ planning: true, finishedAt: null, state: 'running' });
+    expect(await storage.rollouts.require(r.id)).to.include({ planning: true, finishedAt: null, state: 'running' });
     skew = PLANNING_STALE_MS + 1000;
     await step(published);
-    const done = store.require(r.id);
+    const done = await storage.rollouts.require(r.id);
     expect(done).to.include({ planning: false, state: 'cancelled', stateReason: 'planning interrupted: 3 target(s) recorded, nothing sent' });
     expect(done.finishedAt).to.be.a('number');
-    expect(store.counts(r.id).cancelled).to.equal(3);
+    expect((await storage.rollouts.counts(r.id)).cancelled).to.equal(3);
     expect(published).to.deep.equal([]);
-    expect(reg.listCommands({ fanoutId: r.id })).to.deep.equal([]);
+    expect(await storage.commands.list({ fanoutId: r.id })).to.deep.equal([]);
   });
 
   it('rollout show counts targets in the E_EXPIRED backoff apart from the boards offline', async () => {
     const ids = addDevices('bo', 3);
-    const store = new RolloutStore(reg);
-    const r = await startRollout(reg, await planRollout(reg, keys, { action: 'selftest', selector: { devices: ids }, ratePerMin: 1 }));
-    const now = reg.now();
-    reg.db
+    const r = await startRollout(storage, await planRollout(storage, keys, { action: 'selftest', selector: { devices: ids }, ratePerMin: 1 }));
+    const now = storage.now();
+    storage.db
       .prepare("UPDATE rollout_targets SET attempts = 1, code = 'E_EXPIRED', next_at = ? WHERE rollout_id = ? AND device_id = ?")
       .run(now + 60_000, r.id, 'bo-001');
-    const counts = store.counts(r.id);
-    const outlook = rolloutOutlook(reg, store.require(r.id), counts, now);
+    const counts = await storage.rollouts.counts(r.id);
+    const outlook = await rolloutOutlook(storage, await storage.rollouts.require(r.id), counts, now);
     expect(outlookView(outlook)).to.include({ waiting_online: 2, waiting_offline: 0, waiting_backoff: 1 });
-    expect(formatRolloutSummary(store.require(r.id), counts, [], outlook))
+    expect(formatRolloutSummary(await storage.rollouts.require(r.id), counts, [], outlook))
       .to.match(/^waiting, offline\s+0$/m)
       .and.to.match(/^waiting, backoff after E_EXPIRED\s+1$/m);
-    store.setState(r.id, ['running'], 'cancelled', 'outlook test', 'test');
+    await storage.rollouts.setState(r.id, ['running'], 'cancelled', 'outlook test', 'test');
   });
 
   it('a delete whose selector matches more devices when it is recorded than the plan counted (and was confirmed for) is refused, nothing sent', async () => {
     const first = addDevices('wipe', 3);
-    for (const d of first) reg.addTags(d, ['wipe']);
-    const store = new RolloutStore(reg);
-    const plan = await planRollout(reg, keys, { action: 'delete', selector: { tag: 'wipe' } });
+    for (const d of first) await storage.devices.addTags(d, ['wipe']);
+    const plan = await planRollout(storage, keys, { action: 'delete', selector: { tag: 'wipe' } });
     expect(plan.summary.targets).to.equal(3);
     // Tagged between the confirmation and the start.
-    for (const d of addDevices('wipe-late', 2)) reg.addTags(d, ['wipe']);
-    const before = new Set(store.list({ limit: 1000 }).map((x) => x.id));
-    const err = await startRollout(reg, plan).then(
+    for (const d of addDevices('wipe-late', 2)) await storage.devices.addTags(d, ['wipe']);
+    const before = new Set((await storage.rollouts.list({ limit: 1000 })).map((x) => x.id));
+    const err = await startRollout(storage, plan).then(
       () => undefined,
       (e: unknown) => e,
     );
     expect(err).to.have.property('code', 'E_CONFIRM');
-    const made = store.list({ limit: 1000 }).filter((x) => !before.has(x.id));
+    const made = (await storage.rollouts.list({ limit: 1000 })).filter((x) => !before.has(x.id));
     for (const r of made) {
       expect(r).to.include({ state: 'cancelled', planning: false });
       expect(r.finishedAt).to.be.a('number');
-      expect(store.counts(r.id).pending + store.counts(r.id).sent + store.counts(r.id).sending).to.equal(0);
-      expect(reg.listCommands({ fanoutId: r.id })).to.deep.equal([]);
+      expect(
+        (await storage.rollouts.counts(r.id)).pending + (await storage.rollouts.counts(r.id)).sent + (await storage.rollouts.counts(r.id)).sending,
+      ).to.equal(0);
+      expect(await storage.commands.list({ fanoutId: r.id })).to.deep.equal([]);
     }
     const published: string[] = [];
     skew = 1000;
     await step(published);
     expect(published).to.deep.equal([]);
-    expect(first.map((d) => reg.requireDevice(d).state)).to.deep.equal(['provisioned', 'provisioned', 'provisioned']);
+    expect(await Promise.all(first.map(async (d) => (await storage.devices.require(d)).state))).to.deep.equal(['provisioned', 'provisioned', 'provisioned']);
   });
 
   it('a delete to as many devices as were planned is recorded as before', async () => {
     const ids = addDevices('wipe-ok', 2);
-    for (const d of ids) reg.addTags(d, ['wipe-ok']);
-    const r = await startRollout(reg, await planRollout(reg, keys, { action: 'delete', selector: { tag: 'wipe-ok' } }));
-    expect(new RolloutStore(reg).counts(r.id).pending).to.equal(2);
-    new RolloutStore(reg).setState(r.id, ['running'], 'cancelled', 'delete test', 'test');
+    for (const d of ids) await storage.devices.addTags(d, ['wipe-ok']);
+    const r = await startRollout(storage, await planRollout(storage, keys, { action: 'delete', selector: { tag: 'wipe-ok' } }));
+    expect((await storage.rollouts.counts(r.id)).pending).to.equal(2);
+    await storage.rollouts.setState(r.id, ['running'], 'cancelled', 'delete test', 'test');
   });
 });

@@ -1,5 +1,6 @@
 import { expect } from 'chai';
-import { Registry } from '../../server/registry/registry.js';
+import { openSqliteStorage } from '../../server/storage/sqlite/index.js';
+import { rejection } from '../helpers/rejection.js';
 import { eventually, makeSimDevice } from './sim-fleet.js';
 import { startFixture, type Fixture } from './server-fixture.js';
 
@@ -13,12 +14,16 @@ describe('server: enrollment and the command lifecycle (simulated device, aedes)
   });
 
   it('enrolls with a token, confirms with request, then update, rotate and delete are each acked and recorded', async () => {
-    const reg = f.server.data.registry;
-    const { token } = reg.createToken('sensor-1', 'alice', 60_000);
+    const storage = f.server.data.storage;
+    const { token } = await storage.enrollment.createToken('sensor-1', 'alice', 60_000);
     const dev = f.fleet.add(await makeSimDevice('sensor-1'));
     await f.fleet.enroll(dev, token);
 
-    const provisioned = await eventually(() => reg.getDevice('sensor-1')?.state === 'provisioned' && reg.getDevice('sensor-1'), 10_000, 'provisioned');
+    const provisioned = await eventually(
+      async () => (await storage.devices.get('sensor-1'))?.state === 'provisioned' && (await storage.devices.get('sensor-1')),
+      10_000,
+      'provisioned',
+    );
     expect(provisioned.userId).to.equal('alice');
     expect(provisioned.signing?.kid).to.equal(dev.signing.kid);
     expect(dev.provisioned).to.equal(true);
@@ -32,22 +37,20 @@ describe('server: enrollment and the command lifecycle (simulated device, aedes)
     const oldEnc = dev.encryption.kid;
     const rotate = await f.server.send({ deviceId: 'sensor-1', action: 'rotate' });
     expect((await f.server.waitForAck(rotate.jti, 10_000))?.ackStatus).to.equal('applied');
-    const rotated = reg.requireDevice('sensor-1');
+    const rotated = await storage.devices.require('sensor-1');
     expect(rotated.encryption?.kid).to.equal(dev.encryption.kid).and.not.equal(oldEnc);
     expect(rotated.signing?.kid).to.equal(dev.signing.kid);
 
     const del = await f.server.send({ deviceId: 'sensor-1', action: 'delete' });
     expect(del.encryptionKid).to.equal(dev.encryption.kid);
     expect((await f.server.waitForAck(del.jti, 10_000))?.ackStatus).to.equal('applied');
-    const gone = reg.requireDevice('sensor-1');
+    const gone = await storage.devices.require('sensor-1');
     expect(gone.state).to.equal('decommissioned');
     expect(gone.encryption).to.equal(undefined);
-    expect(() => reg.allocateSeq('sensor-1'))
-      .to.throw()
-      .with.property('code', 'E_DECOMMISSIONED');
+    expect(await rejection(storage.seq.allocate('sensor-1'))).with.property('code', 'E_DECOMMISSIONED');
     expect(dev.applied.map((c) => c.action)).to.deep.equal(['request', 'update', 'rotate', 'delete']);
     expect(dev.applied.map((c) => c.seq)).to.deep.equal([1, 2, 3, 4]);
-    const events = reg.auditLog({ deviceId: 'sensor-1' }).map((a) => a.event);
+    const events = (await storage.audit.log({ deviceId: 'sensor-1' })).map((a) => a.event);
     expect(events).to.include.members(['token.create', 'device.enroll', 'device.provisioned', 'device.rotate', 'device.decommissioned']);
   });
 
@@ -59,29 +62,29 @@ describe('server: enrollment and the command lifecycle (simulated device, aedes)
   }
 
   it('refuses a reused token, an expired token, a token bound to another device and a bad self-signature, registering nothing', async () => {
-    const reg = f.server.data.registry;
+    const storage = f.server.data.storage;
     const first = f.fleet.add(await makeSimDevice('dev-a'));
-    const { token } = reg.createToken('dev-a', 'alice', 60_000);
+    const { token } = await storage.enrollment.createToken('dev-a', 'alice', 60_000);
     await f.fleet.enroll(first, token);
-    await eventually(() => reg.getDevice('dev-a')?.state === 'provisioned', 10_000, 'dev-a provisioned');
+    await eventually(async () => (await storage.devices.get('dev-a'))?.state === 'provisioned', 10_000, 'dev-a provisioned');
 
     // Reuse by another board (other keys) claiming the same id: refused, keys unchanged.
     const impostor = f.fleet.add(await makeSimDevice('dev-a'));
     await refusedEnrollment('E_TOKEN_USED', () => f.fleet.enroll(impostor, token));
-    expect(reg.requireDevice('dev-a').signing?.kid).to.equal(first.signing.kid);
+    expect((await storage.devices.require('dev-a')).signing?.kid).to.equal(first.signing.kid);
 
     // Expired.
-    const clockSkewed = Registry.open(reg.path, { now: () => Date.now() - 120_000 });
-    const expired = clockSkewed.createToken('dev-b', 'alice', 60_000).token;
-    clockSkewed.close();
+    const clockSkewed = openSqliteStorage(storage.info.location, { now: () => Date.now() - 120_000 });
+    const expired = (await clockSkewed.enrollment.createToken('dev-b', 'alice', 60_000)).token;
+    await clockSkewed.close();
     await refusedEnrollment('E_TOKEN_EXPIRED', async () => f.fleet.enroll(f.fleet.add(await makeSimDevice('dev-b')), expired));
-    expect(reg.getDevice('dev-b')).to.equal(undefined);
+    expect(await storage.devices.get('dev-b')).to.equal(undefined);
 
     // Bound to another device.
-    const forC = reg.createToken('dev-c', 'alice', 60_000).token;
+    const forC = (await storage.enrollment.createToken('dev-c', 'alice', 60_000)).token;
     await refusedEnrollment('E_TOKEN_DEVICE', async () => f.fleet.enroll(f.fleet.add(await makeSimDevice('dev-d')), forC));
-    expect(reg.getDevice('dev-d')).to.equal(undefined);
-    expect(reg.getDevice('dev-c')).to.equal(undefined);
+    expect(await storage.devices.get('dev-d')).to.equal(undefined);
+    expect(await storage.devices.get('dev-c')).to.equal(undefined);
 
     // Signed by a key other than the one it enrolls: the self-signature does not verify.
     const other = await makeSimDevice('dev-c');
@@ -91,16 +94,16 @@ describe('server: enrollment and the command lifecycle (simulated device, aedes)
     if (!serverEnc) throw new Error('no server encryption key');
     const forged = await forgeEnrollment(devC, other, forC, serverEnc);
     await refusedEnrollment('E_SIGNATURE', () => f.fleet.publishRaw('provision/dev-c/enroll', forged));
-    expect(reg.getDevice('dev-c')).to.equal(undefined);
+    expect(await storage.devices.get('dev-c')).to.equal(undefined);
 
     // The token bound to dev-c was not consumed by any of this: dev-c enrolls with it.
     await f.fleet.enroll(devC, forC);
-    await eventually(() => reg.getDevice('dev-c')?.state === 'provisioned', 10_000, 'dev-c provisioned');
+    await eventually(async () => (await storage.devices.get('dev-c'))?.state === 'provisioned', 10_000, 'dev-c provisioned');
   });
 
   it('answers a repeated enrollment (same keys, request missed) with the pending request unchanged, and drops forged acks', async () => {
-    const reg = f.server.data.registry;
-    const { token } = reg.createToken('rep-1', 'bob', 60_000);
+    const storage = f.server.data.storage;
+    const { token } = await storage.enrollment.createToken('rep-1', 'bob', 60_000);
     const dev = f.fleet.add(await makeSimDevice('rep-1', 'silent'));
     await f.fleet.enroll(dev, token);
     await eventually(() => f.inbound.find((r) => r.kind === 'enrolled' && !r.repeated), 10_000, 'first enrollment');
@@ -109,9 +112,9 @@ describe('server: enrollment and the command lifecycle (simulated device, aedes)
     const repeated = await eventually(() => f.inbound.find((r) => r.kind === 'enrolled' && r.repeated), 10_000, 'repeated enrollment');
     expect(repeated).to.include({ deviceId: 'rep-1' });
     // The same sealed request, not a new one.
-    const requests = reg.listCommands({ deviceId: 'rep-1' }).filter((c) => c.action === 'request');
+    const requests = (await storage.commands.list({ deviceId: 'rep-1' })).filter((c) => c.action === 'request');
     expect(requests).to.have.length(1);
-    await eventually(() => reg.getDevice('rep-1')?.state === 'provisioned', 10_000, 'provisioned');
+    await eventually(async () => (await storage.devices.get('rep-1'))?.state === 'provisioned', 10_000, 'provisioned');
 
     // An ack for rep-1's command signed by another device's key is dropped; the command stays unanswered.
     const cmd = await f.server.send({ deviceId: 'rep-1', action: 'selftest' });
@@ -133,12 +136,12 @@ describe('server: enrollment and the command lifecycle (simulated device, aedes)
       'forged acks handled',
     );
     expect(results.map((r) => (r.kind === 'dropped' ? r.code : r.kind))).to.include.members(['E_SIGNATURE', 'E_MALFORMED']);
-    expect(reg.getCommand(cmd.jti)?.ackStatus).to.equal(null);
+    expect((await storage.commands.get(cmd.jti))?.ackStatus).to.equal(null);
   });
 
   it('never publishes to a device without a registered key', async () => {
-    const reg = f.server.data.registry;
-    reg.createToken('nokey', 'alice', 60_000);
+    const storage = f.server.data.storage;
+    await storage.enrollment.createToken('nokey', 'alice', 60_000);
     let err: unknown;
     try {
       await f.server.send({ deviceId: 'nokey', action: 'update', userId: 'alice', params: { sensor: { enabled: true } } });
@@ -146,7 +149,7 @@ describe('server: enrollment and the command lifecycle (simulated device, aedes)
       err = e;
     }
     expect(err).to.have.property('code', 'E_NO_DEVICE');
-    expect(reg.listCommands({ deviceId: 'nokey' })).to.have.length(0);
+    expect(await storage.commands.list({ deviceId: 'nokey' })).to.have.length(0);
   });
 });
 

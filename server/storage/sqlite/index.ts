@@ -11,7 +11,7 @@ import { queryAudit } from '../../registry/audit-query.js';
 import { Registry } from '../../registry/registry.js';
 import { ReleaseStore as SqliteReleases } from '../../registry/releases.js';
 import { RolloutStore as SqliteRollouts } from '../../registry/rollouts.js';
-import { sampleIds, summarize } from '../../rollouts/plan.js';
+import { sampleIds, summarize } from './plan-queries.js';
 import type { AuditRecord, TargetState } from '../records.js';
 import type {
   AuditStore,
