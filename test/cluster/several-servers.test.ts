@@ -1,7 +1,7 @@
 /**
  * Several `serve` processes, one fleet: three real `provision-server serve`
  * children (each its own data directory, the server keys copied from the
- * first; `--shared on`, distinct client ids) on one mosquitto and one
+ * first through the join file of server/server-join.ts; `--shared on`, distinct client ids) on one mosquitto and one
  * registry, 2,000 simulated boards (many per MQTT connection), and a rollout
  * at a set rate. Mid-rollout the serve holding the engine lease is SIGKILLed
  * (a survivor takes the lease over with a higher generation), and another
@@ -15,11 +15,12 @@
  * (each serve through its own proxy). Needs mosquitto (REQUIRE_MOSQUITTO=1)
  * and PostgreSQL (REQUIRE_POSTGRES=1) or is skipped with the reason.
  */
-import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
 import { toPublicJwk, type JwkSet } from '../../protocol/index.js';
+import { exportServer, readJoinFile, writeJoinedDataDir } from '../../server/server-join.js';
 import { openStorage, parseRegistryLocation } from '../../server/storage/open.js';
 import type { Storage } from '../../server/storage/types.js';
 import { freePort, mosquittoAvailable, startMosquittoProcess, type MosquittoProcess } from '../helpers/mosquitto-process.js';
@@ -41,26 +42,15 @@ const PARAMS = { sensor: { sample_interval_s: 42 } };
 const SQLITE = process.env.CLUSTER_SQLITE === '1';
 
 /**
- * A second server machine's data directory, made from the first's: the server
- * keys (signing, encryption, release key, server id, trust set), the recorded
- * broker settings, the HTTP token and the release key's public set, with the
- * same modes (keys dir 0700, private keys 0600). Not the registry (shared) nor
- * releases (their files stay with the machine that added them). There is no
- * `provision-server` command for this yet (`keys export`/`init --keys-from`).
+ * A second server machine's data directory, as the product makes one
+ * (server/server-join.ts): the first machine's join file (server keys, release
+ * public set, HTTP token, portable server.json), written 0600, then a data
+ * directory from it. `keys export` / `init --join FILE` are its CLI (not wired
+ * on this branch yet: the functions are called directly).
  */
-async function cloneDataDir(from: string, to: string): Promise<void> {
-  await mkdir(to, { recursive: true, mode: 0o700 });
-  await chmod(to, (await stat(from)).mode & 0o777);
-  const keysFrom = join(from, 'keys');
-  const keysTo = join(to, 'keys');
-  await mkdir(keysTo, { mode: 0o700 });
-  await chmod(keysTo, (await stat(keysFrom)).mode & 0o777);
-  const copy = async (a: string, b: string): Promise<void> => {
-    await copyFile(a, b);
-    await chmod(b, (await stat(a)).mode & 0o777);
-  };
-  for (const name of await readdir(keysFrom)) await copy(join(keysFrom, name), join(keysTo, name));
-  for (const name of ['server.json', 'http.token', 'release.jwks']) await copy(join(from, name), join(to, name));
+async function joinDataDir(from: string, to: string, joinFile: string): Promise<void> {
+  await writeFile(joinFile, `${JSON.stringify(await exportServer(from))}\n`, { mode: 0o600 });
+  await writeJoinedDataDir(to, await readJoinFile(joinFile), {});
 }
 
 /** `serve-CLIENTID-PID` -> the pid. */
@@ -119,7 +109,7 @@ describe('cluster: three serve processes, one registry, 2,000 boards, a rollout 
     const data = Array.from({ length: SERVES }, (_, i) => join(dir as string, `data-${i}`));
     const init = await runServerCli(['init', '--data', data[0] as string, '--broker', broker.url]);
     expect(init.code, init.stderr).to.equal(0);
-    for (const d of data.slice(1)) await cloneDataDir(data[0] as string, d);
+    for (const d of data.slice(1)) await joinDataDir(data[0] as string, d, join(dir, 'server.join'));
     for (const d of data.slice(1)) {
       expect((await stat(join(d, 'keys', 'signing.jwk'))).mode & 0o777).to.equal(0o600);
       expect((await stat(join(d, 'keys'))).mode & 0o777).to.equal(0o700);
