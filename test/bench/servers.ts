@@ -57,13 +57,14 @@ const round = (x: number, d = 1): number => Math.round(x * 10 ** d) / 10 ** d;
 export async function benchServers(options: { boards: number; concurrency: number; sealFloorMs: number; log: (s: string) => void }): Promise<ServersFigures> {
   const { boards: n, concurrency } = options;
   const dir = await mkdtemp(join(tmpdir(), 'bench-servers-'));
-  const broker = await startMosquittoProcess({ persistence: false });
   let pg: PgCluster | undefined;
   const skipped: string[] = [];
   const runs: ServersRun[] = [];
   try {
     const first = join(dir, 'data-0');
-    await initDataDir(first, { broker: { url: broker.url } });
+    // Each configuration gets a mosquitto of its own (given to serve with --broker): a stopped serve's
+    // persistent session stays in the $share group, and the broker would go on handing it a share of the acks.
+    await initDataDir(first, { broker: { url: 'mqtt://127.0.0.1:1883' } });
     const second = join(dir, 'data-1');
     const joinFile = join(dir, 'server.join');
     await writeFile(joinFile, `${JSON.stringify(await exportServer(first))}\n`, { mode: 0o600 });
@@ -86,24 +87,28 @@ export async function benchServers(options: { boards: number; concurrency: numbe
       options.log(`servers: ${config.serves} serve${config.serves > 1 ? 's' : ''} on ${config.registry}, rollout to ${n} boards ...`);
       const location =
         config.registry === 'postgres' ? await (pg as PgCluster).createDatabase(`bench_servers_${process.pid}_${k}`) : join(first, `bench-${k}.sqlite`);
-      runs.push(
-        await runOnce({
-          location,
-          serves: config.serves,
-          dataDirs: [first, second],
-          boards,
-          brokerUrl: broker.url,
-          trust,
-          token,
-          concurrency,
-          sealFloorMs: options.sealFloorMs,
-        }),
-      );
+      const broker = await startMosquittoProcess({ persistence: false });
+      try {
+        runs.push(
+          await runOnce({
+            location,
+            serves: config.serves,
+            dataDirs: [first, second],
+            boards,
+            brokerUrl: broker.url,
+            trust,
+            token,
+            concurrency,
+            sealFloorMs: options.sealFloorMs,
+          }),
+        );
+      } finally {
+        await broker.close();
+      }
     }
     return { boards: n, concurrency, seal_floor_per_s: round(1000 / options.sealFloorMs), runs, skipped };
   } finally {
     await pg?.stop();
-    await broker.close();
     await rm(dir, { recursive: true, force: true });
   }
 }
@@ -142,7 +147,18 @@ async function runOnce(o: {
     for (const d of o.boards) fleet.add(d);
     const httpPort = await freePort();
     for (let i = 0; i < o.serves; i++) {
-      const args = ['--data', o.dataDirs[i] as string, '--registry', o.location, '--shared', 'on', '--client-id', `bench-servers-${process.pid}-${i}`];
+      const args = [
+        '--data',
+        o.dataDirs[i] as string,
+        '--broker',
+        o.brokerUrl,
+        '--registry',
+        o.location,
+        '--shared',
+        'on',
+        '--client-id',
+        `bench-servers-${process.pid}-${i}`,
+      ];
       serves.push(await startServeProcess([...args, ...(i === 0 ? ['--http', `127.0.0.1:${httpPort}`] : [])], 30_000));
     }
     const t0 = performance.now();
