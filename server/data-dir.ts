@@ -85,23 +85,38 @@ export interface InitOptions {
   registry?: string;
 }
 
-/** Creates keys, registry, recorded broker defaults and the HTTP bearer token. */
-export async function initDataDir(dir: string, options: InitOptions = {}): Promise<DataPaths> {
+/** What `init` made: the paths, and where the registry is. */
+export interface InitResult extends DataPaths {
+  registryLocation: RegistryLocation;
+}
+
+/**
+ * Creates keys, registry, recorded broker defaults and the HTTP bearer token.
+ * The registry: options.registry (recorded in server.json), else the one env
+ * PROVISION_SERVER_REGISTRY names (not recorded), else DATA/registry.sqlite.
+ */
+export async function initDataDir(dir: string, options: InitOptions = {}): Promise<InitResult> {
   const paths = dataPaths(dir);
   const prefix = options.topicPrefix ?? DEFAULT_TOPIC_PREFIX;
   assertValidPrefix(prefix);
+  const given = options.registry !== undefined ? parseRegistryLocation(options.registry) : undefined;
+  const env = process.env[REGISTRY_ENV];
+  const named = given ?? (env !== undefined && env.trim() !== '' ? parseRegistryLocation(env) : undefined);
+  const location: RegistryLocation =
+    named?.kind === 'sqlite' ? { kind: 'sqlite', path: resolve(named.path) } : (named ?? { kind: 'sqlite', path: paths.registry });
+  // A PostgreSQL registry is reached (and migrated) before anything is made: one that cannot be reached leaves no keys behind.
+  if (location.kind === 'postgres') await (await openStorage(location, { create: true })).close();
   await ensurePrivateDir(paths.dir);
   await initServerKeys(paths.keys, { ...(options.serverId ? { serverId: options.serverId } : {}), ...(options.force ? { force: true } : {}) });
   // The release key (server/release-key.ts): made with the data directory; kept when it exists and keys are not replaced.
   if (options.force || !(await exists(join(paths.keys, 'release.jwk')))) {
     await generateReleaseKey(paths.dir, { force: true });
   }
-  const given = options.registry !== undefined ? parseRegistryLocation(options.registry) : undefined;
-  const location: RegistryLocation =
-    given?.kind === 'sqlite' ? { kind: 'sqlite', path: resolve(given.path) } : (given ?? { kind: 'sqlite', path: paths.registry });
   // Created (SQLite: the file; PostgreSQL: the schema migrated) now, so serve and the commands find it.
-  await (await openStorage(location, { create: true })).close();
-  if (location.kind === 'sqlite') await chmod(location.path, 0o600);
+  if (location.kind === 'sqlite') {
+    await (await openStorage(location, { create: true })).close();
+    await chmod(location.path, 0o600);
+  }
   const broker = options.broker ?? { url: DEFAULT_BROKER_URL };
   const recorded: Record<string, unknown> = {
     broker: { url: broker.url, ...absolutePaths(broker) },
@@ -121,7 +136,7 @@ export async function initDataDir(dir: string, options: InitOptions = {}): Promi
   if (options.force || !(await exists(paths.httpToken))) {
     await writeFileAtomic(paths.httpToken, `${randomBytes(32).toString('base64url')}\n`, { mode: 0o600 });
   }
-  return paths;
+  return { ...paths, registryLocation: location };
 }
 
 function absolutePaths(b: BrokerSettings): Partial<BrokerSettings> {

@@ -1,8 +1,7 @@
 /** `provision-server init`: create the data directory: server keys, registry, broker defaults, HTTP token. */
-import { resolve } from 'node:path';
 import { CodedError, DEFAULT_TOPIC_PREFIX } from '../../protocol/index.js';
 import { DEFAULT_BROKER_URL, initDataDir, type BrokerSettings } from '../data-dir.js';
-import { parseRegistryLocation, redactUrl } from '../storage/open.js';
+import { redactUrl } from '../storage/open.js';
 import { DEFAULT_SERVER_ID } from '../server-keys.js';
 import { withBroker, withData } from './common.js';
 import { defineCommand } from '../../lib/cli.js';
@@ -49,8 +48,8 @@ export const initCommand = defineCommand({
       force: args.force,
       ...(args.registry !== undefined ? { registry: args.registry } : {}),
     });
-    const given = args.registry !== undefined ? parseRegistryLocation(args.registry) : undefined;
-    const registry = given === undefined ? paths.registry : given.kind === 'postgres' ? redactUrl(given.url) : resolve(given.path);
+    const where = paths.registryLocation;
+    const registry = where.kind === 'postgres' ? redactUrl(where.url) : where.path;
     process.stdout.write(
       `initialised ${paths.dir}\n  keys:     ${paths.keys} (devices pin ${paths.keys}/trust.jwks)\n  registry: ${registry}\n  broker:   ${broker.url}\n${deviceBroker ? `  boards:   ${deviceBroker.url}\n` : ''}  HTTP API bearer token: ${paths.httpToken}\n`,
     );

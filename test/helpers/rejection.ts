@@ -4,7 +4,7 @@ export async function rejection(p: Promise<unknown>): Promise<Error & { code?: s
     await p;
   } catch (e) {
     if (e instanceof Error) return e;
-    throw new Error(`rejected with a non-Error: ${String(e)}`);
+    throw new Error(`rejected with a non-Error: ${String(e)}`, { cause: e });
   }
   throw new Error('expected a rejection; the promise resolved');
 }

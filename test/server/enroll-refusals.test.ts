@@ -31,18 +31,18 @@ describe('server: refused enrollments are aggregated in the audit', () => {
       sinkLogger((level, event) => lines.push({ level, event })),
       { windowMs: 60_000 },
     );
-    for (let i = 0; i < 500; i++) r.refused('dev-a', 'E_TOKEN_INVALID', 'the enrollment token is unknown', true);
-    r.refused('dev-a', 'E_TOKEN_USED', 'used', true);
-    for (let i = 0; i < 50; i++) r.refused('dev-b', 'E_SIGNATURE', 'bad signature', false);
+    for (let i = 0; i < 500; i++) await r.refused('dev-a', 'E_TOKEN_INVALID', 'the enrollment token is unknown', true);
+    await r.refused('dev-a', 'E_TOKEN_USED', 'used', true);
+    for (let i = 0; i < 50; i++) await r.refused('dev-b', 'E_SIGNATURE', 'bad signature', false);
     expect((await rows()).map((a) => [a.deviceId, a.detail.code, a.detail.count])).to.deep.equal([
       ['dev-a', 'E_TOKEN_INVALID', 1],
       ['dev-a', 'E_TOKEN_USED', 1],
     ]);
     now += 30_000;
-    r.flush();
+    await r.flush();
     expect(await rows()).to.have.length(2); // the window is still open
     now += 30_000;
-    r.flush();
+    await r.flush();
     const after = await rows();
     expect(after.map((a) => [a.deviceId, a.detail.code, a.detail.count, a.detail.aggregated])).to.deep.equal([
       ['dev-a', 'E_TOKEN_INVALID', 1, undefined],
@@ -53,15 +53,15 @@ describe('server: refused enrollments are aggregated in the audit', () => {
     expect(lines.filter((l) => l.event === 'enroll.dropped')).to.have.length(3);
     expect(lines.filter((l) => l.event === 'enroll.dropped.summary')).to.have.length(2);
     // A new window starts with an immediate row again.
-    r.refused('dev-a', 'E_TOKEN_INVALID', 'again', true);
+    await r.refused('dev-a', 'E_TOKEN_INVALID', 'again', true);
     expect(await rows()).to.have.length(4);
-    r.close();
+    await r.close();
   });
 
   it('tracks at most maxKeys devices per window; the rest are counted per code without a device id, and close() flushes all', async () => {
     const r = new EnrollRefusals(storage, silentLogger, { windowMs: 60_000, maxKeys: 3 });
-    for (let d = 0; d < 100; d++) for (let i = 0; i < 2; i++) r.refused(`dev-${d}`, 'E_TOKEN_INVALID', 'unknown', true);
-    r.close();
+    for (let d = 0; d < 100; d++) for (let i = 0; i < 2; i++) await r.refused(`dev-${d}`, 'E_TOKEN_INVALID', 'unknown', true);
+    await r.close();
     const all = await rows();
     expect(all.length).to.equal(3 + 3 + 1);
     expect(all.filter((a) => a.deviceId === null).map((a) => a.detail.count)).to.deep.equal([97 * 2]);
