@@ -26,6 +26,7 @@ import { brokerFrom, openDataDir, readHttpToken, type BrokerSettings, type Opene
 import { createHttpApi } from './http-api.js';
 import { EnrollRefusals } from './enroll-refusals.js';
 import { handleInbound, type InboundContext, type InboundResult } from './inbound.js';
+import { handleUntilStored } from './inbound-retry.js';
 import { silentLogger, type Logger } from '../lib/log.js';
 import { connectBroker, publishQos1 } from './mqtt-connection.js';
 import { ReportIntake, type ReportDropCounts, type ReportIntakeOptions } from './report-intake.js';
@@ -98,6 +99,7 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
   let engine: RolloutEngine | undefined;
   const enrollRefusals = new EnrollRefusals(storage, log);
   const reports = new ReportIntake(log, options.reports);
+  const stopping = { now: false };
   try {
     // The HTTP token is checked before the broker is contacted: a bad --http-token-file changes nothing.
     const httpToken = options.http ? await readHttpToken(options.httpTokenFile ?? data.paths.httpToken) : undefined;
@@ -107,13 +109,18 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
     const set: { ctx?: InboundContext } = {};
     let setUp: (ctx: InboundContext) => void = () => undefined;
     const context = new Promise<InboundContext>((resolve) => (setUp = resolve));
+    // A message that failed for a lost registry connection is handled again until it can be (server/inbound-retry.ts).
     const handle: MqttClient['handleMessage'] = (packet, callback) => {
       const payload = typeof packet.payload === 'string' ? packet.payload : Buffer.from(packet.payload);
-      const handled = set.ctx ? handleInbound(set.ctx, packet.topic, payload) : context.then((ctx) => handleInbound(ctx, packet.topic, payload));
-      void handled
-        .then((result) => options.onInbound?.(result))
-        .catch(() => undefined)
-        .finally(() => callback());
+      const once = (): Promise<InboundResult> =>
+        set.ctx ? handleInbound(set.ctx, packet.topic, payload) : context.then((ctx) => handleInbound(ctx, packet.topic, payload));
+      void handleUntilStored(once, () => stopping.now)
+        .then((result) => {
+          if (result === undefined) return; // the server stopped first: not PUBACKed, the broker delivers it again
+          options.onInbound?.(result);
+          callback();
+        })
+        .catch(() => callback());
     };
     client = await connectBroker(broker, { clientId, clean: false, handleMessage: handle });
     enrollClient = await connectBroker(broker, { clientId: `${clientId}-enroll`, clean: false, handleMessage: handle });
@@ -215,6 +222,7 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
       close: async () => {
         if (closed) return;
         closed = true;
+        stopping.now = true;
         waiters.cancelAll();
         changeLog.stop();
         await rollouts?.stop();
@@ -235,6 +243,7 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
       },
     };
   } catch (err) {
+    stopping.now = true;
     httpServer?.close();
     await engine?.stop();
     await client?.endAsync(true).catch(() => undefined);

@@ -4,7 +4,8 @@
  *
  * Sections: protocol (node-jose vs node:crypto floor), agent (RSS and start
  * vs a bare node), server (sealed commands/s to mosquitto for a registered
- * fleet vs the seal floor), end to end (command-to-verified-ack latency with
+ * fleet vs the seal floor), servers (a rollout through 1 and 2 `serve` processes
+ * on PostgreSQL and 1 on SQLite, commands/s vs the seal floor), end to end (command-to-verified-ack latency with
  * simulated agents, each its own MQTT connection), rollout (serve's engine on
  * aedes with a simulated fleet in a worker thread: throughput, achieved rate,
  * held delivery to boards that come back), upgrade (send -> applied of an agent upgrade, agent-only and with its own Node, on a host board), footprint (production install). `--only=protocol,agent,...` runs a subset; `--runs=N` takes the
@@ -24,6 +25,7 @@ import { benchFootprint, type FootprintFigures } from './footprint.js';
 import { benchProtocol, type ProtocolFigures } from './protocol.js';
 import { benchRollout, type RolloutFigures } from './rollout.js';
 import { benchServer, type ServerFigures } from './server.js';
+import { benchServers, type ServersFigures } from './servers.js';
 import { benchUpgrade, type UpgradeFigures } from './upgrade.js';
 import { DEFAULT_NODE_VERSION as UPGRADE_NODE_VERSION } from '../../provisioning/builder/targets.js';
 
@@ -61,6 +63,7 @@ const results: {
   protocol?: ProtocolFigures;
   agent?: AgentFigures;
   server?: ServerFigures;
+  servers?: ServersFigures;
   e2e?: E2eFigures[];
   rollout?: RolloutFigures;
   upgrade?: UpgradeFigures;
@@ -72,7 +75,7 @@ const results: {
 };
 
 const t0 = performance.now();
-if (want('protocol') || want('server')) {
+if (want('protocol') || want('server') || want('servers')) {
   log('protocol: seal and open+verify, node-jose vs node:crypto ...');
   results.protocol = await benchProtocol(quick ? 200 : 2000);
 }
@@ -90,6 +93,11 @@ if (want('server')) {
     sealFloorMs: results.protocol?.seal_floor_ms ?? NaN,
     sealWorkers: [1, 2],
   });
+}
+if (want('servers')) {
+  const boards = quick ? 300 : 2000;
+  log(`servers: rollouts to ${boards} simulated boards through 1 and 2 serve processes on PostgreSQL and 1 on SQLite ...`);
+  results.servers = await benchServers({ boards, concurrency: 256, sealFloorMs: results.protocol?.seal_floor_ms ?? NaN, log });
 }
 if (want('e2e')) {
   const agents = quick ? 200 : 1000;
@@ -197,6 +205,17 @@ if (s) {
     ...s.seal_workers.map((w) => `  with --seal-workers ${w.workers}: ${w.commands_per_s}/s   ratio ${w.ratio_to_seal_floor}`),
     `  parts alone:      node-jose seal ${s.seal_only_per_s}/s, registry one command per transaction ${s.registry_only_per_s}/s, batched ${s.concurrency} per transaction ${s.registry_batched_per_s}/s`,
   );
+}
+const sv = results.servers;
+if (sv) {
+  lines.push(
+    `servers (rollout to ${sv.boards} simulated boards, POST /rollouts, no rate limit, ${sv.concurrency} in flight; boards, mosquitto and PostgreSQL on this machine)`,
+  );
+  for (const r of sv.runs)
+    lines.push(
+      `  ${r.serves} serve${r.serves > 1 ? 's' : ' '} on ${r.registry.padEnd(8)}  sent ${r.sent_per_s}/s (all sent ${r.sent_s} s)   applied ${r.applied_per_s}/s (all acked ${r.applied_s} s)   seal floor ${sv.seal_floor_per_s}/s   ratio ${r.ratio_to_seal_floor} (sent/s)`,
+    );
+  for (const s of sv.skipped) lines.push(`  skipped ${s}`);
 }
 for (const e of results.e2e ?? []) {
   lines.push(
