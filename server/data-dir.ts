@@ -16,8 +16,8 @@ import { writeFileAtomic } from '../lib/durable-file.js';
 import { ensurePrivateDir, exists } from '../lib/fs.js';
 import { openStorage, parseRegistryLocation, REGISTRY_ENV, type RegistryLocation } from './storage/open.js';
 import type { Storage } from './storage/types.js';
-import { generateReleaseKey } from './release-key.js';
-import { initServerKeys, loadServerKeys, type ServerKeys } from './server-keys.js';
+import { generateReleaseKey } from './keys/release-key.js';
+import { initServerKeys, loadServerKeys, type ServerKeys } from './keys/server-keys.js';
 
 export const DEFAULT_DATA_DIR = '/var/lib/provision-server';
 export const DEFAULT_BROKER_URL = 'mqtts://localhost:8883';

@@ -6,8 +6,8 @@
  * it at most once), and only the rest are sealed anew.
  */
 import type { Action } from '../protocol/index.js';
-import type { AckWaiters } from './ack-waiters.js';
-import type { CommandSender } from './command-sender.js';
+import type { AckWaiters } from './core/ack-waiters.js';
+import type { CommandSender } from './core/command-sender.js';
 import { isRegistryError } from './registry/errors.js';
 import type { CommandRecord, FanoutRecord } from './storage/records.js';
 import type { Storage } from './storage/types.js';

@@ -20,18 +20,18 @@ import type { MqttClient } from 'mqtt';
 import { assertJosePatched, CodedError, type ReportClaims } from '../protocol/index.js';
 import { RolloutEngine } from './rollouts/engine.js';
 import { RolloutChangeLog } from './rollouts/change-log.js';
-import { AckWaiters } from './ack-waiters.js';
-import { CommandSender, type SendRequest } from './command-sender.js';
+import { AckWaiters } from './core/ack-waiters.js';
+import { CommandSender, type SendRequest } from './core/command-sender.js';
 import { brokerFrom, openDataDir, readHttpToken, type BrokerSettings, type OpenedData } from './data-dir.js';
-import { createHttpApi } from './http-api.js';
-import { EnrollRefusals } from './enroll-refusals.js';
-import { handleInbound, type InboundContext, type InboundResult } from './inbound.js';
+import { createHttpApi } from './http/http-api.js';
+import { EnrollRefusals } from './core/enroll-refusals.js';
+import { handleInbound, type InboundContext, type InboundResult } from './core/inbound.js';
 import { silentLogger, type Logger } from '../lib/log.js';
-import { connectBroker, publishQos1 } from './mqtt-connection.js';
-import { ReportIntake, type ReportDropCounts, type ReportIntakeOptions } from './report-intake.js';
+import { connectBroker, publishQos1 } from './core/mqtt-connection.js';
+import { ReportIntake, type ReportDropCounts, type ReportIntakeOptions } from './core/report-intake.js';
 import type { CommandRecord } from './storage/records.js';
 import { ChunkServer, type ChunkResult, type ChunkServerOptions } from './chunk-server.js';
-import { subscribeFleet, unsubscribeFleet, type SharedMode } from './subscriptions.js';
+import { subscribeFleet, unsubscribeFleet, type SharedMode } from './core/subscriptions.js';
 
 export interface ServeOptions {
   dataDir: string;

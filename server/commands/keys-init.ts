@@ -1,7 +1,7 @@
 /** `provision-server keys init`: create the server's key pairs and the trust anchors devices pin. */
 import { join } from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
-import { DEFAULT_SERVER_ID, initServerKeys } from '../server-keys.js';
+import { DEFAULT_SERVER_ID, initServerKeys } from '../keys/server-keys.js';
 import { defineCommand } from '../../lib/cli.js';
 
 const initCommand = defineCommand({

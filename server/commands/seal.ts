@@ -2,8 +2,8 @@
 import { ACTIONS, checkCommandInput, CodedError, parseJwkSet, sealCommand } from '../../protocol/index.js';
 import { deviceIdFlag, readJsonFile } from '../../lib/cli-input.js';
 import { parseCommandTtl } from '../duration.js';
-import { nextSealSeq } from '../seal-counter.js';
-import { loadServerKeys } from '../server-keys.js';
+import { nextSealSeq } from '../core/seal-counter.js';
+import { loadServerKeys } from '../keys/server-keys.js';
 import { defineCommand } from '../../lib/cli.js';
 
 export const sealCommandModule = defineCommand({

@@ -13,12 +13,12 @@ import { silentLogger, type Logger } from '../../lib/log.js';
 import { progressBar } from '../fanout.js';
 import { ROLLOUT_LEASE, RolloutEngine } from '../rollouts/engine.js';
 import { planRollout, startRollout, type RolloutRequest } from '../rollouts/plan.js';
-import { formatPlan, formatRolloutSummary, planView, progressOf, rolloutView } from '../rollouts/views.js';
+import { formatPlan, formatRolloutSummary, planView, progressOf, rolloutView } from '../rollouts/rollout-views.js';
 import { watchRollout } from '../rollouts/watch.js';
 import { checkConfirmation, needsConfirmation } from '../rollouts/confirm.js';
 import { ProgressLines } from '../rollouts/progress.js';
 import { planWarnings } from '../rollouts/warnings.js';
-import { openSendClient } from '../send-client.js';
+import { openSendClient } from '../core/send-client.js';
 
 export interface RolloutCliOptions {
   data: OpenedData;

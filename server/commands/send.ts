@@ -19,17 +19,17 @@ import {
 } from '../../protocol/index.js';
 import { deviceIdFlag, readInput } from '../../lib/cli-input.js';
 import { printable } from '../terminal-text.js';
-import { prepareCommand } from '../command-sender.js';
+import { prepareCommand } from '../core/command-sender.js';
 import type { RolloutSelector } from '../storage/records.js';
 import { parsePercent, parseRate } from '../rollouts/plan.js';
 import { runRolloutCli } from './send-rollout.js';
 import { brokerFrom, openDataDir } from '../data-dir.js';
 import { parseCommandTtl, parseDuration } from '../duration.js';
-import { MAX_SEAL_WORKERS } from '../seal-pool.js';
+import { MAX_SEAL_WORKERS } from '../core/seal-pool.js';
 import { DEFAULT_FANOUT_CONCURRENCY, formatFanoutSummary, progressBar, runFanout } from '../fanout.js';
 import { createLogger } from '../../lib/log.js';
-import { openSendClient } from '../send-client.js';
-import { commandView } from '../views.js';
+import { openSendClient } from '../core/send-client.js';
+import { commandView } from '../http/record-views.js';
 import { brokerOverride, withBroker, withData, registryOption } from './common.js';
 import { defineCommand } from '../../lib/cli.js';
 

@@ -11,13 +11,13 @@
  * the event loop for seconds.
  */
 import { type Action, ACTIONS, CodedError, DEFAULT_COMMAND_TTL_SECONDS, isAction, isRecord, MAX_TTL_SECONDS, validateParams } from '../../protocol/index.js';
-import { prepareCommand, userIdText } from '../command-sender.js';
-import { presenceOf, type Presence } from '../presence.js';
+import { prepareCommand, userIdText } from '../core/command-sender.js';
+import { presenceOf, type Presence } from '../core/presence.js';
 import type { RolloutRecord, RolloutSelector, RolloutSpec } from '../storage/records.js';
 import type { Storage } from '../storage/types.js';
-import type { ServerKeys } from '../server-keys.js';
+import type { ServerKeys } from '../keys/server-keys.js';
 import { DESTRUCTIVE_ACTIONS } from './confirm.js';
-import { checkReleaseExists, checkUpgradeRequest, isUpgradeRequest } from '../upgrade-params.js';
+import { checkReleaseExists, checkUpgradeRequest, isUpgradeRequest } from '../core/actions/upgrade-params.js';
 
 export const DEFAULT_DELIVER_WITHIN_MS = 24 * 3600 * 1000;
 export const MAX_DELIVER_WITHIN_MS = 30 * 24 * 3600 * 1000;

@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import { toPublicJwk, type AckClaims, type ReleaseManifest } from '../../protocol/index.js';
-import { ackEffectsOf } from '../../server/actions/table.js';
+import { ackEffectsOf } from '../../server/core/actions/table.js';
 import { Registry } from '../../server/registry/registry.js';
 import { ReleaseStore } from '../../server/registry/releases.js';
 import { RolloutStore } from '../../server/registry/rollouts.js';

@@ -4,7 +4,7 @@
  * SQLite, PLAN_CHUNK devices at a time with the event loop free in between,
  * never a list of the fleet in memory.
  */
-import { PRESENCE_GRACE } from '../../presence.js';
+import { PRESENCE_GRACE } from '../../core/presence.js';
 import type { Registry } from '../../registry/registry.js';
 import { PLAN_CHUNK, selectorCondition, targetProblemSql, type RolloutSelector } from '../../registry/rollouts.js';
 import type { PlanSummary } from '../records.js';

@@ -8,7 +8,7 @@
  * (`report.drops`), never one per report: a report not newer than the one
  * recorded (a replay, a late will), one over the rate, one still without keys.
  */
-import type { Logger } from '../lib/log.js';
+import type { Logger } from '../../lib/log.js';
 import { ReportRateLimit, type ReportRateOptions } from './report-rate-limit.js';
 
 export interface ReportIntakeOptions {

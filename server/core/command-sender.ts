@@ -9,15 +9,15 @@
  * transaction recording it committed, as before.
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { type Action, type ActionParams, checkCommandInput, CodedError, commandTopic, isRecord } from '../protocol/index.js';
+import { type Action, type ActionParams, checkCommandInput, CodedError, commandTopic, isRecord } from '../../protocol/index.js';
 import { serverAction } from './actions/table.js';
 import { GroupCommit } from './group-commit.js';
-import { RegistryError } from './registry/errors.js';
-import { isUpgradeRequest, manifestArtifactSha256, resolveUpgrade } from './upgrade-params.js';
-import type { CommandRecord, DeviceRecord, NewCommand } from './storage/records.js';
-import type { Storage } from './storage/types.js';
+import { RegistryError } from '../registry/errors.js';
+import { isUpgradeRequest, manifestArtifactSha256, resolveUpgrade } from './actions/upgrade-params.js';
+import type { CommandRecord, DeviceRecord, NewCommand } from '../storage/records.js';
+import type { Storage } from '../storage/types.js';
 import { sealInProcess, type Seal } from './seal-pool.js';
-import type { ServerKeys } from './server-keys.js';
+import type { ServerKeys } from '../keys/server-keys.js';
 
 export type Publish = (topic: string, payload: string) => Promise<void>;
 

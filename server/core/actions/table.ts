@@ -5,9 +5,9 @@
  * table is checked against the protocol's ACTIONS: an action added there is a
  * compile error here until its server side is written.
  */
-import { isAction, type AckClaims, type Action, type PublicJwk } from '../../protocol/index.js';
-import type { CommandRecord } from '../storage/records.js';
-import type { AckEffect } from '../storage/types.js';
+import { isAction, type AckClaims, type Action, type PublicJwk } from '../../../protocol/index.js';
+import type { CommandRecord } from '../../storage/records.js';
+import type { AckEffect } from '../../storage/types.js';
 
 /** The keys a rotate ack reports, parsed and checked by the caller. */
 export interface RotatedKeys {

@@ -21,21 +21,21 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { ACTIONS, CodedError, isAction, isCodedError, isProtocolError, isRecord, isValidId } from '../protocol/index.js';
-import { userIdText, type CommandSender } from './command-sender.js';
-import type { Logger } from '../lib/log.js';
-import type { Storage } from './storage/types.js';
-import { commandView, deviceView } from './views.js';
-import type { AuditFilter, RolloutRecord, RolloutSelector } from './storage/records.js';
-import { planRollout, startRollout, type RolloutRequest } from './rollouts/plan.js';
-import { planView, rolloutView } from './rollouts/views.js';
-import { ROLLOUT_CONTROLS } from './rollouts/controls.js';
-import { checkConfirmation } from './rollouts/confirm.js';
-import { planRetry, retryView, startRetry } from './rollouts/retry.js';
-import { planWarnings } from './rollouts/warnings.js';
-import type { ServerKeys } from './server-keys.js';
-import { releaseView } from './releases/views.js';
-import { auditView, parseAuditFilter, type AuditFilterInput } from './audit-filter.js';
+import { ACTIONS, CodedError, isAction, isCodedError, isProtocolError, isRecord, isValidId } from '../../protocol/index.js';
+import { userIdText, type CommandSender } from '../core/command-sender.js';
+import type { Logger } from '../../lib/log.js';
+import type { Storage } from '../storage/types.js';
+import { commandView, deviceView } from './record-views.js';
+import type { AuditFilter, RolloutRecord, RolloutSelector } from '../storage/records.js';
+import { planRollout, startRollout, type RolloutRequest } from '../rollouts/plan.js';
+import { planView, rolloutView } from '../rollouts/rollout-views.js';
+import { ROLLOUT_CONTROLS } from '../rollouts/controls.js';
+import { checkConfirmation } from '../rollouts/confirm.js';
+import { planRetry, retryView, startRetry } from '../rollouts/retry.js';
+import { planWarnings } from '../rollouts/warnings.js';
+import type { ServerKeys } from '../keys/server-keys.js';
+import { releaseView } from '../releases/views.js';
+import { auditView, parseAuditFilter, type AuditFilterInput } from '../audit-filter.js';
 
 export const MAX_BODY_BYTES = 64 * 1024;
 

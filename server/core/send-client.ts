@@ -5,12 +5,12 @@
  * ack; either way the waiter sees it).
  */
 import type { MqttClient } from 'mqtt';
-import { ackTopic, fleetFilter, type ReportClaims } from '../protocol/index.js';
+import { ackTopic, fleetFilter, type ReportClaims } from '../../protocol/index.js';
 import { AckWaiters } from './ack-waiters.js';
 import { CommandSender } from './command-sender.js';
-import type { BrokerSettings, OpenedData } from './data-dir.js';
+import type { BrokerSettings, OpenedData } from '../data-dir.js';
 import { handleInbound } from './inbound.js';
-import { silentLogger, type Logger } from '../lib/log.js';
+import { silentLogger, type Logger } from '../../lib/log.js';
 import { connectBroker, publishQos1 } from './mqtt-connection.js';
 import { SealPool } from './seal-pool.js';
 

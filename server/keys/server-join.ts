@@ -12,9 +12,9 @@
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { CodedError, isRecord, parsePrivateJwk, toJwkSet, type PrivateJwk } from '../protocol/index.js';
-import { writeFileAtomic } from '../lib/durable-file.js';
-import { ensurePrivateDir, exists } from '../lib/fs.js';
+import { CodedError, isRecord, parsePrivateJwk, toJwkSet, type PrivateJwk } from '../../protocol/index.js';
+import { writeFileAtomic } from '../../lib/durable-file.js';
+import { ensurePrivateDir, exists } from '../../lib/fs.js';
 import { readPrivateKeyFile } from './server-keys.js';
 
 export const JOIN_FORMAT = 'provision-server-join/1';
