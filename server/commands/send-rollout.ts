@@ -18,7 +18,7 @@ import { watchRollout } from '../rollouts/watch.js';
 import { checkConfirmation, needsConfirmation } from '../rollouts/confirm.js';
 import { ProgressLines } from '../rollouts/progress.js';
 import { planWarnings } from '../rollouts/warnings.js';
-import { openSendClient } from '../core/send-client.js';
+import { openSendSession } from '../core/send-session.js';
 
 export interface RolloutCliOptions {
   data: OpenedData;
@@ -92,7 +92,7 @@ export async function followRollout(o: FollowOptions): Promise<number> {
   const { data } = o;
   const store = data.storage.rollouts;
   let engine: RolloutEngine | undefined;
-  const client = await openSendClient(data, o.broker, {
+  const client = await openSendSession(data, o.broker, {
     acksOf: 'all',
     sealWorkers: o.sealWorkers,
     onReport: (deviceId, claims) => engine?.onReport(deviceId, claims),

@@ -28,7 +28,7 @@ import { parseCommandTtl, parseDuration } from '../duration.js';
 import { MAX_SEAL_WORKERS } from '../core/seal-pool.js';
 import { DEFAULT_FANOUT_CONCURRENCY, formatFanoutSummary, progressBar, runFanout } from '../fanout.js';
 import { createLogger } from '../../lib/log.js';
-import { openSendClient } from '../core/send-client.js';
+import { openSendSession } from '../core/send-session.js';
 import { commandView } from '../http/record-views.js';
 import { brokerOverride, withBroker, withData, registryOption } from './common.js';
 import { defineCommand } from '../../lib/cli.js';
@@ -231,7 +231,7 @@ export const sendCommand = defineCommand({
         return;
       }
       if (fanoutResume) {
-        const client = await openSendClient(data, broker, { acksOf: 'all', sealWorkers: args.sealWorkers, ...(log ? { log } : {}) });
+        const client = await openSendSession(data, broker, { acksOf: 'all', sealWorkers: args.sealWorkers, ...(log ? { log } : {}) });
         try {
           const tty = process.stderr.isTTY;
           const summary = await runFanout({
@@ -262,19 +262,22 @@ export const sendCommand = defineCommand({
         ...(ttlSeconds ? { ttlSeconds } : {}),
       };
       await prepareCommand(data.storage, data.keys, request);
-      const client = await openSendClient(data, broker, { acksOf: args.wait ? [deviceId] : [], ...(log ? { log } : {}) });
+      const session = await openSendSession(data, broker, { acksOf: args.wait ? [deviceId] : [], ...(log ? { log } : {}) });
       try {
-        const command = await client.sender.send(request);
-        process.stderr.write(`sent ${command.action} to ${deviceId}: seq ${command.seq}, jti ${command.jti}\n`);
-        if (!args.wait && command.action === 'upgrade')
-          process.stderr.write(
-            `the board acks when the upgrade is decided (download, install, health gate: up to ${Math.ceil(timeoutMs / 60_000)} min); follow it with: provision-server device show ${deviceId} (or send with --wait)\n`,
-          );
+        const { command, acked } = await session.core.send(request, {
+          ...(args.wait ? { ackTimeoutMs: timeoutMs } : {}),
+          onSent: (c) => {
+            process.stderr.write(`sent ${c.action} to ${deviceId}: seq ${c.seq}, jti ${c.jti}\n`);
+            if (!args.wait && c.action === 'upgrade')
+              process.stderr.write(
+                `the board acks when the upgrade is decided (download, install, health gate: up to ${Math.ceil(timeoutMs / 60_000)} min); follow it with: provision-server device show ${deviceId} (or send with --wait)\n`,
+              );
+          },
+        });
         if (!args.wait) {
           process.stdout.write(`${command.jti}\n`);
           return;
         }
-        const acked = await client.waiters.wait(command.jti, timeoutMs);
         if (!acked?.ackStatus) {
           process.stdout.write(`${JSON.stringify(commandView((await data.storage.commands.get(command.jti)) ?? command), null, 2)}\n`);
           throw new CodedError(
@@ -285,7 +288,7 @@ export const sendCommand = defineCommand({
         process.stdout.write(`${JSON.stringify(commandView(acked), null, 2)}\n`);
         process.exitCode = SEND_EXIT[acked.ackStatus];
       } finally {
-        await client.close();
+        await session.close();
       }
     } finally {
       await data.storage.close();

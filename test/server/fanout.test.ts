@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { runFanout } from '../../server/fanout.js';
-import { openSendClient } from '../../server/core/send-client.js';
+import { openSendSession as openSendClient } from '../../server/core/send-session.js';
 import { toPublicJwk } from '../../protocol/index.js';
 import { makeSimDevice, type SimBehaviour } from './sim-fleet.js';
 import { startFixture, type Fixture } from './server-fixture.js';
