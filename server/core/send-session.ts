@@ -7,7 +7,7 @@
  * a running `serve` may record the same ack; either way the waiter sees it.
  */
 import type { MqttClient } from 'mqtt';
-import { ackTopic, fleetFilter, type ReportClaims } from '../../protocol/index.js';
+import { ackTopic, fleetFilter } from '../../protocol/index.js';
 import type { BrokerSettings, OpenedData } from '../data-dir.js';
 import type { Logger } from '../../lib/log.js';
 import type { AckWaiters } from './ack-waiters.js';
