@@ -1,6 +1,6 @@
 /**
  * What `serve` does with reports besides opening and recording them
- * (server/inbound.ts): the per-device rate limit (server/report-rate-limit.ts),
+ * (server/core/inbound.ts): the per-device rate limit (server/core/report-rate-limit.ts),
  * checked before a report is opened; reports that arrive before the server
  * knows the device's keys (a board's `connect` report races its own
  * enrollment, which arrives on another session), held briefly and retried
