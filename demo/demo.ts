@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import mqtt, { type MqttClient } from 'mqtt';
 import type { Action } from '../protocol/index.js';
-import { writeBundle } from '../server/bundle.js';
+import { writeBundle } from '../server/provisioning/device-bundle.js';
 import { initDataDir } from '../server/data-dir.js';
 import { startEmbeddedBroker, type EmbeddedBroker } from './embedded-broker.js';
 import { silentLogger } from '../lib/log.js';

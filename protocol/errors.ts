@@ -5,7 +5,7 @@
  * stable `code` (`E_...`) that logs, acks, exit statuses and HTTP answers rely
  * on, a message for humans and optional `details`. Errors never carry an exit
  * or HTTP status: the CLI edge (lib/cli.ts and each program's exit table) and
- * the HTTP layer (server/http-api.ts) map codes to those.
+ * the HTTP layer (server/http/http-api.ts) map codes to those.
  */
 
 /** The root of every coded refusal. */

@@ -28,7 +28,7 @@ import { chunkTopic, encodeChunkFrame, isProtocolError, MAX_FETCH_CHUNKS, parseF
 import type { Logger } from '../lib/log.js';
 import type { ReleaseRecord } from './storage/records.js';
 import type { Storage } from './storage/types.js';
-import { ReportRateLimit, type ReportRateOptions } from './report-rate-limit.js';
+import { ReportRateLimit, type ReportRateOptions } from './core/report-rate-limit.js';
 import { ARTIFACT_FILE, INDEX_FILE, manifestOf } from './releases/store.js';
 import { LocalReleases } from './releases/materialise.js';
 import { errnoCode } from '../lib/durable-file.js';

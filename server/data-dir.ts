@@ -5,7 +5,7 @@
  *                         env PROVISION_SERVER_REGISTRY may name another SQLite file or a postgres:// URL)
  *   DATA/server.json      broker defaults recorded by `init` (url, ca, cert, key, topic prefix)
  *   DATA/http.token       bearer token of the HTTP API (0600)
- *   DATA/keys/release.jwk DATA/release.jwks  the release key and its public set (server/release-key.ts)
+ *   DATA/keys/release.jwk DATA/release.jwks  the release key and its public set (server/keys/release-key.ts)
  *   DATA/releases/        agent releases (server/releases/store.ts)
  */
 import { randomBytes } from 'node:crypto';
@@ -16,8 +16,8 @@ import { writeFileAtomic } from '../lib/durable-file.js';
 import { ensurePrivateDir, exists } from '../lib/fs.js';
 import { isPostgresUrl, openStorage, parseRegistryLocation, REGISTRY_ENV, type RegistryLocation } from './storage/open.js';
 import type { Storage } from './storage/types.js';
-import { generateReleaseKey } from './release-key.js';
-import { initServerKeys, loadServerKeys, type ServerKeys } from './server-keys.js';
+import { generateReleaseKey } from './keys/release-key.js';
+import { initServerKeys, loadServerKeys, type ServerKeys } from './keys/server-keys.js';
 
 export const DEFAULT_DATA_DIR = '/var/lib/provision-server';
 export const DEFAULT_BROKER_URL = 'mqtts://localhost:8883';
@@ -108,7 +108,7 @@ export async function initDataDir(dir: string, options: InitOptions = {}): Promi
   if (location.kind === 'postgres') await (await openStorage(location, { create: true })).close();
   await ensurePrivateDir(paths.dir);
   await initServerKeys(paths.keys, { ...(options.serverId ? { serverId: options.serverId } : {}), ...(options.force ? { force: true } : {}) });
-  // The release key (server/release-key.ts): made with the data directory; kept when it exists and keys are not replaced.
+  // The release key (server/keys/release-key.ts): made with the data directory; kept when it exists and keys are not replaced.
   if (options.force || !(await exists(join(paths.keys, 'release.jwk')))) {
     await generateReleaseKey(paths.dir, { force: true });
   }

@@ -8,9 +8,10 @@
  * board can flood its own valid reports: in sessions of their own, such
  * floods fill only the enrollment or report queue and never crowd out acks.
  * Reports are rate-limited per device before they are opened
- * (server/report-intake.ts). Then enrollment, ack and report (presence)
- * handling, the rollout engine (while this serve holds its lease), and the
- * optional HTTP API on loopback.
+ * (server/core/report-intake.ts). Sending, ack waiting and the enrollment, ack
+ * and report (presence) handling are the server core's (server/core/); here:
+ * the sessions, the rollout engine (while this serve holds its lease), the
+ * release transfers and the optional HTTP API on loopback.
  */
 import { createHash } from 'node:crypto';
 import { hostname } from 'node:os';
@@ -20,19 +21,19 @@ import type { MqttClient } from 'mqtt';
 import { assertJosePatched, CodedError, type ReportClaims } from '../protocol/index.js';
 import { RolloutEngine } from './rollouts/engine.js';
 import { RolloutChangeLog } from './rollouts/change-log.js';
-import { AckWaiters } from './ack-waiters.js';
-import { CommandSender, type SendRequest } from './command-sender.js';
+import type { CommandSender, SendRequest } from './core/command-sender.js';
+import { ServerCore } from './core/server-core.js';
 import { brokerFrom, openDataDir, readHttpToken, type BrokerSettings, type OpenedData } from './data-dir.js';
-import { createHttpApi } from './http-api.js';
-import { EnrollRefusals } from './enroll-refusals.js';
-import { handleInbound, type InboundContext, type InboundResult } from './inbound.js';
-import { handleUntilStored } from './inbound-retry.js';
+import { createHttpApi } from './http/http-api.js';
+import { EnrollRefusals } from './core/enroll-refusals.js';
+import type { InboundResult } from './core/inbound.js';
+import { handleUntilStored } from './core/inbound-retry.js';
 import { silentLogger, type Logger } from '../lib/log.js';
-import { connectBroker, publishQos1 } from './mqtt-connection.js';
-import { ReportIntake, type ReportDropCounts, type ReportIntakeOptions } from './report-intake.js';
+import { connectBroker } from './core/mqtt-connection.js';
+import { ReportIntake, type ReportDropCounts, type ReportIntakeOptions } from './core/report-intake.js';
 import type { CommandRecord } from './storage/records.js';
 import { ChunkServer, type ChunkResult, type ChunkServerOptions } from './chunk-server.js';
-import { subscribeFleet, unsubscribeFleet, type SharedMode } from './subscriptions.js';
+import { subscribeFleet, unsubscribeFleet, type SharedMode } from './core/subscriptions.js';
 
 export interface ServeOptions {
   dataDir: string;
@@ -51,7 +52,7 @@ export interface ServeOptions {
   rollouts?: boolean;
   /** Called after each inbound message was handled (tests, demo). */
   onInbound?: (result: InboundResult) => void;
-  /** Report rate limit, hold and summary interval (defaults: server/report-intake.ts). */
+  /** Report rate limit, hold and summary interval (defaults: server/core/report-intake.ts). */
   reports?: ReportIntakeOptions;
   /** Fetch (release transfer) rate limit per device and refusal summary interval (defaults: server/chunk-server.ts). */
   fetch?: Pick<ChunkServerOptions, 'rate' | 'summaryMs'>;
@@ -73,6 +74,8 @@ export interface RunningServer {
   chunks: ChunkServer;
   /** Reports dropped since the start: not newer than the recorded one, over the rate, without a registered key. */
   reportDrops: Readonly<ReportDropCounts>;
+  /** The server core (sending, ack waiters, inbound handling). */
+  core: ServerCore;
   sender: CommandSender;
   /** The rollout engine (undefined with rollouts: false). */
   rollouts: RolloutEngine | undefined;
@@ -97,6 +100,7 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
   let chunks: ChunkServer | undefined;
   let httpServer: Server | undefined;
   let engine: RolloutEngine | undefined;
+  let core: ServerCore | undefined;
   const enrollRefusals = new EnrollRefusals(storage, log);
   const reports = new ReportIntake(log, options.reports);
   const stopping = { now: false };
@@ -104,27 +108,21 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
     // The HTTP token is checked before the broker is contacted: a bad --http-token-file changes nothing.
     const httpToken = options.http ? await readHttpToken(options.httpTokenFile ?? data.paths.httpToken) : undefined;
     const clientId = options.clientId ?? defaultClientId(data.paths.dir);
-    // PUBACK only after the message is handled: a crash mid-way means redelivery, and handling is idempotent.
-    // What a persistent session queued arrives right after its CONNACK: it waits here until the handling is set up.
-    const set: { ctx?: InboundContext } = {};
-    let setUp: (ctx: InboundContext) => void = () => undefined;
-    const context = new Promise<InboundContext>((resolve) => (setUp = resolve));
-    // A message that failed for a lost registry connection is handled again until it can be (server/inbound-retry.ts).
-    const handle: MqttClient['handleMessage'] = (packet, callback) => {
-      const payload = typeof packet.payload === 'string' ? packet.payload : Buffer.from(packet.payload);
-      const once = (): Promise<InboundResult> =>
-        set.ctx ? handleInbound(set.ctx, packet.topic, payload) : context.then((ctx) => handleInbound(ctx, packet.topic, payload));
-      void handleUntilStored(once, () => stopping.now)
-        .then((result) => {
-          if (result === undefined) return; // the server stopped first: not PUBACKed, the broker delivers it again
-          options.onInbound?.(result);
-          callback();
-        })
-        .catch(() => callback());
-    };
-    client = await connectBroker(broker, { clientId, clean: false, handleMessage: handle });
-    enrollClient = await connectBroker(broker, { clientId: `${clientId}-enroll`, clean: false, handleMessage: handle });
-    reportClient = await connectBroker(broker, { clientId: `${clientId}-report`, clean: false, handleMessage: handle });
+    // Every session hands its messages to the core, which acknowledges each only after handling it
+    // (core/ack-after-handling.ts). What a persistent session queued arrives right after its CONNACK:
+    // it waits in the core until the handling is started below. A message that failed for a lost
+    // registry connection is handled again until it can be (core/inbound-retry.ts), and not
+    // acknowledged when serve stops first.
+    const serverCore = new ServerCore(
+      { storage, keys, topicPrefix: config.topicPrefix, log, enrollRefusals, reports },
+      { retry: (attempt) => handleUntilStored(attempt, () => stopping.now) },
+    );
+    core = serverCore;
+    const session = (suffix: string): Promise<MqttClient> =>
+      connectBroker(broker, { clientId: `${clientId}${suffix}`, clean: false, handleMessage: serverCore.handleMessage });
+    client = await session('');
+    enrollClient = await session('-enroll');
+    reportClient = await session('-report');
     // Release transfers: their own clean session (QoS 0 both ways: nothing is queued for a board that is away),
     // so megabytes of chunks never queue in front of acks, enrollments or reports.
     const fetchSet: { server?: ChunkServer } = {};
@@ -152,29 +150,19 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
     });
     fetchSet.server = chunks;
     const mqttClient = client;
-    const sender = new CommandSender({ storage, keys, topicPrefix: config.topicPrefix, publish: (t, p) => publishQos1(mqttClient, t, p) });
-    const waiters = new AckWaiters(storage, { log });
+    serverCore.publishOn(mqttClient);
+    const sender = serverCore.sender;
     // Rollouts: driven here while this serve holds the engine lease (one serve at a time does).
     engine = options.rollouts === false ? undefined : new RolloutEngine({ storage, sender, log, holder: `serve-${clientId}-${process.pid}` });
     const rollouts = engine;
-    const ctx: InboundContext = {
-      storage,
-      keys,
-      topicPrefix: config.topicPrefix,
-      sender,
-      log,
+    serverCore.start({
       onAck: (c: CommandRecord) => {
-        waiters.notify(c);
         if (c.fanoutId !== null) rollouts?.kick();
       },
       // Only a report newer than the device's last one gets here (a replay or a late will does not).
       onReport: (deviceId: string, claims: ReportClaims) => rollouts?.onReport(deviceId, claims),
-      enrollRefusals,
-      reports,
-      onLateResult: (result: InboundResult) => options.onInbound?.(result),
-    };
-    set.ctx = ctx;
-    setUp(ctx);
+      ...(options.onInbound ? { onResult: options.onInbound } : {}),
+    });
     const { shared } = await subscribeFleet(mqttClient, config.topicPrefix, { mode: options.shared ?? 'auto', log, kinds: ['ack'] });
     // A persistent session of an earlier version may still hold the enrollment or report subscription: acks only here.
     await unsubscribeFleet(mqttClient, config.topicPrefix, 'enroll');
@@ -213,17 +201,14 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
       rollouts,
       shared,
       http: httpAddress,
-      send: async (req) => {
-        const c = await sender.send(req);
-        log.info('command.sent', { device: c.deviceId, action: c.action, seq: c.seq, jti: c.jti });
-        return c;
-      },
-      waitForAck: (jti, timeoutMs) => waiters.wait(jti, timeoutMs),
+      core: serverCore,
+      send: async (req) => (await serverCore.send(req)).command,
+      waitForAck: (jti, timeoutMs) => serverCore.waiters.wait(jti, timeoutMs),
       close: async () => {
         if (closed) return;
         closed = true;
         stopping.now = true;
-        waiters.cancelAll();
+        serverCore.close();
         changeLog.stop();
         await rollouts?.stop();
         if (httpServer) {
@@ -244,6 +229,7 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
     };
   } catch (err) {
     stopping.now = true;
+    core?.close();
     httpServer?.close();
     await engine?.stop();
     await client?.endAsync(true).catch(() => undefined);

@@ -1,6 +1,6 @@
 /** `provision-server bundle`: write everything a board needs at flashing into a directory. */
 import { deviceIdFlag } from '../../lib/cli-input.js';
-import { writeBundle } from '../bundle.js';
+import { writeBundle } from '../provisioning/device-bundle.js';
 import { openDataDir, type BrokerSettings } from '../data-dir.js';
 import { parseDuration } from '../duration.js';
 import { withData, registryOption } from './common.js';

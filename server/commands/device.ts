@@ -5,8 +5,8 @@ import { deviceIdFlag, readJsonFile } from '../../lib/cli-input.js';
 import { openDataDir } from '../data-dir.js';
 import { DEVICE_STATES } from '../storage/records.js';
 import { printable, table } from '../terminal-text.js';
-import { presenceOf } from '../presence.js';
-import { commandView, deviceView, tokenView } from '../views.js';
+import { presenceOf } from '../core/presence.js';
+import { commandView, deviceView, tokenView } from '../http/record-views.js';
 import { withData, registryOption } from './common.js';
 import { defineCommand } from '../../lib/cli.js';
 

@@ -32,7 +32,7 @@ export const SERVER_EXIT_STATUSES: ExitStatuses = {
   E_REGISTRY_VERSION: SETUP,
   E_MIGRATE_NOT_EMPTY: SETUP,
   E_CONFIRM: SETUP, // a destructive rollout to many devices without --yes (server/rollouts/confirm.ts)
-  // Releases and upgrades (server/releases, server/upgrade-params.ts): a tree, file, key or release to fix.
+  // Releases and upgrades (server/releases, server/core/actions/upgrade-params.ts): a tree, file, key or release to fix.
   E_RELEASE_TREE: SETUP,
   E_RELEASE_TOO_LARGE: SETUP,
   E_RELEASE_EXISTS: SETUP,

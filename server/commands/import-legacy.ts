@@ -1,6 +1,6 @@
 /** `provision-server import-legacy DIR`: register the seed system's devices from its user_keys/ tree. */
 import { openDataDir } from '../data-dir.js';
-import { importLegacy } from '../legacy-import.js';
+import { importLegacy } from '../provisioning/legacy-import.js';
 import { printable } from '../terminal-text.js';
 import { withData, registryOption } from './common.js';
 import { defineCommand } from '../../lib/cli.js';

@@ -3,8 +3,8 @@ import { isAbsolute, resolve } from 'node:path';
 import { CodedError, DEFAULT_TOPIC_PREFIX } from '../../protocol/index.js';
 import { DEFAULT_BROKER_URL, initDataDir, type BrokerSettings } from '../data-dir.js';
 import { redactUrl } from '../storage/open.js';
-import { DEFAULT_SERVER_ID } from '../server-keys.js';
-import { joinDataDir } from '../server-join.js';
+import { DEFAULT_SERVER_ID } from '../keys/server-keys.js';
+import { joinDataDir } from '../keys/server-join.js';
 import { withBroker, withData } from './common.js';
 import { defineCommand } from '../../lib/cli.js';
 

@@ -1,7 +1,7 @@
 /** `provision-server inspect`: open an ack or an enrollment and print its verified claims. */
 import { CodedError, decryptSealed, DEFAULT_MAX_MESSAGE_BYTES, isRecord, KeyRing, openAck, openEnrollment, parseJwkSet } from '../../protocol/index.js';
 import { readInput, readJsonFile, withInputFile } from '../../lib/cli-input.js';
-import { loadServerKeys } from '../server-keys.js';
+import { loadServerKeys } from '../keys/server-keys.js';
 import { defineCommand } from '../../lib/cli.js';
 
 export const inspectCommand = defineCommand({

@@ -1,12 +1,12 @@
 /** `provision-server keys init`: create the server's key pairs and the trust anchors devices pin. */
 import { join } from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
-import { DEFAULT_SERVER_ID, initServerKeys } from '../server-keys.js';
+import { DEFAULT_SERVER_ID, initServerKeys } from '../keys/server-keys.js';
 import { defineCommand } from '../../lib/cli.js';
 import { CodedError } from '../../protocol/index.js';
 import { writeFileAtomic } from '../../lib/durable-file.js';
 import { exists } from '../../lib/fs.js';
-import { exportServer } from '../server-join.js';
+import { exportServer } from '../keys/server-join.js';
 import { withData } from './common.js';
 
 const initCommand = defineCommand({

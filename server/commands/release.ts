@@ -4,7 +4,7 @@ import { CodedError, isVersion, RELEASE_ARCHES } from '../../protocol/index.js';
 import { defineCommand } from '../../lib/cli.js';
 import { exists } from '../../lib/fs.js';
 import { dataPaths, openDataDir } from '../data-dir.js';
-import { generateReleaseKey, loadReleaseKey } from '../release-key.js';
+import { generateReleaseKey, loadReleaseKey } from '../keys/release-key.js';
 import { addReleaseFromFiles, addReleaseFromTree, removeRelease } from '../releases/store.js';
 import { releaseTable, releaseView } from '../releases/views.js';
 import { withData, registryOption } from './common.js';

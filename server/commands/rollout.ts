@@ -12,7 +12,7 @@ import { planWarnings } from '../rollouts/warnings.js';
 import type { RolloutState } from '../storage/records.js';
 import { ROLLOUT_LEASE } from '../rollouts/engine.js';
 import { ROLLOUT_CONTROLS } from '../rollouts/controls.js';
-import { formatPlan, formatRolloutList, formatRolloutSummary, planView, rolloutView } from '../rollouts/views.js';
+import { formatPlan, formatRolloutList, formatRolloutSummary, planView, rolloutView } from '../rollouts/rollout-views.js';
 import { brokerOverride, withBroker, withData, registryOption } from './common.js';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;

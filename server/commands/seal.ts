@@ -1,9 +1,14 @@
-/** `provision-server seal`: print one sealed command (compact JWE) for a device. */
-import { ACTIONS, checkCommandInput, CodedError, parseJwkSet, sealCommand } from '../../protocol/index.js';
+/**
+ * `provision-server seal`: print one sealed command (compact JWE) for a device,
+ * offline (no registry, no broker): the core's sealing (server/core/seal-pool.ts)
+ * with the seq from KEYS/seq/ (server/core/seal-counter.ts).
+ */
+import { ACTIONS, checkCommandInput, CodedError, parseJwkSet } from '../../protocol/index.js';
 import { deviceIdFlag, readJsonFile } from '../../lib/cli-input.js';
 import { parseCommandTtl } from '../duration.js';
-import { nextSealSeq } from '../seal-counter.js';
-import { loadServerKeys } from '../server-keys.js';
+import { nextSealSeq } from '../core/seal-counter.js';
+import { sealInProcess } from '../core/seal-pool.js';
+import { loadServerKeys } from '../keys/server-keys.js';
 import { defineCommand } from '../../lib/cli.js';
 
 export const sealCommandModule = defineCommand({
@@ -37,7 +42,7 @@ export const sealCommandModule = defineCommand({
     // Everything checked before the seq is taken: a refused command uses up no seq.
     checkCommandInput(input);
     const seq = await nextSealSeq(args.keys, args.device, args.seq);
-    const { token } = await sealCommand({ ...input, seq }, { signer: server.signing, recipient });
+    const { token } = await sealInProcess({ ...input, seq }, { signer: server.signing, recipient });
     process.stdout.write(`${token}\n`);
   },
 });

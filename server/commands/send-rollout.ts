@@ -12,12 +12,12 @@ import type { BrokerSettings, OpenedData } from '../data-dir.js';
 import { silentLogger, type Logger } from '../../lib/log.js';
 import { ROLLOUT_LEASE, RolloutEngine } from '../rollouts/engine.js';
 import { planRollout, startRollout, type RolloutRequest } from '../rollouts/plan.js';
-import { formatPlan, formatRolloutSummary, planView, progressBar, progressOf, rolloutView } from '../rollouts/views.js';
+import { formatPlan, formatRolloutSummary, planView, progressBar, progressOf, rolloutView } from '../rollouts/rollout-views.js';
 import { watchRollout } from '../rollouts/watch.js';
 import { checkConfirmation, needsConfirmation } from '../rollouts/confirm.js';
 import { ProgressLines } from '../rollouts/progress.js';
 import { planWarnings } from '../rollouts/warnings.js';
-import { openSendClient } from '../send-client.js';
+import { openSendSession } from '../core/send-session.js';
 
 export interface RolloutCliOptions {
   data: OpenedData;
@@ -91,7 +91,7 @@ export async function followRollout(o: FollowOptions): Promise<number> {
   const { data } = o;
   const store = data.storage.rollouts;
   let engine: RolloutEngine | undefined;
-  const client = await openSendClient(data, o.broker, {
+  const client = await openSendSession(data, o.broker, {
     acksOf: 'all',
     sealWorkers: o.sealWorkers,
     onReport: (deviceId, claims) => engine?.onReport(deviceId, claims),

@@ -20,17 +20,17 @@ import {
 } from '../../protocol/index.js';
 import { deviceIdFlag, readInput } from '../../lib/cli-input.js';
 import { printable } from '../terminal-text.js';
-import { prepareCommand } from '../command-sender.js';
+import { prepareCommand } from '../core/command-sender.js';
 import type { RolloutSelector } from '../storage/records.js';
 import { DEFAULT_ROLLOUT_CONCURRENCY, parsePercent, parseRate } from '../rollouts/plan.js';
 import { runRolloutCli } from './send-rollout.js';
 import { resumeRollout, rolloutId } from './rollout.js';
 import { brokerFrom, openDataDir } from '../data-dir.js';
 import { parseCommandTtl, parseDuration } from '../duration.js';
-import { MAX_SEAL_WORKERS } from '../seal-pool.js';
+import { MAX_SEAL_WORKERS } from '../core/seal-pool.js';
 import { createLogger } from '../../lib/log.js';
-import { openSendClient } from '../send-client.js';
-import { commandView } from '../views.js';
+import { openSendSession } from '../core/send-session.js';
+import { commandView } from '../http/record-views.js';
 import { brokerOverride, withBroker, withData, registryOption } from './common.js';
 import { defineCommand } from '../../lib/cli.js';
 
@@ -259,19 +259,22 @@ export const sendCommand = defineCommand({
         ...(ttlSeconds ? { ttlSeconds } : {}),
       };
       await prepareCommand(data.storage, data.keys, request);
-      const client = await openSendClient(data, broker, { acksOf: args.wait ? [deviceId] : [], ...(log ? { log } : {}) });
+      const session = await openSendSession(data, broker, { acksOf: args.wait ? [deviceId] : [], ...(log ? { log } : {}) });
       try {
-        const command = await client.sender.send(request);
-        process.stderr.write(`sent ${command.action} to ${deviceId}: seq ${command.seq}, jti ${command.jti}\n`);
-        if (!args.wait && command.action === 'upgrade')
-          process.stderr.write(
-            `the board acks when the upgrade is decided (download, install, health gate: up to ${Math.ceil(timeoutMs / 60_000)} min); follow it with: provision-server device show ${deviceId} (or send with --wait)\n`,
-          );
+        const { command, acked } = await session.core.send(request, {
+          ...(args.wait ? { ackTimeoutMs: timeoutMs } : {}),
+          onSent: (c) => {
+            process.stderr.write(`sent ${c.action} to ${deviceId}: seq ${c.seq}, jti ${c.jti}\n`);
+            if (!args.wait && c.action === 'upgrade')
+              process.stderr.write(
+                `the board acks when the upgrade is decided (download, install, health gate: up to ${Math.ceil(timeoutMs / 60_000)} min); follow it with: provision-server device show ${deviceId} (or send with --wait)\n`,
+              );
+          },
+        });
         if (!args.wait) {
           process.stdout.write(`${command.jti}\n`);
           return;
         }
-        const acked = await client.waiters.wait(command.jti, timeoutMs);
         if (!acked?.ackStatus) {
           process.stdout.write(`${JSON.stringify(commandView((await data.storage.commands.get(command.jti)) ?? command), null, 2)}\n`);
           throw new CodedError(
@@ -282,7 +285,7 @@ export const sendCommand = defineCommand({
         process.stdout.write(`${JSON.stringify(commandView(acked), null, 2)}\n`);
         process.exitCode = SEND_EXIT[acked.ackStatus];
       } finally {
-        await client.close();
+        await session.close();
       }
     } finally {
       await data.storage.close();

@@ -5,7 +5,7 @@ import { openDataDir } from '../data-dir.js';
 import { parseDuration } from '../duration.js';
 import { withData, registryOption } from './common.js';
 import { defineCommand } from '../../lib/cli.js';
-import { tokenView } from '../views.js';
+import { tokenView } from '../http/record-views.js';
 import { table } from '../terminal-text.js';
 
 const createCommand = defineCommand({

@@ -16,7 +16,7 @@ import { fsyncDirectory, writeFileAtomic } from '../../lib/durable-file.js';
 import { ensurePrivateDir } from '../../lib/fs.js';
 import type { ReleaseRecord } from '../storage/records.js';
 import type { ReleaseFile, Storage } from '../storage/types.js';
-import { readReleaseJwks } from '../release-key.js';
+import { readReleaseJwks } from '../keys/release-key.js';
 import { digestArtifact, manifestFor, packTree, readTreeInfo } from './pack.js';
 
 export const ARTIFACT_FILE = 'artifact.tar.gz';

@@ -1,5 +1,6 @@
 /**
- * The confirmation a destructive rollout needs. `delete` wipes a board's keys
+ * The confirmation a destructive rollout needs (the action table's
+ * `destructive`, server/core/actions/table.ts). `delete` wipes a board's keys
  * and decommissions it: getting it back means re-flashing it by hand, so a
  * delete to more than one device is refused unless confirmed (the CLI's --yes,
  * or typing the count at a terminal; the HTTP API's `"confirm": true` or the
@@ -7,12 +8,11 @@
  * keys, which the server records from the verified ack. A dry run never needs it.
  */
 import { CodedError } from '../../protocol/index.js';
+import { isDestructive } from '../core/actions/table.js';
 
-export const DESTRUCTIVE_ACTIONS: readonly string[] = ['delete'];
-
-/** Whether sending `action` to `count` devices needs a confirmation. */
+/** Whether sending `action` to `count` devices needs a confirmation (its `destructive` in the action table). */
 export function needsConfirmation(action: string, count: number): boolean {
-  return DESTRUCTIVE_ACTIONS.includes(action) && count > 1;
+  return isDestructive(action) && count > 1;
 }
 
 /**

@@ -38,7 +38,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { type Action, isCodedError, type ReportClaims } from '../../protocol/index.js';
-import type { CommandSender } from '../command-sender.js';
+import type { CommandSender } from '../core/command-sender.js';
 import type { Logger } from '../../lib/log.js';
 import type { Lease, RolloutRecord, TargetCounts } from '../storage/records.js';
 import { logStorageError } from '../storage-error.js';

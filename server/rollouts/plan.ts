@@ -11,13 +11,13 @@
  * the event loop for seconds.
  */
 import { type Action, ACTIONS, CodedError, DEFAULT_COMMAND_TTL_SECONDS, isAction, isRecord, MAX_TTL_SECONDS, validateParams } from '../../protocol/index.js';
-import { prepareCommand, userIdText } from '../command-sender.js';
-import { presenceOf, type Presence } from '../presence.js';
+import { prepareCommand, userIdText } from '../core/command-sender.js';
+import { presenceOf, type Presence } from '../core/presence.js';
 import type { RolloutRecord, RolloutSelector, RolloutSpec } from '../storage/records.js';
 import type { Storage } from '../storage/types.js';
-import type { ServerKeys } from '../server-keys.js';
-import { DESTRUCTIVE_ACTIONS } from './confirm.js';
-import { checkReleaseExists, checkUpgradeRequest, isUpgradeRequest } from '../upgrade-params.js';
+import type { ServerKeys } from '../keys/server-keys.js';
+import { isDestructive, paramsUser, serverAction } from '../core/actions/table.js';
+import { checkReleaseExists, checkUpgradeRequest, isUpgradeRequest } from '../core/actions/upgrade-params.js';
 
 export const DEFAULT_DELIVER_WITHIN_MS = 24 * 3600 * 1000;
 export const MAX_DELIVER_WITHIN_MS = 30 * 24 * 3600 * 1000;
@@ -106,7 +106,7 @@ export async function planRollout(storage: Storage, keys: ServerKeys, req: Rollo
   if (!isRecord(raw)) throw new CodedError('E_PARAMS', 'params must be an object');
   // An upgrade is kept as the operator's request (release, arch, ...): each device gets the build for its arch when sealed.
   let params: Record<string, unknown>;
-  if (action === 'upgrade' && isUpgradeRequest(raw)) {
+  if (serverAction(action).byRelease && isUpgradeRequest(raw)) {
     const req = checkUpgradeRequest(raw);
     await checkReleaseExists(storage, req);
     params = { ...req };
@@ -132,7 +132,7 @@ export async function planRollout(storage: Storage, keys: ServerKeys, req: Rollo
   if (userId !== undefined && typeof userId !== 'string') throw usage('the user id must be text or a non-negative integer');
   const now = storage.now();
   // The command's user is each device's own unless the rollout names one (or an update re-binds to one).
-  const needsDeviceUser = userId === undefined && !(action === 'update' && typeof params.user_id === 'string');
+  const needsDeviceUser = userId === undefined && paramsUser(action, params) === undefined;
   const summary = await storage.rollouts.summarize(req.selector, needsDeviceUser, now);
   const sample: PlannedTarget[] = [];
   for (const id of await storage.rollouts.sampleIds(req.selector, PLAN_SAMPLE)) {
@@ -190,6 +190,6 @@ export async function startRollout(
     ...(options.retryOf ? { retryOf: options.retryOf } : {}),
     // A destructive action never reaches more devices than the plan counted (what was confirmed, confirm.ts):
     // the selector is resolved again as the targets are recorded, and the fleet may have grown meanwhile.
-    ...(DESTRUCTIVE_ACTIONS.includes(plan.spec.action) ? { maxTargets: plan.summary.targets } : {}),
+    ...(isDestructive(plan.spec.action) ? { maxTargets: plan.summary.targets } : {}),
   });
 }

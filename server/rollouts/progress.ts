@@ -8,7 +8,7 @@
 import type { RolloutRecord, TargetCounts } from '../storage/records.js';
 import type { Storage } from '../storage/types.js';
 import { currentRate } from './engine.js';
-import { progressOf } from './views.js';
+import { progressOf } from './rollout-views.js';
 
 const iso = (t: number): string => new Date(t).toISOString();
 

@@ -13,7 +13,7 @@
 import { RegistryError } from '../storage/errors.js';
 import type { RolloutRecord, TargetState } from '../storage/records.js';
 import type { Storage } from '../storage/types.js';
-import type { ServerKeys } from '../server-keys.js';
+import type { ServerKeys } from '../keys/server-keys.js';
 import { planRollout, startRollout, type RolloutPlan } from './plan.js';
 
 /** The target states a retry sends to again. */

@@ -6,7 +6,7 @@
  */
 import type { RolloutRecord, TargetCounts } from '../storage/records.js';
 import type { RolloutStore } from '../storage/types.js';
-import { progressOf } from './views.js';
+import { progressOf } from './rollout-views.js';
 
 export interface WatchOptions {
   ackTimeoutMs: number;

@@ -127,7 +127,7 @@ export interface SeqStore {
 
 /**
  * What an applied ack does to the registry, as the server's per-action table
- * tells it for the command (server/actions/): the caller builds the list from
+ * tells it for the command (server/core/actions/table.ts): the caller builds the list from
  * the command (its action, bindUser, releaseSha256) and the ack; the storage
  * applies it in the ack's own transaction, only when the ack is recorded now
  * with status `applied` (never for a duplicate or a contradiction).

@@ -13,7 +13,7 @@
  */
 import { Worker } from 'node:worker_threads';
 import { toPublicJwk } from '../../protocol/index.js';
-import { presenceOf } from '../../server/presence.js';
+import { presenceOf } from '../../server/core/presence.js';
 import { planRollout, startRollout, type RolloutRequest } from '../../server/rollouts/plan.js';
 import { startFixture, type Fixture } from '../server/server-fixture.js';
 import { eventually } from '../server/sim-fleet.js';

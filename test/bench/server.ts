@@ -10,11 +10,11 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KeyRing, generateEncryptionKey, generateSigningKey, newP256Jwk, sealCommand, toJwkSet, type PublicJwk } from '../../protocol/index.js';
-import { CommandSender } from '../../server/command-sender.js';
-import { connectBroker, publishQos1 } from '../../server/mqtt-connection.js';
+import { CommandSender } from '../../server/core/command-sender.js';
+import { connectBroker, publishQos1 } from '../../server/core/mqtt-connection.js';
 import { openSqliteStorage } from '../../server/storage/sqlite/index.js';
-import { SealPool, type Seal } from '../../server/seal-pool.js';
-import type { ServerKeys } from '../../server/server-keys.js';
+import { SealPool, type Seal } from '../../server/core/seal-pool.js';
+import type { ServerKeys } from '../../server/keys/server-keys.js';
 import { startMosquittoProcess } from '../helpers/mosquitto-process.js';
 
 export interface ServerFigures {

@@ -20,7 +20,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { toPublicJwk, type JwkSet } from '../../protocol/index.js';
 import { initDataDir } from '../../server/data-dir.js';
-import { exportServer, readJoinFile, writeJoinedDataDir } from '../../server/server-join.js';
+import { exportServer, readJoinFile, writeJoinedDataDir } from '../../server/keys/server-join.js';
 import { openStorage, parseRegistryLocation } from '../../server/storage/open.js';
 import type { Storage } from '../../server/storage/types.js';
 import { freePort, startMosquittoProcess } from '../helpers/mosquitto-process.js';

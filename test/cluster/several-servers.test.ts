@@ -34,7 +34,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
 import { toPublicJwk, type JwkSet } from '../../protocol/index.js';
-import { exportServer, readJoinFile, writeJoinedDataDir } from '../../server/server-join.js';
+import { exportServer, readJoinFile, writeJoinedDataDir } from '../../server/keys/server-join.js';
 import { openStorage, parseRegistryLocation } from '../../server/storage/open.js';
 import type { Storage } from '../../server/storage/types.js';
 import { freePort, mosquittoAvailable, startMosquittoProcess, type MosquittoProcess } from '../helpers/mosquitto-process.js';

@@ -36,8 +36,8 @@ import {
   type PublicJwk,
 } from '../../protocol/index.js';
 import { initDataDir } from '../../server/data-dir.js';
-import { ENROLL_REFUSED_EVENT } from '../../server/enroll-refusals.js';
-import type { InboundResult } from '../../server/inbound.js';
+import { ENROLL_REFUSED_EVENT } from '../../server/core/enroll-refusals.js';
+import type { InboundResult } from '../../server/core/inbound.js';
 import { openSqliteStorage } from '../../server/storage/sqlite/index.js';
 import { newEnrollmentToken } from '../../server/storage/tokens.js';
 import { startProvisionServer, type RunningServer } from '../../server/service.js';

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadConfig } from '../../agent/config.js';
 import { KeyStore } from '../../agent/store/keystore.js';
-import { writeBundle } from '../../server/bundle.js';
+import { writeBundle } from '../../server/provisioning/device-bundle.js';
 import { initDataDir, openDataDir, type OpenedData } from '../../server/data-dir.js';
 import { AGENT_CLI } from '../helpers/agent-process.js';
 import { runServerCli } from './run-cli.js';

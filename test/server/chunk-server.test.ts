@@ -14,7 +14,7 @@ import mqtt, { type MqttClient } from 'mqtt';
 import { chunkTopic, encodeFetch, fetchTopic, parseChunkFrame, toPublicJwk, type ChunkFrame } from '../../protocol/index.js';
 import type { ChunkResult } from '../../server/chunk-server.js';
 import { createLogger } from '../../lib/log.js';
-import { loadReleaseKey } from '../../server/release-key.js';
+import { loadReleaseKey } from '../../server/keys/release-key.js';
 import { addReleaseFromTree } from '../../server/releases/store.js';
 import { makeSimDevice, eventually, type SimDevice } from './sim-fleet.js';
 import { startFixture, type Fixture } from './server-fixture.js';

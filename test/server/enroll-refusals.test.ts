@@ -3,7 +3,7 @@ import { expect } from 'chai';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ENROLL_REFUSED_EVENT, EnrollRefusals } from '../../server/enroll-refusals.js';
+import { ENROLL_REFUSED_EVENT, EnrollRefusals } from '../../server/core/enroll-refusals.js';
 import { silentLogger, sinkLogger, type LogLevel } from '../../lib/log.js';
 import { openSqliteStorage, type SqliteStorage } from '../../server/storage/sqlite/index.js';
 

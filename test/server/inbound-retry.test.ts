@@ -1,7 +1,7 @@
 /** server/inbound-retry.ts: a message that failed for a lost registry connection is handled again, not dropped. */
 import { expect } from 'chai';
-import { handleUntilStored } from '../../server/inbound-retry.js';
-import type { InboundResult } from '../../server/inbound.js';
+import { handleUntilStored } from '../../server/core/inbound-retry.js';
+import type { InboundResult } from '../../server/core/inbound.js';
 
 const unavailable: InboundResult = { kind: 'dropped', code: 'E_STORAGE_UNAVAILABLE', reason: 'the registry database is unavailable: read ECONNRESET' };
 

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { joinDashValues } from '../../lib/cli.js';
 import { openDataDir, type OpenedData } from '../../server/data-dir.js';
 import { toPublicJwk } from '../../protocol/index.js';
-import { CommandSender } from '../../server/command-sender.js';
+import { CommandSender } from '../../server/core/command-sender.js';
 import { openSqliteStorage } from '../../server/storage/sqlite/index.js';
 import { RolloutEngine } from '../../server/rollouts/engine.js';
 import { planRollout, startRollout } from '../../server/rollouts/plan.js';

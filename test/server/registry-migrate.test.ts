@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import pg from 'pg';
 import { toPublicJwk, type AckClaims, type ReleaseManifest } from '../../protocol/index.js';
-import { ackEffectsOf } from '../../server/actions/table.js';
+import { ackEffectsOf } from '../../server/core/actions/table.js';
 import { openSqliteStorage } from '../../server/storage/sqlite/index.js';
 import { SCHEMA_VERSION } from '../../server/storage/sqlite/schema.js';
 import { MIGRATED_TABLES, verifyRegistryCopy, type MigrateResult } from '../../server/storage/migrate-registry.js';

@@ -8,7 +8,7 @@ import { PREVIOUS_KEY_GRACE_MS } from '../../server/storage/rules.js';
 import { openSqliteStorage } from '../../server/storage/sqlite/index.js';
 import { rejection } from '../helpers/rejection.js';
 import { makeSimDevice } from './sim-fleet.js';
-import { ackEffectsOf } from '../../server/actions/table.js';
+import { ackEffectsOf } from '../../server/core/actions/table.js';
 import type { CommandRecord } from '../../server/storage/records.js';
 
 describe('server: registry', function () {

@@ -19,9 +19,9 @@ import { encodeFetch, fetchTopic, parseChunkFrame, type ChunkFrame } from '../..
 import { createLogger } from '../../lib/log.js';
 import { ChunkServer, type ChunkResult } from '../../server/chunk-server.js';
 import { initDataDir, openDataDir, type OpenedData } from '../../server/data-dir.js';
-import { loadReleaseKey } from '../../server/release-key.js';
+import { loadReleaseKey } from '../../server/keys/release-key.js';
 import { addReleaseFromTree, removeRelease } from '../../server/releases/store.js';
-import { exportServer, writeJoinedDataDir } from '../../server/server-join.js';
+import { exportServer, writeJoinedDataDir } from '../../server/keys/server-join.js';
 import { NO_POSTGRES, postgresBin, postgresRequired, startPgCluster, type PgCluster } from '../helpers/pg-cluster.js';
 import { addDevice, sendCommand } from '../storage/fixtures.js';
 import { makeTree } from './release-tree.js';

@@ -24,8 +24,8 @@ import {
   type ReleaseManifest,
   type AckClaims,
 } from '../../protocol/index.js';
-import { ackEffectsOf } from '../../server/actions/table.js';
-import { CommandSender } from '../../server/command-sender.js';
+import { ackEffectsOf } from '../../server/core/actions/table.js';
+import { CommandSender } from '../../server/core/command-sender.js';
 import { openDataDir } from '../../server/data-dir.js';
 import { runServerCli, useInitializedDataDir } from './run-cli.js';
 import { makeSimDevice } from './sim-fleet.js';

@@ -7,7 +7,7 @@
  */
 import { expect } from 'chai';
 import { bufferedLogger } from '../../lib/log.js';
-import { presenceOf } from '../../server/presence.js';
+import { presenceOf } from '../../server/core/presence.js';
 import { eventually, makeSimDevice } from './sim-fleet.js';
 import { startFixture, type Fixture } from './server-fixture.js';
 import { everyAsync } from '../helpers/async-array.js';

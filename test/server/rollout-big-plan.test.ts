@@ -15,10 +15,10 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import type { Server } from 'node:http';
 import { silentLogger } from '../../lib/log.js';
 import { KeyRing, generateEncryptionKey, generateSigningKey, toJwkSet, toPublicJwk } from '../../protocol/index.js';
-import { CommandSender } from '../../server/command-sender.js';
-import { createHttpApi } from '../../server/http-api.js';
+import { CommandSender } from '../../server/core/command-sender.js';
+import { createHttpApi } from '../../server/http/http-api.js';
 import { openSqliteStorage, type SqliteStorage } from '../../server/storage/sqlite/index.js';
-import type { ServerKeys } from '../../server/server-keys.js';
+import type { ServerKeys } from '../../server/keys/server-keys.js';
 
 const DEVICES = 100_000;
 const TOKEN = 'big-plan-token';

@@ -7,7 +7,7 @@
  */
 import { expect } from 'chai';
 import { toPublicJwk } from '../../protocol/index.js';
-import { presenceOf } from '../../server/presence.js';
+import { presenceOf } from '../../server/core/presence.js';
 import { planRollout, startRollout } from '../../server/rollouts/plan.js';
 import { eventually, makeSimDevice, type SimDevice } from './sim-fleet.js';
 import { startFixture, type Fixture } from './server-fixture.js';

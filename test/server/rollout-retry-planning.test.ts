@@ -17,15 +17,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { silentLogger } from '../../lib/log.js';
 import { KeyRing, generateEncryptionKey, generateSigningKey, toJwkSet, toPublicJwk, type PublicJwk } from '../../protocol/index.js';
-import { CommandSender } from '../../server/command-sender.js';
+import { CommandSender } from '../../server/core/command-sender.js';
 import { openSqliteStorage, type SqliteStorage } from '../../server/storage/sqlite/index.js';
 import { PLANNING_STALE_MS } from '../../server/storage/records.js';
 import { RolloutEngine } from '../../server/rollouts/engine.js';
 import { planRollout, startRollout } from '../../server/rollouts/plan.js';
 import { outlookView, rolloutOutlook } from '../../server/rollouts/progress.js';
 import { RETRIED_STATES, planRetry, startRetry } from '../../server/rollouts/retry.js';
-import { formatRolloutSummary, selectorText } from '../../server/rollouts/views.js';
-import type { ServerKeys } from '../../server/server-keys.js';
+import { formatRolloutSummary, selectorText } from '../../server/rollouts/rollout-views.js';
+import type { ServerKeys } from '../../server/keys/server-keys.js';
 
 describe('server: rollout retry selector, interrupted planning, backoff outlook, confirmed delete count', function () {
   this.timeout(30_000);

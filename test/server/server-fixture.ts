@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { initDataDir } from '../../server/data-dir.js';
 import { startProvisionServer, type RunningServer, type ServeOptions } from '../../server/service.js';
-import type { InboundResult } from '../../server/inbound.js';
+import type { InboundResult } from '../../server/core/inbound.js';
 import { SimFleet, startEmbeddedBroker, type EmbeddedBroker } from './sim-fleet.js';
 
 export interface Fixture {

@@ -20,7 +20,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { CodedError } from '../../../protocol/index.js';
-import { PRESENCE_GRACE } from '../../presence.js';
+import { PRESENCE_GRACE } from '../../core/presence.js';
 import { RegistryError } from '../errors.js';
 import {
   emptyCounts,

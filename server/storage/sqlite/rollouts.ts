@@ -10,7 +10,7 @@
 import { randomUUID } from 'node:crypto';
 import type Database from 'better-sqlite3';
 import { CodedError } from '../../../protocol/index.js';
-import { PRESENCE_GRACE } from '../../presence.js';
+import { PRESENCE_GRACE } from '../../core/presence.js';
 import { RegistryError } from '../errors.js';
 import {
   PLAN_CHUNK,
@@ -72,7 +72,7 @@ interface TargetRow {
 /**
  * A target's device `d` (LEFT JOINed: gone is NULL) may be sent to now (bind
  * now): online by its reports (the last one within PRESENCE_GRACE x its
- * interval, see server/presence.ts), or never reported (sent to as before).
+ * interval, see server/core/presence.ts), or never reported (sent to as before).
  */
 const REACHABLE_NOW = "(d.id IS NULL OR d.last_seen_at IS NULL OR (d.presence = 'online' AND d.last_seen_at + d.report_interval_s * 2500 >= ?))";
 
@@ -330,7 +330,7 @@ export class SqliteRolloutStore implements RolloutStore {
   /**
    * Pending targets whose device may be sent to now: online by its reports (the
    * last one received within PRESENCE_GRACE x its announced interval, see
-   * server/presence.ts), or never reported (an agent without reports: sent as before),
+   * server/core/presence.ts), or never reported (an agent without reports: sent as before),
    * and not held back by a re-send backoff (next_at).
    */
   async deliverable(id: string, now: number, limit: number): Promise<TargetRecord[]> {

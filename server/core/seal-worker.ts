@@ -4,7 +4,7 @@
  * the error's code and message.
  */
 import { parentPort } from 'node:worker_threads';
-import { isProtocolError, sealCommand } from '../protocol/index.js';
+import { isProtocolError, sealCommand } from '../../protocol/index.js';
 import type { SealRequest, SealResponse } from './seal-pool.js';
 
 const port = parentPort;

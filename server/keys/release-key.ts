@@ -11,9 +11,9 @@
  */
 import { readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
-import { CodedError, generateSigningKey, parseJwkSet, toJwkSet, toPublicJwk, type JwkSet, type PrivateJwk, type PublicJwk } from '../protocol/index.js';
-import { writeFileAtomic } from '../lib/durable-file.js';
-import { ensurePrivateDir, exists } from '../lib/fs.js';
+import { CodedError, generateSigningKey, parseJwkSet, toJwkSet, toPublicJwk, type JwkSet, type PrivateJwk, type PublicJwk } from '../../protocol/index.js';
+import { writeFileAtomic } from '../../lib/durable-file.js';
+import { ensurePrivateDir, exists } from '../../lib/fs.js';
 import { readPrivateKeyFile } from './server-keys.js';
 
 export const RELEASE_KEY_FILE = 'release.jwk';

@@ -15,18 +15,18 @@ import {
   parseJwkSet,
   parseTopic,
   type PublicJwk,
-} from '../protocol/index.js';
+} from '../../protocol/index.js';
 import type { CommandSender } from './command-sender.js';
 import type { EnrollRefusals } from './enroll-refusals.js';
-import type { Logger } from '../lib/log.js';
-import { isRegistryError } from './storage/errors.js';
+import type { Logger } from '../../lib/log.js';
+import { isRegistryError } from '../storage/errors.js';
 import { ackEffectsOf, serverActionOf, type RotatedKeys } from './actions/table.js';
-import type { CommandRecord } from './storage/records.js';
-import { logStorageError } from './storage-error.js';
-import type { Storage } from './storage/types.js';
-import type { ServerKeys } from './server-keys.js';
+import type { CommandRecord } from '../storage/records.js';
+import { logStorageError } from '../storage-error.js';
+import type { Storage } from '../storage/types.js';
+import type { ServerKeys } from '../keys/server-keys.js';
 import { openAndRecordReport } from './presence.js';
-import type { ReportClaims } from '../protocol/index.js';
+import type { ReportClaims } from '../../protocol/index.js';
 import type { ReportIntake } from './report-intake.js';
 
 export interface InboundContext {

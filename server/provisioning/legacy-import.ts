@@ -9,8 +9,8 @@ import { createPublicKey } from 'node:crypto';
 import { constants } from 'node:fs';
 import { lstat, open, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { CodedError, computeKid, isValidId, parsePublicJwk, type PublicJwk, RSA_KEY_WRAP_ALG } from '../protocol/index.js';
-import type { Storage } from './storage/types.js';
+import { CodedError, computeKid, isValidId, parsePublicJwk, type PublicJwk, RSA_KEY_WRAP_ALG } from '../../protocol/index.js';
+import type { Storage } from '../storage/types.js';
 
 export interface LegacyImportResult {
   imported: { deviceId: string; userId: string; kid: string; bits: number }[];

@@ -7,7 +7,7 @@
  * is the bottleneck and cores are free.
  */
 import { Worker } from 'node:worker_threads';
-import { ProtocolError, sealCommand, type CommandClaims, type CommandInput, type ProtocolErrorCode, type SealKeys } from '../protocol/index.js';
+import { ProtocolError, sealCommand, type CommandClaims, type CommandInput, type ProtocolErrorCode, type SealKeys } from '../../protocol/index.js';
 
 export interface SealRequest {
   id: number;

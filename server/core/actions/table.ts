@@ -3,11 +3,12 @@
  * agent's side is agent/actions/): which user a command binds the device to
  * once applied, and what an applied ack does to the registry and keys. The
  * table is checked against the protocol's ACTIONS: an action added there is a
- * compile error here until its server side is written.
+ * compile error here until its server side is written. The per-action lists
+ * (destructive actions, ...) are derived from it: no action is chosen by name elsewhere.
  */
-import { isAction, type AckClaims, type Action, type PublicJwk } from '../../protocol/index.js';
-import type { CommandRecord } from '../storage/records.js';
-import type { AckEffect } from '../storage/types.js';
+import { isAction, type AckClaims, type Action, type PublicJwk } from '../../../protocol/index.js';
+import type { CommandRecord } from '../../storage/records.js';
+import type { AckEffect } from '../../storage/types.js';
 
 /** The keys a rotate ack reports, parsed and checked by the caller. */
 export interface RotatedKeys {
@@ -18,6 +19,20 @@ export interface RotatedKeys {
 export interface ServerAction {
   /** The user the device is bound to once this command is applied (undefined: unchanged). */
   bindUser(userId: string, params: object): string | undefined;
+  /**
+   * Whether the command may name the device's new user in `params.user_id`
+   * (an `update` re-binding the device): such a command needs no user of the
+   * device's own, and a user named beside it must be the same.
+   */
+  readonly userInParams: boolean;
+  /**
+   * Whether it wipes the board's keys and decommissions it (getting it back
+   * means re-flashing by hand): sent to more than one device only when
+   * confirmed (rollouts/confirm.ts), never to more devices than were counted.
+   */
+  readonly destructive: boolean;
+  /** Whether its params may name a stored release (`release`, `arch`, ...) that the server resolves per device. */
+  readonly byRelease: boolean;
   /**
    * Whether the board answers this action's outcome only when it decided (an
    * upgrade: after its health gate), so its `rejected E_REPLAY` for a
@@ -34,36 +49,54 @@ const bound = (command: CommandRecord): AckEffect[] => (command.bindUser !== nul
 
 export const SERVER_ACTIONS = {
   request: {
+    userInParams: false,
+    destructive: false,
+    byRelease: false,
     bindUser: (userId) => userId,
     reportsKeys: false,
     outcomeLater: false,
     ackEffects: (command) => [...bound(command), { kind: 'provisioned', userId: command.bindUser ?? command.userId }],
   },
   update: {
+    userInParams: true,
+    destructive: false,
+    byRelease: false,
     bindUser: (_userId, params) => ('user_id' in params && typeof params.user_id === 'string' ? params.user_id : undefined),
     reportsKeys: false,
     outcomeLater: false,
     ackEffects: (command) => bound(command),
   },
   rotate: {
+    userInParams: false,
+    destructive: false,
+    byRelease: false,
     bindUser: () => undefined,
     reportsKeys: true,
     outcomeLater: false,
     ackEffects: (command, _ack, keys) => [...bound(command), ...(keys ? [{ kind: 'keys-rotated', ...keys } as const] : [])],
   },
   delete: {
+    userInParams: false,
+    destructive: true,
+    byRelease: false,
     bindUser: () => undefined,
     reportsKeys: false,
     outcomeLater: false,
     ackEffects: (command) => [...bound(command), { kind: 'decommissioned' }],
   },
   selftest: {
+    userInParams: false,
+    destructive: false,
+    byRelease: false,
     bindUser: () => undefined,
     reportsKeys: false,
     outcomeLater: false,
     ackEffects: (command) => bound(command),
   },
   upgrade: {
+    userInParams: false,
+    destructive: false,
+    byRelease: true,
     bindUser: () => undefined,
     reportsKeys: false,
     outcomeLater: true,
@@ -77,6 +110,21 @@ export const SERVER_ACTIONS = {
 /** The server's side of `action`. */
 export function serverAction(action: Action): ServerAction {
   return SERVER_ACTIONS[action];
+}
+
+/** The actions whose params may name a stored release (`byRelease`). */
+export const RELEASE_ACTIONS: readonly Action[] = (Object.keys(SERVER_ACTIONS) as Action[]).filter((a) => SERVER_ACTIONS[a].byRelease);
+
+/** Whether `action` (any text: a rollout's recorded action) is a destructive one. */
+export function isDestructive(action: string): boolean {
+  return isAction(action) && SERVER_ACTIONS[action].destructive;
+}
+
+/** The user a command's params name for the device (`userInParams` actions' `params.user_id`), else undefined. */
+export function paramsUser(action: Action, params: unknown): string | undefined {
+  if (!SERVER_ACTIONS[action].userInParams || typeof params !== 'object' || params === null) return undefined;
+  const named = (params as { user_id?: unknown }).user_id;
+  return typeof named === 'string' ? named : undefined;
 }
 
 /** The server's side of a recorded command's action (undefined: not an action this server knows). */

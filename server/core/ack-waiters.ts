@@ -2,10 +2,10 @@
  * Waiting for the ack of a command: resolved by this process's own ack handling,
  * or found in the registry (another `serve` instance may have recorded it).
  */
-import type { Logger } from '../lib/log.js';
-import type { CommandRecord } from './storage/records.js';
-import { logStorageError } from './storage-error.js';
-import type { Storage } from './storage/types.js';
+import type { Logger } from '../../lib/log.js';
+import type { CommandRecord } from '../storage/records.js';
+import { logStorageError } from '../storage-error.js';
+import type { Storage } from '../storage/types.js';
 
 export class AckWaiters {
   readonly #storage: Storage;

@@ -5,9 +5,9 @@
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { assertValidId } from '../protocol/index.js';
-import { writeFileAtomic } from '../lib/durable-file.js';
-import { ensurePrivateDir } from '../lib/fs.js';
+import { assertValidId } from '../../protocol/index.js';
+import { writeFileAtomic } from '../../lib/durable-file.js';
+import { ensurePrivateDir } from '../../lib/fs.js';
 
 export async function nextSealSeq(keysDir: string, deviceId: string, requested?: number): Promise<number> {
   assertValidId(deviceId);

@@ -14,10 +14,10 @@ import {
   toPublicJwk,
   type JwkSet,
   type PrivateJwk,
-} from '../protocol/index.js';
-import { CodedError } from '../protocol/index.js';
-import { writeFileAtomic } from '../lib/durable-file.js';
-import { ensurePrivateDir, exists } from '../lib/fs.js';
+} from '../../protocol/index.js';
+import { CodedError } from '../../protocol/index.js';
+import { writeFileAtomic } from '../../lib/durable-file.js';
+import { ensurePrivateDir, exists } from '../../lib/fs.js';
 
 export const DEFAULT_SERVER_ID = 'provision-server';
 

@@ -12,9 +12,9 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { MqttClient } from 'mqtt';
-import { fleetFilter } from '../protocol/index.js';
+import { fleetFilter } from '../../protocol/index.js';
 import { BrokerError } from './mqtt-connection.js';
-import type { Logger } from '../lib/log.js';
+import type { Logger } from '../../lib/log.js';
 
 export type SharedMode = 'auto' | 'on' | 'off';
 export const DEFAULT_SHARE_GROUP = 'provision-server';

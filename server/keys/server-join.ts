@@ -12,12 +12,12 @@
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { CodedError, isRecord, parsePrivateJwk, toJwkSet, type PrivateJwk } from '../protocol/index.js';
-import { writeFileAtomic } from '../lib/durable-file.js';
-import { ensurePrivateDir, exists } from '../lib/fs.js';
+import { CodedError, isRecord, parsePrivateJwk, toJwkSet, type PrivateJwk } from '../../protocol/index.js';
+import { writeFileAtomic } from '../../lib/durable-file.js';
+import { ensurePrivateDir, exists } from '../../lib/fs.js';
 import { readPrivateKeyFile } from './server-keys.js';
-import { serverConfigMode } from './data-dir.js';
-import { openStorage, parseRegistryLocation, redactUrl } from './storage/open.js';
+import { serverConfigMode } from '../data-dir.js';
+import { openStorage, parseRegistryLocation, redactUrl } from '../storage/open.js';
 
 export const JOIN_FORMAT = 'provision-server-join/1';
 

@@ -13,9 +13,18 @@
  * E_UPGRADE_ARCH, with nothing changed: it checks the signed manifest's arch
  * itself); else refused, E_ARCH_UNKNOWN.
  */
-import { CodedError, isRecord, isVersion, ProtocolError, RELEASE_ARCHES, validateParams, type ReleaseArch, type UpgradeParams } from '../protocol/index.js';
-import type { DeviceRecord, ReleaseRecord } from './storage/records.js';
-import type { Storage } from './storage/types.js';
+import {
+  CodedError,
+  isRecord,
+  isVersion,
+  ProtocolError,
+  RELEASE_ARCHES,
+  validateParams,
+  type ReleaseArch,
+  type UpgradeParams,
+} from '../../../protocol/index.js';
+import type { DeviceRecord, ReleaseRecord } from '../../storage/records.js';
+import type { Storage } from '../../storage/types.js';
 
 /** An upgrade as the operator asks for it. */
 export interface UpgradeRequest {

@@ -21,21 +21,22 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { ACTIONS, CodedError, isAction, isCodedError, isProtocolError, isRecord, isValidId } from '../protocol/index.js';
-import { userIdText, type CommandSender } from './command-sender.js';
-import type { Logger } from '../lib/log.js';
-import type { Storage } from './storage/types.js';
-import { commandView, deviceView } from './views.js';
-import type { AuditFilter, RolloutRecord, RolloutSelector } from './storage/records.js';
-import { planRollout, startRollout, type RolloutRequest } from './rollouts/plan.js';
-import { planView, rolloutView } from './rollouts/views.js';
-import { ROLLOUT_CONTROLS } from './rollouts/controls.js';
-import { checkConfirmation } from './rollouts/confirm.js';
-import { planRetry, retryView, startRetry } from './rollouts/retry.js';
-import { planWarnings } from './rollouts/warnings.js';
-import type { ServerKeys } from './server-keys.js';
-import { releaseView } from './releases/views.js';
-import { auditView, parseAuditFilter, type AuditFilterInput } from './audit-filter.js';
+import { ACTIONS, CodedError, isAction, isCodedError, isProtocolError, isRecord, isValidId } from '../../protocol/index.js';
+import { userIdText, type CommandSender } from '../core/command-sender.js';
+import { RELEASE_ACTIONS, serverAction } from '../core/actions/table.js';
+import type { Logger } from '../../lib/log.js';
+import type { Storage } from '../storage/types.js';
+import { commandView, deviceView } from './record-views.js';
+import type { AuditFilter, RolloutRecord, RolloutSelector } from '../storage/records.js';
+import { planRollout, startRollout, type RolloutRequest } from '../rollouts/plan.js';
+import { planView, rolloutView } from '../rollouts/rollout-views.js';
+import { ROLLOUT_CONTROLS } from '../rollouts/controls.js';
+import { checkConfirmation } from '../rollouts/confirm.js';
+import { planRetry, retryView, startRetry } from '../rollouts/retry.js';
+import { planWarnings } from '../rollouts/warnings.js';
+import type { ServerKeys } from '../keys/server-keys.js';
+import { releaseView } from '../releases/views.js';
+import { auditView, parseAuditFilter, type AuditFilterInput } from '../audit-filter.js';
 
 export const MAX_BODY_BYTES = 64 * 1024;
 
@@ -142,17 +143,16 @@ async function route(ctx: HttpApiContext, expected: Buffer, req: IncomingMessage
       throw new CodedError('E_BAD_REQUEST', 'ttl_s must be a positive integer');
     }
     await ctx.storage.devices.require(id);
-    const { command, token } = await ctx.sender.seal({
-      deviceId: id,
-      action: body.action,
-      ...(typeof userId === 'string' ? { userId } : {}),
-      params: withUpgradeMembers(body, body.params ?? {}),
-      ...(typeof body.ttl_s === 'number' ? { ttlSeconds: body.ttl_s } : {}),
-    });
     // Accepted once sealed and recorded; the publish completes (PUBACK) in the background.
-    ctx.sender.publish(id, command.jti, token).then(
-      () => ctx.log.info('command.sent', { device: id, action: command.action, seq: command.seq, jti: command.jti, via: 'http' }),
-      (err: unknown) => ctx.log.error('command.publish_failed', { device: id, jti: command.jti, reason: err instanceof Error ? err.message : String(err) }),
+    const command = await ctx.sender.send(
+      {
+        deviceId: id,
+        action: body.action,
+        ...(typeof userId === 'string' ? { userId } : {}),
+        params: withUpgradeMembers(body, body.params ?? {}),
+        ...(typeof body.ttl_s === 'number' ? { ttlSeconds: body.ttl_s } : {}),
+      },
+      { publish: 'background', via: 'http' },
     );
     res.setHeader('Location', `/commands/${command.jti}`);
     return sendJson(res, 202, { jti: command.jti, device_id: id, action: command.action, seq: command.seq, status: 'accepted' });
@@ -337,7 +337,8 @@ function rolloutRequestFromBody(body: unknown): { request: RolloutRequest; dryRu
 function withUpgradeMembers(body: Record<string, unknown>, params: unknown): unknown {
   const given = UPGRADE_MEMBERS.filter((k) => body[k] !== undefined);
   if (given.length === 0) return params;
-  if (body.action !== 'upgrade') throw new CodedError('E_BAD_REQUEST', `${given.join(', ')}: only for action "upgrade"`);
+  if (!isAction(body.action) || !serverAction(body.action).byRelease)
+    throw new CodedError('E_BAD_REQUEST', `${given.join(', ')}: only for action ${RELEASE_ACTIONS.map((a) => `"${a}"`).join(', ')}`);
   if (!isRecord(params)) throw new CodedError('E_PARAMS', 'params must be an object');
   return { ...params, ...Object.fromEntries(given.map((k) => [k, body[k]])) };
 }

@@ -10,9 +10,9 @@
  * At most `maxKeys` (device, code) pairs are tracked per window; refusals
  * beyond that are summed per code in one row without a device id.
  */
-import type { Logger } from '../lib/log.js';
-import { logStorageError } from './storage-error.js';
-import type { Storage } from './storage/types.js';
+import type { Logger } from '../../lib/log.js';
+import { logStorageError } from '../storage-error.js';
+import type { Storage } from '../storage/types.js';
 
 export const ENROLL_REFUSED_EVENT = 'device.enroll.refused';
 

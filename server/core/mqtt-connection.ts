@@ -2,9 +2,9 @@
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
-import { CodedError } from '../protocol/index.js';
-import type { BrokerSettings } from './data-dir.js';
-import { brokerAddress } from '../lib/broker-address.js';
+import { CodedError } from '../../protocol/index.js';
+import type { BrokerSettings } from '../data-dir.js';
+import { brokerAddress } from '../../lib/broker-address.js';
 
 export interface ConnectOptions {
   clientId?: string;

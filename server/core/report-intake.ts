@@ -1,6 +1,6 @@
 /**
  * What `serve` does with reports besides opening and recording them
- * (server/inbound.ts): the per-device rate limit (server/report-rate-limit.ts),
+ * (server/core/inbound.ts): the per-device rate limit (server/core/report-rate-limit.ts),
  * checked before a report is opened; reports that arrive before the server
  * knows the device's keys (a board's `connect` report races its own
  * enrollment, which arrives on another session), held briefly and retried
@@ -8,7 +8,7 @@
  * (`report.drops`), never one per report: a report not newer than the one
  * recorded (a replay, a late will), one over the rate, one still without keys.
  */
-import type { Logger } from '../lib/log.js';
+import type { Logger } from '../../lib/log.js';
 import { ReportRateLimit, type ReportRateOptions } from './report-rate-limit.js';
 
 export interface ReportIntakeOptions {

@@ -9,15 +9,16 @@
  * transaction recording it committed, as before.
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { type Action, type ActionParams, checkCommandInput, CodedError, commandTopic, isRecord } from '../protocol/index.js';
-import { serverAction } from './actions/table.js';
+import { type Action, type ActionParams, checkCommandInput, CodedError, commandTopic, isRecord } from '../../protocol/index.js';
+import { paramsUser, serverAction } from './actions/table.js';
 import { GroupCommit } from './group-commit.js';
-import { RegistryError } from './storage/errors.js';
-import { isUpgradeRequest, manifestArtifactSha256, resolveUpgrade } from './upgrade-params.js';
-import type { CommandRecord, DeviceRecord, NewCommand } from './storage/records.js';
-import type { Storage } from './storage/types.js';
+import { RegistryError } from '../storage/errors.js';
+import { isUpgradeRequest, manifestArtifactSha256, resolveUpgrade } from './actions/upgrade-params.js';
+import type { CommandRecord, DeviceRecord, NewCommand } from '../storage/records.js';
+import type { Storage } from '../storage/types.js';
 import { sealInProcess, type Seal } from './seal-pool.js';
-import type { ServerKeys } from './server-keys.js';
+import type { ServerKeys } from '../keys/server-keys.js';
+import type { Logger } from '../../lib/log.js';
 
 export type Publish = (topic: string, payload: string) => Promise<void>;
 
@@ -42,6 +43,20 @@ export interface SenderContext {
   publish: Publish;
   /** How to seal (default: in this thread; a SealPool spreads it over worker threads). */
   seal?: Seal;
+  /** Where `send` logs `command.sent` / `command.publish_failed` (default: nowhere). */
+  log?: Logger;
+}
+
+/** How `send` returns: what its callers differ in. */
+export interface SendOptions {
+  /**
+   * 'await' (default): once the broker took the command (PUBACK) and it is
+   * marked sent. 'background': once it is sealed and recorded; the publish
+   * completes afterwards (a failure is logged; the command stays recorded, unsent).
+   */
+  publish?: 'await' | 'background';
+  /** Who asked, for the log line (e.g. 'http'). */
+  via?: string;
 }
 
 /** SHA-256 (base64url) of the canonical JSON of params: what the registry keeps instead of the params. */
@@ -88,7 +103,7 @@ export async function prepareCommand(storage: Storage, keys: ServerKeys, req: Se
   const named = userIdText(req.userId);
   let raw: unknown = req.params ?? {};
   if (isRecord(raw) && raw.user_id !== undefined) raw = { ...raw, user_id: userIdText(raw.user_id) };
-  if (req.action === 'update' && typeof named === 'string' && named !== device.userId && isRecord(raw)) {
+  if (serverAction(req.action).userInParams && typeof named === 'string' && named !== device.userId && isRecord(raw)) {
     // The seed's `update DEVICE USER`: naming a user other than the device's re-binds the device to it.
     if (raw.user_id === undefined) raw = { ...raw, user_id: named };
     else if (raw.user_id !== named)
@@ -96,7 +111,7 @@ export async function prepareCommand(storage: Storage, keys: ServerKeys, req: Se
   }
   // An upgrade by release (`release`, `arch`, ...) becomes the manifest of the build for the device's architecture.
   let releaseSha256: string | undefined;
-  if (req.action === 'upgrade') {
+  if (serverAction(req.action).byRelease) {
     if (isUpgradeRequest(raw)) {
       const resolved = await resolveUpgrade(storage, device, raw);
       raw = resolved.params;
@@ -106,8 +121,7 @@ export async function prepareCommand(storage: Storage, keys: ServerKeys, req: Se
       releaseSha256 = sha !== undefined && (await storage.releases.bySha256(sha)) ? sha : undefined;
     }
   }
-  const paramsUser = req.action === 'update' && isRecord(raw) && typeof raw.user_id === 'string' ? raw.user_id : undefined;
-  const userId = named ?? device.userId ?? paramsUser;
+  const userId = named ?? device.userId ?? paramsUser(req.action, raw);
   if (userId === undefined) throw new CodedError('E_USAGE', `device ${req.deviceId} is bound to no user yet: pass a user id`);
   if (typeof userId !== 'string')
     throw new CodedError('E_USAGE', `user id ${JSON.stringify(userId)} must be text of 1-128 characters or a non-negative integer`);
@@ -192,10 +206,25 @@ export class CommandSender {
     await this.#sent.submit(jti);
   }
 
-  /** Seal, record and publish. */
-  async send(req: SendRequest): Promise<CommandRecord> {
+  /**
+   * Check, seal, record and publish: the one send path (ServerCore.send adds
+   * following the ack). The rollout engine seals and publishes in two steps
+   * instead (it marks the command sent under its lease in between: fencing).
+   */
+  async send(req: SendRequest, options: SendOptions = {}): Promise<CommandRecord> {
     const { command, token } = await this.seal(req);
-    await this.publish(req.deviceId, command.jti, token);
+    const log = this.#ctx.log;
+    const via = options.via !== undefined ? { via: options.via } : {};
+    const published = this.publish(req.deviceId, command.jti, token).then(() =>
+      log?.info('command.sent', { device: command.deviceId, action: command.action, seq: command.seq, jti: command.jti, ...via }),
+    );
+    if (options.publish === 'background') {
+      published.catch((err: unknown) =>
+        log?.error('command.publish_failed', { device: command.deviceId, jti: command.jti, reason: err instanceof Error ? err.message : String(err), ...via }),
+      );
+      return command;
+    }
+    await published;
     return (await this.#ctx.storage.commands.get(command.jti)) as CommandRecord;
   }
 }

@@ -6,11 +6,11 @@
  */
 import { readdir, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { assertValidId, CodedError, generateEncryptionKey, generateSigningKey, toJwkSet, type PrivateJwk, toPublicJwk } from '../protocol/index.js';
-import { DEFAULT_DEVICE_MQTT_VERSION, type BrokerSettings, type MqttVersion, type OpenedData } from './data-dir.js';
-import { readReleaseJwks, RELEASE_JWKS_FILE, releaseJwksPath } from './release-key.js';
-import { writeFileAtomic } from '../lib/durable-file.js';
-import { ensurePrivateDir } from '../lib/fs.js';
+import { assertValidId, CodedError, generateEncryptionKey, generateSigningKey, toJwkSet, type PrivateJwk, toPublicJwk } from '../../protocol/index.js';
+import { DEFAULT_DEVICE_MQTT_VERSION, type BrokerSettings, type MqttVersion, type OpenedData } from '../data-dir.js';
+import { readReleaseJwks, RELEASE_JWKS_FILE, releaseJwksPath } from '../keys/release-key.js';
+import { writeFileAtomic } from '../../lib/durable-file.js';
+import { ensurePrivateDir } from '../../lib/fs.js';
 
 export interface BundleOptions {
   deviceId: string;

@@ -6,10 +6,10 @@
  * so, or when no report has arrived for PRESENCE_GRACE times the interval it
  * announced.
  */
-import { KeyRing, openReport, type ReportClaims } from '../protocol/index.js';
-import type { DevicePresenceRecord, ReportRecordOutcome } from './storage/records.js';
-import type { Storage } from './storage/types.js';
-import type { ServerKeys } from './server-keys.js';
+import { KeyRing, openReport, type ReportClaims } from '../../protocol/index.js';
+import type { DevicePresenceRecord, ReportRecordOutcome } from '../storage/records.js';
+import type { Storage } from '../storage/types.js';
+import type { ServerKeys } from '../keys/server-keys.js';
 
 /** A device whose last report is older than this many report intervals is offline. Kept in step with RolloutStore.deliverable. */
 export const PRESENCE_GRACE = 2.5;

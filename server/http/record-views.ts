@@ -1,6 +1,6 @@
 /** JSON views of registry records, as the HTTP API and `device show --json` print them. */
-import { presenceOf } from './presence.js';
-import type { CommandRecord, DeviceRecord, TokenListing } from './storage/records.js';
+import { presenceOf } from '../core/presence.js';
+import type { CommandRecord, DeviceRecord, TokenListing } from '../storage/records.js';
 
 const iso = (t: number | null): string | null => (t === null ? null : new Date(t).toISOString());
 
