@@ -8,6 +8,7 @@ import { writeFileAtomic } from '../../lib/durable-file.js';
 import { exists } from '../../lib/fs.js';
 import { exportServer } from '../keys/server-join.js';
 import { withData } from './common.js';
+import { REGISTRY_ENV } from '../storage/open.js';
 
 const initCommand = defineCommand({
   command: 'init',
@@ -39,6 +40,10 @@ const exportCommand = defineCommand({
   handler: async (args) => {
     if (!args.force && (await exists(args.out))) throw new CodedError('E_EXISTS', `${args.out} exists; pass --force to replace it`);
     const file = await exportServer(args.data);
+    // The registry the machines share: --registry, else the environment's, else what server.json records.
+    const env = process.env[REGISTRY_ENV];
+    const registry = args.registry ?? (env !== undefined && env.trim() !== '' ? env : undefined);
+    if (registry !== undefined) file.config.registry = registry;
     await writeFileAtomic(args.out, `${JSON.stringify(file, null, 2)}\n`, { mode: 0o600 });
     process.stdout.write(
       `wrote ${args.out} (0600: it holds the server's private keys; move it to the other machine over a secure channel, then delete it)\n  on the other machine: provision-server init --data DIR --join ${args.out} --broker URL [--ca F --cert F --key F]\n`,
