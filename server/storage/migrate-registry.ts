@@ -37,7 +37,7 @@ import { migratePostgres } from './postgres/schema.js';
 import { insertFiles } from './postgres/releases.js';
 import { verifyReleaseFiles } from '../releases/materialise.js';
 import { ARTIFACT_FILE, readReleaseFiles, releaseDirOf } from '../releases/store.js';
-import type { ReleaseRecord } from './records.js';
+import { releaseRecord, type ReleaseRow } from './rows.js';
 
 /** A copied table: its name, primary key (the digest's row order) and identity column, if any. */
 export interface MigratedTable {
@@ -396,16 +396,8 @@ export async function migrateRegistry(sqlitePath: string, pgUrl: string, options
   }
 }
 
-interface LiveReleaseRow {
-  id: number;
-  version: string;
-  arch: string;
-  bytes: number;
-  sha256: string;
-  manifest: string;
-  dir: string;
-  added_at: number;
-}
+/** A live release's row (removed_at IS NULL, not read). */
+type LiveReleaseRow = Omit<ReleaseRow, 'removed_at'>;
 
 /** Where a live release's files are on this machine: DATA/releases/VERSION-ARCH when `dataDir` has them, else the row's dir. */
 function releaseFilesDir(row: LiveReleaseRow, dataDir: string | undefined): string {
@@ -427,7 +419,7 @@ async function copyReleaseFiles(sqlite: Database.Database, sql: Sql, dataDir: st
     .all() as LiveReleaseRow[];
   const expected = new Map<string, { size: number; sha256: string }>();
   for (const row of rows) {
-    const record: ReleaseRecord = { ...row, addedAt: row.added_at, removedAt: null };
+    const record = releaseRecord({ ...row, removed_at: null });
     const dir = releaseFilesDir(row, dataDir);
     const what = `release ${row.version} (${row.arch})`;
     let files;

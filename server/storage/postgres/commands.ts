@@ -10,60 +10,12 @@
 import type { AckClaims } from '../../../protocol/index.js';
 import { RegistryError } from '../errors.js';
 import type { AckRecordOutcome, CommandRecord, NewCommand } from '../records.js';
+import { commandRecord, type CommandRow } from '../rows.js';
 import { ACK_CONTRADICTION_EVENT, ackContradicts } from '../rules.js';
 import type { AckEffect, CommandListFilter, CommandStore } from '../types.js';
 import { appendAudit } from './audit.js';
 import { mapError, type PgDb, type Sql } from './db.js';
 import { setCurrentKeys } from './devices.js';
-
-export interface CommandRow {
-  jti: string;
-  device_id: string;
-  action: string;
-  user_id: string;
-  params_digest: string;
-  seq: number;
-  encryption_kid: string;
-  sealed: string;
-  fanout_id: string | null;
-  bind_user: string | null;
-  created_at: number;
-  expires_at: number;
-  sent_at: number | null;
-  ack_status: CommandRecord['ackStatus'];
-  ack_code: string | null;
-  ack_detail: string | null;
-  ack_jti: string | null;
-  ack_result: string | null;
-  acked_at: number | null;
-  voided_at: number | null;
-  release_sha256: string | null;
-}
-
-export function commandRecord(row: CommandRow): CommandRecord {
-  return {
-    jti: row.jti,
-    deviceId: row.device_id,
-    action: row.action,
-    userId: row.user_id,
-    paramsDigest: row.params_digest,
-    seq: row.seq,
-    encryptionKid: row.encryption_kid,
-    fanoutId: row.fanout_id,
-    bindUser: row.bind_user,
-    createdAt: row.created_at,
-    expiresAt: row.expires_at,
-    sentAt: row.sent_at,
-    ackStatus: row.ack_status,
-    ackCode: row.ack_code,
-    ackDetail: row.ack_detail,
-    ackJti: row.ack_jti,
-    ackResult: row.ack_result === null ? null : (JSON.parse(row.ack_result) as Record<string, unknown>),
-    ackedAt: row.acked_at,
-    voidedAt: row.voided_at,
-    releaseSha256: row.release_sha256,
-  };
-}
 
 /**
  * The kids a rotate ack claims (one `sig` and one `enc` key in result.keys),

@@ -9,54 +9,19 @@
  */
 import { compareReportPositions, reportPosition, type PublicJwk, type ReportClaims } from '../../../protocol/index.js';
 import { RegistryError } from '../errors.js';
-import type { DeviceKeyRecord, DeviceOrigin, DeviceRecord, DeviceState, NewDevice, ReportRecordOutcome, ReportedState } from '../records.js';
-import { PREVIOUS_KEY_GRACE_MS, assertTag, deviceFlag, nextReportedState } from '../rules.js';
+import type { DeviceOrigin, DeviceRecord, DeviceState, NewDevice, ReportRecordOutcome, ReportedState } from '../records.js';
+import { deviceRecord, keyRecord, type DeviceRow, type KeyRow } from '../rows.js';
+import { PREVIOUS_KEY_GRACE_MS, assertTag, nextReportedState } from '../rules.js';
 import type { DeviceListFilter, DeviceStore } from '../types.js';
 import { appendAudit } from './audit.js';
 import type { PgDb, Sql } from './db.js';
-
-export interface DeviceRow {
-  id: string;
-  user_id: string | null;
-  state: DeviceState;
-  next_seq: number;
-  origin: DeviceOrigin;
-  created_at: number;
-  updated_at: number;
-  enrolled_at: number | null;
-  confirmed_at: number | null;
-  decommissioned_at: number | null;
-  flagged_at: number | null;
-  flag: string | null;
-  last_seen_at: number | null;
-  presence: 'online' | 'offline' | null;
-  presence_session: string | null;
-  presence_conn: number | null;
-  report_interval_s: number | null;
-  reported: string | null;
-  reported_at: number | null;
-  last_report_jti: string | null;
-  report_run: number | null;
-  report_n: number | null;
-  arch: string | null;
-  agent_version: string | null;
-}
 
 export const noDevice = (id: string): RegistryError => new RegistryError('E_NO_DEVICE', `device ${id} is not registered`);
 
 /** A device row with its keys (oldest first) and tags, as DEVICE_SELECT reads them. */
 export interface DeviceRowWith extends DeviceRow {
-  keys_json: KeyJson[];
+  keys_json: Omit<KeyRow, 'device_id'>[];
   tags_arr: string[];
-}
-
-interface KeyJson {
-  kid: string;
-  use: 'sig' | 'enc';
-  jwk: string;
-  status: 'current' | 'previous' | 'retired';
-  added_at: number;
-  retired_at: number | null;
 }
 
 /** Devices `d` with their keys and tags, in one statement (append WHERE ... and, to lock, FOR UPDATE OF d). */
@@ -68,48 +33,7 @@ export const DEVICE_SELECT = `SELECT d.*,
   FROM devices d`;
 
 export function deviceRecordOf(row: DeviceRowWith): DeviceRecord {
-  const keys = row.keys_json.map((k): DeviceKeyRecord => ({
-    kid: k.kid,
-    use: k.use,
-    status: k.status,
-    jwk: JSON.parse(k.jwk) as PublicJwk,
-    addedAt: k.added_at,
-    retiredAt: k.retired_at,
-  }));
-  return deviceRecord(row, keys, row.tags_arr);
-}
-
-function deviceRecord(row: DeviceRow, keys: DeviceKeyRecord[], tags: string[]): DeviceRecord {
-  const current = (use: 'sig' | 'enc'): PublicJwk | undefined =>
-    row.state === 'decommissioned' ? undefined : keys.find((k) => k.use === use && k.status === 'current')?.jwk;
-  const reported = row.reported === null ? null : (JSON.parse(row.reported) as ReportedState);
-  return {
-    id: row.id,
-    userId: row.user_id,
-    state: row.state,
-    nextSeq: row.next_seq,
-    origin: row.origin,
-    createdAt: row.created_at,
-    updatedAt: row.updated_at,
-    enrolledAt: row.enrolled_at,
-    confirmedAt: row.confirmed_at,
-    decommissionedAt: row.decommissioned_at,
-    flag: row.flagged_at === null ? null : deviceFlag(row.flagged_at, row.flag),
-    signing: current('sig'),
-    encryption: current('enc'),
-    keys,
-    tags,
-    presence: {
-      lastSeenAt: row.last_seen_at,
-      reported: row.presence,
-      session: row.presence_session,
-      conn: row.presence_conn,
-      intervalS: row.report_interval_s,
-      state: reported,
-    },
-    arch: row.arch,
-    agentVersion: row.agent_version ?? reported?.agent_version ?? null,
-  };
+  return deviceRecord(row, row.keys_json.map(keyRecord), row.tags_arr);
 }
 
 /** The device, or undefined; `lock`: holding its row lock until the transaction ends. */

@@ -7,43 +7,11 @@
 import { RegistryError } from '../errors.js';
 import { hashToken, newEnrollmentToken } from '../tokens.js';
 import type { TokenListing } from '../records.js';
+import { tokenListing, type TokenListingRow, type TokenRow } from '../rows.js';
 import type { EnrollInput, EnrollmentStore } from '../types.js';
 import { appendAudit } from './audit.js';
 import type { PgDb } from './db.js';
 import { getDevice, setCurrentKeys, upsertDevice } from './devices.js';
-
-interface TokenRow {
-  hash: string;
-  device_id: string;
-  user_id: string;
-  created_at: number;
-  expires_at: number;
-  used_at: number | null;
-  used_by: string | null;
-}
-
-interface ListingRow {
-  device_id: string;
-  user_id: string;
-  created_at: number;
-  expires_at: number;
-  used_at: number | null;
-  enrolled_at: number | null;
-  state: string | null;
-}
-
-function listing(r: ListingRow, now: number): TokenListing {
-  return {
-    deviceId: r.device_id,
-    userId: r.user_id,
-    createdAt: r.created_at,
-    expiresAt: r.expires_at,
-    usedAt: r.used_at,
-    status: r.used_at !== null ? 'used' : r.expires_at <= now ? 'expired' : 'valid',
-    enrolledAt: r.enrolled_at,
-    deviceState: r.state,
-  };
-}
 
 const SELECT = `SELECT t.device_id, t.user_id, t.created_at, t.expires_at, t.used_at, d.enrolled_at, d.state
   FROM enrollment_tokens t LEFT JOIN devices d ON d.id = t.device_id`;
@@ -129,18 +97,18 @@ export class PgEnrollmentStore implements EnrollmentStore {
     const now = this.#now();
     const rows =
       filter.deviceId === undefined
-        ? await this.#db.q<ListingRow>(`${SELECT} ORDER BY t.created_at DESC, t.device_id COLLATE "C"`)
-        : await this.#db.q<ListingRow>(`${SELECT} WHERE t.device_id = $1 ORDER BY t.created_at DESC`, [filter.deviceId]);
-    return rows.map((r) => listing(r, now));
+        ? await this.#db.q<TokenListingRow>(`${SELECT} ORDER BY t.created_at DESC, t.device_id COLLATE "C"`)
+        : await this.#db.q<TokenListingRow>(`${SELECT} WHERE t.device_id = $1 ORDER BY t.created_at DESC`, [filter.deviceId]);
+    return rows.map((r) => tokenListing(r, now));
   }
 
   async pendingEnrollments(): Promise<TokenListing[]> {
     const now = this.#now();
-    const rows = await this.#db.q<ListingRow>(
+    const rows = await this.#db.q<TokenListingRow>(
       `${SELECT} WHERE t.used_at IS NULL AND (d.enrolled_at IS NULL OR d.enrolled_at < t.created_at)
          AND t.created_at = (SELECT MAX(created_at) FROM enrollment_tokens u WHERE u.device_id = t.device_id)
        ORDER BY t.device_id COLLATE "C"`,
     );
-    return rows.map((r) => listing(r, now));
+    return rows.map((r) => tokenListing(r, now));
   }
 }

@@ -12,33 +12,10 @@
  */
 import { CodedError, type ReleaseManifest } from '../../../protocol/index.js';
 import { UPGRADE_FETCH_GRACE_MS, type ReleaseRecord } from '../records.js';
+import { releaseRecord, type ReleaseRow } from '../rows.js';
 import type { ReleaseFile, ReleaseStore } from '../types.js';
 import { appendAudit } from './audit.js';
 import type { PgDb, Sql } from './db.js';
-
-interface ReleaseRow {
-  id: number;
-  version: string;
-  arch: string;
-  bytes: number;
-  sha256: string;
-  manifest: string;
-  dir: string;
-  added_at: number;
-  removed_at: number | null;
-}
-
-const record = (r: ReleaseRow): ReleaseRecord => ({
-  id: r.id,
-  version: r.version,
-  arch: r.arch,
-  bytes: r.bytes,
-  sha256: r.sha256,
-  manifest: r.manifest,
-  dir: r.dir,
-  addedAt: r.added_at,
-  removedAt: r.removed_at,
-});
 
 /** Bytes read per statement from release_files (a bytea comes back as hex text: twice this as a string). */
 export const FILE_SLICE_BYTES = 4 * 1024 * 1024;
@@ -68,17 +45,17 @@ export class PgReleaseStore implements ReleaseStore {
       filter.version === undefined
         ? await this.#db.q<ReleaseRow>('SELECT * FROM releases WHERE removed_at IS NULL ORDER BY added_at DESC, id DESC')
         : await this.#db.q<ReleaseRow>('SELECT * FROM releases WHERE removed_at IS NULL AND version = $1 ORDER BY arch COLLATE "C"', [filter.version]);
-    return rows.map(record);
+    return rows.map(releaseRecord);
   }
 
   async get(version: string, arch: string): Promise<ReleaseRecord | undefined> {
     const row = await this.#db.one<ReleaseRow>('SELECT * FROM releases WHERE removed_at IS NULL AND version = $1 AND arch = $2', [version, arch]);
-    return row ? record(row) : undefined;
+    return row ? releaseRecord(row) : undefined;
   }
 
   async bySha256(sha256: string): Promise<ReleaseRecord | undefined> {
     const row = await this.#db.one<ReleaseRow>('SELECT * FROM releases WHERE removed_at IS NULL AND sha256 = $1 ORDER BY id DESC LIMIT 1', [sha256]);
-    return row ? record(row) : undefined;
+    return row ? releaseRecord(row) : undefined;
   }
 
   async require(version: string, arch?: string): Promise<ReleaseRecord> {
@@ -104,7 +81,7 @@ export class PgReleaseStore implements ReleaseStore {
         );
         await insertFiles(sql, (row as ReleaseRow).id, files);
         await appendAudit(sql, now, 'release.add', null, { version: m.version, arch: m.arch, bytes: m.artifact.bytes, sha256: m.artifact.sha256 });
-        return record(row as ReleaseRow);
+        return releaseRecord(row as ReleaseRow);
       });
     } catch (err) {
       // Another machine added the same version and arch between our check and insert.

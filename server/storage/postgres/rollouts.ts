@@ -38,46 +38,12 @@ import {
   type TargetRecord,
   type TargetState,
 } from '../records.js';
+import { rolloutRecord, targetRecord, type RolloutRow, type TargetRow } from '../rows.js';
 import { assertTag } from '../rules.js';
 import type { CreateFromSelectorOptions, RolloutStore, TargetMoveFields } from '../types.js';
 import { appendAudit } from './audit.js';
 import type { PgDb, Sql } from './db.js';
 import { renewLease } from './leases.js';
-
-interface RolloutRow {
-  id: string;
-  created_at: number;
-  action: string;
-  params: string;
-  user_id: string | null;
-  selector: string;
-  ttl_s: number;
-  deadline_at: number;
-  rate_per_min: number | null;
-  ramp_from: number | null;
-  ramp_factor: number | null;
-  abort_percent: number | null;
-  abort_min: number;
-  concurrency: number;
-  state: RolloutState;
-  state_reason: string | null;
-  updated_at: number;
-  finished_at: number | null;
-  planning: number;
-  retry_of: string | null;
-}
-
-interface TargetRow {
-  rollout_id: string;
-  device_id: string;
-  state: TargetState;
-  jti: string | null;
-  attempts: number;
-  code: string | null;
-  sent_at: number | null;
-  next_at: number | null;
-  updated_at: number;
-}
 
 type AnsweredStatus = 'applied' | 'rejected' | 'failed' | 'rolled_back';
 
@@ -718,43 +684,4 @@ export class PgRolloutStore implements RolloutStore {
     const row = await this.#db.one<{ t: number | null }>('SELECT MAX(sent_at) AS t FROM rollout_targets WHERE rollout_id = $1', [id]);
     return row?.t === null || row?.t === undefined ? null : Number(row.t);
   }
-}
-
-function rolloutRecord(row: RolloutRow): RolloutRecord {
-  return {
-    id: row.id,
-    createdAt: Number(row.created_at),
-    action: row.action,
-    params: JSON.parse(row.params) as Record<string, unknown>,
-    ...(row.user_id !== null ? { userId: row.user_id } : {}),
-    selector: JSON.parse(row.selector) as RolloutSelector,
-    ttlSeconds: Number(row.ttl_s),
-    deadlineAt: Number(row.deadline_at),
-    ...(row.rate_per_min !== null ? { ratePerMin: Number(row.rate_per_min) } : {}),
-    ...(row.ramp_from !== null ? { rampFrom: Number(row.ramp_from) } : {}),
-    ...(row.ramp_factor !== null ? { rampFactor: Number(row.ramp_factor) } : {}),
-    ...(row.abort_percent !== null ? { abortPercent: Number(row.abort_percent) } : {}),
-    abortMin: Number(row.abort_min),
-    concurrency: Number(row.concurrency),
-    planning: Number(row.planning) === 1,
-    state: row.state,
-    stateReason: row.state_reason,
-    updatedAt: Number(row.updated_at),
-    finishedAt: row.finished_at === null ? null : Number(row.finished_at),
-    retryOf: row.retry_of,
-  };
-}
-
-function targetRecord(row: TargetRow): TargetRecord {
-  return {
-    rolloutId: row.rollout_id,
-    deviceId: row.device_id,
-    state: row.state,
-    jti: row.jti,
-    attempts: Number(row.attempts),
-    code: row.code,
-    sentAt: row.sent_at === null ? null : Number(row.sent_at),
-    nextAt: row.next_at === null ? null : Number(row.next_at),
-    updatedAt: Number(row.updated_at),
-  };
 }

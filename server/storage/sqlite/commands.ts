@@ -5,12 +5,12 @@
  */
 import type { AckClaims } from '../../../protocol/index.js';
 import type { AckRecordOutcome, CommandRecord, NewCommand } from '../records.js';
+import { commandRecord, type CommandRow } from '../rows.js';
 import { ACK_CONTRADICTION_EVENT, ackContradicts } from '../rules.js';
 import type { AckEffect, CommandListFilter, CommandStore } from '../types.js';
 import { appendAudit } from './audit.js';
 import type { SqliteDb } from './db.js';
 import { setCurrentKeys } from './devices.js';
-import { commandRecord, type CommandRow } from './rows.js';
 
 /** A command by its jti (in the caller's transaction, when in one). */
 export function readCommand(db: SqliteDb['db'], jti: string): CommandRecord | undefined {

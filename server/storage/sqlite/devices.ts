@@ -7,15 +7,26 @@
 import { compareReportPositions, reportPosition, type PublicJwk, type ReportClaims } from '../../../protocol/index.js';
 import { RegistryError } from '../errors.js';
 import type { DeviceOrigin, DeviceRecord, DeviceState, NewDevice, ReportRecordOutcome, ReportedState } from '../records.js';
+import { deviceRecord, keyRecord, type DeviceRow, type KeyRow } from '../rows.js';
 import { PREVIOUS_KEY_GRACE_MS, assertTag, nextReportedState } from '../rules.js';
 import type { DeviceListFilter, DeviceStore } from '../types.js';
 import { appendAudit } from './audit.js';
 import type { SqliteDb } from './db.js';
-import { deviceRecord, tagsOf, type DeviceRow } from './rows.js';
+
+/** The device's tags, sorted. */
+function tagsOf(db: SqliteDb['db'], deviceId: string): string[] {
+  return (db.prepare('SELECT tag FROM device_tags WHERE device_id = ? ORDER BY tag').all(deviceId) as { tag: string }[]).map((r) => r.tag);
+}
+
+/** The device of `row`, with its keys (oldest first) and tags. */
+function deviceRecordOf(db: SqliteDb['db'], row: DeviceRow): DeviceRecord {
+  const keys = db.prepare('SELECT * FROM device_keys WHERE device_id = ? ORDER BY added_at, kid').all(row.id) as KeyRow[];
+  return deviceRecord(row, keys.map(keyRecord), tagsOf(db, row.id));
+}
 
 export function getDevice(s: SqliteDb, id: string): DeviceRecord | undefined {
   const row = s.db.prepare('SELECT * FROM devices WHERE id = ?').get(id) as DeviceRow | undefined;
-  return row ? deviceRecord(s.db, row) : undefined;
+  return row ? deviceRecordOf(s.db, row) : undefined;
 }
 
 export function requireDevice(s: SqliteDb, id: string): DeviceRecord {
@@ -77,7 +88,7 @@ export class SqliteDeviceStore implements DeviceStore {
       args.push(filter.tag);
     }
     const rows = this.#s.db.prepare(`SELECT * FROM devices ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id`).all(...args) as DeviceRow[];
-    return rows.filter((r) => !filter.states || filter.states.includes(r.state)).map((r) => deviceRecord(this.#s.db, r));
+    return rows.filter((r) => !filter.states || filter.states.includes(r.state)).map((r) => deviceRecordOf(this.#s.db, r));
   }
 
   /** Registers a device whose keys were made elsewhere (JWKS, legacy import, keys made on the host). */

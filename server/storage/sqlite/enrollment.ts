@@ -7,44 +7,12 @@
  */
 import { RegistryError } from '../errors.js';
 import type { TokenListing } from '../records.js';
+import { tokenListing, type TokenListingRow, type TokenRow } from '../rows.js';
 import { hashToken, newEnrollmentToken } from '../tokens.js';
 import type { EnrollInput, EnrollmentStore } from '../types.js';
 import { appendAudit } from './audit.js';
 import type { SqliteDb } from './db.js';
 import { getDevice, setCurrentKeys, upsertDevice } from './devices.js';
-
-interface TokenRow {
-  hash: string;
-  device_id: string;
-  user_id: string;
-  created_at: number;
-  expires_at: number;
-  used_at: number | null;
-  used_by: string | null;
-}
-
-interface Row {
-  device_id: string;
-  user_id: string;
-  created_at: number;
-  expires_at: number;
-  used_at: number | null;
-  enrolled_at: number | null;
-  state: string | null;
-}
-
-function listing(r: Row, now: number): TokenListing {
-  return {
-    deviceId: r.device_id,
-    userId: r.user_id,
-    createdAt: r.created_at,
-    expiresAt: r.expires_at,
-    usedAt: r.used_at,
-    status: r.used_at !== null ? 'used' : r.expires_at <= now ? 'expired' : 'valid',
-    enrolledAt: r.enrolled_at,
-    deviceState: r.state,
-  };
-}
 
 const SELECT = `SELECT t.device_id, t.user_id, t.created_at, t.expires_at, t.used_at, d.enrolled_at, d.state
   FROM enrollment_tokens t LEFT JOIN devices d ON d.id = t.device_id`;
@@ -134,8 +102,8 @@ export class SqliteEnrollmentStore implements EnrollmentStore {
       filter.deviceId === undefined
         ? this.#s.db.prepare(`${SELECT} ORDER BY t.created_at DESC, t.device_id`).all()
         : this.#s.db.prepare(`${SELECT} WHERE t.device_id = ? ORDER BY t.created_at DESC`).all(filter.deviceId)
-    ) as Row[];
-    return rows.map((r) => listing(r, now));
+    ) as TokenListingRow[];
+    return rows.map((r) => tokenListing(r, now));
   }
 
   /**
@@ -151,7 +119,7 @@ export class SqliteEnrollmentStore implements EnrollmentStore {
            AND t.created_at = (SELECT MAX(created_at) FROM enrollment_tokens u WHERE u.device_id = t.device_id)
          ORDER BY t.device_id`,
       )
-      .all() as Row[];
-    return rows.map((r) => listing(r, now));
+      .all() as TokenListingRow[];
+    return rows.map((r) => tokenListing(r, now));
   }
 }

@@ -7,33 +7,10 @@
  */
 import { CodedError, type ReleaseManifest } from '../../../protocol/index.js';
 import { UPGRADE_FETCH_GRACE_MS, type ReleaseRecord } from '../records.js';
+import { releaseRecord, type ReleaseRow } from '../rows.js';
 import type { ReleaseFile, ReleaseStore } from '../types.js';
 import { appendAudit } from './audit.js';
 import type { SqliteDb } from './db.js';
-
-interface ReleaseRow {
-  id: number;
-  version: string;
-  arch: string;
-  bytes: number;
-  sha256: string;
-  manifest: string;
-  dir: string;
-  added_at: number;
-  removed_at: number | null;
-}
-
-const record = (r: ReleaseRow): ReleaseRecord => ({
-  id: r.id,
-  version: r.version,
-  arch: r.arch,
-  bytes: r.bytes,
-  sha256: r.sha256,
-  manifest: r.manifest,
-  dir: r.dir,
-  addedAt: r.added_at,
-  removedAt: r.removed_at,
-});
 
 export class SqliteReleaseStore implements ReleaseStore {
   /** One machine: a release's files are in its data directory (DATA/releases/VERSION-ARCH), not in the registry. */
@@ -55,7 +32,7 @@ export class SqliteReleaseStore implements ReleaseStore {
       filter.version === undefined
         ? this.#s.db.prepare('SELECT * FROM releases WHERE removed_at IS NULL ORDER BY added_at DESC, id DESC').all()
         : this.#s.db.prepare('SELECT * FROM releases WHERE removed_at IS NULL AND version = ? ORDER BY arch').all(filter.version);
-    return (rows as ReleaseRow[]).map(record);
+    return (rows as ReleaseRow[]).map(releaseRecord);
   }
 
   async get(version: string, arch: string): Promise<ReleaseRecord | undefined> {
@@ -64,14 +41,14 @@ export class SqliteReleaseStore implements ReleaseStore {
 
   #get(version: string, arch: string): ReleaseRecord | undefined {
     const row = this.#s.db.prepare('SELECT * FROM releases WHERE removed_at IS NULL AND version = ? AND arch = ?').get(version, arch) as ReleaseRow | undefined;
-    return row ? record(row) : undefined;
+    return row ? releaseRecord(row) : undefined;
   }
 
   /** A live release by its artifact's SHA-256. */
   async bySha256(sha256: string): Promise<ReleaseRecord | undefined> {
     const row = this.#s.db.prepare('SELECT * FROM releases WHERE removed_at IS NULL AND sha256 = ? ORDER BY id DESC LIMIT 1').get(sha256) as
       ReleaseRow | undefined;
-    return row ? record(row) : undefined;
+    return row ? releaseRecord(row) : undefined;
   }
 
   /**
@@ -108,7 +85,7 @@ export class SqliteReleaseStore implements ReleaseStore {
           .prepare('INSERT INTO releases (version, arch, bytes, sha256, manifest, dir, added_at) VALUES (?, ?, ?, ?, ?, ?, ?)')
           .run(m.version, m.arch, m.artifact.bytes, m.artifact.sha256, manifestJws, dir, now);
         appendAudit(this.#s, 'release.add', null, { version: m.version, arch: m.arch, bytes: m.artifact.bytes, sha256: m.artifact.sha256 });
-        return record(this.#s.db.prepare('SELECT * FROM releases WHERE id = ?').get(lastInsertRowid) as ReleaseRow);
+        return releaseRecord(this.#s.db.prepare('SELECT * FROM releases WHERE id = ?').get(lastInsertRowid) as ReleaseRow);
       })
       .immediate();
   }

@@ -28,46 +28,12 @@ import {
   type TargetState,
   type Lease,
 } from '../records.js';
+import { rolloutRecord, targetRecord, type RolloutRow, type TargetRow } from '../rows.js';
 import { assertTag } from '../rules.js';
 import type { CreateFromSelectorOptions, RolloutStore, TargetMoveFields } from '../types.js';
 import { appendAudit } from './audit.js';
 import type { SqliteDb } from './db.js';
 import { LEASE_HELD, leaseArgs, leaseHeld, renewLease } from './leases.js';
-
-interface RolloutRow {
-  id: string;
-  created_at: number;
-  action: string;
-  params: string;
-  user_id: string | null;
-  selector: string;
-  ttl_s: number;
-  deadline_at: number;
-  rate_per_min: number | null;
-  ramp_from: number | null;
-  ramp_factor: number | null;
-  abort_percent: number | null;
-  abort_min: number;
-  concurrency: number;
-  state: RolloutState;
-  state_reason: string | null;
-  updated_at: number;
-  finished_at: number | null;
-  planning: number;
-  retry_of: string | null;
-}
-
-interface TargetRow {
-  rollout_id: string;
-  device_id: string;
-  state: TargetState;
-  jti: string | null;
-  attempts: number;
-  code: string | null;
-  sent_at: number | null;
-  next_at: number | null;
-  updated_at: number;
-}
 
 /**
  * A target's device `d` (LEFT JOINed: gone is NULL) may be sent to now (bind
@@ -756,43 +722,4 @@ export class SqliteRolloutStore implements RolloutStore {
   async lastSentAt(id: string): Promise<number | null> {
     return (this.#s.db.prepare('SELECT MAX(sent_at) AS t FROM rollout_targets WHERE rollout_id = ?').get(id) as { t: number | null }).t;
   }
-}
-
-function rolloutRecord(row: RolloutRow): RolloutRecord {
-  return {
-    id: row.id,
-    createdAt: row.created_at,
-    action: row.action,
-    params: JSON.parse(row.params) as Record<string, unknown>,
-    ...(row.user_id !== null ? { userId: row.user_id } : {}),
-    selector: JSON.parse(row.selector) as RolloutSelector,
-    ttlSeconds: row.ttl_s,
-    deadlineAt: row.deadline_at,
-    ...(row.rate_per_min !== null ? { ratePerMin: row.rate_per_min } : {}),
-    ...(row.ramp_from !== null ? { rampFrom: row.ramp_from } : {}),
-    ...(row.ramp_factor !== null ? { rampFactor: row.ramp_factor } : {}),
-    ...(row.abort_percent !== null ? { abortPercent: row.abort_percent } : {}),
-    abortMin: row.abort_min,
-    concurrency: row.concurrency,
-    planning: row.planning === 1,
-    state: row.state,
-    stateReason: row.state_reason,
-    updatedAt: row.updated_at,
-    finishedAt: row.finished_at,
-    retryOf: row.retry_of,
-  };
-}
-
-function targetRecord(row: TargetRow): TargetRecord {
-  return {
-    rolloutId: row.rollout_id,
-    deviceId: row.device_id,
-    state: row.state,
-    jti: row.jti,
-    attempts: row.attempts,
-    code: row.code,
-    sentAt: row.sent_at,
-    nextAt: row.next_at,
-    updatedAt: row.updated_at,
-  };
 }
