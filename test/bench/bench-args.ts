@@ -15,7 +15,8 @@ export const BENCH_SECTIONS = {
   protocol: 'seal and open+verify, node-jose vs the node:crypto floor',
   agent: 'idle RSS and start-to-subscribed of the agent vs a bare node',
   server: 'sealed commands/s to mosquitto for a registered fleet vs the seal floor',
-  servers: 'a rollout through 1 and 2 serve processes on PostgreSQL and 1 on SQLite: commands/s vs the seal floor',
+  servers:
+    'commands/s through the send path (CommandSender) with SQLite in 1 process and PostgreSQL in 1 and 2, vs the seal floor; then rollouts through 1 and 2 serve processes',
   e2e: 'command-to-verified-ack latency with simulated agents, each its own MQTT connection',
   rollout: "serve's rollout engine on aedes, simulated fleet: throughput, rate, held delivery",
   upgrade: 'send -> applied of an agent upgrade through mosquitto: agent-only and with its own Node (host board, real root installer)',

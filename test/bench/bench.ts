@@ -4,8 +4,9 @@
  *
  * Sections: protocol (node-jose vs node:crypto floor), agent (RSS and start
  * vs a bare node), server (sealed commands/s to mosquitto for a registered
- * fleet vs the seal floor), servers (a rollout through 1 and 2 `serve` processes
- * on PostgreSQL and 1 on SQLite, commands/s vs the seal floor), end to end (command-to-verified-ack latency with
+ * fleet vs the seal floor), servers (commands/s through the send path, CommandSender,
+ * with SQLite in 1 process and PostgreSQL in 1 and 2 processes, vs the seal floor; then a rollout through 1 and 2 `serve` processes
+ * on PostgreSQL and 1 on SQLite), end to end (command-to-verified-ack latency with
  * simulated agents, each its own MQTT connection), rollout (serve's engine on
  * aedes with a simulated fleet in a worker thread: throughput, achieved rate,
  * held delivery to boards that come back), upgrade (send -> applied of an agent upgrade, agent-only and with its own Node, on a host board), footprint (production install). `--only=protocol,agent,...` runs a subset; `--runs=N` takes the
@@ -95,9 +96,20 @@ if (want('server')) {
   });
 }
 if (want('servers')) {
+  const commands = quick ? 300 : 3000;
   const boards = quick ? 300 : 2000;
-  log(`servers: rollouts to ${boards} simulated boards through 1 and 2 serve processes on PostgreSQL and 1 on SQLite ...`);
-  results.servers = await benchServers({ boards, concurrency: 256, sealFloorMs: results.protocol?.seal_floor_ms ?? NaN, log });
+  log(
+    `servers: ${commands} commands through the send path (CommandSender) with SQLite in 1 process and PostgreSQL in 1 and 2; then rollouts to ${boards} simulated boards through 1 and 2 serve processes on PostgreSQL and 1 on SQLite ...`,
+  );
+  results.servers = await benchServers({
+    commands,
+    sendConcurrency: 16,
+    sealSample: quick ? 100 : 500,
+    boards,
+    concurrency: 256,
+    sealFloorMs: results.protocol?.seal_floor_ms ?? NaN,
+    log,
+  });
 }
 if (want('e2e')) {
   const agents = quick ? 200 : 1000;
@@ -174,6 +186,18 @@ if (s) {
     );
   }
 }
+const st = results.servers?.send.target;
+if (st) {
+  const r = results.servers?.send.runs.find((x) => x.registry === 'sqlite' && x.processes === 1);
+  target(
+    'servers: send path commands/s vs seal floor (ratio), SQLite, 1 process',
+    st.ratio,
+    0.5,
+    'min',
+    '>= 0.5',
+    `${r?.commands_per_s}/s vs ${results.servers?.seal_floor_per_s}/s`,
+  );
+}
 for (const e of results.e2e ?? [])
   target(`e2e p99 ms, ${e.agents} agents, ${e.rate_per_s}/s, TCP_NODELAY ${e.tcp_nodelay ? 'on' : 'off'}`, e.p99_ms, 25, 'max', '< 25 ms');
 
@@ -208,13 +232,30 @@ if (s) {
 }
 const sv = results.servers;
 if (sv) {
+  const sd = sv.send;
   lines.push(
-    `servers (rollout to ${sv.boards} simulated boards, POST /rollouts, no rate limit, ${sv.concurrency} in flight; boards, mosquitto and PostgreSQL on this machine)`,
+    `servers, send path (CommandSender: seq, seal, record, publish QoS 1 to mosquitto, mark sent; ${sd.commands} commands to ${sd.devices} registered devices, ${sd.concurrency} in flight per process; all on this machine)`,
   );
-  for (const r of sv.runs)
+  for (const r of sd.runs)
     lines.push(
-      `  ${r.serves} serve${r.serves > 1 ? 's' : ' '} on ${r.registry.padEnd(8)}  sent ${r.sent_per_s}/s (all sent ${r.sent_s} s)   applied ${r.applied_per_s}/s (all acked ${r.applied_s} s)   seal floor ${sv.seal_floor_per_s}/s   ratio ${r.ratio_to_seal_floor} (sent/s)`,
+      `  ${r.registry.padEnd(8)} ${r.processes} process${r.processes > 1 ? 'es' : '  '}  ${r.commands_per_s}/s (${r.commands} in ${r.seconds} s${r.processes > 1 ? `, first start to last finish; each ${r.per_process_per_s.join(' + ')}/s` : ''})   seal floor ${sv.seal_floor_per_s}/s   ratio ${r.ratio_to_seal_floor}   parts alone: seal ${r.seal_only_per_s}/s, registry batched ${r.registry_batched_per_s}/s`,
     );
+  lines.push(`  SQLite: ${sd.durability.sqlite}; PostgreSQL: ${sd.durability.postgres}`);
+  if (sd.target)
+    lines.push(
+      `  target >= 0.5 for SQLite 1 process: ${sd.target.met ? 'met' : `missed by ${sd.target.off_by}x`} (${sd.target.ratio})`,
+      `  why: ${sd.target.why}`,
+    );
+  const ro = sv.rollout;
+  if (ro) {
+    lines.push(
+      `servers, rollout (${ro.boards} simulated boards, POST /rollouts, no rate limit, ${ro.concurrency} in flight; boards, mosquitto and PostgreSQL on this machine)`,
+    );
+    for (const r of ro.runs)
+      lines.push(
+        `  ${r.serves} serve${r.serves > 1 ? 's' : ' '} on ${r.registry.padEnd(8)}  sent ${r.sent_per_s}/s (all sent ${r.sent_s} s)   applied ${r.applied_per_s}/s (all acked ${r.applied_s} s)   seal floor ${sv.seal_floor_per_s}/s   ratio ${r.ratio_to_seal_floor} (sent/s)`,
+      );
+  }
   for (const s of sv.skipped) lines.push(`  skipped ${s}`);
 }
 for (const e of results.e2e ?? []) {
