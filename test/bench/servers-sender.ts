@@ -14,9 +14,9 @@
  */
 import { randomUUID } from 'node:crypto';
 import { sealCommand, type PublicJwk } from '../../protocol/index.js';
-import { CommandSender } from '../../server/command-sender.js';
-import { connectBroker, publishQos1 } from '../../server/mqtt-connection.js';
-import { loadServerKeys } from '../../server/server-keys.js';
+import { CommandSender } from '../../server/core/command-sender.js';
+import { connectBroker, publishQos1 } from '../../server/core/mqtt-connection.js';
+import { loadServerKeys } from '../../server/keys/server-keys.js';
 import { openStorage, parseRegistryLocation } from '../../server/storage/open.js';
 import type { Storage } from '../../server/storage/types.js';
 
