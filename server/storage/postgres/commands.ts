@@ -17,11 +17,6 @@ import { appendAudit } from './audit.js';
 import { mapError, type PgDb, type Sql } from './db.js';
 import { setCurrentKeys } from './devices.js';
 
-/**
- * The kids a rotate ack claims (one `sig` and one `enc` key in result.keys),
- * for the contradiction's audit detail; undefined when it does not carry
- * exactly that (as when the server could not read its keys).
- */
 export class PgCommandStore implements CommandStore {
   readonly #db: PgDb;
   readonly #now: () => number;
