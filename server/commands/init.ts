@@ -39,10 +39,11 @@ export const initCommand = defineCommand({
         '',
       )
       .example(
-        '# a second server machine for the same fleet (PostgreSQL registry)\n' +
-          '$0 keys export --data /var/lib/provision-server --out join.json   # on the first\n' +
+        '# a second machine for the same fleet (PostgreSQL registry);\n' +
+          '# on the first: $0 keys export --out join.json\n' +
           '$0 init --data /var/lib/provision-server --join join.json \\\n' +
-          '--broker mqtts://broker.example.net:8884 --ca backend-ca.pem --cert server2.crt --key server2.key',
+          '--broker mqtts://broker.example.net:8884 --ca backend-ca.pem \\\n' +
+          '--cert server2.crt --key server2.key',
         '',
       ),
   handler: async (args) => {
