@@ -3,9 +3,11 @@
  * reported state, what a tag is, when an ack contradicts a recorded outcome.
  * Both implementations (SQLite, PostgreSQL) apply them, so they agree.
  */
-import type { AckClaims, ReportClaims } from '../../protocol/index.js';
+import { compareReportPositions, reportPosition, type AckClaims, type ReportClaims } from '../../protocol/index.js';
 import { RegistryError } from './errors.js';
 import type { DeviceFlag, ReportedState } from './records.js';
+import type { CommandRow, DeviceRow } from './rows.js';
+import type { AckEffect } from './types.js';
 
 /** The audit event (and device flag) of an authenticated ack contradicting a recorded outcome. */
 export const ACK_CONTRADICTION_EVENT = 'security.ack_contradiction';
@@ -76,4 +78,43 @@ export function deviceFlag(at: number, text: string | null): DeviceFlag {
   const parsed = text === null ? {} : (JSON.parse(text) as Record<string, unknown>);
   const { event, ...detail } = parsed;
   return { at, event: typeof event === 'string' ? event : 'unknown', detail };
+}
+
+/**
+ * Why a verified report changes nothing, from the device's recorded row:
+ * `duplicate` (the same report again) or `stale` (not newer than the newest
+ * recorded: a replay, a late will, a legacy report after positioned ones);
+ * undefined when it is to be recorded.
+ */
+export function reportNotNewer(
+  row: Pick<DeviceRow, 'last_report_jti' | 'report_run' | 'report_n' | 'presence_conn' | 'presence_session'>,
+  claims: ReportClaims,
+): 'duplicate' | 'stale' | undefined {
+  if (row.last_report_jti === claims.jti) return 'duplicate';
+  const position = reportPosition(claims);
+  if (position) {
+    const recorded =
+      row.report_run === null || row.report_n === null || row.presence_conn === null
+        ? undefined
+        : { run: row.report_run, conn: row.presence_conn, rank: row.report_n };
+    if (recorded && compareReportPositions(position, recorded) <= 0) return 'stale';
+    return undefined;
+  }
+  if (row.report_run !== null) return 'stale';
+  if (claims.reason === 'offline' && (row.presence_session !== claims.session || row.presence_conn !== claims.conn)) return 'stale';
+  return undefined;
+}
+
+/** The audit detail (and device flag) of an ack contradicting the recorded outcome of `row`; claimed keys from a keys-rotated effect. */
+export function contradictionDetail(row: CommandRow, ack: AckClaims, effects: readonly AckEffect[]): Record<string, unknown> {
+  const rotated = effects.find((e) => e.kind === 'keys-rotated');
+  return {
+    jti: row.jti,
+    action: row.action,
+    seq: row.seq,
+    recorded: { status: row.ack_status, code: row.ack_code, ack_jti: row.ack_jti },
+    claimed: { status: ack.status, code: ack.code, ack_jti: ack.jti },
+    ...(rotated ? { claimed_keys: { signing_kid: rotated.signing.kid, encryption_kid: rotated.encryption.kid } } : {}),
+    effects: 'not applied',
+  };
 }

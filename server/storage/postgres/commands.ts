@@ -11,7 +11,7 @@ import type { AckClaims } from '../../../protocol/index.js';
 import { RegistryError } from '../errors.js';
 import type { AckRecordOutcome, CommandRecord, NewCommand } from '../records.js';
 import { commandRecord, type CommandRow } from '../rows.js';
-import { ACK_CONTRADICTION_EVENT, ackContradicts } from '../rules.js';
+import { ACK_CONTRADICTION_EVENT, ackContradicts, contradictionDetail } from '../rules.js';
 import type { AckEffect, CommandListFilter, CommandStore } from '../types.js';
 import { appendAudit } from './audit.js';
 import { mapError, type PgDb, type Sql } from './db.js';
@@ -107,16 +107,7 @@ export class PgCommandStore implements CommandStore {
       const now = this.#now();
       if (row.ack_status !== null) {
         if (!ackContradicts(row, ack)) return { kind: 'duplicate', command: commandRecord(row) };
-        const rotated = effects.find((e) => e.kind === 'keys-rotated');
-        const detail = {
-          jti: row.jti,
-          action: row.action,
-          seq: row.seq,
-          recorded: { status: row.ack_status, code: row.ack_code, ack_jti: row.ack_jti },
-          claimed: { status: ack.status, code: ack.code, ack_jti: ack.jti },
-          ...(rotated ? { claimed_keys: { signing_kid: rotated.signing.kid, encryption_kid: rotated.encryption.kid } } : {}),
-          effects: 'not applied',
-        };
+        const detail = contradictionDetail(row, ack, effects);
         await appendAudit(sql, now, ACK_CONTRADICTION_EVENT, deviceId, detail);
         await sql.run('UPDATE devices SET flagged_at = $1, flag = $2 WHERE id = $3', [
           now,

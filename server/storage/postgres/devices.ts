@@ -7,11 +7,11 @@
  * The helpers exported here (rows to records, keys made current, the device
  * row upsert) are shared with enrollment.ts, seq.ts and commands.ts.
  */
-import { compareReportPositions, reportPosition, type PublicJwk, type ReportClaims } from '../../../protocol/index.js';
+import { reportPosition, type PublicJwk, type ReportClaims } from '../../../protocol/index.js';
 import { RegistryError } from '../errors.js';
 import type { DeviceOrigin, DeviceRecord, DeviceState, NewDevice, ReportRecordOutcome, ReportedState } from '../records.js';
 import { deviceRecord, keyRecord, type DeviceRow, type KeyRow } from '../rows.js';
-import { PREVIOUS_KEY_GRACE_MS, assertTag, nextReportedState } from '../rules.js';
+import { PREVIOUS_KEY_GRACE_MS, assertTag, nextReportedState, reportNotNewer } from '../rules.js';
 import type { DeviceListFilter, DeviceStore } from '../types.js';
 import { appendAudit } from './audit.js';
 import type { PgDb, Sql } from './db.js';
@@ -183,18 +183,9 @@ export class PgDeviceStore implements DeviceStore {
     return this.#db.tx(async (sql): Promise<ReportRecordOutcome> => {
       const row = await sql.one<DeviceRow>('SELECT * FROM devices WHERE id = $1 FOR UPDATE', [deviceId]);
       if (!row) throw noDevice(deviceId);
-      if (row.last_report_jti === claims.jti) return { kind: 'duplicate' };
+      const notNewer = reportNotNewer(row, claims);
+      if (notNewer) return { kind: notNewer };
       const position = reportPosition(claims);
-      if (position) {
-        const recorded =
-          row.report_run === null || row.report_n === null || row.presence_conn === null
-            ? undefined
-            : { run: row.report_run, conn: row.presence_conn, rank: row.report_n };
-        if (recorded && compareReportPositions(position, recorded) <= 0) return { kind: 'stale' };
-      } else {
-        if (row.report_run !== null) return { kind: 'stale' };
-        if (claims.reason === 'offline' && (row.presence_session !== claims.session || row.presence_conn !== claims.conn)) return { kind: 'stale' };
-      }
       const now = this.#now();
       const state = JSON.stringify(nextReportedState(row.reported === null ? null : (JSON.parse(row.reported) as ReportedState), claims));
       const run = position?.run ?? null;

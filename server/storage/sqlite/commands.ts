@@ -6,7 +6,7 @@
 import type { AckClaims } from '../../../protocol/index.js';
 import type { AckRecordOutcome, CommandRecord, NewCommand } from '../records.js';
 import { commandRecord, type CommandRow } from '../rows.js';
-import { ACK_CONTRADICTION_EVENT, ackContradicts } from '../rules.js';
+import { ACK_CONTRADICTION_EVENT, ackContradicts, contradictionDetail } from '../rules.js';
 import type { AckEffect, CommandListFilter, CommandStore } from '../types.js';
 import { appendAudit } from './audit.js';
 import type { SqliteDb } from './db.js';
@@ -186,16 +186,7 @@ export class SqliteCommandStore implements CommandStore {
         if (!row) return { kind: 'unknown-command' };
         if (row.ack_status !== null) {
           if (!ackContradicts(row, ack)) return { kind: 'duplicate', command: commandRecord(row) };
-          const rotated = effects.find((e) => e.kind === 'keys-rotated');
-          const detail = {
-            jti: row.jti,
-            action: row.action,
-            seq: row.seq,
-            recorded: { status: row.ack_status, code: row.ack_code, ack_jti: row.ack_jti },
-            claimed: { status: ack.status, code: ack.code, ack_jti: ack.jti },
-            ...(rotated ? { claimed_keys: { signing_kid: rotated.signing.kid, encryption_kid: rotated.encryption.kid } } : {}),
-            effects: 'not applied',
-          };
+          const detail = contradictionDetail(row, ack, effects);
           appendAudit(this.#s, ACK_CONTRADICTION_EVENT, deviceId, detail);
           this.#s.db
             .prepare('UPDATE devices SET flagged_at = ?, flag = ? WHERE id = ?')

@@ -4,11 +4,11 @@
  * exported here run inside the callers' transactions (enrollment, seq,
  * commands).
  */
-import { compareReportPositions, reportPosition, type PublicJwk, type ReportClaims } from '../../../protocol/index.js';
+import { reportPosition, type PublicJwk, type ReportClaims } from '../../../protocol/index.js';
 import { RegistryError } from '../errors.js';
 import type { DeviceOrigin, DeviceRecord, DeviceState, NewDevice, ReportRecordOutcome, ReportedState } from '../records.js';
 import { deviceRecord, keyRecord, type DeviceRow, type KeyRow } from '../rows.js';
-import { PREVIOUS_KEY_GRACE_MS, assertTag, nextReportedState } from '../rules.js';
+import { PREVIOUS_KEY_GRACE_MS, assertTag, nextReportedState, reportNotNewer } from '../rules.js';
 import type { DeviceListFilter, DeviceStore } from '../types.js';
 import { appendAudit } from './audit.js';
 import type { SqliteDb } from './db.js';
@@ -179,18 +179,9 @@ export class SqliteDeviceStore implements DeviceStore {
       .transaction((): ReportRecordOutcome => {
         const row = this.#s.db.prepare('SELECT * FROM devices WHERE id = ?').get(deviceId) as DeviceRow | undefined;
         if (!row) throw new RegistryError('E_NO_DEVICE', `device ${deviceId} is not registered`);
-        if (row.last_report_jti === claims.jti) return { kind: 'duplicate' };
+        const notNewer = reportNotNewer(row, claims);
+        if (notNewer) return { kind: notNewer };
         const position = reportPosition(claims);
-        if (position) {
-          const recorded =
-            row.report_run === null || row.report_n === null || row.presence_conn === null
-              ? undefined
-              : { run: row.report_run, conn: row.presence_conn, rank: row.report_n };
-          if (recorded && compareReportPositions(position, recorded) <= 0) return { kind: 'stale' };
-        } else {
-          if (row.report_run !== null) return { kind: 'stale' };
-          if (claims.reason === 'offline' && (row.presence_session !== claims.session || row.presence_conn !== claims.conn)) return { kind: 'stale' };
-        }
         const now = this.#s.now();
         const state = JSON.stringify(nextReportedState(row.reported === null ? null : (JSON.parse(row.reported) as ReportedState), claims));
         const run = position?.run ?? null;
