@@ -95,7 +95,8 @@ describe('storage: audit chain migrations', function () {
         await client.query('CREATE TABLE schema_migrations (version integer PRIMARY KEY, applied_at bigint NOT NULL)');
         await client.query(PG_MIGRATIONS[0] as string);
         await client.query('INSERT INTO schema_migrations VALUES (1, 0)');
-        for (const r of OLD_ROWS) await client.query('INSERT INTO audit (id, at, event, device_id, detail) OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4, $5)', r);
+        for (const r of OLD_ROWS)
+          await client.query('INSERT INTO audit (id, at, event, device_id, detail) OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4, $5)', r);
       } finally {
         await client.end();
       }

@@ -18,7 +18,9 @@ describe('storage: audit chain encoding', function () {
 
   it('refuses what is not JSON: non-finite numbers, undefined, bigint, class instances', () => {
     for (const bad of [NaN, Infinity, undefined, 1n, new Date(0), { x: undefined }]) {
-      expect(() => canonicalJson(bad), String(bad)).to.throw(/./).with.property('code', 'E_AUDIT_CANONICAL');
+      expect(() => canonicalJson(bad), String(bad))
+        .to.throw(/./)
+        .with.property('code', 'E_AUDIT_CANONICAL');
     }
   });
 

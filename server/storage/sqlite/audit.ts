@@ -43,7 +43,9 @@ export function appendAudit(s: SqliteDb, event: string, deviceId: string | null,
     const head = readHead(s);
     const id = head.lastId + 1;
     const hash = chainHash(head.hash, { id, at, event, deviceId, detail: JSON.parse(text) as unknown });
-    s.db.prepare('INSERT INTO audit (id, at, event, device_id, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)').run(id, at, event, deviceId, text, head.hash, hash);
+    s.db
+      .prepare('INSERT INTO audit (id, at, event, device_id, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)')
+      .run(id, at, event, deviceId, text, head.hash, hash);
     s.db.prepare('UPDATE audit_head SET last_id = ?, hash = ? WHERE one = 1').run(id, hash);
   });
 }
@@ -132,7 +134,8 @@ export class SqliteAuditStore implements AuditStore {
     const db = this.#s.db;
     return verifyEntries(
       {
-        hashBefore: async (id) => (db.prepare('SELECT hash FROM audit WHERE id < ? ORDER BY id DESC LIMIT 1').get(id) as { hash: string | null } | undefined)?.hash ?? undefined,
+        hashBefore: async (id) =>
+          (db.prepare('SELECT hash FROM audit WHERE id < ? ORDER BY id DESC LIMIT 1').get(id) as { hash: string | null } | undefined)?.hash ?? undefined,
         batch: async (afterId, upTo, limit) =>
           (db.prepare('SELECT * FROM audit WHERE id > ? AND id <= ? ORDER BY id LIMIT ?').all(afterId, upTo, limit) as AuditRow[]).map(chained),
         head: async () => readHead(this.#s),
