@@ -21,6 +21,7 @@ import {
 } from '../../protocol/index.js';
 import { RegistryError } from '../../server/storage/errors.js';
 import { openPostgresStorage, type PostgresStorage } from '../../server/storage/postgres/index.js';
+import { appendAudit } from '../../server/storage/postgres/audit.js';
 import { PG_SCHEMA_VERSION } from '../../server/storage/postgres/schema.js';
 import type { NewCommand } from '../../server/storage/records.js';
 import type { AckEffect } from '../../server/storage/types.js';
@@ -145,6 +146,33 @@ describe('storage: PostgreSQL core (server/storage/postgres)', function () {
     expect(again.open).to.equal(true);
     await again.close();
     expect(again.open).to.equal(false);
+  });
+
+  it('audit appends inside transactions take the chain head last: two that lock one row in opposite order to their appends do not deadlock', async () => {
+    const s = await fresh();
+    await device(s, 'x');
+    let bLocked!: () => void;
+    const bHasRow = new Promise<void>((resolve) => (bLocked = resolve));
+    let aAppended!: () => void;
+    const aHasAppended = new Promise<void>((resolve) => (aAppended = resolve));
+    // A: appends, then updates the device row B holds; B: locks the row first, then appends.
+    const a = s.db.tx(async (sql) => {
+      await appendAudit(sql, 1, 'test.a', 'x', {});
+      aAppended();
+      await bHasRow;
+      await sql.run("UPDATE devices SET updated_at = updated_at + 1 WHERE id = 'x'");
+    });
+    const b = s.db.tx(async (sql) => {
+      await aHasAppended;
+      await sql.run("UPDATE devices SET updated_at = updated_at + 1 WHERE id = 'x'");
+      bLocked();
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      await appendAudit(sql, 2, 'test.b', 'x', {});
+    });
+    await Promise.all([a, b]);
+    const rows = await s.audit.query({ event: 'test' });
+    expect(rows.map((r) => r.event)).to.deep.equal(['test.b', 'test.a']);
+    expect((await s.audit.verifyChain()).broken).to.equal(undefined);
   });
 
   it('refuses a newer schema (E_SCHEMA), an empty database without create (E_NO_REGISTRY), a missing one; hides the password', async () => {

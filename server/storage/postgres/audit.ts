@@ -7,7 +7,7 @@
 import { chainHash, verifyEntries, type ChainedEntry, type ChainHead, type ChainVerification } from '../audit-chain.js';
 import { DEFAULT_AUDIT_LIMIT, type AuditFilter, type AuditRecord } from '../records.js';
 import type { AuditStore } from '../types.js';
-import { PgDb, type Sql } from './db.js';
+import { atCommit, PgDb, type Sql } from './db.js';
 
 interface AuditRow {
   id: number;
@@ -28,16 +28,25 @@ const record = (r: AuditRow): AuditRecord => ({
 });
 
 /**
- * Appends one audit row chained after the head: locks the audit_head row (FOR
- * UPDATE, held to the end of the transaction), inserts the row with id
- * last_id + 1 and prev_hash the head's hash, and moves the head to it. On
- * `sql` inside the caller's transaction when it is one; on the pool (PgDb), in
- * a transaction of its own. Every appender waits for the head: one chain, ids
- * committed in chain order, whatever the number of serve processes.
+ * Appends one audit row chained after the head. Inside the caller's
+ * transaction (`sql` from PgDb.tx) the row is written at its end, just before
+ * COMMIT (atCommit: the head's lock is the last taken and held shortest, so
+ * two transactions never wait on each other's locks around it); on the pool
+ * (PgDb), in a transaction of its own. `detail` is serialized now.
  */
 export async function appendAudit(sql: Sql, at: number, event: string, deviceId: string | null, detail: Record<string, unknown> = {}): Promise<void> {
-  if (sql instanceof PgDb) return sql.tx((tx) => appendAudit(tx, at, event, deviceId, detail));
   const text = JSON.stringify(detail);
+  if (sql instanceof PgDb) return sql.tx(async (tx) => chainAppend(tx, at, event, deviceId, text));
+  atCommit(sql, () => chainAppend(sql, at, event, deviceId, text));
+}
+
+/**
+ * Locks the audit_head row (FOR UPDATE, held to COMMIT), inserts the row with
+ * id last_id + 1 and prev_hash the head's hash, and moves the head to it:
+ * every appender waits for the head, so there is one chain and ids commit in
+ * chain order, whatever the number of serve processes.
+ */
+async function chainAppend(sql: Sql, at: number, event: string, deviceId: string | null, text: string): Promise<void> {
   const head = await sql.one<{ last_id: number; hash: string }>('SELECT last_id, hash FROM audit_head WHERE one = 1 FOR UPDATE');
   if (!head) throw new Error('the registry has no audit_head row (schema migration 2 missing)');
   const id = Number(head.last_id) + 1;
