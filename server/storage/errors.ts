@@ -20,7 +20,8 @@ export type RegistryErrorCode =
   | 'E_REGISTRY_VERSION'
   | 'E_MIGRATE_NOT_EMPTY'
   | 'E_MIGRATE_COPY'
-  | 'E_MIGRATE_VERIFY';
+  | 'E_MIGRATE_VERIFY'
+  | 'E_AUDIT_CANONICAL';
 
 /** Each code's default message. */
 export const REGISTRY_ERROR_CODES: Readonly<Record<RegistryErrorCode, string>> = {
@@ -44,6 +45,8 @@ export const REGISTRY_ERROR_CODES: Readonly<Record<RegistryErrorCode, string>> =
   E_MIGRATE_NOT_EMPTY: 'the target registry already holds data',
   E_MIGRATE_COPY: 'a table could not be copied',
   E_MIGRATE_VERIFY: 'the copy differs from the registry it was copied from',
+  // the audit chain (server/storage/audit-chain.ts)
+  E_AUDIT_CANONICAL: 'an audit entry is not canonical JSON',
 };
 
 export class RegistryError extends CodedError<RegistryErrorCode> {

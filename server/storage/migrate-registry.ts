@@ -10,9 +10,11 @@
  *   is written.
  * - Every table is copied in dependency order inside ONE PostgreSQL
  *   transaction, streamed (better-sqlite3 `.iterate()`) in multi-row INSERTs
- *   of BATCH_ROWS rows, never all rows in memory. audit.id and releases.id keep
- *   their values (OVERRIDING SYSTEM VALUE) and their identities are set to
- *   continue after them (after SQLite's AUTOINCREMENT high-water mark).
+ *   of BATCH_ROWS rows, never all rows in memory. releases.id keeps its
+ *   values (OVERRIDING SYSTEM VALUE) and its identity is set to continue after
+ *   them (after SQLite's AUTOINCREMENT high-water mark). audit rows keep their
+ *   ids and chain hashes; the audit chain's head (audit_head, made by the
+ *   schema) is set to SQLite's, so appends continue the same chain.
  * - Leases are not copied: an engine takes a new one on the new registry.
  * - Before COMMIT, each table is verified: the row count and a SHA-256 digest
  *   over its rows in primary-key order (tableDigest below), computed the same
@@ -56,11 +58,14 @@ export const MIGRATED_TABLES: readonly MigratedTable[] = [
   { name: 'commands', key: ['jti'] },
   { name: 'rollouts', key: ['id'] },
   { name: 'rollout_targets', key: ['rollout_id', 'device_id'] },
-  { name: 'audit', key: ['id'], identity: 'id' },
+  { name: 'audit', key: ['id'] },
 ];
 
 /** Tables of the SQLite registry that are not copied, on purpose. */
 export const NOT_MIGRATED_TABLES: readonly string[] = ['leases'];
+
+/** Tables not copied row by row but set after the copy: the audit chain's head (its one row is made by the PostgreSQL schema). */
+const SET_AFTER_COPY: readonly string[] = ['audit_head'];
 
 /** Rows per INSERT (and per cursor FETCH when verifying). */
 export const BATCH_ROWS = 500;
@@ -190,7 +195,7 @@ async function checkPgColumns(sql: Sql, table: string, columns: readonly string[
 
 /** Every table of the SQLite registry is either copied or deliberately left: anything else would be lost silently. */
 function checkSqliteTables(sqlite: Database.Database): void {
-  const known = new Set([...MIGRATED_TABLES.map((t) => t.name), ...NOT_MIGRATED_TABLES]);
+  const known = new Set([...MIGRATED_TABLES.map((t) => t.name), ...NOT_MIGRATED_TABLES, ...SET_AFTER_COPY]);
   const names = (sqlite.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'").all() as { name: string }[]).map(
     (r) => r.name,
   );
@@ -385,6 +390,9 @@ export async function migrateRegistry(sqlitePath: string, pgUrl: string, options
       for (const table of MIGRATED_TABLES) await checkPgColumns(sql, table.name, columns.get(table.name) as string[]);
       const copied = new Map<string, TableResult>();
       for (const table of MIGRATED_TABLES) copied.set(table.name, await copyTable(sqlite, sql, table, columns.get(table.name) as string[], options.onProgress));
+      // The audit chain continues where SQLite's ends (the head row exists: made by the schema, at genesis).
+      const head = sqlite.prepare('SELECT last_id, hash FROM audit_head WHERE one = 1').get() as { last_id: number; hash: string } | undefined;
+      if (head) await sql.run('UPDATE audit_head SET last_id = $1, hash = $2 WHERE one = 1', [head.last_id, head.hash]);
       const verified = await verifyTables(sqlite, sql, copied, options.onProgress);
       return { verified, releaseFiles: await copyReleaseFiles(sqlite, sql, options.dataDir) };
     });

@@ -40,6 +40,7 @@ import type {
   TokenListing,
 } from './records.js';
 import type { RegistryError } from './errors.js';
+import type { ChainVerification } from './audit-chain.js';
 
 /** Which implementation, and where (a path, or a URL with its password removed). */
 export interface StorageInfo {
@@ -248,6 +249,13 @@ export interface AuditStore {
   lastId(): Promise<number>;
   /** Rows with afterId < id <= upTo whose event starts with `prefix` (e.g. `rollout.`), oldest first, at most `limit`. */
   eventsSince(afterId: number, upTo: number, prefix: string, limit: number): Promise<AuditRecord[]>;
+  /**
+   * Checks the hash chain (server/storage/audit-chain.ts) of the rows with
+   * from <= id <= to (default: all; the first chained after the stored hash of
+   * the row before it); with no `to`, also that the head is the last row.
+   * Names the first row that breaks it.
+   */
+  verifyChain(from?: number, to?: number): Promise<ChainVerification>;
 }
 
 // ---- releases -----------------------------------------------------------------

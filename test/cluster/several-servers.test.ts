@@ -288,6 +288,10 @@ describe('cluster: three serve processes, one registry, 2,000 boards, a rollout 
       if (jti) perJti.set(jti, (perJti.get(jti) ?? 0) + 1);
     }
     for (const d of boards) expect(perJti.get(d.applied[0]?.jti as string), `${d.id}: command.ack rows`).to.equal(1);
+    // Every serve appended to the audit at once (one killed, one cut off mid-run): still one unbroken hash chain, ids 1..n.
+    const chain = await store.audit.verifyChain();
+    expect(chain.broken, JSON.stringify(chain.broken)).to.equal(undefined);
+    expect(chain.checked).to.equal(await store.audit.lastId());
 
     // The cut serve: still running, logged the storage failure, handled messages again after the cut.
     expect(cutServe.child.exitCode, 'the cut serve is still running').to.equal(null);

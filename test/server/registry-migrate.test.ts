@@ -17,6 +17,7 @@ import pg from 'pg';
 import { toPublicJwk, type AckClaims, type ReleaseManifest } from '../../protocol/index.js';
 import { ackEffectsOf } from '../../server/core/actions/table.js';
 import { openSqliteStorage } from '../../server/storage/sqlite/index.js';
+import { openPostgresStorage } from '../../server/storage/postgres/index.js';
 import { SCHEMA_VERSION } from '../../server/storage/sqlite/schema.js';
 import { MIGRATED_TABLES, verifyRegistryCopy, type MigrateResult } from '../../server/storage/migrate-registry.js';
 import { migratePostgres } from '../../server/storage/postgres/schema.js';
@@ -339,8 +340,17 @@ describe('server: registry migrate (SQLite -> PostgreSQL)', function () {
       const maxAudit = (src.prepare('SELECT MAX(id) AS m FROM audit').get() as { m: number }).m;
       const pgAuditIds = (await pgQuery<{ id: string }>(url, 'SELECT id FROM audit ORDER BY id')).map((x) => Number(x.id));
       expect(pgAuditIds).to.deep.equal((src.prepare('SELECT id FROM audit ORDER BY id').all() as { id: number }[]).map((x) => x.id));
-      const added = await pgQuery<{ id: string }>(url, "INSERT INTO audit (at, event, device_id, detail) VALUES (1, 'after.migrate', NULL, '{}') RETURNING id");
-      expect(Number(added[0]?.id)).to.equal(maxAudit + 1);
+      // The audit chain was copied with its head: an append continues it (id and hash), and it verifies whole.
+      const copy = await openPostgresStorage(url);
+      try {
+        await copy.audit.append('after.migrate', null);
+        expect(await copy.audit.lastId()).to.equal(maxAudit + 1);
+        const chain = await copy.audit.verifyChain();
+        expect(chain.broken).to.equal(undefined);
+        expect(chain.checked).to.equal(pgAuditIds.length + 1);
+      } finally {
+        await copy.close();
+      }
       const rel = await pgQuery<{ id: string }>(
         url,
         "INSERT INTO releases (version, arch, bytes, sha256, manifest, dir, added_at) VALUES ('2.0.0', 'arm64', 1, 'd', 'm', '/x', 1) RETURNING id",

@@ -21,6 +21,7 @@ import {
 } from '../../protocol/index.js';
 import { RegistryError } from '../../server/storage/errors.js';
 import { openPostgresStorage, type PostgresStorage } from '../../server/storage/postgres/index.js';
+import { appendAudit } from '../../server/storage/postgres/audit.js';
 import { PG_SCHEMA_VERSION } from '../../server/storage/postgres/schema.js';
 import type { NewCommand } from '../../server/storage/records.js';
 import type { AckEffect } from '../../server/storage/types.js';
@@ -115,17 +116,18 @@ describe('storage: PostgreSQL core (server/storage/postgres)', function () {
     const all = await Promise.all(Array.from({ length: 5 }, () => openPostgresStorage(url, { create: true, now })));
     opened.push(...all);
     const versions = await all[0]!.db.q<{ version: number }>('SELECT version FROM schema_migrations ORDER BY version');
-    expect(versions.map((v) => v.version)).to.deep.equal([PG_SCHEMA_VERSION]);
+    expect(versions.map((v) => v.version)).to.deep.equal(Array.from({ length: PG_SCHEMA_VERSION }, (_, i) => i + 1));
     await Promise.all(all.map((s, i) => device(s, `m-${i}`)));
     for (const s of all) expect((await s.devices.list()).map((d) => d.id)).to.deep.equal(['m-0', 'm-1', 'm-2', 'm-3', 'm-4']);
     const again = await openPostgresStorage(url, { now });
     opened.push(again);
-    expect((await again.db.q('SELECT version FROM schema_migrations')).length).to.equal(1);
+    expect((await again.db.q('SELECT version FROM schema_migrations')).length).to.equal(PG_SCHEMA_VERSION);
     const tables = (await again.db.q<{ t: string }>("SELECT table_name AS t FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1")).map(
       (r) => r.t,
     );
     expect(tables).to.deep.equal([
       'audit',
+      'audit_head',
       'commands',
       'device_keys',
       'device_tags',
@@ -146,6 +148,33 @@ describe('storage: PostgreSQL core (server/storage/postgres)', function () {
     expect(again.open).to.equal(false);
   });
 
+  it('audit appends inside transactions take the chain head last: two that lock one row in opposite order to their appends do not deadlock', async () => {
+    const s = await fresh();
+    await device(s, 'x');
+    let bLocked!: () => void;
+    const bHasRow = new Promise<void>((resolve) => (bLocked = resolve));
+    let aAppended!: () => void;
+    const aHasAppended = new Promise<void>((resolve) => (aAppended = resolve));
+    // A: appends, then updates the device row B holds; B: locks the row first, then appends.
+    const a = s.db.tx(async (sql) => {
+      await appendAudit(sql, 1, 'test.a', 'x', {});
+      aAppended();
+      await bHasRow;
+      await sql.run("UPDATE devices SET updated_at = updated_at + 1 WHERE id = 'x'");
+    });
+    const b = s.db.tx(async (sql) => {
+      await aHasAppended;
+      await sql.run("UPDATE devices SET updated_at = updated_at + 1 WHERE id = 'x'");
+      bLocked();
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      await appendAudit(sql, 2, 'test.b', 'x', {});
+    });
+    await Promise.all([a, b]);
+    const rows = await s.audit.query({ event: 'test' });
+    expect(rows.map((r) => r.event)).to.deep.equal(['test.b', 'test.a']);
+    expect((await s.audit.verifyChain()).broken).to.equal(undefined);
+  });
+
   it('refuses a newer schema (E_SCHEMA), an empty database without create (E_NO_REGISTRY), a missing one; hides the password', async () => {
     const migrated = await cluster.createDatabase();
     const s = await fresh(migrated);
@@ -154,7 +183,7 @@ describe('storage: PostgreSQL core (server/storage/postgres)', function () {
     const newer = await rejection(openPostgresStorage(migrated, { now }));
     expect(newer).to.be.instanceOf(RegistryError);
     expect(newer.code).to.equal('E_SCHEMA');
-    expect(newer.message).to.match(/version 99 is newer than this program's \(1\)/);
+    expect(newer.message).to.contain(`version 99 is newer than this program's (${PG_SCHEMA_VERSION})`);
     expect((await rejection(openPostgresStorage(url, { now }))).code).to.equal('E_NO_REGISTRY');
     // Nothing was created by the refused open.
     const probe = new pg.Client({ connectionString: url });

@@ -4,9 +4,10 @@
  * does (log, query); the rollout filter uses the expression of the index
  * audit_rollout.
  */
+import { chainHash, verifyEntries, type ChainedEntry, type ChainHead, type ChainVerification } from '../audit-chain.js';
 import { DEFAULT_AUDIT_LIMIT, type AuditFilter, type AuditRecord } from '../records.js';
 import type { AuditStore } from '../types.js';
-import type { PgDb, Sql } from './db.js';
+import { atCommit, PgDb, type Sql } from './db.js';
 
 interface AuditRow {
   id: number;
@@ -14,6 +15,8 @@ interface AuditRow {
   event: string;
   device_id: string | null;
   detail: string;
+  prev_hash?: string | null;
+  hash?: string | null;
 }
 
 const record = (r: AuditRow): AuditRecord => ({
@@ -24,10 +27,45 @@ const record = (r: AuditRow): AuditRecord => ({
   detail: JSON.parse(r.detail) as Record<string, unknown>,
 });
 
-/** Appends one audit row on `sql` (inside the caller's transaction, when it has one). */
+/**
+ * Appends one audit row chained after the head. Inside the caller's
+ * transaction (`sql` from PgDb.tx) the row is written at its end, just before
+ * COMMIT (atCommit: the head's lock is the last taken and held shortest, so
+ * two transactions never wait on each other's locks around it); on the pool
+ * (PgDb), in a transaction of its own. `detail` is serialized now.
+ */
 export async function appendAudit(sql: Sql, at: number, event: string, deviceId: string | null, detail: Record<string, unknown> = {}): Promise<void> {
-  await sql.run('INSERT INTO audit (at, event, device_id, detail) VALUES ($1, $2, $3, $4)', [at, event, deviceId, JSON.stringify(detail)]);
+  const text = JSON.stringify(detail);
+  if (sql instanceof PgDb) return sql.tx(async (tx) => chainAppend(tx, at, event, deviceId, text));
+  atCommit(sql, () => chainAppend(sql, at, event, deviceId, text));
 }
+
+/**
+ * Locks the audit_head row (FOR UPDATE, held to COMMIT), inserts the row with
+ * id last_id + 1 and prev_hash the head's hash, and moves the head to it:
+ * every appender waits for the head, so there is one chain and ids commit in
+ * chain order, whatever the number of serve processes.
+ */
+async function chainAppend(sql: Sql, at: number, event: string, deviceId: string | null, text: string): Promise<void> {
+  const head = await sql.one<{ last_id: number; hash: string }>('SELECT last_id, hash FROM audit_head WHERE one = 1 FOR UPDATE');
+  if (!head) throw new Error('the registry has no audit_head row (schema migration 2 missing)');
+  const id = Number(head.last_id) + 1;
+  const hash = chainHash(head.hash, { id, at, event, deviceId, detail: JSON.parse(text) as unknown });
+  await sql.run(
+    'WITH ins AS (INSERT INTO audit (id, at, event, device_id, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)) UPDATE audit_head SET last_id = $1, hash = $7 WHERE one = 1',
+    [id, at, event, deviceId, text, head.hash, hash],
+  );
+}
+
+const chained = (r: AuditRow): ChainedEntry => ({
+  id: Number(r.id),
+  at: Number(r.at),
+  event: r.event,
+  deviceId: r.device_id,
+  detail: JSON.parse(r.detail) as unknown,
+  prevHash: r.prev_hash ?? null,
+  hash: r.hash ?? null,
+});
 
 export class PgAuditStore implements AuditStore {
   readonly #db: PgDb;
@@ -82,5 +120,23 @@ export class PgAuditStore implements AuditStore {
       limit,
     ]);
     return rows.map(record);
+  }
+
+  async verifyChain(from?: number, to?: number): Promise<ChainVerification> {
+    const db = this.#db;
+    return verifyEntries(
+      {
+        hashBefore: async (id) => (await db.one<{ hash: string }>('SELECT hash FROM audit WHERE id < $1 ORDER BY id DESC LIMIT 1', [id]))?.hash,
+        batch: async (afterId, upTo, limit) =>
+          (await db.q<AuditRow>('SELECT * FROM audit WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3', [afterId, upTo, limit])).map(chained),
+        head: async (): Promise<ChainHead> => {
+          const h = await db.one<{ last_id: number; hash: string }>('SELECT last_id, hash FROM audit_head WHERE one = 1');
+          if (!h) throw new Error('the registry has no audit_head row (schema migration 2 missing)');
+          return { lastId: Number(h.last_id), hash: h.hash };
+        },
+      },
+      from,
+      to,
+    );
   }
 }

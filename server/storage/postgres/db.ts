@@ -129,6 +129,22 @@ function sqlOf(query: (text: string, values: unknown[] | undefined) => Promise<p
   };
 }
 
+/** Work each open transaction (by its Sql) runs just before COMMIT, in order (atCommit). */
+const beforeCommit = new WeakMap<Sql, (() => Promise<void>)[]>();
+
+/**
+ * Runs `fn` at the end of the transaction of `sql` (a `tx` callback's Sql),
+ * just before COMMIT, after every earlier registration; an error rolls the
+ * transaction back. For work that takes a lock every writer contends for (the
+ * audit chain's head): taken last, it is held shortest and never before
+ * another lock of the transaction (no lock-order deadlock).
+ */
+export function atCommit(sql: Sql, fn: () => Promise<void>): void {
+  const queue = beforeCommit.get(sql);
+  if (!queue) throw new Error('atCommit: not inside a transaction');
+  queue.push(fn);
+}
+
 /** The pool and its helpers: what every Pg* store is constructed with. */
 export class PgDb implements Sql {
   readonly pool: pg.Pool;
@@ -188,9 +204,12 @@ export class PgDb implements Sql {
     };
     client.on('error', onError);
     const sql = sqlOf((text, values) => client.query(text, values));
+    const queue: (() => Promise<void>)[] = [];
+    beforeCommit.set(sql, queue);
     try {
       await sql.run('BEGIN');
       const result = await fn(sql);
+      for (let next = queue.shift(); next; next = queue.shift()) await next();
       await sql.run('COMMIT');
       client.removeListener('error', onError);
       client.release();

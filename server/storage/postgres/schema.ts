@@ -14,6 +14,7 @@
  * migrate it once; a database newer than this program is refused (E_SCHEMA,
  * as the SQLite registry's user_version check).
  */
+import { AUDIT_GENESIS, chainHash } from '../audit-chain.js';
 import { RegistryError } from '../errors.js';
 import type { PgDb, Sql } from './db.js';
 
@@ -202,7 +203,50 @@ export const PG_MIGRATIONS: readonly string[] = [
   -- Uncompressed out-of-line storage: the artifact is gzip already, and substring() reads it in slices.
   ALTER TABLE release_files ALTER COLUMN bytes SET STORAGE EXTERNAL;
   `,
+  // 2: the audit hash chain (issue 25; SQLite migration 9). prev_hash and hash on each row; audit_head, one row:
+  // the last row's id and hash. An append locks the head row (FOR UPDATE) in its transaction and takes its id
+  // from it (last_id + 1): appends from every serve sharing the database are serialized and their ids commit in
+  // chain order (an identity would hand out ids in start order, with gaps). The rows already there are chained
+  // in id order by PG_MIGRATION_STEPS[2], with the update trigger disabled for that; then both columns are NOT NULL.
+  `
+  ALTER TABLE audit ADD COLUMN prev_hash text COLLATE "C";
+  ALTER TABLE audit ADD COLUMN hash text COLLATE "C";
+  ALTER TABLE audit ALTER COLUMN id DROP IDENTITY;
+  CREATE TABLE audit_head (
+    one integer PRIMARY KEY CHECK (one = 1),
+    last_id bigint NOT NULL,
+    hash text COLLATE "C" NOT NULL
+  );
+  `,
 ];
+
+/** Rows per batch when PG_MIGRATION_STEPS[2] chains existing audit rows. */
+const CHAIN_BATCH = 1000;
+
+/** JavaScript run after a migration's SQL, in its transaction (keyed by the version the migration makes). */
+export const PG_MIGRATION_STEPS: Readonly<Partial<Record<number, (sql: Sql) => Promise<void>>>> = {
+  2: async (sql) => {
+    await sql.run('ALTER TABLE audit DISABLE TRIGGER audit_append_only_update');
+    let prev = AUDIT_GENESIS;
+    let lastId = 0;
+    for (;;) {
+      const rows = await sql.q<{ id: number; at: number; event: string; device_id: string | null; detail: string }>(
+        'SELECT id, at, event, device_id, detail FROM audit WHERE id > $1 ORDER BY id LIMIT $2',
+        [lastId, CHAIN_BATCH],
+      );
+      for (const r of rows) {
+        const hash = chainHash(prev, { id: r.id, at: r.at, event: r.event, deviceId: r.device_id, detail: JSON.parse(r.detail) as unknown });
+        await sql.run('UPDATE audit SET prev_hash = $1, hash = $2 WHERE id = $3', [prev, hash, r.id]);
+        prev = hash;
+        lastId = r.id;
+      }
+      if (rows.length < CHAIN_BATCH) break;
+    }
+    await sql.run('INSERT INTO audit_head (one, last_id, hash) VALUES (1, $1, $2)', [lastId, prev]);
+    await sql.run('ALTER TABLE audit ENABLE TRIGGER audit_append_only_update');
+    await sql.run('ALTER TABLE audit ALTER COLUMN prev_hash SET NOT NULL, ALTER COLUMN hash SET NOT NULL');
+  },
+};
 
 export const PG_SCHEMA_VERSION = PG_MIGRATIONS.length;
 
@@ -238,6 +282,7 @@ export async function migratePostgres(db: PgDb, options: { create?: boolean; now
       if (version === PG_SCHEMA_VERSION) return true;
       if (current === undefined) await sql.run('CREATE TABLE schema_migrations (version integer PRIMARY KEY, applied_at bigint NOT NULL)');
       await sql.run(PG_MIGRATIONS[version] as string);
+      await PG_MIGRATION_STEPS[version + 1]?.(sql);
       await sql.run('INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)', [version + 1, now()]);
       return version + 1 === PG_SCHEMA_VERSION;
     });

@@ -6,6 +6,7 @@
  * and by time; the indexes are migration 4's), and followed by the change log
  * (eventsSince, lastId).
  */
+import { AUDIT_GENESIS, chainHash, verifyEntries, type ChainedEntry, type ChainHead, type ChainVerification } from '../audit-chain.js';
 import { DEFAULT_AUDIT_LIMIT, type AuditFilter, type AuditRecord } from '../records.js';
 import type { AuditStore } from '../types.js';
 import type { SqliteDb } from './db.js';
@@ -16,6 +17,8 @@ interface AuditRow {
   event: string;
   device_id: string | null;
   detail: string;
+  prev_hash?: string | null;
+  hash?: string | null;
 }
 
 const auditRecord = (r: AuditRow): AuditRecord => ({
@@ -26,10 +29,41 @@ const auditRecord = (r: AuditRow): AuditRecord => ({
   detail: JSON.parse(r.detail) as Record<string, unknown>,
 });
 
-/** Appends an audit row (in the caller's transaction, when in one). */
+/**
+ * Appends an audit row chained after the head (audit_head): its id is the
+ * head's last_id + 1 and its prev_hash the head's hash; the head moves to it.
+ * In the caller's transaction when in one (a savepoint), else in its own
+ * IMMEDIATE one: the write lock is held from the head's read to the commit, so
+ * no other process appends in between (one chain, ids in chain order).
+ */
 export function appendAudit(s: SqliteDb, event: string, deviceId: string | null, detail: Record<string, unknown> = {}): void {
-  s.db.prepare('INSERT INTO audit (at, event, device_id, detail) VALUES (?, ?, ?, ?)').run(s.now(), event, deviceId, JSON.stringify(detail));
+  const text = JSON.stringify(detail);
+  const at = s.now();
+  s.immediate(() => {
+    const head = readHead(s);
+    const id = head.lastId + 1;
+    const hash = chainHash(head.hash, { id, at, event, deviceId, detail: JSON.parse(text) as unknown });
+    s.db
+      .prepare('INSERT INTO audit (id, at, event, device_id, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)')
+      .run(id, at, event, deviceId, text, head.hash, hash);
+    s.db.prepare('UPDATE audit_head SET last_id = ?, hash = ? WHERE one = 1').run(id, hash);
+  });
 }
+
+function readHead(s: SqliteDb): ChainHead {
+  const row = s.db.prepare('SELECT last_id, hash FROM audit_head WHERE one = 1').get() as { last_id: number; hash: string } | undefined;
+  return row ? { lastId: row.last_id, hash: row.hash } : { lastId: 0, hash: AUDIT_GENESIS };
+}
+
+const chained = (r: AuditRow): ChainedEntry => ({
+  id: r.id,
+  at: r.at,
+  event: r.event,
+  deviceId: r.device_id,
+  detail: JSON.parse(r.detail) as unknown,
+  prevHash: r.prev_hash ?? null,
+  hash: r.hash ?? null,
+});
 
 export class SqliteAuditStore implements AuditStore {
   readonly #s: SqliteDb;
@@ -94,5 +128,20 @@ export class SqliteAuditStore implements AuditStore {
       .prepare('SELECT id, at, event, device_id, detail FROM audit WHERE event >= ? AND event < ? AND id > ? AND id <= ? ORDER BY id LIMIT ?')
       .all(prefix, end, afterId, upTo, limit) as AuditRow[];
     return rows.map(auditRecord);
+  }
+
+  async verifyChain(from?: number, to?: number): Promise<ChainVerification> {
+    const db = this.#s.db;
+    return verifyEntries(
+      {
+        hashBefore: async (id) =>
+          (db.prepare('SELECT hash FROM audit WHERE id < ? ORDER BY id DESC LIMIT 1').get(id) as { hash: string | null } | undefined)?.hash ?? undefined,
+        batch: async (afterId, upTo, limit) =>
+          (db.prepare('SELECT * FROM audit WHERE id > ? AND id <= ? ORDER BY id LIMIT ?').all(afterId, upTo, limit) as AuditRow[]).map(chained),
+        head: async () => readHead(this.#s),
+      },
+      from,
+      to,
+    );
   }
 }

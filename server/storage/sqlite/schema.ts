@@ -3,6 +3,7 @@
  * holds how many have been applied; each runs in its own transaction.
  */
 import type Database from 'better-sqlite3';
+import { AUDIT_GENESIS, chainHash } from '../audit-chain.js';
 import { RegistryError } from '../errors.js';
 
 export const MIGRATIONS: readonly string[] = [
@@ -332,7 +333,51 @@ export const MIGRATIONS: readonly string[] = [
   DROP TABLE fanouts;
   DROP TABLE migration_8_clock;
   `,
+  // 9: the audit hash chain (issue 25, server/storage/audit-chain.ts). Each row's prev_hash (the hash of the row
+  // before it; the first's: AUDIT_GENESIS) and hash; audit_head, one row: the last row's id and hash, read and moved
+  // by every append in its transaction (appendAudit). The rows already there are chained in id order by
+  // MIGRATION_STEPS[9] (JavaScript: SHA-256), with the update trigger dropped for that and made again after.
+  // An insert without its chain columns is refused.
+  `
+  ALTER TABLE audit ADD COLUMN prev_hash TEXT;
+  ALTER TABLE audit ADD COLUMN hash TEXT;
+  CREATE TABLE audit_head (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    last_id INTEGER NOT NULL,
+    hash TEXT NOT NULL
+  ) STRICT;
+  CREATE TRIGGER audit_chained BEFORE INSERT ON audit WHEN NEW.prev_hash IS NULL OR NEW.hash IS NULL
+    BEGIN SELECT RAISE(ABORT, 'an audit row needs its chain hashes'); END;
+  `,
 ];
+
+/**
+ * JavaScript run after a migration's SQL, in its transaction (keyed by the
+ * version the migration makes).
+ */
+export const MIGRATION_STEPS: Readonly<Partial<Record<number, (db: Database.Database) => void>>> = {
+  9: (db) => {
+    db.exec('DROP TRIGGER audit_append_only_update');
+    const update = db.prepare('UPDATE audit SET prev_hash = ?, hash = ? WHERE id = ?');
+    let prev = AUDIT_GENESIS;
+    let lastId = 0;
+    const rows = db.prepare('SELECT id, at, event, device_id, detail FROM audit ORDER BY id').all() as {
+      id: number;
+      at: number;
+      event: string;
+      device_id: string | null;
+      detail: string;
+    }[];
+    for (const r of rows) {
+      const hash = chainHash(prev, { id: r.id, at: r.at, event: r.event, deviceId: r.device_id, detail: JSON.parse(r.detail) as unknown });
+      update.run(prev, hash, r.id);
+      prev = hash;
+      lastId = r.id;
+    }
+    db.prepare('INSERT INTO audit_head (one, last_id, hash) VALUES (1, ?, ?)').run(lastId, prev);
+    db.exec("CREATE TRIGGER audit_append_only_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;");
+  },
+};
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
 
@@ -346,6 +391,7 @@ export function migrate(db: Database.Database): number {
     const sql = MIGRATIONS[v] as string;
     db.transaction(() => {
       db.exec(sql);
+      MIGRATION_STEPS[v + 1]?.(db);
       db.pragma(`user_version = ${v + 1}`);
     }).immediate();
   }
