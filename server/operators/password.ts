@@ -6,7 +6,8 @@
  *
  *   $scrypt$ln=15,r=8,p=1$SALT$HASH    (SALT 16 bytes, HASH 32 bytes, base64url)
  *
- * ln is log2(N). Verification compares in constant time (timingSafeEqual) and
+ * ln is log2(N). Salt and hash have exactly these lengths (a truncated hash
+ * would otherwise verify against a prefix of the key). Verification compares in constant time (timingSafeEqual) and
  * refuses parameters beyond MAX_LN/MAX_R/MAX_P (a hash from the database is
  * not trusted to ask for gigabytes of memory).
  */
@@ -32,7 +33,7 @@ export const MIN_PASSWORD_LENGTH = 10;
 /** Longer than this is refused too (a hash of megabytes is a cheap denial of service). */
 export const MAX_PASSWORD_LENGTH = 1024;
 
-const ENCODED = /^\$scrypt\$ln=(\d{1,2}),r=(\d{1,2}),p=(\d{1,2})\$([A-Za-z0-9_-]{16,64})\$([A-Za-z0-9_-]{32,128})$/;
+const ENCODED = /^\$scrypt\$ln=(\d{1,2}),r=(\d{1,2}),p=(\d{1,2})\$([A-Za-z0-9_-]{22})\$([A-Za-z0-9_-]{43})$/;
 
 function derive(password: string, salt: Buffer, params: ScryptParams, length: number): Promise<Buffer> {
   const N = 2 ** params.ln;

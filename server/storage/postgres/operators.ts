@@ -1,8 +1,9 @@
 /**
  * Operator accounts in PostgreSQL, as server/storage/sqlite/operators.ts keeps them
  * in SQLite. Each change is one transaction with its audit row; the last-admin
- * check locks the enabled admins' rows (FOR UPDATE), so two machines removing
- * or demoting two different admins at once cannot leave none.
+ * check is serialised, so two machines removing
+ * or demoting two different admins at once cannot leave none: those changes
+ * take one advisory lock first (lockAdmins).
  */
 import { randomBytes } from 'node:crypto';
 import { RegistryError } from '../errors.js';
@@ -47,10 +48,22 @@ async function requireRow(sql: Sql, name: string, lock = false): Promise<Operato
   return row;
 }
 
-/** E_LAST_ADMIN when `row` is the only enabled admin; locks the enabled admins' rows until the transaction ends. */
+/** pg_advisory_xact_lock key of the changes that may take an admin away ("oper" in ASCII). */
+const ADMIN_LOCK = 0x6f706572;
+
+/**
+ * Serialises the changes that may take an enabled admin away (remove, demote,
+ * disable), on every machine, until the transaction ends: taken first, so two
+ * of them never deadlock on each other's row locks.
+ */
+async function lockAdmins(sql: Sql): Promise<void> {
+  await sql.run('SELECT pg_advisory_xact_lock($1)', [ADMIN_LOCK]);
+}
+
+/** E_LAST_ADMIN when `row` is the only enabled admin (under lockAdmins). */
 async function keepAnAdmin(sql: Sql, row: OperatorRow, doing: string): Promise<void> {
   if (row.role !== 'admin' || row.disabled_at !== null) return;
-  const admins = await sql.q<{ name: string }>("SELECT name FROM operators WHERE role = 'admin' AND disabled_at IS NULL ORDER BY name FOR UPDATE");
+  const admins = await sql.q<{ name: string }>("SELECT name FROM operators WHERE role = 'admin' AND disabled_at IS NULL");
   if (admins.length <= 1) throw new RegistryError('E_LAST_ADMIN', `${row.name} is the last enabled admin: add another admin before you ${doing} it`);
 }
 
@@ -106,6 +119,7 @@ export class PgOperatorStore implements OperatorStore {
   async setRole(name: string, role: OperatorRole, by: string): Promise<OperatorRecord> {
     const to = checkOperatorRole(role);
     return this.#db.tx(async (sql) => {
+      await lockAdmins(sql);
       const now = this.#now();
       const row = await requireRow(sql, name, true);
       if (row.role === to) return operatorRecord(row);
@@ -118,6 +132,7 @@ export class PgOperatorStore implements OperatorStore {
 
   async setDisabled(name: string, disabled: boolean, by: string): Promise<OperatorRecord> {
     return this.#db.tx(async (sql) => {
+      await lockAdmins(sql);
       const now = this.#now();
       const row = await requireRow(sql, name, true);
       if ((row.disabled_at !== null) === disabled) return operatorRecord(row);
@@ -137,6 +152,7 @@ export class PgOperatorStore implements OperatorStore {
 
   async remove(name: string, by: string): Promise<void> {
     await this.#db.tx(async (sql) => {
+      await lockAdmins(sql);
       const now = this.#now();
       const row = await requireRow(sql, name, true);
       await keepAnAdmin(sql, row, 'remove');
