@@ -99,10 +99,7 @@ export function isOperatorRole(value: unknown): value is OperatorRole {
 /** E_BAD_OPERATOR unless `name` is an operator name. */
 export function checkOperatorName(name: unknown): string {
   if (typeof name !== 'string' || !OPERATOR_NAME.test(name)) {
-    throw new RegistryError(
-      'E_BAD_OPERATOR',
-      `"${String(name)}" is not an operator name: 1-64 characters of a-z 0-9 . _ - starting with a lower-case letter`,
-    );
+    throw new RegistryError('E_BAD_OPERATOR', `"${String(name)}" is not an operator name: 1-64 characters of a-z 0-9 . _ - starting with a lower-case letter`);
   }
   return name;
 }

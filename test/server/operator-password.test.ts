@@ -35,8 +35,12 @@ describe('operator passwords (scrypt)', function () {
   });
 
   it('refuses a password that is too short or too long (E_PASSWORD)', async () => {
-    expect(() => checkPassword('short')).to.throw().with.property('code', 'E_PASSWORD');
-    expect(() => checkPassword('x'.repeat(1025))).to.throw().with.property('code', 'E_PASSWORD');
+    expect(() => checkPassword('short'))
+      .to.throw()
+      .with.property('code', 'E_PASSWORD');
+    expect(() => checkPassword('x'.repeat(1025)))
+      .to.throw()
+      .with.property('code', 'E_PASSWORD');
     await hashPassword('short').then(
       () => expect.fail('accepted'),
       (err: { code?: string }) => expect(err.code).to.equal('E_PASSWORD'),

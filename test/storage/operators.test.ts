@@ -96,7 +96,14 @@ describe('storage: operators', function () {
       await add(s, 'alice');
       await add(s, 'ci', 'operator');
       const { token, record } = await s.operators.createToken('ci', 'nightly rollouts', 3_600_000, 'alice');
-      expect(record).to.deep.include({ operator: 'ci', label: 'nightly rollouts', createdAt: clock.t, expiresAt: clock.t + 3_600_000, lastUsedAt: null, revokedAt: null });
+      expect(record).to.deep.include({
+        operator: 'ci',
+        label: 'nightly rollouts',
+        createdAt: clock.t,
+        expiresAt: clock.t + 3_600_000,
+        lastUsedAt: null,
+        revokedAt: null,
+      });
       const rows = await b.sql(s, 'SELECT hash FROM operator_tokens');
       expect(JSON.stringify(rows)).not.to.include(token);
       expect(await s.operators.authenticateToken(token)).to.deep.equal({ name: 'ci', role: 'operator' });

@@ -198,10 +198,10 @@ export class PgOperatorStore implements OperatorStore {
   async revokeToken(id: string, by: string): Promise<void> {
     await this.#db.tx(async (sql) => {
       const now = this.#now();
-      const row = await sql.one<{ operator: string }>(
-        'UPDATE operator_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL RETURNING operator',
-        [now, id],
-      );
+      const row = await sql.one<{ operator: string }>('UPDATE operator_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL RETURNING operator', [
+        now,
+        id,
+      ]);
       if (!row) throw new RegistryError('E_NO_OPERATOR_TOKEN', `no unrevoked API token ${id}`);
       await appendAudit(sql, now, 'operator.token.revoke', null, { operator: row.operator, token_id: id, by });
     });

@@ -174,8 +174,7 @@ export class SqliteOperatorStore implements OperatorStore {
     this.#s.immediate(() => {
       const now = this.#s.now();
       const row = this.#s.db.prepare('UPDATE operator_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL RETURNING operator').get(now, id) as
-        | { operator: string }
-        | undefined;
+        { operator: string } | undefined;
       if (!row) throw new RegistryError('E_NO_OPERATOR_TOKEN', `no unrevoked API token ${id}`);
       appendAudit(this.#s, 'operator.token.revoke', null, { operator: row.operator, token_id: id, by });
     });
@@ -233,8 +232,7 @@ export class SqliteOperatorStore implements OperatorStore {
   async endSession(session: string): Promise<boolean> {
     return this.#s.immediate(() => {
       const row = this.#s.db.prepare('DELETE FROM operator_sessions WHERE hash = ? RETURNING operator').get(hashToken(session)) as
-        | { operator: string }
-        | undefined;
+        { operator: string } | undefined;
       if (!row) return false;
       appendAudit(this.#s, 'session.end', null, { operator: row.operator, by: row.operator });
       return true;
