@@ -115,12 +115,12 @@ describe('storage: PostgreSQL core (server/storage/postgres)', function () {
     const all = await Promise.all(Array.from({ length: 5 }, () => openPostgresStorage(url, { create: true, now })));
     opened.push(...all);
     const versions = await all[0]!.db.q<{ version: number }>('SELECT version FROM schema_migrations ORDER BY version');
-    expect(versions.map((v) => v.version)).to.deep.equal([PG_SCHEMA_VERSION]);
+    expect(versions.map((v) => v.version)).to.deep.equal(Array.from({ length: PG_SCHEMA_VERSION }, (_, i) => i + 1));
     await Promise.all(all.map((s, i) => device(s, `m-${i}`)));
     for (const s of all) expect((await s.devices.list()).map((d) => d.id)).to.deep.equal(['m-0', 'm-1', 'm-2', 'm-3', 'm-4']);
     const again = await openPostgresStorage(url, { now });
     opened.push(again);
-    expect((await again.db.q('SELECT version FROM schema_migrations')).length).to.equal(1);
+    expect((await again.db.q('SELECT version FROM schema_migrations')).length).to.equal(PG_SCHEMA_VERSION);
     const tables = (await again.db.q<{ t: string }>("SELECT table_name AS t FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1")).map(
       (r) => r.t,
     );
@@ -132,6 +132,9 @@ describe('storage: PostgreSQL core (server/storage/postgres)', function () {
       'devices',
       'enrollment_tokens',
       'leases',
+      'operator_sessions',
+      'operator_tokens',
+      'operators',
       'release_files',
       'releases',
       'rollout_targets',
@@ -154,7 +157,7 @@ describe('storage: PostgreSQL core (server/storage/postgres)', function () {
     const newer = await rejection(openPostgresStorage(migrated, { now }));
     expect(newer).to.be.instanceOf(RegistryError);
     expect(newer.code).to.equal('E_SCHEMA');
-    expect(newer.message).to.match(/version 99 is newer than this program's \(1\)/);
+    expect(newer.message).to.match(new RegExp(`version 99 is newer than this program's \\(${PG_SCHEMA_VERSION}\\)`));
     expect((await rejection(openPostgresStorage(url, { now }))).code).to.equal('E_NO_REGISTRY');
     // Nothing was created by the refused open.
     const probe = new pg.Client({ connectionString: url });
