@@ -18,28 +18,35 @@ import { registryOption, withData } from './common.js';
 
 const actor = (): string => `cli:${userInfo().username}`;
 
-/** Reads one line with the terminal's echo off. */
-async function promptHidden(question: string): Promise<string> {
+/** Reads one line with the terminal's echo off (raw mode; listeners, not an async iterator, which would destroy stdin on return). */
+function promptHidden(question: string): Promise<string> {
   const stdin = process.stdin;
   process.stderr.write(question);
   stdin.setRawMode(true);
-  stdin.resume();
-  try {
+  return new Promise<string>((resolve, reject) => {
     let line = '';
-    for await (const chunk of stdin) {
-      for (const ch of (chunk as Buffer).toString('utf8')) {
-        if (ch === '\r' || ch === '\n') return line;
-        if (ch === '\u0003') throw new CodedError('E_USAGE', 'interrupted');
+    const done = (err: Error | undefined): void => {
+      stdin.off('data', onData);
+      stdin.off('end', onEnd);
+      stdin.setRawMode(false);
+      stdin.pause();
+      process.stderr.write('\n');
+      if (err) reject(err);
+      else resolve(line);
+    };
+    const onEnd = (): void => done(undefined);
+    const onData = (chunk: Buffer): void => {
+      for (const ch of chunk.toString('utf8')) {
+        if (ch === '\r' || ch === '\n') return done(undefined);
+        if (ch === '\u0003' || ch === '\u0004') return done(new CodedError('E_USAGE', 'interrupted: no password read'));
         if (ch === '\u007f' || ch === '\b') line = line.slice(0, -1);
         else line += ch;
       }
-    }
-    return line;
-  } finally {
-    stdin.setRawMode(false);
-    stdin.pause();
-    process.stderr.write('\n');
-  }
+    };
+    stdin.on('data', onData);
+    stdin.on('end', onEnd);
+    stdin.resume();
+  });
 }
 
 /** The new password: the file's (or standard input's) first line, or prompted twice on a terminal. */

@@ -1,10 +1,41 @@
 /** `provision-server user add|list|remove|passwd`: operator accounts from the command line, against a real data directory. */
+import { spawn, spawnSync } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { expect } from 'chai';
 import { openSqliteStorage } from '../../server/storage/sqlite/index.js';
 import { verifyPassword } from '../../server/operators/password.js';
-import { runServerCli, useInitializedDataDir } from './run-cli.js';
+import { skipBecause } from '../helpers/skip.js';
+import { SERVER_CLI, runServerCli, useInitializedDataDir } from './run-cli.js';
+
+/** Runs `command` with `input` written to its standard input in pieces, `gapMs` apart; its exit status, stdout and stderr. */
+function runWithInput(command: string, args: string[], pieces: string[], gapMs: number): Promise<{ code: number | null; out: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, out }));
+    let i = 0;
+    const next = (): void => {
+      if (i < pieces.length) {
+        child.stdin.write(pieces[i++]);
+        setTimeout(next, gapMs);
+      } else setTimeout(() => child.stdin.end(), gapMs);
+    };
+    setTimeout(next, gapMs);
+  });
+}
+
+const hashOf = async (data: string, name: string): Promise<string> => {
+  const s = openSqliteStorage(join(data, 'registry.sqlite'));
+  try {
+    return (await s.operators.passwordHash(name)) ?? '';
+  } finally {
+    await s.close();
+  }
+};
 
 describe('provision-server user', function () {
   this.timeout(60_000);
@@ -66,6 +97,30 @@ describe('provision-server user', function () {
     } finally {
       await s.close();
     }
+  });
+
+  it('reads the password from standard input when it is not a terminal (its first line)', async () => {
+    const r = await runWithInput(
+      process.execPath,
+      [SERVER_CLI, 'user', 'add', 'piped', '--role', 'operator', '--data', d.data],
+      ['piped password 1\nignored\n'],
+      50,
+    );
+    expect(r.code, r.out).to.equal(0);
+    expect(await verifyPassword('piped password 1', await hashOf(d.data, 'piped'))).to.equal(true);
+  });
+
+  it('on a terminal, prompts twice without echo; two different answers are refused (E_PASSWORD) and add nothing', async function () {
+    if (spawnSync('script', ['--version']).status !== 0) skipBecause(this, 'no util-linux `script` to give the command a terminal');
+    const cmd = [process.execPath, SERVER_CLI, 'user', 'add', 'typed', '--role', 'viewer', '--data', d.data].map((a) => `'${a}'`).join(' ');
+    let r = await runWithInput('script', ['-qec', cmd, '/dev/null'], ['typed password 1\r', 'typed password 2\r'], 700);
+    expect(r.code, r.out).to.equal(2);
+    expect(r.out).to.include('E_PASSWORD');
+    expect(await hashOf(d.data, 'typed')).to.equal('');
+    r = await runWithInput('script', ['-qec', cmd, '/dev/null'], ['typed password 1\r', 'typed password 1\r'], 700);
+    expect(r.code, r.out).to.equal(0);
+    expect(r.out).to.include('password:').and.include('again:').and.not.include('typed password');
+    expect(await verifyPassword('typed password 1', await hashOf(d.data, 'typed'))).to.equal(true);
   });
 
   it('--help names the subcommands and says where the password comes from', async () => {
