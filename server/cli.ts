@@ -16,6 +16,7 @@ import { rolloutCommand } from './commands/rollout.js';
 import { sendCommand } from './commands/send.js';
 import { serveCommand } from './commands/serve.js';
 import { tokenCommand } from './commands/token.js';
+import { userCommand } from './commands/user.js';
 
 await runCli({
   name: 'provision-server',
@@ -24,6 +25,7 @@ await runCli({
     cli
       .command(initCommand)
       .command(tokenCommand)
+      .command(userCommand)
       .command(bundleCommand)
       .command(deviceCommand)
       .command(importLegacyCommand)
@@ -40,6 +42,7 @@ await runCli({
   subcommands: {
     init: [],
     token: ['create', 'list'],
+    user: ['add', 'list', 'remove', 'passwd'],
     bundle: [],
     device: ['list', 'show', 'add', 'remove', 'tag'],
     'import-legacy': [],

@@ -26,6 +26,12 @@ export const SERVER_EXIT_STATUSES: ExitStatuses = {
   E_NO_ROLLOUT: SETUP,
   E_ROLLOUT_STATE: SETUP,
   E_BAD_TAG: SETUP,
+  // user add|remove|passwd (server/commands/user.ts)
+  E_BAD_OPERATOR: SETUP,
+  E_OPERATOR_EXISTS: SETUP,
+  E_NO_OPERATOR: SETUP,
+  E_LAST_ADMIN: SETUP,
+  E_PASSWORD: SETUP,
   E_NO_ENGINE: SETUP,
   E_NO_REGISTRY: SETUP,
   // registry migrate: a registry to open with this version first, a target database that is not empty (E_MIGRATE_COPY/VERIFY: 1).

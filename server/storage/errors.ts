@@ -16,6 +16,11 @@ export type RegistryErrorCode =
   | 'E_NO_ROLLOUT'
   | 'E_ROLLOUT_STATE'
   | 'E_BAD_TAG'
+  | 'E_BAD_OPERATOR'
+  | 'E_OPERATOR_EXISTS'
+  | 'E_NO_OPERATOR'
+  | 'E_LAST_ADMIN'
+  | 'E_NO_OPERATOR_TOKEN'
   | 'E_STORAGE_UNAVAILABLE'
   | 'E_REGISTRY_VERSION'
   | 'E_MIGRATE_NOT_EMPTY'
@@ -39,6 +44,12 @@ export const REGISTRY_ERROR_CODES: Readonly<Record<RegistryErrorCode, string>> =
   E_NO_ROLLOUT: 'no such rollout',
   E_ROLLOUT_STATE: 'the rollout is not in a state that allows this',
   E_BAD_TAG: 'not a valid tag',
+  // operator accounts (server/storage/operators.ts)
+  E_BAD_OPERATOR: 'not a valid operator name or role',
+  E_OPERATOR_EXISTS: 'an operator with this name exists',
+  E_NO_OPERATOR: 'no such operator',
+  E_LAST_ADMIN: 'the last enabled admin cannot be removed or demoted',
+  E_NO_OPERATOR_TOKEN: 'no such API token',
   E_STORAGE_UNAVAILABLE: 'the registry database is unavailable',
   // registry migrate (server/storage/migrate-registry.ts)
   E_REGISTRY_VERSION: 'the registry to migrate has another schema version than this program',

@@ -59,6 +59,9 @@ export const MIGRATED_TABLES: readonly MigratedTable[] = [
   { name: 'rollouts', key: ['id'] },
   { name: 'rollout_targets', key: ['rollout_id', 'device_id'] },
   { name: 'audit', key: ['id'] },
+  { name: 'operators', key: ['name'] },
+  { name: 'operator_tokens', key: ['hash'] },
+  { name: 'operator_sessions', key: ['hash'] },
 ];
 
 /** Tables of the SQLite registry that are not copied, on purpose. */

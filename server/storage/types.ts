@@ -41,6 +41,7 @@ import type {
 } from './records.js';
 import type { RegistryError } from './errors.js';
 import type { ChainVerification } from './audit-chain.js';
+import type { NewOperator, OperatorPrincipal, OperatorRecord, OperatorRole, OperatorTokenRecord, SessionLimits } from './operator-records.js';
 
 /** Which implementation, and where (a path, or a URL with its password removed). */
 export interface StorageInfo {
@@ -60,6 +61,7 @@ export interface Storage {
   readonly leases: LeaseStore;
   readonly audit: AuditStore;
   readonly releases: ReleaseStore;
+  readonly operators: OperatorStore;
   /** False once close() was called: late callbacks (timers, in-flight handlers) check it and do nothing. */
   readonly open: boolean;
   close(): Promise<void>;
@@ -288,4 +290,48 @@ export interface ReleaseStore {
   markRemoved(r: ReleaseRecord): Promise<void>;
   /** Whether the device has an unanswered upgrade command naming this artifact (the chunk server serves only then). */
   upgradeInFlight(deviceId: string, sha256: string): Promise<boolean>;
+}
+
+// ---- operator accounts, API tokens and console sessions ------------------------
+
+/**
+ * Operator accounts (server/storage/operator-records.ts). Every change is one
+ * transaction with its audit row (`operator.*`, `session.*`), whose detail names
+ * the operator changed (`operator`) and who did it (`by`: an operator's name,
+ * or `cli:USER@HOST` for the command line). Secrets (token, session id) are
+ * returned once and stored as SHA-256 only. At least one enabled admin is kept
+ * once there is one (E_LAST_ADMIN), race-free: the admins' rows are locked.
+ */
+export interface OperatorStore {
+  /** E_BAD_OPERATOR (name, role, hash), E_OPERATOR_EXISTS. Audited operator.add. */
+  add(input: NewOperator, by: string): Promise<OperatorRecord>;
+  get(name: string): Promise<OperatorRecord | undefined>;
+  /** By name. */
+  list(): Promise<OperatorRecord[]>;
+  /** The encoded password hash (login); undefined for an unknown operator. */
+  passwordHash(name: string): Promise<string | undefined>;
+  /** Replaces the hash and ends the operator's sessions. E_NO_OPERATOR. Audited operator.passwd. */
+  setPassword(name: string, passwordHash: string, by: string): Promise<void>;
+  /** E_NO_OPERATOR, E_LAST_ADMIN (demoting the last enabled admin). Audited operator.role. */
+  setRole(name: string, role: OperatorRole, by: string): Promise<OperatorRecord>;
+  /** Disables (ends its sessions; its tokens are refused while disabled) or enables. E_NO_OPERATOR, E_LAST_ADMIN. Audited operator.disable/enable. */
+  setDisabled(name: string, disabled: boolean, by: string): Promise<OperatorRecord>;
+  /** Removes it with its tokens and sessions. E_NO_OPERATOR, E_LAST_ADMIN. Audited operator.remove. */
+  remove(name: string, by: string): Promise<void>;
+
+  /** A new API token for the operator (its SHA-256 stored; the text returned once). E_NO_OPERATOR. Audited operator.token.create. */
+  createToken(name: string, label: string, ttlMs: number | null, by: string): Promise<{ token: string; record: OperatorTokenRecord }>;
+  /** Every token (or one operator's), newest first; never their text. */
+  listTokens(filter?: { operator?: string }): Promise<OperatorTokenRecord[]>;
+  /** E_NO_OPERATOR_TOKEN (unknown or already revoked). Audited operator.token.revoke. */
+  revokeToken(id: string, by: string): Promise<void>;
+  /** Who the token authenticates (unrevoked, unexpired, operator enabled), recording its use; undefined otherwise. */
+  authenticateToken(token: string): Promise<OperatorPrincipal | undefined>;
+
+  /** A new console session (login). E_NO_OPERATOR (unknown or disabled). Audited session.create. */
+  createSession(name: string, limits: SessionLimits): Promise<{ session: string; expiresAt: number }>;
+  /** Who the live session is, moving its idle deadline; undefined (and the session deleted) when it has ended or its operator is disabled. */
+  touchSession(session: string): Promise<OperatorPrincipal | undefined>;
+  /** Ends it (logout); false when there was none. Audited session.end. */
+  endSession(session: string): Promise<boolean>;
 }

@@ -131,7 +131,7 @@ describe('server: registry migration 8 (fan-outs fold into rollouts)', function 
     try {
       const sdb = storage.db;
       expect(sdb.pragma('user_version', { simple: true })).to.equal(SCHEMA_VERSION);
-      expect(SCHEMA_VERSION).to.be.at.least(8);
+      expect(SCHEMA_VERSION).to.be.at.least(8); // 8 folded the fan-outs; later migrations (9: the audit chain, 10: operators) leave them alone
       expect(sdb.prepare("SELECT name FROM sqlite_master WHERE name IN ('fanouts', 'migration_8_clock')").all()).to.deep.equal([]);
       // The commands are untouched.
       expect(sdb.prepare('SELECT * FROM commands ORDER BY jti').all()).to.deep.equal(commandsBefore);
@@ -261,6 +261,8 @@ describe('server: registry migration 8 (fan-outs fold into rollouts)', function 
       const applied = addCommand(db, id, 'fold-0', 1, { expiresAt: now - 60_000, ack: { status: 'applied', code: 'OK' } });
       const stale = addCommand(db, id, 'fold-1', 1, { expiresAt: now - 60_000 });
       const rejected = addCommand(db, id, 'fold-3', 1, { expiresAt: now - 60_000, ack: { status: 'rejected', code: 'E_PARAMS' } });
+      // A version-7 registry has none of the later migrations' tables (9: operators).
+      db.exec('DROP TABLE operator_sessions; DROP TABLE operator_tokens; DROP TABLE operators;');
       db.pragma('user_version = 7');
       db.close();
 

@@ -184,6 +184,13 @@ async function buildRegistry(path: string): Promise<void> {
   const live = await writeReleaseDir(liveDir, '1.1.0');
   await releases.add(live.manifest, live.jws, liveDir);
 
+  // Operator accounts: an admin, a viewer with an API token and a session (their hashes are copied as they are).
+  const hash = '$scrypt$ln=15,r=8,p=1$c2FsdHNhbHRzYWx0c2FsdA$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g';
+  await reg.operators.add({ name: 'alice', role: 'admin', passwordHash: hash }, 'cli:root');
+  await reg.operators.add({ name: 'bob', role: 'viewer', passwordHash: hash }, 'alice');
+  await reg.operators.createToken('bob', 'dashboards', null, 'alice');
+  await reg.operators.createSession('bob', { idleMs: 60_000, absoluteMs: 3_600_000 });
+
   await reg.audit.append('test.unicode', 'émile-3', { note: 'ünïcödé ✓ "quoted" \\ back', n: 1.25 });
   await reg.close();
 }
@@ -331,6 +338,15 @@ describe('server: registry migrate (SQLite -> PostgreSQL)', function () {
       expect(tokens).to.deep.equal([
         { device_id: 'b_4', used: true },
         { device_id: 'never-enrolled', used: false },
+      ]);
+      const operators = await pgQuery<{ name: string; role: string; tokens: string; sessions: string }>(
+        url,
+        `SELECT o.name, o.role, (SELECT COUNT(*) FROM operator_tokens t WHERE t.operator = o.name) AS tokens,
+           (SELECT COUNT(*) FROM operator_sessions s WHERE s.operator = o.name) AS sessions FROM operators o ORDER BY o.name`,
+      );
+      expect(operators.map((o) => [o.name, o.role, Number(o.tokens), Number(o.sessions)])).to.deep.equal([
+        ['alice', 'admin', 0, 0],
+        ['bob', 'viewer', 1, 1],
       ]);
       const unicode = await pgQuery<{ detail: string }>(url, "SELECT detail FROM audit WHERE event = 'test.unicode'");
       expect(JSON.parse(unicode[0]?.detail ?? '{}')).to.deep.equal({ note: 'ünïcödé ✓ "quoted" \\ back', n: 1.25 });

@@ -10,6 +10,7 @@ import type {
   DeviceStore,
   EnrollmentStore,
   LeaseStore,
+  OperatorStore,
   ReleaseStore,
   RolloutStore,
   SeqStore,
@@ -22,6 +23,7 @@ import { PgDb, type PgLog } from './db.js';
 import { PgDeviceStore } from './devices.js';
 import { PgEnrollmentStore } from './enrollment.js';
 import { PgLeaseStore } from './leases.js';
+import { PgOperatorStore } from './operators.js';
 import { PgReleaseStore } from './releases.js';
 import { PgRolloutStore } from './rollouts.js';
 import { migratePostgres } from './schema.js';
@@ -51,6 +53,7 @@ export class PostgresStorage implements Storage {
   readonly leases: LeaseStore;
   readonly audit: AuditStore;
   readonly releases: ReleaseStore;
+  readonly operators: OperatorStore;
   readonly #now: () => number;
   #open = true;
   #closing: Promise<void> | undefined;
@@ -68,6 +71,7 @@ export class PostgresStorage implements Storage {
     this.leases = new PgLeaseStore(db, now);
     this.audit = new PgAuditStore(db, now);
     this.releases = new PgReleaseStore(db, now);
+    this.operators = new PgOperatorStore(db, now);
   }
 
   get open(): boolean {

@@ -218,6 +218,39 @@ export const PG_MIGRATIONS: readonly string[] = [
     hash text COLLATE "C" NOT NULL
   );
   `,
+  // 3: operator accounts (SQLite migration 10): operators, their API tokens and console sessions.
+  `
+  CREATE TABLE operators (
+    name text COLLATE "C" PRIMARY KEY,
+    role text COLLATE "C" NOT NULL CHECK (role IN ('viewer', 'operator', 'admin')),
+    password_hash text COLLATE "C" NOT NULL,
+    created_at bigint NOT NULL,
+    updated_at bigint NOT NULL,
+    disabled_at bigint
+  );
+
+  CREATE TABLE operator_tokens (
+    hash text COLLATE "C" PRIMARY KEY,
+    id text COLLATE "C" NOT NULL UNIQUE,
+    operator text COLLATE "C" NOT NULL REFERENCES operators (name) ON DELETE CASCADE,
+    label text COLLATE "C" NOT NULL,
+    created_at bigint NOT NULL,
+    expires_at bigint,
+    last_used_at bigint,
+    revoked_at bigint
+  );
+  CREATE INDEX operator_tokens_operator ON operator_tokens (operator);
+
+  CREATE TABLE operator_sessions (
+    hash text COLLATE "C" PRIMARY KEY,
+    operator text COLLATE "C" NOT NULL REFERENCES operators (name) ON DELETE CASCADE,
+    created_at bigint NOT NULL,
+    last_seen_at bigint NOT NULL,
+    idle_ms bigint NOT NULL CHECK (idle_ms > 0),
+    expires_at bigint NOT NULL
+  );
+  CREATE INDEX operator_sessions_operator ON operator_sessions (operator);
+  `,
 ];
 
 /** Rows per batch when PG_MIGRATION_STEPS[2] chains existing audit rows. */

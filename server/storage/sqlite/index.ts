@@ -13,6 +13,7 @@ import type {
   DeviceStore,
   EnrollmentStore,
   LeaseStore,
+  OperatorStore,
   ReleaseStore,
   RolloutStore,
   SeqStore,
@@ -25,6 +26,7 @@ import { SqliteDb, type SqliteOpenOptions } from './db.js';
 import { SqliteDeviceStore } from './devices.js';
 import { SqliteEnrollmentStore } from './enrollment.js';
 import { SqliteLeaseStore } from './leases.js';
+import { SqliteOperatorStore } from './operators.js';
 import { SqliteReleaseStore } from './releases.js';
 import { SqliteRolloutStore } from './rollouts.js';
 import { SqliteSeqStore } from './seq.js';
@@ -46,6 +48,7 @@ export class SqliteStorage implements Storage {
   readonly leases: LeaseStore;
   readonly audit: AuditStore;
   readonly releases: ReleaseStore;
+  readonly operators: OperatorStore;
   readonly #s: SqliteDb;
 
   constructor(s: SqliteDb) {
@@ -59,6 +62,7 @@ export class SqliteStorage implements Storage {
     this.leases = new SqliteLeaseStore(s);
     this.audit = new SqliteAuditStore(s);
     this.releases = new SqliteReleaseStore(s);
+    this.operators = new SqliteOperatorStore(s);
   }
 
   /** The SQLite database (tests, `registry migrate`). */

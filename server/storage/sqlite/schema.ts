@@ -349,6 +349,41 @@ export const MIGRATIONS: readonly string[] = [
   CREATE TRIGGER audit_chained BEFORE INSERT ON audit WHEN NEW.prev_hash IS NULL OR NEW.hash IS NULL
     BEGIN SELECT RAISE(ABORT, 'an audit row needs its chain hashes'); END;
   `,
+  // 10: operator accounts (server/storage/operator-records.ts): operators with a role and an encoded scrypt
+  // hash (parameters and salt inside it: server/operators/password.ts), their API tokens and console
+  // sessions (secrets stored as SHA-256 only); removing an operator removes both.
+  `
+  CREATE TABLE operators (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL CHECK (role IN ('viewer', 'operator', 'admin')),
+    password_hash TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    disabled_at INTEGER
+  ) STRICT;
+
+  CREATE TABLE operator_tokens (
+    hash TEXT PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    operator TEXT NOT NULL REFERENCES operators (name) ON DELETE CASCADE,
+    label TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    last_used_at INTEGER,
+    revoked_at INTEGER
+  ) STRICT;
+  CREATE INDEX operator_tokens_operator ON operator_tokens (operator);
+
+  CREATE TABLE operator_sessions (
+    hash TEXT PRIMARY KEY,
+    operator TEXT NOT NULL REFERENCES operators (name) ON DELETE CASCADE,
+    created_at INTEGER NOT NULL,
+    last_seen_at INTEGER NOT NULL,
+    idle_ms INTEGER NOT NULL CHECK (idle_ms > 0),
+    expires_at INTEGER NOT NULL
+  ) STRICT;
+  CREATE INDEX operator_sessions_operator ON operator_sessions (operator);
+  `,
 ];
 
 /**
