@@ -2,7 +2,8 @@
  * The HTTP API of `serve` (node:http, JSON, bearer-token auth):
  *   POST /devices/{id}/commands  {action, user_id?, params?} -> 202 {jti, ...}
  *   GET  /commands/{jti}         the command and its ack status
- *   GET  /devices[?user_id=&tag=]  devices, with presence and reported state
+ *   GET  /devices[?q=&tag=&user_id=&online=&version=&flagged=&sort=&dir=&offset=&limit=]  devices, with presence, reported state
+ *                                and last command; GET /devices/{id}/commands|presence; POST /devices/tags (bulk): fleet-routes.ts
  *   GET  /devices/{id}           one device
  *   PUT|DELETE /devices/{id}/tags/{tag}  add / remove a tag;  GET /tags
  *   POST /rollouts               {action, params?, user_id?, selector: {all|user_id|tag|devices}, rate_per_min?,
@@ -37,6 +38,7 @@ import { planWarnings } from '../rollouts/warnings.js';
 import type { ServerKeys } from '../keys/server-keys.js';
 import { releaseView } from '../releases/views.js';
 import { auditView, parseAuditFilter, type AuditFilterInput } from '../audit-filter.js';
+import { isFleetRoute, routeFleet } from './fleet-routes.js';
 
 export const MAX_BODY_BYTES = 64 * 1024;
 
@@ -96,15 +98,7 @@ async function route(ctx: HttpApiContext, expected: Buffer, req: IncomingMessage
   const { url, parts } = parseTarget(req.url);
   const method = req.method ?? 'GET';
 
-  if (parts[0] === 'devices' && parts.length === 1) {
-    allow(method, ['GET']);
-    const userId = url.searchParams.get('user_id') ?? undefined;
-    const tag = url.searchParams.get('tag') ?? undefined;
-    const now = Date.now();
-    return sendJson(res, 200, {
-      devices: (await ctx.storage.devices.list({ ...(userId ? { userId } : {}), ...(tag ? { tag } : {}) })).map((d) => deviceView(d, now)),
-    });
-  }
+  if (isFleetRoute(parts, method)) return routeFleet(ctx, 'http-token', req, res, url, parts, method);
   if (parts[0] === 'devices' && parts.length === 4 && parts[2] === 'tags') {
     allow(method, ['PUT', 'DELETE']);
     const id = deviceId(parts[1]);
