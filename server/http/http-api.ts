@@ -13,6 +13,7 @@
  *   POST /rollouts/{id}/pause|resume|cancel
  *   POST /rollouts/{id}/retry    {deliver_within_s?, confirm?, dry_run?}: a new rollout over the targets that did not apply
  *   GET  /audit[?device=&rollout=&action=&since=&until=&limit=]  audit rows, oldest first (the newest `limit` that match)
+ *   GET|POST /enrollment/tokens, DELETE /enrollment/tokens/{id}, GET /enrollment/pending: enrollment-routes.ts
  *   GET  /releases               agent releases, newest first;  GET /releases/{version}[?arch=]  one version's builds, with manifests
  * An upgrade (POST /devices/{id}/commands, POST /rollouts) names its release at the top level:
  *   {action: 'upgrade', release: '0.3.0', arch?, deadline_s?, allow_downgrade?, mirror?, ...}; each device gets the
@@ -39,6 +40,7 @@ import type { ServerKeys } from '../keys/server-keys.js';
 import { releaseView } from '../releases/views.js';
 import { auditView, parseAuditFilter, type AuditFilterInput } from '../audit-filter.js';
 import { isFleetRoute, routeFleet } from './fleet-routes.js';
+import { isEnrollmentRoute, routeEnrollment } from './enrollment-routes.js';
 
 export const MAX_BODY_BYTES = 64 * 1024;
 
@@ -65,6 +67,7 @@ const HTTP_STATUSES: Readonly<Record<string, number>> = {
   E_NO_COMMAND: 404,
   E_NO_ROLLOUT: 404,
   E_NO_RELEASE: 404,
+  E_NO_TOKEN: 404,
   E_ARCH_UNKNOWN: 409,
   E_ROLLOUT_STATE: 409,
   E_METHOD: 405,
@@ -99,6 +102,7 @@ async function route(ctx: HttpApiContext, expected: Buffer, req: IncomingMessage
   const method = req.method ?? 'GET';
 
   if (isFleetRoute(parts, method)) return routeFleet(ctx, 'http-token', req, res, url, parts, method);
+  if (isEnrollmentRoute(parts)) return routeEnrollment(ctx, 'http-token', req, res, url, parts, method);
   if (parts[0] === 'devices' && parts.length === 4 && parts[2] === 'tags') {
     allow(method, ['PUT', 'DELETE']);
     const id = deviceId(parts[1]);
