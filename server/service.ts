@@ -32,6 +32,7 @@ import { silentLogger, type Logger } from '../lib/log.js';
 import { connectBroker } from './core/mqtt-connection.js';
 import { ReportIntake, type ReportDropCounts, type ReportIntakeOptions } from './core/report-intake.js';
 import type { CommandRecord } from './storage/records.js';
+import type { SessionLimits } from './storage/operator-records.js';
 import { ChunkServer, type ChunkResult, type ChunkServerOptions } from './chunk-server.js';
 import { subscribeFleet, unsubscribeFleet, type SharedMode } from './core/subscriptions.js';
 
@@ -45,6 +46,12 @@ export interface ServeOptions {
   http?: { host: string; port: number };
   /** Bearer token file; default DATA/http.token. */
   httpTokenFile?: string;
+  /** Console session limits (default: 30 min idle, 12 h in all). */
+  sessions?: SessionLimits;
+  /** Where the console's built files are (default dist/console). */
+  consoleDir?: string;
+  /** The registry's clock and the login rate limit's (tests: sessions expire without sleeping); default Date.now. */
+  now?: () => number;
   shared?: SharedMode;
   clientId?: string;
   log?: Logger;
@@ -90,7 +97,10 @@ export interface RunningServer {
 export async function startProvisionServer(options: ServeOptions): Promise<RunningServer> {
   await assertJosePatched(); // before anything opens: an unpatched node-jose seals and opens nothing
   const log = options.log ?? silentLogger;
-  const data = await openDataDir(options.dataDir, options.registry !== undefined ? { registry: options.registry } : {});
+  const data = await openDataDir(options.dataDir, {
+    ...(options.registry !== undefined ? { registry: options.registry } : {}),
+    ...(options.now ? { now: options.now } : {}),
+  });
   const { storage, keys, config } = data;
   const broker = brokerFrom(config.broker, options.broker ?? {});
   let client: MqttClient | undefined;
@@ -172,7 +182,17 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
     await subscribeFleet(fetchClient, config.topicPrefix, { mode: shared ? 'on' : 'off', log, kinds: ['fetch'], qos: 0 });
     let httpAddress: { host: string; port: number } | undefined;
     if (options.http && httpToken !== undefined) {
-      httpServer = createHttpApi({ storage, keys, sender, token: httpToken, log, ...(rollouts ? { onRolloutChange: () => rollouts.kick() } : {}) });
+      httpServer = createHttpApi({
+        storage,
+        keys,
+        sender,
+        token: httpToken,
+        log,
+        ...(options.sessions ? { sessions: options.sessions } : {}),
+        ...(options.now ? { now: options.now } : {}),
+        ...(options.consoleDir ? { consoleDir: options.consoleDir } : {}),
+        ...(rollouts ? { onRolloutChange: () => rollouts.kick() } : {}),
+      });
       const srv = httpServer;
       await new Promise<void>((resolve, reject) => {
         srv.once('error', reject);
