@@ -160,7 +160,9 @@ async function route(ctx: HttpApiContext, sessions: SessionRouteContext, req: In
     allow(method, ['PUT', 'DELETE']);
     const id = deviceId(parts[1]);
     const tags =
-      method === 'PUT' ? await ctx.storage.devices.addTags(id, [parts[3] as string]) : await ctx.storage.devices.removeTags(id, [parts[3] as string]);
+      method === 'PUT'
+        ? await ctx.storage.devices.addTags(id, [parts[3] as string], rc.principal.name)
+        : await ctx.storage.devices.removeTags(id, [parts[3] as string], rc.principal.name);
     return sendJson(res, 200, { device_id: id, tags });
   }
   if (parts[0] === 'tags' && parts.length === 1) {
@@ -203,7 +205,7 @@ async function route(ctx: HttpApiContext, sessions: SessionRouteContext, req: In
         params: withUpgradeMembers(body, body.params ?? {}),
         ...(typeof body.ttl_s === 'number' ? { ttlSeconds: body.ttl_s } : {}),
       },
-      { publish: 'background', via: 'http' },
+      { publish: 'background', via: 'http', by: rc.principal.name },
     );
     res.setHeader('Location', `/commands/${command.jti}`);
     return sendJson(res, 202, { jti: command.jti, device_id: id, action: command.action, seq: command.seq, status: 'accepted' });
@@ -253,7 +255,7 @@ async function routeRollouts(
     if (dryRun) return sendJson(res, 200, { ...planView(plan), warnings });
     if (plan.summary.targets === 0) throw new CodedError('E_BAD_REQUEST', 'no device matches the selector: nothing to send');
     checkConfirmation(plan.spec.action, plan.summary.targets, confirm, CONFIRM_HOW);
-    const r = await startRollout(ctx.storage, plan);
+    const r = await startRollout(ctx.storage, plan, { by: rc.principal.name });
     ctx.onRolloutChange?.();
     res.setHeader('Location', `/rollouts/${r.id}`);
     return sendJson(res, 201, { ...(await view(r)), warnings });
@@ -272,7 +274,7 @@ async function routeRollouts(
     const warnings = planWarnings(rp.plan);
     if (dryRun) return sendJson(res, 200, { ...planView(rp.plan), ...retryView(rp), warnings });
     checkConfirmation(rp.plan.spec.action, rp.plan.summary.targets, confirm, CONFIRM_HOW);
-    const r = await startRetry(ctx.storage, rp);
+    const r = await startRetry(ctx.storage, rp, rc.principal.name);
     ctx.onRolloutChange?.();
     res.setHeader('Location', `/rollouts/${r.id}`);
     return sendJson(res, 201, { ...(await view(r)), in_flight_left_out: rp.inFlight, removed_left_out: rp.removed, warnings });
