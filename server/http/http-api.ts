@@ -27,6 +27,7 @@
  * Errors are `{"error": {"code", "message"}}` with a 4xx/5xx status.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import { ACTIONS, CodedError, isAction, isCodedError, isProtocolError, isRecord, isValidId } from '../../protocol/index.js';
 import { userIdText, type CommandSender } from '../core/command-sender.js';
 import { RELEASE_ACTIONS, serverAction } from '../core/actions/table.js';
@@ -50,6 +51,7 @@ import { LoginLimiter, RateLimitedError } from './auth-rate-limit.js';
 import { allow, readJsonBody, readOptionalJsonBody, sendError, sendJson } from './http-io.js';
 import { setSecurityHeaders } from './security-headers.js';
 import { routeApiTokens, routeOperators } from './admin-routes.js';
+import type { HttpTls } from './tls-files.js';
 import { DEFAULT_CONSOLE_DIR, isConsoleRequest, serveConsole } from './static-console.js';
 import { DEFAULT_SESSION_LIMITS, routeSession, type SessionRouteContext } from './session-routes.js';
 
@@ -67,8 +69,8 @@ export interface HttpApiContext {
   log: Logger;
   /** Console session limits (serve --session-idle/--session-max); default 30 min idle, 12 h in all. */
   sessions?: SessionLimits;
-  /** Served over TLS (https): cookies are Secure, the own origin is https://. */
-  tls?: boolean;
+  /** Serve HTTPS with this certificate and key (serve --http-tls-cert/--http-tls-key): cookies are Secure, the own origin https://. */
+  tls?: HttpTls;
   /** The clock of the login rate limit (tests); default Date.now. Sessions use the storage's clock. */
   now?: () => number;
   /** Where the console's built files are (default dist/console). */
@@ -111,7 +113,7 @@ function httpStatusOf(err: CodedError): number {
 }
 
 export function createHttpApi(ctx: HttpApiContext): Server {
-  const tls = ctx.tls === true;
+  const tls = ctx.tls !== undefined;
   const authenticator = new Authenticator(ctx.storage, ctx.token);
   const sessions: SessionRouteContext = {
     storage: ctx.storage,
@@ -120,7 +122,7 @@ export function createHttpApi(ctx: HttpApiContext): Server {
     limits: ctx.sessions ?? DEFAULT_SESSION_LIMITS,
     tls,
   };
-  const server = createServer((req, res) => {
+  const handle = (req: IncomingMessage, res: ServerResponse): void => {
     setSecurityHeaders(res, { tls });
     void route(ctx, sessions, req, res).catch((err: unknown) => {
       if (err instanceof RateLimitedError) res.setHeader('Retry-After', String(err.retryAfterS));
@@ -128,7 +130,8 @@ export function createHttpApi(ctx: HttpApiContext): Server {
       ctx.log.error('http.error', { reason: err instanceof Error ? err.message : String(err) });
       return sendError(res, 500, 'E_INTERNAL', 'internal error');
     });
-  });
+  };
+  const server: Server = ctx.tls ? createHttpsServer({ cert: ctx.tls.cert, key: ctx.tls.key }, handle) : createServer(handle);
   server.requestTimeout = 30_000;
   server.headersTimeout = 10_000;
   return server;
