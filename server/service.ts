@@ -25,6 +25,7 @@ import type { CommandSender, SendRequest } from './core/command-sender.js';
 import { ServerCore } from './core/server-core.js';
 import { brokerFrom, openDataDir, readHttpToken, type BrokerSettings, type OpenedData } from './data-dir.js';
 import { createHttpApi } from './http/http-api.js';
+import { readHttpTls } from './http/tls-files.js';
 import { EnrollRefusals } from './core/enroll-refusals.js';
 import type { InboundResult } from './core/inbound.js';
 import { handleUntilStored } from './core/inbound-retry.js';
@@ -32,6 +33,7 @@ import { silentLogger, type Logger } from '../lib/log.js';
 import { connectBroker } from './core/mqtt-connection.js';
 import { ReportIntake, type ReportDropCounts, type ReportIntakeOptions } from './core/report-intake.js';
 import type { CommandRecord } from './storage/records.js';
+import type { SessionLimits } from './storage/operator-records.js';
 import { ChunkServer, type ChunkResult, type ChunkServerOptions } from './chunk-server.js';
 import { subscribeFleet, unsubscribeFleet, type SharedMode } from './core/subscriptions.js';
 
@@ -45,6 +47,14 @@ export interface ServeOptions {
   http?: { host: string; port: number };
   /** Bearer token file; default DATA/http.token. */
   httpTokenFile?: string;
+  /** Serve the HTTP API over HTTPS with this certificate and key file (the key 0600). */
+  httpTls?: { cert: string; key: string };
+  /** Console session limits (default: 30 min idle, 12 h in all). */
+  sessions?: SessionLimits;
+  /** Where the console's built files are (default dist/console). */
+  consoleDir?: string;
+  /** The registry's clock and the login rate limit's (tests: sessions expire without sleeping); default Date.now. */
+  now?: () => number;
   shared?: SharedMode;
   clientId?: string;
   log?: Logger;
@@ -90,7 +100,10 @@ export interface RunningServer {
 export async function startProvisionServer(options: ServeOptions): Promise<RunningServer> {
   await assertJosePatched(); // before anything opens: an unpatched node-jose seals and opens nothing
   const log = options.log ?? silentLogger;
-  const data = await openDataDir(options.dataDir, options.registry !== undefined ? { registry: options.registry } : {});
+  const data = await openDataDir(options.dataDir, {
+    ...(options.registry !== undefined ? { registry: options.registry } : {}),
+    ...(options.now ? { now: options.now } : {}),
+  });
   const { storage, keys, config } = data;
   const broker = brokerFrom(config.broker, options.broker ?? {});
   let client: MqttClient | undefined;
@@ -107,6 +120,7 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
   try {
     // The HTTP token is checked before the broker is contacted: a bad --http-token-file changes nothing.
     const httpToken = options.http ? await readHttpToken(options.httpTokenFile ?? data.paths.httpToken) : undefined;
+    const httpTls = options.http && options.httpTls ? await readHttpTls(options.httpTls.cert, options.httpTls.key) : undefined;
     const clientId = options.clientId ?? defaultClientId(data.paths.dir);
     // Every session hands its messages to the core, which acknowledges each only after handling it
     // (core/ack-after-handling.ts). What a persistent session queued arrives right after its CONNACK:
@@ -172,7 +186,18 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
     await subscribeFleet(fetchClient, config.topicPrefix, { mode: shared ? 'on' : 'off', log, kinds: ['fetch'], qos: 0 });
     let httpAddress: { host: string; port: number } | undefined;
     if (options.http && httpToken !== undefined) {
-      httpServer = createHttpApi({ storage, keys, sender, token: httpToken, log, ...(rollouts ? { onRolloutChange: () => rollouts.kick() } : {}) });
+      httpServer = createHttpApi({
+        storage,
+        keys,
+        sender,
+        token: httpToken,
+        log,
+        ...(options.sessions ? { sessions: options.sessions } : {}),
+        ...(options.now ? { now: options.now } : {}),
+        ...(options.consoleDir ? { consoleDir: options.consoleDir } : {}),
+        ...(httpTls ? { tls: httpTls } : {}),
+        ...(rollouts ? { onRolloutChange: () => rollouts.kick() } : {}),
+      });
       const srv = httpServer;
       await new Promise<void>((resolve, reject) => {
         srv.once('error', reject);
@@ -180,7 +205,7 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
       });
       const addr = srv.address() as AddressInfo;
       httpAddress = { host: addr.address, port: addr.port };
-      log.info('http.listening', { address: `${addr.address}:${addr.port}` });
+      log.info('http.listening', { address: `${addr.address}:${addr.port}`, tls: httpTls !== undefined });
     }
     rollouts?.start();
     // Rollouts created or controlled by any process (CLI, HTTP API, engine) are logged here.

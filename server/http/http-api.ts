@@ -1,8 +1,13 @@
 /**
- * The HTTP API of `serve` (node:http, JSON, bearer-token auth):
+ * The HTTP API of `serve` (node:http or node:https, JSON). Who may call what:
+ * server/http/auth.ts (console session cookie, operator API token, legacy
+ * DATA/http.token), server/http/auth-roles.ts (the route -> role table; 403
+ * E_FORBIDDEN), CSRF for cookie sessions (403 E_CSRF); sessions:
+ * server/http/session-routes.ts (POST/GET/DELETE /session).
  *   POST /devices/{id}/commands  {action, user_id?, params?} -> 202 {jti, ...}
  *   GET  /commands/{jti}         the command and its ack status
- *   GET  /devices[?user_id=&tag=]  devices, with presence and reported state
+ *   GET  /devices[?q=&tag=&user_id=&online=&version=&flagged=&sort=&dir=&offset=&limit=]  devices, with presence, reported state
+ *                                and last command; GET /devices/{id}/commands|presence; POST /devices/tags (bulk): fleet-routes.ts
  *   GET  /devices/{id}           one device
  *   PUT|DELETE /devices/{id}/tags/{tag}  add / remove a tag;  GET /tags
  *   POST /rollouts               {action, params?, user_id?, selector: {all|user_id|tag|devices}, rate_per_min?,
@@ -12,15 +17,20 @@
  *   POST /rollouts/{id}/pause|resume|cancel
  *   POST /rollouts/{id}/retry    {deliver_within_s?, confirm?, dry_run?}: a new rollout over the targets that did not apply
  *   GET  /audit[?device=&rollout=&action=&since=&until=&limit=]  audit rows, oldest first (the newest `limit` that match)
+ *   GET  /events               live audit rows and rollout progress, server-sent events: events-stream.ts
+ *   GET|POST /enrollment/tokens, DELETE /enrollment/tokens/{id}, GET /enrollment/pending: enrollment-routes.ts
  *   GET  /releases               agent releases, newest first;  GET /releases/{version}[?arch=]  one version's builds, with manifests
+ *   GET  /, /console/...         the browser console's files, no auth (server/http/static-console.ts)
+ *   POST|GET|DELETE /session     console login / who / logout (server/http/session-routes.ts)
+ *   /operators, /api-tokens      operator accounts and their API tokens, admins only (server/http/admin-routes.ts)
  * An upgrade (POST /devices/{id}/commands, POST /rollouts) names its release at the top level:
  *   {action: 'upgrade', release: '0.3.0', arch?, deadline_s?, allow_downgrade?, mirror?, ...}; each device gets the
  *   manifest of the build for its architecture (the registry's, else `arch`).
  * A rollout of a destructive action (delete) to more than one device needs `"confirm": true` or the device count.
  * Errors are `{"error": {"code", "message"}}` with a 4xx/5xx status.
  */
-import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import { ACTIONS, CodedError, isAction, isCodedError, isProtocolError, isRecord, isValidId } from '../../protocol/index.js';
 import { userIdText, type CommandSender } from '../core/command-sender.js';
 import { RELEASE_ACTIONS, serverAction } from '../core/actions/table.js';
@@ -37,8 +47,22 @@ import { planWarnings } from '../rollouts/warnings.js';
 import type { ServerKeys } from '../keys/server-keys.js';
 import { releaseView } from '../releases/views.js';
 import { auditView, parseAuditFilter, type AuditFilterInput } from '../audit-filter.js';
+import { isFleetRoute, routeFleet } from './fleet-routes.js';
+import { isEnrollmentRoute, routeEnrollment } from './enrollment-routes.js';
+import { eventHubFor, isEventsRoute } from './events-stream.js';
+import type { SessionLimits } from '../storage/operator-records.js';
+import { Authenticator, checkCsrf, type RequestContext } from './auth.js';
+import { checkRole } from './auth-roles.js';
+import { LoginLimiter, RateLimitedError } from './auth-rate-limit.js';
+import { allow, readJsonBody, readOptionalJsonBody, sendError, sendJson } from './http-io.js';
+import { setSecurityHeaders } from './security-headers.js';
+import { routeApiTokens, routeOperators } from './admin-routes.js';
+import type { HttpTls } from './tls-files.js';
+import { DEFAULT_CONSOLE_DIR, isConsoleRequest, serveConsole } from './static-console.js';
+import { DEFAULT_SESSION_LIMITS, routeSession, type SessionRouteContext } from './session-routes.js';
 
-export const MAX_BODY_BYTES = 64 * 1024;
+export { MAX_BODY_BYTES } from './http-io.js';
+export type { RequestContext } from './auth.js';
 
 export interface HttpApiContext {
   storage: Storage;
@@ -46,9 +70,17 @@ export interface HttpApiContext {
   sender: CommandSender;
   /** Told when a rollout was started or its state changed (the engine steps at once). */
   onRolloutChange?: () => void;
-  /** The bearer token clients must present. */
+  /** The legacy bearer token (DATA/http.token): it authenticates as the admin `http-token`. */
   token: string;
   log: Logger;
+  /** Console session limits (serve --session-idle/--session-max); default 30 min idle, 12 h in all. */
+  sessions?: SessionLimits;
+  /** Serve HTTPS with this certificate and key (serve --http-tls-cert/--http-tls-key): cookies are Secure, the own origin https://. */
+  tls?: HttpTls;
+  /** The clock of the login rate limit (tests); default Date.now. Sessions use the storage's clock. */
+  now?: () => number;
+  /** Where the console's built files are (default dist/console). */
+  consoleDir?: string;
 }
 
 /**
@@ -58,11 +90,21 @@ export interface HttpApiContext {
  */
 const HTTP_STATUSES: Readonly<Record<string, number>> = {
   E_UNAUTHORIZED: 401,
+  E_LOGIN: 401,
+  E_FORBIDDEN: 403,
+  E_CSRF: 403,
+  E_RATE_LIMITED: 429,
   E_NOT_FOUND: 404,
+  E_NO_CONSOLE: 404,
   E_NO_DEVICE: 404,
   E_NO_COMMAND: 404,
   E_NO_ROLLOUT: 404,
   E_NO_RELEASE: 404,
+  E_NO_TOKEN: 404,
+  E_NO_OPERATOR: 404,
+  E_NO_OPERATOR_TOKEN: 404,
+  E_OPERATOR_EXISTS: 409,
+  E_LAST_ADMIN: 409,
   E_ARCH_UNKNOWN: 409,
   E_ROLLOUT_STATE: 409,
   E_METHOD: 405,
@@ -78,45 +120,60 @@ function httpStatusOf(err: CodedError): number {
 }
 
 export function createHttpApi(ctx: HttpApiContext): Server {
-  const expected = createHash('sha256').update(ctx.token).digest();
-  const server = createServer((req, res) => {
-    void route(ctx, expected, req, res).catch((err: unknown) => {
+  const tls = ctx.tls !== undefined;
+  const authenticator = new Authenticator(ctx.storage, ctx.token);
+  const sessions: SessionRouteContext = {
+    storage: ctx.storage,
+    authenticator,
+    limiter: new LoginLimiter(ctx.now),
+    limits: ctx.sessions ?? DEFAULT_SESSION_LIMITS,
+    tls,
+  };
+  const handle = (req: IncomingMessage, res: ServerResponse): void => {
+    setSecurityHeaders(res, { tls });
+    void route(ctx, sessions, req, res).catch((err: unknown) => {
+      if (err instanceof RateLimitedError) res.setHeader('Retry-After', String(err.retryAfterS));
       if (isCodedError(err)) return sendError(res, httpStatusOf(err), err.code, err.message);
       ctx.log.error('http.error', { reason: err instanceof Error ? err.message : String(err) });
       return sendError(res, 500, 'E_INTERNAL', 'internal error');
     });
-  });
+  };
+  const server: Server = ctx.tls ? createHttpsServer({ cert: ctx.tls.cert, key: ctx.tls.key }, handle) : createServer(handle);
   server.requestTimeout = 30_000;
   server.headersTimeout = 10_000;
   return server;
 }
 
-async function route(ctx: HttpApiContext, expected: Buffer, req: IncomingMessage, res: ServerResponse): Promise<void> {
-  authenticate(req, expected);
+async function route(ctx: HttpApiContext, sessions: SessionRouteContext, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const { url, parts } = parseTarget(req.url);
   const method = req.method ?? 'GET';
+  if (isConsoleRequest(parts)) return serveConsole(ctx.consoleDir ?? DEFAULT_CONSOLE_DIR, res, url, parts, method);
+  if (parts[0] === 'session' && parts.length === 1) return routeSession(sessions, req, res, method);
 
-  if (parts[0] === 'devices' && parts.length === 1) {
-    allow(method, ['GET']);
-    const userId = url.searchParams.get('user_id') ?? undefined;
-    const tag = url.searchParams.get('tag') ?? undefined;
-    const now = Date.now();
-    return sendJson(res, 200, {
-      devices: (await ctx.storage.devices.list({ ...(userId ? { userId } : {}), ...(tag ? { tag } : {}) })).map((d) => deviceView(d, now)),
-    });
-  }
+  // Everything below needs a principal whose role the table allows (server/http/auth-roles.ts).
+  const rc = await sessions.authenticator.authenticate(req);
+  if (rc.via === 'session') checkCsrf(req, method, sessions.tls);
+  checkRole(rc.principal, method, parts);
+
+  if (parts[0] === 'operators') return routeOperators(ctx.storage, req, res, parts, method, rc);
+  if (parts[0] === 'api-tokens') return routeApiTokens(ctx.storage, req, res, url, parts, method, rc);
+  if (isFleetRoute(parts, method)) return routeFleet(ctx, rc.principal.name, req, res, url, parts, method);
+  if (isEnrollmentRoute(parts)) return routeEnrollment(ctx, rc.principal.name, req, res, url, parts, method);
+  if (isEventsRoute(parts)) return eventHubFor(ctx, ctx.storage, { log: ctx.log }).open(req, res, url, method, rc);
   if (parts[0] === 'devices' && parts.length === 4 && parts[2] === 'tags') {
     allow(method, ['PUT', 'DELETE']);
     const id = deviceId(parts[1]);
     const tags =
-      method === 'PUT' ? await ctx.storage.devices.addTags(id, [parts[3] as string]) : await ctx.storage.devices.removeTags(id, [parts[3] as string]);
+      method === 'PUT'
+        ? await ctx.storage.devices.addTags(id, [parts[3] as string], rc.principal.name)
+        : await ctx.storage.devices.removeTags(id, [parts[3] as string], rc.principal.name);
     return sendJson(res, 200, { device_id: id, tags });
   }
   if (parts[0] === 'tags' && parts.length === 1) {
     allow(method, ['GET']);
     return sendJson(res, 200, { tags: await ctx.storage.devices.listTags() });
   }
-  if (parts[0] === 'rollouts') return routeRollouts(ctx, req, res, url, parts, method);
+  if (parts[0] === 'rollouts') return routeRollouts(ctx, req, res, url, parts, method, rc);
   if (parts[0] === 'audit' && parts.length === 1) {
     allow(method, ['GET']);
     return sendJson(res, 200, { audit: (await ctx.storage.audit.query(auditFilterFromQuery(url.searchParams))).map(auditView) });
@@ -152,7 +209,7 @@ async function route(ctx: HttpApiContext, expected: Buffer, req: IncomingMessage
         params: withUpgradeMembers(body, body.params ?? {}),
         ...(typeof body.ttl_s === 'number' ? { ttlSeconds: body.ttl_s } : {}),
       },
-      { publish: 'background', via: 'http' },
+      { publish: 'background', via: 'http', by: rc.principal.name },
     );
     res.setHeader('Location', `/commands/${command.jti}`);
     return sendJson(res, 202, { jti: command.jti, device_id: id, action: command.action, seq: command.seq, status: 'accepted' });
@@ -176,7 +233,15 @@ async function route(ctx: HttpApiContext, expected: Buffer, req: IncomingMessage
   throw new CodedError('E_NOT_FOUND', `no route for ${method} ${url.pathname}`);
 }
 
-async function routeRollouts(ctx: HttpApiContext, req: IncomingMessage, res: ServerResponse, url: URL, parts: string[], method: string): Promise<void> {
+async function routeRollouts(
+  ctx: HttpApiContext,
+  req: IncomingMessage,
+  res: ServerResponse,
+  url: URL,
+  parts: string[],
+  method: string,
+  rc: RequestContext,
+): Promise<void> {
   const store = ctx.storage.rollouts;
   const view = async (r: RolloutRecord): Promise<ReturnType<typeof rolloutView>> => rolloutView(r, await store.counts(r.id));
   if (parts.length === 1) {
@@ -194,7 +259,7 @@ async function routeRollouts(ctx: HttpApiContext, req: IncomingMessage, res: Ser
     if (dryRun) return sendJson(res, 200, { ...planView(plan), warnings });
     if (plan.summary.targets === 0) throw new CodedError('E_BAD_REQUEST', 'no device matches the selector: nothing to send');
     checkConfirmation(plan.spec.action, plan.summary.targets, confirm, CONFIRM_HOW);
-    const r = await startRollout(ctx.storage, plan);
+    const r = await startRollout(ctx.storage, plan, { by: rc.principal.name });
     ctx.onRolloutChange?.();
     res.setHeader('Location', `/rollouts/${r.id}`);
     return sendJson(res, 201, { ...(await view(r)), warnings });
@@ -213,7 +278,7 @@ async function routeRollouts(ctx: HttpApiContext, req: IncomingMessage, res: Ser
     const warnings = planWarnings(rp.plan);
     if (dryRun) return sendJson(res, 200, { ...planView(rp.plan), ...retryView(rp), warnings });
     checkConfirmation(rp.plan.spec.action, rp.plan.summary.targets, confirm, CONFIRM_HOW);
-    const r = await startRetry(ctx.storage, rp);
+    const r = await startRetry(ctx.storage, rp, rc.principal.name);
     ctx.onRolloutChange?.();
     res.setHeader('Location', `/rollouts/${r.id}`);
     return sendJson(res, 201, { ...(await view(r)), in_flight_left_out: rp.inFlight, removed_left_out: rp.removed, warnings });
@@ -221,7 +286,7 @@ async function routeRollouts(ctx: HttpApiContext, req: IncomingMessage, res: Ser
   if (parts.length === 3 && (parts[2] === 'pause' || parts[2] === 'resume' || parts[2] === 'cancel')) {
     allow(method, ['POST']);
     const c = ROLLOUT_CONTROLS[parts[2]];
-    const r = await store.setState(id, c.from, c.to, `${parts[2]} via the HTTP API`, 'http');
+    const r = await store.setState(id, c.from, c.to, `${parts[2]} via the HTTP API`, rc.principal.name);
     ctx.onRolloutChange?.();
     return sendJson(res, 200, await view(r));
   }
@@ -362,65 +427,7 @@ function parseTarget(target: string | undefined): { url: URL; parts: string[] } 
   }
 }
 
-function authenticate(req: IncomingMessage, expected: Buffer): void {
-  const header = req.headers.authorization;
-  const m = header ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
-  if (!m) throw new CodedError('E_UNAUTHORIZED', 'missing bearer token (Authorization: Bearer TOKEN)');
-  const given = createHash('sha256')
-    .update(m[1] as string)
-    .digest();
-  if (!timingSafeEqual(given, expected)) throw new CodedError('E_UNAUTHORIZED', 'wrong bearer token');
-}
-
-function allow(method: string, methods: string[]): void {
-  if (!methods.includes(method)) throw new CodedError('E_METHOD', `method ${method} not allowed here (allowed: ${methods.join(', ')})`);
-}
-
 function deviceId(value: string | undefined): string {
   if (!isValidId(value)) throw new CodedError('E_BAD_REQUEST', 'invalid device id');
   return value;
-}
-
-async function readJsonBody(req: IncomingMessage): Promise<unknown> {
-  const type = req.headers['content-type'] ?? '';
-  if (!/^application\/json\b/i.test(type)) throw new CodedError('E_CONTENT_TYPE', 'send the body as Content-Type: application/json');
-  const declared = Number(req.headers['content-length'] ?? '0');
-  if (declared > MAX_BODY_BYTES) throw new CodedError('E_TOO_LARGE', `body exceeds ${MAX_BODY_BYTES} bytes`);
-  const chunks: Buffer[] = [];
-  let size = 0;
-  try {
-    for await (const chunk of req) {
-      size += (chunk as Buffer).length;
-      if (size > MAX_BODY_BYTES) throw new CodedError('E_TOO_LARGE', `body exceeds ${MAX_BODY_BYTES} bytes`);
-      chunks.push(chunk as Buffer);
-    }
-  } catch (err) {
-    // A client that aborts mid-body (or sends a broken chunked encoding) is its own error, not the server's.
-    if (isCodedError(err)) throw err;
-    throw new CodedError('E_BAD_REQUEST', `the request body could not be read: ${err instanceof Error ? err.message : String(err)}`);
-  }
-  try {
-    return JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
-  } catch (err) {
-    throw new CodedError('E_BAD_JSON', `body is not valid JSON: ${(err as Error).message}`);
-  }
-}
-
-/** A JSON body, or `{}` when the request has none (no Content-Type, no length, not chunked). */
-async function readOptionalJsonBody(req: IncomingMessage): Promise<unknown> {
-  const empty = req.headers['content-type'] === undefined && req.headers['transfer-encoding'] === undefined && (req.headers['content-length'] ?? '0') === '0';
-  return empty ? {} : readJsonBody(req);
-}
-
-function sendJson(res: ServerResponse, status: number, body: unknown): void {
-  const text = `${JSON.stringify(body)}\n`;
-  res.writeHead(status, { 'Content-Type': 'application/json; charset=utf-8', 'Content-Length': Buffer.byteLength(text), 'Cache-Control': 'no-store' });
-  res.end(text);
-}
-
-function sendError(res: ServerResponse, status: number, code: string, message: string): void {
-  if (res.headersSent) return void res.destroy();
-  if (status === 401) res.setHeader('WWW-Authenticate', 'Bearer');
-  if (status === 413) res.setHeader('Connection', 'close');
-  sendJson(res, status, { error: { code, message } });
 }

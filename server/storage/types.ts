@@ -75,8 +75,62 @@ export interface DeviceListFilter {
   tag?: string;
 }
 
+/** How GET /devices sorts: by id, user id, last seen, agent version, or presence (online, offline, never reported). */
+export const DEVICE_SORTS = ['id', 'user', 'last_seen', 'version', 'status'] as const;
+export type DeviceSort = (typeof DEVICE_SORTS)[number];
+
+/** One page of the fleet (the console's fleet table), filtered, sorted and counted inside the database. */
+export interface DevicePageQuery {
+  /** Substring of the id or the user id, case-insensitive (ASCII). */
+  q?: string;
+  /** Carries this tag (E_BAD_TAG for one that is not a tag). */
+  tag?: string;
+  userId?: string;
+  /** Online now by its reports (server/core/presence.ts), or not (offline, or never reported). */
+  online?: boolean;
+  /** Runs exactly this agent version; null: the version is unknown. */
+  version?: string | null;
+  /** Has a security flag set, or not. */
+  flagged?: boolean;
+  /** Default id; ties by id (the same direction). Nulls (never seen, unknown version, no user) last either way. */
+  sort?: DeviceSort;
+  dir?: 'asc' | 'desc';
+  offset?: number;
+  /** Absent: every matching device. */
+  limit?: number;
+  /** The clock `online` is judged by. */
+  now: number;
+}
+
+export interface DevicePageItem {
+  device: DeviceRecord;
+  /** Its newest command (by creation), null when none. */
+  lastCommand: CommandRecord | null;
+}
+
+/** A device's presence change (device_presence), as its signed reports told it. */
+export interface PresenceChange {
+  id: number;
+  deviceId: string;
+  at: number;
+  presence: 'online' | 'offline';
+  /** connect / interval (online), offline (its will or clean stop), timeout (no report within the grace, seen when the next one came). */
+  reason: string;
+  session: string | null;
+  conn: number | null;
+}
+
 export interface DeviceStore {
   get(id: string): Promise<DeviceRecord | undefined>;
+  /** A page of devices matching `query` and how many match in all (`total`), each with its last command; all done in the database. */
+  page(query: DevicePageQuery): Promise<{ total: number; items: DevicePageItem[] }>;
+  /** The device's presence changes, newest first (at most `limit`, default 100); E_NO_DEVICE when it is not registered. */
+  presenceHistory(deviceId: string, limit?: number): Promise<PresenceChange[]>;
+  /**
+   * Adds and removes tags on many devices in ONE transaction, audited once per device changed
+   * (device.tag.add / device.tag.remove with `by`). E_NO_DEVICE naming every unknown device, E_BAD_TAG: nothing changed then.
+   */
+  bulkTags(deviceIds: readonly string[], add: readonly string[], remove: readonly string[], by: string): Promise<{ deviceId: string; tags: string[] }[]>;
   /** E_NO_DEVICE when absent. */
   require(id: string): Promise<DeviceRecord>;
   list(filter?: DeviceListFilter): Promise<DeviceRecord[]>;
@@ -85,8 +139,9 @@ export interface DeviceStore {
   /** Removes the device and everything of it; audited. E_NO_DEVICE when absent. */
   remove(id: string): Promise<void>;
   /** Adds tags (E_BAD_TAG for one that is not a tag; nothing added then); returns the device's tags. */
-  addTags(deviceId: string, tags: readonly string[]): Promise<string[]>;
-  removeTags(deviceId: string, tags: readonly string[]): Promise<string[]>;
+  /** `by`: who (the audit row's detail names them). */
+  addTags(deviceId: string, tags: readonly string[], by?: string): Promise<string[]>;
+  removeTags(deviceId: string, tags: readonly string[], by?: string): Promise<string[]>;
   tagsOf(deviceId: string): Promise<string[]>;
   listTags(): Promise<{ tag: string; devices: number }[]>;
   /** Records a verified report (presence, reported state, arch/version) unless stale or a duplicate. */
@@ -108,12 +163,17 @@ export interface EnrollInput {
 }
 
 export interface EnrollmentStore {
-  /** A new one-time token for the device (its hash stored, the text returned once). */
-  createToken(deviceId: string, userId: string, ttlMs: number): Promise<{ token: string; expiresAt: number }>;
+  /** A new one-time token for the device (its hash stored, the text returned once); audited token.create (with `by` when given). */
+  createToken(deviceId: string, userId: string, ttlMs: number, by?: string): Promise<{ token: string; expiresAt: number; id: string }>;
+  /**
+   * Revokes an unused token by its id (TokenListing.id): enroll refuses it from then on (E_TOKEN_REVOKED).
+   * E_NO_TOKEN (unknown or already revoked), E_TOKEN_USED. Audited token.revoke with `by`.
+   */
+  revokeToken(id: string, by: string): Promise<TokenListing>;
   /** Consumes the token and registers the keys, atomically; a repeat of the same enrollment is `repeated`. E_TOKEN otherwise. */
   enroll(input: EnrollInput): Promise<{ userId: string; repeated: boolean }>;
   listTokens(filter?: { deviceId?: string }): Promise<TokenListing[]>;
-  /** Devices with a token issued and no enrollment accepted. */
+  /** Devices with a token issued and no enrollment accepted (their newest token not revoked). */
   pendingEnrollments(): Promise<TokenListing[]>;
 }
 
@@ -190,6 +250,8 @@ export interface CreateFromSelectorOptions {
   retryOf?: { id: string; inFlightLeftOut: number; removedLeftOut?: number };
   /** At most this many targets (what a destructive action was confirmed for): more now cancels the rollout before release, E_CONFIRM. */
   maxTargets?: number;
+  /** Who started it (its rollout.create and rollout.retry audit rows name them as `by`). */
+  by?: string;
 }
 
 export interface RolloutStore {
@@ -332,6 +394,8 @@ export interface OperatorStore {
   createSession(name: string, limits: SessionLimits): Promise<{ session: string; expiresAt: number }>;
   /** Who the live session is, moving its idle deadline; undefined (and the session deleted) when it has ended or its operator is disabled. */
   touchSession(session: string): Promise<OperatorPrincipal | undefined>;
+  /** Who the live session is, WITHOUT moving its idle deadline (a live event stream checks it each tick); undefined when it has ended. */
+  peekSession(session: string): Promise<OperatorPrincipal | undefined>;
   /** Ends it (logout); false when there was none. Audited session.end. */
   endSession(session: string): Promise<boolean>;
 }
