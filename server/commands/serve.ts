@@ -3,6 +3,7 @@ import { createLogger } from '../../lib/log.js';
 import { parseHostPort, startProvisionServer } from '../service.js';
 import { brokerOverride, registryOption, withBroker, withData } from './common.js';
 import { defineCommand } from '../../lib/cli.js';
+import { parseDuration } from '../duration.js';
 
 export const serveCommand = defineCommand({
   command: 'serve',
@@ -21,12 +22,19 @@ export const serveCommand = defineCommand({
         describe:
           'MQTT client id of the ack session; ID-enroll and ID-report are the enrollment and report sessions (default: provision-server-HOST-<hash of the data dir>)',
       })
+      .option('audit-checkpoint-interval', {
+        type: 'string',
+        default: '10m',
+        describe: "sign the audit chain's head and store the checkpoint this often when it moved (a duration: 10m, 1h; 0: never)",
+      })
       .option('log-level', {
         choices: ['debug', 'info', 'warn', 'error'] as const,
         default: 'info' as const,
         describe: 'least severe log lines written to stderr (one line per event)',
       }),
   handler: async (args) => {
+    // Checked before anything starts: a bad interval changes nothing.
+    const auditCheckpointMs = args.auditCheckpointInterval.trim() === '0' ? 0 : parseDuration(args.auditCheckpointInterval, '--audit-checkpoint-interval');
     const log = createLogger({ level: args.logLevel, style: 'timestamped' });
     const server = await startProvisionServer({
       dataDir: args.data,
@@ -37,6 +45,7 @@ export const serveCommand = defineCommand({
       shared: args.shared,
       ...(args.clientId ? { clientId: args.clientId } : {}),
       log,
+      auditCheckpointMs,
     });
     await new Promise<void>((resolve) => {
       const stop = (signal: string): void => {

@@ -106,7 +106,7 @@ export function reportNotNewer(
 }
 
 /** The audit detail (and device flag) of an ack contradicting the recorded outcome of `row`; claimed keys from a keys-rotated effect. */
-export function contradictionDetail(row: CommandRow, ack: AckClaims, effects: readonly AckEffect[]): Record<string, unknown> {
+export function contradictionDetail(row: CommandRow, ack: AckClaims, effects: readonly AckEffect[], signed?: string): Record<string, unknown> {
   const rotated = effects.find((e) => e.kind === 'keys-rotated');
   return {
     jti: row.jti,
@@ -116,5 +116,6 @@ export function contradictionDetail(row: CommandRow, ack: AckClaims, effects: re
     claimed: { status: ack.status, code: ack.code, ack_jti: ack.jti },
     ...(rotated ? { claimed_keys: { signing_kid: rotated.signing.kid, encryption_kid: rotated.encryption.kid } } : {}),
     effects: 'not applied',
+    ...(signed !== undefined ? { ack_jws: signed } : {}),
   };
 }

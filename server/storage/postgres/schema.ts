@@ -251,6 +251,22 @@ export const PG_MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX operator_sessions_operator ON operator_sessions (operator);
   `,
+  // 4: signed checkpoints of the audit chain (SQLite migration 11), append-only.
+  `
+  CREATE TABLE audit_checkpoints (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at bigint NOT NULL,
+    last_id bigint NOT NULL,
+    hash text COLLATE "C" NOT NULL,
+    jws text COLLATE "C" NOT NULL
+  );
+  CREATE FUNCTION audit_checkpoints_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN RAISE EXCEPTION 'audit checkpoints are append-only'; END $$;
+  CREATE TRIGGER audit_checkpoints_append_only BEFORE UPDATE OR DELETE ON audit_checkpoints
+    FOR EACH ROW EXECUTE FUNCTION audit_checkpoints_append_only();
+  CREATE TRIGGER audit_checkpoints_no_truncate BEFORE TRUNCATE ON audit_checkpoints
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_checkpoints_append_only();
+  `,
 ];
 
 /** Rows per batch when PG_MIGRATION_STEPS[2] chains existing audit rows. */
