@@ -116,6 +116,18 @@ export async function verifyAudit(src: AuditSource): Promise<AuditReport> {
       return fail({ ...at, code: 'E_AUDIT_CHAIN', reason: 'head', message: `${where}: after the head (entry ${src.head.lastId})` });
     }
     const broken = checker.check(e);
+    if (broken?.reason === 'link' && e.id > lastId + 1) {
+      // The ids jump and the link breaks: the entry after the last good one is gone (deleted, or moved later).
+      const gone = lastId + 1;
+      return fail({
+        code: 'E_AUDIT_CHAIN',
+        id: gone,
+        event: null,
+        ...(e.line !== undefined ? { line: e.line } : {}),
+        reason: 'missing',
+        message: `entry ${gone} is missing or out of place: ${where} follows entry ${lastId} but its prev_hash is not that entry's hash`,
+      });
+    }
     if (broken) {
       const message = {
         link: `its prev_hash is not the hash of the entry before it (an entry removed, reordered or inserted before it)`,
