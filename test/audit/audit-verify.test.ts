@@ -130,6 +130,8 @@ describe('audit verify (issue 25)', function () {
           break;
         }
       }
+      // A last line that lost only its newline is cut too.
+      if (first === 0 && tampered.at(-1) !== '') first = tampered.length;
       const report: AuditReport = await verifyAudit(await parseExport(text));
       const b = report.broken;
       expect(b, `trial ${t} (${what}): not detected`).to.not.equal(undefined);
