@@ -12,7 +12,7 @@
  * protocol/open.ts verifyJws (ES256 only, pinned keys, no key from the message).
  */
 import jose from 'node-jose';
-import { asJoseKey, CodedError, isRecord, KeyRing, SIGNING_ALG, verifyJws, type PrivateJwk, type PublicJwk } from '../../protocol/index.js';
+import { asJoseKey, CodedError, isRecord, SIGNING_ALG, verifyJws, type KeyRing, type PrivateJwk, type PublicJwk } from '../../protocol/index.js';
 import { parseJwsHeader } from '../../protocol/compact.js';
 
 export const CHECKPOINT_TYP = 'audit-checkpoint';
@@ -73,7 +73,14 @@ export async function verifyCheckpoint(jws: string, keys: KeyRing): Promise<Chec
     throw new CheckpointError(`the signature does not verify: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
   }
   const { typ, iss, last_id: lastId, hash, at } = payload;
-  if (typ !== CHECKPOINT_TYP || typeof iss !== 'string' || !Number.isSafeInteger(lastId) || typeof hash !== 'string' || !HEX64.test(hash) || !Number.isSafeInteger(at)) {
+  if (
+    typ !== CHECKPOINT_TYP ||
+    typeof iss !== 'string' ||
+    !Number.isSafeInteger(lastId) ||
+    typeof hash !== 'string' ||
+    !HEX64.test(hash) ||
+    !Number.isSafeInteger(at)
+  ) {
     throw new CheckpointError('the signed payload is not an audit checkpoint');
   }
   return { iss, lastId: lastId as number, hash, at: at as number, kid };
@@ -81,7 +88,14 @@ export async function verifyCheckpoint(jws: string, keys: KeyRing): Promise<Chec
 
 /** Whether a JSON value is a checkpoint record (as exported). */
 export function isCheckpointRecord(v: unknown): v is { id: number; at: number; last_id: number; hash: string; jws: string } {
-  return isRecord(v) && Number.isSafeInteger(v.id) && Number.isSafeInteger(v.at) && Number.isSafeInteger(v.last_id) && typeof v.hash === 'string' && typeof v.jws === 'string';
+  return (
+    isRecord(v) &&
+    Number.isSafeInteger(v.id) &&
+    Number.isSafeInteger(v.at) &&
+    Number.isSafeInteger(v.last_id) &&
+    typeof v.hash === 'string' &&
+    typeof v.jws === 'string'
+  );
 }
 
 /** The server's public signing keys of a JWK set (trust.jwks). */

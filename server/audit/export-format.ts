@@ -40,7 +40,13 @@ export function entryLine(e: ChainedEntry): string {
   return `${JSON.stringify({ id: e.id, at: e.at, event: e.event, device_id: e.deviceId, detail: e.detail, prev_hash: e.prevHash, hash: e.hash })}\n`;
 }
 
-export const checkpointJson = (c: CheckpointRecord): ExportHeader['checkpoints'][number] => ({ id: c.id, at: c.at, last_id: c.lastId, hash: c.hash, jws: c.jws });
+export const checkpointJson = (c: CheckpointRecord): ExportHeader['checkpoints'][number] => ({
+  id: c.id,
+  at: c.at,
+  last_id: c.lastId,
+  hash: c.hash,
+  jws: c.jws,
+});
 
 const ENTRY_KEYS = ['at', 'detail', 'device_id', 'event', 'hash', 'id', 'prev_hash'].join(',');
 
@@ -48,7 +54,17 @@ const bad = (message: string): CodedError => new CodedError('E_AUDIT_EXPORT', `n
 
 /** Reads an entry line; a line that is not one gives a malformed entry (id: the one expected there). */
 function entryOf(text: string, line: number, expectedId: number): SourceEntry {
-  const malformed = (why: string): SourceEntry => ({ id: expectedId, at: 0, event: '', deviceId: null, detail: null, prevHash: null, hash: null, line, malformed: why });
+  const malformed = (why: string): SourceEntry => ({
+    id: expectedId,
+    at: 0,
+    event: '',
+    deviceId: null,
+    detail: null,
+    prevHash: null,
+    hash: null,
+    line,
+    malformed: why,
+  });
   let v: unknown;
   try {
     v = JSON.parse(text) as unknown;
@@ -123,6 +139,15 @@ export async function parseExport(text: string, options: { serverKeys?: readonly
       line++;
     }
   }
-  const validHeader = header as unknown as ExportHeader;
+  const validHeader: ExportHeader = {
+    format: EXPORT_FORMAT,
+    version: EXPORT_VERSION,
+    exported_at: Number(header.exported_at),
+    server_id: String(header.server_id),
+    head: { last_id: chainHead.lastId, hash: chainHead.hash },
+    server_keys: [...serverKeys],
+    device_keys: Object.fromEntries(deviceKeys),
+    checkpoints: checkpoints.map(checkpointJson),
+  };
   return { header: validHeader, start: { afterId: 0, hash: AUDIT_GENESIS }, entries: entries(), head: chainHead, checkpoints, serverKeys, deviceKeys };
 }

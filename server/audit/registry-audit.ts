@@ -70,9 +70,16 @@ export async function verifyRegistry(storage: Storage, keys: ServerKeys, since?:
       return brokenSince(`checkpoint #${since.id} does not verify: ${err instanceof Error ? err.message : String(err)}`, since, 'signature', null);
     }
     const [entry] = await storage.audit.entries(since.lastId - 1, 1);
-    if (!entry || entry.id !== since.lastId) return brokenSince(`entry ${since.lastId}, signed by checkpoint #${since.id}, is not in the log`, since, 'missing', since.lastId);
+    if (!entry || entry.id !== since.lastId)
+      return brokenSince(`entry ${since.lastId}, signed by checkpoint #${since.id}, is not in the log`, since, 'missing', since.lastId);
     if (entry.hash !== since.hash) {
-      return brokenSince(`entry ${since.lastId} (${entry.event}): its stored hash is not the one checkpoint #${since.id} signed`, since, 'mismatch', since.lastId, entry.event);
+      return brokenSince(
+        `entry ${since.lastId} (${entry.event}): its stored hash is not the one checkpoint #${since.id} signed`,
+        since,
+        'mismatch',
+        since.lastId,
+        entry.event,
+      );
     }
     start = { afterId: since.lastId, hash: since.hash };
   }

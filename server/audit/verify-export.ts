@@ -53,7 +53,12 @@ export async function main(argv: readonly string[]): Promise<number> {
   try {
     let parsed;
     try {
-      parsed = parseArgs({ args: [...argv], allowPositionals: true, strict: true, options: { trust: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean' } } });
+      parsed = parseArgs({
+        args: [...argv],
+        allowPositionals: true,
+        strict: true,
+        options: { trust: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean' } },
+      });
     } catch (err) {
       throw new CodedError('E_USAGE', err instanceof Error ? err.message : String(err));
     }

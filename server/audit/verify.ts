@@ -80,7 +80,13 @@ function ackFieldsOf(event: string, detail: Record<string, unknown>): Record<str
 }
 
 export async function verifyAudit(src: AuditSource): Promise<AuditReport> {
-  const report: AuditReport = { entries: 0, first: null, last: { id: src.start.afterId, hash: src.start.hash }, checkpoints: { verified: 0 }, acks: { verified: 0, unsigned: 0, devices: 0 } };
+  const report: AuditReport = {
+    entries: 0,
+    first: null,
+    last: { id: src.start.afterId, hash: src.start.hash },
+    checkpoints: { verified: 0 },
+    acks: { verified: 0, unsigned: 0, devices: 0 },
+  };
   const fail = (b: AuditBreak): AuditReport => ({ ...report, broken: b });
 
   // The checkpoints first: a checkpoint that does not verify is no anchor.
@@ -89,10 +95,18 @@ export async function verifyAudit(src: AuditSource): Promise<AuditReport> {
   for (const c of checkpoints) {
     try {
       const claims = await verifyCheckpoint(c.jws, serverRing);
-      if (claims.lastId !== c.lastId || claims.hash !== c.hash || claims.at !== c.at) throw new CheckpointError('its stored columns differ from what it signed');
+      if (claims.lastId !== c.lastId || claims.hash !== c.hash || claims.at !== c.at)
+        throw new CheckpointError('its stored columns differ from what it signed');
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
-      return fail({ code: 'E_AUDIT_CHECKPOINT', id: null, event: null, checkpoint: c.id, reason: 'signature', message: `checkpoint #${c.id} (entry ${c.lastId}): ${message}` });
+      return fail({
+        code: 'E_AUDIT_CHECKPOINT',
+        id: null,
+        event: null,
+        checkpoint: c.id,
+        reason: 'signature',
+        message: `checkpoint #${c.id} (entry ${c.lastId}): ${message}`,
+      });
     }
   }
   let cp = 0;
@@ -136,18 +150,35 @@ export async function verifyAudit(src: AuditSource): Promise<AuditReport> {
         missing: `it has no chain hashes`,
         malformed: `it cannot be read: ${broken.found ?? ''}`,
       }[broken.reason];
-      return fail({ ...at, code: broken.reason === 'malformed' ? 'E_AUDIT_MALFORMED' : 'E_AUDIT_CHAIN', reason: broken.reason, message: `${where}: ${message}` });
+      return fail({
+        ...at,
+        code: broken.reason === 'malformed' ? 'E_AUDIT_MALFORMED' : 'E_AUDIT_CHAIN',
+        reason: broken.reason,
+        message: `${where}: ${message}`,
+      });
     }
     if (report.first === null) report.first = e.id;
     // A checkpoint whose entry is not in the log (removed, with the links after it rewritten).
     const skipped = checkpoints[cp];
     if (skipped && skipped.lastId < e.id) {
-      return fail({ ...at, code: 'E_AUDIT_CHECKPOINT', checkpoint: skipped.id, reason: 'missing', message: `${where}: checkpoint #${skipped.id} signed entry ${skipped.lastId}, which is not in the log` });
+      return fail({
+        ...at,
+        code: 'E_AUDIT_CHECKPOINT',
+        checkpoint: skipped.id,
+        reason: 'missing',
+        message: `${where}: checkpoint #${skipped.id} signed entry ${skipped.lastId}, which is not in the log`,
+      });
     }
     while (cp < checkpoints.length && (checkpoints[cp] as CheckpointRecord).lastId === e.id) {
       const c = checkpoints[cp] as CheckpointRecord;
       if (c.hash !== checker.head) {
-        return fail({ ...at, code: 'E_AUDIT_CHECKPOINT', checkpoint: c.id, reason: 'mismatch', message: `${where}: checkpoint #${c.id} signed another hash for it (the log up to here was rewritten)` });
+        return fail({
+          ...at,
+          code: 'E_AUDIT_CHECKPOINT',
+          checkpoint: c.id,
+          reason: 'mismatch',
+          message: `${where}: checkpoint #${c.id} signed another hash for it (the log up to here was rewritten)`,
+        });
       }
       report.checkpoints.verified++;
       report.checkpoints.last = { id: c.id, lastId: c.lastId, at: c.at };
@@ -207,7 +238,10 @@ async function checkAck(
   try {
     payload = (await verifyJws(jws, parseJwsHeader(jws), ring)).payload;
   } catch (err) {
-    return { reason: 'signature', message: `the board's signature does not verify with any key registered for ${e.deviceId}: ${err instanceof Error ? err.message : String(err)}` };
+    return {
+      reason: 'signature',
+      message: `the board's signature does not verify with any key registered for ${e.deviceId}: ${err instanceof Error ? err.message : String(err)}`,
+    };
   }
   const expected = ackFieldsOf(e.event, detail);
   if (!expected) return { reason: 'mismatch', message: 'the row does not say what the ack claimed' };

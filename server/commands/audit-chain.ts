@@ -32,7 +32,11 @@ async function resolveSince(data: OpenedData, since: string): Promise<Checkpoint
     if (!found) throw new CodedError('E_AUDIT_NO_CHECKPOINT', `no checkpoint #${since} in the registry (list them: provision-server audit checkpoints)`);
     return found;
   }
-  const lines = (await readSmallFile(since, 64 * 1024 * 1024, 'checkpoint')).toString('utf8').split('\n').map((l) => l.trim()).filter((l) => l !== '');
+  const lines = (await readSmallFile(since, 64 * 1024 * 1024, 'checkpoint'))
+    .toString('utf8')
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l !== '');
   const last = lines.at(-1);
   if (last === undefined) throw new CodedError('E_AUDIT_NO_CHECKPOINT', `checkpoint file ${since} is empty`);
   if (last.startsWith('{')) {
@@ -42,7 +46,8 @@ async function resolveSince(data: OpenedData, since: string): Promise<Checkpoint
     } catch {
       throw new CodedError('E_AUDIT_NO_CHECKPOINT', `checkpoint file ${since}: its last line is not JSON`);
     }
-    if (!isCheckpointRecord(v)) throw new CodedError('E_AUDIT_NO_CHECKPOINT', `checkpoint file ${since}: its last line is not a checkpoint {id, at, last_id, hash, jws}`);
+    if (!isCheckpointRecord(v))
+      throw new CodedError('E_AUDIT_NO_CHECKPOINT', `checkpoint file ${since}: its last line is not a checkpoint {id, at, last_id, hash, jws}`);
     return { id: v.id, at: v.at, lastId: v.last_id, hash: v.hash, jws: v.jws };
   }
   // A bare JWS: its claims are what it signed (verified again by verifyRegistry).
@@ -64,7 +69,9 @@ const verifyCommand = defineCommand({
       .option('json', { type: 'boolean', default: false, describe: 'print the report as JSON' })
       .strict(),
   handler: async (args) => {
-    const report = await withRegistry(args, async (data) => verifyRegistry(data.storage, data.keys, args.since === undefined ? undefined : await resolveSince(data, args.since)));
+    const report = await withRegistry(args, async (data) =>
+      verifyRegistry(data.storage, data.keys, args.since === undefined ? undefined : await resolveSince(data, args.since)),
+    );
     if (args.json) process.stdout.write(`${JSON.stringify(report)}\n`);
     else if (!report.broken) process.stdout.write(`${summary(report)}\n`);
     if (report.broken) throw new CodedError(report.broken.code, report.broken.message, { details: { ...report.broken } });
@@ -88,10 +95,7 @@ const checkpointCommand = defineCommand({
 const checkpointsCommand = defineCommand({
   command: 'checkpoints',
   describe: 'Print (or write to --out) every signed checkpoint as JSON lines {id, at, last_id, hash, jws}, to keep apart from the registry',
-  builder: (y) =>
-    withData(y)
-      .option('out', { type: 'string', describe: 'write them to this file (mode 0644) instead of standard output' })
-      .strict(),
+  builder: (y) => withData(y).option('out', { type: 'string', describe: 'write them to this file (mode 0644) instead of standard output' }).strict(),
   handler: async (args) => {
     const all = await withRegistry(args, (data) => data.storage.audit.checkpoints());
     const text = all.map((c) => `${JSON.stringify(checkpointJson(c))}\n`).join('');
@@ -108,10 +112,7 @@ const checkpointsCommand = defineCommand({
 const exportCommand = defineCommand({
   command: 'export',
   describe: 'Write the audit log as JSON lines with the public keys and checkpoints, for the offline verifier provision-audit-verify',
-  builder: (y) =>
-    withData(y)
-      .option('out', { type: 'string', demandOption: true, describe: 'the file to write (mode 0600; replaced when complete)' })
-      .strict(),
+  builder: (y) => withData(y).option('out', { type: 'string', demandOption: true, describe: 'the file to write (mode 0600; replaced when complete)' }).strict(),
   handler: async (args) => {
     const r = await withRegistry(args, (data) => writeExport(data.storage, data.keys, args.out, Date.now()));
     process.stdout.write(

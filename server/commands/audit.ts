@@ -12,7 +12,8 @@ import { withData, registryOption } from './common.js';
 
 export const auditCommand = defineCommand({
   command: 'audit',
-  describe: 'Print the audit log (enrollments, commands and acks, rollouts, tokens, refusals), oldest first, filtered; verify, checkpoint and export its hash chain',
+  describe:
+    'Print the audit log (enrollments, commands and acks, rollouts, tokens, refusals), oldest first, filtered; verify, checkpoint and export its hash chain',
   builder: (y) =>
     withData(auditSubcommands(y))
       .option('device', { type: 'string', describe: 'only the events of this device' })

@@ -8,15 +8,7 @@
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import {
-  generateEncryptionKey,
-  generateSigningKey,
-  sealAck,
-  toJwkSet,
-  toPublicJwk,
-  type AckStatus,
-  type PrivateJwk,
-} from '../../protocol/index.js';
+import { generateEncryptionKey, generateSigningKey, sealAck, toJwkSet, toPublicJwk, type AckStatus, type PrivateJwk } from '../../protocol/index.js';
 import { silentLogger } from '../../lib/log.js';
 import type { CommandSender } from '../../server/core/command-sender.js';
 import { handleAck, type InboundContext } from '../../server/core/inbound.js';
@@ -94,7 +86,8 @@ export async function buildAuditLog(storage: Storage, keys?: ServerKeys): Promis
   const boards = await Promise.all(['b-0', 'b-1', 'b-2'].map(newBoard));
   for (const b of boards) await register(storage, b);
   const [b0, b1, b2] = boards as [Board, Board, Board];
-  for (let i = 0; i < 6; i++) await storage.audit.append('test.note', i % 2 ? b1.id : null, { i, text: 'ünïcode ✓', nested: { z: [1, null, 'x'], a: i * 1.5 } });
+  for (let i = 0; i < 6; i++)
+    await storage.audit.append('test.note', i % 2 ? b1.id : null, { i, text: 'ünïcode ✓', nested: { z: [1, null, 'x'], a: i * 1.5 } });
   await ackedCommand(storage, k, b0, 'selftest');
   await ackedCommand(storage, k, b1, 'selftest', 'failed');
   await rotate(storage, k, b0);

@@ -39,7 +39,11 @@ const TRIALS = 1000;
 /** A JWS over `payload` signed with `key` (as a board signs its ack). */
 async function signJws(payload: Record<string, unknown>, key: Parameters<typeof asJoseKey>[0]): Promise<string> {
   const k = await asJoseKey(key);
-  return String(await jose.JWS.createSign({ format: 'compact', fields: { alg: SIGNING_ALG, kid: key.kid, typ: 'JWT' } }, k).update(JSON.stringify(payload)).final());
+  return String(
+    await jose.JWS.createSign({ format: 'compact', fields: { alg: SIGNING_ALG, kid: key.kid, typ: 'JWT' } }, k)
+      .update(JSON.stringify(payload))
+      .final(),
+  );
 }
 
 describe('audit verify (issue 25)', function () {
@@ -75,7 +79,11 @@ describe('audit verify (issue 25)', function () {
     expect(exported.broken, JSON.stringify(exported.broken)).to.equal(undefined);
     expect(exported.last).to.deep.equal(stored.last);
     // The ack rows hold the board's JWS verbatim; the export's lines are exactly the hashed fields and the chain hashes.
-    const acks = exportText.split('\n').slice(1, -1).map((l) => JSON.parse(l) as Record<string, unknown>).filter((e) => e.event === 'command.ack');
+    const acks = exportText
+      .split('\n')
+      .slice(1, -1)
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+      .filter((e) => e.event === 'command.ack');
     expect(acks).to.have.length(11);
     for (const a of acks) {
       expect(Object.keys(a).sort()).to.deep.equal(['at', 'detail', 'device_id', 'event', 'hash', 'id', 'prev_hash']);
@@ -84,7 +92,10 @@ describe('audit verify (issue 25)', function () {
   });
 
   it(`1,000 random single-byte edits, deletions, reorders and truncations of an export are each detected at the first line that differs (seed ${SEED})`, async () => {
-    const lines = exportText.split('\n').slice(0, -1).map((l) => `${l}\n`); // [header, entry 1, ..., entry n]
+    const lines = exportText
+      .split('\n')
+      .slice(0, -1)
+      .map((l) => `${l}\n`); // [header, entry 1, ..., entry n]
     const n = lines.length - 1;
     const rnd = prng(SEED);
     const pick = (lo: number, hi: number): number => lo + Math.floor(rnd() * (hi - lo + 1));
@@ -220,7 +231,14 @@ describe('audit verify (issue 25)', function () {
   /** Replaces entry `id`'s detail with `detail`, its hash and the chain after it recomputed (an attacker with write access and no keys). */
   function rewriteFrom(id: number, detail: Record<string, unknown>): void {
     const db = storage.db;
-    const rows = db.prepare('SELECT * FROM audit WHERE id >= ? ORDER BY id').all(id) as { id: number; at: number; event: string; device_id: string | null; detail: string; prev_hash: string }[];
+    const rows = db.prepare('SELECT * FROM audit WHERE id >= ? ORDER BY id').all(id) as {
+      id: number;
+      at: number;
+      event: string;
+      device_id: string | null;
+      detail: string;
+      prev_hash: string;
+    }[];
     let prev = (rows[0] as { prev_hash: string }).prev_hash;
     for (const r of rows) {
       const d = r.id === id ? JSON.stringify(detail) : r.detail;
@@ -241,7 +259,10 @@ describe('audit verify (issue 25)', function () {
     const detail = JSON.parse(row.detail) as Record<string, unknown>;
     // The attacker holds b-2's key (another board's) and signs "applied" for b-1's command.
     const b2 = log.boards[2] as { signing: Parameters<typeof asJoseKey>[0] };
-    const forged = await signJws({ iss: 'b-1', aud: log.keys.serverId, iat: 1, jti: detail.ack_jti, ref: detail.jti, seq: 0, status: 'applied', code: 'OK', detail: '' }, b2.signing);
+    const forged = await signJws(
+      { iss: 'b-1', aud: log.keys.serverId, iat: 1, jti: detail.ack_jti, ref: detail.jti, seq: 0, status: 'applied', code: 'OK', detail: '' },
+      b2.signing,
+    );
     db.exec('BEGIN');
     try {
       rewriteFrom(row.id, { ...detail, status: 'applied', code: 'OK', ack_jws: forged });

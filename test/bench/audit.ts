@@ -7,7 +7,7 @@
  * the registry (the chain computed in JavaScript, the JWS signed with
  * node:crypto) so that filling it costs seconds, not the verify figures.
  */
-import { createPrivateKey, sign as cryptoSign, randomUUID, type JsonWebKey } from 'node:crypto';
+import { createPrivateKey, sign as cryptoSign, randomUUID } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -38,7 +38,10 @@ const b64 = (v: string | Buffer): string => Buffer.from(v).toString('base64url')
 /** An ES256 compact JWS over `payload` (node:crypto: as node-jose makes it, faster to fill the log). */
 function es256(payload: Record<string, unknown>, key: PrivateJwk): string {
   const input = `${b64(JSON.stringify({ alg: 'ES256', kid: key.kid, typ: 'JWT' }))}.${b64(JSON.stringify(payload))}`;
-  const sig = cryptoSign('sha256', Buffer.from(input), { key: createPrivateKey({ key: key as unknown as JsonWebKey, format: 'jwk' }), dsaEncoding: 'ieee-p1363' });
+  const sig = cryptoSign('sha256', Buffer.from(input), {
+    key: createPrivateKey({ key: { ...key }, format: 'jwk' }),
+    dsaEncoding: 'ieee-p1363',
+  });
   return `${input}.${b64(sig)}`;
 }
 
@@ -53,7 +56,14 @@ export async function benchAudit(options: { quick: boolean; log: (s: string) => 
         Array.from({ length: 10 }, async (_, i) => ({ id: `bench-${i}`, signing: await generateSigningKey(), encryption: await generateEncryptionKey() })),
       );
       for (const b of boards)
-        await storage.devices.add({ id: b.id, userId: 'alice', origin: 'jwks', signing: toPublicJwk(b.signing), encryption: toPublicJwk(b.encryption), state: 'provisioned' });
+        await storage.devices.add({
+          id: b.id,
+          userId: 'alice',
+          origin: 'jwks',
+          signing: toPublicJwk(b.signing),
+          encryption: toPublicJwk(b.encryption),
+          state: 'provisioned',
+        });
       const t0 = performance.now();
       const db = storage.db;
       const head = db.prepare('SELECT last_id, hash FROM audit_head').get() as { last_id: number; hash: string } | undefined;
@@ -73,7 +83,10 @@ export async function benchAudit(options: { quick: boolean; log: (s: string) => 
             if (id % 10 === 0) {
               const jti = randomUUID();
               const ackJti = randomUUID();
-              const jws = es256({ iss: board.id, aud: keys.serverId, iat: 1, jti: ackJti, ref: jti, seq: id, status: 'applied', code: 'OK', detail: '' }, board.signing);
+              const jws = es256(
+                { iss: board.id, aud: keys.serverId, iat: 1, jti: ackJti, ref: jti, seq: id, status: 'applied', code: 'OK', detail: '' },
+                board.signing,
+              );
               event = 'command.ack';
               deviceId = board.id;
               detail = { jti, action: 'selftest', seq: id, status: 'applied', code: 'OK', ack_jti: ackJti, ack_jws: jws };
@@ -98,7 +111,8 @@ export async function benchAudit(options: { quick: boolean; log: (s: string) => 
       const t1 = performance.now();
       const stored = await verifyRegistry(storage, keys);
       const registryS = (performance.now() - t1) / 1000;
-      if (stored.broken || stored.entries !== entries || stored.acks.verified !== signed) throw new Error(`the bench log did not verify: ${JSON.stringify(stored.broken ?? stored)}`);
+      if (stored.broken || stored.entries !== entries || stored.acks.verified !== signed)
+        throw new Error(`the bench log did not verify: ${JSON.stringify(stored.broken ?? stored)}`);
 
       const file = join(dir, 'audit.jsonl');
       const t2 = performance.now();

@@ -60,7 +60,9 @@ describe('provision-server audit verify|checkpoint|checkpoints|export and provis
     const verify = await runServerCli(['audit', 'verify', '--data', ctx.data]);
     expect(verify.code, verify.stderr).to.equal(0);
     expect(verify.stdout).to.match(
-      new RegExp(`^audit OK: ${cp.last_id} entries \\(1\\.\\.${cp.last_id}\\), head [0-9a-f]{64}; 3 checkpoint\\(s\\) verified, the last #3 at entry ${cp.last_id} \\(.*\\); 11 signed ack\\(s\\) verified \\(3 device\\(s\\)\\)\\n$`),
+      new RegExp(
+        `^audit OK: ${cp.last_id} entries \\(1\\.\\.${cp.last_id}\\), head [0-9a-f]{64}; 3 checkpoint\\(s\\) verified, the last #3 at entry ${cp.last_id} \\(.*\\); 11 signed ack\\(s\\) verified \\(3 device\\(s\\)\\)\\n$`,
+      ),
     );
     const since = await runServerCli(['audit', 'verify', '--data', ctx.data, '--since', '2', '--json']);
     expect(since.code, since.stderr).to.equal(0);
@@ -84,7 +86,9 @@ describe('provision-server audit verify|checkpoint|checkpoints|export and provis
     const out = join(ctx.dir, 'audit.jsonl');
     const exported = await runServerCli(['audit', 'export', '--data', ctx.data, '--out', out]);
     expect(exported.code, exported.stderr).to.equal(0);
-    expect(exported.stdout).to.match(new RegExp(`^${cp.last_id} entries \\(head: entry ${cp.last_id}, [0-9a-f]{64}\\), 3 checkpoint\\(s\\), the keys of 3 device\\(s\\) written to `));
+    expect(exported.stdout).to.match(
+      new RegExp(`^${cp.last_id} entries \\(head: entry ${cp.last_id}, [0-9a-f]{64}\\), 3 checkpoint\\(s\\), the keys of 3 device\\(s\\) written to `),
+    );
     const offline = await runVerifier([out, '--trust', join(ctx.data, 'keys', 'trust.jwks')]);
     expect(offline.code, offline.stderr).to.equal(0);
     expect(offline.stdout).to.match(new RegExp(`^audit OK: ${cp.last_id} entries .*11 signed ack\\(s\\) verified`));

@@ -160,7 +160,8 @@ describe('storage: audit verify of a tampered stored log (issue 25; 1,000 cases 
       const n = rows.length;
       expect(n).to.equal(log.n);
       const values = (r: Row): (string | number | null)[] => [r.at, r.event, r.device_id, r.detail, r.prev_hash, r.hash, r.id];
-      const set = (r: Row): Promise<unknown> => b.sql(s, 'UPDATE audit SET at = $1, event = $2, device_id = $3, detail = $4, prev_hash = $5, hash = $6 WHERE id = $7', values(r));
+      const set = (r: Row): Promise<unknown> =>
+        b.sql(s, 'UPDATE audit SET at = $1, event = $2, device_id = $3, detail = $4, prev_hash = $5, hash = $6 WHERE id = $7', values(r));
       const restore = async (): Promise<void> => {
         await b.sql(s, 'DELETE FROM audit');
         const ph = rows.map((_, i) => `(${Array.from({ length: 7 }, (_, k) => `$${i * 7 + k + 1}`).join(', ')})`).join(', ');
@@ -168,7 +169,7 @@ describe('storage: audit verify of a tampered stored log (issue 25; 1,000 cases 
         await b.sql(s, 'UPDATE audit_head SET last_id = $1, hash = $2', [n, (rows[n - 1] as Row).hash]);
       };
       let seed = 2025;
-      const rnd = (): number => ((seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648);
+      const rnd = (): number => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
       const pick = (lo: number, hi: number): number => lo + Math.floor(rnd() * (hi - lo + 1));
       for (let t = 0; t < 100; t++) {
         const kind = (['edit', 'delete', 'reorder', 'truncate'] as const)[t % 4];

@@ -187,6 +187,8 @@ export class PgAuditStore implements AuditStore {
   }
 
   async deviceSigningKeys(): Promise<Map<string, PublicJwk[]>> {
-    return groupKeys(await this.#db.q<{ device_id: string; jwk: string }>("SELECT device_id, jwk FROM device_keys WHERE use = 'sig' ORDER BY device_id, added_at"));
+    return groupKeys(
+      await this.#db.q<{ device_id: string; jwk: string }>("SELECT device_id, jwk FROM device_keys WHERE use = 'sig' ORDER BY device_id, added_at"),
+    );
   }
 }

@@ -78,7 +78,6 @@ interface CheckpointRow {
 
 const checkpointRecord = (r: CheckpointRow): CheckpointRecord => ({ id: Number(r.id), at: Number(r.at), lastId: Number(r.last_id), hash: r.hash, jws: r.jws });
 
-
 export class SqliteAuditStore implements AuditStore {
   readonly #s: SqliteDb;
 
@@ -168,7 +167,9 @@ export class SqliteAuditStore implements AuditStore {
   }
 
   async addCheckpoint(c: Omit<CheckpointRecord, 'id'>): Promise<CheckpointRecord> {
-    const r = this.#s.db.prepare('INSERT INTO audit_checkpoints (at, last_id, hash, jws) VALUES (?, ?, ?, ?) RETURNING *').get(c.at, c.lastId, c.hash, c.jws) as CheckpointRow;
+    const r = this.#s.db
+      .prepare('INSERT INTO audit_checkpoints (at, last_id, hash, jws) VALUES (?, ?, ?, ?) RETURNING *')
+      .get(c.at, c.lastId, c.hash, c.jws) as CheckpointRow;
     return checkpointRecord(r);
   }
 
@@ -177,6 +178,8 @@ export class SqliteAuditStore implements AuditStore {
   }
 
   async deviceSigningKeys(): Promise<Map<string, PublicJwk[]>> {
-    return groupKeys(this.#s.db.prepare("SELECT device_id, jwk FROM device_keys WHERE use = 'sig' ORDER BY device_id, added_at").all() as { device_id: string; jwk: string }[]);
+    return groupKeys(
+      this.#s.db.prepare("SELECT device_id, jwk FROM device_keys WHERE use = 'sig' ORDER BY device_id, added_at").all() as { device_id: string; jwk: string }[],
+    );
   }
 }
