@@ -254,7 +254,7 @@ async function checkAck(
 
 /** One line of summary for a report without a break. */
 export function summary(r: AuditReport): string {
-  const range = r.first === null ? 'no entries' : `${r.entries} entries (${r.first}..${r.last.id})`;
+  const range = r.first === null ? 'no entries' : `${r.entries} ${r.entries === 1 ? 'entry' : 'entries'} (${r.first}..${r.last.id})`;
   const cps = r.checkpoints.last
     ? `${r.checkpoints.verified} checkpoint(s) verified, the last #${r.checkpoints.last.id} at entry ${r.checkpoints.last.lastId} (${new Date(r.checkpoints.last.at).toISOString()})`
     : 'no checkpoint';
