@@ -100,6 +100,7 @@ function brokenSince(message: string, c: CheckpointRecord, reason: string, id: n
     last: { id: c.lastId, hash: c.hash },
     checkpoints: { verified: 0 },
     acks: { verified: 0, unsigned: 0, devices: 0 },
+    reports: { verified: 0 },
     broken: { code: 'E_AUDIT_CHECKPOINT', id, event, checkpoint: c.id, reason, message },
   };
 }

@@ -14,7 +14,8 @@
  *  - the boards' signatures: a `command.ack` (or `security.ack_contradiction`)
  *    that carries `ack_jws` must verify with a signing key registered for its
  *    device (any it ever had) and say what the row says (iss, ref, jti, status,
- *    code) (E_AUDIT_ACK).
+ *    code) (E_AUDIT_ACK); likewise a `device.version.reported` row's
+ *    `report_jws` (iss, jti, agent_version: E_AUDIT_REPORT).
  * The first problem found is reported with the entry it is at.
  */
 import { KeyRing, verifyJws, type PublicJwk } from '../../protocol/index.js';
@@ -22,7 +23,7 @@ import { parseJwsHeader } from '../../protocol/compact.js';
 import { ChainChecker, type ChainedEntry, type ChainHead } from './chain.js';
 import { CheckpointError, verifyCheckpoint, type CheckpointRecord } from './checkpoint.js';
 
-export type AuditProblemCode = 'E_AUDIT_CHAIN' | 'E_AUDIT_MALFORMED' | 'E_AUDIT_CHECKPOINT' | 'E_AUDIT_ACK';
+export type AuditProblemCode = 'E_AUDIT_CHAIN' | 'E_AUDIT_MALFORMED' | 'E_AUDIT_CHECKPOINT' | 'E_AUDIT_ACK' | 'E_AUDIT_REPORT';
 
 /** The first problem found: where (entry id and event, the export's line; a checkpoint) and what. */
 export interface AuditBreak {
@@ -45,7 +46,10 @@ export interface AuditReport {
   first: number | null;
   last: { id: number; hash: string };
   checkpoints: { verified: number; last?: { id: number; lastId: number; at: number } };
+  /** Board-signed acks verified, acks from before they were kept, devices whose keys were used. */
   acks: { verified: number; unsigned: number; devices: number };
+  /** Board-signed reports verified (`device.version.reported`). */
+  reports: { verified: number };
   broken?: AuditBreak;
 }
 
@@ -71,9 +75,13 @@ export const SIGNED_ACK_EVENTS: ReadonlySet<string> = new Set(['command.ack', 's
 
 const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
-/** What the row says the ack said: the fields its JWS payload must carry. */
-function ackFieldsOf(event: string, detail: Record<string, unknown>): Record<string, unknown> | undefined {
+/** Events whose rows carry a board's signed report (`report_jws`): a report that changed the agent version. */
+export const SIGNED_REPORT_EVENTS: ReadonlySet<string> = new Set(['device.version.reported']);
+
+/** What the row says the board signed: the fields its JWS payload must carry. */
+function signedFieldsOf(event: string, detail: Record<string, unknown>): Record<string, unknown> | undefined {
   if (event === 'command.ack') return { ref: detail.jti, jti: detail.ack_jti, status: detail.status, code: detail.code };
+  if (SIGNED_REPORT_EVENTS.has(event)) return { jti: detail.report_jti, agent_version: detail.to };
   const claimed = detail.claimed;
   if (isObj(claimed)) return { ref: detail.jti, jti: claimed.ack_jti, status: claimed.status, code: claimed.code };
   return undefined;
@@ -86,6 +94,7 @@ export async function verifyAudit(src: AuditSource): Promise<AuditReport> {
     last: { id: src.start.afterId, hash: src.start.hash },
     checkpoints: { verified: 0 },
     acks: { verified: 0, unsigned: 0, devices: 0 },
+    reports: { verified: 0 },
   };
   const fail = (b: AuditBreak): AuditReport => ({ ...report, broken: b });
 
@@ -189,10 +198,14 @@ export async function verifyAudit(src: AuditSource): Promise<AuditReport> {
       if (typeof jws !== 'string') {
         if (e.event === 'command.ack') report.acks.unsigned++;
       } else {
-        const problem = await checkAck(e, e.detail, jws, ringOf);
+        const problem = await checkSigned(e, e.detail, jws, 'ack', ringOf);
         if (problem) return fail({ ...at, code: 'E_AUDIT_ACK', reason: problem.reason, message: `${where}: ${problem.message}` });
         report.acks.verified++;
       }
+    } else if (SIGNED_REPORT_EVENTS.has(e.event) && isObj(e.detail) && typeof e.detail.report_jws === 'string') {
+      const problem = await checkSigned(e, e.detail, e.detail.report_jws, 'report', ringOf);
+      if (problem) return fail({ ...at, code: 'E_AUDIT_REPORT', reason: problem.reason, message: `${where}: ${problem.message}` });
+      report.reports.verified++;
     }
     lastId = e.id;
     report.entries++;
@@ -225,15 +238,16 @@ export async function verifyAudit(src: AuditSource): Promise<AuditReport> {
   return report;
 }
 
-async function checkAck(
+async function checkSigned(
   e: SourceEntry,
   detail: Record<string, unknown>,
   jws: string,
+  what: 'ack' | 'report',
   ringOf: (deviceId: string) => Promise<KeyRing>,
 ): Promise<{ reason: string; message: string } | undefined> {
-  if (e.deviceId === null) return { reason: 'mismatch', message: 'a signed ack on an entry without a device' };
+  if (e.deviceId === null) return { reason: 'mismatch', message: `a signed ${what} on an entry without a device` };
   const ring = await ringOf(e.deviceId);
-  if (ring.size === 0) return { reason: 'signature', message: `no signing key of ${e.deviceId} is known: its ack cannot be verified` };
+  if (ring.size === 0) return { reason: 'signature', message: `no signing key of ${e.deviceId} is known: its ${what} cannot be verified` };
   let payload: Record<string, unknown>;
   try {
     payload = (await verifyJws(jws, parseJwsHeader(jws), ring)).payload;
@@ -243,11 +257,11 @@ async function checkAck(
       message: `the board's signature does not verify with any key registered for ${e.deviceId}: ${err instanceof Error ? err.message : String(err)}`,
     };
   }
-  const expected = ackFieldsOf(e.event, detail);
-  if (!expected) return { reason: 'mismatch', message: 'the row does not say what the ack claimed' };
-  if (payload.iss !== e.deviceId) return { reason: 'mismatch', message: `the signed ack was issued by ${JSON.stringify(payload.iss)}, not ${e.deviceId}` };
+  const expected = signedFieldsOf(e.event, detail);
+  if (!expected) return { reason: 'mismatch', message: `the row does not say what the ${what} claimed` };
+  if (payload.iss !== e.deviceId) return { reason: 'mismatch', message: `the signed ${what} was issued by ${JSON.stringify(payload.iss)}, not ${e.deviceId}` };
   for (const [k, v] of Object.entries(expected)) {
-    if (payload[k] !== v) return { reason: 'mismatch', message: `the signed ack says ${k}=${JSON.stringify(payload[k])}, the row ${JSON.stringify(v)}` };
+    if (payload[k] !== v) return { reason: 'mismatch', message: `the signed ${what} says ${k}=${JSON.stringify(payload[k])}, the row ${JSON.stringify(v)}` };
   }
   return undefined;
 }
@@ -258,6 +272,7 @@ export function summary(r: AuditReport): string {
   const cps = r.checkpoints.last
     ? `${r.checkpoints.verified} checkpoint(s) verified, the last #${r.checkpoints.last.id} at entry ${r.checkpoints.last.lastId} (${new Date(r.checkpoints.last.at).toISOString()})`
     : 'no checkpoint';
-  const acks = `${r.acks.verified} signed ack(s) verified (${r.acks.devices} device(s))${r.acks.unsigned ? `, ${r.acks.unsigned} ack(s) from before signed acks` : ''}`;
+  const reports = r.reports.verified ? ` and ${r.reports.verified} signed report(s)` : '';
+  const acks = `${r.acks.verified} signed ack(s)${reports} verified (${r.acks.devices} device(s))${r.acks.unsigned ? `, ${r.acks.unsigned} ack(s) from before signed acks` : ''}`;
   return `audit OK: ${range}, head ${r.last.hash}; ${cps}; ${acks}`;
 }

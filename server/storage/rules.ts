@@ -119,3 +119,17 @@ export function contradictionDetail(row: CommandRow, ack: AckClaims, effects: re
     ...(signed !== undefined ? { ack_jws: signed } : {}),
   };
 }
+
+/** The audit event of a report that changes the device's agent version (from one known version to another). */
+export const VERSION_REPORTED_EVENT = 'device.version.reported';
+
+/**
+ * The audit detail of a recorded report that changes the agent version the
+ * registry holds (not the first version learnt: every board reports one), with
+ * the board's signed report (`report_jws`) for `audit verify`; undefined when
+ * the version did not change.
+ */
+export function versionChange(recorded: string | null, claims: ReportClaims, signed?: string): Record<string, unknown> | undefined {
+  if (recorded === null || recorded === claims.agent_version) return undefined;
+  return { from: recorded, to: claims.agent_version, report_jti: claims.jti, ...(signed !== undefined ? { report_jws: signed } : {}) };
+}

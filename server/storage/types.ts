@@ -91,7 +91,8 @@ export interface DeviceStore {
   tagsOf(deviceId: string): Promise<string[]>;
   listTags(): Promise<{ tag: string; devices: number }[]>;
   /** Records a verified report (presence, reported state, arch/version) unless stale or a duplicate. */
-  recordReport(deviceId: string, claims: ReportClaims): Promise<ReportRecordOutcome>;
+  /** `signed`: the report's inner JWS as the board signed it, kept in the audit row of a report that changes the agent version (`device.version.reported`). */
+  recordReport(deviceId: string, claims: ReportClaims, signed?: string): Promise<ReportRecordOutcome>;
   /** Signing keys that verify its acks: current, and previous within the grace after a rotate. */
   verificationKeys(id: string): Promise<PublicJwk[]>;
   /** Signing keys that verify its reports. */

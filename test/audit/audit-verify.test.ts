@@ -7,7 +7,7 @@
  *    located at the first entry that differs (a cut tail: against the last
  *    checkpoint, or the head);
  *  - a forged ack (a valid JWS signed by another board's key), a payload that
- *    does not match its row, and a checkpoint with a bad signature are found.
+ *    does not match its row, a forged signed report of a new agent version, and a checkpoint with a bad signature are found.
  */
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -73,6 +73,7 @@ describe('audit verify (issue 25)', function () {
     expect(stored.broken, JSON.stringify(stored.broken)).to.equal(undefined);
     expect(stored).to.deep.include({ entries: log.n, first: 1 });
     expect(stored.acks).to.deep.equal({ verified: 11, unsigned: 0, devices: 3 });
+    expect(stored.reports).to.deep.equal({ verified: 1 });
     expect(stored.checkpoints.verified).to.equal(2);
     expect(stored.checkpoints.last?.lastId).to.equal(log.n);
     const exported = await verifyAudit(await parseExport(exportText));
@@ -283,6 +284,19 @@ describe('audit verify (issue 25)', function () {
       const r = await verifyAudit({ ...(await sourceOf()), checkpoints: [] });
       expect(r.broken).to.deep.include({ code: 'E_AUDIT_ACK', id: row.id, reason: 'mismatch' });
       expect(r.broken?.message).to.match(/the signed ack says (ref|jti|status|code)=/);
+    } finally {
+      db.exec('ROLLBACK');
+    }
+    // The signed report of a new agent version, forged with another board's key.
+    const rep = db.prepare("SELECT id, detail FROM audit WHERE event = 'device.version.reported'").get() as { id: number; detail: string };
+    const repDetail = JSON.parse(rep.detail) as Record<string, unknown>;
+    const b0 = log.boards[0] as { signing: Parameters<typeof asJoseKey>[0] };
+    const forgedReport = await signJws({ iss: 'b-2', aud: log.keys.serverId, jti: repDetail.report_jti, agent_version: repDetail.to }, b0.signing);
+    db.exec('BEGIN');
+    try {
+      rewriteFrom(rep.id, { ...repDetail, report_jws: forgedReport });
+      const r = await verifyAudit({ ...(await sourceOf()), checkpoints: [] });
+      expect(r.broken).to.deep.include({ code: 'E_AUDIT_REPORT', id: rep.id, event: 'device.version.reported', reason: 'signature' });
     } finally {
       db.exec('ROLLBACK');
     }
