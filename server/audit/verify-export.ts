@@ -11,7 +11,7 @@
  *
  * Exit 0 and a summary when all verifies; 1 and `CODE: where: what` for the
  * first entry that breaks (E_AUDIT_CHAIN, E_AUDIT_MALFORMED,
- * E_AUDIT_CHECKPOINT, E_AUDIT_ACK); 2 for bad usage or a file that is not an
+ * E_AUDIT_CHECKPOINT, E_AUDIT_ACK, E_AUDIT_REPORT); 2 for bad usage or a file that is not an
  * export (E_USAGE, E_NO_FILE, E_AUDIT_EXPORT).
  */
 import { realpathSync } from 'node:fs';
