@@ -15,17 +15,28 @@ export const auditCommand = defineCommand({
   describe:
     'Print the audit log (enrollments, commands and acks, rollouts, tokens, refusals), oldest first, filtered; verify, checkpoint and export its hash chain',
   builder: (y) =>
+    // The filters are this command's own (global: false): `audit verify --device X` is refused, not ignored.
     withData(auditSubcommands(y))
-      .option('device', { type: 'string', describe: 'only the events of this device' })
-      .option('rollout', { type: 'string', describe: "only this rollout's events and the commands it sealed (its id)" })
+      .option('device', { global: false, type: 'string', describe: 'only the events of this device' })
+      .option('rollout', { global: false, type: 'string', describe: "only this rollout's events and the commands it sealed (its id)" })
       .option('action', {
+        global: false,
         type: 'string',
         describe: 'only this event, or every event under a dotted prefix: command.ack, rollout (rollout.create, rollout.cancel, ...), device.enroll',
       })
-      .option('since', { type: 'string', describe: 'only events at or after: a duration ago (1h, 30m, 7d) or an ISO time (2026-12-04T10:00:00Z)' })
-      .option('until', { type: 'string', describe: 'only events at or before: a duration ago or an ISO time' })
-      .option('limit', { type: 'string', default: String(DEFAULT_AUDIT_LIMIT), describe: `the newest this many events that match (1-${MAX_AUDIT_LIMIT})` })
-      .option('json', { type: 'boolean', default: false, describe: 'print JSON lines (one object per event: id, at, event, device_id, detail)' })
+      .option('since', {
+        global: false,
+        type: 'string',
+        describe: 'only events at or after: a duration ago (1h, 30m, 7d) or an ISO time (2026-12-04T10:00:00Z)',
+      })
+      .option('until', { global: false, type: 'string', describe: 'only events at or before: a duration ago or an ISO time' })
+      .option('limit', {
+        global: false,
+        type: 'string',
+        default: String(DEFAULT_AUDIT_LIMIT),
+        describe: `the newest this many events that match (1-${MAX_AUDIT_LIMIT})`,
+      })
+      .option('json', { global: false, type: 'boolean', default: false, describe: 'print JSON lines (one object per event: id, at, event, device_id, detail)' })
       .example('$0 audit --device sensor-0001 --since 24h', '')
       .example('$0 audit --rollout 6f1c2a9e-... --action command.ack --json', '')
       .example('$0 audit verify', 'check the hash chain, the signed checkpoints and every board-signed ack')

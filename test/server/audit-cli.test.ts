@@ -120,6 +120,7 @@ describe('provision-server audit verify|checkpoint|checkpoints|export and provis
   it('refusals: a bad flag, a missing --out, an unknown checkpoint, a missing file, a bad interval (exit 2, coded)', async () => {
     const cases: [string[], RegExp][] = [
       [['audit', 'verify', '--data', ctx.data, '--bogus'], /E_USAGE: Unknown argument: bogus/],
+      [['audit', 'verify', '--data', ctx.data, '--device', 'b-0'], /E_USAGE: Unknown argument: device/], // audit's filters are not verify's
       [['audit', 'export', '--data', ctx.data], /E_USAGE: Missing required argument: out/],
       [['audit', 'verify', '--data', ctx.data, '--since', '99'], /E_AUDIT_NO_CHECKPOINT: no checkpoint #99 in the registry/],
       [['audit', 'verify', '--data', ctx.data, '--since', join(ctx.dir, 'nope.jsonl')], /E_NO_FILE: checkpoint file .*nope\.jsonl does not exist/],
@@ -144,6 +145,25 @@ describe('provision-server audit verify|checkpoint|checkpoints|export and provis
       expect(r.code, `${args.join(' ')}: ${r.stderr}`).to.equal(2);
       expect(r.stderr, args.join(' ')).to.match(message);
     }
+  });
+
+  it('the offline verifier loads no registry code: its imports reach neither server/storage nor a database driver', async () => {
+    const seen = new Set<string>();
+    const visit = async (file: string): Promise<void> => {
+      if (seen.has(file)) return;
+      seen.add(file);
+      const text = await readFile(file, 'utf8');
+      for (const m of text.matchAll(/^(?:import|export)\s[^'";]*?from\s*['"]([^'"]+)['"]|^import\s*['"]([^'"]+)['"]/gm)) {
+        const spec = (m[1] ?? m[2]) as string;
+        if (spec.startsWith('.')) await visit(fileURLToPath(new URL(spec, `file://${file}`)));
+        else seen.add(spec);
+      }
+    };
+    await visit(VERIFIER);
+    const modules = [...seen];
+    expect(modules.some((f) => f.includes('/server/audit/chain.js'))).to.equal(true);
+    expect(modules.filter((f) => f.includes('/server/storage/') || f.includes('/server/commands/') || f.includes('data-dir'))).to.deep.equal([]);
+    expect(modules.filter((f) => ['pg', 'better-sqlite3', 'mqtt'].includes(f))).to.deep.equal([]);
   });
 
   it("serve's checkpointer signs the head when it moved, and only then", async () => {
