@@ -73,7 +73,7 @@ export interface OpenAckOptions {
   maxBytes?: number;
 }
 
-export async function openAck(input: string | Uint8Array, opts: OpenAckOptions): Promise<{ claims: AckClaims; signerKid: string }> {
+export async function openAck(input: string | Uint8Array, opts: OpenAckOptions): Promise<{ claims: AckClaims; signerKid: string; jws: string }> {
   const v = await openSealed(input, opts);
   const r = new ClaimReader(v.payload);
   const status = r.string('status', 16);
@@ -96,7 +96,7 @@ export async function openAck(input: string | Uint8Array, opts: OpenAckOptions):
   if (claims.aud !== opts.serverId) throw new ProtocolError('E_AUDIENCE', `ack aud "${claims.aud}" is not ${opts.serverId}`);
   if (opts.deviceId !== undefined && claims.iss !== opts.deviceId) throw new ProtocolError('E_ISSUER', `ack from "${claims.iss}" arrived for ${opts.deviceId}`);
   checkTimes(claims.iat, undefined, opts.clock ?? { trusted: false });
-  return { claims, signerKid: v.signerKid };
+  return { claims, signerKid: v.signerKid, jws: v.jws };
 }
 
 export function isAckResultKeys(result: unknown): result is { keys: { keys: unknown[] } } {

@@ -77,14 +77,14 @@ export async function verifyJws(jws: string, jwsHeader: Header, verification: Ke
   return { payload: parseJsonObjectPayload(payload), signerKid: kid };
 }
 
-/** decryptSealed then verifyJws: the authenticated claims of a message. */
+/** decryptSealed then verifyJws: the authenticated claims of a message (and the inner JWS as signed, for the audit). */
 export async function openSealed(
   input: string | Uint8Array,
   keys: { decryption: KeyRing; verification: KeyRing; maxBytes?: number },
-): Promise<Verified & { decryptKid: string }> {
+): Promise<Verified & { decryptKid: string; jws: string }> {
   const d = await decryptSealed(input, keys.decryption, keys.maxBytes);
   const v = await verifyJws(d.jws, d.jwsHeader, keys.verification);
-  return { ...v, decryptKid: d.decryptKid };
+  return { ...v, decryptKid: d.decryptKid, jws: d.jws };
 }
 
 function checkJweHeader(h: Header): void {

@@ -203,7 +203,7 @@ function readSelftest(r: ClaimReader): ReportSelftest | null {
   return { ok: o.ok, at: o.at };
 }
 
-export async function openReport(input: string | Uint8Array, opts: OpenReportOptions): Promise<{ claims: ReportClaims; signerKid: string }> {
+export async function openReport(input: string | Uint8Array, opts: OpenReportOptions): Promise<{ claims: ReportClaims; signerKid: string; jws: string }> {
   const v = await openSealed(input, opts);
   const r = new ClaimReader(v.payload);
   const reason = r.string('reason', 16);
@@ -247,5 +247,5 @@ export async function openReport(input: string | Uint8Array, opts: OpenReportOpt
   if (opts.deviceId !== undefined && claims.iss !== opts.deviceId)
     throw new ProtocolError('E_ISSUER', `report from "${claims.iss}" arrived for ${opts.deviceId}`);
   checkTimes(claims.iat, undefined, opts.clock ?? { trusted: false });
-  return { claims, signerKid: v.signerKid };
+  return { claims, signerKid: v.signerKid, jws: v.jws };
 }

@@ -84,6 +84,9 @@ export function auditView(a: AuditRecord): Record<string, unknown> {
 
 /** One audit row as a line of text: `TIME EVENT [device=ID] key=value ...` (control characters escaped). */
 export function auditLine(a: AuditRecord): string {
-  const fields = Object.entries(a.detail).map(([k, v]) => `${k}=${typeof v === 'string' && !/\s/.test(v) ? v : JSON.stringify(v)}`);
+  // The board's signed ack (ack_jws, ~1 kB) is for `audit verify` and --json; the line shows its presence only.
+  const fields = Object.entries(a.detail)
+    .map(([k, v]) => (k === 'ack_jws' ? (['signed', 'yes'] as const) : ([k, v] as const)))
+    .map(([k, v]) => `${k}=${typeof v === 'string' && !/\s/.test(v) ? v : JSON.stringify(v)}`);
   return printable([new Date(a.at).toISOString(), a.event, ...(a.deviceId !== null ? [`device=${a.deviceId}`] : []), ...fields].join(' '));
 }

@@ -49,7 +49,7 @@ await runCli({
     send: [],
     rollout: ['list', 'show', 'pause', 'resume', 'cancel', 'retry'],
     release: ['keygen', 'add', 'list', 'show', 'remove'],
-    audit: [],
+    audit: ['verify', 'checkpoint', 'checkpoints', 'export'],
     registry: ['migrate'],
     serve: [],
     keys: ['init'],

@@ -36,6 +36,7 @@ import type { CommandRecord } from './storage/records.js';
 import type { SessionLimits } from './storage/operator-records.js';
 import { ChunkServer, type ChunkResult, type ChunkServerOptions } from './chunk-server.js';
 import { subscribeFleet, unsubscribeFleet, type SharedMode } from './core/subscriptions.js';
+import { AuditCheckpointer, DEFAULT_AUDIT_CHECKPOINT_MS } from './audit/checkpointer.js';
 
 export interface ServeOptions {
   dataDir: string;
@@ -68,6 +69,8 @@ export interface ServeOptions {
   fetch?: Pick<ChunkServerOptions, 'rate' | 'summaryMs'>;
   /** Called after each fetch request was handled (tests). */
   onFetch?: (result: ChunkResult) => void;
+  /** Sign and store an audit checkpoint this often when the chain's head moved (ms; 0: never). Default 10 minutes. */
+  auditCheckpointMs?: number;
 }
 
 export interface RunningServer {
@@ -211,6 +214,8 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
     // Rollouts created or controlled by any process (CLI, HTTP API, engine) are logged here.
     const changeLog = new RolloutChangeLog(storage, log, rollouts ? { ownHolder: rollouts.holder } : {});
     await changeLog.start();
+    const checkpointMs = options.auditCheckpointMs ?? DEFAULT_AUDIT_CHECKPOINT_MS;
+    const checkpointer = checkpointMs > 0 ? new AuditCheckpointer({ storage, keys, log }, checkpointMs) : undefined;
     log.info('serve.ready', { server_id: keys.serverId, broker: broker.url, prefix: config.topicPrefix, shared });
     let closed = false;
     return {
@@ -235,6 +240,7 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
         stopping.now = true;
         serverCore.close();
         changeLog.stop();
+        await checkpointer?.stop();
         await rollouts?.stop();
         if (httpServer) {
           httpServer.closeAllConnections();

@@ -37,7 +37,11 @@ export const SERVER_EXIT_STATUSES: ExitStatuses = {
   // registry migrate: a registry to open with this version first, a target database that is not empty (E_MIGRATE_COPY/VERIFY: 1).
   E_REGISTRY_VERSION: SETUP,
   E_MIGRATE_NOT_EMPTY: SETUP,
-  E_CONFIRM: SETUP, // a destructive rollout to many devices without --yes (server/rollouts/confirm.ts)
+  E_CONFIRM: SETUP,
+  // audit verify --since / checkpoint (server/commands/audit-chain.ts): a checkpoint to name, a log with no entry yet.
+  // A log that does not verify (E_AUDIT_CHAIN, E_AUDIT_MALFORMED, E_AUDIT_CHECKPOINT, E_AUDIT_ACK, E_AUDIT_REPORT) is 1.
+  E_AUDIT_NO_CHECKPOINT: SETUP,
+  E_AUDIT_EMPTY: SETUP, // a destructive rollout to many devices without --yes (server/rollouts/confirm.ts)
   // Releases and upgrades (server/releases, server/core/actions/upgrade-params.ts): a tree, file, key or release to fix.
   E_RELEASE_TREE: SETUP,
   E_RELEASE_TOO_LARGE: SETUP,

@@ -31,12 +31,19 @@ export const serveCommand = defineCommand({
         describe:
           'MQTT client id of the ack session; ID-enroll and ID-report are the enrollment and report sessions (default: provision-server-HOST-<hash of the data dir>)',
       })
+      .option('audit-checkpoint-interval', {
+        type: 'string',
+        default: '10m',
+        describe: "sign the audit chain's head and store the checkpoint this often when it moved (a duration: 10m, 1h; 0: never)",
+      })
       .option('log-level', {
         choices: ['debug', 'info', 'warn', 'error'] as const,
         default: 'info' as const,
         describe: 'least severe log lines written to stderr (one line per event)',
       }),
   handler: async (args) => {
+    // Checked before anything starts: a bad interval changes nothing.
+    const auditCheckpointMs = args.auditCheckpointInterval.trim() === '0' ? 0 : parseDuration(args.auditCheckpointInterval, '--audit-checkpoint-interval');
     const log = createLogger({ level: args.logLevel, style: 'timestamped' });
     const sessions = { idleMs: parseDuration(args.sessionIdle, '--session-idle'), absoluteMs: parseDuration(args.sessionMax, '--session-max') };
     if (sessions.idleMs > sessions.absoluteMs) throw new CodedError('E_USAGE', '--session-idle is longer than --session-max');
@@ -53,6 +60,7 @@ export const serveCommand = defineCommand({
       shared: args.shared,
       ...(args.clientId ? { clientId: args.clientId } : {}),
       log,
+      auditCheckpointMs,
     });
     await new Promise<void>((resolve) => {
       const stop = (signal: string): void => {

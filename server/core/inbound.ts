@@ -172,7 +172,7 @@ export async function handleAck(ctx: InboundContext, deviceId: string, payload: 
   const { storage, keys } = ctx;
   const signers = await storage.devices.verificationKeys(deviceId);
   if (signers.length === 0) return drop(ctx, deviceId, 'E_KID', 'no signing key registered for this device: its acks cannot be verified');
-  const { claims, signerKid } = await openAck(payload, {
+  const { claims, signerKid, jws } = await openAck(payload, {
     serverId: keys.serverId,
     deviceId,
     decryption: keys.decryption,
@@ -196,7 +196,7 @@ export async function handleAck(ctx: InboundContext, deviceId: string, payload: 
     if (command.ackStatus === null) keysReported = await rotatedKeys(claims.result);
     else keysReported = await rotatedKeys(claims.result).catch(() => undefined);
   }
-  const outcome = await storage.commands.recordAck(deviceId, claims, ackEffectsOf(command, claims, keysReported));
+  const outcome = await storage.commands.recordAck(deviceId, claims, ackEffectsOf(command, claims, keysReported), jws);
   if (outcome.kind === 'unknown-command') return drop(ctx, deviceId, 'E_NO_COMMAND', `ack refers to unknown command ${claims.ref}`);
   if (outcome.kind === 'contradiction') {
     ctx.log.error('security.ack_contradiction', {

@@ -36,11 +36,11 @@ export async function openAndRecordReport(
 ): Promise<{ kind: 'opened'; claims: ReportClaims; outcome: ReportRecordOutcome; signerKid: string } | { kind: 'no-key' }> {
   const signers = await storage.devices.reportVerificationKeys(deviceId);
   if (signers.length === 0) return { kind: 'no-key' };
-  const { claims, signerKid } = await openReport(payload, {
+  const { claims, signerKid, jws } = await openReport(payload, {
     serverId: keys.serverId,
     deviceId,
     decryption: keys.decryption,
     verification: await KeyRing.create(signers),
   });
-  return { kind: 'opened', claims, outcome: await storage.devices.recordReport(deviceId, claims), signerKid };
+  return { kind: 'opened', claims, outcome: await storage.devices.recordReport(deviceId, claims, jws), signerKid };
 }

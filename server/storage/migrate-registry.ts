@@ -59,6 +59,7 @@ export const MIGRATED_TABLES: readonly MigratedTable[] = [
   { name: 'rollouts', key: ['id'] },
   { name: 'rollout_targets', key: ['rollout_id', 'device_id'] },
   { name: 'audit', key: ['id'] },
+  { name: 'audit_checkpoints', key: ['id'], identity: 'id' },
   { name: 'operators', key: ['name'] },
   { name: 'operator_tokens', key: ['hash'] },
   { name: 'operator_sessions', key: ['hash'] },

@@ -301,3 +301,14 @@ export function targetRecord(row: TargetRow): TargetRecord {
     updatedAt: row.updated_at,
   };
 }
+
+/** Every signing key of every device, grouped by device (rows of device_keys, use 'sig'). */
+export function groupKeys(rows: readonly { device_id: string; jwk: string }[]): Map<string, PublicJwk[]> {
+  const out = new Map<string, PublicJwk[]>();
+  for (const r of rows) {
+    const list = out.get(r.device_id) ?? [];
+    list.push(JSON.parse(r.jwk) as PublicJwk);
+    out.set(r.device_id, list);
+  }
+  return out;
+}

@@ -106,7 +106,7 @@ export function reportNotNewer(
 }
 
 /** The audit detail (and device flag) of an ack contradicting the recorded outcome of `row`; claimed keys from a keys-rotated effect. */
-export function contradictionDetail(row: CommandRow, ack: AckClaims, effects: readonly AckEffect[]): Record<string, unknown> {
+export function contradictionDetail(row: CommandRow, ack: AckClaims, effects: readonly AckEffect[], signed?: string): Record<string, unknown> {
   const rotated = effects.find((e) => e.kind === 'keys-rotated');
   return {
     jti: row.jti,
@@ -116,5 +116,20 @@ export function contradictionDetail(row: CommandRow, ack: AckClaims, effects: re
     claimed: { status: ack.status, code: ack.code, ack_jti: ack.jti },
     ...(rotated ? { claimed_keys: { signing_kid: rotated.signing.kid, encryption_kid: rotated.encryption.kid } } : {}),
     effects: 'not applied',
+    ...(signed !== undefined ? { ack_jws: signed } : {}),
   };
+}
+
+/** The audit event of a report that changes the device's agent version (from one known version to another). */
+export const VERSION_REPORTED_EVENT = 'device.version.reported';
+
+/**
+ * The audit detail of a recorded report that changes the agent version the
+ * registry holds (not the first version learnt: every board reports one), with
+ * the board's signed report (`report_jws`) for `audit verify`; undefined when
+ * the version did not change.
+ */
+export function versionChange(recorded: string | null, claims: ReportClaims, signed?: string): Record<string, unknown> | undefined {
+  if (recorded === null || recorded === claims.agent_version) return undefined;
+  return { from: recorded, to: claims.agent_version, report_jti: claims.jti, ...(signed !== undefined ? { report_jws: signed } : {}) };
 }

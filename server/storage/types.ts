@@ -40,7 +40,8 @@ import type {
   TokenListing,
 } from './records.js';
 import type { RegistryError } from './errors.js';
-import type { ChainVerification } from './audit-chain.js';
+import type { ChainedEntry, ChainHead, ChainVerification } from './audit-chain.js';
+import type { CheckpointRecord } from '../audit/checkpoint.js';
 import type { NewOperator, OperatorPrincipal, OperatorRecord, OperatorRole, OperatorTokenRecord, SessionLimits } from './operator-records.js';
 
 /** Which implementation, and where (a path, or a URL with its password removed). */
@@ -145,7 +146,8 @@ export interface DeviceStore {
   tagsOf(deviceId: string): Promise<string[]>;
   listTags(): Promise<{ tag: string; devices: number }[]>;
   /** Records a verified report (presence, reported state, arch/version) unless stale or a duplicate. */
-  recordReport(deviceId: string, claims: ReportClaims): Promise<ReportRecordOutcome>;
+  /** `signed`: the report's inner JWS as the board signed it, kept in the audit row of a report that changes the agent version (`device.version.reported`). */
+  recordReport(deviceId: string, claims: ReportClaims, signed?: string): Promise<ReportRecordOutcome>;
   /** Signing keys that verify its acks: current, and previous within the grace after a rotate. */
   verificationKeys(id: string): Promise<PublicJwk[]>;
   /** Signing keys that verify its reports. */
@@ -230,7 +232,8 @@ export interface CommandStore {
    * audited and flags the device, effects not applied), and for an `applied`
    * one recorded now applies `effects` in the same transaction.
    */
-  recordAck(deviceId: string, ack: AckClaims, effects: readonly AckEffect[]): Promise<AckRecordOutcome>;
+  /** `signed`: the ack's inner JWS exactly as the board signed it, kept in the audit row (`ack_jws`) for `audit verify`. */
+  recordAck(deviceId: string, ack: AckClaims, effects: readonly AckEffect[], signed?: string): Promise<AckRecordOutcome>;
 }
 
 // ---- rollouts and the engine lease ---------------------------------------------
@@ -320,6 +323,16 @@ export interface AuditStore {
    * Names the first row that breaks it.
    */
   verifyChain(from?: number, to?: number): Promise<ChainVerification>;
+  /** The chain's head: the last entry's id and hash (0 and AUDIT_GENESIS: none). */
+  head(): Promise<ChainHead>;
+  /** Up to `limit` entries with id > afterId, in id order, with their chain columns (a detail that is not JSON: `malformed`). */
+  entries(afterId: number, limit: number): Promise<ChainedEntry[]>;
+  /** Stores a signed checkpoint of the head (server/audit/checkpoint.ts); returns it with its id. */
+  addCheckpoint(c: Omit<CheckpointRecord, 'id'>): Promise<CheckpointRecord>;
+  /** Every checkpoint, oldest first. */
+  checkpoints(): Promise<CheckpointRecord[]>;
+  /** Every signing key ever registered for each device (current, previous and retired: old acks stay verifiable). */
+  deviceSigningKeys(): Promise<Map<string, PublicJwk[]>>;
 }
 
 // ---- releases -----------------------------------------------------------------

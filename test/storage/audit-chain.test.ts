@@ -6,6 +6,8 @@
 import { createHash } from 'node:crypto';
 import { expect } from 'chai';
 import { AUDIT_GENESIS, canonicalJson, chainHash, ChainChecker } from '../../server/storage/audit-chain.js';
+import { verifyRegistry } from '../../server/audit/registry-audit.js';
+import { buildAuditLog } from '../audit/audit-log.js';
 import type { Storage } from '../../server/storage/types.js';
 import { forEachBackend, type Backend } from './backends.js';
 import { addDevice, Clock, rejectsAny } from './fixtures.js';
@@ -133,6 +135,72 @@ describe('storage: audit chain', function () {
       const tail = await t.audit.verifyChain(6);
       expect(tail.broken).to.include({ id: 10, reason: 'head' });
       expect(tail.checked).to.equal(3);
+    });
+  });
+});
+
+describe('storage: audit verify of a tampered stored log (issue 25; 1,000 cases on SQLite: test/audit/audit-verify.test.ts)', function () {
+  this.timeout(120_000);
+  forEachBackend((b) => {
+    it('100 random single-byte edits, deletions, reorders and truncations of the stored log are each found at their entry; restored, it verifies', async () => {
+      const s = await b.open();
+      const log = await buildAuditLog(s);
+      if (b.name === 'sqlite') {
+        await b.sql(s, 'DROP TRIGGER audit_append_only_update');
+        await b.sql(s, 'DROP TRIGGER audit_append_only_delete');
+      } else {
+        await b.sql(s, 'ALTER TABLE audit DISABLE TRIGGER USER');
+      }
+      // The expression index would refuse a detail that is not JSON; someone with the database can drop it too.
+      await b.sql(s, 'DROP INDEX audit_rollout');
+      type Row = { id: number; at: number; event: string; device_id: string | null; detail: string; prev_hash: string; hash: string };
+      const rows = (await b.sql(s, 'SELECT id, at, event, device_id, detail, prev_hash, hash FROM audit ORDER BY id')).map(
+        (r) => ({ ...r, id: Number(r.id), at: Number(r.at) }) as Row,
+      );
+      const n = rows.length;
+      expect(n).to.equal(log.n);
+      const values = (r: Row): (string | number | null)[] => [r.at, r.event, r.device_id, r.detail, r.prev_hash, r.hash, r.id];
+      const set = (r: Row): Promise<unknown> =>
+        b.sql(s, 'UPDATE audit SET at = $1, event = $2, device_id = $3, detail = $4, prev_hash = $5, hash = $6 WHERE id = $7', values(r));
+      const restore = async (): Promise<void> => {
+        await b.sql(s, 'DELETE FROM audit');
+        const ph = rows.map((_, i) => `(${Array.from({ length: 7 }, (_, k) => `$${i * 7 + k + 1}`).join(', ')})`).join(', ');
+        await b.sql(s, `INSERT INTO audit (at, event, device_id, detail, prev_hash, hash, id) VALUES ${ph}`, rows.flatMap(values));
+        await b.sql(s, 'UPDATE audit_head SET last_id = $1, hash = $2', [n, (rows[n - 1] as Row).hash]);
+      };
+      let seed = 2025;
+      const rnd = (): number => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
+      const pick = (lo: number, hi: number): number => lo + Math.floor(rnd() * (hi - lo + 1));
+      for (let t = 0; t < 100; t++) {
+        const kind = (['edit', 'delete', 'reorder', 'truncate'] as const)[t % 4];
+        let expected: number;
+        if (kind === 'edit') {
+          const r = { ...(rows[pick(0, n - 1)] as Row) };
+          const col = (['detail', 'event', 'prev_hash', 'hash'] as const)[pick(0, 3)] as 'detail' | 'event' | 'prev_hash' | 'hash';
+          const at = pick(0, r[col].length - 1);
+          const c = r[col][at] === 'x' ? 'y' : 'x';
+          await set({ ...r, [col]: r[col].slice(0, at) + c + r[col].slice(at + 1) });
+          expected = r.id;
+        } else if (kind === 'delete') {
+          expected = pick(1, n);
+          await b.sql(s, 'DELETE FROM audit WHERE id = $1', [expected]);
+        } else if (kind === 'reorder') {
+          const x = rows[pick(0, n - 2)] as Row;
+          const y = rows[pick(x.id, n - 1)] as Row;
+          await set({ ...y, id: x.id });
+          await set({ ...x, id: y.id });
+          expected = x.id;
+        } else {
+          const keep = pick(0, n - 1);
+          await b.sql(s, 'DELETE FROM audit WHERE id > $1', [keep]);
+          if (t % 8 === 3 && keep > 0) await b.sql(s, 'UPDATE audit_head SET last_id = $1, hash = $2', [keep, (rows[keep - 1] as Row).hash]);
+          expected = keep + 1;
+        }
+        const v = await verifyRegistry(s, log.keys);
+        expect(v.broken?.id, `trial ${t} (${kind}): ${JSON.stringify(v.broken)}`).to.equal(expected);
+        await restore();
+      }
+      expect((await verifyRegistry(s, log.keys)).broken).to.equal(undefined);
     });
   });
 });

@@ -127,6 +127,7 @@ describe('storage: PostgreSQL core (server/storage/postgres)', function () {
     );
     expect(tables).to.deep.equal([
       'audit',
+      'audit_checkpoints',
       'audit_head',
       'commands',
       'device_keys',

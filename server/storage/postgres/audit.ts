@@ -8,6 +8,9 @@ import { chainHash, verifyEntries, type ChainedEntry, type ChainHead, type Chain
 import { DEFAULT_AUDIT_LIMIT, type AuditFilter, type AuditRecord } from '../records.js';
 import type { AuditStore } from '../types.js';
 import { atCommit, PgDb, type Sql } from './db.js';
+import type { CheckpointRecord } from '../../audit/checkpoint.js';
+import type { PublicJwk } from '../../../protocol/index.js';
+import { groupKeys } from '../rows.js';
 
 interface AuditRow {
   id: number;
@@ -57,15 +60,33 @@ async function chainAppend(sql: Sql, at: number, event: string, deviceId: string
   );
 }
 
-const chained = (r: AuditRow): ChainedEntry => ({
-  id: Number(r.id),
-  at: Number(r.at),
-  event: r.event,
-  deviceId: r.device_id,
-  detail: JSON.parse(r.detail) as unknown,
-  prevHash: r.prev_hash ?? null,
-  hash: r.hash ?? null,
-});
+const chained = (r: AuditRow): ChainedEntry => {
+  const e: ChainedEntry = {
+    id: Number(r.id),
+    at: Number(r.at),
+    event: r.event,
+    deviceId: r.device_id,
+    detail: null,
+    prevHash: r.prev_hash ?? null,
+    hash: r.hash ?? null,
+  };
+  try {
+    e.detail = JSON.parse(r.detail) as unknown;
+  } catch {
+    e.malformed = 'its detail is not JSON';
+  }
+  return e;
+};
+
+interface CheckpointRow {
+  id: number;
+  at: number;
+  last_id: number;
+  hash: string;
+  jws: string;
+}
+
+const checkpointRecord = (r: CheckpointRow): CheckpointRecord => ({ id: Number(r.id), at: Number(r.at), lastId: Number(r.last_id), hash: r.hash, jws: r.jws });
 
 export class PgAuditStore implements AuditStore {
   readonly #db: PgDb;
@@ -137,6 +158,37 @@ export class PgAuditStore implements AuditStore {
       },
       from,
       to,
+    );
+  }
+
+  async head(): Promise<ChainHead> {
+    const h = await this.#db.one<{ last_id: number; hash: string }>('SELECT last_id, hash FROM audit_head WHERE one = 1');
+    if (!h) throw new Error('the registry has no audit_head row (schema migration 2 missing)');
+    return { lastId: Number(h.last_id), hash: h.hash };
+  }
+
+  async entries(afterId: number, limit: number): Promise<ChainedEntry[]> {
+    return (await this.#db.q<AuditRow>('SELECT * FROM audit WHERE id > $1 ORDER BY id LIMIT $2', [afterId, limit])).map(chained);
+  }
+
+  async addCheckpoint(c: Omit<CheckpointRecord, 'id'>): Promise<CheckpointRecord> {
+    const r = await this.#db.one<CheckpointRow>('INSERT INTO audit_checkpoints (at, last_id, hash, jws) VALUES ($1, $2, $3, $4) RETURNING *', [
+      c.at,
+      c.lastId,
+      c.hash,
+      c.jws,
+    ]);
+    if (!r) throw new Error('the checkpoint insert returned no row');
+    return checkpointRecord(r);
+  }
+
+  async checkpoints(): Promise<CheckpointRecord[]> {
+    return (await this.#db.q<CheckpointRow>('SELECT * FROM audit_checkpoints ORDER BY id')).map(checkpointRecord);
+  }
+
+  async deviceSigningKeys(): Promise<Map<string, PublicJwk[]>> {
+    return groupKeys(
+      await this.#db.q<{ device_id: string; jwk: string }>("SELECT device_id, jwk FROM device_keys WHERE use = 'sig' ORDER BY device_id, added_at"),
     );
   }
 }

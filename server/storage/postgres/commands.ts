@@ -100,14 +100,14 @@ export class PgCommandStore implements CommandStore {
    * audited, the device flagged, no effects. A new `applied` ack applies
    * `effects` in order, in this transaction.
    */
-  recordAck(deviceId: string, ack: AckClaims, effects: readonly AckEffect[]): Promise<AckRecordOutcome> {
+  recordAck(deviceId: string, ack: AckClaims, effects: readonly AckEffect[], signed?: string): Promise<AckRecordOutcome> {
     return this.#db.tx(async (sql): Promise<AckRecordOutcome> => {
       const row = await sql.one<CommandRow>('SELECT * FROM commands WHERE jti = $1 AND device_id = $2 FOR UPDATE', [ack.ref, deviceId]);
       if (!row) return { kind: 'unknown-command' };
       const now = this.#now();
       if (row.ack_status !== null) {
         if (!ackContradicts(row, ack)) return { kind: 'duplicate', command: commandRecord(row) };
-        const detail = contradictionDetail(row, ack, effects);
+        const detail = contradictionDetail(row, ack, effects, signed);
         await appendAudit(sql, now, ACK_CONTRADICTION_EVENT, deviceId, detail);
         await sql.run('UPDATE devices SET flagged_at = $1, flag = $2 WHERE id = $3', [
           now,
@@ -128,6 +128,7 @@ export class PgCommandStore implements CommandStore {
         status: ack.status,
         code: ack.code,
         ack_jti: ack.jti,
+        ...(signed !== undefined ? { ack_jws: signed } : {}),
       });
       if (ack.status === 'applied') {
         // The device row's lock for the effects (after the command's: the one order every path takes).

@@ -11,7 +11,7 @@ import { reportPosition, type PublicJwk, type ReportClaims } from '../../../prot
 import { RegistryError, unknownDevices } from '../errors.js';
 import type { DeviceOrigin, DeviceRecord, DeviceState, NewDevice, ReportRecordOutcome, ReportedState } from '../records.js';
 import { commandRecord, deviceRecord, keyRecord, type CommandRow, type DeviceRow, type KeyRow } from '../rows.js';
-import { PREVIOUS_KEY_GRACE_MS, assertTag, nextReportedState, reportNotNewer } from '../rules.js';
+import { PREVIOUS_KEY_GRACE_MS, VERSION_REPORTED_EVENT, assertTag, nextReportedState, reportNotNewer, versionChange } from '../rules.js';
 import { pageOrder, pageWhere, type PageDialect } from '../device-page.js';
 import { presenceChanges } from '../presence-changes.js';
 import type { DeviceListFilter, DevicePageItem, DevicePageQuery, DeviceStore, PresenceChange } from '../types.js';
@@ -272,7 +272,7 @@ export class PgDeviceStore implements DeviceStore {
   }
 
   /** As server/storage/sqlite/devices.ts recordReport, under the device's row lock. */
-  recordReport(deviceId: string, claims: ReportClaims): Promise<ReportRecordOutcome> {
+  recordReport(deviceId: string, claims: ReportClaims, signed?: string): Promise<ReportRecordOutcome> {
     return this.#db.tx(async (sql): Promise<ReportRecordOutcome> => {
       const row = await sql.one<DeviceRow>('SELECT * FROM devices WHERE id = $1 FOR UPDATE', [deviceId]);
       if (!row) throw noDevice(deviceId);
@@ -306,6 +306,8 @@ export class PgDeviceStore implements DeviceStore {
            report_interval_s = $6, reported = $7, reported_at = $8, last_report_jti = $9, agent_version = $10, arch = COALESCE($11, arch) WHERE id = $12`,
         [now, claims.session, claims.conn, run, rank, claims.interval_s, state, now, claims.jti, claims.agent_version, claims.arch ?? null, deviceId],
       );
+      const changed = versionChange(row.agent_version, claims, signed);
+      if (changed) await appendAudit(sql, now, VERSION_REPORTED_EVENT, deviceId, changed);
       return { kind: 'recorded', presence: 'online' };
     });
   }

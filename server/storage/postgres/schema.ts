@@ -251,8 +251,22 @@ export const PG_MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX operator_sessions_operator ON operator_sessions (operator);
   `,
-  // 4: reserved for console-auth's migration (SQLite 11); a no-op here, replaced when both are merged.
-  `SELECT 1`,
+  // 4: signed checkpoints of the audit chain (SQLite migration 11), append-only.
+  `
+  CREATE TABLE audit_checkpoints (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at bigint NOT NULL,
+    last_id bigint NOT NULL,
+    hash text COLLATE "C" NOT NULL,
+    jws text COLLATE "C" NOT NULL
+  );
+  CREATE FUNCTION audit_checkpoints_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN RAISE EXCEPTION 'audit checkpoints are append-only'; END $$;
+  CREATE TRIGGER audit_checkpoints_append_only BEFORE UPDATE OR DELETE ON audit_checkpoints
+    FOR EACH ROW EXECUTE FUNCTION audit_checkpoints_append_only();
+  CREATE TRIGGER audit_checkpoints_no_truncate BEFORE TRUNCATE ON audit_checkpoints
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_checkpoints_append_only();
+  `,
   // 5: the console's read models (SQLite migration 12): fleet page indexes, device_presence, enrollment token revocation.
   `
   CREATE INDEX devices_last_seen ON devices (last_seen_at);

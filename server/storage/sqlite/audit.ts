@@ -10,6 +10,9 @@ import { AUDIT_GENESIS, chainHash, verifyEntries, type ChainedEntry, type ChainH
 import { DEFAULT_AUDIT_LIMIT, type AuditFilter, type AuditRecord } from '../records.js';
 import type { AuditStore } from '../types.js';
 import type { SqliteDb } from './db.js';
+import type { CheckpointRecord } from '../../audit/checkpoint.js';
+import type { PublicJwk } from '../../../protocol/index.js';
+import { groupKeys } from '../rows.js';
 
 interface AuditRow {
   id: number;
@@ -55,15 +58,25 @@ function readHead(s: SqliteDb): ChainHead {
   return row ? { lastId: row.last_id, hash: row.hash } : { lastId: 0, hash: AUDIT_GENESIS };
 }
 
-const chained = (r: AuditRow): ChainedEntry => ({
-  id: r.id,
-  at: r.at,
-  event: r.event,
-  deviceId: r.device_id,
-  detail: JSON.parse(r.detail) as unknown,
-  prevHash: r.prev_hash ?? null,
-  hash: r.hash ?? null,
-});
+const chained = (r: AuditRow): ChainedEntry => {
+  const e: ChainedEntry = { id: r.id, at: r.at, event: r.event, deviceId: r.device_id, detail: null, prevHash: r.prev_hash ?? null, hash: r.hash ?? null };
+  try {
+    e.detail = JSON.parse(r.detail) as unknown;
+  } catch {
+    e.malformed = 'its detail is not JSON';
+  }
+  return e;
+};
+
+interface CheckpointRow {
+  id: number;
+  at: number;
+  last_id: number;
+  hash: string;
+  jws: string;
+}
+
+const checkpointRecord = (r: CheckpointRow): CheckpointRecord => ({ id: Number(r.id), at: Number(r.at), lastId: Number(r.last_id), hash: r.hash, jws: r.jws });
 
 export class SqliteAuditStore implements AuditStore {
   readonly #s: SqliteDb;
@@ -149,6 +162,31 @@ export class SqliteAuditStore implements AuditStore {
       },
       from,
       to,
+    );
+  }
+
+  async head(): Promise<ChainHead> {
+    return readHead(this.#s);
+  }
+
+  async entries(afterId: number, limit: number): Promise<ChainedEntry[]> {
+    return (this.#s.db.prepare('SELECT * FROM audit WHERE id > ? ORDER BY id LIMIT ?').all(afterId, limit) as AuditRow[]).map(chained);
+  }
+
+  async addCheckpoint(c: Omit<CheckpointRecord, 'id'>): Promise<CheckpointRecord> {
+    const r = this.#s.db
+      .prepare('INSERT INTO audit_checkpoints (at, last_id, hash, jws) VALUES (?, ?, ?, ?) RETURNING *')
+      .get(c.at, c.lastId, c.hash, c.jws) as CheckpointRow;
+    return checkpointRecord(r);
+  }
+
+  async checkpoints(): Promise<CheckpointRecord[]> {
+    return (this.#s.db.prepare('SELECT * FROM audit_checkpoints ORDER BY id').all() as CheckpointRow[]).map(checkpointRecord);
+  }
+
+  async deviceSigningKeys(): Promise<Map<string, PublicJwk[]>> {
+    return groupKeys(
+      this.#s.db.prepare("SELECT device_id, jwk FROM device_keys WHERE use = 'sig' ORDER BY device_id, added_at").all() as { device_id: string; jwk: string }[],
     );
   }
 }

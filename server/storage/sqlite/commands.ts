@@ -181,14 +181,14 @@ export class SqliteCommandStore implements CommandStore {
    * as `security.ack_contradiction` with what the ack claimed, and the device is
    * flagged until it is enrolled again or its keys are replaced.
    */
-  async recordAck(deviceId: string, ack: AckClaims, effects: readonly AckEffect[]): Promise<AckRecordOutcome> {
+  async recordAck(deviceId: string, ack: AckClaims, effects: readonly AckEffect[], signed?: string): Promise<AckRecordOutcome> {
     return this.#s.db
       .transaction((): AckRecordOutcome => {
         const row = this.#s.db.prepare('SELECT * FROM commands WHERE jti = ? AND device_id = ?').get(ack.ref, deviceId) as CommandRow | undefined;
         if (!row) return { kind: 'unknown-command' };
         if (row.ack_status !== null) {
           if (!ackContradicts(row, ack)) return { kind: 'duplicate', command: commandRecord(row) };
-          const detail = contradictionDetail(row, ack, effects);
+          const detail = contradictionDetail(row, ack, effects, signed);
           appendAudit(this.#s, ACK_CONTRADICTION_EVENT, deviceId, detail);
           this.#s.db
             .prepare('UPDATE devices SET flagged_at = ?, flag = ? WHERE id = ?')
@@ -201,7 +201,15 @@ export class SqliteCommandStore implements CommandStore {
             'UPDATE commands SET ack_status = ?, ack_code = ?, ack_detail = ?, ack_jti = ?, ack_result = ?, acked_at = ? WHERE jti = ? AND ack_status IS NULL',
           )
           .run(ack.status, ack.code, ack.detail, ack.jti, ack.result ? JSON.stringify(ack.result) : null, now, ack.ref);
-        appendAudit(this.#s, 'command.ack', deviceId, { jti: row.jti, action: row.action, seq: row.seq, status: ack.status, code: ack.code, ack_jti: ack.jti });
+        appendAudit(this.#s, 'command.ack', deviceId, {
+          jti: row.jti,
+          action: row.action,
+          seq: row.seq,
+          status: ack.status,
+          code: ack.code,
+          ack_jti: ack.jti,
+          ...(signed !== undefined ? { ack_jws: signed } : {}),
+        });
         if (ack.status === 'applied') for (const e of effects) applyEffect(this.#s, row, e, now);
         return { kind: 'recorded', command: readCommand(this.#s.db, row.jti) as CommandRecord };
       })

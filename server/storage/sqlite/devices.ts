@@ -8,7 +8,7 @@ import { reportPosition, type PublicJwk, type ReportClaims } from '../../../prot
 import { RegistryError, unknownDevices } from '../errors.js';
 import type { DeviceOrigin, DeviceRecord, DeviceState, NewDevice, ReportRecordOutcome, ReportedState } from '../records.js';
 import { commandRecord, deviceRecord, keyRecord, type CommandRow, type DeviceRow, type KeyRow } from '../rows.js';
-import { PREVIOUS_KEY_GRACE_MS, assertTag, nextReportedState, reportNotNewer } from '../rules.js';
+import { PREVIOUS_KEY_GRACE_MS, VERSION_REPORTED_EVENT, assertTag, nextReportedState, reportNotNewer, versionChange } from '../rules.js';
 import { pageOrder, pageWhere, type PageDialect } from '../device-page.js';
 import { presenceChanges } from '../presence-changes.js';
 import type { DeviceListFilter, DevicePageItem, DevicePageQuery, DeviceStore, PresenceChange } from '../types.js';
@@ -277,7 +277,7 @@ export class SqliteDeviceStore implements DeviceStore {
    * before its connection's commands) only changes presence. Last-seen is the
    * server's receive time.
    */
-  async recordReport(deviceId: string, claims: ReportClaims): Promise<ReportRecordOutcome> {
+  async recordReport(deviceId: string, claims: ReportClaims, signed?: string): Promise<ReportRecordOutcome> {
     return this.#s.db
       .transaction((): ReportRecordOutcome => {
         const row = this.#s.db.prepare('SELECT * FROM devices WHERE id = ?').get(deviceId) as DeviceRow | undefined;
@@ -309,6 +309,8 @@ export class SqliteDeviceStore implements DeviceStore {
         this.#s.db
           .prepare('UPDATE devices SET agent_version = ?, arch = COALESCE(?, arch) WHERE id = ?')
           .run(claims.agent_version, claims.arch ?? null, deviceId);
+        const changed = versionChange(row.agent_version, claims, signed);
+        if (changed) appendAudit(this.#s, VERSION_REPORTED_EVENT, deviceId, changed);
         return { kind: 'recorded', presence: 'online' };
       })
       .immediate();

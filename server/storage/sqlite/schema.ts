@@ -384,8 +384,21 @@ export const MIGRATIONS: readonly string[] = [
   ) STRICT;
   CREATE INDEX operator_sessions_operator ON operator_sessions (operator);
   `,
-  // 11: reserved for console-auth's migration (branch console-auth); empty here, replaced when both are merged.
+  // 11: signed checkpoints of the audit chain (issue 25, server/audit/checkpoint.ts): the head (last_id, hash) at
+  // a time, signed by the server's signing key as a compact JWS (jws: the proof; the other columns index it).
+  // Append-only, as the audit.
   `
+  CREATE TABLE audit_checkpoints (
+    id INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL,
+    last_id INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    jws TEXT NOT NULL
+  ) STRICT;
+  CREATE TRIGGER audit_checkpoints_append_only_update BEFORE UPDATE ON audit_checkpoints
+    BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
+  CREATE TRIGGER audit_checkpoints_append_only_delete BEFORE DELETE ON audit_checkpoints
+    BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
   `,
   // 12: the console's read models (issue 24, api-fleet). Indexes for the fleet page's filters and sorts (GET
   // /devices: last seen, agent version as devices.agentVersion reads it, flagged devices) and for a device's newest
@@ -412,6 +425,9 @@ export const MIGRATIONS: readonly string[] = [
   `,
 ];
 
+/** Rows per batch when MIGRATION_STEPS[9] chains existing audit rows. */
+const CHAIN_BATCH = 1000;
+
 /**
  * JavaScript run after a migration's SQL, in its transaction (keyed by the
  * version the migration makes).
@@ -420,20 +436,19 @@ export const MIGRATION_STEPS: Readonly<Partial<Record<number, (db: Database.Data
   9: (db) => {
     db.exec('DROP TRIGGER audit_append_only_update');
     const update = db.prepare('UPDATE audit SET prev_hash = ?, hash = ? WHERE id = ?');
+    const batch = db.prepare('SELECT id, at, event, device_id, detail FROM audit WHERE id > ? ORDER BY id LIMIT ?');
     let prev = AUDIT_GENESIS;
     let lastId = 0;
-    const rows = db.prepare('SELECT id, at, event, device_id, detail FROM audit ORDER BY id').all() as {
-      id: number;
-      at: number;
-      event: string;
-      device_id: string | null;
-      detail: string;
-    }[];
-    for (const r of rows) {
-      const hash = chainHash(prev, { id: r.id, at: r.at, event: r.event, deviceId: r.device_id, detail: JSON.parse(r.detail) as unknown });
-      update.run(prev, hash, r.id);
-      prev = hash;
-      lastId = r.id;
+    // In batches of CHAIN_BATCH rows (a large log is never held in memory at once).
+    for (;;) {
+      const rows = batch.all(lastId, CHAIN_BATCH) as { id: number; at: number; event: string; device_id: string | null; detail: string }[];
+      for (const r of rows) {
+        const hash = chainHash(prev, { id: r.id, at: r.at, event: r.event, deviceId: r.device_id, detail: JSON.parse(r.detail) as unknown });
+        update.run(prev, hash, r.id);
+        prev = hash;
+        lastId = r.id;
+      }
+      if (rows.length < CHAIN_BATCH) break;
     }
     db.prepare('INSERT INTO audit_head (one, last_id, hash) VALUES (1, ?, ?)').run(lastId, prev);
     db.exec("CREATE TRIGGER audit_append_only_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;");
