@@ -32,6 +32,7 @@ import { silentLogger, type Logger } from '../lib/log.js';
 import { connectBroker } from './core/mqtt-connection.js';
 import { ReportIntake, type ReportDropCounts, type ReportIntakeOptions } from './core/report-intake.js';
 import type { CommandRecord } from './storage/records.js';
+import type { SessionLimits } from './storage/operator-records.js';
 import { ChunkServer, type ChunkResult, type ChunkServerOptions } from './chunk-server.js';
 import { subscribeFleet, unsubscribeFleet, type SharedMode } from './core/subscriptions.js';
 
@@ -45,6 +46,8 @@ export interface ServeOptions {
   http?: { host: string; port: number };
   /** Bearer token file; default DATA/http.token. */
   httpTokenFile?: string;
+  /** Console session limits (default: 30 min idle, 12 h in all). */
+  sessions?: SessionLimits;
   shared?: SharedMode;
   clientId?: string;
   log?: Logger;
@@ -172,7 +175,15 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
     await subscribeFleet(fetchClient, config.topicPrefix, { mode: shared ? 'on' : 'off', log, kinds: ['fetch'], qos: 0 });
     let httpAddress: { host: string; port: number } | undefined;
     if (options.http && httpToken !== undefined) {
-      httpServer = createHttpApi({ storage, keys, sender, token: httpToken, log, ...(rollouts ? { onRolloutChange: () => rollouts.kick() } : {}) });
+      httpServer = createHttpApi({
+        storage,
+        keys,
+        sender,
+        token: httpToken,
+        log,
+        ...(options.sessions ? { sessions: options.sessions } : {}),
+        ...(rollouts ? { onRolloutChange: () => rollouts.kick() } : {}),
+      });
       const srv = httpServer;
       await new Promise<void>((resolve, reject) => {
         srv.once('error', reject);

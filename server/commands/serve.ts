@@ -3,6 +3,8 @@ import { createLogger } from '../../lib/log.js';
 import { parseHostPort, startProvisionServer } from '../service.js';
 import { brokerOverride, registryOption, withBroker, withData } from './common.js';
 import { defineCommand } from '../../lib/cli.js';
+import { CodedError } from '../../protocol/index.js';
+import { parseDuration } from '../duration.js';
 
 export const serveCommand = defineCommand({
   command: 'serve',
@@ -11,6 +13,12 @@ export const serveCommand = defineCommand({
     withBroker(withData(y))
       .option('http', { type: 'string', describe: 'serve the HTTP API on host:port (e.g. 127.0.0.1:8080; loopback unless told otherwise)' })
       .option('http-token-file', { type: 'string', describe: 'file holding the API bearer token (default DATA/http.token, must be 0600)' })
+      .option('session-idle', {
+        type: 'string',
+        default: '30m',
+        describe: 'a console login session ends after this long without a request (e.g. 30m)',
+      })
+      .option('session-max', { type: 'string', default: '12h', describe: 'a console login session ends this long after the login, however busy (e.g. 12h)' })
       .option('shared', {
         choices: ['auto', 'on', 'off'] as const,
         default: 'auto' as const,
@@ -28,12 +36,15 @@ export const serveCommand = defineCommand({
       }),
   handler: async (args) => {
     const log = createLogger({ level: args.logLevel, style: 'timestamped' });
+    const sessions = { idleMs: parseDuration(args.sessionIdle, '--session-idle'), absoluteMs: parseDuration(args.sessionMax, '--session-max') };
+    if (sessions.idleMs > sessions.absoluteMs) throw new CodedError('E_USAGE', '--session-idle is longer than --session-max');
     const server = await startProvisionServer({
       dataDir: args.data,
       ...registryOption(args),
       broker: brokerOverride(args),
       ...(args.http ? { http: parseHostPort(args.http) } : {}),
       ...(args.httpTokenFile ? { httpTokenFile: args.httpTokenFile } : {}),
+      sessions,
       shared: args.shared,
       ...(args.clientId ? { clientId: args.clientId } : {}),
       log,

@@ -1,5 +1,9 @@
 /**
- * The HTTP API of `serve` (node:http, JSON, bearer-token auth):
+ * The HTTP API of `serve` (node:http or node:https, JSON). Who may call what:
+ * server/http/auth.ts (console session cookie, operator API token, legacy
+ * DATA/http.token), server/http/auth-roles.ts (the route -> role table; 403
+ * E_FORBIDDEN), CSRF for cookie sessions (403 E_CSRF); sessions:
+ * server/http/session-routes.ts (POST/GET/DELETE /session).
  *   POST /devices/{id}/commands  {action, user_id?, params?} -> 202 {jti, ...}
  *   GET  /commands/{jti}         the command and its ack status
  *   GET  /devices[?user_id=&tag=]  devices, with presence and reported state
@@ -19,7 +23,6 @@
  * A rollout of a destructive action (delete) to more than one device needs `"confirm": true` or the device count.
  * Errors are `{"error": {"code", "message"}}` with a 4xx/5xx status.
  */
-import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { ACTIONS, CodedError, isAction, isCodedError, isProtocolError, isRecord, isValidId } from '../../protocol/index.js';
 import { userIdText, type CommandSender } from '../core/command-sender.js';
@@ -37,8 +40,16 @@ import { planWarnings } from '../rollouts/warnings.js';
 import type { ServerKeys } from '../keys/server-keys.js';
 import { releaseView } from '../releases/views.js';
 import { auditView, parseAuditFilter, type AuditFilterInput } from '../audit-filter.js';
+import type { SessionLimits } from '../storage/operator-records.js';
+import { Authenticator, checkCsrf, type RequestContext } from './auth.js';
+import { checkRole } from './auth-roles.js';
+import { LoginLimiter, RateLimitedError } from './auth-rate-limit.js';
+import { allow, readJsonBody, readOptionalJsonBody, sendError, sendJson } from './http-io.js';
+import { setSecurityHeaders } from './security-headers.js';
+import { DEFAULT_SESSION_LIMITS, routeSession, type SessionRouteContext } from './session-routes.js';
 
-export const MAX_BODY_BYTES = 64 * 1024;
+export { MAX_BODY_BYTES } from './http-io.js';
+export type { RequestContext } from './auth.js';
 
 export interface HttpApiContext {
   storage: Storage;
@@ -46,9 +57,15 @@ export interface HttpApiContext {
   sender: CommandSender;
   /** Told when a rollout was started or its state changed (the engine steps at once). */
   onRolloutChange?: () => void;
-  /** The bearer token clients must present. */
+  /** The legacy bearer token (DATA/http.token): it authenticates as the admin `http-token`. */
   token: string;
   log: Logger;
+  /** Console session limits (serve --session-idle/--session-max); default 30 min idle, 12 h in all. */
+  sessions?: SessionLimits;
+  /** Served over TLS (https): cookies are Secure, the own origin is https://. */
+  tls?: boolean;
+  /** The clock of the login rate limit (tests); default Date.now. Sessions use the storage's clock. */
+  now?: () => number;
 }
 
 /**
@@ -58,6 +75,10 @@ export interface HttpApiContext {
  */
 const HTTP_STATUSES: Readonly<Record<string, number>> = {
   E_UNAUTHORIZED: 401,
+  E_LOGIN: 401,
+  E_FORBIDDEN: 403,
+  E_CSRF: 403,
+  E_RATE_LIMITED: 429,
   E_NOT_FOUND: 404,
   E_NO_DEVICE: 404,
   E_NO_COMMAND: 404,
@@ -78,9 +99,19 @@ function httpStatusOf(err: CodedError): number {
 }
 
 export function createHttpApi(ctx: HttpApiContext): Server {
-  const expected = createHash('sha256').update(ctx.token).digest();
+  const tls = ctx.tls === true;
+  const authenticator = new Authenticator(ctx.storage, ctx.token);
+  const sessions: SessionRouteContext = {
+    storage: ctx.storage,
+    authenticator,
+    limiter: new LoginLimiter(ctx.now),
+    limits: ctx.sessions ?? DEFAULT_SESSION_LIMITS,
+    tls,
+  };
   const server = createServer((req, res) => {
-    void route(ctx, expected, req, res).catch((err: unknown) => {
+    setSecurityHeaders(res, { tls });
+    void route(ctx, sessions, req, res).catch((err: unknown) => {
+      if (err instanceof RateLimitedError) res.setHeader('Retry-After', String(err.retryAfterS));
       if (isCodedError(err)) return sendError(res, httpStatusOf(err), err.code, err.message);
       ctx.log.error('http.error', { reason: err instanceof Error ? err.message : String(err) });
       return sendError(res, 500, 'E_INTERNAL', 'internal error');
@@ -91,10 +122,15 @@ export function createHttpApi(ctx: HttpApiContext): Server {
   return server;
 }
 
-async function route(ctx: HttpApiContext, expected: Buffer, req: IncomingMessage, res: ServerResponse): Promise<void> {
-  authenticate(req, expected);
+async function route(ctx: HttpApiContext, sessions: SessionRouteContext, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const { url, parts } = parseTarget(req.url);
   const method = req.method ?? 'GET';
+  if (parts[0] === 'session' && parts.length === 1) return routeSession(sessions, req, res, method);
+
+  // Everything below needs a principal whose role the table allows (server/http/auth-roles.ts).
+  const rc = await sessions.authenticator.authenticate(req);
+  if (rc.via === 'session') checkCsrf(req, method, sessions.tls);
+  checkRole(rc.principal, method, parts);
 
   if (parts[0] === 'devices' && parts.length === 1) {
     allow(method, ['GET']);
@@ -116,7 +152,7 @@ async function route(ctx: HttpApiContext, expected: Buffer, req: IncomingMessage
     allow(method, ['GET']);
     return sendJson(res, 200, { tags: await ctx.storage.devices.listTags() });
   }
-  if (parts[0] === 'rollouts') return routeRollouts(ctx, req, res, url, parts, method);
+  if (parts[0] === 'rollouts') return routeRollouts(ctx, req, res, url, parts, method, rc);
   if (parts[0] === 'audit' && parts.length === 1) {
     allow(method, ['GET']);
     return sendJson(res, 200, { audit: (await ctx.storage.audit.query(auditFilterFromQuery(url.searchParams))).map(auditView) });
@@ -176,7 +212,15 @@ async function route(ctx: HttpApiContext, expected: Buffer, req: IncomingMessage
   throw new CodedError('E_NOT_FOUND', `no route for ${method} ${url.pathname}`);
 }
 
-async function routeRollouts(ctx: HttpApiContext, req: IncomingMessage, res: ServerResponse, url: URL, parts: string[], method: string): Promise<void> {
+async function routeRollouts(
+  ctx: HttpApiContext,
+  req: IncomingMessage,
+  res: ServerResponse,
+  url: URL,
+  parts: string[],
+  method: string,
+  rc: RequestContext,
+): Promise<void> {
   const store = ctx.storage.rollouts;
   const view = async (r: RolloutRecord): Promise<ReturnType<typeof rolloutView>> => rolloutView(r, await store.counts(r.id));
   if (parts.length === 1) {
@@ -221,7 +265,7 @@ async function routeRollouts(ctx: HttpApiContext, req: IncomingMessage, res: Ser
   if (parts.length === 3 && (parts[2] === 'pause' || parts[2] === 'resume' || parts[2] === 'cancel')) {
     allow(method, ['POST']);
     const c = ROLLOUT_CONTROLS[parts[2]];
-    const r = await store.setState(id, c.from, c.to, `${parts[2]} via the HTTP API`, 'http');
+    const r = await store.setState(id, c.from, c.to, `${parts[2]} via the HTTP API`, rc.principal.name);
     ctx.onRolloutChange?.();
     return sendJson(res, 200, await view(r));
   }
@@ -362,65 +406,7 @@ function parseTarget(target: string | undefined): { url: URL; parts: string[] } 
   }
 }
 
-function authenticate(req: IncomingMessage, expected: Buffer): void {
-  const header = req.headers.authorization;
-  const m = header ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
-  if (!m) throw new CodedError('E_UNAUTHORIZED', 'missing bearer token (Authorization: Bearer TOKEN)');
-  const given = createHash('sha256')
-    .update(m[1] as string)
-    .digest();
-  if (!timingSafeEqual(given, expected)) throw new CodedError('E_UNAUTHORIZED', 'wrong bearer token');
-}
-
-function allow(method: string, methods: string[]): void {
-  if (!methods.includes(method)) throw new CodedError('E_METHOD', `method ${method} not allowed here (allowed: ${methods.join(', ')})`);
-}
-
 function deviceId(value: string | undefined): string {
   if (!isValidId(value)) throw new CodedError('E_BAD_REQUEST', 'invalid device id');
   return value;
-}
-
-async function readJsonBody(req: IncomingMessage): Promise<unknown> {
-  const type = req.headers['content-type'] ?? '';
-  if (!/^application\/json\b/i.test(type)) throw new CodedError('E_CONTENT_TYPE', 'send the body as Content-Type: application/json');
-  const declared = Number(req.headers['content-length'] ?? '0');
-  if (declared > MAX_BODY_BYTES) throw new CodedError('E_TOO_LARGE', `body exceeds ${MAX_BODY_BYTES} bytes`);
-  const chunks: Buffer[] = [];
-  let size = 0;
-  try {
-    for await (const chunk of req) {
-      size += (chunk as Buffer).length;
-      if (size > MAX_BODY_BYTES) throw new CodedError('E_TOO_LARGE', `body exceeds ${MAX_BODY_BYTES} bytes`);
-      chunks.push(chunk as Buffer);
-    }
-  } catch (err) {
-    // A client that aborts mid-body (or sends a broken chunked encoding) is its own error, not the server's.
-    if (isCodedError(err)) throw err;
-    throw new CodedError('E_BAD_REQUEST', `the request body could not be read: ${err instanceof Error ? err.message : String(err)}`);
-  }
-  try {
-    return JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
-  } catch (err) {
-    throw new CodedError('E_BAD_JSON', `body is not valid JSON: ${(err as Error).message}`);
-  }
-}
-
-/** A JSON body, or `{}` when the request has none (no Content-Type, no length, not chunked). */
-async function readOptionalJsonBody(req: IncomingMessage): Promise<unknown> {
-  const empty = req.headers['content-type'] === undefined && req.headers['transfer-encoding'] === undefined && (req.headers['content-length'] ?? '0') === '0';
-  return empty ? {} : readJsonBody(req);
-}
-
-function sendJson(res: ServerResponse, status: number, body: unknown): void {
-  const text = `${JSON.stringify(body)}\n`;
-  res.writeHead(status, { 'Content-Type': 'application/json; charset=utf-8', 'Content-Length': Buffer.byteLength(text), 'Cache-Control': 'no-store' });
-  res.end(text);
-}
-
-function sendError(res: ServerResponse, status: number, code: string, message: string): void {
-  if (res.headersSent) return void res.destroy();
-  if (status === 401) res.setHeader('WWW-Authenticate', 'Bearer');
-  if (status === 413) res.setHeader('Connection', 'close');
-  sendJson(res, status, { error: { code, message } });
 }
