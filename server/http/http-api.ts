@@ -6,7 +6,8 @@
  * server/http/session-routes.ts (POST/GET/DELETE /session).
  *   POST /devices/{id}/commands  {action, user_id?, params?} -> 202 {jti, ...}
  *   GET  /commands/{jti}         the command and its ack status
- *   GET  /devices[?user_id=&tag=]  devices, with presence and reported state
+ *   GET  /devices[?q=&tag=&user_id=&online=&version=&flagged=&sort=&dir=&offset=&limit=]  devices, with presence, reported state
+ *                                and last command; GET /devices/{id}/commands|presence; POST /devices/tags (bulk): fleet-routes.ts
  *   GET  /devices/{id}           one device
  *   PUT|DELETE /devices/{id}/tags/{tag}  add / remove a tag;  GET /tags
  *   POST /rollouts               {action, params?, user_id?, selector: {all|user_id|tag|devices}, rate_per_min?,
@@ -47,6 +48,7 @@ import { LoginLimiter, RateLimitedError } from './auth-rate-limit.js';
 import { allow, readJsonBody, readOptionalJsonBody, sendError, sendJson } from './http-io.js';
 import { setSecurityHeaders } from './security-headers.js';
 import { DEFAULT_SESSION_LIMITS, routeSession, type SessionRouteContext } from './session-routes.js';
+import { isFleetRoute, routeFleet } from './fleet-routes.js';
 
 export { MAX_BODY_BYTES } from './http-io.js';
 export type { RequestContext } from './auth.js';
@@ -132,15 +134,7 @@ async function route(ctx: HttpApiContext, sessions: SessionRouteContext, req: In
   if (rc.via === 'session') checkCsrf(req, method, sessions.tls);
   checkRole(rc.principal, method, parts);
 
-  if (parts[0] === 'devices' && parts.length === 1) {
-    allow(method, ['GET']);
-    const userId = url.searchParams.get('user_id') ?? undefined;
-    const tag = url.searchParams.get('tag') ?? undefined;
-    const now = Date.now();
-    return sendJson(res, 200, {
-      devices: (await ctx.storage.devices.list({ ...(userId ? { userId } : {}), ...(tag ? { tag } : {}) })).map((d) => deviceView(d, now)),
-    });
-  }
+  if (isFleetRoute(parts, method)) return routeFleet(ctx, rc.principal.name, req, res, url, parts, method);
   if (parts[0] === 'devices' && parts.length === 4 && parts[2] === 'tags') {
     allow(method, ['PUT', 'DELETE']);
     const id = deviceId(parts[1]);

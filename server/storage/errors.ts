@@ -70,3 +70,10 @@ export class RegistryError extends CodedError<RegistryErrorCode> {
 export function isRegistryError(err: unknown): err is RegistryError {
   return err instanceof RegistryError;
 }
+
+/** E_NO_DEVICE naming unknown devices (the first 20, then how many more), as a list of named devices is refused. */
+export function unknownDevices(ids: readonly string[]): RegistryError {
+  if (ids.length === 1) return new RegistryError('E_NO_DEVICE', `device ${ids[0]} is not registered`);
+  const shown = ids.slice(0, 20).join(', ');
+  return new RegistryError('E_NO_DEVICE', `${ids.length} devices are not registered: ${shown}${ids.length > 20 ? `, ... (${ids.length - 20} more)` : ''}`);
+}

@@ -62,6 +62,7 @@ export const MIGRATED_TABLES: readonly MigratedTable[] = [
   { name: 'operators', key: ['name'] },
   { name: 'operator_tokens', key: ['hash'] },
   { name: 'operator_sessions', key: ['hash'] },
+  { name: 'device_presence', key: ['id'], identity: 'id' },
 ];
 
 /** Tables of the SQLite registry that are not copied, on purpose. */

@@ -75,8 +75,62 @@ export interface DeviceListFilter {
   tag?: string;
 }
 
+/** How GET /devices sorts: by id, user id, last seen, agent version, or presence (online, offline, never reported). */
+export const DEVICE_SORTS = ['id', 'user', 'last_seen', 'version', 'status'] as const;
+export type DeviceSort = (typeof DEVICE_SORTS)[number];
+
+/** One page of the fleet (the console's fleet table), filtered, sorted and counted inside the database. */
+export interface DevicePageQuery {
+  /** Substring of the id or the user id, case-insensitive (ASCII). */
+  q?: string;
+  /** Carries this tag (E_BAD_TAG for one that is not a tag). */
+  tag?: string;
+  userId?: string;
+  /** Online now by its reports (server/core/presence.ts), or not (offline, or never reported). */
+  online?: boolean;
+  /** Runs exactly this agent version; null: the version is unknown. */
+  version?: string | null;
+  /** Has a security flag set, or not. */
+  flagged?: boolean;
+  /** Default id; ties by id (the same direction). Nulls (never seen, unknown version, no user) last either way. */
+  sort?: DeviceSort;
+  dir?: 'asc' | 'desc';
+  offset?: number;
+  /** Absent: every matching device. */
+  limit?: number;
+  /** The clock `online` is judged by. */
+  now: number;
+}
+
+export interface DevicePageItem {
+  device: DeviceRecord;
+  /** Its newest command (by creation), null when none. */
+  lastCommand: CommandRecord | null;
+}
+
+/** A device's presence change (device_presence), as its signed reports told it. */
+export interface PresenceChange {
+  id: number;
+  deviceId: string;
+  at: number;
+  presence: 'online' | 'offline';
+  /** connect / interval (online), offline (its will or clean stop), timeout (no report within the grace, seen when the next one came). */
+  reason: string;
+  session: string | null;
+  conn: number | null;
+}
+
 export interface DeviceStore {
   get(id: string): Promise<DeviceRecord | undefined>;
+  /** A page of devices matching `query` and how many match in all (`total`), each with its last command; all done in the database. */
+  page(query: DevicePageQuery): Promise<{ total: number; items: DevicePageItem[] }>;
+  /** The device's presence changes, newest first (at most `limit`, default 100); E_NO_DEVICE when it is not registered. */
+  presenceHistory(deviceId: string, limit?: number): Promise<PresenceChange[]>;
+  /**
+   * Adds and removes tags on many devices in ONE transaction, audited once per device changed
+   * (device.tag.add / device.tag.remove with `by`). E_NO_DEVICE naming every unknown device, E_BAD_TAG: nothing changed then.
+   */
+  bulkTags(deviceIds: readonly string[], add: readonly string[], remove: readonly string[], by: string): Promise<{ deviceId: string; tags: string[] }[]>;
   /** E_NO_DEVICE when absent. */
   require(id: string): Promise<DeviceRecord>;
   list(filter?: DeviceListFilter): Promise<DeviceRecord[]>;

@@ -8,11 +8,13 @@
  * row upsert) are shared with enrollment.ts, seq.ts and commands.ts.
  */
 import { reportPosition, type PublicJwk, type ReportClaims } from '../../../protocol/index.js';
-import { RegistryError } from '../errors.js';
+import { RegistryError, unknownDevices } from '../errors.js';
 import type { DeviceOrigin, DeviceRecord, DeviceState, NewDevice, ReportRecordOutcome, ReportedState } from '../records.js';
-import { deviceRecord, keyRecord, type DeviceRow, type KeyRow } from '../rows.js';
+import { commandRecord, deviceRecord, keyRecord, type CommandRow, type DeviceRow, type KeyRow } from '../rows.js';
 import { PREVIOUS_KEY_GRACE_MS, assertTag, nextReportedState, reportNotNewer } from '../rules.js';
-import type { DeviceListFilter, DeviceStore } from '../types.js';
+import { pageOrder, pageWhere, type PageDialect } from '../device-page.js';
+import { presenceChanges } from '../presence-changes.js';
+import type { DeviceListFilter, DevicePageItem, DevicePageQuery, DeviceStore, PresenceChange } from '../types.js';
 import { appendAudit } from './audit.js';
 import type { PgDb, Sql } from './db.js';
 
@@ -68,6 +70,16 @@ export async function setCurrentKeys(sql: Sql, now: number, id: string, signing:
   await sql.run(insert, [id, encryption.kid, 'enc', JSON.stringify(encryption), now]);
 }
 
+interface PresenceRow {
+  id: number;
+  device_id: string;
+  at: number;
+  presence: 'online' | 'offline';
+  reason: string;
+  session: string | null;
+  conn: number | null;
+}
+
 export class PgDeviceStore implements DeviceStore {
   readonly #db: PgDb;
   readonly #now: () => number;
@@ -83,6 +95,39 @@ export class PgDeviceStore implements DeviceStore {
 
   require(id: string): Promise<DeviceRecord> {
     return requireDevice(this.#db, id);
+  }
+
+  /**
+   * A page of the fleet: filters, sort, count and paging in SQL (server/storage/device-page.ts), the rows with
+   * their keys and tags in one statement, their last commands in one more; one REPEATABLE READ snapshot.
+   */
+  async page(query: DevicePageQuery): Promise<{ total: number; items: DevicePageItem[] }> {
+    const dialect = (): PageDialect & { args: unknown[] } => {
+      const args: unknown[] = [];
+      return {
+        args,
+        p: (v) => {
+          args.push(v);
+          return `$${args.length}`;
+        },
+        version: "COALESCE(d.agent_version, d.reported::jsonb ->> 'agent_version')",
+        position: (h, n) => `strpos(${h}, ${n})`,
+      };
+    };
+    return this.#db.tx(async (sql) => {
+      await sql.run('SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY');
+      const c = dialect();
+      const total = (await sql.one<{ n: number }>(`SELECT COUNT(*) AS n FROM devices d ${pageWhere(c, query)}`, c.args))?.n ?? 0;
+      const r = dialect();
+      const where = pageWhere(r, query);
+      const rows = await sql.q<DeviceRowWith>(`${DEVICE_SELECT} ${where} ${pageOrder(r, query)}`, r.args);
+      const last = await sql.q<CommandRow>(
+        `SELECT DISTINCT ON (device_id) * FROM commands WHERE device_id = ANY($1::text[]) ORDER BY device_id, created_at DESC, seq DESC`,
+        [rows.map((row) => row.id)],
+      );
+      const byDevice = new Map(last.map((row) => [row.device_id, commandRecord(row)]));
+      return { total, items: rows.map((row) => ({ device: deviceRecordOf(row), lastCommand: byDevice.get(row.id) ?? null })) };
+    });
   }
 
   async list(filter: DeviceListFilter = {}): Promise<DeviceRecord[]> {
@@ -170,6 +215,51 @@ export class PgDeviceStore implements DeviceStore {
     });
   }
 
+  async presenceHistory(deviceId: string, limit = 100): Promise<PresenceChange[]> {
+    await requireDevice(this.#db, deviceId);
+    const rows = await this.#db.q<PresenceRow>(
+      'SELECT id, device_id, at, presence, reason, session, conn FROM device_presence WHERE device_id = $1 ORDER BY id DESC LIMIT $2',
+      [deviceId, limit],
+    );
+    return rows.map((r) => ({ id: r.id, deviceId: r.device_id, at: r.at, presence: r.presence, reason: r.reason, session: r.session, conn: r.conn }));
+  }
+
+  /** As server/storage/sqlite/devices.ts bulkTags: the devices' rows locked in id order (no deadlock between two bulk taggings), one transaction. */
+  async bulkTags(deviceIds: readonly string[], add: readonly string[], remove: readonly string[], by: string): Promise<{ deviceId: string; tags: string[] }[]> {
+    for (const t of [...add, ...remove]) assertTag(t);
+    return this.#db.tx(async (sql) => {
+      const found = new Set(
+        (await sql.q<{ id: string }>('SELECT id FROM devices WHERE id = ANY($1::text[]) ORDER BY id COLLATE "C" FOR UPDATE', [[...deviceIds]])).map(
+          (r) => r.id,
+        ),
+      );
+      const unknown = deviceIds.filter((id) => !found.has(id));
+      if (unknown.length) throw unknownDevices(unknown);
+      const now = this.#now();
+      const out: { deviceId: string; tags: string[] }[] = [];
+      for (const id of deviceIds) {
+        const added = add.length
+          ? (
+              await sql.q<{ tag: string }>(
+                'INSERT INTO device_tags (device_id, tag, added_at) SELECT $1, t, $3 FROM unnest($2::text[]) AS t ON CONFLICT DO NOTHING RETURNING tag',
+                [id, [...add], now],
+              )
+            ).map((r) => r.tag)
+          : [];
+        const removed = remove.length
+          ? (await sql.q<{ tag: string }>('DELETE FROM device_tags WHERE device_id = $1 AND tag = ANY($2::text[]) RETURNING tag', [id, [...remove]])).map(
+              (r) => r.tag,
+            )
+          : [];
+        // In the order asked (as SQLite's), not the database's.
+        if (added.length) await appendAudit(sql, now, 'device.tag.add', id, { tags: add.filter((t) => added.includes(t)), by });
+        if (removed.length) await appendAudit(sql, now, 'device.tag.remove', id, { tags: remove.filter((t) => removed.includes(t)), by });
+        out.push({ deviceId: id, tags: await tagsOf(sql, id) });
+      }
+      return out;
+    });
+  }
+
   tagsOf(deviceId: string): Promise<string[]> {
     return tagsOf(this.#db, deviceId);
   }
@@ -190,6 +280,16 @@ export class PgDeviceStore implements DeviceStore {
       const state = JSON.stringify(nextReportedState(row.reported === null ? null : (JSON.parse(row.reported) as ReportedState), claims));
       const run = position?.run ?? null;
       const rank = position?.rank ?? null;
+      for (const c of presenceChanges(row, claims, now)) {
+        await sql.run('INSERT INTO device_presence (device_id, at, presence, reason, session, conn) VALUES ($1, $2, $3, $4, $5, $6)', [
+          deviceId,
+          c.at,
+          c.presence,
+          c.reason,
+          c.session,
+          c.conn,
+        ]);
+      }
       if (claims.reason === 'offline') {
         await sql.run(
           `UPDATE devices SET presence = 'offline', presence_session = $1, presence_conn = $2, report_run = $3, report_n = $4,

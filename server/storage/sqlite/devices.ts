@@ -5,11 +5,13 @@
  * commands).
  */
 import { reportPosition, type PublicJwk, type ReportClaims } from '../../../protocol/index.js';
-import { RegistryError } from '../errors.js';
+import { RegistryError, unknownDevices } from '../errors.js';
 import type { DeviceOrigin, DeviceRecord, DeviceState, NewDevice, ReportRecordOutcome, ReportedState } from '../records.js';
-import { deviceRecord, keyRecord, type DeviceRow, type KeyRow } from '../rows.js';
+import { commandRecord, deviceRecord, keyRecord, type CommandRow, type DeviceRow, type KeyRow } from '../rows.js';
 import { PREVIOUS_KEY_GRACE_MS, assertTag, nextReportedState, reportNotNewer } from '../rules.js';
-import type { DeviceListFilter, DeviceStore } from '../types.js';
+import { pageOrder, pageWhere, type PageDialect } from '../device-page.js';
+import { presenceChanges } from '../presence-changes.js';
+import type { DeviceListFilter, DevicePageItem, DevicePageQuery, DeviceStore, PresenceChange } from '../types.js';
 import { appendAudit } from './audit.js';
 import type { SqliteDb } from './db.js';
 
@@ -59,6 +61,26 @@ export function setCurrentKeys(s: SqliteDb, id: string, signing: PublicJwk | und
   insert.run(id, encryption.kid, 'enc', JSON.stringify(encryption), now);
 }
 
+interface PresenceRow {
+  id: number;
+  device_id: string;
+  at: number;
+  presence: 'online' | 'offline';
+  reason: string;
+  session: string | null;
+  conn: number | null;
+}
+
+const presenceChange = (r: PresenceRow): PresenceChange => ({
+  id: r.id,
+  deviceId: r.device_id,
+  at: r.at,
+  presence: r.presence,
+  reason: r.reason,
+  session: r.session,
+  conn: r.conn,
+});
+
 export class SqliteDeviceStore implements DeviceStore {
   readonly #s: SqliteDb;
 
@@ -72,6 +94,38 @@ export class SqliteDeviceStore implements DeviceStore {
 
   async require(id: string): Promise<DeviceRecord> {
     return requireDevice(this.#s, id);
+  }
+
+  /** A page of the fleet: filters, sort, count and paging in SQL (server/storage/device-page.ts), then each row's keys, tags and last command. */
+  async page(query: DevicePageQuery): Promise<{ total: number; items: DevicePageItem[] }> {
+    const dialect = (): PageDialect & { args: unknown[] } => {
+      const args: unknown[] = [];
+      return {
+        args,
+        p: (v) => {
+          args.push(v);
+          return '?';
+        },
+        version: "COALESCE(d.agent_version, json_extract(d.reported, '$.agent_version'))",
+        position: (h, n) => `instr(${h}, ${n})`,
+      };
+    };
+    const db = this.#s.db;
+    return db
+      .transaction(() => {
+        const c = dialect();
+        const total = (db.prepare(`SELECT COUNT(*) AS n FROM devices d ${pageWhere(c, query)}`).get(...c.args) as { n: number }).n;
+        const r = dialect();
+        const where = pageWhere(r, query);
+        const rows = db.prepare(`SELECT d.* FROM devices d ${where} ${pageOrder(r, query)}`).all(...r.args) as DeviceRow[];
+        const last = db.prepare('SELECT * FROM commands WHERE device_id = ? ORDER BY created_at DESC, seq DESC LIMIT 1');
+        const items = rows.map((row): DevicePageItem => {
+          const cmd = last.get(row.id) as CommandRow | undefined;
+          return { device: deviceRecordOf(db, row), lastCommand: cmd ? commandRecord(cmd) : null };
+        });
+        return { total, items };
+      })
+      .deferred();
   }
 
   async list(filter: DeviceListFilter = {}): Promise<DeviceRecord[]> {
@@ -152,6 +206,37 @@ export class SqliteDeviceStore implements DeviceStore {
     return tagsOf(this.#s.db, deviceId);
   }
 
+  async presenceHistory(deviceId: string, limit = 100): Promise<PresenceChange[]> {
+    requireDevice(this.#s, deviceId);
+    const rows = this.#s.db
+      .prepare('SELECT id, device_id, at, presence, reason, session, conn FROM device_presence WHERE device_id = ? ORDER BY id DESC LIMIT ?')
+      .all(deviceId, limit) as PresenceRow[];
+    return rows.map(presenceChange);
+  }
+
+  /** Tags many devices in one IMMEDIATE transaction: every device checked first (E_NO_DEVICE naming the unknown ones), audited per device changed. */
+  async bulkTags(deviceIds: readonly string[], add: readonly string[], remove: readonly string[], by: string): Promise<{ deviceId: string; tags: string[] }[]> {
+    for (const t of [...add, ...remove]) assertTag(t);
+    const db = this.#s.db;
+    return db
+      .transaction(() => {
+        const exists = db.prepare('SELECT 1 FROM devices WHERE id = ?');
+        const unknown = deviceIds.filter((id) => exists.get(id) === undefined);
+        if (unknown.length) throw unknownDevices(unknown);
+        const insert = db.prepare('INSERT INTO device_tags (device_id, tag, added_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING');
+        const del = db.prepare('DELETE FROM device_tags WHERE device_id = ? AND tag = ?');
+        const now = this.#s.now();
+        return deviceIds.map((id) => {
+          const added = add.filter((t) => insert.run(id, t, now).changes === 1);
+          const removed = remove.filter((t) => del.run(id, t).changes === 1);
+          if (added.length) appendAudit(this.#s, 'device.tag.add', id, { tags: added, by });
+          if (removed.length) appendAudit(this.#s, 'device.tag.remove', id, { tags: removed, by });
+          return { deviceId: id, tags: tagsOf(db, id) };
+        });
+      })
+      .immediate();
+  }
+
   async tagsOf(deviceId: string): Promise<string[]> {
     return tagsOf(this.#s.db, deviceId);
   }
@@ -186,6 +271,8 @@ export class SqliteDeviceStore implements DeviceStore {
         const state = JSON.stringify(nextReportedState(row.reported === null ? null : (JSON.parse(row.reported) as ReportedState), claims));
         const run = position?.run ?? null;
         const rank = position?.rank ?? null;
+        const insertChange = this.#s.db.prepare('INSERT INTO device_presence (device_id, at, presence, reason, session, conn) VALUES (?, ?, ?, ?, ?, ?)');
+        for (const c of presenceChanges(row, claims, now)) insertChange.run(deviceId, c.at, c.presence, c.reason, c.session, c.conn);
         if (claims.reason === 'offline') {
           this.#s.db
             .prepare(

@@ -384,6 +384,32 @@ export const MIGRATIONS: readonly string[] = [
   ) STRICT;
   CREATE INDEX operator_sessions_operator ON operator_sessions (operator);
   `,
+  // 11: reserved for console-auth's migration (branch console-auth); empty here, replaced when both are merged.
+  `
+  `,
+  // 12: the console's read models (issue 24, api-fleet). Indexes for the fleet page's filters and sorts (GET
+  // /devices: last seen, agent version as devices.agentVersion reads it, flagged devices) and for a device's newest
+  // commands (its last command, GET /devices/{id}/commands); each device's presence changes as its signed reports
+  // tell them (device_presence: online on a connect or interval report after offline/none, offline on its will or
+  // clean stop, and `timeout` when a report arrives after the grace had lapsed: GET /devices/{id}/presence); an
+  // enrollment token's revocation (DELETE /enrollment/tokens/{id}: it can no longer be used).
+  `
+  CREATE INDEX devices_last_seen ON devices (last_seen_at);
+  CREATE INDEX devices_version ON devices (COALESCE(agent_version, json_extract(reported, '$.agent_version')));
+  CREATE INDEX devices_flagged ON devices (flagged_at) WHERE flagged_at IS NOT NULL;
+  CREATE INDEX commands_device_created ON commands (device_id, created_at, seq);
+  CREATE TABLE device_presence (
+    id INTEGER PRIMARY KEY,
+    device_id TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    presence TEXT NOT NULL CHECK (presence IN ('online', 'offline')),
+    reason TEXT NOT NULL,
+    session TEXT,
+    conn INTEGER
+  ) STRICT;
+  CREATE INDEX device_presence_device ON device_presence (device_id, id);
+  ALTER TABLE enrollment_tokens ADD COLUMN revoked_at INTEGER;
+  `,
 ];
 
 /**
