@@ -48,6 +48,8 @@ export interface ServeOptions {
   httpTokenFile?: string;
   /** Console session limits (default: 30 min idle, 12 h in all). */
   sessions?: SessionLimits;
+  /** The registry's clock and the login rate limit's (tests: sessions expire without sleeping); default Date.now. */
+  now?: () => number;
   shared?: SharedMode;
   clientId?: string;
   log?: Logger;
@@ -93,7 +95,10 @@ export interface RunningServer {
 export async function startProvisionServer(options: ServeOptions): Promise<RunningServer> {
   await assertJosePatched(); // before anything opens: an unpatched node-jose seals and opens nothing
   const log = options.log ?? silentLogger;
-  const data = await openDataDir(options.dataDir, options.registry !== undefined ? { registry: options.registry } : {});
+  const data = await openDataDir(options.dataDir, {
+    ...(options.registry !== undefined ? { registry: options.registry } : {}),
+    ...(options.now ? { now: options.now } : {}),
+  });
   const { storage, keys, config } = data;
   const broker = brokerFrom(config.broker, options.broker ?? {});
   let client: MqttClient | undefined;
@@ -182,6 +187,7 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
         token: httpToken,
         log,
         ...(options.sessions ? { sessions: options.sessions } : {}),
+        ...(options.now ? { now: options.now } : {}),
         ...(rollouts ? { onRolloutChange: () => rollouts.kick() } : {}),
       });
       const srv = httpServer;

@@ -11,7 +11,8 @@ import { CodedError } from '../../protocol/index.js';
 import { readInput } from '../../lib/cli-input.js';
 import { defineCommand } from '../../lib/cli.js';
 import { openDataDir } from '../data-dir.js';
-import { hashPassword, MAX_PASSWORD_LENGTH } from '../operators/password.js';
+import { MAX_PASSWORD_LENGTH } from '../operators/password.js';
+import { newOperator, setOperatorPassword } from '../operators/accounts.js';
 import { OPERATOR_ROLES, checkOperatorName, checkOperatorRole } from '../storage/operator-records.js';
 import { table } from '../terminal-text.js';
 import { registryOption, withData } from './common.js';
@@ -80,9 +81,10 @@ const addCommand = defineCommand({
       })
       .option('password-file', passwordFileOption),
   handler: async (args) => {
-    const name = checkOperatorName(args.name);
-    const role = checkOperatorRole(args.role);
-    const passwordHash = await hashPassword(await readPassword(args.passwordFile));
+    // Name and role are checked before a password is read.
+    checkOperatorName(args.name);
+    checkOperatorRole(args.role);
+    const { name, role, passwordHash } = await newOperator(args.name, args.role, await readPassword(args.passwordFile));
     const data = await openDataDir(args.data, registryOption(args));
     try {
       await data.storage.operators.add({ name, role, passwordHash }, actor());
@@ -135,9 +137,7 @@ const passwdCommand = defineCommand({
     const data = await openDataDir(args.data, registryOption(args));
     try {
       // Refused before a password is read when there is no such operator.
-      if (!(await data.storage.operators.get(args.name))) throw new CodedError('E_NO_OPERATOR', `no operator ${args.name}`);
-      const passwordHash = await hashPassword(await readPassword(args.passwordFile));
-      await data.storage.operators.setPassword(args.name, passwordHash, actor());
+      await setOperatorPassword(data.storage, args.name, () => readPassword(args.passwordFile), actor());
       process.stderr.write(`password of ${args.name} changed\n`);
     } finally {
       await data.storage.close();

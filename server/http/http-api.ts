@@ -18,6 +18,8 @@
  *   POST /rollouts/{id}/retry    {deliver_within_s?, confirm?, dry_run?}: a new rollout over the targets that did not apply
  *   GET  /audit[?device=&rollout=&action=&since=&until=&limit=]  audit rows, oldest first (the newest `limit` that match)
  *   GET  /releases               agent releases, newest first;  GET /releases/{version}[?arch=]  one version's builds, with manifests
+ *   POST|GET|DELETE /session     console login / who / logout (server/http/session-routes.ts)
+ *   /operators, /api-tokens      operator accounts and their API tokens, admins only (server/http/admin-routes.ts)
  * An upgrade (POST /devices/{id}/commands, POST /rollouts) names its release at the top level:
  *   {action: 'upgrade', release: '0.3.0', arch?, deadline_s?, allow_downgrade?, mirror?, ...}; each device gets the
  *   manifest of the build for its architecture (the registry's, else `arch`).
@@ -47,6 +49,7 @@ import { checkRole } from './auth-roles.js';
 import { LoginLimiter, RateLimitedError } from './auth-rate-limit.js';
 import { allow, readJsonBody, readOptionalJsonBody, sendError, sendJson } from './http-io.js';
 import { setSecurityHeaders } from './security-headers.js';
+import { routeApiTokens, routeOperators } from './admin-routes.js';
 import { DEFAULT_SESSION_LIMITS, routeSession, type SessionRouteContext } from './session-routes.js';
 import { isFleetRoute, routeFleet } from './fleet-routes.js';
 
@@ -86,6 +89,10 @@ const HTTP_STATUSES: Readonly<Record<string, number>> = {
   E_NO_COMMAND: 404,
   E_NO_ROLLOUT: 404,
   E_NO_RELEASE: 404,
+  E_NO_OPERATOR: 404,
+  E_NO_OPERATOR_TOKEN: 404,
+  E_OPERATOR_EXISTS: 409,
+  E_LAST_ADMIN: 409,
   E_ARCH_UNKNOWN: 409,
   E_ROLLOUT_STATE: 409,
   E_METHOD: 405,
@@ -135,6 +142,8 @@ async function route(ctx: HttpApiContext, sessions: SessionRouteContext, req: In
   checkRole(rc.principal, method, parts);
 
   if (isFleetRoute(parts, method)) return routeFleet(ctx, rc.principal.name, req, res, url, parts, method);
+  if (parts[0] === 'operators') return routeOperators(ctx.storage, req, res, parts, method, rc);
+  if (parts[0] === 'api-tokens') return routeApiTokens(ctx.storage, req, res, url, parts, method, rc);
   if (parts[0] === 'devices' && parts.length === 4 && parts[2] === 'tags') {
     allow(method, ['PUT', 'DELETE']);
     const id = deviceId(parts[1]);
