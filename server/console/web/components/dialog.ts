@@ -1,10 +1,13 @@
 /**
- * A modal dialog on the native <dialog> element: showModal() makes the rest of the page inert (focus stays
- * inside), Escape closes it (the `cancel` event), and focus returns to what had it before.
+ * A modal dialog on the native <dialog> element: showModal() makes the rest of the page inert, Tab and Shift+Tab
+ * cycle inside it (the browser would move on to its own toolbar), Escape closes it (the `cancel` event), and focus
+ * returns to what had it before.
  */
 import { html } from 'htm/preact';
 import type { ComponentChildren, VNode } from 'preact';
 import { useEffect, useRef } from 'preact/hooks';
+
+const FOCUSABLE = 'a[href], button, input, select, textarea, [tabindex]:not([tabindex="-1"])';
 
 export interface DialogProps {
   title: string;
@@ -23,9 +26,26 @@ export function Dialog({ title, onClose, children }: DialogProps): VNode {
       e.preventDefault();
       onClose();
     };
+    const onKey = (e: KeyboardEvent): void => {
+      if (e.key !== 'Tab') return;
+      const items = [...el.querySelectorAll<HTMLElement>(FOCUSABLE)].filter((x) => !x.hasAttribute('disabled') && x.offsetParent !== null);
+      const first = items[0];
+      const last = items[items.length - 1];
+      if (!first || !last) return;
+      const inside = el.contains(document.activeElement);
+      if (e.shiftKey && (document.activeElement === first || !inside)) {
+        e.preventDefault();
+        last.focus();
+      } else if (!e.shiftKey && (document.activeElement === last || !inside)) {
+        e.preventDefault();
+        first.focus();
+      }
+    };
     el.addEventListener('cancel', onCancel);
+    el.addEventListener('keydown', onKey);
     return () => {
       el.removeEventListener('cancel', onCancel);
+      el.removeEventListener('keydown', onKey);
       if (el.open) el.close();
       before?.focus();
     };

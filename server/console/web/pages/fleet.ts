@@ -65,10 +65,11 @@ export function FleetPage({ query, role }: { query: URLSearchParams; role: Role 
   const [notice, setNotice] = useState<string | null>(null);
   const [selected, setSelected] = useState<Set<string>>(new Set());
   const [rollout, setRollout] = useState(false);
-  const [search, setSearch] = useState(filters.q ?? '');
+  const [draft, setDraft] = useState({ q: filters.q ?? '', tag: filters.tag ?? '', version: filters.version ?? '' });
   const [reload, setReload] = useState(0);
   const operator = can(role, 'operator');
 
+  useEffect(() => setDraft({ q: filters.q ?? '', tag: filters.tag ?? '', version: filters.version ?? '' }), [key]);
   useEffect(() => {
     let live = true;
     setError(null);
@@ -108,16 +109,16 @@ export function FleetPage({ query, role }: { query: URLSearchParams; role: Role 
       role="search"
       onSubmit=${(e: Event) => {
         e.preventDefault();
-        go({ q: search || undefined });
+        go({ q: draft.q || undefined, tag: draft.tag || undefined, version: draft.version || undefined });
       }}
     >
       <span
         ><label for="f-q">Search id or user</label
-        ><input id="f-q" type="search" value=${search} onInput=${(e: Event) => setSearch((e.target as HTMLInputElement).value)}
+        ><input id="f-q" type="search" value=${draft.q} onInput=${(e: Event) => setDraft({ ...draft, q: (e.target as HTMLInputElement).value })}
       /></span>
       <span
         ><label for="f-tag">Tag</label
-        ><input id="f-tag" value=${filters.tag ?? ''} onChange=${(e: Event) => go({ tag: (e.target as HTMLInputElement).value || undefined })}
+        ><input id="f-tag" value=${draft.tag} onInput=${(e: Event) => setDraft({ ...draft, tag: (e.target as HTMLInputElement).value })}
       /></span>
       <span
         ><label for="f-online">Online</label
@@ -131,9 +132,7 @@ export function FleetPage({ query, role }: { query: URLSearchParams; role: Role 
         ><label for="f-version">Version</label
         ><input
           id="f-version"
-          value=${filters.version ?? ''}
-          size="8"
-          onChange=${(e: Event) => go({ version: (e.target as HTMLInputElement).value || undefined })}
+          value=${draft.version} size="8" placeholder="none = unknown" onInput=${(e: Event) => setDraft({ ...draft, version: (e.target as HTMLInputElement).value })}
       /></span>
       <span
         ><label for="f-flagged">Flagged</label
