@@ -48,6 +48,8 @@ export interface ServeOptions {
   httpTokenFile?: string;
   /** Console session limits (default: 30 min idle, 12 h in all). */
   sessions?: SessionLimits;
+  /** Where the console's built files are (default dist/console). */
+  consoleDir?: string;
   /** The registry's clock and the login rate limit's (tests: sessions expire without sleeping); default Date.now. */
   now?: () => number;
   shared?: SharedMode;
@@ -188,6 +190,7 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
         log,
         ...(options.sessions ? { sessions: options.sessions } : {}),
         ...(options.now ? { now: options.now } : {}),
+        ...(options.consoleDir ? { consoleDir: options.consoleDir } : {}),
         ...(rollouts ? { onRolloutChange: () => rollouts.kick() } : {}),
       });
       const srv = httpServer;

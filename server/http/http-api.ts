@@ -18,6 +18,7 @@
  *   POST /rollouts/{id}/retry    {deliver_within_s?, confirm?, dry_run?}: a new rollout over the targets that did not apply
  *   GET  /audit[?device=&rollout=&action=&since=&until=&limit=]  audit rows, oldest first (the newest `limit` that match)
  *   GET  /releases               agent releases, newest first;  GET /releases/{version}[?arch=]  one version's builds, with manifests
+ *   GET  /, /console/...         the browser console's files, no auth (server/http/static-console.ts)
  *   POST|GET|DELETE /session     console login / who / logout (server/http/session-routes.ts)
  *   /operators, /api-tokens      operator accounts and their API tokens, admins only (server/http/admin-routes.ts)
  * An upgrade (POST /devices/{id}/commands, POST /rollouts) names its release at the top level:
@@ -50,6 +51,7 @@ import { LoginLimiter, RateLimitedError } from './auth-rate-limit.js';
 import { allow, readJsonBody, readOptionalJsonBody, sendError, sendJson } from './http-io.js';
 import { setSecurityHeaders } from './security-headers.js';
 import { routeApiTokens, routeOperators } from './admin-routes.js';
+import { DEFAULT_CONSOLE_DIR, isConsoleRequest, serveConsole } from './static-console.js';
 import { DEFAULT_SESSION_LIMITS, routeSession, type SessionRouteContext } from './session-routes.js';
 import { isFleetRoute, routeFleet } from './fleet-routes.js';
 
@@ -71,6 +73,8 @@ export interface HttpApiContext {
   tls?: boolean;
   /** The clock of the login rate limit (tests); default Date.now. Sessions use the storage's clock. */
   now?: () => number;
+  /** Where the console's built files are (default dist/console). */
+  consoleDir?: string;
 }
 
 /**
@@ -85,6 +89,7 @@ const HTTP_STATUSES: Readonly<Record<string, number>> = {
   E_CSRF: 403,
   E_RATE_LIMITED: 429,
   E_NOT_FOUND: 404,
+  E_NO_CONSOLE: 404,
   E_NO_DEVICE: 404,
   E_NO_COMMAND: 404,
   E_NO_ROLLOUT: 404,
@@ -134,6 +139,7 @@ export function createHttpApi(ctx: HttpApiContext): Server {
 async function route(ctx: HttpApiContext, sessions: SessionRouteContext, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const { url, parts } = parseTarget(req.url);
   const method = req.method ?? 'GET';
+  if (isConsoleRequest(parts)) return serveConsole(ctx.consoleDir ?? DEFAULT_CONSOLE_DIR, res, url, parts, method);
   if (parts[0] === 'session' && parts.length === 1) return routeSession(sessions, req, res, method);
 
   // Everything below needs a principal whose role the table allows (server/http/auth-roles.ts).
