@@ -31,7 +31,7 @@ const createCommand = defineCommand({
 
 const listCommand = defineCommand({
   command: 'list',
-  describe: 'List enrollment tokens (never their text): device, user, created, expiry, status (valid, used, expired) and whether the device enrolled',
+  describe: 'List enrollment tokens (never their text): device, user, created, expiry, status (valid, used, expired, revoked) and whether the device enrolled',
   builder: (y) =>
     withData(y)
       .option('device', { type: 'string', coerce: deviceIdFlag('--device'), describe: 'only the tokens of this device' })

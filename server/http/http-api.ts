@@ -17,6 +17,7 @@
  *   POST /rollouts/{id}/pause|resume|cancel
  *   POST /rollouts/{id}/retry    {deliver_within_s?, confirm?, dry_run?}: a new rollout over the targets that did not apply
  *   GET  /audit[?device=&rollout=&action=&since=&until=&limit=]  audit rows, oldest first (the newest `limit` that match)
+ *   GET|POST /enrollment/tokens, DELETE /enrollment/tokens/{id}, GET /enrollment/pending: enrollment-routes.ts
  *   GET  /releases               agent releases, newest first;  GET /releases/{version}[?arch=]  one version's builds, with manifests
  *   GET  /, /console/...         the browser console's files, no auth (server/http/static-console.ts)
  *   POST|GET|DELETE /session     console login / who / logout (server/http/session-routes.ts)
@@ -54,6 +55,7 @@ import { routeApiTokens, routeOperators } from './admin-routes.js';
 import { DEFAULT_CONSOLE_DIR, isConsoleRequest, serveConsole } from './static-console.js';
 import { DEFAULT_SESSION_LIMITS, routeSession, type SessionRouteContext } from './session-routes.js';
 import { isFleetRoute, routeFleet } from './fleet-routes.js';
+import { isEnrollmentRoute, routeEnrollment } from './enrollment-routes.js';
 
 export { MAX_BODY_BYTES } from './http-io.js';
 export type { RequestContext } from './auth.js';
@@ -98,6 +100,7 @@ const HTTP_STATUSES: Readonly<Record<string, number>> = {
   E_NO_OPERATOR_TOKEN: 404,
   E_OPERATOR_EXISTS: 409,
   E_LAST_ADMIN: 409,
+  E_NO_TOKEN: 404,
   E_ARCH_UNKNOWN: 409,
   E_ROLLOUT_STATE: 409,
   E_METHOD: 405,
@@ -150,6 +153,7 @@ async function route(ctx: HttpApiContext, sessions: SessionRouteContext, req: In
   if (isFleetRoute(parts, method)) return routeFleet(ctx, rc.principal.name, req, res, url, parts, method);
   if (parts[0] === 'operators') return routeOperators(ctx.storage, req, res, parts, method, rc);
   if (parts[0] === 'api-tokens') return routeApiTokens(ctx.storage, req, res, url, parts, method, rc);
+  if (isEnrollmentRoute(parts)) return routeEnrollment(ctx, rc.principal.name, req, res, url, parts, method);
   if (parts[0] === 'devices' && parts.length === 4 && parts[2] === 'tags') {
     allow(method, ['PUT', 'DELETE']);
     const id = deviceId(parts[1]);

@@ -89,11 +89,13 @@ export function deviceView(d: DeviceRecord, now = Date.now()): Record<string, un
 export function tokenView(t: TokenListing): Record<string, unknown> {
   const iso = (v: number | null): string | null => (v === null ? null : new Date(v).toISOString());
   return {
+    id: t.id,
     device_id: t.deviceId,
     user_id: t.userId,
     created_at: iso(t.createdAt),
     expires_at: iso(t.expiresAt),
     used_at: iso(t.usedAt),
+    revoked_at: iso(t.revokedAt),
     status: t.status,
     enrolled_at: iso(t.enrolledAt),
     device_state: t.deviceState,

@@ -12,6 +12,8 @@ export type RegistryErrorCode =
   | 'E_TOKEN_USED'
   | 'E_TOKEN_EXPIRED'
   | 'E_TOKEN_DEVICE'
+  | 'E_TOKEN_REVOKED'
+  | 'E_NO_TOKEN'
   | 'E_NO_COMMAND'
   | 'E_NO_ROLLOUT'
   | 'E_ROLLOUT_STATE'
@@ -39,6 +41,8 @@ export const REGISTRY_ERROR_CODES: Readonly<Record<RegistryErrorCode, string>> =
   E_TOKEN_INVALID: 'enrollment token unknown',
   E_TOKEN_USED: 'enrollment token already used',
   E_TOKEN_EXPIRED: 'enrollment token expired',
+  E_TOKEN_REVOKED: 'enrollment token revoked',
+  E_NO_TOKEN: 'no such enrollment token (or already revoked)',
   E_TOKEN_DEVICE: 'enrollment token bound to another device',
   E_NO_COMMAND: 'no such command',
   E_NO_ROLLOUT: 'no such rollout',

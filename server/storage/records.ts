@@ -286,14 +286,18 @@ export const UPGRADE_FETCH_GRACE_MS = 6 * 3600 * 1000;
 
 // ---- enrollment tokens ------------------------------------------------------------
 
-export type TokenStatus = 'valid' | 'used' | 'expired';
+export type TokenStatus = 'valid' | 'used' | 'expired' | 'revoked';
 
 export interface TokenListing {
+  /** The token's id (the first 16 hex digits of its stored SHA-256: names it for revocation, reveals nothing of its text). */
+  id: string;
   deviceId: string;
   userId: string;
   createdAt: number;
   expiresAt: number;
   usedAt: number | null;
+  /** When an operator revoked it (it can no longer be used), null if never. */
+  revokedAt: number | null;
   status: TokenStatus;
   /** When the device enrolled (with this token or another), null if it never did. */
   enrolledAt: number | null;

@@ -169,10 +169,13 @@ export interface TokenRow {
   expires_at: number;
   used_at: number | null;
   used_by: string | null;
+  revoked_at: number | null;
 }
 
 /** A token with its device's enrollment and state (enrollment_tokens t LEFT JOIN devices d). */
 export interface TokenListingRow {
+  hash: string;
+  revoked_at: number | null;
   device_id: string;
   user_id: string;
   created_at: number;
@@ -182,14 +185,20 @@ export interface TokenListingRow {
   state: string | null;
 }
 
+/** An enrollment token's id: the first TOKEN_ID_LENGTH hex digits of its stored hash. */
+export const TOKEN_ID_LENGTH = 16;
+export const tokenId = (hash: string): string => hash.slice(0, TOKEN_ID_LENGTH);
+
 export function tokenListing(r: TokenListingRow, now: number): TokenListing {
   return {
+    id: tokenId(r.hash),
     deviceId: r.device_id,
     userId: r.user_id,
     createdAt: r.created_at,
     expiresAt: r.expires_at,
     usedAt: r.used_at,
-    status: r.used_at !== null ? 'used' : r.expires_at <= now ? 'expired' : 'valid',
+    revokedAt: r.revoked_at,
+    status: r.used_at !== null ? 'used' : r.revoked_at !== null ? 'revoked' : r.expires_at <= now ? 'expired' : 'valid',
     enrolledAt: r.enrolled_at,
     deviceState: r.state,
   };

@@ -162,12 +162,17 @@ export interface EnrollInput {
 }
 
 export interface EnrollmentStore {
-  /** A new one-time token for the device (its hash stored, the text returned once). */
-  createToken(deviceId: string, userId: string, ttlMs: number): Promise<{ token: string; expiresAt: number }>;
+  /** A new one-time token for the device (its hash stored, the text returned once); audited token.create (with `by` when given). */
+  createToken(deviceId: string, userId: string, ttlMs: number, by?: string): Promise<{ token: string; expiresAt: number; id: string }>;
+  /**
+   * Revokes an unused token by its id (TokenListing.id): enroll refuses it from then on (E_TOKEN_REVOKED).
+   * E_NO_TOKEN (unknown or already revoked), E_TOKEN_USED. Audited token.revoke with `by`.
+   */
+  revokeToken(id: string, by: string): Promise<TokenListing>;
   /** Consumes the token and registers the keys, atomically; a repeat of the same enrollment is `repeated`. E_TOKEN otherwise. */
   enroll(input: EnrollInput): Promise<{ userId: string; repeated: boolean }>;
   listTokens(filter?: { deviceId?: string }): Promise<TokenListing[]>;
-  /** Devices with a token issued and no enrollment accepted. */
+  /** Devices with a token issued and no enrollment accepted (their newest token not revoked). */
   pendingEnrollments(): Promise<TokenListing[]>;
 }
 

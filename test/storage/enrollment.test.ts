@@ -14,10 +14,12 @@ describe('storage: enrollment', function () {
     it('a token is listed (valid, device unknown) and pending until used; enrolling consumes it and registers the keys', async () => {
       const clock = new Clock();
       const s = await b.open({ now: clock.now });
-      const { token, expiresAt } = await s.enrollment.createToken('board-1', 'alice', 60_000);
+      const { token, expiresAt, id } = await s.enrollment.createToken('board-1', 'alice', 60_000);
       expect(token).to.be.a('string').with.length.above(20);
       expect(expiresAt).to.equal(clock.t + 60_000);
       const listed = {
+        id,
+        revokedAt: null,
         deviceId: 'board-1',
         userId: 'alice',
         createdAt: clock.t,

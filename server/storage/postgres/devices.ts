@@ -98,8 +98,8 @@ export class PgDeviceStore implements DeviceStore {
   }
 
   /**
-   * A page of the fleet: filters, sort, count and paging in SQL (server/storage/device-page.ts), the rows with
-   * their keys and tags in one statement, their last commands in one more; one REPEATABLE READ snapshot.
+   * A page of the fleet: filters, sort, count and paging in SQL (server/storage/device-page.ts), the page's ids,
+   * their rows with keys and tags in one statement, their last commands in one more; one REPEATABLE READ snapshot.
    */
   async page(query: DevicePageQuery): Promise<{ total: number; items: DevicePageItem[] }> {
     const dialect = (): PageDialect & { args: unknown[] } => {
@@ -120,7 +120,10 @@ export class PgDeviceStore implements DeviceStore {
       const total = (await sql.one<{ n: number }>(`SELECT COUNT(*) AS n FROM devices d ${pageWhere(c, query)}`, c.args))?.n ?? 0;
       const r = dialect();
       const where = pageWhere(r, query);
-      const rows = await sql.q<DeviceRowWith>(`${DEVICE_SELECT} ${where} ${pageOrder(r, query)}`, r.args);
+      // The page's ids first, then their rows with keys and tags: OFFSET would otherwise build (and drop) the skipped rows' keys and tags.
+      const ids = (await sql.q<{ id: string }>(`SELECT d.id FROM devices d ${where} ${pageOrder(r, query)}`, r.args)).map((x) => x.id);
+      const byId = new Map((await sql.q<DeviceRowWith>(`${DEVICE_SELECT} WHERE d.id = ANY($1::text[])`, [ids])).map((row) => [row.id, row]));
+      const rows = ids.flatMap((id) => byId.get(id) ?? []);
       const last = await sql.q<CommandRow>(
         `SELECT DISTINCT ON (device_id) * FROM commands WHERE device_id = ANY($1::text[]) ORDER BY device_id, created_at DESC, seq DESC`,
         [rows.map((row) => row.id)],

@@ -7,13 +7,13 @@
 import { RegistryError } from '../errors.js';
 import { hashToken, newEnrollmentToken } from '../tokens.js';
 import type { TokenListing } from '../records.js';
-import { tokenListing, type TokenListingRow, type TokenRow } from '../rows.js';
+import { TOKEN_ID_LENGTH, tokenId, tokenListing, type TokenListingRow, type TokenRow } from '../rows.js';
 import type { EnrollInput, EnrollmentStore } from '../types.js';
 import { appendAudit } from './audit.js';
 import type { PgDb } from './db.js';
 import { getDevice, setCurrentKeys, upsertDevice } from './devices.js';
 
-const SELECT = `SELECT t.device_id, t.user_id, t.created_at, t.expires_at, t.used_at, d.enrolled_at, d.state
+const SELECT = `SELECT t.hash, t.revoked_at, t.device_id, t.user_id, t.created_at, t.expires_at, t.used_at, d.enrolled_at, d.state
   FROM enrollment_tokens t LEFT JOIN devices d ON d.id = t.device_id`;
 
 export class PgEnrollmentStore implements EnrollmentStore {
@@ -25,7 +25,7 @@ export class PgEnrollmentStore implements EnrollmentStore {
     this.#now = now;
   }
 
-  async createToken(deviceId: string, userId: string, ttlMs: number): Promise<{ token: string; expiresAt: number }> {
+  async createToken(deviceId: string, userId: string, ttlMs: number, by?: string): Promise<{ token: string; expiresAt: number; id: string }> {
     const token = newEnrollmentToken();
     const now = this.#now();
     const expiresAt = now + ttlMs;
@@ -37,9 +37,36 @@ export class PgEnrollmentStore implements EnrollmentStore {
         now,
         expiresAt,
       ]);
-      await appendAudit(sql, now, 'token.create', deviceId, { user_id: userId, expires_at: expiresAt });
+      await appendAudit(sql, now, 'token.create', deviceId, {
+        user_id: userId,
+        expires_at: expiresAt,
+        ...(by !== undefined ? { token_id: tokenId(hashToken(token)), by } : {}),
+      });
     });
-    return { token, expiresAt };
+    return { token, expiresAt, id: tokenId(hashToken(token)) };
+  }
+
+  /** As server/storage/sqlite/enrollment.ts revokeToken, under the token's row lock. */
+  revokeToken(id: string, by: string): Promise<TokenListing> {
+    return this.#db.tx(async (sql) => {
+      const now = this.#now();
+      const rows =
+        /^[0-9a-f]+$/.test(id) && id.length === TOKEN_ID_LENGTH
+          ? await sql.q<TokenRow>('SELECT * FROM enrollment_tokens WHERE substr(hash, 1, $1) = $2 FOR UPDATE', [TOKEN_ID_LENGTH, id])
+          : [];
+      const row = rows[0];
+      if (!row || rows.length > 1 || row.revoked_at !== null) {
+        throw new RegistryError('E_NO_TOKEN', `no enrollment token ${id} to revoke (unknown, or already revoked)`);
+      }
+      if (row.used_at !== null) {
+        throw new RegistryError('E_TOKEN_USED', `enrollment token ${id} was already used (${new Date(row.used_at).toISOString()}); nothing to revoke`);
+      }
+      await sql.run('UPDATE enrollment_tokens SET revoked_at = $1 WHERE hash = $2', [now, row.hash]);
+      await appendAudit(sql, now, 'token.revoke', row.device_id, { token_id: id, user_id: row.user_id, by });
+      const listed = await sql.one<TokenListingRow>(`${SELECT} WHERE t.hash = $1`, [row.hash]);
+      if (!listed) throw new RegistryError('E_NO_TOKEN', `no enrollment token ${id}`);
+      return tokenListing(listed, now);
+    });
   }
 
   enroll(input: EnrollInput): Promise<{ userId: string; repeated: boolean }> {
@@ -62,13 +89,13 @@ export class PgEnrollmentStore implements EnrollmentStore {
         }
         throw new RegistryError('E_TOKEN_USED', `the enrollment token was already used (${new Date(row.used_at).toISOString()})`);
       }
+      if (row.revoked_at !== null) throw new RegistryError('E_TOKEN_REVOKED', `the enrollment token was revoked (${new Date(row.revoked_at).toISOString()})`);
       if (row.expires_at <= now) throw new RegistryError('E_TOKEN_EXPIRED', `the enrollment token expired at ${new Date(row.expires_at).toISOString()}`);
       if (row.device_id !== input.deviceId) throw new RegistryError('E_TOKEN_DEVICE', `the enrollment token is bound to another device, not ${input.deviceId}`);
-      const consumed = await sql.run('UPDATE enrollment_tokens SET used_at = $1, used_by = $2 WHERE hash = $3 AND used_at IS NULL AND expires_at > $1', [
-        now,
-        input.enrollmentJti,
-        row.hash,
-      ]);
+      const consumed = await sql.run(
+        'UPDATE enrollment_tokens SET used_at = $1, used_by = $2 WHERE hash = $3 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $1',
+        [now, input.enrollmentJti, row.hash],
+      );
       if (consumed !== 1) throw new RegistryError('E_TOKEN_USED', 'the enrollment token was already used');
       // The device row (inserted or updated) stays locked until commit: its keys are read and replaced under the lock.
       await upsertDevice(sql, now, input.deviceId, row.user_id, 'enrolling', 'enrollment');
@@ -105,7 +132,7 @@ export class PgEnrollmentStore implements EnrollmentStore {
   async pendingEnrollments(): Promise<TokenListing[]> {
     const now = this.#now();
     const rows = await this.#db.q<TokenListingRow>(
-      `${SELECT} WHERE t.used_at IS NULL AND (d.enrolled_at IS NULL OR d.enrolled_at < t.created_at)
+      `${SELECT} WHERE t.used_at IS NULL AND t.revoked_at IS NULL AND (d.enrolled_at IS NULL OR d.enrolled_at < t.created_at)
          AND t.created_at = (SELECT MAX(created_at) FROM enrollment_tokens u WHERE u.device_id = t.device_id)
        ORDER BY t.device_id COLLATE "C"`,
     );

@@ -118,10 +118,28 @@ export class SqliteDeviceStore implements DeviceStore {
         const r = dialect();
         const where = pageWhere(r, query);
         const rows = db.prepare(`SELECT d.* FROM devices d ${where} ${pageOrder(r, query)}`).all(...r.args) as DeviceRow[];
+        // The page's keys and tags in one statement each (not two per device).
+        const ids = JSON.stringify(rows.map((row) => row.id));
+        const keys = new Map<string, KeyRow[]>();
+        for (const k of db
+          .prepare('SELECT * FROM device_keys WHERE device_id IN (SELECT value FROM json_each(?)) ORDER BY device_id, added_at, kid')
+          .all(ids) as KeyRow[]) {
+          keys.set(k.device_id, [...(keys.get(k.device_id) ?? []), k]);
+        }
+        const tags = new Map<string, string[]>();
+        for (const t of db
+          .prepare('SELECT device_id, tag FROM device_tags WHERE device_id IN (SELECT value FROM json_each(?)) ORDER BY device_id, tag')
+          .all(ids) as {
+          device_id: string;
+          tag: string;
+        }[]) {
+          tags.set(t.device_id, [...(tags.get(t.device_id) ?? []), t.tag]);
+        }
         const last = db.prepare('SELECT * FROM commands WHERE device_id = ? ORDER BY created_at DESC, seq DESC LIMIT 1');
         const items = rows.map((row): DevicePageItem => {
           const cmd = last.get(row.id) as CommandRow | undefined;
-          return { device: deviceRecordOf(db, row), lastCommand: cmd ? commandRecord(cmd) : null };
+          const device = deviceRecord(row, (keys.get(row.id) ?? []).map(keyRecord), tags.get(row.id) ?? []);
+          return { device, lastCommand: cmd ? commandRecord(cmd) : null };
         });
         return { total, items };
       })

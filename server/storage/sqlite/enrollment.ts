@@ -7,14 +7,14 @@
  */
 import { RegistryError } from '../errors.js';
 import type { TokenListing } from '../records.js';
-import { tokenListing, type TokenListingRow, type TokenRow } from '../rows.js';
+import { TOKEN_ID_LENGTH, tokenId, tokenListing, type TokenListingRow, type TokenRow } from '../rows.js';
 import { hashToken, newEnrollmentToken } from '../tokens.js';
 import type { EnrollInput, EnrollmentStore } from '../types.js';
 import { appendAudit } from './audit.js';
 import type { SqliteDb } from './db.js';
 import { getDevice, setCurrentKeys, upsertDevice } from './devices.js';
 
-const SELECT = `SELECT t.device_id, t.user_id, t.created_at, t.expires_at, t.used_at, d.enrolled_at, d.state
+const SELECT = `SELECT t.hash, t.revoked_at, t.device_id, t.user_id, t.created_at, t.expires_at, t.used_at, d.enrolled_at, d.state
   FROM enrollment_tokens t LEFT JOIN devices d ON d.id = t.device_id`;
 
 export class SqliteEnrollmentStore implements EnrollmentStore {
@@ -25,7 +25,7 @@ export class SqliteEnrollmentStore implements EnrollmentStore {
   }
 
   /** Creates a one-time token bound to a device and a user; returns the token text, which is never stored. */
-  async createToken(deviceId: string, userId: string, ttlMs: number): Promise<{ token: string; expiresAt: number }> {
+  async createToken(deviceId: string, userId: string, ttlMs: number, by?: string): Promise<{ token: string; expiresAt: number; id: string }> {
     const token = newEnrollmentToken();
     const now = this.#s.now();
     const expiresAt = now + ttlMs;
@@ -34,10 +34,35 @@ export class SqliteEnrollmentStore implements EnrollmentStore {
         this.#s.db
           .prepare('INSERT INTO enrollment_tokens (hash, device_id, user_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?)')
           .run(hashToken(token), deviceId, userId, now, expiresAt);
-        appendAudit(this.#s, 'token.create', deviceId, { user_id: userId, expires_at: expiresAt });
+        appendAudit(this.#s, 'token.create', deviceId, {
+          user_id: userId,
+          expires_at: expiresAt,
+          ...(by !== undefined ? { token_id: tokenId(hashToken(token)), by } : {}),
+        });
       })
       .immediate();
-    return { token, expiresAt };
+    return { token, expiresAt, id: tokenId(hashToken(token)) };
+  }
+
+  /** Revokes an unused token by its id, in one IMMEDIATE transaction with its audit row. */
+  async revokeToken(id: string, by: string): Promise<TokenListing> {
+    return this.#s.db
+      .transaction(() => {
+        const now = this.#s.now();
+        const rows =
+          /^[0-9a-f]+$/.test(id) && id.length === TOKEN_ID_LENGTH
+            ? (this.#s.db.prepare('SELECT * FROM enrollment_tokens WHERE substr(hash, 1, ?) = ?').all(TOKEN_ID_LENGTH, id) as TokenRow[])
+            : [];
+        const row = rows[0];
+        if (!row || rows.length > 1 || row.revoked_at !== null)
+          throw new RegistryError('E_NO_TOKEN', `no enrollment token ${id} to revoke (unknown, or already revoked)`);
+        if (row.used_at !== null)
+          throw new RegistryError('E_TOKEN_USED', `enrollment token ${id} was already used (${new Date(row.used_at).toISOString()}); nothing to revoke`);
+        this.#s.db.prepare('UPDATE enrollment_tokens SET revoked_at = ? WHERE hash = ?').run(now, row.hash);
+        appendAudit(this.#s, 'token.revoke', row.device_id, { token_id: id, user_id: row.user_id, by });
+        return tokenListing(this.#s.db.prepare(`${SELECT} WHERE t.hash = ?`).get(row.hash) as TokenListingRow, now);
+      })
+      .immediate();
   }
 
   /**
@@ -65,11 +90,12 @@ export class SqliteEnrollmentStore implements EnrollmentStore {
           }
           throw new RegistryError('E_TOKEN_USED', `the enrollment token was already used (${new Date(row.used_at).toISOString()})`);
         }
+        if (row.revoked_at !== null) throw new RegistryError('E_TOKEN_REVOKED', `the enrollment token was revoked (${new Date(row.revoked_at).toISOString()})`);
         if (row.expires_at <= now) throw new RegistryError('E_TOKEN_EXPIRED', `the enrollment token expired at ${new Date(row.expires_at).toISOString()}`);
         if (row.device_id !== input.deviceId)
           throw new RegistryError('E_TOKEN_DEVICE', `the enrollment token is bound to another device, not ${input.deviceId}`);
         const consumed = this.#s.db
-          .prepare('UPDATE enrollment_tokens SET used_at = ?, used_by = ? WHERE hash = ? AND used_at IS NULL AND expires_at > ?')
+          .prepare('UPDATE enrollment_tokens SET used_at = ?, used_by = ? WHERE hash = ? AND used_at IS NULL AND revoked_at IS NULL AND expires_at > ?')
           .run(now, input.enrollmentJti, row.hash, now);
         if (consumed.changes !== 1) throw new RegistryError('E_TOKEN_USED', 'the enrollment token was already used');
         const signingBefore = this.#s.db
@@ -115,7 +141,7 @@ export class SqliteEnrollmentStore implements EnrollmentStore {
     const now = this.#s.now();
     const rows = this.#s.db
       .prepare(
-        `${SELECT} WHERE t.used_at IS NULL AND (d.enrolled_at IS NULL OR d.enrolled_at < t.created_at)
+        `${SELECT} WHERE t.used_at IS NULL AND t.revoked_at IS NULL AND (d.enrolled_at IS NULL OR d.enrolled_at < t.created_at)
            AND t.created_at = (SELECT MAX(created_at) FROM enrollment_tokens u WHERE u.device_id = t.device_id)
          ORDER BY t.device_id`,
       )
