@@ -49,16 +49,6 @@ export interface WatchedPage {
 
 export async function watchedPage(browser: Browser, viewport = { width: 1400, height: 900 }): Promise<WatchedPage> {
   const context = await browser.newContext({ viewport });
-  if (process.env.CONSOLE_STATIC_FALLBACK === '1') {
-    // TEMPORARY (until console-auth serves /console/): the console files from dist/console.
-    const { readFile } = await import('node:fs/promises');
-    await context.route(/\/console\//, async (route) => {
-      const name = new URL(route.request().url()).pathname.replace(/^\/console\/?/, '') || 'index.html';
-      const type = name.endsWith('.js') ? 'text/javascript' : name.endsWith('.css') ? 'text/css' : 'text/html';
-      const csp = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
-      await route.fulfill({ body: await readFile(`dist/console/${name}`), contentType: type, headers: { 'Content-Security-Policy': csp } });
-    });
-  }
   const page = await context.newPage();
   const errors: string[] = [];
   page.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
