@@ -76,8 +76,10 @@ export function parseAuditFilter(input: AuditFilterInput, names: FilterNames, co
 }
 
 /** One audit row as JSON (the API, --json). */
+/** One audit row as JSON; `by`: who did it (an operator's name, `http-token`, `cli:USER`), null when the row does not say. */
 export function auditView(a: AuditRecord): Record<string, unknown> {
-  return { id: a.id, at: new Date(a.at).toISOString(), event: a.event, device_id: a.deviceId, detail: a.detail };
+  const by = typeof a.detail.by === 'string' ? a.detail.by : null;
+  return { id: a.id, at: new Date(a.at).toISOString(), event: a.event, device_id: a.deviceId, by, detail: a.detail };
 }
 
 /** One audit row as a line of text: `TIME EVENT [device=ID] key=value ...` (control characters escaped). */

@@ -25,6 +25,7 @@ import type { CommandSender, SendRequest } from './core/command-sender.js';
 import { ServerCore } from './core/server-core.js';
 import { brokerFrom, openDataDir, readHttpToken, type BrokerSettings, type OpenedData } from './data-dir.js';
 import { createHttpApi } from './http/http-api.js';
+import { readHttpTls } from './http/tls-files.js';
 import { EnrollRefusals } from './core/enroll-refusals.js';
 import type { InboundResult } from './core/inbound.js';
 import { handleUntilStored } from './core/inbound-retry.js';
@@ -46,6 +47,8 @@ export interface ServeOptions {
   http?: { host: string; port: number };
   /** Bearer token file; default DATA/http.token. */
   httpTokenFile?: string;
+  /** Serve the HTTP API over HTTPS with this certificate and key file (the key 0600). */
+  httpTls?: { cert: string; key: string };
   /** Console session limits (default: 30 min idle, 12 h in all). */
   sessions?: SessionLimits;
   /** Where the console's built files are (default dist/console). */
@@ -117,6 +120,7 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
   try {
     // The HTTP token is checked before the broker is contacted: a bad --http-token-file changes nothing.
     const httpToken = options.http ? await readHttpToken(options.httpTokenFile ?? data.paths.httpToken) : undefined;
+    const httpTls = options.http && options.httpTls ? await readHttpTls(options.httpTls.cert, options.httpTls.key) : undefined;
     const clientId = options.clientId ?? defaultClientId(data.paths.dir);
     // Every session hands its messages to the core, which acknowledges each only after handling it
     // (core/ack-after-handling.ts). What a persistent session queued arrives right after its CONNACK:
@@ -191,6 +195,7 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
         ...(options.sessions ? { sessions: options.sessions } : {}),
         ...(options.now ? { now: options.now } : {}),
         ...(options.consoleDir ? { consoleDir: options.consoleDir } : {}),
+        ...(httpTls ? { tls: httpTls } : {}),
         ...(rollouts ? { onRolloutChange: () => rollouts.kick() } : {}),
       });
       const srv = httpServer;
@@ -200,7 +205,7 @@ export async function startProvisionServer(options: ServeOptions): Promise<Runni
       });
       const addr = srv.address() as AddressInfo;
       httpAddress = { host: addr.address, port: addr.port };
-      log.info('http.listening', { address: `${addr.address}:${addr.port}` });
+      log.info('http.listening', { address: `${addr.address}:${addr.port}`, tls: httpTls !== undefined });
     }
     rollouts?.start();
     // Rollouts created or controlled by any process (CLI, HTTP API, engine) are logged here.

@@ -13,6 +13,8 @@ export const serveCommand = defineCommand({
     withBroker(withData(y))
       .option('http', { type: 'string', describe: 'serve the HTTP API on host:port (e.g. 127.0.0.1:8080; loopback unless told otherwise)' })
       .option('http-token-file', { type: 'string', describe: 'file holding the API bearer token (default DATA/http.token, must be 0600)' })
+      .option('http-tls-cert', { type: 'string', describe: 'serve the HTTP API over HTTPS with this certificate (PEM; with --http-tls-key)' })
+      .option('http-tls-key', { type: 'string', describe: "the HTTPS certificate's private key (PEM, mode 0600; with --http-tls-cert)" })
       .option('session-idle', {
         type: 'string',
         default: '30m',
@@ -38,6 +40,8 @@ export const serveCommand = defineCommand({
     const log = createLogger({ level: args.logLevel, style: 'timestamped' });
     const sessions = { idleMs: parseDuration(args.sessionIdle, '--session-idle'), absoluteMs: parseDuration(args.sessionMax, '--session-max') };
     if (sessions.idleMs > sessions.absoluteMs) throw new CodedError('E_USAGE', '--session-idle is longer than --session-max');
+    if ((args.httpTlsCert === undefined) !== (args.httpTlsKey === undefined)) throw new CodedError('E_USAGE', '--http-tls-cert and --http-tls-key go together');
+    if (args.httpTlsCert !== undefined && !args.http) throw new CodedError('E_USAGE', '--http-tls-cert needs --http');
     const server = await startProvisionServer({
       dataDir: args.data,
       ...registryOption(args),
@@ -45,6 +49,7 @@ export const serveCommand = defineCommand({
       ...(args.http ? { http: parseHostPort(args.http) } : {}),
       ...(args.httpTokenFile ? { httpTokenFile: args.httpTokenFile } : {}),
       sessions,
+      ...(args.httpTlsCert !== undefined && args.httpTlsKey !== undefined ? { httpTls: { cert: args.httpTlsCert, key: args.httpTlsKey } } : {}),
       shared: args.shared,
       ...(args.clientId ? { clientId: args.clientId } : {}),
       log,

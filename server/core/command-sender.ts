@@ -55,8 +55,10 @@ export interface SendOptions {
    * completes afterwards (a failure is logged; the command stays recorded, unsent).
    */
   publish?: 'await' | 'background';
-  /** Who asked, for the log line (e.g. 'http'). */
+  /** Who asked, for the log line and the command.create audit row (e.g. 'http'). */
   via?: string;
+  /** The principal who asked (an operator's name), for the audit row. */
+  by?: string;
 }
 
 /** SHA-256 (base64url) of the canonical JSON of params: what the registry keeps instead of the params. */
@@ -163,7 +165,7 @@ export class CommandSender {
   }
 
   /** Seals and records a command without publishing it; `publish` afterwards. */
-  async seal(req: SendRequest): Promise<{ command: CommandRecord; token: string }> {
+  async seal(req: SendRequest, actor: { via?: string; by?: string } = {}): Promise<{ command: CommandRecord; token: string }> {
     const { storage, keys } = this.#ctx;
     const { userId, params, bindUser, releaseSha256 } = await this.prepare(req);
     const { seq, device: current } = await this.#seqs.submit(req.deviceId);
@@ -196,6 +198,8 @@ export class CommandSender {
       ...(req.fanoutId ? { fanoutId: req.fanoutId } : {}),
       ...(bindUser ? { bindUser } : {}),
       ...(releaseSha256 ? { releaseSha256 } : {}),
+      ...(actor.via !== undefined ? { via: actor.via } : {}),
+      ...(actor.by !== undefined ? { by: actor.by } : {}),
     });
     return { command: (await storage.commands.get(jti)) as CommandRecord, token };
   }
@@ -212,7 +216,10 @@ export class CommandSender {
    * instead (it marks the command sent under its lease in between: fencing).
    */
   async send(req: SendRequest, options: SendOptions = {}): Promise<CommandRecord> {
-    const { command, token } = await this.seal(req);
+    const { command, token } = await this.seal(req, {
+      ...(options.via !== undefined ? { via: options.via } : {}),
+      ...(options.by !== undefined ? { by: options.by } : {}),
+    });
     const log = this.#ctx.log;
     const via = options.via !== undefined ? { via: options.via } : {};
     const published = this.publish(req.deviceId, command.jti, token).then(() =>

@@ -29,6 +29,7 @@
  * Errors are `{"error": {"code", "message"}}` with a 4xx/5xx status.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import { ACTIONS, CodedError, isAction, isCodedError, isProtocolError, isRecord, isValidId } from '../../protocol/index.js';
 import { userIdText, type CommandSender } from '../core/command-sender.js';
 import { RELEASE_ACTIONS, serverAction } from '../core/actions/table.js';
@@ -52,6 +53,7 @@ import { LoginLimiter, RateLimitedError } from './auth-rate-limit.js';
 import { allow, readJsonBody, readOptionalJsonBody, sendError, sendJson } from './http-io.js';
 import { setSecurityHeaders } from './security-headers.js';
 import { routeApiTokens, routeOperators } from './admin-routes.js';
+import type { HttpTls } from './tls-files.js';
 import { DEFAULT_CONSOLE_DIR, isConsoleRequest, serveConsole } from './static-console.js';
 import { DEFAULT_SESSION_LIMITS, routeSession, type SessionRouteContext } from './session-routes.js';
 import { isFleetRoute, routeFleet } from './fleet-routes.js';
@@ -71,8 +73,8 @@ export interface HttpApiContext {
   log: Logger;
   /** Console session limits (serve --session-idle/--session-max); default 30 min idle, 12 h in all. */
   sessions?: SessionLimits;
-  /** Served over TLS (https): cookies are Secure, the own origin is https://. */
-  tls?: boolean;
+  /** Serve HTTPS with this certificate and key (serve --http-tls-cert/--http-tls-key): cookies are Secure, the own origin https://. */
+  tls?: HttpTls;
   /** The clock of the login rate limit (tests); default Date.now. Sessions use the storage's clock. */
   now?: () => number;
   /** Where the console's built files are (default dist/console). */
@@ -116,7 +118,7 @@ function httpStatusOf(err: CodedError): number {
 }
 
 export function createHttpApi(ctx: HttpApiContext): Server {
-  const tls = ctx.tls === true;
+  const tls = ctx.tls !== undefined;
   const authenticator = new Authenticator(ctx.storage, ctx.token);
   const sessions: SessionRouteContext = {
     storage: ctx.storage,
@@ -125,7 +127,7 @@ export function createHttpApi(ctx: HttpApiContext): Server {
     limits: ctx.sessions ?? DEFAULT_SESSION_LIMITS,
     tls,
   };
-  const server = createServer((req, res) => {
+  const handle = (req: IncomingMessage, res: ServerResponse): void => {
     setSecurityHeaders(res, { tls });
     void route(ctx, sessions, req, res).catch((err: unknown) => {
       if (err instanceof RateLimitedError) res.setHeader('Retry-After', String(err.retryAfterS));
@@ -133,7 +135,8 @@ export function createHttpApi(ctx: HttpApiContext): Server {
       ctx.log.error('http.error', { reason: err instanceof Error ? err.message : String(err) });
       return sendError(res, 500, 'E_INTERNAL', 'internal error');
     });
-  });
+  };
+  const server: Server = ctx.tls ? createHttpsServer({ cert: ctx.tls.cert, key: ctx.tls.key }, handle) : createServer(handle);
   server.requestTimeout = 30_000;
   server.headersTimeout = 10_000;
   return server;
@@ -158,7 +161,9 @@ async function route(ctx: HttpApiContext, sessions: SessionRouteContext, req: In
     allow(method, ['PUT', 'DELETE']);
     const id = deviceId(parts[1]);
     const tags =
-      method === 'PUT' ? await ctx.storage.devices.addTags(id, [parts[3] as string]) : await ctx.storage.devices.removeTags(id, [parts[3] as string]);
+      method === 'PUT'
+        ? await ctx.storage.devices.addTags(id, [parts[3] as string], rc.principal.name)
+        : await ctx.storage.devices.removeTags(id, [parts[3] as string], rc.principal.name);
     return sendJson(res, 200, { device_id: id, tags });
   }
   if (parts[0] === 'tags' && parts.length === 1) {
@@ -201,7 +206,7 @@ async function route(ctx: HttpApiContext, sessions: SessionRouteContext, req: In
         params: withUpgradeMembers(body, body.params ?? {}),
         ...(typeof body.ttl_s === 'number' ? { ttlSeconds: body.ttl_s } : {}),
       },
-      { publish: 'background', via: 'http' },
+      { publish: 'background', via: 'http', by: rc.principal.name },
     );
     res.setHeader('Location', `/commands/${command.jti}`);
     return sendJson(res, 202, { jti: command.jti, device_id: id, action: command.action, seq: command.seq, status: 'accepted' });
@@ -251,7 +256,7 @@ async function routeRollouts(
     if (dryRun) return sendJson(res, 200, { ...planView(plan), warnings });
     if (plan.summary.targets === 0) throw new CodedError('E_BAD_REQUEST', 'no device matches the selector: nothing to send');
     checkConfirmation(plan.spec.action, plan.summary.targets, confirm, CONFIRM_HOW);
-    const r = await startRollout(ctx.storage, plan);
+    const r = await startRollout(ctx.storage, plan, { by: rc.principal.name });
     ctx.onRolloutChange?.();
     res.setHeader('Location', `/rollouts/${r.id}`);
     return sendJson(res, 201, { ...(await view(r)), warnings });
@@ -270,7 +275,7 @@ async function routeRollouts(
     const warnings = planWarnings(rp.plan);
     if (dryRun) return sendJson(res, 200, { ...planView(rp.plan), ...retryView(rp), warnings });
     checkConfirmation(rp.plan.spec.action, rp.plan.summary.targets, confirm, CONFIRM_HOW);
-    const r = await startRetry(ctx.storage, rp);
+    const r = await startRetry(ctx.storage, rp, rc.principal.name);
     ctx.onRolloutChange?.();
     res.setHeader('Location', `/rollouts/${r.id}`);
     return sendJson(res, 201, { ...(await view(r)), in_flight_left_out: rp.inFlight, removed_left_out: rp.removed, warnings });

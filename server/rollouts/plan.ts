@@ -180,7 +180,7 @@ export async function planRollout(storage: Storage, keys: ServerKeys, req: Rollo
 export async function startRollout(
   storage: Storage,
   plan: RolloutPlan,
-  options: { retryOf?: { id: string; inFlightLeftOut: number; removedLeftOut?: number } } = {},
+  options: { retryOf?: { id: string; inFlightLeftOut: number; removedLeftOut?: number }; by?: string } = {},
 ): Promise<RolloutRecord> {
   const only = plan.sample[0];
   const named = 'devices' in plan.spec.selector || 'retryOf' in plan.spec.selector;
@@ -188,6 +188,7 @@ export async function startRollout(
   return storage.rollouts.createFromSelector(plan.spec, {
     needsDeviceUser: plan.needsDeviceUser,
     ...(options.retryOf ? { retryOf: options.retryOf } : {}),
+    ...(options.by !== undefined ? { by: options.by } : {}),
     // A destructive action never reaches more devices than the plan counted (what was confirmed, confirm.ts):
     // the selector is resolved again as the targets are recorded, and the fleet may have grown meanwhile.
     ...(isDestructive(plan.spec.action) ? { maxTargets: plan.summary.targets } : {}),

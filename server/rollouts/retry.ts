@@ -68,8 +68,12 @@ export async function planRetry(storage: Storage, keys: ServerKeys, id: string, 
 }
 
 /** Records the retry: the new rollout with its origin, and the audit row naming both, written with the rollout's own. */
-export function startRetry(storage: Storage, rp: RetryPlan): Promise<RolloutRecord> {
-  return startRollout(storage, rp.plan, { retryOf: { id: rp.original.id, inFlightLeftOut: rp.inFlight, removedLeftOut: rp.removed } });
+/** `by`: who asked (the audit rows name them). */
+export function startRetry(storage: Storage, rp: RetryPlan, by?: string): Promise<RolloutRecord> {
+  return startRollout(storage, rp.plan, {
+    retryOf: { id: rp.original.id, inFlightLeftOut: rp.inFlight, removedLeftOut: rp.removed },
+    ...(by !== undefined ? { by } : {}),
+  });
 }
 
 /** What a retry's dry run and its response add to the plan (the HTTP API and the CLI's --json alike). */

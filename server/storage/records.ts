@@ -134,6 +134,9 @@ export interface NewCommand {
   bindUser?: string;
   /** An upgrade's release artifact (SHA-256 hex). */
   releaseSha256?: string;
+  /** Who asked (its command.create audit row names them): `via` e.g. 'http', `by` the principal's name. */
+  via?: string;
+  by?: string;
 }
 
 /** What recording an ack did. */

@@ -139,8 +139,9 @@ export interface DeviceStore {
   /** Removes the device and everything of it; audited. E_NO_DEVICE when absent. */
   remove(id: string): Promise<void>;
   /** Adds tags (E_BAD_TAG for one that is not a tag; nothing added then); returns the device's tags. */
-  addTags(deviceId: string, tags: readonly string[]): Promise<string[]>;
-  removeTags(deviceId: string, tags: readonly string[]): Promise<string[]>;
+  /** `by`: who (the audit row's detail names them). */
+  addTags(deviceId: string, tags: readonly string[], by?: string): Promise<string[]>;
+  removeTags(deviceId: string, tags: readonly string[], by?: string): Promise<string[]>;
   tagsOf(deviceId: string): Promise<string[]>;
   listTags(): Promise<{ tag: string; devices: number }[]>;
   /** Records a verified report (presence, reported state, arch/version) unless stale or a duplicate. */
@@ -249,6 +250,8 @@ export interface CreateFromSelectorOptions {
   retryOf?: { id: string; inFlightLeftOut: number; removedLeftOut?: number };
   /** At most this many targets (what a destructive action was confirmed for): more now cancels the rollout before release, E_CONFIRM. */
   maxTargets?: number;
+  /** Who started it (its rollout.create and rollout.retry audit rows name them as `by`). */
+  by?: string;
 }
 
 export interface RolloutStore {

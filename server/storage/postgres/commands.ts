@@ -169,6 +169,8 @@ export class PgCommandStore implements CommandStore {
       user_id: c.userId,
       params_digest: c.paramsDigest,
       fanout_id: c.fanoutId ?? null,
+      ...(c.via !== undefined ? { via: c.via } : {}),
+      ...(c.by !== undefined ? { by: c.by } : {}),
     });
   }
 

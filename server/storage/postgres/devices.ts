@@ -193,7 +193,7 @@ export class PgDeviceStore implements DeviceStore {
     });
   }
 
-  async addTags(deviceId: string, tags: readonly string[]): Promise<string[]> {
+  async addTags(deviceId: string, tags: readonly string[], by?: string): Promise<string[]> {
     for (const t of tags) assertTag(t);
     return this.#db.tx(async (sql) => {
       await this.#lockDevice(sql, deviceId);
@@ -202,18 +202,18 @@ export class PgDeviceStore implements DeviceStore {
         const n = await sql.run('INSERT INTO device_tags (device_id, tag, added_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING', [deviceId, t, this.#now()]);
         if (n === 1) added.push(t);
       }
-      if (added.length) await appendAudit(sql, this.#now(), 'device.tag.add', deviceId, { tags: added });
+      if (added.length) await appendAudit(sql, this.#now(), 'device.tag.add', deviceId, { tags: added, ...(by !== undefined ? { by } : {}) });
       return tagsOf(sql, deviceId);
     });
   }
 
-  async removeTags(deviceId: string, tags: readonly string[]): Promise<string[]> {
+  async removeTags(deviceId: string, tags: readonly string[], by?: string): Promise<string[]> {
     for (const t of tags) assertTag(t);
     return this.#db.tx(async (sql) => {
       await this.#lockDevice(sql, deviceId);
       const removed: string[] = [];
       for (const t of tags) if ((await sql.run('DELETE FROM device_tags WHERE device_id = $1 AND tag = $2', [deviceId, t])) === 1) removed.push(t);
-      if (removed.length) await appendAudit(sql, this.#now(), 'device.tag.remove', deviceId, { tags: removed });
+      if (removed.length) await appendAudit(sql, this.#now(), 'device.tag.remove', deviceId, { tags: removed, ...(by !== undefined ? { by } : {}) });
       return tagsOf(sql, deviceId);
     });
   }

@@ -221,7 +221,7 @@ export class PgRolloutStore implements RolloutStore {
       const r = await this.#require(sql, id);
       // Cancelled or aborted while its targets were recorded: those recorded after are cancelled too.
       if (r.state === 'cancelled' || r.state === 'aborted') await this.#cancelPending(sql, id, r.state === 'cancelled' ? 'E_CANCELLED' : 'E_ABORTED', now);
-      await this.#auditCreate(sql, id, spec, total, now);
+      await this.#auditCreate(sql, id, spec, total, now, options.by);
       if (options.retryOf) {
         await appendAudit(sql, now, 'rollout.retry', null, {
           rollout_id: id,
@@ -229,6 +229,7 @@ export class PgRolloutStore implements RolloutStore {
           devices: total,
           in_flight_left_out: options.retryOf.inFlightLeftOut,
           removed_left_out: options.retryOf.removedLeftOut ?? 0,
+          ...(options.by !== undefined ? { by: options.by } : {}),
         });
       }
       if (total === 0) await this.#finish(sql, id, 'completed', 'no devices matched', now);
@@ -265,7 +266,7 @@ export class PgRolloutStore implements RolloutStore {
     );
   }
 
-  async #auditCreate(sql: Sql, id: string, spec: RolloutSpec, devices: number, now: number): Promise<void> {
+  async #auditCreate(sql: Sql, id: string, spec: RolloutSpec, devices: number, now: number, by?: string): Promise<void> {
     await appendAudit(sql, now, 'rollout.create', null, {
       rollout_id: id,
       action: spec.action,
@@ -274,6 +275,7 @@ export class PgRolloutStore implements RolloutStore {
       deadline_at: new Date(spec.deadlineAt).toISOString(),
       rate_per_min: spec.ratePerMin ?? null,
       abort_percent: spec.abortPercent ?? null,
+      ...(by !== undefined ? { by } : {}),
     });
   }
 

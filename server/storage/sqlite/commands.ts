@@ -47,6 +47,8 @@ export function recordCommand(s: SqliteDb, c: NewCommand): void {
     user_id: c.userId,
     params_digest: c.paramsDigest,
     fanout_id: c.fanoutId ?? null,
+    ...(c.via !== undefined ? { via: c.via } : {}),
+    ...(c.by !== undefined ? { by: c.by } : {}),
   });
 }
 

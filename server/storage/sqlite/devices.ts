@@ -197,28 +197,28 @@ export class SqliteDeviceStore implements DeviceStore {
   }
 
   /** Adds tags to a device (already present: unchanged); returns its tags. */
-  async addTags(deviceId: string, tags: readonly string[]): Promise<string[]> {
+  async addTags(deviceId: string, tags: readonly string[], by?: string): Promise<string[]> {
     for (const t of tags) assertTag(t);
     this.#s.db
       .transaction(() => {
         requireDevice(this.#s, deviceId);
         const insert = this.#s.db.prepare('INSERT INTO device_tags (device_id, tag, added_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING');
         const added = tags.filter((t) => insert.run(deviceId, t, this.#s.now()).changes === 1);
-        if (added.length) appendAudit(this.#s, 'device.tag.add', deviceId, { tags: added });
+        if (added.length) appendAudit(this.#s, 'device.tag.add', deviceId, { tags: added, ...(by !== undefined ? { by } : {}) });
       })
       .immediate();
     return tagsOf(this.#s.db, deviceId);
   }
 
   /** Removes tags from a device (absent: unchanged); returns its tags. */
-  async removeTags(deviceId: string, tags: readonly string[]): Promise<string[]> {
+  async removeTags(deviceId: string, tags: readonly string[], by?: string): Promise<string[]> {
     for (const t of tags) assertTag(t);
     this.#s.db
       .transaction(() => {
         requireDevice(this.#s, deviceId);
         const del = this.#s.db.prepare('DELETE FROM device_tags WHERE device_id = ? AND tag = ?');
         const removed = tags.filter((t) => del.run(deviceId, t).changes === 1);
-        if (removed.length) appendAudit(this.#s, 'device.tag.remove', deviceId, { tags: removed });
+        if (removed.length) appendAudit(this.#s, 'device.tag.remove', deviceId, { tags: removed, ...(by !== undefined ? { by } : {}) });
       })
       .immediate();
     return tagsOf(this.#s.db, deviceId);

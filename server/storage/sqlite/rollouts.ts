@@ -188,7 +188,7 @@ export class SqliteRolloutStore implements RolloutStore {
         const r = this.#require(id);
         // Cancelled or aborted while its targets were recorded: those recorded after are cancelled too.
         if (r.state === 'cancelled' || r.state === 'aborted') this.#cancelPending(id, r.state === 'cancelled' ? 'E_CANCELLED' : 'E_ABORTED');
-        this.#auditCreate(id, spec, total);
+        this.#auditCreate(id, spec, total, options.by);
         if (options.retryOf) {
           appendAudit(this.#s, 'rollout.retry', null, {
             rollout_id: id,
@@ -196,6 +196,7 @@ export class SqliteRolloutStore implements RolloutStore {
             devices: total,
             in_flight_left_out: options.retryOf.inFlightLeftOut,
             removed_left_out: options.retryOf.removedLeftOut ?? 0,
+            ...(options.by !== undefined ? { by: options.by } : {}),
           });
         }
         if (total === 0) this.#finish(id, 'completed', 'no devices matched', now);
@@ -233,7 +234,7 @@ export class SqliteRolloutStore implements RolloutStore {
       );
   }
 
-  #auditCreate(id: string, spec: RolloutSpec, devices: number): void {
+  #auditCreate(id: string, spec: RolloutSpec, devices: number, by?: string): void {
     appendAudit(this.#s, 'rollout.create', null, {
       rollout_id: id,
       action: spec.action,
@@ -242,6 +243,7 @@ export class SqliteRolloutStore implements RolloutStore {
       deadline_at: new Date(spec.deadlineAt).toISOString(),
       rate_per_min: spec.ratePerMin ?? null,
       abort_percent: spec.abortPercent ?? null,
+      ...(by !== undefined ? { by } : {}),
     });
   }
 
