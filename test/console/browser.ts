@@ -21,7 +21,8 @@ export const CHROMIUM_ARGS = [
 /** True when chromium can run here; throws when REQUIRE_CHROMIUM=1 and it cannot. */
 export function chromiumAvailable(): boolean {
   if (existsSync(CHROMIUM)) return true;
-  if (process.env.REQUIRE_CHROMIUM === '1') throw new Error(`chromium is required (REQUIRE_CHROMIUM=1) but ${CHROMIUM} does not exist (apt-get install chromium)`);
+  if (process.env.REQUIRE_CHROMIUM === '1')
+    throw new Error(`chromium is required (REQUIRE_CHROMIUM=1) but ${CHROMIUM} does not exist (apt-get install chromium)`);
   return false;
 }
 

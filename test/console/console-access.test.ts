@@ -118,7 +118,10 @@ describe('console: roles, refusals, hostile text, keyboard (chromium)', function
     await page.getByRole('button', { name: 'Send selftest…' }).click();
     expect(await page.getByRole('dialog').getByRole('heading').textContent()).to.equal(`Send selftest to ${deviceId(5)}`);
     await page.getByRole('dialog').getByRole('button', { name: 'Send selftest' }).click();
-    await page.getByRole('status').filter({ hasText: `Sent selftest to ${deviceId(5)}` }).waitFor();
+    await page
+      .getByRole('status')
+      .filter({ hasText: `Sent selftest to ${deviceId(5)}` })
+      .waitFor();
     await page.locator('tbody tr', { hasText: 'selftest' }).first().waitFor();
   });
 

@@ -35,7 +35,6 @@ describe('console: the fleet page with 1,000 devices (chromium)', function () {
   });
 
   const ids = (): Promise<string[]> => page.locator('tbody tr td:nth-child(2) a').allTextContents();
-  const position = (): Promise<string | null> => page.locator('.pager-pos').textContent();
   async function waitFor(text: string): Promise<void> {
     await page.locator('.pager-pos', { hasText: new RegExp(`^${text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`) }).waitFor();
   }
@@ -66,7 +65,10 @@ describe('console: the fleet page with 1,000 devices (chromium)', function () {
     const dir = await page.locator('th', { has: page.getByRole('button', { name: /^Device/ }) }).getAttribute('aria-sort');
     if (dir === 'ascending') await page.getByRole('button', { name: /^Device/ }).click();
     await page.locator('th[aria-sort="descending"]').waitFor();
-    await page.locator('tbody tr td:nth-child(2) a', { hasText: deviceId(999) }).first().waitFor();
+    await page
+      .locator('tbody tr td:nth-child(2) a', { hasText: deviceId(999) })
+      .first()
+      .waitFor();
     expect((await ids())[0]).to.equal(deviceId(999));
     expect((await ids())[1]).to.equal(deviceId(998));
     await page.getByRole('button', { name: /^User/ }).click();

@@ -75,7 +75,14 @@ export async function startConsoleRig(options: RigOptions = {}): Promise<Console
       for (let i = 0; i < (options.boards ?? 0); i++) {
         const d = await makeSimDevice(`board-${String(i).padStart(2, '0')}`);
         boards.push(d);
-        await storage.devices.add({ id: d.id, userId: 'fleet', origin: 'jwks', signing: toPublicJwk(d.signing), encryption: toPublicJwk(d.encryption), state: 'provisioned' });
+        await storage.devices.add({
+          id: d.id,
+          userId: 'fleet',
+          origin: 'jwks',
+          signing: toPublicJwk(d.signing),
+          encryption: toPublicJwk(d.encryption),
+          state: 'provisioned',
+        });
         await storage.devices.addTags(d.id, ['boards']);
       }
       await options.seed?.(storage, keys);

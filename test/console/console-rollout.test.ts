@@ -37,13 +37,22 @@ describe('console: a rollout from the page to boards on mosquitto, live, paused 
     await rig?.close();
   });
 
-  const applied = async (): Promise<number> => Number((await page.locator('dd.count-applied').textContent({ timeout: 1000 }).catch(() => '0')) ?? '0');
+  const applied = async (): Promise<number> =>
+    Number(
+      (await page
+        .locator('dd.count-applied')
+        .textContent({ timeout: 1000 })
+        .catch(() => '0')) ?? '0',
+    );
 
   it('starts the rollout from the fleet page after its dry run, follows it live, pauses and resumes it', async () => {
     await page.goto(`${rig.base}/console/#/devices?tag=boards`);
     await page.locator('.pager-pos', { hasText: `1-${BOARDS} of ${BOARDS}` }).waitFor();
     // The boards reported in: online, with their agent version.
-    await page.locator('tbody tr .badge', { hasText: 'online' }).nth(BOARDS - 1).waitFor();
+    await page
+      .locator('tbody tr .badge', { hasText: 'online' })
+      .nth(BOARDS - 1)
+      .waitFor();
     await page.getByRole('checkbox', { name: 'Select all on this page' }).check();
     await page.getByRole('button', { name: 'Start rollout…' }).click();
     const dialog = page.getByRole('dialog');
@@ -52,7 +61,10 @@ describe('console: a rollout from the page to boards on mosquitto, live, paused 
     await dialog.getByRole('button', { name: 'Preview (dry run)' }).click();
     await dialog.getByRole('heading', { name: `Dry run: selftest to ${BOARDS} device(s)` }).waitFor();
     expect(await dialog.getByText(`${BOARDS} online, 0 offline, 0 never reported.`).count()).to.equal(1);
-    expect(rig.boards.every((b) => b.received.length === 0), 'the dry run sent nothing').to.equal(true);
+    expect(
+      rig.boards.every((b) => b.received.length === 0),
+      'the dry run sent nothing',
+    ).to.equal(true);
     await dialog.getByRole('button', { name: `Start rollout to ${BOARDS} device(s)` }).click();
 
     await page.waitForURL(/#\/rollouts\/[^/]+$/);

@@ -21,6 +21,9 @@ const TONES: Record<string, string> = {
   aborted: 'bad',
   cancelled: 'muted',
   void: 'muted',
+  valid: 'info',
+  used: 'ok',
+  revoked: 'muted',
 };
 
 export function Badge({ text }: { text: string }): VNode {

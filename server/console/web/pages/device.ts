@@ -52,7 +52,7 @@ export function DevicePage({ id, role }: { id: string; role: Role }): VNode {
     api
       .get<Record<string, unknown>>(`${path}/presence`, { limit: 50 })
       .then((p) => {
-        const list = Object.values(p).find(Array.isArray);
+        const list = Array.isArray(p.changes) ? p.changes : Object.values(p).find(Array.isArray);
         if (live) setPresence((list as PresenceEntry[] | undefined) ?? []);
       })
       .catch(() => live && setPresence([]));
@@ -111,9 +111,7 @@ export function DevicePage({ id, role }: { id: string; role: Role }): VNode {
         <dt>Uptime</dt>
         <dd>${r?.uptime_s != null ? `${r.uptime_s} s` : '-'}</dd>
         <dt>Last self-test</dt>
-        <dd>
-          ${r?.selftest ? html`<${Badge} text=${r.selftest.ok ? 'applied' : 'failed'} /> ${r.selftest.ok ? 'passed' : 'failed'} ${when(r.selftest.at)}` : 'none'}
-        </dd>
+        <dd>${selftestText(r, commands)}</dd>
         <dt>Reported key ids</dt>
         <dd>
           <code>${r ? `${r.kids.sig ?? '-'} / ${r.kids.enc ?? '-'}` : '-'}</code
@@ -149,6 +147,7 @@ export function DevicePage({ id, role }: { id: string; role: Role }): VNode {
       columns=${[
         { key: 'state', label: 'Change', cell: (p: PresenceEntry) => presenceWord(p) },
         { key: 'at', label: 'At', cell: (p: PresenceEntry) => when(typeof p.at === 'string' ? p.at : null) },
+        { key: 'reason', label: 'Reason', cell: (p: PresenceEntry) => (typeof p.reason === 'string' ? p.reason : '-') },
       ]}
       rows=${presence ?? []}
       rowKey=${(p: PresenceEntry) => `${String(p.at)}${presenceWord(p)}`}
@@ -169,6 +168,14 @@ export function DevicePage({ id, role }: { id: string; role: Role }): VNode {
         : null
     }
   </section>`;
+}
+
+/** The board's own report of its last self-test, else the last selftest command's outcome. */
+function selftestText(r: DeviceView['reported'], commands: CommandView[] | null): string {
+  if (r?.selftest) return `${r.selftest.ok ? 'passed' : 'failed'} ${when(r.selftest.at)} (reported)`;
+  const c = commands?.find((x) => x.action === 'selftest');
+  if (!c) return 'none';
+  return `selftest command ${c.status}${c.code ? ` (${c.code})` : ''} ${when(c.acked_at ?? c.created_at)}`;
 }
 
 function presenceWord(p: PresenceEntry): string {

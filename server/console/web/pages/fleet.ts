@@ -53,7 +53,7 @@ const COLUMNS: Column<DeviceView>[] = [
     cell: (d) =>
       html`${d.security_flag ? html`<span class="badge bad" title=${d.security_flag.event}>flagged</span>` : null}${
         d.reported && !d.reported.kids_match ? html` <span class="badge warn">keys differ</span>` : null
-      }${d.state !== 'active' ? html` <span class="badge muted">${d.state}</span>` : null}`,
+      }${d.state !== 'provisioned' ? html` <span class="badge muted">${d.state}</span>` : null}`,
   },
 ];
 
@@ -132,7 +132,10 @@ export function FleetPage({ query, role }: { query: URLSearchParams; role: Role 
         ><label for="f-version">Version</label
         ><input
           id="f-version"
-          value=${draft.version} size="8" placeholder="none = unknown" onInput=${(e: Event) => setDraft({ ...draft, version: (e.target as HTMLInputElement).value })}
+          value=${draft.version}
+          size="8"
+          placeholder="e.g. 0.3.0"
+          onInput=${(e: Event) => setDraft({ ...draft, version: (e.target as HTMLInputElement).value })}
       /></span>
       <span
         ><label for="f-flagged">Flagged</label

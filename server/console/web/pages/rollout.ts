@@ -20,6 +20,13 @@ type Target = NonNullable<RolloutView['targets']>[number];
 
 const FINAL = ['completed', 'aborted', 'cancelled'];
 
+function rateText(r: RolloutView): string {
+  const rate = r.rate_per_min === null ? 'no limit' : `${r.rate_per_min}/min`;
+  const now = r.current_rate_per_min !== null && r.current_rate_per_min !== r.rate_per_min ? ` (now ${r.current_rate_per_min}/min)` : '';
+  const ramp = r.ramp ? `, ramp from ${r.ramp.from_per_min}/min ×${r.ramp.factor}` : '';
+  return `${rate}${now}${ramp}; ${r.concurrency} in flight at most`;
+}
+
 export function RolloutPage({ id, role }: { id: string; role: Role }): VNode {
   const [r, setR] = useState<RolloutView | null>(null);
   const [targets, setTargets] = useState<Target[]>([]);
@@ -117,10 +124,7 @@ export function RolloutPage({ id, role }: { id: string; role: Role }): VNode {
         <dt>Params</dt>
         <dd><code>${json(r.params)}</code></dd>
         <dt>Rate</dt>
-        <dd>
-          ${r.rate_per_min === null ? 'no limit' : `${r.rate_per_min}/min`}${r.current_rate_per_min !== null ? ` (now ${r.current_rate_per_min}/min)` : ''}${r.ramp ? `, ramp from ${r.ramp.from_per_min}/min ×${r.ramp.factor}` : ''};
-          ${r.concurrency} in flight at most
-        </dd>
+        <dd>${rateText(r)}</dd>
         <dt>Abort</dt>
         <dd>${r.abort ? `at ${r.abort.percent}% rejected or failed, after ${r.abort.min_results} results` : 'never'}</dd>
         <dt>Created</dt>

@@ -82,10 +82,14 @@ export function UsersPage({ role, self }: { role: Role; self: string }): VNode {
       key: 'do',
       label: 'Actions',
       cell: (o) =>
-        html`<button type="button" class="secondary" onClick=${() => act(() => api.patch(`/operators/${seg(o.name)}`, { disabled: !o.disabled }))}>
+        html`<span class="cell-actions"
+          ><button type="button" class="secondary" onClick=${() => act(() => api.patch(`/operators/${seg(o.name)}`, { disabled: !o.disabled }))}>
             ${o.disabled ? 'Enable' : 'Disable'}
           </button>
-          <button type="button" class="danger" disabled=${o.name === self} onClick=${() => act(() => api.del(`/operators/${seg(o.name)}`))}>Remove</button>`,
+          <button type="button" class="danger" disabled=${o.name === self} onClick=${() => act(() => api.del(`/operators/${seg(o.name)}`))}>
+            Remove
+          </button></span
+        >`,
     },
   ];
   const tokenColumns: Column<ApiTokenView>[] = [
