@@ -21,6 +21,7 @@ export const BENCH_SECTIONS = {
   rollout: "serve's rollout engine on aedes, simulated fleet: throughput, rate, held delivery",
   upgrade: 'send -> applied of an agent upgrade through mosquitto: agent-only and with its own Node (host board, real root installer)',
   footprint: 'the production install (npm ci --omit=dev)',
+  console: "the console's fleet page in chromium with 10,000 devices: navigate to #/devices -> first row painted",
 } as const;
 
 export type BenchSection = keyof typeof BENCH_SECTIONS;

