@@ -17,6 +17,7 @@
  *   POST /rollouts/{id}/pause|resume|cancel
  *   POST /rollouts/{id}/retry    {deliver_within_s?, confirm?, dry_run?}: a new rollout over the targets that did not apply
  *   GET  /audit[?device=&rollout=&action=&since=&until=&limit=]  audit rows, oldest first (the newest `limit` that match)
+ *   GET  /events               live audit rows and rollout progress, server-sent events: events-stream.ts
  *   GET|POST /enrollment/tokens, DELETE /enrollment/tokens/{id}, GET /enrollment/pending: enrollment-routes.ts
  *   GET  /releases               agent releases, newest first;  GET /releases/{version}[?arch=]  one version's builds, with manifests
  *   GET  /, /console/...         the browser console's files, no auth (server/http/static-console.ts)
@@ -46,6 +47,7 @@ import { planWarnings } from '../rollouts/warnings.js';
 import type { ServerKeys } from '../keys/server-keys.js';
 import { releaseView } from '../releases/views.js';
 import { auditView, parseAuditFilter, type AuditFilterInput } from '../audit-filter.js';
+import { eventHubFor, isEventsRoute } from './events-stream.js';
 import type { SessionLimits } from '../storage/operator-records.js';
 import { Authenticator, checkCsrf, type RequestContext } from './auth.js';
 import { checkRole } from './auth-roles.js';
@@ -157,6 +159,7 @@ async function route(ctx: HttpApiContext, sessions: SessionRouteContext, req: In
   if (parts[0] === 'operators') return routeOperators(ctx.storage, req, res, parts, method, rc);
   if (parts[0] === 'api-tokens') return routeApiTokens(ctx.storage, req, res, url, parts, method, rc);
   if (isEnrollmentRoute(parts)) return routeEnrollment(ctx, rc.principal.name, req, res, url, parts, method);
+  if (isEventsRoute(parts)) return eventHubFor(ctx, ctx.storage, { log: ctx.log }).open(req, res, url, method, rc);
   if (parts[0] === 'devices' && parts.length === 4 && parts[2] === 'tags') {
     allow(method, ['PUT', 'DELETE']);
     const id = deviceId(parts[1]);

@@ -394,6 +394,8 @@ export interface OperatorStore {
   createSession(name: string, limits: SessionLimits): Promise<{ session: string; expiresAt: number }>;
   /** Who the live session is, moving its idle deadline; undefined (and the session deleted) when it has ended or its operator is disabled. */
   touchSession(session: string): Promise<OperatorPrincipal | undefined>;
+  /** Who the live session is, WITHOUT moving its idle deadline (a live event stream checks it each tick); undefined when it has ended. */
+  peekSession(session: string): Promise<OperatorPrincipal | undefined>;
   /** Ends it (logout); false when there was none. Audited session.end. */
   endSession(session: string): Promise<boolean>;
 }

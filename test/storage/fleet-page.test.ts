@@ -132,6 +132,23 @@ describe('storage: fleet page, presence history, bulk tags', function () {
       await rejects(s.devices.presenceHistory('absent'), 'E_NO_DEVICE');
     });
 
+    it('eventsSince with an empty prefix reads every event in the id range (the live event stream)', async () => {
+      const s = await b.open();
+      const start = await s.audit.lastId();
+      await s.audit.append('zeta.one', null, { n: 1 });
+      await s.audit.append('alpha.two', 'd1', { n: 2 });
+      await s.audit.append('mid.three', null, { n: 3 });
+      const top = await s.audit.lastId();
+      expect((await s.audit.eventsSince(start, top, '', 10)).map((r) => [r.event, r.detail.n])).to.deep.equal([
+        ['zeta.one', 1],
+        ['alpha.two', 2],
+        ['mid.three', 3],
+      ]);
+      expect((await s.audit.eventsSince(start, top, '', 2)).map((r) => r.event)).to.deep.equal(['zeta.one', 'alpha.two']);
+      expect((await s.audit.eventsSince(start + 1, top - 1, '', 10)).map((r) => r.event)).to.deep.equal(['alpha.two']);
+      expect((await s.audit.eventsSince(start, top, 'alpha.', 10)).map((r) => r.event)).to.deep.equal(['alpha.two']);
+    });
+
     it('bulk tags many devices in one transaction, audited once per device changed with by; an unknown device or a bad tag changes nothing', async () => {
       const clock = new Clock();
       const s = await fleet(clock);

@@ -262,6 +262,15 @@ export class PgOperatorStore implements OperatorStore {
     });
   }
 
+  async peekSession(session: string): Promise<OperatorPrincipal | undefined> {
+    const row = await this.#db.one<SessionRow>(
+      'SELECT s.*, o.role, o.disabled_at FROM operator_sessions s JOIN operators o ON o.name = s.operator WHERE s.hash = $1',
+      [hashToken(session)],
+    );
+    if (!row || !sessionLive(row, this.#now()) || row.disabled_at !== null) return undefined;
+    return { name: row.operator, role: row.role as OperatorRole };
+  }
+
   async endSession(session: string): Promise<boolean> {
     return this.#db.tx(async (sql) => {
       const row = await sql.one<{ operator: string }>('DELETE FROM operator_sessions WHERE hash = $1 RETURNING operator', [hashToken(session)]);

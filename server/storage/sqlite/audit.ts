@@ -122,6 +122,13 @@ export class SqliteAuditStore implements AuditStore {
   }
 
   async eventsSince(afterId: number, upTo: number, prefix: string, limit: number): Promise<AuditRecord[]> {
+    // Every event (the live event stream, GET /events): the id range only.
+    if (prefix === '') {
+      const all = this.#s.db
+        .prepare('SELECT id, at, event, device_id, detail FROM audit WHERE id > ? AND id <= ? ORDER BY id LIMIT ?')
+        .all(afterId, upTo, limit) as AuditRow[];
+      return all.map(auditRecord);
+    }
     // A range on the audit_event index (LIKE would not use it): prefix <= event < prefix with its last character + 1.
     const end = prefix.slice(0, -1) + String.fromCharCode(prefix.charCodeAt(prefix.length - 1) + 1);
     const rows = this.#s.db

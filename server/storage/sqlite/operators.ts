@@ -229,6 +229,14 @@ export class SqliteOperatorStore implements OperatorStore {
     });
   }
 
+  async peekSession(session: string): Promise<OperatorPrincipal | undefined> {
+    const row = this.#s.db
+      .prepare('SELECT s.*, o.role, o.disabled_at FROM operator_sessions s JOIN operators o ON o.name = s.operator WHERE s.hash = ?')
+      .get(hashToken(session)) as SessionRow | undefined;
+    if (!row || !sessionLive(row, this.#s.now()) || row.disabled_at !== null) return undefined;
+    return { name: row.operator, role: row.role as OperatorRole };
+  }
+
   async endSession(session: string): Promise<boolean> {
     return this.#s.immediate(() => {
       const row = this.#s.db.prepare('DELETE FROM operator_sessions WHERE hash = ? RETURNING operator').get(hashToken(session)) as
