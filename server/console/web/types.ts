@@ -104,6 +104,8 @@ export interface AuditView {
   at: string;
   event: string;
   device_id: string | null;
+  /** Who did it (the detail's `by`), null when not recorded. */
+  by?: string | null;
   detail: Record<string, unknown>;
 }
 

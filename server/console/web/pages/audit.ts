@@ -18,7 +18,7 @@ const COLUMNS: Column<AuditView>[] = [
   { key: 'at', label: 'At', cell: (a) => when(a.at) },
   { key: 'event', label: 'Event', cell: (a) => a.event },
   { key: 'device', label: 'Device', cell: (a) => (a.device_id ? html`<a href=${href(['devices', a.device_id])}>${a.device_id}</a>` : '-') },
-  { key: 'by', label: 'By', cell: (a) => (typeof a.detail.by === 'string' ? a.detail.by : '-') },
+  { key: 'by', label: 'By', cell: (a) => a.by ?? (typeof a.detail.by === 'string' ? a.detail.by : '-') },
   {
     key: 'detail',
     label: 'Detail',
