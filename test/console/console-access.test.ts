@@ -125,6 +125,47 @@ describe('console: roles, refusals, hostile text, keyboard (chromium)', function
     await page.locator('tbody tr', { hasText: 'selftest' }).first().waitFor();
   });
 
+  it('an admin creates an enrollment token (shown once), sees it listed, revokes it; adds an operator; an API error shows as CODE: message', async () => {
+    const page = await as('admin');
+    await page.goto(`${rig.base}/console/#/enrollment`);
+    await page.getByLabel('Device id').fill('sensor-new-7');
+    await page.getByLabel('User id').fill('greenhouse');
+    await page.getByRole('button', { name: 'Create token' }).click();
+    const once = page.getByRole('textbox', { name: 'Enrollment token' });
+    await once.waitFor();
+    expect((await once.inputValue()).length).to.be.greaterThan(15);
+    const row = page.locator('tbody tr', { hasText: 'sensor-new-7' });
+    await row.waitFor();
+    // The listing never carries the token text.
+    expect(await row.textContent()).to.not.include(await once.inputValue());
+    await page.getByRole('button', { name: 'Done' }).click();
+    await row.getByRole('button', { name: 'Revoke the token for sensor-new-7' }).click();
+    await row.locator('.badge', { hasText: 'revoked' }).waitFor();
+    // The CLI's checks, shown as the API words them.
+    await page.getByLabel('Device id').fill('bad id!');
+    await page.getByLabel('User id').fill('greenhouse');
+    await page.getByRole('button', { name: 'Create token' }).click();
+    await page
+      .getByRole('alert')
+      .filter({ hasText: /^E_[A-Z_]+: / })
+      .waitFor();
+
+    await page.goto(`${rig.base}/console/#/users`);
+    await page.getByLabel('Name', { exact: true }).fill('nora');
+    await page.getByLabel('Role', { exact: true }).selectOption('operator');
+    await page.getByLabel('Password', { exact: true }).fill('nora-password-long-1');
+    await page.getByRole('button', { name: 'Add operator' }).click();
+    await page.getByRole('combobox', { name: 'Role of nora' }).waitFor();
+    expect(await page.getByRole('combobox', { name: 'Role of nora' }).inputValue()).to.equal('operator');
+    await page.getByLabel('Password', { exact: true }).fill('short');
+    await page.getByLabel('Name', { exact: true }).fill('nina');
+    await page.getByRole('button', { name: 'Add operator' }).click();
+    await page
+      .getByRole('alert')
+      .filter({ hasText: /^E_[A-Z_]+: .*password/i })
+      .waitFor();
+  });
+
   it('hostile user ids, tags, audit details and URL params are shown as text; no script runs, nothing is injected', async () => {
     const w = pages.admin ?? (await as('admin'), pages.admin);
     if (!w) throw new Error('no admin page');
@@ -190,7 +231,12 @@ describe('console: roles, refusals, hostile text, keyboard (chromium)', function
     }
     await page.keyboard.press('Escape');
     await page.getByRole('dialog').waitFor({ state: 'detached' });
-    expect(await page.evaluate(`document.activeElement?.textContent ?? ''`)).to.equal('Send selftest…');
+    let focused = '';
+    for (let i = 0; i < 20 && focused !== 'Send selftest…'; i++) {
+      if (i) await page.waitForTimeout(50);
+      focused = (await page.evaluate(`document.activeElement?.textContent ?? ''`)) as string;
+    }
+    expect(focused, 'focus back on the button that opened the dialog').to.equal('Send selftest…');
     // The one refusal: GET /session before the login (401), which the browser logs.
     expect(w.errors.filter((e) => !/status of 401/.test(e))).to.deep.equal([]);
     await page.context().close();

@@ -5,7 +5,7 @@
  */
 import { html } from 'htm/preact';
 import type { ComponentChildren, VNode } from 'preact';
-import { useEffect, useRef } from 'preact/hooks';
+import { useLayoutEffect, useRef } from 'preact/hooks';
 
 const FOCUSABLE = 'a[href], button, input, select, textarea, [tabindex]:not([tabindex="-1"])';
 
@@ -17,7 +17,8 @@ export interface DialogProps {
 
 export function Dialog({ title, onClose, children }: DialogProps): VNode {
   const ref = useRef<HTMLDialogElement>(null);
-  useEffect(() => {
+  // A layout effect: the element that had focus (the opening button) is taken before anything else moves it.
+  useLayoutEffect(() => {
     const el = ref.current;
     if (!el) return;
     const before = document.activeElement instanceof HTMLElement ? document.activeElement : null;
@@ -47,7 +48,10 @@ export function Dialog({ title, onClose, children }: DialogProps): VNode {
       el.removeEventListener('cancel', onCancel);
       el.removeEventListener('keydown', onKey);
       if (el.open) el.close();
-      before?.focus();
+      // After the dialog left the page (the browser may move focus to the body then).
+      setTimeout(() => {
+        if (before?.isConnected) before.focus();
+      }, 0);
     };
   }, []);
   return html`<dialog ref=${ref} class="dialog" aria-labelledby="dialog-title">
