@@ -20,6 +20,16 @@ type Target = NonNullable<RolloutView['targets']>[number];
 
 const FINAL = ['completed', 'aborted', 'cancelled'];
 
+/** The selector in words, as the CLI prints it (server/rollouts/rollout-views.ts selectorText). */
+function selectorText(s: Record<string, unknown>): string {
+  if (s.all === true) return 'all devices';
+  if (typeof s.userId === 'string' || typeof s.user_id === 'string') return `user ${String(s.userId ?? s.user_id)}`;
+  if (typeof s.tag === 'string') return `tag ${s.tag}`;
+  if (typeof s.retryOf === 'string') return `retry of ${s.retryOf}`;
+  if (Array.isArray(s.devices)) return s.devices.length === 1 ? `device ${String(s.devices[0])}` : `${s.devices.length} named devices`;
+  return json(s);
+}
+
 function rateText(r: RolloutView): string {
   const rate = r.rate_per_min === null ? 'no limit' : `${r.rate_per_min}/min`;
   const now = r.current_rate_per_min !== null && r.current_rate_per_min !== r.rate_per_min ? ` (now ${r.current_rate_per_min}/min)` : '';
@@ -120,7 +130,7 @@ export function RolloutPage({ id, role }: { id: string; role: Role }): VNode {
       </dl>
       <dl class="facts">
         <dt>Targets</dt>
-        <dd>${json(r.selector)}</dd>
+        <dd>${selectorText(r.selector)}</dd>
         <dt>Params</dt>
         <dd><code>${json(r.params)}</code></dd>
         <dt>Rate</dt>
