@@ -1,23 +1,16 @@
 /**
- * Small helpers the console's route files (fleet-routes.ts, enrollment-routes.ts)
- * share: JSON answers, method checks, strict query parsing (unknown parameter or
- * bad value: 400 E_BAD_REQUEST naming it), ids, JSON bodies. Kept apart from
- * http-api.ts (the router) so the route files never import the router.
+ * What the console's read-model route files (fleet-routes.ts, enrollment-routes.ts,
+ * events-stream.ts) share on top of http-io.ts: strict query parsing (an unknown
+ * parameter, one given twice or a bad value: 400 E_BAD_REQUEST naming it), ids.
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
-import { CodedError, isCodedError, isValidId } from '../../protocol/index.js';
+import { CodedError, isValidId } from '../../protocol/index.js';
+import { allow, readJsonBody, sendJson } from './http-io.js';
 
-/** The largest JSON body a console route reads. */
-export const ROUTE_MAX_BODY_BYTES = 64 * 1024;
+export { sendJson };
 
-export function sendJson(res: ServerResponse, status: number, body: unknown): void {
-  const text = `${JSON.stringify(body)}\n`;
-  res.writeHead(status, { 'Content-Type': 'application/json; charset=utf-8', 'Content-Length': Buffer.byteLength(text), 'Cache-Control': 'no-store' });
-  res.end(text);
-}
-
+/** E_METHOD (405) unless `method` is one of `methods`. */
 export function allowMethods(method: string, methods: readonly string[]): void {
-  if (!methods.includes(method)) throw new CodedError('E_METHOD', `method ${method} not allowed here (allowed: ${methods.join(', ')})`);
+  allow(method, [...methods]);
 }
 
 export function validDeviceId(value: string | undefined): string {
@@ -76,27 +69,5 @@ export function textParam(name: string, value: string | undefined, max: number):
   return value;
 }
 
-/** The request's JSON body (Content-Type application/json, at most ROUTE_MAX_BODY_BYTES). */
-export async function readJson(req: IncomingMessage): Promise<unknown> {
-  const type = req.headers['content-type'] ?? '';
-  if (!/^application\/json\b/i.test(type)) throw new CodedError('E_CONTENT_TYPE', 'send the body as Content-Type: application/json');
-  const declared = Number(req.headers['content-length'] ?? '0');
-  if (declared > ROUTE_MAX_BODY_BYTES) throw new CodedError('E_TOO_LARGE', `body exceeds ${ROUTE_MAX_BODY_BYTES} bytes`);
-  const chunks: Buffer[] = [];
-  let size = 0;
-  try {
-    for await (const chunk of req) {
-      size += (chunk as Buffer).length;
-      if (size > ROUTE_MAX_BODY_BYTES) throw new CodedError('E_TOO_LARGE', `body exceeds ${ROUTE_MAX_BODY_BYTES} bytes`);
-      chunks.push(chunk as Buffer);
-    }
-  } catch (err) {
-    if (isCodedError(err)) throw err;
-    throw new CodedError('E_BAD_REQUEST', `the request body could not be read: ${err instanceof Error ? err.message : String(err)}`);
-  }
-  try {
-    return JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
-  } catch (err) {
-    throw new CodedError('E_BAD_JSON', `body is not valid JSON: ${(err as Error).message}`);
-  }
-}
+/** The request's JSON body (http-io.ts: JSON only, at most MAX_BODY_BYTES). */
+export const readJson = readJsonBody;

@@ -17,6 +17,7 @@ import { addOperators, ApiClient, legacyToken, PASSWORD } from './http-auth-clie
 import { makeSimDevice } from './sim-fleet.js';
 import { startFixture, type Fixture } from './server-fixture.js';
 import { SseClient, type SseEvent } from './sse-client.js';
+import { addDevice, spec } from '../storage/fixtures.js';
 
 const audits = (events: SseEvent[]): { id: number; event: string; device_id: string | null; detail: Record<string, unknown> }[] =>
   events
@@ -215,5 +216,25 @@ describe('server: the event hub alone (cap, pings, one shared timer)', function 
     const d = await SseClient.open(url);
     expect(d.status).to.equal(200);
     d.close();
+  });
+
+  it('sends the final view of a rollout that started and finished between two ticks (the audit rows name it)', async () => {
+    await addDevice(storage, 'hub-1');
+    const s = await SseClient.open(url);
+    expect(s.status).to.equal(200);
+    // SQLite answers synchronously: no timer tick can run between these two calls.
+    const r = await storage.rollouts.create(spec({ devices: ['hub-1'] }), ['hub-1']);
+    await storage.rollouts.finish(r.id, 'cancelled', 'test: over before a tick');
+    const view = await s.until(
+      (e) =>
+        e
+          .filter((x) => x.event === 'rollout')
+          .map((x) => JSON.parse(x.data) as { id: string; state: string })
+          .find((v) => v.id === r.id),
+      5000,
+      'the rollout view',
+    );
+    expect(view.state).to.equal('cancelled');
+    s.close();
   });
 });

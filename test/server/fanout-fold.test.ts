@@ -131,7 +131,7 @@ describe('server: registry migration 8 (fan-outs fold into rollouts)', function 
     try {
       const sdb = storage.db;
       expect(sdb.pragma('user_version', { simple: true })).to.equal(SCHEMA_VERSION);
-      expect(SCHEMA_VERSION).to.be.at.least(8); // 8 folded the fan-outs; later migrations (9: the audit chain, 10: operators) leave them alone
+      expect(SCHEMA_VERSION).to.be.at.least(8); // 8 folded the fan-outs; later migrations (9: the audit chain, 10: operators, 12: console read models) leave them alone
       expect(sdb.prepare("SELECT name FROM sqlite_master WHERE name IN ('fanouts', 'migration_8_clock')").all()).to.deep.equal([]);
       // The commands are untouched.
       expect(sdb.prepare('SELECT * FROM commands ORDER BY jti').all()).to.deep.equal(commandsBefore);
@@ -263,6 +263,11 @@ describe('server: registry migration 8 (fan-outs fold into rollouts)', function 
       const rejected = addCommand(db, id, 'fold-3', 1, { expiresAt: now - 60_000, ack: { status: 'rejected', code: 'E_PARAMS' } });
       // A version-7 registry has none of the later migrations' tables (9: operators).
       db.exec('DROP TABLE operator_sessions; DROP TABLE operator_tokens; DROP TABLE operators;');
+      // (12: the console's indexes, device_presence, enrollment_tokens.revoked_at.)
+      db.exec(
+        'DROP INDEX devices_last_seen; DROP INDEX devices_version; DROP INDEX devices_flagged; DROP INDEX commands_device_created; ' +
+          'DROP TABLE device_presence; ALTER TABLE enrollment_tokens DROP COLUMN revoked_at;',
+      );
       db.pragma('user_version = 7');
       db.close();
 

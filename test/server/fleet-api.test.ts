@@ -9,6 +9,7 @@ import { toPublicJwk } from '../../protocol/index.js';
 import { eventually, makeSimDevice, type SimDevice } from './sim-fleet.js';
 import { startFixture, type Fixture } from './server-fixture.js';
 import { keyPair } from '../storage/fixtures.js';
+import { addOperators, ApiClient, PASSWORD } from './http-auth-client.js';
 
 type Body = Record<string, unknown> & { error?: { code: string; message: string } };
 interface DeviceOut {
@@ -213,5 +214,35 @@ describe('server: fleet read models (GET /devices paging, commands, presence, bu
     }
     expect((await call('POST', '/devices/tags', { devices: ['dev-05'], add: ['<b>'] })).body.error?.code).to.equal('E_BAD_TAG');
     expect(await f.server.data.storage.audit.lastId()).to.equal(mark);
+  });
+
+  it('audits changes with the principal who asked (by: the operator logged in), and the roles refuse the others', async () => {
+    const storage = f.server.data.storage;
+    await addOperators(storage, { vic: 'viewer', opal: 'operator', adam: 'admin' });
+    const vic = new ApiClient(base);
+    const opal = new ApiClient(base);
+    const adam = new ApiClient(base);
+    for (const [c, name] of [
+      [vic, 'vic'],
+      [opal, 'opal'],
+      [adam, 'adam'],
+    ] as const)
+      expect((await c.login(name, PASSWORD)).status).to.equal(200);
+    const before = await storage.audit.lastId();
+    // A viewer reads the fleet, its commands and presence, and changes nothing.
+    expect((await vic.call('GET', '/devices?limit=2')).status).to.equal(200);
+    expect((await vic.call('GET', '/devices/dev-00/presence')).status).to.equal(200);
+    const refused = await vic.call('POST', '/devices/tags', { body: { devices: ['dev-06'], add: ['v'] } });
+    expect([refused.status, refused.body.error?.code]).to.deep.equal([403, 'E_FORBIDDEN']);
+    // An operator tags; enrollment is an admin's.
+    expect((await opal.call('POST', '/devices/tags', { body: { devices: ['dev-06'], add: ['by-opal'] } })).status).to.equal(200);
+    expect((await opal.call('GET', '/enrollment/tokens')).status).to.equal(403);
+    expect((await adam.call('POST', '/enrollment/tokens', { body: { device_id: 'dev-99', user_id: 'u' } })).status).to.equal(201);
+    const rows = await storage.audit.eventsSince(before, await storage.audit.lastId(), '', 100);
+    const mine = rows.filter((r) => r.event === 'device.tag.add' || r.event === 'token.create');
+    expect(mine.map((r) => [r.event, r.deviceId, r.detail.by])).to.deep.equal([
+      ['device.tag.add', 'dev-06', 'opal'],
+      ['token.create', 'dev-99', 'adam'],
+    ]);
   });
 });

@@ -130,6 +130,7 @@ describe('storage: PostgreSQL core (server/storage/postgres)', function () {
       'audit_head',
       'commands',
       'device_keys',
+      'device_presence',
       'device_tags',
       'devices',
       'enrollment_tokens',
@@ -144,7 +145,16 @@ describe('storage: PostgreSQL core (server/storage/postgres)', function () {
       'schema_migrations',
     ]);
     const indexes = (await again.db.q<{ i: string }>("SELECT indexname AS i FROM pg_indexes WHERE schemaname = 'public'")).map((r) => r.i);
-    expect(indexes).to.include.members(['audit_rollout', 'audit_event', 'releases_live', 'rollout_targets_order', 'commands_release', 'device_tags_tag']);
+    expect(indexes).to.include.members([
+      'audit_rollout',
+      'audit_event',
+      'releases_live',
+      'rollout_targets_order',
+      'commands_release',
+      'device_tags_tag',
+      'devices_version',
+      'commands_device_created',
+    ]);
     expect(again.info).to.deep.equal({ kind: 'postgres', location: url });
     expect(again.open).to.equal(true);
     await again.close();
