@@ -114,4 +114,18 @@ describe('console: a rollout from the page to boards on mosquitto, live, paused 
       expect(await row.first().locator('td:nth-child(5)').textContent(), event).to.equal(USERS.operator);
     }
   });
+
+  it('the audit page shows a new row live (from /events), without a reload or a poll', async () => {
+    await page.goto(`${rig.base}/console/#/audit`);
+    await page.locator('tbody tr').first().waitFor();
+    await sleep(700); // the stream is open
+    let auditRequests = 0;
+    page.on('request', (r) => {
+      if (new URL(r.url()).pathname === '/audit') auditRequests++;
+    });
+    const status = await page.evaluate(`fetch('/devices/board-03/tags/live-check', { method: 'PUT', headers: { 'X-Console': '1' } }).then((r) => r.status)`);
+    expect(status).to.equal(200);
+    await page.locator('tbody tr', { hasText: 'device.tag.add' }).filter({ hasText: 'live-check' }).waitFor({ timeout: 5000 });
+    expect(auditRequests).to.equal(0);
+  });
 });
