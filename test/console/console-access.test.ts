@@ -134,13 +134,15 @@ describe('console: roles, refusals, hostile text, keyboard (chromium)', function
     const once = page.getByRole('textbox', { name: 'Enrollment token' });
     await once.waitFor();
     expect((await once.inputValue()).length).to.be.greaterThan(15);
-    const row = page.locator('tbody tr', { hasText: 'sensor-new-7' });
+    const row = page.getByRole('table', { name: 'Enrollment tokens' }).locator('tbody tr', { hasText: 'sensor-new-7' });
     await row.waitFor();
     // The listing never carries the token text.
     expect(await row.textContent()).to.not.include(await once.inputValue());
+    await page.getByRole('table', { name: 'Pending enrollments' }).getByText('sensor-new-7').waitFor();
     await page.getByRole('button', { name: 'Done' }).click();
     await row.getByRole('button', { name: 'Revoke the token for sensor-new-7' }).click();
     await row.locator('.badge', { hasText: 'revoked' }).waitFor();
+    await page.getByRole('table', { name: 'Pending enrollments' }).getByText('sensor-new-7').waitFor({ state: 'detached' });
     // The CLI's checks, shown as the API words them.
     await page.getByLabel('Device id').fill('bad id!');
     await page.getByLabel('User id').fill('greenhouse');

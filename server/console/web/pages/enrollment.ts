@@ -12,6 +12,7 @@ import type { EnrollmentTokenView, Role } from '../types.js';
 
 export function EnrollmentPage({ role }: { role: Role }): VNode {
   const [tokens, setTokens] = useState<EnrollmentTokenView[] | null>(null);
+  const [pending, setPending] = useState<EnrollmentTokenView[] | null>(null);
   const [error, setError] = useState<string | null>(null);
   const [created, setCreated] = useState<{ device_id: string; token: string; expires_at: string } | null>(null);
   const [deviceId, setDeviceId] = useState('');
@@ -24,6 +25,10 @@ export function EnrollmentPage({ role }: { role: Role }): VNode {
     api
       .get<{ tokens: EnrollmentTokenView[] }>('/enrollment/tokens')
       .then((t) => setTokens(t.tokens))
+      .catch((err: unknown) => setError(errorText(err)));
+    api
+      .get<{ pending: EnrollmentTokenView[] }>('/enrollment/pending')
+      .then((p) => setPending(p.pending))
       .catch((err: unknown) => setError(errorText(err)));
   }, [reload]);
 
@@ -104,6 +109,20 @@ export function EnrollmentPage({ role }: { role: Role }): VNode {
           </div>`
         : null
     }
+    <h2>Tokens</h2>
     ${tokens ? html`<${Table} caption="Enrollment tokens" columns=${columns} rows=${tokens} rowKey=${(t: EnrollmentTokenView) => t.id ?? t.device_id} empty="No tokens." />` : null}
+    <h2>Pending enrollments</h2>
+    <p class="muted">Devices with a token issued that have not enrolled yet.</p>
+    ${
+      pending
+        ? html`<${Table}
+            caption="Pending enrollments"
+            columns=${columns.filter((c) => c.key !== 'revoke' && c.key !== 'used')}
+            rows=${pending}
+            rowKey=${(t: EnrollmentTokenView) => `${t.device_id}:${t.created_at ?? ''}`}
+            empty="None pending."
+          />`
+        : null
+    }
   </section>`;
 }
