@@ -47,8 +47,6 @@ import { planWarnings } from '../rollouts/warnings.js';
 import type { ServerKeys } from '../keys/server-keys.js';
 import { releaseView } from '../releases/views.js';
 import { auditView, parseAuditFilter, type AuditFilterInput } from '../audit-filter.js';
-import { isFleetRoute, routeFleet } from './fleet-routes.js';
-import { isEnrollmentRoute, routeEnrollment } from './enrollment-routes.js';
 import { eventHubFor, isEventsRoute } from './events-stream.js';
 import type { SessionLimits } from '../storage/operator-records.js';
 import { Authenticator, checkCsrf, type RequestContext } from './auth.js';
@@ -60,6 +58,8 @@ import { routeApiTokens, routeOperators } from './admin-routes.js';
 import type { HttpTls } from './tls-files.js';
 import { DEFAULT_CONSOLE_DIR, isConsoleRequest, serveConsole } from './static-console.js';
 import { DEFAULT_SESSION_LIMITS, routeSession, type SessionRouteContext } from './session-routes.js';
+import { isFleetRoute, routeFleet } from './fleet-routes.js';
+import { isEnrollmentRoute, routeEnrollment } from './enrollment-routes.js';
 
 export { MAX_BODY_BYTES } from './http-io.js';
 export type { RequestContext } from './auth.js';
@@ -100,11 +100,11 @@ const HTTP_STATUSES: Readonly<Record<string, number>> = {
   E_NO_COMMAND: 404,
   E_NO_ROLLOUT: 404,
   E_NO_RELEASE: 404,
-  E_NO_TOKEN: 404,
   E_NO_OPERATOR: 404,
   E_NO_OPERATOR_TOKEN: 404,
   E_OPERATOR_EXISTS: 409,
   E_LAST_ADMIN: 409,
+  E_NO_TOKEN: 404,
   E_ARCH_UNKNOWN: 409,
   E_ROLLOUT_STATE: 409,
   E_METHOD: 405,
@@ -155,9 +155,9 @@ async function route(ctx: HttpApiContext, sessions: SessionRouteContext, req: In
   if (rc.via === 'session') checkCsrf(req, method, sessions.tls);
   checkRole(rc.principal, method, parts);
 
+  if (isFleetRoute(parts, method)) return routeFleet(ctx, rc.principal.name, req, res, url, parts, method);
   if (parts[0] === 'operators') return routeOperators(ctx.storage, req, res, parts, method, rc);
   if (parts[0] === 'api-tokens') return routeApiTokens(ctx.storage, req, res, url, parts, method, rc);
-  if (isFleetRoute(parts, method)) return routeFleet(ctx, rc.principal.name, req, res, url, parts, method);
   if (isEnrollmentRoute(parts)) return routeEnrollment(ctx, rc.principal.name, req, res, url, parts, method);
   if (isEventsRoute(parts)) return eventHubFor(ctx, ctx.storage, { log: ctx.log }).open(req, res, url, method, rc);
   if (parts[0] === 'devices' && parts.length === 4 && parts[2] === 'tags') {

@@ -22,6 +22,7 @@ export const BENCH_SECTIONS = {
   upgrade: 'send -> applied of an agent upgrade through mosquitto: agent-only and with its own Node (host board, real root installer)',
   footprint: 'the production install (npm ci --omit=dev)',
   audit: 'audit verify of 100,000 entries (1 in 10 a board-signed ack): from the SQLite registry and from its export, entries/s',
+  console: "the console's fleet page in chromium with 10,000 devices: navigate to #/devices -> first row painted",
 } as const;
 
 export type BenchSection = keyof typeof BENCH_SECTIONS;

