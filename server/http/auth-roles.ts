@@ -1,9 +1,11 @@
 /**
  * Which role each route needs: one table, first match wins (route pattern +
  * method -> least role). Roles are ordered viewer < operator < admin.
- *   viewer:   every GET (reading changes nothing, SSE included)
+ *   viewer:   every GET (a viewer sees everything, operators, token listings and
+ *             enrollments included, and changes nothing; SSE included). No GET
+ *             answers a secret: token texts are shown once, at creation.
  *   operator: sending commands, tagging, creating and controlling rollouts
- *   admin:    everything under /operators, /api-tokens, /enrollment
+ *   admin:    every change under /operators, /api-tokens, /enrollment
  * A request matching no row needs admin (closed by default: a route added
  * later without a row is an admin's until it gets one). Refused: 403 E_FORBIDDEN.
  */
@@ -28,10 +30,10 @@ const rule = (methods: readonly string[] | '*', path: string, role: OperatorRole
 });
 
 export const ROLE_TABLE: readonly RoleRule[] = [
+  rule(['GET'], '/**', 'viewer', 'read'),
   rule('*', '/operators/**', 'admin', 'manage operators'),
   rule('*', '/api-tokens/**', 'admin', 'manage API tokens'),
   rule('*', '/enrollment/**', 'admin', 'manage enrollments'),
-  rule(['GET'], '/**', 'viewer', 'read'),
   rule(['POST'], '/devices/*/commands', 'operator', 'send commands'),
   rule(['PUT', 'DELETE'], '/devices/*/tags/*', 'operator', 'tag devices'),
   rule(['POST'], '/devices/tags', 'operator', 'tag devices'),

@@ -78,8 +78,8 @@ describe('console: roles, refusals, hostile text, keyboard (chromium)', function
       expect(await page.locator('.who-name').textContent()).to.equal(USERS[role]);
       expect(await page.locator('.role').textContent()).to.equal(role);
       const nav = await page.getByRole('navigation', { name: 'Main' }).getByRole('link').allTextContents();
-      if (role === 'admin') expect(nav).to.deep.equal(['Fleet', 'Rollouts', 'Audit', 'Enrollment', 'Users']);
-      else expect(nav).to.deep.equal(['Fleet', 'Rollouts', 'Audit']);
+      // Every role sees every page; what it may change differs.
+      expect(nav).to.deep.equal(['Fleet', 'Rollouts', 'Audit', 'Enrollment', 'Users']);
       await page.locator('tbody tr').first().waitFor();
       // Selecting devices (bulk tag, rollout) is offered to operators and admins only.
       expect(await page.getByRole('checkbox', { name: 'Select all on this page' }).count()).to.equal(role === 'viewer' ? 0 : 1);
@@ -102,6 +102,20 @@ describe('console: roles, refusals, hostile text, keyboard (chromium)', function
       commands: unknown[];
     };
     expect(cmds.commands).to.have.length(0);
+  });
+
+  it('a viewer sees the users and the enrollment tokens, with no control to change them', async () => {
+    const page = await as('viewer');
+    await page.goto(`${rig.base}/console/#/users`);
+    await page.getByRole('table', { name: 'Operators' }).locator('tbody tr', { hasText: USERS.admin }).waitFor();
+    expect(await page.getByRole('form', { name: 'Add an operator' }).count()).to.equal(0);
+    expect(await page.getByRole('button', { name: /^(Remove|Disable|Enable|Revoke)$/ }).count()).to.equal(0);
+    expect(await page.getByRole('combobox', { name: /^Role of / }).count()).to.equal(0);
+    await page.goto(`${rig.base}/console/#/enrollment`);
+    await page.getByRole('heading', { name: 'Enrollment', exact: true }).waitFor();
+    await page.getByRole('table', { name: 'Enrollment tokens' }).waitFor();
+    expect(await page.getByRole('form', { name: 'Create an enrollment token' }).count()).to.equal(0);
+    expect(await page.getByRole('button', { name: /^Revoke/ }).count()).to.equal(0);
   });
 
   it('an operator sends a selftest after a confirmation naming the device; delete needs the id typed', async () => {

@@ -131,7 +131,19 @@ describe('server: HTTP API authentication, sessions, roles, CSRF', function () {
     const ada = await session('ada');
     const rollout = { action: 'selftest', selector: { devices: ['auth-1'] }, dry_run: true };
 
-    for (const path of ['/devices', '/devices/auth-1', '/tags', '/rollouts', '/audit', '/releases', '/session']) {
+    // A viewer sees everything: the operators, the token listings and the enrollments too (no secret is in any GET).
+    for (const path of [
+      '/devices',
+      '/devices/auth-1',
+      '/tags',
+      '/rollouts',
+      '/audit',
+      '/releases',
+      '/session',
+      '/operators',
+      '/api-tokens',
+      '/enrollment/tokens',
+    ]) {
       expect((await vera.call('GET', path)).status, path).to.equal(200);
     }
     const refusals: [string, string, unknown][] = [
@@ -141,8 +153,9 @@ describe('server: HTTP API authentication, sessions, roles, CSRF', function () {
       ['POST', '/rollouts', rollout],
       ['POST', '/rollouts/r-1/pause', undefined],
       ['POST', '/rollouts/r-1/retry', {}],
-      ['GET', '/operators', undefined],
-      ['GET', '/api-tokens', undefined],
+      ['POST', '/operators', { name: 'mallory', role: 'admin', password: 'a-long-enough-password' }],
+      ['DELETE', '/api-tokens/t-1', undefined],
+      ['POST', '/enrollment/tokens', { device_id: 'auth-9', user_id: 'u' }],
     ];
     for (const [method, path, body] of refusals) {
       const a = await vera.call(method, path, body !== undefined ? { body } : {});
@@ -156,8 +169,12 @@ describe('server: HTTP API authentication, sessions, roles, CSRF', function () {
     expect(sent.status, JSON.stringify(sent.body)).to.equal(202);
     expect((await otto.call('PUT', '/devices/auth-1/tags/lab')).status).to.equal(200);
     expect((await otto.call('POST', '/rollouts', { body: rollout })).status).to.equal(200);
-    for (const path of ['/operators', '/api-tokens', '/enrollment/tokens']) {
-      const a = await otto.call('GET', path);
+    for (const [method, path] of [
+      ['POST', '/operators'],
+      ['POST', '/api-tokens'],
+      ['POST', '/enrollment/tokens'],
+    ] as const) {
+      const a = await otto.call(method, path, { body: {} });
       expect([a.status, a.body.error?.code], path).to.deep.equal([403, 'E_FORBIDDEN']);
       expect(a.body.error?.message).to.match(/^role operator may not manage/);
     }
@@ -213,7 +230,7 @@ describe('server: HTTP API authentication, sessions, roles, CSRF', function () {
     const ci = new ApiClient(base, { bearer: token });
     expect((await ci.call('GET', '/session')).body).to.deep.equal({ name: 'otto', role: 'operator' });
     expect((await ci.call('PUT', '/devices/auth-1/tags/ci')).status).to.equal(200);
-    expect((await ci.call('GET', '/operators')).body.error?.code).to.equal('E_FORBIDDEN');
+    expect((await ci.call('DELETE', '/operators/vera')).body.error?.code).to.equal('E_FORBIDDEN');
     await f.server.data.storage.operators.setDisabled('otto', true, 'cli:test');
     expect((await ci.call('GET', '/devices')).status).to.equal(401);
     await f.server.data.storage.operators.setDisabled('otto', false, 'cli:test');

@@ -8,7 +8,6 @@ import { useEffect, useState } from 'preact/hooks';
 import { api, ApiError, errorText, setUnauthorizedHandler } from './api.js';
 import { closeLive } from './live.js';
 import { useRoute } from './router.js';
-import { can } from './roles.js';
 import type { SessionView } from './types.js';
 import { LoginPage } from './pages/login.js';
 import { FleetPage } from './pages/fleet.js';
@@ -20,12 +19,12 @@ import { AuditPage } from './pages/audit.js';
 import { UsersPage } from './pages/users.js';
 import { ErrorLine } from './components/error.js';
 
-const NAV: { path: string; label: string; admin?: boolean }[] = [
+const NAV: { path: string; label: string }[] = [
   { path: 'devices', label: 'Fleet' },
   { path: 'rollouts', label: 'Rollouts' },
   { path: 'audit', label: 'Audit' },
-  { path: 'enrollment', label: 'Enrollment', admin: true },
-  { path: 'users', label: 'Users', admin: true },
+  { path: 'enrollment', label: 'Enrollment' },
+  { path: 'users', label: 'Users' },
 ];
 
 export function App(): VNode {
@@ -70,9 +69,7 @@ export function App(): VNode {
       <span class="brand">Fleet console</span>
       <nav aria-label="Main">
         <ul>
-          ${NAV.filter((n) => !n.admin || can(session.role, 'admin')).map(
-            (n) => html`<li><a href=${`#/${n.path}`} aria-current=${section === n.path ? 'page' : undefined}>${n.label}</a></li>`,
-          )}
+          ${NAV.map((n) => html`<li><a href=${`#/${n.path}`} aria-current=${section === n.path ? 'page' : undefined}>${n.label}</a></li>`)}
         </ul>
       </nav>
       <span class="who"><span class="who-name">${session.name}</span> <span class="role">${session.role}</span></span>

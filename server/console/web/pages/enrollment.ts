@@ -20,8 +20,8 @@ export function EnrollmentPage({ role }: { role: Role }): VNode {
   const [ttl, setTtl] = useState('');
   const [reload, setReload] = useState(0);
 
+  const admin = can(role, 'admin');
   useEffect(() => {
-    if (!can(role, 'admin')) return;
     api
       .get<{ tokens: EnrollmentTokenView[] }>('/enrollment/tokens')
       .then((t) => setTokens(t.tokens))
@@ -31,12 +31,6 @@ export function EnrollmentPage({ role }: { role: Role }): VNode {
       .then((p) => setPending(p.pending))
       .catch((err: unknown) => setError(errorText(err)));
   }, [reload]);
-
-  if (!can(role, 'admin'))
-    return html`<section>
-      <h1>Enrollment</h1>
-      <p>Only an admin manages enrollment tokens.</p>
-    </section>`;
 
   const create = async (e: Event): Promise<void> => {
     e.preventDefault();
@@ -65,7 +59,7 @@ export function EnrollmentPage({ role }: { role: Role }): VNode {
     }
   };
 
-  const columns: Column<EnrollmentTokenView>[] = [
+  const allColumns: Column<EnrollmentTokenView>[] = [
     { key: 'device', label: 'Device', cell: (t) => t.device_id },
     { key: 'user', label: 'User', cell: (t) => t.user_id },
     { key: 'status', label: 'Status', cell: (t) => html`<${Badge} text=${t.status} />` },
@@ -82,23 +76,29 @@ export function EnrollmentPage({ role }: { role: Role }): VNode {
     },
   ];
 
+  // Everyone sees the tokens (never their text); only an admin creates or revokes one.
+  const columns = admin ? allColumns : allColumns.filter((c) => c.key !== 'revoke');
   return html`<section aria-labelledby="enroll-title">
     <h1 id="enroll-title">Enrollment</h1>
-    <form class="filters" onSubmit=${create} aria-label="Create an enrollment token">
-      <span
-        ><label for="e-device">Device id</label
-        ><input id="e-device" required value=${deviceId} onInput=${(e: Event) => setDeviceId((e.target as HTMLInputElement).value)}
-      /></span>
-      <span
-        ><label for="e-user">User id</label
-        ><input id="e-user" required value=${userId} onInput=${(e: Event) => setUserId((e.target as HTMLInputElement).value)}
-      /></span>
-      <span
-        ><label for="e-ttl">Valid for (s)</label
-        ><input id="e-ttl" type="number" min="60" value=${ttl} onInput=${(e: Event) => setTtl((e.target as HTMLInputElement).value)}
-      /></span>
-      <button type="submit">Create token</button>
-    </form>
+    ${
+      admin
+        ? html`<form class="filters" onSubmit=${create} aria-label="Create an enrollment token">
+            <span
+              ><label for="e-device">Device id</label
+              ><input id="e-device" required value=${deviceId} onInput=${(e: Event) => setDeviceId((e.target as HTMLInputElement).value)}
+            /></span>
+            <span
+              ><label for="e-user">User id</label
+              ><input id="e-user" required value=${userId} onInput=${(e: Event) => setUserId((e.target as HTMLInputElement).value)}
+            /></span>
+            <span
+              ><label for="e-ttl">Valid for (s)</label
+              ><input id="e-ttl" type="number" min="60" value=${ttl} onInput=${(e: Event) => setTtl((e.target as HTMLInputElement).value)}
+            /></span>
+            <button type="submit">Create token</button>
+          </form>`
+        : html`<p class="muted">Only an admin creates or revokes enrollment tokens.</p>`
+    }
     <${ErrorLine} error=${error} />
     ${
       created

@@ -20,8 +20,8 @@ export function UsersPage({ role, self }: { role: Role; self: string }): VNode {
   const [tokenForm, setTokenForm] = useState({ operator: self, label: '' });
   const [newToken, setNewToken] = useState<string | null>(null);
 
+  const admin = can(role, 'admin');
   useEffect(() => {
-    if (!can(role, 'admin')) return;
     api
       .get<{ operators: OperatorView[] }>('/operators')
       .then((o) => setOps(o.operators))
@@ -31,12 +31,6 @@ export function UsersPage({ role, self }: { role: Role; self: string }): VNode {
       .then((t) => setTokens(t.tokens))
       .catch((err: unknown) => setError(errorText(err)));
   }, [reload]);
-
-  if (!can(role, 'admin'))
-    return html`<section>
-      <h1>Users</h1>
-      <p>Only an admin manages users.</p>
-    </section>`;
 
   const act = async (fn: () => Promise<unknown>): Promise<void> => {
     setError(null);
@@ -62,19 +56,21 @@ export function UsersPage({ role, self }: { role: Role; self: string }): VNode {
     });
   };
 
-  const opColumns: Column<OperatorView>[] = [
+  const allOpColumns: Column<OperatorView>[] = [
     { key: 'name', label: 'Name', cell: (o) => o.name },
     {
       key: 'role',
       label: 'Role',
       cell: (o) =>
-        html`<select
-          aria-label=${`Role of ${o.name}`}
-          value=${o.role}
-          onChange=${(e: Event) => act(() => api.patch(`/operators/${seg(o.name)}`, { role: (e.target as HTMLSelectElement).value }))}
-        >
-          ${ROLES.map((r) => html`<option value=${r}>${r}</option>`)}
-        </select>`,
+        !admin
+          ? o.role
+          : html`<select
+              aria-label=${`Role of ${o.name}`}
+              value=${o.role}
+              onChange=${(e: Event) => act(() => api.patch(`/operators/${seg(o.name)}`, { role: (e.target as HTMLSelectElement).value }))}
+            >
+              ${ROLES.map((r) => html`<option value=${r}>${r}</option>`)}
+            </select>`,
     },
     { key: 'state', label: 'State', cell: (o) => (o.disabled ? 'disabled' : 'enabled') },
     { key: 'created', label: 'Created', cell: (o) => when(o.created_at ?? null) },
@@ -92,7 +88,7 @@ export function UsersPage({ role, self }: { role: Role; self: string }): VNode {
         >`,
     },
   ];
-  const tokenColumns: Column<ApiTokenView>[] = [
+  const allTokenColumns: Column<ApiTokenView>[] = [
     { key: 'id', label: 'Id', cell: (t) => html`<code>${t.id}</code>` },
     { key: 'op', label: 'Operator', cell: (t) => t.operator },
     { key: 'label', label: 'Label', cell: (t) => t.label },
@@ -105,55 +101,66 @@ export function UsersPage({ role, self }: { role: Role; self: string }): VNode {
     },
   ];
 
+  // Everyone sees the operators and the tokens (never their text); only an admin changes them.
+  const opColumns = admin ? allOpColumns : allOpColumns.filter((c) => c.key !== 'do');
+  const tokenColumns = admin ? allTokenColumns : allTokenColumns.filter((c) => c.key !== 'do');
   return html`<section aria-labelledby="users-title">
     <h1 id="users-title">Users</h1>
     <${ErrorLine} error=${error} />
     <h2>Operators</h2>
     ${ops ? html`<${Table} caption="Operators" columns=${opColumns} rows=${ops} rowKey=${(o: OperatorView) => o.name} />` : null}
-    <form class="filters" onSubmit=${add} aria-label="Add an operator">
-      <span
-        ><label for="u-name">Name</label
-        ><input id="u-name" required value=${form.name} onInput=${(e: Event) => setForm({ ...form, name: (e.target as HTMLInputElement).value })}
-      /></span>
-      <span
-        ><label for="u-role">Role</label
-        ><select id="u-role" value=${form.role} onChange=${(e: Event) => setForm({ ...form, role: (e.target as HTMLSelectElement).value as Role })}>
-          ${ROLES.map((r) => html`<option value=${r}>${r}</option>`)}
-        </select></span
-      >
-      <span
-        ><label for="u-password">Password</label
-        ><input
-          id="u-password"
-          type="password"
-          autocomplete="new-password"
-          required
-          value=${form.password}
-          onInput=${(e: Event) => setForm({ ...form, password: (e.target as HTMLInputElement).value })}
-      /></span>
-      <button type="submit">Add operator</button>
-    </form>
+    ${
+      admin
+        ? html`<form class="filters" onSubmit=${add} aria-label="Add an operator">
+            <span
+              ><label for="u-name">Name</label
+              ><input id="u-name" required value=${form.name} onInput=${(e: Event) => setForm({ ...form, name: (e.target as HTMLInputElement).value })}
+            /></span>
+            <span
+              ><label for="u-role">Role</label
+              ><select id="u-role" value=${form.role} onChange=${(e: Event) => setForm({ ...form, role: (e.target as HTMLSelectElement).value as Role })}>
+                ${ROLES.map((r) => html`<option value=${r}>${r}</option>`)}
+              </select></span
+            >
+            <span
+              ><label for="u-password">Password</label
+              ><input
+                id="u-password"
+                type="password"
+                autocomplete="new-password"
+                required
+                value=${form.password}
+                onInput=${(e: Event) => setForm({ ...form, password: (e.target as HTMLInputElement).value })}
+            /></span>
+            <button type="submit">Add operator</button>
+          </form>`
+        : html`<p class="muted">Only an admin adds, changes or removes operators and API tokens.</p>`
+    }
     <h2>API tokens</h2>
     ${tokens ? html`<${Table} caption="API tokens" columns=${tokenColumns} rows=${tokens} rowKey=${(t: ApiTokenView) => t.id} empty="No API tokens." />` : null}
-    <form class="filters" onSubmit=${addToken} aria-label="Create an API token">
-      <span
-        ><label for="t-op">Operator</label
-        ><input
-          id="t-op"
-          required
-          value=${tokenForm.operator}
-          onInput=${(e: Event) => setTokenForm({ ...tokenForm, operator: (e.target as HTMLInputElement).value })}
-      /></span>
-      <span
-        ><label for="t-label">Label</label
-        ><input
-          id="t-label"
-          required
-          value=${tokenForm.label}
-          onInput=${(e: Event) => setTokenForm({ ...tokenForm, label: (e.target as HTMLInputElement).value })}
-      /></span>
-      <button type="submit">Create token</button>
-    </form>
+    ${
+      admin
+        ? html`<form class="filters" onSubmit=${addToken} aria-label="Create an API token">
+            <span
+              ><label for="t-op">Operator</label
+              ><input
+                id="t-op"
+                required
+                value=${tokenForm.operator}
+                onInput=${(e: Event) => setTokenForm({ ...tokenForm, operator: (e.target as HTMLInputElement).value })}
+            /></span>
+            <span
+              ><label for="t-label">Label</label
+              ><input
+                id="t-label"
+                required
+                value=${tokenForm.label}
+                onInput=${(e: Event) => setTokenForm({ ...tokenForm, label: (e.target as HTMLInputElement).value })}
+            /></span>
+            <button type="submit">Create token</button>
+          </form>`
+        : null
+    }
     ${
       newToken
         ? html`<div class="once" role="status">
