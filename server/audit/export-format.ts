@@ -149,5 +149,13 @@ export async function parseExport(text: string, options: { serverKeys?: readonly
     device_keys: Object.fromEntries(deviceKeys),
     checkpoints: checkpoints.map(checkpointJson),
   };
-  return { header: validHeader, start: { afterId: 0, hash: AUDIT_GENESIS }, entries: entries(), head: chainHead, checkpoints, serverKeys, deviceKeys };
+  return {
+    header: validHeader,
+    start: { afterId: 0, hash: AUDIT_GENESIS },
+    entries: entries(),
+    head: chainHead,
+    checkpoints,
+    serverKeys,
+    deviceKeys: (id) => deviceKeys.get(id) ?? [],
+  };
 }

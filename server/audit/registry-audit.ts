@@ -12,7 +12,7 @@ import type { Storage } from '../storage/types.js';
 import { AUDIT_GENESIS, type ChainHead } from './chain.js';
 import { signCheckpoint, verifyCheckpoint, type CheckpointRecord } from './checkpoint.js';
 import { checkpointJson, entryLine, headerLine } from './export-format.js';
-import { verifyAudit, type AuditReport, type SourceEntry } from './verify.js';
+import { SIGNED_ACK_EVENTS, SIGNED_REPORT_EVENTS, verifyAudit, type AuditReport, type SourceEntry } from './verify.js';
 
 const BATCH = 1000;
 
@@ -89,7 +89,7 @@ export async function verifyRegistry(storage: Storage, keys: ServerKeys, since?:
     head,
     checkpoints: await storage.audit.checkpoints(),
     serverKeys,
-    deviceKeys: await storage.audit.deviceSigningKeys(),
+    deviceKeys: async (id) => (await storage.audit.deviceSigningKeys([id])).get(id) ?? [],
   });
 }
 
@@ -120,7 +120,8 @@ export interface ExportResult {
 export async function writeExport(storage: Storage, keys: ServerKeys, out: string, now: number): Promise<ExportResult> {
   const head = await storage.audit.head();
   const checkpoints = (await storage.audit.checkpoints()).filter((c) => c.lastId <= head.lastId);
-  const deviceKeys = await storage.audit.deviceSigningKeys();
+  // The keys of the devices whose signed acks or reports are in the export (all each ever had).
+  const deviceKeys = await storage.audit.deviceSigningKeys(await storage.audit.devicesWithEvents([...SIGNED_ACK_EVENTS, ...SIGNED_REPORT_EVENTS], head.lastId));
   const tmp = join(dirname(out), `.${basename(out)}.tmp-${randomBytes(6).toString('hex')}`);
   let fh;
   try {

@@ -66,8 +66,8 @@ export interface AuditSource {
   checkpoints: readonly CheckpointRecord[];
   /** The server's public signing keys (checkpoints). */
   serverKeys: readonly PublicJwk[];
-  /** Each device's signing keys, every one it was registered with. */
-  deviceKeys: ReadonlyMap<string, readonly PublicJwk[]>;
+  /** A device's signing keys, every one it was registered with (asked once per device met). */
+  deviceKeys: (deviceId: string) => Promise<readonly PublicJwk[]> | readonly PublicJwk[];
 }
 
 /** Events whose rows carry a board's signed ack (`ack_jws`). */
@@ -126,7 +126,7 @@ export async function verifyAudit(src: AuditSource): Promise<AuditReport> {
   const ringOf = (deviceId: string): Promise<KeyRing> => {
     let r = rings.get(deviceId);
     if (!r) {
-      r = KeyRing.create(src.deviceKeys.get(deviceId) ?? []);
+      r = Promise.resolve(src.deviceKeys(deviceId)).then((keys) => KeyRing.create(keys));
       rings.set(deviceId, r);
     }
     return r;
