@@ -110,6 +110,7 @@ export async function parseExport(text: string, options: { serverKeys?: readonly
   if (header.version !== EXPORT_VERSION) throw bad(`version ${JSON.stringify(header.version)} is not ${EXPORT_VERSION}`);
   const head = header.head;
   if (!isRecord(head) || !Number.isSafeInteger(head.last_id) || typeof head.hash !== 'string') throw bad('the header has no head {last_id, hash}');
+  if (typeof header.server_id !== 'string') throw bad('the header has no server_id');
   const serverKeys = options.serverKeys ?? (await keysOf(header.server_keys, 'server_keys'));
   if (!isRecord(header.device_keys)) throw bad('device_keys is not an object');
   const deviceKeys = new Map<string, PublicJwk[]>();
@@ -156,6 +157,7 @@ export async function parseExport(text: string, options: { serverKeys?: readonly
     head: chainHead,
     checkpoints,
     serverKeys,
+    serverId: validHeader.server_id,
     deviceKeys: (id) => deviceKeys.get(id) ?? [],
   };
 }

@@ -66,6 +66,7 @@ export async function verifyRegistry(storage: Storage, keys: ServerKeys, since?:
     try {
       const claims = await verifyCheckpoint(since.jws, await KeyRing.create(serverKeys));
       if (claims.lastId !== since.lastId || claims.hash !== since.hash) throw new Error('its columns differ from what it signed');
+      if (claims.iss !== keys.serverId) throw new Error(`it was issued by ${JSON.stringify(claims.iss)}, not ${keys.serverId}`);
     } catch (err) {
       return brokenSince(`checkpoint #${since.id} does not verify: ${err instanceof Error ? err.message : String(err)}`, since, 'signature', null);
     }
@@ -89,6 +90,7 @@ export async function verifyRegistry(storage: Storage, keys: ServerKeys, since?:
     head,
     checkpoints: await storage.audit.checkpoints(),
     serverKeys,
+    serverId: keys.serverId,
     deviceKeys: async (id) => (await storage.audit.deviceSigningKeys([id])).get(id) ?? [],
   });
 }
