@@ -110,6 +110,7 @@ export async function parseExport(text: string, options: { serverKeys?: readonly
   if (header.version !== EXPORT_VERSION) throw bad(`version ${JSON.stringify(header.version)} is not ${EXPORT_VERSION}`);
   const head = header.head;
   if (!isRecord(head) || !Number.isSafeInteger(head.last_id) || typeof head.hash !== 'string') throw bad('the header has no head {last_id, hash}');
+  if (typeof header.server_id !== 'string') throw bad('the header has no server_id');
   const serverKeys = options.serverKeys ?? (await keysOf(header.server_keys, 'server_keys'));
   if (!isRecord(header.device_keys)) throw bad('device_keys is not an object');
   const deviceKeys = new Map<string, PublicJwk[]>();
@@ -149,5 +150,14 @@ export async function parseExport(text: string, options: { serverKeys?: readonly
     device_keys: Object.fromEntries(deviceKeys),
     checkpoints: checkpoints.map(checkpointJson),
   };
-  return { header: validHeader, start: { afterId: 0, hash: AUDIT_GENESIS }, entries: entries(), head: chainHead, checkpoints, serverKeys, deviceKeys };
+  return {
+    header: validHeader,
+    start: { afterId: 0, hash: AUDIT_GENESIS },
+    entries: entries(),
+    head: chainHead,
+    checkpoints,
+    serverKeys,
+    serverId: validHeader.server_id,
+    deviceKeys: (id) => deviceKeys.get(id) ?? [],
+  };
 }

@@ -12,7 +12,7 @@ import type { Storage } from '../storage/types.js';
 import { AUDIT_GENESIS, type ChainHead } from './chain.js';
 import { signCheckpoint, verifyCheckpoint, type CheckpointRecord } from './checkpoint.js';
 import { checkpointJson, entryLine, headerLine } from './export-format.js';
-import { verifyAudit, type AuditReport, type SourceEntry } from './verify.js';
+import { SIGNED_ACK_EVENTS, SIGNED_REPORT_EVENTS, verifyAudit, type AuditReport, type SourceEntry } from './verify.js';
 
 const BATCH = 1000;
 
@@ -66,6 +66,7 @@ export async function verifyRegistry(storage: Storage, keys: ServerKeys, since?:
     try {
       const claims = await verifyCheckpoint(since.jws, await KeyRing.create(serverKeys));
       if (claims.lastId !== since.lastId || claims.hash !== since.hash) throw new Error('its columns differ from what it signed');
+      if (claims.iss !== keys.serverId) throw new Error(`it was issued by ${JSON.stringify(claims.iss)}, not ${keys.serverId}`);
     } catch (err) {
       return brokenSince(`checkpoint #${since.id} does not verify: ${err instanceof Error ? err.message : String(err)}`, since, 'signature', null);
     }
@@ -89,7 +90,8 @@ export async function verifyRegistry(storage: Storage, keys: ServerKeys, since?:
     head,
     checkpoints: await storage.audit.checkpoints(),
     serverKeys,
-    deviceKeys: await storage.audit.deviceSigningKeys(),
+    serverId: keys.serverId,
+    deviceKeys: async (id) => (await storage.audit.deviceSigningKeys([id])).get(id) ?? [],
   });
 }
 
@@ -120,7 +122,8 @@ export interface ExportResult {
 export async function writeExport(storage: Storage, keys: ServerKeys, out: string, now: number): Promise<ExportResult> {
   const head = await storage.audit.head();
   const checkpoints = (await storage.audit.checkpoints()).filter((c) => c.lastId <= head.lastId);
-  const deviceKeys = await storage.audit.deviceSigningKeys();
+  // The keys of the devices whose signed acks or reports are in the export (all each ever had).
+  const deviceKeys = await storage.audit.deviceSigningKeys(await storage.audit.devicesWithEvents([...SIGNED_ACK_EVENTS, ...SIGNED_REPORT_EVENTS], head.lastId));
   const tmp = join(dirname(out), `.${basename(out)}.tmp-${randomBytes(6).toString('hex')}`);
   let fh;
   try {

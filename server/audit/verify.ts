@@ -66,8 +66,10 @@ export interface AuditSource {
   checkpoints: readonly CheckpointRecord[];
   /** The server's public signing keys (checkpoints). */
   serverKeys: readonly PublicJwk[];
-  /** Each device's signing keys, every one it was registered with. */
-  deviceKeys: ReadonlyMap<string, readonly PublicJwk[]>;
+  /** The server's id: every checkpoint's `iss` (undefined: not checked). */
+  serverId?: string;
+  /** A device's signing keys, every one it was registered with (asked once per device met). */
+  deviceKeys: (deviceId: string) => Promise<readonly PublicJwk[]> | readonly PublicJwk[];
 }
 
 /** Events whose rows carry a board's signed ack (`ack_jws`). */
@@ -106,6 +108,8 @@ export async function verifyAudit(src: AuditSource): Promise<AuditReport> {
       const claims = await verifyCheckpoint(c.jws, serverRing);
       if (claims.lastId !== c.lastId || claims.hash !== c.hash || claims.at !== c.at)
         throw new CheckpointError('its stored columns differ from what it signed');
+      if (src.serverId !== undefined && claims.iss !== src.serverId)
+        throw new CheckpointError(`it was issued by ${JSON.stringify(claims.iss)}, not ${src.serverId}`);
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
       return fail({
@@ -126,7 +130,7 @@ export async function verifyAudit(src: AuditSource): Promise<AuditReport> {
   const ringOf = (deviceId: string): Promise<KeyRing> => {
     let r = rings.get(deviceId);
     if (!r) {
-      r = KeyRing.create(src.deviceKeys.get(deviceId) ?? []);
+      r = Promise.resolve(src.deviceKeys(deviceId)).then((keys) => KeyRing.create(keys));
       rings.set(deviceId, r);
     }
     return r;

@@ -331,8 +331,10 @@ export interface AuditStore {
   addCheckpoint(c: Omit<CheckpointRecord, 'id'>): Promise<CheckpointRecord>;
   /** Every checkpoint, oldest first. */
   checkpoints(): Promise<CheckpointRecord[]>;
-  /** Every signing key ever registered for each device (current, previous and retired: old acks stay verifiable). */
-  deviceSigningKeys(): Promise<Map<string, PublicJwk[]>>;
+  /** Every signing key ever registered for each of these devices (current, previous and retired: old acks stay verifiable). */
+  deviceSigningKeys(deviceIds: readonly string[]): Promise<Map<string, PublicJwk[]>>;
+  /** The devices of the entries with id <= upTo whose event is one of `events` (those with board-signed rows). */
+  devicesWithEvents(events: readonly string[], upTo: number): Promise<string[]>;
 }
 
 // ---- releases -----------------------------------------------------------------

@@ -338,5 +338,9 @@ describe('audit verify (issue 25)', function () {
     // The columns say another hash than the one signed.
     const lied = await verifyAudit({ ...(await parseExport(exportText)), checkpoints: [{ ...last, hash: 'f'.repeat(64) }] });
     expect(lied.broken).to.deep.include({ code: 'E_AUDIT_CHECKPOINT', reason: 'signature' });
+    // The export's server_id edited: its checkpoints were issued by another.
+    const renamed = await verifyAudit(await parseExport(exportText.replace(`"server_id":"${log.keys.serverId}"`, '"server_id":"another-server"')));
+    expect(renamed.broken).to.deep.include({ code: 'E_AUDIT_CHECKPOINT', reason: 'signature' });
+    expect(renamed.broken?.message).to.match(/issued by "provision-server", not another-server/);
   });
 });

@@ -35,6 +35,8 @@ import { join } from 'node:path';
 import { expect } from 'chai';
 import { toPublicJwk, type JwkSet } from '../../protocol/index.js';
 import { exportServer, readJoinFile, writeJoinedDataDir } from '../../server/keys/server-join.js';
+import { loadServerKeys } from '../../server/keys/server-keys.js';
+import { verifyRegistry } from '../../server/audit/registry-audit.js';
 import { openStorage, parseRegistryLocation } from '../../server/storage/open.js';
 import type { Storage } from '../../server/storage/types.js';
 import { freePort, mosquittoAvailable, startMosquittoProcess, type MosquittoProcess } from '../helpers/mosquitto-process.js';
@@ -292,6 +294,10 @@ describe('cluster: three serve processes, one registry, 2,000 boards, a rollout 
     const chain = await store.audit.verifyChain();
     expect(chain.broken, JSON.stringify(chain.broken)).to.equal(undefined);
     expect(chain.checked).to.equal(await store.audit.lastId());
+    // Issue 25: every ack row holds the board's signed JWS, and each verifies with that board's registered key.
+    const audit = await verifyRegistry(store, await loadServerKeys(join(data[0] as string, 'keys')));
+    expect(audit.broken, JSON.stringify(audit.broken)).to.equal(undefined);
+    expect(audit.acks).to.include({ verified: ackRows.length, unsigned: 0 });
 
     // The cut serve: still running, logged the storage failure, handled messages again after the cut.
     expect(cutServe.child.exitCode, 'the cut serve is still running').to.equal(null);

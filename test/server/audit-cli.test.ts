@@ -82,6 +82,17 @@ describe('provision-server audit verify|checkpoint|checkpoints|export and provis
     const fromFile = await runServerCli(['audit', 'verify', '--data', ctx.data, '--since', first]);
     expect(fromFile.code, fromFile.stderr).to.equal(0);
     expect(fromFile.stdout).to.match(/^audit OK: [1-9]\d* entries .*; 2 checkpoint\(s\) verified/);
+    // Its bare JWS does as well; one whose signature was altered is refused (E_AUDIT_CHECKPOINT, exit 1).
+    const jws = (JSON.parse((await readFile(cps, 'utf8')).split('\n')[0] as string) as { jws: string }).jws;
+    await writeFile(first, `${jws}\n`);
+    const bare = await runServerCli(['audit', 'verify', '--data', ctx.data, '--since', first]);
+    expect(bare.code, bare.stderr).to.equal(0);
+    expect(bare.stdout).to.equal(fromFile.stdout);
+    const sig = jws.split('.')[2] as string;
+    await writeFile(first, `${jws.slice(0, -sig.length)}${sig[0] === 'A' ? 'B' : 'A'}${sig.slice(1)}\n`);
+    const forged = await runServerCli(['audit', 'verify', '--data', ctx.data, '--since', first]);
+    expect(forged.code).to.equal(1);
+    expect(forged.stderr).to.match(/^provision-server: E_AUDIT_CHECKPOINT: checkpoint file .*: the signature does not verify/);
 
     const out = join(ctx.dir, 'audit.jsonl');
     const exported = await runServerCli(['audit', 'export', '--data', ctx.data, '--out', out]);

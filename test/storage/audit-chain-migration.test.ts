@@ -74,6 +74,38 @@ describe('storage: audit chain migrations', function () {
     }
   });
 
+  it('sqlite: 2,501 rows with id gaps (three batches of the chain fill) are chained across the batch boundaries; the head is the last', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'audit-chain-mig-'));
+    try {
+      const path = join(dir, 'registry.sqlite');
+      const db = new Database(path);
+      for (const [i, sql] of MIGRATIONS.slice(0, 8).entries()) {
+        db.exec(sql);
+        db.pragma(`user_version = ${i + 1}`);
+      }
+      const insert = db.prepare('INSERT INTO audit (id, at, event, device_id, detail) VALUES (?, ?, ?, ?, ?)');
+      // Ids with gaps at and around the batch boundaries (1000, 2000).
+      const ids = Array.from({ length: 2600 }, (_, k) => k + 1).filter((id) => id % 26 !== 0 || id === 2600);
+      db.transaction(() => {
+        for (const id of ids) insert.run(id, 1000 + id, 'old.row', id % 2 ? 'd1' : null, JSON.stringify({ id }));
+      })();
+      db.close();
+      const s = openSqliteStorage(path, {});
+      try {
+        let prev = AUDIT_GENESIS;
+        for (const id of ids) prev = chainHash(prev, { id, at: 1000 + id, event: 'old.row', deviceId: id % 2 ? 'd1' : null, detail: { id } });
+        expect(await s.audit.head()).to.deep.equal({ lastId: 2600, hash: prev });
+        const v = await s.audit.verifyChain();
+        expect(v.broken).to.equal(undefined);
+        expect(v.checked).to.equal(ids.length);
+      } finally {
+        await s.close();
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   describe('postgres', function () {
     let cluster: PgCluster | undefined;
     before(async function () {

@@ -186,9 +186,20 @@ export class PgAuditStore implements AuditStore {
     return (await this.#db.q<CheckpointRow>('SELECT * FROM audit_checkpoints ORDER BY id')).map(checkpointRecord);
   }
 
-  async deviceSigningKeys(): Promise<Map<string, PublicJwk[]>> {
+  async deviceSigningKeys(deviceIds: readonly string[]): Promise<Map<string, PublicJwk[]>> {
     return groupKeys(
-      await this.#db.q<{ device_id: string; jwk: string }>("SELECT device_id, jwk FROM device_keys WHERE use = 'sig' ORDER BY device_id, added_at"),
+      await this.#db.q<{ device_id: string; jwk: string }>(
+        "SELECT device_id, jwk FROM device_keys WHERE use = 'sig' AND device_id = ANY($1::text[]) ORDER BY device_id, added_at",
+        [[...deviceIds]],
+      ),
     );
+  }
+
+  async devicesWithEvents(events: readonly string[], upTo: number): Promise<string[]> {
+    const rows = await this.#db.q<{ device_id: string }>(
+      'SELECT DISTINCT device_id FROM audit WHERE event = ANY($1::text[]) AND id <= $2 AND device_id IS NOT NULL ORDER BY device_id',
+      [[...events], upTo],
+    );
+    return rows.map((r) => r.device_id);
   }
 }

@@ -68,6 +68,9 @@ const chained = (r: AuditRow): ChainedEntry => {
   return e;
 };
 
+/** Devices per query when reading their keys. */
+const KEY_BATCH = 500;
+
 interface CheckpointRow {
   id: number;
   at: number;
@@ -184,9 +187,18 @@ export class SqliteAuditStore implements AuditStore {
     return (this.#s.db.prepare('SELECT * FROM audit_checkpoints ORDER BY id').all() as CheckpointRow[]).map(checkpointRecord);
   }
 
-  async deviceSigningKeys(): Promise<Map<string, PublicJwk[]>> {
-    return groupKeys(
-      this.#s.db.prepare("SELECT device_id, jwk FROM device_keys WHERE use = 'sig' ORDER BY device_id, added_at").all() as { device_id: string; jwk: string }[],
-    );
+  async deviceSigningKeys(deviceIds: readonly string[]): Promise<Map<string, PublicJwk[]>> {
+    const rows: { device_id: string; jwk: string }[] = [];
+    for (let i = 0; i < deviceIds.length; i += KEY_BATCH) {
+      const ids = deviceIds.slice(i, i + KEY_BATCH);
+      const sql = `SELECT device_id, jwk FROM device_keys WHERE use = 'sig' AND device_id IN (${ids.map(() => '?').join(', ')}) ORDER BY device_id, added_at`;
+      rows.push(...(this.#s.db.prepare(sql).all(...ids) as { device_id: string; jwk: string }[]));
+    }
+    return groupKeys(rows);
+  }
+
+  async devicesWithEvents(events: readonly string[], upTo: number): Promise<string[]> {
+    const sql = `SELECT DISTINCT device_id FROM audit WHERE event IN (${events.map(() => '?').join(', ')}) AND id <= ? AND device_id IS NOT NULL ORDER BY device_id`;
+    return (this.#s.db.prepare(sql).all(...events, upTo) as { device_id: string }[]).map((r) => r.device_id);
   }
 }
