@@ -11,7 +11,8 @@ import { CodedError, isRecord, isValidId } from '../../protocol/index.js';
 import { userIdText } from '../core/command-sender.js';
 import type { Storage } from '../storage/types.js';
 import { tokenView } from './record-views.js';
-import { allowMethods, queryValues, readJson, sendJson, validDeviceId } from './route-kit.js';
+import { queryValues, validDeviceId } from './route-kit.js';
+import { allow, readJsonBody, sendJson } from './http-io.js';
 
 /** A token's lifetime when the request names none (as `token create --ttl`'s default). */
 export const DEFAULT_TOKEN_TTL_S = 24 * 3600;
@@ -38,19 +39,19 @@ export async function routeEnrollment(
 ): Promise<void> {
   const store = ctx.storage.enrollment;
   if (parts.length === 2 && parts[1] === 'pending') {
-    allowMethods(method, ['GET']);
+    allow(method, ['GET']);
     queryValues(url.searchParams, [] as const);
     return sendJson(res, 200, { pending: (await store.pendingEnrollments()).map(tokenView) });
   }
   if (parts.length === 2 && parts[1] === 'tokens') {
-    allowMethods(method, ['GET', 'POST']);
+    allow(method, ['GET', 'POST']);
     if (method === 'GET') {
       const v = queryValues(url.searchParams, ['device'] as const);
       const device = v.device === undefined ? undefined : deviceParam(v.device);
       return sendJson(res, 200, { tokens: (await store.listTokens(device === undefined ? {} : { deviceId: device })).map(tokenView) });
     }
     queryValues(url.searchParams, [] as const);
-    const { deviceId, userId, ttlS } = tokenRequest(await readJson(req));
+    const { deviceId, userId, ttlS } = tokenRequest(await readJsonBody(req));
     const created = await store.createToken(deviceId, userId, ttlS * 1000, by);
     return sendJson(res, 201, {
       id: created.id,
@@ -61,7 +62,7 @@ export async function routeEnrollment(
     });
   }
   if (parts.length === 3 && parts[1] === 'tokens') {
-    allowMethods(method, ['DELETE']);
+    allow(method, ['DELETE']);
     queryValues(url.searchParams, [] as const);
     const id = parts[2] as string;
     if (!/^[0-9a-f]{16}$/.test(id)) throw new CodedError('E_BAD_REQUEST', 'a token id is 16 hex digits (GET /enrollment/tokens lists them)');

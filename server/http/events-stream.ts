@@ -23,7 +23,8 @@ import { auditView } from '../audit-filter.js';
 import { rolloutView } from '../rollouts/rollout-views.js';
 import type { Storage } from '../storage/types.js';
 import type { RequestContext } from './auth.js';
-import { allowMethods, queryValues, sendJson } from './route-kit.js';
+import { queryValues } from './route-kit.js';
+import { allow, sendJson } from './http-io.js';
 
 export const EVENTS_TICK_MS = 500;
 export const EVENTS_PING_MS = 15_000;
@@ -97,7 +98,7 @@ export class EventHub {
 
   /** Answers GET /events: checks the request, then holds the response open as a stream. */
   async open(req: IncomingMessage, res: ServerResponse, url: URL, method: string, rc: Pick<RequestContext, 'session'>): Promise<void> {
-    allowMethods(method, ['GET']);
+    allow(method, ['GET']);
     const after = resumePoint(queryValues(url.searchParams, ['after'] as const).after, req.headers['last-event-id']);
     if (this.#streams.size >= this.#max) {
       res.setHeader('Retry-After', '10');

@@ -14,7 +14,8 @@ import { presenceOf } from '../core/presence.js';
 import type { CommandRecord } from '../storage/records.js';
 import { DEVICE_SORTS, type DevicePageQuery, type Storage } from '../storage/types.js';
 import { commandStatus, commandView, deviceView } from './record-views.js';
-import { allowMethods, choiceParam, flagParam, intParam, queryValues, readJson, sendJson, textParam, validDeviceId } from './route-kit.js';
+import { choiceParam, flagParam, intParam, queryValues, textParam, validDeviceId } from './route-kit.js';
+import { allow, readJsonBody, sendJson } from './http-io.js';
 
 /** The most devices one page answers (`limit`). */
 export const MAX_DEVICE_PAGE = 500;
@@ -44,13 +45,13 @@ export async function routeFleet(
   method: string,
 ): Promise<void> {
   if (parts.length === 1) {
-    allowMethods(method, ['GET']);
+    allow(method, ['GET']);
     return listDevices(ctx, res, url);
   }
   if (parts.length === 2) return bulkTags(ctx, by, req, res, url);
   const id = validDeviceId(parts[1]);
   if (parts[2] === 'commands') return deviceCommands(ctx, res, url, id);
-  allowMethods(method, ['GET']);
+  allow(method, ['GET']);
   return devicePresence(ctx, res, url, id);
 }
 
@@ -124,7 +125,7 @@ async function devicePresence(ctx: FleetRouteContext, res: ServerResponse, url: 
 
 async function bulkTags(ctx: FleetRouteContext, by: string, req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
   queryValues(url.searchParams, [] as const);
-  const body = await readJson(req);
+  const body = await readJsonBody(req);
   const shape = 'the body must be a JSON object {devices: [ids], add?: [tags], remove?: [tags]}';
   if (!isRecord(body)) throw new CodedError('E_BAD_REQUEST', shape);
   const unknown = Object.keys(body).filter((k) => !['devices', 'add', 'remove'].includes(k));

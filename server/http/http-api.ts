@@ -53,6 +53,7 @@ import { Authenticator, checkCsrf, type RequestContext } from './auth.js';
 import { checkRole } from './auth-roles.js';
 import { LoginLimiter, RateLimitedError } from './auth-rate-limit.js';
 import { allow, readJsonBody, readOptionalJsonBody, sendError, sendJson } from './http-io.js';
+import { queryValues } from './route-kit.js';
 import { setSecurityHeaders } from './security-headers.js';
 import { routeApiTokens, routeOperators } from './admin-routes.js';
 import type { HttpTls } from './tls-files.js';
@@ -296,14 +297,7 @@ async function routeRollouts(
 const AUDIT_PARAMS = ['device', 'rollout', 'action', 'since', 'until', 'limit'] as const;
 
 function auditFilterFromQuery(q: URLSearchParams): AuditFilter {
-  const unknown = [...new Set(q.keys())].filter((k) => !(AUDIT_PARAMS as readonly string[]).includes(k));
-  if (unknown.length) throw new CodedError('E_BAD_REQUEST', `unknown query parameter(s): ${unknown.join(', ')} (known: ${AUDIT_PARAMS.join(', ')})`);
-  const input: AuditFilterInput = {};
-  for (const k of AUDIT_PARAMS) {
-    const values = q.getAll(k);
-    if (values.length > 1) throw new CodedError('E_BAD_REQUEST', `query parameter ${k} given ${values.length} times`);
-    if (values[0] !== undefined) input[k] = values[0];
-  }
+  const input: AuditFilterInput = queryValues(q, AUDIT_PARAMS);
   return parseAuditFilter(
     input,
     { device: 'device', rollout: 'rollout', action: 'action', since: 'since', until: 'until', limit: 'limit' },

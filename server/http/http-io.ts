@@ -59,7 +59,7 @@ export function sendError(res: ServerResponse, status: number, code: string, mes
 }
 
 /** E_METHOD (405) unless `method` is one of `methods`. */
-export function allow(method: string, methods: string[]): void {
+export function allow(method: string, methods: readonly string[]): void {
   if (!methods.includes(method)) throw new CodedError('E_METHOD', `method ${method} not allowed here (allowed: ${methods.join(', ')})`);
 }
 

@@ -1,17 +1,9 @@
 /**
- * What the console's read-model route files (fleet-routes.ts, enrollment-routes.ts,
- * events-stream.ts) share on top of http-io.ts: strict query parsing (an unknown
- * parameter, one given twice or a bad value: 400 E_BAD_REQUEST naming it), ids.
+ * Strict query parsing for the API's route files (an unknown parameter, one
+ * given twice or a bad value: 400 E_BAD_REQUEST naming it), and device ids in
+ * paths. Bodies and answers: http-io.ts.
  */
 import { CodedError, isValidId } from '../../protocol/index.js';
-import { allow, readJsonBody, sendJson } from './http-io.js';
-
-export { sendJson };
-
-/** E_METHOD (405) unless `method` is one of `methods`. */
-export function allowMethods(method: string, methods: readonly string[]): void {
-  allow(method, [...methods]);
-}
 
 export function validDeviceId(value: string | undefined): string {
   if (!isValidId(value)) throw new CodedError('E_BAD_REQUEST', 'invalid device id');
@@ -68,6 +60,3 @@ export function textParam(name: string, value: string | undefined, max: number):
   if (value.length === 0 || value.length > max) throw new CodedError('E_BAD_REQUEST', `query parameter ${name} must be 1 to ${max} characters`);
   return value;
 }
-
-/** The request's JSON body (http-io.ts: JSON only, at most MAX_BODY_BYTES). */
-export const readJson = readJsonBody;

@@ -85,7 +85,7 @@ describe('server: HTTP API audit, confirmations, warnings and retry; serve logs 
       ['limit=abc', /limit "abc" must be a whole number/],
       ['rollout=x', /rollout "x" is not a rollout id/],
       ['device=..', /device "\.\." is not a device id/],
-      ['devices=opx-1', /unknown query parameter\(s\): devices/],
+      ['devices=opx-1', /unknown query parameter\(s\): "devices"/],
       ['device=opx-1&device=opx-2', /device given 2 times/],
     ] as const) {
       r = await call('GET', `/audit?${q}`);
