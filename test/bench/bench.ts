@@ -140,6 +140,7 @@ if (want('footprint')) {
 if (want('audit')) {
   log(`audit: verify ${quick ? '10,000' : '100,000'} audit entries, from the registry and from an export ...`);
   results.audit = await benchAudit({ quick, log });
+}
 if (want('console')) {
   const devices = quick ? 1000 : 10_000;
   log(`console: the fleet page in chromium with ${devices} devices (serve --http, SQLite) ...`);
