@@ -2,7 +2,10 @@
  * A console under test: a data directory, mosquitto (or the embedded broker when mosquitto is missing), operators of
  * each role made through the registry (as `provision-server user add` does), N registered devices, and a real
  * `provision-server serve --http` child process. Optional simulated boards (test/server/sim-fleet.ts) that speak the
- * wire protocol on the broker and report in, so rollouts run for real.
+ * wire protocol on the broker and report in, so rollouts run for real; or optional real agents: the bundled
+ * `sensor-agent run` (build/host/sensor-agent.mjs, as on a board), each provisioned as an operator does it
+ * (`provision-server bundle` for its config, trust anchors and a one-time token), which enroll with serve over the
+ * broker on first start, are tagged `boards` once enrolled, and are stopped with SIGTERM by close().
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -13,6 +16,9 @@ import { hashPassword } from '../../server/operators/password.js';
 import type { OperatorRole } from '../../server/storage/operator-records.js';
 import type { Storage } from '../../server/storage/types.js';
 import { freePort, mosquittoAvailable, startMosquittoProcess, type MosquittoProcess } from '../helpers/mosquitto-process.js';
+import { readState } from '../../agent/store/state.js';
+import { spawnAgent, type AgentProcess } from '../helpers/agent-process.js';
+import { runServerCli } from '../server/run-cli.js';
 import { startServeProcess, type ServeProcess } from '../server/run-serve.js';
 import { SimFleet, makeSimDevice, startEmbeddedBroker, type EmbeddedBroker, type SimDevice } from '../server/sim-fleet.js';
 
@@ -26,6 +32,11 @@ export interface RigOptions {
   boards?: number;
   /** Extra setup with the registry open, before serve starts (hostile ids, tags). */
   seed?: (storage: Storage, keys: { signing: PublicJwk; encryption: PublicJwk }) => Promise<void>;
+  /**
+   * Real agent processes, bundled and enrolled as on boards: `board-00`, ... (tagged `boards`, like the simulated
+   * ones; the two options do not mix).
+   */
+  agents?: number;
   /** Require mosquitto (the rollout test); else the embedded broker stands in when it is missing. */
   mosquitto?: boolean;
 }
@@ -37,7 +48,62 @@ export interface ConsoleRig {
   serve: ServeProcess;
   fleet: SimFleet | undefined;
   boards: SimDevice[];
+  agents: RigAgent[];
+  /** SIGTERM to every agent, awaited (close() does it too): their exit codes. */
+  stopAgents(): Promise<(number | string)[]>;
   close(): Promise<void>;
+}
+
+export interface RigAgent {
+  id: string;
+  /** The bundle `provision-server bundle --out` wrote: config.json, trust.jwks, enroll.token; keys/ and state/ once it ran. */
+  dir: string;
+  configPath: string;
+  process: AgentProcess;
+}
+
+export const boardId = (i: number): string => `board-${String(i).padStart(2, '0')}`;
+
+/** SIGTERM, awaited (SIGKILL after 10 s): the exit code or signal name. */
+async function stopAgent(a: RigAgent): Promise<number | string> {
+  if (a.process.running()) a.process.child.kill('SIGTERM');
+  const timer = setTimeout(() => a.process.child.kill('SIGKILL'), 10_000);
+  try {
+    return await a.process.exited;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * `provision-server bundle` for each board (the token is issued in the registry; serve is not needed), then each
+ * agent started from its bundle once serve runs: it makes its keys, enrolls over the broker and is confirmed.
+ */
+async function bundleAgents(dataDir: string, root: string, count: number): Promise<{ id: string; dir: string; configPath: string }[]> {
+  const out: { id: string; dir: string; configPath: string }[] = [];
+  for (let i = 0; i < count; i++) {
+    const id = boardId(i);
+    const dir = join(root, id);
+    const r = await runServerCli(['bundle', '--data', dataDir, '--device', id, '--user', 'fleet', '--out', dir, '--gpio', 'fake']);
+    if (r.code !== 0) throw new Error(`bundle ${id} exited ${r.code}: ${r.stderr}`);
+    out.push({ id, dir, configPath: join(dir, 'config.json') });
+  }
+  return out;
+}
+
+async function waitEnrolled(agents: RigAgent[], timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const states = await Promise.all(agents.map((a) => readState(join(a.dir, 'state')).catch(() => undefined)));
+    if (states.every((s) => s?.provisioned === true)) return;
+    const dead = agents.find((a) => !a.process.running());
+    if (dead) throw new Error(`agent ${dead.id} exited before it enrolled: ${dead.process.output()}`);
+    if (Date.now() > deadline) {
+      const late = agents.filter((_, i) => states[i]?.provisioned !== true);
+      throw new Error(`not enrolled within ${timeoutMs} ms: ${late.map((a) => `${a.id}\n${a.process.output()}`).join('\n')}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }
 
 export const deviceId = (i: number): string => `dev-${String(i).padStart(5, '0')}`;
@@ -56,6 +122,7 @@ export async function startConsoleRig(options: RigOptions = {}): Promise<Console
   else broker = await startEmbeddedBroker();
   let serve: ServeProcess | undefined;
   let fleet: SimFleet | undefined;
+  const agents: RigAgent[] = [];
   try {
     await initDataDir(dataDir, { broker: { url: broker.url } });
     const data = await openDataDir(dataDir);
@@ -89,6 +156,7 @@ export async function startConsoleRig(options: RigOptions = {}): Promise<Console
     } finally {
       await data.storage.close();
     }
+    const bundles = await bundleAgents(dataDir, join(dir, 'agents'), options.agents ?? 0);
     const port = await freePort();
     serve = await startServeProcess(['--data', dataDir, '--http', `127.0.0.1:${port}`, '--client-id', `console-${port}`], 30_000);
     if (boards.length) {
@@ -96,6 +164,15 @@ export async function startConsoleRig(options: RigOptions = {}): Promise<Console
       for (const d of boards) {
         fleet.add(d);
         await fleet.connectDevice(d, { intervalSeconds: 600 });
+      }
+    }
+    for (const b of bundles) agents.push({ ...b, process: spawnAgent(b.configPath) });
+    if (agents.length) {
+      await waitEnrolled(agents, 60_000);
+      // Enrolled boards are in the registry: tag them as an operator would (`device tag add`; serve keeps running).
+      for (const a of agents) {
+        const r = await runServerCli(['device', 'tag', 'add', a.id, 'boards', '--data', dataDir]);
+        if (r.code !== 0) throw new Error(`device tag add ${a.id} exited ${r.code}: ${r.stderr}`);
       }
     }
     const running = serve;
@@ -106,7 +183,10 @@ export async function startConsoleRig(options: RigOptions = {}): Promise<Console
       serve: running,
       fleet: f,
       boards,
+      agents,
+      stopAgents: () => Promise.all(agents.map(stopAgent)),
       close: async () => {
+        await Promise.all(agents.map(stopAgent));
         await f?.close().catch(() => undefined);
         await running.stop();
         await broker.close().catch(() => undefined);
@@ -114,6 +194,7 @@ export async function startConsoleRig(options: RigOptions = {}): Promise<Console
       },
     };
   } catch (err) {
+    await Promise.all(agents.map(stopAgent));
     await fleet?.close().catch(() => undefined);
     await serve?.stop();
     await broker.close().catch(() => undefined);
