@@ -77,12 +77,13 @@ export const SIGNED_ACK_EVENTS: ReadonlySet<string> = new Set(['command.ack', 's
 
 const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
-/** Events whose rows carry a board's signed report (`report_jws`): a report that changed the agent version. */
-export const SIGNED_REPORT_EVENTS: ReadonlySet<string> = new Set(['device.version.reported']);
+/** Events whose rows carry a board's signed report (`report_jws`): a report that changed the agent version, or the presence. */
+export const SIGNED_REPORT_EVENTS: ReadonlySet<string> = new Set(['device.version.reported', 'device.presence']);
 
 /** What the row says the board signed: the fields its JWS payload must carry. */
 function signedFieldsOf(event: string, detail: Record<string, unknown>): Record<string, unknown> | undefined {
   if (event === 'command.ack') return { ref: detail.jti, jti: detail.ack_jti, status: detail.status, code: detail.code };
+  if (event === 'device.presence') return { jti: detail.report_jti, reason: detail.report_reason };
   if (SIGNED_REPORT_EVENTS.has(event)) return { jti: detail.report_jti, agent_version: detail.to };
   const claimed = detail.claimed;
   if (isObj(claimed)) return { ref: detail.jti, jti: claimed.ack_jti, status: claimed.status, code: claimed.code };

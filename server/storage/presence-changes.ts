@@ -22,6 +22,30 @@ export interface PresenceChangeInput {
   conn: number | null;
 }
 
+/** The audit event of a report that moved a device's presence (server/audit/verify.ts checks its report_jws). */
+export const PRESENCE_EVENT = 'device.presence';
+
+/**
+ * The audit detail of a recorded report that moved the device's presence:
+ * the changes, and the board's signed report (`report_jws`) for `audit
+ * verify`; undefined when it moved nothing.
+ */
+export function presenceAuditDetail(
+  changes: readonly PresenceChangeInput[],
+  claims: Pick<ReportClaims, 'jti' | 'reason'>,
+  signed?: string,
+): Record<string, unknown> | undefined {
+  const last = changes[changes.length - 1];
+  if (!last) return undefined;
+  return {
+    presence: last.presence,
+    changes: changes.map((c) => ({ at: c.at, presence: c.presence, reason: c.reason })),
+    report_jti: claims.jti,
+    report_reason: claims.reason,
+    ...(signed !== undefined ? { report_jws: signed } : {}),
+  };
+}
+
 export function presenceChanges(
   row: Pick<DeviceRow, 'presence' | 'last_seen_at' | 'report_interval_s'>,
   claims: Pick<ReportClaims, 'reason' | 'session' | 'conn'>,

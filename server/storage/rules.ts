@@ -123,6 +123,24 @@ export function contradictionDetail(row: CommandRow, ack: AckClaims, effects: re
 /** The audit event of a report that changes the device's agent version (from one known version to another). */
 export const VERSION_REPORTED_EVENT = 'device.version.reported';
 
+/** The audit event of a command's first delivery: the broker took it (PUBACK). */
+export const COMMAND_SENT_EVENT = 'command.sent';
+
+/** What markSent reads of a command (both backends). */
+export interface DeliveryRow {
+  jti: string;
+  device_id: string;
+  action: string;
+  seq: number;
+  fanout_id: string | null;
+  /** Before this delivery. */
+  sent_at: number | null;
+}
+
+export function deliveryDetail(row: DeliveryRow): Record<string, unknown> {
+  return { jti: row.jti, action: row.action, seq: row.seq, ...(row.fanout_id !== null ? { rollout_id: row.fanout_id } : {}) };
+}
+
 /**
  * The audit detail of a recorded report that changes the agent version the
  * registry holds (not the first version learnt: every board reports one), with

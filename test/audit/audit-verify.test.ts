@@ -73,7 +73,7 @@ describe('audit verify (issue 25)', function () {
     expect(stored.broken, JSON.stringify(stored.broken)).to.equal(undefined);
     expect(stored).to.deep.include({ entries: log.n, first: 1 });
     expect(stored.acks).to.deep.equal({ verified: 11, unsigned: 0, devices: 3 });
-    expect(stored.reports).to.deep.equal({ verified: 1 });
+    expect(stored.reports).to.deep.equal({ verified: 2 }); // b-2's first report (online: device.presence) and its new version
     expect(stored.checkpoints.verified).to.equal(2);
     expect(stored.checkpoints.last?.lastId).to.equal(log.n);
     const exported = await verifyAudit(await parseExport(exportText));
@@ -297,6 +297,18 @@ describe('audit verify (issue 25)', function () {
       rewriteFrom(rep.id, { ...repDetail, report_jws: forgedReport });
       const r = await verifyAudit({ ...(await sourceOf()), checkpoints: [] });
       expect(r.broken).to.deep.include({ code: 'E_AUDIT_REPORT', id: rep.id, event: 'device.version.reported', reason: 'signature' });
+    } finally {
+      db.exec('ROLLBACK');
+    }
+    // A presence change whose row says another reason than the board's signed report (an offline turned into a connect).
+    const pres = db.prepare("SELECT id, detail FROM audit WHERE event = 'device.presence'").get() as { id: number; detail: string };
+    const presDetail = JSON.parse(pres.detail) as Record<string, unknown>;
+    expect(presDetail.report_jws, 'the presence row keeps the signed report').to.be.a('string');
+    db.exec('BEGIN');
+    try {
+      rewriteFrom(pres.id, { ...presDetail, report_reason: presDetail.report_reason === 'offline' ? 'connect' : 'offline' });
+      const r = await verifyAudit({ ...(await sourceOf()), checkpoints: [] });
+      expect(r.broken).to.deep.include({ code: 'E_AUDIT_REPORT', id: pres.id, event: 'device.presence', reason: 'mismatch' });
     } finally {
       db.exec('ROLLBACK');
     }

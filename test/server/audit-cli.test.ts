@@ -61,7 +61,7 @@ describe('provision-server audit verify|checkpoint|checkpoints|export and provis
     expect(verify.code, verify.stderr).to.equal(0);
     expect(verify.stdout).to.match(
       new RegExp(
-        `^audit OK: ${cp.last_id} entries \\(1\\.\\.${cp.last_id}\\), head [0-9a-f]{64}; 3 checkpoint\\(s\\) verified, the last #3 at entry ${cp.last_id} \\(.*\\); 11 signed ack\\(s\\) and 1 signed report\\(s\\) verified \\(3 device\\(s\\)\\)\\n$`,
+        `^audit OK: ${cp.last_id} entries \\(1\\.\\.${cp.last_id}\\), head [0-9a-f]{64}; 3 checkpoint\\(s\\) verified, the last #3 at entry ${cp.last_id} \\(.*\\); 11 signed ack\\(s\\) and 2 signed report\\(s\\) verified \\(3 device\\(s\\)\\)\\n$`,
       ),
     );
     const since = await runServerCli(['audit', 'verify', '--data', ctx.data, '--since', '2', '--json']);
@@ -102,7 +102,7 @@ describe('provision-server audit verify|checkpoint|checkpoints|export and provis
     );
     const offline = await runVerifier([out, '--trust', join(ctx.data, 'keys', 'trust.jwks')]);
     expect(offline.code, offline.stderr).to.equal(0);
-    expect(offline.stdout).to.match(new RegExp(`^audit OK: ${cp.last_id} entries .*11 signed ack\\(s\\) and 1 signed report\\(s\\) verified`));
+    expect(offline.stdout).to.match(new RegExp(`^audit OK: ${cp.last_id} entries .*11 signed ack\\(s\\) and 2 signed report\\(s\\) verified`));
 
     // One byte of one entry changed in the export: named by line, exit 1.
     const lines = (await readFile(out, 'utf8')).split('\n');

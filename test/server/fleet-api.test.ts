@@ -234,9 +234,10 @@ describe('server: fleet read models (GET /devices paging, commands, presence, bu
     expect((await vic.call('GET', '/devices/dev-00/presence')).status).to.equal(200);
     const refused = await vic.call('POST', '/devices/tags', { body: { devices: ['dev-06'], add: ['v'] } });
     expect([refused.status, refused.body.error?.code]).to.deep.equal([403, 'E_FORBIDDEN']);
-    // An operator tags; enrollment is an admin's.
+    // An operator tags; it sees the enrollment tokens, but making one is an admin's.
     expect((await opal.call('POST', '/devices/tags', { body: { devices: ['dev-06'], add: ['by-opal'] } })).status).to.equal(200);
-    expect((await opal.call('GET', '/enrollment/tokens')).status).to.equal(403);
+    expect((await opal.call('GET', '/enrollment/tokens')).status).to.equal(200);
+    expect((await opal.call('POST', '/enrollment/tokens', { body: { device_id: 'dev-98', user_id: 'u' } })).status).to.equal(403);
     expect((await adam.call('POST', '/enrollment/tokens', { body: { device_id: 'dev-99', user_id: 'u' } })).status).to.equal(201);
     const rows = await storage.audit.eventsSince(before, await storage.audit.lastId(), '', 100);
     const mine = rows.filter((r) => r.event === 'device.tag.add' || r.event === 'token.create');

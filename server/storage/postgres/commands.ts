@@ -11,7 +11,7 @@ import type { AckClaims } from '../../../protocol/index.js';
 import { RegistryError } from '../errors.js';
 import type { AckRecordOutcome, CommandRecord, NewCommand } from '../records.js';
 import { commandRecord, type CommandRow } from '../rows.js';
-import { ACK_CONTRADICTION_EVENT, ackContradicts, contradictionDetail } from '../rules.js';
+import { ACK_CONTRADICTION_EVENT, COMMAND_SENT_EVENT, ackContradicts, contradictionDetail, deliveryDetail, type DeliveryRow } from '../rules.js';
 import type { AckEffect, CommandListFilter, CommandStore } from '../types.js';
 import { appendAudit } from './audit.js';
 import { mapError, type PgDb, type Sql } from './db.js';
@@ -57,12 +57,23 @@ export class PgCommandStore implements CommandStore {
   }
 
   async markSent(jti: string): Promise<void> {
-    await this.#db.run('UPDATE commands SET sent_at = $1 WHERE jti = $2', [this.#now(), jti]);
+    return this.markSentMany([jti]);
   }
 
+  /** One transaction; the first delivery of each command is audited `command.sent` (a re-publish moves sent_at only). */
   async markSentMany(jtis: readonly string[]): Promise<void> {
     if (jtis.length === 0) return;
-    await this.#db.run('UPDATE commands SET sent_at = $1 WHERE jti = ANY($2)', [this.#now(), [...jtis]]);
+    const now = this.#now();
+    await this.#db.tx(async (sql) => {
+      const rows = await sql.q<DeliveryRow>(
+        `UPDATE commands c SET sent_at = $1 FROM (SELECT jti, sent_at FROM commands WHERE jti = ANY($2) ORDER BY jti FOR UPDATE) o
+         WHERE c.jti = o.jti RETURNING c.jti, c.device_id, c.action, c.seq, c.fanout_id, o.sent_at`,
+        [now, [...jtis]],
+      );
+      const order = new Map(jtis.map((j, i) => [j, i]));
+      rows.sort((a, b) => (order.get(a.jti) ?? 0) - (order.get(b.jti) ?? 0));
+      for (const row of rows) if (row.sent_at === null) await appendAudit(sql, now, COMMAND_SENT_EVENT, row.device_id, deliveryDetail(row));
+    });
   }
 
   async get(jti: string): Promise<CommandRecord | undefined> {

@@ -13,7 +13,7 @@ import type { DeviceOrigin, DeviceRecord, DeviceState, NewDevice, ReportRecordOu
 import { commandRecord, deviceRecord, keyRecord, type CommandRow, type DeviceRow, type KeyRow } from '../rows.js';
 import { PREVIOUS_KEY_GRACE_MS, VERSION_REPORTED_EVENT, assertTag, nextReportedState, reportNotNewer, versionChange } from '../rules.js';
 import { pageOrder, pageWhere, type PageDialect } from '../device-page.js';
-import { presenceChanges } from '../presence-changes.js';
+import { PRESENCE_EVENT, presenceAuditDetail, presenceChanges } from '../presence-changes.js';
 import type { DeviceListFilter, DevicePageItem, DevicePageQuery, DeviceStore, PresenceChange } from '../types.js';
 import { appendAudit } from './audit.js';
 import type { PgDb, Sql } from './db.js';
@@ -283,7 +283,10 @@ export class PgDeviceStore implements DeviceStore {
       const state = JSON.stringify(nextReportedState(row.reported === null ? null : (JSON.parse(row.reported) as ReportedState), claims));
       const run = position?.run ?? null;
       const rank = position?.rank ?? null;
-      for (const c of presenceChanges(row, claims, now)) {
+      const changes = presenceChanges(row, claims, now);
+      const moved = presenceAuditDetail(changes, claims, signed);
+      if (moved) await appendAudit(sql, now, PRESENCE_EVENT, deviceId, moved);
+      for (const c of changes) {
         await sql.run('INSERT INTO device_presence (device_id, at, presence, reason, session, conn) VALUES ($1, $2, $3, $4, $5, $6)', [
           deviceId,
           c.at,

@@ -6,7 +6,7 @@
 import type { AckClaims } from '../../../protocol/index.js';
 import type { AckRecordOutcome, CommandRecord, NewCommand } from '../records.js';
 import { commandRecord, type CommandRow } from '../rows.js';
-import { ACK_CONTRADICTION_EVENT, ackContradicts, contradictionDetail } from '../rules.js';
+import { ACK_CONTRADICTION_EVENT, COMMAND_SENT_EVENT, ackContradicts, contradictionDetail, deliveryDetail, type DeliveryRow } from '../rules.js';
 import type { AckEffect, CommandListFilter, CommandStore } from '../types.js';
 import { appendAudit } from './audit.js';
 import type { SqliteDb } from './db.js';
@@ -127,16 +127,26 @@ export class SqliteCommandStore implements CommandStore {
   }
 
   async markSent(jti: string): Promise<void> {
-    this.#s.db.prepare('UPDATE commands SET sent_at = ? WHERE jti = ?').run(this.#s.now(), jti);
+    return this.markSentMany([jti]);
   }
 
-  /** markSent for many commands in one transaction (one commit). */
+  /**
+   * markSent for many commands in one transaction (one commit). The first
+   * delivery of each (the broker took it) is audited `command.sent`; a
+   * re-publish moves sent_at only.
+   */
   async markSentMany(jtis: readonly string[]): Promise<void> {
+    const read = this.#s.db.prepare('SELECT jti, device_id, action, seq, fanout_id, sent_at FROM commands WHERE jti = ?');
     const update = this.#s.db.prepare('UPDATE commands SET sent_at = ? WHERE jti = ?');
     this.#s.db
       .transaction(() => {
         const now = this.#s.now();
-        for (const jti of jtis) update.run(now, jti);
+        for (const jti of jtis) {
+          const row = read.get(jti) as DeliveryRow | undefined;
+          if (!row) continue;
+          update.run(now, jti);
+          if (row.sent_at === null) appendAudit(this.#s, COMMAND_SENT_EVENT, row.device_id, deliveryDetail(row));
+        }
       })
       .immediate();
   }

@@ -10,7 +10,7 @@ import type { DeviceOrigin, DeviceRecord, DeviceState, NewDevice, ReportRecordOu
 import { commandRecord, deviceRecord, keyRecord, type CommandRow, type DeviceRow, type KeyRow } from '../rows.js';
 import { PREVIOUS_KEY_GRACE_MS, VERSION_REPORTED_EVENT, assertTag, nextReportedState, reportNotNewer, versionChange } from '../rules.js';
 import { pageOrder, pageWhere, type PageDialect } from '../device-page.js';
-import { presenceChanges } from '../presence-changes.js';
+import { PRESENCE_EVENT, presenceAuditDetail, presenceChanges } from '../presence-changes.js';
 import type { DeviceListFilter, DevicePageItem, DevicePageQuery, DeviceStore, PresenceChange } from '../types.js';
 import { appendAudit } from './audit.js';
 import type { SqliteDb } from './db.js';
@@ -290,7 +290,10 @@ export class SqliteDeviceStore implements DeviceStore {
         const run = position?.run ?? null;
         const rank = position?.rank ?? null;
         const insertChange = this.#s.db.prepare('INSERT INTO device_presence (device_id, at, presence, reason, session, conn) VALUES (?, ?, ?, ?, ?, ?)');
-        for (const c of presenceChanges(row, claims, now)) insertChange.run(deviceId, c.at, c.presence, c.reason, c.session, c.conn);
+        const changes = presenceChanges(row, claims, now);
+        for (const c of changes) insertChange.run(deviceId, c.at, c.presence, c.reason, c.session, c.conn);
+        const moved = presenceAuditDetail(changes, claims, signed);
+        if (moved) appendAudit(this.#s, PRESENCE_EVENT, deviceId, moved);
         if (claims.reason === 'offline') {
           this.#s.db
             .prepare(
