@@ -189,8 +189,11 @@ describe('server: HTTP API authentication, sessions, roles, CSRF', function () {
     const need = (method: string, path: string): string => requiredRole(method, path.split('/').filter(Boolean)).role;
     expect(need('GET', '/devices')).to.equal('viewer');
     expect(need('GET', '/events')).to.equal('viewer');
-    expect(need('GET', '/operators')).to.equal('admin');
-    expect(need('GET', '/enrollment/pending')).to.equal('admin');
+    expect(need('GET', '/operators')).to.equal('viewer');
+    expect(need('GET', '/enrollment/pending')).to.equal('viewer');
+    expect(need('POST', '/operators')).to.equal('admin');
+    expect(need('PATCH', '/operators/x')).to.equal('admin');
+    expect(need('POST', '/enrollment/tokens')).to.equal('admin');
     expect(need('DELETE', '/api-tokens/x')).to.equal('admin');
     expect(need('POST', '/devices/tags')).to.equal('operator');
     expect(need('POST', '/devices/a/commands')).to.equal('operator');
