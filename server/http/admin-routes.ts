@@ -19,6 +19,7 @@ import { checkOperatorName, checkOperatorRole, type OperatorRecord, type Operato
 import type { Storage } from '../storage/types.js';
 import type { RequestContext } from './auth.js';
 import { allow, checkMembers, readJsonBody, sendEmpty, sendJson } from './http-io.js';
+import { queryValues } from './route-kit.js';
 
 /** An API token lives at most this long when given a ttl (10 years); none: until revoked. */
 const MAX_TOKEN_TTL_S = 10 * 366 * 86_400;
@@ -72,11 +73,7 @@ export async function routeOperators(
     await storage.operators.remove(name, by);
     return sendEmpty(res);
   }
-  if (method === 'GET') {
-    const o = await storage.operators.get(name);
-    if (!o) throw new CodedError('E_NO_OPERATOR', `no operator ${name}`);
-    return sendJson(res, 200, operatorView(o));
-  }
+  if (method === 'GET') return sendJson(res, 200, operatorView(await requireOperator(storage, name)));
   const body = await jsonObject(req, '{role?, disabled?, password?}', ['role', 'disabled', 'password']);
   if (body.role === undefined && body.disabled === undefined && body.password === undefined) {
     throw new CodedError('E_BAD_REQUEST', 'name at least one of role, disabled, password');
@@ -94,9 +91,7 @@ export async function routeOperators(
   if (role !== undefined) await storage.operators.setRole(name, role, by);
   if (typeof body.disabled === 'boolean') await storage.operators.setDisabled(name, body.disabled, by);
   if (body.password !== undefined) await setOperatorPassword(storage, name, () => Promise.resolve(body.password), by);
-  const o = await storage.operators.get(name);
-  if (!o) throw new CodedError('E_NO_OPERATOR', `no operator ${name}`);
-  return sendJson(res, 200, operatorView(o));
+  return sendJson(res, 200, operatorView(await requireOperator(storage, name)));
 }
 
 export async function routeApiTokens(
@@ -112,9 +107,7 @@ export async function routeApiTokens(
   if (parts.length === 1) {
     allow(method, ['GET', 'POST']);
     if (method === 'GET') {
-      const unknown = [...new Set(url.searchParams.keys())].filter((k) => k !== 'operator');
-      if (unknown.length) throw new CodedError('E_BAD_REQUEST', `unknown query parameter(s): ${unknown.join(', ')} (known: operator)`);
-      const operator = url.searchParams.get('operator') ?? undefined;
+      const { operator } = queryValues(url.searchParams, ['operator'] as const);
       return sendJson(res, 200, { tokens: (await storage.operators.listTokens(operator !== undefined ? { operator } : {})).map(tokenView) });
     }
     const body = await jsonObject(req, '{operator, label, ttl_s?}', ['operator', 'label', 'ttl_s']);

@@ -7,7 +7,7 @@
  * operator before a password is hashed for it.
  */
 import { CodedError } from '../../protocol/index.js';
-import { checkOperatorName, checkOperatorRole, type NewOperator } from '../storage/operator-records.js';
+import { checkOperatorName, checkOperatorRole, type NewOperator, type OperatorRecord } from '../storage/operator-records.js';
 import type { Storage } from '../storage/types.js';
 import { checkPassword, hashPassword } from './password.js';
 
@@ -20,8 +20,10 @@ export async function newOperator(name: unknown, role: unknown, password: unknow
 }
 
 /** E_NO_OPERATOR unless there is an operator `name`. */
-export async function requireOperator(storage: Storage, name: string): Promise<void> {
-  if (!(await storage.operators.get(name))) throw new CodedError('E_NO_OPERATOR', `no operator ${name}`);
+export async function requireOperator(storage: Storage, name: string): Promise<OperatorRecord> {
+  const o = await storage.operators.get(name);
+  if (!o) throw new CodedError('E_NO_OPERATOR', `no operator ${name}`);
+  return o;
 }
 
 /** Sets an existing operator's password (its sessions end); `password` is read only once the operator is known to exist. */
